@@ -1,0 +1,175 @@
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { DfError } from './errors.js';
+
+/**
+ * The one configuration schema. Defaults live here; a config file (JSON), environment variables
+ * (DFNODE_<SECTION>_<KEY>, e.g. DFNODE_CONVERT_BLOCK_SIZE) and command-line flags override them in that order.
+ */
+const sizeSchema = z.union([z.number().int().nonnegative(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number') return v;
+  const n = parseSize(v);
+  if (n === undefined) {
+    ctx.addIssue({ code: 'custom', message: `not a size: ${v} (use e.g. 65536, 64k, 4M, 10G)` });
+    return z.NEVER;
+  }
+  return n;
+});
+
+export const configSchema = z.object({
+  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+  registry: z
+    .object({
+      /** Talk plain HTTP to every registry (tests, local registries). */
+      plainHttp: z.boolean().default(false),
+      /** Hosts (host[:port]) spoken to over plain HTTP. */
+      insecure: z.array(z.string()).default([]),
+      /** Docker config file with registry credentials. */
+      dockerConfig: z.string().default(defaultDockerConfig()),
+      /** Per-request timeout. */
+      timeoutMs: z.number().int().positive().default(30_000),
+      /** Retries on 5xx, 429 and network errors, with exponential backoff. */
+      retries: z.number().int().nonnegative().default(4),
+      /** Chunk size for blob uploads; 0 uploads monolithically. */
+      uploadChunkSize: sizeSchema.default(0),
+    })
+    .prefault({}),
+  convert: z
+    .object({
+      /** Uncompressed block size of DFB blobs. */
+      blockSize: sizeSchema
+        .default(64 * 1024)
+        .refine((n) => n >= 16 * 1024 && n <= 4 * 1024 * 1024 && (n & (n - 1)) === 0, {
+          message: 'block size must be a power of two between 16 KiB and 4 MiB',
+        }),
+      /** Compression worker threads; 0 = number of CPUs. */
+      workers: z.number().int().nonnegative().default(0),
+      /** Work and incremental-conversion cache directory. */
+      workDir: z.string().default(join(cacheHome(), 'dfnode', 'convert')),
+      /** Platforms to convert from an image index (os/arch[/variant]); empty = all. */
+      platforms: z.array(z.string()).default([]),
+    })
+    .prefault({}),
+  cache: z
+    .object({
+      dir: z.string().default('/var/lib/dfnode/cache'),
+      highWatermark: sizeSchema.default(20 * 1024 ** 3),
+      lowWatermark: sizeSchema.default(16 * 1024 ** 3),
+    })
+    .prefault({}),
+});
+
+export type Config = z.infer<typeof configSchema>;
+export type ConfigInput = z.input<typeof configSchema>;
+
+export function parseSize(s: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$/i.exec(s);
+  if (!m) return undefined;
+  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase()]!;
+  return Math.round(parseFloat(m[1]!) * mult);
+}
+
+function cacheHome(): string {
+  return process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
+}
+
+function defaultDockerConfig(): string {
+  return join(process.env.DOCKER_CONFIG || join(homedir(), '.docker'), 'config.json');
+}
+
+type Json = Record<string, unknown>;
+
+function isObject(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function deepMerge(base: Json, over: Json): Json {
+  const out: Json = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    if (v === undefined) continue;
+    out[k] = isObject(v) && isObject(out[k]) ? deepMerge(out[k] as Json, v) : v;
+  }
+  return out;
+}
+
+const camelToSnake = (s: string) => s.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+
+/** Reads DFNODE_* variables for every leaf of the schema; arrays are comma-separated. */
+export function configFromEnv(env: NodeJS.ProcessEnv = process.env): Json {
+  const out: Json = {};
+  const walk = (shape: Record<string, z.ZodType>, path: string[], target: Json) => {
+    for (const [key, type] of Object.entries(shape)) {
+      const inner = unwrap(type);
+      if (inner instanceof z.ZodObject) {
+        const sub: Json = {};
+        walk(inner.shape as Record<string, z.ZodType>, [...path, key], sub);
+        if (Object.keys(sub).length) target[key] = sub;
+        continue;
+      }
+      const name = 'DFNODE_' + [...path, key].map(camelToSnake).join('_');
+      const raw = env[name];
+      if (raw === undefined || raw === '') continue;
+      if (inner instanceof z.ZodBoolean) target[key] = /^(1|true|yes|on)$/i.test(raw);
+      else if (inner instanceof z.ZodNumber) target[key] = Number(raw);
+      else if (inner instanceof z.ZodArray)
+        target[key] = raw
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean);
+      else target[key] = raw;
+    }
+  };
+  walk(configSchema.shape as unknown as Record<string, z.ZodType>, [], out);
+  return out;
+}
+
+function unwrap(t: z.ZodType): z.ZodType {
+  let cur: any = t;
+  for (let i = 0; i < 10; i++) {
+    const def = cur?._zod?.def;
+    if (!def) break;
+    if (def.type === 'default' || def.type === 'prefault' || def.type === 'optional' || def.type === 'nullable')
+      cur = def.innerType;
+    else if (def.type === 'pipe') cur = def.in;
+    else break;
+  }
+  return cur as z.ZodType;
+}
+
+export interface LoadConfigOptions {
+  /** JSON config file; missing file is an error only when given explicitly. */
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Values from command-line flags, same shape as the schema (partial). */
+  flags?: Json;
+}
+
+export function loadConfig(opts: LoadConfigOptions = {}): Config {
+  const env = opts.env ?? process.env;
+  let fromFile: Json = {};
+  const file = opts.file ?? env.DFNODE_CONFIG;
+  if (file) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new DfError('CONFIG', `cannot read config file ${file}: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      const parsed = JSON.parse(text);
+      if (!isObject(parsed)) throw new Error('top level must be an object');
+      fromFile = parsed;
+    } catch (err) {
+      throw new DfError('CONFIG', `config file ${file} is not valid JSON: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  const merged = deepMerge(deepMerge(fromFile, configFromEnv(env)), opts.flags ?? {});
+  const res = configSchema.safeParse(merged);
+  if (!res.success) {
+    const msg = res.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    throw new DfError('CONFIG', `invalid configuration: ${msg}`);
+  }
+  return res.data;
+}
