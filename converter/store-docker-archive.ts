@@ -1,0 +1,174 @@
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, open, readFile, rm } from 'node:fs/promises';
+import { dirname, join, normalize } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { z } from 'zod';
+import { FileRangeReader } from '../src/blob/file-range-reader.js';
+import type { RangeReader } from '../src/blob/types.js';
+import { DfError } from '../src/errors.js';
+import { canonicalJson, MediaTypes, sha256Digest } from './oci.js';
+import type { ImageStore, RootManifest } from './store.js';
+import { readTar } from './tar-reader.js';
+
+const archiveManifestSchema = z.array(
+  z.object({ Config: z.string(), RepoTags: z.array(z.string()).nullable().optional(), Layers: z.array(z.string()) }),
+);
+
+async function hashFile(path: string): Promise<{ digest: string; size: number }> {
+  const h = createHash('sha256');
+  let size = 0;
+  for await (const c of createReadStream(path, { highWaterMark: 1 << 20 })) {
+    h.update(c as Buffer);
+    size += (c as Buffer).length;
+  }
+  return { digest: 'sha256:' + h.digest('hex'), size };
+}
+
+async function isGzip(path: string): Promise<boolean> {
+  const fh = await open(path, 'r');
+  try {
+    const b = Buffer.alloc(2);
+    await fh.read(b, 0, 2, 0);
+    return b[0] === 0x1f && b[1] === 0x8b;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** A `docker save` archive (read only): unpacked to a work directory, presented as a Docker v2 manifest. */
+export class DockerArchiveStore implements ImageStore {
+  readonly description: string;
+  private root?: RootManifest;
+  private readonly blobs = new Map<string, string>();
+  private readonly manifests = new Map<string, Buffer>();
+
+  private constructor(
+    readonly file: string,
+    private readonly workDir: string,
+  ) {
+    this.description = `docker-archive:${file}`;
+  }
+
+  static async open(file: string, name: string | undefined, tmpRoot: string, signal?: AbortSignal): Promise<DockerArchiveStore> {
+    await mkdir(tmpRoot, { recursive: true });
+    const work = await mkdtemp(join(tmpRoot, 'docker-archive-'));
+    const store = new DockerArchiveStore(file, work);
+    try {
+      await store.unpack(signal);
+      await store.load(name);
+      return store;
+    } catch (err) {
+      await rm(work, { recursive: true, force: true });
+      throw DfError.from(err, `read ${store.description}`);
+    }
+  }
+
+  private async unpack(signal?: AbortSignal): Promise<void> {
+    let input: Readable;
+    try {
+      input = createReadStream(this.file, { highWaterMark: 1 << 20, signal });
+    } catch (err) {
+      throw DfError.from(err, `open ${this.file}`);
+    }
+    for await (const { header, body } of readTar(input as AsyncIterable<Buffer>)) {
+      if (header.type !== 'file') continue;
+      const rel = normalize(header.name).replace(/^(\.\/|\/)+/, '');
+      if (rel.startsWith('..') || rel === '' || rel === '.')
+        throw DfError.corrupt(`docker archive entry ${JSON.stringify(header.name)} escapes the archive`);
+      const dest = join(this.workDir, rel);
+      await mkdir(dirname(dest), { recursive: true });
+      await pipeline(Readable.from(body), createWriteStream(dest));
+    }
+  }
+
+  private async load(name: string | undefined): Promise<void> {
+    let parsed;
+    try {
+      parsed = archiveManifestSchema.parse(JSON.parse(await readFile(join(this.workDir, 'manifest.json'), 'utf8')));
+    } catch (err) {
+      throw DfError.corrupt(
+        `${this.description} is not a docker archive (manifest.json missing or malformed: ${(err as Error).message})`,
+      );
+    }
+    let entry = parsed[0];
+    if (name) {
+      const want = name.includes(':') ? name : `${name}:latest`;
+      entry = parsed.find((e) => (e.RepoTags ?? []).some((t) => t === want || t.endsWith('/' + want)));
+      if (!entry) throw DfError.notFound(`${this.description} has no image named ${want}`);
+    } else if (parsed.length > 1) {
+      throw DfError.invalidArgument(
+        `${this.description} holds ${parsed.length} images; name one with docker-archive:FILE:NAME:TAG`,
+      );
+    }
+    if (!entry) throw DfError.corrupt(`${this.description} holds no image`);
+
+    const configPath = join(this.workDir, entry.Config);
+    const config = await hashFile(configPath);
+    this.blobs.set(config.digest, configPath);
+    const layers = [];
+    for (const l of entry.Layers) {
+      const p = join(this.workDir, l);
+      const h = await hashFile(p);
+      this.blobs.set(h.digest, p);
+      layers.push({
+        mediaType: (await isGzip(p)) ? MediaTypes.dockerLayerGzip : MediaTypes.dockerLayerTar,
+        size: h.size,
+        digest: h.digest,
+      });
+    }
+    const manifest = {
+      schemaVersion: 2,
+      mediaType: MediaTypes.dockerManifest,
+      config: { mediaType: MediaTypes.dockerConfig, size: config.size, digest: config.digest },
+      layers,
+    };
+    const bytes = canonicalJson(manifest);
+    const digest = sha256Digest(bytes);
+    this.manifests.set(digest, bytes);
+    this.root = { mediaType: MediaTypes.dockerManifest, digest, bytes };
+  }
+
+  async resolveRoot(): Promise<RootManifest | undefined> {
+    return this.root;
+  }
+
+  async getManifest(digest: string): Promise<Buffer> {
+    const m = this.manifests.get(digest);
+    if (!m) throw DfError.notFound(`${this.description}: no manifest ${digest}`);
+    return m;
+  }
+
+  private path(digest: string): string {
+    const p = this.blobs.get(digest);
+    if (!p) throw DfError.notFound(`${this.description}: no blob ${digest}`);
+    return p;
+  }
+
+  async openBlob(digest: string, _size: number, signal?: AbortSignal): Promise<Readable> {
+    return createReadStream(this.path(digest), { highWaterMark: 1 << 20, signal });
+  }
+
+  async blobReader(digest: string): Promise<RangeReader> {
+    return FileRangeReader.open(this.path(digest));
+  }
+
+  async hasBlob(digest: string): Promise<boolean> {
+    return this.blobs.has(digest);
+  }
+
+  async putBlob(): Promise<never> {
+    throw DfError.unsupported('docker-archive is supported as a source only; write to a registry or oci:DIR');
+  }
+  async putManifest(): Promise<never> {
+    return this.putBlob();
+  }
+  async tag(): Promise<never> {
+    return this.putBlob();
+  }
+
+  async close(): Promise<void> {
+    await rm(this.workDir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,357 @@
+import { DfError } from '../src/errors.js';
+
+/**
+ * A streaming tar reader that keeps what layer fidelity needs and general-purpose readers lose:
+ * PAX values as raw bytes (binary xattrs such as security.capability), nanosecond mtimes,
+ * GNU long names, base-256 numbers, and header checksums (a corrupt or truncated tar is an error).
+ */
+
+export type TarEntryType = 'file' | 'hardlink' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo';
+
+export interface TarHeader {
+  name: string;
+  type: TarEntryType;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  linkname: string;
+  devMajor: number;
+  devMinor: number;
+  xattrs: Map<string, Buffer>;
+  /** Byte offset of the header in the uncompressed tar stream (for error messages). */
+  offset: number;
+}
+
+export interface TarEntry {
+  header: TarHeader;
+  /** The entry's data; must be consumed (or skipped by moving on) before the next entry is read. */
+  body: AsyncIterable<Buffer>;
+}
+
+const BLOCK = 512;
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Buffers chunks from an async source and hands out exact byte counts without copying when possible. */
+class ByteQueue {
+  private chunks: Buffer[] = [];
+  private head = 0;
+  private length = 0;
+  private done = false;
+  position = 0;
+
+  constructor(private readonly it: AsyncIterator<Buffer>) {}
+
+  private async fill(n: number): Promise<boolean> {
+    while (this.length < n && !this.done) {
+      const r = await this.it.next();
+      if (r.done) this.done = true;
+      else if (r.value.length) {
+        const b = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value);
+        this.chunks.push(b);
+        this.length += b.length;
+      }
+    }
+    return this.length >= n;
+  }
+
+  /** Reads exactly n bytes, or returns undefined at a clean end of input (0 bytes available). */
+  async readExact(n: number): Promise<Buffer | undefined> {
+    if (!(await this.fill(n))) {
+      if (this.length === 0) return undefined;
+      throw DfError.corrupt(`truncated tar: unexpected end of layer data at byte ${this.position + this.length}`);
+    }
+    return this.take(n);
+  }
+
+  /** Up to n bytes (at least 1) or undefined at end of input. */
+  async readSome(n: number): Promise<Buffer | undefined> {
+    if (this.length === 0 && !(await this.fill(1))) return undefined;
+    return this.take(Math.min(n, this.length));
+  }
+
+  private take(n: number): Buffer {
+    const first = this.chunks[0]!;
+    let out: Buffer;
+    if (first.length - this.head >= n) {
+      out = first.subarray(this.head, this.head + n);
+      this.head += n;
+      if (this.head === first.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let off = 0;
+      while (off < n) {
+        const c = this.chunks[0]!;
+        const k = Math.min(c.length - this.head, n - off);
+        c.copy(out, off, this.head, this.head + k);
+        off += k;
+        this.head += k;
+        if (this.head === c.length) {
+          this.chunks.shift();
+          this.head = 0;
+        }
+      }
+    }
+    this.length -= n;
+    this.position += n;
+    return out;
+  }
+
+  async skip(n: number): Promise<void> {
+    let left = n;
+    while (left > 0) {
+      const b = await this.readSome(Math.min(left, 1 << 20));
+      if (!b) throw DfError.corrupt(`truncated tar: unexpected end of layer data at byte ${this.position}`);
+      left -= b.length;
+    }
+  }
+
+  /** Drains the rest of the input (trailing zero padding after the end-of-archive marker). */
+  async drain(): Promise<void> {
+    while (await this.readSome(1 << 20));
+  }
+}
+
+function cstring(buf: Buffer, off: number, len: number): Buffer {
+  let end = off;
+  const max = off + len;
+  while (end < max && buf[end] !== 0) end++;
+  return buf.subarray(off, end);
+}
+
+function decodeName(raw: Buffer, what: string, offset: number): string {
+  try {
+    return utf8.decode(raw);
+  } catch {
+    throw DfError.unsupported(
+      `tar entry at byte ${offset} has a ${what} that is not valid UTF-8 (${JSON.stringify(raw.toString('latin1'))}); such names are not supported`,
+    );
+  }
+}
+
+function parseNumber(buf: Buffer, off: number, len: number, field: string, offset: number): number {
+  const b0 = buf[off]!;
+  if (b0 & 0x80) {
+    // base-256 (GNU/star): big-endian two's complement, 0x80 = positive, 0xff = negative.
+    const negative = b0 === 0xff;
+    let v = 0n;
+    for (let i = 0; i < len; i++) {
+      let byte = buf[off + i]!;
+      if (i === 0) byte &= 0x7f;
+      v = (v << 8n) | BigInt(negative ? byte ^ 0xff : byte);
+    }
+    if (negative) v = -(v + 1n);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < -BigInt(Number.MAX_SAFE_INTEGER))
+      throw DfError.corrupt(`tar header at byte ${offset}: ${field} out of range`);
+    return Number(v);
+  }
+  const s = buf
+    .subarray(off, off + len)
+    .toString('latin1')
+    .replace(/[\0 ]+$/g, '')
+    .replace(/^[ ]+/, '');
+  if (s === '') return 0;
+  if (!/^[0-7]+$/.test(s)) throw DfError.corrupt(`tar header at byte ${offset}: invalid ${field} field ${JSON.stringify(s)}`);
+  return parseInt(s, 8);
+}
+
+function checksumOk(buf: Buffer): boolean {
+  const stored = buf.subarray(148, 156).toString('latin1').replace(/[\0 ]+$/g, '').trim();
+  if (!/^[0-7]+$/.test(stored)) return false;
+  const want = parseInt(stored, 8);
+  let unsigned = 0;
+  let signed = 0;
+  for (let i = 0; i < BLOCK; i++) {
+    const b = i >= 148 && i < 156 ? 32 : buf[i]!;
+    unsigned += b;
+    signed += b > 127 ? b - 256 : b;
+  }
+  return want === unsigned || want === signed;
+}
+
+function isZero(buf: Buffer): boolean {
+  for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+/** Parses PAX records ("%d %s=%s\n"), keeping values as raw bytes. */
+export function parsePax(buf: Buffer, offset: number): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  let pos = 0;
+  while (pos < buf.length) {
+    if (buf[pos] === 0) break; // padding
+    const sp = buf.indexOf(0x20, pos);
+    if (sp < 0) throw DfError.corrupt(`tar PAX header at byte ${offset}: malformed record`);
+    const len = parseInt(buf.subarray(pos, sp).toString('latin1'), 10);
+    if (!Number.isFinite(len) || len <= sp - pos + 1 || pos + len > buf.length || buf[pos + len - 1] !== 0x0a)
+      throw DfError.corrupt(`tar PAX header at byte ${offset}: malformed record length`);
+    const rec = buf.subarray(sp + 1, pos + len - 1);
+    const eq = rec.indexOf(0x3d);
+    if (eq < 0) throw DfError.corrupt(`tar PAX header at byte ${offset}: record without '='`);
+    out.set(rec.subarray(0, eq).toString('utf8'), rec.subarray(eq + 1));
+    pos += len;
+  }
+  return out;
+}
+
+function parsePaxTime(v: Buffer): { sec: number; nsec: number } | undefined {
+  const m = /^(-?)(\d+)(?:\.(\d+))?$/.exec(v.toString('latin1'));
+  if (!m) return undefined;
+  const sign = m[1] === '-' ? -1 : 1;
+  let sec = parseInt(m[2]!, 10);
+  let nsec = m[3] ? parseInt((m[3] + '000000000').slice(0, 9), 10) : 0;
+  if (sign < 0) {
+    // -1.25 means 1.25 s before the epoch: sec -2, nsec 0.75e9.
+    if (nsec > 0) {
+      sec = -(sec + 1);
+      nsec = 1e9 - nsec;
+    } else sec = -sec;
+  }
+  return { sec, nsec };
+}
+
+const TYPES: Record<string, TarEntryType | undefined> = {
+  '0': 'file',
+  '\0': 'file',
+  '7': 'file',
+  '1': 'hardlink',
+  '2': 'symlink',
+  '3': 'char',
+  '4': 'block',
+  '5': 'dir',
+  '6': 'fifo',
+};
+
+/**
+ * Iterates the entries of an uncompressed tar stream. Each entry's body must be fully consumed or abandoned
+ * before asking for the next entry (the reader skips what is left).
+ */
+export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<TarEntry> {
+  const q = new ByteQueue(source[Symbol.asyncIterator]());
+  let globalPax = new Map<string, Buffer>();
+  let pax: Map<string, Buffer> | undefined;
+  let longName: Buffer | undefined;
+  let longLink: Buffer | undefined;
+
+  for (;;) {
+    const offset = q.position;
+    const hdr = await q.readExact(BLOCK);
+    if (!hdr) throw DfError.corrupt(`truncated tar: missing end-of-archive marker at byte ${offset}`);
+    if (isZero(hdr)) {
+      const second = await q.readExact(BLOCK).catch(() => undefined);
+      if (second && !isZero(second)) throw DfError.corrupt(`corrupt tar: data after a zero block at byte ${offset}`);
+      await q.drain();
+      return;
+    }
+    if (!checksumOk(hdr))
+      throw DfError.corrupt(`corrupt tar: header checksum mismatch at byte ${offset} (truncated or damaged layer)`);
+    const typeflag = String.fromCharCode(hdr[156]!);
+    const size = parseNumber(hdr, 124, 12, 'size', offset);
+    const padded = Math.ceil(size / BLOCK) * BLOCK;
+
+    if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
+      if (size > 64 * 1024 * 1024) throw DfError.corrupt(`tar extended header at byte ${offset} is too large (${size})`);
+      const data = size ? ((await q.readExact(padded)) ?? Buffer.alloc(0)) : Buffer.alloc(0);
+      if (size && data.length < padded) throw DfError.corrupt(`truncated tar at byte ${offset}`);
+      const body = Buffer.from(data.subarray(0, size));
+      if (typeflag === 'x') pax = parsePax(body, offset);
+      else if (typeflag === 'g') globalPax = new Map([...globalPax, ...parsePax(body, offset)]);
+      else if (typeflag === 'L') longName = cstring(body, 0, body.length);
+      else longLink = cstring(body, 0, body.length);
+      continue;
+    }
+
+    const type = TYPES[typeflag];
+    if (!type) {
+      if (typeflag === 'S') throw DfError.unsupported(`tar entry at byte ${offset}: GNU sparse files are not supported`);
+      if (typeflag === 'V') {
+        await q.skip(padded);
+        continue;
+      }
+      throw DfError.unsupported(`tar entry at byte ${offset}: unsupported entry type ${JSON.stringify(typeflag)}`);
+    }
+
+    const merged = pax ? new Map([...globalPax, ...pax]) : globalPax;
+    const isUstar = hdr.subarray(257, 262).toString('latin1') === 'ustar';
+    let nameRaw = cstring(hdr, 0, 100);
+    if (isUstar) {
+      const prefix = cstring(hdr, 345, 155);
+      if (prefix.length) nameRaw = Buffer.concat([prefix, Buffer.from('/'), nameRaw]);
+    }
+    if (longName) nameRaw = longName;
+    if (merged.has('path')) nameRaw = merged.get('path')!;
+    let linkRaw = cstring(hdr, 157, 100);
+    if (longLink) linkRaw = longLink;
+    if (merged.has('linkpath')) linkRaw = merged.get('linkpath')!;
+
+    const num = (key: string, fallback: number) => {
+      const v = merged.get(key);
+      if (!v) return fallback;
+      const n = Number(v.toString('latin1'));
+      if (!Number.isSafeInteger(n) || n < 0) throw DfError.corrupt(`tar entry at byte ${offset}: invalid PAX ${key}`);
+      return n;
+    };
+    const entrySize = num('size', size);
+    let mtimeSec = parseNumber(hdr, 136, 12, 'mtime', offset);
+    let mtimeNsec = 0;
+    const pm = merged.get('mtime');
+    if (pm) {
+      const t = parsePaxTime(pm);
+      if (!t) throw DfError.corrupt(`tar entry at byte ${offset}: invalid PAX mtime`);
+      mtimeSec = t.sec;
+      mtimeNsec = t.nsec;
+    }
+    const xattrs = new Map<string, Buffer>();
+    for (const [k, v] of merged) {
+      if (k.startsWith('SCHILY.xattr.')) xattrs.set(k.slice('SCHILY.xattr.'.length), Buffer.from(v));
+      else if (k.startsWith('LIBARCHIVE.xattr.'))
+        xattrs.set(decodeURIComponent(k.slice('LIBARCHIVE.xattr.'.length)), Buffer.from(v.toString('latin1'), 'base64'));
+    }
+
+    const header: TarHeader = {
+      name: decodeName(nameRaw, 'name', offset),
+      type,
+      mode: parseNumber(hdr, 100, 8, 'mode', offset) & 0o7777,
+      uid: num('uid', parseNumber(hdr, 108, 8, 'uid', offset)),
+      gid: num('gid', parseNumber(hdr, 116, 8, 'gid', offset)),
+      size: type === 'file' ? entrySize : 0,
+      mtimeSec,
+      mtimeNsec,
+      linkname: linkRaw.length ? decodeName(linkRaw, 'link target', offset) : '',
+      devMajor: type === 'char' || type === 'block' ? parseNumber(hdr, 329, 8, 'devmajor', offset) : 0,
+      devMinor: type === 'char' || type === 'block' ? parseNumber(hdr, 337, 8, 'devminor', offset) : 0,
+      xattrs,
+      offset,
+    };
+    pax = undefined;
+    longName = undefined;
+    longLink = undefined;
+
+    // As in Go's archive/tar (what containerd unpacks with): only regular files have data blocks;
+    // every other type is header-only whatever its size field says.
+    const dataSize = type === 'file' ? entrySize : 0;
+    const dataPadded = Math.ceil(dataSize / BLOCK) * BLOCK;
+    let remaining = dataSize;
+    let consumed = 0;
+    const body: AsyncIterable<Buffer> = {
+      async *[Symbol.asyncIterator]() {
+        while (remaining > 0) {
+          const b = await q.readSome(Math.min(remaining, 1 << 20));
+          if (!b) throw DfError.corrupt(`truncated tar: ${header.name} ends early (at byte ${q.position})`);
+          remaining -= b.length;
+          consumed += b.length;
+          yield b;
+        }
+      },
+    };
+    yield { header, body };
+    // Skip whatever the consumer did not read, plus the padding to the next 512-byte boundary.
+    await q.skip(dataPadded - consumed);
+    remaining = 0;
+  }
+}
