@@ -92,7 +92,7 @@ export class DockerArchiveStore implements ImageStore {
         `${this.description} is not a docker archive (manifest.json missing or malformed: ${(err as Error).message})`,
       );
     }
-    let entry = parsed[0];
+    let entry: (typeof parsed)[number] | undefined = parsed[0];
     if (name) {
       const want = name.includes(':') ? name : `${name}:latest`;
       entry = parsed.find((e) => (e.RepoTags ?? []).some((t) => t === want || t.endsWith('/' + want)));

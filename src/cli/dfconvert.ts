@@ -1,0 +1,212 @@
+#!/usr/bin/env node
+import { Command, Option } from 'commander';
+import { join } from 'node:path';
+import { Converter } from '../../converter/convert.js';
+import { defaultDestination, parseLocation, type ImageLocation } from '../../converter/location.js';
+import { createProgress } from '../../converter/progress.js';
+import { DockerArchiveStore } from '../../converter/store-docker-archive.js';
+import { OciLayoutStore } from '../../converter/store-oci.js';
+import { RegistryStore } from '../../converter/store-registry.js';
+import type { ImageStore } from '../../converter/store.js';
+import { verifyImage } from '../../converter/verify.js';
+import { CONVERTER_VERSION } from '../../converter/version.js';
+import { loadConfig, type Config } from '../config.js';
+import { DfError } from '../errors.js';
+import { createLogger, type Logger } from '../log.js';
+import { RegistryClient } from '../registry/client.js';
+import { chainCredentials, DockerConfigCredentials, StaticCredentials } from '../registry/credentials.js';
+import { runMain } from './run-main.js';
+
+interface CommonFlags {
+  config?: string;
+  plainHttp?: boolean;
+  insecure?: string[];
+  creds?: string;
+  srcCreds?: string;
+  destCreds?: string;
+  dockerConfig?: string;
+  logLevel?: string;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+interface ConvertFlags extends CommonFlags {
+  blockSize?: string;
+  workers?: string;
+  platform?: string[];
+  workDir?: string;
+  force?: boolean;
+}
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+function addCommon(cmd: Command): Command {
+  return cmd
+    .option('-c, --config <file>', 'JSON config file (also DFNODE_CONFIG)')
+    .option('--plain-http', 'use plain HTTP for every registry')
+    .option('--insecure <host>', 'use plain HTTP for this registry host[:port] (repeatable)', collect)
+    .option('--creds <user:password>', 'registry credentials for source and destination')
+    .option('--src-creds <user:password>', 'credentials for the source registry')
+    .option('--dest-creds <user:password>', 'credentials for the destination registry')
+    .option('--docker-config <file>', 'docker config file with registry credentials')
+    .addOption(
+      new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']),
+    )
+    .option('--json', 'print a machine-readable summary on stdout')
+    .option('-q, --quiet', 'no progress output');
+}
+
+function configFrom(flags: ConvertFlags): Config {
+  const registry: Record<string, unknown> = {};
+  if (flags.plainHttp) registry.plainHttp = true;
+  if (flags.insecure) registry.insecure = flags.insecure;
+  if (flags.dockerConfig) registry.dockerConfig = flags.dockerConfig;
+  const convert: Record<string, unknown> = {};
+  if (flags.blockSize !== undefined) convert.blockSize = /^\d+$/.test(flags.blockSize) ? Number(flags.blockSize) : flags.blockSize;
+  if (flags.workers !== undefined) {
+    const n = Number(flags.workers);
+    if (!Number.isInteger(n) || n < 0) throw DfError.invalidArgument(`--workers must be a whole number, got ${flags.workers}`);
+    convert.workers = n;
+  }
+  if (flags.platform) convert.platforms = flags.platform;
+  if (flags.workDir) convert.workDir = flags.workDir;
+  const top: Record<string, unknown> = { registry, convert };
+  if (flags.logLevel) top.logLevel = flags.logLevel;
+  return loadConfig({ file: flags.config, flags: top });
+}
+
+function makeClient(cfg: Config, log: Logger, creds: string | undefined, common: string | undefined): RegistryClient {
+  const c = creds ?? common;
+  return new RegistryClient({
+    plainHttp: cfg.registry.plainHttp,
+    insecure: cfg.registry.insecure,
+    timeoutMs: cfg.registry.timeoutMs,
+    retries: cfg.registry.retries,
+    uploadChunkSize: cfg.registry.uploadChunkSize,
+    logger: log,
+    userAgent: `dfconvert/${CONVERTER_VERSION}`,
+    credentials: chainCredentials(
+      c ? StaticCredentials.fromString(c) : undefined,
+      new DockerConfigCredentials({ path: cfg.registry.dockerConfig, logger: log }),
+    ),
+  });
+}
+
+async function openStore(
+  loc: ImageLocation,
+  client: RegistryClient,
+  workDir: string,
+  signal: AbortSignal,
+): Promise<ImageStore> {
+  switch (loc.kind) {
+    case 'registry':
+      return new RegistryStore(client, loc.ref);
+    case 'oci':
+      return new OciLayoutStore(loc.dir, loc.tag);
+    case 'docker-archive':
+      return DockerArchiveStore.open(loc.file, loc.name, join(workDir, 'tmp'), signal);
+  }
+}
+
+function fmtBytes(n: number): string {
+  return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`;
+}
+
+export function buildProgram(signal: AbortSignal): Command {
+  const program = new Command('dfconvert')
+    .description(
+      'Convert an OCI/Docker image into a dfnode image (DFB layers, lazily loadable).\n' +
+        'SRC and DST: a registry reference (host[:port]/repo:tag or @digest), oci:DIR[:TAG] or docker-archive:FILE.\n' +
+        'DST defaults to the same repository with tag <tag>-dfb.',
+    )
+    .version(CONVERTER_VERSION)
+    .enablePositionalOptions()
+    .showHelpAfterError();
+  addCommon(program)
+    .argument('<src>', 'image to convert')
+    .argument('[dst]', 'where to push the converted image')
+    .option('--block-size <size>', 'uncompressed block size, 16k..4M (default 64k)')
+    .option('--workers <n>', 'compression threads (default: CPU count)')
+    .option('--platform <os/arch[/variant]>', 'convert only this platform of an index (repeatable)', collect)
+    .option('--work-dir <dir>', 'work directory for temporary blobs and the incremental index')
+    .option('--force', 'convert every layer even if a converted copy exists')
+    .action(async (srcText: string, dstText: string | undefined, flags: ConvertFlags) => {
+      const cfg = configFrom(flags);
+      const log = createLogger(cfg.logLevel);
+      const src = parseLocation(srcText);
+      const dst = dstText ? parseLocation(dstText) : defaultDestination(src);
+      if (dst.kind === 'docker-archive')
+        throw DfError.unsupported('docker-archive is supported as a source only; write to a registry or oci:DIR[:TAG]');
+      const srcClient = makeClient(cfg, log, flags.srcCreds, flags.creds);
+      const dstClient = makeClient(cfg, log, flags.destCreds, flags.creds);
+      const progress = createProgress(process.stderr, Boolean(flags.quiet));
+      const stores: ImageStore[] = [];
+      try {
+        const srcStore = await openStore(src, srcClient, cfg.convert.workDir, signal);
+        stores.push(srcStore);
+        const dstStore = await openStore(dst, dstClient, cfg.convert.workDir, signal);
+        stores.push(dstStore);
+        progress.note(`converting ${srcStore.description} → ${dstStore.description}`);
+        const summary = await new Converter({
+          src: srcStore,
+          dst: dstStore,
+          blockSize: cfg.convert.blockSize,
+          workers: cfg.convert.workers,
+          workDir: cfg.convert.workDir,
+          platforms: cfg.convert.platforms,
+          force: flags.force,
+          signal,
+          progress,
+          logger: log,
+        }).run();
+        progress.stop();
+        if (flags.json) process.stdout.write(JSON.stringify(summary) + '\n');
+        else
+          process.stdout.write(
+            `${summary.destination}@${summary.digest}\n` +
+              `  ${summary.layers.length} layers (${summary.layers.filter((l) => l.reused).length} reused), ` +
+              `${fmtBytes(summary.uncompressedBytes)} of files in, ${fmtBytes(summary.bytesOut)} pushed, ${summary.seconds.toFixed(1)} s\n`,
+          );
+      } finally {
+        progress.stop();
+        for (const s of stores) await s.close().catch(() => undefined);
+        await srcClient.close().catch(() => undefined);
+        await dstClient.close().catch(() => undefined);
+      }
+    });
+
+  addCommon(program.command('verify'))
+    .description("check that every converted layer of DST holds exactly its source layer's tree")
+    .argument('<src>', 'the source image')
+    .argument('<dst>', 'the converted image')
+    .option('--work-dir <dir>', 'work directory')
+    .action(async (srcText: string, dstText: string, flags: ConvertFlags) => {
+      const cfg = configFrom(flags);
+      const log = createLogger(cfg.logLevel);
+      const srcClient = makeClient(cfg, log, flags.srcCreds, flags.creds);
+      const dstClient = makeClient(cfg, log, flags.destCreds, flags.creds);
+      const progress = createProgress(process.stderr, Boolean(flags.quiet));
+      const stores: ImageStore[] = [];
+      try {
+        const srcStore = await openStore(parseLocation(srcText), srcClient, cfg.convert.workDir, signal);
+        stores.push(srcStore);
+        const dstStore = await openStore(parseLocation(dstText), dstClient, cfg.convert.workDir, signal);
+        stores.push(dstStore);
+        const summary = await verifyImage(srcStore, dstStore, { signal, progress });
+        progress.stop();
+        if (flags.json) process.stdout.write(JSON.stringify({ ok: true, ...summary }) + '\n');
+        else
+          process.stdout.write(
+            `OK: ${summary.layers} layers, ${summary.entries} entries, ${fmtBytes(summary.bytes)} of file data match ${summary.source}\n`,
+          );
+      } finally {
+        progress.stop();
+        for (const s of stores) await s.close().catch(() => undefined);
+        await srcClient.close().catch(() => undefined);
+        await dstClient.close().catch(() => undefined);
+      }
+    });
+  return program;
+}
+
+runMain('dfconvert', (signal, argv) => buildProgram(signal).parseAsync(argv));

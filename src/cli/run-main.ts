@@ -1,0 +1,32 @@
+import { DfError } from '../errors.js';
+
+/**
+ * Runs a command-line program: one AbortSignal for Ctrl-C/SIGTERM (a second Ctrl-C exits at once),
+ * DfErrors printed as one clear line with their exit code, never a stack trace unless DFNODE_DEBUG is set.
+ */
+export function runMain(name: string, main: (signal: AbortSignal, argv: string[]) => Promise<unknown>): void {
+  const ac = new AbortController();
+  let interrupts = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    interrupts++;
+    if (interrupts > 1) process.exit(130);
+    process.stderr.write(`\n${name}: ${sig} received, stopping (nothing partial is made visible)...\n`);
+    ac.abort(DfError.aborted(`interrupted by ${sig}`));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  main(ac.signal, process.argv)
+    .then(() => {
+      process.removeListener('SIGINT', onSignal);
+      process.removeListener('SIGTERM', onSignal);
+    })
+    .catch((err: unknown) => {
+      let e = DfError.from(err);
+      if (ac.signal.aborted && e.code !== 'ABORTED') e = DfError.aborted(`interrupted: ${e.message}`);
+      if (e.code === 'ABORTED') e = new DfError('ABORTED', `${e.message}; nothing was tagged`, { cause: err });
+      process.stderr.write(`${name}: error: ${e.message}\n`);
+      if (process.env.DFNODE_DEBUG) process.stderr.write(String((err as Error)?.stack ?? err) + '\n');
+      else if (e.code === 'INTERNAL') process.stderr.write(`${name}: (set DFNODE_DEBUG=1 for details)\n`);
+      process.exitCode = e.exitCode;
+    });
+}
