@@ -59,3 +59,67 @@ export interface RangeReader {
   readTail(length: number, signal?: AbortSignal): Promise<{ data: Buffer; size: number }>;
   close?(): Promise<void>;
 }
+
+/** TOC codecs (footer field `tocCodec`). */
+export enum TocCodec {
+  /** Stored TOC bytes are the encoded TOC. */
+  None = 0,
+  /** Stored TOC bytes are a zlib stream (RFC 1950, node:zlib deflateSync) of the encoded TOC. */
+  Zlib = 1,
+}
+
+/** Inode flags (TOC inode record byte 1). */
+export const InodeFlags = {
+  /** Directory is opaque (`.wh..wh..opq` in the tar). */
+  opaque: 1,
+  /** Directory had no tar entry: created because a descendant needed it. */
+  implicit: 2,
+} as const;
+
+/** Default and allowed uncompressed block sizes for writers. */
+export const DEFAULT_BLOCK_SIZE = 64 * 1024;
+export const MIN_BLOCK_SIZE = 16 * 1024;
+export const MAX_BLOCK_SIZE = 4 * 1024 * 1024;
+/** Readers reject any block table entry whose uncompressed length exceeds this (bounds reader memory). */
+export const MAX_BLOCK_LENGTH = 64 * 1024 * 1024;
+
+/** Metadata of one tar entry as the writer receives it. */
+export interface EntryMeta {
+  /** Normalized relative path ('a/b/c'); '.' or '' addresses the root directory (sets its attributes). */
+  path: string;
+  type: EntryType;
+  /** Permission bits incl. setuid/setgid/sticky (07777); file type bits are ignored. */
+  mode: number;
+  uid: number;
+  gid: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  linkTarget?: string;
+  devMajor?: number;
+  devMinor?: number;
+  xattrs?: Map<string, Buffer>;
+}
+
+export interface WriteResult {
+  /** sha256:hex of the whole blob. */
+  digest: string;
+  /** Blob size in bytes. */
+  size: number;
+  /** sha256:hex of the stored (compressed) TOC bytes. */
+  tocDigest: string;
+  tocOffset: number;
+  /** Stored TOC length. */
+  tocSize: number;
+  blockSize: number;
+  blocks: number;
+  /** Length of the uncompressed data stream. */
+  dataBytes: number;
+  /** Sum of the stored block lengths (= tocOffset). */
+  storedDataBytes: number;
+  /** Regular-file inodes in the TOC. */
+  files: number;
+  /** Names in the TOC (dirents, so hard links count once per name), excluding the root. */
+  entries: number;
+  /** Non-empty regular files whose content was already in the stream. */
+  dedupedFiles: number;
+}

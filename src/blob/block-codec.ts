@@ -1,0 +1,47 @@
+import { createHash } from 'node:crypto';
+import { compressSync, uncompressSync } from 'lz4-napi';
+import { DfError } from '../errors.js';
+import { Codec } from './types.js';
+
+export interface CompressedBlock {
+  stored: Buffer;
+  codec: Codec;
+  sha256: Buffer;
+}
+
+/**
+ * Compresses one block: LZ4 block format with a u32le length prefix (what lz4-napi compressSync emits),
+ * or the raw bytes when LZ4 does not make the block smaller. The hash is over the stored bytes.
+ */
+export function compressBlock(data: Buffer): CompressedBlock {
+  const c = compressSync(data);
+  const useLz4 = c.length < data.length;
+  const stored = useLz4 ? c : data;
+  return {
+    stored,
+    codec: useLz4 ? Codec.Lz4Block : Codec.Raw,
+    sha256: createHash('sha256').update(stored).digest(),
+  };
+}
+
+/** Decodes stored block bytes whose hash was already checked. `what` names the block in errors. */
+export function decodeStoredBlock(stored: Buffer, codec: Codec, length: number, what: string): Buffer {
+  if (codec === Codec.Raw) {
+    if (stored.length !== length) throw DfError.corrupt(`${what}: raw block is ${stored.length} bytes, expected ${length}`);
+    return stored;
+  }
+  if (codec !== Codec.Lz4Block) throw DfError.corrupt(`${what}: unknown codec ${codec}`);
+  if (stored.length < 5 || stored.readUInt32LE(0) !== length) {
+    throw DfError.corrupt(`${what}: LZ4 length prefix does not match the block table (${length})`);
+  }
+  let out: Buffer;
+  try {
+    out = uncompressSync(stored);
+  } catch (err) {
+    throw DfError.corrupt(`${what}: LZ4 data is corrupt (${(err as Error).message})`, { cause: err });
+  }
+  if (out.length !== length) {
+    throw DfError.corrupt(`${what}: decompressed to ${out.length} bytes, expected ${length}`);
+  }
+  return out;
+}
