@@ -75,6 +75,7 @@ export interface SendResponse {
 }
 
 const MAX_REDIRECTS = 5;
+const noop = (): void => undefined;
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 const MAX_ERROR_BODY = 64 * 1024;
 
@@ -578,6 +579,8 @@ export class RegistryClient {
       const method = redirects > 0 && req.method !== 'HEAD' ? 'GET' : req.method;
       const body = redirects === 0 && req.body ? await req.body() : undefined;
       const res = await this.dispatch(url, method, headers, body, req);
+      // Bodies destroyed before their end emit an abort error; whoever reads the body reports failures.
+      res.body.on('error', noop);
       const status = res.statusCode;
 
       if (status === 401 && sameOrigin) {
