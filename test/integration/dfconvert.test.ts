@@ -1,0 +1,337 @@
+/**
+ * dfconvert end to end: real docker-registry, images built from scratch, skopeo to push and inspect,
+ * the compiled CLI as users run it.
+ */
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildTar, gzip, type TarEntry } from '../fixtures/tar-builder.js';
+import { runCli, runOk, type CliResult } from '../helpers/cli.js';
+import {
+  corruptGzipLayer,
+  ensureDockerArchive,
+  ensureFixture,
+  truncatedTarLayer,
+  unknownMediaTypeLayer,
+  wrongDigestLayer,
+  type Fixture,
+} from '../helpers/fixtures.js';
+import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { requireTools } from '../helpers/require.js';
+
+const DFB = 'application/vnd.dfnode.image.layer.v1.dfb';
+const req = requireTools(['skopeo', 'umoci', 'busybox', 'debootstrap']);
+const regReq = requireRegistry(['none', 'basic', 'bearer']);
+
+interface Summary {
+  digest: string;
+  layers: Array<{ source: string; digest: string; reused: boolean; push: string }>;
+  bytesIn: number;
+  bytesOut: number;
+  seconds: number;
+}
+
+function expectOk(r: CliResult, what: string): void {
+  if (r.code !== 0) throw new Error(`${what} failed with ${r.code}:\n${r.stderr}\n${r.stdout}`);
+}
+
+function expectCleanFailure(r: CliResult, pattern: RegExp): void {
+  expect(r.code, r.stderr).not.toBe(0);
+  expect(r.code).not.toBeNull();
+  expect(r.stderr).toMatch(pattern);
+  // One clear line, never a stack trace.
+  expect(r.stderr).not.toMatch(/\n\s+at .+\(.+:\d+:\d+\)/);
+}
+
+async function readJson(dir: string, digest: string): Promise<any> {
+  return JSON.parse(await readFile(join(dir, 'blobs', 'sha256', digest.slice(7)), 'utf8'));
+}
+
+async function ociManifest(dir: string, tag: string): Promise<{ digest: string; manifest: any }> {
+  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8'));
+  const d = index.manifests.find((m: any) => m.annotations?.['org.opencontainers.image.ref.name'] === tag);
+  if (!d) throw new Error(`no tag ${tag} in ${dir}`);
+  return { digest: d.digest, manifest: await readJson(dir, d.digest) };
+}
+
+/** Writes a one-image OCI layout from layer tars. */
+async function makeImage(dir: string, tag: string, layers: TarEntry[][]): Promise<void> {
+  await mkdir(join(dir, 'blobs', 'sha256'), { recursive: true });
+  const put = async (b: Buffer) => {
+    const d = 'sha256:' + createHash('sha256').update(b).digest('hex');
+    await writeFile(join(dir, 'blobs', 'sha256', d.slice(7)), b);
+    return { digest: d, size: b.length };
+  };
+  const tars = layers.map((l) => buildTar(l));
+  const descs = [];
+  for (const t of tars) descs.push({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...(await put(gzip(t))) });
+  const config = Buffer.from(
+    JSON.stringify({
+      architecture: 'amd64',
+      os: 'linux',
+      rootfs: { type: 'layers', diff_ids: tars.map((t) => 'sha256:' + createHash('sha256').update(t).digest('hex')) },
+    }),
+  );
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...(await put(config)) },
+      layers: descs,
+    }),
+  );
+  const md = await put(manifest);
+  await writeFile(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  await writeFile(
+    join(dir, 'index.json'),
+    JSON.stringify({
+      schemaVersion: 2,
+      manifests: [
+        {
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          ...md,
+          annotations: { 'org.opencontainers.image.ref.name': tag },
+        },
+      ],
+    }),
+  );
+}
+
+describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built from scratch)', () => {
+  let reg: TestRegistry;
+  let work: string;
+  const fx: Record<string, Fixture> = {};
+  const convertArgs = () => ['--plain-http', '--work-dir', join(work, 'dfwork'), '--quiet'];
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'dfconvert-it-'));
+    for (const name of ['busybox', 'multilayer', 'edge', 'debian'] as const) fx[name] = await ensureFixture(name);
+    reg = await startRegistry();
+    for (const name of ['busybox', 'multilayer', 'debian'] as const)
+      await runOk('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', fx[name]!.ref, `docker://${reg.host}/${name}:1`]);
+  });
+
+  afterAll(async () => {
+    await reg?.stop();
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  for (const name of ['busybox', 'multilayer', 'debian']) {
+    it(`converts ${name} registry → registry; skopeo sees DFB layers; verify passes`, async () => {
+      const r = await runCli('dfconvert', [...convertArgs(), '--json', `${reg.host}/${name}:1`]);
+      expectOk(r, 'dfconvert');
+      const summary = JSON.parse(r.stdout) as Summary;
+      expect(summary.layers.length).toBeGreaterThan(0);
+      const raw = JSON.parse(
+        await runOk('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/${name}:1-dfb`]),
+      );
+      expect(raw.layers.every((l: any) => l.mediaType === DFB)).toBe(true);
+      expect(raw.layers.every((l: any) => l.annotations['dev.dfnode.source.digest'].startsWith('sha256:'))).toBe(true);
+      const src = JSON.parse(await runOk('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/${name}:1`]));
+      expect(raw.config.digest).toBe(src.config.digest);
+      expect(raw.layers.map((l: any) => l.annotations['dev.dfnode.source.digest'])).toEqual(
+        src.layers.map((l: any) => l.digest),
+      );
+      const v = await runCli('dfconvert', ['verify', '--plain-http', `${reg.host}/${name}:1`, `${reg.host}/${name}:1-dfb`]);
+      expectOk(v, 'verify');
+      expect(v.stdout).toMatch(/^OK/);
+    });
+  }
+
+  it('converts oci → oci (edge cases: PAX, GNU long names, xattrs, devices, whiteouts), deterministically', async () => {
+    const out1 = join(work, 'edge-1');
+    const out2 = join(work, 'edge-2');
+    const a = await runCli('dfconvert', [...convertArgs(), '--force', '--workers', '1', fx.edge!.ref, `oci:${out1}:dfb`]);
+    expectOk(a, 'convert edge 1');
+    const b = await runCli('dfconvert', [...convertArgs(), '--force', '--workers', '4', fx.edge!.ref, `oci:${out2}:dfb`]);
+    expectOk(b, 'convert edge 2');
+    const m1 = await ociManifest(out1, 'dfb');
+    const m2 = await ociManifest(out2, 'dfb');
+    expect(m1.digest).toBe(m2.digest);
+    for (const l of m1.manifest.layers) {
+      const x = await readFile(join(out1, 'blobs', 'sha256', l.digest.slice(7)));
+      const y = await readFile(join(out2, 'blobs', 'sha256', l.digest.slice(7)));
+      expect(x.equals(y)).toBe(true);
+    }
+    expectOk(await runCli('dfconvert', ['verify', fx.edge!.ref, `oci:${out1}:dfb`]), 'verify edge');
+  });
+
+  it('converts the docker media type variant and a docker archive', async () => {
+    const archive = await ensureDockerArchive('busybox');
+    const out = join(work, 'from-archive');
+    expectOk(await runCli('dfconvert', [...convertArgs(), `docker-archive:${archive}`, `oci:${out}:dfb`]), 'archive');
+    expectOk(await runCli('dfconvert', ['verify', `docker-archive:${archive}`, `oci:${out}:dfb`]), 'verify archive');
+    const edgeArchive = await ensureDockerArchive('edge');
+    const out2 = join(work, 'from-edge-archive');
+    expectOk(await runCli('dfconvert', [...convertArgs(), `docker-archive:${edgeArchive}`, `oci:${out2}:dfb`]), 'edge archive');
+    expectOk(await runCli('dfconvert', ['verify', `docker-archive:${edgeArchive}`, `oci:${out2}:dfb`]), 'verify');
+  });
+
+  it('is incremental: a second run reuses every layer and uploads nothing', async () => {
+    const args = [...convertArgs(), '--json', `${reg.host}/multilayer:1`, `${reg.host}/multilayer:again`];
+    const first = await runCli('dfconvert', args);
+    expectOk(first, 'first');
+    // A fresh work dir: reuse must come from the destination registry, as on a new CI machine.
+    const second = await runCli('dfconvert', [
+      '--plain-http',
+      '--quiet',
+      '--json',
+      '--work-dir',
+      join(work, 'fresh'),
+      `${reg.host}/multilayer:1`,
+      `${reg.host}/multilayer:again`,
+    ]);
+    expectOk(second, 'second');
+    const s1 = JSON.parse(first.stdout) as Summary;
+    const s2 = JSON.parse(second.stdout) as Summary;
+    expect(s2.digest).toBe(s1.digest);
+    expect(s2.layers.every((l) => l.reused)).toBe(true);
+    expect(s2.bytesOut).toBe(0);
+    expect(s2.bytesIn).toBe(0);
+  });
+
+  it('verify catches a flipped byte in any block, a missing file and a changed mode', async () => {
+    const out = join(work, 'flip');
+    expectOk(await runCli('dfconvert', [...convertArgs(), '--force', fx.multilayer!.ref, `oci:${out}:dfb`]), 'convert');
+    const { manifest } = await ociManifest(out, 'dfb');
+    // The biggest layer: flip one byte in its first, middle and last block regions (one at a time).
+    const layer = [...manifest.layers].sort((x: any, y: any) => y.size - x.size)[0];
+    const tocOffset = Number(layer.annotations['dev.dfnode.dfb.toc.offset']);
+    const path = join(out, 'blobs', 'sha256', layer.digest.slice(7));
+    for (const at of [0, Math.floor(tocOffset / 2), tocOffset - 1]) {
+      const fh = await open(path, 'r+');
+      const b = Buffer.alloc(1);
+      await fh.read(b, 0, 1, at);
+      await fh.write(Buffer.from([b[0]! ^ 0x01]), 0, 1, at);
+      const v = await runCli('dfconvert', ['verify', fx.multilayer!.ref, `oci:${out}:dfb`]);
+      await fh.write(b, 0, 1, at);
+      await fh.close();
+      expectCleanFailure(v, /block|digest/i);
+    }
+    expectOk(await runCli('dfconvert', ['verify', fx.multilayer!.ref, `oci:${out}:dfb`]), 'restored');
+
+    // A converted image whose layer lacks a file / has another mode than its claimed source.
+    const base: TarEntry[] = [
+      { path: 'etc/', type: 'directory' },
+      { path: 'etc/a.conf', type: 'file', data: 'a\n' },
+      { path: 'etc/b.conf', type: 'file', data: 'b\n', mode: 0o600 },
+    ];
+    const cases: Array<[string, TarEntry[], RegExp]> = [
+      ['missing', base.filter((e) => e.path !== 'etc/b.conf'), /etc\/b\.conf.*missing/],
+      ['mode', base.map((e) => (e.path === 'etc/b.conf' ? { ...e, mode: 0o644 } : e)), /etc\/b\.conf.*mode 600.*644/],
+    ];
+    const good = join(work, 'good');
+    await makeImage(good, 'v1', [base]);
+    for (const [name, entries, pattern] of cases) {
+      const bad = join(work, `bad-${name}`);
+      await makeImage(bad, 'v1', [entries]);
+      expectOk(await runCli('dfconvert', [...convertArgs(), `oci:${bad}:v1`, `oci:${bad}:dfb`]), 'convert bad');
+      // Make the converted image claim the good source (same source digest and config).
+      const g = await ociManifest(good, 'v1');
+      const m = await ociManifest(bad, 'dfb');
+      m.manifest.layers[0].annotations['dev.dfnode.source.digest'] = g.manifest.layers[0].digest;
+      m.manifest.config = g.manifest.config;
+      await writeFile(join(bad, 'blobs', 'sha256', g.manifest.config.digest.slice(7)), await readFile(join(good, 'blobs', 'sha256', g.manifest.config.digest.slice(7))));
+      const bytes = Buffer.from(JSON.stringify(m.manifest));
+      const d = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
+      await writeFile(join(bad, 'blobs', 'sha256', d.slice(7)), bytes);
+      const index = JSON.parse(await readFile(join(bad, 'index.json'), 'utf8'));
+      index.manifests = index.manifests.map((x: any) =>
+        x.annotations?.['org.opencontainers.image.ref.name'] === 'dfb' ? { ...x, digest: d, size: bytes.length } : x,
+      );
+      await writeFile(join(bad, 'index.json'), JSON.stringify(index));
+      const v = await runCli('dfconvert', ['verify', `oci:${good}:v1`, `oci:${bad}:dfb`]);
+      expectCleanFailure(v, pattern);
+    }
+  });
+
+  it('fails clearly on bad input and never tags a partial image', async () => {
+    const cases: Array<[string, Promise<Fixture>, RegExp]> = [
+      ['corrupt gzip', corruptGzipLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }), /corrupt gzip|gzip/i],
+      ['truncated tar', truncatedTarLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }), /truncated|end of/i],
+      ['digest mismatch', wrongDigestLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }), /digest mismatch/i],
+      ['unknown media type', unknownMediaTypeLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }), /zstd|media type/i],
+    ];
+    for (const [name, fixture, pattern] of cases) {
+      const f = await fixture;
+      const dst = `${reg.host}/broken-${name.replace(/\s+/g, '-')}:dfb`;
+      const r = await runCli('dfconvert', [...convertArgs(), f.ref, dst]);
+      expectCleanFailure(r, pattern);
+      const inspect = await runCli('dfconvert', ['verify', '--plain-http', f.ref, dst]);
+      expect(inspect.stderr).toMatch(/not found/);
+      await rm(f.dir, { recursive: true, force: true });
+    }
+    const missing = await runCli('dfconvert', [...convertArgs(), `${reg.host}/does-not-exist:1`]);
+    expectCleanFailure(missing, /not found/i);
+    const badRef = await runCli('dfconvert', [...convertArgs(), 'UPPER/Case::x']);
+    expectCleanFailure(badRef, /reference|invalid/i);
+  });
+
+  it('stops on SIGINT without tagging anything', async () => {
+    let pid = 0;
+    const dst = `${reg.host}/debian:interrupted`;
+    const p = runCli('dfconvert', [...convertArgs(), '--force', `${reg.host}/debian:1`, dst], {
+      onSpawn: (x) => (pid = x),
+    });
+    // Interrupt once the layer conversion is under way (its temporary blob exists).
+    const tmpDir = join(work, 'dfwork', 'tmp');
+    for (let i = 0; i < 600; i++) {
+      const names = await readdir(tmpDir).catch(() => [] as string[]);
+      if (names.some((n) => n.endsWith('.dfb'))) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    process.kill(pid, 'SIGINT');
+    const r = await p;
+    expect(r.code).toBe(130);
+    expect(r.stderr).toMatch(/interrupted|SIGINT/);
+    const check = await runCli('dfconvert', ['verify', '--plain-http', `${reg.host}/debian:1`, dst]);
+    expect(check.stderr).toMatch(/not found/);
+  });
+
+  describe('registry auth', () => {
+    for (const auth of ['basic', 'bearer'] as const) {
+      it(`${auth} auth works with --creds and with a docker config; a wrong password fails clearly`, async () => {
+        const secure = await startRegistry({ auth, username: 'ci', password: 's3cret' });
+        try {
+          await runOk('skopeo', [
+            'copy',
+            '--quiet',
+            '--dest-tls-verify=false',
+            '--dest-creds',
+            'ci:s3cret',
+            fx.busybox!.ref,
+            `docker://${secure.host}/busybox:1`,
+          ]);
+          expectOk(
+            await runCli('dfconvert', [...convertArgs(), '--creds', 'ci:s3cret', `${secure.host}/busybox:1`]),
+            'convert with creds',
+          );
+          const cfgDir = join(work, `docker-${auth}`);
+          await mkdir(cfgDir, { recursive: true });
+          await writeFile(
+            join(cfgDir, 'config.json'),
+            JSON.stringify({ auths: { [secure.host]: { auth: Buffer.from('ci:s3cret').toString('base64') } } }),
+          );
+          expectOk(
+            await runCli('dfconvert', [
+              'verify',
+              '--plain-http',
+              '--docker-config',
+              join(cfgDir, 'config.json'),
+              `${secure.host}/busybox:1`,
+              `${secure.host}/busybox:1-dfb`,
+            ]),
+            'verify with docker config',
+          );
+          const wrong = await runCli('dfconvert', [...convertArgs(), '--creds', 'ci:nope', `${secure.host}/busybox:1`]);
+          expectCleanFailure(wrong, /authentication|unauthorized|credentials/i);
+          expect(wrong.code).toBe(4);
+        } finally {
+          await secure.stop();
+        }
+      });
+    }
+  });
+});
