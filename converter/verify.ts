@@ -285,7 +285,11 @@ async function verifyLayer(
     const nodeOf = new Map<number, TreeNode>();
     const contentOf = new Map<number, string>();
     let entries = 0;
-    for (const { path: rawPath, ino } of toc.walk()) {
+    const all = function* () {
+      yield { path: '', ino: 1 }; // the root; walk() yields what is below it
+      yield* toc.walk();
+    };
+    for (const { path: rawPath, ino } of all()) {
       signal?.throwIfAborted();
       const path = rawPath.replace(/^\/+/, '');
       entries++;
