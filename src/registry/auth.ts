@@ -170,7 +170,12 @@ export class RegistryAuth {
     const challengeScope = h.params.scope;
     if (challengeScope)
       for (const s of challengeScope.split(' ')) if (s && !wanted.includes(s)) wanted.push(s);
-    const url = tokenUrl(realm, h.params.service, wanted);
+    // GET carries service and scopes in the query; the OAuth2 POST carries them in the form.
+    const url = tokenUrl(
+      realm,
+      cred?.identityToken ? undefined : h.params.service,
+      cred?.identityToken ? [] : wanted,
+    );
 
     const headers: Record<string, string> = { 'user-agent': this.opts.userAgent, accept: 'application/json' };
     let method: 'GET' | 'POST' = 'GET';

@@ -1,0 +1,162 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { MockAgent } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { DfError } from '../../src/errors.js';
+import { RegistryClient, parseContentRange } from '../../src/registry/client.js';
+import { StaticCredentials } from '../../src/registry/credentials.js';
+import { parseReference } from '../../src/registry/reference.js';
+
+const ref = parseReference('reg.test/a/b:1');
+const D = `sha256:${'0'.repeat(64)}`;
+
+async function rejection(p: Promise<unknown>): Promise<DfError> {
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(e).toBeInstanceOf(DfError);
+  return e as DfError;
+}
+
+describe('RegistryClient (mocked transport)', () => {
+  let agent: MockAgent;
+  let client: RegistryClient;
+  const make = (o: ConstructorParameters<typeof RegistryClient>[0] = {}) => {
+    agent = new MockAgent();
+    agent.disableNetConnect();
+    client = new RegistryClient({ dispatcher: agent, retries: 2, retryBaseMs: 1, retryMaxMs: 2, ...o });
+    return agent.get('https://reg.test');
+  };
+  afterEach(async () => {
+    await agent?.close();
+  });
+
+  it('retries 429 and 5xx, then reports the registry error message', async () => {
+    const pool = make();
+    pool.intercept({ path: `/v2/a/b/blobs/${D}`, method: 'HEAD' }).reply(429, '');
+    pool.intercept({ path: `/v2/a/b/blobs/${D}`, method: 'HEAD' }).reply(502, '');
+    pool
+      .intercept({ path: `/v2/a/b/blobs/${D}`, method: 'HEAD' })
+      .reply(200, '', { headers: { 'content-length': '42' } });
+    expect(await client.headBlob(ref, D)).toBe(42);
+
+    pool
+      .intercept({ path: '/v2/a/b/manifests/1', method: 'GET' })
+      .reply(500, JSON.stringify({ errors: [{ code: 'UNKNOWN', message: 'database on fire' }] }))
+      .times(3);
+    const err = await rejection(client.getManifest(ref));
+    expect(err.code).toBe('REGISTRY');
+    expect(err.message).toContain('reg.test answered 500');
+    expect(err.message).toContain('UNKNOWN: database on fire');
+    expect(err.message).toContain('after 3 attempts');
+  });
+
+  it('does not retry 4xx; maps 403 to FORBIDDEN and 400 to REGISTRY with the message', async () => {
+    const pool = make();
+    pool
+      .intercept({ path: '/v2/a/b/manifests/1', method: 'PUT' })
+      .reply(
+        400,
+        JSON.stringify({
+          errors: [{ code: 'MANIFEST_INVALID', message: 'manifest invalid', detail: 'bad' }],
+        }),
+      );
+    const e1 = await rejection(
+      client.putManifest(ref, Buffer.from('{}'), 'application/vnd.oci.image.manifest.v1+json'),
+    );
+    expect(e1.code).toBe('REGISTRY');
+    expect(e1.message).toContain('MANIFEST_INVALID: manifest invalid ("bad")');
+    pool
+      .intercept({ path: '/v2/a/b/manifests/1', method: 'GET' })
+      .reply(403, '{"errors":[{"code":"DENIED","message":"no"}]}');
+    const e2 = await rejection(client.getManifest(ref));
+    expect(e2.code).toBe('FORBIDDEN');
+    expect(e2.message).toContain('DENIED');
+  });
+
+  it('retries once after a challenge, then fails with UNAUTHORIZED', async () => {
+    const pool = make({ credentials: new StaticCredentials({ username: 'u', password: 'p' }) });
+    pool
+      .intercept({ path: '/v2/a/b/manifests/1', method: 'GET' })
+      .reply(401, '', { headers: { 'www-authenticate': 'Basic realm="x"' } })
+      .times(2);
+    const err = await rejection(client.getManifest(ref));
+    expect(err.code).toBe('UNAUTHORIZED');
+    expect(err.message).toMatch(
+      /^authentication to reg.test failed for a\/b: check credentials \(docker login reg.test or --creds\)/,
+    );
+  });
+
+  it('verifies manifests fetched by digest', async () => {
+    const pool = make();
+    const bytes = Buffer.from('{"schemaVersion":2}');
+    pool.intercept({ path: `/v2/a/b/manifests/${D}`, method: 'GET' }).reply(200, bytes, {
+      headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' },
+    });
+    const err = await rejection(client.getManifest(ref.withDigest(D)));
+    expect(err.code).toBe('DIGEST_MISMATCH');
+  });
+
+  it('uploads in chunks following relative Location headers', async () => {
+    const pool = make({ uploadChunkSize: 4 });
+    const data = randomBytes(10);
+    const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+    const got: Buffer[] = [];
+    pool.intercept({ path: `/v2/a/b/blobs/${digest}`, method: 'HEAD' }).reply(404, '');
+    pool
+      .intercept({ path: '/v2/a/b/blobs/uploads/', method: 'POST' })
+      .reply(202, '', { headers: { location: '/up/1?s=a' } });
+    for (const [i, range] of ['0-3', '4-7', '8-9'].entries()) {
+      pool
+        .intercept({ path: `/up/${i + 1}?s=a`, method: 'PATCH', headers: { 'content-range': range } })
+        .reply((o) => {
+          got.push(Buffer.from(o.body as Uint8Array));
+          return {
+            statusCode: 202,
+            data: '',
+            responseOptions: { headers: { location: `/up/${i + 2}?s=a`, range: `0-${range.split('-')[1]}` } },
+          };
+        });
+    }
+    pool.intercept({ path: `/up/4?s=a&digest=${encodeURIComponent(digest)}`, method: 'PUT' }).reply(201, '', {
+      headers: { 'docker-content-digest': digest },
+    });
+    expect(await client.pushBlob(ref, digest, data.length, () => Readable.from([data]))).toBe('uploaded');
+    expect(Buffer.concat(got).equals(data)).toBe(true);
+  });
+
+  it('falls back to the upload session a refused mount opened', async () => {
+    const pool = make();
+    const data = Buffer.from('hello');
+    const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+    pool.intercept({ path: `/v2/a/b/blobs/${digest}`, method: 'HEAD' }).reply(404, '');
+    pool
+      .intercept({
+        path: `/v2/a/b/blobs/uploads/?mount=${encodeURIComponent(digest)}&from=x%2Fy`,
+        method: 'POST',
+      })
+      .reply(202, '', { headers: { location: 'https://reg.test/sess?x=1' } });
+    pool.intercept({ path: `/sess?x=1&digest=${encodeURIComponent(digest)}`, method: 'PUT' }).reply(201, '');
+    expect(
+      await client.pushBlob(ref, digest, data.length, () => Readable.from([data]), { mountFrom: ['x/y'] }),
+    ).toBe('uploaded');
+  });
+
+  it('uses http for plainHttp and insecure hosts', () => {
+    make({ insecure: ['127.0.0.1:5000'] });
+    expect(client.baseUrl('127.0.0.1:5000')).toBe('http://127.0.0.1:5000');
+    expect(client.baseUrl('ghcr.io')).toBe('https://ghcr.io');
+    expect(new RegistryClient({ plainHttp: true }).baseUrl('ghcr.io')).toBe('http://ghcr.io');
+  });
+});
+
+describe('parseContentRange', () => {
+  it('parses and rejects', () => {
+    expect(parseContentRange('bytes 0-9/100')).toEqual({ start: 0, end: 9, size: 100 });
+    expect(parseContentRange('bytes 5-9/*')).toEqual({ start: 5, end: 9, size: undefined });
+    expect(parseContentRange('bytes 9-5/100')).toBeUndefined();
+    expect(parseContentRange('0-9')).toBeUndefined();
+    expect(parseContentRange(undefined)).toBeUndefined();
+  });
+});
