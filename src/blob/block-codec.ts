@@ -14,14 +14,32 @@ export interface CompressedBlock {
  * or the raw bytes when LZ4 does not make the block smaller. The hash is over the stored bytes.
  */
 export function compressBlock(data: Buffer): CompressedBlock {
-  const c = compressSync(data);
-  const useLz4 = c.length < data.length;
+  const c = looksIncompressible(data) ? undefined : compressSync(data);
+  const useLz4 = c !== undefined && c.length < data.length;
   const stored = useLz4 ? c : data;
   return {
     stored,
     codec: useLz4 ? Codec.Lz4Block : Codec.Raw,
     sha256: createHash('sha256').update(stored).digest(),
   };
+}
+
+const PROBE = 2048;
+
+/**
+ * LZ4 (lz4-napi) is slow on incompressible input (~50 MB/s vs ~1 GB/s on text), and layers hold many
+ * already-compressed files. Two small samples (start and middle) decide: if neither shrinks at all,
+ * the block is stored raw without trying the whole block. The decision depends only on the bytes,
+ * so output stays deterministic.
+ */
+function looksIncompressible(data: Buffer): boolean {
+  if (data.length < 8 * PROBE) return false;
+  const mid = (data.length >>> 1) & ~7;
+  // compressSync output has a 4-byte length prefix; compare payload to sample size
+  return (
+    compressSync(data.subarray(0, PROBE)).length - 4 >= PROBE &&
+    compressSync(data.subarray(mid, mid + PROBE)).length - 4 >= PROBE
+  );
 }
 
 /** Decodes stored block bytes whose hash was already checked. `what` names the block in errors. */
