@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
-import { extract, type Headers } from 'tar-stream';
+import { extract, type Header } from 'tar-stream';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BINARY_XATTR, EDGE_DOCKER_TAG, GNU_LONG_PATH, LONG_PATH, LONG_TARGET } from './fixtures/edge.js';
 import { MT, blobPath, readBlob, resolveTag, type Descriptor } from './fixtures/oci-layout.js';
@@ -49,7 +49,7 @@ function run(cmd: string, args: string[]): string {
 }
 
 interface Entry {
-  h: Headers;
+  h: Header;
   data: Buffer;
 }
 
@@ -59,7 +59,7 @@ async function readTar(tar: Buffer): Promise<Entry[]> {
   const done = new Promise<void>((resolve, reject) => {
     ex.on('entry', (h, stream, next) => {
       const chunks: Buffer[] = [];
-      stream.on('data', (c: Buffer) => chunks.push(c));
+      stream.on('data', (c: unknown) => void chunks.push(c as Buffer));
       stream.on('end', () => {
         out.push({ h, data: Buffer.concat(chunks) });
         next();
@@ -78,7 +78,10 @@ function uncompress(d: Descriptor, blob: Buffer): Buffer {
   return d.mediaType.endsWith('gzip') ? gunzipSync(blob) : blob;
 }
 
-async function layers(dir: string, tag = 'latest'): Promise<Array<{ d: Descriptor; tar: Buffer; entries: Entry[] }>> {
+async function layers(
+  dir: string,
+  tag = 'latest',
+): Promise<Array<{ d: Descriptor; tar: Buffer; entries: Entry[] }>> {
   const { manifest } = await resolveTag(dir, tag);
   const res = [];
   for (const d of manifest.layers) {
@@ -125,12 +128,15 @@ describe('busybox', () => {
     const es = ls[0]!.entries;
     expect(find(es, 'bin/busybox')!.h.size).toBeGreaterThan(500_000);
     expect(find(es, 'bin/sh')!.h).toMatchObject({ type: 'link', linkname: 'bin/busybox' });
-    for (const a of ['ls', 'cat', 'echo']) expect(find(es, `bin/${a}`)!.h).toMatchObject({ type: 'symlink', linkname: 'busybox' });
+    for (const a of ['ls', 'cat', 'echo'])
+      expect(find(es, `bin/${a}`)!.h).toMatchObject({ type: 'symlink', linkname: 'busybox' });
     expect(find(es, 'etc/passwd')!.data.toString()).toMatch(/^root:x:0:0:/);
     expect(find(es, 'tmp')!.h.mode! & 0o1777).toBe(0o1777);
     skopeoInspect(fx.ref);
     const rootfs = umociUnpack(fx.dir);
-    expect(run('chroot', [rootfs, '/bin/sh', '-c', 'echo hello from $(cat /etc/hostname)'])).toBe('hello from busybox\n');
+    expect(run('chroot', [rootfs, '/bin/sh', '-c', 'echo hello from $(cat /etc/hostname)'])).toBe(
+      'hello from busybox\n',
+    );
   });
 
   it('is reused while its script is unchanged', async (ctx) => {
@@ -156,23 +162,37 @@ describe('multilayer', () => {
     expect(all.filter((e) => e.h.type === 'link').length).toBeGreaterThanOrEqual(3);
     const l0 = ls[0]!.entries;
     const symlinks = l0.filter((e) => e.h.type === 'symlink');
-    expect(symlinks.map((e) => e.h.linkname)).toEqual(expect.arrayContaining(['../dup/a.txt', '/etc/passwd', '/does/not/exist']));
+    expect(symlinks.map((e) => e.h.linkname)).toEqual(
+      expect.arrayContaining(['../dup/a.txt', '/etc/passwd', '/does/not/exist']),
+    );
     const xf = find(l0, 'data/xattr/file')!.h.pax!;
-    expect(Object.keys(xf)).toEqual(expect.arrayContaining(['SCHILY.xattr.user.comment', 'SCHILY.xattr.user.binary', 'SCHILY.xattr.trusted.dfnode']));
+    expect(Object.keys(xf)).toEqual(
+      expect.arrayContaining([
+        'SCHILY.xattr.user.comment',
+        'SCHILY.xattr.user.binary',
+        'SCHILY.xattr.trusted.dfnode',
+      ]),
+    );
     expect(find(l0, 'data/xattr/ping')!.h.pax!).toHaveProperty(['SCHILY.xattr.security.capability']);
     expect(find(l0, 'data/modes/f4755')!.h.mode! & 0o4000).toBeTruthy();
     expect(find(l0, 'data/modes/f2755')!.h.mode! & 0o2000).toBeTruthy();
     expect(find(l0, 'data/modes/sticky')!.h.mode! & 0o1000).toBeTruthy();
     expect(find(l0, 'data/owners/u1000')!.h).toMatchObject({ uid: 1000, gid: 1000 });
     expect(find(l0, 'data/owners/nobody')!.h).toMatchObject({ uid: 65534, gid: 65534 });
-    expect(find(l0, 'data/dev/null')!.h).toMatchObject({ type: 'character-device', devmajor: 1, devminor: 3 });
+    expect(find(l0, 'data/dev/null')!.h).toMatchObject({
+      type: 'character-device',
+      devmajor: 1,
+      devminor: 3,
+    });
     expect(find(l0, 'data/dev/loop9')!.h).toMatchObject({ type: 'block-device', devmajor: 7, devminor: 9 });
     expect(find(l0, 'data/dev/fifo')!.h.type).toBe('fifo');
     expect(find(l0, 'data/café/日本語.txt')).toBeDefined();
     expect(names.some((n) => Buffer.byteLength(n) > 255)).toBe(true);
     expect(find(l0, 'data/empty-dir')!.h.type).toBe('directory');
     expect(find(l0, 'data/big/big.bin')!.h.size).toBe(8 << 20);
-    expect(l0.filter((e) => norm(e.h.name).startsWith('data/small/') && e.h.type === 'file').length).toBe(3000);
+    expect(l0.filter((e) => norm(e.h.name).startsWith('data/small/') && e.h.type === 'file').length).toBe(
+      3000,
+    );
     const a = find(l0, 'data/dup/a.txt')!.data;
     expect(sha(find(l0, 'data/dup/b.txt')!.data)).toBe(sha(a));
     expect(all.filter((e) => e.h.type === 'file' && e.h.size === 0).length).toBeGreaterThan(100);
@@ -224,7 +244,12 @@ describe('edge', () => {
     const fx = await ensureFixture('edge');
     const { config } = await resolveTag(fx.dir, fx.tag);
     const ls = await layers(fx.dir);
-    expect(ls.map((l) => l.d.mediaType)).toEqual([MT.ociLayerGzip, MT.ociLayerTar, MT.ociLayerGzip, MT.ociLayerGzip]);
+    expect(ls.map((l) => l.d.mediaType)).toEqual([
+      MT.ociLayerGzip,
+      MT.ociLayerTar,
+      MT.ociLayerGzip,
+      MT.ociLayerGzip,
+    ]);
     expect(ls.map((l) => `sha256:${sha(l.tar)}`)).toEqual(config.rootfs.diff_ids);
     for (const l of ls) expect(sha(await readFile(blobPath(fx.dir, l.d.digest)))).toBe(l.d.digest.slice(7));
 
@@ -243,10 +268,14 @@ describe('edge', () => {
     expect(find(l0, 'café/ünïcödé-link')!.h.linkname).toBe('日本語.txt');
     expect(ls[0]!.tar.includes(paxRecord('SCHILY.xattr.user.binary', BINARY_XATTR))).toBe(true);
     expect(Object.keys(find(l0, 'xattr/file')!.h.pax!)).toEqual(
-      expect.arrayContaining(['SCHILY.xattr.user.text', 'SCHILY.xattr.trusted.dfnode.bin', 'SCHILY.xattr.security.capability']),
+      expect.arrayContaining([
+        'SCHILY.xattr.user.text',
+        'SCHILY.xattr.trusted.dfnode.bin',
+        'SCHILY.xattr.security.capability',
+      ]),
     );
-    expect(find(l0, 'times/nanos')!.h.pax!.mtime).toBe('1700000000.123456789');
-    expect(find(l0, 'owners/big-uid')!.h.pax!.uid).toBe('3000000');
+    expect((find(l0, 'times/nanos')!.h.pax as Record<string, string>)['mtime']).toBe('1700000000.123456789');
+    expect((find(l0, 'owners/big-uid')!.h.pax as Record<string, string>)['uid']).toBe('3000000');
     // Order, duplicates, specials.
     const order = l0.map((e) => norm(e.h.name));
     expect(order.indexOf('late-dir/sub/file.txt')).toBeLessThan(order.indexOf('late-dir'));
@@ -293,15 +322,21 @@ describe('edge', () => {
 });
 
 describe('docker-archive', () => {
-  it.each(['edge', 'busybox'] as const)('%s has a docker save archive', async (name, ctx) => {
+  it.for(['edge', 'busybox'] as const)('%s has a docker save archive', async (name, ctx) => {
     if (unavailable(ctx, fixtureUnavailable(name))) return;
     const file = await ensureDockerArchive(name);
     const entries = await readTar(readFileSync(file));
-    const manifest = JSON.parse(find(entries, 'manifest.json')!.data.toString()) as Array<{ Config: string; RepoTags: string[]; Layers: string[] }>;
+    const manifest = JSON.parse(find(entries, 'manifest.json')!.data.toString()) as Array<{
+      Config: string;
+      RepoTags: string[];
+      Layers: string[];
+    }>;
     expect(manifest[0]!.RepoTags).toEqual([`dfnode-fixtures/${name}:latest`]);
     const fx = await ensureFixture(name);
     const { config } = await resolveTag(fx.dir, fx.tag);
-    expect(manifest[0]!.Layers.map((p) => `sha256:${sha(find(entries, p)!.data)}`)).toEqual(config.rootfs.diff_ids);
+    expect(manifest[0]!.Layers.map((p) => `sha256:${sha(find(entries, p)!.data)}`)).toEqual(
+      config.rootfs.diff_ids,
+    );
     skopeoInspect(`docker-archive:${file}`);
   });
 });

@@ -31,7 +31,13 @@ import {
 } from '../fixtures/oci-layout.js';
 
 export type FixtureName = 'busybox' | 'multilayer' | 'debian' | 'debian-python' | 'edge';
-export const FIXTURE_NAMES: readonly FixtureName[] = ['busybox', 'multilayer', 'debian', 'debian-python', 'edge'];
+export const FIXTURE_NAMES: readonly FixtureName[] = [
+  'busybox',
+  'multilayer',
+  'debian',
+  'debian-python',
+  'edge',
+];
 
 export interface Fixture {
   /** OCI image layout directory. */
@@ -61,14 +67,24 @@ interface FixtureSpec {
 }
 
 const SPECS: Record<FixtureName, FixtureSpec> = {
-  busybox: { script: 'busybox.sh', inputs: ['common.sh', 'busybox.sh'], tools: ['umoci', 'busybox'], root: true },
+  busybox: {
+    script: 'busybox.sh',
+    inputs: ['common.sh', 'busybox.sh'],
+    tools: ['umoci', 'busybox'],
+    root: true,
+  },
   multilayer: {
     script: 'multilayer.sh',
     inputs: ['common.sh', 'multilayer.sh'],
     tools: ['umoci', 'python3', 'tar', 'mknod'],
     root: true,
   },
-  debian: { script: 'debian.sh', inputs: ['common.sh', 'debian.sh'], tools: ['umoci', 'debootstrap', 'tar'], root: true },
+  debian: {
+    script: 'debian.sh',
+    inputs: ['common.sh', 'debian.sh'],
+    tools: ['umoci', 'debootstrap', 'tar'],
+    root: true,
+  },
   'debian-python': {
     script: 'debian-python.sh',
     inputs: ['common.sh', 'debian-python.sh'],
@@ -102,7 +118,9 @@ async function inputHash(name: FixtureName): Promise<string> {
   const h = createHash('sha256').update(`fixture:${name}\0`);
   const spec = SPECS[name];
   for (const f of spec.inputs) {
-    h.update(`${f}\0`).update(await readFile(join(SOURCES, f))).update('\0');
+    h.update(`${f}\0`)
+      .update(await readFile(join(SOURCES, f)))
+      .update('\0');
   }
   if (spec.base) h.update(`base:${await readFile(join(FIXTURES_DIR, spec.base, '.stamp'), 'utf8')}`);
   return h.digest('hex');
@@ -171,7 +189,13 @@ function removeStale(dir: string): Promise<void> {
   return rm(dir, { recursive: true, force: true });
 }
 
-function runScript(script: string, out: string, env: NodeJS.ProcessEnv, logFile: string, signal?: AbortSignal): Promise<void> {
+function runScript(
+  script: string,
+  out: string,
+  env: NodeJS.ProcessEnv,
+  logFile: string,
+  signal?: AbortSignal,
+): Promise<void> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn('bash', [join(SOURCES, script), out, TAG], {
       env: { ...process.env, ...env, FIXTURE_CACHE },
@@ -193,7 +217,9 @@ function runScript(script: string, out: string, env: NodeJS.ProcessEnv, logFile:
       void writeFile(logFile, text).finally(() => {
         if (code === 0) return resolvePromise();
         const tail = text.split('\n').slice(-30).join('\n');
-        reject(new Error(`fixture script ${script} failed (${sig ?? `exit ${code}`}); log: ${logFile}\n${tail}`));
+        reject(
+          new Error(`fixture script ${script} failed (${sig ?? `exit ${code}`}); log: ${logFile}\n${tail}`),
+        );
       });
     });
   });
@@ -230,7 +256,11 @@ async function doEnsure(name: FixtureName, opts: EnsureOptions): Promise<Fixture
     if (await isFresh(dir, hash)) return result;
     // Leftovers of interrupted builds of this fixture.
     for (const e of await readdir(FIXTURES_DIR)) {
-      if (e.startsWith(`.build-${name}.`) || e.startsWith(`.work-.build-${name}.`) || e.startsWith(`.old-${name}.`)) {
+      if (
+        e.startsWith(`.build-${name}.`) ||
+        e.startsWith(`.work-.build-${name}.`) ||
+        e.startsWith(`.old-${name}.`)
+      ) {
         await removeStale(join(FIXTURES_DIR, e));
       }
     }
@@ -309,11 +339,19 @@ export interface CorruptFixture extends Fixture {
 
 async function copyLayout(src: string, outDir?: string): Promise<string> {
   const dst = outDir ?? (await mkdtemp(join(tmpdir(), 'dfnode-corrupt-')));
-  await cp(src, dst, { recursive: true, filter: (s) => !s.endsWith('.stamp') && !s.includes(`/${EDGE_DOCKER_DIR}`) });
+  await cp(src, dst, {
+    recursive: true,
+    filter: (s) => !s.endsWith('.stamp') && !s.includes(`/${EDGE_DOCKER_DIR}`),
+  });
   return dst;
 }
 
-function pickLayer(m: Manifest, want: number | undefined, ok: (d: Descriptor) => boolean, what: string): number {
+function pickLayer(
+  m: Manifest,
+  want: number | undefined,
+  ok: (d: Descriptor) => boolean,
+  what: string,
+): number {
   if (want !== undefined) {
     if (!m.layers[want]) throw new Error(`layer ${want} does not exist (${m.layers.length} layers)`);
     if (!ok(m.layers[want]!)) throw new Error(`layer ${want} is not ${what}`);
@@ -324,7 +362,8 @@ function pickLayer(m: Manifest, want: number | undefined, ok: (d: Descriptor) =>
   return i;
 }
 
-const isGzip = (d: Descriptor): boolean => d.mediaType === MT.ociLayerGzip || d.mediaType === MT.dockerLayerGzip;
+const isGzip = (d: Descriptor): boolean =>
+  d.mediaType === MT.ociLayerGzip || d.mediaType === MT.dockerLayerGzip;
 const isTarOrGzip = (d: Descriptor): boolean =>
   isGzip(d) || d.mediaType === MT.ociLayerTar || d.mediaType === MT.dockerLayerTar;
 
@@ -377,12 +416,7 @@ export async function truncatedTarLayer(src: string, opts: CorruptOptions = {}):
   const tag = opts.tag ?? TAG;
   const dir = await copyLayout(src, opts.outDir);
   const { manifest } = await resolveTag(dir, tag);
-  const i = pickLayer(
-    manifest,
-    opts.layer,
-    (d) => isTarOrGzip(d) && d.size > 1024 + 64,
-    'a non-empty tar',
-  );
+  const i = pickLayer(manifest, opts.layer, (d) => isTarOrGzip(d) && d.size > 1024 + 64, 'a non-empty tar');
   const d = manifest.layers[i]!;
   const raw = await readBlob(dir, d.digest);
   const tar = isGzip(d) ? gunzipSync(raw) : raw;
@@ -390,7 +424,14 @@ export async function truncatedTarLayer(src: string, opts: CorruptOptions = {}):
   const cut = Math.floor((tar.length * 0.6) / 512) * 512 + 100;
   const truncated = tar.subarray(0, Math.min(cut, tar.length - 1024 - 1));
   const diffId = `sha256:${createHash('sha256').update(truncated).digest('hex')}`;
-  return replaceLayer(dir, tag, i, isGzip(d) ? gzipSync(truncated) : Buffer.from(truncated), undefined, diffId);
+  return replaceLayer(
+    dir,
+    tag,
+    i,
+    isGzip(d) ? gzipSync(truncated) : Buffer.from(truncated),
+    undefined,
+    diffId,
+  );
 }
 
 /**
