@@ -120,7 +120,8 @@ export class RegistryAuth {
     this.tokens.delete(this.tokenKey(host, scopes));
   }
 
-  private credential(host: string, signal?: AbortSignal): Promise<Credential | undefined> {
+  /** Credentials for a host (looked up once per host). */
+  credential(host: string, signal?: AbortSignal): Promise<Credential | undefined> {
     if (!this.opts.credentials) return Promise.resolve(undefined);
     let p = this.creds.get(host);
     if (!p) {

@@ -6,6 +6,7 @@ import { authFailedMessage, RegistryAuth, type RepoScope } from './auth.js';
 import { pushBlob, type PushBlobOptions, type PushResult } from './blob-upload.js';
 import type { CredentialProvider } from './credentials.js';
 import { MANIFEST_ACCEPT } from './media-types.js';
+import { parseWwwAuthenticate } from './www-authenticate.js';
 import { RegistryRangeReader } from './range-reader.js';
 import type { ImageReference } from './reference.js';
 import { computeDigest, digestAlgorithm, HashingStream, validateDigest } from './digest.js';
@@ -590,17 +591,22 @@ export class RegistryClient {
           authRetried = true;
           continue;
         }
-        const msg =
-          sentAuth || authRetried
-            ? authFailedMessage(host, req.ref.repository)
-            : `${host} refused anonymous access to ${req.ref.repository} without a usable challenge: ${why}`;
-        throw new DfError(
-          'UNAUTHORIZED',
-          msg + (why && (sentAuth || authRetried) ? ` (registry said: ${why})` : ''),
-          {
-            details: { host, repository: req.ref.repository, status },
-          },
+        const insufficient = parseWwwAuthenticate(challenge).some(
+          (c) => c.params.error === 'insufficient_scope',
         );
+        let msg: string;
+        if (!sentAuth && !authRetried) {
+          msg = `${host} refused anonymous access to ${req.ref.repository} without a usable challenge: ${why}`;
+        } else if (insufficient && !(await this.auth.credential(host, req.signal))) {
+          msg = `${host} requires a login for ${req.ref.repository} and no credentials were found: docker login ${host} or --creds`;
+        } else if (insufficient) {
+          msg =
+            `${host} denied ${req.push ? 'push' : 'pull'} access to ${req.ref.repository} for these credentials ` +
+            `(insufficient scope): check credentials and permissions (docker login ${host} or --creds)`;
+        } else {
+          msg = authFailedMessage(host, req.ref.repository) + (why ? ` (registry said: ${why})` : '');
+        }
+        throw new DfError('UNAUTHORIZED', msg, { details: { host, repository: req.ref.repository, status } });
       }
       if (req.followRedirects && status >= 300 && status < 400 && status !== 304) {
         const loc = header(res.headers, 'location');
@@ -644,8 +650,9 @@ export class RegistryClient {
     req: SendRequest,
   ): Promise<Dispatcher.ResponseData> {
     // The timer covers the wait for headers; body stalls are bounded by undici's bodyTimeout.
+    // Streamed uploads may take long: undici's headersTimeout, refreshed as the body is written, bounds them.
     const ctl = new AbortController();
-    const timer = setTimeout(() => ctl.abort(), this.timeoutMs);
+    const timer = body instanceof Readable ? undefined : setTimeout(() => ctl.abort(), this.timeoutMs);
     const onAbort = (): void => ctl.abort();
     req.signal?.addEventListener('abort', onAbort, { once: true });
     try {

@@ -28,6 +28,8 @@ export interface StartRegistryOptions {
   anonymousPull?: boolean;
   /** Bearer only: which field carries the token in the token server's answer. */
   tokenField?: 'token' | 'access_token' | 'both';
+  /** Bearer only: grant authenticated users pull access only (to test refused pushes). */
+  pullOnly?: boolean;
   /** Bearer only: token lifetime in seconds. */
   tokenExpiresIn?: number;
 }
@@ -288,6 +290,7 @@ async function startTokenServer(
       const name = scope.slice(first + 1, last);
       let actions = scope.slice(last + 1).split(',');
       if (!user) actions = opts.anonymousPull ? actions.filter((a) => a === 'pull') : [];
+      else if (opts.pullOnly) actions = actions.filter((a) => a === 'pull');
       if (actions.length) access.push({ type, name, actions });
     }
     const tok = sign(user ?? '', access);

@@ -539,9 +539,38 @@ describe.skipIf(req.skip)('registry client with bearer tokens', () => {
       expect(err.message).toContain(`authentication to ${reg.host} failed for bearer/app`);
       const err2 = await catchErr(anon.getManifest(ref));
       expect(err2.code).toBe('UNAUTHORIZED');
+      expect(err2.message).toContain('no credentials were found: docker login');
     } finally {
       await bad.close();
       await anon.close();
+    }
+  });
+});
+
+describe.skipIf(req.skip)('registry client with bearer tokens and limited rights', () => {
+  let reg: TestRegistry;
+  beforeAll(async () => {
+    reg = await startRegistry({ auth: 'bearer', pullOnly: true, anonymousPull: true, tokenField: 'token' });
+  });
+  afterAll(async () => {
+    await reg?.stop();
+  });
+
+  it('pulls anonymously and explains a refused push', async () => {
+    const anon = client();
+    const user = client({
+      credentials: new StaticCredentials({ username: reg.username!, password: reg.password! }),
+    });
+    try {
+      const ref = parseReference(`${reg.host}/ro/app:v1`);
+      expect(await anon.headManifest(ref)).toBeUndefined();
+      const b = blob(100);
+      const err = await catchErr(user.pushBlob(ref, b.digest, b.data.length, () => Readable.from([b.data])));
+      expect(err.code).toBe('UNAUTHORIZED');
+      expect(err.message).toContain(`${reg.host} denied push access to ro/app`);
+    } finally {
+      await anon.close();
+      await user.close();
     }
   });
 });
