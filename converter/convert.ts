@@ -7,6 +7,7 @@ import { DfError } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
 import { silentLogger } from '../src/log.js';
 import { convertLayer } from './convert-layer.js';
+import { explainLayerFailure } from './layer-input.js';
 import {
   canonicalJson,
   layerCompression,
@@ -293,7 +294,7 @@ export class Converter {
         break;
       } catch (err) {
         await rm(tmpOut, { force: true });
-        const e = DfError.from(err, `convert layer ${l.digest}`);
+        const e = await explainLayerFailure(err, l, () => src.openBlob(l.digest, l.size, signal), signal);
         // A connection dropped mid-stream is retried from the start; corrupt input is not.
         if ((e.code === 'NETWORK' || e.code === 'TIMEOUT') && attempt < 2 && !signal?.aborted) {
           attempt++;

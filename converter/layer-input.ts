@@ -75,3 +75,26 @@ export async function readLayer(
     throw DfError.corrupt(`${what}: size ${compressedBytes} does not match the manifest (${layer.size})`);
   return { diffId: 'sha256:' + diffHash.digest('hex'), compressedBytes, uncompressedBytes };
 }
+
+/**
+ * After a layer failed to decompress or parse: re-reads the blob to tell a damaged image (the bytes do not
+ * match the digest: DIGEST_MISMATCH) from a well-formed blob with bad content (the original error).
+ */
+export async function explainLayerFailure(
+  err: unknown,
+  layer: Descriptor,
+  reopen: () => Promise<Readable>,
+  signal?: AbortSignal,
+): Promise<DfError> {
+  const e = DfError.from(err);
+  if (e.code !== 'CORRUPT' || signal?.aborted) return e;
+  try {
+    const hash = createHash('sha256');
+    for await (const c of await reopen()) hash.update(c as Buffer);
+    const actual = 'sha256:' + hash.digest('hex');
+    if (actual !== layer.digest) return DfError.digestMismatch(`layer ${layer.digest}`, layer.digest, actual);
+  } catch {
+    // keep the original error
+  }
+  return e;
+}

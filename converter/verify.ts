@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { DfbReader } from '../src/blob/reader.js';
 import { Annotations, DFB_LAYER_MEDIA_TYPE, EntryType } from '../src/blob/types.js';
 import { DfError } from '../src/errors.js';
-import { readLayer } from './layer-input.js';
+import { explainLayerFailure, readLayer } from './layer-input.js';
 import { parseManifestOrIndex, platformString, type Descriptor, type Manifest } from './oci.js';
 import { classifyWhiteout, normalizeTarPath } from './paths.js';
 import { shortDigest, silentProgress, type Progress } from './progress.js';
@@ -234,7 +234,7 @@ async function verifyLayer(
   // 1. The source tree.
   const tree = new SourceTree();
   let bytes = 0;
-  await readLayer(
+  const readSource = readLayer(
     await src.openBlob(sl.digest, sl.size, signal),
     sl,
     async ({ header: h, body }) => {
@@ -269,6 +269,11 @@ async function verifyLayer(
     },
     { signal },
   );
+  try {
+    await readSource;
+  } catch (err) {
+    throw await explainLayerFailure(err, sl, () => src.openBlob(sl.digest, sl.size, signal), signal);
+  }
 
   // 2. The converted layer: footer and TOC (checked against the manifest's TOC digest), then every entry.
   const rr = await dst.blobReader(dl.digest, dl.size);
