@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { DfError } from '../errors.js';
 import { B, D, H, I, MAX_NAME_LENGTH, TOC_MAGIC, X } from './toc-layout.js';
 import { Codec, EntryType, InodeFlags, MAX_BLOCK_LENGTH } from './types.js';
@@ -210,6 +211,9 @@ export class Toc {
         case EntryType.Symlink:
           if (a > stringsLength || b > stringsLength - a) throw corrupt(`inode ${ino}: symlink target out of range`);
           if (size !== b) throw corrupt(`inode ${ino}: symlink size ${size} != target length ${b}`);
+          if (!isUtf8(buf.subarray(this.strBase + a, this.strBase + a + b))) {
+            throw corrupt(`inode ${ino}: symlink target is not valid UTF-8`);
+          }
           break;
         default:
           if (size !== 0) throw corrupt(`inode ${ino}: type ${type} with size ${size}`);
@@ -238,6 +242,7 @@ export class Toc {
       if ((len === 1 && nameBuf[0] === 0x2e) || (len === 2 && nameBuf[0] === 0x2e && nameBuf[1] === 0x2e)) {
         throw corrupt(`dirent ${i}: name is '.' or '..'`);
       }
+      if (!isUtf8(nameBuf)) throw corrupt(`dirent ${i}: name is not valid UTF-8`);
       refs[ino]!++;
     }
     // --- directory child ranges: disjoint, covering all dirents, sorted strictly, parent links consistent
@@ -303,6 +308,9 @@ export class Toc {
       const vl = dv.getUint32(r + X.valueLength, true);
       if (kl === 0 || ko > stringsLength || kl > stringsLength - ko || vo > stringsLength || vl > stringsLength - vo) {
         throw corrupt(`xattr ${i}: reference out of range`);
+      }
+      if (!isUtf8(buf.subarray(this.strBase + ko, this.strBase + ko + kl))) {
+        throw corrupt(`xattr ${i}: name is not valid UTF-8`);
       }
     }
     for (let ino = 1; ino <= n; ino++) {
