@@ -19,6 +19,12 @@ export {
   type Manifest,
 } from './client.js';
 export type { PushBlobOptions, PushResult } from './blob-upload.js';
+export {
+  RegistryTransport,
+  type TransportOptions,
+  type SendRequest,
+  type SendResponse,
+} from './transport.js';
 export { RegistryRangeReader } from './range-reader.js';
 export { MediaTypes, MANIFEST_ACCEPT, isIndexMediaType } from './media-types.js';
 export { computeDigest, validateDigest } from './digest.js';
