@@ -45,7 +45,8 @@ function looksIncompressible(data: Buffer): boolean {
 /** Decodes stored block bytes whose hash was already checked. `what` names the block in errors. */
 export function decodeStoredBlock(stored: Buffer, codec: Codec, length: number, what: string): Buffer {
   if (codec === Codec.Raw) {
-    if (stored.length !== length) throw DfError.corrupt(`${what}: raw block is ${stored.length} bytes, expected ${length}`);
+    if (stored.length !== length)
+      throw DfError.corrupt(`${what}: raw block is ${stored.length} bytes, expected ${length}`);
     return stored;
   }
   if (codec !== Codec.Lz4Block) throw DfError.corrupt(`${what}: unknown codec ${codec}`);

@@ -49,12 +49,17 @@ export class CompressPool {
     for (let i = 0; i < this.size; i++) {
       const worker = spawnWorker();
       const slot: Slot = { worker, busy: undefined };
-      worker.on('message', (m: { id: number; stored?: Uint8Array; codec?: Codec; sha256?: Uint8Array; error?: string }) =>
-        this.onMessage(slot, m),
+      worker.on(
+        'message',
+        (m: { id: number; stored?: Uint8Array; codec?: Codec; sha256?: Uint8Array; error?: string }) =>
+          this.onMessage(slot, m),
       );
-      worker.on('error', (err) => this.fail(DfError.internal(`compression worker failed: ${err.message}`, { cause: err })));
+      worker.on('error', (err) =>
+        this.fail(DfError.internal(`compression worker failed: ${err.message}`, { cause: err })),
+      );
       worker.on('exit', (code) => {
-        if (!this.closed) this.fail(DfError.internal(`compression worker exited unexpectedly (code ${code})`));
+        if (!this.closed)
+          this.fail(DfError.internal(`compression worker exited unexpectedly (code ${code})`));
       });
       worker.unref();
       this.slots.push(slot);

@@ -36,10 +36,14 @@ export function splitPath(path: string): string[] {
   const out: string[] = [];
   for (const c of p.split('/')) {
     if (c === '' || c === '.') continue;
-    if (c === '..') throw DfError.invalidArgument(`DFB writer: path ${JSON.stringify(path)} has a '..' component`);
-    if (c.includes('\0')) throw DfError.invalidArgument(`DFB writer: path ${JSON.stringify(path)} contains NUL`);
+    if (c === '..')
+      throw DfError.invalidArgument(`DFB writer: path ${JSON.stringify(path)} has a '..' component`);
+    if (c.includes('\0'))
+      throw DfError.invalidArgument(`DFB writer: path ${JSON.stringify(path)} contains NUL`);
     if (Buffer.byteLength(c) > MAX_NAME_LENGTH) {
-      throw DfError.invalidArgument(`DFB writer: name longer than ${MAX_NAME_LENGTH} bytes in ${JSON.stringify(path)}`);
+      throw DfError.invalidArgument(
+        `DFB writer: name longer than ${MAX_NAME_LENGTH} bytes in ${JSON.stringify(path)}`,
+      );
     }
     out.push(c);
   }
@@ -83,7 +87,8 @@ export function nodeFromMeta(meta: EntryMeta, type: EntryType = meta.type): Tree
       node.children = new Map();
       break;
     case EntryType.Symlink:
-      if (typeof meta.linkTarget !== 'string') throw DfError.invalidArgument(`DFB writer: symlink ${p} has no target`);
+      if (typeof meta.linkTarget !== 'string')
+        throw DfError.invalidArgument(`DFB writer: symlink ${p} has no target`);
       node.linkTarget = wellFormed(meta.linkTarget);
       node.size = Buffer.byteLength(node.linkTarget);
       break;

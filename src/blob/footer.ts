@@ -36,7 +36,9 @@ export interface Footer {
   tocSha256: Buffer;
 }
 
-export function encodeFooter(f: Omit<Footer, 'major' | 'minor'> & { major?: number; minor?: number }): Buffer {
+export function encodeFooter(
+  f: Omit<Footer, 'major' | 'minor'> & { major?: number; minor?: number },
+): Buffer {
   const b = Buffer.alloc(FOOTER_SIZE);
   FOOTER_MAGIC.copy(b, 0);
   b.writeUInt16LE(f.major ?? FORMAT_MAJOR, 8);
@@ -86,11 +88,13 @@ export function decodeFooter(buf: Buffer, blobSize?: number): Footer {
   const tocStoredLength = u64(b, 32, 'TOC stored length');
   const tocLength = u64(b, 40, 'TOC length');
   const tocSha256 = Buffer.from(b.subarray(48, 80));
-  if (blockSize === 0 || blockSize > 1 << 30) throw DfError.corrupt(`DFB footer: bad nominal block size ${blockSize}`);
+  if (blockSize === 0 || blockSize > 1 << 30)
+    throw DfError.corrupt(`DFB footer: bad nominal block size ${blockSize}`);
   if (tocCodec !== TocCodec.None && tocCodec !== TocCodec.Zlib) {
     throw DfError.corrupt(`DFB footer: unknown TOC codec ${tocCodec}`);
   }
-  if (tocLength > MAX_TOC_LENGTH) throw DfError.corrupt(`DFB footer: TOC length ${tocLength} exceeds the limit`);
+  if (tocLength > MAX_TOC_LENGTH)
+    throw DfError.corrupt(`DFB footer: TOC length ${tocLength} exceeds the limit`);
   if (tocStoredLength === 0 || tocStoredLength > MAX_TOC_LENGTH) {
     throw DfError.corrupt(`DFB footer: bad TOC stored length ${tocStoredLength}`);
   }

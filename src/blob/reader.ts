@@ -31,7 +31,9 @@ export class DfbReader {
   static async open(rr: RangeReader, opts: DfbReaderOpenOptions = {}): Promise<DfbReader> {
     const { data, size } = await rr.readTail(FOOTER_SIZE, opts.signal);
     if (data.length < FOOTER_SIZE) {
-      throw DfError.corrupt(`DFB: blob is ${size} bytes, smaller than a footer (${FOOTER_SIZE}); truncated or not DFB`);
+      throw DfError.corrupt(
+        `DFB: blob is ${size} bytes, smaller than a footer (${FOOTER_SIZE}); truncated or not DFB`,
+      );
     }
     const footer = decodeFooter(data, size);
     const stored = await rr.read(footer.tocOffset, footer.tocStoredLength, opts.signal);
@@ -48,7 +50,11 @@ export class DfbReader {
   static decodeStoredToc(footer: Footer, stored: Buffer, expectedTocDigest?: string): Toc {
     const actual = createHash('sha256').update(stored).digest();
     if (!actual.equals(footer.tocSha256)) {
-      throw DfError.digestMismatch('DFB TOC', 'sha256:' + footer.tocSha256.toString('hex'), 'sha256:' + actual.toString('hex'));
+      throw DfError.digestMismatch(
+        'DFB TOC',
+        'sha256:' + footer.tocSha256.toString('hex'),
+        'sha256:' + actual.toString('hex'),
+      );
     }
     const digest = 'sha256:' + actual.toString('hex');
     if (expectedTocDigest !== undefined && expectedTocDigest !== digest) {

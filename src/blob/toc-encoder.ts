@@ -31,7 +31,8 @@ class StringHeap {
       if (at !== undefined) return at;
     }
     const off = this.length;
-    if (off + bytes.length > 0xffff_ffff) throw DfError.unsupported('DFB TOC: string table larger than 4 GiB');
+    if (off + bytes.length > 0xffff_ffff)
+      throw DfError.unsupported('DFB TOC: string table larger than 4 GiB');
     this.chunks.push(bytes);
     this.length += bytes.length;
     if (dedupeKey !== undefined) this.seen.set(dedupeKey, off);
@@ -100,7 +101,8 @@ export function encodeToc(input: TocInput): EncodedToc {
       enter(node);
     }
   }
-  if (inodes.length > 0xffff_ffff || dirents > 0xffff_ffff) throw DfError.unsupported('DFB TOC: too many entries');
+  if (inodes.length > 0xffff_ffff || dirents > 0xffff_ffff)
+    throw DfError.unsupported('DFB TOC: too many entries');
 
   const heap = new StringHeap();
   const direntBuf = Buffer.alloc(dirents * D.SIZE);
@@ -185,8 +187,14 @@ export function encodeToc(input: TocInput): EncodedToc {
   }
 
   const total =
-    H.SIZE + input.blockRecords.length + inodeBuf.length + direntBuf.length + xattrCursor * X.SIZE + heap.size;
-  if (input.blockRecords.length !== input.blockCount * B.SIZE) throw DfError.internal('DFB TOC: block table size');
+    H.SIZE +
+    input.blockRecords.length +
+    inodeBuf.length +
+    direntBuf.length +
+    xattrCursor * X.SIZE +
+    heap.size;
+  if (input.blockRecords.length !== input.blockCount * B.SIZE)
+    throw DfError.internal('DFB TOC: block table size');
   const out = Buffer.alloc(total);
   out.writeUInt32LE(TOC_MAGIC, H.magic);
   out.writeUInt32LE(H.SIZE, H.headerSize);

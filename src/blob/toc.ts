@@ -90,7 +90,12 @@ export class Toc {
     this.dataLength = this.u64(H.dataLength, 'data length');
     this.storedDataLength = this.u64(H.storedDataLength, 'stored data length');
     if (headerSize < H.SIZE) throw corrupt(`header size ${headerSize} < ${H.SIZE}`);
-    if (this.blockRec < B.SIZE || this.inodeRec < I.SIZE || this.direntRec < D.SIZE || this.xattrRec < X.SIZE) {
+    if (
+      this.blockRec < B.SIZE ||
+      this.inodeRec < I.SIZE ||
+      this.direntRec < D.SIZE ||
+      this.xattrRec < X.SIZE
+    ) {
       throw corrupt('record size smaller than this version defines');
     }
     this.blockBase = headerSize;
@@ -138,7 +143,8 @@ export class Toc {
       const codec = dv.getUint8(r + B.codec);
       if (len === 0 || len > MAX_BLOCK_LENGTH) throw corrupt(`block ${i}: bad uncompressed length ${len}`);
       if (codec === Codec.Raw) {
-        if (stored !== len) throw corrupt(`block ${i}: raw block with stored length ${stored} != length ${len}`);
+        if (stored !== len)
+          throw corrupt(`block ${i}: raw block with stored length ${stored} != length ${len}`);
       } else if (codec === Codec.Lz4Block) {
         if (stored < 5 || stored > lz4Bound(len) + 4) {
           throw corrupt(`block ${i}: LZ4 stored length ${stored} impossible for length ${len}`);
@@ -181,7 +187,8 @@ export class Toc {
       const parent = dv.getUint32(r + I.parent, true);
       const xFirst = dv.getUint32(r + I.xattrFirst, true);
       const xCount = dv.getUint32(r + I.xattrCount, true);
-      if (type < EntryType.File || type > EntryType.Whiteout) throw corrupt(`inode ${ino}: unknown type ${type}`);
+      if (type < EntryType.File || type > EntryType.Whiteout)
+        throw corrupt(`inode ${ino}: unknown type ${type}`);
       if (mode > 0o7777) throw corrupt(`inode ${ino}: mode ${mode.toString(8)} has bits outside 07777`);
       if (nsec >= 1e9) throw corrupt(`inode ${ino}: mtime nanoseconds ${nsec} >= 1e9`);
       if (secHi > MAX_HI || secHi < -MAX_HI - 1) throw corrupt(`inode ${ino}: mtime out of range`);
@@ -197,19 +204,23 @@ export class Toc {
           if (b > MAX_HI) throw corrupt(`inode ${ino}: data offset out of range`);
           const off = b * TWO32 + a;
           if (off + size > this.dataLength) {
-            throw corrupt(`inode ${ino}: data ${off}+${size} past the end of the data stream (${this.dataLength})`);
+            throw corrupt(
+              `inode ${ino}: data ${off}+${size} past the end of the data stream (${this.dataLength})`,
+            );
           }
           break;
         }
         case EntryType.Dir:
           dirs++;
           if (size !== 0) throw corrupt(`inode ${ino}: directory with size ${size}`);
-          if (a > nd || b > nd - a) throw corrupt(`inode ${ino}: child range ${a}+${b} outside ${nd} dirents`);
+          if (a > nd || b > nd - a)
+            throw corrupt(`inode ${ino}: child range ${a}+${b} outside ${nd} dirents`);
           if (parent < 1 || parent > n) throw corrupt(`inode ${ino}: parent ${parent} out of range`);
           if (ino === 1 && parent !== 1) throw corrupt('root directory parent is not itself');
           break;
         case EntryType.Symlink:
-          if (a > stringsLength || b > stringsLength - a) throw corrupt(`inode ${ino}: symlink target out of range`);
+          if (a > stringsLength || b > stringsLength - a)
+            throw corrupt(`inode ${ino}: symlink target out of range`);
           if (size !== b) throw corrupt(`inode ${ino}: symlink size ${size} != target length ${b}`);
           if (!isUtf8(buf.subarray(this.strBase + a, this.strBase + a + b))) {
             throw corrupt(`inode ${ino}: symlink target is not valid UTF-8`);
@@ -218,7 +229,8 @@ export class Toc {
         default:
           if (size !== 0) throw corrupt(`inode ${ino}: type ${type} with size ${size}`);
       }
-      if (type !== EntryType.Dir && parent !== 0) throw corrupt(`inode ${ino}: non-directory with a parent field`);
+      if (type !== EntryType.Dir && parent !== 0)
+        throw corrupt(`inode ${ino}: non-directory with a parent field`);
     }
     if (xattrCursor !== this.xattrCount) {
       throw corrupt(`inodes claim ${xattrCursor} xattrs, table has ${this.xattrCount}`);
@@ -259,7 +271,9 @@ export class Toc {
         owner[i] = dir;
         owned++;
         if (i > first && this.compareNames(i - 1, i) >= 0) {
-          throw corrupt(`directory ${dir}: entries ${i - 1} and ${i} are not in strictly ascending name order`);
+          throw corrupt(
+            `directory ${dir}: entries ${i - 1} and ${i} are not in strictly ascending name order`,
+          );
         }
         const child = this.direntIno(i);
         const cr = this.inodeBase + (child - 1) * this.inodeRec;
@@ -293,7 +307,8 @@ export class Toc {
       const r = this.inodeBase + (ino - 1) * this.inodeRec;
       const nlink = dv.getUint32(r + I.nlink, true);
       if (dv.getUint8(r + I.type) === EntryType.Dir) {
-        if (nlink !== 2 + subdirs[ino]!) throw corrupt(`directory inode ${ino}: nlink ${nlink} != 2 + subdirectories`);
+        if (nlink !== 2 + subdirs[ino]!)
+          throw corrupt(`directory inode ${ino}: nlink ${nlink} != 2 + subdirectories`);
       } else {
         if (refs[ino] === 0) throw corrupt(`inode ${ino} has no name`);
         if (nlink !== refs[ino]) throw corrupt(`inode ${ino}: nlink ${nlink} but ${refs[ino]} names`);
@@ -306,7 +321,13 @@ export class Toc {
       const kl = dv.getUint32(r + X.keyLength, true);
       const vo = dv.getUint32(r + X.valueOffset, true);
       const vl = dv.getUint32(r + X.valueLength, true);
-      if (kl === 0 || ko > stringsLength || kl > stringsLength - ko || vo > stringsLength || vl > stringsLength - vo) {
+      if (
+        kl === 0 ||
+        ko > stringsLength ||
+        kl > stringsLength - ko ||
+        vo > stringsLength ||
+        vl > stringsLength - vo
+      ) {
         throw corrupt(`xattr ${i}: reference out of range`);
       }
       if (!isUtf8(buf.subarray(this.strBase + ko, this.strBase + ko + kl))) {
@@ -318,7 +339,8 @@ export class Toc {
       const first = dv.getUint32(r + I.xattrFirst, true);
       const count = dv.getUint32(r + I.xattrCount, true);
       for (let i = first + 1; i < first + count; i++) {
-        if (this.compareXattrKeys(i - 1, i) >= 0) throw corrupt(`inode ${ino}: xattr keys not strictly ascending`);
+        if (this.compareXattrKeys(i - 1, i) >= 0)
+          throw corrupt(`inode ${ino}: xattr keys not strictly ascending`);
       }
     }
   }
@@ -468,7 +490,9 @@ export class Toc {
   parent(ino: number): number {
     const r = this.rec(ino);
     if (this.dv.getUint8(r + I.type) !== EntryType.Dir) {
-      throw DfError.invalidArgument(`DFB TOC: inode ${ino} is not a directory (non-directories may have many parents)`);
+      throw DfError.invalidArgument(
+        `DFB TOC: inode ${ino} is not a directory (non-directories may have many parents)`,
+      );
     }
     return this.dv.getUint32(r + I.parent, true);
   }

@@ -67,7 +67,7 @@ export class DfbWriter {
 
   private pool: CompressPool | undefined;
   private readonly inflight: Array<Promise<CompressedBlock>> = [];
-  private readonly maxInflight: number;
+  private maxInflight = 8;
   private cur: Buffer;
   private curLen = 0;
 
@@ -87,7 +87,9 @@ export class DfbWriter {
   constructor(opts: DfbWriterOptions) {
     const bs = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
     if (!Number.isInteger(bs) || bs < MIN_BLOCK_SIZE || bs > MAX_BLOCK_SIZE || (bs & (bs - 1)) !== 0) {
-      throw DfError.invalidArgument(`DFB writer: block size ${bs} is not a power of two between 16 KiB and 4 MiB`);
+      throw DfError.invalidArgument(
+        `DFB writer: block size ${bs} is not a power of two between 16 KiB and 4 MiB`,
+      );
     }
     if (!opts.out) throw DfError.invalidArgument('DFB writer: no output path');
     this.out = opts.out;
@@ -97,7 +99,6 @@ export class DfbWriter {
     this.tmpDir = opts.tmpDir;
     this.signal = opts.signal;
     this.onProgress = opts.onProgress;
-    this.maxInflight = Math.max(4, 4 * (this.workers > 0 ? this.workers : 2));
     this.cur = Buffer.allocUnsafeSlow(bs);
   }
 
@@ -172,12 +173,18 @@ export class DfbWriter {
     return run;
   }
 
-  private async writeContent(node: TreeNode, path: string, content: AsyncIterable<Uint8Array>): Promise<void> {
+  private async writeContent(
+    node: TreeNode,
+    path: string,
+    content: AsyncIterable<Uint8Array>,
+  ): Promise<void> {
     const size = node.size;
     const hash = createHash('sha256');
     let got = 0;
     const tooLong = () =>
-      DfError.invalidArgument(`DFB writer: content of ${JSON.stringify(path)} is longer than its size ${size}`);
+      DfError.invalidArgument(
+        `DFB writer: content of ${JSON.stringify(path)} is longer than its size ${size}`,
+      );
     if (size <= SPOOL_THRESHOLD) {
       const chunks: Buffer[] = [];
       for await (const c of content) {
@@ -239,7 +246,9 @@ export class DfbWriter {
 
   private checkLength(path: string, got: number, size: number): void {
     if (got !== size) {
-      throw DfError.invalidArgument(`DFB writer: content of ${JSON.stringify(path)} is ${got} bytes, size says ${size}`);
+      throw DfError.invalidArgument(
+        `DFB writer: content of ${JSON.stringify(path)} is ${got} bytes, size says ${size}`,
+      );
     }
   }
 
@@ -279,7 +288,10 @@ export class DfbWriter {
   }
 
   private async submitBlock(data: Buffer): Promise<void> {
-    this.pool ??= new CompressPool(this.workers);
+    if (!this.pool) {
+      this.pool = new CompressPool(this.workers);
+      this.maxInflight = Math.max(4, 4 * this.pool.size); // bounds memory: ~2 x maxInflight x blockSize
+    }
     const p = this.pool.compress(data);
     p.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
     this.inflight.push(p);

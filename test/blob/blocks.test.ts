@@ -22,7 +22,10 @@ async function writeFiles(dir: string, name: string, blockSize: number, workers:
     const content = pseudoRandom(sizes[i]!, 1000 + i, i % 3 !== 0);
     const path = `d${i % 4}/f${i}`;
     files.push({ path, content });
-    await w.addFile({ ...base, path, type: EntryType.File, size: content.length }, chunks(content, 1 + ((i * 7717) % 100_000)));
+    await w.addFile(
+      { ...base, path, type: EntryType.File, size: content.length },
+      chunks(content, 1 + ((i * 7717) % 100_000)),
+    );
   }
   const res = await w.finish();
   return { res, blob: await readFile(out), files };
@@ -136,8 +139,14 @@ describe('blocks', () => {
     expect(reader.toc.blocksForRange(70_000, 1)).toEqual([3, 3]);
     for (const f of files) {
       const ino = reader.toc.lookup(f.path)!;
-      expect((await reader.readFile(ino, 0, f.size)).equals(stream.subarray(f.off, f.off + f.size))).toBe(true);
-      expect((await reader.readFile(ino, 69_990, 20)).equals(stream.subarray(f.off + 69_990, Math.min(f.off + f.size, f.off + 70_010)))).toBe(true);
+      expect((await reader.readFile(ino, 0, f.size)).equals(stream.subarray(f.off, f.off + f.size))).toBe(
+        true,
+      );
+      expect(
+        (await reader.readFile(ino, 69_990, 20)).equals(
+          stream.subarray(f.off + 69_990, Math.min(f.off + f.size, f.off + 70_010)),
+        ),
+      ).toBe(true);
     }
   });
 });
@@ -167,7 +176,10 @@ describe('determinism', () => {
       // 64 MiB in files of 256 KiB, mixed compressible / incompressible
       for (let i = 0; i < 256; i++) {
         const part = content.subarray(i << 18, (i + 1) << 18);
-        await w.addFile({ ...base, path: `f/${i}`, type: EntryType.File, size: part.length }, chunks(part, 65536));
+        await w.addFile(
+          { ...base, path: `f/${i}`, type: EntryType.File, size: part.length },
+          chunks(part, 65536),
+        );
       }
       const res = await w.finish();
       const s = (performance.now() - t0) / 1000;

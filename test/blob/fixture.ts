@@ -26,7 +26,12 @@ export async function smallRichBlob(): Promise<Buffer> {
     w.addEntry({ ...base, path: 'var/gone', type: EntryType.Whiteout });
     w.markOpaque('var/cache');
     w.addEntry(
-      dirMeta('var/cache/x', { xattrs: new Map([['user.a', Buffer.from([1, 2, 3])], ['user.b', Buffer.alloc(0)]]) }),
+      dirMeta('var/cache/x', {
+        xattrs: new Map([
+          ['user.a', Buffer.from([1, 2, 3])],
+          ['user.b', Buffer.alloc(0)],
+        ]),
+      }),
     );
     await w.finish();
     return await readFile(out);

@@ -46,7 +46,22 @@ async function runCase(b: Buffer, tally: Tally, what: string): Promise<void> {
 const newTally = (): Tally => ({ ok: 0, rejected: new Map(), bad: [] });
 
 function interesting(r: () => number, n: number): number {
-  const vals = [0, 1, 2, 3, n - 1, n, n + 1, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 0xffff_fffe, 48, 64, 4096];
+  const vals = [
+    0,
+    1,
+    2,
+    3,
+    n - 1,
+    n,
+    n + 1,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_ffff,
+    0xffff_fffe,
+    48,
+    64,
+    4096,
+  ];
   return r() < 0.7 ? vals[Math.floor(r() * vals.length)]! >>> 0 : Math.floor(r() * 0x1_0000_0000);
 }
 
@@ -93,7 +108,14 @@ describe('fuzz', () => {
       } else {
         // truncate, extend or splice
         const cut = Math.floor(r() * n);
-        t = r() < 0.5 ? t.subarray(0, cut) : Buffer.concat([t.subarray(0, cut), Buffer.alloc(Math.floor(r() * 64), Math.floor(r() * 256)), t.subarray(cut)]);
+        t =
+          r() < 0.5
+            ? t.subarray(0, cut)
+            : Buffer.concat([
+                t.subarray(0, cut),
+                Buffer.alloc(Math.floor(r() * 64), Math.floor(r() * 256)),
+                t.subarray(cut),
+              ]);
       }
       await runCase(withToc(blob, t, 16384), tally, `TOC case ${c}`);
     }
@@ -101,13 +123,17 @@ describe('fuzz', () => {
     // both outcomes happen: the fuzzer reaches deep validation and harmless changes still read
     expect(tally.rejected.get('CORRUPT')).toBeGreaterThan(1000);
     expect(tally.ok).toBeGreaterThan(10);
-    console.log(`TOC fuzz: ${tally.ok} accepted, rejected ${JSON.stringify(Object.fromEntries(tally.rejected))}`);
+    console.log(
+      `TOC fuzz: ${tally.ok} accepted, rejected ${JSON.stringify(Object.fromEntries(tally.rejected))}`,
+    );
   });
 
   it('mutated blocks, with and without a matching digest', async () => {
     const r = rng(3);
     const tally = newTally();
-    const lz4 = Array.from({ length: toc.blockCount }, (_, i) => i).filter((i) => toc.block(i).codec === Codec.Lz4Block);
+    const lz4 = Array.from({ length: toc.blockCount }, (_, i) => i).filter(
+      (i) => toc.block(i).codec === Codec.Lz4Block,
+    );
     for (let c = 0; c < 1500; c++) {
       const i = c % 2 ? lz4[Math.floor(r() * lz4.length)]! : Math.floor(r() * toc.blockCount);
       const blk = toc.block(i);
@@ -119,7 +145,10 @@ describe('fuzz', () => {
         b = Buffer.from(blob); // digest catches it
       } else {
         const t = Buffer.from(tocBytes);
-        createHash('sha256').update(stored).digest().copy(t, H.SIZE + i * B.SIZE + B.sha256);
+        createHash('sha256')
+          .update(stored)
+          .digest()
+          .copy(t, H.SIZE + i * B.SIZE + B.sha256);
         b = withToc(blob, t, 16384); // digest matches: the decompressor sees garbage
       }
       stored.copy(b, blk.offset);

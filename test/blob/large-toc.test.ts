@@ -24,7 +24,8 @@ it('writes, decodes and looks up a 100,000-entry TOC', async () => {
       for (let f = 0; f < PER; f++) {
         const path = `${dp}/module_${f}.py`;
         if (f % 50 === 49) w.addHardlink(path, `${dp}/module_0.py`);
-        else if (f % 50 === 48) w.addEntry({ ...base, path, type: EntryType.Symlink, linkTarget: `module_${f - 1}.py` });
+        else if (f % 50 === 48)
+          w.addEntry({ ...base, path, type: EntryType.Symlink, linkTarget: `module_${f - 1}.py` });
         else {
           const c = Buffer.from(f % 3 === 0 ? `shared content ${f}\n` : `# ${d}/${f}\n`);
           await w.addFile({ ...base, path, type: EntryType.File, size: c.length }, one(c));
@@ -54,7 +55,9 @@ it('writes, decodes and looks up a 100,000-entry TOC', async () => {
     const m0 = toc.lookup('usr/lib/python3/site-packages/pkg321/module_0.py')!;
     expect(toc.stat(m0).nlink).toBe(4);
     expect(toc.lookup('usr/lib/python3/site-packages/pkg321/module_149.py')).toBe(m0);
-    expect(toc.readlink(toc.lookup('usr/lib/python3/site-packages/pkg321/module_98.py')!)).toBe('module_97.py');
+    expect(toc.readlink(toc.lookup('usr/lib/python3/site-packages/pkg321/module_98.py')!)).toBe(
+      'module_97.py',
+    );
     expect(toc.lookup('usr/lib/python3/site-packages/pkg321/module_199.py')).toBeUndefined();
     expect(toc.lookup('usr/lib/python3/site-packages/pkg500')).toBeUndefined();
     const pkgs = toc.readdir(toc.lookup('usr/lib/python3/site-packages')!);

@@ -15,23 +15,58 @@ async function buildRich(out: string, tmpDir: string, workers = 2): Promise<Writ
   const w = new DfbWriter({ out, tmpDir, workers, blockSize: 16 * 1024 });
   w.addEntry(dirMeta('.', { mode: 0o1777, uid: 5, gid: 6, mtimeSec: 42, mtimeNsec: 7 }));
   w.addEntry(dirMeta('etc'));
-  await w.addFile({ ...base, path: 'etc/passwd', type: EntryType.File, size: 12 }, chunks(Buffer.from('root:x:0:0:\n'), 5));
+  await w.addFile(
+    { ...base, path: 'etc/passwd', type: EntryType.File, size: 12 },
+    chunks(Buffer.from('root:x:0:0:\n'), 5),
+  );
   await w.addFile({ ...base, path: 'etc/empty', type: EntryType.File, size: 0 }, chunks(Buffer.alloc(0)));
   // identical contents stored once
-  await w.addFile({ ...base, path: 'etc/passwd.bak', type: EntryType.File, size: 12 }, chunks(Buffer.from('root:x:0:0:\n')));
-  w.addEntry({ ...base, path: 'bin/sh', type: EntryType.Symlink, linkTarget: '/usr/bin/busybox', mode: 0o777 });
+  await w.addFile(
+    { ...base, path: 'etc/passwd.bak', type: EntryType.File, size: 12 },
+    chunks(Buffer.from('root:x:0:0:\n')),
+  );
+  w.addEntry({
+    ...base,
+    path: 'bin/sh',
+    type: EntryType.Symlink,
+    linkTarget: '/usr/bin/busybox',
+    mode: 0o777,
+  });
   w.addEntry({ ...base, path: 'dev/null', type: EntryType.CharDev, devMajor: 1, devMinor: 3, mode: 0o666 });
-  w.addEntry({ ...base, path: 'dev/sda', type: EntryType.BlockDev, devMajor: 8, devMinor: 0xfffff, mode: 0o660 });
+  w.addEntry({
+    ...base,
+    path: 'dev/sda',
+    type: EntryType.BlockDev,
+    devMajor: 8,
+    devMinor: 0xfffff,
+    mode: 0o660,
+  });
   w.addEntry({ ...base, path: 'run/fifo', type: EntryType.Fifo, mode: 0o600 });
   w.addEntry({ ...base, path: 'var/gone', type: EntryType.Whiteout, mode: 0 });
   w.markOpaque('var/cache');
   w.addEntry(dirMeta('var/cache', { mode: 0o700 })); // explicit entry after the marker keeps it opaque
   await w.addFile(
-    { ...base, path: 'usr/bin/su', type: EntryType.File, size: 4, mode: 0o4755, uid: 4_000_000_000, gid: 4_294_967_295 },
+    {
+      ...base,
+      path: 'usr/bin/su',
+      type: EntryType.File,
+      size: 4,
+      mode: 0o4755,
+      uid: 4_000_000_000,
+      gid: 4_294_967_295,
+    },
     chunks(Buffer.from('su!\n')),
   );
   await w.addFile(
-    { ...base, path: 'usr/bin/wall', type: EntryType.File, size: 3, mode: 0o2755, mtimeSec: -1, mtimeNsec: 999_999_999 },
+    {
+      ...base,
+      path: 'usr/bin/wall',
+      type: EntryType.File,
+      size: 3,
+      mode: 0o2755,
+      mtimeSec: -1,
+      mtimeNsec: 999_999_999,
+    },
     chunks(Buffer.from('w\n\n')),
   );
   await w.addFile(
@@ -96,7 +131,9 @@ describe('DFB round trip', () => {
     const blob = await readFile(blobPath);
     expect(result.size).toBe(blob.length);
     expect(result.digest).toBe(sha256hex(blob));
-    expect(result.tocDigest).toBe(sha256hex(blob.subarray(result.tocOffset, result.tocOffset + result.tocSize)));
+    expect(result.tocDigest).toBe(
+      sha256hex(blob.subarray(result.tocOffset, result.tocOffset + result.tocSize)),
+    );
     expect(result.tocOffset).toBe(result.storedDataBytes);
     expect(result.blockSize).toBe(16 * 1024);
     expect(result.blocks).toBe(reader.toc.blockCount);
@@ -107,17 +144,34 @@ describe('DFB round trip', () => {
     // no temp files or partial output left behind
     expect((await readdir(dir)).sort()).toEqual(['rich.dfb']);
     // the annotation digest is accepted
-    const again = await DfbReader.open(await FileRangeReader.open(blobPath), { expectedTocDigest: result.tocDigest });
+    const again = await DfbReader.open(await FileRangeReader.open(blobPath), {
+      expectedTocDigest: result.tocDigest,
+    });
     await again.close();
   });
 
   it('keeps root attributes and implicit parents', () => {
     const toc = reader.toc;
     const root = toc.stat(1);
-    expect(root).toMatchObject({ type: EntryType.Dir, mode: 0o1777, uid: 5, gid: 6, mtimeSec: 42, mtimeNsec: 7 });
+    expect(root).toMatchObject({
+      type: EntryType.Dir,
+      mode: 0o1777,
+      uid: 5,
+      gid: 6,
+      mtimeSec: 42,
+      mtimeNsec: 7,
+    });
     expect(root.implicit).toBe(false);
     const bin = toc.stat(toc.lookup('bin')!);
-    expect(bin).toMatchObject({ type: EntryType.Dir, mode: 0o755, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, implicit: true });
+    expect(bin).toMatchObject({
+      type: EntryType.Dir,
+      mode: 0o755,
+      uid: 0,
+      gid: 0,
+      mtimeSec: 0,
+      mtimeNsec: 0,
+      implicit: true,
+    });
     expect(toc.stat(toc.lookup('etc')!).implicit).toBe(false);
     expect(toc.lookup('/')).toBe(1);
     expect(toc.lookup('')).toBe(1);
@@ -160,8 +214,17 @@ describe('DFB round trip', () => {
     const sh = toc.stat(toc.lookup('bin/sh')!);
     expect(sh).toMatchObject({ type: EntryType.Symlink, mode: 0o777, size: '/usr/bin/busybox'.length });
     expect(toc.readlink(sh.ino)).toBe('/usr/bin/busybox');
-    expect(toc.stat(toc.lookup('dev/null')!)).toMatchObject({ type: EntryType.CharDev, devMajor: 1, devMinor: 3, mode: 0o666 });
-    expect(toc.stat(toc.lookup('dev/sda')!)).toMatchObject({ type: EntryType.BlockDev, devMajor: 8, devMinor: 0xfffff });
+    expect(toc.stat(toc.lookup('dev/null')!)).toMatchObject({
+      type: EntryType.CharDev,
+      devMajor: 1,
+      devMinor: 3,
+      mode: 0o666,
+    });
+    expect(toc.stat(toc.lookup('dev/sda')!)).toMatchObject({
+      type: EntryType.BlockDev,
+      devMajor: 8,
+      devMinor: 0xfffff,
+    });
     expect(toc.stat(toc.lookup('run/fifo')!)).toMatchObject({ type: EntryType.Fifo, mode: 0o600 });
     expect(toc.stat(toc.lookup('var/gone')!)).toMatchObject({ type: EntryType.Whiteout });
     const cache = toc.stat(toc.lookup('var/cache')!);
@@ -171,8 +234,16 @@ describe('DFB round trip', () => {
 
   it('round-trips modes, ids and times', () => {
     const toc = reader.toc;
-    expect(toc.stat(toc.lookup('usr/bin/su')!)).toMatchObject({ mode: 0o4755, uid: 4_000_000_000, gid: 4_294_967_295 });
-    expect(toc.stat(toc.lookup('usr/bin/wall')!)).toMatchObject({ mode: 0o2755, mtimeSec: -1, mtimeNsec: 999_999_999 });
+    expect(toc.stat(toc.lookup('usr/bin/su')!)).toMatchObject({
+      mode: 0o4755,
+      uid: 4_000_000_000,
+      gid: 4_294_967_295,
+    });
+    expect(toc.stat(toc.lookup('usr/bin/wall')!)).toMatchObject({
+      mode: 0o2755,
+      mtimeSec: -1,
+      mtimeNsec: 999_999_999,
+    });
     expect(toc.stat(toc.lookup('usr/old')!)).toMatchObject({ mtimeSec: 2 ** 40, mtimeNsec: 1 });
   });
 
@@ -257,7 +328,9 @@ describe('DfbWriter input checks', () => {
       expect(() => w3.addHardlink('a', 'd')).toThrow(/directory/);
       expect(() => w3.addEntry(dirMeta('../escape'))).toThrow(/'\.\.'/);
       expect(() => w3.addEntry({ ...base, path: 'l', type: EntryType.Symlink })).toThrow(/no target/);
-      expect(() => new DfbWriter({ out: join(dir, 'q'), tmpDir: dir, blockSize: 65537 })).toThrow(/power of two/);
+      expect(() => new DfbWriter({ out: join(dir, 'q'), tmpDir: dir, blockSize: 65537 })).toThrow(
+        /power of two/,
+      );
       await w3.abort();
       expect((await readdir(dir)).length).toBe(0);
     } finally {
@@ -269,7 +342,10 @@ describe('DfbWriter input checks', () => {
     const { dir, cleanup } = await tempDir();
     try {
       const w = new DfbWriter({ out: join(dir, 'x.dfb'), tmpDir: dir, workers: 1, blockSize: 16384 });
-      await w.addFile({ ...base, path: 'a', type: EntryType.File, size: 3 << 20 }, chunks(pseudoRandom(3 << 20, 3, false), 1 << 16));
+      await w.addFile(
+        { ...base, path: 'a', type: EntryType.File, size: 3 << 20 },
+        chunks(pseudoRandom(3 << 20, 3, false), 1 << 16),
+      );
       let release!: () => void;
       const gate = new Promise<void>((r) => (release = r));
       async function* slow(): AsyncGenerator<Buffer> {

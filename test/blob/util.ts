@@ -62,7 +62,13 @@ export function rng(seed: number): () => number {
   };
 }
 
-export const base: Omit<EntryMeta, 'path' | 'type'> = { mode: 0o644, uid: 0, gid: 0, mtimeSec: 1_700_000_000, mtimeNsec: 0 };
+export const base: Omit<EntryMeta, 'path' | 'type'> = {
+  mode: 0o644,
+  uid: 0,
+  gid: 0,
+  mtimeSec: 1_700_000_000,
+  mtimeNsec: 0,
+};
 export const dirMeta = (path: string, extra: Partial<EntryMeta> = {}): EntryMeta => ({
   ...base,
   mode: 0o755,
