@@ -338,6 +338,40 @@ describe('DfbWriter input checks', () => {
     }
   });
 
+  it('reports progress and stops on an aborted signal', async () => {
+    const { dir, cleanup } = await tempDir();
+    try {
+      const ac = new AbortController();
+      const seen: number[] = [];
+      const w = new DfbWriter({
+        out: join(dir, 'x.dfb'),
+        tmpDir: dir,
+        workers: 1,
+        signal: ac.signal,
+        onProgress: (p) => seen.push(p.bytesIn),
+      });
+      await w.addFile(
+        { ...base, path: 'a', type: EntryType.File, size: 10_000 },
+        chunks(Buffer.alloc(10_000, 1), 1000),
+      );
+      expect(seen.at(-1)).toBe(10_000);
+      expect(seen.length).toBe(10);
+      async function* abortMidway(): AsyncGenerator<Buffer> {
+        yield Buffer.alloc(100);
+        ac.abort();
+        yield Buffer.alloc(100);
+      }
+      await expect(
+        w.addFile({ ...base, path: 'b', type: EntryType.File, size: 200 }, abortMidway()),
+      ).rejects.toSatisfy((e) => isDfError(e, 'ABORTED'));
+      await expect(w.finish()).rejects.toSatisfy((e) => isDfError(e));
+      await w.abort();
+      expect(await readdir(dir)).toEqual([]);
+    } finally {
+      await cleanup();
+    }
+  });
+
   it('abort removes partial output and spool files while a file is being written', async () => {
     const { dir, cleanup } = await tempDir();
     try {
