@@ -290,6 +290,73 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
     expect(check.stderr).toMatch(/not found/);
   });
 
+  it('converts every platform of an index, or only those named with --platform', async () => {
+    const dir = join(work, 'multi');
+    await makeImage(join(work, 'multi-amd64'), 'x', [[{ path: 'arch', type: 'file', data: 'amd64\n' }]]);
+    await makeImage(join(work, 'multi-arm64'), 'x', [[{ path: 'arch', type: 'file', data: 'arm64\n' }]]);
+    await mkdir(join(dir, 'blobs', 'sha256'), { recursive: true });
+    const children = [];
+    for (const arch of ['amd64', 'arm64']) {
+      const sub = join(work, `multi-${arch}`);
+      const m = await ociManifest(sub, 'x');
+      for (const f of await readdir(join(sub, 'blobs', 'sha256')))
+        await writeFile(join(dir, 'blobs', 'sha256', f), await readFile(join(sub, 'blobs', 'sha256', f)));
+      const bytes = await readFile(join(sub, 'blobs', 'sha256', m.digest.slice(7)));
+      children.push({
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        digest: m.digest,
+        size: bytes.length,
+        platform: { os: 'linux', architecture: arch },
+      });
+    }
+    const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: children }));
+    const id = 'sha256:' + createHash('sha256').update(index).digest('hex');
+    await writeFile(join(dir, 'blobs', 'sha256', id.slice(7)), index);
+    await writeFile(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+    await writeFile(
+      join(dir, 'index.json'),
+      JSON.stringify({
+        schemaVersion: 2,
+        manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', digest: id, size: index.length, annotations: { 'org.opencontainers.image.ref.name': 'multi' } }],
+      }),
+    );
+    expectOk(await runCli('dfconvert', [...convertArgs(), `oci:${dir}:multi`]), 'convert index');
+    const all = await ociManifest(dir, 'multi-dfb');
+    expect(all.manifest.manifests.map((m: any) => m.platform.architecture)).toEqual(['amd64', 'arm64']);
+    expectOk(await runCli('dfconvert', ['verify', `oci:${dir}:multi`, `oci:${dir}:multi-dfb`]), 'verify index');
+    expectOk(
+      await runCli('dfconvert', [...convertArgs(), '--platform', 'linux/arm64', `oci:${dir}:multi`, `oci:${dir}:arm`]),
+      'convert one platform',
+    );
+    const one = await ociManifest(dir, 'arm');
+    expect(one.manifest.manifests.map((m: any) => m.platform.architecture)).toEqual(['arm64']);
+    expectOk(await runCli('dfconvert', ['verify', `oci:${dir}:multi`, `oci:${dir}:arm`]), 'verify one platform');
+    const none = await runCli('dfconvert', [...convertArgs(), '--platform', 'linux/s390x', `oci:${dir}:multi`, `oci:${dir}:none`]);
+    expectCleanFailure(none, /no image matches --platform linux\/s390x/);
+  });
+
+  it('reports a full disk clearly and leaves no partial output', async () => {
+    const tiny = join(work, 'tiny');
+    await mkdir(tiny, { recursive: true });
+    await runOk('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', tiny]);
+    try {
+      const r = await runCli('dfconvert', [
+        '--quiet',
+        '--force',
+        '--work-dir',
+        join(tiny, 'work'),
+        fx.multilayer!.ref,
+        `oci:${join(work, 'nospace-out')}:dfb`,
+      ]);
+      expectCleanFailure(r, /no space left/i);
+      expect(r.code).toBe(9);
+      const left = await readdir(join(tiny, 'work', 'tmp')).catch(() => []);
+      expect(left).toEqual([]);
+    } finally {
+      await runOk('umount', [tiny]);
+    }
+  });
+
   describe('registry auth', () => {
     for (const auth of ['basic', 'bearer'] as const) {
       it(`${auth} auth works with --creds and with a docker config; a wrong password fails clearly`, async () => {

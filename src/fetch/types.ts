@@ -1,0 +1,42 @@
+import type { Toc } from '../blob/toc.js';
+
+/** Who served a block: for metrics ("bytes by source") and for isolating bad sources. */
+export type SourceKind = 'cache' | 'memory' | 'peer' | 'seed' | 'registry';
+
+/** Fetch priorities, most urgent first. */
+export enum Priority {
+  /** A process is blocked on this read. */
+  Blocked = 0,
+  /** Trace/readahead prefetch. */
+  Prefetch = 1,
+  /** Background fill of the whole layer. */
+  Fill = 2,
+}
+
+/** A blob as the fetch layer sees it. */
+export interface BlobRef {
+  /** sha256:hex of the DFB blob. */
+  digest: string;
+  size: number;
+}
+
+/**
+ * A remote source of a blob's stored bytes (registry now; peers and seeds later). Returns exactly the
+ * requested bytes, unverified (the caller verifies every block), or throws a DfError.
+ */
+export interface BlockSource {
+  readonly kind: SourceKind;
+  readonly name: string;
+  fetch(blob: BlobRef, offset: number, length: number, signal: AbortSignal): Promise<Buffer>;
+}
+
+/**
+ * What the filesystem needs to serve file contents: the seam between src/fetch and src/fuse.
+ * `read` resolves with the uncompressed bytes of inode `ino` in [offset, offset+length) (clamped to the file
+ * size), fetching missing blocks at Priority.Blocked, or rejects with a DfError (TIMEOUT, NETWORK, CORRUPT,
+ * NO_SPACE, ...) within a bounded time — never hangs.
+ */
+export interface FileReader {
+  readonly toc: Toc;
+  read(ino: number, offset: number, length: number, signal?: AbortSignal): Promise<Buffer>;
+}
