@@ -54,9 +54,39 @@ export const configSchema = z.object({
     .prefault({}),
   cache: z
     .object({
+      /** Per-blob sparse cache files and bitmaps. */
       dir: z.string().default('/var/lib/dfnode/cache'),
+      /** Evict unused blobs when the cache grows past this... */
       highWatermark: sizeSchema.default(20 * 1024 ** 3),
+      /** ...until it is below this. */
       lowWatermark: sizeSchema.default(16 * 1024 ** 3),
+      /** Decompressed-block memory cache (LRU). */
+      memoryBytes: sizeSchema.default(64 * 1024 ** 2),
+      /** Check each block's SHA-256 also when it comes from the local cache. */
+      verifyCachedReads: z.boolean().default(true),
+    })
+    .prefault({}),
+  fetch: z
+    .object({
+      /** A read blocked on the network fails with EIO after this long. */
+      readTimeoutMs: z.number().int().positive().default(30_000),
+      /** One range request. */
+      requestTimeoutMs: z.number().int().positive().default(10_000),
+      retries: z.number().int().nonnegative().default(3),
+      /** Largest range request for prefetch and background fill. */
+      maxRunBytes: sizeSchema.default(4 * 1024 ** 2),
+      /** Background fill rate limit in bytes/s; 0 = unlimited. */
+      fillRate: sizeSchema.default(0),
+      /** Start filling the whole layer after its first read. */
+      backgroundFill: z.boolean().default(true),
+    })
+    .prefault({}),
+  node: z
+    .object({
+      /** Mount points, mount records and the lock of the running daemon. */
+      stateDir: z.string().default('/var/lib/dfnode/state'),
+      /** Prometheus metrics endpoint of `dfnode run` / `dfnode mount` (host:port; empty = off). */
+      metricsAddress: z.string().default('127.0.0.1:9877'),
     })
     .prefault({}),
 });
