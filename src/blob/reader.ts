@@ -87,7 +87,7 @@ export class DfbReader {
    */
   static verifyBlock(toc: Toc, i: number, stored: Buffer): Buffer {
     DfbReader.checkStoredBlock(toc, i, stored);
-    return decodeStoredBlock(stored, toc.block(i).codec, toc.block(i).length, `DFB block ${i}`);
+    return decodeStoredBlock(stored, toc.blockCodec(i), toc.blockLength(i), `DFB block ${i}`);
   }
 
   /** Verifies stored block bytes against the block table (length and SHA-256) without decompressing. */
@@ -95,7 +95,7 @@ export class DfbReader {
     if (!Number.isInteger(i) || i < 0 || i >= toc.blockCount) {
       throw DfError.invalidArgument(`DFB: no block ${i} (blob has ${toc.blockCount})`);
     }
-    const want = toc.blockOffset(i + 1) - toc.blockOffset(i);
+    const want = toc.blockStoredLength(i);
     if (stored.length !== want) {
       throw DfError.corrupt(`DFB block ${i}: ${stored.length} stored bytes, block table says ${want}`, {
         details: { block: i },

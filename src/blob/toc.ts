@@ -421,6 +421,21 @@ export class Toc {
     return this.streamOffsets[i]!;
   }
 
+  /** Uncompressed length of block i. No allocation. */
+  blockLength(i: number): number {
+    return this.streamOffsets[i + 1]! - this.streamOffsets[i]!;
+  }
+
+  /** Stored length of block i. No allocation. */
+  blockStoredLength(i: number): number {
+    return this.blobOffsets[i + 1]! - this.blobOffsets[i]!;
+  }
+
+  /** Codec of block i. No allocation. */
+  blockCodec(i: number): Codec {
+    return this.dv.getUint8(this.blockBase + i * this.blockRec + B.codec);
+  }
+
   /** The stored SHA-256 of block i, as a view into the TOC (do not modify). */
   blockSha256(i: number): Buffer {
     const r = this.blockBase + i * this.blockRec + B.sha256;
