@@ -3,7 +3,7 @@ import { EntryType } from '../src/blob/types.js';
 import { DfbWriter, type WriteResult } from '../src/blob/writer.js';
 import { DfError } from '../src/errors.js';
 import { readLayer } from './layer-input.js';
-import type { Descriptor } from './oci.js';
+import type { Descriptor } from '../src/registry/oci.js';
 import { classifyWhiteout, normalizeTarPath } from './paths.js';
 import type { TarEntryType } from './tar-reader.js';
 

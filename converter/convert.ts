@@ -18,7 +18,7 @@ import {
   sha256Digest,
   type Descriptor,
   type Manifest,
-} from './oci.js';
+} from '../src/registry/oci.js';
 import { shortDigest, silentProgress, type Progress } from './progress.js';
 import { bufferStream } from './store-oci.js';
 import type { ImageStore, RootManifest } from './store.js';

@@ -3,7 +3,7 @@ import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { DfError } from '../src/errors.js';
-import { layerCompression, type Descriptor } from './oci.js';
+import { layerCompression, type Descriptor } from '../src/registry/oci.js';
 import { readTar, type TarEntry } from './tar-reader.js';
 
 export interface LayerInputResult {

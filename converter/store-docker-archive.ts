@@ -8,7 +8,7 @@ import { z } from 'zod';
 import { FileRangeReader } from '../src/blob/file-range-reader.js';
 import type { RangeReader } from '../src/blob/types.js';
 import { DfError } from '../src/errors.js';
-import { canonicalJson, MediaTypes, sha256Digest } from './oci.js';
+import { canonicalJson, MediaTypes, sha256Digest } from '../src/registry/oci.js';
 import type { ImageStore, RootManifest } from './store.js';
 import { readTar } from './tar-reader.js';
 

@@ -7,7 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { FileRangeReader } from '../src/blob/file-range-reader.js';
 import type { RangeReader } from '../src/blob/types.js';
 import { DfError } from '../src/errors.js';
-import { canonicalJson, indexSchema, MediaTypes, sha256Digest, type Descriptor, type ImageIndex } from './oci.js';
+import { canonicalJson, indexSchema, MediaTypes, sha256Digest, type Descriptor, type ImageIndex } from '../src/registry/oci.js';
 import type { ImageStore, PushOptions, PushResult, RootManifest } from './store.js';
 
 const REF_NAME = 'org.opencontainers.image.ref.name';

@@ -3,7 +3,7 @@ import { DfbReader } from '../src/blob/reader.js';
 import { Annotations, DFB_LAYER_MEDIA_TYPE, EntryType } from '../src/blob/types.js';
 import { DfError } from '../src/errors.js';
 import { explainLayerFailure, readLayer } from './layer-input.js';
-import { parseManifestOrIndex, platformString, type Descriptor, type Manifest } from './oci.js';
+import { parseManifestOrIndex, platformString, type Descriptor, type Manifest } from '../src/registry/oci.js';
 import { classifyWhiteout, normalizeTarPath } from './paths.js';
 import { shortDigest, silentProgress, type Progress } from './progress.js';
 import type { ImageStore } from './store.js';

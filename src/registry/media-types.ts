@@ -9,7 +9,12 @@ export const MediaTypes = {
   dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
   dockerManifestList: 'application/vnd.docker.distribution.manifest.list.v2+json',
   dockerConfig: 'application/vnd.docker.container.image.v1+json',
+  ociLayerNdTar: 'application/vnd.oci.image.layer.nondistributable.v1.tar',
+  ociLayerNdGzip: 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
+  dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
+  dockerLayerTar: 'application/vnd.docker.image.rootfs.diff.tar',
   dockerLayerGzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  dockerForeignGzip: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
 } as const;
 
 /** The Accept header for manifest requests: single-platform manifests and indexes, OCI and Docker. */
@@ -20,6 +25,6 @@ export const MANIFEST_ACCEPT = [
   MediaTypes.dockerManifestList,
 ].join(', ');
 
-export function isIndexMediaType(mediaType: string): boolean {
+export function isIndexMediaType(mediaType: string | undefined): boolean {
   return mediaType === MediaTypes.ociIndex || mediaType === MediaTypes.dockerManifestList;
 }

@@ -1,24 +1,10 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
-import { DfError } from '../src/errors.js';
+import { DfError } from '../errors.js';
+import { isIndexMediaType, MediaTypes } from './media-types.js';
 
-/** OCI and Docker media types and the manifest/index shapes dfconvert reads and writes. */
-export const MediaTypes = {
-  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
-  ociIndex: 'application/vnd.oci.image.index.v1+json',
-  ociConfig: 'application/vnd.oci.image.config.v1+json',
-  ociLayerTar: 'application/vnd.oci.image.layer.v1.tar',
-  ociLayerGzip: 'application/vnd.oci.image.layer.v1.tar+gzip',
-  ociLayerZstd: 'application/vnd.oci.image.layer.v1.tar+zstd',
-  ociLayerNdTar: 'application/vnd.oci.image.layer.nondistributable.v1.tar',
-  ociLayerNdGzip: 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
-  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
-  dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
-  dockerConfig: 'application/vnd.docker.container.image.v1+json',
-  dockerLayerTar: 'application/vnd.docker.image.rootfs.diff.tar',
-  dockerLayerGzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
-  dockerForeignGzip: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
-} as const;
+/** OCI and Docker manifests and indexes: shapes, parsing of untrusted JSON, platforms, layer compression. */
+export { MediaTypes };
 
 export type LayerCompression = 'gzip' | 'none';
 
@@ -79,9 +65,6 @@ export const indexSchema = z.object({
 });
 export type ImageIndex = z.infer<typeof indexSchema>;
 
-export function isIndexMediaType(mt: string | undefined): boolean {
-  return mt === MediaTypes.ociIndex || mt === MediaTypes.dockerList;
-}
 
 export function isManifestMediaType(mt: string | undefined): boolean {
   return mt === MediaTypes.ociManifest || mt === MediaTypes.dockerManifest;
