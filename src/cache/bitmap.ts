@@ -1,0 +1,122 @@
+import { createHash } from 'node:crypto';
+
+/**
+ * A fixed-size set of unit indexes (blocks of a blob, plus the TOC unit), with a self-checking
+ * on-disk encoding:
+ *
+ *   0  magic[4] "DFBM"   4 u32 version (1)   8 u32 units   12 u32 reserved
+ *  16  u64 filledBytes (sum of the lengths of the units present)
+ *  24  bits[ceil(units/8)] (bit i = byte i>>3, mask 1<<(i&7))
+ *  ..  sha256[32] of everything before it
+ *
+ * A torn or garbled file fails the checksum and decodes to nothing (the caller starts empty).
+ */
+export class Bitmap {
+  readonly bits: Uint8Array;
+  private count = 0;
+
+  constructor(readonly size: number) {
+    this.bits = new Uint8Array(Math.ceil(size / 8));
+  }
+
+  has(i: number): boolean {
+    return (this.bits[i >>> 3]! & (1 << (i & 7))) !== 0;
+  }
+
+  /** Sets bit i; false when it was already set. */
+  set(i: number): boolean {
+    const m = 1 << (i & 7);
+    const b = this.bits[i >>> 3]!;
+    if (b & m) return false;
+    this.bits[i >>> 3] = b | m;
+    this.count++;
+    return true;
+  }
+
+  /** Clears bit i; false when it was not set. */
+  clear(i: number): boolean {
+    const m = 1 << (i & 7);
+    const b = this.bits[i >>> 3]!;
+    if (!(b & m)) return false;
+    this.bits[i >>> 3] = b & ~m;
+    this.count--;
+    return true;
+  }
+
+  clearAll(): void {
+    this.bits.fill(0);
+    this.count = 0;
+  }
+
+  get present(): number {
+    return this.count;
+  }
+
+  get full(): boolean {
+    return this.count === this.size;
+  }
+
+  /** First unset index >= from, or -1. */
+  nextClear(from: number): number {
+    for (let i = from; i < this.size; i++) {
+      if (this.bits[i >>> 3] === 0xff && (i & 7) === 0) {
+        i += 7;
+        continue;
+      }
+      if (!this.has(i)) return i;
+    }
+    return -1;
+  }
+
+  clone(): Bitmap {
+    const b = new Bitmap(this.size);
+    b.bits.set(this.bits);
+    b.count = this.count;
+    return b;
+  }
+
+  encode(filledBytes: number): Buffer {
+    const n = this.bits.length;
+    const out = Buffer.alloc(24 + n + 32);
+    out.write('DFBM', 0, 'latin1');
+    out.writeUInt32LE(1, 4);
+    out.writeUInt32LE(this.size, 8);
+    out.writeBigUInt64LE(BigInt(filledBytes), 16);
+    out.set(this.bits, 24);
+    createHash('sha256')
+      .update(out.subarray(0, 24 + n))
+      .digest()
+      .copy(out, 24 + n);
+    return out;
+  }
+
+  /** Decodes an encoded bitmap of `size` units; undefined when the bytes are not exactly that. */
+  static decode(buf: Buffer, size: number): { bitmap: Bitmap; filledBytes: number } | undefined {
+    const n = Math.ceil(size / 8);
+    if (buf.length !== 24 + n + 32) return undefined;
+    if (buf.toString('latin1', 0, 4) !== 'DFBM' || buf.readUInt32LE(4) !== 1) return undefined;
+    if (buf.readUInt32LE(8) !== size) return undefined;
+    const sum = createHash('sha256')
+      .update(buf.subarray(0, 24 + n))
+      .digest();
+    if (!sum.equals(buf.subarray(24 + n))) return undefined;
+    const filled = buf.readBigUInt64LE(16);
+    if (filled > BigInt(Number.MAX_SAFE_INTEGER)) return undefined;
+    const bitmap = new Bitmap(size);
+    bitmap.bits.set(buf.subarray(24, 24 + n));
+    // bits past `size` must be zero
+    if (size % 8 && bitmap.bits[n - 1]! >> size % 8) return undefined;
+    let c = 0;
+    for (const byte of bitmap.bits) c += POPCOUNT[byte]!;
+    bitmap.count = c;
+    return { bitmap, filledBytes: Number(filled) };
+  }
+
+  /** Header fields only (size and filled bytes), for status without decoding the whole file. */
+  static units(buf: Buffer): number | undefined {
+    return buf.length >= 24 && buf.toString('latin1', 0, 4) === 'DFBM' ? buf.readUInt32LE(8) : undefined;
+  }
+}
+
+const POPCOUNT = new Uint8Array(256);
+for (let i = 0; i < 256; i++) POPCOUNT[i] = (i & 1) + POPCOUNT[i >> 1]!;
