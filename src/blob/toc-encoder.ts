@@ -120,13 +120,13 @@ export function encodeToc(input: TocInput): EncodedToc {
     inodeBuf.writeUInt32LE(node.mode & 0o7777, r + I.mode);
     inodeBuf.writeUInt32LE(node.uid, r + I.uid);
     inodeBuf.writeUInt32LE(node.gid, r + I.gid);
-    inodeBuf.writeBigInt64LE(BigInt(node.mtimeSec), r + I.mtimeSec);
+    writeI64(inodeBuf, node.mtimeSec, r + I.mtimeSec);
     inodeBuf.writeUInt32LE(node.mtimeNsec, r + I.mtimeNsec);
     switch (node.type) {
       case EntryType.File:
         files++;
-        inodeBuf.writeBigUInt64LE(BigInt(node.size), r + I.size);
-        inodeBuf.writeBigUInt64LE(BigInt(node.dataOffset), r + I.a);
+        writeU64(inodeBuf, node.size, r + I.size);
+        writeU64(inodeBuf, node.dataOffset, r + I.a);
         inodeBuf.writeUInt32LE(nlink.get(node)!, r + I.nlink);
         break;
       case EntryType.Dir: {
@@ -147,7 +147,7 @@ export function encodeToc(input: TocInput): EncodedToc {
       }
       case EntryType.Symlink: {
         const target = Buffer.from(node.linkTarget ?? '', 'utf8');
-        inodeBuf.writeBigUInt64LE(BigInt(target.length), r + I.size);
+        writeU64(inodeBuf, target.length, r + I.size);
         inodeBuf.writeUInt32LE(heap.add(target, 't' + node.linkTarget), r + I.a);
         inodeBuf.writeUInt32LE(target.length, r + I.b);
         inodeBuf.writeUInt32LE(nlink.get(node)!, r + I.nlink);
@@ -216,4 +216,17 @@ export function encodeToc(input: TocInput): EncodedToc {
   for (const x of xattrRecs) at += x.copy(out, at);
   heap.copyTo(out, at);
   return { toc: out, inodes: inodes.length, dirents, files };
+}
+
+const TWO32 = 0x1_0000_0000;
+
+function writeU64(b: Buffer, v: number, at: number): void {
+  b.writeUInt32LE((v % TWO32) >>> 0, at);
+  b.writeUInt32LE(Math.floor(v / TWO32) >>> 0, at + 4);
+}
+
+function writeI64(b: Buffer, v: number, at: number): void {
+  const hi = Math.floor(v / TWO32);
+  b.writeUInt32LE((v - hi * TWO32) >>> 0, at);
+  b.writeInt32LE(hi, at + 4);
 }

@@ -69,6 +69,8 @@ export class Toc {
   private readonly blobOffsets: Float64Array;
   /** streamOffsets[i] = first stream byte of block i; streamOffsets[n] = dataLength. */
   private readonly streamOffsets: Float64Array;
+  /** Scratch space for encoding a looked-up name (lookups are synchronous, so one buffer suffices). */
+  private readonly scratch = Buffer.allocUnsafe(MAX_NAME_LENGTH + 4);
 
   private constructor(readonly buffer: Buffer) {
     const buf = buffer;
@@ -349,14 +351,13 @@ export class Toc {
     const dv = this.dv;
     const ri = this.direntBase + i * this.direntRec;
     const rj = this.direntBase + j * this.direntRec;
-    const oi = this.strBase + dv.getUint32(ri + D.nameOffset, true);
-    const oj = this.strBase + dv.getUint32(rj + D.nameOffset, true);
-    return this.buffer.compare(
+    return compareBytes(
       this.buffer,
-      oj,
-      oj + dv.getUint32(rj + D.nameLength, true),
-      oi,
-      oi + dv.getUint32(ri + D.nameLength, true),
+      this.strBase + dv.getUint32(ri + D.nameOffset, true),
+      dv.getUint32(ri + D.nameLength, true),
+      this.buffer,
+      this.strBase + dv.getUint32(rj + D.nameOffset, true),
+      dv.getUint32(rj + D.nameLength, true),
     );
   }
 
@@ -364,14 +365,13 @@ export class Toc {
     const dv = this.dv;
     const ri = this.xattrBase + i * this.xattrRec;
     const rj = this.xattrBase + j * this.xattrRec;
-    const oi = this.strBase + dv.getUint32(ri + X.keyOffset, true);
-    const oj = this.strBase + dv.getUint32(rj + X.keyOffset, true);
-    return this.buffer.compare(
+    return compareBytes(
       this.buffer,
-      oj,
-      oj + dv.getUint32(rj + X.keyLength, true),
-      oi,
-      oi + dv.getUint32(ri + X.keyLength, true),
+      this.strBase + dv.getUint32(ri + X.keyOffset, true),
+      dv.getUint32(ri + X.keyLength, true),
+      this.buffer,
+      this.strBase + dv.getUint32(rj + X.keyOffset, true),
+      dv.getUint32(rj + X.keyLength, true),
     );
   }
 
@@ -548,20 +548,37 @@ export class Toc {
   }
 
   /** Child of a directory by name (binary search over its sorted dirents); undefined when absent. */
-  lookupChild(dirIno: number, name: string | Buffer): number | undefined {
+  lookupChild(dirIno: number, name: string | Uint8Array): number | undefined {
     const [first, count] = this.childRange(dirIno);
-    return this.searchChild(first, count, typeof name === 'string' ? Buffer.from(name, 'utf8') : name);
+    if (typeof name !== 'string') return this.searchChild(first, count, name, name.length);
+    const n = this.encodeKey(name);
+    return n < 0 ? undefined : this.searchChild(first, count, this.scratch, n);
   }
 
-  private searchChild(first: number, count: number, key: Buffer): number | undefined {
+  /** UTF-8 of a name component into the scratch buffer; -1 if it cannot be a stored name (too long). */
+  private encodeKey(name: string): number {
+    if (name.length > MAX_NAME_LENGTH) return -1;
+    const n = this.scratch.write(name, 0, 'utf8');
+    // write() stops early when the buffer is full; a name that long is not in the table anyway
+    return n > MAX_NAME_LENGTH ? -1 : n;
+  }
+
+  private searchChild(first: number, count: number, key: Uint8Array, klen: number): number | undefined {
     const dv = this.dv;
+    const buf = this.buffer;
     let lo = first;
     let hi = first + count - 1;
     while (lo <= hi) {
       const mid = (lo + hi) >>> 1;
       const r = this.direntBase + mid * this.direntRec;
-      const o = this.strBase + dv.getUint32(r + D.nameOffset, true);
-      const c = this.buffer.compare(key, 0, key.length, o, o + dv.getUint32(r + D.nameLength, true));
+      const c = compareBytes(
+        buf,
+        this.strBase + dv.getUint32(r + D.nameOffset, true),
+        dv.getUint32(r + D.nameLength, true),
+        key,
+        0,
+        klen,
+      );
       if (c === 0) return dv.getUint32(r + D.ino, true);
       if (c < 0) lo = mid + 1;
       else hi = mid - 1;
@@ -572,21 +589,31 @@ export class Toc {
   /** Inode of a path ('a/b/c', leading '/' and '.' components ignored); undefined when absent. */
   lookup(path: string): number | undefined {
     let ino = 1;
-    for (const comp of path.split('/')) {
-      if (comp === '' || comp === '.') continue;
-      if (this.typeOf(ino) !== EntryType.Dir) return undefined;
-      if (comp === '..') {
-        ino = this.dv.getUint32(this.inodeBase + (ino - 1) * this.inodeRec + I.parent, true);
-        continue;
+    let start = 0;
+    const len = path.length;
+    while (start <= len) {
+      let end = path.indexOf('/', start);
+      if (end === -1) end = len;
+      const n = end - start;
+      if (n > 0 && !(n === 1 && path.charCodeAt(start) === 0x2e)) {
+        const r = this.inodeBase + (ino - 1) * this.inodeRec;
+        if (this.dv.getUint8(r + I.type) !== EntryType.Dir) return undefined;
+        if (n === 2 && path.charCodeAt(start) === 0x2e && path.charCodeAt(start + 1) === 0x2e) {
+          ino = this.dv.getUint32(r + I.parent, true);
+        } else {
+          const k = this.encodeKey(path.slice(start, end));
+          if (k < 0) return undefined;
+          const next = this.searchChild(
+            this.dv.getUint32(r + I.a, true),
+            this.dv.getUint32(r + I.b, true),
+            this.scratch,
+            k,
+          );
+          if (next === undefined) return undefined;
+          ino = next;
+        }
       }
-      const r = this.inodeBase + (ino - 1) * this.inodeRec;
-      const next = this.searchChild(
-        this.dv.getUint32(r + I.a, true),
-        this.dv.getUint32(r + I.b, true),
-        Buffer.from(comp, 'utf8'),
-      );
-      if (next === undefined) return undefined;
-      ino = next;
+      start = end + 1;
     }
     return ino;
   }
@@ -633,6 +660,16 @@ export class Toc {
       if (this.typeOf(ino) === EntryType.Dir) push(ino, path + '/');
     }
   }
+}
+
+/** Compares a[ao..ao+al) with b[bo..bo+bl) as unsigned bytes (memcmp, then length). */
+function compareBytes(a: Uint8Array, ao: number, al: number, b: Uint8Array, bo: number, bl: number): number {
+  const n = al < bl ? al : bl;
+  for (let k = 0; k < n; k++) {
+    const d = a[ao + k]! - b[bo + k]!;
+    if (d !== 0) return d;
+  }
+  return al - bl;
 }
 
 /** Worst-case LZ4 block size for `n` input bytes (LZ4_COMPRESSBOUND). */
