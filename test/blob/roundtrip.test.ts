@@ -179,6 +179,14 @@ describe('DFB round trip', () => {
     expect(toc.lookup('etc/../bin')).toBe(toc.lookup('bin'));
     expect(toc.lookup('etc/passwd/x')).toBeUndefined();
     expect(toc.lookup('nope')).toBeUndefined();
+    expect(toc.lookup('..')).toBe(1);
+    expect(toc.lookup('x'.repeat(5000))).toBeUndefined();
+    expect(toc.lookup('😀'.repeat(2000))).toBeUndefined();
+    expect(toc.lookupChild(1, 'etc')).toBe(toc.lookup('etc'));
+    expect(toc.lookupChild(1, Buffer.from('etc'))).toBe(toc.lookup('etc'));
+    expect(toc.lookupChild(1, 'et')).toBeUndefined();
+    expect(toc.lookupChild(1, 'etcc')).toBeUndefined();
+    expect(toc.lookupChild(toc.lookup('etc')!, 'passwd')).toBe(toc.lookup('etc/passwd'));
   });
 
   it('round-trips regular files, empty files and dedup', async () => {
