@@ -167,6 +167,27 @@ describe('determinism', () => {
     }
   });
 
+  it('keeps call order when addFile calls are not awaited', async () => {
+    const { dir, cleanup } = await tempDir();
+    try {
+      const sizes = [100_000, 5, 70_000, 0, 33_333];
+      const a = await writeFiles(dir, 'a.dfb', 16384, 2, sizes);
+      const w = new DfbWriter({ out: join(dir, 'b.dfb'), tmpDir: dir, blockSize: 16384, workers: 1 });
+      const pending = a.files.map((f, i) =>
+        w.addFile(
+          { ...base, path: f.path, type: EntryType.File, size: f.content.length },
+          chunks(f.content, 1 + ((i * 7717) % 100_000)),
+        ),
+      );
+      const res = await w.finish();
+      await Promise.all(pending);
+      expect(res).toEqual(a.res);
+      expect((await readFile(join(dir, 'b.dfb'))).equals(a.blob)).toBe(true);
+    } finally {
+      await cleanup();
+    }
+  });
+
   it('writer throughput (printed, not asserted)', async () => {
     const { dir, cleanup } = await tempDir();
     try {
