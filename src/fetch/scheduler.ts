@@ -1,0 +1,106 @@
+import { Priority } from './types.js';
+
+/** A queued or running unit of work, whose priority can be raised while it waits. */
+export interface ScheduledTask<T> {
+  readonly promise: Promise<T>;
+  /** Moves the task to a more urgent queue if it has not started yet. */
+  promote(priority: Priority): void;
+}
+
+interface Job {
+  priority: Priority;
+  run: () => void;
+  started: boolean;
+}
+
+export interface FetchSchedulerOptions {
+  /** Tasks running at once, all priorities together. Default 8. */
+  concurrency?: number;
+  /** At most this many Fill tasks run at once, so that fill never takes every slot. Default concurrency/2. */
+  maxFill?: number;
+}
+
+/**
+ * A concurrency limit with three queues: when a slot frees, the oldest task of the most urgent priority
+ * runs. Shared by all fetchers of a node, so that background fill of any layer yields to any blocked read.
+ */
+export class FetchScheduler {
+  readonly concurrency: number;
+  readonly maxFill: number;
+  private readonly queues: Job[][] = [[], [], []];
+  private active = 0;
+  private activeFill = 0;
+
+  constructor(opts: FetchSchedulerOptions = {}) {
+    this.concurrency = Math.max(1, opts.concurrency ?? 8);
+    this.maxFill = Math.max(1, Math.min(this.concurrency, opts.maxFill ?? Math.ceil(this.concurrency / 2)));
+  }
+
+  get running(): number {
+    return this.active;
+  }
+  queued(priority?: Priority): number {
+    return priority === undefined ? this.queues.reduce((n, q) => n + q.length, 0) : this.queues[priority]!.length;
+  }
+
+  schedule<T>(priority: Priority, fn: () => Promise<T>): ScheduledTask<T> {
+    let resolve!: (v: T) => void;
+    let reject!: (e: unknown) => void;
+    const promise = new Promise<T>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    const job: Job = {
+      priority,
+      started: false,
+      run: () => {
+        const fill = job.priority === Priority.Fill;
+        this.active++;
+        if (fill) this.activeFill++;
+        let p: Promise<T>;
+        try {
+          p = fn();
+        } catch (err) {
+          p = Promise.reject(err);
+        }
+        p.then(resolve, reject).finally(() => {
+          this.active--;
+          if (fill) this.activeFill--;
+          this.pump();
+        });
+      },
+    };
+    this.queues[priority]!.push(job);
+    this.pump();
+    return {
+      promise,
+      promote: (p: Priority) => {
+        if (job.started || p >= job.priority) return;
+        const q = this.queues[job.priority]!;
+        const i = q.indexOf(job);
+        if (i >= 0) q.splice(i, 1);
+        job.priority = p;
+        this.queues[p]!.push(job);
+        this.pump();
+      },
+    };
+  }
+
+  /** Convenience: schedule and wait. */
+  run<T>(priority: Priority, fn: () => Promise<T>): Promise<T> {
+    return this.schedule(priority, fn).promise;
+  }
+
+  private pump(): void {
+    while (this.active < this.concurrency) {
+      let job: Job | undefined;
+      for (let p = 0; p < this.queues.length && !job; p++) {
+        if (p === Priority.Fill && this.activeFill >= this.maxFill) break;
+        job = this.queues[p]!.shift();
+      }
+      if (!job) return;
+      job.started = true;
+      job.run();
+    }
+  }
+}
