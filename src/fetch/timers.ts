@@ -50,6 +50,8 @@ export function bound<T>(
 ): Promise<T> {
   const { signal, ms = 0, timers = realTimers, what } = opts;
   if (!signal && ms <= 0) return p;
+  // the caller may stop waiting first: a later rejection of p is expected, not unhandled
+  p.catch(() => {});
   return new Promise<T>((resolve, reject) => {
     let h: unknown;
     const done = () => {

@@ -1,0 +1,479 @@
+import { readFile, stat, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BlobCache, type CacheIo, defaultCacheIo } from '../../src/cache/blob-cache.js';
+import { DfError, isDfError } from '../../src/errors.js';
+import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
+import { FetchStats } from '../../src/fetch/fetch-stats.js';
+import { openLayer } from '../../src/fetch/open-layer.js';
+import { FetchScheduler } from '../../src/fetch/scheduler.js';
+import { Priority } from '../../src/fetch/types.js';
+import type { BlobFetcherOptions } from '../../src/fetch/blob-fetcher.js';
+import { FakeSource, gate, makeBlob, sha256, tempDir, type TestBlob } from './helpers.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+const fast: BlobFetcherOptions = {
+  fillAfterFirstRead: false,
+  retryBaseMs: 1,
+  retryMaxMs: 2,
+  fillRetryMs: 5,
+  requestTimeoutMs: 5_000,
+  readTimeoutMs: 10_000,
+};
+
+interface Setup {
+  dir: string;
+  tb: TestBlob;
+  src: FakeSource;
+  cacheDir: string;
+}
+
+async function setup(): Promise<Setup> {
+  const { dir, cleanup } = await tempDir();
+  cleanups.push(cleanup);
+  const tb = await makeBlob(dir);
+  return { dir, tb, src: new FakeSource(tb.bytes), cacheDir: join(dir, 'cache') };
+}
+
+async function open(
+  s: Setup,
+  extra: {
+    options?: BlobFetcherOptions;
+    io?: CacheIo;
+    flushIntervalMs?: number;
+    flushBytes?: number;
+    mem?: BlockMemoryCache;
+    scheduler?: FetchScheduler;
+    sources?: FakeSource[];
+    stats?: FetchStats;
+  } = {},
+) {
+  const cache = await BlobCache.open({
+    dir: s.cacheDir,
+    digest: s.tb.blob.digest,
+    size: s.tb.blob.size,
+    io: extra.io,
+    flushIntervalMs: extra.flushIntervalMs ?? 10,
+    flushBytes: extra.flushBytes,
+  });
+  const layer = await openLayer({
+    blob: s.tb.blob,
+    cache,
+    sources: extra.sources ?? [s.src],
+    memoryCache: extra.mem ?? new BlockMemoryCache(16 * 1024 * 1024),
+    scheduler: extra.scheduler,
+    stats: extra.stats,
+    expectedTocDigest: s.tb.tocDigest,
+    options: { ...fast, ...extra.options },
+  });
+  cleanups.push(async () => {
+    await layer.fetcher.close();
+    await cache.close().catch(() => {});
+  });
+  return { cache, ...layer };
+}
+
+/** The blob range of the blocks under a file range. */
+function blockRange(tb: TestBlob, path: string, offset = 0, length?: number): { offset: number; length: number } {
+  const st = tb.toc.stat(tb.ino(path));
+  const n = Math.min(length ?? st.size, st.size - offset);
+  const [a, b] = tb.toc.blocksForRange(st.dataOffset + offset, n);
+  return { offset: tb.toc.blockOffset(a), length: tb.toc.blockOffset(b + 1) - tb.toc.blockOffset(a) };
+}
+
+async function readAll(fetcher: { read: (i: number, o: number, l: number) => Promise<Buffer> }, tb: TestBlob) {
+  for (const [p, content] of tb.files) {
+    const got = await fetcher.read(tb.ino(p), 0, content.length + 10);
+    expect(got.equals(content), p).toBe(true);
+  }
+}
+
+describe('openLayer', () => {
+  it('gets footer and TOC with two range reads and stores them', async () => {
+    const s = await setup();
+    const { toc, cache, tocSource } = await open(s);
+    expect(tocSource).toBe('remote');
+    expect(s.src.requests.length).toBe(2);
+    expect(s.src.requests[0]).toEqual({ offset: s.tb.blob.size - 96, length: 96 });
+    expect(toc.blockCount).toBe(s.tb.toc.blockCount);
+    expect(cache.has(toc.blockCount)).toBe(true);
+  });
+
+  it('rejects a TOC that does not match the annotation', async () => {
+    const s = await setup();
+    const cache = await BlobCache.open({ dir: s.cacheDir, digest: s.tb.blob.digest, size: s.tb.blob.size });
+    cleanups.push(() => cache.close());
+    await expect(
+      openLayer({
+        blob: s.tb.blob,
+        cache,
+        sources: [s.src],
+        memoryCache: new BlockMemoryCache(1 << 20),
+        expectedTocDigest: 'sha256:' + '0'.repeat(64),
+      }),
+    ).rejects.toMatchObject({ code: 'DIGEST_MISMATCH' });
+  });
+});
+
+describe('BlobFetcher reads', () => {
+  it('fetches exactly the blocks under a read, in one merged request', async () => {
+    const s = await setup();
+    const { fetcher } = await open(s);
+    s.src.reset();
+    const ino = s.tb.ino('usr/big1');
+    const got = await fetcher.read(ino, 20_000, 70_000);
+    expect(got.equals(s.tb.files.get('usr/big1')!.subarray(20_000, 90_000))).toBe(true);
+    expect(s.src.requests).toEqual([blockRange(s.tb, 'usr/big1', 20_000, 70_000)]);
+    expect(fetcher.stats.blocks.registry).toBeGreaterThan(1);
+    // again: from memory, no request
+    await fetcher.read(ino, 20_000, 70_000);
+    expect(s.src.requests.length).toBe(1);
+    expect(fetcher.stats.blocks.memory).toBeGreaterThan(0);
+  });
+
+  it('serves from the disk cache when the memory cache is too small', async () => {
+    const s = await setup();
+    const { fetcher } = await open(s, { mem: new BlockMemoryCache(1) });
+    await readAll(fetcher, s.tb);
+    s.src.reset();
+    await readAll(fetcher, s.tb);
+    expect(s.src.requests.length).toBe(0);
+    expect(fetcher.stats.blocks.cache).toBeGreaterThan(0);
+  });
+
+  it('splits long runs at maxRunBytes', async () => {
+    const s = await setup();
+    const { fetcher } = await open(s, { options: { maxRunBytes: 40_000 } });
+    s.src.reset();
+    await fetcher.read(s.tb.ino('usr/big2'), 0, 250_000);
+    expect(s.src.requests.length).toBeGreaterThan(1);
+    for (const r of s.src.requests) expect(r.length).toBeLessThanOrEqual(40_000);
+    const total = s.src.requests.reduce((n, r) => n + r.length, 0);
+    expect(total).toBe(blockRange(s.tb, 'usr/big2').length);
+  });
+
+  it('coalesces concurrent reads of the same blocks into one fetch', async () => {
+    const s = await setup();
+    const { fetcher } = await open(s);
+    s.src.reset();
+    const g = gate();
+    s.src.gate = g.promise;
+    const ino = s.tb.ino('usr/big1');
+    const reads = [fetcher.read(ino, 0, 60_000), fetcher.read(ino, 0, 60_000), fetcher.read(ino, 10_000, 20_000)];
+    await new Promise((r) => setImmediate(r));
+    g.open();
+    const [a, b, c] = await Promise.all(reads);
+    const content = s.tb.files.get('usr/big1')!;
+    expect(a!.equals(content.subarray(0, 60_000))).toBe(true);
+    expect(b!.equals(a!)).toBe(true);
+    expect(c!.equals(content.subarray(10_000, 30_000))).toBe(true);
+    expect(s.src.requests).toEqual([blockRange(s.tb, 'usr/big1', 0, 60_000)]);
+  });
+
+  it('overlapping concurrent reads fetch each block once', async () => {
+    const s = await setup();
+    const { fetcher } = await open(s);
+    s.src.reset();
+    const g = gate();
+    s.src.gate = g.promise;
+    const ino = s.tb.ino('usr/big1');
+    const reads = [fetcher.read(ino, 0, 100_000), fetcher.read(ino, 50_000, 150_000)];
+    await new Promise((r) => setImmediate(r));
+    g.open();
+    await Promise.all(reads);
+    expect(s.src.bytes).toBe(blockRange(s.tb, 'usr/big1', 0, 200_000).length);
+  });
+
+  it('rejects a corrupt block, refetches it and never caches the bad bytes', async () => {
+    const s = await setup();
+    const { fetcher, cache } = await open(s);
+    s.src.reset();
+    const r = blockRange(s.tb, 'etc/f3');
+    s.src.corruptAt.push({ offset: r.offset + 5, times: 1 });
+    const got = await fetcher.read(s.tb.ino('etc/f3'), 0, 1 << 20);
+    expect(got.equals(s.tb.files.get('etc/f3')!)).toBe(true);
+    expect(fetcher.stats.verifyFailures).toBe(1);
+    expect(fetcher.stats.refetches).toBe(1);
+    expect(s.src.requests.length).toBe(2);
+    const cached = await cache.read(r.offset, r.length);
+    expect(cached.equals(s.tb.bytes.subarray(r.offset, r.offset + r.length))).toBe(true);
+  });
+
+  it('a block that is always corrupt fails the read and is not cached', async () => {
+    const s = await setup();
+    const { fetcher, cache } = await open(s, { options: { retries: 2 } });
+    const r = blockRange(s.tb, 'etc/f2');
+    const block = s.tb.toc.blockAt(s.tb.toc.stat(s.tb.ino('etc/f2')).dataOffset);
+    s.src.corruptAt.push({ offset: r.offset + 1, times: 1000 });
+    const err = await fetcher.read(s.tb.ino('etc/f2'), 0, 100).catch((e) => e);
+    expect(isDfError(err, 'DIGEST_MISMATCH')).toBe(true);
+    expect(fetcher.stats.verifyFailures).toBe(3);
+    expect(cache.has(block)).toBe(false);
+  });
+
+  it('retries after a source error and moves on to the next source', async () => {
+    const s = await setup();
+    const { fetcher } = await open(s);
+    s.src.failNext = 1;
+    const got = await fetcher.read(s.tb.ino('etc/f1'), 0, 1 << 20);
+    expect(got.equals(s.tb.files.get('etc/f1')!)).toBe(true);
+
+    const s2 = await setup();
+    const bad2 = new FakeSource(s2.tb.bytes);
+    const { fetcher: f2 } = await open(s2, { sources: [s2.src] });
+    // a second, failing source first in the list for block reads (openLayer used the good one)
+    (f2 as unknown as { sources: FakeSource[] }).sources.unshift(bad2);
+    bad2.failNext = 1000;
+    const got2 = await f2.read(s2.tb.ino('etc/f4'), 0, 1 << 20);
+    expect(got2.equals(s2.tb.files.get('etc/f4')!)).toBe(true);
+    expect(bad2.requests.length).toBe(1);
+    expect(f2.stats.errors.registry).toBe(1);
+  });
+
+  it('a hanging source gives TIMEOUT within the read budget, never a hang', async () => {
+    const s = await setup();
+    const { fetcher } = await open(s, { options: { readTimeoutMs: 300, requestTimeoutMs: 50, retries: 100 } });
+    s.src.hang = true;
+    const err = await fetcher.read(s.tb.ino('usr/big2'), 0, 100).catch((e) => e);
+    expect(err).toBeInstanceOf(DfError);
+    expect(err.code).toBe('TIMEOUT');
+    expect(fetcher.stats.readTimeouts).toBe(1);
+    expect(s.src.requests.length).toBeGreaterThan(1); // per-request timeouts led to retries
+  });
+
+  it('a source that fails every attempt rejects with its error before the read budget', async () => {
+    const s = await setup();
+    const { fetcher } = await open(s, { options: { readTimeoutMs: 60_000, retries: 2 } });
+    s.src.failNext = 1000;
+    const err = await fetcher.read(s.tb.ino('usr/big2'), 0, 100).catch((e) => e);
+    expect(err.code).toBe('NETWORK');
+    expect(s.src.requests.length - 2).toBe(3);
+  });
+
+  it('honours abort signals', async () => {
+    const s = await setup();
+    const { fetcher } = await open(s);
+    s.src.hang = true;
+    const ac = new AbortController();
+    const p = fetcher.read(s.tb.ino('usr/big2'), 0, 100, ac.signal);
+    ac.abort();
+    await expect(p).rejects.toMatchObject({ code: 'ABORTED' });
+    await expect(fetcher.read(s.tb.ino('usr/big2'), 0, 100, AbortSignal.abort())).rejects.toMatchObject({
+      code: 'ABORTED',
+    });
+  });
+
+  it('rejects non-files and clamps reads at the end of the file', async () => {
+    const s = await setup();
+    const { fetcher } = await open(s);
+    await expect(fetcher.read(s.tb.ino('etc'), 0, 10)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    const f = s.tb.files.get('etc/f1')!;
+    expect((await fetcher.read(s.tb.ino('etc/f1'), f.length - 3, 100)).equals(f.subarray(f.length - 3))).toBe(true);
+    expect((await fetcher.read(s.tb.ino('etc/f1'), f.length + 3, 100)).length).toBe(0);
+  });
+});
+
+describe('background fill', () => {
+  it('fills the whole blob in runs, then the cache file equals the blob', async () => {
+    const s = await setup();
+    const { fetcher, cache } = await open(s, { options: { maxRunBytes: 64 * 1024 } });
+    await fetcher.read(s.tb.ino('etc/f0'), 0, 100);
+    s.src.reset();
+    fetcher.startBackgroundFill();
+    await fetcher.whenComplete();
+    expect(cache.isComplete).toBe(true);
+    expect(cache.verified).toBe(true);
+    expect(fetcher.stats.completeVerified).toBe(1);
+    for (const r of s.src.requests) expect(r.length).toBeLessThanOrEqual(64 * 1024);
+    expect(s.src.bytes).toBe(s.tb.blob.size - blockRange(s.tb, 'etc/f0', 0, 100).length - (s.tb.blob.size - s.tb.toc.storedDataLength));
+    await cache.flush();
+    const file = await readFile(join(s.cacheDir, 'data'));
+    expect(sha256(file)).toBe(s.tb.blob.digest);
+    // everything now served locally
+    s.src.hang = true;
+    await readAll(fetcher, s.tb);
+  });
+
+  it('starts after the first read by default and fill is rate-limited through the bucket', async () => {
+    const s = await setup();
+    const { fetcher, cache } = await open(s, { options: { fillAfterFirstRead: true, fillRateBytesPerSec: 0 } });
+    expect(fetcher.filling).toBe(false);
+    await fetcher.read(s.tb.ino('etc/f0'), 0, 100);
+    expect(fetcher.filling).toBe(true);
+    await fetcher.whenComplete();
+    expect(cache.isComplete).toBe(true);
+    expect(fetcher.stats.fillBytes).toBeGreaterThan(0);
+  });
+
+  it('keeps going after failures until complete', async () => {
+    const s = await setup();
+    const { fetcher, cache } = await open(s, { options: { retries: 0, maxRunBytes: 32 * 1024 } });
+    s.src.failNext = 5;
+    s.src.corruptAt.push({ offset: 100, times: 3 });
+    fetcher.startBackgroundFill();
+    await fetcher.whenComplete();
+    expect(cache.isComplete).toBe(true);
+    expect(sha256(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
+  });
+
+  it('blocked reads run before queued fill work', async () => {
+    const s = await setup();
+    const scheduler = new FetchScheduler({ concurrency: 1 });
+    const { fetcher } = await open(s, { scheduler, options: { maxRunBytes: 32 * 1024, fillConcurrency: 2 } });
+    s.src.reset();
+    const g = gate();
+    s.src.gate = g.promise;
+    const first = fetcher.read(s.tb.ino('etc/f0'), 0, 100); // takes the only slot
+    await new Promise((r) => setImmediate(r));
+    fetcher.startBackgroundFill();
+    for (let i = 0; i < 10 && scheduler.queued(Priority.Fill) === 0; i++) await new Promise((r) => setImmediate(r));
+    expect(scheduler.queued(Priority.Fill)).toBeGreaterThan(0);
+    const second = fetcher.read(s.tb.ino('usr/big2'), 200_000, 100);
+    await new Promise((r) => setImmediate(r));
+    g.open();
+    await Promise.all([first, second]);
+    const want2 = blockRange(s.tb, 'usr/big2', 200_000, 100);
+    expect(s.src.requests[0]).toEqual(blockRange(s.tb, 'etc/f0', 0, 100));
+    expect(s.src.requests[1]).toEqual(want2);
+    await fetcher.whenComplete();
+  });
+
+  it('close() stops the fill', async () => {
+    const s = await setup();
+    const { fetcher, cache } = await open(s, { options: { fillRateBytesPerSec: 1 } });
+    fetcher.startBackgroundFill();
+    await fetcher.close();
+    await expect(fetcher.whenComplete()).rejects.toMatchObject({ code: 'ABORTED' });
+    expect(cache.isComplete).toBe(false);
+  });
+});
+
+describe('restart and crash safety', () => {
+  it('reopening resumes: TOC from the cache, present blocks not refetched', async () => {
+    const s = await setup();
+    const a = await open(s);
+    await a.fetcher.read(s.tb.ino('usr/big1'), 0, 100_000);
+    await a.fetcher.close();
+    await a.cache.close();
+    const filled = a.cache.filledBytes;
+    s.src.reset();
+    const b = await open(s);
+    expect(b.tocSource).toBe('cache');
+    expect(b.cache.filledBytes).toBe(filled);
+    const got = await b.fetcher.read(s.tb.ino('usr/big1'), 0, 100_000);
+    expect(got.equals(s.tb.files.get('usr/big1')!.subarray(0, 100_000))).toBe(true);
+    expect(s.src.requests.length).toBe(0);
+    b.fetcher.startBackgroundFill();
+    await b.fetcher.whenComplete();
+    expect(s.src.bytes).toBe(s.tb.blob.size - filled);
+  });
+
+  it('data written but bitmap never flushed (crash): blocks are refetched, data correct', async () => {
+    const s = await setup();
+    const a = await open(s, { flushIntervalMs: 1e9, flushBytes: 1e12 });
+    await a.fetcher.read(s.tb.ino('usr/big1'), 0, 100_000);
+    expect(a.cache.presentUnits).toBeGreaterThan(1);
+    // no close, no flush: the process "dies" here
+    s.src.reset();
+    const b = await open(s);
+    expect(b.cache.presentUnits).toBe(1); // only the TOC unit, stored again by openLayer
+    expect(b.tocSource).toBe('remote');
+    const got = await b.fetcher.read(s.tb.ino('usr/big1'), 0, 100_000);
+    expect(got.equals(s.tb.files.get('usr/big1')!.subarray(0, 100_000))).toBe(true);
+    expect(s.src.requests.length).toBe(3);
+  });
+
+  it('a torn bitmap is treated as empty', async () => {
+    const s = await setup();
+    const a = await open(s);
+    await a.fetcher.read(s.tb.ino('usr/big1'), 0, 100_000);
+    await a.fetcher.close();
+    await a.cache.close();
+    const bm = join(s.cacheDir, 'bitmap');
+    await truncate(bm, (await stat(bm)).size - 7);
+    s.src.reset();
+    const b = await open(s);
+    expect(b.tocSource).toBe('remote');
+    const got = await b.fetcher.read(s.tb.ino('usr/big1'), 0, 100_000);
+    expect(got.equals(s.tb.files.get('usr/big1')!.subarray(0, 100_000))).toBe(true);
+    await b.fetcher.close();
+    await b.cache.close();
+    // garbled (same length, one byte flipped)
+    const buf = await readFile(bm);
+    buf[30] = buf[30]! ^ 0x10;
+    await writeFile(bm, buf);
+    const c = await open(s);
+    expect(c.tocSource).toBe('remote');
+  });
+
+  it('a cached block that rotted on disk is detected, dropped and refetched', async () => {
+    const s = await setup();
+    const a = await open(s, { mem: new BlockMemoryCache(1) });
+    await a.fetcher.read(s.tb.ino('etc/f5'), 0, 1 << 20);
+    const r = blockRange(s.tb, 'etc/f5');
+    const fh = await import('node:fs/promises').then((m) => m.open(join(s.cacheDir, 'data'), 'r+'));
+    await fh.write(Buffer.from([0xaa, 0xbb]), 0, 2, r.offset + 3);
+    await fh.close();
+    s.src.reset();
+    const got = await a.fetcher.read(s.tb.ino('etc/f5'), 0, 1 << 20);
+    expect(got.equals(s.tb.files.get('etc/f5')!)).toBe(true);
+    expect(a.fetcher.stats.verifyFailures).toBe(1);
+    expect(s.src.requests.length).toBe(1);
+  });
+});
+
+describe('full disk', () => {
+  it('ENOSPC on a block write: NO_SPACE to the reader, bitmap unchanged, works once space is back', async () => {
+    const s = await setup();
+    let full = false;
+    const io: CacheIo = {
+      async write(fh, data, pos) {
+        if (full) {
+          // a partial write, then ENOSPC, as a real full disk does
+          await defaultCacheIo.write(fh, data.subarray(0, 10), pos);
+          throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+        }
+        return defaultCacheIo.write(fh, data, pos);
+      },
+    };
+    const a = await open(s, { io });
+    full = true;
+    const before = a.cache.presentUnits;
+    const err = await a.fetcher.read(s.tb.ino('usr/big2'), 0, 50_000).catch((e) => e);
+    expect(isDfError(err, 'NO_SPACE')).toBe(true);
+    expect(a.cache.presentUnits).toBe(before);
+    await a.cache.flush();
+    full = false;
+    const got = await a.fetcher.read(s.tb.ino('usr/big2'), 0, 50_000);
+    expect(got.equals(s.tb.files.get('usr/big2')!.subarray(0, 50_000))).toBe(true);
+    await a.fetcher.close();
+    await a.cache.close();
+    // after a restart, every block the bitmap claims is good
+    const b = await open(s, { mem: new BlockMemoryCache(1) });
+    s.src.hang = true;
+    const again = await b.fetcher.read(s.tb.ino('usr/big2'), 0, 50_000);
+    expect(again.equals(got)).toBe(true);
+    expect(b.fetcher.stats.verifyFailures).toBe(0);
+  });
+
+  it('ENOSPC while storing the TOC still mounts; fill stores it later', async () => {
+    const s = await setup();
+    let full = true;
+    const io: CacheIo = {
+      async write(fh, data, pos) {
+        if (full) throw Object.assign(new Error('ENOSPC'), { code: 'ENOSPC' });
+        return defaultCacheIo.write(fh, data, pos);
+      },
+    };
+    const a = await open(s, { io });
+    expect(a.cache.has(a.toc.blockCount)).toBe(false);
+    full = false;
+    a.fetcher.startBackgroundFill();
+    await a.fetcher.whenComplete();
+    expect(sha256(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
+  });
+});
