@@ -1,7 +1,9 @@
-import { isUtf8 } from 'node:buffer';
 import { DfError } from '../errors.js';
-import { B, D, H, I, MAX_NAME_LENGTH, TOC_MAGIC, X } from './toc-layout.js';
-import { Codec, EntryType, InodeFlags, MAX_BLOCK_LENGTH } from './types.js';
+import { B, D, I, MAX_NAME_LENGTH, X } from './toc-layout.js';
+import { compareBytes, parseSections, TWO32, validateBlocks, validateTree } from './toc-validate.js';
+import { Codec, EntryType, InodeFlags } from './types.js';
+
+export { lz4Bound } from './toc-validate.js';
 
 export interface BlockInfo {
   /** Offset of the stored bytes in the blob. */
@@ -36,11 +38,6 @@ export interface InodeStat {
   implicit: boolean;
 }
 
-const TWO32 = 0x1_0000_0000;
-const MAX_HI = 0x1f_ffff; // keeps a u64 / i64 within Number.MAX_SAFE_INTEGER
-
-const corrupt = (msg: string) => DfError.corrupt(`DFB TOC: ${msg}`);
-
 /**
  * A decoded, validated TOC. All data stays in the decompressed buffer and is read through a DataView;
  * only block offsets are precomputed (two Float64Arrays). Objects are created only when asked for.
@@ -73,47 +70,25 @@ export class Toc {
   private readonly scratch = Buffer.allocUnsafe(MAX_NAME_LENGTH + 4);
 
   private constructor(readonly buffer: Buffer) {
-    const buf = buffer;
-    if (buf.length < H.SIZE) throw corrupt(`too short (${buf.length} bytes)`);
-    const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-    this.dv = dv;
-    const u32 = (o: number) => dv.getUint32(o, true);
-    if (u32(H.magic) !== TOC_MAGIC) throw corrupt('bad magic');
-    const headerSize = u32(H.headerSize);
-    this.blockCount = u32(H.blockCount);
-    this.blockRec = u32(H.blockRecordSize);
-    this.inodeCount = u32(H.inodeCount);
-    this.inodeRec = u32(H.inodeRecordSize);
-    this.direntCount = u32(H.direntCount);
-    this.direntRec = u32(H.direntRecordSize);
-    this.xattrCount = u32(H.xattrCount);
-    this.xattrRec = u32(H.xattrRecordSize);
-    const stringsLength = u32(H.stringsLength);
-    this.dataLength = this.u64(H.dataLength, 'data length');
-    this.storedDataLength = this.u64(H.storedDataLength, 'stored data length');
-    if (headerSize < H.SIZE) throw corrupt(`header size ${headerSize} < ${H.SIZE}`);
-    if (
-      this.blockRec < B.SIZE ||
-      this.inodeRec < I.SIZE ||
-      this.direntRec < D.SIZE ||
-      this.xattrRec < X.SIZE
-    ) {
-      throw corrupt('record size smaller than this version defines');
-    }
-    this.blockBase = headerSize;
-    this.inodeBase = this.blockBase + this.blockCount * this.blockRec;
-    this.direntBase = this.inodeBase + this.inodeCount * this.inodeRec;
-    this.xattrBase = this.direntBase + this.direntCount * this.direntRec;
-    this.strBase = this.xattrBase + this.xattrCount * this.xattrRec;
-    const total = this.strBase + stringsLength;
-    if (total !== buf.length) {
-      throw corrupt(`section sizes add up to ${total} bytes but the TOC is ${buf.length} bytes`);
-    }
-    if (this.inodeCount < 1) throw corrupt('no root inode');
-    this.blobOffsets = new Float64Array(this.blockCount + 1);
-    this.streamOffsets = new Float64Array(this.blockCount + 1);
-    this.validateBlocks();
-    this.validateTree(stringsLength);
+    const s = parseSections(buffer);
+    this.dv = s.dv;
+    this.blockCount = s.blockCount;
+    this.blockBase = s.blockBase;
+    this.blockRec = s.blockRec;
+    this.inodeCount = s.inodeCount;
+    this.inodeBase = s.inodeBase;
+    this.inodeRec = s.inodeRec;
+    this.direntCount = s.direntCount;
+    this.direntBase = s.direntBase;
+    this.direntRec = s.direntRec;
+    this.xattrCount = s.xattrCount;
+    this.xattrBase = s.xattrBase;
+    this.xattrRec = s.xattrRec;
+    this.strBase = s.strBase;
+    this.dataLength = s.dataLength;
+    this.storedDataLength = s.storedDataLength;
+    ({ blobOffsets: this.blobOffsets, streamOffsets: this.streamOffsets } = validateBlocks(s));
+    validateTree(s);
   }
 
   /** Decodes and validates an uncompressed TOC. Throws DfError CORRUPT on any inconsistency. */
@@ -125,258 +100,6 @@ export class Toc {
       // Validation should catch everything first; never let a RangeError escape.
       throw DfError.corrupt(`DFB TOC: malformed (${(err as Error)?.message ?? String(err)})`, { cause: err });
     }
-  }
-
-  private u64(off: number, what: string): number {
-    const lo = this.dv.getUint32(off, true);
-    const hi = this.dv.getUint32(off + 4, true);
-    if (hi > MAX_HI) throw corrupt(`${what} out of range`);
-    return hi * TWO32 + lo;
-  }
-
-  private validateBlocks(): void {
-    const dv = this.dv;
-    let blob = 0;
-    let stream = 0;
-    for (let i = 0; i < this.blockCount; i++) {
-      const r = this.blockBase + i * this.blockRec;
-      const stored = dv.getUint32(r + B.storedLength, true);
-      const len = dv.getUint32(r + B.length, true);
-      const codec = dv.getUint8(r + B.codec);
-      if (len === 0 || len > MAX_BLOCK_LENGTH) throw corrupt(`block ${i}: bad uncompressed length ${len}`);
-      if (codec === Codec.Raw) {
-        if (stored !== len)
-          throw corrupt(`block ${i}: raw block with stored length ${stored} != length ${len}`);
-      } else if (codec === Codec.Lz4Block) {
-        if (stored < 5 || stored > lz4Bound(len) + 4) {
-          throw corrupt(`block ${i}: LZ4 stored length ${stored} impossible for length ${len}`);
-        }
-      } else {
-        throw corrupt(`block ${i}: unknown codec ${codec}`);
-      }
-      this.blobOffsets[i] = blob;
-      this.streamOffsets[i] = stream;
-      blob += stored;
-      stream += len;
-    }
-    this.blobOffsets[this.blockCount] = blob;
-    this.streamOffsets[this.blockCount] = stream;
-    if (blob !== this.storedDataLength) {
-      throw corrupt(`block stored lengths add up to ${blob}, header says ${this.storedDataLength}`);
-    }
-    if (stream !== this.dataLength) {
-      throw corrupt(`block lengths add up to ${stream}, header says ${this.dataLength}`);
-    }
-  }
-
-  private validateTree(stringsLength: number): void {
-    const dv = this.dv;
-    const n = this.inodeCount;
-    const nd = this.direntCount;
-    const buf = this.buffer;
-    // --- inodes
-    let xattrCursor = 0;
-    let dirs = 0;
-    for (let ino = 1; ino <= n; ino++) {
-      const r = this.inodeBase + (ino - 1) * this.inodeRec;
-      const type = dv.getUint8(r + I.type);
-      const mode = dv.getUint32(r + I.mode, true);
-      const nsec = dv.getUint32(r + I.mtimeNsec, true);
-      const secHi = dv.getInt32(r + I.mtimeSec + 4, true);
-      const sizeHi = dv.getUint32(r + I.size + 4, true);
-      const a = dv.getUint32(r + I.a, true);
-      const b = dv.getUint32(r + I.b, true);
-      const parent = dv.getUint32(r + I.parent, true);
-      const xFirst = dv.getUint32(r + I.xattrFirst, true);
-      const xCount = dv.getUint32(r + I.xattrCount, true);
-      if (type < EntryType.File || type > EntryType.Whiteout)
-        throw corrupt(`inode ${ino}: unknown type ${type}`);
-      if (mode > 0o7777) throw corrupt(`inode ${ino}: mode ${mode.toString(8)} has bits outside 07777`);
-      if (nsec >= 1e9) throw corrupt(`inode ${ino}: mtime nanoseconds ${nsec} >= 1e9`);
-      if (secHi > MAX_HI || secHi < -MAX_HI - 1) throw corrupt(`inode ${ino}: mtime out of range`);
-      if (sizeHi > MAX_HI) throw corrupt(`inode ${ino}: size out of range`);
-      const size = sizeHi * TWO32 + dv.getUint32(r + I.size, true);
-      if (ino === 1 && type !== EntryType.Dir) throw corrupt('inode 1 (root) is not a directory');
-      if (xFirst !== xattrCursor || xCount > this.xattrCount - xattrCursor) {
-        throw corrupt(`inode ${ino}: xattr range ${xFirst}+${xCount} does not follow the previous inode's`);
-      }
-      xattrCursor += xCount;
-      switch (type) {
-        case EntryType.File: {
-          if (b > MAX_HI) throw corrupt(`inode ${ino}: data offset out of range`);
-          const off = b * TWO32 + a;
-          if (off + size > this.dataLength) {
-            throw corrupt(
-              `inode ${ino}: data ${off}+${size} past the end of the data stream (${this.dataLength})`,
-            );
-          }
-          break;
-        }
-        case EntryType.Dir:
-          dirs++;
-          if (size !== 0) throw corrupt(`inode ${ino}: directory with size ${size}`);
-          if (a > nd || b > nd - a)
-            throw corrupt(`inode ${ino}: child range ${a}+${b} outside ${nd} dirents`);
-          if (parent < 1 || parent > n) throw corrupt(`inode ${ino}: parent ${parent} out of range`);
-          if (ino === 1 && parent !== 1) throw corrupt('root directory parent is not itself');
-          break;
-        case EntryType.Symlink:
-          if (a > stringsLength || b > stringsLength - a)
-            throw corrupt(`inode ${ino}: symlink target out of range`);
-          if (size !== b) throw corrupt(`inode ${ino}: symlink size ${size} != target length ${b}`);
-          if (!isUtf8(buf.subarray(this.strBase + a, this.strBase + a + b))) {
-            throw corrupt(`inode ${ino}: symlink target is not valid UTF-8`);
-          }
-          break;
-        default:
-          if (size !== 0) throw corrupt(`inode ${ino}: type ${type} with size ${size}`);
-      }
-      if (type !== EntryType.Dir && parent !== 0)
-        throw corrupt(`inode ${ino}: non-directory with a parent field`);
-    }
-    if (xattrCursor !== this.xattrCount) {
-      throw corrupt(`inodes claim ${xattrCursor} xattrs, table has ${this.xattrCount}`);
-    }
-    // --- dirents: refs in range, names well formed
-    const refs = new Uint32Array(n + 1);
-    for (let i = 0; i < nd; i++) {
-      const r = this.direntBase + i * this.direntRec;
-      const off = dv.getUint32(r + D.nameOffset, true);
-      const len = dv.getUint32(r + D.nameLength, true);
-      const ino = dv.getUint32(r + D.ino, true);
-      if (len === 0 || len > MAX_NAME_LENGTH || off > stringsLength || len > stringsLength - off) {
-        throw corrupt(`dirent ${i}: name reference ${off}+${len} invalid`);
-      }
-      if (ino < 2 || ino > n) throw corrupt(`dirent ${i}: inode ${ino} out of range`);
-      const s = this.strBase + off;
-      const nameBuf = buf.subarray(s, s + len);
-      if (nameBuf.indexOf(0x2f) !== -1 || nameBuf.indexOf(0) !== -1) {
-        throw corrupt(`dirent ${i}: name contains '/' or NUL`);
-      }
-      if ((len === 1 && nameBuf[0] === 0x2e) || (len === 2 && nameBuf[0] === 0x2e && nameBuf[1] === 0x2e)) {
-        throw corrupt(`dirent ${i}: name is '.' or '..'`);
-      }
-      if (!isUtf8(nameBuf)) throw corrupt(`dirent ${i}: name is not valid UTF-8`);
-      refs[ino]!++;
-    }
-    // --- directory child ranges: disjoint, covering all dirents, sorted strictly, parent links consistent
-    const owner = new Uint32Array(nd);
-    const subdirs = new Uint32Array(n + 1);
-    let owned = 0;
-    for (let dir = 1; dir <= n; dir++) {
-      const r = this.inodeBase + (dir - 1) * this.inodeRec;
-      if (dv.getUint8(r + I.type) !== EntryType.Dir) continue;
-      const first = dv.getUint32(r + I.a, true);
-      const count = dv.getUint32(r + I.b, true);
-      for (let i = first; i < first + count; i++) {
-        if (owner[i] !== 0) throw corrupt(`dirent ${i} is claimed by directories ${owner[i]} and ${dir}`);
-        owner[i] = dir;
-        owned++;
-        if (i > first && this.compareNames(i - 1, i) >= 0) {
-          throw corrupt(
-            `directory ${dir}: entries ${i - 1} and ${i} are not in strictly ascending name order`,
-          );
-        }
-        const child = this.direntIno(i);
-        const cr = this.inodeBase + (child - 1) * this.inodeRec;
-        if (dv.getUint8(cr + I.type) === EntryType.Dir) {
-          if (refs[child] !== 1) throw corrupt(`directory inode ${child} has ${refs[child]} names`);
-          if (dv.getUint32(cr + I.parent, true) !== dir) {
-            throw corrupt(`directory inode ${child} is listed in ${dir} but its parent field says otherwise`);
-          }
-          subdirs[dir]!++;
-        }
-      }
-    }
-    if (owned !== nd) throw corrupt(`${nd - owned} dirents belong to no directory`);
-    // --- reachability from the root (no cycles, no detached subtrees), nlink
-    const stack: number[] = [1];
-    let seen = 0;
-    while (stack.length) {
-      const dir = stack.pop()!;
-      seen++;
-      if (seen > dirs) throw corrupt('directory tree has a cycle');
-      const r = this.inodeBase + (dir - 1) * this.inodeRec;
-      const first = dv.getUint32(r + I.a, true);
-      const count = dv.getUint32(r + I.b, true);
-      for (let i = first; i < first + count; i++) {
-        const child = this.direntIno(i);
-        if (this.typeOf(child) === EntryType.Dir) stack.push(child);
-      }
-    }
-    if (seen !== dirs) throw corrupt(`${dirs - seen} directories are not reachable from the root`);
-    for (let ino = 1; ino <= n; ino++) {
-      const r = this.inodeBase + (ino - 1) * this.inodeRec;
-      const nlink = dv.getUint32(r + I.nlink, true);
-      if (dv.getUint8(r + I.type) === EntryType.Dir) {
-        if (nlink !== 2 + subdirs[ino]!)
-          throw corrupt(`directory inode ${ino}: nlink ${nlink} != 2 + subdirectories`);
-      } else {
-        if (refs[ino] === 0) throw corrupt(`inode ${ino} has no name`);
-        if (nlink !== refs[ino]) throw corrupt(`inode ${ino}: nlink ${nlink} but ${refs[ino]} names`);
-      }
-    }
-    // --- xattrs
-    for (let i = 0; i < this.xattrCount; i++) {
-      const r = this.xattrBase + i * this.xattrRec;
-      const ko = dv.getUint32(r + X.keyOffset, true);
-      const kl = dv.getUint32(r + X.keyLength, true);
-      const vo = dv.getUint32(r + X.valueOffset, true);
-      const vl = dv.getUint32(r + X.valueLength, true);
-      if (
-        kl === 0 ||
-        ko > stringsLength ||
-        kl > stringsLength - ko ||
-        vo > stringsLength ||
-        vl > stringsLength - vo
-      ) {
-        throw corrupt(`xattr ${i}: reference out of range`);
-      }
-      if (!isUtf8(buf.subarray(this.strBase + ko, this.strBase + ko + kl))) {
-        throw corrupt(`xattr ${i}: name is not valid UTF-8`);
-      }
-    }
-    for (let ino = 1; ino <= n; ino++) {
-      const r = this.inodeBase + (ino - 1) * this.inodeRec;
-      const first = dv.getUint32(r + I.xattrFirst, true);
-      const count = dv.getUint32(r + I.xattrCount, true);
-      for (let i = first + 1; i < first + count; i++) {
-        if (this.compareXattrKeys(i - 1, i) >= 0)
-          throw corrupt(`inode ${ino}: xattr keys not strictly ascending`);
-      }
-    }
-  }
-
-  private compareNames(i: number, j: number): number {
-    const dv = this.dv;
-    const ri = this.direntBase + i * this.direntRec;
-    const rj = this.direntBase + j * this.direntRec;
-    return compareBytes(
-      this.buffer,
-      this.strBase + dv.getUint32(ri + D.nameOffset, true),
-      dv.getUint32(ri + D.nameLength, true),
-      this.buffer,
-      this.strBase + dv.getUint32(rj + D.nameOffset, true),
-      dv.getUint32(rj + D.nameLength, true),
-    );
-  }
-
-  private compareXattrKeys(i: number, j: number): number {
-    const dv = this.dv;
-    const ri = this.xattrBase + i * this.xattrRec;
-    const rj = this.xattrBase + j * this.xattrRec;
-    return compareBytes(
-      this.buffer,
-      this.strBase + dv.getUint32(ri + X.keyOffset, true),
-      dv.getUint32(ri + X.keyLength, true),
-      this.buffer,
-      this.strBase + dv.getUint32(rj + X.keyOffset, true),
-      dv.getUint32(rj + X.keyLength, true),
-    );
-  }
-
-  private direntIno(i: number): number {
-    return this.dv.getUint32(this.direntBase + i * this.direntRec + D.ino, true);
   }
 
   private rec(ino: number): number {
@@ -660,19 +383,4 @@ export class Toc {
       if (this.typeOf(ino) === EntryType.Dir) push(ino, path + '/');
     }
   }
-}
-
-/** Compares a[ao..ao+al) with b[bo..bo+bl) as unsigned bytes (memcmp, then length). */
-function compareBytes(a: Uint8Array, ao: number, al: number, b: Uint8Array, bo: number, bl: number): number {
-  const n = al < bl ? al : bl;
-  for (let k = 0; k < n; k++) {
-    const d = a[ao + k]! - b[bo + k]!;
-    if (d !== 0) return d;
-  }
-  return al - bl;
-}
-
-/** Worst-case LZ4 block size for `n` input bytes (LZ4_COMPRESSBOUND). */
-export function lz4Bound(n: number): number {
-  return n + Math.floor(n / 255) + 16;
 }
