@@ -158,6 +158,7 @@ export class BlobCache {
   async setLayout(blockCount: number, tocOffset: number, signal?: AbortSignal): Promise<void> {
     const cur = this.layout;
     if (cur && cur.blockCount === blockCount && cur.tocOffset === tocOffset && this.bitmap) return;
+    await this.flushing?.catch(() => {});
     this.meta = { ...this.meta, blockCount, tocOffset, verified: false };
     const delta = -this.filled;
     this.bitmap = new Bitmap(blockCount + 1);
@@ -349,6 +350,8 @@ export class BlobCache {
 
   /** Empties the cache of this blob (bitmap and data), keeping the layout. */
   async drop(signal?: AbortSignal): Promise<void> {
+    // a flush in progress may hold a snapshot that claims the units being dropped: let it land first
+    await this.flushing?.catch(() => {});
     const delta = -this.filled;
     this.bitmap?.clearAll();
     this.filled = 0;

@@ -1,0 +1,127 @@
+import { describe, expect, it } from 'vitest';
+import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
+import { FetchScheduler } from '../../src/fetch/scheduler.js';
+import type { Timers } from '../../src/fetch/timers.js';
+import { TokenBucket } from '../../src/fetch/token-bucket.js';
+import { Priority } from '../../src/fetch/types.js';
+import { gate } from './helpers.js';
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+describe('FetchScheduler', () => {
+  it('runs queued blocked work before prefetch before fill', async () => {
+    const s = new FetchScheduler({ concurrency: 1 });
+    const g = gate();
+    const order: string[] = [];
+    const job = (name: string) => async () => {
+      order.push(name);
+    };
+    const first = s.run(Priority.Fill, () => g.promise);
+    const p = [
+      s.run(Priority.Fill, job('fill1')),
+      s.run(Priority.Prefetch, job('pre')),
+      s.run(Priority.Fill, job('fill2')),
+      s.run(Priority.Blocked, job('blocked')),
+    ];
+    expect(s.queued()).toBe(4);
+    g.open();
+    await Promise.all([first, ...p]);
+    expect(order).toEqual(['blocked', 'pre', 'fill1', 'fill2']);
+  });
+
+  it('promotes a queued task', async () => {
+    const s = new FetchScheduler({ concurrency: 1 });
+    const g = gate();
+    const order: string[] = [];
+    const first = s.run(Priority.Blocked, () => g.promise);
+    const a = s.schedule(Priority.Fill, async () => void order.push('a'));
+    const b = s.schedule(Priority.Prefetch, async () => void order.push('b'));
+    a.promote(Priority.Blocked);
+    g.open();
+    await Promise.all([first, a.promise, b.promise]);
+    expect(order).toEqual(['a', 'b']);
+  });
+
+  it('keeps slots for urgent work: fill never takes more than maxFill', async () => {
+    const s = new FetchScheduler({ concurrency: 4, maxFill: 1 });
+    const g = gate();
+    const fills = [0, 1, 2].map(() => s.run(Priority.Fill, () => g.promise));
+    await tick();
+    expect(s.running).toBe(1);
+    let ran = false;
+    await s.run(Priority.Blocked, async () => void (ran = true));
+    expect(ran).toBe(true);
+    g.open();
+    await Promise.all(fills);
+  });
+
+  it('a throwing task rejects its promise and frees its slot', async () => {
+    const s = new FetchScheduler({ concurrency: 1 });
+    await expect(
+      s.run(Priority.Blocked, () => {
+        throw new Error('x');
+      }),
+    ).rejects.toThrow('x');
+    expect(await s.run(Priority.Blocked, async () => 7)).toBe(7);
+  });
+});
+
+describe('TokenBucket', () => {
+  it('waits for tokens on an injected clock; rate 0 is unlimited', async () => {
+    let now = 0;
+    const pending: Array<{ at: number; fn: () => void }> = [];
+    const timers: Timers = {
+      now: () => now,
+      setTimeout: (fn, ms) => {
+        const t = { at: now + ms, fn };
+        pending.push(t);
+        return t;
+      },
+      clearTimeout: (h) => {
+        const i = pending.indexOf(h as (typeof pending)[number]);
+        if (i >= 0) pending.splice(i, 1);
+      },
+    };
+    const advance = async (ms: number) => {
+      now += ms;
+      for (const t of pending.filter((t) => t.at <= now)) {
+        pending.splice(pending.indexOf(t), 1);
+        t.fn();
+      }
+      await tick();
+    };
+    const b = new TokenBucket(1000, 1000, timers);
+    await b.take(1000); // the initial burst
+    let done = false;
+    const p = b.take(500).then(() => (done = true));
+    await tick();
+    expect(done).toBe(false);
+    await advance(499);
+    expect(done).toBe(false);
+    await advance(1);
+    await p;
+    expect(done).toBe(true);
+    await new TokenBucket(0, 1, timers).take(1e12);
+  });
+});
+
+describe('BlockMemoryCache', () => {
+  it('is an LRU bounded by bytes, keyed by blob and block', () => {
+    const m = new BlockMemoryCache(300);
+    const a = m.blobId('sha256:a');
+    const b = m.blobId('sha256:b');
+    expect(m.blobId('sha256:a')).toBe(a);
+    m.set(a, 0, Buffer.alloc(100));
+    m.set(b, 0, Buffer.alloc(100));
+    m.set(a, 1, Buffer.alloc(100));
+    expect(m.get(a, 0)).toBeDefined(); // a0 is now most recent
+    m.set(b, 1, Buffer.alloc(100)); // evicts b0 (least recent)
+    expect(m.get(b, 0)).toBeUndefined();
+    expect(m.get(a, 0)).toBeDefined();
+    expect(m.bytes).toBe(300);
+    m.dropBlob(a);
+    expect(m.bytes).toBe(100);
+    m.set(a, 2, Buffer.alloc(1000)); // larger than the cache: not kept
+    expect(m.get(a, 2)).toBeUndefined();
+  });
+});
