@@ -105,7 +105,7 @@ export class Bitmap {
     const bitmap = new Bitmap(size);
     bitmap.bits.set(buf.subarray(24, 24 + n));
     // bits past `size` must be zero
-    if (size % 8 && bitmap.bits[n - 1]! >> size % 8) return undefined;
+    if (size % 8 && bitmap.bits[n - 1]! >> (size % 8)) return undefined;
     let c = 0;
     for (const byte of bitmap.bits) c += POPCOUNT[byte]!;
     bitmap.count = c;

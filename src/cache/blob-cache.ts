@@ -142,7 +142,8 @@ export class BlobCache {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
     const dec = buf && Bitmap.decode(buf, units);
-    if (buf && !dec) this.logger.warn({ digest: this.digest }, 'cache bitmap is damaged; the blob will be refetched');
+    if (buf && !dec)
+      this.logger.warn({ digest: this.digest }, 'cache bitmap is damaged; the blob will be refetched');
     this.bitmap = dec ? dec.bitmap : new Bitmap(units);
     this.filled = dec ? dec.filledBytes : 0;
     if (!dec || !this.bitmap.full) this.meta.verified = false;
@@ -215,7 +216,9 @@ export class BlobCache {
   async write(unit: number, offset: number, data: Buffer, signal?: AbortSignal): Promise<void> {
     const bm = this.requireBitmap();
     if (unit < 0 || unit >= bm.size || offset < 0 || offset + data.length > this.size) {
-      throw DfError.invalidArgument(`cache ${this.digest}: unit ${unit} at ${offset}+${data.length} is out of range`);
+      throw DfError.invalidArgument(
+        `cache ${this.digest}: unit ${unit} at ${offset}+${data.length} is out of range`,
+      );
     }
     if (bm.has(unit)) return;
     const fh = this.requireOpen();
@@ -328,7 +331,7 @@ export class BlobCache {
     const fh = this.requireOpen();
     const hash = createHash('sha256');
     const chunk = Buffer.allocUnsafe(1024 * 1024);
-    for (let pos = 0; pos < this.size; ) {
+    for (let pos = 0; pos < this.size;) {
       signal?.throwIfAborted();
       const n = Math.min(chunk.length, this.size - pos);
       const { bytesRead } = await this.disk('verify', signal, () => fh.read(chunk, 0, n, pos));
@@ -343,7 +346,10 @@ export class BlobCache {
       await this.flush(signal);
       return { ok: true, actual };
     }
-    this.logger.error({ digest: this.digest, actual }, 'complete cache file does not match the blob digest; dropped');
+    this.logger.error(
+      { digest: this.digest, actual },
+      'complete cache file does not match the blob digest; dropped',
+    );
     await this.drop(signal);
     return { ok: false, actual };
   }
@@ -414,7 +420,10 @@ export async function readMeta(dir: string): Promise<BlobMeta | undefined> {
     const m = JSON.parse(text) as BlobMeta;
     const int = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
     if (m.version !== 1 || typeof m.digest !== 'string' || !int(m.size) || !int(m.lastUsed)) return undefined;
-    if ((m.blockCount !== undefined && !int(m.blockCount)) || (m.tocOffset !== undefined && !int(m.tocOffset)))
+    if (
+      (m.blockCount !== undefined && !int(m.blockCount)) ||
+      (m.tocOffset !== undefined && !int(m.tocOffset))
+    )
       return undefined;
     return m;
   } catch {

@@ -135,12 +135,22 @@ export class CacheManager {
     let e = this.entries.get(blob.digest);
     if (e && e.size !== blob.size) {
       if (e.refs > 0)
-        throw DfError.invalidArgument(`cache: blob ${blob.digest} is open with size ${e.size}, not ${blob.size}`);
+        throw DfError.invalidArgument(
+          `cache: blob ${blob.digest} is open with size ${e.size}, not ${blob.size}`,
+        );
       this.total -= e.filledBytes;
       e = undefined;
     }
     if (!e) {
-      e = { digest: blob.digest, size: blob.size, refs: 0, filledBytes: 0, units: 0, present: 0, lastUsed: 0 };
+      e = {
+        digest: blob.digest,
+        size: blob.size,
+        refs: 0,
+        filledBytes: 0,
+        units: 0,
+        present: 0,
+        lastUsed: 0,
+      };
       this.entries.set(blob.digest, e);
     }
     const entry = e;

@@ -121,7 +121,11 @@ export class BlobFetcher implements FileReader {
     };
     this.bucket =
       init.fillBucket ??
-      new TokenBucket(this.o.fillRateBytesPerSec, Math.max(this.o.fillRateBytesPerSec, this.o.maxRunBytes), this.timers);
+      new TokenBucket(
+        this.o.fillRateBytesPerSec,
+        Math.max(this.o.fillRateBytesPerSec, this.o.maxRunBytes),
+        this.timers,
+      );
     let resolve!: () => void;
     let reject!: (e: unknown) => void;
     const promise = new Promise<void>((res, rej) => {
@@ -152,13 +156,17 @@ export class BlobFetcher implements FileReader {
     if (!(offset >= 0) || !(length >= 0)) throw DfError.invalidArgument(`bad read range ${offset}+${length}`);
     const n = Math.max(0, Math.min(length, st.size - offset));
     if (n === 0) return Buffer.alloc(0);
-    if (this.closer.signal.aborted) throw new DfError('FAILED_PRECONDITION', `layer ${this.blob.digest} is closed`);
+    if (this.closer.signal.aborted)
+      throw new DfError('FAILED_PRECONDITION', `layer ${this.blob.digest} is closed`);
     const start = st.dataOffset + offset;
     const [first, last] = this.toc.blocksForRange(start, n);
     this.cache.touch();
     const dl = childSignal(signal, this.o.readTimeoutMs, this.timers, `read of ${this.blob.digest}`);
     try {
-      return await bound(this.readBlocks(first, last, start, n, dl.signal), { signal: dl.signal, what: 'read' });
+      return await bound(this.readBlocks(first, last, start, n, dl.signal), {
+        signal: dl.signal,
+        what: 'read',
+      });
     } catch (err) {
       const e = DfError.from(err, `read ${this.blob.digest}`);
       if (e.code === 'TIMEOUT') this.stats.readTimeouts++;
@@ -170,7 +178,13 @@ export class BlobFetcher implements FileReader {
     }
   }
 
-  private async readBlocks(first: number, last: number, start: number, n: number, signal: AbortSignal): Promise<Buffer> {
+  private async readBlocks(
+    first: number,
+    last: number,
+    start: number,
+    n: number,
+    signal: AbortSignal,
+  ): Promise<Buffer> {
     const out = Buffer.allocUnsafe(n);
     const put = (i: number, data: Buffer) => {
       const bStart = this.toc.blockStreamOffset(i);
@@ -211,7 +225,10 @@ export class BlobFetcher implements FileReader {
         DfbReader.checkStoredBlock(this.toc, i, stored);
       } catch {
         this.stats.verifyFailures++;
-        this.logger.warn({ digest: this.blob.digest, block: i }, 'cached block failed verification; refetching');
+        this.logger.warn(
+          { digest: this.blob.digest, block: i },
+          'cached block failed verification; refetching',
+        );
         this.cache.invalidate(i, len);
         const [p] = this.ensure([i], Priority.Blocked);
         return this.decode(i, await p!);
@@ -301,7 +318,7 @@ export class BlobFetcher implements FileReader {
       const source = this.sources[attempt % n]!;
       const next: Deferred[] = [];
       // todo may have holes after failures: one request per contiguous part
-      for (let a = 0; a < todo.length; ) {
+      for (let a = 0; a < todo.length;) {
         let b = a;
         while (b + 1 < todo.length && todo[b + 1]!.unit === todo[b]!.unit + 1) b++;
         const part = todo.slice(a, b + 1);
@@ -376,7 +393,8 @@ export class BlobFetcher implements FileReader {
     const [first, last] = this.toc.blocksForRange(st.dataOffset + offset, n);
     const want: number[] = [];
     for (let i = first; i <= last; i++) if (!this.cache.has(i)) want.push(i);
-    if (want.length) await bound(Promise.all(this.ensure(want, Priority.Prefetch)), { signal, what: 'prefetch' });
+    if (want.length)
+      await bound(Promise.all(this.ensure(want, Priority.Prefetch)), { signal, what: 'prefetch' });
   }
 
   // ------------------------------------------------------------------ background fill
@@ -385,7 +403,8 @@ export class BlobFetcher implements FileReader {
   startBackgroundFill(): void {
     if (this.fill || this.closer.signal.aborted) return;
     this.fill = this.fillLoop().catch((err) => {
-      if (!this.closer.signal.aborted) this.logger.error({ err, digest: this.blob.digest }, 'background fill stopped');
+      if (!this.closer.signal.aborted)
+        this.logger.error({ err, digest: this.blob.digest }, 'background fill stopped');
       this.completion.reject(err);
     });
   }
@@ -409,7 +428,11 @@ export class BlobFetcher implements FileReader {
           const r = await this.cache.verifyComplete(signal);
           if (!r.ok) {
             this.stats.completeMismatches++;
-            throw DfError.digestMismatch(`cached blob ${this.blob.digest}`, this.blob.digest, r.actual ?? '?');
+            throw DfError.digestMismatch(
+              `cached blob ${this.blob.digest}`,
+              this.blob.digest,
+              r.actual ?? '?',
+            );
           }
           this.stats.completeVerified++;
         }
@@ -458,7 +481,10 @@ export class BlobFetcher implements FileReader {
       if (failed) {
         failures++;
         const ms = Math.min(this.o.fillRetryMs * 2 ** Math.min(failures - 1, 4), 5 * 60_000);
-        this.logger.warn({ digest: this.blob.digest, retryMs: ms }, 'background fill: some blocks failed; retrying');
+        this.logger.warn(
+          { digest: this.blob.digest, retryMs: ms },
+          'background fill: some blocks failed; retrying',
+        );
         await sleep(this.timers, ms, signal);
       } else failures = 0;
     }
@@ -472,7 +498,8 @@ export class BlobFetcher implements FileReader {
     this.completion.reject(DfError.aborted(`layer ${this.blob.digest} closed`));
     await this.fill;
     await this.cache.flush().catch((err) => {
-      if (!isDfError(err, 'ABORTED')) this.logger.warn({ err, digest: this.blob.digest }, 'cache flush failed at close');
+      if (!isDfError(err, 'ABORTED'))
+        this.logger.warn({ err, digest: this.blob.digest }, 'cache flush failed at close');
     });
   }
 }

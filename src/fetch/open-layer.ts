@@ -34,7 +34,8 @@ export async function openLayer(opts: OpenLayerOptions): Promise<OpenedLayer> {
   const logger = opts.logger ?? silentLogger;
   const timers = opts.timers ?? realTimers;
   const reqMs = opts.requestTimeoutMs ?? opts.options?.requestTimeoutMs ?? 10_000;
-  if (blob.size < FOOTER_SIZE) throw DfError.corrupt(`blob ${blob.digest} is ${blob.size} bytes: not a DFB blob`);
+  if (blob.size < FOOTER_SIZE)
+    throw DfError.corrupt(`blob ${blob.digest} is ${blob.size} bytes: not a DFB blob`);
 
   const fromCache = await tocFromCache(cache, blob, opts.expectedTocDigest, logger, opts.signal);
   if (fromCache) {

@@ -40,7 +40,9 @@ export class FetchScheduler {
     return this.active;
   }
   queued(priority?: Priority): number {
-    return priority === undefined ? this.queues.reduce((n, q) => n + q.length, 0) : this.queues[priority]!.length;
+    return priority === undefined
+      ? this.queues.reduce((n, q) => n + q.length, 0)
+      : this.queues[priority]!.length;
   }
 
   schedule<T>(priority: Priority, fn: () => Promise<T>): ScheduledTask<T> {

@@ -97,7 +97,9 @@ export function childSignal(
   if (parent?.aborted) ac.abort(parent.reason);
   else parent?.addEventListener('abort', onAbort, { once: true });
   const h =
-    ms > 0 ? timers.setTimeout(() => ac.abort(DfError.timeout(`${what}: no answer within ${ms} ms`)), ms) : undefined;
+    ms > 0
+      ? timers.setTimeout(() => ac.abort(DfError.timeout(`${what}: no answer within ${ms} ms`)), ms)
+      : undefined;
   return {
     signal: ac.signal,
     dispose: () => {

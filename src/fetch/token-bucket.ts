@@ -33,7 +33,8 @@ export class TokenBucket {
 
   private refill(): void {
     const now = this.timers.now();
-    if (this.rate > 0) this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) * this.rate) / 1000);
+    if (this.rate > 0)
+      this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) * this.rate) / 1000);
     this.last = now;
   }
 

@@ -182,7 +182,11 @@ describe.skipIf(!asRoot)('BlobCache on a full tmpfs', () => {
       let u = 0;
       for (; u < 32; u++) {
         try {
-          await c.write(u, u * 32768, big.subarray(u * 32768, u * 32768 + Math.min(32768, 32 * 32768 - 1000 - u * 32768)));
+          await c.write(
+            u,
+            u * 32768,
+            big.subarray(u * 32768, u * 32768 + Math.min(32768, 32 * 32768 - 1000 - u * 32768)),
+          );
           await c.flush();
         } catch (e) {
           err = e;

@@ -78,14 +78,22 @@ async function open(
 }
 
 /** The blob range of the blocks under a file range. */
-function blockRange(tb: TestBlob, path: string, offset = 0, length?: number): { offset: number; length: number } {
+function blockRange(
+  tb: TestBlob,
+  path: string,
+  offset = 0,
+  length?: number,
+): { offset: number; length: number } {
   const st = tb.toc.stat(tb.ino(path));
   const n = Math.min(length ?? st.size, st.size - offset);
   const [a, b] = tb.toc.blocksForRange(st.dataOffset + offset, n);
   return { offset: tb.toc.blockOffset(a), length: tb.toc.blockOffset(b + 1) - tb.toc.blockOffset(a) };
 }
 
-async function readAll(fetcher: { read: (i: number, o: number, l: number) => Promise<Buffer> }, tb: TestBlob) {
+async function readAll(
+  fetcher: { read: (i: number, o: number, l: number) => Promise<Buffer> },
+  tb: TestBlob,
+) {
   for (const [p, content] of tb.files) {
     const got = await fetcher.read(tb.ino(p), 0, content.length + 10);
     expect(got.equals(content), p).toBe(true);
@@ -163,7 +171,11 @@ describe('BlobFetcher reads', () => {
     const g = gate();
     s.src.gate = g.promise;
     const ino = s.tb.ino('usr/big1');
-    const reads = [fetcher.read(ino, 0, 60_000), fetcher.read(ino, 0, 60_000), fetcher.read(ino, 10_000, 20_000)];
+    const reads = [
+      fetcher.read(ino, 0, 60_000),
+      fetcher.read(ino, 0, 60_000),
+      fetcher.read(ino, 10_000, 20_000),
+    ];
     await new Promise((r) => setImmediate(r));
     g.open();
     const [a, b, c] = await Promise.all(reads);
@@ -236,7 +248,9 @@ describe('BlobFetcher reads', () => {
 
   it('a hanging source gives TIMEOUT within the read budget, never a hang', async () => {
     const s = await setup();
-    const { fetcher } = await open(s, { options: { readTimeoutMs: 300, requestTimeoutMs: 50, retries: 100 } });
+    const { fetcher } = await open(s, {
+      options: { readTimeoutMs: 300, requestTimeoutMs: 50, retries: 100 },
+    });
     s.src.hang = true;
     const err = await fetcher.read(s.tb.ino('usr/big2'), 0, 100).catch((e) => e);
     expect(err).toBeInstanceOf(DfError);
@@ -272,7 +286,9 @@ describe('BlobFetcher reads', () => {
     const { fetcher } = await open(s);
     await expect(fetcher.read(s.tb.ino('etc'), 0, 10)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     const f = s.tb.files.get('etc/f1')!;
-    expect((await fetcher.read(s.tb.ino('etc/f1'), f.length - 3, 100)).equals(f.subarray(f.length - 3))).toBe(true);
+    expect((await fetcher.read(s.tb.ino('etc/f1'), f.length - 3, 100)).equals(f.subarray(f.length - 3))).toBe(
+      true,
+    );
     expect((await fetcher.read(s.tb.ino('etc/f1'), f.length + 3, 100)).length).toBe(0);
   });
 });
@@ -289,7 +305,11 @@ describe('background fill', () => {
     expect(cache.verified).toBe(true);
     expect(fetcher.stats.completeVerified).toBe(1);
     for (const r of s.src.requests) expect(r.length).toBeLessThanOrEqual(64 * 1024);
-    expect(s.src.bytes).toBe(s.tb.blob.size - blockRange(s.tb, 'etc/f0', 0, 100).length - (s.tb.blob.size - s.tb.toc.storedDataLength));
+    expect(s.src.bytes).toBe(
+      s.tb.blob.size -
+        blockRange(s.tb, 'etc/f0', 0, 100).length -
+        (s.tb.blob.size - s.tb.toc.storedDataLength),
+    );
     await cache.flush();
     const file = await readFile(join(s.cacheDir, 'data'));
     expect(sha256(file)).toBe(s.tb.blob.digest);
@@ -300,7 +320,9 @@ describe('background fill', () => {
 
   it('starts after the first read by default and fill is rate-limited through the bucket', async () => {
     const s = await setup();
-    const { fetcher, cache } = await open(s, { options: { fillAfterFirstRead: true, fillRateBytesPerSec: 0 } });
+    const { fetcher, cache } = await open(s, {
+      options: { fillAfterFirstRead: true, fillRateBytesPerSec: 0 },
+    });
     expect(fetcher.filling).toBe(false);
     await fetcher.read(s.tb.ino('etc/f0'), 0, 100);
     expect(fetcher.filling).toBe(true);
@@ -330,7 +352,8 @@ describe('background fill', () => {
     const first = fetcher.read(s.tb.ino('etc/f0'), 0, 100); // takes the only slot
     await new Promise((r) => setImmediate(r));
     fetcher.startBackgroundFill();
-    for (let i = 0; i < 10 && scheduler.queued(Priority.Fill) === 0; i++) await new Promise((r) => setImmediate(r));
+    for (let i = 0; i < 10 && scheduler.queued(Priority.Fill) === 0; i++)
+      await new Promise((r) => setImmediate(r));
     expect(scheduler.queued(Priority.Fill)).toBeGreaterThan(0);
     const second = fetcher.read(s.tb.ino('usr/big2'), 200_000, 100);
     await new Promise((r) => setImmediate(r));

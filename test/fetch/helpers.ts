@@ -11,7 +11,9 @@ import { DfError } from '../../src/errors.js';
 import type { BlobRef, BlockSource } from '../../src/fetch/types.js';
 import { base, chunks, dirMeta, pseudoRandom } from '../blob/util.js';
 
-export async function tempDir(prefix = 'dfnode-fetch-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+export async function tempDir(
+  prefix = 'dfnode-fetch-',
+): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
 }
