@@ -10,7 +10,7 @@ export function runMain(name: string, main: (signal: AbortSignal, argv: string[]
   const onSignal = (sig: NodeJS.Signals) => {
     interrupts++;
     if (interrupts > 1) process.exit(130);
-    process.stderr.write(`\n${name}: ${sig} received, stopping (nothing partial is made visible)...\n`);
+    process.stderr.write(`\n${name}: ${sig} received, stopping...\n`);
     ac.abort(DfError.aborted(`interrupted by ${sig}`));
   };
   process.on('SIGINT', onSignal);

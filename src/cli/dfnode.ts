@@ -1,0 +1,269 @@
+#!/usr/bin/env node
+import { Command, Option } from 'commander';
+import { rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { CacheManager } from '../cache/cache-manager.js';
+import { loadConfig, type Config } from '../config.js';
+import { NodeMetrics } from '../daemon/metrics.js';
+import { MountRecords } from '../daemon/mount-records.js';
+import { NodeRuntime } from '../daemon/node-runtime.js';
+import { processAlive } from '../daemon/system.js';
+import { DfError } from '../errors.js';
+import { unmountAllOnExit, lazyUnmount } from '../fuse/mounts.js';
+import { createLogger, type Logger } from '../log.js';
+import { RegistryClient } from '../registry/client.js';
+import { chainCredentials, DockerConfigCredentials, StaticCredentials } from '../registry/credentials.js';
+import { parseReference } from '../registry/reference.js';
+import { CONVERTER_VERSION } from '../../converter/version.js';
+import { runMain } from './run-main.js';
+
+interface NodeFlags {
+  config?: string;
+  plainHttp?: boolean;
+  insecure?: string[];
+  creds?: string;
+  dockerConfig?: string;
+  cacheDir?: string;
+  stateDir?: string;
+  logLevel?: string;
+  metricsAddress?: string;
+  fillRate?: string;
+  readTimeout?: string;
+  json?: boolean;
+}
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+function addCommon(cmd: Command): Command {
+  return cmd
+    .option('-c, --config <file>', 'JSON config file (also DFNODE_CONFIG)')
+    .option('--cache-dir <dir>', 'block cache directory (default /var/lib/dfnode/cache)')
+    .option('--state-dir <dir>', 'mounts and records (default /var/lib/dfnode/state)')
+    .addOption(
+      new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']),
+    );
+}
+
+function addRegistry(cmd: Command): Command {
+  return cmd
+    .option('--plain-http', 'use plain HTTP for every registry')
+    .option('--insecure <host>', 'use plain HTTP for this registry host[:port] (repeatable)', collect)
+    .option('--creds <user:password>', 'registry credentials')
+    .option('--docker-config <file>', 'docker config file with registry credentials');
+}
+
+function configFrom(flags: NodeFlags): Config {
+  const top: Record<string, any> = { registry: {}, cache: {}, node: {}, fetch: {} };
+  if (flags.plainHttp) top.registry.plainHttp = true;
+  if (flags.insecure) top.registry.insecure = flags.insecure;
+  if (flags.dockerConfig) top.registry.dockerConfig = flags.dockerConfig;
+  if (flags.cacheDir) top.cache.dir = resolve(flags.cacheDir);
+  if (flags.stateDir) top.node.stateDir = resolve(flags.stateDir);
+  if (flags.metricsAddress !== undefined) top.node.metricsAddress = flags.metricsAddress;
+  if (flags.fillRate !== undefined) top.fetch.fillRate = flags.fillRate;
+  if (flags.readTimeout !== undefined) {
+    const ms = Number(flags.readTimeout);
+    if (!Number.isInteger(ms) || ms <= 0) throw DfError.invalidArgument(`--read-timeout must be milliseconds, got ${flags.readTimeout}`);
+    top.fetch.readTimeoutMs = ms;
+  }
+  if (flags.logLevel) top.logLevel = flags.logLevel;
+  return loadConfig({ file: flags.config, flags: top });
+}
+
+function makeClient(cfg: Config, log: Logger, creds: string | undefined): RegistryClient {
+  // The fetch layer retries across attempts and sources and bounds each read: keep the client's own
+  // retries short so that an unreachable registry gives EIO within the read timeout.
+  return new RegistryClient({
+    plainHttp: cfg.registry.plainHttp,
+    insecure: cfg.registry.insecure,
+    timeoutMs: Math.min(cfg.registry.timeoutMs, cfg.fetch.requestTimeoutMs),
+    retries: 1,
+    retryBaseMs: 100,
+    retryMaxMs: 1000,
+    logger: log,
+    userAgent: `dfnode/${CONVERTER_VERSION}`,
+    credentials: chainCredentials(
+      creds ? StaticCredentials.fromString(creds) : undefined,
+      new DockerConfigCredentials({ path: cfg.registry.dockerConfig, logger: log }),
+    ),
+  });
+}
+
+function waitForSignal(signal: AbortSignal, extra?: (sig: NodeJS.Signals) => void): Promise<void> {
+  return new Promise((resolveWait) => {
+    if (signal.aborted) return resolveWait();
+    signal.addEventListener('abort', () => resolveWait(), { once: true });
+    if (extra) process.on('SIGUSR2', () => extra('SIGUSR2'));
+  });
+}
+
+function fmt(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)} MB`;
+  return `${(n / 1e3).toFixed(1)} kB`;
+}
+
+async function serveNode(
+  cfg: Config,
+  log: Logger,
+  client: RegistryClient,
+  body: (rt: NodeRuntime) => Promise<void>,
+): Promise<void> {
+  const metrics = new NodeMetrics();
+  const rt = new NodeRuntime({ config: cfg, client, logger: log, metrics });
+  const removeExitHook = unmountAllOnExit(log);
+  let server: Awaited<ReturnType<NodeMetrics['serve']>> | undefined;
+  const statsTimer = setInterval(async () => {
+    for (const im of rt.imageMounts()) {
+      const recs = await rt.records.list();
+      const rec = recs.find((r) => r.id === im.id);
+      if (rec) await rt.records.write({ ...rec, stats: rt.statusSnapshot() }).catch(() => undefined);
+    }
+  }, 1000);
+  statsTimer.unref();
+  try {
+    await rt.start();
+    if (cfg.node.metricsAddress) server = await metrics.serve(cfg.node.metricsAddress);
+    await body(rt);
+  } finally {
+    clearInterval(statsTimer);
+    server?.close();
+    await rt.close();
+    removeExitHook();
+    await client.close().catch(() => undefined);
+  }
+}
+
+export function buildProgram(signal: AbortSignal): Command {
+  const program = new Command('dfnode')
+    .description('dfnode: lazy, peer-to-peer image loading for containerd (node daemon and tools)')
+    .version(CONVERTER_VERSION)
+    .showHelpAfterError();
+
+  addRegistry(addCommon(program.command('mount')))
+    .description('mount a converted image read-only at DIR (merged view of its layers) until umount or SIGINT/SIGTERM')
+    .argument('<ref>', 'registry reference of a converted image (dfconvert output)')
+    .argument('<dir>', 'mount point (created if missing)')
+    .option('--metrics-address <host:port>', 'serve Prometheus metrics here (empty: off)', '')
+    .option('--fill-rate <bytes/s>', 'background fill rate limit, e.g. 20M (0 = unlimited)')
+    .option('--read-timeout <ms>', 'a read blocked on the network fails with EIO after this long')
+    .action(async (refText: string, dir: string, flags: NodeFlags) => {
+      const cfg = configFrom(flags);
+      const log = createLogger(cfg.logLevel);
+      const ref = parseReference(refText);
+      const client = makeClient(cfg, log, flags.creds);
+      await serveNode(cfg, log, client, async (rt) => {
+        const im = await rt.mountImage(ref, dir, signal);
+        process.stdout.write(
+          `mounted ${ref} (${im.layers.length} layers, ${fmt(im.image.layers.reduce((a, l) => a + l.size, 0))}) at ${im.target}\n`,
+        );
+        await waitForSignal(signal, () => void rt.cache.gc().catch(() => undefined));
+      });
+    });
+
+  addCommon(program.command('umount'))
+    .description('unmount a directory mounted by dfnode mount')
+    .argument('<dir>')
+    .action(async (dir: string, flags: NodeFlags) => {
+      const cfg = configFrom(flags);
+      const target = resolve(dir);
+      const records = new MountRecords(join(cfg.node.stateDir, 'mounts'));
+      const rec = (await records.list()).find((r) => r.target === target);
+      if (!rec) throw DfError.notFound(`${target} is not a dfnode mount (see dfnode status)`);
+      if (rec.alive) {
+        process.kill(rec.pid, 'SIGTERM');
+        const deadline = Date.now() + 30_000;
+        while (processAlive(rec.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+        if (processAlive(rec.pid)) throw DfError.timeout(`dfnode mount (pid ${rec.pid}) did not stop within 30 s`);
+      }
+      // The serving process is gone: remove whatever it could not.
+      await lazyUnmount(target).catch(() => undefined);
+      await rm(join(cfg.node.stateDir, 'mnt', rec.id), { recursive: true, force: true }).catch(() => undefined);
+      await records.remove(rec.id);
+      process.stdout.write(`unmounted ${target}\n`);
+    });
+
+  addCommon(program.command('status'))
+    .description('show mounts, cache fill per blob and bytes by source')
+    .option('--json', 'machine-readable output')
+    .action(async (flags: NodeFlags) => {
+      const cfg = configFrom(flags);
+      const records = await new MountRecords(join(cfg.node.stateDir, 'mounts')).list();
+      const cache = new CacheManager({
+        dir: cfg.cache.dir,
+        highWatermark: cfg.cache.highWatermark,
+        lowWatermark: cfg.cache.lowWatermark,
+        lock: false,
+      });
+      await cache.init();
+      const blobs = cache.list();
+      await cache.close();
+      if (flags.json) {
+        process.stdout.write(JSON.stringify({ mounts: records, blobs }) + '\n');
+        return;
+      }
+      const out: string[] = [];
+      out.push(`mounts (${records.length}):`);
+      for (const r of records) {
+        out.push(`  ${r.target}  ${r.ref}  pid ${r.pid}${r.alive ? '' : ' (dead)'}  ${r.layers.length} layers`);
+        if (r.stats) {
+          const by = Object.entries(r.stats.bytes)
+            .filter(([, v]) => v > 0)
+            .map(([k, v]) => `${k} ${fmt(v)}`)
+            .join(', ');
+          out.push(`    bytes by source: ${by || 'none yet'}; verification failures ${r.stats.verifyFailures}`);
+        }
+      }
+      out.push(`cache ${cfg.cache.dir} (${blobs.length} blobs, ${fmt(blobs.reduce((a, b) => a + b.filledBytes, 0))}):`);
+      for (const b of blobs)
+        out.push(
+          `  ${b.digest.slice(0, 19)}  ${((100 * b.filledBytes) / Math.max(1, b.size)).toFixed(1).padStart(5)}% of ${fmt(b.size)}${
+            b.complete ? ' complete' : ''
+          }${b.inUse ? ' in use' : ''}`,
+        );
+      process.stdout.write(out.join('\n') + '\n');
+    });
+
+  addCommon(program.command('gc'))
+    .description('evict cached blobs that no mount uses')
+    .action(async (flags: NodeFlags) => {
+      const cfg = configFrom(flags);
+      const records = (await new MountRecords(join(cfg.node.stateDir, 'mounts')).list()).filter((r) => r.alive);
+      if (records.length) {
+        // A running dfnode holds the cache: ask each to collect (its in-use blobs stay).
+        for (const r of records) process.kill(r.pid, 'SIGUSR2');
+        process.stdout.write(`asked ${records.length} running dfnode process(es) to evict unused blobs\n`);
+        return;
+      }
+      const cache = new CacheManager({
+        dir: cfg.cache.dir,
+        highWatermark: cfg.cache.highWatermark,
+        lowWatermark: cfg.cache.lowWatermark,
+      });
+      await cache.init();
+      try {
+        const r = await cache.gc();
+        process.stdout.write(`evicted ${r.evicted.length} blobs, freed ${fmt(r.freedBytes)}\n`);
+      } finally {
+        await cache.close();
+      }
+    });
+
+  addRegistry(addCommon(program.command('run')))
+    .description('run the node daemon (cache, FUSE mounts, metrics endpoint)')
+    .option('--metrics-address <host:port>', 'serve Prometheus metrics here (default 127.0.0.1:9877; empty: off)')
+    .action(async (flags: NodeFlags) => {
+      const cfg = configFrom(flags);
+      const log = createLogger(cfg.logLevel);
+      const client = makeClient(cfg, log, flags.creds);
+      await serveNode(cfg, log, client, async (rt) => {
+        log.info({ cache: cfg.cache.dir, metrics: cfg.node.metricsAddress }, 'dfnode running');
+        process.stdout.write(`dfnode running; metrics on ${cfg.node.metricsAddress || '(off)'}\n`);
+        await waitForSignal(signal, () => void rt.cache.gc().catch(() => undefined));
+      });
+    });
+
+  return program;
+}
+
+runMain('dfnode', (signal, argv) => buildProgram(signal).parseAsync(argv));
