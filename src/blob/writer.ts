@@ -3,12 +3,10 @@ import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import { DfError } from '../errors.js';
-import { compressBlock, type CompressedBlock } from './block-codec.js';
-import { CompressPool } from './compress-pool.js';
+import { BlockSink } from './block-sink.js';
 import { EntryTree, nodeFromMeta, type TreeNode } from './entry-tree.js';
 import { encodeFooter } from './footer.js';
 import { encodeToc } from './toc-encoder.js';
-import { B } from './toc-layout.js';
 import {
   DEFAULT_BLOCK_SIZE,
   EntryType,
@@ -36,8 +34,6 @@ export interface DfbWriterOptions {
 
 /** Files up to this size are buffered in memory to be hashed; larger ones are spooled to tmpDir. */
 const SPOOL_THRESHOLD = 4 * 1024 * 1024;
-/** Output writes are batched up to this many bytes. */
-const WRITE_BATCH = 1024 * 1024;
 /** Chunk size when replaying a spooled file. */
 const SPOOL_READ = 1024 * 1024;
 
@@ -53,7 +49,6 @@ export class DfbWriter {
   private readonly out: string;
   private readonly partial: string;
   private readonly blockSize: number;
-  private readonly workers: number;
   private readonly tmpDir: string;
   private readonly signal: AbortSignal | undefined;
   private readonly onProgress: ((p: { bytesIn: number }) => void) | undefined;
@@ -65,22 +60,7 @@ export class DfbWriter {
   private failed: unknown;
   private state: 'open' | 'finishing' | 'done' | 'aborted' = 'open';
 
-  private pool: CompressPool | undefined;
-  private readonly inflight: Array<Promise<CompressedBlock>> = [];
-  private maxInflight = 8;
-  private cur: Buffer;
-  private curLen = 0;
-
-  private fh: FileHandle | undefined;
-  private writePos = 0;
-  private batch: Buffer[] = [];
-  private batchBytes = 0;
-  private readonly blobHash = createHash('sha256');
-  private blockRecords: Buffer[] = [];
-  private blockCount = 0;
-
-  private dataLength = 0;
-  private storedDataLength = 0;
+  private readonly sink: BlockSink;
   private bytesIn = 0;
   private dedupedFiles = 0;
 
@@ -95,11 +75,15 @@ export class DfbWriter {
     this.out = opts.out;
     this.partial = `${opts.out}.partial`;
     this.blockSize = bs;
-    this.workers = opts.workers ?? 0;
     this.tmpDir = opts.tmpDir;
     this.signal = opts.signal;
     this.onProgress = opts.onProgress;
-    this.cur = Buffer.allocUnsafeSlow(bs);
+    this.sink = new BlockSink({
+      path: this.partial,
+      blockSize: bs,
+      workers: opts.workers ?? 0,
+      checkAbort: () => this.checkSignal(),
+    });
   }
 
   // ------------------------------------------------------------------ tree
@@ -203,8 +187,8 @@ export class DfbWriter {
         node.dataOffset = off;
         return;
       }
-      node.dataOffset = this.dataLength;
-      for (const c of chunks) await this.appendData(c);
+      node.dataOffset = this.sink.dataLength;
+      for (const c of chunks) await this.sink.append(c);
       return;
     }
     const spool = join(this.tmpDir, `dfb-spool-${process.pid}-${randomBytes(6).toString('hex')}`);
@@ -226,7 +210,7 @@ export class DfbWriter {
         node.dataOffset = off;
         return;
       }
-      node.dataOffset = this.dataLength;
+      node.dataOffset = this.sink.dataLength;
       let pos = 0;
       while (pos < size) {
         this.checkSignal();
@@ -234,7 +218,7 @@ export class DfbWriter {
         const buf = Buffer.allocUnsafe(n);
         const { bytesRead } = await fh.read(buf, 0, n, pos);
         if (bytesRead <= 0) throw DfError.from(new Error(`spool file ${spool} shrank`), 'DFB writer');
-        await this.appendData(bytesRead === n ? buf : buf.subarray(0, bytesRead));
+        await this.sink.append(bytesRead === n ? buf : buf.subarray(0, bytesRead));
         pos += bytesRead;
       }
     } finally {
@@ -259,94 +243,13 @@ export class DfbWriter {
       this.dedupedFiles++;
       return at;
     }
-    this.seen.set(digest, this.dataLength);
+    this.seen.set(digest, this.sink.dataLength);
     return undefined;
   }
 
   private progress(n: number): void {
     this.bytesIn += n;
     this.onProgress?.({ bytesIn: this.bytesIn });
-  }
-
-  // ------------------------------------------------------------------ blocks
-
-  private async appendData(data: Buffer): Promise<void> {
-    let pos = 0;
-    while (pos < data.length) {
-      const n = Math.min(this.blockSize - this.curLen, data.length - pos);
-      data.copy(this.cur, this.curLen, pos, pos + n);
-      this.curLen += n;
-      pos += n;
-      this.dataLength += n;
-      if (this.curLen === this.blockSize) {
-        const full = this.cur;
-        this.cur = Buffer.allocUnsafeSlow(this.blockSize);
-        this.curLen = 0;
-        await this.submitBlock(full);
-      }
-    }
-  }
-
-  private async submitBlock(data: Buffer): Promise<void> {
-    if (!this.pool) {
-      this.pool = new CompressPool(this.workers);
-      this.maxInflight = Math.max(4, 4 * this.pool.size); // bounds memory: ~2 x maxInflight x blockSize
-    }
-    const p = this.pool.compress(data);
-    p.catch(() => undefined); // awaited in order below; avoid an unhandled rejection meanwhile
-    this.inflight.push(p);
-    while (this.inflight.length >= this.maxInflight) await this.writeNextBlock();
-  }
-
-  private async writeNextBlock(): Promise<void> {
-    const r = await this.inflight.shift()!;
-    await this.writeBlock(r);
-  }
-
-  private async writeBlock(r: CompressedBlock): Promise<void> {
-    const rec = Buffer.alloc(B.SIZE);
-    rec.writeUInt32LE(r.stored.length, B.storedLength);
-    rec.writeUInt32LE(
-      r.codec === 0 ? r.stored.length : r.stored.readUInt32LE(0), // uncompressed length
-      B.length,
-    );
-    rec.writeUInt8(r.codec, B.codec);
-    r.sha256.copy(rec, B.sha256);
-    this.blockRecords.push(rec);
-    this.blockCount++;
-    this.storedDataLength += r.stored.length;
-    await this.emit(r.stored);
-  }
-
-  private async emit(buf: Buffer): Promise<void> {
-    this.blobHash.update(buf);
-    this.batch.push(buf);
-    this.batchBytes += buf.length;
-    if (this.batchBytes >= WRITE_BATCH) await this.flushWrites();
-  }
-
-  private async flushWrites(): Promise<void> {
-    if (!this.batchBytes) return;
-    this.checkSignal();
-    if (!this.fh) {
-      const fh = await open(this.partial, 'w');
-      if (this.state === 'aborted') {
-        await fh.close();
-        await unlink(this.partial).catch(() => undefined);
-        throw DfError.aborted('DFB writer: aborted');
-      }
-      this.fh = fh;
-    }
-    const bufs = this.batch;
-    const total = this.batchBytes;
-    this.batch = [];
-    this.batchBytes = 0;
-    let written = 0;
-    while (written < total) {
-      const { bytesWritten } = await this.fh!.writev(skip(bufs, written), this.writePos + written);
-      written += bytesWritten;
-    }
-    this.writePos += total;
   }
 
   // ------------------------------------------------------------------ finish / abort
@@ -358,35 +261,21 @@ export class DfbWriter {
       await this.serial;
       if (this.failed) throw this.failed;
       this.checkSignal();
-      if (this.curLen > 0) {
-        const last = this.cur.subarray(0, this.curLen);
-        if (this.pool) {
-          const own = Buffer.allocUnsafeSlow(this.curLen);
-          last.copy(own);
-          await this.submitBlock(own);
-        } else {
-          // Small blob: one block, no need to start worker threads for it.
-          while (this.inflight.length) await this.writeNextBlock();
-          await this.writeBlock(compressBlock(last));
-        }
-        this.curLen = 0;
-      }
-      while (this.inflight.length) await this.writeNextBlock();
+      await this.sink.endBlocks();
       this.checkSignal();
 
       const enc = encodeToc({
         root: this.tree.root,
-        blockRecords: Buffer.concat(this.blockRecords),
-        blockCount: this.blockCount,
-        dataLength: this.dataLength,
-        storedDataLength: this.storedDataLength,
+        blockRecords: this.sink.blockTable(),
+        blockCount: this.sink.blockCount,
+        dataLength: this.sink.dataLength,
+        storedDataLength: this.sink.storedDataLength,
       });
-      this.blockRecords = [];
       const stored = deflateSync(enc.toc);
       const tocSha = createHash('sha256').update(stored).digest();
-      const tocOffset = this.storedDataLength;
-      await this.emit(stored);
-      await this.emit(
+      const tocOffset = this.sink.storedDataLength;
+      await this.sink.emit(stored);
+      await this.sink.emit(
         encodeFooter({
           flags: 0,
           blockSize: this.blockSize,
@@ -397,25 +286,19 @@ export class DfbWriter {
           tocSha256: tocSha,
         }),
       );
-      await this.flushWrites();
-      const size = this.writePos;
-      await this.fh!.sync();
-      await this.fh!.close();
-      this.fh = undefined;
+      const { size, digest } = await this.sink.close();
       await rename(this.partial, this.out);
-      await this.pool?.close();
-      this.pool = undefined;
       this.state = 'done';
       return {
-        digest: 'sha256:' + this.blobHash.digest('hex'),
+        digest,
         size,
         tocDigest: 'sha256:' + tocSha.toString('hex'),
         tocOffset,
         tocSize: stored.length,
         blockSize: this.blockSize,
-        blocks: this.blockCount,
-        dataBytes: this.dataLength,
-        storedDataBytes: this.storedDataLength,
+        blocks: this.sink.blockCount,
+        dataBytes: this.sink.dataLength,
+        storedDataBytes: this.sink.storedDataLength,
         files: enc.files,
         entries: enc.dirents,
         dedupedFiles: this.dedupedFiles,
@@ -431,29 +314,8 @@ export class DfbWriter {
     if (this.state === 'done' || this.state === 'aborted') return;
     this.state = 'aborted';
     this.failed ??= DfError.aborted('DFB writer aborted');
-    await this.pool?.close().catch(() => undefined);
-    this.pool = undefined;
-    await this.fh?.close().catch(() => undefined);
-    this.fh = undefined;
-    await unlink(this.partial).catch(() => undefined);
+    await this.sink.abort();
     for (const s of this.spools) await unlink(s).catch(() => undefined);
     this.spools.clear();
-    this.batch = [];
-    this.inflight.length = 0;
   }
-}
-
-/** The buffers of `bufs` after the first `n` bytes. */
-function skip(bufs: Buffer[], n: number): Buffer[] {
-  if (n === 0) return bufs;
-  const out: Buffer[] = [];
-  for (const b of bufs) {
-    if (n >= b.length) {
-      n -= b.length;
-      continue;
-    }
-    out.push(n ? b.subarray(n) : b);
-    n = 0;
-  }
-  return out;
 }

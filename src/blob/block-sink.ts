@@ -1,0 +1,203 @@
+import { createHash } from 'node:crypto';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
+import { DfError } from '../errors.js';
+import { compressBlock, type CompressedBlock } from './block-codec.js';
+import { CompressPool } from './compress-pool.js';
+import { B } from './toc-layout.js';
+import { Codec } from './types.js';
+
+/** Output writes are batched up to this many bytes. */
+const WRITE_BATCH = 1024 * 1024;
+
+export interface BlockSinkOptions {
+  /** File the blob is written to. */
+  path: string;
+  blockSize: number;
+  /** Compression worker threads; 0 = os.availableParallelism(). */
+  workers: number;
+  /** Throws when the write must stop (signal aborted, writer aborted). */
+  checkAbort: () => void;
+}
+
+/**
+ * The data half of the writer: cuts the uncompressed data stream into blocks, has them compressed and
+ * hashed on worker threads, and writes the stored blocks to the output file in order, building the block
+ * table and the whole-blob SHA-256 on the way. At most a few blocks per worker are in flight, so memory
+ * does not depend on the layer size.
+ */
+export class BlockSink {
+  private readonly blockSize: number;
+  private readonly workers: number;
+  private readonly checkAbort: () => void;
+  private readonly path: string;
+
+  private pool: CompressPool | undefined;
+  private readonly inflight: Array<Promise<CompressedBlock>> = [];
+  private maxInflight = 8;
+  private cur: Buffer;
+  private curLen = 0;
+
+  private fh: FileHandle | undefined;
+  private closed = false;
+  private writePos = 0;
+  private batch: Buffer[] = [];
+  private batchBytes = 0;
+  private readonly blobHash = createHash('sha256');
+  private records: Buffer[] = [];
+
+  /** Uncompressed bytes appended so far. */
+  dataLength = 0;
+  /** Stored bytes of the blocks written so far. */
+  storedDataLength = 0;
+  blockCount = 0;
+
+  constructor(opts: BlockSinkOptions) {
+    this.path = opts.path;
+    this.blockSize = opts.blockSize;
+    this.workers = opts.workers;
+    this.checkAbort = opts.checkAbort;
+    this.cur = Buffer.allocUnsafeSlow(opts.blockSize);
+  }
+
+  /** Appends bytes to the data stream. */
+  async append(data: Buffer): Promise<void> {
+    let pos = 0;
+    while (pos < data.length) {
+      const n = Math.min(this.blockSize - this.curLen, data.length - pos);
+      data.copy(this.cur, this.curLen, pos, pos + n);
+      this.curLen += n;
+      pos += n;
+      this.dataLength += n;
+      if (this.curLen === this.blockSize) {
+        const full = this.cur;
+        this.cur = Buffer.allocUnsafeSlow(this.blockSize);
+        this.curLen = 0;
+        await this.submit(full);
+      }
+    }
+  }
+
+  /** Cuts the last (short) block and waits until every block is written. */
+  async endBlocks(): Promise<void> {
+    if (this.curLen > 0) {
+      const last = this.cur.subarray(0, this.curLen);
+      if (this.pool) {
+        const own = Buffer.allocUnsafeSlow(this.curLen);
+        last.copy(own);
+        await this.submit(own);
+      } else {
+        // Single-block blob: not worth starting worker threads.
+        await this.writeBlock(compressBlock(last));
+      }
+      this.curLen = 0;
+    }
+    while (this.inflight.length) await this.writeNext();
+    await this.pool?.close();
+    this.pool = undefined;
+  }
+
+  /** The block table (B.SIZE bytes per block, in order). */
+  blockTable(): Buffer {
+    const t = Buffer.concat(this.records);
+    this.records = [];
+    return t;
+  }
+
+  private async submit(data: Buffer): Promise<void> {
+    if (!this.pool) {
+      this.pool = new CompressPool(this.workers);
+      this.maxInflight = Math.max(4, 4 * this.pool.size); // memory: ~2 x maxInflight x blockSize
+    }
+    const p = this.pool.compress(data);
+    p.catch(() => undefined); // awaited in order by writeNext; no unhandled rejection meanwhile
+    this.inflight.push(p);
+    while (this.inflight.length >= this.maxInflight) await this.writeNext();
+  }
+
+  private async writeNext(): Promise<void> {
+    await this.writeBlock(await this.inflight.shift()!);
+  }
+
+  private async writeBlock(r: CompressedBlock): Promise<void> {
+    const rec = Buffer.alloc(B.SIZE);
+    rec.writeUInt32LE(r.stored.length, B.storedLength);
+    // uncompressed length: raw blocks are their own length, LZ4 blocks carry it in their prefix
+    rec.writeUInt32LE(r.codec === Codec.Raw ? r.stored.length : r.stored.readUInt32LE(0), B.length);
+    rec.writeUInt8(r.codec, B.codec);
+    r.sha256.copy(rec, B.sha256);
+    this.records.push(rec);
+    this.blockCount++;
+    this.storedDataLength += r.stored.length;
+    await this.emit(r.stored);
+  }
+
+  /** Appends raw bytes (TOC, footer) to the blob after the blocks. */
+  async emit(buf: Buffer): Promise<void> {
+    this.blobHash.update(buf);
+    this.batch.push(buf);
+    this.batchBytes += buf.length;
+    if (this.batchBytes >= WRITE_BATCH) await this.flush();
+  }
+
+  private async flush(): Promise<void> {
+    if (!this.batchBytes) return;
+    this.checkAbort();
+    if (!this.fh) {
+      const fh = await open(this.path, 'w');
+      if (this.closed) {
+        await fh.close();
+        await unlink(this.path).catch(() => undefined);
+        throw DfError.aborted('DFB writer: aborted');
+      }
+      this.fh = fh;
+    }
+    const bufs = this.batch;
+    const total = this.batchBytes;
+    this.batch = [];
+    this.batchBytes = 0;
+    let written = 0;
+    while (written < total) {
+      const { bytesWritten } = await this.fh.writev(skip(bufs, written), this.writePos + written);
+      written += bytesWritten;
+    }
+    this.writePos += total;
+  }
+
+  /** Flushes, syncs and closes the file. Returns the blob size and sha256:hex digest. */
+  async close(): Promise<{ size: number; digest: string }> {
+    await this.flush();
+    this.fh ??= await open(this.path, 'w');
+    await this.fh.sync();
+    await this.fh.close();
+    this.fh = undefined;
+    this.closed = true;
+    return { size: this.writePos, digest: 'sha256:' + this.blobHash.digest('hex') };
+  }
+
+  /** Stops the workers, closes and removes the partial file. */
+  async abort(): Promise<void> {
+    this.closed = true;
+    await this.pool?.close().catch(() => undefined);
+    this.pool = undefined;
+    await this.fh?.close().catch(() => undefined);
+    this.fh = undefined;
+    await unlink(this.path).catch(() => undefined);
+    this.batch = [];
+    this.inflight.length = 0;
+  }
+}
+
+/** The buffers of `bufs` after the first `n` bytes. */
+function skip(bufs: Buffer[], n: number): Buffer[] {
+  if (n === 0) return bufs;
+  const out: Buffer[] = [];
+  for (const b of bufs) {
+    if (n >= b.length) {
+      n -= b.length;
+      continue;
+    }
+    out.push(n ? b.subarray(n) : b);
+    n = 0;
+  }
+  return out;
+}
