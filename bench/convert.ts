@@ -10,8 +10,9 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { spawnSync } from 'node:child_process';
 import { PrivateContainerd } from './lib/containerd.js';
-import { summariseDir } from './lib/cpu-profile.js';
+import { formatProfiles, summariseDir } from './lib/cpu-profile.js';
 import {
   locateFixture,
   prepareLayers,
@@ -58,6 +59,15 @@ const HELP = `usage: node dist/bench/convert.js [options]
 
 function log(msg: string): void {
   process.stderr.write(`[bench/convert] ${msg}\n`);
+}
+
+/** HEAD of the checkout and whether converter/ or src/ differ from it (the code that was measured). */
+function gitState(): string {
+  const git = (...args: string[]) => spawnSync('git', ['-C', REPO, ...args], { encoding: 'utf8' });
+  const head = git('rev-parse', '--short', 'HEAD');
+  if (head.status !== 0) return '?';
+  const dirty = git('status', '--porcelain', '--', 'src', 'converter').stdout.trim() !== '';
+  return `${head.stdout.trim()}${dirty ? '+dirty' : ''}`;
 }
 
 async function dropCaches(): Promise<boolean> {
@@ -257,6 +267,7 @@ async function main(): Promise<number> {
       mksquashfs: versionOf('mksquashfs', ['-version']),
       ctrRemote: versionOf('ctr-remote', ['--version']),
       containerd: versionOf('containerd', ['--version']),
+      commit: gitState(),
     };
     const rows = tools.map((t) => {
       const r = result[t] as {
@@ -287,7 +298,9 @@ async function main(): Promise<number> {
         `${(inputBytes / 1e6).toFixed(1)} MB uncompressed tar, ${(gzipBytes / 1e6).toFixed(1)} MB gzip\n`,
     );
     out.write(`runs: ${runs} per tool (medians); workers/processors: ${workers}; page cache: ${cacheNote}\n`);
-    out.write(`machine: ${env.cpus}, node ${env.node}, load ${env.loadavg.join(' ')}\n\n`);
+    out.write(
+      `machine: ${env.cpus}, node ${env.node}, load ${env.loadavg.join(' ')}; code ${env.commit}\n\n`,
+    );
     out.write(
       formatTable(['tool', 'sec', 'MB/s', 'cpu s', 'out MB', 'out/gzip', 'dfconvert speed ×'], rows) + '\n\n',
     );
@@ -375,22 +388,7 @@ async function profileDfconvert(src: string, dir: string, workers: number): Prom
   out.write(
     `\nprofile: one dfconvert run under --cpu-prof took ${s.seconds.toFixed(2)} s (profiler overhead included)\n`,
   );
-  for (const p of summaries) {
-    const idle = p.durationMs - p.busyMs;
-    out.write(
-      `\n  ${p.file}: ${p.durationMs.toFixed(0)} ms wall, ${p.busyMs.toFixed(0)} ms busy, ${idle.toFixed(0)} ms idle or (program)\n`,
-    );
-    const rows = p.top
-      .filter((f) => f.name !== '(idle)' && f.name !== '(program)')
-      .slice(0, 10)
-      .map((f) => [f.name, f.selfMs.toFixed(0), ((100 * f.selfMs) / p.durationMs).toFixed(1), f.where]);
-    out.write(
-      formatTable(['function', 'self ms', '% wall', 'where'], rows)
-        .split('\n')
-        .map((l) => `    ${l}`)
-        .join('\n') + '\n',
-    );
-  }
+  out.write(formatProfiles(summaries));
   await rm(join(dir, 'out'), { recursive: true, force: true });
   await rm(join(dir, 'work'), { recursive: true, force: true });
   return summaries.map((p) => ({

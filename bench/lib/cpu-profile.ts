@@ -2,6 +2,7 @@
 // over every thread's profile in a directory.
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { formatTable } from './measure.js';
 
 interface ProfileNode {
   id: number;
@@ -68,4 +69,25 @@ export async function summariseDir(dir: string, topN = 14): Promise<ProfileSumma
     out.push(summarise(f, p, topN));
   }
   return out;
+}
+
+/** Per thread: wall/busy time and the top self-time functions (idle excluded), as text. */
+export function formatProfiles(summaries: ProfileSummary[], rowsPerThread = 10): string {
+  let text = '';
+  for (const p of summaries) {
+    const idle = p.durationMs - p.busyMs;
+    text += `\n  ${p.file}: ${p.durationMs.toFixed(0)} ms wall, ${p.busyMs.toFixed(0)} ms busy, `;
+    text += `${idle.toFixed(0)} ms idle or (program)\n`;
+    const rows = p.top
+      .filter((f) => f.name !== '(idle)' && f.name !== '(program)')
+      .slice(0, rowsPerThread)
+      .map((f) => [f.name, f.selfMs.toFixed(0), ((100 * f.selfMs) / p.durationMs).toFixed(1), f.where]);
+    const table = formatTable(['function', 'self ms', '% wall', 'where'], rows);
+    text += table
+      .split('\n')
+      .map((l) => `    ${l}`)
+      .join('\n');
+    text += '\n';
+  }
+  return text;
 }
