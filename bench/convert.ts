@@ -109,6 +109,7 @@ async function main(): Promise<number> {
     if (!TOOLS.includes(t)) throw new Error(`unknown tool ${t}; known: ${TOOLS.join(', ')}`);
   if (!existsSync(DFCONVERT)) throw new Error(`${DFCONVERT} is missing: run npm run build first`);
 
+  const commitAtStart = gitState();
   const work = values['work-dir']
     ? resolve(values['work-dir'])
     : await mkdtemp(join(tmpdir(), 'dfnode-bench-'));
@@ -267,7 +268,10 @@ async function main(): Promise<number> {
       mksquashfs: versionOf('mksquashfs', ['-version']),
       ctrRemote: versionOf('ctr-remote', ['--version']),
       containerd: versionOf('containerd', ['--version']),
-      commit: gitState(),
+      commit:
+        commitAtStart === gitState()
+          ? commitAtStart
+          : `${commitAtStart} → ${gitState()} (changed during the run)`,
     };
     const rows = tools.map((t) => {
       const r = result[t] as {
