@@ -286,7 +286,11 @@ export class FuseNativeBinding implements FuseBinding {
     try {
       await new Promise<void>((res, rej) => fuse.mount((err) => (err ? rej(err) : res())));
     } catch (err) {
-      throw new DfError('IO', `FUSE mount at ${mp} failed: ${(err as Error).message}; is /dev/fuse available and the mountpoint an empty directory not in use?`, { cause: err });
+      throw new DfError(
+        'IO',
+        `FUSE mount at ${mp} failed: ${(err as Error).message}; is /dev/fuse available and the mountpoint an empty directory not in use?`,
+        { cause: err },
+      );
     }
     const m = new FuseNativeMount(mp, fuse, logger);
     trackMount(m);

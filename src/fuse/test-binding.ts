@@ -35,7 +35,7 @@ export class TestMount extends PathOps implements FuseMount {
     const opened = this.open(path, 0);
     if (opened < 0) return opened;
     const parts: Buffer[] = [];
-    for (let off = 0; ; ) {
+    for (let off = 0; ;) {
       const r = await this.read(path, off, chunk);
       if (typeof r === 'number') return r;
       if (r.length === 0) break;

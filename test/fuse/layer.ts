@@ -100,7 +100,10 @@ export const RICH: LayerSpec = {
         uid: 0,
         gid: 0,
         xattrs: new Map([
-          ['security.capability', Buffer.from([1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])],
+          [
+            'security.capability',
+            Buffer.from([1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+          ],
           ['user.empty', Buffer.alloc(0)],
           ['user.bin', Buffer.from([0, 255, 0, 128])],
         ]),
@@ -115,7 +118,9 @@ export const RICH: LayerSpec = {
   opaque: ['var/cache'],
 };
 
-export async function tempDir(prefix = 'dfnode-fuse-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+export async function tempDir(
+  prefix = 'dfnode-fuse-',
+): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
 }
