@@ -1,4 +1,5 @@
 import { resolve } from 'node:path';
+import { DfError } from '../errors.js';
 import { Errno, type FsResult } from './errno.js';
 import type { LayerFs } from './layer-fs.js';
 import { PathOps } from './path-ops.js';
@@ -52,7 +53,8 @@ export class TestBinding implements FuseBinding {
 
   async mount(mountpoint: string, fs: LayerFs, _opts?: MountOptions): Promise<TestMount> {
     const mp = resolve(mountpoint);
-    if (this.mounts.has(mp)) throw new Error(`test binding: ${mp} is already mounted`);
+    if (this.mounts.has(mp))
+      throw new DfError('ALREADY_EXISTS', `test binding: ${mp} is already mounted; unmount it first`);
     const m = new TestMount(mp, fs, this.mounts);
     this.mounts.set(mp, m);
     return m;

@@ -282,4 +282,39 @@ describe.skipIf(req.skip)('FUSE mount of DFB layers (kernel)', () => {
       await lazyUnmount(mp).catch(() => {});
     }
   });
+
+  it('unmountAllOnExit: SIGTERM unmounts every mount of the process', async () => {
+    const mp = join(dir, 'mnt', 'sigterm');
+    await mkdir(mp, { recursive: true });
+    const src = (rel: string) => JSON.stringify(new URL(rel, import.meta.url).pathname);
+    const script = `
+      import { DfbFileReader } from ${src('../fuse/layer.ts')};
+      import { LayerFs } from ${src('../../src/fuse/layer-fs.ts')};
+      import { FuseNativeBinding } from ${src('../../src/fuse/fuse-native-binding.ts')};
+      import { unmountAllOnExit } from ${src('../../src/fuse/mounts.ts')};
+      unmountAllOnExit();
+      const r = await DfbFileReader.open(${JSON.stringify(join(dir, 'lower.dfb'))});
+      await new FuseNativeBinding().mount(${JSON.stringify(mp)}, new LayerFs({ toc: r.toc, reader: r }));
+      process.stdout.write('mounted\\n');
+      setInterval(() => {}, 1000);
+    `;
+    const { spawn } = await import('node:child_process');
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    try {
+      await new Promise<void>((res, rej) => {
+        child.stdout.on('data', (d: Buffer) => d.toString().includes('mounted') && res());
+        child.on('exit', (code) => rej(new Error(`mount child exited with ${code}`)));
+      });
+      expect(readMountInfo().some((m) => m.mountpoint === mp)).toBe(true);
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      child.kill('SIGTERM');
+      expect(await exited).toBe(143);
+      expect(readMountInfo().some((m) => m.mountpoint === mp)).toBe(false);
+    } finally {
+      child.kill('SIGKILL');
+      await lazyUnmount(mp).catch(() => {});
+    }
+  });
 });
