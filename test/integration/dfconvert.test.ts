@@ -7,6 +7,7 @@ import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { digestOf, MT, tagged, writeBlob, writeIndex, writeJsonBlob, type Descriptor } from '../fixtures/oci-layout.js';
 import { buildTar, gzip, type TarEntry } from '../fixtures/tar-builder.js';
 import { runCli, runOk, type CliResult } from '../helpers/cli.js';
 import {
@@ -58,45 +59,21 @@ async function ociManifest(dir: string, tag: string): Promise<{ digest: string; 
 
 /** Writes a one-image OCI layout from layer tars. */
 async function makeImage(dir: string, tag: string, layers: TarEntry[][]): Promise<void> {
-  await mkdir(join(dir, 'blobs', 'sha256'), { recursive: true });
-  const put = async (b: Buffer) => {
-    const d = 'sha256:' + createHash('sha256').update(b).digest('hex');
-    await writeFile(join(dir, 'blobs', 'sha256', d.slice(7)), b);
-    return { digest: d, size: b.length };
-  };
   const tars = layers.map((l) => buildTar(l));
-  const descs = [];
-  for (const t of tars) descs.push({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...(await put(gzip(t))) });
-  const config = Buffer.from(
-    JSON.stringify({
-      architecture: 'amd64',
-      os: 'linux',
-      rootfs: { type: 'layers', diff_ids: tars.map((t) => 'sha256:' + createHash('sha256').update(t).digest('hex')) },
-    }),
-  );
-  const manifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: 'application/vnd.oci.image.manifest.v1+json',
-      config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...(await put(config)) },
-      layers: descs,
-    }),
-  );
-  const md = await put(manifest);
-  await writeFile(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
-  await writeFile(
-    join(dir, 'index.json'),
-    JSON.stringify({
-      schemaVersion: 2,
-      manifests: [
-        {
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          ...md,
-          annotations: { 'org.opencontainers.image.ref.name': tag },
-        },
-      ],
-    }),
-  );
+  const descs: Descriptor[] = [];
+  for (const t of tars) descs.push(await writeBlob(dir, MT.ociLayerGzip, gzip(t)));
+  const config = await writeJsonBlob(dir, MT.ociConfig, {
+    architecture: 'amd64',
+    os: 'linux',
+    rootfs: { type: 'layers', diff_ids: tars.map((t) => digestOf(t)) },
+  });
+  const manifest = await writeJsonBlob(dir, MT.ociManifest, {
+    schemaVersion: 2,
+    mediaType: MT.ociManifest,
+    config,
+    layers: descs,
+  });
+  await writeIndex(dir, [tagged(manifest, tag)]);
 }
 
 describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built from scratch)', () => {
@@ -295,7 +272,7 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
     await makeImage(join(work, 'multi-amd64'), 'x', [[{ path: 'arch', type: 'file', data: 'amd64\n' }]]);
     await makeImage(join(work, 'multi-arm64'), 'x', [[{ path: 'arch', type: 'file', data: 'arm64\n' }]]);
     await mkdir(join(dir, 'blobs', 'sha256'), { recursive: true });
-    const children = [];
+    const children: Descriptor[] = [];
     for (const arch of ['amd64', 'arm64']) {
       const sub = join(work, `multi-${arch}`);
       const m = await ociManifest(sub, 'x');
@@ -309,17 +286,8 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
         platform: { os: 'linux', architecture: arch },
       });
     }
-    const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: children }));
-    const id = 'sha256:' + createHash('sha256').update(index).digest('hex');
-    await writeFile(join(dir, 'blobs', 'sha256', id.slice(7)), index);
-    await writeFile(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
-    await writeFile(
-      join(dir, 'index.json'),
-      JSON.stringify({
-        schemaVersion: 2,
-        manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', digest: id, size: index.length, annotations: { 'org.opencontainers.image.ref.name': 'multi' } }],
-      }),
-    );
+    const index = await writeJsonBlob(dir, MT.ociIndex, { schemaVersion: 2, mediaType: MT.ociIndex, manifests: children });
+    await writeIndex(dir, [tagged(index, 'multi')]);
     expectOk(await runCli('dfconvert', [...convertArgs(), `oci:${dir}:multi`]), 'convert index');
     const all = await ociManifest(dir, 'multi-dfb');
     expect(all.manifest.manifests.map((m: any) => m.platform.architecture)).toEqual(['amd64', 'arm64']);
