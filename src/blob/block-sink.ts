@@ -1,13 +1,14 @@
 import { createHash } from 'node:crypto';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { DfError } from '../errors.js';
-import { compressBlock, type CompressedBlock } from './block-codec.js';
-import { CompressPool } from './compress-pool.js';
+import { compressBlock } from './block-codec.js';
+import { CompressPool, type CompressedBatch } from './compress-pool.js';
 import { B } from './toc-layout.js';
-import { Codec } from './types.js';
 
 /** Output writes are batched up to this many bytes. */
 const WRITE_BATCH = 1024 * 1024;
+/** Blocks go to the workers in batches of about this many uncompressed bytes (at least one block). */
+const BATCH_BYTES = 1024 * 1024;
 
 export interface BlockSinkOptions {
   /** File the blob is written to. */
@@ -21,19 +22,21 @@ export interface BlockSinkOptions {
 
 /**
  * The data half of the writer: cuts the uncompressed data stream into blocks, has them compressed and
- * hashed on worker threads, and writes the stored blocks to the output file in order, building the block
- * table and the whole-blob SHA-256 on the way. At most a few blocks per worker are in flight, so memory
- * does not depend on the layer size.
+ * hashed on worker threads (a batch of consecutive blocks per message), and writes the stored blocks to the
+ * output file in order, building the block table and the whole-blob SHA-256 on the way. At most a few
+ * batches per worker are in flight, so memory does not depend on the layer size.
  */
 export class BlockSink {
   private readonly blockSize: number;
+  private readonly batchSize: number;
   private readonly workers: number;
   private readonly checkAbort: () => void;
   private readonly path: string;
 
   private pool: CompressPool | undefined;
-  private readonly inflight: Array<Promise<CompressedBlock>> = [];
-  private maxInflight = 8;
+  private readonly inflight: Array<Promise<CompressedBatch>> = [];
+  private maxInflight = 4;
+  private curAb: ArrayBuffer;
   private cur: Buffer;
   private curLen = 0;
 
@@ -54,42 +57,42 @@ export class BlockSink {
   constructor(opts: BlockSinkOptions) {
     this.path = opts.path;
     this.blockSize = opts.blockSize;
+    this.batchSize = Math.max(1, Math.floor(BATCH_BYTES / opts.blockSize)) * opts.blockSize;
     this.workers = opts.workers;
     this.checkAbort = opts.checkAbort;
-    this.cur = Buffer.allocUnsafeSlow(opts.blockSize);
+    this.cur = Buffer.allocUnsafeSlow(this.batchSize); // owns its whole ArrayBuffer: transferable
+    this.curAb = this.cur.buffer as ArrayBuffer;
   }
 
   /** Appends bytes to the data stream. */
   async append(data: Buffer): Promise<void> {
     let pos = 0;
     while (pos < data.length) {
-      const n = Math.min(this.blockSize - this.curLen, data.length - pos);
+      const n = Math.min(this.batchSize - this.curLen, data.length - pos);
       data.copy(this.cur, this.curLen, pos, pos + n);
       this.curLen += n;
       pos += n;
       this.dataLength += n;
-      if (this.curLen === this.blockSize) {
-        const full = this.cur;
-        this.cur = Buffer.allocUnsafeSlow(this.blockSize);
-        this.curLen = 0;
-        await this.submit(full);
-      }
+      if (this.curLen === this.batchSize) await this.submit();
     }
   }
 
   /** Cuts the last (short) block and waits until every block is written. */
   async endBlocks(): Promise<void> {
     if (this.curLen > 0) {
-      const last = this.cur.subarray(0, this.curLen);
-      if (this.pool) {
-        const own = Buffer.allocUnsafeSlow(this.curLen);
-        last.copy(own);
-        await this.submit(own);
-      } else {
+      if (!this.pool && this.curLen <= this.blockSize) {
         // Single-block blob: not worth starting worker threads.
-        await this.writeBlock(compressBlock(last));
-      }
-      this.curLen = 0;
+        const r = compressBlock(this.cur.subarray(0, this.curLen));
+        const hashes = new Uint8Array(r.sha256.buffer, r.sha256.byteOffset, 32);
+        await this.writeBatch({
+          stored: r.stored,
+          storedLengths: Uint32Array.of(r.stored.length),
+          lengths: Uint32Array.of(this.curLen),
+          codecs: Uint8Array.of(r.codec),
+          hashes,
+        });
+        this.curLen = 0;
+      } else await this.submit();
     }
     while (this.inflight.length) await this.writeNext();
     await this.pool?.close();
@@ -103,30 +106,36 @@ export class BlockSink {
     return t;
   }
 
-  private async submit(data: Buffer): Promise<void> {
+  private async submit(): Promise<void> {
     if (!this.pool) {
       this.pool = new CompressPool(this.workers);
-      this.maxInflight = Math.max(4, 4 * this.pool.size); // memory: ~2 x maxInflight x blockSize
+      this.maxInflight = 2 * this.pool.size + 1; // memory: ~maxInflight x BATCH_BYTES
     }
-    const p = this.pool.compress(data);
+    const p = this.pool.compress(this.curAb, this.curLen, this.blockSize);
     p.catch(() => undefined); // awaited in order by writeNext; no unhandled rejection meanwhile
     this.inflight.push(p);
+    this.cur = Buffer.allocUnsafeSlow(this.batchSize); // owns its whole ArrayBuffer: transferable
+    this.curAb = this.cur.buffer as ArrayBuffer;
+    this.curLen = 0;
     while (this.inflight.length >= this.maxInflight) await this.writeNext();
   }
 
   private async writeNext(): Promise<void> {
-    await this.writeBlock(await this.inflight.shift()!);
+    await this.writeBatch(await this.inflight.shift()!);
   }
 
-  private async writeBlock(r: CompressedBlock): Promise<void> {
-    const rec = Buffer.alloc(B.SIZE);
-    rec.writeUInt32LE(r.stored.length, B.storedLength);
-    // uncompressed length: raw blocks are their own length, LZ4 blocks carry it in their prefix
-    rec.writeUInt32LE(r.codec === Codec.Raw ? r.stored.length : r.stored.readUInt32LE(0), B.length);
-    rec.writeUInt8(r.codec, B.codec);
-    r.sha256.copy(rec, B.sha256);
-    this.records.push(rec);
-    this.blockCount++;
+  private async writeBatch(r: CompressedBatch): Promise<void> {
+    const n = r.storedLengths.length;
+    const recs = Buffer.alloc(n * B.SIZE);
+    for (let i = 0; i < n; i++) {
+      const o = i * B.SIZE;
+      recs.writeUInt32LE(r.storedLengths[i]!, o + B.storedLength);
+      recs.writeUInt32LE(r.lengths[i]!, o + B.length);
+      recs[o + B.codec] = r.codecs[i]!;
+      recs.set(r.hashes.subarray(32 * i, 32 * i + 32), o + B.sha256);
+    }
+    this.records.push(recs);
+    this.blockCount += n;
     this.storedDataLength += r.stored.length;
     await this.emit(r.stored);
   }

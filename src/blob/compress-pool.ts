@@ -1,20 +1,52 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { DfError } from '../errors.js';
-import type { CompressedBlock } from './block-codec.js';
-import type { Codec } from './types.js';
+
+/** A batch of consecutive blocks for a worker: `length` bytes of `data`, cut every `blockSize` bytes. */
+export interface BatchRequest {
+  id: number;
+  data: ArrayBuffer;
+  length: number;
+  blockSize: number;
+}
+
+/** The worker's answer: `data` holds the stored blocks back to back; per block its stored length, codec, SHA-256. */
+export interface BatchReply {
+  id: number;
+  data?: ArrayBuffer;
+  stored?: Uint32Array;
+  codecs?: Uint8Array;
+  hashes?: Uint8Array;
+  error?: string;
+}
+
+export interface CompressedBatch {
+  /** The stored bytes of every block, back to back (a view of the buffer handed in). */
+  stored: Buffer;
+  /** Per block: stored length, uncompressed length, codec and SHA-256 (32 bytes each) of the stored bytes. */
+  storedLengths: Uint32Array;
+  lengths: Uint32Array;
+  codecs: Uint8Array;
+  hashes: Uint8Array;
+}
 
 interface Task {
   id: number;
-  data: Buffer;
-  resolve: (r: CompressedBlock) => void;
+  data: ArrayBuffer;
+  length: number;
+  blockSize: number;
+  resolve: (r: CompressedBatch) => void;
   reject: (e: Error) => void;
 }
 
 interface Slot {
   worker: Worker;
-  busy: Task | undefined;
+  /** Tasks posted to this worker, oldest first (a worker answers in order). */
+  posted: Task[];
 }
+
+/** Batches posted to one worker before it answers: the second one keeps it busy while the first reply travels. */
+const PER_WORKER = 2;
 
 /**
  * The worker entry. Built code runs compress-worker.js. Under vitest/tsx (this file is .ts) the worker must
@@ -31,10 +63,11 @@ function spawnWorker(): Worker {
 }
 
 /**
- * A pool of worker threads that LZ4-compress and hash blocks. `compress` returns one promise per block;
- * callers bound how many are in flight (the writer awaits them in submission order, which keeps output
- * ordered and memory bounded). Each block's input buffer is transferred to the worker: callers must hand
- * over a buffer that owns its whole ArrayBuffer (Buffer.allocUnsafeSlow) and not touch it afterwards.
+ * A pool of worker threads that LZ4-compress and hash blocks, a batch of consecutive blocks per message
+ * (one message per batch instead of one per block keeps the main thread's messaging cost low).
+ * `compress` returns one promise per batch; callers bound how many are in flight and await them in
+ * submission order. The batch's ArrayBuffer is transferred to the worker and comes back holding the stored
+ * blocks: callers must not touch it in between.
  */
 export class CompressPool {
   readonly size: number;
@@ -48,63 +81,64 @@ export class CompressPool {
     this.size = workers > 0 ? Math.floor(workers) : availableParallelism();
     for (let i = 0; i < this.size; i++) {
       const worker = spawnWorker();
-      const slot: Slot = { worker, busy: undefined };
-      worker.on(
-        'message',
-        (m: { id: number; stored?: Uint8Array; codec?: Codec; sha256?: Uint8Array; error?: string }) =>
-          this.onMessage(slot, m),
-      );
+      const slot: Slot = { worker, posted: [] };
+      worker.on('message', (m: BatchReply) => this.onMessage(slot, m));
       worker.on('error', (err) =>
         this.fail(DfError.internal(`compression worker failed: ${err.message}`, { cause: err })),
       );
       worker.on('exit', (code) => {
-        if (!this.closed)
-          this.fail(DfError.internal(`compression worker exited unexpectedly (code ${code})`));
+        if (!this.closed) this.fail(DfError.internal(`compression worker exited unexpectedly (code ${code})`));
       });
       worker.unref();
       this.slots.push(slot);
     }
   }
 
-  compress(data: Buffer): Promise<CompressedBlock> {
+  /** Compresses `length` bytes of `data` as blocks of `blockSize` (the last one may be shorter). */
+  compress(data: ArrayBuffer, length: number, blockSize: number): Promise<CompressedBatch> {
     if (this.broken) return Promise.reject(this.broken);
     if (this.closed) return Promise.reject(DfError.internal('compression pool is closed'));
-    return new Promise<CompressedBlock>((resolve, reject) => {
-      this.queue.push({ id: this.nextId++, data, resolve, reject });
+    return new Promise<CompressedBatch>((resolve, reject) => {
+      this.queue.push({ id: this.nextId++, data, length, blockSize, resolve, reject });
       this.dispatch();
     });
   }
 
   private dispatch(): void {
-    for (const slot of this.slots) {
-      if (!this.queue.length) return;
-      if (slot.busy) continue;
+    while (this.queue.length) {
+      let best: Slot | undefined;
+      for (const slot of this.slots) if (!best || slot.posted.length < best.posted.length) best = slot;
+      if (!best || best.posted.length >= PER_WORKER) return;
       const task = this.queue.shift()!;
-      slot.busy = task;
-      slot.worker.ref();
-      const d = task.data;
-      slot.worker.postMessage({ id: task.id, data: d }, [d.buffer as ArrayBuffer]);
+      if (!best.posted.length) best.worker.ref();
+      best.posted.push(task);
+      const req: BatchRequest = { id: task.id, data: task.data, length: task.length, blockSize: task.blockSize };
+      best.worker.postMessage(req, [task.data]);
     }
   }
 
-  private onMessage(
-    slot: Slot,
-    m: { id: number; stored?: Uint8Array; codec?: Codec; sha256?: Uint8Array; error?: string },
-  ): void {
-    const task = slot.busy;
-    slot.busy = undefined;
-    slot.worker.unref();
+  private onMessage(slot: Slot, m: BatchReply): void {
+    const task = slot.posted.shift();
+    if (!slot.posted.length) slot.worker.unref();
     if (!task || task.id !== m.id) {
       this.fail(DfError.internal('compression worker answered out of turn'));
       return;
     }
     if (m.error !== undefined) task.reject(DfError.internal(`block compression failed: ${m.error}`));
     else {
-      const s = m.stored!;
+      const n = m.stored!.length;
+      const lengths = new Uint32Array(n);
+      let total = 0;
+      for (let i = 0; i < n; i++) {
+        lengths[i] = Math.min(task.blockSize, task.length - i * task.blockSize);
+        total += m.stored![i]!;
+      }
       task.resolve({
-        stored: Buffer.from(s.buffer, s.byteOffset, s.byteLength),
-        codec: m.codec!,
-        sha256: Buffer.from(m.sha256!.buffer, m.sha256!.byteOffset, m.sha256!.byteLength),
+        stored: Buffer.from(m.data!, 0, total),
+        storedLengths: m.stored!,
+        lengths,
+        codecs: m.codecs!,
+        hashes: m.hashes!,
       });
     }
     this.dispatch();
@@ -113,23 +147,19 @@ export class CompressPool {
   private fail(err: Error): void {
     if (this.broken || this.closed) return;
     this.broken = err;
-    for (const slot of this.slots) {
-      slot.busy?.reject(err);
-      slot.busy = undefined;
-    }
-    for (const t of this.queue.splice(0)) t.reject(err);
+    this.rejectAll(err);
     void this.close();
+  }
+
+  private rejectAll(err: Error): void {
+    for (const slot of this.slots) for (const t of slot.posted.splice(0)) t.reject(err);
+    for (const t of this.queue.splice(0)) t.reject(err);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    const err = this.broken ?? DfError.aborted('compression pool closed');
-    for (const slot of this.slots) {
-      slot.busy?.reject(err);
-      slot.busy = undefined;
-    }
-    for (const t of this.queue.splice(0)) t.reject(err);
+    this.rejectAll(this.broken ?? DfError.aborted('compression pool closed'));
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
   }
 }
