@@ -196,7 +196,9 @@ export function buildProgram(signal: AbortSignal): Command {
         lock: false,
       });
       await cache.init();
-      const blobs = cache.list();
+      // This process does not hold the cache: a blob is in use when a live mount record names it.
+      const used = new Set(records.filter((r) => r.alive).flatMap((r) => r.layers));
+      const blobs = cache.list().map((b) => ({ ...b, inUse: b.inUse || used.has(b.digest) }));
       await cache.close();
       if (flags.json) {
         process.stdout.write(JSON.stringify({ mounts: records, blobs }) + '\n');
