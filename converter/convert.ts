@@ -324,9 +324,12 @@ export class Converter {
     };
     let push: LayerSummary['push'];
     try {
-      push = await dst.putBlob(desc.digest, desc.size, () => createReadStream(tmpOut, { highWaterMark: 1 << 20 }), {
-        signal,
-      });
+      // The digest was computed here while writing tmpOut: a local store can take the file over as it is.
+      push = dst.adoptBlobFile
+        ? await dst.adoptBlobFile(desc.digest, desc.size, tmpOut, { signal })
+        : await dst.putBlob(desc.digest, desc.size, () => createReadStream(tmpOut, { highWaterMark: 1 << 20 }), {
+            signal,
+          });
     } finally {
       await rm(tmpOut, { force: true });
     }

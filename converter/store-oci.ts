@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -134,6 +134,31 @@ export class OciLayoutStore implements ImageStore {
       if (actual !== digest) throw DfError.digestMismatch(`blob written to ${this.dir}`, digest, actual);
       if (n !== size) throw DfError.corrupt(`blob ${digest}: wrote ${n} bytes, expected ${size}`);
       await rename(tmp, final);
+      return 'uploaded';
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw DfError.from(err, `write blob ${digest} to ${this.dir}`);
+    }
+  }
+
+  /** A blob dfconvert just wrote and hashed: moved into the layout (copied across file systems), not re-hashed. */
+  async adoptBlobFile(digest: string, size: number, file: string, opts: PushOptions = {}): Promise<PushResult> {
+    opts.signal?.throwIfAborted();
+    if (await this.hasBlob(digest)) return 'exists';
+    await this.ensureLayout();
+    const final = blobPath(this.dir, digest);
+    const tmp = `${final}.tmp-${randomBytes(6).toString('hex')}`;
+    try {
+      const st = await stat(file);
+      if (st.size !== size) throw DfError.corrupt(`blob ${digest}: ${file} is ${st.size} bytes, expected ${size}`);
+      try {
+        await rename(file, final);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+        await copyFile(file, tmp);
+        await rename(tmp, final);
+      }
+      opts.onProgress?.(size);
       return 'uploaded';
     } catch (err) {
       await rm(tmp, { force: true });

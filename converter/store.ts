@@ -36,6 +36,12 @@ export interface ImageStore {
   blobReader(digest: string, size: number): Promise<RangeReader>;
   hasBlob(digest: string, signal?: AbortSignal): Promise<boolean>;
   putBlob(digest: string, size: number, open: () => Readable, opts?: PushOptions): Promise<PushResult>;
+  /**
+   * Optional fast path for a blob the caller wrote itself to a local file and whose digest it computed while
+   * writing (a trusted digest): the store may take the file over (rename) instead of copying and re-hashing
+   * it. The file may be gone afterwards.
+   */
+  adoptBlobFile?(digest: string, size: number, file: string, opts?: PushOptions): Promise<PushResult>;
   /** Stores a manifest or index under its digest (not yet visible under the tag). */
   putManifest(bytes: Buffer, mediaType: string, digest: string, signal?: AbortSignal): Promise<void>;
   /** Points the location's tag at a manifest or index stored before: the step that makes an image visible. */
