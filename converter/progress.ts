@@ -1,4 +1,8 @@
-import cliProgress from 'cli-progress';
+import type cliProgressTypes from 'cli-progress';
+import { createRequire } from 'node:module';
+
+// Loaded only when bars are drawn (a TTY): --quiet and CI runs skip its start-up cost.
+const require = createRequire(import.meta.url);
 
 /** Progress of a conversion, shown as bars on a TTY and as one line per finished step otherwise. */
 export interface Progress {
@@ -35,6 +39,7 @@ export function createProgress(stream: NodeJS.WriteStream = process.stderr, quie
       stop: () => {},
     };
   }
+  const cliProgress = require('cli-progress') as typeof cliProgressTypes;
   const multi = new cliProgress.MultiBar(
     {
       stream,
@@ -46,7 +51,7 @@ export function createProgress(stream: NodeJS.WriteStream = process.stderr, quie
     },
     cliProgress.Presets.shades_classic,
   );
-  const bars = new Map<string, { bar: cliProgress.SingleBar; value: number; start: number; total: number }>();
+  const bars = new Map<string, { bar: cliProgressTypes.SingleBar; value: number; start: number; total: number }>();
   const payload = (b: { value: number; start: number; total: number }, label: string) => ({
     label,
     value_mb: (b.value / 1e6).toFixed(1),

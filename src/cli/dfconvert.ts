@@ -1,20 +1,14 @@
 #!/usr/bin/env node
 import { Command, Option } from 'commander';
 import { join } from 'node:path';
-import { Converter } from '../../converter/convert.js';
 import { defaultDestination, parseLocation, type ImageLocation } from '../../converter/location.js';
 import { createProgress } from '../../converter/progress.js';
-import { DockerArchiveStore } from '../../converter/store-docker-archive.js';
-import { OciLayoutStore } from '../../converter/store-oci.js';
-import { RegistryStore } from '../../converter/store-registry.js';
 import type { ImageStore } from '../../converter/store.js';
-import { verifyImage } from '../../converter/verify.js';
 import { CONVERTER_VERSION } from '../../converter/version.js';
 import { loadConfig, type Config } from '../config.js';
 import { DfError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
-import { RegistryClient } from '../registry/client.js';
-import { chainCredentials, DockerConfigCredentials, StaticCredentials } from '../registry/credentials.js';
+import type { RegistryClient } from '../registry/client.js';
 import { runMain } from './run-main.js';
 
 interface CommonFlags {
@@ -75,36 +69,67 @@ function configFrom(flags: ConvertFlags): Config {
   return loadConfig({ file: flags.config, flags: top });
 }
 
-function makeClient(cfg: Config, log: Logger, creds: string | undefined, common: string | undefined): RegistryClient {
-  const c = creds ?? common;
-  return new RegistryClient({
-    plainHttp: cfg.registry.plainHttp,
-    insecure: cfg.registry.insecure,
-    timeoutMs: cfg.registry.timeoutMs,
-    retries: cfg.registry.retries,
-    uploadChunkSize: cfg.registry.uploadChunkSize,
-    logger: log,
-    userAgent: `dfconvert/${CONVERTER_VERSION}`,
-    credentials: chainCredentials(
-      c ? StaticCredentials.fromString(c) : undefined,
-      new DockerConfigCredentials({ path: cfg.registry.dockerConfig, logger: log }),
-    ),
-  });
+/**
+ * Registry clients are made (and the HTTP stack loaded) only when a location is a registry: start-up time
+ * counts for every conversion, and oci: or docker-archive: conversions never need them.
+ */
+class Clients {
+  private readonly made: RegistryClient[] = [];
+
+  constructor(
+    private readonly cfg: Config,
+    private readonly log: Logger,
+    private readonly flags: CommonFlags,
+  ) {}
+
+  async make(creds: string | undefined): Promise<RegistryClient> {
+    const [{ RegistryClient }, { chainCredentials, DockerConfigCredentials, StaticCredentials }] = await Promise.all([
+      import('../registry/client.js'),
+      import('../registry/credentials.js'),
+    ]);
+    const { cfg, log } = this;
+    const c = creds ?? this.flags.creds;
+    const client = new RegistryClient({
+      plainHttp: cfg.registry.plainHttp,
+      insecure: cfg.registry.insecure,
+      timeoutMs: cfg.registry.timeoutMs,
+      retries: cfg.registry.retries,
+      uploadChunkSize: cfg.registry.uploadChunkSize,
+      logger: log,
+      userAgent: `dfconvert/${CONVERTER_VERSION}`,
+      credentials: chainCredentials(
+        c ? StaticCredentials.fromString(c) : undefined,
+        new DockerConfigCredentials({ path: cfg.registry.dockerConfig, logger: log }),
+      ),
+    });
+    this.made.push(client);
+    return client;
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.made) await c.close().catch(() => undefined);
+  }
 }
 
 async function openStore(
   loc: ImageLocation,
-  client: RegistryClient,
+  client: () => Promise<RegistryClient>,
   workDir: string,
   signal: AbortSignal,
 ): Promise<ImageStore> {
   switch (loc.kind) {
-    case 'registry':
-      return new RegistryStore(client, loc.ref);
-    case 'oci':
+    case 'registry': {
+      const { RegistryStore } = await import('../../converter/store-registry.js');
+      return new RegistryStore(await client(), loc.ref);
+    }
+    case 'oci': {
+      const { OciLayoutStore } = await import('../../converter/store-oci.js');
       return new OciLayoutStore(loc.dir, loc.tag);
-    case 'docker-archive':
+    }
+    case 'docker-archive': {
+      const { DockerArchiveStore } = await import('../../converter/store-docker-archive.js');
       return DockerArchiveStore.open(loc.file, loc.name, join(workDir, 'tmp'), signal);
+    }
   }
 }
 
@@ -137,14 +162,14 @@ export function buildProgram(signal: AbortSignal): Command {
       const dst = dstText ? parseLocation(dstText) : defaultDestination(src);
       if (dst.kind === 'docker-archive')
         throw DfError.unsupported('docker-archive is supported as a source only; write to a registry or oci:DIR[:TAG]');
-      const srcClient = makeClient(cfg, log, flags.srcCreds, flags.creds);
-      const dstClient = makeClient(cfg, log, flags.destCreds, flags.creds);
+      const clients = new Clients(cfg, log, flags);
       const progress = createProgress(process.stderr, Boolean(flags.quiet));
       const stores: ImageStore[] = [];
       try {
-        const srcStore = await openStore(src, srcClient, cfg.convert.workDir, signal);
+        const { Converter } = await import('../../converter/convert.js');
+        const srcStore = await openStore(src, () => clients.make(flags.srcCreds), cfg.convert.workDir, signal);
         stores.push(srcStore);
-        const dstStore = await openStore(dst, dstClient, cfg.convert.workDir, signal);
+        const dstStore = await openStore(dst, () => clients.make(flags.destCreds), cfg.convert.workDir, signal);
         stores.push(dstStore);
         progress.note(`converting ${srcStore.description} → ${dstStore.description}`);
         const summary = await new Converter({
@@ -170,8 +195,7 @@ export function buildProgram(signal: AbortSignal): Command {
       } finally {
         progress.stop();
         for (const s of stores) await s.close().catch(() => undefined);
-        await srcClient.close().catch(() => undefined);
-        await dstClient.close().catch(() => undefined);
+        await clients.close();
       }
     });
 
@@ -183,14 +207,14 @@ export function buildProgram(signal: AbortSignal): Command {
     .action(async (srcText: string, dstText: string, flags: ConvertFlags) => {
       const cfg = configFrom(flags);
       const log = createLogger(cfg.logLevel);
-      const srcClient = makeClient(cfg, log, flags.srcCreds, flags.creds);
-      const dstClient = makeClient(cfg, log, flags.destCreds, flags.creds);
+      const clients = new Clients(cfg, log, flags);
       const progress = createProgress(process.stderr, Boolean(flags.quiet));
       const stores: ImageStore[] = [];
       try {
-        const srcStore = await openStore(parseLocation(srcText), srcClient, cfg.convert.workDir, signal);
+        const { verifyImage } = await import('../../converter/verify.js');
+        const srcStore = await openStore(parseLocation(srcText), () => clients.make(flags.srcCreds), cfg.convert.workDir, signal);
         stores.push(srcStore);
-        const dstStore = await openStore(parseLocation(dstText), dstClient, cfg.convert.workDir, signal);
+        const dstStore = await openStore(parseLocation(dstText), () => clients.make(flags.destCreds), cfg.convert.workDir, signal);
         stores.push(dstStore);
         const summary = await verifyImage(srcStore, dstStore, { signal, progress });
         progress.stop();
@@ -202,8 +226,7 @@ export function buildProgram(signal: AbortSignal): Command {
       } finally {
         progress.stop();
         for (const s of stores) await s.close().catch(() => undefined);
-        await srcClient.close().catch(() => undefined);
-        await dstClient.close().catch(() => undefined);
+        await clients.close();
       }
     });
   return program;
