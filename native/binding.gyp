@@ -1,0 +1,11 @@
+{
+  "targets": [
+    {
+      "target_name": "dfnode_fuse",
+      "sources": ["dfnode_fuse.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags fuse3)"],
+      "libraries": ["<!@(pkg-config --libs fuse3)"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}
