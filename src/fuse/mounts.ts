@@ -206,7 +206,9 @@ export function unmountAllOnExit(logger: Logger = silentLogger): () => void {
 export async function probeMount(mountpoint: string, timeoutMs = 3000): Promise<'alive' | 'dead' | 'hung'> {
   // In a child process: a stat on a mount whose server hangs would otherwise pin a libuv thread forever.
   try {
-    await execFileP('stat', ['-c', '%i', '--', mountpoint], { timeout: timeoutMs, killSignal: 'SIGKILL' });
+    // statfs, not stat: the kernel answers stat of a mount root from its attribute cache (long attr timeouts)
+    // even after the server died; statfs always goes to the server (ENOTCONN when it is gone).
+    await execFileP('stat', ['-f', '-c', '%i', '--', mountpoint], { timeout: timeoutMs, killSignal: 'SIGKILL' });
     return 'alive';
   } catch (err) {
     const e = err as { stderr?: string; killed?: boolean };
