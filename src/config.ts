@@ -87,6 +87,8 @@ export const configSchema = z.object({
       stateDir: z.string().default('/var/lib/dfnode/state'),
       /** Prometheus metrics endpoint of `dfnode run` / `dfnode mount` (host:port; empty = off). */
       metricsAddress: z.string().default('127.0.0.1:9877'),
+      /** FUSE binding: the libfuse3 addon in native/ when built (auto), or fuse-native (libfuse 2). */
+      fuseBinding: z.enum(['auto', 'native', 'fuse-native']).default('auto'),
     })
     .prefault({}),
 });

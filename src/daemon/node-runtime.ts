@@ -13,7 +13,7 @@ import { RegistryBlockSource } from '../fetch/registry-block-source.js';
 import { FetchScheduler } from '../fetch/scheduler.js';
 import { TokenBucket } from '../fetch/token-bucket.js';
 import type { BlockSource } from '../fetch/types.js';
-import { FuseNativeBinding } from '../fuse/fuse-native-binding.js';
+import { selectBinding } from '../fuse/select-binding.js';
 import { LayerFs } from '../fuse/layer-fs.js';
 import { cleanupStaleMounts, lazyUnmount } from '../fuse/mounts.js';
 import type { FuseBinding, FuseMount } from '../fuse/types.js';
@@ -75,7 +75,7 @@ export class NodeRuntime {
     this.client = opts.client;
     this.log = opts.logger ?? silentLogger;
     this.metrics = opts.metrics;
-    this.binding = opts.binding ?? new FuseNativeBinding({ logger: this.log });
+    this.binding = opts.binding ?? selectBinding(this.cfg.node.fuseBinding, this.log);
     this.cache = new CacheManager({
       dir: this.cfg.cache.dir,
       highWatermark: this.cfg.cache.highWatermark,

@@ -3,6 +3,8 @@ export { LayerFs, OPAQUE_XATTR, makedev, type LayerFsOptions } from './layer-fs.
 export { PathOps } from './path-ops.js';
 export { TestBinding, TestMount } from './test-binding.js';
 export { FuseNativeBinding, fuseOptionString } from './fuse-native-binding.js';
+export { NativeFuseBinding } from './native-binding.js';
+export { selectBinding, type BindingChoice } from './select-binding.js';
 export {
   activeMounts,
   cleanupStaleMounts,
