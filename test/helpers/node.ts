@@ -61,7 +61,13 @@ export async function pushAndConvert(names: FixtureName[], workDir: string): Pro
         `oci:${fx.dir}:${fx.tag}`,
         `docker://${reg.host}/${n}:1`,
       ]);
-      const r = await runCli('dfconvert', ['--plain-http', '--quiet', '--work-dir', join(workDir, 'dfwork'), `${reg.host}/${n}:1`]);
+      const r = await runCli('dfconvert', [
+        '--plain-http',
+        '--quiet',
+        '--work-dir',
+        join(workDir, 'dfwork'),
+        `${reg.host}/${n}:1`,
+      ]);
       if (r.code !== 0) throw new Error(`dfconvert ${n} failed (${r.code}): ${r.stderr}`);
       dfb[n] = `${reg.host}/${n}:1-dfb`;
     }
@@ -117,7 +123,8 @@ export interface MountProcess {
 
 const liveMounts = new Set<ChildProcess>();
 process.once('exit', () => {
-  for (const c of liveMounts) if (c.pid && c.exitCode === null && c.signalCode === null) process.kill(c.pid, 'SIGKILL');
+  for (const c of liveMounts)
+    if (c.pid && c.exitCode === null && c.signalCode === null) process.kill(c.pid, 'SIGKILL');
 });
 
 export function nodeArgs(dirs: NodeDirs): string[] {
@@ -203,13 +210,20 @@ export async function startMount(
   });
   if (!ok) {
     await proc.kill();
-    throw new Error(`dfnode mount ${ref} ${target} did not mount (exit ${child.exitCode ?? child.signalCode}):\n${err}`);
+    throw new Error(
+      `dfnode mount ${ref} ${target} did not mount (exit ${child.exitCode ?? child.signalCode}):\n${err}`,
+    );
   }
   return proc;
 }
 
 /** Runs `dfnode SUBCOMMAND --cache-dir .. --state-dir .. ARGS`. */
-export function dfnode(sub: string, dirs: NodeDirs, args: string[] = [], timeoutMs = 120_000): Promise<CliResult> {
+export function dfnode(
+  sub: string,
+  dirs: NodeDirs,
+  args: string[] = [],
+  timeoutMs = 120_000,
+): Promise<CliResult> {
   return runCli('dfnode', [sub, ...nodeArgs(dirs), ...args], { timeoutMs });
 }
 
@@ -221,7 +235,12 @@ export interface StatusJson {
     ref: string;
     layers: string[];
     alive: boolean;
-    stats?: { bytes: Record<string, number>; requests: Record<string, number>; verifyFailures: number; readErrors: number };
+    stats?: {
+      bytes: Record<string, number>;
+      requests: Record<string, number>;
+      verifyFailures: number;
+      readErrors: number;
+    };
   }>;
   blobs: Array<{
     digest: string;
@@ -241,7 +260,12 @@ export async function status(dirs: NodeDirs): Promise<StatusJson> {
 }
 
 /** Polls `check` every `everyMs` until it returns a truthy value; throws after `timeoutMs` (a safety net). */
-export async function waitFor<T>(what: string, check: () => Promise<T | undefined | false>, timeoutMs = 300_000, everyMs = 250): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  check: () => Promise<T | undefined | false>,
+  timeoutMs = 300_000,
+  everyMs = 250,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await check();
@@ -268,7 +292,8 @@ export async function mountsUnder(dir: string): Promise<MountEntry[]> {
     const dash = f.indexOf('-');
     if (dash < 6) continue;
     const mp = f[4]!.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-    if (mp === root || mp.startsWith(root + '/')) out.push({ mountpoint: mp, fstype: f[dash + 1]!, source: f[dash + 2]! });
+    if (mp === root || mp.startsWith(root + '/'))
+      out.push({ mountpoint: mp, fstype: f[dash + 1]!, source: f[dash + 2]! });
   }
   return out;
 }
@@ -356,10 +381,17 @@ function unescapeGetfattr(s: string): string {
 }
 
 /** All xattrs below `root` (one `getfattr -R` child process), keyed by path relative to root. */
-export async function xattrsUnder(root: string, filter = comparedXattr): Promise<Map<string, Record<string, string>>> {
-  const r = await run('getfattr', ['-R', '-P', '-h', '-d', '-m', '-', '--absolute-names', '-e', 'hex', root], {
-    timeoutMs: 300_000,
-  });
+export async function xattrsUnder(
+  root: string,
+  filter = comparedXattr,
+): Promise<Map<string, Record<string, string>>> {
+  const r = await run(
+    'getfattr',
+    ['-R', '-P', '-h', '-d', '-m', '-', '--absolute-names', '-e', 'hex', root],
+    {
+      timeoutMs: 300_000,
+    },
+  );
   if (r.code !== 0 && !r.stdout) throw new Error(`getfattr -R ${root} failed: ${r.stderr}`);
   const out = new Map<string, Record<string, string>>();
   let cur: Record<string, string> | undefined;
@@ -382,7 +414,10 @@ export async function xattrsUnder(root: string, filter = comparedXattr): Promise
  * Walks `root` with async fs calls only (lstat, readdir, readlink, streamed reads) and returns every entry by
  * path relative to root ('' is the root). Regular files are hashed unless `hash` is false.
  */
-export async function snapshotTree(root: string, opts: { hash?: boolean } = {}): Promise<Map<string, TreeEntry>> {
+export async function snapshotTree(
+  root: string,
+  opts: { hash?: boolean } = {},
+): Promise<Map<string, TreeEntry>> {
   const out = new Map<string, TreeEntry>();
   const xattrs = await xattrsUnder(root);
   const visit = async (rel: string): Promise<void> => {
@@ -493,31 +528,42 @@ export async function startRangeProxy(target: string): Promise<RangeProxy> {
     const blob = req.method === 'GET' && m ? m[1] : undefined;
     const rm = /^bytes=(\d+)-(\d+)$/.exec(String(req.headers.range ?? ''));
     const range = rm ? { start: Number(rm[1]), end: Number(rm[2]) } : undefined;
-    const entry: ProxiedRequest = { method: req.method ?? '', path: req.url ?? '', blob, range, bytes: 0, status: 0, corrupted: false };
+    const entry: ProxiedRequest = {
+      method: req.method ?? '',
+      path: req.url ?? '',
+      blob,
+      range,
+      bytes: 0,
+      status: 0,
+      corrupted: false,
+    };
     log.push(entry);
     const n = blob ? ++blobGets : 0;
     const corrupt = blob ? (controls.corrupt?.({ blob, range, n }) ?? false) : false;
     const forward = () => {
-      const up = request({ host: thost, port: Number(tport), method: req.method, path: req.url, headers: req.headers }, (ures) => {
-        entry.status = ures.statusCode ?? 0;
-        res.writeHead(ures.statusCode ?? 502, ures.headers);
-        if (!corrupt) {
-          ures.on('data', (d: Buffer) => (entry.bytes += d.length));
-          ures.pipe(res);
-          return;
-        }
-        const parts: Buffer[] = [];
-        ures.on('data', (d: Buffer) => parts.push(d));
-        ures.on('end', () => {
-          const body = Buffer.concat(parts);
-          if (body.length) {
-            body[body.length >> 1] ^= 0xff;
-            entry.corrupted = true;
+      const up = request(
+        { host: thost, port: Number(tport), method: req.method, path: req.url, headers: req.headers },
+        (ures) => {
+          entry.status = ures.statusCode ?? 0;
+          res.writeHead(ures.statusCode ?? 502, ures.headers);
+          if (!corrupt) {
+            ures.on('data', (d: Buffer) => (entry.bytes += d.length));
+            ures.pipe(res);
+            return;
           }
-          entry.bytes += body.length;
-          res.end(body);
-        });
-      });
+          const parts: Buffer[] = [];
+          ures.on('data', (d: Buffer) => parts.push(d));
+          ures.on('end', () => {
+            const body = Buffer.concat(parts);
+            if (body.length) {
+              body[body.length >> 1] ^= 0xff;
+              entry.corrupted = true;
+            }
+            entry.bytes += body.length;
+            res.end(body);
+          });
+        },
+      );
       up.on('error', () => res.destroy());
       req.pipe(up);
     };

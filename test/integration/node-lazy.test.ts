@@ -73,18 +73,27 @@ describe.skipIf(req.skip)('dfnode mount: lazy reads, background fill, crash safe
     return { cacheDir: join(tmp.dir, `cache-${n}`), stateDir: join(tmp.dir, `state-${n}`) };
   }
 
-  async function mount(dirs: NodeDirs, opts: { args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<MountProcess> {
+  async function mount(
+    dirs: NodeDirs,
+    opts: { args?: string[]; env?: NodeJS.ProcessEnv } = {},
+  ): Promise<MountProcess> {
     const p = await startMount(ref, join(tmp.dir, `mnt-${n}`), dirs, opts);
     procs.push(p);
     return p;
   }
 
   const dataFile = (dirs: NodeDirs) => join(dirs.cacheDir, 'blobs', 'sha256', layer.digest.slice(7), 'data');
-  const blobStatus = async (dirs: NodeDirs) => (await status(dirs)).blobs.find((b) => b.digest === layer.digest);
+  const blobStatus = async (dirs: NodeDirs) =>
+    (await status(dirs)).blobs.find((b) => b.digest === layer.digest);
 
   /** Waits until `dfnode status` shows the blob complete, then checks the cache file against the blob digest. */
   async function expectCompleteCache(dirs: NodeDirs): Promise<void> {
-    await waitFor('blob complete in dfnode status', async () => (await blobStatus(dirs))?.complete, 300_000, 500);
+    await waitFor(
+      'blob complete in dfnode status',
+      async () => (await blobStatus(dirs))?.complete,
+      300_000,
+      500,
+    );
     expect('sha256:' + (await sha256File(dataFile(dirs)))).toBe(layer.digest);
   }
 
