@@ -116,7 +116,21 @@ class SourceTree {
     this.set(path, node);
   }
 
+  /** Whether an existing ancestor of `path` (or `path` itself with `self`) is not a directory. */
+  underNonDir(path: string, self = false): boolean {
+    const parts = path.split('/');
+    const n = self ? parts.length : parts.length - 1;
+    for (let i = 1; i <= n; i++) {
+      const node = this.nodes.get(parts.slice(0, i).join('/'));
+      if (!node) return false;
+      if (node.type !== 'dir') return true;
+    }
+    return false;
+  }
+
   opaque(dir: string): void {
+    // An opaque marker or whiteout below a non-directory hides nothing; unpackers ignore it.
+    if (dir !== '' && this.underNonDir(dir, true)) return;
     if (dir !== '') this.ensureParents(dir + '/x');
     let n = this.nodes.get(dir);
     if (!n || n.type !== 'dir') {
@@ -250,6 +264,7 @@ async function verifyLayer(
         content = hash.digest('hex');
         bytes += h.size;
       }
+      if (wh.kind === 'whiteout' && tree.underNonDir(wh.path)) return;
       tree.add(wh.kind === 'whiteout' ? wh.path : path, {
         type: wh.kind === 'whiteout' ? 'whiteout' : h.type,
         mode: h.mode,

@@ -153,6 +153,9 @@ export class EntryTree {
       return this.root;
     }
     const name = comps[comps.length - 1]!;
+    // A whiteout below a non-directory (umoci writes `link/.wh.x` after replacing dir `link` by a symlink)
+    // hides nothing: unpackers ignore it, and so do we rather than turning the symlink into a directory.
+    if (node.type === EntryType.Whiteout && this.underNonDir(comps)) return node;
     const parent = this.parentOf(comps);
     const key = name;
     const old = parent.children!.get(key);
@@ -173,8 +176,21 @@ export class EntryTree {
     return node;
   }
 
+  /** Whether an existing ancestor of `comps` (or, for opaque markers, the entry itself) is not a directory. */
+  private underNonDir(comps: string[], self = false): boolean {
+    let node: TreeNode | undefined = this.root;
+    const n = self ? comps.length : comps.length - 1;
+    for (let i = 0; i < n; i++) {
+      node = node.children?.get(comps[i]!);
+      if (!node) return false;
+      if (node.type !== EntryType.Dir) return true;
+    }
+    return false;
+  }
+
   markOpaque(dirPath: string): void {
     const comps = splitPath(dirPath);
+    if (this.underNonDir(comps, true)) return;
     let dir = this.root;
     if (comps.length) {
       const parent = this.parentOf(comps);
