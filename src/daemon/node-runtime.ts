@@ -21,6 +21,8 @@ import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
 import type { ImageReference } from '../registry/reference.js';
+import type { Toc } from '../blob/toc.js';
+import { inheritedDirs } from './inherited-dirs.js';
 import { resolveDfbImage, type DfbLayer, type ResolvedImage } from './image.js';
 import type { NodeMetrics } from './metrics.js';
 import { MountRecords, type MountRecord } from './mount-records.js';
@@ -152,41 +154,60 @@ export class NodeRuntime {
     const im: ImageMount = { id, target, image, layers: [] };
     this.mounts.set(id, im);
     try {
-      for (const [i, layer] of image.layers.entries()) {
-        const blob = { digest: layer.digest, size: layer.size };
-        const cache = await this.cache.open(blob, signal);
-        let fetcher: BlobFetcher | undefined;
+      // Open every layer first (footer + TOC, from the cache or two range reads each)...
+      const opened: Array<{ layer: DfbLayer; cache: BlobCache; fetcher: BlobFetcher; toc: Toc }> = [];
+      try {
+        for (const layer of image.layers) {
+          const blob = { digest: layer.digest, size: layer.size };
+          const cache = await this.cache.open(blob, signal);
+          try {
+            const o = await openLayer({
+              blob,
+              cache,
+              sources: this.sources(ref),
+              memoryCache: this.memory,
+              stats: this.stats,
+              scheduler: this.scheduler,
+              fillBucket: this.fillBucket,
+              logger: this.log,
+              expectedTocDigest: layer.tocDigest,
+              signal,
+              options: {
+                readTimeoutMs: this.cfg.fetch.readTimeoutMs,
+                requestTimeoutMs: this.cfg.fetch.requestTimeoutMs,
+                retries: this.cfg.fetch.retries,
+                maxRunBytes: this.cfg.fetch.maxRunBytes,
+                fillAfterFirstRead: this.cfg.fetch.backgroundFill,
+                verifyCachedReads: this.cfg.cache.verifyCachedReads,
+              },
+            });
+            opened.push({ layer, cache, fetcher: o.fetcher, toc: o.toc });
+          } catch (err) {
+            await this.cache.release(cache).catch(() => undefined);
+            throw err;
+          }
+        }
+      } catch (err) {
+        for (const o of opened) {
+          await o.fetcher.close().catch(() => undefined);
+          await this.cache.release(o.cache).catch(() => undefined);
+        }
+        throw err;
+      }
+      // ...then mount them, with implied directories showing the attributes of the layers below.
+      const inherited = inheritedDirs(opened.map((o) => o.toc));
+      for (const [i, o] of opened.entries()) {
+        const fs = new LayerFs({ toc: o.toc, reader: o.fetcher, logger: this.log, inheritedDirs: inherited[i] });
+        const mp = join(this.layerMountDir, id, String(i));
         try {
-          const opened = await openLayer({
-            blob,
-            cache,
-            sources: this.sources(ref),
-            memoryCache: this.memory,
-            stats: this.stats,
-            scheduler: this.scheduler,
-            fillBucket: this.fillBucket,
-            logger: this.log,
-            expectedTocDigest: layer.tocDigest,
-            signal,
-            options: {
-              readTimeoutMs: this.cfg.fetch.readTimeoutMs,
-              requestTimeoutMs: this.cfg.fetch.requestTimeoutMs,
-              retries: this.cfg.fetch.retries,
-              maxRunBytes: this.cfg.fetch.maxRunBytes,
-              fillAfterFirstRead: this.cfg.fetch.backgroundFill,
-              verifyCachedReads: this.cfg.cache.verifyCachedReads,
-            },
-          });
-          fetcher = opened.fetcher;
-          const f = fetcher;
-          const fs = new LayerFs({ toc: opened.toc, reader: f, logger: this.log });
-          const mp = join(this.layerMountDir, id, String(i));
           await mkdir(mp, { recursive: true });
-          const mount = await this.binding.mount(mp, fs, { fsname: `dfnode:${layer.digest.slice(7, 19)}`, logger: this.log });
-          im.layers.push({ layer, cache, fetcher: f, fs, mount });
+          const mount = await this.binding.mount(mp, fs, { fsname: `dfnode:${o.layer.digest.slice(7, 19)}`, logger: this.log });
+          im.layers.push({ layer: o.layer, cache: o.cache, fetcher: o.fetcher, fs, mount });
         } catch (err) {
-          await fetcher?.close().catch(() => undefined);
-          await this.cache.release(cache).catch(() => undefined);
+          for (const rest of opened.slice(i)) {
+            await rest.fetcher.close().catch(() => undefined);
+            await this.cache.release(rest.cache).catch(() => undefined);
+          }
           throw err;
         }
       }

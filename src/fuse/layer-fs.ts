@@ -32,6 +32,21 @@ export interface LayerFsOptions {
   readTimeoutMs?: number;
   /** Entries of the path → inode cache used by path-based bindings. Default 65536. */
   pathCacheSize?: number;
+  /**
+   * Attributes for directories this layer only implies (the tar had no entry for them), taken from the
+   * layers below, as an unpacker leaves an existing directory alone (see daemon/inherited-dirs.ts).
+   */
+  inheritedDirs?: Map<number, InheritedDir>;
+}
+
+/** Owner, mode, mtime and xattrs a directory inherits from a lower layer. */
+export interface InheritedDir {
+  mode: number;
+  uid: number;
+  gid: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  xattrs: Map<string, Buffer>;
 }
 
 /** The overlayfs xattr marking a directory opaque. */
@@ -67,8 +82,10 @@ export class LayerFs {
   private readonly pathCache = new Map<string, number>();
   private readonly pathCacheSize: number;
   private statfsCache: StatFs | undefined;
+  private readonly inherited: Map<number, InheritedDir> | undefined;
 
   constructor(opts: LayerFsOptions) {
+    this.inherited = opts.inheritedDirs?.size ? opts.inheritedDirs : undefined;
     this.toc = opts.toc;
     this.reader = opts.reader;
     this.log = new RateLimitedLog(opts.logger ?? silentLogger);
@@ -97,6 +114,8 @@ export class LayerFs {
   // ------------------------------------------------------------------ attributes
 
   private attrOf(st: InodeStat): Attr {
+    const inh = this.inherited?.get(st.ino);
+    if (inh) st = { ...st, mode: inh.mode, uid: inh.uid, gid: inh.gid, mtimeSec: inh.mtimeSec, mtimeNsec: inh.mtimeNsec };
     let mode: number;
     let rdev = 0;
     switch (st.type) {
@@ -284,9 +303,13 @@ export class LayerFs {
   }
 
   /** Value of an xattr; ENODATA when absent. Opaque directories also have trusted.overlay.opaque=y. */
+  private xattrsOf(ino: number): Map<string, Buffer> {
+    return this.inherited?.get(ino)?.xattrs ?? this.toc.xattrs(ino);
+  }
+
   getxattr(ino: number, name: string): FsResult<Buffer> {
     return this.guard('getxattr', ino, () => {
-      const v = this.toc.xattrs(ino).get(name);
+      const v = this.xattrsOf(ino).get(name);
       if (v !== undefined) return v;
       if (name === OPAQUE_XATTR && this.isOpaque(ino)) return OPAQUE_VALUE;
       return Errno.ENODATA;
@@ -295,7 +318,7 @@ export class LayerFs {
 
   listxattr(ino: number): FsResult<string[]> {
     return this.guard('listxattr', ino, () => {
-      const names = [...this.toc.xattrs(ino).keys()];
+      const names = [...this.xattrsOf(ino).keys()];
       if (this.isOpaque(ino) && !names.includes(OPAQUE_XATTR)) names.push(OPAQUE_XATTR);
       return names;
     });

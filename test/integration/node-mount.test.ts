@@ -39,23 +39,6 @@ type Tolerate = (
   got: TreeEntry | undefined,
 ) => boolean;
 
-/**
- * Known deviations of the multilayer image, each a bug reported in the issue (remove when fixed; the
- * `it.fails` test below turns red then):
- * - a directory that a layer's tar only implies (a parent of an entry, no header of its own) is shown with
- *   synthesized attributes (mode 0755, root, mtime 0) by that layer, and overlayfs takes a directory's
- *   attributes from the topmost layer; unpacking keeps the lower layer's directory as it was.
- * - layer 2 (made by umoci) has a symlink `data/becomes-link` followed by a whiteout `data/becomes-link/.wh.file`;
- *   the converter replaces the symlink with an implicit directory to hold the whiteout, whereas unpacking
- *   (umoci, containerd) keeps the symlink.
- */
-const MULTILAYER_KNOWN: Tolerate = (p, field, w, g) =>
-  p === 'data/becomes-link' ||
-  (w?.type === 'dir' &&
-    g?.type === 'dir' &&
-    g.mtimeMs === 0n &&
-    ['mtimeMs', 'perm', 'uid', 'gid'].includes(field));
-
 /** Entry differences, at most `max` lines. */
 function diffTrees(
   want: Map<string, TreeEntry>,
@@ -120,8 +103,8 @@ describe.skipIf(req.skip)(
           const want = await snapshotTree(rootfs[name]!);
           const got = await snapshotTree(m.target);
           // fuse-native reports mtimes in milliseconds: snapshotTree truncates both sides to ms.
-          expect(diffTrees(want, got, name === 'multilayer' ? MULTILAYER_KNOWN : undefined)).toEqual([]);
-          if (name !== 'multilayer') expect(got.size).toBe(want.size);
+          expect(diffTrees(want, got)).toEqual([]);
+          expect(got.size).toBe(want.size);
           // hard links: paths sharing an inode in the umoci tree share one (st_dev, st_ino) in the mount
           const wl = hardLinkGroups(want);
           const gl = hardLinkGroups(got);
@@ -143,18 +126,6 @@ describe.skipIf(req.skip)(
         }
       });
     }
-
-    it.fails(
-      'multilayer: no known deviation is left (fails while the bugs named in MULTILAYER_KNOWN remain)',
-      async () => {
-        const m = await mount('multilayer', 'mnt-strict');
-        try {
-          expect(diffTrees(await snapshotTree(rootfs.multilayer!), await snapshotTree(m.target))).toEqual([]);
-        } finally {
-          await m.stop();
-        }
-      },
-    );
 
     it('multilayer: deleted files are absent, opaque directory contents hidden, setuid/sticky kept', async () => {
       const m = await mount('multilayer', 'mnt-ml');
