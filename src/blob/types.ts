@@ -3,7 +3,7 @@
  */
 
 /** Media type of a DFB layer blob in an OCI manifest. */
-export const DFB_LAYER_MEDIA_TYPE = 'application/vnd.dfnode.image.layer.v1.dfb';
+export const DFB_LAYER_MEDIA_TYPE = 'application/vnd.oci.image.layer.dfnode.dfb.v1';
 
 /** Annotations dfconvert puts on each converted layer descriptor. */
 export const Annotations = {

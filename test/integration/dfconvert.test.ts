@@ -22,7 +22,7 @@ import {
 import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { requireTools } from '../helpers/require.js';
 
-const DFB = 'application/vnd.dfnode.image.layer.v1.dfb';
+const DFB = 'application/vnd.oci.image.layer.dfnode.dfb.v1';
 const req = requireTools(['skopeo', 'umoci', 'busybox', 'debootstrap']);
 const regReq = requireRegistry(['none', 'basic', 'bearer']);
 
