@@ -14,7 +14,7 @@ import { FetchScheduler } from '../fetch/scheduler.js';
 import { TokenBucket } from '../fetch/token-bucket.js';
 import type { BlockSource } from '../fetch/types.js';
 import { selectBinding } from '../fuse/select-binding.js';
-import { LayerFs } from '../fuse/layer-fs.js';
+import { LayerFs, type InheritedDir } from '../fuse/layer-fs.js';
 import { cleanupStaleMounts, lazyUnmount } from '../fuse/mounts.js';
 import type { FuseBinding, FuseMount } from '../fuse/types.js';
 import type { Logger } from '../log.js';
@@ -35,6 +35,14 @@ export interface MountedLayer {
   fetcher: BlobFetcher;
   fs: LayerFs;
   mount: FuseMount;
+}
+
+/** A layer opened but not mounted yet. */
+export interface OpenedDfbLayer {
+  layer: DfbLayer;
+  cache: BlobCache;
+  fetcher: BlobFetcher;
+  toc: Toc;
 }
 
 export interface ImageMount {
@@ -144,6 +152,78 @@ export class NodeRuntime {
     return [new RegistryBlockSource(this.client, ref)];
   }
 
+  /** Opens one DFB layer: cache handle (reference-counted) plus footer and TOC, and a fetcher. */
+  async openDfbLayer(ref: ImageReference, layer: DfbLayer, signal?: AbortSignal): Promise<OpenedDfbLayer> {
+    const blob = { digest: layer.digest, size: layer.size };
+    const cache = await this.cache.open(blob, signal);
+    try {
+      const o = await openLayer({
+        blob,
+        cache,
+        sources: this.sources(ref),
+        memoryCache: this.memory,
+        stats: this.stats,
+        scheduler: this.scheduler,
+        fillBucket: this.fillBucket,
+        logger: this.log,
+        expectedTocDigest: layer.tocDigest,
+        signal,
+        options: {
+          readTimeoutMs: this.cfg.fetch.readTimeoutMs,
+          requestTimeoutMs: this.cfg.fetch.requestTimeoutMs,
+          retries: this.cfg.fetch.retries,
+          maxRunBytes: this.cfg.fetch.maxRunBytes,
+          fillAfterFirstRead: this.cfg.fetch.backgroundFill,
+          verifyCachedReads: this.cfg.cache.verifyCachedReads,
+        },
+      });
+      return { layer, cache, fetcher: o.fetcher, toc: o.toc };
+    } catch (err) {
+      await this.cache.release(cache).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async closeOpened(o: OpenedDfbLayer): Promise<void> {
+    await o.fetcher.close().catch(() => undefined);
+    await this.cache.release(o.cache).catch(() => undefined);
+  }
+
+  /** Mounts an opened layer's filesystem at `mountpoint` (created if missing). */
+  async mountOpened(o: OpenedDfbLayer, mountpoint: string, inherited?: Map<number, InheritedDir>): Promise<MountedLayer> {
+    const fs = new LayerFs({ toc: o.toc, reader: o.fetcher, logger: this.log, inheritedDirs: inherited });
+    await mkdir(mountpoint, { recursive: true });
+    const mount = await this.binding.mount(mountpoint, fs, { fsname: `dfnode:${o.layer.digest.slice(7, 19)}`, logger: this.log });
+    return { layer: o.layer, cache: o.cache, fetcher: o.fetcher, fs, mount };
+  }
+
+  /**
+   * Mounts one layer of an image at `mountpoint` (the snapshotter's remote layers). `lowerTocs` are the
+   * TOCs of the layers below it, bottom first, when known: implied directories then show their attributes.
+   */
+  async mountLayer(
+    ref: ImageReference,
+    layer: DfbLayer,
+    mountpoint: string,
+    opts: { lowerTocs?: Toc[]; signal?: AbortSignal } = {},
+  ): Promise<MountedLayer> {
+    const o = await this.openDfbLayer(ref, layer, opts.signal);
+    try {
+      const inherited = opts.lowerTocs?.length ? inheritedDirs([...opts.lowerTocs, o.toc]).at(-1) : undefined;
+      return await this.mountOpened(o, mountpoint, inherited);
+    } catch (err) {
+      await this.closeOpened(o);
+      throw err;
+    }
+  }
+
+  /** Unmounts a layer mounted by mountLayer and releases its cache handle. */
+  async releaseLayer(l: MountedLayer): Promise<void> {
+    await l.mount.unmount().catch((err) => this.log.warn({ err }, 'layer unmount failed'));
+    await l.fetcher.close().catch(() => undefined);
+    await this.cache.release(l.cache).catch(() => undefined);
+  }
+
   /** Mounts every layer of a converted image with FUSE and their merged read-only view at `target`. */
   async mountImage(ref: ImageReference, targetDir: string, signal?: AbortSignal): Promise<ImageMount> {
     const target = resolve(targetDir);
@@ -155,59 +235,20 @@ export class NodeRuntime {
     this.mounts.set(id, im);
     try {
       // Open every layer first (footer + TOC, from the cache or two range reads each)...
-      const opened: Array<{ layer: DfbLayer; cache: BlobCache; fetcher: BlobFetcher; toc: Toc }> = [];
+      const opened: OpenedDfbLayer[] = [];
       try {
-        for (const layer of image.layers) {
-          const blob = { digest: layer.digest, size: layer.size };
-          const cache = await this.cache.open(blob, signal);
-          try {
-            const o = await openLayer({
-              blob,
-              cache,
-              sources: this.sources(ref),
-              memoryCache: this.memory,
-              stats: this.stats,
-              scheduler: this.scheduler,
-              fillBucket: this.fillBucket,
-              logger: this.log,
-              expectedTocDigest: layer.tocDigest,
-              signal,
-              options: {
-                readTimeoutMs: this.cfg.fetch.readTimeoutMs,
-                requestTimeoutMs: this.cfg.fetch.requestTimeoutMs,
-                retries: this.cfg.fetch.retries,
-                maxRunBytes: this.cfg.fetch.maxRunBytes,
-                fillAfterFirstRead: this.cfg.fetch.backgroundFill,
-                verifyCachedReads: this.cfg.cache.verifyCachedReads,
-              },
-            });
-            opened.push({ layer, cache, fetcher: o.fetcher, toc: o.toc });
-          } catch (err) {
-            await this.cache.release(cache).catch(() => undefined);
-            throw err;
-          }
-        }
+        for (const layer of image.layers) opened.push(await this.openDfbLayer(ref, layer, signal));
       } catch (err) {
-        for (const o of opened) {
-          await o.fetcher.close().catch(() => undefined);
-          await this.cache.release(o.cache).catch(() => undefined);
-        }
+        for (const o of opened) await this.closeOpened(o);
         throw err;
       }
       // ...then mount them, with implied directories showing the attributes of the layers below.
       const inherited = inheritedDirs(opened.map((o) => o.toc));
       for (const [i, o] of opened.entries()) {
-        const fs = new LayerFs({ toc: o.toc, reader: o.fetcher, logger: this.log, inheritedDirs: inherited[i] });
-        const mp = join(this.layerMountDir, id, String(i));
         try {
-          await mkdir(mp, { recursive: true });
-          const mount = await this.binding.mount(mp, fs, { fsname: `dfnode:${o.layer.digest.slice(7, 19)}`, logger: this.log });
-          im.layers.push({ layer: o.layer, cache: o.cache, fetcher: o.fetcher, fs, mount });
+          im.layers.push(await this.mountOpened(o, join(this.layerMountDir, id, String(i)), inherited[i]));
         } catch (err) {
-          for (const rest of opened.slice(i)) {
-            await rest.fetcher.close().catch(() => undefined);
-            await this.cache.release(rest.cache).catch(() => undefined);
-          }
+          for (const rest of opened.slice(i)) await this.closeOpened(rest);
           throw err;
         }
       }
@@ -238,11 +279,7 @@ export class NodeRuntime {
     if (!im) return;
     this.mounts.delete(id);
     await lazyUnmount(im.target).catch((err) => this.log.warn({ err, target: im.target }, 'unmount failed'));
-    for (const l of [...im.layers].reverse()) {
-      await l.mount.unmount().catch((err) => this.log.warn({ err }, 'layer unmount failed'));
-      await l.fetcher.close().catch(() => undefined);
-      await this.cache.release(l.cache).catch(() => undefined);
-    }
+    for (const l of [...im.layers].reverse()) await this.releaseLayer(l);
     await rm(join(this.layerMountDir, id), { recursive: true, force: true }).catch(() => undefined);
     await this.records.remove(id);
   }
