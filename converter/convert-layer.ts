@@ -48,7 +48,7 @@ export async function convertLayer(
     const res = await readLayer(
       input,
       layer,
-      async ({ header: h, body }) => {
+      async ({ header: h, body, digest }) => {
         const path = normalizeTarPath(h.name, h.offset);
         const meta = {
           path,
@@ -67,7 +67,7 @@ export async function convertLayer(
           throw DfError.corrupt(`layer ${layer.digest}: the root entry at byte ${h.offset} is not a directory`);
         switch (h.type) {
           case 'file':
-            return writer.addFile({ ...meta, type: EntryType.File, size: h.size }, body);
+            return writer.addFile({ ...meta, type: EntryType.File, size: h.size }, body, digest);
           case 'hardlink':
             return writer.addHardlink(path, normalizeTarPath(h.linkname, h.offset));
           case 'symlink':

@@ -1,9 +1,10 @@
-import { createHash, type Hash } from 'node:crypto';
-import { Transform, type Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
+import { createHash } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import type { Worker } from 'node:worker_threads';
+import { spawnWorker } from '../src/blob/spawn-worker.js';
 import { DfError } from '../src/errors.js';
 import { layerCompression, type Descriptor } from '../src/registry/oci.js';
+import type { FileDigests, FromWorker, ToWorker } from './layer-input-worker.js';
 import { readTar, type TarEntry } from './tar-reader.js';
 
 export interface LayerInputResult {
@@ -14,51 +15,222 @@ export interface LayerInputResult {
   uncompressedBytes: number;
 }
 
-async function* tap(src: AsyncIterable<Buffer>, hash: Hash, count: (n: number) => void): AsyncGenerator<Buffer> {
-  for await (const c of src) {
-    hash.update(c);
-    count(c.length);
-    yield c;
+export interface LayerEntry extends TarEntry {
+  /** Regular files: base64 SHA-256 of the body, computed off the main thread; call after reading the body. */
+  digest: () => Promise<string>;
+}
+
+/** Tar bytes come back from the worker in buffers of this size. */
+const TAR_BUFFER = 4 << 20;
+/** Tar buffers the worker may send ahead of the parser. */
+const TAR_CREDIT = 3;
+/** Input chunks posted to the worker and not yet consumed by it before reading pauses. */
+const INPUT_AHEAD = 4;
+
+interface Waiter {
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+/**
+ * Runs blob hashing, gunzip and diff-ID hashing of one layer on a worker thread (layer-input-worker.ts):
+ * reads `input` and feeds it to the worker, and offers the tar as an async iterable of buffers.
+ */
+class LayerInflater {
+  private readonly worker: Worker;
+  private readonly tarQueue: Buffer[] = [];
+  private tarWaiter: Waiter | undefined;
+  private ackWaiter: Waiter | undefined;
+  private unacked = 0;
+  private error: Error | undefined;
+  private ended = false;
+  private closed = false;
+  private done: Extract<FromWorker, { t: 'done' }> | undefined;
+  private readonly digests = new Map<number, string>();
+  private readonly digestWaiters = new Map<number, { resolve: (d: string) => void; reject: (e: Error) => void }>();
+  private digestsFailed: Error | undefined;
+
+  constructor(
+    private readonly input: Readable,
+    gzip: boolean,
+    private readonly onBytesIn?: (n: number) => void,
+  ) {
+    this.worker = spawnWorker(import.meta.url, 'layer-input-worker');
+    this.worker.on('message', (m: FromWorker) => this.onMessage(m));
+    this.worker.on('error', (err) => this.fail(DfError.internal(`layer input worker failed: ${err.message}`, { cause: err })));
+    this.worker.on('exit', (code) => {
+      if (!this.closed) this.fail(DfError.internal(`layer input worker exited unexpectedly (code ${code})`));
+    });
+    this.send({ t: 'init', gzip, outSize: TAR_BUFFER, credit: TAR_CREDIT });
+  }
+
+  private send(m: ToWorker, transfer?: ArrayBuffer[]): void {
+    this.worker.postMessage(m, transfer);
+  }
+
+  private onMessage(m: FromWorker): void {
+    switch (m.t) {
+      case 'ack':
+        this.unacked--;
+        this.wake('ack');
+        return;
+      case 'tar':
+        this.tarQueue.push(Buffer.from(m.data, 0, m.length));
+        this.addDigests(m.digests);
+        this.wake('tar');
+        return;
+      case 'digests':
+        this.addDigests(m.digests);
+        if (m.failed) this.failDigests(DfError.internal('layer input worker could not hash the files'));
+        return;
+      case 'done':
+        this.done = m;
+        this.ended = true;
+        this.failDigests(DfError.internal('layer input worker sent no digest for a file'));
+        this.wake('tar');
+        return;
+      case 'error': {
+        const e = new Error(m.message) as NodeJS.ErrnoException;
+        if (m.code) e.code = m.code;
+        this.fail(e);
+        return;
+      }
+    }
+  }
+
+  private addDigests(d: FileDigests): void {
+    for (let i = 0; i < d.offsets.length; i++) {
+      const off = d.offsets[i]!;
+      const w = this.digestWaiters.get(off);
+      if (w) {
+        this.digestWaiters.delete(off);
+        w.resolve(d.digests[i]!);
+      } else this.digests.set(off, d.digests[i]!);
+    }
+  }
+
+  private failDigests(err: Error): void {
+    this.digestsFailed ??= err;
+    for (const w of this.digestWaiters.values()) w.reject(err);
+    this.digestWaiters.clear();
+  }
+
+  /**
+   * Base64 SHA-256 of the content of the regular file whose header is at tar byte `offset`. Ask only after
+   * reading the whole body: the worker has hashed it by then.
+   */
+  fileDigest(offset: number): Promise<string> {
+    const d = this.digests.get(offset);
+    if (d !== undefined) {
+      this.digests.delete(offset);
+      return Promise.resolve(d);
+    }
+    const err = this.error ?? this.digestsFailed;
+    if (err) return Promise.reject(err);
+    return new Promise((resolve, reject) => {
+      this.digestWaiters.set(offset, { resolve, reject });
+      this.send({ t: 'want-digests' });
+    });
+  }
+
+  private wake(which: 'ack' | 'tar'): void {
+    const w = which === 'ack' ? this.ackWaiter : this.tarWaiter;
+    if (which === 'ack') this.ackWaiter = undefined;
+    else this.tarWaiter = undefined;
+    w?.resolve();
+  }
+
+  fail(err: Error): void {
+    if (this.error) return;
+    this.error = err;
+    this.failDigests(err);
+    for (const w of [this.ackWaiter, this.tarWaiter]) w?.reject(err);
+    this.ackWaiter = this.tarWaiter = undefined;
+  }
+
+  private wait(which: 'ack' | 'tar'): Promise<void> {
+    if (this.error) return Promise.reject(this.error);
+    return new Promise<void>((resolve, reject) => {
+      if (which === 'ack') this.ackWaiter = { resolve, reject };
+      else this.tarWaiter = { resolve, reject };
+    });
+  }
+
+  /** Reads the input into the worker; resolves when all of it was handed over. */
+  async pump(): Promise<void> {
+    for await (const c of this.input as AsyncIterable<Buffer>) {
+      if (this.error) throw this.error;
+      this.onBytesIn?.(c.length);
+      const copy = new Uint8Array(c); // own buffer, transferred: the source may share or reuse its memory
+      this.unacked++;
+      this.send({ t: 'data', chunk: copy }, [copy.buffer]);
+      while (this.unacked >= INPUT_AHEAD) await this.wait('ack');
+    }
+    this.send({ t: 'end' });
+  }
+
+  async *tar(): AsyncGenerator<Buffer> {
+    for (;;) {
+      if (this.error) throw this.error;
+      const b = this.tarQueue.shift();
+      if (b) {
+        this.send({ t: 'credit', n: 1 });
+        yield b;
+        continue;
+      }
+      if (this.ended) return;
+      await this.wait('tar');
+    }
+  }
+
+  /** The digests and byte counts, after tar() ended. */
+  result(): Extract<FromWorker, { t: 'done' }> {
+    if (this.error) throw this.error;
+    if (!this.done) throw DfError.internal('layer input worker did not finish');
+    return this.done;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.fail(DfError.aborted('layer input closed'));
+    if (!this.input.readableEnded) this.input.destroy();
+    await this.worker.terminate();
   }
 }
 
 /**
  * Streams a layer blob into `onEntry` entry by entry: checks the media type first, gunzips when needed,
  * hashes the blob (digest check) and the tar (diff ID) on the way, and fails clearly on corrupt input.
- * The digest is checked at the end, so callers must discard what they built when this throws.
+ * Hashing and gunzip run on a worker thread. The digest is checked at the end, so callers must discard
+ * what they built when this throws.
  */
 export async function readLayer(
   input: Readable,
   layer: Descriptor,
-  onEntry: (entry: TarEntry) => Promise<void>,
+  onEntry: (entry: LayerEntry) => Promise<void>,
   opts: { signal?: AbortSignal; onBytesIn?: (n: number) => void } = {},
 ): Promise<LayerInputResult> {
   const compression = layerCompression(layer.mediaType);
-  const blobHash = createHash('sha256');
-  const diffHash = createHash('sha256');
-  let compressedBytes = 0;
-  let uncompressedBytes = 0;
   const what = `layer ${layer.digest}`;
-
-  const hasher = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      blobHash.update(chunk);
-      compressedBytes += chunk.length;
-      opts.onBytesIn?.(chunk.length);
-      cb(null, chunk);
-    },
-  });
-  const consume = async (source: AsyncIterable<Buffer>) => {
-    for await (const entry of readTar(tap(source, diffHash, (n) => (uncompressedBytes += n)))) {
-      opts.signal?.throwIfAborted();
-      await onEntry(entry);
-    }
-  };
+  const { signal } = opts;
+  signal?.throwIfAborted();
+  const inflater = new LayerInflater(input, compression === 'gzip', opts.onBytesIn);
+  const onAbort = () => void inflater.close();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  let res: Extract<FromWorker, { t: 'done' }>;
   try {
-    if (compression === 'gzip')
-      await pipeline(input, hasher, createGunzip({ chunkSize: 256 * 1024 }), consume, { signal: opts.signal });
-    else await pipeline(input, hasher, consume, { signal: opts.signal });
+    const pumping = inflater.pump();
+    pumping.catch((err: Error) => inflater.fail(err)); // a read error ends the tar side too
+    for await (const entry of readTar(inflater.tar())) {
+      signal?.throwIfAborted();
+      const offset = entry.header.offset;
+      await onEntry({ ...entry, digest: () => inflater.fileDigest(offset) });
+    }
+    await pumping;
+    res = inflater.result();
   } catch (err) {
+    if (signal?.aborted) throw DfError.aborted(`${what}: aborted`);
     const e = err as NodeJS.ErrnoException;
     if (
       e?.code?.startsWith?.('Z_') ||
@@ -68,12 +240,14 @@ export async function readLayer(
     if (err instanceof DfError && err.code === 'CORRUPT')
       throw DfError.corrupt(`${what}: ${err.message}`, { cause: err });
     throw DfError.from(err, what);
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    await inflater.close();
   }
-  const digest = 'sha256:' + blobHash.digest('hex');
-  if (digest !== layer.digest) throw DfError.digestMismatch(what, layer.digest, digest);
-  if (compressedBytes !== layer.size)
-    throw DfError.corrupt(`${what}: size ${compressedBytes} does not match the manifest (${layer.size})`);
-  return { diffId: 'sha256:' + diffHash.digest('hex'), compressedBytes, uncompressedBytes };
+  if (res.blobDigest !== layer.digest) throw DfError.digestMismatch(what, layer.digest, res.blobDigest);
+  if (res.compressedBytes !== layer.size)
+    throw DfError.corrupt(`${what}: size ${res.compressedBytes} does not match the manifest (${layer.size})`);
+  return { diffId: res.diffId, compressedBytes: res.compressedBytes, uncompressedBytes: res.uncompressedBytes };
 }
 
 /**

@@ -90,7 +90,7 @@ export class OciLayoutStore implements ImageStore {
         throw DfError.notFound(`${this.description}: blob ${digest} is missing from the layout`);
       throw DfError.from(err, `open blob ${digest}`);
     }
-    return createReadStream(p, { highWaterMark: 1 << 20, signal });
+    return createReadStream(p, { highWaterMark: 4 << 20, signal });
   }
 
   async blobReader(digest: string): Promise<RangeReader> {

@@ -150,6 +150,25 @@ function parseNumber(buf: Buffer, off: number, len: number, field: string, offse
       throw DfError.corrupt(`tar header at byte ${offset}: ${field} out of range`);
     return Number(v);
   }
+  // Fast path: optional leading spaces, octal digits, then only NULs and spaces.
+  let i = off;
+  const end = off + len;
+  while (i < end && buf[i] === 0x20) i++;
+  let v = 0;
+  let digits = 0;
+  for (; i < end; i++) {
+    const c = buf[i]!;
+    if (c < 0x30 || c > 0x37) break;
+    v = v * 8 + (c - 0x30);
+    digits++;
+  }
+  let tailOk = true;
+  for (let j = i; j < end; j++)
+    if (buf[j] !== 0 && buf[j] !== 0x20) {
+      tailOk = false;
+      break;
+    }
+  if (tailOk && digits <= 15) return v;
   const s = buf
     .subarray(off, off + len)
     .toString('latin1')

@@ -47,6 +47,9 @@ export class BlockSink {
   private batchBytes = 0;
   private readonly blobHash = createHash('sha256');
   private records: Buffer[] = [];
+  /** Batch buffers (ArrayBuffers this sink made) whose stored bytes are written: reused for new batches. */
+  private readonly ours = new WeakSet<ArrayBuffer>();
+  private readonly free: ArrayBuffer[] = [];
 
   /** Uncompressed bytes appended so far. */
   dataLength = 0;
@@ -60,8 +63,18 @@ export class BlockSink {
     this.batchSize = Math.max(1, Math.floor(BATCH_BYTES / opts.blockSize)) * opts.blockSize;
     this.workers = opts.workers;
     this.checkAbort = opts.checkAbort;
-    this.cur = Buffer.allocUnsafeSlow(this.batchSize); // owns its whole ArrayBuffer: transferable
-    this.curAb = this.cur.buffer as ArrayBuffer;
+    this.curAb = new ArrayBuffer(0);
+    this.cur = Buffer.alloc(0);
+    this.newBatch();
+  }
+
+  private newBatch(): void {
+    let ab = this.free.pop();
+    if (!ab) {
+      ab = Buffer.allocUnsafeSlow(this.batchSize).buffer as ArrayBuffer; // its own ArrayBuffer: transferable
+    }
+    this.curAb = ab;
+    this.cur = Buffer.from(ab, 0, this.batchSize);
   }
 
   /** Appends bytes to the data stream. */
@@ -114,14 +127,16 @@ export class BlockSink {
     const p = this.pool.compress(this.curAb, this.curLen, this.blockSize);
     p.catch(() => undefined); // awaited in order by writeNext; no unhandled rejection meanwhile
     this.inflight.push(p);
-    this.cur = Buffer.allocUnsafeSlow(this.batchSize); // owns its whole ArrayBuffer: transferable
-    this.curAb = this.cur.buffer as ArrayBuffer;
+    this.newBatch();
     this.curLen = 0;
     while (this.inflight.length >= this.maxInflight) await this.writeNext();
   }
 
   private async writeNext(): Promise<void> {
-    await this.writeBatch(await this.inflight.shift()!);
+    const r = await this.inflight.shift()!;
+    // The worker handed back the batch's ArrayBuffer (a new object for the same memory): reusable once written.
+    this.ours.add(r.stored.buffer as ArrayBuffer);
+    await this.writeBatch(r);
   }
 
   private async writeBatch(r: CompressedBatch): Promise<void> {
@@ -170,6 +185,7 @@ export class BlockSink {
       written += bytesWritten;
     }
     this.writePos += total;
+    for (const b of bufs) if (this.ours.has(b.buffer as ArrayBuffer) && this.free.length < 8) this.free.push(b.buffer as ArrayBuffer);
   }
 
   /** Flushes, syncs and closes the file. Returns the blob size and sha256:hex digest. */

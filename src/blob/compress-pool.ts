@@ -1,6 +1,7 @@
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { DfError } from '../errors.js';
+import { spawnWorker } from './spawn-worker.js';
 
 /** A batch of consecutive blocks for a worker: `length` bytes of `data`, cut every `blockSize` bytes. */
 export interface BatchRequest {
@@ -49,20 +50,6 @@ interface Slot {
 const PER_WORKER = 2;
 
 /**
- * The worker entry. Built code runs compress-worker.js. Under vitest/tsx (this file is .ts) the worker must
- * load TypeScript: `execArgv: ['--import', 'tsx']` does not apply to a worker's entry module on Node 20,
- * so a small eval'd bootstrap registers tsx's loader and then imports the .ts worker.
- */
-function spawnWorker(): Worker {
-  const self = import.meta.url;
-  if (!self.endsWith('.ts')) return new Worker(new URL('./compress-worker.js', self));
-  const api = import.meta.resolve('tsx/esm/api');
-  const entry = new URL('./compress-worker.ts', self).href;
-  const code = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); });`;
-  return new Worker(code, { eval: true, execArgv: [] });
-}
-
-/**
  * A pool of worker threads that LZ4-compress and hash blocks, a batch of consecutive blocks per message
  * (one message per batch instead of one per block keeps the main thread's messaging cost low).
  * `compress` returns one promise per batch; callers bound how many are in flight and await them in
@@ -80,7 +67,7 @@ export class CompressPool {
   constructor(workers = 0) {
     this.size = workers > 0 ? Math.floor(workers) : availableParallelism();
     for (let i = 0; i < this.size; i++) {
-      const worker = spawnWorker();
+      const worker = spawnWorker(import.meta.url, 'compress-worker');
       const slot: Slot = { worker, posted: [] };
       worker.on('message', (m: BatchReply) => this.onMessage(slot, m));
       worker.on('error', (err) =>

@@ -54,7 +54,8 @@ export class DfbWriter {
   private readonly onProgress: ((p: { bytesIn: number }) => void) | undefined;
 
   private readonly tree = new EntryTree();
-  private readonly seen = new Map<string, number>(); // content sha256 (binary string) -> data offset
+  private readonly seen = new Map<string, number>(); // content sha256 (base64) -> data offset
+  private readonly sizes = new Set<number>(); // sizes of the contents in the data stream
   private readonly spools = new Set<string>();
   private serial: Promise<void> = Promise.resolve();
   private failed: unknown;
@@ -127,8 +128,16 @@ export class DfbWriter {
     this.tree.link(path, target);
   }
 
-  /** A regular file; `content` must yield exactly `meta.size` bytes. */
-  addFile(meta: EntryMeta & { size: number }, content: AsyncIterable<Uint8Array>): Promise<void> {
+  /**
+   * A regular file; `content` must yield exactly `meta.size` bytes. `digest`, when given, returns the base64
+   * SHA-256 of the content once `content` has been read to the end (a caller that hashes elsewhere, e.g. on
+   * another thread); otherwise the writer hashes the content itself.
+   */
+  addFile(
+    meta: EntryMeta & { size: number },
+    content: AsyncIterable<Uint8Array>,
+    digest?: () => Promise<string>,
+  ): Promise<void> {
     try {
       this.checkOpen();
       if (!Number.isSafeInteger(meta.size) || meta.size < 0) {
@@ -147,7 +156,7 @@ export class DfbWriter {
     }
     const run = this.serial.then(() => {
       if (this.failed) throw this.failed;
-      return this.writeContent(node, meta.path, content).catch((err) => {
+      return this.writeContent(node, meta.path, content, digest).catch((err) => {
         throw DfError.from(err, `DFB writer: ${meta.path}`);
       });
     });
@@ -161,14 +170,34 @@ export class DfbWriter {
     node: TreeNode,
     path: string,
     content: AsyncIterable<Uint8Array>,
+    digestOf: (() => Promise<string>) | undefined,
   ): Promise<void> {
     const size = node.size;
-    const hash = createHash('sha256');
+    const hash = digestOf ? undefined : createHash('sha256');
+    const digest = async () => (digestOf ? digestOf() : hash!.digest('base64'));
     let got = 0;
     const tooLong = () =>
       DfError.invalidArgument(
         `DFB writer: content of ${JSON.stringify(path)} is longer than its size ${size}`,
       );
+    if (digestOf && size > 0 && !this.sizes.has(size)) {
+      // No content of this size is in the stream yet, so this one is new: it goes straight into the blocks
+      // (no buffering, no spool file), and its digest, computed elsewhere, is recorded for the files that
+      // follow. (Without `digestOf` every content is hashed, buffered or spooled, then placed.)
+      this.sizes.add(size);
+      node.dataOffset = this.sink.dataLength;
+      for await (const c of content) {
+        this.checkSignal();
+        got += c.length;
+        if (got > size) throw tooLong();
+        const b = Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength);
+        this.progress(b.length);
+        await this.sink.append(b);
+      }
+      this.checkLength(path, got, size);
+      this.seen.set(await digest(), node.dataOffset);
+      return;
+    }
     if (size <= SPOOL_THRESHOLD) {
       const chunks: Buffer[] = [];
       for await (const c of content) {
@@ -176,13 +205,14 @@ export class DfbWriter {
         got += c.length;
         if (got > size) throw tooLong();
         const b = Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength);
-        hash.update(b);
+        hash?.update(b);
         chunks.push(b);
         this.progress(b.length);
       }
       this.checkLength(path, got, size);
       if (size === 0) return;
-      const off = this.dedupe(hash.digest('base64'));
+      this.sizes.add(size);
+      const off = this.dedupe(await digest());
       if (off !== undefined) {
         node.dataOffset = off;
         return;
@@ -200,12 +230,13 @@ export class DfbWriter {
         this.checkSignal();
         got += c.length;
         if (got > size) throw tooLong();
-        hash.update(c);
+        hash?.update(c);
         await fh.write(c);
         this.progress(c.length);
       }
       this.checkLength(path, got, size);
-      const off = this.dedupe(hash.digest('base64'));
+      this.sizes.add(size);
+      const off = this.dedupe(await digest());
       if (off !== undefined) {
         node.dataOffset = off;
         return;

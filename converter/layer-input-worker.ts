@@ -1,0 +1,215 @@
+import { createHash } from 'node:crypto';
+import { parentPort } from 'node:worker_threads';
+import { createGunzip, type Gunzip } from 'node:zlib';
+import { readTar } from './tar-reader.js';
+
+/**
+ * Worker thread of LayerInflater (layer-input.ts): hashes the layer blob (digest check), gunzips it, hashes
+ * the tar (diff ID) and hands the tar back in buffers of `outSize` bytes, transferred. The main thread is
+ * left with tar parsing and the writer. Flow control: the main thread grants credit (tar buffers it is
+ * ready to take); the worker acknowledges each input chunk once it is consumed.
+ *
+ * It also runs the same tar reader over the same bytes to hash every regular file's content (the writer's
+ * dedup key), and sends the digests, keyed by the header's byte offset, with the tar buffers: a file's
+ * digest goes out no later than the buffer holding the file's last byte, so the main thread does not hash.
+ */
+
+export type ToWorker =
+  | { t: 'init'; gzip: boolean; outSize: number; credit: number }
+  | { t: 'data'; chunk: Uint8Array }
+  | { t: 'end' }
+  | { t: 'credit'; n: number }
+  | { t: 'want-digests' };
+
+export type FromWorker =
+  | { t: 'ack' }
+  | { t: 'tar'; data: ArrayBuffer; length: number; digests: FileDigests }
+  | { t: 'digests'; digests: FileDigests; failed?: boolean }
+  | { t: 'done'; blobDigest: string; diffId: string; compressedBytes: number; uncompressedBytes: number }
+  | { t: 'error'; message: string; code?: string };
+
+const port = parentPort!;
+const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
+const blobHash = createHash('sha256');
+const diffHash = createHash('sha256');
+let gz: Gunzip | undefined;
+let outSize = 1 << 20;
+let out = Buffer.alloc(0);
+let outLen = 0;
+let credit = 0;
+let compressedBytes = 0;
+let uncompressedBytes = 0;
+let failed = false;
+/** Plain tar: acknowledgements held back while the main thread has no credit. */
+let heldAcks = 0;
+
+/** Tar header offsets and base64 SHA-256 digests of the files' contents, in tar order. */
+export interface FileDigests {
+  offsets: number[];
+  digests: string[];
+}
+
+let ready: FileDigests = { offsets: [], digests: [] };
+let wanted = false;
+let hashFailed = false;
+/** Full tar buffers waiting for the file hasher to catch up (sent from setImmediate). */
+const full: Buffer[] = [];
+let sendScheduled = false;
+
+/** Chunks for the worker's own tar reader. */
+const hashQueue: Buffer[] = [];
+let hashWake: (() => void) | undefined;
+let hashEnded = false;
+async function* hashSource(): AsyncGenerator<Buffer> {
+  for (;;) {
+    const c = hashQueue.shift();
+    if (c) yield c;
+    else if (hashEnded) return;
+    else await new Promise<void>((r) => (hashWake = r));
+  }
+}
+function feedHasher(c: Buffer | undefined): void {
+  if (c) hashQueue.push(c);
+  else hashEnded = true;
+  const w = hashWake;
+  hashWake = undefined;
+  w?.();
+}
+const hasher = (async () => {
+  try {
+    for await (const { header, body } of readTar(hashSource())) {
+      if (header.type !== 'file') continue;
+      const h = createHash('sha256');
+      for await (const c of body) h.update(c);
+      ready.offsets.push(header.offset);
+      ready.digests.push(h.digest('base64'));
+      if (wanted) sendDigests();
+    }
+  } catch {
+    // The main thread's reader sees the same bytes and reports the error; it hashes what it still needs.
+    hashFailed = true;
+    hashQueue.length = 0;
+    sendDigests();
+  }
+})();
+
+function takeDigests(): FileDigests {
+  const d = ready;
+  ready = { offsets: [], digests: [] };
+  return d;
+}
+
+function sendDigests(): void {
+  wanted = false;
+  post({ t: 'digests', digests: takeDigests(), failed: hashFailed || undefined });
+}
+
+
+function fail(err: unknown): void {
+  if (failed) return;
+  failed = true;
+  const e = err as NodeJS.ErrnoException;
+  post({ t: 'error', message: e?.message ?? String(err), code: typeof e?.code === 'string' ? e.code : undefined });
+}
+
+/** Queues the current tar buffer; it is sent once the file hasher has seen the bytes fed so far. */
+function sendOut(): void {
+  if (!outLen) return;
+  full.push(out.subarray(0, outLen));
+  out = Buffer.allocUnsafeSlow(outSize);
+  outLen = 0;
+  credit--;
+  if (!sendScheduled) {
+    sendScheduled = true;
+    setImmediate(sendFull);
+  }
+}
+
+function sendFull(): void {
+  sendScheduled = false;
+  for (let i = 0; i < full.length; i++) {
+    const b = full[i]!;
+    const buf = b.buffer as ArrayBuffer;
+    const digests = i === full.length - 1 ? takeDigests() : { offsets: [], digests: [] };
+    post({ t: 'tar', data: buf, length: b.length, digests }, [buf]);
+  }
+  full.length = 0;
+}
+
+function onTar(c: Buffer): void {
+  uncompressedBytes += c.length;
+  if (!hashFailed) feedHasher(c);
+  let pos = 0;
+  while (pos < c.length) {
+    const n = Math.min(outSize - outLen, c.length - pos);
+    c.copy(out, outLen, pos, pos + n);
+    outLen += n;
+    pos += n;
+    if (outLen === outSize) sendOut();
+  }
+  if (credit <= 0) gz?.pause();
+}
+
+async function finish(): Promise<void> {
+  if (failed) return;
+  sendOut();
+  feedHasher(undefined);
+  await hasher;
+  sendFull();
+  if (ready.offsets.length || hashFailed) sendDigests();
+  const blobDigest = 'sha256:' + blobHash.digest('hex');
+  // A plain tar is its own diff ID: hashed once.
+  const diffId = gz ? 'sha256:' + diffHash.digest('hex') : blobDigest;
+  post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes });
+}
+
+port.on('message', (m: ToWorker) => {
+  if (failed) return;
+  try {
+    switch (m.t) {
+      case 'init':
+        outSize = m.outSize;
+        out = Buffer.allocUnsafeSlow(outSize);
+        credit = m.credit;
+        if (m.gzip) {
+          gz = createGunzip({ chunkSize: 256 * 1024 });
+          gz.on('data', (c: Buffer) => {
+            diffHash.update(c);
+            onTar(c);
+          });
+          gz.on('end', () => void finish());
+          gz.on('error', fail);
+        }
+        return;
+      case 'data': {
+        const c = Buffer.from(m.chunk.buffer, m.chunk.byteOffset, m.chunk.byteLength);
+        blobHash.update(c);
+        compressedBytes += c.length;
+        if (gz) gz.write(c, (err) => err || post({ t: 'ack' }));
+        else {
+          onTar(c);
+          if (credit > 0) post({ t: 'ack' });
+          else heldAcks++;
+        }
+        return;
+      }
+      case 'end':
+        if (gz) gz.end();
+        else void finish();
+        return;
+      case 'want-digests':
+        if (ready.offsets.length || hashFailed) sendDigests();
+        else wanted = true;
+        return;
+      case 'credit':
+        credit += m.n;
+        if (credit > 0) {
+          gz?.resume();
+          for (; heldAcks > 0; heldAcks--) post({ t: 'ack' });
+        }
+        return;
+    }
+  } catch (err) {
+    fail(err);
+  }
+});
