@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
-import { createGunzip, type Gunzip } from 'node:zlib';
+import { constants, createGunzip, type Gunzip } from 'node:zlib';
 import { readTar } from './tar-reader.js';
 
 /**
@@ -32,7 +32,50 @@ const port = parentPort!;
 const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
 const blobHash = createHash('sha256');
 const diffHash = createHash('sha256');
-let gz: Gunzip | undefined;
+/**
+ * zlib's handle driven synchronously, as zlib's own processChunkSync does (this is a worker thread of its
+ * own: no thread-pool round trip and no stream machinery per chunk), but without closing the handle after
+ * each call, so that one gunzip state spans all input chunks.
+ */
+interface ZlibInternals {
+  _handle: {
+    writeSync(flush: number, inp: Buffer, inOff: number, inLen: number, out: Buffer, outOff: number, outLen: number): void;
+  };
+  _writeState: Uint32Array;
+}
+let gz: (Gunzip & ZlibInternals) | undefined;
+const INFLATE_CHUNK = 256 * 1024;
+let inflateOut = Buffer.alloc(0);
+let inflateOff = 0;
+
+function inflate(chunk: Buffer, flush: number): void {
+  const z = gz!;
+  let inOff = 0;
+  let availIn = chunk.length;
+  for (;;) {
+    const availOutBefore = inflateOut.length - inflateOff;
+    z._handle.writeSync(flush, chunk, inOff, availIn, inflateOut, inflateOff, availOutBefore);
+    if (z.errored) throw z.errored;
+    const availOutAfter = z._writeState[0]!;
+    const availInAfter = z._writeState[1]!;
+    const have = availOutBefore - availOutAfter;
+    if (have > 0) {
+      const out = inflateOut.subarray(inflateOff, inflateOff + have);
+      inflateOff += have;
+      diffHash.update(out);
+      onTar(out);
+    }
+    if (availOutAfter === 0 || inflateOff >= inflateOut.length) {
+      // Not reused: the file hasher still holds views of it.
+      inflateOut = Buffer.allocUnsafe(INFLATE_CHUNK);
+      inflateOff = 0;
+    }
+    if (availOutAfter !== 0) return;
+    inOff += availIn - availInAfter;
+    availIn = availInAfter;
+  }
+}
+
 let outSize = 1 << 20;
 let out = Buffer.alloc(0);
 let outLen = 0;
@@ -147,7 +190,6 @@ function onTar(c: Buffer): void {
     pos += n;
     if (outLen === outSize) sendOut();
   }
-  if (credit <= 0) gz?.pause();
 }
 
 async function finish(): Promise<void> {
@@ -172,30 +214,25 @@ port.on('message', (m: ToWorker) => {
         out = Buffer.allocUnsafeSlow(outSize);
         credit = m.credit;
         if (m.gzip) {
-          gz = createGunzip({ chunkSize: 256 * 1024 });
-          gz.on('data', (c: Buffer) => {
-            diffHash.update(c);
-            onTar(c);
-          });
-          gz.on('end', () => void finish());
-          gz.on('error', fail);
+          gz = createGunzip({ chunkSize: INFLATE_CHUNK }) as typeof gz;
+          gz!.on('error', () => undefined); // errors are thrown from inflate()
+          inflateOut = Buffer.allocUnsafe(INFLATE_CHUNK);
         }
         return;
       case 'data': {
         const c = Buffer.from(m.chunk.buffer, m.chunk.byteOffset, m.chunk.byteLength);
         blobHash.update(c);
         compressedBytes += c.length;
-        if (gz) gz.write(c, (err) => err || post({ t: 'ack' }));
-        else {
-          onTar(c);
-          if (credit > 0) post({ t: 'ack' });
-          else heldAcks++;
-        }
+        if (gz) inflate(c, constants.Z_NO_FLUSH);
+        else onTar(c);
+        // Without credit the ack waits: the main thread then stops sending input.
+        if (credit > 0) post({ t: 'ack' });
+        else heldAcks++;
         return;
       }
       case 'end':
-        if (gz) gz.end();
-        else void finish();
+        if (gz) inflate(Buffer.alloc(0), constants.Z_FINISH);
+        void finish();
         return;
       case 'want-digests':
         if (ready.offsets.length || hashFailed) sendDigests();
@@ -204,7 +241,6 @@ port.on('message', (m: ToWorker) => {
       case 'credit':
         credit += m.n;
         if (credit > 0) {
-          gz?.resume();
           for (; heldAcks > 0; heldAcks--) post({ t: 'ack' });
         }
         return;
