@@ -16,6 +16,9 @@ import { chainCredentials, DockerConfigCredentials, StaticCredentials } from '..
 import { parseReference } from '../registry/reference.js';
 import { CONVERTER_VERSION } from '../../converter/version.js';
 import { runMain } from './run-main.js';
+import { serveSnapshotter } from '../snapshotter/grpc-service.js';
+import { NodeRemoteLayers } from '../snapshotter/remote-layers.js';
+import { Snapshotter } from '../snapshotter/snapshotter.js';
 
 interface NodeFlags {
   config?: string;
@@ -30,6 +33,13 @@ interface NodeFlags {
   fillRate?: string;
   readTimeout?: string;
   json?: boolean;
+}
+
+interface PullFlags {
+  address: string;
+  namespace: string;
+  snapshotter: string;
+  platform?: string;
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -132,6 +142,26 @@ async function serveNode(
     removeExitHook();
     await client.close().catch(() => undefined);
   }
+}
+
+/** The containerd snapshotter of `dfnode run`: remote layers through the node runtime, served on a unix socket. */
+async function startSnapshotter(
+  cfg: Config,
+  log: Logger,
+  rt: NodeRuntime,
+  client: RegistryClient,
+): Promise<{ address: string; stop(): Promise<void> }> {
+  const slog = log.child({ component: 'snapshotter' });
+  const sn = new Snapshotter({ root: cfg.snapshotter.root, remote: new NodeRemoteLayers(rt, client, { logger: slog }), logger: slog });
+  await sn.start();
+  const server = await serveSnapshotter(sn, cfg.snapshotter.socket, { logger: slog });
+  return {
+    address: server.address,
+    stop: async () => {
+      await server.stop();
+      await sn.close();
+    },
+  };
 }
 
 export function buildProgram(signal: AbortSignal): Command {
@@ -251,17 +281,60 @@ export function buildProgram(signal: AbortSignal): Command {
       }
     });
 
-  addRegistry(addCommon(program.command('run')))
-    .description('run the node daemon (cache, FUSE mounts, metrics endpoint)')
-    .option('--metrics-address <host:port>', 'serve Prometheus metrics here (default 127.0.0.1:9877; empty: off)')
-    .action(async (flags: NodeFlags) => {
+  addRegistry(program.command('pull'))
+    .description('lazy pull of a converted image into containerd (then: ctr run --snapshotter dfnode REF ID CMD)')
+    .argument('<ref>', 'registry reference of a converted image (dfconvert output)')
+    .option('-c, --config <file>', 'JSON config file (also DFNODE_CONFIG)')
+    .option('--address <socket>', 'containerd socket', '/run/containerd/containerd.sock')
+    .option('-n, --namespace <ns>', 'containerd namespace (CRI/Kubernetes: k8s.io)', 'default')
+    .option('--snapshotter <name>', 'snapshotter name in containerd\'s proxy_plugins', 'dfnode')
+    .option('--platform <os/arch>', 'platform to pick from an image index (default: this host)')
+    .action(async (refText: string, flags: NodeFlags & PullFlags) => {
+      const { ContainerdClient } = await import('../containerd/client.js');
+      const { lazyPull } = await import('../containerd/pull.js');
       const cfg = configFrom(flags);
       const log = createLogger(cfg.logLevel);
       const client = makeClient(cfg, log, flags.creds);
+      const ctd = new ContainerdClient({ address: flags.address, namespace: flags.namespace });
+      try {
+        await lazyPull(parseReference(refText), {
+          registry: client,
+          containerd: ctd,
+          snapshotter: flags.snapshotter,
+          platform: flags.platform,
+          signal,
+          onProgress: (line) => process.stdout.write(`${line}\n`),
+        });
+      } finally {
+        ctd.close();
+        await client.close().catch(() => undefined);
+      }
+    });
+
+  addRegistry(addCommon(program.command('run')))
+    .option('--snapshotter-root <dir>', 'snapshot directories and metadata (default /var/lib/dfnode/snapshotter)')
+    .option('--snapshotter-socket <path>', 'containerd proxy plugin socket (default /run/dfnode/snapshotter.sock)')
+    .option('--no-snapshotter', 'do not serve the containerd snapshotter')
+    .description('run the node daemon (cache, FUSE mounts, metrics endpoint)')
+    .option('--metrics-address <host:port>', 'serve Prometheus metrics here (default 127.0.0.1:9877; empty: off)')
+    .action(async (flags: NodeFlags & { snapshotterRoot?: string; snapshotterSocket?: string; snapshotter?: boolean }) => {
+      const cfg = configFrom(flags);
+      if (flags.snapshotterRoot) cfg.snapshotter.root = resolve(flags.snapshotterRoot);
+      if (flags.snapshotterSocket) cfg.snapshotter.socket = resolve(flags.snapshotterSocket);
+      if (flags.snapshotter === false) cfg.snapshotter.enabled = false;
+      const log = createLogger(cfg.logLevel);
+      const client = makeClient(cfg, log, flags.creds);
       await serveNode(cfg, log, client, async (rt) => {
-        log.info({ cache: cfg.cache.dir, metrics: cfg.node.metricsAddress }, 'dfnode running');
-        process.stdout.write(`dfnode running; metrics on ${cfg.node.metricsAddress || '(off)'}\n`);
-        await waitForSignal(signal, () => void rt.cache.gc().catch(() => undefined));
+        const snap = cfg.snapshotter.enabled ? await startSnapshotter(cfg, log, rt, client) : undefined;
+        try {
+          log.info({ cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address }, 'dfnode running');
+          process.stdout.write(
+            `dfnode running; snapshotter on ${snap?.address ?? '(off)'}; metrics on ${cfg.node.metricsAddress || '(off)'}\n`,
+          );
+          await waitForSignal(signal, () => void rt.cache.gc().catch(() => undefined));
+        } finally {
+          await snap?.stop();
+        }
       });
     });
 
