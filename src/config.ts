@@ -81,6 +81,16 @@ export const configSchema = z.object({
       backgroundFill: z.boolean().default(true),
     })
     .prefault({}),
+  snapshotter: z
+    .object({
+      /** Serve containerd's snapshots.v1 service from `dfnode run` (proxy plugin). */
+      enabled: z.boolean().default(true),
+      /** Snapshot directories and metadata.json. */
+      root: z.string().default('/var/lib/dfnode/snapshotter'),
+      /** Unix socket containerd's proxy_plugins entry points at. */
+      socket: z.string().default('/run/dfnode/snapshotter.sock'),
+    })
+    .prefault({}),
   node: z
     .object({
       /** Mount points, mount records and the lock of the running daemon. */

@@ -1,0 +1,156 @@
+import { chmod, mkdir, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { DfError } from '../errors.js';
+import {
+  fromTimestamp,
+  snapshotsServiceDefinition,
+  toTimestamp,
+  type ProtoTimestamp,
+} from '../grpc/load-proto.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { Snapshotter } from './snapshotter.js';
+import { Kind, type SnapshotInfo } from './types.js';
+
+/** Info as the proto loader reads and writes it (keepCase, enums as strings). */
+interface ProtoInfo {
+  name: string;
+  parent: string;
+  kind: string | number;
+  created_at: ProtoTimestamp | null;
+  updated_at: ProtoTimestamp | null;
+  labels: Record<string, string>;
+}
+
+const KIND_BY_NAME: Record<string, Kind> = {
+  UNKNOWN: Kind.Unknown,
+  VIEW: Kind.View,
+  ACTIVE: Kind.Active,
+  COMMITTED: Kind.Committed,
+};
+
+function toProtoInfo(i: SnapshotInfo): ProtoInfo {
+  return {
+    name: i.name,
+    parent: i.parent,
+    kind: Kind[i.kind].toUpperCase(),
+    created_at: toTimestamp(i.created),
+    updated_at: toTimestamp(i.updated),
+    labels: i.labels,
+  };
+}
+
+function fromProtoInfo(p: ProtoInfo | null | undefined): SnapshotInfo {
+  if (!p) throw DfError.invalidArgument('info is required');
+  return {
+    name: p.name ?? '',
+    parent: p.parent ?? '',
+    kind: typeof p.kind === 'number' ? p.kind : (KIND_BY_NAME[p.kind] ?? Kind.Unknown),
+    labels: p.labels ?? {},
+    created: fromTimestamp(p.created_at),
+    updated: fromTimestamp(p.updated_at),
+  };
+}
+
+/** A DfError (or anything) as a gRPC error: code from DfError.grpcStatus, message as is. */
+function toServiceError(err: unknown): grpc.ServiceError {
+  const e = DfError.from(err);
+  return Object.assign(new Error(e.message), {
+    code: e.grpcStatus as grpc.status,
+    details: e.message,
+    metadata: new grpc.Metadata(),
+  });
+}
+
+type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
+
+/** The containerd.services.snapshots.v1.Snapshots handlers over a Snapshotter. */
+export function snapshotsHandlers(
+  sn: Snapshotter,
+  log: Logger = silentLogger,
+): grpc.UntypedServiceImplementation {
+  const unary =
+    <Req, Res>(name: string, fn: (req: Req, signal: AbortSignal) => Promise<Res>): Unary<Req, Res> =>
+    (call, cb) => {
+      const ac = new AbortController();
+      call.on('cancelled', () => ac.abort());
+      fn(call.request, ac.signal).then(
+        (res) => cb(null, res),
+        (err) => {
+          const se = toServiceError(err);
+          const lvl =
+            se.code === grpc.status.ALREADY_EXISTS || se.code === grpc.status.NOT_FOUND ? 'debug' : 'warn';
+          log[lvl]({ op: name, code: se.code, err: se.message }, 'snapshotter request failed');
+          cb(se);
+        },
+      );
+    };
+  const empty = {};
+  return {
+    Prepare: unary('Prepare', async (r: any, signal) => ({
+      mounts: await sn.prepare(r.key, r.parent, r.labels ?? {}, signal),
+    })),
+    View: unary('View', async (r: any) => ({ mounts: await sn.view(r.key, r.parent, r.labels ?? {}) })),
+    Mounts: unary('Mounts', async (r: any) => ({ mounts: await sn.mounts(r.key) })),
+    Commit: unary('Commit', async (r: any) => (await sn.commit(r.name, r.key, r.labels ?? {}), empty)),
+    Remove: unary('Remove', async (r: any) => (await sn.remove(r.key), empty)),
+    Stat: unary('Stat', async (r: any) => ({ info: toProtoInfo(await sn.stat(r.key)) })),
+    Update: unary('Update', async (r: any) => ({
+      info: toProtoInfo(await sn.update(fromProtoInfo(r.info), r.update_mask?.paths ?? [])),
+    })),
+    Usage: unary('Usage', async (r: any) => sn.usage(r.key)),
+    Cleanup: unary('Cleanup', async () => (await sn.cleanup(), empty)),
+    List: (call: grpc.ServerWritableStream<any, any>) => {
+      sn.walk(call.request.filters ?? []).then(
+        (infos) => {
+          // Batches keep each message well under gRPC's default 4 MiB limit.
+          for (let i = 0; i < infos.length; i += 100)
+            call.write({ info: infos.slice(i, i + 100).map(toProtoInfo) });
+          call.end();
+        },
+        (err) => call.emit('error', toServiceError(err)),
+      );
+    },
+  };
+}
+
+export interface SnapshotterServer {
+  address: string;
+  /** Graceful stop (in-flight calls finish), then force after `timeoutMs`. */
+  stop(timeoutMs?: number): Promise<void>;
+}
+
+/** Serves the snapshots service on a unix socket (stale socket file removed; mode 0660). */
+export async function serveSnapshotter(
+  sn: Snapshotter,
+  socketPath: string,
+  opts: { logger?: Logger; mode?: number } = {},
+): Promise<SnapshotterServer> {
+  const log = opts.logger ?? silentLogger;
+  await mkdir(dirname(socketPath), { recursive: true, mode: 0o755 });
+  await rm(socketPath, { force: true });
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 << 20 });
+  server.addService(snapshotsServiceDefinition().service, snapshotsHandlers(sn, log));
+  await new Promise<void>((resolveBind, reject) =>
+    server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (err) =>
+      err ? reject(DfError.from(err, `listen on ${socketPath}`)) : resolveBind(),
+    ),
+  );
+  await chmod(socketPath, opts.mode ?? 0o660);
+  log.info({ socket: socketPath }, 'snapshotter listening');
+  return {
+    address: socketPath,
+    stop: (timeoutMs = 10_000) =>
+      new Promise<void>((done) => {
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          done();
+        }, timeoutMs);
+        timer.unref();
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          done();
+        });
+      }).finally(() => rm(socketPath, { force: true }).catch(() => undefined)),
+  };
+}
