@@ -5,25 +5,24 @@ import { readTar } from './tar-reader.js';
 
 /**
  * Worker thread of LayerInflater (layer-input.ts): hashes the layer blob (digest check), gunzips it, hashes
- * the tar (diff ID) and hands the tar back in buffers of `outSize` bytes, transferred. The main thread is
- * left with tar parsing and the writer. Flow control: the main thread grants credit (tar buffers it is
- * ready to take); the worker acknowledges each input chunk once it is consumed.
+ * the tar (diff ID) and hands the tar back in buffers of up to `outSize` bytes, transferred. The main thread
+ * is left with tar parsing and the writer. Flow control: every input chunk gets one reply (several chunks
+ * handled in one turn share a reply) carrying the tar bytes it produced, and the main thread bounds the
+ * chunks and tar bytes in flight: two messages per input chunk in all.
  *
  * It also runs the same tar reader over the same bytes to hash every regular file's content (the writer's
  * dedup key), and sends the digests, keyed by the header's byte offset, with the tar buffers: a file's
- * digest goes out no later than the buffer holding the file's last byte, so the main thread does not hash.
+ * digest goes out with the reply holding the file's last byte, so the main thread does not hash.
  */
 
 export type ToWorker =
-  | { t: 'init'; gzip: boolean; outSize: number; credit: number }
+  | { t: 'init'; gzip: boolean; outSize: number }
   | { t: 'data'; chunk: Uint8Array }
   | { t: 'end' }
-  | { t: 'credit'; n: number }
   | { t: 'want-digests' };
 
 export type FromWorker =
-  | { t: 'ack' }
-  | { t: 'tar'; data: ArrayBuffer; length: number; digests: FileDigests }
+  | { t: 'out'; inputs: number; bufs: ArrayBuffer[]; lengths: number[]; digests: FileDigests }
   | { t: 'digests'; digests: FileDigests; failed?: boolean }
   | { t: 'done'; blobDigest: string; diffId: string; compressedBytes: number; uncompressedBytes: number }
   | { t: 'error'; message: string; code?: string };
@@ -79,12 +78,9 @@ function inflate(chunk: Buffer, flush: number): void {
 let outSize = 1 << 20;
 let out = Buffer.alloc(0);
 let outLen = 0;
-let credit = 0;
 let compressedBytes = 0;
 let uncompressedBytes = 0;
 let failed = false;
-/** Plain tar: acknowledgements held back while the main thread has no credit. */
-let heldAcks = 0;
 
 /** Tar header offsets and base64 SHA-256 digests of the files' contents, in tar order. */
 export interface FileDigests {
@@ -95,9 +91,11 @@ export interface FileDigests {
 let ready: FileDigests = { offsets: [], digests: [] };
 let wanted = false;
 let hashFailed = false;
-/** Full tar buffers waiting for the file hasher to catch up (sent from setImmediate). */
+/** Tar buffers waiting for the file hasher to catch up (sent from setImmediate). */
 const full: Buffer[] = [];
-let sendScheduled = false;
+let replyScheduled = false;
+/** Input chunks handled since the last reply. */
+let inputs = 0;
 
 /** Chunks for the worker's own tar reader. */
 const hashQueue: Buffer[] = [];
@@ -155,28 +153,30 @@ function fail(err: unknown): void {
   post({ t: 'error', message: e?.message ?? String(err), code: typeof e?.code === 'string' ? e.code : undefined });
 }
 
-/** Queues the current tar buffer; it is sent once the file hasher has seen the bytes fed so far. */
+/** Queues the current tar buffer for the next reply. */
 function sendOut(): void {
   if (!outLen) return;
   full.push(out.subarray(0, outLen));
   out = Buffer.allocUnsafeSlow(outSize);
   outLen = 0;
-  credit--;
-  if (!sendScheduled) {
-    sendScheduled = true;
-    setImmediate(sendFull);
-  }
 }
 
-function sendFull(): void {
-  sendScheduled = false;
-  for (let i = 0; i < full.length; i++) {
-    const b = full[i]!;
-    const buf = b.buffer as ArrayBuffer;
-    const digests = i === full.length - 1 ? takeDigests() : { offsets: [], digests: [] };
-    post({ t: 'tar', data: buf, length: b.length, digests }, [buf]);
-  }
+/** Replies from setImmediate: by then the file hasher (microtasks) has seen every byte fed so far. */
+function scheduleReply(): void {
+  if (replyScheduled) return;
+  replyScheduled = true;
+  setImmediate(reply);
+}
+
+function reply(): void {
+  replyScheduled = false;
+  if (failed) return;
+  sendOut();
+  const bufs = full.map((b) => b.buffer as ArrayBuffer);
+  const lengths = full.map((b) => b.length);
   full.length = 0;
+  post({ t: 'out', inputs, bufs, lengths, digests: takeDigests() }, bufs);
+  inputs = 0;
 }
 
 function onTar(c: Buffer): void {
@@ -194,11 +194,10 @@ function onTar(c: Buffer): void {
 
 async function finish(): Promise<void> {
   if (failed) return;
-  sendOut();
   feedHasher(undefined);
   await hasher;
-  sendFull();
-  if (ready.offsets.length || hashFailed) sendDigests();
+  reply();
+  if (hashFailed) sendDigests();
   const blobDigest = 'sha256:' + blobHash.digest('hex');
   // A plain tar is its own diff ID: hashed once.
   const diffId = gz ? 'sha256:' + diffHash.digest('hex') : blobDigest;
@@ -212,7 +211,6 @@ port.on('message', (m: ToWorker) => {
       case 'init':
         outSize = m.outSize;
         out = Buffer.allocUnsafeSlow(outSize);
-        credit = m.credit;
         if (m.gzip) {
           gz = createGunzip({ chunkSize: INFLATE_CHUNK }) as typeof gz;
           gz!.on('error', () => undefined); // errors are thrown from inflate()
@@ -225,9 +223,8 @@ port.on('message', (m: ToWorker) => {
         compressedBytes += c.length;
         if (gz) inflate(c, constants.Z_NO_FLUSH);
         else onTar(c);
-        // Without credit the ack waits: the main thread then stops sending input.
-        if (credit > 0) post({ t: 'ack' });
-        else heldAcks++;
+        inputs++;
+        scheduleReply();
         return;
       }
       case 'end':
@@ -237,12 +234,6 @@ port.on('message', (m: ToWorker) => {
       case 'want-digests':
         if (ready.offsets.length || hashFailed) sendDigests();
         else wanted = true;
-        return;
-      case 'credit':
-        credit += m.n;
-        if (credit > 0) {
-          for (; heldAcks > 0; heldAcks--) post({ t: 'ack' });
-        }
         return;
     }
   } catch (err) {

@@ -22,10 +22,10 @@ export interface LayerEntry extends TarEntry {
 
 /** Tar bytes come back from the worker in buffers of this size. */
 const TAR_BUFFER = 4 << 20;
-/** Tar buffers the worker may send ahead of the parser. */
-const TAR_CREDIT = 3;
-/** Input chunks posted to the worker and not yet consumed by it before reading pauses. */
-const INPUT_AHEAD = 4;
+/** Input chunks posted to the worker and not answered yet. */
+const INPUT_AHEAD = 2;
+/** Reading pauses while this many tar bytes wait for the parser. */
+const TAR_AHEAD = 8 << 20;
 
 interface Waiter {
   resolve: () => void;
@@ -41,7 +41,8 @@ class LayerInflater {
   private readonly tarQueue: Buffer[] = [];
   private tarWaiter: Waiter | undefined;
   private ackWaiter: Waiter | undefined;
-  private unacked = 0;
+  private inflight = 0;
+  private queuedTar = 0;
   private error: Error | undefined;
   private ended = false;
   private closed = false;
@@ -61,7 +62,7 @@ class LayerInflater {
     this.worker.on('exit', (code) => {
       if (!this.closed) this.fail(DfError.internal(`layer input worker exited unexpectedly (code ${code})`));
     });
-    this.send({ t: 'init', gzip, outSize: TAR_BUFFER, credit: TAR_CREDIT });
+    this.send({ t: 'init', gzip, outSize: TAR_BUFFER });
   }
 
   private send(m: ToWorker, transfer?: ArrayBuffer[]): void {
@@ -70,13 +71,14 @@ class LayerInflater {
 
   private onMessage(m: FromWorker): void {
     switch (m.t) {
-      case 'ack':
-        this.unacked--;
-        this.wake('ack');
-        return;
-      case 'tar':
-        this.tarQueue.push(Buffer.from(m.data, 0, m.length));
+      case 'out':
+        this.inflight -= m.inputs;
+        for (let i = 0; i < m.bufs.length; i++) {
+          this.tarQueue.push(Buffer.from(m.bufs[i]!, 0, m.lengths[i]!));
+          this.queuedTar += m.lengths[i]!;
+        }
         this.addDigests(m.digests);
+        this.wake('ack');
         this.wake('tar');
         return;
       case 'digests':
@@ -162,9 +164,9 @@ class LayerInflater {
       if (this.error) throw this.error;
       this.onBytesIn?.(c.length);
       const copy = new Uint8Array(c); // own buffer, transferred: the source may share or reuse its memory
-      this.unacked++;
+      this.inflight++;
       this.send({ t: 'data', chunk: copy }, [copy.buffer]);
-      while (this.unacked >= INPUT_AHEAD) await this.wait('ack');
+      while (this.inflight >= INPUT_AHEAD || this.queuedTar >= TAR_AHEAD) await this.wait('ack');
     }
     this.send({ t: 'end' });
   }
@@ -174,7 +176,8 @@ class LayerInflater {
       if (this.error) throw this.error;
       const b = this.tarQueue.shift();
       if (b) {
-        this.send({ t: 'credit', n: 1 });
+        this.queuedTar -= b.length;
+        if (this.queuedTar < TAR_AHEAD) this.wake('ack');
         yield b;
         continue;
       }

@@ -8,7 +8,7 @@ import { B } from './toc-layout.js';
 /** Output writes are batched up to this many bytes. */
 const WRITE_BATCH = 1024 * 1024;
 /** Blocks go to the workers in batches of about this many uncompressed bytes (at least one block). */
-const BATCH_BYTES = 1024 * 1024;
+const BATCH_BYTES = 2 * 1024 * 1024;
 
 export interface BlockSinkOptions {
   /** File the blob is written to. */
