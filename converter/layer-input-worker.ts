@@ -38,7 +38,15 @@ const diffHash = createHash('sha256');
  */
 interface ZlibInternals {
   _handle: {
-    writeSync(flush: number, inp: Buffer, inOff: number, inLen: number, out: Buffer, outOff: number, outLen: number): void;
+    writeSync(
+      flush: number,
+      inp: Buffer,
+      inOff: number,
+      inLen: number,
+      out: Buffer,
+      outOff: number,
+      outLen: number,
+    ): void;
   };
   _writeState: Uint32Array;
 }
@@ -145,12 +153,15 @@ function sendDigests(): void {
   post({ t: 'digests', digests: takeDigests(), failed: hashFailed || undefined });
 }
 
-
 function fail(err: unknown): void {
   if (failed) return;
   failed = true;
   const e = err as NodeJS.ErrnoException;
-  post({ t: 'error', message: e?.message ?? String(err), code: typeof e?.code === 'string' ? e.code : undefined });
+  post({
+    t: 'error',
+    message: e?.message ?? String(err),
+    code: typeof e?.code === 'string' ? e.code : undefined,
+  });
 }
 
 /** Queues the current tar buffer for the next reply. */

@@ -48,7 +48,10 @@ class LayerInflater {
   private closed = false;
   private done: Extract<FromWorker, { t: 'done' }> | undefined;
   private readonly digests = new Map<number, string>();
-  private readonly digestWaiters = new Map<number, { resolve: (d: string) => void; reject: (e: Error) => void }>();
+  private readonly digestWaiters = new Map<
+    number,
+    { resolve: (d: string) => void; reject: (e: Error) => void }
+  >();
   private digestsFailed: Error | undefined;
 
   constructor(
@@ -58,7 +61,9 @@ class LayerInflater {
   ) {
     this.worker = spawnWorker(import.meta.url, 'layer-input-worker');
     this.worker.on('message', (m: FromWorker) => this.onMessage(m));
-    this.worker.on('error', (err) => this.fail(DfError.internal(`layer input worker failed: ${err.message}`, { cause: err })));
+    this.worker.on('error', (err) =>
+      this.fail(DfError.internal(`layer input worker failed: ${err.message}`, { cause: err })),
+    );
     this.worker.on('exit', (code) => {
       if (!this.closed) this.fail(DfError.internal(`layer input worker exited unexpectedly (code ${code})`));
     });
@@ -237,9 +242,13 @@ export async function readLayer(
     const e = err as NodeJS.ErrnoException;
     if (
       e?.code?.startsWith?.('Z_') ||
-      /incorrect header check|invalid (block|distance|code|stored)|unexpected end of file/i.test(e?.message ?? '')
+      /incorrect header check|invalid (block|distance|code|stored)|unexpected end of file/i.test(
+        e?.message ?? '',
+      )
     )
-      throw DfError.corrupt(`${what}: corrupt gzip data (${e.message}); the source image is damaged`, { cause: err });
+      throw DfError.corrupt(`${what}: corrupt gzip data (${e.message}); the source image is damaged`, {
+        cause: err,
+      });
     if (err instanceof DfError && err.code === 'CORRUPT')
       throw DfError.corrupt(`${what}: ${err.message}`, { cause: err });
     throw DfError.from(err, what);
@@ -250,7 +259,11 @@ export async function readLayer(
   if (res.blobDigest !== layer.digest) throw DfError.digestMismatch(what, layer.digest, res.blobDigest);
   if (res.compressedBytes !== layer.size)
     throw DfError.corrupt(`${what}: size ${res.compressedBytes} does not match the manifest (${layer.size})`);
-  return { diffId: res.diffId, compressedBytes: res.compressedBytes, uncompressedBytes: res.uncompressedBytes };
+  return {
+    diffId: res.diffId,
+    compressedBytes: res.compressedBytes,
+    uncompressedBytes: res.uncompressedBytes,
+  };
 }
 
 /**

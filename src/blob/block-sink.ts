@@ -185,7 +185,9 @@ export class BlockSink {
       written += bytesWritten;
     }
     this.writePos += total;
-    for (const b of bufs) if (this.ours.has(b.buffer as ArrayBuffer) && this.free.length < 8) this.free.push(b.buffer as ArrayBuffer);
+    for (const b of bufs)
+      if (this.ours.has(b.buffer as ArrayBuffer) && this.free.length < 8)
+        this.free.push(b.buffer as ArrayBuffer);
   }
 
   /** Flushes, syncs and closes the file. Returns the blob size and sha256:hex digest. */

@@ -74,7 +74,8 @@ export class CompressPool {
         this.fail(DfError.internal(`compression worker failed: ${err.message}`, { cause: err })),
       );
       worker.on('exit', (code) => {
-        if (!this.closed) this.fail(DfError.internal(`compression worker exited unexpectedly (code ${code})`));
+        if (!this.closed)
+          this.fail(DfError.internal(`compression worker exited unexpectedly (code ${code})`));
       });
       worker.unref();
       this.slots.push(slot);
@@ -99,7 +100,12 @@ export class CompressPool {
       const task = this.queue.shift()!;
       if (!best.posted.length) best.worker.ref();
       best.posted.push(task);
-      const req: BatchRequest = { id: task.id, data: task.data, length: task.length, blockSize: task.blockSize };
+      const req: BatchRequest = {
+        id: task.id,
+        data: task.data,
+        length: task.length,
+        blockSize: task.blockSize,
+      };
       best.worker.postMessage(req, [task.data]);
     }
   }
