@@ -4,6 +4,8 @@
  */
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -247,24 +249,49 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
   });
 
   it('stops on SIGINT without tagging anything', async () => {
-    let pid = 0;
-    const dst = `${reg.host}/debian:interrupted`;
-    const p = runCli('dfconvert', [...convertArgs(), '--force', `${reg.host}/debian:1`, dst], {
-      onSpawn: (x) => (pid = x),
+    // A proxy that sends the first 1 MiB of each blob and then stalls: the conversion is certainly under
+    // way (and not finished) when the interrupt comes.
+    let stalled!: () => void;
+    const midLayer = new Promise<void>((r) => (stalled = r));
+    const sockets = new Set<import('node:net').Socket>();
+    const proxy = createServer((req, res) => {
+      const up = httpRequest(
+        { host: '127.0.0.1', port: Number(reg.host.split(':')[1]), method: req.method, path: req.url, headers: req.headers },
+        (ures) => {
+          res.writeHead(ures.statusCode ?? 502, ures.headers);
+          if (!/\/blobs\/sha256:/.test(req.url ?? '') || req.method !== 'GET') return void ures.pipe(res);
+          let sent = 0;
+          ures.on('data', (c: Buffer) => {
+            if (sent >= 1 << 20) return void (ures.pause(), stalled());
+            sent += c.length;
+            res.write(c);
+          });
+          ures.on('end', () => res.end());
+        },
+      );
+      up.on('error', () => res.destroy());
+      req.pipe(up);
     });
-    // Interrupt once the layer conversion is under way (its temporary blob exists).
-    const tmpDir = join(work, 'dfwork', 'tmp');
-    for (let i = 0; i < 600; i++) {
-      const names = await readdir(tmpDir).catch(() => [] as string[]);
-      if (names.some((n) => n.endsWith('.dfb'))) break;
-      await new Promise((r) => setTimeout(r, 20));
+    proxy.on('connection', (s) => sockets.add(s));
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    const host = `127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+    try {
+      let pid = 0;
+      const dst = `${host}/debian:interrupted`;
+      const p = runCli('dfconvert', [...convertArgs(), '--force', `${host}/debian:1`, dst], {
+        onSpawn: (x) => (pid = x),
+      });
+      await midLayer;
+      process.kill(pid, 'SIGINT');
+      const r = await p;
+      expect(r.code).toBe(130);
+      expect(r.stderr).toMatch(/interrupted|SIGINT/);
+      const check = await runCli('dfconvert', ['verify', '--plain-http', `${reg.host}/debian:1`, `${reg.host}/debian:interrupted`]);
+      expect(check.stderr).toMatch(/not found/);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => proxy.close(r));
     }
-    process.kill(pid, 'SIGINT');
-    const r = await p;
-    expect(r.code).toBe(130);
-    expect(r.stderr).toMatch(/interrupted|SIGINT/);
-    const check = await runCli('dfconvert', ['verify', '--plain-http', `${reg.host}/debian:1`, dst]);
-    expect(check.stderr).toMatch(/not found/);
   });
 
   it('converts every platform of an index, or only those named with --platform', async () => {
