@@ -1,0 +1,520 @@
+/**
+ * A private containerd 1.6 for tests (own root, state, socket and config; never the system one), `dfnode run`
+ * as the snapshotter it talks to through `[proxy_plugins.dfnode]`, and small wrappers around `ctr`.
+ *
+ *   const node = await startDfnodeRun({ dir });                  // serves DIR/dfnode/snapshotter.sock
+ *   const ctd = await startContainerd({ dir, snapshotterSocket: node.socket, cri: true, insecure: [reg.host] });
+ *   await ctd.ctr(['run', '--rm', '--snapshotter', 'dfnode', ref, 'id', 'echo', 'hi']);
+ *   await ctd.stop(); await node.stop();
+ *
+ * stop() kills the tasks this containerd runs (their shims outlive containerd otherwise), stops containerd
+ * by its pid, kills leftover shims of this socket, and unmounts everything below its directory, even when a
+ * test failed half way.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { cliPath, run, runCli, type CliResult } from './cli.js';
+import { mountsUnder, unmountAllUnder } from './node.js';
+import { hasTool, requireConditions, type Requirement } from './require.js';
+import { requireRegistry } from './registry.js';
+
+/** Root, FUSE, overlayfs, containerd, ctr, runc, registry, skopeo, umoci: what the containerd tests need. */
+export function requireContainerd(extraTools: string[] = []): Requirement {
+  const conds: Record<string, boolean> = {
+    'root (containerd, FUSE and overlay mounts)': process.getuid?.() === 0,
+    '/dev/fuse': existsSync('/dev/fuse'),
+    'overlay filesystem':
+      existsSync('/proc/filesystems') && readFileSync('/proc/filesystems', 'utf8').includes('overlay'),
+  };
+  for (const t of ['containerd', 'ctr', 'runc', 'skopeo', 'umoci', ...extraTools])
+    conds[`${t} in PATH`] = hasTool(t);
+  const reg = requireRegistry(['none']);
+  if (reg.skip) conds[reg.reason] = false;
+  return requireConditions(conds);
+}
+
+const live = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of live)
+    if (c.pid && c.exitCode === null && c.signalCode === null) process.kill(c.pid, 'SIGKILL');
+});
+
+async function waitUntil(
+  what: string,
+  check: () => Promise<boolean>,
+  timeoutMs: number,
+  dead?: () => string | undefined,
+) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    const why = dead?.();
+    if (why) throw new Error(`${what}: ${why}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Whether something accepts connections on a unix socket. */
+export function socketAccepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+function exitedPromise(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  return new Promise((res) =>
+    child.once('exit', (code, signal) => {
+      live.delete(child);
+      res({ code, signal });
+    }),
+  );
+}
+
+async function stopChild(child: ChildProcess, exited: Promise<unknown>, graceMs: number): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(t);
+}
+
+// ------------------------------------------------------------------ dfnode run
+
+export interface DfnodeRunOptions {
+  /** Work directory: cache, state, snapshotter root and socket go below it. */
+  dir: string;
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+  timeoutMs?: number;
+}
+
+export interface DfnodeRun {
+  pid: number;
+  socket: string;
+  cacheDir: string;
+  stateDir: string;
+  snapshotterRoot: string;
+  configPath: string;
+  stdout(): string;
+  stderr(): string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** SIGTERM, SIGKILL after graceMs. */
+  stop(graceMs?: number): Promise<void>;
+  kill(): Promise<void>;
+}
+
+/**
+ * Spawns `dfnode run --plain-http` with its cache, state and snapshotter root below `dir` (config file, so
+ * flag names do not matter) and resolves once the snapshotter socket accepts connections.
+ */
+export async function startDfnodeRun(opts: DfnodeRunOptions): Promise<DfnodeRun> {
+  const cacheDir = join(opts.dir, 'cache');
+  const stateDir = join(opts.dir, 'state');
+  const snapshotterRoot = join(opts.dir, 'snapshotter');
+  const socket = join(opts.dir, 'snapshotter.sock');
+  const configPath = join(opts.dir, 'dfnode.json');
+  await mkdir(opts.dir, { recursive: true });
+  await writeFile(
+    configPath,
+    JSON.stringify({
+      registry: { plainHttp: true },
+      cache: { dir: cacheDir },
+      node: { stateDir, metricsAddress: '' },
+      snapshotter: { enabled: true, root: snapshotterRoot, socket },
+    }),
+  );
+  const child = spawn(process.execPath, [cliPath('dfnode'), 'run', '-c', configPath, ...(opts.args ?? [])], {
+    env: { ...process.env, DFNODE_LOG_LEVEL: 'info', ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  live.add(child);
+  let out = '';
+  let err = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out = (out + d).slice(-50_000)));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-50_000)));
+  const exited = exitedPromise(child);
+  const h: DfnodeRun = {
+    pid: child.pid!,
+    socket,
+    cacheDir,
+    stateDir,
+    snapshotterRoot,
+    configPath,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    stop: (graceMs = 30_000) => stopChild(child, exited, graceMs),
+    async kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+  };
+  try {
+    await waitUntil(
+      `dfnode run snapshotter socket ${socket}`,
+      () => socketAccepts(socket),
+      opts.timeoutMs ?? 60_000,
+      () =>
+        child.exitCode !== null || child.signalCode !== null
+          ? `dfnode run exited (${child.exitCode ?? child.signalCode}):\n${err}\n${out}`
+          : undefined,
+    );
+  } catch (e) {
+    await h.kill();
+    throw e;
+  }
+  return h;
+}
+
+// ------------------------------------------------------------------ containerd
+
+export interface StartContainerdOptions {
+  /** Work directory (root, state, socket, config below it). Short paths: unix sockets have a 108-byte limit. */
+  dir: string;
+  /** dfnode's snapshotter socket: adds `[proxy_plugins.dfnode]`. */
+  snapshotterSocket?: string;
+  /** Enable the CRI plugin with snapshotter "dfnode" and snapshot annotations. */
+  cri?: boolean;
+  /** Registries (`host:port`) the CRI plugin reaches over plain HTTP. */
+  insecure?: string[];
+  timeoutMs?: number;
+}
+
+export interface TestContainerd {
+  pid: number;
+  dir: string;
+  /** The gRPC socket (also the CRI socket when cri is on). */
+  socket: string;
+  root: string;
+  state: string;
+  configPath: string;
+  log(): string;
+  /** `ctr --address SOCK [-n ns] ARGS`. */
+  ctr(args: string[], opts?: { namespace?: string; timeoutMs?: number }): Promise<CliResult>;
+  /** Like ctr, throws unless it exits 0; returns stdout. */
+  ctrOk(args: string[], opts?: { namespace?: string; timeoutMs?: number }): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/** containerd config v2 for a private instance. */
+export function containerdConfig(o: {
+  root: string;
+  state: string;
+  socket: string;
+  dir: string;
+  snapshotterSocket?: string;
+  cri?: boolean;
+  insecure?: string[];
+}): string {
+  const disabled = [
+    'io.containerd.snapshotter.v1.aufs',
+    'io.containerd.snapshotter.v1.btrfs',
+    'io.containerd.snapshotter.v1.zfs',
+    'io.containerd.snapshotter.v1.devmapper',
+  ];
+  if (!o.cri) disabled.push('io.containerd.grpc.v1.cri');
+  const lines = [
+    'version = 2',
+    `root = ${JSON.stringify(o.root)}`,
+    `state = ${JSON.stringify(o.state)}`,
+    `disabled_plugins = ${JSON.stringify(disabled)}`,
+    '',
+    '[grpc]',
+    `  address = ${JSON.stringify(o.socket)}`,
+    '[ttrpc]',
+    `  address = ${JSON.stringify(`${o.socket}.ttrpc`)}`,
+    '[debug]',
+    `  address = ""`,
+    '[metrics]',
+    `  address = ""`,
+    '',
+    '[plugins."io.containerd.internal.v1.opt"]',
+    `  path = ${JSON.stringify(join(o.dir, 'opt'))}`,
+  ];
+  if (o.snapshotterSocket)
+    lines.push(
+      '',
+      '[proxy_plugins.dfnode]',
+      '  type = "snapshot"',
+      `  address = ${JSON.stringify(o.snapshotterSocket)}`,
+    );
+  if (o.cri) {
+    lines.push(
+      '',
+      '[plugins."io.containerd.grpc.v1.cri"]',
+      '  disable_tcp_service = true',
+      '  stream_server_address = "127.0.0.1"',
+      '  stream_server_port = "0"',
+      '  [plugins."io.containerd.grpc.v1.cri".containerd]',
+      `    snapshotter = "${o.snapshotterSocket ? 'dfnode' : 'overlayfs'}"`,
+      '    disable_snapshot_annotations = false',
+      '  [plugins."io.containerd.grpc.v1.cri".cni]',
+      `    bin_dir = ${JSON.stringify(join(o.dir, 'cni', 'bin'))}`,
+      `    conf_dir = ${JSON.stringify(join(o.dir, 'cni', 'conf'))}`,
+    );
+    for (const h of o.insecure ?? [])
+      lines.push(
+        `  [plugins."io.containerd.grpc.v1.cri".registry.mirrors.${JSON.stringify(h)}]`,
+        `    endpoint = [${JSON.stringify(`http://${h}`)}]`,
+      );
+  }
+  return lines.join('\n') + '\n';
+}
+
+/** PIDs of processes whose command line mentions `needle` (shims name their containerd's socket). */
+function pidsMentioning(needle: string): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      const cmd = readFileSync(`/proc/${e}/cmdline`, 'utf8');
+      if (cmd.includes(needle)) out.push(Number(e));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+export async function startContainerd(opts: StartContainerdOptions): Promise<TestContainerd> {
+  const dir = opts.dir;
+  const root = join(dir, 'root');
+  const state = join(dir, 'state');
+  const socket = join(dir, 'containerd.sock');
+  const configPath = join(dir, 'config.toml');
+  await mkdir(join(dir, 'cni', 'bin'), { recursive: true });
+  await mkdir(join(dir, 'cni', 'conf'), { recursive: true });
+  await writeFile(
+    configPath,
+    containerdConfig({
+      root,
+      state,
+      socket,
+      dir,
+      snapshotterSocket: opts.snapshotterSocket,
+      cri: opts.cri,
+      insecure: opts.insecure,
+    }),
+  );
+  const child = spawn('containerd', ['--config', configPath, '--log-level', 'info'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  live.add(child);
+  let log = '';
+  const onLog = (d: string) => (log = (log + d).slice(-200_000));
+  child.stdout!.setEncoding('utf8').on('data', onLog);
+  child.stderr!.setEncoding('utf8').on('data', onLog);
+  const exited = exitedPromise(child);
+
+  const ctr = (args: string[], o: { namespace?: string; timeoutMs?: number } = {}) =>
+    run('ctr', ['--address', socket, ...(o.namespace ? ['-n', o.namespace] : []), ...args], {
+      timeoutMs: o.timeoutMs ?? 180_000,
+    });
+  const ctrOk = async (args: string[], o: { namespace?: string; timeoutMs?: number } = {}) => {
+    const r = await ctr(args, o);
+    if (r.code !== 0) throw new Error(`ctr ${args.join(' ')} failed (${r.code}): ${r.stderr}${r.stdout}`);
+    return r.stdout;
+  };
+
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    // Tasks first: their shims would outlive containerd and keep rootfs mounts busy.
+    if (child.exitCode === null && child.signalCode === null) {
+      const nss = (await ctr(['namespaces', 'ls', '-q'], { timeoutMs: 15_000 })).stdout
+        .split('\n')
+        .filter(Boolean);
+      for (const ns of nss) {
+        const tasks = (await ctr(['tasks', 'ls', '-q'], { namespace: ns, timeoutMs: 15_000 })).stdout
+          .split('\n')
+          .filter(Boolean);
+        for (const t of tasks) {
+          await ctr(['tasks', 'kill', '-s', 'SIGKILL', t], { namespace: ns, timeoutMs: 15_000 });
+          await ctr(['tasks', 'rm', '-f', t], { namespace: ns, timeoutMs: 15_000 });
+        }
+        const ctrs = (await ctr(['containers', 'ls', '-q'], { namespace: ns, timeoutMs: 15_000 })).stdout
+          .split('\n')
+          .filter(Boolean);
+        for (const c of ctrs) await ctr(['containers', 'rm', c], { namespace: ns, timeoutMs: 15_000 });
+      }
+    }
+    await stopChild(child, exited, 15_000);
+    for (const pid of pidsMentioning(socket)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+    await unmountAllUnder(dir);
+  };
+
+  try {
+    await waitUntil(
+      `containerd on ${socket}`,
+      async () =>
+        (await stat(socket).catch(() => undefined)) !== undefined &&
+        (await ctr(['version'], { timeoutMs: 10_000 })).code === 0,
+      opts.timeoutMs ?? 60_000,
+      () =>
+        child.exitCode !== null || child.signalCode !== null
+          ? `containerd exited:\n${log.slice(-4000)}`
+          : undefined,
+    );
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { pid: child.pid!, dir, socket, root, state, configPath, log: () => log, ctr, ctrOk, stop };
+}
+
+/** Mounts below `dir` whose source or type is a dfnode FUSE layer. */
+export async function dfnodeMountsUnder(dir: string): Promise<string[]> {
+  return (await mountsUnder(dir))
+    .filter((m) => m.fstype.startsWith('fuse') || m.source.startsWith('dfnode'))
+    .map((m) => m.mountpoint);
+}
+
+/** Removes a work dir after unmounting everything below it. */
+export async function removeWorkDir(dir: string): Promise<void> {
+  await unmountAllUnder(dir);
+  await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+}
+
+// ------------------------------------------------------------------ images for the containerd tests
+
+/**
+ * Pushes an OCI layout tag to the registry as `HOST/NAME:1` with skopeo and converts it with dfconvert
+ * (→ `HOST/NAME:1-dfb`). Returns both references.
+ */
+export async function pushAndConvertLayout(
+  registryHost: string,
+  layout: { dir: string; tag: string },
+  name: string,
+  workDir: string,
+): Promise<{ source: string; dfb: string }> {
+  const source = `${registryHost}/${name}:1`;
+  const p = await run('skopeo', [
+    'copy',
+    '--quiet',
+    '--dest-tls-verify=false',
+    `oci:${layout.dir}:${layout.tag}`,
+    `docker://${source}`,
+  ]);
+  if (p.code !== 0) throw new Error(`skopeo copy ${name} failed: ${p.stderr}`);
+  const c = await runCli('dfconvert', [
+    '--plain-http',
+    '--quiet',
+    '--work-dir',
+    join(workDir, 'dfwork'),
+    source,
+  ]);
+  if (c.code !== 0) throw new Error(`dfconvert ${source} failed (${c.code}): ${c.stderr}`);
+  return { source, dfb: `${source}-dfb` };
+}
+
+async function sh(script: string): Promise<void> {
+  const r = await run('bash', ['-euo', 'pipefail', '-c', script], { timeoutMs: 300_000 });
+  if (r.code !== 0) throw new Error(`build step failed (${r.code}): ${r.stderr}\n${script}`);
+}
+
+/**
+ * busybox plus two layers that exercise overlay semantics inside a running container:
+ *   layer 2 (umoci): /data/keep.txt, /data/gone.txt, /data/opq/{old.txt,sub/deep.txt}, /data/lower-only/a
+ *   layer 3 (hand-made tar): whiteout of /data/gone.txt, opaque /data/opq with /data/opq/new.txt
+ * Built from the busybox fixture layout into `outDir` (tag latest).
+ */
+export async function buildLayeredBusybox(
+  busyboxLayout: string,
+  outDir: string,
+): Promise<{ dir: string; tag: string }> {
+  const work = `${outDir}.work`;
+  await rm(outDir, { recursive: true, force: true });
+  await rm(work, { recursive: true, force: true });
+  await mkdir(work, { recursive: true });
+  const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+  await sh(`
+    cp -a ${q(busyboxLayout)} ${q(outDir)}
+    rm -f ${q(outDir)}/.stamp
+    umoci unpack --image ${q(outDir)}:latest ${q(work)}/bundle
+    R=${q(work)}/bundle/rootfs
+    mkdir -p "$R/data/opq/sub" "$R/data/lower-only"
+    echo keep >"$R/data/keep.txt"
+    echo gone >"$R/data/gone.txt"
+    echo old >"$R/data/opq/old.txt"
+    echo deep >"$R/data/opq/sub/deep.txt"
+    echo a >"$R/data/lower-only/a"
+    umoci repack --image ${q(outDir)}:latest ${q(work)}/bundle
+    S=${q(work)}/l3
+    mkdir -p "$S/data/opq"
+    : >"$S/data/opq/.wh..wh..opq"
+    echo new >"$S/data/opq/new.txt"
+    : >"$S/data/.wh.gone.txt"
+    tar -C "$S" --numeric-owner --owner=0 --group=0 --format=pax -cf ${q(work)}/l3.tar data/opq data/.wh.gone.txt
+    umoci raw add-layer --image ${q(outDir)}:latest ${q(work)}/l3.tar
+    umoci config --image ${q(outDir)}:latest --config.cmd /bin/sh
+    umoci gc --layout ${q(outDir)}
+  `);
+  await rm(work, { recursive: true, force: true });
+  return { dir: outDir, tag: 'latest' };
+}
+
+// ------------------------------------------------------------------ CRI client
+
+export interface CriImageService {
+  pullImage(image: string): Promise<string>;
+  listImages(): Promise<Array<{ id: string; repo_tags: string[]; repo_digests: string[]; size: number }>>;
+  removeImage(image: string): Promise<void>;
+  version(): Promise<{ runtime_name: string; runtime_version: string; runtime_api_version: string }>;
+  close(): void;
+}
+
+/** runtime.v1 ImageService (and RuntimeService.Version) on containerd's CRI socket. */
+export async function criClient(socket: string): Promise<CriImageService> {
+  const grpc = await import('@grpc/grpc-js');
+  const { loadProto, lookup } = await import('../../src/grpc/load-proto.js');
+  const pkg = loadProto('cri/runtime/v1/api.proto');
+  const target = `unix:${socket}`;
+  const creds = grpc.credentials.createInsecure();
+  const images = new (lookup<import('@grpc/grpc-js').ServiceClientConstructor>(
+    pkg,
+    'runtime.v1.ImageService',
+  ))(target, creds);
+  const runtime = new (lookup<import('@grpc/grpc-js').ServiceClientConstructor>(
+    pkg,
+    'runtime.v1.RuntimeService',
+  ))(target, creds);
+  const call = <T>(client: import('@grpc/grpc-js').Client, method: string, req: unknown): Promise<T> =>
+    new Promise((resolve, reject) => {
+      const fn = (
+        client as unknown as Record<
+          string,
+          (req: unknown, o: unknown, cb: (err: Error | null, res: T) => void) => void
+        >
+      )[method]!;
+      fn.call(client, req, { deadline: new Date(Date.now() + 300_000) }, (err: Error | null, res: T) =>
+        err ? reject(err) : resolve(res),
+      );
+    });
+  return {
+    pullImage: async (image) =>
+      (await call<{ image_ref: string }>(images, 'PullImage', { image: { image } })).image_ref,
+    listImages: async () => (await call<{ images: never[] }>(images, 'ListImages', {})).images,
+    removeImage: async (image) => void (await call(images, 'RemoveImage', { image: { image } })),
+    version: () => call(runtime, 'Version', { version: 'v1' }),
+    close: () => {
+      images.close();
+      runtime.close();
+    },
+  };
+}

@@ -1,0 +1,266 @@
+/**
+ * dfnode as containerd's snapshotter, end to end: a private containerd 1.6 (own root, state, socket; proxy
+ * plugin → `dfnode run`), a real docker-registry, images pushed with skopeo and converted with dfconvert,
+ * `dfnode pull` and `ctr run --snapshotter dfnode` with runc.
+ *
+ * Needs root, /dev/fuse, overlayfs, containerd, ctr, runc, docker-registry, skopeo, umoci, busybox-static and
+ * debootstrap (fixtures); skips locally with a printed reason when they are missing (CI must not skip).
+ */
+import { mkdir, mkdtemp } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from '../helpers/cli.js';
+import {
+  buildLayeredBusybox,
+  dfnodeMountsUnder,
+  pushAndConvertLayout,
+  removeWorkDir,
+  requireContainerd,
+  startContainerd,
+  startDfnodeRun,
+  type DfnodeRun,
+  type TestContainerd,
+} from '../helpers/containerd.js';
+import { ensureFixture } from '../helpers/fixtures.js';
+import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+
+const req = requireContainerd(['busybox', 'debootstrap']);
+
+describe.skipIf(req.skip)(
+  'containerd + dfnode snapshotter: dfnode pull, ctr run (real containerd, runc, registry)',
+  () => {
+    let dir: string;
+    let reg: TestRegistry;
+    let node: DfnodeRun;
+    let ctd: TestContainerd;
+    const images: Record<string, { source: string; dfb: string }> = {};
+    let n = 0;
+    const id = (what: string) => `${what}-${++n}`;
+
+    beforeAll(async () => {
+      await mkdir('/tmp/dfnode-ctd', { recursive: true });
+      // short: containerd's and dfnode's sockets live below it
+      dir = await mkdtemp('/tmp/dfnode-ctd/p-');
+      reg = await startRegistry();
+      const bb = await ensureFixture('busybox');
+      images.busybox = await pushAndConvertLayout(reg.host, bb, 'busybox', dir);
+      images.layered = await pushAndConvertLayout(
+        reg.host,
+        await buildLayeredBusybox(bb.dir, join(dir, 'layered-oci')),
+        'layered',
+        dir,
+      );
+      images.multilayer = await pushAndConvertLayout(
+        reg.host,
+        await ensureFixture('multilayer'),
+        'multilayer',
+        dir,
+      );
+      images.debian = await pushAndConvertLayout(reg.host, await ensureFixture('debian'), 'debian', dir);
+      node = await startDfnodeRun({ dir: join(dir, 'dfnode') });
+      ctd = await startContainerd({ dir: join(dir, 'ctd'), snapshotterSocket: node.socket });
+    });
+
+    afterAll(async () => {
+      await ctd?.stop().catch(() => undefined);
+      await node?.stop().catch(() => undefined);
+      await reg?.stop().catch(() => undefined);
+      if (dir) await removeWorkDir(dir);
+    });
+
+    const pull = (ref: string, extra: string[] = []) =>
+      runCli('dfnode', ['pull', '--plain-http', '--address', ctd.socket, ...extra, ref]);
+
+    async function runIn(ref: string, script: string, extra: string[] = []): Promise<string> {
+      return ctd.ctrOk([
+        'run',
+        '--rm',
+        '--snapshotter',
+        'dfnode',
+        ...extra,
+        ref,
+        id('c'),
+        '/bin/sh',
+        '-c',
+        script,
+      ]);
+    }
+
+    it('busybox: dfnode pull, then ctr run prints the expected output; no layer in the content store', async () => {
+      const r = await pull(images.busybox!.dfb);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/remote snapshot/);
+      expect(r.stdout).toMatch(/ready/);
+      expect(await runIn(images.busybox!.dfb, 'echo hello from dfnode; busybox | head -1')).toMatch(
+        /^hello from dfnode\nBusyBox v/,
+      );
+      // lazily pulled: containerd holds manifest and config, not the layer blob
+      const content = await ctd.ctrOk(['content', 'ls', '-q']);
+      const m = (await (
+        await fetch(`${reg.url}/v2/busybox/manifests/1-dfb`, {
+          headers: { accept: 'application/vnd.oci.image.manifest.v1+json' },
+        })
+      ).json()) as { layers: { digest: string }[]; config: { digest: string } };
+      expect(content).toContain(m.config.digest);
+      for (const l of m.layers) expect(content).not.toContain(l.digest);
+      // pulling again is idempotent: the snapshots exist, the image record is updated
+      const again = await pull(images.busybox!.dfb);
+      expect(again.code, again.stderr).toBe(0);
+      expect(again.stdout).toMatch(/present/);
+    });
+
+    it('layered busybox: whiteouts, opaque directories and per-container upper dirs inside running containers', async () => {
+      const ref = images.layered!.dfb;
+      const r = await pull(ref);
+      expect(r.code, r.stderr).toBe(0);
+      const out = await runIn(
+        ref,
+        [
+          'cat /data/keep.txt',
+          'test ! -e /data/gone.txt && echo gone-absent',
+          'ls -A /data/opq | tr "\\n" " "; echo',
+          'test ! -e /data/opq/old.txt && test ! -e /data/opq/sub && echo opaque-hides-lower',
+          'cat /data/lower-only/a',
+          'echo written > /data/keep.txt; echo new > /data/created.txt; rm /data/lower-only/a',
+          'cat /data/keep.txt /data/created.txt; test ! -e /data/lower-only/a && echo deleted-in-container',
+        ].join('; '),
+      );
+      expect(out).toBe(
+        'keep\ngone-absent\nnew.txt \nopaque-hides-lower\na\nwritten\nnew\ndeleted-in-container\n',
+      );
+      // a second container of the same image sees none of the first one's writes
+      expect(
+        await runIn(
+          ref,
+          'cat /data/keep.txt; test ! -e /data/created.txt && echo no-leak; cat /data/lower-only/a',
+        ),
+      ).toBe('keep\nno-leak\na\n');
+    });
+
+    it('multilayer (no shell in the image; host busybox bind-mounted): deletions, opaque dir, layer contents', async () => {
+      const ref = images.multilayer!.dfb;
+      const r = await pull(ref);
+      expect(r.code, r.stderr).toBe(0);
+      const out = await ctd.ctrOk([
+        'run',
+        '--rm',
+        '--snapshotter',
+        'dfnode',
+        '--mount',
+        'type=bind,src=/bin/busybox,dst=/bb,options=rbind:ro',
+        ref,
+        id('ml'),
+        '/bb',
+        'sh',
+        '-c',
+        [
+          'cat /data/layer2.txt',
+          'for p in to-delete-file to-delete-dir hand-whiteout opaque-dir/old1 links/hard-b; do /bb test -e /data/$p && echo "present: $p"; done',
+          '/bb ls /data/opaque-dir | /bb tr "\\n" " "; echo',
+          'cat /data/opaque-dir/kept-by-name',
+          '/bb wc -c < /data/big/big.bin',
+        ].join('; '),
+      ]);
+      expect(out).toBe(
+        'layer 2 was here\nkept-by-name new-sub new.txt top.txt \nkept name, new content\n8388608\n',
+      );
+    });
+
+    it('debian: runs dpkg and reads /etc/debian_version', async () => {
+      const ref = images.debian!.dfb;
+      const r = await pull(ref);
+      expect(r.code, r.stderr).toBe(0);
+      const out = await runIn(ref, 'cat /etc/debian_version; dpkg-query -W -f "${Package}\\n" dpkg');
+      expect(out).toMatch(/^\d+(\.\d+)*\ndpkg\n$/);
+    });
+
+    it('an unconverted image runs too: ctr pull --snapshotter dfnode unpacks into ordinary snapshots', async () => {
+      const ref = images.busybox!.source;
+      const p = await ctd.ctr(['pull', '--plain-http', '--snapshotter', 'dfnode', ref]);
+      expect(p.code, p.stderr).toBe(0);
+      expect(await runIn(ref, 'echo unconverted ok')).toBe('unconverted ok\n');
+      // dfnode pull refuses it with a hint
+      const r = await pull(ref);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/not a dfnode image.*ctr pull --snapshotter dfnode/s);
+    });
+
+    it('clear errors: no containerd socket; snapshotter not configured', async () => {
+      const r = await runCli('dfnode', [
+        'pull',
+        '--plain-http',
+        '--address',
+        join(dir, 'nope.sock'),
+        images.busybox!.dfb,
+      ]);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/containerd socket .*nope\.sock not found/);
+      const s = await pull(images.busybox!.dfb, ['--snapshotter', 'not-configured']);
+      expect(s.code).not.toBe(0);
+      expect(s.stderr).toMatch(/proxy_plugins/);
+    });
+
+    it('image removal and ctr snapshots rm leave no dfnode mounts', async () => {
+      const ref = images.layered!.dfb;
+      expect((await pull(ref)).code).toBe(0);
+      expect(await runIn(ref, 'cat /data/keep.txt')).toBe('keep\n');
+      const chain = (await ctd.ctrOk(['snapshots', '--snapshotter', 'dfnode', 'ls'])).split('\n').length;
+      expect(chain).toBeGreaterThan(1);
+      for (const r of Object.values(images)) {
+        await ctd.ctr(['images', 'rm', '--sync', r.dfb]);
+        await ctd.ctr(['images', 'rm', '--sync', r.source]);
+      }
+      // containerd's GC removes the unreferenced snapshots (deepest first) through the proxy snapshotter
+      const deadline = Date.now() + 60_000;
+      let left = '';
+      for (;;) {
+        left = (await ctd.ctrOk(['snapshots', '--snapshotter', 'dfnode', 'ls']))
+          .trim()
+          .split('\n')
+          .slice(1)
+          .join('\n');
+        if (!left || Date.now() > deadline) break;
+        // ctr snapshots rm of what is left, leaves first
+        for (const line of left.split('\n').reverse()) {
+          const key = line.split(/\s+/)[0];
+          if (key) await ctd.ctr(['snapshots', '--snapshotter', 'dfnode', 'rm', key]);
+        }
+      }
+      expect(left).toBe('');
+      expect(await dfnodeMountsUnder(node.snapshotterRoot)).toEqual([]);
+      expect(await dfnodeMountsUnder(node.stateDir)).toEqual([]);
+    });
+
+    it('restart of dfnode run while a container runs: new containers start afterwards', async () => {
+      const ref = images.busybox!.dfb;
+      expect((await pull(ref)).code).toBe(0);
+      const cid = id('bg');
+      await ctd.ctrOk(['run', '-d', '--snapshotter', 'dfnode', ref, cid, '/bin/sh', '-c', 'sleep 3600']);
+      try {
+        await node.stop();
+        node = await startDfnodeRun({ dir: join(dir, 'dfnode') });
+        // the running container: can it still read its (lazily loaded) files? Reported, not asserted here.
+        const exec = await ctd.ctr([
+          'tasks',
+          'exec',
+          '--exec-id',
+          id('x'),
+          cid,
+          '/bin/sh',
+          '-c',
+          'busybox | head -1',
+        ]);
+        console.log(
+          `[restart] running container after dfnode restart: exec exit ${exec.code}; ${(exec.stdout + exec.stderr).trim().slice(0, 200)}`,
+        );
+        // new containers of the same (and a re-pulled) image start
+        expect(await runIn(ref, 'echo after restart')).toBe('after restart\n');
+      } finally {
+        await ctd.ctr(['tasks', 'kill', '-s', 'SIGKILL', cid]);
+        await new Promise((r) => setTimeout(r, 500));
+        await ctd.ctr(['tasks', 'rm', '-f', cid]);
+        await ctd.ctr(['containers', 'rm', cid]);
+      }
+    });
+  },
+);
