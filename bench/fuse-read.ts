@@ -23,6 +23,7 @@ import { parseArgs } from 'node:util';
 import { spawnSync } from 'node:child_process';
 import { formatProfiles, summariseDir } from './lib/cpu-profile.js';
 import { liveDaemons } from './lib/daemon.js';
+import { CHROOT, WORKLOAD, WORKLOAD_ENV, runColdStart } from './lib/cold-start.js';
 import { DfnodeMount, type DfnodeMountOptions } from './lib/dfnode-mount.js';
 import { locateFixture } from './lib/fixture.js';
 import { formatTable, median, run, versionOf } from './lib/measure.js';
@@ -46,12 +47,6 @@ const DFCONVERT = join(SNAPSHOT, 'dist', 'src', 'cli', 'dfconvert.js');
 const READER = join(HERE, 'lib', 'read-files.js');
 const NATIVE_ADDON = join(REPO, 'native', 'build', 'Release', 'dfnode_fuse.node');
 const SNAPSHOT_ADDON = join(SNAPSHOT, 'native', 'build', 'Release', 'dfnode_fuse.node');
-
-/** chroot by absolute path: the workload's environment replaces PATH. */
-const CHROOT =
-  spawnSync('sh', ['-c', 'command -v chroot'], { encoding: 'utf8' }).stdout.trim() || '/usr/sbin/chroot';
-const WORKLOAD = ['/usr/bin/python3', '-c', 'import json, os, re, subprocess'];
-const WORKLOAD_ENV = { PATH: '/usr/local/bin:/usr/bin:/bin', PYTHONDONTWRITEBYTECODE: '1', LANG: 'C.UTF-8' };
 
 const HELP = `usage: node dist/bench/fuse-read.js [options]
   --fixture NAME     test fixture image (default debian-python; the cold workload needs python3 in it)
@@ -578,140 +573,21 @@ async function main(): Promise<number> {
     }
 
     // ================================================================ cold start over a shaped link
-    if (parts.has('cold')) {
-      await ns.shape(mbit);
-      const shaping = await ns.describeShaping();
-      log(`link shaped: ${shaping}`);
-      interface ColdSample {
-        seconds: number;
-        bytes: number;
-        steps: Record<string, number>;
-      }
-      const samples: Record<string, ColdSample[]> = {};
-      const cold = join(work, 'cold');
-      // A quarter of the link for background fill (bytes/s), to see what fill costs the workload.
-      const fillRate = Math.round((mbit * 1e6) / 8 / 4);
-      const fillRateLabel = `${(fillRate / 1e6).toFixed(1)} MB/s`;
-      const lazy = async (fill: boolean, rate?: number): Promise<ColdSample> => {
-        await rm(cold, { recursive: true, force: true });
-        await mkdir(cold, { recursive: true });
-        const rx0 = ns!.hostRxBytes();
-        const t0 = process.hrtime.bigint();
-        const m = await DfnodeMount.start({
-          cli: DFNODE,
-          ref,
-          target: join(cold, 'mnt'),
-          cacheDir: join(cold, 'cache'),
-          stateDir: join(cold, 'state'),
-          config: fill ? undefined : { fetch: { backgroundFill: false } },
-          fillRate: rate ? String(rate) : undefined,
-        });
-        mounts.add(m);
-        try {
-          const w = await run(CHROOT, [join(cold, 'mnt'), ...WORKLOAD], { env: WORKLOAD_ENV });
-          const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-          const bytes = ns!.hostRxBytes() - rx0;
-          return { seconds, bytes, steps: { mount: m.mountSeconds, workload: w.seconds } };
-        } finally {
-          await m.stop();
-          mounts.delete(m);
-        }
-      };
-      const full = async (): Promise<ColdSample> => {
-        await rm(cold, { recursive: true, force: true });
-        await mkdir(cold, { recursive: true });
-        const rx0 = ns!.hostRxBytes();
-        const t0 = process.hrtime.bigint();
-        const c = await run('skopeo', [
-          'copy',
-          '-q',
-          '--src-tls-verify=false',
-          `docker://${repo}:latest`,
-          `oci:${join(cold, 'oci')}:latest`,
-        ]);
-        const u = await run('umoci', [
-          'unpack',
-          '--image',
-          `${join(cold, 'oci')}:latest`,
-          join(cold, 'bundle'),
-        ]);
-        const w = await run(CHROOT, [join(cold, 'bundle', 'rootfs'), ...WORKLOAD], { env: WORKLOAD_ENV });
-        const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-        return {
-          seconds,
-          bytes: ns!.hostRxBytes() - rx0,
-          steps: { download: c.seconds, unpack: u.seconds, workload: w.seconds },
-        };
-      };
-      const variants: Record<string, () => Promise<ColdSample>> = {
-        'dfnode lazy': () => lazy(true),
-        'dfnode lazy, no fill': () => lazy(false),
-        [`dfnode lazy, fill ≤ ${fillRateLabel}`]: () => lazy(true, fillRate),
-        'full pull+unpack': full,
-      };
-      for (let r = 1; r <= coldRuns; r++)
-        for (const [name, fn] of Object.entries(variants)) {
-          log(`cold run ${r}/${coldRuns}: ${name}`);
-          (samples[name] ??= []).push(await fn());
-        }
-      await rm(cold, { recursive: true, force: true });
-      const ref0 = await run(CHROOT, [rootfs, ...WORKLOAD], { env: WORKLOAD_ENV });
-      const agg: Record<string, { seconds: number; bytes: number; steps: Record<string, number> }> = {};
-      for (const [name, ss] of Object.entries(samples)) {
-        const steps: Record<string, number> = {};
-        for (const k of Object.keys(ss[0]!.steps)) steps[k] = +median(ss.map((s) => s.steps[k]!)).toFixed(2);
-        agg[name] = {
-          seconds: +median(ss.map((s) => s.seconds)).toFixed(2),
-          bytes: Math.round(median(ss.map((s) => s.bytes))),
-          steps,
-        };
-      }
-      const fullAgg = agg['full pull+unpack']!;
-      const ratios: Record<string, { speedup: number; bytesFraction: number }> = {};
-      for (const name of Object.keys(variants).filter((n) => n.startsWith('dfnode')))
-        ratios[name] = {
-          speedup: +(fullAgg.seconds / agg[name]!.seconds).toFixed(2),
-          bytesFraction: +(agg[name]!.bytes / fullAgg.bytes).toFixed(3),
-        };
-      out.write(
-        `\n2. cold start — registry in netns ${ns.name}, link ${mbit} Mbit/s each way (tc htb; no added latency); ` +
-          `workload: chroot ROOT ${WORKLOAD.join(' ')}; ${coldRuns} runs, medians; dfnode with its default ` +
-          `FUSE binding (auto: ${existsSync(NATIVE_ADDON) ? 'native addon built' : 'fuse-native, addon not built'})\n`,
-      );
-      out.write(
-        `   bytes = what the registry side sent over the veth (IP+TCP included); ` +
-          `the same workload on the local unpacked rootfs takes ${ref0.seconds.toFixed(2)} s\n\n`,
-      );
-      out.write(
-        formatTable(
-          ['variant', 'sec', 'MB from registry', 'steps (s)', 'speedup vs full', 'bytes vs full'],
-          Object.entries(agg).map(([name, a]) => [
-            name,
-            a.seconds.toFixed(2),
-            (a.bytes / 1e6).toFixed(1),
-            Object.entries(a.steps)
-              .map(([k, v]) => `${k} ${v.toFixed(2)}`)
-              .join(', '),
-            ratios[name] ? `${ratios[name]!.speedup.toFixed(2)}×` : '',
-            ratios[name] ? ratios[name]!.bytesFraction.toFixed(3) : '',
-          ]),
-        ) + '\n\n',
-      );
-      out.write(
-        "  dfnode lazy: from spawning `dfnode mount` to the workload's exit (background fill on, as by default: " +
-          'its traffic until then is counted); no fill: fetch.backgroundFill false; fill ≤ R: --fill-rate R\n  full pull+unpack: skopeo copy docker:// → oci: + umoci unpack + workload\n',
-      );
-      coldResult = {
+    if (parts.has('cold'))
+      coldResult = await runColdStart({
+        ns,
         mbit,
         runs: coldRuns,
-        binding: existsSync(NATIVE_ADDON) ? 'auto (native)' : 'auto (fuse-native)',
-        shaping,
-        workload: WORKLOAD.join(' '),
-        localWorkloadSeconds: +ref0.seconds.toFixed(2),
-        results: agg,
-        ratios,
-      };
-    }
+        work,
+        dfnodeCli: DFNODE,
+        ref,
+        repo,
+        rootfs,
+        mounts,
+        nativeAddon: existsSync(NATIVE_ADDON),
+        log,
+        out,
+      });
 
     out.write(
       '\n' +
