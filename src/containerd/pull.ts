@@ -95,7 +95,7 @@ export async function lazyPull(ref: ImageReference, opts: LazyPullOptions): Prom
       'FAILED_PRECONDITION',
       `${ref} is not a dfnode image (layer ${notDfb.digest} has media type ${notDfb.mediaType}). ` +
         `Convert it (dfconvert ${ref}) and pull the -dfb tag, or let containerd unpack it into dfnode's ` +
-        `ordinary snapshots: ctr pull --snapshotter ${snapshotter} ${name}`,
+        `ordinary snapshots: ctr images pull --snapshotter ${snapshotter} ${name}`,
     );
   const { stream } = await registry.getBlob(ref, m.config.digest, { signal });
   const configBytes = await readAll(stream, MAX_CONFIG_BYTES, `config of ${ref}`);
