@@ -1,3 +1,4 @@
+import { realTimers, type Timers } from './timers.js';
 import { Priority } from './types.js';
 
 /** A queued or running unit of work, whose priority can be raised while it waits. */
@@ -18,6 +19,13 @@ export interface FetchSchedulerOptions {
   concurrency?: number;
   /** At most this many Fill tasks run at once, so that fill never takes every slot. Default concurrency/2. */
   maxFill?: number;
+  /**
+   * Fill does not start while any Blocked or Prefetch task runs or waits, nor for this long after the last one
+   * ended (ms): on a thin link a 4 MiB fill run in flight would delay the small reads a starting container
+   * is blocked on. Default 250; 0 disables the hold-off (fill still waits for queued urgent work).
+   */
+  fillHoldOffMs?: number;
+  timers?: Timers;
 }
 
 /**
@@ -30,10 +38,16 @@ export class FetchScheduler {
   private readonly queues: Job[][] = [[], [], []];
   private active = 0;
   private activeFill = 0;
+  private lastUrgentEnd = -Infinity;
+  private readonly holdOffMs: number;
+  private readonly timers: Timers;
+  private wakeup: unknown;
 
   constructor(opts: FetchSchedulerOptions = {}) {
     this.concurrency = Math.max(1, opts.concurrency ?? 8);
     this.maxFill = Math.max(1, Math.min(this.concurrency, opts.maxFill ?? Math.ceil(this.concurrency / 2)));
+    this.holdOffMs = Math.max(0, opts.fillHoldOffMs ?? 250);
+    this.timers = opts.timers ?? realTimers;
   }
 
   get running(): number {
@@ -68,6 +82,7 @@ export class FetchScheduler {
         p.then(resolve, reject).finally(() => {
           this.active--;
           if (fill) this.activeFill--;
+          else this.lastUrgentEnd = this.timers.now();
           this.pump();
         });
       },
@@ -93,11 +108,25 @@ export class FetchScheduler {
     return this.schedule(priority, fn).promise;
   }
 
+  /** Whether fill must wait: urgent work is running or queued, or ended less than the hold-off ago. */
+  private fillHeld(): boolean {
+    if (this.active - this.activeFill > 0) return true;
+    if (this.queues[Priority.Blocked]!.length || this.queues[Priority.Prefetch]!.length) return true;
+    const wait = this.lastUrgentEnd + this.holdOffMs - this.timers.now();
+    if (wait <= 0) return false;
+    if (this.wakeup === undefined)
+      this.wakeup = this.timers.setTimeout(() => {
+        this.wakeup = undefined;
+        this.pump();
+      }, wait);
+    return true;
+  }
+
   private pump(): void {
     while (this.active < this.concurrency) {
       let job: Job | undefined;
       for (let p = 0; p < this.queues.length && !job; p++) {
-        if (p === Priority.Fill && this.activeFill >= this.maxFill) break;
+        if (p === Priority.Fill && (this.activeFill >= this.maxFill || this.fillHeld())) break;
         job = this.queues[p]!.shift();
       }
       if (!job) return;

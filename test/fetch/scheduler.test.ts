@@ -29,6 +29,38 @@ describe('FetchScheduler', () => {
     expect(order).toEqual(['blocked', 'pre', 'fill1', 'fill2']);
   });
 
+  it('holds fill back while urgent work runs and for the hold-off after it', async () => {
+    let now = 1000;
+    const pending: Array<{ at: number; fn: () => void }> = [];
+    const timers: Timers = {
+      now: () => now,
+      setTimeout: (fn, ms) => {
+        const t = { at: now + ms, fn };
+        pending.push(t);
+        return t;
+      },
+      clearTimeout: (h) => void pending.splice(pending.indexOf(h as (typeof pending)[number]), 1),
+    };
+    const s = new FetchScheduler({ concurrency: 4, fillHoldOffMs: 250, timers });
+    const g = gate();
+    let filled = false;
+    const urgent = s.run(Priority.Blocked, () => g.promise);
+    const fill = s.run(Priority.Fill, async () => void (filled = true));
+    await tick();
+    expect(filled).toBe(false); // a blocked read is running: fill waits although slots are free
+    g.open();
+    await urgent;
+    await tick();
+    expect(filled).toBe(false); // within the hold-off
+    now += 249;
+    expect(pending.length).toBe(1);
+    expect(pending[0]!.at).toBe(1250);
+    now = pending[0]!.at;
+    pending.shift()!.fn();
+    await fill;
+    expect(filled).toBe(true);
+  });
+
   it('promotes a queued task', async () => {
     const s = new FetchScheduler({ concurrency: 1 });
     const g = gate();
