@@ -147,18 +147,19 @@ describe.skipIf(req.skip)(
         '--snapshotter',
         'dfnode',
         '--mount',
-        'type=bind,src=/bin/busybox,dst=/bb,options=rbind:ro',
+        'type=bind,src=/bin/busybox,dst=/busybox,options=rbind:ro',
         ref,
         id('ml'),
-        '/bb',
+        // busybox picks the applet from argv[0]: mounted as /busybox, argv[1] names it
+        '/busybox',
         'sh',
         '-c',
         [
-          'cat /data/layer2.txt',
-          'for p in to-delete-file to-delete-dir hand-whiteout opaque-dir/old1 links/hard-b; do /bb test -e /data/$p && echo "present: $p"; done',
-          '/bb ls /data/opaque-dir | /bb tr "\\n" " "; echo',
-          'cat /data/opaque-dir/kept-by-name',
-          '/bb wc -c < /data/big/big.bin',
+          '/busybox cat /data/layer2.txt',
+          'for p in to-delete-file to-delete-dir hand-whiteout opaque-dir/old1 links/hard-b; do /busybox test -e /data/$p && echo "present: $p"; done',
+          '/busybox ls /data/opaque-dir | /busybox tr "\\n" " "; echo',
+          '/busybox cat /data/opaque-dir/kept-by-name',
+          '/busybox wc -c < /data/big/big.bin',
         ].join('; '),
       ]);
       expect(out).toBe(
@@ -170,7 +171,8 @@ describe.skipIf(req.skip)(
       const ref = images.debian!.dfb;
       const r = await pull(ref);
       expect(r.code, r.stderr).toBe(0);
-      const out = await runIn(ref, 'cat /etc/debian_version; dpkg-query -W -f "${Package}\\n" dpkg');
+      // single quotes: the shell must not expand ${Package}
+      const out = await runIn(ref, "cat /etc/debian_version; dpkg-query -W -f '${Package}\\n' dpkg");
       expect(out).toMatch(/^\d+(\.\d+)*\ndpkg\n$/);
     });
 
