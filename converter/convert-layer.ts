@@ -62,9 +62,12 @@ export async function convertLayer(
         const wh = classifyWhiteout(path);
         if (wh.kind === 'opaque') return writer.markOpaque(wh.dir);
         if (wh.kind === 'meta') return;
-        if (wh.kind === 'whiteout') return writer.addEntry({ ...meta, path: wh.path, type: EntryType.Whiteout });
+        if (wh.kind === 'whiteout')
+          return writer.addEntry({ ...meta, path: wh.path, type: EntryType.Whiteout });
         if (path === '' && h.type !== 'dir')
-          throw DfError.corrupt(`layer ${layer.digest}: the root entry at byte ${h.offset} is not a directory`);
+          throw DfError.corrupt(
+            `layer ${layer.digest}: the root entry at byte ${h.offset} is not a directory`,
+          );
         switch (h.type) {
           case 'file':
             return writer.addFile({ ...meta, type: EntryType.File, size: h.size }, body, digest);

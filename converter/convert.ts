@@ -117,7 +117,9 @@ export class Converter {
         const bytes = await src.getManifest(d.digest, d.mediaType, signal);
         const child = parseManifestOrIndex(bytes, d.mediaType, `${src.description} manifest ${d.digest}`);
         if (child.kind !== 'manifest')
-          throw DfError.unsupported(`${src.description}: nested image indexes are not supported (${d.digest})`);
+          throw DfError.unsupported(
+            `${src.description}: nested image indexes are not supported (${d.digest})`,
+          );
         this.progress.note(`platform ${platformString(d.platform)}`);
         const conv = await this.convertManifest(d.digest, child.manifest, child.mediaType);
         const desc: Descriptor = { mediaType: conv.mediaType, digest: conv.digest, size: conv.bytes.length };
@@ -131,7 +133,11 @@ export class Converter {
             .map((m) => platformString(m.platform))
             .join(', ')})`,
         );
-      const index: Record<string, unknown> = { schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: children };
+      const index: Record<string, unknown> = {
+        schemaVersion: 2,
+        mediaType: MediaTypes.ociIndex,
+        manifests: children,
+      };
       if (parsed.index.annotations) index.annotations = parsed.index.annotations;
       const bytes = canonicalJson(index);
       out = { mediaType: MediaTypes.ociIndex, digest: sha256Digest(bytes), bytes };
@@ -185,7 +191,8 @@ export class Converter {
         for (const l of m.layers) {
           const srcDigest = l.annotations?.[Annotations.sourceDigest];
           const opts = l.annotations?.[Annotations.options];
-          if (l.mediaType === DFB_LAYER_MEDIA_TYPE && srcDigest && opts) this.reuse.set(`${srcDigest}|${opts}`, l);
+          if (l.mediaType === DFB_LAYER_MEDIA_TYPE && srcDigest && opts)
+            this.reuse.set(`${srcDigest}|${opts}`, l);
         }
     } catch (err) {
       if (err instanceof DfError && err.code === 'ABORTED') throw err;
@@ -207,7 +214,9 @@ export class Converter {
   private async convertManifest(sourceDigest: string, m: Manifest, mediaType: string): Promise<RootManifest> {
     const { src, dst, signal } = this.opts;
     if (m.layers.some((l) => l.mediaType === DFB_LAYER_MEDIA_TYPE))
-      throw DfError.invalidArgument(`${src.description} is already a dfnode image (its layers are DFB blobs)`);
+      throw DfError.invalidArgument(
+        `${src.description} is already a dfnode image (its layers are DFB blobs)`,
+      );
     // Fail on unsupported layers before doing any work.
     for (const l of m.layers) layerCompression(l.mediaType);
 
@@ -225,8 +234,12 @@ export class Converter {
     if (!(await dst.hasBlob(m.config.digest, signal))) {
       const cfg = await readAll(await src.openBlob(m.config.digest, m.config.size, signal));
       const actual = sha256Digest(cfg);
-      if (actual !== m.config.digest) throw DfError.digestMismatch(`${src.description} config`, m.config.digest, actual);
-      await dst.putBlob(m.config.digest, cfg.length, () => bufferStream(cfg), { signal, mountFrom: this.mountFrom() });
+      if (actual !== m.config.digest)
+        throw DfError.digestMismatch(`${src.description} config`, m.config.digest, actual);
+      await dst.putBlob(m.config.digest, cfg.length, () => bufferStream(cfg), {
+        signal,
+        mountFrom: this.mountFrom(),
+      });
     }
 
     const annotations: Record<string, string> = { ...(m.annotations ?? {}) };
@@ -247,12 +260,20 @@ export class Converter {
 
   private mountFrom(): string[] | undefined {
     const { src, dst } = this.opts;
-    if (src.registryHost && src.repository && src.registryHost === dst.registryHost && src.repository !== dst.repository)
+    if (
+      src.registryHost &&
+      src.repository &&
+      src.registryHost === dst.registryHost &&
+      src.repository !== dst.repository
+    )
       return [src.repository];
     return undefined;
   }
 
-  private async convertOne(l: Descriptor, label: string): Promise<{ desc: Descriptor; summary: LayerSummary }> {
+  private async convertOne(
+    l: Descriptor,
+    label: string,
+  ): Promise<{ desc: Descriptor; summary: LayerSummary }> {
     const { src, dst, signal } = this.opts;
     const started = Date.now();
     const reuseKey = `${l.digest}|${this.key}`;
@@ -272,13 +293,20 @@ export class Converter {
       };
       this.layers.push(summary);
       this.localIndex[reuseKey] = prev;
-      this.progress.layerDone(l.digest, `${label} ${shortDigest(l.digest)} already converted → ${shortDigest(prev.digest)}`);
+      this.progress.layerDone(
+        l.digest,
+        `${label} ${shortDigest(l.digest)} already converted → ${shortDigest(prev.digest)}`,
+      );
       return { desc: prev, summary };
     }
 
     const id = l.digest;
     this.progress.layerStart(id, `${label} ${shortDigest(l.digest)}`, l.size);
-    const tmpOut = join(this.opts.workDir, 'tmp', `${l.digest.slice(7, 19)}-${randomBytes(6).toString('hex')}.dfb`);
+    const tmpOut = join(
+      this.opts.workDir,
+      'tmp',
+      `${l.digest.slice(7, 19)}-${randomBytes(6).toString('hex')}.dfb`,
+    );
     let result;
     let attempt = 0;
     for (;;) {
@@ -327,9 +355,14 @@ export class Converter {
       // The digest was computed here while writing tmpOut: a local store can take the file over as it is.
       push = dst.adoptBlobFile
         ? await dst.adoptBlobFile(desc.digest, desc.size, tmpOut, { signal })
-        : await dst.putBlob(desc.digest, desc.size, () => createReadStream(tmpOut, { highWaterMark: 1 << 20 }), {
-            signal,
-          });
+        : await dst.putBlob(
+            desc.digest,
+            desc.size,
+            () => createReadStream(tmpOut, { highWaterMark: 1 << 20 }),
+            {
+              signal,
+            },
+          );
     } finally {
       await rm(tmpOut, { force: true });
     }

@@ -12,7 +12,8 @@ const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
 export function parseLocation(text: string): ImageLocation {
   if (text.startsWith('oci:')) {
     const rest = text.slice(4);
-    if (!rest) throw new DfError('INVALID_REFERENCE', `"${text}": oci: needs a directory, e.g. oci:./image:latest`);
+    if (!rest)
+      throw new DfError('INVALID_REFERENCE', `"${text}": oci: needs a directory, e.g. oci:./image:latest`);
     const i = rest.lastIndexOf(':');
     if (i > 0 && TAG_RE.test(rest.slice(i + 1)) && !rest.slice(i + 1).includes('/'))
       return { kind: 'oci', dir: rest.slice(0, i), tag: rest.slice(i + 1), text };
@@ -34,7 +35,9 @@ export function parseLocation(text: string): ImageLocation {
 export function defaultDestination(src: ImageLocation): ImageLocation {
   switch (src.kind) {
     case 'registry': {
-      const tag = src.ref.tag ? `${src.ref.tag}-dfb` : `${src.ref.digest!.replace(':', '-').slice(0, 19)}-dfb`;
+      const tag = src.ref.tag
+        ? `${src.ref.tag}-dfb`
+        : `${src.ref.digest!.replace(':', '-').slice(0, 19)}-dfb`;
       const ref = src.ref.withTag(tag);
       return { kind: 'registry', ref, text: ref.toString() };
     }

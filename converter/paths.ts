@@ -22,10 +22,7 @@ export const OPAQUE_MARKER = '.wh..wh..opq';
 const WHITEOUT_META_PREFIX = '.wh..wh.';
 
 export type WhiteoutKind =
-  | { kind: 'none' }
-  | { kind: 'opaque'; dir: string }
-  | { kind: 'whiteout'; path: string }
-  | { kind: 'meta' };
+  { kind: 'none' } | { kind: 'opaque'; dir: string } | { kind: 'whiteout'; path: string } | { kind: 'meta' };
 
 /** Classifies a normalized path as an overlay whiteout, an opaque marker, aufs metadata or an ordinary entry. */
 export function classifyWhiteout(path: string): WhiteoutKind {

@@ -51,7 +51,10 @@ export function createProgress(stream: NodeJS.WriteStream = process.stderr, quie
     },
     cliProgress.Presets.shades_classic,
   );
-  const bars = new Map<string, { bar: cliProgressTypes.SingleBar; value: number; start: number; total: number }>();
+  const bars = new Map<
+    string,
+    { bar: cliProgressTypes.SingleBar; value: number; start: number; total: number }
+  >();
   const payload = (b: { value: number; start: number; total: number }, label: string) => ({
     label,
     value_mb: (b.value / 1e6).toFixed(1),

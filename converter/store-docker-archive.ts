@@ -13,7 +13,11 @@ import type { ImageStore, RootManifest } from './store.js';
 import { readTar } from './tar-reader.js';
 
 const archiveManifestSchema = z.array(
-  z.object({ Config: z.string(), RepoTags: z.array(z.string()).nullable().optional(), Layers: z.array(z.string()) }),
+  z.object({
+    Config: z.string(),
+    RepoTags: z.array(z.string()).nullable().optional(),
+    Layers: z.array(z.string()),
+  }),
 );
 
 async function hashFile(path: string): Promise<{ digest: string; size: number }> {
@@ -51,7 +55,12 @@ export class DockerArchiveStore implements ImageStore {
     this.description = `docker-archive:${file}`;
   }
 
-  static async open(file: string, name: string | undefined, tmpRoot: string, signal?: AbortSignal): Promise<DockerArchiveStore> {
+  static async open(
+    file: string,
+    name: string | undefined,
+    tmpRoot: string,
+    signal?: AbortSignal,
+  ): Promise<DockerArchiveStore> {
     await mkdir(tmpRoot, { recursive: true });
     const work = await mkdtemp(join(tmpRoot, 'docker-archive-'));
     const store = new DockerArchiveStore(file, work);
@@ -86,7 +95,9 @@ export class DockerArchiveStore implements ImageStore {
   private async load(name: string | undefined): Promise<void> {
     let parsed;
     try {
-      parsed = archiveManifestSchema.parse(JSON.parse(await readFile(join(this.workDir, 'manifest.json'), 'utf8')));
+      parsed = archiveManifestSchema.parse(
+        JSON.parse(await readFile(join(this.workDir, 'manifest.json'), 'utf8')),
+      );
     } catch (err) {
       throw DfError.corrupt(
         `${this.description} is not a docker archive (manifest.json missing or malformed: ${(err as Error).message})`,

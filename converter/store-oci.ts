@@ -7,7 +7,14 @@ import { pipeline } from 'node:stream/promises';
 import { FileRangeReader } from '../src/blob/file-range-reader.js';
 import type { RangeReader } from '../src/blob/types.js';
 import { DfError } from '../src/errors.js';
-import { canonicalJson, indexSchema, MediaTypes, sha256Digest, type Descriptor, type ImageIndex } from '../src/registry/oci.js';
+import {
+  canonicalJson,
+  indexSchema,
+  MediaTypes,
+  sha256Digest,
+  type Descriptor,
+  type ImageIndex,
+} from '../src/registry/oci.js';
 import type { ImageStore, PushOptions, PushResult, RootManifest } from './store.js';
 
 const REF_NAME = 'org.opencontainers.image.ref.name';
@@ -44,7 +51,8 @@ export class OciLayoutStore implements ImageStore {
       throw DfError.corrupt(`${this.dir}/index.json is not valid JSON: ${(err as Error).message}`);
     }
     const r = indexSchema.safeParse(json);
-    if (!r.success) throw DfError.corrupt(`${this.dir}/index.json is malformed: ${r.error.issues[0]?.message}`);
+    if (!r.success)
+      throw DfError.corrupt(`${this.dir}/index.json is malformed: ${r.error.issues[0]?.message}`);
     return r.data;
   }
 
@@ -115,7 +123,12 @@ export class OciLayoutStore implements ImageStore {
     }
   }
 
-  async putBlob(digest: string, size: number, open: () => Readable, opts: PushOptions = {}): Promise<PushResult> {
+  async putBlob(
+    digest: string,
+    size: number,
+    open: () => Readable,
+    opts: PushOptions = {},
+  ): Promise<PushResult> {
     if (await this.hasBlob(digest)) return 'exists';
     await this.ensureLayout();
     const final = blobPath(this.dir, digest);
@@ -142,7 +155,12 @@ export class OciLayoutStore implements ImageStore {
   }
 
   /** A blob dfconvert just wrote and hashed: moved into the layout (copied across file systems), not re-hashed. */
-  async adoptBlobFile(digest: string, size: number, file: string, opts: PushOptions = {}): Promise<PushResult> {
+  async adoptBlobFile(
+    digest: string,
+    size: number,
+    file: string,
+    opts: PushOptions = {},
+  ): Promise<PushResult> {
     opts.signal?.throwIfAborted();
     if (await this.hasBlob(digest)) return 'exists';
     await this.ensureLayout();
@@ -150,7 +168,8 @@ export class OciLayoutStore implements ImageStore {
     const tmp = `${final}.tmp-${randomBytes(6).toString('hex')}`;
     try {
       const st = await stat(file);
-      if (st.size !== size) throw DfError.corrupt(`blob ${digest}: ${file} is ${st.size} bytes, expected ${size}`);
+      if (st.size !== size)
+        throw DfError.corrupt(`blob ${digest}: ${file} is ${st.size} bytes, expected ${size}`);
       try {
         await rename(file, final);
       } catch (err) {

@@ -32,7 +32,8 @@ export class RegistryStore implements ImageStore {
 
   async getManifest(digest: string, _mediaType: string, signal?: AbortSignal): Promise<Buffer> {
     const m = await this.client.getManifest(this.ref.withDigest(digest), { signal });
-    if (m.digest !== digest) throw DfError.digestMismatch(`manifest from ${this.description}`, digest, m.digest);
+    if (m.digest !== digest)
+      throw DfError.digestMismatch(`manifest from ${this.description}`, digest, m.digest);
     return m.bytes;
   }
 
@@ -52,7 +53,12 @@ export class RegistryStore implements ImageStore {
     return (await this.client.headBlob(this.ref, digest, { signal })) !== undefined;
   }
 
-  async putBlob(digest: string, size: number, open: () => Readable, opts: PushOptions = {}): Promise<PushResult> {
+  async putBlob(
+    digest: string,
+    size: number,
+    open: () => Readable,
+    opts: PushOptions = {},
+  ): Promise<PushResult> {
     return this.client.pushBlob(this.ref, digest, size, open, {
       mountFrom: opts.mountFrom,
       onProgress: opts.onProgress,

@@ -61,7 +61,9 @@ class ByteQueue {
   async readExact(n: number): Promise<Buffer | undefined> {
     if (!(await this.fill(n))) {
       if (this.length === 0) return undefined;
-      throw DfError.corrupt(`truncated tar: unexpected end of layer data at byte ${this.position + this.length}`);
+      throw DfError.corrupt(
+        `truncated tar: unexpected end of layer data at byte ${this.position + this.length}`,
+      );
     }
     return this.take(n);
   }
@@ -175,12 +177,17 @@ function parseNumber(buf: Buffer, off: number, len: number, field: string, offse
     .replace(/[\0 ]+$/g, '')
     .replace(/^[ ]+/, '');
   if (s === '') return 0;
-  if (!/^[0-7]+$/.test(s)) throw DfError.corrupt(`tar header at byte ${offset}: invalid ${field} field ${JSON.stringify(s)}`);
+  if (!/^[0-7]+$/.test(s))
+    throw DfError.corrupt(`tar header at byte ${offset}: invalid ${field} field ${JSON.stringify(s)}`);
   return parseInt(s, 8);
 }
 
 function checksumOk(buf: Buffer): boolean {
-  const stored = buf.subarray(148, 156).toString('latin1').replace(/[\0 ]+$/g, '').trim();
+  const stored = buf
+    .subarray(148, 156)
+    .toString('latin1')
+    .replace(/[\0 ]+$/g, '')
+    .trim();
   if (!/^[0-7]+$/.test(stored)) return false;
   const want = parseInt(stored, 8);
   let unsigned = 0;
@@ -263,18 +270,22 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     if (!hdr) throw DfError.corrupt(`truncated tar: missing end-of-archive marker at byte ${offset}`);
     if (isZero(hdr)) {
       const second = await q.readExact(BLOCK).catch(() => undefined);
-      if (second && !isZero(second)) throw DfError.corrupt(`corrupt tar: data after a zero block at byte ${offset}`);
+      if (second && !isZero(second))
+        throw DfError.corrupt(`corrupt tar: data after a zero block at byte ${offset}`);
       await q.drain();
       return;
     }
     if (!checksumOk(hdr))
-      throw DfError.corrupt(`corrupt tar: header checksum mismatch at byte ${offset} (truncated or damaged layer)`);
+      throw DfError.corrupt(
+        `corrupt tar: header checksum mismatch at byte ${offset} (truncated or damaged layer)`,
+      );
     const typeflag = String.fromCharCode(hdr[156]!);
     const size = parseNumber(hdr, 124, 12, 'size', offset);
     const padded = Math.ceil(size / BLOCK) * BLOCK;
 
     if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
-      if (size > 64 * 1024 * 1024) throw DfError.corrupt(`tar extended header at byte ${offset} is too large (${size})`);
+      if (size > 64 * 1024 * 1024)
+        throw DfError.corrupt(`tar extended header at byte ${offset} is too large (${size})`);
       const data = size ? ((await q.readExact(padded)) ?? Buffer.alloc(0)) : Buffer.alloc(0);
       if (size && data.length < padded) throw DfError.corrupt(`truncated tar at byte ${offset}`);
       const body = Buffer.from(data.subarray(0, size));
@@ -287,12 +298,15 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
 
     const type = TYPES[typeflag];
     if (!type) {
-      if (typeflag === 'S') throw DfError.unsupported(`tar entry at byte ${offset}: GNU sparse files are not supported`);
+      if (typeflag === 'S')
+        throw DfError.unsupported(`tar entry at byte ${offset}: GNU sparse files are not supported`);
       if (typeflag === 'V') {
         await q.skip(padded);
         continue;
       }
-      throw DfError.unsupported(`tar entry at byte ${offset}: unsupported entry type ${JSON.stringify(typeflag)}`);
+      throw DfError.unsupported(
+        `tar entry at byte ${offset}: unsupported entry type ${JSON.stringify(typeflag)}`,
+      );
     }
 
     const merged = pax ? new Map([...globalPax, ...pax]) : globalPax;
@@ -312,7 +326,8 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
       const v = merged.get(key);
       if (!v) return fallback;
       const n = Number(v.toString('latin1'));
-      if (!Number.isSafeInteger(n) || n < 0) throw DfError.corrupt(`tar entry at byte ${offset}: invalid PAX ${key}`);
+      if (!Number.isSafeInteger(n) || n < 0)
+        throw DfError.corrupt(`tar entry at byte ${offset}: invalid PAX ${key}`);
       return n;
     };
     const entrySize = num('size', size);
@@ -329,7 +344,10 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     for (const [k, v] of merged) {
       if (k.startsWith('SCHILY.xattr.')) xattrs.set(k.slice('SCHILY.xattr.'.length), Buffer.from(v));
       else if (k.startsWith('LIBARCHIVE.xattr.'))
-        xattrs.set(decodeURIComponent(k.slice('LIBARCHIVE.xattr.'.length)), Buffer.from(v.toString('latin1'), 'base64'));
+        xattrs.set(
+          decodeURIComponent(k.slice('LIBARCHIVE.xattr.'.length)),
+          Buffer.from(v.toString('latin1'), 'base64'),
+        );
     }
 
     const header: TarHeader = {

@@ -142,7 +142,8 @@ class SourceTree {
 
   link(path: string, target: string, where: string): void {
     const t = this.nodes.get(target);
-    if (!t) throw DfError.corrupt(`${where}: hard link ${path} points to ${target}, which is not in the layer`);
+    if (!t)
+      throw DfError.corrupt(`${where}: hard link ${path} points to ${target}, which is not in the layer`);
     this.ensureParents(path);
     this.set(path, t);
   }
@@ -186,21 +187,34 @@ export async function verifyImage(
     if (p.kind !== 'manifest') throw DfError.unsupported(`nested index in ${store.description}`);
     return p.manifest;
   };
-  if (s.kind === 'manifest' && d.kind === 'manifest') pairs.push({ platform: 'default', src: s.manifest, dst: d.manifest });
+  if (s.kind === 'manifest' && d.kind === 'manifest')
+    pairs.push({ platform: 'default', src: s.manifest, dst: d.manifest });
   else if (s.kind === 'index' && d.kind === 'index') {
     for (const dd of d.index.manifests) {
       const sd = s.index.manifests.find((x) => platformString(x.platform) === platformString(dd.platform));
       if (!sd)
-        throw new DfError('VERIFY_FAILED', `${dst.description}: platform ${platformString(dd.platform)} is not in the source`);
-      pairs.push({ platform: platformString(dd.platform), src: await load(src, sd), dst: await load(dst, dd) });
+        throw new DfError(
+          'VERIFY_FAILED',
+          `${dst.description}: platform ${platformString(dd.platform)} is not in the source`,
+        );
+      pairs.push({
+        platform: platformString(dd.platform),
+        src: await load(src, sd),
+        dst: await load(dst, dd),
+      });
     }
   } else if (s.kind === 'index' && d.kind === 'manifest') {
     // A single-platform conversion of an index: match by the source manifest annotation.
     const want = d.manifest.annotations?.['dev.dfnode.source.manifest'];
     const sd = s.index.manifests.find((x) => x.digest === want);
-    if (!sd) throw new DfError('VERIFY_FAILED', `${dst.description} was not converted from ${src.description}`);
+    if (!sd)
+      throw new DfError('VERIFY_FAILED', `${dst.description} was not converted from ${src.description}`);
     pairs.push({ platform: platformString(sd.platform), src: await load(src, sd), dst: d.manifest });
-  } else throw new DfError('VERIFY_FAILED', `${dst.description} is an index but ${src.description} is a single image`);
+  } else
+    throw new DfError(
+      'VERIFY_FAILED',
+      `${dst.description} is an index but ${src.description} is a single image`,
+    );
 
   let layers = 0;
   let entries = 0;
@@ -223,7 +237,10 @@ export async function verifyImage(
       if (dl.mediaType !== DFB_LAYER_MEDIA_TYPE)
         throw new DfError('VERIFY_FAILED', `${where}: media type ${dl.mediaType} is not a DFB layer`);
       if (dl.annotations?.[Annotations.sourceDigest] !== sl.digest)
-        throw new DfError('VERIFY_FAILED', `${where}: converted from ${dl.annotations?.[Annotations.sourceDigest]}, not ${sl.digest}`);
+        throw new DfError(
+          'VERIFY_FAILED',
+          `${where}: converted from ${dl.annotations?.[Annotations.sourceDigest]}, not ${sl.digest}`,
+        );
       const key = `${sl.digest}>${dl.digest}`;
       if (checked.has(key)) continue;
       checked.add(key);
@@ -234,7 +251,14 @@ export async function verifyImage(
       bytes += r.bytes;
     }
   }
-  return { source: src.description, destination: dst.description, manifests: pairs.length, layers, entries, bytes };
+  return {
+    source: src.description,
+    destination: dst.description,
+    manifests: pairs.length,
+    layers,
+    entries,
+    bytes,
+  };
 }
 
 async function verifyLayer(
@@ -295,7 +319,10 @@ async function verifyLayer(
   try {
     let reader: DfbReader;
     try {
-      reader = await DfbReader.open(rr, { expectedTocDigest: dl.annotations?.[Annotations.tocDigest], signal });
+      reader = await DfbReader.open(rr, {
+        expectedTocDigest: dl.annotations?.[Annotations.tocDigest],
+        signal,
+      });
     } catch (err) {
       throw new DfError('VERIFY_FAILED', `${where}: ${DfError.from(err).message}`, { cause: err });
     }
@@ -321,30 +348,56 @@ async function verifyLayer(
       if (type !== want.type) fail(where, path, `type ${describe(want)} in the source, ${type} converted`);
       // Hard links: the same source node must map to one inode, and one inode to one source node.
       const prevIno = inoOf.get(want);
-      if (prevIno !== undefined && prevIno !== ino) fail(where, path, 'hard link to a different file than in the source');
+      if (prevIno !== undefined && prevIno !== ino)
+        fail(where, path, 'hard link to a different file than in the source');
       const prevNode = nodeOf.get(ino);
-      if (prevNode !== undefined && prevNode !== want) fail(where, path, 'hard-linked in the converted layer but not in the source');
+      if (prevNode !== undefined && prevNode !== want)
+        fail(where, path, 'hard-linked in the converted layer but not in the source');
       inoOf.set(want, ino);
       nodeOf.set(ino, want);
       if (want.opaque !== Boolean(st.opaque))
         fail(where, path, `opaque ${want.opaque} in the source, ${Boolean(st.opaque)} converted`);
       if (type === 'whiteout') continue;
       if (want.implicit !== Boolean(st.implicit))
-        fail(where, path, `implied parent directory ${want.implicit} in the source, ${Boolean(st.implicit)} converted`);
+        fail(
+          where,
+          path,
+          `implied parent directory ${want.implicit} in the source, ${Boolean(st.implicit)} converted`,
+        );
       if (path === '' && !tree.rootExplicit) continue;
       if (want.implicit) continue;
       if ((st.mode & 0o7777) !== want.mode)
-        fail(where, path, `mode ${want.mode.toString(8)} in the source, ${(st.mode & 0o7777).toString(8)} converted`);
+        fail(
+          where,
+          path,
+          `mode ${want.mode.toString(8)} in the source, ${(st.mode & 0o7777).toString(8)} converted`,
+        );
       if (st.uid !== want.uid || st.gid !== want.gid)
         fail(where, path, `owner ${want.uid}:${want.gid} in the source, ${st.uid}:${st.gid} converted`);
       if (st.mtimeSec !== want.mtimeSec || st.mtimeNsec !== want.mtimeNsec)
-        fail(where, path, `mtime ${want.mtimeSec}.${want.mtimeNsec} in the source, ${st.mtimeSec}.${st.mtimeNsec} converted`);
+        fail(
+          where,
+          path,
+          `mtime ${want.mtimeSec}.${want.mtimeNsec} in the source, ${st.mtimeSec}.${st.mtimeNsec} converted`,
+        );
       const xattrs = xattrString(toc.xattrs(ino));
-      if (xattrs !== want.xattrs) fail(where, path, `xattrs differ (source {${want.xattrs}}, converted {${xattrs}})`);
+      if (xattrs !== want.xattrs)
+        fail(where, path, `xattrs differ (source {${want.xattrs}}, converted {${xattrs}})`);
       if (type === 'symlink' && toc.readlink(ino) !== want.link)
-        fail(where, path, `link target ${JSON.stringify(want.link)} in the source, ${JSON.stringify(toc.readlink(ino))} converted`);
-      if ((type === 'char' || type === 'block') && (st.devMajor !== want.devMajor || st.devMinor !== want.devMinor))
-        fail(where, path, `device ${want.devMajor}:${want.devMinor} in the source, ${st.devMajor}:${st.devMinor} converted`);
+        fail(
+          where,
+          path,
+          `link target ${JSON.stringify(want.link)} in the source, ${JSON.stringify(toc.readlink(ino))} converted`,
+        );
+      if (
+        (type === 'char' || type === 'block') &&
+        (st.devMajor !== want.devMajor || st.devMinor !== want.devMinor)
+      )
+        fail(
+          where,
+          path,
+          `device ${want.devMajor}:${want.devMinor} in the source, ${st.devMajor}:${st.devMinor} converted`,
+        );
       if (type === 'file') {
         if (st.size !== want.size) fail(where, path, `size ${want.size} in the source, ${st.size} converted`);
         let got = contentOf.get(ino);
@@ -361,14 +414,17 @@ async function verifyLayer(
         if (got !== want.content) fail(where, path, 'content differs from the source');
       }
     }
-    for (const p of tree.nodes.keys()) if (!seen.has(p)) fail(where, p, 'in the source but missing from the converted layer');
+    for (const p of tree.nodes.keys())
+      if (!seen.has(p)) fail(where, p, 'in the source but missing from the converted layer');
 
     // 3. Every block verifies (also those no file points to), and the blob matches its digest.
     for (let i = 0; i < toc.blockCount; i++) {
       try {
         await reader.readStoredBlock(i, signal);
       } catch (err) {
-        throw new DfError('VERIFY_FAILED', `${where}: block ${i}: ${DfError.from(err).message}`, { cause: err });
+        throw new DfError('VERIFY_FAILED', `${where}: block ${i}: ${DfError.from(err).message}`, {
+          cause: err,
+        });
       }
     }
     const hash = createHash('sha256');
@@ -379,7 +435,10 @@ async function verifyLayer(
     }
     const actual = 'sha256:' + hash.digest('hex');
     if (actual !== dl.digest || n !== dl.size)
-      throw new DfError('VERIFY_FAILED', `${where}: blob digest mismatch (expected ${dl.digest}, got ${actual}, ${n} bytes)`);
+      throw new DfError(
+        'VERIFY_FAILED',
+        `${where}: blob digest mismatch (expected ${dl.digest}, got ${actual}, ${n} bytes)`,
+      );
     return { entries, bytes };
   } finally {
     await rr.close?.();

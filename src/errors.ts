@@ -94,9 +94,13 @@ export class DfError extends Error {
       switch (e.code) {
         case 'ENOSPC':
         case 'EDQUOT':
-          return new DfError('NO_SPACE', `${prefix}no space left on device; free disk space or lower the cache size`, {
-            cause: err,
-          });
+          return new DfError(
+            'NO_SPACE',
+            `${prefix}no space left on device; free disk space or lower the cache size`,
+            {
+              cause: err,
+            },
+          );
         case 'ENOENT':
           return new DfError('NOT_FOUND', `${prefix}${msg}`, { cause: err });
         case 'EACCES':

@@ -56,12 +56,16 @@ async function demo(signal: AbortSignal): Promise<void> {
       `4. dfconvert ${srcRef} → ${dstRef}@${summary.digest.slice(0, 19)}: ${summary.layers.length} layers, ` +
         `${(summary.uncompressedBytes / 1e6).toFixed(1)} MB in, ${(summary.bytesOut / 1e6).toFixed(1)} MB out, ${summary.seconds.toFixed(1)} s`,
     );
-    const v = await verifyImage(new RegistryStore(client, srcRef), new RegistryStore(client, dstRef), { signal });
+    const v = await verifyImage(new RegistryStore(client, srcRef), new RegistryStore(client, dstRef), {
+      signal,
+    });
     out(`5. dfconvert verify: OK (${v.layers} layers, ${v.entries} entries identical to the source)`);
 
     // Lazy read: one small file from the app layer, over HTTP range requests only.
     const m = await client.getManifest(dstRef, { signal });
-    const manifest = JSON.parse(m.bytes.toString()) as { layers: Array<{ digest: string; size: number; annotations: Record<string, string> }> };
+    const manifest = JSON.parse(m.bytes.toString()) as {
+      layers: Array<{ digest: string; size: number; annotations: Record<string, string> }>;
+    };
     const layer = manifest.layers[manifest.layers.length - 1]!;
     let fetched = 0;
     const rr = client.rangeReader(dstRef, layer.digest, layer.size);
@@ -77,7 +81,10 @@ async function demo(signal: AbortSignal): Promise<void> {
         return r;
       },
     };
-    const reader = await DfbReader.open(counting, { expectedTocDigest: layer.annotations[Annotations.tocDigest], signal });
+    const reader = await DfbReader.open(counting, {
+      expectedTocDigest: layer.annotations[Annotations.tocDigest],
+      signal,
+    });
     const ino = reader.toc.lookup('app/hello.txt');
     if (ino === undefined) throw new Error('app/hello.txt missing from the converted layer');
     const text = await reader.readFile(ino, 0, reader.toc.stat(ino).size, signal);
@@ -103,7 +110,10 @@ async function demo(signal: AbortSignal): Promise<void> {
         const im = await rt.mountImage(dstRef, join(work, 'rootfs'), signal);
         const hello = await readFile(join(im.target, 'app', 'hello.txt'), 'utf8');
         // Async fs calls only: a synchronous call into a mount this process serves would deadlock.
-        const motdGone = await access(join(im.target, 'etc', 'motd')).then(() => false, () => true);
+        const motdGone = await access(join(im.target, 'etc', 'motd')).then(
+          () => false,
+          () => true,
+        );
         const registryBytes = rt.stats.bytes.registry;
         out(
           `7. dfnode mount: ${im.layers.length} FUSE layers + overlayfs at ${im.target} in ${Date.now() - t0} ms; ` +
@@ -113,7 +123,9 @@ async function demo(signal: AbortSignal): Promise<void> {
         // Fill starts after a layer's first read; start it for every layer so the demo can wait for the end.
         for (const l of im.layers) l.fetcher.startBackgroundFill();
         await Promise.all(im.layers.map((l) => l.fetcher.whenComplete()));
-        out(`8. background fill complete: every block cached and verified (${(rt.stats.bytes.registry / 1e6).toFixed(1)} MB)`);
+        out(
+          `8. background fill complete: every block cached and verified (${(rt.stats.bytes.registry / 1e6).toFixed(1)} MB)`,
+        );
       } finally {
         await rt.close();
         removeHook();
@@ -138,7 +150,10 @@ async function pushPlain(
   const src = new OciLayoutStore(dir, tag);
   const root = await src.resolveRoot(signal);
   if (!root) throw new Error('demo image missing');
-  const m = JSON.parse(root.bytes.toString()) as { config: { digest: string; size: number }; layers: Array<{ digest: string; size: number }> };
+  const m = JSON.parse(root.bytes.toString()) as {
+    config: { digest: string; size: number };
+    layers: Array<{ digest: string; size: number }>;
+  };
   for (const b of [m.config, ...m.layers])
     await client.pushBlob(ref, b.digest, b.size, () => src.openBlob(b.digest, b.size, signal), { signal });
   await client.putManifest(ref, root.bytes, root.mediaType, { signal });

@@ -44,7 +44,14 @@ function addCommon(cmd: Command): Command {
     .option('--dest-creds <user:password>', 'credentials for the destination registry')
     .option('--docker-config <file>', 'docker config file with registry credentials')
     .addOption(
-      new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']),
+      new Option('--log-level <level>', 'log level').choices([
+        'trace',
+        'debug',
+        'info',
+        'warn',
+        'error',
+        'silent',
+      ]),
     )
     .option('--json', 'print a machine-readable summary on stdout')
     .option('-q, --quiet', 'no progress output');
@@ -56,10 +63,12 @@ function configFrom(flags: ConvertFlags): Config {
   if (flags.insecure) registry.insecure = flags.insecure;
   if (flags.dockerConfig) registry.dockerConfig = flags.dockerConfig;
   const convert: Record<string, unknown> = {};
-  if (flags.blockSize !== undefined) convert.blockSize = /^\d+$/.test(flags.blockSize) ? Number(flags.blockSize) : flags.blockSize;
+  if (flags.blockSize !== undefined)
+    convert.blockSize = /^\d+$/.test(flags.blockSize) ? Number(flags.blockSize) : flags.blockSize;
   if (flags.workers !== undefined) {
     const n = Number(flags.workers);
-    if (!Number.isInteger(n) || n < 0) throw DfError.invalidArgument(`--workers must be a whole number, got ${flags.workers}`);
+    if (!Number.isInteger(n) || n < 0)
+      throw DfError.invalidArgument(`--workers must be a whole number, got ${flags.workers}`);
     convert.workers = n;
   }
   if (flags.platform) convert.platforms = flags.platform;
@@ -83,10 +92,8 @@ class Clients {
   ) {}
 
   async make(creds: string | undefined): Promise<RegistryClient> {
-    const [{ RegistryClient }, { chainCredentials, DockerConfigCredentials, StaticCredentials }] = await Promise.all([
-      import('../registry/client.js'),
-      import('../registry/credentials.js'),
-    ]);
+    const [{ RegistryClient }, { chainCredentials, DockerConfigCredentials, StaticCredentials }] =
+      await Promise.all([import('../registry/client.js'), import('../registry/credentials.js')]);
     const { cfg, log } = this;
     const c = creds ?? this.flags.creds;
     const client = new RegistryClient({
@@ -161,15 +168,27 @@ export function buildProgram(signal: AbortSignal): Command {
       const src = parseLocation(srcText);
       const dst = dstText ? parseLocation(dstText) : defaultDestination(src);
       if (dst.kind === 'docker-archive')
-        throw DfError.unsupported('docker-archive is supported as a source only; write to a registry or oci:DIR[:TAG]');
+        throw DfError.unsupported(
+          'docker-archive is supported as a source only; write to a registry or oci:DIR[:TAG]',
+        );
       const clients = new Clients(cfg, log, flags);
       const progress = createProgress(process.stderr, Boolean(flags.quiet));
       const stores: ImageStore[] = [];
       try {
         const { Converter } = await import('../../converter/convert.js');
-        const srcStore = await openStore(src, () => clients.make(flags.srcCreds), cfg.convert.workDir, signal);
+        const srcStore = await openStore(
+          src,
+          () => clients.make(flags.srcCreds),
+          cfg.convert.workDir,
+          signal,
+        );
         stores.push(srcStore);
-        const dstStore = await openStore(dst, () => clients.make(flags.destCreds), cfg.convert.workDir, signal);
+        const dstStore = await openStore(
+          dst,
+          () => clients.make(flags.destCreds),
+          cfg.convert.workDir,
+          signal,
+        );
         stores.push(dstStore);
         progress.note(`converting ${srcStore.description} → ${dstStore.description}`);
         const summary = await new Converter({
@@ -212,9 +231,19 @@ export function buildProgram(signal: AbortSignal): Command {
       const stores: ImageStore[] = [];
       try {
         const { verifyImage } = await import('../../converter/verify.js');
-        const srcStore = await openStore(parseLocation(srcText), () => clients.make(flags.srcCreds), cfg.convert.workDir, signal);
+        const srcStore = await openStore(
+          parseLocation(srcText),
+          () => clients.make(flags.srcCreds),
+          cfg.convert.workDir,
+          signal,
+        );
         stores.push(srcStore);
-        const dstStore = await openStore(parseLocation(dstText), () => clients.make(flags.destCreds), cfg.convert.workDir, signal);
+        const dstStore = await openStore(
+          parseLocation(dstText),
+          () => clients.make(flags.destCreds),
+          cfg.convert.workDir,
+          signal,
+        );
         stores.push(dstStore);
         const summary = await verifyImage(srcStore, dstStore, { signal, progress });
         progress.stop();

@@ -23,7 +23,8 @@ export function runMain(name: string, main: (signal: AbortSignal, argv: string[]
     .catch((err: unknown) => {
       let e = DfError.from(err);
       if (ac.signal.aborted && e.code !== 'ABORTED') e = DfError.aborted(`interrupted: ${e.message}`);
-      if (e.code === 'ABORTED') e = new DfError('ABORTED', `${e.message}; nothing was tagged`, { cause: err });
+      if (e.code === 'ABORTED')
+        e = new DfError('ABORTED', `${e.message}; nothing was tagged`, { cause: err });
       process.stderr.write(`${name}: error: ${e.message}\n`);
       if (process.env.DFNODE_DEBUG) process.stderr.write(String((err as Error)?.stack ?? err) + '\n');
       else if (e.code === 'INTERNAL') process.stderr.write(`${name}: (set DFNODE_DEBUG=1 for details)\n`);

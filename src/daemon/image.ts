@@ -22,9 +22,14 @@ export interface ResolvedImage {
 
 /** The host's platform in OCI terms. */
 export function hostPlatform(): string {
-  const arch = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' }[
-    process.arch as string
-  ];
+  const arch = {
+    x64: 'amd64',
+    arm64: 'arm64',
+    arm: 'arm',
+    ppc64: 'ppc64le',
+    s390x: 's390x',
+    riscv64: 'riscv64',
+  }[process.arch as string];
   return `linux/${arch ?? process.arch}`;
 }
 
@@ -38,14 +43,17 @@ export async function resolveDfbImage(
   let m = await client.getManifest(ref, { signal: opts.signal });
   let parsed = parseManifestOrIndex(m.bytes, m.mediaType, `manifest of ${ref}`);
   if (parsed.kind === 'index') {
-    const want: Descriptor | undefined = parsed.index.manifests.find((d) => platformMatches(d.platform, [platform]));
+    const want: Descriptor | undefined = parsed.index.manifests.find((d) =>
+      platformMatches(d.platform, [platform]),
+    );
     if (!want)
       throw DfError.notFound(
         `${ref} has no image for ${platform} (available: ${parsed.index.manifests.map((d) => platformString(d.platform)).join(', ')})`,
       );
     m = await client.getManifest(ref.withDigest(want.digest), { signal: opts.signal });
     parsed = parseManifestOrIndex(m.bytes, m.mediaType, `manifest ${want.digest} of ${ref}`);
-    if (parsed.kind !== 'manifest') throw DfError.unsupported(`${ref}: nested image indexes are not supported`);
+    if (parsed.kind !== 'manifest')
+      throw DfError.unsupported(`${ref}: nested image indexes are not supported`);
   }
   const manifest = parsed.manifest;
   const notDfb = manifest.layers.filter((l) => l.mediaType !== DFB_LAYER_MEDIA_TYPE);

@@ -59,7 +59,8 @@ export class NodeMetrics {
   });
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
-    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'dfnode_process_' });
+    if (opts.defaultMetrics !== false)
+      collectDefaultMetrics({ register: this.registry, prefix: 'dfnode_process_' });
   }
 
   async text(): Promise<string> {
@@ -94,7 +95,10 @@ export class NodeMetrics {
       server.once('error', (err) =>
         reject(
           (err as NodeJS.ErrnoException).code === 'EADDRINUSE'
-            ? new DfError('CONFIG', `metrics address ${address} is in use; set node.metricsAddress (or --metrics-address)`)
+            ? new DfError(
+                'CONFIG',
+                `metrics address ${address} is in use; set node.metricsAddress (or --metrics-address)`,
+              )
             : DfError.from(err, `metrics server on ${address}`),
         ),
       );

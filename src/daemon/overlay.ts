@@ -14,5 +14,12 @@ export async function mountReadOnlyView(lowersTopFirst: string[], target: string
     await runCommand('mount', ['-o', 'remount,bind,ro', target]).catch(() => undefined);
     return;
   }
-  await runCommand('mount', ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${lowersTopFirst.join(':')}`, target]);
+  await runCommand('mount', [
+    '-t',
+    'overlay',
+    'overlay',
+    '-o',
+    `ro,lowerdir=${lowersTopFirst.join(':')}`,
+    target,
+  ]);
 }

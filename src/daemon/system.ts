@@ -8,8 +8,10 @@ export function runCommand(cmd: string, args: string[], timeoutMs = 30_000): Pro
       if (err) {
         const e = err as NodeJS.ErrnoException & { killed?: boolean };
         if (e.code === 'ENOENT') reject(DfError.notFound(`${cmd} not found; install it (see README)`));
-        else if (e.killed) reject(DfError.timeout(`${cmd} ${args.join(' ')} timed out after ${timeoutMs} ms`));
-        else reject(new DfError('IO', `${cmd} ${args.join(' ')} failed: ${String(stderr || e.message).trim()}`));
+        else if (e.killed)
+          reject(DfError.timeout(`${cmd} ${args.join(' ')} timed out after ${timeoutMs} ms`));
+        else
+          reject(new DfError('IO', `${cmd} ${args.join(' ')} failed: ${String(stderr || e.message).trim()}`));
       } else resolve(stdout);
     });
   });

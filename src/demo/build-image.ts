@@ -67,7 +67,10 @@ export async function buildDemoImage(dir: string, tag = 'demo'): Promise<DemoIma
     { name: 'bin/', type: 'directory' },
     { name: 'etc/', type: 'directory' },
     { name: 'tmp/', type: 'directory', mode: 0o1777 },
-    { name: 'etc/passwd', content: 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' },
+    {
+      name: 'etc/passwd',
+      content: 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n',
+    },
     { name: 'etc/group', content: 'root:x:0:\nnogroup:x:65534:\n' },
     { name: 'etc/motd', content: 'this file is deleted by the app layer\n' },
   ];
@@ -114,7 +117,11 @@ export async function buildDemoImage(dir: string, tag = 'demo'): Promise<DemoIma
     JSON.stringify({
       schemaVersion: 2,
       mediaType: 'application/vnd.oci.image.manifest.v1+json',
-      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: await put(config), size: config.length },
+      config: {
+        mediaType: 'application/vnd.oci.image.config.v1+json',
+        digest: await put(config),
+        size: config.length,
+      },
       layers: await Promise.all(
         layers.map(async (l) => ({
           mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',

@@ -44,7 +44,9 @@ export class EmbeddedRegistry {
       proc.once('error', (err) =>
         reject(
           DfError.from(err).code === 'NOT_FOUND'
-            ? DfError.notFound(`${binary} not found: install it (apt-get install docker-registry) or run bash .ci/install`)
+            ? DfError.notFound(
+                `${binary} not found: install it (apt-get install docker-registry) or run bash .ci/install`,
+              )
             : DfError.from(err, `start ${binary}`),
         ),
       ),

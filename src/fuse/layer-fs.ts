@@ -115,7 +115,15 @@ export class LayerFs {
 
   private attrOf(st: InodeStat): Attr {
     const inh = this.inherited?.get(st.ino);
-    if (inh) st = { ...st, mode: inh.mode, uid: inh.uid, gid: inh.gid, mtimeSec: inh.mtimeSec, mtimeNsec: inh.mtimeNsec };
+    if (inh)
+      st = {
+        ...st,
+        mode: inh.mode,
+        uid: inh.uid,
+        gid: inh.gid,
+        mtimeSec: inh.mtimeSec,
+        mtimeNsec: inh.mtimeNsec,
+      };
     let mode: number;
     let rdev = 0;
     switch (st.type) {

@@ -208,7 +208,10 @@ export async function probeMount(mountpoint: string, timeoutMs = 3000): Promise<
   try {
     // statfs, not stat: the kernel answers stat of a mount root from its attribute cache (long attr timeouts)
     // even after the server died; statfs always goes to the server (ENOTCONN when it is gone).
-    await execFileP('stat', ['-f', '-c', '%i', '--', mountpoint], { timeout: timeoutMs, killSignal: 'SIGKILL' });
+    await execFileP('stat', ['-f', '-c', '%i', '--', mountpoint], {
+      timeout: timeoutMs,
+      killSignal: 'SIGKILL',
+    });
     return 'alive';
   } catch (err) {
     const e = err as { stderr?: string; killed?: boolean };

@@ -14,7 +14,10 @@ export function selectBinding(choice: BindingChoice, logger?: Logger): FuseBindi
   if (choice === 'fuse-native') return new FuseNativeBinding({ logger });
   if (NativeFuseBinding.available()) return new NativeFuseBinding({ logger });
   if (choice === 'native')
-    throw new DfError('FAILED_PRECONDITION', 'the native FUSE addon is not built: run npm run build:native (needs libfuse3-dev)');
+    throw new DfError(
+      'FAILED_PRECONDITION',
+      'the native FUSE addon is not built: run npm run build:native (needs libfuse3-dev)',
+    );
   logger?.info('native FUSE addon not built; using fuse-native (libfuse 2)');
   return new FuseNativeBinding({ logger });
 }

@@ -25,7 +25,9 @@ export function layerCompression(mediaType: string): LayerCompression {
     throw DfError.unsupported(
       `layer media type ${mediaType}: zstd-compressed layers are not supported yet; convert from a gzip or uncompressed image`,
     );
-  throw DfError.unsupported(`unknown layer media type ${mediaType}: dfconvert reads gzip and uncompressed tar layers`);
+  throw DfError.unsupported(
+    `unknown layer media type ${mediaType}: dfconvert reads gzip and uncompressed tar layers`,
+  );
 }
 
 export const descriptorSchema = z.object({
@@ -65,7 +67,6 @@ export const indexSchema = z.object({
 });
 export type ImageIndex = z.infer<typeof indexSchema>;
 
-
 export function isManifestMediaType(mt: string | undefined): boolean {
   return mt === MediaTypes.ociManifest || mt === MediaTypes.dockerManifest;
 }
@@ -96,7 +97,9 @@ export function parseManifestOrIndex(
   bytes: Buffer,
   mediaType: string | undefined,
   what: string,
-): { kind: 'index'; mediaType: string; index: ImageIndex } | { kind: 'manifest'; mediaType: string; manifest: Manifest } {
+):
+  | { kind: 'index'; mediaType: string; index: ImageIndex }
+  | { kind: 'manifest'; mediaType: string; manifest: Manifest } {
   const json = parseJson(bytes, what) as Record<string, unknown>;
   const mt =
     (typeof json?.mediaType === 'string' ? json.mediaType : undefined) ??

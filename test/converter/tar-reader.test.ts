@@ -23,7 +23,12 @@ describe('tar reader', () => {
     { path: `long/${'x'.repeat(200)}`, type: 'file', data: 'long' },
     { path: `gnu/${'y'.repeat(200)}`, type: 'file', data: 'gnu', longNames: 'gnu' },
     { path: 'café/日本語.txt', type: 'file', data: 'utf8' },
-    { path: 'bin', type: 'file', data: Buffer.alloc(3000, 7), xattrs: { 'security.capability': Buffer.from([0, 0xff, 0x80, 1]) } },
+    {
+      path: 'bin',
+      type: 'file',
+      data: Buffer.alloc(3000, 7),
+      xattrs: { 'security.capability': Buffer.from([0, 0xff, 0x80, 1]) },
+    },
     { path: 'hl', type: 'link', linkname: 'a/file' },
     { path: 'sym', type: 'symlink', linkname: '../target' },
     { path: 'dev', type: 'character-device', devmajor: 1, devminor: 3 },
@@ -67,7 +72,10 @@ describe('tar reader', () => {
     const tar = buildTar(entries);
     const bad = Buffer.from(tar);
     bad[0]! ^= 0x20; // first header name: checksum no longer matches
-    await expect(collect(bad)).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(/checksum/) });
+    await expect(collect(bad)).rejects.toMatchObject({
+      code: 'CORRUPT',
+      message: expect.stringMatching(/checksum/),
+    });
     await expect(collect(tar.subarray(0, 512 + 100))).rejects.toMatchObject({ code: 'CORRUPT' });
     const noEnd = tar.subarray(0, tar.length - 1024);
     const err = await collect(noEnd).catch((e) => e);

@@ -9,7 +9,15 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { digestOf, MT, tagged, writeBlob, writeIndex, writeJsonBlob, type Descriptor } from '../fixtures/oci-layout.js';
+import {
+  digestOf,
+  MT,
+  tagged,
+  writeBlob,
+  writeIndex,
+  writeJsonBlob,
+  type Descriptor,
+} from '../fixtures/oci-layout.js';
 import { buildTar, gzip, type TarEntry } from '../fixtures/tar-builder.js';
 import { runCli, runOk, type CliResult } from '../helpers/cli.js';
 import {
@@ -86,10 +94,17 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
 
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'dfconvert-it-'));
-    for (const name of ['busybox', 'multilayer', 'edge', 'debian'] as const) fx[name] = await ensureFixture(name);
+    for (const name of ['busybox', 'multilayer', 'edge', 'debian'] as const)
+      fx[name] = await ensureFixture(name);
     reg = await startRegistry();
     for (const name of ['busybox', 'multilayer', 'debian'] as const)
-      await runOk('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', fx[name]!.ref, `docker://${reg.host}/${name}:1`]);
+      await runOk('skopeo', [
+        'copy',
+        '--quiet',
+        '--dest-tls-verify=false',
+        fx[name]!.ref,
+        `docker://${reg.host}/${name}:1`,
+      ]);
   });
 
   afterAll(async () => {
@@ -104,16 +119,30 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
       const summary = JSON.parse(r.stdout) as Summary;
       expect(summary.layers.length).toBeGreaterThan(0);
       const raw = JSON.parse(
-        await runOk('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/${name}:1-dfb`]),
+        await runOk('skopeo', [
+          'inspect',
+          '--raw',
+          '--tls-verify=false',
+          `docker://${reg.host}/${name}:1-dfb`,
+        ]),
       );
       expect(raw.layers.every((l: any) => l.mediaType === DFB)).toBe(true);
-      expect(raw.layers.every((l: any) => l.annotations['dev.dfnode.source.digest'].startsWith('sha256:'))).toBe(true);
-      const src = JSON.parse(await runOk('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/${name}:1`]));
+      expect(
+        raw.layers.every((l: any) => l.annotations['dev.dfnode.source.digest'].startsWith('sha256:')),
+      ).toBe(true);
+      const src = JSON.parse(
+        await runOk('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/${name}:1`]),
+      );
       expect(raw.config.digest).toBe(src.config.digest);
       expect(raw.layers.map((l: any) => l.annotations['dev.dfnode.source.digest'])).toEqual(
         src.layers.map((l: any) => l.digest),
       );
-      const v = await runCli('dfconvert', ['verify', '--plain-http', `${reg.host}/${name}:1`, `${reg.host}/${name}:1-dfb`]);
+      const v = await runCli('dfconvert', [
+        'verify',
+        '--plain-http',
+        `${reg.host}/${name}:1`,
+        `${reg.host}/${name}:1-dfb`,
+      ]);
       expectOk(v, 'verify');
       expect(v.stdout).toMatch(/^OK/);
     });
@@ -122,9 +151,23 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
   it('converts oci → oci (edge cases: PAX, GNU long names, xattrs, devices, whiteouts), deterministically', async () => {
     const out1 = join(work, 'edge-1');
     const out2 = join(work, 'edge-2');
-    const a = await runCli('dfconvert', [...convertArgs(), '--force', '--workers', '1', fx.edge!.ref, `oci:${out1}:dfb`]);
+    const a = await runCli('dfconvert', [
+      ...convertArgs(),
+      '--force',
+      '--workers',
+      '1',
+      fx.edge!.ref,
+      `oci:${out1}:dfb`,
+    ]);
     expectOk(a, 'convert edge 1');
-    const b = await runCli('dfconvert', [...convertArgs(), '--force', '--workers', '4', fx.edge!.ref, `oci:${out2}:dfb`]);
+    const b = await runCli('dfconvert', [
+      ...convertArgs(),
+      '--force',
+      '--workers',
+      '4',
+      fx.edge!.ref,
+      `oci:${out2}:dfb`,
+    ]);
     expectOk(b, 'convert edge 2');
     const m1 = await ociManifest(out1, 'dfb');
     const m2 = await ociManifest(out2, 'dfb');
@@ -140,12 +183,24 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
   it('converts the docker media type variant and a docker archive', async () => {
     const archive = await ensureDockerArchive('busybox');
     const out = join(work, 'from-archive');
-    expectOk(await runCli('dfconvert', [...convertArgs(), `docker-archive:${archive}`, `oci:${out}:dfb`]), 'archive');
-    expectOk(await runCli('dfconvert', ['verify', `docker-archive:${archive}`, `oci:${out}:dfb`]), 'verify archive');
+    expectOk(
+      await runCli('dfconvert', [...convertArgs(), `docker-archive:${archive}`, `oci:${out}:dfb`]),
+      'archive',
+    );
+    expectOk(
+      await runCli('dfconvert', ['verify', `docker-archive:${archive}`, `oci:${out}:dfb`]),
+      'verify archive',
+    );
     const edgeArchive = await ensureDockerArchive('edge');
     const out2 = join(work, 'from-edge-archive');
-    expectOk(await runCli('dfconvert', [...convertArgs(), `docker-archive:${edgeArchive}`, `oci:${out2}:dfb`]), 'edge archive');
-    expectOk(await runCli('dfconvert', ['verify', `docker-archive:${edgeArchive}`, `oci:${out2}:dfb`]), 'verify');
+    expectOk(
+      await runCli('dfconvert', [...convertArgs(), `docker-archive:${edgeArchive}`, `oci:${out2}:dfb`]),
+      'edge archive',
+    );
+    expectOk(
+      await runCli('dfconvert', ['verify', `docker-archive:${edgeArchive}`, `oci:${out2}:dfb`]),
+      'verify',
+    );
   });
 
   it('is incremental: a second run reuses every layer and uploads nothing', async () => {
@@ -173,7 +228,10 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
 
   it('verify catches a flipped byte in any block, a missing file and a changed mode', async () => {
     const out = join(work, 'flip');
-    expectOk(await runCli('dfconvert', [...convertArgs(), '--force', fx.multilayer!.ref, `oci:${out}:dfb`]), 'convert');
+    expectOk(
+      await runCli('dfconvert', [...convertArgs(), '--force', fx.multilayer!.ref, `oci:${out}:dfb`]),
+      'convert',
+    );
     const { manifest } = await ociManifest(out, 'dfb');
     // The biggest layer: flip one byte in its first, middle and last block regions (one at a time).
     const layer = [...manifest.layers].sort((x: any, y: any) => y.size - x.size)[0];
@@ -199,26 +257,38 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
     ];
     const cases: Array<[string, TarEntry[], RegExp]> = [
       ['missing', base.filter((e) => e.path !== 'etc/b.conf'), /etc\/b\.conf.*missing/],
-      ['mode', base.map((e) => (e.path === 'etc/b.conf' ? { ...e, mode: 0o644 } : e)), /etc\/b\.conf.*mode 600.*644/],
+      [
+        'mode',
+        base.map((e) => (e.path === 'etc/b.conf' ? { ...e, mode: 0o644 } : e)),
+        /etc\/b\.conf.*mode 600.*644/,
+      ],
     ];
     const good = join(work, 'good');
     await makeImage(good, 'v1', [base]);
     for (const [name, entries, pattern] of cases) {
       const bad = join(work, `bad-${name}`);
       await makeImage(bad, 'v1', [entries]);
-      expectOk(await runCli('dfconvert', [...convertArgs(), `oci:${bad}:v1`, `oci:${bad}:dfb`]), 'convert bad');
+      expectOk(
+        await runCli('dfconvert', [...convertArgs(), `oci:${bad}:v1`, `oci:${bad}:dfb`]),
+        'convert bad',
+      );
       // Make the converted image claim the good source (same source digest and config).
       const g = await ociManifest(good, 'v1');
       const m = await ociManifest(bad, 'dfb');
       m.manifest.layers[0].annotations['dev.dfnode.source.digest'] = g.manifest.layers[0].digest;
       m.manifest.config = g.manifest.config;
-      await writeFile(join(bad, 'blobs', 'sha256', g.manifest.config.digest.slice(7)), await readFile(join(good, 'blobs', 'sha256', g.manifest.config.digest.slice(7))));
+      await writeFile(
+        join(bad, 'blobs', 'sha256', g.manifest.config.digest.slice(7)),
+        await readFile(join(good, 'blobs', 'sha256', g.manifest.config.digest.slice(7))),
+      );
       const bytes = Buffer.from(JSON.stringify(m.manifest));
       const d = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
       await writeFile(join(bad, 'blobs', 'sha256', d.slice(7)), bytes);
       const index = JSON.parse(await readFile(join(bad, 'index.json'), 'utf8'));
       index.manifests = index.manifests.map((x: any) =>
-        x.annotations?.['org.opencontainers.image.ref.name'] === 'dfb' ? { ...x, digest: d, size: bytes.length } : x,
+        x.annotations?.['org.opencontainers.image.ref.name'] === 'dfb'
+          ? { ...x, digest: d, size: bytes.length }
+          : x,
       );
       await writeFile(join(bad, 'index.json'), JSON.stringify(index));
       const v = await runCli('dfconvert', ['verify', `oci:${good}:v1`, `oci:${bad}:dfb`]);
@@ -228,10 +298,26 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
 
   it('fails clearly on bad input and never tags a partial image', async () => {
     const cases: Array<[string, Promise<Fixture>, RegExp]> = [
-      ['corrupt gzip', corruptGzipLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }), /corrupt gzip|gzip/i],
-      ['truncated tar', truncatedTarLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }), /truncated|end of/i],
-      ['digest mismatch', wrongDigestLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }), /digest mismatch/i],
-      ['unknown media type', unknownMediaTypeLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }), /zstd|media type/i],
+      [
+        'corrupt gzip',
+        corruptGzipLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }),
+        /corrupt gzip|gzip/i,
+      ],
+      [
+        'truncated tar',
+        truncatedTarLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }),
+        /truncated|end of/i,
+      ],
+      [
+        'digest mismatch',
+        wrongDigestLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }),
+        /digest mismatch/i,
+      ],
+      [
+        'unknown media type',
+        unknownMediaTypeLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }),
+        /zstd|media type/i,
+      ],
     ];
     for (const [name, fixture, pattern] of cases) {
       const f = await fixture;
@@ -256,7 +342,13 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
     const sockets = new Set<import('node:net').Socket>();
     const proxy = createServer((req, res) => {
       const up = httpRequest(
-        { host: '127.0.0.1', port: Number(reg.host.split(':')[1]), method: req.method, path: req.url, headers: req.headers },
+        {
+          host: '127.0.0.1',
+          port: Number(reg.host.split(':')[1]),
+          method: req.method,
+          path: req.url,
+          headers: req.headers,
+        },
         (ures) => {
           res.writeHead(ures.statusCode ?? 502, ures.headers);
           if (!/\/blobs\/sha256:/.test(req.url ?? '') || req.method !== 'GET') return void ures.pipe(res);
@@ -286,7 +378,12 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
       const r = await p;
       expect(r.code).toBe(130);
       expect(r.stderr).toMatch(/interrupted|SIGINT/);
-      const check = await runCli('dfconvert', ['verify', '--plain-http', `${reg.host}/debian:1`, `${reg.host}/debian:interrupted`]);
+      const check = await runCli('dfconvert', [
+        'verify',
+        '--plain-http',
+        `${reg.host}/debian:1`,
+        `${reg.host}/debian:interrupted`,
+      ]);
       expect(check.stderr).toMatch(/not found/);
     } finally {
       for (const s of sockets) s.destroy();
@@ -313,20 +410,42 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
         platform: { os: 'linux', architecture: arch },
       });
     }
-    const index = await writeJsonBlob(dir, MT.ociIndex, { schemaVersion: 2, mediaType: MT.ociIndex, manifests: children });
+    const index = await writeJsonBlob(dir, MT.ociIndex, {
+      schemaVersion: 2,
+      mediaType: MT.ociIndex,
+      manifests: children,
+    });
     await writeIndex(dir, [tagged(index, 'multi')]);
     expectOk(await runCli('dfconvert', [...convertArgs(), `oci:${dir}:multi`]), 'convert index');
     const all = await ociManifest(dir, 'multi-dfb');
     expect(all.manifest.manifests.map((m: any) => m.platform.architecture)).toEqual(['amd64', 'arm64']);
-    expectOk(await runCli('dfconvert', ['verify', `oci:${dir}:multi`, `oci:${dir}:multi-dfb`]), 'verify index');
     expectOk(
-      await runCli('dfconvert', [...convertArgs(), '--platform', 'linux/arm64', `oci:${dir}:multi`, `oci:${dir}:arm`]),
+      await runCli('dfconvert', ['verify', `oci:${dir}:multi`, `oci:${dir}:multi-dfb`]),
+      'verify index',
+    );
+    expectOk(
+      await runCli('dfconvert', [
+        ...convertArgs(),
+        '--platform',
+        'linux/arm64',
+        `oci:${dir}:multi`,
+        `oci:${dir}:arm`,
+      ]),
       'convert one platform',
     );
     const one = await ociManifest(dir, 'arm');
     expect(one.manifest.manifests.map((m: any) => m.platform.architecture)).toEqual(['arm64']);
-    expectOk(await runCli('dfconvert', ['verify', `oci:${dir}:multi`, `oci:${dir}:arm`]), 'verify one platform');
-    const none = await runCli('dfconvert', [...convertArgs(), '--platform', 'linux/s390x', `oci:${dir}:multi`, `oci:${dir}:none`]);
+    expectOk(
+      await runCli('dfconvert', ['verify', `oci:${dir}:multi`, `oci:${dir}:arm`]),
+      'verify one platform',
+    );
+    const none = await runCli('dfconvert', [
+      ...convertArgs(),
+      '--platform',
+      'linux/s390x',
+      `oci:${dir}:multi`,
+      `oci:${dir}:none`,
+    ]);
     expectCleanFailure(none, /no image matches --platform linux\/s390x/);
   });
 
@@ -374,7 +493,9 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
           await mkdir(cfgDir, { recursive: true });
           await writeFile(
             join(cfgDir, 'config.json'),
-            JSON.stringify({ auths: { [secure.host]: { auth: Buffer.from('ci:s3cret').toString('base64') } } }),
+            JSON.stringify({
+              auths: { [secure.host]: { auth: Buffer.from('ci:s3cret').toString('base64') } },
+            }),
           );
           expectOk(
             await runCli('dfconvert', [
@@ -387,7 +508,12 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
             ]),
             'verify with docker config',
           );
-          const wrong = await runCli('dfconvert', [...convertArgs(), '--creds', 'ci:nope', `${secure.host}/busybox:1`]);
+          const wrong = await runCli('dfconvert', [
+            ...convertArgs(),
+            '--creds',
+            'ci:nope',
+            `${secure.host}/busybox:1`,
+          ]);
           expectCleanFailure(wrong, /authentication|unauthorized|credentials/i);
           expect(wrong.code).toBe(4);
         } finally {

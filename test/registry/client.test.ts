@@ -54,14 +54,12 @@ describe('RegistryClient (mocked transport)', () => {
 
   it('does not retry 4xx; maps 403 to FORBIDDEN and 400 to REGISTRY with the message', async () => {
     const pool = make();
-    pool
-      .intercept({ path: '/v2/a/b/manifests/1', method: 'PUT' })
-      .reply(
-        400,
-        JSON.stringify({
-          errors: [{ code: 'MANIFEST_INVALID', message: 'manifest invalid', detail: 'bad' }],
-        }),
-      );
+    pool.intercept({ path: '/v2/a/b/manifests/1', method: 'PUT' }).reply(
+      400,
+      JSON.stringify({
+        errors: [{ code: 'MANIFEST_INVALID', message: 'manifest invalid', detail: 'bad' }],
+      }),
+    );
     const e1 = await rejection(
       client.putManifest(ref, Buffer.from('{}'), 'application/vnd.oci.image.manifest.v1+json'),
     );
