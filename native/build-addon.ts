@@ -36,7 +36,9 @@ function nodeDir(): string | undefined {
 function upToDate(): boolean {
   if (!existsSync(addonPath)) return false;
   const built = statSync(addonPath).mtimeMs;
-  return ['dfnode_fuse.c', 'binding.gyp'].every((f) => statSync(join(here, f)).mtimeMs <= built);
+  return ['dfnode_fuse.c', 'direct_read.c', 'direct_read.h', 'binding.gyp'].every(
+    (f) => statSync(join(here, f)).mtimeMs <= built,
+  );
 }
 
 /** Builds the addon if needed. Returns undefined when it is ready, else why it is not. */

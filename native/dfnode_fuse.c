@@ -11,6 +11,10 @@
  * Request ids: a slot table (mutex) maps a numeric id (slot + generation) to the pending request, so a late
  * or repeated reply from JS is ignored instead of touching a freed request. Unmount answers EIO to every
  * request still pending in JS, then unmounts; requests still queued for JS are answered as they drain.
+ *
+ * Reads of blocks already in the local cache are answered on the reader thread (direct_read.c) when the mount
+ * was given the tables for it; every other read (and the first read of a mount, so that JS sees it and starts
+ * background fill) goes to JS.
  */
 #define FUSE_USE_VERSION 34
 #define _GNU_SOURCE
@@ -28,6 +32,8 @@
 #include <sys/eventfd.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
+
+#include "direct_read.h"
 
 #define MAX_THREADS 16
 /* Attributes as JS packs them in a Float64Array. */
@@ -73,6 +79,9 @@ struct session {
   int refs; /* the JS external + the tsfn; JS thread only */
   int cleanup_hook;
   unsigned max_read_opt; /* the max_read= mount option (0: none) */
+  direct_reads *dr;      /* reads served from the cache file in C; NULL: every read goes to JS */
+  volatile int read_forwarded; /* a read went to JS already (the first one always does) */
+  dr_stats direct_total;        /* direct-read counters kept when dr is freed at unmount */
   /* counters (reader threads; racy but only for reporting) */
   uint64_t reads, read_bytes, max_read, requests;
 };
@@ -264,6 +273,8 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
   s->reads++;
   s->read_bytes += size;
   if (size > s->max_read) s->max_read = size;
+  if (s->dr && s->read_forwarded && !s->closing && dr_read(s->dr, req, ino, size, (uint64_t)off)) return;
+  s->read_forwarded = 1;
   forward(req, OP_READ, ino, (uint64_t)off, size, 0, NULL);
 }
 
@@ -397,6 +408,7 @@ static void *reader_main(void *arg) {
     fuse_session_process_buf(s->se, &fbuf);
   }
   free(fbuf.mem);
+  dr_thread_exit();
   return NULL;
 }
 
@@ -412,6 +424,9 @@ static void session_stop(session *s) {
   for (int i = 0; i < s->nthreads; i++) pthread_join(s->threads[i], NULL);
   s->nthreads = 0;
   tbl_fail_session(s, EIO);
+  if (s->dr) dr_get_stats(s->dr, &s->direct_total);
+  dr_free(s->dr); /* no reader thread left to use it */
+  s->dr = NULL;
   /* closes /dev/fuse first (aborts what is left), then detaches the mount */
   fuse_session_unmount(s->se);
 }
@@ -547,17 +562,32 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->negative_timeout = num_prop(env, argv[3], "negativeTimeout", 86400);
   const char *mr = strstr(opts, "max_read=");
   s->max_read_opt = mr ? (unsigned)strtoul(mr + 9, NULL, 10) : 0;
+  napi_value dcfg;
+  bool has_direct = false;
+  napi_valuetype dt = napi_undefined;
+  if (napi_has_named_property(env, argv[3], "direct", &has_direct) == napi_ok && has_direct &&
+      napi_get_named_property(env, argv[3], "direct", &dcfg) == napi_ok && napi_typeof(env, dcfg, &dt) == napi_ok &&
+      dt == napi_object) {
+    char err[512];
+    s->dr = dr_create(env, dcfg, err, sizeof(err));
+    if (!s->dr) {
+      free(s);
+      THROW(env, err);
+    }
+  }
 
   char *fargv[] = {"dfnode", "-o", opts, NULL};
   struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
   s->se = fuse_session_new(&args, &ll_ops, sizeof(ll_ops), s);
   fuse_opt_free_args(&args);
   if (!s->se) {
+    dr_free(s->dr);
     free(s);
     THROW(env, "fuse_session_new failed (bad mount options?)");
   }
   if (fuse_session_mount(s->se, mp) != 0) {
     fuse_session_destroy(s->se);
+    dr_free(s->dr);
     free(s);
     THROW(env, "fuse_session_mount failed (is /dev/fuse there, the mountpoint a directory, and are we root or "
                "is fusermount3 installed?)");
@@ -574,6 +604,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     fuse_session_unmount(s->se);
     fuse_session_destroy(s->se);
     if (s->efd >= 0) close(s->efd);
+    dr_free(s->dr);
     free(s);
     THROW(env, "cannot create the request queue");
   }
@@ -622,7 +653,7 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* info(session) → { alive, reads, readBytes, maxRead, requests } */
+/* info(session) → { alive, reads, readBytes, maxRead, requests, directReads, directBytes, directFallbacks } */
 static napi_value js_info(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -641,6 +672,16 @@ static napi_value js_info(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, o, "maxRead", v);
   napi_create_double(env, (double)s->requests, &v);
   napi_set_named_property(env, o, "requests", v);
+  dr_stats ds;
+  memset(&ds, 0, sizeof(ds));
+  dr_get_stats(s->dr, &ds);
+  if (s->dr) s->direct_total = ds; /* after unmount: the last counters (dr is freed then) */
+  napi_create_double(env, (double)s->direct_total.reads, &v);
+  napi_set_named_property(env, o, "directReads", v);
+  napi_create_double(env, (double)s->direct_total.bytes, &v);
+  napi_set_named_property(env, o, "directBytes", v);
+  napi_create_double(env, (double)s->direct_total.fallbacks, &v);
+  napi_set_named_property(env, o, "directFallbacks", v);
   return o;
 }
 
@@ -867,6 +908,50 @@ static napi_value js_reply_statfs(napi_env env, napi_callback_info info) {
   return ret_bool(env, true);
 }
 
+/* directMark(session, unit, present: boolean): a block became present in (or was dropped from) the cache
+   file. No-op when the mount has no direct reads or is unmounted. */
+static napi_value js_direct_mark(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  session *s = argc >= 3 ? get_session(env, argv[0]) : NULL;
+  uint32_t unit;
+  bool present;
+  if (!s || napi_get_value_uint32(env, argv[1], &unit) != napi_ok || napi_get_value_bool(env, argv[2], &present) != napi_ok)
+    THROW(env, "directMark(session, unit, present)");
+  dr_mark(s->dr, unit, present);
+  return NULL;
+}
+
+/* directComplete(session, complete: boolean): every unit present (one flag instead of the bitmap). */
+static napi_value js_direct_complete(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  session *s = argc >= 2 ? get_session(env, argv[0]) : NULL;
+  bool complete;
+  if (!s || napi_get_value_bool(env, argv[1], &complete) != napi_ok) THROW(env, "directComplete(session, complete)");
+  dr_set_complete(s->dr, complete);
+  return NULL;
+}
+
+/* directReset(session, bits: Uint8Array): presence becomes exactly `bits`, complete flag cleared. */
+static napi_value js_direct_reset(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  session *s = argc >= 2 ? get_session(env, argv[0]) : NULL;
+  napi_typedarray_type type;
+  size_t len = 0;
+  void *data = NULL;
+  bool is = false;
+  if (!s || napi_is_typedarray(env, argv[1], &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, argv[1], &type, &len, &data, NULL, NULL) != napi_ok || type != napi_uint8_array)
+    THROW(env, "directReset(session, bits)");
+  dr_reset(s->dr, data, len);
+  return NULL;
+}
+
 static napi_value js_version(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value v;
@@ -885,6 +970,9 @@ NAPI_MODULE_INIT() {
       {"replyOpendir", NULL, js_reply_opendir, NULL, NULL, NULL, napi_default, NULL},
       {"replyBuf", NULL, js_reply_buf, NULL, NULL, NULL, napi_default, NULL},
       {"replyStatfs", NULL, js_reply_statfs, NULL, NULL, NULL, napi_default, NULL},
+      {"directMark", NULL, js_direct_mark, NULL, NULL, NULL, napi_default, NULL},
+      {"directComplete", NULL, js_direct_complete, NULL, NULL, NULL, napi_default, NULL},
+      {"directReset", NULL, js_direct_reset, NULL, NULL, NULL, napi_default, NULL},
       {"fuseVersion", NULL, js_version, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

@@ -60,6 +60,17 @@ export interface BlobCacheOptions {
 }
 
 /**
+ * Told synchronously when units change in the in-memory bitmap (the native FUSE binding mirrors it to serve
+ * reads of present blocks without JS).
+ */
+export interface CacheUnitListener {
+  /** The unit's bytes were written to the data file (after verification) and it is now present. */
+  present(unit: number): void;
+  /** Units went away or the bitmap was replaced (invalidate, drop, setLayout): read snapshot() again. */
+  reset(): void;
+}
+
+/**
  * The local copy of one blob: a sparse file holding stored bytes at their blob offsets (complete file =
  * the blob) and a bitmap of the units present: blocks 0..n-1 and the TOC unit n (TOC + footer).
  *
@@ -89,6 +100,7 @@ export class BlobCache {
   private readonly timers: Timers;
   private readonly logger: Logger;
   private readonly onChange: ((cache: BlobCache, delta: number) => void) | undefined;
+  private readonly unitListeners = new Set<CacheUnitListener>();
 
   private constructor(opts: BlobCacheOptions, meta: BlobMeta) {
     this.digest = opts.digest;
@@ -164,11 +176,34 @@ export class BlobCache {
     const delta = -this.filled;
     this.bitmap = new Bitmap(blockCount + 1);
     this.filled = 0;
+    this.notifyUnits(undefined);
     await this.disk('write meta', signal, async () => {
       await rm(join(this.dir, BITMAP_FILE), { force: true });
       await writeAtomic(this.dir, META_FILE, Buffer.from(JSON.stringify(this.meta)));
     });
     if (delta) this.onChange?.(this, delta);
+  }
+
+  /** The sparse data file: stored bytes at their blob offsets (only units that are present are meaningful). */
+  get dataPath(): string {
+    return join(this.dir, DATA_FILE);
+  }
+
+  /** Adds a listener of unit presence; returns its removal. */
+  addUnitListener(l: CacheUnitListener): () => void {
+    this.unitListeners.add(l);
+    return () => void this.unitListeners.delete(l);
+  }
+
+  private notifyUnits(unit: number | undefined): void {
+    for (const l of this.unitListeners) {
+      try {
+        if (unit === undefined) l.reset();
+        else l.present(unit);
+      } catch (err) {
+        this.logger.warn({ err, digest: this.digest }, 'cache unit listener threw');
+      }
+    }
   }
 
   /** Units: blocks 0..blockCount-1, then the TOC unit (index blockCount). 0 before the layout is known. */
@@ -224,6 +259,7 @@ export class BlobCache {
     const fh = this.requireOpen();
     await this.disk('write', signal, () => this.io.write(fh, data, offset));
     if (this.closed || this.bitmap !== bm || !bm.set(unit)) return;
+    this.notifyUnits(unit);
     this.filled += data.length;
     this.pendingBytes += data.length;
     this.dirty = true;
@@ -253,6 +289,7 @@ export class BlobCache {
   /** Forgets a unit whose cached bytes turned out to be bad. */
   invalidate(unit: number, length: number): void {
     if (this.bitmap?.clear(unit)) {
+      this.notifyUnits(undefined);
       this.filled -= length;
       this.dirty = true;
       this.meta.verified = false;
@@ -360,6 +397,7 @@ export class BlobCache {
     await this.flushing?.catch(() => {});
     const delta = -this.filled;
     this.bitmap?.clearAll();
+    this.notifyUnits(undefined);
     this.filled = 0;
     this.pendingBytes = 0;
     this.dirty = false;

@@ -3,6 +3,9 @@ import { mkdir } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Toc } from '../blob/toc.js';
+import { EntryType } from '../blob/types.js';
+import { BlobCache } from '../cache/blob-cache.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { Errno } from './errno.js';
@@ -23,6 +26,9 @@ interface Addon {
   replyOpendir(id: number, names: Buffer, attrs: Float64Array, count: number): boolean;
   replyBuf(id: number, data: Uint8Array): boolean;
   replyStatfs(id: number, f: Float64Array): boolean;
+  directMark(s: Session, unit: number, present: boolean): void;
+  directComplete(s: Session, complete: boolean): void;
+  directReset(s: Session, bits: Uint8Array): void;
   fuseVersion(): number;
 }
 
@@ -41,6 +47,36 @@ interface NativeCfg {
   entryTimeout: number;
   attrTimeout: number;
   negativeTimeout: number;
+  direct?: DirectTables;
+}
+
+/** What native/direct_read.c copies at mount to answer reads of cached blocks on the reader threads. */
+interface DirectTables {
+  /** The cache data file (stored bytes at blob offsets). */
+  path: string;
+  /** Prefix sums over the blocks (n + 1 entries): stream offsets and blob offsets. */
+  streamOffsets: Float64Array;
+  blobOffsets: Float64Array;
+  codecs: Uint8Array;
+  /** By inode - 1: a regular file's offset in the stream and its size; size -1 for anything else. */
+  fileOffsets: Float64Array;
+  fileSizes: Float64Array;
+  /** Units present now (blocks, then the TOC unit), and whether all are. */
+  present: Uint8Array;
+  complete: boolean;
+}
+
+/**
+ * A blob's TOC and its local cache: given to a mount, reads whose blocks are all in the cache are answered in
+ * C on the FUSE reader threads (one pread, LZ4 decode, reply), without a hop to the JS thread. Blocks are
+ * verified (SHA-256 against the TOC) before the cache takes them and the complete file against the blob
+ * digest; the C path does not hash them again on every read, whatever BlobFetcher's verifyCachedReads says
+ * (that option only applies to reads served by JS). Set `directReads: false` (or DFNODE_FUSE_DIRECT_READS=0)
+ * to have every read go through JS.
+ */
+export interface DirectReadSource {
+  toc: Toc;
+  cache: BlobCache;
 }
 
 /** Counters of one mount (kernel requests as the reader threads saw them). */
@@ -52,6 +88,10 @@ export interface NativeInfo {
   /** Largest read request the kernel sent (bytes). */
   maxRead: number;
   requests: number;
+  /** Reads answered in C from the cache file (direct reads), their bytes, and reads they passed to JS. */
+  directReads: number;
+  directBytes: number;
+  directFallbacks: number;
 }
 
 // operation codes of dfnode_fuse.c
@@ -147,6 +187,51 @@ export interface NativeMountOptions extends MountOptions {
   threads?: number;
   /** Largest read request (bytes); the kernel may cap it lower. Default 1 MiB. */
   maxRead?: number;
+  /**
+   * Serve reads of cached blocks in C (see DirectReadSource). Default: when the LayerFs reads through a
+   * BlobFetcher (anything with `toc` and a BlobCache `cache`), that one; false: never.
+   */
+  directReads?: DirectReadSource | false;
+}
+
+/** The DirectReadSource of a LayerFs whose reader is a BlobFetcher (duck-typed: toc + BlobCache). */
+function directSourceOf(fs: LayerFs): DirectReadSource | undefined {
+  const reader = (fs as unknown as { reader?: { toc?: unknown; cache?: unknown } }).reader;
+  if (!reader || reader.toc !== fs.toc || !(reader.cache instanceof BlobCache)) return undefined;
+  return { toc: fs.toc, cache: reader.cache };
+}
+
+/** Copies the block table and file extents of a TOC into typed arrays for native/direct_read.c. */
+export function directTables(src: DirectReadSource): DirectTables | undefined {
+  const { toc, cache } = src;
+  if (cache.unitCount !== toc.blockCount + 1) return undefined; // layout not set, or not this TOC's cache
+  const n = toc.blockCount;
+  const streamOffsets = new Float64Array(n + 1);
+  const blobOffsets = new Float64Array(n + 1);
+  const codecs = new Uint8Array(n);
+  for (let i = 0; i <= n; i++) {
+    streamOffsets[i] = toc.blockStreamOffset(i);
+    blobOffsets[i] = toc.blockOffset(i);
+    if (i < n) codecs[i] = toc.blockCodec(i);
+  }
+  const fileOffsets = new Float64Array(toc.inodeCount);
+  const fileSizes = new Float64Array(toc.inodeCount).fill(-1);
+  for (let ino = 1; ino <= toc.inodeCount; ino++) {
+    if (toc.type(ino) !== EntryType.File) continue;
+    const st = toc.stat(ino);
+    fileOffsets[ino - 1] = st.dataOffset;
+    fileSizes[ino - 1] = st.size;
+  }
+  return {
+    path: cache.dataPath,
+    streamOffsets,
+    blobOffsets,
+    codecs,
+    fileOffsets,
+    fileSizes,
+    present: cache.snapshot(),
+    complete: cache.isComplete,
+  };
 }
 
 /**
@@ -312,6 +397,7 @@ export class NativeFuseMount implements FuseMount {
     private readonly session: Session,
     private readonly dispatcher: Dispatcher,
     private readonly logger: Logger,
+    private readonly stopDirect: () => void = () => {},
   ) {}
 
   /** Request counters of this mount. */
@@ -322,6 +408,7 @@ export class NativeFuseMount implements FuseMount {
   unmount(): Promise<void> {
     this.unmounted ??= (async () => {
       // joins the reader threads, answers pending requests EIO, closes /dev/fuse and detaches the mount
+      this.stopDirect();
       this.a.unmount(this.session);
       this.dispatcher.close();
       if (readMountInfo().some((m) => m.mountpoint === this.mountpoint)) await lazyUnmount(this.mountpoint);
@@ -345,7 +432,8 @@ export class NativeFuseMount implements FuseMount {
 /**
  * FuseBinding over native/dfnode_fuse (N-API, libfuse3 low-level API): inode-based requests straight to
  * LayerFs, reader threads off the JS thread, reads up to 1 MiB, nanosecond timestamps, readdirplus, and
- * /dev/fuse close-on-exec. FuseNativeBinding is the fallback when the addon is not built (see available()).
+ * /dev/fuse close-on-exec. Reads of blocks already in the layer's cache are answered in C on the reader
+ * threads (see DirectReadSource). FuseNativeBinding is the fallback when the addon is not built (see available()).
  */
 export class NativeFuseBinding implements FuseBinding {
   constructor(private readonly defaults: NativeMountOptions = {}) {}
@@ -374,13 +462,18 @@ export class NativeFuseBinding implements FuseBinding {
     const fsname = o.fsname ?? 'dfnode';
     const t = o.cacheTimeoutSec ?? 86_400;
     const dispatcher = new Dispatcher(a, fs, o.handlerTimeoutMs ?? 150_000);
+    const directSrc =
+      o.directReads === false || process.env.DFNODE_FUSE_DIRECT_READS === '0'
+        ? undefined
+        : (o.directReads ?? directSourceOf(fs));
+    const direct = directSrc && directTables(directSrc);
     let session: Session;
     try {
       session = a.mount(
         mp,
         nativeOptionString({ fsname, allowOther: o.allowOther ?? true, maxRead: o.maxRead ?? 1 << 20 }),
         dispatcher.dispatch,
-        { threads: o.threads ?? 2, entryTimeout: t, attrTimeout: t, negativeTimeout: t },
+        { threads: o.threads ?? 2, entryTimeout: t, attrTimeout: t, negativeTimeout: t, direct },
       );
     } catch (err) {
       throw new DfError(
@@ -389,9 +482,32 @@ export class NativeFuseBinding implements FuseBinding {
         { cause: err },
       );
     }
-    const m = new NativeFuseMount(mp, a, session, dispatcher, logger);
+    // presence changes from now on (the tables above hold a snapshot taken in the same tick)
+    let stopDirect: (() => void) | undefined;
+    if (direct && directSrc) {
+      const cache = directSrc.cache;
+      const removeListener = cache.addUnitListener({
+        present: (unit) => {
+          a.directMark(session, unit, true);
+          if (cache.isComplete) a.directComplete(session, true);
+        },
+        reset: () => a.directReset(session, cache.snapshot()),
+      });
+      // reads served in C do not pass BlobFetcher.read: keep the cache's last use (gc order) current
+      let served = 0;
+      const toucher = setInterval(() => {
+        const n = a.info(session).directReads;
+        if (n !== served) cache.touch();
+        served = n;
+      }, 30_000).unref();
+      stopDirect = () => {
+        clearInterval(toucher);
+        removeListener();
+      };
+    }
+    const m = new NativeFuseMount(mp, a, session, dispatcher, logger, stopDirect);
     trackMount(m);
-    logger.info({ mountpoint: mp, fsname, binding: 'native' }, 'fuse: mounted');
+    logger.info({ mountpoint: mp, fsname, binding: 'native', directReads: !!direct }, 'fuse: mounted');
     return m;
   }
 }
