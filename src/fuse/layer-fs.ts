@@ -75,7 +75,7 @@ export function makedev(major: number, minor: number): number {
  */
 export class LayerFs {
   readonly toc: Toc;
-  private readonly reader: FileReader;
+  readonly reader: FileReader;
   private readonly log: RateLimitedLog;
   private onFirstRead: (() => void) | undefined;
   private readonly readTimeoutMs: number;

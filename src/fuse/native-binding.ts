@@ -196,8 +196,8 @@ export interface NativeMountOptions extends MountOptions {
 
 /** The DirectReadSource of a LayerFs whose reader is a BlobFetcher (duck-typed: toc + BlobCache). */
 function directSourceOf(fs: LayerFs): DirectReadSource | undefined {
-  const reader = (fs as unknown as { reader?: { toc?: unknown; cache?: unknown } }).reader;
-  if (!reader || reader.toc !== fs.toc || !(reader.cache instanceof BlobCache)) return undefined;
+  const reader = fs.reader as { toc?: unknown; cache?: unknown };
+  if (reader.toc !== fs.toc || !(reader.cache instanceof BlobCache)) return undefined;
   return { toc: fs.toc, cache: reader.cache };
 }
 
