@@ -34,6 +34,17 @@ export const Labels = {
 export interface RemoteMount {
   toc?: Toc;
   unmount(): Promise<void>;
+  /**
+   * Served by a process that outlives the snapshotter (the FUSE manager): the snapshotter's close() leaves it
+   * mounted, and a new snapshotter adopts it instead of mounting again.
+   */
+  persistent?: boolean;
+}
+
+/** A layer below the one being mounted: its record and, when the snapshotter holds it, its TOC. */
+export interface LowerLayer {
+  layer: RemoteLayerRecord;
+  toc?: Toc;
 }
 
 /**
@@ -43,13 +54,26 @@ export interface RemoteMount {
 export interface RemoteLayers {
   /** The remote layer named by Prepare's labels, or undefined when it is not a DFB layer (or unknown). */
   resolve(labels: Record<string, string>, signal?: AbortSignal): Promise<RemoteLayerRecord | undefined>;
-  /** Mounts the layer read-only at `mountpoint`; `lowerTocs` are the layers below, bottom first. */
+  /** Mounts the layer read-only at `mountpoint`; `lower` are the remote layers below, bottom first. */
   mount(
     layer: RemoteLayerRecord,
     mountpoint: string,
-    lowerTocs?: Toc[],
+    lower?: LowerLayer[],
     signal?: AbortSignal,
   ): Promise<RemoteMount>;
+  /**
+   * A live mount of `layer` at `mountpoint` that survived the previous snapshotter process (served by a
+   * process that outlives it), or undefined when there is none: the snapshotter then cleans the mountpoint
+   * and mounts again. Implementations without such a process leave it out.
+   */
+  adopt?(layer: RemoteLayerRecord, mountpoint: string): Promise<RemoteMount | undefined>;
+}
+
+/** TOCs of `lower` when every one is known (implied directories then inherit their attributes). */
+export function lowerTocsOf(lower: LowerLayer[] | undefined): Toc[] | undefined {
+  if (!lower?.length) return undefined;
+  const tocs = lower.map((l) => l.toc);
+  return tocs.every((t): t is Toc => t !== undefined) ? tocs : undefined;
 }
 
 interface CachedManifest {
@@ -57,14 +81,16 @@ interface CachedManifest {
   layers: Promise<Descriptor[]>;
 }
 
-/** RemoteLayers over the node runtime: manifests from the registry (cached per image), FUSE mounts. */
-export class NodeRemoteLayers implements RemoteLayers {
+/**
+ * Which Prepare is a remote DFB layer: the image's manifest from the registry (cached per image), the layer
+ * named by the labels, and its DFB annotations. Shared by the in-process and the FUSE-manager remote layers.
+ */
+export class LayerResolver {
   private readonly manifests = new Map<string, CachedManifest>();
   private readonly log: Logger;
   private readonly ttlMs: number;
 
   constructor(
-    private readonly runtime: NodeRuntime,
     private readonly client: RegistryClient,
     opts: { logger?: Logger; manifestTtlMs?: number } = {},
   ) {
@@ -136,11 +162,28 @@ export class NodeRemoteLayers implements RemoteLayers {
     }
     return parsed.manifest.layers;
   }
+}
+
+/** RemoteLayers over an in-process node runtime: FUSE mounts served by this process (they die with it). */
+export class NodeRemoteLayers implements RemoteLayers {
+  private readonly resolver: LayerResolver;
+
+  constructor(
+    private readonly runtime: NodeRuntime,
+    client: RegistryClient,
+    opts: { logger?: Logger; manifestTtlMs?: number; resolver?: LayerResolver } = {},
+  ) {
+    this.resolver = opts.resolver ?? new LayerResolver(client, opts);
+  }
+
+  resolve(labels: Record<string, string>, signal?: AbortSignal): Promise<RemoteLayerRecord | undefined> {
+    return this.resolver.resolve(labels, signal);
+  }
 
   async mount(
     layer: RemoteLayerRecord,
     mountpoint: string,
-    lowerTocs?: Toc[],
+    lower?: LowerLayer[],
     signal?: AbortSignal,
   ): Promise<RemoteMount> {
     const ref = parseReference(layer.ref);
@@ -148,7 +191,7 @@ export class NodeRemoteLayers implements RemoteLayers {
       ref,
       { digest: layer.digest, size: layer.size, tocDigest: layer.tocDigest, diffId: layer.diffId },
       mountpoint,
-      { lowerTocs, signal },
+      { lowerTocs: lowerTocsOf(lower), signal },
     );
     return { toc: mounted.fs.toc, unmount: () => this.runtime.releaseLayer(mounted) };
   }

@@ -1,13 +1,12 @@
 import { existsSync } from 'node:fs';
 import { lstat, mkdir, opendir, readdir, rm } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
-import type { Toc } from '../blob/toc.js';
 import { DfError } from '../errors.js';
 import { abortConnection, isFuseType, lazyUnmount, readMountInfo } from '../fuse/mounts.js';
 import { silentLogger, type Logger } from '../log.js';
 import { compileFilters } from './filters.js';
 import { MetadataStore } from './metadata-store.js';
-import { Labels, type RemoteLayers, type RemoteMount } from './remote-layers.js';
+import { Labels, type LowerLayer, type RemoteLayers, type RemoteMount } from './remote-layers.js';
 import { infoOf, Kind, type Mount, type SnapshotInfo, type SnapshotRecord, type Usage } from './types.js';
 
 export interface SnapshotterOptions {
@@ -69,17 +68,33 @@ export class Snapshotter {
   }
 
   /**
-   * Loads the metadata, unmounts what a previous process left mounted under the root, removes orphan
-   * directories and mounts the remote snapshots again (their FUSE mounts died with the old process).
+   * Loads the metadata, adopts the remote layers whose mounts outlived the previous process (served by the
+   * FUSE manager), unmounts everything else a previous process left mounted under the root, removes orphan
+   * directories and mounts the remaining remote snapshots again (their FUSE mounts died with their server).
    */
   async start(): Promise<void> {
     await mkdir(this.snapshotsDir, { recursive: true });
     await this.store.load();
-    await this.unmountUnder(this.root);
-    await this.removeOrphans();
     // Parents before children, so that each remote layer gets the TOCs of the layers below.
     const remotes = this.store.all().filter((s) => s.remote);
     remotes.sort((a, b) => this.store.parents(a.name).length - this.store.parents(b.name).length);
+    const adopted = new Set<string>();
+    if (this.remote?.adopt) {
+      for (const s of remotes) {
+        const m = await this.remote.adopt(s.remote!, this.fsOf(s.id)).catch((err: unknown) => {
+          this.log.warn(
+            { err, snapshot: s.name },
+            'remote snapshot: cannot check the live mount; mounting again',
+          );
+          return undefined;
+        });
+        if (!m) continue;
+        this.remoteMounts.set(s.id, m);
+        adopted.add(this.fsOf(s.id));
+      }
+    }
+    await this.unmountUnder(this.root, adopted);
+    await this.removeOrphans();
     for (const s of remotes) {
       try {
         await this.ensureRemoteMounted(s);
@@ -91,26 +106,30 @@ export class Snapshotter {
       }
     }
     this.log.info(
-      { root: this.root, snapshots: this.store.all().length, remote: remotes.length },
+      { root: this.root, snapshots: this.store.all().length, remote: remotes.length, adopted: adopted.size },
       'snapshotter started',
     );
   }
 
-  /** Unmounts every remote layer (graceful stop). */
+  /**
+   * Graceful stop: unmounts the remote layers this process serves. Persistent ones (FUSE manager) stay
+   * mounted: running containers keep using them and the next snapshotter adopts them.
+   */
   async close(): Promise<void> {
     await this.locked(async () => {
       for (const [id, m] of this.remoteMounts) {
+        if (m.persistent) continue;
         await m.unmount().catch((err) => this.log.warn({ err, id }, 'remote snapshot: unmount failed'));
       }
       this.remoteMounts.clear();
     });
   }
 
-  /** Lazily detaches every mount at or below `dir`, deepest first (FUSE connections aborted first). */
-  private async unmountUnder(dir: string): Promise<void> {
+  /** Lazily detaches every mount at or below `dir` except `keep`, deepest first (FUSE connections aborted first). */
+  private async unmountUnder(dir: string, keep: ReadonlySet<string> = new Set()): Promise<void> {
     const prefix = dir.endsWith(sep) ? dir : dir + sep;
     const stale = readMountInfo()
-      .filter((m) => m.mountpoint === dir || m.mountpoint.startsWith(prefix))
+      .filter((m) => (m.mountpoint === dir || m.mountpoint.startsWith(prefix)) && !keep.has(m.mountpoint))
       .sort((a, b) => b.mountpoint.length - a.mountpoint.length);
     for (const m of stale) {
       if (isFuseType(m.fstype)) abortConnection(m.mountpoint);
@@ -273,8 +292,7 @@ export class Snapshotter {
       });
       let mount: RemoteMount;
       try {
-        const lowerTocs = await this.lowerTocs(parent);
-        mount = await this.remote!.mount(layer, this.fsOf(id), lowerTocs, signal);
+        mount = await this.remote!.mount(layer, this.fsOf(id), this.lowerLayers(parent), signal);
       } catch (err) {
         await this.locked(() => this.removeDir(id)).catch(() => undefined);
         this.log.warn(
@@ -323,17 +341,16 @@ export class Snapshotter {
     }
   }
 
-  /** TOCs of the parent chain, bottom first, when every parent is a mounted remote layer. */
-  private async lowerTocs(parent: string): Promise<Toc[] | undefined> {
+  /** The parent chain, bottom first, when every parent is a remote layer (with its TOC when mounted here). */
+  private lowerLayers(parent: string): LowerLayer[] | undefined {
     if (!parent) return undefined;
     const chain = [this.mustGet(parent), ...this.store.parents(parent)].reverse();
-    const tocs: Toc[] = [];
+    const lower: LowerLayer[] = [];
     for (const p of chain) {
-      const toc = p.remote ? this.remoteMounts.get(p.id)?.toc : undefined;
-      if (!toc) return undefined;
-      tocs.push(toc);
+      if (!p.remote) return undefined;
+      lower.push({ layer: p.remote, toc: this.remoteMounts.get(p.id)?.toc });
     }
-    return tocs;
+    return lower;
   }
 
   private async ensureRemoteMounted(s: SnapshotRecord): Promise<void> {
@@ -342,7 +359,7 @@ export class Snapshotter {
     const m = await this.remote.mount(
       s.remote,
       this.fsOf(s.id),
-      s.parent ? await this.lowerTocs(s.parent) : undefined,
+      s.parent ? this.lowerLayers(s.parent) : undefined,
     );
     this.remoteMounts.set(s.id, m);
   }

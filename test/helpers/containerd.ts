@@ -95,6 +95,8 @@ export interface DfnodeRunOptions {
   args?: string[];
   env?: NodeJS.ProcessEnv;
   timeoutMs?: number;
+  /** Serve the FUSE mounts from the long-lived fuse manager (default: in-process, they die with dfnode run). */
+  fuseManager?: boolean;
 }
 
 export interface DfnodeRun {
@@ -128,7 +130,7 @@ export async function startDfnodeRun(opts: DfnodeRunOptions): Promise<DfnodeRun>
     JSON.stringify({
       registry: { plainHttp: true },
       cache: { dir: cacheDir },
-      node: { stateDir, metricsAddress: '' },
+      node: { stateDir, metricsAddress: '', fuseManager: opts.fuseManager ?? false },
       snapshotter: { enabled: true, root: snapshotterRoot, socket },
     }),
   );

@@ -475,6 +475,7 @@ describe('snapshotter killed mid-operation (dfnode run child, SIGKILL)', () => {
           root,
           '--snapshotter-socket',
           socket,
+          '--no-fuse-manager',
         ],
         { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DFNODE_LOG_LEVEL: 'warn' } },
       );

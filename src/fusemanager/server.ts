@@ -1,0 +1,279 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import type { Toc } from '../blob/toc.js';
+import type { NodeRuntime, MountedLayer } from '../daemon/node-runtime.js';
+import { DfError } from '../errors.js';
+import { isFuseType, readMountInfo } from '../fuse/mounts.js';
+import { silentLogger, type Logger } from '../log.js';
+import { parseReference } from '../registry/reference.js';
+import {
+  FUSE_MANAGER_API_VERSION,
+  fuseManagerPaths,
+  mountRequestSchema,
+  releaseRequestSchema,
+  type Health,
+  type ManagedLayer,
+  type ManagedMount,
+} from './protocol.js';
+
+interface Entry {
+  info: ManagedMount;
+  mounted: MountedLayer;
+}
+
+export interface FuseManagerServerOptions {
+  runtime: NodeRuntime;
+  stateDir: string;
+  logger?: Logger;
+}
+
+const MAX_BODY = 1 << 20;
+
+/**
+ * The long-lived process that owns the FUSE mounts of remote layers (and the cache behind them), so that
+ * `dfnode run` can restart without breaking running containers. Mounts are made and released on request of
+ * the snapshotter over the control socket; nothing here is persisted: when this process dies its mounts die
+ * with it (ENOTCONN), and the next `dfnode run` cleans them and mounts again.
+ */
+export class FuseManagerServer {
+  private readonly rt: NodeRuntime;
+  private readonly log: Logger;
+  private readonly paths: ReturnType<typeof fuseManagerPaths>;
+  private readonly entries = new Map<string, Entry>();
+  /** Operations on one mountpoint run one after the other. */
+  private readonly chains = new Map<string, Promise<unknown>>();
+  private readonly started = Date.now();
+  private server?: Server;
+  private closing?: Promise<void>;
+  private readonly shutdownRequested = new AbortController();
+
+  constructor(opts: FuseManagerServerOptions) {
+    this.rt = opts.runtime;
+    this.log = opts.logger ?? silentLogger;
+    this.paths = fuseManagerPaths(opts.stateDir);
+  }
+
+  /** Aborted when a client asks for a shutdown. */
+  get shutdownSignal(): AbortSignal {
+    return this.shutdownRequested.signal;
+  }
+
+  get socketPath(): string {
+    return this.paths.socket;
+  }
+
+  /** Listens on the control socket (a stale socket file is replaced) and writes the pid file. */
+  async listen(): Promise<void> {
+    await mkdir(dirname(this.paths.socket), { recursive: true });
+    await rm(this.paths.socket, { force: true });
+    const server = createServer((req, res) => void this.handle(req, res));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.paths.socket, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.server = server;
+    await writeFile(this.paths.pid, `${process.pid}\n`);
+    this.log.info({ socket: this.paths.socket, pid: process.pid }, 'fuse manager listening');
+  }
+
+  /** Unmounts every layer, stops listening and removes the socket and pid files. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const server = this.server;
+      if (server) {
+        server.close();
+        server.closeAllConnections();
+      }
+      await Promise.allSettled([...this.chains.values()]);
+      for (const mp of [...this.entries.keys()]) await this.release(mp);
+      await rm(this.paths.socket, { force: true }).catch(() => undefined);
+      await rm(this.paths.pid, { force: true }).catch(() => undefined);
+      this.log.info('fuse manager stopped');
+    })();
+    return this.closing;
+  }
+
+  private serial<T>(mountpoint: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.chains.get(mountpoint) ?? Promise.resolve();
+    const p = prev.then(fn, fn);
+    const tail = p.catch(() => undefined);
+    this.chains.set(mountpoint, tail);
+    void tail.then(() => {
+      if (this.chains.get(mountpoint) === tail) this.chains.delete(mountpoint);
+    });
+    return p;
+  }
+
+  /** Entries whose mount is gone (unmounted by someone else) are released. */
+  private async prune(): Promise<void> {
+    const live = new Set(
+      readMountInfo()
+        .filter((m) => isFuseType(m.fstype))
+        .map((m) => m.mountpoint),
+    );
+    for (const mp of [...this.entries.keys()]) {
+      if (live.has(mp)) continue;
+      this.log.warn({ mountpoint: mp }, 'fuse manager: a layer mount disappeared; releasing it');
+      await this.serial(mp, () => this.release(mp));
+    }
+  }
+
+  async list(): Promise<ManagedMount[]> {
+    await this.prune();
+    return [...this.entries.values()].map((e) => ({ ...e.info }));
+  }
+
+  health(): Health {
+    return {
+      ok: true,
+      pid: process.pid,
+      version: FUSE_MANAGER_API_VERSION,
+      mounts: this.entries.size,
+      uptimeSec: Math.round((Date.now() - this.started) / 1000),
+    };
+  }
+
+  /** Mounts `layer` at `mountpoint`; the same layer already mounted there is answered as is. */
+  mount(body: unknown, signal?: AbortSignal): Promise<ManagedMount> {
+    const req = mountRequestSchema.parse(body);
+    return this.serial(req.mountpoint, async () => {
+      if (this.closing) throw new DfError('FAILED_PRECONDITION', 'fuse manager is shutting down');
+      const old = this.entries.get(req.mountpoint);
+      if (old) {
+        const live = readMountInfo().some((m) => m.mountpoint === req.mountpoint && isFuseType(m.fstype));
+        if (live && old.info.digest === req.layer.digest) return { ...old.info };
+        await this.release(req.mountpoint);
+      }
+      const ref = parseReference(req.imageRef);
+      const lowerTocs = await this.lowerTocs(req.imageRef, req.lowerLayers, signal);
+      const mounted = await this.rt.mountLayer(ref, asDfbLayer(req.layer), req.mountpoint, {
+        lowerTocs,
+        signal,
+      });
+      const info: ManagedMount = {
+        mountpoint: req.mountpoint,
+        imageRef: req.imageRef,
+        digest: req.layer.digest,
+        since: new Date().toISOString(),
+      };
+      this.entries.set(req.mountpoint, { info, mounted });
+      this.log.info(
+        { mountpoint: req.mountpoint, layer: req.layer.digest, image: req.imageRef },
+        'layer mounted',
+      );
+      return { ...info };
+    });
+  }
+
+  /**
+   * TOCs of the lower layers: from this process's mounts when it serves them, else opened through the cache
+   * (footer and TOC are cached with the blob, so this is local after the first time).
+   */
+  private async lowerTocs(
+    imageRef: string,
+    lower: ManagedLayer[],
+    signal?: AbortSignal,
+  ): Promise<Toc[] | undefined> {
+    if (!lower.length) return undefined;
+    const mounted = new Map([...this.entries.values()].map((e) => [e.info.digest, e.mounted.fs.toc]));
+    const tocs: Toc[] = [];
+    for (const l of lower) {
+      const have = mounted.get(l.digest);
+      if (have) {
+        tocs.push(have);
+        continue;
+      }
+      const o = await this.rt.openDfbLayer(parseReference(imageRef), asDfbLayer(l), signal);
+      tocs.push(o.toc);
+      await o.fetcher.close().catch(() => undefined);
+      await this.rt.cache.release(o.cache).catch(() => undefined);
+    }
+    return tocs;
+  }
+
+  /** Unmounts and releases the layer at `mountpoint`; false when this process serves none there. */
+  private async release(mountpoint: string): Promise<boolean> {
+    const e = this.entries.get(mountpoint);
+    if (!e) return false;
+    this.entries.delete(mountpoint);
+    await this.rt.releaseLayer(e.mounted);
+    this.log.info({ mountpoint, layer: e.info.digest }, 'layer released');
+    return true;
+  }
+
+  // ------------------------------------------------------------------------------- HTTP
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const ac = new AbortController();
+    res.once('close', () => {
+      if (!res.writableFinished) ac.abort(DfError.aborted('fuse manager client went away'));
+    });
+    try {
+      const route = `${req.method} ${req.url}`;
+      let out: unknown;
+      switch (route) {
+        case 'GET /health':
+          out = this.health();
+          break;
+        case 'GET /mounts':
+          out = { mounts: await this.list() };
+          break;
+        case 'POST /mount':
+          out = await this.mount(await readJson(req), ac.signal);
+          break;
+        case 'POST /release': {
+          const { mountpoint } = releaseRequestSchema.parse(await readJson(req));
+          out = { released: await this.serial(mountpoint, () => this.release(mountpoint)) };
+          break;
+        }
+        case 'POST /shutdown':
+          out = { ok: true };
+          res.once('finish', () => this.shutdownRequested.abort());
+          break;
+        default:
+          throw DfError.notFound(`fuse manager: no such endpoint ${route}`);
+      }
+      send(res, 200, out);
+    } catch (err) {
+      const e =
+        err instanceof Error && err.name === 'ZodError'
+          ? DfError.invalidArgument(`fuse manager: bad request: ${err.message}`)
+          : DfError.from(err);
+      if (e.code !== 'NOT_FOUND' && e.code !== 'INVALID_ARGUMENT')
+        this.log.warn({ err }, 'fuse manager request failed');
+      send(res, e.code === 'NOT_FOUND' ? 404 : e.code === 'INVALID_ARGUMENT' ? 400 : 500, {
+        error: { code: e.code, message: e.message },
+      });
+    }
+  }
+}
+
+function asDfbLayer(l: ManagedLayer) {
+  return { digest: l.digest, size: l.size, tocDigest: l.tocDigest, diffId: l.diffId };
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent || res.destroyed) return;
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req) {
+    n += (c as Buffer).length;
+    if (n > MAX_BODY) throw DfError.invalidArgument('fuse manager: request body too large');
+    chunks.push(c as Buffer);
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
+  } catch {
+    throw DfError.invalidArgument('fuse manager: request body is not JSON');
+  }
+}
