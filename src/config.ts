@@ -62,7 +62,11 @@ export const configSchema = z.object({
       lowWatermark: sizeSchema.default(16 * 1024 ** 3),
       /** Decompressed-block memory cache (LRU). */
       memoryBytes: sizeSchema.default(64 * 1024 ** 2),
-      /** Check each block's SHA-256 also when it comes from the local cache. */
+      /**
+       * Check each block's SHA-256 again when a read in JavaScript takes it from the local cache. Blocks are
+       * always verified before they enter the cache and the complete file against the blob digest; reads the
+       * native addon serves in C from the cache (the fast path) are not re-hashed.
+       */
       verifyCachedReads: z.boolean().default(true),
     })
     .prefault({}),
@@ -99,11 +103,40 @@ export const configSchema = z.object({
       metricsAddress: z.string().default('127.0.0.1:9877'),
       /** FUSE binding: the libfuse3 addon in native/ when built (auto), or fuse-native (libfuse 2). */
       fuseBinding: z.enum(['auto', 'native', 'fuse-native']).default('auto'),
-      /**
-       * `dfnode run` leaves the FUSE mounts and the cache to a separate long-lived process (`dfnode fuse-manager`)
-       * so that restarting dfnode does not break running containers; false serves them in-process.
-       */
-      fuseManager: z.boolean().default(true),
+    })
+    .prefault({}),
+  p2p: z
+    .object({
+      /** Seeds (host:port of each seed's block server; its tracker listens on the next port). Empty: no P2P. */
+      seeds: z.array(z.string()).default([]),
+      /** Shared secret of the cluster: peers and seeds answer only requests carrying it. */
+      clusterToken: z.string().default(''),
+      /** ...or read from this file (first line), e.g. a Kubernetes secret. */
+      clusterTokenFile: z.string().default(''),
+      /** This host's block server (nodes and seeds). */
+      listen: z.string().default('0.0.0.0:7700'),
+      /** host:port peers reach this host's block server at; default: the listen address (with the host's name for 0.0.0.0). */
+      advertise: z.string().default(''),
+      /** Topology label (zone, rack, subnet): the tracker prefers holders with the same label. */
+      zone: z.string().default(''),
+      /** Host-wide upload and download limits for peer, seed and registry traffic, bytes/s; 0 = unlimited. */
+      uploadRate: sizeSchema.default(0),
+      downloadRate: sizeSchema.default(0),
+      /** One range request to a peer; then the next holder, the seed or the registry. */
+      peerTimeoutMs: z.number().int().positive().default(2000),
+      /** One range request to a seed (which may go to the registry for it). */
+      seedTimeoutMs: z.number().int().positive().default(8000),
+      /** One tracker call. */
+      trackerTimeoutMs: z.number().int().positive().default(1000),
+      /** Announce new blocks (deltas) this often. */
+      announceIntervalMs: z.number().int().positive().default(1000),
+      /** A peer that fails is excluded for isolationBaseMs, doubling per further failure up to isolationMaxMs. */
+      isolationBaseMs: z.number().int().positive().default(5000),
+      isolationMaxMs: z.number().int().positive().default(300_000),
+      /** Seed: the tracker forgets peers silent for this long. */
+      peerTtlMs: z.number().int().positive().default(30_000),
+      /** Seed: fetch the whole blob from the registry after the first request (full copies). */
+      seedFill: z.boolean().default(true),
     })
     .prefault({}),
 });

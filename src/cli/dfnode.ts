@@ -17,11 +17,11 @@ import { parseReference } from '../registry/reference.js';
 import { CONVERTER_VERSION } from '../../converter/version.js';
 import { runMain } from './run-main.js';
 import { serveSnapshotter } from '../snapshotter/grpc-service.js';
-import { LayerResolver, NodeRemoteLayers, type RemoteLayers } from '../snapshotter/remote-layers.js';
-import { CREDS_ENV, ensureFuseManager, running, stopFuseManager } from '../fusemanager/client.js';
-import { ManagedRemoteLayers } from '../fusemanager/managed-remote-layers.js';
-import { FuseManagerServer } from '../fusemanager/server.js';
+import { NodeRemoteLayers } from '../snapshotter/remote-layers.js';
 import { Snapshotter } from '../snapshotter/snapshotter.js';
+import { P2pNode } from '../p2p/p2p-node.js';
+import { Seed } from '../p2p/seed.js';
+import { preheat } from '../p2p/preheat.js';
 
 interface NodeFlags {
   config?: string;
@@ -36,6 +36,10 @@ interface NodeFlags {
   fillRate?: string;
   readTimeout?: string;
   json?: boolean;
+  seeds?: string;
+  clusterToken?: string;
+  p2pListen?: string;
+  advertise?: string;
 }
 
 interface PullFlags {
@@ -55,6 +59,23 @@ function addCommon(cmd: Command): Command {
     .addOption(
       new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']),
     );
+}
+
+function addP2p(cmd: Command): Command {
+  return cmd
+    .option('--seeds <host:port,...>', 'seed list (P2P tier; config p2p.seeds)')
+    .option('--cluster-token <token>', 'cluster token (better: p2p.clusterTokenFile or DFNODE_P2P_CLUSTER_TOKEN)')
+    .option('--p2p-listen <host:port>', 'block server address (default 0.0.0.0:7700)')
+    .option('--advertise <host:port>', 'address peers reach this host at');
+}
+
+/** The P2P tier of a node runtime, when seeds are configured. */
+async function startP2p(cfg: Config, log: Logger): Promise<P2pNode | undefined> {
+  if (!cfg.p2p.seeds.length) return undefined;
+  const p2p = new P2pNode({ config: cfg, logger: log.child({ component: 'p2p' }) });
+  const addr = await p2p.start();
+  log.info({ address: addr, seeds: cfg.p2p.seeds }, 'p2p: serving blocks to peers');
+  return p2p;
 }
 
 function addRegistry(cmd: Command): Command {
@@ -80,6 +101,11 @@ function configFrom(flags: NodeFlags): Config {
     top.fetch.readTimeoutMs = ms;
   }
   if (flags.logLevel) top.logLevel = flags.logLevel;
+  top.p2p = {};
+  if (flags.seeds !== undefined) top.p2p.seeds = flags.seeds.split(',').map((x) => x.trim()).filter(Boolean);
+  if (flags.clusterToken !== undefined) top.p2p.clusterToken = flags.clusterToken;
+  if (flags.p2pListen !== undefined) top.p2p.listen = flags.p2pListen;
+  if (flags.advertise !== undefined) top.p2p.advertise = flags.advertise;
   return loadConfig({ file: flags.config, flags: top });
 }
 
@@ -123,7 +149,8 @@ async function serveNode(
   body: (rt: NodeRuntime) => Promise<void>,
 ): Promise<void> {
   const metrics = new NodeMetrics();
-  const rt = new NodeRuntime({ config: cfg, client, logger: log, metrics });
+  const p2p = await startP2p(cfg, log);
+  const rt = new NodeRuntime({ config: cfg, client, logger: log, metrics, p2p });
   const removeExitHook = unmountAllOnExit(log);
   let server: Awaited<ReturnType<NodeMetrics['serve']>> | undefined;
   const statsTimer = setInterval(async () => {
@@ -142,18 +169,21 @@ async function serveNode(
     clearInterval(statsTimer);
     server?.close();
     await rt.close();
+    await p2p?.close();
     removeExitHook();
     await client.close().catch(() => undefined);
   }
 }
 
-/** The containerd snapshotter of `dfnode run`, served on a unix socket; remote layers through `remote`. */
+/** The containerd snapshotter of `dfnode run`: remote layers through the node runtime, served on a unix socket. */
 async function startSnapshotter(
   cfg: Config,
-  slog: Logger,
-  remote: RemoteLayers,
+  log: Logger,
+  rt: NodeRuntime,
+  client: RegistryClient,
 ): Promise<{ address: string; stop(): Promise<void> }> {
-  const sn = new Snapshotter({ root: cfg.snapshotter.root, remote, logger: slog });
+  const slog = log.child({ component: 'snapshotter' });
+  const sn = new Snapshotter({ root: cfg.snapshotter.root, remote: new NodeRemoteLayers(rt, client, { logger: slog }), logger: slog });
   await sn.start();
   const server = await serveSnapshotter(sn, cfg.snapshotter.socket, { logger: slog });
   return {
@@ -312,46 +342,21 @@ export function buildProgram(signal: AbortSignal): Command {
       }
     });
 
-  addRegistry(addCommon(program.command('run')))
+  addP2p(addRegistry(addCommon(program.command('run'))))
     .option('--snapshotter-root <dir>', 'snapshot directories and metadata (default /var/lib/dfnode/snapshotter)')
     .option('--snapshotter-socket <path>', 'containerd proxy plugin socket (default /run/dfnode/snapshotter.sock)')
     .option('--no-snapshotter', 'do not serve the containerd snapshotter')
-    .option(
-      '--no-fuse-manager',
-      'serve the FUSE mounts from this process (they die with it) instead of the long-lived fuse manager',
-    )
-    .option(
-      '--stop-fuse-manager',
-      'full shutdown: stop the fuse manager of the state dir (unmounts every lazily mounted layer) and exit',
-    )
     .description('run the node daemon (cache, FUSE mounts, metrics endpoint)')
     .option('--metrics-address <host:port>', 'serve Prometheus metrics here (default 127.0.0.1:9877; empty: off)')
-    .action(async (flags: RunFlags) => {
+    .action(async (flags: NodeFlags & { snapshotterRoot?: string; snapshotterSocket?: string; snapshotter?: boolean }) => {
       const cfg = configFrom(flags);
       if (flags.snapshotterRoot) cfg.snapshotter.root = resolve(flags.snapshotterRoot);
       if (flags.snapshotterSocket) cfg.snapshotter.socket = resolve(flags.snapshotterSocket);
       if (flags.snapshotter === false) cfg.snapshotter.enabled = false;
-      if (flags.fuseManager === false) cfg.node.fuseManager = false;
       const log = createLogger(cfg.logLevel);
-      if (flags.stopFuseManager) {
-        const pid = await stopFuseManager(cfg.node.stateDir);
-        process.stdout.write(pid ? `fuse manager (pid ${pid}) stopped\n` : 'no fuse manager running\n');
-        return;
-      }
       const client = makeClient(cfg, log, flags.creds);
-      if (cfg.node.fuseManager && cfg.snapshotter.enabled) {
-        try {
-          await runWithFuseManager(cfg, log, client, flags.creds, signal);
-        } finally {
-          await client.close().catch(() => undefined);
-        }
-        return;
-      }
       await serveNode(cfg, log, client, async (rt) => {
-        const slog = log.child({ component: 'snapshotter' });
-        const snap = cfg.snapshotter.enabled
-          ? await startSnapshotter(cfg, slog, new NodeRemoteLayers(rt, client, { logger: slog }))
-          : undefined;
+        const snap = cfg.snapshotter.enabled ? await startSnapshotter(cfg, log, rt, client) : undefined;
         try {
           log.info({ cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address }, 'dfnode running');
           process.stdout.write(
@@ -364,75 +369,54 @@ export function buildProgram(signal: AbortSignal): Command {
       });
     });
 
-  program
-    .command('fuse-manager', { hidden: true })
-    .description('the long-lived FUSE server of `dfnode run` (started by it; see deploy/README.md)')
-    .option('-c, --config <file>', 'JSON config file')
-    .action(async (flags: { config?: string }) => {
-      const cfg = loadConfig({ file: flags.config });
-      const log = createLogger(cfg.logLevel).child({ component: 'fuse-manager' });
-      const client = makeClient(cfg, log, process.env[CREDS_ENV]);
-      delete process.env[CREDS_ENV];
+  addP2p(addRegistry(addCommon(program.command('seed'))))
+    .description('run a seed: full copies of blobs fetched from the registry once, block server and tracker')
+    .action(async (flags: NodeFlags) => {
+      const cfg = configFrom(flags);
+      const log = createLogger(cfg.logLevel);
+      const client = makeClient(cfg, log, flags.creds);
+      const seed = new Seed({ config: cfg, client, logger: log.child({ component: 'seed' }) });
+      try {
+        const a = await seed.start();
+        log.info(a, 'dfnode seed running');
+        process.stdout.write(`seed serving blocks on ${a.blocks}, tracker on ${a.tracker}\n`);
+        await waitForSignal(signal);
+      } finally {
+        await seed.close();
+        await client.close().catch(() => undefined);
+      }
+    });
+
+  addP2p(addRegistry(addCommon(program.command('preheat'))))
+    .description("fetch every block of an image into this node's cache through peers and seeds, then exit")
+    .argument('<ref>', 'registry reference of a converted image (dfconvert output)')
+    .option('--serve', 'after preheating, keep serving peers until SIGINT/SIGTERM')
+    .option('--json', 'print the result as JSON')
+    .action(async (refText: string, flags: NodeFlags & { serve?: boolean }) => {
+      const cfg = configFrom(flags);
+      cfg.fetch.backgroundFill = false;
+      cfg.node.metricsAddress = '';
+      const log = createLogger(cfg.logLevel);
+      const ref = parseReference(refText);
+      const client = makeClient(cfg, log, flags.creds);
       await serveNode(cfg, log, client, async (rt) => {
-        const server = new FuseManagerServer({ runtime: rt, stateDir: cfg.node.stateDir, logger: log });
+        const r = await preheat(rt, client, ref, { signal, logger: log });
         try {
-          await server.listen();
-          await waitForSignal(AbortSignal.any([signal, server.shutdownSignal]), () => void rt.cache.gc().catch(() => undefined));
-          log.info({ reason: signal.aborted ? 'signal' : 'shutdown request' }, 'fuse manager stopping');
+          const b = r.bySource;
+          process.stdout.write(
+            flags.json
+              ? JSON.stringify(r) + '\n'
+              : `preheated ${ref}: ${r.layers} layers, ${fmt(r.bytes)}; from peers ${fmt(b.peer)}, seeds ${fmt(b.seed)}, ` +
+                  `registry ${fmt(b.registry)}, cache ${fmt(b.cache)}\n`,
+          );
+          if (flags.serve) await waitForSignal(signal);
         } finally {
-          await server.close();
+          await r.release();
         }
       });
     });
 
   return program;
-}
-
-interface RunFlags extends NodeFlags {
-  snapshotterRoot?: string;
-  snapshotterSocket?: string;
-  snapshotter?: boolean;
-  fuseManager?: boolean;
-  stopFuseManager?: boolean;
-}
-
-/**
- * `dfnode run` with the FUSE manager: the manager (started if none answers) owns the cache, the fetches and
- * the FUSE mounts; this process serves the snapshotter. On SIGTERM the snapshotter stops and the mounts stay
- * (running containers keep reading); a new `dfnode run` adopts them. When the manager dies, this process
- * exits (status 1) so that its supervisor restarts it: the new start cleans the dead mounts and mounts again.
- */
-async function runWithFuseManager(
-  cfg: Config,
-  log: Logger,
-  client: RegistryClient,
-  creds: string | undefined,
-  signal: AbortSignal,
-): Promise<void> {
-  const fm = await ensureFuseManager(cfg, log.child({ component: 'fuse-manager-client' }), { creds });
-  const slog = log.child({ component: 'snapshotter' });
-  const remote = new ManagedRemoteLayers(fm.client, new LayerResolver(client, { logger: slog }), { logger: slog });
-  const snap = await startSnapshotter(cfg, slog, remote);
-  const lost = new AbortController();
-  const watchdog = setInterval(() => {
-    if (running(fm.pid)) return;
-    log.error({ pid: fm.pid }, 'fuse manager is gone: its layer mounts are dead; exiting so that dfnode is restarted');
-    lost.abort();
-  }, 1000);
-  try {
-    log.info({ snapshotter: snap.address, fuseManager: fm.pid, started: fm.started }, 'dfnode running');
-    process.stdout.write(
-      `dfnode running; snapshotter on ${snap.address}; fuse manager pid ${fm.pid}${fm.started ? ' (started)' : ''}; metrics ${
-        cfg.node.metricsAddress ? `on ${cfg.node.metricsAddress} (fuse manager)` : '(off)'
-      }\n`,
-    );
-    await waitForSignal(AbortSignal.any([signal, lost.signal]));
-  } finally {
-    clearInterval(watchdog);
-    await snap.stop();
-  }
-  if (lost.signal.aborted && !signal.aborted)
-    throw new DfError('FAILED_PRECONDITION', `fuse manager (pid ${fm.pid}) exited; restart dfnode run to mount the layers again`);
 }
 
 runMain('dfnode', (signal, argv) => buildProgram(signal).parseAsync(argv));

@@ -27,6 +27,8 @@ import { resolveDfbImage, type DfbLayer, type ResolvedImage } from './image.js';
 import type { NodeMetrics } from './metrics.js';
 import { MountRecords, type MountRecord } from './mount-records.js';
 import { mountReadOnlyView } from './overlay.js';
+import { RateLimitedSource } from '../p2p/bandwidth.js';
+import type { P2pNode } from '../p2p/p2p-node.js';
 
 /** One mounted DFB layer: cache handle, fetcher, filesystem and its FUSE mount. */
 export interface MountedLayer {
@@ -58,6 +60,8 @@ export interface NodeRuntimeOptions {
   logger?: Logger;
   metrics?: NodeMetrics;
   binding?: FuseBinding;
+  /** The P2P tier (peers and seeds before the registry; open blobs are served and announced). */
+  p2p?: P2pNode;
 }
 
 /**
@@ -78,6 +82,7 @@ export class NodeRuntime {
   private readonly cfg: Config;
   private readonly client: RegistryClient;
   private readonly metrics?: NodeMetrics;
+  readonly p2p?: P2pNode;
   private metricsTimer?: NodeJS.Timeout;
 
   constructor(opts: NodeRuntimeOptions) {
@@ -85,6 +90,7 @@ export class NodeRuntime {
     this.client = opts.client;
     this.log = opts.logger ?? silentLogger;
     this.metrics = opts.metrics;
+    this.p2p = opts.p2p;
     this.binding = opts.binding ?? selectBinding(this.cfg.node.fuseBinding, this.log);
     this.cache = new CacheManager({
       dir: this.cfg.cache.dir,
@@ -149,7 +155,10 @@ export class NodeRuntime {
   }
 
   private sources(ref: ImageReference): BlockSource[] {
-    return [new RegistryBlockSource(this.client, ref)];
+    const registry = new RegistryBlockSource(this.client, ref);
+    if (!this.p2p) return [registry];
+    // peers, then the blob's seed, then the registry; all under the host's download limit
+    return [...this.p2p.sources(ref.repoString), new RateLimitedSource(registry, this.p2p.bandwidth.download)];
   }
 
   /** Opens one DFB layer: cache handle (reference-counted) plus footer and TOC, and a fetcher. */
@@ -177,6 +186,7 @@ export class NodeRuntime {
           verifyCachedReads: this.cfg.cache.verifyCachedReads,
         },
       });
+      this.p2p?.register(blob, o.toc, cache);
       return { layer, cache, fetcher: o.fetcher, toc: o.toc };
     } catch (err) {
       await this.cache.release(cache).catch(() => undefined);
@@ -184,7 +194,8 @@ export class NodeRuntime {
     }
   }
 
-  private async closeOpened(o: OpenedDfbLayer): Promise<void> {
+  async closeOpened(o: OpenedDfbLayer): Promise<void> {
+    await this.p2p?.unregister(o.layer.digest);
     await o.fetcher.close().catch(() => undefined);
     await this.cache.release(o.cache).catch(() => undefined);
   }
@@ -220,6 +231,7 @@ export class NodeRuntime {
   /** Unmounts a layer mounted by mountLayer and releases its cache handle. */
   async releaseLayer(l: MountedLayer): Promise<void> {
     await l.mount.unmount().catch((err) => this.log.warn({ err }, 'layer unmount failed'));
+    await this.p2p?.unregister(l.layer.digest);
     await l.fetcher.close().catch(() => undefined);
     await this.cache.release(l.cache).catch(() => undefined);
   }

@@ -11,7 +11,7 @@ import { FetchScheduler, type ScheduledTask } from './scheduler.js';
 import { FetchStats } from './fetch-stats.js';
 import { bound, childSignal, realTimers, sleep, type Timers } from './timers.js';
 import { TokenBucket } from './token-bucket.js';
-import { Priority, type BlobRef, type BlockSource, type FileReader } from './types.js';
+import { isSourceUnavailable, Priority, type BlobRef, type BlockSource, type FileReader } from './types.js';
 
 export interface BlobFetcherOptions {
   /** A read resolves or rejects within this time (ms). Default 30 s. */
@@ -323,7 +323,12 @@ export class BlobFetcher implements FileReader {
         while (b + 1 < todo.length && todo[b + 1]!.unit === todo[b]!.unit + 1) b++;
         const part = todo.slice(a, b + 1);
         a = b + 1;
-        const err = await this.fetchPart(source, part, next);
+        let err = await this.fetchPart(source, part, next);
+        // a source with nothing for this part (no peer holds it): the next sources, at once
+        for (let s = 1; s < n && isSourceUnavailable(err) && next.length; s++) {
+          const again = next.splice(next.length - part.length);
+          err = await this.fetchPart(this.sources[(attempt + s) % n]!, again, next);
+        }
         if (err) lastErr = err;
       }
       todo = next;
@@ -345,7 +350,7 @@ export class BlobFetcher implements FileReader {
       if (data.length !== len) throw new DfError('NETWORK', `${what}: got ${data.length} bytes`);
       this.stats.recordFetch(source.kind, this.timers.now() - t0, true);
     } catch (err) {
-      this.stats.recordFetch(source.kind, this.timers.now() - t0, false);
+      if (!isSourceUnavailable(err)) this.stats.recordFetch(source.kind, this.timers.now() - t0, false);
       if (this.closer.signal.aborted) throw err;
       retry.push(...part);
       return err;
@@ -360,6 +365,7 @@ export class BlobFetcher implements FileReader {
         this.checkUnit(d.unit, stored);
       } catch (err) {
         this.stats.verifyFailures++;
+        source.badBlock?.(this.blob, data, uOff - off, stored.length);
         retry.push(d);
         lastErr = err;
         continue;
@@ -383,6 +389,35 @@ export class BlobFetcher implements FileReader {
     const footer = decodeFooter(stored.subarray(stored.length - FOOTER_SIZE), this.blob.size);
     const toc = DfbReader.decodeStoredToc(footer, stored.subarray(0, stored.length - FOOTER_SIZE));
     if (!toc.buffer.equals(this.toc.buffer)) throw DfError.corrupt(`DFB TOC of ${this.blob.digest} changed`);
+  }
+
+  /**
+   * Verified stored bytes of units (blocks, or the TOC unit = toc.blockCount), from the cache or fetched
+   * at `priority` (coalesced with any fetch of them in flight). For seeds and P2P fill, which move units.
+   */
+  async units(units: number[], priority: Priority, signal?: AbortSignal): Promise<Buffer[]> {
+    const out: Buffer[] = new Array(units.length);
+    const missing: number[] = [];
+    const at: number[] = [];
+    const reads: Promise<void>[] = [];
+    for (const [k, u] of units.entries()) {
+      if (u < 0 || u > this.tocUnit) throw DfError.invalidArgument(`unit ${u} out of range`);
+      if (this.cache.has(u) && !this.inflight.has(u)) {
+        const off = this.unitOffset(u);
+        reads.push(
+          this.cache.read(off, this.unitOffset(u + 1) - off, signal).then((b) => {
+            out[k] = b;
+          }),
+        );
+      } else {
+        missing.push(u);
+        at.push(k);
+      }
+    }
+    const fetched = missing.length ? this.ensure(missing, priority) : [];
+    const all = fetched.map((p, j) => p.then((b) => void (out[at[j]!] = b)));
+    await bound(Promise.all([...reads, ...all]), { signal, what: 'units' });
+    return out;
   }
 
   /** Fetches blocks under a file range at Prefetch priority into the cache (no decompression). */

@@ -1,3 +1,4 @@
+import { DfError } from '../errors.js';
 import type { Toc } from '../blob/toc.js';
 
 /** Who served a block: for metrics ("bytes by source") and for isolating bad sources. */
@@ -28,6 +29,23 @@ export interface BlockSource {
   readonly kind: SourceKind;
   readonly name: string;
   fetch(blob: BlobRef, offset: number, length: number, signal: AbortSignal): Promise<Buffer>;
+  /**
+   * Optional: told when the unit at [offset, offset+length) of `data` (a buffer this source returned)
+   * failed verification, so that the source can isolate whoever served it.
+   */
+  badBlock?(blob: BlobRef, data: Buffer, offset: number, length: number): void;
+}
+
+/**
+ * A source that has nothing for a request (no peer holds the range) throws this: the fetcher tries the
+ * next source at once, without a backoff and without counting an attempt.
+ */
+export function sourceUnavailable(message: string): DfError {
+  return new DfError('NOT_FOUND', message, { details: { sourceUnavailable: true } });
+}
+
+export function isSourceUnavailable(err: unknown): boolean {
+  return err instanceof DfError && err.details.sourceUnavailable === true;
 }
 
 /**

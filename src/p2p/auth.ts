@@ -1,0 +1,28 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { DfError } from '../errors.js';
+
+/** The header (HTTP) and metadata key (gRPC) that carries the cluster token. */
+export const CLUSTER_TOKEN_HEADER = 'x-dfnode-cluster-token';
+
+/**
+ * Constant-time comparison of a presented token with the cluster token (both hashed first, so that the
+ * time does not depend on lengths either). An empty expected token matches nothing.
+ */
+export function tokenMatches(expected: string, given: string | string[] | undefined): boolean {
+  if (!expected || typeof given !== 'string') return false;
+  const a = createHash('sha256').update(expected).digest();
+  const b = createHash('sha256').update(given).digest();
+  return timingSafeEqual(a, b);
+}
+
+/** The cluster token from the config: p2p.clusterToken, else the first line of p2p.clusterTokenFile. */
+export function resolveClusterToken(p2p: { clusterToken: string; clusterTokenFile: string }): string {
+  if (p2p.clusterToken) return p2p.clusterToken;
+  if (!p2p.clusterTokenFile) return '';
+  try {
+    return readFileSync(p2p.clusterTokenFile, 'utf8').split('\n')[0]!.trim();
+  } catch (err) {
+    throw new DfError('CONFIG', `cannot read p2p.clusterTokenFile ${p2p.clusterTokenFile}: ${(err as Error).message}`);
+  }
+}

@@ -1,0 +1,173 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { DfError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { TokenBucket } from '../fetch/token-bucket.js';
+import { CLUSTER_TOKEN_HEADER, tokenMatches } from './auth.js';
+
+/** What a request may tell the server about a blob it does not hold yet (a seed fetches it from there). */
+export interface BlobHint {
+  /** `registry/repository` the blob can be fetched from (never credentials). */
+  repo?: string;
+  size?: number;
+}
+
+/** A blob this host serves. */
+export interface ServedBlob {
+  readonly size: number;
+  /**
+   * Verified stored bytes [offset, offset+length), or undefined when this host does not hold every unit
+   * under the range (a node; a seed fetches what it misses).
+   */
+  read(offset: number, length: number, signal: AbortSignal): Promise<Buffer | undefined>;
+}
+
+export interface BlobProvider {
+  /** The blob, or undefined when this host does not serve it. */
+  get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined>;
+}
+
+export interface BlockServerOptions {
+  provider: BlobProvider;
+  clusterToken: string;
+  /** Host-wide upload limit. */
+  upload?: TokenBucket;
+  /** Time limit of one request, including a seed's registry fetch (ms). Default 30 s. */
+  requestTimeoutMs?: number;
+  logger?: Logger;
+}
+
+const DIGEST = /^\/blobs\/(sha256:[0-9a-f]{64})$/;
+
+/**
+ * The peer data plane: `GET /blobs/<digest>?offset=&length=` (or a `Range: bytes=a-b` header) answers the
+ * verified stored bytes of that range, only to requests carrying the cluster token. 401 without it, 404 for
+ * a blob not served, 416 when a unit under the range is not held.
+ */
+export class BlockServer {
+  private server: Server | undefined;
+  private active = 0;
+  /** Requests refused for a bad token, ranges answered, bytes sent. */
+  readonly counters = { unauthorized: 0, served: 0, bytes: 0, missing: 0 };
+  private readonly log: Logger;
+
+  constructor(private readonly opts: BlockServerOptions) {
+    this.log = opts.logger ?? silentLogger;
+  }
+
+  /** Uploads in progress: the load a node reports to the tracker. */
+  get load(): number {
+    return this.active;
+  }
+
+  async listen(address: string): Promise<string> {
+    const { host, port } = splitHostPort(address);
+    const server = createServer((req, res) => void this.handle(req, res));
+    server.keepAliveTimeout = 30_000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) =>
+        reject(
+          (err as NodeJS.ErrnoException).code === 'EADDRINUSE'
+            ? new DfError('CONFIG', `peer server address ${address} is in use; set p2p.listen`)
+            : DfError.from(err, `peer server on ${address}`),
+        ),
+      );
+      server.listen(port, host, () => resolve());
+    });
+    this.server = server;
+    const a = server.address() as AddressInfo;
+    return `${host.includes(':') ? `[${host}]` : host}:${a.port}`;
+  }
+
+  async close(): Promise<void> {
+    const s = this.server;
+    this.server = undefined;
+    if (!s) return;
+    s.closeAllConnections();
+    await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const fail = (status: number, msg: string) => {
+      if (!res.headersSent) res.writeHead(status, { 'content-type': 'text/plain' });
+      res.end(msg);
+    };
+    if (!tokenMatches(this.opts.clusterToken, req.headers[CLUSTER_TOKEN_HEADER])) {
+      this.counters.unauthorized++;
+      return fail(401, 'cluster token required');
+    }
+    const url = new URL(req.url ?? '/', 'http://peer');
+    const m = DIGEST.exec(url.pathname);
+    if ((req.method !== 'GET' && req.method !== 'HEAD') || !m) return fail(404, 'not found');
+    const range = parseRange(url.searchParams, req.headers.range);
+    if (!range) return fail(400, 'offset and length (or a Range header) required');
+    const ac = new AbortController();
+    const timer = setTimeout(
+      () => ac.abort(DfError.timeout('peer request timed out')),
+      this.opts.requestTimeoutMs ?? 30_000,
+    );
+    res.on('close', () => ac.abort(DfError.aborted('client went away')));
+    this.active++;
+    try {
+      const hint: BlobHint = {
+        repo: url.searchParams.get('repo') ?? undefined,
+        size: url.searchParams.has('size') ? Number(url.searchParams.get('size')) : undefined,
+      };
+      const blob = await this.opts.provider.get(m[1]!, hint, ac.signal);
+      if (!blob) return fail(404, 'blob not served here');
+      if (range.offset + range.length > blob.size) return fail(416, 'range beyond the blob');
+      const data = await blob.read(range.offset, range.length, ac.signal);
+      if (!data) {
+        this.counters.missing++;
+        return fail(416, 'range not held');
+      }
+      await this.opts.upload?.take(data.length, ac.signal);
+      this.counters.served++;
+      this.counters.bytes += data.length;
+      const headers: Record<string, string | number> = {
+        'content-type': 'application/octet-stream',
+        'content-length': data.length,
+      };
+      if (range.header) {
+        headers['content-range'] = `bytes ${range.offset}-${range.offset + range.length - 1}/${blob.size}`;
+      }
+      res.writeHead(range.header ? 206 : 200, headers);
+      res.end(req.method === 'HEAD' ? undefined : data);
+    } catch (err) {
+      if (ac.signal.aborted && res.destroyed) return;
+      const e = DfError.from(err);
+      this.log.debug({ err: e, url: req.url }, 'peer request failed');
+      fail(e.code === 'NOT_FOUND' ? 404 : e.code === 'TIMEOUT' ? 504 : 503, e.message);
+    } finally {
+      clearTimeout(timer);
+      this.active--;
+    }
+  }
+}
+
+function parseRange(
+  q: URLSearchParams,
+  header: string | undefined,
+): { offset: number; length: number; header: boolean } | undefined {
+  if (q.has('offset') && q.has('length')) {
+    const offset = Number(q.get('offset'));
+    const length = Number(q.get('length'));
+    if (Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length > 0)
+      return { offset, length, header: false };
+    return undefined;
+  }
+  const m = /^bytes=(\d+)-(\d+)$/.exec(header ?? '');
+  if (!m) return undefined;
+  const a = Number(m[1]);
+  const b = Number(m[2]);
+  return b >= a ? { offset: a, length: b - a + 1, header: true } : undefined;
+}
+
+export function splitHostPort(address: string): { host: string; port: number } {
+  const i = address.lastIndexOf(':');
+  const host = (address.slice(0, i) || '0.0.0.0').replace(/^\[|\]$/g, '');
+  const port = Number(address.slice(i + 1));
+  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535)
+    throw new DfError('CONFIG', `${address} is not host:port`);
+  return { host, port };
+}

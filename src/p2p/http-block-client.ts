@@ -1,0 +1,55 @@
+import { Agent, request } from 'undici';
+import { DfError } from '../errors.js';
+import type { TokenBucket } from '../fetch/token-bucket.js';
+import { sourceUnavailable } from '../fetch/types.js';
+import { CLUSTER_TOKEN_HEADER } from './auth.js';
+
+/** One GET of a blob range from a peer or seed, with the cluster token and the host's download limit. */
+export class HttpBlockClient {
+  private readonly agent = new Agent({ keepAliveTimeout: 30_000, connections: 16 });
+
+  constructor(
+    private readonly clusterToken: string,
+    private readonly download?: TokenBucket,
+  ) {}
+
+  async get(
+    address: string,
+    digest: string,
+    offset: number,
+    length: number,
+    signal: AbortSignal,
+    extra: Record<string, string> = {},
+  ): Promise<Buffer> {
+    await this.download?.take(length, signal);
+    const q = new URLSearchParams({ offset: String(offset), length: String(length), ...extra });
+    const url = `http://${address}/blobs/${digest}?${q}`;
+    let res;
+    try {
+      res = await request(url, {
+        method: 'GET',
+        headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken },
+        signal,
+        dispatcher: this.agent,
+      });
+    } catch (err) {
+      if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
+      throw DfError.from(err, `GET ${address} ${digest}`);
+    }
+    if (res.statusCode !== 200) {
+      const text = (await res.body.text().catch(() => '')).slice(0, 200);
+      const what = `${address}: ${digest} ${offset}+${length}: HTTP ${res.statusCode} ${text}`;
+      if (res.statusCode === 404 || res.statusCode === 416) throw sourceUnavailable(what);
+      if (res.statusCode === 401) throw new DfError('UNAUTHORIZED', `${what} (check p2p.clusterToken)`);
+      if (res.statusCode === 504) throw DfError.timeout(what);
+      throw new DfError('NETWORK', what);
+    }
+    const body = Buffer.from(await res.body.arrayBuffer());
+    if (body.length !== length) throw new DfError('NETWORK', `${address}: got ${body.length} of ${length} bytes`);
+    return body;
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close().catch(() => undefined);
+  }
+}

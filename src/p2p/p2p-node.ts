@@ -1,0 +1,272 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { Toc } from '../blob/toc.js';
+import type { BlobCache } from '../cache/blob-cache.js';
+import type { Config } from '../config.js';
+import { realTimers, type Timers } from '../fetch/timers.js';
+import type { BlobRef, BlockSource } from '../fetch/types.js';
+import { silentLogger, type Logger } from '../log.js';
+import { resolveClusterToken } from './auth.js';
+import { HostBandwidth } from './bandwidth.js';
+import { BlockServer, type BlobProvider, type ServedBlob } from './block-server.js';
+import { HttpBlockClient } from './http-block-client.js';
+import { Isolation } from './isolation.js';
+import { PeerBlockSource } from './peer-block-source.js';
+import { PeerView } from './peer-view.js';
+import { rankSeeds, trackerAddress } from './rendezvous.js';
+import { SeedBlockSource } from './seed-block-source.js';
+import { TrackerClient } from './tracker-service.js';
+import { UnitLayout } from './unit-layout.js';
+
+export interface P2pCounters {
+  peersIsolated: number;
+  seedsDown: number;
+  trackerAnswers: number;
+  trackerErrors: number;
+}
+
+export interface P2pNodeOptions {
+  config: Config;
+  logger?: Logger;
+  /** Shared with the registry source; by default made from p2p.uploadRate/downloadRate. */
+  bandwidth?: HostBandwidth;
+  timers?: Timers;
+}
+
+/**
+ * A node's part in the P2P tier: serves the verified blocks of its open blobs to cluster peers, announces
+ * them to each blob's tracker (full bitmap, then deltas, leave at the end), asks the tracker for holders and
+ * provides the peer and seed sources of the fetch chain.
+ */
+export class P2pNode implements BlobProvider {
+  readonly id = randomBytes(8).toString('hex');
+  readonly bandwidth: HostBandwidth;
+  readonly isolation: Isolation;
+  readonly seedIsolation: Isolation;
+  readonly counters: P2pCounters = { peersIsolated: 0, seedsDown: 0, trackerAnswers: 0, trackerErrors: 0 };
+  readonly server: BlockServer;
+  readonly peers: PeerBlockSource;
+  private readonly http: HttpBlockClient;
+  private readonly views = new Map<string, PeerView>();
+  private readonly trackers = new Map<string, TrackerClient>();
+  private readonly failedPeers = new Set<string>();
+  private readonly token: string;
+  private readonly p: Config['p2p'];
+  private readonly log: Logger;
+  private readonly timers: Timers;
+  private address = '';
+  private timer: NodeJS.Timeout | undefined;
+  private ticking: Promise<void> | undefined;
+
+  constructor(opts: P2pNodeOptions) {
+    this.p = opts.config.p2p;
+    this.log = opts.logger ?? silentLogger;
+    this.timers = opts.timers ?? realTimers;
+    this.token = resolveClusterToken(this.p);
+    this.bandwidth = opts.bandwidth ?? new HostBandwidth(this.p.uploadRate, this.p.downloadRate, this.timers);
+    this.isolation = new Isolation({
+      baseMs: this.p.isolationBaseMs,
+      maxMs: this.p.isolationMaxMs,
+      timers: this.timers,
+      onIsolate: (peer, ms, reason) => {
+        this.counters.peersIsolated++;
+        this.log.warn({ peer, ms, reason }, 'peer isolated');
+      },
+    });
+    this.seedIsolation = new Isolation({
+      baseMs: Math.min(this.p.isolationBaseMs, 2000),
+      maxMs: 30_000,
+      timers: this.timers,
+      onIsolate: (seed, ms, reason) => this.log.warn({ seed, ms, reason }, 'seed unreachable; the next one takes over'),
+    });
+    this.http = new HttpBlockClient(this.token, this.bandwidth.download);
+    this.server = new BlockServer({ provider: this, clusterToken: this.token, upload: this.bandwidth.upload, logger: this.log });
+    this.peers = new PeerBlockSource({
+      view: (d) => this.views.get(d),
+      refresh: (v) => void this.lookup(v),
+      http: this.http,
+      isolation: this.isolation,
+      reportFailure: (id) => this.failedPeers.add(id),
+      zone: this.p.zone,
+      timeoutMs: this.p.peerTimeoutMs,
+      timers: this.timers,
+    });
+  }
+
+  /** Starts the block server and the announce loop. Returns the address peers reach this node at. */
+  async start(): Promise<string> {
+    const bound = await this.server.listen(this.p.listen);
+    if (this.p.advertise) this.address = this.p.advertise;
+    else {
+      const port = bound.slice(bound.lastIndexOf(':') + 1);
+      const host = bound.slice(0, bound.lastIndexOf(':'));
+      this.address = `${host === '0.0.0.0' || host === '[::]' ? hostname() : host}:${port}`;
+    }
+    this.timer = setInterval(() => void this.tick(), this.p.announceIntervalMs);
+    this.timer.unref();
+    return this.address;
+  }
+
+  get advertised(): string {
+    return this.address;
+  }
+
+  /** The fetch chain after the cache: peers, then the blob's seed, for an image from `repo`. */
+  sources(repo: string): BlockSource[] {
+    return [this.peers, this.seedSource(repo)];
+  }
+
+  seedSource(repo: string): SeedBlockSource {
+    return new SeedBlockSource({
+      seeds: this.p.seeds,
+      repo,
+      http: this.http,
+      isolation: this.seedIsolation,
+      timeoutMs: this.p.seedTimeoutMs,
+      timers: this.timers,
+      onSeedDown: () => this.counters.seedsDown++,
+    });
+  }
+
+  /** Hook of the node runtime: an opened blob is served to peers and announced (reference-counted). */
+  register(blob: BlobRef, toc: Toc, cache: BlobCache): PeerView {
+    let v = this.views.get(blob.digest);
+    if (v) {
+      v.refs++;
+      return v;
+    }
+    v = new PeerView(blob, new UnitLayout(toc, blob.size), cache);
+    this.views.set(blob.digest, v);
+    void this.announce(v).then(() => this.lookup(v!));
+    return v;
+  }
+
+  /** The blob is released: leave its swarm when the last user goes. */
+  async unregister(digest: string): Promise<void> {
+    const v = this.views.get(digest);
+    if (!v || --v.refs > 0) return;
+    this.views.delete(digest);
+    await this.leave(v);
+  }
+
+  view(digest: string): PeerView | undefined {
+    return this.views.get(digest);
+  }
+
+  // ------------------------------------------------------------------ BlobProvider (serving peers)
+
+  async get(digest: string): Promise<ServedBlob | undefined> {
+    const v = this.views.get(digest);
+    if (!v) return undefined;
+    return {
+      size: v.blob.size,
+      read: async (offset, length, signal) => {
+        const r = v.layout.unitsFor(offset, length);
+        if (!r) return undefined;
+        for (let u = r[0]; u <= r[1]; u++) if (!v.cache.has(u)) return undefined;
+        return v.cache.read(offset, length, signal);
+      },
+    };
+  }
+
+  // ------------------------------------------------------------------ tracker
+
+  /** The tracker of a blob: its first seed that is not isolated. */
+  private tracker(digest: string): TrackerClient | undefined {
+    for (const seed of rankSeeds(digest, this.p.seeds)) {
+      if (this.seedIsolation.isolated(seed)) continue;
+      let c = this.trackers.get(seed);
+      if (!c) {
+        c = new TrackerClient(trackerAddress(seed), this.token, this.p.trackerTimeoutMs);
+        this.trackers.set(seed, c);
+      }
+      return c;
+    }
+    return undefined;
+  }
+
+  private trackerFailed(c: TrackerClient, err: unknown): void {
+    this.counters.trackerErrors++;
+    for (const [seed, x] of this.trackers) if (x === c) this.seedIsolation.fail(seed, 'tracker: ' + String(err));
+  }
+
+  private async announce(v: PeerView, leave = false): Promise<void> {
+    const c = this.tracker(v.blob.digest);
+    if (!c) return;
+    if (v.announcedTo !== c.address) v.announced = undefined;
+    const d = v.delta();
+    if (!leave && !d.full && d.added.length === 0 && this.failedPeers.size === 0 && v.announced) {
+      // nothing new: a heartbeat every fifth interval keeps the tracker from forgetting this node
+      if (++v.beats % 5 !== 0) return;
+    }
+    const failed = [...this.failedPeers];
+    this.failedPeers.clear();
+    try {
+      const r = await c.announce({
+        blob: v.blob.digest,
+        units: v.layout.units,
+        peer_id: this.id,
+        address: this.address,
+        zone: this.p.zone,
+        load: this.server.load,
+        full: d.full,
+        bitmap: d.full ? d.bitmap : new Uint8Array(0),
+        added: d.added,
+        leave,
+        failed_peers: failed,
+      });
+      v.announcedTo = c.address;
+      v.announced = r.need_full ? undefined : d.bitmap;
+      if (r.need_full && !leave) await this.announce(v);
+    } catch (err) {
+      this.trackerFailed(c, err);
+      v.announced = undefined;
+    }
+  }
+
+  private async leave(v: PeerView): Promise<void> {
+    await this.announce(v, true).catch(() => undefined);
+  }
+
+  /** Asks the blob's tracker for holders of what this node misses (at most every 250 ms per blob). */
+  lookup(v: PeerView): Promise<void> {
+    if (v.looking) return v.looking;
+    if (this.timers.now() - v.lastLookup < 250 || v.cache.isComplete) return Promise.resolve();
+    v.lastLookup = this.timers.now();
+    v.looking = (async () => {
+      const c = this.tracker(v.blob.digest);
+      if (!c) return;
+      const want: number[] = [];
+      for (let u = v.cache.nextMissing(0); u >= 0 && want.length < 4096; u = v.cache.nextMissing(u + 1)) want.push(u);
+      try {
+        const r = await c.lookup({ blob: v.blob.digest, peer_id: this.id, zone: this.p.zone, want, max_peers: 32 });
+        this.counters.trackerAnswers++;
+        v.setHolders(r.holders, r.units);
+      } catch (err) {
+        this.trackerFailed(c, err);
+      }
+    })().finally(() => (v.looking = undefined));
+    return v.looking;
+  }
+
+  private async tick(): Promise<void> {
+    if (this.ticking) return;
+    this.ticking = (async () => {
+      for (const v of [...this.views.values()]) {
+        await this.announce(v);
+        if (!v.cache.isComplete) await this.lookup(v);
+      }
+    })().finally(() => (this.ticking = undefined));
+    await this.ticking;
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    await this.ticking?.catch(() => undefined);
+    for (const v of [...this.views.values()]) await this.leave(v);
+    this.views.clear();
+    await this.server.close();
+    for (const c of this.trackers.values()) c.close();
+    await this.http.close();
+  }
+}

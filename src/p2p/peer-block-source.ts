@@ -1,0 +1,102 @@
+import { childSignal, realTimers, type Timers } from '../fetch/timers.js';
+import { sourceUnavailable, type BlobRef, type BlockSource } from '../fetch/types.js';
+import { DfError } from '../errors.js';
+import type { HttpBlockClient } from './http-block-client.js';
+import type { Isolation } from './isolation.js';
+import type { Holder, PeerView } from './peer-view.js';
+
+export interface PeerSourceDeps {
+  view(digest: string): PeerView | undefined;
+  /** Asks the tracker again (rate-limited) when no known holder has a range. */
+  refresh(view: PeerView): void;
+  http: HttpBlockClient;
+  isolation: Isolation;
+  /** A peer failed: the tracker hears of it with the next announce. */
+  reportFailure(peerId: string): void;
+  zone: string;
+  timeoutMs: number;
+  timers?: Timers;
+}
+
+/**
+ * Other nodes as a BlockSource: the range goes to the best holder the tracker named (fastest so far,
+ * then same zone, least loaded), with a short per-request timeout. When no usable holder has the range,
+ * or the holder fails, it throws "unavailable" so that the fetcher moves on to the seed at once; a holder
+ * that fails or serves a bad block is isolated.
+ */
+export class PeerBlockSource implements BlockSource {
+  readonly kind = 'peer' as const;
+  readonly name = 'peers';
+  /** Bytes per ms, moving average per peer. */
+  private readonly speed = new Map<string, number>();
+  private readonly servedBy = new WeakMap<Buffer, string>();
+  private readonly timers: Timers;
+
+  constructor(private readonly d: PeerSourceDeps) {
+    this.timers = d.timers ?? realTimers;
+  }
+
+  async fetch(blob: BlobRef, offset: number, length: number, signal: AbortSignal): Promise<Buffer> {
+    const view = this.d.view(blob.digest);
+    const r = view?.layout.unitsFor(offset, length);
+    if (!view || !r) throw sourceUnavailable(`no peer view of ${blob.digest}`);
+    const holders = view.holdersOf(r[0], r[1]).filter((h) => !this.d.isolation.isolated(h.id));
+    if (!holders.length) {
+      this.d.refresh(view);
+      throw sourceUnavailable(`no peer holds ${blob.digest} ${offset}+${length}`);
+    }
+    const h = this.pick(holders);
+    const what = `peer ${h.address}`;
+    const rq = childSignal(signal, this.d.timeoutMs, this.timers, what);
+    const t0 = this.timers.now();
+    try {
+      const data = await this.d.http.get(h.address, blob.digest, offset, length, rq.signal);
+      const ms = Math.max(1, this.timers.now() - t0);
+      const prev = this.speed.get(h.id);
+      const s = length / ms;
+      this.speed.set(h.id, prev === undefined ? s : prev * 0.7 + s * 0.3);
+      this.d.isolation.ok(h.id);
+      this.servedBy.set(data, h.id);
+      return data;
+    } catch (err) {
+      if (signal.aborted) throw err;
+      const e = DfError.from(err);
+      // a holder that lost the range (evicted) is not at fault; anything else is
+      if (e.details.sourceUnavailable !== true) {
+        this.d.isolation.fail(h.id, e.code);
+        this.d.reportFailure(h.id);
+      }
+      view.holders = view.holders.filter((x) => x.id !== h.id);
+      throw sourceUnavailable(`${what}: ${e.message}`);
+    } finally {
+      rq.dispose();
+    }
+  }
+
+  badBlock(_blob: BlobRef, data: Buffer): void {
+    const id = this.servedBy.get(data);
+    if (!id) return;
+    this.d.isolation.fail(id, 'bad block');
+    this.d.reportFailure(id);
+  }
+
+  /** Fastest known holder; unknown ones are tried first (they may be faster); then zone and load. */
+  private pick(hs: Holder[]): Holder {
+    let best = hs[0]!;
+    let bestScore = -Infinity;
+    for (const h of hs) {
+      const sp = this.speed.get(h.id) ?? Infinity;
+      const score =
+        (sp === Infinity ? 1e9 : sp * 1000) +
+        (this.d.zone && h.zone === this.d.zone ? 1e6 : 0) -
+        h.load * 100 -
+        h.failures * 1e5 +
+        Math.random();
+      if (score > bestScore) {
+        best = h;
+        bestScore = score;
+      }
+    }
+    return best;
+  }
+}

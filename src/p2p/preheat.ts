@@ -1,0 +1,87 @@
+import { resolveDfbImage } from '../daemon/image.js';
+import type { NodeRuntime, OpenedDfbLayer } from '../daemon/node-runtime.js';
+import { DfError } from '../errors.js';
+import type { SourceKind } from '../fetch/types.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { RegistryClient } from '../registry/client.js';
+import type { ImageReference } from '../registry/reference.js';
+import { p2pFill } from './fill-planner.js';
+
+export interface PreheatResult {
+  ref: string;
+  layers: number;
+  /** Bytes of the image's blobs. */
+  bytes: number;
+  /** Stored bytes this run got, by source. */
+  bySource: Record<SourceKind, number>;
+  seconds: number;
+  /** Closes the layers (they stay in the cache). */
+  release(): Promise<void>;
+}
+
+/**
+ * Fetches every block of every layer of a converted image into the node's cache: rarest first through the
+ * P2P tier when there is one, then the fetcher's own fill (retries, registry fallback), and checks each
+ * complete cache file against its blob digest. The layers stay open (served to peers) until release().
+ */
+export async function preheat(
+  rt: NodeRuntime,
+  client: RegistryClient,
+  ref: ImageReference,
+  opts: { signal?: AbortSignal; logger?: Logger; stallMs?: number } = {},
+): Promise<PreheatResult> {
+  const log = opts.logger ?? silentLogger;
+  const t0 = Date.now();
+  const before = { ...rt.stats.bytes };
+  const image = await resolveDfbImage(client, ref, { signal: opts.signal });
+  const opened: OpenedDfbLayer[] = [];
+  const release = async () => {
+    for (const o of opened.splice(0)) await rt.closeOpened(o);
+  };
+  // the fill retries forever; preheat fails when no block arrived for stallMs
+  const stall = new AbortController();
+  const signal = opts.signal ? AbortSignal.any([opts.signal, stall.signal]) : stall.signal;
+  let present = -1;
+  const watchdog = setInterval(() => {
+    const now = opened.reduce((a, o) => a + o.cache.presentUnits, 0);
+    if (now === present) stall.abort(DfError.timeout(`preheat ${ref}: no block arrived for ${opts.stallMs ?? 60_000} ms`));
+    present = now;
+  }, opts.stallMs ?? 60_000);
+  try {
+    for (const layer of image.layers) opened.push(await rt.openDfbLayer(ref, layer, signal));
+    const stopped = new Promise<never>((_, reject) =>
+      signal.addEventListener('abort', () => reject(signal.reason), { once: true }),
+    );
+    stopped.catch(() => undefined);
+    const work = Promise.all(
+      opened.map(async (o) => {
+        const view = rt.p2p?.view(o.layer.digest);
+        if (view && !o.cache.isComplete) {
+          const failed = await p2pFill(view, o.fetcher, {
+            signal,
+            refresh: (v) => rt.p2p!.lookup(v),
+          });
+          if (failed) log.warn({ digest: o.layer.digest, failed }, 'preheat: some runs failed; retrying');
+        }
+        o.fetcher.startBackgroundFill();
+        await o.fetcher.whenComplete();
+      }),
+    );
+    await Promise.race([work, stopped]);
+  } catch (err) {
+    await release();
+    throw DfError.from(err, `preheat ${ref}`);
+  } finally {
+    clearInterval(watchdog);
+  }
+  const bySource = { ...rt.stats.bytes };
+  for (const k of Object.keys(bySource) as SourceKind[]) bySource[k] -= before[k];
+  return {
+    ref: ref.toString(),
+    layers: image.layers.length,
+    bytes: image.layers.reduce((a, l) => a + l.size, 0),
+    bySource,
+    seconds: (Date.now() - t0) / 1000,
+    release,
+  };
+}

@@ -1,0 +1,69 @@
+import { DfError } from '../errors.js';
+import { childSignal, realTimers, type Timers } from '../fetch/timers.js';
+import { sourceUnavailable, type BlobRef, type BlockSource } from '../fetch/types.js';
+import type { HttpBlockClient } from './http-block-client.js';
+import type { Isolation } from './isolation.js';
+import { rankSeeds } from './rendezvous.js';
+
+export interface SeedSourceOptions {
+  seeds: readonly string[];
+  /** `registry/repository` the seed fetches the blob from when it misses it. */
+  repo: string;
+  http: HttpBlockClient;
+  /** Shared with the tracker client: a seed that is down is skipped by both. */
+  isolation: Isolation;
+  timeoutMs: number;
+  timers?: Timers;
+  /** A seed failed and the next one took over (metrics). */
+  onSeedDown?: (seed: string) => void;
+}
+
+/**
+ * The seed tier as a BlockSource: the blob's seed by rendezvous hashing, the next seed when it is down
+ * or isolated. Sends the repository and blob size (never credentials) so that the seed can fetch a block
+ * it misses from the registry with its own.
+ */
+export class SeedBlockSource implements BlockSource {
+  readonly kind = 'seed' as const;
+  readonly name: string;
+  private readonly servedBy = new WeakMap<Buffer, string>();
+  private readonly timers: Timers;
+
+  constructor(private readonly o: SeedSourceOptions) {
+    this.name = `seeds of ${o.repo}`;
+    this.timers = o.timers ?? realTimers;
+  }
+
+  async fetch(blob: BlobRef, offset: number, length: number, signal: AbortSignal): Promise<Buffer> {
+    let lastErr: unknown = sourceUnavailable(`no seed is up for ${blob.digest}`);
+    for (const seed of rankSeeds(blob.digest, this.o.seeds)) {
+      if (this.o.isolation.isolated(seed)) continue;
+      const rq = childSignal(signal, this.o.timeoutMs, this.timers, `seed ${seed}`);
+      try {
+        const data = await this.o.http.get(seed, blob.digest, offset, length, rq.signal, {
+          repo: this.o.repo,
+          size: String(blob.size),
+        });
+        this.o.isolation.ok(seed);
+        this.servedBy.set(data, seed);
+        return data;
+      } catch (err) {
+        if (signal.aborted) throw err;
+        const e = DfError.from(err);
+        if (e.code === 'UNAUTHORIZED') throw e;
+        this.o.isolation.fail(seed, e.code);
+        this.o.onSeedDown?.(seed);
+        lastErr = e;
+      } finally {
+        rq.dispose();
+      }
+    }
+    // every seed is down: the registry (next source) at once
+    throw sourceUnavailable(DfError.from(lastErr).message);
+  }
+
+  badBlock(_blob: BlobRef, data: Buffer): void {
+    const seed = this.servedBy.get(data);
+    if (seed) this.o.isolation.fail(seed, 'bad block');
+  }
+}

@@ -1,0 +1,163 @@
+import { CacheManager } from '../cache/cache-manager.js';
+import type { BlobCache } from '../cache/blob-cache.js';
+import type { Config } from '../config.js';
+import { DfError } from '../errors.js';
+import type { BlobFetcher } from '../fetch/blob-fetcher.js';
+import { BlockMemoryCache } from '../fetch/block-memory-cache.js';
+import { FetchStats } from '../fetch/fetch-stats.js';
+import { openLayer } from '../fetch/open-layer.js';
+import { RegistryBlockSource } from '../fetch/registry-block-source.js';
+import { FetchScheduler } from '../fetch/scheduler.js';
+import { Priority } from '../fetch/types.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { RegistryClient } from '../registry/client.js';
+import { parseReference } from '../registry/reference.js';
+import { resolveClusterToken } from './auth.js';
+import { HostBandwidth, RateLimitedSource } from './bandwidth.js';
+import { BlockServer, type BlobHint, type BlobProvider, type ServedBlob } from './block-server.js';
+import { trackerAddress } from './rendezvous.js';
+import { serveTracker } from './tracker-service.js';
+import { TrackerState } from './tracker-state.js';
+import { UnitLayout } from './unit-layout.js';
+
+interface SeedBlob {
+  cache: BlobCache;
+  fetcher: BlobFetcher;
+  layout: UnitLayout;
+}
+
+export interface SeedOptions {
+  config: Config;
+  client: RegistryClient;
+  logger?: Logger;
+}
+
+/**
+ * `dfnode seed`: full copies of the blobs nodes ask it for, fetched from the registry block by block on
+ * first request (one registry fetch per block however many nodes ask: the fetcher coalesces), then in the
+ * background; serves blocks to nodes and runs the tracker of its blobs.
+ */
+export class Seed implements BlobProvider {
+  readonly cache: CacheManager;
+  readonly stats = new FetchStats();
+  readonly tracker: TrackerState;
+  readonly bandwidth: HostBandwidth;
+  private readonly server: BlockServer;
+  private readonly blobs = new Map<string, Promise<SeedBlob>>();
+  private readonly memory = new BlockMemoryCache(8 * 1024 * 1024);
+  private readonly scheduler = new FetchScheduler({ concurrency: 16, fillHoldOffMs: 0 });
+  private readonly log: Logger;
+  private readonly token: string;
+  private trackerServer: { address: string; stop(): Promise<void> } | undefined;
+
+  constructor(private readonly opts: SeedOptions) {
+    const cfg = opts.config;
+    this.log = opts.logger ?? silentLogger;
+    this.token = resolveClusterToken(cfg.p2p);
+    if (!this.token) throw new DfError('CONFIG', 'a seed needs p2p.clusterToken (or p2p.clusterTokenFile)');
+    this.cache = new CacheManager({
+      dir: cfg.cache.dir,
+      highWatermark: cfg.cache.highWatermark,
+      lowWatermark: cfg.cache.lowWatermark,
+      logger: this.log,
+    });
+    this.bandwidth = new HostBandwidth(cfg.p2p.uploadRate, cfg.p2p.downloadRate);
+    this.tracker = new TrackerState({ peerTtlMs: cfg.p2p.peerTtlMs, announceIntervalMs: cfg.p2p.announceIntervalMs });
+    this.server = new BlockServer({
+      provider: this,
+      clusterToken: this.token,
+      upload: this.bandwidth.upload,
+      requestTimeoutMs: Math.max(cfg.fetch.requestTimeoutMs, cfg.p2p.seedTimeoutMs) * 2,
+      logger: this.log,
+    });
+  }
+
+  /** Listens on p2p.listen (blocks) and the next port (tracker). Returns both addresses. */
+  async start(): Promise<{ blocks: string; tracker: string }> {
+    await this.cache.init();
+    const blocks = await this.server.listen(this.opts.config.p2p.listen);
+    this.trackerServer = await serveTracker(this.tracker, trackerAddress(blocks), this.token);
+    return { blocks, tracker: this.trackerServer.address };
+  }
+
+  get counters() {
+    return this.server.counters;
+  }
+
+  async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
+    let p = this.blobs.get(digest);
+    if (!p) {
+      if (!hint.repo || !hint.size || !Number.isSafeInteger(hint.size)) return undefined;
+      // not bound to this request: other nodes wait for the same open
+      p = this.open(digest, hint.repo, hint.size);
+      void signal;
+      this.blobs.set(digest, p);
+      p.catch(() => this.blobs.delete(digest));
+    }
+    const b = await p;
+    return {
+      size: b.layout.size,
+      read: async (offset, length, sig) => {
+        const r = b.layout.unitsFor(offset, length);
+        if (!r) return undefined;
+        const units: number[] = [];
+        for (let u = r[0]; u <= r[1]; u++) units.push(u);
+        const parts = await b.fetcher.units(units, Priority.Blocked, sig);
+        const all = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+        const from = offset - b.layout.offset(r[0]);
+        return all.subarray(from, from + length);
+      },
+    };
+  }
+
+  private async open(digest: string, repo: string, size: number): Promise<SeedBlob> {
+    const cfg = this.opts.config;
+    const blob = { digest, size };
+    const ref = parseReference(repo);
+    const cache = await this.cache.open(blob);
+    try {
+      const registry = new RateLimitedSource(new RegistryBlockSource(this.opts.client, ref), this.bandwidth.download);
+      const o = await openLayer({
+        blob,
+        cache,
+        sources: [registry],
+        memoryCache: this.memory,
+        stats: this.stats,
+        scheduler: this.scheduler,
+        logger: this.log,
+        options: {
+          readTimeoutMs: cfg.fetch.readTimeoutMs,
+          requestTimeoutMs: cfg.fetch.requestTimeoutMs,
+          retries: cfg.fetch.retries,
+          maxRunBytes: cfg.fetch.maxRunBytes,
+          fillAfterFirstRead: false,
+          fillConcurrency: 2,
+        },
+      });
+      if (cfg.p2p.seedFill) {
+        o.fetcher.startBackgroundFill();
+        o.fetcher.whenComplete().then(
+          () => this.log.info({ digest }, 'seed holds the complete blob'),
+          () => undefined,
+        );
+      }
+      this.log.info({ digest, repo }, 'seeding blob');
+      return { cache, fetcher: o.fetcher, layout: new UnitLayout(o.toc, size) };
+    } catch (err) {
+      await this.cache.release(cache).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.trackerServer?.stop();
+    await this.server.close();
+    for (const p of this.blobs.values()) {
+      const b = await p.catch(() => undefined);
+      if (!b) continue;
+      await b.fetcher.close();
+      await this.cache.release(b.cache).catch(() => undefined);
+    }
+    await this.cache.close();
+  }
+}

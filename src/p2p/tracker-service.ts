@@ -1,0 +1,115 @@
+import * as grpc from '@grpc/grpc-js';
+import { DfError } from '../errors.js';
+import { loadProto, lookup } from '../grpc/load-proto.js';
+import { CLUSTER_TOKEN_HEADER, tokenMatches } from './auth.js';
+import type { AnnounceMsg, HolderMsg, LookupMsg, TrackerState } from './tracker-state.js';
+
+export const TRACKER_PROTO = 'dfnode/tracker/v1/tracker.proto';
+
+export function trackerServiceConstructor(): grpc.ServiceClientConstructor {
+  return lookup<grpc.ServiceClientConstructor>(loadProto(TRACKER_PROTO), 'dfnode.tracker.v1.Tracker');
+}
+
+/** Serves the tracker on `address` (host:port) for cluster members only. Returns the bound address. */
+export async function serveTracker(
+  state: TrackerState,
+  address: string,
+  clusterToken: string,
+): Promise<{ address: string; stop(): Promise<void> }> {
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 8 << 20 });
+  const guard = <Req, Res>(fn: (req: Req) => Res): grpc.handleUnaryCall<Req, Res> =>
+    (call, cb) => {
+      if (!tokenMatches(clusterToken, call.metadata.get(CLUSTER_TOKEN_HEADER)[0]?.toString())) {
+        cb({ code: grpc.status.UNAUTHENTICATED, details: 'cluster token required' });
+        return;
+      }
+      try {
+        cb(null, fn(call.request));
+      } catch (err) {
+        const e = DfError.from(err);
+        cb({ code: e.grpcStatus, details: e.message });
+      }
+    };
+  server.addService(trackerServiceConstructor().service, {
+    Announce: guard((r: AnnounceMsg) => state.announce(r)),
+    Lookup: guard((r: LookupMsg) => state.lookup(r)),
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(new DfError('CONFIG', `tracker cannot listen on ${address}: ${err.message}`)) : resolve(p),
+    ),
+  );
+  return {
+    address: `${address.slice(0, address.lastIndexOf(':'))}:${port}`,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, 2000);
+        t.unref();
+        server.tryShutdown(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      }),
+  };
+}
+
+type Unary<Req, Res> = (
+  req: Req,
+  md: grpc.Metadata,
+  opts: grpc.CallOptions,
+  cb: (err: grpc.ServiceError | null, res?: Res) => void,
+) => void;
+
+/** A client of one seed's tracker; every call has a deadline and carries the cluster token. */
+export class TrackerClient {
+  private readonly client: grpc.Client & {
+    Announce: Unary<Partial<AnnounceMsg>, { need_full: boolean; interval_ms: number }>;
+    Lookup: Unary<Partial<LookupMsg>, { holders: HolderMsg[]; units: number }>;
+  };
+
+  constructor(
+    readonly address: string,
+    private readonly clusterToken: string,
+    private readonly timeoutMs = 1000,
+  ) {
+    const Ctor = trackerServiceConstructor();
+    this.client = new Ctor(address, grpc.credentials.createInsecure(), {
+      'grpc.max_receive_message_length': 8 << 20,
+    }) as never;
+  }
+
+  announce(m: Partial<AnnounceMsg>, signal?: AbortSignal): Promise<{ need_full: boolean; interval_ms: number }> {
+    return this.call('Announce', m, signal);
+  }
+
+  lookup(m: Partial<LookupMsg>, signal?: AbortSignal): Promise<{ holders: HolderMsg[]; units: number }> {
+    return this.call('Lookup', m, signal);
+  }
+
+  private call<Res>(method: 'Announce' | 'Lookup', req: object, signal?: AbortSignal): Promise<Res> {
+    const md = new grpc.Metadata();
+    md.set(CLUSTER_TOKEN_HEADER, this.clusterToken);
+    return new Promise<Res>((resolve, reject) => {
+      const fn = this.client[method].bind(this.client) as unknown as Unary<object, Res>;
+      const call = fn(req, md, { deadline: Date.now() + this.timeoutMs }, (err, res) => {
+        signal?.removeEventListener('abort', onAbort);
+        if (!err) return resolve(res!);
+        const what = `tracker ${this.address} ${method}`;
+        if (err.code === grpc.status.UNAUTHENTICATED)
+          reject(new DfError('UNAUTHORIZED', `${what}: ${err.details} (check p2p.clusterToken)`));
+        else if (err.code === grpc.status.DEADLINE_EXCEEDED)
+          reject(DfError.timeout(`${what}: no answer within ${this.timeoutMs} ms`));
+        else reject(new DfError('NETWORK', `${what}: ${err.details || err.message}`));
+      }) as unknown as grpc.ClientUnaryCall;
+      const onAbort = () => call.cancel();
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

@@ -1,0 +1,172 @@
+import { Bitmap } from '../cache/bitmap.js';
+import { realTimers, type Timers } from '../fetch/timers.js';
+
+export interface AnnounceMsg {
+  blob: string;
+  units: number;
+  peer_id: string;
+  address: string;
+  zone: string;
+  load: number;
+  full: boolean;
+  bitmap: Uint8Array;
+  added: number[];
+  leave: boolean;
+  failed_peers: string[];
+}
+
+export interface LookupMsg {
+  blob: string;
+  peer_id: string;
+  zone: string;
+  want: number[];
+  max_peers: number;
+}
+
+export interface HolderMsg {
+  peer_id: string;
+  address: string;
+  zone: string;
+  load: number;
+  bitmap: Buffer;
+  failures: number;
+}
+
+interface PeerEntry {
+  id: string;
+  address: string;
+  zone: string;
+  load: number;
+  bits: Bitmap;
+  lastSeen: number;
+}
+
+export interface TrackerStateOptions {
+  /** A peer that has not announced for this long is forgotten (ms). Default 30 s. */
+  peerTtlMs?: number;
+  /** Interval peers are told to announce at (ms). Default 5 s. */
+  announceIntervalMs?: number;
+  /** Reported failures halve every this many ms. Default 60 s. */
+  failureHalfLifeMs?: number;
+  timers?: Timers;
+}
+
+/** Bitmap from announced bytes (bits past `units` ignored). */
+export function bitmapFrom(bytes: Uint8Array, units: number): Bitmap {
+  const b = new Bitmap(units);
+  const n = Math.min(bytes.length * 8, units);
+  for (let i = 0; i < n; i++) if (bytes[i >>> 3]! & (1 << (i & 7))) b.set(i);
+  return b;
+}
+
+/**
+ * The tracker's memory (no database: a restarted seed learns everything again from the next announces).
+ * Per blob, each peer's bitmap; per peer, the failures others reported.
+ */
+export class TrackerState {
+  private readonly blobs = new Map<string, { units: number; peers: Map<string, PeerEntry> }>();
+  private readonly failures = new Map<string, { score: number; at: number }>();
+  private readonly ttl: number;
+  private readonly interval: number;
+  private readonly halfLife: number;
+  private readonly timers: Timers;
+  /** Announces and lookups answered (metrics). */
+  readonly counters = { announces: 0, lookups: 0, holdersReturned: 0 };
+
+  constructor(opts: TrackerStateOptions = {}) {
+    this.ttl = opts.peerTtlMs ?? 30_000;
+    this.interval = opts.announceIntervalMs ?? 5000;
+    this.halfLife = opts.failureHalfLifeMs ?? 60_000;
+    this.timers = opts.timers ?? realTimers;
+  }
+
+  announce(m: AnnounceMsg): { need_full: boolean; interval_ms: number } {
+    this.counters.announces++;
+    const now = this.timers.now();
+    for (const p of m.failed_peers) this.reportFailure(p, now);
+    const reply = { need_full: false, interval_ms: this.interval };
+    if (!m.blob || !m.peer_id || !(m.units > 0)) return reply;
+    let b = this.blobs.get(m.blob);
+    if (m.leave) {
+      b?.peers.delete(m.peer_id);
+      if (b && b.peers.size === 0) this.blobs.delete(m.blob);
+      return reply;
+    }
+    if (!b || b.units !== m.units) {
+      // a different unit count means someone announced garbage: the latest full announce wins
+      if (b && !m.full) return { ...reply, need_full: true };
+      b = { units: m.units, peers: new Map() };
+      this.blobs.set(m.blob, b);
+    }
+    let p = b.peers.get(m.peer_id);
+    if (!p && !m.full) return { ...reply, need_full: true };
+    if (!p) {
+      p = { id: m.peer_id, address: m.address, zone: m.zone, load: m.load, bits: new Bitmap(m.units), lastSeen: now };
+      b.peers.set(m.peer_id, p);
+    }
+    p.address = m.address;
+    p.zone = m.zone;
+    p.load = m.load;
+    p.lastSeen = now;
+    if (m.full) p.bits = bitmapFrom(m.bitmap, m.units);
+    for (const u of m.added) if (u < m.units) p.bits.set(u);
+    return reply;
+  }
+
+  lookup(m: LookupMsg): { holders: HolderMsg[]; units: number } {
+    this.counters.lookups++;
+    const b = this.blobs.get(m.blob);
+    if (!b) return { holders: [], units: 0 };
+    const now = this.timers.now();
+    const scored: { p: PeerEntry; wanted: number; failures: number }[] = [];
+    for (const p of [...b.peers.values()]) {
+      if (now - p.lastSeen > this.ttl) {
+        b.peers.delete(p.id);
+        continue;
+      }
+      if (p.id === m.peer_id || p.bits.present === 0) continue;
+      let wanted = 0;
+      if (m.want.length) for (const u of m.want) wanted += u < b.units && p.bits.has(u) ? 1 : 0;
+      else wanted = p.bits.present;
+      if (wanted === 0) continue;
+      scored.push({ p, wanted, failures: this.failureScore(p.id, now) });
+    }
+    // near first, then reliable, then lightly loaded, then those holding more of what is wanted
+    scored.sort(
+      (a, c) =>
+        Number(c.p.zone === m.zone && !!m.zone) - Number(a.p.zone === m.zone && !!m.zone) ||
+        Math.floor(a.failures) - Math.floor(c.failures) ||
+        a.p.load - c.p.load ||
+        c.wanted - a.wanted ||
+        Math.random() - 0.5,
+    );
+    const holders = scored.slice(0, m.max_peers > 0 ? m.max_peers : 32).map(({ p, failures }) => ({
+      peer_id: p.id,
+      address: p.address,
+      zone: p.zone,
+      load: p.load,
+      bitmap: Buffer.from(p.bits.bits),
+      failures: Math.floor(failures),
+    }));
+    this.counters.holdersReturned += holders.length;
+    return { holders, units: b.units };
+  }
+
+  /** Peers known for a blob (status, tests). */
+  peers(blob: string): string[] {
+    return [...(this.blobs.get(blob)?.peers.keys() ?? [])];
+  }
+
+  private reportFailure(peer: string, now: number): void {
+    const score = this.failureScore(peer, now) + 1;
+    this.failures.set(peer, { score, at: now });
+  }
+
+  private failureScore(peer: string, now: number): number {
+    const f = this.failures.get(peer);
+    if (!f) return 0;
+    const s = f.score * 0.5 ** ((now - f.at) / this.halfLife);
+    if (s < 0.05) this.failures.delete(peer);
+    return s;
+  }
+}

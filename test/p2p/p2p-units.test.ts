@@ -1,0 +1,102 @@
+import { describe, expect, it } from 'vitest';
+import { rankSeeds, trackerAddress } from '../../src/p2p/rendezvous.js';
+import { tokenMatches } from '../../src/p2p/auth.js';
+import { Isolation } from '../../src/p2p/isolation.js';
+import { TrackerState } from '../../src/p2p/tracker-state.js';
+import type { Timers } from '../../src/fetch/timers.js';
+
+function clock(): Timers & { t: number } {
+  const c = { t: 1000, now: () => c.t, setTimeout: () => 0, clearTimeout: () => undefined };
+  return c;
+}
+
+const digest = (i: number) => 'sha256:' + i.toString(16).padStart(64, '0');
+
+describe('rendezvous hashing', () => {
+  const seeds = ['10.0.0.1:7700', '10.0.0.2:7700', '10.0.0.3:7700', '10.0.0.4:7700'];
+  it('ranks every seed, the same way whatever the list order', () => {
+    const r = rankSeeds(digest(1), seeds);
+    expect([...r].sort()).toEqual([...seeds].sort());
+    expect(rankSeeds(digest(1), [...seeds].reverse())).toEqual(r);
+  });
+  it('spreads blobs over seeds and moves only the blobs of a removed seed, each to its next seed', () => {
+    const count = new Map<string, number>();
+    for (let i = 0; i < 2000; i++) {
+      const r = rankSeeds(digest(i), seeds);
+      count.set(r[0]!, (count.get(r[0]!) ?? 0) + 1);
+      const without = rankSeeds(digest(i), seeds.filter((s) => s !== seeds[0]));
+      expect(without[0]).toBe(r[0] === seeds[0] ? r[1] : r[0]);
+    }
+    for (const s of seeds) expect(count.get(s)!).toBeGreaterThan(350);
+  });
+  it('puts the tracker on the next port', () => {
+    expect(trackerAddress('seed-0.seeds:7700')).toBe('seed-0.seeds:7701');
+  });
+});
+
+describe('cluster token', () => {
+  it('matches only the exact token; an empty token matches nothing', () => {
+    expect(tokenMatches('s3cret', 's3cret')).toBe(true);
+    expect(tokenMatches('s3cret', 's3cret ')).toBe(false);
+    expect(tokenMatches('s3cret', undefined)).toBe(false);
+    expect(tokenMatches('s3cret', ['s3cret'])).toBe(false);
+    expect(tokenMatches('', '')).toBe(false);
+  });
+});
+
+describe('isolation', () => {
+  it('excludes a failing peer for a growing period, capped, and forgives after successes', () => {
+    const c = clock();
+    const events: number[] = [];
+    const iso = new Isolation({ baseMs: 100, maxMs: 350, timers: c, onIsolate: (_p, ms) => events.push(ms) });
+    expect(iso.isolated('a')).toBe(false);
+    iso.fail('a', 'TIMEOUT');
+    expect(iso.isolated('a')).toBe(true);
+    c.t += 100;
+    expect(iso.isolated('a')).toBe(false);
+    iso.fail('a', 'bad block');
+    iso.fail('a', 'bad block');
+    iso.fail('a', 'bad block');
+    expect(events).toEqual([100, 200, 350, 350]);
+    c.t += 350;
+    iso.ok('a');
+    expect(iso.strikes('a')).toBe(3);
+    expect(iso.isolated('b')).toBe(false);
+  });
+});
+
+describe('tracker state', () => {
+  const base = { zone: '', load: 0, added: [], leave: false, failed_peers: [], bitmap: new Uint8Array(0), full: false };
+  it('takes full bitmaps and deltas, asks for a full announce from unknown peers, forgets leavers', () => {
+    const t = new TrackerState({ timers: clock() });
+    const b = digest(7);
+    expect(t.announce({ ...base, blob: b, units: 20, peer_id: 'p1', address: 'a:1', added: [1] }).need_full).toBe(true);
+    t.announce({ ...base, blob: b, units: 20, peer_id: 'p1', address: 'a:1', full: true, bitmap: Uint8Array.from([0b101]) });
+    t.announce({ ...base, blob: b, units: 20, peer_id: 'p1', address: 'a:1', added: [9] });
+    const r = t.lookup({ blob: b, peer_id: 'me', zone: '', want: [9], max_peers: 8 });
+    expect(r.units).toBe(20);
+    expect(r.holders.map((h) => h.peer_id)).toEqual(['p1']);
+    expect([...r.holders[0]!.bitmap]).toEqual([0b101, 0b10, 0]);
+    expect(t.lookup({ blob: b, peer_id: 'me', zone: '', want: [3], max_peers: 8 }).holders).toEqual([]);
+    expect(t.lookup({ blob: b, peer_id: 'p1', zone: '', want: [], max_peers: 8 }).holders).toEqual([]);
+    t.announce({ ...base, blob: b, units: 20, peer_id: 'p1', address: 'a:1', leave: true });
+    expect(t.peers(b)).toEqual([]);
+  });
+  it('prefers the same zone, then reliable, then lightly loaded holders; expires silent peers', () => {
+    const c = clock();
+    const t = new TrackerState({ timers: c, peerTtlMs: 1000 });
+    const b = digest(8);
+    const ann = (id: string, zone: string, load: number) =>
+      t.announce({ ...base, blob: b, units: 8, peer_id: id, address: id, zone, load, full: true, bitmap: Uint8Array.from([0xff]) });
+    ann('far', 'z2', 0);
+    ann('busy', 'z1', 5);
+    ann('idle', 'z1', 1);
+    ann('flaky', 'z1', 0);
+    t.announce({ ...base, blob: b, units: 8, peer_id: 'idle', address: 'idle', zone: 'z1', load: 1, failed_peers: ['flaky'] });
+    const order = t.lookup({ blob: b, peer_id: 'me', zone: 'z1', want: [0], max_peers: 8 }).holders.map((h) => h.peer_id);
+    expect(order).toEqual(['idle', 'busy', 'flaky', 'far']);
+    c.t += 1500;
+    ann('idle', 'z1', 1);
+    expect(t.lookup({ blob: b, peer_id: 'me', zone: 'z1', want: [], max_peers: 8 }).holders.map((h) => h.peer_id)).toEqual(['idle']);
+  });
+});
