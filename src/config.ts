@@ -103,6 +103,11 @@ export const configSchema = z.object({
       metricsAddress: z.string().default('127.0.0.1:9877'),
       /** FUSE binding: the libfuse3 addon in native/ when built (auto), or fuse-native (libfuse 2). */
       fuseBinding: z.enum(['auto', 'native', 'fuse-native']).default('auto'),
+      /**
+       * `dfnode run` leaves the FUSE mounts and the cache to a separate long-lived process (`dfnode fuse-manager`)
+       * so that restarting dfnode does not break running containers; false serves them in-process.
+       */
+      fuseManager: z.boolean().default(true),
     })
     .prefault({}),
   p2p: z

@@ -17,7 +17,10 @@ import { parseReference } from '../registry/reference.js';
 import { CONVERTER_VERSION } from '../../converter/version.js';
 import { runMain } from './run-main.js';
 import { serveSnapshotter } from '../snapshotter/grpc-service.js';
-import { NodeRemoteLayers } from '../snapshotter/remote-layers.js';
+import { LayerResolver, NodeRemoteLayers, type RemoteLayers } from '../snapshotter/remote-layers.js';
+import { CREDS_ENV, ensureFuseManager, running, stopFuseManager } from '../fusemanager/client.js';
+import { ManagedRemoteLayers } from '../fusemanager/managed-remote-layers.js';
+import { FuseManagerServer } from '../fusemanager/server.js';
 import { Snapshotter } from '../snapshotter/snapshotter.js';
 import { P2pNode } from '../p2p/p2p-node.js';
 import { Seed } from '../p2p/seed.js';
@@ -175,15 +178,13 @@ async function serveNode(
   }
 }
 
-/** The containerd snapshotter of `dfnode run`: remote layers through the node runtime, served on a unix socket. */
+/** The containerd snapshotter of `dfnode run`, served on a unix socket; remote layers through `remote`. */
 async function startSnapshotter(
   cfg: Config,
-  log: Logger,
-  rt: NodeRuntime,
-  client: RegistryClient,
+  slog: Logger,
+  remote: RemoteLayers,
 ): Promise<{ address: string; stop(): Promise<void> }> {
-  const slog = log.child({ component: 'snapshotter' });
-  const sn = new Snapshotter({ root: cfg.snapshotter.root, remote: new NodeRemoteLayers(rt, client, { logger: slog }), logger: slog });
+  const sn = new Snapshotter({ root: cfg.snapshotter.root, remote, logger: slog });
   await sn.start();
   const server = await serveSnapshotter(sn, cfg.snapshotter.socket, { logger: slog });
   return {
@@ -346,17 +347,42 @@ export function buildProgram(signal: AbortSignal): Command {
     .option('--snapshotter-root <dir>', 'snapshot directories and metadata (default /var/lib/dfnode/snapshotter)')
     .option('--snapshotter-socket <path>', 'containerd proxy plugin socket (default /run/dfnode/snapshotter.sock)')
     .option('--no-snapshotter', 'do not serve the containerd snapshotter')
+    .option(
+      '--no-fuse-manager',
+      'serve the FUSE mounts from this process (they die with it) instead of the long-lived fuse manager',
+    )
+    .option(
+      '--stop-fuse-manager',
+      'full shutdown: stop the fuse manager of the state dir (unmounts every lazily mounted layer) and exit',
+    )
     .description('run the node daemon (cache, FUSE mounts, metrics endpoint)')
     .option('--metrics-address <host:port>', 'serve Prometheus metrics here (default 127.0.0.1:9877; empty: off)')
-    .action(async (flags: NodeFlags & { snapshotterRoot?: string; snapshotterSocket?: string; snapshotter?: boolean }) => {
+    .action(async (flags: RunFlags) => {
       const cfg = configFrom(flags);
       if (flags.snapshotterRoot) cfg.snapshotter.root = resolve(flags.snapshotterRoot);
       if (flags.snapshotterSocket) cfg.snapshotter.socket = resolve(flags.snapshotterSocket);
       if (flags.snapshotter === false) cfg.snapshotter.enabled = false;
+      if (flags.fuseManager === false) cfg.node.fuseManager = false;
       const log = createLogger(cfg.logLevel);
+      if (flags.stopFuseManager) {
+        const pid = await stopFuseManager(cfg.node.stateDir);
+        process.stdout.write(pid ? `fuse manager (pid ${pid}) stopped\n` : 'no fuse manager running\n');
+        return;
+      }
       const client = makeClient(cfg, log, flags.creds);
+      if (cfg.node.fuseManager && cfg.snapshotter.enabled) {
+        try {
+          await runWithFuseManager(cfg, log, client, flags.creds, signal);
+        } finally {
+          await client.close().catch(() => undefined);
+        }
+        return;
+      }
       await serveNode(cfg, log, client, async (rt) => {
-        const snap = cfg.snapshotter.enabled ? await startSnapshotter(cfg, log, rt, client) : undefined;
+        const slog = log.child({ component: 'snapshotter' });
+        const snap = cfg.snapshotter.enabled
+          ? await startSnapshotter(cfg, slog, new NodeRemoteLayers(rt, client, { logger: slog }))
+          : undefined;
         try {
           log.info({ cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address }, 'dfnode running');
           process.stdout.write(
@@ -416,7 +442,75 @@ export function buildProgram(signal: AbortSignal): Command {
       });
     });
 
+  program
+    .command('fuse-manager', { hidden: true })
+    .description('the long-lived FUSE server of `dfnode run` (started by it; see deploy/README.md)')
+    .option('-c, --config <file>', 'JSON config file')
+    .action(async (flags: { config?: string }) => {
+      const cfg = loadConfig({ file: flags.config });
+      const log = createLogger(cfg.logLevel).child({ component: 'fuse-manager' });
+      const client = makeClient(cfg, log, process.env[CREDS_ENV]);
+      delete process.env[CREDS_ENV];
+      await serveNode(cfg, log, client, async (rt) => {
+        const server = new FuseManagerServer({ runtime: rt, stateDir: cfg.node.stateDir, logger: log });
+        try {
+          await server.listen();
+          await waitForSignal(AbortSignal.any([signal, server.shutdownSignal]), () => void rt.cache.gc().catch(() => undefined));
+          log.info({ reason: signal.aborted ? 'signal' : 'shutdown request' }, 'fuse manager stopping');
+        } finally {
+          await server.close();
+        }
+      });
+    });
+
   return program;
+}
+
+interface RunFlags extends NodeFlags {
+  snapshotterRoot?: string;
+  snapshotterSocket?: string;
+  snapshotter?: boolean;
+  fuseManager?: boolean;
+  stopFuseManager?: boolean;
+}
+
+/**
+ * `dfnode run` with the FUSE manager: the manager (started if none answers) owns the cache, the fetches and
+ * the FUSE mounts; this process serves the snapshotter. On SIGTERM the snapshotter stops and the mounts stay
+ * (running containers keep reading); a new `dfnode run` adopts them. When the manager dies, this process
+ * exits (status 1) so that its supervisor restarts it: the new start cleans the dead mounts and mounts again.
+ */
+async function runWithFuseManager(
+  cfg: Config,
+  log: Logger,
+  client: RegistryClient,
+  creds: string | undefined,
+  signal: AbortSignal,
+): Promise<void> {
+  const fm = await ensureFuseManager(cfg, log.child({ component: 'fuse-manager-client' }), { creds });
+  const slog = log.child({ component: 'snapshotter' });
+  const remote = new ManagedRemoteLayers(fm.client, new LayerResolver(client, { logger: slog }), { logger: slog });
+  const snap = await startSnapshotter(cfg, slog, remote);
+  const lost = new AbortController();
+  const watchdog = setInterval(() => {
+    if (running(fm.pid)) return;
+    log.error({ pid: fm.pid }, 'fuse manager is gone: its layer mounts are dead; exiting so that dfnode is restarted');
+    lost.abort();
+  }, 1000);
+  try {
+    log.info({ snapshotter: snap.address, fuseManager: fm.pid, started: fm.started }, 'dfnode running');
+    process.stdout.write(
+      `dfnode running; snapshotter on ${snap.address}; fuse manager pid ${fm.pid}${fm.started ? ' (started)' : ''}; metrics ${
+        cfg.node.metricsAddress ? `on ${cfg.node.metricsAddress} (fuse manager)` : '(off)'
+      }\n`,
+    );
+    await waitForSignal(AbortSignal.any([signal, lost.signal]));
+  } finally {
+    clearInterval(watchdog);
+    await snap.stop();
+  }
+  if (lost.signal.aborted && !signal.aborted)
+    throw new DfError('FAILED_PRECONDITION', `fuse manager (pid ${fm.pid}) exited; restart dfnode run to mount the layers again`);
 }
 
 runMain('dfnode', (signal, argv) => buildProgram(signal).parseAsync(argv));
