@@ -1,6 +1,7 @@
 import { open, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DfError } from '../errors.js';
+import { processRunning } from '../process.js';
 
 /**
  * An exclusive lock on a cache directory for one process: a pid file created with O_EXCL. A lock left by
@@ -28,7 +29,7 @@ export class DirLock {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw DfError.from(err, `lock ${dir}`);
       }
       const holder = Number.parseInt(await readFile(lock.path, 'utf8').catch(() => ''), 10);
-      if (Number.isInteger(holder) && holder > 0 && isAlive(holder)) {
+      if (Number.isInteger(holder) && holder > 0 && processRunning(holder)) {
         throw new DfError(
           'FAILED_PRECONDITION',
           `cache directory ${dir} is in use by process ${holder}; stop it or use another cache dir`,
@@ -45,14 +46,5 @@ export class DirLock {
     if (!this.held) return;
     this.held = false;
     await unlink(this.path).catch(() => {});
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

@@ -17,11 +17,5 @@ export function runCommand(cmd: string, args: string[], timeoutMs = 30_000): Pro
   });
 }
 
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+/** Whether `pid` runs (zombies do not count). */
+export { processRunning as processAlive } from '../process.js';

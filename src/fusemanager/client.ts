@@ -8,6 +8,7 @@ import { processAlive } from '../daemon/system.js';
 import { DfError, ErrorCodes, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { fuseManagerPaths, type Health, type ManagedMount, type MountRequest } from './protocol.js';
+import { processRunning } from '../process.js';
 
 /** Environment variable that hands registry credentials (`--creds`) to a manager without putting them on argv. */
 export const CREDS_ENV = 'DFNODE_FUSE_MANAGER_CREDS';
@@ -99,15 +100,7 @@ export class FuseManagerClient {
 }
 
 /** Whether `pid` runs (a zombie, dead but not reaped yet, does not count). */
-export function running(pid: number): boolean {
-  if (!processAlive(pid)) return false;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
+export const running = processRunning;
 
 /** The pid in the manager's pid file when that process is alive and is a fuse manager. */
 export function managerPid(stateDir: string): number | undefined {
