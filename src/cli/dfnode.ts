@@ -2,7 +2,7 @@
 import { Command, Option } from 'commander';
 import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { CacheManager } from '../cache/cache-manager.js';
+import { CacheManager, type BlobCacheInfo } from '../cache/cache-manager.js';
 import { loadConfig, type Config } from '../config.js';
 import { NodeMetrics } from '../daemon/metrics.js';
 import { MountRecords } from '../daemon/mount-records.js';
@@ -18,7 +18,15 @@ import { CONVERTER_VERSION } from '../../converter/version.js';
 import { runMain } from './run-main.js';
 import { serveSnapshotter } from '../snapshotter/grpc-service.js';
 import { LayerResolver, NodeRemoteLayers, type RemoteLayers } from '../snapshotter/remote-layers.js';
-import { CREDS_ENV, ensureFuseManager, running, stopFuseManager } from '../fusemanager/client.js';
+import {
+  CREDS_ENV,
+  ensureFuseManager,
+  FuseManagerClient,
+  managerPid,
+  running,
+  stopFuseManager,
+} from '../fusemanager/client.js';
+import { fuseManagerPaths } from '../fusemanager/protocol.js';
 import { ManagedRemoteLayers } from '../fusemanager/managed-remote-layers.js';
 import { FuseManagerServer } from '../fusemanager/server.js';
 import { Snapshotter } from '../snapshotter/snapshotter.js';
@@ -251,22 +259,40 @@ export function buildProgram(signal: AbortSignal): Command {
     .action(async (flags: NodeFlags) => {
       const cfg = configFrom(flags);
       const records = await new MountRecords(join(cfg.node.stateDir, 'mounts')).list();
-      const cache = new CacheManager({
-        dir: cfg.cache.dir,
-        highWatermark: cfg.cache.highWatermark,
-        lowWatermark: cfg.cache.lowWatermark,
-        lock: false,
-      });
-      await cache.init();
-      // This process does not hold the cache: a blob is in use when a live mount record names it.
-      const used = new Set(records.filter((r) => r.alive).flatMap((r) => r.layers));
-      const blobs = cache.list().map((b) => ({ ...b, inUse: b.inUse || used.has(b.digest) }));
-      await cache.close();
+      // With `dfnode run`, the fuse manager holds the cache: ask it (in-use flags and fetch counters).
+      const mpid = managerPid(cfg.node.stateDir);
+      let blobs: BlobCacheInfo[];
+      let manager: { pid: number; stats: unknown } | undefined;
+      if (mpid !== undefined) {
+        const st = await new FuseManagerClient(fuseManagerPaths(cfg.node.stateDir).socket).status();
+        blobs = st.blobs;
+        manager = { pid: mpid, stats: st.stats };
+      } else {
+        const cache = new CacheManager({
+          dir: cfg.cache.dir,
+          highWatermark: cfg.cache.highWatermark,
+          lowWatermark: cfg.cache.lowWatermark,
+          lock: false,
+        });
+        await cache.init();
+        // This process does not hold the cache: a blob is in use when a live mount record names it.
+        const used = new Set(records.filter((r) => r.alive).flatMap((r) => r.layers));
+        blobs = cache.list().map((b) => ({ ...b, inUse: b.inUse || used.has(b.digest) }));
+        await cache.close();
+      }
       if (flags.json) {
-        process.stdout.write(JSON.stringify({ mounts: records, blobs }) + '\n');
+        process.stdout.write(JSON.stringify({ mounts: records, blobs, manager }) + '\n');
         return;
       }
       const out: string[] = [];
+      if (manager) {
+        const st = manager.stats as { bytes?: Record<string, number> } | undefined;
+        const by = Object.entries(st?.bytes ?? {})
+          .filter(([, v]) => v > 0)
+          .map(([k, v]) => `${k} ${fmt(v)}`)
+          .join(', ');
+        out.push(`fuse manager pid ${manager.pid}; bytes by source: ${by || 'none yet'}`);
+      }
       out.push(`mounts (${records.length}):`);
       for (const r of records) {
         out.push(`  ${r.target}  ${r.ref}  pid ${r.pid}${r.alive ? '' : ' (dead)'}  ${r.layers.length} layers`);
@@ -292,6 +318,11 @@ export function buildProgram(signal: AbortSignal): Command {
     .description('evict cached blobs that no mount uses')
     .action(async (flags: NodeFlags) => {
       const cfg = configFrom(flags);
+      if (managerPid(cfg.node.stateDir) !== undefined) {
+        const r = await new FuseManagerClient(fuseManagerPaths(cfg.node.stateDir).socket).gc();
+        process.stdout.write(`evicted ${r.evicted.length} blobs, freed ${fmt(r.freedBytes)} (via the fuse manager)\n`);
+        return;
+      }
       const records = (await new MountRecords(join(cfg.node.stateDir, 'mounts')).list()).filter((r) => r.alive);
       if (records.length) {
         // A running dfnode holds the cache: ask each to collect (its in-use blobs stay).

@@ -9,6 +9,8 @@ import { DfError, ErrorCodes, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { fuseManagerPaths, type Health, type ManagedMount, type MountRequest } from './protocol.js';
 import { processRunning } from '../process.js';
+import type { BlobCacheInfo } from '../cache/cache-manager.js';
+import type { MountRecord } from '../daemon/mount-records.js';
 
 /** Environment variable that hands registry credentials (`--creds`) to a manager without putting them on argv. */
 export const CREDS_ENV = 'DFNODE_FUSE_MANAGER_CREDS';
@@ -92,6 +94,16 @@ export class FuseManagerClient {
 
   async release(mountpoint: string): Promise<boolean> {
     return (await this.call<{ released: boolean }>('POST', '/release', { mountpoint })).released;
+  }
+
+  /** Cache contents (with in-use flags) and fetch counters of the manager's runtime (`dfnode status`). */
+  status(): Promise<{ blobs: BlobCacheInfo[]; stats: MountRecord['stats'] }> {
+    return this.call('GET', '/status', undefined, { timeoutMs: 30_000 });
+  }
+
+  /** Evicts the blobs no mount uses (`dfnode gc`). */
+  gc(): Promise<{ evicted: string[]; freedBytes: number }> {
+    return this.call('POST', '/gc', {}, { timeoutMs: 120_000 });
   }
 
   async shutdown(): Promise<void> {

@@ -230,6 +230,12 @@ export class FuseManagerServer {
           out = { released: await this.serial(mountpoint, () => this.release(mountpoint)) };
           break;
         }
+        case 'GET /status':
+          out = { blobs: this.rt.cache.list(), stats: this.rt.statusSnapshot() };
+          break;
+        case 'POST /gc':
+          out = await this.rt.cache.gc();
+          break;
         case 'POST /shutdown':
           out = { ok: true };
           res.once('finish', () => this.shutdownRequested.abort());
