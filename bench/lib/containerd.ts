@@ -1,8 +1,9 @@
 // A private containerd for benchmarks: its own root, state, sockets and
 // config (no CRI plugin), started as our child and stopped by its PID.
-// A system containerd is never touched.
+// A system containerd is never touched. Optionally with dfnode as a proxy
+// snapshotter (`[proxy_plugins.dfnode]`).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, closeSync } from 'node:fs';
+import { existsSync, openSync, closeSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from './measure.js';
@@ -14,6 +15,25 @@ const DISABLED_PLUGINS = [
   'io.containerd.snapshotter.v1.devmapper',
   'io.containerd.snapshotter.v1.aufs',
 ];
+
+export interface PrivateContainerdOptions {
+  /** dfnode's snapshotter socket: registers it as the proxy snapshotter `dfnode`. */
+  snapshotterSocket?: string;
+}
+
+/** PIDs of processes whose command line mentions `needle` (a shim names its containerd's socket). */
+function pidsMentioning(needle: string): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(needle)) out.push(Number(e));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
 
 export class PrivateContainerd {
   readonly address: string;
@@ -29,7 +49,11 @@ export class PrivateContainerd {
   }
 
   /** Start containerd under `dir` and wait until it answers (at most `timeoutMs`). */
-  static async start(dir: string, timeoutMs = 15_000): Promise<PrivateContainerd> {
+  static async start(
+    dir: string,
+    timeoutMs = 15_000,
+    opts: PrivateContainerdOptions = {},
+  ): Promise<PrivateContainerd> {
     const c = new PrivateContainerd(dir);
     await mkdir(dir, { recursive: true });
     const config = join(dir, 'config.toml');
@@ -46,6 +70,15 @@ export class PrivateContainerd {
         `  address = ${JSON.stringify(`${c.address}.ttrpc`)}`,
         '[debug]',
         `  address = ${JSON.stringify(join(dir, 'debug.sock'))}`,
+        '[plugins."io.containerd.internal.v1.opt"]',
+        `  path = ${JSON.stringify(join(dir, 'opt'))}`,
+        ...(opts.snapshotterSocket
+          ? [
+              '[proxy_plugins.dfnode]',
+              '  type = "snapshot"',
+              `  address = ${JSON.stringify(opts.snapshotterSocket)}`,
+            ]
+          : []),
         '',
       ].join('\n'),
     );
@@ -85,20 +118,36 @@ export class PrivateContainerd {
     return run(tool, ['-a', this.address, '-n', this.namespace, ...args]);
   }
 
-  /** SIGTERM by PID, SIGKILL after `graceMs`. Safe to call twice. */
+  /**
+   * SIGTERM by PID, SIGKILL after `graceMs`; then SIGKILL to task shims of this containerd left behind (a
+   * container still running when the benchmark failed). Safe to call twice.
+   */
   async stop(graceMs = 5_000): Promise<void> {
     const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const done = new Promise<void>((r) => child.once('exit', () => r()));
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-    await done;
-    clearTimeout(timer);
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const done = new Promise<void>((r) => child.once('exit', () => r()));
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      await done;
+      clearTimeout(timer);
+    }
+    this.killShims();
+  }
+
+  private killShims(): void {
+    if (!this.child) return;
+    for (const pid of pidsMentioning(this.address))
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
   }
 
   /** Synchronous last-resort kill (process 'exit' handlers cannot await). */
   killNow(): void {
     const child = this.child;
     if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    this.killShims();
   }
 }

@@ -1,0 +1,104 @@
+// `dfnode run` (the node daemon with its containerd snapshotter) as a child
+// process of a benchmark, with its own cache, state and snapshotter root below
+// one directory; stopped by PID, and whatever it left mounted is detached.
+import { mkdir, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { Daemon } from './daemon.js';
+import { unmountUnder } from './mounts-under.js';
+
+export interface DfnodeRunOptions {
+  /** dist/src/cli/dfnode.js */
+  cli: string;
+  /** Cache, state, snapshotter root and socket go below it (keep it short: unix sockets have a 108-byte limit). */
+  dir: string;
+  /** Extra config, merged over the directories (e.g. `{ fetch: { fillRate: '3M' } }`). */
+  config?: Record<string, Record<string, unknown>>;
+  /** Serve Prometheus metrics on 127.0.0.1:PORT (off by default). */
+  metricsPort?: number;
+  timeoutMs?: number;
+}
+
+function accepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+export class DfnodeRun {
+  private constructor(
+    readonly daemon: Daemon,
+    readonly dir: string,
+    readonly socket: string,
+    readonly cacheDir: string,
+    /** Seconds from spawn until the snapshotter socket accepted a connection. */
+    readonly startSeconds: number,
+    readonly metricsPort?: number,
+  ) {}
+
+  static async start(o: DfnodeRunOptions): Promise<DfnodeRun> {
+    const cacheDir = join(o.dir, 'cache');
+    const socket = join(o.dir, 'snapshotter.sock');
+    await mkdir(o.dir, { recursive: true });
+    const base: Record<string, Record<string, unknown>> = {
+      registry: { plainHttp: true },
+      cache: { dir: cacheDir },
+      node: {
+        stateDir: join(o.dir, 'state'),
+        metricsAddress: o.metricsPort ? `127.0.0.1:${o.metricsPort}` : '',
+      },
+      snapshotter: { enabled: true, root: join(o.dir, 'snapshotter'), socket },
+    };
+    for (const [k, v] of Object.entries(o.config ?? {})) base[k] = { ...base[k], ...v };
+    const cfg = join(o.dir, 'dfnode.json');
+    await writeFile(cfg, JSON.stringify(base));
+    const t0 = process.hrtime.bigint();
+    const d = Daemon.spawn('dfnode run', process.execPath, [o.cli, 'run', '-c', cfg, '--log-level', 'warn']);
+    const deadline = Date.now() + (o.timeoutMs ?? 60_000);
+    try {
+      for (;;) {
+        if (!d.running) throw new Error(`dfnode run exited before serving ${socket}:\n${d.tail()}`);
+        if (await accepts(socket)) break;
+        if (Date.now() > deadline) throw new Error(`dfnode run did not serve ${socket}:\n${d.tail()}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    } catch (err) {
+      await d.stop(5_000);
+      await unmountUnder(o.dir);
+      throw err;
+    }
+    return new DfnodeRun(
+      d,
+      o.dir,
+      socket,
+      cacheDir,
+      Number(process.hrtime.bigint() - t0) / 1e9,
+      o.metricsPort,
+    );
+  }
+
+  /** Each metric's value summed over its labels (histograms: their _sum and _count series), or {} when off. */
+  async metrics(): Promise<Record<string, number>> {
+    if (!this.metricsPort) return {};
+    const res = await fetch(`http://127.0.0.1:${this.metricsPort}/metrics`, {
+      signal: AbortSignal.timeout(5000),
+    });
+    const out: Record<string, number> = {};
+    for (const line of (await res.text()).split('\n')) {
+      const m = /^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})? ([-+\d.eE]+|NaN)$/.exec(line);
+      if (m && !m[1]!.endsWith('_bucket')) out[m[1]!] = (out[m[1]!] ?? 0) + Number(m[2]);
+    }
+    return out;
+  }
+
+  /** SIGTERM (dfnode unmounts its layers), SIGKILL after 20 s; then detaches whatever is left below dir. */
+  async stop(): Promise<void> {
+    await this.daemon.stop(20_000);
+    await unmountUnder(this.dir);
+  }
+}
