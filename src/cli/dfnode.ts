@@ -428,17 +428,26 @@ export function buildProgram(signal: AbortSignal): Command {
 
   addP2p(addRegistry(addCommon(program.command('seed'))))
     .description('run a seed: full copies of blobs fetched from the registry once, block server and tracker')
+    .option('--metrics-address <host:port>', 'serve Prometheus metrics here (default: off)')
     .action(async (flags: NodeFlags) => {
       const cfg = configFrom(flags);
       const log = createLogger(cfg.logLevel);
       const client = makeClient(cfg, log, flags.creds);
       const seed = new Seed({ config: cfg, client, logger: log.child({ component: 'seed' }) });
+      const metrics = new NodeMetrics();
+      metrics.onScrape(() => {
+        metrics.publishSeed(seed.metricsCounters);
+        metrics.publishBlockServer(seed.counters);
+      });
+      let server: Awaited<ReturnType<NodeMetrics['serve']>> | undefined;
       try {
         const a = await seed.start();
-        log.info(a, 'dfnode seed running');
+        if (flags.metricsAddress) server = await metrics.serve(flags.metricsAddress);
+        log.info({ ...a, metrics: flags.metricsAddress || '' }, 'dfnode seed running');
         process.stdout.write(`seed serving blocks on ${a.blocks}, tracker on ${a.tracker}\n`);
         await waitForSignal(signal);
       } finally {
+        server?.close();
         await seed.close();
         await client.close().catch(() => undefined);
       }
@@ -449,10 +458,11 @@ export function buildProgram(signal: AbortSignal): Command {
     .argument('<ref>', 'registry reference of a converted image (dfconvert output)')
     .option('--serve', 'after preheating, keep serving peers until SIGINT/SIGTERM')
     .option('--json', 'print the result as JSON')
+    .option('--metrics-address <host:port>', 'serve Prometheus metrics here (default: off)')
     .action(async (refText: string, flags: NodeFlags & { serve?: boolean }) => {
       const cfg = configFrom(flags);
       cfg.fetch.backgroundFill = false;
-      cfg.node.metricsAddress = '';
+      cfg.node.metricsAddress = flags.metricsAddress ?? '';
       const log = createLogger(cfg.logLevel);
       const ref = parseReference(refText);
       const client = makeClient(cfg, log, flags.creds);

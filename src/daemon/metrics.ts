@@ -1,6 +1,16 @@
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { DfError } from '../errors.js';
+import type { P2pCounters } from '../p2p/p2p-node.js';
+import type { RegistryFetchReason } from '../p2p/registry-fallback.js';
+
+/** What a seed exposes to its metrics (the Seed class). */
+export interface SeedCounters {
+  /** Range requests the seed sent to the registry (blocks it did not hold yet). */
+  registryRequests: number;
+  /** Stored bytes by source (registry, cache, memory). */
+  bytes: Record<string, number>;
+}
 
 /** The node's Prometheus metrics. Components report through these methods; nothing here is per-block logging. */
 export class NodeMetrics {
@@ -57,14 +67,85 @@ export class NodeMetrics {
     help: 'Layer filesystems currently mounted',
     registers: [this.registry],
   });
+  readonly registryFetches = new Counter({
+    name: 'dfnode_registry_fetches_total',
+    help:
+      'Range requests sent to the registry by a P2P node or seed, by why the P2P tier did not serve them ' +
+      '(seed_down, seed_timeout, verification, retry; seed_miss on a seed)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly peersIsolated = new Counter({
+    name: 'dfnode_peers_isolated_total',
+    help: 'Peers excluded for a while after a failure, by reason (timeout, bad_block, error)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly seedsDown = new Counter({
+    name: 'dfnode_seeds_down_total',
+    help: 'Seed requests that failed so that the next seed in rendezvous order (or the registry) took over',
+    registers: [this.registry],
+  });
+  readonly trackerAnswers = new Counter({
+    name: 'dfnode_tracker_answers_total',
+    help: 'Tracker lookups, by result (holders: named at least one holder, empty: none, error: failed)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly peerRequests = new Counter({
+    name: 'dfnode_peer_requests_total',
+    help: 'Block requests this host answered for cluster members, by result (served, refused: no or wrong token)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  private readonly scrapeHooks: (() => void)[] = [];
+  private readonly last = new Map<string, number>();
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics !== false)
       collectDefaultMetrics({ register: this.registry, prefix: 'dfnode_process_' });
   }
 
+  /** `fn` runs before each scrape (brings the counters that components keep as plain numbers up to date). */
+  onScrape(fn: () => void): void {
+    this.scrapeHooks.push(fn);
+  }
+
   async text(): Promise<string> {
+    for (const fn of this.scrapeHooks) fn();
     return this.registry.metrics();
+  }
+
+  /** Adds what `value` grew by since the last call with the same key (components keep monotonic numbers). */
+  private delta(key: string, value: number, inc: (d: number) => void): void {
+    const d = value - (this.last.get(key) ?? 0);
+    if (d > 0) inc(d);
+    this.last.set(key, Math.max(value, this.last.get(key) ?? 0));
+  }
+
+  /** The counters of a node's P2P tier (P2pNode.counters), as deltas. */
+  publishP2p(c: P2pCounters): void {
+    for (const [reason, n] of Object.entries(c.registryFetches))
+      this.delta(`rf:${reason}`, n ?? 0, (d) => this.registryFetches.inc({ reason }, d));
+    for (const [reason, n] of Object.entries(c.peersIsolatedBy))
+      this.delta(`pi:${reason}`, n, (d) => this.peersIsolated.inc({ reason }, d));
+    this.delta('sd', c.seedsDown, (d) => this.seedsDown.inc(d));
+    this.delta('ta:holders', c.trackerAnswers - c.trackerEmpty, (d) => this.trackerAnswers.inc({ result: 'holders' }, d));
+    this.delta('ta:empty', c.trackerEmpty, (d) => this.trackerAnswers.inc({ result: 'empty' }, d));
+    this.delta('ta:error', c.trackerErrors, (d) => this.trackerAnswers.inc({ result: 'error' }, d));
+  }
+
+  /** The counters of a seed, as deltas: its registry requests are all seed misses. */
+  publishSeed(c: SeedCounters): void {
+    const reason: RegistryFetchReason = 'seed_miss';
+    this.delta('rf:seed_miss', c.registryRequests, (d) => this.registryFetches.inc({ reason }, d));
+    for (const [source, n] of Object.entries(c.bytes)) this.delta(`b:${source}`, n, (d) => this.bytes.inc({ source }, d));
+  }
+
+  /** The counters of this host's block server (BlockServer.counters), node or seed. */
+  publishBlockServer(c: { served: number; unauthorized: number }): void {
+    this.delta('pr:served', c.served, (d) => this.peerRequests.inc({ result: 'served' }, d));
+    this.delta('pr:refused', c.unauthorized, (d) => this.peerRequests.inc({ result: 'refused' }, d));
   }
 
   /** Serves GET /metrics on `address` (host:port). */

@@ -27,7 +27,6 @@ import { resolveDfbImage, type DfbLayer, type ResolvedImage } from './image.js';
 import type { NodeMetrics } from './metrics.js';
 import { MountRecords, type MountRecord } from './mount-records.js';
 import { mountReadOnlyView } from './overlay.js';
-import { RateLimitedSource } from '../p2p/bandwidth.js';
 import type { P2pNode } from '../p2p/p2p-node.js';
 
 /** One mounted DFB layer: cache handle, fetcher, filesystem and its FUSE mount. */
@@ -122,7 +121,10 @@ export class NodeRuntime {
       await rm(join(this.layerMountDir, rec.id), { recursive: true, force: true }).catch(() => undefined);
     });
     await this.cache.init();
-    if (this.metrics) this.metricsTimer = setInterval(() => this.publishMetrics(), 1000).unref();
+    if (this.metrics) {
+      this.metricsTimer = setInterval(() => this.publishMetrics(), 1000).unref();
+      this.metrics.onScrape(() => this.publishMetrics());
+    }
   }
 
   private lastPublished: Record<string, number> = {};
@@ -151,6 +153,10 @@ export class NodeRuntime {
         m.fillRatio.set({ blob: l.layer.digest }, l.cache.filledBytes / Math.max(1, l.layer.size));
       }
     m.mounts.set(layers);
+    if (this.p2p) {
+      m.publishP2p(this.p2p.counters);
+      m.publishBlockServer(this.p2p.server.counters);
+    }
     m.cacheBytes.set(this.cache.list().reduce((a, b) => a + b.filledBytes, 0));
   }
 
@@ -158,7 +164,7 @@ export class NodeRuntime {
     const registry = new RegistryBlockSource(this.client, ref);
     if (!this.p2p) return [registry];
     // peers, then the blob's seed, then the registry; all under the host's download limit
-    return [...this.p2p.sources(ref.repoString), new RateLimitedSource(registry, this.p2p.bandwidth.download)];
+    return this.p2p.chain(ref.repoString, registry);
   }
 
   /** Opens one DFB layer: cache handle (reference-counted) plus footer and TOC, and a fetcher. */

@@ -7,12 +7,13 @@ import { realTimers, type Timers } from '../fetch/timers.js';
 import type { BlobRef, BlockSource } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { resolveClusterToken } from './auth.js';
-import { HostBandwidth } from './bandwidth.js';
+import { HostBandwidth, RateLimitedSource } from './bandwidth.js';
 import { BlockServer, type BlobProvider, type ServedBlob } from './block-server.js';
 import { HttpBlockClient } from './http-block-client.js';
 import { Isolation } from './isolation.js';
 import { PeerBlockSource } from './peer-block-source.js';
 import { PeerView } from './peer-view.js';
+import { CountedRegistrySource, RegistryFallback, type RegistryFetchReason } from './registry-fallback.js';
 import { rankSeeds, trackerAddress } from './rendezvous.js';
 import { SeedBlockSource } from './seed-block-source.js';
 import { TrackerClient } from './tracker-service.js';
@@ -20,9 +21,22 @@ import { UnitLayout } from './unit-layout.js';
 
 export interface P2pCounters {
   peersIsolated: number;
+  /** Isolations by reason: timeout, bad_block, error. */
+  peersIsolatedBy: Record<string, number>;
   seedsDown: number;
+  /** Tracker lookups answered (holders or empty) and failed. */
   trackerAnswers: number;
+  trackerEmpty: number;
   trackerErrors: number;
+  /** Range requests sent to the registry, by why the P2P tier did not serve them. */
+  registryFetches: Partial<Record<RegistryFetchReason, number>>;
+}
+
+/** Label of an isolation reason (an error code, or 'bad block'). */
+export function isolationReason(reason: string): string {
+  if (reason === 'bad block') return 'bad_block';
+  if (reason === 'TIMEOUT') return 'timeout';
+  return 'error';
 }
 
 export interface P2pNodeOptions {
@@ -43,7 +57,17 @@ export class P2pNode implements BlobProvider {
   readonly bandwidth: HostBandwidth;
   readonly isolation: Isolation;
   readonly seedIsolation: Isolation;
-  readonly counters: P2pCounters = { peersIsolated: 0, seedsDown: 0, trackerAnswers: 0, trackerErrors: 0 };
+  readonly counters: P2pCounters = {
+    peersIsolated: 0,
+    peersIsolatedBy: {},
+    seedsDown: 0,
+    trackerAnswers: 0,
+    trackerEmpty: 0,
+    trackerErrors: 0,
+    registryFetches: {},
+  };
+  /** Why ranges went on to the registry (noted by the peer and seed sources). */
+  readonly fallback = new RegistryFallback();
   readonly server: BlockServer;
   readonly peers: PeerBlockSource;
   private readonly http: HttpBlockClient;
@@ -70,6 +94,8 @@ export class P2pNode implements BlobProvider {
       timers: this.timers,
       onIsolate: (peer, ms, reason) => {
         this.counters.peersIsolated++;
+        const k = isolationReason(reason);
+        this.counters.peersIsolatedBy[k] = (this.counters.peersIsolatedBy[k] ?? 0) + 1;
         this.log.warn({ peer, ms, reason }, 'peer isolated');
       },
     });
@@ -90,6 +116,7 @@ export class P2pNode implements BlobProvider {
       zone: this.p.zone,
       timeoutMs: this.p.peerTimeoutMs,
       timers: this.timers,
+      fallback: this.fallback,
     });
   }
 
@@ -116,6 +143,17 @@ export class P2pNode implements BlobProvider {
     return [this.peers, this.seedSource(repo)];
   }
 
+  /**
+   * The whole fetch chain after the cache: peers, the blob's seed, then `registry` under the host's download
+   * limit, each registry request counted with the reason the P2P tier did not serve it.
+   */
+  chain(repo: string, registry: BlockSource): BlockSource[] {
+    const counted = new CountedRegistrySource(registry, this.fallback, (reason) => {
+      this.counters.registryFetches[reason] = (this.counters.registryFetches[reason] ?? 0) + 1;
+    });
+    return [...this.sources(repo), new RateLimitedSource(counted, this.bandwidth.download)];
+  }
+
   seedSource(repo: string): SeedBlockSource {
     return new SeedBlockSource({
       seeds: this.p.seeds,
@@ -125,6 +163,7 @@ export class P2pNode implements BlobProvider {
       timeoutMs: this.p.seedTimeoutMs,
       timers: this.timers,
       onSeedDown: () => this.counters.seedsDown++,
+      fallback: this.fallback,
     });
   }
 
@@ -146,6 +185,7 @@ export class P2pNode implements BlobProvider {
     const v = this.views.get(digest);
     if (!v || --v.refs > 0) return;
     this.views.delete(digest);
+    this.fallback.forget(digest);
     await this.leave(v);
   }
 
@@ -241,6 +281,7 @@ export class P2pNode implements BlobProvider {
       try {
         const r = await c.lookup({ blob: v.blob.digest, peer_id: this.id, zone: this.p.zone, want, max_peers: 32 });
         this.counters.trackerAnswers++;
+        if (!r.holders?.length) this.counters.trackerEmpty++;
         v.setHolders(r.holders, r.units);
       } catch (err) {
         this.trackerFailed(c, err);

@@ -4,6 +4,7 @@ import { DfError } from '../errors.js';
 import type { HttpBlockClient } from './http-block-client.js';
 import type { Isolation } from './isolation.js';
 import type { Holder, PeerView } from './peer-view.js';
+import type { RegistryFallback } from './registry-fallback.js';
 
 export interface PeerSourceDeps {
   view(digest: string): PeerView | undefined;
@@ -16,6 +17,8 @@ export interface PeerSourceDeps {
   zone: string;
   timeoutMs: number;
   timers?: Timers;
+  /** Told of ranges whose blocks failed verification (why a retry may go to the registry; metrics). */
+  fallback?: RegistryFallback;
 }
 
 /**
@@ -29,7 +32,7 @@ export class PeerBlockSource implements BlockSource {
   readonly name = 'peers';
   /** Bytes per ms, moving average per peer. */
   private readonly speed = new Map<string, number>();
-  private readonly servedBy = new WeakMap<Buffer, string>();
+  private readonly servedBy = new WeakMap<Buffer, { id: string; offset: number }>();
   private readonly timers: Timers;
 
   constructor(private readonly d: PeerSourceDeps) {
@@ -56,7 +59,7 @@ export class PeerBlockSource implements BlockSource {
       const s = length / ms;
       this.speed.set(h.id, prev === undefined ? s : prev * 0.7 + s * 0.3);
       this.d.isolation.ok(h.id);
-      this.servedBy.set(data, h.id);
+      this.servedBy.set(data, { id: h.id, offset });
       return data;
     } catch (err) {
       if (signal.aborted) throw err;
@@ -73,11 +76,12 @@ export class PeerBlockSource implements BlockSource {
     }
   }
 
-  badBlock(_blob: BlobRef, data: Buffer): void {
-    const id = this.servedBy.get(data);
-    if (!id) return;
-    this.d.isolation.fail(id, 'bad block');
-    this.d.reportFailure(id);
+  badBlock(blob: BlobRef, data: Buffer, offset: number, length: number): void {
+    const by = this.servedBy.get(data);
+    if (!by) return;
+    this.d.fallback?.note(blob.digest, by.offset + offset, length, 'verification');
+    this.d.isolation.fail(by.id, 'bad block');
+    this.d.reportFailure(by.id);
   }
 
   /** Fastest known holder; unknown ones are tried first (they may be faster); then zone and load. */

@@ -3,6 +3,7 @@ import { childSignal, realTimers, type Timers } from '../fetch/timers.js';
 import { sourceUnavailable, type BlobRef, type BlockSource } from '../fetch/types.js';
 import type { HttpBlockClient } from './http-block-client.js';
 import type { Isolation } from './isolation.js';
+import type { RegistryFallback } from './registry-fallback.js';
 import { rankSeeds } from './rendezvous.js';
 
 export interface SeedSourceOptions {
@@ -16,6 +17,8 @@ export interface SeedSourceOptions {
   timers?: Timers;
   /** A seed failed and the next one took over (metrics). */
   onSeedDown?: (seed: string) => void;
+  /** Told why a range goes on to the registry (seed down, timeout, bad block): metrics. */
+  fallback?: RegistryFallback;
 }
 
 /**
@@ -26,7 +29,7 @@ export interface SeedSourceOptions {
 export class SeedBlockSource implements BlockSource {
   readonly kind = 'seed' as const;
   readonly name: string;
-  private readonly servedBy = new WeakMap<Buffer, string>();
+  private readonly servedBy = new WeakMap<Buffer, { seed: string; offset: number }>();
   private readonly timers: Timers;
 
   constructor(private readonly o: SeedSourceOptions) {
@@ -45,7 +48,8 @@ export class SeedBlockSource implements BlockSource {
           size: String(blob.size),
         });
         this.o.isolation.ok(seed);
-        this.servedBy.set(data, seed);
+        this.servedBy.set(data, { seed, offset });
+        this.o.fallback?.clear(blob.digest, offset, length);
         return data;
       } catch (err) {
         if (signal.aborted) throw err;
@@ -59,11 +63,19 @@ export class SeedBlockSource implements BlockSource {
       }
     }
     // every seed is down: the registry (next source) at once
+    this.o.fallback?.note(
+      blob.digest,
+      offset,
+      length,
+      DfError.from(lastErr).code === 'TIMEOUT' ? 'seed_timeout' : 'seed_down',
+    );
     throw sourceUnavailable(DfError.from(lastErr).message);
   }
 
-  badBlock(_blob: BlobRef, data: Buffer): void {
-    const seed = this.servedBy.get(data);
-    if (seed) this.o.isolation.fail(seed, 'bad block');
+  badBlock(blob: BlobRef, data: Buffer, offset: number, length: number): void {
+    const by = this.servedBy.get(data);
+    if (!by) return;
+    this.o.fallback?.note(blob.digest, by.offset + offset, length, 'verification');
+    this.o.isolation.fail(by.seed, 'bad block');
   }
 }

@@ -84,6 +84,11 @@ export class Seed implements BlobProvider {
     return this.server.counters;
   }
 
+  /** For the metrics endpoint (NodeMetrics.publishSeed): every registry request of a seed is a seed miss. */
+  get metricsCounters(): { registryRequests: number; bytes: Record<string, number> } {
+    return { registryRequests: this.stats.requests.registry, bytes: { ...this.stats.bytes } };
+  }
+
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
     let p = this.blobs.get(digest);
     if (!p) {
