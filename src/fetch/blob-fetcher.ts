@@ -482,6 +482,7 @@ export class BlobFetcher implements FileReader {
       }
       let failed = false;
       let cursor = 0;
+      let runLimit = this.o.maxRunBytes;
       const nextRun = (): number[] | undefined => {
         let u = this.cache.nextMissing(cursor);
         while (u >= 0 && this.inflight.has(u)) u = this.cache.nextMissing(u + 1);
@@ -490,7 +491,7 @@ export class BlobFetcher implements FileReader {
         let bytes = this.unitOffset(u + 1) - this.unitOffset(u);
         for (let v = u + 1; v <= this.tocUnit && !this.cache.has(v) && !this.inflight.has(v); v++) {
           const l = this.unitOffset(v + 1) - this.unitOffset(v);
-          if (bytes + l > this.o.maxRunBytes) break;
+          if (bytes + l > runLimit) break;
           units.push(v);
           bytes += l;
         }
@@ -498,7 +499,12 @@ export class BlobFetcher implements FileReader {
         return units;
       };
       const worker = async () => {
-        for (let units = nextRun(); units && !signal.aborted; units = nextRun()) {
+        for (;;) {
+          // Wait for the scheduler's go-ahead (no on-demand reads waiting) and take the run size it allows
+          // now, so that a run decided early does not go out at full size into a burst of reads.
+          runLimit = await this.scheduler.fillTurn(this.o.maxRunBytes, signal);
+          const units = nextRun();
+          if (!units || signal.aborted) break;
           const bytes = this.unitOffset(units[units.length - 1]! + 1) - this.unitOffset(units[0]!);
           await this.bucket.take(bytes, signal);
           // some units may have arrived (or started) while waiting for tokens

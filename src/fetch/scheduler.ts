@@ -25,6 +25,14 @@ export interface FetchSchedulerOptions {
    * is blocked on. Default 250; 0 disables the hold-off (fill still waits for queued urgent work).
    */
   fillHoldOffMs?: number;
+  /**
+   * For this long after the last urgent task (ms), fill runs one request at a time and asks for small runs
+   * (fillTurn): a container that is starting reads in bursts with pauses, and a 4 MiB run caught in flight
+   * when the next burst comes would delay it. Default 5000.
+   */
+  fillWarmupMs?: number;
+  /** Largest fill run during the warm-up (bytes). Default 256 KiB. */
+  fillWarmupRunBytes?: number;
   timers?: Timers;
 }
 
@@ -40,13 +48,18 @@ export class FetchScheduler {
   private activeFill = 0;
   private lastUrgentEnd = -Infinity;
   private readonly holdOffMs: number;
+  private readonly warmupMs: number;
+  private readonly warmupRunBytes: number;
   private readonly timers: Timers;
   private wakeup: unknown;
+  private fillWaiters: Array<() => void> = [];
 
   constructor(opts: FetchSchedulerOptions = {}) {
     this.concurrency = Math.max(1, opts.concurrency ?? 8);
     this.maxFill = Math.max(1, Math.min(this.concurrency, opts.maxFill ?? Math.ceil(this.concurrency / 2)));
     this.holdOffMs = Math.max(0, opts.fillHoldOffMs ?? 250);
+    this.warmupMs = Math.max(0, opts.fillWarmupMs ?? 5000);
+    this.warmupRunBytes = Math.max(1, opts.fillWarmupRunBytes ?? 256 * 1024);
     this.timers = opts.timers ?? realTimers;
   }
 
@@ -108,6 +121,31 @@ export class FetchScheduler {
     return this.schedule(priority, fn).promise;
   }
 
+  /** Whether urgent work ended less than the warm-up ago (or never ran yet: false). */
+  private warm(): boolean {
+    return this.timers.now() - this.lastUrgentEnd < this.warmupMs;
+  }
+
+  /**
+   * Waits until background fill may issue its next run and says how large that run may be: small during
+   * the warm-up after on-demand reads, `maxRunBytes` once reads have been quiet for a while.
+   */
+  async fillTurn(maxRunBytes: number, signal?: AbortSignal): Promise<number> {
+    while (this.fillHeld() || this.activeFill >= (this.warm() ? 1 : this.maxFill)) {
+      signal?.throwIfAborted();
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          signal?.removeEventListener('abort', done);
+          resolve();
+        };
+        this.fillWaiters.push(done);
+        signal?.addEventListener('abort', done, { once: true });
+      });
+    }
+    signal?.throwIfAborted();
+    return this.warm() ? Math.min(maxRunBytes, this.warmupRunBytes) : maxRunBytes;
+  }
+
   /** Whether fill must wait: urgent work is running or queued, or ended less than the hold-off ago. */
   private fillHeld(): boolean {
     if (this.active - this.activeFill > 0) return true;
@@ -125,13 +163,19 @@ export class FetchScheduler {
   private pump(): void {
     while (this.active < this.concurrency) {
       let job: Job | undefined;
+      const maxFill = this.warm() ? 1 : this.maxFill;
       for (let p = 0; p < this.queues.length && !job; p++) {
-        if (p === Priority.Fill && (this.activeFill >= this.maxFill || this.fillHeld())) break;
+        if (p === Priority.Fill && (this.activeFill >= maxFill || this.fillHeld())) break;
         job = this.queues[p]!.shift();
       }
-      if (!job) return;
+      if (!job) break;
       job.started = true;
       job.run();
+    }
+    if (this.fillWaiters.length && !this.fillHeld()) {
+      const waiters = this.fillWaiters;
+      this.fillWaiters = [];
+      for (const w of waiters) w();
     }
   }
 }

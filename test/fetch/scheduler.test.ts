@@ -61,6 +61,34 @@ describe('FetchScheduler', () => {
     expect(filled).toBe(true);
   });
 
+  it('fillTurn waits for the hold-off and gives small runs during the warm-up after reads', async () => {
+    let now = 0;
+    const pending: Array<{ at: number; fn: () => void }> = [];
+    const timers: Timers = {
+      now: () => now,
+      setTimeout: (fn, ms) => {
+        const t = { at: now + ms, fn };
+        pending.push(t);
+        return t;
+      },
+      clearTimeout: (h) => void pending.splice(pending.indexOf(h as (typeof pending)[number]), 1),
+    };
+    const s = new FetchScheduler({ fillHoldOffMs: 100, fillWarmupMs: 5000, fillWarmupRunBytes: 1000, timers });
+    // no read yet: full runs at once
+    expect(await s.fillTurn(4_000_000)).toBe(4_000_000);
+    await s.run(Priority.Blocked, async () => {});
+    let size = 0;
+    const turn = s.fillTurn(4_000_000).then((n) => (size = n));
+    await tick();
+    expect(size).toBe(0); // held
+    now = 100;
+    pending.shift()!.fn();
+    await turn;
+    expect(size).toBe(1000); // warm-up: small run
+    now = 5000;
+    expect(await s.fillTurn(4_000_000)).toBe(4_000_000);
+  });
+
   it('promotes a queued task', async () => {
     const s = new FetchScheduler({ concurrency: 1 });
     const g = gate();
