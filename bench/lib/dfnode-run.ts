@@ -51,6 +51,8 @@ export class DfnodeRun {
       node: {
         stateDir: join(o.dir, 'state'),
         metricsAddress: o.metricsPort ? `127.0.0.1:${o.metricsPort}` : '',
+        // in-process FUSE mounts: the benchmark owns every process it starts (no detached fuse manager)
+        fuseManager: false,
       },
       snapshotter: { enabled: true, root: join(o.dir, 'snapshotter'), socket },
     };
