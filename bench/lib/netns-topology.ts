@@ -1,0 +1,183 @@
+// Several "hosts" on one machine: each a network namespace with one veth to a bridge in a hub namespace,
+// every link shaped with tc htb (upload on the host's side, download on the hub's side).
+//
+//   netns <prefix>-hub:  bridge br0  ── veth h0 ... h<n-1>
+//   netns <prefix>-<host>: eth0 10.77.0.<i+1>/24  (lo up)
+//
+// Everything lives inside namespaces whose names carry a random suffix: no interface, address or route
+// is added to the host's own namespace, so parallel runs cannot collide. Needs root and iproute2.
+// destroy() deletes every namespace (and with it the veths, bridge and qdiscs); processes inside must be
+// stopped first (by PID: see NetnsHost.spawn).
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { Daemon } from './daemon.js';
+import { run, type RunOptions } from './measure.js';
+
+export interface HostSpec {
+  name: string;
+  /** Link rate in Mbit/s, both directions; 0 or undefined: unshaped. */
+  mbit?: number;
+}
+
+export interface TopologyOptions {
+  hosts: HostSpec[];
+  /** Namespace name prefix; a random suffix is always added. */
+  prefix?: string;
+}
+
+const live = new Set<NetnsTopology>();
+process.once('exit', () => {
+  for (const t of live) t.destroySync();
+});
+
+export class NetnsHost {
+  constructor(
+    readonly name: string,
+    /** Namespace name (for `ip netns exec` / `nsenter --net=/run/netns/NAME`). */
+    readonly ns: string,
+    readonly ip: string,
+    /** The hub-side veth of this host's link. */
+    readonly hubVeth: string,
+    private readonly hub: string,
+    readonly mbit: number,
+  ) {}
+
+  /** `ip netns exec NS cmd args...` as an argv (ip execs the command: a spawned child's PID is the command's). */
+  argv(cmd: string, args: string[]): [string, string[]] {
+    return ['ip', ['netns', 'exec', this.ns, cmd, ...args]];
+  }
+
+  exec(cmd: string, args: string[], opts: RunOptions = {}) {
+    const [c, a] = this.argv(cmd, args);
+    return run(c, a, opts);
+  }
+
+  /** A long-running process inside the namespace; stop it with Daemon.stop() (by PID). */
+  spawn(label: string, cmd: string, args: string[], env?: NodeJS.ProcessEnv): Daemon {
+    const [c, a] = this.argv(cmd, args);
+    return Daemon.spawn(label, c, a, env);
+  }
+
+  /** Bytes this host sent and received on its link so far (wire bytes: Ethernet/IP/TCP headers included). */
+  async counters(): Promise<{ tx: number; rx: number }> {
+    const r = await run('ip', ['-n', this.ns, '-j', '-s', 'link', 'show', 'dev', 'eth0']);
+    const j = JSON.parse(r.stdout) as { stats64: { tx: { bytes: number }; rx: { bytes: number } } }[];
+    return { tx: j[0]!.stats64.tx.bytes, rx: j[0]!.stats64.rx.bytes };
+  }
+
+  /** Shapes both directions of the link to `mbit` Mbit/s (htb, with an fq_codel or sfq leaf when available); 0 removes shaping. */
+  async shape(mbit: number): Promise<void> {
+    await run('ip', ['netns', 'exec', this.ns, 'tc', 'qdisc', 'del', 'dev', 'eth0', 'root']).catch(
+      () => undefined,
+    );
+    await run('ip', ['netns', 'exec', this.hub, 'tc', 'qdisc', 'del', 'dev', this.hubVeth, 'root']).catch(
+      () => undefined,
+    );
+    if (!mbit) return;
+    const rate = `${mbit}mbit`;
+    for (const [ns, dev] of [
+      [this.ns, 'eth0'],
+      [this.hub, this.hubVeth],
+    ] as const) {
+      const tc = (...a: string[]) => run('ip', ['netns', 'exec', ns, 'tc', ...a]);
+      await tc('qdisc', 'add', 'dev', dev, 'root', 'handle', '1:', 'htb', 'default', '10');
+      await tc(
+        'class',
+        'add',
+        'dev',
+        dev,
+        'parent',
+        '1:',
+        'classid',
+        '1:10',
+        'htb',
+        'rate',
+        rate,
+        'ceil',
+        rate,
+      );
+      // a fair leaf queue where the kernel has one (flows share the link as on a real NIC); else htb's pfifo
+      for (const leaf of ['fq_codel', 'sfq']) {
+        if (
+          await tc('qdisc', 'add', 'dev', dev, 'parent', '1:10', 'handle', '10:', leaf).then(
+            () => true,
+            () => false,
+          )
+        )
+          break;
+      }
+    }
+  }
+}
+
+export class NetnsTopology {
+  private alive = true;
+  private readonly byName = new Map<string, NetnsHost>();
+
+  private constructor(
+    readonly hub: string,
+    readonly hosts: NetnsHost[],
+    private readonly namespaces: string[],
+  ) {
+    for (const h of hosts) this.byName.set(h.name, h);
+    live.add(this);
+  }
+
+  /** Builds the hub, one namespace per host (10.77.0.1, .2, ... in `hosts` order) and shapes each link. */
+  static async create(opts: TopologyOptions): Promise<NetnsTopology> {
+    if (opts.hosts.length > 250) throw new Error('at most 250 hosts');
+    const prefix = `${opts.prefix ?? 'dft'}-${randomBytes(3).toString('hex')}`;
+    const hub = `${prefix}-hub`;
+    const namespaces = [hub];
+    const hosts = opts.hosts.map(
+      (h, i) => new NetnsHost(h.name, `${prefix}-${h.name}`, `10.77.0.${i + 1}`, `h${i}`, hub, h.mbit ?? 0),
+    );
+    const topo = new NetnsTopology(hub, hosts, namespaces);
+    try {
+      await run('ip', ['netns', 'add', hub]);
+      const inHub = (...a: string[]) => run('ip', ['-n', hub, ...a]);
+      await inHub('link', 'add', 'br0', 'type', 'bridge');
+      await inHub('link', 'set', 'br0', 'up');
+      await inHub('link', 'set', 'lo', 'up');
+      for (const h of hosts) {
+        await run('ip', ['netns', 'add', h.ns]);
+        namespaces.push(h.ns);
+        await inHub('link', 'add', h.hubVeth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', h.ns);
+        await inHub('link', 'set', h.hubVeth, 'master', 'br0');
+        await inHub('link', 'set', h.hubVeth, 'up');
+        const inHost = (...a: string[]) => run('ip', ['-n', h.ns, ...a]);
+        await inHost('addr', 'add', `${h.ip}/24`, 'dev', 'eth0');
+        await inHost('link', 'set', 'eth0', 'up');
+        await inHost('link', 'set', 'lo', 'up');
+        if (h.mbit) await h.shape(h.mbit);
+      }
+    } catch (err) {
+      await topo.destroy();
+      throw err;
+    }
+    return topo;
+  }
+
+  host(name: string): NetnsHost {
+    const h = this.byName.get(name);
+    if (!h) throw new Error(`no host ${name} in the topology`);
+    return h;
+  }
+
+  /** Deletes every namespace of the topology (veths, bridge and qdiscs go with them). Safe to call twice. */
+  async destroy(): Promise<void> {
+    if (!this.alive) return;
+    this.alive = false;
+    live.delete(this);
+    for (const ns of [...this.namespaces].reverse())
+      await run('ip', ['netns', 'del', ns]).catch(() => undefined);
+  }
+
+  /** Synchronous last resort for 'exit' handlers. */
+  destroySync(): void {
+    if (!this.alive) return;
+    this.alive = false;
+    live.delete(this);
+    for (const ns of [...this.namespaces].reverse()) spawnSync('ip', ['netns', 'del', ns]);
+  }
+}

@@ -1,0 +1,170 @@
+// bench/p2p: one converted layer (synthetic, ~64 MiB) to N hosts, each a network namespace with a shaped link,
+// by `dfnode preheat` through a seed and peers versus every host downloading the blob from the registry
+// directly (curl), in the same run. Prints a table, ratios and one JSON line (last line of stdout).
+//
+//   node dist/bench/p2p.js [--hosts 1,4,8,16] [--mib 64] [--host-mbit 20] [--registry-mbit 40]
+//                          [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep]
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { formatTable } from './lib/measure.js';
+import { P2pCluster, repoRoot } from './lib/p2p-cluster.js';
+
+const { values: flags } = parseArgs({
+  options: {
+    hosts: { type: 'string', default: '1,4,8,16' },
+    mib: { type: 'string', default: '64' },
+    'host-mbit': { type: 'string', default: '20' },
+    'registry-mbit': { type: 'string', default: '40' },
+    'seed-timeout-ms': { type: 'string' },
+    'peer-timeout-ms': { type: 'string' },
+    'work-dir': { type: 'string' },
+    keep: { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
+  },
+});
+if (flags.help) {
+  process.stdout.write(
+    'node dist/bench/p2p.js [--hosts 1,4,8,16] [--mib 64] [--host-mbit 20] [--registry-mbit 40]\n' +
+      '  [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep]\n',
+  );
+  process.exit(0);
+}
+const log = (s: string) => process.stderr.write(s + '\n');
+const counts = flags.hosts.split(',').map(Number);
+const maxN = Math.max(...counts);
+const hostMbit = Number(flags['host-mbit']);
+const registryMbit = Number(flags['registry-mbit']);
+const env: NodeJS.ProcessEnv = {};
+if (flags['seed-timeout-ms']) env.DFNODE_P2P_SEED_TIMEOUT_MS = flags['seed-timeout-ms'];
+if (flags['peer-timeout-ms']) env.DFNODE_P2P_PEER_TIMEOUT_MS = flags['peer-timeout-ms'];
+
+if (process.getuid?.() !== 0) {
+  log('bench/p2p needs root (network namespaces, tc)');
+  process.exit(2);
+}
+
+const base = flags['work-dir'] ?? join(repoRoot(), '.tmp', 'bench');
+await mkdir(base, { recursive: true });
+const work = await mkdtemp(join(base, 'p2p-'));
+// data files: ~mib MiB of file data, 75% incompressible, so the DFB blob is a little under that size
+const mib = Number(flags.mib);
+const cluster = await P2pCluster.create({
+  nodes: maxN,
+  hostMbit,
+  registryMbit,
+  image: { bytes: Math.round((mib * 1024 * 1024) / 0.76), files: 6, incompressible: 0.75 },
+  workDir: work,
+  log,
+});
+const stopAll = () => void cluster.destroy().finally(() => process.exit(130));
+process.once('SIGINT', stopAll);
+process.once('SIGTERM', stopAll);
+
+interface Row {
+  n: number;
+  mode: 'dfnode' | 'direct';
+  meanS: number;
+  maxS: number;
+  egress: number;
+  egressWire: number;
+  fromPeers?: number;
+  fromSeed?: number;
+  fromRegistry?: number;
+  verified?: boolean;
+}
+const rows: Row[] = [];
+const size = cluster.imageBytes;
+const settle = () => new Promise((r) => setTimeout(r, 1000));
+
+try {
+  log(
+    `layer: ${size} B (${(size / 2 ** 20).toFixed(1)} MiB) DFB blob; hosts ${hostMbit} Mbit/s, registry ${registryMbit} Mbit/s`,
+  );
+  const reg = cluster.topo.host('registry');
+  for (const n of counts) {
+    const hosts = cluster.nodes.slice(0, n);
+    // dfnode: a fresh seed and fresh node caches each time
+    await settle();
+    let b0 = cluster.registry.blobBytes();
+    let w0 = (await reg.counters()).tx;
+    await cluster.startSeed(env);
+    log(`N=${n}: dfnode preheat`);
+    const r = await cluster.preheat(hosts, env);
+    await settle();
+    let verified = true;
+    for (const x of r) verified &&= await cluster.cacheVerifies(x.cacheDir);
+    const sum = (k: string) => r.reduce((a, x) => a + (x.bySource[k] ?? 0), 0);
+    const total = n * size;
+    rows.push({
+      n,
+      mode: 'dfnode',
+      meanS: r.reduce((a, x) => a + x.ms, 0) / n / 1000,
+      maxS: Math.max(...r.map((x) => x.ms)) / 1000,
+      egress: (cluster.registry.blobBytes() - b0) / size,
+      egressWire: ((await reg.counters()).tx - w0) / size,
+      fromPeers: sum('peer') / total,
+      fromSeed: sum('seed') / total,
+      fromRegistry: sum('registry') / total,
+      verified,
+    });
+    await cluster.stopAll();
+    // direct: every host curls the blob from the registry at once
+    await settle();
+    b0 = cluster.registry.blobBytes();
+    w0 = (await reg.counters()).tx;
+    log(`N=${n}: direct download`);
+    const d = await cluster.directDownload(hosts);
+    await settle();
+    rows.push({
+      n,
+      mode: 'direct',
+      meanS: d.reduce((a, x) => a + x.ms, 0) / n / 1000,
+      maxS: Math.max(...d.map((x) => x.ms)) / 1000,
+      egress: (cluster.registry.blobBytes() - b0) / size,
+      egressWire: ((await reg.counters()).tx - w0) / size,
+      verified: d.every((x) => x.bytes === size),
+    });
+  }
+} finally {
+  if (!flags.keep) await cluster.destroy();
+  else await cluster.stopAll();
+  if (!flags.keep) await rm(work, { recursive: true, force: true });
+}
+
+const pct = (x?: number) => (x === undefined ? '' : `${(x * 100).toFixed(0)}%`);
+process.stdout.write(
+  `bench/p2p: ${(size / 2 ** 20).toFixed(1)} MiB DFB layer; hosts ${hostMbit} Mbit/s, registry host ${registryMbit} Mbit/s` +
+    (Object.keys(env).length ? `; ${JSON.stringify(env)}` : '') +
+    '\n\n' +
+    formatTable(
+      ['N', 'mode', 'mean s', 'max s', 'registry egress ×', 'wire ×', 'peers', 'seed', 'registry', 'ok'],
+      rows.map((x) => [
+        String(x.n),
+        x.mode,
+        x.meanS.toFixed(1),
+        x.maxS.toFixed(1),
+        x.egress.toFixed(2),
+        x.egressWire.toFixed(2),
+        pct(x.fromPeers),
+        pct(x.fromSeed),
+        pct(x.fromRegistry),
+        x.verified ? 'yes' : 'NO',
+      ]),
+    ) +
+    '\n\n',
+);
+const one = rows.find((x) => x.mode === 'dfnode' && x.n === Math.min(...counts));
+const ratios: Record<string, { meanVsOneHost: number; meanVsDirect: number; egress: number }> = {};
+for (const n of counts) {
+  const p = rows.find((x) => x.mode === 'dfnode' && x.n === n)!;
+  const d = rows.find((x) => x.mode === 'direct' && x.n === n)!;
+  ratios[n] = { meanVsOneHost: p.meanS / one!.meanS, meanVsDirect: p.meanS / d.meanS, egress: p.egress };
+  process.stdout.write(
+    `N=${n}: dfnode mean ${(p.meanS / one!.meanS).toFixed(2)}× the ${one!.n}-host mean (target ≤ 1.5), ` +
+      `${(p.meanS / d.meanS).toFixed(2)}× direct; registry egress ${p.egress.toFixed(2)}× (target ≤ 1.1) vs ${d.egress.toFixed(2)}× direct\n`,
+  );
+}
+process.stdout.write(
+  JSON.stringify({ bench: 'p2p', layerBytes: size, hostMbit, registryMbit, env, rows, ratios }) + '\n',
+);
