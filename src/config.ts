@@ -215,7 +215,12 @@ function unwrap(t: z.ZodType): z.ZodType {
   for (let i = 0; i < 10; i++) {
     const def = cur?._zod?.def;
     if (!def) break;
-    if (def.type === 'default' || def.type === 'prefault' || def.type === 'optional' || def.type === 'nullable')
+    if (
+      def.type === 'default' ||
+      def.type === 'prefault' ||
+      def.type === 'optional' ||
+      def.type === 'nullable'
+    )
       cur = def.innerType;
     else if (def.type === 'pipe') cur = def.in;
     else break;
@@ -240,14 +245,18 @@ export function loadConfig(opts: LoadConfigOptions = {}): Config {
     try {
       text = readFileSync(file, 'utf8');
     } catch (err) {
-      throw new DfError('CONFIG', `cannot read config file ${file}: ${(err as Error).message}`, { cause: err });
+      throw new DfError('CONFIG', `cannot read config file ${file}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
     try {
       const parsed = JSON.parse(text);
       if (!isObject(parsed)) throw new Error('top level must be an object');
       fromFile = parsed;
     } catch (err) {
-      throw new DfError('CONFIG', `config file ${file} is not valid JSON: ${(err as Error).message}`, { cause: err });
+      throw new DfError('CONFIG', `config file ${file} is not valid JSON: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
   const merged = deepMerge(deepMerge(fromFile, configFromEnv(env)), opts.flags ?? {});

@@ -68,14 +68,24 @@ function addCommon(cmd: Command): Command {
     .option('--cache-dir <dir>', 'block cache directory (default /var/lib/dfnode/cache)')
     .option('--state-dir <dir>', 'mounts and records (default /var/lib/dfnode/state)')
     .addOption(
-      new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'silent']),
+      new Option('--log-level <level>', 'log level').choices([
+        'trace',
+        'debug',
+        'info',
+        'warn',
+        'error',
+        'silent',
+      ]),
     );
 }
 
 function addP2p(cmd: Command): Command {
   return cmd
     .option('--seeds <host:port,...>', 'seed list (P2P tier; config p2p.seeds)')
-    .option('--cluster-token <token>', 'cluster token (better: p2p.clusterTokenFile or DFNODE_P2P_CLUSTER_TOKEN)')
+    .option(
+      '--cluster-token <token>',
+      'cluster token (better: p2p.clusterTokenFile or DFNODE_P2P_CLUSTER_TOKEN)',
+    )
     .option('--p2p-listen <host:port>', 'block server address (default 0.0.0.0:7700)')
     .option('--advertise <host:port>', 'address peers reach this host at');
 }
@@ -108,12 +118,17 @@ function configFrom(flags: NodeFlags): Config {
   if (flags.fillRate !== undefined) top.fetch.fillRate = flags.fillRate;
   if (flags.readTimeout !== undefined) {
     const ms = Number(flags.readTimeout);
-    if (!Number.isInteger(ms) || ms <= 0) throw DfError.invalidArgument(`--read-timeout must be milliseconds, got ${flags.readTimeout}`);
+    if (!Number.isInteger(ms) || ms <= 0)
+      throw DfError.invalidArgument(`--read-timeout must be milliseconds, got ${flags.readTimeout}`);
     top.fetch.readTimeoutMs = ms;
   }
   if (flags.logLevel) top.logLevel = flags.logLevel;
   top.p2p = {};
-  if (flags.seeds !== undefined) top.p2p.seeds = flags.seeds.split(',').map((x) => x.trim()).filter(Boolean);
+  if (flags.seeds !== undefined)
+    top.p2p.seeds = flags.seeds
+      .split(',')
+      .map((x) => x.trim())
+      .filter(Boolean);
   if (flags.clusterToken !== undefined) top.p2p.clusterToken = flags.clusterToken;
   if (flags.p2pListen !== undefined) top.p2p.listen = flags.p2pListen;
   if (flags.advertise !== undefined) top.p2p.advertise = flags.advertise;
@@ -211,7 +226,9 @@ export function buildProgram(signal: AbortSignal): Command {
     .showHelpAfterError();
 
   addRegistry(addCommon(program.command('mount')))
-    .description('mount a converted image read-only at DIR (merged view of its layers) until umount or SIGINT/SIGTERM')
+    .description(
+      'mount a converted image read-only at DIR (merged view of its layers) until umount or SIGINT/SIGTERM',
+    )
     .argument('<ref>', 'registry reference of a converted image (dfconvert output)')
     .argument('<dir>', 'mount point (created if missing)')
     .option('--metrics-address <host:port>', 'serve Prometheus metrics here (empty: off)', '')
@@ -244,11 +261,14 @@ export function buildProgram(signal: AbortSignal): Command {
         process.kill(rec.pid, 'SIGTERM');
         const deadline = Date.now() + 30_000;
         while (processAlive(rec.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-        if (processAlive(rec.pid)) throw DfError.timeout(`dfnode mount (pid ${rec.pid}) did not stop within 30 s`);
+        if (processAlive(rec.pid))
+          throw DfError.timeout(`dfnode mount (pid ${rec.pid}) did not stop within 30 s`);
       }
       // The serving process is gone: remove whatever it could not.
       await lazyUnmount(target).catch(() => undefined);
-      await rm(join(cfg.node.stateDir, 'mnt', rec.id), { recursive: true, force: true }).catch(() => undefined);
+      await rm(join(cfg.node.stateDir, 'mnt', rec.id), { recursive: true, force: true }).catch(
+        () => undefined,
+      );
       await records.remove(rec.id);
       process.stdout.write(`unmounted ${target}\n`);
     });
@@ -295,16 +315,22 @@ export function buildProgram(signal: AbortSignal): Command {
       }
       out.push(`mounts (${records.length}):`);
       for (const r of records) {
-        out.push(`  ${r.target}  ${r.ref}  pid ${r.pid}${r.alive ? '' : ' (dead)'}  ${r.layers.length} layers`);
+        out.push(
+          `  ${r.target}  ${r.ref}  pid ${r.pid}${r.alive ? '' : ' (dead)'}  ${r.layers.length} layers`,
+        );
         if (r.stats) {
           const by = Object.entries(r.stats.bytes)
             .filter(([, v]) => v > 0)
             .map(([k, v]) => `${k} ${fmt(v)}`)
             .join(', ');
-          out.push(`    bytes by source: ${by || 'none yet'}; verification failures ${r.stats.verifyFailures}`);
+          out.push(
+            `    bytes by source: ${by || 'none yet'}; verification failures ${r.stats.verifyFailures}`,
+          );
         }
       }
-      out.push(`cache ${cfg.cache.dir} (${blobs.length} blobs, ${fmt(blobs.reduce((a, b) => a + b.filledBytes, 0))}):`);
+      out.push(
+        `cache ${cfg.cache.dir} (${blobs.length} blobs, ${fmt(blobs.reduce((a, b) => a + b.filledBytes, 0))}):`,
+      );
       for (const b of blobs)
         out.push(
           `  ${b.digest.slice(0, 19)}  ${((100 * b.filledBytes) / Math.max(1, b.size)).toFixed(1).padStart(5)}% of ${fmt(b.size)}${
@@ -320,10 +346,14 @@ export function buildProgram(signal: AbortSignal): Command {
       const cfg = configFrom(flags);
       if (managerPid(cfg.node.stateDir) !== undefined) {
         const r = await new FuseManagerClient(fuseManagerPaths(cfg.node.stateDir).socket).gc();
-        process.stdout.write(`evicted ${r.evicted.length} blobs, freed ${fmt(r.freedBytes)} (via the fuse manager)\n`);
+        process.stdout.write(
+          `evicted ${r.evicted.length} blobs, freed ${fmt(r.freedBytes)} (via the fuse manager)\n`,
+        );
         return;
       }
-      const records = (await new MountRecords(join(cfg.node.stateDir, 'mounts')).list()).filter((r) => r.alive);
+      const records = (await new MountRecords(join(cfg.node.stateDir, 'mounts')).list()).filter(
+        (r) => r.alive,
+      );
       if (records.length) {
         // A running dfnode holds the cache: ask each to collect (its in-use blobs stay).
         for (const r of records) process.kill(r.pid, 'SIGUSR2');
@@ -345,12 +375,14 @@ export function buildProgram(signal: AbortSignal): Command {
     });
 
   addRegistry(program.command('pull'))
-    .description('lazy pull of a converted image into containerd (then: ctr run --snapshotter dfnode REF ID CMD)')
+    .description(
+      'lazy pull of a converted image into containerd (then: ctr run --snapshotter dfnode REF ID CMD)',
+    )
     .argument('<ref>', 'registry reference of a converted image (dfconvert output)')
     .option('-c, --config <file>', 'JSON config file (also DFNODE_CONFIG)')
     .option('--address <socket>', 'containerd socket', '/run/containerd/containerd.sock')
     .option('-n, --namespace <ns>', 'containerd namespace (CRI/Kubernetes: k8s.io)', 'default')
-    .option('--snapshotter <name>', 'snapshotter name in containerd\'s proxy_plugins', 'dfnode')
+    .option('--snapshotter <name>', "snapshotter name in containerd's proxy_plugins", 'dfnode')
     .option('--platform <os/arch>', 'platform to pick from an image index (default: this host)')
     .action(async (refText: string, flags: NodeFlags & PullFlags) => {
       const { ContainerdClient } = await import('../containerd/client.js');
@@ -375,8 +407,14 @@ export function buildProgram(signal: AbortSignal): Command {
     });
 
   addP2p(addRegistry(addCommon(program.command('run'))))
-    .option('--snapshotter-root <dir>', 'snapshot directories and metadata (default /var/lib/dfnode/snapshotter)')
-    .option('--snapshotter-socket <path>', 'containerd proxy plugin socket (default /run/dfnode/snapshotter.sock)')
+    .option(
+      '--snapshotter-root <dir>',
+      'snapshot directories and metadata (default /var/lib/dfnode/snapshotter)',
+    )
+    .option(
+      '--snapshotter-socket <path>',
+      'containerd proxy plugin socket (default /run/dfnode/snapshotter.sock)',
+    )
     .option('--no-snapshotter', 'do not serve the containerd snapshotter')
     .option(
       '--no-fuse-manager',
@@ -387,7 +425,10 @@ export function buildProgram(signal: AbortSignal): Command {
       'full shutdown: stop the fuse manager of the state dir (unmounts every lazily mounted layer) and exit',
     )
     .description('run the node daemon (cache, FUSE mounts, metrics endpoint)')
-    .option('--metrics-address <host:port>', 'serve Prometheus metrics here (default 127.0.0.1:9877; empty: off)')
+    .option(
+      '--metrics-address <host:port>',
+      'serve Prometheus metrics here (default 127.0.0.1:9877; empty: off)',
+    )
     .action(async (flags: RunFlags) => {
       const cfg = configFrom(flags);
       if (flags.snapshotterRoot) cfg.snapshotter.root = resolve(flags.snapshotterRoot);
@@ -415,7 +456,10 @@ export function buildProgram(signal: AbortSignal): Command {
           ? await startSnapshotter(cfg, slog, new NodeRemoteLayers(rt, client, { logger: slog }))
           : undefined;
         try {
-          log.info({ cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address }, 'dfnode running');
+          log.info(
+            { cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address },
+            'dfnode running',
+          );
           process.stdout.write(
             `dfnode running; snapshotter on ${snap?.address ?? '(off)'}; metrics on ${cfg.node.metricsAddress || '(off)'}\n`,
           );
@@ -496,7 +540,10 @@ export function buildProgram(signal: AbortSignal): Command {
         const server = new FuseManagerServer({ runtime: rt, stateDir: cfg.node.stateDir, logger: log });
         try {
           await server.listen();
-          await waitForSignal(AbortSignal.any([signal, server.shutdownSignal]), () => void rt.cache.gc().catch(() => undefined));
+          await waitForSignal(
+            AbortSignal.any([signal, server.shutdownSignal]),
+            () => void rt.cache.gc().catch(() => undefined),
+          );
           log.info({ reason: signal.aborted ? 'signal' : 'shutdown request' }, 'fuse manager stopping');
         } finally {
           await server.close();
@@ -530,12 +577,17 @@ async function runWithFuseManager(
 ): Promise<void> {
   const fm = await ensureFuseManager(cfg, log.child({ component: 'fuse-manager-client' }), { creds });
   const slog = log.child({ component: 'snapshotter' });
-  const remote = new ManagedRemoteLayers(fm.client, new LayerResolver(client, { logger: slog }), { logger: slog });
+  const remote = new ManagedRemoteLayers(fm.client, new LayerResolver(client, { logger: slog }), {
+    logger: slog,
+  });
   const snap = await startSnapshotter(cfg, slog, remote);
   const lost = new AbortController();
   const watchdog = setInterval(() => {
     if (running(fm.pid)) return;
-    log.error({ pid: fm.pid }, 'fuse manager is gone: its layer mounts are dead; exiting so that dfnode is restarted');
+    log.error(
+      { pid: fm.pid },
+      'fuse manager is gone: its layer mounts are dead; exiting so that dfnode is restarted',
+    );
     lost.abort();
   }, 1000);
   try {
@@ -551,7 +603,10 @@ async function runWithFuseManager(
     await snap.stop();
   }
   if (lost.signal.aborted && !signal.aborted)
-    throw new DfError('FAILED_PRECONDITION', `fuse manager (pid ${fm.pid}) exited; restart dfnode run to mount the layers again`);
+    throw new DfError(
+      'FAILED_PRECONDITION',
+      `fuse manager (pid ${fm.pid}) exited; restart dfnode run to mount the layers again`,
+    );
 }
 
 runMain('dfnode', (signal, argv) => buildProgram(signal).parseAsync(argv));

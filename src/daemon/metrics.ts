@@ -130,7 +130,9 @@ export class NodeMetrics {
     for (const [reason, n] of Object.entries(c.peersIsolatedBy))
       this.delta(`pi:${reason}`, n, (d) => this.peersIsolated.inc({ reason }, d));
     this.delta('sd', c.seedsDown, (d) => this.seedsDown.inc(d));
-    this.delta('ta:holders', c.trackerAnswers - c.trackerEmpty, (d) => this.trackerAnswers.inc({ result: 'holders' }, d));
+    this.delta('ta:holders', c.trackerAnswers - c.trackerEmpty, (d) =>
+      this.trackerAnswers.inc({ result: 'holders' }, d),
+    );
     this.delta('ta:empty', c.trackerEmpty, (d) => this.trackerAnswers.inc({ result: 'empty' }, d));
     this.delta('ta:error', c.trackerErrors, (d) => this.trackerAnswers.inc({ result: 'error' }, d));
   }
@@ -139,7 +141,8 @@ export class NodeMetrics {
   publishSeed(c: SeedCounters): void {
     const reason: RegistryFetchReason = 'seed_miss';
     this.delta('rf:seed_miss', c.registryRequests, (d) => this.registryFetches.inc({ reason }, d));
-    for (const [source, n] of Object.entries(c.bytes)) this.delta(`b:${source}`, n, (d) => this.bytes.inc({ source }, d));
+    for (const [source, n] of Object.entries(c.bytes))
+      this.delta(`b:${source}`, n, (d) => this.bytes.inc({ source }, d));
   }
 
   /** The counters of this host's block server (BlockServer.counters), node or seed. */

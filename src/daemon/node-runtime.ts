@@ -115,7 +115,8 @@ export class NodeRuntime {
   async start(): Promise<void> {
     await mkdir(this.layerMountDir, { recursive: true });
     const stale = await cleanupStaleMounts(this.layerMountDir, { logger: this.log });
-    for (const s of stale.filter((x) => x.unmounted)) this.log.info({ mountpoint: s.mountpoint }, 'cleaned up a stale mount');
+    for (const s of stale.filter((x) => x.unmounted))
+      this.log.info({ mountpoint: s.mountpoint }, 'cleaned up a stale mount');
     await this.records.cleanupDead(async (rec) => {
       await lazyUnmount(rec.target).catch(() => undefined);
       await rm(join(this.layerMountDir, rec.id), { recursive: true, force: true }).catch(() => undefined);
@@ -207,10 +208,17 @@ export class NodeRuntime {
   }
 
   /** Mounts an opened layer's filesystem at `mountpoint` (created if missing). */
-  async mountOpened(o: OpenedDfbLayer, mountpoint: string, inherited?: Map<number, InheritedDir>): Promise<MountedLayer> {
+  async mountOpened(
+    o: OpenedDfbLayer,
+    mountpoint: string,
+    inherited?: Map<number, InheritedDir>,
+  ): Promise<MountedLayer> {
     const fs = new LayerFs({ toc: o.toc, reader: o.fetcher, logger: this.log, inheritedDirs: inherited });
     await mkdir(mountpoint, { recursive: true });
-    const mount = await this.binding.mount(mountpoint, fs, { fsname: `dfnode:${o.layer.digest.slice(7, 19)}`, logger: this.log });
+    const mount = await this.binding.mount(mountpoint, fs, {
+      fsname: `dfnode:${o.layer.digest.slice(7, 19)}`,
+      logger: this.log,
+    });
     return { layer: o.layer, cache: o.cache, fetcher: o.fetcher, fs, mount };
   }
 
@@ -246,9 +254,13 @@ export class NodeRuntime {
   async mountImage(ref: ImageReference, targetDir: string, signal?: AbortSignal): Promise<ImageMount> {
     const target = resolve(targetDir);
     const existing = await this.records.findByTarget(target);
-    if (existing) throw new DfError('ALREADY_EXISTS', `${target} is already a dfnode mount (pid ${existing.pid})`);
+    if (existing)
+      throw new DfError('ALREADY_EXISTS', `${target} is already a dfnode mount (pid ${existing.pid})`);
     const image = await resolveDfbImage(this.client, ref, { signal });
-    const id = createHash('sha256').update(`${target}\n${process.pid}\n${Date.now()}`).digest('hex').slice(0, 16);
+    const id = createHash('sha256')
+      .update(`${target}\n${process.pid}\n${Date.now()}`)
+      .digest('hex')
+      .slice(0, 16);
     const im: ImageMount = { id, target, image, layers: [] };
     this.mounts.set(id, im);
     try {

@@ -23,6 +23,9 @@ export function resolveClusterToken(p2p: { clusterToken: string; clusterTokenFil
   try {
     return readFileSync(p2p.clusterTokenFile, 'utf8').split('\n')[0]!.trim();
   } catch (err) {
-    throw new DfError('CONFIG', `cannot read p2p.clusterTokenFile ${p2p.clusterTokenFile}: ${(err as Error).message}`);
+    throw new DfError(
+      'CONFIG',
+      `cannot read p2p.clusterTokenFile ${p2p.clusterTokenFile}: ${(err as Error).message}`,
+    );
   }
 }

@@ -17,7 +17,12 @@ export interface P2pFillOptions {
  * starting together fetch different blocks from the seed and then trade them), extended over the following
  * missing units that a common holder has (or that no peer has: the seed's), up to maxRunBytes.
  */
-export function nextRun(view: PeerView, claimed: Set<number>, maxRunBytes: number, rand = Math.random): number[] | undefined {
+export function nextRun(
+  view: PeerView,
+  claimed: Set<number>,
+  maxRunBytes: number,
+  rand = Math.random,
+): number[] | undefined {
   const { cache, layout } = view;
   let best = -1;
   let bestRarity = Infinity;
@@ -58,7 +63,11 @@ export function nextRun(view: PeerView, claimed: Set<number>, maxRunBytes: numbe
  * Returns the number of runs that failed; the caller finishes with the fetcher's own fill, which retries
  * and checks the blob digest.
  */
-export async function p2pFill(view: PeerView, fetcher: BlobFetcher, opts: P2pFillOptions = {}): Promise<number> {
+export async function p2pFill(
+  view: PeerView,
+  fetcher: BlobFetcher,
+  opts: P2pFillOptions = {},
+): Promise<number> {
   const maxRun = opts.maxRunBytes ?? 4 * 1024 * 1024;
   const claimed = new Set<number>();
   let failures = 0;

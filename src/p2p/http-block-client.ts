@@ -45,7 +45,8 @@ export class HttpBlockClient {
       throw new DfError('NETWORK', what);
     }
     const body = Buffer.from(await res.body.arrayBuffer());
-    if (body.length !== length) throw new DfError('NETWORK', `${address}: got ${body.length} of ${length} bytes`);
+    if (body.length !== length)
+      throw new DfError('NETWORK', `${address}: got ${body.length} of ${length} bytes`);
     return body;
   }
 

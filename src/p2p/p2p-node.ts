@@ -103,10 +103,16 @@ export class P2pNode implements BlobProvider {
       baseMs: Math.min(this.p.isolationBaseMs, 2000),
       maxMs: 30_000,
       timers: this.timers,
-      onIsolate: (seed, ms, reason) => this.log.warn({ seed, ms, reason }, 'seed unreachable; the next one takes over'),
+      onIsolate: (seed, ms, reason) =>
+        this.log.warn({ seed, ms, reason }, 'seed unreachable; the next one takes over'),
     });
     this.http = new HttpBlockClient(this.token, this.bandwidth.download);
-    this.server = new BlockServer({ provider: this, clusterToken: this.token, upload: this.bandwidth.upload, logger: this.log });
+    this.server = new BlockServer({
+      provider: this,
+      clusterToken: this.token,
+      upload: this.bandwidth.upload,
+      logger: this.log,
+    });
     this.peers = new PeerBlockSource({
       view: (d) => this.views.get(d),
       refresh: (v) => void this.lookup(v),
@@ -227,7 +233,8 @@ export class P2pNode implements BlobProvider {
 
   private trackerFailed(c: TrackerClient, err: unknown): void {
     this.counters.trackerErrors++;
-    for (const [seed, x] of this.trackers) if (x === c) this.seedIsolation.fail(seed, 'tracker: ' + String(err));
+    for (const [seed, x] of this.trackers)
+      if (x === c) this.seedIsolation.fail(seed, 'tracker: ' + String(err));
   }
 
   private async announce(v: PeerView, leave = false): Promise<void> {
@@ -277,9 +284,16 @@ export class P2pNode implements BlobProvider {
       const c = this.tracker(v.blob.digest);
       if (!c) return;
       const want: number[] = [];
-      for (let u = v.cache.nextMissing(0); u >= 0 && want.length < 4096; u = v.cache.nextMissing(u + 1)) want.push(u);
+      for (let u = v.cache.nextMissing(0); u >= 0 && want.length < 4096; u = v.cache.nextMissing(u + 1))
+        want.push(u);
       try {
-        const r = await c.lookup({ blob: v.blob.digest, peer_id: this.id, zone: this.p.zone, want, max_peers: 32 });
+        const r = await c.lookup({
+          blob: v.blob.digest,
+          peer_id: this.id,
+          zone: this.p.zone,
+          want,
+          max_peers: 32,
+        });
         this.counters.trackerAnswers++;
         if (!r.holders?.length) this.counters.trackerEmpty++;
         v.setHolders(r.holders, r.units);

@@ -44,7 +44,8 @@ export async function preheat(
   let present = -1;
   const watchdog = setInterval(() => {
     const now = opened.reduce((a, o) => a + o.cache.presentUnits, 0);
-    if (now === present) stall.abort(DfError.timeout(`preheat ${ref}: no block arrived for ${opts.stallMs ?? 60_000} ms`));
+    if (now === present)
+      stall.abort(DfError.timeout(`preheat ${ref}: no block arrived for ${opts.stallMs ?? 60_000} ms`));
     present = now;
   }, opts.stallMs ?? 60_000);
   try {

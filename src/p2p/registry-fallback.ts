@@ -68,7 +68,8 @@ export class RegistryFallback {
   clear(digest: string, offset: number, length: number): void {
     const a = this.notes.get(digest);
     if (!a) return;
-    for (let i = a.length - 1; i >= 0; i--) if (a[i]!.offset < offset + length && offset < a[i]!.end) a.splice(i, 1);
+    for (let i = a.length - 1; i >= 0; i--)
+      if (a[i]!.offset < offset + length && offset < a[i]!.end) a.splice(i, 1);
     if (!a.length) this.notes.delete(digest);
   }
 

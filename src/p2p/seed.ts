@@ -62,7 +62,10 @@ export class Seed implements BlobProvider {
       logger: this.log,
     });
     this.bandwidth = new HostBandwidth(cfg.p2p.uploadRate, cfg.p2p.downloadRate);
-    this.tracker = new TrackerState({ peerTtlMs: cfg.p2p.peerTtlMs, announceIntervalMs: cfg.p2p.announceIntervalMs });
+    this.tracker = new TrackerState({
+      peerTtlMs: cfg.p2p.peerTtlMs,
+      announceIntervalMs: cfg.p2p.announceIntervalMs,
+    });
     this.server = new BlockServer({
       provider: this,
       clusterToken: this.token,
@@ -121,7 +124,10 @@ export class Seed implements BlobProvider {
     const ref = parseReference(repo);
     const cache = await this.cache.open(blob);
     try {
-      const registry = new RateLimitedSource(new RegistryBlockSource(this.opts.client, ref), this.bandwidth.download);
+      const registry = new RateLimitedSource(
+        new RegistryBlockSource(this.opts.client, ref),
+        this.bandwidth.download,
+      );
       const o = await openLayer({
         blob,
         cache,

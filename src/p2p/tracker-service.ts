@@ -17,7 +17,8 @@ export async function serveTracker(
   clusterToken: string,
 ): Promise<{ address: string; stop(): Promise<void> }> {
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 8 << 20 });
-  const guard = <Req, Res>(fn: (req: Req) => Res): grpc.handleUnaryCall<Req, Res> =>
+  const guard =
+    <Req, Res>(fn: (req: Req) => Res): grpc.handleUnaryCall<Req, Res> =>
     (call, cb) => {
       if (!tokenMatches(clusterToken, call.metadata.get(CLUSTER_TOKEN_HEADER)[0]?.toString())) {
         cb({ code: grpc.status.UNAUTHENTICATED, details: 'cluster token required' });
@@ -81,7 +82,10 @@ export class TrackerClient {
     }) as never;
   }
 
-  announce(m: Partial<AnnounceMsg>, signal?: AbortSignal): Promise<{ need_full: boolean; interval_ms: number }> {
+  announce(
+    m: Partial<AnnounceMsg>,
+    signal?: AbortSignal,
+  ): Promise<{ need_full: boolean; interval_ms: number }> {
     return this.call('Announce', m, signal);
   }
 

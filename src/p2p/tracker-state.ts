@@ -101,7 +101,14 @@ export class TrackerState {
     let p = b.peers.get(m.peer_id);
     if (!p && !m.full) return { ...reply, need_full: true };
     if (!p) {
-      p = { id: m.peer_id, address: m.address, zone: m.zone, load: m.load, bits: new Bitmap(m.units), lastSeen: now };
+      p = {
+        id: m.peer_id,
+        address: m.address,
+        zone: m.zone,
+        load: m.load,
+        bits: new Bitmap(m.units),
+        lastSeen: now,
+      };
       b.peers.set(m.peer_id, p);
     }
     p.address = m.address;

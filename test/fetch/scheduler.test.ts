@@ -73,7 +73,12 @@ describe('FetchScheduler', () => {
       },
       clearTimeout: (h) => void pending.splice(pending.indexOf(h as (typeof pending)[number]), 1),
     };
-    const s = new FetchScheduler({ fillHoldOffMs: 100, fillWarmupMs: 5000, fillWarmupRunBytes: 1000, timers });
+    const s = new FetchScheduler({
+      fillHoldOffMs: 100,
+      fillWarmupMs: 5000,
+      fillWarmupRunBytes: 1000,
+      timers,
+    });
     // no read yet: full runs at once
     expect(await s.fillTurn(4_000_000)).toBe(4_000_000);
     await s.run(Priority.Blocked, async () => {});

@@ -102,7 +102,8 @@ async function until(what: string, cond: () => Promise<boolean>, procs: Proc[], 
   const deadline = Date.now() + ms;
   while (!(await cond())) {
     for (const p of procs)
-      if (p.child.exitCode !== null) throw new Error(`waiting for ${what}: a process exited:\n${p.out()}\n${p.err()}`);
+      if (p.child.exitCode !== null)
+        throw new Error(`waiting for ${what}: a process exited:\n${p.out()}\n${p.err()}`);
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -119,7 +120,10 @@ describe.skipIf(req.skip)('P2P faults on loopback: killed nodes and seeds', () =
   let n = 0;
 
   /** A seed on a free port (its tracker on the next one), uploads limited so that transfers take a while. */
-  async function startSeed(name: string, env: NodeJS.ProcessEnv = {}): Promise<{ proc: Proc; addr: string; cache: string }> {
+  async function startSeed(
+    name: string,
+    env: NodeJS.ProcessEnv = {},
+  ): Promise<{ proc: Proc; addr: string; cache: string }> {
     const cache = join(tmp.dir, `${name}-cache`);
     for (let tries = 0; ; tries++) {
       const addr = `127.0.0.1:${await freePort()}`;
@@ -147,7 +151,11 @@ describe.skipIf(req.skip)('P2P faults on loopback: killed nodes and seeds', () =
     }
   }
 
-  function preheatNode(seeds: string[], env: NodeJS.ProcessEnv, extra: string[] = []): { proc: Proc; cache: string } {
+  function preheatNode(
+    seeds: string[],
+    env: NodeJS.ProcessEnv,
+    extra: string[] = [],
+  ): { proc: Proc; cache: string } {
     n++;
     const cache = join(tmp.dir, `cache-${n}`);
     const proc = dfnodeProc(
@@ -174,7 +182,9 @@ describe.skipIf(req.skip)('P2P faults on loopback: killed nodes and seeds', () =
 
   async function cacheMatches(cacheDir: string): Promise<void> {
     for (const l of layers) {
-      expect('sha256:' + (await sha256File(join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data')))).toBe(l.digest);
+      expect(
+        'sha256:' + (await sha256File(join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data'))),
+      ).toBe(l.digest);
     }
   }
 

@@ -159,13 +159,17 @@ describe.skipIf(req.skip)('P2P: seed, tracker and block exchange on loopback', (
 
   async function cacheMatches(cacheDir: string): Promise<void> {
     for (const l of layers) {
-      expect('sha256:' + (await sha256File(join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data')))).toBe(l.digest);
+      expect(
+        'sha256:' + (await sha256File(join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data'))),
+      ).toBe(l.digest);
     }
   }
 
   it(`${N} nodes preheat the same image at once: registry once per block, most bytes from peers`, async () => {
     const first = n + 1;
-    const nodes = Array.from({ length: N }, () => dfnodeProc([...nodeArgs(['--serve']), ref], { DFNODE_P2P_CLUSTER_TOKEN: TOKEN }));
+    const nodes = Array.from({ length: N }, () =>
+      dfnodeProc([...nodeArgs(['--serve']), ref], { DFNODE_P2P_CLUSTER_TOKEN: TOKEN }),
+    );
     procs.push(...nodes);
     const results: PreheatJson[] = [];
     for (const p of nodes) results.push(JSON.parse(await waitLine(p, /^\{.*\}$/m)) as PreheatJson);
@@ -195,7 +199,9 @@ describe.skipIf(req.skip)('P2P: seed, tracker and block exchange on loopback', (
     expect(bad.status).toBe(401);
     const port = Number(seedAddr.split(':')[1]);
     const t = new TrackerClient(`127.0.0.1:${port + 1}`, 'wrong', 5000);
-    await expect(t.lookup({ blob: l.digest, peer_id: 'x', want: [] })).rejects.toMatchObject({ code: 'UNAUTHORIZED' });
+    await expect(t.lookup({ blob: l.digest, peer_id: 'x', want: [] })).rejects.toMatchObject({
+      code: 'UNAUTHORIZED',
+    });
     t.close();
     // a node with the wrong token gets nothing from the seed (and so falls back to the registry)
     const p = dfnodeProc([...nodeArgs(), ref], { DFNODE_P2P_CLUSTER_TOKEN: 'wrong' });
@@ -243,7 +249,10 @@ describe.skipIf(req.skip)('P2P: seed, tracker and block exchange on loopback', (
       await waitLine(holder, /^\{.*\}$/m);
       await announce();
       const cacheIdx = n + 1;
-      const p = dfnodeProc([...nodeArgs(), ref], { DFNODE_P2P_CLUSTER_TOKEN: TOKEN, DFNODE_LOG_LEVEL: 'warn' });
+      const p = dfnodeProc([...nodeArgs(), ref], {
+        DFNODE_P2P_CLUSTER_TOKEN: TOKEN,
+        DFNODE_LOG_LEVEL: 'warn',
+      });
       procs.push(p);
       await waitLine(p, /^\{.*\}$/m);
       expect(await p.exited).toBe(0);

@@ -27,7 +27,10 @@ describe('registry fallback reasons', () => {
 describe('P2P metrics wiring', () => {
   it('a range that no seed serves goes to the registry as seed_down, and the endpoint shows the P2P counters', async () => {
     // port 1 on loopback refuses connections: the only seed is down
-    const config = loadConfig({ env: {}, flags: { p2p: { seeds: ['127.0.0.1:1'], clusterToken: 't', listen: '127.0.0.1:0' } } });
+    const config = loadConfig({
+      env: {},
+      flags: { p2p: { seeds: ['127.0.0.1:1'], clusterToken: 't', listen: '127.0.0.1:0' } },
+    });
     const p2p = new P2pNode({ config });
     let asked = 0;
     const registry: BlockSource = {

@@ -24,7 +24,10 @@ describe('rendezvous hashing', () => {
     for (let i = 0; i < 2000; i++) {
       const r = rankSeeds(digest(i), seeds);
       count.set(r[0]!, (count.get(r[0]!) ?? 0) + 1);
-      const without = rankSeeds(digest(i), seeds.filter((s) => s !== seeds[0]));
+      const without = rankSeeds(
+        digest(i),
+        seeds.filter((s) => s !== seeds[0]),
+      );
       expect(without[0]).toBe(r[0] === seeds[0] ? r[1] : r[0]);
     }
     for (const s of seeds) expect(count.get(s)!).toBeGreaterThan(350);
@@ -66,12 +69,30 @@ describe('isolation', () => {
 });
 
 describe('tracker state', () => {
-  const base = { zone: '', load: 0, added: [], leave: false, failed_peers: [], bitmap: new Uint8Array(0), full: false };
+  const base = {
+    zone: '',
+    load: 0,
+    added: [],
+    leave: false,
+    failed_peers: [],
+    bitmap: new Uint8Array(0),
+    full: false,
+  };
   it('takes full bitmaps and deltas, asks for a full announce from unknown peers, forgets leavers', () => {
     const t = new TrackerState({ timers: clock() });
     const b = digest(7);
-    expect(t.announce({ ...base, blob: b, units: 20, peer_id: 'p1', address: 'a:1', added: [1] }).need_full).toBe(true);
-    t.announce({ ...base, blob: b, units: 20, peer_id: 'p1', address: 'a:1', full: true, bitmap: Uint8Array.from([0b101]) });
+    expect(
+      t.announce({ ...base, blob: b, units: 20, peer_id: 'p1', address: 'a:1', added: [1] }).need_full,
+    ).toBe(true);
+    t.announce({
+      ...base,
+      blob: b,
+      units: 20,
+      peer_id: 'p1',
+      address: 'a:1',
+      full: true,
+      bitmap: Uint8Array.from([0b101]),
+    });
     t.announce({ ...base, blob: b, units: 20, peer_id: 'p1', address: 'a:1', added: [9] });
     const r = t.lookup({ blob: b, peer_id: 'me', zone: '', want: [9], max_peers: 8 });
     expect(r.units).toBe(20);
@@ -87,16 +108,39 @@ describe('tracker state', () => {
     const t = new TrackerState({ timers: c, peerTtlMs: 1000 });
     const b = digest(8);
     const ann = (id: string, zone: string, load: number) =>
-      t.announce({ ...base, blob: b, units: 8, peer_id: id, address: id, zone, load, full: true, bitmap: Uint8Array.from([0xff]) });
+      t.announce({
+        ...base,
+        blob: b,
+        units: 8,
+        peer_id: id,
+        address: id,
+        zone,
+        load,
+        full: true,
+        bitmap: Uint8Array.from([0xff]),
+      });
     ann('far', 'z2', 0);
     ann('busy', 'z1', 5);
     ann('idle', 'z1', 1);
     ann('flaky', 'z1', 0);
-    t.announce({ ...base, blob: b, units: 8, peer_id: 'idle', address: 'idle', zone: 'z1', load: 1, failed_peers: ['flaky'] });
-    const order = t.lookup({ blob: b, peer_id: 'me', zone: 'z1', want: [0], max_peers: 8 }).holders.map((h) => h.peer_id);
+    t.announce({
+      ...base,
+      blob: b,
+      units: 8,
+      peer_id: 'idle',
+      address: 'idle',
+      zone: 'z1',
+      load: 1,
+      failed_peers: ['flaky'],
+    });
+    const order = t
+      .lookup({ blob: b, peer_id: 'me', zone: 'z1', want: [0], max_peers: 8 })
+      .holders.map((h) => h.peer_id);
     expect(order).toEqual(['idle', 'busy', 'flaky', 'far']);
     c.t += 1500;
     ann('idle', 'z1', 1);
-    expect(t.lookup({ blob: b, peer_id: 'me', zone: 'z1', want: [], max_peers: 8 }).holders.map((h) => h.peer_id)).toEqual(['idle']);
+    expect(
+      t.lookup({ blob: b, peer_id: 'me', zone: 'z1', want: [], max_peers: 8 }).holders.map((h) => h.peer_id),
+    ).toEqual(['idle']);
   });
 });
