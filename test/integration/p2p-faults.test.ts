@@ -5,11 +5,10 @@
  * Every surviving node must finish with caches that match the blob digests. Needs docker-registry, skopeo
  * and umoci (fixture); skips locally with a printed reason, never in CI.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readdir, stat } from 'node:fs/promises';
+import { dfnodeProc as spawnDfnode, waitLine, type Proc } from '../helpers/dfnode-proc.js';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cliPath } from '../helpers/cli.js';
 import {
   dfbLayers,
   nodeTempDir,
@@ -28,65 +27,8 @@ import { TrackerClient } from '../../src/p2p/tracker-service.js';
 const req = requireTools(['docker-registry', 'skopeo', 'umoci']);
 const TOKEN = 'p2p-faults-cluster-token';
 
-interface Proc {
-  child: ChildProcess;
-  out(): string;
-  err(): string;
-  exited: Promise<number | null>;
-  stop(): Promise<void>;
-}
-
-const live = new Set<ChildProcess>();
-process.once('exit', () => {
-  for (const c of live) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-});
-
-function dfnodeProc(args: string[], env: NodeJS.ProcessEnv = {}): Proc {
-  const child = spawn(process.execPath, [cliPath('dfnode'), ...args], {
-    env: {
-      ...process.env,
-      DFNODE_LOG_LEVEL: 'warn',
-      DFNODE_P2P_ANNOUNCE_INTERVAL_MS: '200',
-      DFNODE_P2P_CLUSTER_TOKEN: TOKEN,
-      ...env,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  live.add(child);
-  let out = '';
-  let err = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-20_000)));
-  const exited = new Promise<number | null>((res) =>
-    child.once('exit', (code) => {
-      live.delete(child);
-      res(code);
-    }),
-  );
-  return {
-    child,
-    out: () => out,
-    err: () => err,
-    exited,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      await exited;
-      clearTimeout(t);
-    },
-  };
-}
-
-async function waitLine(p: Proc, re: RegExp, ms = 100_000): Promise<string> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const m = re.exec(p.out());
-    if (m) return m[0];
-    if (p.child.exitCode !== null || p.child.signalCode !== null || Date.now() > deadline)
-      throw new Error(`no ${re} (exit ${p.child.exitCode}):\n${p.out()}\n${p.err()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const dfnodeProc = (args: string[], env: NodeJS.ProcessEnv = {}): Proc =>
+  spawnDfnode(args, { DFNODE_P2P_CLUSTER_TOKEN: TOKEN, ...env });
 
 /** Bytes allocated on disk for `digest` in a cache dir (its data file is sparse until complete). */
 async function cachedBytes(cacheDir: string, digest: string): Promise<number> {

@@ -5,12 +5,11 @@
  * that a peer serving corrupt blocks is isolated and that requests without the cluster token are refused.
  * Needs docker-registry, skopeo and umoci (fixture); skips locally with a printed reason, never in CI.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { dfnodeProc, waitLine, type Proc } from '../helpers/dfnode-proc.js';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cliPath } from '../helpers/cli.js';
 import {
   dfbLayers,
   nodeTempDir,
@@ -30,59 +29,6 @@ const req = requireTools(['docker-registry', 'skopeo', 'umoci']);
 const TOKEN = 'p2p-test-cluster-token';
 const N = 4;
 
-interface Proc {
-  child: ChildProcess;
-  out(): string;
-  err(): string;
-  exited: Promise<number | null>;
-  stop(): Promise<void>;
-}
-
-const live = new Set<ChildProcess>();
-process.once('exit', () => {
-  for (const c of live) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-});
-
-function dfnodeProc(args: string[], env: NodeJS.ProcessEnv = {}): Proc {
-  const child = spawn(process.execPath, [cliPath('dfnode'), ...args], {
-    env: { ...process.env, DFNODE_LOG_LEVEL: 'warn', DFNODE_P2P_ANNOUNCE_INTERVAL_MS: '200', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  live.add(child);
-  let out = '';
-  let err = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-20_000)));
-  const exited = new Promise<number | null>((res) =>
-    child.once('exit', (code) => {
-      live.delete(child);
-      res(code);
-    }),
-  );
-  return {
-    child,
-    out: () => out,
-    err: () => err,
-    exited,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      await exited;
-      clearTimeout(t);
-    },
-  };
-}
-
-async function waitLine(p: Proc, re: RegExp, ms = 300_000): Promise<string> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const m = re.exec(p.out());
-    if (m) return m[0];
-    if (p.child.exitCode !== null || Date.now() > deadline)
-      throw new Error(`no ${re} (exit ${p.child.exitCode}):\n${p.out()}\n${p.err()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 interface PreheatJson {
   bytes: number;
