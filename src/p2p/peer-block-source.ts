@@ -1,3 +1,4 @@
+import { transferTimeoutMs } from './transfer-timeout.js';
 import { childSignal, realTimers, type Timers } from '../fetch/timers.js';
 import { sourceUnavailable, type BlobRef, type BlockSource } from '../fetch/types.js';
 import { DfError } from '../errors.js';
@@ -50,7 +51,7 @@ export class PeerBlockSource implements BlockSource {
     }
     const h = this.pick(holders);
     const what = `peer ${h.address}`;
-    const rq = childSignal(signal, this.d.timeoutMs, this.timers, what);
+    const rq = childSignal(signal, transferTimeoutMs(this.d.timeoutMs, length), this.timers, what);
     const t0 = this.timers.now();
     try {
       const data = await this.d.http.get(h.address, blob.digest, offset, length, rq.signal);

@@ -1,3 +1,4 @@
+import { transferTimeoutMs } from './transfer-timeout.js';
 import { DfError } from '../errors.js';
 import { childSignal, realTimers, type Timers } from '../fetch/timers.js';
 import { sourceUnavailable, type BlobRef, type BlockSource } from '../fetch/types.js';
@@ -41,7 +42,12 @@ export class SeedBlockSource implements BlockSource {
     let lastErr: unknown = sourceUnavailable(`no seed is up for ${blob.digest}`);
     for (const seed of rankSeeds(blob.digest, this.o.seeds)) {
       if (this.o.isolation.isolated(seed)) continue;
-      const rq = childSignal(signal, this.o.timeoutMs, this.timers, `seed ${seed}`);
+      const rq = childSignal(
+        signal,
+        transferTimeoutMs(this.o.timeoutMs, length),
+        this.timers,
+        `seed ${seed}`,
+      );
       try {
         const data = await this.o.http.get(seed, blob.digest, offset, length, rq.signal, {
           repo: this.o.repo,
