@@ -3,7 +3,7 @@
  * Fixed timeouts cut 4 MiB fill runs on thin or shared links (a 20 Mbit/s seed link shared by several
  * nodes), sending them to the registry; the time limit therefore grows with the request size.
  */
-export const MIN_TRANSFER_BYTES_PER_SEC = 256 * 1024;
+export const MIN_TRANSFER_BYTES_PER_SEC = 64 * 1024;
 
 /** Time limit (ms) of one block request of `length` bytes: the configured base plus time at the floor rate. */
 export function transferTimeoutMs(baseMs: number, length: number): number {
