@@ -7,7 +7,7 @@ import { loadConfig, type Config } from '../config.js';
 import { NodeMetrics } from '../daemon/metrics.js';
 import { MountRecords } from '../daemon/mount-records.js';
 import { NodeRuntime } from '../daemon/node-runtime.js';
-import { processAlive } from '../daemon/system.js';
+import { processRunning } from '../process.js';
 import { DfError } from '../errors.js';
 import { unmountAllOnExit, lazyUnmount } from '../fuse/mounts.js';
 import { createLogger, type Logger } from '../log.js';
@@ -23,7 +23,6 @@ import {
   ensureFuseManager,
   FuseManagerClient,
   managerPid,
-  running,
   stopFuseManager,
 } from '../fusemanager/client.js';
 import { fuseManagerPaths } from '../fusemanager/protocol.js';
@@ -260,8 +259,8 @@ export function buildProgram(signal: AbortSignal): Command {
       if (rec.alive) {
         process.kill(rec.pid, 'SIGTERM');
         const deadline = Date.now() + 30_000;
-        while (processAlive(rec.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-        if (processAlive(rec.pid))
+        while (processRunning(rec.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+        if (processRunning(rec.pid))
           throw DfError.timeout(`dfnode mount (pid ${rec.pid}) did not stop within 30 s`);
       }
       // The serving process is gone: remove whatever it could not.
@@ -583,7 +582,7 @@ async function runWithFuseManager(
   const snap = await startSnapshotter(cfg, slog, remote);
   const lost = new AbortController();
   const watchdog = setInterval(() => {
-    if (running(fm.pid)) return;
+    if (processRunning(fm.pid)) return;
     log.error(
       { pid: fm.pid },
       'fuse manager is gone: its layer mounts are dead; exiting so that dfnode is restarted',

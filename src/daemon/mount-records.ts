@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { processAlive } from './system.js';
+import { processRunning } from '../process.js';
 
 /** What `dfnode mount` records so that `dfnode umount` and `dfnode status` can find a mount. */
 export interface MountRecord {
@@ -49,7 +49,7 @@ export class MountRecords {
       if (!n.endsWith('.json') || n.startsWith('.')) continue;
       try {
         const rec = JSON.parse(await readFile(join(this.dir, n), 'utf8')) as MountRecord;
-        out.push({ ...rec, alive: processAlive(rec.pid) });
+        out.push({ ...rec, alive: processRunning(rec.pid) });
       } catch {
         // a torn record (crash while writing is impossible with rename, but be safe): ignore
       }

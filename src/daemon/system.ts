@@ -16,6 +16,3 @@ export function runCommand(cmd: string, args: string[], timeoutMs = 30_000): Pro
     });
   });
 }
-
-/** Whether `pid` runs (zombies do not count). */
-export { processRunning as processAlive } from '../process.js';

@@ -4,7 +4,6 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config.js';
-import { processAlive } from '../daemon/system.js';
 import { DfError, ErrorCodes, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { fuseManagerPaths, type Health, type ManagedMount, type MountRequest } from './protocol.js';
@@ -111,9 +110,6 @@ export class FuseManagerClient {
   }
 }
 
-/** Whether `pid` runs (a zombie, dead but not reaped yet, does not count). */
-export const running = processRunning;
-
 /** The pid in the manager's pid file when that process is alive and is a fuse manager. */
 export function managerPid(stateDir: string): number | undefined {
   const { pid: pidFile } = fuseManagerPaths(stateDir);
@@ -123,7 +119,7 @@ export function managerPid(stateDir: string): number | undefined {
   } catch {
     return undefined;
   }
-  if (!Number.isInteger(pid) || pid <= 0 || !running(pid)) return undefined;
+  if (!Number.isInteger(pid) || pid <= 0 || !processRunning(pid)) return undefined;
   try {
     // pid files outlive reboots: make sure the pid was not reused by something else
     if (!readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('fuse-manager')) return undefined;
@@ -191,7 +187,7 @@ export async function ensureFuseManager(
     // Alive but not answering yet: another dfnode run may just have started it.
     logger.info({ pid: existing }, 'fuse manager: waiting for the running one to answer');
     const h = await waitHealthy(client, startTimeoutMs, () =>
-      running(existing)
+      processRunning(existing)
         ? undefined
         : `fuse manager (pid ${existing}) exited while starting; see ${paths.log}`,
     ).catch((err: DfError) => {
@@ -202,7 +198,6 @@ export async function ensureFuseManager(
     });
     return { client, pid: h.pid, started: false };
   }
-  await waitReaped(paths.pid, logger);
   await mkdir(cfg.node.stateDir, { recursive: true });
   await rm(paths.socket, { force: true });
   await writeFile(paths.config, JSON.stringify(cfg), { mode: 0o600 });
@@ -233,19 +228,6 @@ export async function ensureFuseManager(
   return { client, pid: h.pid, started: true };
 }
 
-/**
- * A manager that just died lingers as a zombie until its parent (init, once the dfnode run that started it is
- * gone) reaps it, and the cache lock counts a zombie as its holder: wait for it to go (bounded).
- */
-async function waitReaped(pidFile: string, logger: Logger, timeoutMs = 15_000): Promise<void> {
-  const pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
-  if (!Number.isInteger(pid) || pid <= 0) return;
-  const deadline = Date.now() + timeoutMs;
-  if (processAlive(pid) && !running(pid))
-    logger.info({ pid }, 'fuse manager: waiting for the dead one to be reaped');
-  while (processAlive(pid) && !running(pid) && Date.now() < deadline) await sleep(100);
-}
-
 function readTail(file: string): string {
   try {
     return readFileSync(file, 'utf8').split('\n').slice(-15).join('\n').trim();
@@ -273,7 +255,7 @@ export async function stopFuseManager(stateDir: string, timeoutMs = 60_000): Pro
     return undefined;
   }
   const deadline = Date.now() + timeoutMs;
-  while (running(pid)) {
+  while (processRunning(pid)) {
     if (Date.now() > deadline)
       throw DfError.timeout(`fuse manager (pid ${pid}) did not stop within ${timeoutMs} ms`);
     await sleep(100);
