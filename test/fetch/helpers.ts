@@ -8,6 +8,7 @@ import type { Toc } from '../../src/blob/toc.js';
 import { EntryType } from '../../src/blob/types.js';
 import { DfbWriter } from '../../src/blob/writer.js';
 import { DfError } from '../../src/errors.js';
+import type { Timers } from '../../src/fetch/timers.js';
 import type { BlobRef, BlockSource } from '../../src/fetch/types.js';
 import { base, chunks, dirMeta, pseudoRandom } from '../blob/util.js';
 
@@ -126,4 +127,30 @@ export function gate(): { promise: Promise<void>; open: () => void } {
   let open!: () => void;
   const promise = new Promise<void>((r) => (open = r));
   return { promise, open };
+}
+
+/** A clock and timers the test moves by hand: `pending` holds the timers set and not yet fired. */
+export function manualClock(start = 0): {
+  timers: Timers;
+  pending: Array<{ at: number; fn: () => void }>;
+  now: number;
+} {
+  const clock = {
+    now: start,
+    pending: [] as Array<{ at: number; fn: () => void }>,
+    timers: undefined as unknown as Timers,
+  };
+  clock.timers = {
+    now: () => clock.now,
+    setTimeout: (fn, ms) => {
+      const t = { at: clock.now + ms, fn };
+      clock.pending.push(t);
+      return t;
+    },
+    clearTimeout: (h) => {
+      const i = clock.pending.indexOf(h as (typeof clock.pending)[number]);
+      if (i >= 0) clock.pending.splice(i, 1);
+    },
+  };
+  return clock;
 }

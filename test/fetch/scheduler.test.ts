@@ -1,10 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
 import { FetchScheduler } from '../../src/fetch/scheduler.js';
-import type { Timers } from '../../src/fetch/timers.js';
 import { TokenBucket } from '../../src/fetch/token-bucket.js';
 import { Priority } from '../../src/fetch/types.js';
-import { gate } from './helpers.js';
+import { gate, manualClock } from './helpers.js';
 
 const tick = () => new Promise((r) => setImmediate(r));
 
@@ -30,17 +29,8 @@ describe('FetchScheduler', () => {
   });
 
   it('holds fill back while urgent work runs and for the hold-off after it', async () => {
-    let now = 1000;
-    const pending: Array<{ at: number; fn: () => void }> = [];
-    const timers: Timers = {
-      now: () => now,
-      setTimeout: (fn, ms) => {
-        const t = { at: now + ms, fn };
-        pending.push(t);
-        return t;
-      },
-      clearTimeout: (h) => void pending.splice(pending.indexOf(h as (typeof pending)[number]), 1),
-    };
+    const clock = manualClock(1000);
+    const { pending, timers } = clock;
     const s = new FetchScheduler({ concurrency: 4, fillHoldOffMs: 250, timers });
     const g = gate();
     let filled = false;
@@ -52,27 +42,18 @@ describe('FetchScheduler', () => {
     await urgent;
     await tick();
     expect(filled).toBe(false); // within the hold-off
-    now += 249;
+    clock.now += 249;
     expect(pending.length).toBe(1);
     expect(pending[0]!.at).toBe(1250);
-    now = pending[0]!.at;
+    clock.now = pending[0]!.at;
     pending.shift()!.fn();
     await fill;
     expect(filled).toBe(true);
   });
 
   it('fillTurn waits for the hold-off and gives small runs during the warm-up after reads', async () => {
-    let now = 0;
-    const pending: Array<{ at: number; fn: () => void }> = [];
-    const timers: Timers = {
-      now: () => now,
-      setTimeout: (fn, ms) => {
-        const t = { at: now + ms, fn };
-        pending.push(t);
-        return t;
-      },
-      clearTimeout: (h) => void pending.splice(pending.indexOf(h as (typeof pending)[number]), 1),
-    };
+    const clock = manualClock(0);
+    const { pending, timers } = clock;
     const s = new FetchScheduler({
       fillHoldOffMs: 100,
       fillWarmupMs: 5000,
@@ -86,11 +67,11 @@ describe('FetchScheduler', () => {
     const turn = s.fillTurn(4_000_000).then((n) => (size = n));
     await tick();
     expect(size).toBe(0); // held
-    now = 100;
+    clock.now = 100;
     pending.shift()!.fn();
     await turn;
     expect(size).toBe(1000); // warm-up: small run
-    now = 5000;
+    clock.now = 5000;
     expect(await s.fillTurn(4_000_000)).toBe(4_000_000);
   });
 
@@ -133,23 +114,11 @@ describe('FetchScheduler', () => {
 
 describe('TokenBucket', () => {
   it('waits for tokens on an injected clock; rate 0 is unlimited', async () => {
-    let now = 0;
-    const pending: Array<{ at: number; fn: () => void }> = [];
-    const timers: Timers = {
-      now: () => now,
-      setTimeout: (fn, ms) => {
-        const t = { at: now + ms, fn };
-        pending.push(t);
-        return t;
-      },
-      clearTimeout: (h) => {
-        const i = pending.indexOf(h as (typeof pending)[number]);
-        if (i >= 0) pending.splice(i, 1);
-      },
-    };
+    const clock = manualClock(0);
+    const { pending, timers } = clock;
     const advance = async (ms: number) => {
-      now += ms;
-      for (const t of pending.filter((t) => t.at <= now)) {
+      clock.now += ms;
+      for (const t of pending.filter((t) => t.at <= clock.now)) {
         pending.splice(pending.indexOf(t), 1);
         t.fn();
       }
