@@ -10,9 +10,10 @@
 // Needs root, /dev/fuse, containerd, ctr, runc, docker-registry, skopeo,
 // iproute2 (netns, veth, tc htb). Prints a table of medians and, last, one
 // JSON line (see bench/README.md).
+import { BuildSnapshot } from './lib/build-snapshot.js';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
-import { cp, mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { existsSync, rmSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -31,11 +32,9 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 /** dist/bench/coldstart.js → repository root. */
 const REPO = resolve(HERE, '..', '..');
 /** The CLIs run from a copy of dist/ (and of the native addon) taken at start: see bench/fuse-read.ts. */
-const SNAPSHOT = join(REPO, '.tmp', `bench-coldstart-${process.pid}`);
-const DFNODE = join(SNAPSHOT, 'dist', 'src', 'cli', 'dfnode.js');
-const DFCONVERT = join(SNAPSHOT, 'dist', 'src', 'cli', 'dfconvert.js');
-const NATIVE_ADDON = join(REPO, 'native', 'build', 'Release', 'dfnode_fuse.node');
-const SNAPSHOT_ADDON = join(SNAPSHOT, 'native', 'build', 'Release', 'dfnode_fuse.node');
+const BUILD = new BuildSnapshot(REPO, 'coldstart');
+const DFNODE = BUILD.dfnode;
+const DFCONVERT = BUILD.dfconvert;
 
 /** What runs in the container: a python start-up importing a few stdlib modules. */
 const SCRIPT = 'import json, os, re, subprocess; print(1)';
@@ -207,17 +206,12 @@ async function main(): Promise<number> {
     for (const d of liveDaemons()) d.killNow();
     unmountUnderSync(work);
     ns?.destroySync();
-    rmSync(SNAPSHOT, { recursive: true, force: true });
+    BUILD.removeSync();
   });
 
   const out = process.stdout;
   try {
-    await cp(join(REPO, 'dist'), join(SNAPSHOT, 'dist'), { recursive: true });
-    if (existsSync(NATIVE_ADDON)) {
-      await mkdir(dirname(SNAPSHOT_ADDON), { recursive: true });
-      await cp(NATIVE_ADDON, SNAPSHOT_ADDON);
-      process.env.DFNODE_FUSE_ADDON = SNAPSHOT_ADDON;
-    }
+    await BUILD.take();
     // ---- inputs (not timed): registry in a netns with the image and its conversion
     const fixtureDir = await locateFixture(REPO, values.fixture!, log);
     ns = await Netns.create();
@@ -263,7 +257,7 @@ async function main(): Promise<number> {
       loadavgStart: loadavg().map((x) => +x.toFixed(2)),
       /** HEAD when dist/ was copied (+dirty: src/ or native/ differed from it; dist/ is built from the working tree). */
       commit: commitAtStart,
-      nativeAddon: existsSync(NATIVE_ADDON),
+      nativeAddon: BUILD.nativeAddon,
     };
     out.write(
       `\nbench/coldstart — fixture ${values.fixture}: ${srcManifest.layers.length} layers, ` +
@@ -482,7 +476,7 @@ async function main(): Promise<number> {
     return 0;
   } finally {
     await cleanup();
-    await rm(SNAPSHOT, { recursive: true, force: true });
+    await BUILD.remove();
     if (values.keep) log(`kept ${work}`);
     else await rm(work, { recursive: true, force: true });
   }

@@ -14,9 +14,10 @@
 // Needs root, /dev/fuse, iproute2 (netns, veth, tc htb), docker-registry,
 // skopeo, umoci, mksquashfs, squashfuse, chroot. Prints tables of medians and,
 // last, one JSON line (see bench/README.md).
+import { BuildSnapshot } from './lib/build-snapshot.js';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
-import { cp, lstat, mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import { existsSync, rmSync } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -41,12 +42,10 @@ const REPO = resolve(HERE, '..', '..');
  * node_modules still resolves: a rebuild of dist/ during the run (other work on the same checkout) must not
  * change the code measured halfway.
  */
-const SNAPSHOT = join(REPO, '.tmp', `bench-fuse-read-${process.pid}`);
-const DFNODE = join(SNAPSHOT, 'dist', 'src', 'cli', 'dfnode.js');
-const DFCONVERT = join(SNAPSHOT, 'dist', 'src', 'cli', 'dfconvert.js');
+const BUILD = new BuildSnapshot(REPO, 'fuse-read');
+const DFNODE = BUILD.dfnode;
+const DFCONVERT = BUILD.dfconvert;
 const READER = join(HERE, 'lib', 'read-files.js');
-const NATIVE_ADDON = join(REPO, 'native', 'build', 'Release', 'dfnode_fuse.node');
-const SNAPSHOT_ADDON = join(SNAPSHOT, 'native', 'build', 'Release', 'dfnode_fuse.node');
 
 const HELP = `usage: node dist/bench/fuse-read.js [options]
   --fixture NAME     test fixture image (default debian-python; the cold workload needs python3 in it)
@@ -244,17 +243,12 @@ async function main(): Promise<number> {
     for (const d of liveDaemons()) d.killNow();
     unmountUnderSync(work);
     ns?.destroySync();
-    rmSync(SNAPSHOT, { recursive: true, force: true });
+    BUILD.removeSync();
   });
 
   const out = process.stdout;
   try {
-    await cp(join(REPO, 'dist'), join(SNAPSHOT, 'dist'), { recursive: true });
-    if (existsSync(NATIVE_ADDON)) {
-      await mkdir(dirname(SNAPSHOT_ADDON), { recursive: true });
-      await cp(NATIVE_ADDON, SNAPSHOT_ADDON);
-      process.env.DFNODE_FUSE_ADDON = SNAPSHOT_ADDON;
-    }
+    await BUILD.take();
     // ---- inputs (not timed): the image, its unpacked rootfs, a registry in a netns with both images
     const fixtureDir = await locateFixture(REPO, values.fixture!, log);
     const src = join(work, 'src');
@@ -387,7 +381,7 @@ async function main(): Promise<number> {
       };
       const dfCache = join(work, 'dfnode', 'cache');
       // dfnode rows: one per FUSE binding (config node.fuseBinding); the libfuse3 addon only when built.
-      const bindings = ['fuse-native', ...(existsSync(NATIVE_ADDON) ? ['native'] : [])];
+      const bindings = ['fuse-native', ...(BUILD.nativeAddon ? ['native'] : [])];
       const dfTargets: Target[] = bindings.map((b) => ({
         name: `dfnode/${b}`,
         root: () => join(work, 'mnt', `dfnode-${b}`),
@@ -555,7 +549,7 @@ async function main(): Promise<number> {
       );
       out.write(
         '  dfnode/B = dfnode mount with node.fuseBinding B (fuse-native: libfuse 2 from npm, 128 KiB reads, one ' +
-          'JS thread; native: the libfuse3 addon in native/); default config otherwise (cached blocks re-verified)\n' +
+          'JS thread; native: the libfuse3 addon in native/); default config otherwise (reads in JS re-verify cached blocks; the addon serves cached blocks from C without re-hashing)\n' +
           '  server cpu = CPU of the serving process during the read / wall time; main thread = its main (JS) thread\n',
       );
       out.write(profileText);
@@ -584,7 +578,7 @@ async function main(): Promise<number> {
         repo,
         rootfs,
         mounts,
-        nativeAddon: existsSync(NATIVE_ADDON),
+        nativeAddon: BUILD.nativeAddon,
         log,
         out,
       });
@@ -609,7 +603,7 @@ async function main(): Promise<number> {
     return 0;
   } finally {
     await cleanup();
-    await rm(SNAPSHOT, { recursive: true, force: true });
+    await BUILD.remove();
     if (values.keep) log(`kept ${work}`);
     else await rm(work, { recursive: true, force: true });
   }

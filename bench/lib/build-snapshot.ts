@@ -1,0 +1,49 @@
+import { existsSync, rmSync } from 'node:fs';
+import { cp, mkdir, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+
+/**
+ * A private copy of the build (dist/ and the native addon) under .tmp/, so that a long benchmark keeps
+ * running the code it started with while others rebuild the working tree.
+ */
+export class BuildSnapshot {
+  readonly dir: string;
+  readonly dfnode: string;
+  readonly dfconvert: string;
+  private readonly addon: string;
+  private readonly snapshotAddon: string;
+
+  constructor(
+    private readonly repo: string,
+    name: string,
+  ) {
+    this.dir = join(repo, '.tmp', `bench-${name}-${process.pid}`);
+    this.dfnode = join(this.dir, 'dist', 'src', 'cli', 'dfnode.js');
+    this.dfconvert = join(this.dir, 'dist', 'src', 'cli', 'dfconvert.js');
+    this.addon = join(repo, 'native', 'build', 'Release', 'dfnode_fuse.node');
+    this.snapshotAddon = join(this.dir, 'native', 'build', 'Release', 'dfnode_fuse.node');
+  }
+
+  /** Whether the native FUSE addon is built. */
+  get nativeAddon(): boolean {
+    return existsSync(this.addon);
+  }
+
+  /** Copies dist/ and, when built, the native addon (pointed to by DFNODE_FUSE_ADDON for child processes). */
+  async take(): Promise<void> {
+    await cp(join(this.repo, 'dist'), join(this.dir, 'dist'), { recursive: true });
+    if (existsSync(this.addon)) {
+      await mkdir(dirname(this.snapshotAddon), { recursive: true });
+      await cp(this.addon, this.snapshotAddon);
+      process.env.DFNODE_FUSE_ADDON = this.snapshotAddon;
+    }
+  }
+
+  async remove(): Promise<void> {
+    await rm(this.dir, { recursive: true, force: true });
+  }
+
+  removeSync(): void {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
