@@ -44,6 +44,8 @@ export class Seed implements BlobProvider {
   readonly bandwidth: HostBandwidth;
   private readonly server: BlockServer;
   private readonly blobs = new Map<string, Promise<SeedBlob>>();
+  /** Blobs open and ready (for the tracker's view of what this seed holds). */
+  private readonly opened = new Map<string, SeedBlob>();
   private readonly memory = new BlockMemoryCache(8 * 1024 * 1024);
   private readonly scheduler = new FetchScheduler({ concurrency: 16, fillHoldOffMs: 0 });
   private readonly log: Logger;
@@ -65,6 +67,7 @@ export class Seed implements BlobProvider {
     this.tracker = new TrackerState({
       peerTtlMs: cfg.p2p.peerTtlMs,
       announceIntervalMs: cfg.p2p.announceIntervalMs,
+      seedBits: (digest) => this.opened.get(digest)?.cache.snapshot(),
     });
     this.server = new BlockServer({
       provider: this,
@@ -105,11 +108,13 @@ export class Seed implements BlobProvider {
     const b = await p;
     return {
       size: b.layout.size,
-      read: async (offset, length, sig) => {
+      read: async (offset, length, sig, peer) => {
         const r = b.layout.unitsFor(offset, length);
         if (!r) return undefined;
         const units: number[] = [];
         for (let u = r[0]; u <= r[1]; u++) units.push(u);
+        // the tracker tells the other nodes that these units are on their way to `peer`
+        if (peer) this.tracker.assume(digest, peer, units);
         const parts = await b.fetcher.units(units, Priority.Blocked, sig);
         const all = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
         const from = offset - b.layout.offset(r[0]);
@@ -153,7 +158,9 @@ export class Seed implements BlobProvider {
         );
       }
       this.log.info({ digest, repo }, 'seeding blob');
-      return { cache, fetcher: o.fetcher, layout: new UnitLayout(o.toc, size) };
+      const sb = { cache, fetcher: o.fetcher, layout: new UnitLayout(o.toc, size) };
+      this.opened.set(digest, sb);
+      return sb;
     } catch (err) {
       await this.cache.release(cache).catch(() => undefined);
       throw err;
