@@ -28,9 +28,10 @@ export interface PlanOptions {
 /**
  * The next run to fetch for background fill through the P2P tier, BitTorrent style:
  * - from the seed (when a seed slot is free): a unit no usable peer holds and the seed is not already
- *   sending to another peer, preferring units the seed holds now (served at once, no registry wait);
- *   random among equals, so that nodes starting together ask the seed for different units and then trade
- *   them; extended over the following such units up to seedRunBytes (small when the swarm is large, so
+ *   sending to another peer, preferring units the seed holds now (served at once, no registry wait),
+ *   random among those, so that nodes starting together ask the seed for different units and then trade
+ *   them; else the first such unit (where the seed's own in-order fill is fetching: the request joins
+ *   it); extended over the following such units up to seedRunBytes (small when the swarm is large, so
  *   that each unit reaches a peer quickly);
  * - else from peers: the rarest unit that a usable peer holds (random among equals), extended over the
  *   following units that a common holder has, up to maxRunBytes.
@@ -48,7 +49,6 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
   let seedHeld = -1;
   let seedHeldN = 0;
   let seedOther = -1;
-  let seedOtherN = 0;
   for (let u = cache.nextMissing(0); u >= 0; u = cache.nextMissing(u + 1)) {
     if (!free(u)) continue;
     left = true;
@@ -62,7 +62,7 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
     } else if (o.seed && !view.pendingElsewhere(u)) {
       if (view.seedBits?.has(u)) {
         if (rand() * ++seedHeldN < 1) seedHeld = u;
-      } else if (rand() * ++seedOtherN < 1) seedOther = u;
+      } else if (seedOther < 0) seedOther = u;
     }
   }
   const seedStart = seedHeld >= 0 ? seedHeld : seedOther;
@@ -145,10 +145,10 @@ export async function p2pFill(
       if (seedDown || view.cache.isComplete) return;
       const limit = await fetcher.fillTurn(maxRun, opts.signal);
       await opts.refresh?.(view);
-      // alone, two runs keep the seed's link busy; in a swarm, one each: the seed's upload is shared
+      // alone, a few runs in flight keep the seed's link busy; in a swarm, one each: its upload is shared
       const swarm = view.swarm;
-      const seedSlots = swarm < 2 ? 2 : 1;
-      const seedRun = swarm === 0 ? limit : Math.min(limit, Math.max(MIN_SEED_RUN, maxRun / (swarm + 1)));
+      const seedSlots = swarm === 0 ? 4 : swarm === 1 ? 2 : 1;
+      const seedRun = Math.min(limit, Math.max(MIN_SEED_RUN, maxRun / Math.max(4, swarm + 1)));
       const plan = planRun(view, {
         claimed,
         maxRunBytes: limit,

@@ -20,6 +20,9 @@ import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
 import { UnitLayout } from './unit-layout.js';
 
+/** Largest registry request of a seed (its fill and nodes' misses). */
+const SEED_RUN_BYTES = 1024 * 1024;
+
 interface SeedBlob {
   cache: BlobCache;
   fetcher: BlobFetcher;
@@ -47,7 +50,13 @@ export class Seed implements BlobProvider {
   /** Blobs open and ready (for the tracker's view of what this seed holds). */
   private readonly opened = new Map<string, SeedBlob>();
   private readonly memory = new BlockMemoryCache(8 * 1024 * 1024);
-  private readonly scheduler = new FetchScheduler({ concurrency: 16, fillHoldOffMs: 0 });
+  // the seed's fill keeps its registry link busy; nodes' requests for other blocks run beside it
+  private readonly scheduler = new FetchScheduler({
+    concurrency: 16,
+    fillHoldOffMs: 0,
+    fillWarmupMs: 0,
+    fillYields: false,
+  });
   private readonly log: Logger;
   private readonly token: string;
   private trackerServer: { address: string; stop(): Promise<void> } | undefined;
@@ -145,9 +154,10 @@ export class Seed implements BlobProvider {
           readTimeoutMs: cfg.fetch.readTimeoutMs,
           requestTimeoutMs: cfg.fetch.requestTimeoutMs,
           retries: cfg.fetch.retries,
-          maxRunBytes: cfg.fetch.maxRunBytes,
+          // 1 MiB runs, three at a time: the link stays busy and each run is ready to serve early
+          maxRunBytes: Math.min(cfg.fetch.maxRunBytes, SEED_RUN_BYTES),
           fillAfterFirstRead: false,
-          fillConcurrency: 2,
+          fillConcurrency: 3,
         },
       });
       if (cfg.p2p.seedFill) {
