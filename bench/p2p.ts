@@ -83,15 +83,19 @@ function traceLinks(n: number): () => void {
   };
   void (async () => {
     let prev = await read();
+    let t = Date.now();
     while (!stopped) {
       await new Promise((r) => setTimeout(r, 1000));
       const now = await read();
+      // reading every host's counters takes a while: rates over the real interval
+      const s = (Date.now() - t) / 1000;
+      t = Date.now();
       samples.push({
-        seedRx: now.s.rx - prev.s.rx,
-        seedTx: now.s.tx - prev.s.tx,
-        regTx: now.r.tx - prev.r.tx,
-        nodesRx: (now.rx - prev.rx) / n,
-        nodesTx: (now.tx - prev.tx) / n,
+        seedRx: (now.s.rx - prev.s.rx) / s,
+        seedTx: (now.s.tx - prev.s.tx) / s,
+        regTx: (now.r.tx - prev.r.tx) / s,
+        nodesRx: (now.rx - prev.rx) / n / s,
+        nodesTx: (now.tx - prev.tx) / n / s,
       });
       prev = now;
     }

@@ -131,8 +131,8 @@ export const configSchema = z.object({
       peerTimeoutMs: z.number().int().positive().default(2000),
       /** One range request to a seed (which may go to the registry for it). */
       seedTimeoutMs: z.number().int().positive().default(8000),
-      /** One tracker call. */
-      trackerTimeoutMs: z.number().int().positive().default(1000),
+      /** One tracker call (a timeout is a busy seed: the call is retried; a refused one is a seed down). */
+      trackerTimeoutMs: z.number().int().positive().default(5000),
       /** Announce new blocks (deltas) this often. */
       announceIntervalMs: z.number().int().positive().default(1000),
       /** A peer that fails is excluded for isolationBaseMs, doubling per further failure up to isolationMaxMs. */

@@ -94,7 +94,7 @@ export class NodeMetrics {
   });
   readonly peerRequests = new Counter({
     name: 'dfnode_peer_requests_total',
-    help: 'Block requests this host answered for cluster members, by result (served, refused: no or wrong token)',
+    help: 'Block requests this host answered for cluster members, by result (served; refused: no or wrong token; deferred: a seed told the node to take units from the node it is already sending them to)',
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
@@ -146,8 +146,9 @@ export class NodeMetrics {
   }
 
   /** The counters of this host's block server (BlockServer.counters), node or seed. */
-  publishBlockServer(c: { served: number; unauthorized: number }): void {
+  publishBlockServer(c: { served: number; unauthorized: number; deferred?: number }): void {
     this.delta('pr:served', c.served, (d) => this.peerRequests.inc({ result: 'served' }, d));
+    this.delta('pr:deferred', c.deferred ?? 0, (d) => this.peerRequests.inc({ result: 'deferred' }, d));
     this.delta('pr:refused', c.unauthorized, (d) => this.peerRequests.inc({ result: 'refused' }, d));
   }
 

@@ -12,6 +12,7 @@ import { FetchStats } from './fetch-stats.js';
 import { bound, childSignal, realTimers, sleep, type Timers } from './timers.js';
 import { TokenBucket } from './token-bucket.js';
 import {
+  isDeferred,
   isSourceUnavailable,
   Priority,
   type BlobRef,
@@ -401,6 +402,8 @@ export class BlobFetcher implements FileReader {
         if (err) lastErr = err;
       }
       todo = next;
+      // deferred by the source: the planner that chose this run picks another, no retries
+      if (isDeferred(lastErr) && state.priority === Priority.Fill) break;
     }
     const e = DfError.from(lastErr ?? DfError.internal('fetch gave up'), `fetch ${this.blob.digest}`);
     for (const d of todo) this.settle(d, e);
@@ -422,7 +425,8 @@ export class BlobFetcher implements FileReader {
     const t0 = this.timers.now();
     let data: Buffer;
     try {
-      data = await bound(source.fetch(this.blob, off, len, rq.signal, { priority: state.priority }), {
+      const ctx = { priority: state.priority, planned: state.only !== undefined };
+      data = await bound(source.fetch(this.blob, off, len, rq.signal, ctx), {
         signal: rq.signal,
         what,
       });

@@ -18,6 +18,11 @@ export enum Priority {
 export interface FetchContext {
   /** The priority of the run at the time of the request (a fill run may be promoted later). */
   priority: Priority;
+  /**
+   * The run was chosen by a fill planner for this source: the source may defer it (a seed that is already
+   * sending these units to another peer), and the planner plans again.
+   */
+  planned?: boolean;
 }
 
 /** A blob as the fetch layer sees it. */
@@ -60,6 +65,15 @@ export function sourceUnavailable(message: string): DfError {
 
 export function isSourceUnavailable(err: unknown): boolean {
   return err instanceof DfError && err.details.sourceUnavailable === true;
+}
+
+/** A source deferred a planned run (see FetchContext.planned): nothing failed, the planner picks again. */
+export function deferredBySource(message: string): DfError {
+  return new DfError('NOT_FOUND', message, { details: { sourceUnavailable: true, deferred: true } });
+}
+
+export function isDeferred(err: unknown): boolean {
+  return err instanceof DfError && err.details.deferred === true;
 }
 
 /**

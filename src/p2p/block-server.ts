@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { TokenBucket } from '../fetch/token-bucket.js';
+import { isDeferred } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER, tokenMatches } from './auth.js';
 
 /** What a request may tell the server about a blob it does not hold yet (a seed fetches it from there). */
@@ -12,6 +13,8 @@ export interface BlobHint {
   size?: number;
   /** The requesting node's P2P id (header x-dfnode-peer-id), when it sent one. */
   peer?: string;
+  /** The node may be told to take the range elsewhere (HTTP 409, see ServedBlob.read). */
+  defer?: boolean;
 }
 
 /** A blob this host serves. */
@@ -21,7 +24,9 @@ export interface ServedBlob {
    * Verified stored bytes [offset, offset+length), or undefined when this host does not hold every unit
    * under the range (a node; a seed fetches what it misses).
    */
-  read(offset: number, length: number, signal: AbortSignal, peer?: string): Promise<Buffer | undefined>;
+  read(offset: number, length: number, signal: AbortSignal, hint?: BlobHint): Promise<Buffer | undefined>;
+  /** Optional: a range read for `peer` did not reach it (error, or the peer went away mid-response). */
+  undelivered?(offset: number, length: number, peer: string): void;
 }
 
 export interface BlobProvider {
@@ -50,7 +55,7 @@ export class BlockServer {
   private server: Server | undefined;
   private active = 0;
   /** Requests refused for a bad token, ranges answered, bytes sent. */
-  readonly counters = { unauthorized: 0, served: 0, bytes: 0, missing: 0 };
+  readonly counters = { unauthorized: 0, served: 0, bytes: 0, missing: 0, deferred: 0 };
   private readonly log: Logger;
 
   constructor(private readonly opts: BlockServerOptions) {
@@ -115,11 +120,20 @@ export class BlockServer {
         repo: url.searchParams.get('repo') ?? undefined,
         size: url.searchParams.has('size') ? Number(url.searchParams.get('size')) : undefined,
         peer: typeof req.headers[PEER_ID_HEADER] === 'string' ? req.headers[PEER_ID_HEADER] : undefined,
+        defer: url.searchParams.get('defer') === '1',
       };
       const blob = await this.opts.provider.get(m[1]!, hint, ac.signal);
       if (!blob) return fail(404, 'blob not served here');
       if (range.offset + range.length > blob.size) return fail(416, 'range beyond the blob');
-      const data = await blob.read(range.offset, range.length, ac.signal, hint.peer);
+      const peer = hint.peer;
+      if (peer && blob.undelivered) {
+        let done = false;
+        res.once('finish', () => (done = true));
+        res.once('close', () => {
+          if (!done) blob.undelivered!(range.offset, range.length, peer);
+        });
+      }
+      const data = await blob.read(range.offset, range.length, ac.signal, hint);
       if (!data) {
         this.counters.missing++;
         return fail(416, 'range not held');
@@ -140,6 +154,10 @@ export class BlockServer {
       if (ac.signal.aborted && res.destroyed) return;
       const e = DfError.from(err);
       this.log.debug({ err: e, url: req.url }, 'peer request failed');
+      if (isDeferred(e)) {
+        this.counters.deferred++;
+        return fail(409, e.message);
+      }
       fail(e.code === 'NOT_FOUND' ? 404 : e.code === 'TIMEOUT' ? 504 : 503, e.message);
     } finally {
       clearTimeout(timer);

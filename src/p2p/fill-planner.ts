@@ -1,6 +1,6 @@
 import type { BlobFetcher } from '../fetch/blob-fetcher.js';
 import { sleep, realTimers, type Timers } from '../fetch/timers.js';
-import { isSourceUnavailable, Priority } from '../fetch/types.js';
+import { isDeferred, isSourceUnavailable, Priority } from '../fetch/types.js';
 import type { Holder, PeerView } from './peer-view.js';
 
 /** A run chosen by the planner and the tier it comes from. */
@@ -8,6 +8,9 @@ export interface PlannedRun {
   units: number[];
   from: 'peer' | 'seed';
 }
+
+/** Units the seed does not hold yet are picked among the first this many (where its in-order fill is). */
+const SEED_WINDOW = 32;
 
 export interface PlanOptions {
   /** Units this node's own workers are fetching. */
@@ -30,8 +33,8 @@ export interface PlanOptions {
  * - from the seed (when a seed slot is free): a unit no usable peer holds and the seed is not already
  *   sending to another peer, preferring units the seed holds now (served at once, no registry wait),
  *   random among those, so that nodes starting together ask the seed for different units and then trade
- *   them; else the first such unit (where the seed's own in-order fill is fetching: the request joins
- *   it); extended over the following such units up to seedRunBytes (small when the swarm is large, so
+ *   them; else one of the first such units (where the seed's own in-order fill is fetching: the request
+ *   joins it); extended over the following such units up to seedRunBytes (small when the swarm is large, so
  *   that each unit reaches a peer quickly);
  * - else from peers: the rarest unit that a usable peer holds (random among equals), extended over the
  *   following units that a common holder has, up to maxRunBytes.
@@ -49,6 +52,7 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
   let seedHeld = -1;
   let seedHeldN = 0;
   let seedOther = -1;
+  let seedOtherN = 0;
   for (let u = cache.nextMissing(0); u >= 0; u = cache.nextMissing(u + 1)) {
     if (!free(u)) continue;
     left = true;
@@ -62,7 +66,7 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
     } else if (o.seed && !view.pendingElsewhere(u)) {
       if (view.seedBits?.has(u)) {
         if (rand() * ++seedHeldN < 1) seedHeld = u;
-      } else if (seedOther < 0) seedOther = u;
+      } else if (seedOtherN < SEED_WINDOW && rand() * ++seedOtherN < 1) seedOther = u;
     }
   }
   const seedStart = seedHeld >= 0 ? seedHeld : seedOther;
@@ -114,6 +118,8 @@ export interface P2pFillOptions {
   timers?: Timers;
 }
 
+/** How long units the seed deferred count as on their way elsewhere before the tracker confirms it (ms). */
+const DEFER_MS = 2000;
 /** Smallest seed run: below this, request overhead dominates. */
 const MIN_SEED_RUN = 256 * 1024;
 /** Seed runs that fail in a row before the planner gives up (the fetcher's own fill takes over). */
@@ -144,7 +150,9 @@ export async function p2pFill(
       opts.signal?.throwIfAborted();
       if (seedDown || view.cache.isComplete) return;
       const limit = await fetcher.fillTurn(maxRun, opts.signal);
-      await opts.refresh?.(view);
+      // plan with the answer at hand; a fresh one is on its way (the tracker may be slow to answer)
+      const fresh = opts.refresh?.(view);
+      if (!view.answered) await fresh;
       // alone, a few runs in flight keep the seed's link busy; in a swarm, one each: its upload is shared
       const swarm = view.swarm;
       const seedSlots = swarm === 0 ? 4 : swarm === 1 ? 2 : 1;
@@ -170,6 +178,11 @@ export async function p2pFill(
         if (fromSeed) seedFailures = 0;
       } catch (err) {
         opts.signal?.throwIfAborted();
+        if (isDeferred(err)) {
+          // on their way to another node: take them from it later (the tracker will say so)
+          view.defer(plan.units, DEFER_MS);
+          continue;
+        }
         failures++;
         if (fromSeed && (isSourceUnavailable(err) || ++seedFailures >= MAX_SEED_FAILURES)) seedDown = true;
         // the failed holder is dropped or isolated by the source; do not spin on a bad answer

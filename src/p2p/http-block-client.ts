@@ -1,11 +1,14 @@
 import { Agent, request } from 'undici';
 import { DfError } from '../errors.js';
 import type { TokenBucket } from '../fetch/token-bucket.js';
-import { sourceUnavailable } from '../fetch/types.js';
+import { deferredBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 
-/** A host that does not accept a connection within this time counts as down, not as slow (ms). */
-const CONNECT_TIMEOUT_MS = 3000;
+/**
+ * A host that does not accept a connection within this time counts as down, not as slow (ms): generous,
+ * since the answer to a SYN queues behind a saturated uplink like everything else.
+ */
+const CONNECT_TIMEOUT_MS = 10_000;
 
 /** One GET of a blob range from a peer or seed, with the cluster token and the host's download limit. */
 export class HttpBlockClient {
@@ -61,6 +64,7 @@ export class HttpBlockClient {
       const text = (await res.body.text().catch(() => '')).slice(0, 200);
       const what = `${address}: ${digest} ${offset}+${length}: HTTP ${res.statusCode} ${text}`;
       if (res.statusCode === 404 || res.statusCode === 416) throw sourceUnavailable(what);
+      if (res.statusCode === 409) throw deferredBySource(what);
       if (res.statusCode === 401) throw new DfError('UNAUTHORIZED', `${what} (check p2p.clusterToken)`);
       if (res.statusCode === 504) throw DfError.timeout(what);
       throw new DfError('NETWORK', what);

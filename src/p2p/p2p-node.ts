@@ -6,6 +6,7 @@ import type { Config } from '../config.js';
 import { realTimers, type Timers } from '../fetch/timers.js';
 import type { BlobRef, BlockSource } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
+import { DfError } from '../errors.js';
 import { resolveClusterToken } from './auth.js';
 import { HostBandwidth, RateLimitedSource } from './bandwidth.js';
 import { BlockServer, type BlobProvider, type ServedBlob } from './block-server.js';
@@ -273,10 +274,16 @@ export class P2pNode implements BlobProvider {
     return undefined;
   }
 
+  /**
+   * A tracker call failed. A seed whose tracker refuses connections is down (isolated: its blocks and its
+   * tracker go to the next seed); a call that merely timed out is a busy seed, not a dead one.
+   */
   private trackerFailed(c: TrackerClient, err: unknown): void {
     this.counters.trackerErrors++;
+    const e = DfError.from(err);
+    if (e.code === 'TIMEOUT') return;
     for (const [seed, x] of this.trackers)
-      if (x === c) this.seedIsolation.fail(seed, 'tracker: ' + String(err));
+      if (x === c) this.seedIsolation.fail(seed, 'tracker: ' + e.message);
   }
 
   /** Announces what changed (or leaves); one announce of a blob at a time, in order. */

@@ -33,6 +33,8 @@ export class PeerBlockSource implements BlockSource {
   readonly name = 'peers';
   /** Bytes per ms, moving average per peer. */
   private readonly speed = new Map<string, number>();
+  /** This node's requests in flight per peer. */
+  private readonly busy = new Map<string, number>();
   private readonly servedBy = new WeakMap<Buffer, { id: string; offset: number }>();
   private readonly timers: Timers;
 
@@ -53,6 +55,7 @@ export class PeerBlockSource implements BlockSource {
     const what = `peer ${h.address}`;
     const rq = childSignal(signal, transferTimeoutMs(this.d.timeoutMs, length), this.timers, what);
     const t0 = this.timers.now();
+    this.busy.set(h.id, (this.busy.get(h.id) ?? 0) + 1);
     try {
       const data = await this.d.http.get(h.address, blob.digest, offset, length, rq.signal);
       const ms = Math.max(1, this.timers.now() - t0);
@@ -74,6 +77,9 @@ export class PeerBlockSource implements BlockSource {
       throw sourceUnavailable(`${what}: ${e.message}`);
     } finally {
       rq.dispose();
+      const b = (this.busy.get(h.id) ?? 1) - 1;
+      if (b > 0) this.busy.set(h.id, b);
+      else this.busy.delete(h.id);
     }
   }
 
@@ -85,23 +91,34 @@ export class PeerBlockSource implements BlockSource {
     this.d.reportFailure(by.id);
   }
 
-  /** Fastest known holder; unknown ones are tried first (they may be faster); then zone and load. */
+  /**
+   * The holder to ask: same zone first, then the fewest of this node's requests in flight (spreads the
+   * load over the holders' uploads instead of herding onto one), then fewest reported failures, then a
+   * draw weighted by measured speed (unknown holders count as fast: they may be) and lightly by load.
+   */
   private pick(hs: Holder[]): Holder {
     let best = hs[0]!;
-    let bestScore = -Infinity;
+    let bestKey: number[] = [];
+    let fastest = 0;
+    for (const sp of this.speed.values()) fastest = Math.max(fastest, sp);
     for (const h of hs) {
-      const sp = this.speed.get(h.id) ?? Infinity;
-      const score =
-        (sp === Infinity ? 1e9 : sp * 1000) +
-        (this.d.zone && h.zone === this.d.zone ? 1e6 : 0) -
-        h.load * 100 -
-        h.failures * 1e5 +
-        Math.random();
-      if (score > bestScore) {
+      const sp = this.speed.get(h.id) ?? Math.max(fastest, 1);
+      const key = [
+        this.d.zone && h.zone === this.d.zone ? 1 : 0,
+        -(this.busy.get(h.id) ?? 0),
+        -h.failures,
+        (sp * (0.5 + Math.random())) / (1 + h.load),
+      ];
+      if (!bestKey.length || greater(key, bestKey)) {
         best = h;
-        bestScore = score;
+        bestKey = key;
       }
     }
     return best;
   }
+}
+
+function greater(a: number[], b: number[]): boolean {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i]! > b[i]!;
+  return false;
 }

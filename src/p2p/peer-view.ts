@@ -25,6 +25,10 @@ export class PeerView {
   seedBits: Bitmap | undefined;
   /** Other peers in the swarm, as of the last answer. */
   swarm = 0;
+  /** A tracker answer arrived at least once. */
+  answered = false;
+  /** Units the seed deferred → until when (ms) they count as on their way elsewhere. */
+  private readonly deferred = new Map<number, number>();
   lastLookup = -Infinity;
   looking: Promise<void> | undefined;
   /** The units announced so far to `announcedTo` (undefined: the next announce is a full one). */
@@ -58,13 +62,24 @@ export class PeerView {
       pending: h.pending?.length ? bitmapFrom(h.pending, n) : undefined,
     }));
     this.seedBits = a.seed_bitmap?.length ? bitmapFrom(a.seed_bitmap, n) : undefined;
+    this.answered = true;
     this.swarm = a.peers ?? this.holders.length;
   }
 
   /** Whether the seed is sending unit u to some holder now (it will be theirs to share soon). */
-  pendingElsewhere(u: number): boolean {
+  pendingElsewhere(u: number, now = Date.now()): boolean {
     for (const h of this.holders) if (h.pending?.has(u)) return true;
+    const until = this.deferred.get(u);
+    if (until !== undefined) {
+      if (until > now) return true;
+      this.deferred.delete(u);
+    }
     return false;
+  }
+
+  /** The seed deferred these units (on their way to another node): not asked for again for `ms`. */
+  defer(units: readonly number[], ms: number, now = Date.now()): void {
+    for (const u of units) this.deferred.set(u, now + ms);
   }
 
   /** Holders of every unit in [first, last]. */

@@ -2,6 +2,7 @@ import { transferTimeoutMs } from './transfer-timeout.js';
 import { DfError } from '../errors.js';
 import { childSignal, realTimers, type Timers } from '../fetch/timers.js';
 import {
+  isDeferred,
   Priority,
   sourceUnavailable,
   type BlobRef,
@@ -74,9 +75,11 @@ export class SeedBlockSource implements BlockSource {
         `seed ${seed}`,
       );
       try {
+        const planned = ctx?.planned === true && ctx.priority === Priority.Fill;
         const data = await this.o.http.get(seed, blob.digest, offset, length, rq.signal, {
           repo: this.o.repo,
           size: String(blob.size),
+          ...(planned ? { defer: '1' } : {}),
         });
         this.o.isolation.ok(seed);
         this.timeouts.delete(seed);
@@ -86,6 +89,8 @@ export class SeedBlockSource implements BlockSource {
       } catch (err) {
         if (signal.aborted) throw err;
         const e = DfError.from(err);
+        // the seed is sending these units to another node: the planner takes them from there
+        if (isDeferred(e)) throw e;
         lastErr = e;
         if (e.code === 'UNAUTHORIZED') {
           this.o.onUnauthorized?.(seed, e.message);

@@ -8,7 +8,7 @@ import { FetchStats } from '../fetch/fetch-stats.js';
 import { openLayer } from '../fetch/open-layer.js';
 import { RegistryBlockSource } from '../fetch/registry-block-source.js';
 import { FetchScheduler } from '../fetch/scheduler.js';
-import { Priority } from '../fetch/types.js';
+import { deferredBySource, Priority } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseReference } from '../registry/reference.js';
@@ -117,17 +117,28 @@ export class Seed implements BlobProvider {
     const b = await p;
     return {
       size: b.layout.size,
-      read: async (offset, length, sig, peer) => {
+      read: async (offset, length, sig, h) => {
         const r = b.layout.unitsFor(offset, length);
         if (!r) return undefined;
         const units: number[] = [];
         for (let u = r[0]; u <= r[1]; u++) units.push(u);
-        // the tracker tells the other nodes that these units are on their way to `peer`
-        if (peer) this.tracker.assume(digest, peer, units);
+        const peer = h?.peer;
+        if (peer) {
+          // a planned fill run for units already on their way to another node: take them from there
+          if (h.defer && this.tracker.pendingAtOthers(digest, peer, units)) {
+            throw deferredBySource(`${digest} ${offset}+${length} is on its way to another node`);
+          }
+          // the tracker tells the other nodes that these units are on their way to `peer`
+          this.tracker.assume(digest, peer, units);
+        }
         const parts = await b.fetcher.units(units, Priority.Blocked, sig);
         const all = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
         const from = offset - b.layout.offset(r[0]);
         return all.subarray(from, from + length);
+      },
+      undelivered: (offset, length, peer) => {
+        const r = b.layout.unitsFor(offset, length);
+        if (r) this.tracker.unassume(digest, peer, r[0], r[1]);
       },
     };
   }

@@ -118,6 +118,28 @@ export class TrackerState {
     for (const u of units) if (u < p.bits.size && !p.bits.has(u)) p.pending.set(u, now);
   }
 
+  /** Whether a peer other than `peer` (and not reported failing) is being sent one of `units`. */
+  pendingAtOthers(blob: string, peer: string, units: readonly number[]): boolean {
+    const b = this.blobs.get(blob);
+    if (!b) return false;
+    const now = this.timers.now();
+    for (const p of b.peers.values()) {
+      if (p.id === peer || !p.pending.size || now - p.lastSeen > this.ttl) continue;
+      if (this.failureScore(p.id, now) >= 1) continue;
+      for (const u of units) {
+        const at = p.pending.get(u);
+        if (at !== undefined && now - at <= this.pendingTtl) return true;
+      }
+    }
+    return false;
+  }
+
+  /** The seed's response with units first..last did not reach `peer`: they are not on their way. */
+  unassume(blob: string, peer: string, first: number, last: number): void {
+    const p = this.blobs.get(blob)?.peers.get(peer);
+    if (p) for (let u = first; u <= last; u++) p.pending.delete(u);
+  }
+
   announce(m: AnnounceMsg): { need_full: boolean; interval_ms: number } {
     this.counters.announces++;
     const now = this.timers.now();
