@@ -3,15 +3,28 @@ import { DfError } from '../errors.js';
 import type { TokenBucket } from '../fetch/token-bucket.js';
 import { sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
+import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
 
-/** One GET of a blob range from a peer or seed, with the cluster token and the host's download limit. */
+/**
+ * One GET of a blob range from a peer or seed, with the cluster token and the host's download limit; over
+ * HTTPS with this host's client certificate when p2p.tls is set.
+ */
 export class HttpBlockClient {
-  private readonly agent = new Agent({ keepAliveTimeout: 30_000, connections: 16 });
+  private readonly agent: Agent;
+  private readonly scheme: 'http' | 'https';
 
   constructor(
     private readonly clusterToken: string,
     private readonly download?: TokenBucket,
-  ) {}
+    tls?: TlsMaterial,
+  ) {
+    this.scheme = tls ? 'https' : 'http';
+    this.agent = new Agent({
+      keepAliveTimeout: 30_000,
+      connections: 16,
+      ...(tls && { connect: clientTlsOptions(tls) }),
+    });
+  }
 
   async get(
     address: string,
@@ -23,7 +36,7 @@ export class HttpBlockClient {
   ): Promise<Buffer> {
     await this.download?.take(length, signal);
     const q = new URLSearchParams({ offset: String(offset), length: String(length), ...extra });
-    const url = `http://${address}/blobs/${digest}?${q}`;
+    const url = `${this.scheme}://${address}/blobs/${digest}?${q}`;
     let res;
     try {
       res = await request(url, {
@@ -34,6 +47,10 @@ export class HttpBlockClient {
       });
     } catch (err) {
       if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
+      if (this.scheme === 'https') {
+        const e = tlsFailure(address, err);
+        if (e) throw e;
+      }
       throw DfError.from(err, `GET ${address} ${digest}`);
     }
     if (res.statusCode !== 200) {
