@@ -20,13 +20,16 @@ const { values: flags } = parseArgs({
     'peer-timeout-ms': { type: 'string' },
     'work-dir': { type: 'string' },
     keep: { type: 'boolean', default: false },
+    trace: { type: 'boolean', default: false },
+    'skip-direct': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
 if (flags.help) {
   process.stdout.write(
     'node dist/bench/p2p.js [--hosts 1,4,8,16] [--mib 64] [--host-mbit 20] [--registry-mbit 40]\n' +
-      '  [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep]\n',
+      '  [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep] [--trace]\n' +
+      '  --trace: print the seed link rates (MB/s, per second) of each dfnode phase to stderr\n',
   );
   process.exit(0);
 }
@@ -61,6 +64,48 @@ const stopAll = () => void cluster.destroy().finally(() => process.exit(130));
 process.once('SIGINT', stopAll);
 process.once('SIGTERM', stopAll);
 
+/** Samples the seed's and registry's link counters every second; logs the rates when stopped. */
+function traceLinks(n: number): () => void {
+  const seed = cluster.topo.host('seed');
+  const reg = cluster.topo.host('registry');
+  const nodes = cluster.nodes.slice(0, n);
+  type Sample = { seedRx: number; seedTx: number; regTx: number; nodesRx: number; nodesTx: number };
+  const samples: Sample[] = [];
+  let stopped = false;
+  const read = async () => {
+    const ns = await Promise.all(nodes.map((h) => h.counters()));
+    return {
+      s: await seed.counters(),
+      r: await reg.counters(),
+      rx: ns.reduce((a, x) => a + x.rx, 0),
+      tx: ns.reduce((a, x) => a + x.tx, 0),
+    };
+  };
+  void (async () => {
+    let prev = await read();
+    while (!stopped) {
+      await new Promise((r) => setTimeout(r, 1000));
+      const now = await read();
+      samples.push({
+        seedRx: now.s.rx - prev.s.rx,
+        seedTx: now.s.tx - prev.s.tx,
+        regTx: now.r.tx - prev.r.tx,
+        nodesRx: (now.rx - prev.rx) / n,
+        nodesTx: (now.tx - prev.tx) / n,
+      });
+      prev = now;
+    }
+  })();
+  return () => {
+    stopped = true;
+    const f = (k: keyof Sample) => samples.map((x) => (x[k] / 1e6).toFixed(1)).join(' ');
+    log(
+      `N=${n} trace (MB/s each second)\n  registry tx:  ${f('regTx')}\n  seed rx:      ${f('seedRx')}\n` +
+        `  seed tx:      ${f('seedTx')}\n  node rx mean: ${f('nodesRx')}\n  node tx mean: ${f('nodesTx')}`,
+    );
+  };
+}
+
 interface Row {
   n: number;
   mode: 'dfnode' | 'direct';
@@ -91,7 +136,8 @@ try {
     try {
       await cluster.startSeed(env);
       log(`N=${n}: dfnode preheat`);
-      const r = await cluster.preheat(hosts, env);
+      const stopTrace = flags.trace ? traceLinks(n) : undefined;
+      const r = await cluster.preheat(hosts, env).finally(() => stopTrace?.());
       await settle();
       let verified = true;
       for (const x of r) verified &&= await cluster.cacheVerifies(x.cacheDir);
@@ -116,6 +162,7 @@ try {
     }
     log(`N=${n}: ${JSON.stringify(rows[rows.length - 1])}`);
     await cluster.stopAll();
+    if (flags['skip-direct']) continue;
     // direct: every host curls the blob from the registry at once
     await settle();
     b0 = cluster.registry.blobBytes();
@@ -166,7 +213,7 @@ const one = rows.find((x) => x.mode === 'dfnode' && x.n === Math.min(...counts))
 const ratios: Record<string, { meanVsOneHost: number; meanVsDirect: number; egress: number }> = {};
 for (const n of counts) {
   const p = rows.find((x) => x.mode === 'dfnode' && x.n === n)!;
-  const d = rows.find((x) => x.mode === 'direct' && x.n === n)!;
+  const d = rows.find((x) => x.mode === 'direct' && x.n === n) ?? { meanS: NaN, egress: NaN };
   ratios[n] = { meanVsOneHost: p.meanS / one!.meanS, meanVsDirect: p.meanS / d.meanS, egress: p.egress };
   process.stdout.write(
     `N=${n}: dfnode mean ${(p.meanS / one!.meanS).toFixed(2)}× the ${one!.n}-host mean (target ≤ 1.5), ` +

@@ -183,6 +183,7 @@ export class NodeRuntime {
         fillBucket: this.fillBucket,
         logger: this.log,
         expectedTocDigest: layer.tocDigest,
+        fillPlanner: this.p2p?.fillPlanner(layer.digest),
         signal,
         options: {
           readTimeoutMs: this.cfg.fetch.readTimeoutMs,

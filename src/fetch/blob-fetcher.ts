@@ -11,7 +11,14 @@ import { FetchScheduler, type ScheduledTask } from './scheduler.js';
 import { FetchStats } from './fetch-stats.js';
 import { bound, childSignal, realTimers, sleep, type Timers } from './timers.js';
 import { TokenBucket } from './token-bucket.js';
-import { isSourceUnavailable, Priority, type BlobRef, type BlockSource, type FileReader } from './types.js';
+import {
+  isSourceUnavailable,
+  Priority,
+  type BlobRef,
+  type BlockSource,
+  type FileReader,
+  type SourceKind,
+} from './types.js';
 
 export interface BlobFetcherOptions {
   /** A read resolves or rejects within this time (ms). Default 30 s. */
@@ -51,14 +58,36 @@ export interface BlobFetcherInit {
   fillBucket?: TokenBucket;
   /** Verified TOC+footer bytes, for the fill to store when the cache could not take them at open. */
   tocUnit?: Buffer;
+  /**
+   * Background fill's first pass (the P2P tier's rarest-first planner): fetches units through units() and
+   * returns when it has nothing more to do; the fetcher's own in-order fill then takes whatever is left,
+   * with retries, and checks the blob digest.
+   */
+  fillPlanner?: FillPlanner;
   timers?: Timers;
   logger?: Logger;
   options?: BlobFetcherOptions;
 }
 
+/** The first pass of background fill (see BlobFetcherInit.fillPlanner). */
+export type FillPlanner = (fetcher: BlobFetcher, signal: AbortSignal) => Promise<void>;
+
+/** Options of units(). */
+export interface UnitsOptions {
+  /** Only sources of these kinds (a planner that chose where a run comes from); else the whole chain. */
+  only?: readonly SourceKind[];
+}
+
+/** A run of units fetched by one task; its priority rises when a more urgent reader joins it. */
+interface RunState {
+  priority: Priority;
+  only?: readonly SourceKind[];
+}
+
 interface InFlight {
   promise: Promise<Buffer>;
   task?: ScheduledTask<void>;
+  run?: RunState;
 }
 
 interface Deferred {
@@ -74,6 +103,18 @@ interface Deferred {
  * the TOC unit) is filled in the background at Fill priority, then the complete file is checked against
  * the blob digest.
  */
+/**
+ * Slowest rate a range request may sustain before it counts as timed out (bytes/s): the request time
+ * limit is requestTimeoutMs plus the time of its bytes at this rate.
+ */
+const MIN_REQUEST_BYTES_PER_SEC = 64 * 1024;
+
+function rotate<T>(a: readonly T[], k: number): T[] {
+  if (!a.length) return [];
+  const i = k % a.length;
+  return [...a.slice(i), ...a.slice(0, i)];
+}
+
 export class BlobFetcher implements FileReader {
   readonly blob: BlobRef;
   readonly toc: Toc;
@@ -87,6 +128,7 @@ export class BlobFetcher implements FileReader {
   private readonly timers: Timers;
   private readonly logger: Logger;
   private tocUnitBytes: Buffer | undefined;
+  private readonly planner: FillPlanner | undefined;
   private readonly inflight = new Map<number, InFlight>();
   private readonly closer = new AbortController();
   private fill: Promise<void> | undefined;
@@ -105,6 +147,7 @@ export class BlobFetcher implements FileReader {
     this.timers = init.timers ?? realTimers;
     this.logger = init.logger ?? silentLogger;
     this.tocUnitBytes = init.tocUnit;
+    this.planner = init.fillPlanner;
     const o = init.options ?? {};
     this.o = {
       readTimeoutMs: o.readTimeoutMs ?? 30_000,
@@ -253,12 +296,12 @@ export class BlobFetcher implements FileReader {
    * Returns one promise of verified stored bytes per unit, in order. Units already in flight are shared
    * (and their task promoted); the rest go out as runs of adjacent units of at most maxRunBytes.
    */
-  private ensure(units: number[], priority: Priority): Promise<Buffer>[] {
+  private ensure(units: number[], priority: Priority, opts: UnitsOptions = {}): Promise<Buffer>[] {
     const out: Promise<Buffer>[] = new Array(units.length);
     let run: Deferred[] = [];
     let runBytes = 0;
     const flush = () => {
-      if (run.length) this.startRun(run, priority);
+      if (run.length) this.startRun(run, { priority, only: opts.only });
       run = [];
       runBytes = 0;
     };
@@ -267,6 +310,11 @@ export class BlobFetcher implements FileReader {
       const f = this.inflight.get(u);
       if (f) {
         f.task?.promote(priority);
+        if (f.run && priority < f.run.priority) {
+          // a reader is blocked on it now: the whole chain (registry included) may serve it
+          f.run.priority = priority;
+          if (priority !== Priority.Fill) f.run.only = undefined;
+        }
         out[k] = f.promise;
         flush();
         continue;
@@ -286,9 +334,13 @@ export class BlobFetcher implements FileReader {
     return out;
   }
 
-  private startRun(run: Deferred[], priority: Priority): void {
-    const task = this.scheduler.schedule(priority, () => this.fetchRun(run));
-    for (const d of run) this.inflight.get(d.unit)!.task = task;
+  private startRun(run: Deferred[], state: RunState): void {
+    const task = this.scheduler.schedule(state.priority, () => this.fetchRun(run, state));
+    for (const d of run) {
+      const f = this.inflight.get(d.unit)!;
+      f.task = task;
+      f.run = state;
+    }
     task.promise.catch((err) => {
       for (const d of run) this.settle(d, err);
     });
@@ -302,20 +354,37 @@ export class BlobFetcher implements FileReader {
     else d.reject(result);
   }
 
+  /**
+   * The sources to try, in order, for attempt `attempt` of a run: the chain rotated by the attempt (a
+   * failed source is not asked first again). Background fill rotates over the P2P sources only and puts
+   * the registry last, so that it is reached only when every P2P source has nothing (no seed is up) — a
+   * slow seed is waited for, not bypassed; reads rotate over the whole chain.
+   */
+  private chainFor(attempt: number, state: RunState): BlockSource[] {
+    let all = this.sources;
+    if (state.only) all = all.filter((s) => state.only!.includes(s.kind));
+    if (state.priority !== Priority.Fill) return rotate(all, attempt);
+    const p2p = all.filter((s) => s.kind !== 'registry');
+    return [...rotate(p2p, attempt), ...all.filter((s) => s.kind === 'registry')];
+  }
+
   /** Fetches a run of units, retrying failed requests and bad units (next attempt uses the next source). */
-  private async fetchRun(run: Deferred[]): Promise<void> {
+  private async fetchRun(run: Deferred[], state: RunState): Promise<void> {
     let todo = run;
     let lastErr: unknown;
-    const n = this.sources.length;
-    if (n === 0) lastErr = DfError.notFound(`no source for blob ${this.blob.digest}`);
-    for (let attempt = 0; n > 0 && attempt <= this.o.retries && todo.length; attempt++) {
+    if (this.sources.length === 0) lastErr = DfError.notFound(`no source for blob ${this.blob.digest}`);
+    for (let attempt = 0; this.sources.length > 0 && attempt <= this.o.retries && todo.length; attempt++) {
       if (attempt > 0) {
         this.stats.refetches += todo.length;
         const ms = Math.min(this.o.retryMaxMs, this.o.retryBaseMs * 2 ** (attempt - 1));
         await sleep(this.timers, Math.random() * ms, this.closer.signal);
       }
       this.closer.signal.throwIfAborted();
-      const source = this.sources[attempt % n]!;
+      const chain = this.chainFor(attempt, state);
+      if (!chain.length) {
+        lastErr ??= DfError.notFound(`no ${state.only?.join('/')} source for blob ${this.blob.digest}`);
+        break;
+      }
       const next: Deferred[] = [];
       // todo may have holes after failures: one request per contiguous part
       for (let a = 0; a < todo.length;) {
@@ -323,11 +392,11 @@ export class BlobFetcher implements FileReader {
         while (b + 1 < todo.length && todo[b + 1]!.unit === todo[b]!.unit + 1) b++;
         const part = todo.slice(a, b + 1);
         a = b + 1;
-        let err = await this.fetchPart(source, part, next);
+        let err = await this.fetchPart(chain[0]!, part, next, state);
         // a source with nothing for this part (no peer holds it): the next sources, at once
-        for (let s = 1; s < n && isSourceUnavailable(err) && next.length; s++) {
+        for (let s = 1; s < chain.length && isSourceUnavailable(err) && next.length; s++) {
           const again = next.splice(next.length - part.length);
-          err = await this.fetchPart(this.sources[(attempt + s) % n]!, again, next);
+          err = await this.fetchPart(chain[s]!, again, next, state);
         }
         if (err) lastErr = err;
       }
@@ -338,15 +407,25 @@ export class BlobFetcher implements FileReader {
   }
 
   /** One range request for adjacent units; units to try again are pushed to `retry`. Returns the last error. */
-  private async fetchPart(source: BlockSource, part: Deferred[], retry: Deferred[]): Promise<unknown> {
+  private async fetchPart(
+    source: BlockSource,
+    part: Deferred[],
+    retry: Deferred[],
+    state: RunState,
+  ): Promise<unknown> {
     const off = this.unitOffset(part[0]!.unit);
     const len = this.unitOffset(part[part.length - 1]!.unit + 1) - off;
     const what = `${source.name}: ${this.blob.digest} bytes ${off}+${len}`;
-    const rq = childSignal(this.closer.signal, this.o.requestTimeoutMs, this.timers, what);
+    // the limit grows with the size: a large run on a thin, shared link is slow, not failed
+    const ms = this.o.requestTimeoutMs + Math.ceil((len / MIN_REQUEST_BYTES_PER_SEC) * 1000);
+    const rq = childSignal(this.closer.signal, ms, this.timers, what);
     const t0 = this.timers.now();
     let data: Buffer;
     try {
-      data = await bound(source.fetch(this.blob, off, len, rq.signal), { signal: rq.signal, what });
+      data = await bound(source.fetch(this.blob, off, len, rq.signal, { priority: state.priority }), {
+        signal: rq.signal,
+        what,
+      });
       if (data.length !== len) throw new DfError('NETWORK', `${what}: got ${data.length} bytes`);
       this.stats.recordFetch(source.kind, this.timers.now() - t0, true);
     } catch (err) {
@@ -395,7 +474,12 @@ export class BlobFetcher implements FileReader {
    * Verified stored bytes of units (blocks, or the TOC unit = toc.blockCount), from the cache or fetched
    * at `priority` (coalesced with any fetch of them in flight). For seeds and P2P fill, which move units.
    */
-  async units(units: number[], priority: Priority, signal?: AbortSignal): Promise<Buffer[]> {
+  async units(
+    units: number[],
+    priority: Priority,
+    signal?: AbortSignal,
+    opts: UnitsOptions = {},
+  ): Promise<Buffer[]> {
     const out: Buffer[] = new Array(units.length);
     const missing: number[] = [];
     const at: number[] = [];
@@ -414,7 +498,7 @@ export class BlobFetcher implements FileReader {
         at.push(k);
       }
     }
-    const fetched = missing.length ? this.ensure(missing, priority) : [];
+    const fetched = missing.length ? this.ensure(missing, priority, opts) : [];
     const all = fetched.map((p, j) => p.then((b) => void (out[at[j]!] = b)));
     await bound(Promise.all([...reads, ...all]), { signal, what: 'units' });
     return out;
@@ -453,9 +537,30 @@ export class BlobFetcher implements FileReader {
     return this.fill !== undefined;
   }
 
+  /** Whether unit u is being fetched now. */
+  inFlight(u: number): boolean {
+    return this.inflight.has(u);
+  }
+
+  /**
+   * For a fill planner: waits until fill may issue its next run (no on-demand reads waiting, see
+   * FetchScheduler.fillTurn) and returns how large that run may be (at most `maxRunBytes`).
+   */
+  fillTurn(maxRunBytes: number, signal?: AbortSignal): Promise<number> {
+    return this.scheduler.fillTurn(Math.min(maxRunBytes, this.o.maxRunBytes), signal);
+  }
+
   private async fillLoop(): Promise<void> {
     const signal = this.closer.signal;
     let failures = 0;
+    if (this.planner && !this.cache.isComplete) {
+      try {
+        await this.planner(this, signal);
+      } catch (err) {
+        signal.throwIfAborted();
+        this.logger.warn({ err, digest: this.blob.digest }, 'fill planner stopped; filling in order');
+      }
+    }
     while (!signal.aborted) {
       if (this.cache.isComplete) {
         if (!this.cache.verified) {

@@ -33,6 +33,11 @@ export interface FetchSchedulerOptions {
   fillWarmupMs?: number;
   /** Largest fill run during the warm-up (bytes). Default 256 KiB. */
   fillWarmupRunBytes?: number;
+  /**
+   * Fill waits for urgent work (default). False for a seed, whose fill is its main job: it keeps its
+   * registry link busy while nodes' requests for other blocks run beside it (they still queue first).
+   */
+  fillYields?: boolean;
   timers?: Timers;
 }
 
@@ -50,6 +55,7 @@ export class FetchScheduler {
   private readonly holdOffMs: number;
   private readonly warmupMs: number;
   private readonly warmupRunBytes: number;
+  private readonly fillYields: boolean;
   private readonly timers: Timers;
   private wakeup: unknown;
   private fillWaiters: Array<() => void> = [];
@@ -60,6 +66,7 @@ export class FetchScheduler {
     this.holdOffMs = Math.max(0, opts.fillHoldOffMs ?? 250);
     this.warmupMs = Math.max(0, opts.fillWarmupMs ?? 5000);
     this.warmupRunBytes = Math.max(1, opts.fillWarmupRunBytes ?? 256 * 1024);
+    this.fillYields = opts.fillYields ?? true;
     this.timers = opts.timers ?? realTimers;
   }
 
@@ -148,6 +155,7 @@ export class FetchScheduler {
 
   /** Whether fill must wait: urgent work is running or queued, or ended less than the hold-off ago. */
   private fillHeld(): boolean {
+    if (!this.fillYields) return false;
     if (this.active - this.activeFill > 0) return true;
     if (this.queues[Priority.Blocked]!.length || this.queues[Priority.Prefetch]!.length) return true;
     const wait = this.lastUrgentEnd + this.holdOffMs - this.timers.now();

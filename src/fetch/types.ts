@@ -14,6 +14,12 @@ export enum Priority {
   Fill = 2,
 }
 
+/** What a source may know about the request it serves (how urgent it is). */
+export interface FetchContext {
+  /** The priority of the run at the time of the request (a fill run may be promoted later). */
+  priority: Priority;
+}
+
 /** A blob as the fetch layer sees it. */
 export interface BlobRef {
   /** sha256:hex of the DFB blob. */
@@ -22,13 +28,21 @@ export interface BlobRef {
 }
 
 /**
- * A remote source of a blob's stored bytes (registry now; peers and seeds later). Returns exactly the
+ * A remote source of a blob's stored bytes (peers, seeds, the registry). A source of kind 'registry' is
+ * the origin: background fill reaches it only when every source before it has nothing (no seed is up), so
+ * that a cluster goes back to the registry once per block. Returns exactly the
  * requested bytes, unverified (the caller verifies every block), or throws a DfError.
  */
 export interface BlockSource {
   readonly kind: SourceKind;
   readonly name: string;
-  fetch(blob: BlobRef, offset: number, length: number, signal: AbortSignal): Promise<Buffer>;
+  fetch(
+    blob: BlobRef,
+    offset: number,
+    length: number,
+    signal: AbortSignal,
+    ctx?: FetchContext,
+  ): Promise<Buffer>;
   /**
    * Optional: told when the unit at [offset, offset+length) of `data` (a buffer this source returned)
    * failed verification, so that the source can isolate whoever served it.

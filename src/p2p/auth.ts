@@ -5,6 +5,9 @@ import { DfError } from '../errors.js';
 /** The header (HTTP) and metadata key (gRPC) that carries the cluster token. */
 export const CLUSTER_TOKEN_HEADER = 'x-dfnode-cluster-token';
 
+/** The header naming the requesting node's P2P id (a seed tells the tracker where a range went). */
+export const PEER_ID_HEADER = 'x-dfnode-peer-id';
+
 /**
  * Constant-time comparison of a presented token with the cluster token (both hashed first, so that the
  * time does not depend on lengths either). An empty expected token matches nothing.

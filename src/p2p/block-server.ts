@@ -5,7 +5,7 @@ import type { TLSSocket } from 'node:tls';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { TokenBucket } from '../fetch/token-bucket.js';
-import { CLUSTER_TOKEN_HEADER, tokenMatches } from './auth.js';
+import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER, tokenMatches } from './auth.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
 
 /** What a request may tell the server about a blob it does not hold yet (a seed fetches it from there). */
@@ -13,6 +13,8 @@ export interface BlobHint {
   /** `registry/repository` the blob can be fetched from (never credentials). */
   repo?: string;
   size?: number;
+  /** The requesting node's P2P id (header x-dfnode-peer-id), when it sent one. */
+  peer?: string;
 }
 
 /** A blob this host serves. */
@@ -22,7 +24,7 @@ export interface ServedBlob {
    * Verified stored bytes [offset, offset+length), or undefined when this host does not hold every unit
    * under the range (a node; a seed fetches what it misses).
    */
-  read(offset: number, length: number, signal: AbortSignal): Promise<Buffer | undefined>;
+  read(offset: number, length: number, signal: AbortSignal, peer?: string): Promise<Buffer | undefined>;
 }
 
 export interface BlobProvider {
@@ -145,11 +147,12 @@ export class BlockServer {
       const hint: BlobHint = {
         repo: url.searchParams.get('repo') ?? undefined,
         size: url.searchParams.has('size') ? Number(url.searchParams.get('size')) : undefined,
+        peer: typeof req.headers[PEER_ID_HEADER] === 'string' ? req.headers[PEER_ID_HEADER] : undefined,
       };
       const blob = await this.opts.provider.get(m[1]!, hint, ac.signal);
       if (!blob) return fail(404, 'blob not served here');
       if (range.offset + range.length > blob.size) return fail(416, 'range beyond the blob');
-      const data = await blob.read(range.offset, range.length, ac.signal);
+      const data = await blob.read(range.offset, range.length, ac.signal, hint.peer);
       if (!data) {
         this.counters.missing++;
         return fail(416, 'range not held');

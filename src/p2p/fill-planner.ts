@@ -1,67 +1,131 @@
 import type { BlobFetcher } from '../fetch/blob-fetcher.js';
-import { Priority } from '../fetch/types.js';
-import type { PeerView } from './peer-view.js';
+import { sleep, realTimers, type Timers } from '../fetch/timers.js';
+import { isSourceUnavailable, Priority } from '../fetch/types.js';
+import type { Holder, PeerView } from './peer-view.js';
+
+/** A run chosen by the planner and the tier it comes from. */
+export interface PlannedRun {
+  units: number[];
+  from: 'peer' | 'seed';
+}
+
+export interface PlanOptions {
+  /** Units this node's own workers are fetching. */
+  claimed: ReadonlySet<number>;
+  /** Largest peer run (stored bytes). */
+  maxRunBytes: number;
+  /** Largest seed run (stored bytes). */
+  seedRunBytes: number;
+  /** A seed slot is free: a run of units no peer holds may be planned. */
+  seed: boolean;
+  /** Holders that may be asked (not isolated). Default: all. */
+  usable?: (h: Holder) => boolean;
+  /** Units in flight in the fetcher for other reasons (on-demand reads): left to them. */
+  busy?: (u: number) => boolean;
+  rand?: () => number;
+}
+
+/**
+ * The next run to fetch for background fill through the P2P tier, BitTorrent style:
+ * - from the seed (when a seed slot is free): a unit no usable peer holds and the seed is not already
+ *   sending to another peer, preferring units the seed holds now (served at once, no registry wait),
+ *   random among those, so that nodes starting together ask the seed for different units and then trade
+ *   them; else the first such unit (where the seed's own in-order fill is fetching: the request joins
+ *   it); extended over the following such units up to seedRunBytes (small when the swarm is large, so
+ *   that each unit reaches a peer quickly);
+ * - else from peers: the rarest unit that a usable peer holds (random among equals), extended over the
+ *   following units that a common holder has, up to maxRunBytes.
+ * 'wait': units are missing but none can be planned now (the seed slot is taken, or the units are on
+ * their way to other peers from the seed); undefined: nothing is missing that is not being fetched.
+ */
+export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | undefined {
+  const { cache, layout } = view;
+  const rand = o.rand ?? Math.random;
+  const free = (u: number) => !cache.has(u) && !o.claimed.has(u) && !o.busy?.(u);
+  let left = false;
+  let peerBest = -1;
+  let peerRarity = Infinity;
+  let peerTies = 0;
+  let seedHeld = -1;
+  let seedHeldN = 0;
+  let seedOther = -1;
+  for (let u = cache.nextMissing(0); u >= 0; u = cache.nextMissing(u + 1)) {
+    if (!free(u)) continue;
+    left = true;
+    const r = view.rarity(u, o.usable);
+    if (r > 0) {
+      if (r < peerRarity) {
+        peerBest = u;
+        peerRarity = r;
+        peerTies = 1;
+      } else if (r === peerRarity && rand() * ++peerTies < 1) peerBest = u;
+    } else if (o.seed && !view.pendingElsewhere(u)) {
+      if (view.seedBits?.has(u)) {
+        if (rand() * ++seedHeldN < 1) seedHeld = u;
+      } else if (seedOther < 0) seedOther = u;
+    }
+  }
+  const seedStart = seedHeld >= 0 ? seedHeld : seedOther;
+  if (seedStart >= 0) {
+    const held = seedHeld >= 0;
+    const run = [seedStart];
+    let bytes = layout.length(seedStart);
+    for (let v = seedStart + 1; v < layout.units && free(v); v++) {
+      const len = layout.length(v);
+      if (bytes + len > o.seedRunBytes) break;
+      if (view.rarity(v, o.usable) !== 0 || view.pendingElsewhere(v)) break;
+      // one request is either served from the seed's cache or waits for its registry fetch, not both
+      if ((view.seedBits?.has(v) ?? false) !== held) break;
+      run.push(v);
+      bytes += len;
+    }
+    return { units: run, from: 'seed' };
+  }
+  if (peerBest >= 0) {
+    let holders = view.holders.filter((h) => h.bits.has(peerBest) && (!o.usable || o.usable(h)));
+    const run = [peerBest];
+    let bytes = layout.length(peerBest);
+    for (let v = peerBest + 1; v < layout.units && free(v); v++) {
+      const len = layout.length(v);
+      if (bytes + len > o.maxRunBytes) break;
+      const still = holders.filter((h) => h.bits.has(v));
+      if (!still.length) break;
+      holders = still;
+      run.push(v);
+      bytes += len;
+    }
+    return { units: run, from: 'peer' };
+  }
+  return left ? 'wait' : undefined;
+}
 
 export interface P2pFillOptions {
-  /** Largest run (stored bytes). Default 4 MiB. */
+  /** Largest peer run (stored bytes). Default 4 MiB. */
   maxRunBytes?: number;
   /** Runs in flight at once. Default 4. */
   concurrency?: number;
   /** Asks the tracker for fresh holders (rate-limited by the caller). */
   refresh?: (view: PeerView) => Promise<void>;
+  /** Holders that may be asked (not isolated). */
+  usable?: (h: Holder) => boolean;
+  /** Pause before planning again when nothing can be planned now (ms). Default 200. */
+  waitMs?: number;
   signal?: AbortSignal;
+  timers?: Timers;
 }
 
-/**
- * The next run to fetch: the rarest missing unit (fewest known holders; random among equals, so that nodes
- * starting together fetch different blocks from the seed and then trade them), extended over the following
- * missing units that a common holder has (or that no peer has: the seed's), up to maxRunBytes.
- */
-export function nextRun(
-  view: PeerView,
-  claimed: Set<number>,
-  maxRunBytes: number,
-  rand = Math.random,
-): number[] | undefined {
-  const { cache, layout } = view;
-  let best = -1;
-  let bestRarity = Infinity;
-  let ties = 0;
-  for (let u = cache.nextMissing(0); u >= 0; u = cache.nextMissing(u + 1)) {
-    if (claimed.has(u)) continue;
-    const r = view.rarity(u);
-    if (r < bestRarity) {
-      best = u;
-      bestRarity = r;
-      ties = 1;
-    } else if (r === bestRarity && rand() * ++ties < 1) best = u;
-  }
-  if (best < 0) return undefined;
-  // runs only the seed has are kept short, so that they reach the other nodes quickly
-  if (bestRarity === 0) maxRunBytes = Math.max(1, maxRunBytes >> 2);
-  let holders = view.holders.filter((h) => h.bits.has(best));
-  const run = [best];
-  let bytes = layout.length(best);
-  for (let v = best + 1; v < layout.units && !cache.has(v) && !claimed.has(v); v++) {
-    const len = layout.length(v);
-    if (bytes + len > maxRunBytes) break;
-    if (bestRarity === 0) {
-      if (view.rarity(v) !== 0) break;
-    } else {
-      const still = holders.filter((h) => h.bits.has(v));
-      if (!still.length) break;
-      holders = still;
-    }
-    run.push(v);
-    bytes += len;
-  }
-  return run;
-}
+/** Smallest seed run: below this, request overhead dominates. */
+const MIN_SEED_RUN = 256 * 1024;
+/** Seed runs that fail in a row before the planner gives up (the fetcher's own fill takes over). */
+const MAX_SEED_FAILURES = 8;
 
 /**
- * Fills a blob rarest-first through the fetcher (peers, then seed, then registry; every block verified).
- * Returns the number of runs that failed; the caller finishes with the fetcher's own fill, which retries
- * and checks the blob digest.
+ * Fills a blob through the P2P tier (runs planned by planRun; every block verified by the fetcher): units
+ * no peer holds from the seed, one or two runs at a time per node, so that the seed's upload carries each
+ * unit about once and nodes trade the rest; everything else from peers, rarest first. Yields to on-demand
+ * reads (the fetcher's fill turn). Returns when nothing is left to plan, or when the seed tier is down
+ * (no seed up, or repeated failures): the fetcher's own in-order fill then finishes the blob (registry
+ * only if no seed is up) and checks its digest. Returns the number of runs that failed.
  */
 export async function p2pFill(
   view: PeerView,
@@ -69,23 +133,50 @@ export async function p2pFill(
   opts: P2pFillOptions = {},
 ): Promise<number> {
   const maxRun = opts.maxRunBytes ?? 4 * 1024 * 1024;
+  const timers = opts.timers ?? realTimers;
   const claimed = new Set<number>();
+  let seedActive = 0;
+  let seedFailures = 0;
   let failures = 0;
+  let seedDown = false;
   const worker = async () => {
     for (;;) {
       opts.signal?.throwIfAborted();
+      if (seedDown || view.cache.isComplete) return;
+      const limit = await fetcher.fillTurn(maxRun, opts.signal);
       await opts.refresh?.(view);
-      const run = nextRun(view, claimed, maxRun);
-      if (!run) return;
-      for (const u of run) claimed.add(u);
+      // alone, a few runs in flight keep the seed's link busy; in a swarm, one each: its upload is shared
+      const swarm = view.swarm;
+      const seedSlots = swarm === 0 ? 4 : swarm === 1 ? 2 : 1;
+      const seedRun = Math.min(limit, Math.max(MIN_SEED_RUN, maxRun / Math.max(4, swarm + 1)));
+      const plan = planRun(view, {
+        claimed,
+        maxRunBytes: limit,
+        seedRunBytes: seedRun,
+        seed: seedActive < seedSlots,
+        usable: opts.usable,
+        busy: (u) => fetcher.inFlight(u),
+      });
+      if (!plan) return;
+      if (plan === 'wait') {
+        await sleep(timers, opts.waitMs ?? 200, opts.signal);
+        continue;
+      }
+      for (const u of plan.units) claimed.add(u);
+      const fromSeed = plan.from === 'seed';
+      if (fromSeed) seedActive++;
       try {
-        await fetcher.units(run, Priority.Fill, opts.signal);
-      } catch {
+        await fetcher.units(plan.units, Priority.Fill, opts.signal, { only: [plan.from] });
+        if (fromSeed) seedFailures = 0;
+      } catch (err) {
         opts.signal?.throwIfAborted();
         failures++;
-        if (failures > 8 * (opts.concurrency ?? 4)) return;
+        if (fromSeed && (isSourceUnavailable(err) || ++seedFailures >= MAX_SEED_FAILURES)) seedDown = true;
+        // the failed holder is dropped or isolated by the source; do not spin on a bad answer
+        else await sleep(timers, opts.waitMs ?? 200, opts.signal);
       } finally {
-        for (const u of run) claimed.delete(u);
+        for (const u of plan.units) claimed.delete(u);
+        if (fromSeed) seedActive--;
       }
     }
   };

@@ -2,8 +2,11 @@ import { Agent, request } from 'undici';
 import { DfError } from '../errors.js';
 import type { TokenBucket } from '../fetch/token-bucket.js';
 import { sourceUnavailable } from '../fetch/types.js';
-import { CLUSTER_TOKEN_HEADER } from './auth.js';
+import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
+
+/** A host that does not accept a connection within this time counts as down, not as slow (ms). */
+const CONNECT_TIMEOUT_MS = 3000;
 
 /**
  * One GET of a blob range from a peer or seed, with the cluster token and the host's download limit; over
@@ -16,13 +19,18 @@ export class HttpBlockClient {
   constructor(
     private readonly clusterToken: string,
     private readonly download?: TokenBucket,
+    /** This host's id in the P2P tier: a seed notes which node a range went to (tracker). */
+    private readonly peerId = '',
     tls?: TlsMaterial,
   ) {
     this.scheme = tls ? 'https' : 'http';
     this.agent = new Agent({
       keepAliveTimeout: 30_000,
       connections: 16,
-      ...(tls && { connect: clientTlsOptions(tls) }),
+      connect: { timeout: CONNECT_TIMEOUT_MS, ...(tls && clientTlsOptions(tls)) },
+      // the caller's signal bounds each request (its limit grows with the size)
+      headersTimeout: 0,
+      bodyTimeout: 0,
     });
   }
 
@@ -41,12 +49,21 @@ export class HttpBlockClient {
     try {
       res = await request(url, {
         method: 'GET',
-        headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken },
+        headers: {
+          [CLUSTER_TOKEN_HEADER]: this.clusterToken,
+          ...(this.peerId ? { [PEER_ID_HEADER]: this.peerId } : {}),
+        },
         signal,
         dispatcher: this.agent,
       });
     } catch (err) {
       if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
+      // no connection at all: the host is down or unreachable (not a slow transfer)
+      if ((err as { code?: string }).code === 'UND_ERR_CONNECT_TIMEOUT')
+        throw new DfError(
+          'NETWORK',
+          `GET ${address} ${digest}: no connection within ${CONNECT_TIMEOUT_MS} ms`,
+        );
       if (this.scheme === 'https') {
         const e = tlsFailure(address, err);
         if (e) throw e;
@@ -61,7 +78,14 @@ export class HttpBlockClient {
       if (res.statusCode === 504) throw DfError.timeout(what);
       throw new DfError('NETWORK', what);
     }
-    const body = Buffer.from(await res.body.arrayBuffer());
+    let body: Buffer;
+    try {
+      body = Buffer.from(await res.body.arrayBuffer());
+    } catch (err) {
+      // cut off mid-body by the caller's time limit: that limit's error, not undici's abort
+      if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
+      throw DfError.from(err, `GET ${address} ${digest}: body`);
+    }
     if (body.length !== length)
       throw new DfError('NETWORK', `${address}: got ${body.length} of ${length} bytes`);
     return body;

@@ -18,7 +18,12 @@ import { rankSeeds, trackerAddress } from './rendezvous.js';
 import { SeedBlockSource } from './seed-block-source.js';
 import { loadTls, type TlsMaterial } from './tls.js';
 import { TrackerClient } from './tracker-service.js';
+import type { FillPlanner } from '../fetch/blob-fetcher.js';
+import { p2pFill } from './fill-planner.js';
 import { UnitLayout } from './unit-layout.js';
+
+/** Delay of an announce of new units (they are announced together with those that follow quickly). */
+const SOON_MS = 100;
 
 export interface P2pCounters {
   peersIsolated: number;
@@ -75,6 +80,7 @@ export class P2pNode implements BlobProvider {
   private readonly views = new Map<string, PeerView>();
   private readonly trackers = new Map<string, TrackerClient>();
   private readonly failedPeers = new Set<string>();
+  private readonly warnedUnauthorized = new Set<string>();
   private readonly token: string;
   /** p2p.tls: mutual TLS on the block server, the block client and the tracker clients. */
   private readonly tls: TlsMaterial | undefined;
@@ -110,7 +116,7 @@ export class P2pNode implements BlobProvider {
       onIsolate: (seed, ms, reason) =>
         this.log.warn({ seed, ms, reason }, 'seed unreachable; the next one takes over'),
     });
-    this.http = new HttpBlockClient(this.token, this.bandwidth.download, this.tls);
+    this.http = new HttpBlockClient(this.token, this.bandwidth.download, this.id, this.tls);
     this.server = new BlockServer({
       provider: this,
       clusterToken: this.token,
@@ -175,7 +181,32 @@ export class P2pNode implements BlobProvider {
       timers: this.timers,
       onSeedDown: () => this.counters.seedsDown++,
       fallback: this.fallback,
+      onUnauthorized: (seed, message) => {
+        if (this.warnedUnauthorized.has(seed)) return;
+        this.warnedUnauthorized.add(seed);
+        this.log.error(
+          { seed, err: message },
+          'seed refused the cluster token: check p2p.clusterToken; using the registry instead',
+        );
+      },
     });
+  }
+
+  /**
+   * Background fill of a blob through the P2P tier (rarest first from peers, the seed's share from the
+   * seed: see p2pFill), for the blob's fetcher. A no-op for a blob not registered.
+   */
+  fillPlanner(digest: string): FillPlanner {
+    return async (fetcher, signal) => {
+      const v = this.views.get(digest);
+      if (!v || v.cache.isComplete) return;
+      const failed = await p2pFill(v, fetcher, {
+        signal,
+        refresh: (x) => this.lookup(x),
+        usable: (h) => !this.isolation.isolated(h.id),
+      });
+      if (failed) this.log.debug({ digest, failed }, 'p2p fill: some runs failed');
+    };
   }
 
   /** Hook of the node runtime: an opened blob is served to peers and announced (reference-counted). */
@@ -185,10 +216,19 @@ export class P2pNode implements BlobProvider {
       v.refs++;
       return v;
     }
-    v = new PeerView(blob, new UnitLayout(toc, blob.size), cache);
-    this.views.set(blob.digest, v);
-    void this.announce(v).then(() => this.lookup(v!));
-    return v;
+    const view = (v = new PeerView(blob, new UnitLayout(toc, blob.size), cache));
+    this.views.set(blob.digest, view);
+    // new units are announced within SOON_MS (not only at the interval): peers waiting for them go on
+    const soon = () => {
+      if (view.soon || this.views.get(blob.digest) !== view) return;
+      view.soon = this.timers.setTimeout(() => {
+        view.soon = undefined;
+        if (this.views.get(blob.digest) === view) void this.announce(view);
+      }, SOON_MS);
+    };
+    view.unlisten = cache.addUnitListener({ present: soon, reset: soon });
+    void this.announce(view).then(() => this.lookup(view));
+    return view;
   }
 
   /** The blob is released: leave its swarm when the last user goes. */
@@ -197,6 +237,8 @@ export class P2pNode implements BlobProvider {
     if (!v || --v.refs > 0) return;
     this.views.delete(digest);
     this.fallback.forget(digest);
+    v.unlisten?.();
+    if (v.soon !== undefined) this.timers.clearTimeout(v.soon);
     await this.leave(v);
   }
 
@@ -242,7 +284,14 @@ export class P2pNode implements BlobProvider {
       if (x === c) this.seedIsolation.fail(seed, 'tracker: ' + String(err));
   }
 
-  private async announce(v: PeerView, leave = false): Promise<void> {
+  /** Announces what changed (or leaves); one announce of a blob at a time, in order. */
+  private announce(v: PeerView, leave = false): Promise<void> {
+    const next = v.announcing.then(() => this.announceNow(v, leave));
+    v.announcing = next.catch(() => undefined);
+    return next;
+  }
+
+  private async announceNow(v: PeerView, leave: boolean): Promise<void> {
     const c = this.tracker(v.blob.digest);
     if (!c) return;
     if (v.announcedTo !== c.address) v.announced = undefined;
@@ -269,7 +318,7 @@ export class P2pNode implements BlobProvider {
       });
       v.announcedTo = c.address;
       v.announced = r.need_full ? undefined : d.bitmap;
-      if (r.need_full && !leave) await this.announce(v);
+      if (r.need_full && !leave) await this.announceNow(v, false);
     } catch (err) {
       this.trackerFailed(c, err);
       v.announced = undefined;
@@ -301,7 +350,7 @@ export class P2pNode implements BlobProvider {
         });
         this.counters.trackerAnswers++;
         if (!r.holders?.length) this.counters.trackerEmpty++;
-        v.setHolders(r.holders, r.units);
+        v.setHolders(r);
       } catch (err) {
         this.trackerFailed(c, err);
       }

@@ -1,7 +1,7 @@
 import type { Bitmap } from '../cache/bitmap.js';
 import type { BlobCache } from '../cache/blob-cache.js';
 import type { BlobRef } from '../fetch/types.js';
-import { bitmapFrom, type HolderMsg } from './tracker-state.js';
+import { bitmapFrom, type LookupAnswer } from './tracker-state.js';
 import type { UnitLayout } from './unit-layout.js';
 
 export interface Holder {
@@ -11,6 +11,8 @@ export interface Holder {
   load: number;
   bits: Bitmap;
   failures: number;
+  /** Units the seed is sending this holder (not announced yet); undefined when none. */
+  pending?: Bitmap;
 }
 
 /**
@@ -19,6 +21,10 @@ export interface Holder {
  */
 export class PeerView {
   holders: Holder[] = [];
+  /** What the blob's seed holds, as of the last answer (undefined: nothing known). */
+  seedBits: Bitmap | undefined;
+  /** Other peers in the swarm, as of the last answer. */
+  swarm = 0;
   lastLookup = -Infinity;
   looking: Promise<void> | undefined;
   /** The units announced so far to `announcedTo` (undefined: the next announce is a full one). */
@@ -26,6 +32,11 @@ export class PeerView {
   announcedTo: string | undefined;
   refs = 1;
   beats = 0;
+  /** Timer of an announce due soon (new units), and removal of the cache listener that sets it. */
+  soon: unknown;
+  /** The announce in progress (announces of a blob go out one at a time). */
+  announcing: Promise<void> = Promise.resolve();
+  unlisten: (() => void) | undefined;
 
   constructor(
     readonly blob: BlobRef,
@@ -33,16 +44,27 @@ export class PeerView {
     readonly cache: BlobCache,
   ) {}
 
-  setHolders(msgs: HolderMsg[], units: number): void {
-    if (units && units !== this.layout.units) return;
-    this.holders = msgs.map((h) => ({
+  /** Takes a tracker's lookup answer. */
+  setHolders(a: Pick<LookupAnswer, 'holders' | 'units'> & Partial<LookupAnswer>): void {
+    if (a.units && a.units !== this.layout.units) return;
+    const n = this.layout.units;
+    this.holders = (a.holders ?? []).map((h) => ({
       id: h.peer_id,
       address: h.address,
       zone: h.zone,
       load: h.load,
       failures: h.failures,
-      bits: bitmapFrom(h.bitmap, this.layout.units),
+      bits: bitmapFrom(h.bitmap, n),
+      pending: h.pending?.length ? bitmapFrom(h.pending, n) : undefined,
     }));
+    this.seedBits = a.seed_bitmap?.length ? bitmapFrom(a.seed_bitmap, n) : undefined;
+    this.swarm = a.peers ?? this.holders.length;
+  }
+
+  /** Whether the seed is sending unit u to some holder now (it will be theirs to share soon). */
+  pendingElsewhere(u: number): boolean {
+    for (const h of this.holders) if (h.pending?.has(u)) return true;
+    return false;
   }
 
   /** Holders of every unit in [first, last]. */
@@ -53,10 +75,10 @@ export class PeerView {
     });
   }
 
-  /** How many known holders have unit u (0: only the seed has it, or nobody yet). */
-  rarity(u: number): number {
+  /** How many known holders (that `usable` accepts) have unit u (0: only the seed has it, or nobody yet). */
+  rarity(u: number, usable?: (h: Holder) => boolean): number {
     let n = 0;
-    for (const h of this.holders) if (h.bits.has(u)) n++;
+    for (const h of this.holders) if (h.bits.has(u) && (!usable || usable(h))) n++;
     return n;
   }
 

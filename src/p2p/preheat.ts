@@ -5,7 +5,6 @@ import type { SourceKind } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
 import type { ImageReference } from '../registry/reference.js';
-import { p2pFill } from './fill-planner.js';
 
 export interface PreheatResult {
   ref: string;
@@ -20,9 +19,10 @@ export interface PreheatResult {
 }
 
 /**
- * Fetches every block of every layer of a converted image into the node's cache: rarest first through the
- * P2P tier when there is one, then the fetcher's own fill (retries, registry fallback), and checks each
- * complete cache file against its blob digest. The layers stay open (served to peers) until release().
+ * Fetches every block of every layer of a converted image into the node's cache: the fetchers' background
+ * fill (through the P2P tier when there is one: peers rarest first, the seed's share from the seed; then
+ * in order with retries, the registry only if no seed is up), which checks each complete cache file
+ * against its blob digest. The layers stay open (served to peers) until release().
  */
 export async function preheat(
   rt: NodeRuntime,
@@ -50,20 +50,14 @@ export async function preheat(
   }, opts.stallMs ?? 60_000);
   try {
     for (const layer of image.layers) opened.push(await rt.openDfbLayer(ref, layer, signal));
+    log.debug({ ref: ref.toString(), layers: opened.length }, 'preheat: filling layers');
     const stopped = new Promise<never>((_, reject) =>
       signal.addEventListener('abort', () => reject(signal.reason), { once: true }),
     );
     stopped.catch(() => undefined);
+    // the fetcher's fill: through the P2P tier first (its fill planner), then in order with retries
     const work = Promise.all(
       opened.map(async (o) => {
-        const view = rt.p2p?.view(o.layer.digest);
-        if (view && !o.cache.isComplete) {
-          const failed = await p2pFill(view, o.fetcher, {
-            signal,
-            refresh: (v) => rt.p2p!.lookup(v),
-          });
-          if (failed) log.warn({ digest: o.layer.digest, failed }, 'preheat: some runs failed; retrying');
-        }
         o.fetcher.startBackgroundFill();
         await o.fetcher.whenComplete();
       }),

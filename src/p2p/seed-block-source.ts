@@ -1,7 +1,13 @@
 import { transferTimeoutMs } from './transfer-timeout.js';
 import { DfError } from '../errors.js';
 import { childSignal, realTimers, type Timers } from '../fetch/timers.js';
-import { sourceUnavailable, type BlobRef, type BlockSource } from '../fetch/types.js';
+import {
+  Priority,
+  sourceUnavailable,
+  type BlobRef,
+  type BlockSource,
+  type FetchContext,
+} from '../fetch/types.js';
 import type { HttpBlockClient } from './http-block-client.js';
 import type { Isolation } from './isolation.js';
 import type { RegistryFallback } from './registry-fallback.js';
@@ -20,25 +26,44 @@ export interface SeedSourceOptions {
   onSeedDown?: (seed: string) => void;
   /** Told why a range goes on to the registry (seed down, timeout, bad block): metrics. */
   fallback?: RegistryFallback;
+  /** The seeds refused the cluster token (logged once: a configuration error, not a fault). */
+  onUnauthorized?: (seed: string, message: string) => void;
 }
+
+/** A seed that times out this many times in a row, with no answer between, counts as down (hung). */
+const TIMEOUTS_UNTIL_DOWN = 3;
 
 /**
  * The seed tier as a BlockSource: the blob's seed by rendezvous hashing, the next seed when it is down
  * or isolated. Sends the repository and blob size (never credentials) so that the seed can fetch a block
  * it misses from the registry with its own.
+ *
+ * Down (connection refused or reset, no connection within 3 s, an HTTP error, or several timeouts in a
+ * row) isolates the seed and moves on to the next one. Slow is not down: a request that times out on a
+ * busy seed is retried there later when it is background fill (so that the cluster does not go back to
+ * the registry because one link is saturated), and goes on to the registry at once when a reader is
+ * blocked on it (the read's time budget comes first). A seed that refuses the cluster token is skipped
+ * like a seed that is down, so that a misconfigured node still works from the registry.
  */
 export class SeedBlockSource implements BlockSource {
   readonly kind = 'seed' as const;
   readonly name: string;
   private readonly servedBy = new WeakMap<Buffer, { seed: string; offset: number }>();
   private readonly timers: Timers;
+  private readonly timeouts = new Map<string, number>();
 
   constructor(private readonly o: SeedSourceOptions) {
     this.name = `seeds of ${o.repo}`;
     this.timers = o.timers ?? realTimers;
   }
 
-  async fetch(blob: BlobRef, offset: number, length: number, signal: AbortSignal): Promise<Buffer> {
+  async fetch(
+    blob: BlobRef,
+    offset: number,
+    length: number,
+    signal: AbortSignal,
+    ctx?: FetchContext,
+  ): Promise<Buffer> {
     let lastErr: unknown = sourceUnavailable(`no seed is up for ${blob.digest}`);
     for (const seed of rankSeeds(blob.digest, this.o.seeds)) {
       if (this.o.isolation.isolated(seed)) continue;
@@ -54,16 +79,31 @@ export class SeedBlockSource implements BlockSource {
           size: String(blob.size),
         });
         this.o.isolation.ok(seed);
+        this.timeouts.delete(seed);
         this.servedBy.set(data, { seed, offset });
         this.o.fallback?.clear(blob.digest, offset, length);
         return data;
       } catch (err) {
         if (signal.aborted) throw err;
         const e = DfError.from(err);
-        if (e.code === 'UNAUTHORIZED') throw e;
+        lastErr = e;
+        if (e.code === 'UNAUTHORIZED') {
+          this.o.onUnauthorized?.(seed, e.message);
+          continue;
+        }
+        if (e.code === 'TIMEOUT') {
+          const n = (this.timeouts.get(seed) ?? 0) + 1;
+          this.timeouts.set(seed, n);
+          if (n < TIMEOUTS_UNTIL_DOWN) {
+            // busy, not down: fill waits for it (the fetcher retries later); a blocked read moves on
+            if ((ctx?.priority ?? Priority.Blocked) === Priority.Fill) throw e;
+            this.o.fallback?.note(blob.digest, offset, length, 'seed_timeout');
+            throw sourceUnavailable(`seed ${seed}: ${e.message}`);
+          }
+          this.timeouts.delete(seed);
+        }
         this.o.isolation.fail(seed, e.code);
         this.o.onSeedDown?.(seed);
-        lastErr = e;
       } finally {
         rq.dispose();
       }

@@ -21,6 +21,9 @@ import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
 import { UnitLayout } from './unit-layout.js';
 
+/** Largest registry request of a seed (its fill and nodes' misses). */
+const SEED_RUN_BYTES = 1024 * 1024;
+
 interface SeedBlob {
   cache: BlobCache;
   fetcher: BlobFetcher;
@@ -45,8 +48,16 @@ export class Seed implements BlobProvider {
   readonly bandwidth: HostBandwidth;
   private readonly server: BlockServer;
   private readonly blobs = new Map<string, Promise<SeedBlob>>();
+  /** Blobs open and ready (for the tracker's view of what this seed holds). */
+  private readonly opened = new Map<string, SeedBlob>();
   private readonly memory = new BlockMemoryCache(8 * 1024 * 1024);
-  private readonly scheduler = new FetchScheduler({ concurrency: 16, fillHoldOffMs: 0 });
+  // the seed's fill keeps its registry link busy; nodes' requests for other blocks run beside it
+  private readonly scheduler = new FetchScheduler({
+    concurrency: 16,
+    fillHoldOffMs: 0,
+    fillWarmupMs: 0,
+    fillYields: false,
+  });
   private readonly log: Logger;
   private readonly token: string;
   /** p2p.tls: mutual TLS on the block server and the tracker. */
@@ -69,6 +80,7 @@ export class Seed implements BlobProvider {
     this.tracker = new TrackerState({
       peerTtlMs: cfg.p2p.peerTtlMs,
       announceIntervalMs: cfg.p2p.announceIntervalMs,
+      seedBits: (digest) => this.opened.get(digest)?.cache.snapshot(),
     });
     this.server = new BlockServer({
       provider: this,
@@ -110,11 +122,13 @@ export class Seed implements BlobProvider {
     const b = await p;
     return {
       size: b.layout.size,
-      read: async (offset, length, sig) => {
+      read: async (offset, length, sig, peer) => {
         const r = b.layout.unitsFor(offset, length);
         if (!r) return undefined;
         const units: number[] = [];
         for (let u = r[0]; u <= r[1]; u++) units.push(u);
+        // the tracker tells the other nodes that these units are on their way to `peer`
+        if (peer) this.tracker.assume(digest, peer, units);
         const parts = await b.fetcher.units(units, Priority.Blocked, sig);
         const all = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
         const from = offset - b.layout.offset(r[0]);
@@ -145,9 +159,10 @@ export class Seed implements BlobProvider {
           readTimeoutMs: cfg.fetch.readTimeoutMs,
           requestTimeoutMs: cfg.fetch.requestTimeoutMs,
           retries: cfg.fetch.retries,
-          maxRunBytes: cfg.fetch.maxRunBytes,
+          // 1 MiB runs, three at a time: the link stays busy and each run is ready to serve early
+          maxRunBytes: Math.min(cfg.fetch.maxRunBytes, SEED_RUN_BYTES),
           fillAfterFirstRead: false,
-          fillConcurrency: 2,
+          fillConcurrency: 3,
         },
       });
       if (cfg.p2p.seedFill) {
@@ -158,7 +173,9 @@ export class Seed implements BlobProvider {
         );
       }
       this.log.info({ digest, repo }, 'seeding blob');
-      return { cache, fetcher: o.fetcher, layout: new UnitLayout(o.toc, size) };
+      const sb = { cache, fetcher: o.fetcher, layout: new UnitLayout(o.toc, size) };
+      this.opened.set(digest, sb);
+      return sb;
     } catch (err) {
       await this.cache.release(cache).catch(() => undefined);
       throw err;

@@ -3,7 +3,7 @@ import { DfError } from '../errors.js';
 import { loadProto, lookup } from '../grpc/load-proto.js';
 import { CLUSTER_TOKEN_HEADER, tokenMatches } from './auth.js';
 import { grpcTlsFailure, type TlsMaterial } from './tls.js';
-import type { AnnounceMsg, HolderMsg, LookupMsg, TrackerState } from './tracker-state.js';
+import type { AnnounceMsg, LookupAnswer, LookupMsg, TrackerState } from './tracker-state.js';
 
 export const TRACKER_PROTO = 'dfnode/tracker/v1/tracker.proto';
 
@@ -88,7 +88,7 @@ type Unary<Req, Res> = (
 export class TrackerClient {
   private readonly client: grpc.Client & {
     Announce: Unary<Partial<AnnounceMsg>, { need_full: boolean; interval_ms: number }>;
-    Lookup: Unary<Partial<LookupMsg>, { holders: HolderMsg[]; units: number }>;
+    Lookup: Unary<Partial<LookupMsg>, LookupAnswer>;
   };
 
   constructor(
@@ -112,7 +112,7 @@ export class TrackerClient {
     return this.call('Announce', m, signal);
   }
 
-  lookup(m: Partial<LookupMsg>, signal?: AbortSignal): Promise<{ holders: HolderMsg[]; units: number }> {
+  lookup(m: Partial<LookupMsg>, signal?: AbortSignal): Promise<LookupAnswer> {
     return this.call('Lookup', m, signal);
   }
 

@@ -30,6 +30,17 @@ export interface HolderMsg {
   load: number;
   bitmap: Buffer;
   failures: number;
+  /** Units the seed is sending the holder (see Holder.pending in tracker.proto); empty when none. */
+  pending: Buffer;
+}
+
+export interface LookupAnswer {
+  holders: HolderMsg[];
+  units: number;
+  /** Units the seed holds (empty: it does not serve the blob, or holds nothing yet). */
+  seed_bitmap: Buffer;
+  /** Peers of the swarm besides the asker. */
+  peers: number;
 }
 
 interface PeerEntry {
@@ -39,6 +50,8 @@ interface PeerEntry {
   load: number;
   bits: Bitmap;
   lastSeen: number;
+  /** Unit → when the seed started sending it to this peer. */
+  pending: Map<number, number>;
 }
 
 export interface TrackerStateOptions {
@@ -48,6 +61,10 @@ export interface TrackerStateOptions {
   announceIntervalMs?: number;
   /** Reported failures halve every this many ms. Default 60 s. */
   failureHalfLifeMs?: number;
+  /** A unit the seed sent a peer counts as on its way there for this long, unless announced (ms). Default 30 s. */
+  pendingTtlMs?: number;
+  /** The seed's own bitmap of a blob (a seed runs the tracker of the blobs it serves). */
+  seedBits?: (blob: string) => Uint8Array | undefined;
   timers?: Timers;
 }
 
@@ -56,6 +73,13 @@ export function bitmapFrom(bytes: Uint8Array, units: number): Bitmap {
   const b = new Bitmap(units);
   const n = Math.min(bytes.length * 8, units);
   for (let i = 0; i < n; i++) if (bytes[i >>> 3]! & (1 << (i & 7))) b.set(i);
+  return b;
+}
+
+function pendingBitmap(pending: Map<number, number>, units: number): Buffer {
+  if (!pending.size) return Buffer.alloc(0);
+  const b = Buffer.alloc(Math.ceil(units / 8));
+  for (const u of pending.keys()) if (u < units) b[u >>> 3]! |= 1 << (u & 7);
   return b;
 }
 
@@ -69,15 +93,29 @@ export class TrackerState {
   private readonly ttl: number;
   private readonly interval: number;
   private readonly halfLife: number;
+  private readonly pendingTtl: number;
   private readonly timers: Timers;
   /** Announces and lookups answered (metrics). */
   readonly counters = { announces: 0, lookups: 0, holdersReturned: 0 };
 
-  constructor(opts: TrackerStateOptions = {}) {
+  constructor(private readonly opts: TrackerStateOptions = {}) {
     this.ttl = opts.peerTtlMs ?? 30_000;
     this.interval = opts.announceIntervalMs ?? 5000;
     this.halfLife = opts.failureHalfLifeMs ?? 60_000;
+    this.pendingTtl = opts.pendingTtlMs ?? 30_000;
     this.timers = opts.timers ?? realTimers;
+  }
+
+  /**
+   * The seed is sending `units` of `blob` to `peer`: other peers are told (Holder.pending) so that they
+   * fetch those units from that peer once it announces them, not from the seed a second time. Ignored for
+   * a peer that has not announced itself for the blob.
+   */
+  assume(blob: string, peer: string, units: Iterable<number>): void {
+    const p = this.blobs.get(blob)?.peers.get(peer);
+    if (!p) return;
+    const now = this.timers.now();
+    for (const u of units) if (u < p.bits.size && !p.bits.has(u)) p.pending.set(u, now);
   }
 
   announce(m: AnnounceMsg): { need_full: boolean; interval_ms: number } {
@@ -108,6 +146,7 @@ export class TrackerState {
         load: m.load,
         bits: new Bitmap(m.units),
         lastSeen: now,
+        pending: new Map(),
       };
       b.peers.set(m.peer_id, p);
     }
@@ -117,26 +156,37 @@ export class TrackerState {
     p.lastSeen = now;
     if (m.full) p.bits = bitmapFrom(m.bitmap, m.units);
     for (const u of m.added) if (u < m.units) p.bits.set(u);
+    if (p.pending.size) for (const u of p.pending.keys()) if (p.bits.has(u)) p.pending.delete(u);
     return reply;
   }
 
-  lookup(m: LookupMsg): { holders: HolderMsg[]; units: number } {
+  lookup(m: LookupMsg): LookupAnswer {
     this.counters.lookups++;
+    const seedBits = this.opts.seedBits?.(m.blob);
+    const seed_bitmap = seedBits ? Buffer.from(seedBits) : Buffer.alloc(0);
     const b = this.blobs.get(m.blob);
-    if (!b) return { holders: [], units: 0 };
+    if (!b) return { holders: [], units: 0, seed_bitmap, peers: 0 };
     const now = this.timers.now();
     const scored: { p: PeerEntry; wanted: number; failures: number }[] = [];
+    let peers = 0;
     for (const p of [...b.peers.values()]) {
       if (now - p.lastSeen > this.ttl) {
         b.peers.delete(p.id);
         continue;
       }
-      if (p.id === m.peer_id || p.bits.present === 0) continue;
+      if (p.id === m.peer_id) continue;
+      peers++;
+      const failures = this.failureScore(p.id, now);
+      // what the seed is sending a peer others reported as failing may never arrive: not pending
+      if (p.pending.size)
+        for (const [u, at] of p.pending) if (failures >= 1 || now - at > this.pendingTtl) p.pending.delete(u);
+      if (p.bits.present === 0 && p.pending.size === 0) continue;
       let wanted = 0;
-      if (m.want.length) for (const u of m.want) wanted += u < b.units && p.bits.has(u) ? 1 : 0;
-      else wanted = p.bits.present;
+      if (m.want.length)
+        for (const u of m.want) wanted += u < b.units && (p.bits.has(u) || p.pending.has(u)) ? 1 : 0;
+      else wanted = p.bits.present + p.pending.size;
       if (wanted === 0) continue;
-      scored.push({ p, wanted, failures: this.failureScore(p.id, now) });
+      scored.push({ p, wanted, failures });
     }
     // near first, then reliable, then lightly loaded, then those holding more of what is wanted
     scored.sort(
@@ -154,9 +204,10 @@ export class TrackerState {
       load: p.load,
       bitmap: Buffer.from(p.bits.bits),
       failures: Math.floor(failures),
+      pending: pendingBitmap(p.pending, b.units),
     }));
     this.counters.holdersReturned += holders.length;
-    return { holders, units: b.units };
+    return { holders, units: b.units, seed_bitmap, peers };
   }
 
   /** Peers known for a blob (status, tests). */

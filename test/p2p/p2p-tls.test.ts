@@ -169,7 +169,7 @@ describe.skipIf(req.skip)('P2P mutual TLS', () => {
     let addr: string;
     const clients: HttpBlockClient[] = [];
     const client = (tls: TlsMaterial | undefined, token = TOKEN) => {
-      const c = new HttpBlockClient(token, undefined, tls);
+      const c = new HttpBlockClient(token, undefined, '', tls);
       clients.push(c);
       return c;
     };
@@ -339,7 +339,7 @@ describe.skipIf(req.skip)('P2P mutual TLS', () => {
         client: {} as RegistryClient,
       });
       const a = await seed.start();
-      const ok = new HttpBlockClient(TOKEN, undefined, loadTls(pki.member2));
+      const ok = new HttpBlockClient(TOKEN, undefined, '', loadTls(pki.member2));
       const plain = new HttpBlockClient(TOKEN);
       const t = new TrackerClient(a.tracker, TOKEN, 5000, loadTls(pki.member2));
       const tPlain = new TrackerClient(a.tracker, TOKEN, 5000);
@@ -363,8 +363,8 @@ describe.skipIf(req.skip)('P2P mutual TLS', () => {
     it('a node serves its blocks over mutual TLS only', async () => {
       const node = new P2pNode({ config: config(pki.member) });
       const addr = await node.start();
-      const ok = new HttpBlockClient(TOKEN, undefined, loadTls(pki.member2));
-      const intruder = new HttpBlockClient(TOKEN, undefined, await raw(pki.intruder));
+      const ok = new HttpBlockClient(TOKEN, undefined, '', loadTls(pki.member2));
+      const intruder = new HttpBlockClient(TOKEN, undefined, '', await raw(pki.intruder));
       try {
         // a blob the node does not hold: 404 after the handshake and the token
         await expect(ok.get(addr, DIGEST, 0, 16, signal())).rejects.toSatisfy(isSourceUnavailable);

@@ -1,0 +1,167 @@
+import { describe, expect, it } from 'vitest';
+import type { Toc } from '../../src/blob/toc.js';
+import type { BlobCache } from '../../src/cache/blob-cache.js';
+import type { Timers } from '../../src/fetch/timers.js';
+import { planRun, type PlanOptions } from '../../src/p2p/fill-planner.js';
+import { PeerView } from '../../src/p2p/peer-view.js';
+import { TrackerState, type HolderMsg } from '../../src/p2p/tracker-state.js';
+import { UnitLayout } from '../../src/p2p/unit-layout.js';
+
+const KIB = 1024;
+
+/** A blob of `blocks` blocks of 64 KiB (plus a 1 KiB TOC unit) and a cache holding `present`. */
+function viewOf(blocks: number, present: number[] = []): PeerView {
+  const toc = { blockCount: blocks, blockOffset: (i: number) => i * 64 * KIB } as unknown as Toc;
+  const size = blocks * 64 * KIB + KIB;
+  const have = new Set(present);
+  const cache = {
+    has: (u: number) => have.has(u),
+    nextMissing: (from: number) => {
+      for (let u = from; u <= blocks; u++) if (!have.has(u)) return u;
+      return -1;
+    },
+  } as unknown as BlobCache;
+  return new PeerView({ digest: 'sha256:' + '1'.repeat(64), size }, new UnitLayout(toc, size), cache);
+}
+
+function bits(units: number, set: Iterable<number>): Buffer {
+  const b = Buffer.alloc(Math.ceil(units / 8));
+  for (const u of set) b[u >>> 3] = b[u >>> 3]! | (1 << (u & 7));
+  return b;
+}
+
+function holder(id: string, units: number, has: Iterable<number>, pending: Iterable<number> = []): HolderMsg {
+  return {
+    peer_id: id,
+    address: id + ':7700',
+    zone: '',
+    load: 0,
+    failures: 0,
+    bitmap: bits(units, has),
+    pending: bits(units, pending),
+  };
+}
+
+const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
+
+const opts = (o: Partial<PlanOptions> = {}): PlanOptions => ({
+  claimed: new Set(),
+  maxRunBytes: 4 * 1024 * KIB,
+  seedRunBytes: 1024 * KIB,
+  seed: true,
+  ...o,
+});
+
+describe('P2P fill planner', () => {
+  it('asks the seed for units it holds that no peer has, in runs of seedRunBytes, spread at random', () => {
+    const v = viewOf(64);
+    // the seed holds units 16..47; a peer holds 0..15
+    v.setHolders({
+      holders: [holder('p1', 65, range(0, 16))],
+      units: 65,
+      seed_bitmap: bits(65, range(16, 48)),
+    });
+    const starts = new Set<number>();
+    for (let i = 0; i < 50; i++) {
+      const r = planRun(v, opts());
+      expect(r).not.toBe('wait');
+      const run = r as { units: number[]; from: string };
+      expect(run.from).toBe('seed');
+      expect(run.units[0]).toBeGreaterThanOrEqual(16);
+      // served from the seed's cache: never runs into units it does not hold, at most 1 MiB (16 blocks)
+      expect(run.units[run.units.length - 1]).toBeLessThan(48);
+      expect(run.units.length).toBeLessThanOrEqual(16);
+      starts.add(run.units[0]!);
+    }
+    expect(starts.size).toBeGreaterThan(5);
+  });
+
+  it('without a free seed slot takes the rarest unit peers hold, extended over a common holder', () => {
+    const v = viewOf(32);
+    v.setHolders({
+      holders: [holder('a', 33, range(0, 32)), holder('b', 33, range(0, 8))],
+      units: 33,
+      seed_bitmap: bits(33, range(0, 33)),
+    });
+    const r = planRun(v, opts({ seed: false, rand: () => 0.99 })) as { units: number[]; from: string };
+    expect(r.from).toBe('peer');
+    // units 8.. are rarer (one holder) than 0..7 (two): the run starts there and stays within a's units
+    expect(r.units[0]).toBeGreaterThanOrEqual(8);
+    expect(r.units.every((u, i) => i === 0 || u === r.units[i - 1]! + 1)).toBe(true);
+  });
+
+  it('does not ask the seed again for units it is sending another peer; waits for them instead', () => {
+    const v = viewOf(8);
+    v.setHolders({
+      holders: [holder('p1', 9, [], range(0, 9))],
+      units: 9,
+      seed_bitmap: bits(9, range(0, 9)),
+    });
+    expect(planRun(v, opts())).toBe('wait');
+    // once announced by p1, they come from p1
+    v.setHolders({ holders: [holder('p1', 9, range(0, 9))], units: 9, seed_bitmap: bits(9, range(0, 9)) });
+    expect((planRun(v, opts()) as { from: string }).from).toBe('peer');
+  });
+
+  it('treats units only unusable (isolated) holders have as the seed’s, and stops when all is claimed', () => {
+    const v = viewOf(4);
+    v.setHolders({ holders: [holder('bad', 5, range(0, 5))], units: 5 });
+    const r = planRun(v, opts({ usable: (h) => h.id !== 'bad' })) as { units: number[]; from: string };
+    expect(r.from).toBe('seed');
+    expect(planRun(v, opts({ usable: (h) => h.id !== 'bad', seed: false }))).toBe('wait');
+    expect(planRun(v, opts({ claimed: new Set(range(0, 5)) }))).toBeUndefined();
+    expect(planRun(viewOf(4, range(0, 5)), opts())).toBeUndefined();
+  });
+});
+
+describe('tracker: units on their way from the seed', () => {
+  const c: Timers & { t: number } = { t: 1000, now: () => c.t, setTimeout: () => 0, clearTimeout: () => 0 };
+  const base = { zone: '', load: 0, leave: false, failed_peers: [], bitmap: new Uint8Array(0), added: [] };
+  const blob = 'sha256:' + '2'.repeat(64);
+
+  it('marks units the seed sends as pending at the receiver until announced, expired or its peer fails', () => {
+    const seedHas = bits(10, [0, 1, 2]);
+    const t = new TrackerState({
+      timers: c,
+      pendingTtlMs: 5000,
+      seedBits: (d) => (d === blob ? seedHas : undefined),
+    });
+    for (const id of ['a', 'b', 'c'])
+      t.announce({
+        ...base,
+        blob,
+        units: 10,
+        peer_id: id,
+        address: id,
+        full: true,
+        bitmap: new Uint8Array(2),
+      });
+    t.assume(blob, 'a', [0, 1]);
+    t.assume(blob, 'b', [2]);
+    t.assume(blob, 'stranger', [3]);
+    let r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
+    expect(r.peers).toBe(2);
+    expect([...r.seed_bitmap]).toEqual([...seedHas]);
+    const pend = (id: string) => [...(r.holders.find((h) => h.peer_id === id)?.pending ?? [])];
+    expect(pend('a')).toEqual([0b11, 0]);
+    expect(pend('b')).toEqual([0b100, 0]);
+    // a announces unit 0: it is held, 1 still pending
+    t.announce({ ...base, blob, units: 10, peer_id: 'a', address: 'a', full: false, added: [0] });
+    r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
+    expect(pend('a')).toEqual([0b10, 0]);
+    // b is reported as failing: its pending units may never arrive
+    t.announce({ ...base, blob, units: 10, peer_id: 'c', address: 'c', full: false, failed_peers: ['b'] });
+    r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
+    expect(r.holders.find((h) => h.peer_id === 'b')).toBeUndefined();
+    // a's unit 1 expires after the TTL
+    c.t += 6000;
+    for (const id of ['a', 'b', 'c'])
+      t.announce({ ...base, blob, units: 10, peer_id: id, address: id, full: false });
+    r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
+    expect(pend('a')).toEqual([]);
+    expect(
+      t.lookup({ blob: 'sha256:' + '3'.repeat(64), peer_id: 'c', zone: '', want: [], max_peers: 8 })
+        .seed_bitmap.length,
+    ).toBe(0);
+  });
+});
