@@ -142,6 +142,26 @@ export const configSchema = z.object({
       peerTtlMs: z.number().int().positive().default(30_000),
       /** Seed: fetch the whole blob from the registry after the first request (full copies). */
       seedFill: z.boolean().default(true),
+      /**
+       * Mutual TLS for all peer, seed and tracker traffic, on top of the cluster token: PEM files of this
+       * host's certificate (chain), its key and the cluster CA that signed every member's certificate.
+       * All three or none (off). Peers are dialled by address, so only the chain is checked, not the name.
+       */
+      tls: z
+        .object({
+          cert: z.string().default(''),
+          key: z.string().default(''),
+          ca: z.string().default(''),
+        })
+        .prefault({})
+        .superRefine((t, ctx) => {
+          const missing = (['cert', 'key', 'ca'] as const).filter((k) => !t[k]);
+          if (missing.length === 1 || missing.length === 2)
+            ctx.addIssue({
+              code: 'custom',
+              message: `set cert, key and ca together (missing ${missing.join(', ')}), or none to turn TLS off`,
+            });
+        }),
     })
     .prefault({}),
 });

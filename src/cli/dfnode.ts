@@ -50,6 +50,9 @@ interface NodeFlags {
   clusterToken?: string;
   p2pListen?: string;
   advertise?: string;
+  p2pTlsCert?: string;
+  p2pTlsKey?: string;
+  p2pTlsCa?: string;
 }
 
 interface PullFlags {
@@ -86,7 +89,10 @@ function addP2p(cmd: Command): Command {
       'cluster token (better: p2p.clusterTokenFile or DFNODE_P2P_CLUSTER_TOKEN)',
     )
     .option('--p2p-listen <host:port>', 'block server address (default 0.0.0.0:7700)')
-    .option('--advertise <host:port>', 'address peers reach this host at');
+    .option('--advertise <host:port>', 'address peers reach this host at')
+    .option('--p2p-tls-cert <file>', "mutual TLS: this host's PEM certificate, signed by the cluster CA")
+    .option('--p2p-tls-key <file>', 'mutual TLS: its PEM private key')
+    .option('--p2p-tls-ca <file>', 'mutual TLS: the cluster CA (PEM); with cert and key, or none of them');
 }
 
 /** The P2P tier of a node runtime, when seeds are configured. */
@@ -131,6 +137,8 @@ function configFrom(flags: NodeFlags): Config {
   if (flags.clusterToken !== undefined) top.p2p.clusterToken = flags.clusterToken;
   if (flags.p2pListen !== undefined) top.p2p.listen = flags.p2pListen;
   if (flags.advertise !== undefined) top.p2p.advertise = flags.advertise;
+  const tls = { cert: flags.p2pTlsCert, key: flags.p2pTlsKey, ca: flags.p2pTlsCa };
+  for (const [k, v] of Object.entries(tls)) if (v) (top.p2p.tls ??= {})[k] = resolve(v);
   return loadConfig({ file: flags.config, flags: top });
 }
 

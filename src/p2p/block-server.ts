@@ -1,10 +1,13 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { TokenBucket } from '../fetch/token-bucket.js';
 import { isDeferred } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER, tokenMatches } from './auth.js';
+import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
 
 /** What a request may tell the server about a blob it does not hold yet (a seed fetches it from there). */
 export interface BlobHint {
@@ -42,6 +45,8 @@ export interface BlockServerOptions {
   /** Time limit of one request, including a seed's registry fetch (ms). Default 30 s. */
   requestTimeoutMs?: number;
   logger?: Logger;
+  /** Mutual TLS (p2p.tls): HTTPS, and only clients with a certificate from the cluster CA get through. */
+  tls?: TlsMaterial;
 }
 
 const DIGEST = /^\/blobs\/(sha256:[0-9a-f]{64})$/;
@@ -49,14 +54,17 @@ const DIGEST = /^\/blobs\/(sha256:[0-9a-f]{64})$/;
 /**
  * The peer data plane: `GET /blobs/<digest>?offset=&length=` (or a `Range: bytes=a-b` header) answers the
  * verified stored bytes of that range, only to requests carrying the cluster token. 401 without it, 404 for
- * a blob not served, 416 when a unit under the range is not held.
+ * a blob not served, 416 when a unit under the range is not held. With p2p.tls, HTTPS that requires a client
+ * certificate from the cluster CA, and the token as well.
  */
 export class BlockServer {
   private server: Server | undefined;
   private active = 0;
-  /** Requests refused for a bad token, ranges answered, bytes sent. */
+  /** Requests refused for a bad token (or, with TLS, handshakes refused), ranges answered, bytes sent. */
   readonly counters = { unauthorized: 0, served: 0, bytes: 0, missing: 0, deferred: 0 };
   private readonly log: Logger;
+  /** Addresses already warned about for a refused TLS handshake. */
+  private readonly warned = new Set<string>();
 
   constructor(private readonly opts: BlockServerOptions) {
     this.log = opts.logger ?? silentLogger;
@@ -69,7 +77,13 @@ export class BlockServer {
 
   async listen(address: string): Promise<string> {
     const { host, port } = splitHostPort(address);
-    const server = createServer((req, res) => void this.handle(req, res));
+    const handler = (req: IncomingMessage, res: ServerResponse) => void this.handle(req, res);
+    let server: Server;
+    if (this.opts.tls) {
+      const s = createTlsServer(serverTlsOptions(this.opts.tls), handler);
+      s.on('tlsClientError', (err, socket) => this.tlsRefused(err, socket));
+      server = s;
+    } else server = createServer(handler);
     server.keepAliveTimeout = 30_000;
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) =>
@@ -92,6 +106,25 @@ export class BlockServer {
     if (!s) return;
     s.closeAllConnections();
     await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+
+  /**
+   * A client refused in the TLS handshake (no certificate, one the cluster CA did not sign, plain HTTP)
+   * counts as unauthorized; warned once per address. A connection that closes without one (a TCP probe)
+   * does not count.
+   */
+  private tlsRefused(err: Error, socket: TLSSocket): void {
+    const reason = refusedClientReason(err, socket.authorizationError);
+    if (!reason) return;
+    this.counters.unauthorized++;
+    const from = socket.remoteAddress ?? '?';
+    if (this.warned.size >= 1024) this.warned.clear();
+    if (this.warned.has(from)) return;
+    this.warned.add(from);
+    this.log.warn(
+      { peer: from, reason },
+      'refused a peer without a certificate from the cluster CA (p2p.tls.ca)',
+    );
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {

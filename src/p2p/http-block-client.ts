@@ -3,6 +3,7 @@ import { DfError } from '../errors.js';
 import type { TokenBucket } from '../fetch/token-bucket.js';
 import { deferredBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
+import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
 
 /**
  * A host that does not accept a connection within this time counts as down, not as slow (ms): generous,
@@ -10,23 +11,31 @@ import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
  */
 const CONNECT_TIMEOUT_MS = 10_000;
 
-/** One GET of a blob range from a peer or seed, with the cluster token and the host's download limit. */
+/**
+ * One GET of a blob range from a peer or seed, with the cluster token and the host's download limit; over
+ * HTTPS with this host's client certificate when p2p.tls is set.
+ */
 export class HttpBlockClient {
-  private readonly agent = new Agent({
-    keepAliveTimeout: 30_000,
-    connections: 16,
-    connect: { timeout: CONNECT_TIMEOUT_MS },
-    // the caller's signal bounds each request (its limit grows with the size)
-    headersTimeout: 0,
-    bodyTimeout: 0,
-  });
+  private readonly agent: Agent;
+  private readonly scheme: 'http' | 'https';
 
   constructor(
     private readonly clusterToken: string,
     private readonly download?: TokenBucket,
     /** This host's id in the P2P tier: a seed notes which node a range went to (tracker). */
     private readonly peerId = '',
-  ) {}
+    tls?: TlsMaterial,
+  ) {
+    this.scheme = tls ? 'https' : 'http';
+    this.agent = new Agent({
+      keepAliveTimeout: 30_000,
+      connections: 16,
+      connect: { timeout: CONNECT_TIMEOUT_MS, ...(tls && clientTlsOptions(tls)) },
+      // the caller's signal bounds each request (its limit grows with the size)
+      headersTimeout: 0,
+      bodyTimeout: 0,
+    });
+  }
 
   async get(
     address: string,
@@ -38,7 +47,7 @@ export class HttpBlockClient {
   ): Promise<Buffer> {
     await this.download?.take(length, signal);
     const q = new URLSearchParams({ offset: String(offset), length: String(length), ...extra });
-    const url = `http://${address}/blobs/${digest}?${q}`;
+    const url = `${this.scheme}://${address}/blobs/${digest}?${q}`;
     let res;
     try {
       res = await request(url, {
@@ -58,6 +67,10 @@ export class HttpBlockClient {
           'NETWORK',
           `GET ${address} ${digest}: no connection within ${CONNECT_TIMEOUT_MS} ms`,
         );
+      if (this.scheme === 'https') {
+        const e = tlsFailure(address, err);
+        if (e) throw e;
+      }
       throw DfError.from(err, `GET ${address} ${digest}`);
     }
     if (res.statusCode !== 200) {

@@ -17,6 +17,7 @@ import { PeerView } from './peer-view.js';
 import { CountedRegistrySource, RegistryFallback, type RegistryFetchReason } from './registry-fallback.js';
 import { rankSeeds, trackerAddress } from './rendezvous.js';
 import { SeedBlockSource } from './seed-block-source.js';
+import { loadTls, type TlsMaterial } from './tls.js';
 import { TrackerClient } from './tracker-service.js';
 import type { FillPlanner } from '../fetch/blob-fetcher.js';
 import { p2pFill } from './fill-planner.js';
@@ -82,6 +83,8 @@ export class P2pNode implements BlobProvider {
   private readonly failedPeers = new Set<string>();
   private readonly warnedUnauthorized = new Set<string>();
   private readonly token: string;
+  /** p2p.tls: mutual TLS on the block server, the block client and the tracker clients. */
+  private readonly tls: TlsMaterial | undefined;
   private readonly p: Config['p2p'];
   private readonly log: Logger;
   private readonly timers: Timers;
@@ -94,6 +97,7 @@ export class P2pNode implements BlobProvider {
     this.log = opts.logger ?? silentLogger;
     this.timers = opts.timers ?? realTimers;
     this.token = resolveClusterToken(this.p);
+    this.tls = loadTls(this.p.tls);
     this.bandwidth = opts.bandwidth ?? new HostBandwidth(this.p.uploadRate, this.p.downloadRate, this.timers);
     this.isolation = new Isolation({
       baseMs: this.p.isolationBaseMs,
@@ -113,12 +117,13 @@ export class P2pNode implements BlobProvider {
       onIsolate: (seed, ms, reason) =>
         this.log.warn({ seed, ms, reason }, 'seed unreachable; the next one takes over'),
     });
-    this.http = new HttpBlockClient(this.token, this.bandwidth.download, this.id);
+    this.http = new HttpBlockClient(this.token, this.bandwidth.download, this.id, this.tls);
     this.server = new BlockServer({
       provider: this,
       clusterToken: this.token,
       upload: this.bandwidth.upload,
       logger: this.log,
+      tls: this.tls,
     });
     this.peers = new PeerBlockSource({
       view: (d) => this.views.get(d),
@@ -182,7 +187,7 @@ export class P2pNode implements BlobProvider {
         this.warnedUnauthorized.add(seed);
         this.log.error(
           { seed, err: message },
-          'seed refused the cluster token: check p2p.clusterToken; using the registry instead',
+          'seed refused this node (cluster token or TLS): check p2p.clusterToken and p2p.tls; using the registry instead',
         );
       },
     });
@@ -266,7 +271,7 @@ export class P2pNode implements BlobProvider {
       if (this.seedIsolation.isolated(seed)) continue;
       let c = this.trackers.get(seed);
       if (!c) {
-        c = new TrackerClient(trackerAddress(seed), this.token, this.p.trackerTimeoutMs);
+        c = new TrackerClient(trackerAddress(seed), this.token, this.p.trackerTimeoutMs, this.tls);
         this.trackers.set(seed, c);
       }
       return c;

@@ -16,6 +16,7 @@ import { resolveClusterToken } from './auth.js';
 import { HostBandwidth, RateLimitedSource } from './bandwidth.js';
 import { BlockServer, type BlobHint, type BlobProvider, type ServedBlob } from './block-server.js';
 import { trackerAddress } from './rendezvous.js';
+import { loadTls, type TlsMaterial } from './tls.js';
 import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
 import { UnitLayout } from './unit-layout.js';
@@ -59,6 +60,8 @@ export class Seed implements BlobProvider {
   });
   private readonly log: Logger;
   private readonly token: string;
+  /** p2p.tls: mutual TLS on the block server and the tracker. */
+  private readonly tls: TlsMaterial | undefined;
   private trackerServer: { address: string; stop(): Promise<void> } | undefined;
 
   constructor(private readonly opts: SeedOptions) {
@@ -66,6 +69,7 @@ export class Seed implements BlobProvider {
     this.log = opts.logger ?? silentLogger;
     this.token = resolveClusterToken(cfg.p2p);
     if (!this.token) throw new DfError('CONFIG', 'a seed needs p2p.clusterToken (or p2p.clusterTokenFile)');
+    this.tls = loadTls(cfg.p2p.tls);
     this.cache = new CacheManager({
       dir: cfg.cache.dir,
       highWatermark: cfg.cache.highWatermark,
@@ -84,6 +88,7 @@ export class Seed implements BlobProvider {
       upload: this.bandwidth.upload,
       requestTimeoutMs: Math.max(cfg.fetch.requestTimeoutMs, cfg.p2p.seedTimeoutMs) * 2,
       logger: this.log,
+      tls: this.tls,
     });
   }
 
@@ -91,7 +96,7 @@ export class Seed implements BlobProvider {
   async start(): Promise<{ blocks: string; tracker: string }> {
     await this.cache.init();
     const blocks = await this.server.listen(this.opts.config.p2p.listen);
-    this.trackerServer = await serveTracker(this.tracker, trackerAddress(blocks), this.token);
+    this.trackerServer = await serveTracker(this.tracker, trackerAddress(blocks), this.token, this.tls);
     return { blocks, tracker: this.trackerServer.address };
   }
 

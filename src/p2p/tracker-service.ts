@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { DfError } from '../errors.js';
 import { loadProto, lookup } from '../grpc/load-proto.js';
 import { CLUSTER_TOKEN_HEADER, tokenMatches } from './auth.js';
+import { grpcTlsFailure, type TlsMaterial } from './tls.js';
 import type { AnnounceMsg, LookupAnswer, LookupMsg, TrackerState } from './tracker-state.js';
 
 export const TRACKER_PROTO = 'dfnode/tracker/v1/tracker.proto';
@@ -10,11 +11,15 @@ export function trackerServiceConstructor(): grpc.ServiceClientConstructor {
   return lookup<grpc.ServiceClientConstructor>(loadProto(TRACKER_PROTO), 'dfnode.tracker.v1.Tracker');
 }
 
-/** Serves the tracker on `address` (host:port) for cluster members only. Returns the bound address. */
+/**
+ * Serves the tracker on `address` (host:port) for cluster members only (the token, and with `tls` a client
+ * certificate from the cluster CA). Returns the bound address.
+ */
 export async function serveTracker(
   state: TrackerState,
   address: string,
   clusterToken: string,
+  tls?: TlsMaterial,
 ): Promise<{ address: string; stop(): Promise<void> }> {
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 8 << 20 });
   const guard =
@@ -36,7 +41,7 @@ export async function serveTracker(
     Lookup: guard((r: LookupMsg) => state.lookup(r)),
   });
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, p) =>
+    server.bindAsync(address, trackerServerCredentials(tls), (err, p) =>
       err ? reject(new DfError('CONFIG', `tracker cannot listen on ${address}: ${err.message}`)) : resolve(p),
     ),
   );
@@ -57,6 +62,18 @@ export async function serveTracker(
   };
 }
 
+function trackerServerCredentials(tls: TlsMaterial | undefined): grpc.ServerCredentials {
+  if (!tls) return grpc.ServerCredentials.createInsecure();
+  // true: a client certificate signed by the CA is required
+  return grpc.ServerCredentials.createSsl(tls.ca, [{ cert_chain: tls.cert, private_key: tls.key }], true);
+}
+
+/** The name of the seed is not checked, only its chain (see clientTlsOptions in tls.ts for why). */
+function trackerChannelCredentials(tls: TlsMaterial | undefined): grpc.ChannelCredentials {
+  if (!tls) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(tls.ca, tls.key, tls.cert, { checkServerIdentity: () => undefined });
+}
+
 type Unary<Req, Res> = (
   req: Req,
   md: grpc.Metadata,
@@ -64,7 +81,10 @@ type Unary<Req, Res> = (
   cb: (err: grpc.ServiceError | null, res?: Res) => void,
 ) => void;
 
-/** A client of one seed's tracker; every call has a deadline and carries the cluster token. */
+/**
+ * A client of one seed's tracker; every call has a deadline and carries the cluster token (over mutual TLS
+ * with `tls`).
+ */
 export class TrackerClient {
   private readonly client: grpc.Client & {
     Announce: Unary<Partial<AnnounceMsg>, { need_full: boolean; interval_ms: number }>;
@@ -75,10 +95,13 @@ export class TrackerClient {
     readonly address: string,
     private readonly clusterToken: string,
     private readonly timeoutMs = 1000,
+    private readonly tls?: TlsMaterial,
   ) {
     const Ctor = trackerServiceConstructor();
-    this.client = new Ctor(address, grpc.credentials.createInsecure(), {
+    this.client = new Ctor(address, trackerChannelCredentials(tls), {
       'grpc.max_receive_message_length': 8 << 20,
+      // the SNI name: grpc-js would send the dialled host, an IP for many seeds (which Node warns about)
+      ...(tls && { 'grpc.ssl_target_name_override': 'dfnode-tracker' }),
     }) as never;
   }
 
@@ -102,8 +125,13 @@ export class TrackerClient {
         signal?.removeEventListener('abort', onAbort);
         if (!err) return resolve(res!);
         const what = `tracker ${this.address} ${method}`;
+        const tlsErr =
+          this.tls && err.code === grpc.status.UNAVAILABLE
+            ? grpcTlsFailure(what, err.details, err)
+            : undefined;
         if (err.code === grpc.status.UNAUTHENTICATED)
           reject(new DfError('UNAUTHORIZED', `${what}: ${err.details} (check p2p.clusterToken)`));
+        else if (tlsErr) reject(tlsErr);
         else if (err.code === grpc.status.DEADLINE_EXCEEDED)
           reject(DfError.timeout(`${what}: no answer within ${this.timeoutMs} ms`));
         else reject(new DfError('NETWORK', `${what}: ${err.details || err.message}`));

@@ -1,0 +1,160 @@
+/**
+ * The P2P tier over mutual TLS on loopback, end to end: a `dfnode seed` (TLS by flags) and `dfnode preheat`
+ * nodes (TLS by DFNODE_P2P_TLS_* environment) with certificates from a throw-away cluster CA. Members get
+ * every block from the seed and from each other, and their caches match the blob digests; a node without
+ * TLS, and one with a certificate of another CA, get nothing from the cluster and go to the registry.
+ * Needs openssl, docker-registry, skopeo and umoci (fixture); skips locally with a printed reason, never in CI.
+ */
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dfnodeProc, waitLine, type Proc } from '../helpers/dfnode-proc.js';
+import {
+  dfbLayers,
+  nodeTempDir,
+  pushAndConvert,
+  sha256File,
+  type DfbManifestLayer,
+  type ImageSet,
+} from '../helpers/node.js';
+import { freePort } from '../helpers/registry.js';
+import { requireTools } from '../helpers/require.js';
+import { makeTestPki, type HostTls, type TestPki } from '../helpers/tls-certs.js';
+
+const req = requireTools(['openssl', 'docker-registry', 'skopeo', 'umoci']);
+const TOKEN = 'p2p-tls-test-cluster-token';
+
+interface PreheatJson {
+  bytes: number;
+  bySource: Record<string, number>;
+}
+
+const tlsEnv = (h: HostTls): NodeJS.ProcessEnv => ({
+  DFNODE_P2P_TLS_CERT: h.cert,
+  DFNODE_P2P_TLS_KEY: h.key,
+  DFNODE_P2P_TLS_CA: h.ca,
+});
+
+describe.skipIf(req.skip)('P2P over mutual TLS: seed and nodes on loopback', () => {
+  let tmp: { dir: string; cleanup: () => Promise<void> };
+  let pki: TestPki;
+  let images: ImageSet;
+  let ref: string;
+  let layers: DfbManifestLayer[];
+  let seed: Proc;
+  let seedAddr: string;
+  const procs: Proc[] = [];
+  let n = 0;
+
+  const preheat = (env: NodeJS.ProcessEnv, extra: string[] = []) => {
+    const i = ++n;
+    const p = dfnodeProc(
+      [
+        'preheat',
+        '--plain-http',
+        '--cache-dir',
+        join(tmp.dir, `cache-${i}`),
+        '--state-dir',
+        join(tmp.dir, `state-${i}`),
+        '--seeds',
+        seedAddr,
+        '--p2p-listen',
+        '127.0.0.1:0',
+        '--json',
+        ...extra,
+        ref,
+      ],
+      { DFNODE_P2P_CLUSTER_TOKEN: TOKEN, ...env },
+    );
+    procs.push(p);
+    return { p, cache: join(tmp.dir, `cache-${i}`) };
+  };
+
+  async function cacheMatches(cacheDir: string): Promise<void> {
+    for (const l of layers) {
+      expect(
+        'sha256:' + (await sha256File(join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data'))),
+      ).toBe(l.digest);
+    }
+  }
+
+  beforeAll(async () => {
+    tmp = await nodeTempDir('p2p-tls-');
+    pki = await makeTestPki(tmp.dir);
+    images = await pushAndConvert(['debian'], tmp.dir);
+    layers = await dfbLayers(images.reg.url, images.dfb.debian!);
+    ref = images.dfb.debian!;
+    for (let tries = 0; ; tries++) {
+      seedAddr = `127.0.0.1:${await freePort()}`;
+      seed = dfnodeProc([
+        'seed',
+        '--plain-http',
+        '--cache-dir',
+        join(tmp.dir, 'seed-cache'),
+        '--state-dir',
+        join(tmp.dir, 'seed-state'),
+        '--p2p-listen',
+        seedAddr,
+        '--cluster-token',
+        TOKEN,
+        '--p2p-tls-cert',
+        pki.member.cert,
+        '--p2p-tls-key',
+        pki.member.key,
+        '--p2p-tls-ca',
+        pki.ca,
+      ]);
+      try {
+        await waitLine(seed, /^seed serving .*$/m, 20_000);
+        break;
+      } catch (err) {
+        await seed.stop();
+        if (tries > 3) throw err;
+      }
+    }
+  });
+
+  afterAll(async () => {
+    for (const p of procs) await p.stop().catch(() => undefined);
+    await seed?.stop().catch(() => undefined);
+    await images?.reg.stop().catch(() => undefined);
+    await tmp?.cleanup();
+  });
+
+  it('members preheat from the seed and from each other; caches match the blob digests', async () => {
+    const size = layers.reduce((a, l) => a + l.size, 0);
+    const first = preheat(tlsEnv(pki.member2), ['--serve']);
+    const r1 = JSON.parse(await waitLine(first.p, /^\{.*\}$/m)) as PreheatJson;
+    await cacheMatches(first.cache);
+    expect(r1.bySource.registry ?? 0).toBe(0);
+    expect((r1.bySource.seed ?? 0) + (r1.bySource.peer ?? 0)).toBeGreaterThanOrEqual(size * 0.99);
+    // the first node keeps serving: the second gets blocks from it (node to node over TLS) and the seed
+    const second = preheat(tlsEnv(pki.member));
+    const r2 = JSON.parse(await waitLine(second.p, /^\{.*\}$/m)) as PreheatJson;
+    expect(await second.p.exited).toBe(0);
+    await cacheMatches(second.cache);
+    expect(r2.bySource.registry ?? 0).toBe(0);
+    expect(r2.bySource.peer ?? 0).toBeGreaterThan(0);
+    await first.p.stop();
+  });
+
+  it('a node without TLS gets nothing from the cluster (the seed says why) and goes to the registry', async () => {
+    const plain = preheat({});
+    const r = JSON.parse(await waitLine(plain.p, /^\{.*\}$/m)) as PreheatJson;
+    expect(await plain.p.exited).toBe(0);
+    expect(r.bySource.seed ?? 0).toBe(0);
+    expect(r.bySource.peer ?? 0).toBe(0);
+    expect(r.bySource.registry).toBeGreaterThan(0);
+    await cacheMatches(plain.cache);
+    expect(seed.err()).toMatch(/refused a peer without a certificate from the cluster CA/);
+  });
+
+  it('a node with a certificate of another CA gets nothing from the cluster either', async () => {
+    const foreign = preheat(tlsEnv(pki.foreign));
+    const r = JSON.parse(await waitLine(foreign.p, /^\{.*\}$/m)) as PreheatJson;
+    expect(await foreign.p.exited).toBe(0);
+    expect(r.bySource.seed ?? 0).toBe(0);
+    expect(r.bySource.peer ?? 0).toBe(0);
+    expect(r.bySource.registry).toBeGreaterThan(0);
+    await cacheMatches(foreign.cache);
+  });
+});
