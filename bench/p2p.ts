@@ -142,6 +142,9 @@ try {
       log(`N=${n}: dfnode preheat`);
       const stopTrace = flags.trace ? traceLinks(n) : undefined;
       const r = await cluster.preheat(hosts, env).finally(() => stopTrace?.());
+      if (flags.trace)
+        for (const x of r)
+          log(`  ${x.host}: ${(x.ms / 1000).toFixed(1)} s, planner ${JSON.stringify(x.fill)}`);
       await settle();
       let verified = true;
       for (const x of r) verified &&= await cluster.cacheVerifies(x.cacheDir);

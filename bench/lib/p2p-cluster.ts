@@ -141,6 +141,8 @@ export interface PreheatResult {
   ms: number;
   bytes: number;
   bySource: Record<string, number>;
+  /** What the node's P2P fill planner did (runs from peers and seed, waits, deferrals). */
+  fill?: Record<string, number>;
   cacheDir: string;
 }
 
@@ -287,8 +289,12 @@ export class P2pCluster {
     return Promise.all(
       started.map(async ({ h, p, cacheDir }) => {
         const l = await p.waitLine(/^\{.*\}$/);
-        const j = JSON.parse(l.line) as { bytes: number; bySource: Record<string, number> };
-        return { host: h.name, ms: l.at, bytes: j.bytes, bySource: j.bySource, cacheDir };
+        const j = JSON.parse(l.line) as {
+          bytes: number;
+          bySource: Record<string, number>;
+          fill?: Record<string, number>;
+        };
+        return { host: h.name, ms: l.at, bytes: j.bytes, bySource: j.bySource, fill: j.fill, cacheDir };
       }),
     );
   }

@@ -72,7 +72,8 @@ export class NodeRuntime {
   readonly cache: CacheManager;
   readonly stats: FetchStats;
   readonly memory: BlockMemoryCache;
-  readonly scheduler = new FetchScheduler({ concurrency: 8 });
+  // up to 6 fill runs: the P2P planner spreads them over peers (a registry-only fill uses 2)
+  readonly scheduler = new FetchScheduler({ concurrency: 12, maxFill: 6 });
   readonly fillBucket: TokenBucket;
   readonly records: MountRecords;
   private readonly log: Logger;

@@ -9,8 +9,8 @@ export interface PlannedRun {
   from: 'peer' | 'seed';
 }
 
-/** Units the seed does not hold yet are picked among the first this many (where its in-order fill is). */
-const SEED_WINDOW = 32;
+/** Pieces the seed does not hold yet are picked among the first this many (where its in-order fill is). */
+const SEED_WINDOW = 4;
 
 export interface PlanOptions {
   /** Units this node's own workers are fetching. */
@@ -28,24 +28,31 @@ export interface PlanOptions {
   rand?: () => number;
 }
 
+/** Pieces: aligned groups of units of about this many stored bytes, the grain of rarest-first choice. */
+const PIECE_BYTES = 1024 * 1024;
+
 /**
- * The next run to fetch for background fill through the P2P tier, BitTorrent style:
- * - from the seed (when a seed slot is free): a unit no usable peer holds and the seed is not already
- *   sending to another peer, preferring units the seed holds now (served at once, no registry wait),
- *   random among those, so that nodes starting together ask the seed for different units and then trade
- *   them; else one of the first such units (where the seed's own in-order fill is fetching: the request
- *   joins it); extended over the following such units up to seedRunBytes (small when the swarm is large, so
- *   that each unit reaches a peer quickly);
- * - else from peers: the rarest unit that a usable peer holds (random among equals), extended over the
- *   following units that a common holder has, up to maxRunBytes.
+ * The next run to fetch for background fill through the P2P tier, BitTorrent style. Choices are made by
+ * piece (aligned groups of ~1 MiB of units), so that what is missing stays in whole pieces and runs stay
+ * long; a run starts at the first suitable unit of the chosen piece and goes on over the following ones.
+ * - From the seed (when a seed slot is free): units no usable peer holds and the seed is not already
+ *   sending to another peer, preferring pieces the seed holds now (served at once, no registry wait),
+ *   random among those, so that nodes starting together ask the seed for different pieces and then trade
+ *   them; else one of the first such pieces (where the seed's own in-order fill is fetching: the request
+ *   joins it); up to seedRunBytes (small when the swarm is large, so that each unit reaches a peer soon).
+ * - Else from peers: the rarest piece that a usable peer holds units of (random among equals), from its
+ *   first such unit over the following units a common holder has, up to maxRunBytes.
  * 'wait': units are missing but none can be planned now (the seed slot is taken, or the units are on
  * their way to other peers from the seed); undefined: nothing is missing that is not being fetched.
  */
 export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | undefined {
   const { cache, layout } = view;
   const rand = o.rand ?? Math.random;
+  const piece = Math.max(1, Math.floor((PIECE_BYTES * layout.units) / Math.max(1, layout.size)));
   const free = (u: number) => !cache.has(u) && !o.claimed.has(u) && !o.busy?.(u);
+  const seedable = (u: number) => view.rarity(u, o.usable) === 0 && !view.pendingElsewhere(u);
   let left = false;
+  // per kind, the chosen piece's first suitable unit (reservoir sampling over pieces)
   let peerBest = -1;
   let peerRarity = Infinity;
   let peerTies = 0;
@@ -53,20 +60,40 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
   let seedHeldN = 0;
   let seedOther = -1;
   let seedOtherN = 0;
+  let lastPiece = -1;
+  let peerInPiece = false;
+  let heldInPiece = false;
+  let otherInPiece = false;
   for (let u = cache.nextMissing(0); u >= 0; u = cache.nextMissing(u + 1)) {
     if (!free(u)) continue;
     left = true;
+    const p = Math.floor(u / piece);
+    if (p !== lastPiece) {
+      lastPiece = p;
+      peerInPiece = heldInPiece = otherInPiece = false;
+    }
     const r = view.rarity(u, o.usable);
     if (r > 0) {
+      // a piece's rarity: that of its rarest unit peers hold; its first such unit starts the run
       if (r < peerRarity) {
         peerBest = u;
         peerRarity = r;
         peerTies = 1;
-      } else if (r === peerRarity && rand() * ++peerTies < 1) peerBest = u;
+        peerInPiece = true;
+      } else if (r === peerRarity && !peerInPiece) {
+        peerInPiece = true;
+        if (rand() * ++peerTies < 1) peerBest = u;
+      }
     } else if (o.seed && !view.pendingElsewhere(u)) {
       if (view.seedBits?.has(u)) {
-        if (rand() * ++seedHeldN < 1) seedHeld = u;
-      } else if (seedOtherN < SEED_WINDOW && rand() * ++seedOtherN < 1) seedOther = u;
+        if (!heldInPiece) {
+          heldInPiece = true;
+          if (rand() * ++seedHeldN < 1) seedHeld = u;
+        }
+      } else if (!otherInPiece && seedOtherN < SEED_WINDOW) {
+        otherInPiece = true;
+        if (rand() * ++seedOtherN < 1) seedOther = u;
+      }
     }
   }
   const seedStart = seedHeld >= 0 ? seedHeld : seedOther;
@@ -76,8 +103,7 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
     let bytes = layout.length(seedStart);
     for (let v = seedStart + 1; v < layout.units && free(v); v++) {
       const len = layout.length(v);
-      if (bytes + len > o.seedRunBytes) break;
-      if (view.rarity(v, o.usable) !== 0 || view.pendingElsewhere(v)) break;
+      if (bytes + len > o.seedRunBytes || !seedable(v)) break;
       // one request is either served from the seed's cache or waits for its registry fetch, not both
       if ((view.seedBits?.has(v) ?? false) !== held) break;
       run.push(v);
@@ -106,7 +132,7 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
 export interface P2pFillOptions {
   /** Largest peer run (stored bytes). Default 4 MiB. */
   maxRunBytes?: number;
-  /** Runs in flight at once. Default 4. */
+  /** Runs in flight at once. Default 6. */
   concurrency?: number;
   /** Asks the tracker for fresh holders (rate-limited by the caller). */
   refresh?: (view: PeerView) => Promise<void>;
@@ -165,8 +191,10 @@ export async function p2pFill(
         usable: opts.usable,
         busy: (u) => fetcher.inFlight(u),
       });
+      view.fill.plans++;
       if (!plan) return;
       if (plan === 'wait') {
+        view.fill.waits++;
         await sleep(timers, opts.waitMs ?? 200, opts.signal);
         continue;
       }
@@ -175,15 +203,20 @@ export async function p2pFill(
       if (fromSeed) seedActive++;
       try {
         await fetcher.units(plan.units, Priority.Fill, opts.signal, { only: [plan.from] });
-        if (fromSeed) seedFailures = 0;
+        if (fromSeed) {
+          seedFailures = 0;
+          view.fill.seedRuns++;
+        } else view.fill.peerRuns++;
       } catch (err) {
         opts.signal?.throwIfAborted();
         if (isDeferred(err)) {
           // on their way to another node: take them from it later (the tracker will say so)
+          view.fill.deferred++;
           view.defer(plan.units, DEFER_MS);
           continue;
         }
         failures++;
+        view.fill.failed++;
         if (fromSeed && (isSourceUnavailable(err) || ++seedFailures >= MAX_SEED_FAILURES)) seedDown = true;
         // the failed holder is dropped or isolated by the source; do not spin on a bad answer
         else await sleep(timers, opts.waitMs ?? 200, opts.signal);
@@ -193,6 +226,6 @@ export async function p2pFill(
       }
     }
   };
-  await Promise.all(Array.from({ length: opts.concurrency ?? 4 }, worker));
+  await Promise.all(Array.from({ length: opts.concurrency ?? 6 }, worker));
   return failures;
 }

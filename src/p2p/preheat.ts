@@ -14,6 +14,8 @@ export interface PreheatResult {
   /** Stored bytes this run got, by source. */
   bySource: Record<SourceKind, number>;
   seconds: number;
+  /** What the P2P fill planner did, summed over the layers (absent without a P2P tier). */
+  fill?: Record<string, number>;
   /** Closes the layers (they stay in the cache). */
   release(): Promise<void>;
 }
@@ -69,6 +71,13 @@ export async function preheat(
   } finally {
     clearInterval(watchdog);
   }
+  let fill: Record<string, number> | undefined;
+  for (const o of opened) {
+    const v = rt.p2p?.view(o.layer.digest);
+    if (!v) continue;
+    fill ??= {};
+    for (const [k, n] of Object.entries(v.fill)) fill[k] = (fill[k] ?? 0) + n;
+  }
   const bySource = { ...rt.stats.bytes };
   for (const k of Object.keys(bySource) as SourceKind[]) bySource[k] -= before[k];
   return {
@@ -77,6 +86,7 @@ export async function preheat(
     bytes: image.layers.reduce((a, l) => a + l.size, 0),
     bySource,
     seconds: (Date.now() - t0) / 1000,
+    fill,
     release,
   };
 }

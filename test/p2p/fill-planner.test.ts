@@ -53,24 +53,25 @@ const opts = (o: Partial<PlanOptions> = {}): PlanOptions => ({
 });
 
 describe('P2P fill planner', () => {
-  it('asks the seed for units it holds that no peer has, in runs of seedRunBytes, spread at random', () => {
-    const v = viewOf(64);
-    // the seed holds units 16..47; a peer holds 0..15
+  it('asks the seed for whole pieces it holds that no peer has, in runs of seedRunBytes, spread at random', () => {
+    const v = viewOf(256);
+    // the seed holds units 16..239 (pieces of 16 units = 1 MiB); a peer holds 0..15
     v.setHolders({
-      holders: [holder('p1', 65, range(0, 16))],
-      units: 65,
-      seed_bitmap: bits(65, range(16, 48)),
+      holders: [holder('p1', 257, range(0, 16))],
+      units: 257,
+      seed_bitmap: bits(257, range(16, 240)),
     });
     const starts = new Set<number>();
     for (let i = 0; i < 50; i++) {
-      const r = planRun(v, opts());
+      const r = planRun(v, opts({ seedRunBytes: 512 * KIB }));
       expect(r).not.toBe('wait');
       const run = r as { units: number[]; from: string };
       expect(run.from).toBe('seed');
+      // a piece's first unit; served from the seed's cache: never into units it lacks; at most 512 KiB
+      expect(run.units[0]! % 16).toBe(0);
       expect(run.units[0]).toBeGreaterThanOrEqual(16);
-      // served from the seed's cache: never runs into units it does not hold, at most 1 MiB (16 blocks)
-      expect(run.units[run.units.length - 1]).toBeLessThan(48);
-      expect(run.units.length).toBeLessThanOrEqual(16);
+      expect(run.units[run.units.length - 1]).toBeLessThan(240);
+      expect(run.units.length).toBe(8);
       starts.add(run.units[0]!);
     }
     expect(starts.size).toBeGreaterThan(5);
