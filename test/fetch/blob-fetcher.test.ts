@@ -8,6 +8,13 @@ import { FetchStats } from '../../src/fetch/fetch-stats.js';
 import { openLayer } from '../../src/fetch/open-layer.js';
 import { FetchScheduler } from '../../src/fetch/scheduler.js';
 import type { BlobFetcherOptions } from '../../src/fetch/blob-fetcher.js';
+import {
+  deferredBySource,
+  isDeferred,
+  isSourceUnavailable,
+  Priority,
+  sourceUnavailable,
+} from '../../src/fetch/types.js';
 import { FakeSource, gate, makeBlob, sha256, tempDir, type TestBlob } from './helpers.js';
 
 const cleanups: Array<() => Promise<void>> = [];
@@ -498,5 +505,46 @@ describe('full disk', () => {
     a.fetcher.startBackgroundFill();
     await a.fetcher.whenComplete();
     expect(sha256(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
+  });
+});
+
+describe('source policy: the registry is the origin', () => {
+  it('fill waits for a slow seed instead of going to the registry; reads and a seed tier that is down do not', async () => {
+    const s = await setup();
+    const seed = new FakeSource(s.tb.bytes, 'seed');
+    const registry = new FakeSource(s.tb.bytes, 'registry');
+    const a = await open(s, { sources: [seed, registry], options: { retries: 2 } });
+    const blocks = s.tb.toc.blockCount;
+    expect(blocks).toBeGreaterThan(4);
+    seed.reset(); // footer and TOC came from the seed
+    // the seed is busy: fill gives up on the run (to retry later) and never asks the registry
+    seed.failNext = 1000;
+    seed.failWith = () => DfError.timeout('seed busy');
+    await expect(a.fetcher.units([0], Priority.Fill)).rejects.toSatisfy((e) => isDfError(e, 'TIMEOUT'));
+    expect(seed.requests.length).toBe(3);
+    expect(registry.requests.length).toBe(0);
+    // a reader blocked on the same kind of block goes on to the registry
+    const [b1] = await a.fetcher.units([1], Priority.Blocked);
+    expect(b1!.length).toBe(s.tb.toc.blockStoredLength(1));
+    expect(registry.requests.length).toBeGreaterThan(0);
+    // no seed is up: fill reaches the registry at once
+    registry.reset();
+    seed.failWith = () => sourceUnavailable('no seed is up');
+    await a.fetcher.units([2], Priority.Fill);
+    expect(registry.requests.length).toBe(1);
+    // a planner's run restricted to the seed does not reach the registry even then
+    registry.reset();
+    await expect(a.fetcher.units([3], Priority.Fill, undefined, { only: ['seed'] })).rejects.toSatisfy(
+      isSourceUnavailable,
+    );
+    expect(registry.requests.length).toBe(0);
+    // a run the seed defers is not retried: the planner picks again
+    seed.reset();
+    seed.failWith = () => deferredBySource('on its way to another node');
+    await expect(a.fetcher.units([3], Priority.Fill, undefined, { only: ['seed'] })).rejects.toSatisfy(
+      isDeferred,
+    );
+    expect(seed.requests.length).toBe(1);
+    expect(registry.requests.length).toBe(0);
   });
 });

@@ -9,7 +9,7 @@ import { EntryType } from '../../src/blob/types.js';
 import { DfbWriter } from '../../src/blob/writer.js';
 import { DfError } from '../../src/errors.js';
 import type { Timers } from '../../src/fetch/timers.js';
-import type { BlobRef, BlockSource } from '../../src/fetch/types.js';
+import type { BlobRef, BlockSource, SourceKind } from '../../src/fetch/types.js';
 import { base, chunks, dirMeta, pseudoRandom } from '../blob/util.js';
 
 export async function tempDir(
@@ -78,8 +78,7 @@ export interface Req {
 
 /** A BlockSource over a buffer that records requests and can inject faults. */
 export class FakeSource implements BlockSource {
-  readonly kind = 'registry' as const;
-  readonly name = 'fake';
+  readonly name: string;
   requests: Req[] = [];
   bytes = 0;
   /** Corrupt the bytes at these blob offsets in the next N responses that contain them. */
@@ -93,7 +92,12 @@ export class FakeSource implements BlockSource {
   gate: Promise<void> | undefined;
   log: string[] = [];
 
-  constructor(readonly data: Buffer) {}
+  constructor(
+    readonly data: Buffer,
+    readonly kind: SourceKind = 'registry',
+  ) {
+    this.name = `fake ${kind}`;
+  }
 
   async fetch(_blob: BlobRef, offset: number, length: number, _signal: AbortSignal): Promise<Buffer> {
     this.requests.push({ offset, length });

@@ -160,6 +160,12 @@ describe('tracker: units on their way from the seed', () => {
       t.announce({ ...base, blob, units: 10, peer_id: id, address: id, full: false });
     r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
     expect(pend('a')).toEqual([]);
+    // what the seed defers: a unit on its way to another (healthy) peer; a send that failed is not
+    t.assume(blob, 'a', [5, 6]);
+    expect(t.pendingAtOthers(blob, 'c', [4, 5])).toBe(true);
+    expect(t.pendingAtOthers(blob, 'a', [5])).toBe(false);
+    t.unassume(blob, 'a', 5, 6);
+    expect(t.pendingAtOthers(blob, 'c', [5, 6])).toBe(false);
     expect(
       t.lookup({ blob: 'sha256:' + '3'.repeat(64), peer_id: 'c', zone: '', want: [], max_peers: 8 })
         .seed_bitmap.length,
