@@ -232,7 +232,7 @@ export function buildProgram(signal: AbortSignal): Command {
     .version(CONVERTER_VERSION)
     .showHelpAfterError();
 
-  addRegistry(addCommon(program.command('mount')))
+  addP2p(addRegistry(addCommon(program.command('mount'))))
     .description(
       'mount a converted image read-only at DIR (merged view of its layers) until umount or SIGINT/SIGTERM',
     )

@@ -61,7 +61,10 @@ export interface TrackerStateOptions {
   announceIntervalMs?: number;
   /** Reported failures halve every this many ms. Default 60 s. */
   failureHalfLifeMs?: number;
-  /** A unit the seed sent a peer counts as on its way there for this long, unless announced (ms). Default 30 s. */
+  /**
+   * A unit the seed sent a peer counts as that peer's to share for this long (ms; default 15 s): other
+   * peers are told it is on its way (until announced), and the seed defers their planned requests for it.
+   */
   pendingTtlMs?: number;
   /** The seed's own bitmap of a blob (a seed runs the tracker of the blobs it serves). */
   seedBits?: (blob: string) => Uint8Array | undefined;
@@ -76,11 +79,15 @@ export function bitmapFrom(bytes: Uint8Array, units: number): Bitmap {
   return b;
 }
 
-function pendingBitmap(pending: Map<number, number>, units: number): Buffer {
-  if (!pending.size) return Buffer.alloc(0);
-  const b = Buffer.alloc(Math.ceil(units / 8));
-  for (const u of pending.keys()) if (u < units) b[u >>> 3]! |= 1 << (u & 7);
-  return b;
+/** The units sent to a peer that it has not announced yet (empty buffer when none). */
+function pendingBitmap(pending: Map<number, number>, held: Bitmap, units: number): Buffer {
+  let b: Buffer | undefined;
+  for (const u of pending.keys()) {
+    if (u >= units || held.has(u)) continue;
+    b ??= Buffer.alloc(Math.ceil(units / 8));
+    b[u >>> 3]! |= 1 << (u & 7);
+  }
+  return b ?? Buffer.alloc(0);
 }
 
 /**
@@ -102,7 +109,7 @@ export class TrackerState {
     this.ttl = opts.peerTtlMs ?? 30_000;
     this.interval = opts.announceIntervalMs ?? 5000;
     this.halfLife = opts.failureHalfLifeMs ?? 60_000;
-    this.pendingTtl = opts.pendingTtlMs ?? 30_000;
+    this.pendingTtl = opts.pendingTtlMs ?? 15_000;
     this.timers = opts.timers ?? realTimers;
   }
 
@@ -178,7 +185,6 @@ export class TrackerState {
     p.lastSeen = now;
     if (m.full) p.bits = bitmapFrom(m.bitmap, m.units);
     for (const u of m.added) if (u < m.units) p.bits.set(u);
-    if (p.pending.size) for (const u of p.pending.keys()) if (p.bits.has(u)) p.pending.delete(u);
     return reply;
   }
 
@@ -226,7 +232,7 @@ export class TrackerState {
       load: p.load,
       bitmap: Buffer.from(p.bits.bits),
       failures: Math.floor(failures),
-      pending: pendingBitmap(p.pending, b.units),
+      pending: pendingBitmap(p.pending, p.bits, b.units),
     }));
     this.counters.holdersReturned += holders.length;
     return { holders, units: b.units, seed_bitmap, peers };

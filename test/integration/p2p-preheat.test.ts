@@ -23,12 +23,14 @@ import {
 import { freePort } from '../helpers/registry.js';
 import { requireTools } from '../helpers/require.js';
 import { TrackerClient } from '../../src/p2p/tracker-service.js';
+import { readdir, readFile } from 'node:fs/promises';
+import { requireNodeMounts, startMount, status } from '../helpers/node.js';
 import { CLUSTER_TOKEN_HEADER } from '../../src/p2p/auth.js';
 
 const req = requireTools(['docker-registry', 'skopeo', 'umoci']);
+const mountReq = requireNodeMounts(['docker-registry']);
 const TOKEN = 'p2p-test-cluster-token';
 const N = 4;
-
 
 interface PreheatJson {
   bytes: number;
@@ -134,6 +136,56 @@ describe.skipIf(req.skip)('P2P: seed, tracker and block exchange on loopback', (
     expect(total('peer')).toBeGreaterThan(total('seed'));
     for (const p of nodes) await p.stop();
   });
+
+  it.skipIf(mountReq.skip)(
+    'dfnode mount with seeds: reads and the background fill come from a neighbour, never the registry',
+    async () => {
+      // a neighbour that holds the image (and the seed, from the test before, holds it too)
+      const holder = dfnodeProc([...nodeArgs(['--serve']), ref], { DFNODE_P2P_CLUSTER_TOKEN: TOKEN });
+      procs.push(holder);
+      await waitLine(holder, /^\{.*\}$/m);
+      const before = layers.reduce((a, l) => a + proxy.blobBytes(l.digest), 0);
+      n++;
+      const dirs = { cacheDir: join(tmp.dir, `cache-${n}`), stateDir: join(tmp.dir, `state-${n}`) };
+      const m = await startMount(ref, join(tmp.dir, `mnt-${n}`), dirs, {
+        args: ['--seeds', seedAddr, '--p2p-listen', '127.0.0.1:0'],
+        env: { DFNODE_P2P_CLUSTER_TOKEN: TOKEN },
+      });
+      try {
+        // an on-demand read through FUSE: a file of the image
+        const bin = join(m.target, 'usr', 'bin');
+        const names = (await readdir(bin)).slice(0, 20);
+        let read = 0;
+        for (const f of names) read += (await readFile(join(bin, f)).catch(() => Buffer.alloc(0))).length;
+        expect(read).toBeGreaterThan(0);
+        // the fill after the first read completes the layers (digests checked by dfnode), all through P2P
+        const st = await waitForComplete(dirs);
+        const bytes = st.mounts[0]?.stats?.bytes ?? {};
+        expect(bytes.peer ?? 0).toBeGreaterThan(0);
+        expect(bytes.registry ?? 0).toBe(0);
+        expect(layers.reduce((a, l) => a + proxy.blobBytes(l.digest), 0)).toBe(before);
+        await cacheMatches(dirs.cacheDir);
+      } finally {
+        await m.stop();
+        await holder.stop();
+      }
+    },
+  );
+
+  /** `dfnode status` until every layer of the image is complete in the cache (and a stats record is out). */
+  async function waitForComplete(dirs: { cacheDir: string; stateDir: string }) {
+    const deadline = Date.now() + 120_000;
+    for (;;) {
+      const st = await status(dirs);
+      const done = layers.every((l) => st.blobs.find((b) => b.digest === l.digest)?.complete);
+      if (done && st.mounts[0]?.stats) {
+        await new Promise((r) => setTimeout(r, 1500)); // the record is written every second
+        return status(dirs);
+      }
+      if (Date.now() > deadline) throw new Error(`layers not complete: ${JSON.stringify(st.blobs)}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
 
   it('refuses requests without the cluster token (block server and tracker)', async () => {
     const l = layers[0]!;
