@@ -82,7 +82,8 @@ export type SeedProc = NsProc & { host: NetnsHost; address: string; cacheDir: st
 /** A tracker's answer (tracker-lookup.js); when it refused or failed, no holders and the error's code. */
 export interface LookupAnswer {
   units: number;
-  holders: { peer_id: string; address: string; present: number }[];
+  /** Units each holder has, and units the seed is sending it (not announced yet). */
+  holders: { peer_id: string; address: string; present: number; pending: number }[];
   error?: string;
   message?: string;
 }

@@ -1,6 +1,7 @@
 // Child process of the netns P2P tests (P2pCluster.lookup): one tracker lookup from inside a host's namespace
 // (the test process lives in the root namespace, which has no route to the hosts). Prints one JSON line:
-// {"units":N,"holders":[{"peer_id","address","present"}]} or, when the tracker refuses or fails,
+// {"units":N,"holders":[{"peer_id","address","present","pending"}]} (counts of units held and on their way
+// from the seed) or, when the tracker refuses or fails,
 // {"units":0,"holders":[],"error":"CODE","message":"..."} (exit 0 in both cases: the caller reads the line).
 //
 //   DFNODE_P2P_CLUSTER_TOKEN=... node dist/bench/lib/tracker-lookup.js TRACKER BLOB
@@ -22,6 +23,7 @@ try {
     peer_id: h.peer_id,
     address: h.address,
     present: popcount(h.bitmap),
+    pending: popcount(h.pending ?? new Uint8Array(0)),
   }));
   process.stdout.write(JSON.stringify({ units: r.units, holders }) + '\n');
 } catch (err) {
