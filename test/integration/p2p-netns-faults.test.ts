@@ -126,7 +126,9 @@ describe.skipIf(req.skip)('P2P faults across network namespaces with shaped link
         );
         for (const r of runs) {
           expect(await c.cacheVerifies(r.cacheDir), `${r.host.name} cache`).toBe(true);
-          // the liar was tried (it was the only holder named) and dropped after the first bad blocks
+          // the liar was tried (it was the only holder named) and dropped after the first bad blocks: about
+          // the runs in flight when the first one failed verification (the planner keeps six), not a request
+          // for every peer run of the fill
           expect(hits.get(r.host.ip) ?? 0, `liar requests from ${r.host.name}`).toBeGreaterThan(0);
           expect(hits.get(r.host.ip) ?? 0, `liar requests from ${r.host.name}`).toBeLessThan(10);
           expect(r.proc.stderr()).toMatch(/peer isolated/);
