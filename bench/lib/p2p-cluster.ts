@@ -1,14 +1,17 @@
-// A P2P cluster on one machine for the netns test and bench/p2p: a NetnsTopology with a registry host, one
-// seed host and node hosts; a converted synthetic image pushed into the registry from inside its namespace
-// (over its loopback, so the push never crosses the shaped link); `dfnode seed` and `dfnode preheat`
-// processes run inside their hosts and are stopped by PID.
-import { spawn, type ChildProcess } from 'node:child_process';
+// A P2P cluster on one machine for the netns tests and bench/p2p: a NetnsTopology with a registry host, seed
+// hosts (seed, seed2, ...), node hosts and any extra hosts; a converted synthetic image pushed into the
+// registry from inside its namespace (over its loopback, so the push never crosses the shaped link);
+// `dfnode seed`, `dfnode preheat` and the fault-test helpers (a corrupt peer, tracker lookups, metrics scrapes)
+// run inside their hosts (the root namespace has no route to them) and are stopped by PID.
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NetnsTopology, type NetnsHost } from './netns-topology.js';
+import { NsProc } from './ns-proc.js';
 import { NsRegistry } from './ns-registry.js';
+import { trackerAddress } from '../../src/p2p/rendezvous.js';
 import { writeSyntheticImage, type SyntheticImageOptions } from './synthetic-image.js';
 
 /** The repository root (this file runs from bench/lib as TypeScript and from dist/bench/lib compiled). */
@@ -28,103 +31,18 @@ export function cli(name: 'dfnode' | 'dfconvert'): string {
   return p;
 }
 
-const live = new Set<ChildProcess>();
-process.once('exit', () => {
-  for (const c of live) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-});
-
-/** A process inside a host's namespace whose stdout lines are timestamped as they arrive. */
-export class NsProc {
-  readonly started = Date.now();
-  private out = '';
-  private err = '';
-  /** ms since start at which each stdout line arrived. */
-  readonly lines: { at: number; line: string }[] = [];
-  readonly exited: Promise<number | null>;
-
-  constructor(
-    readonly label: string,
-    private readonly child: ChildProcess,
-  ) {
-    live.add(child);
-    child.on('error', () => undefined);
-    let buf = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      this.out += d;
-      buf += d;
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        this.lines.push({ at: Date.now() - this.started, line: buf.slice(0, i) });
-        buf = buf.slice(i + 1);
-      }
-    });
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (this.err = (this.err + d).slice(-20_000)));
-    this.exited = new Promise((r) =>
-      child.once('exit', (code) => {
-        live.delete(child);
-        r(code);
-      }),
-    );
-  }
-
-  static spawn(
-    label: string,
-    host: NetnsHost,
-    cmd: string,
-    args: string[],
-    env: NodeJS.ProcessEnv = {},
-  ): NsProc {
-    const [c, a] = host.argv(cmd, args);
-    return new NsProc(
-      label,
-      spawn(c, a, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } }),
-    );
-  }
-
-  get pid(): number {
-    return this.child.pid ?? -1;
-  }
-
-  get running(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  stdout(): string {
-    return this.out;
-  }
-
-  stderr(): string {
-    return this.err;
-  }
-
-  /** The first stdout line matching `re`, with the ms since start at which it arrived. */
-  async waitLine(re: RegExp, timeoutMs = 300_000): Promise<{ at: number; line: string }> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const l = this.lines.find((x) => re.test(x.line));
-      if (l) return l;
-      if (!this.running || Date.now() > deadline)
-        throw new Error(
-          `${this.label}: no line ${re} (${this.running ? 'timeout' : `exit ${this.child.exitCode}`}):\n` +
-            `${this.out.slice(-4000)}\n${this.err.slice(-4000)}`,
-        );
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-
-  /** SIGTERM by PID, SIGKILL after `graceMs`. Safe to call twice. */
-  async stop(graceMs = 10_000): Promise<void> {
-    if (!this.running) return;
-    this.child.kill('SIGTERM');
-    const t = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
-    await this.exited;
-    clearTimeout(t);
-  }
+/** A compiled child-process script of bench/lib (run inside a namespace). */
+function helper(name: 'p2p-liar' | 'tracker-lookup'): string {
+  const p = join(repoRoot(), 'dist', 'bench', 'lib', `${name}.js`);
+  if (!existsSync(p)) throw new Error(`${p} is missing: run "npm run build" first`);
+  return p;
 }
+
+export { NsProc };
 
 export interface ClusterOptions {
   nodes: number;
-  /** Mbit/s of each node's and the seed's link. */
+  /** Mbit/s of each node's, seed's and extra host's link. */
   hostMbit: number;
   /** Mbit/s of the registry host's link. */
   registryMbit: number;
@@ -132,7 +50,42 @@ export interface ClusterOptions {
   /** Scratch directory (caches, registry storage, image layout); the caller removes it. */
   workDir: string;
   token?: string;
+  /** Seed hosts: `seed`, then `seed2`, `seed3`, ... Default 1. */
+  seeds?: number;
+  /** More hosts on the same links (e.g. `liar`, `outsider`), after the nodes. */
+  extraHosts?: string[];
   log?: (s: string) => void;
+}
+
+export interface PreheatOptions {
+  /** Seeds the nodes are given (`--seeds`); default every seed host. */
+  seeds?: NetnsHost[];
+  env?: NodeJS.ProcessEnv;
+  /** More `dfnode preheat` flags (e.g. `--metrics-address 127.0.0.1:9100`). */
+  args?: string[];
+  /** Keep serving peers after the result (default true). */
+  serve?: boolean;
+}
+
+/** A `dfnode preheat` started by startPreheat. */
+export interface PreheatRun {
+  host: NetnsHost;
+  proc: NsProc;
+  cacheDir: string;
+  /** Resolves when the node prints its result; rejects if it exits first. */
+  result(timeoutMs?: number): Promise<PreheatResult>;
+}
+
+/** A `dfnode seed` started by startSeed. */
+export type SeedProc = NsProc & { host: NetnsHost; address: string; cacheDir: string };
+
+/** A tracker's answer (tracker-lookup.js); when it refused or failed, no holders and the error's code. */
+export interface LookupAnswer {
+  units: number;
+  /** Units each holder has, and units the seed is sending it (not announced yet). */
+  holders: { peer_id: string; address: string; present: number; pending: number }[];
+  error?: string;
+  message?: string;
 }
 
 export interface PreheatResult {
@@ -174,6 +127,16 @@ export class P2pCluster {
     return this.topo.host('seed');
   }
 
+  /** seed, seed2, ... in order. */
+  get seedHosts(): NetnsHost[] {
+    return this.topo.hosts.filter((h) => /^seed\d*$/.test(h.name));
+  }
+
+  /** The block server address of the seed or node on `host` (a seed's tracker listens on the next port). */
+  p2pAddress(host: NetnsHost): string {
+    return `${host.ip}:${P2P_PORT}`;
+  }
+
   /** Builds the topology, starts the registry, generates, converts and pushes the image. Cleans up on failure. */
   static async create(opts: ClusterOptions): Promise<P2pCluster> {
     const log = opts.log ?? (() => undefined);
@@ -181,8 +144,12 @@ export class P2pCluster {
       prefix: 'dfp2p',
       hosts: [
         { name: 'registry', mbit: opts.registryMbit },
-        { name: 'seed', mbit: opts.hostMbit },
+        ...Array.from({ length: opts.seeds ?? 1 }, (_, i) => ({
+          name: i ? `seed${i + 1}` : 'seed',
+          mbit: opts.hostMbit,
+        })),
         ...Array.from({ length: opts.nodes }, (_, i) => ({ name: `node${i + 1}`, mbit: opts.hostMbit })),
+        ...(opts.extraHosts ?? []).map((name) => ({ name, mbit: opts.hostMbit })),
       ],
     });
     let registry: NsRegistry | undefined;
@@ -227,13 +194,21 @@ export class P2pCluster {
     return this.layers.reduce((a, l) => a + l.size, 0);
   }
 
-  /** Starts `dfnode seed` (fresh cache) in the seed host; resolves when it serves. */
-  async startSeed(extraEnv: NodeJS.ProcessEnv = {}): Promise<NsProc> {
+  /**
+   * Starts `dfnode seed` (fresh cache) in `opts.host` (default the seed host) on seedAddress(host); resolves
+   * when it serves.
+   */
+  async startSeed(
+    extraEnv: NodeJS.ProcessEnv = {},
+    opts: { host?: NetnsHost; args?: string[] } = {},
+  ): Promise<SeedProc> {
+    const host = opts.host ?? this.seedHost;
     const n = ++this.runs;
     const dir = join(this.opts.workDir, `seed-${n}`);
+    const address = this.p2pAddress(host);
     const p = NsProc.spawn(
-      'seed',
-      this.seedHost,
+      host.name,
+      host,
       process.execPath,
       [
         cli('dfnode'),
@@ -244,24 +219,26 @@ export class P2pCluster {
         '--state-dir',
         join(dir, 'state'),
         '--p2p-listen',
-        `${this.seedHost.ip}:${P2P_PORT}`,
+        address,
+        ...(opts.args ?? []),
       ],
       { DFNODE_LOG_LEVEL: 'warn', DFNODE_P2P_CLUSTER_TOKEN: this.token, ...extraEnv },
     );
     this.procs.push(p);
-    await p.waitLine(/^seed serving /, 30_000);
-    return p;
+    await p.waitLine(/^seed serving /, 60_000);
+    return Object.assign(p, { host, address, cacheDir: join(dir, 'cache') });
   }
 
   /**
-   * `dfnode preheat --serve --json` of the image on each of `hosts` at once (they keep serving peers until
-   * stopAll); resolves with each node's result when every node has printed it.
+   * `dfnode preheat --json` of the image on each of `hosts` at once (with `--serve` unless opts.serve is
+   * false: they keep serving peers until stopAll). Returns at once: each run's result() waits for its line.
    */
-  async preheat(hosts: NetnsHost[], extraEnv: NodeJS.ProcessEnv = {}): Promise<PreheatResult[]> {
+  startPreheat(hosts: NetnsHost[], opts: PreheatOptions = {}): PreheatRun[] {
     const n = ++this.runs;
-    const started = hosts.map((h) => {
+    const seeds = (opts.seeds ?? this.seedHosts).map((h) => this.p2pAddress(h)).join(',');
+    return hosts.map((h) => {
       const cacheDir = join(this.opts.workDir, `run-${n}`, h.name, 'cache');
-      const p = NsProc.spawn(
+      const proc = NsProc.spawn(
         `preheat ${h.name}`,
         h,
         process.execPath,
@@ -269,34 +246,89 @@ export class P2pCluster {
           cli('dfnode'),
           'preheat',
           '--plain-http',
-          '--serve',
+          ...(opts.serve === false ? [] : ['--serve']),
           '--json',
           '--cache-dir',
           cacheDir,
           '--state-dir',
           join(this.opts.workDir, `run-${n}`, h.name, 'state'),
           '--seeds',
-          `${this.seedHost.ip}:${P2P_PORT}`,
+          seeds,
           '--p2p-listen',
           `${h.ip}:${P2P_PORT}`,
+          ...(opts.args ?? []),
           this.ref,
         ],
-        { DFNODE_LOG_LEVEL: 'warn', DFNODE_P2P_CLUSTER_TOKEN: this.token, ...extraEnv },
+        { DFNODE_LOG_LEVEL: 'warn', DFNODE_P2P_CLUSTER_TOKEN: this.token, ...opts.env },
       );
-      this.procs.push(p);
-      return { h, p, cacheDir };
-    });
-    return Promise.all(
-      started.map(async ({ h, p, cacheDir }) => {
-        const l = await p.waitLine(/^\{.*\}$/);
+      this.procs.push(proc);
+      const result = async (timeoutMs?: number): Promise<PreheatResult> => {
+        const l = await proc.waitLine(/^\{.*\}$/, timeoutMs);
         const j = JSON.parse(l.line) as {
           bytes: number;
           bySource: Record<string, number>;
           fill?: Record<string, number>;
         };
         return { host: h.name, ms: l.at, bytes: j.bytes, bySource: j.bySource, fill: j.fill, cacheDir };
-      }),
+      };
+      return { host: h, proc, cacheDir, result };
+    });
+  }
+
+  /**
+   * `dfnode preheat --serve --json` of the image on each of `hosts` at once (they keep serving peers until
+   * stopAll); resolves with each node's result when every node has printed it.
+   */
+  async preheat(hosts: NetnsHost[], extraEnv: NodeJS.ProcessEnv = {}): Promise<PreheatResult[]> {
+    return Promise.all(this.startPreheat(hosts, { env: extraEnv }).map((r) => r.result()));
+  }
+
+  /**
+   * A cluster member that serves corrupt blocks (bench/lib/p2p-liar.js) in `host`, announcing every unit of
+   * every layer to the trackers of `seeds` (default every seed host) once they know the blob. Its stdout has
+   * `announced ...` and `hit CLIENT_IP OFFSET LENGTH` lines; liarHits() counts the latter.
+   */
+  async startLiar(host: NetnsHost, seeds: NetnsHost[] = this.seedHosts): Promise<NsProc> {
+    const trackers = seeds.map((h) => trackerAddress(this.p2pAddress(h))).join(',');
+    const p = NsProc.spawn(
+      `liar ${host.name}`,
+      host,
+      process.execPath,
+      [helper('p2p-liar'), `${host.ip}:${P2P_PORT}`, trackers, this.layers.map((l) => l.digest).join(',')],
+      { DFNODE_P2P_CLUSTER_TOKEN: this.token },
     );
+    this.procs.push(p);
+    await p.waitLine(/^liar serving /, 60_000);
+    return p;
+  }
+
+  /** Block requests a liar answered so far, by client IP. */
+  static liarHits(liar: NsProc): Map<string, number> {
+    const m = new Map<string, number>();
+    for (const { line } of liar.lines) {
+      const x = /^hit (\S+) /.exec(line);
+      if (x) m.set(x[1]!, (m.get(x[1]!) ?? 0) + 1);
+    }
+    return m;
+  }
+
+  /** One lookup of `blob` (default the first layer) at the tracker of the seed on `seed`, run in `from`. */
+  async lookup(
+    from: NetnsHost,
+    seed: NetnsHost,
+    opts: { blob?: string; token?: string } = {},
+  ): Promise<LookupAnswer> {
+    const r = await from.exec(
+      process.execPath,
+      [helper('tracker-lookup'), trackerAddress(this.p2pAddress(seed)), opts.blob ?? this.layers[0]!.digest],
+      { env: { ...process.env, DFNODE_P2P_CLUSTER_TOKEN: opts.token ?? this.token } },
+    );
+    return JSON.parse(r.stdout.trim()) as LookupAnswer;
+  }
+
+  /** The Prometheus text of a metrics endpoint on `host`'s loopback (e.g. `--metrics-address 127.0.0.1:PORT`). */
+  async scrape(host: NetnsHost, port: number): Promise<string> {
+    return (await host.exec('curl', ['-sf', '--max-time', '20', `http://127.0.0.1:${port}/metrics`])).stdout;
   }
 
   /** Every host of `hosts` downloads each layer blob straight from the registry with curl, at once. */
@@ -333,7 +365,19 @@ export class P2pCluster {
     return true;
   }
 
-  /** Stops every seed and node process started so far (by PID). */
+  /** Bytes allocated on disk for the layers in a cache dir (their data files are sparse until complete). */
+  async cachedBytes(cacheDir: string): Promise<number> {
+    let n = 0;
+    for (const l of this.layers) {
+      const st = await stat(join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data')).catch(
+        () => undefined,
+      );
+      n += st ? Math.min(st.blocks * 512, l.size) : 0;
+    }
+    return n;
+  }
+
+  /** Stops every seed, node and liar process started so far (by PID). */
   async stopAll(): Promise<void> {
     const ps = this.procs.splice(0);
     await Promise.all(ps.map((p) => p.stop().catch(() => undefined)));

@@ -66,6 +66,12 @@ export interface TrackerStateOptions {
    * peers are told it is on its way (until announced), and the seed defers their planned requests for it.
    */
   pendingTtlMs?: number;
+  /**
+   * ...and only while that peer keeps announcing: silent this long (ms), it is taken for dead (killed after
+   * the seed's response left, before it announced the units). Default three of the heartbeats nodes send
+   * every fifth announce interval (at most peerTtlMs).
+   */
+  pendingSilenceMs?: number;
   /** The seed's own bitmap of a blob (a seed runs the tracker of the blobs it serves). */
   seedBits?: (blob: string) => Uint8Array | undefined;
   timers?: Timers;
@@ -101,6 +107,7 @@ export class TrackerState {
   private readonly interval: number;
   private readonly halfLife: number;
   private readonly pendingTtl: number;
+  private readonly pendingSilence: number;
   private readonly timers: Timers;
   /** Announces and lookups answered (metrics). */
   readonly counters = { announces: 0, lookups: 0, holdersReturned: 0 };
@@ -110,6 +117,7 @@ export class TrackerState {
     this.interval = opts.announceIntervalMs ?? 5000;
     this.halfLife = opts.failureHalfLifeMs ?? 60_000;
     this.pendingTtl = opts.pendingTtlMs ?? 15_000;
+    this.pendingSilence = Math.min(this.ttl, opts.pendingSilenceMs ?? 3 * 5 * this.interval);
     this.timers = opts.timers ?? realTimers;
   }
 
@@ -131,7 +139,7 @@ export class TrackerState {
     if (!b) return false;
     const now = this.timers.now();
     for (const p of b.peers.values()) {
-      if (p.id === peer || !p.pending.size || now - p.lastSeen > this.ttl) continue;
+      if (p.id === peer || !p.pending.size || now - p.lastSeen > this.pendingSilence) continue;
       if (this.failureScore(p.id, now) >= 1) continue;
       for (const u of units) {
         const at = p.pending.get(u);
@@ -205,9 +213,11 @@ export class TrackerState {
       if (p.id === m.peer_id) continue;
       peers++;
       const failures = this.failureScore(p.id, now);
-      // what the seed is sending a peer others reported as failing may never arrive: not pending
-      if (p.pending.size)
-        for (const [u, at] of p.pending) if (failures >= 1 || now - at > this.pendingTtl) p.pending.delete(u);
+      // what the seed is sending a peer others reported as failing, or that fell silent, may never arrive
+      if (p.pending.size) {
+        const gone = failures >= 1 || now - p.lastSeen > this.pendingSilence;
+        for (const [u, at] of p.pending) if (gone || now - at > this.pendingTtl) p.pending.delete(u);
+      }
       if (p.bits.present === 0 && p.pending.size === 0) continue;
       let wanted = 0;
       if (m.want.length)

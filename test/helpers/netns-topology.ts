@@ -17,7 +17,16 @@ export {
   type TopologyOptions,
 } from '../../bench/lib/netns-topology.js';
 export { NsRegistry } from '../../bench/lib/ns-registry.js';
-export { NsProc, P2pCluster, type ClusterOptions, type PreheatResult } from '../../bench/lib/p2p-cluster.js';
+export {
+  NsProc,
+  P2pCluster,
+  type ClusterOptions,
+  type LookupAnswer,
+  type PreheatOptions,
+  type PreheatResult,
+  type PreheatRun,
+  type SeedProc,
+} from '../../bench/lib/p2p-cluster.js';
 
 /** Root, iproute2 with netns support, tc and `extraTools`; skips locally with a reason, throws in CI. */
 export function requireNetns(extraTools: string[] = []): Requirement {

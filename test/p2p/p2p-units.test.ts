@@ -143,4 +143,40 @@ describe('tracker state', () => {
       t.lookup({ blob: b, peer_id: 'me', zone: 'z1', want: [], max_peers: 8 }).holders.map((h) => h.peer_id),
     ).toEqual(['idle']);
   });
+  it('forgets what the seed was sending a peer that stopped announcing (killed), before the pending TTL', () => {
+    const c = clock();
+    // heartbeats every 5 x 200 ms: silent for three of them (3 s), a peer is taken for dead
+    const t = new TrackerState({ timers: c, announceIntervalMs: 200, pendingTtlMs: 30_000 });
+    const b = digest(9);
+    const ann = (id: string) =>
+      t.announce({
+        ...base,
+        blob: b,
+        units: 8,
+        peer_id: id,
+        address: id,
+        full: true,
+        bitmap: new Uint8Array(1),
+      });
+    ann('dead');
+    ann('live');
+    t.assume(b, 'dead', [0, 1]);
+    t.assume(b, 'live', [2]);
+    const pending = () =>
+      Object.fromEntries(
+        t
+          .lookup({ blob: b, peer_id: 'me', zone: '', want: [], max_peers: 8 })
+          .holders.map((h) => [h.peer_id, [...h.pending]]),
+      );
+    expect(pending()).toEqual({ dead: [0b11], live: [0b100] });
+    expect(t.pendingAtOthers(b, 'me', [0])).toBe(true);
+    // 'live' keeps sending heartbeats, 'dead' does not
+    for (let i = 0; i < 4; i++) {
+      c.t += 1000;
+      ann('live');
+    }
+    expect(t.pendingAtOthers(b, 'me', [0])).toBe(false);
+    expect(t.pendingAtOthers(b, 'me', [2])).toBe(true);
+    expect(pending()).toEqual({ live: [0b100] });
+  });
 });
