@@ -4,6 +4,7 @@
 //
 //   node dist/bench/p2p.js [--hosts 1,4,8,16] [--mib 64] [--host-mbit 20] [--registry-mbit 40]
 //                          [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep]
+import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -22,6 +23,7 @@ const { values: flags } = parseArgs({
     keep: { type: 'boolean', default: false },
     trace: { type: 'boolean', default: false },
     'skip-direct': { type: 'boolean', default: false },
+    'queue-ms': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -56,6 +58,7 @@ const cluster = await P2pCluster.create({
   nodes: maxN,
   hostMbit,
   registryMbit,
+  queueMs: flags['queue-ms'] ? Number(flags['queue-ms']) : undefined,
   image: { bytes: Math.round((mib * 1024 * 1024) / 0.84), files: 6, incompressible: 0.75 },
   workDir: work,
   log,
@@ -110,6 +113,16 @@ function traceLinks(n: number): () => void {
   };
 }
 
+/** CPU times of the whole machine (/proc/stat): busySince() tells whether a phase was CPU-bound. */
+function cpuTimes(): { total: number; idle: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  return { total: f.reduce((a, x) => a + x, 0), idle: f[3]! + (f[4] ?? 0) };
+}
+function busySince(from: { total: number; idle: number }): number {
+  const now = cpuTimes();
+  return 1 - (now.idle - from.idle) / Math.max(1, now.total - from.total);
+}
+
 interface Row {
   n: number;
   mode: 'dfnode' | 'direct';
@@ -121,6 +134,8 @@ interface Row {
   fromSeed?: number;
   fromRegistry?: number;
   verified?: boolean;
+  /** Busy share of the machine's CPUs during the phase. */
+  cpu?: number;
 }
 const rows: Row[] = [];
 const size = cluster.imageBytes;
@@ -141,7 +156,9 @@ try {
       await cluster.startSeed(env);
       log(`N=${n}: dfnode preheat`);
       const stopTrace = flags.trace ? traceLinks(n) : undefined;
+      const cpu0 = cpuTimes();
       const r = await cluster.preheat(hosts, env).finally(() => stopTrace?.());
+      const cpu = busySince(cpu0);
       if (flags.trace)
         for (const x of r)
           log(`  ${x.host}: ${(x.ms / 1000).toFixed(1)} s, planner ${JSON.stringify(x.fill)}`);
@@ -161,6 +178,7 @@ try {
         fromSeed: sum('seed') / total,
         fromRegistry: sum('registry') / total,
         verified,
+        cpu,
       });
     } catch (err) {
       // a node that fails (e.g. preheat stalls) is a result too: record it, go on with the next N
@@ -175,7 +193,9 @@ try {
     b0 = cluster.registry.blobBytes();
     w0 = (await reg.counters()).tx;
     log(`N=${n}: direct download`);
+    const dcpu0 = cpuTimes();
     const d = await cluster.directDownload(hosts);
+    const dcpu = busySince(dcpu0);
     await settle();
     rows.push({
       n,
@@ -185,6 +205,7 @@ try {
       egress: (cluster.registry.blobBytes() - b0) / size,
       egressWire: ((await reg.counters()).tx - w0) / size,
       verified: d.every((x) => x.bytes === size),
+      cpu: dcpu,
     });
     log(`N=${n}: ${JSON.stringify(rows[rows.length - 1])}`);
   }
@@ -200,7 +221,19 @@ process.stdout.write(
     (Object.keys(env).length ? `; ${JSON.stringify(env)}` : '') +
     '\n\n' +
     formatTable(
-      ['N', 'mode', 'mean s', 'max s', 'registry egress ×', 'wire ×', 'peers', 'seed', 'registry', 'ok'],
+      [
+        'N',
+        'mode',
+        'mean s',
+        'max s',
+        'registry egress ×',
+        'wire ×',
+        'peers',
+        'seed',
+        'registry',
+        'ok',
+        'cpu',
+      ],
       rows.map((x) => [
         String(x.n),
         x.mode,
@@ -212,6 +245,7 @@ process.stdout.write(
         pct(x.fromSeed),
         pct(x.fromRegistry),
         x.verified ? 'yes' : 'NO',
+        pct(x.cpu),
       ]),
     ) +
     '\n\n',

@@ -23,6 +23,11 @@ export interface TopologyOptions {
   hosts: HostSpec[];
   /** Namespace name prefix; a random suffix is always added. */
   prefix?: string;
+  /**
+   * Buffer of each shaped link where the kernel has no fair queue, in ms at the link rate (a pfifo
+   * leaf). Default: htb's default leaf, a FIFO of the veth's txqueuelen (1000 packets: 600 ms at 20 Mbit/s).
+   */
+  queueMs?: number;
 }
 
 const live = new Set<NetnsTopology>();
@@ -40,6 +45,7 @@ export class NetnsHost {
     readonly hubVeth: string,
     private readonly hub: string,
     readonly mbit: number,
+    readonly queueMs = 0,
   ) {}
 
   /** `ip netns exec NS cmd args...` as an argv (ip execs the command: a spawned child's PID is the command's). */
@@ -97,9 +103,14 @@ export class NetnsHost {
         rate,
       );
       // a fair leaf queue where the kernel has one (flows share the link as on a real NIC); else htb's pfifo
-      for (const leaf of ['fq_codel', 'sfq']) {
+      const leaves = [['fq_codel'], ['sfq']];
+      if (this.queueMs > 0) {
+        const packets = Math.max(16, Math.round((mbit * 1e6 * this.queueMs) / 1000 / 8 / 1514));
+        leaves.push(['pfifo', 'limit', String(packets)]);
+      }
+      for (const leaf of leaves) {
         if (
-          await tc('qdisc', 'add', 'dev', dev, 'parent', '1:10', 'handle', '10:', leaf).then(
+          await tc('qdisc', 'add', 'dev', dev, 'parent', '1:10', 'handle', '10:', ...leaf).then(
             () => true,
             () => false,
           )
@@ -130,7 +141,16 @@ export class NetnsTopology {
     const hub = `${prefix}-hub`;
     const namespaces = [hub];
     const hosts = opts.hosts.map(
-      (h, i) => new NetnsHost(h.name, `${prefix}-${h.name}`, `10.77.0.${i + 1}`, `h${i}`, hub, h.mbit ?? 0),
+      (h, i) =>
+        new NetnsHost(
+          h.name,
+          `${prefix}-${h.name}`,
+          `10.77.0.${i + 1}`,
+          `h${i}`,
+          hub,
+          h.mbit ?? 0,
+          opts.queueMs ?? 0,
+        ),
     );
     const topo = new NetnsTopology(hub, hosts, namespaces);
     try {

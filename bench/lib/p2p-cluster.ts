@@ -54,6 +54,8 @@ export interface ClusterOptions {
   seeds?: number;
   /** More hosts on the same links (e.g. `liar`, `outsider`), after the nodes. */
   extraHosts?: string[];
+  /** Link buffer in ms (see TopologyOptions.queueMs); default: the veth's own FIFO. */
+  queueMs?: number;
   log?: (s: string) => void;
 }
 
@@ -142,6 +144,7 @@ export class P2pCluster {
     const log = opts.log ?? (() => undefined);
     const topo = await NetnsTopology.create({
       prefix: 'dfp2p',
+      queueMs: opts.queueMs,
       hosts: [
         { name: 'registry', mbit: opts.registryMbit },
         ...Array.from({ length: opts.seeds ?? 1 }, (_, i) => ({
