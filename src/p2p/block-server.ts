@@ -63,7 +63,7 @@ export class BlockServer {
   /** Requests refused for a bad token (or, with TLS, handshakes refused), ranges answered, bytes sent. */
   readonly counters = { unauthorized: 0, served: 0, bytes: 0, missing: 0, deferred: 0 };
   private readonly log: Logger;
-  /** Addresses already warned about for a refused TLS handshake. */
+  /** Addresses already warned about (a refused TLS handshake or cluster token). */
   private readonly warned = new Set<string>();
 
   constructor(private readonly opts: BlockServerOptions) {
@@ -117,14 +117,19 @@ export class BlockServer {
     const reason = refusedClientReason(err, socket.authorizationError);
     if (!reason) return;
     this.counters.unauthorized++;
-    const from = socket.remoteAddress ?? '?';
+    this.warnOnce(
+      socket.remoteAddress ?? '?',
+      reason,
+      'refused a peer without a certificate from the cluster CA (p2p.tls.ca)',
+    );
+  }
+
+  /** One warning per address (bounded memory): a misconfigured host repeats its request many times. */
+  private warnOnce(from: string, reason: string, msg: string): void {
     if (this.warned.size >= 1024) this.warned.clear();
     if (this.warned.has(from)) return;
     this.warned.add(from);
-    this.log.warn(
-      { peer: from, reason },
-      'refused a peer without a certificate from the cluster CA (p2p.tls.ca)',
-    );
+    this.log.warn({ peer: from, reason }, msg);
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -134,6 +139,11 @@ export class BlockServer {
     };
     if (!tokenMatches(this.opts.clusterToken, req.headers[CLUSTER_TOKEN_HEADER])) {
       this.counters.unauthorized++;
+      this.warnOnce(
+        req.socket.remoteAddress ?? '?',
+        req.headers[CLUSTER_TOKEN_HEADER] ? 'wrong cluster token' : 'no cluster token',
+        'refused a block request without the cluster token (p2p.clusterToken)',
+      );
       return fail(401, 'cluster token required');
     }
     const url = new URL(req.url ?? '/', 'http://peer');
