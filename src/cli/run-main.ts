@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { DfError } from '../errors.js';
 
 /**
@@ -6,6 +7,8 @@ import { DfError } from '../errors.js';
  */
 export function runMain(name: string, main: (signal: AbortSignal, argv: string[]) => Promise<unknown>): void {
   const ac = new AbortController();
+  // the whole program's operations listen to it, many at once
+  setMaxListeners(0, ac.signal);
   let interrupts = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     interrupts++;

@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { decodeFooter, FOOTER_SIZE } from '../blob/footer.js';
 import { decodeStoredBlock } from '../blob/block-codec.js';
 import { DfbReader } from '../blob/reader.js';
@@ -137,6 +138,8 @@ export class BlobFetcher implements FileReader {
   private readonly o: Required<BlobFetcherOptions>;
 
   constructor(init: BlobFetcherInit) {
+    // every request in flight listens to it (and stops listening when done): many at once is normal
+    setMaxListeners(0, this.closer.signal);
     this.blob = init.blob;
     this.toc = init.toc;
     this.cache = init.cache;

@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { resolveDfbImage } from '../daemon/image.js';
 import type { NodeRuntime, OpenedDfbLayer } from '../daemon/node-runtime.js';
 import { DfError } from '../errors.js';
@@ -43,6 +44,7 @@ export async function preheat(
   // the fill retries forever; preheat fails when no block arrived for stallMs
   const stall = new AbortController();
   const signal = opts.signal ? AbortSignal.any([opts.signal, stall.signal]) : stall.signal;
+  setMaxListeners(0, signal); // every fill worker waits on it
   let present = -1;
   const watchdog = setInterval(() => {
     const now = opened.reduce((a, o) => a + o.cache.presentUnits, 0);
