@@ -1,5 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
 import { cliPath } from './cli.js';
+import { freePort } from './registry.js';
 
 /** A long-running `dfnode` child process (seed, preheat, run) with its output kept for assertions. */
 export interface Proc {
@@ -55,5 +57,50 @@ export async function waitLine(p: Proc, re: RegExp, ms = 300_000): Promise<strin
     if (p.child.exitCode !== null || p.child.signalCode !== null || Date.now() > deadline)
       throw new Error(`no ${re} (exit ${p.child.exitCode ?? p.child.signalCode}):\n${p.out()}\n${p.err()}`);
     await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A `dfnode seed` child process on a free loopback port (its tracker on the next one). */
+export interface SeedProc {
+  proc: Proc;
+  /** host:port of its block server. */
+  addr: string;
+  cache: string;
+}
+
+/**
+ * Starts `dfnode seed --plain-http` with caches under `dir/<name>-*` on a free loopback port (another
+ * port when the one picked was taken meanwhile) and resolves once it serves.
+ */
+export async function startSeedProc(
+  dir: string,
+  name: string,
+  args: string[] = [],
+  env: NodeJS.ProcessEnv = {},
+): Promise<SeedProc> {
+  const cache = join(dir, `${name}-cache`);
+  for (let tries = 0; ; tries++) {
+    const addr = `127.0.0.1:${await freePort()}`;
+    const proc = dfnodeProc(
+      [
+        'seed',
+        '--plain-http',
+        '--cache-dir',
+        cache,
+        '--state-dir',
+        join(dir, `${name}-state`),
+        '--p2p-listen',
+        addr,
+        ...args,
+      ],
+      env,
+    );
+    try {
+      await waitLine(proc, /^seed serving .*$/m, 20_000);
+      return { proc, addr, cache };
+    } catch (err) {
+      await proc.stop();
+      if (tries > 3) throw err;
+    }
   }
 }

@@ -12,6 +12,7 @@ import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { expect } from 'vitest';
 import { cliPath, run, runCli, runOk, type CliResult } from './cli.js';
 import { ensureFixture, REPO_ROOT, type FixtureName } from './fixtures.js';
 import { requireRegistry, startRegistry, type TestRegistry } from './registry.js';
@@ -348,6 +349,14 @@ function typeOf(s: import('node:fs').BigIntStats): TreeEntry['type'] {
   if (s.isBlockDevice()) return 'block';
   if (s.isFIFO()) return 'fifo';
   return 'socket';
+}
+
+/** Asserts that each layer's cache file under `cacheDir` hashes to the layer's digest. */
+export async function expectCacheMatches(cacheDir: string, layers: { digest: string }[]): Promise<void> {
+  for (const l of layers) {
+    const f = join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data');
+    expect('sha256:' + (await sha256File(f)), `${f}`).toBe(l.digest);
+  }
 }
 
 export function sha256File(path: string): Promise<string> {

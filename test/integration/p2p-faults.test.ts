@@ -5,7 +5,13 @@
  * Every surviving node must finish with caches that match the blob digests. Needs docker-registry, skopeo
  * and umoci (fixture); skips locally with a printed reason, never in CI.
  */
-import { dfnodeProc as spawnDfnode, waitLine, type Proc } from '../helpers/dfnode-proc.js';
+import {
+  dfnodeProc as spawnDfnode,
+  startSeedProc,
+  waitLine,
+  type Proc,
+  type SeedProc,
+} from '../helpers/dfnode-proc.js';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,7 +19,7 @@ import {
   dfbLayers,
   nodeTempDir,
   pushAndConvert,
-  sha256File,
+  expectCacheMatches,
   startRangeProxy,
   type DfbManifestLayer,
   type ImageSet,
@@ -62,35 +68,10 @@ describe.skipIf(req.skip)('P2P faults on loopback: killed nodes and seeds', () =
   let n = 0;
 
   /** A seed on a free port (its tracker on the next one), uploads limited so that transfers take a while. */
-  async function startSeed(
-    name: string,
-    env: NodeJS.ProcessEnv = {},
-  ): Promise<{ proc: Proc; addr: string; cache: string }> {
-    const cache = join(tmp.dir, `${name}-cache`);
-    for (let tries = 0; ; tries++) {
-      const addr = `127.0.0.1:${await freePort()}`;
-      const proc = dfnodeProc(
-        [
-          'seed',
-          '--plain-http',
-          '--cache-dir',
-          cache,
-          '--state-dir',
-          join(tmp.dir, `${name}-state`),
-          '--p2p-listen',
-          addr,
-        ],
-        env,
-      );
-      procs.push(proc);
-      try {
-        await waitLine(proc, /^seed serving .*$/m, 20_000);
-        return { proc, addr, cache };
-      } catch (err) {
-        await proc.stop();
-        if (tries > 3) throw err;
-      }
-    }
+  async function startSeed(name: string, env: NodeJS.ProcessEnv = {}): Promise<SeedProc> {
+    const s = await startSeedProc(tmp.dir, name, [], { DFNODE_P2P_CLUSTER_TOKEN: TOKEN, ...env });
+    procs.push(s.proc);
+    return s;
   }
 
   function preheatNode(
@@ -122,13 +103,7 @@ describe.skipIf(req.skip)('P2P faults on loopback: killed nodes and seeds', () =
     return { proc, cache };
   }
 
-  async function cacheMatches(cacheDir: string): Promise<void> {
-    for (const l of layers) {
-      expect(
-        'sha256:' + (await sha256File(join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data'))),
-      ).toBe(l.digest);
-    }
-  }
+  const cacheMatches = (cacheDir: string) => expectCacheMatches(cacheDir, layers);
 
   beforeAll(async () => {
     tmp = await nodeTempDir('p2p-faults-');

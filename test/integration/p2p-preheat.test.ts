@@ -5,7 +5,7 @@
  * that a peer serving corrupt blocks is isolated and that requests without the cluster token are refused.
  * Needs docker-registry, skopeo and umoci (fixture); skips locally with a printed reason, never in CI.
  */
-import { dfnodeProc, waitLine, type Proc } from '../helpers/dfnode-proc.js';
+import { dfnodeProc, startSeedProc, waitLine, type Proc } from '../helpers/dfnode-proc.js';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -14,13 +14,12 @@ import {
   dfbLayers,
   nodeTempDir,
   pushAndConvert,
-  sha256File,
+  expectCacheMatches,
   startRangeProxy,
   type DfbManifestLayer,
   type ImageSet,
   type RangeProxy,
 } from '../helpers/node.js';
-import { freePort } from '../helpers/registry.js';
 import { requireTools } from '../helpers/require.js';
 import { TrackerClient } from '../../src/p2p/tracker-service.js';
 import { readdir, readFile } from 'node:fs/promises';
@@ -72,29 +71,9 @@ describe.skipIf(req.skip)('P2P: seed, tracker and block exchange on loopback', (
     layers = await dfbLayers(images.reg.url, images.dfb.debian!);
     proxy = await startRangeProxy(images.reg.host);
     ref = images.dfb.debian!.replace(images.reg.host, proxy.host);
-    for (let tries = 0; ; tries++) {
-      const port = await freePort();
-      seedAddr = `127.0.0.1:${port}`;
-      seed = dfnodeProc([
-        'seed',
-        '--plain-http',
-        '--cache-dir',
-        join(tmp.dir, 'seed-cache'),
-        '--state-dir',
-        join(tmp.dir, 'seed-state'),
-        '--p2p-listen',
-        seedAddr,
-        '--cluster-token',
-        TOKEN,
-      ]);
-      try {
-        await waitLine(seed, /^seed serving .*$/m, 20_000);
-        break;
-      } catch (err) {
-        await seed.stop();
-        if (tries > 3) throw err;
-      }
-    }
+    const sp = await startSeedProc(tmp.dir, 'seed', ['--cluster-token', TOKEN]);
+    seed = sp.proc;
+    seedAddr = sp.addr;
   });
 
   afterAll(async () => {
@@ -105,13 +84,7 @@ describe.skipIf(req.skip)('P2P: seed, tracker and block exchange on loopback', (
     await tmp?.cleanup();
   });
 
-  async function cacheMatches(cacheDir: string): Promise<void> {
-    for (const l of layers) {
-      expect(
-        'sha256:' + (await sha256File(join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data'))),
-      ).toBe(l.digest);
-    }
-  }
+  const cacheMatches = (cacheDir: string) => expectCacheMatches(cacheDir, layers);
 
   it(`${N} nodes preheat the same image at once: registry once per block, most bytes from peers`, async () => {
     const first = n + 1;

@@ -7,16 +7,15 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dfnodeProc, waitLine, type Proc } from '../helpers/dfnode-proc.js';
+import { dfnodeProc, startSeedProc, waitLine, type Proc } from '../helpers/dfnode-proc.js';
 import {
   dfbLayers,
   nodeTempDir,
   pushAndConvert,
-  sha256File,
+  expectCacheMatches,
   type DfbManifestLayer,
   type ImageSet,
 } from '../helpers/node.js';
-import { freePort } from '../helpers/registry.js';
 import { requireTools } from '../helpers/require.js';
 import { makeTestPki, type HostTls, type TestPki } from '../helpers/tls-certs.js';
 
@@ -69,13 +68,7 @@ describe.skipIf(req.skip)('P2P over mutual TLS: seed and nodes on loopback', () 
     return { p, cache: join(tmp.dir, `cache-${i}`) };
   };
 
-  async function cacheMatches(cacheDir: string): Promise<void> {
-    for (const l of layers) {
-      expect(
-        'sha256:' + (await sha256File(join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data'))),
-      ).toBe(l.digest);
-    }
-  }
+  const cacheMatches = (cacheDir: string) => expectCacheMatches(cacheDir, layers);
 
   beforeAll(async () => {
     tmp = await nodeTempDir('p2p-tls-');
@@ -83,34 +76,18 @@ describe.skipIf(req.skip)('P2P over mutual TLS: seed and nodes on loopback', () 
     images = await pushAndConvert(['debian'], tmp.dir);
     layers = await dfbLayers(images.reg.url, images.dfb.debian!);
     ref = images.dfb.debian!;
-    for (let tries = 0; ; tries++) {
-      seedAddr = `127.0.0.1:${await freePort()}`;
-      seed = dfnodeProc([
-        'seed',
-        '--plain-http',
-        '--cache-dir',
-        join(tmp.dir, 'seed-cache'),
-        '--state-dir',
-        join(tmp.dir, 'seed-state'),
-        '--p2p-listen',
-        seedAddr,
-        '--cluster-token',
-        TOKEN,
-        '--p2p-tls-cert',
-        pki.member.cert,
-        '--p2p-tls-key',
-        pki.member.key,
-        '--p2p-tls-ca',
-        pki.ca,
-      ]);
-      try {
-        await waitLine(seed, /^seed serving .*$/m, 20_000);
-        break;
-      } catch (err) {
-        await seed.stop();
-        if (tries > 3) throw err;
-      }
-    }
+    const sp = await startSeedProc(tmp.dir, 'seed', [
+      '--cluster-token',
+      TOKEN,
+      '--p2p-tls-cert',
+      pki.member.cert,
+      '--p2p-tls-key',
+      pki.member.key,
+      '--p2p-tls-ca',
+      pki.ca,
+    ]);
+    seed = sp.proc;
+    seedAddr = sp.addr;
   });
 
   afterAll(async () => {
