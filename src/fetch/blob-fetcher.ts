@@ -12,6 +12,7 @@ import { FetchScheduler, type ScheduledTask } from './scheduler.js';
 import { FetchStats } from './fetch-stats.js';
 import { bound, childSignal, realTimers, sleep, type Timers } from './timers.js';
 import { TokenBucket } from './token-bucket.js';
+import { transferTimeoutMs } from './transfer-timeout.js';
 import {
   isDeferred,
   isSourceUnavailable,
@@ -98,6 +99,12 @@ interface Deferred {
   reject: (e: unknown) => void;
 }
 
+function rotate<T>(a: readonly T[], k: number): T[] {
+  if (!a.length) return [];
+  const i = k % a.length;
+  return [...a.slice(i), ...a.slice(0, i)];
+}
+
 /**
  * Serves file reads of one blob: memory LRU → disk cache → remote sources, verifying every block.
  * Missing blocks under a read are fetched at Blocked priority, adjacent ones in one range request;
@@ -105,18 +112,6 @@ interface Deferred {
  * the TOC unit) is filled in the background at Fill priority, then the complete file is checked against
  * the blob digest.
  */
-/**
- * Slowest rate a range request may sustain before it counts as timed out (bytes/s): the request time
- * limit is requestTimeoutMs plus the time of its bytes at this rate.
- */
-const MIN_REQUEST_BYTES_PER_SEC = 64 * 1024;
-
-function rotate<T>(a: readonly T[], k: number): T[] {
-  if (!a.length) return [];
-  const i = k % a.length;
-  return [...a.slice(i), ...a.slice(0, i)];
-}
-
 export class BlobFetcher implements FileReader {
   readonly blob: BlobRef;
   readonly toc: Toc;
@@ -315,9 +310,9 @@ export class BlobFetcher implements FileReader {
       if (f) {
         f.task?.promote(priority);
         if (f.run && priority < f.run.priority) {
-          // a reader is blocked on it now: the whole chain (registry included) may serve it
+          // a reader is waiting on it now (more urgent than fill): the whole chain may serve it
           f.run.priority = priority;
-          if (priority !== Priority.Fill) f.run.only = undefined;
+          f.run.only = undefined;
         }
         out[k] = f.promise;
         flush();
@@ -423,7 +418,7 @@ export class BlobFetcher implements FileReader {
     const len = this.unitOffset(part[part.length - 1]!.unit + 1) - off;
     const what = `${source.name}: ${this.blob.digest} bytes ${off}+${len}`;
     // the limit grows with the size: a large run on a thin, shared link is slow, not failed
-    const ms = this.o.requestTimeoutMs + Math.ceil((len / MIN_REQUEST_BYTES_PER_SEC) * 1000);
+    const ms = transferTimeoutMs(this.o.requestTimeoutMs, len);
     const rq = childSignal(this.closer.signal, ms, this.timers, what);
     const t0 = this.timers.now();
     let data: Buffer;

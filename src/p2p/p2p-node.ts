@@ -212,12 +212,12 @@ export class P2pNode implements BlobProvider {
 
   /** Hook of the node runtime: an opened blob is served to peers and announced (reference-counted). */
   register(blob: BlobRef, toc: Toc, cache: BlobCache): PeerView {
-    let v = this.views.get(blob.digest);
+    const v = this.views.get(blob.digest);
     if (v) {
       v.refs++;
       return v;
     }
-    const view = (v = new PeerView(blob, new UnitLayout(toc, blob.size), cache));
+    const view = new PeerView(blob, new UnitLayout(toc, blob.size), cache);
     this.views.set(blob.digest, view);
     // new units are announced within SOON_MS (not only at the interval): peers waiting for them go on
     const soon = () => {

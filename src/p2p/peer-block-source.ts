@@ -1,4 +1,4 @@
-import { transferTimeoutMs } from './transfer-timeout.js';
+import { transferTimeoutMs } from '../fetch/transfer-timeout.js';
 import { childSignal, realTimers, type Timers } from '../fetch/timers.js';
 import { sourceUnavailable, type BlobRef, type BlockSource } from '../fetch/types.js';
 import { DfError } from '../errors.js';

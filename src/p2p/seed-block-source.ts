@@ -1,4 +1,4 @@
-import { transferTimeoutMs } from './transfer-timeout.js';
+import { transferTimeoutMs } from '../fetch/transfer-timeout.js';
 import { DfError } from '../errors.js';
 import { childSignal, realTimers, type Timers } from '../fetch/timers.js';
 import {
@@ -39,7 +39,7 @@ const TIMEOUTS_UNTIL_DOWN = 3;
  * or isolated. Sends the repository and blob size (never credentials) so that the seed can fetch a block
  * it misses from the registry with its own.
  *
- * Down (connection refused or reset, no connection within 3 s, an HTTP error, or several timeouts in a
+ * Down (connection refused or reset, no connection within 10 s, an HTTP error, or three timeouts in a
  * row) isolates the seed and moves on to the next one. Slow is not down: a request that times out on a
  * busy seed is retried there later when it is background fill (so that the cluster does not go back to
  * the registry because one link is saturated), and goes on to the registry at once when a reader is

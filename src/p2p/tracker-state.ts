@@ -139,14 +139,21 @@ export class TrackerState {
     if (!b) return false;
     const now = this.timers.now();
     for (const p of b.peers.values()) {
-      if (p.id === peer || !p.pending.size || now - p.lastSeen > this.pendingSilence) continue;
-      if (this.failureScore(p.id, now) >= 1) continue;
-      for (const u of units) {
-        const at = p.pending.get(u);
-        if (at !== undefined && now - at <= this.pendingTtl) return true;
-      }
+      if (p.id === peer || !p.pending.size) continue;
+      this.prunePending(p, now, this.failureScore(p.id, now));
+      for (const u of units) if (p.pending.has(u)) return true;
     }
     return false;
+  }
+
+  /**
+   * Drops what may never arrive: units sent longer than the pending TTL ago, and everything sent to a
+   * peer others reported as failing or that fell silent.
+   */
+  private prunePending(p: PeerEntry, now: number, failures: number): void {
+    if (!p.pending.size) return;
+    const gone = failures >= 1 || now - p.lastSeen > this.pendingSilence;
+    for (const [u, at] of p.pending) if (gone || now - at > this.pendingTtl) p.pending.delete(u);
   }
 
   /** The seed's response with units first..last did not reach `peer`: they are not on their way. */
@@ -213,11 +220,7 @@ export class TrackerState {
       if (p.id === m.peer_id) continue;
       peers++;
       const failures = this.failureScore(p.id, now);
-      // what the seed is sending a peer others reported as failing, or that fell silent, may never arrive
-      if (p.pending.size) {
-        const gone = failures >= 1 || now - p.lastSeen > this.pendingSilence;
-        for (const [u, at] of p.pending) if (gone || now - at > this.pendingTtl) p.pending.delete(u);
-      }
+      this.prunePending(p, now, failures);
       if (p.bits.present === 0 && p.pending.size === 0) continue;
       let wanted = 0;
       if (m.want.length)
