@@ -104,3 +104,24 @@ export async function startSeedProc(
     }
   }
 }
+
+/**
+ * Arguments of `dfnode preheat --plain-http --json` for node `i` (caches under `dir/cache-i`, state under
+ * `dir/state-i`), its block server on a free loopback port; the image reference goes after `extra`.
+ */
+export function preheatArgs(dir: string, i: number, seeds: string[], extra: string[] = []): string[] {
+  return [
+    'preheat',
+    '--plain-http',
+    '--cache-dir',
+    join(dir, `cache-${i}`),
+    '--state-dir',
+    join(dir, `state-${i}`),
+    '--seeds',
+    seeds.join(','),
+    '--p2p-listen',
+    '127.0.0.1:0',
+    '--json',
+    ...extra,
+  ];
+}

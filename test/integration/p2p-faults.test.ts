@@ -7,6 +7,7 @@
  */
 import {
   dfnodeProc as spawnDfnode,
+  preheatArgs,
   startSeedProc,
   waitLine,
   type Proc,
@@ -80,27 +81,9 @@ describe.skipIf(req.skip)('P2P faults on loopback: killed nodes and seeds', () =
     extra: string[] = [],
   ): { proc: Proc; cache: string } {
     n++;
-    const cache = join(tmp.dir, `cache-${n}`);
-    const proc = dfnodeProc(
-      [
-        'preheat',
-        '--plain-http',
-        '--cache-dir',
-        cache,
-        '--state-dir',
-        join(tmp.dir, `state-${n}`),
-        '--seeds',
-        seeds.join(','),
-        '--p2p-listen',
-        '127.0.0.1:0',
-        '--json',
-        ...extra,
-        ref,
-      ],
-      env,
-    );
+    const proc = dfnodeProc([...preheatArgs(tmp.dir, n, seeds, extra), ref], env);
     procs.push(proc);
-    return { proc, cache };
+    return { proc, cache: join(tmp.dir, `cache-${n}`) };
   }
 
   const cacheMatches = (cacheDir: string) => expectCacheMatches(cacheDir, layers);

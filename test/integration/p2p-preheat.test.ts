@@ -5,7 +5,7 @@
  * that a peer serving corrupt blocks is isolated and that requests without the cluster token are refused.
  * Needs docker-registry, skopeo and umoci (fixture); skips locally with a printed reason, never in CI.
  */
-import { dfnodeProc, startSeedProc, waitLine, type Proc } from '../helpers/dfnode-proc.js';
+import { dfnodeProc, preheatArgs, startSeedProc, waitLine, type Proc } from '../helpers/dfnode-proc.js';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -47,23 +47,7 @@ describe.skipIf(req.skip)('P2P: seed, tracker and block exchange on loopback', (
   const procs: Proc[] = [];
   let n = 0;
 
-  const nodeArgs = (extra: string[] = []) => {
-    n++;
-    return [
-      'preheat',
-      '--plain-http',
-      '--cache-dir',
-      join(tmp.dir, `cache-${n}`),
-      '--state-dir',
-      join(tmp.dir, `state-${n}`),
-      '--seeds',
-      seedAddr,
-      '--p2p-listen',
-      '127.0.0.1:0',
-      '--json',
-      ...extra,
-    ];
-  };
+  const nodeArgs = (extra: string[] = []) => preheatArgs(tmp.dir, ++n, [seedAddr], extra);
 
   beforeAll(async () => {
     tmp = await nodeTempDir('p2p-');

@@ -7,7 +7,7 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dfnodeProc, startSeedProc, waitLine, type Proc } from '../helpers/dfnode-proc.js';
+import { dfnodeProc, preheatArgs, startSeedProc, waitLine, type Proc } from '../helpers/dfnode-proc.js';
 import {
   dfbLayers,
   nodeTempDir,
@@ -46,24 +46,10 @@ describe.skipIf(req.skip)('P2P over mutual TLS: seed and nodes on loopback', () 
 
   const preheat = (env: NodeJS.ProcessEnv, extra: string[] = []) => {
     const i = ++n;
-    const p = dfnodeProc(
-      [
-        'preheat',
-        '--plain-http',
-        '--cache-dir',
-        join(tmp.dir, `cache-${i}`),
-        '--state-dir',
-        join(tmp.dir, `state-${i}`),
-        '--seeds',
-        seedAddr,
-        '--p2p-listen',
-        '127.0.0.1:0',
-        '--json',
-        ...extra,
-        ref,
-      ],
-      { DFNODE_P2P_CLUSTER_TOKEN: TOKEN, ...env },
-    );
+    const p = dfnodeProc([...preheatArgs(tmp.dir, i, [seedAddr], extra), ref], {
+      DFNODE_P2P_CLUSTER_TOKEN: TOKEN,
+      ...env,
+    });
     procs.push(p);
     return { p, cache: join(tmp.dir, `cache-${i}`) };
   };
