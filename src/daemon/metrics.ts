@@ -83,7 +83,7 @@ export class NodeMetrics {
   });
   readonly seedsDown = new Counter({
     name: 'dfnode_seeds_down_total',
-    help: 'Seed requests that failed so that the next seed in rendezvous order (or the registry) took over',
+    help: 'Times a seed was found down (a block or tracker request refused, reset or failed, or 3 block timeouts in a row) and skipped for a while, so that the next seed in rendezvous order (or the registry) took over',
     registers: [this.registry],
   });
   readonly trackerAnswers = new Counter({

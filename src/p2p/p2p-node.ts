@@ -114,8 +114,11 @@ export class P2pNode implements BlobProvider {
       baseMs: Math.min(this.p.isolationBaseMs, 2000),
       maxMs: 30_000,
       timers: this.timers,
-      onIsolate: (seed, ms, reason) =>
-        this.log.warn({ seed, ms, reason }, 'seed unreachable; the next one takes over'),
+      // found down by a block request or by its tracker, whichever came first: one count per exclusion
+      onIsolate: (seed, ms, reason) => {
+        this.counters.seedsDown++;
+        this.log.warn({ seed, ms, reason }, 'seed unreachable; the next one takes over');
+      },
     });
     this.http = new HttpBlockClient(this.token, this.bandwidth.download, this.id, this.tls);
     this.server = new BlockServer({
@@ -180,7 +183,6 @@ export class P2pNode implements BlobProvider {
       isolation: this.seedIsolation,
       timeoutMs: this.p.seedTimeoutMs,
       timers: this.timers,
-      onSeedDown: () => this.counters.seedsDown++,
       fallback: this.fallback,
       onUnauthorized: (seed, message) => {
         if (this.warnedUnauthorized.has(seed)) return;

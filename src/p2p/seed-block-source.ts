@@ -23,8 +23,6 @@ export interface SeedSourceOptions {
   isolation: Isolation;
   timeoutMs: number;
   timers?: Timers;
-  /** A seed failed and the next one took over (metrics). */
-  onSeedDown?: (seed: string) => void;
   /** Told why a range goes on to the registry (seed down, timeout, bad block): metrics. */
   fallback?: RegistryFallback;
   /** The seeds refused the cluster token (logged once: a configuration error, not a fault). */
@@ -108,7 +106,6 @@ export class SeedBlockSource implements BlockSource {
           this.timeouts.delete(seed);
         }
         this.o.isolation.fail(seed, e.code);
-        this.o.onSeedDown?.(seed);
       } finally {
         rq.dispose();
       }

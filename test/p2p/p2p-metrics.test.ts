@@ -1,4 +1,9 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import type { Toc } from '../../src/blob/toc.js';
+import { BlobCache } from '../../src/cache/blob-cache.js';
 import { NodeMetrics } from '../../src/daemon/metrics.js';
 import { loadConfig } from '../../src/config.js';
 import { isSourceUnavailable, type BlobRef, type BlockSource } from '../../src/fetch/types.js';
@@ -74,6 +79,40 @@ describe('P2P metrics wiring', () => {
       expect(await m.text()).toContain('dfnode_registry_fetches_total{reason="seed_down"} 1');
     } finally {
       await p2p.close();
+    }
+  });
+
+  it('a seed found down by its tracker (not by a block request) counts as down once, and its blocks are skipped', async () => {
+    const config = loadConfig({
+      env: {},
+      flags: { p2p: { seeds: ['127.0.0.1:1'], clusterToken: 't', listen: '127.0.0.1:0' } },
+    });
+    const p2p = new P2pNode({ config });
+    const toc = { blockCount: 4, blockOffset: (i: number) => i * 4096 } as unknown as Toc;
+    const dir = await mkdtemp(join(tmpdir(), 'dfnode-p2p-metrics-'));
+    const cache = await BlobCache.open({ dir, digest: blob.digest, size: blob.size });
+    try {
+      // registering announces to the blob's tracker on the seed, which refuses the connection
+      p2p.register(blob, toc, cache);
+      const deadline = Date.now() + 10_000;
+      while (p2p.counters.seedsDown === 0 && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 10));
+      expect(p2p.counters.seedsDown).toBe(1);
+      expect(p2p.counters.trackerErrors).toBeGreaterThan(0);
+      // the seed's block source skips it while isolated: the registry next, as seed_down, no new count
+      const [, seed] = p2p.chain('example.com/repo', {
+        kind: 'registry',
+        name: 'registry',
+        fetch: async () => Buffer.alloc(0),
+      });
+      await expect(seed!.fetch(blob, 0, 4096, new AbortController().signal)).rejects.toSatisfy(
+        isSourceUnavailable,
+      );
+      expect(p2p.counters.seedsDown).toBe(1);
+    } finally {
+      await p2p.close();
+      await cache.close();
+      await rm(dir, { recursive: true, force: true });
     }
   });
 

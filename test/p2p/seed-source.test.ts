@@ -46,7 +46,6 @@ function source(seeds: string[], isolation = new Isolation({ baseMs: 60_000 })) 
   const http = new HttpBlockClient('token', undefined, 'me');
   clients.push(http);
   const fallback = new RegistryFallback();
-  const down: string[] = [];
   const refused: string[] = [];
   const src = new SeedBlockSource({
     seeds,
@@ -55,10 +54,9 @@ function source(seeds: string[], isolation = new Isolation({ baseMs: 60_000 })) 
     isolation,
     timeoutMs: 100,
     fallback,
-    onSeedDown: (s) => down.push(s),
     onUnauthorized: (s) => refused.push(s),
   });
-  return { src, isolation, fallback, down, refused };
+  return { src, isolation, fallback, refused };
 }
 
 const sig = () => new AbortController().signal;
@@ -66,7 +64,7 @@ const sig = () => new AbortController().signal;
 describe('seed tier policy', () => {
   it('a slow seed: fill retries it later, a blocked read goes on to the registry, three timeouts isolate it', async () => {
     const seed = await fakeSeed(() => 'hang');
-    const { src, isolation, fallback, down } = source([seed.addr]);
+    const { src, isolation, fallback } = source([seed.addr]);
     // background fill: the timeout comes back as such (the fetcher retries later), the seed stays in use
     await expect(src.fetch(blob, 0, 100, sig(), { priority: Priority.Fill })).rejects.toSatisfy((e) =>
       isDfError(e, 'TIMEOUT'),
@@ -78,13 +76,11 @@ describe('seed tier policy', () => {
     );
     expect(fallback.take(blob.digest, 0, 100)).toBe('seed_timeout');
     expect(isolation.isolated(seed.addr)).toBe(false);
-    expect(down).toEqual([]);
     // the third timeout in a row: hung, isolated, the tier has no seed left
     await expect(src.fetch(blob, 0, 100, sig(), { priority: Priority.Fill })).rejects.toSatisfy(
       isSourceUnavailable,
     );
     expect(isolation.isolated(seed.addr)).toBe(true);
-    expect(down).toEqual([seed.addr]);
     expect(seed.hits()).toBe(3);
   });
 
@@ -99,18 +95,17 @@ describe('seed tier policy', () => {
     let b = blob;
     for (let i = 0; rankSeeds(b.digest, seeds)[0] !== deadAddr; i++)
       b = { ...blob, digest: 'sha256:' + i.toString(16).padStart(64, '0') };
-    const { src, isolation, down } = source(seeds);
+    const { src, isolation } = source(seeds);
     // a planned fill run: the dead seed is isolated, the next one defers it (passed on as such)
     await expect(src.fetch(b, 0, 64, sig(), { priority: Priority.Fill, planned: true })).rejects.toSatisfy(
       isDeferred,
     );
     expect(isolation.isolated(deadAddr)).toBe(true);
-    expect(down).toEqual([deadAddr]);
     expect(isolation.isolated(good.addr)).toBe(false);
     // then it serves; the dead seed is not asked again while isolated
     const data = await src.fetch(b, 0, 64, sig(), { priority: Priority.Fill });
     expect(data.length).toBe(64);
-    expect(down).toEqual([deadAddr]);
+    expect(isolation.strikes(deadAddr)).toBe(1);
     expect(good.hits()).toBe(2);
 
     // a seed that refuses the token: skipped like a down seed (the registry serves), reported, not isolated
