@@ -24,6 +24,7 @@ const { values: flags } = parseArgs({
     trace: { type: 'boolean', default: false },
     'skip-direct': { type: 'boolean', default: false },
     'queue-ms': { type: 'string' },
+    'cpu-prof': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -31,7 +32,9 @@ if (flags.help) {
   process.stdout.write(
     'node dist/bench/p2p.js [--hosts 1,4,8,16] [--mib 64] [--host-mbit 20] [--registry-mbit 40]\n' +
       '  [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep] [--trace]\n' +
-      '  --trace: print the seed link rates (MB/s, per second) of each dfnode phase to stderr\n',
+      '  [--skip-direct] [--queue-ms MS] [--cpu-prof DIR]\n' +
+      '  --trace: print the seed link rates (MB/s, per second) of each dfnode phase to stderr\n' +
+      '  --cpu-prof DIR: write a V8 CPU profile of every dfnode process (seed and nodes) into DIR\n',
   );
   process.exit(0);
 }
@@ -59,6 +62,7 @@ const cluster = await P2pCluster.create({
   hostMbit,
   registryMbit,
   queueMs: flags['queue-ms'] ? Number(flags['queue-ms']) : undefined,
+  nodeFlags: flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['cpu-prof']}`] : undefined,
   image: { bytes: Math.round((mib * 1024 * 1024) / 0.84), files: 6, incompressible: 0.75 },
   workDir: work,
   log,
@@ -123,6 +127,21 @@ function busySince(from: { total: number; idle: number }): number {
   return 1 - (now.idle - from.idle) / Math.max(1, now.total - from.total);
 }
 
+/** CPU seconds (user + system) a process has used so far; NaN once it is gone. */
+function procCpuS(pid: number): number {
+  const t = procTimes(pid);
+  return t.user + t.system;
+}
+function procTimes(pid: number): { user: number; system: number } {
+  try {
+    // fields after the command's closing parenthesis: utime and stime are the 12th and 13th
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return { user: Number(f[11]) / 100, system: Number(f[12]) / 100 };
+  } catch {
+    return { user: NaN, system: NaN };
+  }
+}
+
 interface Row {
   n: number;
   mode: 'dfnode' | 'direct';
@@ -136,6 +155,9 @@ interface Row {
   verified?: boolean;
   /** Busy share of the machine's CPUs during the phase. */
   cpu?: number;
+  /** CPU seconds a node process used until every node was done (mean), and the seed process. */
+  nodeCpuS?: number;
+  seedCpuS?: number;
 }
 const rows: Row[] = [];
 const size = cluster.imageBytes;
@@ -153,12 +175,25 @@ try {
     let b0 = cluster.registry.blobBytes();
     let w0 = (await reg.counters()).tx;
     try {
-      await cluster.startSeed(env);
+      const seed = await cluster.startSeed(env);
+      const seedCpu0 = procCpuS(seed.pid);
       log(`N=${n}: dfnode preheat`);
       const stopTrace = flags.trace ? traceLinks(n) : undefined;
       const cpu0 = cpuTimes();
-      const r = await cluster.preheat(hosts, env).finally(() => stopTrace?.());
+      const runs = cluster.startPreheat(hosts, { env });
+      const r = await Promise.all(runs.map((x) => x.result())).finally(() => stopTrace?.());
       const cpu = busySince(cpu0);
+      const nodeCpuS = runs.reduce((a, x) => a + procCpuS(x.proc.pid), 0) / n;
+      const seedCpuS = procCpuS(seed.pid) - seedCpu0;
+      {
+        const t = runs.map((x) => procTimes(x.proc.pid));
+        const st = procTimes(seed.pid);
+        log(
+          `  cpu s: node mean user ${(t.reduce((a, x) => a + x.user, 0) / n).toFixed(2)} system ` +
+            `${(t.reduce((a, x) => a + x.system, 0) / n).toFixed(2)}; seed (since start) user ` +
+            `${st.user.toFixed(2)} system ${st.system.toFixed(2)}`,
+        );
+      }
       if (flags.trace)
         for (const x of r)
           log(`  ${x.host}: ${(x.ms / 1000).toFixed(1)} s, planner ${JSON.stringify(x.fill)}`);
@@ -179,6 +214,8 @@ try {
         fromRegistry: sum('registry') / total,
         verified,
         cpu,
+        nodeCpuS,
+        seedCpuS,
       });
     } catch (err) {
       // a node that fails (e.g. preheat stalls) is a result too: record it, go on with the next N
@@ -233,6 +270,8 @@ process.stdout.write(
         'registry',
         'ok',
         'cpu',
+        'node cpu s',
+        'seed cpu s',
       ],
       rows.map((x) => [
         String(x.n),
@@ -246,6 +285,8 @@ process.stdout.write(
         pct(x.fromRegistry),
         x.verified ? 'yes' : 'NO',
         pct(x.cpu),
+        x.nodeCpuS === undefined ? '' : x.nodeCpuS.toFixed(1),
+        x.seedCpuS === undefined ? '' : x.seedCpuS.toFixed(1),
       ]),
     ) +
     '\n\n',

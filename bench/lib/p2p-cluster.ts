@@ -56,6 +56,8 @@ export interface ClusterOptions {
   extraHosts?: string[];
   /** Link buffer in ms (see TopologyOptions.queueMs); default: the veth's own FIFO. */
   queueMs?: number;
+  /** Node.js flags for every dfnode process (e.g. `--cpu-prof`, `--cpu-prof-dir=DIR`). */
+  nodeFlags?: string[];
   log?: (s: string) => void;
 }
 
@@ -214,6 +216,7 @@ export class P2pCluster {
       host,
       process.execPath,
       [
+        ...(this.opts.nodeFlags ?? []),
         cli('dfnode'),
         'seed',
         '--plain-http',
@@ -246,6 +249,7 @@ export class P2pCluster {
         h,
         process.execPath,
         [
+          ...(this.opts.nodeFlags ?? []),
           cli('dfnode'),
           'preheat',
           '--plain-http',

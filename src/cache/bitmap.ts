@@ -75,6 +75,26 @@ export class Bitmap {
     return b;
   }
 
+  /** Units set both here and in `other` (raw bits of the same layout; extra bytes are ignored). */
+  countAnd(other: Uint8Array): number {
+    let c = 0;
+    const n = Math.min(this.bits.length, other.length);
+    for (let i = 0; i < n; i++) c += POPCOUNT[this.bits[i]! & other[i]!]!;
+    return c;
+  }
+
+  /** A bitmap of `size` units from raw bits (bit i = byte i>>3, mask 1<<(i&7)); bits past `size` ignored. */
+  static fromBits(bytes: Uint8Array, size: number): Bitmap {
+    const b = new Bitmap(size);
+    const n = Math.min(bytes.length, b.bits.length);
+    b.bits.set(bytes.subarray(0, n));
+    if (n === b.bits.length && size % 8) b.bits[n - 1]! &= (1 << (size % 8)) - 1;
+    let c = 0;
+    for (let i = 0; i < n; i++) c += POPCOUNT[b.bits[i]!]!;
+    b.count = c;
+    return b;
+  }
+
   encode(filledBytes: number): Buffer {
     const n = this.bits.length;
     const out = Buffer.alloc(24 + n + 32);

@@ -79,10 +79,7 @@ export interface TrackerStateOptions {
 
 /** Bitmap from announced bytes (bits past `units` ignored). */
 export function bitmapFrom(bytes: Uint8Array, units: number): Bitmap {
-  const b = new Bitmap(units);
-  const n = Math.min(bytes.length * 8, units);
-  for (let i = 0; i < n; i++) if (bytes[i >>> 3]! & (1 << (i & 7))) b.set(i);
-  return b;
+  return Bitmap.fromBits(bytes, units);
 }
 
 /** The units sent to a peer that it has not announced yet (empty buffer when none). */
@@ -210,6 +207,12 @@ export class TrackerState {
     const b = this.blobs.get(m.blob);
     if (!b) return { holders: [], units: 0, seed_bitmap, peers: 0 };
     const now = this.timers.now();
+    // the units asked about, as a bitmap: a holder's share of them is a popcount of the intersection
+    let want: Bitmap | undefined;
+    if (m.want.length) {
+      want = new Bitmap(b.units);
+      for (const u of m.want) if (u >= 0 && u < b.units) want.set(u);
+    }
     const scored: { p: PeerEntry; wanted: number; failures: number }[] = [];
     let peers = 0;
     for (const p of [...b.peers.values()]) {
@@ -222,10 +225,11 @@ export class TrackerState {
       const failures = this.failureScore(p.id, now);
       this.prunePending(p, now, failures);
       if (p.bits.present === 0 && p.pending.size === 0) continue;
-      let wanted = 0;
-      if (m.want.length)
-        for (const u of m.want) wanted += u < b.units && (p.bits.has(u) || p.pending.has(u)) ? 1 : 0;
-      else wanted = p.bits.present + p.pending.size;
+      let wanted = p.bits.present + p.pending.size;
+      if (want) {
+        wanted = p.bits.countAnd(want.bits);
+        for (const u of p.pending.keys()) if (want.has(u) && !p.bits.has(u)) wanted++;
+      }
       if (wanted === 0) continue;
       scored.push({ p, wanted, failures });
     }

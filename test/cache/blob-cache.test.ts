@@ -51,6 +51,21 @@ describe('Bitmap', () => {
       expect(Bitmap.decode(bad, 13)).toBeUndefined();
     }
   });
+
+  it('takes raw announced bits (ignoring bits past its size) and counts an intersection', () => {
+    // 13 units; the last byte also sets bits 13..15, which are not units
+    const b = Bitmap.fromBits(Uint8Array.from([0b1010_0001, 0b1111_1001, 0xff]), 13);
+    expect(b.present).toBe(6);
+    expect([0, 5, 7, 8, 11, 12].every((i) => b.has(i))).toBe(true);
+    expect(b.has(13)).toBe(false);
+    expect(b.nextClear(0)).toBe(1);
+    // short input: the rest is clear
+    expect(Bitmap.fromBits(Uint8Array.from([0xff]), 13).present).toBe(8);
+    const other = new Bitmap(13);
+    for (const i of [0, 1, 7, 12]) other.set(i);
+    expect(b.countAnd(other.bits)).toBe(3);
+    expect(b.countAnd(new Uint8Array(0))).toBe(0);
+  });
 });
 
 describe('BlobCache', () => {
