@@ -25,6 +25,7 @@ const { values: flags } = parseArgs({
     'skip-direct': { type: 'boolean', default: false },
     'queue-ms': { type: 'string' },
     'cpu-prof': { type: 'string' },
+    'node-flags': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -32,9 +33,10 @@ if (flags.help) {
   process.stdout.write(
     'node dist/bench/p2p.js [--hosts 1,4,8,16] [--mib 64] [--host-mbit 20] [--registry-mbit 40]\n' +
       '  [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep] [--trace]\n' +
-      '  [--skip-direct] [--queue-ms MS] [--cpu-prof DIR]\n' +
+      '  [--skip-direct] [--queue-ms MS] [--cpu-prof DIR] [--node-flags "FLAGS"]\n' +
       '  --trace: print the seed link rates (MB/s, per second) of each dfnode phase to stderr\n' +
-      '  --cpu-prof DIR: write a V8 CPU profile of every dfnode process (seed and nodes) into DIR\n',
+      '  --cpu-prof DIR: write a V8 CPU profile of every dfnode process (seed and nodes) into DIR\n' +
+      '  --node-flags "FLAGS": more Node.js flags for every dfnode process (e.g. --perf-basic-prof)\n',
   );
   process.exit(0);
 }
@@ -62,7 +64,10 @@ const cluster = await P2pCluster.create({
   hostMbit,
   registryMbit,
   queueMs: flags['queue-ms'] ? Number(flags['queue-ms']) : undefined,
-  nodeFlags: flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['cpu-prof']}`] : undefined,
+  nodeFlags: [
+    ...(flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['cpu-prof']}`] : []),
+    ...(flags['node-flags']?.split(/\s+/).filter(Boolean) ?? []),
+  ],
   image: { bytes: Math.round((mib * 1024 * 1024) / 0.84), files: 6, incompressible: 0.75 },
   workDir: work,
   log,

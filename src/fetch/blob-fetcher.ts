@@ -439,28 +439,42 @@ export class BlobFetcher implements FileReader {
       rq.dispose();
     }
     let lastErr: unknown;
+    const good: { d: Deferred; uOff: number; stored: Buffer }[] = [];
     for (const d of part) {
       const uOff = this.unitOffset(d.unit);
       const stored = data.subarray(uOff - off, this.unitOffset(d.unit + 1) - off);
       try {
         this.checkUnit(d.unit, stored);
+        good.push({ d, uOff, stored });
       } catch (err) {
         this.stats.verifyFailures++;
         source.badBlock?.(this.blob, data, uOff - off, stored.length);
         retry.push(d);
         lastErr = err;
-        continue;
       }
+    }
+    // the verified units, each adjacent group in one write
+    for (let a = 0; a < good.length;) {
+      let b = a;
+      while (b + 1 < good.length && good[b + 1]!.d.unit === good[b]!.d.unit + 1) b++;
+      const group = good.slice(a, b + 1);
+      a = b + 1;
+      const first = group[0]!;
+      const last = group[group.length - 1]!;
+      const span = data.subarray(first.uOff - off, last.uOff - off + last.stored.length);
       try {
-        await this.cache.write(d.unit, uOff, stored, this.closer.signal);
+        const units = group.map((g) => ({ unit: g.d.unit, length: g.stored.length }));
+        await this.cache.writeUnits(units, first.uOff, span, this.closer.signal);
       } catch (err) {
         // verified but not storable (NO_SPACE, ...): the reader gets the error, the cache stays consistent
-        this.settle(d, DfError.from(err, `cache ${this.blob.digest}`));
+        for (const g of group) this.settle(g.d, DfError.from(err, `cache ${this.blob.digest}`));
         lastErr = err;
         continue;
       }
-      this.stats.served(source.kind, 1, stored.length);
-      this.settle(d, stored);
+      for (const g of group) {
+        this.stats.served(source.kind, 1, g.stored.length);
+        this.settle(g.d, g.stored);
+      }
     }
     return lastErr;
   }

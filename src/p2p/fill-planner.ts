@@ -50,7 +50,9 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
   const rand = o.rand ?? Math.random;
   const piece = Math.max(1, Math.floor((PIECE_BYTES * layout.units) / Math.max(1, layout.size)));
   const free = (u: number) => !cache.has(u) && !o.claimed.has(u) && !o.busy?.(u);
-  const seedable = (u: number) => view.rarity(u, o.usable) === 0 && !view.pendingElsewhere(u);
+  const rarity = view.rarities(o.usable);
+  const now = Date.now();
+  const seedable = (u: number) => rarity[u] === 0 && !view.pendingElsewhere(u, now);
   let left = false;
   // per kind, the chosen piece's first suitable unit (reservoir sampling over pieces)
   let peerBest = -1;
@@ -72,7 +74,7 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
       lastPiece = p;
       peerInPiece = heldInPiece = otherInPiece = false;
     }
-    const r = view.rarity(u, o.usable);
+    const r = rarity[u]!;
     if (r > 0) {
       // a piece's rarity: that of its rarest unit peers hold; its first such unit starts the run
       if (r < peerRarity) {
@@ -84,7 +86,7 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
         peerInPiece = true;
         if (rand() * ++peerTies < 1) peerBest = u;
       }
-    } else if (o.seed && !view.pendingElsewhere(u)) {
+    } else if (o.seed && !view.pendingElsewhere(u, now)) {
       if (view.seedBits?.has(u)) {
         if (!heldInPiece) {
           heldInPiece = true;

@@ -92,11 +92,23 @@ export class PeerView {
     });
   }
 
-  /** How many known holders (that `usable` accepts) have unit u (0: only the seed has it, or nobody yet). */
-  rarity(u: number, usable?: (h: Holder) => boolean): number {
-    let n = 0;
-    for (const h of this.holders) if (h.bits.has(u) && (!usable || usable(h))) n++;
-    return n;
+  /**
+   * For every unit, how many known holders (that `usable` accepts) have it (0: only the seed has it, or
+   * nobody yet). One pass over the holders' bitmaps: the planner asks for every missing unit each time.
+   */
+  rarities(usable?: (h: Holder) => boolean): Uint16Array {
+    const n = this.layout.units;
+    const counts = new Uint16Array(n);
+    for (const h of this.holders) {
+      if (usable && !usable(h)) continue;
+      const bits = h.bits.bits;
+      for (let i = 0; i < bits.length; i++) {
+        const b = bits[i]!;
+        if (b === 0) continue;
+        for (let k = 0; k < 8; k++) if (b & (1 << k) && i * 8 + k < n) counts[i * 8 + k]!++;
+      }
+    }
+    return counts;
   }
 
   /** Units held now that were not announced yet (all of them when a full announce is due). */

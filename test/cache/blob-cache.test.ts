@@ -119,6 +119,40 @@ describe('BlobCache', () => {
     await other.close();
   });
 
+  it('writes adjacent units in one write; counts only units that were missing; rejects a bad span', async () => {
+    const d = await dir();
+    const writes: number[] = [];
+    const io: CacheIo = {
+      async write(fh, data, pos) {
+        writes.push(data.length);
+        return defaultCacheIo.write(fh, data, pos);
+      },
+    };
+    const c = await openCache(d, { io });
+    const seen: number[] = [];
+    c.addUnitListener({ present: (u) => seen.push(u), reset: () => undefined });
+    await c.write(3, 3000, unit(3));
+    const span = blob.subarray(2000, 5000);
+    const units = [2, 3, 4].map((u) => ({ unit: u, length: 1000 }));
+    await c.writeUnits(units, 2000, span);
+    expect(writes).toEqual([1000, 3000]);
+    expect(seen).toEqual([3, 2, 4]);
+    expect(c.filledBytes).toBe(3000);
+    expect((await c.read(2000, 3000)).equals(span)).toBe(true);
+    // all present: nothing written
+    await c.writeUnits(units, 2000, span);
+    expect(writes.length).toBe(2);
+    // lengths that do not add up to the data, or a unit out of range
+    await expect(c.writeUnits([{ unit: 5, length: 999 }], 5000, unit(5))).rejects.toSatisfy((e) =>
+      isDfError(e, 'INVALID_ARGUMENT'),
+    );
+    await expect(c.writeUnits([{ unit: 9, length: 500 }], 8000, unit(8))).rejects.toSatisfy((e) =>
+      isDfError(e, 'INVALID_ARGUMENT'),
+    );
+    expect(c.has(5)).toBe(false);
+    await c.close();
+  });
+
   it('ENOSPC: NO_SPACE, nothing claimed, persisted bitmap unchanged', async () => {
     const d = await dir();
     let full = false;
