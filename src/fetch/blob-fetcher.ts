@@ -500,19 +500,30 @@ export class BlobFetcher implements FileReader {
     const missing: number[] = [];
     const at: number[] = [];
     const reads: Promise<void>[] = [];
-    for (const [k, u] of units.entries()) {
+    const present = (u: number) => this.cache.has(u) && !this.inflight.has(u);
+    for (let k = 0; k < units.length; k++) {
+      const u = units[k]!;
       if (u < 0 || u > this.tocUnit) throw DfError.invalidArgument(`unit ${u} out of range`);
-      if (this.cache.has(u) && !this.inflight.has(u)) {
-        const off = this.unitOffset(u);
-        reads.push(
-          this.cache.read(off, this.unitOffset(u + 1) - off, signal).then((b) => {
-            out[k] = b;
-          }),
-        );
-      } else {
+      if (!present(u)) {
         missing.push(u);
         at.push(k);
+        continue;
       }
+      // adjacent units in the cache: one read, split
+      let j = k;
+      while (j + 1 < units.length && units[j + 1] === units[j]! + 1 && present(units[j + 1]!)) j++;
+      const first = k;
+      const off = this.unitOffset(u);
+      const end = this.unitOffset(units[j]! + 1);
+      reads.push(
+        this.cache.read(off, end - off, signal).then((b) => {
+          for (let i = first; i <= j; i++) {
+            const o = this.unitOffset(units[i]!) - off;
+            out[i] = b.subarray(o, this.unitOffset(units[i]! + 1) - off);
+          }
+        }),
+      );
+      k = j;
     }
     const fetched = missing.length ? this.ensure(missing, priority, opts) : [];
     const all = fetched.map((p, j) => p.then((b) => void (out[at[j]!] = b)));

@@ -137,7 +137,7 @@ export class Seed implements BlobProvider {
           this.tracker.assume(digest, peer, units);
         }
         const parts = await b.fetcher.units(units, Priority.Blocked, sig);
-        const all = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+        const all = joined(parts);
         const from = offset - b.layout.offset(r[0]);
         return all.subarray(from, from + length);
       },
@@ -204,4 +204,16 @@ export class Seed implements BlobProvider {
     }
     await this.cache.close();
   }
+}
+
+/** The parts as one buffer: a view when they are adjacent views of one buffer (one cache read), else a copy. */
+function joined(parts: Buffer[]): Buffer {
+  const first = parts[0]!;
+  let end = first.byteOffset + first.length;
+  for (let i = 1; i < parts.length; i++) {
+    const p = parts[i]!;
+    if (p.buffer !== first.buffer || p.byteOffset !== end) return Buffer.concat(parts);
+    end += p.length;
+  }
+  return Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset);
 }
