@@ -1,0 +1,130 @@
+import { resolve } from 'node:path';
+import type { Config } from '../../config.js';
+import { DfError } from '../../errors.js';
+import { ensureFuseManager, stopFuseManager } from '../../fusemanager/client.js';
+import { ManagedRemoteLayers } from '../../fusemanager/managed-remote-layers.js';
+import { createLogger, type Logger } from '../../log.js';
+import { processRunning } from '../../process.js';
+import type { RegistryClient } from '../../registry/client.js';
+import { serveSnapshotter } from '../../snapshotter/grpc-service.js';
+import { LayerResolver, NodeRemoteLayers, type RemoteLayers } from '../../snapshotter/remote-layers.js';
+import { Snapshotter } from '../../snapshotter/snapshotter.js';
+import { configFrom, waitForSignal, type NodeFlags } from '../node-common.js';
+import { makeClient } from '../registry-client.js';
+
+export interface RunFlags extends NodeFlags {
+  snapshotterRoot?: string;
+  snapshotterSocket?: string;
+  snapshotter?: boolean;
+  fuseManager?: boolean;
+  stopFuseManager?: boolean;
+}
+
+/** `dfnode run`: the node daemon (snapshotter; cache and FUSE mounts in the fuse manager or in this process). */
+export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<void> {
+  const cfg = configFrom(flags);
+  if (flags.snapshotterRoot) cfg.snapshotter.root = resolve(flags.snapshotterRoot);
+  if (flags.snapshotterSocket) cfg.snapshotter.socket = resolve(flags.snapshotterSocket);
+  if (flags.snapshotter === false) cfg.snapshotter.enabled = false;
+  if (flags.fuseManager === false) cfg.node.fuseManager = false;
+  const log = createLogger(cfg.logLevel);
+  if (flags.stopFuseManager) {
+    const pid = await stopFuseManager(cfg.node.stateDir);
+    process.stdout.write(pid ? `fuse manager (pid ${pid}) stopped\n` : 'no fuse manager running\n');
+    return;
+  }
+  const client = makeClient(cfg, log, flags.creds);
+  if (cfg.node.fuseManager && cfg.snapshotter.enabled) {
+    try {
+      await runWithFuseManager(cfg, log, client, flags.creds, signal);
+    } finally {
+      await client.close().catch(() => undefined);
+    }
+    return;
+  }
+  // Only this path runs a node runtime here: the fuse manager path above does not load it.
+  const { serveNode } = await import('../node-serve.js');
+  await serveNode(cfg, log, client, async (rt) => {
+    const slog = log.child({ component: 'snapshotter' });
+    const snap = cfg.snapshotter.enabled
+      ? await startSnapshotter(cfg, slog, new NodeRemoteLayers(rt, client, { logger: slog }))
+      : undefined;
+    try {
+      log.info(
+        { cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address },
+        'dfnode running',
+      );
+      process.stdout.write(
+        `dfnode running; snapshotter on ${snap?.address ?? '(off)'}; metrics on ${cfg.node.metricsAddress || '(off)'}\n`,
+      );
+      await waitForSignal(signal, () => void rt.cache.gc().catch(() => undefined));
+    } finally {
+      await snap?.stop();
+    }
+  });
+}
+
+/** The containerd snapshotter of `dfnode run`, served on a unix socket; remote layers through `remote`. */
+async function startSnapshotter(
+  cfg: Config,
+  slog: Logger,
+  remote: RemoteLayers,
+): Promise<{ address: string; stop(): Promise<void> }> {
+  const sn = new Snapshotter({ root: cfg.snapshotter.root, remote, logger: slog });
+  await sn.start();
+  const server = await serveSnapshotter(sn, cfg.snapshotter.socket, { logger: slog });
+  return {
+    address: server.address,
+    stop: async () => {
+      await server.stop();
+      await sn.close();
+    },
+  };
+}
+
+/**
+ * `dfnode run` with the FUSE manager: the manager (started if none answers) owns the cache, the fetches and
+ * the FUSE mounts; this process serves the snapshotter. On SIGTERM the snapshotter stops and the mounts stay
+ * (running containers keep reading); a new `dfnode run` adopts them. When the manager dies, this process
+ * exits (status 1) so that its supervisor restarts it: the new start cleans the dead mounts and mounts again.
+ */
+async function runWithFuseManager(
+  cfg: Config,
+  log: Logger,
+  client: RegistryClient,
+  creds: string | undefined,
+  signal: AbortSignal,
+): Promise<void> {
+  const fm = await ensureFuseManager(cfg, log.child({ component: 'fuse-manager-client' }), { creds });
+  const slog = log.child({ component: 'snapshotter' });
+  const remote = new ManagedRemoteLayers(fm.client, new LayerResolver(client, { logger: slog }), {
+    logger: slog,
+  });
+  const snap = await startSnapshotter(cfg, slog, remote);
+  const lost = new AbortController();
+  const watchdog = setInterval(() => {
+    if (processRunning(fm.pid)) return;
+    log.error(
+      { pid: fm.pid },
+      'fuse manager is gone: its layer mounts are dead; exiting so that dfnode is restarted',
+    );
+    lost.abort();
+  }, 1000);
+  try {
+    log.info({ snapshotter: snap.address, fuseManager: fm.pid, started: fm.started }, 'dfnode running');
+    process.stdout.write(
+      `dfnode running; snapshotter on ${snap.address}; fuse manager pid ${fm.pid}${fm.started ? ' (started)' : ''}; metrics ${
+        cfg.node.metricsAddress ? `on ${cfg.node.metricsAddress} (fuse manager)` : '(off)'
+      }\n`,
+    );
+    await waitForSignal(AbortSignal.any([signal, lost.signal]));
+  } finally {
+    clearInterval(watchdog);
+    await snap.stop();
+  }
+  if (lost.signal.aborted && !signal.aborted)
+    throw new DfError(
+      'FAILED_PRECONDITION',
+      `fuse manager (pid ${fm.pid}) exited; restart dfnode run to mount the layers again`,
+    );
+}

@@ -1,0 +1,30 @@
+import { NodeMetrics } from '../../daemon/metrics.js';
+import { createLogger } from '../../log.js';
+import { Seed } from '../../p2p/seed.js';
+import { configFrom, waitForSignal, type NodeFlags } from '../node-common.js';
+import { makeClient } from '../registry-client.js';
+
+/** `dfnode seed`: full copies of blobs, block server and tracker, until the signal. */
+export async function seedCommand(flags: NodeFlags, signal: AbortSignal): Promise<void> {
+  const cfg = configFrom(flags);
+  const log = createLogger(cfg.logLevel);
+  const client = makeClient(cfg, log, flags.creds);
+  const seed = new Seed({ config: cfg, client, logger: log.child({ component: 'seed' }) });
+  const metrics = new NodeMetrics();
+  metrics.onScrape(() => {
+    metrics.publishSeed(seed.metricsCounters);
+    metrics.publishBlockServer(seed.counters);
+  });
+  let server: Awaited<ReturnType<NodeMetrics['serve']>> | undefined;
+  try {
+    const a = await seed.start();
+    if (flags.metricsAddress) server = await metrics.serve(flags.metricsAddress);
+    log.info({ ...a, metrics: flags.metricsAddress || '' }, 'dfnode seed running');
+    process.stdout.write(`seed serving blocks on ${a.blocks}, tracker on ${a.tracker}\n`);
+    await waitForSignal(signal);
+  } finally {
+    server?.close();
+    await seed.close();
+    await client.close().catch(() => undefined);
+  }
+}
