@@ -132,11 +132,7 @@ function busySince(from: { total: number; idle: number }): number {
   return 1 - (now.idle - from.idle) / Math.max(1, now.total - from.total);
 }
 
-/** CPU seconds (user + system) a process has used so far; NaN once it is gone. */
-function procCpuS(pid: number): number {
-  const t = procTimes(pid);
-  return t.user + t.system;
-}
+/** CPU seconds a process has used so far, user and system; NaN once it is gone. */
 function procTimes(pid: number): { user: number; system: number } {
   try {
     // fields after the command's closing parenthesis: utime and stime are the 12th and 13th
@@ -181,24 +177,23 @@ try {
     let w0 = (await reg.counters()).tx;
     try {
       const seed = await cluster.startSeed(env);
-      const seedCpu0 = procCpuS(seed.pid);
+      const s0 = procTimes(seed.pid);
+      const seedCpu0 = s0.user + s0.system;
       log(`N=${n}: dfnode preheat`);
       const stopTrace = flags.trace ? traceLinks(n) : undefined;
       const cpu0 = cpuTimes();
       const runs = cluster.startPreheat(hosts, { env });
       const r = await Promise.all(runs.map((x) => x.result())).finally(() => stopTrace?.());
       const cpu = busySince(cpu0);
-      const nodeCpuS = runs.reduce((a, x) => a + procCpuS(x.proc.pid), 0) / n;
-      const seedCpuS = procCpuS(seed.pid) - seedCpu0;
-      {
-        const t = runs.map((x) => procTimes(x.proc.pid));
-        const st = procTimes(seed.pid);
-        log(
-          `  cpu s: node mean user ${(t.reduce((a, x) => a + x.user, 0) / n).toFixed(2)} system ` +
-            `${(t.reduce((a, x) => a + x.system, 0) / n).toFixed(2)}; seed (since start) user ` +
-            `${st.user.toFixed(2)} system ${st.system.toFixed(2)}`,
-        );
-      }
+      const t = runs.map((x) => procTimes(x.proc.pid));
+      const st = procTimes(seed.pid);
+      const mean = (k: 'user' | 'system') => t.reduce((a, x) => a + x[k], 0) / n;
+      const nodeCpuS = mean('user') + mean('system');
+      const seedCpuS = st.user + st.system - seedCpu0;
+      log(
+        `  cpu s: node mean user ${mean('user').toFixed(2)} system ${mean('system').toFixed(2)}; seed ` +
+          `(since start) user ${st.user.toFixed(2)} system ${st.system.toFixed(2)}`,
+      );
       if (flags.trace)
         for (const x of r)
           log(`  ${x.host}: ${(x.ms / 1000).toFixed(1)} s, planner ${JSON.stringify(x.fill)}`);

@@ -122,14 +122,9 @@ export class Bitmap {
     if (!sum.equals(buf.subarray(24 + n))) return undefined;
     const filled = buf.readBigUInt64LE(16);
     if (filled > BigInt(Number.MAX_SAFE_INTEGER)) return undefined;
-    const bitmap = new Bitmap(size);
-    bitmap.bits.set(buf.subarray(24, 24 + n));
     // bits past `size` must be zero
-    if (size % 8 && bitmap.bits[n - 1]! >> (size % 8)) return undefined;
-    let c = 0;
-    for (const byte of bitmap.bits) c += POPCOUNT[byte]!;
-    bitmap.count = c;
-    return { bitmap, filledBytes: Number(filled) };
+    if (size % 8 && buf[24 + n - 1]! >> (size % 8)) return undefined;
+    return { bitmap: Bitmap.fromBits(buf.subarray(24, 24 + n), size), filledBytes: Number(filled) };
   }
 
   /** Header fields only (size and filled bytes), for status without decoding the whole file. */

@@ -267,12 +267,9 @@ export class BlobCache {
     signal?: AbortSignal,
   ): Promise<void> {
     const bm = this.requireBitmap();
-    let total = 0;
-    for (const x of units) {
-      if (!(x.unit >= 0 && x.unit < bm.size)) total = NaN;
-      total += x.length;
-    }
-    if (offset < 0 || offset + data.length > this.size || total !== data.length) {
+    const total = units.reduce((a, x) => a + x.length, 0);
+    const inRange = units.every((x) => x.unit >= 0 && x.unit < bm.size);
+    if (!inRange || offset < 0 || offset + data.length > this.size || total !== data.length) {
       throw DfError.invalidArgument(
         `cache ${this.digest}: units ${units.map((x) => x.unit).join(',')} at ${offset}+${data.length} are out of range`,
       );

@@ -386,11 +386,7 @@ export class BlobFetcher implements FileReader {
       }
       const next: Deferred[] = [];
       // todo may have holes after failures: one request per contiguous part
-      for (let a = 0; a < todo.length;) {
-        let b = a;
-        while (b + 1 < todo.length && todo[b + 1]!.unit === todo[b]!.unit + 1) b++;
-        const part = todo.slice(a, b + 1);
-        a = b + 1;
+      for (const part of adjacentGroups(todo, (d) => d.unit)) {
         let err = await this.fetchPart(chain[0]!, part, next, state);
         // a source with nothing for this part (no peer holds it): the next sources, at once
         for (let s = 1; s < chain.length && isSourceUnavailable(err) && next.length; s++) {
@@ -454,11 +450,7 @@ export class BlobFetcher implements FileReader {
       }
     }
     // the verified units, each adjacent group in one write
-    for (let a = 0; a < good.length;) {
-      let b = a;
-      while (b + 1 < good.length && good[b + 1]!.d.unit === good[b]!.d.unit + 1) b++;
-      const group = good.slice(a, b + 1);
-      a = b + 1;
+    for (const group of adjacentGroups(good, (g) => g.d.unit)) {
       const first = group[0]!;
       const last = group[group.length - 1]!;
       const span = data.subarray(first.uOff - off, last.uOff - off + last.stored.length);
@@ -675,4 +667,16 @@ export class BlobFetcher implements FileReader {
         this.logger.warn({ err, digest: this.blob.digest }, 'cache flush failed at close');
     });
   }
+}
+
+/** `items` (in unit order) split into groups of adjacent units. */
+function adjacentGroups<T>(items: readonly T[], unit: (x: T) => number): T[][] {
+  const out: T[][] = [];
+  for (let a = 0; a < items.length;) {
+    let b = a;
+    while (b + 1 < items.length && unit(items[b + 1]!) === unit(items[b]!) + 1) b++;
+    out.push(items.slice(a, b + 1));
+    a = b + 1;
+  }
+  return out;
 }

@@ -1,7 +1,7 @@
-import type { Bitmap } from '../cache/bitmap.js';
+import { Bitmap } from '../cache/bitmap.js';
 import type { BlobCache } from '../cache/blob-cache.js';
 import type { BlobRef } from '../fetch/types.js';
-import { bitmapFrom, type LookupAnswer } from './tracker-state.js';
+import type { LookupAnswer } from './tracker-state.js';
 import type { UnitLayout } from './unit-layout.js';
 
 export interface Holder {
@@ -60,10 +60,10 @@ export class PeerView {
       zone: h.zone,
       load: h.load,
       failures: h.failures,
-      bits: bitmapFrom(h.bitmap, n),
-      pending: h.pending?.length ? bitmapFrom(h.pending, n) : undefined,
+      bits: Bitmap.fromBits(h.bitmap, n),
+      pending: h.pending?.length ? Bitmap.fromBits(h.pending, n) : undefined,
     }));
-    this.seedBits = a.seed_bitmap?.length ? bitmapFrom(a.seed_bitmap, n) : undefined;
+    this.seedBits = a.seed_bitmap?.length ? Bitmap.fromBits(a.seed_bitmap, n) : undefined;
     this.answered = true;
     this.swarm = a.peers ?? this.holders.length;
   }

@@ -77,11 +77,6 @@ export interface TrackerStateOptions {
   timers?: Timers;
 }
 
-/** Bitmap from announced bytes (bits past `units` ignored). */
-export function bitmapFrom(bytes: Uint8Array, units: number): Bitmap {
-  return Bitmap.fromBits(bytes, units);
-}
-
 /** The units sent to a peer that it has not announced yet (empty buffer when none). */
 function pendingBitmap(pending: Map<number, number>, held: Bitmap, units: number): Buffer {
   let b: Buffer | undefined;
@@ -195,7 +190,7 @@ export class TrackerState {
     p.zone = m.zone;
     p.load = m.load;
     p.lastSeen = now;
-    if (m.full) p.bits = bitmapFrom(m.bitmap, m.units);
+    if (m.full) p.bits = Bitmap.fromBits(m.bitmap, m.units);
     for (const u of m.added) if (u < m.units) p.bits.set(u);
     return reply;
   }
