@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Worker } from 'node:worker_threads';
-import { spawnWorker } from '../src/blob/spawn-worker.js';
+import { spawnWorker } from '../src/util/spawn-worker.js';
 import { DfError } from '../src/errors.js';
 import { layerCompression, type Descriptor } from '../src/registry/oci.js';
 import type { FileDigests, FromWorker, ToWorker } from './layer-input-worker.js';

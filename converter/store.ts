@@ -8,7 +8,9 @@ export interface PushOptions {
   signal?: AbortSignal;
 }
 
-export type PushResult = 'exists' | 'mounted' | 'uploaded';
+import type { PushResult } from '../src/registry/blob-upload.js';
+
+export type { PushResult };
 
 export interface RootManifest {
   mediaType: string;

@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
 import { DfError } from '../errors.js';
-import { spawnWorker } from './spawn-worker.js';
+import { spawnWorker } from '../util/spawn-worker.js';
 
 /** A batch of consecutive blocks for a worker: `length` bytes of `data`, cut every `blockSize` bytes. */
 export interface BatchRequest {

@@ -4,7 +4,7 @@ import { mkdir, open, readFile, rename, rm, type FileHandle } from 'node:fs/prom
 import { join } from 'node:path';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { bound, realTimers, type Timers } from '../fetch/timers.js';
+import { bound, realTimers, type Timers } from '../util/timers.js';
 import { Bitmap } from './bitmap.js';
 
 /** Where a blob's cache lives: `<dir>/data` (sparse, blob-sized), `<dir>/bitmap`, `<dir>/meta.json`. */

@@ -2,7 +2,7 @@ import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { realTimers, type Timers } from '../fetch/timers.js';
+import { realTimers, type Timers } from '../util/timers.js';
 import { BlobCache, readBitmap, readMeta, type CacheIo } from './blob-cache.js';
 import { DirLock } from './dir-lock.js';
 

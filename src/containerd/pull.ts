@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
 import { DFB_LAYER_MEDIA_TYPE } from '../blob/types.js';
-import { hostPlatform } from '../daemon/image.js';
+import { hostPlatform } from '../registry/image.js';
 import { DfError } from '../errors.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseManifestOrIndex, platformMatches, platformString, type Descriptor } from '../registry/oci.js';

@@ -10,9 +10,9 @@ import { silentLogger, type Logger } from '../log.js';
 import type { BlockMemoryCache } from './block-memory-cache.js';
 import { FetchScheduler, type ScheduledTask } from './scheduler.js';
 import { FetchStats } from './fetch-stats.js';
-import { bound, childSignal, realTimers, sleep, type Timers } from './timers.js';
-import { TokenBucket } from './token-bucket.js';
-import { transferTimeoutMs } from './transfer-timeout.js';
+import { bound, childSignal, realTimers, sleep, type Timers } from '../util/timers.js';
+import { TokenBucket } from '../util/token-bucket.js';
+import { transferTimeoutMs } from '../util/transfer-timeout.js';
 import {
   isDeferred,
   isSourceUnavailable,

@@ -5,5 +5,5 @@ export { FetchScheduler, type FetchSchedulerOptions, type ScheduledTask } from '
 export { FetchStats, type FetchMetricsSink } from './fetch-stats.js';
 export { openLayer, type OpenLayerOptions, type OpenedLayer } from './open-layer.js';
 export { RegistryBlockSource } from './registry-block-source.js';
-export { TokenBucket } from './token-bucket.js';
-export { realTimers, type Timers } from './timers.js';
+export { TokenBucket } from '../util/token-bucket.js';
+export { realTimers, type Timers } from '../util/timers.js';

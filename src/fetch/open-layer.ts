@@ -5,7 +5,7 @@ import type { BlobCache } from '../cache/blob-cache.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { BlobFetcher, type BlobFetcherInit } from './blob-fetcher.js';
-import { bound, childSignal, realTimers, type Timers } from './timers.js';
+import { bound, childSignal, realTimers, type Timers } from '../util/timers.js';
 import type { BlobRef, BlockSource } from './types.js';
 
 export interface OpenLayerOptions extends Omit<BlobFetcherInit, 'toc' | 'tocUnit'> {

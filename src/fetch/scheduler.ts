@@ -1,4 +1,4 @@
-import { realTimers, type Timers } from './timers.js';
+import { realTimers, type Timers } from '../util/timers.js';
 import { Priority } from './types.js';
 
 /** A queued or running unit of work, whose priority can be raised while it waits. */

@@ -5,6 +5,7 @@ import { request } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config.js';
 import { DfError, ErrorCodes, type ErrorCode } from '../errors.js';
+import { keepAliveTimers, sleep as sleepFor } from '../util/timers.js';
 import { silentLogger, type Logger } from '../log.js';
 import { fuseManagerPaths, type Health, type ManagedMount, type MountRequest } from './protocol.js';
 import { processRunning } from '../process.js';
@@ -129,7 +130,7 @@ export function managerPid(stateDir: string): number | undefined {
   return pid;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const sleep = (ms: number): Promise<void> => sleepFor(keepAliveTimers, ms);
 
 async function waitHealthy(
   client: FuseManagerClient,

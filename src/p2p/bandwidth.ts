@@ -1,5 +1,5 @@
-import { TokenBucket } from '../fetch/token-bucket.js';
-import { realTimers, type Timers } from '../fetch/timers.js';
+import { TokenBucket } from '../util/token-bucket.js';
+import { realTimers, type Timers } from '../util/timers.js';
 import type { BlobRef, BlockSource } from '../fetch/types.js';
 
 /**

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import type { TokenBucket } from '../fetch/token-bucket.js';
+import type { TokenBucket } from '../util/token-bucket.js';
 import { isDeferred } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER, tokenMatches } from './auth.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';

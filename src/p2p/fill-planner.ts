@@ -1,5 +1,5 @@
 import type { BlobFetcher } from '../fetch/blob-fetcher.js';
-import { sleep, realTimers, type Timers } from '../fetch/timers.js';
+import { sleep, realTimers, type Timers } from '../util/timers.js';
 import { isDeferred, isSourceUnavailable, Priority } from '../fetch/types.js';
 import type { Holder, PeerView } from './peer-view.js';
 

@@ -1,6 +1,6 @@
 import { Agent, request } from 'undici';
 import { DfError } from '../errors.js';
-import type { TokenBucket } from '../fetch/token-bucket.js';
+import type { TokenBucket } from '../util/token-bucket.js';
 import { deferredBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';

@@ -1,4 +1,5 @@
-import { realTimers, type Timers } from '../fetch/timers.js';
+import { backoff } from '../util/backoff.js';
+import { realTimers, type Timers } from '../util/timers.js';
 
 export interface IsolationOptions {
   /** First exclusion period (ms); each further failure doubles it. Default 5 s. */
@@ -35,7 +36,7 @@ export class Isolation {
   fail(peer: string, reason: string): number {
     const r = this.recs.get(peer) ?? { strikes: 0, until: 0 };
     r.strikes++;
-    const ms = Math.min(this.maxMs, this.baseMs * 2 ** Math.min(r.strikes - 1, 30));
+    const ms = backoff(r.strikes - 1, this.baseMs, this.maxMs, 'none');
     r.until = this.timers.now() + ms;
     this.recs.set(peer, r);
     this.opts.onIsolate?.(peer, ms, reason);

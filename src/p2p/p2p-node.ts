@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import type { Toc } from '../blob/toc.js';
 import type { BlobCache } from '../cache/blob-cache.js';
 import type { Config } from '../config.js';
-import { realTimers, type Timers } from '../fetch/timers.js';
+import { realTimers, type Timers } from '../util/timers.js';
 import type { BlobRef, BlockSource } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { DfError } from '../errors.js';

@@ -1,5 +1,5 @@
-import { transferTimeoutMs } from '../fetch/transfer-timeout.js';
-import { childSignal, realTimers, type Timers } from '../fetch/timers.js';
+import { transferTimeoutMs } from '../util/transfer-timeout.js';
+import { childSignal, realTimers, type Timers } from '../util/timers.js';
 import { sourceUnavailable, type BlobRef, type BlockSource } from '../fetch/types.js';
 import { DfError } from '../errors.js';
 import type { HttpBlockClient } from './http-block-client.js';

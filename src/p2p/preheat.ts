@@ -1,5 +1,5 @@
 import { setMaxListeners } from 'node:events';
-import { resolveDfbImage } from '../daemon/image.js';
+import { resolveDfbImage } from '../registry/image.js';
 import type { NodeRuntime, OpenedDfbLayer } from '../daemon/node-runtime.js';
 import { DfError } from '../errors.js';
 import type { SourceKind } from '../fetch/types.js';

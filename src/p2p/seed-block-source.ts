@@ -1,6 +1,6 @@
-import { transferTimeoutMs } from '../fetch/transfer-timeout.js';
+import { transferTimeoutMs } from '../util/transfer-timeout.js';
 import { DfError } from '../errors.js';
-import { childSignal, realTimers, type Timers } from '../fetch/timers.js';
+import { childSignal, realTimers, type Timers } from '../util/timers.js';
 import {
   isDeferred,
   Priority,

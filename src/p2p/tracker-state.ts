@@ -1,5 +1,5 @@
 import { Bitmap } from '../cache/bitmap.js';
-import { realTimers, type Timers } from '../fetch/timers.js';
+import { realTimers, type Timers } from '../util/timers.js';
 
 export interface AnnounceMsg {
   blob: string;

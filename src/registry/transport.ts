@@ -1,6 +1,8 @@
 import { Readable } from 'node:stream';
 import { Agent, type Dispatcher } from 'undici';
 import { DfError } from '../errors.js';
+import { backoff } from '../util/backoff.js';
+import { keepAliveTimers, sleep as sleepFor } from '../util/timers.js';
 import { silentLogger, type Logger } from '../log.js';
 import { authFailedMessage, RegistryAuth, type RepoScope } from './auth.js';
 import type { CredentialProvider } from './credentials.js';
@@ -101,19 +103,7 @@ async function errorMessage(body: Dispatcher.ResponseData['body']): Promise<stri
   return text.trim().slice(0, 300);
 }
 
-const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
-  new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(DfError.aborted());
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = (): void => {
-      clearTimeout(t);
-      reject(DfError.aborted());
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
+const sleep = (ms: number, signal?: AbortSignal): Promise<void> => sleepFor(keepAliveTimers, ms, signal);
 
 /**
  * The request engine under RegistryClient: one undici dispatcher, anonymous-first auth, redirects
@@ -170,8 +160,7 @@ export class RegistryTransport {
   }
 
   backoff(attempt: number): number {
-    const cap = Math.min(this.retryMaxMs, this.retryBaseMs * 2 ** attempt);
-    return Math.round(cap / 2 + (Math.random() * cap) / 2);
+    return backoff(attempt, this.retryBaseMs, this.retryMaxMs, 'equal');
   }
 
   sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -1,12 +1,11 @@
 import type { Toc } from '../blob/toc.js';
-import { DFB_LAYER_MEDIA_TYPE, Annotations } from '../blob/types.js';
+import { DFB_LAYER_MEDIA_TYPE } from '../blob/types.js';
 import type { NodeRuntime } from '../daemon/node-runtime.js';
-import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
-import { parseManifestOrIndex, platformMatches, type Descriptor } from '../registry/oci.js';
+import type { Descriptor } from '../registry/oci.js';
 import { parseReference, type ImageReference } from '../registry/reference.js';
-import { hostPlatform } from '../daemon/image.js';
+import { dfbLayerOf, resolveManifest } from '../registry/image.js';
 import type { RemoteLayerRecord } from './types.js';
 
 /**
@@ -119,13 +118,7 @@ export class LayerResolver {
     const layers = await this.layersOf(ref, manifestDigest, signal);
     const d = layers.find((l) => l.digest === digest);
     if (!d || d.mediaType !== DFB_LAYER_MEDIA_TYPE) return undefined;
-    return {
-      ref: ref.toString(),
-      digest: d.digest,
-      size: d.size,
-      tocDigest: d.annotations?.[Annotations.tocDigest],
-      diffId: d.annotations?.[Annotations.diffId],
-    };
+    return { ref: ref.toString(), ...dfbLayerOf(d) };
   }
 
   /** Layer descriptors of an image (the manifest named by digest when known, else the host platform's). */
@@ -148,19 +141,7 @@ export class LayerResolver {
     manifestDigest: string | undefined,
     signal?: AbortSignal,
   ): Promise<Descriptor[]> {
-    const target = manifestDigest ? ref.withDigest(manifestDigest) : ref;
-    let m = await this.client.getManifest(target, { signal });
-    let parsed = parseManifestOrIndex(m.bytes, m.mediaType, `manifest of ${target}`);
-    if (parsed.kind === 'index') {
-      const platform = hostPlatform();
-      const want = parsed.index.manifests.find((d) => platformMatches(d.platform, [platform]));
-      if (!want) throw DfError.notFound(`${ref} has no image for ${platform}`);
-      m = await this.client.getManifest(ref.withDigest(want.digest), { signal });
-      parsed = parseManifestOrIndex(m.bytes, m.mediaType, `manifest ${want.digest} of ${ref}`);
-      if (parsed.kind !== 'manifest')
-        throw DfError.unsupported(`${ref}: nested image indexes are not supported`);
-    }
-    return parsed.manifest.layers;
+    return (await resolveManifest(this.client, ref, { manifestDigest, signal })).layers;
   }
 }
 

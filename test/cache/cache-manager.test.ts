@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CacheManager } from '../../src/cache/cache-manager.js';
 import { DirLock } from '../../src/cache/dir-lock.js';
-import { realTimers, type Timers } from '../../src/fetch/timers.js';
+import { realTimers, type Timers } from '../../src/util/timers.js';
 import { sha256, tempDir } from '../fetch/helpers.js';
 
 const cleanups: Array<() => Promise<void>> = [];

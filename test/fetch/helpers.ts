@@ -8,7 +8,7 @@ import type { Toc } from '../../src/blob/toc.js';
 import { EntryType } from '../../src/blob/types.js';
 import { DfbWriter } from '../../src/blob/writer.js';
 import { DfError } from '../../src/errors.js';
-import type { Timers } from '../../src/fetch/timers.js';
+import type { Timers } from '../../src/util/timers.js';
 import type { BlobRef, BlockSource, SourceKind } from '../../src/fetch/types.js';
 import { base, chunks, dirMeta, pseudoRandom } from '../blob/util.js';
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
 import { FetchScheduler } from '../../src/fetch/scheduler.js';
-import { TokenBucket } from '../../src/fetch/token-bucket.js';
+import { TokenBucket } from '../../src/util/token-bucket.js';
 import { Priority } from '../../src/fetch/types.js';
 import { gate, manualClock } from './helpers.js';
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { Toc } from '../../src/blob/toc.js';
 import type { BlobCache } from '../../src/cache/blob-cache.js';
-import type { Timers } from '../../src/fetch/timers.js';
+import type { Timers } from '../../src/util/timers.js';
 import { planRun, type PlanOptions } from '../../src/p2p/fill-planner.js';
 import { PeerView } from '../../src/p2p/peer-view.js';
 import { TrackerState, type HolderMsg } from '../../src/p2p/tracker-state.js';

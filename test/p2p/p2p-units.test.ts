@@ -3,7 +3,7 @@ import { rankSeeds, trackerAddress } from '../../src/p2p/rendezvous.js';
 import { tokenMatches } from '../../src/p2p/auth.js';
 import { Isolation } from '../../src/p2p/isolation.js';
 import { TrackerState } from '../../src/p2p/tracker-state.js';
-import type { Timers } from '../../src/fetch/timers.js';
+import type { Timers } from '../../src/util/timers.js';
 
 function clock(): Timers & { t: number } {
   const c = { t: 1000, now: () => c.t, setTimeout: () => 0, clearTimeout: () => undefined };
