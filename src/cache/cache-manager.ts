@@ -1,5 +1,6 @@
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Config } from '../config.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { realTimers, type Timers } from '../util/timers.js';
@@ -74,6 +75,17 @@ export class CacheManager {
     this.lowWatermark = Math.min(opts.lowWatermark, opts.highWatermark);
     this.timers = opts.timers ?? realTimers;
     this.logger = opts.logger ?? silentLogger;
+  }
+
+  /** The cache of a node or a seed as configured (`cache.*`); `lock: false` for a reader such as `status`. */
+  static fromConfig(cache: Config['cache'], opts: { logger?: Logger; lock?: boolean } = {}): CacheManager {
+    return new CacheManager({
+      dir: cache.dir,
+      highWatermark: cache.highWatermark,
+      lowWatermark: cache.lowWatermark,
+      lock: opts.lock,
+      logger: opts.logger,
+    });
   }
 
   private blobDir(digest: string): string {

@@ -121,8 +121,8 @@ async function demo(signal: AbortSignal): Promise<void> {
             `${(registryBytes / 1024).toFixed(1)} KiB of blocks fetched on demand`,
         );
         // Fill starts after a layer's first read; start it for every layer so the demo can wait for the end.
-        for (const l of im.layers) l.fetcher.startBackgroundFill();
-        await Promise.all(im.layers.map((l) => l.fetcher.whenComplete()));
+        for (const l of im.layers) l.layer.startFill();
+        await Promise.all(im.layers.map((l) => l.layer.whenComplete()));
         out(
           `8. background fill complete: every block cached and verified (${(rt.stats.bytes.registry / 1e6).toFixed(1)} MB)`,
         );

@@ -1,49 +1,38 @@
 import { createHash } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { BlobCache } from '../cache/blob-cache.js';
+import type { Toc } from '../blob/toc.js';
 import { CacheManager } from '../cache/cache-manager.js';
 import type { Config } from '../config.js';
 import { DfError } from '../errors.js';
-import { BlobFetcher } from '../fetch/blob-fetcher.js';
 import { BlockMemoryCache } from '../fetch/block-memory-cache.js';
 import { FetchStats } from '../fetch/fetch-stats.js';
-import { openLayer } from '../fetch/open-layer.js';
 import { RegistryBlockSource } from '../fetch/registry-block-source.js';
 import { FetchScheduler } from '../fetch/scheduler.js';
-import { TokenBucket } from '../util/token-bucket.js';
 import type { BlockSource } from '../fetch/types.js';
 import { selectBinding } from '../fuse/select-binding.js';
 import { LayerFs, type InheritedDir } from '../fuse/layer-fs.js';
 import { cleanupStaleMounts, lazyUnmount } from '../fuse/mounts.js';
 import type { FuseBinding, FuseMount } from '../fuse/types.js';
+import type { Layer } from '../layer/layer.js';
+import { LayerStore, layerOptionsFrom } from '../layer/layer-store.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
+import type { P2pNode } from '../p2p/p2p-node.js';
 import type { RegistryClient } from '../registry/client.js';
-import type { ImageReference } from '../registry/reference.js';
-import type { Toc } from '../blob/toc.js';
-import { inheritedDirs } from './inherited-dirs.js';
 import { resolveDfbImage, type DfbLayer, type ResolvedImage } from '../registry/image.js';
+import type { ImageReference } from '../registry/reference.js';
+import { TokenBucket } from '../util/token-bucket.js';
+import { inheritedDirs } from './inherited-dirs.js';
 import type { NodeMetrics } from './metrics.js';
 import { MountRecords, type MountRecord } from './mount-records.js';
 import { mountReadOnlyView } from './overlay.js';
-import type { P2pNode } from '../p2p/p2p-node.js';
 
-/** One mounted DFB layer: cache handle, fetcher, filesystem and its FUSE mount. */
+/** One mounted DFB layer: the layer (a handle from the store), its filesystem and its FUSE mount. */
 export interface MountedLayer {
-  layer: DfbLayer;
-  cache: BlobCache;
-  fetcher: BlobFetcher;
+  layer: Layer;
   fs: LayerFs;
   mount: FuseMount;
-}
-
-/** A layer opened but not mounted yet. */
-export interface OpenedDfbLayer {
-  layer: DfbLayer;
-  cache: BlobCache;
-  fetcher: BlobFetcher;
-  toc: Toc;
 }
 
 export interface ImageMount {
@@ -70,46 +59,49 @@ export interface NodeRuntimeOptions {
  */
 export class NodeRuntime {
   readonly cache: CacheManager;
+  /** The one way this node opens layers (mounts, the FUSE manager, preheat, the snapshotter). */
+  readonly layers: LayerStore;
   readonly stats: FetchStats;
-  readonly memory: BlockMemoryCache;
-  // up to 6 fill runs: the P2P planner spreads them over peers (a registry-only fill uses 2)
-  readonly scheduler = new FetchScheduler({ concurrency: 12, maxFill: 6 });
-  readonly fillBucket: TokenBucket;
   readonly records: MountRecords;
+  readonly p2p?: P2pNode;
   private readonly log: Logger;
   private readonly binding: FuseBinding;
   private readonly mounts = new Map<string, ImageMount>();
-  private readonly cfg: Config;
+  private readonly config: Config;
   private readonly client: RegistryClient;
   private readonly metrics?: NodeMetrics;
-  readonly p2p?: P2pNode;
   private metricsTimer?: NodeJS.Timeout;
 
   constructor(opts: NodeRuntimeOptions) {
-    this.cfg = opts.config;
+    this.config = opts.config;
     this.client = opts.client;
     this.log = opts.logger ?? silentLogger;
     this.metrics = opts.metrics;
     this.p2p = opts.p2p;
-    this.binding = opts.binding ?? selectBinding(this.cfg.node.fuseBinding, this.log);
-    this.cache = new CacheManager({
-      dir: this.cfg.cache.dir,
-      highWatermark: this.cfg.cache.highWatermark,
-      lowWatermark: this.cfg.cache.lowWatermark,
-      logger: this.log,
-    });
+    this.binding = opts.binding ?? selectBinding(this.config.node.fuseBinding, this.log);
+    this.cache = CacheManager.fromConfig(this.config.cache, { logger: this.log });
     const m = this.metrics;
     this.stats = new FetchStats({
       fetchLatency: (kind, seconds) => m?.fetchLatency.observe({ source: kind }, seconds),
       blockedRead: (seconds) => m?.blockedSeconds.inc(seconds),
     });
-    this.memory = new BlockMemoryCache(this.cfg.cache.memoryBytes);
-    this.fillBucket = new TokenBucket(this.cfg.fetch.fillRate);
-    this.records = new MountRecords(join(this.cfg.node.stateDir, 'mounts'));
+    this.layers = new LayerStore({
+      cache: this.cache,
+      sources: (from) => this.sources(from),
+      swarm: this.p2p,
+      memoryCache: new BlockMemoryCache(this.config.cache.memoryBytes),
+      stats: this.stats,
+      // up to 6 fill runs: the P2P planner spreads them over peers (a registry-only fill uses 2)
+      scheduler: new FetchScheduler({ concurrency: 12, maxFill: 6 }),
+      fillBucket: new TokenBucket(this.config.fetch.fillRate),
+      logger: this.log,
+      options: layerOptionsFrom(this.config),
+    });
+    this.records = new MountRecords(join(this.config.node.stateDir, 'mounts'));
   }
 
   get layerMountDir(): string {
-    return join(this.cfg.node.stateDir, 'mnt');
+    return join(this.config.node.stateDir, 'mnt');
   }
 
   /** Takes the cache lock, cleans mounts left by a killed dfnode and stale records. */
@@ -149,11 +141,9 @@ export class NodeRuntime {
     if (dv > 0) m.verifyFailures.inc({ source: 'any' }, dv);
     this.lastPublished.verify = this.stats.verifyFailures;
     let layers = 0;
-    for (const im of this.mounts.values())
-      for (const l of im.layers) {
-        layers++;
-        m.fillRatio.set({ blob: l.layer.digest }, l.cache.filledBytes / Math.max(1, l.layer.size));
-      }
+    for (const im of this.mounts.values()) layers += im.layers.length;
+    for (const l of this.layers.list())
+      m.fillRatio.set({ blob: l.digest }, l.cache.filledBytes / Math.max(1, l.size));
     m.mounts.set(layers);
     if (this.p2p) {
       m.publishP2p(this.p2p.counters);
@@ -169,59 +159,29 @@ export class NodeRuntime {
     return this.p2p.chain(ref.repoString, registry);
   }
 
-  /** Opens one DFB layer: cache handle (reference-counted) plus footer and TOC, and a fetcher. */
-  async openDfbLayer(ref: ImageReference, layer: DfbLayer, signal?: AbortSignal): Promise<OpenedDfbLayer> {
-    const blob = { digest: layer.digest, size: layer.size };
-    const cache = await this.cache.open(blob, signal);
-    try {
-      const o = await openLayer({
-        blob,
-        cache,
-        sources: this.sources(ref),
-        memoryCache: this.memory,
-        stats: this.stats,
-        scheduler: this.scheduler,
-        fillBucket: this.fillBucket,
-        logger: this.log,
-        expectedTocDigest: layer.tocDigest,
-        fillPlanner: this.p2p?.fillPlanner(layer.digest),
-        signal,
-        options: {
-          readTimeoutMs: this.cfg.fetch.readTimeoutMs,
-          requestTimeoutMs: this.cfg.fetch.requestTimeoutMs,
-          retries: this.cfg.fetch.retries,
-          maxRunBytes: this.cfg.fetch.maxRunBytes,
-          fillAfterFirstRead: this.cfg.fetch.backgroundFill,
-          verifyCachedReads: this.cfg.cache.verifyCachedReads,
-        },
-      });
-      this.p2p?.register(blob, o.toc, cache);
-      return { layer, cache, fetcher: o.fetcher, toc: o.toc };
-    } catch (err) {
-      await this.cache.release(cache).catch(() => undefined);
-      throw err;
-    }
+  /** A handle to one DFB layer of the image `ref` (see LayerStore.open); release it when done. */
+  openLayer(ref: ImageReference, layer: DfbLayer, signal?: AbortSignal): Promise<Layer> {
+    return this.layers.open(layer, ref, signal);
   }
 
-  async closeOpened(o: OpenedDfbLayer): Promise<void> {
-    await this.p2p?.unregister(o.layer.digest);
-    await o.fetcher.close().catch(() => undefined);
-    await this.cache.release(o.cache).catch(() => undefined);
-  }
-
-  /** Mounts an opened layer's filesystem at `mountpoint` (created if missing). */
-  async mountOpened(
-    o: OpenedDfbLayer,
+  /** Mounts an open layer's filesystem at `mountpoint` (created if missing). */
+  private async mountOpen(
+    layer: Layer,
     mountpoint: string,
     inherited?: Map<number, InheritedDir>,
   ): Promise<MountedLayer> {
-    const fs = new LayerFs({ toc: o.toc, reader: o.fetcher, logger: this.log, inheritedDirs: inherited });
+    const fs = new LayerFs({
+      toc: layer.toc,
+      reader: layer.reader,
+      logger: this.log,
+      inheritedDirs: inherited,
+    });
     await mkdir(mountpoint, { recursive: true });
     const mount = await this.binding.mount(mountpoint, fs, {
-      fsname: `dfnode:${o.layer.digest.slice(7, 19)}`,
+      fsname: `dfnode:${layer.digest.slice(7, 19)}`,
       logger: this.log,
     });
-    return { layer: o.layer, cache: o.cache, fetcher: o.fetcher, fs, mount };
+    return { layer, fs, mount };
   }
 
   /**
@@ -234,22 +194,22 @@ export class NodeRuntime {
     mountpoint: string,
     opts: { lowerTocs?: Toc[]; signal?: AbortSignal } = {},
   ): Promise<MountedLayer> {
-    const o = await this.openDfbLayer(ref, layer, opts.signal);
+    const open = await this.openLayer(ref, layer, opts.signal);
     try {
-      const inherited = opts.lowerTocs?.length ? inheritedDirs([...opts.lowerTocs, o.toc]).at(-1) : undefined;
-      return await this.mountOpened(o, mountpoint, inherited);
+      const inherited = opts.lowerTocs?.length
+        ? inheritedDirs([...opts.lowerTocs, open.toc]).at(-1)
+        : undefined;
+      return await this.mountOpen(open, mountpoint, inherited);
     } catch (err) {
-      await this.closeOpened(o);
+      await open.release();
       throw err;
     }
   }
 
-  /** Unmounts a layer mounted by mountLayer and releases its cache handle. */
-  async releaseLayer(l: MountedLayer): Promise<void> {
-    await l.mount.unmount().catch((err) => this.log.warn({ err }, 'layer unmount failed'));
-    await this.p2p?.unregister(l.layer.digest);
-    await l.fetcher.close().catch(() => undefined);
-    await this.cache.release(l.cache).catch(() => undefined);
+  /** Unmounts a layer mounted by mountLayer and releases it. */
+  async releaseLayer(mounted: MountedLayer): Promise<void> {
+    await mounted.mount.unmount().catch((err) => this.log.warn({ err }, 'layer unmount failed'));
+    await mounted.layer.release();
   }
 
   /** Mounts every layer of a converted image with FUSE and their merged read-only view at `target`. */
@@ -267,20 +227,20 @@ export class NodeRuntime {
     this.mounts.set(id, im);
     try {
       // Open every layer first (footer + TOC, from the cache or two range reads each)...
-      const opened: OpenedDfbLayer[] = [];
+      const opened: Layer[] = [];
       try {
-        for (const layer of image.layers) opened.push(await this.openDfbLayer(ref, layer, signal));
+        for (const layer of image.layers) opened.push(await this.openLayer(ref, layer, signal));
       } catch (err) {
-        for (const o of opened) await this.closeOpened(o);
+        for (const l of opened) await l.release();
         throw err;
       }
       // ...then mount them, with implied directories showing the attributes of the layers below.
-      const inherited = inheritedDirs(opened.map((o) => o.toc));
-      for (const [i, o] of opened.entries()) {
+      const inherited = inheritedDirs(opened.map((l) => l.toc));
+      for (const [i, l] of opened.entries()) {
         try {
-          im.layers.push(await this.mountOpened(o, join(this.layerMountDir, id, String(i)), inherited[i]));
+          im.layers.push(await this.mountOpen(l, join(this.layerMountDir, id, String(i)), inherited[i]));
         } catch (err) {
-          for (const rest of opened.slice(i)) await this.closeOpened(rest);
+          for (const rest of opened.slice(i)) await rest.release();
           throw err;
         }
       }
@@ -335,6 +295,7 @@ export class NodeRuntime {
   async close(): Promise<void> {
     if (this.metricsTimer) clearInterval(this.metricsTimer);
     for (const id of [...this.mounts.keys()]) await this.unmountImage(id);
+    await this.layers.close();
     await this.cache.close();
   }
 }

@@ -187,10 +187,10 @@ export class FuseManagerServer {
         tocs.push(have);
         continue;
       }
-      const o = await this.rt.openDfbLayer(parseReference(imageRef), asDfbLayer(l), signal);
-      tocs.push(o.toc);
-      await o.fetcher.close().catch(() => undefined);
-      await this.rt.cache.release(o.cache).catch(() => undefined);
+      // a handle from the layer store: released as any other, the layer stays whole for its other holders
+      const layer = await this.rt.openLayer(parseReference(imageRef), asDfbLayer(l), signal);
+      tocs.push(layer.toc);
+      await layer.release();
     }
     return tocs;
   }

@@ -1,4 +1,4 @@
-import type { BlobFetcher } from '../fetch/blob-fetcher.js';
+import type { UnitFetcher } from '../fetch/unit-fetcher.js';
 import { sleep, realTimers, type Timers } from '../util/timers.js';
 import { isDeferred, isSourceUnavailable, Priority } from '../fetch/types.js';
 import type { Holder, PeerView } from './peer-view.js';
@@ -163,7 +163,7 @@ const MAX_SEED_FAILURES = 8;
  */
 export async function p2pFill(
   view: PeerView,
-  fetcher: BlobFetcher,
+  fetcher: UnitFetcher,
   opts: P2pFillOptions = {},
 ): Promise<number> {
   const maxRun = opts.maxRunBytes ?? 4 * 1024 * 1024;

@@ -19,7 +19,8 @@ import { rankSeeds, trackerAddress } from './rendezvous.js';
 import { SeedBlockSource } from './seed-block-source.js';
 import { loadTls, type TlsMaterial } from './tls.js';
 import { TrackerClient } from './tracker-service.js';
-import type { FillPlanner } from '../fetch/blob-fetcher.js';
+import type { FillPlanner } from '../fetch/background-fill.js';
+import type { LayerSwarm, SwarmMembership } from '../layer/swarm.js';
 import { p2pFill } from './fill-planner.js';
 import { UnitLayout } from './unit-layout.js';
 
@@ -59,7 +60,7 @@ export interface P2pNodeOptions {
  * them to each blob's tracker (full bitmap, then deltas, leave at the end), asks the tracker for holders and
  * provides the peer and seed sources of the fetch chain.
  */
-export class P2pNode implements BlobProvider {
+export class P2pNode implements BlobProvider, LayerSwarm {
   readonly id = randomBytes(8).toString('hex');
   readonly bandwidth: HostBandwidth;
   readonly isolation: Isolation;
@@ -196,30 +197,15 @@ export class P2pNode implements BlobProvider {
   }
 
   /**
-   * Background fill of a blob through the P2P tier (rarest first from peers, the seed's share from the
-   * seed: see p2pFill), for the blob's fetcher. A no-op for a blob not registered.
+   * A layer joins the swarm once its TOC is verified: its verified units are served to peers and announced
+   * to its tracker, and its background fill goes through the P2P tier first (see fillPlanner). The layer
+   * store joins once per open blob and leaves before the blob's cache closes.
    */
-  fillPlanner(digest: string): FillPlanner {
-    return async (fetcher, signal) => {
-      const v = this.views.get(digest);
-      if (!v || v.cache.isComplete) return;
-      const failed = await p2pFill(v, fetcher, {
-        signal,
-        refresh: (x) => this.lookup(x),
-        usable: (h) => !this.isolation.isolated(h.id),
-      });
-      if (failed) this.log.debug({ digest, failed }, 'p2p fill: some runs failed');
-    };
-  }
-
-  /** Hook of the node runtime: an opened blob is served to peers and announced (reference-counted). */
-  register(blob: BlobRef, toc: Toc, cache: BlobCache): PeerView {
-    const v = this.views.get(blob.digest);
-    if (v) {
-      v.refs++;
-      return v;
-    }
-    const view = new PeerView(blob, new UnitLayout(toc, blob.size), cache);
+  join(layer: { blob: BlobRef; toc: Toc; cache: BlobCache }): SwarmMembership {
+    const { blob } = layer;
+    if (this.views.has(blob.digest))
+      throw DfError.internal(`p2p: ${blob.digest} joined twice (layers come from one LayerStore)`);
+    const view = new PeerView(blob, new UnitLayout(layer.toc, blob.size), layer.cache);
     this.views.set(blob.digest, view);
     // new units are announced within SOON_MS (not only at the interval): peers waiting for them go on
     const soon = () => {
@@ -229,20 +215,41 @@ export class P2pNode implements BlobProvider {
         if (this.views.get(blob.digest) === view) void this.announce(view);
       }, SOON_MS);
     };
-    view.unlisten = cache.addUnitListener({ present: soon, reset: soon });
+    view.unlisten = layer.cache.addUnitListener({ present: soon, reset: soon });
     void this.announce(view).then(() => this.lookup(view));
-    return view;
+    let left: Promise<void> | undefined;
+    return {
+      planner: this.fillPlanner(view),
+      fillCounters: view.fill,
+      leave: () => (left ??= this.leaveSwarm(view)),
+    };
   }
 
-  /** The blob is released: leave its swarm when the last user goes. */
-  async unregister(digest: string): Promise<void> {
-    const v = this.views.get(digest);
-    if (!v || --v.refs > 0) return;
+  /**
+   * Background fill of a blob through the P2P tier (rarest first from peers, the seed's share from the
+   * seed: see p2pFill).
+   */
+  private fillPlanner(view: PeerView): FillPlanner {
+    return async (fetcher, signal) => {
+      if (this.views.get(view.blob.digest) !== view || view.cache.isComplete) return;
+      const failed = await p2pFill(view, fetcher, {
+        signal,
+        refresh: (x) => this.lookup(x),
+        usable: (h) => !this.isolation.isolated(h.id),
+      });
+      if (failed) this.log.debug({ digest: view.blob.digest, failed }, 'p2p fill: some runs failed');
+    };
+  }
+
+  /** The layer closes: stop serving it and leave its swarm. */
+  private async leaveSwarm(view: PeerView): Promise<void> {
+    const digest = view.blob.digest;
+    if (this.views.get(digest) !== view) return;
     this.views.delete(digest);
     this.fallback.forget(digest);
-    v.unlisten?.();
-    if (v.soon !== undefined) this.timers.clearTimeout(v.soon);
-    await this.leave(v);
+    view.unlisten?.();
+    if (view.soon !== undefined) this.timers.clearTimeout(view.soon);
+    await this.leave(view);
   }
 
   view(digest: string): PeerView | undefined {

@@ -36,7 +36,6 @@ export class PeerView {
   /** The units announced so far to `announcedTo` (undefined: the next announce is a full one). */
   announced: Uint8Array | undefined;
   announcedTo: string | undefined;
-  refs = 1;
   beats = 0;
   /** Timer of an announce due soon (new units), and removal of the cache listener that sets it. */
   soon: unknown;

@@ -1,4 +1,4 @@
-import type { BlobRef, BlockSource } from '../fetch/types.js';
+import type { BlobRef, BlockSource, FetchContext } from '../fetch/types.js';
 
 /**
  * Why a node's range request went to the registry instead of the P2P tier (label of
@@ -92,9 +92,15 @@ export class CountedRegistrySource implements BlockSource {
     this.name = inner.name;
   }
 
-  fetch(blob: BlobRef, offset: number, length: number, signal: AbortSignal): Promise<Buffer> {
+  fetch(
+    blob: BlobRef,
+    offset: number,
+    length: number,
+    signal: AbortSignal,
+    ctx?: FetchContext,
+  ): Promise<Buffer> {
     this.onFetch(this.fallback.take(blob.digest, offset, length));
-    return this.inner.fetch(blob, offset, length, signal);
+    return this.inner.fetch(blob, offset, length, signal, ctx);
   }
 
   badBlock(blob: BlobRef, data: Buffer, offset: number, length: number): void {

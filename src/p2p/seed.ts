@@ -1,14 +1,13 @@
 import { CacheManager } from '../cache/cache-manager.js';
-import type { BlobCache } from '../cache/blob-cache.js';
 import type { Config } from '../config.js';
 import { DfError } from '../errors.js';
-import type { BlobFetcher } from '../fetch/blob-fetcher.js';
 import { BlockMemoryCache } from '../fetch/block-memory-cache.js';
 import { FetchStats } from '../fetch/fetch-stats.js';
-import { openLayer } from '../fetch/open-layer.js';
 import { RegistryBlockSource } from '../fetch/registry-block-source.js';
 import { FetchScheduler } from '../fetch/scheduler.js';
 import { deferredBySource, Priority } from '../fetch/types.js';
+import type { Layer } from '../layer/layer.js';
+import { LayerStore, layerOptionsFrom } from '../layer/layer-store.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseReference } from '../registry/reference.js';
@@ -25,8 +24,7 @@ import { UnitLayout } from './unit-layout.js';
 const SEED_RUN_BYTES = 1024 * 1024;
 
 interface SeedBlob {
-  cache: BlobCache;
-  fetcher: BlobFetcher;
+  layer: Layer;
   layout: UnitLayout;
 }
 
@@ -50,14 +48,7 @@ export class Seed implements BlobProvider {
   private readonly blobs = new Map<string, Promise<SeedBlob>>();
   /** Blobs open and ready (for the tracker's view of what this seed holds). */
   private readonly opened = new Map<string, SeedBlob>();
-  private readonly memory = new BlockMemoryCache(8 * 1024 * 1024);
-  // the seed's fill keeps its registry link busy; nodes' requests for other blocks run beside it
-  private readonly scheduler = new FetchScheduler({
-    concurrency: 16,
-    fillHoldOffMs: 0,
-    fillWarmupMs: 0,
-    fillYields: false,
-  });
+  private readonly layers: LayerStore;
   private readonly log: Logger;
   private readonly token: string;
   /** p2p.tls: mutual TLS on the block server and the tracker. */
@@ -70,17 +61,36 @@ export class Seed implements BlobProvider {
     this.token = resolveClusterToken(cfg.p2p);
     if (!this.token) throw new DfError('CONFIG', 'a seed needs p2p.clusterToken (or p2p.clusterTokenFile)');
     this.tls = loadTls(cfg.p2p.tls);
-    this.cache = new CacheManager({
-      dir: cfg.cache.dir,
-      highWatermark: cfg.cache.highWatermark,
-      lowWatermark: cfg.cache.lowWatermark,
-      logger: this.log,
-    });
+    this.cache = CacheManager.fromConfig(cfg.cache, { logger: this.log });
     this.bandwidth = new HostBandwidth(cfg.p2p.uploadRate, cfg.p2p.downloadRate);
+    this.layers = new LayerStore({
+      cache: this.cache,
+      sources: (from) => [
+        new RateLimitedSource(new RegistryBlockSource(opts.client, from), this.bandwidth.download),
+      ],
+      memoryCache: new BlockMemoryCache(8 * 1024 * 1024),
+      stats: this.stats,
+      // the seed's fill keeps its registry link busy; nodes' requests for other blocks run beside it
+      scheduler: new FetchScheduler({
+        concurrency: 16,
+        fillHoldOffMs: 0,
+        fillWarmupMs: 0,
+        fillYields: false,
+      }),
+      logger: this.log,
+      options: {
+        ...layerOptionsFrom(cfg),
+        // 1 MiB runs, three at a time: the link stays busy and each run is ready to serve early
+        maxRunBytes: Math.min(cfg.fetch.maxRunBytes, SEED_RUN_BYTES),
+        fillAfterFirstRead: false,
+        fillConcurrency: 3,
+        verifyCachedReads: true,
+      },
+    });
     this.tracker = new TrackerState({
       peerTtlMs: cfg.p2p.peerTtlMs,
       announceIntervalMs: cfg.p2p.announceIntervalMs,
-      seedBits: (digest) => this.opened.get(digest)?.cache.snapshot(),
+      seedBits: (digest) => this.opened.get(digest)?.layer.cache.snapshot(),
     });
     this.server = new BlockServer({
       provider: this,
@@ -136,7 +146,7 @@ export class Seed implements BlobProvider {
           // the tracker tells the other nodes that these units are on their way to `peer`
           this.tracker.assume(digest, peer, units);
         }
-        const parts = await b.fetcher.units(units, Priority.Blocked, sig);
+        const parts = await b.layer.fetcher.units(units, Priority.Blocked, sig);
         const all = joined(parts);
         const from = offset - b.layout.offset(r[0]);
         return all.subarray(from, from + length);
@@ -149,59 +159,29 @@ export class Seed implements BlobProvider {
   }
 
   private async open(digest: string, repo: string, size: number): Promise<SeedBlob> {
-    const cfg = this.opts.config;
-    const blob = { digest, size };
-    const ref = parseReference(repo);
-    const cache = await this.cache.open(blob);
-    try {
-      const registry = new RateLimitedSource(
-        new RegistryBlockSource(this.opts.client, ref),
-        this.bandwidth.download,
+    const layer = await this.layers.open(
+      { digest, size, tocDigest: undefined, diffId: undefined },
+      parseReference(repo),
+    );
+    if (this.opts.config.p2p.seedFill) {
+      layer.startFill();
+      layer.whenComplete().then(
+        () => this.log.info({ digest }, 'seed holds the complete blob'),
+        () => undefined,
       );
-      const o = await openLayer({
-        blob,
-        cache,
-        sources: [registry],
-        memoryCache: this.memory,
-        stats: this.stats,
-        scheduler: this.scheduler,
-        logger: this.log,
-        options: {
-          readTimeoutMs: cfg.fetch.readTimeoutMs,
-          requestTimeoutMs: cfg.fetch.requestTimeoutMs,
-          retries: cfg.fetch.retries,
-          // 1 MiB runs, three at a time: the link stays busy and each run is ready to serve early
-          maxRunBytes: Math.min(cfg.fetch.maxRunBytes, SEED_RUN_BYTES),
-          fillAfterFirstRead: false,
-          fillConcurrency: 3,
-        },
-      });
-      if (cfg.p2p.seedFill) {
-        o.fetcher.startBackgroundFill();
-        o.fetcher.whenComplete().then(
-          () => this.log.info({ digest }, 'seed holds the complete blob'),
-          () => undefined,
-        );
-      }
-      this.log.info({ digest, repo }, 'seeding blob');
-      const sb = { cache, fetcher: o.fetcher, layout: new UnitLayout(o.toc, size) };
-      this.opened.set(digest, sb);
-      return sb;
-    } catch (err) {
-      await this.cache.release(cache).catch(() => undefined);
-      throw err;
     }
+    this.log.info({ digest, repo }, 'seeding blob');
+    const sb = { layer, layout: new UnitLayout(layer.toc, size) };
+    this.opened.set(digest, sb);
+    return sb;
   }
 
   async close(): Promise<void> {
     await this.trackerServer?.stop();
     await this.server.close();
-    for (const p of this.blobs.values()) {
-      const b = await p.catch(() => undefined);
-      if (!b) continue;
-      await b.fetcher.close();
-      await this.cache.release(b.cache).catch(() => undefined);
-    }
+    this.opened.clear();
+    this.blobs.clear();
+    await this.layers.close();
     await this.cache.close();
   }
 }

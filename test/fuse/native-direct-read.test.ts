@@ -10,8 +10,8 @@ import { ensureNativeAddon } from '../../native/build-addon.js';
 import { Codec } from '../../src/blob/types.js';
 import { BlobCache } from '../../src/cache/blob-cache.js';
 import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
-import { openLayer } from '../../src/fetch/open-layer.js';
 import { LayerFs } from '../../src/fuse/layer-fs.js';
+import { LayerCore } from '../../src/layer/layer-core.js';
 import { NativeFuseBinding, type NativeFuseMount } from '../../src/fuse/native-binding.js';
 import { requireConditions } from '../helpers/require.js';
 import { FakeSource, makeBlob } from '../fetch/helpers.js';
@@ -269,8 +269,8 @@ describe.skipIf(req.skip)('NativeFuseBinding direct reads from the cache (kernel
   });
 });
 
-describe.skipIf(req.skip)('NativeFuseBinding over a BlobFetcher (kernel)', () => {
-  it('uses direct reads by default: after fill, reads reach neither JS nor the source', async () => {
+describe.skipIf(req.skip)('NativeFuseBinding over a layer (kernel)', () => {
+  it('with the cache given for direct reads: after fill, reads reach neither JS nor the source', async () => {
     const { dir, cleanup } = await tempDir('dfnode-direct-fetcher-');
     try {
       const tb = await makeBlob(dir);
@@ -280,7 +280,7 @@ describe.skipIf(req.skip)('NativeFuseBinding over a BlobFetcher (kernel)', () =>
         digest: tb.blob.digest,
         size: tb.blob.size,
       });
-      const { fetcher } = await openLayer({
+      const core = await LayerCore.open({
         blob: tb.blob,
         cache,
         sources: [src],
@@ -288,20 +288,26 @@ describe.skipIf(req.skip)('NativeFuseBinding over a BlobFetcher (kernel)', () =>
         expectedTocDigest: tb.tocDigest,
       });
       let jsReads = 0;
-      const read = fetcher.read.bind(fetcher);
-      fetcher.read = (...a) => (jsReads++, read(...a));
+      const reader = {
+        toc: core.toc,
+        read: (ino: number, offset: number, length: number, signal?: AbortSignal) => {
+          jsReads++;
+          return core.reader.read(ino, offset, length, signal);
+        },
+      };
       const m = await new NativeFuseBinding().mount(
         join(dir, 'mnt'),
-        new LayerFs({ toc: fetcher.toc, reader: fetcher }),
+        new LayerFs({ toc: core.toc, reader }),
         {
           mkdir: true,
+          directReads: { toc: core.toc, cache },
         },
       );
       try {
         // the first read goes to JS (it starts background fill); the blob then completes and is verified
         const first = await readWhole(join(dir, 'mnt', 'etc/f0'));
         expect(first.equals(tb.files.get('etc/f0')!)).toBe(true);
-        await fetcher.whenComplete();
+        await core.fill.whenComplete();
         expect(cache.isComplete).toBe(true);
         const js = jsReads;
         const requests = src.requests.length;
@@ -312,7 +318,7 @@ describe.skipIf(req.skip)('NativeFuseBinding over a BlobFetcher (kernel)', () =>
         expect(m.info().directReads).toBeGreaterThanOrEqual(tb.files.size);
       } finally {
         await m.unmount();
-        await fetcher.close();
+        await core.close();
         await cache.close();
       }
     } finally {

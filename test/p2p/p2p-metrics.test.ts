@@ -92,8 +92,8 @@ describe('P2P metrics wiring', () => {
     const dir = await mkdtemp(join(tmpdir(), 'dfnode-p2p-metrics-'));
     const cache = await BlobCache.open({ dir, digest: blob.digest, size: blob.size });
     try {
-      // registering announces to the blob's tracker on the seed, which refuses the connection
-      p2p.register(blob, toc, cache);
+      // joining announces to the blob's tracker on the seed, which refuses the connection
+      const member = p2p.join({ blob, toc, cache });
       const deadline = Date.now() + 10_000;
       while (p2p.counters.seedsDown === 0 && Date.now() < deadline)
         await new Promise((r) => setTimeout(r, 10));
@@ -109,6 +109,7 @@ describe('P2P metrics wiring', () => {
         isSourceUnavailable,
       );
       expect(p2p.counters.seedsDown).toBe(1);
+      await member.leave();
     } finally {
       await p2p.close();
       await cache.close();

@@ -22,11 +22,7 @@ export async function gcCommand(flags: NodeFlags): Promise<void> {
     process.stdout.write(`asked ${records.length} running dfnode process(es) to evict unused blobs\n`);
     return;
   }
-  const cache = new CacheManager({
-    dir: cfg.cache.dir,
-    highWatermark: cfg.cache.highWatermark,
-    lowWatermark: cfg.cache.lowWatermark,
-  });
+  const cache = CacheManager.fromConfig(cfg.cache);
   await cache.init();
   try {
     const r = await cache.gc();

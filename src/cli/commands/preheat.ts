@@ -1,5 +1,5 @@
 import { createLogger } from '../../log.js';
-import { preheat } from '../../p2p/preheat.js';
+import { preheat } from '../../layer/preheat.js';
 import { parseReference } from '../../registry/reference.js';
 import { configFrom, fmt, waitForSignal, type NodeFlags } from '../node-common.js';
 import { serveNode } from '../node-serve.js';
@@ -22,7 +22,7 @@ export async function preheatCommand(
   const ref = parseReference(refText);
   const client = makeClient(cfg, log, flags.creds);
   await serveNode(cfg, log, client, async (rt) => {
-    const r = await preheat(rt, client, ref, { signal, logger: log });
+    const r = await preheat(rt.layers, client, ref, { signal, logger: log });
     try {
       const b = r.bySource;
       process.stdout.write(

@@ -18,12 +18,7 @@ export async function statusCommand(flags: NodeFlags): Promise<void> {
     blobs = st.blobs;
     manager = { pid: mpid, stats: st.stats };
   } else {
-    const cache = new CacheManager({
-      dir: cfg.cache.dir,
-      highWatermark: cfg.cache.highWatermark,
-      lowWatermark: cfg.cache.lowWatermark,
-      lock: false,
-    });
+    const cache = CacheManager.fromConfig(cfg.cache, { lock: false });
     await cache.init();
     // This process does not hold the cache: a blob is in use when a live mount record names it.
     const used = new Set(records.filter((r) => r.alive).flatMap((r) => r.layers));

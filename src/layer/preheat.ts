@@ -1,11 +1,12 @@
 import { setMaxListeners } from 'node:events';
-import { resolveDfbImage } from '../registry/image.js';
-import type { NodeRuntime, OpenedDfbLayer } from '../daemon/node-runtime.js';
 import { DfError } from '../errors.js';
 import type { SourceKind } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
+import { resolveDfbImage } from '../registry/image.js';
 import type { ImageReference } from '../registry/reference.js';
+import type { Layer } from './layer.js';
+import type { LayerStore } from './layer-store.js';
 
 export interface PreheatResult {
   ref: string;
@@ -17,29 +18,30 @@ export interface PreheatResult {
   seconds: number;
   /** What the P2P fill planner did, summed over the layers (absent without a P2P tier). */
   fill?: Record<string, number>;
-  /** Closes the layers (they stay in the cache). */
+  /** Releases the layers (they stay in the cache). */
   release(): Promise<void>;
 }
 
 /**
- * Fetches every block of every layer of a converted image into the node's cache: the fetchers' background
- * fill (through the P2P tier when there is one: peers rarest first, the seed's share from the seed; then
- * in order with retries, the registry only if no seed is up), which checks each complete cache file
- * against its blob digest. The layers stay open (served to peers) until release().
+ * Fetches every block of every layer of a converted image into the cache: each layer's background fill
+ * (through the P2P tier when there is one: peers rarest first, the seed's share from the seed; then in order
+ * with retries, the registry only if no seed is up), which checks each complete cache file against its blob
+ * digest. The layers stay open (served to peers) until release().
  */
 export async function preheat(
-  rt: NodeRuntime,
+  store: LayerStore,
   client: RegistryClient,
   ref: ImageReference,
   opts: { signal?: AbortSignal; logger?: Logger; stallMs?: number } = {},
 ): Promise<PreheatResult> {
   const log = opts.logger ?? silentLogger;
+  const stallMs = opts.stallMs ?? 60_000;
   const t0 = Date.now();
-  const before = { ...rt.stats.bytes };
+  const before = { ...store.stats.bytes };
   const image = await resolveDfbImage(client, ref, { signal: opts.signal });
-  const opened: OpenedDfbLayer[] = [];
+  const opened: Layer[] = [];
   const release = async () => {
-    for (const o of opened.splice(0)) await rt.closeOpened(o);
+    for (const l of opened.splice(0)) await l.release();
   };
   // the fill retries forever; preheat fails when no block arrived for stallMs
   const stall = new AbortController();
@@ -47,23 +49,21 @@ export async function preheat(
   setMaxListeners(0, signal); // every fill worker waits on it
   let present = -1;
   const watchdog = setInterval(() => {
-    const now = opened.reduce((a, o) => a + o.cache.presentUnits, 0);
-    if (now === present)
-      stall.abort(DfError.timeout(`preheat ${ref}: no block arrived for ${opts.stallMs ?? 60_000} ms`));
+    const now = opened.reduce((a, l) => a + l.cache.presentUnits, 0);
+    if (now === present) stall.abort(DfError.timeout(`preheat ${ref}: no block arrived for ${stallMs} ms`));
     present = now;
-  }, opts.stallMs ?? 60_000);
+  }, stallMs);
   try {
-    for (const layer of image.layers) opened.push(await rt.openDfbLayer(ref, layer, signal));
+    for (const layer of image.layers) opened.push(await store.open(layer, ref, signal));
     log.debug({ ref: ref.toString(), layers: opened.length }, 'preheat: filling layers');
     const stopped = new Promise<never>((_, reject) =>
       signal.addEventListener('abort', () => reject(signal.reason), { once: true }),
     );
     stopped.catch(() => undefined);
-    // the fetcher's fill: through the P2P tier first (its fill planner), then in order with retries
     const work = Promise.all(
-      opened.map(async (o) => {
-        o.fetcher.startBackgroundFill();
-        await o.fetcher.whenComplete();
+      opened.map(async (l) => {
+        l.startFill();
+        await l.whenComplete();
       }),
     );
     await Promise.race([work, stopped]);
@@ -74,13 +74,13 @@ export async function preheat(
     clearInterval(watchdog);
   }
   let fill: Record<string, number> | undefined;
-  for (const o of opened) {
-    const v = rt.p2p?.view(o.layer.digest);
-    if (!v) continue;
+  for (const l of opened) {
+    const counters = l.fillCounters;
+    if (!counters) continue;
     fill ??= {};
-    for (const [k, n] of Object.entries(v.fill)) fill[k] = (fill[k] ?? 0) + n;
+    for (const [k, n] of Object.entries(counters)) fill[k] = (fill[k] ?? 0) + n;
   }
-  const bySource = { ...rt.stats.bytes };
+  const bySource = { ...store.stats.bytes };
   for (const k of Object.keys(bySource) as SourceKind[]) bySource[k] -= before[k];
   return {
     ref: ref.toString(),

@@ -3,54 +3,56 @@ import { DfbReader } from '../blob/reader.js';
 import type { Toc } from '../blob/toc.js';
 import type { BlobCache } from '../cache/blob-cache.js';
 import { DfError } from '../errors.js';
+import type { BlobRef, BlockSource } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
-import { BlobFetcher, type BlobFetcherInit } from './blob-fetcher.js';
 import { bound, childSignal, realTimers, type Timers } from '../util/timers.js';
-import type { BlobRef, BlockSource } from './types.js';
 
-export interface OpenLayerOptions extends Omit<BlobFetcherInit, 'toc' | 'tocUnit'> {
+export interface LoadTocOptions {
+  blob: BlobRef;
+  cache: BlobCache;
+  sources: BlockSource[];
   /** TOC digest from the layer annotation `dev.dfnode.dfb.toc.digest`; checked when given. */
   expectedTocDigest?: string;
-  signal?: AbortSignal;
-  /** Time limit of each footer/TOC request (ms). Default: options.requestTimeoutMs or 10 s. */
+  /** Time limit of each footer/TOC request (ms). Default 10 s. */
   requestTimeoutMs?: number;
+  timers?: Timers;
+  logger?: Logger;
+  signal?: AbortSignal;
 }
 
-export interface OpenedLayer {
+/** A verified TOC: the only way to get one is loadToc, which checks it against the footer and digest. */
+export interface LoadedToc {
   toc: Toc;
   footer: Footer;
-  fetcher: BlobFetcher;
   /** Where the TOC came from. */
-  tocSource: 'cache' | 'remote';
+  source: 'cache' | 'remote';
+  /** Verified TOC+footer bytes the cache could not take (NO_SPACE): the fill stores them later. */
+  unstored?: Buffer;
 }
 
 /**
  * Gets footer + TOC of a DFB blob: from the cache when its TOC unit is present (no network), else with
  * two range reads from the sources (the footer, then the TOC), verified against the footer and the
- * expected TOC digest and stored in the cache. Returns the TOC and a fetcher for the blob.
+ * expected TOC digest, and stored in the cache (whose layout it sets).
  */
-export async function openLayer(opts: OpenLayerOptions): Promise<OpenedLayer> {
+export async function loadToc(opts: LoadTocOptions): Promise<LoadedToc> {
   const { blob, cache } = opts;
   const logger = opts.logger ?? silentLogger;
   const timers = opts.timers ?? realTimers;
-  const reqMs = opts.requestTimeoutMs ?? opts.options?.requestTimeoutMs ?? 10_000;
+  const requestMs = opts.requestTimeoutMs ?? 10_000;
   if (blob.size < FOOTER_SIZE)
     throw DfError.corrupt(`blob ${blob.digest} is ${blob.size} bytes: not a DFB blob`);
 
   const fromCache = await tocFromCache(cache, blob, opts.expectedTocDigest, logger, opts.signal);
-  if (fromCache) {
-    const fetcher = new BlobFetcher({ ...opts, toc: fromCache.toc });
-    return { ...fromCache, fetcher, tocSource: 'cache' };
-  }
+  if (fromCache) return { ...fromCache, source: 'cache' };
 
   const read = (offset: number, length: number) =>
-    fromSources(opts.sources, blob, offset, length, reqMs, timers, opts.signal);
+    fromSources(opts.sources, blob, offset, length, requestMs, timers, opts.signal);
   const tail = await read(blob.size - FOOTER_SIZE, FOOTER_SIZE);
   const footer = decodeFooter(tail, blob.size);
   const stored = await read(footer.tocOffset, footer.tocStoredLength);
   const toc = DfbReader.decodeStoredToc(footer, stored, opts.expectedTocDigest);
   const unit = Buffer.concat([stored, tail]);
-  let tocUnit: Buffer | undefined;
   try {
     await cache.setLayout(toc.blockCount, footer.tocOffset, opts.signal);
     await cache.write(toc.blockCount, footer.tocOffset, unit, opts.signal);
@@ -58,10 +60,9 @@ export async function openLayer(opts: OpenLayerOptions): Promise<OpenedLayer> {
     if (cache.layout?.blockCount !== toc.blockCount) throw err;
     // e.g. NO_SPACE: the layer still mounts; the fill stores the TOC later
     logger.warn({ err, digest: blob.digest }, 'could not store the TOC in the cache');
-    tocUnit = unit;
+    return { toc, footer, source: 'remote', unstored: unit };
   }
-  const fetcher = new BlobFetcher({ ...opts, toc, tocUnit });
-  return { toc, footer, fetcher, tocSource: 'remote' };
+  return { toc, footer, source: 'remote' };
 }
 
 async function tocFromCache(

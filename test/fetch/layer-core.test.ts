@@ -5,9 +5,8 @@ import { BlobCache, type CacheIo, defaultCacheIo } from '../../src/cache/blob-ca
 import { DfError, isDfError } from '../../src/errors.js';
 import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
 import { FetchStats } from '../../src/fetch/fetch-stats.js';
-import { openLayer } from '../../src/fetch/open-layer.js';
 import { FetchScheduler } from '../../src/fetch/scheduler.js';
-import type { BlobFetcherOptions } from '../../src/fetch/blob-fetcher.js';
+import { LayerCore, type LayerOptions } from '../../src/layer/layer-core.js';
 import {
   deferredBySource,
   isDeferred,
@@ -22,7 +21,7 @@ afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();
 });
 
-const fast: BlobFetcherOptions = {
+const fast: LayerOptions = {
   fillAfterFirstRead: false,
   retryBaseMs: 1,
   retryMaxMs: 2,
@@ -48,7 +47,7 @@ async function setup(): Promise<Setup> {
 async function open(
   s: Setup,
   extra: {
-    options?: BlobFetcherOptions;
+    options?: LayerOptions;
     io?: CacheIo;
     flushIntervalMs?: number;
     flushBytes?: number;
@@ -66,7 +65,7 @@ async function open(
     flushIntervalMs: extra.flushIntervalMs ?? 10,
     flushBytes: extra.flushBytes,
   });
-  const layer = await openLayer({
+  const core = await LayerCore.open({
     blob: s.tb.blob,
     cache,
     sources: extra.sources ?? [s.src],
@@ -77,10 +76,10 @@ async function open(
     options: { ...fast, ...extra.options },
   });
   cleanups.push(async () => {
-    await layer.fetcher.close();
+    await core.close();
     await cache.close().catch(() => {});
   });
-  return { cache, ...layer };
+  return { cache, core, toc: core.toc, tocSource: core.tocSource };
 }
 
 /** The blob range of the blocks under a file range. */
@@ -96,17 +95,14 @@ function blockRange(
   return { offset: tb.toc.blockOffset(a), length: tb.toc.blockOffset(b + 1) - tb.toc.blockOffset(a) };
 }
 
-async function readAll(
-  fetcher: { read: (i: number, o: number, l: number) => Promise<Buffer> },
-  tb: TestBlob,
-) {
+async function readAll(reader: { read: (i: number, o: number, l: number) => Promise<Buffer> }, tb: TestBlob) {
   for (const [p, content] of tb.files) {
-    const got = await fetcher.read(tb.ino(p), 0, content.length + 10);
+    const got = await reader.read(tb.ino(p), 0, content.length + 10);
     expect(got.equals(content), p).toBe(true);
   }
 }
 
-describe('openLayer', () => {
+describe('LayerCore.open (footer and TOC)', () => {
   it('gets footer and TOC with two range reads and stores them', async () => {
     const s = await setup();
     const { toc, cache, tocSource } = await open(s);
@@ -122,7 +118,7 @@ describe('openLayer', () => {
     const cache = await BlobCache.open({ dir: s.cacheDir, digest: s.tb.blob.digest, size: s.tb.blob.size });
     cleanups.push(() => cache.close());
     await expect(
-      openLayer({
+      LayerCore.open({
         blob: s.tb.blob,
         cache,
         sources: [s.src],
@@ -133,37 +129,37 @@ describe('openLayer', () => {
   });
 });
 
-describe('BlobFetcher reads', () => {
+describe('reads (BlobReader over the UnitFetcher)', () => {
   it('fetches exactly the blocks under a read, in one merged request', async () => {
     const s = await setup();
-    const { fetcher } = await open(s);
+    const { core } = await open(s);
     s.src.reset();
     const ino = s.tb.ino('usr/big1');
-    const got = await fetcher.read(ino, 20_000, 70_000);
+    const got = await core.reader.read(ino, 20_000, 70_000);
     expect(got.equals(s.tb.files.get('usr/big1')!.subarray(20_000, 90_000))).toBe(true);
     expect(s.src.requests).toEqual([blockRange(s.tb, 'usr/big1', 20_000, 70_000)]);
-    expect(fetcher.stats.blocks.registry).toBeGreaterThan(1);
+    expect(core.fetcher.stats.blocks.registry).toBeGreaterThan(1);
     // again: from memory, no request
-    await fetcher.read(ino, 20_000, 70_000);
+    await core.reader.read(ino, 20_000, 70_000);
     expect(s.src.requests.length).toBe(1);
-    expect(fetcher.stats.blocks.memory).toBeGreaterThan(0);
+    expect(core.fetcher.stats.blocks.memory).toBeGreaterThan(0);
   });
 
   it('serves from the disk cache when the memory cache is too small', async () => {
     const s = await setup();
-    const { fetcher } = await open(s, { mem: new BlockMemoryCache(1) });
-    await readAll(fetcher, s.tb);
+    const { core } = await open(s, { mem: new BlockMemoryCache(1) });
+    await readAll(core.reader, s.tb);
     s.src.reset();
-    await readAll(fetcher, s.tb);
+    await readAll(core.reader, s.tb);
     expect(s.src.requests.length).toBe(0);
-    expect(fetcher.stats.blocks.cache).toBeGreaterThan(0);
+    expect(core.fetcher.stats.blocks.cache).toBeGreaterThan(0);
   });
 
   it('splits long runs at maxRunBytes', async () => {
     const s = await setup();
-    const { fetcher } = await open(s, { options: { maxRunBytes: 40_000 } });
+    const { core } = await open(s, { options: { maxRunBytes: 40_000 } });
     s.src.reset();
-    await fetcher.read(s.tb.ino('usr/big2'), 0, 250_000);
+    await core.reader.read(s.tb.ino('usr/big2'), 0, 250_000);
     expect(s.src.requests.length).toBeGreaterThan(1);
     for (const r of s.src.requests) expect(r.length).toBeLessThanOrEqual(40_000);
     const total = s.src.requests.reduce((n, r) => n + r.length, 0);
@@ -172,15 +168,15 @@ describe('BlobFetcher reads', () => {
 
   it('coalesces concurrent reads of the same blocks into one fetch', async () => {
     const s = await setup();
-    const { fetcher } = await open(s);
+    const { core } = await open(s);
     s.src.reset();
     const g = gate();
     s.src.gate = g.promise;
     const ino = s.tb.ino('usr/big1');
     const reads = [
-      fetcher.read(ino, 0, 60_000),
-      fetcher.read(ino, 0, 60_000),
-      fetcher.read(ino, 10_000, 20_000),
+      core.reader.read(ino, 0, 60_000),
+      core.reader.read(ino, 0, 60_000),
+      core.reader.read(ino, 10_000, 20_000),
     ];
     await new Promise((r) => setImmediate(r));
     g.open();
@@ -194,12 +190,12 @@ describe('BlobFetcher reads', () => {
 
   it('overlapping concurrent reads fetch each block once', async () => {
     const s = await setup();
-    const { fetcher } = await open(s);
+    const { core } = await open(s);
     s.src.reset();
     const g = gate();
     s.src.gate = g.promise;
     const ino = s.tb.ino('usr/big1');
-    const reads = [fetcher.read(ino, 0, 100_000), fetcher.read(ino, 50_000, 150_000)];
+    const reads = [core.reader.read(ino, 0, 100_000), core.reader.read(ino, 50_000, 150_000)];
     await new Promise((r) => setImmediate(r));
     g.open();
     await Promise.all(reads);
@@ -208,14 +204,14 @@ describe('BlobFetcher reads', () => {
 
   it('rejects a corrupt block, refetches it and never caches the bad bytes', async () => {
     const s = await setup();
-    const { fetcher, cache } = await open(s);
+    const { core, cache } = await open(s);
     s.src.reset();
     const r = blockRange(s.tb, 'etc/f3');
     s.src.corruptAt.push({ offset: r.offset + 5, times: 1 });
-    const got = await fetcher.read(s.tb.ino('etc/f3'), 0, 1 << 20);
+    const got = await core.reader.read(s.tb.ino('etc/f3'), 0, 1 << 20);
     expect(got.equals(s.tb.files.get('etc/f3')!)).toBe(true);
-    expect(fetcher.stats.verifyFailures).toBe(1);
-    expect(fetcher.stats.refetches).toBe(1);
+    expect(core.fetcher.stats.verifyFailures).toBe(1);
+    expect(core.fetcher.stats.refetches).toBe(1);
     expect(s.src.requests.length).toBe(2);
     const cached = await cache.read(r.offset, r.length);
     expect(cached.equals(s.tb.bytes.subarray(r.offset, r.offset + r.length))).toBe(true);
@@ -223,93 +219,95 @@ describe('BlobFetcher reads', () => {
 
   it('a block that is always corrupt fails the read and is not cached', async () => {
     const s = await setup();
-    const { fetcher, cache } = await open(s, { options: { retries: 2 } });
+    const { core, cache } = await open(s, { options: { retries: 2 } });
     const r = blockRange(s.tb, 'etc/f2');
     const block = s.tb.toc.blockAt(s.tb.toc.stat(s.tb.ino('etc/f2')).dataOffset);
     s.src.corruptAt.push({ offset: r.offset + 1, times: 1000 });
-    const err = await fetcher.read(s.tb.ino('etc/f2'), 0, 100).catch((e) => e);
+    const err = await core.reader.read(s.tb.ino('etc/f2'), 0, 100).catch((e) => e);
     expect(isDfError(err, 'DIGEST_MISMATCH')).toBe(true);
-    expect(fetcher.stats.verifyFailures).toBe(3);
+    expect(core.fetcher.stats.verifyFailures).toBe(3);
     expect(cache.has(block)).toBe(false);
   });
 
   it('retries after a source error and moves on to the next source', async () => {
     const s = await setup();
-    const { fetcher } = await open(s);
+    const { core } = await open(s);
     s.src.failNext = 1;
-    const got = await fetcher.read(s.tb.ino('etc/f1'), 0, 1 << 20);
+    const got = await core.reader.read(s.tb.ino('etc/f1'), 0, 1 << 20);
     expect(got.equals(s.tb.files.get('etc/f1')!)).toBe(true);
 
     const s2 = await setup();
     const bad2 = new FakeSource(s2.tb.bytes);
-    const { fetcher: f2 } = await open(s2, { sources: [s2.src] });
+    const { core: f2 } = await open(s2, { sources: [s2.src] });
     // a second, failing source first in the list for block reads (openLayer used the good one)
-    (f2 as unknown as { sources: FakeSource[] }).sources.unshift(bad2);
+    (f2.fetcher as unknown as { sources: FakeSource[] }).sources.unshift(bad2);
     bad2.failNext = 1000;
-    const got2 = await f2.read(s2.tb.ino('etc/f4'), 0, 1 << 20);
+    const got2 = await f2.reader.read(s2.tb.ino('etc/f4'), 0, 1 << 20);
     expect(got2.equals(s2.tb.files.get('etc/f4')!)).toBe(true);
     expect(bad2.requests.length).toBe(1);
-    expect(f2.stats.errors.registry).toBe(1);
+    expect(f2.fetcher.stats.errors.registry).toBe(1);
   });
 
   it('a hanging source gives TIMEOUT within the read budget, never a hang', async () => {
     const s = await setup();
-    const { fetcher } = await open(s, {
+    const { core } = await open(s, {
       options: { readTimeoutMs: 300, requestTimeoutMs: 50, retries: 100 },
     });
     s.src.hang = true;
-    const err = await fetcher.read(s.tb.ino('usr/big2'), 0, 100).catch((e) => e);
+    const err = await core.reader.read(s.tb.ino('usr/big2'), 0, 100).catch((e) => e);
     expect(err).toBeInstanceOf(DfError);
     expect(err.code).toBe('TIMEOUT');
-    expect(fetcher.stats.readTimeouts).toBe(1);
+    expect(core.fetcher.stats.readTimeouts).toBe(1);
     expect(s.src.requests.length).toBeGreaterThan(1); // per-request timeouts led to retries
   });
 
   it('a source that fails every attempt rejects with its error before the read budget', async () => {
     const s = await setup();
-    const { fetcher } = await open(s, { options: { readTimeoutMs: 60_000, retries: 2 } });
+    const { core } = await open(s, { options: { readTimeoutMs: 60_000, retries: 2 } });
     s.src.failNext = 1000;
-    const err = await fetcher.read(s.tb.ino('usr/big2'), 0, 100).catch((e) => e);
+    const err = await core.reader.read(s.tb.ino('usr/big2'), 0, 100).catch((e) => e);
     expect(err.code).toBe('NETWORK');
     expect(s.src.requests.length - 2).toBe(3);
   });
 
   it('honours abort signals', async () => {
     const s = await setup();
-    const { fetcher } = await open(s);
+    const { core } = await open(s);
     s.src.hang = true;
     const ac = new AbortController();
-    const p = fetcher.read(s.tb.ino('usr/big2'), 0, 100, ac.signal);
+    const p = core.reader.read(s.tb.ino('usr/big2'), 0, 100, ac.signal);
     ac.abort();
     await expect(p).rejects.toMatchObject({ code: 'ABORTED' });
-    await expect(fetcher.read(s.tb.ino('usr/big2'), 0, 100, AbortSignal.abort())).rejects.toMatchObject({
+    await expect(core.reader.read(s.tb.ino('usr/big2'), 0, 100, AbortSignal.abort())).rejects.toMatchObject({
       code: 'ABORTED',
     });
   });
 
   it('rejects non-files and clamps reads at the end of the file', async () => {
     const s = await setup();
-    const { fetcher } = await open(s);
-    await expect(fetcher.read(s.tb.ino('etc'), 0, 10)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    const { core } = await open(s);
+    await expect(core.reader.read(s.tb.ino('etc'), 0, 10)).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
     const f = s.tb.files.get('etc/f1')!;
-    expect((await fetcher.read(s.tb.ino('etc/f1'), f.length - 3, 100)).equals(f.subarray(f.length - 3))).toBe(
-      true,
-    );
-    expect((await fetcher.read(s.tb.ino('etc/f1'), f.length + 3, 100)).length).toBe(0);
+    expect(
+      (await core.reader.read(s.tb.ino('etc/f1'), f.length - 3, 100)).equals(f.subarray(f.length - 3)),
+    ).toBe(true);
+    expect((await core.reader.read(s.tb.ino('etc/f1'), f.length + 3, 100)).length).toBe(0);
   });
 });
 
 describe('background fill', () => {
   it('fills the whole blob in runs, then the cache file equals the blob', async () => {
     const s = await setup();
-    const { fetcher, cache } = await open(s, { options: { maxRunBytes: 64 * 1024 } });
-    await fetcher.read(s.tb.ino('etc/f0'), 0, 100);
+    const { core, cache } = await open(s, { options: { maxRunBytes: 64 * 1024 } });
+    await core.reader.read(s.tb.ino('etc/f0'), 0, 100);
     s.src.reset();
-    fetcher.startBackgroundFill();
-    await fetcher.whenComplete();
+    core.fill.start();
+    await core.fill.whenComplete();
     expect(cache.isComplete).toBe(true);
     expect(cache.verified).toBe(true);
-    expect(fetcher.stats.completeVerified).toBe(1);
+    expect(core.fetcher.stats.completeVerified).toBe(1);
     for (const r of s.src.requests) expect(r.length).toBeLessThanOrEqual(64 * 1024);
     expect(s.src.bytes).toBe(
       s.tb.blob.size -
@@ -321,29 +319,29 @@ describe('background fill', () => {
     expect(sha256(file)).toBe(s.tb.blob.digest);
     // everything now served locally
     s.src.hang = true;
-    await readAll(fetcher, s.tb);
+    await readAll(core.reader, s.tb);
   });
 
   it('starts after the first read by default and fill is rate-limited through the bucket', async () => {
     const s = await setup();
-    const { fetcher, cache } = await open(s, {
+    const { core, cache } = await open(s, {
       options: { fillAfterFirstRead: true, fillRateBytesPerSec: 0 },
     });
-    expect(fetcher.filling).toBe(false);
-    await fetcher.read(s.tb.ino('etc/f0'), 0, 100);
-    expect(fetcher.filling).toBe(true);
-    await fetcher.whenComplete();
+    expect(core.fill.started).toBe(false);
+    await core.reader.read(s.tb.ino('etc/f0'), 0, 100);
+    expect(core.fill.started).toBe(true);
+    await core.fill.whenComplete();
     expect(cache.isComplete).toBe(true);
-    expect(fetcher.stats.fillBytes).toBeGreaterThan(0);
+    expect(core.fetcher.stats.fillBytes).toBeGreaterThan(0);
   });
 
   it('keeps going after failures until complete', async () => {
     const s = await setup();
-    const { fetcher, cache } = await open(s, { options: { retries: 0, maxRunBytes: 32 * 1024 } });
+    const { core, cache } = await open(s, { options: { retries: 0, maxRunBytes: 32 * 1024 } });
     s.src.failNext = 5;
     s.src.corruptAt.push({ offset: 100, times: 3 });
-    fetcher.startBackgroundFill();
-    await fetcher.whenComplete();
+    core.fill.start();
+    await core.fill.whenComplete();
     expect(cache.isComplete).toBe(true);
     expect(sha256(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
   });
@@ -351,33 +349,33 @@ describe('background fill', () => {
   it('blocked reads run before queued fill work', async () => {
     const s = await setup();
     const scheduler = new FetchScheduler({ concurrency: 1 });
-    const { fetcher } = await open(s, { scheduler, options: { maxRunBytes: 32 * 1024, fillConcurrency: 2 } });
+    const { core } = await open(s, { scheduler, options: { maxRunBytes: 32 * 1024, fillConcurrency: 2 } });
     s.src.reset();
     const g = gate();
     s.src.gate = g.promise;
-    const first = fetcher.read(s.tb.ino('etc/f0'), 0, 100); // takes the only slot
+    const first = core.reader.read(s.tb.ino('etc/f0'), 0, 100); // takes the only slot
     await new Promise((r) => setImmediate(r));
-    fetcher.startBackgroundFill();
+    core.fill.start();
     for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
     // fill waits for its turn while a blocked read holds the slot: nothing of it is queued or sent
     expect(scheduler.running).toBe(1);
     expect(s.src.requests.length).toBe(1);
-    const second = fetcher.read(s.tb.ino('usr/big2'), 200_000, 100);
+    const second = core.reader.read(s.tb.ino('usr/big2'), 200_000, 100);
     await new Promise((r) => setImmediate(r));
     g.open();
     await Promise.all([first, second]);
     const want2 = blockRange(s.tb, 'usr/big2', 200_000, 100);
     expect(s.src.requests[0]).toEqual(blockRange(s.tb, 'etc/f0', 0, 100));
     expect(s.src.requests[1]).toEqual(want2);
-    await fetcher.whenComplete();
+    await core.fill.whenComplete();
   });
 
   it('close() stops the fill', async () => {
     const s = await setup();
-    const { fetcher, cache } = await open(s, { options: { fillRateBytesPerSec: 1 } });
-    fetcher.startBackgroundFill();
-    await fetcher.close();
-    await expect(fetcher.whenComplete()).rejects.toMatchObject({ code: 'ABORTED' });
+    const { core, cache } = await open(s, { options: { fillRateBytesPerSec: 1 } });
+    core.fill.start();
+    await core.close();
+    await expect(core.fill.whenComplete()).rejects.toMatchObject({ code: 'ABORTED' });
     expect(cache.isComplete).toBe(false);
   });
 });
@@ -386,33 +384,33 @@ describe('restart and crash safety', () => {
   it('reopening resumes: TOC from the cache, present blocks not refetched', async () => {
     const s = await setup();
     const a = await open(s);
-    await a.fetcher.read(s.tb.ino('usr/big1'), 0, 100_000);
-    await a.fetcher.close();
+    await a.core.reader.read(s.tb.ino('usr/big1'), 0, 100_000);
+    await a.core.close();
     await a.cache.close();
     const filled = a.cache.filledBytes;
     s.src.reset();
     const b = await open(s);
     expect(b.tocSource).toBe('cache');
     expect(b.cache.filledBytes).toBe(filled);
-    const got = await b.fetcher.read(s.tb.ino('usr/big1'), 0, 100_000);
+    const got = await b.core.reader.read(s.tb.ino('usr/big1'), 0, 100_000);
     expect(got.equals(s.tb.files.get('usr/big1')!.subarray(0, 100_000))).toBe(true);
     expect(s.src.requests.length).toBe(0);
-    b.fetcher.startBackgroundFill();
-    await b.fetcher.whenComplete();
+    b.core.fill.start();
+    await b.core.fill.whenComplete();
     expect(s.src.bytes).toBe(s.tb.blob.size - filled);
   });
 
   it('data written but bitmap never flushed (crash): blocks are refetched, data correct', async () => {
     const s = await setup();
     const a = await open(s, { flushIntervalMs: 1e9, flushBytes: 1e12 });
-    await a.fetcher.read(s.tb.ino('usr/big1'), 0, 100_000);
+    await a.core.reader.read(s.tb.ino('usr/big1'), 0, 100_000);
     expect(a.cache.presentUnits).toBeGreaterThan(1);
     // no close, no flush: the process "dies" here
     s.src.reset();
     const b = await open(s);
     expect(b.cache.presentUnits).toBe(1); // only the TOC unit, stored again by openLayer
     expect(b.tocSource).toBe('remote');
-    const got = await b.fetcher.read(s.tb.ino('usr/big1'), 0, 100_000);
+    const got = await b.core.reader.read(s.tb.ino('usr/big1'), 0, 100_000);
     expect(got.equals(s.tb.files.get('usr/big1')!.subarray(0, 100_000))).toBe(true);
     expect(s.src.requests.length).toBe(3);
   });
@@ -420,17 +418,17 @@ describe('restart and crash safety', () => {
   it('a torn bitmap is treated as empty', async () => {
     const s = await setup();
     const a = await open(s);
-    await a.fetcher.read(s.tb.ino('usr/big1'), 0, 100_000);
-    await a.fetcher.close();
+    await a.core.reader.read(s.tb.ino('usr/big1'), 0, 100_000);
+    await a.core.close();
     await a.cache.close();
     const bm = join(s.cacheDir, 'bitmap');
     await truncate(bm, (await stat(bm)).size - 7);
     s.src.reset();
     const b = await open(s);
     expect(b.tocSource).toBe('remote');
-    const got = await b.fetcher.read(s.tb.ino('usr/big1'), 0, 100_000);
+    const got = await b.core.reader.read(s.tb.ino('usr/big1'), 0, 100_000);
     expect(got.equals(s.tb.files.get('usr/big1')!.subarray(0, 100_000))).toBe(true);
-    await b.fetcher.close();
+    await b.core.close();
     await b.cache.close();
     // garbled (same length, one byte flipped)
     const buf = await readFile(bm);
@@ -443,15 +441,15 @@ describe('restart and crash safety', () => {
   it('a cached block that rotted on disk is detected, dropped and refetched', async () => {
     const s = await setup();
     const a = await open(s, { mem: new BlockMemoryCache(1) });
-    await a.fetcher.read(s.tb.ino('etc/f5'), 0, 1 << 20);
+    await a.core.reader.read(s.tb.ino('etc/f5'), 0, 1 << 20);
     const r = blockRange(s.tb, 'etc/f5');
     const fh = await import('node:fs/promises').then((m) => m.open(join(s.cacheDir, 'data'), 'r+'));
     await fh.write(Buffer.from([0xaa, 0xbb]), 0, 2, r.offset + 3);
     await fh.close();
     s.src.reset();
-    const got = await a.fetcher.read(s.tb.ino('etc/f5'), 0, 1 << 20);
+    const got = await a.core.reader.read(s.tb.ino('etc/f5'), 0, 1 << 20);
     expect(got.equals(s.tb.files.get('etc/f5')!)).toBe(true);
-    expect(a.fetcher.stats.verifyFailures).toBe(1);
+    expect(a.core.fetcher.stats.verifyFailures).toBe(1);
     expect(s.src.requests.length).toBe(1);
   });
 });
@@ -473,21 +471,21 @@ describe('full disk', () => {
     const a = await open(s, { io });
     full = true;
     const before = a.cache.presentUnits;
-    const err = await a.fetcher.read(s.tb.ino('usr/big2'), 0, 50_000).catch((e) => e);
+    const err = await a.core.reader.read(s.tb.ino('usr/big2'), 0, 50_000).catch((e) => e);
     expect(isDfError(err, 'NO_SPACE')).toBe(true);
     expect(a.cache.presentUnits).toBe(before);
     await a.cache.flush();
     full = false;
-    const got = await a.fetcher.read(s.tb.ino('usr/big2'), 0, 50_000);
+    const got = await a.core.reader.read(s.tb.ino('usr/big2'), 0, 50_000);
     expect(got.equals(s.tb.files.get('usr/big2')!.subarray(0, 50_000))).toBe(true);
-    await a.fetcher.close();
+    await a.core.close();
     await a.cache.close();
     // after a restart, every block the bitmap claims is good
     const b = await open(s, { mem: new BlockMemoryCache(1) });
     s.src.hang = true;
-    const again = await b.fetcher.read(s.tb.ino('usr/big2'), 0, 50_000);
+    const again = await b.core.reader.read(s.tb.ino('usr/big2'), 0, 50_000);
     expect(again.equals(got)).toBe(true);
-    expect(b.fetcher.stats.verifyFailures).toBe(0);
+    expect(b.core.fetcher.stats.verifyFailures).toBe(0);
   });
 
   it('ENOSPC while storing the TOC still mounts; fill stores it later', async () => {
@@ -502,8 +500,8 @@ describe('full disk', () => {
     const a = await open(s, { io });
     expect(a.cache.has(a.toc.blockCount)).toBe(false);
     full = false;
-    a.fetcher.startBackgroundFill();
-    await a.fetcher.whenComplete();
+    a.core.fill.start();
+    await a.core.fill.whenComplete();
     expect(sha256(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
   });
 });
@@ -520,28 +518,28 @@ describe('source policy: the registry is the origin', () => {
     // the seed is busy: fill gives up on the run (to retry later) and never asks the registry
     seed.failNext = 1000;
     seed.failWith = () => DfError.timeout('seed busy');
-    await expect(a.fetcher.units([0], Priority.Fill)).rejects.toSatisfy((e) => isDfError(e, 'TIMEOUT'));
+    await expect(a.core.fetcher.units([0], Priority.Fill)).rejects.toSatisfy((e) => isDfError(e, 'TIMEOUT'));
     expect(seed.requests.length).toBe(3);
     expect(registry.requests.length).toBe(0);
     // a reader blocked on the same kind of block goes on to the registry
-    const [b1] = await a.fetcher.units([1], Priority.Blocked);
+    const [b1] = await a.core.fetcher.units([1], Priority.Blocked);
     expect(b1!.length).toBe(s.tb.toc.blockStoredLength(1));
     expect(registry.requests.length).toBeGreaterThan(0);
     // no seed is up: fill reaches the registry at once
     registry.reset();
     seed.failWith = () => sourceUnavailable('no seed is up');
-    await a.fetcher.units([2], Priority.Fill);
+    await a.core.fetcher.units([2], Priority.Fill);
     expect(registry.requests.length).toBe(1);
     // a planner's run restricted to the seed does not reach the registry even then
     registry.reset();
-    await expect(a.fetcher.units([3], Priority.Fill, undefined, { only: ['seed'] })).rejects.toSatisfy(
+    await expect(a.core.fetcher.units([3], Priority.Fill, undefined, { only: ['seed'] })).rejects.toSatisfy(
       isSourceUnavailable,
     );
     expect(registry.requests.length).toBe(0);
     // a run the seed defers is not retried: the planner picks again
     seed.reset();
     seed.failWith = () => deferredBySource('on its way to another node');
-    await expect(a.fetcher.units([3], Priority.Fill, undefined, { only: ['seed'] })).rejects.toSatisfy(
+    await expect(a.core.fetcher.units([3], Priority.Fill, undefined, { only: ['seed'] })).rejects.toSatisfy(
       isDeferred,
     );
     expect(seed.requests.length).toBe(1);

@@ -1,0 +1,155 @@
+import type { CacheManager } from '../cache/cache-manager.js';
+import type { Config } from '../config.js';
+import { DfError } from '../errors.js';
+import type { BlobCache } from '../cache/blob-cache.js';
+import { FetchStats } from '../fetch/fetch-stats.js';
+import type { BlockSource } from '../fetch/types.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { DfbLayer } from '../registry/image.js';
+import type { ImageReference } from '../registry/reference.js';
+import { bound } from '../util/timers.js';
+import { LayerCore, type LayerOptions, type LayerShared } from './layer-core.js';
+import { Layer } from './layer.js';
+
+export interface LayerStoreOptions extends LayerShared {
+  cache: CacheManager;
+  /** The source chain for a blob of an image from `from` (peers, seed, registry; or just the registry). */
+  sources: (from: ImageReference) => BlockSource[];
+}
+
+interface Entry {
+  refs: number;
+  opening: Promise<LayerCore>;
+  closing?: Promise<void>;
+}
+
+/** LayerOptions from the configuration (`fetch.*`, `cache.verifyCachedReads`). */
+export function layerOptionsFrom(cfg: Config): LayerOptions {
+  return {
+    readTimeoutMs: cfg.fetch.readTimeoutMs,
+    requestTimeoutMs: cfg.fetch.requestTimeoutMs,
+    retries: cfg.fetch.retries,
+    maxRunBytes: cfg.fetch.maxRunBytes,
+    fillAfterFirstRead: cfg.fetch.backgroundFill,
+    verifyCachedReads: cfg.cache.verifyCachedReads,
+  };
+}
+
+/**
+ * The one way to get a layer (stargz's `Resolver`): `open` returns a reference-counted handle to the layer
+ * of a blob digest, opening it (cache, TOC, fetcher, reader, fill, P2P membership) on first use and sharing
+ * it with every later holder; the last `release` leaves the swarm, stops fill and fetches, then releases the
+ * cache. Used by the node runtime, the seed, the FUSE manager, preheat and the snapshotter's layers.
+ */
+export class LayerStore {
+  readonly stats: FetchStats;
+  private readonly entries = new Map<string, Entry>();
+  private readonly logger: Logger;
+  private readonly closer = new AbortController();
+
+  constructor(private readonly opts: LayerStoreOptions) {
+    this.stats = opts.stats ?? new FetchStats();
+    this.logger = opts.logger ?? silentLogger;
+  }
+
+  /**
+   * A handle to `layer`, whose blocks come from the image `from` when it is not open yet. The open is shared
+   * by every caller of the same digest; `signal` stops this caller's wait, not the open others wait for.
+   */
+  async open(layer: DfbLayer, from: ImageReference, signal?: AbortSignal): Promise<Layer> {
+    for (;;) {
+      if (this.closer.signal.aborted) throw new DfError('FAILED_PRECONDITION', 'layer store is closed');
+      const existing = this.entries.get(layer.digest);
+      if (existing?.closing) {
+        await existing.closing.catch(() => undefined);
+        continue;
+      }
+      const entry = existing ?? this.start(layer, from);
+      entry.refs++;
+      try {
+        const core = await bound(entry.opening, { signal, what: `open layer ${layer.digest}` });
+        return new Layer(core, () => this.release(layer.digest, entry));
+      } catch (err) {
+        await this.release(layer.digest, entry);
+        throw err;
+      }
+    }
+  }
+
+  /** Open layers: digest, cache and number of holders (for metrics and status). */
+  list(): Array<{ digest: string; size: number; cache: BlobCache; refs: number }> {
+    const out: Array<{ digest: string; size: number; cache: BlobCache; refs: number }> = [];
+    for (const [digest, e] of this.entries) {
+      const core = this.settled.get(e);
+      if (core && !e.closing) out.push({ digest, size: core.blob.size, cache: core.cache, refs: e.refs });
+    }
+    return out;
+  }
+
+  /** Closes every layer, whoever holds it (shutdown). */
+  async close(): Promise<void> {
+    this.closer.abort(DfError.aborted('layer store closed'));
+    const all = [...this.entries.entries()];
+    await Promise.all(
+      all.map(async ([digest, e]) => {
+        e.refs = 0;
+        await this.teardown(digest, e);
+      }),
+    );
+  }
+
+  /** Cores whose open has finished (for list()). */
+  private readonly settled = new WeakMap<Entry, LayerCore>();
+
+  private start(layer: DfbLayer, from: ImageReference): Entry {
+    const entry: Entry = { refs: 0, opening: this.build(layer, from) };
+    this.entries.set(layer.digest, entry);
+    entry.opening.then(
+      (core) => this.settled.set(entry, core),
+      () => {
+        if (this.entries.get(layer.digest) === entry) this.entries.delete(layer.digest);
+      },
+    );
+    return entry;
+  }
+
+  private async build(layer: DfbLayer, from: ImageReference): Promise<LayerCore> {
+    const blob = { digest: layer.digest, size: layer.size };
+    const signal = this.closer.signal;
+    const cache = await this.opts.cache.open(blob, signal);
+    try {
+      return await LayerCore.open({
+        ...this.opts,
+        stats: this.stats,
+        blob,
+        cache,
+        sources: this.opts.sources(from),
+        expectedTocDigest: layer.tocDigest,
+        signal,
+      });
+    } catch (err) {
+      await this.opts.cache.release(cache).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private release(digest: string, entry: Entry): Promise<void> {
+    if (entry.closing) return entry.closing;
+    if (--entry.refs > 0) return Promise.resolve();
+    return this.teardown(digest, entry);
+  }
+
+  private teardown(digest: string, entry: Entry): Promise<void> {
+    entry.closing ??= (async () => {
+      const core = await entry.opening.catch(() => undefined);
+      if (!core) return;
+      await core.close();
+      await this.opts.cache.release(core.cache).catch((err) => {
+        this.logger.warn({ err, digest }, 'cache release failed');
+      });
+    })().finally(() => {
+      if (this.entries.get(digest) === entry) this.entries.delete(digest);
+    });
+    return entry.closing;
+  }
+}
