@@ -437,7 +437,9 @@ if (process.argv.includes('--json')) {
     for (const o of sizeOffences) say(`  ${o.file}: ${o.lines} lines`);
   }
   if (cycleOffences.length) {
-    say(`Import cycles (${cycleOffences.length} groups of files that import each other):`);
+    say(
+      `Import cycles (${cycleOffences.length} group${cycleOffences.length === 1 ? '' : 's'} of files that import each other):`,
+    );
     for (const c of cycleOffences) {
       say(`  ${c.files.join(', ')}`);
       for (const cy of c.cycles) say(`    ${cy.join(' -> ')}`);
