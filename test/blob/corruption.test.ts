@@ -7,8 +7,9 @@ import { B, D, H, I, X } from '../../src/blob/toc-layout.js';
 import { Codec, EntryType } from '../../src/blob/types.js';
 import { isDfError, type ErrorCode } from '../../src/errors.js';
 import { exercise } from './exercise.js';
-import { smallRichBlob } from './fixture.js';
-import { BufferRangeReader, parts, sha256hex, withToc } from './util.js';
+import { sha256Digest } from '../helpers/digest.js';
+import { smallRichBlob } from '../helpers/dfb.js';
+import { BufferRangeReader, parts, withToc } from './util.js';
 
 let blob: Buffer;
 let toc: Toc;
@@ -123,7 +124,7 @@ describe('TOC corruption', () => {
     await expectError(open(b), 'DIGEST_MISMATCH', /DFB TOC: digest mismatch/);
   });
   it('checks the expected (annotation) TOC digest', async () => {
-    const good = sha256hex(parts(blob).storedToc);
+    const good = sha256Digest(parts(blob).storedToc);
     await open(blob, good);
     await expectError(open(blob, 'sha256:' + '0'.repeat(64)), 'DIGEST_MISMATCH', /layer annotation/);
   });

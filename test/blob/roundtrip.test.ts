@@ -6,7 +6,9 @@ import { FileRangeReader } from '../../src/blob/file-range-reader.js';
 import { EntryType, type WriteResult } from '../../src/blob/types.js';
 import { DfbWriter } from '../../src/blob/writer.js';
 import { isDfError } from '../../src/errors.js';
-import { base, chunks, dirMeta, pseudoRandom, sha256hex, tempDir } from './util.js';
+import { sha256Digest } from '../helpers/digest.js';
+import { base, chunks, dirMeta, pseudoRandom } from '../helpers/dfb.js';
+import { tempDir } from '../helpers/temp.js';
 
 const longName = 'ü'.repeat(100) + '-long-名前-' + 'x'.repeat(60); // > 255 bytes? no: 200+16+60 bytes
 const bigContent = pseudoRandom(5 * 1024 * 1024 + 123, 7); // spooled (> 4 MiB)
@@ -130,9 +132,9 @@ describe('DFB round trip', () => {
   it('reports a consistent WriteResult', async () => {
     const blob = await readFile(blobPath);
     expect(result.size).toBe(blob.length);
-    expect(result.digest).toBe(sha256hex(blob));
+    expect(result.digest).toBe(sha256Digest(blob));
     expect(result.tocDigest).toBe(
-      sha256hex(blob.subarray(result.tocOffset, result.tocOffset + result.tocSize)),
+      sha256Digest(blob.subarray(result.tocOffset, result.tocOffset + result.tocSize)),
     );
     expect(result.tocOffset).toBe(result.storedDataBytes);
     expect(result.blockSize).toBe(16 * 1024);

@@ -5,7 +5,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Bitmap } from '../../src/cache/bitmap.js';
 import { BlobCache, defaultCacheIo, type CacheIo } from '../../src/cache/blob-cache.js';
 import { isDfError } from '../../src/errors.js';
-import { sha256, tempDir } from '../fetch/helpers.js';
+import { sha256Digest } from '../helpers/digest.js';
+import { tempDir } from '../helpers/temp.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -15,7 +16,7 @@ afterEach(async () => {
 /** A fake "blob": 8 units of 1000 bytes + a 500-byte TOC unit. */
 const blob = Buffer.alloc(8500);
 for (let i = 0; i < blob.length; i++) blob[i] = (i * 7 + (i >> 8)) & 0xff;
-const digest = sha256(blob);
+const digest = sha256Digest(blob);
 const unit = (u: number) => (u < 8 ? blob.subarray(u * 1000, u * 1000 + 1000) : blob.subarray(8000));
 
 async function dir(): Promise<string> {
@@ -186,7 +187,7 @@ describe('BlobCache', () => {
     expect(c.isComplete).toBe(true);
     expect(await c.verifyComplete()).toEqual({ ok: true, actual: digest });
     expect(c.verified).toBe(true);
-    expect(sha256(await readFile(join(d, 'data')))).toBe(digest);
+    expect(sha256Digest(await readFile(join(d, 'data')))).toBe(digest);
     await c.close();
 
     const d2 = await dir();
@@ -225,7 +226,12 @@ describe.skipIf(!asRoot)('BlobCache on a full tmpfs', () => {
     try {
       const big = Buffer.alloc(1024 * 1024, 7);
       const d = join(mnt, 'blob');
-      const c = await BlobCache.open({ dir: d, digest: sha256(big), size: big.length, flushIntervalMs: 1e9 });
+      const c = await BlobCache.open({
+        dir: d,
+        digest: sha256Digest(big),
+        size: big.length,
+        flushIntervalMs: 1e9,
+      });
       await c.setLayout(32, 32 * 32768 - 1000);
       let err: unknown;
       let u = 0;
@@ -246,7 +252,7 @@ describe.skipIf(!asRoot)('BlobCache on a full tmpfs', () => {
       expect(c.has(u)).toBe(false);
       const present = c.presentUnits;
       await c.close().catch(() => {});
-      const r = await BlobCache.open({ dir: d, digest: sha256(big), size: big.length });
+      const r = await BlobCache.open({ dir: d, digest: sha256Digest(big), size: big.length });
       expect(r.presentUnits).toBeLessThanOrEqual(present);
       for (let i = 0; i < 32; i++) {
         if (!r.has(i)) continue;

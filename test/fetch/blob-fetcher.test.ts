@@ -15,7 +15,10 @@ import {
   Priority,
   sourceUnavailable,
 } from '../../src/fetch/types.js';
-import { FakeSource, gate, makeBlob, sha256, tempDir, type TestBlob } from './helpers.js';
+import { sha256Digest } from '../helpers/digest.js';
+import { makeBlob, type TestBlob } from '../helpers/dfb.js';
+import { tempDir } from '../helpers/temp.js';
+import { FakeSource, gate } from './helpers.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -318,7 +321,7 @@ describe('background fill', () => {
     );
     await cache.flush();
     const file = await readFile(join(s.cacheDir, 'data'));
-    expect(sha256(file)).toBe(s.tb.blob.digest);
+    expect(sha256Digest(file)).toBe(s.tb.blob.digest);
     // everything now served locally
     s.src.hang = true;
     await readAll(fetcher, s.tb);
@@ -345,7 +348,7 @@ describe('background fill', () => {
     fetcher.startBackgroundFill();
     await fetcher.whenComplete();
     expect(cache.isComplete).toBe(true);
-    expect(sha256(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
+    expect(sha256Digest(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
   });
 
   it('blocked reads run before queued fill work', async () => {
@@ -504,7 +507,7 @@ describe('full disk', () => {
     full = false;
     a.fetcher.startBackgroundFill();
     await a.fetcher.whenComplete();
-    expect(sha256(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
+    expect(sha256Digest(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
   });
 });
 

@@ -7,13 +7,13 @@
  * processes, but the habit keeps the helpers usable either way.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { expect } from 'vitest';
 import { cliPath, run, runCli, runOk, type CliResult } from './cli.js';
+import { sha256File } from './digest.js';
 import { ensureFixture, REPO_ROOT, type FixtureName } from './fixtures.js';
 import { requireRegistry, startRegistry, type TestRegistry } from './registry.js';
 import { hasTool, requireConditions, type Requirement } from './require.js';
@@ -357,16 +357,6 @@ export async function expectCacheMatches(cacheDir: string, layers: { digest: str
     const f = join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data');
     expect('sha256:' + (await sha256File(f)), `${f}`).toBe(l.digest);
   }
-}
-
-export function sha256File(path: string): Promise<string> {
-  return new Promise((res, rej) => {
-    const h = createHash('sha256');
-    createReadStream(path)
-      .on('data', (d) => h.update(d))
-      .on('error', rej)
-      .on('end', () => res(h.digest('hex')));
-  });
 }
 
 /** Which xattrs the fidelity comparison covers: user.* and trusted.* except overlayfs' own trusted.overlay.*. */

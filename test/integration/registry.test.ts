@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,16 +20,14 @@ import {
   startRegistry,
   type TestRegistry,
 } from '../helpers/registry.js';
+import { sha256Digest } from '../helpers/digest.js';
 
+const sha = sha256Digest;
 const req = requireRegistry(['none', 'basic', 'bearer']);
 
 function blob(n: number): { data: Buffer; digest: string } {
   const data = randomBytes(n);
-  return { data, digest: `sha256:${createHash('sha256').update(data).digest('hex')}` };
-}
-
-function sha(b: Buffer): string {
-  return `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  return { data, digest: sha256Digest(data) };
 }
 
 async function collect(r: Readable): Promise<Buffer> {
