@@ -49,8 +49,8 @@ function blobPath(dir: string, digest: string): string {
 }
 
 /**
- * The fixture's OCI layout: `.tmp/fixtures/NAME` if it exists, else built with
- * the test helpers (through tsx: test/ is not compiled into dist).
+ * The fixture's OCI layout: `.tmp/fixtures/NAME` if it exists, else built with `npm run fixtures -- NAME`
+ * (the test fixture builder, run through tsx: test/ is not compiled into dist).
  */
 export async function locateFixture(
   repoRoot: string,
@@ -59,13 +59,8 @@ export async function locateFixture(
 ): Promise<string> {
   const dir = resolve(process.env.DFNODE_FIXTURES_DIR ?? join(repoRoot, '.tmp', 'fixtures'), name);
   if (existsSync(join(dir, 'index.json'))) return dir;
-  log(`fixture ${name} missing at ${dir}; building it with test/helpers/fixtures.ts (may take minutes)`);
-  const code =
-    `import('./test/helpers/fixtures.ts').then(async (m) => {` +
-    ` const why = m.fixtureUnavailable(${JSON.stringify(name)}); if (why) throw new Error(why);` +
-    ` const f = await m.ensureFixture(${JSON.stringify(name)}); console.log(f.dir); })` +
-    `.catch((e) => { console.error(e.message); process.exit(1); })`;
-  await run('npx', ['tsx', '--eval', code], { cwd: repoRoot });
+  log(`fixture ${name} missing at ${dir}; building it with npm run fixtures -- ${name} (may take minutes)`);
+  await run('npm', ['run', '--silent', 'fixtures', '--', name], { cwd: repoRoot });
   if (!existsSync(join(dir, 'index.json'))) throw new Error(`fixture build did not produce ${dir}`);
   return dir;
 }
