@@ -3,11 +3,12 @@
 // an uncompressed-layer copy of the image, an oci-archive for containerd.
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { run } from './measure.js';
+import { putJsonBlob, writeImageIndex } from './oci-layout.js';
 
 const GZIP_LAYER = /\.tar\+gzip$|\.tar\.gzip$|diff\.tar\.gzip$/;
 const TAR_LAYER = 'application/vnd.oci.image.layer.v1.tar';
@@ -133,35 +134,17 @@ export async function writeTarLayout(image: BenchImage, out: string, tag: string
   }
   const configBlob = blobPath(image.dir, image.configDigest);
   await put(image.configDigest, configBlob);
-  const manifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: 'application/vnd.oci.image.manifest.v1+json',
-      config: {
-        mediaType: 'application/vnd.oci.image.config.v1+json',
-        digest: image.configDigest,
-        size: (await stat(configBlob)).size,
-      },
-      layers,
-    }),
-  );
-  const mdigest = `sha256:${createHash('sha256').update(manifest).digest('hex')}`;
-  await writeFile(blobPath(out, mdigest), manifest);
-  await writeFile(join(out, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
-  await writeFile(
-    join(out, 'index.json'),
-    JSON.stringify({
-      schemaVersion: 2,
-      manifests: [
-        {
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          digest: mdigest,
-          size: manifest.length,
-          annotations: { 'org.opencontainers.image.ref.name': tag },
-        },
-      ],
-    }),
-  );
+  const manifest = await putJsonBlob(out, {
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: {
+      mediaType: 'application/vnd.oci.image.config.v1+json',
+      digest: image.configDigest,
+      size: (await stat(configBlob)).size,
+    },
+    layers,
+  });
+  await writeImageIndex(out, manifest, tag);
 }
 
 /** Read files once so that every tool starts from a warm page cache. */
