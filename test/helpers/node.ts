@@ -8,10 +8,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { expect } from 'vitest';
+import type { BlobCacheInfo } from '../../src/cache/cache-manager.js';
+import type { MountRecord } from '../../src/daemon/mount-records.js';
+import { readMountInfo } from '../../src/fuse/mounts.js';
 import { cliPath, run, runCli, runOk, type CliResult } from './cli.js';
 import { sha256File } from './digest.js';
 import { ensureFixture, REPO_ROOT, type FixtureName } from './fixtures.js';
@@ -228,30 +231,10 @@ export function dfnode(
   return runCli('dfnode', [sub, ...nodeArgs(dirs), ...args], { timeoutMs });
 }
 
+/** What `dfnode status --json` prints. */
 export interface StatusJson {
-  mounts: Array<{
-    id: string;
-    pid: number;
-    target: string;
-    ref: string;
-    layers: string[];
-    alive: boolean;
-    stats?: {
-      bytes: Record<string, number>;
-      requests: Record<string, number>;
-      verifyFailures: number;
-      readErrors: number;
-    };
-  }>;
-  blobs: Array<{
-    digest: string;
-    size: number;
-    filledBytes: number;
-    blocks: number;
-    present: number;
-    complete: boolean;
-    inUse: boolean;
-  }>;
+  mounts: Array<MountRecord & { alive: boolean }>;
+  blobs: BlobCacheInfo[];
 }
 
 export async function status(dirs: NodeDirs): Promise<StatusJson> {
@@ -285,18 +268,10 @@ export interface MountEntry {
 }
 
 export async function mountsUnder(dir: string): Promise<MountEntry[]> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
   const root = resolve(dir);
-  const out: MountEntry[] = [];
-  for (const line of text.split('\n')) {
-    const f = line.split(' ');
-    const dash = f.indexOf('-');
-    if (dash < 6) continue;
-    const mp = f[4]!.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-    if (mp === root || mp.startsWith(root + '/'))
-      out.push({ mountpoint: mp, fstype: f[dash + 1]!, source: f[dash + 2]! });
-  }
-  return out;
+  return readMountInfo()
+    .filter((m) => m.mountpoint === root || m.mountpoint.startsWith(root + '/'))
+    .map(({ mountpoint, fstype, source }) => ({ mountpoint, fstype, source }));
 }
 
 /** `umount -l` everything mounted at or below `dir`, deepest first. */
