@@ -278,7 +278,7 @@ async function uploadChunks(
 }
 
 /** Cuts a stream into buffers of exactly `size` bytes (the last one shorter). */
-export async function* fixedChunks(stream: Readable, size: number): AsyncGenerator<Buffer> {
+async function* fixedChunks(stream: Readable, size: number): AsyncGenerator<Buffer> {
   let parts: Buffer[] = [];
   let n = 0;
   for await (const c of stream) {

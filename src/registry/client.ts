@@ -12,9 +12,6 @@ import { RegistryRangeReader } from './range-reader.js';
 import type { ImageReference } from './reference.js';
 import { header, RegistryTransport, type SendRequest, type SendResponse } from './transport.js';
 
-export { header, parseContentRange };
-export type { SendRequest, SendResponse };
-
 export interface RegistryClientOptions {
   /** Talk plain HTTP to every registry. */
   plainHttp?: boolean;

@@ -31,7 +31,7 @@ export class DfbFileReader implements FileReader {
 
 /** Owner, mode and times of the fuse tests' files: not root, with nanoseconds, to see them pass through. */
 export const base = { mode: 0o644, uid: 1000, gid: 1001, mtimeSec: 1_700_000_000, mtimeNsec: 123_456_789 };
-export const dirBase = { ...base, mode: 0o755, type: EntryType.Dir };
+const dirBase = { ...base, mode: 0o755, type: EntryType.Dir };
 
 export function bigContent(n: number): Buffer {
   const b = Buffer.allocUnsafe(n);

@@ -196,7 +196,7 @@ export interface TestContainerd {
 }
 
 /** containerd config v2 for a private instance. */
-export function containerdConfig(o: {
+function containerdConfig(o: {
   root: string;
   state: string;
   socket: string;

@@ -17,7 +17,7 @@ import type { MountRecord } from '../../src/daemon/mount-records.js';
 import { readMountInfo } from '../../src/fuse/mounts.js';
 import { cliPath, run, runCli, runOk, type CliResult } from './cli.js';
 import { sha256File } from './digest.js';
-import { ensureFixture, REPO_ROOT, type FixtureName } from './fixtures.js';
+import { ensureFixture, type FixtureName } from './fixtures.js';
 import { requireRegistry, startRegistry, type TestRegistry } from './registry.js';
 import { hasTool, requireConditions, type Requirement } from './require.js';
 
@@ -131,7 +131,7 @@ process.once('exit', () => {
     if (c.pid && c.exitCode === null && c.signalCode === null) process.kill(c.pid, 'SIGKILL');
 });
 
-export function nodeArgs(dirs: NodeDirs): string[] {
+function nodeArgs(dirs: NodeDirs): string[] {
   return ['--cache-dir', dirs.cacheDir, '--state-dir', dirs.stateDir];
 }
 
@@ -335,7 +335,7 @@ export async function expectCacheMatches(cacheDir: string, layers: { digest: str
 }
 
 /** Which xattrs the fidelity comparison covers: user.* and trusted.* except overlayfs' own trusted.overlay.*. */
-export function comparedXattr(name: string): boolean {
+function comparedXattr(name: string): boolean {
   return name.startsWith('user.') || (name.startsWith('trusted.') && !name.startsWith('trusted.overlay.'));
 }
 
@@ -355,7 +355,7 @@ function unescapeGetfattr(s: string): string {
 }
 
 /** All xattrs below `root` (one `getfattr -R` child process), keyed by path relative to root. */
-export async function xattrsUnder(
+async function xattrsUnder(
   root: string,
   filter = comparedXattr,
 ): Promise<Map<string, Record<string, string>>> {
@@ -448,8 +448,6 @@ export function comparable(e: TreeEntry): Omit<TreeEntry, 'inode'> {
   void _i;
   return rest;
 }
-
-export const NODE_WORK = join(REPO_ROOT, '.tmp', 'node-it');
 
 // ------------------------------------------------------------------ a registry proxy that counts, delays, corrupts, stops
 

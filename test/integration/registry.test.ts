@@ -5,14 +5,10 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DfError } from '../../src/errors.js';
-import {
-  DockerConfigCredentials,
-  MediaTypes,
-  RegistryClient,
-  StaticCredentials,
-  parseReference,
-  type RegistryClientOptions,
-} from '../../src/registry/index.js';
+import { RegistryClient, type RegistryClientOptions } from '../../src/registry/client.js';
+import { DockerConfigCredentials, StaticCredentials } from '../../src/registry/credentials.js';
+import { MediaTypes } from '../../src/registry/media-types.js';
+import { parseReference } from '../../src/registry/reference.js';
 import {
   dockerConfigFor,
   requireRegistry,
