@@ -7,6 +7,7 @@ import { BlobCache, defaultCacheIo, type CacheIo } from '../../src/cache/blob-ca
 import { isDfError } from '../../src/errors.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { tempDir } from '../helpers/temp.js';
+import { flipBits } from '../helpers/bytes.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -48,7 +49,7 @@ describe('Bitmap', () => {
     expect(Bitmap.decode(enc, 14)).toBeUndefined();
     for (let i = 0; i < enc.length; i++) {
       const bad = Buffer.from(enc);
-      bad[i] ^= 1;
+      flipBits(bad, i, 1);
       expect(Bitmap.decode(bad, 13)).toBeUndefined();
     }
   });
@@ -194,7 +195,7 @@ describe('BlobCache', () => {
     const bad = await openCache(d2);
     for (let u = 0; u <= 8; u++) {
       const b = Buffer.from(unit(u));
-      if (u === 3) b[10] ^= 1;
+      if (u === 3) flipBits(b, 10, 1);
       await bad.write(u, u < 8 ? u * 1000 : 8000, b);
     }
     const res = await bad.verifyComplete();

@@ -1,6 +1,7 @@
 import { DfError } from '../../src/errors.js';
 import type { Timers } from '../../src/util/timers.js';
 import type { BlobRef, BlockSource, SourceKind } from '../../src/fetch/types.js';
+import { flipBits } from '../helpers/bytes.js';
 
 export interface Req {
   offset: number;
@@ -43,7 +44,7 @@ export class FakeSource implements BlockSource {
     for (const c of this.corruptAt) {
       if (c.times > 0 && c.offset >= offset && c.offset < offset + length) {
         c.times--;
-        out[c.offset - offset] ^= 0xff;
+        flipBits(out, c.offset - offset);
       }
     }
     this.bytes += out.length;

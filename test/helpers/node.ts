@@ -20,6 +20,7 @@ import { sha256File } from './digest.js';
 import { ensureFixture, type FixtureName } from './fixtures.js';
 import { requireRegistry, startRegistry, type TestRegistry } from './registry.js';
 import { hasTool, requireConditions, type Requirement } from './require.js';
+import { flipBits } from './bytes.js';
 
 /** Root, /dev/fuse, overlayfs and the tools these tests run. */
 export function requireNodeMounts(extraTools: string[] = []): Requirement {
@@ -528,7 +529,7 @@ export async function startRangeProxy(target: string): Promise<RangeProxy> {
           ures.on('end', () => {
             const body = Buffer.concat(parts);
             if (body.length) {
-              body[body.length >> 1] ^= 0xff;
+              flipBits(body, body.length >> 1);
               entry.corrupted = true;
             }
             entry.bytes += body.length;
