@@ -314,6 +314,20 @@ describe('DFB round trip', () => {
     expect(() => toc.readdir(toc.lookup('etc/passwd')!)).toThrow(/not a directory/);
     await expect(reader.readFile(1, 0, 1)).rejects.toThrow(/not a regular file/);
     expect(() => toc.block(toc.blockCount)).toThrow(/no block/);
+    // the allocation-free accessors too (offsets allow i = blockCount: the end of the data)
+    expect(toc.blockOffset(toc.blockCount)).toBe(toc.storedDataLength);
+    const accessors: Array<(i: number) => unknown> = [
+      (i) => toc.blockLength(i),
+      (i) => toc.blockStoredLength(i),
+      (i) => toc.blockCodec(i),
+      (i) => toc.blockSha256(i),
+    ];
+    for (const f of accessors) {
+      expect(() => f(toc.blockCount)).toThrow(/no block/);
+      expect(() => f(-1)).toThrow(/no block/);
+    }
+    expect(() => toc.blockOffset(toc.blockCount + 1)).toThrow(/no block/);
+    expect(() => toc.blockStreamOffset(toc.blockCount + 1)).toThrow(/no block/);
   });
 });
 

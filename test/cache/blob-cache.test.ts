@@ -68,6 +68,16 @@ describe('Bitmap', () => {
     expect(b.countAnd(other.bits)).toBe(3);
     expect(b.countAnd(new Uint8Array(0))).toBe(0);
   });
+
+  it('refuses to set or clear a unit outside it (the count stays right)', () => {
+    const b = new Bitmap(13);
+    for (const i of [13, 15, -1, 1.5, 100]) {
+      expect(() => b.set(i)).toThrow(/outside 0..12/);
+      expect(() => b.clear(i)).toThrow(/outside 0..12/);
+      expect(b.has(i)).toBe(false);
+    }
+    expect(b.present).toBe(0);
+  });
 });
 
 describe('BlobCache', () => {
