@@ -278,7 +278,7 @@ function layerViolation(from, to) {
   const allowed = OUTSIDE[from];
   if (allowed.includes(to)) return null;
   if (to.startsWith('src') && allowed.includes('src')) return null;
-  return `${from}/ may not import ${to}${to.startsWith('src') && !to.endsWith('.ts') ? '/' : ''}`;
+  return `${from}/ may not import ${to}${to.endsWith('.ts') ? '' : '/'}`;
 }
 
 // ---------------------------------------------------------------------------------------------------
