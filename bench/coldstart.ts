@@ -22,6 +22,7 @@ import { PrivateContainerd } from './lib/containerd.js';
 import { liveDaemons } from './lib/daemon.js';
 import { DfnodeRun } from './lib/dfnode-run.js';
 import { locateFixture } from './lib/fixture.js';
+import { benchLog, gitState as gitStateOf, runMain, stopChildren } from './lib/main.js';
 import { formatTable, median, run, versionOf } from './lib/measure.js';
 import { unmountUnder, unmountUnderSync } from './lib/mounts-under.js';
 import { Netns } from './lib/netns.js';
@@ -50,20 +51,9 @@ const HELP = `usage: node dist/bench/coldstart.js [options]
   --keep              keep the scratch directory
 `;
 
-function log(msg: string): void {
-  process.stderr.write(`[bench/coldstart] ${msg}\n`);
-}
+const log = benchLog('coldstart');
 
-function gitState(): string {
-  // A build made elsewhere (e.g. from `git archive` of a commit) says what it is.
-  if (process.env.DFNODE_BENCH_COMMIT) return process.env.DFNODE_BENCH_COMMIT;
-  const git = (...args: string[]) => spawnSync('git', ['-C', REPO, ...args], { encoding: 'utf8' });
-  const head = git('rev-parse', '--short', 'HEAD');
-  const top = git('rev-parse', '--show-toplevel').stdout.trim();
-  if (head.status !== 0 || resolve(top) !== REPO) return '?';
-  const dirty = git('status', '--porcelain', '--', 'src', 'native').stdout.trim() !== '';
-  return `${head.stdout.trim()}${dirty ? '+dirty' : ''}`;
-}
+const gitState = (): string => gitStateOf(REPO, ['src', 'native']);
 
 interface Sample {
   /** Wall seconds from the pull command's spawn to the workload's exit. */
@@ -189,12 +179,7 @@ async function main(): Promise<number> {
   const onSignal = (sig: NodeJS.Signals) => {
     log(`${sig}: cleaning up`);
     // Children started with run() (ctr, dfnode pull, skopeo, ...): stop them by PID.
-    const kids = spawnSync('ps', ['-o', 'pid=', '--ppid', String(process.pid)], { encoding: 'utf8' });
-    for (const pid of (kids.stdout ?? '')
-      .split('\n')
-      .map(Number)
-      .filter((n) => n > 0 && n !== kids.pid && n !== ctd?.pid))
-      if (!liveDaemons().some((d) => d.pid === pid)) process.kill(pid, 'SIGTERM');
+    stopChildren((pid) => pid === ctd?.pid || liveDaemons().some((d) => d.pid === pid));
     void cleanup()
       .then(() => (values.keep ? undefined : rm(work, { recursive: true, force: true })))
       .finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
@@ -482,10 +467,4 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    log(`failed: ${err instanceof Error ? err.message : String(err)}`);
-    process.exit(1);
-  },
-);
+runMain(main, log);

@@ -10,7 +10,6 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { spawnSync } from 'node:child_process';
 import { PrivateContainerd } from './lib/containerd.js';
 import { formatProfiles, summariseDir } from './lib/cpu-profile.js';
 import {
@@ -21,6 +20,7 @@ import {
   writeTarLayout,
   type BenchImage,
 } from './lib/fixture.js';
+import { benchLog, gitState as gitStateOf, runMain } from './lib/main.js';
 import { formatTable, median, processCpu, run, versionOf } from './lib/measure.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -57,18 +57,9 @@ const HELP = `usage: node dist/bench/convert.js [options]
   --keep             keep the scratch directory
 `;
 
-function log(msg: string): void {
-  process.stderr.write(`[bench/convert] ${msg}\n`);
-}
+const log = benchLog('convert');
 
-/** HEAD of the checkout and whether converter/ or src/ differ from it (the code that was measured). */
-function gitState(): string {
-  const git = (...args: string[]) => spawnSync('git', ['-C', REPO, ...args], { encoding: 'utf8' });
-  const head = git('rev-parse', '--short', 'HEAD');
-  if (head.status !== 0) return '?';
-  const dirty = git('status', '--porcelain', '--', 'src', 'converter').stdout.trim() !== '';
-  return `${head.stdout.trim()}${dirty ? '+dirty' : ''}`;
-}
+const gitState = (): string => gitStateOf(REPO, ['src', 'converter']);
 
 async function dropCaches(): Promise<boolean> {
   await run('sync', []);
@@ -403,10 +394,4 @@ async function profileDfconvert(src: string, dir: string, workers: number): Prom
   }));
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    log(`failed: ${err instanceof Error ? err.message : String(err)}`);
-    process.exit(1);
-  },
-);
+runMain(main, log);

@@ -27,6 +27,7 @@ import { liveDaemons } from './lib/daemon.js';
 import { CHROOT, WORKLOAD, WORKLOAD_ENV, runColdStart } from './lib/cold-start.js';
 import { DfnodeMount, type DfnodeMountOptions } from './lib/dfnode-mount.js';
 import { locateFixture } from './lib/fixture.js';
+import { benchLog, gitState as gitStateOf, runMain, stopChildren } from './lib/main.js';
 import { formatTable, median, run, versionOf } from './lib/measure.js';
 import { unmountUnder, unmountUnderSync } from './lib/mounts-under.js';
 import { Netns } from './lib/netns.js';
@@ -61,17 +62,9 @@ const HELP = `usage: node dist/bench/fuse-read.js [options]
   --keep             keep the scratch directory
 `;
 
-function log(msg: string): void {
-  process.stderr.write(`[bench/fuse-read] ${msg}\n`);
-}
+const log = benchLog('fuse-read');
 
-function gitState(): string {
-  const git = (...args: string[]) => spawnSync('git', ['-C', REPO, ...args], { encoding: 'utf8' });
-  const head = git('rev-parse', '--short', 'HEAD');
-  if (head.status !== 0) return '?';
-  const dirty = git('status', '--porcelain', '--', 'src').stdout.trim() !== '';
-  return `${head.stdout.trim()}${dirty ? '+dirty' : ''}`;
-}
+const gitState = (): string => gitStateOf(REPO, ['src']);
 
 /** Regular files of at least `min` bytes under `root` (one path per inode), as paths relative to root. */
 async function largeFiles(root: string, min: number): Promise<{ rel: string[]; bytes: number }> {
@@ -229,12 +222,7 @@ async function main(): Promise<number> {
   const onSignal = (sig: NodeJS.Signals) => {
     log(`${sig}: cleaning up`);
     // Children started with run() (umoci, skopeo, find, ...): stop them by PID.
-    const kids = spawnSync('ps', ['-o', 'pid=', '--ppid', String(process.pid)], { encoding: 'utf8' });
-    for (const pid of (kids.stdout ?? '')
-      .split('\n')
-      .map(Number)
-      .filter((n) => n > 0 && n !== kids.pid))
-      if (!liveDaemons().some((d) => d.pid === pid)) process.kill(pid, 'SIGTERM');
+    stopChildren((pid) => liveDaemons().some((d) => d.pid === pid));
     void cleanup().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
   };
   process.once('SIGINT', onSignal);
@@ -609,10 +597,4 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    log(`failed: ${err instanceof Error ? err.message : String(err)}`);
-    process.exit(1);
-  },
-);
+runMain(main, log);

@@ -67,7 +67,7 @@ export interface ConvertSummary {
 }
 
 /** Everything that changes the bytes of a converted layer; a layer is reused only when this matches. */
-export function optionsKey(blockSize: number): string {
+function optionsKey(blockSize: number): string {
   return `dfb=1;block-size=${blockSize};codec=lz4;order=tar`;
 }
 

@@ -17,8 +17,8 @@ export function normalizeTarPath(name: string, offset?: number): string {
   return parts.join('/');
 }
 
-export const WHITEOUT_PREFIX = '.wh.';
-export const OPAQUE_MARKER = '.wh..wh..opq';
+const WHITEOUT_PREFIX = '.wh.';
+const OPAQUE_MARKER = '.wh..wh..opq';
 const WHITEOUT_META_PREFIX = '.wh..wh.';
 
 export type WhiteoutKind =

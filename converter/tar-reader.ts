@@ -206,7 +206,7 @@ function isZero(buf: Buffer): boolean {
 }
 
 /** Parses PAX records ("%d %s=%s\n"), keeping values as raw bytes. */
-export function parsePax(buf: Buffer, offset: number): Map<string, Buffer> {
+function parsePax(buf: Buffer, offset: number): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
   let pos = 0;
   while (pos < buf.length) {

@@ -18,7 +18,7 @@ const sizeSchema = z.union([z.number().int().nonnegative(), z.string()]).transfo
   return n;
 });
 
-export const configSchema = z.object({
+const configSchema = z.object({
   logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   registry: z
     .object({
@@ -169,7 +169,7 @@ export const configSchema = z.object({
 export type Config = z.infer<typeof configSchema>;
 export type ConfigInput = z.input<typeof configSchema>;
 
-export function parseSize(s: string): number | undefined {
+function parseSize(s: string): number | undefined {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$/i.exec(s);
   if (!m) return undefined;
   const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase()]!;
@@ -202,7 +202,7 @@ function deepMerge(base: Json, over: Json): Json {
 const camelToSnake = (s: string) => s.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
 
 /** Reads DFNODE_* variables for every leaf of the schema; arrays are comma-separated. */
-export function configFromEnv(env: NodeJS.ProcessEnv = process.env): Json {
+function configFromEnv(env: NodeJS.ProcessEnv = process.env): Json {
   const out: Json = {};
   const walk = (shape: Record<string, z.ZodType>, path: string[], target: Json) => {
     for (const [key, type] of Object.entries(shape)) {

@@ -1,7 +1,6 @@
 // The fixture images hold what they claim. Fixtures that need root or tools
 // missing here are skipped with a printed reason (and fail when CI is set).
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, existsSync, lstatSync, readlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,6 +22,7 @@ import {
   wrongDigestLayer,
   type FixtureName,
 } from './helpers/fixtures.js';
+import { sha256Hex } from './helpers/digest.js';
 
 const cleanup: string[] = [];
 afterAll(() => {
@@ -93,7 +93,7 @@ async function layers(
 
 const norm = (n: string): string => n.replace(/^\.\//, '').replace(/\/$/, '');
 const find = (es: Entry[], name: string): Entry | undefined => es.find((e) => norm(e.h.name) === name);
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const sha = sha256Hex;
 
 function skopeoInspect(ref: string): void {
   if (!which('skopeo')) {

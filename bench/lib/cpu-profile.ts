@@ -41,7 +41,7 @@ function shortUrl(url: string): string {
   return url.replace(/^file:\/\//, '') || '(native)';
 }
 
-export function summarise(file: string, p: CpuProfile, topN: number): ProfileSummary {
+function summarise(file: string, p: CpuProfile, topN: number): ProfileSummary {
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   const self = new Map<string, FunctionCost>();
   let busy = 0;

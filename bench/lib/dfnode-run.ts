@@ -19,7 +19,8 @@ export interface DfnodeRunOptions {
   timeoutMs?: number;
 }
 
-function accepts(path: string): Promise<boolean> {
+/** Whether something accepts connections on a unix socket. */
+export function socketAccepts(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect(path);
     s.once('connect', () => {
@@ -65,7 +66,7 @@ export class DfnodeRun {
     try {
       for (;;) {
         if (!d.running) throw new Error(`dfnode run exited before serving ${socket}:\n${d.tail()}`);
-        if (await accepts(socket)) break;
+        if (await socketAccepts(socket)) break;
         if (Date.now() > deadline) throw new Error(`dfnode run did not serve ${socket}:\n${d.tail()}`);
         await new Promise((r) => setTimeout(r, 50));
       }

@@ -3,11 +3,12 @@
 // an uncompressed-layer copy of the image, an oci-archive for containerd.
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { run } from './measure.js';
+import { putJsonBlob, writeImageIndex } from './oci-layout.js';
 
 const GZIP_LAYER = /\.tar\+gzip$|\.tar\.gzip$|diff\.tar\.gzip$/;
 const TAR_LAYER = 'application/vnd.oci.image.layer.v1.tar';
@@ -49,8 +50,8 @@ function blobPath(dir: string, digest: string): string {
 }
 
 /**
- * The fixture's OCI layout: `.tmp/fixtures/NAME` if it exists, else built with
- * the test helpers (through tsx: test/ is not compiled into dist).
+ * The fixture's OCI layout: `.tmp/fixtures/NAME` if it exists, else built with `npm run fixtures -- NAME`
+ * (the test fixture builder, run through tsx: test/ is not compiled into dist).
  */
 export async function locateFixture(
   repoRoot: string,
@@ -59,13 +60,8 @@ export async function locateFixture(
 ): Promise<string> {
   const dir = resolve(process.env.DFNODE_FIXTURES_DIR ?? join(repoRoot, '.tmp', 'fixtures'), name);
   if (existsSync(join(dir, 'index.json'))) return dir;
-  log(`fixture ${name} missing at ${dir}; building it with test/helpers/fixtures.ts (may take minutes)`);
-  const code =
-    `import('./test/helpers/fixtures.ts').then(async (m) => {` +
-    ` const why = m.fixtureUnavailable(${JSON.stringify(name)}); if (why) throw new Error(why);` +
-    ` const f = await m.ensureFixture(${JSON.stringify(name)}); console.log(f.dir); })` +
-    `.catch((e) => { console.error(e.message); process.exit(1); })`;
-  await run('npx', ['tsx', '--eval', code], { cwd: repoRoot });
+  log(`fixture ${name} missing at ${dir}; building it with npm run fixtures -- ${name} (may take minutes)`);
+  await run('npm', ['run', '--silent', 'fixtures', '--', name], { cwd: repoRoot });
   if (!existsSync(join(dir, 'index.json'))) throw new Error(`fixture build did not produce ${dir}`);
   return dir;
 }
@@ -138,35 +134,17 @@ export async function writeTarLayout(image: BenchImage, out: string, tag: string
   }
   const configBlob = blobPath(image.dir, image.configDigest);
   await put(image.configDigest, configBlob);
-  const manifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: 'application/vnd.oci.image.manifest.v1+json',
-      config: {
-        mediaType: 'application/vnd.oci.image.config.v1+json',
-        digest: image.configDigest,
-        size: (await stat(configBlob)).size,
-      },
-      layers,
-    }),
-  );
-  const mdigest = `sha256:${createHash('sha256').update(manifest).digest('hex')}`;
-  await writeFile(blobPath(out, mdigest), manifest);
-  await writeFile(join(out, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
-  await writeFile(
-    join(out, 'index.json'),
-    JSON.stringify({
-      schemaVersion: 2,
-      manifests: [
-        {
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          digest: mdigest,
-          size: manifest.length,
-          annotations: { 'org.opencontainers.image.ref.name': tag },
-        },
-      ],
-    }),
-  );
+  const manifest = await putJsonBlob(out, {
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: {
+      mediaType: 'application/vnd.oci.image.config.v1+json',
+      digest: image.configDigest,
+      size: (await stat(configBlob)).size,
+    },
+    layers,
+  });
+  await writeImageIndex(out, manifest, tag);
 }
 
 /** Read files once so that every tool starts from a warm page cache. */

@@ -34,7 +34,7 @@ function statFields(pid: number | 'self'): string[] | undefined {
 }
 
 /** CPU seconds of children this process has waited for (cutime + cstime). */
-export function reapedChildrenCpu(): number {
+function reapedChildrenCpu(): number {
   const f = statFields('self');
   if (!f) return Number.NaN;
   // After the name: state(0) ... utime(11) stime(12) cutime(13) cstime(14)

@@ -12,6 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { Daemon } from './daemon.js';
 import { run, type RunOptions } from './measure.js';
+import { htbCommands } from './netns.js';
 
 export interface HostSpec {
   name: string;
@@ -80,28 +81,12 @@ export class NetnsHost {
       () => undefined,
     );
     if (!mbit) return;
-    const rate = `${mbit}mbit`;
     for (const [ns, dev] of [
       [this.ns, 'eth0'],
       [this.hub, this.hubVeth],
     ] as const) {
       const tc = (...a: string[]) => run('ip', ['netns', 'exec', ns, 'tc', ...a]);
-      await tc('qdisc', 'add', 'dev', dev, 'root', 'handle', '1:', 'htb', 'default', '10');
-      await tc(
-        'class',
-        'add',
-        'dev',
-        dev,
-        'parent',
-        '1:',
-        'classid',
-        '1:10',
-        'htb',
-        'rate',
-        rate,
-        'ceil',
-        rate,
-      );
+      for (const a of htbCommands(dev, mbit)) await tc(...a);
       // a fair leaf queue where the kernel has one (flows share the link as on a real NIC); else htb's pfifo
       const leaves = [['fq_codel'], ['sfq']];
       if (this.queueMs > 0) {

@@ -57,27 +57,8 @@ export class Netns {
   /** Limits both directions of the link to `mbit` Mbit/s (htb, one class); replaces any earlier shaping. */
   async shape(mbit: number): Promise<void> {
     await this.unshape();
-    const rate = `${mbit}mbit`;
-    const htb = (pre: (c: string, a: string[]) => Promise<unknown>, dev: string) =>
-      pre('tc', ['qdisc', 'add', 'dev', dev, 'root', 'handle', '1:', 'htb', 'default', '10']).then(() =>
-        pre('tc', [
-          'class',
-          'add',
-          'dev',
-          dev,
-          'parent',
-          '1:',
-          'classid',
-          '1:10',
-          'htb',
-          'rate',
-          rate,
-          'ceil',
-          rate,
-        ]),
-      );
-    await htb(run, this.hostVeth);
-    await htb((c, a) => this.exec(c, a), this.nsVeth);
+    for (const a of htbCommands(this.hostVeth, mbit)) await run('tc', a);
+    for (const a of htbCommands(this.nsVeth, mbit)) await this.exec('tc', a);
   }
 
   async unshape(): Promise<void> {
@@ -111,4 +92,13 @@ export class Netns {
     spawnSync('ip', ['netns', 'del', this.name]);
     spawnSync('ip', ['link', 'del', this.hostVeth]);
   }
+}
+
+/** The tc commands that limit `dev` to `mbit` Mbit/s: an htb root qdisc whose default class 1:10 has that rate. */
+export function htbCommands(dev: string, mbit: number): string[][] {
+  const rate = `${mbit}mbit`;
+  return [
+    ['qdisc', 'add', 'dev', dev, 'root', 'handle', '1:', 'htb', 'default', '10'],
+    ['class', 'add', 'dev', dev, 'parent', '1:', 'classid', '1:10', 'htb', 'rate', rate, 'ceil', rate],
+  ];
 }

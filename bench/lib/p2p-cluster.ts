@@ -25,7 +25,7 @@ export function repoRoot(): string {
   return d;
 }
 
-export function cli(name: 'dfnode' | 'dfconvert'): string {
+function cli(name: 'dfnode' | 'dfconvert'): string {
   const p = join(repoRoot(), 'dist', 'src', 'cli', `${name}.js`);
   if (!existsSync(p)) throw new Error(`${p} is missing: run "npm run build" first`);
   return p;
@@ -103,7 +103,7 @@ export interface PreheatResult {
   cacheDir: string;
 }
 
-export const P2P_PORT = 7700;
+const P2P_PORT = 7700;
 
 export class P2pCluster {
   private procs: NsProc[] = [];

@@ -4,10 +4,11 @@
 // Layout: uncompressed tar layer (media type ...layer.v1.tar), config, manifest, index with tag `latest`.
 import { createCipheriv, createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
+import { putJsonBlob, writeImageIndex } from './oci-layout.js';
 
 export interface SyntheticImageOptions {
   /** Total bytes of file data (split evenly over `files`). */
@@ -87,38 +88,19 @@ export async function writeSyntheticImage(dir: string, opts: SyntheticImageOptio
   const layerSize = (await stat(tmpTar)).size;
   await rename(tmpTar, join(blobs, layerDigest.slice(7)));
 
-  const put = async (obj: unknown) => {
-    const b = Buffer.from(JSON.stringify(obj));
-    const d = 'sha256:' + createHash('sha256').update(b).digest('hex');
-    await writeFile(join(blobs, d.slice(7)), b);
-    return { digest: d, size: b.length };
-  };
-  const config = await put({
+  const config = await putJsonBlob(dir, {
     architecture: 'amd64',
     os: 'linux',
     config: { Cmd: ['/bin/sh'] },
     rootfs: { type: 'layers', diff_ids: [layerDigest] },
     history: [{ created_by: 'dfnode synthetic-image', created: mtime.toISOString() }],
   });
-  const manifest = await put({
+  const manifest = await putJsonBlob(dir, {
     schemaVersion: 2,
     mediaType: 'application/vnd.oci.image.manifest.v1+json',
     config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
     layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size: layerSize }],
   });
-  await writeFile(join(dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-  await writeFile(
-    join(dir, 'index.json'),
-    JSON.stringify({
-      schemaVersion: 2,
-      manifests: [
-        {
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          ...manifest,
-          annotations: { 'org.opencontainers.image.ref.name': 'latest' },
-        },
-      ],
-    }),
-  );
+  await writeImageIndex(dir, manifest, 'latest');
   return { dir, tag: 'latest', layerDigest, layerSize };
 }

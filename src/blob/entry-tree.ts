@@ -24,12 +24,12 @@ export interface TreeNode {
 const SURROGATE = /[\uD800-\uDFFF]/;
 
 /** Replaces lone surrogates by U+FFFD, as UTF-8 encoding does, so that equal bytes mean equal strings. */
-export function wellFormed(s: string): string {
+function wellFormed(s: string): string {
   return SURROGATE.test(s) ? Buffer.from(s, 'utf8').toString('utf8') : s;
 }
 
 /** Splits a tar path into components: '' and '.' are dropped, '..' is refused. */
-export function splitPath(path: string): string[] {
+function splitPath(path: string): string[] {
   if (typeof path !== 'string') throw DfError.invalidArgument(`DFB writer: path must be a string`);
   // Names are stored as UTF-8; make the string well-formed so that equal bytes mean equal keys.
   const p = wellFormed(path);

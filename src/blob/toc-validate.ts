@@ -33,7 +33,7 @@ export interface TocSections {
 
 export const TWO32 = 0x1_0000_0000;
 /** Keeps a u64 / i64 within Number.MAX_SAFE_INTEGER. */
-export const MAX_HI = 0x1f_ffff;
+const MAX_HI = 0x1f_ffff;
 
 const corrupt = (msg: string) => DfError.corrupt(`DFB TOC: ${msg}`);
 

@@ -136,33 +136,39 @@ export class Toc {
 
   /** Offset of block i in the blob (i = blockCount gives the TOC offset). No allocation. */
   blockOffset(i: number): number {
-    return this.blobOffsets[i]!;
+    return this.blobOffsets[i] ?? this.noBlock(i);
   }
 
   /** Stream offset of block i (i = blockCount gives dataLength). No allocation. */
   blockStreamOffset(i: number): number {
-    return this.streamOffsets[i]!;
+    return this.streamOffsets[i] ?? this.noBlock(i);
   }
 
   /** Uncompressed length of block i. No allocation. */
   blockLength(i: number): number {
-    return this.streamOffsets[i + 1]! - this.streamOffsets[i]!;
+    return (this.streamOffsets[i + 1] ?? this.noBlock(i)) - (this.streamOffsets[i] ?? this.noBlock(i));
   }
 
   /** Stored length of block i. No allocation. */
   blockStoredLength(i: number): number {
-    return this.blobOffsets[i + 1]! - this.blobOffsets[i]!;
+    return (this.blobOffsets[i + 1] ?? this.noBlock(i)) - (this.blobOffsets[i] ?? this.noBlock(i));
   }
 
   /** Codec of block i. No allocation. */
   blockCodec(i: number): Codec {
+    if (!(i >= 0 && i < this.blockCount)) this.noBlock(i);
     return this.dv.getUint8(this.blockBase + i * this.blockRec + B.codec);
   }
 
   /** The stored SHA-256 of block i, as a view into the TOC (do not modify). */
   blockSha256(i: number): Buffer {
+    if (!(i >= 0 && i < this.blockCount)) this.noBlock(i);
     const r = this.blockBase + i * this.blockRec + B.sha256;
     return this.buffer.subarray(r, r + 32);
+  }
+
+  private noBlock(i: number): never {
+    throw DfError.invalidArgument(`DFB: no block ${i} (blob has ${this.blockCount})`);
   }
 
   /** Block containing stream byte `pos` (binary search over the prefix sums). */

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { DfError } from '../errors.js';
 
 /**
  * A fixed-size set of unit indexes (blocks of a blob, plus the TOC unit), with a self-checking
@@ -19,14 +20,15 @@ export class Bitmap {
     this.bits = new Uint8Array(Math.ceil(size / 8));
   }
 
+  /** Whether bit i is set; false for any i outside 0..size-1. */
   has(i: number): boolean {
-    return (this.bits[i >>> 3]! & (1 << (i & 7))) !== 0;
+    return i >= 0 && i < this.size && ((this.bits[i >>> 3] ?? 0) & (1 << (i & 7))) !== 0;
   }
 
   /** Sets bit i; false when it was already set. */
   set(i: number): boolean {
     const m = 1 << (i & 7);
-    const b = this.bits[i >>> 3]!;
+    const b = this.byteOf(i);
     if (b & m) return false;
     this.bits[i >>> 3] = b | m;
     this.count++;
@@ -36,11 +38,17 @@ export class Bitmap {
   /** Clears bit i; false when it was not set. */
   clear(i: number): boolean {
     const m = 1 << (i & 7);
-    const b = this.bits[i >>> 3]!;
+    const b = this.byteOf(i);
     if (!(b & m)) return false;
     this.bits[i >>> 3] = b & ~m;
     this.count--;
     return true;
+  }
+
+  private byteOf(i: number): number {
+    const b = Number.isInteger(i) && i >= 0 && i < this.size ? this.bits[i >>> 3] : undefined;
+    if (b === undefined) throw DfError.invalidArgument(`bitmap: unit ${i} is outside 0..${this.size - 1}`);
+    return b;
   }
 
   clearAll(): void {

@@ -4,7 +4,8 @@ import type { Config } from '../config.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { realTimers, type Timers } from '../util/timers.js';
-import { BlobCache, readBitmap, readMeta, type CacheIo } from './blob-cache.js';
+import { BlobCache, type CacheIo } from './blob-cache.js';
+import { readBitmap, readMeta } from './blob-files.js';
 import { DirLock } from './dir-lock.js';
 
 export interface CacheManagerOptions {

@@ -2,6 +2,7 @@
 import { existsSync } from 'node:fs';
 import { access, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { loadConfig } from '../config.js';
+import { DfError } from '../errors.js';
 import { NodeRuntime } from '../daemon/node-runtime.js';
 import { unmountAllOnExit } from '../fuse/mounts.js';
 import { tmpdir } from 'node:os';
@@ -64,9 +65,10 @@ async function demo(signal: AbortSignal): Promise<void> {
     // Lazy read: one small file from the app layer, over HTTP range requests only.
     const m = await client.getManifest(dstRef, { signal });
     const manifest = JSON.parse(m.bytes.toString()) as {
-      layers: Array<{ digest: string; size: number; annotations: Record<string, string> }>;
+      layers?: Array<{ digest: string; size: number; annotations: Record<string, string> }>;
     };
-    const layer = manifest.layers[manifest.layers.length - 1]!;
+    const layer = manifest.layers?.at(-1);
+    if (!layer) throw DfError.corrupt(`${dstRef.toString()}: the converted manifest has no layers`);
     let fetched = 0;
     const rr = client.rangeReader(dstRef, layer.digest, layer.size);
     const counting = {

@@ -144,7 +144,7 @@ function fmtBytes(n: number): string {
   return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`;
 }
 
-export function buildProgram(signal: AbortSignal): Command {
+function buildProgram(signal: AbortSignal): Command {
   const program = new Command('dfconvert')
     .description(
       'Convert an OCI/Docker image into a dfnode image (DFB layers, lazily loadable).\n' +

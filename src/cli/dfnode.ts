@@ -50,7 +50,7 @@ function addRegistry(cmd: Command): Command {
     .option('--docker-config <file>', 'docker config file with registry credentials');
 }
 
-export function buildProgram(signal: AbortSignal): Command {
+function buildProgram(signal: AbortSignal): Command {
   const program = new Command('dfnode')
     .description('dfnode: lazy, peer-to-peer image loading for containerd (node daemon and tools)')
     .version(CONVERTER_VERSION)

@@ -56,26 +56,6 @@ export async function updateLabels(
   );
 }
 
-/** Info of committed content, or undefined when the store does not have it. */
-export async function contentInfo(
-  c: ContainerdClient,
-  digest: string,
-  opts: CallOptions = {},
-): Promise<{ digest: string; size: number; labels: Record<string, string> } | undefined> {
-  try {
-    const r = await c.call<{ info: { digest: string; size: number; labels: Record<string, string> } }>(
-      c.content,
-      'Info',
-      { digest },
-      opts,
-    );
-    return r.info;
-  } catch (err) {
-    if (grpcCode(err) === grpc.status.NOT_FOUND) return undefined;
-    throw err;
-  }
-}
-
 function writeStream(
   c: ContainerdClient,
   digest: string,

@@ -10,7 +10,7 @@ export interface RepoScope {
   actions: 'pull' | 'pull,push';
 }
 
-export function scopeString(s: RepoScope): string {
+function scopeString(s: RepoScope): string {
   return `repository:${s.repository}:${s.actions}`;
 }
 

@@ -1,8 +1,7 @@
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { DfError, isDfError } from '../errors.js';
-import type { RegistryClient } from './client.js';
-import { header } from './client.js';
 import type { ImageReference } from './reference.js';
+import { header, type RegistryTransport } from './transport.js';
 
 export interface PushBlobOptions {
   /** Repositories on the same registry that may hold the blob (cross-repository mount). */
@@ -16,43 +15,60 @@ export interface PushBlobOptions {
 
 export type PushResult = 'exists' | 'mounted' | 'uploaded';
 
+/** What an upload needs from a registry client (RegistryClient is one). */
+export interface UploadClient {
+  readonly transport: RegistryTransport;
+  /** Default chunk size; 0 uploads monolithically. */
+  readonly uploadChunkSize: number;
+  /** Size of the blob in the repository, or undefined when it is not there. */
+  headBlob(
+    ref: ImageReference,
+    digest: string,
+    opts: { push?: boolean; signal?: AbortSignal },
+  ): Promise<number | undefined>;
+}
+
 /** HEAD, mount, then upload; each retry starts a new upload session with a fresh `open()`. */
 export async function pushBlob(
-  client: RegistryClient,
+  client: UploadClient,
   ref: ImageReference,
   digest: string,
   size: number,
   open: () => Readable | Promise<Readable>,
   opts: PushBlobOptions,
 ): Promise<PushResult> {
+  const t = client.transport;
   if (!Number.isSafeInteger(size) || size < 0)
     throw DfError.invalidArgument(`bad blob size ${size} for ${digest}`);
   // Ask with push access so that the token fetched here also covers the upload.
   const have = await client.headBlob(ref, digest, { push: true, signal: opts.signal });
   if (have !== undefined) {
     if (have !== size) {
-      client.logger.warn({ digest, have, size }, 'registry holds the blob with another size than expected');
+      t.logger.warn({ digest, have, size }, 'registry holds the blob with another size than expected');
     }
     return 'exists';
   }
   for (let attempt = 0; ; attempt++) {
     try {
-      return await uploadOnce(client, ref, digest, size, open, opts);
+      return await uploadOnce(t, ref, digest, size, open, {
+        ...opts,
+        chunkSize: opts.chunkSize ?? client.uploadChunkSize,
+      });
     } catch (err) {
       if (opts.signal?.aborted) throw DfError.aborted(`push of ${digest} aborted`, { cause: err });
-      if (!client.isRetryable(err) || attempt >= client.retries) throw err;
-      const delay = client.backoff(attempt);
-      client.logger.debug(
+      if (!t.isRetryable(err) || attempt >= t.retries) throw err;
+      const delay = t.backoff(attempt);
+      t.logger.debug(
         { digest, attempt, delay, err: (err as Error).message },
         'blob upload failed; starting over',
       );
-      await client.sleep(delay, opts.signal);
+      await t.sleep(delay, opts.signal);
     }
   }
 }
 
 async function uploadOnce(
-  client: RegistryClient,
+  t: RegistryTransport,
   ref: ImageReference,
   digest: string,
   size: number,
@@ -67,7 +83,7 @@ async function uploadOnce(
   for (let i = 0; i < mountFrom.length; i++) {
     const from = mountFrom[i]!;
     try {
-      const res = await client.send(
+      const res = await t.send(
         {
           method: 'POST',
           ref,
@@ -89,18 +105,18 @@ async function uploadOnce(
       // 202: the registry could not mount and opened an ordinary upload session instead.
       if (!res.location)
         throw new DfError('REGISTRY', `${ref.registry} opened an upload without a Location (${what})`);
-      if (i < mountFrom.length - 1) await client.deleteUpload(ref, res.location);
+      if (i < mountFrom.length - 1) await deleteUpload(t, ref, res.location);
       else location = res.location;
     } catch (err) {
       // No read access to the source (or mounts disabled): upload normally.
       if (!isDfError(err, 'UNAUTHORIZED') && !isDfError(err, 'FORBIDDEN') && !isDfError(err, 'NOT_FOUND'))
         throw err;
-      client.logger.debug({ digest, from, err: (err as Error).message }, 'cross-repository mount refused');
+      t.logger.debug({ digest, from, err: (err as Error).message }, 'cross-repository mount refused');
     }
   }
 
   if (!location) {
-    location = await client.send(
+    location = await t.send(
       {
         method: 'POST',
         ref,
@@ -122,10 +138,10 @@ async function uploadOnce(
     );
   }
 
-  const chunkSize = opts.chunkSize ?? client.uploadChunkSize;
+  const chunkSize = opts.chunkSize ?? 0;
   if (chunkSize > 0 && size > chunkSize) {
-    location = await uploadChunks(client, ref, location, digest, size, chunkSize, open, opts, what);
-    await finish(client, ref, location, digest, () => undefined, 0, opts, what);
+    location = await uploadChunks(t, ref, location, digest, size, chunkSize, open, opts, what);
+    await finish(t, ref, location, digest, () => undefined, 0, opts, what);
   } else {
     const body = async (): Promise<Readable> => {
       const src = await open();
@@ -133,19 +149,41 @@ async function uploadOnce(
       src.on('error', (err) => counter.destroy(err));
       return src.pipe(counter);
     };
-    await finish(client, ref, location, digest, body, size, opts, what);
+    await finish(t, ref, location, digest, body, size, opts, what);
   }
   return 'uploaded';
 }
 
-function withDigest(client: RegistryClient, ref: ImageReference, location: string, digest: string): string {
-  const u = new URL(location, client.baseUrl(ref.registry));
+/** Best-effort: abandon an upload session. */
+export async function deleteUpload(
+  t: RegistryTransport,
+  ref: ImageReference,
+  location: string,
+): Promise<void> {
+  await t
+    .send(
+      {
+        method: 'DELETE',
+        ref,
+        url: location,
+        push: true,
+        ok: [200, 202, 204, 404],
+        what: 'upload',
+        retry: false,
+      },
+      async (r) => void (await r.body.dump()),
+    )
+    .catch(() => undefined);
+}
+
+function withDigest(t: RegistryTransport, ref: ImageReference, location: string, digest: string): string {
+  const u = new URL(location, t.baseUrl(ref.registry));
   u.searchParams.set('digest', digest);
   return u.toString();
 }
 
 async function finish(
-  client: RegistryClient,
+  t: RegistryTransport,
   ref: ImageReference,
   location: string,
   digest: string,
@@ -154,11 +192,11 @@ async function finish(
   opts: PushBlobOptions,
   what: string,
 ): Promise<void> {
-  await client.send(
+  await t.send(
     {
       method: 'PUT',
       ref,
-      url: withDigest(client, ref, location, digest),
+      url: withDigest(t, ref, location, digest),
       push: true,
       headers: { 'content-type': 'application/octet-stream', 'content-length': String(length) },
       body,
@@ -177,7 +215,7 @@ async function finish(
 }
 
 async function uploadChunks(
-  client: RegistryClient,
+  t: RegistryTransport,
   ref: ImageReference,
   location: string,
   digest: string,
@@ -193,7 +231,7 @@ async function uploadChunks(
     for await (const chunk of fixedChunks(src, chunkSize)) {
       if (offset + chunk.length > size) break;
       const end = offset + chunk.length - 1;
-      location = await client.send(
+      location = await t.send(
         {
           method: 'PATCH',
           ref,
@@ -240,7 +278,7 @@ async function uploadChunks(
 }
 
 /** Cuts a stream into buffers of exactly `size` bytes (the last one shorter). */
-export async function* fixedChunks(stream: Readable, size: number): AsyncGenerator<Buffer> {
+async function* fixedChunks(stream: Readable, size: number): AsyncGenerator<Buffer> {
   let parts: Buffer[] = [];
   let n = 0;
   for await (const c of stream) {

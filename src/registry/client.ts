@@ -3,7 +3,7 @@ import type { Dispatcher } from 'undici';
 import { DfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RegistryAuth } from './auth.js';
-import { pushBlob, type PushBlobOptions, type PushResult } from './blob-upload.js';
+import { deleteUpload, pushBlob, type PushBlobOptions, type PushResult } from './blob-upload.js';
 import type { CredentialProvider } from './credentials.js';
 import { computeDigest, digestAlgorithm, HashingStream, validateDigest } from './digest.js';
 import { parseContentRange, readBody, sliceStream, tailOfStream } from './http-body.js';
@@ -11,9 +11,6 @@ import { MANIFEST_ACCEPT } from './media-types.js';
 import { RegistryRangeReader } from './range-reader.js';
 import type { ImageReference } from './reference.js';
 import { header, RegistryTransport, type SendRequest, type SendResponse } from './transport.js';
-
-export { header, parseContentRange };
-export type { SendRequest, SendResponse };
 
 export interface RegistryClientOptions {
   /** Talk plain HTTP to every registry. */
@@ -378,18 +375,7 @@ export class RegistryClient {
   }
 
   /** Best-effort: abandon an upload session. */
-  async deleteUpload(ref: ImageReference, location: string): Promise<void> {
-    await this.send(
-      {
-        method: 'DELETE',
-        ref,
-        url: location,
-        push: true,
-        ok: [200, 202, 204, 404],
-        what: 'upload',
-        retry: false,
-      },
-      async (r) => void (await r.body.dump()),
-    ).catch(() => undefined);
+  deleteUpload(ref: ImageReference, location: string): Promise<void> {
+    return deleteUpload(this.transport, ref, location);
   }
 }

@@ -48,7 +48,7 @@ interface DockerConfigFile {
 }
 
 /** Decodes one `auths` entry; undefined when it holds nothing usable (as written alongside a credsStore). */
-export function decodeAuthEntry(entry: DockerAuthEntry, where = 'docker config'): Credential | undefined {
+function decodeAuthEntry(entry: DockerAuthEntry, where = 'docker config'): Credential | undefined {
   const cred: Credential = {};
   if (entry.auth) {
     const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');

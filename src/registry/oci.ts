@@ -30,7 +30,7 @@ export function layerCompression(mediaType: string): LayerCompression {
   );
 }
 
-export const descriptorSchema = z.object({
+const descriptorSchema = z.object({
   mediaType: z.string(),
   digest: z.string().regex(/^sha256:[0-9a-f]{64}$/, 'digest must be sha256:<64 hex>'),
   size: z.number().int().nonnegative(),
@@ -48,7 +48,7 @@ export const descriptorSchema = z.object({
 });
 export type Descriptor = z.infer<typeof descriptorSchema>;
 
-export const manifestSchema = z.object({
+const manifestSchema = z.object({
   schemaVersion: z.literal(2),
   mediaType: z.string().optional(),
   artifactType: z.string().optional(),
@@ -67,7 +67,7 @@ export const indexSchema = z.object({
 });
 export type ImageIndex = z.infer<typeof indexSchema>;
 
-export function isManifestMediaType(mt: string | undefined): boolean {
+function isManifestMediaType(mt: string | undefined): boolean {
   return mt === MediaTypes.ociManifest || mt === MediaTypes.dockerManifest;
 }
 

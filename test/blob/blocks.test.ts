@@ -11,7 +11,9 @@ import { encodeToc } from '../../src/blob/toc-encoder.js';
 import { B } from '../../src/blob/toc-layout.js';
 import { Codec, EntryType, TocCodec } from '../../src/blob/types.js';
 import { DfbWriter } from '../../src/blob/writer.js';
-import { BufferRangeReader, base, chunks, pseudoRandom, rng, tempDir } from './util.js';
+import { base, chunks, pseudoRandom } from '../helpers/dfb.js';
+import { tempDir } from '../helpers/temp.js';
+import { BufferRangeReader, rng } from './util.js';
 
 /** Files of sizes around block boundaries, written with the given options; returns the blob and contents. */
 async function writeFiles(dir: string, name: string, blockSize: number, workers: number, sizes: number[]) {

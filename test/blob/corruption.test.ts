@@ -7,8 +7,10 @@ import { B, D, H, I, X } from '../../src/blob/toc-layout.js';
 import { Codec, EntryType } from '../../src/blob/types.js';
 import { isDfError, type ErrorCode } from '../../src/errors.js';
 import { exercise } from './exercise.js';
-import { smallRichBlob } from './fixture.js';
-import { BufferRangeReader, parts, sha256hex, withToc } from './util.js';
+import { sha256Digest } from '../helpers/digest.js';
+import { smallRichBlob } from '../helpers/dfb.js';
+import { BufferRangeReader, parts, withToc } from './util.js';
+import { flipBits } from '../helpers/bytes.js';
 
 let blob: Buffer;
 let toc: Toc;
@@ -60,7 +62,7 @@ function mutateToc(fn: (t: Buffer, l: ReturnType<typeof layout>) => void): Buffe
 
 describe('footer corruption', () => {
   it('rejects a bad magic', () =>
-    expectError(open(mutateFooter((f) => (f[0] ^= 1))), 'CORRUPT', /bad magic/));
+    expectError(open(mutateFooter((f) => flipBits(f, 0, 1))), 'CORRUPT', /bad magic/));
   it('rejects an unknown major version', () =>
     expectError(
       open(mutateFooter((f) => f.writeUInt16LE(2, 8))),
@@ -119,11 +121,11 @@ describe('TOC corruption', () => {
   it('detects a flipped stored TOC byte by digest', async () => {
     const { data } = parts(blob);
     const b = Buffer.from(blob);
-    b[data.length + 10] ^= 0x40;
+    flipBits(b, data.length + 10, 0x40);
     await expectError(open(b), 'DIGEST_MISMATCH', /DFB TOC: digest mismatch/);
   });
   it('checks the expected (annotation) TOC digest', async () => {
-    const good = sha256hex(parts(blob).storedToc);
+    const good = sha256Digest(parts(blob).storedToc);
     await open(blob, good);
     await expectError(open(blob, 'sha256:' + '0'.repeat(64)), 'DIGEST_MISMATCH', /layer annotation/);
   });
@@ -137,7 +139,7 @@ describe('TOC corruption', () => {
   });
 
   const cases: Array<[string, (t: Buffer, l: ReturnType<typeof layout>) => void, RegExp]> = [
-    ['bad TOC magic', (t) => (t[0] ^= 1), /bad magic/],
+    ['bad TOC magic', (t) => flipBits(t, 0, 1), /bad magic/],
     [
       'inode count larger than the buffer',
       (t) => t.writeUInt32LE(t.readUInt32LE(H.inodeCount) + 1, H.inodeCount),
@@ -293,7 +295,7 @@ describe('block corruption', () => {
     for (const i of [0, 3, toc.blockCount - 1]) {
       const b = Buffer.from(blob);
       const blk = toc.block(i);
-      b[blk.offset + Math.floor(blk.storedLength / 2)] ^= 0x01;
+      flipBits(b, blk.offset + Math.floor(blk.storedLength / 2), 0x01);
       const r = await open(b);
       await expectError(r.readBlock(i), 'DIGEST_MISMATCH', new RegExp(`DFB block ${i}:`));
       await expectError(r.readStoredBlock(i), 'DIGEST_MISMATCH', new RegExp(`DFB block ${i}:`));

@@ -7,7 +7,7 @@ import { B, H } from '../../src/blob/toc-layout.js';
 import { Codec } from '../../src/blob/types.js';
 import { DfError } from '../../src/errors.js';
 import { exercise } from './exercise.js';
-import { smallRichBlob } from './fixture.js';
+import { smallRichBlob } from '../helpers/dfb.js';
 import { BufferRangeReader, bounded, parts, rng, withToc } from './util.js';
 
 /**

@@ -4,7 +4,9 @@ import { expect, it } from 'vitest';
 import { DfbReader } from '../../src/blob/reader.js';
 import { EntryType } from '../../src/blob/types.js';
 import { DfbWriter } from '../../src/blob/writer.js';
-import { BufferRangeReader, base, dirMeta, parts, tempDir } from './util.js';
+import { base, dirMeta } from '../helpers/dfb.js';
+import { tempDir } from '../helpers/temp.js';
+import { BufferRangeReader, parts } from './util.js';
 
 async function* one(b: Buffer): AsyncGenerator<Buffer> {
   yield b;

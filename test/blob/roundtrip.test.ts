@@ -6,7 +6,9 @@ import { FileRangeReader } from '../../src/blob/file-range-reader.js';
 import { EntryType, type WriteResult } from '../../src/blob/types.js';
 import { DfbWriter } from '../../src/blob/writer.js';
 import { isDfError } from '../../src/errors.js';
-import { base, chunks, dirMeta, pseudoRandom, sha256hex, tempDir } from './util.js';
+import { sha256Digest } from '../helpers/digest.js';
+import { base, chunks, dirMeta, pseudoRandom } from '../helpers/dfb.js';
+import { tempDir } from '../helpers/temp.js';
 
 const longName = 'ü'.repeat(100) + '-long-名前-' + 'x'.repeat(60); // > 255 bytes? no: 200+16+60 bytes
 const bigContent = pseudoRandom(5 * 1024 * 1024 + 123, 7); // spooled (> 4 MiB)
@@ -130,9 +132,9 @@ describe('DFB round trip', () => {
   it('reports a consistent WriteResult', async () => {
     const blob = await readFile(blobPath);
     expect(result.size).toBe(blob.length);
-    expect(result.digest).toBe(sha256hex(blob));
+    expect(result.digest).toBe(sha256Digest(blob));
     expect(result.tocDigest).toBe(
-      sha256hex(blob.subarray(result.tocOffset, result.tocOffset + result.tocSize)),
+      sha256Digest(blob.subarray(result.tocOffset, result.tocOffset + result.tocSize)),
     );
     expect(result.tocOffset).toBe(result.storedDataBytes);
     expect(result.blockSize).toBe(16 * 1024);
@@ -312,6 +314,20 @@ describe('DFB round trip', () => {
     expect(() => toc.readdir(toc.lookup('etc/passwd')!)).toThrow(/not a directory/);
     await expect(reader.readFile(1, 0, 1)).rejects.toThrow(/not a regular file/);
     expect(() => toc.block(toc.blockCount)).toThrow(/no block/);
+    // the allocation-free accessors too (offsets allow i = blockCount: the end of the data)
+    expect(toc.blockOffset(toc.blockCount)).toBe(toc.storedDataLength);
+    const accessors: Array<(i: number) => unknown> = [
+      (i) => toc.blockLength(i),
+      (i) => toc.blockStoredLength(i),
+      (i) => toc.blockCodec(i),
+      (i) => toc.blockSha256(i),
+    ];
+    for (const f of accessors) {
+      expect(() => f(toc.blockCount)).toThrow(/no block/);
+      expect(() => f(-1)).toThrow(/no block/);
+    }
+    expect(() => toc.blockOffset(toc.blockCount + 1)).toThrow(/no block/);
+    expect(() => toc.blockStreamOffset(toc.blockCount + 1)).toThrow(/no block/);
   });
 });
 

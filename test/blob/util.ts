@@ -1,11 +1,8 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { deflateSync, inflateSync } from 'node:zlib';
 import { DfError } from '../../src/errors.js';
 import { decodeFooter, encodeFooter, FOOTER_SIZE } from '../../src/blob/footer.js';
-import { EntryType, TocCodec, type EntryMeta, type RangeReader } from '../../src/blob/types.js';
+import { TocCodec, type RangeReader } from '../../src/blob/types.js';
 
 /** RangeReader over a Buffer, with the same contract as FileRangeReader. */
 export class BufferRangeReader implements RangeReader {
@@ -27,30 +24,6 @@ export class BufferRangeReader implements RangeReader {
   }
 }
 
-export async function tempDir(): Promise<{ dir: string; cleanup: () => Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), 'dfb-test-'));
-  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
-}
-
-export async function* chunks(buf: Buffer, size = 7919): AsyncGenerator<Buffer> {
-  for (let i = 0; i < buf.length; i += size) yield buf.subarray(i, i + size);
-  if (buf.length === 0) return;
-}
-
-/** Deterministic pseudo-random bytes, half compressible (text-like), half not. */
-export function pseudoRandom(n: number, seed: number, compressible = true): Buffer {
-  const b = Buffer.allocUnsafe(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    b[i] = compressible && (i >> 12) % 2 === 0 ? 97 + (x % 6) : x & 0xff;
-  }
-  return b;
-}
-
 export function rng(seed: number): () => number {
   let x = seed >>> 0 || 1;
   return () => {
@@ -61,21 +34,6 @@ export function rng(seed: number): () => number {
     return x / 0x1_0000_0000;
   };
 }
-
-export const base: Omit<EntryMeta, 'path' | 'type'> = {
-  mode: 0o644,
-  uid: 0,
-  gid: 0,
-  mtimeSec: 1_700_000_000,
-  mtimeNsec: 0,
-};
-export const dirMeta = (path: string, extra: Partial<EntryMeta> = {}): EntryMeta => ({
-  ...base,
-  mode: 0o755,
-  path,
-  type: EntryType.Dir,
-  ...extra,
-});
 
 /** Split a blob into its parts using the footer. */
 export function parts(blob: Buffer): { data: Buffer; storedToc: Buffer; toc: Buffer; footer: Buffer } {
@@ -103,10 +61,6 @@ export function withToc(blob: Buffer, toc: Buffer, blockSize = 65536): Buffer {
     tocSha256: createHash('sha256').update(stored).digest(),
   });
   return Buffer.concat([data, stored, footer]);
-}
-
-export function sha256hex(b: Buffer): string {
-  return 'sha256:' + createHash('sha256').update(b).digest('hex');
 }
 
 /** Runs fn, failing (rejecting) if it takes longer than ms. */

@@ -5,7 +5,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Bitmap } from '../../src/cache/bitmap.js';
 import { BlobCache, defaultCacheIo, type CacheIo } from '../../src/cache/blob-cache.js';
 import { isDfError } from '../../src/errors.js';
-import { sha256, tempDir } from '../fetch/helpers.js';
+import { sha256Digest } from '../helpers/digest.js';
+import { tempDir } from '../helpers/temp.js';
+import { flipBits } from '../helpers/bytes.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -15,7 +17,7 @@ afterEach(async () => {
 /** A fake "blob": 8 units of 1000 bytes + a 500-byte TOC unit. */
 const blob = Buffer.alloc(8500);
 for (let i = 0; i < blob.length; i++) blob[i] = (i * 7 + (i >> 8)) & 0xff;
-const digest = sha256(blob);
+const digest = sha256Digest(blob);
 const unit = (u: number) => (u < 8 ? blob.subarray(u * 1000, u * 1000 + 1000) : blob.subarray(8000));
 
 async function dir(): Promise<string> {
@@ -47,7 +49,7 @@ describe('Bitmap', () => {
     expect(Bitmap.decode(enc, 14)).toBeUndefined();
     for (let i = 0; i < enc.length; i++) {
       const bad = Buffer.from(enc);
-      bad[i] ^= 1;
+      flipBits(bad, i, 1);
       expect(Bitmap.decode(bad, 13)).toBeUndefined();
     }
   });
@@ -65,6 +67,16 @@ describe('Bitmap', () => {
     for (const i of [0, 1, 7, 12]) other.set(i);
     expect(b.countAnd(other.bits)).toBe(3);
     expect(b.countAnd(new Uint8Array(0))).toBe(0);
+  });
+
+  it('refuses to set or clear a unit outside it (the count stays right)', () => {
+    const b = new Bitmap(13);
+    for (const i of [13, 15, -1, 1.5, 100]) {
+      expect(() => b.set(i)).toThrow(/outside 0..12/);
+      expect(() => b.clear(i)).toThrow(/outside 0..12/);
+      expect(b.has(i)).toBe(false);
+    }
+    expect(b.present).toBe(0);
   });
 });
 
@@ -186,14 +198,14 @@ describe('BlobCache', () => {
     expect(c.isComplete).toBe(true);
     expect(await c.verifyComplete()).toEqual({ ok: true, actual: digest });
     expect(c.verified).toBe(true);
-    expect(sha256(await readFile(join(d, 'data')))).toBe(digest);
+    expect(sha256Digest(await readFile(join(d, 'data')))).toBe(digest);
     await c.close();
 
     const d2 = await dir();
     const bad = await openCache(d2);
     for (let u = 0; u <= 8; u++) {
       const b = Buffer.from(unit(u));
-      if (u === 3) b[10] ^= 1;
+      if (u === 3) flipBits(b, 10, 1);
       await bad.write(u, u < 8 ? u * 1000 : 8000, b);
     }
     const res = await bad.verifyComplete();
@@ -225,7 +237,12 @@ describe.skipIf(!asRoot)('BlobCache on a full tmpfs', () => {
     try {
       const big = Buffer.alloc(1024 * 1024, 7);
       const d = join(mnt, 'blob');
-      const c = await BlobCache.open({ dir: d, digest: sha256(big), size: big.length, flushIntervalMs: 1e9 });
+      const c = await BlobCache.open({
+        dir: d,
+        digest: sha256Digest(big),
+        size: big.length,
+        flushIntervalMs: 1e9,
+      });
       await c.setLayout(32, 32 * 32768 - 1000);
       let err: unknown;
       let u = 0;
@@ -246,7 +263,7 @@ describe.skipIf(!asRoot)('BlobCache on a full tmpfs', () => {
       expect(c.has(u)).toBe(false);
       const present = c.presentUnits;
       await c.close().catch(() => {});
-      const r = await BlobCache.open({ dir: d, digest: sha256(big), size: big.length });
+      const r = await BlobCache.open({ dir: d, digest: sha256Digest(big), size: big.length });
       expect(r.presentUnits).toBeLessThanOrEqual(present);
       for (let i = 0; i < 32; i++) {
         if (!r.has(i)) continue;

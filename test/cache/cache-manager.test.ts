@@ -4,7 +4,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { CacheManager } from '../../src/cache/cache-manager.js';
 import { DirLock } from '../../src/cache/dir-lock.js';
 import { realTimers, type Timers } from '../../src/util/timers.js';
-import { sha256, tempDir } from '../fetch/helpers.js';
+import { sha256Digest } from '../helpers/digest.js';
+import { tempDir } from '../helpers/temp.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -27,7 +28,7 @@ async function manager(high: number, low: number, dir?: string) {
 
 /** Opens a fake 10-unit blob of 1000-byte units and fills `units` of them. */
 async function fill(m: CacheManager, name: string, units: number) {
-  const blob = { digest: sha256(Buffer.from(name)), size: 10_000 };
+  const blob = { digest: sha256Digest(Buffer.from(name)), size: 10_000 };
   const c = await m.open(blob);
   await c.setLayout(9, 9000);
   for (let u = 0; u < units; u++) await c.write(u, u * 1000, Buffer.alloc(1000, u));
@@ -61,7 +62,7 @@ describe('CacheManager', () => {
   it('shares one BlobCache per blob with reference counts', async () => {
     const m = await manager(1e9, 1e9);
     cleanups.push(() => m.close());
-    const blob = { digest: sha256(Buffer.from('x')), size: 10_000 };
+    const blob = { digest: sha256Digest(Buffer.from('x')), size: 10_000 };
     const [c1, c2] = await Promise.all([m.open(blob), m.open(blob)]);
     expect(c1).toBe(c2);
     await m.release(c1);
@@ -93,7 +94,7 @@ describe('CacheManager', () => {
     for (let u = 0; u < 2; u++) await inUse.write(u, u * 1000, Buffer.alloc(1000));
     await m.settled();
     const left = m.list().map((x) => x.digest);
-    const d = (s: string) => sha256(Buffer.from(s));
+    const d = (s: string) => sha256Digest(Buffer.from(s));
     // total was 8+8+10+2 = 28k > 25k: b (LRU) goes first -> 20k, then a -> 12k < 15k
     expect(left).not.toContain(d('b'));
     expect(left).not.toContain(d('a'));

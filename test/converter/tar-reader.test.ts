@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { readTar, type TarEntry } from '../../converter/tar-reader.js';
 import { DfError } from '../../src/errors.js';
 import { buildTar, type TarEntry as BuildEntry } from '../fixtures/tar-builder.js';
+import { flipBits } from '../helpers/bytes.js';
 
 async function collect(buf: Buffer, chunk = 777): Promise<Array<{ h: TarEntry['header']; data: Buffer }>> {
   async function* src() {
@@ -71,7 +72,7 @@ describe('tar reader', () => {
   it('rejects a damaged header, a truncated archive and a missing end marker with CORRUPT', async () => {
     const tar = buildTar(entries);
     const bad = Buffer.from(tar);
-    bad[0]! ^= 0x20; // first header name: checksum no longer matches
+    flipBits(bad, 0, 0x20); // first header name: checksum no longer matches
     await expect(collect(bad)).rejects.toMatchObject({
       code: 'CORRUPT',
       message: expect.stringMatching(/checksum/),

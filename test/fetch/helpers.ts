@@ -1,75 +1,7 @@
-import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { DfbReader } from '../../src/blob/reader.js';
-import { FileRangeReader } from '../../src/blob/file-range-reader.js';
-import type { Toc } from '../../src/blob/toc.js';
-import { EntryType } from '../../src/blob/types.js';
-import { DfbWriter } from '../../src/blob/writer.js';
 import { DfError } from '../../src/errors.js';
 import type { Timers } from '../../src/util/timers.js';
 import type { BlobRef, BlockSource, SourceKind } from '../../src/fetch/types.js';
-import { base, chunks, dirMeta, pseudoRandom } from '../blob/util.js';
-
-export async function tempDir(
-  prefix = 'dfnode-fetch-',
-): Promise<{ dir: string; cleanup: () => Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), prefix));
-  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
-}
-
-export interface TestBlob {
-  bytes: Buffer;
-  blob: BlobRef;
-  toc: Toc;
-  tocDigest: string;
-  files: Map<string, Buffer>;
-  ino(path: string): number;
-}
-
-/** A DFB blob with 16 KiB blocks: a few small files and two large ones (~40 blocks total). */
-export async function makeBlob(dir: string, name = 'b.dfb'): Promise<TestBlob> {
-  const out = join(dir, name);
-  const w = new DfbWriter({ out, tmpDir: dir, workers: 1, blockSize: 16 * 1024 });
-  const files = new Map<string, Buffer>();
-  w.addEntry(dirMeta('etc'));
-  for (let i = 0; i < 6; i++) {
-    const c = pseudoRandom(500 + i * 4000, i + 1, i % 2 === 0);
-    files.set(`etc/f${i}`, c);
-    await w.addFile({ ...base, path: `etc/f${i}`, type: EntryType.File, size: c.length }, chunks(c));
-  }
-  for (const [p, n, seed] of [
-    ['usr/big1', 300_000, 7],
-    ['usr/big2', 250_000, 9],
-  ] as const) {
-    const c = pseudoRandom(n, seed, seed === 7);
-    files.set(p, c);
-    await w.addFile({ ...base, path: p, type: EntryType.File, size: c.length }, chunks(c));
-  }
-  const res = await w.finish();
-  const bytes = await readFile(out);
-  const rr = await FileRangeReader.open(out);
-  const reader = await DfbReader.open(rr);
-  await rr.close();
-  const toc = reader.toc;
-  return {
-    bytes,
-    blob: { digest: res.digest, size: res.size },
-    toc,
-    tocDigest: res.tocDigest,
-    files,
-    ino: (p) => {
-      const i = toc.lookup(p);
-      if (i === undefined) throw new Error(`no ${p}`);
-      return i;
-    },
-  };
-}
-
-export function sha256(b: Buffer): string {
-  return 'sha256:' + createHash('sha256').update(b).digest('hex');
-}
+import { flipBits } from '../helpers/bytes.js';
 
 export interface Req {
   offset: number;
@@ -112,7 +44,7 @@ export class FakeSource implements BlockSource {
     for (const c of this.corruptAt) {
       if (c.times > 0 && c.offset >= offset && c.offset < offset + length) {
         c.times--;
-        out[c.offset - offset] ^= 0xff;
+        flipBits(out, c.offset - offset);
       }
     }
     this.bytes += out.length;

@@ -14,7 +14,10 @@ import {
   Priority,
   sourceUnavailable,
 } from '../../src/fetch/types.js';
-import { FakeSource, gate, makeBlob, sha256, tempDir, type TestBlob } from './helpers.js';
+import { sha256Digest } from '../helpers/digest.js';
+import { makeBlob, type TestBlob } from '../helpers/dfb.js';
+import { tempDir } from '../helpers/temp.js';
+import { FakeSource, gate } from './helpers.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -316,7 +319,7 @@ describe('background fill', () => {
     );
     await cache.flush();
     const file = await readFile(join(s.cacheDir, 'data'));
-    expect(sha256(file)).toBe(s.tb.blob.digest);
+    expect(sha256Digest(file)).toBe(s.tb.blob.digest);
     // everything now served locally
     s.src.hang = true;
     await readAll(core.reader, s.tb);
@@ -343,7 +346,7 @@ describe('background fill', () => {
     core.fill.start();
     await core.fill.whenComplete();
     expect(cache.isComplete).toBe(true);
-    expect(sha256(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
+    expect(sha256Digest(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
   });
 
   it('blocked reads run before queued fill work', async () => {
@@ -502,7 +505,7 @@ describe('full disk', () => {
     full = false;
     a.core.fill.start();
     await a.core.fill.whenComplete();
-    expect(sha256(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
+    expect(sha256Digest(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
   });
 });
 

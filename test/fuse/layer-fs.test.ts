@@ -14,7 +14,9 @@ import {
   S_IFREG,
   type Attr,
 } from '../../src/fuse/types.js';
-import { BIG, DfbFileReader, RICH, tempDir, writeLayer } from './layer.js';
+import { writeDfb } from '../helpers/dfb.js';
+import { tempDir } from '../helpers/temp.js';
+import { BIG, DfbFileReader, RICH } from './layer.js';
 
 let cleanup: () => Promise<void>;
 let reader: DfbFileReader;
@@ -25,7 +27,7 @@ let firstReads = 0;
 beforeAll(async () => {
   const t = await tempDir();
   cleanup = t.cleanup;
-  reader = await DfbFileReader.open(await writeLayer(t.dir, 'rich', RICH));
+  reader = await DfbFileReader.open((await writeDfb(t.dir, 'rich', RICH)).path);
   fs = new LayerFs({ toc: reader.toc, reader, onFirstRead: () => firstReads++, readTimeoutMs: 300 });
   m = await new TestBinding().mount('/mnt/test', fs);
 });
@@ -228,7 +230,7 @@ describe('LayerFs: failures', () => {
   it('exceptions in handlers become EIO, never escape', async () => {
     const t = await tempDir();
     try {
-      const r = await DfbFileReader.open(await writeLayer(t.dir, 'x', RICH));
+      const r = await DfbFileReader.open((await writeDfb(t.dir, 'x', RICH)).path);
       const bad = new LayerFs({
         toc: r.toc,
         reader: {

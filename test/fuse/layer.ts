@@ -1,13 +1,10 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { DfbReader } from '../../src/blob/reader.js';
 import { FileRangeReader } from '../../src/blob/file-range-reader.js';
 import type { Toc } from '../../src/blob/toc.js';
-import { EntryType, type EntryMeta } from '../../src/blob/types.js';
-import { DfbWriter } from '../../src/blob/writer.js';
+import { EntryType } from '../../src/blob/types.js';
 import { DfError } from '../../src/errors.js';
 import type { FileReader } from '../../src/fetch/types.js';
+import type { DfbSpec } from '../helpers/dfb.js';
 
 /** FileReader straight over a local DFB file (what src/fetch does with a complete cache). */
 export class DfbFileReader implements FileReader {
@@ -32,12 +29,9 @@ export class DfbFileReader implements FileReader {
   }
 }
 
+/** Owner, mode and times of the fuse tests' files: not root, with nanoseconds, to see them pass through. */
 export const base = { mode: 0o644, uid: 1000, gid: 1001, mtimeSec: 1_700_000_000, mtimeNsec: 123_456_789 };
-export const dirBase = { ...base, mode: 0o755, type: EntryType.Dir };
-
-async function* one(b: Buffer): AsyncGenerator<Buffer> {
-  if (b.length) yield b;
-}
+const dirBase = { ...base, mode: 0o755, type: EntryType.Dir };
 
 export function bigContent(n: number): Buffer {
   const b = Buffer.allocUnsafe(n);
@@ -51,35 +45,9 @@ export function bigContent(n: number): Buffer {
 
 export const BIG = bigContent(300_000);
 
-export interface LayerSpec {
-  files?: Array<{ path: string; content: Buffer | string; meta?: Partial<EntryMeta> }>;
-  entries?: EntryMeta[];
-  hardlinks?: Array<[string, string]>;
-  opaque?: string[];
-}
-
-/** Writes a DFB layer; returns its path. */
-export async function writeLayer(dir: string, name: string, spec: LayerSpec): Promise<string> {
-  const out = join(dir, `${name}.dfb`);
-  const w = new DfbWriter({ out, tmpDir: dir, workers: 1, blockSize: 16 * 1024 });
-  for (const e of spec.entries ?? []) {
-    if (e.type === EntryType.Dir) w.addEntry(e);
-  }
-  for (const f of spec.files ?? []) {
-    const c = typeof f.content === 'string' ? Buffer.from(f.content) : f.content;
-    await w.addFile({ ...base, ...f.meta, path: f.path, type: EntryType.File, size: c.length }, one(c));
-  }
-  for (const e of spec.entries ?? []) {
-    if (e.type !== EntryType.Dir) w.addEntry(e);
-  }
-  for (const [p, t] of spec.hardlinks ?? []) w.addHardlink(p, t);
-  for (const d of spec.opaque ?? []) w.markOpaque(d);
-  await w.finish();
-  return out;
-}
-
 /** A layer with every entry type, hard links, xattrs (incl. binary), a whiteout and an opaque directory. */
-export const RICH: LayerSpec = {
+export const RICH: DfbSpec = {
+  defaults: base,
   entries: [
     { ...dirBase, path: 'etc', xattrs: new Map([['user.dir', Buffer.from('d')]]) },
     { ...dirBase, path: 'var/cache', mode: 0o700 },
@@ -117,10 +85,3 @@ export const RICH: LayerSpec = {
   ],
   opaque: ['var/cache'],
 };
-
-export async function tempDir(
-  prefix = 'dfnode-fuse-',
-): Promise<{ dir: string; cleanup: () => Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), prefix));
-  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
-}

@@ -3,7 +3,6 @@
 // The filesystem is served by this process: everything touching the mount is asynchronous (a synchronous
 // call on the mount would block the JS thread that answers it).
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import { lstat, mkdir, readFile, readdir, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -20,7 +19,10 @@ import {
   type NativeFuseMount,
 } from '../../src/fuse/native-binding.js';
 import { hasTool, requireConditions } from '../helpers/require.js';
-import { BIG, DfbFileReader, RICH, base, bigContent, tempDir, writeLayer } from './layer.js';
+import { writeDfb } from '../helpers/dfb.js';
+import { sha256Hex } from '../helpers/digest.js';
+import { tempDir } from '../helpers/temp.js';
+import { BIG, DfbFileReader, RICH, base, bigContent } from './layer.js';
 
 const exec = promisify(execFile);
 
@@ -33,7 +35,6 @@ const req = requireConditions({
 });
 
 const HUGE = bigContent(8 << 20);
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 /** Open /dev/fuse descriptors of this process. */
 function fuseFds(): number {
@@ -67,7 +68,7 @@ describe.skipIf(req.skip)('NativeFuseBinding (kernel)', () => {
 
   beforeAll(async () => {
     ({ dir, cleanup } = await tempDir('dfnode-native-'));
-    const path = await writeLayer(dir, 'rich', {
+    const { path } = await writeDfb(dir, 'rich', {
       ...RICH,
       files: [...(RICH.files ?? []), { path: 'data/huge', content: HUGE }],
       entries: [
@@ -184,7 +185,7 @@ describe.skipIf(req.skip)('NativeFuseBinding (kernel)', () => {
     expect((await readFile(join(mp, 'bin/ls'))).equals(BIG)).toBe(true);
     const before = m.info();
     const { stdout } = await exec('sha256sum', [join(mp, 'data/huge')]);
-    expect(stdout.split(' ')[0]).toBe(sha(HUGE));
+    expect(stdout.split(' ')[0]).toBe(sha256Hex(HUGE));
     const after = m.info();
     expect(after.readBytes - before.readBytes).toBeGreaterThanOrEqual(HUGE.length);
     // the kernel sends more than fuse-native's 128 KiB per request

@@ -14,8 +14,10 @@ import { LayerFs } from '../../src/fuse/layer-fs.js';
 import { LayerCore } from '../../src/layer/layer-core.js';
 import { NativeFuseBinding, type NativeFuseMount } from '../../src/fuse/native-binding.js';
 import { requireConditions } from '../helpers/require.js';
-import { FakeSource, makeBlob } from '../fetch/helpers.js';
-import { DfbFileReader, tempDir, writeLayer } from './layer.js';
+import { FakeSource } from '../fetch/helpers.js';
+import { makeBlob, pseudoRandom, writeDfb } from '../helpers/dfb.js';
+import { tempDir } from '../helpers/temp.js';
+import { DfbFileReader } from './layer.js';
 
 const buildProblem = ensureNativeAddon();
 const req = requireConditions({
@@ -25,21 +27,9 @@ const req = requireConditions({
 });
 
 /** Deterministic incompressible bytes (stored Raw). */
-function noise(n: number, seed: number): Buffer {
-  const b = Buffer.allocUnsafe(n);
-  let x = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
+const noise = (n: number, seed: number): Buffer => pseudoRandom(n, seed, false);
 
-/** Text, then noise, then text...: LZ4 and Raw blocks in one file (blocks are 16 KiB in writeLayer). */
+/** Text, then noise, then text...: LZ4 and Raw blocks in one file (blocks are 16 KiB in writeDfb). */
 function mixed(n: number): Buffer {
   const parts: Buffer[] = [];
   for (let at = 0, k = 0; at < n; k++) {
@@ -119,7 +109,7 @@ describe.skipIf(req.skip)('NativeFuseBinding direct reads from the cache (kernel
 
   beforeAll(async () => {
     ({ dir, cleanup } = await tempDir('dfnode-direct-'));
-    await writeLayer(dir, 'layer', {
+    await writeDfb(dir, 'layer', {
       files: Object.entries(FILES).map(([path, content]) => ({ path, content })),
     });
     reader = await DfbFileReader.open(join(dir, 'layer.dfb'));

@@ -14,8 +14,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { join } from 'node:path';
+import { socketAccepts } from '../../bench/lib/dfnode-run.js';
 import { cliPath, run, runCli, type CliResult } from './cli.js';
 import { mountsUnder, unmountAllUnder } from './node.js';
 import { hasTool, requireConditions, type Requirement } from './require.js';
@@ -56,18 +56,6 @@ async function waitUntil(
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-}
-
-/** Whether something accepts connections on a unix socket. */
-export function socketAccepts(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 }
 
 function exitedPromise(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
@@ -208,7 +196,7 @@ export interface TestContainerd {
 }
 
 /** containerd config v2 for a private instance. */
-export function containerdConfig(o: {
+function containerdConfig(o: {
   root: string;
   state: string;
   socket: string;

@@ -29,6 +29,7 @@ import {
   type Descriptor,
   type Manifest,
 } from '../fixtures/oci-layout.js';
+import { flipBits } from './bytes.js';
 
 export type FixtureName = 'busybox' | 'multilayer' | 'debian' | 'debian-python' | 'edge';
 export const FIXTURE_NAMES: readonly FixtureName[] = [
@@ -404,7 +405,7 @@ export async function corruptGzipLayer(src: string, opts: CorruptOptions = {}): 
   // Deflate data starts after the 10-byte header; damage a run early in it so
   // the failure is an invalid stream, not merely a CRC mismatch at the end.
   const start = Math.min(20, Math.max(10, blob.length - 16));
-  for (let k = start; k < Math.min(blob.length - 8, start + 32); k++) blob[k]! ^= 0xa5;
+  for (let k = start; k < Math.min(blob.length - 8, start + 32); k++) flipBits(blob, k, 0xa5);
   return replaceLayer(dir, tag, i, blob);
 }
 
@@ -446,7 +447,7 @@ export async function wrongDigestLayer(src: string, opts: CorruptOptions = {}): 
   const d = manifest.layers[i]!;
   const path = blobPath(dir, d.digest);
   const blob = Buffer.from(await readFile(path));
-  blob[Math.floor(blob.length / 2)]! ^= 0x01;
+  flipBits(blob, Math.floor(blob.length / 2), 0x01);
   await writeFile(path, blob);
   return { dir, ref: `oci:${dir}:${tag}`, tag, layer: i, layerDigest: d.digest };
 }

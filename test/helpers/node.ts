@@ -7,16 +7,20 @@
  * processes, but the habit keeps the helpers usable either way.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readFileSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readdir, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { expect } from 'vitest';
+import type { BlobCacheInfo } from '../../src/cache/cache-manager.js';
+import type { MountRecord } from '../../src/daemon/mount-records.js';
+import { readMountInfo } from '../../src/fuse/mounts.js';
 import { cliPath, run, runCli, runOk, type CliResult } from './cli.js';
-import { ensureFixture, REPO_ROOT, type FixtureName } from './fixtures.js';
+import { sha256File } from './digest.js';
+import { ensureFixture, type FixtureName } from './fixtures.js';
 import { requireRegistry, startRegistry, type TestRegistry } from './registry.js';
 import { hasTool, requireConditions, type Requirement } from './require.js';
+import { flipBits } from './bytes.js';
 
 /** Root, /dev/fuse, overlayfs and the tools these tests run. */
 export function requireNodeMounts(extraTools: string[] = []): Requirement {
@@ -128,7 +132,7 @@ process.once('exit', () => {
     if (c.pid && c.exitCode === null && c.signalCode === null) process.kill(c.pid, 'SIGKILL');
 });
 
-export function nodeArgs(dirs: NodeDirs): string[] {
+function nodeArgs(dirs: NodeDirs): string[] {
   return ['--cache-dir', dirs.cacheDir, '--state-dir', dirs.stateDir];
 }
 
@@ -228,30 +232,10 @@ export function dfnode(
   return runCli('dfnode', [sub, ...nodeArgs(dirs), ...args], { timeoutMs });
 }
 
+/** What `dfnode status --json` prints. */
 export interface StatusJson {
-  mounts: Array<{
-    id: string;
-    pid: number;
-    target: string;
-    ref: string;
-    layers: string[];
-    alive: boolean;
-    stats?: {
-      bytes: Record<string, number>;
-      requests: Record<string, number>;
-      verifyFailures: number;
-      readErrors: number;
-    };
-  }>;
-  blobs: Array<{
-    digest: string;
-    size: number;
-    filledBytes: number;
-    blocks: number;
-    present: number;
-    complete: boolean;
-    inUse: boolean;
-  }>;
+  mounts: Array<MountRecord & { alive: boolean }>;
+  blobs: BlobCacheInfo[];
 }
 
 export async function status(dirs: NodeDirs): Promise<StatusJson> {
@@ -285,18 +269,10 @@ export interface MountEntry {
 }
 
 export async function mountsUnder(dir: string): Promise<MountEntry[]> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
   const root = resolve(dir);
-  const out: MountEntry[] = [];
-  for (const line of text.split('\n')) {
-    const f = line.split(' ');
-    const dash = f.indexOf('-');
-    if (dash < 6) continue;
-    const mp = f[4]!.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-    if (mp === root || mp.startsWith(root + '/'))
-      out.push({ mountpoint: mp, fstype: f[dash + 1]!, source: f[dash + 2]! });
-  }
-  return out;
+  return readMountInfo()
+    .filter((m) => m.mountpoint === root || m.mountpoint.startsWith(root + '/'))
+    .map(({ mountpoint, fstype, source }) => ({ mountpoint, fstype, source }));
 }
 
 /** `umount -l` everything mounted at or below `dir`, deepest first. */
@@ -359,18 +335,8 @@ export async function expectCacheMatches(cacheDir: string, layers: { digest: str
   }
 }
 
-export function sha256File(path: string): Promise<string> {
-  return new Promise((res, rej) => {
-    const h = createHash('sha256');
-    createReadStream(path)
-      .on('data', (d) => h.update(d))
-      .on('error', rej)
-      .on('end', () => res(h.digest('hex')));
-  });
-}
-
 /** Which xattrs the fidelity comparison covers: user.* and trusted.* except overlayfs' own trusted.overlay.*. */
-export function comparedXattr(name: string): boolean {
+function comparedXattr(name: string): boolean {
   return name.startsWith('user.') || (name.startsWith('trusted.') && !name.startsWith('trusted.overlay.'));
 }
 
@@ -390,7 +356,7 @@ function unescapeGetfattr(s: string): string {
 }
 
 /** All xattrs below `root` (one `getfattr -R` child process), keyed by path relative to root. */
-export async function xattrsUnder(
+async function xattrsUnder(
   root: string,
   filter = comparedXattr,
 ): Promise<Map<string, Record<string, string>>> {
@@ -484,8 +450,6 @@ export function comparable(e: TreeEntry): Omit<TreeEntry, 'inode'> {
   return rest;
 }
 
-export const NODE_WORK = join(REPO_ROOT, '.tmp', 'node-it');
-
 // ------------------------------------------------------------------ a registry proxy that counts, delays, corrupts, stops
 
 export interface ProxiedRequest {
@@ -565,7 +529,7 @@ export async function startRangeProxy(target: string): Promise<RangeProxy> {
           ures.on('end', () => {
             const body = Buffer.concat(parts);
             if (body.length) {
-              body[body.length >> 1] ^= 0xff;
+              flipBits(body, body.length >> 1);
               entry.corrupted = true;
             }
             entry.bytes += body.length;

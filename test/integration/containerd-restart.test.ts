@@ -9,7 +9,6 @@
  * Needs root, /dev/fuse, overlayfs, containerd, ctr, runc, docker-registry, skopeo, umoci and busybox (host
  * busybox is bind-mounted into the multilayer image, which has no shell); skips with a printed reason otherwise.
  */
-import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -28,6 +27,7 @@ import {
 import { ensureFixture } from '../helpers/fixtures.js';
 import { mountsUnder } from '../helpers/node.js';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { sha256Hex } from '../helpers/digest.js';
 
 const req = requireContainerd(['busybox']);
 
@@ -102,10 +102,7 @@ describe.skipIf(req.skip)(
       const bundle = join(dir, 'ml-bundle');
       const u = await run('umoci', ['unpack', '--image', `${ml.dir}:${ml.tag}`, bundle]);
       if (u.code !== 0) throw new Error(`umoci unpack failed: ${u.stderr}`);
-      for (const f of FILES)
-        expected[f] = createHash('sha256')
-          .update(await readFile(join(bundle, 'rootfs', f)))
-          .digest('hex');
+      for (const f of FILES) expected[f] = sha256Hex(await readFile(join(bundle, 'rootfs', f)));
       await startNode();
       ctd = await startContainerd({ dir: join(dir, 'ctd'), snapshotterSocket: node.socket });
       const p = await runCli('dfnode', ['pull', '--plain-http', '--address', ctd.socket, ref]);

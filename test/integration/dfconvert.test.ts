@@ -2,7 +2,6 @@
  * dfconvert end to end: real docker-registry, images built from scratch, skopeo to push and inspect,
  * the compiled CLI as users run it.
  */
-import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -31,6 +30,7 @@ import {
 } from '../helpers/fixtures.js';
 import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { requireTools } from '../helpers/require.js';
+import { sha256Digest } from '../helpers/digest.js';
 
 const DFB = 'application/vnd.oci.image.layer.dfnode.dfb.v1';
 const req = requireTools(['skopeo', 'umoci', 'busybox', 'debootstrap']);
@@ -282,7 +282,7 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
         await readFile(join(good, 'blobs', 'sha256', g.manifest.config.digest.slice(7))),
       );
       const bytes = Buffer.from(JSON.stringify(m.manifest));
-      const d = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
+      const d = sha256Digest(bytes);
       await writeFile(join(bad, 'blobs', 'sha256', d.slice(7)), bytes);
       const index = JSON.parse(await readFile(join(bad, 'index.json'), 'utf8'));
       index.manifests = index.manifests.map((x: any) =>

@@ -17,7 +17,8 @@ import { cleanupStaleMounts, lazyUnmount, readMountInfo } from '../../src/fuse/m
 import type { FuseMount } from '../../src/fuse/types.js';
 import { buildTar, sha256, type TarEntry } from '../fixtures/tar-builder.js';
 import { requireConditions, hasTool } from '../helpers/require.js';
-import { DfbFileReader, bigContent, tempDir } from '../fuse/layer.js';
+import { DfbFileReader, bigContent } from '../fuse/layer.js';
+import { tempDir } from '../helpers/temp.js';
 
 const exec = promisify(execFile);
 

@@ -3,7 +3,6 @@
 // read of a large cached file through this binding and through FuseNativeBinding (printed, not asserted:
 // bench/fuse-read is the benchmark). Needs root, /dev/fuse, overlayfs, getfattr; builds the addon if needed.
 import { execFile, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -19,7 +18,9 @@ import { NativeFuseBinding } from '../../src/fuse/native-binding.js';
 import type { FuseBinding, FuseMount } from '../../src/fuse/types.js';
 import { buildTar, sha256, type TarEntry } from '../fixtures/tar-builder.js';
 import { hasTool, requireConditions } from '../helpers/require.js';
-import { DfbFileReader, bigContent, tempDir } from '../fuse/layer.js';
+import { DfbFileReader, bigContent } from '../fuse/layer.js';
+import { tempDir } from '../helpers/temp.js';
+import { sha256Hex } from '../helpers/digest.js';
 
 const exec = promisify(execFile);
 
@@ -217,7 +218,7 @@ describe.skipIf(req.skip)('NativeFuseBinding: kernel mounts of converted layers'
 
   it('sequential read of a 64 MiB cached file: native vs fuse-native (printed)', async () => {
     const blob = await convert('large', LARGE_LAYER);
-    const want = createHash('sha256').update(LARGE).digest('hex');
+    const want = sha256Hex(LARGE);
     const rows: string[] = [];
     for (const [name, binding] of [
       ['native (libfuse3)', new NativeFuseBinding()],

@@ -14,7 +14,6 @@ import {
   nodeTempDir,
   pushAndConvert,
   requireNodeMounts,
-  sha256File,
   snapshotTree,
   startMount,
   startRangeProxy,
@@ -28,6 +27,7 @@ import {
   type RangeProxy,
   type TreeEntry,
 } from '../helpers/node.js';
+import { sha256File } from '../helpers/digest.js';
 import { freePort } from '../helpers/registry.js';
 
 const req = requireNodeMounts(['debootstrap']);

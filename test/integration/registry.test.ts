@@ -1,18 +1,14 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DfError } from '../../src/errors.js';
-import {
-  DockerConfigCredentials,
-  MediaTypes,
-  RegistryClient,
-  StaticCredentials,
-  parseReference,
-  type RegistryClientOptions,
-} from '../../src/registry/index.js';
+import { RegistryClient, type RegistryClientOptions } from '../../src/registry/client.js';
+import { DockerConfigCredentials, StaticCredentials } from '../../src/registry/credentials.js';
+import { MediaTypes } from '../../src/registry/media-types.js';
+import { parseReference } from '../../src/registry/reference.js';
 import {
   dockerConfigFor,
   requireRegistry,
@@ -20,16 +16,14 @@ import {
   startRegistry,
   type TestRegistry,
 } from '../helpers/registry.js';
+import { sha256Digest } from '../helpers/digest.js';
 
+const sha = sha256Digest;
 const req = requireRegistry(['none', 'basic', 'bearer']);
 
 function blob(n: number): { data: Buffer; digest: string } {
   const data = randomBytes(n);
-  return { data, digest: `sha256:${createHash('sha256').update(data).digest('hex')}` };
-}
-
-function sha(b: Buffer): string {
-  return `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  return { data, digest: sha256Digest(data) };
 }
 
 async function collect(r: Readable): Promise<Buffer> {

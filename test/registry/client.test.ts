@@ -1,11 +1,13 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { MockAgent } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DfError } from '../../src/errors.js';
-import { RegistryClient, parseContentRange } from '../../src/registry/client.js';
+import { RegistryClient } from '../../src/registry/client.js';
+import { parseContentRange } from '../../src/registry/http-body.js';
 import { StaticCredentials } from '../../src/registry/credentials.js';
 import { parseReference } from '../../src/registry/reference.js';
+import { sha256Digest } from '../helpers/digest.js';
 
 const ref = parseReference('reg.test/a/b:1');
 const D = `sha256:${'0'.repeat(64)}`;
@@ -99,7 +101,7 @@ describe('RegistryClient (mocked transport)', () => {
   it('uploads in chunks following relative Location headers', async () => {
     const pool = make({ uploadChunkSize: 4 });
     const data = randomBytes(10);
-    const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+    const digest = sha256Digest(data);
     const got: Buffer[] = [];
     pool.intercept({ path: `/v2/a/b/blobs/${digest}`, method: 'HEAD' }).reply(404, '');
     pool
@@ -127,7 +129,7 @@ describe('RegistryClient (mocked transport)', () => {
   it('falls back to the upload session a refused mount opened', async () => {
     const pool = make();
     const data = Buffer.from('hello');
-    const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+    const digest = sha256Digest(data);
     pool.intercept({ path: `/v2/a/b/blobs/${digest}`, method: 'HEAD' }).reply(404, '');
     pool
       .intercept({

@@ -1,0 +1,41 @@
+// What every benchmark program does around its measurements: log to stderr, say which code it measured,
+// stop its children on a signal, and turn main()'s result into the exit code.
+import { spawnSync } from 'node:child_process';
+import { resolve } from 'node:path';
+
+/** `[bench/NAME] message` lines on stderr (stdout holds the results). */
+export function benchLog(name: string): (msg: string) => void {
+  return (msg) => void process.stderr.write(`[bench/${name}] ${msg}\n`);
+}
+
+/**
+ * Short HEAD of the checkout at `repo`, `+dirty` when `paths` differ from it (the code that was measured),
+ * `?` outside a git checkout of `repo`. DFNODE_BENCH_COMMIT overrides it (a build made from `git archive`).
+ */
+export function gitState(repo: string, paths: string[]): string {
+  if (process.env.DFNODE_BENCH_COMMIT) return process.env.DFNODE_BENCH_COMMIT;
+  const git = (...args: string[]) => spawnSync('git', ['-C', repo, ...args], { encoding: 'utf8' });
+  const head = git('rev-parse', '--short', 'HEAD');
+  const top = git('rev-parse', '--show-toplevel').stdout.trim();
+  if (head.status !== 0 || resolve(top) !== resolve(repo)) return '?';
+  const dirty = git('status', '--porcelain', '--', ...paths).stdout.trim() !== '';
+  return `${head.stdout.trim()}${dirty ? '+dirty' : ''}`;
+}
+
+/** SIGTERM to this process's children (found with ps) except those `keep` returns true for. */
+export function stopChildren(keep: (pid: number) => boolean = () => false): void {
+  const kids = spawnSync('ps', ['-o', 'pid=', '--ppid', String(process.pid)], { encoding: 'utf8' });
+  for (const pid of (kids.stdout ?? '').split('\n').map(Number))
+    if (pid > 0 && pid !== kids.pid && !keep(pid)) process.kill(pid, 'SIGTERM');
+}
+
+/** Runs main and exits with its code; a failure is logged and exits 1. */
+export function runMain(main: () => Promise<number>, log: (msg: string) => void): void {
+  main().then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      log(`failed: ${err instanceof Error ? err.message : String(err)}`);
+      process.exit(1);
+    },
+  );
+}
