@@ -90,8 +90,10 @@ export function snapshotsHandlers(
     Prepare: unary('Prepare', async (r: any, signal) => ({
       mounts: await sn.prepare(r.key, r.parent, r.labels ?? {}, signal),
     })),
-    View: unary('View', async (r: any) => ({ mounts: await sn.view(r.key, r.parent, r.labels ?? {}) })),
-    Mounts: unary('Mounts', async (r: any) => ({ mounts: await sn.mounts(r.key) })),
+    View: unary('View', async (r: any, signal) => ({
+      mounts: await sn.view(r.key, r.parent, r.labels ?? {}, signal),
+    })),
+    Mounts: unary('Mounts', async (r: any, signal) => ({ mounts: await sn.mounts(r.key, signal) })),
     Commit: unary('Commit', async (r: any) => (await sn.commit(r.name, r.key, r.labels ?? {}), empty)),
     Remove: unary('Remove', async (r: any) => (await sn.remove(r.key), empty)),
     Stat: unary('Stat', async (r: any) => ({ info: toProtoInfo(await sn.stat(r.key)) })),

@@ -37,6 +37,11 @@ export interface SnapshotRecord {
   updated: number;
   /** Disk usage recorded at commit (containerd's overlay snapshotter does the same). */
   usage?: { size: number; inodes: number };
+  /**
+   * The DFB layer mounted lazily on fs/: on a committed snapshot, the layer it is; on an active one, a remote
+   * Prepare recorded before its mount (committed under the target name when the mount succeeds; one a crash
+   * left is removed on start and on Cleanup).
+   */
   remote?: RemoteLayerRecord;
 }
 

@@ -397,7 +397,10 @@ describe('snapshotter conformance (snapshots.v1 over a unix socket)', () => {
       mount: async (_layer, mountpoint) => {
         mounted.push(mountpoint);
         await writeFile(join(mountpoint, 'from-remote'), 'r');
-        return { unmount: async () => void mounted.splice(mounted.indexOf(mountpoint), 1) };
+        return {
+          check: async () => true,
+          unmount: async () => void mounted.splice(mounted.indexOf(mountpoint), 1),
+        };
       },
     };
     svc = await startService(svc.root, svc.socket, remote);
