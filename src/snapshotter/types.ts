@@ -68,13 +68,13 @@ export interface Usage {
   inodes: number;
 }
 
-export function infoOf(r: SnapshotRecord): SnapshotInfo {
+export function infoOf(snapshot: SnapshotRecord): SnapshotInfo {
   return {
-    name: r.name,
-    parent: r.parent,
-    kind: r.kind,
-    labels: { ...r.labels },
-    created: r.created,
-    updated: r.updated,
+    name: snapshot.name,
+    parent: snapshot.parent,
+    kind: snapshot.kind,
+    labels: { ...snapshot.labels },
+    created: snapshot.created,
+    updated: snapshot.updated,
   };
 }
