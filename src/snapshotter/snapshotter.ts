@@ -50,7 +50,9 @@ const targetExists = (tx: MetadataTransaction, target: string): void => {
  *  - view with one parent: ro bind of the parent's fs; view with several: overlay with lowerdir only.
  *
  * Every operation is one store transaction (one at a time); only the mount of a remote Prepare runs outside,
- * between the transaction that records its active snapshot and the one that commits it.
+ * between the transaction that records its active snapshot and the one that commits it. Mounting a dead
+ * remote layer again (Mounts, Prepare/View on top of it) runs inside: it is rare, and the snapshot being used
+ * must not be removed meanwhile.
  */
 export class Snapshotter {
   readonly root: string;
@@ -259,6 +261,8 @@ export class Snapshotter {
         await this.remoteMounts.mount(snapshot, bottomFirst(parents), signal);
       } catch (err) {
         await this.undoRemote(snapshot);
+        // containerd gave up on this Prepare: an active snapshot for it to fill would never be used.
+        if (signal?.aborted) throw DfError.from(err, `remote snapshot ${target}`);
         this.log.warn(
           { err, target, layer: layer.digest },
           'remote snapshot: mount failed; containerd will unpack the layer',
