@@ -1,15 +1,19 @@
+import { isFuseType, readMountInfo } from '../fuse/mounts.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { LayerResolver, LowerLayer, RemoteLayers, RemoteMount } from '../snapshotter/remote-layers.js';
 import type { RemoteLayerRecord } from '../snapshotter/types.js';
 import type { FuseManagerClient } from './client.js';
-import type { ManagedMount } from './protocol.js';
+import type { ManagedLayer, ManagedMount } from './protocol.js';
 
-const layerOf = (l: RemoteLayerRecord) => ({
-  digest: l.digest,
-  size: l.size,
-  tocDigest: l.tocDigest,
-  diffId: l.diffId,
+const managedLayerOf = (layer: RemoteLayerRecord): ManagedLayer => ({
+  digest: layer.digest,
+  size: layer.size,
+  tocDigest: layer.tocDigest,
+  diffId: layer.diffId,
 });
+
+/** One listing of the manager's mounts serves the checks and adoptions of a burst of calls. */
+const LISTING_TTL_MS = 1000;
 
 /**
  * RemoteLayers whose FUSE mounts are served by the FUSE manager: they outlive the snapshotter process
@@ -41,35 +45,60 @@ export class ManagedRemoteLayers implements RemoteLayers {
     await this.client.mount(
       {
         imageRef: layer.ref,
-        layer: layerOf(layer),
+        layer: managedLayerOf(layer),
         mountpoint,
-        lowerLayers: (lower ?? []).map((l) => layerOf(l.layer)),
+        lowerLayers: (lower ?? []).map((below) => managedLayerOf(below.layer)),
       },
       signal,
     );
     this.listing = undefined;
-    return this.handle(mountpoint);
+    return this.handle(layer, mountpoint);
   }
 
   async adopt(layer: RemoteLayerRecord, mountpoint: string): Promise<RemoteMount | undefined> {
-    // One listing serves the adoption of every snapshot at start.
-    if (!this.listing || Date.now() - this.listing.at > 2000)
-      this.listing = { at: Date.now(), mounts: this.client.list() };
-    const live = (await this.listing.mounts).find((m) => m.mountpoint === mountpoint);
-    if (!live) return undefined;
-    if (live.digest !== layer.digest) {
+    const served = (await this.mounts()).find((mount) => mount.mountpoint === mountpoint);
+    if (!served) return undefined;
+    if (served.digest !== layer.digest) {
       this.log.warn(
-        { mountpoint, served: live.digest, want: layer.digest },
+        { mountpoint, served: served.digest, want: layer.digest },
         'fuse manager serves another layer here; mounting again',
       );
       return undefined;
     }
-    return this.handle(mountpoint);
+    return this.handle(layer, mountpoint);
   }
 
-  private handle(mountpoint: string): RemoteMount {
+  /** The manager's live mounts (it drops the ones gone from the kernel first), listed at most once a second. */
+  private mounts(): Promise<ManagedMount[]> {
+    if (!this.listing || Date.now() - this.listing.at > LISTING_TTL_MS) {
+      const mounts = this.client.list();
+      this.listing = { at: Date.now(), mounts };
+      mounts.catch(() => {
+        if (this.listing?.mounts === mounts) this.listing = undefined;
+      });
+    }
+    return this.listing.mounts;
+  }
+
+  /**
+   * Whether `layer` is still served at `mountpoint`: a FUSE mount there in /proc/self/mountinfo (the manager
+   * runs in this mount namespace) and the manager still serving that layer there. Throws when the manager
+   * does not answer.
+   */
+  private async serves(layer: RemoteLayerRecord, mountpoint: string): Promise<boolean> {
+    const mounted = readMountInfo().some(
+      (mount) => mount.mountpoint === mountpoint && isFuseType(mount.fstype),
+    );
+    if (!mounted) return false;
+    return (await this.mounts()).some(
+      (mount) => mount.mountpoint === mountpoint && mount.digest === layer.digest,
+    );
+  }
+
+  private handle(layer: RemoteLayerRecord, mountpoint: string): RemoteMount {
     return {
       persistent: true,
+      check: () => this.serves(layer, mountpoint),
       unmount: async () => {
         this.listing = undefined;
         await this.client.release(mountpoint);

@@ -29,26 +29,26 @@ const KIND_BY_NAME: Record<string, Kind> = {
   COMMITTED: Kind.Committed,
 };
 
-function toProtoInfo(i: SnapshotInfo): ProtoInfo {
+function toProtoInfo(info: SnapshotInfo): ProtoInfo {
   return {
-    name: i.name,
-    parent: i.parent,
-    kind: Kind[i.kind].toUpperCase(),
-    created_at: toTimestamp(i.created),
-    updated_at: toTimestamp(i.updated),
-    labels: i.labels,
+    name: info.name,
+    parent: info.parent,
+    kind: Kind[info.kind].toUpperCase(),
+    created_at: toTimestamp(info.created),
+    updated_at: toTimestamp(info.updated),
+    labels: info.labels,
   };
 }
 
-function fromProtoInfo(p: ProtoInfo | null | undefined): SnapshotInfo {
-  if (!p) throw DfError.invalidArgument('info is required');
+function fromProtoInfo(proto: ProtoInfo | null | undefined): SnapshotInfo {
+  if (!proto) throw DfError.invalidArgument('info is required');
   return {
-    name: p.name ?? '',
-    parent: p.parent ?? '',
-    kind: typeof p.kind === 'number' ? p.kind : (KIND_BY_NAME[p.kind] ?? Kind.Unknown),
-    labels: p.labels ?? {},
-    created: fromTimestamp(p.created_at),
-    updated: fromTimestamp(p.updated_at),
+    name: proto.name ?? '',
+    parent: proto.parent ?? '',
+    kind: typeof proto.kind === 'number' ? proto.kind : (KIND_BY_NAME[proto.kind] ?? Kind.Unknown),
+    labels: proto.labels ?? {},
+    created: fromTimestamp(proto.created_at),
+    updated: fromTimestamp(proto.updated_at),
   };
 }
 
@@ -87,18 +87,23 @@ export function snapshotsHandlers(
     };
   const empty = {};
   return {
-    Prepare: unary('Prepare', async (r: any, signal) => ({
-      mounts: await sn.prepare(r.key, r.parent, r.labels ?? {}, signal),
+    Prepare: unary('Prepare', async (req: any, signal) => ({
+      mounts: await sn.prepare(req.key, req.parent, req.labels ?? {}, signal),
     })),
-    View: unary('View', async (r: any) => ({ mounts: await sn.view(r.key, r.parent, r.labels ?? {}) })),
-    Mounts: unary('Mounts', async (r: any) => ({ mounts: await sn.mounts(r.key) })),
-    Commit: unary('Commit', async (r: any) => (await sn.commit(r.name, r.key, r.labels ?? {}), empty)),
-    Remove: unary('Remove', async (r: any) => (await sn.remove(r.key), empty)),
-    Stat: unary('Stat', async (r: any) => ({ info: toProtoInfo(await sn.stat(r.key)) })),
-    Update: unary('Update', async (r: any) => ({
-      info: toProtoInfo(await sn.update(fromProtoInfo(r.info), r.update_mask?.paths ?? [])),
+    View: unary('View', async (req: any, signal) => ({
+      mounts: await sn.view(req.key, req.parent, req.labels ?? {}, signal),
     })),
-    Usage: unary('Usage', async (r: any) => sn.usage(r.key)),
+    Mounts: unary('Mounts', async (req: any, signal) => ({ mounts: await sn.mounts(req.key, signal) })),
+    Commit: unary(
+      'Commit',
+      async (req: any) => (await sn.commit(req.name, req.key, req.labels ?? {}), empty),
+    ),
+    Remove: unary('Remove', async (req: any) => (await sn.remove(req.key), empty)),
+    Stat: unary('Stat', async (req: any) => ({ info: toProtoInfo(await sn.stat(req.key)) })),
+    Update: unary('Update', async (req: any) => ({
+      info: toProtoInfo(await sn.update(fromProtoInfo(req.info), req.update_mask?.paths ?? [])),
+    })),
+    Usage: unary('Usage', async (req: any) => sn.usage(req.key)),
     Cleanup: unary('Cleanup', async () => (await sn.cleanup(), empty)),
     List: (call: grpc.ServerWritableStream<any, any>) => {
       sn.walk(call.request.filters ?? []).then(

@@ -2,130 +2,106 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DfError } from '../errors.js';
-import type { SnapshotRecord } from './types.js';
-
-interface StateFile {
-  version: 1;
-  /** Next snapshot directory id (ids are never reused while the state file lives). */
-  nextId: number;
-  snapshots: SnapshotRecord[];
-}
+import { MetadataTransaction, type MetadataState } from './metadata-transaction.js';
 
 /**
- * The snapshotter's metadata: one JSON file holding every snapshot, replaced atomically on each mutation
+ * The snapshotter's metadata, after containerd's snapshots/storage metastore: every read and change goes
+ * through `withTransaction`, which holds the store's lock for the whole function, so a transaction is also
+ * the snapshotter's critical section (directories are made and removed inside it). The rules are the
+ * transaction's (see MetadataTransaction).
+ *
+ * One JSON file holds every snapshot, replaced atomically when a writable transaction changed something
  * (write a temporary file, fsync it, rename it over the old one, fsync the directory). A kill at any moment
  * leaves either the old or the new state, never a torn one. Callers create snapshot directories before the
- * record that names them and remove them after the record is gone, so a crash leaves at worst an orphan
- * directory, which the snapshotter removes on start and on Cleanup.
- *
- * Mutations must be serialized by the caller (the snapshotter holds its lock around each operation);
- * reads come from memory.
+ * record that names them is committed and remove them after the record is gone, so a crash leaves at worst
+ * an orphan directory, which the snapshotter removes on start and on Cleanup.
  */
 export class MetadataStore {
-  private state: StateFile = { version: 1, nextId: 1, snapshots: [] };
-  private byName = new Map<string, SnapshotRecord>();
+  private state: MetadataState = { version: 1, nextId: 1, snapshots: [] };
+  private lockChain: Promise<unknown> = Promise.resolve();
 
   constructor(readonly file: string) {}
 
-  async load(): Promise<void> {
-    await mkdir(dirname(this.file), { recursive: true });
-    let text: string | undefined;
-    try {
-      text = await readFile(this.file, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw DfError.from(err, `read ${this.file}`);
-    }
-    if (text !== undefined) {
-      let parsed: StateFile;
-      try {
-        parsed = JSON.parse(text) as StateFile;
-      } catch (err) {
-        throw DfError.corrupt(
-          `snapshotter metadata ${this.file} is not valid JSON (${(err as Error).message}); restore it or move it away`,
-          {
-            cause: err,
-          },
-        );
-      }
-      if (parsed.version !== 1 || !Array.isArray(parsed.snapshots))
-        throw DfError.corrupt(`snapshotter metadata ${this.file}: unknown format`);
-      this.state = parsed;
-    }
-    this.reindex();
-    // Temporary files of an interrupted write.
-    const dir = dirname(this.file);
-    const base = this.file.slice(dir.length + 1);
-    for (const n of await readdir(dir))
-      if (n.startsWith(`.${base}.`) && n.endsWith('.tmp')) await rm(join(dir, n), { force: true });
-  }
-
-  private reindex(): void {
-    this.byName = new Map(this.state.snapshots.map((s) => [s.name, s]));
-  }
-
-  get(name: string): SnapshotRecord | undefined {
-    return this.byName.get(name);
-  }
-
-  all(): SnapshotRecord[] {
-    return [...this.state.snapshots];
-  }
-
-  /** Ids of every snapshot in the metadata. */
-  ids(): Set<string> {
-    return new Set(this.state.snapshots.map((s) => s.id));
-  }
-
-  children(name: string): SnapshotRecord[] {
-    return this.state.snapshots.filter((s) => s.parent === name);
-  }
-
-  /** Parents of `name`, nearest first. */
-  parents(name: string): SnapshotRecord[] {
-    const out: SnapshotRecord[] = [];
-    let cur = this.byName.get(name)?.parent;
-    while (cur) {
-      const p = this.byName.get(cur);
-      if (!p) throw DfError.internal(`snapshot metadata: parent ${cur} of ${name} is missing`);
-      out.push(p);
-      cur = p.parent;
-    }
-    return out;
-  }
-
-  /** Reserves the next directory id (persisted with the next committed update). */
-  allocateId(): string {
-    return String(this.state.nextId++);
-  }
-
-  /** Applies `fn` to a copy of the snapshot list and persists the result atomically; memory keeps the old state if that fails. */
-  async update<T>(fn: (draft: SnapshotRecord[]) => T): Promise<T> {
-    const draft = this.state.snapshots.map((s) => ({ ...s, labels: { ...s.labels } }));
-    const result = fn(draft);
-    const next: StateFile = { version: 1, nextId: this.state.nextId, snapshots: draft };
-    await this.persist(next);
-    this.state = next;
-    this.reindex();
+  private locked<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.lockChain.then(fn, fn);
+    this.lockChain = result.catch(() => undefined);
     return result;
   }
 
-  private async persist(state: StateFile): Promise<void> {
+  /**
+   * Runs `fn` alone (no other transaction runs meanwhile) with a transaction over the current state. When
+   * `writable` and `fn` resolves, its changes are persisted before withTransaction resolves; when `fn`
+   * throws, or persisting fails, they are dropped and the state stays as it was.
+   */
+  withTransaction<T>(writable: boolean, fn: (tx: MetadataTransaction) => T | Promise<T>): Promise<T> {
+    return this.locked(async () => {
+      const tx = new MetadataTransaction(this.state, writable);
+      let result: T;
+      try {
+        result = await fn(tx);
+      } catch (err) {
+        tx.abandon();
+        throw err;
+      }
+      const next = tx.finish();
+      if (next) {
+        await this.persist(next);
+        this.state = next;
+      }
+      return result;
+    });
+  }
+
+  /** Reads the metadata file (none yet: empty) and removes temporary files of an interrupted write. */
+  load(): Promise<void> {
+    return this.locked(async () => {
+      await mkdir(dirname(this.file), { recursive: true });
+      let text: string | undefined;
+      try {
+        text = await readFile(this.file, 'utf8');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw DfError.from(err, `read ${this.file}`);
+      }
+      if (text !== undefined) this.state = this.parse(text);
+      const dir = dirname(this.file);
+      const base = this.file.slice(dir.length + 1);
+      for (const name of await readdir(dir))
+        if (name.startsWith(`.${base}.`) && name.endsWith('.tmp')) await rm(join(dir, name), { force: true });
+    });
+  }
+
+  private parse(text: string): MetadataState {
+    let parsed: MetadataState;
+    try {
+      parsed = JSON.parse(text) as MetadataState;
+    } catch (err) {
+      throw DfError.corrupt(
+        `snapshotter metadata ${this.file} is not valid JSON (${(err as Error).message}); restore it or move it away`,
+        { cause: err },
+      );
+    }
+    if (parsed?.version !== 1 || !Array.isArray(parsed.snapshots) || !Number.isInteger(parsed.nextId))
+      throw DfError.corrupt(`snapshotter metadata ${this.file}: unknown format; restore it or move it away`);
+    return parsed;
+  }
+
+  private async persist(state: MetadataState): Promise<void> {
     const dir = dirname(this.file);
     const tmp = join(dir, `.${this.file.slice(dir.length + 1)}.${randomBytes(4).toString('hex')}.tmp`);
     try {
-      const fh = await open(tmp, 'w', 0o600);
+      const file = await open(tmp, 'w', 0o600);
       try {
-        await fh.writeFile(JSON.stringify(state));
-        await fh.sync();
+        await file.writeFile(JSON.stringify(state));
+        await file.sync();
       } finally {
-        await fh.close();
+        await file.close();
       }
       await rename(tmp, this.file);
-      const dh = await open(dir, 'r');
+      const dirHandle = await open(dir, 'r');
       try {
-        await dh.sync();
+        await dirHandle.sync();
       } finally {
-        await dh.close();
+        await dirHandle.close();
       }
     } catch (err) {
       await rm(tmp, { force: true }).catch(() => undefined);

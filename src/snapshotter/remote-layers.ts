@@ -1,5 +1,6 @@
 import type { Toc } from '../blob/toc.js';
 import { DFB_LAYER_MEDIA_TYPE } from '../blob/types.js';
+import { Labels } from '../containerd/labels.js';
 import type { NodeRuntime } from '../daemon/node-runtime.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
@@ -8,30 +9,14 @@ import { parseReference, type ImageReference } from '../registry/reference.js';
 import { dfbLayerOf, resolveManifest } from '../registry/image.js';
 import type { RemoteLayerRecord } from './types.js';
 
-/**
- * Labels that mark a Prepare as a candidate remote snapshot.
- *
- * containerd sets TARGET_REF (the chain ID the snapshot will be committed as) when it asks a snapshotter
- * for a remote snapshot. The layer is described by the labels containerd's CRI plugin adds when
- * `disable_snapshot_annotations = false` (and that `dfnode pull` sets too): image reference, layer digest,
- * manifest digest and the image's layer list. stargz-style `containerd.io/snapshot/remote/...` labels are
- * accepted as synonyms for the image reference and layer digest.
- */
-export const Labels = {
-  targetRef: 'containerd.io/snapshot.ref',
-  imageRef: 'containerd.io/snapshot/cri.image-ref',
-  layerDigest: 'containerd.io/snapshot/cri.layer-digest',
-  manifestDigest: 'containerd.io/snapshot/cri.manifest-digest',
-  imageLayers: 'containerd.io/snapshot/cri.image-layers',
-  remoteImageRef: 'containerd.io/snapshot/remote/image.reference',
-  remoteLayerDigest: 'containerd.io/snapshot/remote/layer.digest',
-  /** Set by dfnode on the remote snapshots it commits (value: the DFB blob digest). */
-  dfbLayer: 'containerd.io/snapshot/dfnode.dfb-layer',
-} as const;
-
-/** A mounted remote layer: its TOC (for the layers above) and how to undo the mount. */
+/** A mounted remote layer: its TOC (for the layers above), whether it still answers, and how to undo it. */
 export interface RemoteMount {
   toc?: Toc;
+  /**
+   * True while the layer is served at its mountpoint; false when the mount is known to be gone (unmounted
+   * behind our back, or its server died: ENOTCONN). Throws when it cannot tell (the server does not answer).
+   */
+  check(): Promise<boolean>;
   unmount(): Promise<void>;
   /**
    * Served by a process that outlives the snapshotter (the FUSE manager): the snapshotter's close() leaves it
@@ -47,8 +32,13 @@ export interface LowerLayer {
 }
 
 /**
- * The seam between the snapshotter and the lazy-layer machinery (stargz's mount/check/unmount), so the
- * snapshotter is testable without FUSE or a registry.
+ * The seam between the snapshotter and the lazy-layer machinery (stargz's mount/check/unmount, check and
+ * unmount being on the RemoteMount that mount returns), so the snapshotter is testable without FUSE or a
+ * registry.
+ *
+ * Prepare with the labels of a remote snapshot (Labels.snapshotRef plus the image and layer labels) asks
+ * `resolve`; a layer it knows is mounted with `mount` and committed under the target name. Mounts (and
+ * Prepare/View on top of remote layers) run `check` on the remote layers below and mount a dead one again.
  */
 export interface RemoteLayers {
   /** The remote layer named by Prepare's labels, or undefined when it is not a DFB layer (or unknown). */
@@ -69,10 +59,10 @@ export interface RemoteLayers {
 }
 
 /** TOCs of `lower` when every one is known (implied directories then inherit their attributes). */
-export function lowerTocsOf(lower: LowerLayer[] | undefined): Toc[] | undefined {
+function lowerTocsOf(lower: LowerLayer[] | undefined): Toc[] | undefined {
   if (!lower?.length) return undefined;
-  const tocs = lower.map((l) => l.toc);
-  return tocs.every((t): t is Toc => t !== undefined) ? tocs : undefined;
+  const tocs = lower.map((below) => below.toc);
+  return tocs.every((toc): toc is Toc => toc !== undefined) ? tocs : undefined;
 }
 
 interface CachedManifest {
@@ -101,9 +91,9 @@ export class LayerResolver {
     labels: Record<string, string>,
     signal?: AbortSignal,
   ): Promise<RemoteLayerRecord | undefined> {
-    const imageRef = labels[Labels.imageRef] ?? labels[Labels.remoteImageRef];
-    const digest = labels[Labels.layerDigest] ?? labels[Labels.remoteLayerDigest];
-    if (!labels[Labels.targetRef] || !imageRef || !digest) return undefined;
+    const imageRef = labels[Labels.criImageRef] ?? labels[Labels.remoteImageRef];
+    const digest = labels[Labels.criLayerDigest] ?? labels[Labels.remoteLayerDigest];
+    if (!labels[Labels.snapshotRef] || !imageRef || !digest) return undefined;
     let ref: ImageReference;
     try {
       ref = parseReference(imageRef);
@@ -114,11 +104,11 @@ export class LayerResolver {
       );
       return undefined;
     }
-    const manifestDigest = labels[Labels.manifestDigest];
+    const manifestDigest = labels[Labels.criManifestDigest];
     const layers = await this.layersOf(ref, manifestDigest, signal);
-    const d = layers.find((l) => l.digest === digest);
-    if (!d || d.mediaType !== DFB_LAYER_MEDIA_TYPE) return undefined;
-    return { ref: ref.toString(), ...dfbLayerOf(d) };
+    const descriptor = layers.find((layer) => layer.digest === digest);
+    if (!descriptor || descriptor.mediaType !== DFB_LAYER_MEDIA_TYPE) return undefined;
+    return { ref: ref.toString(), ...dfbLayerOf(descriptor) };
   }
 
   /** Layer descriptors of an image (the manifest named by digest when known, else the host platform's). */
@@ -174,6 +164,10 @@ export class NodeRemoteLayers implements RemoteLayers {
       mountpoint,
       { lowerTocs: lowerTocsOf(lower), signal },
     );
-    return { toc: mounted.fs.toc, unmount: () => this.runtime.releaseLayer(mounted) };
+    return {
+      toc: mounted.fs.toc,
+      check: () => mounted.mount.check(),
+      unmount: () => this.runtime.releaseLayer(mounted),
+    };
   }
 }

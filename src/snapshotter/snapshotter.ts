@@ -1,13 +1,23 @@
 import { existsSync } from 'node:fs';
-import { lstat, mkdir, opendir, readdir, rm } from 'node:fs/promises';
-import { join, resolve, sep } from 'node:path';
+import { resolve } from 'node:path';
+import { Labels } from '../containerd/labels.js';
 import { DfError } from '../errors.js';
-import { abortConnection, isFuseType, lazyUnmount, readMountInfo } from '../fuse/mounts.js';
 import { silentLogger, type Logger } from '../log.js';
 import { compileFilters } from './filters.js';
 import { MetadataStore } from './metadata-store.js';
-import { Labels, type LowerLayer, type RemoteLayers, type RemoteMount } from './remote-layers.js';
-import { infoOf, Kind, type Mount, type SnapshotInfo, type SnapshotRecord, type Usage } from './types.js';
+import type { MetadataTransaction } from './metadata-transaction.js';
+import type { RemoteLayers } from './remote-layers.js';
+import { RemoteMountTable } from './remote-mounts.js';
+import { diskUsage, SnapshotDirs } from './snapshot-dirs.js';
+import {
+  infoOf,
+  Kind,
+  type Mount,
+  type RemoteLayerRecord,
+  type SnapshotInfo,
+  type SnapshotRecord,
+  type Usage,
+} from './types.js';
 
 export interface SnapshotterOptions {
   /** <root>/metadata.json and <root>/snapshots/<id>/{fs,work}. */
@@ -15,184 +25,133 @@ export interface SnapshotterOptions {
   /** Lazy DFB layers; without it every snapshot is a plain overlay snapshot. */
   remote?: RemoteLayers;
   logger?: Logger;
+  /** How long a successful check of a remote layer is trusted (default 2000 ms). */
+  checkTtlMs?: number;
+  now?: () => number;
 }
 
-const MAX_LABEL_BYTES = 4096;
+/** Bottom first: the root layer, then the ones above it. */
+const bottomFirst = (parents: SnapshotRecord[]): SnapshotRecord[] => [...parents].reverse();
+
+const targetExists = (tx: MetadataTransaction, target: string): void => {
+  const existing = tx.lookup(target);
+  if (existing?.kind === Kind.Committed)
+    throw new DfError('ALREADY_EXISTS', `target snapshot ${target} already exists`, {
+      details: { remote: !!existing.remote },
+    });
+};
 
 /**
- * containerd's overlay snapshotter semantics, plus remote (lazily mounted DFB) layers.
- *
- * Snapshot directories: <root>/snapshots/<id>/fs (the upper directory, or the mount point of a remote
- * layer) and <id>/work (overlay workdir, active snapshots only). Mounts returned to containerd:
+ * containerd's overlay snapshotter semantics, plus remote (lazily mounted DFB) layers. The rules are the
+ * metadata store's; this class makes directories (SnapshotDirs), mounts remote layers (RemoteMountTable) and
+ * answers the mounts containerd asks for:
  *  - active, no parent: rw bind of fs;      view, no parent: ro bind of fs (empty)
  *  - active with parents: overlay lowerdir=<parents' fs, nearest first>,upperdir=fs,workdir=work
  *  - view with one parent: ro bind of the parent's fs; view with several: overlay with lowerdir only.
  *
- * Operations are serialized by one lock; only the network part of a remote Prepare runs outside it.
+ * Every operation is one store transaction (one at a time); only the mount of a remote Prepare runs outside,
+ * between the transaction that records its active snapshot and the one that commits it. Mounting a dead
+ * remote layer again (Mounts, Prepare/View on top of it) runs inside: it is rare, and the snapshot being used
+ * must not be removed meanwhile.
  */
 export class Snapshotter {
   readonly root: string;
   private readonly store: MetadataStore;
+  private readonly dirs: SnapshotDirs;
+  private readonly remoteMounts: RemoteMountTable;
   private readonly remote?: RemoteLayers;
   private readonly log: Logger;
-  private lockChain: Promise<unknown> = Promise.resolve();
-  /** Live mounts of remote snapshots, by snapshot id. */
-  private readonly remoteMounts = new Map<string, RemoteMount>();
   /** Remote Prepares in flight, by target name: a second Prepare of the same target waits for the first. */
   private readonly inflight = new Map<string, Promise<void>>();
+  /** Keys of the active snapshots of remote Prepares in flight (not abandoned: Cleanup leaves them). */
+  private readonly preparing = new Set<string>();
   private readonly overlayIndexOff = existsSync('/sys/module/overlay/parameters/index');
 
   constructor(opts: SnapshotterOptions) {
     this.root = resolve(opts.root);
-    this.store = new MetadataStore(join(this.root, 'metadata.json'));
-    this.remote = opts.remote;
     this.log = opts.logger ?? silentLogger;
-  }
-
-  private get snapshotsDir(): string {
-    return join(this.root, 'snapshots');
-  }
-
-  private dirOf(id: string): string {
-    return join(this.snapshotsDir, id);
-  }
-
-  private fsOf(id: string): string {
-    return join(this.snapshotsDir, id, 'fs');
-  }
-
-  private locked<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.lockChain.then(fn, fn);
-    this.lockChain = p.catch(() => undefined);
-    return p;
+    this.store = new MetadataStore(`${this.root}/metadata.json`);
+    this.dirs = new SnapshotDirs(this.root, this.log);
+    this.remote = opts.remote;
+    this.remoteMounts = new RemoteMountTable({
+      remote: opts.remote,
+      mountpointOf: (id) => this.dirs.fsOf(id),
+      clearMountpoint: (mountpoint) => this.dirs.unmountUnder(mountpoint),
+      checkTtlMs: opts.checkTtlMs ?? 2000,
+      now: opts.now ?? Date.now,
+      logger: this.log,
+    });
   }
 
   /**
-   * Loads the metadata, adopts the remote layers whose mounts outlived the previous process (served by the
-   * FUSE manager), unmounts everything else a previous process left mounted under the root, removes orphan
-   * directories and mounts the remaining remote snapshots again (their FUSE mounts died with their server).
+   * Loads the metadata, removes what remote Prepares interrupted by a crash left, adopts the remote layers
+   * whose mounts outlived the previous process (served by the FUSE manager), unmounts everything else a
+   * previous process left mounted under the root, removes orphan directories and mounts the remaining remote
+   * snapshots again (their FUSE mounts died with their server).
    */
   async start(): Promise<void> {
-    await mkdir(this.snapshotsDir, { recursive: true });
+    await this.dirs.init();
     await this.store.load();
+    await this.removeAbandoned();
     // Parents before children, so that each remote layer gets the TOCs of the layers below.
-    const remotes = this.store.all().filter((s) => s.remote);
-    remotes.sort((a, b) => this.store.parents(a.name).length - this.store.parents(b.name).length);
-    const adopted = new Set<string>();
-    if (this.remote?.adopt) {
-      for (const s of remotes) {
-        const m = await this.remote.adopt(s.remote!, this.fsOf(s.id)).catch((err: unknown) => {
-          this.log.warn(
-            { err, snapshot: s.name },
-            'remote snapshot: cannot check the live mount; mounting again',
-          );
-          return undefined;
-        });
-        if (!m) continue;
-        this.remoteMounts.set(s.id, m);
-        adopted.add(this.fsOf(s.id));
-      }
-    }
-    await this.unmountUnder(this.root, adopted);
-    await this.removeOrphans();
-    for (const s of remotes) {
-      try {
-        await this.ensureRemoteMounted(s);
-      } catch (err) {
-        this.log.error(
-          { err, snapshot: s.name, layer: s.remote?.digest },
-          'remote snapshot: mount failed; retried on use',
+    const remotes = await this.store.withTransaction(false, (tx) => {
+      const found: Array<{ snapshot: SnapshotRecord; below: SnapshotRecord[] }> = [];
+      tx.walk((snapshot) => {
+        if (snapshot.remote) found.push({ snapshot, below: bottomFirst(tx.parents(snapshot.name)) });
+      });
+      return found.sort((a, b) => a.below.length - b.below.length);
+    });
+    let adopted = 0;
+    for (const { snapshot } of remotes) if (await this.remoteMounts.adopt(snapshot)) adopted++;
+    await this.dirs.unmountUnder(this.root, this.remoteMounts.mountpoints());
+    await this.store.withTransaction(false, (tx) => this.dirs.removeOrphans(tx.ids()));
+    for (const { snapshot, below } of remotes) {
+      if (this.remoteMounts.has(snapshot.id)) continue;
+      await this.remoteMounts
+        .mount(snapshot, below)
+        .catch((err) =>
+          this.log.error(
+            { err, snapshot: snapshot.name, layer: snapshot.remote?.digest },
+            'remote snapshot: mount failed; retried on use',
+          ),
         );
-      }
     }
-    this.log.info(
-      { root: this.root, snapshots: this.store.all().length, remote: remotes.length, adopted: adopted.size },
-      'snapshotter started',
-    );
+    const snapshots = await this.store.withTransaction(false, (tx) => tx.ids().size);
+    this.log.info({ root: this.root, snapshots, remote: remotes.length, adopted }, 'snapshotter started');
   }
 
   /**
    * Graceful stop: unmounts the remote layers this process serves. Persistent ones (FUSE manager) stay
    * mounted: running containers keep using them and the next snapshotter adopts them.
    */
-  async close(): Promise<void> {
-    await this.locked(async () => {
-      for (const [id, m] of this.remoteMounts) {
-        if (m.persistent) continue;
-        await m.unmount().catch((err) => this.log.warn({ err, id }, 'remote snapshot: unmount failed'));
-      }
-      this.remoteMounts.clear();
+  close(): Promise<void> {
+    return this.store.withTransaction(false, () => this.remoteMounts.close());
+  }
+
+  /**
+   * Removes the active snapshots of remote Prepares that no Prepare in flight owns (a crash between recording
+   * one and committing it), with the layer a long-lived server may still serve for them. Their directories
+   * are orphans afterwards.
+   */
+  private async removeAbandoned(): Promise<SnapshotRecord[]> {
+    const abandoned = await this.store.withTransaction(true, (tx) => {
+      const found: SnapshotRecord[] = [];
+      tx.walk((snapshot) => {
+        if (snapshot.kind === Kind.Active && snapshot.remote && !this.preparing.has(snapshot.name))
+          found.push(snapshot);
+      });
+      for (const snapshot of found) tx.remove(snapshot.name);
+      return found;
     });
-  }
-
-  /** Lazily detaches every mount at or below `dir` except `keep`, deepest first (FUSE connections aborted first). */
-  private async unmountUnder(dir: string, keep: ReadonlySet<string> = new Set()): Promise<void> {
-    const prefix = dir.endsWith(sep) ? dir : dir + sep;
-    const stale = readMountInfo()
-      .filter((m) => (m.mountpoint === dir || m.mountpoint.startsWith(prefix)) && !keep.has(m.mountpoint))
-      .sort((a, b) => b.mountpoint.length - a.mountpoint.length);
-    for (const m of stale) {
-      if (isFuseType(m.fstype)) abortConnection(m.mountpoint);
-      await lazyUnmount(m.mountpoint).then(
-        () => this.log.info({ mountpoint: m.mountpoint }, 'snapshotter: removed a stale mount'),
-        (err) =>
-          this.log.warn({ err, mountpoint: m.mountpoint }, 'snapshotter: stale mount could not be removed'),
+    for (const snapshot of abandoned) {
+      if (await this.remoteMounts.adopt(snapshot)) await this.remoteMounts.release(snapshot.id);
+    }
+    if (abandoned.length)
+      this.log.warn(
+        { keys: abandoned.map((snapshot) => snapshot.name) },
+        'snapshotter: removed remote snapshots an interrupted Prepare left',
       );
-    }
-  }
-
-  /** Removes a snapshot directory, never through a mount. */
-  private async removeDir(id: string): Promise<void> {
-    const dir = this.dirOf(id);
-    await this.unmountUnder(dir);
-    await rm(dir, { recursive: true, force: true });
-  }
-
-  private async removeOrphans(): Promise<string[]> {
-    const known = this.store.ids();
-    const removed: string[] = [];
-    for (const name of await readdir(this.snapshotsDir)) {
-      if (known.has(name)) continue;
-      await this.removeDir(name).then(
-        () => removed.push(name),
-        (err) => this.log.warn({ err, dir: name }, 'snapshotter: orphan directory could not be removed'),
-      );
-    }
-    if (removed.length) this.log.info({ removed }, 'snapshotter: removed orphan snapshot directories');
-    return removed;
-  }
-
-  // ------------------------------------------------------------------------------------- checks
-
-  private static checkKey(key: string, what = 'key'): void {
-    if (!key) throw DfError.invalidArgument(`snapshot ${what} must not be empty`);
-  }
-
-  private static checkLabels(labels: Record<string, string>): void {
-    for (const [k, v] of Object.entries(labels)) {
-      if (!k) throw DfError.invalidArgument('label keys must not be empty');
-      if (Buffer.byteLength(k) + Buffer.byteLength(v) > MAX_LABEL_BYTES)
-        throw DfError.invalidArgument(`label ${k} is longer than ${MAX_LABEL_BYTES} bytes (key + value)`);
-    }
-  }
-
-  private mustGet(key: string): SnapshotRecord {
-    const s = this.store.get(key);
-    if (!s) throw DfError.notFound(`snapshot ${key} does not exist`);
-    return s;
-  }
-
-  private checkNew(key: string, parent: string): void {
-    if (this.store.get(key)) throw new DfError('ALREADY_EXISTS', `snapshot ${key} already exists`);
-    if (parent) {
-      const p = this.store.get(parent);
-      if (!p) throw DfError.notFound(`parent snapshot ${parent} does not exist`);
-      if (p.kind !== Kind.Committed)
-        throw new DfError(
-          'FAILED_PRECONDITION',
-          `parent snapshot ${parent} is not committed (commit it first)`,
-        );
-    }
+    return abandoned;
   }
 
   // --------------------------------------------------------------------------------- operations
@@ -203,339 +162,229 @@ export class Snapshotter {
     labels: Record<string, string>,
     signal?: AbortSignal,
   ): Promise<Mount[]> {
-    Snapshotter.checkKey(key);
-    Snapshotter.checkLabels(labels);
-    const target = labels[Labels.targetRef];
-    if (target && this.remote) {
-      await this.tryRemote(key, parent, target, labels, signal);
+    const target = labels[Labels.snapshotRef];
+    if (target && this.remote) await this.prepareRemote(key, parent, target, labels, signal);
+    return this.create(Kind.Active, key, parent, labels, signal);
+  }
+
+  view(key: string, parent: string, labels: Record<string, string>, signal?: AbortSignal): Promise<Mount[]> {
+    return this.create(Kind.View, key, parent, labels, signal);
+  }
+
+  private async create(
+    kind: Kind,
+    key: string,
+    parent: string,
+    labels: Record<string, string>,
+    signal?: AbortSignal,
+  ): Promise<Mount[]> {
+    let made: string | undefined;
+    try {
+      return await this.store.withTransaction(true, async (tx) => {
+        const { snapshot, parents } = tx.createSnapshot(kind, key, parent, labels);
+        await this.remoteMounts.ensureLive(bottomFirst(parents), signal);
+        await this.dirs.create(snapshot.id, { work: kind === Kind.Active });
+        made = snapshot.id;
+        return this.mountsOf(snapshot, parents);
+      });
+    } catch (err) {
+      // The record was not written: its directory would be an orphan.
+      if (made) await this.dirs.remove(made).catch(() => undefined);
+      throw err;
     }
-    return this.create(Kind.Active, key, parent, labels);
-  }
-
-  async view(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
-    Snapshotter.checkKey(key);
-    Snapshotter.checkLabels(labels);
-    return this.create(Kind.View, key, parent, labels);
-  }
-
-  private create(kind: Kind, key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
-    return this.locked(async () => {
-      this.checkNew(key, parent);
-      const id = this.store.allocateId();
-      const dir = this.dirOf(id);
-      await rm(dir, { recursive: true, force: true });
-      await mkdir(join(dir, 'fs'), { recursive: true, mode: 0o755 });
-      if (kind === Kind.Active) await mkdir(join(dir, 'work'), { mode: 0o700 });
-      const now = Date.now();
-      const rec: SnapshotRecord = {
-        id,
-        name: key,
-        parent,
-        kind,
-        labels: { ...labels },
-        created: now,
-        updated: now,
-      };
-      try {
-        await this.store.update((d) => void d.push(rec));
-      } catch (err) {
-        await rm(dir, { recursive: true, force: true }).catch(() => undefined);
-        throw err;
-      }
-      return this.mountsOf(this.mustGet(key));
-    });
   }
 
   /**
    * containerd's remote snapshot contract: when the layer can be provided without unpacking, commit it
    * under `target` and answer ALREADY_EXISTS. Returns normally when containerd must fill the snapshot.
+   *
+   * The active snapshot `key` is recorded (with the layer) before anything is mounted, then the layer is
+   * mounted on its directory and the snapshot committed as `target`. A failure in between removes both; a
+   * crash in between leaves a record that start and Cleanup remove.
    */
-  private async tryRemote(
+  private async prepareRemote(
     key: string,
     parent: string,
     target: string,
     labels: Record<string, string>,
     signal?: AbortSignal,
   ): Promise<void> {
-    const pending = this.inflight.get(target);
-    if (pending) await pending.catch(() => undefined);
-    const exists = () => {
-      const t = this.store.get(target);
-      if (t && t.kind === Kind.Committed)
-        throw new DfError('ALREADY_EXISTS', `target snapshot ${target} already exists`, {
-          details: { remote: !!t.remote },
-        });
-    };
-    exists();
-    // Fail early (before any network work) on errors the normal path would report too.
-    await this.locked(async () => this.checkNew(key, parent));
+    for (let pending = this.inflight.get(target); pending; pending = this.inflight.get(target)) await pending;
     let done!: () => void;
-    const mine = new Promise<void>((r) => (done = r));
-    this.inflight.set(target, mine);
+    this.inflight.set(target, new Promise<void>((resolveDone) => (done = resolveDone)));
     try {
-      let layer;
-      try {
-        layer = await this.remote!.resolve(labels, signal);
-      } catch (err) {
+      // Fail early (before any network work) on errors the normal path would report too.
+      await this.store.withTransaction(false, (tx) => {
+        targetExists(tx, target);
+        tx.checkCreate(Kind.Active, key, parent, labels);
+      });
+      const layer = await this.remote!.resolve(labels, signal).catch((err) => {
         this.log.warn(
-          { err, target, image: labels[Labels.imageRef] },
+          { err, target, image: labels[Labels.criImageRef] ?? labels[Labels.remoteImageRef] },
           'remote snapshot: cannot resolve the layer; containerd will unpack it',
         );
-        return;
-      }
-      if (!layer) return;
-      const id = await this.locked(async () => {
-        const i = this.store.allocateId();
-        await rm(this.dirOf(i), { recursive: true, force: true });
-        await mkdir(this.fsOf(i), { recursive: true, mode: 0o755 });
-        return i;
+        return undefined;
       });
-      let mount: RemoteMount;
-      try {
-        mount = await this.remote!.mount(layer, this.fsOf(id), this.lowerLayers(parent), signal);
-      } catch (err) {
-        await this.locked(() => this.removeDir(id)).catch(() => undefined);
-        this.log.warn(
-          { err, target, layer: layer.digest },
-          'remote snapshot: mount failed; containerd will unpack the layer',
-        );
-        return;
-      }
-      await this.locked(async () => {
-        try {
-          exists();
-          if (parent) this.checkNew(target, parent);
-          const now = Date.now();
-          const rec: SnapshotRecord = {
-            id,
-            name: target,
-            parent,
-            kind: Kind.Committed,
-            labels: { ...labels, [Labels.dfbLayer]: layer.digest },
-            created: now,
-            updated: now,
-            remote: layer,
-          };
-          await this.store.update((d) => void d.push(rec));
-          this.remoteMounts.set(id, mount);
-        } catch (err) {
-          await mount.unmount().catch(() => undefined);
-          await this.removeDir(id).catch(() => undefined);
-          throw err;
-        }
-      });
-      this.log.info(
-        { target, layer: layer.digest, image: layer.ref },
-        'remote snapshot: layer mounted lazily',
-      );
-      throw new DfError(
-        'ALREADY_EXISTS',
-        `target snapshot ${target} already exists (remote layer ${layer.digest})`,
-        {
-          details: { remote: true },
-        },
-      );
+      if (layer) await this.mountRemote(key, parent, target, labels, layer, signal);
     } finally {
       this.inflight.delete(target);
       done();
     }
   }
 
-  /** The parent chain, bottom first, when every parent is a remote layer (with its TOC when mounted here). */
-  private lowerLayers(parent: string): LowerLayer[] | undefined {
-    if (!parent) return undefined;
-    const chain = [this.mustGet(parent), ...this.store.parents(parent)].reverse();
-    const lower: LowerLayer[] = [];
-    for (const p of chain) {
-      if (!p.remote) return undefined;
-      lower.push({ layer: p.remote, toc: this.remoteMounts.get(p.id)?.toc });
-    }
-    return lower;
-  }
-
-  private async ensureRemoteMounted(s: SnapshotRecord): Promise<void> {
-    if (!s.remote || this.remoteMounts.has(s.id) || !this.remote) return;
-    await mkdir(this.fsOf(s.id), { recursive: true });
-    const m = await this.remote.mount(
-      s.remote,
-      this.fsOf(s.id),
-      s.parent ? this.lowerLayers(s.parent) : undefined,
-    );
-    this.remoteMounts.set(s.id, m);
-  }
-
-  private async mountsOf(s: SnapshotRecord): Promise<Mount[]> {
-    const parents = this.store.parents(s.name);
-    for (const p of parents) {
-      if (p.remote && !this.remoteMounts.has(p.id)) {
-        try {
-          await this.ensureRemoteMounted(p);
-        } catch (err) {
-          throw new DfError(
-            'NETWORK',
-            `remote layer ${p.remote.digest} of snapshot ${p.name} cannot be mounted: ${(err as Error).message}`,
-            {
-              cause: err,
-            },
-          );
-        }
+  private async mountRemote(
+    key: string,
+    parent: string,
+    target: string,
+    labels: Record<string, string>,
+    layer: RemoteLayerRecord,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    let made: string | undefined;
+    const { snapshot, parents } = await this.store
+      .withTransaction(true, async (tx) => {
+        targetExists(tx, target);
+        const created = tx.createSnapshot(Kind.Active, key, parent, labels, layer);
+        // Before the transaction ends: Cleanup must never take it for an abandoned one.
+        this.preparing.add(key);
+        await this.dirs.create(created.snapshot.id, { work: false });
+        made = created.snapshot.id;
+        return created;
+      })
+      .catch(async (err: unknown) => {
+        this.preparing.delete(key);
+        if (made) await this.dirs.remove(made).catch(() => undefined);
+        throw err;
+      });
+    try {
+      try {
+        await this.remoteMounts.mount(snapshot, bottomFirst(parents), signal);
+      } catch (err) {
+        await this.undoRemote(snapshot);
+        // containerd gave up on this Prepare: an active snapshot for it to fill would never be used.
+        if (signal?.aborted) throw DfError.from(err, `remote snapshot ${target}`);
+        this.log.warn(
+          { err, target, layer: layer.digest },
+          'remote snapshot: mount failed; containerd will unpack the layer',
+        );
+        return;
       }
+      try {
+        await this.store.withTransaction(true, (tx) =>
+          tx.commitActive(key, target, {
+            labels: { ...labels, [Labels.dfbLayer]: layer.digest },
+            remote: layer,
+          }),
+        );
+      } catch (err) {
+        await this.undoRemote(snapshot);
+        throw err;
+      }
+    } finally {
+      this.preparing.delete(key);
     }
+    this.log.info({ target, layer: layer.digest, image: layer.ref }, 'remote snapshot: layer mounted lazily');
+    throw new DfError(
+      'ALREADY_EXISTS',
+      `target snapshot ${target} already exists (remote layer ${layer.digest})`,
+      { details: { remote: true } },
+    );
+  }
+
+  /** Undoes a remote Prepare that failed after its active snapshot was recorded: unmount, record, directory. */
+  private async undoRemote(snapshot: SnapshotRecord): Promise<void> {
+    try {
+      await this.remoteMounts.release(snapshot.id);
+      await this.store.withTransaction(true, (tx) => {
+        if (tx.lookup(snapshot.name)?.id === snapshot.id) tx.remove(snapshot.name);
+      });
+      await this.dirs.remove(snapshot.id);
+    } catch (err) {
+      this.log.warn(
+        { err, key: snapshot.name },
+        'remote snapshot: undo failed; Cleanup removes what is left',
+      );
+    }
+  }
+
+  private mountsOf(snapshot: SnapshotRecord, parents: SnapshotRecord[]): Mount[] {
     if (parents.length === 0) {
-      return [
-        { type: 'bind', source: this.fsOf(s.id), options: [s.kind === Kind.View ? 'ro' : 'rw', 'rbind'] },
-      ];
+      const mode = snapshot.kind === Kind.View ? 'ro' : 'rw';
+      return [{ type: 'bind', source: this.dirs.fsOf(snapshot.id), options: [mode, 'rbind'] }];
     }
-    if (s.kind === Kind.View && parents.length === 1) {
-      return [{ type: 'bind', source: this.fsOf(parents[0]!.id), options: ['ro', 'rbind'] }];
-    }
+    if (snapshot.kind === Kind.View && parents.length === 1)
+      return [{ type: 'bind', source: this.dirs.fsOf(parents[0]!.id), options: ['ro', 'rbind'] }];
     const options: string[] = [];
     if (this.overlayIndexOff) options.push('index=off');
-    if (s.kind === Kind.Active)
-      options.push(`workdir=${join(this.dirOf(s.id), 'work')}`, `upperdir=${this.fsOf(s.id)}`);
-    options.push(`lowerdir=${parents.map((p) => this.fsOf(p.id)).join(':')}`);
+    if (snapshot.kind === Kind.Active)
+      options.push(`workdir=${this.dirs.workOf(snapshot.id)}`, `upperdir=${this.dirs.fsOf(snapshot.id)}`);
+    options.push(`lowerdir=${parents.map((lower) => this.dirs.fsOf(lower.id)).join(':')}`);
     return [{ type: 'overlay', source: 'overlay', options }];
   }
 
-  mounts(key: string): Promise<Mount[]> {
-    return this.locked(async () => {
-      const s = this.mustGet(key);
-      if (s.kind !== Kind.Active && s.kind !== Kind.View)
-        throw new DfError(
-          'FAILED_PRECONDITION',
-          `snapshot ${key} is ${s.kind === Kind.Committed ? 'committed' : 'not active'}; only active and view snapshots have mounts`,
-        );
-      return this.mountsOf(s);
+  /** Mounts of an active or view snapshot; dead remote layers below it are mounted again first. */
+  mounts(key: string, signal?: AbortSignal): Promise<Mount[]> {
+    return this.store.withTransaction(false, async (tx) => {
+      const { snapshot, parents } = tx.getSnapshot(key);
+      await this.remoteMounts.ensureLive(bottomFirst(parents), signal);
+      return this.mountsOf(snapshot, parents);
     });
   }
 
-  commit(name: string, key: string, labels: Record<string, string>): Promise<void> {
-    Snapshotter.checkKey(name, 'name');
-    Snapshotter.checkKey(key);
-    Snapshotter.checkLabels(labels);
-    return this.locked(async () => {
-      const s = this.mustGet(key);
-      if (s.kind !== Kind.Active)
-        throw new DfError(
-          'FAILED_PRECONDITION',
-          `snapshot ${key} is not active; only active snapshots can be committed`,
-        );
-      if (this.store.get(name)) throw new DfError('ALREADY_EXISTS', `snapshot ${name} already exists`);
-      const usage = await diskUsage(this.fsOf(s.id));
-      const now = Date.now();
-      await this.store.update((d) => {
-        const r = d.find((x) => x.name === key)!;
-        r.name = name;
-        r.kind = Kind.Committed;
-        r.labels = { ...labels };
-        r.created = now;
-        r.updated = now;
-        r.usage = usage;
-      });
-      // The work directory is only needed while the snapshot is active.
-      await rm(join(this.dirOf(s.id), 'work'), { recursive: true, force: true }).catch(() => undefined);
+  async commit(name: string, key: string, labels: Record<string, string>): Promise<void> {
+    const id = await this.store.withTransaction(true, async (tx) => {
+      const active = tx.getInfo(key);
+      // Only an active snapshot can be committed (commitActive says so): measure nothing else.
+      const usage = active.kind === Kind.Active ? await diskUsage(this.dirs.fsOf(active.id)) : undefined;
+      tx.commitActive(key, name, { labels, usage });
+      return active.id;
     });
+    await this.dirs.removeWork(id);
   }
 
-  remove(key: string): Promise<void> {
-    Snapshotter.checkKey(key);
-    return this.locked(async () => {
-      const s = this.mustGet(key);
-      const children = this.store.children(key);
-      if (children.length)
-        throw new DfError(
-          'FAILED_PRECONDITION',
-          `snapshot ${key} has ${children.length} child snapshot(s) (e.g. ${children[0]!.name}); remove them first`,
-        );
-      await this.store.update(
-        (d) =>
-          void d.splice(
-            d.findIndex((x) => x.name === key),
-            1,
-          ),
-      );
-      const m = this.remoteMounts.get(s.id);
-      if (m) {
-        this.remoteMounts.delete(s.id);
-        await m.unmount().catch((err) => this.log.warn({ err, key }, 'remote snapshot: unmount failed'));
-      }
-      // The record is gone: a failure here leaves an orphan directory that start/Cleanup remove.
-      await this.removeDir(s.id).catch((err) =>
-        this.log.warn({ err, key }, 'snapshot directory not removed; Cleanup retries'),
-      );
-    });
+  async remove(key: string): Promise<void> {
+    const removed = await this.store.withTransaction(true, (tx) => tx.remove(key));
+    // The record is gone: a failure here leaves an orphan directory that start/Cleanup remove.
+    await this.remoteMounts.release(removed.id);
+    await this.dirs
+      .remove(removed.id)
+      .catch((err) => this.log.warn({ err, key }, 'snapshot directory not removed; Cleanup retries'));
   }
 
   stat(key: string): Promise<SnapshotInfo> {
-    return this.locked(async () => infoOf(this.mustGet(key)));
+    return this.store.withTransaction(false, (tx) => infoOf(tx.getInfo(key)));
   }
 
   /** Updates labels: paths 'labels' (replace all) or 'labels.<key>' (set, or delete when absent in info). */
   update(info: SnapshotInfo, paths: string[]): Promise<SnapshotInfo> {
-    Snapshotter.checkKey(info.name, 'name');
-    Snapshotter.checkLabels(info.labels);
-    return this.locked(async () => {
-      this.mustGet(info.name);
-      for (const p of paths)
-        if (p !== 'labels' && !p.startsWith('labels.'))
-          throw DfError.invalidArgument(
-            `cannot update field ${p} of snapshot ${info.name}; only labels are mutable`,
-          );
-      await this.store.update((d) => {
-        const r = d.find((x) => x.name === info.name)!;
-        if (paths.length === 0 || paths.includes('labels')) r.labels = { ...info.labels };
-        else
-          for (const p of paths) {
-            const k = p.slice('labels.'.length);
-            if (Object.prototype.hasOwnProperty.call(info.labels, k)) r.labels[k] = info.labels[k]!;
-            else delete r.labels[k];
-          }
-        r.updated = Date.now();
-      });
-      return infoOf(this.mustGet(info.name));
-    });
+    return this.store.withTransaction(true, (tx) => tx.updateInfo(info, paths));
   }
 
-  usage(key: string): Promise<Usage> {
-    return this.locked(async () => {
-      const s = this.mustGet(key);
-      if (s.remote) return { size: s.remote.size, inodes: 0 };
-      if (s.kind === Kind.Committed && s.usage) return s.usage;
-      return diskUsage(this.fsOf(s.id));
-    });
+  async usage(key: string): Promise<Usage> {
+    const snapshot = await this.store.withTransaction(false, (tx) => tx.getInfo(key));
+    if (snapshot.remote) return { size: snapshot.remote.size, inodes: 0 };
+    if (snapshot.kind === Kind.Committed && snapshot.usage) return snapshot.usage;
+    return diskUsage(this.dirs.fsOf(snapshot.id));
   }
 
   async walk(filters: string[]): Promise<SnapshotInfo[]> {
     const match = compileFilters(filters);
-    return this.locked(async () => this.store.all().map(infoOf).filter(match));
+    return this.store.withTransaction(false, (tx) => {
+      const infos: SnapshotInfo[] = [];
+      tx.walk((snapshot) => {
+        const info = infoOf(snapshot);
+        if (match(info)) infos.push(info);
+      });
+      return infos;
+    });
   }
 
-  /** Removes directories that no snapshot owns (left by crashes or failed removals). */
-  cleanup(): Promise<string[]> {
-    return this.locked(() => this.removeOrphans());
+  /**
+   * Removes what no snapshot owns: active snapshots of interrupted remote Prepares, and directories left by
+   * crashes or failed removals. Returns the directory ids removed.
+   */
+  async cleanup(): Promise<string[]> {
+    await this.removeAbandoned();
+    return this.store.withTransaction(false, (tx) => this.dirs.removeOrphans(tx.ids()));
   }
-}
-
-/** Size (allocated blocks) and inode count of a local tree; hard links counted once. */
-export async function diskUsage(dir: string): Promise<Usage> {
-  const seen = new Set<string>();
-  let size = 0;
-  const visit = async (p: string): Promise<void> => {
-    const st = await lstat(p, { bigint: true });
-    const id = `${st.dev}:${st.ino}`;
-    if (!seen.has(id)) {
-      seen.add(id);
-      size += Number(st.blocks) * 512;
-    }
-    if (st.isDirectory()) {
-      const d = await opendir(p);
-      for await (const e of d) await visit(join(p, e.name));
-    }
-  };
-  try {
-    await visit(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw DfError.from(err, `usage of ${dir}`);
-  }
-  return { size, inodes: seen.size };
 }

@@ -37,6 +37,11 @@ export interface SnapshotRecord {
   updated: number;
   /** Disk usage recorded at commit (containerd's overlay snapshotter does the same). */
   usage?: { size: number; inodes: number };
+  /**
+   * The DFB layer mounted lazily on fs/: on a committed snapshot, the layer it is; on an active one, a remote
+   * Prepare recorded before its mount (committed under the target name when the mount succeeds; one a crash
+   * left is removed on start and on Cleanup).
+   */
   remote?: RemoteLayerRecord;
 }
 
@@ -63,13 +68,13 @@ export interface Usage {
   inodes: number;
 }
 
-export function infoOf(r: SnapshotRecord): SnapshotInfo {
+export function infoOf(snapshot: SnapshotRecord): SnapshotInfo {
   return {
-    name: r.name,
-    parent: r.parent,
-    kind: r.kind,
-    labels: { ...r.labels },
-    created: r.created,
-    updated: r.updated,
+    name: snapshot.name,
+    parent: snapshot.parent,
+    kind: snapshot.kind,
+    labels: { ...snapshot.labels },
+    created: snapshot.created,
+    updated: snapshot.updated,
   };
 }

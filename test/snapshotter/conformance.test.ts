@@ -9,139 +9,17 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { createSnapshotsClient } from '../../src/grpc/load-proto.js';
-import { serveSnapshotter, type SnapshotterServer } from '../../src/snapshotter/grpc-service.js';
-import { Snapshotter } from '../../src/snapshotter/snapshotter.js';
-import type { RemoteLayers } from '../../src/snapshotter/remote-layers.js';
 import { cliPath } from '../helpers/cli.js';
 import { requireConditions } from '../helpers/require.js';
+import { Client, expectCode, mountAll, opt, S, startService, umount, type Service } from './service.js';
 
-const S = grpc.status;
 const mountReq = requireConditions({
   'root (kernel bind and overlay mounts)': process.getuid?.() === 0,
   'overlay filesystem':
     existsSync('/proc/filesystems') && readFileSync('/proc/filesystems', 'utf8').includes('overlay'),
 });
-
-interface Mount {
-  type: string;
-  source: string;
-  options: string[];
-}
-
-/** A promise-based client over the gRPC stubs. */
-class Client {
-  readonly raw: grpc.Client & Record<string, any>;
-  constructor(socket: string) {
-    this.raw = createSnapshotsClient(socket) as grpc.Client & Record<string, any>;
-  }
-  call<T = any>(method: string, req: Record<string, unknown>): Promise<T> {
-    return new Promise((resolve, reject) =>
-      this.raw[method]!({ snapshotter: 'dfnode', ...req }, (err: grpc.ServiceError | null, res: T) =>
-        err ? reject(err) : resolve(res),
-      ),
-    );
-  }
-  prepare(key: string, parent = '', labels: Record<string, string> = {}): Promise<Mount[]> {
-    return this.call('Prepare', { key, parent, labels }).then((r) => r.mounts);
-  }
-  view(key: string, parent = '', labels: Record<string, string> = {}): Promise<Mount[]> {
-    return this.call('View', { key, parent, labels }).then((r) => r.mounts);
-  }
-  mounts(key: string): Promise<Mount[]> {
-    return this.call('Mounts', { key }).then((r) => r.mounts);
-  }
-  commit(name: string, key: string, labels: Record<string, string> = {}): Promise<void> {
-    return this.call('Commit', { name, key, labels });
-  }
-  remove(key: string): Promise<void> {
-    return this.call('Remove', { key });
-  }
-  stat(key: string): Promise<any> {
-    return this.call('Stat', { key }).then((r) => r.info);
-  }
-  update(info: Record<string, unknown>, paths?: string[]): Promise<any> {
-    return this.call('Update', { info, update_mask: paths ? { paths } : null }).then((r) => r.info);
-  }
-  usage(key: string): Promise<{ size: number; inodes: number }> {
-    return this.call('Usage', { key });
-  }
-  list(filters: string[] = []): Promise<any[]> {
-    return new Promise((resolve, reject) => {
-      const out: any[] = [];
-      const s = this.raw.List({ snapshotter: 'dfnode', filters });
-      s.on('data', (m: any) => out.push(...m.info));
-      s.on('error', reject);
-      s.on('end', () => resolve(out));
-    });
-  }
-  close(): void {
-    this.raw.close();
-  }
-}
-
-async function expectCode(p: Promise<unknown>, code: grpc.status): Promise<void> {
-  const err = await p.then(
-    () => undefined,
-    (e: grpc.ServiceError) => e,
-  );
-  expect(err, `expected gRPC status ${S[code]}`).toBeDefined();
-  expect(S[err!.code], err!.details).toBe(S[code]);
-}
-
-async function sh(cmd: string, args: string[]): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const c = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    c.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    c.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')}: ${err}`))));
-  });
-}
-
-/** Mounts containerd.types.Mount list at target (as containerd's mount.All does). */
-async function mountAll(mounts: Mount[], target: string): Promise<void> {
-  await mkdir(target, { recursive: true });
-  for (const m of mounts) {
-    if (m.type === 'bind') {
-      await sh('mount', ['--bind', m.source, target]);
-      if (m.options.includes('ro')) await sh('mount', ['-o', 'remount,bind,ro', target]);
-    } else await sh('mount', ['-t', m.type, m.source, '-o', m.options.join(','), target]);
-  }
-}
-
-async function umount(target: string): Promise<void> {
-  await sh('umount', [target]);
-}
-
-interface Service {
-  root: string;
-  socket: string;
-  sn: Snapshotter;
-  server: SnapshotterServer;
-  client: Client;
-  stop(): Promise<void>;
-}
-
-async function startService(root: string, socket: string, remote?: RemoteLayers): Promise<Service> {
-  const sn = new Snapshotter({ root, remote });
-  await sn.start();
-  const server = await serveSnapshotter(sn, socket);
-  const client = new Client(socket);
-  return {
-    root,
-    socket,
-    sn,
-    server,
-    client,
-    stop: async () => {
-      client.close();
-      await server.stop();
-      await sn.close();
-    },
-  };
-}
 
 let work: string;
 let svc: Service;
@@ -287,6 +165,65 @@ describe('snapshotter conformance (snapshots.v1 over a unix socket)', () => {
     await expectCode(c.list(['name==']), S.INVALID_ARGUMENT);
   });
 
+  it('refuses what the metadata store forbids with containerd codes, changing nothing', async () => {
+    await c.prepare('base-a');
+    await c.commit('base', 'base-a');
+    await c.prepare('act', 'base');
+    await c.view('vw', 'base');
+    const metadata = () => readFile(join(svc.root, 'metadata.json'), 'utf8');
+    const before = { meta: await metadata(), dirs: (await readdir(join(svc.root, 'snapshots'))).sort() };
+    const max = 'k'.repeat(10) + 'v'.repeat(4096 - 10);
+    const refusals: Array<[string, () => Promise<unknown>, grpc.status]> = [
+      // Commit turns only an active snapshot into a committed one, under a new name.
+      ['commit of a committed snapshot', () => c.commit('again', 'base'), S.FAILED_PRECONDITION],
+      ['commit of a view', () => c.commit('vw-c', 'vw'), S.FAILED_PRECONDITION],
+      ['commit of a missing key', () => c.commit('x', 'missing'), S.NOT_FOUND],
+      ['commit under a taken name', () => c.commit('base', 'act'), S.ALREADY_EXISTS],
+      ['commit under an active key', () => c.commit('vw', 'act'), S.ALREADY_EXISTS],
+      // A parent exists and is committed.
+      ['prepare on an active parent', () => c.prepare('p1', 'act'), S.FAILED_PRECONDITION],
+      ['prepare on a view parent', () => c.prepare('p2', 'vw'), S.FAILED_PRECONDITION],
+      ['view on an active parent', () => c.view('v1', 'act'), S.FAILED_PRECONDITION],
+      ['prepare on a missing parent', () => c.prepare('p3', 'missing'), S.NOT_FOUND],
+      // Keys and names are unique across kinds.
+      ['prepare of an active key', () => c.prepare('act'), S.ALREADY_EXISTS],
+      ['prepare of a committed name', () => c.prepare('base'), S.ALREADY_EXISTS],
+      ['view of a view key', () => c.view('vw', 'base'), S.ALREADY_EXISTS],
+      // Remove only without children.
+      ['remove with children', () => c.remove('base'), S.FAILED_PRECONDITION],
+      // Label size limit (key + value at most 4096 bytes), empty keys and names.
+      ['prepare with a long label', () => c.prepare('big', '', { [max]: 'x' }), S.INVALID_ARGUMENT],
+      ['view with a long label', () => c.view('big', '', { k: 'v'.repeat(4096) }), S.INVALID_ARGUMENT],
+      ['commit with a long label', () => c.commit('big', 'act', { k: 'v'.repeat(5000) }), S.INVALID_ARGUMENT],
+      [
+        'update to a long label',
+        () => c.update({ name: 'act', labels: { k: 'v'.repeat(5000) } }, ['labels.k']),
+        S.INVALID_ARGUMENT,
+      ],
+      ['empty label key', () => c.prepare('nokey', '', { '': 'x' }), S.INVALID_ARGUMENT],
+      ['empty key', () => c.view(''), S.INVALID_ARGUMENT],
+      ['empty commit name', () => c.commit('', 'act'), S.INVALID_ARGUMENT],
+      [
+        'update of an immutable field',
+        () => c.update({ name: 'act', parent: '' }, ['parent']),
+        S.INVALID_ARGUMENT,
+      ],
+    ];
+    for (const [what, call, code] of refusals) {
+      const err = await call().then(
+        () => undefined,
+        (e: grpc.ServiceError) => e,
+      );
+      expect(err, `${what}: expected ${S[code]}`).toBeDefined();
+      expect(S[err!.code], `${what}: ${err!.details}`).toBe(S[code]);
+    }
+    expect(await metadata()).toBe(before.meta);
+    expect((await readdir(join(svc.root, 'snapshots'))).sort()).toEqual(before.dirs);
+    // The limit is inclusive: key + value of exactly 4096 bytes is a valid label.
+    await c.prepare('at-limit', '', { [max]: '' });
+    expect((await c.stat('at-limit')).labels[max]).toBe('');
+  });
+
   it('removes only snapshots without children, and removes their directories', async () => {
     const m = await c.prepare('a1');
     const dir = join(m[0]!.source, '..');
@@ -385,70 +322,7 @@ describe('snapshotter conformance (snapshots.v1 over a unix socket)', () => {
     await c.call('Cleanup', {});
     expect(existsSync(join(svc.root, 'snapshots', 'orphan'))).toBe(false);
   });
-
-  it('answers ALREADY_EXISTS and commits under the target for remote layers (fake remote seam)', async () => {
-    await svc.stop();
-    const mounted: string[] = [];
-    const remote: RemoteLayers = {
-      resolve: async (labels) =>
-        labels['containerd.io/snapshot/cri.layer-digest']?.startsWith('sha256:dfb')
-          ? { ref: 'reg/img:1', digest: labels['containerd.io/snapshot/cri.layer-digest']!, size: 1234 }
-          : undefined,
-      mount: async (_layer, mountpoint) => {
-        mounted.push(mountpoint);
-        await writeFile(join(mountpoint, 'from-remote'), 'r');
-        return { unmount: async () => void mounted.splice(mounted.indexOf(mountpoint), 1) };
-      },
-    };
-    svc = await startService(svc.root, svc.socket, remote);
-    c = svc.client;
-    const labels = (chain: string, digest: string) => ({
-      'containerd.io/snapshot.ref': chain,
-      'containerd.io/snapshot/cri.image-ref': 'reg/img:1',
-      'containerd.io/snapshot/cri.layer-digest': digest,
-      'containerd.io/snapshot/cri.image-layers': 'sha256:dfb1,sha256:plain',
-    });
-    await expectCode(
-      c.prepare('extract-1 sha256:c1', '', labels('sha256:c1', 'sha256:dfb1')),
-      S.ALREADY_EXISTS,
-    );
-    const info = await c.stat('sha256:c1');
-    expect(info).toMatchObject({ kind: 'COMMITTED', parent: '' });
-    expect(info.labels['containerd.io/snapshot.ref']).toBe('sha256:c1');
-    await expectCode(c.stat('extract-1 sha256:c1'), S.NOT_FOUND);
-    // containerd's lookup after ALREADY_EXISTS.
-    expect(
-      (await c.list(['labels."containerd.io/snapshot.ref"==sha256:c1,parent==""'])).map((i) => i.name),
-    ).toEqual(['sha256:c1']);
-    // Asked again: ALREADY_EXISTS without mounting again.
-    await expectCode(
-      c.prepare('extract-2 sha256:c1', '', labels('sha256:c1', 'sha256:dfb1')),
-      S.ALREADY_EXISTS,
-    );
-    expect(mounted).toHaveLength(1);
-    // Not a DFB layer: a normal active snapshot that containerd fills and commits.
-    const m = await c.prepare('extract-3 sha256:c2', 'sha256:c1', labels('sha256:c2', 'sha256:plain'));
-    expect(m[0]!.type).toBe('overlay');
-    expect(opt(m, 'lowerdir')).toBe(mounted[0]);
-    await c.commit('sha256:c2', 'extract-3 sha256:c2');
-    // Restart: the remote layer is mounted again before serving.
-    await svc.stop();
-    expect(mounted).toHaveLength(0);
-    svc = await startService(svc.root, svc.socket, remote);
-    c = svc.client;
-    expect(mounted).toHaveLength(1);
-    await c.remove('sha256:c2');
-    await c.remove('sha256:c1');
-    expect(mounted).toHaveLength(0);
-    expect(await readdir(join(svc.root, 'snapshots'))).toEqual([]);
-  });
 });
-
-function opt(m: Mount[], name: string): string {
-  const o = m[0]!.options.find((x) => x.startsWith(name + '='));
-  if (!o) throw new Error(`no ${name} in ${JSON.stringify(m)}`);
-  return o.slice(name.length + 1);
-}
 
 describe('snapshotter killed mid-operation (dfnode run child, SIGKILL)', () => {
   let child: ChildProcess | undefined;
