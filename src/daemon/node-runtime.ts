@@ -220,6 +220,7 @@ export class NodeRuntime {
     const mount = await this.binding.mount(mountpoint, fs, {
       fsname: `dfnode:${o.layer.digest.slice(7, 19)}`,
       logger: this.log,
+      direct: { toc: o.toc, blocks: o.cache },
     });
     return { layer: o.layer, cache: o.cache, fetcher: o.fetcher, fs, mount };
   }

@@ -7,11 +7,11 @@ import { Errno } from './errno.js';
 import type { LayerFs } from './layer-fs.js';
 import { isFuseType, lazyUnmount, probeMount, readMountInfo, trackMount, untrackMount } from './mounts.js';
 import { PathOps } from './path-ops.js';
-import type { Attr, FuseBinding, FuseMount, MountOptions } from './types.js';
+import type { Attr } from './attr.js';
+import type { FuseBinding, FuseMount, MountOptions } from './types.js';
 
 const require = createRequire(import.meta.url);
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
 type Cb = (...args: any[]) => void;
 
 interface FuseInstance {

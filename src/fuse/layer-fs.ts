@@ -16,7 +16,7 @@ import {
   type Attr,
   type DirEntry,
   type StatFs,
-} from './types.js';
+} from './attr.js';
 
 export interface LayerFsOptions {
   toc: Toc;

@@ -1,6 +1,6 @@
 import { Errno, type FsResult } from './errno.js';
 import type { LayerFs } from './layer-fs.js';
-import type { Attr, DirEntry, StatFs } from './types.js';
+import type { Attr, DirEntry, StatFs } from './attr.js';
 
 /**
  * Path-based requests (what libfuse's high-level API and the TestBinding deliver) answered by a LayerFs.

@@ -13,7 +13,7 @@ import {
   S_IFMT,
   S_IFREG,
   type Attr,
-} from '../../src/fuse/types.js';
+} from '../../src/fuse/attr.js';
 import { BIG, DfbFileReader, RICH, tempDir, writeLayer } from './layer.js';
 
 let cleanup: () => Promise<void>;

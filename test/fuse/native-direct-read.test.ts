@@ -12,7 +12,11 @@ import { BlobCache } from '../../src/cache/blob-cache.js';
 import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
 import { openLayer } from '../../src/fetch/open-layer.js';
 import { LayerFs } from '../../src/fuse/layer-fs.js';
-import { NativeFuseBinding, type NativeFuseMount } from '../../src/fuse/native-binding.js';
+import {
+  NativeFuseBinding,
+  type NativeFuseMount,
+  type NativeMountOptions,
+} from '../../src/fuse/native-binding.js';
 import { requireConditions } from '../helpers/require.js';
 import { FakeSource, makeBlob } from '../fetch/helpers.js';
 import { DfbFileReader, tempDir, writeLayer } from './layer.js';
@@ -131,7 +135,7 @@ describe.skipIf(req.skip)('NativeFuseBinding direct reads from the cache (kernel
     m = await new NativeFuseBinding().mount(mp, fs, {
       mkdir: true,
       fsname: 'dfnode-direct-test',
-      directReads: { toc: reader.toc, cache },
+      direct: { toc: reader.toc, blocks: cache },
     });
   });
 
@@ -270,7 +274,16 @@ describe.skipIf(req.skip)('NativeFuseBinding direct reads from the cache (kernel
 });
 
 describe.skipIf(req.skip)('NativeFuseBinding over a BlobFetcher (kernel)', () => {
-  it('uses direct reads by default: after fill, reads reach neither JS nor the source', async () => {
+  /**
+   * Mounts a LayerFs over a BlobFetcher (as the daemon does, with or without its cache as `direct`), reads one
+   * file (the first read goes to JS and starts background fill), waits until the blob is complete and verified,
+   * then reads every file again: returns how many of those reads reached JS and the source, and the mount's
+   * direct-read count.
+   */
+  async function readAfterFill(
+    direct: boolean,
+    extra: NativeMountOptions = {},
+  ): Promise<{ js: number; source: number; directReads: number; files: number }> {
     const { dir, cleanup } = await tempDir('dfnode-direct-fetcher-');
     try {
       const tb = await makeBlob(dir);
@@ -293,12 +306,9 @@ describe.skipIf(req.skip)('NativeFuseBinding over a BlobFetcher (kernel)', () =>
       const m = await new NativeFuseBinding().mount(
         join(dir, 'mnt'),
         new LayerFs({ toc: fetcher.toc, reader: fetcher }),
-        {
-          mkdir: true,
-        },
+        { mkdir: true, ...(direct ? { direct: { toc: fetcher.toc, blocks: cache } } : {}), ...extra },
       );
       try {
-        // the first read goes to JS (it starts background fill); the blob then completes and is verified
         const first = await readWhole(join(dir, 'mnt', 'etc/f0'));
         expect(first.equals(tb.files.get('etc/f0')!)).toBe(true);
         await fetcher.whenComplete();
@@ -307,9 +317,12 @@ describe.skipIf(req.skip)('NativeFuseBinding over a BlobFetcher (kernel)', () =>
         const requests = src.requests.length;
         for (const [path, content] of tb.files)
           expect((await readWhole(join(dir, 'mnt', path))).equals(content)).toBe(true);
-        expect(jsReads).toBe(js);
-        expect(src.requests.length).toBe(requests);
-        expect(m.info().directReads).toBeGreaterThanOrEqual(tb.files.size);
+        return {
+          js: jsReads - js,
+          source: src.requests.length - requests,
+          directReads: m.info().directReads,
+          files: tb.files.size,
+        };
       } finally {
         await m.unmount();
         await fetcher.close();
@@ -318,6 +331,26 @@ describe.skipIf(req.skip)('NativeFuseBinding over a BlobFetcher (kernel)', () =>
     } finally {
       await cleanup();
     }
+  }
+
+  it('given its cache as `direct`: after fill, reads reach neither JS nor the source', async () => {
+    const r = await readAfterFill(true);
+    expect(r.js).toBe(0);
+    expect(r.source).toBe(0);
+    expect(r.directReads).toBeGreaterThanOrEqual(r.files);
+  });
+
+  it('without `direct` every read goes through JS (served from the cache there)', async () => {
+    const r = await readAfterFill(false);
+    expect(r.js).toBeGreaterThanOrEqual(r.files);
+    expect(r.source).toBe(0);
+    expect(r.directReads).toBe(0);
+  });
+
+  it('directReads: false turns direct reads off even when `direct` is given', async () => {
+    const r = await readAfterFill(true, { directReads: false });
+    expect(r.js).toBeGreaterThanOrEqual(r.files);
+    expect(r.directReads).toBe(0);
   });
 });
 
