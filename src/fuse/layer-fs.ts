@@ -68,7 +68,7 @@ export function makedev(major: number, minor: number): number {
 
 /**
  * The read-only filesystem of one DFB layer, in terms of its TOC and a FileReader. No kernel binding: a
- * binding (fuse-native, native/, the in-process TestBinding) translates requests into these calls.
+ * binding (fuse-native, native/, the in-process TestBinding of the tests) translates requests into these calls.
  *
  * Inode numbers are the TOC's (root = 1), so hard links share one. Every method answers a value or a negative
  * errno and never throws: an unexpected exception is logged (rate-limited) and answered with EIO.

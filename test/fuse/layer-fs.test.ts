@@ -3,7 +3,7 @@ import { constants as fsc } from 'node:fs';
 import { DfError } from '../../src/errors.js';
 import { Errno } from '../../src/fuse/errno.js';
 import { LayerFs, makedev } from '../../src/fuse/layer-fs.js';
-import { TestBinding, type TestMount } from '../../src/fuse/test-binding.js';
+import { TestBinding, type TestMount } from './test-binding.js';
 import {
   S_IFBLK,
   S_IFCHR,
