@@ -20,13 +20,12 @@ let cleanup: () => Promise<void>;
 let reader: DfbFileReader;
 let fs: LayerFs;
 let m: TestMount;
-let firstReads = 0;
 
 beforeAll(async () => {
   const t = await tempDir();
   cleanup = t.cleanup;
   reader = await DfbFileReader.open(await writeLayer(t.dir, 'rich', RICH));
-  fs = new LayerFs({ toc: reader.toc, reader, onFirstRead: () => firstReads++, readTimeoutMs: 300 });
+  fs = new LayerFs({ toc: reader.toc, reader, readTimeoutMs: 300 });
   m = await new TestBinding().mount('/mnt/test', fs);
 });
 
@@ -142,10 +141,6 @@ describe('LayerFs: files', () => {
     expect((await m.read('/etc/hostname', 3, 100)) as Buffer).toEqual(Buffer.from('ode\n'));
   });
 
-  it('calls onFirstRead once', () => {
-    expect(firstReads).toBe(1);
-  });
-
   it('open for writing is EROFS, opening a directory EISDIR, reading one EISDIR', async () => {
     expect(m.open('/etc/hostname', fsc.O_RDONLY)).toBe(0);
     expect(m.open('/etc/hostname', fsc.O_WRONLY)).toBe(Errno.EROFS);
@@ -236,9 +231,6 @@ describe('LayerFs: failures', () => {
           read: () => {
             throw new TypeError('bug in the reader');
           },
-        },
-        onFirstRead: () => {
-          throw new Error('bug in the callback');
         },
       });
       const bm = await new TestBinding().mount('/mnt/bad', bad);
