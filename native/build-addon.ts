@@ -2,7 +2,7 @@
 // checking NativeFuseBinding.available()). Uses npm's bundled node-gyp and the local Node headers, so it
 // needs no download; returns the reason when it cannot build (no compiler, no libfuse3-dev, ...).
 import { execFileSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -36,9 +36,9 @@ function nodeDir(): string | undefined {
 function upToDate(): boolean {
   if (!existsSync(addonPath)) return false;
   const built = statSync(addonPath).mtimeMs;
-  return ['dfnode_fuse.c', 'direct_read.c', 'direct_read.h', 'binding.gyp'].every(
-    (f) => statSync(join(here, f)).mtimeMs <= built,
-  );
+  return readdirSync(here)
+    .filter((f) => /\.(c|h|gyp)$/.test(f))
+    .every((f) => statSync(join(here, f)).mtimeMs <= built);
 }
 
 /** Builds the addon if needed. Returns undefined when it is ready, else why it is not. */

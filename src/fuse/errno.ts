@@ -27,10 +27,6 @@ export const Errno = {
 /** A result of a filesystem operation: the value, or a negative errno. */
 export type FsResult<T> = T | number;
 
-export function isErrno(r: unknown): r is number {
-  return typeof r === 'number' && r < 0;
-}
-
 /**
  * The errno a process sees for an error thrown while serving a request. Only ENOSPC and ENOENT keep their
  * meaning; anything else (timeouts, network, corruption, bugs) is EIO, which is what a program reading a file

@@ -7,11 +7,11 @@ import { Errno } from './errno.js';
 import type { LayerFs } from './layer-fs.js';
 import { isFuseType, lazyUnmount, probeMount, readMountInfo, trackMount, untrackMount } from './mounts.js';
 import { PathOps } from './path-ops.js';
-import type { Attr, FuseBinding, FuseMount, MountOptions } from './types.js';
+import type { Attr } from './attr.js';
+import type { FuseBinding, FuseMount, MountOptions } from './types.js';
 
 const require = createRequire(import.meta.url);
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
 type Cb = (...args: any[]) => void;
 
 interface FuseInstance {
@@ -265,24 +265,25 @@ class FuseNativeMount implements FuseMount {
 /**
  * FuseBinding over fuse-native (libfuse 2, high-level path API, bundled libfuse.so). Mount options: see
  * fuseOptionString. Times reach the kernel with millisecond precision (fuse-native's stat wire format).
+ * Every read goes through the LayerFs (MountOptions.direct is ignored).
  */
 export class FuseNativeBinding implements FuseBinding {
   constructor(private readonly defaults: MountOptions = {}) {}
 
   async mount(mountpoint: string, fs: LayerFs, opts: MountOptions = {}): Promise<FuseMount> {
-    const o = { ...this.defaults, ...opts };
-    const logger = o.logger ?? silentLogger;
+    const options = { ...this.defaults, ...opts };
+    const logger = options.logger ?? silentLogger;
     const mp = resolve(mountpoint);
-    if (o.mkdir) await mkdir(mp, { recursive: true });
+    if (options.mkdir) await mkdir(mp, { recursive: true });
     const Fuse = fuseClass();
-    const p = new PathOps(fs);
+    const pathOps = new PathOps(fs);
     const df: DfFuseOpts = {
-      fsname: o.fsname ?? 'dfnode',
-      cacheTimeoutSec: o.cacheTimeoutSec ?? 86_400,
-      allowOther: o.allowOther ?? true,
+      fsname: options.fsname ?? 'dfnode',
+      cacheTimeoutSec: options.cacheTimeoutSec ?? 86_400,
+      allowOther: options.allowOther ?? true,
     };
-    const fuse = new Fuse(mp, makeOps(p), { timeout: o.handlerTimeoutMs ?? 150_000, df });
-    installXattrHandlers(fuse as unknown as Record<string, any>, p);
+    const fuse = new Fuse(mp, makeOps(pathOps), { timeout: options.handlerTimeoutMs ?? 150_000, df });
+    installXattrHandlers(fuse as unknown as Record<string, any>, pathOps);
     try {
       await new Promise<void>((res, rej) => fuse.mount((err) => (err ? rej(err) : res())));
     } catch (err) {

@@ -16,14 +16,12 @@ import {
   type Attr,
   type DirEntry,
   type StatFs,
-} from './types.js';
+} from './attr.js';
 
 export interface LayerFsOptions {
   toc: Toc;
   reader: FileReader;
   logger?: Logger;
-  /** Called once, when a process first reads a regular file (the daemon starts background fill from it). */
-  onFirstRead?: () => void;
   /**
    * Backstop on one read: after this the read answers EIO and the reader's signal is aborted. The FileReader
    * bounds its own time (its configured fetch timeout); this only guarantees a FUSE request never waits forever.
@@ -68,7 +66,7 @@ export function makedev(major: number, minor: number): number {
 
 /**
  * The read-only filesystem of one DFB layer, in terms of its TOC and a FileReader. No kernel binding: a
- * binding (fuse-native, native/, the in-process TestBinding) translates requests into these calls.
+ * binding (fuse-native, native/, the in-process TestBinding of the tests) translates requests into these calls.
  *
  * Inode numbers are the TOC's (root = 1), so hard links share one. Every method answers a value or a negative
  * errno and never throws: an unexpected exception is logged (rate-limited) and answered with EIO.
@@ -77,7 +75,6 @@ export class LayerFs {
   readonly toc: Toc;
   readonly reader: FileReader;
   private readonly log: RateLimitedLog;
-  private onFirstRead: (() => void) | undefined;
   private readonly readTimeoutMs: number;
   private readonly pathCache = new Map<string, number>();
   private readonly pathCacheSize: number;
@@ -89,7 +86,6 @@ export class LayerFs {
     this.toc = opts.toc;
     this.reader = opts.reader;
     this.log = new RateLimitedLog(opts.logger ?? silentLogger);
-    this.onFirstRead = opts.onFirstRead;
     this.readTimeoutMs = opts.readTimeoutMs ?? 120_000;
     this.pathCacheSize = opts.pathCacheSize ?? 65_536;
   }
@@ -259,7 +255,6 @@ export class LayerFs {
       return Errno.EIO;
     }
     if (!(offset >= 0) || !(length >= 0)) return Errno.EINVAL;
-    this.firstRead();
     const n = Math.min(length, size - offset);
     if (n <= 0) return EMPTY;
     const ac = new AbortController();
@@ -284,17 +279,6 @@ export class LayerFs {
     } finally {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
-    }
-  }
-
-  private firstRead(): void {
-    const cb = this.onFirstRead;
-    if (!cb) return;
-    this.onFirstRead = undefined;
-    try {
-      cb();
-    } catch (err) {
-      this.log.error({ err }, 'fuse: onFirstRead callback threw');
     }
   }
 

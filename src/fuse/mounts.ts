@@ -129,10 +129,6 @@ export function untrackMount(m: TrackedMount): void {
   active.delete(m);
 }
 
-export function activeMounts(): TrackedMount[] {
-  return [...active];
-}
-
 /** Unmounts every mount this process made; errors are logged, never thrown. */
 export async function unmountAll(logger: Logger = silentLogger): Promise<void> {
   await Promise.all(

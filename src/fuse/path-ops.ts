@@ -1,9 +1,9 @@
 import { Errno, type FsResult } from './errno.js';
 import type { LayerFs } from './layer-fs.js';
-import type { Attr, DirEntry, StatFs } from './types.js';
+import type { Attr, DirEntry, StatFs } from './attr.js';
 
 /**
- * Path-based requests (what libfuse's high-level API and the TestBinding deliver) answered by a LayerFs.
+ * Path-based requests (what libfuse's high-level API and the tests' TestBinding deliver) answered by a LayerFs.
  * Each request resolves the path through LayerFs's cache and never throws or rejects: an exception in this
  * glue becomes EIO (logged, rate-limited).
  */

@@ -1,54 +1,45 @@
+import type { Toc } from '../blob/toc.js';
 import type { Logger } from '../log.js';
 import type { LayerFs } from './layer-fs.js';
 
-/** File type bits of st_mode (Linux). */
-export const S_IFMT = 0o170000;
-export const S_IFSOCK = 0o140000;
-export const S_IFLNK = 0o120000;
-export const S_IFREG = 0o100000;
-export const S_IFBLK = 0o060000;
-export const S_IFDIR = 0o040000;
-export const S_IFCHR = 0o020000;
-export const S_IFIFO = 0o010000;
-
-/** Attributes of one inode as the kernel sees them. */
-export interface Attr {
-  ino: number;
-  /** File type bits | permission bits. */
-  mode: number;
-  nlink: number;
-  uid: number;
-  gid: number;
-  /** Device number (Linux encoding) for character and block devices; 0 otherwise (and for whiteouts). */
-  rdev: number;
-  size: number;
-  /** 512-byte blocks. */
-  blocks: number;
-  blksize: number;
-  /** mtime; atime and ctime are the same (layers are immutable). */
-  mtimeSec: number;
-  mtimeNsec: number;
+/** Told synchronously when the units of a CachedBlocks change. */
+export interface CachedBlocksListener {
+  /** The unit's bytes were written to the data file (after verification) and it is now present. */
+  present(unit: number): void;
+  /** Units went away or the presence bitmap was replaced: read snapshot() again. */
+  reset(): void;
 }
 
-export interface DirEntry {
-  name: string;
-  ino: number;
-  attr: Attr;
+/**
+ * What direct reads need from a blob's local cache (the daemon's BlobCache satisfies it): the sparse data
+ * file holding stored bytes at their blob offsets, and which units of it are present. Units are the blocks
+ * 0..n-1, then the TOC unit n.
+ */
+export interface CachedBlocks {
+  /** The sparse data file (only the bytes of present units are meaningful). */
+  readonly dataPath: string;
+  /** Blocks + 1 (the TOC unit); 0 while the layout is not known. */
+  readonly unitCount: number;
+  /** Every unit is present. */
+  readonly isComplete: boolean;
+  /** The units present now: bit i = byte i>>3, mask 1<<(i&7). A copy. */
+  snapshot(): Uint8Array;
+  /** Adds a listener of unit presence; returns its removal. */
+  addUnitListener(l: CachedBlocksListener): () => void;
+  /** Records a use of the blob now (reads served without the cache's reader keep its GC order current). */
+  touch(): void;
 }
 
-export interface StatFs {
-  bsize: number;
-  frsize: number;
-  blocks: number;
-  bfree: number;
-  bavail: number;
-  files: number;
-  ffree: number;
-  favail: number;
-  fsid: number;
-  /** ST_RDONLY. */
-  flag: number;
-  namemax: number;
+/**
+ * A blob's TOC and its local cache: given to a mount, reads whose blocks are all in the cache are answered in
+ * C on the FUSE reader threads (one pread, LZ4 decode, reply), without a hop to the JS thread. Blocks are
+ * verified (SHA-256 against the TOC) before the cache takes them and the complete file against the blob
+ * digest; the C path does not hash them again on every read, whatever BlobFetcher's verifyCachedReads says
+ * (that option only applies to reads served by JS).
+ */
+export interface DirectReadSource {
+  toc: Toc;
+  blocks: CachedBlocks;
 }
 
 export interface MountOptions {
@@ -58,11 +49,20 @@ export interface MountOptions {
   cacheTimeoutSec?: number;
   /** Let other users (and containers with other uids) use the mount. Default true. */
   allowOther?: boolean;
-  /** Upper bound for a handler before the binding answers on its own (safety net). Default 120000 ms. */
+  /**
+   * Upper bound for a handler before the binding answers on its own (safety net above LayerFs's own read
+   * timeout). Default 150000 ms.
+   */
   handlerTimeoutMs?: number;
   /** Create the mountpoint when missing. Default false. */
   mkdir?: boolean;
   logger?: Logger;
+  /**
+   * Serve reads of blocks already in this cache without JS (the native binding; the others ignore it, and
+   * so does the native binding with `directReads: false` or DFNODE_FUSE_DIRECT_READS=0). Without it every
+   * read goes through the LayerFs.
+   */
+  direct?: DirectReadSource;
 }
 
 /** A mounted layer: the three-method seam (mount/check/unmount) after stargz-snapshotter. */

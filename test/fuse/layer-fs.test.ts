@@ -3,7 +3,7 @@ import { constants as fsc } from 'node:fs';
 import { DfError } from '../../src/errors.js';
 import { Errno } from '../../src/fuse/errno.js';
 import { LayerFs, makedev } from '../../src/fuse/layer-fs.js';
-import { TestBinding, type TestMount } from '../../src/fuse/test-binding.js';
+import { TestBinding, type TestMount } from './test-binding.js';
 import {
   S_IFBLK,
   S_IFCHR,
@@ -13,7 +13,7 @@ import {
   S_IFMT,
   S_IFREG,
   type Attr,
-} from '../../src/fuse/types.js';
+} from '../../src/fuse/attr.js';
 import { writeDfb } from '../helpers/dfb.js';
 import { tempDir } from '../helpers/temp.js';
 import { BIG, DfbFileReader, RICH } from './layer.js';
@@ -22,13 +22,12 @@ let cleanup: () => Promise<void>;
 let reader: DfbFileReader;
 let fs: LayerFs;
 let m: TestMount;
-let firstReads = 0;
 
 beforeAll(async () => {
   const t = await tempDir();
   cleanup = t.cleanup;
   reader = await DfbFileReader.open((await writeDfb(t.dir, 'rich', RICH)).path);
-  fs = new LayerFs({ toc: reader.toc, reader, onFirstRead: () => firstReads++, readTimeoutMs: 300 });
+  fs = new LayerFs({ toc: reader.toc, reader, readTimeoutMs: 300 });
   m = await new TestBinding().mount('/mnt/test', fs);
 });
 
@@ -144,10 +143,6 @@ describe('LayerFs: files', () => {
     expect((await m.read('/etc/hostname', 3, 100)) as Buffer).toEqual(Buffer.from('ode\n'));
   });
 
-  it('calls onFirstRead once', () => {
-    expect(firstReads).toBe(1);
-  });
-
   it('open for writing is EROFS, opening a directory EISDIR, reading one EISDIR', async () => {
     expect(m.open('/etc/hostname', fsc.O_RDONLY)).toBe(0);
     expect(m.open('/etc/hostname', fsc.O_WRONLY)).toBe(Errno.EROFS);
@@ -238,9 +233,6 @@ describe('LayerFs: failures', () => {
           read: () => {
             throw new TypeError('bug in the reader');
           },
-        },
-        onFirstRead: () => {
-          throw new Error('bug in the callback');
         },
       });
       const bm = await new TestBinding().mount('/mnt/bad', bad);

@@ -11,8 +11,12 @@ import { Codec } from '../../src/blob/types.js';
 import { BlobCache } from '../../src/cache/blob-cache.js';
 import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
 import { LayerFs } from '../../src/fuse/layer-fs.js';
+import {
+  NativeFuseBinding,
+  type NativeFuseMount,
+  type NativeMountOptions,
+} from '../../src/fuse/native-binding.js';
 import { LayerCore } from '../../src/layer/layer-core.js';
-import { NativeFuseBinding, type NativeFuseMount } from '../../src/fuse/native-binding.js';
 import { requireConditions } from '../helpers/require.js';
 import { FakeSource } from '../fetch/helpers.js';
 import { makeBlob, pseudoRandom, writeDfb } from '../helpers/dfb.js';
@@ -121,7 +125,7 @@ describe.skipIf(req.skip)('NativeFuseBinding direct reads from the cache (kernel
     m = await new NativeFuseBinding().mount(mp, fs, {
       mkdir: true,
       fsname: 'dfnode-direct-test',
-      directReads: { toc: reader.toc, cache },
+      direct: { toc: reader.toc, blocks: cache },
     });
   });
 
@@ -260,7 +264,16 @@ describe.skipIf(req.skip)('NativeFuseBinding direct reads from the cache (kernel
 });
 
 describe.skipIf(req.skip)('NativeFuseBinding over a layer (kernel)', () => {
-  it('with the cache given for direct reads: after fill, reads reach neither JS nor the source', async () => {
+  /**
+   * Mounts a LayerFs over a layer's reader (as the daemon does, with or without its cache as `direct`), reads one
+   * file (the first read goes to JS and starts background fill), waits until the blob is complete and verified,
+   * then reads every file again: returns how many of those reads reached JS and the source, and the mount's
+   * direct-read count.
+   */
+  async function readAfterFill(
+    direct: boolean,
+    extra: NativeMountOptions = {},
+  ): Promise<{ js: number; source: number; directReads: number; files: number }> {
     const { dir, cleanup } = await tempDir('dfnode-direct-fetcher-');
     try {
       const tb = await makeBlob(dir);
@@ -288,13 +301,9 @@ describe.skipIf(req.skip)('NativeFuseBinding over a layer (kernel)', () => {
       const m = await new NativeFuseBinding().mount(
         join(dir, 'mnt'),
         new LayerFs({ toc: core.toc, reader }),
-        {
-          mkdir: true,
-          directReads: { toc: core.toc, cache },
-        },
+        { mkdir: true, ...(direct ? { direct: { toc: core.toc, blocks: cache } } : {}), ...extra },
       );
       try {
-        // the first read goes to JS (it starts background fill); the blob then completes and is verified
         const first = await readWhole(join(dir, 'mnt', 'etc/f0'));
         expect(first.equals(tb.files.get('etc/f0')!)).toBe(true);
         await core.fill.whenComplete();
@@ -303,9 +312,12 @@ describe.skipIf(req.skip)('NativeFuseBinding over a layer (kernel)', () => {
         const requests = src.requests.length;
         for (const [path, content] of tb.files)
           expect((await readWhole(join(dir, 'mnt', path))).equals(content)).toBe(true);
-        expect(jsReads).toBe(js);
-        expect(src.requests.length).toBe(requests);
-        expect(m.info().directReads).toBeGreaterThanOrEqual(tb.files.size);
+        return {
+          js: jsReads - js,
+          source: src.requests.length - requests,
+          directReads: m.info().directReads,
+          files: tb.files.size,
+        };
       } finally {
         await m.unmount();
         await core.close();
@@ -314,6 +326,26 @@ describe.skipIf(req.skip)('NativeFuseBinding over a layer (kernel)', () => {
     } finally {
       await cleanup();
     }
+  }
+
+  it('given its cache as `direct`: after fill, reads reach neither JS nor the source', async () => {
+    const r = await readAfterFill(true);
+    expect(r.js).toBe(0);
+    expect(r.source).toBe(0);
+    expect(r.directReads).toBeGreaterThanOrEqual(r.files);
+  });
+
+  it('without `direct` every read goes through JS (served from the cache there)', async () => {
+    const r = await readAfterFill(false);
+    expect(r.js).toBeGreaterThanOrEqual(r.files);
+    expect(r.source).toBe(0);
+    expect(r.directReads).toBe(0);
+  });
+
+  it('directReads: false turns direct reads off even when `direct` is given', async () => {
+    const r = await readAfterFill(true, { directReads: false });
+    expect(r.js).toBeGreaterThanOrEqual(r.files);
+    expect(r.directReads).toBe(0);
   });
 });
 

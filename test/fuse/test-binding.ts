@@ -1,14 +1,14 @@
 import { resolve } from 'node:path';
-import { DfError } from '../errors.js';
-import { Errno, type FsResult } from './errno.js';
-import type { LayerFs } from './layer-fs.js';
-import { PathOps } from './path-ops.js';
-import type { FuseBinding, FuseMount, MountOptions } from './types.js';
+import { DfError } from '../../src/errors.js';
+import { Errno, type FsResult } from '../../src/fuse/errno.js';
+import type { LayerFs } from '../../src/fuse/layer-fs.js';
+import { PathOps } from '../../src/fuse/path-ops.js';
+import type { FuseBinding, FuseMount, MountOptions } from '../../src/fuse/types.js';
 
 /**
  * A mount without a kernel: requests are made by calling the mount's PathOps directly, exactly as the
  * fuse-native binding would deliver them. For unit tests of the filesystem and of code built on FuseBinding
- * (the snapshotter) on machines without /dev/fuse or root.
+ * on machines without /dev/fuse or root.
  */
 export class TestMount extends PathOps implements FuseMount {
   private mounted = true;
