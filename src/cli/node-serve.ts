@@ -30,12 +30,15 @@ export async function serveNode(
   const rt = new NodeRuntime({ config: cfg, client, logger: log, metrics, p2p });
   const removeExitHook = unmountAllOnExit(log);
   let server: Awaited<ReturnType<NodeMetrics['serve']>> | undefined;
-  const statsTimer = setInterval(async () => {
+  const writeStats = async () => {
     for (const im of rt.imageMounts()) {
       const recs = await rt.records.list();
       const rec = recs.find((r) => r.id === im.id);
-      if (rec) await rt.records.write({ ...rec, stats: rt.statusSnapshot() }).catch(() => undefined);
+      if (rec) await rt.records.write({ ...rec, stats: rt.statusSnapshot() });
     }
+  };
+  const statsTimer = setInterval(() => {
+    writeStats().catch((err) => log.debug({ err }, 'mount record stats not written'));
   }, 1000);
   statsTimer.unref();
   try {

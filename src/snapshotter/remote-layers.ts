@@ -1,7 +1,6 @@
 import type { Toc } from '../blob/toc.js';
 import { DFB_LAYER_MEDIA_TYPE } from '../blob/types.js';
 import { Labels } from '../containerd/labels.js';
-import type { NodeRuntime } from '../daemon/node-runtime.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
 import type { Descriptor } from '../registry/oci.js';
@@ -59,7 +58,7 @@ export interface RemoteLayers {
 }
 
 /** TOCs of `lower` when every one is known (implied directories then inherit their attributes). */
-function lowerTocsOf(lower: LowerLayer[] | undefined): Toc[] | undefined {
+export function lowerTocsOf(lower: LowerLayer[] | undefined): Toc[] | undefined {
   if (!lower?.length) return undefined;
   const tocs = lower.map((below) => below.toc);
   return tocs.every((toc): toc is Toc => toc !== undefined) ? tocs : undefined;
@@ -132,42 +131,5 @@ export class LayerResolver {
     signal?: AbortSignal,
   ): Promise<Descriptor[]> {
     return (await resolveManifest(this.client, ref, { manifestDigest, signal })).layers;
-  }
-}
-
-/** RemoteLayers over an in-process node runtime: FUSE mounts served by this process (they die with it). */
-export class NodeRemoteLayers implements RemoteLayers {
-  private readonly resolver: LayerResolver;
-
-  constructor(
-    private readonly runtime: NodeRuntime,
-    client: RegistryClient,
-    opts: { logger?: Logger; manifestTtlMs?: number; resolver?: LayerResolver } = {},
-  ) {
-    this.resolver = opts.resolver ?? new LayerResolver(client, opts);
-  }
-
-  resolve(labels: Record<string, string>, signal?: AbortSignal): Promise<RemoteLayerRecord | undefined> {
-    return this.resolver.resolve(labels, signal);
-  }
-
-  async mount(
-    layer: RemoteLayerRecord,
-    mountpoint: string,
-    lower?: LowerLayer[],
-    signal?: AbortSignal,
-  ): Promise<RemoteMount> {
-    const ref = parseReference(layer.ref);
-    const mounted = await this.runtime.mountLayer(
-      ref,
-      { digest: layer.digest, size: layer.size, tocDigest: layer.tocDigest, diffId: layer.diffId },
-      mountpoint,
-      { lowerTocs: lowerTocsOf(lower), signal },
-    );
-    return {
-      toc: mounted.fs.toc,
-      check: () => mounted.mount.check(),
-      unmount: () => this.runtime.releaseLayer(mounted),
-    };
   }
 }

@@ -19,7 +19,7 @@ import { RegistryClient } from '../../src/registry/client.js';
 import { parseManifestOrIndex } from '../../src/registry/oci.js';
 import { parseReference } from '../../src/registry/reference.js';
 import { serveSnapshotter, type SnapshotterServer } from '../../src/snapshotter/grpc-service.js';
-import { NodeRemoteLayers } from '../../src/snapshotter/remote-layers.js';
+import { NodeRemoteLayers } from '../../src/daemon/node-remote-layers.js';
 import { Snapshotter } from '../../src/snapshotter/snapshotter.js';
 import { pushAndConvert, requireNodeMounts, type ImageSet } from '../helpers/node.js';
 
