@@ -110,6 +110,9 @@ export async function lazyPull(ref: ImageReference, opts: LazyPullOptions): Prom
   if (diffIds.length !== m.layers.length)
     throw DfError.corrupt(`config of ${ref} lists ${diffIds.length} diff IDs for ${m.layers.length} layers`);
   const chains = chainIds(diffIds);
+  const topChain = chains.at(-1);
+  if (topChain === undefined)
+    throw DfError.unsupported(`${ref} has no layers: there is nothing to pull lazily`);
   progress(`resolved ${name}: manifest ${manifest.digest}, ${m.layers.length} layers`);
 
   // ---- containerd
@@ -139,7 +142,7 @@ export async function lazyPull(ref: ImageReference, opts: LazyPullOptions): Prom
     await writeContent(ctd, m.config.digest, configBytes, {
       ...call,
       ref: `config-${m.config.digest}`,
-      labels: { [`${Labels.gcRefSnapshot}.${snapshotter}`]: chains.at(-1)! },
+      labels: { [`${Labels.gcRefSnapshot}.${snapshotter}`]: topChain },
     });
     const manifestLabels: Record<string, string> = { [`${Labels.gcRefContent}.config`]: m.config.digest };
     m.layers.forEach((l, i) => (manifestLabels[`${Labels.gcRefContent}.l.${i}`] = l.digest));

@@ -5,7 +5,7 @@ import type { BlobRef, BlockSource } from './types.js';
 /**
  * The origin registry as a BlockSource: one HTTP range request per fetch. `ref` names the repository the
  * image came from (its tag/digest do not matter). The client should be built with few retries and a short
- * timeout: BlobFetcher retries across attempts and sources itself and bounds every read.
+ * timeout: the unit fetcher retries across attempts and sources itself and bounds every read.
  */
 export class RegistryBlockSource implements BlockSource {
   readonly kind = 'registry' as const;

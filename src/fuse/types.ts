@@ -34,7 +34,7 @@ export interface CachedBlocks {
  * A blob's TOC and its local cache: given to a mount, reads whose blocks are all in the cache are answered in
  * C on the FUSE reader threads (one pread, LZ4 decode, reply), without a hop to the JS thread. Blocks are
  * verified (SHA-256 against the TOC) before the cache takes them and the complete file against the blob
- * digest; the C path does not hash them again on every read, whatever BlobFetcher's verifyCachedReads says
+ * digest; the C path does not hash them again on every read, whatever the reader's verifyCachedReads says
  * (that option only applies to reads served by JS).
  */
 export interface DirectReadSource {

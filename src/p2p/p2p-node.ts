@@ -86,7 +86,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   private readonly token: string;
   /** p2p.tls: mutual TLS on the block server, the block client and the tracker clients. */
   private readonly tls: TlsMaterial | undefined;
-  private readonly p: Config['p2p'];
+  private readonly settings: Config['p2p'];
   private readonly log: Logger;
   private readonly timers: Timers;
   private address = '';
@@ -94,15 +94,16 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   private ticking: Promise<void> | undefined;
 
   constructor(opts: P2pNodeOptions) {
-    this.p = opts.config.p2p;
+    this.settings = opts.config.p2p;
     this.log = opts.logger ?? silentLogger;
     this.timers = opts.timers ?? realTimers;
-    this.token = resolveClusterToken(this.p);
-    this.tls = loadTls(this.p.tls);
-    this.bandwidth = opts.bandwidth ?? new HostBandwidth(this.p.uploadRate, this.p.downloadRate, this.timers);
+    this.token = resolveClusterToken(this.settings);
+    this.tls = loadTls(this.settings.tls);
+    this.bandwidth =
+      opts.bandwidth ?? new HostBandwidth(this.settings.uploadRate, this.settings.downloadRate, this.timers);
     this.isolation = new Isolation({
-      baseMs: this.p.isolationBaseMs,
-      maxMs: this.p.isolationMaxMs,
+      baseMs: this.settings.isolationBaseMs,
+      maxMs: this.settings.isolationMaxMs,
       timers: this.timers,
       onIsolate: (peer, ms, reason) => {
         this.counters.peersIsolated++;
@@ -112,7 +113,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       },
     });
     this.seedIsolation = new Isolation({
-      baseMs: Math.min(this.p.isolationBaseMs, 2000),
+      baseMs: Math.min(this.settings.isolationBaseMs, 2000),
       maxMs: 30_000,
       timers: this.timers,
       // found down by a block request or by its tracker, whichever came first: one count per exclusion
@@ -135,8 +136,8 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       http: this.http,
       isolation: this.isolation,
       reportFailure: (id) => this.failedPeers.add(id),
-      zone: this.p.zone,
-      timeoutMs: this.p.peerTimeoutMs,
+      zone: this.settings.zone,
+      timeoutMs: this.settings.peerTimeoutMs,
       timers: this.timers,
       fallback: this.fallback,
     });
@@ -144,14 +145,14 @@ export class P2pNode implements BlobProvider, LayerSwarm {
 
   /** Starts the block server and the announce loop. Returns the address peers reach this node at. */
   async start(): Promise<string> {
-    const bound = await this.server.listen(this.p.listen);
-    if (this.p.advertise) this.address = this.p.advertise;
+    const bound = await this.server.listen(this.settings.listen);
+    if (this.settings.advertise) this.address = this.settings.advertise;
     else {
       const port = bound.slice(bound.lastIndexOf(':') + 1);
       const host = bound.slice(0, bound.lastIndexOf(':'));
       this.address = `${host === '0.0.0.0' || host === '[::]' ? hostname() : host}:${port}`;
     }
-    this.timer = setInterval(() => void this.tick(), this.p.announceIntervalMs);
+    this.timer = setInterval(() => void this.tick(), this.settings.announceIntervalMs);
     this.timer.unref();
     return this.address;
   }
@@ -178,11 +179,11 @@ export class P2pNode implements BlobProvider, LayerSwarm {
 
   seedSource(repo: string): SeedBlockSource {
     return new SeedBlockSource({
-      seeds: this.p.seeds,
+      seeds: this.settings.seeds,
       repo,
       http: this.http,
       isolation: this.seedIsolation,
-      timeoutMs: this.p.seedTimeoutMs,
+      timeoutMs: this.settings.seedTimeoutMs,
       timers: this.timers,
       fallback: this.fallback,
       onUnauthorized: (seed, message) => {
@@ -276,11 +277,11 @@ export class P2pNode implements BlobProvider, LayerSwarm {
 
   /** The tracker of a blob: its first seed that is not isolated. */
   private tracker(digest: string): TrackerClient | undefined {
-    for (const seed of rankSeeds(digest, this.p.seeds)) {
+    for (const seed of rankSeeds(digest, this.settings.seeds)) {
       if (this.seedIsolation.isolated(seed)) continue;
       let c = this.trackers.get(seed);
       if (!c) {
-        c = new TrackerClient(trackerAddress(seed), this.token, this.p.trackerTimeoutMs, this.tls);
+        c = new TrackerClient(trackerAddress(seed), this.token, this.settings.trackerTimeoutMs, this.tls);
         this.trackers.set(seed, c);
       }
       return c;
@@ -324,7 +325,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
         units: v.layout.units,
         peer_id: this.id,
         address: this.address,
-        zone: this.p.zone,
+        zone: this.settings.zone,
         load: this.server.load,
         full: d.full,
         bitmap: d.full ? d.bitmap : new Uint8Array(0),
@@ -360,7 +361,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
         const r = await c.lookup({
           blob: v.blob.digest,
           peer_id: this.id,
-          zone: this.p.zone,
+          zone: this.settings.zone,
           want,
           max_peers: 32,
         });

@@ -38,31 +38,31 @@ export class PeerBlockSource implements BlockSource {
   private readonly servedBy = new WeakMap<Buffer, { id: string; offset: number }>();
   private readonly timers: Timers;
 
-  constructor(private readonly d: PeerSourceDeps) {
-    this.timers = d.timers ?? realTimers;
+  constructor(private readonly deps: PeerSourceDeps) {
+    this.timers = deps.timers ?? realTimers;
   }
 
   async fetch(blob: BlobRef, offset: number, length: number, signal: AbortSignal): Promise<Buffer> {
-    const view = this.d.view(blob.digest);
+    const view = this.deps.view(blob.digest);
     const r = view?.layout.unitsFor(offset, length);
     if (!view || !r) throw sourceUnavailable(`no peer view of ${blob.digest}`);
-    const holders = view.holdersOf(r[0], r[1]).filter((h) => !this.d.isolation.isolated(h.id));
+    const holders = view.holdersOf(r[0], r[1]).filter((h) => !this.deps.isolation.isolated(h.id));
     if (!holders.length) {
-      this.d.refresh(view);
+      this.deps.refresh(view);
       throw sourceUnavailable(`no peer holds ${blob.digest} ${offset}+${length}`);
     }
     const h = this.pick(holders);
     const what = `peer ${h.address}`;
-    const rq = childSignal(signal, transferTimeoutMs(this.d.timeoutMs, length), this.timers, what);
+    const rq = childSignal(signal, transferTimeoutMs(this.deps.timeoutMs, length), this.timers, what);
     const t0 = this.timers.now();
     this.busy.set(h.id, (this.busy.get(h.id) ?? 0) + 1);
     try {
-      const data = await this.d.http.get(h.address, blob.digest, offset, length, rq.signal);
+      const data = await this.deps.http.get(h.address, blob.digest, offset, length, rq.signal);
       const ms = Math.max(1, this.timers.now() - t0);
       const prev = this.speed.get(h.id);
       const s = length / ms;
       this.speed.set(h.id, prev === undefined ? s : prev * 0.7 + s * 0.3);
-      this.d.isolation.ok(h.id);
+      this.deps.isolation.ok(h.id);
       this.servedBy.set(data, { id: h.id, offset });
       return data;
     } catch (err) {
@@ -70,8 +70,8 @@ export class PeerBlockSource implements BlockSource {
       const e = DfError.from(err);
       // a holder that lost the range (evicted) is not at fault; anything else is
       if (e.details.sourceUnavailable !== true) {
-        this.d.isolation.fail(h.id, e.code);
-        this.d.reportFailure(h.id);
+        this.deps.isolation.fail(h.id, e.code);
+        this.deps.reportFailure(h.id);
       }
       view.holders = view.holders.filter((x) => x.id !== h.id);
       throw sourceUnavailable(`${what}: ${e.message}`);
@@ -86,9 +86,9 @@ export class PeerBlockSource implements BlockSource {
   badBlock(blob: BlobRef, data: Buffer, offset: number, length: number): void {
     const by = this.servedBy.get(data);
     if (!by) return;
-    this.d.fallback?.note(blob.digest, by.offset + offset, length, 'verification');
-    this.d.isolation.fail(by.id, 'bad block');
-    this.d.reportFailure(by.id);
+    this.deps.fallback?.note(blob.digest, by.offset + offset, length, 'verification');
+    this.deps.isolation.fail(by.id, 'bad block');
+    this.deps.reportFailure(by.id);
   }
 
   /**
@@ -104,7 +104,7 @@ export class PeerBlockSource implements BlockSource {
     for (const h of hs) {
       const sp = this.speed.get(h.id) ?? Math.max(fastest, 1);
       const key = [
-        this.d.zone && h.zone === this.d.zone ? 1 : 0,
+        this.deps.zone && h.zone === this.deps.zone ? 1 : 0,
         -(this.busy.get(h.id) ?? 0),
         -h.failures,
         (sp * (0.5 + Math.random())) / (1 + h.load),

@@ -14,14 +14,6 @@ import type { BlobRef, BlockSource, FetchContext } from '../fetch/types.js';
  */
 export type RegistryFetchReason = 'seed_down' | 'seed_timeout' | 'verification' | 'retry' | 'seed_miss';
 
-export const REGISTRY_FETCH_REASONS: readonly RegistryFetchReason[] = [
-  'seed_down',
-  'seed_timeout',
-  'verification',
-  'retry',
-  'seed_miss',
-];
-
 interface Note {
   offset: number;
   end: number;

@@ -51,9 +51,9 @@ export class SeedBlockSource implements BlockSource {
   private readonly timers: Timers;
   private readonly timeouts = new Map<string, number>();
 
-  constructor(private readonly o: SeedSourceOptions) {
-    this.name = `seeds of ${o.repo}`;
-    this.timers = o.timers ?? realTimers;
+  constructor(private readonly opts: SeedSourceOptions) {
+    this.name = `seeds of ${opts.repo}`;
+    this.timers = opts.timers ?? realTimers;
   }
 
   async fetch(
@@ -64,25 +64,25 @@ export class SeedBlockSource implements BlockSource {
     ctx?: FetchContext,
   ): Promise<Buffer> {
     let lastErr: unknown = sourceUnavailable(`no seed is up for ${blob.digest}`);
-    for (const seed of rankSeeds(blob.digest, this.o.seeds)) {
-      if (this.o.isolation.isolated(seed)) continue;
+    for (const seed of rankSeeds(blob.digest, this.opts.seeds)) {
+      if (this.opts.isolation.isolated(seed)) continue;
       const rq = childSignal(
         signal,
-        transferTimeoutMs(this.o.timeoutMs, length),
+        transferTimeoutMs(this.opts.timeoutMs, length),
         this.timers,
         `seed ${seed}`,
       );
       try {
         const planned = ctx?.planned === true && ctx.priority === Priority.Fill;
-        const data = await this.o.http.get(seed, blob.digest, offset, length, rq.signal, {
-          repo: this.o.repo,
+        const data = await this.opts.http.get(seed, blob.digest, offset, length, rq.signal, {
+          repo: this.opts.repo,
           size: String(blob.size),
           ...(planned ? { defer: '1' } : {}),
         });
-        this.o.isolation.ok(seed);
+        this.opts.isolation.ok(seed);
         this.timeouts.delete(seed);
         this.servedBy.set(data, { seed, offset });
-        this.o.fallback?.clear(blob.digest, offset, length);
+        this.opts.fallback?.clear(blob.digest, offset, length);
         return data;
       } catch (err) {
         if (signal.aborted) throw err;
@@ -91,7 +91,7 @@ export class SeedBlockSource implements BlockSource {
         if (isDeferred(e)) throw e;
         lastErr = e;
         if (e.code === 'UNAUTHORIZED') {
-          this.o.onUnauthorized?.(seed, e.message);
+          this.opts.onUnauthorized?.(seed, e.message);
           continue;
         }
         if (e.code === 'TIMEOUT') {
@@ -100,18 +100,18 @@ export class SeedBlockSource implements BlockSource {
           if (n < TIMEOUTS_UNTIL_DOWN) {
             // busy, not down: fill waits for it (the fetcher retries later); a blocked read moves on
             if ((ctx?.priority ?? Priority.Blocked) === Priority.Fill) throw e;
-            this.o.fallback?.note(blob.digest, offset, length, 'seed_timeout');
+            this.opts.fallback?.note(blob.digest, offset, length, 'seed_timeout');
             throw sourceUnavailable(`seed ${seed}: ${e.message}`);
           }
           this.timeouts.delete(seed);
         }
-        this.o.isolation.fail(seed, e.code);
+        this.opts.isolation.fail(seed, e.code);
       } finally {
         rq.dispose();
       }
     }
     // every seed is down: the registry (next source) at once
-    this.o.fallback?.note(
+    this.opts.fallback?.note(
       blob.digest,
       offset,
       length,
@@ -123,7 +123,7 @@ export class SeedBlockSource implements BlockSource {
   badBlock(blob: BlobRef, data: Buffer, offset: number, length: number): void {
     const by = this.servedBy.get(data);
     if (!by) return;
-    this.o.fallback?.note(blob.digest, by.offset + offset, length, 'verification');
-    this.o.isolation.fail(by.seed, 'bad block');
+    this.opts.fallback?.note(blob.digest, by.offset + offset, length, 'verification');
+    this.opts.isolation.fail(by.seed, 'bad block');
   }
 }

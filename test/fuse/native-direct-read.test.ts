@@ -73,7 +73,7 @@ describe.skipIf(req.skip)('NativeFuseBinding direct reads from the cache (kernel
   let mp: string;
   const handles = new Map<string, FileHandle>();
 
-  /** The stored bytes of unit u from the DFB file, written to the cache (as BlobFetcher does after verifying). */
+  /** The stored bytes of unit u from the DFB file, written to the cache (as the unit fetcher does after verifying). */
   async function putUnit(u: number): Promise<void> {
     const toc = reader.toc;
     const off = toc.blockOffset(u);

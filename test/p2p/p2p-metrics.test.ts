@@ -6,7 +6,13 @@ import type { Toc } from '../../src/blob/toc.js';
 import { BlobCache } from '../../src/cache/blob-cache.js';
 import { NodeMetrics } from '../../src/daemon/metrics.js';
 import { loadConfig } from '../../src/config.js';
-import { isSourceUnavailable, type BlobRef, type BlockSource } from '../../src/fetch/types.js';
+import {
+  isSourceUnavailable,
+  Priority,
+  type BlobRef,
+  type BlockSource,
+  type FetchContext,
+} from '../../src/fetch/types.js';
 import { P2pNode } from '../../src/p2p/p2p-node.js';
 import { RegistryFallback } from '../../src/p2p/registry-fallback.js';
 
@@ -77,6 +83,31 @@ describe('P2P metrics wiring', () => {
       expect(text).toContain('dfnode_tracker_answers_total{result="error"} 2');
       // scraping again adds nothing (deltas)
       expect(await m.text()).toContain('dfnode_registry_fetches_total{reason="seed_down"} 1');
+    } finally {
+      await p2p.close();
+    }
+  });
+
+  it('the registry wrappers (rate limit, fallback count) pass the fetch context on', async () => {
+    const config = loadConfig({
+      env: {},
+      flags: { p2p: { seeds: ['127.0.0.1:1'], clusterToken: 't', listen: '127.0.0.1:0' } },
+    });
+    const p2p = new P2pNode({ config });
+    const seen: Array<FetchContext | undefined> = [];
+    const registry: BlockSource = {
+      kind: 'registry',
+      name: 'registry',
+      fetch: async (_b, _o, length, _s, ctx) => {
+        seen.push(ctx);
+        return Buffer.alloc(length);
+      },
+    };
+    try {
+      const reg = p2p.chain('example.com/repo', registry).at(-1)!;
+      const ctx: FetchContext = { priority: Priority.Fill, planned: true };
+      await reg.fetch(blob, 0, 4096, new AbortController().signal, ctx);
+      expect(seen).toEqual([ctx]);
     } finally {
       await p2p.close();
     }
