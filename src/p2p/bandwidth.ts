@@ -1,6 +1,6 @@
 import { TokenBucket } from '../util/token-bucket.js';
 import { realTimers, type Timers } from '../util/timers.js';
-import type { BlobRef, BlockSource, FetchContext } from '../fetch/types.js';
+import type { BlobRef, BlockSource } from '../fetch/types.js';
 
 /**
  * The host's upload and download rate limits (bytes/s, 0 = unlimited), one pair per process, shared by
@@ -31,15 +31,11 @@ export class RateLimitedSource implements BlockSource {
     this.name = inner.name;
   }
 
-  async fetch(
-    blob: BlobRef,
-    offset: number,
-    length: number,
-    signal: AbortSignal,
-    ctx?: FetchContext,
-  ): Promise<Buffer> {
+  /** Waits for the bytes' tokens, then passes every argument on (the fetch context included). */
+  async fetch(...args: Parameters<BlockSource['fetch']>): Promise<Buffer> {
+    const [, , length, signal] = args;
     await this.bucket.take(length, signal);
-    return this.inner.fetch(blob, offset, length, signal, ctx);
+    return this.inner.fetch(...args);
   }
 
   badBlock(blob: BlobRef, data: Buffer, offset: number, length: number): void {

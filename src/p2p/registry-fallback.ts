@@ -1,4 +1,4 @@
-import type { BlobRef, BlockSource, FetchContext } from '../fetch/types.js';
+import type { BlobRef, BlockSource } from '../fetch/types.js';
 
 /**
  * Why a node's range request went to the registry instead of the P2P tier (label of
@@ -84,15 +84,11 @@ export class CountedRegistrySource implements BlockSource {
     this.name = inner.name;
   }
 
-  fetch(
-    blob: BlobRef,
-    offset: number,
-    length: number,
-    signal: AbortSignal,
-    ctx?: FetchContext,
-  ): Promise<Buffer> {
+  /** Counts the request with its reason, then passes every argument on (the fetch context included). */
+  fetch(...args: Parameters<BlockSource['fetch']>): Promise<Buffer> {
+    const [blob, offset, length] = args;
     this.onFetch(this.fallback.take(blob.digest, offset, length));
-    return this.inner.fetch(blob, offset, length, signal, ctx);
+    return this.inner.fetch(...args);
   }
 
   badBlock(blob: BlobRef, data: Buffer, offset: number, length: number): void {

@@ -240,7 +240,8 @@ export class MetadataTransaction {
       );
     if (this.byName.has(name)) throw new DfError('ALREADY_EXISTS', `snapshot ${name} already exists`);
     this.mutable();
-    const snapshot = current;
+    // the record of this transaction's copy of the store (mutable() copied it)
+    const snapshot = this.find(key);
     const now = Date.now();
     snapshot.name = name;
     snapshot.kind = Kind.Committed;
@@ -276,13 +277,14 @@ export class MetadataTransaction {
    */
   updateInfo(info: SnapshotInfo, fieldPaths: string[]): SnapshotInfo {
     checkName(info.name, 'name');
-    const snapshot = this.find(info.name);
+    this.find(info.name);
     for (const path of fieldPaths)
       if (path !== 'labels' && !path.startsWith('labels.'))
         throw DfError.invalidArgument(
           `cannot update field ${path} of snapshot ${info.name}; only labels are mutable`,
         );
     this.mutable();
+    const snapshot = this.find(info.name);
     const replace = fieldPaths.length === 0 || fieldPaths.includes('labels');
     const labels = replace ? { ...info.labels } : { ...snapshot.labels };
     if (!replace) {

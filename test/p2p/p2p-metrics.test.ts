@@ -35,14 +35,19 @@ describe('registry fallback reasons', () => {
   });
 });
 
+/** A node whose only seed is down: port 1 on loopback refuses connections. */
+function nodeWithSeedDown(): P2pNode {
+  const config = loadConfig({
+    env: {},
+    flags: { p2p: { seeds: ['127.0.0.1:1'], clusterToken: 't', listen: '127.0.0.1:0' } },
+  });
+  return new P2pNode({ config });
+}
+
 describe('P2P metrics wiring', () => {
   it('a range that no seed serves goes to the registry as seed_down, and the endpoint shows the P2P counters', async () => {
     // port 1 on loopback refuses connections: the only seed is down
-    const config = loadConfig({
-      env: {},
-      flags: { p2p: { seeds: ['127.0.0.1:1'], clusterToken: 't', listen: '127.0.0.1:0' } },
-    });
-    const p2p = new P2pNode({ config });
+    const p2p = nodeWithSeedDown();
     let asked = 0;
     const registry: BlockSource = {
       kind: 'registry',
@@ -89,11 +94,7 @@ describe('P2P metrics wiring', () => {
   });
 
   it('the registry wrappers (rate limit, fallback count) pass the fetch context on', async () => {
-    const config = loadConfig({
-      env: {},
-      flags: { p2p: { seeds: ['127.0.0.1:1'], clusterToken: 't', listen: '127.0.0.1:0' } },
-    });
-    const p2p = new P2pNode({ config });
+    const p2p = nodeWithSeedDown();
     const seen: Array<FetchContext | undefined> = [];
     const registry: BlockSource = {
       kind: 'registry',
@@ -114,11 +115,7 @@ describe('P2P metrics wiring', () => {
   });
 
   it('a seed found down by its tracker (not by a block request) counts as down once, and its blocks are skipped', async () => {
-    const config = loadConfig({
-      env: {},
-      flags: { p2p: { seeds: ['127.0.0.1:1'], clusterToken: 't', listen: '127.0.0.1:0' } },
-    });
-    const p2p = new P2pNode({ config });
+    const p2p = nodeWithSeedDown();
     const toc = { blockCount: 4, blockOffset: (i: number) => i * 4096 } as unknown as Toc;
     const dir = await mkdtemp(join(tmpdir(), 'dfnode-p2p-metrics-'));
     const cache = await BlobCache.open({ dir, digest: blob.digest, size: blob.size });
