@@ -161,11 +161,6 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     return this.address;
   }
 
-  /** The fetch chain after the cache: peers, then the blob's seed, for an image from `repo`. */
-  sources(repo: string): BlockSource[] {
-    return [this.peers, this.seedSource(repo)];
-  }
-
   /**
    * The whole fetch chain after the cache: peers, the blob's seed, then `registry` under the host's download
    * limit, each registry request counted with the reason the P2P tier did not serve it.
@@ -174,10 +169,10 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     const counted = new CountedRegistrySource(registry, this.fallback, (reason) => {
       this.counters.registryFetches[reason] = (this.counters.registryFetches[reason] ?? 0) + 1;
     });
-    return [...this.sources(repo), new RateLimitedSource(counted, this.bandwidth.download)];
+    return [this.peers, this.seedSource(repo), new RateLimitedSource(counted, this.bandwidth.download)];
   }
 
-  seedSource(repo: string): SeedBlockSource {
+  private seedSource(repo: string): SeedBlockSource {
     return new SeedBlockSource({
       seeds: this.settings.seeds,
       repo,
@@ -251,10 +246,6 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     view.unlisten?.();
     if (view.soon !== undefined) this.timers.clearTimeout(view.soon);
     await this.leave(view);
-  }
-
-  view(digest: string): PeerView | undefined {
-    return this.views.get(digest);
   }
 
   // ------------------------------------------------------------------ BlobProvider (serving peers)
@@ -347,7 +338,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   }
 
   /** Asks the blob's tracker for holders of what this node misses (at most every 250 ms per blob). */
-  lookup(v: PeerView): Promise<void> {
+  private lookup(v: PeerView): Promise<void> {
     if (v.looking) return v.looking;
     if (this.timers.now() - v.lastLookup < 250 || v.cache.isComplete) return Promise.resolve();
     v.lastLookup = this.timers.now();
