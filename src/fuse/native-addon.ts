@@ -76,6 +76,13 @@ export interface NativeInfo {
   directReads: number;
   directBytes: number;
   directFallbacks: number;
+  /**
+   * Directory listings held in C for open directory handles: one per directory open at least once (shared
+   * by its handles, freed with the last), the handles, and the bytes the listings take.
+   */
+  dirListings: number;
+  dirHandles: number;
+  dirBytes: number;
 }
 
 /** native/ at the package root, from src/fuse/ (tsx, vitest) or dist/src/fuse/ (compiled). */
