@@ -28,7 +28,7 @@ const req = requireConditions({
 });
 
 const ENTRIES = 20_000;
-const HANDLES = 64;
+const HANDLES = 400;
 
 /** Names of a Dir handle, read to the end. */
 async function drain(d: Dir): Promise<string[]> {
