@@ -238,7 +238,7 @@ napi_value dfn_js_unmount(napi_env env, napi_callback_info info) {
 }
 
 /* info(session) → { alive, reads, readBytes, maxRead, requests, directReads, directBytes, directFallbacks,
-   dirListings, dirHandles, dirBytes } */
+   directVerified, directVerifyFailures, dirListings, dirHandles, dirBytes } */
 napi_value dfn_js_info(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -267,6 +267,10 @@ napi_value dfn_js_info(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, o, "directBytes", v);
   napi_create_double(env, (double)s->direct_total.fallbacks, &v);
   napi_set_named_property(env, o, "directFallbacks", v);
+  napi_create_double(env, (double)s->direct_total.verified, &v);
+  napi_set_named_property(env, o, "directVerified", v);
+  napi_create_double(env, (double)s->direct_total.verify_failures, &v);
+  napi_set_named_property(env, o, "directVerifyFailures", v);
   pthread_mutex_lock(&s->dir_mu);
   double dir[3] = {(double)s->dir_listings, (double)s->dir_handles, (double)s->dir_bytes};
   pthread_mutex_unlock(&s->dir_mu);
