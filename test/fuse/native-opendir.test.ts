@@ -128,6 +128,21 @@ describe.skipIf(req.skip)('native addon: directory handles (kernel)', () => {
     expect(after.dirBytes).toBe(0);
   });
 
+  it('opens racing for a directory nobody has open end with one listing', async () => {
+    await allReleased();
+    const handles = await Promise.all(Array.from({ length: 32 }, () => opendir(join(mp, 'big'))));
+    try {
+      const i = m.info();
+      expect(i.dirHandles).toBe(32);
+      expect(i.dirListings).toBe(1);
+      expect((await drain(handles[31]!)).sort()).toEqual(expected);
+    } finally {
+      await Promise.all(handles.map((h) => h.close()));
+    }
+    await allReleased();
+    expect(m.info().dirBytes).toBe(0);
+  });
+
   it('ls lists the TOC; telldir/seekdir and rewinddir keep working', async () => {
     const { stdout } = await exec('ls', ['-1', '-U', join(mp, 'big')], { maxBuffer: 8 << 20 });
     expect(stdout.trim().split('\n').sort()).toEqual(expected);
