@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "dfnode_fuse",
-      "sources": ["dfnode_fuse.c", "session.c", "lowlevel_ops.c", "js_bridge.c", "replies.c", "direct_read.c"],
+      "sources": ["dfnode_fuse.c", "session.c", "lowlevel_ops.c", "js_bridge.c", "replies.c", "direct_read.c", "dir_cache.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags fuse3)"],
       "libraries": ["<!@(pkg-config --libs fuse3)", "-llz4"],
       "defines": ["NAPI_VERSION=8"]

@@ -6,7 +6,9 @@
  * readlink, xattrs, statfs, opendir) go to the JS thread through a napi_threadsafe_function; JS answers
  * with reply*(id, ...) (fuse_reply_* are thread-safe; the reply is written before the call returns, so JS
  * buffers are not kept). readdir/readdirplus are answered on the reader thread from the entry list JS gave
- * at opendir; forget, release and releasedir never leave C.
+ * at the first opendir of a directory, which every handle of that directory shares until the last is released
+ * (dir_cache.c; a later opendir while one is open is answered in C); forget, release and releasedir never
+ * leave C.
  *
  * Request ids: a slot table (mutex) maps a numeric id (slot + generation) to the pending request, so a late
  * or repeated reply from JS is ignored instead of touching a freed request. Unmount answers EIO to every

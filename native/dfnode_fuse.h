@@ -5,6 +5,7 @@
  *   js_bridge.c     pending request table and delivery of requests to JS
  *   replies.c       reply*() from JS
  *   direct_read.c   reads of cached blocks answered in C
+ *   dir_cache.c     directory listings shared by the open handles of a directory
  */
 #ifndef DFNODE_FUSE_H
 #define DFNODE_FUSE_H
@@ -48,11 +49,20 @@ typedef struct dirent_s {
   struct stat st;
 } dirent_s;
 
+/* The listing of one directory ('.' and '..' first), as JS gave it at opendir. One per directory inode and
+   session, shared by every open handle of that directory (fi->fh) and freed when the last one is released
+   (dir_cache.c): opening a large directory many times costs one copy, not one per handle. */
 typedef struct dirh {
+  struct dirh *next; /* in the session's table */
+  uint64_t ino;
+  uint32_t refs;     /* open handles (dir_mu) */
+  size_t bytes;      /* C memory held by this listing */
   size_t n;
   dirent_s *ents;
   char *names;
 } dirh;
+
+#define DIR_BUCKETS 256
 
 struct session {
   struct fuse_session *se;
@@ -71,6 +81,9 @@ struct session {
   direct_reads *dr;      /* reads served from the cache file in C; NULL: every read goes to JS */
   volatile int read_forwarded; /* a read went to JS already (the first one always does) */
   dr_stats direct_total;        /* direct-read counters kept when dr is freed at unmount */
+  pthread_mutex_t dir_mu;       /* the listings below */
+  dirh *dirs[DIR_BUCKETS];      /* listings by directory inode (dir_cache.c) */
+  uint64_t dir_bytes, dir_listings, dir_handles; /* held now (dir_mu) */
   /* counters (reader threads; racy but only for reporting) */
   uint64_t reads, read_bytes, max_read, requests;
 };
@@ -91,7 +104,21 @@ void dfn_call_js(napi_env env, napi_value fn, void *context, void *data);
 
 /* lowlevel_ops.c */
 extern const struct fuse_lowlevel_ops dfn_ll_ops;
+/* Answers an opendir with handle d (keep_cache, cache_readdir); releases d when the request was interrupted. */
+int dfn_reply_opendir(fuse_req_t req, session *s, dirh *d);
+
+/* dir_cache.c */
+/* Frees a listing that is not in the table (built, then not used). */
 void dfn_dirh_free(dirh *d);
+/* The listing of ino with one more handle on it; NULL when no handle has it open. */
+dirh *dfn_dir_get(session *s, uint64_t ino);
+/* Adds a new listing with one handle; when another handle added one for the same inode meanwhile, frees d
+   and returns that one (with one more handle). */
+dirh *dfn_dir_put(session *s, dirh *d);
+/* One handle fewer; the listing is freed with its last handle. */
+void dfn_dir_release(session *s, dirh *d);
+/* Frees every listing (unmount: no reader thread left, the kernel sends no more releasedir). */
+void dfn_dir_clear(session *s);
 
 /* session.c */
 session *dfn_get_session(napi_env env, napi_value v);

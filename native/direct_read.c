@@ -12,10 +12,15 @@
  * an inode that is not a regular file -- returns 0 and the caller forwards the request to JS, which fetches,
  * verifies and answers as before.
  *
- * No SHA-256 here: a block is only marked present after JS verified its stored bytes against the TOC and
- * wrote them to the cache (BlobCache.write), and the complete file is checked against the blob digest. Bit rot
- * in the cache file after that is not detected on this path (an LZ4 block that no longer decodes falls back to
- * JS, which re-verifies and refetches it).
+ * Verification: a block is only marked present after JS verified its stored bytes against the TOC and wrote
+ * them to the cache (BlobCache.write). When the mount is given the TOC's block digests (`digests`, what
+ * cache.verifyCachedReads turns on), a block's stored bytes are also checked against its SHA-256 the first
+ * time this mount serves it (and again after any presence change of that unit): a per-mount "verified"
+ * bitmap. A block that does not match is not served: the read goes to JS, which verifies again, drops the
+ * block from the cache and refetches it. So bit rot in the cache file is caught at the first read of a block
+ * after each mount; rot of a block this mount has already verified and served is not (the kernel's page cache
+ * holds its file pages anyway). Without digests the path trusts the cache file (an LZ4 block that no longer
+ * decodes still falls back to JS). SHA-256 comes from the OpenSSL inside Node (EVP_Digest).
  */
 #define _GNU_SOURCE
 #include "direct_read.h"
@@ -23,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lz4.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +51,9 @@ struct direct_reads {
   size_t nbits;         /* bytes of present */
   uint8_t *present;     /* units: blocks, then the TOC unit; atomic bytes */
   int complete;         /* atomic: every unit present */
-  uint64_t reads, bytes, fallbacks; /* atomic counters */
+  uint8_t *digests;     /* nblocks * 32: SHA-256 of each block's stored bytes; NULL: no verification */
+  uint8_t *verified;    /* nbits bytes: blocks this mount checked against digests (atomic bytes) */
+  uint64_t reads, bytes, fallbacks, verified_blocks, verify_failures; /* atomic counters */
 };
 
 /* ------------------------------------------------------------------ per-thread scratch */
@@ -112,7 +120,8 @@ static int u64_of(double d, uint64_t *out) {
 
 /* cfg: { path: string, streamOffsets: Float64Array(n+1), blobOffsets: Float64Array(n+1), codecs: Uint8Array(n),
    fileOffsets: Float64Array(inodes), fileSizes: Float64Array(inodes) (-1: not a regular file),
-   present: Uint8Array (bitmap of the n+1 units), complete: boolean } */
+   present: Uint8Array (bitmap of the n+1 units), complete: boolean, digests?: Uint8Array(32 n) (SHA-256 of
+   the stored bytes of each block: verify each block the first time it is served) } */
 direct_reads *dr_create(napi_env env, napi_value cfg, char *err, size_t errlen) {
   direct_reads *d = calloc(1, sizeof(*d));
   if (!d) {
@@ -167,6 +176,17 @@ direct_reads *dr_create(napi_env env, napi_value cfg, char *err, size_t errlen) 
       FAIL("direct reads: inode %zu lies outside the data stream", i + 1);
   }
   memcpy(d->present, pr, np);
+  napi_value dv;
+  napi_valuetype dvt = napi_undefined;
+  if (prop(env, cfg, "digests", &dv) && napi_typeof(env, dv, &dvt) == napi_ok && dvt != napi_undefined) {
+    size_t ndg = 0;
+    const uint8_t *dg = typed_prop(env, cfg, "digests", napi_uint8_array, &ndg);
+    if (!dg || ndg != (size_t)d->nblocks * 32) FAIL("direct reads: digests must be a Uint8Array of 32 bytes a block");
+    d->digests = malloc(ndg ? ndg : 1);
+    d->verified = calloc(d->nbits, 1);
+    if (!d->digests || !d->verified) FAIL("out of memory");
+    memcpy(d->digests, dg, ndg);
+  }
   napi_value v;
   bool b = false;
   if (prop(env, cfg, "complete", &v)) napi_get_value_bool(env, v, &b);
@@ -191,6 +211,8 @@ void dr_free(direct_reads *d) {
   free(d->file_off);
   free(d->file_size);
   free(d->present);
+  free(d->digests);
+  free(d->verified);
   free(d);
 }
 
@@ -199,6 +221,8 @@ void dr_free(direct_reads *d) {
 void dr_mark(direct_reads *d, uint32_t unit, int present) {
   if (!d || unit > d->nblocks) return;
   uint8_t m = (uint8_t)(1u << (unit & 7));
+  /* new bytes (or none): check them again before serving them */
+  if (d->verified) __atomic_fetch_and(&d->verified[unit >> 3], (uint8_t)~m, __ATOMIC_RELEASE);
   if (present)
     __atomic_fetch_or(&d->present[unit >> 3], m, __ATOMIC_RELEASE);
   else
@@ -212,8 +236,10 @@ void dr_set_complete(direct_reads *d, int complete) {
 void dr_reset(direct_reads *d, const uint8_t *bits, size_t nbytes) {
   if (!d) return;
   __atomic_store_n(&d->complete, 0, __ATOMIC_RELEASE);
-  for (size_t i = 0; i < d->nbits; i++)
+  for (size_t i = 0; i < d->nbits; i++) {
+    if (d->verified) __atomic_store_n(&d->verified[i], 0, __ATOMIC_RELEASE);
     __atomic_store_n(&d->present[i], i < nbytes ? bits[i] : 0, __ATOMIC_RELEASE);
+  }
 }
 
 static int all_present(const direct_reads *d, uint32_t first, uint32_t last) {
@@ -229,6 +255,33 @@ void dr_get_stats(const direct_reads *d, dr_stats *out) {
   out->reads = __atomic_load_n(&d->reads, __ATOMIC_RELAXED);
   out->bytes = __atomic_load_n(&d->bytes, __ATOMIC_RELAXED);
   out->fallbacks = __atomic_load_n(&d->fallbacks, __ATOMIC_RELAXED);
+  out->verified = __atomic_load_n(&d->verified_blocks, __ATOMIC_RELAXED);
+  out->verify_failures = __atomic_load_n(&d->verify_failures, __ATOMIC_RELAXED);
+}
+
+/* Whether blocks first..last were all checked by this mount (always, without digests). */
+static int all_verified(const direct_reads *d, uint32_t first, uint32_t last) {
+  if (!d->verified) return 1;
+  for (uint32_t i = first; i <= last; i++)
+    if (!(__atomic_load_n(&d->verified[i >> 3], __ATOMIC_ACQUIRE) & (1u << (i & 7)))) return 0;
+  return 1;
+}
+
+/* Checks the stored bytes of block i against its digest; marks it verified when they match. */
+static int verify_block(direct_reads *d, uint32_t i, const char *stored) {
+  uint8_t m = (uint8_t)(1u << (i & 7));
+  if (__atomic_load_n(&d->verified[i >> 3], __ATOMIC_ACQUIRE) & m) return 1;
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  size_t len = (size_t)(d->blob_off[i + 1] - d->blob_off[i]);
+  if (EVP_Digest(stored, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32 ||
+      memcmp(md, d->digests + (size_t)i * 32, 32) != 0) {
+    __atomic_fetch_add(&d->verify_failures, 1, __ATOMIC_RELAXED);
+    return 0;
+  }
+  __atomic_fetch_or(&d->verified[i >> 3], m, __ATOMIC_RELEASE);
+  __atomic_fetch_add(&d->verified_blocks, 1, __ATOMIC_RELAXED);
+  return 1;
 }
 
 /* ------------------------------------------------------------------ reads (reader threads) */
@@ -293,13 +346,16 @@ int dr_read(direct_reads *d, fuse_req_t req, uint64_t ino, size_t size, uint64_t
   if (!out) goto fallback;
   int all_raw = 1;
   for (uint32_t i = first; i <= last && all_raw; i++) all_raw = d->codec[i] == CODEC_RAW;
-  if (all_raw) {
+  int check = !all_verified(d, first, last); /* whole stored blocks are needed to check them */
+  if (all_raw && !check) {
     /* raw blocks are contiguous in the blob and in the stream: the bytes sit at the same relative offset */
     if (!pread_full(d->fd, out, (size_t)n, d->blob_off[first] + (start - d->stream_off[first]))) goto fallback;
   } else {
     uint64_t run = d->blob_off[last + 1] - d->blob_off[first];
     char *stored = run <= MAX_RUN ? tbuf_get(&tl_stored, (size_t)run) : NULL;
     if (!stored || !pread_full(d->fd, stored, (size_t)run, d->blob_off[first])) goto fallback;
+    for (uint32_t i = first; i <= last && check; i++)
+      if (!verify_block(d, i, stored + (d->blob_off[i] - d->blob_off[first]))) goto fallback;
     for (uint32_t i = first; i <= last; i++) {
       uint64_t bs = d->stream_off[i], be = d->stream_off[i + 1];
       uint64_t a = (start > bs ? start : bs) - bs, b = (end < be ? end : be) - bs;

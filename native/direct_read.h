@@ -23,7 +23,8 @@ direct_reads *dr_create(napi_env env, napi_value cfg, char *err, size_t errlen);
 void dr_free(direct_reads *d);
 
 /* Answers the read from the cache when every block under it is present (returns 1: a reply was sent);
-   returns 0 without replying when the read must go to JS (missing block, I/O or decode error, not a file). */
+   returns 0 without replying when the read must go to JS (missing block, I/O or decode error, a block that
+   fails its first SHA-256 check of this mount, not a file). */
 int dr_read(direct_reads *d, fuse_req_t req, uint64_t ino, size_t size, uint64_t off);
 
 /* Presence updates from JS (any thread; readers see them with acquire loads). */
@@ -33,7 +34,7 @@ void dr_set_complete(direct_reads *d, int complete);
 void dr_reset(direct_reads *d, const uint8_t *bits, size_t nbytes);
 
 typedef struct dr_stats {
-  uint64_t reads, bytes, fallbacks;
+  uint64_t reads, bytes, fallbacks, verified, verify_failures;
 } dr_stats;
 void dr_get_stats(const direct_reads *d, dr_stats *out);
 

@@ -1,7 +1,8 @@
 /*
  * The libfuse low-level operations, called on the reader threads: most are forwarded to JS (js_bridge.c);
- * readdir/readdirplus are answered from the entry list JS gave at opendir, forget and release never leave C,
- * and reads of cached blocks may be answered by direct_read.c. See dfnode_fuse.c.
+ * readdir/readdirplus are answered from the entry list JS gave at opendir (shared by the handles of a
+ * directory, dir_cache.c), opendir of a directory open already, forget and release never leave C, and reads of
+ * cached blocks may be answered by direct_read.c. See dfnode_fuse.c.
  */
 #include "dfnode_fuse.h"
 
@@ -89,8 +90,28 @@ static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   fuse_reply_err(req, 0);
 }
 
+/* Sets what every directory handle gets; used here and by replyOpendir. */
+int dfn_reply_opendir(fuse_req_t req, session *s, dirh *d) {
+  struct fuse_file_info fi;
+  memset(&fi, 0, sizeof(fi));
+  fi.fh = (uint64_t)(uintptr_t)d;
+  fi.keep_cache = 1;
+  fi.cache_readdir = 1;
+  int r = fuse_reply_open(req, &fi);
+  if (r == -ENOENT) dfn_dir_release(s, d); /* interrupted: no releasedir will come */
+  return r;
+}
+
 static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   (void)fi;
+  session *s = fuse_req_userdata(req);
+  /* the layer is immutable: a listing some handle holds is this directory's listing */
+  dirh *d = s->closing ? NULL : dfn_dir_get(s, ino);
+  if (d) {
+    s->requests++;
+    dfn_reply_opendir(req, s, d);
+    return;
+  }
   forward(req, OP_OPENDIR, ino, 0, 0, 0, NULL);
 }
 
@@ -140,16 +161,9 @@ static void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
   readdir_common(req, size, off, fi, 1);
 }
 
-void dfn_dirh_free(dirh *d) {
-  if (!d) return;
-  free(d->ents);
-  free(d->names);
-  free(d);
-}
-
 static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   (void)ino;
-  dfn_dirh_free((dirh *)(uintptr_t)fi->fh);
+  dfn_dir_release(fuse_req_userdata(req), (dirh *)(uintptr_t)fi->fh);
   fuse_reply_err(req, 0);
 }
 

@@ -118,7 +118,8 @@ napi_value dfn_js_reply_open(napi_env env, napi_callback_info info) {
   return ret_bool(env, true);
 }
 
-/* replyOpendir(id, names: Buffer ('\0'-terminated names, '.' and '..' first), attrs: Float64Array, count) */
+/* replyOpendir(id, names: Buffer ('\0'-terminated names, '.' and '..' first), attrs: Float64Array, count): the
+   listing is kept for every handle of the directory (dir_cache.c). */
 napi_value dfn_js_reply_opendir(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
@@ -147,12 +148,10 @@ napi_value dfn_js_reply_opendir(napi_env env, napi_callback_info info) {
     p += strlen(p) + 1;
   }
   d->n = n;
-  struct fuse_file_info fi;
-  memset(&fi, 0, sizeof(fi));
-  fi.fh = (uint64_t)(uintptr_t)d;
-  fi.keep_cache = 1;
-  fi.cache_readdir = 1;
-  if (fuse_reply_open(r->req, &fi) == -ENOENT) dfn_dirh_free(d); /* interrupted: no releasedir will come */
+  d->ino = r->ino;
+  d->bytes = sizeof(dirh) + (size_t)n * sizeof(dirent_s) + nlen + 1;
+  /* another opendir of this directory may have been answered meanwhile: then its listing is used */
+  dfn_reply_opendir(r->req, r->s, dfn_dir_put(r->s, d));
   free(r);
   return ret_bool(env, true);
 fail:

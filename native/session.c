@@ -14,6 +14,8 @@ static void session_unref(session *s) {
   if (--s->refs > 0) return;
   if (s->se) fuse_session_destroy(s->se);
   if (s->efd >= 0) close(s->efd);
+  dfn_dir_clear(s);
+  pthread_mutex_destroy(&s->dir_mu);
   free(s);
 }
 
@@ -64,6 +66,7 @@ static void session_stop(session *s) {
   for (int i = 0; i < s->nthreads; i++) pthread_join(s->threads[i], NULL);
   s->nthreads = 0;
   dfn_tbl_fail_session(s, EIO);
+  dfn_dir_clear(s); /* the handles still open die with the connection */
   if (s->dr) dr_get_stats(s->dr, &s->direct_total);
   dr_free(s->dr); /* no reader thread left to use it */
   s->dr = NULL;
@@ -134,6 +137,7 @@ napi_value dfn_js_mount(napi_env env, napi_callback_info info) {
   if (!s) THROW(env, "out of memory");
   s->efd = -1;
   s->env = env;
+  pthread_mutex_init(&s->dir_mu, NULL);
   s->nthreads = (int)num_prop(env, argv[3], "threads", 2);
   if (s->nthreads < 1) s->nthreads = 1;
   if (s->nthreads > MAX_THREADS) s->nthreads = MAX_THREADS;
@@ -233,7 +237,8 @@ napi_value dfn_js_unmount(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* info(session) → { alive, reads, readBytes, maxRead, requests, directReads, directBytes, directFallbacks } */
+/* info(session) → { alive, reads, readBytes, maxRead, requests, directReads, directBytes, directFallbacks,
+   directVerified, directVerifyFailures, dirListings, dirHandles, dirBytes } */
 napi_value dfn_js_info(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -262,5 +267,18 @@ napi_value dfn_js_info(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, o, "directBytes", v);
   napi_create_double(env, (double)s->direct_total.fallbacks, &v);
   napi_set_named_property(env, o, "directFallbacks", v);
+  napi_create_double(env, (double)s->direct_total.verified, &v);
+  napi_set_named_property(env, o, "directVerified", v);
+  napi_create_double(env, (double)s->direct_total.verify_failures, &v);
+  napi_set_named_property(env, o, "directVerifyFailures", v);
+  pthread_mutex_lock(&s->dir_mu);
+  double dir[3] = {(double)s->dir_listings, (double)s->dir_handles, (double)s->dir_bytes};
+  pthread_mutex_unlock(&s->dir_mu);
+  napi_create_double(env, dir[0], &v);
+  napi_set_named_property(env, o, "dirListings", v);
+  napi_create_double(env, dir[1], &v);
+  napi_set_named_property(env, o, "dirHandles", v);
+  napi_create_double(env, dir[2], &v);
+  napi_set_named_property(env, o, "dirBytes", v);
   return o;
 }

@@ -63,9 +63,11 @@ const configSchema = z.object({
       /** Decompressed-block memory cache (LRU). */
       memoryBytes: sizeSchema.default(64 * 1024 ** 2),
       /**
-       * Check each block's SHA-256 again when a read in JavaScript takes it from the local cache. Blocks are
-       * always verified before they enter the cache and the complete file against the blob digest; reads the
-       * native addon serves in C from the cache (the fast path) are not re-hashed.
+       * Check blocks against their SHA-256 again when reads take them from the local cache file (bit rot),
+       * and refetch a block that fails. Reads served in JavaScript hash the block on every read from the file;
+       * reads the native addon serves in C (the fast path) hash each block the first time a mount serves it,
+       * and again after the block is rewritten, not on every read. Blocks are always verified before they enter
+       * the cache and the complete file against the blob digest, whatever this says.
        */
       verifyCachedReads: z.boolean().default(true),
     })

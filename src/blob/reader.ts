@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { inflateSync } from 'node:zlib';
+import { promisify } from 'node:util';
+import { inflate, inflateSync } from 'node:zlib';
 import { DfError } from '../errors.js';
 import { decodeStoredBlock } from './block-codec.js';
 import { decodeFooter, FOOTER_SIZE, type Footer } from './footer.js';
@@ -11,6 +12,8 @@ export interface DfbReaderOpenOptions {
   expectedTocDigest?: string;
   signal?: AbortSignal;
 }
+
+const inflateAsync = promisify(inflate);
 
 /** Range reads issued by readFile/fileStream are capped at this many stored bytes. */
 const MAX_RUN_BYTES = 8 * 1024 * 1024;
@@ -48,6 +51,43 @@ export class DfbReader {
    * ends where the TOC starts.
    */
   static decodeStoredToc(footer: Footer, stored: Buffer, expectedTocDigest?: string): Toc {
+    DfbReader.checkStoredToc(footer, stored, expectedTocDigest);
+    let raw: Buffer;
+    if (footer.tocCodec === TocCodec.None) raw = stored;
+    else {
+      try {
+        raw = inflateSync(stored, { maxOutputLength: Math.max(footer.tocLength, 1) });
+      } catch (err) {
+        throw DfError.corrupt(`DFB TOC: does not decompress (${(err as Error).message})`, { cause: err });
+      }
+    }
+    return DfbReader.tocFromRaw(footer, raw);
+  }
+
+  /**
+   * decodeStoredToc with the decompression on libuv's thread pool instead of the event loop (a TOC of 100k
+   * entries inflates to ~9 MB: ~20 ms of inflate). Same checks and errors; Toc.decode itself stays synchronous.
+   */
+  static async decodeStoredTocAsync(
+    footer: Footer,
+    stored: Buffer,
+    expectedTocDigest?: string,
+  ): Promise<Toc> {
+    DfbReader.checkStoredToc(footer, stored, expectedTocDigest);
+    let raw: Buffer;
+    if (footer.tocCodec === TocCodec.None) raw = stored;
+    else {
+      try {
+        raw = await inflateAsync(stored, { maxOutputLength: Math.max(footer.tocLength, 1) });
+      } catch (err) {
+        throw DfError.corrupt(`DFB TOC: does not decompress (${(err as Error).message})`, { cause: err });
+      }
+    }
+    return DfbReader.tocFromRaw(footer, raw);
+  }
+
+  /** The footer's and the expected digest of the stored TOC bytes. */
+  private static checkStoredToc(footer: Footer, stored: Buffer, expectedTocDigest?: string): void {
     const actual = createHash('sha256').update(stored).digest();
     if (!actual.equals(footer.tocSha256)) {
       throw DfError.digestMismatch(
@@ -60,15 +100,10 @@ export class DfbReader {
     if (expectedTocDigest !== undefined && expectedTocDigest !== digest) {
       throw DfError.digestMismatch('DFB TOC (layer annotation)', expectedTocDigest, digest);
     }
-    let raw: Buffer;
-    if (footer.tocCodec === TocCodec.None) raw = stored;
-    else {
-      try {
-        raw = inflateSync(stored, { maxOutputLength: Math.max(footer.tocLength, 1) });
-      } catch (err) {
-        throw DfError.corrupt(`DFB TOC: does not decompress (${(err as Error).message})`, { cause: err });
-      }
-    }
+  }
+
+  /** Decodes the decompressed TOC and checks it against the footer. */
+  private static tocFromRaw(footer: Footer, raw: Buffer): Toc {
     if (raw.length !== footer.tocLength) {
       throw DfError.corrupt(`DFB TOC: decompressed to ${raw.length} bytes, footer says ${footer.tocLength}`);
     }

@@ -4,7 +4,7 @@ import type { CachedBlocks, DirectReadSource } from './types.js';
 
 /**
  * Copies the block table and file extents of a TOC into typed arrays for native/direct_read.c, with the
- * units present now. Undefined when the cache's layout is not this TOC's (not set yet, or another blob).
+ * units present now (and the blocks' SHA-256 unless `verify` is false). Undefined when the cache's layout is not this TOC's (not set yet, or another blob).
  */
 export function directTables(src: DirectReadSource): DirectTables | undefined {
   const { toc, blocks } = src;
@@ -13,10 +13,14 @@ export function directTables(src: DirectReadSource): DirectTables | undefined {
   const streamOffsets = new Float64Array(n + 1);
   const blobOffsets = new Float64Array(n + 1);
   const codecs = new Uint8Array(n);
+  const digests = src.verify === false ? undefined : new Uint8Array(n * 32);
   for (let i = 0; i <= n; i++) {
     streamOffsets[i] = toc.blockStreamOffset(i);
     blobOffsets[i] = toc.blockOffset(i);
-    if (i < n) codecs[i] = toc.blockCodec(i);
+    if (i < n) {
+      codecs[i] = toc.blockCodec(i);
+      digests?.set(toc.blockSha256(i), i * 32);
+    }
   }
   const fileOffsets = new Float64Array(toc.inodeCount);
   const fileSizes = new Float64Array(toc.inodeCount).fill(-1);
@@ -35,6 +39,7 @@ export function directTables(src: DirectReadSource): DirectTables | undefined {
     fileSizes,
     present: blocks.snapshot(),
     complete: blocks.isComplete,
+    ...(digests ? { digests } : {}),
   };
 }
 

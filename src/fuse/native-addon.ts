@@ -61,6 +61,12 @@ export interface DirectTables {
   /** Units present now (blocks, then the TOC unit), and whether all are. */
   present: Uint8Array;
   complete: boolean;
+  /**
+   * SHA-256 of each block's stored bytes (32 bytes a block): when given, C checks a block against it the
+   * first time the mount serves it (and after any change of that unit), and passes the read to JS if it
+   * does not match. Without it C trusts the cache file.
+   */
+  digests?: Uint8Array;
 }
 
 /** Counters of one mount (kernel requests as the reader threads saw them). */
@@ -76,6 +82,16 @@ export interface NativeInfo {
   directReads: number;
   directBytes: number;
   directFallbacks: number;
+  /** Blocks C checked against their SHA-256 before serving them, and blocks that did not match. */
+  directVerified: number;
+  directVerifyFailures: number;
+  /**
+   * Directory listings held in C for open directory handles: one per directory open at least once (shared
+   * by its handles, freed with the last), the handles, and the bytes the listings take.
+   */
+  dirListings: number;
+  dirHandles: number;
+  dirBytes: number;
 }
 
 /** native/ at the package root, from src/fuse/ (tsx, vitest) or dist/src/fuse/ (compiled). */

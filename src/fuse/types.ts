@@ -34,12 +34,16 @@ export interface CachedBlocks {
  * A blob's TOC and its local cache: given to a mount, reads whose blocks are all in the cache are answered in
  * C on the FUSE reader threads (one pread, LZ4 decode, reply), without a hop to the JS thread. Blocks are
  * verified (SHA-256 against the TOC) before the cache takes them and the complete file against the blob
- * digest; the C path does not hash them again on every read, whatever the reader's verifyCachedReads says
- * (that option only applies to reads served by JS).
+ * digest. With `verify` (the default; config `cache.verifyCachedReads`), C also checks each block against
+ * its SHA-256 the first time the mount serves it (again after the unit changes): a block that rotted in the
+ * cache file is passed to JS, which drops and refetches it. Unlike the JS path, which re-hashes a block on
+ * every read from the cache file, C does not hash a block again once this mount has verified it.
  */
 export interface DirectReadSource {
   toc: Toc;
   blocks: CachedBlocks;
+  /** Check each block's SHA-256 the first time the mount serves it from C. Default true. */
+  verify?: boolean;
 }
 
 export interface MountOptions {
