@@ -1,4 +1,5 @@
-import { chmod, mkdir, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { chmod, mkdir, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { DfError } from '../errors.js';
@@ -125,7 +126,28 @@ export interface SnapshotterServer {
   stop(timeoutMs?: number): Promise<void>;
 }
 
-/** Serves the snapshots service on a unix socket (stale socket file removed; mode 0660). */
+/**
+ * Whether a live process accepts connections on the unix socket `path` (bounded: a listener that does not
+ * accept within 2 s counts as live, so that we never delete a socket someone may still serve).
+ */
+export function socketServed(path: string): Promise<boolean> {
+  return new Promise((resolveServed) => {
+    const sock = connect(path);
+    const done = (served: boolean) => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolveServed(served);
+    };
+    const timer = setTimeout(() => done(true), 2000);
+    sock.once('connect', () => done(true));
+    sock.once('error', (err: NodeJS.ErrnoException) => done(err.code === 'EAGAIN'));
+  });
+}
+
+/**
+ * Serves the snapshots service on a unix socket (mode 0660). A socket file nobody serves (left by a crash) is
+ * replaced; one that a live process serves is a FAILED_PRECONDITION: never take a running snapshotter's socket.
+ */
 export async function serveSnapshotter(
   sn: Snapshotter,
   socketPath: string,
@@ -133,6 +155,11 @@ export async function serveSnapshotter(
 ): Promise<SnapshotterServer> {
   const log = opts.logger ?? silentLogger;
   await mkdir(dirname(socketPath), { recursive: true, mode: 0o755 });
+  if (await socketServed(socketPath))
+    throw new DfError(
+      'FAILED_PRECONDITION',
+      `snapshotter socket ${socketPath} is served by another process (another dfnode run?); stop it or use another --snapshotter-socket`,
+    );
   await rm(socketPath, { force: true });
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 << 20 });
   server.addService(snapshotsServiceDefinition().service, snapshotsHandlers(sn, log));
@@ -142,6 +169,7 @@ export async function serveSnapshotter(
     ),
   );
   await chmod(socketPath, opts.mode ?? 0o660);
+  const ours = (await stat(socketPath)).ino;
   log.info({ socket: socketPath }, 'snapshotter listening');
   return {
     address: socketPath,
@@ -156,6 +184,10 @@ export async function serveSnapshotter(
           clearTimeout(timer);
           done();
         });
-      }).finally(() => rm(socketPath, { force: true }).catch(() => undefined)),
+      }).finally(async () => {
+        // Only our own socket file: not one another process bound at the same path since.
+        const now = await stat(socketPath).catch(() => undefined);
+        if (now?.ino === ours) await rm(socketPath, { force: true }).catch(() => undefined);
+      }),
   };
 }
