@@ -1,4 +1,3 @@
-import { connect } from 'node:net';
 import { chmod, mkdir, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -11,6 +10,7 @@ import {
 } from '../grpc/load-proto.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Snapshotter } from './snapshotter.js';
+import { socketServed } from './socket-file.js';
 import { Kind, type SnapshotInfo } from './types.js';
 
 /** Info as the proto loader reads and writes it (keepCase, enums as strings). */
@@ -124,24 +124,6 @@ export interface SnapshotterServer {
   address: string;
   /** Graceful stop (in-flight calls finish), then force after `timeoutMs`. */
   stop(timeoutMs?: number): Promise<void>;
-}
-
-/**
- * Whether a live process accepts connections on the unix socket `path` (bounded: a listener that does not
- * accept within 2 s counts as live, so that we never delete a socket someone may still serve).
- */
-export function socketServed(path: string): Promise<boolean> {
-  return new Promise((resolveServed) => {
-    const sock = connect(path);
-    const done = (served: boolean) => {
-      clearTimeout(timer);
-      sock.destroy();
-      resolveServed(served);
-    };
-    const timer = setTimeout(() => done(true), 2000);
-    sock.once('connect', () => done(true));
-    sock.once('error', (err: NodeJS.ErrnoException) => done(err.code === 'EAGAIN'));
-  });
 }
 
 /**
