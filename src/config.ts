@@ -18,10 +18,10 @@ const sizeSchema = z.union([z.number().int().nonnegative(), z.string()]).transfo
   return n;
 });
 
-const configSchema = z.object({
+const configSchema = z.strictObject({
   logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   registry: z
-    .object({
+    .strictObject({
       /** Talk plain HTTP to every registry (tests, local registries). */
       plainHttp: z.boolean().default(false),
       /** Hosts (host[:port]) spoken to over plain HTTP. */
@@ -37,7 +37,7 @@ const configSchema = z.object({
     })
     .prefault({}),
   convert: z
-    .object({
+    .strictObject({
       /** Uncompressed block size of DFB blobs. */
       blockSize: sizeSchema
         .default(64 * 1024)
@@ -53,7 +53,7 @@ const configSchema = z.object({
     })
     .prefault({}),
   cache: z
-    .object({
+    .strictObject({
       /** Per-blob sparse cache files and bitmaps. */
       dir: z.string().default('/var/lib/dfnode/cache'),
       /** Evict unused blobs when the cache grows past this... */
@@ -73,7 +73,7 @@ const configSchema = z.object({
     })
     .prefault({}),
   fetch: z
-    .object({
+    .strictObject({
       /** A read blocked on the network fails with EIO after this long. */
       readTimeoutMs: z.number().int().positive().default(30_000),
       /** One range request. */
@@ -88,7 +88,7 @@ const configSchema = z.object({
     })
     .prefault({}),
   snapshotter: z
-    .object({
+    .strictObject({
       /** Serve containerd's snapshots.v1 service from `dfnode run` (proxy plugin). */
       enabled: z.boolean().default(true),
       /** Snapshot directories and metadata.json. */
@@ -98,7 +98,7 @@ const configSchema = z.object({
     })
     .prefault({}),
   node: z
-    .object({
+    .strictObject({
       /** Mount points, mount records and the lock of the running daemon. */
       stateDir: z.string().default('/var/lib/dfnode/state'),
       /** Prometheus metrics endpoint of `dfnode run` / `dfnode mount` (host:port; empty = off). */
@@ -113,7 +113,7 @@ const configSchema = z.object({
     })
     .prefault({}),
   p2p: z
-    .object({
+    .strictObject({
       /** Seeds (host:port of each seed's block server; its tracker listens on the next port). Empty: no P2P. */
       seeds: z.array(z.string()).default([]),
       /** Shared secret of the cluster: peers and seeds answer only requests carrying it. */
@@ -150,7 +150,7 @@ const configSchema = z.object({
        * All three or none (off). Peers are dialled by address, so only the chain is checked, not the name.
        */
       tls: z
-        .object({
+        .strictObject({
           cert: z.string().default(''),
           key: z.string().default(''),
           ca: z.string().default(''),
@@ -284,8 +284,50 @@ export function loadConfig(opts: LoadConfigOptions = {}): Config {
   const merged = deepMerge(deepMerge(fromFile, configFromEnv(env)), opts.flags ?? {});
   const res = configSchema.safeParse(merged);
   if (!res.success) {
-    const msg = res.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    const where = (path: PropertyKey[]): string => {
+      // Environment variables exist only for known keys: an unknown one came from the file or the flags.
+      if (file && hasPath(fromFile, path)) return ` in config file ${file}`;
+      if (hasPath(opts.flags ?? {}, path)) return ' from the command line';
+      return '';
+    };
+    const msg = res.error.issues
+      .map((i) => {
+        if (i.code === 'unrecognized_keys') {
+          const known = Object.keys(shapeAt(i.path) ?? {});
+          return i.keys
+            .map((k) => {
+              const path = [...i.path, k];
+              return `unknown key ${path.join('.')}${where(path)}${known.length ? ` (known at ${i.path.join('.') || 'top level'}: ${known.join(', ')})` : ''}`;
+            })
+            .join('; ');
+        }
+        return `${i.path.join('.') || '(root)'}: ${i.message}`;
+      })
+      .join('; ');
     throw new DfError('CONFIG', `invalid configuration: ${msg}`);
   }
   return res.data;
+}
+
+function hasPath(obj: Json, path: PropertyKey[]): boolean {
+  let cur: unknown = obj;
+  for (const k of path) {
+    if (!isObject(cur) || !(String(k) in cur)) return false;
+    cur = cur[String(k)];
+  }
+  return true;
+}
+
+/** The keys the schema knows at `path` (an object level). */
+function shapeAt(path: PropertyKey[]): Record<string, unknown> | undefined {
+  let cur: z.ZodType = configSchema;
+  for (const k of path) {
+    const inner = unwrap(cur);
+    if (!(inner instanceof z.ZodObject)) return undefined;
+    const next = (inner.shape as Record<string, z.ZodType>)[String(k)];
+    if (!next) return undefined;
+    cur = next;
+  }
+  const inner = unwrap(cur);
+  return inner instanceof z.ZodObject ? (inner.shape as Record<string, unknown>) : undefined;
 }

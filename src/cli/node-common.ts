@@ -1,6 +1,7 @@
 import { resolve } from 'node:path';
 import { loadConfig, type Config } from '../config.js';
 import { DfError } from '../errors.js';
+import { resolveClusterToken } from '../p2p/auth.js';
 
 /** The flags that dfnode's commands share (each command declares the ones it takes). */
 export interface NodeFlags {
@@ -54,6 +55,20 @@ export function configFrom(flags: NodeFlags): Config {
   const tls = { cert: flags.p2pTlsCert, key: flags.p2pTlsKey, ca: flags.p2pTlsCa };
   for (const [k, v] of Object.entries(tls)) if (v) (top.p2p.tls ??= {})[k] = resolve(v);
   return loadConfig({ file: flags.config, flags: top });
+}
+
+/**
+ * A node with seeds needs the cluster token: the seeds (and peers) refuse requests without it, so such a node
+ * would run without P2P, silently. A CONFIG error (exit code 2) at start instead.
+ */
+export function requireClusterToken(cfg: Config): void {
+  if (!cfg.p2p.seeds.length) return;
+  if (resolveClusterToken(cfg.p2p)) return;
+  throw new DfError(
+    'CONFIG',
+    `p2p.seeds is set (${cfg.p2p.seeds.join(', ')}) but the cluster token is empty: set p2p.clusterToken, ` +
+      'p2p.clusterTokenFile or DFNODE_P2P_CLUSTER_TOKEN (the seeds refuse nodes without it), or remove the seeds',
+  );
 }
 
 /** Resolves when `signal` aborts; `extra` runs on each SIGUSR2 meanwhile (dfnode gc asks a cache holder to collect). */

@@ -5,10 +5,12 @@ import { unmountAllOnExit } from '../fuse/mounts.js';
 import type { Logger } from '../log.js';
 import { P2pNode } from '../p2p/p2p-node.js';
 import type { RegistryClient } from '../registry/client.js';
+import { requireClusterToken } from './node-common.js';
 
 /** The P2P tier of a node runtime, when seeds are configured. */
 async function startP2p(cfg: Config, log: Logger): Promise<P2pNode | undefined> {
   if (!cfg.p2p.seeds.length) return undefined;
+  requireClusterToken(cfg);
   const p2p = new P2pNode({ config: cfg, logger: log.child({ component: 'p2p' }) });
   const addr = await p2p.start();
   log.info({ address: addr, seeds: cfg.p2p.seeds }, 'p2p: serving blocks to peers');

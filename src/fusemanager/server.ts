@@ -1,12 +1,14 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { chmod, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { Toc } from '../blob/toc.js';
 import type { NodeRuntime, MountedLayer } from '../daemon/node-runtime.js';
 import { DfError } from '../errors.js';
 import { isFuseType, readMountInfo } from '../fuse/mounts.js';
 import { silentLogger, type Logger } from '../log.js';
 import { parseReference } from '../registry/reference.js';
+import { socketServed } from '../snapshotter/socket-file.js';
+import { MountRoots } from './mount-roots.js';
 import {
   FUSE_MANAGER_API_VERSION,
   fuseManagerPaths,
@@ -25,10 +27,16 @@ interface Entry {
 export interface FuseManagerServerOptions {
   runtime: NodeRuntime;
   stateDir: string;
+  /** The only directories layers are mounted under (the snapshotter root, the state directory). */
+  mountRoots: string[];
   logger?: Logger;
 }
 
 const MAX_BODY = 1 << 20;
+/** Bounds on a client: the whole request (headers and body) must arrive within these. */
+const HEADERS_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 30_000;
+const MAX_CONNECTIONS = 64;
 
 /**
  * The long-lived process that owns the FUSE mounts of remote layers (and the cache behind them), so that
@@ -47,9 +55,11 @@ export class FuseManagerServer {
   private server?: Server;
   private closing?: Promise<void>;
   private readonly shutdownRequested = new AbortController();
+  private readonly roots: MountRoots;
 
   constructor(opts: FuseManagerServerOptions) {
     this.rt = opts.runtime;
+    this.roots = new MountRoots(opts.mountRoots);
     this.log = opts.logger ?? silentLogger;
     this.paths = fuseManagerPaths(opts.stateDir);
   }
@@ -63,18 +73,54 @@ export class FuseManagerServer {
     return this.paths.socket;
   }
 
-  /** Listens on the control socket (a stale socket file is replaced) and writes the pid file. */
+  /**
+   * Listens on the control socket, mode 0600 (mounting is root's business), and writes the pid file. The
+   * socket is bound in a fresh 0700 directory, made 0600 and only then moved to its path: no moment where
+   * anyone else can connect. A socket file nobody serves (a crash) is replaced; one a live process serves is
+   * a FAILED_PRECONDITION.
+   */
   async listen(): Promise<void> {
-    await mkdir(dirname(this.paths.socket), { recursive: true });
-    await rm(this.paths.socket, { force: true });
-    const server = createServer((req, res) => void this.handle(req, res));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.paths.socket, () => {
-        server.off('error', reject);
-        resolve();
+    const dir = dirname(this.paths.socket);
+    await mkdir(dir, { recursive: true });
+    if (await socketServed(this.paths.socket))
+      throw new DfError(
+        'FAILED_PRECONDITION',
+        `fuse manager socket ${this.paths.socket} is served by another process; stop that fuse manager first`,
+      );
+    const server = createServer((req, res) => {
+      this.handle(req, res).catch((err: unknown) => {
+        this.log.warn({ err }, 'fuse manager: request handler failed');
+        res.destroy();
       });
     });
+    server.headersTimeout = HEADERS_TIMEOUT_MS;
+    server.requestTimeout = REQUEST_TIMEOUT_MS;
+    server.maxConnections = MAX_CONNECTIONS;
+    server.on('clientError', (_err, socket) => {
+      if (socket.writable && !socket.writableEnded)
+        socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+      else socket.destroy();
+    });
+    const priv = await mkdtemp(join(dir, '.fm-'));
+    try {
+      const tmpSocket = join(priv, 's');
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(tmpSocket, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+      await chmod(tmpSocket, 0o600);
+      await rm(this.paths.socket, { force: true });
+      await rename(tmpSocket, this.paths.socket);
+    } catch (err) {
+      server.close();
+      throw DfError.from(err, `fuse manager: listen on ${this.paths.socket}`);
+    } finally {
+      await rm(priv, { recursive: true, force: true }).catch(() => undefined);
+    }
+    server.on('error', (err) => this.log.error({ err }, 'fuse manager: control socket error'));
     this.server = server;
     await writeFile(this.paths.pid, `${process.pid}\n`);
     this.log.info({ socket: this.paths.socket, pid: process.pid }, 'fuse manager listening');
@@ -138,8 +184,9 @@ export class FuseManagerServer {
   }
 
   /** Mounts `layer` at `mountpoint`; the same layer already mounted there is answered as is. */
-  mount(body: unknown, signal?: AbortSignal): Promise<ManagedMount> {
+  async mount(body: unknown, signal?: AbortSignal): Promise<ManagedMount> {
     const req = mountRequestSchema.parse(body);
+    await this.roots.check(req.mountpoint);
     return this.serial(req.mountpoint, async () => {
       if (this.closing) throw new DfError('FAILED_PRECONDITION', 'fuse manager is shutting down');
       const old = this.entries.get(req.mountpoint);
@@ -249,14 +296,21 @@ export class FuseManagerServer {
         err instanceof Error && err.name === 'ZodError'
           ? DfError.invalidArgument(`fuse manager: bad request: ${err.message}`)
           : DfError.from(err);
-      if (e.code !== 'NOT_FOUND' && e.code !== 'INVALID_ARGUMENT')
-        this.log.warn({ err }, 'fuse manager request failed');
-      send(res, e.code === 'NOT_FOUND' ? 404 : e.code === 'INVALID_ARGUMENT' ? 400 : 500, {
-        error: { code: e.code, message: e.message },
-      });
+      const status = STATUS[e.code] ?? 500;
+      if (status >= 500 || e.code === 'FORBIDDEN') this.log.warn({ err }, 'fuse manager request failed');
+      send(res, status, { error: { code: e.code, message: e.message } });
+      // A body we did not read (too large, or not read at all): the connection is not reused.
+      if (!req.complete) res.once('finish', () => req.destroy());
     }
   }
 }
+
+const STATUS: Partial<Record<DfError['code'], number>> = {
+  NOT_FOUND: 404,
+  INVALID_ARGUMENT: 400,
+  FORBIDDEN: 403,
+  FAILED_PRECONDITION: 409,
+};
 
 function asDfbLayer(l: ManagedLayer) {
   return { digest: l.digest, size: l.size, tocDigest: l.tocDigest, diffId: l.diffId };
@@ -265,7 +319,11 @@ function asDfbLayer(l: ManagedLayer) {
 function send(res: ServerResponse, status: number, body: unknown): void {
   if (res.headersSent || res.destroyed) return;
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    ...(status >= 400 ? { connection: 'close' } : {}),
+  });
   res.end(text);
 }
 

@@ -1,4 +1,4 @@
-import { chmod, mkdir, rm } from 'node:fs/promises';
+import { chmod, mkdir, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { DfError } from '../errors.js';
@@ -10,6 +10,7 @@ import {
 } from '../grpc/load-proto.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Snapshotter } from './snapshotter.js';
+import { socketServed } from './socket-file.js';
 import { Kind, type SnapshotInfo } from './types.js';
 
 /** Info as the proto loader reads and writes it (keepCase, enums as strings). */
@@ -125,7 +126,10 @@ export interface SnapshotterServer {
   stop(timeoutMs?: number): Promise<void>;
 }
 
-/** Serves the snapshots service on a unix socket (stale socket file removed; mode 0660). */
+/**
+ * Serves the snapshots service on a unix socket (mode 0660). A socket file nobody serves (left by a crash) is
+ * replaced; one that a live process serves is a FAILED_PRECONDITION: never take a running snapshotter's socket.
+ */
 export async function serveSnapshotter(
   sn: Snapshotter,
   socketPath: string,
@@ -133,6 +137,11 @@ export async function serveSnapshotter(
 ): Promise<SnapshotterServer> {
   const log = opts.logger ?? silentLogger;
   await mkdir(dirname(socketPath), { recursive: true, mode: 0o755 });
+  if (await socketServed(socketPath))
+    throw new DfError(
+      'FAILED_PRECONDITION',
+      `snapshotter socket ${socketPath} is served by another process (another dfnode run?); stop it or use another --snapshotter-socket`,
+    );
   await rm(socketPath, { force: true });
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 << 20 });
   server.addService(snapshotsServiceDefinition().service, snapshotsHandlers(sn, log));
@@ -142,6 +151,7 @@ export async function serveSnapshotter(
     ),
   );
   await chmod(socketPath, opts.mode ?? 0o660);
+  const ours = (await stat(socketPath)).ino;
   log.info({ socket: socketPath }, 'snapshotter listening');
   return {
     address: socketPath,
@@ -156,6 +166,10 @@ export async function serveSnapshotter(
           clearTimeout(timer);
           done();
         });
-      }).finally(() => rm(socketPath, { force: true }).catch(() => undefined)),
+      }).finally(async () => {
+        // Only our own socket file: not one another process bound at the same path since.
+        const now = await stat(socketPath).catch(() => undefined);
+        if (now?.ino === ours) await rm(socketPath, { force: true }).catch(() => undefined);
+      }),
   };
 }

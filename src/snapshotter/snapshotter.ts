@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { DirLock } from '../cache/dir-lock.js';
 import { Labels } from '../containerd/labels.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -66,6 +67,8 @@ export class Snapshotter {
   /** Keys of the active snapshots of remote Prepares in flight (not abandoned: Cleanup leaves them). */
   private readonly preparing = new Set<string>();
   private readonly overlayIndexOff = existsSync('/sys/module/overlay/parameters/index');
+  /** One snapshotter per root: a second one would hand out the same ids and remove the first one's dirs. */
+  private lock?: DirLock;
 
   constructor(opts: SnapshotterOptions) {
     this.root = resolve(opts.root);
@@ -84,13 +87,24 @@ export class Snapshotter {
   }
 
   /**
-   * Loads the metadata, removes what remote Prepares interrupted by a crash left, adopts the remote layers
+   * Locks the root (a second snapshotter on it is refused, naming the holder's pid), loads the metadata,
+   * removes what remote Prepares interrupted by a crash left, adopts the remote layers
    * whose mounts outlived the previous process (served by the FUSE manager), unmounts everything else a
    * previous process left mounted under the root, removes orphan directories and mounts the remaining remote
    * snapshots again (their FUSE mounts died with their server).
    */
   async start(): Promise<void> {
     await this.dirs.init();
+    this.lock = await DirLock.acquire(this.root, process.pid, { what: 'snapshotter root' });
+    try {
+      await this.startLocked();
+    } catch (err) {
+      await this.lock.release();
+      throw err;
+    }
+  }
+
+  private async startLocked(): Promise<void> {
     await this.store.load();
     await this.removeAbandoned();
     // Parents before children, so that each remote layer gets the TOCs of the layers below.
@@ -124,8 +138,12 @@ export class Snapshotter {
    * Graceful stop: unmounts the remote layers this process serves. Persistent ones (FUSE manager) stay
    * mounted: running containers keep using them and the next snapshotter adopts them.
    */
-  close(): Promise<void> {
-    return this.store.withTransaction(false, () => this.remoteMounts.close());
+  async close(): Promise<void> {
+    try {
+      await this.store.withTransaction(false, () => this.remoteMounts.close());
+    } finally {
+      await this.lock?.release();
+    }
   }
 
   /**

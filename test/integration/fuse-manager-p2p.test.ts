@@ -84,7 +84,7 @@ describe.skipIf(req.skip)('FUSE manager with P2P: layers opened for their TOCs a
     await p2p.start();
     rt = new NodeRuntime({ config: nodeCfg, client, p2p });
     await rt.start();
-    server = new FuseManagerServer({ runtime: rt, stateDir: nodeCfg.node.stateDir });
+    server = new FuseManagerServer({ runtime: rt, stateDir: nodeCfg.node.stateDir, mountRoots: [tmp.dir] });
     await server.listen();
     fm = new FuseManagerClient(fuseManagerPaths(nodeCfg.node.stateDir).socket);
     blocks = new HttpBlockClient(TOKEN);

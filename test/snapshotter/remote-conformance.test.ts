@@ -237,6 +237,43 @@ describe('remote Prepare (containerd remote snapshot contract)', () => {
   });
 });
 
+describe('Cleanup concurrent with a slow remote Prepare', () => {
+  it('leaves the snapshot being mounted alone: record, directory and mount survive, the Prepare commits', async () => {
+    // The mount waits on a gate while containerd's Cleanup (and a plain Prepare/Remove) run meanwhile.
+    let open!: () => void;
+    const gate = new Promise<void>((resolveGate) => (open = resolveGate));
+    let entered!: (mountpoint: string) => void;
+    const inMount = new Promise<string>((resolveIn) => (entered = resolveIn));
+    remote.duringMount = async (mountpoint) => {
+      entered(mountpoint);
+      await gate;
+    };
+    const prepare = errorOf(client.prepare('extract L1', '', labelsOf('L1', 'sha256:dfb1')));
+    const mountpoint = await inMount;
+    try {
+      for (let i = 0; i < 3; i++) {
+        await client.call('Cleanup', {});
+        await client.prepare(`plain ${i}`);
+        await client.remove(`plain ${i}`);
+        await client.call('Cleanup', {});
+      }
+      expect((await client.stat('extract L1')).kind).toBe('ACTIVE');
+      expect(await readdir(mountpoint)).toEqual([]);
+    } finally {
+      open();
+    }
+    expect(S[(await prepare).code]).toBe('ALREADY_EXISTS');
+    expect((await client.stat('L1')).kind).toBe('COMMITTED');
+    // The layer was written into the directory that was there all along, and that directory is L1's.
+    expect(await readdir(mountpoint)).toEqual(['from-dfb1']);
+    const { snapshots } = await readMetadata();
+    expect(snapshots).toEqual([expect.objectContaining({ name: 'L1', kind: 3 })]);
+    expect(mountpoint).toBe(join(svc.root, 'snapshots', snapshots[0]!.id, 'fs'));
+    await client.call('Cleanup', {});
+    expect(await snapshotDirs()).toEqual([snapshots[0]!.id]);
+  });
+});
+
 describe('remote layers below a snapshot are checked when it is used', () => {
   it('Mounts, Prepare and View mount a dead lower layer again, with its own lower layers', async () => {
     await remoteChain();

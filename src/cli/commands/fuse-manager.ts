@@ -13,7 +13,12 @@ export async function fuseManagerCommand(flags: { config?: string }, signal: Abo
   const client = makeClient(cfg, log, process.env[CREDS_ENV]);
   delete process.env[CREDS_ENV];
   await serveNode(cfg, log, client, async (rt) => {
-    const server = new FuseManagerServer({ runtime: rt, stateDir: cfg.node.stateDir, logger: log });
+    const server = new FuseManagerServer({
+      runtime: rt,
+      stateDir: cfg.node.stateDir,
+      mountRoots: [cfg.snapshotter.root, cfg.node.stateDir],
+      logger: log,
+    });
     try {
       await server.listen();
       await waitForSignal(

@@ -10,7 +10,7 @@ import { serveSnapshotter } from '../../snapshotter/grpc-service.js';
 import { NodeRemoteLayers } from '../../daemon/node-remote-layers.js';
 import { LayerResolver, type RemoteLayers } from '../../snapshotter/remote-layers.js';
 import { Snapshotter } from '../../snapshotter/snapshotter.js';
-import { configFrom, waitForSignal, type NodeFlags } from '../node-common.js';
+import { configFrom, requireClusterToken, waitForSignal, type NodeFlags } from '../node-common.js';
 import { makeClient } from '../registry-client.js';
 
 export interface RunFlags extends NodeFlags {
@@ -29,6 +29,7 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
   if (flags.snapshotter === false) cfg.snapshotter.enabled = false;
   if (flags.fuseManager === false) cfg.node.fuseManager = false;
   const log = createLogger(cfg.logLevel);
+  if (!flags.stopFuseManager) requireClusterToken(cfg);
   if (flags.stopFuseManager) {
     const pid = await stopFuseManager(cfg.node.stateDir);
     process.stdout.write(pid ? `fuse manager (pid ${pid}) stopped\n` : 'no fuse manager running\n');
