@@ -35,6 +35,8 @@ export function parsePaxTime(v: Buffer): { sec: number; nsec: number } | undefin
       nsec = 1e9 - nsec;
     } else sec = -sec;
   }
+  // Beyond ±2^53 seconds a number loses precision; no file system holds such a time anyway.
+  if (!Number.isSafeInteger(sec)) return undefined;
   return { sec, nsec };
 }
 

@@ -334,7 +334,10 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     const pm = merged.get('mtime');
     if (pm) {
       const t = parsePaxTime(pm);
-      if (!t) throw DfError.corrupt(`tar entry at byte ${offset}: invalid PAX mtime`);
+      if (!t)
+        throw DfError.corrupt(
+          `tar entry at byte ${offset}: invalid PAX mtime ${JSON.stringify(pm.toString('latin1').slice(0, 40))} (seconds[.fraction], within ±2^53)`,
+        );
       mtimeSec = t.sec;
       mtimeNsec = t.nsec;
     }
