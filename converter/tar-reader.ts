@@ -308,6 +308,13 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     }
 
     const merged = pax ? new Map([...globalPax, ...pax]) : globalPax;
+    // PAX sparse files (GNU 0.x/1.0) look like regular files whose data is a sparse map: reading them as
+    // files would convert the wrong bytes under the wrong name.
+    for (const k of merged.keys())
+      if (k.startsWith('GNU.sparse.'))
+        throw DfError.unsupported(
+          `tar entry at byte ${offset}: PAX sparse files (${k}) are not supported; repack the layer without --sparse`,
+        );
     const isUstar = hdr.subarray(257, 262).toString('latin1') === 'ustar';
     let nameRaw = cstring(hdr, 0, 100);
     if (isUstar) {

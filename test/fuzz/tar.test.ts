@@ -204,4 +204,20 @@ describe('tar reader: fuzz findings kept as examples', () => {
       message: expect.stringMatching(/not valid URI encoding/),
     });
   });
+
+  it('refuses a PAX sparse file instead of reading its sparse map as the content', async () => {
+    const tar = tarOf(
+      pax('x', {
+        'GNU.sparse.major': '1',
+        'GNU.sparse.minor': '0',
+        'GNU.sparse.name': 'big',
+        'GNU.sparse.realsize': '1048576',
+      }),
+      member('0', 'GNUSparseFile.0/big', Buffer.from('1\n0\n512\n')),
+    );
+    await expect(readAll(tar, 512, true)).rejects.toMatchObject({
+      code: 'UNSUPPORTED',
+      message: expect.stringMatching(/PAX sparse files \(GNU\.sparse\.major\)/),
+    });
+  });
 });
