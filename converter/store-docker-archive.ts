@@ -47,6 +47,10 @@ export class DockerArchiveStore implements ImageStore {
   private root?: RootManifest;
   private readonly blobs = new Map<string, string>();
   private readonly manifests = new Map<string, Buffer>();
+  /** Regular files unpacked, by their normalized path in the archive. */
+  private readonly files = new Set<string>();
+  /** Links in the archive (not created on disk): followed by hand, inside the archive only. */
+  private readonly links = new Map<string, { target: string; hard: boolean }>();
 
   private constructor(
     readonly file: string,
@@ -82,14 +86,58 @@ export class DockerArchiveStore implements ImageStore {
       throw DfError.from(err, `open ${this.file}`);
     }
     for await (const { header, body } of readTar(input as AsyncIterable<Buffer>)) {
-      if (header.type !== 'file') continue;
+      if (header.type !== 'file' && header.type !== 'symlink' && header.type !== 'hardlink') continue;
       const rel = normalize(header.name).replace(/^(\.\/|\/)+/, '');
-      if (rel.startsWith('..') || rel === '' || rel === '.')
+      if (rel.startsWith('../') || rel === '..' || rel === '' || rel === '.')
         throw DfError.corrupt(`docker archive entry ${JSON.stringify(header.name)} escapes the archive`);
+      if (header.type !== 'file') {
+        this.links.set(rel, { target: header.linkname, hard: header.type === 'hardlink' });
+        this.files.delete(rel);
+        continue;
+      }
+      this.links.delete(rel);
       const dest = join(this.workDir, rel);
       await mkdir(dirname(dest), { recursive: true });
       await pipeline(Readable.from(body), createWriteStream(dest));
+      this.files.add(rel);
     }
+  }
+
+  /**
+   * The unpacked file that a `manifest.json` path names, following the archive's own links (old `docker save`
+   * links duplicate layers). Any path that leaves the archive, or a link that points out of it, is refused:
+   * the manifest is the image author's and must not read the converting host's files.
+   */
+  private member(path: string, what: string): string {
+    const refuse = (why: string) =>
+      DfError.corrupt(
+        `${this.description}: manifest.json ${what} ${JSON.stringify(path)} ${why}; refusing to read outside the archive`,
+      );
+    if (path.startsWith('/')) throw refuse('is an absolute path');
+    let pending = path.split('/');
+    let out: string[] = [];
+    let hops = 0;
+    while (pending.length) {
+      const c = pending.shift()!;
+      if (c === '' || c === '.') continue;
+      if (c === '..') {
+        if (!out.length) throw refuse('leaves the archive');
+        out.pop();
+        continue;
+      }
+      out.push(c);
+      const link = this.links.get(out.join('/'));
+      if (!link) continue;
+      if (++hops > 40) throw refuse('goes through a loop of links');
+      if (link.target.startsWith('/'))
+        throw refuse(`goes through a link to the absolute path ${link.target}`);
+      out.pop();
+      if (link.hard) out = [];
+      pending = [...link.target.split('/'), ...pending];
+    }
+    const rel = out.join('/');
+    if (!this.files.has(rel)) throw refuse('is not a file in the archive');
+    return join(this.workDir, rel);
   }
 
   private async load(name: string | undefined): Promise<void> {
@@ -115,12 +163,12 @@ export class DockerArchiveStore implements ImageStore {
     }
     if (!entry) throw DfError.corrupt(`${this.description} holds no image`);
 
-    const configPath = join(this.workDir, entry.Config);
+    const configPath = this.member(entry.Config, 'Config');
     const config = await hashFile(configPath);
     this.blobs.set(config.digest, configPath);
     const layers = [];
     for (const l of entry.Layers) {
-      const p = join(this.workDir, l);
+      const p = this.member(l, 'layer');
       const h = await hashFile(p);
       this.blobs.set(h.digest, p);
       layers.push({

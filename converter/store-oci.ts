@@ -20,8 +20,12 @@ import type { ImageStore, PushOptions, PushResult, RootManifest } from './store.
 const REF_NAME = 'org.opencontainers.image.ref.name';
 
 function blobPath(dir: string, digest: string): string {
+  // The digest becomes a file name: only the one algorithm and exact hex, never a path.
   const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
-  if (!m) throw DfError.invalidArgument(`unsupported digest ${digest}`);
+  if (!m)
+    throw DfError.invalidArgument(
+      `digest ${JSON.stringify(digest)} is not sha256:<64 hex>; refusing to use it as a path in ${dir}`,
+    );
   return join(dir, 'blobs', 'sha256', m[1]!);
 }
 

@@ -1,4 +1,13 @@
 import { DfError } from '../src/errors.js';
+import {
+  checkXattrs,
+  hasXattrRecords,
+  MAX_EXTENDED_HEADER,
+  parsePax,
+  parsePaxTime,
+  paxBytes,
+  xattrsOf,
+} from './tar-pax.js';
 
 /**
  * A streaming tar reader that keeps what layer fidelity needs and general-purpose readers lose:
@@ -136,20 +145,34 @@ function decodeName(raw: Buffer, what: string, offset: number): string {
   }
 }
 
-function parseNumber(buf: Buffer, off: number, len: number, field: string, offset: number): number {
+function parseNumber(
+  buf: Buffer,
+  off: number,
+  len: number,
+  field: string,
+  offset: number,
+  allowNegative = false,
+): number {
   const b0 = buf[off]!;
   if (b0 & 0x80) {
-    // base-256 (GNU/star): big-endian two's complement, 0x80 = positive, 0xff = negative.
-    const negative = b0 === 0xff;
+    // GNU base-256: big-endian two's complement over the whole field, the top bit of the first byte marking
+    // the encoding and the next bit the sign (as Go's archive/tar reads it: invert when negative, -a-1 == ~a).
+    const inv = b0 & 0x40 ? 0xff : 0;
     let v = 0n;
     for (let i = 0; i < len; i++) {
-      let byte = buf[off + i]!;
+      let byte = buf[off + i]! ^ inv;
       if (i === 0) byte &= 0x7f;
-      v = (v << 8n) | BigInt(negative ? byte ^ 0xff : byte);
+      v = (v << 8n) | BigInt(byte);
     }
-    if (negative) v = -(v + 1n);
+    if (inv) v = -v - 1n;
+    if (v < 0n && !allowNegative)
+      throw DfError.corrupt(
+        `tar header at byte ${offset}: negative ${field} (${v}) in a base-256 field; only mtime may be negative`,
+      );
     if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < -BigInt(Number.MAX_SAFE_INTEGER))
-      throw DfError.corrupt(`tar header at byte ${offset}: ${field} out of range`);
+      throw DfError.corrupt(
+        `tar header at byte ${offset}: ${field} ${v} is out of range (beyond ±2^53-1) in a base-256 field`,
+      );
     return Number(v);
   }
   // Fast path: optional leading spaces, octal digits, then only NULs and spaces.
@@ -205,42 +228,6 @@ function isZero(buf: Buffer): boolean {
   return true;
 }
 
-/** Parses PAX records ("%d %s=%s\n"), keeping values as raw bytes. */
-function parsePax(buf: Buffer, offset: number): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  let pos = 0;
-  while (pos < buf.length) {
-    if (buf[pos] === 0) break; // padding
-    const sp = buf.indexOf(0x20, pos);
-    if (sp < 0) throw DfError.corrupt(`tar PAX header at byte ${offset}: malformed record`);
-    const len = parseInt(buf.subarray(pos, sp).toString('latin1'), 10);
-    if (!Number.isFinite(len) || len <= sp - pos + 1 || pos + len > buf.length || buf[pos + len - 1] !== 0x0a)
-      throw DfError.corrupt(`tar PAX header at byte ${offset}: malformed record length`);
-    const rec = buf.subarray(sp + 1, pos + len - 1);
-    const eq = rec.indexOf(0x3d);
-    if (eq < 0) throw DfError.corrupt(`tar PAX header at byte ${offset}: record without '='`);
-    out.set(rec.subarray(0, eq).toString('utf8'), rec.subarray(eq + 1));
-    pos += len;
-  }
-  return out;
-}
-
-function parsePaxTime(v: Buffer): { sec: number; nsec: number } | undefined {
-  const m = /^(-?)(\d+)(?:\.(\d+))?$/.exec(v.toString('latin1'));
-  if (!m) return undefined;
-  const sign = m[1] === '-' ? -1 : 1;
-  let sec = parseInt(m[2]!, 10);
-  let nsec = m[3] ? parseInt((m[3] + '000000000').slice(0, 9), 10) : 0;
-  if (sign < 0) {
-    // -1.25 means 1.25 s before the epoch: sec -2, nsec 0.75e9.
-    if (nsec > 0) {
-      sec = -(sec + 1);
-      nsec = 1e9 - nsec;
-    } else sec = -sec;
-  }
-  return { sec, nsec };
-}
-
 const TYPES: Record<string, TarEntryType | undefined> = {
   '0': 'file',
   '\0': 'file',
@@ -260,6 +247,8 @@ const TYPES: Record<string, TarEntryType | undefined> = {
 export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<TarEntry> {
   const q = new ByteQueue(source[Symbol.asyncIterator]());
   let globalPax = new Map<string, Buffer>();
+  // Decoded once per global header and shared (not copied) by every entry without xattrs of its own.
+  let globalXattrs = new Map<string, Buffer>();
   let pax: Map<string, Buffer> | undefined;
   let longName: Buffer | undefined;
   let longLink: Buffer | undefined;
@@ -284,14 +273,23 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     const padded = Math.ceil(size / BLOCK) * BLOCK;
 
     if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
-      if (size > 64 * 1024 * 1024)
-        throw DfError.corrupt(`tar extended header at byte ${offset} is too large (${size})`);
+      if (size > MAX_EXTENDED_HEADER)
+        throw DfError.unsupported(
+          `tar ${typeflag === 'L' || typeflag === 'K' ? 'GNU long name' : 'PAX'} header at byte ${offset} is ${size} bytes; at most ${MAX_EXTENDED_HEADER} are supported`,
+        );
       const data = size ? ((await q.readExact(padded)) ?? Buffer.alloc(0)) : Buffer.alloc(0);
       if (size && data.length < padded) throw DfError.corrupt(`truncated tar at byte ${offset}`);
       const body = Buffer.from(data.subarray(0, size));
       if (typeflag === 'x') pax = parsePax(body, offset);
-      else if (typeflag === 'g') globalPax = new Map([...globalPax, ...parsePax(body, offset)]);
-      else if (typeflag === 'L') longName = cstring(body, 0, body.length);
+      else if (typeflag === 'g') {
+        globalPax = new Map([...globalPax, ...parsePax(body, offset)]);
+        if (paxBytes(globalPax) > MAX_EXTENDED_HEADER)
+          throw DfError.unsupported(
+            `tar global PAX header at byte ${offset}: the global records add up to more than ${MAX_EXTENDED_HEADER} bytes`,
+          );
+        globalXattrs = xattrsOf(globalPax);
+        checkXattrs(globalXattrs, `tar global PAX header at byte ${offset}`);
+      } else if (typeflag === 'L') longName = cstring(body, 0, body.length);
       else longLink = cstring(body, 0, body.length);
       continue;
     }
@@ -310,6 +308,13 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     }
 
     const merged = pax ? new Map([...globalPax, ...pax]) : globalPax;
+    // PAX sparse files (GNU 0.x/1.0) look like regular files whose data is a sparse map: reading them as
+    // files would convert the wrong bytes under the wrong name.
+    for (const k of merged.keys())
+      if (k.startsWith('GNU.sparse.'))
+        throw DfError.unsupported(
+          `tar entry at byte ${offset}: PAX sparse files (${k}) are not supported; repack the layer without --sparse`,
+        );
     const isUstar = hdr.subarray(257, 262).toString('latin1') === 'ustar';
     let nameRaw = cstring(hdr, 0, 100);
     if (isUstar) {
@@ -331,27 +336,27 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
       return n;
     };
     const entrySize = num('size', size);
-    let mtimeSec = parseNumber(hdr, 136, 12, 'mtime', offset);
+    let mtimeSec = parseNumber(hdr, 136, 12, 'mtime', offset, true);
     let mtimeNsec = 0;
     const pm = merged.get('mtime');
     if (pm) {
       const t = parsePaxTime(pm);
-      if (!t) throw DfError.corrupt(`tar entry at byte ${offset}: invalid PAX mtime`);
+      if (!t)
+        throw DfError.corrupt(
+          `tar entry at byte ${offset}: invalid PAX mtime ${JSON.stringify(pm.toString('latin1').slice(0, 40))} (seconds[.fraction], within ±2^53)`,
+        );
       mtimeSec = t.sec;
       mtimeNsec = t.nsec;
     }
-    const xattrs = new Map<string, Buffer>();
-    for (const [k, v] of merged) {
-      if (k.startsWith('SCHILY.xattr.')) xattrs.set(k.slice('SCHILY.xattr.'.length), Buffer.from(v));
-      else if (k.startsWith('LIBARCHIVE.xattr.'))
-        xattrs.set(
-          decodeURIComponent(k.slice('LIBARCHIVE.xattr.'.length)),
-          Buffer.from(v.toString('latin1'), 'base64'),
-        );
+    const name = decodeName(nameRaw, 'name', offset);
+    let xattrs = globalXattrs;
+    if (pax && hasXattrRecords(pax)) {
+      xattrs = new Map([...globalXattrs, ...xattrsOf(pax)]);
+      checkXattrs(xattrs, `tar entry ${JSON.stringify(name)} at byte ${offset}`);
     }
 
     const header: TarHeader = {
-      name: decodeName(nameRaw, 'name', offset),
+      name,
       type,
       mode: parseNumber(hdr, 100, 8, 'mode', offset) & 0o7777,
       uid: num('uid', parseNumber(hdr, 108, 8, 'uid', offset)),

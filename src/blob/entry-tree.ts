@@ -80,7 +80,8 @@ export function nodeFromMeta(meta: EntryMeta, type: EntryType = meta.type): Tree
     for (const k of meta.xattrs.keys()) {
       if (k === '') throw DfError.invalidArgument(`DFB writer: empty xattr name on ${p}`);
     }
-    node.xattrs = new Map(meta.xattrs);
+    // Shared, not copied: a tar's global PAX xattrs are one map for every entry (nothing mutates it).
+    node.xattrs = meta.xattrs;
   }
   switch (type) {
     case EntryType.Dir:

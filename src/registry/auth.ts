@@ -2,6 +2,8 @@ import type { Dispatcher } from 'undici';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Credential, CredentialProvider } from './credentials.js';
+import { readBody } from './http-body.js';
+import { MAX_TOKEN_ANSWER, parseTokenResponse } from './token-response.js';
 import { parseWwwAuthenticate, type AuthChallenge } from './www-authenticate.js';
 
 /** Access to one repository: `pull` or `pull,push`. */
@@ -215,7 +217,13 @@ export class RegistryAuth {
       const e = DfError.from(err, `token request to ${url.host} for ${host}`);
       throw e.code === 'INTERNAL' ? new DfError('NETWORK', e.message, { cause: err }) : e;
     }
-    const text = await res.body.text().catch(() => '');
+    let text = '';
+    try {
+      text = (await readBody(res.body, MAX_TOKEN_ANSWER, `token answer from ${url.host}`)).toString('utf8');
+    } catch (err) {
+      // An error answer's text is only for the message; a token answer must be read whole.
+      if (res.statusCode === 200) throw DfError.from(err, `read the token answer from ${url.host}`);
+    }
     if (res.statusCode === 401 || res.statusCode === 403) {
       throw new DfError('UNAUTHORIZED', authFailedMessage(host, repo), {
         details: { host, repository: repo, status: res.statusCode, tokenRealm: realm },
@@ -234,19 +242,9 @@ export class RegistryAuth {
         },
       );
     }
-    let parsed: { token?: string; access_token?: string; expires_in?: number };
-    try {
-      parsed = JSON.parse(text);
-    } catch (err) {
-      throw new DfError('REGISTRY', `token server ${url.host} sent an answer that is not JSON`, {
-        cause: err,
-      });
-    }
-    const token = parsed.token || parsed.access_token;
-    if (!token) throw new DfError('REGISTRY', `token server ${url.host} sent no token for ${host}/${repo}`);
-    // Docker's default lifetime is 60 s when none is given; keep a margin for clock and transit.
-    const lifetime =
-      (typeof parsed.expires_in === 'number' && parsed.expires_in > 0 ? parsed.expires_in : 60) * 1000;
+    const { token, lifetimeS } = parseTokenResponse(text, url.host, `${host}/${repo}`);
+    // Keep a margin for clock and transit.
+    const lifetime = lifetimeS * 1000;
     this.logger.debug({ host, scopes: wanted }, 'registry token obtained');
     return { token, expiresAt: started + Math.max(lifetime - Math.min(30_000, lifetime / 10), 1000) };
   }
