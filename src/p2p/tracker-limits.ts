@@ -44,8 +44,9 @@ const BLOB = /^sha256:[0-9a-f]{64}$/;
 /** Node ids are 16 hex digits (P2pNode.id); any short token of these characters is accepted. */
 const PEER_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 /** host:port, host a name, an IPv4 address or a bracketed IPv6 address. */
-const ADDRESS = /^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253}):(\d{1,5})$/;
-const ZONE = /^[\x20-\x7e]{0,128}$/;
+const ADDRESS = /^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._-]{1,253}):(\d{1,5})$/;
+/** p2p.zone is any label: at most 128 characters, no control characters. */
+const ZONE = /^[^\x00-\x1f\x7f]{0,128}$/u;
 
 function invalid(what: string): DfError {
   return DfError.invalidArgument(`tracker: ${what}`);
@@ -76,7 +77,7 @@ export function checkAddress(address: unknown): string {
 export function checkZone(zone: unknown): string {
   if (zone === undefined || zone === null) return '';
   if (typeof zone !== 'string' || !ZONE.test(zone))
-    throw invalid('zone must be at most 128 printable ASCII characters');
+    throw invalid('zone must be at most 128 characters without control characters');
   return zone;
 }
 
