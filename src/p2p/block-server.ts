@@ -55,9 +55,10 @@ export interface BlockServerOptions {
 /**
  * The peer data plane: `GET /blobs/<digest>?offset=&length=` (or a `Range: bytes=a-b` header) answers the
  * verified stored bytes of that range, only to requests carrying the cluster token. 401 without it, 404 for
- * a blob not served, 416 when a unit under the range is not held, 413 for a range over maxRangeBytes, 400/405
- * for anything else malformed (every request gets an answer; none can stop the server). With p2p.tls, HTTPS that requires a client
- * certificate from the cluster CA, and the token as well.
+ * a blob not served, 416 when a unit under the range is not held, 413 for a range over maxRangeBytes,
+ * 400/404/405 for anything else malformed (parseBlockRequest): every request gets an answer, none can stop
+ * the server. With p2p.tls, HTTPS that requires a client certificate from the cluster CA, and the token as
+ * well.
  */
 export class BlockServer {
   private server: Server | undefined;
