@@ -7,7 +7,8 @@ import { silentLogger, type Logger } from '../log.js';
 import type { TokenBucket } from '../util/token-bucket.js';
 import { isDeferred } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER, tokenMatches } from './auth.js';
-import { parseBlockRequest } from './block-request.js';
+import { DEFAULT_MAX_RANGE_BYTES, parseBlockRequest } from './block-request.js';
+import { ByteBudget } from './byte-budget.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
 
 /** What a request may tell the server about a blob it does not hold yet (a seed fetches it from there). */
@@ -50,6 +51,13 @@ export interface BlockServerOptions {
   tls?: TlsMaterial;
   /** The longest range answered (bytes; 413 beyond, before anything is looked up). Default 16 MiB. */
   maxRangeBytes?: number;
+  /**
+   * Bytes of responses held at once (default 256 MiB, at least maxRangeBytes): requests beyond it wait for
+   * earlier responses to be sent, so that a flood of requests costs sockets, not memory.
+   */
+  maxInflightBytes?: number;
+  /** Requests that may wait for that budget (default 1024); beyond, 503. */
+  maxQueuedRequests?: number;
 }
 
 /**
@@ -68,9 +76,20 @@ export class BlockServer {
   private readonly log: Logger;
   /** Addresses already warned about (a refused TLS handshake or cluster token). */
   private readonly warned = new Set<string>();
+  private readonly budget: ByteBudget;
 
   constructor(private readonly opts: BlockServerOptions) {
     this.log = opts.logger ?? silentLogger;
+    const maxRange = opts.maxRangeBytes ?? DEFAULT_MAX_RANGE_BYTES;
+    this.budget = new ByteBudget(
+      Math.max(maxRange, opts.maxInflightBytes ?? 256 * 1024 * 1024),
+      opts.maxQueuedRequests ?? 1024,
+    );
+  }
+
+  /** Requests waiting for bytes of the response budget (maxInflightBytes). */
+  get waiting(): number {
+    return this.budget.queued;
   }
 
   /** Uploads in progress: the load a node reports to the tracker. */
@@ -188,6 +207,13 @@ export class BlockServer {
           if (!done) blob.undelivered!(range.offset, range.length, peer);
         });
       }
+      // given back once the response is done (sent, or the client went away)
+      const release = await this.budget.take(range.length, ac.signal);
+      if (ac.signal.aborted) {
+        release();
+        throw ac.signal.reason;
+      }
+      res.once('close', release);
       const data = await blob.read(range.offset, range.length, ac.signal, hint);
       if (!data) {
         this.counters.missing++;
@@ -209,6 +235,10 @@ export class BlockServer {
       if (ac.signal.aborted && res.destroyed) return;
       const e = DfError.from(err);
       this.log.debug({ err: e, url: req.url }, 'peer request failed');
+      if (e.code === 'NO_SPACE') {
+        res.setHeader('retry-after', '1');
+        return fail(503, e.message);
+      }
       if (isDeferred(e)) {
         this.counters.deferred++;
         return fail(409, e.message);
