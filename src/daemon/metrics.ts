@@ -160,22 +160,22 @@ export class NodeMetrics {
     if (!Number.isInteger(port) || port < 0 || port > 65535)
       throw new DfError('CONFIG', `metrics address ${address} is not host:port`);
     const server = createServer((req, res) => {
-      if (req.method === 'GET' && (req.url === '/metrics' || req.url === '/')) {
-        this.text().then(
-          (body) => {
-            res.writeHead(200, { 'content-type': this.registry.contentType });
-            res.end(body);
-          },
-          (err) => {
-            res.writeHead(500);
-            res.end(String(err));
-          },
-        );
-      } else {
-        res.writeHead(404);
-        res.end();
-      }
+      const answer = (status: number, body?: string, headers: Record<string, string> = {}) => {
+        if (!res.headersSent) res.writeHead(status, { 'content-type': 'text/plain', ...headers });
+        res.end(req.method === 'HEAD' ? undefined : body);
+      };
+      if (req.method !== 'GET' && req.method !== 'HEAD')
+        return answer(405, 'GET only\n', { allow: 'GET, HEAD' });
+      const path = (req.url ?? '').split('?')[0];
+      if (path !== '/metrics' && path !== '/') return answer(404, 'not found: GET /metrics\n');
+      this.text().then(
+        (body) => answer(200, body, { 'content-type': this.registry.contentType }),
+        (err: unknown) => answer(500, `metrics failed: ${String(err)}\n`),
+      );
     });
+    // a client that sends its headers slowly (or never) holds nothing for long
+    server.headersTimeout = 20_000;
+    server.requestTimeout = 60_000;
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) =>
         reject(

@@ -7,6 +7,8 @@ import { silentLogger, type Logger } from '../log.js';
 import type { TokenBucket } from '../util/token-bucket.js';
 import { isDeferred } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER, tokenMatches } from './auth.js';
+import { DEFAULT_MAX_RANGE_BYTES, parseBlockRequest } from './block-request.js';
+import { ByteBudget } from './byte-budget.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
 
 /** What a request may tell the server about a blob it does not hold yet (a seed fetches it from there). */
@@ -47,15 +49,24 @@ export interface BlockServerOptions {
   logger?: Logger;
   /** Mutual TLS (p2p.tls): HTTPS, and only clients with a certificate from the cluster CA get through. */
   tls?: TlsMaterial;
+  /** The longest range answered (bytes; 413 beyond, before anything is looked up). Default 16 MiB. */
+  maxRangeBytes?: number;
+  /**
+   * Bytes of responses held at once (default 256 MiB, at least maxRangeBytes): requests beyond it wait for
+   * earlier responses to be sent, so that a flood of requests costs sockets, not memory.
+   */
+  maxInflightBytes?: number;
+  /** Requests that may wait for that budget (default 1024); beyond, 503. */
+  maxQueuedRequests?: number;
 }
-
-const DIGEST = /^\/blobs\/(sha256:[0-9a-f]{64})$/;
 
 /**
  * The peer data plane: `GET /blobs/<digest>?offset=&length=` (or a `Range: bytes=a-b` header) answers the
  * verified stored bytes of that range, only to requests carrying the cluster token. 401 without it, 404 for
- * a blob not served, 416 when a unit under the range is not held. With p2p.tls, HTTPS that requires a client
- * certificate from the cluster CA, and the token as well.
+ * a blob not served, 416 when a unit under the range is not held, 413 for a range over maxRangeBytes,
+ * 400/404/405 for anything else malformed (parseBlockRequest): every request gets an answer, none can stop
+ * the server. With p2p.tls, HTTPS that requires a client certificate from the cluster CA, and the token as
+ * well.
  */
 export class BlockServer {
   private server: Server | undefined;
@@ -65,9 +76,20 @@ export class BlockServer {
   private readonly log: Logger;
   /** Addresses already warned about (a refused TLS handshake or cluster token). */
   private readonly warned = new Set<string>();
+  private readonly budget: ByteBudget;
 
   constructor(private readonly opts: BlockServerOptions) {
     this.log = opts.logger ?? silentLogger;
+    const maxRange = opts.maxRangeBytes ?? DEFAULT_MAX_RANGE_BYTES;
+    this.budget = new ByteBudget(
+      Math.max(maxRange, opts.maxInflightBytes ?? 256 * 1024 * 1024),
+      opts.maxQueuedRequests ?? 1024,
+    );
+  }
+
+  /** Requests waiting for bytes of the response budget (maxInflightBytes). */
+  get waiting(): number {
+    return this.budget.queued;
   }
 
   /** Uploads in progress: the load a node reports to the tracker. */
@@ -77,7 +99,13 @@ export class BlockServer {
 
   async listen(address: string): Promise<string> {
     const { host, port } = splitHostPort(address);
-    const handler = (req: IncomingMessage, res: ServerResponse) => void this.handle(req, res);
+    const handler = (req: IncomingMessage, res: ServerResponse) => {
+      this.handle(req, res).catch((err: unknown) => {
+        this.log.warn({ err: DfError.from(err), url: req.url }, 'peer request failed unexpectedly');
+        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
+        res.end('internal error');
+      });
+    };
     let server: Server;
     if (this.opts.tls) {
       const s = createTlsServer(serverTlsOptions(this.opts.tls), handler);
@@ -85,6 +113,9 @@ export class BlockServer {
       server = s;
     } else server = createServer(handler);
     server.keepAliveTimeout = 30_000;
+    // a client that opens a connection and sends its headers slowly (or never) holds nothing for long
+    server.headersTimeout = 20_000;
+    server.requestTimeout = 60_000;
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) =>
         reject(
@@ -146,11 +177,11 @@ export class BlockServer {
       );
       return fail(401, 'cluster token required');
     }
-    const url = new URL(req.url ?? '/', 'http://peer');
-    const m = DIGEST.exec(url.pathname);
-    if ((req.method !== 'GET' && req.method !== 'HEAD') || !m) return fail(404, 'not found');
-    const range = parseRange(url.searchParams, req.headers.range);
-    if (!range) return fail(400, 'offset and length (or a Range header) required');
+    const range = parseBlockRequest(req.method, req.url, req.headers.range, this.opts.maxRangeBytes);
+    if (!range.ok) {
+      if (range.status === 405) res.setHeader('allow', 'GET, HEAD');
+      return fail(range.status, range.message);
+    }
     const ac = new AbortController();
     const timer = setTimeout(
       () => ac.abort(DfError.timeout('peer request timed out')),
@@ -160,12 +191,12 @@ export class BlockServer {
     this.active++;
     try {
       const hint: BlobHint = {
-        repo: url.searchParams.get('repo') ?? undefined,
-        size: url.searchParams.has('size') ? Number(url.searchParams.get('size')) : undefined,
+        repo: range.repo,
+        size: range.size,
         peer: typeof req.headers[PEER_ID_HEADER] === 'string' ? req.headers[PEER_ID_HEADER] : undefined,
-        defer: url.searchParams.get('defer') === '1',
+        defer: range.defer,
       };
-      const blob = await this.opts.provider.get(m[1]!, hint, ac.signal);
+      const blob = await this.opts.provider.get(range.digest, hint, ac.signal);
       if (!blob) return fail(404, 'blob not served here');
       if (range.offset + range.length > blob.size) return fail(416, 'range beyond the blob');
       const peer = hint.peer;
@@ -176,6 +207,13 @@ export class BlockServer {
           if (!done) blob.undelivered!(range.offset, range.length, peer);
         });
       }
+      // given back once the response is done (sent, or the client went away)
+      const release = await this.budget.take(range.length, ac.signal);
+      if (ac.signal.aborted) {
+        release();
+        throw ac.signal.reason;
+      }
+      res.once('close', release);
       const data = await blob.read(range.offset, range.length, ac.signal, hint);
       if (!data) {
         this.counters.missing++;
@@ -197,6 +235,10 @@ export class BlockServer {
       if (ac.signal.aborted && res.destroyed) return;
       const e = DfError.from(err);
       this.log.debug({ err: e, url: req.url }, 'peer request failed');
+      if (e.code === 'NO_SPACE') {
+        res.setHeader('retry-after', '1');
+        return fail(503, e.message);
+      }
       if (isDeferred(e)) {
         this.counters.deferred++;
         return fail(409, e.message);
@@ -207,24 +249,6 @@ export class BlockServer {
       this.active--;
     }
   }
-}
-
-function parseRange(
-  q: URLSearchParams,
-  header: string | undefined,
-): { offset: number; length: number; header: boolean } | undefined {
-  if (q.has('offset') && q.has('length')) {
-    const offset = Number(q.get('offset'));
-    const length = Number(q.get('length'));
-    if (Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length > 0)
-      return { offset, length, header: false };
-    return undefined;
-  }
-  const m = /^bytes=(\d+)-(\d+)$/.exec(header ?? '');
-  if (!m) return undefined;
-  const a = Number(m[1]);
-  const b = Number(m[2]);
-  return b >= a ? { offset: a, length: b - a + 1, header: true } : undefined;
 }
 
 export function splitHostPort(address: string): { host: string; port: number } {

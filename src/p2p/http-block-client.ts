@@ -74,28 +74,81 @@ export class HttpBlockClient {
       throw DfError.from(err, `GET ${address} ${digest}`);
     }
     if (res.statusCode !== 200) {
-      const text = (await res.body.text().catch(() => '')).slice(0, 200);
+      const text = await readAtMost(res.body, 200);
       const what = `${address}: ${digest} ${offset}+${length}: HTTP ${res.statusCode} ${text}`;
-      if (res.statusCode === 404 || res.statusCode === 416) throw sourceUnavailable(what);
+      // 413: the range is over the host's limit; another source may take it (not the host's fault)
+      if (res.statusCode === 404 || res.statusCode === 416 || res.statusCode === 413)
+        throw sourceUnavailable(what);
       if (res.statusCode === 409) throw deferredBySource(what);
       if (res.statusCode === 401) throw new DfError('UNAUTHORIZED', `${what} (check p2p.clusterToken)`);
       if (res.statusCode === 504) throw DfError.timeout(what);
       throw new DfError('NETWORK', what);
     }
-    let body: Buffer;
+    const declared = res.headers['content-length'];
+    if (typeof declared === 'string' && Number(declared) !== length) {
+      res.body.destroy();
+      throw new DfError(
+        'NETWORK',
+        `${address}: ${digest} ${offset}+${length}: the host announced ${declared} bytes, not the ${length} asked for`,
+      );
+    }
     try {
-      body = Buffer.from(await res.body.arrayBuffer());
+      return await readExactly(res.body, length, `${address}: ${digest} ${offset}+${length}`);
     } catch (err) {
       // cut off mid-body by the caller's time limit: that limit's error, not undici's abort
       if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
       throw DfError.from(err, `GET ${address} ${digest}: body`);
     }
-    if (body.length !== length)
-      throw new DfError('NETWORK', `${address}: got ${body.length} of ${length} bytes`);
-    return body;
   }
 
   async close(): Promise<void> {
     await this.agent.close().catch(() => undefined);
   }
+}
+
+type Body = AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown };
+
+/**
+ * Exactly `length` bytes of a response body into one buffer of that size: a body that goes past it fails
+ * (and is cut off) as soon as the first byte too many arrives, a shorter one fails at its end. A peer's
+ * answer never takes more memory than was asked for.
+ */
+export async function readExactly(body: Body, length: number, what: string): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(length);
+  let got = 0;
+  try {
+    for await (const chunk of body) {
+      if (got + chunk.length > length) {
+        throw new DfError(
+          'NETWORK',
+          `${what}: the host sent more than the ${length} bytes asked for (at least ${got + chunk.length}); response cut off`,
+        );
+      }
+      out.set(chunk, got);
+      got += chunk.length;
+    }
+  } catch (err) {
+    body.destroy();
+    throw err;
+  }
+  if (got !== length) throw new DfError('NETWORK', `${what}: got ${got} of ${length} bytes`);
+  return out;
+}
+
+/** At most `limit` bytes of a body as text (an error answer), then the rest is dropped unread. */
+async function readAtMost(body: Body, limit: number): Promise<string> {
+  const parts: Buffer[] = [];
+  let got = 0;
+  try {
+    for await (const chunk of body) {
+      parts.push(Buffer.from(chunk.subarray(0, limit - got)));
+      got += Math.min(chunk.length, limit - got);
+      if (got >= limit) break;
+    }
+  } catch {
+    // the text is only for the message
+  } finally {
+    body.destroy();
+  }
+  return Buffer.concat(parts).toString('utf8');
 }

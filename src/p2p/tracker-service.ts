@@ -7,6 +7,16 @@ import type { AnnounceMsg, LookupAnswer, LookupMsg, TrackerState } from './track
 
 export const TRACKER_PROTO = 'dfnode/tracker/v1/tracker.proto';
 
+/** The largest tracker request accepted (bytes). */
+const MAX_REQUEST_BYTES = 2 << 20;
+
+/** The host of a gRPC peer string (`host:port`, or a bare host), the source an announce is bound to. */
+export function callerHost(peer: string | undefined): string | undefined {
+  if (!peer) return undefined;
+  const i = peer.lastIndexOf(':');
+  return i > 0 && /^\d+$/.test(peer.slice(i + 1)) ? peer.slice(0, i) : peer;
+}
+
 export function trackerServiceConstructor(): grpc.ServiceClientConstructor {
   return lookup<grpc.ServiceClientConstructor>(loadProto(TRACKER_PROTO), 'dfnode.tracker.v1.Tracker');
 }
@@ -21,23 +31,24 @@ export async function serveTracker(
   clusterToken: string,
   tls?: TlsMaterial,
 ): Promise<{ address: string; stop(): Promise<void> }> {
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': 8 << 20 });
+  // a full announce of the largest blob (2^22 units) is a 512 KiB bitmap: anything far larger is garbage
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': MAX_REQUEST_BYTES });
   const guard =
-    <Req, Res>(fn: (req: Req) => Res): grpc.handleUnaryCall<Req, Res> =>
+    <Req, Res>(fn: (req: Req, source: string | undefined) => Res): grpc.handleUnaryCall<Req, Res> =>
     (call, cb) => {
-      if (!tokenMatches(clusterToken, call.metadata.get(CLUSTER_TOKEN_HEADER)[0]?.toString())) {
-        cb({ code: grpc.status.UNAUTHENTICATED, details: 'cluster token required' });
-        return;
-      }
       try {
-        cb(null, fn(call.request));
+        if (!tokenMatches(clusterToken, call.metadata.get(CLUSTER_TOKEN_HEADER)[0]?.toString())) {
+          cb({ code: grpc.status.UNAUTHENTICATED, details: 'cluster token required' });
+          return;
+        }
+        cb(null, fn(call.request, callerHost(call.getPeer())));
       } catch (err) {
         const e = DfError.from(err);
         cb({ code: e.grpcStatus, details: e.message });
       }
     };
   server.addService(trackerServiceConstructor().service, {
-    Announce: guard((r: AnnounceMsg) => state.announce(r)),
+    Announce: guard((r: AnnounceMsg, source) => state.announce(r, source)),
     Lookup: guard((r: LookupMsg) => state.lookup(r)),
   });
   const port = await new Promise<number>((resolve, reject) =>

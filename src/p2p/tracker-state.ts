@@ -1,5 +1,20 @@
 import { Bitmap } from '../cache/bitmap.js';
+import { DfError } from '../errors.js';
 import { realTimers, type Timers } from '../util/timers.js';
+import {
+  checkAddress,
+  checkBitmap,
+  checkBlob,
+  checkPeerId,
+  checkUnits,
+  checkZone,
+  DEFAULT_TRACKER_LIMITS,
+  full,
+  isPeerId,
+  loadOf,
+  unitList,
+  type TrackerLimits,
+} from './tracker-limits.js';
 
 export interface AnnounceMsg {
   blob: string;
@@ -74,7 +89,17 @@ export interface TrackerStateOptions {
   pendingSilenceMs?: number;
   /** The seed's own bitmap of a blob (a seed runs the tracker of the blobs it serves). */
   seedBits?: (blob: string) => Uint8Array | undefined;
+  /** Bounds of what peers may make the tracker hold (DEFAULT_TRACKER_LIMITS). */
+  limits?: Partial<TrackerLimits>;
   timers?: Timers;
+}
+
+/** Where a peer id was first seen: it stays bound there until it falls silent for the peer TTL. */
+interface PeerBinding {
+  address: string;
+  /** The network host its announces come from (the gRPC peer), when the caller knows it. */
+  source: string | undefined;
+  lastSeen: number;
 }
 
 /** The units sent to a peer that it has not announced yet (empty buffer when none). */
@@ -91,10 +116,25 @@ function pendingBitmap(pending: Map<number, number>, held: Bitmap, units: number
 /**
  * The tracker's memory (no database: a restarted seed learns everything again from the next announces).
  * Per blob, each peer's bitmap; per peer, the failures others reported.
+ *
+ * Peers are cluster members that may lie or flood, so every table is bounded (TrackerLimits) and every
+ * field checked before it is used (tracker-limits.ts); a bad announce or lookup fails with
+ * INVALID_ARGUMENT, one over a bound with NO_SPACE, and nothing is allocated for it. The unit count of a
+ * blob is the seed's when the seed holds the blob (seedBits), else the first announce's (at most
+ * maxUnits), until every peer of the blob is gone. A peer id is bound to the block server address it
+ * first announced and to the network host it announced from; another address or host cannot use the id
+ * until it has been silent for the peer TTL (a restarted node takes a new random id). Full tables keep
+ * the peers they have (those expired are dropped first) and refuse new ones, so that a flood cannot push
+ * out the peers that keep announcing.
  */
 export class TrackerState {
   private readonly blobs = new Map<string, { units: number; peers: Map<string, PeerEntry> }>();
   private readonly failures = new Map<string, { score: number; at: number }>();
+  private readonly ids = new Map<string, PeerBinding>();
+  private readonly limits: TrackerLimits;
+  /** Bytes of all peer bitmaps held. */
+  private bitmapBytes = 0;
+  private lastSweep = 0;
   private readonly ttl: number;
   private readonly interval: number;
   private readonly halfLife: number;
@@ -111,6 +151,15 @@ export class TrackerState {
     this.pendingTtl = opts.pendingTtlMs ?? 15_000;
     this.pendingSilence = Math.min(this.ttl, opts.pendingSilenceMs ?? 3 * 5 * this.interval);
     this.timers = opts.timers ?? realTimers;
+    this.limits = { ...DEFAULT_TRACKER_LIMITS, ...opts.limits };
+  }
+
+  /** What the tracker holds (tests, status). */
+  get size(): { blobs: number; peers: number; bitmapBytes: number; ids: number; failures: number } {
+    let peers = 0;
+    for (const b of this.blobs.values()) peers += b.peers.size;
+    const { bitmapBytes } = this;
+    return { blobs: this.blobs.size, peers, bitmapBytes, ids: this.ids.size, failures: this.failures.size };
   }
 
   /**
@@ -154,68 +203,152 @@ export class TrackerState {
     if (p) for (let u = first; u <= last; u++) p.pending.delete(u);
   }
 
-  announce(m: AnnounceMsg): { need_full: boolean; interval_ms: number } {
+  /**
+   * A peer's announce; `source` is the network host it came from (the gRPC peer), when known. Throws
+   * INVALID_ARGUMENT for a malformed announce, FORBIDDEN for a peer id bound elsewhere, NO_SPACE when a
+   * new peer or blob does not fit.
+   */
+  announce(m: AnnounceMsg, source?: string): { need_full: boolean; interval_ms: number } {
     this.counters.announces++;
     const now = this.timers.now();
-    for (const p of m.failed_peers) this.reportFailure(p, now);
+    const blob = checkBlob(m.blob);
+    const id = checkPeerId(m.peer_id);
+    const address = checkAddress(m.address);
+    const zone = checkZone(m.zone);
+    const seedBytes = this.opts.seedBits?.(blob)?.length;
+    const units = checkUnits(m.units, this.limits.maxUnits, seedBytes);
+    const bitmap = m.full ? checkBitmap(m.bitmap, units) : new Uint8Array(0);
+    const added = unitList(m.added, units, units, 'added');
+    if (now - this.lastSweep >= this.ttl / 2) this.sweep(now);
+    this.bind(id, address, source, now);
+    if (Array.isArray(m.failed_peers))
+      for (const p of m.failed_peers.slice(0, this.limits.maxFailedPerAnnounce))
+        if (isPeerId(p) && p !== id) this.reportFailure(p, now);
     const reply = { need_full: false, interval_ms: this.interval };
-    if (!m.blob || !m.peer_id || !(m.units > 0)) return reply;
-    let b = this.blobs.get(m.blob);
+    let b = this.blobs.get(blob);
     if (m.leave) {
-      b?.peers.delete(m.peer_id);
-      if (b && b.peers.size === 0) this.blobs.delete(m.blob);
+      if (b) this.dropPeer(blob, b, id);
       return reply;
     }
-    if (!b || b.units !== m.units) {
-      // a different unit count means someone announced garbage: the latest full announce wins
-      if (b && !m.full) return { ...reply, need_full: true };
-      b = { units: m.units, peers: new Map() };
-      this.blobs.set(m.blob, b);
+    if (b && b.units !== units) {
+      // the seed's copy settles which count is right; without it, the first announce's stands
+      if (!seedBytes || Math.ceil(b.units / 8) === seedBytes)
+        throw DfError.invalidArgument(
+          `tracker: ${blob} has ${b.units} units here, not ${units}; announce with the blob's unit count`,
+        );
+      for (const p of [...b.peers.keys()]) this.dropPeer(blob, b, p);
+      b = undefined;
     }
-    let p = b.peers.get(m.peer_id);
+    let p = b?.peers.get(id);
     if (!p && !m.full) return { ...reply, need_full: true };
+    const bytes = Math.ceil(units / 8);
+    if (!b) {
+      if (this.blobs.size >= this.limits.maxBlobs) this.sweep(now);
+      if (this.blobs.size >= this.limits.maxBlobs)
+        throw full(`${this.limits.maxBlobs} blobs are tracked already`);
+      b = { units, peers: new Map() };
+      this.blobs.set(blob, b);
+    }
     if (!p) {
+      if (b.peers.size >= this.limits.maxPeersPerBlob) this.expire(blob, b, now);
+      if (b.peers.size >= this.limits.maxPeersPerBlob)
+        throw full(`${blob} has ${this.limits.maxPeersPerBlob} peers already`);
+      if (this.bitmapBytes + bytes > this.limits.maxBitmapBytes) this.sweep(now);
+      if (this.bitmapBytes + bytes > this.limits.maxBitmapBytes)
+        throw full(`the bitmaps held reach the limit of ${this.limits.maxBitmapBytes} bytes`);
       p = {
-        id: m.peer_id,
-        address: m.address,
-        zone: m.zone,
-        load: m.load,
-        bits: new Bitmap(m.units),
+        id,
+        address,
+        zone,
+        load: 0,
+        bits: new Bitmap(units),
         lastSeen: now,
         pending: new Map(),
       };
-      b.peers.set(m.peer_id, p);
+      b.peers.set(id, p);
+      this.bitmapBytes += bytes;
     }
-    p.address = m.address;
-    p.zone = m.zone;
-    p.load = m.load;
+    p.address = address;
+    p.zone = zone;
+    p.load = loadOf(m.load);
     p.lastSeen = now;
-    if (m.full) p.bits = Bitmap.fromBits(m.bitmap, m.units);
-    for (const u of m.added) if (u < m.units) p.bits.set(u);
+    if (m.full) p.bits = Bitmap.fromBits(bitmap, units);
+    for (const u of added) p.bits.set(u);
     return reply;
   }
 
+  /**
+   * Binds `id` to `address` and `source` (see the class comment). Refuses an id bound elsewhere that has
+   * not fallen silent for the peer TTL.
+   */
+  private bind(id: string, address: string, source: string | undefined, now: number): void {
+    const cur = this.ids.get(id);
+    if (cur && now - cur.lastSeen <= this.ttl) {
+      if (cur.address !== address || (cur.source && source && cur.source !== source))
+        throw new DfError(
+          'FORBIDDEN',
+          `tracker: peer id ${id} belongs to ${cur.address}${cur.source ? ` (from ${cur.source})` : ''}; ` +
+            'a node announces its own id (a restarted node takes a new one)',
+        );
+      cur.lastSeen = now;
+      cur.source ??= source;
+      return;
+    }
+    if (!cur && this.ids.size >= this.limits.maxPeerIds) this.sweep(now);
+    if (!cur && this.ids.size >= this.limits.maxPeerIds)
+      throw full(`${this.limits.maxPeerIds} peer ids are known already`);
+    this.ids.delete(id);
+    this.ids.set(id, { address, source, lastSeen: now });
+  }
+
+  private dropPeer(blob: string, b: { units: number; peers: Map<string, PeerEntry> }, id: string): void {
+    if (b.peers.delete(id)) this.bitmapBytes -= Math.ceil(b.units / 8);
+    if (b.peers.size === 0 && this.blobs.get(blob) === b) this.blobs.delete(blob);
+  }
+
+  /** Forgets the peers of one blob that fell silent for the peer TTL. */
+  private expire(blob: string, b: { units: number; peers: Map<string, PeerEntry> }, now: number): void {
+    for (const p of [...b.peers.values()]) if (now - p.lastSeen > this.ttl) this.dropPeer(blob, b, p.id);
+  }
+
+  /** Forgets every peer, id binding and failure that expired (at most every ttl/2, or when a table is full). */
+  private sweep(now: number): void {
+    this.lastSweep = now;
+    for (const [blob, b] of [...this.blobs])
+      for (const p of [...b.peers.values()]) if (now - p.lastSeen > this.ttl) this.dropPeer(blob, b, p.id);
+    for (const [id, x] of [...this.ids]) if (now - x.lastSeen > this.ttl) this.ids.delete(id);
+    for (const id of [...this.failures.keys()]) this.failureScore(id, now);
+  }
+
+  /**
+   * Holders of `want` (at most maxHolders, and no more than maxAnswerBitmapBytes of bitmaps). Throws
+   * INVALID_ARGUMENT for a malformed lookup.
+   */
   lookup(m: LookupMsg): LookupAnswer {
     this.counters.lookups++;
-    const seedBits = this.opts.seedBits?.(m.blob);
+    const blob = checkBlob(m.blob);
+    const asker = m.peer_id ? checkPeerId(m.peer_id) : '';
+    const zone = checkZone(m.zone);
+    const b = this.blobs.get(blob);
+    const wanted = unitList(m.want, b?.units ?? 0, this.limits.maxWant, 'want');
+    const seedBits = this.opts.seedBits?.(blob);
     const seed_bitmap = seedBits ? Buffer.from(seedBits) : Buffer.alloc(0);
-    const b = this.blobs.get(m.blob);
     if (!b) return { holders: [], units: 0, seed_bitmap, peers: 0 };
     const now = this.timers.now();
     // the units asked about, as a bitmap: a holder's share of them is a popcount of the intersection
     let want: Bitmap | undefined;
-    if (m.want.length) {
+    if (Array.isArray(m.want) && m.want.length) {
       want = new Bitmap(b.units);
-      for (const u of m.want) if (u >= 0 && u < b.units) want.set(u);
+      for (const u of wanted) want.set(u);
     }
     const scored: { p: PeerEntry; wanted: number; failures: number }[] = [];
     let peers = 0;
     for (const p of [...b.peers.values()]) {
       if (now - p.lastSeen > this.ttl) {
-        b.peers.delete(p.id);
+        this.dropPeer(blob, b, p.id);
         continue;
       }
-      if (p.id === m.peer_id) continue;
+      if (p.id === asker) continue;
       peers++;
       const failures = this.failureScore(p.id, now);
       this.prunePending(p, now, failures);
@@ -231,13 +364,16 @@ export class TrackerState {
     // near first, then reliable, then lightly loaded, then those holding more of what is wanted
     scored.sort(
       (a, c) =>
-        Number(c.p.zone === m.zone && !!m.zone) - Number(a.p.zone === m.zone && !!m.zone) ||
+        Number(c.p.zone === zone && !!zone) - Number(a.p.zone === zone && !!zone) ||
         Math.floor(a.failures) - Math.floor(c.failures) ||
         a.p.load - c.p.load ||
         c.wanted - a.wanted ||
         Math.random() - 0.5,
     );
-    const holders = scored.slice(0, m.max_peers > 0 ? m.max_peers : 32).map(({ p, failures }) => ({
+    // each holder costs its bitmap and, at most, a pending bitmap of the same size
+    const fit = Math.max(1, Math.floor(this.limits.maxAnswerBitmapBytes / (2 * Math.ceil(b.units / 8))));
+    const asked = Number.isInteger(m.max_peers) && m.max_peers > 0 ? m.max_peers : 32;
+    const holders = scored.slice(0, Math.min(asked, this.limits.maxHolders, fit)).map(({ p, failures }) => ({
       peer_id: p.id,
       address: p.address,
       zone: p.zone,
@@ -257,6 +393,12 @@ export class TrackerState {
 
   private reportFailure(peer: string, now: number): void {
     const score = this.failureScore(peer, now) + 1;
+    this.failures.delete(peer);
+    // full: the report made longest ago goes (Map order is the order of the last reports)
+    if (this.failures.size >= this.limits.maxFailureEntries) {
+      const oldest = this.failures.keys().next();
+      if (!oldest.done) this.failures.delete(oldest.value);
+    }
     this.failures.set(peer, { score, at: now });
   }
 

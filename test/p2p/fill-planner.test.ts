@@ -133,7 +133,7 @@ describe('tracker: units on their way from the seed', () => {
         blob,
         units: 10,
         peer_id: id,
-        address: id,
+        address: `${id}:1`,
         full: true,
         bitmap: new Uint8Array(2),
       });
@@ -147,17 +147,17 @@ describe('tracker: units on their way from the seed', () => {
     expect(pend('a')).toEqual([0b11, 0]);
     expect(pend('b')).toEqual([0b100, 0]);
     // a announces unit 0: it is held, 1 still pending
-    t.announce({ ...base, blob, units: 10, peer_id: 'a', address: 'a', full: false, added: [0] });
+    t.announce({ ...base, blob, units: 10, peer_id: 'a', address: 'a:1', full: false, added: [0] });
     r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
     expect(pend('a')).toEqual([0b10, 0]);
     // b is reported as failing: its pending units may never arrive
-    t.announce({ ...base, blob, units: 10, peer_id: 'c', address: 'c', full: false, failed_peers: ['b'] });
+    t.announce({ ...base, blob, units: 10, peer_id: 'c', address: 'c:1', full: false, failed_peers: ['b'] });
     r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
     expect(r.holders.find((h) => h.peer_id === 'b')).toBeUndefined();
     // a's unit 1 expires after the TTL
     c.t += 6000;
     for (const id of ['a', 'b', 'c'])
-      t.announce({ ...base, blob, units: 10, peer_id: id, address: id, full: false });
+      t.announce({ ...base, blob, units: 10, peer_id: id, address: `${id}:1`, full: false });
     r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
     expect(pend('a')).toEqual([]);
     // what the seed defers: a unit on its way to another (healthy) peer; a send that failed is not

@@ -91,7 +91,7 @@ describe('tracker state', () => {
       peer_id: 'p1',
       address: 'a:1',
       full: true,
-      bitmap: Uint8Array.from([0b101]),
+      bitmap: Uint8Array.from([0b101, 0, 0]),
     });
     t.announce({ ...base, blob: b, units: 20, peer_id: 'p1', address: 'a:1', added: [9] });
     const r = t.lookup({ blob: b, peer_id: 'me', zone: '', want: [9], max_peers: 8 });
@@ -113,7 +113,7 @@ describe('tracker state', () => {
         blob: b,
         units: 8,
         peer_id: id,
-        address: id,
+        address: `${id}:1`,
         zone,
         load,
         full: true,
@@ -128,7 +128,7 @@ describe('tracker state', () => {
       blob: b,
       units: 8,
       peer_id: 'idle',
-      address: 'idle',
+      address: 'idle:1',
       zone: 'z1',
       load: 1,
       failed_peers: ['flaky'],
@@ -154,7 +154,7 @@ describe('tracker state', () => {
         blob: b,
         units: 8,
         peer_id: id,
-        address: id,
+        address: `${id}:1`,
         full: true,
         bitmap: new Uint8Array(1),
       });
