@@ -10,7 +10,7 @@ import type { Layer } from '../layer/layer.js';
 import { LayerStore, layerOptionsFrom } from '../layer/layer-store.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
-import { parseReference } from '../registry/reference.js';
+import { parseReference, type ImageReference } from '../registry/reference.js';
 import { resolveClusterToken } from './auth.js';
 import { HostBandwidth, RateLimitedSource } from './bandwidth.js';
 import { BlockServer, type BlobHint, type BlobProvider, type ServedBlob } from './block-server.js';
@@ -54,6 +54,8 @@ export class Seed implements BlobProvider {
   /** p2p.tls: mutual TLS on the block server and the tracker. */
   private readonly tls: TlsMaterial | undefined;
   private trackerServer: { address: string; stop(): Promise<void> } | undefined;
+  /** Aborts registry requests of opens at close(). */
+  private readonly closer = new AbortController();
 
   constructor(private readonly opts: SeedOptions) {
     const cfg = opts.config;
@@ -122,9 +124,10 @@ export class Seed implements BlobProvider {
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
     let p = this.blobs.get(digest);
     if (!p) {
-      if (!hint.repo || !hint.size || !Number.isSafeInteger(hint.size)) return undefined;
+      const ref = hint.repo ? this.allowed(digest, hint.repo) : undefined;
+      if (!ref) return undefined;
       // not bound to this request: other nodes wait for the same open
-      p = this.open(digest, hint.repo, hint.size);
+      p = this.open(digest, ref, hint.size);
       void signal;
       this.blobs.set(digest, p);
       p.catch(() => this.blobs.delete(digest));
@@ -158,11 +161,39 @@ export class Seed implements BlobProvider {
     };
   }
 
-  private async open(digest: string, repo: string, size: number): Promise<SeedBlob> {
-    const layer = await this.layers.open(
-      { digest, size, tocDigest: undefined, diffId: undefined },
-      parseReference(repo),
+  /**
+   * The repository of a node's hint when p2p.seedRegistries allows its registry, else undefined (logged):
+   * a seed fetches with its own credentials only from registries its operator chose, never from a host a
+   * cluster member names.
+   */
+  private allowed(digest: string, repo: string): ImageReference | undefined {
+    let ref: ImageReference;
+    try {
+      ref = parseReference(repo);
+    } catch (err) {
+      this.log.warn({ err, digest, repo }, 'seed refuses a blob: the repository of the request is not valid');
+      return undefined;
+    }
+    const list = this.opts.config.p2p.seedRegistries.map((r) => r.toLowerCase());
+    if (list.includes('*') || list.includes(ref.registry.toLowerCase())) return ref;
+    this.log.warn(
+      { digest, repo: ref.repoString, registry: ref.registry },
+      `seed refuses blob ${digest} from ${ref.registry}: not in p2p.seedRegistries ` +
+        `(${list.join(', ') || 'empty'}); add the registry there to seed its blobs`,
     );
+    return undefined;
+  }
+
+  /** Opens a blob with the size the registry gives (HEAD), never a requester's: a wrong hint changes nothing. */
+  private async open(digest: string, ref: ImageReference, hinted: number | undefined): Promise<SeedBlob> {
+    const size = await this.opts.client.headBlob(ref, digest, { signal: this.closer.signal });
+    if (size === undefined) throw DfError.notFound(`blob ${digest} not found in ${ref.repoString}`);
+    if (hinted !== undefined && hinted !== size)
+      this.log.warn(
+        { digest, repo: ref.repoString, hinted, size },
+        'a node asked for a blob with a size the registry does not confirm; using the registry size',
+      );
+    const layer = await this.layers.open({ digest, size, tocDigest: undefined, diffId: undefined }, ref);
     if (this.opts.config.p2p.seedFill) {
       layer.startFill();
       layer.whenComplete().then(
@@ -170,13 +201,14 @@ export class Seed implements BlobProvider {
         () => undefined,
       );
     }
-    this.log.info({ digest, repo }, 'seeding blob');
+    this.log.info({ digest, repo: ref.repoString }, 'seeding blob');
     const sb = { layer, layout: new UnitLayout(layer.toc, size) };
     this.opened.set(digest, sb);
     return sb;
   }
 
   async close(): Promise<void> {
+    this.closer.abort(DfError.aborted('seed closed'));
     await this.trackerServer?.stop();
     await this.server.close();
     this.opened.clear();
