@@ -2,7 +2,11 @@ import type { Dispatcher } from 'undici';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Credential, CredentialProvider } from './credentials.js';
+import { readBody } from './http-body.js';
 import { parseWwwAuthenticate, type AuthChallenge } from './www-authenticate.js';
+
+/** Largest token server answer read (real ones are a few KiB). */
+export const MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024;
 
 /** Access to one repository: `pull` or `pull,push`. */
 export interface RepoScope {
@@ -215,7 +219,14 @@ export class RegistryAuth {
       const e = DfError.from(err, `token request to ${url.host} for ${host}`);
       throw e.code === 'INTERNAL' ? new DfError('NETWORK', e.message, { cause: err }) : e;
     }
-    const text = await res.body.text().catch(() => '');
+    let text = '';
+    try {
+      const what = `the answer of token server ${url.host}`;
+      text = (await readBody(res.body, MAX_TOKEN_RESPONSE_BYTES, what)).toString('utf8');
+    } catch (err) {
+      // the body of a refusal only adds detail; a token answer must be read whole
+      if (res.statusCode === 200) throw DfError.from(err, `read the answer of token server ${url.host}`);
+    }
     if (res.statusCode === 401 || res.statusCode === 403) {
       throw new DfError('UNAUTHORIZED', authFailedMessage(host, repo), {
         details: { host, repository: repo, status: res.statusCode, tokenRealm: realm },
