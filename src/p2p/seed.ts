@@ -5,10 +5,11 @@ import { BlockMemoryCache } from '../fetch/block-memory-cache.js';
 import { FetchStats } from '../fetch/fetch-stats.js';
 import { RegistryBlockSource } from '../fetch/registry-block-source.js';
 import { FetchScheduler } from '../fetch/scheduler.js';
-import { deferredBySource, Priority } from '../fetch/types.js';
+import { deferredBySource, Priority, sourceUnavailable } from '../fetch/types.js';
 import type { Layer } from '../layer/layer.js';
 import { LayerStore, layerOptionsFrom } from '../layer/layer-store.js';
 import { silentLogger, type Logger } from '../log.js';
+import { realTimers, type Timers } from '../util/timers.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseReference, type ImageReference } from '../registry/reference.js';
 import { resolveClusterToken } from './auth.js';
@@ -26,12 +27,18 @@ const SEED_RUN_BYTES = 1024 * 1024;
 interface SeedBlob {
   layer: Layer;
   layout: UnitLayout;
+  /** When a node last asked for it (timers.now()). */
+  lastUsed: number;
+  /** Reads in progress: a blob is not closed under them. */
+  active: number;
 }
 
 export interface SeedOptions {
   config: Config;
   client: RegistryClient;
   logger?: Logger;
+  /** Clock and timers of the idle sweep (tests). */
+  timers?: Timers;
 }
 
 /**
@@ -54,12 +61,15 @@ export class Seed implements BlobProvider {
   /** p2p.tls: mutual TLS on the block server and the tracker. */
   private readonly tls: TlsMaterial | undefined;
   private trackerServer: { address: string; stop(): Promise<void> } | undefined;
+  private readonly timers: Timers;
+  private sweepTimer: unknown;
   /** Aborts registry requests of opens at close(). */
   private readonly closer = new AbortController();
 
   constructor(private readonly opts: SeedOptions) {
     const cfg = opts.config;
     this.log = opts.logger ?? silentLogger;
+    this.timers = opts.timers ?? realTimers;
     this.token = resolveClusterToken(cfg.p2p);
     if (!this.token) throw new DfError('CONFIG', 'a seed needs p2p.clusterToken (or p2p.clusterTokenFile)');
     this.tls = loadTls(cfg.p2p.tls);
@@ -107,6 +117,7 @@ export class Seed implements BlobProvider {
   /** Listens on p2p.listen (blocks) and the next port (tracker). Returns both addresses. */
   async start(): Promise<{ blocks: string; tracker: string }> {
     await this.cache.init();
+    this.scheduleSweep();
     const blocks = await this.server.listen(this.opts.config.p2p.listen);
     this.trackerServer = await serveTracker(this.tracker, trackerAddress(blocks), this.token, this.tls);
     return { blocks, tracker: this.trackerServer.address };
@@ -133,32 +144,86 @@ export class Seed implements BlobProvider {
       p.catch(() => this.blobs.delete(digest));
     }
     const b = await p;
+    b.lastUsed = this.timers.now();
     return {
       size: b.layout.size,
       read: async (offset, length, sig, h) => {
         const r = b.layout.unitsFor(offset, length);
         if (!r) return undefined;
-        const units: number[] = [];
-        for (let u = r[0]; u <= r[1]; u++) units.push(u);
-        const peer = h?.peer;
-        if (peer) {
-          // a planned fill run for units already on their way to another node: take them from there
-          if (h.defer && this.tracker.pendingAtOthers(digest, peer, units)) {
-            throw deferredBySource(`${digest} ${offset}+${length} is on its way to another node`);
-          }
-          // the tracker tells the other nodes that these units are on their way to `peer`
-          this.tracker.assume(digest, peer, units);
+        // closed as idle between get() and this read: the node asks again (and the seed opens it again)
+        if (b.layer.released) throw sourceUnavailable(`${digest} was closed as idle; ask again`);
+        b.active++;
+        b.lastUsed = this.timers.now();
+        try {
+          return await this.readUnits(b, digest, offset, r, length, sig, h);
+        } finally {
+          b.active--;
+          b.lastUsed = this.timers.now();
         }
-        const parts = await b.layer.fetcher.units(units, Priority.Blocked, sig);
-        const all = joined(parts);
-        const from = offset - b.layout.offset(r[0]);
-        return all.subarray(from, from + length);
       },
       undelivered: (offset, length, peer) => {
         const r = b.layout.unitsFor(offset, length);
         if (r) this.tracker.unassume(digest, peer, r[0], r[1]);
       },
     };
+  }
+
+  private async readUnits(
+    b: SeedBlob,
+    digest: string,
+    offset: number,
+    r: [number, number],
+    length: number,
+    sig: AbortSignal,
+    h: BlobHint | undefined,
+  ): Promise<Buffer> {
+    const units: number[] = [];
+    for (let u = r[0]; u <= r[1]; u++) units.push(u);
+    const peer = h?.peer;
+    if (peer) {
+      // a planned fill run for units already on their way to another node: take them from there
+      if (h.defer && this.tracker.pendingAtOthers(digest, peer, units)) {
+        throw deferredBySource(`${digest} ${offset}+${length} is on its way to another node`);
+      }
+      // the tracker tells the other nodes that these units are on their way to `peer`
+      this.tracker.assume(digest, peer, units);
+    }
+    const parts = await b.layer.fetcher.units(units, Priority.Blocked, sig);
+    const all = joined(parts);
+    const from = offset - b.layout.offset(r[0]);
+    return all.subarray(from, from + length);
+  }
+
+  /** The idle sweep, every min(p2p.seedIdleMs, 1 min). */
+  private scheduleSweep(): void {
+    const idleMs = this.opts.config.p2p.seedIdleMs;
+    this.sweepTimer = this.timers.setTimeout(
+      () => {
+        this.sweepTimer = undefined;
+        if (this.closer.signal.aborted) return;
+        this.releaseIdle();
+        this.scheduleSweep();
+      },
+      Math.min(idleMs, 60_000),
+    );
+  }
+
+  /**
+   * Closes the blobs no node asked for in p2p.seedIdleMs: the layer store releases their cache, which the
+   * cache manager may then evict under its watermarks (an open blob is never evicted). The next request
+   * opens a blob again, from what its cache still holds.
+   */
+  releaseIdle(): void {
+    const now = this.timers.now();
+    for (const [digest, sb] of this.opened) {
+      if (sb.active > 0 || now - sb.lastUsed < this.opts.config.p2p.seedIdleMs) continue;
+      this.opened.delete(digest);
+      this.blobs.delete(digest);
+      this.log.info({ digest }, 'seed closes an idle blob');
+      sb.layer
+        .release()
+        .catch((err: unknown) => this.log.warn({ err, digest }, 'closing an idle blob failed'));
+    }
   }
 
   /**
@@ -202,13 +267,19 @@ export class Seed implements BlobProvider {
       );
     }
     this.log.info({ digest, repo: ref.repoString }, 'seeding blob');
-    const sb = { layer, layout: new UnitLayout(layer.toc, size) };
+    const sb: SeedBlob = {
+      layer,
+      layout: new UnitLayout(layer.toc, size),
+      lastUsed: this.timers.now(),
+      active: 0,
+    };
     this.opened.set(digest, sb);
     return sb;
   }
 
   async close(): Promise<void> {
     this.closer.abort(DfError.aborted('seed closed'));
+    if (this.sweepTimer !== undefined) this.timers.clearTimeout(this.sweepTimer);
     await this.trackerServer?.stop();
     await this.server.close();
     this.opened.clear();

@@ -4,14 +4,15 @@
  * Real Seed and block client over loopback; the registry is an in-memory RegistryClient.
  */
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { loadConfig } from '../../src/config.js';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { loadConfig, type ConfigInput } from '../../src/config.js';
 import { DfError } from '../../src/errors.js';
 import { isSourceUnavailable } from '../../src/fetch/types.js';
 import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
 import { Seed } from '../../src/p2p/seed.js';
 import type { RegistryClient } from '../../src/registry/client.js';
 import type { ImageReference } from '../../src/registry/reference.js';
+import type { Timers } from '../../src/util/timers.js';
 import { makeBlob, type TestBlob } from '../helpers/dfb.js';
 import { tempDir } from '../helpers/temp.js';
 
@@ -38,16 +39,27 @@ function fakeRegistry(tb: TestBlob) {
   return { client: client as unknown as RegistryClient, calls };
 }
 
-async function startSeed(dir: string, tb: TestBlob, seedRegistries: string[]) {
+async function startSeed(
+  dir: string,
+  tb: TestBlob,
+  seedRegistries: string[],
+  extra: { timers?: Timers; cache?: ConfigInput['cache']; seedIdleMs?: number } = {},
+) {
   const reg = fakeRegistry(tb);
   const config = loadConfig({
     env: {},
     flags: {
-      cache: { dir: join(dir, 'seed-cache') },
-      p2p: { clusterToken: TOKEN, listen: '127.0.0.1:0', seedFill: false, seedRegistries },
+      cache: { dir: join(dir, 'seed-cache'), ...extra.cache },
+      p2p: {
+        clusterToken: TOKEN,
+        listen: '127.0.0.1:0',
+        seedFill: false,
+        seedRegistries,
+        ...(extra.seedIdleMs ? { seedIdleMs: extra.seedIdleMs } : {}),
+      },
     },
   });
-  const seed = new Seed({ config, client: reg.client });
+  const seed = new Seed({ config, client: reg.client, timers: extra.timers });
   const { blocks } = await seed.start();
   let closed = false;
   const close = async () => {
@@ -111,5 +123,61 @@ describe('seed registries', () => {
     expect(data.equals(want)).toBe(true);
     // the footer, the TOC and those blocks came from the cache: only the HEAD went to the registry
     expect(second.calls).toEqual(['HEAD good.example']);
+  });
+});
+
+/** Timers whose clock moves only when the test says so. */
+function manualTimers() {
+  let now = 1_000_000;
+  let pending: Array<{ fn: () => void; at: number }> = [];
+  const timers: Timers = {
+    now: () => now,
+    setTimeout: (fn, ms) => {
+      const t = { fn, at: now + ms };
+      pending.push(t);
+      return t;
+    },
+    clearTimeout: (h) => {
+      pending = pending.filter((t) => t !== h);
+    },
+  };
+  const advance = (ms: number) => {
+    now += ms;
+    const due = pending.filter((t) => t.at <= now);
+    pending = pending.filter((t) => t.at > now);
+    for (const t of due) t.fn();
+  };
+  return { timers, advance };
+}
+
+describe('seed idle blobs', () => {
+  it('closes a blob no node asked for in p2p.seedIdleMs, so that the watermarks evict it; opens it again on request', async () => {
+    const { dir, tb, get } = await setup();
+    const clock = manualTimers();
+    const s = await startSeed(dir, tb, ['good.example'], {
+      timers: clock.timers,
+      seedIdleMs: 60_000,
+      // any filled byte is over the high watermark: an unused blob is evicted at once
+      cache: { highWatermark: 1, lowWatermark: 0 },
+    });
+    const hint = { repo: 'good.example/x', size: String(tb.blob.size) };
+    const want = tb.bytes.subarray(0, 20_000);
+    expect((await get(s.blocks, 0, 20_000, hint)).equals(want)).toBe(true);
+    const entry = () => s.seed.cache.list().find((b) => b.digest === tb.blob.digest);
+    expect(entry()?.inUse).toBe(true);
+
+    clock.advance(30_000);
+    expect((await get(s.blocks, 0, 100, hint)).equals(tb.bytes.subarray(0, 100))).toBe(true);
+    clock.advance(40_000); // 40 s since the last request
+    expect(entry()?.inUse).toBe(true);
+
+    clock.advance(60_000); // 100 s since the last request, and the sweep (every minute) runs
+    await vi.waitFor(() => expect(entry()).toBeUndefined(), { timeout: 10_000 });
+
+    // the next request opens it again, from the registry
+    const before = s.calls.length;
+    expect((await get(s.blocks, 0, 20_000, hint)).equals(want)).toBe(true);
+    expect(s.calls.length).toBeGreaterThan(before);
+    expect(entry()?.inUse).toBe(true);
   });
 });
