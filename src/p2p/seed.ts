@@ -1,3 +1,4 @@
+import { statfs } from 'node:fs/promises';
 import { CacheManager } from '../cache/cache-manager.js';
 import type { Config } from '../config.js';
 import { DfError } from '../errors.js';
@@ -9,7 +10,7 @@ import { deferredBySource, Priority, sourceUnavailable } from '../fetch/types.js
 import type { Layer } from '../layer/layer.js';
 import { LayerStore, layerOptionsFrom } from '../layer/layer-store.js';
 import { silentLogger, type Logger } from '../log.js';
-import { realTimers, type Timers } from '../util/timers.js';
+import { bound, realTimers, type Timers } from '../util/timers.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseReference, type ImageReference } from '../registry/reference.js';
 import { resolveClusterToken } from './auth.js';
@@ -39,6 +40,8 @@ export interface SeedOptions {
   logger?: Logger;
   /** Clock and timers of the idle sweep (tests). */
   timers?: Timers;
+  /** Free bytes of the file system of a directory (default: statfs; tests). */
+  freeBytes?: (dir: string) => Promise<number>;
 }
 
 /**
@@ -62,6 +65,7 @@ export class Seed implements BlobProvider {
   private readonly tls: TlsMaterial | undefined;
   private trackerServer: { address: string; stop(): Promise<void> } | undefined;
   private readonly timers: Timers;
+  private readonly freeBytes: (dir: string) => Promise<number>;
   private sweepTimer: unknown;
   /** Aborts registry requests of opens at close(). */
   private readonly closer = new AbortController();
@@ -70,6 +74,7 @@ export class Seed implements BlobProvider {
     const cfg = opts.config;
     this.log = opts.logger ?? silentLogger;
     this.timers = opts.timers ?? realTimers;
+    this.freeBytes = opts.freeBytes ?? statfsFree;
     this.token = resolveClusterToken(cfg.p2p);
     if (!this.token) throw new DfError('CONFIG', 'a seed needs p2p.clusterToken (or p2p.clusterTokenFile)');
     this.tls = loadTls(cfg.p2p.tls);
@@ -194,6 +199,35 @@ export class Seed implements BlobProvider {
     return all.subarray(from, from + length);
   }
 
+  /**
+   * Whether the cache directory has room for `missing` more bytes of a blob (statfs). Without it the seed
+   * does not fill the blob: it serves the blocks nodes ask for (a full disk does not stop a verified block
+   * from reaching its reader) instead of filling the disk and failing block after block.
+   */
+  private async roomFor(digest: string, missing: number): Promise<boolean> {
+    const dir = this.opts.config.cache.dir;
+    let free: number;
+    try {
+      free = await bound(this.freeBytes(dir), { ms: 10_000, timers: this.timers, what: `statfs ${dir}` });
+    } catch (err) {
+      this.log.warn({ err, dir }, 'seed could not read the free space of its cache; filling anyway');
+      return true;
+    }
+    if (missing <= free) return true;
+    const err = new DfError(
+      'NO_SPACE',
+      `seed cache ${dir} has ${free} bytes free and blob ${digest} needs ${missing} more: not filling it ` +
+        '(requested blocks are still served); free disk space or lower cache.highWatermark',
+    );
+    this.log.warn({ err, digest }, 'seed cannot hold a full copy of a blob');
+    return false;
+  }
+
+  /** Whether the seed is filling a full copy of the blob (open, with its background fill started). */
+  isFilling(digest: string): boolean {
+    return this.opened.get(digest)?.layer.filling ?? false;
+  }
+
   /** The idle sweep, every min(p2p.seedIdleMs, 1 min). */
   private scheduleSweep(): void {
     const idleMs = this.opts.config.p2p.seedIdleMs;
@@ -259,7 +293,7 @@ export class Seed implements BlobProvider {
         'a node asked for a blob with a size the registry does not confirm; using the registry size',
       );
     const layer = await this.layers.open({ digest, size, tocDigest: undefined, diffId: undefined }, ref);
-    if (this.opts.config.p2p.seedFill) {
+    if (this.opts.config.p2p.seedFill && (await this.roomFor(digest, size - layer.cache.filledBytes))) {
       layer.startFill();
       layer.whenComplete().then(
         () => this.log.info({ digest }, 'seed holds the complete blob'),
@@ -299,4 +333,10 @@ function joined(parts: Buffer[]): Buffer {
     end += p.length;
   }
   return Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset);
+}
+
+/** Bytes an unprivileged process may still write on the file system of `dir`. */
+async function statfsFree(dir: string): Promise<number> {
+  const s = await statfs(dir);
+  return s.bavail * s.bsize;
 }

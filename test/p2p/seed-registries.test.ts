@@ -4,6 +4,7 @@
  * Real Seed and block client over loopback; the registry is an in-memory RegistryClient.
  */
 import { join } from 'node:path';
+import { pino, type Logger } from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { loadConfig, type ConfigInput } from '../../src/config.js';
 import { DfError } from '../../src/errors.js';
@@ -43,7 +44,14 @@ async function startSeed(
   dir: string,
   tb: TestBlob,
   seedRegistries: string[],
-  extra: { timers?: Timers; cache?: ConfigInput['cache']; seedIdleMs?: number } = {},
+  extra: {
+    timers?: Timers;
+    cache?: ConfigInput['cache'];
+    seedIdleMs?: number;
+    seedFill?: boolean;
+    freeBytes?: () => Promise<number>;
+    logger?: Logger;
+  } = {},
 ) {
   const reg = fakeRegistry(tb);
   const config = loadConfig({
@@ -53,13 +61,19 @@ async function startSeed(
       p2p: {
         clusterToken: TOKEN,
         listen: '127.0.0.1:0',
-        seedFill: false,
+        seedFill: extra.seedFill ?? false,
         seedRegistries,
         ...(extra.seedIdleMs ? { seedIdleMs: extra.seedIdleMs } : {}),
       },
     },
   });
-  const seed = new Seed({ config, client: reg.client, timers: extra.timers });
+  const seed = new Seed({
+    config,
+    client: reg.client,
+    timers: extra.timers,
+    freeBytes: extra.freeBytes,
+    logger: extra.logger,
+  });
   const { blocks } = await seed.start();
   let closed = false;
   const close = async () => {
@@ -179,5 +193,41 @@ describe('seed idle blobs', () => {
     expect((await get(s.blocks, 0, 20_000, hint)).equals(want)).toBe(true);
     expect(s.calls.length).toBeGreaterThan(before);
     expect(entry()?.inUse).toBe(true);
+  });
+});
+
+describe('seed free space', () => {
+  it('does not fill a blob its cache has no room for (NO_SPACE logged), and still serves the blocks asked for', async () => {
+    const { dir, tb, get } = await setup();
+    const lines: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) });
+    const s = await startSeed(dir, tb, ['good.example'], {
+      seedFill: true,
+      freeBytes: () => Promise.resolve(1000),
+      logger,
+    });
+    const hint = { repo: 'good.example/x', size: String(tb.blob.size) };
+    expect((await get(s.blocks, 0, 20_000, hint)).equals(tb.bytes.subarray(0, 20_000))).toBe(true);
+    expect(s.seed.isFilling(tb.blob.digest)).toBe(false);
+    const warn = lines.map(
+      (l) => JSON.parse(l) as { msg: string; err?: { code?: string; message?: string } },
+    );
+    expect(warn).toContainEqual(
+      expect.objectContaining({
+        msg: 'seed cannot hold a full copy of a blob',
+        err: expect.objectContaining({ code: 'NO_SPACE', message: expect.stringMatching(/bytes free/) }),
+      }),
+    );
+  });
+
+  it('fills a blob that fits', async () => {
+    const { dir, tb, get } = await setup();
+    const s = await startSeed(dir, tb, ['good.example'], {
+      seedFill: true,
+      freeBytes: () => Promise.resolve(tb.blob.size),
+    });
+    const hint = { repo: 'good.example/x', size: String(tb.blob.size) };
+    expect((await get(s.blocks, 0, 100, hint)).equals(tb.bytes.subarray(0, 100))).toBe(true);
+    expect(s.seed.isFilling(tb.blob.digest)).toBe(true);
   });
 });
