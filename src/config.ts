@@ -145,6 +145,13 @@ const configSchema = z.strictObject({
       /** Seed: fetch the whole blob from the registry after the first request (full copies). */
       seedFill: z.boolean().default(true),
       /**
+       * Seed: the registries (`host[:port]`, as in image references; `*` = any) it fetches blobs from for
+       * nodes, with its own credentials. Empty (the default): it fetches from none and answers no new blob.
+       */
+      seedRegistries: z.array(z.string()).default([]),
+      /** Seed: a blob no node asked for in this long is closed (its cache may then be evicted). */
+      seedIdleMs: z.number().int().positive().default(600_000),
+      /**
        * Mutual TLS for all peer, seed and tracker traffic, on top of the cluster token: PEM files of this
        * host's certificate (chain), its key and the cluster CA that signed every member's certificate.
        * All three or none (off). Peers are dialled by address, so only the chain is checked, not the name.

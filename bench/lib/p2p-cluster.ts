@@ -228,7 +228,13 @@ export class P2pCluster {
         address,
         ...(opts.args ?? []),
       ],
-      { DFNODE_LOG_LEVEL: 'warn', DFNODE_P2P_CLUSTER_TOKEN: this.token, ...extraEnv },
+      {
+        DFNODE_LOG_LEVEL: 'warn',
+        DFNODE_P2P_CLUSTER_TOKEN: this.token,
+        // the cluster's own registry only: any, in a test network
+        DFNODE_P2P_SEED_REGISTRIES: '*',
+        ...extraEnv,
+      },
     );
     this.procs.push(p);
     await p.waitLine(/^seed serving /, 60_000);

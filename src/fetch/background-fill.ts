@@ -198,10 +198,11 @@ export class BackgroundFill {
         // some units may have arrived (or started) while waiting for tokens
         const still = units.filter((u) => !cache.has(u));
         const res = await Promise.allSettled(fetcher.ensure(still, Priority.Fill));
-        for (const r of res) {
-          if (r.status === 'fulfilled') fetcher.stats.fillBytes += r.value.length;
+        res.forEach((r, i) => {
+          // a unit fetched but not stored (a full disk) counts as failed: the pass backs off
+          if (r.status === 'fulfilled' && cache.has(still[i]!)) fetcher.stats.fillBytes += r.value.length;
           else failed = true;
-        }
+        });
       }
     };
     await Promise.all(Array.from({ length: this.concurrency }, worker));

@@ -375,10 +375,13 @@ export class UnitFetcher {
         const units = group.map((g) => ({ unit: g.waiter.unit, length: g.stored.length }));
         await this.cache.writeUnits(units, first.unitOff, span, this.closer.signal);
       } catch (err) {
-        // verified but not storable (NO_SPACE, ...): the reader gets the error, the cache stays consistent
-        for (const g of group) this.settle(g.waiter, DfError.from(err, `cache ${this.blob.digest}`));
-        lastErr = err;
-        continue;
+        if (this.closer.signal.aborted) {
+          for (const g of group) this.settle(g.waiter, DfError.from(err, `cache ${this.blob.digest}`));
+          lastErr = err;
+          continue;
+        }
+        // verified but not storable (NO_SPACE, ...): the waiters get the verified bytes all the same; the
+        // cache does not claim them (its bitmap is unchanged) and the background fill tries them again
       }
       for (const g of group) {
         this.stats.served(source.kind, 1, g.stored.length);

@@ -46,12 +46,7 @@ export async function loadToc(opts: LoadTocOptions): Promise<LoadedToc> {
   const fromCache = await tocFromCache(cache, blob, opts.expectedTocDigest, logger, opts.signal);
   if (fromCache) return { ...fromCache, source: 'cache' };
 
-  const read = (offset: number, length: number) =>
-    fromSources(opts.sources, blob, offset, length, requestMs, timers, opts.signal);
-  const tail = await read(blob.size - FOOTER_SIZE, FOOTER_SIZE);
-  const footer = decodeFooter(tail, blob.size);
-  const stored = await read(footer.tocOffset, footer.tocStoredLength);
-  const toc = DfbReader.decodeStoredToc(footer, stored, opts.expectedTocDigest);
+  const { toc, footer, stored, tail } = await fromSources(opts, requestMs, timers, logger);
   const unit = Buffer.concat([stored, tail]);
   try {
     await cache.setLayout(toc.blockCount, footer.tocOffset, opts.signal);
@@ -90,9 +85,47 @@ async function tocFromCache(
   }
 }
 
-/** One range from the first source that answers with the right number of bytes. */
+/**
+ * Footer + TOC from the first source whose answer verifies. Without an expected TOC digest only the registry
+ * is trusted (a peer or seed could hand out any TOC that matches its own footer); with one, a TOC that fails
+ * the check (a forged or corrupt copy) moves on to the next source instead of failing the mount.
+ */
 async function fromSources(
-  sources: BlockSource[],
+  opts: LoadTocOptions,
+  ms: number,
+  timers: Timers,
+  logger: Logger,
+): Promise<{ toc: Toc; footer: Footer; stored: Buffer; tail: Buffer }> {
+  const { blob, signal } = opts;
+  const usable = opts.sources.filter((s) => opts.expectedTocDigest !== undefined || s.kind === 'registry');
+  let lastErr: unknown = DfError.notFound(
+    opts.sources.length > usable.length
+      ? `no registry source for the TOC of blob ${blob.digest}, and the layer has no TOC digest annotation ` +
+          '(needed to take a TOC from a peer or seed): check that the registry is reachable or convert the image again'
+      : `no source for blob ${blob.digest}`,
+  );
+  for (const s of usable) {
+    try {
+      const tail = await fromSource(s, blob, blob.size - FOOTER_SIZE, FOOTER_SIZE, ms, timers, signal);
+      const footer = decodeFooter(tail, blob.size);
+      const stored = await fromSource(s, blob, footer.tocOffset, footer.tocStoredLength, ms, timers, signal);
+      const toc = DfbReader.decodeStoredToc(footer, stored, opts.expectedTocDigest);
+      return { toc, footer, stored, tail };
+    } catch (err) {
+      if (signal?.aborted) throw DfError.from(err);
+      logger.warn(
+        { err, digest: blob.digest, source: s.name },
+        'TOC from this source is unusable; trying the next',
+      );
+      lastErr = err;
+    }
+  }
+  throw DfError.from(lastErr, `fetch TOC of ${blob.digest}`);
+}
+
+/** Exactly `length` bytes at `offset` from one source, bounded by `ms`. */
+async function fromSource(
+  s: BlockSource,
   blob: BlobRef,
   offset: number,
   length: number,
@@ -100,20 +133,13 @@ async function fromSources(
   timers: Timers,
   signal?: AbortSignal,
 ): Promise<Buffer> {
-  let lastErr: unknown = DfError.notFound(`no source for blob ${blob.digest}`);
-  for (const s of sources) {
-    const what = `${s.name}: ${blob.digest} bytes ${offset}+${length}`;
-    const rq = childSignal(signal, ms, timers, what);
-    try {
-      const data = await bound(s.fetch(blob, offset, length, rq.signal), { signal: rq.signal, what });
-      if (data.length === length) return data;
-      lastErr = new DfError('NETWORK', `${what}: got ${data.length} bytes`);
-    } catch (err) {
-      if (signal?.aborted) throw DfError.from(err);
-      lastErr = err;
-    } finally {
-      rq.dispose();
-    }
+  const what = `${s.name}: ${blob.digest} bytes ${offset}+${length}`;
+  const rq = childSignal(signal, ms, timers, what);
+  try {
+    const data = await bound(s.fetch(blob, offset, length, rq.signal), { signal: rq.signal, what });
+    if (data.length !== length) throw new DfError('NETWORK', `${what}: got ${data.length} bytes`);
+    return data;
+  } finally {
+    rq.dispose();
   }
-  throw DfError.from(lastErr, `fetch TOC of ${blob.digest}`);
 }

@@ -1,3 +1,4 @@
+import { statfs } from 'node:fs/promises';
 import { CacheManager } from '../cache/cache-manager.js';
 import type { Config } from '../config.js';
 import { DfError } from '../errors.js';
@@ -5,12 +6,13 @@ import { BlockMemoryCache } from '../fetch/block-memory-cache.js';
 import { FetchStats } from '../fetch/fetch-stats.js';
 import { RegistryBlockSource } from '../fetch/registry-block-source.js';
 import { FetchScheduler } from '../fetch/scheduler.js';
-import { deferredBySource, Priority } from '../fetch/types.js';
+import { deferredBySource, Priority, sourceUnavailable } from '../fetch/types.js';
 import type { Layer } from '../layer/layer.js';
 import { LayerStore, layerOptionsFrom } from '../layer/layer-store.js';
 import { silentLogger, type Logger } from '../log.js';
+import { bound, realTimers, type Timers } from '../util/timers.js';
 import type { RegistryClient } from '../registry/client.js';
-import { parseReference } from '../registry/reference.js';
+import { parseReference, type ImageReference } from '../registry/reference.js';
 import { resolveClusterToken } from './auth.js';
 import { HostBandwidth, RateLimitedSource } from './bandwidth.js';
 import { BlockServer, type BlobHint, type BlobProvider, type ServedBlob } from './block-server.js';
@@ -26,12 +28,20 @@ const SEED_RUN_BYTES = 1024 * 1024;
 interface SeedBlob {
   layer: Layer;
   layout: UnitLayout;
+  /** When a node last asked for it (timers.now()). */
+  lastUsed: number;
+  /** Reads in progress: a blob is not closed under them. */
+  active: number;
 }
 
 export interface SeedOptions {
   config: Config;
   client: RegistryClient;
   logger?: Logger;
+  /** Clock and timers of the idle sweep (tests). */
+  timers?: Timers;
+  /** Free bytes of the file system of a directory (default: statfs; tests). */
+  freeBytes?: (dir: string) => Promise<number>;
 }
 
 /**
@@ -54,10 +64,17 @@ export class Seed implements BlobProvider {
   /** p2p.tls: mutual TLS on the block server and the tracker. */
   private readonly tls: TlsMaterial | undefined;
   private trackerServer: { address: string; stop(): Promise<void> } | undefined;
+  private readonly timers: Timers;
+  private readonly freeBytes: (dir: string) => Promise<number>;
+  private sweepTimer: unknown;
+  /** Aborts registry requests of opens at close(). */
+  private readonly closer = new AbortController();
 
   constructor(private readonly opts: SeedOptions) {
     const cfg = opts.config;
     this.log = opts.logger ?? silentLogger;
+    this.timers = opts.timers ?? realTimers;
+    this.freeBytes = opts.freeBytes ?? statfsFree;
     this.token = resolveClusterToken(cfg.p2p);
     if (!this.token) throw new DfError('CONFIG', 'a seed needs p2p.clusterToken (or p2p.clusterTokenFile)');
     this.tls = loadTls(cfg.p2p.tls);
@@ -105,6 +122,7 @@ export class Seed implements BlobProvider {
   /** Listens on p2p.listen (blocks) and the next port (tracker). Returns both addresses. */
   async start(): Promise<{ blocks: string; tracker: string }> {
     await this.cache.init();
+    this.scheduleSweep();
     const blocks = await this.server.listen(this.opts.config.p2p.listen);
     this.trackerServer = await serveTracker(this.tracker, trackerAddress(blocks), this.token, this.tls);
     return { blocks, tracker: this.trackerServer.address };
@@ -122,34 +140,31 @@ export class Seed implements BlobProvider {
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
     let p = this.blobs.get(digest);
     if (!p) {
-      if (!hint.repo || !hint.size || !Number.isSafeInteger(hint.size)) return undefined;
+      const ref = hint.repo ? this.allowed(digest, hint.repo) : undefined;
+      if (!ref) return undefined;
       // not bound to this request: other nodes wait for the same open
-      p = this.open(digest, hint.repo, hint.size);
+      p = this.open(digest, ref, hint.size);
       void signal;
       this.blobs.set(digest, p);
       p.catch(() => this.blobs.delete(digest));
     }
     const b = await p;
+    b.lastUsed = this.timers.now();
     return {
       size: b.layout.size,
       read: async (offset, length, sig, h) => {
         const r = b.layout.unitsFor(offset, length);
         if (!r) return undefined;
-        const units: number[] = [];
-        for (let u = r[0]; u <= r[1]; u++) units.push(u);
-        const peer = h?.peer;
-        if (peer) {
-          // a planned fill run for units already on their way to another node: take them from there
-          if (h.defer && this.tracker.pendingAtOthers(digest, peer, units)) {
-            throw deferredBySource(`${digest} ${offset}+${length} is on its way to another node`);
-          }
-          // the tracker tells the other nodes that these units are on their way to `peer`
-          this.tracker.assume(digest, peer, units);
+        // closed as idle between get() and this read: the node asks again (and the seed opens it again)
+        if (b.layer.released) throw sourceUnavailable(`${digest} was closed as idle; ask again`);
+        b.active++;
+        b.lastUsed = this.timers.now();
+        try {
+          return await this.readUnits(b, digest, offset, r, length, sig, h);
+        } finally {
+          b.active--;
+          b.lastUsed = this.timers.now();
         }
-        const parts = await b.layer.fetcher.units(units, Priority.Blocked, sig);
-        const all = joined(parts);
-        const from = offset - b.layout.offset(r[0]);
-        return all.subarray(from, from + length);
       },
       undelivered: (offset, length, peer) => {
         const r = b.layout.unitsFor(offset, length);
@@ -158,25 +173,147 @@ export class Seed implements BlobProvider {
     };
   }
 
-  private async open(digest: string, repo: string, size: number): Promise<SeedBlob> {
-    const layer = await this.layers.open(
-      { digest, size, tocDigest: undefined, diffId: undefined },
-      parseReference(repo),
+  private async readUnits(
+    b: SeedBlob,
+    digest: string,
+    offset: number,
+    r: [number, number],
+    length: number,
+    sig: AbortSignal,
+    h: BlobHint | undefined,
+  ): Promise<Buffer> {
+    const units: number[] = [];
+    for (let u = r[0]; u <= r[1]; u++) units.push(u);
+    const peer = h?.peer;
+    if (peer) {
+      // a planned fill run for units already on their way to another node: take them from there
+      if (h.defer && this.tracker.pendingAtOthers(digest, peer, units)) {
+        throw deferredBySource(`${digest} ${offset}+${length} is on its way to another node`);
+      }
+      // the tracker tells the other nodes that these units are on their way to `peer`
+      this.tracker.assume(digest, peer, units);
+    }
+    const parts = await b.layer.fetcher.units(units, Priority.Blocked, sig);
+    const all = joined(parts);
+    const from = offset - b.layout.offset(r[0]);
+    return all.subarray(from, from + length);
+  }
+
+  /**
+   * Whether the cache directory has room for `missing` more bytes of a blob (statfs). Without it the seed
+   * does not fill the blob: it serves the blocks nodes ask for (a full disk does not stop a verified block
+   * from reaching its reader) instead of filling the disk and failing block after block.
+   */
+  private async roomFor(digest: string, missing: number): Promise<boolean> {
+    const dir = this.opts.config.cache.dir;
+    let free: number;
+    try {
+      free = await bound(this.freeBytes(dir), { ms: 10_000, timers: this.timers, what: `statfs ${dir}` });
+    } catch (err) {
+      this.log.warn({ err, dir }, 'seed could not read the free space of its cache; filling anyway');
+      return true;
+    }
+    if (missing <= free) return true;
+    const err = new DfError(
+      'NO_SPACE',
+      `seed cache ${dir} has ${free} bytes free and blob ${digest} needs ${missing} more: not filling it ` +
+        '(requested blocks are still served); free disk space or lower cache.highWatermark',
     );
-    if (this.opts.config.p2p.seedFill) {
+    this.log.warn({ err, digest }, 'seed cannot hold a full copy of a blob');
+    return false;
+  }
+
+  /** Whether the seed is filling a full copy of the blob (open, with its background fill started). */
+  isFilling(digest: string): boolean {
+    return this.opened.get(digest)?.layer.filling ?? false;
+  }
+
+  /** The idle sweep, every min(p2p.seedIdleMs, 1 min). */
+  private scheduleSweep(): void {
+    const idleMs = this.opts.config.p2p.seedIdleMs;
+    this.sweepTimer = this.timers.setTimeout(
+      () => {
+        this.sweepTimer = undefined;
+        if (this.closer.signal.aborted) return;
+        this.releaseIdle();
+        this.scheduleSweep();
+      },
+      Math.min(idleMs, 60_000),
+    );
+  }
+
+  /**
+   * Closes the blobs no node asked for in p2p.seedIdleMs: the layer store releases their cache, which the
+   * cache manager may then evict under its watermarks (an open blob is never evicted). The next request
+   * opens a blob again, from what its cache still holds.
+   */
+  releaseIdle(): void {
+    const now = this.timers.now();
+    for (const [digest, sb] of this.opened) {
+      if (sb.active > 0 || now - sb.lastUsed < this.opts.config.p2p.seedIdleMs) continue;
+      this.opened.delete(digest);
+      this.blobs.delete(digest);
+      this.log.info({ digest }, 'seed closes an idle blob');
+      sb.layer
+        .release()
+        .catch((err: unknown) => this.log.warn({ err, digest }, 'closing an idle blob failed'));
+    }
+  }
+
+  /**
+   * The repository of a node's hint when p2p.seedRegistries allows its registry, else undefined (logged):
+   * a seed fetches with its own credentials only from registries its operator chose, never from a host a
+   * cluster member names.
+   */
+  private allowed(digest: string, repo: string): ImageReference | undefined {
+    let ref: ImageReference;
+    try {
+      ref = parseReference(repo);
+    } catch (err) {
+      this.log.warn({ err, digest, repo }, 'seed refuses a blob: the repository of the request is not valid');
+      return undefined;
+    }
+    const list = this.opts.config.p2p.seedRegistries.map((r) => r.toLowerCase());
+    if (list.includes('*') || list.includes(ref.registry.toLowerCase())) return ref;
+    this.log.warn(
+      { digest, repo: ref.repoString, registry: ref.registry },
+      `seed refuses blob ${digest} from ${ref.registry}: not in p2p.seedRegistries ` +
+        `(${list.join(', ') || 'empty'}); add the registry there to seed its blobs`,
+    );
+    return undefined;
+  }
+
+  /** Opens a blob with the size the registry gives (HEAD), never a requester's: a wrong hint changes nothing. */
+  private async open(digest: string, ref: ImageReference, hinted: number | undefined): Promise<SeedBlob> {
+    const size = await this.opts.client.headBlob(ref, digest, { signal: this.closer.signal });
+    if (size === undefined) throw DfError.notFound(`blob ${digest} not found in ${ref.repoString}`);
+    if (hinted !== undefined && hinted !== size)
+      this.log.warn(
+        { digest, repo: ref.repoString, hinted, size },
+        'a node asked for a blob with a size the registry does not confirm; using the registry size',
+      );
+    const layer = await this.layers.open({ digest, size, tocDigest: undefined, diffId: undefined }, ref);
+    if (this.opts.config.p2p.seedFill && (await this.roomFor(digest, size - layer.cache.filledBytes))) {
       layer.startFill();
       layer.whenComplete().then(
         () => this.log.info({ digest }, 'seed holds the complete blob'),
         () => undefined,
       );
     }
-    this.log.info({ digest, repo }, 'seeding blob');
-    const sb = { layer, layout: new UnitLayout(layer.toc, size) };
+    this.log.info({ digest, repo: ref.repoString }, 'seeding blob');
+    const sb: SeedBlob = {
+      layer,
+      layout: new UnitLayout(layer.toc, size),
+      lastUsed: this.timers.now(),
+      active: 0,
+    };
     this.opened.set(digest, sb);
     return sb;
   }
 
   async close(): Promise<void> {
+    this.closer.abort(DfError.aborted('seed closed'));
+    if (this.sweepTimer !== undefined) this.timers.clearTimeout(this.sweepTimer);
     await this.trackerServer?.stop();
     await this.server.close();
     this.opened.clear();
@@ -196,4 +333,10 @@ function joined(parts: Buffer[]): Buffer {
     end += p.length;
   }
   return Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset);
+}
+
+/** Bytes an unprivileged process may still write on the file system of `dir`. */
+async function statfsFree(dir: string): Promise<number> {
+  const s = await statfs(dir);
+  return s.bavail * s.bsize;
 }

@@ -346,6 +346,14 @@ export class RegistryClient {
           );
         }
         const want = cr.end - cr.start + 1;
+        if (want > length) {
+          res.body.destroy();
+          throw new DfError(
+            'REGISTRY',
+            `${ref.registry} answered a suffix range of ${length} bytes of ${what} with ${want} bytes ` +
+              `(Content-Range "${header(res.headers, 'content-range')}"): not a registry this client can use`,
+          );
+        }
         const data = await readBody(res.body, want, what);
         if (data.length !== want)
           throw new DfError('NETWORK', `short suffix read of ${what}: ${data.length} of ${want} bytes`);

@@ -63,6 +63,14 @@ export function header(headers: Dispatcher.ResponseData['headers'], name: string
   return Array.isArray(v) ? v[0] : v;
 }
 
+/**
+ * A URL for logs and error details: without its query string (pre-signed storage URLs carry their
+ * signature and credentials there) and without user info.
+ */
+export function redactedUrl(url: URL): string {
+  return `${url.origin}${url.pathname}${url.search ? '?<redacted>' : ''}`;
+}
+
 function isRetryable(err: unknown): boolean {
   if (!(err instanceof DfError)) return false;
   if (err.code === 'NETWORK' || err.code === 'TIMEOUT') return true;
@@ -267,7 +275,7 @@ export class RegistryTransport {
       if (req.ok.includes(status)) return handle({ status, headers: res.headers, body: res.body, url });
 
       const why = await errorMessage(res.body);
-      const details = { host: url.host, status, method: req.method, url: url.toString() };
+      const details = { host: url.host, status, method: req.method, url: redactedUrl(url) };
       if (status === 404) {
         throw DfError.notFound(`${req.what} not found${why ? ` (${why})` : ''}`, { details });
       }

@@ -1,6 +1,7 @@
 import { readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { pino, type Logger } from 'pino';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { BlobCache, type CacheIo, defaultCacheIo } from '../../src/cache/blob-cache.js';
 import { DfError, isDfError } from '../../src/errors.js';
 import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
@@ -58,6 +59,7 @@ async function open(
     scheduler?: FetchScheduler;
     sources?: FakeSource[];
     stats?: FetchStats;
+    logger?: Logger;
   } = {},
 ) {
   const cache = await BlobCache.open({
@@ -76,6 +78,7 @@ async function open(
     scheduler: extra.scheduler,
     stats: extra.stats,
     expectedTocDigest: s.tb.tocDigest,
+    logger: extra.logger,
     options: { ...fast, ...extra.options },
   });
   cleanups.push(async () => {
@@ -458,7 +461,7 @@ describe('restart and crash safety', () => {
 });
 
 describe('full disk', () => {
-  it('ENOSPC on a block write: NO_SPACE to the reader, bitmap unchanged, works once space is back', async () => {
+  it('ENOSPC on a block write: the reader gets the verified bytes, bitmap unchanged, stored once space is back', async () => {
     const s = await setup();
     let full = false;
     const io: CacheIo = {
@@ -471,16 +474,18 @@ describe('full disk', () => {
         return defaultCacheIo.write(fh, data, pos);
       },
     };
-    const a = await open(s, { io });
+    // no memory cache: the second read goes to the sources and the cache again
+    const a = await open(s, { io, mem: new BlockMemoryCache(1) });
     full = true;
     const before = a.cache.presentUnits;
-    const err = await a.core.reader.read(s.tb.ino('usr/big2'), 0, 50_000).catch((e) => e);
-    expect(isDfError(err, 'NO_SPACE')).toBe(true);
+    const want = s.tb.files.get('usr/big2')!.subarray(0, 50_000);
+    const onFullDisk = await a.core.reader.read(s.tb.ino('usr/big2'), 0, 50_000);
+    expect(onFullDisk.equals(want)).toBe(true);
     expect(a.cache.presentUnits).toBe(before);
     await a.cache.flush();
     full = false;
     const got = await a.core.reader.read(s.tb.ino('usr/big2'), 0, 50_000);
-    expect(got.equals(s.tb.files.get('usr/big2')!.subarray(0, 50_000))).toBe(true);
+    expect(got.equals(want)).toBe(true);
     await a.core.close();
     await a.cache.close();
     // after a restart, every block the bitmap claims is good
@@ -489,6 +494,34 @@ describe('full disk', () => {
     const again = await b.core.reader.read(s.tb.ino('usr/big2'), 0, 50_000);
     expect(again.equals(got)).toBe(true);
     expect(b.core.fetcher.stats.verifyFailures).toBe(0);
+  });
+
+  it('ENOSPC under the background fill: it backs off (units fetched but not stored count as failed) and completes once space is back', async () => {
+    const s = await setup();
+    let full = false;
+    const io: CacheIo = {
+      async write(fh, data, pos) {
+        if (full)
+          throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+        return defaultCacheIo.write(fh, data, pos);
+      },
+    };
+    const lines: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) });
+    const a = await open(s, { io, logger });
+    const before = a.cache.presentUnits;
+    full = true;
+    a.core.fill.start();
+    await vi.waitFor(
+      () => expect(lines.join('')).toContain('background fill: some blocks failed; retrying'),
+      {
+        timeout: 20_000,
+      },
+    );
+    expect(a.cache.presentUnits).toBe(before);
+    full = false;
+    await a.core.fill.whenComplete();
+    expect(sha256Digest(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
   });
 
   it('ENOSPC while storing the TOC still mounts; fill stores it later', async () => {

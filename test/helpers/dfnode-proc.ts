@@ -93,7 +93,8 @@ export async function startSeedProc(
         addr,
         ...args,
       ],
-      env,
+      // the test registries (any loopback port)
+      { DFNODE_P2P_SEED_REGISTRIES: '*', ...env },
     );
     try {
       await waitLine(proc, /^seed serving .*$/m, 20_000);

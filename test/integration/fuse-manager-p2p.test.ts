@@ -70,6 +70,7 @@ describe.skipIf(req.skip)('FUSE manager with P2P: layers opened for their TOCs a
     seedAddr = `127.0.0.1:${await freePort()}`;
     const seedCfg = config('seed', [], seedAddr);
     seedCfg.p2p.seedFill = false;
+    seedCfg.p2p.seedRegistries = [images.reg.host];
     const seedClient = makeClient(seedCfg, silentLogger, undefined);
     seed = new Seed({ config: seedCfg, client: seedClient });
     await seed.start();

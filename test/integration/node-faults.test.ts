@@ -185,14 +185,14 @@ describe.skipIf(req.skip)('dfnode mount: corrupt blocks, registry down, disk ful
     }
   });
 
-  it('disk full (cache on a 1 MiB tmpfs): EIO/ENOSPC, daemon stays up; with space the cache completes uncorrupted', async () => {
+  it('disk full (cache on a 1 MiB tmpfs): the reader still gets the verified bytes, daemon stays up; with space the cache completes uncorrupted', async () => {
     const dirs = freshDirs();
     await mkdir(dirs.cacheDir, { recursive: true });
     await runOk('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', dirs.cacheDir]);
     const m = await mount(dirs, { args: ['--read-timeout', '10000'] });
     try {
-      const err = await readError(join(m.target, files[2]!));
-      expect(err?.code).toMatch(/^(EIO|ENOSPC)$/);
+      // the blocks do not fit in the cache: they go to the reader without it
+      expect(await sha256File(join(m.target, files[2]!))).toBe(want.get(files[2]!)!.sha256);
       expect(alive(m.pid)).toBe(true);
       expect((await readdirOk(m.target)).length).toBeGreaterThan(0);
     } finally {

@@ -1,0 +1,66 @@
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BlobCache } from '../../src/cache/blob-cache.js';
+import { loadToc } from '../../src/layer/load-toc.js';
+import { makeBlob } from '../helpers/dfb.js';
+import { tempDir } from '../helpers/temp.js';
+import { FakeSource } from '../fetch/helpers.js';
+import { forgedBlobOfSize } from './forge-helper.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+async function setup() {
+  const { dir, cleanup } = await tempDir();
+  cleanups.push(cleanup);
+  const tb = await makeBlob(dir);
+  const forged = await forgedBlobOfSize(dir, tb.blob.size);
+  const cache = await BlobCache.open({ dir: join(dir, 'cache'), digest: tb.blob.digest, size: tb.blob.size });
+  cleanups.push(() => cache.close());
+  return { tb, forged, cache };
+}
+
+describe('loadToc from untrusted sources', () => {
+  it('without a TOC digest annotation, takes the TOC from the registry only, never from a seed or peer', async () => {
+    const { tb, forged, cache } = await setup();
+    const seed = new FakeSource(forged, 'seed');
+    const peer = new FakeSource(forged, 'peer');
+    const registry = new FakeSource(tb.bytes, 'registry');
+    const loaded = await loadToc({ blob: tb.blob, cache, sources: [peer, seed, registry] });
+    expect(loaded.toc.lookup('evil')).toBeUndefined();
+    expect(loaded.toc.lookup('usr/big1')).toBe(tb.ino('usr/big1'));
+    expect(seed.requests).toEqual([]);
+    expect(peer.requests).toEqual([]);
+    expect(registry.requests.length).toBe(2);
+  });
+
+  it('with the annotation, a forged TOC from a seed is skipped and the next source answers', async () => {
+    const { tb, forged, cache } = await setup();
+    const seed = new FakeSource(forged, 'seed');
+    const registry = new FakeSource(tb.bytes, 'registry');
+    const loaded = await loadToc({
+      blob: tb.blob,
+      cache,
+      sources: [seed, registry],
+      expectedTocDigest: tb.tocDigest,
+    });
+    expect(seed.requests.length).toBe(2);
+    expect(loaded.toc.lookup('usr/big1')).toBe(tb.ino('usr/big1'));
+    // the cache holds the registry's TOC: a second load comes from the cache
+    const again = await loadToc({ blob: tb.blob, cache, sources: [], expectedTocDigest: tb.tocDigest });
+    expect(again.source).toBe('cache');
+    expect(again.toc.lookup('usr/big1')).toBe(tb.ino('usr/big1'));
+  });
+
+  it('without the annotation and no registry source, fails with a message saying why', async () => {
+    const { tb, cache } = await setup();
+    const peer = new FakeSource(tb.bytes, 'peer');
+    await expect(loadToc({ blob: tb.blob, cache, sources: [peer] })).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+      message: expect.stringMatching(/no TOC digest annotation/),
+    });
+    expect(peer.requests).toEqual([]);
+  });
+});
