@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { decodeFooter, FOOTER_SIZE } from '../blob/footer.js';
 import { DfbReader } from '../blob/reader.js';
@@ -37,6 +38,11 @@ export interface UnitFetcherInit {
   /** Remote sources in order of preference (peers, seed, registry). */
   sources: BlockSource[];
   stats: FetchStats;
+  /**
+   * SHA-256 of the verified TOC unit (TOC + footer). A copy of the TOC unit from a source is then checked by
+   * its hash before anything is inflated; without it the copy is decoded and compared with the TOC.
+   */
+  tocUnitSha256?: Buffer;
   /** Shared by all fetchers of a node, so that fill anywhere yields to blocked reads anywhere. */
   scheduler: FetchScheduler;
   timers?: Timers;
@@ -86,6 +92,7 @@ export class UnitFetcher {
   readonly cache: BlobCache;
   readonly stats: FetchStats;
   private readonly sources: BlockSource[];
+  private readonly tocUnitSha256: Buffer | undefined;
   private readonly scheduler: FetchScheduler;
   private readonly timers: Timers;
   private readonly inflight = new Map<number, InFlight>();
@@ -100,6 +107,7 @@ export class UnitFetcher {
     this.cache = init.cache;
     this.sources = init.sources;
     this.stats = init.stats;
+    this.tocUnitSha256 = init.tocUnitSha256;
     this.scheduler = init.scheduler;
     this.timers = init.timers ?? realTimers;
     const o = init.options ?? {};
@@ -393,6 +401,12 @@ export class UnitFetcher {
 
   private checkUnit(u: number, stored: Buffer): void {
     if (u < this.tocUnit) return DfbReader.checkStoredBlock(this.toc, u, stored);
+    if (this.tocUnitSha256) {
+      // hash before inflating: a forged TOC unit never gets decompressed (it could claim any size)
+      if (!createHash('sha256').update(stored).digest().equals(this.tocUnitSha256))
+        throw DfError.corrupt(`DFB TOC unit of ${this.blob.digest} does not match the verified one`);
+      return;
+    }
     const footer = decodeFooter(stored.subarray(stored.length - FOOTER_SIZE), this.blob.size);
     const toc = DfbReader.decodeStoredToc(footer, stored.subarray(0, stored.length - FOOTER_SIZE));
     if (!toc.buffer.equals(this.toc.buffer)) throw DfError.corrupt(`DFB TOC of ${this.blob.digest} changed`);

@@ -104,6 +104,7 @@ export class LayerCore {
       cache: init.cache,
       sources: init.sources,
       stats: init.stats ?? new FetchStats(),
+      tocUnitSha256: loaded.unitSha256,
       scheduler: init.scheduler ?? new FetchScheduler(),
       timers: init.timers,
       options: o,

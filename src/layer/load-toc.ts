@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { decodeFooter, FOOTER_SIZE, type Footer } from '../blob/footer.js';
 import { DfbReader } from '../blob/reader.js';
 import type { Toc } from '../blob/toc.js';
@@ -26,9 +27,13 @@ export interface LoadedToc {
   footer: Footer;
   /** Where the TOC came from. */
   source: 'cache' | 'remote';
+  /** SHA-256 of the verified TOC unit (TOC + footer bytes): later copies of it are checked by hash alone. */
+  unitSha256: Buffer;
   /** Verified TOC+footer bytes the cache could not take (NO_SPACE): the fill stores them later. */
   unstored?: Buffer;
 }
+
+const sha256 = (b: Buffer): Buffer => createHash('sha256').update(b).digest();
 
 /**
  * Gets footer + TOC of a DFB blob: from the cache when its TOC unit is present (no network), else with
@@ -48,6 +53,7 @@ export async function loadToc(opts: LoadTocOptions): Promise<LoadedToc> {
 
   const { toc, footer, stored, tail } = await fromSources(opts, requestMs, timers, logger);
   const unit = Buffer.concat([stored, tail]);
+  const unitSha256 = sha256(unit);
   try {
     await cache.setLayout(toc.blockCount, footer.tocOffset, opts.signal);
     await cache.write(toc.blockCount, footer.tocOffset, unit, opts.signal);
@@ -55,9 +61,9 @@ export async function loadToc(opts: LoadTocOptions): Promise<LoadedToc> {
     if (cache.layout?.blockCount !== toc.blockCount) throw err;
     // e.g. NO_SPACE: the layer still mounts; the fill stores the TOC later
     logger.warn({ err, digest: blob.digest }, 'could not store the TOC in the cache');
-    return { toc, footer, source: 'remote', unstored: unit };
+    return { toc, footer, source: 'remote', unitSha256, unstored: unit };
   }
-  return { toc, footer, source: 'remote' };
+  return { toc, footer, source: 'remote', unitSha256 };
 }
 
 async function tocFromCache(
@@ -66,17 +72,18 @@ async function tocFromCache(
   expected: string | undefined,
   logger: Logger,
   signal?: AbortSignal,
-): Promise<{ toc: Toc; footer: Footer } | undefined> {
+): Promise<{ toc: Toc; footer: Footer; unitSha256: Buffer } | undefined> {
   const layout = cache.layout;
   if (!layout || !cache.has(layout.blockCount)) return undefined;
   try {
     const unit = await cache.read(layout.tocOffset, blob.size - layout.tocOffset, signal);
     const footer = decodeFooter(unit.subarray(unit.length - FOOTER_SIZE), blob.size);
-    const toc = DfbReader.decodeStoredToc(footer, unit.subarray(0, unit.length - FOOTER_SIZE), expected);
+    const stored = unit.subarray(0, unit.length - FOOTER_SIZE);
+    const toc = await DfbReader.decodeStoredTocAsync(footer, stored, expected);
     if (toc.blockCount !== layout.blockCount || footer.tocOffset !== layout.tocOffset) {
       throw DfError.corrupt('cached TOC does not match the cache layout');
     }
-    return { toc, footer };
+    return { toc, footer, unitSha256: sha256(unit) };
   } catch (err) {
     if (signal?.aborted) throw err;
     logger.warn({ err, digest: blob.digest }, 'cached TOC is unusable; fetching it again');
@@ -109,7 +116,8 @@ async function fromSources(
       const tail = await fromSource(s, blob, blob.size - FOOTER_SIZE, FOOTER_SIZE, ms, timers, signal);
       const footer = decodeFooter(tail, blob.size);
       const stored = await fromSource(s, blob, footer.tocOffset, footer.tocStoredLength, ms, timers, signal);
-      const toc = DfbReader.decodeStoredToc(footer, stored, opts.expectedTocDigest);
+      // inflated on the thread pool: a large TOC does not stall the event loop (other layers' reads)
+      const toc = await DfbReader.decodeStoredTocAsync(footer, stored, opts.expectedTocDigest);
       return { toc, footer, stored, tail };
     } catch (err) {
       if (signal?.aborted) throw DfError.from(err);

@@ -4,6 +4,7 @@ import { pino, type Logger } from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { BlobCache, type CacheIo, defaultCacheIo } from '../../src/cache/blob-cache.js';
 import { DfError, isDfError } from '../../src/errors.js';
+import { DfbReader } from '../../src/blob/reader.js';
 import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
 import { FetchStats } from '../../src/fetch/fetch-stats.js';
 import { FetchScheduler } from '../../src/fetch/scheduler.js';
@@ -539,6 +540,31 @@ describe('full disk', () => {
     a.core.fill.start();
     await a.core.fill.whenComplete();
     expect(sha256Digest(await readFile(join(s.cacheDir, 'data')))).toBe(s.tb.blob.digest);
+  });
+});
+
+describe('the TOC unit from a source', () => {
+  it('is checked by its hash against the verified one, never inflated', async () => {
+    const s = await setup();
+    const { core, cache, toc } = await open(s);
+    const tocUnit = toc.blockCount;
+    const off = s.tb.toc.blockOffset(tocUnit);
+    cache.invalidate(tocUnit, s.tb.blob.size - off);
+    s.src.reset();
+    s.src.corruptAt.push({ offset: off + 10, times: 1 });
+    const inflate = vi.spyOn(DfbReader, 'decodeStoredToc');
+    const inflateAsync = vi.spyOn(DfbReader, 'decodeStoredTocAsync');
+    try {
+      const [unit] = await core.fetcher.units([tocUnit], Priority.Fill);
+      expect(unit!.equals(s.tb.bytes.subarray(off))).toBe(true);
+      expect(core.fetcher.stats.verifyFailures).toBe(1);
+      expect(s.src.requests.length).toBe(2);
+      expect(inflate).not.toHaveBeenCalled();
+      expect(inflateAsync).not.toHaveBeenCalled();
+    } finally {
+      inflate.mockRestore();
+      inflateAsync.mockRestore();
+    }
   });
 });
 
