@@ -90,7 +90,8 @@ const hostPort = (addr: string) => {
 /** HTTP requests a listener must answer with an error status (or close), never by dying. */
 function badHttp(digest: string, withToken: boolean): string[] {
   const tok = withToken ? `x-dfnode-cluster-token: ${TOKEN}\r\n` : '';
-  const get = (path: string, extra = '') => `GET ${path} HTTP/1.1\r\nHost: x\r\n${tok}${extra}\r\n`;
+  const get = (path: string, extra = '') =>
+    `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n${tok}${extra}\r\n`;
   return [
     get('//'),
     get('/blobs/'),
@@ -163,104 +164,108 @@ describe.skipIf(req.skip)('hostile input to every listener of a node and a seed'
     await tmp?.cleanup();
   });
 
-  it('answers malformed requests, keeps running, stays bounded, and a mounted file still reads', async () => {
-    const layer = layers[layers.length - 1]!;
-    const fm = new FuseManagerClient(fuseManagerPaths(run.stateDir).socket);
-    const mountpoint = join(run.snapshotterRoot, 'hostile-test', 'mnt');
-    await mkdir(mountpoint, { recursive: true });
-    await fm.mount({ imageRef: ref, layer: { digest: layer.digest, size: layer.size }, mountpoint });
-    // a file to read before and after
-    const find = async (dir: string): Promise<string | undefined> => {
-      for (const e of await readdir(dir, { withFileTypes: true })) {
-        const p = join(dir, e.name);
-        if (e.isFile()) return p;
-        if (e.isDirectory()) {
-          const f = await find(p);
-          if (f) return f;
+  it(
+    'answers malformed requests, keeps running, stays bounded, and a mounted file still reads',
+    { timeout: 300_000 },
+    async () => {
+      const layer = layers[layers.length - 1]!;
+      const fm = new FuseManagerClient(fuseManagerPaths(run.stateDir).socket);
+      const mountpoint = join(run.snapshotterRoot, 'hostile-test', 'mnt');
+      await mkdir(mountpoint, { recursive: true });
+      await fm.mount({ imageRef: ref, layer: { digest: layer.digest, size: layer.size }, mountpoint });
+      // a file to read before and after
+      const find = async (dir: string): Promise<string | undefined> => {
+        for (const e of await readdir(dir, { withFileTypes: true })) {
+          const p = join(dir, e.name);
+          if (e.isFile()) return p;
+          if (e.isDirectory()) {
+            const f = await find(p);
+            if (f) return f;
+          }
         }
-      }
-      return undefined;
-    };
-    const file = await find(mountpoint);
-    expect(file).toBeDefined();
-    const before = await readFile(file!);
-    const pids = { run: run.pid, manager: managerPid, seed: seed.proc.child.pid! };
-    const rssBefore = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, rss(pid)]));
+        return undefined;
+      };
+      const file = await find(mountpoint);
+      expect(file).toBeDefined();
+      const before = await readFile(file!);
+      const pids = { run: run.pid, manager: managerPid, seed: seed.proc.child.pid! };
+      const rssBefore = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, rss(pid)]));
 
-    // block servers of the seed and the node, with and without the token
-    for (const addr of [seed.addr, nodeP2p])
-      for (const withToken of [true, false])
-        for (const r of badHttp(layer.digest, withToken)) await raw(hostPort(addr), r);
-    // half-open and slow clients: headers never finished
-    for (const addr of [seed.addr, nodeP2p, metrics])
-      for (let i = 0; i < 20; i++) await raw(hostPort(addr), 'GET /blobs/', { keepOpen: open });
-    // metrics endpoint
-    for (const r of badHttp(layer.digest, false)) await raw(hostPort(metrics), r);
-    // tracker: garbage on its port, and announces that lie about sizes and ids
-    const tracker = trackerAddress(seed.addr);
-    await raw(hostPort(tracker), '\x00\x00\x00\x00\x04garbage-not-http2');
-    const tc = new TrackerClient(tracker, TOKEN, 5000);
-    const lies = [
-      { blob: layer.digest, units: 2 ** 32 - 1, peer_id: 'liar', address: '127.0.0.1:1', full: true },
-      { blob: layer.digest, units: 4, peer_id: 'x'.repeat(100_000), address: '127.0.0.1:1', full: true },
-      {
-        blob: 'not-a-digest',
-        units: 4,
-        peer_id: 'liar',
-        address: '???',
-        full: true,
-        bitmap: new Uint8Array(1),
-      },
-      {
-        blob: layer.digest,
-        units: 1000,
-        peer_id: 'liar2',
-        address: '127.0.0.1:2',
-        full: false,
-        added: Array.from({ length: 50_000 }, (_, i) => i * 1000),
-        failed_peers: Array.from({ length: 50_000 }, (_, i) => `p${i}`),
-      },
-    ];
-    for (const m of lies) await tc.announce(m).catch(() => undefined);
-    await tc
-      .lookup({ blob: layer.digest, peer_id: 'liar', want: Array.from({ length: 100_000 }, (_, i) => i) })
-      .catch(() => undefined);
-    tc.close();
-    // snapshotter gRPC socket and FUSE manager control socket: garbage, bad JSON, bad paths, huge bodies
-    await raw(
-      { path: run.socket },
-      'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x08\x00\x00\x00\x00\x00garbage',
-    );
-    await raw({ path: run.socket }, Buffer.alloc(100_000, 0xff));
-    const fmSock = { path: fuseManagerPaths(run.stateDir).socket };
-    for (const r of [
-      'POST /mount HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n{not json',
-      'POST /mount HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n[]',
-      `POST /mount HTTP/1.1\r\nHost: x\r\nContent-Length: ${4 * MiB}\r\n\r\n${'x'.repeat(64 * 1024)}`,
-      'GET //../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n',
-      'DELETE /mounts HTTP/1.1\r\nHost: x\r\n\r\n',
-      '\xff\xfe\xfd',
-    ])
-      await raw(fmSock, r);
-    for (let i = 0; i < 10; i++) await raw(fmSock, 'POST /mount HTTP/1.1\r\n', { keepOpen: open });
-    await expect(
-      fm.mount({
-        imageRef: ref,
-        layer: { digest: layer.digest, size: layer.size },
-        mountpoint: '/etc/cron.d',
-      }),
-    ).rejects.toThrow();
+      // block servers of the seed and the node, with and without the token
+      for (const addr of [seed.addr, nodeP2p])
+        for (const withToken of [true, false])
+          await Promise.all(badHttp(layer.digest, withToken).map((r) => raw(hostPort(addr), r)));
+      // half-open and slow clients: headers never finished
+      for (const addr of [seed.addr, nodeP2p, metrics])
+        for (let i = 0; i < 20; i++) await raw(hostPort(addr), 'GET /blobs/', { keepOpen: open });
+      // metrics endpoint
+      await Promise.all(badHttp(layer.digest, false).map((r) => raw(hostPort(metrics), r)));
+      // tracker: garbage on its port, and announces that lie about sizes and ids
+      const tracker = trackerAddress(seed.addr);
+      await raw(hostPort(tracker), '\x00\x00\x00\x00\x04garbage-not-http2');
+      const tc = new TrackerClient(tracker, TOKEN, 5000);
+      const lies = [
+        { blob: layer.digest, units: 2 ** 32 - 1, peer_id: 'liar', address: '127.0.0.1:1', full: true },
+        { blob: layer.digest, units: 4, peer_id: 'x'.repeat(100_000), address: '127.0.0.1:1', full: true },
+        {
+          blob: 'not-a-digest',
+          units: 4,
+          peer_id: 'liar',
+          address: '???',
+          full: true,
+          bitmap: new Uint8Array(1),
+        },
+        {
+          blob: layer.digest,
+          units: 1000,
+          peer_id: 'liar2',
+          address: '127.0.0.1:2',
+          full: false,
+          added: Array.from({ length: 50_000 }, (_, i) => i * 1000),
+          failed_peers: Array.from({ length: 50_000 }, (_, i) => `p${i}`),
+        },
+      ];
+      for (const m of lies) await tc.announce(m).catch(() => undefined);
+      await tc
+        .lookup({ blob: layer.digest, peer_id: 'liar', want: Array.from({ length: 100_000 }, (_, i) => i) })
+        .catch(() => undefined);
+      tc.close();
+      // snapshotter gRPC socket and FUSE manager control socket: garbage, bad JSON, bad paths, huge bodies
+      await raw(
+        { path: run.socket },
+        'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x08\x00\x00\x00\x00\x00garbage',
+      );
+      await raw({ path: run.socket }, Buffer.alloc(100_000, 0xff));
+      const fmSock = { path: fuseManagerPaths(run.stateDir).socket };
+      for (const r of [
+        'POST /mount HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n{not json',
+        'POST /mount HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n[]',
+        `POST /mount HTTP/1.1\r\nHost: x\r\nContent-Length: ${4 * MiB}\r\n\r\n${'x'.repeat(64 * 1024)}`,
+        'GET //../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n',
+        'DELETE /mounts HTTP/1.1\r\nHost: x\r\n\r\n',
+        '\xff\xfe\xfd',
+      ])
+        await raw(fmSock, r);
+      for (let i = 0; i < 10; i++) await raw(fmSock, 'POST /mount HTTP/1.1\r\n', { keepOpen: open });
+      await expect(
+        fm.mount({
+          imageRef: ref,
+          layer: { digest: layer.digest, size: layer.size },
+          mountpoint: '/etc/cron.d',
+        }),
+      ).rejects.toThrow();
 
-    // everything still runs and answers
-    for (const [name, pid] of Object.entries(pids))
-      expect(alive(pid), `${name} (pid ${pid}) is alive`).toBe(true);
-    expect((await fm.health()).ok).toBe(true);
-    const ok = await fetch(`http://${metrics}/metrics`);
-    expect(ok.status).toBe(200);
-    expect((await readFile(file!)).equals(before)).toBe(true);
-    // memory: no request made a process hold tens of MiB more (a lying length or units would cost GiBs)
-    for (const [name, pid] of Object.entries(pids))
-      expect(rss(pid) - rssBefore[name]!, `${name} RSS growth`).toBeLessThan(256 * MiB);
-    await fm.release(mountpoint);
-  });
+      // everything still runs and answers
+      for (const [name, pid] of Object.entries(pids))
+        expect(alive(pid), `${name} (pid ${pid}) is alive`).toBe(true);
+      expect((await fm.health()).ok).toBe(true);
+      const ok = await fetch(`http://${metrics}/metrics`);
+      expect(ok.status).toBe(200);
+      expect((await readFile(file!)).equals(before)).toBe(true);
+      // memory: no request made a process hold tens of MiB more (a lying length or units would cost GiBs)
+      for (const [name, pid] of Object.entries(pids))
+        expect(rss(pid) - rssBefore[name]!, `${name} RSS growth`).toBeLessThan(256 * MiB);
+      await fm.release(mountpoint);
+    },
+  );
 });
