@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ensureFreeSpace } from '../src/util/free-space.js';
 import { Annotations, DFB_LAYER_MEDIA_TYPE } from '../src/blob/types.js';
 import { DfError } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
@@ -31,6 +32,8 @@ export interface ConvertOptions {
   workers: number;
   /** Work directory: temporary blobs and the incremental-conversion index. */
   workDir: string;
+  /** Free bytes of a directory (injectable for tests). */
+  freeBytes?: (dir: string) => Promise<number>;
   /** `os/arch[/variant]` filters for image indexes; empty = every platform. */
   platforms: string[];
   /** Convert even when a converted layer could be reused. */
@@ -219,6 +222,15 @@ export class Converter {
       );
     // Fail on unsupported layers before doing any work.
     for (const l of m.layers) layerCompression(l.mediaType);
+    // ...and on a work directory that cannot hold the largest layer's DFB blob (about its gzip size or more)
+    const todo = m.layers.filter((l) => !this.converted.has(l.digest));
+    await ensureFreeSpace(
+      this.opts.workDir,
+      Math.max(0, ...todo.map((l) => l.size)),
+      `converting ${src.description}`,
+      'free disk space or point --work-dir at a larger file system',
+      this.opts.freeBytes,
+    );
 
     const layers: Descriptor[] = [];
     for (const [i, l] of m.layers.entries()) {

@@ -76,6 +76,11 @@ export class LayerStore {
     }
   }
 
+  /** The cache directory the layers' blobs live in. */
+  get cacheDir(): string {
+    return this.opts.cache.dir;
+  }
+
   /** Open layers: digest, cache and number of holders (for metrics and status). */
   list(): Array<{ digest: string; size: number; cache: BlobCache; refs: number }> {
     const out: Array<{ digest: string; size: number; cache: BlobCache; refs: number }> = [];

@@ -5,6 +5,7 @@ import { silentLogger, type Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
 import { resolveDfbImage } from '../registry/image.js';
 import type { ImageReference } from '../registry/reference.js';
+import { ensureFreeSpace } from '../util/free-space.js';
 import type { Layer } from './layer.js';
 import type { LayerStore } from './layer-store.js';
 
@@ -32,7 +33,13 @@ export async function preheat(
   store: LayerStore,
   client: RegistryClient,
   ref: ImageReference,
-  opts: { signal?: AbortSignal; logger?: Logger; stallMs?: number } = {},
+  opts: {
+    signal?: AbortSignal;
+    logger?: Logger;
+    stallMs?: number;
+    /** Free bytes of a directory (injectable for tests). */
+    freeBytes?: (dir: string) => Promise<number>;
+  } = {},
 ): Promise<PreheatResult> {
   const log = opts.logger ?? silentLogger;
   const stallMs = opts.stallMs ?? 60_000;
@@ -55,6 +62,15 @@ export async function preheat(
   }, stallMs);
   try {
     for (const layer of image.layers) opened.push(await store.open(layer, ref, signal));
+    // the whole image goes to the cache: say so now if it cannot fit, not when a write fails half-way
+    const missing = opened.reduce((n, l) => n + Math.max(0, l.blob.size - l.cache.filledBytes), 0);
+    await ensureFreeSpace(
+      store.cacheDir,
+      missing,
+      `preheat of ${ref}`,
+      'free disk space, lower cache.highWatermark or preheat fewer images',
+      opts.freeBytes,
+    );
     log.debug({ ref: ref.toString(), layers: opened.length }, 'preheat: filling layers');
     const stopped = new Promise<never>((_, reject) =>
       signal.addEventListener('abort', () => reject(signal.reason), { once: true }),

@@ -1,4 +1,3 @@
-import { statfs } from 'node:fs/promises';
 import { CacheManager } from '../cache/cache-manager.js';
 import type { Config } from '../config.js';
 import { DfError } from '../errors.js';
@@ -10,6 +9,7 @@ import { deferredBySource, Priority, sourceUnavailable } from '../fetch/types.js
 import type { Layer } from '../layer/layer.js';
 import { LayerStore, layerOptionsFrom } from '../layer/layer-store.js';
 import { silentLogger, type Logger } from '../log.js';
+import { freeBytes } from '../util/free-space.js';
 import { bound, realTimers, type Timers } from '../util/timers.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseReference, type ImageReference } from '../registry/reference.js';
@@ -74,7 +74,7 @@ export class Seed implements BlobProvider {
     const cfg = opts.config;
     this.log = opts.logger ?? silentLogger;
     this.timers = opts.timers ?? realTimers;
-    this.freeBytes = opts.freeBytes ?? statfsFree;
+    this.freeBytes = opts.freeBytes ?? freeBytes;
     this.token = resolveClusterToken(cfg.p2p);
     if (!this.token) throw new DfError('CONFIG', 'a seed needs p2p.clusterToken (or p2p.clusterTokenFile)');
     this.tls = loadTls(cfg.p2p.tls);
@@ -336,7 +336,3 @@ function joined(parts: Buffer[]): Buffer {
 }
 
 /** Bytes an unprivileged process may still write on the file system of `dir`. */
-async function statfsFree(dir: string): Promise<number> {
-  const s = await statfs(dir);
-  return s.bavail * s.bsize;
-}
