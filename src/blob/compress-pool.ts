@@ -141,7 +141,8 @@ export class CompressPool {
     if (this.broken || this.closed) return;
     this.broken = err;
     this.rejectAll(err);
-    void this.close();
+    // the pool is broken already: a failure to stop its workers adds nothing the callers could act on
+    this.close().catch(() => undefined);
   }
 
   private rejectAll(err: Error): void {

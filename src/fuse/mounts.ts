@@ -173,9 +173,11 @@ export function unmountAllOnExit(logger: Logger = silentLogger): () => void {
   const onSignal = (signal: NodeJS.Signals) => {
     logger.info({ signal, mounts: active.size }, 'fuse: unmounting on signal');
     const others = process.listenerCount(signal) > 1;
-    void unmountAll(logger).finally(() => {
-      if (!others) process.exit(128 + (signal === 'SIGINT' ? 2 : 15));
-    });
+    unmountAll(logger)
+      .catch((err: unknown) => logger.error({ err }, 'fuse: unmounting on signal failed'))
+      .finally(() => {
+        if (!others) process.exit(128 + (signal === 'SIGINT' ? 2 : 15));
+      });
   };
   const onFatal = (err: unknown) => {
     logger.fatal({ err, mounts: active.size }, 'fuse: fatal error, detaching mounts');

@@ -132,7 +132,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     });
     this.peers = new PeerBlockSource({
       view: (d) => this.views.get(d),
-      refresh: (v) => void this.lookup(v),
+      refresh: (v) => void this.lookup(v).catch((err) => this.log.debug({ err }, 'p2p: lookup failed')),
       http: this.http,
       isolation: this.isolation,
       reportFailure: (id) => this.failedPeers.add(id),
@@ -152,7 +152,10 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       const host = bound.slice(0, bound.lastIndexOf(':'));
       this.address = `${host === '0.0.0.0' || host === '[::]' ? hostname() : host}:${port}`;
     }
-    this.timer = setInterval(() => void this.tick(), this.settings.announceIntervalMs);
+    this.timer = setInterval(
+      () => void this.tick().catch((err) => this.log.warn({ err }, 'p2p: announce round failed')),
+      this.settings.announceIntervalMs,
+    );
     this.timer.unref();
     return this.address;
   }
@@ -208,11 +211,14 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       if (view.soon || this.views.get(blob.digest) !== view) return;
       view.soon = this.timers.setTimeout(() => {
         view.soon = undefined;
-        if (this.views.get(blob.digest) === view) void this.announce(view);
+        if (this.views.get(blob.digest) === view)
+          void this.announce(view).catch((err) => this.log.debug({ err }, 'p2p: announce failed'));
       }, SOON_MS);
     };
     view.unlisten = layer.cache.addUnitListener({ present: soon, reset: soon });
-    void this.announce(view).then(() => this.lookup(view));
+    void this.announce(view)
+      .then(() => this.lookup(view))
+      .catch((err) => this.log.debug({ err, digest: blob.digest }, 'p2p: first announce failed'));
     let left: Promise<void> | undefined;
     return {
       planner: this.fillPlanner(view),
