@@ -243,7 +243,10 @@ export class BlockServer {
         this.counters.deferred++;
         return fail(409, e.message);
       }
-      fail(e.code === 'NOT_FOUND' ? 404 : e.code === 'TIMEOUT' ? 504 : 503, e.message);
+      fail(
+        e.code === 'NOT_FOUND' ? 404 : e.code === 'FORBIDDEN' ? 403 : e.code === 'TIMEOUT' ? 504 : 503,
+        e.message,
+      );
     } finally {
       clearTimeout(timer);
       this.active--;

@@ -76,9 +76,9 @@ export class HttpBlockClient {
     if (res.statusCode !== 200) {
       const text = await readAtMost(res.body, 200);
       const what = `${address}: ${digest} ${offset}+${length}: HTTP ${res.statusCode} ${text}`;
-      // 413: the range is over the host's limit; another source may take it (not the host's fault)
-      if (res.statusCode === 404 || res.statusCode === 416 || res.statusCode === 413)
-        throw sourceUnavailable(what);
+      // 413: the range is over the host's limit; 403: the host refuses this blob (a seed whose configuration
+      // does not allow its registry). Another source may take it: not the host's fault
+      if ([403, 404, 413, 416].includes(res.statusCode)) throw sourceUnavailable(what);
       if (res.statusCode === 409) throw deferredBySource(what);
       if (res.statusCode === 401) throw new DfError('UNAUTHORIZED', `${what} (check p2p.clusterToken)`);
       if (res.statusCode === 504) throw DfError.timeout(what);

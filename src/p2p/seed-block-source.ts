@@ -3,6 +3,7 @@ import { DfError } from '../errors.js';
 import { childSignal, realTimers, type Timers } from '../util/timers.js';
 import {
   isDeferred,
+  isSourceUnavailable,
   Priority,
   sourceUnavailable,
   type BlobRef,
@@ -94,6 +95,8 @@ export class SeedBlockSource implements BlockSource {
           this.opts.onUnauthorized?.(seed, e.message);
           continue;
         }
+        // the seed answered but has nothing for this (refuses the registry, range over its limit): not down
+        if (isSourceUnavailable(e)) continue;
         if (e.code === 'TIMEOUT') {
           const n = (this.timeouts.get(seed) ?? 0) + 1;
           this.timeouts.set(seed, n);

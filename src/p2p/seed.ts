@@ -140,8 +140,13 @@ export class Seed implements BlobProvider {
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
     let p = this.blobs.get(digest);
     if (!p) {
-      const ref = hint.repo ? this.allowed(digest, hint.repo) : undefined;
-      if (!ref) return undefined;
+      if (!hint.repo) return undefined;
+      const ref = this.allowed(digest, hint.repo);
+      if (!ref)
+        throw new DfError(
+          'FORBIDDEN',
+          `this seed does not fetch blobs of ${hint.repo.slice(0, 200)}: its registry is not in p2p.seedRegistries`,
+        );
       // not bound to this request: other nodes wait for the same open
       p = this.open(digest, ref, hint.size);
       void signal;

@@ -101,7 +101,7 @@ describe('seed registries', () => {
     const s = await startSeed(dir, tb, ['good.example:5000']);
     const size = String(tb.blob.size);
     await expect(get(s.blocks, 0, 100, { repo: 'evil.example/x', size })).rejects.toSatisfy(
-      isSourceUnavailable,
+      (e) => isSourceUnavailable(e) && /HTTP 403 .*p2p\.seedRegistries/.test((e as Error).message),
     );
     await expect(get(s.blocks, 0, 100, { repo: 'Good.Example:5001/x', size })).rejects.toSatisfy(
       isSourceUnavailable,

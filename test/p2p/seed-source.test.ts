@@ -62,6 +62,20 @@ function source(seeds: string[], isolation = new Isolation({ baseMs: 60_000 })) 
 const sig = () => new AbortController().signal;
 
 describe('seed tier policy', () => {
+  it('a seed that answers but has nothing (403 refused registry, 404, 413) is not down: no isolation', async () => {
+    for (const status of [403, 404, 413]) {
+      const seed = await fakeSeed(() => status);
+      const { src, isolation } = source([seed.addr]);
+      await expect(src.fetch(blob, 0, 100, sig(), { priority: Priority.Blocked })).rejects.toSatisfy(
+        isSourceUnavailable,
+      );
+      expect(isolation.isolated(seed.addr), `after HTTP ${status}`).toBe(false);
+      // and it is asked again for the next range
+      await src.fetch(blob, 100, 100, sig()).catch(() => undefined);
+      expect(seed.hits()).toBe(2);
+    }
+  });
+
   it('a slow seed: fill retries it later, a blocked read goes on to the registry, three timeouts isolate it', async () => {
     const seed = await fakeSeed(() => 'hang');
     const { src, isolation, fallback } = source([seed.addr]);
