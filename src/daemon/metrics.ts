@@ -1,5 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { listenTcp } from '../util/listen.js';
 import { DfError } from '../errors.js';
 import type { P2pCounters } from '../p2p/p2p-node.js';
 import type { RegistryFetchReason } from '../p2p/registry-fallback.js';
@@ -173,22 +174,13 @@ export class NodeMetrics {
         (err: unknown) => answer(500, `metrics failed: ${String(err)}\n`),
       );
     });
-    // a client that sends its headers slowly (or never) holds nothing for long
-    server.headersTimeout = 20_000;
-    server.requestTimeout = 60_000;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) =>
-        reject(
-          (err as NodeJS.ErrnoException).code === 'EADDRINUSE'
-            ? new DfError(
-                'CONFIG',
-                `metrics address ${address} is in use; set node.metricsAddress (or --metrics-address)`,
-              )
-            : DfError.from(err, `metrics server on ${address}`),
-        ),
-      );
-      server.listen(port, host.replace(/^\[|\]$/g, ''), () => resolve());
-    });
+    await listenTcp(
+      server,
+      host.replace(/^\[|\]$/g, ''),
+      port,
+      'metrics',
+      'node.metricsAddress (or --metrics-address)',
+    );
     return server;
   }
 }

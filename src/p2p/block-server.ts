@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { createServer as createTlsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { listenTcp } from '../util/listen.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { TokenBucket } from '../util/token-bucket.js';
@@ -113,19 +114,7 @@ export class BlockServer {
       server = s;
     } else server = createServer(handler);
     server.keepAliveTimeout = 30_000;
-    // a client that opens a connection and sends its headers slowly (or never) holds nothing for long
-    server.headersTimeout = 20_000;
-    server.requestTimeout = 60_000;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) =>
-        reject(
-          (err as NodeJS.ErrnoException).code === 'EADDRINUSE'
-            ? new DfError('CONFIG', `peer server address ${address} is in use; set p2p.listen`)
-            : DfError.from(err, `peer server on ${address}`),
-        ),
-      );
-      server.listen(port, host, () => resolve());
-    });
+    await listenTcp(server, host, port, 'peer server', 'p2p.listen');
     this.server = server;
     const a = server.address() as AddressInfo;
     return `${host.includes(':') ? `[${host}]` : host}:${a.port}`;

@@ -3,12 +3,11 @@
 // The filesystem is served by this process: everything touching the mount is asynchronous (a synchronous
 // call on the mount would block the JS thread that answers it).
 import { execFile } from 'node:child_process';
-import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { lstat, mkdir, readFile, readdir, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureNativeAddon } from '../../native/build-addon.js';
 import { EntryType } from '../../src/blob/types.js';
 import { DfError } from '../../src/errors.js';
 import { LayerFs } from '../../src/fuse/layer-fs.js';
@@ -18,19 +17,16 @@ import {
   nativeOptionString,
   type NativeFuseMount,
 } from '../../src/fuse/native-binding.js';
-import { hasTool, requireConditions } from '../helpers/require.js';
+import { hasTool } from '../helpers/require.js';
 import { writeDfb } from '../helpers/dfb.js';
 import { sha256Hex } from '../helpers/digest.js';
+import { requireNativeMounts } from '../helpers/native.js';
 import { tempDir } from '../helpers/temp.js';
 import { BIG, DfbFileReader, RICH, base, bigContent } from './layer.js';
 
 const exec = promisify(execFile);
 
-const buildProblem = ensureNativeAddon();
-const req = requireConditions({
-  [`native addon built (${buildProblem ?? ''})`]: !buildProblem && NativeFuseBinding.available(),
-  'root (FUSE mounts)': process.getuid?.() === 0,
-  '/dev/fuse': existsSync('/dev/fuse'),
+const req = requireNativeMounts({
   'getfattr in PATH (apt-get install attr)': hasTool('getfattr'),
 });
 

@@ -2,11 +2,10 @@
 // answered in C on the FUSE reader threads; the others go to the JS FileReader. Checked through the kernel with
 // O_DIRECT (every read(2) becomes a FUSE read of exactly that offset and size), counting the JS reads.
 // Needs root and /dev/fuse; builds the addon first when it is missing or stale.
-import { constants, existsSync } from 'node:fs';
+import { constants } from 'node:fs';
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureNativeAddon } from '../../native/build-addon.js';
 import { Codec } from '../../src/blob/types.js';
 import { BlobCache } from '../../src/cache/blob-cache.js';
 import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
@@ -18,18 +17,13 @@ import {
   type NativeMountOptions,
 } from '../../src/fuse/native-binding.js';
 import { LayerCore } from '../../src/layer/layer-core.js';
-import { requireConditions } from '../helpers/require.js';
 import { FakeSource } from '../fetch/helpers.js';
 import { makeBlob, pseudoRandom, writeDfb } from '../helpers/dfb.js';
+import { requireNativeMounts } from '../helpers/native.js';
 import { tempDir } from '../helpers/temp.js';
 import { DfbFileReader } from './layer.js';
 
-const buildProblem = ensureNativeAddon();
-const req = requireConditions({
-  [`native addon built (${buildProblem ?? ''})`]: !buildProblem && NativeFuseBinding.available(),
-  'root (FUSE mounts)': process.getuid?.() === 0,
-  '/dev/fuse': existsSync('/dev/fuse'),
-});
+const req = requireNativeMounts();
 
 /** Deterministic incompressible bytes (stored Raw). */
 const noise = (n: number, seed: number): Buffer => pseudoRandom(n, seed, false);

@@ -2,28 +2,23 @@
 // one listing in C (shared by its handles, freed with the last one), and every handle still lists it fully,
 // with telldir/seekdir/rewinddir working. Needs root, /dev/fuse and perl (telldir/seekdir, which Node lacks).
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdir, opendir, readdir } from 'node:fs/promises';
 import type { Dir } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureNativeAddon } from '../../native/build-addon.js';
 import { EntryType } from '../../src/blob/types.js';
 import { LayerFs } from '../../src/fuse/layer-fs.js';
 import { NativeFuseBinding, type NativeFuseMount } from '../../src/fuse/native-binding.js';
 import { dirMeta, writeDfb } from '../helpers/dfb.js';
-import { hasTool, requireConditions } from '../helpers/require.js';
+import { hasTool } from '../helpers/require.js';
+import { requireNativeMounts } from '../helpers/native.js';
 import { tempDir } from '../helpers/temp.js';
 import { DfbFileReader, base } from './layer.js';
 
 const exec = promisify(execFile);
 
-const buildProblem = ensureNativeAddon();
-const req = requireConditions({
-  [`native addon built (${buildProblem ?? ''})`]: !buildProblem && NativeFuseBinding.available(),
-  'root (FUSE mounts)': process.getuid?.() === 0,
-  '/dev/fuse': existsSync('/dev/fuse'),
+const req = requireNativeMounts({
   'perl in PATH': hasTool('perl'),
 });
 

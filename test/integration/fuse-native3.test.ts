@@ -8,7 +8,6 @@ import { mkdir, readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureNativeAddon } from '../../native/build-addon.js';
 import { convertLayer } from '../../converter/convert-layer.js';
 import { bufferStream } from '../../converter/store-oci.js';
 import { FuseNativeBinding } from '../../src/fuse/fuse-native-binding.js';
@@ -17,18 +16,16 @@ import { cleanupStaleMounts, lazyUnmount, readMountInfo } from '../../src/fuse/m
 import { NativeFuseBinding } from '../../src/fuse/native-binding.js';
 import type { FuseBinding, FuseMount } from '../../src/fuse/types.js';
 import { buildTar, sha256, type TarEntry } from '../fixtures/tar-builder.js';
-import { hasTool, requireConditions } from '../helpers/require.js';
+import { hasTool } from '../helpers/require.js';
 import { DfbFileReader, bigContent } from '../fuse/layer.js';
+import { requireNativeMounts } from '../helpers/native.js';
 import { tempDir } from '../helpers/temp.js';
 import { sha256Hex } from '../helpers/digest.js';
 
 const exec = promisify(execFile);
 
-const buildProblem = ensureNativeAddon();
-const req = requireConditions({
-  [`native addon built (${buildProblem ?? ''})`]: !buildProblem && NativeFuseBinding.available(),
+const req = requireNativeMounts({
   'root (FUSE and overlay mounts)': process.getuid?.() === 0,
-  '/dev/fuse': existsSync('/dev/fuse'),
   'overlay filesystem':
     existsSync('/proc/filesystems') && readFileSync('/proc/filesystems', 'utf8').includes('overlay'),
   'getfattr in PATH (apt-get install attr)': hasTool('getfattr'),

@@ -2,15 +2,12 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Toc } from '../../src/blob/toc.js';
 import type { BlobCache } from '../../src/cache/blob-cache.js';
-import { CacheManager } from '../../src/cache/cache-manager.js';
-import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
 import type { BlobRef } from '../../src/fetch/types.js';
-import { LayerStore } from '../../src/layer/layer-store.js';
 import type { LayerSwarm, SwarmMembership } from '../../src/layer/swarm.js';
 import { parseReference } from '../../src/registry/reference.js';
-import { makeBlob, type TestBlob } from '../helpers/dfb.js';
-import { tempDir } from '../helpers/temp.js';
-import { FakeSource, gate } from '../fetch/helpers.js';
+import type { TestBlob } from '../helpers/dfb.js';
+import { gate } from '../fetch/helpers.js';
+import { storeOverTestBlob, type StoreSetup } from './store-setup.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -39,32 +36,9 @@ class RecordingSwarm implements LayerSwarm {
 
 const ref = parseReference('registry.example/app:1-dfb');
 
-async function setup(): Promise<{
-  tb: TestBlob;
-  src: FakeSource;
-  cache: CacheManager;
-  store: LayerStore;
-  swarm: RecordingSwarm;
-}> {
-  const { dir, cleanup } = await tempDir('dfnode-layer-store-');
-  cleanups.push(cleanup);
-  const tb = await makeBlob(dir);
-  const src = new FakeSource(tb.bytes);
-  const cache = new CacheManager({ dir: `${dir}/cache`, highWatermark: 1 << 30, lowWatermark: 1 << 29 });
-  await cache.init();
+async function setup(): Promise<StoreSetup & { swarm: RecordingSwarm }> {
   const swarm = new RecordingSwarm();
-  const store = new LayerStore({
-    cache,
-    sources: () => [src],
-    swarm,
-    memoryCache: new BlockMemoryCache(1 << 20),
-    options: { fillAfterFirstRead: false, retryBaseMs: 1, retryMaxMs: 2 },
-  });
-  cleanups.push(
-    () => cache.close(),
-    () => store.close(),
-  );
-  return { tb, src, cache, store, swarm };
+  return { ...(await storeOverTestBlob(cleanups, { swarm })), swarm };
 }
 
 const desc = (tb: TestBlob, tocDigest: string | undefined = tb.tocDigest) => ({

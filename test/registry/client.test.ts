@@ -2,24 +2,15 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { MockAgent } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DfError } from '../../src/errors.js';
 import { RegistryClient } from '../../src/registry/client.js';
 import { parseContentRange } from '../../src/registry/http-body.js';
 import { StaticCredentials } from '../../src/registry/credentials.js';
 import { parseReference } from '../../src/registry/reference.js';
 import { sha256Digest } from '../helpers/digest.js';
+import { rejection } from '../helpers/errors.js';
 
 const ref = parseReference('reg.test/a/b:1');
 const D = `sha256:${'0'.repeat(64)}`;
-
-async function rejection(p: Promise<unknown>): Promise<DfError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(DfError);
-  return e as DfError;
-}
 
 describe('RegistryClient (mocked transport)', () => {
   let agent: MockAgent;

@@ -4,11 +4,11 @@
  */
 import { MockAgent } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DfError } from '../../src/errors.js';
 import { RegistryAuth, type RepoScope } from '../../src/registry/auth.js';
 import { MAX_TOKEN_ANSWER } from '../../src/registry/token-response.js';
 import { RegistryClient } from '../../src/registry/client.js';
 import { parseReference } from '../../src/registry/reference.js';
+import { rejection } from '../helpers/errors.js';
 
 const ref = parseReference('reg.test/a/b:1');
 const D = `sha256:${'0'.repeat(64)}`;
@@ -24,15 +24,6 @@ function mockAgent(): MockAgent {
   agent = new MockAgent();
   agent.disableNetConnect();
   return agent;
-}
-
-async function rejection(p: Promise<unknown>): Promise<DfError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(DfError);
-  return e as DfError;
 }
 
 describe('hostile registry answers', () => {

@@ -1,17 +1,12 @@
 // Large work is refused up front when its directory cannot hold it: preheat (the cache) and the helper itself.
 import { tmpdir } from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CacheManager } from '../../src/cache/cache-manager.js';
-import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
-import { LayerStore } from '../../src/layer/layer-store.js';
 import { preheat } from '../../src/layer/preheat.js';
 import { DFB_LAYER_MEDIA_TYPE, Annotations } from '../../src/blob/types.js';
 import type { RegistryClient } from '../../src/registry/client.js';
 import { parseReference } from '../../src/registry/reference.js';
 import { ensureFreeSpace, freeBytes } from '../../src/util/free-space.js';
-import { FakeSource } from '../fetch/helpers.js';
-import { makeBlob } from '../helpers/dfb.js';
-import { tempDir } from '../helpers/temp.js';
+import { storeOverTestBlob } from '../layer/store-setup.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -34,22 +29,7 @@ describe('free space checks', () => {
   });
 
   it('preheat refuses an image that does not fit in the cache before fetching any block', async () => {
-    const { dir, cleanup } = await tempDir('dfnode-preheat-space-');
-    cleanups.push(cleanup);
-    const tb = await makeBlob(dir);
-    const src = new FakeSource(tb.bytes);
-    const cache = new CacheManager({ dir: `${dir}/cache`, highWatermark: 1 << 30, lowWatermark: 1 << 29 });
-    await cache.init();
-    const store = new LayerStore({
-      cache,
-      sources: () => [src],
-      memoryCache: new BlockMemoryCache(1 << 20),
-      options: { fillAfterFirstRead: false },
-    });
-    cleanups.push(
-      () => cache.close(),
-      () => store.close(),
-    );
+    const { tb, src, store } = await storeOverTestBlob(cleanups);
     const manifest = Buffer.from(
       JSON.stringify({
         schemaVersion: 2,
