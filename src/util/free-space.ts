@@ -25,6 +25,6 @@ export async function ensureFreeSpace(
   if (have >= needBytes) return;
   throw new DfError(
     'NO_SPACE',
-    `${what} needs about ${mib(needBytes)} in ${dir}, which has ${mib(have)} free: ${hint}`,
+    `no space left for ${what}: it needs about ${mib(needBytes)} in ${dir}, which has ${mib(have)} free: ${hint}`,
   );
 }

@@ -22,7 +22,7 @@ describe('free space checks', () => {
     ).rejects.toMatchObject({
       code: 'NO_SPACE',
       message: expect.stringMatching(
-        /preheat of x needs about 3\.0 MiB in \/d, which has 1\.0 MiB free: free some/,
+        /no space left for preheat of x: it needs about 3\.0 MiB in \/d, which has 1\.0 MiB free: free some/,
       ),
     });
     expect(await freeBytes(tmpdir())).toBeGreaterThan(0);
