@@ -180,7 +180,7 @@ export class NodeRuntime {
     const mount = await this.binding.mount(mountpoint, fs, {
       fsname: `dfnode:${layer.digest.slice(7, 19)}`,
       logger: this.log,
-      direct: { toc: layer.toc, blocks: layer.cache, verify: this.config.cache.verifyCachedReads },
+      direct: { toc: layer.toc, blocks: layer.cache, verify: this.config.cache.verifyDirectReads },
     });
     return { layer, fs, mount };
   }
