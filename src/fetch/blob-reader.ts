@@ -102,7 +102,7 @@ export class BlobReader implements FileReader {
       data.copy(out, blockStart + from - start, from, to);
     };
     const waits: Promise<void>[] = [];
-    const missing: number[] = [];
+    let missing: number[] | undefined;
     for (let i = first; i <= last; i++) {
       const m = this.memory.get(this.memoryId, i);
       if (m) {
@@ -110,14 +110,15 @@ export class BlobReader implements FileReader {
         put(i, m);
       } else if (this.fetcher.cache.has(i) && !this.fetcher.inFlight(i)) {
         waits.push(this.fromCache(i, signal).then((d) => put(i, d)));
-      } else missing.push(i);
+      } else (missing ??= []).push(i);
     }
-    if (missing.length) {
+    if (missing) {
+      const units = missing;
       const t0 = this.timers.now();
-      const stored = this.fetcher.ensure(missing, Priority.Blocked);
+      const stored = this.fetcher.ensure(units, Priority.Blocked);
       const remote = Promise.all(
         stored.map((p, k) => {
-          const unit = missing[k]!;
+          const unit = units[k]!;
           return p.then((s) => put(unit, this.decode(unit, s)));
         }),
       ).finally(() => this.stats.recordBlocked(this.timers.now() - t0));

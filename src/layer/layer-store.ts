@@ -20,6 +20,8 @@ export interface LayerStoreOptions extends LayerShared {
 interface Entry {
   refs: number;
   opening: Promise<LayerCore>;
+  /** Set once the open has finished. */
+  core?: LayerCore;
   closing?: Promise<void>;
 }
 
@@ -85,7 +87,7 @@ export class LayerStore {
   list(): Array<{ digest: string; size: number; cache: BlobCache; refs: number }> {
     const out: Array<{ digest: string; size: number; cache: BlobCache; refs: number }> = [];
     for (const [digest, e] of this.entries) {
-      const core = this.settled.get(e);
+      const core = e.core;
       if (core && !e.closing) out.push({ digest, size: core.blob.size, cache: core.cache, refs: e.refs });
     }
     return out;
@@ -103,14 +105,11 @@ export class LayerStore {
     );
   }
 
-  /** Cores whose open has finished (for list()). */
-  private readonly settled = new WeakMap<Entry, LayerCore>();
-
   private start(layer: DfbLayer, from: ImageReference): Entry {
     const entry: Entry = { refs: 0, opening: this.build(layer, from) };
     this.entries.set(layer.digest, entry);
     entry.opening.then(
-      (core) => this.settled.set(entry, core),
+      (core) => (entry.core = core),
       () => {
         if (this.entries.get(layer.digest) === entry) this.entries.delete(layer.digest);
       },
