@@ -217,8 +217,8 @@ export class FuseManagerServer {
   }
 
   /**
-   * TOCs of the lower layers: from this process's mounts when it serves them, else opened through the cache
-   * (footer and TOC are cached with the blob, so this is local after the first time).
+   * TOCs of the lower layers, from the layer store: an open layer's own, else read through the cache (footer
+   * and TOC are cached with the blob, so this is local after the first time) without opening the layer.
    */
   private async lowerTocs(
     imageRef: string,
@@ -226,19 +226,9 @@ export class FuseManagerServer {
     signal?: AbortSignal,
   ): Promise<Toc[] | undefined> {
     if (!lower.length) return undefined;
-    const mounted = new Map([...this.entries.values()].map((e) => [e.info.digest, e.mounted.fs.toc]));
     const tocs: Toc[] = [];
-    for (const l of lower) {
-      const have = mounted.get(l.digest);
-      if (have) {
-        tocs.push(have);
-        continue;
-      }
-      // a handle from the layer store: released as any other, the layer stays whole for its other holders
-      const layer = await this.rt.openLayer(parseReference(imageRef), asDfbLayer(l), signal);
-      tocs.push(layer.toc);
-      await layer.release();
-    }
+    for (const l of lower)
+      tocs.push(await this.rt.layers.readToc(asDfbLayer(l), parseReference(imageRef), signal));
     return tocs;
   }
 

@@ -1,3 +1,4 @@
+import type { Toc } from '../blob/toc.js';
 import type { CacheManager } from '../cache/cache-manager.js';
 import type { Config } from '../config.js';
 import { DfError } from '../errors.js';
@@ -9,6 +10,7 @@ import type { DfbLayer } from '../registry/image.js';
 import type { ImageReference } from '../registry/reference.js';
 import { bound } from '../util/timers.js';
 import { LayerCore, type LayerOptions, type LayerShared } from './layer-core.js';
+import { loadToc } from './load-toc.js';
 import { Layer } from './layer.js';
 
 export interface LayerStoreOptions extends LayerShared {
@@ -75,6 +77,33 @@ export class LayerStore {
         await this.release(layer.digest, entry);
         throw err;
       }
+    }
+  }
+
+  /**
+   * The verified TOC of `layer` alone (the layers below a mounted one, for implied directories): from the
+   * open layer when there is one, else through loadToc over its cache (which keeps the TOC for later opens)
+   * without building a layer, so nothing joins the swarm or starts fetching for a layer nobody reads.
+   */
+  async readToc(layer: DfbLayer, from: ImageReference, signal?: AbortSignal): Promise<Toc> {
+    const open = this.entries.get(layer.digest);
+    if (open?.core && !open.closing) return open.core.toc;
+    const blob = { digest: layer.digest, size: layer.size };
+    const cache = await this.opts.cache.open(blob, signal);
+    try {
+      const loaded = await loadToc({
+        blob,
+        cache,
+        sources: this.opts.sources(from),
+        expectedTocDigest: layer.tocDigest,
+        requestTimeoutMs: this.opts.options?.requestTimeoutMs,
+        timers: this.opts.timers,
+        logger: this.logger,
+        signal,
+      });
+      return loaded.toc;
+    } finally {
+      await this.opts.cache.release(cache).catch(() => undefined);
     }
   }
 

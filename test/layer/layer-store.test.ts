@@ -132,6 +132,27 @@ describe('LayerStore', () => {
     await b.release();
   });
 
+  it("readToc gives a layer's verified TOC without opening the layer or joining the swarm", async () => {
+    const { tb, src, cache, store, swarm } = await setup();
+    const toc = await store.readToc(desc(tb), ref);
+    expect(toc.blockCount).toBe(tb.toc.blockCount);
+    expect(src.requests.length).toBe(2); // footer and TOC
+    expect(store.list()).toEqual([]);
+    expect(swarm.events).toEqual([]);
+    expect(cache.list()[0]!.inUse).toBe(false);
+    // cached now: a second read and a later open need no source
+    await store.readToc(desc(tb), ref);
+    const l = await store.open(desc(tb), ref);
+    expect(l.tocSource).toBe('cache');
+    expect(src.requests.length).toBe(2);
+    // an open layer's own TOC
+    expect(await store.readToc(desc(tb), ref)).toBe(l.toc);
+    await l.release();
+    await expect(store.readToc(desc(tb, 'sha256:' + '0'.repeat(64)), ref)).rejects.toMatchObject({
+      code: 'DIGEST_MISMATCH',
+    });
+  });
+
   it('close() closes every layer, whoever holds it', async () => {
     const { tb, src, store, swarm } = await setup();
     const a = await store.open(desc(tb), ref);
