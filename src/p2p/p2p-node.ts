@@ -351,15 +351,14 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     v.looking = (async () => {
       const c = this.tracker(v.blob.digest);
       if (!c) return;
-      const want: number[] = [];
-      for (let u = v.cache.nextMissing(0); u >= 0 && want.length < 4096; u = v.cache.nextMissing(u + 1))
-        want.push(u);
       try {
         const r = await c.lookup({
           blob: v.blob.digest,
           peer_id: this.id,
           zone: this.settings.zone,
-          want,
+          // every unit this node misses, wherever it is in the blob (a list of the first few thousand
+          // made holders of a large layer's far end invisible)
+          want_bitmap: v.missing(),
           max_peers: 32,
         });
         this.counters.trackerAnswers++;

@@ -110,6 +110,16 @@ export class PeerView {
     return counts;
   }
 
+  /** The units this node misses, as a bitmap of the blob's units (what a lookup asks holders of). */
+  missing(): Uint8Array {
+    const have = this.cache.snapshot();
+    const n = this.layout.units;
+    const out = new Uint8Array(Math.ceil(n / 8));
+    for (let i = 0; i < out.length; i++) out[i] = ~(have[i] ?? 0) & 0xff;
+    if (n % 8) out[out.length - 1]! &= (1 << (n % 8)) - 1;
+    return out;
+  }
+
   /** Units held now that were not announced yet (all of them when a full announce is due). */
   delta(): { full: boolean; bitmap: Uint8Array; added: number[] } {
     const now = this.cache.snapshot();

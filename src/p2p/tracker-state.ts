@@ -36,6 +36,8 @@ export interface LookupMsg {
   zone: string;
   want: number[];
   max_peers: number;
+  /** Units wanted as a bitmap of the blob's units (replaces `want` when not empty). */
+  want_bitmap?: Uint8Array;
 }
 
 export interface HolderMsg {
@@ -337,7 +339,9 @@ export class TrackerState {
     const now = this.timers.now();
     // the units asked about, as a bitmap: a holder's share of them is a popcount of the intersection
     let want: Bitmap | undefined;
-    if (Array.isArray(m.want) && m.want.length) {
+    const wantBits = checkBitmap(m.want_bitmap, b.units);
+    if (wantBits.length) want = Bitmap.fromBits(wantBits, b.units);
+    else if (Array.isArray(m.want) && m.want.length) {
       want = new Bitmap(b.units);
       for (const u of wanted) want.set(u);
     }
