@@ -1,6 +1,6 @@
 import type { RegistryClient } from '../registry/client.js';
 import type { ImageReference } from '../registry/reference.js';
-import type { BlobRef, BlockSource } from './types.js';
+import type { BlobRef, BlockSource, FetchContext } from './types.js';
 
 /**
  * The origin registry as a BlockSource: one HTTP range request per fetch. `ref` names the repository the
@@ -18,7 +18,16 @@ export class RegistryBlockSource implements BlockSource {
     this.name = `registry ${ref.repoString}`;
   }
 
-  fetch(blob: BlobRef, offset: number, length: number, signal: AbortSignal): Promise<Buffer> {
-    return this.client.getBlobRange(this.ref, blob.digest, offset, length, { signal });
+  fetch(
+    blob: BlobRef,
+    offset: number,
+    length: number,
+    signal: AbortSignal,
+    ctx?: FetchContext,
+  ): Promise<Buffer> {
+    return this.client.getBlobRange(this.ref, blob.digest, offset, length, {
+      signal,
+      progress: ctx?.progress,
+    });
   }
 }

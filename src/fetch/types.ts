@@ -23,6 +23,12 @@ export interface FetchContext {
    * sending these units to another peer), and the planner plans again.
    */
   planned?: boolean;
+  /**
+   * Optional: a source that receives the range in pieces may tell of them (`data` is the whole range's
+   * buffer, its first `filled` bytes are in), so that the fetcher verifies and hands out the run's first
+   * units before its last ones arrive (cut-through: a seed forwards a block as soon as it is verified).
+   */
+  progress?: (data: Buffer, filled: number) => void;
 }
 
 /** A blob as the fetch layer sees it. */

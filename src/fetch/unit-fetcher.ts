@@ -174,10 +174,22 @@ export class UnitFetcher {
     signal?: AbortSignal,
     opts: UnitsOptions = {},
   ): Promise<Buffer[]> {
-    const out: Buffer[] = new Array(units.length);
+    return bound(Promise.all(this.unitParts(units, priority, signal, opts)), { signal, what: 'units' });
+  }
+
+  /**
+   * units(), one promise per unit in order: each settles as soon as its unit is read from the cache or
+   * verified off the wire, so that a seed can forward the first blocks of a run before the last arrive.
+   */
+  unitParts(
+    units: number[],
+    priority: Priority,
+    signal?: AbortSignal,
+    opts: UnitsOptions = {},
+  ): Promise<Buffer>[] {
+    const out: Promise<Buffer>[] = new Array(units.length);
     const missing: number[] = [];
     const at: number[] = [];
-    const reads: Promise<void>[] = [];
     const present = (u: number) => this.cache.has(u) && !this.inflight.has(u);
     for (let k = 0; k < units.length; k++) {
       const u = units[k]!;
@@ -192,22 +204,19 @@ export class UnitFetcher {
       let last = k;
       while (last + 1 < units.length && units[last + 1] === units[last]! + 1 && present(units[last + 1]!))
         last++;
-      const first = k;
       const off = this.unitOffset(u);
       const end = this.unitOffset(units[last]! + 1);
-      reads.push(
-        this.cache.read(off, end - off, signal).then((b) => {
-          for (let i = first; i <= last; i++) {
-            const rel = this.unitOffset(units[i]!) - off;
-            out[i] = b.subarray(rel, this.unitOffset(units[i]! + 1) - off);
-          }
-        }),
-      );
+      const read = this.cache.read(off, end - off, signal);
+      for (let i = k; i <= last; i++) {
+        const rel = this.unitOffset(units[i]!) - off;
+        const relEnd = this.unitOffset(units[i]! + 1) - off;
+        out[i] = read.then((b) => b.subarray(rel, relEnd));
+      }
       k = last;
     }
     const fetched = missing.length ? this.ensure(missing, priority, opts) : [];
-    const all = fetched.map((p, j) => p.then((b) => void (out[at[j]!] = b)));
-    await bound(Promise.all([...reads, ...all]), { signal, what: 'units' });
+    fetched.forEach((p, j) => (out[at[j]!] = p));
+    for (const p of out) p.catch(() => {});
     return out;
   }
 
@@ -331,7 +340,12 @@ export class UnitFetcher {
     for (const w of todo) this.settle(w, e);
   }
 
-  /** One range request for adjacent units; units to try again are pushed to `retry`. Returns the last error. */
+  /**
+   * One range request for adjacent units; units to try again are pushed to `retry`. Returns the last error.
+   * Units are verified as their bytes arrive (when the source tells of progress): a unit verified while
+   * the rest of the run is still on its way goes to its waiters at once (its entry stays in flight until
+   * it is stored with the run, so nobody fetches it again meanwhile).
+   */
   private async fetchPart(
     source: BlockSource,
     part: Waiter[],
@@ -345,42 +359,70 @@ export class UnitFetcher {
     const ms = transferTimeoutMs(this.opts.requestTimeoutMs, len);
     const rq = childSignal(this.closer.signal, ms, this.timers, what);
     const t0 = this.timers.now();
-    let data: Buffer;
+    let lastErr: unknown;
+    const good: { waiter: Waiter; unitOff: number; stored: Buffer }[] = [];
+    let next = 0;
+    // bad units, told to the source once it has returned its buffer (it knows who served that buffer)
+    const bad: [number, number][] = [];
+    const check = (data: Buffer, filled: number) => {
+      for (; next < part.length; next++) {
+        const w = part[next]!;
+        const unitOff = this.unitOffset(w.unit);
+        const end = this.unitOffset(w.unit + 1) - off;
+        if (end > filled) return;
+        const stored = data.subarray(unitOff - off, end);
+        try {
+          this.checkUnit(w.unit, stored);
+          good.push({ waiter: w, unitOff, stored });
+          // mid-transfer: its readers need not wait for the rest of the run (it is stored with the run)
+          if (filled < len) w.resolve(stored);
+        } catch (err) {
+          this.stats.verifyFailures++;
+          bad.push([unitOff - off, stored.length]);
+          retry.push(w);
+          lastErr = err;
+        }
+      }
+    };
     try {
-      const ctx = { priority: state.priority, planned: state.only !== undefined };
-      data = await bound(source.fetch(this.blob, off, len, rq.signal, ctx), { signal: rq.signal, what });
+      const ctx = { priority: state.priority, planned: state.only !== undefined, progress: check };
+      const data = await bound(source.fetch(this.blob, off, len, rq.signal, ctx), {
+        signal: rq.signal,
+        what,
+      });
       if (data.length !== len) throw new DfError('NETWORK', `${what}: got ${data.length} bytes`);
+      check(data, len);
+      for (const [at, n] of bad) source.badBlock?.(this.blob, data, at, n);
       this.stats.recordFetch(source.kind, this.timers.now() - t0, true);
     } catch (err) {
       if (!isSourceUnavailable(err)) this.stats.recordFetch(source.kind, this.timers.now() - t0, false);
       if (this.closer.signal.aborted) throw err;
-      retry.push(...part);
-      return err;
+      // what arrived verified is kept; the rest goes again
+      retry.push(...part.slice(next));
+      next = part.length;
+      lastErr = err;
     } finally {
       rq.dispose();
-    }
-    let lastErr: unknown;
-    const good: { waiter: Waiter; unitOff: number; stored: Buffer }[] = [];
-    for (const w of part) {
-      const unitOff = this.unitOffset(w.unit);
-      const stored = data.subarray(unitOff - off, this.unitOffset(w.unit + 1) - off);
-      try {
-        this.checkUnit(w.unit, stored);
-        good.push({ waiter: w, unitOff, stored });
-      } catch (err) {
-        this.stats.verifyFailures++;
-        source.badBlock?.(this.blob, data, unitOff - off, stored.length);
-        retry.push(w);
-        lastErr = err;
-      }
     }
     // the verified units, each adjacent group in one write
     for (const group of adjacentGroups(good, (g) => g.waiter.unit)) {
       const first = group[0]!;
       const last = group[group.length - 1]!;
-      const span = data.subarray(first.unitOff - off, last.unitOff - off + last.stored.length);
+      const units = group.map((g) => ({ unit: g.waiter.unit, length: g.stored.length }));
+      const spanLength = last.unitOff - first.unitOff + last.stored.length;
+      // adjacent units are (nearly always) adjacent in one buffer: their span is a view of it, no copy
+      const oneView = group.every(
+        (g) =>
+          g.stored.buffer === first.stored.buffer &&
+          g.stored.byteOffset - first.stored.byteOffset === g.unitOff - first.unitOff,
+      );
+      const span = oneView
+        ? Buffer.from(first.stored.buffer, first.stored.byteOffset, spanLength)
+        : Buffer.concat(
+            group.map((g) => g.stored),
+            spanLength,
+          );
       try {
-        const units = group.map((g) => ({ unit: g.waiter.unit, length: g.stored.length }));
         await this.cache.writeUnits(units, first.unitOff, span, this.closer.signal);
       } catch (err) {
         if (this.closer.signal.aborted) {
@@ -388,7 +430,7 @@ export class UnitFetcher {
           lastErr = err;
           continue;
         }
-        // verified but not storable (NO_SPACE, ...): the waiters get the verified bytes all the same; the
+        // verified but not storable (NO_SPACE, ...): the waiters got the verified bytes all the same; the
         // cache does not claim them (its bitmap is unchanged) and the background fill tries them again
       }
       for (const g of group) {

@@ -1,8 +1,10 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
+import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { listenTcp } from '../util/listen.js';
+import { bound } from '../util/timers.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { TokenBucket } from '../util/token-bucket.js';
@@ -23,6 +25,13 @@ export interface BlobHint {
   defer?: boolean;
 }
 
+/**
+ * A served range: its bytes, or the parts that make them up, in order, each settling when it is verified
+ * (a seed forwarding blocks as they arrive from the registry). Parts after the first are sent as they
+ * come; one that fails then cuts the response short (the client sees a short body and tries elsewhere).
+ */
+export type ServedBytes = Buffer | readonly Promise<Buffer>[];
+
 /** A blob this host serves. */
 export interface ServedBlob {
   readonly size: number;
@@ -30,7 +39,12 @@ export interface ServedBlob {
    * Verified stored bytes [offset, offset+length), or undefined when this host does not hold every unit
    * under the range (a node; a seed fetches what it misses).
    */
-  read(offset: number, length: number, signal: AbortSignal, hint?: BlobHint): Promise<Buffer | undefined>;
+  read(
+    offset: number,
+    length: number,
+    signal: AbortSignal,
+    hint?: BlobHint,
+  ): Promise<ServedBytes | undefined>;
   /** Optional: a range read for `peer` did not reach it (error, or the peer went away mid-response). */
   undelivered?(offset: number, length: number, peer: string): void;
 }
@@ -203,23 +217,30 @@ export class BlockServer {
         throw ac.signal.reason;
       }
       res.once('close', release);
-      const data = await blob.read(range.offset, range.length, ac.signal, hint);
-      if (!data) {
+      const served = await blob.read(range.offset, range.length, ac.signal, hint);
+      if (!served) {
         this.counters.missing++;
         return fail(416, 'range not held');
       }
-      await this.opts.upload?.take(data.length, ac.signal);
-      this.counters.served++;
-      this.counters.bytes += data.length;
+      const parts: readonly Promise<Buffer>[] = Buffer.isBuffer(served) ? [Promise.resolve(served)] : served;
+      // the first part settles before the status is sent: a range that cannot be had at all gets its
+      // status code (404, 403, 503, ...), not a cut response
+      const first = await bound(parts[0] ?? Promise.resolve(Buffer.alloc(0)), {
+        signal: ac.signal,
+        what: 'range',
+      });
       const headers: Record<string, string | number> = {
         'content-type': 'application/octet-stream',
-        'content-length': data.length,
+        'content-length': range.length,
       };
       if (range.header) {
         headers['content-range'] = `bytes ${range.offset}-${range.offset + range.length - 1}/${blob.size}`;
       }
+      await this.opts.upload?.take(first.length, ac.signal);
+      this.counters.served++;
       res.writeHead(range.header ? 206 : 200, headers);
-      res.end(req.method === 'HEAD' ? undefined : data);
+      if (req.method === 'HEAD') return void res.end();
+      await this.send(res, first, parts.slice(1), range.length, ac.signal);
     } catch (err) {
       if (ac.signal.aborted && res.destroyed) return;
       const e = DfError.from(err);
@@ -239,6 +260,39 @@ export class BlockServer {
     } finally {
       clearTimeout(timer);
       this.active--;
+    }
+  }
+
+  /**
+   * Writes `first`, then every further part as it settles (upload limit and socket back-pressure
+   * respected), and ends the response; exactly `length` bytes or the response is cut.
+   */
+  private async send(
+    res: ServerResponse,
+    first: Buffer,
+    rest: readonly Promise<Buffer>[],
+    length: number,
+    signal: AbortSignal,
+  ): Promise<void> {
+    let sent = 0;
+    const write = async (b: Buffer) => {
+      sent += b.length;
+      if (sent > length) throw DfError.internal(`served parts exceed the ${length}-byte range`);
+      this.counters.bytes += b.length;
+      if (!res.write(b)) await once(res, 'drain', { signal });
+    };
+    try {
+      await write(first);
+      for (const p of rest) {
+        const b = await bound(p, { signal, what: 'range' });
+        await this.opts.upload?.take(b.length, signal);
+        await write(b);
+      }
+      if (sent !== length) throw DfError.internal(`served parts hold ${sent} of ${length} bytes`);
+      res.end();
+    } catch (err) {
+      if (!res.destroyed) this.log.debug({ err: DfError.from(err) }, 'peer response cut short');
+      res.destroy();
     }
   }
 }

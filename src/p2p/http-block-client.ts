@@ -44,6 +44,7 @@ export class HttpBlockClient {
     length: number,
     signal: AbortSignal,
     extra: Record<string, string> = {},
+    progress?: (data: Buffer, filled: number) => void,
   ): Promise<Buffer> {
     await this.download?.take(length, signal);
     const q = new URLSearchParams({ offset: String(offset), length: String(length), ...extra });
@@ -93,7 +94,7 @@ export class HttpBlockClient {
       );
     }
     try {
-      return await readExactly(res.body, length, `${address}: ${digest} ${offset}+${length}`);
+      return await readExactly(res.body, length, `${address}: ${digest} ${offset}+${length}`, progress);
     } catch (err) {
       // cut off mid-body by the caller's time limit: that limit's error, not undici's abort
       if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
@@ -111,9 +112,15 @@ type Body = AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown };
 /**
  * Exactly `length` bytes of a response body into one buffer of that size: a body that goes past it fails
  * (and is cut off) as soon as the first byte too many arrives, a shorter one fails at its end. A peer's
- * answer never takes more memory than was asked for.
+ * answer never takes more memory than was asked for. `progress` hears of every chunk (`data` is the whole
+ * buffer, its first `filled` bytes are in).
  */
-export async function readExactly(body: Body, length: number, what: string): Promise<Buffer> {
+export async function readExactly(
+  body: Body,
+  length: number,
+  what: string,
+  progress?: (data: Buffer, filled: number) => void,
+): Promise<Buffer> {
   const out = Buffer.allocUnsafe(length);
   let got = 0;
   try {
@@ -126,6 +133,8 @@ export async function readExactly(body: Body, length: number, what: string): Pro
       }
       out.set(chunk, got);
       got += chunk.length;
+      // the front of the range can be verified and used while the rest is on its way
+      progress?.(out, got);
     }
   } catch (err) {
     body.destroy();

@@ -1,6 +1,6 @@
 import { transferTimeoutMs } from '../util/transfer-timeout.js';
 import { childSignal, realTimers, type Timers } from '../util/timers.js';
-import { sourceUnavailable, type BlobRef, type BlockSource } from '../fetch/types.js';
+import { sourceUnavailable, type BlobRef, type BlockSource, type FetchContext } from '../fetch/types.js';
 import { DfError } from '../errors.js';
 import type { HttpBlockClient } from './http-block-client.js';
 import type { Isolation } from './isolation.js';
@@ -42,7 +42,13 @@ export class PeerBlockSource implements BlockSource {
     this.timers = deps.timers ?? realTimers;
   }
 
-  async fetch(blob: BlobRef, offset: number, length: number, signal: AbortSignal): Promise<Buffer> {
+  async fetch(
+    blob: BlobRef,
+    offset: number,
+    length: number,
+    signal: AbortSignal,
+    ctx?: FetchContext,
+  ): Promise<Buffer> {
     const view = this.deps.view(blob.digest);
     const r = view?.layout.unitsFor(offset, length);
     if (!view || !r) throw sourceUnavailable(`no peer view of ${blob.digest}`);
@@ -57,7 +63,15 @@ export class PeerBlockSource implements BlockSource {
     const t0 = this.timers.now();
     this.busy.set(h.id, (this.busy.get(h.id) ?? 0) + 1);
     try {
-      const data = await this.deps.http.get(h.address, blob.digest, offset, length, rq.signal);
+      const data = await this.deps.http.get(
+        h.address,
+        blob.digest,
+        offset,
+        length,
+        rq.signal,
+        {},
+        ctx?.progress,
+      );
       const ms = Math.max(1, this.timers.now() - t0);
       const prev = this.speed.get(h.id);
       const s = length / ms;

@@ -75,11 +75,19 @@ export class SeedBlockSource implements BlockSource {
       );
       try {
         const planned = ctx?.planned === true && ctx.priority === Priority.Fill;
-        const data = await this.opts.http.get(seed, blob.digest, offset, length, rq.signal, {
-          repo: this.opts.repo,
-          size: String(blob.size),
-          ...(planned ? { defer: '1' } : {}),
-        });
+        const data = await this.opts.http.get(
+          seed,
+          blob.digest,
+          offset,
+          length,
+          rq.signal,
+          {
+            repo: this.opts.repo,
+            size: String(blob.size),
+            ...(planned ? { defer: '1' } : {}),
+          },
+          ctx?.progress,
+        );
         this.opts.isolation.ok(seed);
         this.timeouts.delete(seed);
         this.servedBy.set(data, { seed, offset });

@@ -164,12 +164,20 @@ export class Seed implements BlobProvider {
         if (b.layer.released) throw sourceUnavailable(`${digest} was closed as idle; ask again`);
         b.active++;
         b.lastUsed = this.timers.now();
-        try {
-          return await this.readUnits(b, digest, offset, r, length, sig, h);
-        } finally {
+        const done = () => {
           b.active--;
           b.lastUsed = this.timers.now();
+        };
+        let parts: Promise<Buffer>[];
+        try {
+          parts = this.readUnits(b, digest, offset, r, length, sig, h);
+        } catch (err) {
+          done();
+          throw err;
         }
+        // busy (not idle) until the last part is sent or failed
+        void Promise.allSettled(parts).then(done);
+        return parts;
       },
       undelivered: (offset, length, peer) => {
         const r = b.layout.unitsFor(offset, length);
@@ -178,7 +186,12 @@ export class Seed implements BlobProvider {
     };
   }
 
-  private async readUnits(
+  /**
+   * The range as one promise per unit, in order (the first and last cut to the range): each settles when
+   * its unit is verified, so the block server forwards a block as it arrives from the registry
+   * (cut-through) instead of after the whole run.
+   */
+  private readUnits(
     b: SeedBlob,
     digest: string,
     offset: number,
@@ -186,7 +199,7 @@ export class Seed implements BlobProvider {
     length: number,
     sig: AbortSignal,
     h: BlobHint | undefined,
-  ): Promise<Buffer> {
+  ): Promise<Buffer>[] {
     const units: number[] = [];
     for (let u = r[0]; u <= r[1]; u++) units.push(u);
     const peer = h?.peer;
@@ -198,10 +211,11 @@ export class Seed implements BlobProvider {
       // the tracker tells the other nodes that these units are on their way to `peer`
       this.tracker.assume(digest, peer, units);
     }
-    const parts = await b.layer.fetcher.units(units, Priority.Blocked, sig);
-    const all = joined(parts);
+    const parts = b.layer.fetcher.unitParts(units, Priority.Blocked, sig);
     const from = offset - b.layout.offset(r[0]);
-    return all.subarray(from, from + length);
+    const to = offset + length - b.layout.offset(r[1]);
+    const last = parts.length - 1;
+    return parts.map((p, i) => p.then((x) => x.subarray(i === 0 ? from : 0, i === last ? to : x.length)));
   }
 
   /**
@@ -326,18 +340,6 @@ export class Seed implements BlobProvider {
     await this.layers.close();
     await this.cache.close();
   }
-}
-
-/** The parts as one buffer: a view when they are adjacent views of one buffer (one cache read), else a copy. */
-function joined(parts: Buffer[]): Buffer {
-  const first = parts[0]!;
-  let end = first.byteOffset + first.length;
-  for (let i = 1; i < parts.length; i++) {
-    const p = parts[i]!;
-    if (p.buffer !== first.buffer || p.byteOffset !== end) return Buffer.concat(parts);
-    end += p.length;
-  }
-  return Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset);
 }
 
 /** Bytes an unprivileged process may still write on the file system of `dir`. */

@@ -6,7 +6,14 @@ import type { RegistryAuth } from './auth.js';
 import { deleteUpload, pushBlob, type PushBlobOptions, type PushResult } from './blob-upload.js';
 import type { CredentialProvider } from './credentials.js';
 import { computeDigest, digestAlgorithm, HashingStream, validateDigest } from './digest.js';
-import { parseContentRange, readBody, sliceStream, tailOfStream } from './http-body.js';
+import {
+  parseContentRange,
+  readBody,
+  readBodyInto,
+  sliceStream,
+  tailOfStream,
+  type BodyProgress,
+} from './http-body.js';
 import { MANIFEST_ACCEPT } from './media-types.js';
 import { RegistryRangeReader } from './range-reader.js';
 import type { ImageReference } from './reference.js';
@@ -36,6 +43,11 @@ export interface RegistryClientOptions {
 
 export interface RequestOptions {
   signal?: AbortSignal;
+}
+
+export interface RangeOptions extends RequestOptions {
+  /** Hears of the range's bytes as they arrive (see readBodyInto). */
+  progress?: BodyProgress;
 }
 
 export interface Manifest {
@@ -260,7 +272,7 @@ export class RegistryClient {
     digest: string,
     offset: number,
     length: number,
-    opts: RequestOptions = {},
+    opts: RangeOptions = {},
   ): Promise<Buffer> {
     validateDigest(digest);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
@@ -305,7 +317,7 @@ export class RegistryClient {
             `range ${offset}-${end} is past the end of ${what} (size ${cr.size ?? 'unknown'})`,
           );
         }
-        const data = await readBody(res.body, length, what);
+        const data = await readBodyInto(res.body, length, what, opts.progress);
         if (data.length !== length)
           throw new DfError('NETWORK', `short range read of ${what}: ${data.length} of ${length} bytes`);
         return data;

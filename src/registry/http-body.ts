@@ -20,6 +20,36 @@ export async function readBody(
   return Buffer.concat(chunks, n);
 }
 
+/** Told as a body arrives: `data` is the whole destination buffer, its first `filled` bytes are in. */
+export type BodyProgress = (data: Buffer, filled: number) => void;
+
+/**
+ * A body of exactly `length` bytes, copied once into one buffer as it arrives (no chunk list, no concat);
+ * `progress` hears of every chunk, so that a caller can use the front of the buffer before the rest comes
+ * (a seed forwards verified blocks as they arrive). A longer body is an error; a shorter one is returned
+ * short (the caller checks the length).
+ */
+export async function readBodyInto(
+  body: Dispatcher.ResponseData['body'],
+  length: number,
+  what: string,
+  progress?: BodyProgress,
+): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(length);
+  let n = 0;
+  for await (const c of body) {
+    const chunk = c as Buffer;
+    if (n + chunk.length > length) {
+      body.destroy();
+      throw new DfError('REGISTRY', `${what} is larger than ${length} bytes`);
+    }
+    chunk.copy(out, n);
+    n += chunk.length;
+    progress?.(out, n);
+  }
+  return n === length ? out : out.subarray(0, n);
+}
+
 export function parseContentRange(
   v: string | undefined,
 ): { start: number; end: number; size?: number } | undefined {

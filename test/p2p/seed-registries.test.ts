@@ -3,97 +3,13 @@
  * a node's hints (repository, size) cannot point it at another host or reset its cached copy.
  * Real Seed and block client over loopback; the registry is an in-memory RegistryClient.
  */
-import { join } from 'node:path';
-import { pino, type Logger } from 'pino';
-import { afterEach, describe, expect, it, vi } from 'vitest';
-import { loadConfig, type ConfigInput } from '../../src/config.js';
-import { DfError } from '../../src/errors.js';
+import { pino } from 'pino';
+import { describe, expect, it, vi } from 'vitest';
 import { isSourceUnavailable } from '../../src/fetch/types.js';
-import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
-import { Seed } from '../../src/p2p/seed.js';
-import type { RegistryClient } from '../../src/registry/client.js';
-import type { ImageReference } from '../../src/registry/reference.js';
 import type { Timers } from '../../src/util/timers.js';
-import { makeBlob, type TestBlob } from '../helpers/dfb.js';
-import { tempDir } from '../helpers/temp.js';
+import { seedHarness } from './seed-harness.js';
 
-const TOKEN = 'seed-registries-token';
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
-
-/** A registry holding one blob: records every call (registry host, method, range). */
-function fakeRegistry(tb: TestBlob) {
-  const calls: string[] = [];
-  const client = {
-    headBlob: (ref: ImageReference, digest: string) => {
-      calls.push(`HEAD ${ref.registry}`);
-      return Promise.resolve(digest === tb.blob.digest ? tb.blob.size : undefined);
-    },
-    getBlobRange: (ref: ImageReference, digest: string, offset: number, length: number) => {
-      calls.push(`GET ${ref.registry} ${offset}+${length}`);
-      if (digest !== tb.blob.digest) return Promise.reject(DfError.notFound(`blob ${digest}`));
-      return Promise.resolve(Buffer.from(tb.bytes.subarray(offset, offset + length)));
-    },
-  };
-  return { client: client as unknown as RegistryClient, calls };
-}
-
-async function startSeed(
-  dir: string,
-  tb: TestBlob,
-  seedRegistries: string[],
-  extra: {
-    timers?: Timers;
-    cache?: ConfigInput['cache'];
-    seedIdleMs?: number;
-    seedFill?: boolean;
-    freeBytes?: () => Promise<number>;
-    logger?: Logger;
-  } = {},
-) {
-  const reg = fakeRegistry(tb);
-  const config = loadConfig({
-    env: {},
-    flags: {
-      cache: { dir: join(dir, 'seed-cache'), ...extra.cache },
-      p2p: {
-        clusterToken: TOKEN,
-        listen: '127.0.0.1:0',
-        seedFill: extra.seedFill ?? false,
-        seedRegistries,
-        ...(extra.seedIdleMs ? { seedIdleMs: extra.seedIdleMs } : {}),
-      },
-    },
-  });
-  const seed = new Seed({
-    config,
-    client: reg.client,
-    timers: extra.timers,
-    freeBytes: extra.freeBytes,
-    logger: extra.logger,
-  });
-  const { blocks } = await seed.start();
-  let closed = false;
-  const close = async () => {
-    if (!closed) await seed.close();
-    closed = true;
-  };
-  cleanups.push(close);
-  return { seed, blocks, calls: reg.calls, close };
-}
-
-async function setup() {
-  const { dir, cleanup } = await tempDir();
-  cleanups.push(cleanup);
-  const tb = await makeBlob(dir);
-  const http = new HttpBlockClient(TOKEN);
-  cleanups.push(() => http.close());
-  const get = (addr: string, offset: number, length: number, hint: Record<string, string>) =>
-    http.get(addr, tb.blob.digest, offset, length, AbortSignal.timeout(10_000), hint);
-  return { dir, tb, get };
-}
+const { setup, startSeed } = seedHarness('seed-registries-token');
 
 describe('seed registries', () => {
   it('refuses a repository on a registry its configuration does not list, without contacting it', async () => {
