@@ -215,7 +215,7 @@ export class UnitFetcher {
       k = last;
     }
     const fetched = missing.length ? this.ensure(missing, priority, opts) : [];
-    fetched.forEach((p, j) => (out[at[j]!] = p));
+    for (let j = 0; j < fetched.length; j++) out[at[j]!] = fetched[j]!;
     for (const p of out) p.catch(() => {});
     return out;
   }
