@@ -12,6 +12,7 @@ import { isDeferred } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER, tokenMatches } from './auth.js';
 import { DEFAULT_MAX_RANGE_BYTES, parseBlockRequest } from './block-request.js';
 import { ByteBudget } from './byte-budget.js';
+import { MAX_PREHEAT_BODY_BYTES, preheatRefs, type PreheatAnswer } from './preheat-request.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
 
 /** What a request may tell the server about a blob it does not hold yet (a seed fetches it from there). */
@@ -73,6 +74,8 @@ export interface BlockServerOptions {
   maxInflightBytes?: number;
   /** Requests that may wait for that budget (default 1024); beyond, 503. */
   maxQueuedRequests?: number;
+  /** Serves `POST /preheat` (a seed: see preheat-request.ts); without it, that path is 404. */
+  preheat?: (images: string[]) => PreheatAnswer;
 }
 
 /**
@@ -171,7 +174,13 @@ export class BlockServer {
       if (!res.headersSent) res.writeHead(status, { 'content-type': 'text/plain' });
       res.end(msg);
     };
-    if (!tokenMatches(this.opts.clusterToken, req.headers[CLUSTER_TOKEN_HEADER])) {
+    const preheat = this.opts.preheat && (req.url ?? '').split('?')[0] === '/preheat';
+    // webhooks of registries send a fixed Authorization header: the token as a bearer token, there only
+    const bearer = preheat ? /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '')?.[1] : undefined;
+    if (
+      !tokenMatches(this.opts.clusterToken, req.headers[CLUSTER_TOKEN_HEADER]) &&
+      !tokenMatches(this.opts.clusterToken, bearer)
+    ) {
       this.counters.unauthorized++;
       this.warnOnce(
         req.socket.remoteAddress ?? '?',
@@ -180,6 +189,7 @@ export class BlockServer {
       );
       return fail(401, 'cluster token required');
     }
+    if (preheat) return this.handlePreheat(req, res, fail);
     const range = parseBlockRequest(req.method, req.url, req.headers.range, this.opts.maxRangeBytes);
     if (!range.ok) {
       if (range.status === 405) res.setHeader('allow', 'GET, HEAD');
@@ -261,6 +271,51 @@ export class BlockServer {
       clearTimeout(timer);
       this.active--;
     }
+  }
+
+  /**
+   * `POST /preheat` with a JSON body naming images (preheatRefs): 202 and what was accepted and refused,
+   * 403 when every image was refused, 400 for a body that names none, 413 beyond MAX_PREHEAT_BODY_BYTES.
+   */
+  private async handlePreheat(
+    req: IncomingMessage,
+    res: ServerResponse,
+    fail: (status: number, msg: string) => void,
+  ): Promise<void> {
+    if (req.method !== 'POST') {
+      res.setHeader('allow', 'POST');
+      return fail(405, 'POST a JSON body naming the images to preheat');
+    }
+    const declared = Number(req.headers['content-length'] ?? 0);
+    if (declared > MAX_PREHEAT_BODY_BYTES)
+      return fail(413, `a preheat request is at most ${MAX_PREHEAT_BODY_BYTES} bytes`);
+    const chunks: Buffer[] = [];
+    let n = 0;
+    for await (const c of req) {
+      n += (c as Buffer).length;
+      if (n > MAX_PREHEAT_BODY_BYTES) {
+        fail(413, `a preheat request is at most ${MAX_PREHEAT_BODY_BYTES} bytes`);
+        req.destroy();
+        return;
+      }
+      chunks.push(c as Buffer);
+    }
+    let answer: PreheatAnswer;
+    try {
+      let body: unknown;
+      try {
+        body = JSON.parse(Buffer.concat(chunks, n).toString('utf8'));
+      } catch {
+        throw DfError.invalidArgument('preheat request: the body is not JSON');
+      }
+      answer = this.opts.preheat!(preheatRefs(body));
+    } catch (err) {
+      const e = DfError.from(err);
+      return fail(e.code === 'INVALID_ARGUMENT' ? 400 : 500, e.message);
+    }
+    this.log.info({ ...answer }, 'preheat requested');
+    res.writeHead(answer.accepted.length ? 202 : 403, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(answer) + '\n');
   }
 
   /**

@@ -12,10 +12,12 @@ import { silentLogger, type Logger } from '../log.js';
 import { freeBytes } from '../util/free-space.js';
 import { bound, realTimers, type Timers } from '../util/timers.js';
 import type { RegistryClient } from '../registry/client.js';
+import { resolveDfbImage } from '../registry/image.js';
 import { parseReference, type ImageReference } from '../registry/reference.js';
 import { resolveClusterToken } from './auth.js';
 import { HostBandwidth, RateLimitedSource } from './bandwidth.js';
 import { BlockServer, type BlobHint, type BlobProvider, type ServedBlob } from './block-server.js';
+import type { PreheatAnswer } from './preheat-request.js';
 import { trackerAddress } from './rendezvous.js';
 import { loadTls, type TlsMaterial } from './tls.js';
 import { serveTracker } from './tracker-service.js';
@@ -32,7 +34,12 @@ interface SeedBlob {
   lastUsed: number;
   /** Reads in progress: a blob is not closed under them. */
   active: number;
+  /** Preheats waiting for it to be complete: not closed as idle meanwhile. */
+  pinned: number;
 }
+
+/** Images preheating at once (POST /preheat); more are refused until some finish. */
+const MAX_PREHEATING = 64;
 
 export interface SeedOptions {
   config: Config;
@@ -56,6 +63,8 @@ export class Seed implements BlobProvider {
   readonly bandwidth: HostBandwidth;
   private readonly server: BlockServer;
   private readonly blobs = new Map<string, Promise<SeedBlob>>();
+  /** Images being preheated (POST /preheat), by reference. */
+  private readonly preheating = new Map<string, Promise<void>>();
   /** Blobs open and ready (for the tracker's view of what this seed holds). */
   private readonly opened = new Map<string, SeedBlob>();
   private readonly layers: LayerStore;
@@ -116,6 +125,7 @@ export class Seed implements BlobProvider {
       requestTimeoutMs: Math.max(cfg.fetch.requestTimeoutMs, cfg.p2p.seedTimeoutMs) * 2,
       logger: this.log,
       tls: this.tls,
+      preheat: (images) => this.preheat(images),
     });
   }
 
@@ -138,22 +148,19 @@ export class Seed implements BlobProvider {
   }
 
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
-    let p = this.blobs.get(digest);
-    if (!p) {
+    let ref: ImageReference | undefined;
+    if (!this.blobs.has(digest)) {
       if (!hint.repo) return undefined;
-      const ref = this.allowed(digest, hint.repo);
+      ref = this.allowed(digest, hint.repo);
       if (!ref)
         throw new DfError(
           'FORBIDDEN',
           `this seed does not fetch blobs of ${hint.repo.slice(0, 200)}: its registry is not in p2p.seedRegistries`,
         );
-      // not bound to this request: other nodes wait for the same open
-      p = this.open(digest, ref, hint.size);
-      void signal;
-      this.blobs.set(digest, p);
-      p.catch(() => this.blobs.delete(digest));
     }
-    const b = await p;
+    // not bound to this request: other nodes wait for the same open
+    void signal;
+    const b = await this.openBlob(digest, ref, hint.size);
     b.lastUsed = this.timers.now();
     return {
       size: b.layout.size,
@@ -218,6 +225,85 @@ export class Seed implements BlobProvider {
     return parts.map((p, i) => p.then((x) => x.subarray(i === 0 ? from : 0, i === last ? to : x.length)));
   }
 
+  /** The open blob, or opens it (from `ref`; every caller of a digest shares one open). */
+  private openBlob(
+    digest: string,
+    ref: ImageReference | undefined,
+    size: number | undefined,
+  ): Promise<SeedBlob> {
+    let p = this.blobs.get(digest);
+    if (!p) {
+      if (!ref) return Promise.reject(DfError.notFound(`blob ${digest} is not open`));
+      p = this.open(digest, ref, size);
+      this.blobs.set(digest, p);
+      p.catch(() => this.blobs.delete(digest));
+    }
+    return p;
+  }
+
+  /**
+   * Starts preheating images (`POST /preheat`, e.g. a registry's push webhook): each image's DFB layers
+   * are opened and filled completely, and stay open until complete. Returns what was accepted and what
+   * was refused (a bad reference, a registry not in p2p.seedRegistries, too many preheats at once).
+   */
+  preheat(images: string[]): PreheatAnswer {
+    const answer: PreheatAnswer = { accepted: [], refused: [] };
+    for (const image of images) {
+      let ref: ImageReference;
+      try {
+        ref = parseReference(image);
+      } catch (err) {
+        answer.refused.push({ image, reason: DfError.from(err).message });
+        continue;
+      }
+      if (!this.registryAllowed(ref)) {
+        answer.refused.push({ image, reason: `registry ${ref.registry} is not in p2p.seedRegistries` });
+        continue;
+      }
+      const key = ref.toString();
+      if (!this.preheating.has(key)) {
+        if (this.preheating.size >= MAX_PREHEATING) {
+          answer.refused.push({ image, reason: `${MAX_PREHEATING} images are preheating; retry later` });
+          continue;
+        }
+        const run = this.preheatImage(ref).then(
+          () => this.log.info({ image: key }, 'preheat complete'),
+          (err: unknown) => this.log.warn({ err, image: key }, 'preheat failed'),
+        );
+        this.preheating.set(key, run);
+        void run.finally(() => this.preheating.delete(key));
+      }
+      answer.accepted.push(key);
+    }
+    return answer;
+  }
+
+  /** Images preheating now (status, tests). */
+  get preheats(): string[] {
+    return [...this.preheating.keys()];
+  }
+
+  private async preheatImage(ref: ImageReference): Promise<void> {
+    const img = await resolveDfbImage(this.opts.client, ref, { signal: this.closer.signal });
+    await Promise.all(
+      img.layers.map(async (l) => {
+        const sb = await this.openBlob(l.digest, ref, l.size);
+        sb.pinned++;
+        try {
+          if (!sb.layer.filling) {
+            if (!(await this.roomFor(l.digest, l.size - sb.layer.cache.filledBytes)))
+              throw new DfError('NO_SPACE', `seed cache has no room for ${l.digest}`);
+            sb.layer.startFill();
+          }
+          await sb.layer.whenComplete();
+        } finally {
+          sb.pinned--;
+          sb.lastUsed = this.timers.now();
+        }
+      }),
+    );
+  }
+
   /**
    * Whether the cache directory has room for `missing` more bytes of a blob (statfs). Without it the seed
    * does not fill the blob: it serves the blocks nodes ask for (a full disk does not stop a verified block
@@ -269,7 +355,7 @@ export class Seed implements BlobProvider {
   releaseIdle(): void {
     const now = this.timers.now();
     for (const [digest, sb] of this.opened) {
-      if (sb.active > 0 || now - sb.lastUsed < this.opts.config.p2p.seedIdleMs) continue;
+      if (sb.active > 0 || sb.pinned > 0 || now - sb.lastUsed < this.opts.config.p2p.seedIdleMs) continue;
       this.opened.delete(digest);
       this.blobs.delete(digest);
       this.log.info({ digest }, 'seed closes an idle blob');
@@ -292,14 +378,20 @@ export class Seed implements BlobProvider {
       this.log.warn({ err, digest, repo }, 'seed refuses a blob: the repository of the request is not valid');
       return undefined;
     }
-    const list = this.opts.config.p2p.seedRegistries.map((r) => r.toLowerCase());
-    if (list.includes('*') || list.includes(ref.registry.toLowerCase())) return ref;
+    if (this.registryAllowed(ref)) return ref;
+    const list = this.opts.config.p2p.seedRegistries;
     this.log.warn(
       { digest, repo: ref.repoString, registry: ref.registry },
       `seed refuses blob ${digest} from ${ref.registry}: not in p2p.seedRegistries ` +
         `(${list.join(', ') || 'empty'}); add the registry there to seed its blobs`,
     );
     return undefined;
+  }
+
+  /** Whether p2p.seedRegistries lets this seed fetch from the registry of `ref`. */
+  private registryAllowed(ref: ImageReference): boolean {
+    const list = this.opts.config.p2p.seedRegistries.map((r) => r.toLowerCase());
+    return list.includes('*') || list.includes(ref.registry.toLowerCase());
   }
 
   /** Opens a blob with the size the registry gives (HEAD), never a requester's: a wrong hint changes nothing. */
@@ -325,6 +417,7 @@ export class Seed implements BlobProvider {
       layout: new UnitLayout(layer.toc, size),
       lastUsed: this.timers.now(),
       active: 0,
+      pinned: 0,
     };
     this.opened.set(digest, sb);
     return sb;
