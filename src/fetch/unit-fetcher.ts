@@ -368,7 +368,7 @@ export class UnitFetcher {
         this.checkUnit(w.unit, stored);
         good.push({ waiter: w, unitOff, stored });
       } catch (err) {
-        this.stats.verifyFailures++;
+        this.stats.recordVerifyFailure(source.kind);
         source.badBlock?.(this.blob, data, unitOff - off, stored.length);
         retry.push(w);
         lastErr = err;
