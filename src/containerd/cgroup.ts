@@ -75,7 +75,8 @@ export function containerOfCgroup(path: string): CgroupContainer | undefined {
   if (parts.includes('..') || parts.length === 0) return undefined;
   const last = parts[parts.length - 1]!;
   const scope = /^cri-containerd-(.+)\.scope$/.exec(last);
-  if (scope) return validId(scope[1]!) ? { id: scope[1]!, namespace: CRI_NAMESPACE, form: 'cri-systemd' } : undefined;
+  if (scope)
+    return validId(scope[1]!) ? { id: scope[1]!, namespace: CRI_NAMESPACE, form: 'cri-systemd' } : undefined;
   if (parts.some((p) => p === 'kubepods' || p.startsWith('kubepods-') || p === 'kubepods.slice'))
     return HEX64_RE.test(last) ? { id: last, namespace: CRI_NAMESPACE, form: 'kubepods' } : undefined;
   if (parts.length !== 2) return undefined;
@@ -92,7 +93,10 @@ export function containerOfCgroup(path: string): CgroupContainer | undefined {
 export function startTimeOf(stat: string): number | undefined {
   const close = stat.lastIndexOf(')');
   if (close < 0) return undefined;
-  const fields = stat.slice(close + 1).trim().split(/\s+/);
+  const fields = stat
+    .slice(close + 1)
+    .trim()
+    .split(/\s+/);
   // fields[0] is field 3 (state)
   const v = fields[19];
   if (v === undefined || !/^\d{1,20}$/.test(v)) return undefined;

@@ -149,7 +149,14 @@ export class ContainerdClient {
   }
 
   close(): void {
-    for (const c of [this.images, this.leases, this.namespaces, this.containers, this.snapshots, this.content])
+    for (const c of [
+      this.images,
+      this.leases,
+      this.namespaces,
+      this.containers,
+      this.snapshots,
+      this.content,
+    ])
       c.close();
   }
 }

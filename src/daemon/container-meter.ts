@@ -1,4 +1,9 @@
-import { cgroupPathOf, containerOfCgroup, CRI_NAMESPACE, type CgroupContainer } from '../containerd/cgroup.js';
+import {
+  cgroupPathOf,
+  containerOfCgroup,
+  CRI_NAMESPACE,
+  type CgroupContainer,
+} from '../containerd/cgroup.js';
 import { CRI_LABELS, type ContainerInfo, type ContainerLookup } from '../containerd/containers.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { ProcReader } from './proc-reader.js';
@@ -155,7 +160,12 @@ export class ContainerMeter {
     return [...this.containers.values()]
       .sort((a, b) => b.blockedMs - a.blockedMs)
       .slice(0, n)
-      .map((t) => ({ ...t.labels, containerdNamespace: t.namespace, blockedMs: t.blockedMs, reads: t.reads }));
+      .map((t) => ({
+        ...t.labels,
+        containerdNamespace: t.namespace,
+        blockedMs: t.blockedMs,
+        reads: t.reads,
+      }));
   }
 
   private unattributed(ms: number): void {
@@ -253,7 +263,9 @@ export class ContainerMeter {
     const lookup = this.opts.lookup!;
     const got = await lookup.get(c.namespace, c.id);
     if (got || c.form === 'ctr') return got;
-    const others = (await lookup.namespaces()).filter((n) => n !== CRI_NAMESPACE).slice(0, this.maxNamespaces);
+    const others = (await lookup.namespaces())
+      .filter((n) => n !== CRI_NAMESPACE)
+      .slice(0, this.maxNamespaces);
     for (const ns of others) {
       const x = await lookup.get(ns, c.id);
       if (x) return x;

@@ -79,7 +79,7 @@ export class NodeMetrics {
   });
   readonly fillRatio = new Gauge({
     name: 'dfnode_cache_fill_ratio',
-    help: 'Fraction of each open blob (dfnode mount images and the snapshotter\'s layers) present in the local cache',
+    help: "Fraction of each open blob (dfnode mount images and the snapshotter's layers) present in the local cache",
     labelNames: ['blob'] as const,
     registers: [this.registry],
   });
@@ -90,7 +90,7 @@ export class NodeMetrics {
   });
   readonly mounts = new Gauge({
     name: 'dfnode_mounts',
-    help: 'Layer filesystems currently mounted (dfnode mount images and the snapshotter\'s layers)',
+    help: "Layer filesystems currently mounted (dfnode mount images and the snapshotter's layers)",
     registers: [this.registry],
   });
   readonly registryFetches = new Counter({
