@@ -125,7 +125,7 @@ export class ContainerMeter {
    * settled()).
    */
   blocked(pid: number, blockedMs: number): void {
-    if (!(blockedMs > 0)) return;
+    if (!(blockedMs >= 0)) return;
     if (!this.opts.lookup || !(pid > 0) || !Number.isSafeInteger(pid)) return this.unattributed(blockedMs);
     let p = this.inflight.get(pid);
     if (!p) {

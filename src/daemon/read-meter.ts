@@ -113,7 +113,7 @@ export class ReadMeter {
   observer(layer: string, toc: Toc): ReadObserver {
     return (ino: number, ctx: ReadContext, result: number) => {
       if (result < 0) this.metrics?.readErrors.inc({ errno: errnoName(result) });
-      if (!(ctx.blockedMs > 0)) return;
+      if (!ctx.blocked) return;
       this.files.add(layer, toc, ino, ctx.blockedMs);
       this.containers?.blocked(ctx.pid, ctx.blockedMs);
     };

@@ -131,7 +131,10 @@ export class BlobReader implements FileReader {
       ).finally(() => {
         const ms = this.timers.now() - t0;
         this.stats.recordBlocked(ms);
-        if (ctx) ctx.blockedMs += ms;
+        if (ctx) {
+          ctx.blocked = true;
+          ctx.blockedMs += ms;
+        }
       });
       waits.push(remote.then(() => {}));
     }

@@ -94,6 +94,8 @@ export interface FileReader {
 export interface ReadContext {
   /** The reading process (FUSE request's pid, in the daemon's pid namespace); 0 when the binding cannot tell. */
   pid: number;
-  /** Milliseconds the read waited on remote fetches (filled in by the reader). */
+  /** Milliseconds the read waited on remote fetches (filled in by the reader; may be 0 on a fast network). */
   blockedMs: number;
+  /** Set by the reader when the read waited on a remote fetch at all (blockedMs has a 1 ms resolution). */
+  blocked?: boolean;
 }

@@ -65,114 +65,109 @@ async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 90_
   }
 }
 
-describe.skipIf(req.skip)(
-  'per-container blocked time (real containerd, runc, FUSE, registry)',
-  () => {
-    let dir: string;
-    let reg: TestRegistry;
-    let node: DfnodeRun;
-    let ctd: TestContainerd;
-    let ref: string;
-    let metricsUrl: string;
-    let manager: number | undefined;
+describe.skipIf(req.skip)('per-container blocked time (real containerd, runc, FUSE, registry)', () => {
+  let dir: string;
+  let reg: TestRegistry;
+  let node: DfnodeRun;
+  let ctd: TestContainerd;
+  let ref: string;
+  let metricsUrl: string;
+  let manager: number | undefined;
 
-    beforeAll(async () => {
-      await mkdir('/tmp/dfnode-ctd', { recursive: true });
-      dir = await mkdtemp('/tmp/dfnode-ctd/m-');
-      reg = await startRegistry();
-      ref = (await pushAndConvertLayout(reg.host, await ensureFixture('debian'), 'debian', dir)).dfb;
-      const port = await freePort();
-      metricsUrl = `http://127.0.0.1:${port}/metrics`;
-      node = await startDfnodeRun({
-        dir: join(dir, 'dfnode'),
-        fuseManager: true,
-        // the socket startContainerd below serves (a lookup before it exists just fails)
-        node: { metricsAddress: `127.0.0.1:${port}`, containerdAddress: join(dir, 'ctd', 'containerd.sock') },
-      });
-      const pidFile = join(dir, 'dfnode', 'state', 'fuse-manager.pid');
-      manager = existsSync(pidFile) ? Number.parseInt(readFileSync(pidFile, 'utf8'), 10) : undefined;
-      ctd = await startContainerd({ dir: join(dir, 'ctd'), snapshotterSocket: node.socket });
-      const p = await runCli('dfnode', ['pull', '--plain-http', '--address', ctd.socket, ref]);
-      if (p.code !== 0) throw new Error(`dfnode pull failed: ${p.stderr}`);
+  beforeAll(async () => {
+    await mkdir('/tmp/dfnode-ctd', { recursive: true });
+    dir = await mkdtemp('/tmp/dfnode-ctd/m-');
+    reg = await startRegistry();
+    ref = (await pushAndConvertLayout(reg.host, await ensureFixture('debian'), 'debian', dir)).dfb;
+    const port = await freePort();
+    metricsUrl = `http://127.0.0.1:${port}/metrics`;
+    node = await startDfnodeRun({
+      dir: join(dir, 'dfnode'),
+      fuseManager: true,
+      // the socket startContainerd below serves (a lookup before it exists just fails)
+      node: { metricsAddress: `127.0.0.1:${port}`, containerdAddress: join(dir, 'ctd', 'containerd.sock') },
     });
+    const pidFile = join(dir, 'dfnode', 'state', 'fuse-manager.pid');
+    manager = existsSync(pidFile) ? Number.parseInt(readFileSync(pidFile, 'utf8'), 10) : undefined;
+    ctd = await startContainerd({ dir: join(dir, 'ctd'), snapshotterSocket: node.socket });
+    const p = await runCli('dfnode', ['pull', '--plain-http', '--address', ctd.socket, ref]);
+    if (p.code !== 0) throw new Error(`dfnode pull failed: ${p.stderr}`);
+  });
 
-    afterAll(async () => {
-      await ctd?.stop().catch(() => undefined);
-      await node?.stop().catch(() => undefined);
-      if (manager && alive(manager)) {
-        process.kill(manager, 'SIGTERM');
-        const deadline = Date.now() + 30_000;
-        while (alive(manager) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-        if (alive(manager)) process.kill(manager, 'SIGKILL');
-      }
-      await reg?.stop().catch(() => undefined);
-      if (dir) await removeWorkDir(dir);
-    });
+  afterAll(async () => {
+    await ctd?.stop().catch(() => undefined);
+    await node?.stop().catch(() => undefined);
+    if (manager && alive(manager)) {
+      process.kill(manager, 'SIGTERM');
+      const deadline = Date.now() + 30_000;
+      while (alive(manager) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      if (alive(manager)) process.kill(manager, 'SIGKILL');
+    }
+    await reg?.stop().catch(() => undefined);
+    if (dir) await removeWorkDir(dir);
+  });
 
-    const scrape = async () => parseMetrics(await (await fetch(metricsUrl)).text());
+  const scrape = async () => parseMetrics(await (await fetch(metricsUrl)).text());
 
-    it('a container reading uncached files shows its blocked time, in metrics and status, until it is deleted', async () => {
-      expect(manager, `no fuse manager pid file; dfnode run said:\n${node.stderr()}`).toBeGreaterThan(0);
-      const cid = 'reader-1';
-      // the shell, find and cat are read from the lazily mounted layers: every first read waits on the registry
-      await ctd.ctrOk([
-        'run',
-        '-d',
-        '--snapshotter',
-        'dfnode',
-        ref,
-        cid,
-        '/bin/sh',
-        '-c',
-        'find /usr/bin /usr/lib -type f | head -200 | xargs cat > /dev/null; touch /done; sleep 600',
-      ]);
-      const series = await until('the container series', async () => {
-        const s = (await scrape()).find(
-          (x) => x.name === 'dfnode_container_read_blocked_seconds_total' && x.labels.container === cid,
-        );
-        return s && s.value > 0 ? s : undefined;
-      });
-      expect(series.labels).toMatchObject({ container: cid, image: ref, namespace: 'default', pod: '' });
-      const all = await scrape();
-      const reads = all.find(
-        (x) => x.name === 'dfnode_container_blocked_reads_total' && x.labels.container === cid,
+  it('a container reading uncached files shows its blocked time, in metrics and status, until it is deleted', async () => {
+    expect(manager, `no fuse manager pid file; dfnode run said:\n${node.stderr()}`).toBeGreaterThan(0);
+    const cid = 'reader-1';
+    // the shell, find and cat are read from the lazily mounted layers: every first read waits on the registry
+    await ctd.ctrOk([
+      'run',
+      '-d',
+      '--snapshotter',
+      'dfnode',
+      ref,
+      cid,
+      '/bin/sh',
+      '-c',
+      'find /usr/bin /usr/lib -type f | head -200 | xargs cat > /dev/null; touch /done; sleep 600',
+    ]);
+    const series = await until('the container series', async () => {
+      const s = (await scrape()).find(
+        (x) => x.name === 'dfnode_container_read_blocked_seconds_total' && x.labels.container === cid,
       );
-      expect(reads?.value).toBeGreaterThan(0);
-      // the container's blocked time is part of the node's total
-      const total = all.find((x) => x.name === 'dfnode_read_blocked_seconds_total')!.value;
-      expect(total).toBeGreaterThanOrEqual(series.value);
-      // the snapshotter's layers are mounted by the fuse manager: they count as mounts and have a fill ratio
-      expect(all.find((x) => x.name === 'dfnode_mounts')!.value).toBeGreaterThanOrEqual(1);
-      expect(all.filter((x) => x.name === 'dfnode_cache_fill_ratio').length).toBeGreaterThanOrEqual(1);
-
-      const st = await runCli('dfnode', ['status', '-c', node.configPath, '--json']);
-      expect(st.code, st.stderr).toBe(0);
-      const stats = JSON.parse(st.stdout).manager.stats;
-      expect(stats.topBlockedContainers.map((c: { container: string }) => c.container)).toContain(cid);
-      expect(stats.topBlockedFiles.length).toBeGreaterThan(0);
-      for (const f of stats.topBlockedFiles) {
-        expect(f.path).toMatch(/^\//);
-        expect(f.layer).toMatch(/^sha256:/);
-        expect(f.blockedMs).toBeGreaterThan(0);
-      }
-      const text = await runCli('dfnode', ['status', '-c', node.configPath]);
-      expect(text.stdout).toMatch(/top blocked files/);
-      expect(text.stdout).toContain(cid);
-
-      // the container ends and is deleted: its series go away (the meter checks every 10 s)
-      await ctd.ctrOk(['tasks', 'kill', '-s', 'SIGKILL', cid]);
-      await until('the task to stop', async () => {
-        const r = await ctd.ctr(['tasks', 'rm', cid]);
-        return r.code === 0 ? true : undefined;
-      });
-      await ctd.ctrOk(['containers', 'rm', cid]);
-      await until('the series to be dropped', async () =>
-        (await scrape()).some(
-          (x) => x.name.startsWith('dfnode_container_') && x.labels.container === cid,
-        )
-          ? undefined
-          : true,
-      );
+      return s && s.value > 0 ? s : undefined;
     });
-  },
-);
+    expect(series.labels).toMatchObject({ container: cid, image: ref, namespace: 'default', pod: '' });
+    const all = await scrape();
+    const reads = all.find(
+      (x) => x.name === 'dfnode_container_blocked_reads_total' && x.labels.container === cid,
+    );
+    expect(reads?.value).toBeGreaterThan(0);
+    // the container's blocked time is part of the node's total
+    const total = all.find((x) => x.name === 'dfnode_read_blocked_seconds_total')!.value;
+    expect(total).toBeGreaterThanOrEqual(series.value);
+    // the snapshotter's layers are mounted by the fuse manager: they count as mounts and have a fill ratio
+    expect(all.find((x) => x.name === 'dfnode_mounts')!.value).toBeGreaterThanOrEqual(1);
+    expect(all.filter((x) => x.name === 'dfnode_cache_fill_ratio').length).toBeGreaterThanOrEqual(1);
+
+    const st = await runCli('dfnode', ['status', '-c', node.configPath, '--json']);
+    expect(st.code, st.stderr).toBe(0);
+    const stats = JSON.parse(st.stdout).manager.stats;
+    expect(stats.topBlockedContainers.map((c: { container: string }) => c.container)).toContain(cid);
+    expect(stats.topBlockedFiles.length).toBeGreaterThan(0);
+    for (const f of stats.topBlockedFiles) {
+      expect(f.path).toMatch(/^\//);
+      expect(f.layer).toMatch(/^sha256:/);
+      expect(f.blockedMs).toBeGreaterThan(0);
+    }
+    const text = await runCli('dfnode', ['status', '-c', node.configPath]);
+    expect(text.stdout).toMatch(/top blocked files/);
+    expect(text.stdout).toContain(cid);
+
+    // the container ends and is deleted: its series go away (the meter checks every 10 s)
+    await ctd.ctrOk(['tasks', 'kill', '-s', 'SIGKILL', cid]);
+    await until('the task to stop', async () => {
+      const r = await ctd.ctr(['tasks', 'rm', cid]);
+      return r.code === 0 ? true : undefined;
+    });
+    await ctd.ctrOk(['containers', 'rm', cid]);
+    await until('the series to be dropped', async () =>
+      (await scrape()).some((x) => x.name.startsWith('dfnode_container_') && x.labels.container === cid)
+        ? undefined
+        : true,
+    );
+  });
+});

@@ -22,8 +22,7 @@ export async function seedCommand(flags: NodeFlags, signal: AbortSignal): Promis
     // --metrics-address, else node.metricsAddress of the config file or DFNODE_NODE_METRICS_ADDRESS; a seed
     // given neither serves no metrics (the node's default port would collide with a node on the same host)
     const address =
-      flags.metricsAddress !== undefined ||
-      configGives(['node', 'metricsAddress'], { file: flags.config })
+      flags.metricsAddress !== undefined || configGives(['node', 'metricsAddress'], { file: flags.config })
         ? cfg.node.metricsAddress
         : '';
     if (address) server = await metrics.serve(address);
