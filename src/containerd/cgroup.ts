@@ -24,12 +24,15 @@ export interface CgroupContainer {
 }
 
 /**
- * The cgroup path of a process from the text of /proc/PID/cgroup: the unified (v2) line `0::/path`, else the
- * v1 hierarchy of `pids` (or `memory`, `cpu,cpuacct`, `name=systemd`, the first found). Lines longer than
- * MAX_CGROUP_LINE or not of the form `N:controllers:/path` are skipped. Undefined when no line fits.
+ * The cgroup path of a process from the text of /proc/PID/cgroup: on a pure cgroup v2 host the unified line
+ * `0::/path`; with v1 hierarchies (v1, or hybrid where the unified line may lag behind) the hierarchy of `pids`
+ * (else `memory`, `cpu`, `name=systemd`, the first found), the one runc places containers in and the one
+ * HostProcReader checks. Lines longer than MAX_CGROUP_LINE or not of the form `N:controllers:/path` are
+ * skipped. Undefined when no line fits.
  */
 export function cgroupPathOf(text: string): string | undefined {
   const byController = new Map<string, string>();
+  let unified: string | undefined;
   let start = 0;
   while (start < text.length) {
     let end = text.indexOf('\n', start);
@@ -43,13 +46,14 @@ export function cgroupPathOf(text: string): string | undefined {
         const path = line.slice(b + 1);
         if (path.startsWith('/')) {
           const ctrl = line.slice(a + 1, b);
-          if (ctrl === '' && line.slice(0, a) === '0') return path;
-          for (const c of ctrl.split(',')) if (!byController.has(c)) byController.set(c, path);
+          if (ctrl === '' && line.slice(0, a) === '0') unified ??= path;
+          else for (const c of ctrl.split(',')) if (c && !byController.has(c)) byController.set(c, path);
         }
       }
     }
     start = end + 1;
   }
+  if (byController.size === 0) return unified;
   for (const c of ['pids', 'memory', 'cpu', 'name=systemd'])
     if (byController.has(c)) return byController.get(c);
   return byController.values().next().value;

@@ -19,6 +19,12 @@ describe('cgroupPathOf', () => {
     expect(cgroupPathOf('3:cpu,cpuacct:/c/y\n4:memory:/default/db\n')).toBe('/default/db');
   });
 
+  it('on a hybrid host, takes the v1 pids hierarchy over the unified line', () => {
+    expect(
+      cgroupPathOf('8:pids:/default/web\n4:memory:/default/web\n0::/system.slice/containerd.service\n'),
+    ).toBe('/default/web');
+  });
+
   it('skips lines that are too long or malformed, and answers undefined when nothing fits', () => {
     const huge = '0::/' + 'x'.repeat(MAX_CGROUP_LINE) + '\n';
     expect(cgroupPathOf(huge)).toBeUndefined();

@@ -1,10 +1,10 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ContainerInfo, ContainerLookup } from '../../src/containerd/containers.js';
 import { ContainerMeter, type ContainerLabels } from '../../src/daemon/container-meter.js';
-import { readBounded, type ProcReader } from '../../src/daemon/proc-reader.js';
+import { HostProcReader, readBounded, type ProcReader } from '../../src/daemon/proc-reader.js';
 
 /** A fake /proc: pid → {start, cgroup}; `onCgroup` runs while a cgroup file is being read. */
 class FakeProc implements ProcReader {
@@ -217,5 +217,51 @@ describe('readBounded', () => {
     const text = await readBounded(f, 4096);
     expect(text).toBe('0::/default/ok\n');
     expect(await readBounded(join(dir, 'missing'))).toBeUndefined();
+  });
+});
+
+describe('HostProcReader', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'dfnode-hostproc-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('reads this process: a start time, and a cgroup text that parses', async () => {
+    const p = new HostProcReader();
+    expect(await p.startTime(process.pid)).toBeGreaterThan(0);
+    expect(await p.cgroup(process.pid)).toMatch(/^\d+:/);
+    expect(await p.startTime(2 ** 31 - 1)).toBeUndefined();
+  });
+
+  it('survives hostile /proc files and tells live cgroups from gone ones', async () => {
+    const proc = join(dir, 'proc');
+    const cg = join(dir, 'cgroup');
+    await mkdir(join(proc, '7'), { recursive: true });
+    await mkdir(join(cg, 'default', 'live'), { recursive: true });
+    await writeFile(join(cg, 'cgroup.controllers'), 'pids\n');
+    await writeFile(join(proc, '7', 'stat'), '7 (' + ')'.repeat(10_000) + ' S 1');
+    await writeFile(join(proc, '7', 'cgroup'), '0::/' + 'a/'.repeat(100_000) + '\n');
+    const p = new HostProcReader(proc, cg);
+    expect(await p.startTime(7)).toBeUndefined();
+    const text = await p.cgroup(7);
+    expect(text!.length).toBeLessThanOrEqual(64 * 1024);
+    expect(await p.cgroupAlive('/default/live')).toBe(true);
+    expect(await p.cgroupAlive('/default/gone')).toBe(false);
+    expect(await p.cgroupAlive('/../default/live')).toBeUndefined();
+  });
+
+  it('meters a real process that is not in a container as unattributed', async () => {
+    const meter = new ContainerMeter({
+      proc: new HostProcReader(),
+      lookup: new FakeContainerd(),
+      sweepMs: 0,
+    });
+    meter.blocked(process.pid, 3);
+    await meter.settled();
+    expect(meter.top()).toEqual([]);
+    expect(meter.unattributedReads).toBe(1);
   });
 });

@@ -15,22 +15,11 @@ import { NativeFuseBinding } from '../../src/fuse/native-binding.js';
 import { RegistryClient } from '../../src/registry/client.js';
 import { resolveDfbImage, type DfbLayer } from '../../src/registry/image.js';
 import { parseReference, type ImageReference } from '../../src/registry/reference.js';
+import { sampleValue as sample } from '../helpers/prom.js';
 import { nodeTempDir, pushAndConvert, requireNodeMounts, type ImageSet } from '../helpers/node.js';
 
 const req = requireNodeMounts();
 const native = NativeFuseBinding.available();
-
-/** The value of one sample (`name{labels}`), or undefined. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name)) continue;
-    const m = /^([\w:]+)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return undefined;
-}
 
 describe.skipIf(req.skip || !native)('node metrics over real FUSE mounts', () => {
   let tmp: { dir: string; cleanup: () => Promise<void> };

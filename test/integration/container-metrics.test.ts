@@ -23,28 +23,10 @@ import {
   type TestContainerd,
 } from '../helpers/containerd.js';
 import { ensureFixture } from '../helpers/fixtures.js';
+import { parseMetrics } from '../helpers/prom.js';
 import { freePort, startRegistry, type TestRegistry } from '../helpers/registry.js';
 
 const req = requireContainerd(['debootstrap']);
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** The samples of a Prometheus text exposition (enough of the format for label values without escapes). */
-function parseMetrics(text: string): Sample[] {
-  const out: Sample[] = [];
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m) continue;
-    const labels: Record<string, string> = {};
-    for (const l of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]!] = l[2]!;
-    out.push({ name: m[1]!, labels, value: Number(m[3]) });
-  }
-  return out;
-}
 
 const alive = (pid: number) => {
   try {
