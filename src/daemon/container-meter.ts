@@ -177,7 +177,11 @@ export class ContainerMeter {
     const now = Date.now();
     if (now - this.lastWarn < 60_000) return;
     this.lastWarn = now;
-    this.log.warn({ err }, 'container meter: a container lookup failed; its reads count as unattributed');
+    this.log.warn(
+      { err },
+      'container meter: a containerd lookup failed; its reads count as unattributed ' +
+        '(node.containerdAddress names the socket; empty turns lookups off)',
+    );
   }
 
   private async resolve(pid: number): Promise<Tracked | undefined> {
