@@ -41,6 +41,7 @@ typedef struct dreq {
   uint64_t ino;
   uint64_t off;
   size_t size;
+  int32_t pid; /* the reader's pid (fuse_req_ctx), in this process's pid namespace; 0 when unknown */
   char name[]; /* NUL-terminated; empty when the op has no name */
 } dreq;
 

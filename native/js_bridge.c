@@ -105,7 +105,7 @@ void dfn_call_js(napi_env env, napi_value fn, void *context, void *data) {
     free(r);
     return;
   }
-  napi_value argv[6], undef, result;
+  napi_value argv[7], undef, result;
   napi_get_undefined(env, &undef);
   napi_create_int32(env, r->op, &argv[0]);
   napi_create_double(env, id, &argv[1]);
@@ -125,7 +125,8 @@ void dfn_call_js(napi_env env, napi_value fn, void *context, void *data) {
     napi_create_string_utf8(env, r->name, NAPI_AUTO_LENGTH, &argv[5]);
   else
     argv[5] = undef;
-  napi_status st = napi_call_function(env, undef, fn, 6, argv, &result);
+  napi_create_int32(env, r->pid, &argv[6]);
+  napi_status st = napi_call_function(env, undef, fn, 7, argv, &result);
   if (st != napi_ok) {
     bool pending = false;
     napi_is_exception_pending(env, &pending);

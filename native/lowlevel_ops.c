@@ -21,6 +21,8 @@ static void forward(fuse_req_t req, int op, uint64_t ino, uint64_t off, size_t s
   r->ino = ino;
   r->off = off;
   r->size = size;
+  const struct fuse_ctx *ctx = fuse_req_ctx(req);
+  r->pid = ctx ? (int32_t)ctx->pid : 0;
   if (nl) memcpy(r->name, name, nl);
   r->name[nl] = 0;
   s->requests++;

@@ -107,6 +107,11 @@ const configSchema = z.strictObject({
       stateDir: z.string().default('/var/lib/dfnode/state'),
       /** Prometheus metrics endpoint of `dfnode run` / `dfnode mount` (host:port; empty = off). */
       metricsAddress: z.string().default('127.0.0.1:9877'),
+      /**
+       * containerd's socket, where per-container metrics look up the container behind a blocked read (image,
+       * Kubernetes labels); empty: no lookups (blocked time is then only counted in total).
+       */
+      containerdAddress: z.string().default('/run/containerd/containerd.sock'),
       /** FUSE binding: the libfuse3 addon in native/ when built (auto), or fuse-native (libfuse 2). */
       fuseBinding: z.enum(['auto', 'native', 'fuse-native']).default('auto'),
       /**
@@ -269,10 +274,9 @@ export interface LoadConfigOptions {
   flags?: Json;
 }
 
-export function loadConfig(opts: LoadConfigOptions = {}): Config {
-  const env = opts.env ?? process.env;
+/** The JSON object of a config file ({} without a file). */
+function readConfigFile(file: string | undefined): Json {
   let fromFile: Json = {};
-  const file = opts.file ?? env.DFNODE_CONFIG;
   if (file) {
     let text: string;
     try {
@@ -292,6 +296,22 @@ export function loadConfig(opts: LoadConfigOptions = {}): Config {
       });
     }
   }
+  return fromFile;
+}
+
+/**
+ * Whether the config file or the environment gives `path` (e.g. ['node', 'metricsAddress']) a value, rather than
+ * leaving it to the schema's default: for a command whose own default differs (a seed's metrics are off).
+ */
+export function configGives(path: string[], opts: Omit<LoadConfigOptions, 'flags'> = {}): boolean {
+  const env = opts.env ?? process.env;
+  return hasPath(readConfigFile(opts.file ?? env.DFNODE_CONFIG), path) || hasPath(configFromEnv(env), path);
+}
+
+export function loadConfig(opts: LoadConfigOptions = {}): Config {
+  const env = opts.env ?? process.env;
+  const file = opts.file ?? env.DFNODE_CONFIG;
+  const fromFile = readConfigFile(file);
   const merged = deepMerge(deepMerge(fromFile, configFromEnv(env)), opts.flags ?? {});
   const res = configSchema.safeParse(merged);
   if (!res.success) {

@@ -8,6 +8,7 @@ export const CONTENT_PROTO = 'containerd/services/content/v1/content.proto';
 export const IMAGES_PROTO = 'containerd/services/images/v1/images.proto';
 export const LEASES_PROTO = 'containerd/services/leases/v1/leases.proto';
 export const NAMESPACES_PROTO = 'containerd/services/namespaces/v1/namespace.proto';
+export const CONTAINERS_PROTO = 'containerd/services/containers/v1/containers.proto';
 
 export const DEFAULT_CONTAINERD_ADDRESS = '/run/containerd/containerd.sock';
 
@@ -20,6 +21,8 @@ export interface ContainerdClientOptions {
 }
 
 export interface CallOptions {
+  /** Another containerd namespace than the client's, for this call. */
+  namespace?: string;
   /** Lease id sent as `containerd-lease`: what the call creates belongs to the lease. */
   lease?: string;
   signal?: AbortSignal;
@@ -75,6 +78,7 @@ export class ContainerdClient {
   readonly images: grpc.Client;
   readonly leases: grpc.Client;
   readonly namespaces: grpc.Client;
+  readonly containers: grpc.Client;
   readonly snapshots: grpc.Client;
   private readonly timeoutMs: number;
 
@@ -99,6 +103,7 @@ export class ContainerdClient {
     this.images = make(IMAGES_PROTO, 'containerd.services.images.v1.Images');
     this.leases = make(LEASES_PROTO, 'containerd.services.leases.v1.Leases');
     this.namespaces = make(NAMESPACES_PROTO, 'containerd.services.namespaces.v1.Namespaces');
+    this.containers = make(CONTAINERS_PROTO, 'containerd.services.containers.v1.Containers');
     this.snapshots = new (snapshotsServiceDefinition())(target, creds, { channelOverride: channel });
   }
 
@@ -120,7 +125,7 @@ export class ContainerdClient {
 
   metadata(opts: CallOptions = {}): grpc.Metadata {
     const md = new grpc.Metadata();
-    md.set(Metadata.namespace, this.namespace);
+    md.set(Metadata.namespace, opts.namespace ?? this.namespace);
     if (opts.lease) md.set(Metadata.lease, opts.lease);
     return md;
   }
@@ -144,6 +149,14 @@ export class ContainerdClient {
   }
 
   close(): void {
-    for (const c of [this.images, this.leases, this.namespaces, this.snapshots, this.content]) c.close();
+    for (const c of [
+      this.images,
+      this.leases,
+      this.namespaces,
+      this.containers,
+      this.snapshots,
+      this.content,
+    ])
+      c.close();
   }
 }

@@ -3,6 +3,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { listenTcp } from '../util/listen.js';
 import { DfError } from '../errors.js';
 import type { P2pCounters } from '../p2p/p2p-node.js';
+import type { ContainerLabels } from './container-meter.js';
 import type { RegistryFetchReason } from '../p2p/registry-fallback.js';
 
 /** What a seed exposes to its metrics (the Seed class). */
@@ -18,7 +19,9 @@ export class NodeMetrics {
   readonly registry = new Registry();
   readonly bytes = new Counter({
     name: 'dfnode_bytes_total',
-    help: 'Stored block bytes served to reads and fill, by source (memory, cache, peer, seed, registry)',
+    help:
+      'Stored block bytes served to reads and fill, by source (memory, cache, peer, seed, registry; direct: file ' +
+      'bytes answered in C from the cache file, without JS)',
     labelNames: ['source'] as const,
     registers: [this.registry],
   });
@@ -40,6 +43,28 @@ export class NodeMetrics {
     help: 'Time container reads spent waiting for block fetches',
     registers: [this.registry],
   });
+  readonly containerBlocked = new Counter({
+    name: 'dfnode_container_read_blocked_seconds_total',
+    help:
+      'Time the reads of a container waited on the network (reads served from memory or the cache count 0), by ' +
+      'containerd container id, image, namespace (the pod namespace under Kubernetes, else the containerd ' +
+      'namespace), pod and container_name (Kubernetes); series dropped when the container ends',
+    labelNames: ['container', 'image', 'namespace', 'pod', 'container_name'] as const,
+    registers: [this.registry],
+  });
+  readonly containerBlockedReads = new Counter({
+    name: 'dfnode_container_blocked_reads_total',
+    help: 'Reads of a container that waited on the network (labels as dfnode_container_read_blocked_seconds_total)',
+    labelNames: ['container', 'image', 'namespace', 'pod', 'container_name'] as const,
+    registers: [this.registry],
+  });
+  readonly unattributedBlocked = new Counter({
+    name: 'dfnode_read_blocked_unattributed_seconds_total',
+    help:
+      'Time reads waited on the network that no container series took (a host process, an unknown cgroup, ' +
+      'containerd unreachable, the fuse-native binding that does not know the pid, or a bound reached)',
+    registers: [this.registry],
+  });
   readonly verifyFailures = new Counter({
     name: 'dfnode_verification_failures_total',
     help: 'Blocks that failed SHA-256 verification, by source',
@@ -54,7 +79,7 @@ export class NodeMetrics {
   });
   readonly fillRatio = new Gauge({
     name: 'dfnode_cache_fill_ratio',
-    help: 'Fraction of each mounted blob present in the local cache',
+    help: "Fraction of each open blob (dfnode mount images and the snapshotter's layers) present in the local cache",
     labelNames: ['blob'] as const,
     registers: [this.registry],
   });
@@ -65,7 +90,7 @@ export class NodeMetrics {
   });
   readonly mounts = new Gauge({
     name: 'dfnode_mounts',
-    help: 'Layer filesystems currently mounted',
+    help: "Layer filesystems currently mounted (dfnode mount images and the snapshotter's layers)",
     registers: [this.registry],
   });
   readonly registryFetches = new Counter({
@@ -105,6 +130,23 @@ export class NodeMetrics {
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics !== false)
       collectDefaultMetrics({ register: this.registry, prefix: 'dfnode_process_' });
+  }
+
+  /** The sink of a ContainerMeter: per-container counters, removed when the container ends. */
+  readonly containerSink = {
+    blocked: (labels: ContainerLabels, seconds: number): void => {
+      this.containerBlocked.inc(labels, seconds);
+      this.containerBlockedReads.inc(labels);
+    },
+    remove: (labels: ContainerLabels): void => {
+      this.containerBlocked.remove(labels);
+      this.containerBlockedReads.remove(labels);
+    },
+  };
+
+  /** Adds what a monotonic number grew by since the last call with the same key (public form of delta). */
+  publishDelta(key: string, value: number, inc: (d: number) => void): void {
+    this.delta(key, value, inc);
   }
 
   /** `fn` runs before each scrape (brings the counters that components keep as plain numbers up to date). */

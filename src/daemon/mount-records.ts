@@ -2,6 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { processRunning } from '../process.js';
+import type { BlockedContainer } from './container-meter.js';
+import type { BlockedFile } from './read-meter.js';
 
 /** What `dfnode mount` records so that `dfnode umount` and `dfnode status` can find a mount. */
 export interface MountRecord {
@@ -18,6 +20,10 @@ export interface MountRecord {
     verifyFailures: number;
     blockedMs: number;
     readErrors: number;
+    /** Files and containers whose reads waited longest on the network (absent in records of older versions). */
+    topBlockedFiles?: BlockedFile[];
+    topBlockedContainers?: BlockedContainer[];
+    unattributedBlockedMs?: number;
     updated: string;
   };
 }

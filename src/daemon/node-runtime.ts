@@ -23,7 +23,12 @@ import type { RegistryClient } from '../registry/client.js';
 import { resolveDfbImage, type DfbLayer, type ResolvedImage } from '../registry/image.js';
 import type { ImageReference } from '../registry/reference.js';
 import { TokenBucket } from '../util/token-bucket.js';
+import { ContainerdClient } from '../containerd/client.js';
+import { ContainerdLookup } from '../containerd/containers.js';
+import { ContainerMeter } from './container-meter.js';
 import { inheritedDirs } from './inherited-dirs.js';
+import { HostProcReader } from './proc-reader.js';
+import { ReadMeter } from './read-meter.js';
 import type { NodeMetrics } from './metrics.js';
 import { MountRecords, type MountRecord } from './mount-records.js';
 import { mountReadOnlyView } from './overlay.js';
@@ -71,6 +76,15 @@ export class NodeRuntime {
   private readonly client: RegistryClient;
   private readonly metrics?: NodeMetrics;
   private metricsTimer?: NodeJS.Timeout;
+  /** Read errors, top blocked files and per-container blocked time (LayerFs read observers). */
+  readonly reads: ReadMeter;
+  private readonly containerd?: ContainerdClient;
+  /** Every layer filesystem this runtime has mounted (images and the snapshotter's layers). */
+  private readonly mounted = new Set<MountedLayer>();
+  /** Direct-read bytes of each mount already published. */
+  private readonly directSeen = new WeakMap<FuseMount, number>();
+  private directBytes = 0;
+  private readonly fillPublished = new Set<string>();
 
   constructor(opts: NodeRuntimeOptions) {
     this.config = opts.config;
@@ -98,6 +112,18 @@ export class NodeRuntime {
       options: layerOptionsFrom(this.config),
     });
     this.records = new MountRecords(join(this.config.node.stateDir, 'mounts'));
+    const address = this.config.node.containerdAddress;
+    if (address) this.containerd = new ContainerdClient({ address, namespace: 'default', timeoutMs: 5000 });
+    this.reads = new ReadMeter(
+      m,
+      this.containerd &&
+        new ContainerMeter({
+          lookup: new ContainerdLookup(this.containerd),
+          proc: new HostProcReader(),
+          sink: m?.containerSink,
+          logger: this.log,
+        }),
+    );
   }
 
   get layerMountDir(): string {
@@ -137,14 +163,21 @@ export class NodeRuntime {
       if (dr > 0) m.fetches.inc({ source: kind }, dr);
       this.lastPublished[rk] = this.stats.requests[kind];
     }
-    const dv = this.stats.verifyFailures - (this.lastPublished.verify ?? 0);
-    if (dv > 0) m.verifyFailures.inc({ source: 'any' }, dv);
-    this.lastPublished.verify = this.stats.verifyFailures;
-    let layers = 0;
-    for (const im of this.mounts.values()) layers += im.layers.length;
-    for (const l of this.layers.list())
+    for (const [source, n] of Object.entries(this.stats.verifyFailuresBy))
+      m.publishDelta(`vf:${source}`, n, (d) => m.verifyFailures.inc({ source }, d));
+    for (const ml of this.mounted) this.collectDirect(ml);
+    m.publishDelta('b:direct', this.directBytes, (d) => m.bytes.inc({ source: 'direct' }, d));
+    const cm = this.reads.containers;
+    if (cm) m.publishDelta('ub', cm.unattributedMs, (d) => m.unattributedBlocked.inc(d / 1000));
+    const open = new Set<string>();
+    for (const l of this.layers.list()) {
+      open.add(l.digest);
       m.fillRatio.set({ blob: l.digest }, l.cache.filledBytes / Math.max(1, l.size));
-    m.mounts.set(layers);
+    }
+    for (const d of this.fillPublished) if (!open.has(d)) m.fillRatio.remove({ blob: d });
+    this.fillPublished.clear();
+    for (const d of open) this.fillPublished.add(d);
+    m.mounts.set(this.mounted.size);
     if (this.p2p) {
       m.publishP2p(this.p2p.counters);
       m.publishBlockServer(this.p2p.server.counters);
@@ -175,6 +208,7 @@ export class NodeRuntime {
       reader: layer.reader,
       logger: this.log,
       inheritedDirs: inherited,
+      onRead: this.reads.observer(layer.digest, layer.toc),
     });
     await mkdir(mountpoint, { recursive: true });
     const mount = await this.binding.mount(mountpoint, fs, {
@@ -182,7 +216,18 @@ export class NodeRuntime {
       logger: this.log,
       direct: { toc: layer.toc, blocks: layer.cache, verify: this.config.cache.verifyDirectReads },
     });
-    return { layer, fs, mount };
+    const ml = { layer, fs, mount };
+    this.mounted.add(ml);
+    return ml;
+  }
+
+  /** Adds what a native mount served in C (direct reads) since the last look to directBytes. */
+  private collectDirect(ml: MountedLayer): void {
+    const info = (ml.mount as { info?: () => { directBytes: number } }).info;
+    if (typeof info !== 'function') return;
+    const n = info.call(ml.mount).directBytes;
+    this.directBytes += Math.max(0, n - (this.directSeen.get(ml.mount) ?? 0));
+    this.directSeen.set(ml.mount, n);
   }
 
   /**
@@ -209,6 +254,7 @@ export class NodeRuntime {
 
   /** Unmounts a layer mounted by mountLayer and releases it. */
   async releaseLayer(mounted: MountedLayer): Promise<void> {
+    if (this.mounted.delete(mounted)) this.collectDirect(mounted);
     await mounted.mount.unmount().catch((err) => this.log.warn({ err }, 'layer unmount failed'));
     await mounted.layer.release();
   }
@@ -289,14 +335,19 @@ export class NodeRuntime {
       verifyFailures: this.stats.verifyFailures,
       blockedMs: this.stats.blockedMs,
       readErrors: this.stats.readErrors,
+      topBlockedFiles: this.reads.files.top(10),
+      topBlockedContainers: this.reads.containers?.top(10) ?? [],
+      unattributedBlockedMs: this.reads.containers?.unattributedMs ?? 0,
       updated: new Date().toISOString(),
     };
   }
 
   async close(): Promise<void> {
     if (this.metricsTimer) clearInterval(this.metricsTimer);
+    this.reads.close();
     for (const id of [...this.mounts.keys()]) await this.unmountImage(id);
     await this.layers.close();
     await this.cache.close();
+    this.containerd?.close();
   }
 }

@@ -7,7 +7,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { bound, childSignal, realTimers, type Timers } from '../util/timers.js';
 import type { BlockMemoryCache } from './block-memory-cache.js';
 import type { FetchStats } from './fetch-stats.js';
-import { Priority, type FileReader } from './types.js';
+import { Priority, type FileReader, type ReadContext } from './types.js';
 import type { UnitFetcher } from './unit-fetcher.js';
 
 export interface BlobReaderOptions {
@@ -60,7 +60,13 @@ export class BlobReader implements FileReader {
     return this.fetcher.blob.digest;
   }
 
-  async read(ino: number, offset: number, length: number, signal?: AbortSignal): Promise<Buffer> {
+  async read(
+    ino: number,
+    offset: number,
+    length: number,
+    signal?: AbortSignal,
+    ctx?: ReadContext,
+  ): Promise<Buffer> {
     const st = this.toc.stat(ino);
     if (st.type !== EntryType.File) throw DfError.invalidArgument(`inode ${ino} is not a regular file`);
     if (!(offset >= 0) || !(length >= 0)) throw DfError.invalidArgument(`bad read range ${offset}+${length}`);
@@ -72,7 +78,7 @@ export class BlobReader implements FileReader {
     this.fetcher.cache.touch();
     const deadline = childSignal(signal, this.readTimeoutMs, this.timers, `read of ${this.digest}`);
     try {
-      return await bound(this.readBlocks(first, last, start, n, deadline.signal), {
+      return await bound(this.readBlocks(first, last, start, n, deadline.signal, ctx), {
         signal: deadline.signal,
         what: 'read',
       });
@@ -93,6 +99,7 @@ export class BlobReader implements FileReader {
     start: number,
     n: number,
     signal: AbortSignal,
+    ctx?: ReadContext,
   ): Promise<Buffer> {
     const out = Buffer.allocUnsafe(n);
     const put = (i: number, data: Buffer) => {
@@ -121,7 +128,14 @@ export class BlobReader implements FileReader {
           const unit = units[k]!;
           return p.then((s) => put(unit, this.decode(unit, s)));
         }),
-      ).finally(() => this.stats.recordBlocked(this.timers.now() - t0));
+      ).finally(() => {
+        const ms = this.timers.now() - t0;
+        this.stats.recordBlocked(ms);
+        if (ctx) {
+          ctx.blocked = true;
+          ctx.blockedMs += ms;
+        }
+      });
       waits.push(remote.then(() => {}));
     }
     await bound(Promise.all(waits), { signal, what: 'read' });
@@ -137,7 +151,7 @@ export class BlobReader implements FileReader {
       try {
         DfbReader.checkStoredBlock(this.toc, i, stored);
       } catch {
-        this.stats.verifyFailures++;
+        this.stats.recordVerifyFailure('cache');
         this.logger.warn({ digest: this.digest, block: i }, 'cached block failed verification; refetching');
         this.fetcher.cache.invalidate(i, len);
         const [again] = this.fetcher.ensure([i], Priority.Blocked);

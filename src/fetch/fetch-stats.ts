@@ -23,8 +23,9 @@ export class FetchStats {
   /** Remote range requests per source, and failed ones. */
   readonly requests = zero();
   readonly errors = zero();
-  /** Blocks that failed verification (from a source, or from the local cache). */
+  /** Blocks that failed verification (from a source, or from the local cache), and by source. */
   verifyFailures = 0;
+  readonly verifyFailuresBy = zero();
   /** Blocks fetched again after a failure. */
   refetches = 0;
   /** Reads that waited for a remote fetch, and the total time they waited (ms). */
@@ -63,6 +64,11 @@ export class FetchStats {
     this.blockedReads++;
     this.blockedMs += ms;
     this.sink.blockedRead?.(ms / 1000);
+  }
+
+  recordVerifyFailure(kind: SourceKind): void {
+    this.verifyFailures++;
+    this.verifyFailuresBy[kind]++;
   }
 
   served(kind: SourceKind, blocks: number, bytes: number): void {

@@ -90,5 +90,18 @@ export function isDeferred(err: unknown): boolean {
  */
 export interface FileReader {
   readonly toc: Toc;
-  read(ino: number, offset: number, length: number, signal?: AbortSignal): Promise<Buffer>;
+  read(ino: number, offset: number, length: number, signal?: AbortSignal, ctx?: ReadContext): Promise<Buffer>;
+}
+
+/**
+ * Who asked for a read and what it cost: the filesystem passes one to FileReader.read, which adds the time the
+ * read waited on remote fetches (network) to `blockedMs`; a read served from memory or the disk cache adds 0.
+ */
+export interface ReadContext {
+  /** The reading process (FUSE request's pid, in the daemon's pid namespace); 0 when the binding cannot tell. */
+  pid: number;
+  /** Milliseconds the read waited on remote fetches (filled in by the reader; may be 0 on a fast network). */
+  blockedMs: number;
+  /** Set by the reader when the read waited on a remote fetch at all (blockedMs has a 1 ms resolution). */
+  blocked?: boolean;
 }

@@ -377,7 +377,7 @@ export class UnitFetcher {
           // mid-transfer: its readers need not wait for the rest of the run (it is stored with the run)
           if (filled < len) w.resolve(stored);
         } catch (err) {
-          this.stats.verifyFailures++;
+          this.stats.recordVerifyFailure(source.kind);
           bad.push([unitOff - off, stored.length]);
           retry.push(w);
           lastErr = err;

@@ -2,7 +2,7 @@ import { constants as fsc } from 'node:fs';
 import type { Toc, InodeStat } from '../blob/toc.js';
 import { EntryType } from '../blob/types.js';
 import { DfError } from '../errors.js';
-import type { FileReader } from '../fetch/types.js';
+import type { FileReader, ReadContext } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { Errno, errnoOf, type FsResult } from './errno.js';
 import { RateLimitedLog } from './rate-limited-log.js';
@@ -35,7 +35,14 @@ export interface LayerFsOptions {
    * layers below, as an unpacker leaves an existing directory alone (see daemon/inherited-dirs.ts).
    */
   inheritedDirs?: Map<number, InheritedDir>;
+  /**
+   * Told after every read: its context (reader pid, time blocked on the network) and the result (bytes, or a
+   * negative errno). For metrics; must not throw or block.
+   */
+  onRead?: ReadObserver;
 }
+
+export type ReadObserver = (ino: number, ctx: ReadContext, result: number) => void;
 
 /** Owner, mode, mtime and xattrs a directory inherits from a lower layer. */
 export interface InheritedDir {
@@ -80,8 +87,10 @@ export class LayerFs {
   private readonly pathCacheSize: number;
   private statfsCache: StatFs | undefined;
   private readonly inherited: Map<number, InheritedDir> | undefined;
+  private readonly onRead: ReadObserver | undefined;
 
   constructor(opts: LayerFsOptions) {
+    this.onRead = opts.onRead;
     this.inherited = opts.inheritedDirs?.size ? opts.inheritedDirs : undefined;
     this.toc = opts.toc;
     this.reader = opts.reader;
@@ -242,7 +251,31 @@ export class LayerFs {
    * Up to `length` bytes of a regular file from `offset`: empty at or past the end of the file, EIO (or
    * ENOSPC) when the reader fails, EIO after readTimeoutMs at the latest.
    */
-  async read(ino: number, offset: number, length: number, signal?: AbortSignal): Promise<FsResult<Buffer>> {
+  async read(
+    ino: number,
+    offset: number,
+    length: number,
+    signal?: AbortSignal,
+    ctx?: ReadContext,
+  ): Promise<FsResult<Buffer>> {
+    if (!this.onRead) return this.readFile(ino, offset, length, signal, ctx);
+    const c = ctx ?? { pid: 0, blockedMs: 0 };
+    const r = await this.readFile(ino, offset, length, signal, c);
+    try {
+      this.onRead(ino, c, typeof r === 'number' ? r : r.length);
+    } catch (err) {
+      this.log.error({ op: 'read', ino, err }, 'fuse: read observer threw');
+    }
+    return r;
+  }
+
+  private async readFile(
+    ino: number,
+    offset: number,
+    length: number,
+    signal: AbortSignal | undefined,
+    ctx: ReadContext | undefined,
+  ): Promise<FsResult<Buffer>> {
     let size: number;
     try {
       const st = this.toc.stat(ino);
@@ -271,7 +304,7 @@ export class LayerFs {
       }, this.readTimeoutMs);
     });
     try {
-      const data = await Promise.race([this.reader.read(ino, offset, n, ac.signal), timeout]);
+      const data = await Promise.race([this.reader.read(ino, offset, n, ac.signal, ctx), timeout]);
       return data.length > n ? data.subarray(0, n) : data;
     } catch (err) {
       this.log.error({ op: 'read', ino, offset, length: n, err }, 'fuse: read failed');

@@ -28,7 +28,8 @@ export type Session = { readonly __session: unique symbol };
 
 /**
  * Called on the JS thread for every request the reader threads forward: `op` is an operation code of
- * dfnode_fuse.h, `arg` the open flags (open) or the offset (read), `size` the read or xattr buffer size.
+ * dfnode_fuse.h, `arg` the open flags (open) or the offset (read), `size` the read or xattr buffer size, `pid`
+ * the requesting process (fuse_req_ctx; in this process's pid namespace, 0 when the kernel could not tell).
  */
 export type Dispatch = (
   op: number,
@@ -37,6 +38,7 @@ export type Dispatch = (
   arg: number | undefined,
   size: number,
   name?: string,
+  pid?: number,
 ) => void;
 
 export interface NativeMountConfig {

@@ -62,7 +62,7 @@ export class NativeDispatcher {
     private readonly timeoutMs: number,
   ) {}
 
-  readonly dispatch: Dispatch = (op, id, ino, arg, size, name) => {
+  readonly dispatch: Dispatch = (op, id, ino, arg, size, name, pid) => {
     const { addon, fs } = this;
     try {
       switch (op) {
@@ -77,7 +77,7 @@ export class NativeDispatcher {
           return;
         }
         case OP_READ:
-          return this.read(id, ino, arg ?? 0, size);
+          return this.read(id, ino, arg ?? 0, size, pid ?? 0);
         case OP_READLINK: {
           const r = fs.readlink(ino);
           if (typeof r === 'number') addon.replyErr(id, r);
@@ -157,11 +157,11 @@ export class NativeDispatcher {
     addon.replyOpendir(id, Buffer.from(names, 'utf8'), attrs, n);
   }
 
-  private read(id: number, ino: number, offset: number, size: number): void {
+  private read(id: number, ino: number, offset: number, size: number, pid: number): void {
     const { addon, fs } = this;
     this.pendingReads.set(id, Date.now() + this.timeoutMs);
     this.sweepTimer ??= setInterval(() => this.sweep(), Math.min(1000, this.timeoutMs)).unref();
-    fs.read(ino, offset, size).then(
+    fs.read(ino, offset, size, undefined, { pid, blockedMs: 0 }).then(
       (r) => {
         if (!this.pendingReads.delete(id)) return;
         if (typeof r === 'number') addon.replyErr(id, r);

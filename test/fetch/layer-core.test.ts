@@ -5,7 +5,8 @@ import { DfError, isDfError } from '../../src/errors.js';
 import { DfbReader } from '../../src/blob/reader.js';
 import { BlockMemoryCache } from '../../src/fetch/block-memory-cache.js';
 import { LayerCore } from '../../src/layer/layer-core.js';
-import { Priority } from '../../src/fetch/types.js';
+import { Priority, type ReadContext } from '../../src/fetch/types.js';
+import { open as openFile } from 'node:fs/promises';
 import { FakeSource, gate } from './helpers.js';
 import { blockRange, cleanups, open, readAll, runCleanups, setup } from './layer-setup.js';
 
@@ -120,10 +121,47 @@ describe('reads (BlobReader over the UnitFetcher)', () => {
     const got = await core.reader.read(s.tb.ino('etc/f3'), 0, 1 << 20);
     expect(got.equals(s.tb.files.get('etc/f3')!)).toBe(true);
     expect(core.fetcher.stats.verifyFailures).toBe(1);
+    expect(core.fetcher.stats.verifyFailuresBy).toMatchObject({ registry: 1, cache: 0 });
     expect(core.fetcher.stats.refetches).toBe(1);
     expect(s.src.requests.length).toBe(2);
     const cached = await cache.read(r.offset, r.length);
     expect(cached.equals(s.tb.bytes.subarray(r.offset, r.offset + r.length))).toBe(true);
+  });
+
+  it('tells the read context whether the read waited on a fetch; a read from memory or the cache did not', async () => {
+    const s = await setup();
+    const { core } = await open(s, { mem: new BlockMemoryCache(1) });
+    const ino = s.tb.ino('usr/big1');
+    const remote = { pid: 42, blockedMs: 0 } as ReadContext;
+    await core.reader.read(ino, 0, 100_000, undefined, remote);
+    expect(remote.blocked).toBe(true);
+    expect(remote.blockedMs).toBeGreaterThanOrEqual(0);
+    const cached = { pid: 42, blockedMs: 0 } as ReadContext;
+    await core.reader.read(ino, 0, 100_000, undefined, cached);
+    expect(cached.blocked).toBeUndefined();
+    expect(cached.blockedMs).toBe(0);
+    expect(core.fetcher.stats.blocks.cache).toBeGreaterThan(0);
+  });
+
+  it('counts a block that rotted in the cache file as a verification failure of source cache', async () => {
+    const s = await setup();
+    const { core, cache } = await open(s, { mem: new BlockMemoryCache(1) });
+    const ino = s.tb.ino('etc/f3');
+    const want = await core.reader.read(ino, 0, 1 << 20);
+    await cache.flush?.();
+    const r = blockRange(s.tb, 'etc/f3');
+    const fh = await openFile(cache.dataPath, 'r+');
+    try {
+      const b = Buffer.alloc(1);
+      await fh.read(b, 0, 1, r.offset + 3);
+      b[0] = b[0]! ^ 0xff;
+      await fh.write(b, 0, 1, r.offset + 3);
+    } finally {
+      await fh.close();
+    }
+    const again = await core.reader.read(ino, 0, 1 << 20);
+    expect(again.equals(want)).toBe(true);
+    expect(core.fetcher.stats.verifyFailuresBy).toMatchObject({ cache: 1, registry: 0 });
   });
 
   it('a block that is always corrupt fails the read and is not cached', async () => {

@@ -85,6 +85,8 @@ export interface DfnodeRunOptions {
   timeoutMs?: number;
   /** Serve the FUSE mounts from the long-lived fuse manager (default: in-process, they die with dfnode run). */
   fuseManager?: boolean;
+  /** More `node` settings of the config file (e.g. metricsAddress, containerdAddress). */
+  node?: Record<string, unknown>;
 }
 
 export interface DfnodeRun {
@@ -118,7 +120,7 @@ export async function startDfnodeRun(opts: DfnodeRunOptions): Promise<DfnodeRun>
     JSON.stringify({
       registry: { plainHttp: true },
       cache: { dir: cacheDir },
-      node: { stateDir, metricsAddress: '', fuseManager: opts.fuseManager ?? false },
+      node: { stateDir, metricsAddress: '', fuseManager: opts.fuseManager ?? false, ...opts.node },
       snapshotter: { enabled: true, root: snapshotterRoot, socket },
     }),
   );

@@ -59,7 +59,7 @@ describe('preheat request bodies', () => {
     expect(() => preheatRefs({ images: many })).toThrow(/more than 64/);
     expect(() =>
       preheatRefs({
-        events: many.map((r, i) => ({
+        events: many.map((_r, i) => ({
           action: 'push',
           target: { mediaType: manifest, repository: 'x', tag: String(i) },
           request: { host: 'h' },

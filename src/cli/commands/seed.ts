@@ -1,3 +1,4 @@
+import { configGives } from '../../config.js';
 import { NodeMetrics } from '../../daemon/metrics.js';
 import { createLogger } from '../../log.js';
 import { Seed } from '../../p2p/seed.js';
@@ -18,8 +19,14 @@ export async function seedCommand(flags: NodeFlags, signal: AbortSignal): Promis
   let server: Awaited<ReturnType<NodeMetrics['serve']>> | undefined;
   try {
     const a = await seed.start();
-    if (flags.metricsAddress) server = await metrics.serve(flags.metricsAddress);
-    log.info({ ...a, metrics: flags.metricsAddress || '' }, 'dfnode seed running');
+    // --metrics-address, else node.metricsAddress of the config file or DFNODE_NODE_METRICS_ADDRESS; a seed
+    // given neither serves no metrics (the node's default port would collide with a node on the same host)
+    const address =
+      flags.metricsAddress !== undefined || configGives(['node', 'metricsAddress'], { file: flags.config })
+        ? cfg.node.metricsAddress
+        : '';
+    if (address) server = await metrics.serve(address);
+    log.info({ ...a, metrics: address }, 'dfnode seed running');
     process.stdout.write(`seed serving blocks on ${a.blocks}, tracker on ${a.tracker}\n`);
     await waitForSignal(signal);
   } finally {

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { CacheManager, type BlobCacheInfo } from '../../cache/cache-manager.js';
-import { MountRecords } from '../../daemon/mount-records.js';
+import { MountRecords, type MountRecord } from '../../daemon/mount-records.js';
 import { FuseManagerClient, managerPid } from '../../fusemanager/client.js';
 import { fuseManagerPaths } from '../../fusemanager/protocol.js';
 import { configFrom, fmt, type NodeFlags } from '../node-common.js';
@@ -31,12 +31,13 @@ export async function statusCommand(flags: NodeFlags): Promise<void> {
   }
   const out: string[] = [];
   if (manager) {
-    const st = manager.stats as { bytes?: Record<string, number> } | undefined;
+    const st = manager.stats as MountRecord['stats'] | undefined;
     const by = Object.entries(st?.bytes ?? {})
       .filter(([, v]) => v > 0)
       .map(([k, v]) => `${k} ${fmt(v)}`)
       .join(', ');
     out.push(`fuse manager pid ${manager.pid}; bytes by source: ${by || 'none yet'}`);
+    if (st) out.push(...blockedLines(st, '  '));
   }
   out.push(`mounts (${records.length}):`);
   for (const r of records) {
@@ -47,6 +48,7 @@ export async function statusCommand(flags: NodeFlags): Promise<void> {
         .map(([k, v]) => `${k} ${fmt(v)}`)
         .join(', ');
       out.push(`    bytes by source: ${by || 'none yet'}; verification failures ${r.stats.verifyFailures}`);
+      out.push(...blockedLines(r.stats, '    '));
     }
   }
   out.push(
@@ -59,4 +61,35 @@ export async function statusCommand(flags: NodeFlags): Promise<void> {
       }${b.inUse ? ' in use' : ''}`,
     );
   process.stdout.write(out.join('\n') + '\n');
+}
+
+const secs = (ms: number) => `${(ms / 1000).toFixed(3)} s`;
+
+/** The files and containers whose reads waited longest on the network. */
+export function blockedLines(st: NonNullable<MountRecord['stats']>, indent: string): string[] {
+  const out: string[] = [];
+  const files = st.topBlockedFiles ?? [];
+  const ctrs = st.topBlockedContainers ?? [];
+  out.push(`${indent}reads blocked on the network: ${secs(st.blockedMs)} in total`);
+  if (files.length) {
+    out.push(`${indent}top blocked files (blocked, reads, layer, path):`);
+    for (const f of files)
+      out.push(
+        `${indent}  ${secs(f.blockedMs).padStart(10)}  ${String(f.reads).padStart(6)}  ${f.layer.slice(7, 19)}  ${f.path}`,
+      );
+  }
+  if (ctrs.length) {
+    out.push(`${indent}top blocked containers (blocked, reads, container, image, pod):`);
+    for (const c of ctrs) {
+      const pod = c.pod
+        ? `${c.namespace}/${c.pod}${c.container_name ? '/' + c.container_name : ''}`
+        : c.namespace;
+      out.push(
+        `${indent}  ${secs(c.blockedMs).padStart(10)}  ${String(c.reads).padStart(6)}  ${c.container.slice(0, 24)}  ${c.image}  ${pod}`,
+      );
+    }
+  }
+  if (st.unattributedBlockedMs)
+    out.push(`${indent}blocked reads of no known container: ${secs(st.unattributedBlockedMs)}`);
+  return out;
 }
