@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { defaultDestination, parseLocation, type ImageLocation } from '../../converter/location.js';
 import { createProgress } from '../../converter/progress.js';
 import type { ImageStore } from '../../converter/store.js';
+import type { PrefetchEntry } from '../blob/prefetch-list.js';
 import { CONVERTER_VERSION } from '../../converter/version.js';
 import { loadConfig, type Config } from '../config.js';
 import { DfError } from '../errors.js';
@@ -30,6 +31,7 @@ interface ConvertFlags extends CommonFlags {
   platform?: string[];
   workDir?: string;
   force?: boolean;
+  prefetchList?: string;
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -140,6 +142,26 @@ async function openStore(
   }
 }
 
+/** Reads and parses a prefetch list file (size-capped before it is read). */
+async function readPrefetchList(file: string): Promise<PrefetchEntry[]> {
+  const [{ readFile, stat }, { parsePrefetchList, PREFETCH_LIST_LIMITS }] = await Promise.all([
+    import('node:fs/promises'),
+    import('../blob/prefetch-list.js'),
+  ]);
+  const st = await stat(file).catch((err: unknown) => {
+    throw DfError.invalidArgument(`--prefetch-list ${file}: ${(err as Error).message}`);
+  });
+  if (!st.isFile() || st.size > PREFETCH_LIST_LIMITS.maxBytes)
+    throw DfError.invalidArgument(
+      `--prefetch-list ${file}: not a regular file of at most ${PREFETCH_LIST_LIMITS.maxBytes} bytes`,
+    );
+  try {
+    return parsePrefetchList(await readFile(file, 'utf8'));
+  } catch (err) {
+    throw DfError.from(err, `--prefetch-list ${file}`);
+  }
+}
+
 function fmtBytes(n: number): string {
   return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`;
 }
@@ -162,6 +184,10 @@ function buildProgram(signal: AbortSignal): Command {
     .option('--platform <os/arch[/variant]>', 'convert only this platform of an index (repeatable)', collect)
     .option('--work-dir <dir>', 'work directory for temporary blobs and the incremental index')
     .option('--force', 'convert every layer even if a converted copy exists')
+    .option(
+      '--prefetch-list <file>',
+      'lay out the listed files first (JSON Lines of {"path","ranges"}, see docs/format.md) and mark them for prefetch',
+    )
     .action(async (srcText: string, dstText: string | undefined, flags: ConvertFlags) => {
       const cfg = configFrom(flags);
       const log = createLogger(cfg.logLevel);
@@ -171,6 +197,7 @@ function buildProgram(signal: AbortSignal): Command {
         throw DfError.unsupported(
           'docker-archive is supported as a source only; write to a registry or oci:DIR[:TAG]',
         );
+      const prefetch = flags.prefetchList ? await readPrefetchList(flags.prefetchList) : undefined;
       const clients = new Clients(cfg, log, flags);
       const progress = createProgress(process.stderr, Boolean(flags.quiet));
       const stores: ImageStore[] = [];
@@ -199,6 +226,7 @@ function buildProgram(signal: AbortSignal): Command {
           workDir: cfg.convert.workDir,
           platforms: cfg.convert.platforms,
           force: flags.force,
+          prefetch,
           signal,
           progress,
           logger: log,
