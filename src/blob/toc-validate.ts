@@ -162,7 +162,9 @@ export function validatePrefetch(s: TocSections): readonly PrefetchRange[] {
   }
   if (n > MAX_PREFETCH_RANGES) throw corrupt(`prefetch ranges: ${n} > ${MAX_PREFETCH_RANGES}`);
   if (at > s.stringsLength || n * PX.RANGE > s.stringsLength - at) {
-    throw corrupt(`prefetch ranges: ${n} ranges at ${at} outside the string table (${s.stringsLength} bytes)`);
+    throw corrupt(
+      `prefetch ranges: ${n} ranges at ${at} outside the string table (${s.stringsLength} bytes)`,
+    );
   }
   const out: PrefetchRange[] = new Array(n);
   let prevEnd = -1;
@@ -172,9 +174,12 @@ export function validatePrefetch(s: TocSections): readonly PrefetchRange[] {
     const length = u64(s.dv, r + 8, `prefetch range ${i} length`);
     if (length === 0) throw corrupt(`prefetch range ${i}: empty`);
     if (offset + length > s.dataLength) {
-      throw corrupt(`prefetch range ${i}: ${offset}+${length} past the end of the data stream (${s.dataLength})`);
+      throw corrupt(
+        `prefetch range ${i}: ${offset}+${length} past the end of the data stream (${s.dataLength})`,
+      );
     }
-    if (offset <= prevEnd) throw corrupt(`prefetch range ${i}: not after the end of range ${i - 1} (unsorted or overlapping)`);
+    if (offset <= prevEnd)
+      throw corrupt(`prefetch range ${i}: not after the end of range ${i - 1} (unsorted or overlapping)`);
     prevEnd = offset + length;
     out[i] = Object.freeze({ offset, length });
   }
