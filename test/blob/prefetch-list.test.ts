@@ -30,7 +30,13 @@ describe('prefetch list', () => {
       '{"path":"/a/b/../c","ranges":[]}\r',
     ].join('\n');
     expect(parsePrefetchList(text)).toEqual([
-      { path: '/usr/lib/x86_64-linux-gnu/libc.so.6', ranges: [[0, 131072], [1835008, 65536]] },
+      {
+        path: '/usr/lib/x86_64-linux-gnu/libc.so.6',
+        ranges: [
+          [0, 131072],
+          [1835008, 65536],
+        ],
+      },
       { path: '/usr/bin/python3' },
       { path: '/etc/ld.so.cache' },
       { path: '/a/c', ranges: [] },
