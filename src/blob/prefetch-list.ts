@@ -1,3 +1,4 @@
+import { readFile, stat } from 'node:fs/promises';
 import { DfError } from '../errors.js';
 
 /**
@@ -109,4 +110,23 @@ export function formatPrefetchList(entries: readonly PrefetchEntry[]): string {
     s += JSON.stringify(ranges === undefined ? { path } : { path, ranges }) + '\n';
   });
   return s;
+}
+
+/**
+ * Reads and parses a prefetch list file (refused before reading when it is not a regular file or is larger
+ * than the cap). What `dfconvert --prefetch-list` and `dfconvert --optimize` call before Converter({ prefetch }).
+ */
+export async function readPrefetchListFile(file: string): Promise<PrefetchEntry[]> {
+  const st = await stat(file).catch((err: unknown) => {
+    throw DfError.invalidArgument(`prefetch list ${file}: ${(err as Error).message}`);
+  });
+  if (!st.isFile() || st.size > PREFETCH_LIST_LIMITS.maxBytes)
+    throw DfError.invalidArgument(
+      `prefetch list ${file}: not a regular file of at most ${PREFETCH_LIST_LIMITS.maxBytes} bytes`,
+    );
+  try {
+    return parsePrefetchList(await readFile(file, 'utf8'));
+  } catch (err) {
+    throw DfError.from(err, `prefetch list ${file}`);
+  }
 }

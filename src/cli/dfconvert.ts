@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import { defaultDestination, parseLocation, type ImageLocation } from '../../converter/location.js';
 import { createProgress } from '../../converter/progress.js';
 import type { ImageStore } from '../../converter/store.js';
-import type { PrefetchEntry } from '../blob/prefetch-list.js';
 import { CONVERTER_VERSION } from '../../converter/version.js';
 import { loadConfig, type Config } from '../config.js';
 import { DfError } from '../errors.js';
@@ -142,26 +141,6 @@ async function openStore(
   }
 }
 
-/** Reads and parses a prefetch list file (size-capped before it is read). */
-async function readPrefetchList(file: string): Promise<PrefetchEntry[]> {
-  const [{ readFile, stat }, { parsePrefetchList, PREFETCH_LIST_LIMITS }] = await Promise.all([
-    import('node:fs/promises'),
-    import('../blob/prefetch-list.js'),
-  ]);
-  const st = await stat(file).catch((err: unknown) => {
-    throw DfError.invalidArgument(`--prefetch-list ${file}: ${(err as Error).message}`);
-  });
-  if (!st.isFile() || st.size > PREFETCH_LIST_LIMITS.maxBytes)
-    throw DfError.invalidArgument(
-      `--prefetch-list ${file}: not a regular file of at most ${PREFETCH_LIST_LIMITS.maxBytes} bytes`,
-    );
-  try {
-    return parsePrefetchList(await readFile(file, 'utf8'));
-  } catch (err) {
-    throw DfError.from(err, `--prefetch-list ${file}`);
-  }
-}
-
 function fmtBytes(n: number): string {
   return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`;
 }
@@ -197,7 +176,9 @@ function buildProgram(signal: AbortSignal): Command {
         throw DfError.unsupported(
           'docker-archive is supported as a source only; write to a registry or oci:DIR[:TAG]',
         );
-      const prefetch = flags.prefetchList ? await readPrefetchList(flags.prefetchList) : undefined;
+      const prefetch = flags.prefetchList
+        ? await (await import('../blob/prefetch-list.js')).readPrefetchListFile(flags.prefetchList)
+        : undefined;
       const clients = new Clients(cfg, log, flags);
       const progress = createProgress(process.stderr, Boolean(flags.quiet));
       const stores: ImageStore[] = [];

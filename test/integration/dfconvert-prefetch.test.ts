@@ -123,6 +123,6 @@ describe.skipIf(req.skip)('dfconvert --prefetch-list', () => {
       `oci:${out}:dfb`,
     ]);
     expect(missing.code).not.toBe(0);
-    expect(missing.stderr).toMatch(/--prefetch-list .*nope/);
+    expect(missing.stderr).toMatch(/prefetch list .*nope/);
   });
 });

@@ -77,10 +77,10 @@ describe.skipIf(req.skip)('dfnode mount: prefetch of the TOC prefetch ranges (de
       `${host}/debian:pf`,
     ]);
     if (r.code !== 0) throw new Error(`dfconvert --prefetch-list failed (${r.code}): ${r.stderr}`);
-    [layer] = await dfbLayers(images.reg.url, `${host}/debian:pf`);
-    [plainLayer] = await dfbLayers(images.reg.url, images.dfb.debian!);
-    expect(layer!.digest).not.toBe(plainLayer!.digest);
-    const res = await fetch(`${images.reg.url}/v2/debian/blobs/${layer!.digest}`);
+    layer = (await dfbLayers(images.reg.url, `${host}/debian:pf`))[0]!;
+    plainLayer = (await dfbLayers(images.reg.url, images.dfb.debian!))[0]!;
+    expect(layer.digest).not.toBe(plainLayer.digest);
+    const res = await fetch(`${images.reg.url}/v2/debian/blobs/${layer.digest}`);
     const toc = (await DfbReader.open(new BufferRangeReader(Buffer.from(await res.arrayBuffer())))).toc;
     const ranges = toc.prefetchRanges;
     expect(ranges.length).toBeGreaterThan(0);
