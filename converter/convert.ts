@@ -231,11 +231,12 @@ export class Converter {
       );
     // Fail on unsupported layers before doing any work.
     for (const l of m.layers) layerCompression(l.mediaType);
-    // ...and on a work directory that cannot hold the largest layer's DFB blob (about its gzip size or more)
+    // ...and on a work directory that cannot hold the largest layer's DFB blob (about its gzip size or more),
+    // plus, with a prefetch list, its spooled file data (uncompressed: about 3× the gzip size)
     const todo = m.layers.filter((l) => !this.converted.has(l.digest));
     await ensureFreeSpace(
       this.opts.workDir,
-      Math.max(0, ...todo.map((l) => l.size)),
+      Math.max(0, ...todo.map((l) => l.size)) * (this.opts.prefetch?.length ? 4 : 1),
       `converting ${src.description}`,
       'free disk space or point --work-dir at a larger file system',
       this.opts.freeBytes,
