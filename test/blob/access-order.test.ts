@@ -12,7 +12,7 @@ import { parseSections, validateBlocks, validateTree } from '../../src/blob/toc-
 import { EntryType } from '../../src/blob/types.js';
 import { base, pseudoRandom, writeDfb, type DfbSpec } from '../helpers/dfb.js';
 import { tempDir } from '../helpers/temp.js';
-import { BufferRangeReader, parts } from './util.js';
+import { BufferRangeReader, parts, withToc } from './util.js';
 
 const content = {
   'etc/a': pseudoRandom(20_000, 1),
@@ -136,6 +136,14 @@ describe('access-ordered layout', () => {
     expect(t10.prefetchRanges).toEqual([]);
     expect([...t10.walk()]).toEqual([...toc.walk()]);
     for (const { ino } of toc.walk()) expect(t10.stat(ino)).toEqual(toc.stat(ino));
+    // and as a whole blob by hand: the 1.0 TOC, footer minor 0: opens and reads every file, no ranges
+    const b10 = withToc(bytes, old, 16 * 1024);
+    b10.writeUInt16LE(0, b10.length - FOOTER_SIZE + 10);
+    expect(decodeFooter(b10.subarray(b10.length - FOOTER_SIZE), b10.length).minor).toBe(0);
+    const r10 = await DfbReader.open(new BufferRangeReader(b10));
+    expect(r10.toc.prefetchRanges).toEqual([]);
+    for (const [p, c] of Object.entries({ ...content, 'var/old': content['var/new'] }))
+      expect((await r10.readFile(r10.toc.lookup(p)!, 0, c.length)).equals(c), p).toBe(true);
   });
 });
 
