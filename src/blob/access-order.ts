@@ -113,7 +113,7 @@ export class AccessOrderLayout {
   async place(tree: EntryTree, sink: BlockSink, blockSize: number): Promise<PrefetchRange[]> {
     const ranges: Array<[number, number]> = [];
     for (const e of this.entries) {
-      const node = tree.get(e.path.slice(1));
+      const node = resolveInTree(tree.root, e.path);
       if (!node || node.type !== EntryType.File || node.size === 0) continue; // absent, whiteout, dir, empty
       const c = this.byNode.get(node);
       if (!c) continue;
@@ -150,6 +150,46 @@ export class AccessOrderLayout {
     await fh?.close().catch(() => undefined);
     await unlink(this.spoolPath).catch(() => undefined);
   }
+}
+
+/** Symlinks followed while resolving one list path (as the kernel's limit). */
+const MAX_SYMLINKS = 40;
+
+/**
+ * The node an absolute list path names in one layer's tree, following the symlinks the layer holds (a merged-usr
+ * `/lib/…` reaches `usr/lib/…` when the layer has the `lib` link); undefined when the path leaves the layer's
+ * tree. Never throws: a list path is a hint.
+ */
+export function resolveInTree(root: TreeNode, path: string): TreeNode | undefined {
+  const todo = Buffer.from(path, 'utf8').toString('utf8').split('/').reverse();
+  const dirs: TreeNode[] = [root]; // the directories of the path resolved so far, for '..'
+  let cur = root;
+  let hops = 0;
+  while (todo.length) {
+    const c = todo.pop()!;
+    if (c === '' || c === '.') continue;
+    if (cur.type !== EntryType.Dir) return undefined;
+    if (c === '..') {
+      if (dirs.length > 1) dirs.pop();
+      cur = dirs[dirs.length - 1]!;
+      continue;
+    }
+    const node = cur.children?.get(c);
+    if (!node) return undefined;
+    if (node.type === EntryType.Symlink) {
+      if (++hops > MAX_SYMLINKS) return undefined;
+      const target = node.linkTarget ?? '';
+      if (target.startsWith('/')) {
+        dirs.length = 1;
+        cur = root;
+      }
+      for (const t of target.split('/').reverse()) todo.push(t);
+      continue;
+    }
+    if (node.type === EntryType.Dir) dirs.push(node);
+    cur = node;
+  }
+  return cur;
 }
 
 /**

@@ -147,6 +147,49 @@ describe('access-ordered layout', () => {
   });
 });
 
+describe('list paths resolve in the layer', () => {
+  it('follows the symlinks the layer holds, stays inside it, and skips what it cannot resolve', async () => {
+    const sym = (path: string, linkTarget: string) => ({
+      ...base,
+      path,
+      type: EntryType.Symlink,
+      linkTarget,
+    });
+    const s: DfbSpec = {
+      files: [
+        { path: 'usr/lib/one', content: pseudoRandom(1000, 11) },
+        { path: 'usr/bin/two', content: pseudoRandom(2000, 12) },
+        { path: 'usr/bin/three', content: pseudoRandom(3000, 13) },
+        { path: 'etc/four', content: pseudoRandom(4000, 14) },
+      ],
+      entries: [
+        sym('lib', 'usr/lib'), // merged /usr, relative
+        sym('bin', '/usr/bin'), // absolute
+        sym('usr/bin/up', '../../etc'),
+        sym('loop1', 'loop2'),
+        sym('loop2', 'loop1'),
+      ],
+    };
+    const { toc } = await build('resolve', {
+      ...s,
+      prefetch: [
+        { path: '/loop1/x' }, // a symlink loop: skipped
+        { path: `/${'x'.repeat(5000)}/y` }, // a name longer than a TOC name: skipped, not an error
+        { path: '/etc/four/more' }, // through a file: skipped
+        { path: '/bin/up/four' }, // bin → /usr/bin, up → ../../etc
+        { path: '/lib/one' },
+        { path: '/bin/three' },
+      ],
+    });
+    const off = (p: string) => toc.stat(toc.lookup(p)!).dataOffset;
+    expect(off('etc/four')).toBe(0);
+    expect(off('usr/lib/one')).toBe(4000);
+    expect(off('usr/bin/three')).toBe(5000);
+    expect(off('usr/bin/two')).toBe(8000);
+    expect(toc.prefetchRanges).toEqual([{ offset: 0, length: 8000 }]);
+  });
+});
+
 describe('TOC prefetch fields are validated', () => {
   let t: Buffer;
   let rangesAt: number;
