@@ -37,13 +37,14 @@ export interface Footer {
   tocSha256: Buffer;
 }
 
+/** `minor` defaults to 0 (a 1.0 blob); a writer whose TOC has the 1.1 header passes FORMAT_MINOR. */
 export function encodeFooter(
   f: Omit<Footer, 'major' | 'minor'> & { major?: number; minor?: number },
 ): Buffer {
   const b = Buffer.alloc(FOOTER_SIZE);
   FOOTER_MAGIC.copy(b, 0);
   b.writeUInt16LE(f.major ?? FORMAT_MAJOR, 8);
-  b.writeUInt16LE(f.minor ?? FORMAT_MINOR, 10);
+  b.writeUInt16LE(f.minor ?? 0, 10);
   b.writeUInt32LE(f.flags >>> 0, 12);
   b.writeUInt32LE(f.blockSize, 16);
   b.writeUInt32LE(f.tocCodec, 20);

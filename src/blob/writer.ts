@@ -328,7 +328,7 @@ export class DfbWriter {
       await this.sink.emit(stored);
       await this.sink.emit(
         encodeFooter({
-          minor: prefetchRanges?.length ? FORMAT_MINOR : 0,
+          minor: prefetchRanges?.length ? FORMAT_MINOR : undefined,
           flags: 0,
           blockSize: this.blockSize,
           tocCodec: TocCodec.Zlib,
