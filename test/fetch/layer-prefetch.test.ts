@@ -4,6 +4,7 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { FetchScheduler } from '../../src/fetch/scheduler.js';
+import { Priority } from '../../src/fetch/types.js';
 import { makeBlob } from '../helpers/dfb.js';
 import { tempDir } from '../helpers/temp.js';
 import { FakeSource, gate } from './helpers.js';
@@ -61,7 +62,8 @@ describe('mount-time prefetch', () => {
     // the first run holds the only slot; the second waits at Prefetch priority; now a process blocks on a read
     const big1 = s.tb.files.get('usr/big1')!;
     const read = core.reader.read(s.tb.ino('usr/big1'), 0, big1.length);
-    await ticks();
+    await vi.waitFor(() => expect(scheduler.queued(Priority.Blocked)).toBeGreaterThan(0));
+    expect(scheduler.queued(Priority.Prefetch)).toBe(1);
     g.open();
     expect((await read).equals(big1)).toBe(true);
     await core.prefetch.done();
