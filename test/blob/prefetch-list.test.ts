@@ -6,7 +6,11 @@ import {
   parsePrefetchList,
   PREFETCH_LIST_LIMITS,
 } from '../../src/blob/prefetch-list.js';
+import { truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { readPrefetchListFile } from '../../src/blob/prefetch-list.js';
 import { isDfError } from '../../src/errors.js';
+import { tempDir } from '../helpers/temp.js';
 
 function refused(text: string): string {
   try {
@@ -75,5 +79,21 @@ describe('prefetch list', () => {
     const many = JSON.stringify({ path: '/a', ranges: Array.from({ length: 1001 }, (_, i) => [i, 1]) });
     const lines = Array.from({ length: 1000 }, () => many).join('\n');
     expect(refused(lines)).toMatch(/more than 1000000 ranges/);
+  });
+
+  it('reads a list file, and refuses a directory, a missing file or one over the size cap before reading it', async () => {
+    const { dir, cleanup } = await tempDir();
+    try {
+      const ok = join(dir, 'ok.jsonl');
+      await writeFile(ok, '/a\n{"path":"/b","ranges":[[1,2]]}\n');
+      expect(await readPrefetchListFile(ok)).toEqual([{ path: '/a' }, { path: '/b', ranges: [[1, 2]] }]);
+      const big = join(dir, 'big.jsonl');
+      await writeFile(big, '');
+      await truncate(big, PREFETCH_LIST_LIMITS.maxBytes + 1); // sparse: never read
+      for (const f of [big, dir, join(dir, 'missing')])
+        await expect(readPrefetchListFile(f)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    } finally {
+      await cleanup();
+    }
   });
 });
