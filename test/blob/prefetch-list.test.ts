@@ -1,14 +1,14 @@
 // The prefetch list file (dfconvert --prefetch-list, dfnode run --record-reads): parse, format, refuse.
+import { truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
   formatPrefetchList,
   normalizePrefetchPath,
   parsePrefetchList,
   PREFETCH_LIST_LIMITS,
+  readPrefetchListFile,
 } from '../../src/blob/prefetch-list.js';
-import { truncate, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { readPrefetchListFile } from '../../src/blob/prefetch-list.js';
 import { isDfError } from '../../src/errors.js';
 import { tempDir } from '../helpers/temp.js';
 
