@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import type { PrefetchEntry } from '../src/blob/prefetch-list.js';
 import { EntryType } from '../src/blob/types.js';
 import { DfbWriter, type WriteResult } from '../src/blob/writer.js';
 import { DfError } from '../src/errors.js';
@@ -11,6 +12,8 @@ export interface ConvertLayerOptions {
   blockSize: number;
   workers: number;
   tmpDir: string;
+  /** Access-ordered layout: see DfbWriterOptions.prefetch. */
+  prefetch?: readonly PrefetchEntry[];
   signal?: AbortSignal;
   onBytesIn?: (n: number) => void;
 }
@@ -42,6 +45,7 @@ export async function convertLayer(
     blockSize: opts.blockSize,
     workers: opts.workers,
     tmpDir: opts.tmpDir,
+    prefetch: opts.prefetch,
     signal: opts.signal,
   });
   try {

@@ -1,8 +1,9 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ensureFreeSpace } from '../src/util/free-space.js';
+import { formatPrefetchList, type PrefetchEntry } from '../src/blob/prefetch-list.js';
 import { Annotations, DFB_LAYER_MEDIA_TYPE } from '../src/blob/types.js';
 import { DfError } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
@@ -38,6 +39,11 @@ export interface ConvertOptions {
   platforms: string[];
   /** Convert even when a converted layer could be reused. */
   force?: boolean;
+  /**
+   * Access-ordered layout (`--prefetch-list`, `--optimize`): in every layer the listed files it holds go first
+   * in the data stream, in list order, and the TOC marks their read ranges for prefetch at mount.
+   */
+  prefetch?: readonly PrefetchEntry[];
   signal?: AbortSignal;
   progress?: Progress;
   logger?: Logger;
@@ -70,8 +76,11 @@ export interface ConvertSummary {
 }
 
 /** Everything that changes the bytes of a converted layer; a layer is reused only when this matches. */
-function optionsKey(blockSize: number): string {
-  return `dfb=1;block-size=${blockSize};codec=lz4;order=tar`;
+function optionsKey(blockSize: number, prefetch: readonly PrefetchEntry[] | undefined): string {
+  const order = prefetch?.length
+    ? `access:${createHash('sha256').update(formatPrefetchList(prefetch)).digest('hex').slice(0, 16)}`
+    : 'tar';
+  return `dfb=1;block-size=${blockSize};codec=lz4;order=${order}`;
 }
 
 type LayerIndex = Record<string, Descriptor>;
@@ -91,7 +100,7 @@ export class Converter {
     this.opts = opts;
     this.progress = opts.progress ?? silentProgress;
     this.log = opts.logger ?? silentLogger;
-    this.key = optionsKey(opts.blockSize);
+    this.key = optionsKey(opts.blockSize, opts.prefetch);
   }
 
   private get indexPath(): string {
@@ -222,11 +231,12 @@ export class Converter {
       );
     // Fail on unsupported layers before doing any work.
     for (const l of m.layers) layerCompression(l.mediaType);
-    // ...and on a work directory that cannot hold the largest layer's DFB blob (about its gzip size or more)
+    // ...and on a work directory that cannot hold the largest layer's DFB blob (about its gzip size or more),
+    // plus, with a prefetch list, its spooled file data (uncompressed: about 3× the gzip size)
     const todo = m.layers.filter((l) => !this.converted.has(l.digest));
     await ensureFreeSpace(
       this.opts.workDir,
-      Math.max(0, ...todo.map((l) => l.size)),
+      Math.max(0, ...todo.map((l) => l.size)) * (this.opts.prefetch?.length ? 4 : 1),
       `converting ${src.description}`,
       'free disk space or point --work-dir at a larger file system',
       this.opts.freeBytes,
@@ -328,6 +338,7 @@ export class Converter {
           blockSize: this.opts.blockSize,
           workers: this.opts.workers,
           tmpDir: join(this.opts.workDir, 'tmp'),
+          prefetch: this.opts.prefetch,
           signal,
           onBytesIn: (n) => this.progress.layerBytes(id, n),
         });

@@ -7,7 +7,7 @@ import { TocCodec } from './types.js';
  *
  *   0  magic[8]        89 44 46 42 0D 0A 1A 0A  ("\x89DFB\r\n\x1a\n")
  *   8  u16 major       1
- *  10  u16 minor       0
+ *  10  u16 minor       0, or 1 when the TOC has prefetch ranges
  *  12  u32 flags       0 (unknown bits are ignored)
  *  16  u32 blockSize   nominal uncompressed block size
  *  20  u32 tocCodec    TocCodec
@@ -20,7 +20,8 @@ import { TocCodec } from './types.js';
 export const FOOTER_SIZE = 96;
 export const FOOTER_MAGIC = Buffer.from([0x89, 0x44, 0x46, 0x42, 0x0d, 0x0a, 0x1a, 0x0a]);
 export const FORMAT_MAJOR = 1;
-export const FORMAT_MINOR = 0;
+/** The newest minor version this code knows (1.1 added the TOC's prefetch ranges). */
+export const FORMAT_MINOR = 1;
 /** Readers refuse TOCs larger than this when decompressed (bounds memory on a hostile footer). */
 export const MAX_TOC_LENGTH = 1024 * 1024 * 1024;
 
@@ -36,13 +37,14 @@ export interface Footer {
   tocSha256: Buffer;
 }
 
+/** `minor` defaults to 0 (a 1.0 blob); a writer whose TOC has the 1.1 header passes FORMAT_MINOR. */
 export function encodeFooter(
   f: Omit<Footer, 'major' | 'minor'> & { major?: number; minor?: number },
 ): Buffer {
   const b = Buffer.alloc(FOOTER_SIZE);
   FOOTER_MAGIC.copy(b, 0);
   b.writeUInt16LE(f.major ?? FORMAT_MAJOR, 8);
-  b.writeUInt16LE(f.minor ?? FORMAT_MINOR, 10);
+  b.writeUInt16LE(f.minor ?? 0, 10);
   b.writeUInt32LE(f.flags >>> 0, 12);
   b.writeUInt32LE(f.blockSize, 16);
   b.writeUInt32LE(f.tocCodec, 20);

@@ -1,6 +1,7 @@
 import { DfError } from '../errors.js';
 import type { TreeNode } from './entry-tree.js';
-import { B, D, H, I, TOC_MAGIC, X } from './toc-layout.js';
+import { B, D, H, I, MAX_PREFETCH_RANGES, PX, TOC_MAGIC, X } from './toc-layout.js';
+import type { PrefetchRange } from './toc-validate.js';
 import { EntryType } from './types.js';
 
 export interface TocInput {
@@ -10,6 +11,11 @@ export interface TocInput {
   blockCount: number;
   dataLength: number;
   storedDataLength: number;
+  /**
+   * Stream ranges to prefetch (sorted, disjoint, not touching, inside the stream). When non-empty the TOC
+   * gets the 1.1 header (PX); without them the header is the 1.0 one and the TOC is byte-identical to 1.0's.
+   */
+  prefetchRanges?: readonly PrefetchRange[];
 }
 
 export interface EncodedToc {
@@ -186,8 +192,20 @@ export function encodeToc(input: TocInput): EncodedToc {
     xattrCursor += xcount;
   }
 
+  const ranges = input.prefetchRanges ?? [];
+  if (ranges.length > MAX_PREFETCH_RANGES) throw DfError.internal('DFB TOC: too many prefetch ranges');
+  let rangesAt = 0;
+  if (ranges.length) {
+    const packed = Buffer.alloc(ranges.length * PX.RANGE);
+    ranges.forEach((r, i) => {
+      writeU64(packed, r.offset, i * PX.RANGE);
+      writeU64(packed, r.length, i * PX.RANGE + 8);
+    });
+    rangesAt = heap.add(packed);
+  }
+  const headerSize = ranges.length ? PX.SIZE : H.SIZE;
   const total =
-    H.SIZE +
+    headerSize +
     input.blockRecords.length +
     inodeBuf.length +
     direntBuf.length +
@@ -197,7 +215,7 @@ export function encodeToc(input: TocInput): EncodedToc {
     throw DfError.internal('DFB TOC: block table size');
   const out = Buffer.alloc(total);
   out.writeUInt32LE(TOC_MAGIC, H.magic);
-  out.writeUInt32LE(H.SIZE, H.headerSize);
+  out.writeUInt32LE(headerSize, H.headerSize);
   out.writeUInt32LE(input.blockCount, H.blockCount);
   out.writeUInt32LE(B.SIZE, H.blockRecordSize);
   out.writeUInt32LE(inodes.length, H.inodeCount);
@@ -209,7 +227,11 @@ export function encodeToc(input: TocInput): EncodedToc {
   out.writeUInt32LE(heap.size, H.stringsLength);
   out.writeBigUInt64LE(BigInt(input.dataLength), H.dataLength);
   out.writeBigUInt64LE(BigInt(input.storedDataLength), H.storedDataLength);
-  let at = H.SIZE;
+  if (ranges.length) {
+    out.writeUInt32LE(rangesAt, PX.offset);
+    out.writeUInt32LE(ranges.length, PX.count);
+  }
+  let at = headerSize;
   at += input.blockRecords.copy(out, at);
   at += inodeBuf.copy(out, at);
   at += direntBuf.copy(out, at);

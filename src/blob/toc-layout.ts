@@ -24,6 +24,23 @@ export const H = {
   SIZE: 64,
 } as const;
 
+/**
+ * Header fields added in 1.1 (present when headerSize >= PX.END): the prefetch ranges, a packed array of
+ * `count` (u64 stream offset, u64 length) pairs at `offset` in the string table. A 1.0 reader skips them
+ * (headerSize is the stride to the block table) and never looks at those string-table bytes.
+ */
+export const PX = {
+  offset: 64, // u32, into the string table
+  count: 68, // u32
+  END: 72,
+  // 72..79 reserved
+  SIZE: 80, // header size written by 1.1 writers when there are prefetch ranges
+  RANGE: 16, // bytes per range
+} as const;
+
+/** Most prefetch ranges a reader accepts (a writer merges ranges to stay below it). */
+export const MAX_PREFETCH_RANGES = 65_536;
+
 /** Block record. */
 export const B = {
   storedLength: 0, // u32

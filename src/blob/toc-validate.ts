@@ -1,6 +1,6 @@
 import { isUtf8 } from 'node:buffer';
 import { DfError } from '../errors.js';
-import { B, D, H, I, MAX_NAME_LENGTH, TOC_MAGIC, X } from './toc-layout.js';
+import { B, D, H, I, MAX_NAME_LENGTH, MAX_PREFETCH_RANGES, PX, TOC_MAGIC, X } from './toc-layout.js';
 import { Codec, EntryType, MAX_BLOCK_LENGTH } from './types.js';
 
 /**
@@ -29,6 +29,15 @@ export interface TocSections {
   stringsLength: number;
   dataLength: number;
   storedDataLength: number;
+  /** Prefetch ranges (1.1): count and offset in the string table; 0, 0 when the header has no such fields. */
+  prefetchCount: number;
+  prefetchOffset: number;
+}
+
+/** A range of the data stream a reader fetches first when it opens the layer (format 1.1). */
+export interface PrefetchRange {
+  offset: number;
+  length: number;
 }
 
 export const TWO32 = 0x1_0000_0000;
@@ -69,7 +78,10 @@ export function parseSections(buf: Buffer): TocSections {
     throw corrupt(`section sizes add up to ${total} bytes but the TOC is ${buf.length} bytes`);
   }
   if (inodeCount < 1) throw corrupt('no root inode');
+  const hasPrefetch = headerSize >= PX.END;
   return {
+    prefetchCount: hasPrefetch ? u32(PX.count) : 0,
+    prefetchOffset: hasPrefetch ? u32(PX.offset) : 0,
     buffer: buf,
     dv,
     blockCount,
@@ -135,6 +147,43 @@ export function validateBlocks(s: TocSections): { blobOffsets: Float64Array; str
     throw corrupt(`block lengths add up to ${stream}, header says ${s.dataLength}`);
   }
   return { blobOffsets, streamOffsets };
+}
+
+/**
+ * Checks the prefetch ranges (docs/format.md §6.1a) and returns them: at most MAX_PREFETCH_RANGES, inside the
+ * string table, each non-empty and inside the data stream, sorted by offset, neither overlapping nor touching.
+ */
+export function validatePrefetch(s: TocSections): readonly PrefetchRange[] {
+  const n = s.prefetchCount;
+  const at = s.prefetchOffset;
+  if (n === 0) {
+    if (at !== 0) throw corrupt(`prefetch ranges: count 0 with offset ${at}`);
+    return Object.freeze([]);
+  }
+  if (n > MAX_PREFETCH_RANGES) throw corrupt(`prefetch ranges: ${n} > ${MAX_PREFETCH_RANGES}`);
+  if (at > s.stringsLength || n * PX.RANGE > s.stringsLength - at) {
+    throw corrupt(
+      `prefetch ranges: ${n} ranges at ${at} outside the string table (${s.stringsLength} bytes)`,
+    );
+  }
+  const out: PrefetchRange[] = new Array(n);
+  let prevEnd = -1;
+  for (let i = 0; i < n; i++) {
+    const r = s.strBase + at + i * PX.RANGE;
+    const offset = u64(s.dv, r, `prefetch range ${i} offset`);
+    const length = u64(s.dv, r + 8, `prefetch range ${i} length`);
+    if (length === 0) throw corrupt(`prefetch range ${i}: empty`);
+    if (offset + length > s.dataLength) {
+      throw corrupt(
+        `prefetch range ${i}: ${offset}+${length} past the end of the data stream (${s.dataLength})`,
+      );
+    }
+    if (offset <= prevEnd)
+      throw corrupt(`prefetch range ${i}: not after the end of range ${i - 1} (unsorted or overlapping)`);
+    prevEnd = offset + length;
+    out[i] = Object.freeze({ offset, length });
+  }
+  return Object.freeze(out);
 }
 
 /** Checks inodes, dirents, xattrs and the tree structure (refs, order, parents, reachability, nlink). */

@@ -1,9 +1,17 @@
 import { DfError } from '../errors.js';
 import { B, D, I, MAX_NAME_LENGTH, X } from './toc-layout.js';
-import { compareBytes, parseSections, TWO32, validateBlocks, validateTree } from './toc-validate.js';
+import {
+  compareBytes,
+  parseSections,
+  TWO32,
+  validateBlocks,
+  validatePrefetch,
+  validateTree,
+  type PrefetchRange,
+} from './toc-validate.js';
 import { Codec, EntryType, InodeFlags } from './types.js';
 
-export { lz4Bound } from './toc-validate.js';
+export { lz4Bound, type PrefetchRange } from './toc-validate.js';
 
 export interface BlockInfo {
   /** Offset of the stored bytes in the blob. */
@@ -51,6 +59,11 @@ export class Toc {
   readonly dataLength: number;
   /** Sum of the stored block lengths: where the TOC starts in the blob. */
   readonly storedDataLength: number;
+  /**
+   * Ranges of the data stream to fetch first when the layer is opened (format 1.1; sorted, disjoint, inside
+   * the stream). Empty for blobs without them.
+   */
+  readonly prefetchRanges: readonly PrefetchRange[];
 
   private readonly dv: DataView;
   private readonly blockBase: number;
@@ -89,6 +102,7 @@ export class Toc {
     this.storedDataLength = s.storedDataLength;
     ({ blobOffsets: this.blobOffsets, streamOffsets: this.streamOffsets } = validateBlocks(s));
     validateTree(s);
+    this.prefetchRanges = validatePrefetch(s);
   }
 
   /** Decodes and validates an uncompressed TOC. Throws DfError CORRUPT on any inconsistency. */

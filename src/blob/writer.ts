@@ -3,9 +3,11 @@ import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import { DfError } from '../errors.js';
+import { AccessOrderLayout } from './access-order.js';
 import { BlockSink } from './block-sink.js';
 import { EntryTree, nodeFromMeta, type TreeNode } from './entry-tree.js';
-import { encodeFooter } from './footer.js';
+import { encodeFooter, FORMAT_MINOR } from './footer.js';
+import type { PrefetchEntry } from './prefetch-list.js';
 import { encodeToc } from './toc-encoder.js';
 import {
   DEFAULT_BLOCK_SIZE,
@@ -30,6 +32,12 @@ export interface DfbWriterOptions {
   tmpDir: string;
   signal?: AbortSignal;
   onProgress?: (p: { bytesIn: number }) => void;
+  /**
+   * Access-ordered layout (dfconvert --prefetch-list): the listed files the layer holds go first in the data
+   * stream, in list order, and the TOC gets their prefetch ranges (format 1.1). Absent or empty: tar order,
+   * no ranges, a 1.0 blob. See AccessOrderLayout for what it costs.
+   */
+  prefetch?: readonly PrefetchEntry[];
 }
 
 /** Files up to this size are buffered in memory to be hashed; larger ones are spooled to tmpDir. */
@@ -62,6 +70,7 @@ export class DfbWriter {
   private state: 'open' | 'finishing' | 'done' | 'aborted' = 'open';
 
   private readonly sink: BlockSink;
+  private readonly order: AccessOrderLayout | undefined;
   private bytesIn = 0;
   private dedupedFiles = 0;
 
@@ -85,6 +94,8 @@ export class DfbWriter {
       workers: opts.workers ?? 0,
       checkAbort: () => this.checkSignal(),
     });
+    if (opts.prefetch?.length)
+      this.order = new AccessOrderLayout(opts.tmpDir, opts.prefetch, () => this.checkSignal());
   }
 
   // ------------------------------------------------------------------ tree
@@ -180,6 +191,11 @@ export class DfbWriter {
       DfError.invalidArgument(
         `DFB writer: content of ${JSON.stringify(path)} is longer than its size ${size}`,
       );
+    if (this.order) {
+      got = await this.order.add(node, content, digestOf, (n) => this.progress(n));
+      if (got > size) throw tooLong();
+      return this.checkLength(path, got, size);
+    }
     if (digestOf && size > 0 && !this.sizes.has(size)) {
       // No content of this size is in the stream yet, so this one is new: it goes straight into the blocks
       // (no buffering, no spool file), and its digest, computed elsewhere, is recorded for the files that
@@ -292,6 +308,9 @@ export class DfbWriter {
       await this.serial;
       if (this.failed) throw this.failed;
       this.checkSignal();
+      const prefetchRanges = await this.order?.place(this.tree, this.sink, this.blockSize);
+      await this.order?.dispose();
+      this.dedupedFiles += this.order?.deduped ?? 0;
       await this.sink.endBlocks();
       this.checkSignal();
 
@@ -301,6 +320,7 @@ export class DfbWriter {
         blockCount: this.sink.blockCount,
         dataLength: this.sink.dataLength,
         storedDataLength: this.sink.storedDataLength,
+        prefetchRanges,
       });
       const stored = deflateSync(enc.toc);
       const tocSha = createHash('sha256').update(stored).digest();
@@ -308,6 +328,7 @@ export class DfbWriter {
       await this.sink.emit(stored);
       await this.sink.emit(
         encodeFooter({
+          minor: prefetchRanges?.length ? FORMAT_MINOR : undefined,
           flags: 0,
           blockSize: this.blockSize,
           tocCodec: TocCodec.Zlib,
@@ -336,6 +357,7 @@ export class DfbWriter {
       };
     } catch (err) {
       this.failed ??= err;
+      await this.order?.dispose();
       throw DfError.from(err, 'DFB writer');
     }
   }
@@ -346,6 +368,7 @@ export class DfbWriter {
     this.state = 'aborted';
     this.failed ??= DfError.aborted('DFB writer aborted');
     await this.sink.abort();
+    await this.order?.dispose();
     for (const s of this.spools) await unlink(s).catch(() => undefined);
     this.spools.clear();
   }

@@ -30,6 +30,7 @@ interface ConvertFlags extends CommonFlags {
   platform?: string[];
   workDir?: string;
   force?: boolean;
+  prefetchList?: string;
 }
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -162,6 +163,10 @@ function buildProgram(signal: AbortSignal): Command {
     .option('--platform <os/arch[/variant]>', 'convert only this platform of an index (repeatable)', collect)
     .option('--work-dir <dir>', 'work directory for temporary blobs and the incremental index')
     .option('--force', 'convert every layer even if a converted copy exists')
+    .option(
+      '--prefetch-list <file>',
+      'lay out the listed files first (JSON Lines of {"path","ranges"}, see docs/format.md) and mark them for prefetch',
+    )
     .action(async (srcText: string, dstText: string | undefined, flags: ConvertFlags) => {
       const cfg = configFrom(flags);
       const log = createLogger(cfg.logLevel);
@@ -171,6 +176,9 @@ function buildProgram(signal: AbortSignal): Command {
         throw DfError.unsupported(
           'docker-archive is supported as a source only; write to a registry or oci:DIR[:TAG]',
         );
+      const prefetch = flags.prefetchList
+        ? await (await import('../blob/prefetch-list.js')).readPrefetchListFile(flags.prefetchList)
+        : undefined;
       const clients = new Clients(cfg, log, flags);
       const progress = createProgress(process.stderr, Boolean(flags.quiet));
       const stores: ImageStore[] = [];
@@ -199,6 +207,7 @@ function buildProgram(signal: AbortSignal): Command {
           workDir: cfg.convert.workDir,
           platforms: cfg.convert.platforms,
           force: flags.force,
+          prefetch,
           signal,
           progress,
           logger: log,

@@ -36,6 +36,8 @@ export class FetchStats {
   readErrors = 0;
   /** Bytes moved by background fill. */
   fillBytes = 0;
+  /** Bytes moved by mount-time prefetch of the TOC's prefetch ranges. */
+  prefetchBytes = 0;
   /** Blobs whose complete cache file matched / did not match the digest. */
   completeVerified = 0;
   completeMismatches = 0;

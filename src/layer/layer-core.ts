@@ -6,6 +6,7 @@ import { BlobReader } from '../fetch/blob-reader.js';
 import type { BlockMemoryCache } from '../fetch/block-memory-cache.js';
 import { FetchScheduler } from '../fetch/scheduler.js';
 import { FetchStats } from '../fetch/fetch-stats.js';
+import { RangePrefetch } from '../fetch/range-prefetch.js';
 import type { BlobRef, BlockSource } from '../fetch/types.js';
 import { UnitFetcher } from '../fetch/unit-fetcher.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -35,6 +36,10 @@ export interface LayerOptions {
   fillRetryMs?: number;
   /** Start background fill after the first read. Default true. */
   fillAfterFirstRead?: boolean;
+  /** Fetch the TOC's prefetch ranges when the layer opens (blobs of format 1.1 that have them). Default true. */
+  prefetchOnOpen?: boolean;
+  /** Prefetch runs in flight at once. Default 2. */
+  prefetchRuns?: number;
   /** Check the SHA-256 of blocks read from the disk cache. Default true. */
   verifyCachedReads?: boolean;
 }
@@ -80,6 +85,7 @@ export class LayerCore {
     readonly fetcher: UnitFetcher,
     readonly reader: BlobReader,
     readonly fill: BackgroundFill,
+    readonly prefetch: RangePrefetch,
     private readonly membership: SwarmMembership | undefined,
     private readonly logger: Logger,
   ) {}
@@ -132,6 +138,14 @@ export class LayerCore {
       logger,
       options: o,
     });
+    // the blocks the container will read first, at Prefetch priority, while it starts
+    const prefetch = new RangePrefetch({
+      fetcher,
+      ranges: loaded.toc.prefetchRanges,
+      runs: o.prefetchRuns,
+      logger,
+    });
+    if (o.prefetchOnOpen ?? true) prefetch.start();
     return new LayerCore(
       init.blob,
       loaded.toc,
@@ -141,6 +155,7 @@ export class LayerCore {
       fetcher,
       reader,
       fill,
+      prefetch,
       membership,
       logger,
     );
@@ -160,6 +175,7 @@ export class LayerCore {
       ?.leave()
       .catch((err) => this.logger.warn({ err, digest: this.blob.digest }, 'leaving the swarm failed'));
     this.fetcher.close();
+    await this.prefetch.done();
     await this.fill.close();
   }
 }

@@ -5,7 +5,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { decodeFooter, encodeFooter, FOOTER_SIZE, MAX_TOC_LENGTH } from '../../src/blob/footer.js';
 import { DfbReader } from '../../src/blob/reader.js';
 import { Toc } from '../../src/blob/toc.js';
-import { H } from '../../src/blob/toc-layout.js';
+import { H, PX } from '../../src/blob/toc-layout.js';
+import { parseSections } from '../../src/blob/toc-validate.js';
 import { TocCodec } from '../../src/blob/types.js';
 import { DfError } from '../../src/errors.js';
 import { exercise } from '../blob/exercise.js';
@@ -110,6 +111,57 @@ describe('fuzz: DFB TOC', () => {
       );
     },
     timeoutFor(),
+  );
+
+  it(
+    'mutated prefetch fields (1.1 header and packed ranges) decode to valid ranges or a DfError',
+    async () => {
+      const b11 = await smallRichBlob([
+        {
+          path: '/usr/lib/big',
+          ranges: [
+            [0, 1000],
+            [50_000, 1000],
+            [120_000, 5],
+          ],
+        },
+        { path: '/etc/f3' },
+      ]);
+      const t11 = parts(b11).toc;
+      const rangesAt = parseSections(t11).strBase + t11.readUInt32LE(PX.offset);
+      const count = t11.readUInt32LE(PX.count);
+      expect(count).toBeGreaterThan(1);
+      const at = fc.oneof(
+        fc.integer({ min: H.SIZE, max: PX.SIZE - 1 }),
+        fc.integer({ min: rangesAt, max: rangesAt + count * PX.RANGE - 1 }),
+      );
+      await fc.assert(
+        fc.asyncProperty(
+          fc.array(fc.record({ at, value: fc.oneof(fc.nat(255), fc.constantFrom(0, 0x7f, 0x80, 0xff)) }), {
+            minLength: 1,
+            maxLength: 4,
+          }),
+          async (edits) => {
+            const t = Buffer.from(t11);
+            for (const e of edits) t[e.at] = e.value;
+            const toc = returnsOrDfErrorSync(() => Toc.decode(t));
+            if (!(toc instanceof DfError)) {
+              let end = -1;
+              for (const r of toc.prefetchRanges) {
+                expect(r.offset).toBeGreaterThan(end);
+                expect(r.length).toBeGreaterThan(0);
+                end = r.offset + r.length;
+                expect(end).toBeLessThanOrEqual(toc.dataLength);
+                expect(toc.blocksForRange(r.offset, r.length)[0]).toBeGreaterThanOrEqual(0);
+              }
+            }
+            await returnsOrDfError(() => openAll(withToc(b11, t)));
+          },
+        ),
+        params(),
+      );
+    },
+    timeoutFor(1, 40),
   );
 
   it('refuses a TOC claiming 2^31 or 2^32-1 records of any kind before allocating for them', () => {

@@ -3,6 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FileRangeReader } from '../../src/blob/file-range-reader.js';
+import type { PrefetchEntry } from '../../src/blob/prefetch-list.js';
 import { DfbReader } from '../../src/blob/reader.js';
 import type { Toc } from '../../src/blob/toc.js';
 import { EntryType, type EntryMeta, type WriteResult } from '../../src/blob/types.js';
@@ -59,6 +60,10 @@ export interface DfbSpec {
   defaults?: EntryBase;
   /** Default 16 KiB. */
   blockSize?: number;
+  /** Access-ordered layout (DfbWriterOptions.prefetch). */
+  prefetch?: PrefetchEntry[];
+  /** Compression workers. Default 1. */
+  workers?: number;
 }
 
 /** Writes `<dir>/<name>.dfb` from a spec. */
@@ -68,7 +73,13 @@ export async function writeDfb(
   spec: DfbSpec,
 ): Promise<WriteResult & { path: string }> {
   const path = join(dir, `${name}.dfb`);
-  const w = new DfbWriter({ out: path, tmpDir: dir, workers: 1, blockSize: spec.blockSize ?? 16 * 1024 });
+  const w = new DfbWriter({
+    out: path,
+    tmpDir: dir,
+    workers: spec.workers ?? 1,
+    blockSize: spec.blockSize ?? 16 * 1024,
+    prefetch: spec.prefetch,
+  });
   for (const e of spec.entries ?? []) {
     if (e.type === EntryType.Dir) w.addEntry(e);
   }
@@ -92,7 +103,7 @@ export async function writeDfb(
 }
 
 /** A small blob (16 KiB blocks, ~25 blocks) holding every entry type, for corruption and fuzz tests. */
-export async function smallRichBlob(): Promise<Buffer> {
+export async function smallRichBlob(prefetch?: PrefetchEntry[]): Promise<Buffer> {
   const files: NonNullable<DfbSpec['files']> = [];
   for (let i = 0; i < 12; i++)
     files.push({ path: `etc/f${i}`, content: pseudoRandom(1000 + i * 3000, i + 1, i % 2 === 0) });
@@ -117,6 +128,7 @@ export async function smallRichBlob(): Promise<Buffer> {
       ],
       hardlinks: [['usr/lib/big2', 'usr/lib/big']],
       opaque: ['var/cache'],
+      prefetch,
     });
     return await readFile(path);
   } finally {
@@ -134,7 +146,7 @@ export interface TestBlob {
 }
 
 /** A DFB blob with 16 KiB blocks: a few small files and two large ones (~40 blocks in all), opened. */
-export async function makeBlob(dir: string, name = 'b'): Promise<TestBlob> {
+export async function makeBlob(dir: string, name = 'b', prefetch?: PrefetchEntry[]): Promise<TestBlob> {
   const files = new Map<string, Buffer>();
   for (let i = 0; i < 6; i++) files.set(`etc/f${i}`, pseudoRandom(500 + i * 4000, i + 1, i % 2 === 0));
   files.set('usr/big1', pseudoRandom(300_000, 7, true));
@@ -142,6 +154,7 @@ export async function makeBlob(dir: string, name = 'b'): Promise<TestBlob> {
   const res = await writeDfb(dir, name, {
     entries: [dirMeta('etc')],
     files: [...files].map(([path, content]) => ({ path, content })),
+    prefetch,
   });
   const bytes = await readFile(res.path);
   const rr = await FileRangeReader.open(res.path);

@@ -471,6 +471,12 @@ export interface RangeProxyControls {
   corrupt?: (r: { blob: string; range?: { start: number; end: number }; n: number }) => boolean;
   /** While true, new connections are refused (destroyed at once) and open ones are cut. */
   down: boolean;
+  /** Decides per blob GET whether to hold it (logged on arrival, forwarded when the promise settles). */
+  hold?: (r: {
+    blob: string;
+    range?: { start: number; end: number };
+    n: number;
+  }) => Promise<void> | undefined;
 }
 
 export interface RangeProxy {
@@ -540,8 +546,10 @@ export async function startRangeProxy(target: string): Promise<RangeProxy> {
       up.on('error', () => res.destroy());
       req.pipe(up);
     };
-    if (blob && controls.delayMs > 0) setTimeout(forward, controls.delayMs);
-    else forward();
+    const held = blob ? controls.hold?.({ blob, range, n }) : undefined;
+    const go = () => (blob && controls.delayMs > 0 ? setTimeout(forward, controls.delayMs) : forward());
+    if (held) void held.finally(go);
+    else go();
   });
   server.on('connection', (s) => {
     if (controls.down) {
