@@ -9,7 +9,8 @@ import { BlockMemoryCache } from '../fetch/block-memory-cache.js';
 import { FetchStats } from '../fetch/fetch-stats.js';
 import { RegistryBlockSource } from '../fetch/registry-block-source.js';
 import { FetchScheduler } from '../fetch/scheduler.js';
-import type { BlockSource } from '../fetch/types.js';
+import { ReadAhead } from '../fetch/read-ahead.js';
+import type { BlockSource, FileReader } from '../fetch/types.js';
 import { selectBinding } from '../fuse/select-binding.js';
 import { LayerFs, type InheritedDir } from '../fuse/layer-fs.js';
 import { cleanupStaleMounts, lazyUnmount } from '../fuse/mounts.js';
@@ -26,6 +27,7 @@ import { TokenBucket } from '../util/token-bucket.js';
 import { inheritedDirs } from './inherited-dirs.js';
 import type { NodeMetrics } from './metrics.js';
 import { MountRecords, type MountRecord } from './mount-records.js';
+import type { ReadRecorder } from './read-recorder.js';
 import { mountReadOnlyView } from './overlay.js';
 
 /** One mounted DFB layer: the layer (a handle from the store), its filesystem and its FUSE mount. */
@@ -33,6 +35,7 @@ export interface MountedLayer {
   layer: Layer;
   fs: LayerFs;
   mount: FuseMount;
+  readAhead?: ReadAhead;
 }
 
 export interface ImageMount {
@@ -50,6 +53,8 @@ export interface NodeRuntimeOptions {
   binding?: FuseBinding;
   /** The P2P tier (peers and seeds before the registry; open blobs are served and announced). */
   p2p?: P2pNode;
+  /** Records what the mounts read (`dfnode run --record-reads`); their direct reads are then off. */
+  recorder?: ReadRecorder;
 }
 
 /**
@@ -70,6 +75,7 @@ export class NodeRuntime {
   private readonly config: Config;
   private readonly client: RegistryClient;
   private readonly metrics?: NodeMetrics;
+  private readonly recorder?: ReadRecorder;
   private metricsTimer?: NodeJS.Timeout;
 
   constructor(opts: NodeRuntimeOptions) {
@@ -78,6 +84,7 @@ export class NodeRuntime {
     this.log = opts.logger ?? silentLogger;
     this.metrics = opts.metrics;
     this.p2p = opts.p2p;
+    this.recorder = opts.recorder;
     this.binding = opts.binding ?? selectBinding(this.config.node.fuseBinding, this.log);
     this.cache = CacheManager.fromConfig(this.config.cache, { logger: this.log });
     const m = this.metrics;
@@ -170,9 +177,13 @@ export class NodeRuntime {
     mountpoint: string,
     inherited?: Map<number, InheritedDir>,
   ): Promise<MountedLayer> {
+    const readAhead = this.config.fetch.readAhead ? new ReadAhead(layer.reader, layer.fetcher) : undefined;
+    let reader: FileReader = readAhead ?? layer.reader;
+    // recording sees every read: no direct reads in C for these mounts
+    if (this.recorder) reader = this.recorder.wrap(layer.toc, reader);
     const fs = new LayerFs({
       toc: layer.toc,
-      reader: layer.reader,
+      reader,
       logger: this.log,
       inheritedDirs: inherited,
     });
@@ -180,9 +191,14 @@ export class NodeRuntime {
     const mount = await this.binding.mount(mountpoint, fs, {
       fsname: `dfnode:${layer.digest.slice(7, 19)}`,
       logger: this.log,
-      direct: { toc: layer.toc, blocks: layer.cache, verify: this.config.cache.verifyDirectReads },
+      direct: this.recorder
+        ? undefined
+        : { toc: layer.toc, blocks: layer.cache, verify: this.config.cache.verifyDirectReads, gate: readAhead },
+    }).catch((err: unknown) => {
+      readAhead?.close();
+      throw err;
     });
-    return { layer, fs, mount };
+    return { layer, fs, mount, readAhead };
   }
 
   /**
@@ -210,6 +226,7 @@ export class NodeRuntime {
   /** Unmounts a layer mounted by mountLayer and releases it. */
   async releaseLayer(mounted: MountedLayer): Promise<void> {
     await mounted.mount.unmount().catch((err) => this.log.warn({ err }, 'layer unmount failed'));
+    mounted.readAhead?.close();
     await mounted.layer.release();
   }
 

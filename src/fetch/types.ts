@@ -85,4 +85,6 @@ export function isDeferred(err: unknown): boolean {
 export interface FileReader {
   readonly toc: Toc;
   read(ino: number, offset: number, length: number, signal?: AbortSignal): Promise<Buffer>;
+  /** Optional: a file open on `ino` was closed (read-ahead stops). */
+  release?(ino: number): void;
 }
