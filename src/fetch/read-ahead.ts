@@ -38,8 +38,11 @@ interface Stream {
   holds: Set<number>;
 }
 
-/** Reads may arrive slightly out of order (the kernel's own read-ahead runs on several threads). */
-const REORDER_SLACK = 256 * 1024;
+/**
+ * Reads may arrive slightly out of order (the kernel's own read-ahead runs on several threads): a read this
+ * far behind the stream neither ends it nor counts as progress.
+ */
+const REORDER_SLACK = 128 * 1024;
 
 /**
  * Read-ahead for files read front to back: a FileReader around the layer's reader that watches the reads
@@ -94,7 +97,10 @@ export class ReadAhead implements FileReader {
     const s = this.observe(ino, offset, length);
     if (s) s.pending++;
     try {
-      return await this.inner.read(ino, offset, length, signal);
+      // the read asks for its own blocks first (synchronously), then the window goes behind it
+      const p = this.inner.read(ino, offset, length, signal);
+      if (s) this.maybeIssue(s);
+      return await p;
     } finally {
       if (s) s.pending--;
     }
@@ -169,9 +175,9 @@ export class ReadAhead implements FileReader {
         holds: new Set(),
       };
       this.streams.set(ino, s);
-    } else {
+    } else if (end > s.next) {
       s.reads++;
-      s.next = Math.max(s.next, end);
+      s.next = end;
       // the reader got here: tripwires it passed go to the C path
       if (s.holds.size) {
         const [, lastBlock] = this.toc.blocksForRange(dataOffset + Math.max(0, end - 1), 1);
@@ -179,12 +185,17 @@ export class ReadAhead implements FileReader {
       }
     }
     this.armIdle(s);
-    if (s.reads >= this.o.minSequentialReads && s.aheadEnd < size) {
-      // past the middle of the last window (or beyond what was issued): the next one
-      const mid = s.lastWindowStart + (s.aheadEnd - s.lastWindowStart) / 2;
-      if (s.next >= mid || s.aheadEnd <= s.next) this.issue(s, Math.max(s.aheadEnd, s.next), size, dataOffset);
-    }
     return s;
+  }
+
+  private maybeIssue(s: Stream): void {
+    if (this.streams.get(s.ino) !== s || s.reads < this.o.minSequentialReads) return;
+    const st = this.toc.stat(s.ino);
+    if (s.aheadEnd >= st.size) return;
+    // past the middle of the last window (or beyond what was issued): the next one
+    const mid = s.lastWindowStart + (s.aheadEnd - s.lastWindowStart) / 2;
+    if (s.next >= mid || s.aheadEnd <= s.next)
+      this.issue(s, Math.max(s.aheadEnd, s.next), st.size, st.dataOffset);
   }
 
   private armIdle(s: Stream): void {
