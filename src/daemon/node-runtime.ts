@@ -188,16 +188,23 @@ export class NodeRuntime {
       inheritedDirs: inherited,
     });
     await mkdir(mountpoint, { recursive: true });
-    const mount = await this.binding.mount(mountpoint, fs, {
-      fsname: `dfnode:${layer.digest.slice(7, 19)}`,
-      logger: this.log,
-      direct: this.recorder
-        ? undefined
-        : { toc: layer.toc, blocks: layer.cache, verify: this.config.cache.verifyDirectReads, gate: readAhead },
-    }).catch((err: unknown) => {
-      readAhead?.close();
-      throw err;
-    });
+    const mount = await this.binding
+      .mount(mountpoint, fs, {
+        fsname: `dfnode:${layer.digest.slice(7, 19)}`,
+        logger: this.log,
+        direct: this.recorder
+          ? undefined
+          : {
+              toc: layer.toc,
+              blocks: layer.cache,
+              verify: this.config.cache.verifyDirectReads,
+              gate: readAhead,
+            },
+      })
+      .catch((err: unknown) => {
+        readAhead?.close();
+        throw err;
+      });
     return { layer, fs, mount, readAhead };
   }
 

@@ -45,11 +45,10 @@ export class ReadRecorder {
 
   /** A reader that records the reads of `inner` (one layer whose TOC is `toc`) before serving them. */
   wrap(toc: Toc, inner: FileReader): FileReader {
-    const self = this;
     return {
       toc,
-      read(ino, offset, length, signal) {
-        self.recordRead(toc, ino, offset, length);
+      read: (ino, offset, length, signal) => {
+        this.recordRead(toc, ino, offset, length);
         return inner.read(ino, offset, length, signal);
       },
       release: inner.release?.bind(inner),

@@ -144,9 +144,7 @@ export class NativeFuseBinding implements FuseBinding {
     }
     // presence changes from now on (the tables above hold a snapshot taken in the same tick)
     const stopDirect =
-      direct && directSrc
-        ? followPresence(addon, session, directSrc.blocks, directSrc.gate)
-        : undefined;
+      direct && directSrc ? followPresence(addon, session, directSrc.blocks, directSrc.gate) : undefined;
     const m = new NativeFuseMount(mp, addon, session, dispatcher, logger, stopDirect);
     trackMount(m);
     logger.info({ mountpoint: mp, fsname, binding: 'native', directReads: !!direct }, 'fuse: mounted');

@@ -69,7 +69,9 @@ describe.skipIf(req.skip)('dfnode mount: read-ahead (debian)', () => {
   }
 
   /** The blob's range requests made while `fn` runs. */
-  async function requestsDuring(fn: () => Promise<void>): Promise<{ count: number; bytes: number; max: number }> {
+  async function requestsDuring(
+    fn: () => Promise<void>,
+  ): Promise<{ count: number; bytes: number; max: number }> {
     const from = proxy.log.length;
     await fn();
     const rs = proxy.log.slice(from).filter((e) => e.blob === layer.digest && e.range);
