@@ -63,52 +63,52 @@ export async function runColdStart(o: ColdStartOptions): Promise<Record<string, 
   ).stdout.trim();
   const bigPath = big.slice(big.indexOf(' ') + 1);
   const bigBytes = Number(big.slice(0, big.indexOf(' ')));
-  const sequential = async (readAhead: boolean): Promise<ColdSample> => {
+  /**
+   * A fresh `dfnode mount` of the image (empty cache) while `use` runs on it; stopped afterwards. `use` gets
+   * the clock and the link's byte count as they were just before the mount started.
+   */
+  const withFreshMount = async <T>(
+    mount: { config?: Record<string, unknown>; fillRate?: string },
+    use: (m: DfnodeMount, start: { t0: bigint; rx0: number }) => Promise<T>,
+  ): Promise<T> => {
     await rm(cold, { recursive: true, force: true });
     await mkdir(cold, { recursive: true });
+    const start = { rx0: ns.hostRxBytes(), t0: process.hrtime.bigint() };
     const m = await DfnodeMount.start({
       cli: o.dfnodeCli,
       ref,
       target: join(cold, 'mnt'),
       cacheDir: join(cold, 'cache'),
       stateDir: join(cold, 'state'),
-      config: { fetch: { backgroundFill: false, readAhead } },
+      ...mount,
     });
     mounts.add(m);
     try {
+      return await use(m, start);
+    } finally {
+      await m.stop();
+      mounts.delete(m);
+    }
+  };
+  const sequential = (readAhead: boolean): Promise<ColdSample> =>
+    withFreshMount({ config: { fetch: { backgroundFill: false, readAhead } } }, async () => {
       const rx0 = ns.hostRxBytes();
       const r = await run('dd', [`if=${join(cold, 'mnt', bigPath)}`, 'of=/dev/null', 'bs=1M']);
       return { seconds: r.seconds, bytes: ns.hostRxBytes() - rx0, steps: { read: r.seconds } };
-    } finally {
-      await m.stop();
-      mounts.delete(m);
-    }
-  };
-  const lazy = async (fill: boolean, rate?: number): Promise<ColdSample> => {
-    await rm(cold, { recursive: true, force: true });
-    await mkdir(cold, { recursive: true });
-    const rx0 = ns.hostRxBytes();
-    const t0 = process.hrtime.bigint();
-    const m = await DfnodeMount.start({
-      cli: o.dfnodeCli,
-      ref,
-      target: join(cold, 'mnt'),
-      cacheDir: join(cold, 'cache'),
-      stateDir: join(cold, 'state'),
-      config: fill ? undefined : { fetch: { backgroundFill: false } },
-      fillRate: rate ? String(rate) : undefined,
     });
-    mounts.add(m);
-    try {
-      const w = await run(CHROOT, [join(cold, 'mnt'), ...WORKLOAD], { env: WORKLOAD_ENV });
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      const bytes = ns.hostRxBytes() - rx0;
-      return { seconds, bytes, steps: { mount: m.mountSeconds, workload: w.seconds } };
-    } finally {
-      await m.stop();
-      mounts.delete(m);
-    }
-  };
+  const lazy = (fill: boolean, rate?: number): Promise<ColdSample> =>
+    withFreshMount(
+      {
+        config: fill ? undefined : { fetch: { backgroundFill: false } },
+        fillRate: rate ? String(rate) : undefined,
+      },
+      async (m, { t0, rx0 }) => {
+        const w = await run(CHROOT, [join(cold, 'mnt'), ...WORKLOAD], { env: WORKLOAD_ENV });
+        const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+        const bytes = ns.hostRxBytes() - rx0;
+        return { seconds, bytes, steps: { mount: m.mountSeconds, workload: w.seconds } };
+      },
+    );
   const full = async (): Promise<ColdSample> => {
     await rm(cold, { recursive: true, force: true });
     await mkdir(cold, { recursive: true });

@@ -3,7 +3,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,7 +10,8 @@ import { parsePrefetchList, type PrefetchEntry } from '../blob/prefetch-list.js'
 import { PrivateContainerd } from '../containerd/private-containerd.js';
 import { EmbeddedRegistry } from '../demo/embedded-registry.js';
 import { DfError } from '../errors.js';
-import { lazyUnmount, readMountInfo } from '../fuse/mounts.js';
+import { unmountUnder } from '../fuse/mounts.js';
+import { socketAccepts } from '../util/unix-socket.js';
 
 export interface RecordWorkloadOptions {
   /** The workload: a command and its arguments, run in the image's root filesystem. */
@@ -42,17 +42,6 @@ export function checkOptimizeRequirements(): void {
     );
 }
 
-function socketAccepts(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
-
 function exited(child: ChildProcess): Promise<number | null> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
   return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
@@ -66,15 +55,6 @@ async function stopChild(child: ChildProcess | undefined, graceMs: number): Prom
   const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
   await done;
   clearTimeout(t);
-}
-
-/** Unmounts whatever is still mounted below `dir` (deepest first): overlay views, FUSE layers. */
-async function unmountUnder(dir: string): Promise<void> {
-  const under = readMountInfo()
-    .map((m) => m.mountpoint)
-    .filter((p) => p.startsWith(dir + '/'))
-    .sort((a, b) => b.length - a.length);
-  for (const p of under) await lazyUnmount(p).catch(() => undefined);
 }
 
 /**
