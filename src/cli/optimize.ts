@@ -47,6 +47,19 @@ function exited(child: ChildProcess): Promise<number | null> {
   return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
 }
 
+/** The child's exit code; rejects as soon as `signal` aborts (the caller's finally stops the child). */
+function exitedOrAborted(child: ChildProcess, signal: AbortSignal): Promise<number | null> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(DfError.aborted('interrupted'));
+    if (signal.aborted) return onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    void exited(child).then((code) => {
+      signal.removeEventListener('abort', onAbort);
+      resolve(code);
+    });
+  });
+}
+
 /** SIGTERM by PID, SIGKILL after graceMs. */
 async function stopChild(child: ChildProcess | undefined, graceMs: number): Promise<void> {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
@@ -70,6 +83,7 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
   let node: ChildProcess | undefined;
   let ctd: PrivateContainerd | undefined;
   let task: ChildProcess | undefined;
+  let pull: ChildProcess | undefined;
   try {
     registry = await EmbeddedRegistry.start(work);
     const ref = `${registry.host}/dfconvert/optimize:dfb`;
@@ -111,21 +125,22 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
       namespace: 'dfconvert',
     });
     o.note(`optimize: private containerd (pid ${ctd.pid}); dfnode pull ${ref}`);
-    const pull = spawn(
+    pull = spawn(
       process.execPath,
       [dfnode, 'pull', '-c', config, '--address', ctd.address, '-n', ctd.namespace, ref],
-      { stdio: ['ignore', 'ignore', 'pipe'], signal: o.signal },
+      { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     let pullErr = '';
     pull.stderr!.setEncoding('utf8').on('data', (d: string) => (pullErr = (pullErr + d).slice(-4000)));
-    if ((await exited(pull)) !== 0) throw new DfError('INTERNAL', `dfnode pull failed: ${pullErr.trim()}`);
+    if ((await exitedOrAborted(pull, o.signal)) !== 0)
+      throw new DfError('INTERNAL', `dfnode pull failed: ${pullErr.trim()}`);
 
     o.note(`optimize: running ${JSON.stringify(o.cmd.join(' '))} (at most ${o.seconds} s)`);
     const id = `dfopt-${process.pid}`;
     task = spawn(
       'ctr',
       ['-a', ctd.address, '-n', ctd.namespace, 'run', '--rm', '--snapshotter', 'dfnode', ref, id, ...o.cmd],
-      { stdio: ['ignore', 'ignore', 'pipe'], signal: o.signal },
+      { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     task.on('error', () => undefined);
     let timedOut = false;
@@ -133,9 +148,7 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
       timedOut = true;
       ctd?.ctr(['task', 'kill', '-s', 'SIGKILL', id]).catch(() => undefined);
     }, o.seconds * 1000);
-    const code = await exited(task);
-    clearTimeout(timer);
-    o.signal.throwIfAborted();
+    const code = await exitedOrAborted(task, o.signal).finally(() => clearTimeout(timer));
     o.note(
       `optimize: workload ${timedOut ? `stopped after ${o.seconds} s` : `exited (${code ?? 'signal'})`}`,
     );
@@ -150,6 +163,7 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
     o.note(`optimize: recorded ${entries.length} files read by the workload`);
     return entries;
   } finally {
+    await stopChild(pull, 2000).catch(() => undefined);
     await stopChild(task, 2000).catch(() => undefined);
     await ctd?.stop().catch(() => undefined);
     await stopChild(node, 30_000).catch(() => undefined);

@@ -2,10 +2,11 @@
 // stopped by its PID; a system containerd is never touched. Optionally with dfnode as a proxy snapshotter
 // (`[proxy_plugins.dfnode]`). Used by `dfconvert --optimize` and the benchmarks (bench/lib/containerd.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DfError } from '../errors.js';
+import { pidsMentioning } from '../process.js';
 
 const DISABLED_PLUGINS = [
   'io.containerd.grpc.v1.cri',
@@ -61,20 +62,6 @@ export function runTool(
       resolve({ stdout, stderr, seconds: Number(process.hrtime.bigint() - t0) / 1e9 });
     });
   });
-}
-
-/** PIDs of processes whose command line mentions `needle` (a shim names its containerd's socket). */
-function pidsMentioning(needle: string): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
-    try {
-      if (readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(needle)) out.push(Number(e));
-    } catch {
-      // gone
-    }
-  }
-  return out;
 }
 
 export class PrivateContainerd {

@@ -4,12 +4,15 @@
  * recorded list, and leaves nothing behind. The compiled CLI runs as a child process.
  * Needs root, /dev/fuse, overlayfs, containerd, ctr, runc, docker-registry, debootstrap (fixture).
  */
-import { readFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parsePrefetchList } from '../../src/blob/prefetch-list.js';
 import { readMountInfo } from '../../src/fuse/mounts.js';
-import { runCli } from '../helpers/cli.js';
+import { pidsMentioning } from '../../src/process.js';
+import { cliPath, runCli } from '../helpers/cli.js';
 import { requireContainerd } from '../helpers/containerd.js';
 import { ensureFixture } from '../helpers/fixtures.js';
 import { tempDir } from '../helpers/temp.js';
@@ -100,6 +103,53 @@ describe.skipIf(req.skip)('dfconvert --optimize (debian)', () => {
     const paths = parsePrefetchList(await readFile(list, 'utf8')).map((e) => e.path);
     expect(paths).toContain('/etc/debian_version');
     expect(paths).toContain('/usr/bin/sleep');
+  });
+
+  it('Ctrl-C during the workload stops and removes everything it started', async () => {
+    const scratch = join(tmp.dir, 'tmpdir');
+    await mkdir(scratch, { recursive: true });
+    const child = spawn(
+      process.execPath,
+      [
+        cliPath('dfconvert'),
+        '--optimize',
+        '--optimize-seconds',
+        '600',
+        '--work-dir',
+        join(tmp.dir, 'work'),
+        src,
+        `oci:${join(tmp.dir, 'out3')}:opt`,
+        '--',
+        '/bin/sleep',
+        '1000',
+      ],
+      {
+        env: { ...process.env, TMPDIR: scratch, DFNODE_LOG_LEVEL: 'warn' },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
+    let err = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    const exit = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      const deadline = Date.now() + 240_000;
+      while (!err.includes('optimize: running')) {
+        if (child.exitCode !== null) throw new Error(`dfconvert exited early: ${err}`);
+        if (Date.now() > deadline) throw new Error(`the workload did not start: ${err}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const work = (await readdir(scratch)).find((n) => n.startsWith('dfopt-'));
+      expect(work).toBeDefined();
+      child.kill('SIGINT');
+      expect(await exit).not.toBe(0);
+      // no mounts, no processes mentioning its directory, and the directory is gone
+      expect(readMountInfo().filter((m) => m.mountpoint.startsWith(scratch)).length).toBe(0);
+      expect(pidsMentioning(join(scratch, work!))).toEqual([]);
+      expect(await readdir(scratch)).toEqual([]);
+      expect(existsSync(join(tmp.dir, 'out3'))).toBe(false);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
   });
 
   it('without the tools it needs: an error saying what is missing', async () => {
