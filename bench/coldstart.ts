@@ -269,7 +269,10 @@ async function main(): Promise<number> {
           config: v.config,
           metricsPort: 19_700 + (process.pid % 200),
         });
-      ctd = await PrivateContainerd.start(join(dir, 'c'), 30_000, { snapshotterSocket: node?.socket });
+      ctd = await PrivateContainerd.start(join(dir, 'c'), {
+        timeoutMs: 30_000,
+        snapshotterSocket: node?.socket,
+      });
       drops.add(await dropPageCache([]));
       const setupSeconds = Number(process.hrtime.bigint() - s0) / 1e9;
       const sock = ctd.address;

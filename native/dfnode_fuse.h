@@ -29,7 +29,8 @@
 /* Attributes as JS packs them in a Float64Array (packAttr in src/fuse/native-dispatcher.ts). */
 enum { A_INO, A_MODE, A_NLINK, A_UID, A_GID, A_RDEV, A_SIZE, A_BLOCKS, A_BLKSIZE, A_MSEC, A_MNSEC, ATTR_N };
 /* Operations forwarded to JS (the first argument of the dispatch function; OP_* of src/fuse/native-dispatcher.ts). */
-enum { OP_LOOKUP = 1, OP_GETATTR, OP_OPEN, OP_READ, OP_READLINK, OP_GETXATTR, OP_LISTXATTR, OP_STATFS, OP_OPENDIR };
+enum { OP_LOOKUP = 1, OP_GETATTR, OP_OPEN, OP_READ, OP_READLINK, OP_GETXATTR, OP_LISTXATTR, OP_STATFS, OP_OPENDIR,
+       OP_RELEASE /* a notification (no reply; req NULL): sent when forward_release is set */ };
 
 typedef struct session session;
 
@@ -81,6 +82,7 @@ struct session {
   unsigned max_read_opt; /* the max_read= mount option (0: none) */
   direct_reads *dr;      /* reads served from the cache file in C; NULL: every read goes to JS */
   volatile int read_forwarded; /* a read went to JS already (the first one always does) */
+  int forward_release;          /* tell JS about file releases (its read-ahead stops) */
   dr_stats direct_total;        /* direct-read counters kept when dr is freed at unmount */
   pthread_mutex_t dir_mu;       /* the listings below */
   dirh *dirs[DIR_BUCKETS];      /* listings by directory inode (dir_cache.c) */

@@ -94,6 +94,21 @@ void dfn_call_js(napi_env env, napi_value fn, void *context, void *data) {
   session *s = context;
   dreq *r = data;
   (void)s;
+  if (r->op == OP_RELEASE) {
+    if (env != NULL && fn != NULL && !r->s->closing) {
+      napi_value argv[3], undef, result;
+      napi_get_undefined(env, &undef);
+      napi_create_int32(env, r->op, &argv[0]);
+      napi_create_double(env, 0, &argv[1]);
+      napi_create_double(env, (double)r->ino, &argv[2]);
+      if (napi_call_function(env, undef, fn, 3, argv, &result) != napi_ok) {
+        napi_value exc;
+        napi_get_and_clear_last_exception(env, &exc);
+      }
+    }
+    free(r);
+    return;
+  }
   if (env == NULL || fn == NULL || r->s->closing) {
     fuse_reply_err(r->req, EIO);
     free(r);

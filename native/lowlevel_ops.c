@@ -87,9 +87,17 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 }
 
 static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  (void)ino;
   (void)fi;
+  session *s = fuse_req_userdata(req);
   fuse_reply_err(req, 0);
+  if (!s->forward_release || s->closing) return;
+  /* a notification: JS does not answer it (dfn_call_js frees it) */
+  dreq *r = calloc(1, sizeof(dreq) + 1);
+  if (!r) return;
+  r->s = s;
+  r->op = OP_RELEASE;
+  r->ino = ino;
+  if (napi_call_threadsafe_function(s->tsfn, r, napi_tsfn_nonblocking) != napi_ok) free(r);
 }
 
 /* Sets what every directory handle gets; used here and by replyOpendir. */

@@ -144,6 +144,7 @@ napi_value dfn_js_mount(napi_env env, napi_callback_info info) {
   s->entry_timeout = num_prop(env, argv[3], "entryTimeout", 86400);
   s->attr_timeout = num_prop(env, argv[3], "attrTimeout", 86400);
   s->negative_timeout = num_prop(env, argv[3], "negativeTimeout", 86400);
+  s->forward_release = num_prop(env, argv[3], "forwardRelease", 0) != 0;
   const char *mr = strstr(opts, "max_read=");
   s->max_read_opt = mr ? (unsigned)strtoul(mr + 9, NULL, 10) : 0;
   napi_value dcfg;

@@ -89,6 +89,8 @@ const configSchema = z.strictObject({
       fillRate: sizeSchema.default(0),
       /** Start filling the whole layer after its first read. */
       backgroundFill: z.boolean().default(true),
+      /** Files read front to back fetch growing windows ahead of the reader (fetch/read-ahead.ts). */
+      readAhead: z.boolean().default(true),
     })
     .prefault({}),
   snapshotter: z

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 /**
  * Whether process `pid` is running. A zombie (exited, not reaped yet) does not count: a killed dfnode can
@@ -18,4 +18,18 @@ export function processRunning(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** PIDs of processes (other than this one) whose command line mentions `needle`. */
+export function pidsMentioning(needle: string): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(needle)) out.push(Number(e));
+    } catch {
+      // gone
+    }
+  }
+  return out;
 }

@@ -53,31 +53,62 @@ export async function runColdStart(o: ColdStartOptions): Promise<Record<string, 
   // A quarter of the link for background fill (bytes/s), to see what fill costs the workload.
   const fillRate = Math.round((mbit * 1e6) / 8 / 4);
   const fillRateLabel = `${(fillRate / 1e6).toFixed(1)} MB/s`;
-  const lazy = async (fill: boolean, rate?: number): Promise<ColdSample> => {
+  // the largest file of the image, read front to back through the lazy mount: read-ahead on vs off
+  const big = spawnSync(
+    'sh',
+    ['-c', `cd '${rootfs}' && find . -xdev -type f -printf '%s %P\\n' | sort -n | tail -1`],
+    {
+      encoding: 'utf8',
+    },
+  ).stdout.trim();
+  const bigPath = big.slice(big.indexOf(' ') + 1);
+  const bigBytes = Number(big.slice(0, big.indexOf(' ')));
+  /**
+   * A fresh `dfnode mount` of the image (empty cache) while `use` runs on it; stopped afterwards. `use` gets
+   * the clock and the link's byte count as they were just before the mount started.
+   */
+  const withFreshMount = async <T>(
+    mount: { config?: Record<string, unknown>; fillRate?: string },
+    use: (m: DfnodeMount, start: { t0: bigint; rx0: number }) => Promise<T>,
+  ): Promise<T> => {
     await rm(cold, { recursive: true, force: true });
     await mkdir(cold, { recursive: true });
-    const rx0 = ns.hostRxBytes();
-    const t0 = process.hrtime.bigint();
+    const start = { rx0: ns.hostRxBytes(), t0: process.hrtime.bigint() };
     const m = await DfnodeMount.start({
       cli: o.dfnodeCli,
       ref,
       target: join(cold, 'mnt'),
       cacheDir: join(cold, 'cache'),
       stateDir: join(cold, 'state'),
-      config: fill ? undefined : { fetch: { backgroundFill: false } },
-      fillRate: rate ? String(rate) : undefined,
+      ...mount,
     });
     mounts.add(m);
     try {
-      const w = await run(CHROOT, [join(cold, 'mnt'), ...WORKLOAD], { env: WORKLOAD_ENV });
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      const bytes = ns.hostRxBytes() - rx0;
-      return { seconds, bytes, steps: { mount: m.mountSeconds, workload: w.seconds } };
+      return await use(m, start);
     } finally {
       await m.stop();
       mounts.delete(m);
     }
   };
+  const sequential = (readAhead: boolean): Promise<ColdSample> =>
+    withFreshMount({ config: { fetch: { backgroundFill: false, readAhead } } }, async () => {
+      const rx0 = ns.hostRxBytes();
+      const r = await run('dd', [`if=${join(cold, 'mnt', bigPath)}`, 'of=/dev/null', 'bs=1M']);
+      return { seconds: r.seconds, bytes: ns.hostRxBytes() - rx0, steps: { read: r.seconds } };
+    });
+  const lazy = (fill: boolean, rate?: number): Promise<ColdSample> =>
+    withFreshMount(
+      {
+        config: fill ? undefined : { fetch: { backgroundFill: false } },
+        fillRate: rate ? String(rate) : undefined,
+      },
+      async (m, { t0, rx0 }) => {
+        const w = await run(CHROOT, [join(cold, 'mnt'), ...WORKLOAD], { env: WORKLOAD_ENV });
+        const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+        const bytes = ns.hostRxBytes() - rx0;
+        return { seconds, bytes, steps: { mount: m.mountSeconds, workload: w.seconds } };
+      },
+    );
   const full = async (): Promise<ColdSample> => {
     await rm(cold, { recursive: true, force: true });
     await mkdir(cold, { recursive: true });
@@ -104,6 +135,8 @@ export async function runColdStart(o: ColdStartOptions): Promise<Record<string, 
     'dfnode lazy, no fill': () => lazy(false),
     [`dfnode lazy, fill ≤ ${fillRateLabel}`]: () => lazy(true, fillRate),
     'full pull+unpack': full,
+    [`sequential read, read-ahead on`]: () => sequential(true),
+    [`sequential read, read-ahead off`]: () => sequential(false),
   };
   for (let r = 1; r <= runs; r++)
     for (const [name, fn] of Object.entries(variants)) {
@@ -124,6 +157,15 @@ export async function runColdStart(o: ColdStartOptions): Promise<Record<string, 
   }
   const fullAgg = agg['full pull+unpack']!;
   const ratios: Record<string, { speedup: number; bytesFraction: number }> = {};
+  const raOn = agg['sequential read, read-ahead on']!;
+  const raOff = agg['sequential read, read-ahead off']!;
+  const readAhead = {
+    file: bigPath,
+    fileBytes: bigBytes,
+    onSeconds: raOn.seconds,
+    offSeconds: raOff.seconds,
+    speedup: +(raOff.seconds / raOn.seconds).toFixed(2),
+  };
   for (const name of Object.keys(variants).filter((n) => n.startsWith('dfnode')))
     ratios[name] = {
       speedup: +(fullAgg.seconds / agg[name]!.seconds).toFixed(2),
@@ -157,6 +199,11 @@ export async function runColdStart(o: ColdStartOptions): Promise<Record<string, 
     "  dfnode lazy: from spawning `dfnode mount` to the workload's exit (background fill on, as by default: " +
       'its traffic until then is counted); no fill: fetch.backgroundFill false; fill ≤ R: --fill-rate R\n  full pull+unpack: skopeo copy docker:// → oci: + umoci unpack + workload\n',
   );
+  out.write(
+    `  sequential read: dd of the largest file (/${bigPath}, ${(bigBytes / 1e6).toFixed(1)} MB) from a fresh ` +
+      `mount, no fill; fetch.readAhead on vs off: read-ahead speedup ${readAhead.speedup.toFixed(2)}× ` +
+      `(${raOff.seconds.toFixed(2)} s / ${raOn.seconds.toFixed(2)} s)\n`,
+  );
   return {
     mbit,
     runs: runs,
@@ -166,5 +213,6 @@ export async function runColdStart(o: ColdStartOptions): Promise<Record<string, 
     localWorkloadSeconds: +ref0.seconds.toFixed(2),
     results: agg,
     ratios,
+    readAhead,
   };
 }

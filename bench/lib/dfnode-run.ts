@@ -2,7 +2,7 @@
 // process of a benchmark, with its own cache, state and snapshotter root below
 // one directory; stopped by PID, and whatever it left mounted is detached.
 import { mkdir, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
+import { socketAccepts } from '../../src/util/unix-socket.js';
 import { join } from 'node:path';
 import { Daemon } from './daemon.js';
 import { unmountUnder } from './mounts-under.js';
@@ -19,17 +19,7 @@ export interface DfnodeRunOptions {
   timeoutMs?: number;
 }
 
-/** Whether something accepts connections on a unix socket. */
-export function socketAccepts(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
+export { socketAccepts };
 
 export class DfnodeRun {
   private constructor(

@@ -9,6 +9,7 @@ import { loadConfig, type Config } from '../config.js';
 import { DfError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
+import type { PrefetchEntry } from '../blob/prefetch-list.js';
 import { runMain } from './run-main.js';
 
 interface CommonFlags {
@@ -30,8 +31,14 @@ interface ConvertFlags extends CommonFlags {
   platform?: string[];
   workDir?: string;
   force?: boolean;
+  optimize?: boolean;
+  optimizeSeconds?: string;
+  keepPrefetchList?: string;
+  /** The --optimize conversion into the private registry: no summary. */
+  intermediate?: boolean;
   prefetchList?: string;
 }
+
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -145,7 +152,65 @@ function fmtBytes(n: number): string {
   return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`;
 }
 
-function buildProgram(signal: AbortSignal): Command {
+/** One conversion SRC → DST (DST defaults to SRC's repository, tag <tag>-dfb); prints its summary. */
+async function convertImage(
+  srcText: string,
+  dstText: string | undefined,
+  flags: ConvertFlags,
+  signal: AbortSignal,
+  prefetch?: PrefetchEntry[],
+): Promise<void> {
+  const cfg = configFrom(flags);
+  const log = createLogger(cfg.logLevel);
+  const src = parseLocation(srcText);
+  const dst = dstText ? parseLocation(dstText) : defaultDestination(src);
+  if (dst.kind === 'docker-archive')
+    throw DfError.unsupported(
+      'docker-archive is supported as a source only; write to a registry or oci:DIR[:TAG]',
+    );
+  // the recorded list of --optimize, else --prefetch-list FILE
+  prefetch ??= flags.prefetchList
+    ? await (await import('../blob/prefetch-list.js')).readPrefetchListFile(flags.prefetchList)
+    : undefined;
+  const clients = new Clients(cfg, log, flags);
+  const progress = createProgress(process.stderr, Boolean(flags.quiet));
+  const stores: ImageStore[] = [];
+  try {
+    const { Converter } = await import('../../converter/convert.js');
+    const srcStore = await openStore(src, () => clients.make(flags.srcCreds), cfg.convert.workDir, signal);
+    stores.push(srcStore);
+    const dstStore = await openStore(dst, () => clients.make(flags.destCreds), cfg.convert.workDir, signal);
+    stores.push(dstStore);
+    progress.note(`converting ${srcStore.description} → ${dstStore.description}`);
+    const summary = await new Converter({
+      src: srcStore,
+      dst: dstStore,
+      blockSize: cfg.convert.blockSize,
+      workers: cfg.convert.workers,
+      workDir: cfg.convert.workDir,
+      platforms: cfg.convert.platforms,
+      force: flags.force,
+      signal,
+      progress,
+      logger: log,
+      prefetch,
+    }).run();
+    progress.stop();
+    if (flags.json) process.stdout.write(JSON.stringify(summary) + '\n');
+    else if (!flags.intermediate)
+      process.stdout.write(
+        `${summary.destination}@${summary.digest}\n` +
+          `  ${summary.layers.length} layers (${summary.layers.filter((l) => l.reused).length} reused), ` +
+          `${fmtBytes(summary.uncompressedBytes)} of files in, ${fmtBytes(summary.bytesOut)} pushed, ${summary.seconds.toFixed(1)} s\n`,
+      );
+  } finally {
+    progress.stop();
+    for (const s of stores) await s.close().catch(() => undefined);
+    await clients.close();
+  }
+}
+
+function buildProgram(signal: AbortSignal, workload: string[]): Command {
   const program = new Command('dfconvert')
     .description(
       'Convert an OCI/Docker image into a dfnode image (DFB layers, lazily loadable).\n' +
@@ -167,64 +232,51 @@ function buildProgram(signal: AbortSignal): Command {
       '--prefetch-list <file>',
       'lay out the listed files first (JSON Lines of {"path","ranges"}, see docs/format.md) and mark them for prefetch',
     )
+    .option(
+      '--optimize',
+      'after converting, run the workload given after -- against the image under dfnode (private containerd, needs root) and convert again with the files it read laid out first',
+    )
+    .option('--optimize-seconds <n>', 'stop the --optimize workload after this many seconds (default 10)')
+    .option('--keep-prefetch-list <file>', 'with --optimize: also write the recorded prefetch list to FILE')
     .action(async (srcText: string, dstText: string | undefined, flags: ConvertFlags) => {
-      const cfg = configFrom(flags);
-      const log = createLogger(cfg.logLevel);
-      const src = parseLocation(srcText);
-      const dst = dstText ? parseLocation(dstText) : defaultDestination(src);
-      if (dst.kind === 'docker-archive')
-        throw DfError.unsupported(
-          'docker-archive is supported as a source only; write to a registry or oci:DIR[:TAG]',
-        );
-      const prefetch = flags.prefetchList
-        ? await (await import('../blob/prefetch-list.js')).readPrefetchListFile(flags.prefetchList)
-        : undefined;
-      const clients = new Clients(cfg, log, flags);
-      const progress = createProgress(process.stderr, Boolean(flags.quiet));
-      const stores: ImageStore[] = [];
-      try {
-        const { Converter } = await import('../../converter/convert.js');
-        const srcStore = await openStore(
-          src,
-          () => clients.make(flags.srcCreds),
-          cfg.convert.workDir,
-          signal,
-        );
-        stores.push(srcStore);
-        const dstStore = await openStore(
-          dst,
-          () => clients.make(flags.destCreds),
-          cfg.convert.workDir,
-          signal,
-        );
-        stores.push(dstStore);
-        progress.note(`converting ${srcStore.description} → ${dstStore.description}`);
-        const summary = await new Converter({
-          src: srcStore,
-          dst: dstStore,
-          blockSize: cfg.convert.blockSize,
-          workers: cfg.convert.workers,
-          workDir: cfg.convert.workDir,
-          platforms: cfg.convert.platforms,
-          force: flags.force,
-          prefetch,
-          signal,
-          progress,
-          logger: log,
-        }).run();
-        progress.stop();
-        if (flags.json) process.stdout.write(JSON.stringify(summary) + '\n');
-        else
-          process.stdout.write(
-            `${summary.destination}@${summary.digest}\n` +
-              `  ${summary.layers.length} layers (${summary.layers.filter((l) => l.reused).length} reused), ` +
-              `${fmtBytes(summary.uncompressedBytes)} of files in, ${fmtBytes(summary.bytesOut)} pushed, ${summary.seconds.toFixed(1)} s\n`,
-          );
-      } finally {
-        progress.stop();
-        for (const s of stores) await s.close().catch(() => undefined);
-        await clients.close();
+      if (!flags.optimize) {
+        if (workload.length)
+          throw DfError.invalidArgument(`unexpected arguments after --: ${workload.join(' ')}`);
+        return convertImage(srcText, dstText, flags, signal);
       }
+      if (!workload.length)
+        throw DfError.invalidArgument(
+          '--optimize needs the workload after --: dfconvert --optimize SRC DST -- CMD ARGS…',
+        );
+      const seconds = Number(flags.optimizeSeconds ?? 10);
+      if (!(seconds > 0))
+        throw DfError.invalidArgument(`--optimize-seconds must be > 0, got ${flags.optimizeSeconds}`);
+      const [{ recordWorkload }, { formatPrefetchList }, { writeFile }] = await Promise.all([
+        import('./optimize.js'),
+        import('../blob/prefetch-list.js'),
+        import('node:fs/promises'),
+      ]);
+      const entries = await recordWorkload({
+        cmd: workload,
+        seconds,
+        convert: (dst, host) =>
+          convertImage(
+            srcText,
+            dst,
+            {
+              ...flags,
+              json: false,
+              quiet: true,
+              intermediate: true,
+              insecure: [...(flags.insecure ?? []), host],
+            },
+            signal,
+          ),
+        note: (line) => void (flags.quiet || process.stderr.write(line + '\n')),
+        signal,
+      });
+      if (flags.keepPrefetchList) await writeFile(flags.keepPrefetchList, formatPrefetchList(entries));
+      await convertImage(srcText, dstText, { ...flags, force: true }, signal, entries);
     });
 
   addCommon(program.command('verify'))
@@ -270,4 +322,9 @@ function buildProgram(signal: AbortSignal): Command {
   return program;
 }
 
-runMain('dfconvert', (signal, argv) => buildProgram(signal).parseAsync(argv));
+runMain('dfconvert', (signal, argv) => {
+  // `-- CMD ARGS…`: the --optimize workload, not operands of dfconvert
+  const dd = argv.indexOf('--', 2);
+  const workload = dd >= 0 ? argv.slice(dd + 1) : [];
+  return buildProgram(signal, workload).parseAsync(dd >= 0 ? argv.slice(0, dd) : argv);
+});

@@ -126,6 +126,10 @@ function buildProgram(signal: AbortSignal): Command {
       '--stop-fuse-manager',
       'full shutdown: stop the fuse manager of the state dir (unmounts every lazily mounted layer) and exit',
     )
+    .option(
+      '--record-reads <file>',
+      'record the files (and ranges) containers read, in first-access order, as a prefetch list written to FILE on exit and on SIGUSR2 (implies --no-fuse-manager; direct reads off)',
+    )
     .description('run the node daemon (cache, FUSE mounts, metrics endpoint)')
     .option(
       '--metrics-address <host:port>',

@@ -1,6 +1,7 @@
 import type { Config } from '../config.js';
 import { NodeMetrics } from '../daemon/metrics.js';
 import { NodeRuntime } from '../daemon/node-runtime.js';
+import type { ReadRecorder } from '../daemon/read-recorder.js';
 import { unmountAllOnExit } from '../fuse/mounts.js';
 import type { Logger } from '../log.js';
 import { P2pNode } from '../p2p/p2p-node.js';
@@ -26,10 +27,11 @@ export async function serveNode(
   log: Logger,
   client: RegistryClient,
   body: (rt: NodeRuntime) => Promise<void>,
+  opts: { recorder?: ReadRecorder } = {},
 ): Promise<void> {
   const metrics = new NodeMetrics();
   const p2p = await startP2p(cfg, log);
-  const rt = new NodeRuntime({ config: cfg, client, logger: log, metrics, p2p });
+  const rt = new NodeRuntime({ config: cfg, client, logger: log, metrics, p2p, recorder: opts.recorder });
   const removeExitHook = unmountAllOnExit(log);
   let server: Awaited<ReturnType<NodeMetrics['serve']>> | undefined;
   const writeStats = async () => {

@@ -9,7 +9,8 @@ import { BlockMemoryCache } from '../fetch/block-memory-cache.js';
 import { FetchStats } from '../fetch/fetch-stats.js';
 import { RegistryBlockSource } from '../fetch/registry-block-source.js';
 import { FetchScheduler } from '../fetch/scheduler.js';
-import type { BlockSource } from '../fetch/types.js';
+import { ReadAhead } from '../fetch/read-ahead.js';
+import type { BlockSource, FileReader } from '../fetch/types.js';
 import { selectBinding } from '../fuse/select-binding.js';
 import { LayerFs, type InheritedDir } from '../fuse/layer-fs.js';
 import { cleanupStaleMounts, lazyUnmount } from '../fuse/mounts.js';
@@ -31,6 +32,7 @@ import { HostProcReader } from './proc-reader.js';
 import { ReadMeter } from './read-meter.js';
 import type { NodeMetrics } from './metrics.js';
 import { MountRecords, type MountRecord } from './mount-records.js';
+import type { ReadRecorder } from './read-recorder.js';
 import { mountReadOnlyView } from './overlay.js';
 
 /** One mounted DFB layer: the layer (a handle from the store), its filesystem and its FUSE mount. */
@@ -38,6 +40,7 @@ export interface MountedLayer {
   layer: Layer;
   fs: LayerFs;
   mount: FuseMount;
+  readAhead?: ReadAhead;
 }
 
 export interface ImageMount {
@@ -55,6 +58,8 @@ export interface NodeRuntimeOptions {
   binding?: FuseBinding;
   /** The P2P tier (peers and seeds before the registry; open blobs are served and announced). */
   p2p?: P2pNode;
+  /** Records what the mounts read (`dfnode run --record-reads`); their direct reads are then off. */
+  recorder?: ReadRecorder;
 }
 
 /**
@@ -75,6 +80,7 @@ export class NodeRuntime {
   private readonly config: Config;
   private readonly client: RegistryClient;
   private readonly metrics?: NodeMetrics;
+  private readonly recorder?: ReadRecorder;
   private metricsTimer?: NodeJS.Timeout;
   /** Read errors, top blocked files and per-container blocked time (LayerFs read observers). */
   readonly reads: ReadMeter;
@@ -92,6 +98,7 @@ export class NodeRuntime {
     this.log = opts.logger ?? silentLogger;
     this.metrics = opts.metrics;
     this.p2p = opts.p2p;
+    this.recorder = opts.recorder;
     this.binding = opts.binding ?? selectBinding(this.config.node.fuseBinding, this.log);
     this.cache = CacheManager.fromConfig(this.config.cache, { logger: this.log });
     const m = this.metrics;
@@ -203,20 +210,36 @@ export class NodeRuntime {
     mountpoint: string,
     inherited?: Map<number, InheritedDir>,
   ): Promise<MountedLayer> {
+    const readAhead = this.config.fetch.readAhead ? new ReadAhead(layer.reader, layer.fetcher) : undefined;
+    let reader: FileReader = readAhead ?? layer.reader;
+    // recording sees every read: no direct reads in C for these mounts
+    if (this.recorder) reader = this.recorder.wrap(layer.toc, reader);
     const fs = new LayerFs({
       toc: layer.toc,
-      reader: layer.reader,
+      reader,
       logger: this.log,
       inheritedDirs: inherited,
       onRead: this.reads.observer(layer.digest, layer.toc),
     });
     await mkdir(mountpoint, { recursive: true });
-    const mount = await this.binding.mount(mountpoint, fs, {
-      fsname: `dfnode:${layer.digest.slice(7, 19)}`,
-      logger: this.log,
-      direct: { toc: layer.toc, blocks: layer.cache, verify: this.config.cache.verifyDirectReads },
-    });
-    const ml = { layer, fs, mount };
+    const mount = await this.binding
+      .mount(mountpoint, fs, {
+        fsname: `dfnode:${layer.digest.slice(7, 19)}`,
+        logger: this.log,
+        direct: this.recorder
+          ? undefined
+          : {
+              toc: layer.toc,
+              blocks: layer.cache,
+              verify: this.config.cache.verifyDirectReads,
+              gate: readAhead,
+            },
+      })
+      .catch((err: unknown) => {
+        readAhead?.close();
+        throw err;
+      });
+    const ml = { layer, fs, mount, readAhead };
     this.mounted.add(ml);
     return ml;
   }
@@ -256,6 +279,7 @@ export class NodeRuntime {
   async releaseLayer(mounted: MountedLayer): Promise<void> {
     if (this.mounted.delete(mounted)) this.collectDirect(mounted);
     await mounted.mount.unmount().catch((err) => this.log.warn({ err }, 'layer unmount failed'));
+    mounted.readAhead?.close();
     await mounted.layer.release();
   }
 

@@ -6,6 +6,8 @@ export interface ScheduledTask<T> {
   readonly promise: Promise<T>;
   /** Moves the task to a more urgent queue if it has not started yet. */
   promote(priority: Priority): void;
+  /** Drops the task if it has not started (its promise rejects with `reason`); false when it runs already. */
+  cancel(reason: unknown): boolean;
 }
 
 interface Job {
@@ -119,6 +121,16 @@ export class FetchScheduler {
         job.priority = p;
         this.queues[p]!.push(job);
         this.pump();
+      },
+      cancel: (reason: unknown) => {
+        if (job.started) return false;
+        const q = this.queues[job.priority]!;
+        const i = q.indexOf(job);
+        if (i >= 0) q.splice(i, 1);
+        job.started = true;
+        reject(reason);
+        this.pump();
+        return true;
       },
     };
   }

@@ -91,6 +91,8 @@ export function isDeferred(err: unknown): boolean {
 export interface FileReader {
   readonly toc: Toc;
   read(ino: number, offset: number, length: number, signal?: AbortSignal, ctx?: ReadContext): Promise<Buffer>;
+  /** Optional: a file open on `ino` was closed (read-ahead stops). */
+  release?(ino: number): void;
 }
 
 /**

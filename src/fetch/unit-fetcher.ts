@@ -53,12 +53,20 @@ export interface UnitFetcherInit {
 export interface UnitsOptions {
   /** Only sources of these kinds (a planner that chose where a run comes from); else the whole chain. */
   only?: readonly SourceKind[];
+  /**
+   * ensure() only: cancels the runs this call starts (read-ahead that nobody waits for any more). A run a
+   * more urgent reader has joined goes on; the others are dropped from the queue or their request aborted,
+   * and their units' promises reject (the units are fetched again when someone asks).
+   */
+  signal?: AbortSignal;
 }
 
 /** A run of units fetched by one task; its priority rises when a more urgent reader joins it. */
 interface RunState {
   priority: Priority;
   only?: readonly SourceKind[];
+  /** The run's own abort (a cancellable run): follows close() and the caller's cancellation. */
+  signal?: AbortSignal;
 }
 
 interface InFlight {
@@ -146,6 +154,11 @@ export class UnitFetcher {
     return u <= this.toc.blockCount ? this.toc.blockOffset(u) : this.blob.size;
   }
 
+  /** Units being fetched now (queued or in flight). */
+  get inFlightCount(): number {
+    return this.inflight.size;
+  }
+
   /** Whether unit u is being fetched now. */
   inFlight(u: number): boolean {
     return this.inflight.has(u);
@@ -227,10 +240,15 @@ export class UnitFetcher {
    */
   ensure(units: number[], priority: Priority, opts: UnitsOptions = {}): Promise<Buffer>[] {
     const out: Promise<Buffer>[] = new Array(units.length);
+    const cancel = opts.signal;
+    if (cancel?.aborted) {
+      const e = DfError.aborted('fetch cancelled');
+      return units.map(() => Promise.reject(e));
+    }
     let run: Waiter[] = [];
     let runBytes = 0;
     const flush = () => {
-      if (run.length) this.startRun(run, { priority, only: opts.only });
+      if (run.length) this.startRun(run, { priority, only: opts.only }, cancel);
       run = [];
       runBytes = 0;
     };
@@ -268,8 +286,20 @@ export class UnitFetcher {
     if (!this.closer.signal.aborted) this.closer.abort(DfError.aborted(`layer ${this.blob.digest} closed`));
   }
 
-  private startRun(run: Waiter[], state: RunState): void {
+  private startRun(run: Waiter[], state: RunState, cancel?: AbortSignal): void {
+    const ac = cancel ? new AbortController() : undefined;
+    if (ac) state.signal = AbortSignal.any([this.closer.signal, ac.signal]);
     const task = this.scheduler.schedule(state.priority, () => this.fetchRun(run, state));
+    if (cancel && ac) {
+      const origin = state.priority;
+      const onCancel = () => {
+        if (state.priority < origin) return; // a more urgent reader joined: it goes on
+        const e = DfError.aborted('fetch cancelled');
+        if (!task.cancel(e)) ac.abort(e);
+      };
+      cancel.addEventListener('abort', onCancel, { once: true });
+      void task.promise.catch(() => {}).finally(() => cancel.removeEventListener('abort', onCancel));
+    }
     for (const w of run) {
       const f = this.inflight.get(w.unit);
       if (!f) continue;
@@ -312,9 +342,9 @@ export class UnitFetcher {
       if (attempt > 0) {
         this.stats.refetches += todo.length;
         const ms = backoff(attempt - 1, this.opts.retryBaseMs, this.opts.retryMaxMs);
-        await sleep(this.timers, ms, this.closer.signal);
+        await sleep(this.timers, ms, state.signal ?? this.closer.signal);
       }
-      this.closer.signal.throwIfAborted();
+      (state.signal ?? this.closer.signal).throwIfAborted();
       const chain = this.chainFor(attempt, state);
       const head = chain[0];
       if (!head) {
@@ -357,7 +387,8 @@ export class UnitFetcher {
     const what = `${source.name}: ${this.blob.digest} bytes ${off}+${len}`;
     // the limit grows with the size: a large run on a thin, shared link is slow, not failed
     const ms = transferTimeoutMs(this.opts.requestTimeoutMs, len);
-    const rq = childSignal(this.closer.signal, ms, this.timers, what);
+    const runSignal = state.signal ?? this.closer.signal;
+    const rq = childSignal(runSignal, ms, this.timers, what);
     const t0 = this.timers.now();
     let lastErr: unknown;
     const good: { waiter: Waiter; unitOff: number; stored: Buffer }[] = [];
@@ -396,7 +427,7 @@ export class UnitFetcher {
       this.stats.recordFetch(source.kind, this.timers.now() - t0, true);
     } catch (err) {
       if (!isSourceUnavailable(err)) this.stats.recordFetch(source.kind, this.timers.now() - t0, false);
-      if (this.closer.signal.aborted) throw err;
+      if (runSignal.aborted) throw err;
       // what arrived verified is kept; the rest goes again
       retry.push(...part.slice(next));
       next = part.length;

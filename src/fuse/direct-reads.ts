@@ -1,6 +1,6 @@
 import { EntryType } from '../blob/types.js';
 import type { DirectTables, NativeAddon, Session } from './native-addon.js';
-import type { CachedBlocks, DirectReadSource } from './types.js';
+import type { CachedBlocks, DirectReadGate, DirectReadSource } from './types.js';
 
 /**
  * Copies the block table and file extents of a TOC into typed arrays for native/direct_read.c, with the
@@ -51,9 +51,15 @@ const TOUCH_INTERVAL_MS = 30_000;
  * this call), and keeps the cache's last use (GC order) current: reads served in C do not pass the JS reader
  * that would otherwise touch it. Returns the function that stops both.
  */
-export function followPresence(addon: NativeAddon, session: Session, blocks: CachedBlocks): () => void {
+export function followPresence(
+  addon: NativeAddon,
+  session: Session,
+  blocks: CachedBlocks,
+  gate?: DirectReadGate,
+): () => void {
   const removeListener = blocks.addUnitListener({
     present: (unit) => {
+      if (gate?.isHeld(unit)) return; // marked when the gate lets it go
       addon.directMark(session, unit, true);
       if (blocks.isComplete) addon.directComplete(session, true);
     },
@@ -65,7 +71,11 @@ export function followPresence(addon: NativeAddon, session: Session, blocks: Cac
     if (n !== served) blocks.touch();
     served = n;
   }, TOUCH_INTERVAL_MS).unref();
+  const removeGate = gate?.onRelease((unit) => {
+    if (blocks.has(unit)) addon.directMark(session, unit, true);
+  });
   return () => {
+    removeGate?.();
     clearInterval(toucher);
     removeListener();
   };

@@ -239,6 +239,15 @@ export class LayerFs {
     });
   }
 
+  /** A file handle on `ino` was closed: tells the reader (read-ahead of that file stops). */
+  release(ino: number): void {
+    try {
+      this.reader.release?.(ino);
+    } catch (err) {
+      this.log.error({ op: 'release', ino, err }, 'fuse: release failed');
+    }
+  }
+
   /** access(2): W_OK is EROFS; everything else is left to default_permissions. */
   access(ino: number, mode: number): FsResult<0> {
     return this.guard('access', ino, () => {

@@ -261,3 +261,22 @@ export async function cleanupStaleMounts(
   }
   return results;
 }
+
+/** Mountpoints at or below `dir`, deepest first (from /proc/self/mountinfo). */
+function mountsBelow(dir: string): string[] {
+  const root = resolve(dir);
+  return readMountInfo()
+    .map((m) => m.mountpoint)
+    .filter((mp) => mp === root || mp.startsWith(root + sep))
+    .sort((a, b) => b.length - a.length);
+}
+
+/** Detaches everything mounted at or below `dir`, deepest first (a scratch directory being removed). */
+export async function unmountUnder(dir: string): Promise<void> {
+  for (const mp of mountsBelow(dir)) await lazyUnmount(mp).catch(() => undefined);
+}
+
+/** For 'exit' handlers: aborts FUSE connections and detaches everything below `dir`, synchronously. */
+export function unmountUnderSync(dir: string): void {
+  for (const mp of mountsBelow(dir)) lazyUnmountSync(mp);
+}

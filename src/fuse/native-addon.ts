@@ -46,6 +46,8 @@ export interface NativeMountConfig {
   entryTimeout: number;
   attrTimeout: number;
   negativeTimeout: number;
+  /** 1: file releases are sent to dispatch as notifications (op 10, id 0); they never leave C otherwise. */
+  forwardRelease?: number;
   direct?: DirectTables;
 }
 

@@ -131,6 +131,7 @@ export class NativeFuseBinding implements FuseBinding {
           entryTimeout: cacheTimeoutSec,
           attrTimeout: cacheTimeoutSec,
           negativeTimeout: cacheTimeoutSec,
+          forwardRelease: fs.reader.release ? 1 : 0,
           direct,
         },
       );
@@ -142,7 +143,8 @@ export class NativeFuseBinding implements FuseBinding {
       );
     }
     // presence changes from now on (the tables above hold a snapshot taken in the same tick)
-    const stopDirect = direct && directSrc ? followPresence(addon, session, directSrc.blocks) : undefined;
+    const stopDirect =
+      direct && directSrc ? followPresence(addon, session, directSrc.blocks, directSrc.gate) : undefined;
     const m = new NativeFuseMount(mp, addon, session, dispatcher, logger, stopDirect);
     trackMount(m);
     logger.info({ mountpoint: mp, fsname, binding: 'native', directReads: !!direct }, 'fuse: mounted');

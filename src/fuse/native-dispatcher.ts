@@ -14,6 +14,7 @@ const OP_GETXATTR = 6;
 const OP_LISTXATTR = 7;
 const OP_STATFS = 8;
 const OP_OPENDIR = 9;
+const OP_RELEASE = 10;
 const OP_NAMES = [
   '',
   'lookup',
@@ -25,6 +26,7 @@ const OP_NAMES = [
   'listxattr',
   'statfs',
   'opendir',
+  'release',
 ];
 
 /** Numbers per attribute in the Float64Arrays given to replyAttr and replyOpendir (A_* of dfnode_fuse.h). */
@@ -100,6 +102,10 @@ export class NativeDispatcher {
           return this.statfs(id);
         case OP_OPENDIR:
           return this.opendir(id, ino);
+        case OP_RELEASE:
+          // answered in C already (forwardRelease): a notification
+          fs.release(ino);
+          return;
         default:
           addon.replyErr(id, Errno.ENOSYS);
       }

@@ -26,6 +26,8 @@ export interface CachedBlocks {
   snapshot(): Uint8Array;
   /** Adds a listener of unit presence; returns its removal. */
   addUnitListener(l: CachedBlocksListener): () => void;
+  /** Whether unit u is present now. */
+  has(u: number): boolean;
   /** Records a use of the blob now (reads served without the cache's reader keep its GC order current). */
   touch(): void;
 }
@@ -44,6 +46,15 @@ export interface DirectReadSource {
   blocks: CachedBlocks;
   /** Check each block's SHA-256 the first time the mount serves it from C. Default true. */
   verify?: boolean;
+  /** Units C must leave to JS for now (read-ahead tripwires, see fetch/read-ahead.ts). */
+  gate?: DirectReadGate;
+}
+
+/** Present units the C path must not serve yet, and when it may (fetch/read-ahead.ts implements it). */
+export interface DirectReadGate {
+  isHeld(unit: number): boolean;
+  /** Calls `fn` with each held unit when it is let go; returns the unsubscription. */
+  onRelease(fn: (unit: number) => void): () => void;
 }
 
 export interface MountOptions {

@@ -12,10 +12,11 @@
  * test failed half way.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { socketAccepts } from '../../bench/lib/dfnode-run.js';
+import { pidsMentioning } from '../../src/process.js';
 import { cliPath, run, runCli, type CliResult } from './cli.js';
 import { mountsUnder, unmountAllUnder } from './node.js';
 import { hasTool, requireConditions, type Requirement } from './require.js';
@@ -260,21 +261,6 @@ function containerdConfig(o: {
       );
   }
   return lines.join('\n') + '\n';
-}
-
-/** PIDs of processes whose command line mentions `needle` (shims name their containerd's socket). */
-function pidsMentioning(needle: string): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
-    try {
-      const cmd = readFileSync(`/proc/${e}/cmdline`, 'utf8');
-      if (cmd.includes(needle)) out.push(Number(e));
-    } catch {
-      // gone
-    }
-  }
-  return out;
 }
 
 export async function startContainerd(opts: StartContainerdOptions): Promise<TestContainerd> {

@@ -462,6 +462,8 @@ export interface ProxiedRequest {
   bytes: number;
   status: number;
   corrupted: boolean;
+  /** The client went away before the whole answer was sent (a cancelled request). */
+  aborted?: boolean;
 }
 
 export interface RangeProxyControls {
@@ -517,6 +519,9 @@ export async function startRangeProxy(target: string): Promise<RangeProxy> {
       corrupted: false,
     };
     log.push(entry);
+    res.on('close', () => {
+      if (!res.writableFinished) entry.aborted = true;
+    });
     const n = blob ? ++blobGets : 0;
     const corrupt = blob ? (controls.corrupt?.({ blob, range, n }) ?? false) : false;
     const forward = () => {

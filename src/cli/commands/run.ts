@@ -10,6 +10,7 @@ import { serveSnapshotter } from '../../snapshotter/grpc-service.js';
 import { NodeRemoteLayers } from '../../daemon/node-remote-layers.js';
 import { LayerResolver, type RemoteLayers } from '../../snapshotter/remote-layers.js';
 import { Snapshotter } from '../../snapshotter/snapshotter.js';
+import { ReadRecorder } from '../../daemon/read-recorder.js';
 import { configFrom, requireClusterToken, waitForSignal, type NodeFlags } from '../node-common.js';
 import { makeClient } from '../registry-client.js';
 
@@ -19,6 +20,7 @@ export interface RunFlags extends NodeFlags {
   snapshotter?: boolean;
   fuseManager?: boolean;
   stopFuseManager?: boolean;
+  recordReads?: string;
 }
 
 /** `dfnode run`: the node daemon (snapshotter; cache and FUSE mounts in the fuse manager or in this process). */
@@ -28,6 +30,9 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
   if (flags.snapshotterSocket) cfg.snapshotter.socket = resolve(flags.snapshotterSocket);
   if (flags.snapshotter === false) cfg.snapshotter.enabled = false;
   if (flags.fuseManager === false) cfg.node.fuseManager = false;
+  // the recorder sees the reads of mounts served by this process only
+  const recordTo = flags.recordReads ? resolve(flags.recordReads) : undefined;
+  if (recordTo) cfg.node.fuseManager = false;
   const log = createLogger(cfg.logLevel);
   if (!flags.stopFuseManager) requireClusterToken(cfg);
   if (flags.stopFuseManager) {
@@ -46,24 +51,43 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
   }
   // Only this path runs a node runtime here: the fuse manager path above does not load it.
   const { serveNode } = await import('../node-serve.js');
-  await serveNode(cfg, log, client, async (rt) => {
-    const slog = log.child({ component: 'snapshotter' });
-    const snap = cfg.snapshotter.enabled
-      ? await startSnapshotter(cfg, slog, new NodeRemoteLayers(rt, client, { logger: slog }))
-      : undefined;
-    try {
-      log.info(
-        { cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address },
-        'dfnode running',
-      );
-      process.stdout.write(
-        `dfnode running; snapshotter on ${snap?.address ?? '(off)'}; metrics on ${cfg.node.metricsAddress || '(off)'}\n`,
-      );
-      await waitForSignal(signal, () => void rt.cache.gc().catch(() => undefined));
-    } finally {
-      await snap?.stop();
-    }
-  });
+  const recorder = recordTo ? new ReadRecorder() : undefined;
+  const writeRecording = async () => {
+    if (!recorder || !recordTo) return;
+    await recorder.writeTo(recordTo);
+    log.info(
+      { file: recordTo, files: recorder.fileCount, dropped: recorder.droppedFiles },
+      'read recording written',
+    );
+  };
+  await serveNode(
+    cfg,
+    log,
+    client,
+    async (rt) => {
+      const slog = log.child({ component: 'snapshotter' });
+      const snap = cfg.snapshotter.enabled
+        ? await startSnapshotter(cfg, slog, new NodeRemoteLayers(rt, client, { logger: slog }))
+        : undefined;
+      try {
+        log.info(
+          { cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address },
+          'dfnode running',
+        );
+        process.stdout.write(
+          `dfnode running; snapshotter on ${snap?.address ?? '(off)'}; metrics on ${cfg.node.metricsAddress || '(off)'}\n`,
+        );
+        await waitForSignal(signal, () => {
+          void rt.cache.gc().catch(() => undefined);
+          writeRecording().catch((err) => log.error({ err }, 'read recording not written'));
+        });
+      } finally {
+        await snap?.stop();
+        await writeRecording();
+      }
+    },
+    { recorder },
+  );
 }
 
 /** The containerd snapshotter of `dfnode run`, served on a unix socket; remote layers through `remote`. */
