@@ -176,6 +176,9 @@ function buildProgram(signal: AbortSignal): Command {
       const stores: ImageStore[] = [];
       try {
         const { Converter } = await import('../../converter/convert.js');
+        const { convertAddonError } = await import('../blob/native-codec.js');
+        const slowPath = convertAddonError();
+        if (slowPath) log.warn(slowPath);
         const srcStore = await openStore(
           src,
           () => clients.make(flags.srcCreds),
