@@ -5,29 +5,19 @@ import { convertAddon } from '../src/blob/native-codec.js';
 
 /**
  * Worker thread of LayerInflater (layer-input.ts): hashes the layer blob (digest check), gunzips it, hashes
- * the tar (diff ID) and hands the tar back in buffers of up to `outSize` bytes, transferred. zlib inflates
- * straight into the buffer that is sent (no copy here). The main thread is left with tar parsing, the
+ * the tar (diff ID) and hands the tar back in buffers of up to `outSize` bytes, transferred. gunzip is ISA-L's
+ * streaming inflate in the native addon (native/dfnode_convert.c, 2-3x zlib), or zlib when the addon does
+ * not load; either inflates straight into the buffer that is sent (no copy here). The main thread is left with tar parsing, the
  * files' hashes and the writer. Flow control: every input chunk gets one reply (several chunks handled in
  * one turn share a reply) carrying the tar bytes it produced, and the main thread bounds the chunks and tar
  * bytes in flight: two messages per input chunk in all.
- *
- * Whole-buffer mode (`whole` > 0: a gzip layer of that many bytes, within the caller's memory budget, and the
- * native addon loaded): the input is collected in one buffer and inflated at once by libdeflate (about twice
- * as fast as zlib) into one SharedArrayBuffer of the size the gzip trailer gives (ISIZE), which the main
- * thread parses in place while this thread hashes it (diff ID). Output memory is bounded by `budget`: a
- * trailer size over it, a multi-member gzip, or data libdeflate rejects sends the input back
- * (`restream`) and the main thread feeds it again through zlib, streaming, which also words the errors.
  */
 
 export type ToWorker =
-  | { t: 'init'; gzip: boolean; outSize: number; whole: number; budget: number }
-  | { t: 'data'; chunk: Uint8Array; again?: boolean }
-  | { t: 'end' };
+  { t: 'init'; gzip: boolean; outSize: number } | { t: 'data'; chunk: Uint8Array } | { t: 'end' };
 
 export type FromWorker =
   | { t: 'out'; inputs: number; bufs: ArrayBuffer[]; lengths: number[] }
-  | { t: 'shared'; buf: SharedArrayBuffer; length: number }
-  | { t: 'restream'; buf: ArrayBuffer; length: number }
   | { t: 'done'; blobDigest: string; diffId: string; compressedBytes: number; uncompressedBytes: number }
   | { t: 'error'; message: string; code?: string };
 
@@ -55,10 +45,23 @@ interface ZlibInternals {
   _writeState: Uint32Array;
 }
 let gz: (Gunzip & ZlibInternals) | undefined;
-/** Whole-buffer mode: the compressed layer collected so far (undefined: streaming). */
-let whole: Buffer | undefined;
-let budget = 0;
-let gzipped = false;
+const native = convertAddon();
+/** The native gunzip's state (when gzip and the addon loaded), and whether its last member ended. */
+let ngz: unknown;
+let ngzFinished = false;
+
+function inflateNative(chunk: Buffer): void {
+  let inOff = 0;
+  for (;;) {
+    const [inUsed, outUsed, finished] = native!.gunzip(ngz, chunk.subarray(inOff), out, outLen);
+    inOff += inUsed;
+    ngzFinished = finished;
+    if (outUsed > 0) tarBytes(out.subarray(outLen, outLen + outUsed));
+    else if (inOff >= chunk.length)
+      return; // input used up and nothing more held back
+    else if (inUsed === 0) throw new Error('gunzip made no progress');
+  }
+}
 
 let outSize = 1 << 20;
 /** The tar buffer being filled (by zlib, or by copies of a plain tar); sent when full or at the reply. */
@@ -93,7 +96,7 @@ function inflate(chunk: Buffer, flush: number): void {
 
 /** `c` was written at out[outLen...]: hashes (gzip: the diff ID) and counts it. */
 function tarBytes(c: Buffer): void {
-  if (gzipped) diffHash.update(c);
+  if (gz || ngz) diffHash.update(c);
   uncompressedBytes += c.length;
   outLen += c.length;
   if (outLen === outSize) sendOut();
@@ -146,38 +149,6 @@ function plain(c: Buffer): void {
   }
 }
 
-function newGunzip(): void {
-  gz = createGunzip() as typeof gz;
-  gz!.on('error', () => undefined); // errors are thrown from inflate()
-}
-
-/** Whole-buffer mode, at the end of the input: inflates it all at once, or hands it back to be streamed. */
-function finishWhole(): boolean {
-  const src = whole!.subarray(0, compressedBytes);
-  whole = undefined;
-  const native = convertAddon();
-  if (native && src.length === budgetSize && src.length >= 18) {
-    const isize = src.readUInt32LE(src.length - 4);
-    if (isize <= budget - src.length) {
-      const sab = new SharedArrayBuffer(Math.max(isize, 1));
-      const dst = new Uint8Array(sab, 0, isize);
-      const r = native.gunzip(src, dst);
-      if (r.status === 0 && r.inUsed === src.length && r.outUsed === isize) {
-        post({ t: 'shared', buf: sab, length: isize });
-        diffHash.update(dst);
-        uncompressedBytes = isize;
-        return true;
-      }
-    }
-  }
-  // Streamed through zlib instead: the main thread sends the bytes again (not hashed or counted twice).
-  const ab = src.buffer as ArrayBuffer;
-  post({ t: 'restream', buf: ab, length: src.length }, [ab]);
-  return false;
-}
-/** The compressed size whole-buffer mode expects (the manifest's). */
-let budgetSize = 0;
-
 port.on('message', (m: ToWorker) => {
   if (failed) return;
   try {
@@ -185,44 +156,33 @@ port.on('message', (m: ToWorker) => {
       case 'init':
         outSize = m.outSize;
         out = Buffer.allocUnsafeSlow(outSize);
-        budget = m.budget;
-        gzipped = m.gzip;
-        if (m.gzip && m.whole > 0 && m.whole <= budget && convertAddon()) {
-          budgetSize = m.whole;
-          whole = Buffer.allocUnsafeSlow(m.whole);
-        } else if (m.gzip) newGunzip();
+        if (m.gzip && native) ngz = native.gunzipper();
+        else if (m.gzip) {
+          gz = createGunzip() as typeof gz;
+          gz!.on('error', () => undefined); // errors are thrown from inflate()
+        }
         return;
       case 'data': {
         const c = Buffer.from(m.chunk.buffer, m.chunk.byteOffset, m.chunk.byteLength);
-        if (!m.again) {
-          blobHash.update(c);
-          compressedBytes += c.length;
-        }
-        if (whole) {
-          if (compressedBytes > whole.length) {
-            const e = new Error(
-              `more than the ${whole.length} bytes its manifest gives`,
-            ) as NodeJS.ErrnoException;
-            e.code = 'CORRUPT';
-            throw e;
-          }
-          c.copy(whole, compressedBytes - c.length);
-        } else if (gz) inflate(c, constants.Z_NO_FLUSH);
+        blobHash.update(c);
+        compressedBytes += c.length;
+        if (ngz) inflateNative(c);
+        else if (gz) inflate(c, constants.Z_NO_FLUSH);
         else plain(c);
         inputs++;
         scheduleReply();
         return;
       }
       case 'end': {
-        if (whole && !finishWhole()) {
-          newGunzip();
-          return; // the input comes again, then another 'end'
+        if (ngz) {
+          inflateNative(Buffer.alloc(0));
+          if (!ngzFinished) throw Object.assign(new Error('unexpected end of file'), { code: 'Z_BUF_ERROR' });
         }
         if (gz) inflate(Buffer.alloc(0), constants.Z_FINISH);
         reply();
         const blobDigest = 'sha256:' + blobHash.digest('hex');
         // A plain tar is its own diff ID: hashed once.
-        const diffId = gzipped ? 'sha256:' + diffHash.digest('hex') : blobDigest;
+        const diffId = gz || ngz ? 'sha256:' + diffHash.digest('hex') : blobDigest;
         post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes });
         return;
       }

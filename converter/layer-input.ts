@@ -26,20 +26,6 @@ const TAR_BUFFER = 4 << 20;
 const INPUT_AHEAD = 2;
 /** Reading pauses while this many tar bytes wait for the parser. */
 const TAR_AHEAD = 8 << 20;
-/**
- * Default memory budget of whole-buffer gunzip (layer-input-worker.ts): a gzip layer whose compressed size
- * plus uncompressed size (its gzip trailer's) fit is inflated at once by libdeflate; bigger ones stream
- * through zlib. DFNODE_INFLATE_BUDGET (bytes) overrides it; 0 always streams.
- */
-export const INFLATE_BUDGET = 1 << 30;
-
-function inflateBudget(): number {
-  const env = process.env.DFNODE_INFLATE_BUDGET;
-  const n = env === undefined || env === '' ? INFLATE_BUDGET : Number(env);
-  if (!Number.isSafeInteger(n) || n < 0)
-    throw DfError.invalidArgument(`DFNODE_INFLATE_BUDGET must be a byte count, got ${JSON.stringify(env)}`);
-  return n;
-}
 
 interface Waiter {
   resolve: () => void;
@@ -65,8 +51,6 @@ class LayerInflater {
   constructor(
     private readonly input: Readable,
     gzip: boolean,
-    size: number,
-    budget: number,
     private readonly onBytesIn?: (n: number) => void,
   ) {
     this.worker = spawnWorker(import.meta.url, 'layer-input-worker');
@@ -77,7 +61,7 @@ class LayerInflater {
     this.worker.on('exit', (code) => {
       if (!this.closed) this.fail(DfError.internal(`layer input worker exited unexpectedly (code ${code})`));
     });
-    this.send({ t: 'init', gzip, outSize: TAR_BUFFER, whole: gzip ? size : 0, budget });
+    this.send({ t: 'init', gzip, outSize: TAR_BUFFER });
   }
 
   private send(m: ToWorker, transfer?: ArrayBuffer[]): void {
@@ -94,16 +78,6 @@ class LayerInflater {
         }
         this.wake('ack');
         this.wake('tar');
-        return;
-      case 'shared':
-        // The whole tar, inflated at once: parsed in place, in views of TAR_BUFFER bytes.
-        for (let off = 0; off < m.length; off += TAR_BUFFER)
-          this.tarQueue.push(Buffer.from(m.buf, off, Math.min(TAR_BUFFER, m.length - off)));
-        this.queuedTar += m.length;
-        this.wake('tar');
-        return;
-      case 'restream':
-        this.feed([Buffer.from(m.buf, 0, m.length)], true).catch((err: Error) => this.fail(err));
         return;
       case 'done':
         this.done = m;
@@ -142,22 +116,14 @@ class LayerInflater {
   }
 
   /** Reads the input into the worker; resolves when all of it was handed over. */
-  pump(): Promise<void> {
-    return this.feed(this.input as AsyncIterable<Buffer>, false);
-  }
-
-  /** Sends `chunks` to the worker (again: the input handed back by whole-buffer mode), then `end`. */
-  private async feed(chunks: Iterable<Buffer> | AsyncIterable<Buffer>, again: boolean): Promise<void> {
-    for await (const chunk of chunks) {
-      for (let off = 0; off < chunk.length; off += TAR_BUFFER) {
-        const c = chunk.subarray(off, off + TAR_BUFFER);
-        if (this.error) throw this.error;
-        if (!again) this.onBytesIn?.(c.length);
-        const copy = new Uint8Array(c); // own buffer, transferred: the source may share or reuse its memory
-        this.inflight++;
-        this.send({ t: 'data', chunk: copy, again: again || undefined }, [copy.buffer]);
-        while (this.inflight >= INPUT_AHEAD || this.queuedTar >= TAR_AHEAD) await this.wait('ack');
-      }
+  async pump(): Promise<void> {
+    for await (const c of this.input as AsyncIterable<Buffer>) {
+      if (this.error) throw this.error;
+      this.onBytesIn?.(c.length);
+      const copy = new Uint8Array(c); // own buffer, transferred: the source may share or reuse its memory
+      this.inflight++;
+      this.send({ t: 'data', chunk: copy }, [copy.buffer]);
+      while (this.inflight >= INPUT_AHEAD || this.queuedTar >= TAR_AHEAD) await this.wait('ack');
     }
     this.send({ t: 'end' });
   }
@@ -231,13 +197,7 @@ export async function readLayer(
   const what = `layer ${layer.digest}`;
   const { signal } = opts;
   signal?.throwIfAborted();
-  const inflater = new LayerInflater(
-    input,
-    compression === 'gzip',
-    layer.size,
-    inflateBudget(),
-    opts.onBytesIn,
-  );
+  const inflater = new LayerInflater(input, compression === 'gzip', opts.onBytesIn);
   const onAbort = () => void inflater.close();
   signal?.addEventListener('abort', onAbort, { once: true });
   let res: Extract<FromWorker, { t: 'done' }>;
@@ -262,7 +222,8 @@ export async function readLayer(
       throw DfError.corrupt(`${what}: corrupt gzip data (${e.message}); the source image is damaged`, {
         cause: err,
       });
-    if (e?.code === 'CORRUPT') throw DfError.corrupt(`${what}: ${e.message}`, { cause: err });
+    if (err instanceof DfError && err.code === 'CORRUPT')
+      throw DfError.corrupt(`${what}: ${err.message}`, { cause: err });
     throw DfError.from(err, what);
   } finally {
     signal?.removeEventListener('abort', onAbort);

@@ -11,7 +11,7 @@
       "target_name": "dfnode_convert",
       "sources": ["dfnode_convert.c"],
       "cflags": ["-O2", "-Wall", "-Wextra"],
-      "libraries": ["-llz4", "-ldeflate"],
+      "libraries": ["-llz4", "-lisal"],
       "defines": ["NAPI_VERSION=8"]
     }
   ]

@@ -7,11 +7,15 @@
  *     place. A block is stored as docs/format.md says: codec 1 = u32le length + one LZ4 block, or codec 0 =
  *     the raw bytes when LZ4 does not make it smaller. Deterministic: the output depends only on the bytes.
  *
- *   gunzip(src, dst) -> { status, inUsed, outUsed }
- *     One gzip member of src decompressed into dst with libdeflate (whole buffer, no streaming: callers
- *     bound both sizes). status: 0 ok, 1 corrupt data, 2 dst too small.
+ *   gunzipper() -> handle; gunzip(handle, input, out, outOff) -> [inUsed, outUsed, finished]
+ *     Streaming gunzip with ISA-L's igzip inflate (2-3x zlib, and streaming: memory does not depend on the
+ *     layer). Feed input chunks in order; each call consumes input and fills out[outOff...] until either runs
+ *     out (call again with the rest while output was full). Concatenated members are decoded like zlib's
+ *     gunzip does; bytes after a member that do not start a new one are ignored, as node:zlib does. finished:
+ *     the last member ended (at the end of the input, not finished = truncated). Corrupt data throws an Error
+ *     with code Z_DATA_ERROR and zlib's wording.
  */
-#include <libdeflate.h>
+#include <isa-l/igzip_lib.h>
 #include <lz4.h>
 #include <node_api.h>
 #include <stdint.h>
@@ -85,34 +89,105 @@ static napi_value js_compress_batch(napi_env env, napi_callback_info info) {
   return r;
 }
 
+typedef struct {
+  struct inflate_state st;
+  int started;     /* a member is being decoded (or ended): the next byte is not a new member's first */
+  int ignore_rest; /* trailing bytes that are not a gzip member */
+} gunzipper;
+
+static void gunzipper_free(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+static napi_value js_gunzipper(napi_env env, napi_callback_info info) {
+  (void)info;
+  gunzipper *g = calloc(1, sizeof(*g));
+  if (!g) THROW(env, "gunzipper: out of memory");
+  isal_inflate_init(&g->st);
+  g->st.crc_flag = ISAL_GZIP;
+  napi_value r;
+  if (napi_create_external(env, g, gunzipper_free, NULL, &r) != napi_ok) {
+    free(g);
+    THROW(env, "gunzipper: cannot create handle");
+  }
+  return r;
+}
+
+static const char *isal_message(int rc) {
+  switch (rc) {
+    case ISAL_INVALID_BLOCK: return "invalid block type";
+    case ISAL_INVALID_SYMBOL: return "invalid code lengths set";
+    case ISAL_INVALID_LOOKBACK: return "invalid distance too far back";
+    case ISAL_INVALID_WRAPPER: return "incorrect header check";
+    case ISAL_UNSUPPORTED_METHOD: return "unknown compression method";
+    case ISAL_INCORRECT_CHECKSUM: return "incorrect data check";
+    default: return "invalid stored block lengths";
+  }
+}
+
 static napi_value js_gunzip(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 4;
+  napi_value argv[4];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  uint8_t *src, *dst;
-  size_t src_len, dst_len;
-  if (argc < 2 || !get_bytes(env, argv[0], &src, &src_len) || !get_bytes(env, argv[1], &dst, &dst_len))
-    THROW(env, "gunzip(src: Uint8Array, dst: Uint8Array)");
-  struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
-  if (!d) THROW(env, "gunzip: out of memory");
+  gunzipper *g;
+  uint8_t *in, *out;
+  size_t in_len, out_len;
+  uint32_t out_off;
+  if (argc < 4 || napi_get_value_external(env, argv[0], (void **)&g) != napi_ok || !g ||
+      !get_bytes(env, argv[1], &in, &in_len) || !get_bytes(env, argv[2], &out, &out_len) ||
+      napi_get_value_uint32(env, argv[3], &out_off) != napi_ok || out_off > out_len)
+    THROW(env, "gunzip(handle, input: Uint8Array, out: Uint8Array, outOff)");
   size_t in_used = 0, out_used = 0;
-  enum libdeflate_result res = libdeflate_gzip_decompress_ex(d, src, src_len, dst, dst_len, &in_used, &out_used);
-  libdeflate_free_decompressor(d);
-  int status = res == LIBDEFLATE_SUCCESS ? 0 : res == LIBDEFLATE_INSUFFICIENT_SPACE ? 2 : 1;
+  while (!g->ignore_rest && out_used < out_len - out_off) {
+    if (g->st.block_state == ISAL_BLOCK_FINISH) {
+      if (in_used == in_len) break;
+      /* A member ended: another one follows only if the next byte starts a gzip header. */
+      if (in[in_used] != 0x1f) {
+        g->ignore_rest = 1;
+        break;
+      }
+      isal_inflate_reset(&g->st);
+      g->st.crc_flag = ISAL_GZIP;
+    }
+    g->started = 1;
+    g->st.next_in = in + in_used;
+    g->st.avail_in = (uint32_t)(in_len - in_used > UINT32_MAX ? UINT32_MAX : in_len - in_used);
+    g->st.next_out = out + out_off + out_used;
+    g->st.avail_out = (uint32_t)(out_len - out_off - out_used > UINT32_MAX ? UINT32_MAX : out_len - out_off - out_used);
+    uint32_t avail_in = g->st.avail_in, avail_out = g->st.avail_out;
+    int rc = isal_inflate(&g->st);
+    in_used += avail_in - g->st.avail_in;
+    out_used += avail_out - g->st.avail_out;
+    if (rc < 0 || rc == ISAL_NEED_DICT) {
+      napi_value err, msg, code;
+      napi_create_string_utf8(env, isal_message(rc), NAPI_AUTO_LENGTH, &msg);
+      napi_create_string_utf8(env, "Z_DATA_ERROR", NAPI_AUTO_LENGTH, &code);
+      napi_create_error(env, code, msg, &err);
+      napi_throw(env, err);
+      return NULL;
+    }
+    if (g->st.block_state != ISAL_BLOCK_FINISH && avail_in == g->st.avail_in && avail_out == g->st.avail_out)
+      break; /* no progress: ISA-L wants more input */
+  }
+  /* ISA-L may hold decoded bytes it could not place: drained by the next call with output space. */
+  if (g->ignore_rest) in_used = in_len;
   napi_value r, v;
-  napi_create_object(env, &r);
-  napi_create_int32(env, status, &v);
-  napi_set_named_property(env, r, "status", v);
+  napi_create_array_with_length(env, 3, &r);
   napi_create_double(env, (double)in_used, &v);
-  napi_set_named_property(env, r, "inUsed", v);
+  napi_set_element(env, r, 0, v);
   napi_create_double(env, (double)out_used, &v);
-  napi_set_named_property(env, r, "outUsed", v);
+  napi_set_element(env, r, 1, v);
+  napi_get_boolean(env, g->started && g->st.block_state == ISAL_BLOCK_FINISH, &v);
+  napi_set_element(env, r, 2, v);
   return r;
 }
 
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"compressBatch", NULL, js_compress_batch, NULL, NULL, NULL, napi_default, NULL},
+      {"gunzipper", NULL, js_gunzipper, NULL, NULL, NULL, napi_default, NULL},
       {"gunzip", NULL, js_gunzip, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

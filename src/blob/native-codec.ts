@@ -7,7 +7,7 @@ const require = createRequire(import.meta.url);
 
 /**
  * The converter's native addon (native/dfnode_convert.c, built by `npm run build:native` with liblz4 and
- * libdeflate). When it does not load, the writer falls back to lz4-napi and node:zlib: slower, and the LZ4
+ * ISA-L). When it does not load, the writer falls back to lz4-napi and node:zlib: slower, and the LZ4
  * bytes differ (another encoder), but the blob is as valid and still deterministic on that machine.
  * DFNODE_CONVERT_ADDON names another build; DFNODE_CONVERT_ADDON=none forces the fallback.
  */
@@ -20,8 +20,13 @@ export interface ConvertAddon {
     stored: Uint32Array,
     codecs: Uint8Array,
   ): number;
-  /** One gzip member of src into dst: status 0 ok, 1 corrupt, 2 dst too small. */
-  gunzip(src: Uint8Array, dst: Uint8Array): { status: number; inUsed: number; outUsed: number };
+  /** A streaming gunzip's state, for gunzip(). */
+  gunzipper(): unknown;
+  /**
+   * Inflates input into out[outOff...] until either runs out; returns the input bytes used, the output bytes
+   * written and whether the last gzip member ended. Throws (code Z_DATA_ERROR) on corrupt data.
+   */
+  gunzip(handle: unknown, input: Uint8Array, out: Uint8Array, outOff: number): [number, number, boolean];
 }
 
 let addon: ConvertAddon | null | undefined;
@@ -52,7 +57,7 @@ export function convertAddon(): ConvertAddon | null {
     loadError =
       `the converter's native addon did not load from ${path ?? '(none)'} (${(err as Error).message}); ` +
       'conversion uses the slower JavaScript path. Build it with `npm run build:native` ' +
-      '(needs liblz4-dev, libdeflate-dev and a C compiler)';
+      '(needs liblz4-dev, libisal-dev and a C compiler)';
   }
   return addon;
 }
