@@ -1,7 +1,7 @@
 // bench/convert: layer conversion throughput of dfconvert against
 // mksquashfs -comp lz4 and ctr-remote's eStargz converter, on the same layers.
 //
-//   npm run build && node dist/bench/convert.js [--fixture debian] [--runs 3]
+//   npm run build && node dist/bench/convert.js [--fixture debian-dev] [--runs 3]
 //
 // Prints a table of medians and, last, one JSON line (see bench/README.md).
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { convertAddonError } from '../src/blob/native-codec.js';
 import { PrivateContainerd } from './lib/containerd.js';
 import { formatProfiles, summariseDir } from './lib/cpu-profile.js';
 import {
@@ -46,7 +47,8 @@ interface Sample {
 }
 
 const HELP = `usage: node dist/bench/convert.js [options]
-  --fixture NAME     test fixture image: debian (default), debian-python, busybox, multilayer
+  --fixture NAME     test fixture image: debian-dev (default: one ~477 MB layer with python3, perl, gcc),
+                     debian, debian-python, busybox, multilayer
   --runs N           timed runs per tool (default 3); medians are reported
   --tools LIST       comma-separated subset of ${TOOLS.join(',')} (default: all)
   --workers N        dfconvert --workers and mksquashfs -processors (default: CPU count)
@@ -74,7 +76,7 @@ async function dropCaches(): Promise<boolean> {
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
-      fixture: { type: 'string', default: 'debian' },
+      fixture: { type: 'string', default: 'debian-dev' },
       runs: { type: 'string', default: '3' },
       tools: { type: 'string', default: TOOLS.join(',') },
       workers: { type: 'string', default: String(availableParallelism()) },
@@ -261,6 +263,7 @@ async function main(): Promise<number> {
       mksquashfs: versionOf('mksquashfs', ['-version']),
       ctrRemote: versionOf('ctr-remote', ['--version']),
       containerd: versionOf('containerd', ['--version']),
+      convertAddon: convertAddonError() ?? 'loaded',
       commit:
         commitAtStart === gitState()
           ? commitAtStart
@@ -296,7 +299,8 @@ async function main(): Promise<number> {
     );
     out.write(`runs: ${runs} per tool (medians); workers/processors: ${workers}; page cache: ${cacheNote}\n`);
     out.write(
-      `machine: ${env.cpus}, node ${env.node}, load ${env.loadavg.join(' ')}; code ${env.commit}\n\n`,
+      `machine: ${env.cpus}, node ${env.node}, load ${env.loadavg.join(' ')}; code ${env.commit}\n` +
+        `dfconvert native addon: ${env.convertAddon}\n\n`,
     );
     out.write(
       formatTable(['tool', 'sec', 'MB/s', 'cpu s', 'out MB', 'out/gzip', 'dfconvert speed ×'], rows) + '\n\n',

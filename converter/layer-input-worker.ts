@@ -1,29 +1,23 @@
 import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { constants, createGunzip, type Gunzip } from 'node:zlib';
-import { readTar } from './tar-reader.js';
+import { convertAddon } from '../src/blob/native-codec.js';
 
 /**
  * Worker thread of LayerInflater (layer-input.ts): hashes the layer blob (digest check), gunzips it, hashes
- * the tar (diff ID) and hands the tar back in buffers of up to `outSize` bytes, transferred. The main thread
- * is left with tar parsing and the writer. Flow control: every input chunk gets one reply (several chunks
- * handled in one turn share a reply) carrying the tar bytes it produced, and the main thread bounds the
- * chunks and tar bytes in flight: two messages per input chunk in all.
- *
- * It also runs the same tar reader over the same bytes to hash every regular file's content (the writer's
- * dedup key), and sends the digests, keyed by the header's byte offset, with the tar buffers: a file's
- * digest goes out with the reply holding the file's last byte, so the main thread does not hash.
+ * the tar (diff ID) and hands the tar back in buffers of up to `outSize` bytes, transferred. gunzip is ISA-L's
+ * streaming inflate in the native addon (native/dfnode_convert.c, 2-3x zlib), or zlib when the addon does
+ * not load; either inflates straight into the buffer that is sent (no copy here). The main thread is left with tar parsing, the
+ * files' hashes and the writer. Flow control: every input chunk gets one reply (several chunks handled in
+ * one turn share a reply) carrying the tar bytes it produced, and the main thread bounds the chunks and tar
+ * bytes in flight: two messages per input chunk in all.
  */
 
 export type ToWorker =
-  | { t: 'init'; gzip: boolean; outSize: number }
-  | { t: 'data'; chunk: Uint8Array }
-  | { t: 'end' }
-  | { t: 'want-digests' };
+  { t: 'init'; gzip: boolean; outSize: number } | { t: 'data'; chunk: Uint8Array } | { t: 'end' };
 
 export type FromWorker =
-  | { t: 'out'; inputs: number; bufs: ArrayBuffer[]; lengths: number[]; digests: FileDigests }
-  | { t: 'digests'; digests: FileDigests; failed?: boolean }
+  | { t: 'out'; inputs: number; bufs: ArrayBuffer[]; lengths: number[] }
   | { t: 'done'; blobDigest: string; diffId: string; compressedBytes: number; uncompressedBytes: number }
   | { t: 'error'; message: string; code?: string };
 
@@ -51,106 +45,61 @@ interface ZlibInternals {
   _writeState: Uint32Array;
 }
 let gz: (Gunzip & ZlibInternals) | undefined;
-const INFLATE_CHUNK = 256 * 1024;
-let inflateOut = Buffer.alloc(0);
-let inflateOff = 0;
+const native = convertAddon();
+/** The native gunzip's state (when gzip and the addon loaded), and whether its last member ended. */
+let ngz: unknown;
+let ngzFinished = false;
+
+function inflateNative(chunk: Buffer): void {
+  let inOff = 0;
+  for (;;) {
+    const [inUsed, outUsed, finished] = native!.gunzip(ngz, chunk.subarray(inOff), out, outLen);
+    inOff += inUsed;
+    ngzFinished = finished;
+    if (outUsed > 0) tarBytes(out.subarray(outLen, outLen + outUsed));
+    else if (inOff >= chunk.length)
+      return; // input used up and nothing more held back
+    else if (inUsed === 0) throw new Error('gunzip made no progress');
+  }
+}
+
+let outSize = 1 << 20;
+/** The tar buffer being filled (by zlib, or by copies of a plain tar); sent when full or at the reply. */
+let out = Buffer.alloc(0);
+let outLen = 0;
+let compressedBytes = 0;
+let uncompressedBytes = 0;
+let failed = false;
+/** Filled tar buffers for the next reply. */
+const full: Buffer[] = [];
+let replyScheduled = false;
+/** Input chunks handled since the last reply. */
+let inputs = 0;
 
 function inflate(chunk: Buffer, flush: number): void {
   const z = gz!;
   let inOff = 0;
   let availIn = chunk.length;
   for (;;) {
-    const availOutBefore = inflateOut.length - inflateOff;
-    z._handle.writeSync(flush, chunk, inOff, availIn, inflateOut, inflateOff, availOutBefore);
+    const availOutBefore = outSize - outLen;
+    z._handle.writeSync(flush, chunk, inOff, availIn, out, outLen, availOutBefore);
     if (z.errored) throw z.errored;
     const availOutAfter = z._writeState[0]!;
     const availInAfter = z._writeState[1]!;
     const have = availOutBefore - availOutAfter;
-    if (have > 0) {
-      const out = inflateOut.subarray(inflateOff, inflateOff + have);
-      inflateOff += have;
-      diffHash.update(out);
-      onTar(out);
-    }
-    if (availOutAfter === 0 || inflateOff >= inflateOut.length) {
-      // Not reused: the file hasher still holds views of it.
-      inflateOut = Buffer.allocUnsafe(INFLATE_CHUNK);
-      inflateOff = 0;
-    }
+    if (have > 0) tarBytes(out.subarray(outLen, outLen + have));
     if (availOutAfter !== 0) return;
     inOff += availIn - availInAfter;
     availIn = availInAfter;
   }
 }
 
-let outSize = 1 << 20;
-let out = Buffer.alloc(0);
-let outLen = 0;
-let compressedBytes = 0;
-let uncompressedBytes = 0;
-let failed = false;
-
-/** Tar header offsets and base64 SHA-256 digests of the files' contents, in tar order. */
-export interface FileDigests {
-  offsets: number[];
-  digests: string[];
-}
-
-let ready: FileDigests = { offsets: [], digests: [] };
-let wanted = false;
-let hashFailed = false;
-/** Tar buffers waiting for the file hasher to catch up (sent from setImmediate). */
-const full: Buffer[] = [];
-let replyScheduled = false;
-/** Input chunks handled since the last reply. */
-let inputs = 0;
-
-/** Chunks for the worker's own tar reader. */
-const hashQueue: Buffer[] = [];
-let hashWake: (() => void) | undefined;
-let hashEnded = false;
-async function* hashSource(): AsyncGenerator<Buffer> {
-  for (;;) {
-    const c = hashQueue.shift();
-    if (c) yield c;
-    else if (hashEnded) return;
-    else await new Promise<void>((r) => (hashWake = r));
-  }
-}
-function feedHasher(c: Buffer | undefined): void {
-  if (c) hashQueue.push(c);
-  else hashEnded = true;
-  const w = hashWake;
-  hashWake = undefined;
-  w?.();
-}
-const hasher = (async () => {
-  try {
-    for await (const { header, body } of readTar(hashSource())) {
-      if (header.type !== 'file') continue;
-      const h = createHash('sha256');
-      for await (const c of body) h.update(c);
-      ready.offsets.push(header.offset);
-      ready.digests.push(h.digest('base64'));
-      if (wanted) sendDigests();
-    }
-  } catch {
-    // The main thread's reader sees the same bytes and reports the error; it hashes what it still needs.
-    hashFailed = true;
-    hashQueue.length = 0;
-    sendDigests();
-  }
-})();
-
-function takeDigests(): FileDigests {
-  const d = ready;
-  ready = { offsets: [], digests: [] };
-  return d;
-}
-
-function sendDigests(): void {
-  wanted = false;
-  post({ t: 'digests', digests: takeDigests(), failed: hashFailed || undefined });
+/** `c` was written at out[outLen...]: hashes (gzip: the diff ID) and counts it. */
+function tarBytes(c: Buffer): void {
+  if (gz || ngz) diffHash.update(c);
+  uncompressedBytes += c.length;
+  outLen += c.length;
+  if (outLen === outSize) sendOut();
 }
 
 function fail(err: unknown): void {
@@ -172,7 +121,6 @@ function sendOut(): void {
   outLen = 0;
 }
 
-/** Replies from setImmediate: by then the file hasher (microtasks) has seen every byte fed so far. */
 function scheduleReply(): void {
   if (replyScheduled) return;
   replyScheduled = true;
@@ -186,33 +134,19 @@ function reply(): void {
   const bufs = full.map((b) => b.buffer as ArrayBuffer);
   const lengths = full.map((b) => b.length);
   full.length = 0;
-  post({ t: 'out', inputs, bufs, lengths, digests: takeDigests() }, bufs);
+  post({ t: 'out', inputs, bufs, lengths }, bufs);
   inputs = 0;
 }
 
-function onTar(c: Buffer): void {
-  uncompressedBytes += c.length;
-  if (!hashFailed) feedHasher(c);
+/** A plain tar: copied into the outgoing buffers. */
+function plain(c: Buffer): void {
   let pos = 0;
   while (pos < c.length) {
     const n = Math.min(outSize - outLen, c.length - pos);
     c.copy(out, outLen, pos, pos + n);
-    outLen += n;
     pos += n;
-    if (outLen === outSize) sendOut();
+    tarBytes(out.subarray(outLen, outLen + n));
   }
-}
-
-async function finish(): Promise<void> {
-  if (failed) return;
-  feedHasher(undefined);
-  await hasher;
-  reply();
-  if (hashFailed) sendDigests();
-  const blobDigest = 'sha256:' + blobHash.digest('hex');
-  // A plain tar is its own diff ID: hashed once.
-  const diffId = gz ? 'sha256:' + diffHash.digest('hex') : blobDigest;
-  post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes });
 }
 
 port.on('message', (m: ToWorker) => {
@@ -222,30 +156,36 @@ port.on('message', (m: ToWorker) => {
       case 'init':
         outSize = m.outSize;
         out = Buffer.allocUnsafeSlow(outSize);
-        if (m.gzip) {
-          gz = createGunzip({ chunkSize: INFLATE_CHUNK }) as typeof gz;
+        if (m.gzip && native) ngz = native.gunzipper();
+        else if (m.gzip) {
+          gz = createGunzip() as typeof gz;
           gz!.on('error', () => undefined); // errors are thrown from inflate()
-          inflateOut = Buffer.allocUnsafe(INFLATE_CHUNK);
         }
         return;
       case 'data': {
         const c = Buffer.from(m.chunk.buffer, m.chunk.byteOffset, m.chunk.byteLength);
         blobHash.update(c);
         compressedBytes += c.length;
-        if (gz) inflate(c, constants.Z_NO_FLUSH);
-        else onTar(c);
+        if (ngz) inflateNative(c);
+        else if (gz) inflate(c, constants.Z_NO_FLUSH);
+        else plain(c);
         inputs++;
         scheduleReply();
         return;
       }
-      case 'end':
+      case 'end': {
+        if (ngz) {
+          inflateNative(Buffer.alloc(0));
+          if (!ngzFinished) throw Object.assign(new Error('unexpected end of file'), { code: 'Z_BUF_ERROR' });
+        }
         if (gz) inflate(Buffer.alloc(0), constants.Z_FINISH);
-        void finish();
+        reply();
+        const blobDigest = 'sha256:' + blobHash.digest('hex');
+        // A plain tar is its own diff ID: hashed once.
+        const diffId = gz || ngz ? 'sha256:' + diffHash.digest('hex') : blobDigest;
+        post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes });
         return;
-      case 'want-digests':
-        if (ready.offsets.length || hashFailed) sendDigests();
-        else wanted = true;
-        return;
+      }
     }
   } catch (err) {
     fail(err);

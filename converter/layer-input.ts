@@ -4,7 +4,7 @@ import type { Worker } from 'node:worker_threads';
 import { spawnWorker } from '../src/util/spawn-worker.js';
 import { DfError } from '../src/errors.js';
 import { layerCompression, type Descriptor } from '../src/registry/oci.js';
-import type { FileDigests, FromWorker, ToWorker } from './layer-input-worker.js';
+import type { FromWorker, ToWorker } from './layer-input-worker.js';
 import { readTar, type TarEntry } from './tar-reader.js';
 
 export interface LayerInputResult {
@@ -16,7 +16,7 @@ export interface LayerInputResult {
 }
 
 export interface LayerEntry extends TarEntry {
-  /** Regular files: base64 SHA-256 of the body, computed off the main thread; call after reading the body. */
+  /** Regular files: base64 SHA-256 of the body, hashed as it is read; call after reading the body. */
   digest: () => Promise<string>;
 }
 
@@ -47,12 +47,6 @@ class LayerInflater {
   private ended = false;
   private closed = false;
   private done: Extract<FromWorker, { t: 'done' }> | undefined;
-  private readonly digests = new Map<number, string>();
-  private readonly digestWaiters = new Map<
-    number,
-    { resolve: (d: string) => void; reject: (e: Error) => void }
-  >();
-  private digestsFailed: Error | undefined;
 
   constructor(
     private readonly input: Readable,
@@ -82,18 +76,12 @@ class LayerInflater {
           this.tarQueue.push(Buffer.from(m.bufs[i]!, 0, m.lengths[i]!));
           this.queuedTar += m.lengths[i]!;
         }
-        this.addDigests(m.digests);
         this.wake('ack');
         this.wake('tar');
-        return;
-      case 'digests':
-        this.addDigests(m.digests);
-        if (m.failed) this.failDigests(DfError.internal('layer input worker could not hash the files'));
         return;
       case 'done':
         this.done = m;
         this.ended = true;
-        this.failDigests(DfError.internal('layer input worker sent no digest for a file'));
         this.wake('tar');
         return;
       case 'error': {
@@ -103,41 +91,6 @@ class LayerInflater {
         return;
       }
     }
-  }
-
-  private addDigests(d: FileDigests): void {
-    for (let i = 0; i < d.offsets.length; i++) {
-      const off = d.offsets[i]!;
-      const w = this.digestWaiters.get(off);
-      if (w) {
-        this.digestWaiters.delete(off);
-        w.resolve(d.digests[i]!);
-      } else this.digests.set(off, d.digests[i]!);
-    }
-  }
-
-  private failDigests(err: Error): void {
-    this.digestsFailed ??= err;
-    for (const w of this.digestWaiters.values()) w.reject(err);
-    this.digestWaiters.clear();
-  }
-
-  /**
-   * Base64 SHA-256 of the content of the regular file whose header is at tar byte `offset`. Ask only after
-   * reading the whole body: the worker has hashed it by then.
-   */
-  fileDigest(offset: number): Promise<string> {
-    const d = this.digests.get(offset);
-    if (d !== undefined) {
-      this.digests.delete(offset);
-      return Promise.resolve(d);
-    }
-    const err = this.error ?? this.digestsFailed;
-    if (err) return Promise.reject(err);
-    return new Promise((resolve, reject) => {
-      this.digestWaiters.set(offset, { resolve, reject });
-      this.send({ t: 'want-digests' });
-    });
   }
 
   private wake(which: 'ack' | 'tar'): void {
@@ -150,7 +103,6 @@ class LayerInflater {
   fail(err: Error): void {
     if (this.error) return;
     this.error = err;
-    this.failDigests(err);
     for (const w of [this.ackWaiter, this.tarWaiter]) w?.reject(err);
     this.ackWaiter = this.tarWaiter = undefined;
   }
@@ -207,10 +159,32 @@ class LayerInflater {
   }
 }
 
+const noDigest = () => Promise.reject(DfError.internal('only regular files have a content digest'));
+
+/** A file entry whose body is hashed as the consumer reads it (one SHA-256 pass over the bytes it reads). */
+function hashedFile(entry: TarEntry): LayerEntry {
+  const hash = createHash('sha256');
+  let digest: string | undefined;
+  const body = entry.body;
+  return {
+    ...entry,
+    body: {
+      async *[Symbol.asyncIterator]() {
+        for await (const c of body) {
+          hash.update(c);
+          yield c;
+        }
+      },
+    },
+    digest: () => Promise.resolve((digest ??= hash.digest('base64'))),
+  };
+}
+
 /**
  * Streams a layer blob into `onEntry` entry by entry: checks the media type first, gunzips when needed,
  * hashes the blob (digest check) and the tar (diff ID) on the way, and fails clearly on corrupt input.
- * Hashing and gunzip run on a worker thread. The digest is checked at the end, so callers must discard
+ * Blob hashing, gunzip and diff-ID hashing run on a worker thread; tar parsing and the files' hashes (each
+ * body hashed as `onEntry` reads it) on this one. The digest is checked at the end, so callers must discard
  * what they built when this throws.
  */
 export async function readLayer(
@@ -232,8 +206,7 @@ export async function readLayer(
     pumping.catch((err: Error) => inflater.fail(err)); // a read error ends the tar side too
     for await (const entry of readTar(inflater.tar())) {
       signal?.throwIfAborted();
-      const offset = entry.header.offset;
-      await onEntry({ ...entry, digest: () => inflater.fileDigest(offset) });
+      await onEntry(entry.header.type === 'file' ? hashedFile(entry) : { ...entry, digest: noDigest });
     }
     await pumping;
     res = inflater.result();

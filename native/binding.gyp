@@ -6,6 +6,13 @@
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags fuse3)"],
       "libraries": ["<!@(pkg-config --libs fuse3)", "-llz4"],
       "defines": ["NAPI_VERSION=8"]
+    },
+    {
+      "target_name": "dfnode_convert",
+      "sources": ["dfnode_convert.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"],
+      "libraries": ["-llz4", "-lisal"],
+      "defines": ["NAPI_VERSION=8"]
     }
   ]
 }

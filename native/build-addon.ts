@@ -1,6 +1,7 @@
-// Builds native/dfnode_fuse.node when it is missing or older than its sources (tests call this before
-// checking NativeFuseBinding.available()). Uses npm's bundled node-gyp and the local Node headers, so it
-// needs no download; returns the reason when it cannot build (no compiler, no libfuse3-dev, ...).
+// Builds native/dfnode_fuse.node and native/dfnode_convert.node when missing or older than their sources
+// (tests call this before checking NativeFuseBinding.available() or convertAddon()). Uses npm's bundled
+// node-gyp and the local Node headers, so it needs no download; returns the reason when it cannot build (no
+// compiler, no libfuse3-dev, ...).
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -8,6 +9,8 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const addonPath = join(here, 'build', 'Release', 'dfnode_fuse.node');
+/** The converter's addon (dfnode_convert.c), another target of the same binding.gyp. */
+export const convertAddonPath = join(here, 'build', 'Release', 'dfnode_convert.node');
 
 function nodeGyp(): string | undefined {
   const candidates = [
@@ -34,8 +37,8 @@ function nodeDir(): string | undefined {
 }
 
 function upToDate(): boolean {
-  if (!existsSync(addonPath)) return false;
-  const built = statSync(addonPath).mtimeMs;
+  if (!existsSync(addonPath) || !existsSync(convertAddonPath)) return false;
+  const built = Math.min(statSync(addonPath).mtimeMs, statSync(convertAddonPath).mtimeMs);
   return readdirSync(here)
     .filter((f) => /\.(c|h|gyp)$/.test(f))
     .every((f) => statSync(join(here, f)).mtimeMs <= built);
@@ -59,9 +62,8 @@ export function ensureNativeAddon(): string | undefined {
       .join(' | ');
     return `building native/dfnode_fuse failed: ${stderr || (err as Error).message}`;
   }
-  return existsSync(addonPath)
-    ? undefined
-    : 'node-gyp finished but native/build/Release/dfnode_fuse.node is missing';
+  const missing = [addonPath, convertAddonPath].filter((p) => !existsSync(p));
+  return missing.length ? `node-gyp finished but ${missing.join(' and ')} is missing` : undefined;
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {

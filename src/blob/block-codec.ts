@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { compressSync, uncompressSync } from 'lz4-napi';
 import { DfError } from '../errors.js';
+import { convertAddon } from './native-codec.js';
 import { Codec } from './types.js';
 
 export interface CompressedBlock {
@@ -10,7 +11,7 @@ export interface CompressedBlock {
 }
 
 /**
- * Compresses one block: LZ4 block format with a u32le length prefix (what lz4-napi compressSync emits),
+ * Compresses one block with lz4-napi (the fallback of compressBatch): LZ4 block format with a u32le length prefix (what lz4-napi compressSync emits),
  * or the raw bytes when LZ4 does not make the block smaller. The hash is over the stored bytes.
  */
 export function compressBlock(data: Buffer): CompressedBlock {
@@ -22,6 +23,58 @@ export function compressBlock(data: Buffer): CompressedBlock {
     codec: useLz4 ? Codec.Lz4Block : Codec.Raw,
     sha256: createHash('sha256').update(stored).digest(),
   };
+}
+
+/** A batch of blocks compressed in place (compressBatch). */
+export interface StoredBatch {
+  /** Per block: stored length and codec. */
+  stored: Uint32Array;
+  codecs: Uint8Array;
+  /** Per block: SHA-256 of the stored bytes, 32 bytes each. */
+  hashes: Uint8Array;
+  /** Stored bytes in all, at the front of the buffer. */
+  total: number;
+}
+
+/**
+ * Compresses and hashes the blocks of buf[0, length) (block i is bytes [i*blockSize, min((i+1)*blockSize,
+ * length))) and compacts their stored bytes to the front of `buf`, in place. Native (liblz4) when the addon
+ * loads, else compressBlock per block; either way deterministic.
+ */
+export function compressBatch(buf: Buffer, length: number, blockSize: number): StoredBatch {
+  const n = Math.ceil(length / blockSize);
+  const stored = new Uint32Array(n);
+  const codecs = new Uint8Array(n);
+  const hashes = new Uint8Array(32 * n);
+  const native = convertAddon();
+  let total = 0;
+  if (native) {
+    total = native.compressBatch(buf, length, blockSize, stored, codecs);
+    let off = 0;
+    for (let i = 0; i < n; i++) {
+      const h = createHash('sha256')
+        .update(buf.subarray(off, off + stored[i]!))
+        .digest();
+      hashes.set(h, 32 * i);
+      off += stored[i]!;
+    }
+    return { stored, codecs, hashes, total };
+  }
+  for (let i = 0; i < n; i++) {
+    const start = i * blockSize;
+    const block = buf.subarray(start, Math.min(start + blockSize, length));
+    const r = compressBlock(block);
+    // r.stored is either `block` itself (raw) or a new buffer; total <= start, so the copy only overwrites
+    // bytes of this block or earlier ones, which were already consumed.
+    if (r.stored === block) {
+      if (total !== start) buf.copyWithin(total, start, start + block.length);
+    } else r.stored.copy(buf, total);
+    stored[i] = r.stored.length;
+    codecs[i] = r.codec;
+    hashes.set(r.sha256, 32 * i);
+    total += r.stored.length;
+  }
+  return { stored, codecs, hashes, total };
 }
 
 const PROBE = 2048;

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { DfError } from '../errors.js';
-import { compressBlock } from './block-codec.js';
+import { compressBatch } from './block-codec.js';
 import { CompressPool, type CompressedBatch } from './compress-pool.js';
 import { B } from './toc-layout.js';
 
@@ -95,14 +95,13 @@ export class BlockSink {
     if (this.curLen > 0) {
       if (!this.pool && this.curLen <= this.blockSize) {
         // Single-block blob: not worth starting worker threads.
-        const r = compressBlock(this.cur.subarray(0, this.curLen));
-        const hashes = new Uint8Array(r.sha256.buffer, r.sha256.byteOffset, 32);
+        const r = compressBatch(this.cur, this.curLen, this.blockSize);
         await this.writeBatch({
-          stored: r.stored,
-          storedLengths: Uint32Array.of(r.stored.length),
+          stored: this.cur.subarray(0, r.total),
+          storedLengths: r.stored,
           lengths: Uint32Array.of(this.curLen),
-          codecs: Uint8Array.of(r.codec),
-          hashes,
+          codecs: r.codecs,
+          hashes: r.hashes,
         });
         this.curLen = 0;
       } else await this.submit();

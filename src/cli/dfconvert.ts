@@ -177,6 +177,9 @@ async function convertImage(
   const stores: ImageStore[] = [];
   try {
     const { Converter } = await import('../../converter/convert.js');
+    const { convertAddonError } = await import('../blob/native-codec.js');
+    const slowPath = convertAddonError();
+    if (slowPath) log.warn(slowPath);
     const srcStore = await openStore(src, () => clients.make(flags.srcCreds), cfg.convert.workDir, signal);
     stores.push(srcStore);
     const dstStore = await openStore(dst, () => clients.make(flags.destCreds), cfg.convert.workDir, signal);

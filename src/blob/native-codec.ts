@@ -1,0 +1,69 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const require = createRequire(import.meta.url);
+
+/**
+ * The converter's native addon (native/dfnode_convert.c, built by `npm run build:native` with liblz4 and
+ * ISA-L). When it does not load, the writer falls back to lz4-napi and node:zlib: slower, and the LZ4
+ * bytes differ (another encoder), but the blob is as valid and still deterministic on that machine.
+ * DFNODE_CONVERT_ADDON names another build; DFNODE_CONVERT_ADDON=none forces the fallback.
+ */
+export interface ConvertAddon {
+  /** LZ4 blocks of buf[0, length) compacted in place (see dfnode_convert.c); returns the stored bytes. */
+  compressBatch(
+    buf: Uint8Array,
+    length: number,
+    blockSize: number,
+    stored: Uint32Array,
+    codecs: Uint8Array,
+  ): number;
+  /** A streaming gunzip's state, for gunzip(). */
+  gunzipper(): unknown;
+  /**
+   * Inflates input into out[outOff...] until either runs out; returns the input bytes used, the output bytes
+   * written and whether the last gzip member ended. Throws (code Z_DATA_ERROR) on corrupt data.
+   */
+  gunzip(handle: unknown, input: Uint8Array, out: Uint8Array, outOff: number): [number, number, boolean];
+}
+
+let addon: ConvertAddon | null | undefined;
+let loadError: string | undefined;
+
+/** native/build/Release/dfnode_convert.node above this module (src/blob or dist/src/blob). */
+function addonPath(): string | undefined {
+  const env = process.env.DFNODE_CONVERT_ADDON;
+  if (env) return env === 'none' ? undefined : env;
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    if (existsSync(join(dir, 'native', 'binding.gyp')))
+      return join(dir, 'native', 'build', 'Release', 'dfnode_convert.node');
+    dir = dirname(dir);
+  }
+  return undefined;
+}
+
+/** The addon, or null when it is not built or does not load (convertAddonError() says why). */
+export function convertAddon(): ConvertAddon | null {
+  if (addon !== undefined) return addon;
+  const path = addonPath();
+  try {
+    if (!path) throw new Error('disabled by DFNODE_CONVERT_ADDON=none, or native/ not found');
+    addon = require(path) as ConvertAddon;
+  } catch (err) {
+    addon = null;
+    loadError =
+      `the converter's native addon did not load from ${path ?? '(none)'} (${(err as Error).message}); ` +
+      'conversion uses the slower JavaScript path. Build it with `npm run build:native` ' +
+      '(needs liblz4-dev, libisal-dev and a C compiler)';
+  }
+  return addon;
+}
+
+/** Why convertAddon() is null, or undefined when it loaded. */
+export function convertAddonError(): string | undefined {
+  convertAddon();
+  return loadError;
+}

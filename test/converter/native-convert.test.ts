@@ -1,0 +1,266 @@
+// The converter's native path (native/dfnode_convert.c): LZ4 batches in place and ISA-L's streaming gunzip,
+// against the JavaScript fallback (lz4-napi, node:zlib). Conversions here run in-process (convertLayer/readLayer).
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { compressSync, uncompressSync } from 'lz4-napi';
+import { ensureNativeAddon } from '../../native/build-addon.js';
+import { convertLayer } from '../../converter/convert-layer.js';
+import { readLayer, type LayerInputResult } from '../../converter/layer-input.js';
+import { compressBatch, decodeStoredBlock } from '../../src/blob/block-codec.js';
+import { convertAddon } from '../../src/blob/native-codec.js';
+import { DfbReader } from '../../src/blob/reader.js';
+import { FileRangeReader } from '../../src/blob/file-range-reader.js';
+import { Codec } from '../../src/blob/types.js';
+import { buildTar, sha256, type TarEntry } from '../fixtures/tar-builder.js';
+import { pseudoRandom } from '../helpers/dfb.js';
+import { rejection } from '../helpers/errors.js';
+import { tempDir } from '../helpers/temp.js';
+
+const GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';
+const BS = 64 * 1024;
+
+/** Files of every kind of content: text, random, empty, duplicates, sizes around the block size. */
+function layerEntries(): TarEntry[] {
+  const e: TarEntry[] = [{ path: 'd/', type: 'directory' }];
+  for (let i = 0; i < 40; i++) {
+    const size = [0, 1, 511, BS - 1, BS, BS + 1, 3 * BS + 17, 200_000][i % 8]!;
+    e.push({ path: `d/f${i}`, type: 'file', data: pseudoRandom(size, i + 1, i % 3 !== 0) });
+  }
+  e.push({ path: 'd/dup', type: 'file', data: pseudoRandom(200_000, 8) }); // same bytes as d/f7
+  e.push({ path: 'd/link', type: 'symlink', linkname: 'f1' });
+  return e;
+}
+
+function stream(buf: Buffer, chunk = 1 << 20): Readable {
+  return Readable.from(
+    (function* () {
+      for (let i = 0; i < buf.length; i += chunk) yield buf.subarray(i, i + chunk);
+    })(),
+  );
+}
+
+/** Runs `fn` with DFNODE_CONVERT_ADDON=none (worker threads started meanwhile use the JavaScript path). */
+async function withoutAddon<T>(off: boolean, fn: () => Promise<T>): Promise<T> {
+  const old = process.env.DFNODE_CONVERT_ADDON;
+  if (off) process.env.DFNODE_CONVERT_ADDON = 'none';
+  try {
+    return await fn();
+  } finally {
+    if (old === undefined) delete process.env.DFNODE_CONVERT_ADDON;
+    else process.env.DFNODE_CONVERT_ADDON = old;
+  }
+}
+
+/** Reads a gzip layer: every entry's path, size and content digest, and the diff ID. */
+async function readAll(blob: Buffer, jsPath = false): Promise<{ entries: string[]; res: LayerInputResult }> {
+  const entries: string[] = [];
+  const res = await withoutAddon(jsPath, () =>
+    readLayer(
+      stream(blob, 100_003),
+      { mediaType: GZIP, digest: sha256(blob), size: blob.length },
+      async (e) => {
+        if (e.header.type !== 'file') return void entries.push(`${e.header.name} ${e.header.type}`);
+        for await (const _ of e.body) void _;
+        entries.push(`${e.header.name} ${e.header.size} ${await e.digest()}`);
+      },
+    ),
+  );
+  return { entries, res };
+}
+
+describe('converter native path', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  let n = 0;
+
+  beforeAll(async () => {
+    const why = ensureNativeAddon();
+    expect(why, 'the native addons build (npm run build:native)').toBeUndefined();
+    ({ dir, cleanup } = await tempDir('dfnode-native-conv-'));
+  });
+  afterAll(async () => cleanup?.());
+
+  /** Converts `blob` (a gzip layer) and returns the blob bytes and the diff ID. */
+  async function convert(
+    blob: Buffer,
+    workers = 2,
+    jsPath = false,
+  ): Promise<{ bytes: Buffer; diffId: string }> {
+    const out = join(dir, `out-${n++}.dfb`);
+    const r = await withoutAddon(jsPath, () =>
+      convertLayer(stream(blob), { mediaType: GZIP, digest: sha256(blob), size: blob.length }, out, {
+        blockSize: BS,
+        workers,
+        tmpDir: dir,
+      }),
+    );
+    return { bytes: await readFile(out), diffId: r.diffId };
+  }
+
+  it('loads the addon (the converter would fall back to lz4-napi without it)', () => {
+    expect(convertAddon()).not.toBeNull();
+  });
+
+  it('compresses batches in place in the documented block format, Raw when LZ4 does not shrink', () => {
+    const data = Buffer.concat([
+      pseudoRandom(3 * BS, 5, true),
+      pseudoRandom(BS, 6, false),
+      Buffer.alloc(1000, 7),
+    ]);
+    const copy = Buffer.from(data);
+    const r = compressBatch(copy, data.length, BS);
+    expect(r.stored.length).toBe(5);
+    let off = 0;
+    for (let i = 0; i < 5; i++) {
+      const orig = data.subarray(i * BS, Math.min((i + 1) * BS, data.length));
+      const stored = copy.subarray(off, off + r.stored[i]!);
+      off += r.stored[i]!;
+      if (i === 3)
+        expect(r.codecs[i]).toBe(Codec.Raw); // random bytes
+      else expect(r.codecs[i]).toBe(Codec.Lz4Block);
+      if (r.codecs[i] === Codec.Lz4Block) {
+        expect(stored.readUInt32LE(0)).toBe(orig.length); // u32 length prefix + one LZ4 block
+        expect(uncompressSync(stored).equals(orig)).toBe(true); // any LZ4 block decoder reads it
+        expect(stored.length).toBeLessThan(orig.length);
+      }
+      expect(decodeStoredBlock(stored, r.codecs[i] as Codec, orig.length, `block ${i}`).equals(orig)).toBe(
+        true,
+      );
+      expect(Buffer.from(r.hashes.subarray(32 * i, 32 * i + 32)).toString('hex')).toBe(
+        sha256(stored).slice(7),
+      );
+    }
+    expect(off).toBe(r.total);
+    // The same bytes compress to the same stored bytes.
+    const again = Buffer.from(data);
+    expect(compressBatch(again, data.length, BS).total).toBe(r.total);
+    expect(again.subarray(0, r.total).equals(copy.subarray(0, r.total))).toBe(true);
+    // lz4-napi's blocks (the fallback) are the same format.
+    expect(uncompressSync(compressSync(data.subarray(0, BS))).equals(data.subarray(0, BS))).toBe(true);
+  });
+
+  it('round-trips a layer and is deterministic across worker counts', async () => {
+    const tar = buildTar(layerEntries());
+    const blob = gzipSync(tar);
+    const first = await convert(blob, 1);
+    expect(first.diffId).toBe(sha256(tar));
+    for (const workers of [2, 3]) {
+      const other = await convert(blob, workers);
+      expect(other.diffId).toBe(first.diffId);
+      expect(other.bytes.equals(first.bytes), `workers ${workers}`).toBe(true);
+    }
+    // The JavaScript fallback writes other LZ4 bytes (another encoder) of the same tree.
+    const js = await convert(blob, 2, true);
+    expect(js.diffId).toBe(first.diffId);
+    const path = join(dir, 'rt.dfb');
+    await convertLayer(stream(blob), { mediaType: GZIP, digest: sha256(blob), size: blob.length }, path, {
+      blockSize: BS,
+      workers: 2,
+      tmpDir: dir,
+    });
+    const reader = await DfbReader.open(await FileRangeReader.open(path));
+    try {
+      expect(js.bytes.length).toBeGreaterThan(0);
+      for (const e of layerEntries()) {
+        if (e.type !== 'file') continue;
+        const ino = reader.toc.lookup(e.path)!;
+        expect(ino, e.path).toBeDefined();
+        const got = await reader.readFile(ino, 0, Infinity);
+        expect(got.equals(e.data as Buffer), e.path).toBe(true);
+      }
+    } finally {
+      await reader.close();
+    }
+  });
+
+  it('gunzips in pieces of any size, like zlib', () => {
+    const native = convertAddon()!;
+    const tar = buildTar(layerEntries());
+    const blob = gzipSync(tar);
+    for (const [inStep, outSize] of [
+      [1, 4096],
+      [7919, 13],
+      [blob.length, 100_000],
+    ] as const) {
+      const h = native.gunzipper();
+      const out = Buffer.alloc(outSize);
+      const parts: Buffer[] = [];
+      let finished = false;
+      const drain = (input: Buffer) => {
+        let off = 0;
+        for (;;) {
+          const [inUsed, outUsed, fin] = native.gunzip(h, input.subarray(off), out, 0);
+          off += inUsed;
+          finished = fin;
+          parts.push(Buffer.from(out.subarray(0, outUsed)));
+          if (outUsed === 0 && off >= input.length) return;
+        }
+      };
+      for (let i = 0; i < blob.length; i += inStep) drain(blob.subarray(i, i + inStep));
+      drain(Buffer.alloc(0));
+      expect(finished).toBe(true);
+      expect(Buffer.concat(parts).equals(tar), `in ${inStep}, out ${outSize}`).toBe(true);
+    }
+  });
+
+  it('reads multi-member gzip and ignores trailing garbage as node:zlib does', async () => {
+    const tar = buildTar(layerEntries());
+    const cut = 512 * 40;
+    const one = await readAll(gzipSync(tar));
+    expect(one.res.diffId).toBe(sha256(tar));
+    const twoMembers = Buffer.concat([gzipSync(tar.subarray(0, cut)), gzipSync(tar.subarray(cut))]);
+    const trailing = Buffer.concat([gzipSync(tar), Buffer.from('\0\0garbage after the member')]);
+    for (const blob of [twoMembers, trailing]) {
+      const js = await readAll(blob, true);
+      const nat = await readAll(blob);
+      expect(gunzipSync(blob).equals(tar)).toBe(true);
+      expect(nat.entries).toEqual(one.entries);
+      expect(nat.res).toEqual(js.res);
+      expect(nat.res.diffId).toBe(sha256(tar));
+    }
+  });
+
+  it('rejects corrupt and truncated gzip clearly on both paths', async () => {
+    const blob = gzipSync(buildTar(layerEntries()));
+    const corrupt = Buffer.from(blob);
+    for (let k = 20; k < 52; k++) corrupt[k]! ^= 0xa5;
+    const truncated = blob.subarray(0, Math.floor(blob.length / 2));
+    for (const jsPath of [false, true]) {
+      for (const [bad, pattern] of [
+        [corrupt, /corrupt gzip data/],
+        [truncated, /corrupt gzip data \(.*unexpected end of file\)/],
+      ] as const) {
+        const e = await rejection(convert(bad, 2, jsPath));
+        expect(e.code).toBe('CORRUPT');
+        expect(e.message).toMatch(pattern);
+      }
+    }
+  });
+
+  it('streams the input: entries arrive long before the whole layer is read', async () => {
+    // Incompressible content, so the gzip is as large as the tar (~24 MiB).
+    const tar = buildTar([
+      { path: 'first', type: 'file', data: 'x' },
+      { path: 'big', type: 'file', data: pseudoRandom(24 << 20, 3, false) },
+    ]);
+    const blob = gzipSync(tar, { level: 1 });
+    const desc = { mediaType: GZIP, digest: sha256(blob), size: blob.length };
+    for (const jsPath of [false, true]) {
+      let read = 0;
+      let atFirst = -1;
+      const counted = stream(blob, 1 << 20).on('data', (c: Buffer) => (read += c.length));
+      const r = await withoutAddon(jsPath, () =>
+        readLayer(counted, desc, async ({ body }) => {
+          if (atFirst < 0) atFirst = read;
+          for await (const _ of body) void _;
+        }),
+      );
+      expect(r.diffId).toBe(sha256(tar));
+      // A few input chunks ahead at most (INPUT_AHEAD chunks, TAR_AHEAD bytes), not the layer.
+      expect(atFirst, jsPath ? 'zlib' : 'ISA-L').toBeLessThan(blob.length / 4);
+    }
+  });
+});
