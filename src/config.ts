@@ -89,6 +89,8 @@ const configSchema = z.strictObject({
       fillRate: sizeSchema.default(0),
       /** Start filling the whole layer after its first read. */
       backgroundFill: z.boolean().default(true),
+      /** Fetch a layer's prefetch ranges (DFB 1.1, `dfconvert --prefetch-list`) as soon as it is opened. */
+      prefetch: z.boolean().default(true),
     })
     .prefault({}),
   snapshotter: z
