@@ -91,6 +91,8 @@ const configSchema = z.strictObject({
       backgroundFill: z.boolean().default(true),
       /** Files read front to back fetch growing windows ahead of the reader (fetch/read-ahead.ts). */
       readAhead: z.boolean().default(true),
+      /** Fetch a layer's prefetch ranges (DFB 1.1, `dfconvert --prefetch-list`) as soon as it is opened. */
+      prefetch: z.boolean().default(true),
     })
     .prefault({}),
   snapshotter: z

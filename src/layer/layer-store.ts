@@ -35,6 +35,7 @@ export function layerOptionsFrom(cfg: Config): LayerOptions {
     retries: cfg.fetch.retries,
     maxRunBytes: cfg.fetch.maxRunBytes,
     fillAfterFirstRead: cfg.fetch.backgroundFill,
+    prefetchOnOpen: cfg.fetch.prefetch,
     verifyCachedReads: cfg.cache.verifyCachedReads,
   };
 }

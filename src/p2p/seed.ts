@@ -109,6 +109,8 @@ export class Seed implements BlobProvider {
         // 1 MiB runs, three at a time: the link stays busy and each run is ready to serve early
         maxRunBytes: Math.min(cfg.fetch.maxRunBytes, SEED_RUN_BYTES),
         fillAfterFirstRead: false,
+        // no container reads from a seed: its fill fetches everything, in order
+        prefetchOnOpen: false,
         fillConcurrency: 3,
         verifyCachedReads: true,
       },
