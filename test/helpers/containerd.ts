@@ -90,6 +90,8 @@ export interface DfnodeRunOptions {
 export interface DfnodeRun {
   pid: number;
   socket: string;
+  /** Its control socket (control.sock in the state dir): `dfnode pull --control-socket`. */
+  controlSocket: string;
   cacheDir: string;
   stateDir: string;
   snapshotterRoot: string;
@@ -135,6 +137,7 @@ export async function startDfnodeRun(opts: DfnodeRunOptions): Promise<DfnodeRun>
   const h: DfnodeRun = {
     pid: child.pid!,
     socket,
+    controlSocket: join(stateDir, 'control.sock'),
     cacheDir,
     stateDir,
     snapshotterRoot,

@@ -1,5 +1,7 @@
 import { resolve } from 'node:path';
 import type { Config } from '../../config.js';
+import { controlSocketPath } from '../../daemon/control-protocol.js';
+import { serveControl } from '../../daemon/control-socket.js';
 import { DfError } from '../../errors.js';
 import { ensureFuseManager, stopFuseManager } from '../../fusemanager/client.js';
 import { ManagedRemoteLayers } from '../../fusemanager/managed-remote-layers.js';
@@ -19,6 +21,7 @@ export interface RunFlags extends NodeFlags {
   snapshotter?: boolean;
   fuseManager?: boolean;
   stopFuseManager?: boolean;
+  controlSocket?: string;
 }
 
 /** `dfnode run`: the node daemon (snapshotter; cache and FUSE mounts in the fuse manager or in this process). */
@@ -28,6 +31,10 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
   if (flags.snapshotterSocket) cfg.snapshotter.socket = resolve(flags.snapshotterSocket);
   if (flags.snapshotter === false) cfg.snapshotter.enabled = false;
   if (flags.fuseManager === false) cfg.node.fuseManager = false;
+  if (flags.controlSocket !== undefined)
+    cfg.node.controlSocket = ['', 'off'].includes(flags.controlSocket)
+      ? flags.controlSocket
+      : resolve(flags.controlSocket);
   const log = createLogger(cfg.logLevel);
   if (!flags.stopFuseManager) requireClusterToken(cfg);
   if (flags.stopFuseManager) {
@@ -36,14 +43,30 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
     return;
   }
   const client = makeClient(cfg, log, flags.creds);
-  if (cfg.node.fuseManager && cfg.snapshotter.enabled) {
-    try {
+  const controlSocket = controlSocketPath(cfg.node);
+  const control = controlSocket
+    ? await serveControl(controlSocket, log, client).catch(async (err: unknown) => {
+        await client.close().catch(() => undefined);
+        throw err;
+      })
+    : undefined;
+  try {
+    if (cfg.node.fuseManager && cfg.snapshotter.enabled)
       await runWithFuseManager(cfg, log, client, flags.creds, signal);
-    } finally {
-      await client.close().catch(() => undefined);
-    }
-    return;
+    else await runInProcess(cfg, log, client, signal);
+  } finally {
+    await control?.stop();
+    await client.close().catch(() => undefined);
   }
+}
+
+/** `dfnode run` without the FUSE manager: cache and FUSE mounts in this process. */
+async function runInProcess(
+  cfg: Config,
+  log: Logger,
+  client: RegistryClient,
+  signal: AbortSignal,
+): Promise<void> {
   // Only this path runs a node runtime here: the fuse manager path above does not load it.
   const { serveNode } = await import('../node-serve.js');
   await serveNode(cfg, log, client, async (rt) => {
