@@ -8,7 +8,7 @@
  * The server answers with lines of JSON, zero or more progress lines and then exactly one final line:
  *   {"progress":"layer 1/2 ..."}
  *   {"ok":true,"result":{...}}          or   {"ok":false,"error":{"code":"NOT_FOUND","message":"..."}}
- * and closes the connection. A client that closes early cancels the command.
+ * and closes the connection. The client keeps its side open until then: closing it cancels the command.
  */
 import { DfError, ErrorCodes, type ErrorCode } from '../errors.js';
 

@@ -116,12 +116,6 @@ export class ControlServer {
       send({ ok: false, error: { code: e.code, message: e.message } });
       sock.end();
     };
-    if (this.conns.size >= this.maxConnections) {
-      fail(
-        new DfError('NO_SPACE', `control socket: ${this.maxConnections} requests in flight already; retry later`),
-      );
-      return;
-    }
     this.conns.add(sock);
     const client = new AbortController();
     sock.on('close', () => {
@@ -129,6 +123,12 @@ export class ControlServer {
       client.abort(DfError.aborted('the client closed the control connection'));
     });
     sock.on('error', () => undefined);
+    if (this.conns.size > this.maxConnections) {
+      fail(
+        new DfError('NO_SPACE', `control socket: ${this.maxConnections} requests in flight already; retry later`),
+      );
+      return;
+    }
     const splitter = new LineSplitter(MAX_REQUEST_BYTES, 'control request');
     let got = false;
     const timer = setTimeout(
@@ -162,7 +162,8 @@ export class ControlServer {
     };
     sock.on('data', onData);
     sock.on('end', () => {
-      if (got) return;
+      // a client keeps its side open until the reply: closing it during a command cancels the command
+      if (got) return client.abort(DfError.aborted('the client closed the control connection'));
       stopReading();
       fail(DfError.invalidArgument('control socket: the request ended without a newline'));
     });

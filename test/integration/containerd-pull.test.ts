@@ -176,6 +176,50 @@ describe.skipIf(req.skip)(
       expect(out).toMatch(/^\d+(\.\d+)*\ndpkg\n$/);
     });
 
+    it("dfnode pull through dfnode run's control socket: the same image record and snapshots as the direct path", async () => {
+      const ref = images.multilayer!.dfb;
+      const direct = await pull(ref, ['--direct', '-n', 'direct']);
+      expect(direct.code, direct.stderr).toBe(0);
+      // containerd's API definitions hidden from the CLI: it can only succeed by handing the pull to the daemon
+      const viaDaemon = await runCli(
+        'dfnode',
+        ['pull', '--control-socket', node.controlSocket, '--address', ctd.socket, '-n', 'daemon', ref],
+        { env: { DFNODE_PROTO_DIR: join(dir, 'no-protos-here') } },
+      );
+      expect(viaDaemon.code, viaDaemon.stderr).toBe(0);
+      expect(viaDaemon.stderr).toBe('');
+      expect(viaDaemon.stdout.replace(/[0-9a-f]{12}/g, 'X')).toBe(direct.stdout.replace(/[0-9a-f]{12}/g, 'X'));
+      const view = async (namespace: string) => ({
+        images: await ctd.ctrOk(['images', 'ls'], { namespace }),
+        snapshots: await ctd.ctrOk(['snapshots', '--snapshotter', 'dfnode', 'ls'], { namespace }),
+      });
+      const a = await view('direct');
+      expect(a.snapshots.trim().split('\n').length).toBeGreaterThan(2);
+      expect(await view('daemon')).toEqual(a);
+      const out = await ctd.ctrOk(
+        [
+          'run',
+          '--rm',
+          '--snapshotter',
+          'dfnode',
+          '--mount',
+          'type=bind,src=/bin/busybox,dst=/busybox,options=rbind:ro',
+          ref,
+          id('d'),
+          '/busybox',
+          'cat',
+          '/data/layer2.txt',
+        ],
+        { namespace: 'daemon' },
+      );
+      expect(out).toBe('layer 2 was here\n');
+      // a control socket nobody serves: said on stderr, then the direct path
+      const fallback = await pull(ref, ['--control-socket', join(dir, 'nobody.sock'), '-n', 'fallback']);
+      expect(fallback.code, fallback.stderr).toBe(0);
+      expect(fallback.stderr).toMatch(/no dfnode run answers on .*nobody\.sock \(ENOENT\); pulling from this process/);
+      expect(await view('fallback')).toEqual(a);
+    });
+
     it('an unconverted image runs too: ctr images pull --snapshotter dfnode unpacks into ordinary snapshots', async () => {
       const ref = images.busybox!.source;
       // own namespace: converted images keep the source's diff IDs, so in "default" the chain IDs already
