@@ -31,12 +31,13 @@ import {
 } from '../fixtures/oci-layout.js';
 import { flipBits } from './bytes.js';
 
-export type FixtureName = 'busybox' | 'multilayer' | 'debian' | 'debian-python' | 'edge';
+export type FixtureName = 'busybox' | 'multilayer' | 'debian' | 'debian-python' | 'debian-node' | 'edge';
 export const FIXTURE_NAMES: readonly FixtureName[] = [
   'busybox',
   'multilayer',
   'debian',
   'debian-python',
+  'debian-node',
   'edge',
 ];
 
@@ -89,6 +90,13 @@ const SPECS: Record<FixtureName, FixtureSpec> = {
   'debian-python': {
     script: 'debian-python.sh',
     inputs: ['common.sh', 'debian-python.sh'],
+    base: 'debian',
+    tools: ['umoci', 'chroot', 'mount'],
+    root: true,
+  },
+  'debian-node': {
+    script: 'debian-node.sh',
+    inputs: ['common.sh', 'apt-in-chroot.sh', 'debian-node.sh'],
     base: 'debian',
     tools: ['umoci', 'chroot', 'mount'],
     root: true,
