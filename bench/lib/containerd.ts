@@ -1,5 +1,5 @@
 // A private containerd for benchmarks: its own root, state, sockets and
-// config (no CRI plugin), started as our child and stopped by its PID.
+// config (CRI plugin off unless asked for), started as our child and stopped by its PID.
 // A system containerd is never touched. Optionally with dfnode as a proxy
 // snapshotter (`[proxy_plugins.dfnode]`).
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -19,6 +19,11 @@ const DISABLED_PLUGINS = [
 export interface PrivateContainerdOptions {
   /** dfnode's snapshotter socket: registers it as the proxy snapshotter `dfnode`. */
   snapshotterSocket?: string;
+  /**
+   * Enable the CRI plugin with snapshotter "dfnode" (snapshot annotations on, as for a remote snapshotter) and
+   * these registries (host:port) reached over plain HTTP. Needs snapshotterSocket.
+   */
+  cri?: { insecure: string[] };
 }
 
 /** PIDs of processes whose command line mentions `needle` (a shim names its containerd's socket). */
@@ -33,6 +38,27 @@ function pidsMentioning(needle: string): number[] {
     }
   }
   return out;
+}
+
+/** The CRI plugin's section: PullImage through it with dfnode as the snapshotter. */
+function criConfig(dir: string, insecure: string[]): string[] {
+  const cri = 'plugins."io.containerd.grpc.v1.cri"';
+  return [
+    `[${cri}]`,
+    '  disable_tcp_service = true',
+    '  stream_server_address = "127.0.0.1"',
+    '  stream_server_port = "0"',
+    `  [${cri}.containerd]`,
+    '    snapshotter = "dfnode"',
+    '    disable_snapshot_annotations = false',
+    `  [${cri}.cni]`,
+    `    bin_dir = ${JSON.stringify(join(dir, 'cni', 'bin'))}`,
+    `    conf_dir = ${JSON.stringify(join(dir, 'cni', 'conf'))}`,
+    ...insecure.flatMap((h) => [
+      `  [${cri}.registry.mirrors.${JSON.stringify(h)}]`,
+      `    endpoint = [${JSON.stringify(`http://${h}`)}]`,
+    ]),
+  ];
 }
 
 export class PrivateContainerd {
@@ -63,7 +89,7 @@ export class PrivateContainerd {
         'version = 2',
         `root = ${JSON.stringify(join(dir, 'root'))}`,
         `state = ${JSON.stringify(join(dir, 'state'))}`,
-        `disabled_plugins = ${JSON.stringify(DISABLED_PLUGINS)}`,
+        `disabled_plugins = ${JSON.stringify(opts.cri ? DISABLED_PLUGINS.slice(1) : DISABLED_PLUGINS)}`,
         '[grpc]',
         `  address = ${JSON.stringify(c.address)}`,
         '[ttrpc]',
@@ -79,6 +105,7 @@ export class PrivateContainerd {
               `  address = ${JSON.stringify(opts.snapshotterSocket)}`,
             ]
           : []),
+        ...(opts.cri ? criConfig(dir, opts.cri.insecure) : []),
         '',
       ].join('\n'),
     );
