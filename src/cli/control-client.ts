@@ -68,7 +68,10 @@ export function callControl(
     });
     sock.on('close', () =>
       done(
-        new DfError('NETWORK', `dfnode run closed the control connection on ${socket} before answering ${command}`),
+        new DfError(
+          'NETWORK',
+          `dfnode run closed the control connection on ${socket} before answering ${command}`,
+        ),
       ),
     );
   });

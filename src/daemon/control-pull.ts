@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { ContainerdClient, DEFAULT_CONTAINERD_ADDRESS } from '../containerd/client.js';
-import { lazyPull, type LazyPullResult } from '../containerd/pull.js';
+import { lazyPull, type LazyPullOptions, type LazyPullResult } from '../containerd/pull.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseReference } from '../registry/reference.js';
 import type { ControlCommand } from './control-server.js';
@@ -58,9 +58,15 @@ export class ContainerdClients {
  * `pull` over the control socket: the same lazyPull as `dfnode pull`'s direct path, with the daemon's registry
  * client (the one its snapshotter reads the layers with) and a kept containerd connection.
  */
+/** What the snapshotter side of `dfnode run` does once a pull has resolved its image (see LazyPullOptions). */
+export interface PullHooks {
+  onResolved?: LazyPullOptions['onResolved'];
+}
+
 export function pullControlCommand(
   registry: RegistryClient,
   clients: ContainerdClients,
+  hooks: PullHooks = {},
 ): ControlCommand<typeof pullArgs> {
   return {
     args: pullArgs,
@@ -73,6 +79,7 @@ export function pullControlCommand(
         platform: args.platform,
         signal: ctx.signal,
         onProgress: ctx.progress,
+        onResolved: hooks.onResolved,
       });
     },
   };

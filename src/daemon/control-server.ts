@@ -125,7 +125,10 @@ export class ControlServer {
     sock.on('error', () => undefined);
     if (this.conns.size > this.maxConnections) {
       fail(
-        new DfError('NO_SPACE', `control socket: ${this.maxConnections} requests in flight already; retry later`),
+        new DfError(
+          'NO_SPACE',
+          `control socket: ${this.maxConnections} requests in flight already; retry later`,
+        ),
       );
       return;
     }

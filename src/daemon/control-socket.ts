@@ -1,7 +1,7 @@
 import { DEFAULT_CONTAINERD_ADDRESS } from '../containerd/client.js';
 import type { Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
-import { ContainerdClients, pullControlCommand } from './control-pull.js';
+import { ContainerdClients, pullControlCommand, type PullHooks } from './control-pull.js';
 import { ControlServer } from './control-server.js';
 
 /**
@@ -12,10 +12,12 @@ export async function serveControl(
   path: string,
   log: Logger,
   registry: RegistryClient,
-): Promise<{ path: string; stop(): Promise<void> }> {
+): Promise<{ path: string; hooks: PullHooks; stop(): Promise<void> }> {
   const clients = new ContainerdClients();
   const server = new ControlServer(path, { logger: log.child({ component: 'control' }) });
-  server.register('pull', pullControlCommand(registry, clients));
+  // set by dfnode run once its snapshotter is up
+  const hooks: PullHooks = {};
+  server.register('pull', pullControlCommand(registry, clients, hooks));
   await server.listen();
   const warm = setTimeout(() => {
     try {
@@ -26,6 +28,7 @@ export async function serveControl(
   }, 0);
   return {
     path,
+    hooks,
     stop: async () => {
       clearTimeout(warm);
       await server.stop();

@@ -106,12 +106,18 @@ describe('control socket', () => {
       { ok: false, error: { code: 'INVALID_ARGUMENT', message: expect.stringMatching(/malformed request/) } },
     ]);
     expect(await rawRequest(path, 'hello\n')).toEqual([
-      { ok: false, error: { code: 'INVALID_ARGUMENT', message: 'control socket: malformed request (not JSON)' } },
+      {
+        ok: false,
+        error: { code: 'INVALID_ARGUMENT', message: 'control socket: malformed request (not JSON)' },
+      },
     ]);
     expect(await rawRequest(path, '[1,2]\n')).toMatchObject([{ ok: false }]);
     // two requests on one connection
     expect(await rawRequest(path, '{"v":1,"command":"echo","args":{"text":"a"}}\n{}\n')).toEqual([
-      { ok: false, error: { code: 'INVALID_ARGUMENT', message: 'control socket: one request per connection' } },
+      {
+        ok: false,
+        error: { code: 'INVALID_ARGUMENT', message: 'control socket: one request per connection' },
+      },
     ]);
     // the server still answers afterwards
     expect(await callControl(path, 'echo', { text: 'ok' })).toEqual({ echoed: 'ok' });
@@ -122,7 +128,10 @@ describe('control socket', () => {
     expect(await rawRequest(path, big, false)).toEqual([
       {
         ok: false,
-        error: { code: 'INVALID_ARGUMENT', message: `control request is longer than ${MAX_REQUEST_BYTES} bytes` },
+        error: {
+          code: 'INVALID_ARGUMENT',
+          message: `control request is longer than ${MAX_REQUEST_BYTES} bytes`,
+        },
       },
     ]);
     expect(await rawRequest(path, '{"v":1,', true)).toEqual([

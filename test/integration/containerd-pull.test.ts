@@ -188,7 +188,9 @@ describe.skipIf(req.skip)(
       );
       expect(viaDaemon.code, viaDaemon.stderr).toBe(0);
       expect(viaDaemon.stderr).toBe('');
-      expect(viaDaemon.stdout.replace(/[0-9a-f]{12}/g, 'X')).toBe(direct.stdout.replace(/[0-9a-f]{12}/g, 'X'));
+      expect(viaDaemon.stdout.replace(/[0-9a-f]{12}/g, 'X')).toBe(
+        direct.stdout.replace(/[0-9a-f]{12}/g, 'X'),
+      );
       const view = async (namespace: string) => ({
         images: await ctd.ctrOk(['images', 'ls'], { namespace }),
         snapshots: await ctd.ctrOk(['snapshots', '--snapshotter', 'dfnode', 'ls'], { namespace }),
@@ -216,7 +218,9 @@ describe.skipIf(req.skip)(
       // a control socket nobody serves: said on stderr, then the direct path
       const fallback = await pull(ref, ['--control-socket', join(dir, 'nobody.sock'), '-n', 'fallback']);
       expect(fallback.code, fallback.stderr).toBe(0);
-      expect(fallback.stderr).toMatch(/no dfnode run answers on .*nobody\.sock \(ENOENT\); pulling from this process/);
+      expect(fallback.stderr).toMatch(
+        /no dfnode run answers on .*nobody\.sock \(ENOENT\); pulling from this process/,
+      );
       expect(await view('fallback')).toEqual(a);
     });
 

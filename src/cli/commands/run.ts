@@ -1,6 +1,7 @@
 import { resolve } from 'node:path';
 import type { Config } from '../../config.js';
 import { controlSocketPath } from '../../daemon/control-protocol.js';
+import type { PullHooks } from '../../daemon/control-pull.js';
 import { serveControl } from '../../daemon/control-socket.js';
 import { DfError } from '../../errors.js';
 import { ensureFuseManager, stopFuseManager } from '../../fusemanager/client.js';
@@ -52,8 +53,8 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
     : undefined;
   try {
     if (cfg.node.fuseManager && cfg.snapshotter.enabled)
-      await runWithFuseManager(cfg, log, client, flags.creds, signal);
-    else await runInProcess(cfg, log, client, signal);
+      await runWithFuseManager(cfg, log, client, flags.creds, signal, control?.hooks);
+    else await runInProcess(cfg, log, client, signal, control?.hooks);
   } finally {
     await control?.stop();
     await client.close().catch(() => undefined);
@@ -66,14 +67,20 @@ async function runInProcess(
   log: Logger,
   client: RegistryClient,
   signal: AbortSignal,
+  hooks: PullHooks = {},
 ): Promise<void> {
   // Only this path runs a node runtime here: the fuse manager path above does not load it.
   const { serveNode } = await import('../node-serve.js');
   await serveNode(cfg, log, client, async (rt) => {
     const slog = log.child({ component: 'snapshotter' });
-    const snap = cfg.snapshotter.enabled
-      ? await startSnapshotter(cfg, slog, new NodeRemoteLayers(rt, client, { logger: slog }))
-      : undefined;
+    const resolver = new LayerResolver(client, { logger: slog });
+    const remote = new NodeRemoteLayers(rt, client, { logger: slog, resolver });
+    const snap = cfg.snapshotter.enabled ? await startSnapshotter(cfg, slog, remote) : undefined;
+    // a pull through the control socket: its manifest and the lower layers' TOCs, ahead of the Prepares
+    hooks.onResolved = ({ name, manifestDigest, layers }) => {
+      resolver.remember(name, manifestDigest, layers);
+      remote.warm(name, layers);
+    };
     try {
       log.info(
         { cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address },
@@ -119,12 +126,13 @@ async function runWithFuseManager(
   client: RegistryClient,
   creds: string | undefined,
   signal: AbortSignal,
+  hooks: PullHooks = {},
 ): Promise<void> {
   const fm = await ensureFuseManager(cfg, log.child({ component: 'fuse-manager-client' }), { creds });
   const slog = log.child({ component: 'snapshotter' });
-  const remote = new ManagedRemoteLayers(fm.client, new LayerResolver(client, { logger: slog }), {
-    logger: slog,
-  });
+  const resolver = new LayerResolver(client, { logger: slog });
+  const remote = new ManagedRemoteLayers(fm.client, resolver, { logger: slog });
+  hooks.onResolved = ({ name, manifestDigest, layers }) => resolver.remember(name, manifestDigest, layers);
   const snap = await startSnapshotter(cfg, slog, remote);
   const lost = new AbortController();
   const watchdog = setInterval(() => {
