@@ -33,7 +33,9 @@ await build({
   chunkNames: 'chunk-[hash]',
   external: ['fuse-native', 'lz4-napi'],
   // CommonJS dependencies (grpc-js, pino, ...) call require() for Node built-ins: give the ES module one.
-  banner: { js: "import { createRequire as __dfnodeCreateRequire } from 'node:module'; const require = __dfnodeCreateRequire(import.meta.url);" },
+  banner: {
+    js: "import { createRequire as __dfnodeCreateRequire } from 'node:module'; const require = __dfnodeCreateRequire(import.meta.url);",
+  },
   logLevel: 'warning',
   legalComments: 'none',
 });
