@@ -71,6 +71,17 @@ describe.skipIf(req.skip)(
     const pull = (ref: string, extra: string[] = []) =>
       runCli('dfnode', ['pull', '--plain-http', '--address', ctd.socket, ...extra, ref]);
 
+    /** Runs the host's busybox in an image without a shell (bind-mounted as /busybox; argv[1] names the applet). */
+    const withHostBusybox = (ref: string, applet: string[], namespace?: string) =>
+      ctd.ctrOk(
+        [
+          ...['run', '--rm', '--snapshotter', 'dfnode'],
+          ...['--mount', 'type=bind,src=/bin/busybox,dst=/busybox,options=rbind:ro'],
+          ...[ref, id('bb'), '/busybox', ...applet],
+        ],
+        namespace ? { namespace } : undefined,
+      );
+
     async function runIn(ref: string, script: string, extra: string[] = []): Promise<string> {
       return ctd.ctrOk([
         'run',
@@ -141,17 +152,7 @@ describe.skipIf(req.skip)(
       const ref = images.multilayer!.dfb;
       const r = await pull(ref);
       expect(r.code, r.stderr).toBe(0);
-      const out = await ctd.ctrOk([
-        'run',
-        '--rm',
-        '--snapshotter',
-        'dfnode',
-        '--mount',
-        'type=bind,src=/bin/busybox,dst=/busybox,options=rbind:ro',
-        ref,
-        id('ml'),
-        // busybox picks the applet from argv[0]: mounted as /busybox, argv[1] names it
-        '/busybox',
+      const out = await withHostBusybox(ref, [
         'sh',
         '-c',
         [
@@ -198,22 +199,7 @@ describe.skipIf(req.skip)(
       const a = await view('direct');
       expect(a.snapshots.trim().split('\n').length).toBeGreaterThan(2);
       expect(await view('daemon')).toEqual(a);
-      const out = await ctd.ctrOk(
-        [
-          'run',
-          '--rm',
-          '--snapshotter',
-          'dfnode',
-          '--mount',
-          'type=bind,src=/bin/busybox,dst=/busybox,options=rbind:ro',
-          ref,
-          id('d'),
-          '/busybox',
-          'cat',
-          '/data/layer2.txt',
-        ],
-        { namespace: 'daemon' },
-      );
+      const out = await withHostBusybox(ref, ['cat', '/data/layer2.txt'], 'daemon');
       expect(out).toBe('layer 2 was here\n');
       // a control socket nobody serves: said on stderr, then the direct path
       const fallback = await pull(ref, ['--control-socket', join(dir, 'nobody.sock'), '-n', 'fallback']);
