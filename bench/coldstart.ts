@@ -1,15 +1,18 @@
-// bench/coldstart: pull + first run of a python image in containerd, over a
+// bench/coldstart: pull + first run of container images in containerd, over a
 // registry in a network namespace shaped to --mbit, with dfnode's lazy pull
-// (`dfnode pull` + `ctr run --snapshotter dfnode`) against containerd's own
-// full pull into overlayfs (`ctr images pull` + `ctr run --snapshotter overlayfs`).
+// (`dfnode pull` + `ctr run --snapshotter dfnode`; also with a recorded
+// prefetch list, without the daemon's control socket, and through containerd's
+// CRI plugin) against containerd's own full pull into overlayfs
+// (`ctr images pull` + `ctr run --snapshotter overlayfs`). Images: python
+// (debian-python), debian (`ls /usr/bin`) and node (debian-node).
 //
-//   npm run build && node dist/bench/coldstart.js [--runs 3] [--mbit 100]
+//   npm run build && node dist/bench/coldstart.js [--runs 5] [--mbit 100] [--fixtures debian,debian-node]
 //
 // Every sample starts from nothing: a fresh private containerd (root, content
 // store, snapshots), a fresh `dfnode run` (cache, state, snapshotter root).
 // Needs root, /dev/fuse, containerd, ctr, runc, docker-registry, skopeo,
-// iproute2 (netns, veth, tc htb). Prints a table of medians and, last, one
-// JSON line (see bench/README.md).
+// iproute2 (netns, veth, tc htb). Prints a table of medians per image and,
+// after each, one JSON line (see bench/README.md).
 import { BuildSnapshot } from './lib/build-snapshot.js';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -19,6 +22,16 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { spawn, spawnSync } from 'node:child_process';
 import { PrivateContainerd } from './lib/containerd.js';
+import {
+  DEFAULT_VARIANTS,
+  hasOptimize,
+  optimizeArgs,
+  variantsFor,
+  WORKLOADS,
+  type Variant,
+  type Workload,
+} from './lib/coldstart-variants.js';
+import { criClient } from './lib/cri-client.js';
 import { liveDaemons } from './lib/daemon.js';
 import { DfnodeRun } from './lib/dfnode-run.js';
 import { locateFixture } from './lib/fixture.js';
@@ -37,16 +50,12 @@ const BUILD = new BuildSnapshot(REPO, 'coldstart');
 const DFNODE = BUILD.dfnode;
 const DFCONVERT = BUILD.dfconvert;
 
-/** What runs in the container: a python start-up importing a few stdlib modules. */
-const SCRIPT = 'import json, os, re, subprocess; print(1)';
-const WORKLOAD = ['python3', '-c', SCRIPT];
-
 const HELP = `usage: node dist/bench/coldstart.js [options]
-  --fixture NAME      test fixture image with python3 (default debian-python)
-  --runs N            repetitions of every variant (default 3); medians are reported
+  --fixtures LIST     images, of ${Object.keys(WORKLOADS).join(', ')} (default: all)
+  --runs N            repetitions of every variant (default 5); medians are reported
   --mbit N            link rate between host and registry, Mbit/s (default 100)
   --fill-rate BYTES   fetch.fillRate of the capped-fill variant, bytes/s (default: a quarter of the link)
-  --variants LIST     of dfnode,dfnode-fill-capped,dfnode-no-fill,overlayfs (default: all)
+  --variants LIST     of ${Object.keys(variantsFor(1)).join(',')} (default: ${DEFAULT_VARIANTS})
   --work-dir DIR      scratch directory (default: a new one under ${tmpdir()}, removed afterwards)
   --keep              keep the scratch directory
 `;
@@ -56,7 +65,7 @@ const log = benchLog('coldstart');
 const gitState = (): string => gitStateOf(REPO, ['src', 'native']);
 
 interface Sample {
-  /** Wall seconds from the pull command's spawn to the workload's exit. */
+  /** Wall seconds from the pull's start to the workload's exit. */
   seconds: number;
   /** Bytes the registry side sent over the veth in that time (IP + TCP headers included). */
   bytes: number;
@@ -90,27 +99,34 @@ function runLines(cmd: string, args: string[]): Promise<{ seconds: number; lines
       if (partial) lines.push([at(), partial]);
       if (code !== 0)
         reject(new Error(`${cmd} ${args.join(' ')} failed (${sig ?? `exit ${code}`}):\n${err}`));
+      else if (err.trim()) reject(new Error(`${cmd} ${args.join(' ')} wrote to stderr:\n${err}`));
       else resolvePromise({ seconds: at(), lines });
     });
   });
 }
 
-interface Variant {
-  name: string;
-  kind: 'dfnode' | 'overlayfs';
-  /** `dfnode run` config on top of the directories (dfnode variants). */
-  config?: Record<string, Record<string, unknown>>;
-  fill: string;
+/** One image of the benchmark, pushed and converted. */
+interface Image {
+  fixture: string;
+  workload: Workload;
+  source: string;
+  ref: string;
+  /** Converted with a recorded prefetch list, or why not. */
+  optimized: { ref: string } | { skipped: string };
+  layers: number;
+  gzipBytes: number;
+  dfbBytes: number;
 }
 
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
-      fixture: { type: 'string', default: 'debian-python' },
-      runs: { type: 'string', default: '3' },
+      fixtures: { type: 'string', default: Object.keys(WORKLOADS).join(',') },
+      fixture: { type: 'string' },
+      runs: { type: 'string', default: '5' },
       mbit: { type: 'string', default: '100' },
       'fill-rate': { type: 'string' },
-      variants: { type: 'string', default: 'dfnode,dfnode-fill-capped,dfnode-no-fill,overlayfs' },
+      variants: { type: 'string', default: DEFAULT_VARIANTS },
       'work-dir': { type: 'string' },
       keep: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -125,23 +141,10 @@ async function main(): Promise<number> {
   const fillRate = values['fill-rate'] ? Number(values['fill-rate']) : Math.round((mbit * 1e6) / 8 / 4);
   for (const [k, v] of Object.entries({ runs, mbit, fillRate }))
     if (!Number.isFinite(v) || v < 1) throw new Error(`--${k} must be a positive number`);
-  const fillLabel = `${(fillRate / 1e6).toFixed(1)} MB/s`;
-  const all: Record<string, Variant> = {
-    dfnode: { name: 'dfnode (default config)', kind: 'dfnode', fill: 'on, unlimited (default)' },
-    'dfnode-fill-capped': {
-      name: `dfnode, fill ≤ ${fillLabel}`,
-      kind: 'dfnode',
-      config: { fetch: { fillRate } },
-      fill: `on, fetch.fillRate ${fillRate} B/s`,
-    },
-    'dfnode-no-fill': {
-      name: 'dfnode, no fill',
-      kind: 'dfnode',
-      config: { fetch: { backgroundFill: false } },
-      fill: 'off (fetch.backgroundFill false)',
-    },
-    overlayfs: { name: 'overlayfs (ctr pull)', kind: 'overlayfs', fill: '' },
-  };
+  const fixtures = (values.fixture ?? values.fixtures!).split(',').map((s) => s.trim());
+  for (const f of fixtures)
+    if (!WORKLOADS[f]) throw new Error(`unknown fixture ${f} (known: ${Object.keys(WORKLOADS).join(', ')})`);
+  const all = variantsFor(fillRate);
   const variants = values
     .variants!.split(',')
     .map((s) => s.trim())
@@ -150,10 +153,9 @@ async function main(): Promise<number> {
       if (!v) throw new Error(`unknown variant ${k} (known: ${Object.keys(all).join(', ')})`);
       return v;
     });
-  const baselineName = all.overlayfs!.name;
   if (process.getuid?.() !== 0) throw new Error('bench/coldstart needs root (containerd, FUSE, netns, tc)');
-  if (!existsSync(join(REPO, 'dist', 'src', 'cli', 'dfnode.js')))
-    throw new Error('dist/ is missing: run npm run build first');
+  if (!existsSync(join(REPO, 'dist', 'bundle', 'dfnode.js')))
+    throw new Error('dist/bundle is missing: run npm run build first');
   for (const tool of ['containerd', 'ctr', 'runc', 'docker-registry', 'skopeo', 'tc', 'ip'])
     if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0)
       throw new Error(`${tool} is not installed`);
@@ -197,37 +199,12 @@ async function main(): Promise<number> {
   const out = process.stdout;
   try {
     await BUILD.take();
-    // ---- inputs (not timed): registry in a netns with the image and its conversion
-    const fixtureDir = await locateFixture(REPO, values.fixture!, log);
+    // ---- inputs (not timed): registry in a netns with the images and their conversions
     ns = await Netns.create();
     registry = await NetnsRegistry.start(ns, join(work, 'registry'));
-    const source = `${registry.host}/bench/${values.fixture}:1`;
-    const ref = `${source}-dfb`;
-    log(`registry in netns ${ns.name} at ${registry.host}; pushing ${values.fixture} and converting it`);
-    await run('skopeo', [
-      'copy',
-      '-q',
-      '--dest-tls-verify=false',
-      `oci:${fixtureDir}:latest`,
-      `docker://${source}`,
-    ]);
-    await run(process.execPath, [
-      DFCONVERT,
-      '--plain-http',
-      '--quiet',
-      '--work-dir',
-      join(work, 'convert'),
-      source,
-      ref,
-    ]);
-    const manifestOf = async (r: string) =>
-      JSON.parse(
-        (await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${r}`])).stdout,
-      ) as { config: { size: number }; layers: Array<{ size: number }> };
-    const srcManifest = await manifestOf(source);
-    const dfbManifest = await manifestOf(ref);
-    const gzipBytes = srcManifest.layers.reduce((a, l) => a + l.size, 0);
-    const dfbBytes = dfbManifest.layers.reduce((a, l) => a + l.size, 0);
+    const optimize = variants.some((v) => v.optimized) ? hasOptimize(DFCONVERT) : false;
+    const images: Image[] = [];
+    for (const fixture of fixtures) images.push(await prepareImage(fixture, registry.host, work, optimize));
 
     await ns.shape(mbit);
     const shaping = await ns.describeShaping();
@@ -245,20 +222,14 @@ async function main(): Promise<number> {
       nativeAddon: BUILD.nativeAddon,
     };
     out.write(
-      `\nbench/coldstart — fixture ${values.fixture}: ${srcManifest.layers.length} layers, ` +
-        `${(gzipBytes / 1e6).toFixed(1)} MB gzip (the image size below), ${(dfbBytes / 1e6).toFixed(1)} MB DFB\n`,
-    );
-    out.write(
-      `machine: ${env.cpus}, kernel ${env.kernel}, node ${env.node}, ${env.containerd}, load ` +
+      `\nbench/coldstart — machine: ${env.cpus}, kernel ${env.kernel}, node ${env.node}, ${env.containerd}, load ` +
         `${env.loadavgStart.join(' ')}; code: dist/ copied at start (HEAD ${env.commit}); dfnode FUSE binding: ` +
         `auto (${env.nativeAddon ? 'native addon built' : 'fuse-native, addon not built'})\n`,
     );
 
-    // ---- samples: every variant once per round, rounds interleaved
-    const samples: Record<string, Sample[]> = {};
-    const drops = new Set<DropMethod>();
     let n = 0;
-    const sample = async (v: Variant): Promise<Sample> => {
+    const drops = new Set<DropMethod>();
+    const sample = async (v: Variant, img: Image): Promise<Sample> => {
       const dir = join(work, `s${++n}`);
       await rm(dir, { recursive: true, force: true });
       const s0 = process.hrtime.bigint();
@@ -272,53 +243,59 @@ async function main(): Promise<number> {
       ctd = await PrivateContainerd.start(join(dir, 'c'), {
         timeoutMs: 30_000,
         snapshotterSocket: node?.socket,
+        ...(v.pull === 'cri' ? { cri: { insecure: [registry!.host] } } : {}),
       });
+      const cri = v.pull === 'cri' ? await criClient(ctd.address) : undefined;
       drops.add(await dropPageCache([]));
       const setupSeconds = Number(process.hrtime.bigint() - s0) / 1e9;
       const sock = ctd.address;
-      const nsArgs = ['-a', sock, '-n', ctd.namespace];
+      // CRI keeps its images in containerd's k8s.io namespace
+      const namespace = v.pull === 'cri' ? 'k8s.io' : ctd.namespace;
+      const ref =
+        v.kind === 'overlayfs' ? img.source : v.optimized ? (img.optimized as { ref: string }).ref : img.ref;
       const id = `cs${n}`;
       try {
         const rx0 = ns!.hostRxBytes();
         const t0 = process.hrtime.bigint();
-        const pull =
-          v.kind === 'dfnode'
-            ? await runLines(process.execPath, [
-                DFNODE,
-                'pull',
-                '--plain-http',
-                '--address',
-                sock,
-                '-n',
-                ctd.namespace,
-                ref,
-              ])
-            : await run('ctr', [
-                ...nsArgs,
-                'images',
-                'pull',
-                '--plain-http',
-                '--snapshotter',
-                'overlayfs',
-                source,
-              ]);
+        const pullArgs = ['pull', '--address', sock, '-n', namespace, ref];
+        let pull: { seconds: number; lines?: Array<[number, string]> };
+        if (v.pull === 'ctr')
+          pull = await run('ctr', [
+            '-a',
+            sock,
+            '-n',
+            namespace,
+            'images',
+            'pull',
+            '--plain-http',
+            '--snapshotter',
+            'overlayfs',
+            ref,
+          ]);
+        else if (v.pull === 'daemon')
+          pull = await runLines(process.execPath, [
+            DFNODE,
+            ...pullArgs,
+            '--control-socket',
+            node!.controlSocket,
+          ]);
+        else if (v.pull === 'direct')
+          pull = await runLines(process.execPath, [DFNODE, ...pullArgs, '--direct', '--plain-http']);
+        else {
+          await cri!.pullImage(ref);
+          pull = { seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
+        }
+        const envArgs = (img.workload.env ?? []).flatMap((e) => ['--env', e]);
         const r = await run('ctr', [
-          ...nsArgs,
-          'run',
-          '--rm',
-          '--snapshotter',
-          v.kind,
-          '--env',
-          'PYTHONDONTWRITEBYTECODE=1',
-          v.kind === 'dfnode' ? ref : source,
-          id,
-          ...WORKLOAD,
+          ...['-a', sock, '-n', namespace],
+          ...['run', '--rm', '--snapshotter', v.kind, ...envArgs, ref, id],
+          ...img.workload.cmd,
         ]);
         const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
         const bytes = ns!.hostRxBytes() - rx0;
         const metrics = await node?.metrics().catch(() => undefined);
-        if (r.stdout.trim() !== '1')
-          throw new Error(`${v.name}: workload printed ${JSON.stringify(r.stdout)}`);
+        if (!img.workload.ok(r.stdout))
+          throw new Error(`${v.name}: workload printed ${JSON.stringify(r.stdout.slice(0, 500))}`);
         return {
           seconds,
           bytes,
@@ -326,9 +303,10 @@ async function main(): Promise<number> {
           runSeconds: r.seconds,
           setupSeconds,
           ...(metrics ? { metrics } : {}),
-          ...('lines' in pull ? { pullLines: pull.lines } : {}),
+          ...(pull.lines ? { pullLines: pull.lines } : {}),
         };
       } finally {
+        cri?.close();
         await ctd.stop();
         ctd = undefined;
         await node?.stop();
@@ -337,130 +315,42 @@ async function main(): Promise<number> {
         await rm(dir, { recursive: true, force: true });
       }
     };
+
     // Reference, not part of any sample: what starting the dfnode CLI costs on this machine right now.
     const cliStart: number[] = [];
-    for (let r = 1; r <= runs; r++) {
-      cliStart.push((await run(process.execPath, [DFNODE, '--version'])).seconds);
-      for (const v of variants) {
-        log(`run ${r}/${runs}: ${v.name}`);
-        const s = await sample(v);
-        log(
-          `  ${s.seconds.toFixed(2)} s (pull ${s.pullSeconds.toFixed(2)}, run ${s.runSeconds.toFixed(2)}), ` +
-            `${(s.bytes / 1e6).toFixed(1)} MB; set-up (not timed) ${s.setupSeconds.toFixed(2)} s`,
-        );
-        for (const [t, l] of s.pullLines ?? []) log(`    dfnode pull +${t.toFixed(2)} s: ${l}`);
-        if (s.metrics)
+    for (const img of images) {
+      const samples: Record<string, Sample[]> = {};
+      const skipped = (v: Variant) =>
+        v.optimized && 'skipped' in img.optimized ? img.optimized.skipped : undefined;
+      for (let r = 1; r <= runs; r++) {
+        cliStart.push((await run(process.execPath, [DFNODE, '--version'])).seconds);
+        for (const v of variants) {
+          if (skipped(v)) continue;
+          log(`${img.fixture} run ${r}/${runs}: ${v.name}`);
+          const s = await sample(v, img);
           log(
-            `    dfnode metrics after the run: reads blocked ${(s.metrics.dfnode_read_blocked_seconds_total ?? NaN).toFixed(2)} s, ` +
-              `${s.metrics.dfnode_fetch_requests_total ?? NaN} range requests, ` +
-              `${((s.metrics.dfnode_bytes_total ?? NaN) / 1e6).toFixed(1)} MB served by source`,
+            `  ${s.seconds.toFixed(2)} s (pull ${s.pullSeconds.toFixed(2)}, run ${s.runSeconds.toFixed(2)}), ` +
+              `${(s.bytes / 1e6).toFixed(1)} MB; set-up (not timed) ${s.setupSeconds.toFixed(2)} s`,
           );
-        (samples[v.name] ??= []).push(s);
+          for (const [t, l] of s.pullLines ?? []) log(`    dfnode pull +${t.toFixed(2)} s: ${l}`);
+          if (s.metrics)
+            log(
+              `    dfnode metrics after the run: reads blocked ${(s.metrics.dfnode_read_blocked_seconds_total ?? NaN).toFixed(2)} s, ` +
+                `${s.metrics.dfnode_fetch_requests_total ?? NaN} range requests, ` +
+                `${((s.metrics.dfnode_bytes_total ?? NaN) / 1e6).toFixed(1)} MB served by source`,
+            );
+          (samples[v.key] ??= []).push(s);
+        }
       }
+      report(img, variants, samples, skipped, {
+        runs,
+        mbit,
+        shaping,
+        pageCache: [...drops].map(describeDrop).join('; '),
+        cliStartSeconds: +median(cliStart).toFixed(2),
+        env: { ...env, loadavgEnd: loadavg().map((x) => +x.toFixed(2)) },
+      });
     }
-
-    // ---- medians, ratios
-    const agg: Record<
-      string,
-      {
-        seconds: number;
-        bytes: number;
-        pullSeconds: number;
-        runSeconds: number;
-        fill: string;
-        all: number[];
-        allBytes: number[];
-        readBlockedSeconds?: number;
-        rangeRequests?: number;
-        pullTimeline?: Array<[number, string]>;
-      }
-    > = {};
-    for (const v of variants) {
-      const ss = samples[v.name]!;
-      agg[v.name] = {
-        seconds: +median(ss.map((s) => s.seconds)).toFixed(2),
-        bytes: Math.round(median(ss.map((s) => s.bytes))),
-        pullSeconds: +median(ss.map((s) => s.pullSeconds)).toFixed(2),
-        runSeconds: +median(ss.map((s) => s.runSeconds)).toFixed(2),
-        fill: v.fill,
-        all: ss.map((s) => +s.seconds.toFixed(2)),
-        allBytes: ss.map((s) => s.bytes),
-        ...(ss[0]!.metrics
-          ? {
-              readBlockedSeconds: +median(
-                ss.map((s) => s.metrics?.dfnode_read_blocked_seconds_total ?? NaN),
-              ).toFixed(2),
-              rangeRequests: median(ss.map((s) => s.metrics?.dfnode_fetch_requests_total ?? NaN)),
-            }
-          : {}),
-        ...(ss[0]!.pullLines ? { pullTimeline: ss[0]!.pullLines } : {}),
-      };
-    }
-    const base = agg[baselineName];
-    const ratios: Record<string, { speedup?: number; bytesOfImage: number; bytesOfDfb: number }> = {};
-    for (const v of variants)
-      ratios[v.name] = {
-        ...(base && v.kind === 'dfnode'
-          ? { speedup: +(base.seconds / agg[v.name]!.seconds).toFixed(2) }
-          : {}),
-        bytesOfImage: +(agg[v.name]!.bytes / gzipBytes).toFixed(3),
-        bytesOfDfb: +(agg[v.name]!.bytes / dfbBytes).toFixed(3),
-      };
-    const pageCache = [...drops].map(describeDrop).join('; ');
-    out.write(
-      `\nlink ${mbit} Mbit/s each way (tc htb, no added latency); workload: ctr run --rm ${WORKLOAD.join(' ')}; ` +
-        `${runs} runs, medians\npage cache: ${pageCache}\n` +
-        `reference: \`node dfnode.js --version\` takes ${median(cliStart).toFixed(2)} s here (CLI start-up, median)\n\n`,
-    );
-    out.write(
-      formatTable(
-        ['variant', 'sec', 'pull s', 'run s', 'MB from registry', 'of image', 'speed-up', 'runs (s)'],
-        variants.map((v) => {
-          const a = agg[v.name]!;
-          const q = ratios[v.name]!;
-          return [
-            v.name,
-            a.seconds.toFixed(2),
-            a.pullSeconds.toFixed(2),
-            a.runSeconds.toFixed(2),
-            (a.bytes / 1e6).toFixed(1),
-            `${(100 * q.bytesOfImage).toFixed(1)} %`,
-            q.speedup !== undefined ? `${q.speedup.toFixed(2)}×` : '',
-            a.all.map((x) => x.toFixed(2)).join(' '),
-          ];
-        }),
-      ) + '\n\n',
-    );
-    out.write(
-      '  sec = pull + first run: from spawning the pull command to the exit of `ctr run` (python finished; ' +
-        'background fill may still be running)\n' +
-        '  dfnode: `dfnode pull REF-dfb` into a private containerd whose proxy snapshotter is a fresh `dfnode run`, ' +
-        'then `ctr run --snapshotter dfnode`\n' +
-        '  overlayfs: `ctr images pull --plain-http --snapshotter overlayfs REF` (download + unpack), then ' +
-        '`ctr run --snapshotter overlayfs`\n' +
-        `  MB from registry = bytes the registry's namespace sent over the veth (IP+TCP included); of image = ÷ ` +
-        `${(gzipBytes / 1e6).toFixed(1)} MB (gzip layers); speed-up = overlayfs sec ÷ dfnode sec\n`,
-    );
-    out.write(
-      '\n' +
-        JSON.stringify({
-          bench: 'coldstart',
-          fixture: values.fixture,
-          layers: srcManifest.layers.length,
-          gzipBytes,
-          dfbBytes,
-          mbit,
-          runs,
-          shaping,
-          workload: WORKLOAD.join(' '),
-          pageCache,
-          cliStartSeconds: +median(cliStart).toFixed(2),
-          results: agg,
-          ratios,
-          env: { ...env, loadavgEnd: loadavg().map((x) => +x.toFixed(2)) },
-        }) +
-        '\n',
-    );
     return 0;
   } finally {
     await cleanup();
@@ -468,6 +358,160 @@ async function main(): Promise<number> {
     if (values.keep) log(`kept ${work}`);
     else await rm(work, { recursive: true, force: true });
   }
+}
+
+/** Pushes a fixture as REPO:1, converts it to :1-dfb and, when dfconvert can, with --optimize to :1-opt. */
+async function prepareImage(fixture: string, host: string, work: string, optimize: boolean): Promise<Image> {
+  const fixtureDir = await locateFixture(REPO, fixture, log);
+  const source = `${host}/bench/${fixture}:1`;
+  const ref = `${source}-dfb`;
+  const workload = WORKLOADS[fixture]!;
+  log(`pushing ${fixture} and converting it`);
+  await run('skopeo', [
+    'copy',
+    '-q',
+    '--dest-tls-verify=false',
+    `oci:${fixtureDir}:latest`,
+    `docker://${source}`,
+  ]);
+  const convertWork = join(work, `convert-${fixture}`);
+  await run(process.execPath, [DFCONVERT, '--plain-http', '--quiet', '--work-dir', convertWork, source, ref]);
+  let optimized: Image['optimized'] = { skipped: 'skipped: dfconvert has no --optimize' };
+  if (optimize) {
+    const opt = `${source}-opt`;
+    log(
+      `converting ${fixture} with a recorded prefetch list (dfconvert --optimize -- ${workload.cmd.join(' ')})`,
+    );
+    await run(process.execPath, [DFCONVERT, ...optimizeArgs(source, opt, `${convertWork}-opt`, workload)]);
+    optimized = { ref: opt };
+  }
+  const manifestOf = async (r: string) =>
+    JSON.parse((await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${r}`])).stdout) as {
+      layers: Array<{ size: number }>;
+    };
+  const src = await manifestOf(source);
+  const dfb = await manifestOf(ref);
+  return {
+    fixture,
+    workload,
+    source,
+    ref,
+    optimized,
+    layers: src.layers.length,
+    gzipBytes: src.layers.reduce((a, l) => a + l.size, 0),
+    dfbBytes: dfb.layers.reduce((a, l) => a + l.size, 0),
+  };
+}
+
+/** Medians per variant: a table, its legend and one JSON line. */
+function report(
+  img: Image,
+  variants: Variant[],
+  samples: Record<string, Sample[]>,
+  skipped: (v: Variant) => string | undefined,
+  ctx: {
+    runs: number;
+    mbit: number;
+    shaping: string;
+    pageCache: string;
+    cliStartSeconds: number;
+    env: Record<string, unknown>;
+  },
+): void {
+  const out = process.stdout;
+  const results: Record<string, Record<string, unknown>> = {};
+  for (const v of variants) {
+    const ss = samples[v.key];
+    if (!ss?.length) {
+      results[v.key] = { name: v.name, skipped: skipped(v) ?? 'no samples' };
+      continue;
+    }
+    const m = (f: (s: Sample) => number) => median(ss.map(f));
+    results[v.key] = {
+      name: v.name,
+      seconds: +m((s) => s.seconds).toFixed(2),
+      pullSeconds: +m((s) => s.pullSeconds).toFixed(2),
+      runSeconds: +m((s) => s.runSeconds).toFixed(2),
+      bytes: Math.round(m((s) => s.bytes)),
+      fill: v.fill,
+      all: ss.map((s) => +s.seconds.toFixed(2)),
+      allPull: ss.map((s) => +s.pullSeconds.toFixed(2)),
+      allBytes: ss.map((s) => s.bytes),
+      ...(ss[0]!.metrics
+        ? {
+            readBlockedSeconds: +m((s) => s.metrics?.dfnode_read_blocked_seconds_total ?? NaN).toFixed(2),
+            rangeRequests: m((s) => s.metrics?.dfnode_fetch_requests_total ?? NaN),
+          }
+        : {}),
+      ...(ss[0]!.pullLines ? { pullTimeline: ss[0]!.pullLines } : {}),
+    };
+  }
+  const base = results.overlayfs?.seconds as number | undefined;
+  for (const r of Object.values(results))
+    if (typeof r.seconds === 'number') {
+      if (base) r.ofOverlayfs = +((r.seconds as number) / base).toFixed(3);
+      r.bytesOfImage = +((r.bytes as number) / img.gzipBytes).toFixed(3);
+      r.bytesOfDfb = +((r.bytes as number) / img.dfbBytes).toFixed(3);
+    }
+  out.write(
+    `\n${img.fixture}: ${img.layers} layers, ${(img.gzipBytes / 1e6).toFixed(1)} MB gzip (the image size below), ` +
+      `${(img.dfbBytes / 1e6).toFixed(1)} MB DFB; workload: ctr run --rm ${img.workload.cmd.join(' ')}\n` +
+      `link ${ctx.mbit} Mbit/s each way (tc htb, no added latency); ${ctx.runs} runs, medians; page cache: ` +
+      `${ctx.pageCache}; \`node dfnode.js --version\` (bundle) takes ${ctx.cliStartSeconds.toFixed(2)} s here\n\n`,
+  );
+  out.write(
+    formatTable(
+      [
+        'variant',
+        'pull s',
+        'run s',
+        'total s',
+        '× overlayfs',
+        'MB from registry',
+        'of gzip image',
+        'runs (s)',
+      ],
+      variants.map((v) => {
+        const r = results[v.key]!;
+        if (typeof r.seconds !== 'number') return [v.name, String(r.skipped), '', '', '', '', '', ''];
+        return [
+          v.name,
+          (r.pullSeconds as number).toFixed(2),
+          (r.runSeconds as number).toFixed(2),
+          r.seconds.toFixed(2),
+          r.ofOverlayfs !== undefined ? `${(r.ofOverlayfs as number).toFixed(2)}×` : '',
+          ((r.bytes as number) / 1e6).toFixed(1),
+          `${(100 * (r.bytesOfImage as number)).toFixed(1)} %`,
+          (r.all as number[]).map((x) => x.toFixed(2)).join(' '),
+        ];
+      }),
+    ) + '\n\n',
+  );
+  out.write(
+    '  total = pull + first run: from the start of the pull to the exit of `ctr run` (background fill may still run)\n' +
+      '  pull s: dfnode rows = `dfnode pull` alone (spawn to exit; CRI: the PullImage call); overlayfs = `ctr images pull`\n' +
+      '  × overlayfs = total ÷ overlayfs total; MB from registry = bytes the registry namespace sent over the veth ' +
+      `(IP+TCP included) by the end of the first run; of gzip image = ÷ ${(img.gzipBytes / 1e6).toFixed(1)} MB\n`,
+  );
+  out.write(
+    '\n' +
+      JSON.stringify({
+        bench: 'coldstart',
+        fixture: img.fixture,
+        layers: img.layers,
+        gzipBytes: img.gzipBytes,
+        dfbBytes: img.dfbBytes,
+        mbit: ctx.mbit,
+        runs: ctx.runs,
+        shaping: ctx.shaping,
+        workload: img.workload.cmd.join(' '),
+        pageCache: ctx.pageCache,
+        cliStartSeconds: ctx.cliStartSeconds,
+        results,
+        env: ctx.env,
+      }) +
+      '\n',
+  );
 }
 
 runMain(main, log);

@@ -123,6 +123,11 @@ const configSchema = z.strictObject({
        * so that restarting dfnode does not break running containers; false serves them in-process.
        */
       fuseManager: z.boolean().default(true),
+      /**
+       * Unix socket (mode 0600) on which `dfnode run` takes commands from the CLI (`dfnode pull`), so that the
+       * CLI starts without loading gRPC. Empty: control.sock in stateDir; "off": none.
+       */
+      controlSocket: z.string().default(''),
     })
     .prefault({}),
   p2p: z

@@ -18,8 +18,9 @@ export class BuildSnapshot {
     name: string,
   ) {
     this.dir = join(repo, '.tmp', `bench-${name}-${process.pid}`);
-    this.dfnode = join(this.dir, 'dist', 'src', 'cli', 'dfnode.js');
-    this.dfconvert = join(this.dir, 'dist', 'src', 'cli', 'dfconvert.js');
+    // the bundled CLIs, what the package's bins run (npm run build makes them)
+    this.dfnode = join(this.dir, 'dist', 'bundle', 'dfnode.js');
+    this.dfconvert = join(this.dir, 'dist', 'bundle', 'dfconvert.js');
     this.addon = join(repo, 'native', 'build', 'Release', 'dfnode_fuse.node');
     this.snapshotAddon = join(this.dir, 'native', 'build', 'Release', 'dfnode_fuse.node');
   }

@@ -8,7 +8,7 @@ import { Daemon } from './daemon.js';
 import { unmountUnder } from './mounts-under.js';
 
 export interface DfnodeRunOptions {
-  /** dist/src/cli/dfnode.js */
+  /** The dfnode CLI (BuildSnapshot.dfnode) */
   cli: string;
   /** Cache, state, snapshotter root and socket go below it (keep it short: unix sockets have a 108-byte limit). */
   dir: string;
@@ -27,6 +27,8 @@ export class DfnodeRun {
     readonly dir: string,
     readonly socket: string,
     readonly cacheDir: string,
+    /** Its control socket (control.sock in the state dir): `dfnode pull --control-socket`. */
+    readonly controlSocket: string,
     /** Seconds from spawn until the snapshotter socket accepted a connection. */
     readonly startSeconds: number,
     readonly metricsPort?: number,
@@ -70,6 +72,7 @@ export class DfnodeRun {
       o.dir,
       socket,
       cacheDir,
+      join(o.dir, 'state', 'control.sock'),
       Number(process.hrtime.bigint() - t0) / 1e9,
       o.metricsPort,
     );

@@ -103,7 +103,14 @@ function buildProgram(signal: AbortSignal): Command {
     .option('-n, --namespace <ns>', 'containerd namespace (CRI/Kubernetes: k8s.io)', 'default')
     .option('--snapshotter <name>', "snapshotter name in containerd's proxy_plugins", 'dfnode')
     .option('--platform <os/arch>', 'platform to pick from an image index (default: this host)')
+    .option(
+      '--control-socket <path>',
+      'hand the pull to dfnode run on this socket (default: node.controlSocket, else STATE_DIR/control.sock)',
+    )
+    .option('--direct', 'pull from this process (gRPC to containerd), not through dfnode run')
     .action(async (refText: string, flags: NodeFlags & PullFlags) => {
+      const { pullThroughDaemon } = await import('./commands/pull-daemon.js');
+      if (await pullThroughDaemon(refText, flags, signal)) return;
       const { pullCommand } = await import('./commands/pull.js');
       await pullCommand(refText, flags, signal);
     });
@@ -121,6 +128,10 @@ function buildProgram(signal: AbortSignal): Command {
     .option(
       '--no-fuse-manager',
       'serve the FUSE mounts from this process (they die with it) instead of the long-lived fuse manager',
+    )
+    .option(
+      '--control-socket <path>',
+      'take commands (dfnode pull) on this unix socket (default node.controlSocket, else STATE_DIR/control.sock; off: none)',
     )
     .option(
       '--stop-fuse-manager',

@@ -19,6 +19,11 @@ const DISABLED_PLUGINS = [
 export interface PrivateContainerdOptions {
   /** dfnode's snapshotter socket: registers it as the proxy snapshotter `dfnode`. */
   snapshotterSocket?: string;
+  /**
+   * Enable the CRI plugin with snapshotter "dfnode" (snapshot annotations on, as for a remote snapshotter) and
+   * these registries (host:port) reached over plain HTTP. Needs snapshotterSocket.
+   */
+  cri?: { insecure: string[] };
   /** Namespace of ctr(). Default `bench`. */
   namespace?: string;
   /** Answer to `ctr version` within this time (ms). Default 15000. */
@@ -64,6 +69,27 @@ export function runTool(
   });
 }
 
+/** The CRI plugin's section: PullImage through it with dfnode as the snapshotter. */
+function criConfig(dir: string, insecure: string[]): string[] {
+  const cri = 'plugins."io.containerd.grpc.v1.cri"';
+  return [
+    `[${cri}]`,
+    '  disable_tcp_service = true',
+    '  stream_server_address = "127.0.0.1"',
+    '  stream_server_port = "0"',
+    `  [${cri}.containerd]`,
+    '    snapshotter = "dfnode"',
+    '    disable_snapshot_annotations = false',
+    `  [${cri}.cni]`,
+    `    bin_dir = ${JSON.stringify(join(dir, 'cni', 'bin'))}`,
+    `    conf_dir = ${JSON.stringify(join(dir, 'cni', 'conf'))}`,
+    ...insecure.flatMap((h) => [
+      `  [${cri}.registry.mirrors.${JSON.stringify(h)}]`,
+      `    endpoint = [${JSON.stringify(`http://${h}`)}]`,
+    ]),
+  ];
+}
+
 export class PrivateContainerd {
   readonly address: string;
   readonly namespace: string;
@@ -93,7 +119,7 @@ export class PrivateContainerd {
         'version = 2',
         `root = ${JSON.stringify(join(dir, 'root'))}`,
         `state = ${JSON.stringify(join(dir, 'state'))}`,
-        `disabled_plugins = ${JSON.stringify(DISABLED_PLUGINS)}`,
+        `disabled_plugins = ${JSON.stringify(opts.cri ? DISABLED_PLUGINS.slice(1) : DISABLED_PLUGINS)}`,
         '[grpc]',
         `  address = ${JSON.stringify(c.address)}`,
         '[ttrpc]',
@@ -109,6 +135,7 @@ export class PrivateContainerd {
               `  address = ${JSON.stringify(opts.snapshotterSocket)}`,
             ]
           : []),
+        ...(opts.cri ? criConfig(dir, opts.cri.insecure) : []),
         '',
       ].join('\n'),
     );

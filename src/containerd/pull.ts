@@ -22,6 +22,12 @@ export interface LazyPullOptions {
   leaseTtlMs?: number;
   signal?: AbortSignal;
   onProgress?: (line: string) => void;
+  /**
+   * Called once the manifest is known, before containerd is asked anything: a caller that also serves the
+   * snapshotter (`dfnode run`) starts the per-layer work of every layer there, concurrently, while the layers
+   * are prepared one by one (each on its parent, as containerd requires).
+   */
+  onResolved?: (image: { name: string; manifestDigest: string; layers: Descriptor[] }) => void;
 }
 
 export interface LazyPullResult {
@@ -114,6 +120,7 @@ export async function lazyPull(ref: ImageReference, opts: LazyPullOptions): Prom
   if (topChain === undefined)
     throw DfError.unsupported(`${ref} has no layers: there is nothing to pull lazily`);
   progress(`resolved ${name}: manifest ${manifest.digest}, ${m.layers.length} layers`);
+  opts.onResolved?.({ name, manifestDigest: manifest.digest, layers: m.layers });
 
   // ---- containerd
   const expires = new Date(Date.now() + (opts.leaseTtlMs ?? 3600_000)).toISOString().replace(/\.\d+Z$/, 'Z');

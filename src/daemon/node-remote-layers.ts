@@ -1,14 +1,18 @@
 import type { LowerLayer, RemoteLayers, RemoteMount } from '../snapshotter/remote-layers.js';
 import { LayerResolver, lowerTocsOf } from '../snapshotter/remote-layers.js';
 import type { RemoteLayerRecord } from '../snapshotter/types.js';
-import type { Logger } from '../log.js';
+import { DFB_LAYER_MEDIA_TYPE } from '../blob/types.js';
+import { silentLogger, type Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
-import { parseReference } from '../registry/reference.js';
+import { dfbLayerOf } from '../registry/image.js';
+import type { Descriptor } from '../registry/oci.js';
+import { parseReference, type ImageReference } from '../registry/reference.js';
 import type { NodeRuntime } from './node-runtime.js';
 
 /** RemoteLayers over an in-process node runtime: FUSE mounts served by this process (they die with it). */
 export class NodeRemoteLayers implements RemoteLayers {
   private readonly resolver: LayerResolver;
+  private readonly log: Logger;
 
   constructor(
     private readonly runtime: NodeRuntime,
@@ -16,6 +20,28 @@ export class NodeRemoteLayers implements RemoteLayers {
     opts: { logger?: Logger; manifestTtlMs?: number; resolver?: LayerResolver } = {},
   ) {
     this.resolver = opts.resolver ?? new LayerResolver(client, opts);
+    this.log = opts.logger ?? silentLogger;
+  }
+
+  /**
+   * Reads the TOCs of an image's DFB layers above the bottom one into the cache, all at once and in the
+   * background (a pull through `dfnode run` has just resolved the image): the mounts that follow, one per
+   * Prepare and each after its parent's, then find their TOCs local. The bottom layer is left out: its Prepare
+   * starts at once and would fetch the same TOC a second time. Failures are only logged: the mount fetches
+   * the TOC again and reports its own error.
+   */
+  warm(imageRef: string, layers: Descriptor[]): void {
+    let ref: ImageReference;
+    try {
+      ref = parseReference(imageRef);
+    } catch {
+      return;
+    }
+    for (const d of layers.slice(1))
+      if (d.mediaType === DFB_LAYER_MEDIA_TYPE)
+        this.runtime.layers
+          .readToc(dfbLayerOf(d), ref)
+          .catch((err: unknown) => this.log.debug({ err, layer: d.digest }, 'TOC warm-up failed'));
   }
 
   resolve(labels: Record<string, string>, signal?: AbortSignal): Promise<RemoteLayerRecord | undefined> {

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { fileURLToPath } from 'node:url';
@@ -203,7 +203,9 @@ export async function ensureFuseManager(
   await rm(paths.socket, { force: true });
   await writeFile(paths.config, JSON.stringify(cfg), { mode: 0o600 });
   const logFd = openSync(paths.log, 'a', 0o640);
-  const cli = fileURLToPath(new URL('../cli/dfnode.js', import.meta.url));
+  // dist/src/fusemanager → dist/src/cli/dfnode.js; in the bundle (dist/bundle/) the CLI is a sibling chunk
+  let cli = fileURLToPath(new URL('../cli/dfnode.js', import.meta.url));
+  if (!existsSync(cli)) cli = fileURLToPath(new URL('./dfnode.js', import.meta.url));
   const env: NodeJS.ProcessEnv = { ...process.env };
   if (opts.creds) env[CREDS_ENV] = opts.creds;
   else delete env[CREDS_ENV];

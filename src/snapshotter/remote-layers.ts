@@ -110,6 +110,23 @@ export class LayerResolver {
     return { ref: ref.toString(), ...dfbLayerOf(descriptor) };
   }
 
+  /**
+   * Takes the layers of `imageRef`'s manifest `manifestDigest` from a caller that has just read it (a pull
+   * through `dfnode run`), so that the Prepares of its layers do not fetch the manifest again.
+   */
+  remember(imageRef: string, manifestDigest: string, layers: Descriptor[]): void {
+    let ref: ImageReference;
+    try {
+      ref = parseReference(imageRef);
+    } catch {
+      return;
+    }
+    this.manifests.set(`${ref.toString()}@${manifestDigest}`, {
+      at: Date.now(),
+      layers: Promise.resolve(layers),
+    });
+  }
+
   /** Layer descriptors of an image (the manifest named by digest when known, else the host platform's). */
   private layersOf(
     ref: ImageReference,

@@ -31,13 +31,15 @@ import {
 } from '../fixtures/oci-layout.js';
 import { flipBits } from './bytes.js';
 
-export type FixtureName = 'busybox' | 'multilayer' | 'debian' | 'debian-python' | 'debian-dev' | 'edge';
+export type FixtureName =
+  'busybox' | 'multilayer' | 'debian' | 'debian-python' | 'debian-dev' | 'debian-node' | 'edge';
 export const FIXTURE_NAMES: readonly FixtureName[] = [
   'busybox',
   'multilayer',
   'debian',
   'debian-python',
   'debian-dev',
+  'debian-node',
   'edge',
 ];
 
@@ -97,6 +99,13 @@ const SPECS: Record<FixtureName, FixtureSpec> = {
   'debian-dev': {
     script: 'debian-dev.sh',
     inputs: ['common.sh', 'debian-dev.sh'],
+    base: 'debian',
+    tools: ['umoci', 'chroot', 'mount'],
+    root: true,
+  },
+  'debian-node': {
+    script: 'debian-node.sh',
+    inputs: ['common.sh', 'apt-in-chroot.sh', 'debian-node.sh'],
     base: 'debian',
     tools: ['umoci', 'chroot', 'mount'],
     root: true,

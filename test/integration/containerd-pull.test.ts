@@ -71,6 +71,17 @@ describe.skipIf(req.skip)(
     const pull = (ref: string, extra: string[] = []) =>
       runCli('dfnode', ['pull', '--plain-http', '--address', ctd.socket, ...extra, ref]);
 
+    /** Runs the host's busybox in an image without a shell (bind-mounted as /busybox; argv[1] names the applet). */
+    const withHostBusybox = (ref: string, applet: string[], namespace?: string) =>
+      ctd.ctrOk(
+        [
+          ...['run', '--rm', '--snapshotter', 'dfnode'],
+          ...['--mount', 'type=bind,src=/bin/busybox,dst=/busybox,options=rbind:ro'],
+          ...[ref, id('bb'), '/busybox', ...applet],
+        ],
+        namespace ? { namespace } : undefined,
+      );
+
     async function runIn(ref: string, script: string, extra: string[] = []): Promise<string> {
       return ctd.ctrOk([
         'run',
@@ -141,17 +152,7 @@ describe.skipIf(req.skip)(
       const ref = images.multilayer!.dfb;
       const r = await pull(ref);
       expect(r.code, r.stderr).toBe(0);
-      const out = await ctd.ctrOk([
-        'run',
-        '--rm',
-        '--snapshotter',
-        'dfnode',
-        '--mount',
-        'type=bind,src=/bin/busybox,dst=/busybox,options=rbind:ro',
-        ref,
-        id('ml'),
-        // busybox picks the applet from argv[0]: mounted as /busybox, argv[1] names it
-        '/busybox',
+      const out = await withHostBusybox(ref, [
         'sh',
         '-c',
         [
@@ -174,6 +175,39 @@ describe.skipIf(req.skip)(
       // single quotes: the shell must not expand ${Package}
       const out = await runIn(ref, "cat /etc/debian_version; dpkg-query -W -f '${Package}\\n' dpkg");
       expect(out).toMatch(/^\d+(\.\d+)*\ndpkg\n$/);
+    });
+
+    it("dfnode pull through dfnode run's control socket: the same image record and snapshots as the direct path", async () => {
+      const ref = images.multilayer!.dfb;
+      const direct = await pull(ref, ['--direct', '-n', 'direct']);
+      expect(direct.code, direct.stderr).toBe(0);
+      // containerd's API definitions hidden from the CLI: it can only succeed by handing the pull to the daemon
+      const viaDaemon = await runCli(
+        'dfnode',
+        ['pull', '--control-socket', node.controlSocket, '--address', ctd.socket, '-n', 'daemon', ref],
+        { env: { DFNODE_PROTO_DIR: join(dir, 'no-protos-here') } },
+      );
+      expect(viaDaemon.code, viaDaemon.stderr).toBe(0);
+      expect(viaDaemon.stderr).toBe('');
+      expect(viaDaemon.stdout.replace(/[0-9a-f]{12}/g, 'X')).toBe(
+        direct.stdout.replace(/[0-9a-f]{12}/g, 'X'),
+      );
+      const view = async (namespace: string) => ({
+        images: await ctd.ctrOk(['images', 'ls'], { namespace }),
+        snapshots: await ctd.ctrOk(['snapshots', '--snapshotter', 'dfnode', 'ls'], { namespace }),
+      });
+      const a = await view('direct');
+      expect(a.snapshots.trim().split('\n').length).toBeGreaterThan(2);
+      expect(await view('daemon')).toEqual(a);
+      const out = await withHostBusybox(ref, ['cat', '/data/layer2.txt'], 'daemon');
+      expect(out).toBe('layer 2 was here\n');
+      // a control socket nobody serves: said on stderr, then the direct path
+      const fallback = await pull(ref, ['--control-socket', join(dir, 'nobody.sock'), '-n', 'fallback']);
+      expect(fallback.code, fallback.stderr).toBe(0);
+      expect(fallback.stderr).toMatch(
+        /no dfnode run answers on .*nobody\.sock \(ENOENT\); pulling from this process/,
+      );
+      expect(await view('fallback')).toEqual(a);
     });
 
     it('an unconverted image runs too: ctr images pull --snapshotter dfnode unpacks into ordinary snapshots', async () => {

@@ -105,8 +105,11 @@ describe.skipIf(req.skip)(
       for (const f of FILES) expected[f] = sha256Hex(await readFile(join(bundle, 'rootfs', f)));
       await startNode();
       ctd = await startContainerd({ dir: join(dir, 'ctd'), snapshotterSocket: node.socket });
-      const p = await runCli('dfnode', ['pull', '--plain-http', '--address', ctd.socket, ref]);
-      if (p.code !== 0) throw new Error(`dfnode pull failed: ${p.stderr}`);
+      // through dfnode run's control socket (with the fuse manager; containerd-pull.test.ts covers in-process)
+      const p = await runCli('dfnode', [
+        ...['pull', '--control-socket', node.controlSocket, '--address', ctd.socket, ref],
+      ]);
+      if (p.code !== 0 || p.stderr) throw new Error(`dfnode pull failed: ${p.stderr}`);
     });
 
     afterAll(async () => {

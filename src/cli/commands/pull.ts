@@ -10,6 +10,9 @@ export interface PullFlags {
   namespace: string;
   snapshotter: string;
   platform?: string;
+  /** Skip the daemon's control socket (pull-daemon.ts). */
+  direct?: boolean;
+  controlSocket?: string;
 }
 
 /** `dfnode pull REF`: lazy pull of a converted image into containerd (the snapshotter fetches on demand). */

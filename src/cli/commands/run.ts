@@ -1,5 +1,8 @@
 import { resolve } from 'node:path';
 import type { Config } from '../../config.js';
+import { controlSocketPath } from '../../daemon/control-protocol.js';
+import type { PullHooks } from '../../daemon/control-pull.js';
+import { serveControl } from '../../daemon/control-socket.js';
 import { DfError } from '../../errors.js';
 import { ensureFuseManager, stopFuseManager } from '../../fusemanager/client.js';
 import { ManagedRemoteLayers } from '../../fusemanager/managed-remote-layers.js';
@@ -8,9 +11,9 @@ import { processRunning } from '../../process.js';
 import type { RegistryClient } from '../../registry/client.js';
 import { serveSnapshotter } from '../../snapshotter/grpc-service.js';
 import { NodeRemoteLayers } from '../../daemon/node-remote-layers.js';
+import { ReadRecorder } from '../../daemon/read-recorder.js';
 import { LayerResolver, type RemoteLayers } from '../../snapshotter/remote-layers.js';
 import { Snapshotter } from '../../snapshotter/snapshotter.js';
-import { ReadRecorder } from '../../daemon/read-recorder.js';
 import { configFrom, requireClusterToken, waitForSignal, type NodeFlags } from '../node-common.js';
 import { makeClient } from '../registry-client.js';
 
@@ -20,6 +23,7 @@ export interface RunFlags extends NodeFlags {
   snapshotter?: boolean;
   fuseManager?: boolean;
   stopFuseManager?: boolean;
+  controlSocket?: string;
   recordReads?: string;
 }
 
@@ -33,6 +37,10 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
   // the recorder sees the reads of mounts served by this process only
   const recordTo = flags.recordReads ? resolve(flags.recordReads) : undefined;
   if (recordTo) cfg.node.fuseManager = false;
+  if (flags.controlSocket !== undefined)
+    cfg.node.controlSocket = ['', 'off'].includes(flags.controlSocket)
+      ? flags.controlSocket
+      : resolve(flags.controlSocket);
   const log = createLogger(cfg.logLevel);
   if (!flags.stopFuseManager) requireClusterToken(cfg);
   if (flags.stopFuseManager) {
@@ -41,14 +49,32 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
     return;
   }
   const client = makeClient(cfg, log, flags.creds);
-  if (cfg.node.fuseManager && cfg.snapshotter.enabled) {
-    try {
-      await runWithFuseManager(cfg, log, client, flags.creds, signal);
-    } finally {
-      await client.close().catch(() => undefined);
-    }
-    return;
+  const controlSocket = controlSocketPath(cfg.node);
+  const control = controlSocket
+    ? await serveControl(controlSocket, log, client).catch(async (err: unknown) => {
+        await client.close().catch(() => undefined);
+        throw err;
+      })
+    : undefined;
+  try {
+    if (cfg.node.fuseManager && cfg.snapshotter.enabled)
+      await runWithFuseManager(cfg, log, client, flags.creds, signal, control?.hooks);
+    else await runInProcess(cfg, log, client, signal, control?.hooks, recordTo);
+  } finally {
+    await control?.stop();
+    await client.close().catch(() => undefined);
   }
+}
+
+/** `dfnode run` without the FUSE manager: cache and FUSE mounts in this process. */
+async function runInProcess(
+  cfg: Config,
+  log: Logger,
+  client: RegistryClient,
+  signal: AbortSignal,
+  hooks: PullHooks = {},
+  recordTo?: string,
+): Promise<void> {
   // Only this path runs a node runtime here: the fuse manager path above does not load it.
   const { serveNode } = await import('../node-serve.js');
   const recorder = recordTo ? new ReadRecorder() : undefined;
@@ -66,9 +92,14 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
     client,
     async (rt) => {
       const slog = log.child({ component: 'snapshotter' });
-      const snap = cfg.snapshotter.enabled
-        ? await startSnapshotter(cfg, slog, new NodeRemoteLayers(rt, client, { logger: slog }))
-        : undefined;
+      const resolver = new LayerResolver(client, { logger: slog });
+      const remote = new NodeRemoteLayers(rt, client, { logger: slog, resolver });
+      const snap = cfg.snapshotter.enabled ? await startSnapshotter(cfg, slog, remote) : undefined;
+      // a pull through the control socket: its manifest and the lower layers' TOCs, ahead of the Prepares
+      hooks.onResolved = ({ name, manifestDigest, layers }) => {
+        resolver.remember(name, manifestDigest, layers);
+        remote.warm(name, layers);
+      };
       try {
         log.info(
           { cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address },
@@ -120,12 +151,13 @@ async function runWithFuseManager(
   client: RegistryClient,
   creds: string | undefined,
   signal: AbortSignal,
+  hooks: PullHooks = {},
 ): Promise<void> {
   const fm = await ensureFuseManager(cfg, log.child({ component: 'fuse-manager-client' }), { creds });
   const slog = log.child({ component: 'snapshotter' });
-  const remote = new ManagedRemoteLayers(fm.client, new LayerResolver(client, { logger: slog }), {
-    logger: slog,
-  });
+  const resolver = new LayerResolver(client, { logger: slog });
+  const remote = new ManagedRemoteLayers(fm.client, resolver, { logger: slog });
+  hooks.onResolved = ({ name, manifestDigest, layers }) => resolver.remember(name, manifestDigest, layers);
   const snap = await startSnapshotter(cfg, slog, remote);
   const lost = new AbortController();
   const watchdog = setInterval(() => {
