@@ -11,6 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { BINARY_XATTR, EDGE_DOCKER_TAG, GNU_LONG_PATH, LONG_PATH, LONG_TARGET } from './fixtures/edge.js';
 import { MT, blobPath, readBlob, resolveTag, type Descriptor } from './fixtures/oci-layout.js';
 import { paxRecord } from './fixtures/tar-builder.js';
+import { readTar as tarEntries } from '../converter/tar-reader.js';
 import {
   corruptGzipLayer,
   ensureDockerArchive,
@@ -235,6 +236,27 @@ describe('debian', () => {
     const l1 = await readTar(gunzipSync(await readBlob(fx.dir, manifest.layers[1]!.digest)));
     expect(find(l1, 'usr/bin/python3.11')).toBeDefined();
     expect(l1.some((e) => norm(e.h.name).startsWith('usr/lib/python3.11/json/'))).toBe(true);
+    skopeoInspect(fx.ref);
+  });
+});
+
+describe('debian-dev', () => {
+  it('is one layer of at least 250 MB with python3, perl and gcc', async (ctx) => {
+    if (unavailable(ctx, process.env.DFNODE_SKIP_DEBIAN ? 'DFNODE_SKIP_DEBIAN is set' : null)) return;
+    const fx = await build(ctx, 'debian-dev');
+    if (!fx) return;
+    const { manifest } = await resolveTag(fx.dir, fx.tag);
+    expect(manifest.layers).toHaveLength(1);
+    const tar = gunzipSync(await readBlob(fx.dir, manifest.layers[0]!.digest));
+    expect(tar.length).toBeGreaterThanOrEqual(250e6);
+    const names: string[] = [];
+    for await (const { header, body } of tarEntries(Readable.from([tar]))) {
+      names.push(norm(header.name));
+      for await (const _ of body) void _;
+    }
+    for (const want of ['etc/debian_version', 'usr/bin/python3.11', 'usr/bin/perl', 'usr/include/stdio.h'])
+      expect(names, want).toContain(want);
+    expect(names.some((n) => /^usr\/lib\/gcc\/[^/]+\/12\/cc1plus$/.test(n))).toBe(true);
     skopeoInspect(fx.ref);
   });
 });
