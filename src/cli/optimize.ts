@@ -84,6 +84,7 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
   let ctd: PrivateContainerd | undefined;
   let task: ChildProcess | undefined;
   let pull: ChildProcess | undefined;
+  const id = `dfopt-${process.pid}`;
   try {
     registry = await EmbeddedRegistry.start(work);
     const ref = `${registry.host}/dfconvert/optimize:dfb`;
@@ -136,7 +137,6 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
       throw new DfError('INTERNAL', `dfnode pull failed: ${pullErr.trim()}`);
 
     o.note(`optimize: running ${JSON.stringify(o.cmd.join(' '))} (at most ${o.seconds} s)`);
-    const id = `dfopt-${process.pid}`;
     task = spawn(
       'ctr',
       ['-a', ctd.address, '-n', ctd.namespace, 'run', '--rm', '--snapshotter', 'dfnode', ref, id, ...o.cmd],
@@ -164,7 +164,14 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
     return entries;
   } finally {
     await stopChild(pull, 2000).catch(() => undefined);
+    if (task && task.exitCode === null && task.signalCode === null) {
+      // the container first (killing ctr or the shim would leave its processes running), then ctr
+      await ctd?.ctr(['task', 'kill', '-s', 'SIGKILL', id]).catch(() => undefined);
+      await Promise.race([exited(task), new Promise((r) => setTimeout(r, 5000).unref())]);
+    }
     await stopChild(task, 2000).catch(() => undefined);
+    // a task ctr left behind (one still being created when it was stopped): killed and deleted
+    if (task) await ctd?.ctr(['task', 'delete', '--force', id]).catch(() => undefined);
     await ctd?.stop().catch(() => undefined);
     await stopChild(node, 30_000).catch(() => undefined);
     await unmountUnder(work).catch(() => undefined);
