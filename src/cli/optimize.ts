@@ -2,7 +2,7 @@
 // environment and record what it reads (the prefetch list the second conversion lays out first).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -121,9 +121,15 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
       await new Promise((r) => setTimeout(r, 100));
     }
     o.note(`optimize: dfnode run --record-reads (pid ${node.pid}) serving the snapshotter`);
+    // containerd and ctr mount snapshots in TMPDIR for a moment (user lookup): below `work`, so that a
+    // mount left by an interrupted ctr is unmounted with the rest
+    const tmp = join(work, 'tmp');
+    await mkdir(tmp);
+    const toolEnv = { ...process.env, TMPDIR: tmp };
     ctd = await PrivateContainerd.start(join(work, 'c'), {
       snapshotterSocket: socket,
       namespace: 'dfconvert',
+      tmpDir: tmp,
     });
     o.note(`optimize: private containerd (pid ${ctd.pid}); dfnode pull ${ref}`);
     pull = spawn(
@@ -140,7 +146,7 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
     task = spawn(
       'ctr',
       ['-a', ctd.address, '-n', ctd.namespace, 'run', '--rm', '--snapshotter', 'dfnode', ref, id, ...o.cmd],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
+      { stdio: ['ignore', 'ignore', 'pipe'], env: toolEnv },
     );
     task.on('error', () => undefined);
     let timedOut = false;
