@@ -2,7 +2,7 @@
 // environment and record what it reads (the prefetch list the second conversion lays out first).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -84,6 +84,7 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
   let ctd: PrivateContainerd | undefined;
   let task: ChildProcess | undefined;
   let pull: ChildProcess | undefined;
+  const id = `dfopt-${process.pid}`;
   try {
     registry = await EmbeddedRegistry.start(work);
     const ref = `${registry.host}/dfconvert/optimize:dfb`;
@@ -120,9 +121,15 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
       await new Promise((r) => setTimeout(r, 100));
     }
     o.note(`optimize: dfnode run --record-reads (pid ${node.pid}) serving the snapshotter`);
+    // containerd and ctr mount snapshots in TMPDIR for a moment (user lookup): below `work`, so that a
+    // mount left by an interrupted ctr is unmounted with the rest
+    const tmp = join(work, 'tmp');
+    await mkdir(tmp);
+    const toolEnv = { ...process.env, TMPDIR: tmp };
     ctd = await PrivateContainerd.start(join(work, 'c'), {
       snapshotterSocket: socket,
       namespace: 'dfconvert',
+      tmpDir: tmp,
     });
     o.note(`optimize: private containerd (pid ${ctd.pid}); dfnode pull ${ref}`);
     pull = spawn(
@@ -136,11 +143,10 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
       throw new DfError('INTERNAL', `dfnode pull failed: ${pullErr.trim()}`);
 
     o.note(`optimize: running ${JSON.stringify(o.cmd.join(' '))} (at most ${o.seconds} s)`);
-    const id = `dfopt-${process.pid}`;
     task = spawn(
       'ctr',
       ['-a', ctd.address, '-n', ctd.namespace, 'run', '--rm', '--snapshotter', 'dfnode', ref, id, ...o.cmd],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
+      { stdio: ['ignore', 'ignore', 'pipe'], env: toolEnv },
     );
     task.on('error', () => undefined);
     let timedOut = false;
@@ -164,7 +170,14 @@ export async function recordWorkload(o: RecordWorkloadOptions): Promise<Prefetch
     return entries;
   } finally {
     await stopChild(pull, 2000).catch(() => undefined);
+    if (task && task.exitCode === null && task.signalCode === null) {
+      // the container first (killing ctr or the shim would leave its processes running), then ctr
+      await ctd?.ctr(['task', 'kill', '-s', 'SIGKILL', id]).catch(() => undefined);
+      await Promise.race([exited(task), new Promise((r) => setTimeout(r, 5000).unref())]);
+    }
     await stopChild(task, 2000).catch(() => undefined);
+    // a task ctr left behind (one still being created when it was stopped): killed and deleted
+    if (task) await ctd?.ctr(['task', 'delete', '--force', id]).catch(() => undefined);
     await ctd?.stop().catch(() => undefined);
     await stopChild(node, 30_000).catch(() => undefined);
     await unmountUnder(work).catch(() => undefined);

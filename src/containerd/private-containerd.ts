@@ -28,6 +28,8 @@ export interface PrivateContainerdOptions {
   namespace?: string;
   /** Answer to `ctr version` within this time (ms). Default 15000. */
   timeoutMs?: number;
+  /** TMPDIR of containerd (its temporary mounts go there). Default: inherited. */
+  tmpDir?: string;
 }
 
 export interface ToolResult {
@@ -141,7 +143,10 @@ export class PrivateContainerd {
     );
     const log = openSync(join(dir, 'containerd.log'), 'a');
     try {
-      c.child = spawn('containerd', ['--config', config], { stdio: ['ignore', log, log] });
+      c.child = spawn('containerd', ['--config', config], {
+        stdio: ['ignore', log, log],
+        env: opts.tmpDir ? { ...process.env, TMPDIR: opts.tmpDir } : process.env,
+      });
     } finally {
       closeSync(log);
     }

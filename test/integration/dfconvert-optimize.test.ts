@@ -32,27 +32,31 @@ describe.skipIf(req.skip)('dfconvert --optimize (debian)', () => {
     await tmp?.cleanup();
   });
 
+  /** `dfconvert --optimize` of the fixture into oci:TMP/OUT:opt, keeping the list at `list` when given. */
+  const optimizeArgs = (seconds: number, out: string, list: string | undefined, cmd: string[]) => [
+    '--optimize',
+    '--optimize-seconds',
+    String(seconds),
+    ...(list ? ['--keep-prefetch-list', list] : []),
+    '--work-dir',
+    join(tmp.dir, 'work'),
+    src,
+    `oci:${join(tmp.dir, out)}:opt`,
+    '--',
+    ...cmd,
+  ];
+
   it('records the files the workload reads, in order, and writes an image that verifies', async () => {
     const list = join(tmp.dir, 'reads.jsonl');
-    const dst = `oci:${join(tmp.dir, 'out')}:opt`;
+    const dst = `oci:${join(tmp.dir, 'out')}:opt`; // what optimizeArgs(…, 'out', …) writes
     const mountsBefore = readMountInfo().length;
     const r = await runCli(
       'dfconvert',
-      [
-        '--optimize',
-        '--optimize-seconds',
-        '60',
-        '--keep-prefetch-list',
-        list,
-        '--work-dir',
-        join(tmp.dir, 'work'),
-        src,
-        dst,
-        '--',
+      optimizeArgs(60, 'out', list, [
         '/bin/sh',
         '-c',
         'cat /etc/debian_version >/dev/null; ls /usr/share >/dev/null; cat /usr/bin/tail >/dev/null',
-      ],
+      ]),
       { timeoutMs: 300_000 },
     );
     expect(r.code, r.stderr).toBe(0);
@@ -81,21 +85,7 @@ describe.skipIf(req.skip)('dfconvert --optimize (debian)', () => {
     const list = join(tmp.dir, 'reads-2.jsonl');
     const r = await runCli(
       'dfconvert',
-      [
-        '--optimize',
-        '--optimize-seconds',
-        '3',
-        '--keep-prefetch-list',
-        list,
-        '--work-dir',
-        join(tmp.dir, 'work'),
-        src,
-        `oci:${join(tmp.dir, 'out2')}:opt`,
-        '--',
-        '/bin/sh',
-        '-c',
-        'cat /etc/debian_version >/dev/null; exec sleep 1000',
-      ],
+      optimizeArgs(3, 'out2', list, ['/bin/sh', '-c', 'cat /etc/debian_version >/dev/null; exec sleep 1000']),
       { timeoutMs: 300_000 },
     );
     expect(r.code, r.stderr).toBe(0);
@@ -110,19 +100,7 @@ describe.skipIf(req.skip)('dfconvert --optimize (debian)', () => {
     await mkdir(scratch, { recursive: true });
     const child = spawn(
       process.execPath,
-      [
-        cliPath('dfconvert'),
-        '--optimize',
-        '--optimize-seconds',
-        '600',
-        '--work-dir',
-        join(tmp.dir, 'work'),
-        src,
-        `oci:${join(tmp.dir, 'out3')}:opt`,
-        '--',
-        '/bin/sleep',
-        '1000',
-      ],
+      [cliPath('dfconvert'), ...optimizeArgs(600, 'out3', undefined, ['/bin/sleep', '1789'])],
       {
         env: { ...process.env, TMPDIR: scratch, DFNODE_LOG_LEVEL: 'warn' },
         stdio: ['ignore', 'ignore', 'pipe'],
@@ -143,7 +121,9 @@ describe.skipIf(req.skip)('dfconvert --optimize (debian)', () => {
       child.kill('SIGINT');
       expect(await exit).not.toBe(0);
       // no mounts, no processes mentioning its directory, and the directory is gone
-      expect(readMountInfo().filter((m) => m.mountpoint.startsWith(scratch)).length).toBe(0);
+      expect(readMountInfo().filter((m) => m.mountpoint.startsWith(scratch))).toEqual([]);
+      // nor the workload (a container left running after its shim was killed)
+      expect(pidsMentioning('sleep\u00001789')).toEqual([]);
       expect(pidsMentioning(join(scratch, work!))).toEqual([]);
       expect(await readdir(scratch)).toEqual([]);
       expect(existsSync(join(tmp.dir, 'out3'))).toBe(false);

@@ -174,7 +174,8 @@ describe.skipIf(req.skip)('dfnode mount: lazy reads, background fill, crash safe
 
   it('SIGKILL during a read: the reader gets an error, the restarted mount serves correct data', async () => {
     const dirs = freshDirs();
-    const m = await mount(dirs, { env: NO_FILL });
+    // no read-ahead either: its windows would finish the file before the kill
+    const m = await mount(dirs, { env: { ...NO_FILL, DFNODE_FETCH_READ_AHEAD: 'false' } });
     proxy.controls.delayMs = 150;
     let readBytes = 0;
     const reading = new Promise<NodeJS.ErrnoException | undefined>((res) => {
