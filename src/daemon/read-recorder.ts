@@ -47,9 +47,9 @@ export class ReadRecorder {
   wrap(toc: Toc, inner: FileReader): FileReader {
     return {
       toc,
-      read: (ino, offset, length, signal) => {
+      read: (ino, offset, length, signal, ctx) => {
         this.recordRead(toc, ino, offset, length);
-        return inner.read(ino, offset, length, signal);
+        return inner.read(ino, offset, length, signal, ctx);
       },
       release: inner.release?.bind(inner),
     };

@@ -1,5 +1,5 @@
 import { realTimers, type Timers } from '../util/timers.js';
-import type { FileReader } from './types.js';
+import type { FileReader, ReadContext } from './types.js';
 import { Priority } from './types.js';
 import type { UnitFetcher } from './unit-fetcher.js';
 
@@ -93,12 +93,18 @@ export class ReadAhead implements FileReader {
     return this.inFlightBytes;
   }
 
-  async read(ino: number, offset: number, length: number, signal?: AbortSignal): Promise<Buffer> {
+  async read(
+    ino: number,
+    offset: number,
+    length: number,
+    signal?: AbortSignal,
+    ctx?: ReadContext,
+  ): Promise<Buffer> {
     const s = this.observe(ino, offset, length);
     if (s) s.pending++;
     try {
       // the read asks for its own blocks first (synchronously), then the window goes behind it
-      const p = this.inner.read(ino, offset, length, signal);
+      const p = this.inner.read(ino, offset, length, signal, ctx);
       if (s) this.maybeIssue(s);
       return await p;
     } finally {
