@@ -205,9 +205,34 @@ describe.skipIf(req.skip)(
       const fallback = await pull(ref, ['--control-socket', join(dir, 'nobody.sock'), '-n', 'fallback']);
       expect(fallback.code, fallback.stderr).toBe(0);
       expect(fallback.stderr).toMatch(
-        /no dfnode run answers on .*nobody\.sock \(ENOENT\); pulling from this process/,
+        /no dfnode run answers on .*nobody\.sock \(ENOENT\); running it in this process instead/,
       );
       expect(await view('fallback')).toEqual(a);
+    });
+
+    it("dfnode preheat through dfnode run's control socket: every block into the daemon's own cache", async () => {
+      const ref = images.layered!.dfb;
+      const m = (await (
+        await fetch(`${reg.url}/v2/layered/manifests/1-dfb`, {
+          headers: { accept: 'application/vnd.oci.image.manifest.v1+json' },
+        })
+      ).json()) as { layers: { digest: string; size: number }[] };
+      // no fallback (stderr empty): the daemon preheated, into its cache (status below reads that one)
+      const r = await runCli('dfnode', ['preheat', '--control-socket', node.controlSocket, '--json', ref]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).toBe('');
+      const out = JSON.parse(r.stdout) as { layers: number; bytes: number };
+      expect(out.layers).toBe(m.layers.length);
+      expect(out.bytes).toBe(m.layers.reduce((a, l) => a + l.size, 0));
+      const st = await runCli('dfnode', ['status', '--json', '-c', node.configPath]);
+      expect(st.code, st.stderr).toBe(0);
+      const blobs = (JSON.parse(st.stdout) as { blobs: { digest: string; complete: boolean }[] }).blobs;
+      for (const l of m.layers)
+        expect(blobs.find((b) => b.digest === l.digest)?.complete, l.digest).toBe(true);
+      // a bad reference is refused by the daemon with a clear error
+      const bad = await runCli('dfnode', ['preheat', '--control-socket', node.controlSocket, 'Not A Ref']);
+      expect(bad.code).not.toBe(0);
+      expect(bad.stderr).toMatch(/dfnode: error: /);
     });
 
     it('an unconverted image runs too: ctr images pull --snapshotter dfnode unpacks into ordinary snapshots', async () => {
