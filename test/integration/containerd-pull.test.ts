@@ -82,6 +82,29 @@ describe.skipIf(req.skip)(
         namespace ? { namespace } : undefined,
       );
 
+    /**
+     * Removes images from a namespace, then their snapshots: containerd's GC removes the unreferenced ones
+     * (deepest first) through the proxy snapshotter, `ctr snapshots rm` what is left, leaves first. Returns
+     * the snapshots still listed after a minute ('' when none).
+     */
+    async function removeImages(refs: string[], namespace?: string): Promise<string> {
+      const ns = namespace ? { namespace } : undefined;
+      for (const r of refs) await ctd.ctr(['images', 'rm', '--sync', r], ns);
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const left = (await ctd.ctrOk(['snapshots', '--snapshotter', 'dfnode', 'ls'], ns))
+          .trim()
+          .split('\n')
+          .slice(1)
+          .join('\n');
+        if (!left || Date.now() > deadline) return left;
+        for (const line of left.split('\n').reverse()) {
+          const key = line.split(/\s+/)[0];
+          if (key) await ctd.ctr(['snapshots', '--snapshotter', 'dfnode', 'rm', key], ns);
+        }
+      }
+    }
+
     async function runIn(ref: string, script: string, extra: string[] = []): Promise<string> {
       return ctd.ctrOk([
         'run',
@@ -208,6 +231,8 @@ describe.skipIf(req.skip)(
         /no dfnode run answers on .*nobody\.sock \(ENOENT\); running it in this process instead/,
       );
       expect(await view('fallback')).toEqual(a);
+      // leave no mounts behind for the removal test below
+      for (const ns of ['direct', 'daemon', 'fallback']) expect(await removeImages([ref], ns)).toBe('');
     });
 
     it("dfnode preheat through dfnode run's control socket: every block into the daemon's own cache", async () => {
@@ -275,26 +300,7 @@ describe.skipIf(req.skip)(
       expect(await runIn(ref, 'cat /data/keep.txt')).toBe('keep\n');
       const chain = (await ctd.ctrOk(['snapshots', '--snapshotter', 'dfnode', 'ls'])).split('\n').length;
       expect(chain).toBeGreaterThan(1);
-      for (const r of Object.values(images)) {
-        await ctd.ctr(['images', 'rm', '--sync', r.dfb]);
-        await ctd.ctr(['images', 'rm', '--sync', r.source]);
-      }
-      // containerd's GC removes the unreferenced snapshots (deepest first) through the proxy snapshotter
-      const deadline = Date.now() + 60_000;
-      let left = '';
-      for (;;) {
-        left = (await ctd.ctrOk(['snapshots', '--snapshotter', 'dfnode', 'ls']))
-          .trim()
-          .split('\n')
-          .slice(1)
-          .join('\n');
-        if (!left || Date.now() > deadline) break;
-        // ctr snapshots rm of what is left, leaves first
-        for (const line of left.split('\n').reverse()) {
-          const key = line.split(/\s+/)[0];
-          if (key) await ctd.ctr(['snapshots', '--snapshotter', 'dfnode', 'rm', key]);
-        }
-      }
+      const left = await removeImages(Object.values(images).flatMap((r) => [r.dfb, r.source]));
       expect(left).toBe('');
       expect(await dfnodeMountsUnder(node.snapshotterRoot)).toEqual([]);
       expect(await dfnodeMountsUnder(node.stateDir)).toEqual([]);
