@@ -109,7 +109,7 @@ function buildProgram(signal: AbortSignal): Command {
     )
     .option('--direct', 'pull from this process (gRPC to containerd), not through dfnode run')
     .action(async (refText: string, flags: NodeFlags & PullFlags) => {
-      const { pullThroughDaemon } = await import('./commands/pull-daemon.js');
+      const { pullThroughDaemon } = await import('./commands/through-daemon.js');
       if (await pullThroughDaemon(refText, flags, signal)) return;
       const { pullCommand } = await import('./commands/pull.js');
       await pullCommand(refText, flags, signal);
@@ -165,7 +165,14 @@ function buildProgram(signal: AbortSignal): Command {
     .option('--serve', 'after preheating, keep serving peers until SIGINT/SIGTERM')
     .option('--json', 'print the result as JSON')
     .option('--metrics-address <host:port>', 'serve Prometheus metrics here (default: off)')
+    .option(
+      '--control-socket <path>',
+      'hand the preheat to dfnode run on this socket (default: node.controlSocket, else STATE_DIR/control.sock)',
+    )
+    .option('--direct', 'preheat from this process, not through dfnode run')
     .action(async (refText: string, flags: PreheatFlags) => {
+      const { preheatThroughDaemon } = await import('./commands/through-daemon.js');
+      if (await preheatThroughDaemon(refText, flags, signal)) return;
       const { preheatCommand } = await import('./commands/preheat.js');
       await preheatCommand(refText, flags, signal);
     });

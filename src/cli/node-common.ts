@@ -80,6 +80,19 @@ export function waitForSignal(signal: AbortSignal, extra?: (sig: NodeJS.Signals)
   });
 }
 
+/** What `dfnode preheat` prints (here or through the daemon). */
+export function preheatLine(
+  ref: string,
+  r: { layers: number; bytes: number; bySource: Record<'peer' | 'seed' | 'registry' | 'cache', number> },
+  json?: boolean,
+): string {
+  const b = r.bySource;
+  return json
+    ? JSON.stringify(r) + '\n'
+    : `preheated ${ref}: ${r.layers} layers, ${fmt(r.bytes)}; from peers ${fmt(b.peer)}, seeds ${fmt(b.seed)}, ` +
+        `registry ${fmt(b.registry)}, cache ${fmt(b.cache)}\n`;
+}
+
 export function fmt(n: number): string {
   if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
   if (n >= 1e6) return `${(n / 1e6).toFixed(1)} MB`;

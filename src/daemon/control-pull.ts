@@ -3,6 +3,7 @@ import { ContainerdClient, DEFAULT_CONTAINERD_ADDRESS } from '../containerd/clie
 import { lazyPull, type LazyPullOptions, type LazyPullResult } from '../containerd/pull.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseReference } from '../registry/reference.js';
+import type { Preheater } from './control-preheat.js';
 import type { ControlCommand } from './control-server.js';
 
 /** Arguments of the control socket's `pull` (what `dfnode pull` sends). */
@@ -61,6 +62,8 @@ export class ContainerdClients {
 /** What the snapshotter side of `dfnode run` does once a pull has resolved its image (see LazyPullOptions). */
 export interface PullHooks {
   onResolved?: LazyPullOptions['onResolved'];
+  /** Where `preheat` runs (see control-preheat.ts). */
+  preheat?: Preheater;
 }
 
 export function pullControlCommand(

@@ -2,10 +2,11 @@ import { DEFAULT_CONTAINERD_ADDRESS } from '../containerd/client.js';
 import type { Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
 import { ContainerdClients, pullControlCommand, type PullHooks } from './control-pull.js';
+import { preheatControlCommand } from './control-preheat.js';
 import { ControlServer } from './control-server.js';
 
 /**
- * `dfnode run`'s control socket with its commands (today `pull`). The containerd protos are loaded right
+ * `dfnode run`'s control socket with its commands (`pull`, `preheat`). The containerd protos are loaded right
  * after start, off the first request's path.
  */
 export async function serveControl(
@@ -18,6 +19,7 @@ export async function serveControl(
   // set by dfnode run once its snapshotter is up
   const hooks: PullHooks = {};
   server.register('pull', pullControlCommand(registry, clients, hooks));
+  server.register('preheat', preheatControlCommand(hooks));
   await server.listen();
   const warm = setTimeout(() => {
     try {

@@ -11,6 +11,7 @@ import { fuseManagerPaths, type Health, type ManagedMount, type MountRequest } f
 import { processRunning } from '../process.js';
 import type { BlobCacheInfo } from '../cache/cache-manager.js';
 import type { MountRecord } from '../daemon/mount-records.js';
+import type { PreheatSummary } from '../daemon/control-preheat.js';
 
 /** Environment variable that hands registry credentials (`--creds`) to a manager without putting them on argv. */
 export const CREDS_ENV = 'DFNODE_FUSE_MANAGER_CREDS';
@@ -99,6 +100,12 @@ export class FuseManagerClient {
   /** Cache contents (with in-use flags) and fetch counters of the manager's runtime (`dfnode status`). */
   status(): Promise<{ blobs: BlobCacheInfo[]; stats: MountRecord['stats'] }> {
     return this.call('GET', '/status', undefined, { timeoutMs: 30_000 });
+  }
+
+  /** Every block of an image into the manager's cache (`dfnode preheat` through `dfnode run`). */
+  preheat(ref: string, signal?: AbortSignal): Promise<PreheatSummary> {
+    // a large image over a slow link takes long; preheat fails by itself when no block arrives for a minute
+    return this.call('POST', '/preheat', { ref }, { signal, timeoutMs: 24 * 3600_000 });
   }
 
   /** Evicts the blobs no mount uses (`dfnode gc`). */

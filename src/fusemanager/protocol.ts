@@ -42,6 +42,7 @@ export const mountRequestSchema = z.object({
 });
 
 export const releaseRequestSchema = z.object({ mountpoint: z.string().startsWith('/') });
+export const preheatRequestSchema = z.strictObject({ ref: z.string().min(1).max(1024) });
 
 export type ManagedLayer = z.infer<typeof layerSchema>;
 export type MountRequest = z.input<typeof mountRequestSchema>;

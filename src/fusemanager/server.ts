@@ -2,7 +2,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { chmod, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Toc } from '../blob/toc.js';
+import { preheatHere } from '../daemon/control-preheat.js';
 import type { NodeRuntime, MountedLayer } from '../daemon/node-runtime.js';
+import type { RegistryClient } from '../registry/client.js';
 import { DfError } from '../errors.js';
 import { isFuseType, readMountInfo } from '../fuse/mounts.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -13,6 +15,7 @@ import {
   FUSE_MANAGER_API_VERSION,
   fuseManagerPaths,
   mountRequestSchema,
+  preheatRequestSchema,
   releaseRequestSchema,
   type Health,
   type ManagedLayer,
@@ -30,6 +33,8 @@ export interface FuseManagerServerOptions {
   /** The only directories layers are mounted under (the snapshotter root, the state directory). */
   mountRoots: string[];
   logger?: Logger;
+  /** The registry client `POST /preheat` resolves images with (without it, preheat is refused). */
+  client?: RegistryClient;
 }
 
 const MAX_BODY = 1 << 20;
@@ -56,9 +61,11 @@ export class FuseManagerServer {
   private closing?: Promise<void>;
   private readonly shutdownRequested = new AbortController();
   private readonly roots: MountRoots;
+  private readonly client?: RegistryClient;
 
   constructor(opts: FuseManagerServerOptions) {
     this.rt = opts.runtime;
+    this.client = opts.client;
     this.roots = new MountRoots(opts.mountRoots);
     this.log = opts.logger ?? silentLogger;
     this.paths = fuseManagerPaths(opts.stateDir);
@@ -265,6 +272,12 @@ export class FuseManagerServer {
         case 'POST /release': {
           const { mountpoint } = releaseRequestSchema.parse(await readJson(req));
           out = { released: await this.serial(mountpoint, () => this.release(mountpoint)) };
+          break;
+        }
+        case 'POST /preheat': {
+          const { ref } = preheatRequestSchema.parse(await readJson(req));
+          if (!this.client) throw DfError.unsupported('fuse manager: started without a registry client');
+          out = await preheatHere(this.rt.layers, this.client, parseReference(ref), ac.signal, this.log);
           break;
         }
         case 'GET /status':

@@ -82,6 +82,29 @@ describe.skipIf(req.skip)(
         namespace ? { namespace } : undefined,
       );
 
+    /**
+     * Removes images from a namespace, then their snapshots: containerd's GC removes the unreferenced ones
+     * (deepest first) through the proxy snapshotter, `ctr snapshots rm` what is left, leaves first. Returns
+     * the snapshots still listed after a minute ('' when none).
+     */
+    async function removeImages(refs: string[], namespace?: string): Promise<string> {
+      const ns = namespace ? { namespace } : undefined;
+      for (const r of refs) await ctd.ctr(['images', 'rm', '--sync', r], ns);
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const left = (await ctd.ctrOk(['snapshots', '--snapshotter', 'dfnode', 'ls'], ns))
+          .trim()
+          .split('\n')
+          .slice(1)
+          .join('\n');
+        if (!left || Date.now() > deadline) return left;
+        for (const line of left.split('\n').reverse()) {
+          const key = line.split(/\s+/)[0];
+          if (key) await ctd.ctr(['snapshots', '--snapshotter', 'dfnode', 'rm', key], ns);
+        }
+      }
+    }
+
     async function runIn(ref: string, script: string, extra: string[] = []): Promise<string> {
       return ctd.ctrOk([
         'run',
@@ -205,9 +228,36 @@ describe.skipIf(req.skip)(
       const fallback = await pull(ref, ['--control-socket', join(dir, 'nobody.sock'), '-n', 'fallback']);
       expect(fallback.code, fallback.stderr).toBe(0);
       expect(fallback.stderr).toMatch(
-        /no dfnode run answers on .*nobody\.sock \(ENOENT\); pulling from this process/,
+        /no dfnode run answers on .*nobody\.sock \(ENOENT\); running it in this process instead/,
       );
       expect(await view('fallback')).toEqual(a);
+      // leave no mounts behind for the removal test below
+      for (const ns of ['direct', 'daemon', 'fallback']) expect(await removeImages([ref], ns)).toBe('');
+    });
+
+    it("dfnode preheat through dfnode run's control socket: every block into the daemon's own cache", async () => {
+      const ref = images.layered!.dfb;
+      const m = (await (
+        await fetch(`${reg.url}/v2/layered/manifests/1-dfb`, {
+          headers: { accept: 'application/vnd.oci.image.manifest.v1+json' },
+        })
+      ).json()) as { layers: { digest: string; size: number }[] };
+      // no fallback (stderr empty): the daemon preheated, into its cache (status below reads that one)
+      const r = await runCli('dfnode', ['preheat', '--control-socket', node.controlSocket, '--json', ref]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).toBe('');
+      const out = JSON.parse(r.stdout) as { layers: number; bytes: number };
+      expect(out.layers).toBe(m.layers.length);
+      expect(out.bytes).toBe(m.layers.reduce((a, l) => a + l.size, 0));
+      const st = await runCli('dfnode', ['status', '--json', '-c', node.configPath]);
+      expect(st.code, st.stderr).toBe(0);
+      const blobs = (JSON.parse(st.stdout) as { blobs: { digest: string; complete: boolean }[] }).blobs;
+      for (const l of m.layers)
+        expect(blobs.find((b) => b.digest === l.digest)?.complete, l.digest).toBe(true);
+      // a bad reference is refused by the daemon with a clear error
+      const bad = await runCli('dfnode', ['preheat', '--control-socket', node.controlSocket, 'Not A Ref']);
+      expect(bad.code).not.toBe(0);
+      expect(bad.stderr).toMatch(/dfnode: error: /);
     });
 
     it('an unconverted image runs too: ctr images pull --snapshotter dfnode unpacks into ordinary snapshots', async () => {
@@ -250,26 +300,7 @@ describe.skipIf(req.skip)(
       expect(await runIn(ref, 'cat /data/keep.txt')).toBe('keep\n');
       const chain = (await ctd.ctrOk(['snapshots', '--snapshotter', 'dfnode', 'ls'])).split('\n').length;
       expect(chain).toBeGreaterThan(1);
-      for (const r of Object.values(images)) {
-        await ctd.ctr(['images', 'rm', '--sync', r.dfb]);
-        await ctd.ctr(['images', 'rm', '--sync', r.source]);
-      }
-      // containerd's GC removes the unreferenced snapshots (deepest first) through the proxy snapshotter
-      const deadline = Date.now() + 60_000;
-      let left = '';
-      for (;;) {
-        left = (await ctd.ctrOk(['snapshots', '--snapshotter', 'dfnode', 'ls']))
-          .trim()
-          .split('\n')
-          .slice(1)
-          .join('\n');
-        if (!left || Date.now() > deadline) break;
-        // ctr snapshots rm of what is left, leaves first
-        for (const line of left.split('\n').reverse()) {
-          const key = line.split(/\s+/)[0];
-          if (key) await ctd.ctr(['snapshots', '--snapshotter', 'dfnode', 'rm', key]);
-        }
-      }
+      const left = await removeImages(Object.values(images).flatMap((r) => [r.dfb, r.source]));
       expect(left).toBe('');
       expect(await dfnodeMountsUnder(node.snapshotterRoot)).toEqual([]);
       expect(await dfnodeMountsUnder(node.stateDir)).toEqual([]);

@@ -18,6 +18,7 @@ export async function fuseManagerCommand(flags: { config?: string }, signal: Abo
       stateDir: cfg.node.stateDir,
       mountRoots: [cfg.snapshotter.root, cfg.node.stateDir],
       logger: log,
+      client,
     });
     try {
       await server.listen();

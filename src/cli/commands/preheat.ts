@@ -1,12 +1,15 @@
 import { createLogger } from '../../log.js';
 import { preheat } from '../../layer/preheat.js';
 import { parseReference } from '../../registry/reference.js';
-import { configFrom, fmt, waitForSignal, type NodeFlags } from '../node-common.js';
+import { configFrom, preheatLine, waitForSignal, type NodeFlags } from '../node-common.js';
 import { serveNode } from '../node-serve.js';
 import { makeClient } from '../registry-client.js';
 
 export interface PreheatFlags extends NodeFlags {
   serve?: boolean;
+  /** Skip the daemon's control socket (through-daemon.ts). */
+  direct?: boolean;
+  controlSocket?: string;
 }
 
 /** `dfnode preheat REF`: every block of an image into this node's cache (peers, seeds, registry), then exit. */
@@ -24,13 +27,7 @@ export async function preheatCommand(
   await serveNode(cfg, log, client, async (rt) => {
     const r = await preheat(rt.layers, client, ref, { signal, logger: log });
     try {
-      const b = r.bySource;
-      process.stdout.write(
-        flags.json
-          ? JSON.stringify(r) + '\n'
-          : `preheated ${ref}: ${r.layers} layers, ${fmt(r.bytes)}; from peers ${fmt(b.peer)}, seeds ${fmt(b.seed)}, ` +
-              `registry ${fmt(b.registry)}, cache ${fmt(b.cache)}\n`,
-      );
+      process.stdout.write(preheatLine(String(ref), r, flags.json));
       if (flags.serve) await waitForSignal(signal);
     } finally {
       await r.release();

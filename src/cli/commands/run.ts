@@ -1,6 +1,7 @@
 import { resolve } from 'node:path';
 import type { Config } from '../../config.js';
 import { controlSocketPath } from '../../daemon/control-protocol.js';
+import { preheatHere } from '../../daemon/control-preheat.js';
 import type { PullHooks } from '../../daemon/control-pull.js';
 import { serveControl } from '../../daemon/control-socket.js';
 import { DfError } from '../../errors.js';
@@ -100,6 +101,7 @@ async function runInProcess(
         resolver.remember(name, manifestDigest, layers);
         remote.warm(name, layers);
       };
+      hooks.preheat = (ref, signal) => preheatHere(rt.layers, client, ref, signal, log);
       try {
         log.info(
           { cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address },
@@ -158,6 +160,7 @@ async function runWithFuseManager(
   const resolver = new LayerResolver(client, { logger: slog });
   const remote = new ManagedRemoteLayers(fm.client, resolver, { logger: slog });
   hooks.onResolved = ({ name, manifestDigest, layers }) => resolver.remember(name, manifestDigest, layers);
+  hooks.preheat = (ref, signal) => fm.client.preheat(ref.toString(), signal);
   const snap = await startSnapshotter(cfg, slog, remote);
   const lost = new AbortController();
   const watchdog = setInterval(() => {
