@@ -6,12 +6,13 @@
 #                   reachable; default: a Debian bookworm minbase root filesystem made here with debootstrap
 #                   (Debian mirror only) plus this host's Node 20, so no registry is needed
 #   --no-build      use dist/ and native/build as they are (default: npm run build, build:native if missing)
+#   --no-tag        leave only the content-keyed name localhost/dfnode-build:KEY (tests)
 #   --reuse         if an image with the content key of this build exists already, tag it and stop
 #   --print-key     print the content key (dist/, addon, lockfile, Containerfile, base) and exit
 #
-# Layout (the Containerfile's): /opt/dfnode/{package.json,dist,native,node_modules}, /opt/dfnode/bin/dfnode on
+# Layout (the Containerfile's): /opt/dfnode/{package.json,dist,proto,native,node_modules}, /opt/dfnode/bin/dfnode on
 # PATH, entry point `dfnode`. The staged build context is .tmp/image/context (Containerfile + app/).
-# Prints `image: NAME`, `key: KEY` and `built: yes|no` on success.
+# Prints `image: NAME`, `key: KEY`, `built: yes|no` and `base-imported: REF` (empty: none) on success.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -21,6 +22,7 @@ TAG=localhost/dfnode:$VERSION
 BASE=
 BUILD=1
 REUSE=0
+NO_TAG=0
 PRINT_KEY=0
 while (($#)); do
   case $1 in
@@ -28,6 +30,7 @@ while (($#)); do
     --base) BASE=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --reuse) REUSE=1; shift ;;
+    --no-tag) NO_TAG=1; shift ;;
     --print-key) PRINT_KEY=1; shift ;;
     *) echo "npm run image: unknown option $1 (see deploy/image/build.sh)" >&2; exit 2 ;;
   esac
@@ -64,18 +67,20 @@ KEY=$( (
   echo "$BASE_KEY"
   cat Containerfile deploy/image/build.sh package.json package-lock.json
   find native/build/Release -maxdepth 1 -name '*.node' -type f -print0 | sort -z | xargs -0 sha256sum
-  find dist -type f -print0 | sort -z | xargs -0 sha256sum
+  find dist proto -type f -print0 | sort -z | xargs -0 sha256sum
 ) | sha256sum | cut -c1-16)
 if ((PRINT_KEY)); then echo "$KEY"; exit 0; fi
 KEYED=localhost/dfnode-build:$KEY
+if ((NO_TAG)); then TAG=$KEYED; fi
 
 if ((REUSE)) && podman image exists "$KEYED"; then
-  podman tag "$KEYED" "$TAG"
-  echo "image: $TAG"; echo "key: $KEY"; echo "built: no"
+  [ "$TAG" = "$KEYED" ] || podman tag "$KEYED" "$TAG"
+  echo "image: $TAG"; echo "key: $KEY"; echo "built: no"; echo "base-imported: "
   exit 0
 fi
 
 # 1. the base root filesystem (cached under .tmp/image/rootfs-KEY.tar; imported once per key)
+BASE_IMPORTED=
 if [ -z "$BASE" ] && ! podman image exists "$BASE_REF"; then
   TARBALL=$ROOT/.tmp/image/rootfs-$BASE_KEY.tar
   if [ ! -f "$TARBALL" ]; then
@@ -95,6 +100,7 @@ if [ -z "$BASE" ] && ! podman image exists "$BASE_REF"; then
     rm -rf "$WORK"
   fi
   podman import --change 'CMD ["/bin/sh"]' "$TARBALL" "$BASE_REF" >&2
+  BASE_IMPORTED=$BASE_REF
 fi
 
 # 2. the build context: dist/, the addon, production node_modules
@@ -103,6 +109,7 @@ rm -rf "$CTX" && mkdir -p "$CTX/app/native/build/Release" "$CTX/app/bin"
 cp Containerfile "$CTX/"
 cp package.json package-lock.json "$CTX/app/"
 cp -a dist "$CTX/app/dist"
+cp -a proto "$CTX/app/proto"   # the gRPC service definitions, loaded at run time (src/grpc/load-proto.ts)
 cp native/binding.gyp "$CTX/app/native/"
 cp native/build/Release/*.node "$CTX/app/native/build/Release/"
 chmod 0755 "$CTX/app/dist/src/cli/dfnode.js" "$CTX/app/dist/src/cli/dfconvert.js"
@@ -113,5 +120,5 @@ rm -f "$CTX/app/package-lock.json"
 
 # 3. build: the same Containerfile as elsewhere, on the local or the given base
 buildah bud --isolation chroot --layers=false --build-arg "BASE=$BASE_REF" -t "$KEYED" -f "$CTX/Containerfile" "$CTX" >&2
-podman tag "$KEYED" "$TAG"
-echo "image: $TAG"; echo "key: $KEY"; echo "built: yes"
+[ "$TAG" = "$KEYED" ] || podman tag "$KEYED" "$TAG"
+echo "image: $TAG"; echo "key: $KEY"; echo "built: yes"; echo "base-imported: $BASE_IMPORTED"
