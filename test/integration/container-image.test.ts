@@ -32,7 +32,8 @@ const addonBuilt = requireConditions({
     }
   })(),
 });
-const VERSION = (JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+const VERSION = (JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string })
+  .version;
 const TOKEN = randomBytes(16).toString('hex');
 // Some hosts' runtimes cannot raise rlimits (no CAP_SYS_RESOURCE in the bounding set: "error setting rlimit");
 // lowering them always works, and a test seed needs few.
@@ -49,9 +50,13 @@ describe.skipIf(req.skip || addonBuilt.skip)('container image (podman)', () => {
 
   beforeAll(async () => {
     // dist/ is built by `npm test`; the image takes it as it is
-    const r = await run('bash', [join(REPO_ROOT, 'deploy', 'image', 'build.sh'), '--no-build', '--no-tag', '--reuse'], {
-      timeoutMs: 900_000,
-    });
+    const r = await run(
+      'bash',
+      [join(REPO_ROOT, 'deploy', 'image', 'build.sh'), '--no-build', '--no-tag', '--reuse'],
+      {
+        timeoutMs: 900_000,
+      },
+    );
     const field = (name: string) => new RegExp(`^${name}: (.*)$`, 'm').exec(r.stdout)?.[1]?.trim() ?? '';
     // whatever this run made is removed afterwards, even when the build failed half-way
     if (field('built') === 'yes') removeImages.push(field('image'));
