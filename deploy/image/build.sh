@@ -12,7 +12,8 @@
 #
 # Layout (the Containerfile's): /opt/dfnode/{package.json,dist,proto,native,node_modules}, /opt/dfnode/bin/dfnode on
 # PATH, entry point `dfnode`. The staged build context is .tmp/image/context (Containerfile + app/).
-# Prints `image: NAME`, `key: KEY`, `built: yes|no` and `base-imported: REF` (empty: none) on success.
+# Prints `image: NAME`, `key: KEY` and `built: yes|no` on success, and `base-imported: REF` when it imported
+# the debootstrap base (at once, so that a caller can remove it even if the build fails later).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -75,7 +76,7 @@ if ((NO_TAG)); then TAG=$KEYED; fi
 
 if ((REUSE)) && podman image exists "$KEYED"; then
   [ "$TAG" = "$KEYED" ] || podman tag "$KEYED" "$TAG"
-  echo "image: $TAG"; echo "key: $KEY"; echo "built: no"; echo "base-imported: "
+  echo "image: $TAG"; echo "key: $KEY"; echo "built: no"
   exit 0
 fi
 
@@ -101,6 +102,7 @@ if [ -z "$BASE" ] && ! podman image exists "$BASE_REF"; then
   fi
   podman import --change 'CMD ["/bin/sh"]' "$TARBALL" "$BASE_REF" >&2
   BASE_IMPORTED=$BASE_REF
+  echo "base-imported: $BASE_IMPORTED"   # now: a caller cleaning up after a failure later on needs it
 fi
 
 # 2. the build context: dist/, the addon, production node_modules
@@ -119,6 +121,6 @@ ln -s ../dist/src/cli/dfconvert.js "$CTX/app/bin/dfconvert"
 rm -f "$CTX/app/package-lock.json"
 
 # 3. build: the same Containerfile as elsewhere, on the local or the given base
-buildah bud --isolation chroot --layers=false --build-arg "BASE=$BASE_REF" -t "$KEYED" -f "$CTX/Containerfile" "$CTX" >&2
+buildah bud --isolation chroot --layers=false --force-rm --build-arg "BASE=$BASE_REF" -t "$KEYED" -f "$CTX/Containerfile" "$CTX" >&2
 [ "$TAG" = "$KEYED" ] || podman tag "$KEYED" "$TAG"
-echo "image: $TAG"; echo "key: $KEY"; echo "built: yes"; echo "base-imported: $BASE_IMPORTED"
+echo "image: $TAG"; echo "key: $KEY"; echo "built: yes"
