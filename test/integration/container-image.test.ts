@@ -80,6 +80,10 @@ describe.skipIf(req.skip || addonBuilt.skip)('container image (podman)', () => {
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout.trim()).toBe(VERSION);
+    // dfconvert is on PATH too
+    const c = await podman(['run', '--rm', ...runFlags, '--entrypoint', 'dfconvert', image, '--version']);
+    expect(c.stderr).toBe('');
+    expect(c.stdout.trim()).toBe(VERSION);
   });
 
   it('loads the native addon and fuse-native (their libraries are in the image)', async () => {
@@ -145,5 +149,5 @@ describe.skipIf(req.skip || addonBuilt.skip)('container image (podman)', () => {
     expect(rm.code, rm.stderr).toBe(0);
     containers.splice(containers.indexOf(name), 1);
     expect((await podman(['container', 'exists', name])).code).toBe(1);
-  });
+  }, 300_000);
 });
