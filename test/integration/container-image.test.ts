@@ -8,7 +8,7 @@
  * the containers it started and the images it built, also on failure.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -23,14 +23,9 @@ const req = requireTools(['buildah', 'podman', 'debootstrap'], {
   check: () => (process.getuid?.() === 0 ? undefined : 'not root (debootstrap and buildah need root)'),
 });
 const addonBuilt = requireConditions({
-  'native addon not built (npm run build:native)': (() => {
-    try {
-      readFileSync(join(REPO_ROOT, 'native', 'build', 'Release', 'dfnode_fuse.node'));
-      return true;
-    } catch {
-      return false;
-    }
-  })(),
+  'native addon not built (npm run build:native)': existsSync(
+    join(REPO_ROOT, 'native', 'build', 'Release', 'dfnode_fuse.node'),
+  ),
 });
 const VERSION = (JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string })
   .version;
