@@ -39,7 +39,6 @@ interface ConvertFlags extends CommonFlags {
   prefetchList?: string;
 }
 
-
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 function addCommon(cmd: Command): Command {
