@@ -1,4 +1,4 @@
-// A private containerd: its own root, state, sockets and config (no CRI plugin), started as our child and
+// A private containerd: its own root, state, sockets and config (CRI plugin off unless asked for), started as our child and
 // stopped by its PID; a system containerd is never touched. Optionally with dfnode as a proxy snapshotter
 // (`[proxy_plugins.dfnode]`). Used by `dfconvert --optimize` and the benchmarks (bench/lib/containerd.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -71,25 +71,64 @@ export function runTool(
   });
 }
 
-/** The CRI plugin's section: PullImage through it with dfnode as the snapshotter. */
-function criConfig(dir: string, insecure: string[]): string[] {
+export interface ContainerdConfigOptions {
+  /** Holds root/, state/, opt/ and cni/. */
+  dir: string;
+  /** The gRPC socket (ttrpc's is beside it). */
+  socket: string;
+  /** The debug socket; '' turns it off (the default would be the system containerd's). */
+  debugAddress: string;
+  /** dfnode's snapshotter socket: registers it as the proxy snapshotter `dfnode`. */
+  snapshotterSocket?: string;
+  /** The CRI plugin on (snapshotter dfnode when there is one), these registries (host:port) over plain HTTP. */
+  cri?: { insecure: string[] };
+}
+
+/** containerd config v2 for a private instance (this module's, and the tests' in test/helpers/containerd.ts). */
+export function containerdConfig(o: ContainerdConfigOptions): string {
   const cri = 'plugins."io.containerd.grpc.v1.cri"';
   return [
-    `[${cri}]`,
-    '  disable_tcp_service = true',
-    '  stream_server_address = "127.0.0.1"',
-    '  stream_server_port = "0"',
-    `  [${cri}.containerd]`,
-    '    snapshotter = "dfnode"',
-    '    disable_snapshot_annotations = false',
-    `  [${cri}.cni]`,
-    `    bin_dir = ${JSON.stringify(join(dir, 'cni', 'bin'))}`,
-    `    conf_dir = ${JSON.stringify(join(dir, 'cni', 'conf'))}`,
-    ...insecure.flatMap((h) => [
-      `  [${cri}.registry.mirrors.${JSON.stringify(h)}]`,
-      `    endpoint = [${JSON.stringify(`http://${h}`)}]`,
-    ]),
-  ];
+    'version = 2',
+    `root = ${JSON.stringify(join(o.dir, 'root'))}`,
+    `state = ${JSON.stringify(join(o.dir, 'state'))}`,
+    `disabled_plugins = ${JSON.stringify(o.cri ? DISABLED_PLUGINS.slice(1) : DISABLED_PLUGINS)}`,
+    '[grpc]',
+    `  address = ${JSON.stringify(o.socket)}`,
+    '[ttrpc]',
+    `  address = ${JSON.stringify(`${o.socket}.ttrpc`)}`,
+    '[debug]',
+    `  address = ${JSON.stringify(o.debugAddress)}`,
+    '[metrics]',
+    '  address = ""',
+    '[plugins."io.containerd.internal.v1.opt"]',
+    `  path = ${JSON.stringify(join(o.dir, 'opt'))}`,
+    ...(o.snapshotterSocket
+      ? [
+          '[proxy_plugins.dfnode]',
+          '  type = "snapshot"',
+          `  address = ${JSON.stringify(o.snapshotterSocket)}`,
+        ]
+      : []),
+    ...(o.cri
+      ? [
+          `[${cri}]`,
+          '  disable_tcp_service = true',
+          '  stream_server_address = "127.0.0.1"',
+          '  stream_server_port = "0"',
+          `  [${cri}.containerd]`,
+          `    snapshotter = "${o.snapshotterSocket ? 'dfnode' : 'overlayfs'}"`,
+          '    disable_snapshot_annotations = false',
+          `  [${cri}.cni]`,
+          `    bin_dir = ${JSON.stringify(join(o.dir, 'cni', 'bin'))}`,
+          `    conf_dir = ${JSON.stringify(join(o.dir, 'cni', 'conf'))}`,
+          ...o.cri.insecure.flatMap((h) => [
+            `  [${cri}.registry.mirrors.${JSON.stringify(h)}]`,
+            `    endpoint = [${JSON.stringify(`http://${h}`)}]`,
+          ]),
+        ]
+      : []),
+    '',
+  ].join('\n');
 }
 
 export class PrivateContainerd {
@@ -117,29 +156,13 @@ export class PrivateContainerd {
     const config = join(dir, 'config.toml');
     await writeFile(
       config,
-      [
-        'version = 2',
-        `root = ${JSON.stringify(join(dir, 'root'))}`,
-        `state = ${JSON.stringify(join(dir, 'state'))}`,
-        `disabled_plugins = ${JSON.stringify(opts.cri ? DISABLED_PLUGINS.slice(1) : DISABLED_PLUGINS)}`,
-        '[grpc]',
-        `  address = ${JSON.stringify(c.address)}`,
-        '[ttrpc]',
-        `  address = ${JSON.stringify(`${c.address}.ttrpc`)}`,
-        '[debug]',
-        `  address = ${JSON.stringify(join(dir, 'debug.sock'))}`,
-        '[plugins."io.containerd.internal.v1.opt"]',
-        `  path = ${JSON.stringify(join(dir, 'opt'))}`,
-        ...(opts.snapshotterSocket
-          ? [
-              '[proxy_plugins.dfnode]',
-              '  type = "snapshot"',
-              `  address = ${JSON.stringify(opts.snapshotterSocket)}`,
-            ]
-          : []),
-        ...(opts.cri ? criConfig(dir, opts.cri.insecure) : []),
-        '',
-      ].join('\n'),
+      containerdConfig({
+        dir,
+        socket: c.address,
+        debugAddress: join(dir, 'debug.sock'),
+        snapshotterSocket: opts.snapshotterSocket,
+        cri: opts.cri,
+      }),
     );
     const log = openSync(join(dir, 'containerd.log'), 'a');
     try {

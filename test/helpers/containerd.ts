@@ -17,6 +17,7 @@ import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { socketAccepts } from '../../bench/lib/dfnode-run.js';
 import { pidsMentioning } from '../../src/process.js';
+import { containerdConfig } from '../../src/containerd/private-containerd.js';
 import { cliPath, run, runCli, type CliResult } from './cli.js';
 import { mountsUnder, unmountAllUnder } from './node.js';
 import { hasTool, requireConditions, type Requirement } from './require.js';
@@ -201,71 +202,6 @@ export interface TestContainerd {
   stop(): Promise<void>;
 }
 
-/** containerd config v2 for a private instance. */
-function containerdConfig(o: {
-  root: string;
-  state: string;
-  socket: string;
-  dir: string;
-  snapshotterSocket?: string;
-  cri?: boolean;
-  insecure?: string[];
-}): string {
-  const disabled = [
-    'io.containerd.snapshotter.v1.aufs',
-    'io.containerd.snapshotter.v1.btrfs',
-    'io.containerd.snapshotter.v1.zfs',
-    'io.containerd.snapshotter.v1.devmapper',
-  ];
-  if (!o.cri) disabled.push('io.containerd.grpc.v1.cri');
-  const lines = [
-    'version = 2',
-    `root = ${JSON.stringify(o.root)}`,
-    `state = ${JSON.stringify(o.state)}`,
-    `disabled_plugins = ${JSON.stringify(disabled)}`,
-    '',
-    '[grpc]',
-    `  address = ${JSON.stringify(o.socket)}`,
-    '[ttrpc]',
-    `  address = ${JSON.stringify(`${o.socket}.ttrpc`)}`,
-    '[debug]',
-    `  address = ""`,
-    '[metrics]',
-    `  address = ""`,
-    '',
-    '[plugins."io.containerd.internal.v1.opt"]',
-    `  path = ${JSON.stringify(join(o.dir, 'opt'))}`,
-  ];
-  if (o.snapshotterSocket)
-    lines.push(
-      '',
-      '[proxy_plugins.dfnode]',
-      '  type = "snapshot"',
-      `  address = ${JSON.stringify(o.snapshotterSocket)}`,
-    );
-  if (o.cri) {
-    lines.push(
-      '',
-      '[plugins."io.containerd.grpc.v1.cri"]',
-      '  disable_tcp_service = true',
-      '  stream_server_address = "127.0.0.1"',
-      '  stream_server_port = "0"',
-      '  [plugins."io.containerd.grpc.v1.cri".containerd]',
-      `    snapshotter = "${o.snapshotterSocket ? 'dfnode' : 'overlayfs'}"`,
-      '    disable_snapshot_annotations = false',
-      '  [plugins."io.containerd.grpc.v1.cri".cni]',
-      `    bin_dir = ${JSON.stringify(join(o.dir, 'cni', 'bin'))}`,
-      `    conf_dir = ${JSON.stringify(join(o.dir, 'cni', 'conf'))}`,
-    );
-    for (const h of o.insecure ?? [])
-      lines.push(
-        `  [plugins."io.containerd.grpc.v1.cri".registry.mirrors.${JSON.stringify(h)}]`,
-        `    endpoint = [${JSON.stringify(`http://${h}`)}]`,
-      );
-  }
-  return lines.join('\n') + '\n';
-}
-
 export async function startContainerd(opts: StartContainerdOptions): Promise<TestContainerd> {
   const dir = opts.dir;
   const root = join(dir, 'root');
@@ -277,13 +213,11 @@ export async function startContainerd(opts: StartContainerdOptions): Promise<Tes
   await writeFile(
     configPath,
     containerdConfig({
-      root,
-      state,
-      socket,
       dir,
+      socket,
+      debugAddress: '',
       snapshotterSocket: opts.snapshotterSocket,
-      cri: opts.cri,
-      insecure: opts.insecure,
+      cri: opts.cri ? { insecure: opts.insecure ?? [] } : undefined,
     }),
   );
   const child = spawn('containerd', ['--config', configPath, '--log-level', 'info'], {
