@@ -91,14 +91,14 @@ const SPECS: Record<FixtureName, FixtureSpec> = {
   },
   'debian-python': {
     script: 'debian-python.sh',
-    inputs: ['common.sh', 'debian-python.sh'],
+    inputs: ['common.sh', 'apt-in-chroot.sh', 'debian-python.sh'],
     base: 'debian',
     tools: ['umoci', 'chroot', 'mount'],
     root: true,
   },
   'debian-dev': {
     script: 'debian-dev.sh',
-    inputs: ['common.sh', 'debian-dev.sh'],
+    inputs: ['common.sh', 'apt-in-chroot.sh', 'debian-dev.sh'],
     base: 'debian',
     tools: ['umoci', 'chroot', 'mount'],
     root: true,
