@@ -1,6 +1,7 @@
 import { Agent, request } from 'undici';
 import { DfError } from '../errors.js';
 import type { TokenBucket } from '../util/token-bucket.js';
+import { readInto, type Body } from '../util/read-into.js';
 import { deferredBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
@@ -107,8 +108,6 @@ export class HttpBlockClient {
   }
 }
 
-type Body = AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown };
-
 /**
  * Exactly `length` bytes of a response body into one buffer of that size: a body that goes past it fails
  * (and is cut off) as soon as the first byte too many arrives, a shorter one fails at its end. A peer's
@@ -122,24 +121,16 @@ export async function readExactly(
   progress?: (data: Buffer, filled: number) => void,
 ): Promise<Buffer> {
   const out = Buffer.allocUnsafe(length);
-  let got = 0;
-  try {
-    for await (const chunk of body) {
-      if (got + chunk.length > length) {
-        throw new DfError(
-          'NETWORK',
-          `${what}: the host sent more than the ${length} bytes asked for (at least ${got + chunk.length}); response cut off`,
-        );
-      }
-      out.set(chunk, got);
-      got += chunk.length;
-      // the front of the range can be verified and used while the rest is on its way
-      progress?.(out, got);
-    }
-  } catch (err) {
-    body.destroy();
-    throw err;
-  }
+  const got = await readInto(
+    body,
+    out,
+    (atLeast) =>
+      new DfError(
+        'NETWORK',
+        `${what}: the host sent more than the ${length} bytes asked for (at least ${atLeast}); response cut off`,
+      ),
+    progress,
+  );
   if (got !== length) throw new DfError('NETWORK', `${what}: got ${got} of ${length} bytes`);
   return out;
 }

@@ -1,5 +1,6 @@
 import type { Dispatcher } from 'undici';
 import { DfError } from '../errors.js';
+import { readInto } from '../util/read-into.js';
 
 /** Reads a body fully, up to `limit` bytes. */
 export async function readBody(
@@ -24,10 +25,10 @@ export async function readBody(
 export type BodyProgress = (data: Buffer, filled: number) => void;
 
 /**
- * A body of exactly `length` bytes, copied once into one buffer as it arrives (no chunk list, no concat);
- * `progress` hears of every chunk, so that a caller can use the front of the buffer before the rest comes
- * (a seed forwards verified blocks as they arrive). A longer body is an error; a shorter one is returned
- * short (the caller checks the length).
+ * A body of at most `length` bytes, copied once into one buffer as it arrives (readInto): `progress` hears
+ * of every chunk, so that a caller can use the front of the buffer before the rest comes (a seed forwards
+ * verified blocks as they arrive). A longer body is an error; a shorter one is returned short (the caller
+ * checks the length).
  */
 export async function readBodyInto(
   body: Dispatcher.ResponseData['body'],
@@ -36,17 +37,12 @@ export async function readBodyInto(
   progress?: BodyProgress,
 ): Promise<Buffer> {
   const out = Buffer.allocUnsafe(length);
-  let n = 0;
-  for await (const c of body) {
-    const chunk = c as Buffer;
-    if (n + chunk.length > length) {
-      body.destroy();
-      throw new DfError('REGISTRY', `${what} is larger than ${length} bytes`);
-    }
-    chunk.copy(out, n);
-    n += chunk.length;
-    progress?.(out, n);
-  }
+  const n = await readInto(
+    body,
+    out,
+    () => new DfError('REGISTRY', `${what} is larger than ${length} bytes`),
+    progress,
+  );
   return n === length ? out : out.subarray(0, n);
 }
 
