@@ -48,8 +48,8 @@ function expectOk(r: CliResult, what: string): void {
   if (r.code !== 0) throw new Error(`${what} failed with ${r.code}:\n${r.stderr}\n${r.stdout}`);
 }
 
-function expectCleanFailure(r: CliResult, pattern: RegExp): void {
-  expect(r.code, r.stderr).not.toBe(0);
+function expectCleanFailure(r: CliResult, pattern: RegExp, what = ''): void {
+  expect(r.code, `${what}: ${r.stderr}`).not.toBe(0);
   expect(r.code).not.toBeNull();
   expect(r.stderr).toMatch(pattern);
   // One clear line, never a stack trace.
@@ -323,7 +323,7 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
       const f = await fixture;
       const dst = `${reg.host}/broken-${name.replace(/\s+/g, '-')}:dfb`;
       const r = await runCli('dfconvert', [...convertArgs(), f.ref, dst]);
-      expectCleanFailure(r, pattern);
+      expectCleanFailure(r, pattern, name);
       const inspect = await runCli('dfconvert', ['verify', '--plain-http', f.ref, dst]);
       expect(inspect.stderr).toMatch(/not found/);
       await rm(f.dir, { recursive: true, force: true });
