@@ -242,6 +242,15 @@ export class Converter {
       this.opts.freeBytes,
     );
 
+    // The config is read first: its diff IDs are checked against the layers' uncompressed contents.
+    const cfg = await readAll(await src.openBlob(m.config.digest, m.config.size, signal));
+    const actual = sha256Digest(cfg);
+    if (actual !== m.config.digest)
+      throw DfError.digestMismatch(`${src.description} config`, m.config.digest, actual);
+    const diffIds = isImageConfig(m.config.mediaType)
+      ? configDiffIds(cfg, m.layers.length, src.description)
+      : undefined;
+
     const layers: Descriptor[] = [];
     for (const [i, l] of m.layers.entries()) {
       let job = this.converted.get(l.digest);
@@ -249,15 +258,20 @@ export class Converter {
         job = this.convertOne(l, `layer ${i + 1}/${m.layers.length}`);
         this.converted.set(l.digest, job);
       }
-      layers.push((await job).desc);
+      const desc = (await job).desc;
+      // The snapshotter names snapshots by the config's diff IDs (chain IDs): a layer whose content does not
+      // hash to its diff ID would mount under a name that does not describe it (containerd refuses such an
+      // image too).
+      const got = desc.annotations?.[Annotations.diffId];
+      if (diffIds && got && got !== diffIds[i])
+        throw DfError.corrupt(
+          `${src.description}: layer ${i + 1}/${m.layers.length} (${l.digest}) uncompresses to diff ID ${got}, but the image config says ${diffIds[i]}; the source image is inconsistent`,
+        );
+      layers.push(desc);
     }
 
     // Config unchanged: diff IDs still name the uncompressed source layers, so snapshot chain IDs match.
     if (!(await dst.hasBlob(m.config.digest, signal))) {
-      const cfg = await readAll(await src.openBlob(m.config.digest, m.config.size, signal));
-      const actual = sha256Digest(cfg);
-      if (actual !== m.config.digest)
-        throw DfError.digestMismatch(`${src.description} config`, m.config.digest, actual);
       await dst.putBlob(m.config.digest, cfg.length, () => bufferStream(cfg), {
         signal,
         mountFrom: this.mountFrom(),
@@ -411,6 +425,31 @@ export class Converter {
     );
     return { desc, summary };
   }
+}
+
+const isImageConfig = (mediaType: string): boolean =>
+  mediaType === MediaTypes.ociConfig || mediaType === MediaTypes.dockerConfig;
+
+/**
+ * An image config's `rootfs.diff_ids`, one per layer (undefined when it has none). A config whose diff IDs
+ * are malformed or do not match the layer count is refused.
+ */
+function configDiffIds(cfg: Buffer, layers: number, what: string): string[] | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(cfg.toString('utf8'));
+  } catch {
+    throw DfError.corrupt(`${what}: the image config is not valid JSON`);
+  }
+  const ids = (parsed as { rootfs?: { diff_ids?: unknown } } | null)?.rootfs?.diff_ids;
+  if (ids === undefined) return undefined;
+  if (!Array.isArray(ids) || !ids.every((d) => typeof d === 'string'))
+    throw DfError.corrupt(`${what}: the image config's rootfs.diff_ids is not a list of digests`);
+  if (ids.length !== layers)
+    throw DfError.corrupt(
+      `${what}: the image config lists ${ids.length} diff IDs for ${layers} layers; the source image is inconsistent`,
+    );
+  return ids as string[];
 }
 
 async function readAll(stream: AsyncIterable<Buffer>): Promise<Buffer> {

@@ -154,6 +154,14 @@ export class CompressPool {
     if (this.closed) return;
     this.closed = true;
     this.rejectAll(this.broken ?? DfError.aborted('compression pool closed'));
-    await Promise.all(this.slots.map((s) => s.worker.terminate()));
+    // Idle workers are unref'd, and on Node 20 a terminate() awaited on such a worker (even after ref())
+    // does not always keep the process alive: a caller awaiting close() with nothing else pending, as a
+    // failed conversion's cleanup does, saw the process exit with code 0 mid-await. A timer holds it open.
+    const keepAlive = setInterval(() => undefined, 1 << 30);
+    try {
+      await Promise.all(this.slots.map((s) => s.worker.terminate()));
+    } finally {
+      clearInterval(keepAlive);
+    }
   }
 }

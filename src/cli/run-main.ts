@@ -18,7 +18,23 @@ export function runMain(name: string, main: (signal: AbortSignal, argv: string[]
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // The event loop ran dry while main() was still pending: some await can never finish (a bug). Node would
+  // exit with code 0, and a caller would take an unfinished conversion or pull for a success.
+  let settled = false;
+  const onBeforeExit = () => {
+    if (settled) return;
+    settled = true;
+    process.stderr.write(
+      `${name}: error: internal error: stopped with work still pending; the command did not finish (please report this)\n`,
+    );
+    process.exitCode = DfError.internal('').exitCode;
+  };
+  process.on('beforeExit', onBeforeExit);
   main(ac.signal, process.argv)
+    .finally(() => {
+      settled = true;
+      process.removeListener('beforeExit', onBeforeExit);
+    })
     .then(() => {
       process.removeListener('SIGINT', onSignal);
       process.removeListener('SIGTERM', onSignal);

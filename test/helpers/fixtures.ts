@@ -470,6 +470,21 @@ export async function wrongDigestLayer(src: string, opts: CorruptOptions = {}): 
 }
 
 /**
+ * The image config names a different diff ID for one layer than its uncompressed content hashes to (the
+ * layer itself is intact and matches its digest).
+ */
+export async function wrongDiffIdLayer(src: string, opts: CorruptOptions = {}): Promise<CorruptFixture> {
+  const tag = opts.tag ?? TAG;
+  const dir = await copyLayout(src, opts.outDir);
+  const { manifest, config } = await resolveTag(dir, tag);
+  const i = pickLayer(manifest, opts.layer, (d) => isTarOrGzip(d), 'a tar');
+  const diffIds = config.rootfs.diff_ids.slice();
+  diffIds[i] = `sha256:${createHash('sha256').update(`not layer ${i}`).digest('hex')}`;
+  await retag(dir, tag, manifest, { ...config, rootfs: { ...config.rootfs, diff_ids: diffIds } });
+  return { dir, ref: `oci:${dir}:${tag}`, tag, layer: i, layerDigest: manifest.layers[i]!.digest };
+}
+
+/**
  * A layer whose media type the converter does not support (default
  * `application/vnd.oci.image.layer.v1.tar+zstd`; the bytes stay as they were).
  */

@@ -25,6 +25,7 @@ import {
   ensureFixture,
   truncatedTarLayer,
   unknownMediaTypeLayer,
+  wrongDiffIdLayer,
   wrongDigestLayer,
   type Fixture,
 } from '../helpers/fixtures.js';
@@ -312,6 +313,11 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
         'digest mismatch',
         wrongDigestLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }),
         /digest mismatch/i,
+      ],
+      [
+        'wrong diff id',
+        wrongDiffIdLayer(fx.multilayer!.dir, { tag: fx.multilayer!.tag }),
+        /uncompresses to diff ID sha256:[0-9a-f]{64}, but the image config says/,
       ],
       [
         'unknown media type',
