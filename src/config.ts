@@ -191,6 +191,27 @@ const configSchema = z.strictObject({
         }),
     })
     .prefault({}),
+  /**
+   * The registry mirror (docs/mirror.md): an OCI pull endpoint any engine can use as a mirror, served by
+   * `dfnode run` and `dfnode seed`. The engine's credentials pass through to the registry.
+   */
+  mirror: z
+    .strictObject({
+      /** host:port to listen on; empty (the default) or `off`: no mirror. Keep it on loopback on nodes. */
+      listen: z.string().default(''),
+      /**
+       * Registries (`host[:port]`) the mirror fetches from; empty: any. Required when `listen` is not a
+       * loopback address (otherwise anyone who reaches the port could make this host fetch any URL).
+       */
+      registries: z.array(z.string()).default([]),
+      /** Upstream for requests that name no registry (Docker's `registry-mirrors` covers Docker Hub only). */
+      defaultRegistry: z.string().default('registry-1.docker.io'),
+      /** A manifest is answered from memory for this long before the registry is asked again. */
+      manifestTtlMs: z.number().int().nonnegative().default(5_000),
+      /** While the registry cannot be reached, manifests up to this old are still answered. */
+      staleManifestMs: z.number().int().nonnegative().default(3_600_000),
+    })
+    .prefault({}),
 });
 
 export type Config = z.infer<typeof configSchema>;

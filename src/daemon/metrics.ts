@@ -5,6 +5,7 @@ import { DfError } from '../errors.js';
 import type { P2pCounters } from '../p2p/p2p-node.js';
 import type { ContainerLabels } from './container-meter.js';
 import type { RegistryFetchReason } from '../p2p/registry-fallback.js';
+import type { MirrorCounters } from '../mirror/mirror-server.js';
 
 /** What a seed exposes to its metrics (the Seed class). */
 export interface SeedCounters {
@@ -124,6 +125,26 @@ export class NodeMetrics {
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
+  readonly mirrorRequests = new Counter({
+    name: 'dfnode_mirror_requests_total',
+    help: 'Requests the registry mirror answered, by kind (base, manifest, blob; invalid, refused)',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  readonly mirrorBytes = new Counter({
+    name: 'dfnode_mirror_bytes_total',
+    help: 'Bytes the registry mirror sent to engines, by kind (manifest, blob)',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  readonly mirrorEvents = new Counter({
+    name: 'dfnode_mirror_events_total',
+    help:
+      'Registry mirror events: manifest_hit (answered from memory), stale_manifest (answered from memory while ' +
+      'the registry was unreachable), digest_mismatch (the registry sent bytes that do not match the digest)',
+    labelNames: ['event'] as const,
+    registers: [this.registry],
+  });
   private readonly scrapeHooks: (() => void)[] = [];
   private readonly last = new Map<string, number>();
 
@@ -178,6 +199,24 @@ export class NodeMetrics {
     );
     this.delta('ta:empty', c.trackerEmpty, (d) => this.trackerAnswers.inc({ result: 'empty' }, d));
     this.delta('ta:error', c.trackerErrors, (d) => this.trackerAnswers.inc({ result: 'error' }, d));
+  }
+
+  /** The registry mirror's counters, published as deltas before each scrape. */
+  publishMirror(mirror: { counters: MirrorCounters }): void {
+    this.onScrape(() => {
+      const c = mirror.counters;
+      for (const [kind, n] of Object.entries(c.requests))
+        this.publishDelta(`mr:${kind}`, n, (d) => this.mirrorRequests.inc({ kind }, d));
+      for (const [kind, n] of Object.entries(c.bytes))
+        this.publishDelta(`mb:${kind}`, n, (d) => this.mirrorBytes.inc({ kind }, d));
+      this.publishDelta('me:hit', c.manifestHits, (d) => this.mirrorEvents.inc({ event: 'manifest_hit' }, d));
+      this.publishDelta('me:stale', c.staleManifests, (d) =>
+        this.mirrorEvents.inc({ event: 'stale_manifest' }, d),
+      );
+      this.publishDelta('me:bad', c.digestMismatches, (d) =>
+        this.mirrorEvents.inc({ event: 'digest_mismatch' }, d),
+      );
+    });
   }
 
   /** The counters of a seed, as deltas: its registry requests are all seed misses. */

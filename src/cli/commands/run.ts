@@ -8,6 +8,7 @@ import { DfError } from '../../errors.js';
 import { ensureFuseManager, stopFuseManager } from '../../fusemanager/client.js';
 import { ManagedRemoteLayers } from '../../fusemanager/managed-remote-layers.js';
 import { createLogger, type Logger } from '../../log.js';
+import { startMirror } from '../../mirror/start-mirror.js';
 import { processRunning } from '../../process.js';
 import type { RegistryClient } from '../../registry/client.js';
 import { serveSnapshotter } from '../../snapshotter/grpc-service.js';
@@ -57,11 +58,14 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
         throw err;
       })
     : undefined;
+  let mirror: Awaited<ReturnType<typeof startMirror>>;
   try {
+    mirror = await startMirror(cfg, log);
     if (cfg.node.fuseManager && cfg.snapshotter.enabled)
       await runWithFuseManager(cfg, log, client, flags.creds, signal, control?.hooks);
     else await runInProcess(cfg, log, client, signal, control?.hooks, recordTo);
   } finally {
+    await mirror?.close();
     await control?.stop();
     await client.close().catch(() => undefined);
   }

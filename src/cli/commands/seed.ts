@@ -1,6 +1,7 @@
 import { configGives } from '../../config.js';
 import { NodeMetrics } from '../../daemon/metrics.js';
 import { createLogger } from '../../log.js';
+import { startMirror } from '../../mirror/start-mirror.js';
 import { Seed } from '../../p2p/seed.js';
 import { configFrom, waitForSignal, type NodeFlags } from '../node-common.js';
 import { makeClient } from '../registry-client.js';
@@ -17,6 +18,7 @@ export async function seedCommand(flags: NodeFlags, signal: AbortSignal): Promis
     metrics.publishBlockServer(seed.counters);
   });
   let server: Awaited<ReturnType<NodeMetrics['serve']>> | undefined;
+  let mirror: Awaited<ReturnType<typeof startMirror>>;
   try {
     const a = await seed.start();
     // --metrics-address, else node.metricsAddress of the config file or DFNODE_NODE_METRICS_ADDRESS; a seed
@@ -26,10 +28,13 @@ export async function seedCommand(flags: NodeFlags, signal: AbortSignal): Promis
         ? cfg.node.metricsAddress
         : '';
     if (address) server = await metrics.serve(address);
+    mirror = await startMirror(cfg, log);
+    if (mirror) metrics.publishMirror(mirror);
     log.info({ ...a, metrics: address }, 'dfnode seed running');
     process.stdout.write(`seed serving blocks on ${a.blocks}, tracker on ${a.tracker}\n`);
     await waitForSignal(signal);
   } finally {
+    await mirror?.close();
     server?.close();
     await seed.close();
     await client.close().catch(() => undefined);

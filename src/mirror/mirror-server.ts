@@ -1,0 +1,372 @@
+import { createHash } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { isIP } from 'node:net';
+import { DfError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import { splitHostPort } from '../p2p/block-server.js';
+import { digestAlgorithm } from '../registry/digest.js';
+import { listenTcp } from '../util/listen.js';
+import { ManifestCache } from './manifest-cache.js';
+import { parseMirrorRoute, type MirrorRoute } from './route.js';
+import type { Upstream, UpstreamResponse } from './upstream.js';
+
+export interface MirrorServerOptions {
+  /** host:port to listen on (port 0: any). */
+  listen: string;
+  upstream: Upstream;
+  /** Upstream for requests that name none (Docker's registry-mirrors: Docker Hub). */
+  defaultRegistry: string;
+  /** Registries this mirror serves (host[:port]); empty: any. Required when listening beyond loopback. */
+  registries?: string[];
+  /** A manifest is answered from memory for this long before the registry is asked again. */
+  manifestTtlMs?: number;
+  /** While the registry cannot be reached, a manifest this old is still answered. */
+  staleManifestMs?: number;
+  /** Requests served at once; more get 503. */
+  maxConcurrent?: number;
+  logger?: Logger;
+  now?: () => number;
+  /** Called by close() after the listener stopped (e.g. to close the upstream's connections). */
+  onClose?: () => Promise<void>;
+}
+
+/** What the mirror did, for metrics and tests. */
+export interface MirrorCounters {
+  requests: Record<string, number>;
+  /** Bytes sent to engines, by kind (manifest, blob). */
+  bytes: Record<string, number>;
+  /** Manifests answered from memory, fresh or (registry down) stale. */
+  manifestHits: number;
+  staleManifests: number;
+  digestMismatches: number;
+}
+
+/** Largest manifest accepted from a registry (distribution's own limit is 4 MiB). */
+const MAX_MANIFEST = 4 << 20;
+/** Largest error body relayed from a registry. */
+const MAX_ERROR_BODY = 64 << 10;
+/** Response headers relayed from the registry. */
+const RELAYED = [
+  'content-type',
+  'content-length',
+  'content-range',
+  'docker-content-digest',
+  'etag',
+  'accept-ranges',
+];
+
+const isLoopback = (host: string) =>
+  host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+
+/**
+ * The registry mirror: an OCI distribution pull endpoint (GET/HEAD of /v2/, manifests and blobs) for any
+ * upstream registry, that engines use through their mirror settings (containerd hosts.toml, podman/CRI-O
+ * registries.conf, Docker registry-mirrors). The engine's credentials are passed through to the registry
+ * and its challenges back to the engine, so the mirror never answers anything the engine could not get
+ * itself. Manifests are cached briefly per credential (and answered stale while the registry is down);
+ * blobs are streamed from the registry and checked against their digest as they pass.
+ */
+export class MirrorServer {
+  readonly counters: MirrorCounters = {
+    requests: {},
+    bytes: {},
+    manifestHits: 0,
+    staleManifests: 0,
+    digestMismatches: 0,
+  };
+  private readonly server: Server;
+  private readonly log: Logger;
+  private readonly manifests = new ManifestCache();
+  private readonly registries: Set<string>;
+  private readonly ttl: number;
+  private readonly stale: number;
+  private readonly maxConcurrent: number;
+  private readonly now: () => number;
+  private active = 0;
+
+  constructor(private readonly opts: MirrorServerOptions) {
+    this.log = (opts.logger ?? silentLogger).child({ component: 'mirror' });
+    this.registries = new Set((opts.registries ?? []).map((r) => r.toLowerCase()));
+    this.ttl = opts.manifestTtlMs ?? 5_000;
+    this.stale = opts.staleManifestMs ?? 3_600_000;
+    this.maxConcurrent = opts.maxConcurrent ?? 256;
+    this.now = opts.now ?? Date.now;
+    this.server = createServer((req, res) => void this.handle(req, res));
+  }
+
+  async start(): Promise<void> {
+    const { host, port } = splitHostPort(this.opts.listen);
+    if (!isLoopback(host) && this.registries.size === 0)
+      throw new DfError(
+        'CONFIG',
+        `mirror.listen ${this.opts.listen} is not a loopback address: list the registries it may fetch from in mirror.registries (an open mirror would fetch any URL for anyone who can reach it)`,
+      );
+    await listenTcp(this.server, host, port, 'registry mirror', 'mirror.listen');
+  }
+
+  /** `host:port` the mirror listens on. */
+  get address(): string {
+    const a = this.server.address() as AddressInfo;
+    return `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+    await this.opts.onClose?.();
+  }
+
+  private count(key: string): void {
+    this.counters.requests[key] = (this.counters.requests[key] ?? 0) + 1;
+  }
+
+  private sent(kind: string, n: number): void {
+    this.counters.bytes[kind] = (this.counters.bytes[kind] ?? 0) + n;
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    res.setHeader('Docker-Distribution-API-Version', 'registry/2.0');
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.setHeader('Allow', 'GET, HEAD');
+      return this.fail(res, 405, 'UNSUPPORTED', 'the mirror only serves pulls (GET and HEAD)');
+    }
+    if (this.active >= this.maxConcurrent)
+      return this.fail(res, 503, 'TOOMANYREQUESTS', 'mirror busy, retry');
+    this.active++;
+    const ac = new AbortController();
+    res.once('close', () => ac.abort());
+    try {
+      let route: MirrorRoute;
+      try {
+        route = parseMirrorRoute(req.url ?? '/', this.opts.defaultRegistry);
+      } catch (err) {
+        const e = DfError.from(err);
+        this.count('invalid');
+        return this.fail(
+          res,
+          e.code === 'NOT_FOUND' ? 404 : 400,
+          e.code === 'NOT_FOUND' ? 'NOT_FOUND' : 'NAME_INVALID',
+          e.message,
+        );
+      }
+      const registry = route.kind === 'base' ? route.registry : route.ref.registry;
+      if (this.registries.size && !this.registries.has(registry.toLowerCase())) {
+        this.count('refused');
+        return this.fail(res, 403, 'DENIED', `registry ${registry} is not mirrored here (mirror.registries)`);
+      }
+      const method = req.method;
+      if (route.kind === 'base') await this.base(registry, req, res, ac.signal);
+      else if (route.kind === 'manifest') await this.manifest(route, method, req, res, ac.signal);
+      else await this.blob(route, method, req, res, ac.signal);
+    } catch (err) {
+      const e = DfError.from(err);
+      if (!ac.signal.aborted) this.log.warn({ err: e, url: req.url }, 'mirror request failed');
+      if (!res.headersSent) {
+        const status = e.code === 'NETWORK' || e.code === 'TIMEOUT' || e.code === 'REGISTRY' ? 502 : 500;
+        this.fail(res, status, 'UNAVAILABLE', e.message);
+      } else res.destroy();
+    } finally {
+      this.active--;
+    }
+  }
+
+  private fail(res: ServerResponse, status: number, code: string, message: string): void {
+    const body = JSON.stringify({ errors: [{ code, message }] });
+    res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
+    res.end(body);
+  }
+
+  private async base(
+    registry: string,
+    req: IncomingMessage,
+    res: ServerResponse,
+    signal: AbortSignal,
+  ): Promise<void> {
+    this.count('base');
+    let up: UpstreamResponse;
+    try {
+      up = await this.opts.upstream.request('GET', registry, '/v2/', req.headers, signal);
+    } catch (err) {
+      // An engine's probe must not fail a pull the mirror may still answer from memory.
+      this.log.debug({ err: DfError.from(err) }, 'registry unreachable on /v2/');
+      res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': 2 });
+      res.end('{}');
+      return;
+    }
+    await this.relay(up, res, 'GET');
+  }
+
+  /** Relays a registry answer other than a manifest or blob body (errors, challenges) as it is. */
+  private async relay(up: UpstreamResponse, res: ServerResponse, method: string): Promise<void> {
+    const headers: Record<string, string> = {};
+    for (const h of ['content-type', 'www-authenticate', 'docker-content-digest', 'retry-after']) {
+      const v = up.headers[h];
+      if (typeof v === 'string') headers[h] = v;
+    }
+    const body = (await readBounded(up.body, MAX_ERROR_BODY).catch(() => undefined)) ?? Buffer.alloc(0);
+    headers['content-length'] = String(body.length);
+    res.writeHead(up.status, headers);
+    res.end(method === 'HEAD' ? undefined : body);
+  }
+
+  private manifestKey(route: Extract<MirrorRoute, { kind: 'manifest' }>, req: IncomingMessage): string {
+    const auth = req.headers.authorization ?? '';
+    const who = auth ? createHash('sha256').update(auth).digest('hex') : '-';
+    return [route.ref.registry, route.ref.repository, route.reference, req.headers.accept ?? '', who].join(
+      '|',
+    );
+  }
+
+  private async manifest(
+    route: Extract<MirrorRoute, { kind: 'manifest' }>,
+    method: string,
+    req: IncomingMessage,
+    res: ServerResponse,
+    signal: AbortSignal,
+  ): Promise<void> {
+    this.count('manifest');
+    const key = this.manifestKey(route, req);
+    const now = this.now();
+    const fresh = this.manifests.get(key, this.ttl, now);
+    if (fresh) {
+      this.counters.manifestHits++;
+      return this.sendManifest(fresh.body, fresh.contentType, fresh.digest, method, res);
+    }
+    const path = `/v2/${route.ref.repository}/manifests/${encodeURIComponent(route.reference)}`;
+    let up: UpstreamResponse;
+    try {
+      up = await this.opts.upstream.request('GET', route.ref.registry, path, req.headers, signal);
+    } catch (err) {
+      const old = this.manifests.get(key, this.stale, now);
+      if (!old || signal.aborted) throw err;
+      this.counters.staleManifests++;
+      this.log.warn(
+        { registry: route.ref.registry, ref: route.reference },
+        'registry unreachable: answering a cached manifest',
+      );
+      return this.sendManifest(old.body, old.contentType, old.digest, method, res);
+    }
+    if (up.status !== 200) return this.relay(up, res, method);
+    const body = await readBounded(up.body, MAX_MANIFEST);
+    if (!body)
+      throw new DfError('REGISTRY', `manifest ${route.ref.toString()} is larger than ${MAX_MANIFEST} bytes`);
+    const algo = route.reference.startsWith('sha512:') ? 'sha512' : 'sha256';
+    const digest = `${algo}:${createHash(algo).update(body).digest('hex')}`;
+    if (route.reference.includes(':') && /^[a-z0-9]+:/.test(route.reference) && digest !== route.reference) {
+      this.counters.digestMismatches++;
+      throw new DfError(
+        'REGISTRY',
+        `registry ${route.ref.registry} answered manifest ${route.reference} with content of digest ${digest}`,
+      );
+    }
+    const contentType =
+      typeof up.headers['content-type'] === 'string'
+        ? up.headers['content-type']
+        : 'application/vnd.oci.image.manifest.v1+json';
+    this.manifests.set(key, { body, contentType, digest, storedAt: now });
+    this.sendManifest(body, contentType, digest, method, res);
+  }
+
+  private sendManifest(
+    body: Buffer,
+    contentType: string,
+    digest: string,
+    method: string,
+    res: ServerResponse,
+  ): void {
+    res.writeHead(200, {
+      'Content-Type': contentType,
+      'Content-Length': body.length,
+      'Docker-Content-Digest': digest,
+    });
+    if (method === 'HEAD') res.end();
+    else {
+      res.end(body);
+      this.sent('manifest', body.length);
+    }
+  }
+
+  private async blob(
+    route: Extract<MirrorRoute, { kind: 'blob' }>,
+    method: 'GET' | 'HEAD',
+    req: IncomingMessage,
+    res: ServerResponse,
+    signal: AbortSignal,
+  ): Promise<void> {
+    this.count('blob');
+    const path = `/v2/${route.ref.repository}/blobs/${route.digest}`;
+    const up = await this.opts.upstream.request(method, route.ref.registry, path, req.headers, signal);
+    if (up.status !== 200 && up.status !== 206) return this.relay(up, res, method);
+    const headers: Record<string, string> = {};
+    for (const h of RELAYED) {
+      const v = up.headers[h];
+      if (typeof v === 'string') headers[h] = v;
+    }
+    headers['docker-content-digest'] = route.digest;
+    res.writeHead(up.status, headers);
+    if (method === 'HEAD') {
+      up.body.destroy();
+      res.end();
+      return;
+    }
+    // A whole blob is checked against its digest as it passes, and its last chunk is held back until the
+    // digest matches: a registry (or storage behind a redirect) that sends other bytes gets the engine's
+    // connection cut before the end, never a clean end of a wrong blob.
+    const hash = up.status === 200 ? createHash(digestAlgorithm(route.digest)) : undefined;
+    let held: Buffer | undefined;
+    const write = async (chunk: Buffer) => {
+      this.sent('blob', chunk.length);
+      if (!res.write(chunk))
+        await new Promise<void>((r) => res.once('drain', () => r()).once('close', () => r()));
+    };
+    for await (const c of up.body) {
+      const chunk = c as Buffer;
+      hash?.update(chunk);
+      if (hash) {
+        if (held) await write(held);
+        held = chunk;
+      } else await write(chunk);
+      if (res.destroyed) {
+        up.body.destroy();
+        return;
+      }
+    }
+    if (hash) {
+      const got = `${digestAlgorithm(route.digest)}:${hash.digest('hex')}`;
+      if (got !== route.digest) {
+        this.counters.digestMismatches++;
+        this.log.warn(
+          { registry: route.ref.registry, digest: route.digest, got },
+          'registry sent a blob that does not match its digest',
+        );
+        res.destroy();
+        return;
+      }
+      if (held) await write(held);
+    }
+    res.end();
+  }
+}
+
+/** Reads at most `max` bytes of a body; undefined when it is longer (the rest is discarded). */
+async function readBounded(
+  body: AsyncIterable<unknown> & { destroy(): void },
+  max: number,
+): Promise<Buffer | undefined> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  try {
+    for await (const c of body) {
+      const b = c as Buffer;
+      n += b.length;
+      if (n > max) return undefined;
+      chunks.push(b);
+    }
+  } finally {
+    body.destroy();
+  }
+  return Buffer.concat(chunks, n);
+}

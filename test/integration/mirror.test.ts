@@ -1,0 +1,302 @@
+/**
+ * The registry mirror with real engines: containerd (ctr --hosts-dir, hosts.toml) and podman
+ * (registries.conf), a real docker-registry with and without token auth, and a lying upstream.
+ */
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { createServer, request, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config.js';
+import { MirrorServer } from '../../src/mirror/mirror-server.js';
+import { startMirror } from '../../src/mirror/start-mirror.js';
+import { Upstream } from '../../src/mirror/upstream.js';
+import { silentLogger } from '../../src/log.js';
+import { run, runOk } from '../helpers/cli.js';
+import {
+  removeWorkDir,
+  requireContainerd,
+  startContainerd,
+  type TestContainerd,
+} from '../helpers/containerd.js';
+import { ensureFixture } from '../helpers/fixtures.js';
+import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
+
+const req = requireContainerd(['podman']);
+const regReq = requireRegistry(['none', 'bearer']);
+
+interface Raw {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+  /** The response ended cleanly (false: the connection was cut). */
+  complete: boolean;
+}
+
+/** One HTTP request to the mirror; never throws on a cut connection. */
+function get(
+  address: string,
+  path: string,
+  headers: Record<string, string> = {},
+  method = 'GET',
+): Promise<Raw> {
+  const [host, port] = [
+    address.slice(0, address.lastIndexOf(':')),
+    Number(address.slice(address.lastIndexOf(':') + 1)),
+  ];
+  return new Promise((resolve, reject) => {
+    const r = request({ host, port, path, method, headers }, (res) => {
+      const chunks: Buffer[] = [];
+      let complete = false;
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => (complete = res.complete));
+      res.on('close', () =>
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), complete }),
+      );
+      res.on('error', () => undefined);
+    });
+    r.on('error', reject);
+    r.end();
+  });
+}
+
+async function hostsDir(dir: string, registry: string, mirror: string): Promise<string> {
+  const d = join(dir, 'hosts');
+  await mkdir(join(d, registry), { recursive: true });
+  await writeFile(
+    join(d, registry, 'hosts.toml'),
+    `server = "http://${registry}"\n\n[host."http://${mirror}"]\n  capabilities = ["pull", "resolve"]\n`,
+  );
+  return d;
+}
+
+describe.skipIf(req.skip || regReq.skip)('registry mirror (containerd, podman, docker-registry)', () => {
+  let work: string;
+  let reg: TestRegistry;
+  let authReg: TestRegistry;
+  let ctd: TestContainerd;
+  let mirror: MirrorServer;
+  const cleanups: (() => Promise<unknown>)[] = [];
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'dfm-'));
+    const fx = await ensureFixture('busybox');
+    reg = await startRegistry();
+    authReg = await startRegistry({ auth: 'bearer', username: 'alice', password: 'secret' });
+    await runOk('skopeo', [
+      'copy',
+      '--quiet',
+      '--dest-tls-verify=false',
+      fx.ref,
+      `docker://${reg.host}/tools/busybox:1`,
+    ]);
+    await runOk('skopeo', [
+      'copy',
+      '--quiet',
+      '--dest-tls-verify=false',
+      '--dest-creds',
+      'alice:secret',
+      fx.ref,
+      `docker://${authReg.host}/private/busybox:1`,
+    ]);
+    mirror = new MirrorServer({
+      listen: '127.0.0.1:0',
+      upstream: new Upstream({ plainHttp: true }),
+      defaultRegistry: reg.host,
+      // every manifest request goes to the registry, so that answers while it is down are the stale path
+      manifestTtlMs: 0,
+      logger: silentLogger,
+    });
+    await mirror.start();
+    ctd = await startContainerd({ dir: join(work, 'ctd') });
+  }, 300_000);
+
+  afterAll(async () => {
+    for (const c of cleanups.reverse()) await c().catch(() => undefined);
+    await ctd?.stop();
+    await mirror?.close();
+    await reg?.stop();
+    await authReg?.stop();
+    if (work) await removeWorkDir(work);
+  }, 120_000);
+
+  it('containerd pulls through hosts.toml and runs the image; every blob passed the mirror', async () => {
+    const hosts = await hostsDir(work, reg.host, mirror.address);
+    const before = reg.requestCount();
+    await ctd.ctrOk(['images', 'pull', '--hosts-dir', hosts, `${reg.host}/tools/busybox:1`]);
+    expect(mirror.counters.requests.manifest).toBeGreaterThan(0);
+    expect(mirror.counters.requests.blob).toBeGreaterThan(0);
+    // the registry saw the pull (through the mirror, which is the only host in hosts.toml besides it)
+    expect(reg.requestCount()).toBeGreaterThan(before);
+    const manifests = reg.requests().filter((r) => r.path.includes('/manifests/'));
+    expect(manifests.length).toBeGreaterThan(0);
+    const out = await ctd.ctrOk([
+      'run',
+      '--rm',
+      `${reg.host}/tools/busybox:1`,
+      'mirror-t1',
+      '/bin/sh',
+      '-c',
+      'echo via-mirror',
+    ]);
+    expect(out.trim()).toBe('via-mirror');
+    // Every blob of the image came through the mirror (hosts.toml lists the registry as the fallback
+    // server too, so a mirror that failed would go unnoticed without this): its blob bytes cover the config
+    // and all layers, as the registry's manifest lists them.
+    const m = await get(reg.host, '/v2/tools/busybox/manifests/1', {
+      accept:
+        'application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json',
+    });
+    const manifest = JSON.parse(m.body.toString()) as {
+      config: { size: number };
+      layers: { size: number }[];
+    };
+    const total = manifest.config.size + manifest.layers.reduce((a, l) => a + l.size, 0);
+    expect(mirror.counters.bytes.blob ?? 0).toBeGreaterThanOrEqual(total);
+  }, 300_000);
+
+  it('passes token auth through: 401 without credentials, a pull with them; nothing leaks to a request without', async () => {
+    const hosts = await hostsDir(join(work, 'a'), authReg.host, mirror.address);
+    const ref = `${authReg.host}/private/busybox:1`;
+    const anon = await ctd.ctr(['images', 'pull', '--hosts-dir', hosts, ref]);
+    expect(anon.code).not.toBe(0);
+    expect(anon.stderr + anon.stdout).toMatch(/401|unauthorized|authorization/i);
+    await ctd.ctrOk(['images', 'pull', '--hosts-dir', hosts, '--user', 'alice:secret', ref]);
+    // The manifest is in the mirror's memory now, under alice's token: a request without it gets the challenge.
+    const m = await get(mirror.address, `/v2/private/busybox/manifests/1?ns=${authReg.host}`, {
+      accept:
+        'application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json',
+    });
+    expect(m.status).toBe(401);
+    expect(String(m.headers['www-authenticate'])).toMatch(/^Bearer realm=/);
+    const wrong = await get(mirror.address, `/v2/private/busybox/manifests/1?ns=${authReg.host}`, {
+      authorization: 'Bearer not-a-token',
+    });
+    expect(wrong.status).toBe(401);
+  }, 300_000);
+
+  it('podman pulls through a registries.conf mirror', async () => {
+    const dir = join(work, 'podman');
+    await mkdir(dir, { recursive: true });
+    const conf = join(dir, 'registries.conf');
+    await writeFile(
+      conf,
+      `[[registry]]\nlocation = "${reg.host}"\ninsecure = true\n\n[[registry.mirror]]\nlocation = "${mirror.address}"\ninsecure = true\n`,
+    );
+    const blobsBefore = mirror.counters.requests.blob ?? 0;
+    const r = await run(
+      'podman',
+      [
+        '--root',
+        join(dir, 'root'),
+        '--runroot',
+        join(dir, 'run'),
+        '--storage-driver',
+        'vfs',
+        'pull',
+        '-q',
+        `${reg.host}/tools/busybox:1`,
+      ],
+      { env: { ...process.env, CONTAINERS_REGISTRIES_CONF: conf }, timeoutMs: 180_000 },
+    );
+    cleanups.push(() =>
+      run('podman', [
+        '--root',
+        join(dir, 'root'),
+        '--runroot',
+        join(dir, 'run'),
+        '--storage-driver',
+        'vfs',
+        'system',
+        'reset',
+        '-f',
+      ]),
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(mirror.counters.requests.blob ?? 0).toBeGreaterThan(blobsBefore);
+  }, 300_000);
+
+  it('answers cached manifests while the registry is down, and refuses what is not a pull', async () => {
+    const path = `/v2/tools/busybox/manifests/1?ns=${reg.host}`;
+    const accept = { accept: 'application/vnd.oci.image.manifest.v1+json' };
+    const first = await get(mirror.address, path, accept);
+    expect(first.status).toBe(200);
+    expect((await get(mirror.address, '/v2/tools/busybox/tags/list')).status).toBe(404);
+    expect((await get(mirror.address, path, {}, 'DELETE')).status).toBe(405);
+    expect((await get(mirror.address, '/v2/Tools/x/manifests/1')).status).toBe(400);
+    await reg.stop();
+    const stale = await get(mirror.address, path, accept);
+    expect(stale.status).toBe(200);
+    expect(stale.headers['docker-content-digest']).toBe(first.headers['docker-content-digest']);
+    expect(stale.body.equals(first.body)).toBe(true);
+    expect(mirror.counters.staleManifests).toBeGreaterThan(0);
+    const digest = String(first.headers['docker-content-digest']);
+    const blob = await get(mirror.address, `/v2/tools/busybox/blobs/${digest}?ns=${reg.host}`);
+    expect(blob.status).toBe(502);
+    expect(blob.body.toString()).toMatch(/unreachable/);
+  }, 120_000);
+});
+
+describe('registry mirror against a lying upstream', () => {
+  let upstream: Server;
+  let mirror: MirrorServer;
+  const good = Buffer.alloc(300_000, 7);
+  const goodDigest = `sha256:${createHash('sha256').update(good).digest('hex')}`;
+
+  beforeAll(async () => {
+    upstream = createServer((q, s) => {
+      if (q.url?.includes('/blobs/')) {
+        const bad = Buffer.from(good);
+        bad[bad.length - 1] = 6;
+        s.writeHead(200, { 'content-length': bad.length });
+        s.end(bad);
+      } else if (q.url?.includes('/manifests/huge')) {
+        s.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json' });
+        s.end(Buffer.alloc(5 << 20, 0x20));
+      } else if (q.url?.includes('/manifests/')) {
+        s.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json' });
+        s.end('{"schemaVersion":2}');
+      } else {
+        s.writeHead(404);
+        s.end();
+      }
+    });
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
+    const host = `127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+    mirror = new MirrorServer({
+      listen: '127.0.0.1:0',
+      upstream: new Upstream({ plainHttp: true }),
+      defaultRegistry: host,
+      logger: silentLogger,
+    });
+    await mirror.start();
+  });
+
+  afterAll(async () => {
+    await mirror?.close();
+    await new Promise<void>((r) => upstream?.close(() => r()));
+  });
+
+  it('cuts a blob whose bytes do not match its digest before its end, and refuses oversized or mislabelled manifests', async () => {
+    const r = await get(mirror.address, `/v2/x/y/blobs/${goodDigest}`);
+    expect(r.status).toBe(200);
+    expect(r.complete).toBe(false);
+    expect(mirror.counters.digestMismatches).toBe(1);
+    expect((await get(mirror.address, '/v2/x/y/manifests/huge')).status).toBe(502);
+    // asked by digest, answered with other content
+    const m = await get(mirror.address, `/v2/x/y/manifests/${goodDigest}`);
+    expect(m.status).toBe(502);
+    expect(m.body.toString()).toMatch(/answered manifest .* with content of digest/);
+    expect(mirror.counters.digestMismatches).toBe(2);
+  });
+
+  it('will not listen beyond loopback without a list of registries', async () => {
+    const cfg = loadConfig({ env: {}, file: undefined });
+    cfg.mirror.listen = '0.0.0.0:0';
+    await expect(startMirror(cfg, silentLogger)).rejects.toThrow(/mirror.registries/);
+    cfg.mirror.listen = '';
+    expect(await startMirror(cfg, silentLogger)).toBeUndefined();
+  });
+});
