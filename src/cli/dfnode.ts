@@ -3,6 +3,7 @@
 // `--version`, `--help` and each command pay only for the subsystems they use.
 import { Command, Option } from 'commander';
 import { CONVERTER_VERSION } from '../../converter/version.js';
+import type { MirrorSetupFlags } from './commands/mirror-setup.js';
 import type { PreheatFlags } from './commands/preheat.js';
 import type { PullFlags } from './commands/pull.js';
 import type { RunFlags } from './commands/run.js';
@@ -91,6 +92,24 @@ function buildProgram(signal: AbortSignal): Command {
     .action(async (flags: NodeFlags) => {
       const { gcCommand } = await import('./commands/gc.js');
       await gcCommand(flags);
+    });
+
+  addCommon(program.command('mirror-setup'))
+    .description(
+      "point containerd at this node's registry mirror: writes CONTAINERD_DIR/_default/hosts.toml (every registry without a hosts.toml of its own; containerd's CRI needs config_path set to CONTAINERD_DIR)",
+    )
+    .option(
+      '--containerd-dir <dir>',
+      "containerd's registry hosts directory (config_path)",
+      '/etc/containerd/certs.d',
+    )
+    .option('--mirror <host:port>', 'mirror address (default: mirror.listen, else 127.0.0.1:65001)')
+    .option('--registry <host>', 'write for this registry only, not _default (repeatable)', collect)
+    .option('--force', 'replace a hosts.toml that dfnode did not write')
+    .option('--remove', "remove dfnode's hosts.toml instead")
+    .action(async (flags: MirrorSetupFlags) => {
+      const { mirrorSetupCommand } = await import('./commands/mirror-setup.js');
+      await mirrorSetupCommand(flags);
     });
 
   addRegistry(program.command('pull'))

@@ -14,7 +14,7 @@ import { MirrorServer } from '../../src/mirror/mirror-server.js';
 import { startMirror } from '../../src/mirror/start-mirror.js';
 import { Upstream } from '../../src/mirror/upstream.js';
 import { silentLogger } from '../../src/log.js';
-import { run, runOk } from '../helpers/cli.js';
+import { run, runCli, runOk } from '../helpers/cli.js';
 import {
   removeWorkDir,
   requireContainerd,
@@ -62,22 +62,13 @@ function get(
   });
 }
 
-async function hostsDir(dir: string, registry: string, mirror: string): Promise<string> {
-  const d = join(dir, 'hosts');
-  await mkdir(join(d, registry), { recursive: true });
-  await writeFile(
-    join(d, registry, 'hosts.toml'),
-    `server = "http://${registry}"\n\n[host."http://${mirror}"]\n  capabilities = ["pull", "resolve"]\n`,
-  );
-  return d;
-}
-
 describe.skipIf(req.skip || regReq.skip)('registry mirror (containerd, podman, docker-registry)', () => {
   let work: string;
   let reg: TestRegistry;
   let authReg: TestRegistry;
   let ctd: TestContainerd;
   let mirror: MirrorServer;
+  let hosts: string;
   const cleanups: (() => Promise<unknown>)[] = [];
 
   beforeAll(async () => {
@@ -122,8 +113,18 @@ describe.skipIf(req.skip || regReq.skip)('registry mirror (containerd, podman, d
     if (work) await removeWorkDir(work);
   }, 120_000);
 
-  it('containerd pulls through hosts.toml and runs the image; every blob passed the mirror', async () => {
-    const hosts = await hostsDir(work, reg.host, mirror.address);
+  it('containerd pulls through hosts.toml (dfnode mirror-setup) and runs the image; every blob passed the mirror', async () => {
+    // _default/hosts.toml: every registry without a hosts.toml of its own goes through the mirror
+    hosts = join(work, 'certs.d');
+    const setup = await runCli('dfnode', [
+      'mirror-setup',
+      '--containerd-dir',
+      hosts,
+      '--mirror',
+      mirror.address,
+    ]);
+    expect(setup.code, setup.stderr).toBe(0);
+    expect(setup.stdout).toMatch(/_default: written/);
     const before = reg.requestCount();
     await ctd.ctrOk(['images', 'pull', '--hosts-dir', hosts, `${reg.host}/tools/busybox:1`]);
     expect(mirror.counters.requests.manifest).toBeGreaterThan(0);
@@ -158,7 +159,6 @@ describe.skipIf(req.skip || regReq.skip)('registry mirror (containerd, podman, d
   }, 300_000);
 
   it('passes token auth through: 401 without credentials, a pull with them; nothing leaks to a request without', async () => {
-    const hosts = await hostsDir(join(work, 'a'), authReg.host, mirror.address);
     const ref = `${authReg.host}/private/busybox:1`;
     const anon = await ctd.ctr(['images', 'pull', '--hosts-dir', hosts, ref]);
     expect(anon.code).not.toBe(0);
