@@ -26,6 +26,8 @@ export interface PlanOptions {
   /** Units in flight in the fetcher for other reasons (on-demand reads): left to them. */
   busy?: (u: number) => boolean;
   rand?: () => number;
+  /** The clock (ms), for units deferred until a time; default Date.now() (the simulation passes its own). */
+  now?: number;
 }
 
 /** Pieces: aligned groups of units of about this many stored bytes, the grain of rarest-first choice. */
@@ -51,7 +53,7 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
   const piece = Math.max(1, Math.floor((PIECE_BYTES * layout.units) / Math.max(1, layout.size)));
   const free = (u: number) => !cache.has(u) && !o.claimed.has(u) && !o.busy?.(u);
   const rarity = view.rarities(o.usable);
-  const now = Date.now();
+  const now = o.now ?? Date.now();
   const seedable = (u: number) => rarity[u] === 0 && !view.pendingElsewhere(u, now);
   let left = false;
   // per kind, the chosen piece's first suitable unit (reservoir sampling over pieces)
