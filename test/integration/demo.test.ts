@@ -5,25 +5,20 @@
  * Needs root, /dev/fuse, overlayfs, containerd, ctr, runc, docker-registry and busybox-static.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readMountInfo } from '../../src/fuse/mounts.js';
 import { pidsMentioning } from '../../src/process.js';
 import { cliPath, runCli } from '../helpers/cli.js';
-import { hasTool, requireConditions } from '../helpers/require.js';
+import { containerdConditions } from '../helpers/containerd.js';
+import { requireConditions } from '../helpers/require.js';
 import { tempDir } from '../helpers/temp.js';
 
 const req = requireConditions({
-  'root (containerd, FUSE and overlay mounts)': process.getuid?.() === 0,
-  '/dev/fuse': existsSync('/dev/fuse'),
-  'overlay filesystem':
-    existsSync('/proc/filesystems') && readFileSync('/proc/filesystems', 'utf8').includes('overlay'),
+  ...containerdConditions(['docker-registry']),
   '/bin/busybox (busybox-static)': existsSync('/bin/busybox'),
-  ...Object.fromEntries(
-    ['containerd', 'ctr', 'runc', 'docker-registry'].map((t) => [`${t} in PATH`, hasTool(t)]),
-  ),
 });
 
 /** KiB in a demo line's `N KiB <what>`. */
@@ -79,12 +74,18 @@ describe.skipIf(req.skip)('npm run demo', () => {
     await expectNothingLeft(dir);
   });
 
-  it('Ctrl-C while the container part runs stops and removes everything it started', async () => {
-    const dir = join(tmp.dir, 'int');
+  // SIGINT to the demo alone (a script's kill), or to its process group as a terminal's Ctrl-C sends it (then
+  // containerd, dfnode run and ctr get it too)
+  it.each([
+    ['the demo process', false],
+    ['its process group', true],
+  ])('SIGINT to %s in the container part stops and removes everything it started', async (_, group) => {
+    const dir = join(tmp.dir, group ? 'int-group' : 'int');
     await mkdir(dir);
     const child = spawn(process.execPath, [cliPath('demo')], {
       env: { ...process.env, DFNODE_DEMO_DIR: dir, DFNODE_LOG_LEVEL: 'warn' },
       stdio: ['ignore', 'pipe', 'pipe'],
+      detached: group,
     });
     let out = '';
     let err = '';
@@ -101,7 +102,7 @@ describe.skipIf(req.skip)('npm run demo', () => {
         await new Promise((r) => setTimeout(r, 50));
       }
       expect(pidsMentioning(dir).length).toBeGreaterThan(0);
-      child.kill('SIGINT');
+      process.kill(group ? -child.pid! : child.pid!, 'SIGINT');
       expect(await exit).not.toBe(0);
       expect(err).toMatch(/dfnode demo: error: interrupted/);
       expect(out).not.toMatch(/demo OK/);
