@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { DfError } from '../errors.js';
+import { freeLoopbackPort } from '../util/free-port.js';
 
 /** A `docker-registry` (CNCF distribution) process on loopback with its own storage: the demo's registry. */
 export class EmbeddedRegistry {
@@ -13,14 +13,7 @@ export class EmbeddedRegistry {
   ) {}
 
   static async start(workDir: string, binary = 'docker-registry'): Promise<EmbeddedRegistry> {
-    const port = await new Promise<number>((resolve, reject) => {
-      const srv = createServer();
-      srv.once('error', reject);
-      srv.listen(0, '127.0.0.1', () => {
-        const p = (srv.address() as AddressInfo).port;
-        srv.close(() => resolve(p));
-      });
-    });
+    const port = await freeLoopbackPort();
     const dir = await mkdtemp(join(workDir, 'registry-'));
     const config = [
       'version: 0.1',

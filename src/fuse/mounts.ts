@@ -263,7 +263,7 @@ export async function cleanupStaleMounts(
 }
 
 /** Mountpoints at or below `dir`, deepest first (from /proc/self/mountinfo). */
-function mountsBelow(dir: string): string[] {
+export function mountsBelow(dir: string): string[] {
   const root = resolve(dir);
   return readMountInfo()
     .map((m) => m.mountpoint)

@@ -23,16 +23,21 @@ import { mountsUnder, unmountAllUnder } from './node.js';
 import { hasTool, requireConditions, type Requirement } from './require.js';
 import { requireRegistry } from './registry.js';
 
-/** Root, FUSE, overlayfs, containerd, ctr, runc, registry, skopeo, umoci: what the containerd tests need. */
-export function requireContainerd(extraTools: string[] = []): Requirement {
+/** Root, FUSE, overlayfs, containerd, ctr, runc and `tools`, as conditions for requireConditions. */
+export function containerdConditions(tools: string[] = []): Record<string, boolean> {
   const conds: Record<string, boolean> = {
     'root (containerd, FUSE and overlay mounts)': process.getuid?.() === 0,
     '/dev/fuse': existsSync('/dev/fuse'),
     'overlay filesystem':
       existsSync('/proc/filesystems') && readFileSync('/proc/filesystems', 'utf8').includes('overlay'),
   };
-  for (const t of ['containerd', 'ctr', 'runc', 'skopeo', 'umoci', ...extraTools])
-    conds[`${t} in PATH`] = hasTool(t);
+  for (const t of ['containerd', 'ctr', 'runc', ...tools]) conds[`${t} in PATH`] = hasTool(t);
+  return conds;
+}
+
+/** Root, FUSE, overlayfs, containerd, ctr, runc, registry, skopeo, umoci: what the containerd tests need. */
+export function requireContainerd(extraTools: string[] = []): Requirement {
+  const conds = containerdConditions(['skopeo', 'umoci', ...extraTools]);
   const reg = requireRegistry(['none']);
   if (reg.skip) conds[reg.reason] = false;
   return requireConditions(conds);

@@ -13,9 +13,10 @@ import {
   type Server,
   type ServerResponse,
 } from 'node:http';
-import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freeLoopbackPort } from '../../src/util/free-port.js';
 import { requireTools, type Requirement } from './require.js';
 
 export type RegistryAuthMode = 'none' | 'basic' | 'bearer';
@@ -65,17 +66,8 @@ export function requireRegistry(auth: RegistryAuthMode[] = ['none']): Requiremen
   return requireTools(tools);
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createNetServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+/** A loopback port that was free a moment ago (src/util/free-port.ts). */
+export const freePort = freeLoopbackPort;
 
 const live = new Set<ChildProcess>();
 process.once('exit', () => {
