@@ -13,9 +13,11 @@
  * registry in its dfnode_bytes_total), and registry egress is the bytes of blob responses in the registry's
  * access log (layer ranges, TOCs and the image config).
  *
- * Then a failure the product promises: every node's dfnode run is killed (SIGKILL by PID) while the seed's
- * tracker still lists them as holders; a further host starts the container, skipping the dead holders
- * (isolating them) and getting its blocks from the seed, not from the registry.
+ * Then a fourth host starts next to its warm neighbours and must take every block from them (the tracker's
+ * bitmaps), none from the seed or the registry. Last, a failure the product promises: the dfnode run of every
+ * holder is killed (SIGKILL by PID) while the seed's tracker still lists them; a fifth host starts the
+ * container, skipping the dead holders (isolating them) and getting its blocks from the seed, not from the
+ * registry.
  *
  * Needs root, /dev/fuse, overlayfs, containerd, ctr, runc, docker-registry, skopeo, umoci, iproute2/tc,
  * nsenter, curl and the debian-python fixture; skips locally with a printed reason, never in CI.
