@@ -54,6 +54,15 @@ export class NetnsHost {
     return ['ip', ['netns', 'exec', this.ns, cmd, ...args]];
   }
 
+  /**
+   * The same with `nsenter --net`: only the network namespace changes. `ip netns exec` also gives the command
+   * a mount namespace of its own (a slave of the host's), so mounts it makes (FUSE, overlay) stay invisible
+   * to other processes: a `dfnode run` and the containerd that stacks overlays on its FUSE mounts need this.
+   */
+  netArgv(cmd: string, args: string[]): [string, string[]] {
+    return ['nsenter', [`--net=/run/netns/${this.ns}`, '--', cmd, ...args]];
+  }
+
   exec(cmd: string, args: string[], opts: RunOptions = {}) {
     const [c, a] = this.argv(cmd, args);
     return run(c, a, opts);

@@ -46,7 +46,8 @@ export interface ClusterOptions {
   hostMbit: number;
   /** Mbit/s of the registry host's link. */
   registryMbit: number;
-  image: SyntheticImageOptions;
+  /** A generated image, or an existing OCI layout (`{ layout: { dir, tag } }`, e.g. a test fixture). */
+  image: SyntheticImageOptions | { layout: { dir: string; tag: string } };
   /** Scratch directory (caches, registry storage, image layout); the caller removes it. */
   workDir: string;
   token?: string;
@@ -141,6 +142,15 @@ export class P2pCluster {
     return `${host.ip}:${P2P_PORT}`;
   }
 
+  /** Environment that makes a `dfnode run` on `host` a member of this cluster (its seeds, listen address, token). */
+  memberEnv(host: NetnsHost, seeds: NetnsHost[] = this.seedHosts): NodeJS.ProcessEnv {
+    return {
+      DFNODE_P2P_SEEDS: seeds.map((h) => this.p2pAddress(h)).join(','),
+      DFNODE_P2P_LISTEN: this.p2pAddress(host),
+      DFNODE_P2P_CLUSTER_TOKEN: this.token,
+    };
+  }
+
   /** Builds the topology, starts the registry, generates, converts and pushes the image. Cleans up on failure. */
   static async create(opts: ClusterOptions): Promise<P2pCluster> {
     const log = opts.log ?? (() => undefined);
@@ -162,8 +172,14 @@ export class P2pCluster {
       const reg = topo.host('registry');
       registry = await NsRegistry.start(reg, join(opts.workDir, 'registry'));
       log(`topology: hub ${topo.hub}, ${topo.hosts.length} hosts; registry ${registry.host}`);
-      const img = await writeSyntheticImage(join(opts.workDir, 'image'), opts.image);
-      log(`synthetic image: layer tar ${img.layerSize} B; converting into the registry`);
+      let img: { dir: string; tag: string };
+      if ('layout' in opts.image) img = opts.image.layout;
+      else {
+        const syn = await writeSyntheticImage(join(opts.workDir, 'image'), opts.image);
+        log(`synthetic image: layer tar ${syn.layerSize} B`);
+        img = syn;
+      }
+      log(`converting ${img.dir}:${img.tag} into the registry`);
       const localRef = `${registry.localHost}/syn:1-dfb`;
       await reg.exec(process.execPath, [
         cli('dfconvert'),

@@ -94,7 +94,13 @@ export interface DfnodeRunOptions {
   fuseManager?: boolean;
   /** More `node` settings of the config file (e.g. metricsAddress, containerdAddress). */
   node?: Record<string, unknown>;
+  /** Wraps the command line, e.g. NetnsHost.netArgv to run it in a host's network namespace. */
+  launch?: Launcher;
 }
+
+/** Turns a command line into the one to spawn (the spawned PID must be the command's: the wrapper execs it). */
+export type Launcher = (cmd: string, args: string[]) => [string, string[]];
+const direct: Launcher = (cmd, args) => [cmd, args];
 
 export interface DfnodeRun {
   pid: number;
@@ -133,7 +139,14 @@ export async function startDfnodeRun(opts: DfnodeRunOptions): Promise<DfnodeRun>
       snapshotter: { enabled: true, root: snapshotterRoot, socket },
     }),
   );
-  const child = spawn(process.execPath, [cliPath('dfnode'), 'run', '-c', configPath, ...(opts.args ?? [])], {
+  const [cmd, argv] = (opts.launch ?? direct)(process.execPath, [
+    cliPath('dfnode'),
+    'run',
+    '-c',
+    configPath,
+    ...(opts.args ?? []),
+  ]);
+  const child = spawn(cmd, argv, {
     env: { ...process.env, DFNODE_LOG_LEVEL: 'info', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -189,6 +202,8 @@ export interface StartContainerdOptions {
   /** Registries (`host:port`) the CRI plugin reaches over plain HTTP. */
   insecure?: string[];
   timeoutMs?: number;
+  /** Wraps the command line, e.g. NetnsHost.netArgv to run it in a host's network namespace. */
+  launch?: Launcher;
 }
 
 export interface TestContainerd {
@@ -225,7 +240,8 @@ export async function startContainerd(opts: StartContainerdOptions): Promise<Tes
       cri: opts.cri ? { insecure: opts.insecure ?? [] } : undefined,
     }),
   );
-  const child = spawn('containerd', ['--config', configPath, '--log-level', 'info'], {
+  const [cmd, argv] = (opts.launch ?? direct)('containerd', ['--config', configPath, '--log-level', 'info']);
+  const child = spawn(cmd, argv, {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   live.add(child);
