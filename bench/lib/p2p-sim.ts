@@ -602,7 +602,8 @@ export function simulate(p: SimParams): SimResult {
       return;
     }
     let best = src[0]!;
-    for (const h of src) if (h.uploads < best.uploads || (h.uploads === best.uploads && rand() < 0.5)) best = h;
+    for (const h of src)
+      if (h.uploads < best.uploads || (h.uploads === best.uploads && rand() < 0.5)) best = h;
     best.uploads++;
     transfer(best.ep, n.ep, bytes, () => {
       best.uploads--;
