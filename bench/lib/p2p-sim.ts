@@ -17,11 +17,13 @@ import { Bitmap } from '../../src/cache/bitmap.js';
 import type { BlobCache } from '../../src/cache/blob-cache.js';
 import type { Toc } from '../../src/blob/toc.js';
 import { planRun } from '../../src/p2p/fill-planner.js';
+import { Isolation } from '../../src/p2p/isolation.js';
 import { PeerView, type Holder } from '../../src/p2p/peer-view.js';
 import { TrackerState, type TrackerStateOptions } from '../../src/p2p/tracker-state.js';
 import { DEFAULT_TRACKER_LIMITS } from '../../src/p2p/tracker-limits.js';
 import { UnitLayout } from '../../src/p2p/unit-layout.js';
 import type { Timers } from '../../src/util/timers.js';
+import { transferTimeoutMs } from '../../src/util/transfer-timeout.js';
 
 export interface SimParams {
   hosts: number;
@@ -34,6 +36,8 @@ export interface SimParams {
   registryMbit: number;
   /** Round trip of a request before its first byte (ms). */
   rttMs: number;
+  /** p2p.peerTimeoutMs: a peer request is abandoned after this plus its size at 64 KiB/s (as the node does). */
+  peerTimeoutMs: number;
   /** Fill runs in flight per node (p2pFill concurrency). */
   concurrency: number;
   maxRunBytes: number;
@@ -49,6 +53,8 @@ export interface SimParams {
   rngSeed: number;
   /** Give up after this much virtual time (ms). */
   limitMs: number;
+  /** Flow rates are recomputed (and transfers end) every this many ms. */
+  stepMs: number;
 }
 
 export const DEFAULT_SIM: SimParams = {
@@ -59,6 +65,7 @@ export const DEFAULT_SIM: SimParams = {
   seedMbit: 20,
   registryMbit: 40,
   rttMs: 2,
+  peerTimeoutMs: 2000,
   concurrency: 6,
   maxRunBytes: 4 << 20,
   machineCores: 0,
@@ -68,6 +75,7 @@ export const DEFAULT_SIM: SimParams = {
   maxPeersPerBlob: DEFAULT_TRACKER_LIMITS.maxPeersPerBlob,
   rngSeed: 1,
   limitMs: 3_600_000,
+  stepMs: 50,
 };
 
 export interface SimResult {
@@ -87,6 +95,8 @@ export interface SimResult {
   lookups: number;
   /** Announces the tracker refused (its bounds: a swarm larger than maxPeersPerBlob). */
   refusedAnnounces: number;
+  /** Peer requests abandoned at their timeout (the holder is then isolated for a while). */
+  peerTimeouts: number;
   /** Wall time of the real tracker code per call (µs, mean) and the bitmap bytes it held at the peak. */
   announceUs: number;
   lookupUs: number;
@@ -97,6 +107,10 @@ export interface SimResult {
   events: number;
   wallMs: number;
 }
+
+/** The seed's registry fetches: this many at once, of this many bytes (short: blocks become available as they stream). */
+const SEED_FETCHES = 8;
+const SEED_FETCH_BYTES = 256 << 10;
 
 /** mulberry32: a small seeded generator (runs are repeatable). */
 function rng(seed: number): () => number {
@@ -166,8 +180,6 @@ interface Flow {
   dst: Endpoint;
   remaining: number;
   rate: number;
-  last: number;
-  version: number;
   done: () => void;
 }
 
@@ -205,6 +217,9 @@ interface SimNode {
   announceSoon: boolean;
   lastLookup: number;
   refused: boolean;
+  isolation: Isolation;
+  /** This node's requests in flight per holder (the real source picks the holder with the fewest). */
+  busy: Map<string, number>;
 }
 
 export function simulate(p: SimParams): SimResult {
@@ -243,24 +258,6 @@ export function simulate(p: SimParams): SimResult {
     sendCost: sendSecPerGiB / gib,
   });
   const recvCost = p.cpuRecvSecPerGiB / gib;
-  const settle = (f: Flow) => {
-    f.remaining -= f.rate * (now - f.last);
-    f.last = now;
-  };
-  const schedule = (f: Flow) => {
-    const v = ++f.version;
-    const eta = f.rate > 0 ? now + Math.max(0, f.remaining) / f.rate : Infinity;
-    if (eta < Infinity)
-      at(eta, () => {
-        if (f.version !== v || !flows.has(f)) return;
-        settle(f);
-        flows.delete(f);
-        f.src.ups.delete(f);
-        f.dst.downs.delete(f);
-        rerate();
-        f.done();
-      });
-  };
   /**
    * Max-min fair rates for every flow (progressive filling: the link whose equal share is smallest is
    * saturated first, its flows frozen at that share, and so on), as TCP flows sharing links roughly get;
@@ -344,22 +341,61 @@ export function simulate(p: SimParams): SimResult {
       for (const [f, r] of frozen) demand += r * 1000 * (f.src.sendCost + recvCost);
       if (demand > p.machineCores) scale = p.machineCores / demand;
     }
-    for (const [f, r] of frozen) {
-      const rate = r * scale;
-      if (Math.abs(rate - f.rate) <= 1e-9 * Math.max(1, rate) && f.version > 0) continue;
-      settle(f);
-      f.rate = rate;
-      schedule(f);
-    }
+    for (const [f, r] of frozen) f.rate = r * scale;
   };
-  const transfer = (src: Endpoint, dst: Endpoint, bytes: number, done: () => void) => {
+  /**
+   * Time steps of `stepMs`: every flow moves rate × step bytes, finished flows end (their callbacks start the
+   * next requests), then the rates are computed again for the flows now running. A flow therefore starts
+   * and ends on a step boundary (stepMs of resolution, small against runs of seconds), and the cost of the
+   * max-min computation is paid once per step, not once per event.
+   */
+  let stepping = false;
+  const step = () => {
+    const ended: Flow[] = [];
+    for (const f of flows) {
+      f.remaining -= f.rate * p.stepMs;
+      if (f.remaining <= 1e-6) ended.push(f);
+    }
+    for (const f of ended) {
+      flows.delete(f);
+      f.src.ups.delete(f);
+      f.dst.downs.delete(f);
+    }
+    for (const f of ended) f.done();
+    rerate();
+    if (flows.size || pendingStarts > 0) at(now + p.stepMs, step);
+    else stepping = false;
+  };
+  let pendingStarts = 0;
+  const startStepping = () => {
+    if (stepping) return;
+    stepping = true;
+    at(Math.ceil(now / p.stepMs) * p.stepMs + p.stepMs, step);
+  };
+
+  /** Starts a transfer after the request's round trip; the returned function cancels it (a timeout). */
+  const transfer = (src: Endpoint, dst: Endpoint, bytes: number, done: () => void): (() => void) => {
+    let flow: Flow | undefined;
+    let cancelled = false;
+    pendingStarts++;
+    startStepping();
     at(now + p.rttMs, () => {
-      const f: Flow = { src, dst, remaining: bytes, rate: 0, last: now, version: 0, done };
+      pendingStarts--;
+      if (cancelled) return;
+      const f: Flow = { src, dst, remaining: bytes, rate: 0, done };
+      flow = f;
       flows.add(f);
       src.ups.add(f);
       dst.downs.add(f);
-      rerate();
+      startStepping();
     });
+    return () => {
+      cancelled = true;
+      if (!flow || !flows.has(flow)) return;
+      flows.delete(flow);
+      flow.src.ups.delete(flow);
+      flow.dst.downs.delete(flow);
+    };
   };
 
   // --- tracker, seed and registry ---------------------------------------------------------------------
@@ -383,16 +419,20 @@ export function simulate(p: SimParams): SimResult {
   let seedUpload = 0;
   let fromPeers = 0;
   let fromSeed = 0;
+  let peerTimeouts = 0;
 
-  // The seed fills the blob from the registry in order (runs of 4 MiB, two at a time), fetching units a
-  // node asked for first; a node's run of units the seed does not hold waits until they are in.
+  // The seed fills the blob from the registry in order (SEED_FETCHES runs of SEED_FETCH_BYTES at a time: the
+  // real seed verifies and forwards each block as it streams in, which short runs approximate), fetching units a
+  // node asked for first; a node's run of units the seed does not hold starts when its first unit is in
+  // (cut-through: the seed forwards each block as it arrives; its registry link is at least as fast as
+  // its share of its upload here, so the forwarded flow does not overtake the arriving one).
   const seedWaiters: { units: number[]; go: () => void }[] = [];
   const seedFetching = new Set<number>();
   const urgent: number[] = [];
   let seedFills = 0;
   let seedNext = 0;
   const seedPump = () => {
-    while (seedFills < 2) {
+    while (seedFills < SEED_FETCHES) {
       let first = -1;
       while (urgent.length && first < 0) {
         const u = urgent.shift()!;
@@ -406,7 +446,7 @@ export function simulate(p: SimParams): SimResult {
       const run: number[] = [];
       let bytes = 0;
       for (let u = first; u < units && !seedBits.has(u) && !seedFetching.has(u); u++) {
-        if (bytes + layout.length(u) > 4 << 20 && run.length) break;
+        if (bytes + layout.length(u) > SEED_FETCH_BYTES && run.length) break;
         run.push(u);
         bytes += layout.length(u);
       }
@@ -421,7 +461,7 @@ export function simulate(p: SimParams): SimResult {
         }
         for (let i = seedWaiters.length - 1; i >= 0; i--) {
           const w = seedWaiters[i]!;
-          if (w.units.every((u) => seedBits.has(u))) {
+          if (seedBits.has(w.units[0]!)) {
             seedWaiters.splice(i, 1);
             w.go();
           }
@@ -451,6 +491,8 @@ export function simulate(p: SimParams): SimResult {
       announceSoon: false,
       lastLookup: -Infinity,
       refused: false,
+      isolation: new Isolation({ baseMs: 5000, maxMs: 300_000, timers }),
+      busy: new Map(),
     });
   }
   const byId = new Map(nodes.map((n) => [n.id, n]));
@@ -541,7 +583,7 @@ export function simulate(p: SimParams): SimResult {
     const swarm = n.view.swarm;
     const seedSlots = swarm === 0 ? 4 : swarm === 1 ? 2 : 1;
     const seedRun = Math.min(p.maxRunBytes, Math.max(256 << 10, p.maxRunBytes / Math.max(4, swarm + 1)));
-    const usable = (h: Holder) => byId.get(h.id) !== n;
+    const usable = (h: Holder) => byId.get(h.id) !== n && !n.isolation.isolated(h.id);
     const t0 = performance.now();
     const plan = planRun(n.view, {
       claimed: n.claimed,
@@ -584,7 +626,7 @@ export function simulate(p: SimParams): SimResult {
           finishUnits(n, i, us);
           worker(n, i);
         });
-      if (us.every((u) => seedBits.has(u))) go();
+      if (seedBits.has(us[0]!)) go();
       else {
         for (const u of us) if (!seedBits.has(u)) urgent.push(u);
         seedWaiters.push({ units: us, go });
@@ -592,25 +634,54 @@ export function simulate(p: SimParams): SimResult {
       }
       return;
     }
-    // from a peer: of those holding the whole run, the one with the fewest uploads in flight
-    const holders = n.view.holdersOf(us[0]!, us[us.length - 1]!).filter(usable);
-    const live = holders.map((h) => byId.get(h.id)).filter((x): x is SimNode => !!x);
-    const src = live.filter((h) => us.every((u) => h.cache.has(u)));
-    if (!src.length) {
+    // from a peer: as PeerBlockSource picks, of the usable holders of the whole run the one with the fewest
+    // of this node's requests in flight (random among equals); abandoned after the size-scaled timeout
+    const holders = n.view
+      .holdersOf(us[0]!, us[us.length - 1]!)
+      .filter((h) => usable(h) && !n.isolation.isolated(h.id));
+    const cand = holders
+      .map((h) => byId.get(h.id))
+      .filter((x): x is SimNode => !!x && us.every((u) => x.cache.has(u)));
+    if (!cand.length) {
       release();
       at(now + 200, () => worker(n, i));
       return;
     }
-    let best = src[0]!;
-    for (const h of src)
-      if (h.uploads < best.uploads || (h.uploads === best.uploads && rand() < 0.5)) best = h;
-    best.uploads++;
-    transfer(best.ep, n.ep, bytes, () => {
-      best.uploads--;
-      fromPeers += bytes;
+    let best = cand[0]!;
+    let ties = 1;
+    for (const h of cand.slice(1)) {
+      const d = (n.busy.get(h.id) ?? 0) - (n.busy.get(best.id) ?? 0);
+      if (d < 0 || (d === 0 && rand() * ++ties < 1)) {
+        if (d < 0) ties = 1;
+        best = h;
+      }
+    }
+    const holder = best;
+    holder.uploads++;
+    n.busy.set(holder.id, (n.busy.get(holder.id) ?? 0) + 1);
+    let settled = false;
+    const end = () => {
+      settled = true;
+      holder.uploads--;
+      n.busy.set(holder.id, (n.busy.get(holder.id) ?? 1) - 1);
       release();
+    };
+    const cancel = transfer(holder.ep, n.ep, bytes, () => {
+      if (settled) return;
+      end();
+      n.isolation.ok(holder.id);
+      fromPeers += bytes;
       finishUnits(n, i, us);
       worker(n, i);
+    });
+    at(now + transferTimeoutMs(p.peerTimeoutMs, bytes), () => {
+      if (settled) return;
+      cancel();
+      end();
+      peerTimeouts++;
+      n.isolation.fail(holder.id, 'TIMEOUT');
+      n.view.holders = n.view.holders.filter((h) => h.id !== holder.id);
+      at(now + 200, () => worker(n, i));
     });
   };
 
@@ -648,6 +719,7 @@ export function simulate(p: SimParams): SimResult {
     announces: tracker.counters.announces,
     lookups: tracker.counters.lookups,
     refusedAnnounces,
+    peerTimeouts,
     announceUs: announceUs / Math.max(1, tracker.counters.announces),
     lookupUs: lookupUs / Math.max(1, tracker.counters.lookups),
     trackerBitmapBytes: peakBitmapBytes,

@@ -1,0 +1,92 @@
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_SIM, simulate } from '../../bench/lib/p2p-sim.js';
+import { svgLinePlot } from '../../bench/lib/svg-plot.js';
+
+// The simulation drives the real planner and tracker on a virtual clock: these check the model around them
+// (links, conservation of bytes, bounds), on small layers so that they run in well under a second.
+const small = { ...DEFAULT_SIM, blobBytes: 8 << 20 };
+
+describe('P2P simulation (bench/lib/p2p-sim.ts)', () => {
+  it('one host: the layer arrives in the time its link takes, and the registry sends it once', () => {
+    const r = simulate({ ...small, hosts: 1 });
+    expect(r.finished).toBe(1);
+    const size = (8 << 20) + (64 << 10);
+    const ideal = (size * 8) / (small.nodeMbit * 1e6); // node link is the bottleneck (seed 20, registry 40)
+    expect(r.meanS).toBeGreaterThanOrEqual(ideal);
+    // plus request round trips, 200 ms planner waits, step resolution and the seed's first registry fetch
+    // (a store-and-forward seed would add whole runs: 1.7 s per 4 MiB)
+    expect(r.meanS).toBeLessThan(ideal + 1.2);
+    expect(r.registryEgress).toBeCloseTo(1, 6);
+    expect(r.fromSeed).toBe(1);
+  });
+
+  it('many hosts: every host gets every byte, each block leaves the registry once, peers carry most', () => {
+    const r = simulate({ ...small, hosts: 12 });
+    expect(r.finished).toBe(12);
+    expect(r.registryEgress).toBeCloseTo(1, 6);
+    expect(r.fromPeers + r.fromSeed).toBeCloseTo(1, 6);
+    expect(r.fromPeers).toBeGreaterThan(0.5);
+    // the seed's upload alone (20 Mbit/s) could not have sent 12 copies in this time
+    const seedOnly = (12 * (8 << 20) * 8) / (small.seedMbit * 1e6);
+    expect(r.maxS).toBeLessThan(seedOnly);
+    expect(r.announces).toBeGreaterThan(12);
+    expect(r.lookups).toBeGreaterThan(12);
+  });
+
+  it('is repeatable for a seed and differs across seeds', () => {
+    const a = simulate({ ...small, hosts: 6, rngSeed: 7 });
+    const b = simulate({ ...small, hosts: 6, rngSeed: 7 });
+    const c = simulate({ ...small, hosts: 6, rngSeed: 8 });
+    expect(b.times).toEqual(a.times);
+    expect(c.times).not.toEqual(a.times);
+  });
+
+  it("a swarm larger than the tracker's bound: the refused hosts still finish, from the seed", () => {
+    const r = simulate({ ...small, hosts: 8, maxPeersPerBlob: 3 });
+    expect(r.refusedAnnounces).toBeGreaterThan(0);
+    expect(r.finished).toBe(8);
+    expect(r.registryEgress).toBeCloseTo(1, 6);
+  });
+
+  it('a machine with too few cores for the traffic slows every transfer down', () => {
+    const free = simulate({ ...small, hosts: 4 });
+    const bound = simulate({
+      ...small,
+      hosts: 4,
+      machineCores: 0.05,
+      cpuRecvSecPerGiB: 60,
+      cpuSendSecPerGiB: 60,
+    });
+    expect(bound.meanS).toBeGreaterThan(free.meanS * 1.5);
+  });
+});
+
+it('svgLinePlot draws each series with its points and legend', () => {
+  const svg = svgLinePlot({
+    title: 'a <b>',
+    xLabel: 'x',
+    yLabel: 'y',
+    logX: true,
+    series: [
+      {
+        name: 'mean',
+        points: [
+          [16, 10],
+          [1000, 30],
+        ],
+      },
+      {
+        name: 'max',
+        points: [
+          [16, 12],
+          [1000, 40],
+        ],
+      },
+    ],
+  });
+  expect(svg.startsWith('<svg xmlns="http://www.w3.org/2000/svg"')).toBe(true);
+  expect(svg.trim().endsWith('</svg>')).toBe(true);
+  expect(svg.match(/<circle /g)?.length).toBe(4);
+  expect(svg).toContain('>mean<');
+  expect(svg).toContain('a &lt;b&gt;');
+});
