@@ -81,6 +81,9 @@ describe.skipIf(req.skip)('per-container blocked time (real containerd, runc, FU
     node = await startDfnodeRun({
       dir: join(dir, 'dfnode'),
       fuseManager: true,
+      // no background fill: a layer that a host process touched first (containerd reads /etc/passwd from the
+      // rootfs) would otherwise fill, under load before the container's own first read, which then never waits
+      env: { ...process.env, DFNODE_FETCH_BACKGROUND_FILL: 'false' },
       // the socket startContainerd below serves (a lookup before it exists just fails)
       node: { metricsAddress: `127.0.0.1:${port}`, containerdAddress: join(dir, 'ctd', 'containerd.sock') },
     });
