@@ -23,6 +23,7 @@ import { loadTls, type TlsMaterial } from './tls.js';
 import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
 import { UnitLayout } from './unit-layout.js';
+import { SeedFiles } from '../mirror/seed-files.js';
 
 /** Largest registry request of a seed (its fill and nodes' misses). */
 const SEED_RUN_BYTES = 1024 * 1024;
@@ -68,6 +69,8 @@ export class Seed implements BlobProvider {
   /** Blobs open and ready (for the tracker's view of what this seed holds). */
   private readonly opened = new Map<string, SeedBlob>();
   private readonly layers: LayerStore;
+  /** Raw files (`dfnode get`): whole from an allowed origin, served by piece with their piece table. */
+  readonly files: SeedFiles;
   private readonly log: Logger;
   private readonly token: string;
   /** p2p.tls: mutual TLS on the block server and the tracker. */
@@ -120,7 +123,16 @@ export class Seed implements BlobProvider {
       announceIntervalMs: cfg.p2p.announceIntervalMs,
       seedBits: (digest) => this.opened.get(digest)?.layer.cache.snapshot(),
     });
+    this.files = new SeedFiles({
+      cache: this.cache,
+      origins: cfg.p2p.seedOrigins,
+      download: this.bandwidth.download,
+      idleTimeoutMs: Math.max(cfg.fetch.requestTimeoutMs, cfg.p2p.seedTimeoutMs) * 2,
+      logger: this.log,
+      now: () => this.timers.now(),
+    });
     this.server = new BlockServer({
+      fileTable: (q, signal) => this.files.table(q.get('url') ?? '', q.get('digest') ?? undefined, signal),
       provider: this,
       clusterToken: this.token,
       upload: this.bandwidth.upload,
@@ -134,6 +146,7 @@ export class Seed implements BlobProvider {
   /** Listens on p2p.listen (blocks) and the next port (tracker). Returns both addresses. */
   async start(): Promise<{ blocks: string; tracker: string }> {
     await this.cache.init();
+    await this.files.init();
     this.scheduleSweep();
     const blocks = await this.server.listen(this.opts.config.p2p.listen);
     this.trackerServer = await serveTracker(this.tracker, trackerAddress(blocks), this.token, this.tls);
@@ -150,6 +163,8 @@ export class Seed implements BlobProvider {
   }
 
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
+    const file = this.files.served(digest);
+    if (file) return file;
     let ref: ImageReference | undefined;
     if (!this.blobs.has(digest)) {
       if (!hint.repo) return undefined;
@@ -356,6 +371,7 @@ export class Seed implements BlobProvider {
    */
   releaseIdle(): void {
     const now = this.timers.now();
+    void this.files.releaseIdle(this.opts.config.p2p.seedIdleMs);
     for (const [digest, sb] of this.opened) {
       if (sb.active > 0 || sb.pinned > 0 || now - sb.lastUsed < this.opts.config.p2p.seedIdleMs) continue;
       this.opened.delete(digest);
@@ -430,6 +446,7 @@ export class Seed implements BlobProvider {
     if (this.sweepTimer !== undefined) this.timers.clearTimeout(this.sweepTimer);
     await this.trackerServer?.stop();
     await this.server.close();
+    await this.files.close();
     this.opened.clear();
     this.blobs.clear();
     await this.layers.close();
