@@ -6,6 +6,7 @@ import type { CacheManager } from '../cache/cache-manager.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { ServedBlob } from '../p2p/block-server.js';
+import type { SeedFileProvider } from '../p2p/seed.js';
 import type { TokenBucket } from '../util/token-bucket.js';
 import { encodeTable, PieceHasher, PieceLayout, PIECE_SIZE, type PieceTable } from './piece-table.js';
 import { discard, originRequest, originUrl, originValidator } from './origin.js';
@@ -24,7 +25,7 @@ export interface SeedFilesOptions {
   /** p2p.seedOrigins: URL prefixes (`https://host[:port][/path]`, `*` = any) this seed fetches from. */
   origins: readonly string[];
   /** The host's download limit (shared with registry traffic). */
-  download?: TokenBucket;
+  download?: TokenBucket | undefined;
   /** An origin that sends nothing for this long fails the fetch (ms). */
   idleTimeoutMs: number;
   logger?: Logger;
@@ -38,7 +39,7 @@ export interface SeedFilesOptions {
  * and served to nodes piece by piece. The seed never sends a node's credentials anywhere: it fetches
  * without them, so an origin that needs credentials is fetched by the nodes directly.
  */
-export class SeedFiles {
+export class SeedFiles implements SeedFileProvider {
   private readonly files = new Map<string, SeedFile>();
   private readonly fetching = new Map<string, Promise<SeedFile>>();
   /** What each URL held when last fetched: its content digest and validator (ETag/Last-Modified/size). */

@@ -23,7 +23,6 @@ import { loadTls, type TlsMaterial } from './tls.js';
 import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
 import { UnitLayout } from './unit-layout.js';
-import { SeedFiles } from '../mirror/seed-files.js';
 
 /** Largest registry request of a seed (its fill and nodes' misses). */
 const SEED_RUN_BYTES = 1024 * 1024;
@@ -42,7 +41,27 @@ interface SeedBlob {
 /** Images preheating at once (POST /preheat); more are refused until some finish. */
 const MAX_PREHEATING = 64;
 
+/**
+ * Raw files a seed holds (`dfnode get`: src/mirror/seed-files.ts, given by the command that starts the
+ * seed): piece tables by URL, pieces by content digest.
+ */
+export interface SeedFileProvider {
+  init(): Promise<void>;
+  table(url: string, digest: string | undefined, signal: AbortSignal): Promise<Buffer>;
+  /** The file held under `digest`, undefined when it is not a file of this seed. */
+  served(digest: string): ServedBlob | undefined;
+  releaseIdle(idleMs: number): Promise<void>;
+  close(): Promise<void>;
+}
+
 export interface SeedOptions {
+  /** Raw files (`dfnode get`), made from the seed's cache and download limit; none without it. */
+  files?: (deps: {
+    cache: CacheManager;
+    download: HostBandwidth['download'];
+    logger: Logger;
+    now: () => number;
+  }) => SeedFileProvider;
   config: Config;
   client: RegistryClient;
   logger?: Logger;
@@ -70,7 +89,7 @@ export class Seed implements BlobProvider {
   private readonly opened = new Map<string, SeedBlob>();
   private readonly layers: LayerStore;
   /** Raw files (`dfnode get`): whole from an allowed origin, served by piece with their piece table. */
-  readonly files: SeedFiles;
+  readonly files: SeedFileProvider | undefined;
   private readonly log: Logger;
   private readonly token: string;
   /** p2p.tls: mutual TLS on the block server and the tracker. */
@@ -123,16 +142,16 @@ export class Seed implements BlobProvider {
       announceIntervalMs: cfg.p2p.announceIntervalMs,
       seedBits: (digest) => this.opened.get(digest)?.layer.cache.snapshot(),
     });
-    this.files = new SeedFiles({
+    const files = opts.files?.({
       cache: this.cache,
-      origins: cfg.p2p.seedOrigins,
       download: this.bandwidth.download,
-      idleTimeoutMs: Math.max(cfg.fetch.requestTimeoutMs, cfg.p2p.seedTimeoutMs) * 2,
       logger: this.log,
       now: () => this.timers.now(),
     });
+    this.files = files;
     this.server = new BlockServer({
-      fileTable: (q, signal) => this.files.table(q.get('url') ?? '', q.get('digest') ?? undefined, signal),
+      fileTable:
+        files && ((q, signal) => files.table(q.get('url') ?? '', q.get('digest') ?? undefined, signal)),
       provider: this,
       clusterToken: this.token,
       upload: this.bandwidth.upload,
@@ -146,7 +165,7 @@ export class Seed implements BlobProvider {
   /** Listens on p2p.listen (blocks) and the next port (tracker). Returns both addresses. */
   async start(): Promise<{ blocks: string; tracker: string }> {
     await this.cache.init();
-    await this.files.init();
+    await this.files?.init();
     this.scheduleSweep();
     const blocks = await this.server.listen(this.opts.config.p2p.listen);
     this.trackerServer = await serveTracker(this.tracker, trackerAddress(blocks), this.token, this.tls);
@@ -163,7 +182,7 @@ export class Seed implements BlobProvider {
   }
 
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
-    const file = this.files.served(digest);
+    const file = this.files?.served(digest);
     if (file) return file;
     let ref: ImageReference | undefined;
     if (!this.blobs.has(digest)) {
@@ -371,7 +390,7 @@ export class Seed implements BlobProvider {
    */
   releaseIdle(): void {
     const now = this.timers.now();
-    void this.files.releaseIdle(this.opts.config.p2p.seedIdleMs);
+    void this.files?.releaseIdle(this.opts.config.p2p.seedIdleMs);
     for (const [digest, sb] of this.opened) {
       if (sb.active > 0 || sb.pinned > 0 || now - sb.lastUsed < this.opts.config.p2p.seedIdleMs) continue;
       this.opened.delete(digest);
@@ -446,7 +465,7 @@ export class Seed implements BlobProvider {
     if (this.sweepTimer !== undefined) this.timers.clearTimeout(this.sweepTimer);
     await this.trackerServer?.stop();
     await this.server.close();
-    await this.files.close();
+    await this.files?.close();
     this.opened.clear();
     this.blobs.clear();
     await this.layers.close();

@@ -85,6 +85,10 @@ describe('dfnode get', () => {
       expect('sha256:' + (await sha256File(join(t.dir, `out-${i}.bin`)))).toBe(t.digest);
       expect(existsSync(join(t.dir, `out-${i}.bin.dfnode-tmp`))).toBe(false);
     }
+    console.info(
+      `dfnode get 100 MiB x3: origin served ${t.origin.served()} bytes; by source`,
+      runs.map((r) => parse(r.stdout).bytes),
+    );
     // the seed fetched the file once; no node went to the origin
     expect(t.origin.served()).toBeLessThanOrEqual(1.1 * size);
     expect(t.origin.requests.range).toBe(0);
