@@ -35,7 +35,8 @@ export interface PieceFetchOptions {
  * that fails verification is reported to its source (which isolates the peer that sent it) and taken from
  * the next one. Pieces go in a random order, so that nodes fetching the same file at once take different
  * pieces from the seed and trade them among themselves. A seed that is slow (timeout) is waited for, not
- * skipped for the origin, so that the origin serves the file about once per cluster.
+ * skipped for the origin, so that the origin serves the file about once per cluster. A piece that fails
+ * in every round fails the fetch, after the other pieces were moved (a rerun fetches only what is missing).
  */
 export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySource> {
   const { table, cache, signal } = opts;
@@ -92,7 +93,8 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
   let next = 0;
   let failed: unknown;
   const worker = async () => {
-    while (next < todo.length && failed === undefined) {
+    // a piece that fails does not stop the others: what is verified stays for the rerun
+    while (next < todo.length && !signal.aborted) {
       const u = todo[next++]!;
       try {
         await one(u);
