@@ -18,7 +18,12 @@ export interface FileOrigin {
  * Content-Length; with `auth`, every request must carry `Authorization: auth` (else 401). Bodies are sent
  * in 64 KiB writes with back-pressure, so that a client killed mid-transfer stops the count.
  */
-export async function startFileOrigin(opts: { auth?: string } = {}): Promise<FileOrigin> {
+export async function startFileOrigin(
+  opts: {
+    auth?: string;
+    /** Pause after each 64 KiB of a body (a slow origin). */ chunkDelayMs?: number;
+  } = {},
+): Promise<FileOrigin> {
   const files = new Map<string, { data: Buffer; etag: string }>();
   let served = 0;
   const requests = { get: 0, range: 0, head: 0, refused: 0 };
@@ -54,6 +59,7 @@ export async function startFileOrigin(opts: { auth?: string } = {}): Promise<Fil
         const chunk = f.data.subarray(at, Math.min(at + 65536, end + 1));
         at += chunk.length;
         served += chunk.length;
+        if (opts.chunkDelayMs) await new Promise((r) => setTimeout(r, opts.chunkDelayMs));
         if (!res.write(chunk))
           await new Promise<void>((r) => {
             const done = () => {

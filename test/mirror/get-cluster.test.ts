@@ -6,6 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runCli } from '../helpers/cli.js';
@@ -22,10 +23,15 @@ afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();
 });
 
-async function setup(size: number, seedOrigins?: (o: FileOrigin) => string, auth?: string) {
+async function setup(
+  size: number,
+  seedOrigins?: (o: FileOrigin) => string,
+  auth?: string,
+  chunkDelayMs?: number,
+) {
   const { dir, cleanup } = await tempDir('dfnode-get-');
   cleanups.push(cleanup);
-  const origin = await startFileOrigin({ auth });
+  const origin = await startFileOrigin({ auth, chunkDelayMs });
   cleanups.push(() => origin.close());
   const data = randomBytes(size);
   origin.put('/files/big.bin', data);
@@ -147,6 +153,55 @@ describe('dfnode get', () => {
     // the seed asked (without credentials) and was refused; the node's request carried them
     expect(t.origin.requests.refused).toBeGreaterThan(refusedBefore);
     expect('sha256:' + (await sha256File(join(t.dir, 'out-1.bin')))).toBe(t.digest);
+  }, 200_000);
+
+  it('a seed refuses an origin p2p.seedOrigins does not list, without contacting it; the node gets the file directly', async () => {
+    const size = 2 * MiB + 5;
+    const t = await setup(size, () => 'http://127.0.0.1:1/elsewhere/');
+    const r = await runCli('dfnode', t.args(0), { timeoutMs: 120_000 });
+    expect(r.code, r.stderr).toBe(0);
+    const res = parse(r.stdout);
+    expect(res).toMatchObject({ digest: t.digest, mode: 'direct', bytes: { registry: size } });
+    expect(res.reason).toMatch(/p2p\.seedOrigins/);
+    // one request: the node's own
+    expect(t.origin.requests).toMatchObject({ get: 1, range: 0, head: 0, refused: 0 });
+    expect('sha256:' + (await sha256File(join(t.dir, 'out-0.bin')))).toBe(t.digest);
+  }, 200_000);
+
+  it('without a seed, resumes a direct download from the part file a killed get left', async () => {
+    const size = 64 * MiB;
+    // a slow origin (a pause every 64 KiB), so that the get is killed mid-transfer
+    const t = await setup(size, undefined, undefined, 2);
+    const out = join(t.dir, 'out-0.bin');
+    const part = `${out}.dfnode-part`;
+    const p = dfnodeProc(t.args(0));
+    cleanups.push(() => p.stop());
+    for (let i = 0; i < 1200; i++) {
+      const n = await stat(part).then(
+        (s) => s.size,
+        () => 0,
+      );
+      if (n > 0 || p.child.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    p.child.kill('SIGKILL');
+    await p.exited;
+    expect(existsSync(out)).toBe(false);
+    const had = await stat(part).then(
+      (s) => s.size,
+      () => 0,
+    );
+    expect(had).toBeGreaterThan(0);
+    expect(had).toBeLessThan(size);
+    const r = await runCli('dfnode', t.args(0, ['--digest', t.digest]), { timeoutMs: 120_000 });
+    expect(r.code, r.stderr).toBe(0);
+    const res = parse(r.stdout);
+    expect(res).toMatchObject({ digest: t.digest, mode: 'direct' });
+    expect(res.reason).toMatch(/no seed/);
+    // the rerun asked the origin for the rest only (from the last byte held)
+    expect(res.bytes.registry).toBe(size - Math.max(0, had - 1));
+    expect('sha256:' + (await sha256File(out))).toBe(t.digest);
+    expect(existsSync(part)).toBe(false);
   }, 200_000);
 
   it('a wrong --digest fails with a digest mismatch and writes no file', async () => {
