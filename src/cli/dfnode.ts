@@ -178,11 +178,11 @@ function buildProgram(signal: AbortSignal): Command {
       await preheatCommand(refText, flags, signal);
     });
 
-  addP2p(addCommon(program.command('get')))
+  addP2p(addRegistry(addCommon(program.command('get'))))
     .description(
-      'fetch any file from an HTTP(S) origin through the cluster (peers, seed, origin), verified and resumable',
+      'fetch any file (an HTTP(S) URL or a registry blob) through the cluster (peers, seed, origin), verified and resumable',
     )
-    .argument('<url>', 'http:// or https:// URL of the file')
+    .argument('<url|registry/repo@digest>', 'http:// or https:// URL of the file, or a registry blob')
     .requiredOption('-O, --output <file>', 'where to write the file (renamed into place once verified)')
     .option('--digest <sha256:hex>', 'the sha256 the file must have (checked end to end)')
     .option(

@@ -7,7 +7,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { resolveClusterToken } from '../p2p/auth.js';
 import { P2pNode } from '../p2p/p2p-node.js';
 import { childSignal, realTimers } from '../util/timers.js';
-import { discard, OriginPieceSource, originRequest, originUrl, type OriginHeaders } from './origin.js';
+import type { FileSource } from './file-source.js';
 import { fetchPieces, type BytesBySource } from './piece-fetcher.js';
 import { decodeTable, MAX_TABLE_BYTES, PieceLayout, tableDigest } from './piece-table.js';
 
@@ -15,14 +15,10 @@ import { decodeTable, MAX_TABLE_BYTES, PieceLayout, tableDigest } from './piece-
 const TABLE_TIMEOUT_MS = 60 * 60 * 1000;
 
 export interface GetFileOptions {
-  /** http(s) URL of the file. */
-  url: string;
+  /** What to fetch: an http(s) URL (with `headers`) or a registry blob (file-source.ts). */
+  source: FileSource;
   /** Where the file goes: written to OUT.dfnode-tmp, renamed when complete and verified. */
   out: string;
-  /** sha256:hex the file must have (checked end to end; also its cache key). */
-  digest?: string;
-  /** Sent to the origin only (credentials), never to seeds or peers. */
-  headers: OriginHeaders;
   config: Config;
   signal: AbortSignal;
   logger?: Logger;
@@ -53,19 +49,16 @@ export interface GetFileResult {
  * directly from the origin, resumable too.
  */
 export async function getFile(opts: GetFileOptions): Promise<GetFileResult> {
-  const url = originUrl(opts.url);
-  if (opts.digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(opts.digest))
-    throw DfError.invalidArgument(`--digest ${opts.digest}: expected sha256:<64 hex digits>`);
   const cfg = opts.config;
-  if (!cfg.p2p.seeds.length) return direct(opts, url, 'no seed is configured (p2p.seeds)');
-  if (!resolveClusterToken(cfg.p2p)) return direct(opts, url, 'no cluster token (p2p.clusterToken)');
-
-  const fallback = await throughCluster(opts, url);
-  return typeof fallback === 'string' ? direct(opts, url, fallback) : fallback;
+  if (!cfg.p2p.seeds.length) return direct(opts, 'no seed is configured (p2p.seeds)');
+  if (!resolveClusterToken(cfg.p2p)) return direct(opts, 'no cluster token (p2p.clusterToken)');
+  const fallback = await throughCluster(opts);
+  return typeof fallback === 'string' ? direct(opts, fallback) : fallback;
 }
 
 /** The P2P path; a string when the file must come directly from the origin instead (why). */
-async function throughCluster(opts: GetFileOptions, url: URL): Promise<GetFileResult | string> {
+async function throughCluster(opts: GetFileOptions): Promise<GetFileResult | string> {
+  const src = opts.source;
   const cfg = opts.config;
   const log = opts.logger ?? silentLogger;
   const p2p = new P2pNode({ config: cfg, logger: log.child({ component: 'p2p' }) });
@@ -76,12 +69,7 @@ async function throughCluster(opts: GetFileOptions, url: URL): Promise<GetFileRe
     const tq = childSignal(opts.signal, TABLE_TIMEOUT_MS, realTimers, 'piece table');
     let got: { seed: string; table: Buffer };
     try {
-      got = await p2p.fileTable(
-        opts.digest ?? url.toString(),
-        { url: url.toString(), ...(opts.digest ? { digest: opts.digest } : {}) },
-        MAX_TABLE_BYTES,
-        tq.signal,
-      );
+      got = await p2p.fileTable(src.key, src.query, MAX_TABLE_BYTES, tq.signal);
     } catch (err) {
       const e = DfError.from(err);
       // the origin's file is not the one asked for: the origin would say the same
@@ -90,7 +78,7 @@ async function throughCluster(opts: GetFileOptions, url: URL): Promise<GetFileRe
     } finally {
       tq.dispose();
     }
-    const table = decodeTable(got.table, opts.digest);
+    const table = decodeTable(got.table, src.digest);
     const layout = new PieceLayout(table.size, table.pieceSize);
     const cache = await caches.open({ digest: table.digest, size: table.size }, opts.signal);
     try {
@@ -104,11 +92,7 @@ async function throughCluster(opts: GetFileOptions, url: URL): Promise<GetFileRe
           table,
           cache,
           signal: opts.signal,
-          sources: [
-            p2p.peers,
-            p2p.seedFor(got.seed),
-            new OriginPieceSource({ url, headers: opts.headers, timeoutMs: cfg.fetch.requestTimeoutMs }),
-          ],
+          sources: [p2p.peers, p2p.seedFor(got.seed), src.pieces],
           onPiece: (_u, n) => opts.onBytes?.(n),
         });
         await cache.flush(opts.signal);
@@ -119,7 +103,7 @@ async function throughCluster(opts: GetFileOptions, url: URL): Promise<GetFileRe
       if (!v.ok)
         throw new DfError(
           'DIGEST_MISMATCH',
-          `${url.origin}${url.pathname}: the assembled file does not match ${table.digest} (cache dropped; run again)`,
+          `${src.where}: the assembled file does not match ${table.digest} (cache dropped; run again)`,
         );
       const tmp = `${opts.out}.dfnode-tmp`;
       await copyFile(cache.dataPath, tmp);
@@ -135,10 +119,11 @@ async function throughCluster(opts: GetFileOptions, url: URL): Promise<GetFileRe
 }
 
 /**
- * The whole file from the origin into OUT.dfnode-part (resumed from its length by a range request), its
- * digest checked when given, then renamed to OUT.
+ * The whole file from the origin into OUT.dfnode-part (resumed from its length), its digest checked when
+ * known, then renamed to OUT.
  */
-async function direct(opts: GetFileOptions, url: URL, reason: string): Promise<GetFileResult> {
+async function direct(opts: GetFileOptions, reason: string): Promise<GetFileResult> {
+  const src = opts.source;
   const part = `${opts.out}.dfnode-part`;
   const have = await stat(part).then(
     (s) => s.size,
@@ -146,61 +131,43 @@ async function direct(opts: GetFileOptions, url: URL, reason: string): Promise<G
   );
   // from the last byte held: a part that is already complete still gets a 206 (not a 416)
   const from = Math.max(0, have - 1);
-  const res = await originRequest(url, {
-    headers: opts.headers,
-    range: have ? `bytes=${from}-` : undefined,
-    signal: opts.signal,
-  });
-  if (res.status === 206 && !have) {
-    discard(res.body);
-    throw new DfError('NETWORK', `origin ${url.host} answered a range to a request for the whole file`);
-  }
-  const resumed =
-    have > 0 && res.status === 206 && String(res.headers['content-range'] ?? '').startsWith(`bytes ${from}-`);
+  const s = await src.stream(from, opts.signal);
+  const resumed = have > 0 && s.start === from;
   const hash = createHash('sha256');
-  if (have > 0 && res.status === 206 && !resumed) {
-    discard(res.body);
-    throw new DfError(
-      'NETWORK',
-      `origin ${url.host} answered another range than bytes=${from}-; remove ${part}`,
-    );
-  }
   const fh = await open(part, resumed ? 'r+' : 'w');
   let size = 0;
   const bytes: BytesBySource = {};
   try {
     if (resumed) {
       const buf = Buffer.allocUnsafe(1024 * 1024);
-      for (let pos = 0; pos < have - 1;) {
-        const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, have - 1 - pos), pos);
-        if (!bytesRead) break;
+      for (let pos = 0; pos < from;) {
+        const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, from - pos), pos);
+        if (!bytesRead) throw DfError.corrupt(`${part} is shorter than it was a moment ago`);
         hash.update(buf.subarray(0, bytesRead));
         pos += bytesRead;
       }
-      size = have - 1;
-      bytes.cache = size;
+      size = from;
+      if (size) bytes.cache = size;
     }
-    const total = Number(
-      String(res.headers['content-range'] ?? '').split('/')[1] ?? res.headers['content-length'],
-    );
-    opts.onStart?.(Number.isFinite(total) ? total : 0, size);
-    for await (const c of res.body) {
-      const chunk = c as Buffer;
-      hash.update(chunk);
-      await fh.write(chunk, 0, chunk.length, size);
-      size += chunk.length;
-      bytes.registry = (bytes.registry ?? 0) + chunk.length;
-      opts.onBytes?.(chunk.length);
+    opts.onStart?.(s.total ?? 0, size);
+    for await (const c of s.body) {
+      hash.update(c);
+      await fh.write(c, 0, c.length, size);
+      size += c.length;
+      bytes.registry = (bytes.registry ?? 0) + c.length;
+      opts.onBytes?.(c.length);
     }
     await fh.truncate(size);
     await fh.datasync();
   } finally {
     await fh.close();
   }
+  if (s.total !== undefined && size !== s.total)
+    throw new DfError('NETWORK', `${src.where}: got ${size} of ${s.total} bytes; run again to resume`);
   const digest = 'sha256:' + hash.digest('hex');
-  if (opts.digest && digest !== opts.digest) {
+  if (src.digest && digest !== src.digest) {
     await rm(part, { force: true });
-    throw DfError.digestMismatch(`file at ${url.origin}${url.pathname}`, opts.digest, digest);
+    throw DfError.digestMismatch(`file at ${src.where}`, src.digest, digest);
   }
   await rename(part, opts.out);
   return { digest, size, mode: 'direct', reason, bytes };

@@ -7,6 +7,8 @@ import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { ServedBlob } from '../p2p/block-server.js';
 import type { SeedFileProvider } from '../p2p/seed.js';
+import type { RegistryClient } from '../registry/client.js';
+import { parseReference, type ImageReference } from '../registry/reference.js';
 import type { TokenBucket } from '../util/token-bucket.js';
 import { encodeTable, PieceHasher, PieceLayout, PIECE_SIZE, type PieceTable } from './piece-table.js';
 import { discard, originRequest, originUrl, originValidator } from './origin.js';
@@ -20,10 +22,29 @@ interface SeedFile {
   lastUsed: number;
 }
 
+/** Where a seed fetches a file from: an http(s) URL, or a blob of a registry repository. */
+interface FileOrigin {
+  /** One fetch at a time per key. */
+  key: string;
+  /** For messages (no query string, no credentials). */
+  where: string;
+  open(signal: AbortSignal): Promise<{ body: Body; validator: string }>;
+}
+
+type Body = AsyncIterable<Uint8Array> & {
+  destroy(err?: Error): unknown;
+  on(ev: 'error', f: () => void): unknown;
+};
+
 export interface SeedFilesOptions {
   cache: CacheManager;
   /** p2p.seedOrigins: URL prefixes (`https://host[:port][/path]`, `*` = any) this seed fetches from. */
   origins: readonly string[];
+  /**
+   * Registry blobs (`dfnode get REGISTRY/REPO@DIGEST`): the seed's registry client and whether
+   * p2p.seedRegistries allows a registry; without them, only URLs.
+   */
+  registry?: { client: RegistryClient; allowed(ref: ImageReference): boolean };
   /** The host's download limit (shared with registry traffic). */
   download?: TokenBucket | undefined;
   /** An origin that sends nothing for this long fails the fetch (ms). */
@@ -76,26 +97,38 @@ export class SeedFiles implements SeedFileProvider {
   }
 
   /**
-   * The encoded piece table of the file at `urlText` (fetching it first when this seed does not hold it).
-   * `digest`, when the node knows it, is checked against the content; without it, a URL fetched before is
-   * reused while the origin's validator (HEAD) is unchanged.
+   * The encoded piece table of the file a node asks for (`url=URL` or `repo=REGISTRY/REPO`, with
+   * `digest=sha256:...`; a repository needs the digest), fetching it first when this seed does not hold it.
+   * `digest`, when given, is checked against the content; without it, a URL fetched before is reused while
+   * the origin's validator (HEAD) is unchanged.
    */
-  async table(urlText: string, digest: string | undefined, signal: AbortSignal): Promise<Buffer> {
-    const url = originUrl(urlText);
+  async table(query: URLSearchParams, signal: AbortSignal): Promise<Buffer> {
+    const digest = query.get('digest') ?? undefined;
     if (digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(digest))
       throw DfError.invalidArgument(`digest ${digest.slice(0, 80)} is not sha256:<64 hex>`);
-    if (!this.allowed(url))
-      throw new DfError(
-        'FORBIDDEN',
-        `this seed does not fetch from ${url.origin}: not in p2p.seedOrigins (${this.opts.origins.join(', ') || 'empty'})`,
-      );
-    const key = url.toString();
-    let f = digest ? await this.held(digest, signal) : await this.unchanged(url, signal);
+    const repo = query.get('repo');
+    let origin: FileOrigin;
+    let f: SeedFile | undefined;
+    if (repo !== null) {
+      if (!digest) throw DfError.invalidArgument('a registry blob is asked for by digest');
+      origin = this.registryOrigin(repo, digest);
+      f = await this.held(digest, signal);
+    } else {
+      const url = originUrl(query.get('url') ?? '');
+      if (!this.allowed(url))
+        throw new DfError(
+          'FORBIDDEN',
+          `this seed does not fetch from ${url.origin}: not in p2p.seedOrigins (${this.opts.origins.join(', ') || 'empty'})`,
+        );
+      origin = urlOrigin(url);
+      f = digest ? await this.held(digest, signal) : await this.unchanged(url, signal);
+    }
     if (!f) {
-      let p = this.fetching.get(key);
+      let p = this.fetching.get(origin.key);
       if (!p) {
-        p = this.fetchFile(url, digest);
-        this.fetching.set(key, p);
+        p = this.fetchFile(origin, digest);
+        this.fetching.set(origin.key, p);
+        const key = origin.key;
         void p.then(
           () => this.fetching.delete(key),
           () => this.fetching.delete(key),
@@ -103,10 +136,29 @@ export class SeedFiles implements SeedFileProvider {
       }
       f = await raceSignal(p, signal);
       if (digest && f.table.digest !== digest)
-        throw DfError.digestMismatch(`file at ${url.origin}${url.pathname}`, digest, f.table.digest);
+        throw DfError.digestMismatch(`file at ${origin.where}`, digest, f.table.digest);
     }
     f.lastUsed = this.now();
     return f.encoded;
+  }
+
+  /** A blob of `repo` (REGISTRY/REPO) when p2p.seedRegistries allows its registry, else FORBIDDEN. */
+  private registryOrigin(repo: string, digest: string): FileOrigin {
+    const reg = this.opts.registry;
+    const ref = parseReference(repo);
+    if (!reg || !reg.allowed(ref))
+      throw new DfError(
+        'FORBIDDEN',
+        `this seed does not fetch blobs of ${ref.registry}: not in p2p.seedRegistries`,
+      );
+    return {
+      key: `${ref.repoString}@${digest}`,
+      where: `${ref.repoString}@${digest}`,
+      open: async (signal) => {
+        const { stream } = await reg.client.getBlob(ref, digest, { signal });
+        return { body: stream as unknown as Body, validator: '' };
+      },
+    };
   }
 
   /** The file this seed holds under `digest` (after a restart: its complete cache, hashed again). */
@@ -165,12 +217,11 @@ export class SeedFiles implements SeedFileProvider {
    * Streams the origin's file into a temporary file while hashing it into a piece table, then moves it
    * into the cache under its content digest (piece by piece: bounded memory).
    */
-  private async fetchFile(url: URL, digest: string | undefined): Promise<SeedFile> {
+  private async fetchFile(origin: FileOrigin, digest: string | undefined): Promise<SeedFile> {
     const signal = this.closer.signal;
-    const where = `${url.origin}${url.pathname}`;
-    this.log.info({ url: where }, 'seed fetches a file from its origin');
-    const res = await originRequest(url, { signal });
-    const validator = originValidator(res.headers);
+    const where = origin.where;
+    this.log.info({ from: where }, 'seed fetches a file from its origin');
+    const { body, validator } = await origin.open(signal);
     const path = join(this.tmp, randomBytes(8).toString('hex'));
     const hasher = new PieceHasher(PIECE_SIZE);
     let fh: FileHandle | undefined;
@@ -180,16 +231,13 @@ export class SeedFiles implements SeedFileProvider {
       const arm = () => {
         clearTimeout(idle);
         idle = setTimeout(
-          () =>
-            res.body.destroy(
-              DfError.timeout(`origin ${url.host} sent nothing for ${this.opts.idleTimeoutMs} ms`),
-            ),
+          () => body.destroy(DfError.timeout(`${where} sent nothing for ${this.opts.idleTimeoutMs} ms`)),
           this.opts.idleTimeoutMs,
         );
       };
       arm();
       try {
-        for await (const c of res.body) {
+        for await (const c of body) {
           const chunk = c as Buffer;
           arm();
           await this.opts.download?.take(chunk.length, signal);
@@ -203,7 +251,7 @@ export class SeedFiles implements SeedFileProvider {
       if (table.size === 0) throw DfError.unsupported(`the file at ${where} is empty: nothing to distribute`);
       if (digest && table.digest !== digest)
         throw DfError.digestMismatch(`file at ${where}`, digest, table.digest);
-      this.urls.set(url.toString(), { digest: table.digest, validator });
+      this.urls.set(origin.key, { digest: table.digest, validator });
       const have = this.files.get(table.digest);
       if (have) return have;
       const cache = await this.opts.cache.open({ digest: table.digest, size: table.size }, signal);
@@ -224,10 +272,10 @@ export class SeedFiles implements SeedFileProvider {
         await this.opts.cache.release(cache);
         throw err;
       }
-      this.log.info({ url: where, digest: table.digest, size: table.size }, 'seed holds the file');
+      this.log.info({ from: where, digest: table.digest, size: table.size }, 'seed holds the file');
       return this.keep(cache, table);
     } catch (err) {
-      discard(res.body);
+      discard(body);
       throw DfError.from(err, `seed fetch of ${where}`);
     } finally {
       await fh?.close();
@@ -266,6 +314,18 @@ export class SeedFiles implements SeedFileProvider {
     for (const f of this.files.values()) await this.opts.cache.release(f.cache).catch(() => undefined);
     this.files.clear();
   }
+}
+
+/** A URL as the origin of a file: a GET without credentials, redirects not followed. */
+function urlOrigin(url: URL): FileOrigin {
+  return {
+    key: url.toString(),
+    where: `${url.origin}${url.pathname}`,
+    open: async (signal) => {
+      const res = await originRequest(url, { signal });
+      return { body: res.body, validator: originValidator(res.headers) };
+    },
+  };
 }
 
 /** `p` unless `signal` aborts first (the shared fetch goes on for the other nodes). */

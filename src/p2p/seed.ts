@@ -47,7 +47,8 @@ const MAX_PREHEATING = 64;
  */
 export interface SeedFileProvider {
   init(): Promise<void>;
-  table(url: string, digest: string | undefined, signal: AbortSignal): Promise<Buffer>;
+  /** The piece table asked for by `GET /files/table?...` (block-server.ts). */
+  table(query: URLSearchParams, signal: AbortSignal): Promise<Buffer>;
   /** The file held under `digest`, undefined when it is not a file of this seed. */
   served(digest: string): ServedBlob | undefined;
   releaseIdle(idleMs: number): Promise<void>;
@@ -150,8 +151,7 @@ export class Seed implements BlobProvider {
     });
     this.files = files;
     this.server = new BlockServer({
-      fileTable:
-        files && ((q, signal) => files.table(q.get('url') ?? '', q.get('digest') ?? undefined, signal)),
+      fileTable: files && ((q, signal) => files.table(q, signal)),
       provider: this,
       clusterToken: this.token,
       upload: this.bandwidth.upload,
@@ -427,8 +427,7 @@ export class Seed implements BlobProvider {
 
   /** Whether p2p.seedRegistries lets this seed fetch from the registry of `ref`. */
   private registryAllowed(ref: ImageReference): boolean {
-    const list = this.opts.config.p2p.seedRegistries.map((r) => r.toLowerCase());
-    return list.includes('*') || list.includes(ref.registry.toLowerCase());
+    return registryAllowed(this.opts.config.p2p.seedRegistries, ref);
   }
 
   /** Opens a blob with the size the registry gives (HEAD), never a requester's: a wrong hint changes nothing. */
@@ -474,3 +473,9 @@ export class Seed implements BlobProvider {
 }
 
 /** Bytes an unprivileged process may still write on the file system of `dir`. */
+
+/** Whether a seed's p2p.seedRegistries (`host[:port]`, `*` = any) lets it fetch from the registry of `ref`. */
+export function registryAllowed(seedRegistries: readonly string[], ref: ImageReference): boolean {
+  const list = seedRegistries.map((r) => r.toLowerCase());
+  return list.includes('*') || list.includes(ref.registry.toLowerCase());
+}

@@ -3,7 +3,10 @@ import { createProgress } from '../../../converter/progress.js';
 import { configGives } from '../../config.js';
 import { createLogger } from '../../log.js';
 import { getFile, type GetFileResult } from '../../mirror/file-get.js';
+import { DfError } from '../../errors.js';
+import { isUrl, registrySource, urlSource } from '../../mirror/file-source.js';
 import { parseHeaders } from '../../mirror/origin.js';
+import { makeClient } from '../registry-client.js';
 import { configFrom, fmt, type NodeFlags } from '../node-common.js';
 
 export interface GetFlags extends NodeFlags {
@@ -14,11 +17,17 @@ export interface GetFlags extends NodeFlags {
 }
 
 /**
- * `dfnode get URL -O FILE`: a file through the cluster (peers → seed → origin), verified, resumable;
+ * `dfnode get URL|REGISTRY/REPO@DIGEST -O FILE`: a file through the cluster (peers → seed → origin), verified, resumable;
  * progress on a TTY (stderr), one summary line (stdout) with bytes by source.
  */
-export async function getCommand(urlText: string, flags: GetFlags, signal: AbortSignal): Promise<void> {
+export async function getCommand(what: string, flags: GetFlags, signal: AbortSignal): Promise<void> {
   const headers = parseHeaders(flags.header ?? []);
+  if (flags.digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(flags.digest))
+    throw DfError.invalidArgument(`--digest ${flags.digest}: expected sha256:<64 hex digits>`);
+  if (!isUrl(what) && flags.header?.length)
+    throw DfError.invalidArgument(
+      '--header is for URLs; registry credentials come from --creds or the docker config',
+    );
   const cfg = configFrom(flags);
   // a short-lived client: any free port unless one is configured (dfnode run may hold the default one)
   if (flags.p2pListen === undefined && !configGives(['p2p', 'listen'], { file: flags.config }))
@@ -28,12 +37,14 @@ export async function getCommand(urlText: string, flags: GetFlags, signal: Abort
   const label = basename(flags.output);
   let started = false;
   let r: GetFileResult;
+  const client = isUrl(what) ? undefined : makeClient(cfg, log, flags.creds);
   try {
+    const source = client
+      ? registrySource(what, client, flags.digest)
+      : urlSource(what, headers, flags.digest, cfg.fetch.requestTimeoutMs);
     r = await getFile({
-      url: urlText,
+      source,
       out: flags.output,
-      digest: flags.digest,
-      headers,
       config: cfg,
       signal,
       logger: log,
@@ -47,6 +58,7 @@ export async function getCommand(urlText: string, flags: GetFlags, signal: Abort
     if (started) progress.layerDone('file', `${label}: done`);
   } finally {
     progress.stop();
+    await client?.close().catch(() => undefined);
   }
   if (r.mode === 'direct' && !flags.quiet)
     process.stderr.write(`dfnode get: fetched directly from the origin: ${r.reason}\n`);

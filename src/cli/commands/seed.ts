@@ -2,7 +2,7 @@ import { configGives } from '../../config.js';
 import { NodeMetrics } from '../../daemon/metrics.js';
 import { createLogger } from '../../log.js';
 import { SeedFiles } from '../../mirror/seed-files.js';
-import { Seed } from '../../p2p/seed.js';
+import { registryAllowed, Seed } from '../../p2p/seed.js';
 import { configFrom, waitForSignal, type NodeFlags } from '../node-common.js';
 import { makeClient } from '../registry-client.js';
 
@@ -20,6 +20,7 @@ export async function seedCommand(flags: NodeFlags, signal: AbortSignal): Promis
       new SeedFiles({
         ...deps,
         origins: cfg.p2p.seedOrigins,
+        registry: { client, allowed: (ref) => registryAllowed(cfg.p2p.seedRegistries, ref) },
         idleTimeoutMs: Math.max(cfg.fetch.requestTimeoutMs, cfg.p2p.seedTimeoutMs) * 2,
       }),
   });
