@@ -13,6 +13,9 @@ import type { TokenBucket } from '../util/token-bucket.js';
 import { encodeTable, PieceHasher, PieceLayout, PIECE_SIZE, type PieceTable } from './piece-table.js';
 import { discard, originRequest, originUrl, originValidator } from './origin.js';
 
+/** Files a seed fetches from their origins at once; beyond, it refuses (the node fetches directly). */
+const MAX_FETCHING = 16;
+
 /** A raw file a seed holds completely, with its piece table. */
 interface SeedFile {
   cache: BlobCache;
@@ -126,6 +129,8 @@ export class SeedFiles implements SeedFileProvider {
     if (!f) {
       let p = this.fetching.get(origin.key);
       if (!p) {
+        if (this.fetching.size >= MAX_FETCHING)
+          throw new DfError('NETWORK', `this seed is fetching ${MAX_FETCHING} files already; retry later`);
         p = this.fetchFile(origin, digest);
         this.fetching.set(origin.key, p);
         const key = origin.key;
@@ -170,8 +175,8 @@ export class SeedFiles implements SeedFileProvider {
     const cache = await this.opts.cache.open({ digest, size: known.size }, signal);
     try {
       const layout = new PieceLayout(known.size, PIECE_SIZE);
-      const l = cache.layout;
-      if (!cache.isComplete || l?.blockCount !== layout.cacheLayout.blockCount) {
+      // complete under any layout (pieces, or a DFB layer's blocks): the same bytes, served as they are
+      if (!cache.isComplete) {
         await this.opts.cache.release(cache);
         return undefined;
       }
@@ -258,9 +263,17 @@ export class SeedFiles implements SeedFileProvider {
       try {
         const layout = new PieceLayout(table.size, table.pieceSize);
         const { blockCount, tocOffset } = layout.cacheLayout;
-        await cache.setLayout(blockCount, tocOffset, signal);
+        const held = cache.layout;
+        const other = held && (held.blockCount !== blockCount || held.tocOffset !== tocOffset);
+        // the blob is open here as a DFB layer: its cache is not this file's to reset
+        if (other && !cache.isComplete)
+          throw new DfError(
+            'FAILED_PRECONDITION',
+            `this seed holds ${table.digest} as a DFB layer that is not complete yet; ask again later`,
+          );
+        if (!other) await cache.setLayout(blockCount, tocOffset, signal);
         const buf = Buffer.allocUnsafe(table.pieceSize);
-        for (let u = 0; u < layout.units; u++) {
+        for (let u = 0; u < layout.units && !other; u++) {
           if (cache.has(u)) continue;
           const n = layout.length(u);
           const { bytesRead } = await fh.read(buf, 0, n, layout.offset(u));
