@@ -22,6 +22,12 @@ export interface GetFileOptions {
   config: Config;
   signal: AbortSignal;
   logger?: Logger;
+  /**
+   * A running node's P2P tier and cache (the daemon, the registry mirror): used as they are, neither
+   * started nor closed here (one getFile per digest at a time: a blob joins the swarm once). Without it,
+   * getFile starts its own (the `dfnode get` process).
+   */
+  cluster?: { p2p: P2pNode; caches: CacheManager };
   /** The file's size once known, then bytes as they arrive (progress). */
   onStart?: (size: number, already: number) => void;
   onBytes?: (n: number) => void;
@@ -61,11 +67,12 @@ async function throughCluster(opts: GetFileOptions): Promise<GetFileResult | str
   const src = opts.source;
   const cfg = opts.config;
   const log = opts.logger ?? silentLogger;
-  const p2p = new P2pNode({ config: cfg, logger: log.child({ component: 'p2p' }) });
-  const caches = CacheManager.fromConfig(cfg.cache, { logger: log });
-  await caches.init();
+  const own = !opts.cluster;
+  const p2p = opts.cluster?.p2p ?? new P2pNode({ config: cfg, logger: log.child({ component: 'p2p' }) });
+  const caches = opts.cluster?.caches ?? CacheManager.fromConfig(cfg.cache, { logger: log });
+  if (own) await caches.init();
   try {
-    await p2p.start();
+    if (own) await p2p.start();
     const tq = childSignal(opts.signal, TABLE_TIMEOUT_MS, realTimers, 'piece table');
     let got: { seed: string; table: Buffer };
     try {
@@ -113,8 +120,10 @@ async function throughCluster(opts: GetFileOptions): Promise<GetFileResult | str
       await caches.release(cache);
     }
   } finally {
-    await p2p.close();
-    await caches.close();
+    if (own) {
+      await p2p.close();
+      await caches.close();
+    }
   }
 }
 
