@@ -167,6 +167,11 @@ const configSchema = z.strictObject({
        * nodes, with its own credentials. Empty (the default): it fetches from none and answers no new blob.
        */
       seedRegistries: z.array(z.string()).default([]),
+      /**
+       * Seed: the origins of raw files (`dfnode get`) it fetches for nodes, as URL prefixes
+       * (`https://host[:port][/path]`; `*` = any). Empty (the default): none, nodes fetch from the origin.
+       */
+      seedOrigins: z.array(z.string()).default([]),
       /** Seed: a blob no node asked for in this long is closed (its cache may then be evicted). */
       seedIdleMs: z.number().int().positive().default(600_000),
       /**

@@ -4,6 +4,7 @@
 import { Command, Option } from 'commander';
 import { CONVERTER_VERSION } from '../../converter/version.js';
 import type { MirrorSetupFlags } from './commands/mirror-setup.js';
+import type { GetFlags } from './commands/get.js';
 import type { PreheatFlags } from './commands/preheat.js';
 import type { PullFlags } from './commands/pull.js';
 import type { RunFlags } from './commands/run.js';
@@ -194,6 +195,25 @@ function buildProgram(signal: AbortSignal): Command {
       if (await preheatThroughDaemon(refText, flags, signal)) return;
       const { preheatCommand } = await import('./commands/preheat.js');
       await preheatCommand(refText, flags, signal);
+    });
+
+  addP2p(addRegistry(addCommon(program.command('get'))))
+    .description(
+      'fetch any file (an HTTP(S) URL or a registry blob) through the cluster (peers, seed, origin), verified and resumable',
+    )
+    .argument('<url|registry/repo@digest>', 'http:// or https:// URL of the file, or a registry blob')
+    .requiredOption('-O, --output <file>', 'where to write the file (renamed into place once verified)')
+    .option('--digest <sha256:hex>', 'the sha256 the file must have (checked end to end)')
+    .option(
+      '--header <"Name: value">',
+      'header sent to the origin only, e.g. credentials (repeatable)',
+      collect,
+    )
+    .option('--json', 'print the result as JSON')
+    .option('-q, --quiet', 'no progress and no notes on stderr')
+    .action(async (url: string, flags: GetFlags) => {
+      const { getCommand } = await import('./commands/get.js');
+      await getCommand(url, flags, signal);
     });
 
   program

@@ -76,6 +76,11 @@ export interface BlockServerOptions {
   maxQueuedRequests?: number;
   /** Serves `POST /preheat` (a seed: see preheat-request.ts); without it, that path is 404. */
   preheat?: (images: string[]) => PreheatAnswer;
+  /**
+   * Serves `GET /files/table?url=&digest=` (a seed: the piece table of a raw file, src/mirror); without it,
+   * that path is 404. Not bound by requestTimeoutMs: the seed may first fetch the whole file.
+   */
+  fileTable?: (query: URLSearchParams, signal: AbortSignal) => Promise<Buffer>;
 }
 
 /**
@@ -190,6 +195,8 @@ export class BlockServer {
       return fail(401, 'cluster token required');
     }
     if (preheat) return this.handlePreheat(req, res, fail);
+    if (this.opts.fileTable && (req.url ?? '').split('?')[0] === '/files/table')
+      return this.handleFileTable(req, res, fail);
     const range = parseBlockRequest(req.method, req.url, req.headers.range, this.opts.maxRangeBytes);
     if (!range.ok) {
       if (range.status === 405) res.setHeader('allow', 'GET, HEAD');
@@ -316,6 +323,49 @@ export class BlockServer {
     this.log.info({ ...answer }, 'preheat requested');
     res.writeHead(answer.accepted.length ? 202 : 403, { 'content-type': 'application/json' });
     res.end(JSON.stringify(answer) + '\n');
+  }
+
+  /**
+   * `GET /files/table?url=&digest=`: the piece table (JSON) of a raw file; the error's status otherwise
+   * (403: origin not allowed, 404: the origin has no such file, 409: digest mismatch, 502: the origin
+   * failed), with the message as text.
+   */
+  private async handleFileTable(
+    req: IncomingMessage,
+    res: ServerResponse,
+    fail: (status: number, msg: string) => void,
+  ): Promise<void> {
+    if (req.method !== 'GET') {
+      res.setHeader('allow', 'GET');
+      return fail(405, 'GET /files/table?url=...');
+    }
+    const ac = new AbortController();
+    res.on('close', () => ac.abort(DfError.aborted('client went away')));
+    let q: URLSearchParams;
+    try {
+      q = new URL(`http://peer${req.url ?? ''}`).searchParams;
+    } catch {
+      return fail(400, 'malformed query');
+    }
+    try {
+      const table = await this.opts.fileTable!(q, ac.signal);
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': table.length });
+      res.end(table);
+    } catch (err) {
+      if (res.destroyed) return;
+      const e = DfError.from(err);
+      const status =
+        e.code === 'INVALID_ARGUMENT'
+          ? 400
+          : e.code === 'FORBIDDEN' || e.code === 'UNAUTHORIZED'
+            ? 403
+            : e.code === 'NOT_FOUND'
+              ? 404
+              : e.code === 'DIGEST_MISMATCH'
+                ? 409
+                : 502;
+      fail(status, e.message);
+    }
   }
 
   /**

@@ -103,6 +103,52 @@ export class HttpBlockClient {
     }
   }
 
+  /**
+   * `GET /files/table` of a seed: the piece table of a raw file (at most `maxBytes`). A seed that answers
+   * with an error status throws a DfError carrying its message (403 FORBIDDEN: origin not allowed there,
+   * 404 NOT_FOUND, 409 DIGEST_MISMATCH, 401 UNAUTHORIZED: cluster token, else NETWORK).
+   */
+  async fileTable(
+    address: string,
+    query: Record<string, string>,
+    maxBytes: number,
+    signal: AbortSignal,
+  ): Promise<Buffer> {
+    const url = `${this.scheme}://${address}/files/table?${new URLSearchParams(query)}`;
+    let res;
+    try {
+      res = await request(url, {
+        method: 'GET',
+        headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken },
+        signal,
+        dispatcher: this.agent,
+      });
+    } catch (err) {
+      if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
+      throw DfError.from(err, `seed ${address}: piece table`);
+    }
+    if (res.statusCode !== 200) {
+      const text = await readAtMost(res.body, 500);
+      const what = `seed ${address}: ${text}`;
+      const code =
+        { 401: 'UNAUTHORIZED', 403: 'FORBIDDEN', 404: 'NOT_FOUND', 409: 'DIGEST_MISMATCH' }[res.statusCode] ??
+        'NETWORK';
+      throw new DfError(
+        code as 'NETWORK',
+        res.statusCode === 401 ? `${what} (check p2p.clusterToken)` : what,
+      );
+    }
+    const declared = Number(res.headers['content-length'] ?? NaN);
+    if (!(declared >= 0 && declared <= maxBytes)) {
+      res.body.destroy();
+      throw new DfError(
+        'NETWORK',
+        `seed ${address}: a piece table must declare a length of at most ${maxBytes}`,
+      );
+    }
+    return readExactly(res.body, declared, `seed ${address}: piece table`);
+  }
+
   async close(): Promise<void> {
     await this.agent.close().catch(() => undefined);
   }

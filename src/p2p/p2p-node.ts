@@ -22,7 +22,7 @@ import { TrackerClient } from './tracker-service.js';
 import type { FillPlanner } from '../fetch/background-fill.js';
 import type { LayerSwarm, SwarmMembership } from '../layer/swarm.js';
 import { p2pFill } from './fill-planner.js';
-import { UnitLayout } from './unit-layout.js';
+import { UnitLayout, type Units } from './unit-layout.js';
 
 /** Delay of an announce of new units (they are announced together with those that follow quickly). */
 const SOON_MS = 100;
@@ -175,9 +175,42 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     return [this.peers, this.seedSource(repo), new RateLimitedSource(counted, this.bandwidth.download)];
   }
 
-  private seedSource(repo: string): SeedBlockSource {
+  /**
+   * The piece table of a raw file from the first seed (rendezvous over `key`: the file's digest, else its
+   * URL) that answers; a seed that is down is isolated and the next one asked. Returns the seed too: it
+   * holds the file, so its pieces are asked of it (seedFor).
+   */
+  async fileTable(
+    key: string,
+    query: Record<string, string>,
+    maxBytes: number,
+    signal: AbortSignal,
+  ): Promise<{ seed: string; table: Buffer }> {
+    let last: unknown = new DfError('FAILED_PRECONDITION', 'no seed is configured (p2p.seeds)');
+    for (const seed of rankSeeds(key, this.settings.seeds)) {
+      if (this.seedIsolation.isolated(seed)) continue;
+      try {
+        return { seed, table: await this.http.fileTable(seed, query, maxBytes, signal) };
+      } catch (err) {
+        if (signal.aborted) throw err;
+        const e = DfError.from(err);
+        // the seed answered: its answer stands (another seed has the same configuration and origin)
+        if (e.code !== 'NETWORK' && e.code !== 'TIMEOUT') throw e;
+        this.seedIsolation.fail(seed, e.code);
+        last = e;
+      }
+    }
+    throw last;
+  }
+
+  /** The seed tier as a source of one blob held by `seed` (a raw file's table seed). */
+  seedFor(seed: string): BlockSource {
+    return this.seedSource('', [seed]);
+  }
+
+  private seedSource(repo: string, seeds: readonly string[] = this.settings.seeds): SeedBlockSource {
     return new SeedBlockSource({
-      seeds: this.settings.seeds,
+      seeds,
       repo,
       http: this.http,
       isolation: this.seedIsolation,
@@ -201,10 +234,22 @@ export class P2pNode implements BlobProvider, LayerSwarm {
    * store joins once per open blob and leaves before the blob's cache closes.
    */
   join(layer: { blob: BlobRef; toc: Toc; cache: BlobCache }): SwarmMembership {
+    return this.joinUnits({
+      blob: layer.blob,
+      layout: new UnitLayout(layer.toc, layer.blob.size),
+      cache: layer.cache,
+    });
+  }
+
+  /**
+   * Joins the swarm of any blob whose units `layout` counts (a DFB layer's blocks, a raw file's pieces):
+   * the same serving, announces and lookups. The caller leaves before `cache` closes.
+   */
+  joinUnits(layer: { blob: BlobRef; layout: Units; cache: BlobCache }): SwarmMembership {
     const { blob } = layer;
     if (this.views.has(blob.digest))
       throw DfError.internal(`p2p: ${blob.digest} joined twice (layers come from one LayerStore)`);
-    const view = new PeerView(blob, new UnitLayout(layer.toc, blob.size), layer.cache);
+    const view = new PeerView(blob, layer.layout, layer.cache);
     this.views.set(blob.digest, view);
     // new units are announced within SOON_MS (not only at the interval): peers waiting for them go on
     const soon = () => {

@@ -2,7 +2,7 @@ import { Bitmap } from '../cache/bitmap.js';
 import type { BlobCache } from '../cache/blob-cache.js';
 import type { BlobRef } from '../fetch/types.js';
 import type { LookupAnswer } from './tracker-state.js';
-import type { UnitLayout } from './unit-layout.js';
+import type { Units } from './unit-layout.js';
 
 export interface Holder {
   id: string;
@@ -45,7 +45,7 @@ export class PeerView {
 
   constructor(
     readonly blob: BlobRef,
-    readonly layout: UnitLayout,
+    readonly layout: Units,
     readonly cache: BlobCache,
   ) {}
 

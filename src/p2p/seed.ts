@@ -41,7 +41,28 @@ interface SeedBlob {
 /** Images preheating at once (POST /preheat); more are refused until some finish. */
 const MAX_PREHEATING = 64;
 
+/**
+ * Raw files a seed holds (`dfnode get`: src/mirror/seed-files.ts, given by the command that starts the
+ * seed): piece tables by URL, pieces by content digest.
+ */
+export interface SeedFileProvider {
+  init(): Promise<void>;
+  /** The piece table asked for by `GET /files/table?...` (block-server.ts). */
+  table(query: URLSearchParams, signal: AbortSignal): Promise<Buffer>;
+  /** The file held under `digest`, undefined when it is not a file of this seed. */
+  served(digest: string): ServedBlob | undefined;
+  releaseIdle(idleMs: number): Promise<void>;
+  close(): Promise<void>;
+}
+
 export interface SeedOptions {
+  /** Raw files (`dfnode get`), made from the seed's cache and download limit; none without it. */
+  files?: (deps: {
+    cache: CacheManager;
+    download: HostBandwidth['download'];
+    logger: Logger;
+    now: () => number;
+  }) => SeedFileProvider;
   config: Config;
   client: RegistryClient;
   logger?: Logger;
@@ -68,6 +89,8 @@ export class Seed implements BlobProvider {
   /** Blobs open and ready (for the tracker's view of what this seed holds). */
   private readonly opened = new Map<string, SeedBlob>();
   private readonly layers: LayerStore;
+  /** Raw files (`dfnode get`): whole from an allowed origin, served by piece with their piece table. */
+  readonly files: SeedFileProvider | undefined;
   private readonly log: Logger;
   private readonly token: string;
   /** p2p.tls: mutual TLS on the block server and the tracker. */
@@ -120,7 +143,15 @@ export class Seed implements BlobProvider {
       announceIntervalMs: cfg.p2p.announceIntervalMs,
       seedBits: (digest) => this.opened.get(digest)?.layer.cache.snapshot(),
     });
+    const files = opts.files?.({
+      cache: this.cache,
+      download: this.bandwidth.download,
+      logger: this.log,
+      now: () => this.timers.now(),
+    });
+    this.files = files;
     this.server = new BlockServer({
+      fileTable: files && ((q, signal) => files.table(q, signal)),
       provider: this,
       clusterToken: this.token,
       upload: this.bandwidth.upload,
@@ -134,6 +165,7 @@ export class Seed implements BlobProvider {
   /** Listens on p2p.listen (blocks) and the next port (tracker). Returns both addresses. */
   async start(): Promise<{ blocks: string; tracker: string }> {
     await this.cache.init();
+    await this.files?.init();
     this.scheduleSweep();
     const blocks = await this.server.listen(this.opts.config.p2p.listen);
     this.trackerServer = await serveTracker(this.tracker, trackerAddress(blocks), this.token, this.tls);
@@ -150,6 +182,8 @@ export class Seed implements BlobProvider {
   }
 
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
+    const file = this.files?.served(digest);
+    if (file) return file;
     let ref: ImageReference | undefined;
     if (!this.blobs.has(digest)) {
       if (!hint.repo) return undefined;
@@ -356,6 +390,7 @@ export class Seed implements BlobProvider {
    */
   releaseIdle(): void {
     const now = this.timers.now();
+    void this.files?.releaseIdle(this.opts.config.p2p.seedIdleMs);
     for (const [digest, sb] of this.opened) {
       if (sb.active > 0 || sb.pinned > 0 || now - sb.lastUsed < this.opts.config.p2p.seedIdleMs) continue;
       this.opened.delete(digest);
@@ -392,8 +427,7 @@ export class Seed implements BlobProvider {
 
   /** Whether p2p.seedRegistries lets this seed fetch from the registry of `ref`. */
   private registryAllowed(ref: ImageReference): boolean {
-    const list = this.opts.config.p2p.seedRegistries.map((r) => r.toLowerCase());
-    return list.includes('*') || list.includes(ref.registry.toLowerCase());
+    return registryAllowed(this.opts.config.p2p.seedRegistries, ref);
   }
 
   /** Opens a blob with the size the registry gives (HEAD), never a requester's: a wrong hint changes nothing. */
@@ -430,6 +464,7 @@ export class Seed implements BlobProvider {
     if (this.sweepTimer !== undefined) this.timers.clearTimeout(this.sweepTimer);
     await this.trackerServer?.stop();
     await this.server.close();
+    await this.files?.close();
     this.opened.clear();
     this.blobs.clear();
     await this.layers.close();
@@ -438,3 +473,9 @@ export class Seed implements BlobProvider {
 }
 
 /** Bytes an unprivileged process may still write on the file system of `dir`. */
+
+/** Whether a seed's p2p.seedRegistries (`host[:port]`, `*` = any) lets it fetch from the registry of `ref`. */
+export function registryAllowed(seedRegistries: readonly string[], ref: ImageReference): boolean {
+  const list = seedRegistries.map((r) => r.toLowerCase());
+  return list.includes('*') || list.includes(ref.registry.toLowerCase());
+}

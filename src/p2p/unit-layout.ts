@@ -1,10 +1,23 @@
 import type { Toc } from '../blob/toc.js';
 
 /**
+ * The units of a blob as the cache bitmap, the tracker and the peer sources count them: a DFB blob's
+ * blocks and TOC unit (UnitLayout), or a raw file's fixed-size pieces (src/mirror/piece-table.ts).
+ */
+export interface Units {
+  readonly units: number;
+  readonly size: number;
+  offset(u: number): number;
+  length(u: number): number;
+  /** First and last unit overlapping [offset, offset+length); undefined when out of range or empty. */
+  unitsFor(offset: number, length: number): [number, number] | undefined;
+}
+
+/**
  * The units of a DFB blob as the cache and the P2P tier count them: blocks 0..n-1 at their blob offsets,
  * then the TOC unit n ([tocOffset, size): TOC + footer).
  */
-export class UnitLayout {
+export class UnitLayout implements Units {
   readonly units: number;
 
   constructor(

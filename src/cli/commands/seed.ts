@@ -1,8 +1,9 @@
 import { configGives } from '../../config.js';
 import { NodeMetrics } from '../../daemon/metrics.js';
 import { createLogger } from '../../log.js';
+import { SeedFiles } from '../../mirror/seed-files.js';
 import { startMirror } from '../../mirror/start-mirror.js';
-import { Seed } from '../../p2p/seed.js';
+import { registryAllowed, Seed } from '../../p2p/seed.js';
 import { configFrom, waitForSignal, type NodeFlags } from '../node-common.js';
 import { makeClient } from '../registry-client.js';
 
@@ -11,7 +12,19 @@ export async function seedCommand(flags: NodeFlags, signal: AbortSignal): Promis
   const cfg = configFrom(flags);
   const log = createLogger(cfg.logLevel);
   const client = makeClient(cfg, log, flags.creds);
-  const seed = new Seed({ config: cfg, client, logger: log.child({ component: 'seed' }) });
+  const seed = new Seed({
+    config: cfg,
+    client,
+    logger: log.child({ component: 'seed' }),
+    // raw files for `dfnode get`, from the origins p2p.seedOrigins allows
+    files: (deps) =>
+      new SeedFiles({
+        ...deps,
+        origins: cfg.p2p.seedOrigins,
+        registry: { client, allowed: (ref) => registryAllowed(cfg.p2p.seedRegistries, ref) },
+        idleTimeoutMs: Math.max(cfg.fetch.requestTimeoutMs, cfg.p2p.seedTimeoutMs) * 2,
+      }),
+  });
   const metrics = new NodeMetrics();
   metrics.onScrape(() => {
     metrics.publishSeed(seed.metricsCounters);

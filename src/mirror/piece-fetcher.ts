@@ -1,0 +1,109 @@
+import type { BlobCache } from '../cache/blob-cache.js';
+import { DfError } from '../errors.js';
+import {
+  isSourceUnavailable,
+  Priority,
+  type BlobRef,
+  type BlockSource,
+  type SourceKind,
+} from '../fetch/types.js';
+import { realTimers, sleep, type Timers } from '../util/timers.js';
+import { PieceLayout, verifyPiece, type PieceTable } from './piece-table.js';
+
+/** Bytes that came from each kind of source (`cache`: pieces already held when the fetch started). */
+export type BytesBySource = Partial<Record<SourceKind, number>>;
+
+export interface PieceFetchOptions {
+  table: PieceTable;
+  /** The file's cache, its layout set to the table's pieces (PieceLayout.cacheLayout). */
+  cache: BlobCache;
+  /** In order: peers, the seed, the origin. */
+  sources: readonly BlockSource[];
+  signal: AbortSignal;
+  /** Pieces in flight at once (default 4): bounds memory to concurrency × piece size. */
+  concurrency?: number;
+  /** Rounds over the sources before a piece fails (default 6), with a growing pause between. */
+  rounds?: number;
+  /** Told of each piece stored (after verification). */
+  onPiece?: (piece: number, bytes: number, from: SourceKind) => void;
+  timers?: Timers;
+}
+
+/**
+ * Moves the missing pieces of a raw file into its cache: each piece from the first source that has it
+ * (peers, then the seed, then the origin), verified against the piece table before it is written; a piece
+ * that fails verification is reported to its source (which isolates the peer that sent it) and taken from
+ * the next one. Pieces go in a random order, so that nodes fetching the same file at once take different
+ * pieces from the seed and trade them among themselves. A seed that is slow (timeout) is waited for, not
+ * skipped for the origin, so that the origin serves the file about once per cluster. A piece that fails
+ * in every round fails the fetch, after the other pieces were moved (a rerun fetches only what is missing).
+ */
+export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySource> {
+  const { table, cache, signal } = opts;
+  const layout = new PieceLayout(table.size, table.pieceSize);
+  const blob: BlobRef = { digest: table.digest, size: table.size };
+  const timers = opts.timers ?? realTimers;
+  const bytes: BytesBySource = {};
+  const todo: number[] = [];
+  for (let u = 0; u < layout.units; u++) if (!cache.has(u)) todo.push(u);
+  if (cache.filledBytes) bytes.cache = cache.filledBytes;
+  for (let i = todo.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [todo[i], todo[j]] = [todo[j]!, todo[i]!];
+  }
+  const rounds = opts.rounds ?? 6;
+
+  const one = async (u: number): Promise<void> => {
+    const offset = layout.offset(u);
+    const length = layout.length(u);
+    let last: unknown;
+    for (let round = 0; round < rounds; round++) {
+      if (round) await sleep(timers, Math.min(200 * 2 ** round, 5000), signal);
+      for (const src of opts.sources) {
+        let data: Buffer;
+        try {
+          data = await src.fetch(blob, offset, length, signal, { priority: Priority.Fill });
+        } catch (err) {
+          if (signal.aborted) throw DfError.from(signal.reason);
+          if (isSourceUnavailable(err)) {
+            last ??= err;
+            continue;
+          }
+          last = err;
+          // a busy seed: this piece waits for it (a later round) rather than going to the origin
+          if (src.kind === 'seed') break;
+          continue;
+        }
+        try {
+          verifyPiece(table, u, data);
+        } catch (err) {
+          src.badBlock?.(blob, data, 0, length);
+          last = err;
+          continue;
+        }
+        await cache.write(u, offset, data, signal);
+        bytes[src.kind] = (bytes[src.kind] ?? 0) + length;
+        opts.onPiece?.(u, length, src.kind);
+        return;
+      }
+    }
+    throw DfError.from(last ?? DfError.notFound('no source'), `piece ${u} of ${table.digest}`);
+  };
+
+  let next = 0;
+  let failed: unknown;
+  const worker = async () => {
+    // a piece that fails does not stop the others: what is verified stays for the rerun
+    while (next < todo.length && !signal.aborted) {
+      const u = todo[next++]!;
+      try {
+        await one(u);
+      } catch (err) {
+        failed ??= err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, worker));
+  if (failed !== undefined) throw failed;
+  return bytes;
+}

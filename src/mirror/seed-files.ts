@@ -1,0 +1,352 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { BlobCache } from '../cache/blob-cache.js';
+import type { CacheManager } from '../cache/cache-manager.js';
+import { DfError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { ServedBlob } from '../p2p/block-server.js';
+import type { SeedFileProvider } from '../p2p/seed.js';
+import type { RegistryClient } from '../registry/client.js';
+import { parseReference, type ImageReference } from '../registry/reference.js';
+import type { TokenBucket } from '../util/token-bucket.js';
+import { encodeTable, PieceHasher, PieceLayout, PIECE_SIZE, type PieceTable } from './piece-table.js';
+import { discard, originRequest, originUrl, originValidator } from './origin.js';
+
+/** Files a seed fetches from their origins at once; beyond, it refuses (the node fetches directly). */
+const MAX_FETCHING = 16;
+
+/** A raw file a seed holds completely, with its piece table. */
+interface SeedFile {
+  cache: BlobCache;
+  table: PieceTable;
+  encoded: Buffer;
+  layout: PieceLayout;
+  lastUsed: number;
+}
+
+/** Where a seed fetches a file from: an http(s) URL, or a blob of a registry repository. */
+interface FileOrigin {
+  /** One fetch at a time per key. */
+  key: string;
+  /** For messages (no query string, no credentials). */
+  where: string;
+  open(signal: AbortSignal): Promise<{ body: Body; validator: string }>;
+}
+
+type Body = AsyncIterable<Uint8Array> & {
+  destroy(err?: Error): unknown;
+  on(ev: 'error', f: () => void): unknown;
+};
+
+export interface SeedFilesOptions {
+  cache: CacheManager;
+  /** p2p.seedOrigins: URL prefixes (`https://host[:port][/path]`, `*` = any) this seed fetches from. */
+  origins: readonly string[];
+  /**
+   * Registry blobs (`dfnode get REGISTRY/REPO@DIGEST`): the seed's registry client and whether
+   * p2p.seedRegistries allows a registry; without them, only URLs.
+   */
+  registry?: { client: RegistryClient; allowed(ref: ImageReference): boolean };
+  /** The host's download limit (shared with registry traffic). */
+  download?: TokenBucket | undefined;
+  /** An origin that sends nothing for this long fails the fetch (ms). */
+  idleTimeoutMs: number;
+  logger?: Logger;
+  now?: () => number;
+}
+
+/**
+ * A seed's raw files (`dfnode get`, mirror blobs without a TOC): fetched whole from an allowed origin once
+ * (however many nodes ask: one fetch per URL at a time), hashed into a piece table as they stream by,
+ * checked against the digest the node named, then kept in the seed's cache under their content digest
+ * and served to nodes piece by piece. The seed never sends a node's credentials anywhere: it fetches
+ * without them, so an origin that needs credentials is fetched by the nodes directly.
+ */
+export class SeedFiles implements SeedFileProvider {
+  private readonly files = new Map<string, SeedFile>();
+  private readonly fetching = new Map<string, Promise<SeedFile>>();
+  /** What each URL held when last fetched: its content digest and validator (ETag/Last-Modified/size). */
+  private readonly urls = new Map<string, { digest: string; validator: string }>();
+  private readonly closer = new AbortController();
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private readonly tmp: string;
+
+  constructor(private readonly opts: SeedFilesOptions) {
+    this.log = opts.logger ?? silentLogger;
+    this.now = opts.now ?? Date.now;
+    this.tmp = join(opts.cache.dir, 'files-tmp');
+  }
+
+  /** Clears temporary files a killed seed left. */
+  async init(): Promise<void> {
+    await rm(this.tmp, { recursive: true, force: true });
+    await mkdir(this.tmp, { recursive: true });
+  }
+
+  /** Whether p2p.seedOrigins lets this seed fetch `url`. */
+  allowed(url: URL): boolean {
+    return this.opts.origins.some((o) => {
+      if (o === '*') return true;
+      let e: URL;
+      try {
+        e = new URL(o);
+      } catch {
+        return false;
+      }
+      return e.protocol === url.protocol && e.host === url.host && url.pathname.startsWith(e.pathname);
+    });
+  }
+
+  /**
+   * The encoded piece table of the file a node asks for (`url=URL` or `repo=REGISTRY/REPO`, with
+   * `digest=sha256:...`; a repository needs the digest), fetching it first when this seed does not hold it.
+   * `digest`, when given, is checked against the content; without it, a URL fetched before is reused while
+   * the origin's validator (HEAD) is unchanged.
+   */
+  async table(query: URLSearchParams, signal: AbortSignal): Promise<Buffer> {
+    const digest = query.get('digest') ?? undefined;
+    if (digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(digest))
+      throw DfError.invalidArgument(`digest ${digest.slice(0, 80)} is not sha256:<64 hex>`);
+    const repo = query.get('repo');
+    let origin: FileOrigin;
+    let f: SeedFile | undefined;
+    if (repo !== null) {
+      if (!digest) throw DfError.invalidArgument('a registry blob is asked for by digest');
+      origin = this.registryOrigin(repo, digest);
+      f = await this.held(digest, signal);
+    } else {
+      const url = originUrl(query.get('url') ?? '');
+      if (!this.allowed(url))
+        throw new DfError(
+          'FORBIDDEN',
+          `this seed does not fetch from ${url.origin}: not in p2p.seedOrigins (${this.opts.origins.join(', ') || 'empty'})`,
+        );
+      origin = urlOrigin(url);
+      f = digest ? await this.held(digest, signal) : await this.unchanged(url, signal);
+    }
+    if (!f) {
+      let p = this.fetching.get(origin.key);
+      if (!p) {
+        if (this.fetching.size >= MAX_FETCHING)
+          throw new DfError('NETWORK', `this seed is fetching ${MAX_FETCHING} files already; retry later`);
+        p = this.fetchFile(origin, digest);
+        this.fetching.set(origin.key, p);
+        const key = origin.key;
+        void p.then(
+          () => this.fetching.delete(key),
+          () => this.fetching.delete(key),
+        );
+      }
+      f = await raceSignal(p, signal);
+      if (digest && f.table.digest !== digest)
+        throw DfError.digestMismatch(`file at ${origin.where}`, digest, f.table.digest);
+    }
+    f.lastUsed = this.now();
+    return f.encoded;
+  }
+
+  /** A blob of `repo` (REGISTRY/REPO) when p2p.seedRegistries allows its registry, else FORBIDDEN. */
+  private registryOrigin(repo: string, digest: string): FileOrigin {
+    const reg = this.opts.registry;
+    const ref = parseReference(repo);
+    if (!reg || !reg.allowed(ref))
+      throw new DfError(
+        'FORBIDDEN',
+        `this seed does not fetch blobs of ${ref.registry}: not in p2p.seedRegistries`,
+      );
+    return {
+      key: `${ref.repoString}@${digest}`,
+      where: `${ref.repoString}@${digest}`,
+      open: async (signal) => {
+        const { stream } = await reg.client.getBlob(ref, digest, { signal });
+        return { body: stream as unknown as Body, validator: '' };
+      },
+    };
+  }
+
+  /** The file this seed holds under `digest` (after a restart: its complete cache, hashed again). */
+  private async held(digest: string, signal: AbortSignal): Promise<SeedFile | undefined> {
+    const f = this.files.get(digest);
+    if (f) return f;
+    const known = this.opts.cache.list().find((b) => b.digest === digest && b.complete);
+    if (!known) return undefined;
+    const cache = await this.opts.cache.open({ digest, size: known.size }, signal);
+    try {
+      const layout = new PieceLayout(known.size, PIECE_SIZE);
+      // complete under any layout (pieces, or a DFB layer's blocks): the same bytes, served as they are
+      if (!cache.isComplete) {
+        await this.opts.cache.release(cache);
+        return undefined;
+      }
+      const hasher = new PieceHasher(PIECE_SIZE);
+      for (let u = 0; u < layout.units; u++)
+        hasher.update(await cache.read(layout.offset(u), layout.length(u), signal));
+      const table = hasher.finish();
+      if (table.digest !== digest) {
+        await cache.drop(signal);
+        await this.opts.cache.release(cache);
+        return undefined;
+      }
+      return this.keep(cache, table);
+    } catch (err) {
+      await this.opts.cache.release(cache);
+      throw err;
+    }
+  }
+
+  /** The file last fetched from `url` when the origin says it has not changed since (same validator). */
+  private async unchanged(url: URL, signal: AbortSignal): Promise<SeedFile | undefined> {
+    const known = this.urls.get(url.toString());
+    const f = known && this.files.get(known.digest);
+    if (!known || !f || !known.validator) return undefined;
+    const res = await originRequest(url, { method: 'HEAD', signal });
+    discard(res.body);
+    return originValidator(res.headers) === known.validator ? f : undefined;
+  }
+
+  private keep(cache: BlobCache, table: PieceTable): SeedFile {
+    const f: SeedFile = {
+      cache,
+      table,
+      encoded: encodeTable(table),
+      layout: new PieceLayout(table.size, table.pieceSize),
+      lastUsed: this.now(),
+    };
+    this.files.set(table.digest, f);
+    return f;
+  }
+
+  /**
+   * Streams the origin's file into a temporary file while hashing it into a piece table, then moves it
+   * into the cache under its content digest (piece by piece: bounded memory).
+   */
+  private async fetchFile(origin: FileOrigin, digest: string | undefined): Promise<SeedFile> {
+    const signal = this.closer.signal;
+    const where = origin.where;
+    this.log.info({ from: where }, 'seed fetches a file from its origin');
+    const { body, validator } = await origin.open(signal);
+    const path = join(this.tmp, randomBytes(8).toString('hex'));
+    const hasher = new PieceHasher(PIECE_SIZE);
+    let fh: FileHandle | undefined;
+    try {
+      fh = await open(path, 'w+');
+      let idle: NodeJS.Timeout | undefined;
+      const arm = () => {
+        clearTimeout(idle);
+        idle = setTimeout(
+          () => body.destroy(DfError.timeout(`${where} sent nothing for ${this.opts.idleTimeoutMs} ms`)),
+          this.opts.idleTimeoutMs,
+        );
+      };
+      arm();
+      try {
+        for await (const c of body) {
+          const chunk = c as Buffer;
+          arm();
+          await this.opts.download?.take(chunk.length, signal);
+          hasher.update(chunk);
+          await fh.write(chunk, 0, chunk.length, hasher.bytes - chunk.length);
+        }
+      } finally {
+        clearTimeout(idle);
+      }
+      const table = hasher.finish();
+      if (table.size === 0) throw DfError.unsupported(`the file at ${where} is empty: nothing to distribute`);
+      if (digest && table.digest !== digest)
+        throw DfError.digestMismatch(`file at ${where}`, digest, table.digest);
+      this.urls.set(origin.key, { digest: table.digest, validator });
+      const have = this.files.get(table.digest);
+      if (have) return have;
+      const cache = await this.opts.cache.open({ digest: table.digest, size: table.size }, signal);
+      try {
+        const layout = new PieceLayout(table.size, table.pieceSize);
+        const { blockCount, tocOffset } = layout.cacheLayout;
+        const held = cache.layout;
+        const other = held && (held.blockCount !== blockCount || held.tocOffset !== tocOffset);
+        // the blob is open here as a DFB layer: its cache is not this file's to reset
+        if (other && !cache.isComplete)
+          throw new DfError(
+            'FAILED_PRECONDITION',
+            `this seed holds ${table.digest} as a DFB layer that is not complete yet; ask again later`,
+          );
+        if (!other) await cache.setLayout(blockCount, tocOffset, signal);
+        const buf = Buffer.allocUnsafe(table.pieceSize);
+        for (let u = 0; u < layout.units && !other; u++) {
+          if (cache.has(u)) continue;
+          const n = layout.length(u);
+          const { bytesRead } = await fh.read(buf, 0, n, layout.offset(u));
+          if (bytesRead !== n) throw DfError.internal(`seed temp file ${path} is short`);
+          await cache.write(u, layout.offset(u), Buffer.from(buf.subarray(0, n)), signal);
+        }
+        await cache.flush(signal);
+      } catch (err) {
+        await this.opts.cache.release(cache);
+        throw err;
+      }
+      this.log.info({ from: where, digest: table.digest, size: table.size }, 'seed holds the file');
+      return this.keep(cache, table);
+    } catch (err) {
+      discard(body);
+      throw DfError.from(err, `seed fetch of ${where}`);
+    } finally {
+      await fh?.close();
+      await rm(path, { force: true });
+    }
+  }
+
+  /** The file held under `digest`, served to nodes piece by piece (undefined: not a file of this seed). */
+  served(digest: string): ServedBlob | undefined {
+    const f = this.files.get(digest);
+    if (!f) return undefined;
+    f.lastUsed = this.now();
+    return {
+      size: f.table.size,
+      read: async (offset, length, signal) => {
+        if (!f.layout.unitsFor(offset, length) || !this.files.has(digest)) return undefined;
+        f.lastUsed = this.now();
+        return f.cache.read(offset, length, signal);
+      },
+    };
+  }
+
+  /** Releases the files no node asked for in `idleMs` (their caches may then be evicted). */
+  async releaseIdle(idleMs: number): Promise<void> {
+    const now = this.now();
+    for (const [digest, f] of this.files) {
+      if (now - f.lastUsed < idleMs) continue;
+      this.files.delete(digest);
+      await this.opts.cache.release(f.cache).catch(() => undefined);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closer.abort(DfError.aborted('seed closed'));
+    await Promise.allSettled([...this.fetching.values()]);
+    for (const f of this.files.values()) await this.opts.cache.release(f.cache).catch(() => undefined);
+    this.files.clear();
+  }
+}
+
+/** A URL as the origin of a file: a GET without credentials, redirects not followed. */
+function urlOrigin(url: URL): FileOrigin {
+  return {
+    key: url.toString(),
+    where: `${url.origin}${url.pathname}`,
+    open: async (signal) => {
+      const res = await originRequest(url, { signal });
+      return { body: res.body, validator: originValidator(res.headers) };
+    },
+  };
+}
+
+/** `p` unless `signal` aborts first (the shared fetch goes on for the other nodes). */
+function raceSignal<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(DfError.from(signal.reason));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(DfError.from(signal.reason));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}

@@ -1,0 +1,215 @@
+/**
+ * `dfnode get` through a real cluster on loopback: a counting HTTP origin, a `dfnode seed` process and
+ * `dfnode get` processes. N nodes at once cost the origin about one copy; a get killed with SIGKILL
+ * mid-transfer resumes from the pieces it had verified; without a seed that may fetch the origin, the file
+ * comes directly from it (with the credentials, which never reach the seed).
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { runCli } from '../helpers/cli.js';
+import { dfnodeProc, startSeedProc, type SeedProc } from '../helpers/dfnode-proc.js';
+import { sha256Digest, sha256File } from '../helpers/digest.js';
+import { startFileOrigin, type FileOrigin } from '../helpers/file-origin.js';
+import { tempDir } from '../helpers/temp.js';
+
+const TOKEN = 'get-cluster-token';
+const MiB = 1024 * 1024;
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+async function setup(
+  size: number,
+  seedOrigins?: (o: FileOrigin) => string,
+  auth?: string,
+  chunkDelayMs?: number,
+) {
+  const { dir, cleanup } = await tempDir('dfnode-get-');
+  cleanups.push(cleanup);
+  const origin = await startFileOrigin({ auth, chunkDelayMs });
+  cleanups.push(() => origin.close());
+  const data = randomBytes(size);
+  origin.put('/files/big.bin', data);
+  let seed: SeedProc | undefined;
+  if (seedOrigins) {
+    seed = await startSeedProc(dir, 'seed', ['--cluster-token', TOKEN], {
+      DFNODE_P2P_SEED_ORIGINS: seedOrigins(origin),
+    });
+    cleanups.push(() => seed!.proc.stop());
+  }
+  const url = `${origin.base}/files/big.bin`;
+  const args = (i: number, extra: string[] = []) => [
+    'get',
+    url,
+    '-O',
+    join(dir, `out-${i}.bin`),
+    '--cache-dir',
+    join(dir, `cache-${i}`),
+    '--state-dir',
+    join(dir, `state-${i}`),
+    '--p2p-listen',
+    '127.0.0.1:0',
+    '--cluster-token',
+    TOKEN,
+    '--json',
+    ...(seed ? ['--seeds', seed.addr] : []),
+    ...extra,
+  ];
+  return { dir, origin, data, digest: sha256Digest(data), url, seed, args };
+}
+
+interface Result {
+  digest: string;
+  size: number;
+  mode: string;
+  reason?: string;
+  bytes: Record<string, number>;
+}
+
+function parse(stdout: string): Result {
+  return JSON.parse(stdout.trim().split('\n').pop()!) as Result;
+}
+
+describe('dfnode get', () => {
+  it('gets a 100 MiB file to 3 nodes at once: the origin serves it about once, every copy verifies', async () => {
+    const size = 100 * MiB;
+    const t = await setup(size, (o) => o.base + '/files/');
+    const runs = await Promise.all(
+      [0, 1, 2].map((i) => runCli('dfnode', t.args(i, ['--digest', t.digest]), { timeoutMs: 300_000 })),
+    );
+    for (const [i, r] of runs.entries()) {
+      expect(r.code, r.stderr).toBe(0);
+      const res = parse(r.stdout);
+      expect(res).toMatchObject({ digest: t.digest, size, mode: 'p2p' });
+      const b = res.bytes;
+      expect((b.peer ?? 0) + (b.seed ?? 0) + (b.registry ?? 0)).toBe(size);
+      expect('sha256:' + (await sha256File(join(t.dir, `out-${i}.bin`)))).toBe(t.digest);
+      expect(existsSync(join(t.dir, `out-${i}.bin.dfnode-tmp`))).toBe(false);
+    }
+    console.info(
+      `dfnode get 100 MiB x3: origin served ${t.origin.served()} bytes; by source`,
+      runs.map((r) => parse(r.stdout).bytes),
+    );
+    // the seed fetched the file once; no node went to the origin
+    expect(t.origin.served()).toBeLessThanOrEqual(1.1 * size);
+    expect(t.origin.requests.range).toBe(0);
+  }, 400_000);
+
+  it('resumes after kill -9 mid-transfer: the rerun fetches only the missing pieces, the file verifies', async () => {
+    const size = 64 * MiB;
+    const t = await setup(size, (o) => o.base);
+    const out = join(t.dir, 'out-0.bin');
+    const bitmap = join(t.dir, 'cache-0', 'blobs', 'sha256', t.digest.slice(7), 'bitmap');
+    // a slow node (8 MiB/s) so that it is killed with part of the file in its cache
+    const p = dfnodeProc(t.args(0), { DFNODE_P2P_DOWNLOAD_RATE: '8M' });
+    cleanups.push(() => p.stop());
+    for (let i = 0; i < 1200 && !existsSync(bitmap); i++) {
+      if (p.child.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(existsSync(bitmap), p.err()).toBe(true);
+    p.child.kill('SIGKILL');
+    await p.exited;
+    expect(existsSync(out)).toBe(false);
+    const r = await runCli('dfnode', t.args(0), { timeoutMs: 300_000 });
+    expect(r.code, r.stderr).toBe(0);
+    const res = parse(r.stdout);
+    expect(res.digest).toBe(t.digest);
+    expect(res.bytes.cache ?? 0).toBeGreaterThan(0);
+    expect(
+      (res.bytes.cache ?? 0) + (res.bytes.seed ?? 0) + (res.bytes.peer ?? 0) + (res.bytes.registry ?? 0),
+    ).toBe(size);
+    expect(res.bytes.seed ?? 0).toBeLessThan(size);
+    expect('sha256:' + (await sha256File(out))).toBe(t.digest);
+    expect(t.origin.served()).toBeLessThanOrEqual(1.1 * size);
+  }, 400_000);
+
+  it('without a seed allowed to fetch the origin, gets it directly with the credentials, which the seed never sees', async () => {
+    const size = 3 * MiB + 17;
+    const auth = 'Bearer s3cret';
+    // the seed may fetch this origin but has no credentials: the origin refuses it
+    const t = await setup(size, (o) => o.base, auth);
+    const no = await runCli('dfnode', t.args(0), { timeoutMs: 120_000 });
+    expect(no.code, no.stderr).toBe(4);
+    expect(no.stderr).toMatch(/401.*--header 'Authorization/);
+    const refusedBefore = t.origin.requests.refused;
+    const r = await runCli(
+      'dfnode',
+      t.args(1, ['--header', `Authorization: ${auth}`, '--digest', t.digest]),
+      {
+        timeoutMs: 120_000,
+      },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    const res = parse(r.stdout);
+    expect(res).toMatchObject({ digest: t.digest, mode: 'direct', bytes: { registry: size } });
+    expect(res.reason).toMatch(/401/);
+    expect(r.stderr).toMatch(/fetched directly from the origin/);
+    // the seed asked (without credentials) and was refused; the node's request carried them
+    expect(t.origin.requests.refused).toBeGreaterThan(refusedBefore);
+    expect('sha256:' + (await sha256File(join(t.dir, 'out-1.bin')))).toBe(t.digest);
+  }, 200_000);
+
+  it('a seed refuses an origin p2p.seedOrigins does not list, without contacting it; the node gets the file directly', async () => {
+    const size = 2 * MiB + 5;
+    const t = await setup(size, () => 'http://127.0.0.1:1/elsewhere/');
+    const r = await runCli('dfnode', t.args(0), { timeoutMs: 120_000 });
+    expect(r.code, r.stderr).toBe(0);
+    const res = parse(r.stdout);
+    expect(res).toMatchObject({ digest: t.digest, mode: 'direct', bytes: { registry: size } });
+    expect(res.reason).toMatch(/p2p\.seedOrigins/);
+    // one request: the node's own
+    expect(t.origin.requests).toMatchObject({ get: 1, range: 0, head: 0, refused: 0 });
+    expect('sha256:' + (await sha256File(join(t.dir, 'out-0.bin')))).toBe(t.digest);
+  }, 200_000);
+
+  it('without a seed, resumes a direct download from the part file a killed get left', async () => {
+    const size = 64 * MiB;
+    // a slow origin (a pause every 64 KiB), so that the get is killed mid-transfer
+    const t = await setup(size, undefined, undefined, 2);
+    const out = join(t.dir, 'out-0.bin');
+    const part = `${out}.dfnode-part`;
+    const p = dfnodeProc(t.args(0));
+    cleanups.push(() => p.stop());
+    for (let i = 0; i < 1200; i++) {
+      const n = await stat(part).then(
+        (s) => s.size,
+        () => 0,
+      );
+      if (n > 0 || p.child.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    p.child.kill('SIGKILL');
+    await p.exited;
+    expect(existsSync(out)).toBe(false);
+    const had = await stat(part).then(
+      (s) => s.size,
+      () => 0,
+    );
+    expect(had).toBeGreaterThan(0);
+    expect(had).toBeLessThan(size);
+    const r = await runCli('dfnode', t.args(0, ['--digest', t.digest]), { timeoutMs: 120_000 });
+    expect(r.code, r.stderr).toBe(0);
+    const res = parse(r.stdout);
+    expect(res).toMatchObject({ digest: t.digest, mode: 'direct' });
+    expect(res.reason).toMatch(/no seed/);
+    // the rerun asked the origin for the rest only (from the last byte held)
+    expect(res.bytes.registry).toBe(size - Math.max(0, had - 1));
+    expect('sha256:' + (await sha256File(out))).toBe(t.digest);
+    expect(existsSync(part)).toBe(false);
+  }, 200_000);
+
+  it('a wrong --digest fails with a digest mismatch and writes no file', async () => {
+    const t = await setup(MiB, (o) => o.base);
+    const wrong = sha256Digest('something else');
+    const r = await runCli('dfnode', t.args(0, ['--digest', wrong]), { timeoutMs: 120_000 });
+    expect(r.code).toBe(6);
+    expect(r.stderr).toMatch(/digest/i);
+    expect(existsSync(join(t.dir, 'out-0.bin'))).toBe(false);
+  }, 200_000);
+});

@@ -1,0 +1,152 @@
+/**
+ * The piece fetcher over a real BlobCache: pieces come from the first source that has them, a piece that
+ * fails verification is reported to its source and taken from the next, a busy seed is waited for rather
+ * than skipped for the origin, and pieces already held are not fetched again.
+ */
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BlobCache } from '../../src/cache/blob-cache.js';
+import { DfError } from '../../src/errors.js';
+import { sourceUnavailable, type BlobRef, type BlockSource, type SourceKind } from '../../src/fetch/types.js';
+import { fetchPieces } from '../../src/mirror/piece-fetcher.js';
+import { PieceHasher, PieceLayout, type PieceTable } from '../../src/mirror/piece-table.js';
+import { flipBits } from '../helpers/bytes.js';
+import { tempDir } from '../helpers/temp.js';
+
+const P = 64 * 1024;
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+async function setup(pieces = 8) {
+  const data = randomBytes(pieces * P - 99);
+  const h = new PieceHasher(P);
+  h.update(data);
+  const table = h.finish();
+  const { dir, cleanup } = await tempDir('dfnode-pieces-');
+  cleanups.push(cleanup);
+  const open = async () => {
+    const cache = await BlobCache.open({ dir: join(dir, 'c'), digest: table.digest, size: table.size });
+    const { blockCount, tocOffset } = new PieceLayout(table.size, P).cacheLayout;
+    await cache.setLayout(blockCount, tocOffset);
+    cleanups.push(() => cache.close());
+    return cache;
+  };
+  return { data, table, open };
+}
+
+/** A source serving `data`, optionally refusing, lying or failing on some pieces; records calls and reports. */
+function source(
+  kind: SourceKind,
+  data: Buffer,
+  behave: (piece: number) => 'ok' | 'none' | 'lie' | 'timeout' = () => 'ok',
+) {
+  const calls: number[] = [];
+  const bad: number[] = [];
+  const s: BlockSource = {
+    kind,
+    name: kind,
+    fetch(_b: BlobRef, offset: number, length: number) {
+      const u = offset / P;
+      calls.push(u);
+      const how = behave(u);
+      if (how === 'none') return Promise.reject(sourceUnavailable(`${kind} has no piece ${u}`));
+      if (how === 'timeout') return Promise.reject(DfError.timeout(`${kind} busy`));
+      const out = Buffer.from(data.subarray(offset, offset + length));
+      if (how === 'lie') flipBits(out, 7);
+      return Promise.resolve(out);
+    },
+    badBlock(_b, _d, offset) {
+      bad.push(offset);
+    },
+  };
+  return { s, calls, bad };
+}
+
+const all = (t: PieceTable) => [...Array(Math.ceil(t.size / P)).keys()];
+
+describe('piece fetcher', () => {
+  it('takes each piece from the first source that has it and the cache then verifies whole', async () => {
+    const { data, table, open } = await setup();
+    const cache = await open();
+    const peers = source('peer', data, (u) => (u % 2 ? 'ok' : 'none'));
+    const seed = source('seed', data);
+    const origin = source('registry', data);
+    const bytes = await fetchPieces({
+      table,
+      cache,
+      sources: [peers.s, seed.s, origin.s],
+      signal: new AbortController().signal,
+      concurrency: 3,
+    });
+    expect(bytes.peer! + bytes.seed!).toBe(table.size);
+    expect(seed.calls.sort((a, b) => a - b)).toEqual(all(table).filter((u) => u % 2 === 0));
+    expect(origin.calls).toEqual([]);
+    expect(cache.isComplete).toBe(true);
+    expect((await cache.verifyComplete()).ok).toBe(true);
+  });
+
+  it('a lying peer: its piece fails verification, is reported and comes from the seed; nothing bad is stored', async () => {
+    const { data, table, open } = await setup();
+    const cache = await open();
+    const peers = source('peer', data, (u) => (u === 3 ? 'lie' : 'ok'));
+    const seed = source('seed', data);
+    const bytes = await fetchPieces({
+      table,
+      cache,
+      sources: [peers.s, seed.s],
+      signal: new AbortController().signal,
+    });
+    expect(peers.bad).toEqual([0]);
+    expect(seed.calls).toEqual([3]);
+    expect(bytes.seed).toBe(P);
+    expect((await cache.verifyComplete()).ok).toBe(true);
+  });
+
+  it('waits for a busy seed instead of going to the origin', async () => {
+    const { data, table, open } = await setup(2);
+    const cache = await open();
+    let busy = 2;
+    const seed = source('seed', data, (u) => (u === 1 && busy-- > 0 ? 'timeout' : 'ok'));
+    const origin = source('registry', data);
+    await fetchPieces({
+      table,
+      cache,
+      sources: [seed.s, origin.s],
+      signal: new AbortController().signal,
+      rounds: 4,
+    });
+    expect(origin.calls).toEqual([]);
+    expect(seed.calls.filter((u) => u === 1)).toHaveLength(3);
+  });
+
+  it('fails naming the piece when every source lies, after storing the others; a rerun asks only for it', async () => {
+    const { data, table, open } = await setup(4);
+    const cache = await open();
+    const lying = source('registry', data, (u) => (u === 2 ? 'lie' : 'ok'));
+    await expect(
+      fetchPieces({
+        table,
+        cache,
+        sources: [lying.s],
+        signal: new AbortController().signal,
+        rounds: 1,
+        concurrency: 1,
+      }),
+    ).rejects.toThrow(/piece 2 .*does not match/);
+    expect(cache.has(2)).toBe(false);
+    // a rerun asks only for what is missing
+    const good = source('registry', data);
+    const bytes = await fetchPieces({
+      table,
+      cache,
+      sources: [good.s],
+      signal: new AbortController().signal,
+    });
+    expect(good.calls).toEqual([2]);
+    expect(bytes.cache).toBe(table.size - P);
+    expect((await cache.verifyComplete()).ok).toBe(true);
+  });
+});
