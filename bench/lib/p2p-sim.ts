@@ -124,13 +124,16 @@ function rng(seed: number): () => number {
   };
 }
 
-/** A binary heap of events by time, then by insertion order. */
-class EventQueue {
-  private readonly heap: { t: number; seq: number; fn: () => void }[] = [];
-  private seq = 0;
-  push(t: number, fn: () => void): void {
-    const h = this.heap;
-    h.push({ t, seq: this.seq++, fn });
+/** A binary min-heap under `less`. */
+class MinHeap<T> {
+  private readonly h: T[] = [];
+  constructor(private readonly less: (a: T, b: T) => boolean) {}
+  get size(): number {
+    return this.h.length;
+  }
+  push(x: T): void {
+    const h = this.h;
+    h.push(x);
     let i = h.length - 1;
     while (i > 0) {
       const p = (i - 1) >> 1;
@@ -139,8 +142,8 @@ class EventQueue {
       i = p;
     }
   }
-  pop(): { t: number; fn: () => void } | undefined {
-    const h = this.heap;
+  pop(): T | undefined {
+    const h = this.h;
     if (!h.length) return undefined;
     const top = h[0]!;
     const last = h.pop()!;
@@ -160,8 +163,19 @@ class EventQueue {
     }
     return top;
   }
-  private less(a: { t: number; seq: number }, b: { t: number; seq: number }): boolean {
-    return a.t < b.t || (a.t === b.t && a.seq < b.seq);
+}
+
+/** Events by time, then by insertion order. */
+class EventQueue {
+  private readonly heap = new MinHeap<{ t: number; seq: number; fn: () => void }>(
+    (a, b) => a.t < b.t || (a.t === b.t && a.seq < b.seq),
+  );
+  private seq = 0;
+  push(t: number, fn: () => void): void {
+    this.heap.push({ t, seq: this.seq++, fn });
+  }
+  pop(): { t: number; fn: () => void } | undefined {
+    return this.heap.pop();
   }
 }
 
@@ -275,43 +289,14 @@ export function simulate(p: SimParams): SimResult {
       res(f.dst).downN++;
     }
     // a heap of (share, endpoint, direction); shares only grow as flows freeze, so stale entries are skipped
-    const heap: { share: number; e: Endpoint; up: boolean }[] = [];
-    const push = (x: { share: number; e: Endpoint; up: boolean }) => {
-      heap.push(x);
-      let i = heap.length - 1;
-      while (i > 0) {
-        const pi = (i - 1) >> 1;
-        if (heap[pi]!.share <= heap[i]!.share) break;
-        [heap[pi], heap[i]] = [heap[i]!, heap[pi]!];
-        i = pi;
-      }
-    };
-    const pop = () => {
-      const top = heap[0]!;
-      const last = heap.pop()!;
-      if (heap.length) {
-        heap[0] = last;
-        let i = 0;
-        for (;;) {
-          const l = 2 * i + 1;
-          const r = l + 1;
-          let m = i;
-          if (l < heap.length && heap[l]!.share < heap[m]!.share) m = l;
-          if (r < heap.length && heap[r]!.share < heap[m]!.share) m = r;
-          if (m === i) break;
-          [heap[m], heap[i]] = [heap[i]!, heap[m]!];
-          i = m;
-        }
-      }
-      return top;
-    };
+    const heap = new MinHeap<{ share: number; e: Endpoint; up: boolean }>((x, y) => x.share < y.share);
+    const push = (x: { share: number; e: Endpoint; up: boolean }) => heap.push(x);
     for (const [e, r] of rem) {
       if (r.upN) push({ share: r.up / r.upN, e, up: true });
       if (r.downN) push({ share: r.down / r.downN, e, up: false });
     }
     const frozen = new Map<Flow, number>();
-    while (heap.length) {
-      const x = pop();
+    for (let x = heap.pop(); x; x = heap.pop()) {
       const r = rem.get(x.e)!;
       const n = x.up ? r.upN : r.downN;
       if (!n) continue;

@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -87,4 +88,23 @@ export async function startFileOrigin(
         server.close(() => r());
       }),
   };
+}
+
+/**
+ * The flags of a `dfnode get` that plays one node of a test cluster on loopback: its own cache and state
+ * directories below `dir` (suffixed with `name`), any free block-server port, the cluster token, JSON output.
+ */
+export function getNodeFlags(dir: string, name: string, token: string, seed?: string): string[] {
+  return [
+    '--cache-dir',
+    join(dir, `cache${name}`),
+    '--state-dir',
+    join(dir, `state${name}`),
+    '--p2p-listen',
+    '127.0.0.1:0',
+    ...(seed ? ['--seeds', seed] : []),
+    '--cluster-token',
+    token,
+    '--json',
+  ];
 }

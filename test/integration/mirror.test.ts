@@ -186,34 +186,15 @@ describe.skipIf(req.skip || regReq.skip)('registry mirror (containerd, podman, d
       `[[registry]]\nlocation = "${reg.host}"\ninsecure = true\n\n[[registry.mirror]]\nlocation = "${mirror.address}"\ninsecure = true\n`,
     );
     const blobsBefore = mirror.counters.requests.blob ?? 0;
-    const r = await run(
-      'podman',
-      [
-        '--root',
-        join(dir, 'root'),
-        '--runroot',
-        join(dir, 'run'),
-        '--storage-driver',
-        'vfs',
-        'pull',
-        '-q',
-        `${reg.host}/tools/busybox:1`,
-      ],
-      { env: { ...process.env, CONTAINERS_REGISTRIES_CONF: conf }, timeoutMs: 180_000 },
-    );
-    cleanups.push(() =>
-      run('podman', [
-        '--root',
-        join(dir, 'root'),
-        '--runroot',
-        join(dir, 'run'),
-        '--storage-driver',
-        'vfs',
-        'system',
-        'reset',
-        '-f',
-      ]),
-    );
+    // podman with its own storage below the test directory (vfs: no overlay mounts to clean up)
+    const podman = (args: string[]) =>
+      run(
+        'podman',
+        ['--root', join(dir, 'root'), '--runroot', join(dir, 'run'), '--storage-driver', 'vfs', ...args],
+        { env: { ...process.env, CONTAINERS_REGISTRIES_CONF: conf }, timeoutMs: 180_000 },
+      );
+    cleanups.push(() => podman(['system', 'reset', '-f']));
+    const r = await podman(['pull', '-q', `${reg.host}/tools/busybox:1`]);
     expect(r.code, r.stderr).toBe(0);
     expect(mirror.counters.requests.blob ?? 0).toBeGreaterThan(blobsBefore);
   }, 300_000);

@@ -12,7 +12,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { runCli } from '../helpers/cli.js';
 import { dfnodeProc, startSeedProc, type SeedProc } from '../helpers/dfnode-proc.js';
 import { sha256Digest, sha256File } from '../helpers/digest.js';
-import { startFileOrigin, type FileOrigin } from '../helpers/file-origin.js';
+import { getNodeFlags, startFileOrigin, type FileOrigin } from '../helpers/file-origin.js';
 import { tempDir } from '../helpers/temp.js';
 
 const TOKEN = 'get-cluster-token';
@@ -48,16 +48,7 @@ async function setup(
     url,
     '-O',
     join(dir, `out-${i}.bin`),
-    '--cache-dir',
-    join(dir, `cache-${i}`),
-    '--state-dir',
-    join(dir, `state-${i}`),
-    '--p2p-listen',
-    '127.0.0.1:0',
-    '--cluster-token',
-    TOKEN,
-    '--json',
-    ...(seed ? ['--seeds', seed.addr] : []),
+    ...getNodeFlags(dir, `-${i}`, TOKEN, seed?.addr),
     ...extra,
   ];
   return { dir, origin, data, digest: sha256Digest(data), url, seed, args };

@@ -17,7 +17,7 @@ import { flipBits } from '../helpers/bytes.js';
 import { runCli } from '../helpers/cli.js';
 import { startSeedProc } from '../helpers/dfnode-proc.js';
 import { sha256File } from '../helpers/digest.js';
-import { startFileOrigin } from '../helpers/file-origin.js';
+import { getNodeFlags, startFileOrigin } from '../helpers/file-origin.js';
 import { tempDir } from '../helpers/temp.js';
 
 const TOKEN = 'get-liar-token';
@@ -93,17 +93,7 @@ describe('dfnode get and a lying peer', () => {
         out,
         '--digest',
         table.digest,
-        '--cache-dir',
-        join(dir, 'cache'),
-        '--state-dir',
-        join(dir, 'state'),
-        '--p2p-listen',
-        '127.0.0.1:0',
-        '--seeds',
-        seed.addr,
-        '--cluster-token',
-        TOKEN,
-        '--json',
+        ...getNodeFlags(dir, '', TOKEN, seed.addr),
       ],
       // slow enough that the liar is known before the last pieces are asked for
       { timeoutMs: 300_000, env: { DFNODE_P2P_DOWNLOAD_RATE: '32M' } },

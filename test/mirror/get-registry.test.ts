@@ -11,6 +11,7 @@ import { parseReference } from '../../src/registry/reference.js';
 import { runCli } from '../helpers/cli.js';
 import { startSeedProc } from '../helpers/dfnode-proc.js';
 import { sha256Digest, sha256File } from '../helpers/digest.js';
+import { getNodeFlags } from '../helpers/file-origin.js';
 import { requireRegistry, startRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/temp.js';
 
@@ -47,17 +48,7 @@ describe.skipIf(req.skip)(`dfnode get from a registry ${req.reason}`, () => {
             '-O',
             join(dir, `out-${i}`),
             '--plain-http',
-            '--cache-dir',
-            join(dir, `cache-${i}`),
-            '--state-dir',
-            join(dir, `state-${i}`),
-            '--p2p-listen',
-            '127.0.0.1:0',
-            '--seeds',
-            seed.addr,
-            '--cluster-token',
-            TOKEN,
-            '--json',
+            ...getNodeFlags(dir, `-${i}`, TOKEN, seed.addr),
           ],
           { timeoutMs: 300_000 },
         ),
