@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { freeLoopbackPort } from '../src/util/free-port.js';
 import { benchLog, gitState, runMain } from './lib/main.js';
-import { formatTable, median, processCpu } from './lib/measure.js';
+import { formatTable, median, processCpu, threadCpu } from './lib/measure.js';
 import { LOCAL_HOST, NsProc } from './lib/ns-proc.js';
 import { NsRegistry } from './lib/ns-registry.js';
 import { cacheVerifies, cli, repoRoot } from './lib/p2p-cluster.js';
@@ -96,6 +96,13 @@ async function proxyPair(seedPort: number, rate: number): Promise<[PacedProxy, P
       if (i >= 20) throw err;
     }
   }
+}
+
+/** A process's CPU, main thread and others, user + system, for stderr. */
+function threads(pid: number): string {
+  return Object.entries(threadCpu(pid))
+    .map(([name, t]) => `${name} ${t.user.toFixed(2)}u+${t.sys.toFixed(2)}s`)
+    .join(', ');
 }
 
 const perGib = (cpu: number, bytes: number) => cpu / (bytes / GIB);
@@ -207,6 +214,7 @@ async function main(): Promise<number> {
       const a = await node('nodeA');
       const la = await a.p.waitLine(/^\{.*\}$/);
       const aCpu = processCpu(a.p.pid);
+      log(`run ${run}: node A threads: ${threads(a.p.pid)}; seed threads: ${threads(seed.pid)}`);
       const aTrace = a.trace;
       const seedCpu1 = seedTrace.stop() - seedTrace.first;
       const aBytes = (JSON.parse(la.line) as { bytes: number }).bytes;
@@ -225,6 +233,7 @@ async function main(): Promise<number> {
       const b = await node('nodeB');
       const lb = await b.p.waitLine(/^\{.*\}$/);
       const bCpu = processCpu(b.p.pid);
+      log(`run ${run}: node B threads: ${threads(b.p.pid)}; node A threads: ${threads(a.p.pid)}`);
       const jb = JSON.parse(lb.line) as { bytes: number; bySource: Record<string, number> };
       const aServeCpu = aServe.stop() - aServe.first;
       const seedCpu2 = seedTrace.stop() - seedTrace.first;
