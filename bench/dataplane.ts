@@ -9,7 +9,7 @@
 // answers at R Mbit/s in small slices (bench/lib/paced-proxy.ts), as a slow link delivers them.
 //
 //   node dist/bench/dataplane.js [--mib 256] [--runs 1] [--link-mbit R] [--cpu-prof DIR]
-//                                [--node-flags "FLAGS"] [--keep]
+//                                [--node-flags "FLAGS"] [--keep] [--unbundled]
 import { stat } from 'node:fs/promises';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { loadavg } from 'node:os';
@@ -38,6 +38,7 @@ const { values: flags } = parseArgs({
     'node-flags': { type: 'string' },
     'work-dir': { type: 'string' },
     keep: { type: 'boolean', default: false },
+    unbundled: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
@@ -111,7 +112,7 @@ async function main(): Promise<number> {
   if (flags.help) {
     process.stdout.write(
       'node dist/bench/dataplane.js [--mib 256] [--runs 1] [--link-mbit R] [--cpu-prof DIR] [--node-flags "FLAGS"]\n' +
-        '  [--work-dir DIR] [--keep]\n',
+        '  [--work-dir DIR] [--keep] [--unbundled]\n',
     );
     return 0;
   }
@@ -156,11 +157,17 @@ async function main(): Promise<number> {
     const dataFile = (cacheDir: string) => join(cacheDir, 'blobs', 'sha256', blob.digest.slice(7), 'data');
 
     const dfnode = (label: string, args: string[]) => {
-      const p = NsProc.spawn(label, LOCAL_HOST, process.execPath, [...nodeFlags, cli('dfnode'), ...args], {
-        DFNODE_LOG_LEVEL: 'warn',
-        DFNODE_P2P_CLUSTER_TOKEN: TOKEN,
-        DFNODE_P2P_SEED_REGISTRIES: '*',
-      });
+      const p = NsProc.spawn(
+        label,
+        LOCAL_HOST,
+        process.execPath,
+        [...nodeFlags, cli('dfnode', !flags.unbundled), ...args],
+        {
+          DFNODE_LOG_LEVEL: 'warn',
+          DFNODE_P2P_CLUSTER_TOKEN: TOKEN,
+          DFNODE_P2P_SEED_REGISTRIES: '*',
+        },
+      );
       procs.push(p);
       return p;
     };

@@ -25,9 +25,11 @@ export function repoRoot(): string {
   return d;
 }
 
-/** The compiled command line `name` (dist/src/cli). */
-export function cli(name: 'dfnode' | 'dfconvert'): string {
-  const p = join(repoRoot(), 'dist', 'src', 'cli', `${name}.js`);
+/** The compiled command line `name` (dist/src/cli), or the bundle that ships (dist/bundle, `bundled`). */
+export function cli(name: 'dfnode' | 'dfconvert', bundled = false): string {
+  const p = bundled
+    ? join(repoRoot(), 'dist', 'bundle', `${name}.js`)
+    : join(repoRoot(), 'dist', 'src', 'cli', `${name}.js`);
   if (!existsSync(p)) throw new Error(`${p} is missing: run "npm run build" first`);
   return p;
 }
