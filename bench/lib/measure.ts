@@ -1,7 +1,7 @@
 // Running a tool and measuring it: wall-clock time and the CPU time of the
 // process tree (and of any helper daemon such as containerd), plus medians.
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 export interface RunResult {
   stdout: string;
@@ -24,7 +24,7 @@ function ticksPerSecond(): number {
 }
 
 /** Fields of /proc/PID/stat after the command name, which may hold spaces. */
-function statFields(pid: number | 'self'): string[] | undefined {
+function statFields(pid: number | string): string[] | undefined {
   try {
     const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return text.slice(text.lastIndexOf(')') + 2).split(' ');
@@ -46,6 +46,28 @@ export function processCpu(pid: number): number {
   const f = statFields(pid);
   if (!f) return Number.NaN;
   return (Number(f[11]) + Number(f[12])) / ticksPerSecond();
+}
+
+/**
+ * CPU seconds of a running process's main thread and of its other threads (V8's GC and compiler threads,
+ * libuv's pool), user and system apart, from /proc/PID/task; `{}` once it has exited.
+ */
+export function threadCpu(pid: number): Record<'main' | 'others', { user: number; sys: number }> {
+  const out = { main: { user: 0, sys: 0 }, others: { user: 0, sys: 0 } };
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    const f = statFields(`${pid}/task/${tid}`);
+    if (!f) continue;
+    const t = tid === String(pid) ? out.main : out.others;
+    t.user += Number(f[11]) / ticksPerSecond();
+    t.sys += Number(f[12]) / ticksPerSecond();
+  }
+  return out;
 }
 
 export interface RunOptions {

@@ -1,7 +1,25 @@
 // A process inside a host's namespace (`ip netns exec NS cmd ...`: ip execs the command, so the child's PID is
 // the command's): stdout lines timestamped as they arrive, the tail of stderr kept, stopped or killed by PID.
 import { spawn, type ChildProcess } from 'node:child_process';
-import type { NetnsHost } from './netns-topology.js';
+import { run, type RunOptions, type RunResult } from './measure.js';
+
+/** Where a process runs: a NetnsHost, or this machine's own network (LOCAL_HOST). */
+export interface ProcHost {
+  readonly ip: string;
+  /** The namespace's name, for messages. */
+  readonly ns: string;
+  /** The argv that runs `cmd args...` there. */
+  argv(cmd: string, args: string[]): [string, string[]];
+  exec(cmd: string, args: string[], opts?: RunOptions): Promise<RunResult>;
+}
+
+/** This machine's own network namespace (loopback): benchmarks that need no shaped links. */
+export const LOCAL_HOST: ProcHost = {
+  ip: '127.0.0.1',
+  ns: 'the root namespace',
+  argv: (cmd, args) => [cmd, args],
+  exec: (cmd, args, opts) => run(cmd, args, opts),
+};
 
 const live = new Set<ChildProcess>();
 process.once('exit', () => {
@@ -44,7 +62,7 @@ export class NsProc {
 
   static spawn(
     label: string,
-    host: NetnsHost,
+    host: ProcHost,
     cmd: string,
     args: string[],
     env: NodeJS.ProcessEnv = {},

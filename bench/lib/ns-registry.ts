@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import type { NetnsHost } from './netns-topology.js';
+import type { ProcHost } from './ns-proc.js';
 
 const live = new Set<ChildProcess>();
 process.once('exit', () => {
@@ -44,7 +44,7 @@ export class NsRegistry {
   }
 
   /** Starts `docker-registry serve` in `host`'s namespace on 0.0.0.0:PORT and waits until /v2/ answers. */
-  static async start(host: NetnsHost, rootDir: string, port = 5000): Promise<NsRegistry> {
+  static async start(host: ProcHost, rootDir: string, port = 5000): Promise<NsRegistry> {
     await mkdir(join(rootDir, 'data'), { recursive: true });
     const config =
       `version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\n` +

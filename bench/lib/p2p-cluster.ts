@@ -25,8 +25,11 @@ export function repoRoot(): string {
   return d;
 }
 
-function cli(name: 'dfnode' | 'dfconvert'): string {
-  const p = join(repoRoot(), 'dist', 'src', 'cli', `${name}.js`);
+/** The compiled command line `name` (dist/src/cli), or the bundle that ships (dist/bundle, `bundled`). */
+export function cli(name: 'dfnode' | 'dfconvert', bundled = false): string {
+  const p = bundled
+    ? join(repoRoot(), 'dist', 'bundle', `${name}.js`)
+    : join(repoRoot(), 'dist', 'src', 'cli', `${name}.js`);
   if (!existsSync(p)) throw new Error(`${p} is missing: run "npm run build" first`);
   return p;
 }
@@ -39,6 +42,21 @@ function helper(name: 'p2p-liar' | 'tracker-lookup'): string {
 }
 
 export { NsProc };
+
+/** Whether the data file of every blob of `layers` in a dfnode cache dir hashes to its digest. */
+export async function cacheVerifies(
+  cacheDir: string,
+  layers: readonly { digest: string }[],
+): Promise<boolean> {
+  for (const l of layers) {
+    const f = join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data');
+    if (!existsSync(f)) return false;
+    const h = createHash('sha256');
+    for await (const b of createReadStream(f)) h.update(b as Buffer);
+    if ('sha256:' + h.digest('hex') !== l.digest) return false;
+  }
+  return true;
+}
 
 export interface ClusterOptions {
   nodes: number;
@@ -383,15 +401,8 @@ export class P2pCluster {
   }
 
   /** Whether every layer in a node's cache hashes to its digest. */
-  async cacheVerifies(cacheDir: string): Promise<boolean> {
-    for (const l of this.layers) {
-      const f = join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data');
-      if (!existsSync(f)) return false;
-      const h = createHash('sha256');
-      for await (const b of createReadStream(f)) h.update(b as Buffer);
-      if ('sha256:' + h.digest('hex') !== l.digest) return false;
-    }
-    return true;
+  cacheVerifies(cacheDir: string): Promise<boolean> {
+    return cacheVerifies(cacheDir, this.layers);
   }
 
   /** Bytes allocated on disk for the layers in a cache dir (their data files are sparse until complete). */

@@ -1,7 +1,7 @@
-import { Agent, request } from 'undici';
+import { Agent } from 'undici';
 import { DfError } from '../errors.js';
 import type { TokenBucket } from '../util/token-bucket.js';
-import { readInto, type Body } from '../util/read-into.js';
+import { dispatchInto, type DispatchedResponse } from '../util/dispatch-into.js';
 import { deferredBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
@@ -11,6 +11,9 @@ import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
  * since the answer to a SYN queues behind a saturated uplink like everything else.
  */
 const CONNECT_TIMEOUT_MS = 10_000;
+
+/** Bytes of an error answer's text kept for the message. */
+const ERROR_TEXT_BYTES = 200;
 
 /**
  * One GET of a blob range from a peer or seed, with the cluster token and the host's download limit; over
@@ -49,20 +52,40 @@ export class HttpBlockClient {
   ): Promise<Buffer> {
     await this.download?.take(length, signal);
     const q = new URLSearchParams({ offset: String(offset), length: String(length), ...extra });
-    const url = `${this.scheme}://${address}/blobs/${digest}?${q}`;
-    let res;
+    const what = `${address}: ${digest} ${offset}+${length}`;
+    let res: DispatchedResponse;
     try {
-      res = await request(url, {
-        method: 'GET',
+      res = await dispatchInto(this.agent, {
+        origin: `${this.scheme}://${address}`,
+        path: `/blobs/${digest}?${q}`,
         headers: {
           [CLUSTER_TOKEN_HEADER]: this.clusterToken,
           ...(this.peerId ? { [PEER_ID_HEADER]: this.peerId } : {}),
         },
         signal,
-        dispatcher: this.agent,
+        onHead: (status, headers) => {
+          // an error answer: the start of its text, for the message; the rest is dropped unread
+          if (status !== 200) return { into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined };
+          const declared = headers['content-length'];
+          if (typeof declared === 'string' && Number(declared) !== length)
+            return new DfError(
+              'NETWORK',
+              `${what}: the host announced ${declared} bytes, not the ${length} asked for`,
+            );
+          return {
+            into: Buffer.allocUnsafe(length),
+            tooLong: (atLeast) =>
+              new DfError(
+                'NETWORK',
+                `${what}: the host sent more than the ${length} bytes asked for (at least ${atLeast}); response cut off`,
+              ),
+          };
+        },
+        progress,
       });
     } catch (err) {
       if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
+      if (err instanceof DfError) throw err;
       // no connection at all: the host is down or unreachable (not a slow transfer)
       if ((err as { code?: string }).code === 'UND_ERR_CONNECT_TIMEOUT')
         throw new DfError(
@@ -76,31 +99,18 @@ export class HttpBlockClient {
       throw DfError.from(err, `GET ${address} ${digest}`);
     }
     if (res.statusCode !== 200) {
-      const text = await readAtMost(res.body, 200);
-      const what = `${address}: ${digest} ${offset}+${length}: HTTP ${res.statusCode} ${text}`;
+      const text = res.body.subarray(0, res.got).toString('utf8');
+      const failure = `${what}: HTTP ${res.statusCode} ${text}`;
       // 413: the range is over the host's limit; 403: the host refuses this blob (a seed whose configuration
       // does not allow its registry). Another source may take it: not the host's fault
-      if ([403, 404, 413, 416].includes(res.statusCode)) throw sourceUnavailable(what);
-      if (res.statusCode === 409) throw deferredBySource(what);
-      if (res.statusCode === 401) throw new DfError('UNAUTHORIZED', `${what} (check p2p.clusterToken)`);
-      if (res.statusCode === 504) throw DfError.timeout(what);
-      throw new DfError('NETWORK', what);
+      if ([403, 404, 413, 416].includes(res.statusCode)) throw sourceUnavailable(failure);
+      if (res.statusCode === 409) throw deferredBySource(failure);
+      if (res.statusCode === 401) throw new DfError('UNAUTHORIZED', `${failure} (check p2p.clusterToken)`);
+      if (res.statusCode === 504) throw DfError.timeout(failure);
+      throw new DfError('NETWORK', failure);
     }
-    const declared = res.headers['content-length'];
-    if (typeof declared === 'string' && Number(declared) !== length) {
-      res.body.destroy();
-      throw new DfError(
-        'NETWORK',
-        `${address}: ${digest} ${offset}+${length}: the host announced ${declared} bytes, not the ${length} asked for`,
-      );
-    }
-    try {
-      return await readExactly(res.body, length, `${address}: ${digest} ${offset}+${length}`, progress);
-    } catch (err) {
-      // cut off mid-body by the caller's time limit: that limit's error, not undici's abort
-      if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
-      throw DfError.from(err, `GET ${address} ${digest}: body`);
-    }
+    if (res.got !== length) throw new DfError('NETWORK', `${what}: got ${res.got} of ${length} bytes`);
+    return res.body;
   }
 
   /**
@@ -152,49 +162,4 @@ export class HttpBlockClient {
   async close(): Promise<void> {
     await this.agent.close().catch(() => undefined);
   }
-}
-
-/**
- * Exactly `length` bytes of a response body into one buffer of that size: a body that goes past it fails
- * (and is cut off) as soon as the first byte too many arrives, a shorter one fails at its end. A peer's
- * answer never takes more memory than was asked for. `progress` hears of every chunk (`data` is the whole
- * buffer, its first `filled` bytes are in).
- */
-export async function readExactly(
-  body: Body,
-  length: number,
-  what: string,
-  progress?: (data: Buffer, filled: number) => void,
-): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(length);
-  const got = await readInto(
-    body,
-    out,
-    (atLeast) =>
-      new DfError(
-        'NETWORK',
-        `${what}: the host sent more than the ${length} bytes asked for (at least ${atLeast}); response cut off`,
-      ),
-    progress,
-  );
-  if (got !== length) throw new DfError('NETWORK', `${what}: got ${got} of ${length} bytes`);
-  return out;
-}
-
-/** At most `limit` bytes of a body as text (an error answer), then the rest is dropped unread. */
-async function readAtMost(body: Body, limit: number): Promise<string> {
-  const parts: Buffer[] = [];
-  let got = 0;
-  try {
-    for await (const chunk of body) {
-      parts.push(Buffer.from(chunk.subarray(0, limit - got)));
-      got += Math.min(chunk.length, limit - got);
-      if (got >= limit) break;
-    }
-  } catch {
-    // the text is only for the message
-  } finally {
-    body.destroy();
-  }
-  return Buffer.concat(parts).toString('utf8');
 }

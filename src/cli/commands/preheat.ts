@@ -21,6 +21,8 @@ export async function preheatCommand(
   const cfg = configFrom(flags);
   cfg.fetch.backgroundFill = false;
   cfg.node.metricsAddress = flags.metricsAddress ?? '';
+  // no FUSE mounts, so no container reads to attribute: no containerd client (and its protos) to load
+  cfg.node.containerdAddress = '';
   const log = createLogger(cfg.logLevel);
   const ref = parseReference(refText);
   const client = makeClient(cfg, log, flags.creds);
