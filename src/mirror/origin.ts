@@ -1,6 +1,6 @@
 import { request, type Dispatcher } from 'undici';
 import { DfError } from '../errors.js';
-import { readExactly } from '../p2p/http-block-client.js';
+import { readExactly } from '../util/read-into.js';
 import type { BlobRef, BlockSource } from '../fetch/types.js';
 import { childSignal, realTimers, type Timers } from '../util/timers.js';
 import { transferTimeoutMs } from '../util/transfer-timeout.js';

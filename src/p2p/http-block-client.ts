@@ -124,39 +124,52 @@ export class HttpBlockClient {
     maxBytes: number,
     signal: AbortSignal,
   ): Promise<Buffer> {
-    const url = `${this.scheme}://${address}/files/table?${new URLSearchParams(query)}`;
-    let res;
+    const what = `seed ${address}: piece table`;
+    let res: DispatchedResponse;
     try {
-      res = await request(url, {
-        method: 'GET',
+      res = await dispatchInto(this.agent, {
+        origin: `${this.scheme}://${address}`,
+        path: `/files/table?${new URLSearchParams(query)}`,
         headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken },
         signal,
-        dispatcher: this.agent,
+        onHead: (status, headers) => {
+          // an error answer: the start of its text, for the message; the rest is dropped unread
+          if (status !== 200) return { into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined };
+          const declared = Number(headers['content-length'] ?? NaN);
+          if (!(declared >= 0 && declared <= maxBytes))
+            return new DfError(
+              'NETWORK',
+              `${what}: a piece table must declare a length of at most ${maxBytes}`,
+            );
+          return {
+            into: Buffer.allocUnsafe(declared),
+            tooLong: (atLeast) =>
+              new DfError(
+                'NETWORK',
+                `${what}: more than the ${declared} bytes declared (at least ${atLeast}); cut off`,
+              ),
+          };
+        },
       });
     } catch (err) {
       if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
-      throw DfError.from(err, `seed ${address}: piece table`);
+      if (err instanceof DfError) throw err;
+      throw DfError.from(err, what);
     }
     if (res.statusCode !== 200) {
-      const text = await readAtMost(res.body, 500);
-      const what = `seed ${address}: ${text}`;
+      const text = res.body.subarray(0, res.got).toString('utf8');
+      const failure = `seed ${address}: ${text}`;
       const code =
         { 401: 'UNAUTHORIZED', 403: 'FORBIDDEN', 404: 'NOT_FOUND', 409: 'DIGEST_MISMATCH' }[res.statusCode] ??
         'NETWORK';
       throw new DfError(
         code as 'NETWORK',
-        res.statusCode === 401 ? `${what} (check p2p.clusterToken)` : what,
+        res.statusCode === 401 ? `${failure} (check p2p.clusterToken)` : failure,
       );
     }
-    const declared = Number(res.headers['content-length'] ?? NaN);
-    if (!(declared >= 0 && declared <= maxBytes)) {
-      res.body.destroy();
-      throw new DfError(
-        'NETWORK',
-        `seed ${address}: a piece table must declare a length of at most ${maxBytes}`,
-      );
-    }
-    return readExactly(res.body, declared, `seed ${address}: piece table`);
+    if (res.got !== res.body.length)
+      throw new DfError('NETWORK', `${what}: got ${res.got} of ${res.body.length} bytes`);
+    return res.body;
   }
 
   async close(): Promise<void> {

@@ -1,3 +1,4 @@
+import { DfError } from '../errors.js';
 /** A response body as undici and node streams give it. */
 export type Body = AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown };
 
@@ -26,4 +27,26 @@ export async function readInto(
     throw err;
   }
   return got;
+}
+
+/** Exactly `length` bytes of a body into a new buffer: a longer body is cut off, a shorter one is an error. */
+export async function readExactly(
+  body: Body,
+  length: number,
+  what: string,
+  progress?: (data: Buffer, filled: number) => void,
+): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(length);
+  const got = await readInto(
+    body,
+    out,
+    (atLeast) =>
+      new DfError(
+        'NETWORK',
+        `${what}: the host sent more than the ${length} bytes asked for (at least ${atLeast}); response cut off`,
+      ),
+    progress,
+  );
+  if (got !== length) throw new DfError('NETWORK', `${what}: got ${got} of ${length} bytes`);
+  return out;
 }
