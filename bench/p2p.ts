@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { pieceLengthExponent } from './lib/aria2.js';
 import { BtSwarm } from './lib/bt-swarm.js';
 import { formatTable, versionOf } from './lib/measure.js';
 import { P2pCluster, repoRoot } from './lib/p2p-cluster.js';
@@ -45,7 +46,8 @@ if (flags.help) {
       '  --bt-piece-kib: piece size of the torrent (256 or 1024 KiB)\n' +
       '  --bt-exit-when-done: aria2c leechers exit when complete (default: they seed until all are done)\n' +
       '  --skip-direct: the same as leaving direct out of --modes\n' +
-      '  --trace: print the seed link rates (MB/s, per second) of each dfnode phase to stderr\n' +
+      '  --trace: print the seed link rates (MB/s, per second) of each dfnode phase, and the time of\n' +
+      '    each aria2c leecher, to stderr\n' +
       '  --cpu-prof DIR: write a V8 CPU profile of every dfnode process (seed and nodes) into DIR\n' +
       '  --node-flags "FLAGS": more Node.js flags for every dfnode process (e.g. --perf-basic-prof)\n',
   );
@@ -66,6 +68,12 @@ for (const m of modes)
   }
 if (flags['skip-direct']) modes.delete('direct');
 const btPieceBytes = Number(flags['bt-piece-kib']) * 1024;
+try {
+  pieceLengthExponent(btPieceBytes);
+} catch (err) {
+  log(`--bt-piece-kib: ${(err as Error).message}`);
+  process.exit(2);
+}
 const env: NodeJS.ProcessEnv = {};
 if (flags['seed-timeout-ms']) env.DFNODE_P2P_SEED_TIMEOUT_MS = flags['seed-timeout-ms'];
 if (flags['peer-timeout-ms']) env.DFNODE_P2P_PEER_TIMEOUT_MS = flags['peer-timeout-ms'];
@@ -281,6 +289,7 @@ async function bittorrentPhase(n: number, swarm: BtSwarm): Promise<Row> {
   const cpu0 = cpuTimes();
   const leechers = swarm.startLeechers(cluster.nodes.slice(0, n));
   const r = await Promise.all(leechers.map((x) => x.result()));
+  if (flags.trace) log(`  leechers (s): ${r.map((x) => `${x.host} ${(x.ms / 1000).toFixed(1)}`).join(', ')}`);
   const cpu = busySince(cpu0);
   const nodeCpuS = leechers.reduce((a, x) => a + x.cpuS(), 0) / n;
   const seedCpuS = swarm.seederCpuS() - seedCpu0;
