@@ -1,19 +1,26 @@
 // bench/p2p: one converted layer (synthetic, ~64 MiB) to N hosts, each a network namespace with a shaped link,
-// by `dfnode preheat` through a seed and peers versus every host downloading the blob from the registry
-// directly (curl), in the same run. Prints a table, ratios and one JSON line (last line of stdout).
+// in the same run by `dfnode preheat` through a seed and peers, by every host downloading the blob from the
+// registry directly (curl), and by BitTorrent (aria2c leechers, opentracker, one aria2c seeder in the registry
+// host seeding the same blob). Prints a table, ratios and one JSON line (last line of stdout).
 //
-//   node dist/bench/p2p.js [--hosts 1,4,8,16] [--mib 64] [--host-mbit 20] [--registry-mbit 40]
+//   node dist/bench/p2p.js [--hosts 1,4,8,16] [--modes dfnode,direct,bittorrent] [--mib 64]
+//                          [--host-mbit 20] [--registry-mbit 40] [--bt-piece-kib 256|1024]
 //                          [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep]
 import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { formatTable } from './lib/measure.js';
+import { pieceLengthExponent } from './lib/aria2.js';
+import { BtSwarm } from './lib/bt-swarm.js';
+import { formatTable, versionOf } from './lib/measure.js';
 import { P2pCluster, repoRoot } from './lib/p2p-cluster.js';
 
 const { values: flags } = parseArgs({
   options: {
     hosts: { type: 'string', default: '1,4,8,16' },
+    modes: { type: 'string', default: 'dfnode,direct,bittorrent' },
+    'bt-piece-kib': { type: 'string', default: '256' },
+    'bt-exit-when-done': { type: 'boolean', default: false },
     mib: { type: 'string', default: '64' },
     'host-mbit': { type: 'string', default: '20' },
     'registry-mbit': { type: 'string', default: '40' },
@@ -31,10 +38,16 @@ const { values: flags } = parseArgs({
 });
 if (flags.help) {
   process.stdout.write(
-    'node dist/bench/p2p.js [--hosts 1,4,8,16] [--mib 64] [--host-mbit 20] [--registry-mbit 40]\n' +
+    'node dist/bench/p2p.js [--hosts 1,4,8,16] [--modes dfnode,direct,bittorrent] [--mib 64]\n' +
+      '  [--host-mbit 20] [--registry-mbit 40] [--bt-piece-kib 256|1024] [--bt-exit-when-done]\n' +
       '  [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep] [--trace]\n' +
       '  [--skip-direct] [--queue-ms MS] [--cpu-prof DIR] [--node-flags "FLAGS"]\n' +
-      '  --trace: print the seed link rates (MB/s, per second) of each dfnode phase to stderr\n' +
+      '  --modes: which of dfnode, direct (curl), bittorrent (aria2c + opentracker) run for each N\n' +
+      '  --bt-piece-kib: piece size of the torrent (256 or 1024 KiB)\n' +
+      '  --bt-exit-when-done: aria2c leechers exit when complete (default: they seed until all are done)\n' +
+      '  --skip-direct: the same as leaving direct out of --modes\n' +
+      '  --trace: print the seed link rates (MB/s, per second) of each dfnode phase, and the time of\n' +
+      '    each aria2c leecher, to stderr\n' +
       '  --cpu-prof DIR: write a V8 CPU profile of every dfnode process (seed and nodes) into DIR\n' +
       '  --node-flags "FLAGS": more Node.js flags for every dfnode process (e.g. --perf-basic-prof)\n',
   );
@@ -45,6 +58,22 @@ const counts = flags.hosts.split(',').map(Number);
 const maxN = Math.max(...counts);
 const hostMbit = Number(flags['host-mbit']);
 const registryMbit = Number(flags['registry-mbit']);
+const MODES = ['dfnode', 'direct', 'bittorrent'] as const;
+type Mode = (typeof MODES)[number];
+const modes = new Set(flags.modes.split(',').filter(Boolean) as Mode[]);
+for (const m of modes)
+  if (!MODES.includes(m)) {
+    log(`--modes: unknown mode ${m} (${MODES.join(', ')})`);
+    process.exit(2);
+  }
+if (flags['skip-direct']) modes.delete('direct');
+const btPieceBytes = Number(flags['bt-piece-kib']) * 1024;
+try {
+  pieceLengthExponent(btPieceBytes);
+} catch (err) {
+  log(`--bt-piece-kib: ${(err as Error).message}`);
+  process.exit(2);
+}
 const env: NodeJS.ProcessEnv = {};
 if (flags['seed-timeout-ms']) env.DFNODE_P2P_SEED_TIMEOUT_MS = flags['seed-timeout-ms'];
 if (flags['peer-timeout-ms']) env.DFNODE_P2P_PEER_TIMEOUT_MS = flags['peer-timeout-ms'];
@@ -69,10 +98,16 @@ const cluster = await P2pCluster.create({
     ...(flags['node-flags']?.split(/\s+/).filter(Boolean) ?? []),
   ],
   image: { bytes: Math.round((mib * 1024 * 1024) / 0.84), files: 6, incompressible: 0.75 },
+  // BitTorrent's tracker gets a host of its own: its traffic stays off the registry's link
+  extraHosts: modes.has('bittorrent') ? ['tracker'] : [],
   workDir: work,
   log,
 });
-const stopAll = () => void cluster.destroy().finally(() => process.exit(130));
+let bt: BtSwarm | undefined;
+const stopAll = () =>
+  void (bt?.stopAll() ?? Promise.resolve()).finally(
+    () => void cluster.destroy().finally(() => process.exit(130)),
+  );
 process.once('SIGINT', stopAll);
 process.once('SIGTERM', stopAll);
 
@@ -145,10 +180,12 @@ function procTimes(pid: number): { user: number; system: number } {
 
 interface Row {
   n: number;
-  mode: 'dfnode' | 'direct';
+  mode: Mode;
   meanS: number;
   maxS: number;
+  /** Payload bytes the registry host served (docker-registry's access log; BitTorrent: the seeder's counter) / blob. */
   egress: number;
+  /** The registry host link's tx bytes (headers included) / blob. */
   egressWire: number;
   fromPeers?: number;
   fromSeed?: number;
@@ -156,106 +193,180 @@ interface Row {
   verified?: boolean;
   /** Busy share of the machine's CPUs during the phase. */
   cpu?: number;
-  /** CPU seconds a node process used until every node was done (mean), and the seed process. */
+  /** CPU seconds a node process (dfnode or aria2c) used until every node was done (mean), and the seed(er). */
   nodeCpuS?: number;
   seedCpuS?: number;
 }
 const rows: Row[] = [];
 const size = cluster.imageBytes;
+const gib = size / 2 ** 30;
 const settle = () => new Promise((r) => setTimeout(r, 1000));
+const reg = cluster.topo.host('registry');
+const failed = (n: number, mode: Mode, err: unknown): Row => {
+  // a phase that fails (e.g. a node stalls) is a result too: record it, go on with the next
+  log(`N=${n}: ${mode} FAILED: ${(err as Error).message.split('\n')[0]}`);
+  return { n, mode, meanS: NaN, maxS: NaN, egress: NaN, egressWire: NaN, verified: false };
+};
+const times = (ms: number[]) => ({
+  meanS: ms.reduce((a, x) => a + x, 0) / ms.length / 1000,
+  maxS: Math.max(...ms) / 1000,
+});
 
+/** dfnode: a fresh seed and fresh node caches; every node preheats at once and keeps serving peers. */
+async function dfnodePhase(n: number): Promise<Row> {
+  const hosts = cluster.nodes.slice(0, n);
+  const b0 = cluster.registry.blobBytes();
+  const w0 = (await reg.counters()).tx;
+  const seed = await cluster.startSeed(env);
+  const s0 = procTimes(seed.pid);
+  const seedCpu0 = s0.user + s0.system;
+  log(`N=${n}: dfnode preheat`);
+  const stopTrace = flags.trace ? traceLinks(n) : undefined;
+  const cpu0 = cpuTimes();
+  const runs = cluster.startPreheat(hosts, { env });
+  const r = await Promise.all(runs.map((x) => x.result())).finally(() => stopTrace?.());
+  const cpu = busySince(cpu0);
+  const t = runs.map((x) => procTimes(x.proc.pid));
+  const st = procTimes(seed.pid);
+  const mean = (k: 'user' | 'system') => t.reduce((a, x) => a + x[k], 0) / n;
+  log(
+    `  cpu s: node mean user ${mean('user').toFixed(2)} system ${mean('system').toFixed(2)}; seed ` +
+      `(since start) user ${st.user.toFixed(2)} system ${st.system.toFixed(2)}`,
+  );
+  if (flags.trace)
+    for (const x of r) log(`  ${x.host}: ${(x.ms / 1000).toFixed(1)} s, planner ${JSON.stringify(x.fill)}`);
+  await settle();
+  let verified = true;
+  for (const x of r) verified &&= await cluster.cacheVerifies(x.cacheDir);
+  const sum = (k: string) => r.reduce((a, x) => a + (x.bySource[k] ?? 0), 0);
+  const total = n * size;
+  return {
+    n,
+    mode: 'dfnode',
+    ...times(r.map((x) => x.ms)),
+    egress: (cluster.registry.blobBytes() - b0) / size,
+    egressWire: ((await reg.counters()).tx - w0) / size,
+    fromPeers: sum('peer') / total,
+    fromSeed: sum('seed') / total,
+    fromRegistry: sum('registry') / total,
+    verified,
+    cpu,
+    nodeCpuS: mean('user') + mean('system'),
+    seedCpuS: st.user + st.system - seedCpu0,
+  };
+}
+
+/** direct: every host curls the blob from the registry at once. */
+async function directPhase(n: number): Promise<Row> {
+  const b0 = cluster.registry.blobBytes();
+  const w0 = (await reg.counters()).tx;
+  log(`N=${n}: direct download`);
+  const cpu0 = cpuTimes();
+  const d = await cluster.directDownload(cluster.nodes.slice(0, n));
+  const cpu = busySince(cpu0);
+  await settle();
+  return {
+    n,
+    mode: 'direct',
+    ...times(d.map((x) => x.ms)),
+    egress: (cluster.registry.blobBytes() - b0) / size,
+    egressWire: ((await reg.counters()).tx - w0) / size,
+    verified: d.every((x) => x.bytes === size),
+    cpu,
+  };
+}
+
+/**
+ * bittorrent: a fresh tracker and seeder (registry host), then an aria2c leecher in every host at once; each
+ * timed from spawn to its completion hook. Registry egress is what the seeder uploaded (its own counter).
+ */
+async function bittorrentPhase(n: number, swarm: BtSwarm): Promise<Row> {
+  await swarm.startSeeding();
+  const w0 = (await reg.counters()).tx;
+  const u0 = await swarm.seederUploaded();
+  const seedCpu0 = swarm.seederCpuS();
+  log(`N=${n}: bittorrent`);
+  const cpu0 = cpuTimes();
+  const leechers = swarm.startLeechers(cluster.nodes.slice(0, n));
+  const r = await Promise.all(leechers.map((x) => x.result()));
+  if (flags.trace) log(`  leechers (s): ${r.map((x) => `${x.host} ${(x.ms / 1000).toFixed(1)}`).join(', ')}`);
+  const cpu = busySince(cpu0);
+  const nodeCpuS = leechers.reduce((a, x) => a + x.cpuS(), 0) / n;
+  const seedCpuS = swarm.seederCpuS() - seedCpu0;
+  const up = (await swarm.seederUploaded()) - u0;
+  const wire = (await reg.counters()).tx - w0;
+  await settle();
+  let verified = true;
+  for (const x of leechers) verified &&= await x.verified();
+  return {
+    n,
+    mode: 'bittorrent',
+    ...times(r.map((x) => x.ms)),
+    egress: up / size,
+    egressWire: wire / size,
+    fromPeers: 1 - up / (n * size),
+    fromRegistry: up / (n * size),
+    verified,
+    cpu,
+    nodeCpuS,
+    seedCpuS,
+  };
+}
+
+const aria2 = modes.has('bittorrent') ? versionOf('aria2c', ['--version']) : '';
 try {
   log(
     `layer: ${size} B (${(size / 2 ** 20).toFixed(1)} MiB) DFB blob; hosts ${hostMbit} Mbit/s, registry ${registryMbit} Mbit/s`,
   );
-  const reg = cluster.topo.host('registry');
-  for (const n of counts) {
-    const hosts = cluster.nodes.slice(0, n);
-    // dfnode: a fresh seed and fresh node caches each time
-    await settle();
-    let b0 = cluster.registry.blobBytes();
-    let w0 = (await reg.counters()).tx;
-    try {
-      const seed = await cluster.startSeed(env);
-      const s0 = procTimes(seed.pid);
-      const seedCpu0 = s0.user + s0.system;
-      log(`N=${n}: dfnode preheat`);
-      const stopTrace = flags.trace ? traceLinks(n) : undefined;
-      const cpu0 = cpuTimes();
-      const runs = cluster.startPreheat(hosts, { env });
-      const r = await Promise.all(runs.map((x) => x.result())).finally(() => stopTrace?.());
-      const cpu = busySince(cpu0);
-      const t = runs.map((x) => procTimes(x.proc.pid));
-      const st = procTimes(seed.pid);
-      const mean = (k: 'user' | 'system') => t.reduce((a, x) => a + x[k], 0) / n;
-      const nodeCpuS = mean('user') + mean('system');
-      const seedCpuS = st.user + st.system - seedCpu0;
-      log(
-        `  cpu s: node mean user ${mean('user').toFixed(2)} system ${mean('system').toFixed(2)}; seed ` +
-          `(since start) user ${st.user.toFixed(2)} system ${st.system.toFixed(2)}`,
-      );
-      if (flags.trace)
-        for (const x of r)
-          log(`  ${x.host}: ${(x.ms / 1000).toFixed(1)} s, planner ${JSON.stringify(x.fill)}`);
-      await settle();
-      let verified = true;
-      for (const x of r) verified &&= await cluster.cacheVerifies(x.cacheDir);
-      const sum = (k: string) => r.reduce((a, x) => a + (x.bySource[k] ?? 0), 0);
-      const total = n * size;
-      rows.push({
-        n,
-        mode: 'dfnode',
-        meanS: r.reduce((a, x) => a + x.ms, 0) / n / 1000,
-        maxS: Math.max(...r.map((x) => x.ms)) / 1000,
-        egress: (cluster.registry.blobBytes() - b0) / size,
-        egressWire: ((await reg.counters()).tx - w0) / size,
-        fromPeers: sum('peer') / total,
-        fromSeed: sum('seed') / total,
-        fromRegistry: sum('registry') / total,
-        verified,
-        cpu,
-        nodeCpuS,
-        seedCpuS,
-      });
-    } catch (err) {
-      // a node that fails (e.g. preheat stalls) is a result too: record it, go on with the next N
-      log(`N=${n}: dfnode FAILED: ${(err as Error).message.split('\n')[0]}`);
-      rows.push({ n, mode: 'dfnode', meanS: NaN, maxS: NaN, egress: NaN, egressWire: NaN, verified: false });
-    }
-    log(`N=${n}: ${JSON.stringify(rows[rows.length - 1])}`);
-    await cluster.stopAll();
-    if (flags['skip-direct']) continue;
-    // direct: every host curls the blob from the registry at once
-    await settle();
-    b0 = cluster.registry.blobBytes();
-    w0 = (await reg.counters()).tx;
-    log(`N=${n}: direct download`);
-    const dcpu0 = cpuTimes();
-    const d = await cluster.directDownload(hosts);
-    const dcpu = busySince(dcpu0);
-    await settle();
-    rows.push({
-      n,
-      mode: 'direct',
-      meanS: d.reduce((a, x) => a + x.ms, 0) / n / 1000,
-      maxS: Math.max(...d.map((x) => x.ms)) / 1000,
-      egress: (cluster.registry.blobBytes() - b0) / size,
-      egressWire: ((await reg.counters()).tx - w0) / size,
-      verified: d.every((x) => x.bytes === size),
-      cpu: dcpu,
+  if (modes.has('bittorrent')) {
+    bt = await BtSwarm.create({
+      tracker: cluster.topo.host('tracker'),
+      seeder: reg,
+      files: cluster.layerFiles(),
+      pieceBytes: btPieceBytes,
+      workDir: work,
+      exitWhenDone: flags['bt-exit-when-done'],
     });
-    log(`N=${n}: ${JSON.stringify(rows[rows.length - 1])}`);
+    log(`torrent: ${bt.torrent}, info hash ${bt.infoHash}, pieces ${btPieceBytes / 1024} KiB; ${aria2}`);
+  }
+  for (const n of counts) {
+    for (const mode of MODES) {
+      if (!modes.has(mode)) continue;
+      await settle();
+      try {
+        rows.push(
+          mode === 'dfnode'
+            ? await dfnodePhase(n)
+            : mode === 'direct'
+              ? await directPhase(n)
+              : await bittorrentPhase(n, bt!),
+        );
+      } catch (err) {
+        rows.push(failed(n, mode, err));
+      } finally {
+        if (mode === 'dfnode') await cluster.stopAll();
+        if (mode === 'bittorrent') await bt!.stopAll();
+      }
+      log(`N=${n}: ${JSON.stringify(rows[rows.length - 1])}`);
+    }
   }
 } finally {
+  await bt?.stopAll();
   if (!flags.keep) await cluster.destroy();
   else await cluster.stopAll();
   if (!flags.keep) await rm(work, { recursive: true, force: true });
 }
 
 const pct = (x?: number) => (x === undefined ? '' : `${(x * 100).toFixed(0)}%`);
+const num = (x: number | undefined, digits = 1) =>
+  x === undefined || Number.isNaN(x) ? '' : x.toFixed(digits);
 process.stdout.write(
   `bench/p2p: ${(size / 2 ** 20).toFixed(1)} MiB DFB layer; hosts ${hostMbit} Mbit/s, registry host ${registryMbit} Mbit/s` +
     (Object.keys(env).length ? `; ${JSON.stringify(env)}` : '') +
+    (modes.has('bittorrent')
+      ? `\nbittorrent: the DFB blob file, ${btPieceBytes / 1024} KiB pieces, opentracker on a host of its own, ` +
+        `one aria2c seeder on the registry host; leechers ${flags['bt-exit-when-done'] ? 'exit when complete' : 'seed until all are done'} (${aria2})`
+      : '') +
     '\n\n' +
     formatTable(
       [
@@ -271,7 +382,9 @@ process.stdout.write(
         'ok',
         'cpu',
         'node cpu s',
+        'node s/GiB',
         'seed cpu s',
+        'seed s/GiB',
       ],
       rows.map((x) => [
         String(x.n),
@@ -285,23 +398,54 @@ process.stdout.write(
         pct(x.fromRegistry),
         x.verified ? 'yes' : 'NO',
         pct(x.cpu),
-        x.nodeCpuS === undefined ? '' : x.nodeCpuS.toFixed(1),
-        x.seedCpuS === undefined ? '' : x.seedCpuS.toFixed(1),
+        num(x.nodeCpuS),
+        num(x.nodeCpuS === undefined ? undefined : x.nodeCpuS / gib, 0),
+        num(x.seedCpuS),
+        num(x.seedCpuS === undefined ? undefined : x.seedCpuS / gib, 0),
       ]),
     ) +
     '\n\n',
 );
-const one = rows.find((x) => x.mode === 'dfnode' && x.n === Math.min(...counts));
-const ratios: Record<string, { meanVsOneHost: number; meanVsDirect: number; egress: number }> = {};
+
+const row = (mode: Mode, n: number) => rows.find((x) => x.mode === mode && x.n === n);
+const one = Math.min(...counts);
+const ratio = (a?: Row, b?: Row) => (a && b ? a.meanS / b.meanS : NaN);
+const f2 = (x: number) => (Number.isNaN(x) ? 'n/a' : x.toFixed(2));
+const ratios: Record<
+  string,
+  { meanVsOneHost: number; meanVsDirect: number; meanVsBittorrent: number; egress: number }
+> = {};
 for (const n of counts) {
-  const p = rows.find((x) => x.mode === 'dfnode' && x.n === n)!;
-  const d = rows.find((x) => x.mode === 'direct' && x.n === n) ?? { meanS: NaN, egress: NaN };
-  ratios[n] = { meanVsOneHost: p.meanS / one!.meanS, meanVsDirect: p.meanS / d.meanS, egress: p.egress };
+  const p = row('dfnode', n);
+  ratios[n] = {
+    meanVsOneHost: ratio(p, row('dfnode', one)),
+    meanVsDirect: ratio(p, row('direct', n)),
+    meanVsBittorrent: ratio(p, row('bittorrent', n)),
+    egress: p?.egress ?? NaN,
+  };
+  const r = ratios[n]!;
   process.stdout.write(
-    `N=${n}: dfnode mean ${(p.meanS / one!.meanS).toFixed(2)}× the ${one!.n}-host mean (target ≤ 1.5), ` +
-      `${(p.meanS / d.meanS).toFixed(2)}× direct; registry egress ${p.egress.toFixed(2)}× (target ≤ 1.1) vs ${d.egress.toFixed(2)}× direct\n`,
+    `N=${n}: dfnode mean ${f2(r.meanVsOneHost)}× the ${one}-host mean (target ≤ 1.3), ` +
+      `${f2(r.meanVsBittorrent)}× BitTorrent's (target ≤ 1), ${f2(r.meanVsDirect)}× direct; registry egress ` +
+      `${f2(r.egress)}× (target ≤ 1.1) vs ${f2(row('bittorrent', n)?.egress ?? NaN)}× BitTorrent, ` +
+      `${f2(row('direct', n)?.egress ?? NaN)}× direct\n`,
   );
 }
+const oneVsDirect = ratio(row('dfnode', 1), row('direct', 1));
+if (counts.includes(1))
+  process.stdout.write(`N=1: dfnode ${f2(oneVsDirect)}× a direct download (target ≤ 1.05)\n`);
 process.stdout.write(
-  JSON.stringify({ bench: 'p2p', layerBytes: size, hostMbit, registryMbit, env, rows, ratios }) + '\n',
+  JSON.stringify({
+    bench: 'p2p',
+    layerBytes: size,
+    hostMbit,
+    registryMbit,
+    env,
+    bittorrent: modes.has('bittorrent')
+      ? { pieceBytes: btPieceBytes, exitWhenDone: flags['bt-exit-when-done'], aria2 }
+      : undefined,
+    rows,
+    ratios,
+    oneVsDirect,
+  }) + '\n',
 );

@@ -34,6 +34,9 @@ export class NsProc {
   /** ms since start at which each stdout line arrived. */
   readonly lines: { at: number; line: string }[] = [];
   readonly exited: Promise<number | null>;
+  /** Resolves when stdout ends: every line is in `lines` (a child that inherited the pipe may end it later). */
+  private readonly drained: Promise<void>;
+  private drainWaited = false;
 
   constructor(
     readonly label: string,
@@ -51,6 +54,7 @@ export class NsProc {
         buf = buf.slice(i + 1);
       }
     });
+    this.drained = new Promise((r) => child.stdout!.once('close', () => r()));
     child.stderr!.setEncoding('utf8').on('data', (d: string) => (this.err = (this.err + d).slice(-20_000)));
     this.exited = new Promise((r) =>
       child.once('exit', (code) => {
@@ -96,6 +100,12 @@ export class NsProc {
     for (;;) {
       const l = this.lines.find((x) => re.test(x.line));
       if (l) return l;
+      if (!this.running && !this.drainWaited) {
+        // an exited process's last lines may still be in the pipe (or come from a child that inherited it)
+        this.drainWaited = true;
+        await Promise.race([this.drained, new Promise((r) => setTimeout(r, 2000))]);
+        continue;
+      }
       if (!this.running || Date.now() > deadline)
         throw new Error(
           `${this.label}: no line ${re} (${this.running ? 'timeout' : `exit ${this.child.exitCode}`}):\n` +

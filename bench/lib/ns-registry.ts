@@ -27,6 +27,8 @@ export class NsRegistry {
     readonly host: string,
     /** `127.0.0.1:PORT`: the same registry for tools run inside its namespace (pushes that stay off the link). */
     readonly localHost: string,
+    /** The filesystem driver's root directory (blobs live below it). */
+    private readonly dataDir: string,
   ) {
     live.add(child);
     this.exited = new Promise((r) => child.once('exit', () => r()));
@@ -56,7 +58,7 @@ export class NsRegistry {
     const [cmd, args] = host.argv('docker-registry', ['serve', cfgPath]);
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     child.on('error', () => undefined);
-    const reg = new NsRegistry(child, `${host.ip}:${port}`, `127.0.0.1:${port}`);
+    const reg = new NsRegistry(child, `${host.ip}:${port}`, `127.0.0.1:${port}`, join(rootDir, 'data'));
     const deadline = Date.now() + 20_000;
     for (;;) {
       if (child.exitCode !== null) throw new Error(`docker-registry exited:\n${reg.tail}`);
@@ -85,6 +87,12 @@ export class NsRegistry {
   /** Blob bytes served to each client IP so far. */
   blobBytesByClient(): Map<string, number> {
     return new Map(this.byClient);
+  }
+
+  /** The file holding a pushed blob's bytes (`sha256:HEX`) in the registry's storage. */
+  blobPath(digest: string): string {
+    const hex = digest.replace(/^sha256:/, '');
+    return join(this.dataDir, 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data');
   }
 
   /** Forget the counts so far (e.g. after pushing). */

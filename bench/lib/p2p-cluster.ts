@@ -3,11 +3,11 @@
 // registry from inside its namespace (over its loopback, so the push never crosses the shaped link);
 // `dfnode seed`, `dfnode preheat` and the fault-test helpers (a corrupt peer, tracker lookups, metrics scrapes)
 // run inside their hosts (the root namespace has no route to them) and are stopped by PID.
-import { createHash } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fileDigest } from './file-digest.js';
 import { NetnsTopology, type NetnsHost } from './netns-topology.js';
 import { NsProc } from './ns-proc.js';
 import { NsRegistry } from './ns-registry.js';
@@ -50,10 +50,7 @@ export async function cacheVerifies(
 ): Promise<boolean> {
   for (const l of layers) {
     const f = join(cacheDir, 'blobs', 'sha256', l.digest.slice(7), 'data');
-    if (!existsSync(f)) return false;
-    const h = createHash('sha256');
-    for await (const b of createReadStream(f)) h.update(b as Buffer);
-    if ('sha256:' + h.digest('hex') !== l.digest) return false;
+    if (!existsSync(f) || (await fileDigest(f)) !== l.digest) return false;
   }
   return true;
 }
@@ -398,6 +395,11 @@ export class P2pCluster {
         return { host: h.name, ms: Date.now() - t0, bytes };
       }),
     );
+  }
+
+  /** Each layer blob as a file in the registry's storage (e.g. to seed it over BitTorrent). */
+  layerFiles(): { digest: string; size: number; path: string }[] {
+    return this.layers.map((l) => ({ ...l, path: this.registry.blobPath(l.digest) }));
   }
 
   /** Whether every layer in a node's cache hashes to its digest. */
