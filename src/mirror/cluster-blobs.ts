@@ -112,7 +112,8 @@ export class ClusterBlobs {
     let released = false;
     return {
       size: e.cache.size,
-      source: e.source,
+      // a blob the cluster finished is answered from the cache
+      source: e.finished && e.failed === undefined ? 'cache' : e.source,
       read: (start, end, signal) => this.read(e, start, end, signal),
       release: () => {
         if (released) return;

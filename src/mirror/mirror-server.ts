@@ -5,14 +5,14 @@ import { isIP } from 'node:net';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { splitHostPort } from '../p2p/block-server.js';
-import { digestAlgorithm } from '../registry/digest.js';
 import { listenTcp } from '../util/listen.js';
 import { BlobAccess, credentialKey, manifestDigests } from './blob-access.js';
-import type { ClusterBlob, ClusterBlobs } from './cluster-blobs.js';
+import type { ClusterBlobs } from './cluster-blobs.js';
+import { MirrorBlobs } from './mirror-blobs.js';
+import type { MirrorCounters } from './mirror-counters.js';
 import { ManifestCache } from './manifest-cache.js';
 import { parseMirrorRoute, type MirrorRoute } from './route.js';
 import type { Upstream, UpstreamResponse } from './upstream.js';
-import { UpstreamPieceSource } from './upstream-pieces.js';
 
 export interface MirrorServerOptions {
   /** host:port to listen on (port 0: any). */
@@ -44,39 +44,12 @@ export interface MirrorServerOptions {
   onClose?: () => Promise<void>;
 }
 
-/** What the mirror did, for metrics and tests. */
-export interface MirrorCounters {
-  requests: Record<string, number>;
-  /** Bytes sent to engines, by kind (manifest, blob). */
-  bytes: Record<string, number>;
-  /** Manifests answered from memory, fresh or (registry down) stale. */
-  manifestHits: number;
-  staleManifests: number;
-  digestMismatches: number;
-  /** Blob answers by where the bytes came from: cache, cluster (pieces), registry (streamed). */
-  blobSources: Record<string, number>;
-  /** Blobs streamed from the registry because the cluster could not answer them (blobs configured). */
-  clusterFallbacks: number;
-  /** Access checks (blob HEADs with the engine's credentials) sent to the registry, and refused. */
-  accessChecks: number;
-  accessDenied: number;
-  /** Blobs answered while the registry was unreachable, on a remembered positive answer. */
-  outageAnswers: number;
-}
+export type { MirrorCounters } from './mirror-counters.js';
 
 /** Largest manifest accepted from a registry (distribution's own limit is 4 MiB). */
 const MAX_MANIFEST = 4 << 20;
 /** Largest error body relayed from a registry. */
 const MAX_ERROR_BODY = 64 << 10;
-/** Response headers relayed from the registry. */
-const RELAYED = [
-  'content-type',
-  'content-length',
-  'content-range',
-  'docker-content-digest',
-  'etag',
-  'accept-ranges',
-];
 
 const isLoopback = (host: string) =>
   host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
@@ -103,7 +76,7 @@ export class MirrorServer {
     outageAnswers: 0,
   };
   private readonly access = new BlobAccess();
-  private readonly accessTtl: number;
+  private readonly blobs: MirrorBlobs;
   private readonly server: Server;
   private readonly log: Logger;
   private readonly manifests = new ManifestCache();
@@ -120,8 +93,21 @@ export class MirrorServer {
     this.ttl = opts.manifestTtlMs ?? 5_000;
     this.stale = opts.staleManifestMs ?? 3_600_000;
     this.maxConcurrent = opts.maxConcurrent ?? 256;
-    this.accessTtl = opts.accessTtlMs ?? 300_000;
+
     this.now = opts.now ?? Date.now;
+    this.blobs = new MirrorBlobs({
+      upstream: opts.upstream,
+      cluster: opts.blobs,
+      access: this.access,
+      accessTtlMs: opts.accessTtlMs ?? 300_000,
+      staleMs: this.stale,
+      pieceTimeoutMs: opts.pieceTimeoutMs ?? 30_000,
+      counters: this.counters,
+      log: this.log,
+      now: this.now,
+      relay: (up, res, method) => this.relay(up, res, method),
+      sent: (kind, n) => this.sent(kind, n),
+    });
     this.server = createServer((req, res) => void this.handle(req, res));
   }
 
@@ -249,8 +235,7 @@ export class MirrorServer {
   }
 
   private manifestKey(route: Extract<MirrorRoute, { kind: 'manifest' }>, req: IncomingMessage): string {
-    const auth = req.headers.authorization ?? '';
-    const who = auth ? createHash('sha256').update(auth).digest('hex') : '-';
+    const who = credentialKey(req.headers.authorization);
     return [route.ref.registry, route.ref.repository, route.reference, req.headers.accept ?? '', who].join(
       '|',
     );
@@ -329,7 +314,7 @@ export class MirrorServer {
     }
   }
 
-  private async blob(
+  private blob(
     route: Extract<MirrorRoute, { kind: 'blob' }>,
     method: 'GET' | 'HEAD',
     req: IncomingMessage,
@@ -337,211 +322,8 @@ export class MirrorServer {
     signal: AbortSignal,
   ): Promise<void> {
     this.count('blob');
-    const blobs = this.opts.blobs;
-    if (!blobs) return this.blobFromRegistry(route, method, req, res, signal);
-    const up = await this.checkAccess(route, req, signal);
-    if (up) return this.relay(up, res, method);
-    const { registry, repository } = route.ref;
-    const auth = req.headers.authorization;
-    const origin = new UpstreamPieceSource(
-      this.opts.upstream,
-      registry,
-      repository,
-      auth,
-      this.opts.pieceTimeoutMs ?? 30_000,
-    );
-    const got = await blobs.open({ registry, repository, digest: route.digest, origin }, signal);
-    if (typeof got === 'string') {
-      this.counters.clusterFallbacks++;
-      this.log.debug({ digest: route.digest, reason: got }, 'mirror: blob streamed from the registry');
-      return this.blobFromRegistry(route, method, req, res, signal);
-    }
-    try {
-      await this.blobFromCluster(got, route, method, req, res, signal);
-    } finally {
-      got.release();
-    }
+    return this.blobs.serve(route, method, req, res, signal);
   }
-
-  /**
-   * Checks that the engine's credentials may read the blob before anything is answered from the cluster
-   * or the cache: a HEAD of the blob at the registry with the request's Authorization, unless the
-   * registry said yes for this credential and repository within accessTtlMs and the digest is known to be
-   * in it. Returns the registry's refusal (401/403/404...) to relay; undefined: allowed. While the
-   * registry cannot be reached, only a remembered yes (within staleManifestMs) lets the blob through.
-   */
-  private async checkAccess(
-    route: Extract<MirrorRoute, { kind: 'blob' }>,
-    req: IncomingMessage,
-    signal: AbortSignal,
-  ): Promise<UpstreamResponse | undefined> {
-    const cred = credentialKey(req.headers.authorization);
-    const repo = `${route.ref.registry}/${route.ref.repository}`;
-    const now = this.now();
-    if (this.access.allowed(cred, repo, route.digest, this.accessTtl, now)) return undefined;
-    const headers: Record<string, string> = {};
-    if (req.headers.authorization) headers.authorization = req.headers.authorization;
-    let up: UpstreamResponse;
-    try {
-      this.counters.accessChecks++;
-      up = await this.opts.upstream.request(
-        'HEAD',
-        route.ref.registry,
-        `/v2/${route.ref.repository}/blobs/${route.digest}`,
-        headers,
-        signal,
-      );
-    } catch (err) {
-      if (signal.aborted || !this.access.allowed(cred, repo, route.digest, this.stale, now)) throw err;
-      this.counters.outageAnswers++;
-      this.log.warn(
-        { registry: route.ref.registry, digest: route.digest },
-        'registry unreachable: answering a blob this credential was allowed recently',
-      );
-      return undefined;
-    }
-    if (up.status !== 200) {
-      this.counters.accessDenied++;
-      return up;
-    }
-    up.body.on('error', () => undefined);
-    up.body.destroy();
-    this.access.grant(cred, repo, now);
-    this.access.learn(repo, [route.digest]);
-    return undefined;
-  }
-
-  /** A blob from the node's cache or the cluster: whole (digest checked as it goes) or a range. */
-  private async blobFromCluster(
-    blob: ClusterBlob,
-    route: Extract<MirrorRoute, { kind: 'blob' }>,
-    method: 'GET' | 'HEAD',
-    req: IncomingMessage,
-    res: ServerResponse,
-    signal: AbortSignal,
-  ): Promise<void> {
-    const size = blob.size;
-    const range = parseRange(req.headers.range, size);
-    if (range === 'unsatisfiable') {
-      res.writeHead(416, { 'Content-Range': `bytes */${size}`, 'Content-Length': 0 });
-      res.end();
-      return;
-    }
-    const [start, end] = range ?? [0, size];
-    const headers: Record<string, string | number> = {
-      'Content-Type': 'application/octet-stream',
-      'Content-Length': end - start,
-      'Docker-Content-Digest': route.digest,
-      'Accept-Ranges': 'bytes',
-    };
-    if (range) headers['Content-Range'] = `bytes ${start}-${end - 1}/${size}`;
-    res.writeHead(range ? 206 : 200, headers);
-    if (method === 'HEAD') {
-      res.end();
-      return;
-    }
-    this.counters.blobSources[blob.source] = (this.counters.blobSources[blob.source] ?? 0) + 1;
-    await this.sendVerified(route, blob.read(start, end, signal), !range, res, () => undefined);
-  }
-
-  /** Today's path: the blob streamed from the registry with the engine's credentials. */
-  private async blobFromRegistry(
-    route: Extract<MirrorRoute, { kind: 'blob' }>,
-    method: 'GET' | 'HEAD',
-    req: IncomingMessage,
-    res: ServerResponse,
-    signal: AbortSignal,
-  ): Promise<void> {
-    const path = `/v2/${route.ref.repository}/blobs/${route.digest}`;
-    const up = await this.opts.upstream.request(method, route.ref.registry, path, req.headers, signal);
-    if (up.status !== 200 && up.status !== 206) return this.relay(up, res, method);
-    const headers: Record<string, string> = {};
-    for (const h of RELAYED) {
-      const v = up.headers[h];
-      if (typeof v === 'string') headers[h] = v;
-    }
-    headers['docker-content-digest'] = route.digest;
-    res.writeHead(up.status, headers);
-    if (method === 'HEAD') {
-      up.body.destroy();
-      res.end();
-      return;
-    }
-    this.counters.blobSources.registry = (this.counters.blobSources.registry ?? 0) + 1;
-    await this.sendVerified(route, up.body as AsyncIterable<Buffer>, up.status === 200, res, () =>
-      up.body.destroy(),
-    );
-  }
-
-  /**
-   * Sends a blob's bytes. A whole blob is checked against its digest as it passes, and its last chunk is
-   * held back until the digest matches: a source that sends other bytes gets the engine's connection cut
-   * before the end, never a clean end of a wrong blob.
-   */
-  private async sendVerified(
-    route: Extract<MirrorRoute, { kind: 'blob' }>,
-    body: AsyncIterable<Buffer>,
-    whole: boolean,
-    res: ServerResponse,
-    stop: () => void,
-  ): Promise<void> {
-    const hash = whole ? createHash(digestAlgorithm(route.digest)) : undefined;
-    let held: Buffer | undefined;
-    const write = async (chunk: Buffer) => {
-      this.sent('blob', chunk.length);
-      if (!res.write(chunk))
-        await new Promise<void>((r) => res.once('drain', () => r()).once('close', () => r()));
-    };
-    for await (const chunk of body) {
-      hash?.update(chunk);
-      if (hash) {
-        if (held) await write(held);
-        held = chunk;
-      } else await write(chunk);
-      if (res.destroyed) {
-        stop();
-        return;
-      }
-    }
-    if (hash) {
-      const got = `${digestAlgorithm(route.digest)}:${hash.digest('hex')}`;
-      if (got !== route.digest) {
-        this.counters.digestMismatches++;
-        this.log.warn(
-          { registry: route.ref.registry, digest: route.digest, got },
-          'a blob does not match its digest; connection cut',
-        );
-        res.destroy();
-        return;
-      }
-      if (held) await write(held);
-    }
-    res.end();
-  }
-}
-
-/**
- * A single byte range (`bytes=A-B`, `bytes=A-`, `bytes=-N`) as [start, end); undefined: the whole blob
- * (no Range header, or one this mirror does not narrow, such as several ranges).
- */
-export function parseRange(
-  header: string | undefined,
-  size: number,
-): [number, number] | 'unsatisfiable' | undefined {
-  if (!header) return undefined;
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m || (!m[1] && !m[2])) return undefined;
-  let start: number;
-  let end: number;
-  if (!m[1]) {
-    start = Math.max(0, size - Number(m[2]));
-    end = size;
-  } else {
-    start = Number(m[1]);
-    end = m[2] ? Math.min(size, Number(m[2]) + 1) : size;
-  }
-  if (start >= size || end <= start) return 'unsatisfiable';
-  return [start, end];
 }
 
 /** Reads at most `max` bytes of a body; undefined when it is longer (the rest is discarded). */
