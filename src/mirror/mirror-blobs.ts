@@ -52,7 +52,8 @@ export class MirrorBlobs {
     signal: AbortSignal,
   ): Promise<void> {
     const blobs = this.opts.cluster;
-    if (!blobs) return this.blobFromRegistry(route, method, req, res, signal);
+    // a HEAD is the registry's answer with the engine's credentials (it opens no fetch through the cluster)
+    if (!blobs || method === 'HEAD') return this.blobFromRegistry(route, method, req, res, signal);
     const up = await this.checkAccess(route, req, signal);
     if (up) return this.opts.relay(up, res, method);
     const { registry, repository } = route.ref;
@@ -71,7 +72,7 @@ export class MirrorBlobs {
       return this.blobFromRegistry(route, method, req, res, signal);
     }
     try {
-      await this.blobFromCluster(got, route, method, req, res, signal);
+      await this.blobFromCluster(got, route, req, res, signal);
     } finally {
       got.release();
     }
@@ -126,11 +127,10 @@ export class MirrorBlobs {
     return undefined;
   }
 
-  /** A blob from the node's cache or the cluster: whole (digest checked as it goes) or a range. */
+  /** A blob GET from the node's cache or the cluster: whole (digest checked as it goes) or a range. */
   private async blobFromCluster(
     blob: ClusterBlob,
     route: Extract<MirrorRoute, { kind: 'blob' }>,
-    method: 'GET' | 'HEAD',
     req: IncomingMessage,
     res: ServerResponse,
     signal: AbortSignal,
@@ -151,10 +151,6 @@ export class MirrorBlobs {
     };
     if (range) headers['Content-Range'] = `bytes ${start}-${end - 1}/${size}`;
     res.writeHead(range ? 206 : 200, headers);
-    if (method === 'HEAD') {
-      res.end();
-      return;
-    }
     this.opts.counters.blobSources[blob.source] = (this.opts.counters.blobSources[blob.source] ?? 0) + 1;
     await this.sendVerified(route, blob.read(start, end, signal), !range, res, () => undefined);
   }

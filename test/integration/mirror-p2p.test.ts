@@ -2,12 +2,13 @@
  * The registry mirror moves blobs through the P2P tier, end to end on network-namespace hosts (100 Mbit/s
  * links): a registry host with the debian-python fixture pushed as it is (two gzip layers, not converted),
  * one seed (`dfnode seed`), and three node hosts, each with its own `dfnode run` (mirror on 127.0.0.1:65001
- * of its namespace, the node runtime in process) and its own containerd. All three `ctr images pull` the
+ * of its namespace; on the first node in the fuse manager, as by default, on the others in `dfnode run`
+ * itself) and its own containerd. All three `ctr images pull` the
  * image at once through their local mirror (the hosts.toml `dfnode mirror-setup` writes) and run it.
  *
  * Registry egress is the bytes of blob GETs in the registry's access log; what the nodes took from peers and
  * the seed is `dfnode_mirror_piece_bytes_total{source}` on their metrics. Last, the registry is stopped and a
- * node pulls again after `ctr images rm --sync` (its content store emptied): the manifest from the mirror's
+ * node (the fuse manager one) pulls again after `ctr images rm --sync` (its content store emptied): the manifest from the mirror's
  * memory, the blobs from the node's cache on the remembered access.
  *
  * Needs root, containerd, ctr, runc, docker-registry, skopeo, iproute2/tc, nsenter, curl and the
@@ -16,6 +17,7 @@
 import { mkdir, mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stopFuseManager } from '../../src/fusemanager/client.js';
 import { cliPath, runCli } from '../helpers/cli.js';
 import {
   removeWorkDir,
@@ -80,6 +82,8 @@ describe.skipIf(req.skip)('registry mirror through the P2P tier (netns hosts, co
       const node = await startDfnodeRun({
         dir: join(dir, 'd'),
         launch,
+        // the first node as deployed by default: the mirror runs in the fuse manager (which holds the cache)
+        fuseManager: host === cluster.nodes[0],
         env: { ...cluster.memberEnv(host), ...NODE_ENV },
         node: { metricsAddress: `127.0.0.1:${METRICS_PORT}` },
       });
@@ -94,6 +98,8 @@ describe.skipIf(req.skip)('registry mirror through the P2P tier (netns hosts, co
   afterAll(async () => {
     for (const m of members) await m.ctd.stop().catch(() => undefined);
     for (const m of members) await m.node.stop().catch(() => undefined);
+    // the fuse manager outlives dfnode run by design: stopped by its pid file
+    for (const m of members) await stopFuseManager(m.node.stateDir).catch(() => undefined);
     await cluster?.destroy();
     if (work) await removeWorkDir(work);
   }, 300_000);

@@ -36,11 +36,16 @@ interface Answer {
   complete: boolean;
 }
 
-function get(address: string, path: string, headers: Record<string, string> = {}): Promise<Answer> {
+function get(
+  address: string,
+  path: string,
+  headers: Record<string, string> = {},
+  method = 'GET',
+): Promise<Answer> {
   const i = address.lastIndexOf(':');
   return new Promise((resolve, reject) => {
     const r = request(
-      { host: address.slice(0, i), port: Number(address.slice(i + 1)), path, headers },
+      { host: address.slice(0, i), port: Number(address.slice(i + 1)), path, headers, method },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
@@ -190,6 +195,11 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     expect(part.body.equals(data.subarray(from))).toBe(true);
     // the access was remembered: no second HEAD for the same credential and repository
     expect(mirror.counters.accessChecks).toBe(1);
+    // a HEAD is the registry's own answer
+    const head = await get(mirror.address, blobPath + reg.host, { authorization: auth }, 'HEAD');
+    expect(head.status).toBe(200);
+    expect(head.headers['content-length']).toBe(String(data.length));
+    expect((await get(mirror.address, blobPath + reg.host, {}, 'HEAD')).status).toBe(401);
   }, 120_000);
 
   it('never gives a blob the cluster holds to a request without access to it', async () => {
