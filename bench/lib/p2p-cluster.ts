@@ -25,7 +25,7 @@ export function repoRoot(): string {
   return d;
 }
 
-function cli(name: 'dfnode' | 'dfconvert'): string {
+export function cli(name: 'dfnode' | 'dfconvert'): string {
   const p = join(repoRoot(), 'dist', 'src', 'cli', `${name}.js`);
   if (!existsSync(p)) throw new Error(`${p} is missing: run "npm run build" first`);
   return p;
