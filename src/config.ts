@@ -215,6 +215,12 @@ const configSchema = z.strictObject({
       manifestTtlMs: z.number().int().nonnegative().default(5_000),
       /** While the registry cannot be reached, manifests up to this old are still answered. */
       staleManifestMs: z.number().int().nonnegative().default(3_600_000),
+      /**
+       * Where the mirror runs next to the node's cache and P2P tier, a blob is answered from them only after
+       * the registry said (blob HEAD with the engine's credentials) that the engine may read it; a yes is
+       * remembered per credential and repository this long.
+       */
+      accessTtlMs: z.number().int().nonnegative().default(300_000),
     })
     .prefault({}),
 });

@@ -16,6 +16,10 @@ export interface DfnodeRunOptions {
   config?: Record<string, Record<string, unknown>>;
   /** Serve Prometheus metrics on 127.0.0.1:PORT (off by default). */
   metricsPort?: number;
+  /** Wraps the command line (e.g. NetnsHost.netArgv: run it in a host's network namespace). */
+  launch?: (cmd: string, args: string[]) => [string, string[]];
+  /** More environment (e.g. P2pCluster.memberEnv). */
+  env?: NodeJS.ProcessEnv;
   timeoutMs?: number;
 }
 
@@ -53,7 +57,15 @@ export class DfnodeRun {
     const cfg = join(o.dir, 'dfnode.json');
     await writeFile(cfg, JSON.stringify(base));
     const t0 = process.hrtime.bigint();
-    const d = Daemon.spawn('dfnode run', process.execPath, [o.cli, 'run', '-c', cfg, '--log-level', 'warn']);
+    const [cmd, args] = (o.launch ?? ((x: string, a: string[]) => [x, a]))(process.execPath, [
+      o.cli,
+      'run',
+      '-c',
+      cfg,
+      '--log-level',
+      'warn',
+    ]);
+    const d = Daemon.spawn('dfnode run', cmd, args, o.env ? { ...process.env, ...o.env } : undefined);
     const deadline = Date.now() + (o.timeoutMs ?? 60_000);
     try {
       for (;;) {

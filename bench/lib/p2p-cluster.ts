@@ -63,6 +63,8 @@ export interface ClusterOptions {
   registryMbit: number;
   /** A generated image, or an existing OCI layout (`{ layout: { dir, tag } }`, e.g. a test fixture). */
   image: SyntheticImageOptions | { layout: { dir: string; tag: string } };
+  /** Push the image as it is (`REGIP:5000/syn:1`, for the registry mirror) instead of converting it. */
+  plain?: boolean;
   /** Scratch directory (caches, registry storage, image layout); the caller removes it. */
   workDir: string;
   token?: string;
@@ -129,10 +131,12 @@ export class P2pCluster {
     readonly topo: NetnsTopology,
     readonly registry: NsRegistry,
     readonly opts: ClusterOptions,
-    /** Image reference as nodes use it (`REGIP:5000/syn:1-dfb`). */
+    /** Image reference as nodes use it (`REGIP:5000/syn:1-dfb`; `REGIP:5000/syn:1` with `plain`). */
     readonly ref: string,
-    /** The converted layer(s): digest and size. */
+    /** The image's layer(s) in the registry (converted, or as they are with `plain`): digest and size. */
     readonly layers: { digest: string; size: number }[],
+    /** Size of the image's config blob. */
+    readonly configBytes = 0,
   ) {}
 
   get token(): string {
@@ -194,31 +198,51 @@ export class P2pCluster {
         log(`synthetic image: layer tar ${syn.layerSize} B`);
         img = syn;
       }
-      log(`converting ${img.dir}:${img.tag} into the registry`);
-      const localRef = `${registry.localHost}/syn:1-dfb`;
-      await reg.exec(process.execPath, [
-        cli('dfconvert'),
-        '--plain-http',
-        '--quiet',
-        '--work-dir',
-        join(opts.workDir, 'dfwork'),
-        `oci:${img.dir}:${img.tag}`,
-        localRef,
-      ]);
+      const tag = opts.plain ? '1' : '1-dfb';
+      if (opts.plain) {
+        log(`pushing ${img.dir}:${img.tag} into the registry as it is`);
+        await reg.exec('skopeo', [
+          'copy',
+          '--quiet',
+          '--dest-tls-verify=false',
+          `oci:${img.dir}:${img.tag}`,
+          `docker://${registry.localHost}/syn:${tag}`,
+        ]);
+      } else {
+        log(`converting ${img.dir}:${img.tag} into the registry`);
+        await reg.exec(process.execPath, [
+          cli('dfconvert'),
+          '--plain-http',
+          '--quiet',
+          '--work-dir',
+          join(opts.workDir, 'dfwork'),
+          `oci:${img.dir}:${img.tag}`,
+          `${registry.localHost}/syn:${tag}`,
+        ]);
+      }
       const man = await reg.exec('curl', [
         '-sf',
         '-H',
-        'accept: application/vnd.oci.image.manifest.v1+json',
-        `http://${registry.localHost}/v2/syn/manifests/1-dfb`,
+        'accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json',
+        `http://${registry.localHost}/v2/syn/manifests/${tag}`,
       ]);
-      const layers = (JSON.parse(man.stdout) as { layers: { digest: string; size: number }[] }).layers.map(
-        (l) => ({
-          digest: l.digest,
-          size: l.size,
-        }),
-      );
+      const manifest = JSON.parse(man.stdout) as {
+        config: { size: number };
+        layers: { digest: string; size: number }[];
+      };
+      const layers = manifest.layers.map((l) => ({
+        digest: l.digest,
+        size: l.size,
+      }));
       registry.resetCounts();
-      return new P2pCluster(topo, registry, opts, `${registry.host}/syn:1-dfb`, layers);
+      return new P2pCluster(
+        topo,
+        registry,
+        opts,
+        `${registry.host}/syn:${tag}`,
+        layers,
+        manifest.config.size,
+      );
     } catch (err) {
       await registry?.stop();
       await topo.destroy();

@@ -30,6 +30,8 @@ export interface PrivateContainerdOptions {
   timeoutMs?: number;
   /** TMPDIR of containerd (its temporary mounts go there). Default: inherited. */
   tmpDir?: string;
+  /** Wraps containerd's command line (e.g. to run it in a network namespace with nsenter). */
+  launch?: (cmd: string, args: string[]) => [string, string[]];
 }
 
 export interface ToolResult {
@@ -166,7 +168,11 @@ export class PrivateContainerd {
     );
     const log = openSync(join(dir, 'containerd.log'), 'a');
     try {
-      c.child = spawn('containerd', ['--config', config], {
+      const [cmd, args] = (opts.launch ?? ((x: string, a: string[]) => [x, a]))('containerd', [
+        '--config',
+        config,
+      ]);
+      c.child = spawn(cmd, args, {
         stdio: ['ignore', log, log],
         env: opts.tmpDir ? { ...process.env, TMPDIR: opts.tmpDir } : process.env,
       });

@@ -141,8 +141,23 @@ export class NodeMetrics {
     name: 'dfnode_mirror_events_total',
     help:
       'Registry mirror events: manifest_hit (answered from memory), stale_manifest (answered from memory while ' +
-      'the registry was unreachable), digest_mismatch (the registry sent bytes that do not match the digest)',
+      'the registry was unreachable), digest_mismatch (the registry sent bytes that do not match the digest), ' +
+      'cluster_fallback (a blob streamed from the registry because the cluster could not answer it), ' +
+      'access_check and access_denied (blob HEADs with the engine credentials before a cluster answer), ' +
+      'outage_answer (a blob answered while the registry was unreachable, on a remembered access)',
     labelNames: ['event'] as const,
+    registers: [this.registry],
+  });
+  readonly mirrorBlobs = new Counter({
+    name: 'dfnode_mirror_blobs_total',
+    help: 'Blob answers of the registry mirror by source: cache (held complete), cluster (pieces), registry (streamed)',
+    labelNames: ['source'] as const,
+    registers: [this.registry],
+  });
+  readonly mirrorPieceBytes = new Counter({
+    name: 'dfnode_mirror_piece_bytes_total',
+    help: 'Bytes of blob pieces the registry mirror moved into the cache, by source (peer, seed, registry)',
+    labelNames: ['source'] as const,
     registers: [this.registry],
   });
   private readonly scrapeHooks: (() => void)[] = [];
@@ -202,9 +217,21 @@ export class NodeMetrics {
   }
 
   /** The registry mirror's counters, published as deltas before each scrape. */
-  publishMirror(mirror: { counters: MirrorCounters }): void {
+  publishMirror(mirror: { counters: MirrorCounters; pieceBytes: Partial<Record<string, number>> }): void {
     this.onScrape(() => {
       const c = mirror.counters;
+      for (const [source, n] of Object.entries(c.blobSources))
+        this.publishDelta(`mbs:${source}`, n, (d) => this.mirrorBlobs.inc({ source }, d));
+      for (const [source, n] of Object.entries(mirror.pieceBytes))
+        this.publishDelta(`mpb:${source}`, n ?? 0, (d) => this.mirrorPieceBytes.inc({ source }, d));
+      const events: [string, number][] = [
+        ['cluster_fallback', c.clusterFallbacks],
+        ['access_check', c.accessChecks],
+        ['access_denied', c.accessDenied],
+        ['outage_answer', c.outageAnswers],
+      ];
+      for (const [event, n] of events)
+        this.publishDelta(`me:${event}`, n, (d) => this.mirrorEvents.inc({ event }, d));
       for (const [kind, n] of Object.entries(c.requests))
         this.publishDelta(`mr:${kind}`, n, (d) => this.mirrorRequests.inc({ kind }, d));
       for (const [kind, n] of Object.entries(c.bytes))

@@ -5,8 +5,11 @@ import { isIP } from 'node:net';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { splitHostPort } from '../p2p/block-server.js';
-import { digestAlgorithm } from '../registry/digest.js';
 import { listenTcp } from '../util/listen.js';
+import { BlobAccess, credentialKey, manifestDigests } from './blob-access.js';
+import type { ClusterBlobs } from './cluster-blobs.js';
+import { MirrorBlobs } from './mirror-blobs.js';
+import type { MirrorCounters } from './mirror-counters.js';
 import { ManifestCache } from './manifest-cache.js';
 import { parseMirrorRoute, type MirrorRoute } from './route.js';
 import type { Upstream, UpstreamResponse } from './upstream.js';
@@ -23,6 +26,16 @@ export interface MirrorServerOptions {
   manifestTtlMs?: number;
   /** While the registry cannot be reached, a manifest this old is still answered. */
   staleManifestMs?: number;
+  /**
+   * The node's cache and P2P tier (the mirror runs where they live): blobs are answered from the cache or
+   * in verified pieces through peers → seed → registry, after the registry said the engine may read them.
+   * Without it every blob is streamed from the registry.
+   */
+  blobs?: ClusterBlobs;
+  /** A registry's yes to a credential for a repository is remembered this long (one check per pull). */
+  accessTtlMs?: number;
+  /** Timeout of each range request to the registry when pieces come from it (ms). */
+  pieceTimeoutMs?: number;
   /** Requests served at once; more get 503. */
   maxConcurrent?: number;
   logger?: Logger;
@@ -31,30 +44,12 @@ export interface MirrorServerOptions {
   onClose?: () => Promise<void>;
 }
 
-/** What the mirror did, for metrics and tests. */
-export interface MirrorCounters {
-  requests: Record<string, number>;
-  /** Bytes sent to engines, by kind (manifest, blob). */
-  bytes: Record<string, number>;
-  /** Manifests answered from memory, fresh or (registry down) stale. */
-  manifestHits: number;
-  staleManifests: number;
-  digestMismatches: number;
-}
+export type { MirrorCounters } from './mirror-counters.js';
 
 /** Largest manifest accepted from a registry (distribution's own limit is 4 MiB). */
 const MAX_MANIFEST = 4 << 20;
 /** Largest error body relayed from a registry. */
 const MAX_ERROR_BODY = 64 << 10;
-/** Response headers relayed from the registry. */
-const RELAYED = [
-  'content-type',
-  'content-length',
-  'content-range',
-  'docker-content-digest',
-  'etag',
-  'accept-ranges',
-];
 
 const isLoopback = (host: string) =>
   host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
@@ -74,7 +69,14 @@ export class MirrorServer {
     manifestHits: 0,
     staleManifests: 0,
     digestMismatches: 0,
+    blobSources: {},
+    clusterFallbacks: 0,
+    accessChecks: 0,
+    accessDenied: 0,
+    outageAnswers: 0,
   };
+  private readonly access = new BlobAccess();
+  private readonly blobs: MirrorBlobs;
   private readonly server: Server;
   private readonly log: Logger;
   private readonly manifests = new ManifestCache();
@@ -91,7 +93,21 @@ export class MirrorServer {
     this.ttl = opts.manifestTtlMs ?? 5_000;
     this.stale = opts.staleManifestMs ?? 3_600_000;
     this.maxConcurrent = opts.maxConcurrent ?? 256;
+
     this.now = opts.now ?? Date.now;
+    this.blobs = new MirrorBlobs({
+      upstream: opts.upstream,
+      cluster: opts.blobs,
+      access: this.access,
+      accessTtlMs: opts.accessTtlMs ?? 300_000,
+      staleMs: this.stale,
+      pieceTimeoutMs: opts.pieceTimeoutMs ?? 30_000,
+      counters: this.counters,
+      log: this.log,
+      now: this.now,
+      relay: (up, res, method) => this.relay(up, res, method),
+      sent: (kind, n) => this.sent(kind, n),
+    });
     this.server = createServer((req, res) => void this.handle(req, res));
   }
 
@@ -105,6 +121,11 @@ export class MirrorServer {
     await listenTcp(this.server, host, port, 'registry mirror', 'mirror.listen');
   }
 
+  /** Bytes of blob pieces moved into the node's cache, by source (peer, seed, registry). */
+  get pieceBytes(): Partial<Record<string, number>> {
+    return this.opts.blobs?.bytes ?? {};
+  }
+
   /** `host:port` the mirror listens on. */
   get address(): string {
     const a = this.server.address() as AddressInfo;
@@ -116,6 +137,7 @@ export class MirrorServer {
       this.server.close(() => resolve());
       this.server.closeAllConnections();
     });
+    await this.opts.blobs?.close();
     await this.opts.onClose?.();
   }
 
@@ -213,8 +235,7 @@ export class MirrorServer {
   }
 
   private manifestKey(route: Extract<MirrorRoute, { kind: 'manifest' }>, req: IncomingMessage): string {
-    const auth = req.headers.authorization ?? '';
-    const who = auth ? createHash('sha256').update(auth).digest('hex') : '-';
+    const who = credentialKey(req.headers.authorization);
     return [route.ref.registry, route.ref.repository, route.reference, req.headers.accept ?? '', who].join(
       '|',
     );
@@ -267,6 +288,10 @@ export class MirrorServer {
         ? up.headers['content-type']
         : 'application/vnd.oci.image.manifest.v1+json';
     this.manifests.set(key, { body, contentType, digest, storedAt: now });
+    // the registry let this credential read the repository, and the manifest names its blobs
+    const repo = `${route.ref.registry}/${route.ref.repository}`;
+    this.access.grant(credentialKey(req.headers.authorization), repo, now);
+    this.access.learn(repo, [digest, ...manifestDigests(body)]);
     this.sendManifest(body, contentType, digest, method, res);
   }
 
@@ -289,7 +314,7 @@ export class MirrorServer {
     }
   }
 
-  private async blob(
+  private blob(
     route: Extract<MirrorRoute, { kind: 'blob' }>,
     method: 'GET' | 'HEAD',
     req: IncomingMessage,
@@ -297,57 +322,7 @@ export class MirrorServer {
     signal: AbortSignal,
   ): Promise<void> {
     this.count('blob');
-    const path = `/v2/${route.ref.repository}/blobs/${route.digest}`;
-    const up = await this.opts.upstream.request(method, route.ref.registry, path, req.headers, signal);
-    if (up.status !== 200 && up.status !== 206) return this.relay(up, res, method);
-    const headers: Record<string, string> = {};
-    for (const h of RELAYED) {
-      const v = up.headers[h];
-      if (typeof v === 'string') headers[h] = v;
-    }
-    headers['docker-content-digest'] = route.digest;
-    res.writeHead(up.status, headers);
-    if (method === 'HEAD') {
-      up.body.destroy();
-      res.end();
-      return;
-    }
-    // A whole blob is checked against its digest as it passes, and its last chunk is held back until the
-    // digest matches: a registry (or storage behind a redirect) that sends other bytes gets the engine's
-    // connection cut before the end, never a clean end of a wrong blob.
-    const hash = up.status === 200 ? createHash(digestAlgorithm(route.digest)) : undefined;
-    let held: Buffer | undefined;
-    const write = async (chunk: Buffer) => {
-      this.sent('blob', chunk.length);
-      if (!res.write(chunk))
-        await new Promise<void>((r) => res.once('drain', () => r()).once('close', () => r()));
-    };
-    for await (const c of up.body) {
-      const chunk = c as Buffer;
-      hash?.update(chunk);
-      if (hash) {
-        if (held) await write(held);
-        held = chunk;
-      } else await write(chunk);
-      if (res.destroyed) {
-        up.body.destroy();
-        return;
-      }
-    }
-    if (hash) {
-      const got = `${digestAlgorithm(route.digest)}:${hash.digest('hex')}`;
-      if (got !== route.digest) {
-        this.counters.digestMismatches++;
-        this.log.warn(
-          { registry: route.ref.registry, digest: route.digest, got },
-          'registry sent a blob that does not match its digest',
-        );
-        res.destroy();
-        return;
-      }
-      if (held) await write(held);
-    }
-    res.end();
+    return this.blobs.serve(route, method, req, res, signal);
   }
 }
 

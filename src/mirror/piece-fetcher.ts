@@ -24,6 +24,12 @@ export interface PieceFetchOptions {
   concurrency?: number;
   /** Rounds over the sources before a piece fails (default 6), with a growing pause between. */
   rounds?: number;
+  /**
+   * Pieces are taken in random order within consecutive windows of this many (default: the whole file):
+   * a small window keeps the pieces near file order for a reader that streams the file as it arrives
+   * (the registry mirror) while nodes fetching at once still take different pieces.
+   */
+  window?: number;
   /** Told of each piece stored (after verification). */
   onPiece?: (piece: number, bytes: number, from: SourceKind) => void;
   timers?: Timers;
@@ -47,10 +53,12 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
   const todo: number[] = [];
   for (let u = 0; u < layout.units; u++) if (!cache.has(u)) todo.push(u);
   if (cache.filledBytes) bytes.cache = cache.filledBytes;
-  for (let i = todo.length - 1; i > 0; i--) {
-    const j = Math.floor(Math.random() * (i + 1));
-    [todo[i], todo[j]] = [todo[j]!, todo[i]!];
-  }
+  const window = Math.max(1, opts.window ?? todo.length);
+  for (let w = 0; w < todo.length; w += window)
+    for (let i = Math.min(todo.length, w + window) - 1; i > w; i--) {
+      const j = w + Math.floor(Math.random() * (i - w + 1));
+      [todo[i], todo[j]] = [todo[j]!, todo[i]!];
+    }
   const rounds = opts.rounds ?? 6;
 
   const one = async (u: number): Promise<void> => {

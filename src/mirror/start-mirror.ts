@@ -1,10 +1,20 @@
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
+import type { CacheManager } from '../cache/cache-manager.js';
+import type { P2pNode } from '../p2p/p2p-node.js';
+import { ClusterBlobs } from './cluster-blobs.js';
 import { MirrorServer } from './mirror-server.js';
 import { Upstream } from './upstream.js';
 
-/** Starts the registry mirror when `mirror.listen` is set; the caller closes it. */
-export async function startMirror(cfg: Config, log: Logger): Promise<MirrorServer | undefined> {
+/**
+ * Starts the registry mirror when `mirror.listen` is set; the caller closes it. Given the node's cache
+ * (and P2P tier), blobs go through them (cluster-blobs.ts); else every blob is streamed from the registry.
+ */
+export async function startMirror(
+  cfg: Config,
+  log: Logger,
+  node?: { caches: CacheManager; p2p?: P2pNode },
+): Promise<MirrorServer | undefined> {
   const listen = cfg.mirror.listen;
   if (!listen || listen === 'off') return undefined;
   const upstream = new Upstream({
@@ -19,10 +29,16 @@ export async function startMirror(cfg: Config, log: Logger): Promise<MirrorServe
     registries: cfg.mirror.registries,
     manifestTtlMs: cfg.mirror.manifestTtlMs,
     staleManifestMs: cfg.mirror.staleManifestMs,
+    accessTtlMs: cfg.mirror.accessTtlMs,
+    pieceTimeoutMs: cfg.registry.timeoutMs,
+    blobs: node ? new ClusterBlobs({ ...node, config: cfg, logger: log }) : undefined,
     logger: log,
     onClose: () => upstream.close(),
   });
   await mirror.start();
-  log.info({ address: mirror.address }, 'registry mirror listening');
+  log.info(
+    { address: mirror.address, blobs: node ? (node.p2p ? 'cache and cluster' : 'cache') : 'registry' },
+    'registry mirror listening',
+  );
   return mirror;
 }

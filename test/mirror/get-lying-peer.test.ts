@@ -7,17 +7,12 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BlobCache } from '../../src/cache/blob-cache.js';
-import { loadConfig } from '../../src/config.js';
-import { PieceHasher, PieceLayout, PIECE_SIZE } from '../../src/mirror/piece-table.js';
-import { P2pNode } from '../../src/p2p/p2p-node.js';
-import { trackerAddress } from '../../src/p2p/rendezvous.js';
-import { TrackerClient } from '../../src/p2p/tracker-service.js';
-import { flipBits } from '../helpers/bytes.js';
+import { PieceHasher, PIECE_SIZE } from '../../src/mirror/piece-table.js';
 import { runCli } from '../helpers/cli.js';
 import { startSeedProc } from '../helpers/dfnode-proc.js';
 import { sha256File } from '../helpers/digest.js';
 import { getNodeFlags, startFileOrigin } from '../helpers/file-origin.js';
+import { startLyingPiecePeer } from '../helpers/lying-piece-peer.js';
 import { tempDir } from '../helpers/temp.js';
 
 const TOKEN = 'get-liar-token';
@@ -42,46 +37,15 @@ describe('dfnode get and a lying peer', () => {
     });
     cleanups.push(() => seed.proc.stop());
 
-    // the liar: every piece "held", every piece corrupt
-    const cfg = loadConfig({
-      env: {},
-      flags: {
-        p2p: { seeds: [seed.addr], clusterToken: TOKEN, listen: '127.0.0.1:0', announceIntervalMs: 200 },
-      },
+    // the liar: every piece "held", every piece corrupt, listed by the tracker
+    const { node: liar, stop } = await startLyingPiecePeer({
+      dir,
+      seed: seed.addr,
+      token: TOKEN,
+      data,
+      table,
     });
-    const liar = new P2pNode({ config: cfg });
-    cleanups.push(() => liar.close());
-    await liar.start();
-    const layout = new PieceLayout(table.size, table.pieceSize);
-    const cache = await BlobCache.open({
-      dir: join(dir, 'liar-cache'),
-      digest: table.digest,
-      size: table.size,
-    });
-    cleanups.push(() => cache.close());
-    const { blockCount, tocOffset } = layout.cacheLayout;
-    await cache.setLayout(blockCount, tocOffset);
-    for (let u = 0; u < layout.units; u++) {
-      const lie = Buffer.from(data.subarray(layout.offset(u), layout.offset(u) + layout.length(u)));
-      flipBits(lie, 1000);
-      await cache.write(u, layout.offset(u), lie);
-    }
-    const member = liar.joinUnits({ blob: { digest: table.digest, size: table.size }, layout, cache });
-    cleanups.push(() => member.leave());
-    // the tracker names the liar before the get starts
-    const tracker = new TrackerClient(trackerAddress(seed.addr), TOKEN, 5000);
-    cleanups.push(() => Promise.resolve(tracker.close()));
-    for (let i = 0; ; i++) {
-      const a = await tracker.lookup({
-        blob: table.digest,
-        peer_id: 'test',
-        want_bitmap: new Uint8Array(Math.ceil(layout.units / 8)).fill(0xff),
-        max_peers: 8,
-      });
-      if (a.holders?.some((x) => x.peer_id === liar.id)) break;
-      if (i > 100) throw new Error('the liar never showed up in the tracker');
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    cleanups.push(stop);
 
     const out = join(dir, 'out.bin');
     const r = await runCli(

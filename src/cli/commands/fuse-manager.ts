@@ -12,23 +12,29 @@ export async function fuseManagerCommand(flags: { config?: string }, signal: Abo
   const log = createLogger(cfg.logLevel).child({ component: 'fuse-manager' });
   const client = makeClient(cfg, log, process.env[CREDS_ENV]);
   delete process.env[CREDS_ENV];
-  await serveNode(cfg, log, client, async (rt) => {
-    const server = new FuseManagerServer({
-      runtime: rt,
-      stateDir: cfg.node.stateDir,
-      mountRoots: [cfg.snapshotter.root, cfg.node.stateDir],
-      logger: log,
-      client,
-    });
-    try {
-      await server.listen();
-      await waitForSignal(
-        AbortSignal.any([signal, server.shutdownSignal]),
-        () => void rt.cache.gc().catch(() => undefined),
-      );
-      log.info({ reason: signal.aborted ? 'signal' : 'shutdown request' }, 'fuse manager stopping');
-    } finally {
-      await server.close();
-    }
-  });
+  await serveNode(
+    cfg,
+    log,
+    client,
+    async (rt) => {
+      const server = new FuseManagerServer({
+        runtime: rt,
+        stateDir: cfg.node.stateDir,
+        mountRoots: [cfg.snapshotter.root, cfg.node.stateDir],
+        logger: log,
+        client,
+      });
+      try {
+        await server.listen();
+        await waitForSignal(
+          AbortSignal.any([signal, server.shutdownSignal]),
+          () => void rt.cache.gc().catch(() => undefined),
+        );
+        log.info({ reason: signal.aborted ? 'signal' : 'shutdown request' }, 'fuse manager stopping');
+      } finally {
+        await server.close();
+      }
+    },
+    { mirror: true },
+  );
 }

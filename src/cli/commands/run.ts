@@ -8,7 +8,6 @@ import { DfError } from '../../errors.js';
 import { ensureFuseManager, stopFuseManager } from '../../fusemanager/client.js';
 import { ManagedRemoteLayers } from '../../fusemanager/managed-remote-layers.js';
 import { createLogger, type Logger } from '../../log.js';
-import { startMirror } from '../../mirror/start-mirror.js';
 import { processRunning } from '../../process.js';
 import type { RegistryClient } from '../../registry/client.js';
 import { serveSnapshotter } from '../../snapshotter/grpc-service.js';
@@ -58,14 +57,12 @@ export async function runCommand(flags: RunFlags, signal: AbortSignal): Promise<
         throw err;
       })
     : undefined;
-  let mirror: Awaited<ReturnType<typeof startMirror>>;
   try {
-    mirror = await startMirror(cfg, log);
+    // the registry mirror runs where the cache is: in the fuse manager, or in serveNode below
     if (cfg.node.fuseManager && cfg.snapshotter.enabled)
       await runWithFuseManager(cfg, log, client, flags.creds, signal, control?.hooks);
     else await runInProcess(cfg, log, client, signal, control?.hooks, recordTo);
   } finally {
-    await mirror?.close();
     await control?.stop();
     await client.close().catch(() => undefined);
   }
@@ -123,7 +120,7 @@ async function runInProcess(
         await writeRecording();
       }
     },
-    { recorder },
+    { recorder, mirror: true },
   );
 }
 

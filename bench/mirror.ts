@@ -1,0 +1,221 @@
+// bench/mirror: an unconverted image (debian-python: two gzip layers) to N hosts, each a network namespace
+// with a shaped link and its own containerd, pulled (`ctr images pull`) through each host's registry mirror
+// (`dfnode run` with the mirror on, a seed, peers) versus containerd pulling from the registry directly, in
+// the same run. Prints a table and one JSON line (last line of stdout).
+//
+//   node dist/bench/mirror.js [--hosts 1,4,8,16] [--host-mbit 20] [--registry-mbit 40]
+//                             [--fixture debian-python] [--work-dir DIR] [--keep]
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { PrivateContainerd } from './lib/containerd.js';
+import { DfnodeRun } from './lib/dfnode-run.js';
+import { locateFixture } from './lib/fixture.js';
+import { formatTable, run } from './lib/measure.js';
+import { cli, P2pCluster, repoRoot } from './lib/p2p-cluster.js';
+import type { NetnsHost } from './lib/netns-topology.js';
+
+const { values: flags } = parseArgs({
+  options: {
+    hosts: { type: 'string', default: '1,4,8,16' },
+    'host-mbit': { type: 'string', default: '20' },
+    'registry-mbit': { type: 'string', default: '40' },
+    fixture: { type: 'string', default: 'debian-python' },
+    'work-dir': { type: 'string' },
+    keep: { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
+  },
+});
+if (flags.help) {
+  process.stdout.write(
+    'node dist/bench/mirror.js [--hosts 1,4,8,16] [--host-mbit 20] [--registry-mbit 40]\n' +
+      '  [--fixture debian-python] [--work-dir DIR] [--keep]\n',
+  );
+  process.exit(0);
+}
+const log = (s: string) => process.stderr.write(s + '\n');
+if (process.getuid?.() !== 0) {
+  log('bench/mirror needs root (network namespaces, tc, containerd)');
+  process.exit(2);
+}
+const counts = flags.hosts.split(',').map(Number);
+const MIRROR = '127.0.0.1:65001';
+const METRICS_PORT = 9314;
+
+const base = flags['work-dir'] ?? join(repoRoot(), '.tmp', 'bench');
+await mkdir(base, { recursive: true });
+const work = await mkdtemp(join(base, 'mirror-'));
+const fixture = await locateFixture(repoRoot(), flags.fixture, log);
+const cluster = await P2pCluster.create({
+  nodes: Math.max(...counts),
+  hostMbit: Number(flags['host-mbit']),
+  registryMbit: Number(flags['registry-mbit']),
+  image: { layout: { dir: fixture, tag: 'latest' } },
+  plain: true,
+  workDir: join(work, 'cluster'),
+  log,
+});
+const running: { stop(): Promise<void> }[] = [];
+const stopRunning = async () => {
+  for (const r of running.splice(0).reverse()) await r.stop().catch(() => undefined);
+  await cluster.stopAll();
+};
+const stopAll = () =>
+  void stopRunning().finally(() => void cluster.destroy().finally(() => process.exit(130)));
+process.once('SIGINT', stopAll);
+process.once('SIGTERM', stopAll);
+
+const hostsDir = join(work, 'certs.d');
+await run(process.execPath, [
+  cli('dfnode'),
+  'mirror-setup',
+  '--containerd-dir',
+  hostsDir,
+  '--mirror',
+  MIRROR,
+]);
+const image = cluster.imageBytes + cluster.configBytes;
+const launch = (h: NetnsHost) => (cmd: string, args: string[]) => h.netArgv(cmd, args);
+
+/** `ctr images pull` on each host at once (in its namespace: ctr fetches itself); seconds each. */
+async function pullAll(hosts: NetnsHost[], ctds: PrivateContainerd[], extra: string[]): Promise<number[]> {
+  return Promise.all(
+    hosts.map(async (h, i) => {
+      const t0 = Date.now();
+      await h.exec('ctr', ['-a', ctds[i]!.address, '-n', 'bench', 'images', 'pull', ...extra, cluster.ref]);
+      return (Date.now() - t0) / 1000;
+    }),
+  );
+}
+
+interface Row {
+  n: number;
+  mode: 'mirror' | 'direct';
+  meanS: number;
+  maxS: number;
+  egress: number;
+  fromPeers?: number;
+  fromSeed?: number;
+  fromRegistry?: number;
+}
+const rows: Row[] = [];
+const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
+const settle = () => new Promise((r) => setTimeout(r, 1000));
+
+try {
+  log(`image: ${image} B in ${cluster.layers.length} layers + config; ${flags['host-mbit']} Mbit/s hosts`);
+  for (const n of counts) {
+    const hosts = cluster.nodes.slice(0, n);
+    const dir = join(work, `n${n}`);
+    // direct: containerd pulls from the registry
+    {
+      const ctds: PrivateContainerd[] = [];
+      for (const h of hosts) {
+        const c = await PrivateContainerd.start(join(dir, 'direct', h.name), { launch: launch(h) });
+        running.push(c);
+        ctds.push(c);
+      }
+      await settle();
+      const b0 = cluster.registry.blobBytes();
+      log(`N=${n}: direct pulls`);
+      const s = await pullAll(hosts, ctds, ['--plain-http']);
+      await settle();
+      rows.push({
+        n,
+        mode: 'direct',
+        meanS: mean(s),
+        maxS: Math.max(...s),
+        egress: cluster.registry.blobBytes() - b0,
+      });
+      await stopRunning();
+    }
+    // mirror: a fresh seed, fresh node caches and containerds
+    {
+      await cluster.startSeed({ DFNODE_LOG_LEVEL: 'warn' });
+      const ctds: PrivateContainerd[] = [];
+      for (const h of hosts) {
+        const node = await DfnodeRun.start({
+          cli: cli('dfnode'),
+          dir: join(dir, 'm', h.name, 'd'),
+          launch: launch(h),
+          env: cluster.memberEnv(h),
+          config: { mirror: { listen: MIRROR }, node: { metricsAddress: `127.0.0.1:${METRICS_PORT}` } },
+        });
+        running.push(node);
+        const c = await PrivateContainerd.start(join(dir, 'm', h.name, 'c'), { launch: launch(h) });
+        running.push(c);
+        ctds.push(c);
+      }
+      await settle();
+      const b0 = cluster.registry.blobBytes();
+      log(`N=${n}: pulls through the mirror`);
+      const s = await pullAll(hosts, ctds, ['--hosts-dir', hostsDir]);
+      await settle();
+      const by: Record<string, number> = {};
+      for (const h of hosts)
+        for (const line of (await cluster.scrape(h, METRICS_PORT)).split('\n')) {
+          const m = /^dfnode_mirror_piece_bytes_total\{source="(\w+)"\} (\S+)$/.exec(line);
+          if (m) by[m[1]!] = (by[m[1]!] ?? 0) + Number(m[2]);
+        }
+      rows.push({
+        n,
+        mode: 'mirror',
+        meanS: mean(s),
+        maxS: Math.max(...s),
+        egress: cluster.registry.blobBytes() - b0,
+        fromPeers: by.peer ?? 0,
+        fromSeed: by.seed ?? 0,
+        fromRegistry: by.registry ?? 0,
+      });
+      await stopRunning();
+    }
+  }
+} finally {
+  await stopRunning();
+  await cluster.destroy();
+  if (!flags.keep) await rm(work, { recursive: true, force: true });
+}
+
+const mb = (b: number | undefined) => (b === undefined ? '' : (b / 1e6).toFixed(1));
+const one = rows.find((r) => r.n === 1 && r.mode === 'mirror');
+process.stdout.write(
+  formatTable(
+    [
+      'N',
+      'mode',
+      'mean s',
+      'max s',
+      'mean / 1 host',
+      'registry MB',
+      'egress / image',
+      'peer MB',
+      'seed MB',
+      'registry pieces MB',
+    ],
+    rows.map((r) => [
+      String(r.n),
+      r.mode,
+      r.meanS.toFixed(1),
+      r.maxS.toFixed(1),
+      r.mode === 'mirror' && one ? (r.meanS / one.meanS).toFixed(2) : '',
+      mb(r.egress),
+      (r.egress / image).toFixed(3),
+      mb(r.fromPeers),
+      mb(r.fromSeed),
+      mb(r.fromRegistry),
+    ]),
+  ) + '\n',
+);
+const direct1 = rows.find((r) => r.n === 1 && r.mode === 'direct');
+if (one && direct1)
+  process.stdout.write(`N=1 through the mirror / direct: ${(one.meanS / direct1.meanS).toFixed(2)}x\n`);
+process.stdout.write(
+  JSON.stringify({
+    bench: 'mirror',
+    fixture: flags.fixture,
+    imageBytes: image,
+    hostMbit: Number(flags['host-mbit']),
+    registryMbit: Number(flags['registry-mbit']),
+    rows,
+  }) + '\n',
+);

@@ -1,0 +1,266 @@
+/**
+ * The registry mirror on a node's cache and P2P tier (loopback: a bearer-token docker-registry, a real
+ * `dfnode seed` process, mirrors in this process on their own P2pNode and CacheManager, as the fuse manager
+ * runs them). Blobs go through the seed in verified pieces after an access check with the engine's own
+ * token; a request without access never gets a blob the cluster holds; a registry outage does not stop an
+ * engine that was allowed recently; a peer serving corrupt pieces is isolated and the blob still verifies.
+ */
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { request } from 'node:http';
+import { Readable } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CacheManager } from '../../src/cache/cache-manager.js';
+import { loadConfig, type Config } from '../../src/config.js';
+import { silentLogger } from '../../src/log.js';
+import type { MirrorServer } from '../../src/mirror/mirror-server.js';
+import { PieceHasher, PIECE_SIZE } from '../../src/mirror/piece-table.js';
+import { startMirror } from '../../src/mirror/start-mirror.js';
+import { P2pNode } from '../../src/p2p/p2p-node.js';
+import { RegistryClient } from '../../src/registry/client.js';
+import { StaticCredentials } from '../../src/registry/credentials.js';
+import { parseReference } from '../../src/registry/reference.js';
+import { startSeedProc, type SeedProc } from '../helpers/dfnode-proc.js';
+import { sha256Digest } from '../helpers/digest.js';
+import { startLyingPiecePeer } from '../helpers/lying-piece-peer.js';
+import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { tempDir } from '../helpers/temp.js';
+
+const TOKEN = 'mirror-cluster-token';
+const req = requireRegistry(['bearer']);
+
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+  complete: boolean;
+}
+
+function get(
+  address: string,
+  path: string,
+  headers: Record<string, string> = {},
+  method = 'GET',
+): Promise<Answer> {
+  const i = address.lastIndexOf(':');
+  return new Promise((resolve, reject) => {
+    const r = request(
+      { host: address.slice(0, i), port: Number(address.slice(i + 1)), path, headers, method },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', () => undefined);
+        res.on('close', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body: Buffer.concat(chunks),
+            complete: res.complete,
+          }),
+        );
+      },
+    );
+    r.on('error', reject);
+    r.end();
+  });
+}
+
+/** An engine's token flow: the registry's challenge, then the token server with basic credentials. */
+async function bearer(reg: TestRegistry, repo: string): Promise<string> {
+  const ch = await fetch(`${reg.url}/v2/${repo}/manifests/x`);
+  const h = ch.headers.get('www-authenticate') ?? '';
+  const p = Object.fromEntries([...h.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
+  const u = new URL(p.realm!);
+  u.searchParams.set('service', p.service!);
+  u.searchParams.set('scope', `repository:${repo}:pull`);
+  const res = await fetch(u, {
+    headers: { authorization: 'Basic ' + Buffer.from('alice:secret').toString('base64') },
+  });
+  const j = (await res.json()) as { token?: string; access_token?: string };
+  return `Bearer ${j.token ?? j.access_token}`;
+}
+
+/** A node: its cache, its P2P tier and the mirror on them (what serveNode starts). */
+async function startNode(
+  dir: string,
+  name: string,
+  seed: string,
+  opts: { accessTtlMs?: number; downloadRate?: string } = {},
+) {
+  const cfg: Config = loadConfig({
+    env: {},
+    flags: {
+      registry: { plainHttp: true },
+      cache: { dir: join(dir, `${name}-cache`) },
+      mirror: {
+        listen: '127.0.0.1:0',
+        ...(opts.accessTtlMs === undefined ? {} : { accessTtlMs: opts.accessTtlMs }),
+      },
+      p2p: {
+        seeds: [seed],
+        clusterToken: TOKEN,
+        listen: '127.0.0.1:0',
+        announceIntervalMs: 200,
+        ...(opts.downloadRate ? { downloadRate: opts.downloadRate } : {}),
+      },
+    },
+  });
+  const caches = CacheManager.fromConfig(cfg.cache, { logger: silentLogger });
+  await caches.init();
+  const p2p = new P2pNode({ config: cfg });
+  await p2p.start();
+  const mirror = (await startMirror(cfg, silentLogger, { caches, p2p }))!;
+  let stopped: Promise<void> | undefined;
+  return {
+    mirror,
+    p2p,
+    caches,
+    stop: () =>
+      (stopped ??= (async () => {
+        await mirror.close();
+        await p2p.close();
+        await caches.close();
+      })()),
+  };
+}
+
+describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reason}`, () => {
+  let dir: string;
+  let cleanupDir: () => Promise<void>;
+  let reg: TestRegistry;
+  let seed: SeedProc;
+  const stops: (() => Promise<unknown>)[] = [];
+  const data = randomBytes(3 * PIECE_SIZE + 12345);
+  const digest = sha256Digest(data);
+  const other = randomBytes(1 << 20);
+  /** 16 pieces: enough that the tracker names the liar before the last ones are asked for. */
+  const big = randomBytes(16 * PIECE_SIZE);
+  const bigDigest = sha256Digest(big);
+  const otherDigest = sha256Digest(other);
+  let node: Awaited<ReturnType<typeof startNode>>;
+  let mirror: MirrorServer;
+  let auth: string;
+  const blobPath = `/v2/private/app/blobs/${digest}?ns=`;
+
+  beforeAll(async () => {
+    ({ dir, cleanup: cleanupDir } = await tempDir('dfnode-mirror-cluster-'));
+    reg = await startRegistry({ auth: 'bearer', username: 'alice', password: 'secret' });
+    const c = new RegistryClient({
+      plainHttp: true,
+      credentials: StaticCredentials.fromString('alice:secret'),
+    });
+    await c.pushBlob(parseReference(`${reg.host}/private/app`), digest, data.length, () =>
+      Readable.from([data]),
+    );
+    await c.pushBlob(parseReference(`${reg.host}/private/app`), bigDigest, big.length, () =>
+      Readable.from([big]),
+    );
+    await c.pushBlob(parseReference(`${reg.host}/private/other`), otherDigest, other.length, () =>
+      Readable.from([other]),
+    );
+    await c.close();
+    // the seed reads the registry with its own credentials
+    seed = await startSeedProc(dir, 'seed', ['--cluster-token', TOKEN, '--creds', 'alice:secret']);
+    stops.push(() => seed.proc.stop());
+    node = await startNode(dir, 'a', seed.addr);
+    stops.push(() => node.stop());
+    mirror = node.mirror;
+    auth = await bearer(reg, 'private/app');
+  }, 120_000);
+
+  afterAll(async () => {
+    for (const s of stops.reverse()) await s().catch(() => undefined);
+    await reg?.stop();
+    await cleanupDir?.();
+  }, 60_000);
+
+  it('answers a credentialed blob GET in verified pieces through the seed; a Range from the pieces', async () => {
+    const r = await get(mirror.address, blobPath + reg.host, { authorization: auth });
+    expect(r.status).toBe(200);
+    expect(r.complete).toBe(true);
+    expect(sha256Digest(r.body)).toBe(digest);
+    expect(mirror.counters.blobSources).toMatchObject({ cluster: 1 });
+    expect(mirror.counters.clusterFallbacks).toBe(0);
+    expect(mirror.pieceBytes.seed).toBe(data.length);
+    expect(mirror.pieceBytes.registry ?? 0).toBe(0);
+    expect(mirror.counters.accessChecks).toBe(1);
+    // a resumed download: containerd asks for the rest with Range
+    const from = PIECE_SIZE + 7;
+    const part = await get(mirror.address, blobPath + reg.host, {
+      authorization: auth,
+      range: `bytes=${from}-`,
+    });
+    expect(part.status).toBe(206);
+    expect(part.headers['content-range']).toBe(`bytes ${from}-${data.length - 1}/${data.length}`);
+    expect(part.body.equals(data.subarray(from))).toBe(true);
+    // the access was remembered: no second HEAD for the same credential and repository
+    expect(mirror.counters.accessChecks).toBe(1);
+    // a HEAD is the registry's own answer
+    const head = await get(mirror.address, blobPath + reg.host, { authorization: auth }, 'HEAD');
+    expect(head.status).toBe(200);
+    expect(head.headers['content-length']).toBe(String(data.length));
+    expect((await get(mirror.address, blobPath + reg.host, {}, 'HEAD')).status).toBe(401);
+  }, 120_000);
+
+  it('never gives a blob the cluster holds to a request without access to it', async () => {
+    const before = mirror.counters.bytes.blob ?? 0;
+    const anon = await get(mirror.address, blobPath + reg.host);
+    expect(anon.status).toBe(401);
+    expect(String(anon.headers['www-authenticate'])).toMatch(/^Bearer /);
+    const wrong = await get(mirror.address, blobPath + reg.host, { authorization: 'Bearer not-a-token' });
+    expect(wrong.status).toBe(401);
+    // a token for another repository: the registry knows no such blob there (or refuses the scope)
+    const otherAuth = await bearer(reg, 'private/other');
+    const cross = await get(mirror.address, `/v2/private/other/blobs/${digest}?ns=${reg.host}`, {
+      authorization: otherAuth,
+    });
+    expect([401, 403, 404]).toContain(cross.status);
+    // and a grant for app does not open other's blob through the app path
+    const viaApp = await get(mirror.address, `/v2/private/app/blobs/${otherDigest}?ns=${reg.host}`, {
+      authorization: auth,
+    });
+    expect([401, 403, 404]).toContain(viaApp.status);
+    expect(mirror.counters.bytes.blob ?? 0).toBe(before);
+    expect(mirror.counters.accessDenied).toBeGreaterThanOrEqual(4);
+  }, 60_000);
+
+  it('a peer serving corrupt pieces is isolated; a second node still gets the blob, verified', async () => {
+    const h = new PieceHasher();
+    h.update(big);
+    const table = h.finish();
+    // the liar: a cluster member that holds every piece corrupt, listed by the tracker
+    const { node: liar, stop } = await startLyingPiecePeer({
+      dir,
+      seed: seed.addr,
+      token: TOKEN,
+      data: big,
+      table,
+    });
+    stops.push(stop);
+    // every request of b asks the registry first (no remembered access within the TTL); slow enough that
+    // the tracker's answer (the liar) arrives before the last pieces are asked for
+    const b = await startNode(dir, 'b', seed.addr, { accessTtlMs: 0, downloadRate: '32M' });
+    stops.push(() => b.stop());
+    const path = `/v2/private/app/blobs/${bigDigest}?ns=${reg.host}`;
+    const r = await get(b.mirror.address, path, { authorization: auth });
+    expect(r.status).toBe(200);
+    expect(r.complete).toBe(true);
+    expect(sha256Digest(r.body)).toBe(bigDigest);
+    expect(liar.server.counters.served).toBeGreaterThan(0);
+    expect(b.mirror.pieceBytes.peer ?? 0).toBe(0);
+    expect(b.mirror.pieceBytes.seed).toBe(big.length);
+    // the registry is stopped: an engine allowed a moment ago still gets the blob (from b's cache)...
+    await reg.stop();
+    const again = await get(b.mirror.address, path, { authorization: auth });
+    expect(again.status).toBe(200);
+    expect(sha256Digest(again.body)).toBe(bigDigest);
+    // from b's own pieces: nothing new moved, nothing streamed from the registry
+    expect(b.mirror.pieceBytes).toEqual({ seed: big.length });
+    expect(b.mirror.counters.blobSources.registry ?? 0).toBe(0);
+    expect(b.mirror.counters.outageAnswers).toBe(1);
+    // ... and a request without credentials does not (the registry cannot say it may)
+    const anon = await get(b.mirror.address, path);
+    expect(anon.status).toBe(502);
+    expect(anon.body.length).toBeLessThan(1000);
+  }, 180_000);
+});
