@@ -1,3 +1,4 @@
+import { request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 
 /**
@@ -32,4 +33,42 @@ export function rawExchange(
 export function statusOf(response: string): number {
   const m = /^HTTP\/1\.[01] (\d{3})/.exec(response);
   return m ? Number(m[1]) : 0;
+}
+
+/** An HTTP answer read whole, and whether it ended cleanly (false: the server cut the connection). */
+export interface HttpAnswer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+  complete: boolean;
+}
+
+/** One request to `host:port`; a cut connection resolves with complete = false instead of throwing. */
+export function httpAnswer(
+  address: string,
+  path: string,
+  headers: Record<string, string> = {},
+  method = 'GET',
+): Promise<HttpAnswer> {
+  const i = address.lastIndexOf(':');
+  return new Promise((resolve, reject) => {
+    const r = httpRequest(
+      { host: address.slice(0, i), port: Number(address.slice(i + 1)), path, headers, method },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', () => undefined);
+        res.on('close', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body: Buffer.concat(chunks),
+            complete: res.complete,
+          }),
+        );
+      },
+    );
+    r.on('error', reject);
+    r.end();
+  });
 }

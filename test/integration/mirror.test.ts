@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
-import { createServer, request, type Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,44 +23,10 @@ import {
 } from '../helpers/containerd.js';
 import { ensureFixture } from '../helpers/fixtures.js';
 import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { httpAnswer as get } from '../helpers/raw-http.js';
 
 const req = requireContainerd(['podman']);
 const regReq = requireRegistry(['none', 'bearer']);
-
-interface Raw {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: Buffer;
-  /** The response ended cleanly (false: the connection was cut). */
-  complete: boolean;
-}
-
-/** One HTTP request to the mirror; never throws on a cut connection. */
-function get(
-  address: string,
-  path: string,
-  headers: Record<string, string> = {},
-  method = 'GET',
-): Promise<Raw> {
-  const [host, port] = [
-    address.slice(0, address.lastIndexOf(':')),
-    Number(address.slice(address.lastIndexOf(':') + 1)),
-  ];
-  return new Promise((resolve, reject) => {
-    const r = request({ host, port, path, method, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      let complete = false;
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => (complete = res.complete));
-      res.on('close', () =>
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), complete }),
-      );
-      res.on('error', () => undefined);
-    });
-    r.on('error', reject);
-    r.end();
-  });
-}
 
 describe.skipIf(req.skip || regReq.skip)('registry mirror (containerd, podman, docker-registry)', () => {
   let work: string;

@@ -7,7 +7,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { request } from 'node:http';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CacheManager } from '../../src/cache/cache-manager.js';
@@ -25,45 +24,10 @@ import { sha256Digest } from '../helpers/digest.js';
 import { startLyingPiecePeer } from '../helpers/lying-piece-peer.js';
 import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/temp.js';
+import { httpAnswer as get } from '../helpers/raw-http.js';
 
 const TOKEN = 'mirror-cluster-token';
 const req = requireRegistry(['bearer']);
-
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: Buffer;
-  complete: boolean;
-}
-
-function get(
-  address: string,
-  path: string,
-  headers: Record<string, string> = {},
-  method = 'GET',
-): Promise<Answer> {
-  const i = address.lastIndexOf(':');
-  return new Promise((resolve, reject) => {
-    const r = request(
-      { host: address.slice(0, i), port: Number(address.slice(i + 1)), path, headers, method },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('error', () => undefined);
-        res.on('close', () =>
-          resolve({
-            status: res.statusCode ?? 0,
-            headers: res.headers,
-            body: Buffer.concat(chunks),
-            complete: res.complete,
-          }),
-        );
-      },
-    );
-    r.on('error', reject);
-    r.end();
-  });
-}
 
 /** An engine's token flow: the registry's challenge, then the token server with basic credentials. */
 async function bearer(reg: TestRegistry, repo: string): Promise<string> {
