@@ -7,6 +7,7 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { DEFAULT_SIM, simulate, type SimParams, type SimResult } from './lib/p2p-sim.js';
+import { formatTable } from './lib/measure.js';
 import { svgLinePlot } from './lib/svg-plot.js';
 
 const { values: flags } = parseArgs({
@@ -173,11 +174,9 @@ const lines = rows.map((r) => [
   `${(r.bitmapBytes / 1024).toFixed(0)} KiB`,
   r.wallS.toFixed(1),
 ]);
-const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
-const fmt = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
 process.stdout.write(
   `layer ${(base.blobBytes / 2 ** 20).toFixed(1)} MiB, hosts ${base.nodeMbit} Mbit/s, seed ${base.seedMbit}, registry ` +
-    `${base.registryMbit}; ${runs} run(s) per N (means; max over runs)\n${fmt(header)}\n${lines.map(fmt).join('\n')}\n`,
+    `${base.registryMbit}; ${runs} run(s) per N (means; max over runs)\n${formatTable(header, lines)}\n`,
 );
 if (one)
   process.stdout.write(

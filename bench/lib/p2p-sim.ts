@@ -20,202 +20,17 @@ import { planRun } from '../../src/p2p/fill-planner.js';
 import { Isolation } from '../../src/p2p/isolation.js';
 import { PeerView, type Holder } from '../../src/p2p/peer-view.js';
 import { TrackerState, type TrackerStateOptions } from '../../src/p2p/tracker-state.js';
-import { DEFAULT_TRACKER_LIMITS } from '../../src/p2p/tracker-limits.js';
 import { UnitLayout } from '../../src/p2p/unit-layout.js';
 import type { Timers } from '../../src/util/timers.js';
 import { transferTimeoutMs } from '../../src/util/transfer-timeout.js';
+import { EventQueue, maxMinRates, rng, SimCache, type Endpoint, type Flow } from './sim-core.js';
+import type { SimParams, SimResult } from './p2p-sim-params.js';
 
-export interface SimParams {
-  hosts: number;
-  /** Stored bytes of the layer's blocks (the TOC unit comes on top). */
-  blobBytes: number;
-  unitBytes: number;
-  /** Each node's link, up and down (Mbit/s); the seed's; the registry's. */
-  nodeMbit: number;
-  seedMbit: number;
-  registryMbit: number;
-  /** Round trip of a request before its first byte (ms). */
-  rttMs: number;
-  /** p2p.peerTimeoutMs: a peer request is abandoned after this plus its size at 64 KiB/s (as the node does). */
-  peerTimeoutMs: number;
-  /** Fill runs in flight per node (p2pFill concurrency). */
-  concurrency: number;
-  maxRunBytes: number;
-  /** Hosts share one machine with this many cores (0: every host has its own CPU, never the limit). */
-  machineCores: number;
-  /** CPU seconds per GiB a node spends receiving, and a sender (node or seed) spends sending. */
-  cpuRecvSecPerGiB: number;
-  cpuSendSecPerGiB: number;
-  /** Hosts start within this window (ms), uniformly. */
-  startSpreadMs: number;
-  /** The tracker's peers-per-blob bound (its default is DEFAULT_TRACKER_LIMITS.maxPeersPerBlob). */
-  maxPeersPerBlob: number;
-  rngSeed: number;
-  /** Give up after this much virtual time (ms). */
-  limitMs: number;
-  /** Flow rates are recomputed (and transfers end) every this many ms. */
-  stepMs: number;
-}
-
-export const DEFAULT_SIM: SimParams = {
-  hosts: 4,
-  blobBytes: 64 << 20,
-  unitBytes: 64 << 10,
-  nodeMbit: 20,
-  seedMbit: 20,
-  registryMbit: 40,
-  rttMs: 2,
-  peerTimeoutMs: 2000,
-  concurrency: 6,
-  maxRunBytes: 4 << 20,
-  machineCores: 0,
-  cpuRecvSecPerGiB: 0,
-  cpuSendSecPerGiB: 0,
-  startSpreadMs: 0,
-  maxPeersPerBlob: DEFAULT_TRACKER_LIMITS.maxPeersPerBlob,
-  rngSeed: 1,
-  limitMs: 3_600_000,
-  stepMs: 50,
-};
-
-export interface SimResult {
-  params: SimParams;
-  /** Fill time of each node that finished (s), from its start. */
-  times: number[];
-  finished: number;
-  meanS: number;
-  maxS: number;
-  /** Registry bytes sent / blob size. */
-  registryEgress: number;
-  /** Share of the nodes' received bytes by source. */
-  fromPeers: number;
-  fromSeed: number;
-  seedUploadBytes: number;
-  announces: number;
-  lookups: number;
-  /** Announces the tracker refused (its bounds: a swarm larger than maxPeersPerBlob). */
-  refusedAnnounces: number;
-  /** Peer requests abandoned at their timeout (the holder is then isolated for a while). */
-  peerTimeouts: number;
-  /** Wall time of the real tracker code per call (µs, mean) and the bitmap bytes it held at the peak. */
-  announceUs: number;
-  lookupUs: number;
-  trackerBitmapBytes: number;
-  /** Wall time of the real planner per plan (µs, mean) and plans made. */
-  planUs: number;
-  plans: number;
-  events: number;
-  wallMs: number;
-}
+export { DEFAULT_SIM, type SimParams, type SimResult } from './p2p-sim-params.js';
 
 /** The seed's registry fetches: this many at once, of this many bytes (short: blocks become available as they stream). */
 const SEED_FETCHES = 8;
 const SEED_FETCH_BYTES = 256 << 10;
-
-/** mulberry32: a small seeded generator (runs are repeatable). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** A binary min-heap under `less`. */
-class MinHeap<T> {
-  private readonly h: T[] = [];
-  constructor(private readonly less: (a: T, b: T) => boolean) {}
-  get size(): number {
-    return this.h.length;
-  }
-  push(x: T): void {
-    const h = this.h;
-    h.push(x);
-    let i = h.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (this.less(h[p]!, h[i]!)) break;
-      [h[p], h[i]] = [h[i]!, h[p]!];
-      i = p;
-    }
-  }
-  pop(): T | undefined {
-    const h = this.h;
-    if (!h.length) return undefined;
-    const top = h[0]!;
-    const last = h.pop()!;
-    if (h.length) {
-      h[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let m = i;
-        if (l < h.length && this.less(h[l]!, h[m]!)) m = l;
-        if (r < h.length && this.less(h[r]!, h[m]!)) m = r;
-        if (m === i) break;
-        [h[m], h[i]] = [h[i]!, h[m]!];
-        i = m;
-      }
-    }
-    return top;
-  }
-}
-
-/** Events by time, then by insertion order. */
-class EventQueue {
-  private readonly heap = new MinHeap<{ t: number; seq: number; fn: () => void }>(
-    (a, b) => a.t < b.t || (a.t === b.t && a.seq < b.seq),
-  );
-  private seq = 0;
-  push(t: number, fn: () => void): void {
-    this.heap.push({ t, seq: this.seq++, fn });
-  }
-  pop(): { t: number; fn: () => void } | undefined {
-    return this.heap.pop();
-  }
-}
-
-interface Endpoint {
-  name: string;
-  up: number; // bytes per ms
-  down: number;
-  ups: Set<Flow>;
-  downs: Set<Flow>;
-  /** CPU s per byte this host spends sending. */
-  sendCost: number;
-}
-
-interface Flow {
-  src: Endpoint;
-  dst: Endpoint;
-  remaining: number;
-  rate: number;
-  done: () => void;
-}
-
-/** The cache side of a simulated node: what PeerView and planRun read (a bitmap of units). */
-class SimCache {
-  readonly bits: Bitmap;
-  constructor(units: number) {
-    this.bits = new Bitmap(units);
-  }
-  has(u: number): boolean {
-    return this.bits.has(u);
-  }
-  nextMissing(from = 0): number {
-    return this.bits.nextClear(from);
-  }
-  snapshot(): Uint8Array {
-    return this.bits.bits.slice();
-  }
-  get isComplete(): boolean {
-    return this.bits.full;
-  }
-}
 
 interface SimNode {
   id: string;
@@ -273,53 +88,11 @@ export function simulate(p: SimParams): SimResult {
   });
   const recvCost = p.cpuRecvSecPerGiB / gib;
   /**
-   * Max-min fair rates for every flow (progressive filling: the link whose equal share is smallest is
-   * saturated first, its flows frozen at that share, and so on), as TCP flows sharing links roughly get;
-   * then, when one machine's CPU is shared, all rates scaled down to what its cores can move.
+   * Max-min fair rates for every flow, as TCP flows sharing links roughly get; then, when one machine's CPU
+   * is shared, all rates scaled down to what its cores can move.
    */
   const rerate = () => {
-    const rem = new Map<Endpoint, { up: number; upN: number; down: number; downN: number }>();
-    const res = (e: Endpoint) => {
-      let r = rem.get(e);
-      if (!r) rem.set(e, (r = { up: e.up, upN: 0, down: e.down, downN: 0 }));
-      return r;
-    };
-    for (const f of flows) {
-      res(f.src).upN++;
-      res(f.dst).downN++;
-    }
-    // a heap of (share, endpoint, direction); shares only grow as flows freeze, so stale entries are skipped
-    const heap = new MinHeap<{ share: number; e: Endpoint; up: boolean }>((x, y) => x.share < y.share);
-    const push = (x: { share: number; e: Endpoint; up: boolean }) => heap.push(x);
-    for (const [e, r] of rem) {
-      if (r.upN) push({ share: r.up / r.upN, e, up: true });
-      if (r.downN) push({ share: r.down / r.downN, e, up: false });
-    }
-    const frozen = new Map<Flow, number>();
-    for (let x = heap.pop(); x; x = heap.pop()) {
-      const r = rem.get(x.e)!;
-      const n = x.up ? r.upN : r.downN;
-      if (!n) continue;
-      const share = (x.up ? r.up : r.down) / n;
-      if (share > x.share + 1e-12) {
-        push({ share, e: x.e, up: x.up });
-        continue;
-      }
-      for (const f of x.up ? x.e.ups : x.e.downs) {
-        if (frozen.has(f)) continue;
-        frozen.set(f, share);
-        const s2 = rem.get(f.src)!;
-        const d2 = rem.get(f.dst)!;
-        s2.up -= share;
-        s2.upN--;
-        d2.down -= share;
-        d2.downN--;
-        const other = x.up ? f.dst : f.src;
-        const o = x.up ? d2 : s2;
-        const on = x.up ? o.downN : o.upN;
-        if (on > 0) push({ share: (x.up ? o.down : o.up) / on, e: other, up: !x.up });
-      }
-    }
+    const frozen = maxMinRates(flows);
     let scale = 1;
     if (p.machineCores > 0) {
       let demand = 0;

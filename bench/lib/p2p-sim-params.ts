@@ -1,0 +1,85 @@
+/** What the P2P simulation (bench/lib/p2p-sim.ts) is given and what it reports. */
+import { DEFAULT_TRACKER_LIMITS } from '../../src/p2p/tracker-limits.js';
+
+export interface SimParams {
+  hosts: number;
+  /** Stored bytes of the layer's blocks (the TOC unit comes on top). */
+  blobBytes: number;
+  unitBytes: number;
+  /** Each node's link, up and down (Mbit/s); the seed's; the registry's. */
+  nodeMbit: number;
+  seedMbit: number;
+  registryMbit: number;
+  /** Round trip of a request before its first byte (ms). */
+  rttMs: number;
+  /** p2p.peerTimeoutMs: a peer request is abandoned after this plus its size at 64 KiB/s (as the node does). */
+  peerTimeoutMs: number;
+  /** Fill runs in flight per node (p2pFill concurrency). */
+  concurrency: number;
+  maxRunBytes: number;
+  /** Hosts share one machine with this many cores (0: every host has its own CPU, never the limit). */
+  machineCores: number;
+  /** CPU seconds per GiB a node spends receiving, and a sender (node or seed) spends sending. */
+  cpuRecvSecPerGiB: number;
+  cpuSendSecPerGiB: number;
+  /** Hosts start within this window (ms), uniformly. */
+  startSpreadMs: number;
+  /** The tracker's peers-per-blob bound (its default is DEFAULT_TRACKER_LIMITS.maxPeersPerBlob). */
+  maxPeersPerBlob: number;
+  rngSeed: number;
+  /** Give up after this much virtual time (ms). */
+  limitMs: number;
+  /** Flow rates are recomputed (and transfers end) every this many ms. */
+  stepMs: number;
+}
+
+export const DEFAULT_SIM: SimParams = {
+  hosts: 4,
+  blobBytes: 64 << 20,
+  unitBytes: 64 << 10,
+  nodeMbit: 20,
+  seedMbit: 20,
+  registryMbit: 40,
+  rttMs: 2,
+  peerTimeoutMs: 2000,
+  concurrency: 6,
+  maxRunBytes: 4 << 20,
+  machineCores: 0,
+  cpuRecvSecPerGiB: 0,
+  cpuSendSecPerGiB: 0,
+  startSpreadMs: 0,
+  maxPeersPerBlob: DEFAULT_TRACKER_LIMITS.maxPeersPerBlob,
+  rngSeed: 1,
+  limitMs: 3_600_000,
+  stepMs: 50,
+};
+
+export interface SimResult {
+  params: SimParams;
+  /** Fill time of each node that finished (s), from its start. */
+  times: number[];
+  finished: number;
+  meanS: number;
+  maxS: number;
+  /** Registry bytes sent / blob size. */
+  registryEgress: number;
+  /** Share of the nodes' received bytes by source. */
+  fromPeers: number;
+  fromSeed: number;
+  seedUploadBytes: number;
+  announces: number;
+  lookups: number;
+  /** Announces the tracker refused (its bounds: a swarm larger than maxPeersPerBlob). */
+  refusedAnnounces: number;
+  /** Peer requests abandoned at their timeout (the holder is then isolated for a while). */
+  peerTimeouts: number;
+  /** Wall time of the real tracker code per call (µs, mean) and the bitmap bytes it held at the peak. */
+  announceUs: number;
+  lookupUs: number;
+  trackerBitmapBytes: number;
+  /** Wall time of the real planner per plan (µs, mean) and plans made. */
+  planUs: number;
+  plans: number;
+  events: number;
+  wallMs: number;
+}
