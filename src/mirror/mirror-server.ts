@@ -5,6 +5,7 @@ import { isIP } from 'node:net';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { splitHostPort } from '../p2p/block-server.js';
+import { readBody } from '../registry/http-body.js';
 import { listenTcp } from '../util/listen.js';
 import { BlobAccess, credentialKey, manifestDigests } from './blob-access.js';
 import type { ClusterBlobs } from './cluster-blobs.js';
@@ -182,7 +183,10 @@ export class MirrorServer {
       const method = req.method;
       if (route.kind === 'base') await this.base(registry, req, res, ac.signal);
       else if (route.kind === 'manifest') await this.manifest(route, method, req, res, ac.signal);
-      else await this.blob(route, method, req, res, ac.signal);
+      else {
+        this.count('blob');
+        await this.blobs.serve(route, method, req, res, ac.signal);
+      }
     } catch (err) {
       const e = DfError.from(err);
       if (!ac.signal.aborted) this.log.warn({ err: e, url: req.url }, 'mirror request failed');
@@ -228,7 +232,8 @@ export class MirrorServer {
       const v = up.headers[h];
       if (typeof v === 'string') headers[h] = v;
     }
-    const body = (await readBounded(up.body, MAX_ERROR_BODY).catch(() => undefined)) ?? Buffer.alloc(0);
+    // a longer error body is dropped: the status and challenge are what the engine needs
+    const body = await readBody(up.body, MAX_ERROR_BODY, 'error answer').catch(() => Buffer.alloc(0));
     headers['content-length'] = String(body.length);
     res.writeHead(up.status, headers);
     res.end(method === 'HEAD' ? undefined : body);
@@ -271,9 +276,7 @@ export class MirrorServer {
       return this.sendManifest(old.body, old.contentType, old.digest, method, res);
     }
     if (up.status !== 200) return this.relay(up, res, method);
-    const body = await readBounded(up.body, MAX_MANIFEST);
-    if (!body)
-      throw new DfError('REGISTRY', `manifest ${route.ref.toString()} is larger than ${MAX_MANIFEST} bytes`);
+    const body = await readBody(up.body, MAX_MANIFEST, `manifest ${route.ref.toString()}`);
     const algo = route.reference.startsWith('sha512:') ? 'sha512' : 'sha256';
     const digest = `${algo}:${createHash(algo).update(body).digest('hex')}`;
     if (route.reference.includes(':') && /^[a-z0-9]+:/.test(route.reference) && digest !== route.reference) {
@@ -313,35 +316,4 @@ export class MirrorServer {
       this.sent('manifest', body.length);
     }
   }
-
-  private blob(
-    route: Extract<MirrorRoute, { kind: 'blob' }>,
-    method: 'GET' | 'HEAD',
-    req: IncomingMessage,
-    res: ServerResponse,
-    signal: AbortSignal,
-  ): Promise<void> {
-    this.count('blob');
-    return this.blobs.serve(route, method, req, res, signal);
-  }
-}
-
-/** Reads at most `max` bytes of a body; undefined when it is longer (the rest is discarded). */
-async function readBounded(
-  body: AsyncIterable<unknown> & { destroy(): void },
-  max: number,
-): Promise<Buffer | undefined> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  try {
-    for await (const c of body) {
-      const b = c as Buffer;
-      n += b.length;
-      if (n > max) return undefined;
-      chunks.push(b);
-    }
-  } finally {
-    body.destroy();
-  }
-  return Buffer.concat(chunks, n);
 }
