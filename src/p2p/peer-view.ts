@@ -31,6 +31,10 @@ export class PeerView {
   answered = false;
   /** Units the seed deferred → until when (ms) they count as on their way elsewhere. */
   private readonly deferred = new Map<number, number>();
+  /** rarities() of the last holder list and usable set (see there). */
+  private rarityFor: { holders: Holder[]; mask: Uint8Array; counts: Uint16Array } | undefined;
+  /** pendingUnion() of the last holder list. */
+  private pendingFor: { holders: Holder[]; bits: Bitmap } | undefined;
   lastLookup = -Infinity;
   looking: Promise<void> | undefined;
   /** The units announced so far to `announcedTo` (undefined: the next announce is a full one). */
@@ -69,13 +73,31 @@ export class PeerView {
 
   /** Whether the seed is sending unit u to some holder now (it will be theirs to share soon). */
   pendingElsewhere(u: number, now = Date.now()): boolean {
-    for (const h of this.holders) if (h.pending?.has(u)) return true;
+    if (this.pendingUnion().has(u)) return true;
     const until = this.deferred.get(u);
     if (until !== undefined) {
       if (until > now) return true;
       this.deferred.delete(u);
     }
     return false;
+  }
+
+  /**
+   * The units the seed is sending any holder (union of their pending bitmaps), computed once per holder list:
+   * the planner asks for every missing unit, and a scan of every holder per unit is holders × units per plan.
+   */
+  private pendingUnion(): Bitmap {
+    const hs = this.holders;
+    if (this.pendingFor?.holders === hs) return this.pendingFor.bits;
+    const bits = new Bitmap(this.layout.units);
+    for (const h of hs) {
+      const p = h.pending?.bits;
+      if (!p) continue;
+      const n = Math.min(p.length, bits.bits.length);
+      for (let i = 0; i < n; i++) bits.bits[i]! |= p[i]!;
+    }
+    this.pendingFor = { holders: hs, bits };
+    return bits;
   }
 
   /** The seed deferred these units (on their way to another node): not asked for again for `ms`. */
@@ -93,20 +115,33 @@ export class PeerView {
 
   /**
    * For every unit, how many known holders (that `usable` accepts) have it (0: only the seed has it, or
-   * nobody yet). One pass over the holders' bitmaps: the planner asks for every missing unit each time.
+   * nobody yet). The planner asks each time it plans a run; the counts are computed again only when the
+   * holder list (a new tracker answer, a holder dropped) or the set of usable holders changed. The array is
+   * shared: read it, do not change it.
    */
   rarities(usable?: (h: Holder) => boolean): Uint16Array {
+    const hs = this.holders;
+    const mask = new Uint8Array(hs.length);
+    for (let i = 0; i < hs.length; i++) mask[i] = !usable || usable(hs[i]!) ? 1 : 0;
+    const r = this.rarityFor;
+    if (r && r.holders === hs && sameBytes(r.mask, mask)) return r.counts;
     const n = this.layout.units;
     const counts = new Uint16Array(n);
-    for (const h of this.holders) {
-      if (usable && !usable(h)) continue;
-      const bits = h.bits.bits;
-      for (let i = 0; i < bits.length; i++) {
-        const b = bits[i]!;
-        if (b === 0) continue;
-        for (let k = 0; k < 8; k++) if (b & (1 << k) && i * 8 + k < n) counts[i * 8 + k]!++;
+    for (let j = 0; j < hs.length; j++) {
+      if (!mask[j]) continue;
+      const bits = hs[j]!.bits.bits;
+      const end = Math.min(bits.length, Math.ceil(n / 8));
+      for (let i = 0; i < end; i++) {
+        let b = bits[i]!;
+        while (b) {
+          const low = b & -b;
+          const u = i * 8 + (31 - Math.clz32(low));
+          if (u < n) counts[u]!++;
+          b ^= low;
+        }
       }
     }
+    this.rarityFor = { holders: hs, mask, counts };
     return counts;
   }
 
@@ -132,4 +167,10 @@ export class PeerView {
     }
     return { full: false, bitmap: now, added };
   }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

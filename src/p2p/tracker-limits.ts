@@ -11,6 +11,8 @@ export interface TrackerLimits {
   maxBlobs: number;
   /** Peers per blob. */
   maxPeersPerBlob: number;
+  /** (peer, blob) entries over all blobs: with maxPeerIds, what bounds the tracker's memory per entry. */
+  maxPeerEntries: number;
   /** Bytes of peer bitmaps held in all (the tracker's memory is about this). */
   maxBitmapBytes: number;
   /** Peer ids bound to an address at once. */
@@ -30,7 +32,8 @@ export interface TrackerLimits {
 export const DEFAULT_TRACKER_LIMITS: TrackerLimits = {
   maxUnits: 2 ** 22,
   maxBlobs: 4096,
-  maxPeersPerBlob: 1024,
+  maxPeersPerBlob: 16_384,
+  maxPeerEntries: 262_144,
   maxBitmapBytes: 256 * 1024 * 1024,
   maxPeerIds: 65_536,
   maxFailureEntries: 4096,

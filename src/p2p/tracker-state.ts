@@ -62,6 +62,8 @@ export interface LookupAnswer {
 
 interface PeerEntry {
   id: string;
+  /** Where the entry sits in its blob's `list`. */
+  index: number;
   address: string;
   zone: string;
   load: number;
@@ -95,6 +97,20 @@ export interface TrackerStateOptions {
   limits?: Partial<TrackerLimits>;
   timers?: Timers;
 }
+
+/** The peers of one blob: by id, and as a list (a lookup samples it from a random place). */
+interface BlobPeers {
+  units: number;
+  peers: Map<string, PeerEntry>;
+  list: PeerEntry[];
+}
+
+/**
+ * A lookup scores at most this many holders with wanted units (of the asker's zone, when it names one),
+ * starting at a random place in the swarm, and answers the best of them: its cost stays flat as a swarm
+ * grows past it (BitTorrent trackers answer a random subset too). Smaller swarms are scanned whole.
+ */
+export const LOOKUP_CANDIDATES = 256;
 
 /** Where a peer id was first seen: it stays bound there until it falls silent for the peer TTL. */
 interface PeerBinding {
@@ -130,12 +146,14 @@ function pendingBitmap(pending: Map<number, number>, held: Bitmap, units: number
  * out the peers that keep announcing.
  */
 export class TrackerState {
-  private readonly blobs = new Map<string, { units: number; peers: Map<string, PeerEntry> }>();
+  private readonly blobs = new Map<string, BlobPeers>();
   private readonly failures = new Map<string, { score: number; at: number }>();
   private readonly ids = new Map<string, PeerBinding>();
   private readonly limits: TrackerLimits;
   /** Bytes of all peer bitmaps held. */
   private bitmapBytes = 0;
+  /** Peer entries held over all blobs. */
+  private entries = 0;
   private lastSweep = 0;
   private readonly ttl: number;
   private readonly interval: number;
@@ -144,7 +162,7 @@ export class TrackerState {
   private readonly pendingSilence: number;
   private readonly timers: Timers;
   /** Announces and lookups answered (metrics). */
-  readonly counters = { announces: 0, lookups: 0, holdersReturned: 0 };
+  readonly counters = { announces: 0, lookups: 0, holdersReturned: 0, peersScanned: 0 };
 
   constructor(private readonly opts: TrackerStateOptions = {}) {
     this.ttl = opts.peerTtlMs ?? 30_000;
@@ -248,18 +266,22 @@ export class TrackerState {
       if (this.blobs.size >= this.limits.maxBlobs) this.sweep(now);
       if (this.blobs.size >= this.limits.maxBlobs)
         throw full(`${this.limits.maxBlobs} blobs are tracked already`);
-      b = { units, peers: new Map() };
+      b = { units, peers: new Map(), list: [] };
       this.blobs.set(blob, b);
     }
     if (!p) {
       if (b.peers.size >= this.limits.maxPeersPerBlob) this.expire(blob, b, now);
       if (b.peers.size >= this.limits.maxPeersPerBlob)
         throw full(`${blob} has ${this.limits.maxPeersPerBlob} peers already`);
+      if (this.entries >= this.limits.maxPeerEntries) this.sweep(now);
+      if (this.entries >= this.limits.maxPeerEntries)
+        throw full(`the tracker holds ${this.limits.maxPeerEntries} peer entries already`);
       if (this.bitmapBytes + bytes > this.limits.maxBitmapBytes) this.sweep(now);
       if (this.bitmapBytes + bytes > this.limits.maxBitmapBytes)
         throw full(`the bitmaps held reach the limit of ${this.limits.maxBitmapBytes} bytes`);
       p = {
         id,
+        index: b.list.length,
         address,
         zone,
         load: 0,
@@ -268,6 +290,8 @@ export class TrackerState {
         pending: new Map(),
       };
       b.peers.set(id, p);
+      b.list.push(p);
+      this.entries++;
       this.bitmapBytes += bytes;
     }
     p.address = address;
@@ -303,13 +327,22 @@ export class TrackerState {
     this.ids.set(id, { address, source, lastSeen: now });
   }
 
-  private dropPeer(blob: string, b: { units: number; peers: Map<string, PeerEntry> }, id: string): void {
-    if (b.peers.delete(id)) this.bitmapBytes -= Math.ceil(b.units / 8);
+  private dropPeer(blob: string, b: BlobPeers, id: string): void {
+    const p = b.peers.get(id);
+    if (p && b.peers.delete(id)) {
+      this.bitmapBytes -= Math.ceil(b.units / 8);
+      this.entries--;
+      const last = b.list.pop()!;
+      if (last !== p) {
+        b.list[p.index] = last;
+        last.index = p.index;
+      }
+    }
     if (b.peers.size === 0 && this.blobs.get(blob) === b) this.blobs.delete(blob);
   }
 
   /** Forgets the peers of one blob that fell silent for the peer TTL. */
-  private expire(blob: string, b: { units: number; peers: Map<string, PeerEntry> }, now: number): void {
+  private expire(blob: string, b: BlobPeers, now: number): void {
     for (const p of [...b.peers.values()]) if (now - p.lastSeen > this.ttl) this.dropPeer(blob, b, p.id);
   }
 
@@ -346,25 +379,34 @@ export class TrackerState {
       for (const u of wanted) want.set(u);
     }
     const scored: { p: PeerEntry; wanted: number; failures: number }[] = [];
-    let peers = 0;
-    for (const p of [...b.peers.values()]) {
+    const expired: string[] = [];
+    const list = b.list;
+    const start = list.length > LOOKUP_CANDIDATES ? Math.floor(Math.random() * list.length) : 0;
+    let candidates = 0;
+    let k = 0;
+    for (; k < list.length && candidates < LOOKUP_CANDIDATES; k++) {
+      const p = list[(start + k) % list.length]!;
       if (now - p.lastSeen > this.ttl) {
-        this.dropPeer(blob, b, p.id);
+        expired.push(p.id);
         continue;
       }
       if (p.id === asker) continue;
-      peers++;
       const failures = this.failureScore(p.id, now);
       this.prunePending(p, now, failures);
       if (p.bits.present === 0 && p.pending.size === 0) continue;
       let wanted = p.bits.present + p.pending.size;
       if (want) {
-        wanted = p.bits.countAnd(want.bits);
+        wanted = p.bits.countAndBitmap(want);
         for (const u of p.pending.keys()) if (want.has(u) && !p.bits.has(u)) wanted++;
       }
       if (wanted === 0) continue;
       scored.push({ p, wanted, failures });
+      if (!zone || p.zone === zone) candidates++;
     }
+    this.counters.peersScanned += k;
+    for (const id of expired) this.dropPeer(blob, b, id);
+    // peers besides the asker (those not scanned counted as live: the sweep drops the expired ones)
+    const peers = b.peers.size - (b.peers.has(asker) ? 1 : 0);
     // near first, then reliable, then lightly loaded, then those holding more of what is wanted
     scored.sort(
       (a, c) =>
