@@ -20,6 +20,8 @@ const { values: flags } = parseArgs({
     'registry-mbit': { type: 'string', default: String(DEFAULT_SIM.registryMbit) },
     'max-peers-per-blob': { type: 'string', default: String(DEFAULT_SIM.maxPeersPerBlob) },
     'start-spread-ms': { type: 'string', default: '0' },
+    'lookup-candidates': { type: 'string', default: String(DEFAULT_SIM.lookupCandidates) },
+    'max-run-mib': { type: 'string', default: String(DEFAULT_SIM.maxRunBytes / 2 ** 20) },
     calibrate: { type: 'string' },
     'machine-cores': { type: 'string', default: '2' },
     'cpu-recv': { type: 'string', default: '35' },
@@ -34,7 +36,9 @@ const { values: flags } = parseArgs({
 if (flags.help) {
   process.stdout.write(
     'node dist/bench/p2p-sim.js [--hosts 16,64,256,1000] [--mib 64] [--runs 3] [--svg FILE] [--json]\n' +
-      '  [--node-mbit 20] [--seed-mbit 20] [--registry-mbit 40] [--max-peers-per-blob 1024] [--start-spread-ms 0]\n' +
+      '  [--node-mbit 20] [--seed-mbit 20] [--registry-mbit 40] [--max-peers-per-blob 16384] [--start-spread-ms 0]\n' +
+      '  [--max-run-mib 4] (largest peer run of the fill planner, as p2pFill maxRunBytes)\n' +
+      '  [--lookup-candidates 256] (holders a tracker lookup scores, TrackerLimits.lookupCandidates)\n' +
       'node dist/bench/p2p-sim.js --calibrate N:MEAN_S,... [--mib 57.9] [--machine-cores 2] [--cpu-recv 35]\n' +
       '  [--cpu-send 35] [--startup-cpu-s 0.5]\n' +
       '  --calibrate: simulate bench/p2p (all hosts on one machine of --machine-cores cores, each host spending\n' +
@@ -53,6 +57,8 @@ const base: SimParams = {
   registryMbit: num('registry-mbit'),
   maxPeersPerBlob: num('max-peers-per-blob'),
   startSpreadMs: num('start-spread-ms'),
+  maxRunBytes: Math.round(num('max-run-mib') * 2 ** 20),
+  lookupCandidates: num('lookup-candidates'),
 };
 
 interface Row {

@@ -26,6 +26,8 @@ export interface SimParams {
   startSpreadMs: number;
   /** The tracker's peers-per-blob bound (its default is DEFAULT_TRACKER_LIMITS.maxPeersPerBlob). */
   maxPeersPerBlob: number;
+  /** Holders a tracker lookup scores (TrackerLimits.lookupCandidates). */
+  lookupCandidates: number;
   rngSeed: number;
   /** Give up after this much virtual time (ms). */
   limitMs: number;
@@ -49,6 +51,7 @@ export const DEFAULT_SIM: SimParams = {
   cpuSendSecPerGiB: 0,
   startSpreadMs: 0,
   maxPeersPerBlob: DEFAULT_TRACKER_LIMITS.maxPeersPerBlob,
+  lookupCandidates: DEFAULT_TRACKER_LIMITS.lookupCandidates,
   rngSeed: 1,
   limitMs: 3_600_000,
   stepMs: 50,

@@ -163,7 +163,11 @@ export function simulate(p: SimParams): SimResult {
   const trackerOpts: TrackerStateOptions = {
     announceIntervalMs: 1000,
     seedBits: () => seedBits.bits,
-    limits: { maxPeersPerBlob: p.maxPeersPerBlob, maxPeerIds: Math.max(65_536, p.hosts * 2) },
+    limits: {
+      maxPeersPerBlob: p.maxPeersPerBlob,
+      lookupCandidates: p.lookupCandidates,
+      maxPeerIds: Math.max(65_536, p.hosts * 2),
+    },
     timers,
   };
   const tracker = new TrackerState(trackerOpts);

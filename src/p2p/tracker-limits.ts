@@ -25,6 +25,12 @@ export interface TrackerLimits {
   maxWant: number;
   /** Holders one lookup answers. */
   maxHolders: number;
+  /**
+   * Holders with wanted units a lookup scores (of the asker's zone, when it names one), taken from a random
+   * place in the swarm; it answers the best of them. Its cost stays flat as a swarm grows past this, and
+   * askers get different holders instead of all the same "best" ones. Smaller swarms are scanned whole.
+   */
+  lookupCandidates: number;
   /** Bytes of bitmaps in one lookup answer (holders are cut to fit). */
   maxAnswerBitmapBytes: number;
 }
@@ -40,6 +46,7 @@ export const DEFAULT_TRACKER_LIMITS: TrackerLimits = {
   maxFailedPerAnnounce: 64,
   maxWant: 4096,
   maxHolders: 64,
+  lookupCandidates: 256,
   maxAnswerBitmapBytes: 4 * 1024 * 1024,
 };
 

@@ -105,12 +105,6 @@ interface BlobPeers {
   list: PeerEntry[];
 }
 
-/**
- * A lookup scores at most this many holders with wanted units (of the asker's zone, when it names one),
- * starting at a random place in the swarm, and answers the best of them: its cost stays flat as a swarm
- * grows past it (BitTorrent trackers answer a random subset too). Smaller swarms are scanned whole.
- */
-export const LOOKUP_CANDIDATES = 256;
 
 /** Where a peer id was first seen: it stays bound there until it falls silent for the peer TTL. */
 interface PeerBinding {
@@ -381,10 +375,10 @@ export class TrackerState {
     const scored: { p: PeerEntry; wanted: number; failures: number }[] = [];
     const expired: string[] = [];
     const list = b.list;
-    const start = list.length > LOOKUP_CANDIDATES ? Math.floor(Math.random() * list.length) : 0;
+    const start = list.length > this.limits.lookupCandidates ? Math.floor(Math.random() * list.length) : 0;
     let candidates = 0;
     let k = 0;
-    for (; k < list.length && candidates < LOOKUP_CANDIDATES; k++) {
+    for (; k < list.length && candidates < this.limits.lookupCandidates; k++) {
       const p = list[(start + k) % list.length]!;
       if (now - p.lastSeen > this.ttl) {
         expired.push(p.id);

@@ -1,12 +1,13 @@
 /**
- * A swarm larger than a lookup scans: the tracker scores at most LOOKUP_CANDIDATES holders from a random
+ * A swarm larger than a lookup scans: the tracker scores at most `lookupCandidates` holders from a random
  * place in the swarm, so lookups of a 5,000-peer swarm spread over all of it, never name a peer that left
  * or expired, still prefer the asker's zone, and count the swarm. The (peer, blob) entries of all blobs
  * are bounded.
  */
 import { describe, expect, it } from 'vitest';
 import { DfError } from '../../src/errors.js';
-import { LOOKUP_CANDIDATES, TrackerState, type AnnounceMsg } from '../../src/p2p/tracker-state.js';
+import { DEFAULT_TRACKER_LIMITS } from '../../src/p2p/tracker-limits.js';
+import { TrackerState, type AnnounceMsg } from '../../src/p2p/tracker-state.js';
 import type { Timers } from '../../src/util/timers.js';
 
 function clock(): Timers & { t: number } {
@@ -55,7 +56,7 @@ describe('tracker lookups in a large swarm', () => {
     // 64/5000 per lookup and missed by all 2,000 with (1 - 64/5000)^2000 ≈ 6e-12: every peer must appear
     expect(seen.size).toBe(SWARM);
     // ...while each lookup scored a window, not the swarm (every peer here holds a wanted unit)
-    expect(t.counters.peersScanned).toBe(2000 * LOOKUP_CANDIDATES);
+    expect(t.counters.peersScanned).toBe(2000 * DEFAULT_TRACKER_LIMITS.lookupCandidates);
   });
 
   it('never names a peer that left or expired (the list stays consistent as peers go)', () => {
