@@ -150,6 +150,11 @@ describe.skipIf(req.skip)('registry mirror with Docker (registry-mirrors, privat
     expect(delta('dfnode_mirror_bytes_total{blob}')).toBeGreaterThanOrEqual(
       await imageBytes('library/dfbox'),
     );
+    // the same image by its full Docker Hub name: also the mirror's (a manifest request, the blobs are here)
+    const manifests = after['dfnode_mirror_requests_total{manifest}'] ?? 0;
+    await dockerd.dockerOk(['pull', 'docker.io/library/dfbox:1']);
+    expect((await counters())['dfnode_mirror_requests_total{manifest}']).toBeGreaterThan(manifests);
+    expect(trapped).toBe(0);
     // the mirror took them from the registry it stands in for
     await waitFor('the registry to log the blob GETs', async () =>
       reg.requests().some((r) => r.method === 'GET' && r.path.startsWith('/v2/library/dfbox/blobs/')),
