@@ -9,11 +9,13 @@
  *   await d.stop(); await ctd.stop();
  *
  * stop() stops dockerd by its pid (SIGTERM, SIGKILL after a grace period) and unmounts whatever it left
- * mounted below its directory (overlay2 mounts, its netns files), even when a test failed half way.
+ * mounted below its directory (overlay2 mounts, its netns files), even when a test failed half way. The one
+ * path outside it that dockerd 20.10 makes, the empty plugin directory /run/docker/plugins (fixed in its
+ * code), is removed again when it was not there before.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { mkdir, stat, writeFile } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run, type CliResult } from './cli.js';
 import { unmountAllUnder } from './node.js';
@@ -66,6 +68,9 @@ export interface TestDockerd {
   stop(): Promise<void>;
 }
 
+/** Where dockerd looks for plugin sockets whatever its exec root (it creates /run/docker/plugins). */
+const RUN_DOCKER = '/run/docker';
+
 const live = new Set<ChildProcess>();
 process.once('exit', () => {
   for (const c of live)
@@ -77,6 +82,7 @@ export async function startDockerd(opts: StartDockerdOptions): Promise<TestDocke
   const sock = join(dir, 'docker.sock');
   const host = `unix://${sock}`;
   const configFile = join(dir, 'daemon.json');
+  const runDockerWasThere = existsSync(RUN_DOCKER);
   await mkdir(join(dir, 'client'), { recursive: true });
   // deprecated-key-path (no flag in 20.10): the trust key it would otherwise write to /etc/docker/key.json
   const daemonJson = { 'deprecated-key-path': join(dir, 'key.json'), ...opts.daemonJson };
@@ -147,6 +153,9 @@ export async function startDockerd(opts: StartDockerdOptions): Promise<TestDocke
       clearTimeout(t);
     }
     await unmountAllUnder(dir);
+    // rmdir: only while empty, so nothing another dockerd put there is removed
+    if (!runDockerWasThere)
+      for (const d of [join(RUN_DOCKER, 'plugins'), RUN_DOCKER]) await rmdir(d).catch(() => undefined);
   };
 
   try {
