@@ -55,16 +55,26 @@ export interface StartDockerdOptions {
   timeoutMs?: number;
 }
 
+export interface DockerRunOptions {
+  timeoutMs?: number;
+  clientConfig?: string;
+}
+
 export interface TestDockerd {
   pid: number;
   /** `unix://DIR/docker.sock`. */
   host: string;
   dir: string;
   log(): string;
-  /** `docker ARGS` against this daemon, with its own (empty) client config. */
-  docker(args: string[], opts?: { timeoutMs?: number }): Promise<CliResult>;
+  /**
+   * `docker ARGS` against this daemon, with its own (empty) client config, or `clientConfig`: a directory
+   * with a config.json (its `auths` are the credentials the CLI sends with a pull).
+   */
+  docker(args: string[], opts?: DockerRunOptions): Promise<CliResult>;
   /** Like docker(), throws with its output unless it exits 0; returns stdout. */
-  dockerOk(args: string[], opts?: { timeoutMs?: number }): Promise<string>;
+  dockerOk(args: string[], opts?: DockerRunOptions): Promise<string>;
+  /** Rewrites daemon.json and sends dockerd SIGHUP (registry-mirrors is reloadable); resolves once reloaded. */
+  reload(daemonJson: Record<string, unknown>): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -85,8 +95,12 @@ export async function startDockerd(opts: StartDockerdOptions): Promise<TestDocke
   const runDockerWasThere = existsSync(RUN_DOCKER);
   await mkdir(join(dir, 'client'), { recursive: true });
   // deprecated-key-path (no flag in 20.10): the trust key it would otherwise write to /etc/docker/key.json
-  const daemonJson = { 'deprecated-key-path': join(dir, 'key.json'), ...opts.daemonJson };
-  await writeFile(configFile, JSON.stringify(daemonJson, null, 2));
+  const writeDaemonJson = (extra?: Record<string, unknown>) =>
+    writeFile(
+      configFile,
+      JSON.stringify({ 'deprecated-key-path': join(dir, 'key.json'), ...extra }, null, 2),
+    );
+  await writeDaemonJson(opts.daemonJson);
   const child = spawn(
     'dockerd',
     [
@@ -122,7 +136,12 @@ export async function startDockerd(opts: StartDockerdOptions): Promise<TestDocke
   );
   live.add(child);
   let log = '';
-  const onLog = (d: string) => (log = (log + d).slice(-200_000));
+  // since the last reload() began (log keeps only its tail)
+  let sinceReload = '';
+  const onLog = (d: string) => {
+    log = (log + d).slice(-200_000);
+    sinceReload = (sinceReload + d).slice(-200_000);
+  };
   child.stdout!.setEncoding('utf8').on('data', onLog);
   child.stderr!.setEncoding('utf8').on('data', onLog);
   const exited = new Promise<void>((res) =>
@@ -133,13 +152,27 @@ export async function startDockerd(opts: StartDockerdOptions): Promise<TestDocke
   );
   const gone = () => child.exitCode !== null || child.signalCode !== null;
 
-  const env = { ...process.env, DOCKER_HOST: host, DOCKER_CONFIG: join(dir, 'client') };
-  const docker = (args: string[], o: { timeoutMs?: number } = {}) =>
-    run('docker', args, { env, timeoutMs: o.timeoutMs ?? 180_000 });
-  const dockerOk = async (args: string[], o: { timeoutMs?: number } = {}) => {
+  const docker = (args: string[], o: DockerRunOptions = {}) =>
+    run('docker', args, {
+      env: { ...process.env, DOCKER_HOST: host, DOCKER_CONFIG: o.clientConfig ?? join(dir, 'client') },
+      timeoutMs: o.timeoutMs ?? 180_000,
+    });
+  const dockerOk = async (args: string[], o: DockerRunOptions = {}) => {
     const r = await docker(args, o);
     if (r.code !== 0) throw new Error(`docker ${args.join(' ')} failed (${r.code}): ${r.stderr}${r.stdout}`);
     return r.stdout;
+  };
+
+  const reload = async (daemonJson: Record<string, unknown>) => {
+    await writeDaemonJson(daemonJson);
+    sinceReload = '';
+    child.kill('SIGHUP');
+    const deadline = Date.now() + 30_000;
+    while (!/Reloaded configuration|Error reloading/i.test(sinceReload)) {
+      if (gone() || Date.now() > deadline) throw new Error(`dockerd did not reload:\n${log.slice(-4000)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    if (/Error reloading/i.test(sinceReload)) throw new Error(`dockerd reload failed:\n${sinceReload}`);
   };
 
   let stopped = false;
@@ -175,5 +208,5 @@ export async function startDockerd(opts: StartDockerdOptions): Promise<TestDocke
     await stop();
     throw e;
   }
-  return { pid: child.pid!, host, dir, log: () => log, docker, dockerOk, stop };
+  return { pid: child.pid!, host, dir, log: () => log, docker, dockerOk, reload, stop };
 }

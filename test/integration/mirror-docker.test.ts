@@ -6,15 +6,23 @@
  *
  * Docker sends only Docker Hub pulls (`docker pull NAME`, i.e. docker.io/library/NAME) to its mirrors: the
  * first test pulls and runs such an image and checks that every blob byte passed the mirror; the second
- * shows what the setting does not cover: a pull that names a registry goes straight to it.
+ * shows what the setting does not cover: a pull that names a registry goes straight to it; the third reloads
+ * dockerd onto a mirror of a registry with token auth and pulls with and without the CLI's Docker Hub
+ * credentials.
  *
- * Needs root, containerd, runc, dockerd and docker (docker.io), docker-registry, skopeo; skips locally with
- * a printed reason, never in CI.
+ * dockerd's HTTP(S) proxy is a listener of the test that drops every connection, so Docker's fallback to
+ * registry-1.docker.io stays on loopback and is seen.
+ *
+ * Needs root, containerd, runc, dockerd and docker (docker.io), docker-registry, openssl, skopeo; skips
+ * locally with a printed reason, never in CI.
  */
-import { mkdir, mkdtemp } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/log.js';
+import { MirrorServer } from '../../src/mirror/mirror-server.js';
+import { Upstream } from '../../src/mirror/upstream.js';
 import { freeLoopbackPort } from '../../src/util/free-port.js';
 import { runOk } from '../helpers/cli.js';
 import {
@@ -30,10 +38,11 @@ import { ensureFixture } from '../helpers/fixtures.js';
 import { waitFor } from '../helpers/node.js';
 import { parseMetrics } from '../helpers/prom.js';
 import { httpAnswer as get } from '../helpers/raw-http.js';
-import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 
 const dockerReq = requireDockerd();
-const req = dockerReq.skip ? dockerReq : requireContainerd();
+const regReq = requireRegistry(['none', 'bearer']);
+const req = dockerReq.skip ? dockerReq : regReq.skip ? regReq : requireContainerd();
 
 const MANIFEST_TYPES =
   'application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json';
@@ -49,6 +58,8 @@ describe.skipIf(req.skip)('registry mirror with Docker (registry-mirrors, privat
   // dockerd's proxy for everything beyond loopback: counts what would have gone to Docker Hub, answers nothing
   let trap: Server;
   let trapped = 0;
+  let authReg: TestRegistry | undefined;
+  let authMirror: MirrorServer | undefined;
 
   beforeAll(async () => {
     const fx = await ensureFixture('busybox');
@@ -96,6 +107,8 @@ describe.skipIf(req.skip)('registry mirror with Docker (registry-mirrors, privat
     await ctd?.stop().catch(() => undefined);
     await node?.stop().catch(() => undefined);
     await reg?.stop().catch(() => undefined);
+    await authMirror?.close().catch(() => undefined);
+    await authReg?.stop().catch(() => undefined);
     await new Promise((r) => trap?.close(r));
     if (work) await removeWorkDir(work);
   }, 120_000);
@@ -180,5 +193,72 @@ describe.skipIf(req.skip)('registry mirror with Docker (registry-mirrors, privat
     expect(sum(after, 'dfnode_mirror_requests_total')).toBe(sum(before, 'dfnode_mirror_requests_total'));
     expect(sum(after, 'dfnode_mirror_bytes_total')).toBe(sum(before, 'dfnode_mirror_bytes_total'));
     expect(trapped).toBe(0);
+  }, 300_000);
+
+  it('passes Docker Hub credentials through: a pull without them is refused, with them it runs, and nothing pulled with them is served without', async () => {
+    const fx = await ensureFixture('busybox');
+    authReg = await startRegistry({ auth: 'bearer', username: 'alice', password: 'secret' });
+    await runOk('skopeo', [
+      'copy',
+      '--quiet',
+      '--dest-tls-verify=false',
+      '--dest-creds',
+      'alice:secret',
+      fx.ref,
+      `docker://${authReg.host}/library/dfprivate:1`,
+    ]);
+    // a mirror standing in for a Docker Hub that needs credentials; dockerd reloads registry-mirrors on SIGHUP
+    authMirror = new MirrorServer({
+      listen: '127.0.0.1:0',
+      upstream: new Upstream({ plainHttp: true }),
+      defaultRegistry: authReg.host,
+      logger: silentLogger,
+    });
+    await authMirror.start();
+    await dockerd.reload({ 'registry-mirrors': [`http://${authMirror.address}`] });
+    // the CLI sends the credentials it holds for Docker Hub with the pull
+    const creds = join(work, 'hub-creds');
+    await mkdir(creds, { recursive: true });
+    const auth = Buffer.from('alice:secret').toString('base64');
+    await writeFile(
+      join(creds, 'config.json'),
+      JSON.stringify({ auths: { 'https://index.docker.io/v1/': { auth } } }),
+    );
+
+    // the same layers as the images before: none may be here, so that this pull fetches every blob
+    const ids = (await dockerd.dockerOk(['images', '-q'])).split('\n').filter(Boolean);
+    if (ids.length) await dockerd.dockerOk(['rmi', '-f', ...new Set(ids)]);
+    const trappedAnon = trapped;
+    const anon = await dockerd.docker(['pull', 'dfprivate:1']);
+    expect(anon.code).not.toBe(0);
+    // refused through the mirror (the registry's token server said no), Docker went on to Docker Hub itself
+    expect(trapped).toBeGreaterThan(trappedAnon);
+    const tokens = authReg.tokenRequests;
+    expect(tokens).toBeGreaterThan(0);
+    const blobBytes = () => authMirror!.counters.bytes.blob ?? 0;
+    expect(blobBytes()).toBe(0);
+
+    const trappedBefore = trapped;
+    await dockerd.dockerOk(['pull', 'dfprivate:1'], { clientConfig: creds });
+    expect(trapped).toBe(trappedBefore);
+    expect(authReg.tokenRequests).toBeGreaterThan(tokens);
+    expect(blobBytes()).toBeGreaterThanOrEqual(await imageBytes('library/dfbox'));
+    const out = await dockerd.dockerOk([
+      'run',
+      '--rm',
+      '--network',
+      'none',
+      'dfprivate:1',
+      'echo',
+      'private',
+    ]);
+    expect(out.trim()).toBe('private');
+
+    // the mirror holds the manifest (under alice's token) now: a pull without credentials still gets nothing
+    await dockerd.dockerOk(['rmi', 'dfprivate:1']);
+    const sent = blobBytes();
+    const again = await dockerd.docker(['pull', 'dfprivate:1']);
+    expect(again.code).not.toBe(0);
+    expect(blobBytes()).toBe(sent);
   }, 300_000);
 });
