@@ -274,7 +274,8 @@ export class MirrorServer {
       up = await this.opts.upstream.request('GET', route.ref.registry, path, req.headers, signal);
     } catch (err) {
       if (signal.aborted) throw err;
-      const old = this.manifests.get(key, this.stale, now) ?? (await this.storedManifest(key, now));
+      const old =
+        this.manifests.get(key, this.stale, now) ?? (await this.storedManifest(key, route, req, now));
       if (!old) throw err;
       this.counters.staleManifests++;
       this.log.warn(
@@ -311,9 +312,24 @@ export class MirrorServer {
   }
 
   /** A manifest from disk (a restart emptied memory), under the same key and age limit; kept in memory. */
-  private async storedManifest(key: string, now: number): Promise<CachedManifest | undefined> {
+  /**
+   * A manifest from disk (a restart emptied memory), under the same key and age limit; kept in memory. The
+   * registry's yes to this credential for the repository when it answered the manifest is remembered again
+   * with its time (as it was before the restart), so that blobs the node holds are answered in the outage on
+   * the same rule.
+   */
+  private async storedManifest(
+    key: string,
+    route: Extract<MirrorRoute, { kind: 'manifest' }>,
+    req: IncomingMessage,
+    now: number,
+  ): Promise<CachedManifest | undefined> {
     const m = await this.opts.manifestStore?.get(key, this.stale, now).catch(() => undefined);
-    if (m) this.manifests.set(key, m);
+    if (!m) return undefined;
+    this.manifests.set(key, m);
+    const repo = `${route.ref.registry}/${route.ref.repository}`;
+    this.access.grant(credentialKey(req.headers.authorization), repo, m.storedAt);
+    this.access.learn(repo, [m.digest, ...manifestDigests(m.body)]);
     return m;
   }
 
