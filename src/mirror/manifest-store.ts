@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { DfError } from '../errors.js';
 import { join } from 'node:path';
 import { silentLogger, type Logger } from '../log.js';
 import type { CachedManifest } from './manifest-cache.js';
@@ -86,13 +87,14 @@ export class ManifestStore {
     const path = join(this.opts.dir, name);
     let data: Buffer;
     try {
-      data = await readFile(path, { signal: AbortSignal.timeout(this.timeoutMs) });
+      data = await this.readBounded(path);
     } catch (err) {
       this.log.debug({ err, path }, 'stored manifest not read');
       this.forget(name);
       return undefined;
     }
-    const m = this.parse(data, key);
+    // longer than any file put() writes: not one of ours
+    const m = data.length > this.maxFile ? undefined : this.parse(data, key);
     if (!m) {
       this.log.warn({ path }, 'stored manifest is corrupt or truncated: removed');
       await this.remove(name);
@@ -131,6 +133,33 @@ export class ManifestStore {
     this.forget(name);
     this.add(name, data.length);
     await this.evict();
+  }
+
+  /** Largest file put() writes. */
+  private get maxFile(): number {
+    return MAGIC.length + MAX_HEADER + 1 + this.maxManifest;
+  }
+
+  /**
+   * The file's first bytes, at most its size when opened (or maxFile) + 1: a file longer than maxFile is
+   * refused by the caller. Within the timeout.
+   */
+  private async readBounded(path: string): Promise<Buffer> {
+    const fh = await open(path, 'r');
+    try {
+      const buf = Buffer.alloc(Math.min((await fh.stat()).size, this.maxFile) + 1);
+      let n = 0;
+      const deadline = Date.now() + this.timeoutMs;
+      while (n < buf.length) {
+        if (Date.now() > deadline) throw DfError.timeout(`reading ${path} took over ${this.timeoutMs} ms`);
+        const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
+        if (bytesRead === 0) break;
+        n += bytesRead;
+      }
+      return buf.subarray(0, n);
+    } finally {
+      await fh.close();
+    }
   }
 
   /** The manifest in `data` when it is whole, for `key`, and its body matches its digest. */

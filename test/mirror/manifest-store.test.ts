@@ -4,7 +4,7 @@
  * restarted on the same directory answering them while its registry is down, to the same credential only.
  */
 import { createHash } from 'node:crypto';
-import { copyFile, readdir, readFile, stat, truncate, utimes, writeFile } from 'node:fs/promises';
+import { appendFile, copyFile, readdir, readFile, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -104,6 +104,16 @@ describe('ManifestStore', () => {
     expect(await small.get(keyOf('c'), 10_000, 2000)).toBeUndefined();
     expect((await readdir(dir)).length).toBe(2);
     expect(small.totalBytes).toBe(2 * per);
+  });
+
+  it('removes a file longer than any it writes', async () => {
+    const s = new ManifestStore({ dir, maxBytes: 1 << 20, maxManifestBytes: 100 });
+    await s.init();
+    await s.put(keyOf('a'), manifest('{"schemaVersion":2}'));
+    expect(await s.get(keyOf('a'), 10_000, 2000)).toBeDefined();
+    await appendFile(join(dir, fileOf(keyOf('a'))), Buffer.alloc(64 << 10, 0x20));
+    expect(await s.get(keyOf('a'), 10_000, 2000)).toBeUndefined();
+    expect(await readdir(dir)).toEqual([]);
   });
 
   it('does not store a manifest over its size limit', async () => {
