@@ -216,6 +216,12 @@ const configSchema = z.strictObject({
       /** While the registry cannot be reached, manifests up to this old are still answered. */
       staleManifestMs: z.number().int().nonnegative().default(3_600_000),
       /**
+       * Manifests the mirror fetched are also kept on disk (cache dir, `mirror-manifests/`) up to this many
+       * bytes in all (least recently used go first), so that a restarted node or seed answers them while the
+       * registry is down; 0: memory only.
+       */
+      manifestStoreBytes: sizeSchema.default(64 * 1024 ** 2),
+      /**
        * Where the mirror runs next to the node's cache and P2P tier, a blob is answered from them only after
        * the registry said (blob HEAD with the engine's credentials) that the engine may read it; a yes is
        * remembered per credential and repository this long.

@@ -6,9 +6,11 @@ import { join } from 'node:path';
 import { loadConfig } from '../config.js';
 import { DfError } from '../errors.js';
 import { mountsBelow } from '../fuse/mounts.js';
-import { Seed } from '../p2p/seed.js';
+import { SeedFiles } from '../mirror/seed-files.js';
+import { registryAllowed, Seed } from '../p2p/seed.js';
 import type { RegistryClient } from '../registry/client.js';
 import { freeLoopbackPort } from '../util/free-port.js';
+import { demoThroughMirror } from './demo-mirror.js';
 import { missingForPrivateNode, PrivateNode, type PrivateNodeOptions } from './private-node.js';
 
 /** What the container part of the demo needs that this machine lacks (empty: all there). */
@@ -26,6 +28,10 @@ export interface DemoContainerOptions {
   registryHost: string;
   /** The converted image. */
   ref: string;
+  /** The unconverted image it was converted from (pulled through the mirror). */
+  plainRef: string;
+  /** Bytes of its layers. */
+  plainBytes: number;
   /** Bytes of the converted image's layers (for the share read). */
   imageBytes: number;
   client: RegistryClient;
@@ -57,7 +63,18 @@ async function startSeed(o: DemoContainerOptions, token: string): Promise<{ seed
         p2p: { listen: `127.0.0.1:${port}`, clusterToken: token, seedRegistries: [o.registryHost] },
       },
     });
-    const seed = new Seed({ config: cfg, client: o.client });
+    const seed = new Seed({
+      config: cfg,
+      client: o.client,
+      // blobs of unconverted images for the nodes' registry mirrors (as `dfnode seed` has them)
+      files: (deps) =>
+        new SeedFiles({
+          ...deps,
+          origins: [],
+          registry: { client: o.client, allowed: (ref) => registryAllowed(cfg.p2p.seedRegistries, ref) },
+          idleTimeoutMs: 60_000,
+        }),
+    });
     try {
       const a = await seed.start();
       return { seed, address: a.blocks };
@@ -81,19 +98,24 @@ const kib = (n: number) => `${(n / 1024).toFixed(1)} KiB`;
 /**
  * Starts the seed and the private node, `dfnode pull`s the converted image (lazily), runs the image's own
  * command in a container with `ctr run`, prints its output and what the run read (block bytes by source, share
- * of the image), then stops everything (also on error and Ctrl-C).
+ * of the image); then pulls the unconverted image through the node's registry mirror and runs it too
+ * (demo-mirror.ts); then stops everything (also on error and Ctrl-C).
  */
 export async function runDemoContainer(o: DemoContainerOptions): Promise<void> {
   const token = randomBytes(16).toString('hex');
   let seed: Seed | undefined;
   let node: PrivateNode | undefined;
+  let step = 14;
   try {
     const s = await startSeed(o, token);
     seed = s.seed;
     o.out(`9. seed on ${s.address} (in this process), fetching from ${o.registryHost}`);
     let metricsAddress = '';
+    let mirror = '';
     node = await onFreePort(async (port) => {
       metricsAddress = `127.0.0.1:${port}`;
+      // the mirror on another free port (either taken meanwhile: both chosen again)
+      mirror = `127.0.0.1:${await freeLoopbackPort()}`;
       const nodeOpts: PrivateNodeOptions = {
         work: join(o.work, 'node'),
         config: {
@@ -101,6 +123,7 @@ export async function runDemoContainer(o: DemoContainerOptions): Promise<void> {
           // the run's own reads only, so that the share read below is what the container needed
           fetch: { backgroundFill: false },
           node: { metricsAddress },
+          mirror: { listen: mirror },
           p2p: { seeds: [s.address], clusterToken: token, listen: '127.0.0.1:0' },
         },
         namespace: 'dfnode-demo',
@@ -136,11 +159,23 @@ export async function runDemoContainer(o: DemoContainerOptions): Promise<void> {
         `of the ${(o.imageBytes / 1e6).toFixed(1)} MB converted image; the seed has fetched ` +
         `${kib(seed.stats.bytes.registry)} from the registry (it keeps full copies for the cluster)`,
     );
+    step = await demoThroughMirror({
+      node,
+      mirror,
+      metricsAddress,
+      ref: o.plainRef,
+      imageBytes: o.plainBytes,
+      registryHost: o.registryHost,
+      dir: join(o.work, 'mirror'),
+      step: 14,
+      out: o.out,
+      signal: o.signal,
+    });
   } finally {
     await node?.close();
     await seed?.close().catch(() => undefined);
   }
   const left = mountsBelow(o.work);
   if (left.length) throw new DfError('INTERNAL', `still mounted after the stop: ${left.join(', ')}`);
-  o.out('14. stopped containerd, dfnode run and the seed; nothing left mounted');
+  o.out(`${step}. stopped containerd, dfnode run and the seed; nothing left mounted`);
 }

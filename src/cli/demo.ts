@@ -25,7 +25,8 @@ import { runMain } from './run-main.js';
  * The demo: builds a small image from scratch, serves it from an embedded registry, converts it with
  * dfconvert (registry → registry), verifies the conversion, reads one file lazily over HTTP ranges, mounts
  * the image with dfnode and, as root, runs a container from it under a private containerd with dfnode's
- * snapshotter and an embedded seed.
+ * snapshotter and an embedded seed, then pulls the unconverted image through the node's registry mirror
+ * (its blobs through the seed) and runs it too.
  */
 async function demo(signal: AbortSignal): Promise<void> {
   const out = (s: string) => process.stdout.write(s + '\n');
@@ -53,7 +54,7 @@ async function demo(signal: AbortSignal): Promise<void> {
     const dstRef = parseReference(`${registry.host}/demo/app:1.0-dfb`);
     const progress = createProgress(process.stderr);
     // Push the plain image first (as CI would have it), then convert registry → registry.
-    await pushPlain(client, img.dir, img.tag, srcRef, signal);
+    const plainBytes = await pushPlain(client, img.dir, img.tag, srcRef, signal);
     out(`3. pushed the plain image as ${srcRef}`);
     const summary = await new Converter({
       src: new RegistryStore(client, srcRef),
@@ -149,6 +150,8 @@ async function demo(signal: AbortSignal): Promise<void> {
         work,
         registryHost: registry.host,
         ref: dstRef.toString(),
+        plainRef: srcRef.toString(),
+        plainBytes,
         imageBytes: (manifest.layers ?? []).reduce((a, l) => a + l.size, 0),
         client,
         out,
@@ -164,14 +167,14 @@ async function demo(signal: AbortSignal): Promise<void> {
   }
 }
 
-/** Pushes an OCI layout image as is (blobs, then manifest, then tag). */
+/** Pushes an OCI layout image as is (blobs, then manifest, then tag); returns its layer bytes. */
 async function pushPlain(
   client: RegistryClient,
   dir: string,
   tag: string,
   ref: ReturnType<typeof parseReference>,
   signal: AbortSignal,
-): Promise<void> {
+): Promise<number> {
   const src = new OciLayoutStore(dir, tag);
   const root = await src.resolveRoot(signal);
   if (!root) throw new Error('demo image missing');
@@ -182,6 +185,9 @@ async function pushPlain(
   for (const b of [m.config, ...m.layers])
     await client.pushBlob(ref, b.digest, b.size, () => src.openBlob(b.digest, b.size, signal), { signal });
   await client.putManifest(ref, root.bytes, root.mediaType, { signal });
+  return m.layers.reduce((a, b) => a + b.size, 0);
 }
 
-runMain('dfnode demo', (signal) => demo(signal));
+runMain('dfnode demo', (signal) => demo(signal), {
+  interrupted: 'stopped and removed what the demo had started',
+});

@@ -324,9 +324,13 @@ function buildProgram(signal: AbortSignal, workload: string[]): Command {
   return program;
 }
 
-runMain('dfconvert', (signal, argv) => {
-  // `-- CMD ARGS…`: the --optimize workload, not operands of dfconvert
-  const dd = argv.indexOf('--', 2);
-  const workload = dd >= 0 ? argv.slice(dd + 1) : [];
-  return buildProgram(signal, workload).parseAsync(dd >= 0 ? argv.slice(0, dd) : argv);
-});
+runMain(
+  'dfconvert',
+  (signal, argv) => {
+    // `-- CMD ARGS…`: the --optimize workload, not operands of dfconvert
+    const dd = argv.indexOf('--', 2);
+    const workload = dd >= 0 ? argv.slice(dd + 1) : [];
+    return buildProgram(signal, workload).parseAsync(dd >= 0 ? argv.slice(0, dd) : argv);
+  },
+  { interrupted: 'nothing was tagged' },
+);

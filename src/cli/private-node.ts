@@ -180,21 +180,37 @@ export class PrivateNode {
   }
 
   /**
-   * `ctr run --rm --snapshotter dfnode REF ID [CMD...]` (no CMD: the image's own command) until it exits or,
+   * `ctr images pull --hosts-dir DIR REF` into the private containerd (its own snapshotter, overlayfs): the
+   * registry hosts of DIR (a hosts.toml naming a mirror) instead of the registry; stopped on abort.
+   */
+  async pullWithHosts(ref: string, hostsDir: string): Promise<void> {
+    await this.containerd.ctr(['images', 'pull', '--hosts-dir', hostsDir, ref], 'ctr', this.o.signal);
+  }
+
+  /**
+   * `ctr run --rm --snapshotter SNAPSHOTTER REF ID [CMD...]` (no CMD: the image's own command) until it exits or,
    * with `seconds`, until that time has passed (then the container is killed).
    */
-  async run(ref: string, id: string, cmd: string[], seconds?: number): Promise<ContainerRun> {
+  async run(
+    ref: string,
+    id: string,
+    cmd: string[],
+    seconds?: number,
+    snapshotter = 'dfnode',
+  ): Promise<ContainerRun> {
     const ctd = this.containerd;
     this.taskId = id;
     const task = spawn(
       'ctr',
-      ['-a', ctd.address, '-n', ctd.namespace, 'run', '--rm', '--snapshotter', 'dfnode', ref, id, ...cmd],
+      ['-a', ctd.address, '-n', ctd.namespace, 'run', '--rm', '--snapshotter', snapshotter, ref, id, ...cmd],
       { stdio: ['ignore', 'pipe', 'pipe'], env: this.toolEnv },
     );
     this.task = task;
     task.on('error', () => undefined);
     const stdout = tail(task.stdout, 64 * 1024);
     const stderr = tail(task.stderr);
+    // 'exit' can come before the last of stdout was read: the output is complete at 'close'
+    const closed = new Promise((r) => task.once('close', r));
     let timedOut = false;
     const timer =
       seconds === undefined
@@ -204,6 +220,7 @@ export class PrivateNode {
             ctd.ctr(['task', 'kill', '-s', 'SIGKILL', id]).catch(() => undefined);
           }, seconds * 1000);
     const code = await exitedOrAborted(task, this.o.signal).finally(() => clearTimeout(timer));
+    await Promise.race([closed, new Promise((r) => setTimeout(r, 5000).unref())]);
     return { code, timedOut, stdout: stdout(), stderr: stderr() };
   }
 

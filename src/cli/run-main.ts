@@ -4,8 +4,14 @@ import { DfError } from '../errors.js';
 /**
  * Runs a command-line program: one AbortSignal for Ctrl-C/SIGTERM (a second Ctrl-C exits at once),
  * DfErrors printed as one clear line with their exit code, never a stack trace unless DFNODE_DEBUG is set.
+ * `interrupted`: what the program's users should know after an interruption, appended to its message
+ * (dfconvert: that nothing was tagged).
  */
-export function runMain(name: string, main: (signal: AbortSignal, argv: string[]) => Promise<unknown>): void {
+export function runMain(
+  name: string,
+  main: (signal: AbortSignal, argv: string[]) => Promise<unknown>,
+  opts: { interrupted?: string } = {},
+): void {
   const ac = new AbortController();
   // the whole program's operations listen to it, many at once
   setMaxListeners(0, ac.signal);
@@ -41,9 +47,11 @@ export function runMain(name: string, main: (signal: AbortSignal, argv: string[]
     })
     .catch((err: unknown) => {
       let e = DfError.from(err);
-      if (ac.signal.aborted && e.code !== 'ABORTED') e = DfError.aborted(`interrupted: ${e.message}`);
-      if (e.code === 'ABORTED')
-        e = new DfError('ABORTED', `${e.message}; nothing was tagged`, { cause: err });
+      // whatever failed after Ctrl-C (an operation's own "aborted", a child's exit) was the interruption
+      if (ac.signal.aborted && !e.message.startsWith('interrupted'))
+        e = DfError.aborted(`interrupted: ${e.message}`, { cause: err });
+      if (e.code === 'ABORTED' && opts.interrupted)
+        e = new DfError('ABORTED', `${e.message}; ${opts.interrupted}`, { cause: err });
       process.stderr.write(`${name}: error: ${e.message}\n`);
       if (process.env.DFNODE_DEBUG) process.stderr.write(String((err as Error)?.stack ?? err) + '\n');
       else if (e.code === 'INTERNAL') process.stderr.write(`${name}: (set DFNODE_DEBUG=1 for details)\n`);

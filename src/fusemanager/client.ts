@@ -7,6 +7,7 @@ import type { Config } from '../config.js';
 import { DfError, ErrorCodes, type ErrorCode } from '../errors.js';
 import { keepAliveTimers, sleep as sleepFor } from '../util/timers.js';
 import { silentLogger, type Logger } from '../log.js';
+import { readStartedWith, settingsNotApplied } from './config-drift.js';
 import { fuseManagerPaths, type Health, type ManagedMount, type MountRequest } from './protocol.js';
 import { processRunning } from '../process.js';
 import type { BlobCacheInfo } from '../cache/cache-manager.js';
@@ -186,6 +187,7 @@ export async function ensureFuseManager(
   try {
     const h = await client.health();
     logger.info({ pid: h.pid, mounts: h.mounts }, 'fuse manager: connected to the running one');
+    await warnNotApplied(cfg, h.pid, paths.config, logger);
     return { client, pid: h.pid, started: false };
   } catch {
     // none answers (or it is starting: see below)
@@ -204,6 +206,7 @@ export async function ensureFuseManager(
         `fuse manager (pid ${existing}) does not answer on ${paths.socket}: ${err.message}; stop it (kill ${existing}) and start dfnode again`,
       );
     });
+    await warnNotApplied(cfg, h.pid, paths.config, logger);
     return { client, pid: h.pid, started: false };
   }
   await mkdir(cfg.node.stateDir, { recursive: true });
@@ -236,6 +239,23 @@ export async function ensureFuseManager(
     return tail ? `${exited}:\n${tail}` : exited;
   });
   return { client, pid: h.pid, started: true };
+}
+
+/**
+ * A running manager keeps the configuration it was started with (cache, fetch, registry, P2P, mirror,
+ * metrics): says which of this start's settings it does not apply and how to apply them.
+ */
+async function warnNotApplied(cfg: Config, pid: number, file: string, logger: Logger): Promise<void> {
+  const startedWith = await readStartedWith(file);
+  if (startedWith === undefined) return;
+  const differ = settingsNotApplied(startedWith, cfg);
+  if (differ.length)
+    logger.warn(
+      { pid, settings: differ },
+      `fuse manager: the running one (pid ${pid}) keeps the configuration it was started with; ${differ.join(', ')} ` +
+        'of this configuration are not applied. To apply them: stop the containers that use dfnode images, then ' +
+        '`dfnode run --stop-fuse-manager` with this configuration, and start dfnode again',
+    );
 }
 
 function readTail(file: string): string {

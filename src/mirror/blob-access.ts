@@ -23,11 +23,15 @@ export class BlobAccess {
     private readonly maxDigestsPerRepo = 4096,
   ) {}
 
-  /** The registry answered `credential` for `repo` (registry/repository) with 200 at `now`. */
-  grant(credential: string, repo: string, now: number): void {
+  /**
+   * The registry answered `credential` for `repo` (registry/repository) with 200 at `at` (a later answer
+   * already remembered stays).
+   */
+  grant(credential: string, repo: string, at: number): void {
     const k = `${credential}|${repo}`;
+    const prev = this.grants.get(k);
     this.grants.delete(k);
-    this.grants.set(k, now);
+    this.grants.set(k, prev !== undefined && prev > at ? prev : at);
     for (const old of this.grants.keys()) {
       if (this.grants.size <= this.maxGrants) break;
       this.grants.delete(old);

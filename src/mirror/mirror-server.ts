@@ -11,7 +11,8 @@ import { BlobAccess, credentialKey, manifestDigests } from './blob-access.js';
 import type { ClusterBlobs } from './cluster-blobs.js';
 import { MirrorBlobs } from './mirror-blobs.js';
 import type { MirrorCounters } from './mirror-counters.js';
-import { ManifestCache } from './manifest-cache.js';
+import { ManifestCache, type CachedManifest } from './manifest-cache.js';
+import type { ManifestStore } from './manifest-store.js';
 import { parseMirrorRoute, type MirrorRoute } from './route.js';
 import type { Upstream, UpstreamResponse } from './upstream.js';
 
@@ -27,6 +28,11 @@ export interface MirrorServerOptions {
   manifestTtlMs?: number;
   /** While the registry cannot be reached, a manifest this old is still answered. */
   staleManifestMs?: number;
+  /**
+   * Manifests on disk (the cache dir), so that they are answered while the registry is down after a restart
+   * too, under the same rule as from memory (same credential hash, staleManifestMs).
+   */
+  manifestStore?: ManifestStore;
   /**
    * The node's cache and P2P tier (the mirror runs where they live): blobs are answered from the cache or
    * in verified pieces through peers → seed → registry, after the registry said the engine may read them.
@@ -119,6 +125,7 @@ export class MirrorServer {
         'CONFIG',
         `mirror.listen ${this.opts.listen} is not a loopback address: list the registries it may fetch from in mirror.registries (an open mirror would fetch any URL for anyone who can reach it)`,
       );
+    await this.opts.manifestStore?.init();
     await listenTcp(this.server, host, port, 'registry mirror', 'mirror.listen');
   }
 
@@ -266,8 +273,10 @@ export class MirrorServer {
     try {
       up = await this.opts.upstream.request('GET', route.ref.registry, path, req.headers, signal);
     } catch (err) {
-      const old = this.manifests.get(key, this.stale, now);
-      if (!old || signal.aborted) throw err;
+      if (signal.aborted) throw err;
+      const old =
+        this.manifests.get(key, this.stale, now) ?? (await this.storedManifest(key, route, req, now));
+      if (!old) throw err;
       this.counters.staleManifests++;
       this.log.warn(
         { registry: route.ref.registry, ref: route.reference },
@@ -290,12 +299,38 @@ export class MirrorServer {
       typeof up.headers['content-type'] === 'string'
         ? up.headers['content-type']
         : 'application/vnd.oci.image.manifest.v1+json';
-    this.manifests.set(key, { body, contentType, digest, storedAt: now });
+    const entry = { body, contentType, digest, storedAt: now };
+    this.manifests.set(key, entry);
+    await this.opts.manifestStore
+      ?.put(key, entry)
+      .catch((err: unknown) => this.log.warn({ err: DfError.from(err) }, 'manifest not stored on disk'));
     // the registry let this credential read the repository, and the manifest names its blobs
     const repo = `${route.ref.registry}/${route.ref.repository}`;
     this.access.grant(credentialKey(req.headers.authorization), repo, now);
     this.access.learn(repo, [digest, ...manifestDigests(body)]);
     this.sendManifest(body, contentType, digest, method, res);
+  }
+
+  /** A manifest from disk (a restart emptied memory), under the same key and age limit; kept in memory. */
+  /**
+   * A manifest from disk (a restart emptied memory), under the same key and age limit; kept in memory. The
+   * registry's yes to this credential for the repository when it answered the manifest is remembered again
+   * with its time (as it was before the restart), so that blobs the node holds are answered in the outage on
+   * the same rule.
+   */
+  private async storedManifest(
+    key: string,
+    route: Extract<MirrorRoute, { kind: 'manifest' }>,
+    req: IncomingMessage,
+    now: number,
+  ): Promise<CachedManifest | undefined> {
+    const m = await this.opts.manifestStore?.get(key, this.stale, now).catch(() => undefined);
+    if (!m) return undefined;
+    this.manifests.set(key, m);
+    const repo = `${route.ref.registry}/${route.ref.repository}`;
+    this.access.grant(credentialKey(req.headers.authorization), repo, m.storedAt);
+    this.access.learn(repo, [m.digest, ...manifestDigests(m.body)]);
+    return m;
   }
 
   private sendManifest(

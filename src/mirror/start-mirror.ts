@@ -2,7 +2,9 @@ import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { CacheManager } from '../cache/cache-manager.js';
 import type { P2pNode } from '../p2p/p2p-node.js';
+import { join } from 'node:path';
 import { ClusterBlobs } from './cluster-blobs.js';
+import { ManifestStore } from './manifest-store.js';
 import { MirrorServer } from './mirror-server.js';
 import { Upstream } from './upstream.js';
 
@@ -30,6 +32,14 @@ export async function startMirror(
     manifestTtlMs: cfg.mirror.manifestTtlMs,
     staleManifestMs: cfg.mirror.staleManifestMs,
     accessTtlMs: cfg.mirror.accessTtlMs,
+    // in the cache dir of the process (node or seed): answered after a restart while the registry is down
+    manifestStore: cfg.mirror.manifestStoreBytes
+      ? new ManifestStore({
+          dir: join(cfg.cache.dir, 'mirror-manifests'),
+          maxBytes: cfg.mirror.manifestStoreBytes,
+          logger: log,
+        })
+      : undefined,
     pieceTimeoutMs: cfg.registry.timeoutMs,
     blobs: node ? new ClusterBlobs({ ...node, config: cfg, logger: log }) : undefined,
     logger: log,

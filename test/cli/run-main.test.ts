@@ -4,8 +4,8 @@ import { expect, it } from 'vitest';
 
 const RUN_MAIN = fileURLToPath(new URL('../../src/cli/run-main.ts', import.meta.url));
 
-function run(body: string): Promise<{ code: number | null; stderr: string }> {
-  const script = `import { runMain } from ${JSON.stringify(RUN_MAIN)};\nrunMain('prog', async () => { ${body} });`;
+function run(body: string, opts = ''): Promise<{ code: number | null; stderr: string }> {
+  const script = `import { runMain } from ${JSON.stringify(RUN_MAIN)};\nrunMain('prog', async (signal) => { ${body} }${opts ? `, ${opts}` : ''});`;
   return new Promise((resolve) => {
     execFile(
       process.execPath,
@@ -28,3 +28,22 @@ it('a program that finishes exits 0 without the warning', async () => {
   const r = await run('await new Promise((r) => setTimeout(r, 10));');
   expect(r).toEqual({ code: 0, stderr: '' });
 }, 90_000);
+
+// SIGTERM to itself once the work waits on the signal: the interruption, with the program's own note only
+it.each([
+  ['', /^prog: error: interrupted by SIGTERM\n$/m],
+  ["{ interrupted: 'nothing was tagged' }", /^prog: error: interrupted by SIGTERM; nothing was tagged$/m],
+])(
+  'an interruption is reported with the note the program gave (%s)',
+  async (opts, want) => {
+    const body =
+      'await new Promise((_, reject) => { const t = setTimeout(() => undefined, 30_000); ' +
+      "signal.addEventListener('abort', () => { clearTimeout(t); reject(signal.reason); }); " +
+      "process.kill(process.pid, 'SIGTERM'); });";
+    const r = await run(body, opts);
+    expect(r.code).toBe(130);
+    expect(r.stderr).toMatch(want);
+    expect(r.stderr).not.toMatch(opts ? /tagged.*tagged/ : /tagged/);
+  },
+  90_000,
+);

@@ -1,7 +1,9 @@
 /**
  * `npm run demo` (the compiled dist/src/cli/demo.js, as a child process): builds, converts, mounts, then runs a
  * container from the lazily pulled converted image under a private containerd + runc with dfnode's
- * snapshotter, its blocks through an embedded seed; leaves nothing mounted or running, also after Ctrl-C.
+ * snapshotter, its blocks through an embedded seed, then pulls the unconverted image through the node's
+ * registry mirror (its blobs through the seed) and runs it; leaves nothing mounted or running, also after
+ * Ctrl-C.
  * Needs root, /dev/fuse, overlayfs, containerd, ctr, runc, docker-registry and busybox-static.
  */
 import { spawn } from 'node:child_process';
@@ -47,7 +49,7 @@ describe.skipIf(req.skip)('npm run demo', () => {
     expect(await readdir(dir)).toEqual([]);
   }
 
-  it('runs a container from the lazily pulled image, its blocks through the seed, and cleans up', async () => {
+  it('runs a container from the lazily pulled image, its blocks through the seed, one from the unconverted image through the mirror, and cleans up', async () => {
     const dir = join(tmp.dir, 'ok');
     await mkdir(dir);
     const r = await runCli('demo', [], { env: { DFNODE_DEMO_DIR: dir }, timeoutMs: 300_000 });
@@ -69,18 +71,38 @@ describe.skipIf(req.skip)('npm run demo', () => {
     const share = /= ([\d.]+)% of the/.exec(read!);
     expect(Number(share?.[1])).toBeGreaterThan(0);
     expect(Number(share?.[1])).toBeLessThan(50);
-    expect(r.stdout).toMatch(/^14\. stopped containerd, dfnode run and the seed; nothing left mounted$/m);
+    // the unconverted image through the node's registry mirror (hosts.toml), its blobs through the seed
+    expect(r.stdout).toMatch(/^14\. registry mirror of dfnode run on 127\.0\.0\.1:\d+; .*hosts\.toml/m);
+    const pulled = lines.find((l) => l.startsWith('15. ctr images pull --hosts-dir'));
+    expect(pulled, r.stdout).toMatch(/\/demo\/app:1\.0 \(the unconverted image/);
+    const ran2 = lines.findIndex((l) => l.startsWith('16. ctr run (the unconverted image'));
+    expect(ran2, r.stdout).toBeGreaterThan(0);
+    expect(lines[ran2]).toMatch(/exit 0/);
+    expect(lines[ran2 + 1]).toBe('      | Hello from a lazily loaded dfnode image!');
+    const via = lines.find((l) => l.startsWith('17. the mirror sent containerd'));
+    expect(via, r.stdout).toBeDefined();
+    // every layer byte of the image passed the mirror (hosts.toml names the registry as fallback too; the
+    // config is the converted image's, already in containerd's content store), and its pieces all came
+    // through the seed: none from the registry directly, none from peers (there are none)
+    const sent = kibOf(via!, 'of blobs');
+    expect(sent).toBeGreaterThanOrEqual(kibOf(pulled!, 'of layers'));
+    expect(kibOf(via!, 'through the seed')).toBe(sent);
+    expect(kibOf(via!, 'from the registry directly')).toBe(0);
+    expect(kibOf(via!, 'from peers')).toBe(0);
+    expect(r.stdout).toMatch(/^18\. stopped containerd, dfnode run and the seed; nothing left mounted$/m);
     expect(r.stdout).toMatch(/^demo OK in [\d.]+ s$/m);
     await expectNothingLeft(dir);
   });
 
   // SIGINT to the demo alone (a script's kill), or to its process group as a terminal's Ctrl-C sends it (then
-  // containerd, dfnode run and ctr get it too)
+  // containerd, dfnode run and ctr get it too); once dfnode run and containerd are up (before or during the
+  // lazy pull), or once the mirror part starts (during ctr's pull through the mirror)
   it.each([
-    ['the demo process', false],
-    ['its process group', true],
-  ])('SIGINT to %s in the container part stops and removes everything it started', async (_, group) => {
-    const dir = join(tmp.dir, group ? 'int-group' : 'int');
+    ['the demo process (lazy pull)', false, /^10\. dfnode run/m, 'int'],
+    ['its process group (lazy pull)', true, /^10\. dfnode run/m, 'int-group'],
+    ['its process group (pull through the mirror)', true, /^14\. registry mirror/m, 'int-mirror'],
+  ])('SIGINT to %s stops and removes everything it started', async (_, group, at, name) => {
+    const dir = join(tmp.dir, name);
     await mkdir(dir);
     const child = spawn(process.execPath, [cliPath('demo')], {
       env: { ...process.env, DFNODE_DEMO_DIR: dir, DFNODE_LOG_LEVEL: 'warn' },
@@ -94,8 +116,7 @@ describe.skipIf(req.skip)('npm run demo', () => {
     const exit = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     try {
       const deadline = Date.now() + 240_000;
-      // dfnode run and containerd are up: interrupt before or during the pull
-      while (!/^10\. dfnode run/m.test(out)) {
+      while (!at.test(out)) {
         if (child.exitCode !== null) throw new Error(`the demo exited early: ${out}\n${err}`);
         if (Date.now() > deadline)
           throw new Error(`the demo did not reach the container part: ${out}\n${err}`);
@@ -105,6 +126,8 @@ describe.skipIf(req.skip)('npm run demo', () => {
       process.kill(group ? -child.pid! : child.pid!, 'SIGINT');
       expect(await exit).not.toBe(0);
       expect(err).toMatch(/dfnode demo: error: interrupted/);
+      expect(err).not.toMatch(/tagged/); // dfconvert's wording
+      expect(err).toMatch(/stopped and removed what the demo had started/);
       expect(out).not.toMatch(/demo OK/);
       await expectNothingLeft(dir);
     } finally {

@@ -3,13 +3,14 @@
  * (registries.conf), a real docker-registry with and without token auth, and a lying upstream.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
+import { writeContainerdHosts } from '../../src/mirror/containerd-hosts.js';
 import { MirrorServer } from '../../src/mirror/mirror-server.js';
 import { startMirror } from '../../src/mirror/start-mirror.js';
 import { Upstream } from '../../src/mirror/upstream.js';
@@ -163,6 +164,70 @@ describe.skipIf(req.skip || regReq.skip)('registry mirror (containerd, podman, d
     const r = await podman(['pull', '-q', `${reg.host}/tools/busybox:1`]);
     expect(r.code, r.stderr).toBe(0);
     expect(mirror.counters.requests.blob ?? 0).toBeGreaterThan(blobsBefore);
+  }, 300_000);
+
+  it('a restarted mirror answers the manifests it fetched from disk while the registry is down: containerd pulls again', async () => {
+    const own = await startRegistry();
+    cleanups.push(() => own.stop());
+    const fx = await ensureFixture('busybox');
+    const ref = `${own.host}/tools/restart:1`;
+    await runOk('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', fx.ref, `docker://${ref}`]);
+    // as a node or seed starts it: manifests on disk in the cache dir
+    const cfg = loadConfig({
+      env: {},
+      flags: {
+        cache: { dir: join(work, 'restart-cache') },
+        registry: { insecure: [own.host] },
+        mirror: { listen: '127.0.0.1:0' },
+      },
+    });
+    const hostsFor = async (m: MirrorServer, name: string) => {
+      const dir = join(work, name);
+      await writeContainerdHosts(dir, m.address, { registry: own.host });
+      return dir;
+    };
+    const first = (await startMirror(cfg, silentLogger))!;
+    try {
+      await ctd.ctrOk(['images', 'pull', '--hosts-dir', await hostsFor(first, 'hosts-1'), ref]);
+      expect(first.counters.requests.manifest).toBeGreaterThan(0);
+    } finally {
+      await first.close();
+    }
+    expect((await readdir(join(work, 'restart-cache', 'mirror-manifests'))).length).toBeGreaterThan(0);
+    await own.stop();
+    // a new mirror process on the same cache dir, the registry gone: containerd resolves the tag again (its
+    // content store holds the blobs); hosts.toml falls back to the registry itself, which is down, so the
+    // pull succeeds only through the stored manifests
+    const second = (await startMirror(cfg, silentLogger))!;
+    try {
+      const hosts = await hostsFor(second, 'hosts-2');
+      await ctd.ctrOk(['images', 'pull', '--hosts-dir', hosts, ref]);
+      expect(second.counters.staleManifests).toBeGreaterThan(0);
+      // without the stored manifests (another cache dir) the same pull fails
+      const empty = (await startMirror(
+        loadConfig({ env: {}, flags: { ...cfg, cache: { dir: join(work, 'restart-empty') } } }),
+        silentLogger,
+      ))!;
+      try {
+        const r = await ctd.ctr(['images', 'pull', '--hosts-dir', await hostsFor(empty, 'hosts-3'), ref]);
+        expect(r.code).not.toBe(0);
+        expect(empty.counters.staleManifests).toBe(0);
+      } finally {
+        await empty.close();
+      }
+      const out = await ctd.ctrOk([
+        'run',
+        '--rm',
+        ref,
+        'mirror-restart',
+        '/bin/sh',
+        '-c',
+        'echo after-restart',
+      ]);
+      expect(out.trim()).toBe('after-restart');
+    } finally {
+      await second.close();
+    }
   }, 300_000);
 
   it('answers cached manifests while the registry is down, and refuses what is not a pull', async () => {

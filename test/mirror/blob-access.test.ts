@@ -18,6 +18,10 @@ describe('BlobAccess', () => {
     expect(a.allowed(credentialKey(undefined), 'r.io/app', D1, 500, 1100)).toBe(false);
     expect(a.allowed(alice, 'r.io/other', D1, 500, 1100)).toBe(false);
     expect(a.allowed(alice, 'r.io/app', D2, 500, 1100)).toBe(false);
+    // an older yes remembered again (a manifest read back from disk) does not move a newer one back
+    a.grant(alice, 'r.io/app', 1300);
+    a.grant(alice, 'r.io/app', 200);
+    expect(a.allowed(alice, 'r.io/app', D1, 500, 1700)).toBe(true);
   });
 
   it('is bounded: the oldest grants and digests go first', () => {

@@ -73,12 +73,19 @@ async function startNode(
   await caches.init();
   const p2p = new P2pNode({ config: cfg });
   await p2p.start();
-  const mirror = (await startMirror(cfg, silentLogger, { caches, p2p }))!;
+  let mirror = (await startMirror(cfg, silentLogger, { caches, p2p }))!;
   let stopped: Promise<void> | undefined;
   return {
-    mirror,
+    get mirror() {
+      return mirror;
+    },
     p2p,
     caches,
+    /** A new mirror on the same cache and P2P node (as after a restart of the node's process). */
+    restartMirror: async () => {
+      await mirror.close();
+      mirror = (await startMirror(cfg, silentLogger, { caches, p2p }))!;
+    },
     stop: () =>
       (stopped ??= (async () => {
         await mirror.close();
@@ -101,6 +108,14 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
   const big = randomBytes(16 * PIECE_SIZE);
   const bigDigest = sha256Digest(big);
   const otherDigest = sha256Digest(other);
+  const bigManifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest, size: data.length },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: bigDigest, size: big.length }],
+    }),
+  );
   let node: Awaited<ReturnType<typeof startNode>>;
   let mirror: MirrorServer;
   let auth: string;
@@ -121,6 +136,12 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     );
     await c.pushBlob(parseReference(`${reg.host}/private/other`), otherDigest, other.length, () =>
       Readable.from([other]),
+    );
+    // a manifest naming the big blob (its config: the small one), so that a pull starts as an engine's does
+    await c.putManifest(
+      parseReference(`${reg.host}/private/app:big`),
+      bigManifest,
+      'application/vnd.oci.image.manifest.v1+json',
     );
     await c.close();
     // the seed reads the registry with its own credentials
@@ -206,6 +227,9 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     const b = await startNode(dir, 'b', seed.addr, { accessTtlMs: 0, downloadRate: '32M' });
     stops.push(() => b.stop());
     const path = `/v2/private/app/blobs/${bigDigest}?ns=${reg.host}`;
+    const manifestPath = `/v2/private/app/manifests/big?ns=${reg.host}`;
+    const accept = 'application/vnd.oci.image.manifest.v1+json';
+    expect((await get(b.mirror.address, manifestPath, { authorization: auth, accept })).status).toBe(200);
     const r = await get(b.mirror.address, path, { authorization: auth });
     expect(r.status).toBe(200);
     expect(r.complete).toBe(true);
@@ -226,5 +250,20 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     const anon = await get(b.mirror.address, path);
     expect(anon.status).toBe(502);
     expect(anon.body.length).toBeLessThan(1000);
+    // b restarts (memory gone), the registry still down: before the manifest, nothing says the engine may
+    // read the blob; the manifest from disk (same credential) remembers the registry's yes of its fetch,
+    // and then the blob is answered from b's cache again; still nothing without credentials
+    await b.restartMirror();
+    expect((await get(b.mirror.address, path, { authorization: auth })).status).toBe(502);
+    const m = await get(b.mirror.address, manifestPath, { authorization: auth, accept });
+    expect(m.status).toBe(200);
+    expect(m.body.equals(bigManifest)).toBe(true);
+    expect(b.mirror.counters.staleManifests).toBe(1);
+    expect((await get(b.mirror.address, manifestPath, { accept })).status).toBe(502);
+    const restarted = await get(b.mirror.address, path, { authorization: auth });
+    expect(restarted.status).toBe(200);
+    expect(sha256Digest(restarted.body)).toBe(bigDigest);
+    expect(b.mirror.counters.outageAnswers).toBe(1);
+    expect((await get(b.mirror.address, path)).status).toBe(502);
   }, 180_000);
 });
