@@ -105,7 +105,6 @@ interface BlobPeers {
   list: PeerEntry[];
 }
 
-
 /** Where a peer id was first seen: it stays bound there until it falls silent for the peer TTL. */
 interface PeerBinding {
   address: string;
