@@ -46,7 +46,7 @@ export const DEFAULT_TRACKER_LIMITS: TrackerLimits = {
   maxFailedPerAnnounce: 64,
   maxWant: 4096,
   maxHolders: 64,
-  lookupCandidates: 256,
+  lookupCandidates: 64,
   maxAnswerBitmapBytes: 4 * 1024 * 1024,
 };
 

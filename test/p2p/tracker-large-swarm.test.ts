@@ -52,7 +52,7 @@ describe('tracker lookups in a large swarm', () => {
       expect(a.holders).toHaveLength(64);
       for (const h of a.holders) seen.add(h.peer_id);
     }
-    // each answer names 64 of the 256 scored (equal scores: random), so a peer is named with probability
+    // each answer names the holders scored in a window from a random place, so a peer is named with probability
     // 64/5000 per lookup and missed by all 2,000 with (1 - 64/5000)^2000 ≈ 6e-12: every peer must appear
     expect(seen.size).toBe(SWARM);
     // ...while each lookup scored a window, not the swarm (every peer here holds a wanted unit)
