@@ -21,6 +21,8 @@ const { values: flags } = parseArgs({
     'max-peers-per-blob': { type: 'string', default: String(DEFAULT_SIM.maxPeersPerBlob) },
     'start-spread-ms': { type: 'string', default: '0' },
     'lookup-candidates': { type: 'string', default: String(DEFAULT_SIM.lookupCandidates) },
+    'upload-slots': { type: 'string', default: String(DEFAULT_SIM.uploadSlots) },
+    'busy-backoff-ms': { type: 'string', default: String(DEFAULT_SIM.busyBackoffMs) },
     'max-run-mib': { type: 'string', default: String(DEFAULT_SIM.maxRunBytes / 2 ** 20) },
     calibrate: { type: 'string' },
     'machine-cores': { type: 'string', default: '2' },
@@ -59,6 +61,8 @@ const base: SimParams = {
   startSpreadMs: num('start-spread-ms'),
   maxRunBytes: Math.round(num('max-run-mib') * 2 ** 20),
   lookupCandidates: num('lookup-candidates'),
+  uploadSlots: num('upload-slots'),
+  busyBackoffMs: num('busy-backoff-ms'),
 };
 
 interface Row {
@@ -71,6 +75,7 @@ interface Row {
   seed: number;
   refused: number;
   timeouts: number;
+  busy: number;
   announceUs: number;
   lookupUs: number;
   planUs: number;
@@ -97,6 +102,7 @@ function row(n: number, rs: SimResult[]): Row {
     seed: avg((r) => r.fromSeed),
     refused: avg((r) => r.refusedAnnounces),
     timeouts: avg((r) => r.peerTimeouts),
+    busy: avg((r) => r.busyRefusals),
     announceUs: avg((r) => r.announceUs),
     lookupUs: avg((r) => r.lookupUs),
     planUs: avg((r) => r.planUs),
@@ -153,6 +159,7 @@ const header = [
   'seed',
   'refused ann.',
   'peer timeouts',
+  'busy refusals',
   'µs/announce',
   'µs/lookup',
   'µs/plan',
@@ -172,6 +179,7 @@ const lines = rows.map((r) => [
   pct(r.seed),
   r.refused.toFixed(0),
   r.timeouts.toFixed(0),
+  r.busy.toFixed(0),
   r.announceUs.toFixed(1),
   r.lookupUs.toFixed(1),
   r.planUs.toFixed(1),

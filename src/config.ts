@@ -147,6 +147,11 @@ const configSchema = z.strictObject({
       /** Host-wide upload and download limits for peer, seed and registry traffic, bytes/s; 0 = unlimited. */
       uploadRate: sizeSchema.default(0),
       downloadRate: sizeSchema.default(0),
+      /**
+       * Background-fill runs this node uploads to peers at once; more are refused at once (429) and the
+       * askers take other holders (a container's reads are always served). 0 = no limit.
+       */
+      uploadSlots: z.number().int().nonnegative().default(4),
       /** One range request to a peer; then the next holder, the seed or the registry. */
       peerTimeoutMs: z.number().int().positive().default(2000),
       /** One range request to a seed (which may go to the registry for it). */

@@ -14,6 +14,10 @@ export interface SimParams {
   rttMs: number;
   /** p2p.peerTimeoutMs: a peer request is abandoned after this plus its size at 64 KiB/s (as the node does). */
   peerTimeoutMs: number;
+  /** Peer uploads a node serves at once; more are refused at once as busy (0: no limit). */
+  uploadSlots: number;
+  /** A holder that refused as busy is not asked again for this long (ms). */
+  busyBackoffMs: number;
   /** Fill runs in flight per node (p2pFill concurrency). */
   concurrency: number;
   maxRunBytes: number;
@@ -44,6 +48,9 @@ export const DEFAULT_SIM: SimParams = {
   registryMbit: 40,
   rttMs: 2,
   peerTimeoutMs: 2000,
+  // as the node's defaults: p2p.uploadSlots, BUSY_BACKOFF_MS
+  uploadSlots: 4,
+  busyBackoffMs: 500,
   concurrency: 6,
   maxRunBytes: 4 << 20,
   machineCores: 0,
@@ -76,6 +83,8 @@ export interface SimResult {
   refusedAnnounces: number;
   /** Peer requests abandoned at their timeout (the holder is then isolated for a while). */
   peerTimeouts: number;
+  /** Peer fill runs refused at once because the holder's upload slots were taken. */
+  busyRefusals: number;
   /** Wall time of the real tracker code per call (µs, mean) and the bitmap bytes it held at the peak. */
   announceUs: number;
   lookupUs: number;

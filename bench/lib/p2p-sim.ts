@@ -49,6 +49,8 @@ interface SimNode {
   isolation: Isolation;
   /** This node's requests in flight per holder (the real source picks the holder with the fewest). */
   busy: Map<string, number>;
+  /** Holders that answered "all upload slots taken" → until when (ms) they are not asked. */
+  full: Map<string, number>;
 }
 
 export function simulate(p: SimParams): SimResult {
@@ -182,6 +184,7 @@ export function simulate(p: SimParams): SimResult {
   let fromPeers = 0;
   let fromSeed = 0;
   let peerTimeouts = 0;
+  let refusedBusy = 0;
 
   // The seed fills the blob from the registry in order (SEED_FETCHES runs of SEED_FETCH_BYTES at a time: the
   // real seed verifies and forwards each block as it streams in, which short runs approximate), fetching units a
@@ -255,6 +258,7 @@ export function simulate(p: SimParams): SimResult {
       refused: false,
       isolation: new Isolation({ baseMs: 5000, maxMs: 300_000, timers }),
       busy: new Map(),
+      full: new Map(),
     });
   }
   const byId = new Map(nodes.map((n) => [n.id, n]));
@@ -345,7 +349,8 @@ export function simulate(p: SimParams): SimResult {
     const swarm = n.view.swarm;
     const seedSlots = swarm === 0 ? 4 : swarm === 1 ? 2 : 1;
     const seedRun = Math.min(p.maxRunBytes, Math.max(256 << 10, p.maxRunBytes / Math.max(4, swarm + 1)));
-    const usable = (h: Holder) => byId.get(h.id) !== n && !n.isolation.isolated(h.id);
+    const usable = (h: Holder) =>
+      byId.get(h.id) !== n && !n.isolation.isolated(h.id) && !((n.full.get(h.id) ?? 0) > now);
     const t0 = performance.now();
     const plan = planRun(n.view, {
       claimed: n.claimed,
@@ -419,6 +424,14 @@ export function simulate(p: SimParams): SimResult {
       }
     }
     const holder = best;
+    if (p.uploadSlots > 0 && holder.uploads >= p.uploadSlots) {
+      // refused at once (503 busy): not a failure; that holder is left alone for a moment
+      release();
+      n.full.set(holder.id, now + p.busyBackoffMs);
+      refusedBusy++;
+      at(now + p.rttMs, () => worker(n, i));
+      return;
+    }
     holder.uploads++;
     n.busy.set(holder.id, (n.busy.get(holder.id) ?? 0) + 1);
     let settled = false;
@@ -482,6 +495,7 @@ export function simulate(p: SimParams): SimResult {
     lookups: tracker.counters.lookups,
     refusedAnnounces,
     peerTimeouts,
+    busyRefusals: refusedBusy,
     announceUs: announceUs / Math.max(1, tracker.counters.announces),
     lookupUs: lookupUs / Math.max(1, tracker.counters.lookups),
     trackerBitmapBytes: peakBitmapBytes,

@@ -73,6 +73,18 @@ export function isSourceUnavailable(err: unknown): boolean {
   return err instanceof DfError && err.details.sourceUnavailable === true;
 }
 
+/**
+ * A holder refused a planned run because all its upload slots are taken (HTTP 429): nothing failed, the
+ * planner asks another holder (or later).
+ */
+export function busyAtSource(message: string): DfError {
+  return new DfError('NOT_FOUND', message, { details: { sourceUnavailable: true, busy: true } });
+}
+
+export function isBusy(err: unknown): boolean {
+  return err instanceof DfError && err.details.busy === true;
+}
+
 /** A source deferred a planned run (see FetchContext.planned): nothing failed, the planner picks again. */
 export function deferredBySource(message: string): DfError {
   return new DfError('NOT_FOUND', message, { details: { sourceUnavailable: true, deferred: true } });

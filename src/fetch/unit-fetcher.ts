@@ -11,6 +11,7 @@ import { transferTimeoutMs } from '../util/transfer-timeout.js';
 import type { FetchScheduler, ScheduledTask } from './scheduler.js';
 import type { FetchStats } from './fetch-stats.js';
 import {
+  isBusy,
   isDeferred,
   isSourceUnavailable,
   Priority,
@@ -363,8 +364,9 @@ export class UnitFetcher {
         if (err) lastErr = err;
       }
       todo = next;
-      // deferred by the source: the planner that chose this run picks another, no retries
-      if (isDeferred(lastErr) && state.priority === Priority.Fill) break;
+      // deferred by the source, or its holder's upload slots are taken: the planner that chose this run
+      // picks another, no retries
+      if ((isDeferred(lastErr) || isBusy(lastErr)) && state.priority === Priority.Fill) break;
     }
     const e = DfError.from(lastErr ?? DfError.internal('fetch gave up'), `fetch ${this.blob.digest}`);
     for (const w of todo) this.settle(w, e);

@@ -15,6 +15,8 @@ export interface BlockRequest {
   repo?: string;
   size?: number;
   defer: boolean;
+  /** A planned background-fill run (`fill=1`): subject to the server's upload slots. */
+  fill: boolean;
 }
 
 /** A request refused before anything is looked up or allocated: the status and the text to answer. */
@@ -73,6 +75,7 @@ export function parseBlockRequest(
     repo: q.get('repo') ?? undefined,
     size: size !== undefined && size >= 0 ? size : undefined,
     defer: q.get('defer') === '1',
+    fill: q.get('fill') === '1',
   };
 }
 

@@ -74,6 +74,12 @@ export interface BlockServerOptions {
   maxInflightBytes?: number;
   /** Requests that may wait for that budget (default 1024); beyond, 503. */
   maxQueuedRequests?: number;
+  /**
+   * Background-fill runs (`fill=1`) served at once (a node: p2p.uploadSlots); more are refused at once with
+   * 429, so that askers take other holders instead of sharing one uplink until they time out. Reads a
+   * container waits on are never refused for it. 0 or undefined: no limit (seeds).
+   */
+  uploadSlots?: number;
   /** Serves `POST /preheat` (a seed: see preheat-request.ts); without it, that path is 404. */
   preheat?: (images: string[]) => PreheatAnswer;
   /**
@@ -94,8 +100,13 @@ export interface BlockServerOptions {
 export class BlockServer {
   private server: Server | undefined;
   private active = 0;
-  /** Requests refused for a bad token (or, with TLS, handshakes refused), ranges answered, bytes sent. */
-  readonly counters = { unauthorized: 0, served: 0, bytes: 0, missing: 0, deferred: 0 };
+  /** Fill runs being served (see uploadSlots). */
+  private fillActive = 0;
+  /**
+   * Requests refused for a bad token (or, with TLS, handshakes refused), ranges answered, bytes sent,
+   * ranges not held, runs deferred (seed), fill runs refused with all upload slots taken.
+   */
+  readonly counters = { unauthorized: 0, served: 0, bytes: 0, missing: 0, deferred: 0, busy: 0 };
   private readonly log: Logger;
   /** Addresses already warned about (a refused TLS handshake or cluster token). */
   private readonly warned = new Set<string>();
@@ -202,6 +213,14 @@ export class BlockServer {
       if (range.status === 405) res.setHeader('allow', 'GET, HEAD');
       return fail(range.status, range.message);
     }
+    const slots = this.opts.uploadSlots ?? 0;
+    const slot = range.fill && slots > 0;
+    if (slot && this.fillActive >= slots) {
+      this.counters.busy++;
+      res.setHeader('retry-after', '1');
+      return fail(429, `busy: all ${slots} upload slots are taken; ask another holder`);
+    }
+    if (slot) this.fillActive++;
     const ac = new AbortController();
     const timer = setTimeout(
       () => ac.abort(DfError.timeout('peer request timed out')),
@@ -277,6 +296,7 @@ export class BlockServer {
     } finally {
       clearTimeout(timer);
       this.active--;
+      if (slot) this.fillActive--;
     }
   }
 

@@ -1,6 +1,6 @@
 import type { UnitFetcher } from '../fetch/unit-fetcher.js';
 import { sleep, realTimers, type Timers } from '../util/timers.js';
-import { isDeferred, isSourceUnavailable, Priority } from '../fetch/types.js';
+import { isBusy, isDeferred, isSourceUnavailable, Priority } from '../fetch/types.js';
 import type { Holder, PeerView } from './peer-view.js';
 
 /** A run chosen by the planner and the tier it comes from. */
@@ -213,6 +213,11 @@ export async function p2pFill(
         } else view.fill.peerRuns++;
       } catch (err) {
         opts.signal?.throwIfAborted();
+        if (isBusy(err)) {
+          // the holder's upload slots are taken: plan again at once, around it (opts.usable)
+          view.fill.busy++;
+          continue;
+        }
         if (isDeferred(err)) {
           // on their way to another node: take them from it later (the tracker will say so)
           view.fill.deferred++;

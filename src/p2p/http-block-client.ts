@@ -2,7 +2,7 @@ import { Agent } from 'undici';
 import { DfError } from '../errors.js';
 import type { TokenBucket } from '../util/token-bucket.js';
 import { dispatchInto, type DispatchedResponse } from '../util/dispatch-into.js';
-import { deferredBySource, sourceUnavailable } from '../fetch/types.js';
+import { busyAtSource, deferredBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
 
@@ -105,6 +105,7 @@ export class HttpBlockClient {
       // does not allow its registry). Another source may take it: not the host's fault
       if ([403, 404, 413, 416].includes(res.statusCode)) throw sourceUnavailable(failure);
       if (res.statusCode === 409) throw deferredBySource(failure);
+      if (res.statusCode === 429) throw busyAtSource(failure);
       if (res.statusCode === 401) throw new DfError('UNAUTHORIZED', `${failure} (check p2p.clusterToken)`);
       if (res.statusCode === 504) throw DfError.timeout(failure);
       throw new DfError('NETWORK', failure);

@@ -129,6 +129,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       upload: this.bandwidth.upload,
       logger: this.log,
       tls: this.tls,
+      uploadSlots: this.settings.uploadSlots,
     });
     this.peers = new PeerBlockSource({
       view: (d) => this.views.get(d),
@@ -282,7 +283,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       const failed = await p2pFill(view, fetcher, {
         signal,
         refresh: (x) => this.lookup(x),
-        usable: (h) => !this.isolation.isolated(h.id),
+        usable: (h) => !this.isolation.isolated(h.id) && !this.peers.isFull(h.id),
       });
       if (failed) this.log.debug({ digest: view.blob.digest, failed }, 'p2p fill: some runs failed');
     };

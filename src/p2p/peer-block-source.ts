@@ -1,6 +1,13 @@
 import { transferTimeoutMs } from '../util/transfer-timeout.js';
 import { childSignal, realTimers, type Timers } from '../util/timers.js';
-import { sourceUnavailable, type BlobRef, type BlockSource, type FetchContext } from '../fetch/types.js';
+import {
+  isBusy,
+  Priority,
+  sourceUnavailable,
+  type BlobRef,
+  type BlockSource,
+  type FetchContext,
+} from '../fetch/types.js';
 import { DfError } from '../errors.js';
 import type { HttpBlockClient } from './http-block-client.js';
 import type { Isolation } from './isolation.js';
@@ -22,6 +29,9 @@ export interface PeerSourceDeps {
   fallback?: RegistryFallback;
 }
 
+/** A holder that answered "busy" (all upload slots taken) is not asked for fill runs for this long (ms). */
+export const BUSY_BACKOFF_MS = 500;
+
 /**
  * Other nodes as a BlockSource: the range goes to the best holder the tracker named (fastest so far,
  * then same zone, least loaded), with a short per-request timeout. When no usable holder has the range,
@@ -34,7 +44,9 @@ export class PeerBlockSource implements BlockSource {
   /** Bytes per ms, moving average per peer. */
   private readonly speed = new Map<string, number>();
   /** This node's requests in flight per peer. */
-  private readonly busy = new Map<string, number>();
+  private readonly inFlight = new Map<string, number>();
+  /** Holders that refused a fill run with all upload slots taken → until when (ms) they are not asked. */
+  private readonly full = new Map<string, number>();
   private readonly servedBy = new WeakMap<Buffer, { id: string; offset: number }>();
   private readonly timers: Timers;
 
@@ -52,7 +64,10 @@ export class PeerBlockSource implements BlockSource {
     const view = this.deps.view(blob.digest);
     const r = view?.layout.unitsFor(offset, length);
     if (!view || !r) throw sourceUnavailable(`no peer view of ${blob.digest}`);
-    const holders = view.holdersOf(r[0], r[1]).filter((h) => !this.deps.isolation.isolated(h.id));
+    const fill = ctx?.planned === true && ctx.priority === Priority.Fill;
+    const holders = view
+      .holdersOf(r[0], r[1])
+      .filter((h) => !this.deps.isolation.isolated(h.id) && !(fill && this.isFull(h.id)));
     if (!holders.length) {
       this.deps.refresh(view);
       throw sourceUnavailable(`no peer holds ${blob.digest} ${offset}+${length}`);
@@ -61,7 +76,7 @@ export class PeerBlockSource implements BlockSource {
     const what = `peer ${h.address}`;
     const rq = childSignal(signal, transferTimeoutMs(this.deps.timeoutMs, length), this.timers, what);
     const t0 = this.timers.now();
-    this.busy.set(h.id, (this.busy.get(h.id) ?? 0) + 1);
+    this.inFlight.set(h.id, (this.inFlight.get(h.id) ?? 0) + 1);
     try {
       const data = await this.deps.http.get(
         h.address,
@@ -69,7 +84,7 @@ export class PeerBlockSource implements BlockSource {
         offset,
         length,
         rq.signal,
-        {},
+        fill ? { fill: '1' } : {},
         ctx?.progress,
       );
       const ms = Math.max(1, this.timers.now() - t0);
@@ -82,6 +97,11 @@ export class PeerBlockSource implements BlockSource {
     } catch (err) {
       if (signal.aborted) throw err;
       const e = DfError.from(err);
+      if (isBusy(e)) {
+        // its upload slots are taken: not a failure; other holders (or later) for a moment
+        this.full.set(h.id, this.timers.now() + BUSY_BACKOFF_MS);
+        throw e;
+      }
       // a holder that lost the range (evicted) is not at fault; anything else is
       if (e.details.sourceUnavailable !== true) {
         this.deps.isolation.fail(h.id, e.code);
@@ -91,10 +111,19 @@ export class PeerBlockSource implements BlockSource {
       throw sourceUnavailable(`${what}: ${e.message}`);
     } finally {
       rq.dispose();
-      const b = (this.busy.get(h.id) ?? 1) - 1;
-      if (b > 0) this.busy.set(h.id, b);
-      else this.busy.delete(h.id);
+      const b = (this.inFlight.get(h.id) ?? 1) - 1;
+      if (b > 0) this.inFlight.set(h.id, b);
+      else this.inFlight.delete(h.id);
     }
+  }
+
+  /** Whether `peer` refused a fill run as busy (all upload slots taken) moments ago: plan around it. */
+  isFull(peer: string): boolean {
+    const until = this.full.get(peer);
+    if (until === undefined) return false;
+    if (until > this.timers.now()) return true;
+    this.full.delete(peer);
+    return false;
   }
 
   badBlock(blob: BlobRef, data: Buffer, offset: number, length: number): void {
@@ -119,7 +148,7 @@ export class PeerBlockSource implements BlockSource {
       const sp = this.speed.get(h.id) ?? Math.max(fastest, 1);
       const key = [
         this.deps.zone && h.zone === this.deps.zone ? 1 : 0,
-        -(this.busy.get(h.id) ?? 0),
+        -(this.inFlight.get(h.id) ?? 0),
         -h.failures,
         (sp * (0.5 + Math.random())) / (1 + h.load),
       ];

@@ -41,6 +41,16 @@ describe('P2P simulation (bench/lib/p2p-sim.ts)', () => {
     expect(c.times).not.toEqual(a.times);
   });
 
+  it('upload slots: holders refuse runs beyond them, askers go elsewhere, everyone finishes', () => {
+    const one = simulate({ ...small, hosts: 12, uploadSlots: 1 });
+    expect(one.busyRefusals).toBeGreaterThan(0);
+    expect(one.finished).toBe(12);
+    expect(one.registryEgress).toBeCloseTo(1, 6);
+    const none = simulate({ ...small, hosts: 12, uploadSlots: 0 });
+    expect(none.busyRefusals).toBe(0);
+    expect(none.finished).toBe(12);
+  });
+
   it("a swarm larger than the tracker's bound: the refused hosts still finish, from the seed", () => {
     const r = simulate({ ...small, hosts: 8, maxPeersPerBlob: 3 });
     expect(r.refusedAnnounces).toBeGreaterThan(0);
