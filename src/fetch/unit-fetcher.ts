@@ -364,8 +364,7 @@ export class UnitFetcher {
         if (err) lastErr = err;
       }
       todo = next;
-      // deferred by the source, or its holder's upload slots are taken: the planner that chose this run
-      // picks another, no retries
+      // deferred, or the holder's upload slots are taken: the run's planner picks another, no retries
       if ((isDeferred(lastErr) || isBusy(lastErr)) && state.priority === Priority.Fill) break;
     }
     const e = DfError.from(lastErr ?? DfError.internal('fetch gave up'), `fetch ${this.blob.digest}`);
