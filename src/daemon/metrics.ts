@@ -121,7 +121,7 @@ export class NodeMetrics {
   });
   readonly peerRequests = new Counter({
     name: 'dfnode_peer_requests_total',
-    help: 'Block requests this host answered for cluster members, by result (served; refused: no or wrong token; deferred: a seed told the node to take units from the node it is already sending them to)',
+    help: 'Block requests this host answered for cluster members, by result (served; refused: no or wrong token; deferred: a seed told the node to take units from the node it is already sending them to; busy: a fill run refused with all upload slots taken)',
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
@@ -255,10 +255,11 @@ export class NodeMetrics {
   }
 
   /** The counters of this host's block server (BlockServer.counters), node or seed. */
-  publishBlockServer(c: { served: number; unauthorized: number; deferred?: number }): void {
+  publishBlockServer(c: { served: number; unauthorized: number; deferred?: number; busy?: number }): void {
     this.delta('pr:served', c.served, (d) => this.peerRequests.inc({ result: 'served' }, d));
     this.delta('pr:deferred', c.deferred ?? 0, (d) => this.peerRequests.inc({ result: 'deferred' }, d));
     this.delta('pr:refused', c.unauthorized, (d) => this.peerRequests.inc({ result: 'refused' }, d));
+    this.delta('pr:busy', c.busy ?? 0, (d) => this.peerRequests.inc({ result: 'busy' }, d));
   }
 
   /** Serves GET /metrics on `address` (host:port). */

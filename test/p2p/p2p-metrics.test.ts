@@ -161,4 +161,13 @@ describe('P2P metrics wiring', () => {
     expect(text).toContain('dfnode_peer_requests_total{result="served"} 7');
     expect(text).toContain('dfnode_peer_requests_total{result="refused"} 2');
   });
+
+  it("a node's fill runs refused for its upload slots are counted as busy", async () => {
+    const m = new NodeMetrics({ defaultMetrics: false });
+    const s = { served: 1, unauthorized: 0, deferred: 0, busy: 3 };
+    m.onScrape(() => m.publishBlockServer(s));
+    expect(await m.text()).toContain('dfnode_peer_requests_total{result="busy"} 3');
+    s.busy = 5;
+    expect(await m.text()).toContain('dfnode_peer_requests_total{result="busy"} 5');
+  });
 });
