@@ -23,6 +23,7 @@ const { values: flags } = parseArgs({
     'lookup-candidates': { type: 'string', default: String(DEFAULT_SIM.lookupCandidates) },
     'upload-slots': { type: 'string', default: String(DEFAULT_SIM.uploadSlots) },
     'busy-backoff-ms': { type: 'string', default: String(DEFAULT_SIM.busyBackoffMs) },
+    'busy-retry-ms': { type: 'string', default: String(DEFAULT_SIM.busyRetryMs) },
     'max-run-mib': { type: 'string', default: String(DEFAULT_SIM.maxRunBytes / 2 ** 20) },
     calibrate: { type: 'string' },
     'machine-cores': { type: 'string', default: '2' },
@@ -63,6 +64,7 @@ const base: SimParams = {
   lookupCandidates: num('lookup-candidates'),
   uploadSlots: num('upload-slots'),
   busyBackoffMs: num('busy-backoff-ms'),
+  busyRetryMs: num('busy-retry-ms'),
 };
 
 interface Row {

@@ -18,6 +18,8 @@ export interface SimParams {
   uploadSlots: number;
   /** A holder that refused as busy is not asked again for this long (ms). */
   busyBackoffMs: number;
+  /** A worker whose run was refused as busy plans again after this long (ms; p2pFill BUSY_RETRY_MS). */
+  busyRetryMs: number;
   /** Fill runs in flight per node (p2pFill concurrency). */
   concurrency: number;
   maxRunBytes: number;
@@ -51,6 +53,7 @@ export const DEFAULT_SIM: SimParams = {
   // as the node's defaults: p2p.uploadSlots, BUSY_BACKOFF_MS
   uploadSlots: 4,
   busyBackoffMs: 500,
+  busyRetryMs: 50,
   concurrency: 6,
   maxRunBytes: 4 << 20,
   machineCores: 0,

@@ -429,7 +429,7 @@ export function simulate(p: SimParams): SimResult {
       release();
       n.full.set(holder.id, now + p.busyBackoffMs);
       refusedBusy++;
-      at(now + p.rttMs, () => worker(n, i));
+      at(now + p.rttMs + p.busyRetryMs, () => worker(n, i));
       return;
     }
     holder.uploads++;
