@@ -11,7 +11,10 @@ import { childSignal, realTimers } from '../util/timers.js';
 import { fetchPieces, type BytesBySource } from './piece-fetcher.js';
 import { decodeTable, MAX_TABLE_BYTES, PieceLayout, type PieceTable } from './piece-table.js';
 
-/** How long the mirror waits for a seed's piece table (the seed fetches the whole blob first). */
+/**
+ * How long the mirror waits for a seed's piece table (the seed answers once the registry answered, or,
+ * when the registry announces no size, once it fetched the whole blob).
+ */
 const TABLE_TIMEOUT_MS = 30 * 60 * 1000;
 /** Pieces in flight per blob, and the window they are taken from in random order (near file order). */
 const CONCURRENCY = 4;
@@ -137,13 +140,9 @@ export class ClusterBlobs {
     const tq = childSignal(signal, TABLE_TIMEOUT_MS, realTimers, 'piece table');
     let table: PieceTable;
     let seed: string;
+    const query = { repo: `${req.registry}/${req.repository}`, digest: req.digest };
     try {
-      const got = await p2p.fileTable(
-        req.digest,
-        { repo: `${req.registry}/${req.repository}`, digest: req.digest },
-        MAX_TABLE_BYTES,
-        tq.signal,
-      );
+      const got = await p2p.fileTable(req.digest, query, MAX_TABLE_BYTES, tq.signal);
       seed = got.seed;
       table = decodeTable(got.table, req.digest);
     } catch (err) {
@@ -181,7 +180,18 @@ export class ClusterBlobs {
     const e = this.add(req.digest, cache, 'cluster', member);
     e.layout = layout;
     e.removeListener = cache.addUnitListener({ present: () => wake(e), reset: () => wake(e) });
-    e.done = this.fill(e, table, [p2p.peers, p2p.seedFor(seed), req.origin]);
+    // a table still filling at the seed: asked again (of the same seed) for the pieces hashed since
+    const refresh = async (sig: AbortSignal) => {
+      const got = await p2p.fileTable(req.digest, query, MAX_TABLE_BYTES, sig);
+      if (got.seed !== seed) throw new DfError('FAILED_PRECONDITION', 'another seed answered');
+      return decodeTable(got.table, req.digest);
+    };
+    e.done = this.fill(
+      e,
+      table,
+      [p2p.peers, p2p.seedFor(seed), req.origin],
+      table.filling ? refresh : undefined,
+    );
     return e;
   }
 
@@ -202,13 +212,20 @@ export class ClusterBlobs {
     return e;
   }
 
-  private async fill(e: Entry, table: PieceTable, sources: BlockSource[]): Promise<void> {
+  private async fill(
+    e: Entry,
+    table: PieceTable,
+    sources: BlockSource[],
+    refresh: ((signal: AbortSignal) => Promise<PieceTable>) | undefined,
+  ): Promise<void> {
+    const filling = table.filling === true;
     try {
       e.bytes = await fetchPieces({
         table,
         cache: e.cache,
         sources,
         signal: e.abort.signal,
+        refresh,
         concurrency: CONCURRENCY,
         window: WINDOW,
         onPiece: (_u, n, from) => (this.bytes[from] = (this.bytes[from] ?? 0) + n),
@@ -220,6 +237,9 @@ export class ClusterBlobs {
     } catch (err) {
       e.failed = err;
       if (!e.abort.signal.aborted) this.log.warn({ err, digest: e.digest }, 'mirror: cluster fetch failed');
+      // pieces checked against a table the seed was still filling: the registry's blob was not checked
+      // whole yet, so they are not kept for a later fetch
+      if (filling) await e.cache.drop().catch(() => undefined);
     } finally {
       e.finished = true;
       wake(e);

@@ -8,7 +8,7 @@ import {
   type SourceKind,
 } from '../fetch/types.js';
 import { realTimers, sleep, type Timers } from '../util/timers.js';
-import { PieceLayout, verifyPiece, type PieceTable } from './piece-table.js';
+import { mergeTable, PieceLayout, verifyPiece, type PieceTable } from './piece-table.js';
 
 /** Bytes that came from each kind of source (`cache`: pieces already held when the fetch started). */
 export type BytesBySource = Partial<Record<SourceKind, number>>;
@@ -30,6 +30,13 @@ export interface PieceFetchOptions {
    * (the registry mirror) while nodes fetching at once still take different pieces.
    */
   window?: number;
+  /**
+   * A table still filling at the seed (cut-through): asks the seed for its table again, so that the pieces
+   * it has hashed since can be taken from peers too (called when a piece's digest is not known; at most
+   * once a second, one call at a time). Without it, such a piece comes from the seed only, checked against
+   * the digest the seed sends with it.
+   */
+  refresh?: (signal: AbortSignal) => Promise<PieceTable>;
   /** Told of each piece stored (after verification). */
   onPiece?: (piece: number, bytes: number, from: SourceKind) => void;
   timers?: Timers;
@@ -60,6 +67,7 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
       [todo[i], todo[j]] = [todo[j]!, todo[i]!];
     }
   const rounds = opts.rounds ?? 6;
+  const refresh = opts.refresh && refresher(table, opts.refresh, timers);
 
   const one = async (u: number): Promise<void> => {
     const offset = layout.offset(u);
@@ -67,10 +75,18 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
     let last: unknown;
     for (let round = 0; round < rounds; round++) {
       if (round) await sleep(timers, Math.min(200 * 2 ** round, 5000), signal);
+      if (!table.pieces[u] && refresh) await refresh(signal);
       for (const src of opts.sources) {
+        const known = table.pieces[u];
+        // a piece the table does not list yet: only the seed, which is fetching it, vouches for its bytes
+        if (!known && src.kind !== 'seed') continue;
         let data: Buffer;
+        let claimed: Buffer | undefined;
         try {
-          data = await src.fetch(blob, offset, length, signal, { priority: Priority.Fill });
+          data = await src.fetch(blob, offset, length, signal, {
+            priority: Priority.Fill,
+            ...(known ? {} : { pieceDigest: (d: Buffer) => (claimed = d) }),
+          });
         } catch (err) {
           if (signal.aborted) throw DfError.from(signal.reason);
           if (isSourceUnavailable(err)) {
@@ -83,12 +99,15 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
           continue;
         }
         try {
-          verifyPiece(table, u, data);
+          if (!known && !claimed)
+            throw DfError.corrupt(`piece ${u} of ${table.digest}: the seed sent no digest with it`);
+          verifyPiece(table, u, data, claimed);
         } catch (err) {
           src.badBlock?.(blob, data, 0, length);
           last = err;
           continue;
         }
+        if (!known) table.pieces[u] = claimed!;
         await cache.write(u, offset, data, signal);
         bytes[src.kind] = (bytes[src.kind] ?? 0) + length;
         opts.onPiece?.(u, length, src.kind);
@@ -113,5 +132,35 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
   };
   await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, worker));
   if (failed !== undefined) throw failed;
+  // every piece known (each checked against its digest): the table is the seed's final one
+  let all = table.pieces.length === layout.units;
+  for (let u = 0; all && u < layout.units; u++) all = table.pieces[u] !== undefined;
+  if (all) delete table.filling;
   return bytes;
+}
+
+/** Minimum time between two refreshes of a filling table (ms). */
+const REFRESH_MS = 1000;
+
+/**
+ * The refresh of a filling table: one call at a time, at most every REFRESH_MS, its answer merged into
+ * `table` (mergeTable); a failed refresh changes nothing (the pieces then come from the seed).
+ */
+function refresher(
+  table: PieceTable,
+  get: (signal: AbortSignal) => Promise<PieceTable>,
+  timers: Timers,
+): (signal: AbortSignal) => Promise<void> {
+  let running: Promise<void> | undefined;
+  let lastAt = -Infinity;
+  return (signal) => {
+    if (running) return running;
+    if (!table.filling || timers.now() - lastAt < REFRESH_MS) return Promise.resolve();
+    lastAt = timers.now();
+    running = get(signal)
+      .then((newer) => mergeTable(table, newer))
+      .catch(() => undefined)
+      .finally(() => (running = undefined));
+    return running;
+  };
 }

@@ -11,6 +11,7 @@ import type { RegistryClient } from '../registry/client.js';
 import { parseReference, type ImageReference } from '../registry/reference.js';
 import type { TokenBucket } from '../util/token-bucket.js';
 import { encodeTable, PieceHasher, PieceLayout, PIECE_SIZE, type PieceTable } from './piece-table.js';
+import { FillingFile } from './filling-file.js';
 import { discard, originRequest, originUrl, originValidator } from './origin.js';
 
 /** Files a seed fetches from their origins at once; beyond, it refuses (the node fetches directly). */
@@ -31,7 +32,17 @@ interface FileOrigin {
   key: string;
   /** For messages (no query string, no credentials). */
   where: string;
-  open(signal: AbortSignal): Promise<{ body: Body; validator: string }>;
+  /** The body, its validator and the size the origin announced (undefined: not announced). */
+  open(signal: AbortSignal): Promise<{ body: Body; validator: string; size: number | undefined }>;
+}
+
+/**
+ * One fetch of a file from its origin: `live` settles once the origin answered (the file, readable while it
+ * fills, when the node named its digest and the origin its size; else undefined), `file` once it is held.
+ */
+interface Fetch {
+  live: Promise<FillingFile | undefined>;
+  file: Promise<SeedFile>;
 }
 
 type Body = AsyncIterable<Uint8Array> & {
@@ -65,7 +76,9 @@ export interface SeedFilesOptions {
  */
 export class SeedFiles implements SeedFileProvider {
   private readonly files = new Map<string, SeedFile>();
-  private readonly fetching = new Map<string, Promise<SeedFile>>();
+  private readonly fetching = new Map<string, Fetch>();
+  /** Files being fetched, by the digest the node named: served piece by piece as they arrive. */
+  private readonly filling = new Map<string, FillingFile>();
   /** What each URL held when last fetched: its content digest and validator (ETag/Last-Modified/size). */
   private readonly urls = new Map<string, { digest: string; validator: string }>();
   private readonly closer = new AbortController();
@@ -101,9 +114,11 @@ export class SeedFiles implements SeedFileProvider {
 
   /**
    * The encoded piece table of the file a node asks for (`url=URL` or `repo=REGISTRY/REPO`, with
-   * `digest=sha256:...`; a repository needs the digest), fetching it first when this seed does not hold it.
+   * `digest=sha256:...`; a repository needs the digest), fetching it when this seed does not hold it.
    * `digest`, when given, is checked against the content; without it, a URL fetched before is reused while
-   * the origin's validator (HEAD) is unchanged.
+   * the origin's validator (HEAD) is unchanged. With a digest and an origin that announces the size, the
+   * answer comes as soon as the origin answers: a table marked filling, with the pieces hashed so far, and
+   * the pieces are served as they arrive (cut-through); otherwise once the whole file is held.
    */
   async table(query: URLSearchParams, signal: AbortSignal): Promise<Buffer> {
     const digest = query.get('digest') ?? undefined;
@@ -134,12 +149,14 @@ export class SeedFiles implements SeedFileProvider {
         p = this.fetchFile(origin, digest);
         this.fetching.set(origin.key, p);
         const key = origin.key;
-        void p.then(
+        void p.file.then(
           () => this.fetching.delete(key),
           () => this.fetching.delete(key),
         );
       }
-      f = await raceSignal(p, signal);
+      const live = digest ? await raceSignal(p.live, signal) : undefined;
+      if (live && live.digest === digest) return encodeTable(live.table());
+      f = await raceSignal(p.file, signal);
       if (digest && f.table.digest !== digest)
         throw DfError.digestMismatch(`file at ${origin.where}`, digest, f.table.digest);
     }
@@ -160,8 +177,12 @@ export class SeedFiles implements SeedFileProvider {
       key: `${ref.repoString}@${digest}`,
       where: `${ref.repoString}@${digest}`,
       open: async (signal) => {
-        const { stream } = await reg.client.getBlob(ref, digest, { signal });
-        return { body: stream as unknown as Body, validator: '' };
+        const { stream, size } = await reg.client.getBlob(ref, digest, { signal });
+        return {
+          body: stream as unknown as Body,
+          validator: '',
+          size: Number.isSafeInteger(size) ? size : undefined,
+        };
       },
     };
   }
@@ -218,20 +239,47 @@ export class SeedFiles implements SeedFileProvider {
     return f;
   }
 
+  /** Starts the fetch of a file (see Fetch). */
+  private fetchFile(origin: FileOrigin, digest: string | undefined): Fetch {
+    let onLive!: (f: FillingFile | undefined) => void;
+    let liveFailed!: (err: unknown) => void;
+    const live = new Promise<FillingFile | undefined>((resolve, reject) => {
+      onLive = resolve;
+      liveFailed = reject;
+    });
+    live.catch(() => undefined);
+    const file = this.fetchInto(origin, digest, onLive);
+    // before the origin answered: the open failed (after, `live` is settled and this does nothing)
+    file.catch(liveFailed);
+    return { live, file };
+  }
+
   /**
-   * Streams the origin's file into a temporary file while hashing it into a piece table, then moves it
-   * into the cache under its content digest (piece by piece: bounded memory).
+   * Streams the origin's file into a temporary file while hashing it into a piece table (served piece by
+   * piece meanwhile: FillingFile), checks it, then moves it into the cache under its content digest (piece
+   * by piece: bounded memory).
    */
-  private async fetchFile(origin: FileOrigin, digest: string | undefined): Promise<SeedFile> {
+  private async fetchInto(
+    origin: FileOrigin,
+    digest: string | undefined,
+    onLive: (f: FillingFile | undefined) => void,
+  ): Promise<SeedFile> {
     const signal = this.closer.signal;
     const where = origin.where;
     this.log.info({ from: where }, 'seed fetches a file from its origin');
-    const { body, validator } = await origin.open(signal);
+    const { body, validator, size } = await origin.open(signal);
     const path = join(this.tmp, randomBytes(8).toString('hex'));
     const hasher = new PieceHasher(PIECE_SIZE);
     let fh: FileHandle | undefined;
+    let live: FillingFile | undefined;
     try {
       fh = await open(path, 'w+');
+      const cut = digest !== undefined && size !== undefined && size > 0 && !this.filling.has(digest);
+      if (cut) {
+        live = new FillingFile(digest, size, fh, hasher);
+        this.filling.set(digest, live);
+      }
+      onLive(live);
       let idle: NodeJS.Timeout | undefined;
       const arm = () => {
         clearTimeout(idle);
@@ -246,16 +294,23 @@ export class SeedFiles implements SeedFileProvider {
           const chunk = c as Buffer;
           arm();
           await this.opts.download?.take(chunk.length, signal);
+          if (size !== undefined && hasher.bytes + chunk.length > size)
+            throw DfError.corrupt(`${where} sent more than the ${size} bytes it announced`);
           hasher.update(chunk);
           await fh.write(chunk, 0, chunk.length, hasher.bytes - chunk.length);
+          live?.progress();
         }
       } finally {
         clearTimeout(idle);
       }
       const table = hasher.finish();
       if (table.size === 0) throw DfError.unsupported(`the file at ${where} is empty: nothing to distribute`);
+      if (size !== undefined && table.size !== size)
+        throw DfError.corrupt(`${where} sent ${table.size} of the ${size} bytes it announced`);
       if (digest && table.digest !== digest)
         throw DfError.digestMismatch(`file at ${where}`, digest, table.digest);
+      // checked: the last piece goes to the nodes waiting for it while the file moves into the cache
+      live?.complete();
       this.urls.set(origin.key, { digest: table.digest, validator });
       const have = this.files.get(table.digest);
       if (have) return have;
@@ -289,8 +344,16 @@ export class SeedFiles implements SeedFileProvider {
       return this.keep(cache, table);
     } catch (err) {
       discard(body);
-      throw DfError.from(err, `seed fetch of ${where}`);
+      const e = DfError.from(err, `seed fetch of ${where}`);
+      live?.fail(e);
+      onLive(undefined);
+      throw e;
     } finally {
+      if (live) {
+        if (this.filling.get(live.digest) === live) this.filling.delete(live.digest);
+        // reads in progress finish first; waiting ones go on to the cache (or fail with the fetch)
+        await live.close();
+      }
       await fh?.close();
       await rm(path, { force: true });
     }
@@ -299,7 +362,7 @@ export class SeedFiles implements SeedFileProvider {
   /** The file held under `digest`, served to nodes piece by piece (undefined: not a file of this seed). */
   served(digest: string): ServedBlob | undefined {
     const f = this.files.get(digest);
-    if (!f) return undefined;
+    if (!f) return this.filling.get(digest)?.served(() => this.files.get(digest) && this.served(digest));
     f.lastUsed = this.now();
     return {
       size: f.table.size,
@@ -336,7 +399,9 @@ function urlOrigin(url: URL): FileOrigin {
     where: `${url.origin}${url.pathname}`,
     open: async (signal) => {
       const res = await originRequest(url, { signal });
-      return { body: res.body, validator: originValidator(res.headers) };
+      const declared = res.headers['content-length'];
+      const size = typeof declared === 'string' && /^\d{1,16}$/.test(declared) ? Number(declared) : undefined;
+      return { body: res.body, validator: originValidator(res.headers), size };
     },
   };
 }

@@ -87,6 +87,7 @@ export class SeedBlockSource implements BlockSource {
             ...(planned ? { defer: '1' } : {}),
           },
           ctx?.progress,
+          ctx?.pieceDigest,
         );
         this.opts.isolation.ok(seed);
         this.timeouts.delete(seed);
