@@ -1,5 +1,6 @@
 import type { FileHandle } from 'node:fs/promises';
 import { DfError } from '../errors.js';
+import { sourceUnavailable } from '../fetch/types.js';
 import type { ServedBlob } from '../p2p/block-server.js';
 import { PieceLayout, type PieceHasher, type PieceTable } from './piece-table.js';
 
@@ -11,6 +12,17 @@ import { PieceLayout, type PieceHasher, type PieceTable } from './piece-table.js
  * node never completes a file the origin lied about. The fetch (SeedFiles) drives it: `progress` after each
  * chunk written, then `complete` or `fail`, then `close` before the temporary file goes.
  */
+/**
+ * What a read of a file whose fetch failed throws: the origin's file is not the one named (DIGEST_MISMATCH,
+ * CORRUPT: final), or the fetch failed on the way (a source that has nothing now: the node asks again, and
+ * its next table request starts a new fetch).
+ */
+export function failedRead(err: unknown): DfError {
+  const e = DfError.from(err);
+  if (e.code === 'DIGEST_MISMATCH' || e.code === 'CORRUPT') return e;
+  return sourceUnavailable(`the seed's fetch of the file failed: ${e.message}; ask again`);
+}
+
 /** A read waiting for its piece is told at least this often that the fetch moves (ms). */
 const ALIVE_MS = 1000;
 
@@ -91,7 +103,7 @@ export class FillingFile {
     const r = this.layout.unitsFor(offset, length);
     if (!r) return undefined;
     for (;;) {
-      if (this.failure !== undefined) throw DfError.from(this.failure);
+      if (this.failure !== undefined) throw failedRead(this.failure);
       if (this.ready > r[1] || this.closed) break;
       signal.throwIfAborted();
       alive?.();

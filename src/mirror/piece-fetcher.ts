@@ -89,6 +89,8 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
           });
         } catch (err) {
           if (signal.aborted) throw DfError.from(signal.reason);
+          // the seed's origin sent another file: no source will have the one asked for
+          if (DfError.from(err).code === 'DIGEST_MISMATCH') throw err;
           if (isSourceUnavailable(err)) {
             last ??= err;
             continue;
@@ -119,14 +121,16 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
 
   let next = 0;
   let failed: unknown;
+  let final = false;
   const worker = async () => {
     // a piece that fails does not stop the others: what is verified stays for the rerun
-    while (next < todo.length && !signal.aborted) {
+    while (next < todo.length && !signal.aborted && !final) {
       const u = todo[next++]!;
       try {
         await one(u);
       } catch (err) {
         failed ??= err;
+        if (DfError.from(err).code === 'DIGEST_MISMATCH') final = true;
       }
     }
   };

@@ -17,6 +17,10 @@ import { discard, originRequest, originUrl, originValidator } from './origin.js'
 /** Files a seed fetches from their origins at once; beyond, it refuses (the node fetches directly). */
 const MAX_FETCHING = 16;
 
+/** How long a seed answers a digest with the mismatch its origin gave (ms), and for how many digests. */
+const REFUSED_MS = 60_000;
+const MAX_REFUSED = 1024;
+
 /** A raw file a seed holds completely, with its piece table. */
 interface SeedFile {
   cache: BlobCache;
@@ -79,6 +83,11 @@ export class SeedFiles implements SeedFileProvider {
   private readonly fetching = new Map<string, Fetch>();
   /** Files being fetched, by the digest the node named: served piece by piece as they arrive. */
   private readonly filling = new Map<string, FillingFile>();
+  /**
+   * Digests whose origin sent another file (lately): nodes still asking for its pieces or table get that
+   * answer instead of starting another fetch of the same wrong file.
+   */
+  private readonly refused = new Map<string, { err: DfError; at: number }>();
   /** What each URL held when last fetched: its content digest and validator (ETag/Last-Modified/size). */
   private readonly urls = new Map<string, { digest: string; validator: string }>();
   private readonly closer = new AbortController();
@@ -124,6 +133,8 @@ export class SeedFiles implements SeedFileProvider {
     const digest = query.get('digest') ?? undefined;
     if (digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(digest))
       throw DfError.invalidArgument(`digest ${digest.slice(0, 80)} is not sha256:<64 hex>`);
+    const refused = digest !== undefined ? this.refusedFor(digest) : undefined;
+    if (refused) throw refused;
     const repo = query.get('repo');
     let origin: FileOrigin;
     let f: SeedFile | undefined;
@@ -345,6 +356,7 @@ export class SeedFiles implements SeedFileProvider {
     } catch (err) {
       discard(body);
       const e = DfError.from(err, `seed fetch of ${where}`);
+      if (digest && (e.code === 'DIGEST_MISMATCH' || e.code === 'CORRUPT')) this.refuse(digest, e);
       live?.fail(e);
       onLive(undefined);
       throw e;
@@ -359,10 +371,33 @@ export class SeedFiles implements SeedFileProvider {
     }
   }
 
+  private refuse(digest: string, err: DfError): void {
+    this.refused.delete(digest);
+    if (this.refused.size >= MAX_REFUSED) this.refused.delete(this.refused.keys().next().value!);
+    this.refused.set(digest, { err, at: this.now() });
+  }
+
+  /** The mismatch the origin of `digest` gave within REFUSED_MS, if any. */
+  private refusedFor(digest: string): DfError | undefined {
+    const r = this.refused.get(digest);
+    if (r && this.now() - r.at < REFUSED_MS) return r.err;
+    if (r) this.refused.delete(digest);
+    return undefined;
+  }
+
   /** The file held under `digest`, served to nodes piece by piece (undefined: not a file of this seed). */
   served(digest: string): ServedBlob | undefined {
     const f = this.files.get(digest);
-    if (!f) return this.filling.get(digest)?.served(() => this.files.get(digest) && this.served(digest));
+    if (!f) {
+      const live = this.filling.get(digest);
+      if (live) return live.served(() => this.files.get(digest) && this.served(digest));
+      const refused = this.refusedFor(digest);
+      if (!refused) return undefined;
+      return {
+        size: Number.MAX_SAFE_INTEGER,
+        read: () => Promise.reject(refused),
+      };
+    }
     f.lastUsed = this.now();
     return {
       size: f.table.size,

@@ -299,6 +299,8 @@ export class BlockServer {
         this.counters.deferred++;
         return fail(409, e.message);
       }
+      // a seed's origin sent another file than the digest named: the seed is fine, the file is not
+      if (e.code === 'DIGEST_MISMATCH') return fail(502, e.message);
       fail(
         e.code === 'NOT_FOUND' ? 404 : e.code === 'FORBIDDEN' ? 403 : e.code === 'TIMEOUT' ? 504 : 503,
         e.message,

@@ -113,6 +113,8 @@ export class HttpBlockClient {
       if (res.statusCode === 409) throw deferredBySource(failure);
       if (res.statusCode === 401) throw new DfError('UNAUTHORIZED', `${failure} (check p2p.clusterToken)`);
       if (res.statusCode === 504) throw DfError.timeout(failure);
+      // a seed whose origin sent another file than the digest (block-server.ts)
+      if (res.statusCode === 502) throw new DfError('DIGEST_MISMATCH', failure);
       throw new DfError('NETWORK', failure);
     }
     if (res.got !== length) throw new DfError('NETWORK', `${what}: got ${res.got} of ${length} bytes`);
