@@ -227,7 +227,9 @@ export class ClusterBlobs {
         signal: e.abort.signal,
         refresh,
         concurrency: CONCURRENCY,
-        window: WINDOW,
+        // a blob the seed still fetches arrives in file order: asked for in that order (nodes that ask for
+        // the same piece at once are told to take it from the node it goes to)
+        window: table.filling ? 1 : WINDOW,
         onPiece: (_u, n, from) => (this.bytes[from] = (this.bytes[from] ?? 0) + n),
       });
       await e.cache.flush(e.abort.signal);

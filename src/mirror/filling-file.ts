@@ -130,9 +130,10 @@ export class FillingFile {
   }
 
   /** A ServedBlob of the file while it fills: reads wait for their pieces, each piece's digest is told. */
-  served(after: () => ServedBlob | undefined): ServedBlob {
+  served(after: () => ServedBlob | undefined): ServedBlob & { readonly layout: PieceLayout } {
     return {
       size: this.size,
+      layout: this.layout,
       read: async (offset, length, signal, hint) =>
         (await this.read(offset, length, signal, hint?.alive)) ?? after()?.read(offset, length, signal),
       pieceDigest: (offset, length) => this.pieceDigest(offset, length),

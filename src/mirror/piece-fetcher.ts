@@ -1,6 +1,7 @@
 import type { BlobCache } from '../cache/blob-cache.js';
 import { DfError } from '../errors.js';
 import {
+  isDeferred,
   isSourceUnavailable,
   Priority,
   type BlobRef,
@@ -73,9 +74,10 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
     const offset = layout.offset(u);
     const length = layout.length(u);
     let last: unknown;
-    for (let round = 0; round < rounds; round++) {
-      if (round) await sleep(timers, Math.min(200 * 2 ** round, 5000), signal);
+    let deferrals = 0;
+    for (let round = 0; round < rounds;) {
       if (!table.pieces[u] && refresh) await refresh(signal);
+      let deferred = false;
       for (const src of opts.sources) {
         const known = table.pieces[u];
         // a piece the table does not list yet: only the seed, which is fetching it, vouches for its bytes
@@ -83,12 +85,18 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
         let data: Buffer;
         let claimed: Buffer | undefined;
         try {
+          // planned: a seed that is sending this piece to another node defers it (taken from that node)
           data = await src.fetch(blob, offset, length, signal, {
             priority: Priority.Fill,
+            planned: true,
             ...(known ? {} : { pieceDigest: (d: Buffer) => (claimed = d) }),
           });
         } catch (err) {
           if (signal.aborted) throw DfError.from(signal.reason);
+          if (isDeferred(err)) {
+            deferred = true;
+            break;
+          }
           // the seed's origin sent another file: no source will have the one asked for
           if (DfError.from(err).code === 'DIGEST_MISMATCH') throw err;
           if (isSourceUnavailable(err)) {
@@ -115,6 +123,12 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
         opts.onPiece?.(u, length, src.kind);
         return;
       }
+      // on its way to another node: asked again shortly (peers first), not counted as a failed round
+      if (deferred && deferrals++ < MAX_DEFERRALS) {
+        await sleep(timers, DEFER_MS, signal);
+        continue;
+      }
+      if (++round < rounds) await sleep(timers, Math.min(200 * 2 ** round, 5000), signal);
     }
     throw DfError.from(last ?? DfError.notFound('no source'), `piece ${u} of ${table.digest}`);
   };
@@ -142,6 +156,10 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
   if (all) delete table.filling;
   return bytes;
 }
+
+/** A deferred piece is asked for again after this long (ms), at most MAX_DEFERRALS times. */
+const DEFER_MS = 250;
+const MAX_DEFERRALS = 120;
 
 /** Minimum time between two refreshes of a filling table (ms). */
 const REFRESH_MS = 1000;

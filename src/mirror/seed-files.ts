@@ -7,6 +7,7 @@ import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { ServedBlob } from '../p2p/block-server.js';
 import type { SeedFileProvider } from '../p2p/seed.js';
+import type { Units } from '../p2p/unit-layout.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseReference, type ImageReference } from '../registry/reference.js';
 import type { TokenBucket } from '../util/token-bucket.js';
@@ -386,7 +387,7 @@ export class SeedFiles implements SeedFileProvider {
   }
 
   /** The file held under `digest`, served to nodes piece by piece (undefined: not a file of this seed). */
-  served(digest: string): ServedBlob | undefined {
+  served(digest: string): (ServedBlob & { readonly layout: Units }) | undefined {
     const f = this.files.get(digest);
     if (!f) {
       const live = this.filling.get(digest);
@@ -395,12 +396,14 @@ export class SeedFiles implements SeedFileProvider {
       if (!refused) return undefined;
       return {
         size: Number.MAX_SAFE_INTEGER,
+        layout: new PieceLayout(Number.MAX_SAFE_INTEGER, PIECE_SIZE),
         read: () => Promise.reject(refused),
       };
     }
     f.lastUsed = this.now();
     return {
       size: f.table.size,
+      layout: f.layout,
       read: async (offset, length, signal) => {
         if (!f.layout.unitsFor(offset, length) || !this.files.has(digest)) return undefined;
         f.lastUsed = this.now();

@@ -22,7 +22,7 @@ import { trackerAddress } from './rendezvous.js';
 import { loadTls, type TlsMaterial } from './tls.js';
 import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
-import { UnitLayout } from './unit-layout.js';
+import { UnitLayout, type Units } from './unit-layout.js';
 
 /** Largest registry request of a seed (its fill and nodes' misses). */
 const SEED_RUN_BYTES = 1024 * 1024;
@@ -49,8 +49,8 @@ export interface SeedFileProvider {
   init(): Promise<void>;
   /** The piece table asked for by `GET /files/table?...` (block-server.ts). */
   table(query: URLSearchParams, signal: AbortSignal): Promise<Buffer>;
-  /** The file held under `digest`, undefined when it is not a file of this seed. */
-  served(digest: string): ServedBlob | undefined;
+  /** The file held (or being fetched) under `digest` and its pieces; undefined when not a file of this seed. */
+  served(digest: string): (ServedBlob & { readonly layout: Units }) | undefined;
   releaseIdle(idleMs: number): Promise<void>;
   close(): Promise<void>;
 }
@@ -183,7 +183,7 @@ export class Seed implements BlobProvider {
 
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
     const file = this.files?.served(digest);
-    if (file) return file;
+    if (file) return this.trackedFile(digest, file);
     let ref: ImageReference | undefined;
     if (!this.blobs.has(digest)) {
       if (!hint.repo) return undefined;
@@ -245,20 +245,46 @@ export class Seed implements BlobProvider {
   ): Promise<Buffer>[] {
     const units: number[] = [];
     for (let u = r[0]; u <= r[1]; u++) units.push(u);
-    const peer = h?.peer;
-    if (peer) {
-      // a planned fill run for units already on their way to another node: take them from there
-      if (h.defer && this.tracker.pendingAtOthers(digest, peer, units)) {
-        throw deferredBySource(`${digest} ${offset}+${length} is on its way to another node`);
-      }
-      // the tracker tells the other nodes that these units are on their way to `peer`
-      this.tracker.assume(digest, peer, units);
-    }
+    this.claim(digest, h, units, `${digest} ${offset}+${length}`);
     const parts = b.layer.fetcher.unitParts(units, Priority.Blocked, sig);
     const from = offset - b.layout.offset(r[0]);
     const to = offset + length - b.layout.offset(r[1]);
     const last = parts.length - 1;
     return parts.map((p, i) => p.then((x) => x.subarray(i === 0 ? from : 0, i === last ? to : x.length)));
+  }
+
+  /**
+   * The tracker learns that `units` are on their way to the requesting node (and tells the other nodes);
+   * a planned request for units already on their way to another node is deferred (DEFERRED): the node
+   * takes them from that node instead, so that the seed sends each unit about once.
+   */
+  private claim(digest: string, h: BlobHint | undefined, units: number[], what: string): void {
+    const peer = h?.peer;
+    if (!peer) return;
+    if (h.defer && this.tracker.pendingAtOthers(digest, peer, units))
+      throw deferredBySource(`${what} is on its way to another node`);
+    this.tracker.assume(digest, peer, units);
+  }
+
+  /** A raw file's pieces, claimed like a DFB layer's blocks (claim) before they are read. */
+  private trackedFile(digest: string, file: ServedBlob & { readonly layout: Units }): ServedBlob {
+    return {
+      size: file.size,
+      read: async (offset, length, sig, h) => {
+        const r = file.layout.unitsFor(offset, length);
+        if (r) {
+          const units: number[] = [];
+          for (let u = r[0]; u <= r[1]; u++) units.push(u);
+          this.claim(digest, h, units, `${digest} ${offset}+${length}`);
+        }
+        return file.read(offset, length, sig, h);
+      },
+      pieceDigest: file.pieceDigest && ((offset, length) => file.pieceDigest!(offset, length)),
+      undelivered: (offset, length, peer) => {
+        const r = file.layout.unitsFor(offset, length);
+        if (r) this.tracker.unassume(digest, peer, r[0], r[1]);
+      },
+    };
   }
 
   /** The open blob, or opens it (from `ref`; every caller of a digest shares one open). */

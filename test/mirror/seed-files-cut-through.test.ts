@@ -31,7 +31,7 @@ async function feedOrigin(body: Buffer) {
   let gets = 0;
   let answered!: () => void;
   const started = new Promise<void>((r) => (answered = r));
-  const server = createServer((req, r) => {
+  const server = createServer((_req, r) => {
     gets++;
     sent = 0;
     r.writeHead(200, { 'content-length': body.length });
