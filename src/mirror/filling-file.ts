@@ -84,10 +84,8 @@ export class FillingFile {
 
   /** SHA-256 (hex) of the piece that is exactly [offset, offset+length), when it is readable. */
   pieceDigest(offset: number, length: number): string | undefined {
-    const r = this.layout.unitsFor(offset, length);
-    if (!r || r[0] !== r[1] || offset !== this.layout.offset(r[0]) || length !== this.layout.length(r[0]))
-      return undefined;
-    return r[0] < this.ready ? this.hasher.completed[r[0]]?.toString('hex') : undefined;
+    const u = this.layout.pieceAt(offset, length);
+    return u !== undefined && u < this.ready ? this.hasher.completed[u]?.toString('hex') : undefined;
   }
 
   /**

@@ -67,6 +67,13 @@ export class PieceLayout implements Units {
     return [Math.floor(offset / this.pieceSize), Math.floor((offset + length - 1) / this.pieceSize)];
   }
 
+  /** The piece that is exactly [offset, offset+length), else undefined. */
+  pieceAt(offset: number, length: number): number | undefined {
+    const r = this.unitsFor(offset, length);
+    if (!r || r[0] !== r[1] || offset !== this.offset(r[0]) || length !== this.length(r[0])) return undefined;
+    return r[0];
+  }
+
   /**
    * The cache layout that gives the bitmap one unit per piece: BlobCache counts blocks 0..n-1 plus a last
    * unit [tocOffset, size), which here is simply the last piece.

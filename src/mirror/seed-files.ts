@@ -404,6 +404,11 @@ export class SeedFiles implements SeedFileProvider {
     return {
       size: f.table.size,
       layout: f.layout,
+      // told with each piece as well: a node may still hold the table of when the file was filling
+      pieceDigest: (offset, length) => {
+        const u = f.layout.pieceAt(offset, length);
+        return u === undefined ? undefined : f.table.pieces[u]?.toString('hex');
+      },
       read: async (offset, length, signal) => {
         if (!f.layout.unitsFor(offset, length) || !this.files.has(digest)) return undefined;
         f.lastUsed = this.now();
