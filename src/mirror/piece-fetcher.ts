@@ -85,10 +85,11 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
         let data: Buffer;
         let claimed: Buffer | undefined;
         try {
-          // planned: a seed that is sending this piece to another node defers it (taken from that node)
+          // planned: a seed that is sending this piece to another node (or knows one that holds it) defers it
+          // (taken from that node); after MAX_DEFERRALS, asked for without that option: served
           data = await src.fetch(blob, offset, length, signal, {
             priority: Priority.Fill,
-            planned: true,
+            planned: deferrals < MAX_DEFERRALS,
             ...(known ? {} : { pieceDigest: (d: Buffer) => (claimed = d) }),
           });
         } catch (err) {
@@ -124,7 +125,8 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
         return;
       }
       // on its way to another node: asked again shortly (peers first), not counted as a failed round
-      if (deferred && deferrals++ < MAX_DEFERRALS) {
+      if (deferred) {
+        deferrals++;
         await sleep(timers, DEFER_MS, signal);
         continue;
       }
@@ -157,9 +159,12 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
   return bytes;
 }
 
-/** A deferred piece is asked for again after this long (ms), at most MAX_DEFERRALS times. */
+/**
+ * A deferred piece is asked for again after this long (ms); after MAX_DEFERRALS, the seed is asked without
+ * letting it defer (the node it named may be unreachable from here).
+ */
 const DEFER_MS = 250;
-const MAX_DEFERRALS = 120;
+const MAX_DEFERRALS = 40;
 
 /** Minimum time between two refreshes of a filling table (ms). */
 const REFRESH_MS = 1000;

@@ -258,15 +258,26 @@ export class Seed implements BlobProvider {
    * a planned request for units already on their way to another node is deferred (DEFERRED): the node
    * takes them from that node instead, so that the seed sends each unit about once.
    */
-  private claim(digest: string, h: BlobHint | undefined, units: number[], what: string): void {
+  private claim(
+    digest: string,
+    h: BlobHint | undefined,
+    units: number[],
+    what: string,
+    heldToo = false,
+  ): void {
     const peer = h?.peer;
     if (!peer) return;
-    if (h.defer && this.tracker.pendingAtOthers(digest, peer, units))
-      throw deferredBySource(`${what} is on its way to another node`);
+    const elsewhere = heldToo
+      ? this.tracker.elsewhere(digest, peer, units)
+      : this.tracker.pendingAtOthers(digest, peer, units);
+    if (h.defer && elsewhere) throw deferredBySource(`${what} is on its way to (or at) another node`);
     this.tracker.assume(digest, peer, units);
   }
 
-  /** A raw file's pieces, claimed like a DFB layer's blocks (claim) before they are read. */
+  /**
+   * A raw file's pieces, claimed like a DFB layer's blocks (claim) before they are read; a planned request
+   * is also deferred for a piece another node holds.
+   */
   private trackedFile(digest: string, file: ServedBlob & { readonly layout: Units }): ServedBlob {
     return {
       size: file.size,
@@ -275,7 +286,9 @@ export class Seed implements BlobProvider {
         if (r) {
           const units: number[] = [];
           for (let u = r[0]; u <= r[1]; u++) units.push(u);
-          this.claim(digest, h, units, `${digest} ${offset}+${length}`);
+          // held by another node too: a node fetches a raw file in file order, and takes a piece another
+          // node just got from that node (after a lookup) rather than from the seed again
+          this.claim(digest, h, units, `${digest} ${offset}+${length}`, true);
         }
         return file.read(offset, length, sig, h);
       },
