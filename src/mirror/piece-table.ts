@@ -2,8 +2,24 @@ import { createHash, type Hash } from 'node:crypto';
 import { DfError } from '../errors.js';
 import type { Units } from '../p2p/unit-layout.js';
 
-/** The piece size a seed cuts raw files into (bytes): one range request per piece, well under 16 MiB. */
+/** The piece size of a raw file whose size is not known before it is fetched (bytes). */
 export const PIECE_SIZE = 4 * 1024 * 1024;
+
+/** Pieces of a file of known size: at most about this many, each 1..16 MiB (a power of two). */
+const TARGET_PIECES = 4096;
+const SMALLEST_PIECE = 1024 * 1024;
+
+/**
+ * The piece size a seed cuts a raw file of `size` bytes into: 1 MiB up to 4 GiB, then the power of two that
+ * keeps about 4,096 pieces, at most 16 MiB. Small pieces keep cut-through quick (a piece is served once all
+ * its bytes are in: the first bytes reach a node one piece after they reach the seed); the cap keeps tables
+ * small (a 1 TiB file: 65,536 pieces, a 4.4 MB table).
+ */
+export function pieceSizeFor(size: number): number {
+  let p = SMALLEST_PIECE;
+  while (p < MAX_PIECE && p * TARGET_PIECES < size) p *= 2;
+  return p;
+}
 
 /** Piece sizes a node accepts from a seed's table. */
 const MIN_PIECE = 64 * 1024;

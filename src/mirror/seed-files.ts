@@ -11,7 +11,14 @@ import type { Units } from '../p2p/unit-layout.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseReference, type ImageReference } from '../registry/reference.js';
 import type { TokenBucket } from '../util/token-bucket.js';
-import { encodeTable, PieceHasher, PieceLayout, PIECE_SIZE, type PieceTable } from './piece-table.js';
+import {
+  encodeTable,
+  PieceHasher,
+  PieceLayout,
+  pieceSizeFor,
+  PIECE_SIZE,
+  type PieceTable,
+} from './piece-table.js';
 import { FillingFile } from './filling-file.js';
 import { discard, originRequest, originUrl, originValidator } from './origin.js';
 
@@ -207,13 +214,13 @@ export class SeedFiles implements SeedFileProvider {
     if (!known) return undefined;
     const cache = await this.opts.cache.open({ digest, size: known.size }, signal);
     try {
-      const layout = new PieceLayout(known.size, PIECE_SIZE);
+      const layout = new PieceLayout(known.size, pieceSizeFor(known.size));
       // complete under any layout (pieces, or a DFB layer's blocks): the same bytes, served as they are
       if (!cache.isComplete) {
         await this.opts.cache.release(cache);
         return undefined;
       }
-      const hasher = new PieceHasher(PIECE_SIZE);
+      const hasher = new PieceHasher(layout.pieceSize);
       for (let u = 0; u < layout.units; u++)
         hasher.update(await cache.read(layout.offset(u), layout.length(u), signal));
       const table = hasher.finish();
@@ -281,7 +288,8 @@ export class SeedFiles implements SeedFileProvider {
     this.log.info({ from: where }, 'seed fetches a file from its origin');
     const { body, validator, size } = await origin.open(signal);
     const path = join(this.tmp, randomBytes(8).toString('hex'));
-    const hasher = new PieceHasher(PIECE_SIZE);
+    // the size the origin announced sets the pieces (the same as when held() hashes the file again)
+    const hasher = new PieceHasher(size !== undefined && size > 0 ? pieceSizeFor(size) : PIECE_SIZE);
     let fh: FileHandle | undefined;
     let live: FillingFile | undefined;
     try {
@@ -315,8 +323,10 @@ export class SeedFiles implements SeedFileProvider {
       } finally {
         clearTimeout(idle);
       }
-      const table = hasher.finish();
+      let table = hasher.finish();
       if (table.size === 0) throw DfError.unsupported(`the file at ${where} is empty: nothing to distribute`);
+      // a size learnt only at the end: the table is cut as for a known size (as held() would cut it)
+      if (table.pieceSize !== pieceSizeFor(table.size)) table = await rehash(fh, table.size, signal);
       if (size !== undefined && table.size !== size)
         throw DfError.corrupt(`${where} sent ${table.size} of the ${size} bytes it announced`);
       if (digest && table.digest !== digest)
@@ -433,6 +443,21 @@ export class SeedFiles implements SeedFileProvider {
     for (const f of this.files.values()) await this.opts.cache.release(f.cache).catch(() => undefined);
     this.files.clear();
   }
+}
+
+/** The piece table of the `size` bytes of `fh`, cut by pieceSizeFor (read piece by piece). */
+async function rehash(fh: FileHandle, size: number, signal: AbortSignal): Promise<PieceTable> {
+  const layout = new PieceLayout(size, pieceSizeFor(size));
+  const hasher = new PieceHasher(layout.pieceSize);
+  const buf = Buffer.allocUnsafe(layout.pieceSize);
+  for (let u = 0; u < layout.units; u++) {
+    signal.throwIfAborted();
+    const n = layout.length(u);
+    const { bytesRead } = await fh.read(buf, 0, n, layout.offset(u));
+    if (bytesRead !== n) throw DfError.internal('seed temp file is short');
+    hasher.update(buf.subarray(0, n));
+  }
+  return hasher.finish();
 }
 
 /** A URL as the origin of a file: a GET without credentials, redirects not followed. */

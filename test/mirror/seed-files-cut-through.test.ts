@@ -13,12 +13,13 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CacheManager } from '../../src/cache/cache-manager.js';
-import { decodeTable, PIECE_SIZE } from '../../src/mirror/piece-table.js';
+import { decodeTable, pieceSizeFor } from '../../src/mirror/piece-table.js';
 import { SeedFiles } from '../../src/mirror/seed-files.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { tempDir } from '../helpers/temp.js';
 
-const P = PIECE_SIZE;
+/** The piece size of the files here (1 MiB: pieceSizeFor of a few MiB). */
+const P = pieceSizeFor(3 * 1024 * 1024);
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();

@@ -43,11 +43,12 @@ describe('seed files', () => {
     expect(t.origin.requests.get).toBe(1);
     const table = decodeTable(answers[0]!, sha256Digest(data));
     expect(answers.every((a) => a.equals(answers[0]!))).toBe(true);
-    expect(table.pieces).toHaveLength(3);
+    // 1 MiB pieces (pieceSizeFor): the last one is a single byte
+    expect(table.pieces).toHaveLength(10);
     const served = t.files.served(table.digest)!;
     expect(served.size).toBe(data.length);
-    const piece = (await served.read(8 * 1024 * 1024, data.length - 8 * 1024 * 1024, t.signal)) as Buffer;
-    verifyPiece(table, 2, piece);
+    const piece = (await served.read(9 * 1024 * 1024, 1, t.signal)) as Buffer;
+    verifyPiece(table, 9, piece);
     expect(t.files.served(sha256Digest('not held'))).toBeUndefined();
   });
 
