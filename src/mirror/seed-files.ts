@@ -439,7 +439,7 @@ export class SeedFiles implements SeedFileProvider {
 
   async close(): Promise<void> {
     this.closer.abort(DfError.aborted('seed closed'));
-    await Promise.allSettled([...this.fetching.values()]);
+    await Promise.allSettled([...this.fetching.values()].map((f) => f.file));
     for (const f of this.files.values()) await this.opts.cache.release(f.cache).catch(() => undefined);
     this.files.clear();
   }

@@ -5,7 +5,7 @@ import { BlockMemoryCache } from '../fetch/block-memory-cache.js';
 import { FetchStats } from '../fetch/fetch-stats.js';
 import { RegistryBlockSource } from '../fetch/registry-block-source.js';
 import { FetchScheduler } from '../fetch/scheduler.js';
-import { deferredBySource, Priority, sourceUnavailable } from '../fetch/types.js';
+import { Priority, sourceUnavailable } from '../fetch/types.js';
 import type { Layer } from '../layer/layer.js';
 import { LayerStore, layerOptionsFrom } from '../layer/layer-store.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -22,6 +22,7 @@ import { trackerAddress } from './rendezvous.js';
 import { loadTls, type TlsMaterial } from './tls.js';
 import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
+import { claimUnits, trackedFile } from './seed-claims.js';
 import { UnitLayout, type Units } from './unit-layout.js';
 
 /** Largest registry request of a seed (its fill and nodes' misses). */
@@ -183,7 +184,7 @@ export class Seed implements BlobProvider {
 
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
     const file = this.files?.served(digest);
-    if (file) return this.trackedFile(digest, file);
+    if (file) return trackedFile(this.tracker, digest, file);
     let ref: ImageReference | undefined;
     if (!this.blobs.has(digest)) {
       if (!hint.repo) return undefined;
@@ -245,59 +246,12 @@ export class Seed implements BlobProvider {
   ): Promise<Buffer>[] {
     const units: number[] = [];
     for (let u = r[0]; u <= r[1]; u++) units.push(u);
-    this.claim(digest, h, units, `${digest} ${offset}+${length}`);
+    claimUnits(this.tracker, digest, h, units, `${digest} ${offset}+${length}`);
     const parts = b.layer.fetcher.unitParts(units, Priority.Blocked, sig);
     const from = offset - b.layout.offset(r[0]);
     const to = offset + length - b.layout.offset(r[1]);
     const last = parts.length - 1;
     return parts.map((p, i) => p.then((x) => x.subarray(i === 0 ? from : 0, i === last ? to : x.length)));
-  }
-
-  /**
-   * The tracker learns that `units` are on their way to the requesting node (and tells the other nodes);
-   * a planned request for units already on their way to another node is deferred (DEFERRED): the node
-   * takes them from that node instead, so that the seed sends each unit about once.
-   */
-  private claim(
-    digest: string,
-    h: BlobHint | undefined,
-    units: number[],
-    what: string,
-    heldToo = false,
-  ): void {
-    const peer = h?.peer;
-    if (!peer) return;
-    const elsewhere = heldToo
-      ? this.tracker.elsewhere(digest, peer, units)
-      : this.tracker.pendingAtOthers(digest, peer, units);
-    if (h.defer && elsewhere) throw deferredBySource(`${what} is on its way to (or at) another node`);
-    this.tracker.assume(digest, peer, units);
-  }
-
-  /**
-   * A raw file's pieces, claimed like a DFB layer's blocks (claim) before they are read; a planned request
-   * is also deferred for a piece another node holds.
-   */
-  private trackedFile(digest: string, file: ServedBlob & { readonly layout: Units }): ServedBlob {
-    return {
-      size: file.size,
-      read: async (offset, length, sig, h) => {
-        const r = file.layout.unitsFor(offset, length);
-        if (r) {
-          const units: number[] = [];
-          for (let u = r[0]; u <= r[1]; u++) units.push(u);
-          // held by another node too: a node fetches a raw file in file order, and takes a piece another
-          // node just got from that node (after a lookup) rather than from the seed again
-          this.claim(digest, h, units, `${digest} ${offset}+${length}`, true);
-        }
-        return file.read(offset, length, sig, h);
-      },
-      pieceDigest: file.pieceDigest && ((offset, length) => file.pieceDigest!(offset, length)),
-      undelivered: (offset, length, peer) => {
-        const r = file.layout.unitsFor(offset, length);
-        if (r) this.tracker.unassume(digest, peer, r[0], r[1]);
-      },
-    };
   }
 
   /** The open blob, or opens it (from `ref`; every caller of a digest shares one open). */
