@@ -16,8 +16,11 @@ import { decodeTable, MAX_TABLE_BYTES, PieceLayout, type PieceTable } from './pi
  * when the registry announces no size, once it fetched the whole blob).
  */
 const TABLE_TIMEOUT_MS = 30 * 60 * 1000;
-/** Pieces in flight per blob, and the window they are taken from in random order (near file order). */
-const CONCURRENCY = 4;
+/**
+ * Bytes of pieces in flight per blob (4 to 8 pieces: small pieces hide the latency of pieces deferred to
+ * other nodes), and the window they are taken from in random order (near file order).
+ */
+const INFLIGHT_BYTES = 8 * 1024 * 1024;
 const WINDOW = 8;
 /** A blob stays in the swarm (its pieces served to peers) this long after its last reader. */
 const LINGER_MS = 120_000;
@@ -226,7 +229,7 @@ export class ClusterBlobs {
         sources,
         signal: e.abort.signal,
         refresh,
-        concurrency: CONCURRENCY,
+        concurrency: Math.min(8, Math.max(4, Math.floor(INFLIGHT_BYTES / table.pieceSize))),
         // a blob the seed still fetches arrives in file order: asked for in that order (nodes that ask for
         // the same piece at once are told to take it from the node it goes to)
         window: table.filling ? 1 : WINDOW,

@@ -34,7 +34,7 @@ export interface PieceFetchOptions {
   /**
    * A table still filling at the seed (cut-through): asks the seed for its table again, so that the pieces
    * it has hashed since can be taken from peers too (called when a piece's digest is not known; at most
-   * once a second, one call at a time). Without it, such a piece comes from the seed only, checked against
+   * twice a second, one call at a time). Without it, such a piece comes from the seed only, checked against
    * the digest the seed sends with it.
    */
   refresh?: (signal: AbortSignal) => Promise<PieceTable>;
@@ -167,7 +167,7 @@ const DEFER_MS = 250;
 const MAX_DEFERRALS = 40;
 
 /** Minimum time between two refreshes of a filling table (ms). */
-const REFRESH_MS = 1000;
+const REFRESH_MS = 500;
 
 /**
  * The refresh of a filling table: one call at a time, at most every REFRESH_MS, its answer merged into
