@@ -180,6 +180,9 @@ export class ClusterBlobs {
     } catch (err) {
       this.log.debug({ err, digest: req.digest }, 'mirror: blob not joined to the swarm');
     }
+    // the seed learns of this node first (bounded: the tracker client has its own deadline), so that it
+    // can defer other nodes' requests for the pieces it sends here from the first piece on
+    if (table.filling) await member?.announced;
     const e = this.add(req.digest, cache, 'cluster', member);
     e.layout = layout;
     e.removeListener = cache.addUnitListener({ present: () => wake(e), reset: () => wake(e) });

@@ -94,6 +94,8 @@ async function throughCluster(opts: GetFileOptions): Promise<GetFileResult | str
       await cache.setLayout(blockCount, tocOffset, opts.signal);
       opts.onStart?.(table.size, cache.filledBytes);
       const member = p2p.joinUnits({ blob: { digest: table.digest, size: table.size }, layout, cache });
+      // known to the seed's tracker before the first piece (see ClusterBlobs)
+      if (filling) await member.announced;
       let bytes: BytesBySource;
       try {
         bytes = await fetchPieces({
