@@ -29,6 +29,11 @@ export interface FetchContext {
    * units before its last ones arrive (cut-through: a seed forwards a block as soon as it is verified).
    */
   progress?: (data: Buffer, filled: number) => void;
+  /**
+   * Optional: told the SHA-256 a seed sent with the range (one piece of a raw file it is still fetching,
+   * whose digest the node's piece table does not list yet).
+   */
+  pieceDigest?: (sha256: Buffer) => void;
 }
 
 /** A blob as the fetch layer sees it. */

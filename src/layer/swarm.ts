@@ -11,6 +11,11 @@ export interface SwarmMembership {
   readonly fillCounters?: Readonly<Record<string, number>>;
   /** Stops serving and announcing the layer's units; resolves when the tracker was told or gave up. */
   leave(): Promise<void>;
+  /**
+   * Settles when the first announce was answered or failed: until then the seed does not know the node, so
+   * it cannot tell others that a unit is on its way to it (and defer their requests for it).
+   */
+  readonly announced?: Promise<void>;
 }
 
 /**

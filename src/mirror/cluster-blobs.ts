@@ -11,10 +11,16 @@ import { childSignal, realTimers } from '../util/timers.js';
 import { fetchPieces, type BytesBySource } from './piece-fetcher.js';
 import { decodeTable, MAX_TABLE_BYTES, PieceLayout, type PieceTable } from './piece-table.js';
 
-/** How long the mirror waits for a seed's piece table (the seed fetches the whole blob first). */
+/**
+ * How long the mirror waits for a seed's piece table (the seed answers once the registry answered, or,
+ * when the registry announces no size, once it fetched the whole blob).
+ */
 const TABLE_TIMEOUT_MS = 30 * 60 * 1000;
-/** Pieces in flight per blob, and the window they are taken from in random order (near file order). */
-const CONCURRENCY = 4;
+/**
+ * Bytes of pieces in flight per blob (4 to 8 pieces: small pieces hide the latency of pieces deferred to
+ * other nodes), and the window they are taken from in random order (near file order).
+ */
+const INFLIGHT_BYTES = 8 * 1024 * 1024;
 const WINDOW = 8;
 /** A blob stays in the swarm (its pieces served to peers) this long after its last reader. */
 const LINGER_MS = 120_000;
@@ -137,13 +143,9 @@ export class ClusterBlobs {
     const tq = childSignal(signal, TABLE_TIMEOUT_MS, realTimers, 'piece table');
     let table: PieceTable;
     let seed: string;
+    const query = { repo: `${req.registry}/${req.repository}`, digest: req.digest };
     try {
-      const got = await p2p.fileTable(
-        req.digest,
-        { repo: `${req.registry}/${req.repository}`, digest: req.digest },
-        MAX_TABLE_BYTES,
-        tq.signal,
-      );
+      const got = await p2p.fileTable(req.digest, query, MAX_TABLE_BYTES, tq.signal);
       seed = got.seed;
       table = decodeTable(got.table, req.digest);
     } catch (err) {
@@ -178,10 +180,24 @@ export class ClusterBlobs {
     } catch (err) {
       this.log.debug({ err, digest: req.digest }, 'mirror: blob not joined to the swarm');
     }
+    // the seed learns of this node first (bounded: the tracker client has its own deadline), so that it
+    // can defer other nodes' requests for the pieces it sends here from the first piece on
+    if (table.filling) await member?.announced;
     const e = this.add(req.digest, cache, 'cluster', member);
     e.layout = layout;
     e.removeListener = cache.addUnitListener({ present: () => wake(e), reset: () => wake(e) });
-    e.done = this.fill(e, table, [p2p.peers, p2p.seedFor(seed), req.origin]);
+    // a table still filling at the seed: asked again (of the same seed) for the pieces hashed since
+    const refresh = async (sig: AbortSignal) => {
+      const got = await p2p.fileTable(req.digest, query, MAX_TABLE_BYTES, sig);
+      if (got.seed !== seed) throw new DfError('FAILED_PRECONDITION', 'another seed answered');
+      return decodeTable(got.table, req.digest);
+    };
+    e.done = this.fill(
+      e,
+      table,
+      [p2p.peers, p2p.seedFor(seed), req.origin],
+      table.filling ? refresh : undefined,
+    );
     return e;
   }
 
@@ -202,15 +218,24 @@ export class ClusterBlobs {
     return e;
   }
 
-  private async fill(e: Entry, table: PieceTable, sources: BlockSource[]): Promise<void> {
+  private async fill(
+    e: Entry,
+    table: PieceTable,
+    sources: BlockSource[],
+    refresh: ((signal: AbortSignal) => Promise<PieceTable>) | undefined,
+  ): Promise<void> {
+    const filling = table.filling === true;
     try {
       e.bytes = await fetchPieces({
         table,
         cache: e.cache,
         sources,
         signal: e.abort.signal,
-        concurrency: CONCURRENCY,
-        window: WINDOW,
+        refresh,
+        concurrency: Math.min(8, Math.max(4, Math.floor(INFLIGHT_BYTES / table.pieceSize))),
+        // a blob the seed still fetches arrives in file order: asked for in that order (nodes that ask for
+        // the same piece at once are told to take it from the node it goes to)
+        window: table.filling ? 1 : WINDOW,
         onPiece: (_u, n, from) => (this.bytes[from] = (this.bytes[from] ?? 0) + n),
       });
       await e.cache.flush(e.abort.signal);
@@ -220,6 +245,9 @@ export class ClusterBlobs {
     } catch (err) {
       e.failed = err;
       if (!e.abort.signal.aborted) this.log.warn({ err, digest: e.digest }, 'mirror: cluster fetch failed');
+      // pieces checked against a table the seed was still filling: the registry's blob was not checked
+      // whole yet, so they are not kept for a later fetch
+      if (filling) await e.cache.drop().catch(() => undefined);
     } finally {
       e.finished = true;
       wake(e);

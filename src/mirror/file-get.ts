@@ -86,6 +86,7 @@ async function throughCluster(opts: GetFileOptions): Promise<GetFileResult | str
       tq.dispose();
     }
     const table = decodeTable(got.table, src.digest);
+    const filling = table.filling === true;
     const layout = new PieceLayout(table.size, table.pieceSize);
     const cache = await caches.open({ digest: table.digest, size: table.size }, opts.signal);
     try {
@@ -93,6 +94,8 @@ async function throughCluster(opts: GetFileOptions): Promise<GetFileResult | str
       await cache.setLayout(blockCount, tocOffset, opts.signal);
       opts.onStart?.(table.size, cache.filledBytes);
       const member = p2p.joinUnits({ blob: { digest: table.digest, size: table.size }, layout, cache });
+      // known to the seed's tracker before the first piece (see ClusterBlobs)
+      if (filling) await member.announced;
       let bytes: BytesBySource;
       try {
         bytes = await fetchPieces({
@@ -100,9 +103,22 @@ async function throughCluster(opts: GetFileOptions): Promise<GetFileResult | str
           cache,
           signal: opts.signal,
           sources: [p2p.peers, p2p.seedFor(got.seed), src.pieces],
+          // a table still filling at the seed (cut-through): asked again of the same seed
+          refresh: filling
+            ? async (sig) => {
+                const again = await p2p.fileTable(src.key, src.query, MAX_TABLE_BYTES, sig);
+                if (again.seed !== got.seed)
+                  throw new DfError('FAILED_PRECONDITION', 'another seed answered');
+                return decodeTable(again.table, src.digest);
+              }
+            : undefined,
           onPiece: (_u, n) => opts.onBytes?.(n),
         });
         await cache.flush(opts.signal);
+      } catch (err) {
+        // pieces checked against a table still filling (the whole file not checked yet): not kept
+        if (filling && !opts.signal.aborted) await cache.drop().catch(() => undefined);
+        throw err;
       } finally {
         await member.leave();
       }

@@ -1,6 +1,7 @@
 import type { BlobCache } from '../cache/blob-cache.js';
 import { DfError } from '../errors.js';
 import {
+  isDeferred,
   isSourceUnavailable,
   Priority,
   type BlobRef,
@@ -8,7 +9,7 @@ import {
   type SourceKind,
 } from '../fetch/types.js';
 import { realTimers, sleep, type Timers } from '../util/timers.js';
-import { PieceLayout, verifyPiece, type PieceTable } from './piece-table.js';
+import { mergeTable, PieceLayout, verifyPiece, type PieceTable } from './piece-table.js';
 
 /** Bytes that came from each kind of source (`cache`: pieces already held when the fetch started). */
 export type BytesBySource = Partial<Record<SourceKind, number>>;
@@ -30,6 +31,13 @@ export interface PieceFetchOptions {
    * (the registry mirror) while nodes fetching at once still take different pieces.
    */
   window?: number;
+  /**
+   * A table still filling at the seed (cut-through): asks the seed for its table again, so that the pieces
+   * it has hashed since can be taken from peers too (called when a piece's digest is not known; at most
+   * twice a second, one call at a time). Without it, such a piece comes from the seed only, checked against
+   * the digest the seed sends with it.
+   */
+  refresh?: (signal: AbortSignal) => Promise<PieceTable>;
   /** Told of each piece stored (after verification). */
   onPiece?: (piece: number, bytes: number, from: SourceKind) => void;
   timers?: Timers;
@@ -60,19 +68,38 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
       [todo[i], todo[j]] = [todo[j]!, todo[i]!];
     }
   const rounds = opts.rounds ?? 6;
+  const refresh = opts.refresh && refresher(table, opts.refresh, timers);
 
   const one = async (u: number): Promise<void> => {
     const offset = layout.offset(u);
     const length = layout.length(u);
     let last: unknown;
-    for (let round = 0; round < rounds; round++) {
-      if (round) await sleep(timers, Math.min(200 * 2 ** round, 5000), signal);
+    let deferrals = 0;
+    for (let round = 0; round < rounds;) {
+      if (!table.pieces[u] && refresh) await refresh(signal);
+      let deferred = false;
       for (const src of opts.sources) {
+        const known = table.pieces[u];
+        // a piece the table does not list yet: only the seed, which is fetching it, vouches for its bytes
+        if (!known && src.kind !== 'seed') continue;
         let data: Buffer;
+        let claimed: Buffer | undefined;
         try {
-          data = await src.fetch(blob, offset, length, signal, { priority: Priority.Fill });
+          // planned: a seed that is sending this piece to another node (or knows one that holds it) defers it
+          // (taken from that node); after MAX_DEFERRALS, asked for without that option: served
+          data = await src.fetch(blob, offset, length, signal, {
+            priority: Priority.Fill,
+            planned: deferrals < MAX_DEFERRALS,
+            ...(known ? {} : { pieceDigest: (d: Buffer) => (claimed = d) }),
+          });
         } catch (err) {
           if (signal.aborted) throw DfError.from(signal.reason);
+          if (isDeferred(err)) {
+            deferred = true;
+            break;
+          }
+          // the seed's origin sent another file: no source will have the one asked for
+          if (DfError.from(err).code === 'DIGEST_MISMATCH') throw err;
           if (isSourceUnavailable(err)) {
             last ??= err;
             continue;
@@ -83,35 +110,84 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
           continue;
         }
         try {
-          verifyPiece(table, u, data);
+          if (!known && !claimed)
+            throw DfError.corrupt(`piece ${u} of ${table.digest}: the seed sent no digest with it`);
+          verifyPiece(table, u, data, claimed);
         } catch (err) {
           src.badBlock?.(blob, data, 0, length);
           last = err;
           continue;
         }
+        if (!known) table.pieces[u] = claimed!;
         await cache.write(u, offset, data, signal);
         bytes[src.kind] = (bytes[src.kind] ?? 0) + length;
         opts.onPiece?.(u, length, src.kind);
         return;
       }
+      // on its way to another node: asked again shortly (peers first), not counted as a failed round
+      if (deferred) {
+        deferrals++;
+        await sleep(timers, DEFER_MS, signal);
+        continue;
+      }
+      if (++round < rounds) await sleep(timers, Math.min(200 * 2 ** round, 5000), signal);
     }
     throw DfError.from(last ?? DfError.notFound('no source'), `piece ${u} of ${table.digest}`);
   };
 
   let next = 0;
   let failed: unknown;
+  let final = false;
   const worker = async () => {
     // a piece that fails does not stop the others: what is verified stays for the rerun
-    while (next < todo.length && !signal.aborted) {
+    while (next < todo.length && !signal.aborted && !final) {
       const u = todo[next++]!;
       try {
         await one(u);
       } catch (err) {
         failed ??= err;
+        if (DfError.from(err).code === 'DIGEST_MISMATCH') final = true;
       }
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, worker));
   if (failed !== undefined) throw failed;
+  // every piece known (each checked against its digest): the table is the seed's final one
+  let all = table.pieces.length === layout.units;
+  for (let u = 0; all && u < layout.units; u++) all = table.pieces[u] !== undefined;
+  if (all) delete table.filling;
   return bytes;
+}
+
+/**
+ * A deferred piece is asked for again after this long (ms); after MAX_DEFERRALS, the seed is asked without
+ * letting it defer (the node it named may be unreachable from here).
+ */
+const DEFER_MS = 250;
+const MAX_DEFERRALS = 40;
+
+/** Minimum time between two refreshes of a filling table (ms). */
+const REFRESH_MS = 500;
+
+/**
+ * The refresh of a filling table: one call at a time, at most every REFRESH_MS, its answer merged into
+ * `table` (mergeTable); a failed refresh changes nothing (the pieces then come from the seed).
+ */
+function refresher(
+  table: PieceTable,
+  get: (signal: AbortSignal) => Promise<PieceTable>,
+  timers: Timers,
+): (signal: AbortSignal) => Promise<void> {
+  let running: Promise<void> | undefined;
+  let lastAt = -Infinity;
+  return (signal) => {
+    if (running) return running;
+    if (!table.filling || timers.now() - lastAt < REFRESH_MS) return Promise.resolve();
+    lastAt = timers.now();
+    running = get(signal)
+      .then((newer) => mergeTable(table, newer))
+      .catch(() => undefined)
+      .finally(() => (running = undefined));
+    return running;
+  };
 }

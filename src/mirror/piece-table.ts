@@ -2,8 +2,24 @@ import { createHash, type Hash } from 'node:crypto';
 import { DfError } from '../errors.js';
 import type { Units } from '../p2p/unit-layout.js';
 
-/** The piece size a seed cuts raw files into (bytes): one range request per piece, well under 16 MiB. */
+/** The piece size of a raw file whose size is not known before it is fetched (bytes). */
 export const PIECE_SIZE = 4 * 1024 * 1024;
+
+/** Pieces of a file of known size: at most about this many, each 1..16 MiB (a power of two). */
+const TARGET_PIECES = 4096;
+const SMALLEST_PIECE = 1024 * 1024;
+
+/**
+ * The piece size a seed cuts a raw file of `size` bytes into: 1 MiB up to 4 GiB, then the power of two that
+ * keeps about 4,096 pieces, at most 16 MiB. Small pieces keep cut-through quick (a piece is served once all
+ * its bytes are in: the first bytes reach a node one piece after they reach the seed); the cap keeps tables
+ * small (a 1 TiB file: 65,536 pieces, a 4.4 MB table).
+ */
+export function pieceSizeFor(size: number): number {
+  let p = SMALLEST_PIECE;
+  while (p < MAX_PIECE && p * TARGET_PIECES < size) p *= 2;
+  return p;
+}
 
 /** Piece sizes a node accepts from a seed's table. */
 const MIN_PIECE = 64 * 1024;
@@ -26,8 +42,17 @@ export interface PieceTable {
   digest: string;
   size: number;
   pieceSize: number;
-  /** SHA-256 of each piece (32 bytes), in order. */
+  /**
+   * SHA-256 of each piece (32 bytes), in order. While `filling`, only the first pieces (those the seed has
+   * received and hashed so far); the node learns the others from the seed's piece answers or a newer table.
+   */
   pieces: Buffer[];
+  /**
+   * The seed is still fetching the file (cut-through): `digest` is the one the node asked for, checked by
+   * the seed only at the end (the seed withholds the last piece until it matches; the node checks the whole
+   * file too), and `pieces` is a prefix.
+   */
+  filling?: boolean;
 }
 
 export function pieceCount(size: number, pieceSize: number): number {
@@ -58,6 +83,13 @@ export class PieceLayout implements Units {
     return [Math.floor(offset / this.pieceSize), Math.floor((offset + length - 1) / this.pieceSize)];
   }
 
+  /** The piece that is exactly [offset, offset+length), else undefined. */
+  pieceAt(offset: number, length: number): number | undefined {
+    const r = this.unitsFor(offset, length);
+    if (!r || r[0] !== r[1] || offset !== this.offset(r[0]) || length !== this.length(r[0])) return undefined;
+    return r[0];
+  }
+
   /**
    * The cache layout that gives the bitmap one unit per piece: BlobCache counts blocks 0..n-1 plus a last
    * unit [tocOffset, size), which here is simply the last piece.
@@ -75,6 +107,7 @@ export function encodeTable(t: PieceTable): Buffer {
       size: t.size,
       pieceSize: t.pieceSize,
       pieces: t.pieces.map((p) => p.toString('hex')),
+      ...(t.filling ? { filling: true } : {}),
     }),
   );
 }
@@ -96,7 +129,13 @@ export function decodeTable(buf: Buffer, expectedDigest?: string): PieceTable {
   } catch {
     throw DfError.corrupt('piece table is not JSON');
   }
-  const o = j as { digest?: unknown; size?: unknown; pieceSize?: unknown; pieces?: unknown };
+  const o = j as {
+    digest?: unknown;
+    size?: unknown;
+    pieceSize?: unknown;
+    pieces?: unknown;
+    filling?: unknown;
+  };
   const bad = (why: string) => DfError.corrupt(`piece table: ${why}`);
   if (typeof o !== 'object' || o === null) throw bad('not an object');
   if (typeof o.digest !== 'string' || !DIGEST.test(o.digest)) throw bad('digest is not sha256:<64 hex>');
@@ -108,20 +147,42 @@ export function decodeTable(buf: Buffer, expectedDigest?: string): PieceTable {
     o.pieceSize > MAX_PIECE
   )
     throw bad(`piece size must be ${MIN_PIECE}..${MAX_PIECE}`);
-  if (!Array.isArray(o.pieces) || o.pieces.length !== pieceCount(o.size, o.pieceSize))
-    throw bad(`expected ${pieceCount(o.size, o.pieceSize)} pieces`);
+  const filling = o.filling === true;
+  const count = pieceCount(o.size, o.pieceSize);
+  // a table still filling lists the pieces hashed so far, never the last one (withheld until the digest matches)
+  if (!Array.isArray(o.pieces) || (filling ? o.pieces.length >= count : o.pieces.length !== count))
+    throw bad(filling ? `at most ${count - 1} pieces while filling` : `expected ${count} pieces`);
   const pieces = o.pieces.map((p: unknown, i) => {
     if (typeof p !== 'string' || !HEX.test(p)) throw bad(`piece ${i} is not 64 hex digits`);
     return Buffer.from(p, 'hex');
   });
   if (expectedDigest !== undefined && o.digest !== expectedDigest)
     throw DfError.digestMismatch('piece table of the file (from the seed)', expectedDigest, o.digest);
-  return { digest: o.digest, size: o.size, pieceSize: o.pieceSize, pieces };
+  return { digest: o.digest, size: o.size, pieceSize: o.pieceSize, pieces, ...(filling ? { filling } : {}) };
 }
 
-/** Checks piece `u`'s bytes against the table; throws CORRUPT naming the piece when they differ. */
-export function verifyPiece(t: PieceTable, u: number, data: Buffer): void {
-  const want = t.pieces[u];
+/**
+ * Adds to a filling `table` the piece digests a newer answer of the seed lists (and ends `filling` when that
+ * answer is complete). Throws CORRUPT when the answer is of another file or contradicts a known piece.
+ */
+export function mergeTable(table: PieceTable, newer: PieceTable): void {
+  if (newer.digest !== table.digest || newer.size !== table.size || newer.pieceSize !== table.pieceSize)
+    throw DfError.corrupt(`the seed's newer piece table of ${table.digest} is of another file`);
+  newer.pieces.forEach((p, u) => {
+    const had = table.pieces[u];
+    if (had && !had.equals(p))
+      throw DfError.corrupt(`the seed's newer piece table of ${table.digest} changes piece ${u}`);
+  });
+  newer.pieces.forEach((p, u) => (table.pieces[u] = p));
+  if (!newer.filling) delete table.filling;
+}
+
+/**
+ * Checks piece `u`'s bytes against the table (or, for a piece a filling table does not list yet, against
+ * `claimed`: the digest the seed sent with it); throws CORRUPT naming the piece when they differ.
+ */
+export function verifyPiece(t: PieceTable, u: number, data: Buffer, claimed?: Buffer): void {
+  const want = t.pieces[u] ?? claimed;
   const layoutLength = Math.min(t.pieceSize, t.size - u * t.pieceSize);
   if (!want || data.length !== layoutLength)
     throw DfError.corrupt(`piece ${u} of ${t.digest}: ${data.length} bytes, expected ${layoutLength}`);
@@ -144,6 +205,11 @@ export class PieceHasher {
 
   get bytes(): number {
     return this.total;
+  }
+
+  /** SHA-256 of the pieces completed so far, in order (the array grows as bytes are added). */
+  get completed(): readonly Buffer[] {
+    return this.pieces;
   }
 
   update(chunk: Buffer): void {

@@ -7,14 +7,27 @@ import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { ServedBlob } from '../p2p/block-server.js';
 import type { SeedFileProvider } from '../p2p/seed.js';
+import type { Units } from '../p2p/unit-layout.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseReference, type ImageReference } from '../registry/reference.js';
 import type { TokenBucket } from '../util/token-bucket.js';
-import { encodeTable, PieceHasher, PieceLayout, PIECE_SIZE, type PieceTable } from './piece-table.js';
+import {
+  encodeTable,
+  PieceHasher,
+  PieceLayout,
+  pieceSizeFor,
+  PIECE_SIZE,
+  type PieceTable,
+} from './piece-table.js';
+import { FillingFile } from './filling-file.js';
 import { discard, originRequest, originUrl, originValidator } from './origin.js';
 
 /** Files a seed fetches from their origins at once; beyond, it refuses (the node fetches directly). */
 const MAX_FETCHING = 16;
+
+/** How long a seed answers a digest with the mismatch its origin gave (ms), and for how many digests. */
+const REFUSED_MS = 60_000;
+const MAX_REFUSED = 1024;
 
 /** A raw file a seed holds completely, with its piece table. */
 interface SeedFile {
@@ -31,7 +44,17 @@ interface FileOrigin {
   key: string;
   /** For messages (no query string, no credentials). */
   where: string;
-  open(signal: AbortSignal): Promise<{ body: Body; validator: string }>;
+  /** The body, its validator and the size the origin announced (undefined: not announced). */
+  open(signal: AbortSignal): Promise<{ body: Body; validator: string; size: number | undefined }>;
+}
+
+/**
+ * One fetch of a file from its origin: `live` settles once the origin answered (the file, readable while it
+ * fills, when the node named its digest and the origin its size; else undefined), `file` once it is held.
+ */
+interface Fetch {
+  live: Promise<FillingFile | undefined>;
+  file: Promise<SeedFile>;
 }
 
 type Body = AsyncIterable<Uint8Array> & {
@@ -65,7 +88,14 @@ export interface SeedFilesOptions {
  */
 export class SeedFiles implements SeedFileProvider {
   private readonly files = new Map<string, SeedFile>();
-  private readonly fetching = new Map<string, Promise<SeedFile>>();
+  private readonly fetching = new Map<string, Fetch>();
+  /** Files being fetched, by the digest the node named: served piece by piece as they arrive. */
+  private readonly filling = new Map<string, FillingFile>();
+  /**
+   * Digests whose origin sent another file (lately): nodes still asking for its pieces or table get that
+   * answer instead of starting another fetch of the same wrong file.
+   */
+  private readonly refused = new Map<string, { err: DfError; at: number }>();
   /** What each URL held when last fetched: its content digest and validator (ETag/Last-Modified/size). */
   private readonly urls = new Map<string, { digest: string; validator: string }>();
   private readonly closer = new AbortController();
@@ -101,14 +131,18 @@ export class SeedFiles implements SeedFileProvider {
 
   /**
    * The encoded piece table of the file a node asks for (`url=URL` or `repo=REGISTRY/REPO`, with
-   * `digest=sha256:...`; a repository needs the digest), fetching it first when this seed does not hold it.
+   * `digest=sha256:...`; a repository needs the digest), fetching it when this seed does not hold it.
    * `digest`, when given, is checked against the content; without it, a URL fetched before is reused while
-   * the origin's validator (HEAD) is unchanged.
+   * the origin's validator (HEAD) is unchanged. With a digest and an origin that announces the size, the
+   * answer comes as soon as the origin answers: a table marked filling, with the pieces hashed so far, and
+   * the pieces are served as they arrive (cut-through); otherwise once the whole file is held.
    */
   async table(query: URLSearchParams, signal: AbortSignal): Promise<Buffer> {
     const digest = query.get('digest') ?? undefined;
     if (digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(digest))
       throw DfError.invalidArgument(`digest ${digest.slice(0, 80)} is not sha256:<64 hex>`);
+    const refused = digest !== undefined ? this.refusedFor(digest) : undefined;
+    if (refused) throw refused;
     const repo = query.get('repo');
     let origin: FileOrigin;
     let f: SeedFile | undefined;
@@ -134,12 +168,14 @@ export class SeedFiles implements SeedFileProvider {
         p = this.fetchFile(origin, digest);
         this.fetching.set(origin.key, p);
         const key = origin.key;
-        void p.then(
+        void p.file.then(
           () => this.fetching.delete(key),
           () => this.fetching.delete(key),
         );
       }
-      f = await raceSignal(p, signal);
+      const live = digest ? await raceSignal(p.live, signal) : undefined;
+      if (live && live.digest === digest) return encodeTable(live.table());
+      f = await raceSignal(p.file, signal);
       if (digest && f.table.digest !== digest)
         throw DfError.digestMismatch(`file at ${origin.where}`, digest, f.table.digest);
     }
@@ -160,8 +196,12 @@ export class SeedFiles implements SeedFileProvider {
       key: `${ref.repoString}@${digest}`,
       where: `${ref.repoString}@${digest}`,
       open: async (signal) => {
-        const { stream } = await reg.client.getBlob(ref, digest, { signal });
-        return { body: stream as unknown as Body, validator: '' };
+        const { stream, size } = await reg.client.getBlob(ref, digest, { signal });
+        return {
+          body: stream as unknown as Body,
+          validator: '',
+          size: Number.isSafeInteger(size) ? size : undefined,
+        };
       },
     };
   }
@@ -174,13 +214,13 @@ export class SeedFiles implements SeedFileProvider {
     if (!known) return undefined;
     const cache = await this.opts.cache.open({ digest, size: known.size }, signal);
     try {
-      const layout = new PieceLayout(known.size, PIECE_SIZE);
+      const layout = new PieceLayout(known.size, pieceSizeFor(known.size));
       // complete under any layout (pieces, or a DFB layer's blocks): the same bytes, served as they are
       if (!cache.isComplete) {
         await this.opts.cache.release(cache);
         return undefined;
       }
-      const hasher = new PieceHasher(PIECE_SIZE);
+      const hasher = new PieceHasher(layout.pieceSize);
       for (let u = 0; u < layout.units; u++)
         hasher.update(await cache.read(layout.offset(u), layout.length(u), signal));
       const table = hasher.finish();
@@ -218,20 +258,48 @@ export class SeedFiles implements SeedFileProvider {
     return f;
   }
 
+  /** Starts the fetch of a file (see Fetch). */
+  private fetchFile(origin: FileOrigin, digest: string | undefined): Fetch {
+    let onLive!: (f: FillingFile | undefined) => void;
+    let liveFailed!: (err: unknown) => void;
+    const live = new Promise<FillingFile | undefined>((resolve, reject) => {
+      onLive = resolve;
+      liveFailed = reject;
+    });
+    live.catch(() => undefined);
+    const file = this.fetchInto(origin, digest, onLive);
+    // before the origin answered: the open failed (after, `live` is settled and this does nothing)
+    file.catch(liveFailed);
+    return { live, file };
+  }
+
   /**
-   * Streams the origin's file into a temporary file while hashing it into a piece table, then moves it
-   * into the cache under its content digest (piece by piece: bounded memory).
+   * Streams the origin's file into a temporary file while hashing it into a piece table (served piece by
+   * piece meanwhile: FillingFile), checks it, then moves it into the cache under its content digest (piece
+   * by piece: bounded memory).
    */
-  private async fetchFile(origin: FileOrigin, digest: string | undefined): Promise<SeedFile> {
+  private async fetchInto(
+    origin: FileOrigin,
+    digest: string | undefined,
+    onLive: (f: FillingFile | undefined) => void,
+  ): Promise<SeedFile> {
     const signal = this.closer.signal;
     const where = origin.where;
     this.log.info({ from: where }, 'seed fetches a file from its origin');
-    const { body, validator } = await origin.open(signal);
+    const { body, validator, size } = await origin.open(signal);
     const path = join(this.tmp, randomBytes(8).toString('hex'));
-    const hasher = new PieceHasher(PIECE_SIZE);
+    // the size the origin announced sets the pieces (the same as when held() hashes the file again)
+    const hasher = new PieceHasher(size !== undefined && size > 0 ? pieceSizeFor(size) : PIECE_SIZE);
     let fh: FileHandle | undefined;
+    let live: FillingFile | undefined;
     try {
       fh = await open(path, 'w+');
+      const cut = digest !== undefined && size !== undefined && size > 0 && !this.filling.has(digest);
+      if (cut) {
+        live = new FillingFile(digest, size, fh, hasher);
+        this.filling.set(digest, live);
+      }
+      onLive(live);
       let idle: NodeJS.Timeout | undefined;
       const arm = () => {
         clearTimeout(idle);
@@ -246,16 +314,25 @@ export class SeedFiles implements SeedFileProvider {
           const chunk = c as Buffer;
           arm();
           await this.opts.download?.take(chunk.length, signal);
+          if (size !== undefined && hasher.bytes + chunk.length > size)
+            throw DfError.corrupt(`${where} sent more than the ${size} bytes it announced`);
           hasher.update(chunk);
           await fh.write(chunk, 0, chunk.length, hasher.bytes - chunk.length);
+          live?.progress();
         }
       } finally {
         clearTimeout(idle);
       }
-      const table = hasher.finish();
+      let table = hasher.finish();
       if (table.size === 0) throw DfError.unsupported(`the file at ${where} is empty: nothing to distribute`);
+      // a size learnt only at the end: the table is cut as for a known size (as held() would cut it)
+      if (table.pieceSize !== pieceSizeFor(table.size)) table = await rehash(fh, table.size, signal);
+      if (size !== undefined && table.size !== size)
+        throw DfError.corrupt(`${where} sent ${table.size} of the ${size} bytes it announced`);
       if (digest && table.digest !== digest)
         throw DfError.digestMismatch(`file at ${where}`, digest, table.digest);
+      // checked: the last piece goes to the nodes waiting for it while the file moves into the cache
+      live?.complete();
       this.urls.set(origin.key, { digest: table.digest, validator });
       const have = this.files.get(table.digest);
       if (have) return have;
@@ -289,20 +366,59 @@ export class SeedFiles implements SeedFileProvider {
       return this.keep(cache, table);
     } catch (err) {
       discard(body);
-      throw DfError.from(err, `seed fetch of ${where}`);
+      const e = DfError.from(err, `seed fetch of ${where}`);
+      if (digest && (e.code === 'DIGEST_MISMATCH' || e.code === 'CORRUPT')) this.refuse(digest, e);
+      live?.fail(e);
+      onLive(undefined);
+      throw e;
     } finally {
+      if (live) {
+        if (this.filling.get(live.digest) === live) this.filling.delete(live.digest);
+        // reads in progress finish first; waiting ones go on to the cache (or fail with the fetch)
+        await live.close();
+      }
       await fh?.close();
       await rm(path, { force: true });
     }
   }
 
+  private refuse(digest: string, err: DfError): void {
+    this.refused.delete(digest);
+    if (this.refused.size >= MAX_REFUSED) this.refused.delete(this.refused.keys().next().value!);
+    this.refused.set(digest, { err, at: this.now() });
+  }
+
+  /** The mismatch the origin of `digest` gave within REFUSED_MS, if any. */
+  private refusedFor(digest: string): DfError | undefined {
+    const r = this.refused.get(digest);
+    if (r && this.now() - r.at < REFUSED_MS) return r.err;
+    if (r) this.refused.delete(digest);
+    return undefined;
+  }
+
   /** The file held under `digest`, served to nodes piece by piece (undefined: not a file of this seed). */
-  served(digest: string): ServedBlob | undefined {
+  served(digest: string): (ServedBlob & { readonly layout: Units }) | undefined {
     const f = this.files.get(digest);
-    if (!f) return undefined;
+    if (!f) {
+      const live = this.filling.get(digest);
+      if (live) return live.served(() => this.files.get(digest) && this.served(digest));
+      const refused = this.refusedFor(digest);
+      if (!refused) return undefined;
+      return {
+        size: Number.MAX_SAFE_INTEGER,
+        layout: new PieceLayout(Number.MAX_SAFE_INTEGER, PIECE_SIZE),
+        read: () => Promise.reject(refused),
+      };
+    }
     f.lastUsed = this.now();
     return {
       size: f.table.size,
+      layout: f.layout,
+      // told with each piece as well: a node may still hold the table of when the file was filling
+      pieceDigest: (offset, length) => {
+        const u = f.layout.pieceAt(offset, length);
+        return u === undefined ? undefined : f.table.pieces[u]?.toString('hex');
+      },
       read: async (offset, length, signal) => {
         if (!f.layout.unitsFor(offset, length) || !this.files.has(digest)) return undefined;
         f.lastUsed = this.now();
@@ -323,10 +439,25 @@ export class SeedFiles implements SeedFileProvider {
 
   async close(): Promise<void> {
     this.closer.abort(DfError.aborted('seed closed'));
-    await Promise.allSettled([...this.fetching.values()]);
+    await Promise.allSettled([...this.fetching.values()].map((f) => f.file));
     for (const f of this.files.values()) await this.opts.cache.release(f.cache).catch(() => undefined);
     this.files.clear();
   }
+}
+
+/** The piece table of the `size` bytes of `fh`, cut by pieceSizeFor (read piece by piece). */
+async function rehash(fh: FileHandle, size: number, signal: AbortSignal): Promise<PieceTable> {
+  const layout = new PieceLayout(size, pieceSizeFor(size));
+  const hasher = new PieceHasher(layout.pieceSize);
+  const buf = Buffer.allocUnsafe(layout.pieceSize);
+  for (let u = 0; u < layout.units; u++) {
+    signal.throwIfAborted();
+    const n = layout.length(u);
+    const { bytesRead } = await fh.read(buf, 0, n, layout.offset(u));
+    if (bytesRead !== n) throw DfError.internal('seed temp file is short');
+    hasher.update(buf.subarray(0, n));
+  }
+  return hasher.finish();
 }
 
 /** A URL as the origin of a file: a GET without credentials, redirects not followed. */
@@ -336,7 +467,9 @@ function urlOrigin(url: URL): FileOrigin {
     where: `${url.origin}${url.pathname}`,
     open: async (signal) => {
       const res = await originRequest(url, { signal });
-      return { body: res.body, validator: originValidator(res.headers) };
+      const declared = res.headers['content-length'];
+      const size = typeof declared === 'string' && /^\d{1,16}$/.test(declared) ? Number(declared) : undefined;
+      return { body: res.body, validator: originValidator(res.headers), size };
     },
   };
 }

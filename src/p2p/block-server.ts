@@ -15,6 +15,9 @@ import { ByteBudget } from './byte-budget.js';
 import { MAX_PREHEAT_BODY_BYTES, preheatRefs, type PreheatAnswer } from './preheat-request.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
 
+/** Response header: SHA-256 (hex) of a piece a seed serves while it still fetches the file (cut-through). */
+export const PIECE_DIGEST_HEADER = 'x-dfnode-piece-sha256';
+
 /** What a request may tell the server about a blob it does not hold yet (a seed fetches it from there). */
 export interface BlobHint {
   /** `registry/repository` the blob can be fetched from (never credentials). */
@@ -24,6 +27,11 @@ export interface BlobHint {
   peer?: string;
   /** The node may be told to take the range elsewhere (HTTP 409, see ServedBlob.read). */
   defer?: boolean;
+  /**
+   * Set by the block server: a read that waits for bytes still on their way (a seed's fetch of a file) calls
+   * it when they progress, so that the request's idle limit (requestTimeoutMs) does not cut a slow wait.
+   */
+  alive?: () => void;
 }
 
 /**
@@ -46,6 +54,12 @@ export interface ServedBlob {
     signal: AbortSignal,
     hint?: BlobHint,
   ): Promise<ServedBytes | undefined>;
+  /**
+   * Optional: the SHA-256 (hex) of the range when it is exactly one piece of a raw file the seed is still
+   * fetching (sent as PIECE_DIGEST_HEADER after the read: the node checks the piece against it, with the
+   * trust it gives the seed's piece table).
+   */
+  pieceDigest?(offset: number, length: number): string | undefined;
   /** Optional: a range read for `peer` did not reach it (error, or the peer went away mid-response). */
   undelivered?(offset: number, length: number, peer: string): void;
 }
@@ -60,7 +74,12 @@ export interface BlockServerOptions {
   clusterToken: string;
   /** Host-wide upload limit. */
   upload?: TokenBucket;
-  /** Time limit of one request, including a seed's registry fetch (ms). Default 30 s. */
+  /**
+   * Idle limit of one request (ms; default 30 s): a request that makes no progress this long (no answer
+   * from the provider, no part settled, nothing written to a client that reads) is aborted. A response that
+   * moves slowly but steadily, such as many 4 MiB pieces sharing a thin uplink, is not cut: the client's
+   * own time limit decides when that is too slow.
+   */
   requestTimeoutMs?: number;
   logger?: Logger;
   /** Mutual TLS (p2p.tls): HTTPS, and only clients with a certificate from the cluster CA get through. */
@@ -222,10 +241,16 @@ export class BlockServer {
     }
     if (slot) this.fillActive++;
     const ac = new AbortController();
-    const timer = setTimeout(
-      () => ac.abort(DfError.timeout('peer request timed out')),
-      this.opts.requestTimeoutMs ?? 30_000,
-    );
+    const idleMs = this.opts.requestTimeoutMs ?? 30_000;
+    const timeout = () => ac.abort(DfError.timeout(`peer request made no progress for ${idleMs} ms`));
+    let timer = setTimeout(timeout, idleMs);
+    let finished = false;
+    // re-armed on every progress: the limit is on a stalled request, not on a slow transfer
+    const alive = () => {
+      if (ac.signal.aborted || finished) return;
+      clearTimeout(timer);
+      timer = setTimeout(timeout, idleMs);
+    };
     res.on('close', () => ac.abort(DfError.aborted('client went away')));
     this.active++;
     try {
@@ -234,8 +259,10 @@ export class BlockServer {
         size: range.size,
         peer: typeof req.headers[PEER_ID_HEADER] === 'string' ? req.headers[PEER_ID_HEADER] : undefined,
         defer: range.defer,
+        alive,
       };
       const blob = await this.opts.provider.get(range.digest, hint, ac.signal);
+      alive();
       if (!blob) return fail(404, 'blob not served here');
       if (range.offset + range.length > blob.size) return fail(416, 'range beyond the blob');
       const peer = hint.peer;
@@ -269,14 +296,16 @@ export class BlockServer {
         'content-type': 'application/octet-stream',
         'content-length': range.length,
       };
+      const pieceDigest = blob.pieceDigest?.(range.offset, range.length);
+      if (pieceDigest) headers[PIECE_DIGEST_HEADER] = pieceDigest;
       if (range.header) {
         headers['content-range'] = `bytes ${range.offset}-${range.offset + range.length - 1}/${blob.size}`;
       }
-      await this.opts.upload?.take(first.length, ac.signal);
+      alive();
       this.counters.served++;
       res.writeHead(range.header ? 206 : 200, headers);
       if (req.method === 'HEAD') return void res.end();
-      await this.send(res, first, parts.slice(1), range.length, ac.signal);
+      await this.send(res, first, parts.slice(1), range.length, ac.signal, alive);
     } catch (err) {
       if (ac.signal.aborted && res.destroyed) return;
       const e = DfError.from(err);
@@ -289,11 +318,14 @@ export class BlockServer {
         this.counters.deferred++;
         return fail(409, e.message);
       }
+      // a seed's origin sent another file than the digest named: the seed is fine, the file is not
+      if (e.code === 'DIGEST_MISMATCH') return fail(502, e.message);
       fail(
         e.code === 'NOT_FOUND' ? 404 : e.code === 'FORBIDDEN' ? 403 : e.code === 'TIMEOUT' ? 504 : 503,
         e.message,
       );
     } finally {
+      finished = true;
       clearTimeout(timer);
       this.active--;
       if (slot) this.fillActive--;
@@ -389,8 +421,9 @@ export class BlockServer {
   }
 
   /**
-   * Writes `first`, then every further part as it settles (upload limit and socket back-pressure
-   * respected), and ends the response; exactly `length` bytes or the response is cut.
+   * Writes `first`, then every further part as it settles, in slices of SEND_SLICE (upload limit and socket
+   * back-pressure respected, `alive` told of each slice gone), and ends the response; exactly `length`
+   * bytes or the response is cut.
    */
   private async send(
     res: ServerResponse,
@@ -398,19 +431,25 @@ export class BlockServer {
     rest: readonly Promise<Buffer>[],
     length: number,
     signal: AbortSignal,
+    alive: () => void,
   ): Promise<void> {
     let sent = 0;
     const write = async (b: Buffer) => {
-      sent += b.length;
-      if (sent > length) throw DfError.internal(`served parts exceed the ${length}-byte range`);
-      this.counters.bytes += b.length;
-      if (!res.write(b)) await once(res, 'drain', { signal });
+      if (sent + b.length > length) throw DfError.internal(`served parts exceed the ${length}-byte range`);
+      for (let at = 0; at < b.length; at += SEND_SLICE) {
+        const slice = b.subarray(at, at + SEND_SLICE);
+        await this.opts.upload?.take(slice.length, signal);
+        sent += slice.length;
+        this.counters.bytes += slice.length;
+        if (!res.write(slice)) await once(res, 'drain', { signal });
+        alive();
+      }
     };
     try {
       await write(first);
       for (const p of rest) {
         const b = await bound(p, { signal, what: 'range' });
-        await this.opts.upload?.take(b.length, signal);
+        alive();
         await write(b);
       }
       if (sent !== length) throw DfError.internal(`served parts hold ${sent} of ${length} bytes`);
@@ -421,6 +460,9 @@ export class BlockServer {
     }
   }
 }
+
+/** Bytes written (and taken from the upload limit) at a time: progress of a response is seen per slice. */
+const SEND_SLICE = 64 * 1024;
 
 export function splitHostPort(address: string): { host: string; port: number } {
   const i = address.lastIndexOf(':');

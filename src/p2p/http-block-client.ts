@@ -4,6 +4,7 @@ import type { TokenBucket } from '../util/token-bucket.js';
 import { dispatchInto, type DispatchedResponse } from '../util/dispatch-into.js';
 import { busyAtSource, deferredBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
+import { PIECE_DIGEST_HEADER } from './block-server.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
 
 /**
@@ -49,6 +50,8 @@ export class HttpBlockClient {
     signal: AbortSignal,
     extra: Record<string, string> = {},
     progress?: (data: Buffer, filled: number) => void,
+    /** Told the piece digest the host sent (PIECE_DIGEST_HEADER: a seed serving a file it still fetches). */
+    pieceDigest?: (sha256: Buffer) => void,
   ): Promise<Buffer> {
     await this.download?.take(length, signal);
     const q = new URLSearchParams({ offset: String(offset), length: String(length), ...extra });
@@ -66,6 +69,9 @@ export class HttpBlockClient {
         onHead: (status, headers) => {
           // an error answer: the start of its text, for the message; the rest is dropped unread
           if (status !== 200) return { into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined };
+          const sent = headers[PIECE_DIGEST_HEADER];
+          if (pieceDigest && typeof sent === 'string' && /^[0-9a-f]{64}$/.test(sent))
+            pieceDigest(Buffer.from(sent, 'hex'));
           const declared = headers['content-length'];
           if (typeof declared === 'string' && Number(declared) !== length)
             return new DfError(
@@ -108,6 +114,8 @@ export class HttpBlockClient {
       if (res.statusCode === 429) throw busyAtSource(failure);
       if (res.statusCode === 401) throw new DfError('UNAUTHORIZED', `${failure} (check p2p.clusterToken)`);
       if (res.statusCode === 504) throw DfError.timeout(failure);
+      // a seed whose origin sent another file than the digest (block-server.ts)
+      if (res.statusCode === 502) throw new DfError('DIGEST_MISMATCH', failure);
       throw new DfError('NETWORK', failure);
     }
     if (res.got !== length) throw new DfError('NETWORK', `${what}: got ${res.got} of ${length} bytes`);

@@ -262,14 +262,16 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       }, SOON_MS);
     };
     view.unlisten = layer.cache.addUnitListener({ present: soon, reset: soon });
-    void this.announce(view)
-      .then(() => this.lookup(view))
-      .catch((err) => this.log.debug({ err, digest: blob.digest }, 'p2p: first announce failed'));
+    const announced = this.announce(view).catch((err) =>
+      this.log.debug({ err, digest: blob.digest }, 'p2p: first announce failed'),
+    );
+    void announced.then(() => this.lookup(view)).catch(() => undefined);
     let left: Promise<void> | undefined;
     return {
       planner: this.fillPlanner(view),
       fillCounters: view.fill,
       leave: () => (left ??= this.leaveSwarm(view)),
+      announced,
     };
   }
 

@@ -87,6 +87,7 @@ export class SeedBlockSource implements BlockSource {
             ...(planned ? { defer: '1' } : {}),
           },
           ctx?.progress,
+          ctx?.pieceDigest,
         );
         this.opts.isolation.ok(seed);
         this.timeouts.delete(seed);
@@ -98,6 +99,8 @@ export class SeedBlockSource implements BlockSource {
         const e = DfError.from(err);
         // the seed is sending these units to another node: the planner takes them from there
         if (isDeferred(e)) throw e;
+        // the seed's origin sent another file than the digest: nobody has it (the seed is not at fault)
+        if (e.code === 'DIGEST_MISMATCH') throw e;
         lastErr = e;
         if (e.code === 'UNAUTHORIZED') {
           this.opts.onUnauthorized?.(seed, e.message);

@@ -5,7 +5,7 @@ import { BlockMemoryCache } from '../fetch/block-memory-cache.js';
 import { FetchStats } from '../fetch/fetch-stats.js';
 import { RegistryBlockSource } from '../fetch/registry-block-source.js';
 import { FetchScheduler } from '../fetch/scheduler.js';
-import { deferredBySource, Priority, sourceUnavailable } from '../fetch/types.js';
+import { Priority, sourceUnavailable } from '../fetch/types.js';
 import type { Layer } from '../layer/layer.js';
 import { LayerStore, layerOptionsFrom } from '../layer/layer-store.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -22,7 +22,8 @@ import { trackerAddress } from './rendezvous.js';
 import { loadTls, type TlsMaterial } from './tls.js';
 import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
-import { UnitLayout } from './unit-layout.js';
+import { claimUnits, trackedFile } from './seed-claims.js';
+import { UnitLayout, type Units } from './unit-layout.js';
 
 /** Largest registry request of a seed (its fill and nodes' misses). */
 const SEED_RUN_BYTES = 1024 * 1024;
@@ -49,8 +50,8 @@ export interface SeedFileProvider {
   init(): Promise<void>;
   /** The piece table asked for by `GET /files/table?...` (block-server.ts). */
   table(query: URLSearchParams, signal: AbortSignal): Promise<Buffer>;
-  /** The file held under `digest`, undefined when it is not a file of this seed. */
-  served(digest: string): ServedBlob | undefined;
+  /** The file held (or being fetched) under `digest` and its pieces; undefined when not a file of this seed. */
+  served(digest: string): (ServedBlob & { readonly layout: Units }) | undefined;
   releaseIdle(idleMs: number): Promise<void>;
   close(): Promise<void>;
 }
@@ -183,7 +184,7 @@ export class Seed implements BlobProvider {
 
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
     const file = this.files?.served(digest);
-    if (file) return file;
+    if (file) return trackedFile(this.tracker, digest, file);
     let ref: ImageReference | undefined;
     if (!this.blobs.has(digest)) {
       if (!hint.repo) return undefined;
@@ -245,15 +246,7 @@ export class Seed implements BlobProvider {
   ): Promise<Buffer>[] {
     const units: number[] = [];
     for (let u = r[0]; u <= r[1]; u++) units.push(u);
-    const peer = h?.peer;
-    if (peer) {
-      // a planned fill run for units already on their way to another node: take them from there
-      if (h.defer && this.tracker.pendingAtOthers(digest, peer, units)) {
-        throw deferredBySource(`${digest} ${offset}+${length} is on its way to another node`);
-      }
-      // the tracker tells the other nodes that these units are on their way to `peer`
-      this.tracker.assume(digest, peer, units);
-    }
+    claimUnits(this.tracker, digest, h, units, `${digest} ${offset}+${length}`);
     const parts = b.layer.fetcher.unitParts(units, Priority.Blocked, sig);
     const from = offset - b.layout.offset(r[0]);
     const to = offset + length - b.layout.offset(r[1]);

@@ -201,6 +201,24 @@ export class TrackerState {
   }
 
   /**
+   * Whether a peer other than `peer` (not reported failing, announcing) holds one of `units` or is being
+   * sent it: a raw file's piece can then come from that peer (Seed: a planned piece request is deferred).
+   */
+  elsewhere(blob: string, peer: string, units: readonly number[]): boolean {
+    const b = this.blobs.get(blob);
+    if (!b) return false;
+    const now = this.timers.now();
+    for (const p of b.peers.values()) {
+      if (p.id === peer) continue;
+      const failures = this.failureScore(p.id, now);
+      if (failures >= 1 || now - p.lastSeen > this.pendingSilence) continue;
+      this.prunePending(p, now, failures);
+      for (const u of units) if (p.pending.has(u) || (u < p.bits.size && p.bits.has(u))) return true;
+    }
+    return false;
+  }
+
+  /**
    * Drops what may never arrive: units sent longer than the pending TTL ago, and everything sent to a
    * peer others reported as failing or that fell silent.
    */

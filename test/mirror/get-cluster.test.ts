@@ -195,6 +195,24 @@ describe('dfnode get', () => {
     expect(existsSync(part)).toBe(false);
   }, 200_000);
 
+  it('with --digest, pieces reach the node while the seed is still fetching the file from a slow origin (cut-through)', async () => {
+    const size = 32 * MiB;
+    // 64 KiB per 10 ms at most: the origin takes several seconds to send the file
+    const t = await setup(size, (o) => o.base, undefined, 10);
+    const bitmap = join(t.dir, 'cache-0', 'blobs', 'sha256', t.digest.slice(7), 'bitmap');
+    const p = dfnodeProc(t.args(0, ['--digest', t.digest]));
+    cleanups.push(() => p.stop());
+    // the node's first verified pieces are on its disk before the origin has sent the whole file
+    for (let i = 0; i < 3000 && !existsSync(bitmap) && p.child.exitCode === null; i++)
+      await new Promise((r) => setTimeout(r, 10));
+    const sentWhenNodeHadPieces = t.origin.served();
+    expect(existsSync(bitmap), p.err()).toBe(true);
+    expect(sentWhenNodeHadPieces).toBeLessThan(size);
+    expect(await p.exited).toBe(0);
+    expect('sha256:' + (await sha256File(join(t.dir, 'out-0.bin')))).toBe(t.digest);
+    expect(t.origin.requests).toMatchObject({ get: 1, range: 0 });
+  }, 200_000);
+
   it('a wrong --digest fails with a digest mismatch and writes no file', async () => {
     const t = await setup(MiB, (o) => o.base);
     const wrong = sha256Digest('something else');

@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PieceHasher, PIECE_SIZE } from '../../src/mirror/piece-table.js';
+import { PieceHasher, pieceSizeFor, PIECE_SIZE } from '../../src/mirror/piece-table.js';
 import { runCli } from '../helpers/cli.js';
 import { startSeedProc } from '../helpers/dfnode-proc.js';
 import { sha256File } from '../helpers/digest.js';
@@ -29,7 +29,7 @@ describe('dfnode get and a lying peer', () => {
     cleanups.push(() => origin.close());
     const data = randomBytes(16 * PIECE_SIZE);
     origin.put('/f', data);
-    const h = new PieceHasher();
+    const h = new PieceHasher(pieceSizeFor(data.length));
     h.update(data);
     const table = h.finish();
     const seed = await startSeedProc(dir, 'seed', ['--cluster-token', TOKEN], {

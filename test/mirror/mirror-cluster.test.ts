@@ -13,7 +13,7 @@ import { CacheManager } from '../../src/cache/cache-manager.js';
 import { loadConfig, type Config } from '../../src/config.js';
 import { silentLogger } from '../../src/log.js';
 import type { MirrorServer } from '../../src/mirror/mirror-server.js';
-import { PieceHasher, PIECE_SIZE } from '../../src/mirror/piece-table.js';
+import { PieceHasher, pieceSizeFor, PIECE_SIZE } from '../../src/mirror/piece-table.js';
 import { startMirror } from '../../src/mirror/start-mirror.js';
 import { P2pNode } from '../../src/p2p/p2p-node.js';
 import { RegistryClient } from '../../src/registry/client.js';
@@ -210,7 +210,7 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
   }, 60_000);
 
   it('a peer serving corrupt pieces is isolated; a second node still gets the blob, verified', async () => {
-    const h = new PieceHasher();
+    const h = new PieceHasher(pieceSizeFor(big.length));
     h.update(big);
     const table = h.finish();
     // the liar: a cluster member that holds every piece corrupt, listed by the tracker

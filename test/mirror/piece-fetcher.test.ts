@@ -149,4 +149,97 @@ describe('piece fetcher', () => {
     expect(bytes.cache).toBe(table.size - P);
     expect((await cache.verifyComplete()).ok).toBe(true);
   });
+
+  it('a table still filling: unknown pieces come from the seed only, checked against the digest it sends', async () => {
+    const { data, table, open } = await setup(4);
+    const cache = await open();
+    const filling: PieceTable = { ...table, pieces: table.pieces.slice(0, 2), filling: true };
+    const peer = source('peer', data);
+    const origin = source('registry', data);
+    const seedCalls: number[] = [];
+    let lies = 1;
+    const seed: BlockSource = {
+      kind: 'seed',
+      name: 'seed',
+      fetch(_b, offset, length, _s, ctx) {
+        const u = offset / P;
+        seedCalls.push(u);
+        ctx?.pieceDigest?.(table.pieces[u]!);
+        const out = Buffer.from(data.subarray(offset, offset + length));
+        // once, bytes other than the digest it sent with them: refused, asked again
+        if (u === 3 && lies-- > 0) flipBits(out, 3);
+        return Promise.resolve(out);
+      },
+    };
+    let refreshes = 0;
+    await fetchPieces({
+      table: filling,
+      cache,
+      sources: [peer.s, seed, origin.s],
+      signal: new AbortController().signal,
+      // the seed has hashed nothing more since
+      refresh: () => (refreshes++, Promise.resolve({ ...filling, pieces: table.pieces.slice(0, 2) })),
+    });
+    expect(peer.calls.sort()).toEqual([0, 1]);
+    expect(seedCalls.sort()).toEqual([2, 3, 3]);
+    expect(origin.calls).toEqual([]);
+    expect(refreshes).toBeGreaterThan(0);
+    expect((await cache.verifyComplete()).ok).toBe(true);
+    // every piece known and checked: the table is the seed's final one
+    expect(filling.filling).toBeUndefined();
+    expect(filling.pieces).toEqual(table.pieces);
+  });
+
+  it('a table still filling: a refresh lets peers serve what the seed hashed since; a piece without a digest is refused', async () => {
+    const { data, table, open } = await setup(3);
+    const cache = await open();
+    const filling: PieceTable = { ...table, pieces: [], filling: true };
+    const peer = source('peer', data);
+    const quiet = source('seed', data);
+    await expect(
+      fetchPieces({
+        table: filling,
+        cache,
+        sources: [peer.s, quiet.s],
+        signal: new AbortController().signal,
+        rounds: 1,
+        concurrency: 1,
+      }),
+    ).rejects.toThrow(/sent no digest/);
+    expect(peer.calls).toEqual([]);
+    expect(cache.filledBytes).toBe(0);
+    const bytes = await fetchPieces({
+      table: filling,
+      cache,
+      sources: [peer.s, quiet.s],
+      signal: new AbortController().signal,
+      refresh: () => Promise.resolve(table),
+    });
+    expect(bytes.peer).toBe(table.size);
+    expect(filling.filling).toBeUndefined();
+  });
+
+  it('stops at once when the seed says its origin sent another file', async () => {
+    const { table, open } = await setup(6);
+    const cache = await open();
+    let calls = 0;
+    const seed: BlockSource = {
+      kind: 'seed',
+      name: 'seed',
+      fetch: () => {
+        calls++;
+        return Promise.reject(new DfError('DIGEST_MISMATCH', "the seed's origin sent another file"));
+      },
+    };
+    await expect(
+      fetchPieces({
+        table: { ...table, pieces: [], filling: true },
+        cache,
+        sources: [seed],
+        signal: new AbortController().signal,
+        concurrency: 2,
+      }),
+    ).rejects.toMatchObject({ code: 'DIGEST_MISMATCH' });
+    expect(calls).toBe(2);
+  });
 });

@@ -1,8 +1,7 @@
 /**
  * A seed's raw files over a real cache directory and a real HTTP origin: only allowed origins are
  * contacted, the file is fetched once however many nodes ask at once, a URL is reused while the origin's
- * ETag is unchanged and fetched again when it changes, a wrong digest is refused, and pieces are served
- * from the cache.
+ * ETag is unchanged and fetched again when it changes, and pieces are served from the cache.
  */
 import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -44,11 +43,12 @@ describe('seed files', () => {
     expect(t.origin.requests.get).toBe(1);
     const table = decodeTable(answers[0]!, sha256Digest(data));
     expect(answers.every((a) => a.equals(answers[0]!))).toBe(true);
-    expect(table.pieces).toHaveLength(3);
+    // 1 MiB pieces (pieceSizeFor): the last one is a single byte
+    expect(table.pieces).toHaveLength(10);
     const served = t.files.served(table.digest)!;
     expect(served.size).toBe(data.length);
-    const piece = (await served.read(8 * 1024 * 1024, data.length - 8 * 1024 * 1024, t.signal)) as Buffer;
-    verifyPiece(table, 2, piece);
+    const piece = (await served.read(9 * 1024 * 1024, 1, t.signal)) as Buffer;
+    verifyPiece(table, 9, piece);
     expect(t.files.served(sha256Digest('not held'))).toBeUndefined();
   });
 
@@ -67,7 +67,7 @@ describe('seed files', () => {
     expect(t.origin.requests).toMatchObject({ get: 0, head: 0, range: 0 });
   });
 
-  it('reuses a URL while its ETag is unchanged, fetches it again when it changes; a wrong digest is refused', async () => {
+  it('reuses a URL while its ETag is unchanged, fetches it again when it changes', async () => {
     const t = await setup(() => ['*']);
     const v1 = randomBytes(100_000);
     const v2 = randomBytes(100_000);
@@ -82,8 +82,6 @@ describe('seed files', () => {
     // with the digest of what it holds: no request at all
     await t.files.table(t.q({ url, digest: sha256Digest(v2) }), t.signal);
     expect(t.origin.requests).toMatchObject({ get: 2, head: 2 });
-    await expect(t.files.table(t.q({ url, digest: sha256Digest('other') }), t.signal)).rejects.toMatchObject({
-      code: 'DIGEST_MISMATCH',
-    });
+    // a wrong digest (answered while the file fills, refused at the end): seed-files-cut-through.test.ts
   });
 });

@@ -179,4 +179,33 @@ describe('tracker state', () => {
     expect(t.pendingAtOthers(b, 'me', [2])).toBe(true);
     expect(pending()).toEqual({ live: [0b100] });
   });
+  it('knows a raw file piece is elsewhere while another live node holds it or is sent it (not the asker, not a silent one)', () => {
+    const c = clock();
+    const t = new TrackerState({ timers: c, announceIntervalMs: 200, pendingTtlMs: 30_000 });
+    const b = digest(10);
+    const ann = (id: string, bits: number) =>
+      t.announce({
+        ...base,
+        blob: b,
+        units: 8,
+        peer_id: id,
+        address: `${id}:1`,
+        full: true,
+        bitmap: Uint8Array.of(bits),
+      });
+    ann('holder', 0b1);
+    ann('me', 0b10);
+    t.assume(b, 'holder', [2]);
+    expect(t.elsewhere(b, 'me', [0])).toBe(true);
+    expect(t.elsewhere(b, 'me', [2])).toBe(true);
+    expect(t.elsewhere(b, 'me', [1])).toBe(false);
+    expect(t.elsewhere(b, 'holder', [0])).toBe(false);
+    expect(t.pendingAtOthers(b, 'me', [0])).toBe(false);
+    // 'holder' falls silent: its pieces are no longer counted on
+    for (let i = 0; i < 4; i++) {
+      c.t += 1000;
+      ann('me', 0b10);
+    }
+    expect(t.elsewhere(b, 'me', [0])).toBe(false);
+  });
 });

@@ -1,0 +1,57 @@
+import { deferredBySource } from '../fetch/types.js';
+import type { BlobHint, ServedBlob } from './block-server.js';
+import type { TrackerState } from './tracker-state.js';
+import type { Units } from './unit-layout.js';
+
+/**
+ * The tracker learns that `units` are on their way to the requesting node (and tells the other nodes); a
+ * planned request for units already on their way to another node (with `heldToo`, or held by one) is
+ * deferred (DEFERRED): the node takes them from that node instead, so that the seed sends each unit about
+ * once.
+ */
+export function claimUnits(
+  tracker: TrackerState,
+  digest: string,
+  h: BlobHint | undefined,
+  units: number[],
+  what: string,
+  heldToo = false,
+): void {
+  const peer = h?.peer;
+  if (!peer) return;
+  const elsewhere = heldToo
+    ? tracker.elsewhere(digest, peer, units)
+    : tracker.pendingAtOthers(digest, peer, units);
+  if (h.defer && elsewhere) throw deferredBySource(`${what} is on its way to (or at) another node`);
+  tracker.assume(digest, peer, units);
+}
+
+/**
+ * A seed's raw file (src/mirror/seed-files.ts) with its pieces claimed like a DFB layer's blocks before they
+ * are read; a planned request is also deferred for a piece another node holds: nodes fetch a raw file in
+ * file order, and take a piece another node just got from that node (after a lookup) rather than from the
+ * seed again.
+ */
+export function trackedFile(
+  tracker: TrackerState,
+  digest: string,
+  file: ServedBlob & { readonly layout: Units },
+): ServedBlob {
+  return {
+    size: file.size,
+    read: async (offset, length, sig, h) => {
+      const r = file.layout.unitsFor(offset, length);
+      if (r) {
+        const units: number[] = [];
+        for (let u = r[0]; u <= r[1]; u++) units.push(u);
+        claimUnits(tracker, digest, h, units, `${digest} ${offset}+${length}`, true);
+      }
+      return file.read(offset, length, sig, h);
+    },
+    pieceDigest: file.pieceDigest && ((offset, length) => file.pieceDigest!(offset, length)),
+    undelivered: (offset, length, peer) => {
+      const r = file.layout.unitsFor(offset, length);
+      if (r) tracker.unassume(digest, peer, r[0], r[1]);
+    },
+  };
+}
