@@ -171,6 +171,7 @@ export function simulate(p: SimParams): SimResult {
       maxPeerIds: Math.max(65_536, p.hosts * 2),
     },
     timers,
+    random: rand,
   };
   const tracker = new TrackerState(trackerOpts);
   let announceUs = 0;

@@ -96,6 +96,8 @@ export interface TrackerStateOptions {
   /** Bounds of what peers may make the tracker hold (DEFAULT_TRACKER_LIMITS). */
   limits?: Partial<TrackerLimits>;
   timers?: Timers;
+  /** Random numbers in [0, 1) for the lookup's sampling and tie-breaks (default Math.random; the simulation seeds it). */
+  random?: () => number;
 }
 
 /** The peers of one blob: by id, and as a list (a lookup samples it from a random place). */
@@ -154,6 +156,7 @@ export class TrackerState {
   private readonly pendingTtl: number;
   private readonly pendingSilence: number;
   private readonly timers: Timers;
+  private readonly random: () => number;
   /** Announces and lookups answered (metrics). */
   readonly counters = { announces: 0, lookups: 0, holdersReturned: 0, peersScanned: 0 };
 
@@ -164,6 +167,7 @@ export class TrackerState {
     this.pendingTtl = opts.pendingTtlMs ?? 15_000;
     this.pendingSilence = Math.min(this.ttl, opts.pendingSilenceMs ?? 3 * 5 * this.interval);
     this.timers = opts.timers ?? realTimers;
+    this.random = opts.random ?? Math.random;
     this.limits = { ...DEFAULT_TRACKER_LIMITS, ...opts.limits };
   }
 
@@ -392,7 +396,7 @@ export class TrackerState {
     const scored: { p: PeerEntry; wanted: number; failures: number }[] = [];
     const expired: string[] = [];
     const list = b.list;
-    const start = list.length > this.limits.lookupCandidates ? Math.floor(Math.random() * list.length) : 0;
+    const start = list.length > this.limits.lookupCandidates ? Math.floor(this.random() * list.length) : 0;
     let candidates = 0;
     let k = 0;
     for (; k < list.length && candidates < this.limits.lookupCandidates; k++) {
@@ -425,7 +429,7 @@ export class TrackerState {
         Math.floor(a.failures) - Math.floor(c.failures) ||
         a.p.load - c.p.load ||
         c.wanted - a.wanted ||
-        Math.random() - 0.5,
+        this.random() - 0.5,
     );
     // each holder costs its bitmap and, at most, a pending bitmap of the same size
     const fit = Math.max(1, Math.floor(this.limits.maxAnswerBitmapBytes / (2 * Math.ceil(b.units / 8))));
