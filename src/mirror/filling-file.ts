@@ -5,14 +5,6 @@ import type { ServedBlob } from '../p2p/block-server.js';
 import { PieceLayout, type PieceHasher, type PieceTable } from './piece-table.js';
 
 /**
- * A raw file a seed is still fetching from its origin into a temporary file, served piece by piece as it
- * arrives (cut-through): a piece is readable once every byte of it is written and hashed, its SHA-256
- * known; a read of a piece not there yet waits for it (until the fetch fails, or the reader's signal
- * aborts). The last piece waits for the end of the fetch and the check of the whole file's digest, so a
- * node never completes a file the origin lied about. The fetch (SeedFiles) drives it: `progress` after each
- * chunk written, then `complete` or `fail`, then `close` before the temporary file goes.
- */
-/**
  * What a read of a file whose fetch failed throws: the origin's file is not the one named (DIGEST_MISMATCH,
  * CORRUPT: final), or the fetch failed on the way (a source that has nothing now: the node asks again, and
  * its next table request starts a new fetch).
@@ -26,6 +18,14 @@ export function failedRead(err: unknown): DfError {
 /** A read waiting for its piece is told at least this often that the fetch moves (ms). */
 const ALIVE_MS = 1000;
 
+/**
+ * A raw file a seed is still fetching from its origin into a temporary file, served piece by piece as it
+ * arrives (cut-through): a piece is readable once every byte of it is written and hashed, its SHA-256
+ * known; a read of a piece not there yet waits for it (until the fetch fails, or the reader's signal
+ * aborts). The last piece waits for the end of the fetch and the check of the whole file's digest, so a
+ * node never completes a file the origin lied about. The fetch (SeedFiles) drives it: `progress` after each
+ * chunk written, then `complete` or `fail`, then `close` before the temporary file goes.
+ */
 export class FillingFile {
   readonly layout: PieceLayout;
   /** Pieces readable now. */
