@@ -193,15 +193,7 @@ export class TrackerState {
 
   /** Whether a peer other than `peer` (and not reported failing) is being sent one of `units`. */
   pendingAtOthers(blob: string, peer: string, units: readonly number[]): boolean {
-    const b = this.blobs.get(blob);
-    if (!b) return false;
-    const now = this.timers.now();
-    for (const p of b.peers.values()) {
-      if (p.id === peer || !p.pending.size) continue;
-      this.prunePending(p, now, this.failureScore(p.id, now));
-      for (const u of units) if (p.pending.has(u)) return true;
-    }
-    return false;
+    return this.atOthers(blob, peer, units, false);
   }
 
   /**
@@ -209,15 +201,23 @@ export class TrackerState {
    * sent it: a raw file's piece can then come from that peer (Seed: a planned piece request is deferred).
    */
   elsewhere(blob: string, peer: string, units: readonly number[]): boolean {
+    return this.atOthers(blob, peer, units, true);
+  }
+
+  /**
+   * Whether a live peer other than `peer` is being sent one of `units` (or, with `held`, holds it). A peer
+   * reported failing or fallen silent counts for neither (prunePending drops what it was being sent).
+   */
+  private atOthers(blob: string, peer: string, units: readonly number[], held: boolean): boolean {
     const b = this.blobs.get(blob);
     if (!b) return false;
     const now = this.timers.now();
     for (const p of b.peers.values()) {
-      if (p.id === peer) continue;
+      if (p.id === peer || (!held && !p.pending.size)) continue;
       const failures = this.failureScore(p.id, now);
-      if (failures >= 1 || now - p.lastSeen > this.pendingSilence) continue;
       this.prunePending(p, now, failures);
-      for (const u of units) if (p.pending.has(u) || (u < p.bits.size && p.bits.has(u))) return true;
+      if (failures >= 1 || now - p.lastSeen > this.pendingSilence) continue;
+      for (const u of units) if (p.pending.has(u) || (held && p.bits.has(u))) return true;
     }
     return false;
   }
