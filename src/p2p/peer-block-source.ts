@@ -99,7 +99,11 @@ export class PeerBlockSource implements BlockSource {
       const e = DfError.from(err);
       if (isBusy(e)) {
         // its upload slots are taken: not a failure; other holders (or later) for a moment
-        this.full.set(h.id, this.timers.now() + BUSY_BACKOFF_MS);
+        const now = this.timers.now();
+        // holders come and go (a restarted node has a new id): the expired entries go before a new one
+        if (this.full.size >= 256)
+          for (const [id, until] of this.full) if (until <= now) this.full.delete(id);
+        this.full.set(h.id, now + BUSY_BACKOFF_MS);
         throw e;
       }
       // a holder that lost the range (evicted) is not at fault; anything else is
