@@ -237,7 +237,11 @@ async function main(): Promise<number> {
         node = await DfnodeRun.start({
           cli: DFNODE,
           dir: join(dir, 'n'),
-          config: v.config,
+          // containerd's socket (the one started below): per-container metrics look containers up there
+          config: {
+            ...v.config,
+            node: { ...v.config?.node, containerdAddress: join(dir, 'c', 'containerd.sock') },
+          },
           metricsPort: 19_700 + (process.pid % 200),
         });
       ctd = await PrivateContainerd.start(join(dir, 'c'), {

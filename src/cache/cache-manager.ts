@@ -129,6 +129,11 @@ export class CacheManager {
     }
   }
 
+  /** Whether the cache holds anything of `digest` (on disk or open): false means a cache would start empty. */
+  holds(digest: string): boolean {
+    return this.entries.has(digest);
+  }
+
   /** Bytes of blob data held (sum of filled bytes). */
   get totalBytes(): number {
     return this.total;

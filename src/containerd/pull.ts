@@ -23,9 +23,10 @@ export interface LazyPullOptions {
   signal?: AbortSignal;
   onProgress?: (line: string) => void;
   /**
-   * Called once the manifest is known, before containerd is asked anything: a caller that also serves the
-   * snapshotter (`dfnode run`) starts the per-layer work of every layer there, concurrently, while the layers
-   * are prepared one by one (each on its parent, as containerd requires).
+   * Called once the manifest is known (a DFB image), before the config is fetched and before any layer is
+   * prepared: a caller that also serves the snapshotter (`dfnode run`) starts the per-layer work of every layer
+   * there, concurrently, while the layers are prepared one by one (each on its parent, as containerd
+   * requires).
    */
   onResolved?: (image: { name: string; manifestDigest: string; layers: Descriptor[] }) => void;
 }
@@ -66,14 +67,78 @@ function snapshotterHint(snapshotter: string): string {
  * the end (the image record and the content labels keep it alive from then on).
  */
 export async function lazyPull(ref: ImageReference, opts: LazyPullOptions): Promise<LazyPullResult> {
-  const { registry, containerd: ctd, snapshotter, signal } = opts;
+  const { containerd: ctd, signal } = opts;
   const progress = opts.onProgress ?? (() => undefined);
-  const platform = opts.platform ?? hostPlatform();
   const name = containerdImageName(ref);
 
   await ctd.checkSocket();
 
-  // ---- registry: index → manifest → config
+  // The lease while the registry answers: containerd's first call also opens the connection.
+  const leasing = createLease(ctd, opts.leaseTtlMs, signal);
+  leasing.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
+  let resolved: ResolvedImage;
+  try {
+    resolved = await resolveImage(ref, name, opts, progress);
+  } catch (err) {
+    // the registry failed: the lease (if containerd made one) is not left to expire
+    void leasing.then(
+      (id) => ctd.call(ctd.leases, 'Delete', { id, sync: false }).catch(() => undefined),
+      () => undefined,
+    );
+    throw err;
+  }
+  const lease = await leasing;
+  progress('T lease');
+  try {
+    return await intoContainerd(resolved, name, lease, opts, progress);
+  } finally {
+    await ctd.call(ctd.leases, 'Delete', { id: lease, sync: false }).catch(() => undefined);
+  }
+}
+
+interface ResolvedImage {
+  index?: { digest: string; mediaType: string; bytes: Buffer; manifestIndex: number };
+  manifest: { digest: string; mediaType: string; bytes: Buffer };
+  m: { config: Descriptor; layers: Descriptor[] };
+  configBytes: Buffer;
+  chains: string[];
+}
+
+async function createLease(
+  ctd: ContainerdClient,
+  ttlMs: number | undefined,
+  signal?: AbortSignal,
+): Promise<string> {
+  const expires = new Date(Date.now() + (ttlMs ?? 3600_000)).toISOString().replace(/\.\d+Z$/, 'Z');
+  try {
+    const r = await ctd.call<{ lease: { id: string } }>(
+      ctd.leases,
+      'Create',
+      {
+        id: `dfnode-pull-${Date.now()}-${randomBytes(4).toString('hex')}`,
+        labels: { [Labels.gcExpire]: expires },
+      },
+      { signal },
+    );
+    return r.lease.id;
+  } catch (err) {
+    if (grpcCode(err) === grpc.status.UNAVAILABLE)
+      throw new DfError('NETWORK', `cannot reach containerd at ${ctd.address}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    throw err;
+  }
+}
+
+/** Registry: index → manifest → config, checked to be a DFB image. */
+async function resolveImage(
+  ref: ImageReference,
+  name: string,
+  opts: LazyPullOptions,
+  progress: (line: string) => void,
+): Promise<ResolvedImage> {
+  const { registry, snapshotter, signal } = opts;
+  const platform = opts.platform ?? hostPlatform();
   const top = await registry.getManifest(ref, { signal });
   let parsed = parseManifestOrIndex(top.bytes, top.mediaType, `manifest of ${ref}`);
   let index: { digest: string; mediaType: string; bytes: Buffer; manifestIndex: number } | undefined;
@@ -103,6 +168,9 @@ export async function lazyPull(ref: ImageReference, opts: LazyPullOptions): Prom
         `Convert it (dfconvert ${ref}) and pull the -dfb tag, or let containerd unpack it into dfnode's ` +
         `ordinary snapshots: ctr images pull --snapshotter ${snapshotter} ${name}`,
     );
+  // the snapshotter's side starts each layer's TOC now, while the config and containerd answer
+  opts.onResolved?.({ name, manifestDigest: manifest.digest, layers: m.layers });
+  progress('T manifest');
   const { stream } = await registry.getBlob(ref, m.config.digest, { signal });
   const configBytes = await readAll(stream, MAX_CONFIG_BYTES, `config of ${ref}`);
   let diffIds: string[];
@@ -120,32 +188,26 @@ export async function lazyPull(ref: ImageReference, opts: LazyPullOptions): Prom
   if (topChain === undefined)
     throw DfError.unsupported(`${ref} has no layers: there is nothing to pull lazily`);
   progress(`resolved ${name}: manifest ${manifest.digest}, ${m.layers.length} layers`);
-  opts.onResolved?.({ name, manifestDigest: manifest.digest, layers: m.layers });
+  return { index, manifest, m, configBytes, chains };
+}
 
-  // ---- containerd
-  const expires = new Date(Date.now() + (opts.leaseTtlMs ?? 3600_000)).toISOString().replace(/\.\d+Z$/, 'Z');
-  let lease: string;
-  try {
-    const r = await ctd.call<{ lease: { id: string } }>(
-      ctd.leases,
-      'Create',
-      {
-        id: `dfnode-pull-${Date.now()}-${randomBytes(4).toString('hex')}`,
-        labels: { [Labels.gcExpire]: expires },
-      },
-      { signal },
-    );
-    lease = r.lease.id;
-  } catch (err) {
-    if (grpcCode(err) === grpc.status.UNAVAILABLE)
-      throw new DfError('NETWORK', `cannot reach containerd at ${ctd.address}: ${(err as Error).message}`, {
-        cause: err,
-      });
-    throw err;
-  }
+/**
+ * containerd: config, manifest and index into the content store while the layers are prepared bottom up
+ * (each on its parent chain), then the image record.
+ */
+async function intoContainerd(
+  r: ResolvedImage,
+  name: string,
+  lease: string,
+  opts: LazyPullOptions,
+  progress: (line: string) => void,
+): Promise<LazyPullResult> {
+  const { containerd: ctd, snapshotter, signal } = opts;
+  const { index, manifest, m, configBytes, chains } = r;
+  const topChain = chains.at(-1)!;
   const call = { lease, signal };
-  try {
-    // Content first (config, manifest, index: children before parents, as containerd's fetcher does).
+  // Content (children before parents, as containerd's fetcher does) alongside the layers.
+  const content = (async () => {
     await writeContent(ctd, m.config.digest, configBytes, {
       ...call,
       ref: `config-${m.config.digest}`,
@@ -164,81 +226,99 @@ export async function lazyPull(ref: ImageReference, opts: LazyPullOptions): Prom
         ref: `index-${index.digest}`,
         labels: { [`${Labels.gcRefContent}.m.${index.manifestIndex}`]: manifest.digest },
       });
+  })();
+  let existing: number;
+  try {
+    existing = await prepareLayers(r, name, call, opts, progress);
+    progress('T layers');
+  } finally {
+    await content.catch(() => undefined);
+  }
+  await content;
+  progress('T content');
 
-    // Layers: bottom up, each on its parent chain.
-    const digests = m.layers.map((l) => l.digest);
-    let existing = 0;
-    for (const [i, layer] of m.layers.entries()) {
-      const chain = chains[i]!;
-      const parent = i > 0 ? chains[i - 1]! : '';
-      if (await snapshotExists(ctd, snapshotter, chain, call)) {
-        existing++;
-        progress(
-          `layer ${i + 1}/${m.layers.length} ${layer.digest.slice(0, 19)}: present (${chain.slice(0, 19)})`,
-        );
-        continue;
-      }
-      const key = `extract-${Date.now()}-${randomBytes(6).toString('base64url')} ${chain}`;
-      const labels = {
-        [Labels.snapshotRef]: chain,
-        [Labels.criImageRef]: name,
-        [Labels.criManifestDigest]: manifest.digest,
-        [Labels.criLayerDigest]: layer.digest,
-        [Labels.criImageLayers]: layersLabel(Labels.criImageLayers, digests.slice(i)),
-      };
-      let mounts: unknown[] | undefined;
-      try {
-        const r = await ctd.call<{ mounts: unknown[] }>(
-          ctd.snapshots,
-          'Prepare',
-          { snapshotter, key, parent, labels },
-          call,
-        );
-        mounts = r.mounts;
-      } catch (err) {
-        if (grpcCode(err) !== grpc.status.ALREADY_EXISTS)
-          throw explainSnapshotError(err, snapshotter, layer.digest);
-      }
-      if (mounts) {
-        await ctd.call(ctd.snapshots, 'Remove', { snapshotter, key }, call).catch(() => undefined);
-        throw new DfError(
-          'FAILED_PRECONDITION',
-          `snapshotter ${snapshotter} did not take layer ${layer.digest} as a remote layer (it returned mounts to ` +
-            `unpack into): is the snapshotter dfnode's, and can it read the registry (--plain-http, credentials)?`,
-        );
-      }
-      if (!(await snapshotExists(ctd, snapshotter, chain, call)))
-        throw DfError.internal(
-          `snapshotter ${snapshotter} answered ALREADY_EXISTS for layer ${layer.digest} but has no snapshot ${chain}`,
-        );
+  // The image record: the root that keeps content and snapshots alive once the lease is gone.
+  const target = index
+    ? { media_type: index.mediaType, digest: index.digest, size: index.bytes.length }
+    : { media_type: manifest.mediaType, digest: manifest.digest, size: manifest.bytes.length };
+  const image = { name, target, labels: {} };
+  try {
+    await ctd.call(ctd.images, 'Create', { image }, call);
+  } catch (err) {
+    if (grpcCode(err) !== grpc.status.ALREADY_EXISTS) throw err;
+    await ctd.call(ctd.images, 'Update', { image, update_mask: { paths: ['target'] } }, call);
+  }
+  progress(`image ${name} ready (snapshotter ${snapshotter})`);
+  return {
+    name,
+    target,
+    manifestDigest: manifest.digest,
+    configDigest: m.config.digest,
+    chainIds: chains,
+    existing,
+  };
+}
+
+/** Each layer bottom up on its parent chain, through containerd's snapshots service; the number present. */
+async function prepareLayers(
+  r: ResolvedImage,
+  name: string,
+  call: { lease: string; signal?: AbortSignal },
+  opts: LazyPullOptions,
+  progress: (line: string) => void,
+): Promise<number> {
+  const { containerd: ctd, snapshotter } = opts;
+  const { manifest, m, chains } = r;
+  const digests = m.layers.map((l) => l.digest);
+  let existing = 0;
+  for (const [i, layer] of m.layers.entries()) {
+    const chain = chains[i]!;
+    const parent = i > 0 ? chains[i - 1]! : '';
+    if (await snapshotExists(ctd, snapshotter, chain, call)) {
+      existing++;
       progress(
-        `layer ${i + 1}/${m.layers.length} ${layer.digest.slice(0, 19)}: remote snapshot ${chain.slice(0, 19)}`,
+        `layer ${i + 1}/${m.layers.length} ${layer.digest.slice(0, 19)}: present (${chain.slice(0, 19)})`,
+      );
+      continue;
+    }
+    const key = `extract-${Date.now()}-${randomBytes(6).toString('base64url')} ${chain}`;
+    const labels = {
+      [Labels.snapshotRef]: chain,
+      [Labels.criImageRef]: name,
+      [Labels.criManifestDigest]: manifest.digest,
+      [Labels.criLayerDigest]: layer.digest,
+      [Labels.criImageLayers]: layersLabel(Labels.criImageLayers, digests.slice(i)),
+    };
+    let mounts: unknown[] | undefined;
+    try {
+      const res = await ctd.call<{ mounts: unknown[] }>(
+        ctd.snapshots,
+        'Prepare',
+        { snapshotter, key, parent, labels },
+        call,
+      );
+      mounts = res.mounts;
+    } catch (err) {
+      if (grpcCode(err) !== grpc.status.ALREADY_EXISTS)
+        throw explainSnapshotError(err, snapshotter, layer.digest);
+    }
+    if (mounts) {
+      await ctd.call(ctd.snapshots, 'Remove', { snapshotter, key }, call).catch(() => undefined);
+      throw new DfError(
+        'FAILED_PRECONDITION',
+        `snapshotter ${snapshotter} did not take layer ${layer.digest} as a remote layer (it returned mounts to ` +
+          `unpack into): is the snapshotter dfnode's, and can it read the registry (--plain-http, credentials)?`,
       );
     }
-
-    // The image record: the root that keeps content and snapshots alive once the lease is gone.
-    const target = index
-      ? { media_type: index.mediaType, digest: index.digest, size: index.bytes.length }
-      : { media_type: manifest.mediaType, digest: manifest.digest, size: manifest.bytes.length };
-    const image = { name, target, labels: {} };
-    try {
-      await ctd.call(ctd.images, 'Create', { image }, call);
-    } catch (err) {
-      if (grpcCode(err) !== grpc.status.ALREADY_EXISTS) throw err;
-      await ctd.call(ctd.images, 'Update', { image, update_mask: { paths: ['target'] } }, call);
-    }
-    progress(`image ${name} ready (snapshotter ${snapshotter})`);
-    return {
-      name,
-      target,
-      manifestDigest: manifest.digest,
-      configDigest: m.config.digest,
-      chainIds: chains,
-      existing,
-    };
-  } finally {
-    await ctd.call(ctd.leases, 'Delete', { id: lease, sync: false }).catch(() => undefined);
+    if (!(await snapshotExists(ctd, snapshotter, chain, call)))
+      throw DfError.internal(
+        `snapshotter ${snapshotter} answered ALREADY_EXISTS for layer ${layer.digest} but has no snapshot ${chain}`,
+      );
+    progress(
+      `layer ${i + 1}/${m.layers.length} ${layer.digest.slice(0, 19)}: remote snapshot ${chain.slice(0, 19)}`,
+    );
   }
+  return existing;
 }
 
 async function readAll(stream: AsyncIterable<Buffer>, limit: number, what: string): Promise<Buffer> {

@@ -24,10 +24,10 @@ export class NodeRemoteLayers implements RemoteLayers {
   }
 
   /**
-   * Reads the TOCs of an image's DFB layers above the bottom one into the cache, all at once and in the
-   * background (a pull through `dfnode run` has just resolved the image): the mounts that follow, one per
-   * Prepare and each after its parent's, then find their TOCs local. The bottom layer is left out: its Prepare
-   * starts at once and would fetch the same TOC a second time. Failures are only logged: the mount fetches
+   * Reads the TOCs of an image's DFB layers into the cache, all at once and in the background (a pull
+   * through `dfnode run` has just read the manifest): the mounts that follow, one per Prepare and each after
+   * its parent's, then find their TOCs local, and a mount that starts while its TOC is on the way waits for
+   * that read (LayerStore.readToc) instead of fetching it again. Failures are only logged: the mount fetches
    * the TOC again and reports its own error.
    */
   warm(imageRef: string, layers: Descriptor[]): void {
@@ -37,7 +37,7 @@ export class NodeRemoteLayers implements RemoteLayers {
     } catch {
       return;
     }
-    for (const d of layers.slice(1))
+    for (const d of layers)
       if (d.mediaType === DFB_LAYER_MEDIA_TYPE)
         this.runtime.layers
           .readToc(dfbLayerOf(d), ref)
@@ -57,7 +57,13 @@ export class NodeRemoteLayers implements RemoteLayers {
     const ref = parseReference(layer.ref);
     const mounted = await this.runtime.mountLayer(
       ref,
-      { digest: layer.digest, size: layer.size, tocDigest: layer.tocDigest, diffId: layer.diffId },
+      {
+        digest: layer.digest,
+        size: layer.size,
+        tocDigest: layer.tocDigest,
+        diffId: layer.diffId,
+        tocOffset: layer.tocOffset,
+      },
       mountpoint,
       { lowerTocs: lowerTocsOf(lower), signal },
     );

@@ -12,7 +12,7 @@ import { UnitFetcher } from '../fetch/unit-fetcher.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Timers } from '../util/timers.js';
 import type { TokenBucket } from '../util/token-bucket.js';
-import { loadToc } from './load-toc.js';
+import { loadToc, type LoadedToc } from './load-toc.js';
 import type { LayerSwarm, SwarmMembership } from './swarm.js';
 
 /** How a layer fetches, reads and fills (config `fetch.*` and `cache.verifyCachedReads`). */
@@ -67,6 +67,13 @@ export interface LayerCoreInit extends LayerShared {
   sources: BlockSource[];
   /** TOC digest from the converter's annotation; checked when given. */
   expectedTocDigest?: string;
+  /** TOC offset from the converter's annotation (see LoadTocOptions.tocOffsetHint). */
+  tocOffsetHint?: number;
+  /**
+   * The TOC loadToc verified over this same cache moments ago (LayerStore.readToc): taken as it is while the
+   * cache still holds it, so the TOC is not read and decoded a second time.
+   */
+  loaded?: LoadedToc;
   signal?: AbortSignal;
 }
 
@@ -94,16 +101,26 @@ export class LayerCore {
   static async open(init: LayerCoreInit): Promise<LayerCore> {
     const o = init.options ?? {};
     const logger = init.logger ?? silentLogger;
-    const loaded = await loadToc({
-      blob: init.blob,
-      cache: init.cache,
-      sources: init.sources,
-      expectedTocDigest: init.expectedTocDigest,
-      requestTimeoutMs: o.requestTimeoutMs,
-      timers: init.timers,
-      logger,
-      signal: init.signal,
-    });
+    const pre = init.loaded;
+    const layout = init.cache.layout;
+    const kept =
+      pre &&
+      layout?.blockCount === pre.toc.blockCount &&
+      layout.tocOffset === pre.footer.tocOffset &&
+      (pre.unstored !== undefined || init.cache.has(layout.blockCount));
+    const loaded = kept
+      ? pre
+      : await loadToc({
+          blob: init.blob,
+          cache: init.cache,
+          sources: init.sources,
+          expectedTocDigest: init.expectedTocDigest,
+          tocOffsetHint: init.tocOffsetHint,
+          requestTimeoutMs: o.requestTimeoutMs,
+          timers: init.timers,
+          logger,
+          signal: init.signal,
+        });
     const fetcher = new UnitFetcher({
       blob: init.blob,
       toc: loaded.toc,

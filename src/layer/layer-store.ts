@@ -10,13 +10,19 @@ import type { DfbLayer } from '../registry/image.js';
 import type { ImageReference } from '../registry/reference.js';
 import { bound } from '../util/timers.js';
 import { LayerCore, type LayerOptions, type LayerShared } from './layer-core.js';
-import { loadToc } from './load-toc.js';
+import { loadToc, type LoadedToc } from './load-toc.js';
 import { Layer } from './layer.js';
 
 export interface LayerStoreOptions extends LayerShared {
   cache: CacheManager;
   /** The source chain for a blob of an image from `from` (peers, seed, registry; or just the registry). */
   sources: (from: ImageReference) => BlockSource[];
+}
+
+/** A TOC read in flight (LayerStore.readToc), with the TOC digest it is checked against. */
+interface TocRead {
+  tocDigest?: string;
+  loading: Promise<LoadedToc>;
 }
 
 interface Entry {
@@ -49,6 +55,8 @@ export function layerOptionsFrom(cfg: Config): LayerOptions {
 export class LayerStore {
   readonly stats: FetchStats;
   private readonly entries = new Map<string, Entry>();
+  /** readToc calls in flight, by digest: shared by concurrent callers and awaited by an open of the layer. */
+  private readonly tocReads = new Map<string, TocRead>();
   private readonly logger: Logger;
   private readonly closer = new AbortController();
 
@@ -85,26 +93,53 @@ export class LayerStore {
    * The verified TOC of `layer` alone (the layers below a mounted one, for implied directories): from the
    * open layer when there is one, else through loadToc over its cache (which keeps the TOC for later opens)
    * without building a layer, so nothing joins the swarm or starts fetching for a layer nobody reads.
+   * Concurrent calls for one blob share one read, and an open of the layer waits for it and takes the TOC
+   * from the cache (a pull warms every layer's TOC while containerd prepares them one by one).
    */
   async readToc(layer: DfbLayer, from: ImageReference, signal?: AbortSignal): Promise<Toc> {
     const open = this.entries.get(layer.digest);
-    if (open?.core && !open.closing) return open.core.toc;
+    if (open && !open.closing) {
+      const core =
+        open.core ??
+        (await bound(open.opening, { signal, what: `open layer ${layer.digest}` }).catch(() => undefined));
+      if (core) return core.toc;
+    }
+    let reading = this.tocReads.get(layer.digest);
+    if (!reading || reading.tocDigest !== layer.tocDigest) reading = this.startTocRead(layer, from);
+    return (await bound(reading.loading, { signal, what: `TOC of ${layer.digest}` })).toc;
+  }
+
+  private startTocRead(layer: DfbLayer, from: ImageReference): TocRead {
+    const started = { tocDigest: layer.tocDigest, loading: this.loadTocOnly(layer, from) };
+    this.tocReads.set(layer.digest, started);
+    started.loading
+      .finally(() => {
+        if (this.tocReads.get(layer.digest) === started) this.tocReads.delete(layer.digest);
+      })
+      .catch(() => undefined);
+    return started;
+  }
+
+  private async loadTocOnly(layer: DfbLayer, from: ImageReference): Promise<LoadedToc> {
     const blob = { digest: layer.digest, size: layer.size };
-    const cache = await this.opts.cache.open(blob, signal);
+    const signal = this.closer.signal;
+    const cacheIsNew = !this.opts.cache.holds(layer.digest);
+    const opening = this.opts.cache.open(blob, signal);
     try {
-      const loaded = await loadToc({
+      return await loadToc({
         blob,
-        cache,
+        cache: opening,
+        cacheIsNew,
         sources: this.opts.sources(from),
         expectedTocDigest: layer.tocDigest,
+        tocOffsetHint: layer.tocOffset,
         requestTimeoutMs: this.opts.options?.requestTimeoutMs,
         timers: this.opts.timers,
         logger: this.logger,
         signal,
       });
-      return loaded.toc;
     } finally {
-      await this.opts.cache.release(cache).catch(() => undefined);
+      await opening.then((c) => this.opts.cache.release(c)).catch(() => undefined);
     }
   }
 
@@ -150,8 +185,18 @@ export class LayerStore {
   private async build(layer: DfbLayer, from: ImageReference): Promise<LayerCore> {
     const blob = { digest: layer.digest, size: layer.size };
     const signal = this.closer.signal;
+    // A TOC read already on its way (a pull's warm-up) is waited for and taken as it is, instead of reading
+    // and decoding the TOC a second time; a blob the cache holds nothing of gets one now, so that its TOC
+    // travels while the cache is created. If the read failed, the open reads the TOC itself and reports its
+    // own error.
+    let reading = this.tocReads.get(layer.digest);
+    if (!reading && !this.opts.cache.holds(layer.digest)) reading = this.startTocRead(layer, from);
     const cache = await this.opts.cache.open(blob, signal);
     try {
+      const loaded =
+        reading && reading.tocDigest === layer.tocDigest
+          ? await reading.loading.catch(() => undefined)
+          : undefined;
       return await LayerCore.open({
         ...this.opts,
         stats: this.stats,
@@ -159,6 +204,8 @@ export class LayerStore {
         cache,
         sources: this.opts.sources(from),
         expectedTocDigest: layer.tocDigest,
+        tocOffsetHint: layer.tocOffset,
+        loaded,
         signal,
       });
     } catch (err) {

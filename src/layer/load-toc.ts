@@ -10,10 +10,21 @@ import { bound, childSignal, realTimers, type Timers } from '../util/timers.js';
 
 export interface LoadTocOptions {
   blob: BlobRef;
-  cache: BlobCache;
+  /** The blob's cache, or its opening (owned by the caller, who releases it). */
+  cache: BlobCache | Promise<BlobCache>;
+  /**
+   * The cache held nothing of the blob when its opening began (CacheManager.holds): the TOC cannot be in it,
+   * so the sources are asked at once, while the cache opens.
+   */
+  cacheIsNew?: boolean;
   sources: BlockSource[];
   /** TOC digest from the layer annotation `dev.dfnode.dfb.toc.digest`; checked when given. */
   expectedTocDigest?: string;
+  /**
+   * TOC offset from the layer annotation `dev.dfnode.dfb.toc.offset`: TOC and footer then come in one range
+   * read instead of two. Only a hint: the footer read with it decides, and a wrong hint costs a second read.
+   */
+  tocOffsetHint?: number;
   /** Time limit of each footer/TOC request (ms). Default 10 s. */
   requestTimeoutMs?: number;
   timers?: Timers;
@@ -35,23 +46,31 @@ export interface LoadedToc {
 
 const sha256 = (b: Buffer): Buffer => createHash('sha256').update(b).digest();
 
+/** TOC + footer in one read from the offset hint only up to this size (a wrong hint reads no more). */
+const MAX_HINTED_READ = 64 * 1024 * 1024;
+
 /**
  * Gets footer + TOC of a DFB blob: from the cache when its TOC unit is present (no network), else with
- * two range reads from the sources (the footer, then the TOC), verified against the footer and the
+ * two range reads from the sources (the footer, then the TOC; one read with a TOC offset hint), verified against the footer and the
  * expected TOC digest, and stored in the cache (whose layout it sets).
  */
 export async function loadToc(opts: LoadTocOptions): Promise<LoadedToc> {
-  const { blob, cache } = opts;
+  const { blob } = opts;
   const logger = opts.logger ?? silentLogger;
   const timers = opts.timers ?? realTimers;
   const requestMs = opts.requestTimeoutMs ?? 10_000;
   if (blob.size < FOOTER_SIZE)
     throw DfError.corrupt(`blob ${blob.digest} is ${blob.size} bytes: not a DFB blob`);
 
-  const fromCache = await tocFromCache(cache, blob, opts.expectedTocDigest, logger, opts.signal);
-  if (fromCache) return { ...fromCache, source: 'cache' };
+  const early = opts.cacheIsNew ? fromSources(opts, requestMs, timers, logger) : undefined;
+  early?.catch(() => undefined); // awaited below unless the cache fails to open first
+  const cache = await opts.cache;
+  if (!early) {
+    const fromCache = await tocFromCache(cache, blob, opts.expectedTocDigest, logger, opts.signal);
+    if (fromCache) return { ...fromCache, source: 'cache' };
+  }
 
-  const { toc, footer, stored, tail } = await fromSources(opts, requestMs, timers, logger);
+  const { toc, footer, stored, tail } = await (early ?? fromSources(opts, requestMs, timers, logger));
   const unit = Buffer.concat([stored, tail]);
   const unitSha256 = sha256(unit);
   try {
@@ -111,11 +130,21 @@ async function fromSources(
           '(needed to take a TOC from a peer or seed): check that the registry is reachable or convert the image again'
       : `no source for blob ${blob.digest}`,
   );
+  const hint = opts.tocOffsetHint;
+  const oneRead =
+    hint !== undefined && hint >= 0 && hint <= blob.size - FOOTER_SIZE && blob.size - hint <= MAX_HINTED_READ;
   for (const s of usable) {
     try {
-      const tail = await fromSource(s, blob, blob.size - FOOTER_SIZE, FOOTER_SIZE, ms, timers, signal);
+      let tail: Buffer;
+      let stored: Buffer | undefined;
+      if (oneRead) {
+        const unit = await fromSource(s, blob, hint, blob.size - hint, ms, timers, signal);
+        tail = unit.subarray(unit.length - FOOTER_SIZE);
+        const at = decodeFooter(tail, blob.size).tocOffset;
+        if (at >= hint) stored = unit.subarray(at - hint, unit.length - FOOTER_SIZE);
+      } else tail = await fromSource(s, blob, blob.size - FOOTER_SIZE, FOOTER_SIZE, ms, timers, signal);
       const footer = decodeFooter(tail, blob.size);
-      const stored = await fromSource(s, blob, footer.tocOffset, footer.tocStoredLength, ms, timers, signal);
+      stored ??= await fromSource(s, blob, footer.tocOffset, footer.tocStoredLength, ms, timers, signal);
       // inflated on the thread pool: a large TOC does not stall the event loop (other layers' reads)
       const toc = await DfbReader.decodeStoredTocAsync(footer, stored, opts.expectedTocDigest);
       return { toc, footer, stored, tail };

@@ -12,6 +12,8 @@ export interface DfbLayer {
   tocDigest: string | undefined;
   /** Uncompressed source layer digest (diff ID). */
   diffId: string | undefined;
+  /** TOC offset from the converter's annotation: a hint that saves the footer's own read. */
+  tocOffset?: number;
 }
 
 /** An image resolved to one platform's manifest. */
@@ -51,7 +53,15 @@ export function dfbLayerOf(d: Descriptor): DfbLayer {
     size: d.size,
     tocDigest: d.annotations?.[Annotations.tocDigest],
     diffId: d.annotations?.[Annotations.diffId],
+    tocOffset: offsetHint(d.annotations?.[Annotations.tocOffset], d.size),
   };
+}
+
+/** A decimal TOC offset inside a blob of `size` bytes, else undefined (the footer is read instead). */
+function offsetHint(text: string | undefined, size: number): number | undefined {
+  if (text === undefined || !/^\d{1,16}$/.test(text)) return undefined;
+  const n = Number(text);
+  return Number.isSafeInteger(n) && n < size ? n : undefined;
 }
 
 /**

@@ -21,6 +21,8 @@ export interface RemoteLayerRecord {
   size: number;
   tocDigest?: string;
   diffId?: string;
+  /** TOC offset annotation (a hint: one range read for TOC and footer). */
+  tocOffset?: number;
 }
 
 /** One snapshot in the metadata store. `name` is the key (active/view) or the committed name. */

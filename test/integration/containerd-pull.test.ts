@@ -292,6 +292,14 @@ describe.skipIf(req.skip)(
       const s = await pull(images.busybox!.dfb, ['--snapshotter', 'not-configured']);
       expect(s.code).not.toBe(0);
       expect(s.stderr).toMatch(/proxy_plugins/);
+      // the lease is asked for while the registry answers: a tag the registry lacks leaves none behind
+      const missing = images.busybox!.dfb.replace(/:[^:/]+$/, ':no-such-tag');
+      const m = await pull(missing);
+      expect(m.code).not.toBe(0);
+      expect(m.stderr).toMatch(/no-such-tag/);
+      await expect
+        .poll(async () => (await ctd.ctrOk(['leases', 'ls', '-q'])).trim(), { timeout: 5000 })
+        .toBe('');
     });
 
     it('image removal and ctr snapshots rm leave no dfnode mounts', async () => {

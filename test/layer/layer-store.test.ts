@@ -153,6 +153,41 @@ describe('LayerStore', () => {
     });
   });
 
+  it("a pull's warm-up: concurrent readTocs and an open during them read the TOC once, in one request", async () => {
+    const { tb, src, store } = await setup();
+    const g = gate();
+    src.gate = g.promise;
+    const d = { ...desc(tb), tocOffset: tb.toc.storedDataLength };
+    const first = store.readToc(d, ref);
+    const second = store.readToc(d, ref);
+    const opening = store.open(d, ref);
+    await new Promise((r) => setImmediate(r));
+    g.open();
+    const [a, b, layer] = await Promise.all([first, second, opening]);
+    // one range read (TOC and footer, from the annotation's offset), one decode shared by all three
+    expect(src.requests).toEqual([{ offset: d.tocOffset, length: tb.blob.size - d.tocOffset }]);
+    expect(b).toBe(a);
+    expect(layer.toc).toBe(a);
+    await layer.release();
+    // a different TOC digest is not served by that read
+    await expect(store.readToc(desc(tb, 'sha256:' + '0'.repeat(64)), ref)).rejects.toMatchObject({
+      code: 'DIGEST_MISMATCH',
+    });
+  });
+
+  it('an open of a blob the cache holds nothing of reads its TOC in one request and keeps it', async () => {
+    const { tb, src, store } = await setup();
+    const d = { ...desc(tb), tocOffset: tb.toc.storedDataLength };
+    const layer = await store.open(d, ref);
+    expect(layer.tocSource).toBe('remote');
+    expect(src.requests.length).toBe(1);
+    await layer.release();
+    const again = await store.open(d, ref);
+    expect(again.tocSource).toBe('cache');
+    expect(src.requests.length).toBe(1);
+    await again.release();
+  });
+
   it('close() closes every layer, whoever holds it', async () => {
     const { tb, src, store, swarm } = await setup();
     const a = await store.open(desc(tb), ref);
