@@ -211,6 +211,24 @@ describe('TOC corruption', () => {
       /'\/' or NUL/,
     ],
     [
+      'name with a NUL',
+      (t, l) => (t[l.strings + t.readUInt32LE(l.dirents + D.nameOffset) + 1] = 0),
+      /'\/' or NUL/,
+    ],
+    [
+      "name '..'",
+      (t, l) => {
+        t.writeUInt32LE(2, l.dirents + D.nameLength);
+        t.write('..', l.strings + t.readUInt32LE(l.dirents + D.nameOffset), 'latin1');
+      },
+      /name is '\.' or '\.\.'/,
+    ],
+    [
+      'name that is not UTF-8',
+      (t, l) => (t[l.strings + t.readUInt32LE(l.dirents + D.nameOffset)] = 0xff),
+      /not valid UTF-8/,
+    ],
+    [
       'unsorted names',
       (t, l) => {
         const a = Buffer.from(t.subarray(l.dirents, l.dirents + D.SIZE));
