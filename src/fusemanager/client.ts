@@ -8,7 +8,13 @@ import { DfError, ErrorCodes, type ErrorCode } from '../errors.js';
 import { keepAliveTimers, sleep as sleepFor } from '../util/timers.js';
 import { silentLogger, type Logger } from '../log.js';
 import { readStartedWith, settingsNotApplied } from './config-drift.js';
-import { fuseManagerPaths, type Health, type ManagedMount, type MountRequest } from './protocol.js';
+import {
+  fuseManagerPaths,
+  type Health,
+  type ManagedLayer,
+  type ManagedMount,
+  type MountRequest,
+} from './protocol.js';
 import { processRunning } from '../process.js';
 import type { BlobCacheInfo } from '../cache/cache-manager.js';
 import type { MountRecord } from '../daemon/mount-records.js';
@@ -101,6 +107,14 @@ export class FuseManagerClient {
   /** Cache contents (with in-use flags) and fetch counters of the manager's runtime (`dfnode status`). */
   status(): Promise<{ blobs: BlobCacheInfo[]; stats: MountRecord['stats'] }> {
     return this.call('GET', '/status', undefined, { timeoutMs: 30_000 });
+  }
+
+  /**
+   * Asks the manager to read the TOCs of an image's layers into its cache now (a pull or a first Prepare has
+   * just resolved the image), so that the mounts that follow find them there or on their way.
+   */
+  async warm(imageRef: string, layers: ManagedLayer[]): Promise<void> {
+    await this.call('POST', '/warm', { imageRef, layers: layers.slice(0, 256) }, { timeoutMs: 10_000 });
   }
 
   /** Every block of an image into the manager's cache (`dfnode preheat` through `dfnode run`). */

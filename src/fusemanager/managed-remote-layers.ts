@@ -1,3 +1,6 @@
+import { DFB_LAYER_MEDIA_TYPE } from '../blob/types.js';
+import { dfbLayerOf } from '../registry/image.js';
+import type { Descriptor } from '../registry/oci.js';
 import { isFuseType, readMountInfo } from '../fuse/mounts.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { LayerResolver, LowerLayer, RemoteLayers, RemoteMount } from '../snapshotter/remote-layers.js';
@@ -10,6 +13,7 @@ const managedLayerOf = (layer: RemoteLayerRecord): ManagedLayer => ({
   size: layer.size,
   tocDigest: layer.tocDigest,
   diffId: layer.diffId,
+  tocOffset: layer.tocOffset,
 });
 
 /** One listing of the manager's mounts serves the checks and adoptions of a burst of calls. */
@@ -33,6 +37,18 @@ export class ManagedRemoteLayers implements RemoteLayers {
 
   resolve(labels: Record<string, string>, signal?: AbortSignal): Promise<RemoteLayerRecord | undefined> {
     return this.resolver.resolve(labels, signal);
+  }
+
+  /** The manager reads the TOCs of an image's DFB layers now (NodeRemoteLayers.warm, in the manager). */
+  warm(imageRef: string, layers: Descriptor[]): void {
+    const dfb = layers.filter((d) => d.mediaType === DFB_LAYER_MEDIA_TYPE);
+    if (!dfb.length) return;
+    this.client
+      .warm(
+        imageRef,
+        dfb.map((d) => managedLayerOf({ ref: imageRef, ...dfbLayerOf(d) })),
+      )
+      .catch((err: unknown) => this.log.debug({ err, image: imageRef }, 'TOC warm-up request failed'));
   }
 
   async mount(

@@ -9,6 +9,7 @@ import { z } from 'zod';
  *   GET  /mounts    → { mounts: ManagedMount[] }        live mounts (dead ones are dropped first)
  *   POST /mount     MountRequest → ManagedMount          idempotent for the same layer at the same mountpoint
  *   POST /release   { mountpoint } → { released }
+ *   POST /warm      WarmRequest → { warming }           reads the layers' TOCs into the cache, in the background
  *   POST /shutdown  → { ok }                             unmounts everything, then the process exits
  *
  * Errors: a non-2xx status with { error: { code, message } } (code: a DfError code).
@@ -31,6 +32,8 @@ export const layerSchema = z.object({
   size: z.number().int().nonnegative(),
   tocDigest: z.string().optional(),
   diffId: z.string().optional(),
+  /** TOC offset annotation: a hint (one range read for TOC and footer). */
+  tocOffset: z.number().int().nonnegative().optional(),
 });
 
 export const mountRequestSchema = z.object({
@@ -39,6 +42,12 @@ export const mountRequestSchema = z.object({
   mountpoint: z.string().startsWith('/'),
   /** The remote layers below, bottom first: implied directories inherit their attributes. */
   lowerLayers: z.array(layerSchema).default([]),
+});
+
+/** The DFB layers of an image a pull or a first Prepare has just resolved (at most 256). */
+export const warmRequestSchema = z.object({
+  imageRef: z.string().min(1).max(1024),
+  layers: z.array(layerSchema).max(256),
 });
 
 export const releaseRequestSchema = z.object({ mountpoint: z.string().startsWith('/') });

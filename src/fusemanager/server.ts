@@ -8,7 +8,7 @@ import type { RegistryClient } from '../registry/client.js';
 import { DfError } from '../errors.js';
 import { isFuseType, readMountInfo } from '../fuse/mounts.js';
 import { silentLogger, type Logger } from '../log.js';
-import { parseReference } from '../registry/reference.js';
+import { parseReference, type ImageReference } from '../registry/reference.js';
 import { socketServed } from '../snapshotter/socket-file.js';
 import { MountRoots } from './mount-roots.js';
 import {
@@ -16,6 +16,7 @@ import {
   fuseManagerPaths,
   mountRequestSchema,
   preheatRequestSchema,
+  warmRequestSchema,
   releaseRequestSchema,
   type Health,
   type ManagedLayer,
@@ -274,6 +275,21 @@ export class FuseManagerServer {
           out = { released: await this.serial(mountpoint, () => this.release(mountpoint)) };
           break;
         }
+        case 'POST /warm': {
+          const { imageRef, layers } = warmRequestSchema.parse(await readJson(req));
+          let ref: ImageReference;
+          try {
+            ref = parseReference(imageRef);
+          } catch (err) {
+            throw DfError.invalidArgument(`fuse manager: bad image reference: ${(err as Error).message}`);
+          }
+          for (const l of layers)
+            this.rt.layers
+              .readToc(asDfbLayer(l), ref)
+              .catch((err: unknown) => this.log.debug({ err, layer: l.digest }, 'TOC warm-up failed'));
+          out = { warming: layers.length };
+          break;
+        }
         case 'POST /preheat': {
           const { ref } = preheatRequestSchema.parse(await readJson(req));
           if (!this.client) throw DfError.unsupported('fuse manager: started without a registry client');
@@ -316,7 +332,7 @@ const STATUS: Partial<Record<DfError['code'], number>> = {
 };
 
 function asDfbLayer(l: ManagedLayer) {
-  return { digest: l.digest, size: l.size, tocDigest: l.tocDigest, diffId: l.diffId };
+  return { digest: l.digest, size: l.size, tocDigest: l.tocDigest, diffId: l.diffId, tocOffset: l.tocOffset };
 }
 
 function send(res: ServerResponse, status: number, body: unknown): void {

@@ -77,6 +77,12 @@ export class LayerResolver {
   private readonly manifests = new Map<string, CachedManifest>();
   private readonly log: Logger;
   private readonly ttlMs: number;
+  /**
+   * Called once per image manifest whose layers become known (a pull's `remember`, or the first Prepare of
+   * an image from CRI or containerd's own unpacker): the caller starts every layer's TOC read there, so that
+   * the Prepares that follow, one after the other, find their TOCs local or on their way.
+   */
+  onImage?: (imageRef: string, layers: Descriptor[]) => void;
 
   constructor(
     private readonly client: RegistryClient,
@@ -121,10 +127,18 @@ export class LayerResolver {
     } catch {
       return;
     }
-    this.manifests.set(`${ref.toString()}@${manifestDigest}`, {
-      at: Date.now(),
-      layers: Promise.resolve(layers),
-    });
+    const key = `${ref.toString()}@${manifestDigest}`;
+    const hit = this.manifests.get(key);
+    this.manifests.set(key, { at: Date.now(), layers: Promise.resolve(layers) });
+    if (!hit || Date.now() - hit.at >= this.ttlMs) this.announce(ref, layers);
+  }
+
+  private announce(ref: ImageReference, layers: Descriptor[]): void {
+    try {
+      this.onImage?.(ref.toString(), layers);
+    } catch (err) {
+      this.log.debug({ err, image: ref.toString() }, 'image layers hook failed');
+    }
   }
 
   /** Layer descriptors of an image (the manifest named by digest when known, else the host platform's). */
@@ -138,7 +152,10 @@ export class LayerResolver {
     if (hit && Date.now() - hit.at < this.ttlMs) return hit.layers;
     const layers = this.fetchLayers(ref, manifestDigest, signal);
     this.manifests.set(key, { at: Date.now(), layers });
-    layers.catch(() => this.manifests.delete(key));
+    layers.then(
+      (got) => this.announce(ref, got),
+      () => this.manifests.delete(key),
+    );
     return layers;
   }
 

@@ -16,6 +16,9 @@ import { FuseManagerServer } from '../../src/fusemanager/server.js';
 
 const DIGEST = `sha256:${'a'.repeat(64)}`;
 
+/** TOC reads asked of the runtime double (POST /warm): image, digest and TOC offset hint. */
+const tocReads: Array<{ image: string; digest: string; tocOffset?: number }> = [];
+
 /** The part of a NodeRuntime the server touches when mounting: records the mountpoints asked for. */
 function runtimeDouble(mounted: string[]): NodeRuntime {
   return {
@@ -24,6 +27,12 @@ function runtimeDouble(mounted: string[]): NodeRuntime {
       return { fs: { toc: undefined } };
     },
     releaseLayer: async () => undefined,
+    layers: {
+      readToc: async (layer: { digest: string; tocOffset?: number }, ref: { toString(): string }) => {
+        tocReads.push({ image: ref.toString(), digest: layer.digest, tocOffset: layer.tocOffset });
+        throw new Error('registry unreachable in this test');
+      },
+    },
   } as unknown as NodeRuntime;
 }
 
@@ -67,6 +76,7 @@ beforeEach(async () => {
   snapRoot = join(dir, 'snapshotter');
   await mkdir(join(snapRoot, 'snapshots', '1', 'fs'), { recursive: true });
   mounted.length = 0;
+  tocReads.length = 0;
   server = new FuseManagerServer({
     runtime: runtimeDouble(mounted),
     stateDir,
@@ -159,6 +169,31 @@ describe('fuse manager control socket', () => {
       halfHeaders.destroy();
       halfBody.destroy();
     }
+    expect((await client.health()).ok).toBe(true);
+  });
+
+  it("POST /warm reads each layer's TOC in the background; a failing read or a bad request does not hurt", async () => {
+    const other = `sha256:${'b'.repeat(64)}`;
+    await client.warm('reg.example/img:1', [
+      { digest: DIGEST, size: 10, tocOffset: 4 },
+      { digest: other, size: 20 },
+    ]);
+    await expect.poll(() => tocReads.length).toBe(2);
+    expect(tocReads).toEqual([
+      { image: 'reg.example/img:1', digest: DIGEST, tocOffset: 4 },
+      { image: 'reg.example/img:1', digest: other, tocOffset: undefined },
+    ]);
+    const sock = client.socketPath;
+    const many = Array.from({ length: 257 }, () => ({ digest: DIGEST, size: 1 }));
+    expect(
+      (await raw(sock, 'POST', '/warm', JSON.stringify({ imageRef: 'r/i:1', layers: many }))).status,
+    ).toBe(400);
+    const bad = { imageRef: 'r/i:1', layers: [{ digest: 'sha256:nothex', size: 1 }] };
+    expect((await raw(sock, 'POST', '/warm', JSON.stringify(bad))).status).toBe(400);
+    expect(
+      (await raw(sock, 'POST', '/warm', JSON.stringify({ imageRef: 'Not A Ref!!', layers: [] }))).status,
+    ).toBe(400);
+    expect(tocReads).toHaveLength(2);
     expect((await client.health()).ok).toBe(true);
   });
 

@@ -49,3 +49,50 @@ describe('LayerResolver.remember', () => {
     expect(() => resolver.remember('Not A Ref!!', digest('d'), layers)).not.toThrow();
   });
 });
+
+describe('LayerResolver.onImage', () => {
+  it("announces an image's layers once per manifest: from a pull's remember or from a Prepare's fetch", async () => {
+    const manifest = JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: digest('f'), size: 2 },
+      layers,
+    });
+    let fetched = 0;
+    const registry = {
+      getManifest: () => {
+        fetched++;
+        return Promise.resolve({
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          digest: digest('e'),
+          bytes: Buffer.from(manifest),
+        });
+      },
+    } as unknown as RegistryClient;
+    const resolver = new LayerResolver(registry);
+    const seen: Array<[string, string[]]> = [];
+    resolver.onImage = (image, ls) => seen.push([image, ls.map((l) => l.digest)]);
+
+    // a pull hands over its manifest: announced once, however often it is remembered
+    resolver.remember('reg.example:5000/app:1-dfb', digest('d'), layers);
+    resolver.remember('reg.example:5000/app:1-dfb', digest('d'), layers);
+    await resolver.resolve(labelsFor('reg.example:5000/app:1-dfb', digest('d'), digest('a')));
+    expect(seen).toEqual([['reg.example:5000/app:1-dfb', [digest('a'), digest('b')]]]);
+
+    // CRI: the first Prepare of another manifest fetches it and announces it; its next Prepares do not
+    await resolver.resolve(labelsFor('reg.example:5000/app:2-dfb', digest('e'), digest('a')));
+    await resolver.resolve(labelsFor('reg.example:5000/app:2-dfb', digest('e'), digest('b')));
+    expect(fetched).toBe(1);
+    expect(seen).toHaveLength(2);
+    expect(seen[1]).toEqual(['reg.example:5000/app:2-dfb', [digest('a'), digest('b')]]);
+
+    // a hook that throws does not fail the Prepare
+    resolver.onImage = () => {
+      throw new Error('hook failed');
+    };
+    resolver.remember('reg.example:5000/app:3-dfb', digest('d'), layers);
+    await expect(
+      resolver.resolve(labelsFor('reg.example:5000/app:3-dfb', digest('d'), digest('b'))),
+    ).resolves.toMatchObject({ digest: digest('b') });
+  });
+});

@@ -96,12 +96,11 @@ async function runInProcess(
       const slog = log.child({ component: 'snapshotter' });
       const resolver = new LayerResolver(client, { logger: slog });
       const remote = new NodeRemoteLayers(rt, client, { logger: slog, resolver });
+      // a pull through the control socket or an image's first Prepare: every layer's TOC, ahead of the Prepares
+      resolver.onImage = (name, layers) => remote.warm(name, layers);
       const snap = cfg.snapshotter.enabled ? await startSnapshotter(cfg, slog, remote) : undefined;
-      // a pull through the control socket: its manifest and the lower layers' TOCs, ahead of the Prepares
-      hooks.onResolved = ({ name, manifestDigest, layers }) => {
+      hooks.onResolved = ({ name, manifestDigest, layers }) =>
         resolver.remember(name, manifestDigest, layers);
-        remote.warm(name, layers);
-      };
       hooks.preheat = (ref, signal) => preheatHere(rt.layers, client, ref, signal, log);
       try {
         log.info(
@@ -160,6 +159,7 @@ async function runWithFuseManager(
   const slog = log.child({ component: 'snapshotter' });
   const resolver = new LayerResolver(client, { logger: slog });
   const remote = new ManagedRemoteLayers(fm.client, resolver, { logger: slog });
+  resolver.onImage = (name, layers) => remote.warm(name, layers);
   hooks.onResolved = ({ name, manifestDigest, layers }) => resolver.remember(name, manifestDigest, layers);
   hooks.preheat = (ref, signal) => fm.client.preheat(ref.toString(), signal);
   const snap = await startSnapshotter(cfg, slog, remote);
