@@ -94,6 +94,7 @@ export class LayerCore {
   static async open(init: LayerCoreInit): Promise<LayerCore> {
     const o = init.options ?? {};
     const logger = init.logger ?? silentLogger;
+    init.swarm?.prepare?.(init.blob);
     const loaded = await loadToc({
       blob: init.blob,
       cache: init.cache,
