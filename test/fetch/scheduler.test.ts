@@ -57,7 +57,7 @@ describe('FetchScheduler', () => {
     const urgent = gates.map((g) => s.run(Priority.Blocked, () => g.promise));
     // three nodes' fetches run: fill waits, although slots are free
     let filled = 0;
-    const fill1 = s.run(Priority.Fill, async () => void filled++);
+    const fill = s.run(Priority.Fill, async () => void filled++);
     const turn = s.fillTurn(1 << 20).then(() => 'turn');
     await tick();
     expect(filled).toBe(0);
@@ -71,7 +71,7 @@ describe('FetchScheduler', () => {
     expect(s.running).toBe(2);
     gates[1]!.open();
     gates[2]!.open();
-    await Promise.all(urgent);
+    await Promise.all([fill, ...urgent]);
   });
 
   it('fillTurn waits for the hold-off and gives small runs during the warm-up after reads', async () => {
