@@ -358,6 +358,8 @@ export function simulate(p: SimParams): SimResult {
       maxRunBytes: p.maxRunBytes,
       seedRunBytes: seedRun,
       seed: n.seedActive < seedSlots,
+      // as p2pFill: a node the tracker names no peer for asks the seed in blob order
+      alone: swarm === 0 && n.view.holders.length === 0,
       usable,
       rand,
       now,

@@ -36,10 +36,15 @@ export interface FetchSchedulerOptions {
   /** Largest fill run during the warm-up (bytes). Default 256 KiB. */
   fillWarmupRunBytes?: number;
   /**
-   * Fill waits for urgent work (default). False for a seed, whose fill is its main job: it keeps its
-   * registry link busy while nodes' requests for other blocks run beside it (they still queue first).
+   * Fill waits for urgent work (default). False: fill runs beside urgent work (which still queues first).
    */
   fillYields?: boolean;
+  /**
+   * With fillYields: fill waits only while at least this many urgent tasks run or wait. Default 1 (any). A
+   * seed uses more: its fill goes on in the gaps of nodes' requests, which keeps its link busy, and yields
+   * once they alone can fill it.
+   */
+  fillYieldAt?: number;
   timers?: Timers;
 }
 
@@ -58,6 +63,7 @@ export class FetchScheduler {
   private readonly warmupMs: number;
   private readonly warmupRunBytes: number;
   private readonly fillYields: boolean;
+  private readonly fillYieldAt: number;
   private readonly timers: Timers;
   private wakeup: unknown;
   private fillWaiters: Array<() => void> = [];
@@ -69,6 +75,7 @@ export class FetchScheduler {
     this.warmupMs = Math.max(0, opts.fillWarmupMs ?? 5000);
     this.warmupRunBytes = Math.max(1, opts.fillWarmupRunBytes ?? 256 * 1024);
     this.fillYields = opts.fillYields ?? true;
+    this.fillYieldAt = Math.max(1, opts.fillYieldAt ?? 1);
     this.timers = opts.timers ?? realTimers;
   }
 
@@ -165,11 +172,19 @@ export class FetchScheduler {
     return this.warm() ? Math.min(maxRunBytes, this.warmupRunBytes) : maxRunBytes;
   }
 
-  /** Whether fill must wait: urgent work is running or queued, or ended less than the hold-off ago. */
+  /**
+   * Whether fill must wait: fillYieldAt urgent tasks are running or queued, or urgent work ended less than
+   * the hold-off ago.
+   */
   private fillHeld(): boolean {
     if (!this.fillYields) return false;
-    if (this.active - this.activeFill > 0) return true;
-    if (this.queues[Priority.Blocked]!.length || this.queues[Priority.Prefetch]!.length) return true;
+    const urgent =
+      this.active -
+      this.activeFill +
+      this.queues[Priority.Blocked]!.length +
+      this.queues[Priority.Prefetch]!.length;
+    if (urgent >= this.fillYieldAt) return true;
+    if (urgent > 0) return false;
     const wait = this.lastUrgentEnd + this.holdOffMs - this.timers.now();
     if (wait <= 0) return false;
     if (this.wakeup === undefined)

@@ -101,6 +101,7 @@ export class LayerCore {
   static async open(init: LayerCoreInit): Promise<LayerCore> {
     const o = init.options ?? {};
     const logger = init.logger ?? silentLogger;
+    init.swarm?.prepare?.(init.blob);
     const pre = init.loaded;
     const layout = init.cache.layout;
     const kept =

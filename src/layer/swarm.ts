@@ -23,5 +23,10 @@ export interface SwarmMembership {
  * verified and leaves before its cache closes, so that nothing serves or announces a closed cache.
  */
 export interface LayerSwarm {
+  /**
+   * Optional: the layer is about to load its TOC. The P2P tier may open its connection to the blob's
+   * tracker meanwhile, so that the first announce and lookup after join() do not wait for it.
+   */
+  prepare?(blob: BlobRef): void;
   join(layer: { blob: BlobRef; toc: Toc; cache: BlobCache }): SwarmMembership;
 }

@@ -23,6 +23,11 @@ export interface PlanOptions {
   seed: boolean;
   /** Holders that may be asked (not isolated). Default: all. */
   usable?: (h: Holder) => boolean;
+  /**
+   * This node is alone in the swarm (no peer named by the tracker): seed runs go in blob order from the
+   * first missing unit, whether the seed holds the units yet or not (see planRun).
+   */
+  alone?: boolean;
   /** Units in flight in the fetcher for other reasons (on-demand reads): left to them. */
   busy?: (u: number) => boolean;
   rand?: () => number;
@@ -55,6 +60,24 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
   const rarity = view.rarities(o.usable);
   const now = o.now ?? Date.now();
   const seedable = (u: number) => rarity[u] === 0 && !view.pendingElsewhere(u, now);
+  if (o.alone && o.seed) {
+    // Alone, everything comes from the seed, whose link is as thin as this node's: the seed fetches in
+    // blob order and forwards each block as it arrives, so asking in that order keeps this node's link
+    // carrying what the seed receives. Random pieces, or runs cut where the seed's holdings end, leave
+    // blocks waiting at the seed that this node can only take after the seed's last one.
+    for (let u = cache.nextMissing(0); u >= 0; u = cache.nextMissing(u + 1)) {
+      if (!free(u) || !seedable(u)) continue;
+      const run = [u];
+      let bytes = layout.length(u);
+      for (let v = u + 1; v < layout.units && free(v) && seedable(v); v++) {
+        const len = layout.length(v);
+        if (bytes + len > o.seedRunBytes) break;
+        run.push(v);
+        bytes += len;
+      }
+      return { units: run, from: 'seed' };
+    }
+  }
   let left = false;
   // per kind, the chosen piece's first suitable unit (reservoir sampling over pieces)
   let peerBest = -1;
@@ -190,6 +213,7 @@ export async function p2pFill(
       if (!view.answered) await fresh;
       // alone, a few runs in flight keep the seed's link busy; in a swarm, one each: its upload is shared
       const swarm = view.swarm;
+      const alone = swarm === 0 && view.holders.length === 0;
       const seedSlots = swarm === 0 ? 4 : swarm === 1 ? 2 : 1;
       const seedRun = Math.min(limit, Math.max(MIN_SEED_RUN, maxRun / Math.max(4, swarm + 1)));
       const plan = planRun(view, {
@@ -197,6 +221,7 @@ export async function p2pFill(
         maxRunBytes: limit,
         seedRunBytes: seedRun,
         seed: seedActive < seedSlots,
+        alone,
         usable: opts.usable,
         busy: (u) => fetcher.inFlight(u),
       });

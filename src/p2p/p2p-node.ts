@@ -230,6 +230,15 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   }
 
   /**
+   * A layer is about to load its TOC: connects to the blob's tracker meanwhile. Its first announce and lookup
+   * (which the fill waits for) then take one round trip, not three, when the seed's downlink is already
+   * queueing the blob from the registry.
+   */
+  prepare(blob: BlobRef): void {
+    this.tracker(blob.digest)?.connect();
+  }
+
+  /**
    * A layer joins the swarm once its TOC is verified: its verified units are served to peers and announced
    * to its tracker, and its background fill goes through the P2P tier first (see fillPlanner). The layer
    * store joins once per open blob and leaves before the blob's cache closes.

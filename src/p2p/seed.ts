@@ -27,6 +27,8 @@ import { UnitLayout, type Units } from './unit-layout.js';
 
 /** Largest registry request of a seed (its fill and nodes' misses). */
 const SEED_RUN_BYTES = 1024 * 1024;
+/** The fill starts no new run while this many registry fetches for nodes run (a node alone has 4 runs out). */
+const NODE_FETCHES_BEFORE_FILL_YIELDS = 4;
 
 interface SeedBlob {
   layer: Layer;
@@ -37,6 +39,8 @@ interface SeedBlob {
   active: number;
   /** Preheats waiting for it to be complete: not closed as idle meanwhile. */
   pinned: number;
+  /** The full-copy fill starts with the first request for a block (see open()). */
+  fillOnBlock: boolean;
 }
 
 /** Images preheating at once (POST /preheat); more are refused until some finish. */
@@ -120,12 +124,17 @@ export class Seed implements BlobProvider {
       ],
       memoryCache: new BlockMemoryCache(8 * 1024 * 1024),
       stats: this.stats,
-      // the seed's fill keeps its registry link busy; nodes' requests for other blocks run beside it
+      // Registry fetches nodes wait for come first: while NODE_FETCHES_BEFORE_FILL_YIELDS of them run, the
+      // fill starts no new run (runs in flight go on). The seed's link then carries what nodes forward as it
+      // arrives (cut-through), not blocks fetched ahead that nobody asked for yet, which a node on a link as
+      // fast as the seed's could take only after the seed's last block (bench/p2p N = 1). Below that, the
+      // fill goes on in the gaps between nodes' requests: in order, its next run is usually what a node alone
+      // asks for next, and the node's request joins it.
       scheduler: new FetchScheduler({
         concurrency: 16,
         fillHoldOffMs: 0,
         fillWarmupMs: 0,
-        fillYields: false,
+        fillYieldAt: NODE_FETCHES_BEFORE_FILL_YIELDS,
       }),
       logger: this.log,
       options: {
@@ -206,6 +215,10 @@ export class Seed implements BlobProvider {
         if (!r) return undefined;
         // closed as idle between get() and this read: the node asks again (and the seed opens it again)
         if (b.layer.released) throw sourceUnavailable(`${digest} was closed as idle; ask again`);
+        if (b.fillOnBlock && r[0] < b.layout.units - 1) {
+          b.fillOnBlock = false;
+          this.startFill(b.layer, digest);
+        }
         b.active++;
         b.lastUsed = this.timers.now();
         const done = () => {
@@ -433,13 +446,12 @@ export class Seed implements BlobProvider {
         'a node asked for a blob with a size the registry does not confirm; using the registry size',
       );
     const layer = await this.layers.open({ digest, size, tocDigest: undefined, diffId: undefined }, ref);
-    if (this.opts.config.p2p.seedFill && (await this.roomFor(digest, size - layer.cache.filledBytes))) {
-      layer.startFill();
-      layer.whenComplete().then(
-        () => this.log.info({ digest }, 'seed holds the complete blob'),
-        () => undefined,
-      );
-    }
+    // Not yet: a node opens a blob with its footer and TOC, then announces itself and opens the connections
+    // its fill runs go over. Filling now would queue the registry's bytes on the seed's downlink in front of
+    // all of that (bench/p2p: 100–250 ms per round trip, and connections opened behind the queue stayed
+    // slow for the whole blob); its first block request starts it.
+    const fill =
+      this.opts.config.p2p.seedFill && (await this.roomFor(digest, size - layer.cache.filledBytes));
     this.log.info({ digest, repo: ref.repoString }, 'seeding blob');
     const sb: SeedBlob = {
       layer,
@@ -447,9 +459,19 @@ export class Seed implements BlobProvider {
       lastUsed: this.timers.now(),
       active: 0,
       pinned: 0,
+      fillOnBlock: fill,
     };
     this.opened.set(digest, sb);
     return sb;
+  }
+
+  private startFill(layer: Layer, digest: string): void {
+    if (layer.filling) return;
+    layer.startFill();
+    layer.whenComplete().then(
+      () => this.log.info({ digest }, 'seed holds the complete blob'),
+      () => undefined,
+    );
   }
 
   async close(): Promise<void> {

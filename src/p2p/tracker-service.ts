@@ -116,6 +116,11 @@ export class TrackerClient {
     }) as never;
   }
 
+  /** Starts connecting if not connected yet (returns at once; a failure shows in the next call). */
+  connect(): void {
+    this.client.waitForReady(Date.now() + this.timeoutMs, () => undefined);
+  }
+
   announce(
     m: Partial<AnnounceMsg>,
     signal?: AbortSignal,

@@ -51,6 +51,29 @@ describe('FetchScheduler', () => {
     expect(filled).toBe(true);
   });
 
+  it('with fillYieldAt (a seed), fill goes on beside fewer urgent tasks and waits once there are that many', async () => {
+    const s = new FetchScheduler({ concurrency: 16, fillHoldOffMs: 0, fillWarmupMs: 0, fillYieldAt: 3 });
+    const gates = [gate(), gate(), gate()];
+    const urgent = gates.map((g) => s.run(Priority.Blocked, () => g.promise));
+    // three nodes' fetches run: fill waits, although slots are free
+    let filled = 0;
+    const fill = s.run(Priority.Fill, async () => void filled++);
+    const turn = s.fillTurn(1 << 20).then(() => 'turn');
+    await tick();
+    expect(filled).toBe(0);
+    expect(await Promise.race([turn, tick().then(() => 'waiting')])).toBe('waiting');
+    // one ends: two are below the mark, so fill runs beside them at once (no hold-off)
+    gates[0]!.open();
+    await urgent[0];
+    await tick();
+    expect(filled).toBe(1);
+    expect(await turn).toBe('turn');
+    expect(s.running).toBe(2);
+    gates[1]!.open();
+    gates[2]!.open();
+    await Promise.all([fill, ...urgent]);
+  });
+
   it('fillTurn waits for the hold-off and gives small runs during the warm-up after reads', async () => {
     const clock = manualClock(0);
     const { pending, timers } = clock;

@@ -104,6 +104,22 @@ describe('P2P fill planner', () => {
     expect((planRun(v, opts()) as { from: string }).from).toBe('peer');
   });
 
+  it('alone, asks the seed in blob order from the first missing unit, across what the seed holds and what it does not', () => {
+    const v = viewOf(64, [0, 1]);
+    // the seed holds 0..9 (its in-order fill), no peer: units 2..17 (1 MiB) are the next run, whatever the
+    // random draw, although 2..9 are held and 10..17 not; then 18.. once 2..17 are claimed
+    v.setHolders({ holders: [], units: 65, peers: 0, seed_bitmap: bits(65, range(0, 10)) });
+    for (const r of [0, 0.5, 0.99]) {
+      const run = planRun(v, opts({ alone: true, rand: () => r })) as { units: number[]; from: string };
+      expect(run).toEqual({ units: range(2, 18), from: 'seed' });
+    }
+    const next = planRun(v, opts({ alone: true, claimed: new Set(range(2, 18)) })) as { units: number[] };
+    expect(next.units).toEqual(range(18, 34));
+    // not alone (the same view, as the planner sees a swarm): what the seed holds, cut where its holdings end
+    const swarm = planRun(v, opts({ rand: () => 0.99 })) as { units: number[] };
+    expect(swarm.units).toEqual(range(2, 10));
+  });
+
   it('treats units only unusable (isolated) holders have as the seed’s, and stops when all is claimed', () => {
     const v = viewOf(4);
     v.setHolders({ holders: [holder('bad', 5, range(0, 5))], units: 5 });

@@ -146,4 +146,18 @@ describe('seed free space', () => {
     expect((await get(s.blocks, 0, 100, hint)).equals(tb.bytes.subarray(0, 100))).toBe(true);
     expect(s.seed.isFilling(tb.blob.digest)).toBe(true);
   });
+
+  it('starts the fill with the first request for a block, not with the footer and TOC a node opens the blob with', async () => {
+    const { dir, tb, get } = await setup();
+    const s = await startSeed(dir, tb, ['good.example'], {
+      seedFill: true,
+      freeBytes: () => Promise.resolve(tb.blob.size * 2),
+    });
+    const hint = { repo: 'good.example/x', size: String(tb.blob.size) };
+    const footer = await get(s.blocks, tb.blob.size - 96, 96, hint);
+    expect(footer.equals(tb.bytes.subarray(tb.blob.size - 96))).toBe(true);
+    expect(s.seed.isFilling(tb.blob.digest)).toBe(false);
+    expect((await get(s.blocks, 1000, 100, hint)).equals(tb.bytes.subarray(1000, 1100))).toBe(true);
+    expect(s.seed.isFilling(tb.blob.digest)).toBe(true);
+  });
 });
