@@ -272,7 +272,7 @@ export class P2pCluster {
       process.execPath,
       [
         ...(this.opts.nodeFlags ?? []),
-        cli('dfnode'),
+        cli('dfnode', true),
         'seed',
         '--plain-http',
         '--cache-dir',
@@ -311,7 +311,7 @@ export class P2pCluster {
         process.execPath,
         [
           ...(this.opts.nodeFlags ?? []),
-          cli('dfnode'),
+          cli('dfnode', true),
           'preheat',
           '--plain-http',
           ...(opts.serve === false ? [] : ['--serve']),
