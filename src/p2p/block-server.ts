@@ -8,7 +8,7 @@ import { bound } from '../util/timers.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { TokenBucket } from '../util/token-bucket.js';
-import { isDeferred } from '../fetch/types.js';
+import { isBusy, isDeferred } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER, tokenMatches } from './auth.js';
 import { DEFAULT_MAX_RANGE_BYTES, parseBlockRequest } from './block-request.js';
 import { ByteBudget } from './byte-budget.js';
@@ -406,6 +406,11 @@ export class BlockServer {
     } catch (err) {
       if (res.destroyed) return;
       const e = DfError.from(err);
+      // at its limit (files fetched at once): alive, the node asks again later
+      if (isBusy(e)) {
+        res.setHeader('retry-after', '1');
+        return fail(429, e.message);
+      }
       const status =
         e.code === 'INVALID_ARGUMENT'
           ? 400
