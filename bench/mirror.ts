@@ -34,7 +34,7 @@ if (flags.help) {
   process.stdout.write(
     'node dist/bench/mirror.js [--hosts 1,4,8,16] [--host-mbit 20] [--registry-mbit 40]\n' +
       '  [--fixture debian-python] [--work-dir DIR] [--keep] [--log-level warn]\n' +
-      '  --keep: leave the work directory, with every node\'s log and metrics and the seed\'s log\n',
+      "  --keep: leave the work directory, with every node's log and metrics and the seed's log\n",
   );
   process.exit(0);
 }

@@ -214,7 +214,11 @@ export class P2pNode implements BlobProvider, LayerSwarm {
         }
       }
       if (!busy) throw last;
-      await sleep(this.timers, Math.min(TABLE_BUSY_MS * 2 ** Math.min(attempt, 3), TABLE_BUSY_MAX_MS), signal);
+      await sleep(
+        this.timers,
+        Math.min(TABLE_BUSY_MS * 2 ** Math.min(attempt, 3), TABLE_BUSY_MAX_MS),
+        signal,
+      );
     }
   }
 

@@ -15,12 +15,7 @@ import type { BlobRef, BlockSource } from '../fetch/types.js';
  * dfnode_peers_isolated_total{reason="timeout"}, and in this counter only if the seed tier fails as well.
  */
 export type RegistryFetchReason =
-  | 'seed_down'
-  | 'seed_timeout'
-  | 'seed_busy'
-  | 'verification'
-  | 'retry'
-  | 'seed_miss';
+  'seed_down' | 'seed_timeout' | 'seed_busy' | 'verification' | 'retry' | 'seed_miss';
 
 interface Note {
   offset: number;
