@@ -209,7 +209,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
           }
           // the seed answered: its answer stands (another seed has the same configuration and origin)
           if (e.code !== 'NETWORK' && e.code !== 'TIMEOUT') throw e;
-          this.seedIsolation.fail(seed, e.code);
+          this.seedIsolation.fail(seed, `${e.code}: ${e.message.slice(0, 300)}`);
           last = e;
         }
       }

@@ -154,7 +154,7 @@ export class SeedBlockSource implements BlockSource {
           }
           this.timeouts.delete(seed);
         }
-        this.opts.isolation.fail(seed, e.code);
+        this.opts.isolation.fail(seed, `${e.code}: ${e.message.slice(0, 300)}`);
       } finally {
         rq.dispose();
       }
