@@ -13,13 +13,12 @@ import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
 import { Isolation } from '../../src/p2p/isolation.js';
 import { RegistryFallback } from '../../src/p2p/registry-fallback.js';
 import { SeedBlockSource } from '../../src/p2p/seed-block-source.js';
+import type { Timers } from '../../src/util/timers.js';
 
 const blob = { digest: 'sha256:' + 'ef'.repeat(32), size: 1 << 20 };
 const servers: Server[] = [];
 const clients: HttpBlockClient[] = [];
-const timers: NodeJS.Timeout[] = [];
 afterEach(async () => {
-  for (const t of timers.splice(0)) clearInterval(t);
   for (const s of servers.splice(0)) {
     s.closeAllConnections();
     await new Promise((r) => s.close(r));
@@ -34,29 +33,33 @@ async function serve(handler: (req: IncomingMessage, res: ServerResponse) => voi
   return `127.0.0.1:${(s.address() as AddressInfo).port}`;
 }
 
-/** Sends `len` bytes in `chunks` parts, one every `everyMs` (a response sharing a saturated uplink). */
-function trickle(res: ServerResponse, len: number, chunks: number, everyMs: number): void {
-  res.writeHead(200, { 'content-length': len });
-  const part = Math.ceil(len / chunks);
-  let sent = 0;
-  const t = setInterval(() => {
-    const n = Math.min(part, len - sent);
-    res.write(Buffer.alloc(n, 7));
-    sent += n;
-    if (sent >= len) {
-      clearInterval(t);
-      res.end();
-    }
-  }, everyMs);
-  timers.push(t);
-}
-
 const query = (req: IncomingMessage) => new URL(req.url!, 'http://x').searchParams;
 
-function source(seed: string, timeoutMs: number) {
+/** A clock that moves only when the test says (the HTTP traffic is real; the request limits are not). */
+class ManualTimers implements Timers {
+  private t = 0;
+  private id = 0;
+  private readonly due = new Map<number, { at: number; fn: () => void }>();
+  now = () => this.t;
+  setTimeout = (fn: () => void, ms: number) => {
+    this.due.set(++this.id, { at: this.t + ms, fn });
+    return this.id;
+  };
+  clearTimeout = (h: unknown) => void this.due.delete(h as number);
+  advance(ms: number): void {
+    this.t += ms;
+    for (const [id, d] of [...this.due])
+      if (d.at <= this.t) {
+        this.due.delete(id);
+        d.fn();
+      }
+  }
+}
+
+function source(seed: string, timeoutMs: number, timers?: Timers) {
   const http = new HttpBlockClient('token', undefined, 'me');
   clients.push(http);
-  const isolation = new Isolation({ baseMs: 60_000 });
+  const isolation = new Isolation({ baseMs: 60_000, ...(timers ? { timers } : {}) });
   const fallback = new RegistryFallback();
   const src = new SeedBlockSource({
     seeds: [seed],
@@ -65,21 +68,58 @@ function source(seed: string, timeoutMs: number) {
     isolation,
     timeoutMs,
     fallback,
+    ...(timers ? { timers } : {}),
   });
   return { src, isolation, fallback };
 }
+
+/** A seed whose responses the test sends chunk by chunk: `held[i]` is the i-th request's response. */
+async function heldSeed(answer: (offset: number) => boolean) {
+  const held: ServerResponse[] = [];
+  const addr = await serve((req, res) => {
+    const q = query(req);
+    if (!answer(Number(q.get('offset')))) return;
+    res.writeHead(200, { 'content-length': Number(q.get('length')) });
+    held.push(res);
+  });
+  return { addr, held };
+}
+
+/** Waits for `f()`; throws once `p` has settled without it (a request cut before the bytes arrived). */
+const until = async (f: () => boolean, p?: Promise<unknown>) => {
+  let settled = false;
+  void p?.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  while (!f()) {
+    if (settled) throw new Error('the request ended first');
+    await new Promise((r) => setTimeout(r, 2));
+  }
+};
 
 const sig = () => new AbortController().signal;
 
 describe('a seed that is alive is not down', () => {
   it('a fill request that keeps receiving bytes past its time limit completes', async () => {
-    // 6554 bytes: a limit of 100 ms + 100 ms at the floor rate; the seed takes about 600 ms to send them
-    const seed = await serve((req, res) => trickle(res, Number(query(req).get('length')), 12, 50));
-    const { src, isolation } = source(seed, 100);
-    const data = await src.fetch(blob, 0, 6554, sig(), { priority: Priority.Fill });
+    const timers = new ManualTimers();
+    const seed = await heldSeed(() => true);
+    // 6554 bytes: a limit of 100 ms + 100 ms at the floor rate; stalled after 100 ms without a byte
+    const { src, isolation } = source(seed.addr, 100, timers);
+    let got = 0;
+    const p = src.fetch(blob, 0, 6554, sig(), { priority: Priority.Fill, progress: (_d, n) => (got = n) });
+    await until(() => seed.held.length === 1);
+    // a chunk every 60 ms (of the test's clock), 420 ms in all: twice the limit
+    for (let i = 1; i <= 7; i++) {
+      seed.held[0]!.write(Buffer.alloc(900, 7));
+      await until(() => got === i * 900, p);
+      timers.advance(60);
+    }
+    seed.held[0]!.end(Buffer.alloc(6554 - 6300, 7));
+    const data = await p;
     expect(data.length).toBe(6554);
     expect(data.every((b) => b === 7)).toBe(true);
-    expect(isolation.isolated(seed)).toBe(false);
+    expect(isolation.isolated(seed.addr)).toBe(false);
   });
 
   it('a fill request that stalls is still cut, and three such timeouts with nothing heard isolate the seed', async () => {
@@ -108,20 +148,33 @@ describe('a seed that is alive is not down', () => {
   });
 
   it('timeouts while another response from the seed is arriving do not make it down', async () => {
-    // offset 0: a long response trickling in; any other range: no answer (queued behind the uplink)
-    const seed = await serve((req, res) => {
-      if (query(req).get('offset') === '0') trickle(res, 4000, 10, 40);
-    });
-    const { src, isolation, fallback } = source(seed, 60);
-    const long = src.fetch(blob, 0, 4000, sig(), { priority: Priority.Fill });
-    for (let i = 1; i <= 4; i++)
-      await expect(src.fetch(blob, i * 4000, 100, sig(), { priority: Priority.Fill })).rejects.toSatisfy(
-        (e) => isDfError(e, 'TIMEOUT'),
-      );
-    expect(isolation.isolated(seed)).toBe(false);
-    expect((await long).length).toBe(4000);
+    const timers = new ManualTimers();
+    // offset 0: a long response the test sends chunk by chunk; any other range: no answer (queued)
+    const seed = await heldSeed((offset) => offset === 0);
+    const { src, isolation, fallback } = source(seed.addr, 100, timers);
+    let got = 0;
+    const long = src.fetch(blob, 0, 8000, sig(), { priority: Priority.Fill, progress: (_d, n) => (got = n) });
+    await until(() => seed.held.length === 1);
+    let sent = 0;
+    const chunk = async () => {
+      seed.held[0]!.write(Buffer.alloc(500, 1));
+      sent += 500;
+      await until(() => got === sent, long);
+    };
+    for (let i = 1; i <= 4; i++) {
+      // limit 100 ms + 2 ms; the long response gets a chunk every 52 ms meanwhile
+      const short = src.fetch(blob, i * 8000, 100, sig(), { priority: Priority.Fill });
+      await chunk();
+      timers.advance(52);
+      await chunk();
+      timers.advance(52);
+      await expect(short).rejects.toSatisfy((e) => isDfError(e, 'TIMEOUT'));
+    }
+    expect(isolation.isolated(seed.addr)).toBe(false);
+    seed.held[0]!.end(Buffer.alloc(8000 - sent, 1));
+    expect((await long).length).toBe(8000);
     // nothing was noted for the registry
-    expect(fallback.take(blob.digest, 4000, 16_000)).toBe('retry');
+    expect(fallback.take(blob.digest, 8000, 32_000)).toBe('retry');
   });
 
   it('a seed that answers busy (429, or 503 with Retry-After) is busy for fill and not isolated', async () => {
