@@ -127,7 +127,7 @@ export class SeedBlockSource implements BlockSource {
         const e = DfError.from(err);
         // the seed is sending these units to another node: the planner takes them from there
         if (isDeferred(e)) throw e;
-        // the seed's origin sent another file than the digest (the seed is not at fault)
+        // the seed's origin sent another file than the digest: nobody has it (the seed is not at fault)
         if (e.code === 'DIGEST_MISMATCH') throw e;
         lastErr = e;
         if (e.code === 'UNAUTHORIZED') {
@@ -145,7 +145,8 @@ export class SeedBlockSource implements BlockSource {
           // heard from since this request started (this or another response): slow, not hung
           const slow = (this.heard.get(seed) ?? -Infinity) >= started;
           const n = slow ? 0 : (this.timeouts.get(seed) ?? 0) + 1;
-          if (!slow) this.timeouts.set(seed, n);
+          if (slow) this.timeouts.delete(seed);
+          else this.timeouts.set(seed, n);
           if (n < TIMEOUTS_UNTIL_DOWN) {
             // busy, not down: fill waits for it (the fetcher retries later); a blocked read moves on
             if (fill) throw e;
