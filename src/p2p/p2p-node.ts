@@ -57,7 +57,7 @@ export interface P2pNodeOptions {
 
 /** A seed that answered a piece table request busy is asked again after this long, growing to the max (ms). */
 const TABLE_BUSY_MS = 500;
-const TABLE_BUSY_MAX_MS = 4000;
+const TABLE_BUSY_MAX_MS = 2000;
 
 /**
  * A node's part in the P2P tier: serves the verified blocks of its open blobs to cluster peers, announces
