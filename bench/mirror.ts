@@ -4,8 +4,11 @@
 // the same run. Prints a table and one JSON line (last line of stdout).
 //
 //   node dist/bench/mirror.js [--hosts 1,4,8,16] [--host-mbit 20] [--registry-mbit 40]
-//                             [--fixture debian-python] [--work-dir DIR] [--keep]
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+//                             [--fixture debian-python] [--work-dir DIR] [--keep] [--log-level warn]
+//
+// With --keep, the work directory stays, with each node's log (`n<N>/m/<host>/dfnode.log`, at --log-level),
+// its metrics after the pulls (`metrics.txt` beside it) and the seed's log (`n<N>/seed.log`).
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { PrivateContainerd } from './lib/containerd.js';
@@ -23,13 +26,15 @@ const { values: flags } = parseArgs({
     fixture: { type: 'string', default: 'debian-python' },
     'work-dir': { type: 'string' },
     keep: { type: 'boolean', default: false },
+    'log-level': { type: 'string', default: 'warn' },
     help: { type: 'boolean', default: false },
   },
 });
 if (flags.help) {
   process.stdout.write(
     'node dist/bench/mirror.js [--hosts 1,4,8,16] [--host-mbit 20] [--registry-mbit 40]\n' +
-      '  [--fixture debian-python] [--work-dir DIR] [--keep]\n',
+      '  [--fixture debian-python] [--work-dir DIR] [--keep] [--log-level warn]\n' +
+      "  --keep: leave the work directory, with every node's log and metrics and the seed's log\n",
   );
   process.exit(0);
 }
@@ -131,7 +136,7 @@ try {
     }
     // mirror: a fresh seed, fresh node caches and containerds
     {
-      await cluster.startSeed({ DFNODE_LOG_LEVEL: 'warn' });
+      const seed = await cluster.startSeed({ DFNODE_LOG_LEVEL: flags['log-level'] });
       const ctds: PrivateContainerd[] = [];
       for (const h of hosts) {
         const node = await DfnodeRun.start({
@@ -140,6 +145,8 @@ try {
           launch: launch(h),
           env: cluster.memberEnv(h),
           config: { mirror: { listen: MIRROR }, node: { metricsAddress: `127.0.0.1:${METRICS_PORT}` } },
+          logLevel: flags['log-level'],
+          logFile: join(dir, 'm', h.name, 'dfnode.log'),
         });
         running.push(node);
         const c = await PrivateContainerd.start(join(dir, 'm', h.name, 'c'), { launch: launch(h) });
@@ -152,11 +159,15 @@ try {
       const s = await pullAll(hosts, ctds, ['--hosts-dir', hostsDir]);
       await settle();
       const by: Record<string, number> = {};
-      for (const h of hosts)
-        for (const line of (await cluster.scrape(h, METRICS_PORT)).split('\n')) {
+      await writeFile(join(dir, 'seed.log'), seed.stderr());
+      for (const h of hosts) {
+        const text = await cluster.scrape(h, METRICS_PORT);
+        await writeFile(join(dir, 'm', h.name, 'metrics.txt'), text);
+        for (const line of text.split('\n')) {
           const m = /^dfnode_mirror_piece_bytes_total\{source="(\w+)"\} (\S+)$/.exec(line);
           if (m) by[m[1]!] = (by[m[1]!] ?? 0) + Number(m[2]);
         }
+      }
       rows.push({
         n,
         mode: 'mirror',

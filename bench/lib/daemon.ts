@@ -1,7 +1,7 @@
 // A long-running child process of a benchmark (registry, dfnode mount,
 // squashfuse): started, waited for, measured by PID, stopped by PID.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { createWriteStream, readdirSync, readFileSync } from 'node:fs';
 import { processCpu } from './measure.js';
 
 let clk: number | undefined;
@@ -38,9 +38,23 @@ export class Daemon {
     live.add(this);
   }
 
-  static spawn(label: string, cmd: string, args: string[], env?: NodeJS.ProcessEnv): Daemon {
+  /** `logFile`: all its output (stdout and stderr) is also appended there. */
+  static spawn(
+    label: string,
+    cmd: string,
+    args: string[],
+    env?: NodeJS.ProcessEnv,
+    logFile?: string,
+  ): Daemon {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
     child.on('error', () => undefined);
+    if (logFile) {
+      const out = createWriteStream(logFile, { flags: 'a' });
+      out.on('error', () => undefined);
+      child.stdout?.pipe(out, { end: false });
+      child.stderr?.pipe(out, { end: false });
+      child.once('close', () => out.end());
+    }
     return new Daemon(label, child);
   }
 

@@ -21,6 +21,10 @@ export interface DfnodeRunOptions {
   /** More environment (e.g. P2pCluster.memberEnv). */
   env?: NodeJS.ProcessEnv;
   timeoutMs?: number;
+  /** `--log-level` (default warn). */
+  logLevel?: string;
+  /** Its output is also appended to this file. */
+  logFile?: string;
 }
 
 export { socketAccepts };
@@ -63,9 +67,10 @@ export class DfnodeRun {
       '-c',
       cfg,
       '--log-level',
-      'warn',
+      o.logLevel ?? 'warn',
     ]);
-    const d = Daemon.spawn('dfnode run', cmd, args, o.env ? { ...process.env, ...o.env } : undefined);
+    const env = o.env ? { ...process.env, ...o.env } : undefined;
+    const d = Daemon.spawn('dfnode run', cmd, args, env, o.logFile);
     const deadline = Date.now() + (o.timeoutMs ?? 60_000);
     try {
       for (;;) {

@@ -98,7 +98,7 @@ export class NodeMetrics {
     name: 'dfnode_registry_fetches_total',
     help:
       'Range requests sent to the registry by a P2P node or seed, by why the P2P tier did not serve them ' +
-      '(seed_down, seed_timeout, verification, retry; seed_miss on a seed)',
+      '(seed_down, seed_timeout, seed_busy, verification, retry; seed_miss on a seed)',
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });

@@ -1,6 +1,7 @@
 import type { BlobCache } from '../cache/blob-cache.js';
 import { DfError } from '../errors.js';
 import {
+  isBusy,
   isDeferred,
   isSourceUnavailable,
   Priority,
@@ -48,8 +49,9 @@ export interface PieceFetchOptions {
  * (peers, then the seed, then the origin), verified against the piece table before it is written; a piece
  * that fails verification is reported to its source (which isolates the peer that sent it) and taken from
  * the next one. Pieces go in a random order, so that nodes fetching the same file at once take different
- * pieces from the seed and trade them among themselves. A seed that is slow (timeout) is waited for, not
- * skipped for the origin, so that the origin serves the file about once per cluster. A piece that fails
+ * pieces from the seed and trade them among themselves. A seed that is slow (timeout) or busy (429) is
+ * waited for, not skipped for the origin, so that the origin serves the file about once per cluster: the
+ * origin serves a piece only when the seed source has no seed up (found down, or none). A piece that fails
  * in every round fails the fetch, after the other pieces were moved (a rerun fetches only what is missing).
  */
 export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySource> {
@@ -78,6 +80,7 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
     for (let round = 0; round < rounds;) {
       if (!table.pieces[u] && refresh) await refresh(signal);
       let deferred = false;
+      let waitSeed = false;
       for (const src of opts.sources) {
         const known = table.pieces[u];
         // a piece the table does not list yet: only the seed, which is fetching it, vouches for its bytes
@@ -100,13 +103,18 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
           }
           // the seed's origin sent another file: no source will have the one asked for
           if (DfError.from(err).code === 'DIGEST_MISMATCH') throw err;
+          // a seed that is alive but busy (429) or slow (timed out while heard from): this piece waits for
+          // it rather than going to the origin; only a seed found down sends pieces there
+          if (src.kind === 'seed' && (isBusy(err) || DfError.from(err).code === 'TIMEOUT')) {
+            last = err;
+            waitSeed = true;
+            break;
+          }
           if (isSourceUnavailable(err)) {
             last ??= err;
             continue;
           }
           last = err;
-          // a busy seed: this piece waits for it (a later round) rather than going to the origin
-          if (src.kind === 'seed') break;
           continue;
         }
         try {
@@ -128,6 +136,12 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
       if (deferred) {
         deferrals++;
         await sleep(timers, DEFER_MS, signal);
+        continue;
+      }
+      // the seed is alive, only busy or slow: asked again (peers first), not counted as a failed round (a
+      // seed that stops answering is found down by its source after a few timeouts, then the origin serves)
+      if (waitSeed) {
+        await sleep(timers, SEED_WAIT_MS, signal);
         continue;
       }
       if (++round < rounds) await sleep(timers, Math.min(200 * 2 ** round, 5000), signal);
@@ -165,6 +179,9 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
  */
 const DEFER_MS = 250;
 const MAX_DEFERRALS = 40;
+
+/** A piece whose seed answered busy or timed out while alive is asked for again after this long (ms). */
+const SEED_WAIT_MS = 1000;
 
 /** Minimum time between two refreshes of a filling table (ms). */
 const REFRESH_MS = 500;

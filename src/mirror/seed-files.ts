@@ -5,6 +5,7 @@ import type { BlobCache } from '../cache/blob-cache.js';
 import type { CacheManager } from '../cache/cache-manager.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
+import { busyAtSource } from '../fetch/types.js';
 import type { ServedBlob } from '../p2p/block-server.js';
 import type { SeedFileProvider } from '../p2p/seed.js';
 import type { Units } from '../p2p/unit-layout.js';
@@ -22,7 +23,10 @@ import {
 import { FillingFile } from './filling-file.js';
 import { discard, originRequest, originUrl, originValidator } from './origin.js';
 
-/** Files a seed fetches from their origins at once; beyond, it refuses (the node fetches directly). */
+/**
+ * Files a seed fetches from their origins at once; beyond, it answers busy (429 with Retry-After) and the
+ * node asks again later: the seed is alive, so the node does not go to the origin itself.
+ */
 const MAX_FETCHING = 16;
 
 /** How long a seed answers a digest with the mismatch its origin gave (ms), and for how many digests. */
@@ -164,7 +168,7 @@ export class SeedFiles implements SeedFileProvider {
       let p = this.fetching.get(origin.key);
       if (!p) {
         if (this.fetching.size >= MAX_FETCHING)
-          throw new DfError('NETWORK', `this seed is fetching ${MAX_FETCHING} files already; retry later`);
+          throw busyAtSource(`this seed is fetching ${MAX_FETCHING} files already; retry later`);
         p = this.fetchFile(origin, digest);
         this.fetching.set(origin.key, p);
         const key = origin.key;

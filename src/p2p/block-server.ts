@@ -8,7 +8,7 @@ import { bound } from '../util/timers.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { TokenBucket } from '../util/token-bucket.js';
-import { isDeferred } from '../fetch/types.js';
+import { isBusy, isDeferred } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER, tokenMatches } from './auth.js';
 import { DEFAULT_MAX_RANGE_BYTES, parseBlockRequest } from './block-request.js';
 import { ByteBudget } from './byte-budget.js';
@@ -62,6 +62,13 @@ export interface ServedBlob {
   pieceDigest?(offset: number, length: number): string | undefined;
   /** Optional: a range read for `peer` did not reach it (error, or the peer went away mid-response). */
   undelivered?(offset: number, length: number, peer: string): void;
+  /**
+   * Optional (a seed's raw files): planned requests (`defer=1`) for such blobs served at once, over all of
+   * them; more are answered 429 with Retry-After. A seed's uplink shared by every node's pieces in flight
+   * sends each piece late, later than other nodes wait for it before they ask the seed for another copy;
+   * a few at a time, each piece is soon at a node and spreads from there.
+   */
+  readonly uploadSlots?: number;
 }
 
 export interface BlobProvider {
@@ -121,6 +128,8 @@ export class BlockServer {
   private active = 0;
   /** Fill runs being served (see uploadSlots). */
   private fillActive = 0;
+  /** Planned requests for blobs with upload slots of their own being served (ServedBlob.uploadSlots). */
+  private blobSlotsActive = 0;
   /**
    * Requests refused for a bad token (or, with TLS, handshakes refused), ranges answered, bytes sent,
    * ranges not held, runs deferred (seed), fill runs refused with all upload slots taken.
@@ -253,6 +262,7 @@ export class BlockServer {
     };
     res.on('close', () => ac.abort(DfError.aborted('client went away')));
     this.active++;
+    let blobSlot = false;
     try {
       const hint: BlobHint = {
         repo: range.repo,
@@ -265,6 +275,15 @@ export class BlockServer {
       alive();
       if (!blob) return fail(404, 'blob not served here');
       if (range.offset + range.length > blob.size) return fail(416, 'range beyond the blob');
+      if (blob.uploadSlots && range.defer) {
+        if (this.blobSlotsActive >= blob.uploadSlots) {
+          this.counters.busy++;
+          res.setHeader('retry-after', '1');
+          return fail(429, `busy: sending ${blob.uploadSlots} pieces already; take it from a peer or retry`);
+        }
+        this.blobSlotsActive++;
+        blobSlot = true;
+      }
       const peer = hint.peer;
       if (peer && blob.undelivered) {
         let done = false;
@@ -329,6 +348,7 @@ export class BlockServer {
       clearTimeout(timer);
       this.active--;
       if (slot) this.fillActive--;
+      if (blobSlot) this.blobSlotsActive--;
     }
   }
 
@@ -406,6 +426,11 @@ export class BlockServer {
     } catch (err) {
       if (res.destroyed) return;
       const e = DfError.from(err);
+      // at its limit (files fetched at once): alive, the node asks again later
+      if (isBusy(e)) {
+        res.setHeader('retry-after', '1');
+        return fail(429, e.message);
+      }
       const status =
         e.code === 'INVALID_ARGUMENT'
           ? 400

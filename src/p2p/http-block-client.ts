@@ -52,6 +52,8 @@ export class HttpBlockClient {
     progress?: (data: Buffer, filled: number) => void,
     /** Told the piece digest the host sent (PIECE_DIGEST_HEADER: a seed serving a file it still fetches). */
     pieceDigest?: (sha256: Buffer) => void,
+    /** Told whenever the host is heard from: its answer's head (any status) and every chunk of the body. */
+    alive?: () => void,
   ): Promise<Buffer> {
     await this.download?.take(length, signal);
     const q = new URLSearchParams({ offset: String(offset), length: String(length), ...extra });
@@ -67,6 +69,7 @@ export class HttpBlockClient {
         },
         signal,
         onHead: (status, headers) => {
+          alive?.();
           // an error answer: the start of its text, for the message; the rest is dropped unread
           if (status !== 200) return { into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined };
           const sent = headers[PIECE_DIGEST_HEADER];
@@ -87,7 +90,15 @@ export class HttpBlockClient {
               ),
           };
         },
-        progress,
+        progress:
+          alive && progress
+            ? (data, filled) => {
+                alive();
+                progress(data, filled);
+              }
+            : alive
+              ? () => alive()
+              : progress,
       });
     } catch (err) {
       if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
@@ -111,7 +122,9 @@ export class HttpBlockClient {
       // does not allow its registry). Another source may take it: not the host's fault
       if ([403, 404, 413, 416].includes(res.statusCode)) throw sourceUnavailable(failure);
       if (res.statusCode === 409) throw deferredBySource(failure);
-      if (res.statusCode === 429) throw busyAtSource(failure);
+      // 429, or 503 with Retry-After (the host's response budget or disk is full): alive, asked again later
+      if (res.statusCode === 429 || (res.statusCode === 503 && res.headers['retry-after'] !== undefined))
+        throw busyAtSource(failure);
       if (res.statusCode === 401) throw new DfError('UNAUTHORIZED', `${failure} (check p2p.clusterToken)`);
       if (res.statusCode === 504) throw DfError.timeout(failure);
       // a seed whose origin sent another file than the digest (block-server.ts)
@@ -125,7 +138,8 @@ export class HttpBlockClient {
   /**
    * `GET /files/table` of a seed: the piece table of a raw file (at most `maxBytes`). A seed that answers
    * with an error status throws a DfError carrying its message (403 FORBIDDEN: origin not allowed there,
-   * 404 NOT_FOUND, 409 DIGEST_MISMATCH, 401 UNAUTHORIZED: cluster token, else NETWORK).
+   * 404 NOT_FOUND, 409 DIGEST_MISMATCH, 401 UNAUTHORIZED: cluster token, 429 (or 503 with Retry-After): busy,
+   * see isBusy; else NETWORK).
    */
   async fileTable(
     address: string,
@@ -168,6 +182,9 @@ export class HttpBlockClient {
     if (res.statusCode !== 200) {
       const text = res.body.subarray(0, res.got).toString('utf8');
       const failure = `seed ${address}: ${text}`;
+      // the seed is fetching as many files as it may: alive, asked again later (not a seed that is down)
+      if (res.statusCode === 429 || (res.statusCode === 503 && res.headers['retry-after'] !== undefined))
+        throw busyAtSource(failure);
       const code =
         { 401: 'UNAUTHORIZED', 403: 'FORBIDDEN', 404: 'NOT_FOUND', 409: 'DIGEST_MISMATCH' }[res.statusCode] ??
         'NETWORK';

@@ -3,8 +3,8 @@ import { hostname } from 'node:os';
 import type { Toc } from '../blob/toc.js';
 import type { BlobCache } from '../cache/blob-cache.js';
 import type { Config } from '../config.js';
-import { realTimers, type Timers } from '../util/timers.js';
-import type { BlobRef, BlockSource } from '../fetch/types.js';
+import { realTimers, sleep, type Timers } from '../util/timers.js';
+import { isBusy, type BlobRef, type BlockSource } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { DfError } from '../errors.js';
 import { resolveClusterToken } from './auth.js';
@@ -54,6 +54,10 @@ export interface P2pNodeOptions {
   bandwidth?: HostBandwidth;
   timers?: Timers;
 }
+
+/** A seed that answered a piece table request busy is asked again after this long, growing to the max (ms). */
+const TABLE_BUSY_MS = 500;
+const TABLE_BUSY_MAX_MS = 2000;
 
 /**
  * A node's part in the P2P tier: serves the verified blocks of its open blobs to cluster peers, announces
@@ -178,8 +182,10 @@ export class P2pNode implements BlobProvider, LayerSwarm {
 
   /**
    * The piece table of a raw file from the first seed (rendezvous over `key`: the file's digest, else its
-   * URL) that answers; a seed that is down is isolated and the next one asked. Returns the seed too: it
-   * holds the file, so its pieces are asked of it (seedFor).
+   * URL) that answers; a seed that is down is isolated and the next one asked. A seed that answers busy
+   * (fetching as many files as it may) is asked again after a pause, until `signal` ends: it is alive, and
+   * the next seed (or the node itself) would fetch the file from its origin once more. Returns the seed
+   * too: it holds the file, so its pieces are asked of it (seedFor).
    */
   async fileTable(
     key: string,
@@ -187,21 +193,33 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     maxBytes: number,
     signal: AbortSignal,
   ): Promise<{ seed: string; table: Buffer }> {
-    let last: unknown = new DfError('FAILED_PRECONDITION', 'no seed is configured (p2p.seeds)');
-    for (const seed of rankSeeds(key, this.settings.seeds)) {
-      if (this.seedIsolation.isolated(seed)) continue;
-      try {
-        return { seed, table: await this.http.fileTable(seed, query, maxBytes, signal) };
-      } catch (err) {
-        if (signal.aborted) throw err;
-        const e = DfError.from(err);
-        // the seed answered: its answer stands (another seed has the same configuration and origin)
-        if (e.code !== 'NETWORK' && e.code !== 'TIMEOUT') throw e;
-        this.seedIsolation.fail(seed, e.code);
-        last = e;
+    for (let attempt = 0; ; attempt++) {
+      let last: unknown = new DfError('FAILED_PRECONDITION', 'no seed is configured (p2p.seeds)');
+      let busy = false;
+      for (const seed of rankSeeds(key, this.settings.seeds)) {
+        if (this.seedIsolation.isolated(seed)) continue;
+        try {
+          return { seed, table: await this.http.fileTable(seed, query, maxBytes, signal) };
+        } catch (err) {
+          if (signal.aborted) throw err;
+          const e = DfError.from(err);
+          if (isBusy(e)) {
+            busy = true;
+            break;
+          }
+          // the seed answered: its answer stands (another seed has the same configuration and origin)
+          if (e.code !== 'NETWORK' && e.code !== 'TIMEOUT') throw e;
+          this.seedIsolation.fail(seed, `${e.code}: ${e.message.slice(0, 300)}`);
+          last = e;
+        }
       }
+      if (!busy) throw last;
+      await sleep(
+        this.timers,
+        Math.min(TABLE_BUSY_MS * 2 ** Math.min(attempt, 3), TABLE_BUSY_MAX_MS),
+        signal,
+      );
     }
-    throw last;
   }
 
   /** The seed tier as a source of one blob held by `seed` (a raw file's table seed). */

@@ -4,7 +4,9 @@ import type { BlobRef, BlockSource } from '../fetch/types.js';
  * Why a node's range request went to the registry instead of the P2P tier (label of
  * dfnode_registry_fetches_total):
  * - seed_down: every seed of the blob refused the connection, errored or was isolated;
- * - seed_timeout: as seed_down, but the last seed tried did not answer within p2p.seedTimeoutMs;
+ * - seed_timeout: as seed_down, but the last seed tried did not answer within p2p.seedTimeoutMs (or, for
+ *   a blocked read, the seed was slow);
+ * - seed_busy: a blocked read whose seed answered busy (429: at its limit);
  * - verification: a block of the range from a peer or a seed failed verification and the retry went to
  *   the registry;
  * - retry: a registry request again after the registry itself failed (no P2P failure before it);
@@ -12,7 +14,8 @@ import type { BlobRef, BlockSource } from '../fetch/types.js';
  * A peer that times out or errors sends the range to the seed, not to the registry: peer timeouts show in
  * dfnode_peers_isolated_total{reason="timeout"}, and in this counter only if the seed tier fails as well.
  */
-export type RegistryFetchReason = 'seed_down' | 'seed_timeout' | 'verification' | 'retry' | 'seed_miss';
+export type RegistryFetchReason =
+  'seed_down' | 'seed_timeout' | 'seed_busy' | 'verification' | 'retry' | 'seed_miss';
 
 interface Note {
   offset: number;

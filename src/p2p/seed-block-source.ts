@@ -1,7 +1,9 @@
 import { transferTimeoutMs } from '../util/transfer-timeout.js';
 import { DfError } from '../errors.js';
-import { childSignal, realTimers, type Timers } from '../util/timers.js';
+import { stallSignal } from '../util/stall-signal.js';
+import { realTimers, type Timers } from '../util/timers.js';
 import {
+  isBusy,
   isDeferred,
   isSourceUnavailable,
   Priority,
@@ -30,8 +32,17 @@ export interface SeedSourceOptions {
   onUnauthorized?: (seed: string, message: string) => void;
 }
 
-/** A seed that times out this many times in a row, with no answer between, counts as down (hung). */
+/**
+ * A seed that times out this many times in a row, with nothing heard from it meanwhile (no answer, no byte
+ * of any response), counts as down (hung).
+ */
 const TIMEOUTS_UNTIL_DOWN = 3;
+
+/**
+ * A background-fill request that keeps receiving bytes runs past its time limit, up to this many times it
+ * (a seed uplink shared by many nodes is slow, not down; the bytes already received are not thrown away).
+ */
+const SLOW_FILL_FACTOR = 4;
 
 /**
  * The seed tier as a BlockSource: the blob's seed by rendezvous hashing, the next seed when it is down
@@ -39,11 +50,15 @@ const TIMEOUTS_UNTIL_DOWN = 3;
  * it misses from the registry with its own.
  *
  * Down (connection refused or reset, no connection within 10 s, an HTTP error, or three timeouts in a
- * row) isolates the seed and moves on to the next one. Slow is not down: a request that times out on a
- * busy seed is retried there later when it is background fill (so that the cluster does not go back to
- * the registry because one link is saturated), and goes on to the registry at once when a reader is
- * blocked on it (the read's time budget comes first). A seed that refuses the cluster token is skipped
- * like a seed that is down, so that a misconfigured node still works from the registry.
+ * row with nothing heard from the seed meanwhile) isolates the seed and moves on to the next one. Slow is
+ * not down: a background-fill request that is receiving bytes is not cut at its time limit but when it
+ * stalls (timeoutMs without a byte; SLOW_FILL_FACTOR times the limit at most), and a request that times
+ * out while the seed is heard from (other responses arriving) does not count towards down. Background
+ * fill gets such timeouts, and a seed's "busy" (429, or 503 with Retry-After), back as they are: it waits
+ * for the seed (so that the cluster does not go back to the registry because one link is saturated). A
+ * reader that is blocked goes on to the registry at once (the read's time budget comes first). A seed that
+ * refuses the cluster token is skipped like a seed that is down, so that a misconfigured node still works
+ * from the registry.
  */
 export class SeedBlockSource implements BlockSource {
   readonly kind = 'seed' as const;
@@ -51,6 +66,8 @@ export class SeedBlockSource implements BlockSource {
   private readonly servedBy = new WeakMap<Buffer, { seed: string; offset: number }>();
   private readonly timers: Timers;
   private readonly timeouts = new Map<string, number>();
+  /** When each seed was last heard from (an answer's head or a chunk of a body). */
+  private readonly heard = new Map<string, number>();
 
   constructor(private readonly opts: SeedSourceOptions) {
     this.name = `seeds of ${opts.repo}`;
@@ -65,16 +82,26 @@ export class SeedBlockSource implements BlockSource {
     ctx?: FetchContext,
   ): Promise<Buffer> {
     let lastErr: unknown = sourceUnavailable(`no seed is up for ${blob.digest}`);
+    let busy: DfError | undefined;
+    const fill = (ctx?.priority ?? Priority.Blocked) === Priority.Fill;
     for (const seed of rankSeeds(blob.digest, this.opts.seeds)) {
       if (this.opts.isolation.isolated(seed)) continue;
-      const rq = childSignal(
-        signal,
-        transferTimeoutMs(this.opts.timeoutMs, length),
-        this.timers,
-        `seed ${seed}`,
-      );
+      const limit = transferTimeoutMs(this.opts.timeoutMs, length);
+      const started = this.timers.now();
+      const rq = stallSignal(signal, {
+        firstMs: limit,
+        idleMs: this.opts.timeoutMs,
+        // a blocked read keeps its fixed limit
+        maxMs: fill ? limit * SLOW_FILL_FACTOR : limit,
+        timers: this.timers,
+        what: `seed ${seed}`,
+      });
+      const alive = () => {
+        rq.alive();
+        this.heard.set(seed, this.timers.now());
+      };
       try {
-        const planned = ctx?.planned === true && ctx.priority === Priority.Fill;
+        const planned = ctx?.planned === true && fill;
         const data = await this.opts.http.get(
           seed,
           blob.digest,
@@ -88,6 +115,7 @@ export class SeedBlockSource implements BlockSource {
           },
           ctx?.progress,
           ctx?.pieceDigest,
+          alive,
         );
         this.opts.isolation.ok(seed);
         this.timeouts.delete(seed);
@@ -106,23 +134,37 @@ export class SeedBlockSource implements BlockSource {
           this.opts.onUnauthorized?.(seed, e.message);
           continue;
         }
+        // alive but at its limit (upload, response budget, files fetched at once): asked again later
+        if (isBusy(e)) {
+          busy ??= e;
+          continue;
+        }
         // the seed answered but has nothing for this (refuses the registry, range over its limit): not down
         if (isSourceUnavailable(e)) continue;
         if (e.code === 'TIMEOUT') {
-          const n = (this.timeouts.get(seed) ?? 0) + 1;
-          this.timeouts.set(seed, n);
+          // heard from since this request started (this or another response): slow, not hung
+          const slow = (this.heard.get(seed) ?? -Infinity) >= started;
+          const n = slow ? 0 : (this.timeouts.get(seed) ?? 0) + 1;
+          if (slow) this.timeouts.delete(seed);
+          else this.timeouts.set(seed, n);
           if (n < TIMEOUTS_UNTIL_DOWN) {
             // busy, not down: fill waits for it (the fetcher retries later); a blocked read moves on
-            if ((ctx?.priority ?? Priority.Blocked) === Priority.Fill) throw e;
+            if (fill) throw e;
             this.opts.fallback?.note(blob.digest, offset, length, 'seed_timeout');
             throw sourceUnavailable(`seed ${seed}: ${e.message}`);
           }
           this.timeouts.delete(seed);
         }
-        this.opts.isolation.fail(seed, e.code);
+        this.opts.isolation.fail(seed, `${e.code}: ${e.message.slice(0, 300)}`);
       } finally {
         rq.dispose();
       }
+    }
+    if (busy) {
+      // fill waits for a busy seed; a blocked read goes on to the registry
+      if (fill) throw busy;
+      this.opts.fallback?.note(blob.digest, offset, length, 'seed_busy');
+      throw sourceUnavailable(busy.message);
     }
     // every seed is down: the registry (next source) at once
     this.opts.fallback?.note(

@@ -36,9 +36,11 @@ export function trackedFile(
   tracker: TrackerState,
   digest: string,
   file: ServedBlob & { readonly layout: Units },
+  uploadSlots?: number,
 ): ServedBlob {
   return {
     size: file.size,
+    ...(uploadSlots ? { uploadSlots } : {}),
     read: async (offset, length, sig, h) => {
       const r = file.layout.unitsFor(offset, length);
       if (r) {

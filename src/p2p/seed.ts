@@ -78,6 +78,12 @@ export interface SeedOptions {
 }
 
 /**
+ * Planned piece requests of raw files (registry mirror, `dfnode get`) a seed sends at once; more get 429
+ * and the node takes the piece from a peer or asks again (ServedBlob.uploadSlots).
+ */
+const FILE_UPLOAD_SLOTS = 8;
+
+/**
  * `dfnode seed`: full copies of the blobs nodes ask it for, fetched from the registry block by block on
  * first request (one registry fetch per block however many nodes ask: the fetcher coalesces), then in the
  * background; serves blocks to nodes and runs the tracker of its blobs.
@@ -193,7 +199,7 @@ export class Seed implements BlobProvider {
 
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {
     const file = this.files?.served(digest);
-    if (file) return trackedFile(this.tracker, digest, file);
+    if (file) return trackedFile(this.tracker, digest, file, FILE_UPLOAD_SLOTS);
     let ref: ImageReference | undefined;
     if (!this.blobs.has(digest)) {
       if (!hint.repo) return undefined;
