@@ -29,6 +29,8 @@ import { UnitLayout, type Units } from './unit-layout.js';
 const SEED_RUN_BYTES = 1024 * 1024;
 /** The fill starts no new run while this many registry fetches for nodes run (a node alone has 4 runs out). */
 const NODE_FETCHES_BEFORE_FILL_YIELDS = 4;
+/** Planned piece requests of raw files (mirror, `dfnode get`) sent at once; 429 beyond (uploadSlots). */
+const FILE_UPLOAD_SLOTS = 8;
 
 interface SeedBlob {
   layer: Layer;
@@ -76,12 +78,6 @@ export interface SeedOptions {
   /** Free bytes of the file system of a directory (default: statfs; tests). */
   freeBytes?: (dir: string) => Promise<number>;
 }
-
-/**
- * Planned piece requests of raw files (registry mirror, `dfnode get`) a seed sends at once; more get 429
- * and the node takes the piece from a peer or asks again (ServedBlob.uploadSlots).
- */
-const FILE_UPLOAD_SLOTS = 8;
 
 /**
  * `dfnode seed`: full copies of the blobs nodes ask it for, fetched from the registry block by block on
