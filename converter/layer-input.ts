@@ -15,10 +15,7 @@ export interface LayerInputResult {
   uncompressedBytes: number;
 }
 
-export interface LayerEntry extends TarEntry {
-  /** Regular files: base64 SHA-256 of the body, hashed as it is read; call after reading the body. */
-  digest: () => Promise<string>;
-}
+export type LayerEntry = TarEntry;
 
 /** Tar bytes come back from the worker in buffers of this size. */
 const TAR_BUFFER = 4 << 20;
@@ -159,32 +156,10 @@ class LayerInflater {
   }
 }
 
-const noDigest = () => Promise.reject(DfError.internal('only regular files have a content digest'));
-
-/** A file entry whose body is hashed as the consumer reads it (one SHA-256 pass over the bytes it reads). */
-function hashedFile(entry: TarEntry): LayerEntry {
-  const hash = createHash('sha256');
-  let digest: string | undefined;
-  const body = entry.body;
-  return {
-    ...entry,
-    body: {
-      async *[Symbol.asyncIterator]() {
-        for await (const c of body) {
-          hash.update(c);
-          yield c;
-        }
-      },
-    },
-    digest: () => Promise.resolve((digest ??= hash.digest('base64'))),
-  };
-}
-
 /**
  * Streams a layer blob into `onEntry` entry by entry: checks the media type first, gunzips when needed,
  * hashes the blob (digest check) and the tar (diff ID) on the way, and fails clearly on corrupt input.
- * Blob hashing, gunzip and diff-ID hashing run on a worker thread; tar parsing and the files' hashes (each
- * body hashed as `onEntry` reads it) on this one. The digest is checked at the end, so callers must discard
+ * Blob hashing, gunzip and diff-ID hashing run on a worker thread; tar parsing on this one. The digest is checked at the end, so callers must discard
  * what they built when this throws.
  */
 export async function readLayer(
@@ -206,7 +181,7 @@ export async function readLayer(
     pumping.catch((err: Error) => inflater.fail(err)); // a read error ends the tar side too
     for await (const entry of readTar(inflater.tar())) {
       signal?.throwIfAborted();
-      await onEntry(entry.header.type === 'file' ? hashedFile(entry) : { ...entry, digest: noDigest });
+      await onEntry(entry);
     }
     await pumping;
     res = inflater.result();
