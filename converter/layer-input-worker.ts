@@ -14,11 +14,22 @@ import { convertAddon } from '../src/blob/native-codec.js';
  */
 
 export type ToWorker =
-  { t: 'init'; gzip: boolean; outSize: number } | { t: 'data'; chunk: Uint8Array } | { t: 'end' };
+  | { t: 'init'; gzip: boolean; outSize: number }
+  /** `free`: tar buffers sent earlier that the main thread is done with, for reuse. */
+  | { t: 'data'; chunk: Uint8Array; free: ArrayBuffer[] }
+  | { t: 'end' };
 
 export type FromWorker =
   | { t: 'out'; inputs: number; bufs: ArrayBuffer[]; lengths: number[] }
-  | { t: 'done'; blobDigest: string; diffId: string; compressedBytes: number; uncompressedBytes: number }
+  | {
+      t: 'done';
+      blobDigest: string;
+      diffId: string;
+      compressedBytes: number;
+      uncompressedBytes: number;
+      /** Tar buffers allocated (the rest were reused). */
+      tarBuffers: number;
+    }
   | { t: 'error'; message: string; code?: string };
 
 const port = parentPort!;
@@ -65,11 +76,14 @@ function inflateNative(chunk: Buffer): void {
 
 let outSize = 1 << 20;
 /** The tar buffer being filled (by zlib, or by copies of a plain tar); sent when full or at the reply. */
-let out = Buffer.alloc(0);
+let out: Buffer = Buffer.alloc(0);
 let outLen = 0;
 let compressedBytes = 0;
 let uncompressedBytes = 0;
 let failed = false;
+/** Tar buffers handed back by the main thread, and how many were allocated. */
+const freeBufs: ArrayBuffer[] = [];
+let tarBuffers = 0;
 /** Filled tar buffers for the next reply. */
 const full: Buffer[] = [];
 let replyScheduled = false;
@@ -117,8 +131,15 @@ function fail(err: unknown): void {
 function sendOut(): void {
   if (!outLen) return;
   full.push(out.subarray(0, outLen));
-  out = Buffer.allocUnsafeSlow(outSize);
+  out = newOut();
   outLen = 0;
+}
+
+function newOut(): Buffer {
+  const ab = freeBufs.pop();
+  if (ab) return Buffer.from(ab, 0, outSize);
+  tarBuffers++;
+  return Buffer.allocUnsafeSlow(outSize);
 }
 
 function scheduleReply(): void {
@@ -155,7 +176,7 @@ port.on('message', (m: ToWorker) => {
     switch (m.t) {
       case 'init':
         outSize = m.outSize;
-        out = Buffer.allocUnsafeSlow(outSize);
+        out = newOut();
         if (m.gzip && native) ngz = native.gunzipper();
         else if (m.gzip) {
           gz = createGunzip() as typeof gz;
@@ -163,6 +184,7 @@ port.on('message', (m: ToWorker) => {
         }
         return;
       case 'data': {
+        for (const ab of m.free) if (ab.byteLength === outSize) freeBufs.push(ab);
         const c = Buffer.from(m.chunk.buffer, m.chunk.byteOffset, m.chunk.byteLength);
         blobHash.update(c);
         compressedBytes += c.length;
@@ -183,7 +205,7 @@ port.on('message', (m: ToWorker) => {
         const blobDigest = 'sha256:' + blobHash.digest('hex');
         // A plain tar is its own diff ID: hashed once.
         const diffId = gz || ngz ? 'sha256:' + diffHash.digest('hex') : blobDigest;
-        post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes });
+        post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes, tarBuffers });
         return;
       }
     }

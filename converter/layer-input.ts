@@ -13,6 +13,8 @@ export interface LayerInputResult {
   /** Bytes of the layer blob read. */
   compressedBytes: number;
   uncompressedBytes: number;
+  /** Tar buffers the input worker allocated (the others were reused). */
+  tarBuffers: number;
 }
 
 export type LayerEntry = TarEntry;
@@ -23,6 +25,8 @@ const TAR_BUFFER = 4 << 20;
 const INPUT_AHEAD = 2;
 /** Reading pauses while this many tar bytes wait for the parser. */
 const TAR_AHEAD = 8 << 20;
+/** Released tar buffers held for the worker at most (the rest are left to the GC). */
+const MAX_FREE = 8;
 
 interface Waiter {
   resolve: () => void;
@@ -36,6 +40,9 @@ interface Waiter {
 class LayerInflater {
   private readonly worker: Worker;
   private readonly tarQueue: Buffer[] = [];
+  /** Tar buffers from the worker, and those of them released (see release) to go back with the next input. */
+  private readonly ours = new WeakSet<Buffer>();
+  private toFree: ArrayBuffer[] = [];
   private tarWaiter: Waiter | undefined;
   private ackWaiter: Waiter | undefined;
   private inflight = 0;
@@ -70,7 +77,9 @@ class LayerInflater {
       case 'out':
         this.inflight -= m.inputs;
         for (let i = 0; i < m.bufs.length; i++) {
-          this.tarQueue.push(Buffer.from(m.bufs[i]!, 0, m.lengths[i]!));
+          const b = Buffer.from(m.bufs[i]!, 0, m.lengths[i]!);
+          this.ours.add(b);
+          this.tarQueue.push(b);
           this.queuedTar += m.lengths[i]!;
         }
         this.wake('ack');
@@ -119,10 +128,25 @@ class LayerInflater {
       this.onBytesIn?.(c.length);
       const copy = new Uint8Array(c); // own buffer, transferred: the source may share or reuse its memory
       this.inflight++;
-      this.send({ t: 'data', chunk: copy }, [copy.buffer]);
+      const free = this.toFree;
+      this.toFree = [];
+      this.send({ t: 'data', chunk: copy, free }, [copy.buffer, ...free]);
       while (this.inflight >= INPUT_AHEAD || this.queuedTar >= TAR_AHEAD) await this.wait('ack');
     }
     this.send({ t: 'end' });
+  }
+
+  /**
+   * Tar buffers that tar() yielded and nothing references any more: transferred back to the worker with the
+   * next input chunk, which fills them again (no allocation of 4 MiB per transfer). Transferring detaches
+   * them here, so a view still used by mistake reads as empty rather than as other bytes.
+   */
+  release(bufs: Buffer[]): void {
+    for (const b of bufs) {
+      if (!this.ours.has(b) || b.buffer.byteLength !== TAR_BUFFER || this.toFree.length >= MAX_FREE) continue;
+      this.ours.delete(b);
+      this.toFree.push(b.buffer as ArrayBuffer);
+    }
   }
 
   async *tar(): AsyncGenerator<Buffer> {
@@ -159,7 +183,9 @@ class LayerInflater {
 /**
  * Streams a layer blob into `onEntry` entry by entry: checks the media type first, gunzips when needed,
  * hashes the blob (digest check) and the tar (diff ID) on the way, and fails clearly on corrupt input.
- * Blob hashing, gunzip and diff-ID hashing run on a worker thread; tar parsing on this one. The digest is checked at the end, so callers must discard
+ * Blob hashing, gunzip and diff-ID hashing run on a worker thread; tar parsing on this one. A body chunk is
+ * valid until the promise of the `onEntry` call that got it settles: its memory is then reused (copy what
+ * must live longer). The digest is checked at the end, so callers must discard
  * what they built when this throws.
  */
 export async function readLayer(
@@ -179,9 +205,13 @@ export async function readLayer(
   try {
     const pumping = inflater.pump();
     pumping.catch((err: Error) => inflater.fail(err)); // a read error ends the tar side too
-    for await (const entry of readTar(inflater.tar())) {
+    // Tar buffers the reader has used up go back to the worker once the entry being handled is done with:
+    // onEntry may hold views of them (body chunks) until its promise settles, and no longer.
+    const consumed: Buffer[] = [];
+    for await (const entry of readTar(inflater.tar(), (b) => consumed.push(b))) {
       signal?.throwIfAborted();
       await onEntry(entry);
+      if (consumed.length) inflater.release(consumed.splice(0));
     }
     await pumping;
     res = inflater.result();
@@ -211,6 +241,7 @@ export async function readLayer(
     diffId: res.diffId,
     compressedBytes: res.compressedBytes,
     uncompressedBytes: res.uncompressedBytes,
+    tarBuffers: res.tarBuffers,
   };
 }
 

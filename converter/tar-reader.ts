@@ -51,7 +51,10 @@ class ByteQueue {
   private done = false;
   position = 0;
 
-  constructor(private readonly it: AsyncIterator<Buffer>) {}
+  constructor(
+    private readonly it: AsyncIterator<Buffer>,
+    private readonly onConsumed?: (chunk: Buffer) => void,
+  ) {}
 
   private async fill(n: number): Promise<boolean> {
     while (this.length < n && !this.done) {
@@ -90,7 +93,7 @@ class ByteQueue {
       out = first.subarray(this.head, this.head + n);
       this.head += n;
       if (this.head === first.length) {
-        this.chunks.shift();
+        this.onConsumed?.(this.chunks.shift()!);
         this.head = 0;
       }
     } else {
@@ -103,7 +106,7 @@ class ByteQueue {
         off += k;
         this.head += k;
         if (this.head === c.length) {
-          this.chunks.shift();
+          this.onConsumed?.(this.chunks.shift()!);
           this.head = 0;
         }
       }
@@ -242,10 +245,14 @@ const TYPES: Record<string, TarEntryType | undefined> = {
 
 /**
  * Iterates the entries of an uncompressed tar stream. Each entry's body must be fully consumed or abandoned
- * before asking for the next entry (the reader skips what is left).
+ * before asking for the next entry (the reader skips what is left). `onConsumed` gets each source chunk once
+ * the reader has taken all its bytes (views of it handed out as body chunks may still be in use).
  */
-export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<TarEntry> {
-  const q = new ByteQueue(source[Symbol.asyncIterator]());
+export async function* readTar(
+  source: AsyncIterable<Buffer>,
+  onConsumed?: (chunk: Buffer) => void,
+): AsyncGenerator<TarEntry> {
+  const q = new ByteQueue(source[Symbol.asyncIterator](), onConsumed);
   let globalPax = new Map<string, Buffer>();
   // Decoded once per global header and shared (not copied) by every entry without xattrs of its own.
   let globalXattrs = new Map<string, Buffer>();
