@@ -126,11 +126,14 @@ class LayerInflater {
     for await (const c of this.input as AsyncIterable<Buffer>) {
       if (this.error) throw this.error;
       this.onBytesIn?.(c.length);
-      const copy = new Uint8Array(c); // own buffer, transferred: the source may share or reuse its memory
+      // Transferred to the worker. A chunk that is a whole ArrayBuffer of its own (fs read streams allocate
+      // one per read) goes as it is; a view into shared or pooled memory (sockets) is copied first.
+      const own = c.byteOffset === 0 && c.buffer.byteLength === c.length && !(c.buffer instanceof SharedArrayBuffer);
+      const chunk = own ? new Uint8Array(c.buffer, 0, c.length) : new Uint8Array(c);
       this.inflight++;
       const free = this.toFree;
       this.toFree = [];
-      this.send({ t: 'data', chunk: copy, free }, [copy.buffer, ...free]);
+      this.send({ t: 'data', chunk, free }, [chunk.buffer as ArrayBuffer, ...free]);
       while (this.inflight >= INPUT_AHEAD || this.queuedTar >= TAR_AHEAD) await this.wait('ack');
     }
     this.send({ t: 'end' });

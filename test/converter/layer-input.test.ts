@@ -1,11 +1,15 @@
 // The layer input's tar buffers are recycled (sent back to the input worker and filled again): a body chunk
 // must stay intact until the onEntry call that got it settles, however slowly it is consumed.
 import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { readLayer } from '../../converter/layer-input.js';
 import { pseudoRandom } from '../helpers/dfb.js';
+import { tempDir } from '../helpers/temp.js';
 import { member, tarOf } from './raw-tar.js';
 
 const sha256 = (b: Buffer) => 'sha256:' + createHash('sha256').update(b).digest('hex');
@@ -28,16 +32,25 @@ describe('layer input tar buffers', () => {
   const tar = tarOf(...files.map(([name, body]) => member('0', name, body)));
   const gz = gzipSync(tar, { level: 1 });
 
-  for (const [what, blob, mediaType] of [
-    ['gzip', gz, 'application/vnd.oci.image.layer.v1.tar+gzip'],
-    ['plain tar', tar, 'application/vnd.oci.image.layer.v1.tar'],
+  for (const [what, blob, mediaType, fromFile] of [
+    ['gzip', gz, 'application/vnd.oci.image.layer.v1.tar+gzip', false],
+    ['plain tar', tar, 'application/vnd.oci.image.layer.v1.tar', false],
+    // fs read streams yield chunks that own their memory: those are transferred to the worker, not copied
+    ['gzip from a file', gz, 'application/vnd.oci.image.layer.v1.tar+gzip', true],
   ] as const) {
     it(`never reuses a buffer whose chunks an unfinished onEntry still holds (${what})`, async () => {
+      const tmp = fromFile ? await tempDir() : undefined;
+      let input: Readable = stream(blob);
+      if (tmp) {
+        onTestFinished(() => tmp.cleanup());
+        await writeFile(join(tmp.dir, 'layer'), blob);
+        input = createReadStream(join(tmp.dir, 'layer'), { highWaterMark: 4 << 20 });
+      }
       let bad = 0;
       let checked = 0;
       let seen = 0;
       const res = await readLayer(
-        stream(blob),
+        input,
         { mediaType, digest: sha256(blob), size: blob.length },
         async (e) => {
           if (e.header.type !== 'file') return;
