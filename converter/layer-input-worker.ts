@@ -32,10 +32,37 @@ export type FromWorker =
     }
   | { t: 'error'; message: string; code?: string };
 
+const native = convertAddon();
 const port = parentPort!;
 const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
-const blobHash = createHash('sha256');
-const diffHash = createHash('sha256');
+/**
+ * The blob digest and the diff ID. With the addon, both are hashed on libuv's thread pool (each a chain of
+ * updates in order, the two in parallel), so this thread only inflates; a tar buffer is sent once its
+ * hash has read it. Without the addon, node:crypto here.
+ */
+class Sha256 {
+  private readonly js = native ? undefined : createHash('sha256');
+  private readonly handle = native?.sha256();
+  private chain: Promise<void> = Promise.resolve();
+
+  update(b: Buffer): void {
+    if (this.js) this.js.update(b);
+    else this.chain = this.chain.then(() => native!.sha256Update(this.handle, [b]));
+  }
+
+  /** Resolves when every update so far has read its bytes. */
+  settled(): Promise<void> {
+    return this.chain;
+  }
+
+  async hex(): Promise<string> {
+    if (this.js) return this.js.digest('hex');
+    await this.chain;
+    return native!.sha256Digest(this.handle).toString('hex');
+  }
+}
+const blobHash = new Sha256();
+const diffHash = new Sha256();
 /**
  * zlib's handle driven synchronously, as zlib's own processChunkSync does (this is a worker thread of its
  * own: no thread-pool round trip and no stream machinery per chunk), but without closing the handle after
@@ -56,7 +83,6 @@ interface ZlibInternals {
   _writeState: Uint32Array;
 }
 let gz: (Gunzip & ZlibInternals) | undefined;
-const native = convertAddon();
 /** The native gunzip's state (when gzip and the addon loaded), and whether its last member ended. */
 let ngz: unknown;
 let ngzFinished = false;
@@ -110,7 +136,7 @@ function inflate(chunk: Buffer, flush: number): void {
 
 /** `c` was written at out[outLen...]: hashes (gzip: the diff ID) and counts it. */
 function tarBytes(c: Buffer): void {
-  if (gz || ngz) diffHash.update(c);
+  if (gz || ngz) diffHash.update(c); // c stays untouched until it is sent, after the hash read it
   uncompressedBytes += c.length;
   outLen += c.length;
   if (outLen === outSize) sendOut();
@@ -145,18 +171,25 @@ function newOut(): Buffer {
 function scheduleReply(): void {
   if (replyScheduled) return;
   replyScheduled = true;
-  setImmediate(reply);
+  setImmediate(() => void reply());
 }
 
-function reply(): void {
+async function reply(): Promise<void> {
   replyScheduled = false;
   if (failed) return;
   sendOut();
   const bufs = full.map((b) => b.buffer as ArrayBuffer);
   const lengths = full.map((b) => b.length);
   full.length = 0;
-  post({ t: 'out', inputs, bufs, lengths }, bufs);
+  const n = inputs;
   inputs = 0;
+  try {
+    await diffHash.settled(); // transferring detaches the buffers: not while the hash reads them
+  } catch (err) {
+    return fail(err);
+  }
+  if (failed) return;
+  post({ t: 'out', inputs: n, bufs, lengths }, bufs);
 }
 
 /** A plain tar: copied into the outgoing buffers. */
@@ -201,11 +234,14 @@ port.on('message', (m: ToWorker) => {
           if (!ngzFinished) throw Object.assign(new Error('unexpected end of file'), { code: 'Z_BUF_ERROR' });
         }
         if (gz) inflate(Buffer.alloc(0), constants.Z_FINISH);
-        reply();
-        const blobDigest = 'sha256:' + blobHash.digest('hex');
-        // A plain tar is its own diff ID: hashed once.
-        const diffId = gz || ngz ? 'sha256:' + diffHash.digest('hex') : blobDigest;
-        post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes, tarBuffers });
+        const gzip = Boolean(gz || ngz);
+        void (async () => {
+          await reply();
+          const blobDigest = 'sha256:' + (await blobHash.hex());
+          // A plain tar is its own diff ID: hashed once.
+          const diffId = gzip ? 'sha256:' + (await diffHash.hex()) : blobDigest;
+          if (!failed) post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes, tarBuffers });
+        })().catch(fail);
         return;
       }
     }

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { ReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import type { Worker } from 'node:worker_threads';
 import { spawnWorker } from '../src/util/spawn-worker.js';
@@ -126,9 +127,14 @@ class LayerInflater {
     for await (const c of this.input as AsyncIterable<Buffer>) {
       if (this.error) throw this.error;
       this.onBytesIn?.(c.length);
-      // Transferred to the worker. A chunk that is a whole ArrayBuffer of its own (fs read streams allocate
-      // one per read) goes as it is; a view into shared or pooled memory (sockets) is copied first.
-      const own = c.byteOffset === 0 && c.buffer.byteLength === c.length && !(c.buffer instanceof SharedArrayBuffer);
+      // Transferred to the worker. A chunk of a file read stream, a whole ArrayBuffer of its own that nothing
+      // else references (it allocates one per read), goes as it is; any other chunk is copied first: the
+      // source may share its memory, reuse it, or be a buffer the caller still holds.
+      const own =
+        this.input instanceof ReadStream &&
+        c.byteOffset === 0 &&
+        c.buffer.byteLength === c.length &&
+        !(c.buffer instanceof SharedArrayBuffer);
       const chunk = own ? new Uint8Array(c.buffer, 0, c.length) : new Uint8Array(c);
       this.inflight++;
       const free = this.toFree;

@@ -69,6 +69,13 @@ class ByteQueue {
     return this.length >= n;
   }
 
+  /** Drops the first chunk, all of whose bytes were taken. */
+  private consumed(): void {
+    const c = this.chunks.shift()!; // not inside `onConsumed?.(…)`: that would skip the shift without a callback
+    this.head = 0;
+    this.onConsumed?.(c);
+  }
+
   /** Reads exactly n bytes, or returns undefined at a clean end of input (0 bytes available). */
   async readExact(n: number): Promise<Buffer | undefined> {
     if (!(await this.fill(n))) {
@@ -93,8 +100,7 @@ class ByteQueue {
       out = first.subarray(this.head, this.head + n);
       this.head += n;
       if (this.head === first.length) {
-        this.onConsumed?.(this.chunks.shift()!);
-        this.head = 0;
+        this.consumed();
       }
     } else {
       out = Buffer.allocUnsafe(n);
@@ -106,8 +112,7 @@ class ByteQueue {
         off += k;
         this.head += k;
         if (this.head === c.length) {
-          this.onConsumed?.(this.chunks.shift()!);
-          this.head = 0;
+          this.consumed();
         }
       }
     }

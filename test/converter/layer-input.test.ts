@@ -40,7 +40,8 @@ describe('layer input tar buffers', () => {
   ] as const) {
     it(`never reuses a buffer whose chunks an unfinished onEntry still holds (${what})`, async () => {
       const tmp = fromFile ? await tempDir() : undefined;
-      let input: Readable = stream(blob);
+      // Input chunks of 4 MiB: a plain tar then fills whole tar buffers (each reply sends what it has).
+      let input: Readable = stream(blob, 4 << 20);
       if (tmp) {
         onTestFinished(() => tmp.cleanup());
         await writeFile(join(tmp.dir, 'layer'), blob);

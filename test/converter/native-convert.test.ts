@@ -220,7 +220,7 @@ describe('converter native path', () => {
       const nat = await readAll(blob);
       expect(gunzipSync(blob).equals(tar)).toBe(true);
       expect(nat.entries).toEqual(one.entries);
-      expect(nat.res).toEqual(js.res);
+      expect({ ...nat.res, tarBuffers: 0 }).toEqual({ ...js.res, tarBuffers: 0 }); // buffer reuse depends on timing
       expect(nat.res.diffId).toBe(sha256(tar));
     }
   });
