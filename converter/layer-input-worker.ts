@@ -240,7 +240,8 @@ port.on('message', (m: ToWorker) => {
           const blobDigest = 'sha256:' + (await blobHash.hex());
           // A plain tar is its own diff ID: hashed once.
           const diffId = gzip ? 'sha256:' + (await diffHash.hex()) : blobDigest;
-          if (!failed) post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes, tarBuffers });
+          if (!failed)
+            post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes, tarBuffers });
         })().catch(fail);
         return;
       }

@@ -250,8 +250,14 @@ export class BlockSink {
       this.checkAbort();
       const stored = Buffer.allocUnsafe(this.blockStored[i]!);
       const { bytesRead } = await this.fh!.read(stored, 0, stored.length, this.blockOffsets[i]!);
-      if (bytesRead !== stored.length) throw DfError.internal(`DFB writer: ${this.path} is shorter than written`);
-      const data = decodeStoredBlock(stored, this.blockCodecs[i]!, this.blockLengths[i]!, `DFB writer: block ${i}`);
+      if (bytesRead !== stored.length)
+        throw DfError.internal(`DFB writer: ${this.path} is shorter than written`);
+      const data = decodeStoredBlock(
+        stored,
+        this.blockCodecs[i]!,
+        this.blockLengths[i]!,
+        `DFB writer: block ${i}`,
+      );
       const from = Math.max(offset, i * bs);
       const to = Math.min(fileEnd, (i + 1) * bs);
       data.copy(out, from - offset, from - i * bs, to - i * bs);

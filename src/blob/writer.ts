@@ -186,7 +186,11 @@ export class DfbWriter {
    * bytes, read back from the stream, are equal. (The key is a filter, never trusted alone: an image can be
    * crafted to collide.)
    */
-  private async writeContent(node: TreeNode, path: string, content: AsyncIterable<Uint8Array>): Promise<void> {
+  private async writeContent(
+    node: TreeNode,
+    path: string,
+    content: AsyncIterable<Uint8Array>,
+  ): Promise<void> {
     const size = node.size;
     let got = 0;
     const tooLong = () =>
@@ -272,7 +276,7 @@ export class DfbWriter {
         return;
       }
       node.dataOffset = this.sink.dataLength;
-      for (let pos = 0; pos < size; ) {
+      for (let pos = 0; pos < size;) {
         this.checkSignal();
         const n = Math.min(SPOOL_READ, size - pos);
         await this.sink.append(await readSpool(pos, n));
@@ -320,7 +324,7 @@ export class DfbWriter {
     size: number,
     mine: (pos: number, n: number) => Promise<Buffer>,
   ): Promise<boolean> {
-    for (let pos = 0; pos < size; ) {
+    for (let pos = 0; pos < size;) {
       this.checkSignal();
       const n = Math.min(SPOOL_READ, size - pos);
       const theirs = await this.sink.readData(at + pos, n);

@@ -60,8 +60,9 @@ function clz64(v: bigint): number {
 
 describe('writer dedup (size + CRC-64 key, byte-for-byte check)', () => {
   it('never shares an extent between different contents whose keys collide, and dedups equal ones', async () => {
-    await ensureNativeAddon();
-    if (!convertAddon()) throw new Error('the converter addon is needed for this test (npm run build:native)');
+    ensureNativeAddon();
+    if (!convertAddon())
+      throw new Error('the converter addon is needed for this test (npm run build:native)');
     const a = pseudoRandom(100_000, 7, true);
     const b = crcCollision(a);
     expect(b.equals(a)).toBe(false);
