@@ -9,8 +9,11 @@ import type { Codec } from './types.js';
 
 /** Output writes are batched up to this many bytes. */
 const WRITE_BATCH = 1024 * 1024;
-/** Blocks go to the workers in batches of about this many uncompressed bytes (at least one block). */
-const BATCH_BYTES = 2 * 1024 * 1024;
+/**
+ * Blocks go to the workers in batches of about this many uncompressed bytes (at least one block): fewer,
+ * larger messages (each hand-off wakes another thread, costly on a machine with fewer cores than threads).
+ */
+const BATCH_BYTES = 4 * 1024 * 1024;
 
 export interface BlockSinkOptions {
   /** File the blob is written to. */
