@@ -41,7 +41,7 @@ export class BlockSink {
   private pool: CompressPool | undefined;
   private readonly inflight: Array<Promise<CompressedBatch>> = [];
   private maxInflight = 4;
-  private curAb: ArrayBuffer;
+  private curAb: SharedArrayBuffer;
   private cur: Buffer;
   private curLen = 0;
 
@@ -63,8 +63,8 @@ export class BlockSink {
   /** Uncompressed bytes covered by the blocks written so far. */
   private writtenData = 0;
   /** Batch buffers (ArrayBuffers this sink made) whose stored bytes are written: reused for new batches. */
-  private readonly ours = new WeakSet<ArrayBuffer>();
-  private readonly free: ArrayBuffer[] = [];
+  private readonly ours = new WeakSet<SharedArrayBuffer>();
+  private readonly free: SharedArrayBuffer[] = [];
 
   /** Uncompressed bytes appended so far. */
   dataLength = 0;
@@ -78,16 +78,15 @@ export class BlockSink {
     this.batchSize = Math.max(1, Math.floor(BATCH_BYTES / opts.blockSize)) * opts.blockSize;
     this.workers = opts.workers;
     this.checkAbort = opts.checkAbort;
-    this.curAb = new ArrayBuffer(0);
+    this.curAb = new SharedArrayBuffer(0);
     this.cur = Buffer.alloc(0);
     this.newBatch();
   }
 
   private newBatch(): void {
-    let ab = this.free.pop();
-    if (!ab) {
-      ab = Buffer.allocUnsafeSlow(this.batchSize).buffer as ArrayBuffer; // its own ArrayBuffer: transferable
-    }
+    // Shared, not transferred: the same few buffers go round (free list, uncapped: as many as were ever in
+    // use at once) and each worker receives each buffer once, so no 4 MiB buffer object is made per message.
+    const ab = this.free.pop() ?? new SharedArrayBuffer(this.batchSize);
     this.curAb = ab;
     this.cur = Buffer.from(ab, 0, this.batchSize);
   }
@@ -148,8 +147,8 @@ export class BlockSink {
 
   private async writeNext(): Promise<void> {
     const r = await this.inflight.shift()!;
-    // The worker handed back the batch's ArrayBuffer (a new object for the same memory): reusable once written.
-    this.ours.add(r.stored.buffer as ArrayBuffer);
+    // The batch's buffer holds the stored blocks now: reusable once written.
+    this.ours.add(r.stored.buffer as SharedArrayBuffer);
     await this.writeBatch(r);
   }
 
@@ -212,9 +211,13 @@ export class BlockSink {
       await hashing; // the buffers are reused below: not before the hash has read them
     }
     this.writePos += total;
-    for (const b of bufs)
-      if (this.ours.has(b.buffer as ArrayBuffer) && this.free.length < 8)
-        this.free.push(b.buffer as ArrayBuffer);
+    for (const b of bufs) {
+      const ab = b.buffer as SharedArrayBuffer;
+      if (this.ours.has(ab)) {
+        this.ours.delete(ab);
+        this.free.push(ab);
+      }
+    }
   }
 
   /** Flushes, syncs and closes the file. Returns the blob size and sha256:hex digest. */
