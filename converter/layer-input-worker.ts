@@ -15,12 +15,23 @@ import { convertAddon } from '../src/blob/native-codec.js';
 
 export type ToWorker =
   | { t: 'init'; gzip: boolean; outSize: number }
-  /** `free`: tar buffers sent earlier that the main thread is done with, for reuse. */
-  | { t: 'data'; chunk: Uint8Array; free: ArrayBuffer[] }
+  /** `free`: slots of tar buffers the main thread is done with, for reuse. */
+  | { t: 'data'; chunk: Uint8Array; free: number[] }
   | { t: 'end' };
 
 export type FromWorker =
-  | { t: 'out'; inputs: number; bufs: ArrayBuffer[]; lengths: number[] }
+  /**
+   * Tar bytes: `lengths[i]` bytes at the start of slot `slots[i]`. Tar buffers are SharedArrayBuffers, each
+   * sent once (in `fresh`, with its slot) and named by slot afterwards, never transferred: no buffer object
+   * and no external-memory accounting per message, for the garbage collector of either thread.
+   */
+  | {
+      t: 'out';
+      inputs: number;
+      slots: number[];
+      lengths: number[];
+      fresh: Array<[number, SharedArrayBuffer]>;
+    }
   | {
       t: 'done';
       blobDigest: string;
@@ -108,10 +119,14 @@ let compressedBytes = 0;
 let uncompressedBytes = 0;
 let failed = false;
 /** Tar buffers handed back by the main thread, and how many were allocated. */
-const freeBufs: ArrayBuffer[] = [];
+const freeSlots: number[] = [];
+const slotBufs: SharedArrayBuffer[] = [];
+/** Slots made since the last reply (the main thread has not seen them). */
+const fresh: Array<[number, SharedArrayBuffer]> = [];
+let outSlot = -1;
 let tarBuffers = 0;
 /** Filled tar buffers for the next reply. */
-const full: Buffer[] = [];
+const full: Array<[number, number]> = []; // [slot, length]
 let replyScheduled = false;
 /** Input chunks handled since the last reply. */
 let inputs = 0;
@@ -156,16 +171,21 @@ function fail(err: unknown): void {
 /** Queues the current tar buffer for the next reply. */
 function sendOut(): void {
   if (!outLen) return;
-  full.push(out.subarray(0, outLen));
+  full.push([outSlot, outLen]);
   out = newOut();
   outLen = 0;
 }
 
 function newOut(): Buffer {
-  const ab = freeBufs.pop();
-  if (ab) return Buffer.from(ab, 0, outSize);
-  tarBuffers++;
-  return Buffer.allocUnsafeSlow(outSize);
+  let slot = freeSlots.pop();
+  if (slot === undefined) {
+    slot = slotBufs.length;
+    slotBufs.push(new SharedArrayBuffer(outSize));
+    fresh.push([slot, slotBufs[slot]!]);
+    tarBuffers++;
+  }
+  outSlot = slot;
+  return Buffer.from(slotBufs[slot]!, 0, outSize);
 }
 
 function scheduleReply(): void {
@@ -174,22 +194,29 @@ function scheduleReply(): void {
   setImmediate(() => void reply());
 }
 
-async function reply(): Promise<void> {
+/**
+ * Acks the input chunks handled since the last reply, with the tar buffers filled meanwhile. A buffer less
+ * than a quarter full is kept and filled further: sending it would take a new slot per small input chunk
+ * (network reads), and the slots outstanding would grow with the chunk count rather than the bytes (the main
+ * thread bounds the bytes).
+ */
+async function reply(final = false): Promise<void> {
   replyScheduled = false;
   if (failed) return;
-  sendOut();
-  const bufs = full.map((b) => b.buffer as ArrayBuffer);
-  const lengths = full.map((b) => b.length);
+  if (final || outLen >= outSize / 4) sendOut();
+  const slots = full.map((f) => f[0]);
+  const lengths = full.map((f) => f[1]);
   full.length = 0;
+  const made = fresh.splice(0);
   const n = inputs;
   inputs = 0;
   try {
-    await diffHash.settled(); // transferring detaches the buffers: not while the hash reads them
+    await diffHash.settled(); // the main thread reads (and then releases) them: not while the hash reads them
   } catch (err) {
     return fail(err);
   }
   if (failed) return;
-  post({ t: 'out', inputs: n, bufs, lengths }, bufs);
+  post({ t: 'out', inputs: n, slots, lengths, fresh: made });
 }
 
 /** A plain tar: copied into the outgoing buffers. */
@@ -217,7 +244,7 @@ port.on('message', (m: ToWorker) => {
         }
         return;
       case 'data': {
-        for (const ab of m.free) if (ab.byteLength === outSize) freeBufs.push(ab);
+        for (const slot of m.free) if (slotBufs[slot]) freeSlots.push(slot);
         const c = Buffer.from(m.chunk.buffer, m.chunk.byteOffset, m.chunk.byteLength);
         blobHash.update(c);
         compressedBytes += c.length;
@@ -236,7 +263,7 @@ port.on('message', (m: ToWorker) => {
         if (gz) inflate(Buffer.alloc(0), constants.Z_FINISH);
         const gzip = Boolean(gz || ngz);
         void (async () => {
-          await reply();
+          await reply(true);
           const blobDigest = 'sha256:' + (await blobHash.hex());
           // A plain tar is its own diff ID: hashed once.
           const diffId = gzip ? 'sha256:' + (await diffHash.hex()) : blobDigest;

@@ -26,8 +26,6 @@ const TAR_BUFFER = 4 << 20;
 const INPUT_AHEAD = 2;
 /** Reading pauses while this many tar bytes wait for the parser. */
 const TAR_AHEAD = 8 << 20;
-/** Released tar buffers held for the worker at most (the rest are left to the GC). */
-const MAX_FREE = 8;
 
 interface Waiter {
   resolve: () => void;
@@ -42,8 +40,9 @@ class LayerInflater {
   private readonly worker: Worker;
   private readonly tarQueue: Buffer[] = [];
   /** Tar buffers from the worker, and those of them released (see release) to go back with the next input. */
-  private readonly ours = new WeakSet<Buffer>();
-  private toFree: ArrayBuffer[] = [];
+  private readonly slotOf = new WeakMap<Buffer, number>();
+  private readonly slotBufs = new Map<number, SharedArrayBuffer>();
+  private toFree: number[] = [];
   private tarWaiter: Waiter | undefined;
   private ackWaiter: Waiter | undefined;
   private inflight = 0;
@@ -77,9 +76,12 @@ class LayerInflater {
     switch (m.t) {
       case 'out':
         this.inflight -= m.inputs;
-        for (let i = 0; i < m.bufs.length; i++) {
-          const b = Buffer.from(m.bufs[i]!, 0, m.lengths[i]!);
-          this.ours.add(b);
+        for (const [slot, sab] of m.fresh) this.slotBufs.set(slot, sab);
+        for (let i = 0; i < m.slots.length; i++) {
+          const sab = this.slotBufs.get(m.slots[i]!);
+          if (!sab) return this.fail(DfError.internal(`layer input worker sent unknown buffer ${m.slots[i]}`));
+          const b = Buffer.from(sab, 0, m.lengths[i]!);
+          this.slotOf.set(b, m.slots[i]!);
           this.tarQueue.push(b);
           this.queuedTar += m.lengths[i]!;
         }
@@ -139,22 +141,23 @@ class LayerInflater {
       this.inflight++;
       const free = this.toFree;
       this.toFree = [];
-      this.send({ t: 'data', chunk, free }, [chunk.buffer as ArrayBuffer, ...free]);
+      this.send({ t: 'data', chunk, free }, [chunk.buffer as ArrayBuffer]);
       while (this.inflight >= INPUT_AHEAD || this.queuedTar >= TAR_AHEAD) await this.wait('ack');
     }
     this.send({ t: 'end' });
   }
 
   /**
-   * Tar buffers that tar() yielded and nothing references any more: transferred back to the worker with the
-   * next input chunk, which fills them again (no allocation of 4 MiB per transfer). Transferring detaches
-   * them here, so a view still used by mistake reads as empty rather than as other bytes.
+   * Tar buffers that tar() yielded and nothing references any more: their slots go back to the worker with
+   * the next input chunk, and it fills them again (no allocation per buffer). The worker overwrites them, so
+   * nothing may use a view of a released buffer.
    */
   release(bufs: Buffer[]): void {
     for (const b of bufs) {
-      if (!this.ours.has(b) || b.buffer.byteLength !== TAR_BUFFER || this.toFree.length >= MAX_FREE) continue;
-      this.ours.delete(b);
-      this.toFree.push(b.buffer as ArrayBuffer);
+      const slot = this.slotOf.get(b);
+      if (slot === undefined) continue;
+      this.slotOf.delete(b);
+      this.toFree.push(slot);
     }
   }
 

@@ -40,12 +40,15 @@ describe('layer input tar buffers', () => {
   ] as const) {
     it(`never reuses a buffer whose chunks an unfinished onEntry still holds (${what})`, async () => {
       const tmp = fromFile ? await tempDir() : undefined;
-      // Input chunks of 4 MiB: a plain tar then fills whole tar buffers (each reply sends what it has).
-      let input: Readable = stream(blob, 4 << 20);
+      // Small gzip input chunks: many messages to the worker, each able to carry released buffers back to be
+      // refilled while an entry is still being read. A plain tar comes in 4 MiB chunks, so that it fills
+      // whole tar buffers (each reply sends what it has).
+      const chunk = mediaType.endsWith('gzip') ? 64 << 10 : 4 << 20;
+      let input: Readable = stream(blob, chunk);
       if (tmp) {
         onTestFinished(() => tmp.cleanup());
         await writeFile(join(tmp.dir, 'layer'), blob);
-        input = createReadStream(join(tmp.dir, 'layer'), { highWaterMark: 4 << 20 });
+        input = createReadStream(join(tmp.dir, 'layer'), { highWaterMark: chunk });
       }
       let bad = 0;
       let checked = 0;
