@@ -15,6 +15,8 @@
  *     the last member ended (at the end of the input, not finished = truncated). Corrupt data throws an Error
  *     with code Z_DATA_ERROR and zlib's wording.
  *
+ *   copyInto(dst, dstOff, src): memcpy (into shared buffers, which V8 copies slowly).
+ *
  *   crc64(state: BigUint64Array, buf)
  *     state[0] = CRC-64 (ISA-L crc64_ecma_refl, ~10 GB/s) of buf continuing from state[0]. The writer's
  *     dedup key: it only finds candidates, which are then compared byte for byte (never trusted alone).
@@ -211,6 +213,23 @@ static napi_value js_crc64(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* copyInto(dst, dstOff, src): plain memcpy. V8 copies into SharedArrayBuffers with relaxed atomics, byte by
+   byte or word by word, several times slower than this; the writer's batches are shared buffers. */
+static napi_value js_copy_into(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  uint8_t *dst, *src;
+  size_t dst_len, src_len;
+  uint32_t off;
+  if (argc < 3 || !get_bytes(env, argv[0], &dst, &dst_len) || napi_get_value_uint32(env, argv[1], &off) != napi_ok ||
+      !get_bytes(env, argv[2], &src, &src_len))
+    THROW(env, "copyInto(dst: Uint8Array, dstOff, src: Uint8Array)");
+  if (off > dst_len || src_len > dst_len - off) THROW(env, "copyInto: source does not fit");
+  memmove(dst + off, src, src_len);
+  return NULL;
+}
+
 typedef struct {
   SHA256_CTX ctx;
   int busy;
@@ -336,6 +355,7 @@ NAPI_MODULE_INIT() {
       {"gunzipper", NULL, js_gunzipper, NULL, NULL, NULL, napi_default, NULL},
       {"gunzip", NULL, js_gunzip, NULL, NULL, NULL, napi_default, NULL},
       {"crc64", NULL, js_crc64, NULL, NULL, NULL, napi_default, NULL},
+      {"copyInto", NULL, js_copy_into, NULL, NULL, NULL, napi_default, NULL},
       {"sha256", NULL, js_sha256, NULL, NULL, NULL, napi_default, NULL},
       {"sha256Update", NULL, js_sha256_update, NULL, NULL, NULL, napi_default, NULL},
       {"sha256Digest", NULL, js_sha256_digest, NULL, NULL, NULL, napi_default, NULL},

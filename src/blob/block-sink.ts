@@ -96,7 +96,8 @@ export class BlockSink {
     let pos = 0;
     while (pos < data.length) {
       const n = Math.min(this.batchSize - this.curLen, data.length - pos);
-      data.copy(this.cur, this.curLen, pos, pos + n);
+      if (this.native) this.native.copyInto(this.cur, this.curLen, data.subarray(pos, pos + n));
+      else data.copy(this.cur, this.curLen, pos, pos + n);
       this.curLen += n;
       pos += n;
       this.dataLength += n;
