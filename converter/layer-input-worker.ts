@@ -5,7 +5,7 @@ import { convertAddon } from '../src/blob/native-codec.js';
 
 /**
  * Worker thread of LayerInflater (layer-input.ts): hashes the layer blob (digest check), gunzips it, hashes
- * the tar (diff ID) and hands the tar back in buffers of up to `outSize` bytes, transferred. gunzip is ISA-L's
+ * the tar (diff ID) and hands the tar back in shared buffers of `outSize` bytes (slots, reused). gunzip is ISA-L's
  * streaming inflate in the native addon (native/dfnode_convert.c, 2-3x zlib), or zlib when the addon does
  * not load; either inflates straight into the buffer that is sent (no copy here). The main thread is left with tar parsing, the
  * files' hashes and the writer. Flow control: every input chunk gets one reply (several chunks handled in

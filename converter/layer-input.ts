@@ -79,7 +79,8 @@ class LayerInflater {
         for (const [slot, sab] of m.fresh) this.slotBufs.set(slot, sab);
         for (let i = 0; i < m.slots.length; i++) {
           const sab = this.slotBufs.get(m.slots[i]!);
-          if (!sab) return this.fail(DfError.internal(`layer input worker sent unknown buffer ${m.slots[i]}`));
+          if (!sab)
+            return this.fail(DfError.internal(`layer input worker sent unknown buffer ${m.slots[i]}`));
           const b = Buffer.from(sab, 0, m.lengths[i]!);
           this.slotOf.set(b, m.slots[i]!);
           this.tarQueue.push(b);

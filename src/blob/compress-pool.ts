@@ -61,7 +61,7 @@ const PER_WORKER = 2;
  * A pool of worker threads that LZ4-compress and hash blocks, a batch of consecutive blocks per message
  * (one message per batch instead of one per block keeps the main thread's messaging cost low).
  * `compress` returns one promise per batch; callers bound how many are in flight and await them in
- * submission order. The batch's ArrayBuffer is transferred to the worker and comes back holding the stored
+ * submission order. The batch's buffer (transferred, or shared: see compress) comes back holding the stored
  * blocks: callers must not touch it in between.
  */
 export class CompressPool {
@@ -97,7 +97,11 @@ export class CompressPool {
    * SharedArrayBuffer is not transferred: the caller must leave it alone until the promise settles, and the
    * workers keep a reference to it until the pool closes (reuse a few, do not make one per batch).
    */
-  compress(data: ArrayBuffer | SharedArrayBuffer, length: number, blockSize: number): Promise<CompressedBatch> {
+  compress(
+    data: ArrayBuffer | SharedArrayBuffer,
+    length: number,
+    blockSize: number,
+  ): Promise<CompressedBatch> {
     if (this.broken) return Promise.reject(this.broken);
     if (this.closed) return Promise.reject(DfError.internal('compression pool is closed'));
     return new Promise<CompressedBatch>((resolve, reject) => {
@@ -128,7 +132,12 @@ export class CompressPool {
         };
         best.worker.postMessage(req);
       } else {
-        const req: BatchRequest = { id: task.id, data: task.data, length: task.length, blockSize: task.blockSize };
+        const req: BatchRequest = {
+          id: task.id,
+          data: task.data,
+          length: task.length,
+          blockSize: task.blockSize,
+        };
         best.worker.postMessage(req, [task.data]);
       }
     }
