@@ -52,7 +52,7 @@ export async function convertLayer(
     const res = await readLayer(
       input,
       layer,
-      async ({ header: h, body, digest }) => {
+      async ({ header: h, body }) => {
         const path = normalizeTarPath(h.name, h.offset);
         const meta = {
           path,
@@ -74,7 +74,7 @@ export async function convertLayer(
           );
         switch (h.type) {
           case 'file':
-            return writer.addFile({ ...meta, type: EntryType.File, size: h.size }, body, digest);
+            return writer.addFile({ ...meta, type: EntryType.File, size: h.size }, body);
           case 'hardlink':
             return writer.addHardlink(path, normalizeTarPath(h.linkname, h.offset));
           case 'symlink':

@@ -5,7 +5,7 @@ import { convertAddon } from '../src/blob/native-codec.js';
 
 /**
  * Worker thread of LayerInflater (layer-input.ts): hashes the layer blob (digest check), gunzips it, hashes
- * the tar (diff ID) and hands the tar back in buffers of up to `outSize` bytes, transferred. gunzip is ISA-L's
+ * the tar (diff ID) and hands the tar back in shared buffers of `outSize` bytes (slots, reused). gunzip is ISA-L's
  * streaming inflate in the native addon (native/dfnode_convert.c, 2-3x zlib), or zlib when the addon does
  * not load; either inflates straight into the buffer that is sent (no copy here). The main thread is left with tar parsing, the
  * files' hashes and the writer. Flow control: every input chunk gets one reply (several chunks handled in
@@ -14,17 +14,66 @@ import { convertAddon } from '../src/blob/native-codec.js';
  */
 
 export type ToWorker =
-  { t: 'init'; gzip: boolean; outSize: number } | { t: 'data'; chunk: Uint8Array } | { t: 'end' };
+  | { t: 'init'; gzip: boolean; outSize: number }
+  /** `free`: slots of tar buffers the main thread is done with, for reuse. */
+  | { t: 'data'; chunk: Uint8Array; free: number[] }
+  | { t: 'end' };
 
 export type FromWorker =
-  | { t: 'out'; inputs: number; bufs: ArrayBuffer[]; lengths: number[] }
-  | { t: 'done'; blobDigest: string; diffId: string; compressedBytes: number; uncompressedBytes: number }
+  /**
+   * Tar bytes: `lengths[i]` bytes at the start of slot `slots[i]`. Tar buffers are SharedArrayBuffers, each
+   * sent once (in `fresh`, with its slot) and named by slot afterwards, never transferred: no buffer object
+   * and no external-memory accounting per message, for the garbage collector of either thread.
+   */
+  | {
+      t: 'out';
+      inputs: number;
+      slots: number[];
+      lengths: number[];
+      fresh: Array<[number, SharedArrayBuffer]>;
+    }
+  | {
+      t: 'done';
+      blobDigest: string;
+      diffId: string;
+      compressedBytes: number;
+      uncompressedBytes: number;
+      /** Tar buffers allocated (the rest were reused). */
+      tarBuffers: number;
+    }
   | { t: 'error'; message: string; code?: string };
 
+const native = convertAddon();
 const port = parentPort!;
 const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
-const blobHash = createHash('sha256');
-const diffHash = createHash('sha256');
+/**
+ * The blob digest and the diff ID. With the addon, both are hashed on libuv's thread pool (each a chain of
+ * updates in order, the two in parallel), so this thread only inflates; a tar buffer is sent once its
+ * hash has read it. Without the addon, node:crypto here.
+ */
+class Sha256 {
+  private readonly js = native ? undefined : createHash('sha256');
+  private readonly handle = native?.sha256();
+  private chain: Promise<void> = Promise.resolve();
+
+  update(b: Buffer): void {
+    if (this.js) this.js.update(b);
+    else this.chain = this.chain.then(() => native!.sha256Update(this.handle, [b]));
+  }
+
+  /** Resolves when every update so far has read its bytes. */
+  settled(): Promise<void> {
+    return this.chain;
+  }
+
+  async hex(): Promise<string> {
+    if (this.js) return this.js.digest('hex');
+    await this.chain;
+    return native!.sha256Digest(this.handle).toString('hex');
+  }
+}
+const blobHash = new Sha256();
+const diffHash = new Sha256();
 /**
  * zlib's handle driven synchronously, as zlib's own processChunkSync does (this is a worker thread of its
  * own: no thread-pool round trip and no stream machinery per chunk), but without closing the handle after
@@ -45,7 +94,6 @@ interface ZlibInternals {
   _writeState: Uint32Array;
 }
 let gz: (Gunzip & ZlibInternals) | undefined;
-const native = convertAddon();
 /** The native gunzip's state (when gzip and the addon loaded), and whether its last member ended. */
 let ngz: unknown;
 let ngzFinished = false;
@@ -65,13 +113,20 @@ function inflateNative(chunk: Buffer): void {
 
 let outSize = 1 << 20;
 /** The tar buffer being filled (by zlib, or by copies of a plain tar); sent when full or at the reply. */
-let out = Buffer.alloc(0);
+let out: Buffer = Buffer.alloc(0);
 let outLen = 0;
 let compressedBytes = 0;
 let uncompressedBytes = 0;
 let failed = false;
+/** Tar buffers handed back by the main thread, and how many were allocated. */
+const freeSlots: number[] = [];
+const slotBufs: SharedArrayBuffer[] = [];
+/** Slots made since the last reply (the main thread has not seen them). */
+const fresh: Array<[number, SharedArrayBuffer]> = [];
+let outSlot = -1;
+let tarBuffers = 0;
 /** Filled tar buffers for the next reply. */
-const full: Buffer[] = [];
+const full: Array<[number, number]> = []; // [slot, length]
 let replyScheduled = false;
 /** Input chunks handled since the last reply. */
 let inputs = 0;
@@ -96,7 +151,7 @@ function inflate(chunk: Buffer, flush: number): void {
 
 /** `c` was written at out[outLen...]: hashes (gzip: the diff ID) and counts it. */
 function tarBytes(c: Buffer): void {
-  if (gz || ngz) diffHash.update(c);
+  if (gz || ngz) diffHash.update(c); // c stays untouched until it is sent, after the hash read it
   uncompressedBytes += c.length;
   outLen += c.length;
   if (outLen === outSize) sendOut();
@@ -116,26 +171,52 @@ function fail(err: unknown): void {
 /** Queues the current tar buffer for the next reply. */
 function sendOut(): void {
   if (!outLen) return;
-  full.push(out.subarray(0, outLen));
-  out = Buffer.allocUnsafeSlow(outSize);
+  full.push([outSlot, outLen]);
+  out = newOut();
   outLen = 0;
+}
+
+function newOut(): Buffer {
+  let slot = freeSlots.pop();
+  if (slot === undefined) {
+    slot = slotBufs.length;
+    slotBufs.push(new SharedArrayBuffer(outSize));
+    fresh.push([slot, slotBufs[slot]!]);
+    tarBuffers++;
+  }
+  outSlot = slot;
+  return Buffer.from(slotBufs[slot]!, 0, outSize);
 }
 
 function scheduleReply(): void {
   if (replyScheduled) return;
   replyScheduled = true;
-  setImmediate(reply);
+  setImmediate(() => void reply());
 }
 
-function reply(): void {
+/**
+ * Acks the input chunks handled since the last reply, with the tar buffers filled meanwhile. A buffer less
+ * than a quarter full is kept and filled further: sending it would take a new slot per small input chunk
+ * (network reads), and the slots outstanding would grow with the chunk count rather than the bytes (the main
+ * thread bounds the bytes).
+ */
+async function reply(final = false): Promise<void> {
   replyScheduled = false;
   if (failed) return;
-  sendOut();
-  const bufs = full.map((b) => b.buffer as ArrayBuffer);
-  const lengths = full.map((b) => b.length);
+  if (final || outLen >= outSize / 4) sendOut();
+  const slots = full.map((f) => f[0]);
+  const lengths = full.map((f) => f[1]);
   full.length = 0;
-  post({ t: 'out', inputs, bufs, lengths }, bufs);
+  const made = fresh.splice(0);
+  const n = inputs;
   inputs = 0;
+  try {
+    await diffHash.settled(); // the main thread reads (and then releases) them: not while the hash reads them
+  } catch (err) {
+    return fail(err);
+  }
+  if (failed) return;
+  post({ t: 'out', inputs: n, slots, lengths, fresh: made });
 }
 
 /** A plain tar: copied into the outgoing buffers. */
@@ -155,7 +236,7 @@ port.on('message', (m: ToWorker) => {
     switch (m.t) {
       case 'init':
         outSize = m.outSize;
-        out = Buffer.allocUnsafeSlow(outSize);
+        out = newOut();
         if (m.gzip && native) ngz = native.gunzipper();
         else if (m.gzip) {
           gz = createGunzip() as typeof gz;
@@ -163,6 +244,7 @@ port.on('message', (m: ToWorker) => {
         }
         return;
       case 'data': {
+        for (const slot of m.free) if (slotBufs[slot]) freeSlots.push(slot);
         const c = Buffer.from(m.chunk.buffer, m.chunk.byteOffset, m.chunk.byteLength);
         blobHash.update(c);
         compressedBytes += c.length;
@@ -179,11 +261,15 @@ port.on('message', (m: ToWorker) => {
           if (!ngzFinished) throw Object.assign(new Error('unexpected end of file'), { code: 'Z_BUF_ERROR' });
         }
         if (gz) inflate(Buffer.alloc(0), constants.Z_FINISH);
-        reply();
-        const blobDigest = 'sha256:' + blobHash.digest('hex');
-        // A plain tar is its own diff ID: hashed once.
-        const diffId = gz || ngz ? 'sha256:' + diffHash.digest('hex') : blobDigest;
-        post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes });
+        const gzip = Boolean(gz || ngz);
+        void (async () => {
+          await reply(true);
+          const blobDigest = 'sha256:' + (await blobHash.hex());
+          // A plain tar is its own diff ID: hashed once.
+          const diffId = gzip ? 'sha256:' + (await diffHash.hex()) : blobDigest;
+          if (!failed)
+            post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes, tarBuffers });
+        })().catch(fail);
         return;
       }
     }

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { ReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import type { Worker } from 'node:worker_threads';
 import { spawnWorker } from '../src/util/spawn-worker.js';
@@ -13,12 +14,11 @@ export interface LayerInputResult {
   /** Bytes of the layer blob read. */
   compressedBytes: number;
   uncompressedBytes: number;
+  /** Tar buffers the input worker allocated (the others were reused). */
+  tarBuffers: number;
 }
 
-export interface LayerEntry extends TarEntry {
-  /** Regular files: base64 SHA-256 of the body, hashed as it is read; call after reading the body. */
-  digest: () => Promise<string>;
-}
+export type LayerEntry = TarEntry;
 
 /** Tar bytes come back from the worker in buffers of this size. */
 const TAR_BUFFER = 4 << 20;
@@ -39,6 +39,10 @@ interface Waiter {
 class LayerInflater {
   private readonly worker: Worker;
   private readonly tarQueue: Buffer[] = [];
+  /** Tar buffers from the worker, and those of them released (see release) to go back with the next input. */
+  private readonly slotOf = new WeakMap<Buffer, number>();
+  private readonly slotBufs = new Map<number, SharedArrayBuffer>();
+  private toFree: number[] = [];
   private tarWaiter: Waiter | undefined;
   private ackWaiter: Waiter | undefined;
   private inflight = 0;
@@ -72,8 +76,14 @@ class LayerInflater {
     switch (m.t) {
       case 'out':
         this.inflight -= m.inputs;
-        for (let i = 0; i < m.bufs.length; i++) {
-          this.tarQueue.push(Buffer.from(m.bufs[i]!, 0, m.lengths[i]!));
+        for (const [slot, sab] of m.fresh) this.slotBufs.set(slot, sab);
+        for (let i = 0; i < m.slots.length; i++) {
+          const sab = this.slotBufs.get(m.slots[i]!);
+          if (!sab)
+            return this.fail(DfError.internal(`layer input worker sent unknown buffer ${m.slots[i]}`));
+          const b = Buffer.from(sab, 0, m.lengths[i]!);
+          this.slotOf.set(b, m.slots[i]!);
+          this.tarQueue.push(b);
           this.queuedTar += m.lengths[i]!;
         }
         this.wake('ack');
@@ -120,12 +130,36 @@ class LayerInflater {
     for await (const c of this.input as AsyncIterable<Buffer>) {
       if (this.error) throw this.error;
       this.onBytesIn?.(c.length);
-      const copy = new Uint8Array(c); // own buffer, transferred: the source may share or reuse its memory
+      // Transferred to the worker. A chunk of a file read stream, a whole ArrayBuffer of its own that nothing
+      // else references (it allocates one per read), goes as it is; any other chunk is copied first: the
+      // source may share its memory, reuse it, or be a buffer the caller still holds.
+      const own =
+        this.input instanceof ReadStream &&
+        c.byteOffset === 0 &&
+        c.buffer.byteLength === c.length &&
+        !(c.buffer instanceof SharedArrayBuffer);
+      const chunk = own ? new Uint8Array(c.buffer, 0, c.length) : new Uint8Array(c);
       this.inflight++;
-      this.send({ t: 'data', chunk: copy }, [copy.buffer]);
+      const free = this.toFree;
+      this.toFree = [];
+      this.send({ t: 'data', chunk, free }, [chunk.buffer as ArrayBuffer]);
       while (this.inflight >= INPUT_AHEAD || this.queuedTar >= TAR_AHEAD) await this.wait('ack');
     }
     this.send({ t: 'end' });
+  }
+
+  /**
+   * Tar buffers that tar() yielded and nothing references any more: their slots go back to the worker with
+   * the next input chunk, and it fills them again (no allocation per buffer). The worker overwrites them, so
+   * nothing may use a view of a released buffer.
+   */
+  release(bufs: Buffer[]): void {
+    for (const b of bufs) {
+      const slot = this.slotOf.get(b);
+      if (slot === undefined) continue;
+      this.slotOf.delete(b);
+      this.toFree.push(slot);
+    }
   }
 
   async *tar(): AsyncGenerator<Buffer> {
@@ -159,32 +193,12 @@ class LayerInflater {
   }
 }
 
-const noDigest = () => Promise.reject(DfError.internal('only regular files have a content digest'));
-
-/** A file entry whose body is hashed as the consumer reads it (one SHA-256 pass over the bytes it reads). */
-function hashedFile(entry: TarEntry): LayerEntry {
-  const hash = createHash('sha256');
-  let digest: string | undefined;
-  const body = entry.body;
-  return {
-    ...entry,
-    body: {
-      async *[Symbol.asyncIterator]() {
-        for await (const c of body) {
-          hash.update(c);
-          yield c;
-        }
-      },
-    },
-    digest: () => Promise.resolve((digest ??= hash.digest('base64'))),
-  };
-}
-
 /**
  * Streams a layer blob into `onEntry` entry by entry: checks the media type first, gunzips when needed,
  * hashes the blob (digest check) and the tar (diff ID) on the way, and fails clearly on corrupt input.
- * Blob hashing, gunzip and diff-ID hashing run on a worker thread; tar parsing and the files' hashes (each
- * body hashed as `onEntry` reads it) on this one. The digest is checked at the end, so callers must discard
+ * Blob hashing, gunzip and diff-ID hashing run on a worker thread; tar parsing on this one. A body chunk is
+ * valid until the promise of the `onEntry` call that got it settles: its memory is then reused (copy what
+ * must live longer). The digest is checked at the end, so callers must discard
  * what they built when this throws.
  */
 export async function readLayer(
@@ -204,9 +218,13 @@ export async function readLayer(
   try {
     const pumping = inflater.pump();
     pumping.catch((err: Error) => inflater.fail(err)); // a read error ends the tar side too
-    for await (const entry of readTar(inflater.tar())) {
+    // Tar buffers the reader has used up go back to the worker once the entry being handled is done with:
+    // onEntry may hold views of them (body chunks) until its promise settles, and no longer.
+    const consumed: Buffer[] = [];
+    for await (const entry of readTar(inflater.tar(), (b) => consumed.push(b))) {
       signal?.throwIfAborted();
-      await onEntry(entry.header.type === 'file' ? hashedFile(entry) : { ...entry, digest: noDigest });
+      await onEntry(entry);
+      if (consumed.length) inflater.release(consumed.splice(0));
     }
     await pumping;
     res = inflater.result();
@@ -236,6 +254,7 @@ export async function readLayer(
     diffId: res.diffId,
     compressedBytes: res.compressedBytes,
     uncompressedBytes: res.uncompressedBytes,
+    tarBuffers: res.tarBuffers,
   };
 }
 

@@ -51,7 +51,10 @@ class ByteQueue {
   private done = false;
   position = 0;
 
-  constructor(private readonly it: AsyncIterator<Buffer>) {}
+  constructor(
+    private readonly it: AsyncIterator<Buffer>,
+    private readonly onConsumed?: (chunk: Buffer) => void,
+  ) {}
 
   private async fill(n: number): Promise<boolean> {
     while (this.length < n && !this.done) {
@@ -64,6 +67,13 @@ class ByteQueue {
       }
     }
     return this.length >= n;
+  }
+
+  /** Drops the first chunk, all of whose bytes were taken. */
+  private consumed(): void {
+    const c = this.chunks.shift()!; // not inside `onConsumed?.(…)`: that would skip the shift without a callback
+    this.head = 0;
+    this.onConsumed?.(c);
   }
 
   /** Reads exactly n bytes, or returns undefined at a clean end of input (0 bytes available). */
@@ -90,8 +100,7 @@ class ByteQueue {
       out = first.subarray(this.head, this.head + n);
       this.head += n;
       if (this.head === first.length) {
-        this.chunks.shift();
-        this.head = 0;
+        this.consumed();
       }
     } else {
       out = Buffer.allocUnsafe(n);
@@ -103,8 +112,7 @@ class ByteQueue {
         off += k;
         this.head += k;
         if (this.head === c.length) {
-          this.chunks.shift();
-          this.head = 0;
+          this.consumed();
         }
       }
     }
@@ -242,10 +250,14 @@ const TYPES: Record<string, TarEntryType | undefined> = {
 
 /**
  * Iterates the entries of an uncompressed tar stream. Each entry's body must be fully consumed or abandoned
- * before asking for the next entry (the reader skips what is left).
+ * before asking for the next entry (the reader skips what is left). `onConsumed` gets each source chunk once
+ * the reader has taken all its bytes (views of it handed out as body chunks may still be in use).
  */
-export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<TarEntry> {
-  const q = new ByteQueue(source[Symbol.asyncIterator]());
+export async function* readTar(
+  source: AsyncIterable<Buffer>,
+  onConsumed?: (chunk: Buffer) => void,
+): AsyncGenerator<TarEntry> {
+  const q = new ByteQueue(source[Symbol.asyncIterator](), onConsumed);
   let globalPax = new Map<string, Buffer>();
   // Decoded once per global header and shared (not copied) by every entry without xattrs of its own.
   let globalXattrs = new Map<string, Buffer>();

@@ -10,7 +10,7 @@
     {
       "target_name": "dfnode_convert",
       "sources": ["dfnode_convert.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-deprecated-declarations"],
       "libraries": ["-llz4", "-lisal"],
       "defines": ["NAPI_VERSION=8"]
     }

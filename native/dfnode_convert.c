@@ -14,8 +14,21 @@
  *     gunzip does; bytes after a member that do not start a new one are ignored, as node:zlib does. finished:
  *     the last member ended (at the end of the input, not finished = truncated). Corrupt data throws an Error
  *     with code Z_DATA_ERROR and zlib's wording.
+ *
+ *   copyInto(dst, dstOff, src): memcpy (into shared buffers, which V8 copies slowly).
+ *
+ *   crc64(state: BigUint64Array, buf)
+ *     state[0] = CRC-64 (ISA-L crc64_ecma_refl, ~10 GB/s) of buf continuing from state[0]. The writer's
+ *     dedup key: it only finds candidates, which are then compared byte for byte (never trusted alone).
+ *
+ *   sha256() -> handle; sha256Update(handle, bufs: Uint8Array[]) -> Promise<void>; sha256Digest(handle)
+ *     A SHA-256 (the OpenSSL that Node exports) whose updates run on libuv's thread pool, off the calling
+ *     thread: the output blob's digest, hashed while the same bytes are written. Updates must not overlap
+ *     (await each); the buffers must not change until the promise settles.
  */
+#include <isa-l/crc64.h>
 #include <isa-l/igzip_lib.h>
+#include <openssl/sha.h>
 #include <lz4.h>
 #include <node_api.h>
 #include <stdint.h>
@@ -184,11 +197,168 @@ static napi_value js_gunzip(napi_env env, napi_callback_info info) {
   return r;
 }
 
+static napi_value js_crc64(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  napi_typedarray_type type;
+  size_t n, len;
+  void *st;
+  uint8_t *buf;
+  if (argc < 2 || napi_get_typedarray_info(env, argv[0], &type, &n, &st, NULL, NULL) != napi_ok ||
+      type != napi_biguint64_array || n < 1 || !get_bytes(env, argv[1], &buf, &len))
+    THROW(env, "crc64(state: BigUint64Array, buf: Uint8Array)");
+  uint64_t *s = st;
+  s[0] = crc64_ecma_refl(s[0], buf, len);
+  return NULL;
+}
+
+/* copyInto(dst, dstOff, src): plain memcpy. V8 copies into SharedArrayBuffers with relaxed atomics, byte by
+   byte or word by word, several times slower than this; the writer's batches are shared buffers. */
+static napi_value js_copy_into(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  uint8_t *dst, *src;
+  size_t dst_len, src_len;
+  uint32_t off;
+  if (argc < 3 || !get_bytes(env, argv[0], &dst, &dst_len) || napi_get_value_uint32(env, argv[1], &off) != napi_ok ||
+      !get_bytes(env, argv[2], &src, &src_len))
+    THROW(env, "copyInto(dst: Uint8Array, dstOff, src: Uint8Array)");
+  if (off > dst_len || src_len > dst_len - off) THROW(env, "copyInto: source does not fit");
+  memmove(dst + off, src, src_len);
+  return NULL;
+}
+
+typedef struct {
+  SHA256_CTX ctx;
+  int busy;
+} sha_state;
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref ref; /* the array of buffers: keeps them alive while the thread pool reads them */
+  sha_state *s;
+  size_t n;
+  uint8_t **ptrs;
+  size_t *lens;
+} sha_job;
+
+static void sha_free(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+static napi_value js_sha256(napi_env env, napi_callback_info info) {
+  (void)info;
+  sha_state *s = calloc(1, sizeof(*s));
+  if (!s) THROW(env, "sha256: out of memory");
+  SHA256_Init(&s->ctx);
+  napi_value r;
+  if (napi_create_external(env, s, sha_free, NULL, &r) != napi_ok) {
+    free(s);
+    THROW(env, "sha256: cannot create handle");
+  }
+  return r;
+}
+
+static void sha_execute(napi_env env, void *data) {
+  (void)env;
+  sha_job *j = data;
+  for (size_t i = 0; i < j->n; i++) SHA256_Update(&j->s->ctx, j->ptrs[i], j->lens[i]);
+}
+
+static void sha_complete(napi_env env, napi_status status, void *data) {
+  sha_job *j = data;
+  j->s->busy = 0;
+  napi_value undef;
+  napi_get_undefined(env, &undef);
+  if (status == napi_ok) napi_resolve_deferred(env, j->deferred, undef);
+  else {
+    napi_value msg, err;
+    napi_create_string_utf8(env, "sha256Update: cancelled", NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, NULL, msg, &err);
+    napi_reject_deferred(env, j->deferred, err);
+  }
+  napi_delete_reference(env, j->ref);
+  napi_delete_async_work(env, j->work);
+  free(j->ptrs);
+  free(j->lens);
+  free(j);
+}
+
+static napi_value js_sha256_update(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  sha_state *s;
+  bool is_array;
+  uint32_t n;
+  if (argc < 2 || napi_get_value_external(env, argv[0], (void **)&s) != napi_ok || !s ||
+      napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array ||
+      napi_get_array_length(env, argv[1], &n) != napi_ok)
+    THROW(env, "sha256Update(handle, bufs: Uint8Array[])");
+  if (s->busy) THROW(env, "sha256Update: the previous update has not finished");
+  sha_job *j = calloc(1, sizeof(*j));
+  if (!j) THROW(env, "sha256Update: out of memory");
+  j->s = s;
+  j->n = n;
+  j->ptrs = calloc(n ? n : 1, sizeof(*j->ptrs));
+  j->lens = calloc(n ? n : 1, sizeof(*j->lens));
+  if (!j->ptrs || !j->lens) goto oom;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value el;
+    if (napi_get_element(env, argv[1], i, &el) != napi_ok || !get_bytes(env, el, &j->ptrs[i], &j->lens[i])) {
+      free(j->ptrs);
+      free(j->lens);
+      free(j);
+      THROW(env, "sha256Update: bufs must be Uint8Arrays");
+    }
+  }
+  napi_value promise, name;
+  napi_create_string_utf8(env, "dfnode:sha256", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_reference(env, argv[1], 1, &j->ref) != napi_ok ||
+      napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
+      napi_create_async_work(env, NULL, name, sha_execute, sha_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok)
+    THROW(env, "sha256Update: cannot queue the work");
+  s->busy = 1;
+  return promise;
+oom:
+  free(j->ptrs);
+  free(j->lens);
+  free(j);
+  THROW(env, "sha256Update: out of memory");
+}
+
+static napi_value js_sha256_digest(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  sha_state *s;
+  if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&s) != napi_ok || !s)
+    THROW(env, "sha256Digest(handle)");
+  if (s->busy) THROW(env, "sha256Digest: an update has not finished");
+  void *data;
+  napi_value r;
+  if (napi_create_buffer(env, SHA256_DIGEST_LENGTH, &data, &r) != napi_ok) THROW(env, "sha256Digest: out of memory");
+  SHA256_Final(data, &s->ctx);
+  SHA256_Init(&s->ctx);
+  return r;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"compressBatch", NULL, js_compress_batch, NULL, NULL, NULL, napi_default, NULL},
       {"gunzipper", NULL, js_gunzipper, NULL, NULL, NULL, napi_default, NULL},
       {"gunzip", NULL, js_gunzip, NULL, NULL, NULL, napi_default, NULL},
+      {"crc64", NULL, js_crc64, NULL, NULL, NULL, napi_default, NULL},
+      {"copyInto", NULL, js_copy_into, NULL, NULL, NULL, napi_default, NULL},
+      {"sha256", NULL, js_sha256, NULL, NULL, NULL, napi_default, NULL},
+      {"sha256Update", NULL, js_sha256_update, NULL, NULL, NULL, napi_default, NULL},
+      {"sha256Digest", NULL, js_sha256_digest, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

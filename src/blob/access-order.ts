@@ -55,11 +55,10 @@ export class AccessOrderLayout {
   async add(
     node: TreeNode,
     content: AsyncIterable<Uint8Array>,
-    digestOf: (() => Promise<string>) | undefined,
     onBytes: (n: number) => void,
   ): Promise<number> {
     this.fh ??= await open(this.spoolPath, 'w+');
-    const hash = digestOf ? undefined : createHash('sha256');
+    const hash = createHash('sha256');
     const start = this.spoolEnd;
     let pos = start;
     let pending: Buffer[] = [];
@@ -82,7 +81,7 @@ export class AccessOrderLayout {
       got += c.length;
       if (got > node.size) break;
       const b = Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength);
-      hash?.update(b);
+      hash.update(b);
       pending.push(b);
       pendingBytes += b.length;
       onBytes(b.length);
@@ -91,7 +90,7 @@ export class AccessOrderLayout {
     await flush();
     if (got !== node.size) return got;
     if (node.size === 0) return got;
-    const digest = digestOf ? await digestOf() : hash!.digest('base64');
+    const digest = hash.digest('base64');
     let c = this.byDigest.get(digest);
     if (c) {
       this.deduped++;

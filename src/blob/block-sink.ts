@@ -1,14 +1,19 @@
 import { createHash } from 'node:crypto';
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { DfError } from '../errors.js';
-import { compressBatch } from './block-codec.js';
+import { compressBatch, decodeStoredBlock } from './block-codec.js';
 import { CompressPool, type CompressedBatch } from './compress-pool.js';
+import { convertAddon } from './native-codec.js';
 import { B } from './toc-layout.js';
+import type { Codec } from './types.js';
 
 /** Output writes are batched up to this many bytes. */
 const WRITE_BATCH = 1024 * 1024;
-/** Blocks go to the workers in batches of about this many uncompressed bytes (at least one block). */
-const BATCH_BYTES = 2 * 1024 * 1024;
+/**
+ * Blocks go to the workers in batches of about this many uncompressed bytes (at least one block): fewer,
+ * larger messages (each hand-off wakes another thread, costly on a machine with fewer cores than threads).
+ */
+const BATCH_BYTES = 4 * 1024 * 1024;
 
 export interface BlockSinkOptions {
   /** File the blob is written to. */
@@ -36,7 +41,7 @@ export class BlockSink {
   private pool: CompressPool | undefined;
   private readonly inflight: Array<Promise<CompressedBatch>> = [];
   private maxInflight = 4;
-  private curAb: ArrayBuffer;
+  private curAb: SharedArrayBuffer;
   private cur: Buffer;
   private curLen = 0;
 
@@ -45,11 +50,21 @@ export class BlockSink {
   private writePos = 0;
   private batch: Buffer[] = [];
   private batchBytes = 0;
-  private readonly blobHash = createHash('sha256');
+  /** The blob's SHA-256: on the thread pool while the same bytes are written (native), else on this thread. */
+  private readonly native = convertAddon();
+  private readonly blobHash = this.native ? undefined : createHash('sha256');
+  private readonly nativeHash = this.native?.sha256();
   private records: Buffer[] = [];
+  /** Per block written so far: offset of its stored bytes in the blob, stored length, codec (for readData). */
+  private readonly blockOffsets: number[] = [];
+  private readonly blockStored: number[] = [];
+  private readonly blockCodecs: Codec[] = [];
+  private readonly blockLengths: number[] = [];
+  /** Uncompressed bytes covered by the blocks written so far. */
+  private writtenData = 0;
   /** Batch buffers (ArrayBuffers this sink made) whose stored bytes are written: reused for new batches. */
-  private readonly ours = new WeakSet<ArrayBuffer>();
-  private readonly free: ArrayBuffer[] = [];
+  private readonly ours = new WeakSet<SharedArrayBuffer>();
+  private readonly free: SharedArrayBuffer[] = [];
 
   /** Uncompressed bytes appended so far. */
   dataLength = 0;
@@ -63,16 +78,15 @@ export class BlockSink {
     this.batchSize = Math.max(1, Math.floor(BATCH_BYTES / opts.blockSize)) * opts.blockSize;
     this.workers = opts.workers;
     this.checkAbort = opts.checkAbort;
-    this.curAb = new ArrayBuffer(0);
+    this.curAb = new SharedArrayBuffer(0);
     this.cur = Buffer.alloc(0);
     this.newBatch();
   }
 
   private newBatch(): void {
-    let ab = this.free.pop();
-    if (!ab) {
-      ab = Buffer.allocUnsafeSlow(this.batchSize).buffer as ArrayBuffer; // its own ArrayBuffer: transferable
-    }
+    // Shared, not transferred: the same few buffers go round (free list, uncapped: as many as were ever in
+    // use at once) and each worker receives each buffer once, so no 4 MiB buffer object is made per message.
+    const ab = this.free.pop() ?? new SharedArrayBuffer(this.batchSize);
     this.curAb = ab;
     this.cur = Buffer.from(ab, 0, this.batchSize);
   }
@@ -82,7 +96,8 @@ export class BlockSink {
     let pos = 0;
     while (pos < data.length) {
       const n = Math.min(this.batchSize - this.curLen, data.length - pos);
-      data.copy(this.cur, this.curLen, pos, pos + n);
+      if (this.native) this.native.copyInto(this.cur, this.curLen, data.subarray(pos, pos + n));
+      else data.copy(this.cur, this.curLen, pos, pos + n);
       this.curLen += n;
       pos += n;
       this.dataLength += n;
@@ -133,15 +148,22 @@ export class BlockSink {
 
   private async writeNext(): Promise<void> {
     const r = await this.inflight.shift()!;
-    // The worker handed back the batch's ArrayBuffer (a new object for the same memory): reusable once written.
-    this.ours.add(r.stored.buffer as ArrayBuffer);
+    // The batch's buffer holds the stored blocks now: reusable once written.
+    this.ours.add(r.stored.buffer as SharedArrayBuffer);
     await this.writeBatch(r);
   }
 
   private async writeBatch(r: CompressedBatch): Promise<void> {
     const n = r.storedLengths.length;
     const recs = Buffer.alloc(n * B.SIZE);
+    let at = this.storedDataLength;
     for (let i = 0; i < n; i++) {
+      this.blockOffsets.push(at);
+      this.blockStored.push(r.storedLengths[i]!);
+      this.blockCodecs.push(r.codecs[i]! as Codec);
+      this.blockLengths.push(r.lengths[i]!);
+      at += r.storedLengths[i]!;
+      this.writtenData += r.lengths[i]!;
       const o = i * B.SIZE;
       recs.writeUInt32LE(r.storedLengths[i]!, o + B.storedLength);
       recs.writeUInt32LE(r.lengths[i]!, o + B.length);
@@ -156,7 +178,6 @@ export class BlockSink {
 
   /** Appends raw bytes (TOC, footer) to the blob after the blocks. */
   async emit(buf: Buffer): Promise<void> {
-    this.blobHash.update(buf);
     this.batch.push(buf);
     this.batchBytes += buf.length;
     if (this.batchBytes >= WRITE_BATCH) await this.flush();
@@ -166,7 +187,7 @@ export class BlockSink {
     if (!this.batchBytes) return;
     this.checkAbort();
     if (!this.fh) {
-      const fh = await open(this.path, 'w');
+      const fh = await open(this.path, 'w+');
       if (this.closed) {
         await fh.close();
         await unlink(this.path).catch(() => undefined);
@@ -178,26 +199,77 @@ export class BlockSink {
     const total = this.batchBytes;
     this.batch = [];
     this.batchBytes = 0;
-    let written = 0;
-    while (written < total) {
-      const { bytesWritten } = await this.fh.writev(skip(bufs, written), this.writePos + written);
-      written += bytesWritten;
+    // Hashed on the thread pool while written (both read the same buffers; neither changes them).
+    const hashing = this.nativeHash ? this.native!.sha256Update(this.nativeHash, bufs) : undefined;
+    if (!hashing) for (const b of bufs) this.blobHash!.update(b);
+    try {
+      let written = 0;
+      while (written < total) {
+        const { bytesWritten } = await this.fh.writev(skip(bufs, written), this.writePos + written);
+        written += bytesWritten;
+      }
+    } finally {
+      await hashing; // the buffers are reused below: not before the hash has read them
     }
     this.writePos += total;
-    for (const b of bufs)
-      if (this.ours.has(b.buffer as ArrayBuffer) && this.free.length < 8)
-        this.free.push(b.buffer as ArrayBuffer);
+    for (const b of bufs) {
+      const ab = b.buffer as SharedArrayBuffer;
+      if (this.ours.has(ab)) {
+        this.ours.delete(ab);
+        this.free.push(ab);
+      }
+    }
   }
 
   /** Flushes, syncs and closes the file. Returns the blob size and sha256:hex digest. */
   async close(): Promise<{ size: number; digest: string }> {
     await this.flush();
-    this.fh ??= await open(this.path, 'w');
+    this.fh ??= await open(this.path, 'w+');
     await this.fh.sync();
     await this.fh.close();
     this.fh = undefined;
     this.closed = true;
-    return { size: this.writePos, digest: 'sha256:' + this.blobHash.digest('hex') };
+    const digest = this.nativeHash ? this.native!.sha256Digest(this.nativeHash) : this.blobHash!.digest();
+    return { size: this.writePos, digest: 'sha256:' + digest.toString('hex') };
+  }
+
+  /**
+   * The uncompressed data stream's bytes [offset, offset + length), which must have been appended: from the
+   * batch being filled, or read back from the output file (waiting for the batches in flight that hold them
+   * and decompressing their blocks). For the writer's byte-for-byte dedup check.
+   */
+  async readData(offset: number, length: number): Promise<Buffer> {
+    const end = offset + length;
+    if (offset < 0 || length < 0 || end > this.dataLength)
+      throw DfError.internal(`DFB writer: readData(${offset}, ${length}) beyond the data stream`);
+    const out = Buffer.allocUnsafe(length);
+    const curStart = this.dataLength - this.curLen;
+    if (end > curStart) {
+      const from = Math.max(offset, curStart);
+      this.cur.copy(out, from - offset, from - curStart, end - curStart);
+    }
+    const fileEnd = Math.min(end, curStart);
+    if (offset >= fileEnd) return out;
+    while (this.writtenData < fileEnd && this.inflight.length) await this.writeNext();
+    await this.flush();
+    const bs = this.blockSize;
+    for (let i = Math.floor(offset / bs); i * bs < fileEnd; i++) {
+      this.checkAbort();
+      const stored = Buffer.allocUnsafe(this.blockStored[i]!);
+      const { bytesRead } = await this.fh!.read(stored, 0, stored.length, this.blockOffsets[i]!);
+      if (bytesRead !== stored.length)
+        throw DfError.internal(`DFB writer: ${this.path} is shorter than written`);
+      const data = decodeStoredBlock(
+        stored,
+        this.blockCodecs[i]!,
+        this.blockLengths[i]!,
+        `DFB writer: block ${i}`,
+      );
+      const from = Math.max(offset, i * bs);
+      const to = Math.min(fileEnd, (i + 1) * bs);
+      data.copy(out, from - offset, from - i * bs, to - i * bs);
+    }
+    return out;
   }
 
   /** Stops the workers, closes and removes the partial file. */

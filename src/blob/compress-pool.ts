@@ -6,7 +6,13 @@ import { spawnWorker } from '../util/spawn-worker.js';
 /** A batch of consecutive blocks for a worker: `length` bytes of `data`, cut every `blockSize` bytes. */
 export interface BatchRequest {
   id: number;
-  data: ArrayBuffer;
+  /**
+   * An ArrayBuffer (transferred, and back in the reply) or a SharedArrayBuffer, sent only the first time this
+   * worker sees it: later requests name it by `slot` alone (no new buffer object per message, so no external
+   * memory churn for the garbage collector on either side).
+   */
+  data?: ArrayBuffer | SharedArrayBuffer;
+  slot?: number;
   length: number;
   blockSize: number;
 }
@@ -33,7 +39,7 @@ export interface CompressedBatch {
 
 interface Task {
   id: number;
-  data: ArrayBuffer;
+  data: ArrayBuffer | SharedArrayBuffer;
   length: number;
   blockSize: number;
   resolve: (r: CompressedBatch) => void;
@@ -44,6 +50,8 @@ interface Slot {
   worker: Worker;
   /** Tasks posted to this worker, oldest first (a worker answers in order). */
   posted: Task[];
+  /** Shared buffers (by slot) this worker already holds. */
+  has: Set<number>;
 }
 
 /** Batches posted to one worker before it answers: the second one keeps it busy while the first reply travels. */
@@ -53,7 +61,7 @@ const PER_WORKER = 2;
  * A pool of worker threads that LZ4-compress and hash blocks, a batch of consecutive blocks per message
  * (one message per batch instead of one per block keeps the main thread's messaging cost low).
  * `compress` returns one promise per batch; callers bound how many are in flight and await them in
- * submission order. The batch's ArrayBuffer is transferred to the worker and comes back holding the stored
+ * submission order. The batch's buffer (transferred, or shared: see compress) comes back holding the stored
  * blocks: callers must not touch it in between.
  */
 export class CompressPool {
@@ -61,6 +69,8 @@ export class CompressPool {
   private readonly slots: Slot[] = [];
   private readonly queue: Task[] = [];
   private nextId = 1;
+  private readonly slotIds = new WeakMap<SharedArrayBuffer, number>();
+  private nextSlot = 1;
   private broken: Error | undefined;
   private closed = false;
 
@@ -68,7 +78,7 @@ export class CompressPool {
     this.size = workers > 0 ? Math.floor(workers) : availableParallelism();
     for (let i = 0; i < this.size; i++) {
       const worker = spawnWorker(import.meta.url, 'compress-worker');
-      const slot: Slot = { worker, posted: [] };
+      const slot: Slot = { worker, posted: [], has: new Set() };
       worker.on('message', (m: BatchReply) => this.onMessage(slot, m));
       worker.on('error', (err) =>
         this.fail(DfError.internal(`compression worker failed: ${err.message}`, { cause: err })),
@@ -82,8 +92,16 @@ export class CompressPool {
     }
   }
 
-  /** Compresses `length` bytes of `data` as blocks of `blockSize` (the last one may be shorter). */
-  compress(data: ArrayBuffer, length: number, blockSize: number): Promise<CompressedBatch> {
+  /**
+   * Compresses `length` bytes of `data` as blocks of `blockSize` (the last one may be shorter). A
+   * SharedArrayBuffer is not transferred: the caller must leave it alone until the promise settles, and the
+   * workers keep a reference to it until the pool closes (reuse a few, do not make one per batch).
+   */
+  compress(
+    data: ArrayBuffer | SharedArrayBuffer,
+    length: number,
+    blockSize: number,
+  ): Promise<CompressedBatch> {
     if (this.broken) return Promise.reject(this.broken);
     if (this.closed) return Promise.reject(DfError.internal('compression pool is closed'));
     return new Promise<CompressedBatch>((resolve, reject) => {
@@ -100,13 +118,28 @@ export class CompressPool {
       const task = this.queue.shift()!;
       if (!best.posted.length) best.worker.ref();
       best.posted.push(task);
-      const req: BatchRequest = {
-        id: task.id,
-        data: task.data,
-        length: task.length,
-        blockSize: task.blockSize,
-      };
-      best.worker.postMessage(req, [task.data]);
+      if (task.data instanceof SharedArrayBuffer) {
+        let id = this.slotIds.get(task.data);
+        if (id === undefined) this.slotIds.set(task.data, (id = this.nextSlot++));
+        const known = best.has.has(id);
+        best.has.add(id);
+        const req: BatchRequest = {
+          id: task.id,
+          slot: id,
+          data: known ? undefined : task.data,
+          length: task.length,
+          blockSize: task.blockSize,
+        };
+        best.worker.postMessage(req);
+      } else {
+        const req: BatchRequest = {
+          id: task.id,
+          data: task.data,
+          length: task.length,
+          blockSize: task.blockSize,
+        };
+        best.worker.postMessage(req, [task.data]);
+      }
     }
   }
 
@@ -127,7 +160,7 @@ export class CompressPool {
         total += m.stored![i]!;
       }
       task.resolve({
-        stored: Buffer.from(m.data!, 0, total),
+        stored: Buffer.from(task.data instanceof SharedArrayBuffer ? task.data : m.data!, 0, total),
         storedLengths: m.stored!,
         lengths,
         codecs: m.codecs!,

@@ -7,12 +7,27 @@ import type { BatchReply, BatchRequest } from './compress-pool.js';
  * block i is bytes [i*blockSize, min((i+1)*blockSize, length)) of `data`; the stored blocks are compacted
  * towards the front of the same buffer, which goes back to the caller).
  */
+/** Shared batch buffers by slot (sent once, named by slot afterwards). */
+const shared = new Map<number, SharedArrayBuffer>();
+
 parentPort!.on('message', (msg: BatchRequest) => {
   try {
-    const { data, length, blockSize } = msg;
+    const { length, blockSize } = msg;
+    let data = msg.data;
+    if (msg.slot !== undefined) {
+      if (data) shared.set(msg.slot, data as SharedArrayBuffer);
+      else data = shared.get(msg.slot);
+    }
+    if (!data) throw new Error(`unknown batch buffer ${msg.slot}`);
     const { stored, codecs, hashes } = compressBatch(Buffer.from(data, 0, length), length, blockSize);
-    const reply: BatchReply = { id: msg.id, data, stored, codecs, hashes };
-    parentPort!.postMessage(reply, [data, stored.buffer as ArrayBuffer, hashes.buffer as ArrayBuffer]);
+    const small = [stored.buffer as ArrayBuffer, hashes.buffer as ArrayBuffer];
+    if (data instanceof SharedArrayBuffer) {
+      const reply: BatchReply = { id: msg.id, stored, codecs, hashes };
+      parentPort!.postMessage(reply, small);
+    } else {
+      const reply: BatchReply = { id: msg.id, data, stored, codecs, hashes };
+      parentPort!.postMessage(reply, [data, ...small]);
+    }
   } catch (err) {
     const reply: BatchReply = { id: msg.id, error: (err as Error)?.message ?? String(err) };
     parentPort!.postMessage(reply);

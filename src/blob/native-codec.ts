@@ -27,6 +27,16 @@ export interface ConvertAddon {
    * written and whether the last gzip member ended. Throws (code Z_DATA_ERROR) on corrupt data.
    */
   gunzip(handle: unknown, input: Uint8Array, out: Uint8Array, outOff: number): [number, number, boolean];
+  /** dst[dstOff, dstOff + src.length) = src, by memcpy (V8 copies into SharedArrayBuffers several times slower). */
+  copyInto(dst: Uint8Array, dstOff: number, src: Uint8Array): void;
+  /** state[0] = CRC-64 (ISA-L crc64_ecma_refl) of buf, continuing from state[0]. */
+  crc64(state: BigUint64Array, buf: Uint8Array): void;
+  /** A SHA-256 whose updates run on libuv's thread pool (see dfnode_convert.c). */
+  sha256(): unknown;
+  /** Hashes `bufs` in order, off this thread; updates must not overlap and the buffers must not change meanwhile. */
+  sha256Update(handle: unknown, bufs: Uint8Array[]): Promise<void>;
+  /** The digest (32 bytes); resets the state. */
+  sha256Digest(handle: unknown): Buffer;
 }
 
 let addon: ConvertAddon | null | undefined;

@@ -5,6 +5,7 @@ import { deflateSync } from 'node:zlib';
 import { DfError } from '../errors.js';
 import { AccessOrderLayout } from './access-order.js';
 import { BlockSink } from './block-sink.js';
+import { ContentKey } from './content-key.js';
 import { EntryTree, nodeFromMeta, type TreeNode } from './entry-tree.js';
 import { encodeFooter, FORMAT_MINOR } from './footer.js';
 import type { PrefetchEntry } from './prefetch-list.js';
@@ -42,8 +43,14 @@ export interface DfbWriterOptions {
 
 /** Files up to this size are buffered in memory to be hashed; larger ones are spooled to tmpDir. */
 const SPOOL_THRESHOLD = 4 * 1024 * 1024;
-/** Chunk size when replaying a spooled file. */
+/** Chunk size when replaying a spooled file, and when comparing a content with an earlier one. */
 const SPOOL_READ = 1024 * 1024;
+/**
+ * Distinct contents kept per dedup key (size + CRC-64) as candidates to compare with. Real layers have one;
+ * more only with crafted CRC collisions, whose further contents are then stored without dedup (correct, and
+ * the comparisons stay bounded).
+ */
+const MAX_CANDIDATES = 4;
 
 /**
  * Writes a DFB blob (docs/format.md) from a stream of tar entries.
@@ -62,7 +69,7 @@ export class DfbWriter {
   private readonly onProgress: ((p: { bytesIn: number }) => void) | undefined;
 
   private readonly tree = new EntryTree();
-  private readonly seen = new Map<string, number>(); // content sha256 (base64) -> data offset
+  private readonly seen = new Map<string, number[]>(); // content key (ContentKey) -> data offsets of contents
   private readonly sizes = new Set<number>(); // sizes of the contents in the data stream
   private readonly spools = new Set<string>();
   private serial: Promise<void> = Promise.resolve();
@@ -140,15 +147,10 @@ export class DfbWriter {
   }
 
   /**
-   * A regular file; `content` must yield exactly `meta.size` bytes. `digest`, when given, returns the base64
-   * SHA-256 of the content once `content` has been read to the end (a caller that hashes elsewhere, e.g. on
-   * another thread); otherwise the writer hashes the content itself.
+   * A regular file; `content` must yield exactly `meta.size` bytes. The writer may keep references to the
+   * chunks until the returned promise settles, and no longer.
    */
-  addFile(
-    meta: EntryMeta & { size: number },
-    content: AsyncIterable<Uint8Array>,
-    digest?: () => Promise<string>,
-  ): Promise<void> {
+  addFile(meta: EntryMeta & { size: number }, content: AsyncIterable<Uint8Array>): Promise<void> {
     try {
       this.checkOpen();
       if (!Number.isSafeInteger(meta.size) || meta.size < 0) {
@@ -167,7 +169,7 @@ export class DfbWriter {
     }
     const run = this.serial.then(() => {
       if (this.failed) throw this.failed;
-      return this.writeContent(node, meta.path, content, digest).catch((err) => {
+      return this.writeContent(node, meta.path, content).catch((err) => {
         throw DfError.from(err, `DFB writer: ${meta.path}`);
       });
     });
@@ -177,29 +179,31 @@ export class DfbWriter {
     return run;
   }
 
+  /**
+   * Places one content in the data stream. Dedup is exact: a content whose size no earlier content has is
+   * new and streams straight into the blocks (no buffering); one of an already seen size is buffered (or
+   * spooled), and shares the extent of an earlier content only if their keys (size + CRC-64) match and the
+   * bytes, read back from the stream, are equal. (The key is a filter, never trusted alone: an image can be
+   * crafted to collide.)
+   */
   private async writeContent(
     node: TreeNode,
     path: string,
     content: AsyncIterable<Uint8Array>,
-    digestOf: (() => Promise<string>) | undefined,
   ): Promise<void> {
     const size = node.size;
-    const hash = digestOf ? undefined : createHash('sha256');
-    const digest = async () => (digestOf ? digestOf() : hash!.digest('base64'));
     let got = 0;
     const tooLong = () =>
       DfError.invalidArgument(
         `DFB writer: content of ${JSON.stringify(path)} is longer than its size ${size}`,
       );
     if (this.order) {
-      got = await this.order.add(node, content, digestOf, (n) => this.progress(n));
+      got = await this.order.add(node, content, (n) => this.progress(n));
       if (got > size) throw tooLong();
       return this.checkLength(path, got, size);
     }
-    if (digestOf && size > 0 && !this.sizes.has(size)) {
-      // No content of this size is in the stream yet, so this one is new: it goes straight into the blocks
-      // (no buffering, no spool file), and its digest, computed elsewhere, is recorded for the files that
-      // follow. (Without `digestOf` every content is hashed, buffered or spooled, then placed.)
+    const key = new ContentKey();
+    if (size > 0 && !this.sizes.has(size)) {
       this.sizes.add(size);
       node.dataOffset = this.sink.dataLength;
       for await (const c of content) {
@@ -207,11 +211,12 @@ export class DfbWriter {
         got += c.length;
         if (got > size) throw tooLong();
         const b = Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength);
+        key.update(b);
         this.progress(b.length);
         await this.sink.append(b);
       }
       this.checkLength(path, got, size);
-      this.seen.set(await digest(), node.dataOffset);
+      this.seen.set(key.key(size), [node.dataOffset]);
       return;
     }
     if (size <= SPOOL_THRESHOLD) {
@@ -221,14 +226,17 @@ export class DfbWriter {
         got += c.length;
         if (got > size) throw tooLong();
         const b = Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength);
-        hash?.update(b);
+        key.update(b);
         chunks.push(b);
         this.progress(b.length);
       }
       this.checkLength(path, got, size);
       if (size === 0) return;
-      this.sizes.add(size);
-      const off = this.dedupe(await digest());
+      let whole: Buffer | undefined;
+      const off = await this.dedupe(key.key(size), size, (pos, n) => {
+        whole ??= chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+        return Promise.resolve(whole.subarray(pos, pos + n));
+      });
       if (off !== undefined) {
         node.dataOffset = off;
         return;
@@ -246,27 +254,33 @@ export class DfbWriter {
         this.checkSignal();
         got += c.length;
         if (got > size) throw tooLong();
-        hash?.update(c);
+        key.update(Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength));
         await fh.write(c);
         this.progress(c.length);
       }
       this.checkLength(path, got, size);
-      this.sizes.add(size);
-      const off = this.dedupe(await digest());
+      const spooled = fh;
+      const readSpool = async (pos: number, n: number): Promise<Buffer> => {
+        const buf = Buffer.allocUnsafe(n);
+        let have = 0;
+        while (have < n) {
+          const { bytesRead } = await spooled.read(buf, have, n - have, pos + have);
+          if (bytesRead <= 0) throw DfError.from(new Error(`spool file ${spool} shrank`), 'DFB writer');
+          have += bytesRead;
+        }
+        return buf;
+      };
+      const off = await this.dedupe(key.key(size), size, readSpool);
       if (off !== undefined) {
         node.dataOffset = off;
         return;
       }
       node.dataOffset = this.sink.dataLength;
-      let pos = 0;
-      while (pos < size) {
+      for (let pos = 0; pos < size;) {
         this.checkSignal();
         const n = Math.min(SPOOL_READ, size - pos);
-        const buf = Buffer.allocUnsafe(n);
-        const { bytesRead } = await fh.read(buf, 0, n, pos);
-        if (bytesRead <= 0) throw DfError.from(new Error(`spool file ${spool} shrank`), 'DFB writer');
-        await this.sink.append(bytesRead === n ? buf : buf.subarray(0, bytesRead));
-        pos += bytesRead;
+        await this.sink.append(await readSpool(pos, n));
+        pos += n;
       }
     } finally {
       await fh?.close().catch(() => undefined);
@@ -283,15 +297,41 @@ export class DfbWriter {
     }
   }
 
-  /** Returns the offset of identical content already in the stream, or records this content at the end. */
-  private dedupe(digest: string): number | undefined {
-    const at = this.seen.get(digest);
-    if (at !== undefined) {
-      this.dedupedFiles++;
-      return at;
+  /**
+   * The offset of an identical content already in the stream (same key, equal bytes), or undefined after
+   * recording this content as the next one in the stream. `mine(pos, n)` returns bytes of this content.
+   */
+  private async dedupe(
+    key: string,
+    size: number,
+    mine: (pos: number, n: number) => Promise<Buffer>,
+  ): Promise<number | undefined> {
+    const offsets = this.seen.get(key);
+    for (const at of offsets ?? []) {
+      if (await this.sameContent(at, size, mine)) {
+        this.dedupedFiles++;
+        return at;
+      }
     }
-    this.seen.set(digest, this.sink.dataLength);
+    if (!offsets) this.seen.set(key, [this.sink.dataLength]);
+    else if (offsets.length < MAX_CANDIDATES) offsets.push(this.sink.dataLength);
     return undefined;
+  }
+
+  /** Whether the stream's bytes [at, at + size) equal this content, compared piece by piece. */
+  private async sameContent(
+    at: number,
+    size: number,
+    mine: (pos: number, n: number) => Promise<Buffer>,
+  ): Promise<boolean> {
+    for (let pos = 0; pos < size;) {
+      this.checkSignal();
+      const n = Math.min(SPOOL_READ, size - pos);
+      const theirs = await this.sink.readData(at + pos, n);
+      if (!theirs.equals(await mine(pos, n))) return false;
+      pos += n;
+    }
+    return true;
   }
 
   private progress(n: number): void {

@@ -400,9 +400,10 @@ describe('DfbWriter input checks', () => {
     const { dir, cleanup } = await tempDir();
     try {
       const w = new DfbWriter({ out: join(dir, 'x.dfb'), tmpDir: dir, workers: 1, blockSize: 16384 });
+      // A content of a size already seen is spooled (a new size streams straight into the blocks).
       await w.addFile(
-        { ...base, path: 'a', type: EntryType.File, size: 3 << 20 },
-        chunks(pseudoRandom(3 << 20, 3, false), 1 << 16),
+        { ...base, path: 'a', type: EntryType.File, size: (5 << 20) + 1 },
+        chunks(pseudoRandom((5 << 20) + 1, 3, false), 1 << 16),
       );
       let release!: () => void;
       const gate = new Promise<void>((r) => (release = r));

@@ -1,5 +1,6 @@
 // The converter's native path (native/dfnode_convert.c): LZ4 batches in place and ISA-L's streaming gunzip,
 // against the JavaScript fallback (lz4-napi, node:zlib). Conversions here run in-process (convertLayer/readLayer).
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -63,8 +64,9 @@ async function readAll(blob: Buffer, jsPath = false): Promise<{ entries: string[
       { mediaType: GZIP, digest: sha256(blob), size: blob.length },
       async (e) => {
         if (e.header.type !== 'file') return void entries.push(`${e.header.name} ${e.header.type}`);
-        for await (const _ of e.body) void _;
-        entries.push(`${e.header.name} ${e.header.size} ${await e.digest()}`);
+        const h = createHash('sha256');
+        for await (const c of e.body) h.update(c);
+        entries.push(`${e.header.name} ${e.header.size} ${h.digest('base64')}`);
       },
     ),
   );
@@ -218,7 +220,7 @@ describe('converter native path', () => {
       const nat = await readAll(blob);
       expect(gunzipSync(blob).equals(tar)).toBe(true);
       expect(nat.entries).toEqual(one.entries);
-      expect(nat.res).toEqual(js.res);
+      expect({ ...nat.res, tarBuffers: 0 }).toEqual({ ...js.res, tarBuffers: 0 }); // buffer reuse depends on timing
       expect(nat.res.diffId).toBe(sha256(tar));
     }
   });
