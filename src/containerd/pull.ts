@@ -88,7 +88,6 @@ export async function lazyPull(ref: ImageReference, opts: LazyPullOptions): Prom
     throw err;
   }
   const lease = await leasing;
-  progress('T lease');
   try {
     return await intoContainerd(resolved, name, lease, opts, progress);
   } finally {
@@ -170,7 +169,6 @@ async function resolveImage(
     );
   // the snapshotter's side starts each layer's TOC now, while the config and containerd answer
   opts.onResolved?.({ name, manifestDigest: manifest.digest, layers: m.layers });
-  progress('T manifest');
   const { stream } = await registry.getBlob(ref, m.config.digest, { signal });
   const configBytes = await readAll(stream, MAX_CONFIG_BYTES, `config of ${ref}`);
   let diffIds: string[];
@@ -230,12 +228,10 @@ async function intoContainerd(
   let existing: number;
   try {
     existing = await prepareLayers(r, name, call, opts, progress);
-    progress('T layers');
   } finally {
     await content.catch(() => undefined);
   }
   await content;
-  progress('T content');
 
   // The image record: the root that keeps content and snapshots alive once the lease is gone.
   const target = index
