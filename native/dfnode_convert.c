@@ -239,6 +239,7 @@ typedef struct {
   napi_async_work work;
   napi_deferred deferred;
   napi_ref ref; /* the array of buffers: keeps them alive while the thread pool reads them */
+  napi_ref handle; /* the hash's handle: its state is not freed while the thread pool updates it */
   sha_state *s;
   size_t n;
   uint8_t **ptrs;
@@ -283,6 +284,7 @@ static void sha_complete(napi_env env, napi_status status, void *data) {
     napi_reject_deferred(env, j->deferred, err);
   }
   napi_delete_reference(env, j->ref);
+  napi_delete_reference(env, j->handle);
   napi_delete_async_work(env, j->work);
   free(j->ptrs);
   free(j->lens);
@@ -320,6 +322,7 @@ static napi_value js_sha256_update(napi_env env, napi_callback_info info) {
   napi_value promise, name;
   napi_create_string_utf8(env, "dfnode:sha256", NAPI_AUTO_LENGTH, &name);
   if (napi_create_reference(env, argv[1], 1, &j->ref) != napi_ok ||
+      napi_create_reference(env, argv[0], 1, &j->handle) != napi_ok ||
       napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
       napi_create_async_work(env, NULL, name, sha_execute, sha_complete, j, &j->work) != napi_ok ||
       napi_queue_async_work(env, j->work) != napi_ok)
