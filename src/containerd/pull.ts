@@ -80,8 +80,9 @@ export async function lazyPull(ref: ImageReference, opts: LazyPullOptions): Prom
   try {
     resolved = await resolveImage(ref, name, opts, progress);
   } catch (err) {
-    // the registry failed: the lease (if containerd made one) is not left to expire
-    void leasing.then(
+    // the registry failed: the lease (if containerd made one) is not left to expire, also when this is a
+    // CLI that exits right after
+    await leasing.then(
       (id) => ctd.call(ctd.leases, 'Delete', { id, sync: false }).catch(() => undefined),
       () => undefined,
     );
