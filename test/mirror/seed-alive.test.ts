@@ -58,6 +58,24 @@ async function file(pieces: number) {
 }
 
 /** The seed tier over loopback HTTP, as the mirror's node uses it (seedTimeoutMs `timeoutMs`). */
+/** Every piece through the seed source `src`, with `reg` behind it: the registry is never asked. */
+async function allFromSeed(
+  table: Awaited<ReturnType<typeof file>>['table'],
+  cache: Awaited<ReturnType<typeof file>>['cache'],
+  src: BlockSource,
+  reg: ReturnType<typeof origin>,
+): Promise<void> {
+  const bytes = await fetchPieces({
+    table,
+    cache,
+    sources: [src, reg.s],
+    signal: new AbortController().signal,
+    concurrency: 4,
+  });
+  expect(reg.calls).toEqual([]);
+  expect(bytes.seed).toBe(table.size);
+}
+
 function seedSource(seed: string, timeoutMs: number) {
   const http = new HttpBlockClient(TOKEN, undefined, 'node');
   cleanups.push(() => http.close());
@@ -108,15 +126,7 @@ describe('a seed that is alive serves every piece', () => {
     });
     const { src, isolation } = seedSource(seed, 400);
     const reg = origin(data);
-    const bytes = await fetchPieces({
-      table,
-      cache,
-      sources: [src, reg.s],
-      signal: new AbortController().signal,
-      concurrency: 4,
-    });
-    expect(reg.calls).toEqual([]);
-    expect(bytes.seed).toBe(table.size);
+    await allFromSeed(table, cache, src, reg);
     expect(requests).toBeGreaterThanOrEqual(8);
     expect(isolation.isolated(seed)).toBe(false);
     expect((await cache.verifyComplete()).ok).toBe(true);
@@ -132,15 +142,7 @@ describe('a seed that is alive serves every piece', () => {
     });
     const { src, isolation } = seedSource(seed, 1000);
     const reg = origin(data);
-    const bytes = await fetchPieces({
-      table,
-      cache,
-      sources: [src, reg.s],
-      signal: new AbortController().signal,
-      concurrency: 4,
-    });
-    expect(reg.calls).toEqual([]);
-    expect(bytes.seed).toBe(table.size);
+    await allFromSeed(table, cache, src, reg);
     expect(requests).toBeGreaterThan(6);
     expect(isolation.isolated(seed)).toBe(false);
   });
