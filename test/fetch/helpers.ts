@@ -65,16 +65,27 @@ export function gate(): { promise: Promise<void>; open: () => void } {
   return { promise, open };
 }
 
-/** A clock and timers the test moves by hand: `pending` holds the timers set and not yet fired. */
+/**
+ * A clock and timers the test moves by hand: `pending` holds the timers set and not yet fired; `advance`
+ * moves the clock and fires the timers then due, in the order they were set.
+ */
 export function manualClock(start = 0): {
   timers: Timers;
   pending: Array<{ at: number; fn: () => void }>;
   now: number;
+  advance: (ms: number) => void;
 } {
   const clock = {
     now: start,
     pending: [] as Array<{ at: number; fn: () => void }>,
     timers: undefined as unknown as Timers,
+    advance: (ms: number) => {
+      clock.now += ms;
+      for (const t of clock.pending.filter((p) => p.at <= clock.now)) {
+        clock.pending.splice(clock.pending.indexOf(t), 1);
+        t.fn();
+      }
+    },
   };
   clock.timers = {
     now: () => clock.now,

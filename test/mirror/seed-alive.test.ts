@@ -57,7 +57,6 @@ async function file(pieces: number) {
   return { data, table, cache };
 }
 
-/** The seed tier over loopback HTTP, as the mirror's node uses it (seedTimeoutMs `timeoutMs`). */
 /** Every piece through the seed source `src`, with `reg` behind it: the registry is never asked. */
 async function allFromSeed(
   table: Awaited<ReturnType<typeof file>>['table'],
@@ -76,6 +75,7 @@ async function allFromSeed(
   expect(bytes.seed).toBe(table.size);
 }
 
+/** The seed tier over loopback HTTP, as the mirror's node uses it (seedTimeoutMs `timeoutMs`). */
 function seedSource(seed: string, timeoutMs: number) {
   const http = new HttpBlockClient(TOKEN, undefined, 'node');
   cleanups.push(() => http.close());

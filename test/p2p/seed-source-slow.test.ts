@@ -4,8 +4,7 @@
  * response arriving) do not isolate it; a seed that answers busy (429, or 503 with Retry-After) is busy
  * for fill, not "no seed is up" (which sends the range to the registry).
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isDfError } from '../../src/errors.js';
 import { isBusy, isSourceUnavailable, Priority } from '../../src/fetch/types.js';
@@ -14,47 +13,21 @@ import { Isolation } from '../../src/p2p/isolation.js';
 import { RegistryFallback } from '../../src/p2p/registry-fallback.js';
 import { SeedBlockSource } from '../../src/p2p/seed-block-source.js';
 import type { Timers } from '../../src/util/timers.js';
+import { manualClock } from '../fetch/helpers.js';
+import { LoopbackServers } from '../helpers/loopback.js';
 
 const blob = { digest: 'sha256:' + 'ef'.repeat(32), size: 1 << 20 };
-const servers: Server[] = [];
+const servers = new LoopbackServers();
 const clients: HttpBlockClient[] = [];
 afterEach(async () => {
-  for (const s of servers.splice(0)) {
-    s.closeAllConnections();
-    await new Promise((r) => s.close(r));
-  }
+  await servers.closeAll();
   for (const c of clients.splice(0)) await c.close();
 });
 
-async function serve(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<string> {
-  const s = createServer(handler);
-  servers.push(s);
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  return `127.0.0.1:${(s.address() as AddressInfo).port}`;
-}
+const serve = async (handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<string> =>
+  (await servers.serve(handler)).addr;
 
 const query = (req: IncomingMessage) => new URL(req.url!, 'http://x').searchParams;
-
-/** A clock that moves only when the test says (the HTTP traffic is real; the request limits are not). */
-class ManualTimers implements Timers {
-  private t = 0;
-  private id = 0;
-  private readonly due = new Map<number, { at: number; fn: () => void }>();
-  now = () => this.t;
-  setTimeout = (fn: () => void, ms: number) => {
-    this.due.set(++this.id, { at: this.t + ms, fn });
-    return this.id;
-  };
-  clearTimeout = (h: unknown) => void this.due.delete(h as number);
-  advance(ms: number): void {
-    this.t += ms;
-    for (const [id, d] of [...this.due])
-      if (d.at <= this.t) {
-        this.due.delete(id);
-        d.fn();
-      }
-  }
-}
 
 function source(seed: string, timeoutMs: number, timers?: Timers) {
   const http = new HttpBlockClient('token', undefined, 'me');
@@ -102,7 +75,8 @@ const sig = () => new AbortController().signal;
 
 describe('a seed that is alive is not down', () => {
   it('a fill request that keeps receiving bytes past its time limit completes', async () => {
-    const timers = new ManualTimers();
+    const clock = manualClock(); // the HTTP traffic is real; the request limits run on the test's clock
+    const timers = clock.timers;
     const seed = await heldSeed(() => true);
     // 6554 bytes: a limit of 100 ms + 100 ms at the floor rate; stalled after 100 ms without a byte
     const { src, isolation } = source(seed.addr, 100, timers);
@@ -113,7 +87,7 @@ describe('a seed that is alive is not down', () => {
     for (let i = 1; i <= 7; i++) {
       seed.held[0]!.write(Buffer.alloc(900, 7));
       await until(() => got === i * 900, p);
-      timers.advance(60);
+      clock.advance(60);
     }
     seed.held[0]!.end(Buffer.alloc(6554 - 6300, 7));
     const data = await p;
@@ -148,7 +122,8 @@ describe('a seed that is alive is not down', () => {
   });
 
   it('timeouts while another response from the seed is arriving do not make it down', async () => {
-    const timers = new ManualTimers();
+    const clock = manualClock(); // the HTTP traffic is real; the request limits run on the test's clock
+    const timers = clock.timers;
     // offset 0: a long response the test sends chunk by chunk; any other range: no answer (queued)
     const seed = await heldSeed((offset) => offset === 0);
     const { src, isolation, fallback } = source(seed.addr, 100, timers);
@@ -165,9 +140,9 @@ describe('a seed that is alive is not down', () => {
       // limit 100 ms + 2 ms; the long response gets a chunk every 52 ms meanwhile
       const short = src.fetch(blob, i * 8000, 100, sig(), { priority: Priority.Fill });
       await chunk();
-      timers.advance(52);
+      clock.advance(52);
       await chunk();
-      timers.advance(52);
+      clock.advance(52);
       await expect(short).rejects.toSatisfy((e) => isDfError(e, 'TIMEOUT'));
     }
     expect(isolation.isolated(seed.addr)).toBe(false);

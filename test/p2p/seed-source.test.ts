@@ -3,8 +3,6 @@
  * read moves on to the registry, three timeouts in a row isolate a hung seed), a refused connection
  * moves on to the next seed at once, a wrong token or a deferral are not faults.
  */
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isDfError } from '../../src/errors.js';
 import { isDeferred, isSourceUnavailable, Priority } from '../../src/fetch/types.js';
@@ -13,33 +11,29 @@ import { Isolation } from '../../src/p2p/isolation.js';
 import { RegistryFallback } from '../../src/p2p/registry-fallback.js';
 import { rankSeeds } from '../../src/p2p/rendezvous.js';
 import { SeedBlockSource } from '../../src/p2p/seed-block-source.js';
+import { LoopbackServers } from '../helpers/loopback.js';
 
 const blob = { digest: 'sha256:' + 'cd'.repeat(32), size: 1 << 20 };
-const servers: Server[] = [];
+const servers = new LoopbackServers();
 const clients: HttpBlockClient[] = [];
 afterEach(async () => {
-  for (const s of servers.splice(0)) {
-    s.closeAllConnections();
-    await new Promise((r) => s.close(r));
-  }
+  await servers.closeAll();
   for (const c of clients.splice(0)) await c.close();
 });
 
 /** A seed that answers each request with `answer(n)` (n = 0, 1, ...): a status, or 'hang'. */
 async function fakeSeed(
   answer: (n: number) => number | 'hang',
-): Promise<{ addr: string; hits: () => number }> {
+): Promise<{ addr: string; hits: () => number; close: () => void }> {
   let n = 0;
-  const s = createServer((req, res) => {
+  const { server, addr } = await servers.serve((req, res) => {
     const a = answer(n++);
     if (a === 'hang') return;
     const len = Number(new URL(req.url!, 'http://x').searchParams.get('length'));
     if (a === 200) res.writeHead(200, { 'content-length': len }).end(Buffer.alloc(len, 1));
     else res.writeHead(a).end('no');
   });
-  servers.push(s);
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  return { addr: `127.0.0.1:${(s.address() as AddressInfo).port}`, hits: () => n };
+  return { addr, hits: () => n, close: () => void server.close() };
 }
 
 function source(seeds: string[], isolation = new Isolation({ baseMs: 60_000 })) {
@@ -102,7 +96,7 @@ describe('seed tier policy', () => {
     const good = await fakeSeed((n) => (n === 0 ? 409 : 200));
     const closed = await fakeSeed(() => 200);
     const deadAddr = closed.addr;
-    servers[1]!.close();
+    closed.close();
     await new Promise((r) => setTimeout(r, 20));
     const seeds = [deadAddr, good.addr];
     // a blob whose first seed in rendezvous order is the dead one
