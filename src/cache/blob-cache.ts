@@ -4,7 +4,7 @@ import { mkdir, open, readFile, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { bound, realTimers, type Timers } from '../util/timers.js';
+import { abortReason, bound, realTimers, type Timers } from '../util/timers.js';
 import { Bitmap } from './bitmap.js';
 import { BITMAP_FILE, DATA_FILE, META_FILE, readMeta, writeAtomic, type BlobMeta } from './blob-files.js';
 
@@ -106,29 +106,47 @@ export class BlobCache {
     const what = `cache ${opts.dir}`;
     const timers = opts.timers ?? realTimers;
     const ms = opts.diskTimeoutMs ?? 30_000;
-    return bound(
-      (async () => {
-        try {
-          await mkdir(opts.dir, { recursive: true });
-          let meta = await readMeta(opts.dir);
-          if (!meta || meta.digest !== opts.digest || meta.size !== opts.size) {
-            meta = { version: 1, digest: opts.digest, size: opts.size, lastUsed: timers.now() };
-            // a new (or untrusted) cache starts from nothing: no bitmap claims anything
-            await rm(join(opts.dir, BITMAP_FILE), { force: true });
-            await writeAtomic(opts.dir, META_FILE, Buffer.from(JSON.stringify(meta)));
-          }
-          const c = new BlobCache(opts, meta);
-          c.fh = await open(join(opts.dir, DATA_FILE), constants.O_RDWR | constants.O_CREAT, 0o644);
-          const st = await c.fh.stat();
-          if (st.size !== opts.size) await c.fh.truncate(opts.size);
-          if (meta.blockCount !== undefined) await c.loadBitmap(meta.blockCount + 1);
-          return c;
-        } catch (err) {
-          throw DfError.from(err, `open ${what}`);
+    // the signal is checked between steps, not raced against them: an aborted open has finished its file
+    // operations (and closed its file) when it rejects, so that nothing writes into the directory after
+    const step = () => {
+      if (signal?.aborted) throw abortReason(signal);
+    };
+    const work = (async () => {
+      let c: BlobCache | undefined;
+      try {
+        step();
+        await mkdir(opts.dir, { recursive: true });
+        let meta = await readMeta(opts.dir);
+        step();
+        if (!meta || meta.digest !== opts.digest || meta.size !== opts.size) {
+          meta = { version: 1, digest: opts.digest, size: opts.size, lastUsed: timers.now() };
+          // a new (or untrusted) cache starts from nothing: no bitmap claims anything
+          await rm(join(opts.dir, BITMAP_FILE), { force: true });
+          await writeAtomic(opts.dir, META_FILE, Buffer.from(JSON.stringify(meta)));
+          step();
         }
-      })(),
-      { signal, ms, timers, what: `open ${what}` },
-    );
+        c = new BlobCache(opts, meta);
+        c.fh = await open(join(opts.dir, DATA_FILE), constants.O_RDWR | constants.O_CREAT, 0o644);
+        const st = await c.fh.stat();
+        if (st.size !== opts.size) await c.fh.truncate(opts.size);
+        if (meta.blockCount !== undefined) await c.loadBitmap(meta.blockCount + 1);
+        step();
+        return c;
+      } catch (err) {
+        await c?.fh?.close().catch(() => undefined);
+        throw DfError.from(err, `open ${what}`);
+      }
+    })();
+    try {
+      return await bound(work, { ms, timers, what: `open ${what}` });
+    } catch (err) {
+      // a disk that answered after the time limit: the file it opened is closed, not leaked
+      void work.then(
+        (c) => c.fh?.close().catch(() => undefined),
+        () => undefined,
+      );
+      throw err;
+    }
   }
 
   private async loadBitmap(units: number): Promise<void> {

@@ -324,6 +324,8 @@ export class CacheManager {
     if (this.closed) return;
     this.closed = true;
     await this.settled();
+    // opens in progress finish (an aborted one stops at its next step) before the caches close
+    await Promise.allSettled([...this.entries.values()].flatMap((e) => (e.opening ? [e.opening] : [])));
     for (const e of this.entries.values()) {
       const c = e.cache;
       if (!c) continue;

@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, readFile, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -129,6 +130,30 @@ describe('BlobCache', () => {
     expect(other.layout).toBeUndefined();
     expect(other.presentUnits).toBe(0);
     await other.close();
+  });
+
+  it('an open aborted part-way rejects only once its file operations are done; no file is left open', async () => {
+    const fds = () => readdirSync('/proc/self/fd').length;
+    const before = fds();
+    // aborted at each point of the open in turn: after 0, 1, 2, ... turns of the event loop
+    for (let turns = 0; turns < 12; turns++) {
+      const d = await dir();
+      const ac = new AbortController();
+      const p = BlobCache.open({ dir: d, digest, size: blob.length }, ac.signal);
+      for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
+      ac.abort();
+      const c = await p.catch((err: unknown) => {
+        expect(isDfError(err) && err.code).toBe('ABORTED');
+        return undefined;
+      });
+      await c?.close();
+      // nothing changes in the directory after the open settled
+      const listing = () => (existsSync(d) ? readdirSync(d).sort() : []);
+      const settled = listing();
+      await new Promise((r) => setTimeout(r, 50));
+      expect(listing()).toEqual(settled);
+    }
+    expect(fds()).toBe(before);
   });
 
   it('writes adjacent units in one write; counts only units that were missing; rejects a bad span', async () => {

@@ -153,15 +153,22 @@ describe.skipIf(req.skip)('P2P faults across network namespaces with shaped link
       try {
         await c.startSeed(ENV);
         const [n1, n2, n3] = c.nodes as [NetnsHost, NetnsHost, NetnsHost];
-        // the victim downloads at a fifth of its link rate, so that it is still mid-transfer when the others
-        // (which start with it) come to fetch from it the blocks it holds
+        // the victim downloads at a fifth of its link rate and starts alone: once it holds a quarter of the
+        // blob, the others start and find it holding blocks they lack (a neighbour goes before the seed),
+        // while it is still mid-transfer
         const [victim] = c.startPreheat([n1], {
           seeds,
           env: { ...ENV, DFNODE_P2P_DOWNLOAD_RATE: '512K' },
           args: METRICS_ARGS,
         }) as [PreheatRun];
+        await until(
+          'the victim to hold a quarter of the blob',
+          async () => (await c.cachedBytes(victim.cacheDir)) >= c.imageBytes / 4,
+          [victim.proc],
+        );
         const rest = c.startPreheat([n2, n3], { seeds, env: ENV });
         const procs = [victim, ...rest].map((r) => r.proc);
+        const done = (r: PreheatRun) => r.proc.lines.some((l) => /^\{/.test(l.line));
         let held = 0;
         await until(
           'the victim to serve blocks to a peer',
@@ -169,11 +176,12 @@ describe.skipIf(req.skip)('P2P faults across network namespaces with shaped link
             held = await c.cachedBytes(victim.cacheDir);
             // (not up yet while the node starts)
             const m = await c.scrape(victim.host, METRICS).catch(() => '');
-            return metric(m, 'dfnode_peer_requests_total', { result: 'served' }) > 0;
+            if (metric(m, 'dfnode_peer_requests_total', { result: 'served' }) > 0) return true;
+            if (rest.every(done)) throw new Error('the others finished without fetching from the victim');
+            return false;
           },
           procs,
         );
-        const done = (r: PreheatRun) => r.proc.lines.some((l) => /^\{/.test(l.line));
         expect(done(victim), 'the victim finished before it was killed').toBe(false);
         expect(
           rest.every(done),
