@@ -277,12 +277,8 @@ async function main(): Promise<number> {
             ref,
           ]);
         else if (v.pull === 'daemon')
-          pull = await runLines(process.execPath, [
-            DFNODE,
-            ...pullArgs,
-            '--control-socket',
-            node!.controlSocket,
-          ]);
+          // the package's `dfnode` command (bin/dfnode): its native client hands the pull to dfnode run
+          pull = await runLines(BUILD.dfnodeBin, [...pullArgs, '--control-socket', node!.controlSocket]);
         else if (v.pull === 'direct')
           pull = await runLines(process.execPath, [DFNODE, ...pullArgs, '--direct', '--plain-http']);
         else {

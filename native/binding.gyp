@@ -13,6 +13,12 @@
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-deprecated-declarations"],
       "libraries": ["-llz4", "-lisal"],
       "defines": ["NAPI_VERSION=8"]
+    },
+    {
+      "target_name": "dfnode-pull",
+      "type": "executable",
+      "sources": ["dfnode_pull.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
     }
   ]
 }

@@ -11,6 +11,8 @@ const here = dirname(fileURLToPath(import.meta.url));
 export const addonPath = join(here, 'build', 'Release', 'dfnode_fuse.node');
 /** The converter's addon (dfnode_convert.c), another target of the same binding.gyp. */
 export const convertAddonPath = join(here, 'build', 'Release', 'dfnode_convert.node');
+/** `dfnode pull`'s client without Node (dfnode_pull.c, an executable target; bin/dfnode runs it). */
+export const pullClientPath = join(here, 'build', 'Release', 'dfnode-pull');
 
 function nodeGyp(): string | undefined {
   const candidates = [
@@ -37,8 +39,9 @@ function nodeDir(): string | undefined {
 }
 
 function upToDate(): boolean {
-  if (!existsSync(addonPath) || !existsSync(convertAddonPath)) return false;
-  const built = Math.min(statSync(addonPath).mtimeMs, statSync(convertAddonPath).mtimeMs);
+  const outputs = [addonPath, convertAddonPath, pullClientPath];
+  if (!outputs.every((p) => existsSync(p))) return false;
+  const built = Math.min(...outputs.map((p) => statSync(p).mtimeMs));
   return readdirSync(here)
     .filter((f) => /\.(c|h|gyp)$/.test(f))
     .every((f) => statSync(join(here, f)).mtimeMs <= built);

@@ -9,6 +9,8 @@ import { dirname, join } from 'node:path';
 export class BuildSnapshot {
   readonly dir: string;
   readonly dfnode: string;
+  /** bin/dfnode, the package's `dfnode` command (its pull through the native client when that is built). */
+  readonly dfnodeBin: string;
   readonly dfconvert: string;
   private readonly addon: string;
   private readonly snapshotAddon: string;
@@ -20,6 +22,7 @@ export class BuildSnapshot {
     this.dir = join(repo, '.tmp', `bench-${name}-${process.pid}`);
     // the bundled CLIs, what the package's bins run (npm run build makes them)
     this.dfnode = join(this.dir, 'dist', 'bundle', 'dfnode.js');
+    this.dfnodeBin = join(this.dir, 'bin', 'dfnode');
     this.dfconvert = join(this.dir, 'dist', 'bundle', 'dfconvert.js');
     this.addon = join(repo, 'native', 'build', 'Release', 'dfnode_fuse.node');
     this.snapshotAddon = join(this.dir, 'native', 'build', 'Release', 'dfnode_fuse.node');
@@ -30,9 +33,18 @@ export class BuildSnapshot {
     return existsSync(this.addon);
   }
 
-  /** Copies dist/ and, when built, the native addon (pointed to by DFNODE_FUSE_ADDON for child processes). */
+  /**
+   * Copies dist/, bin/ and, when built, the native addon (pointed to by DFNODE_FUSE_ADDON for child processes)
+   * and pull client (where bin/dfnode looks for it).
+   */
   async take(): Promise<void> {
     await cp(join(this.repo, 'dist'), join(this.dir, 'dist'), { recursive: true });
+    await cp(join(this.repo, 'bin'), join(this.dir, 'bin'), { recursive: true });
+    const client = join('native', 'build', 'Release', 'dfnode-pull');
+    if (existsSync(join(this.repo, client))) {
+      await mkdir(dirname(join(this.dir, client)), { recursive: true });
+      await cp(join(this.repo, client), join(this.dir, client));
+    }
     if (existsSync(this.addon)) {
       await mkdir(dirname(this.snapshotAddon), { recursive: true });
       await cp(this.addon, this.snapshotAddon);

@@ -7,7 +7,8 @@
  *   {"v":1,"command":"pull","args":{...}}
  * The server answers with lines of JSON, zero or more progress lines and then exactly one final line:
  *   {"progress":"layer 1/2 ..."}
- *   {"ok":true,"result":{...}}          or   {"ok":false,"error":{"code":"NOT_FOUND","message":"..."}}
+ *   {"ok":true,"result":{...}}          or   {"ok":false,"error":{"code":"NOT_FOUND","message":"...","exit":3}}
+ * (`exit`: the CLI's exit status for the error, so that a client without errors.ts exits as the Node CLI would)
  * and closes the connection. The client keeps its side open until then: closing it cancels the command.
  */
 import { DfError, ErrorCodes, type ErrorCode } from '../errors.js';
@@ -37,7 +38,7 @@ export interface ControlRequest {
 export type ControlReply =
   | { progress: string }
   | { ok: true; result: unknown }
-  | { ok: false; error: { code: ErrorCode; message: string } };
+  | { ok: false; error: { code: ErrorCode; message: string; exit?: number } };
 
 export function encodeRequest(command: string, args: Record<string, unknown>): string {
   const req: ControlRequest = { v: CONTROL_PROTOCOL_VERSION, command, args };

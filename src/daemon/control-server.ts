@@ -113,7 +113,7 @@ export class ControlServer {
     };
     const fail = (err: unknown) => {
       const e = DfError.from(err);
-      send({ ok: false, error: { code: e.code, message: e.message } });
+      send({ ok: false, error: { code: e.code, message: e.message, exit: e.exitCode } });
       sock.end();
     };
     this.conns.add(sock);

@@ -9,7 +9,7 @@
 import { mkdir, mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli } from '../helpers/cli.js';
+import { run, runCli } from '../helpers/cli.js';
 import {
   buildLayeredBusybox,
   dfnodeMountsUnder,
@@ -21,7 +21,7 @@ import {
   type DfnodeRun,
   type TestContainerd,
 } from '../helpers/containerd.js';
-import { ensureFixture } from '../helpers/fixtures.js';
+import { ensureFixture, REPO_ROOT } from '../helpers/fixtures.js';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 
 const req = requireContainerd(['busybox', 'debootstrap']);
@@ -219,9 +219,18 @@ describe.skipIf(req.skip)(
         images: await ctd.ctrOk(['images', 'ls'], { namespace }),
         snapshots: await ctd.ctrOk(['snapshots', '--snapshotter', 'dfnode', 'ls'], { namespace }),
       });
+      // bin/dfnode, what users run: its native client hands the pull over without Node (none on PATH here)
+      const fast = await run(
+        join(REPO_ROOT, 'bin', 'dfnode'),
+        ['pull', '--control-socket', node.controlSocket, '--address', ctd.socket, '-n', 'fast', ref],
+        { env: { PATH: '/nonexistent' } },
+      );
+      expect(fast.code, fast.stderr).toBe(0);
+      expect(fast.stdout.replace(/[0-9a-f]{12}/g, 'X')).toBe(direct.stdout.replace(/[0-9a-f]{12}/g, 'X'));
       const a = await view('direct');
       expect(a.snapshots.trim().split('\n').length).toBeGreaterThan(2);
       expect(await view('daemon')).toEqual(a);
+      expect(await view('fast')).toEqual(a);
       const out = await withHostBusybox(ref, ['cat', '/data/layer2.txt'], 'daemon');
       expect(out).toBe('layer 2 was here\n');
       // a control socket nobody serves: said on stderr, then the direct path
@@ -232,7 +241,8 @@ describe.skipIf(req.skip)(
       );
       expect(await view('fallback')).toEqual(a);
       // leave no mounts behind for the removal test below
-      for (const ns of ['direct', 'daemon', 'fallback']) expect(await removeImages([ref], ns)).toBe('');
+      for (const ns of ['direct', 'daemon', 'fast', 'fallback'])
+        expect(await removeImages([ref], ns)).toBe('');
     });
 
     it("dfnode preheat through dfnode run's control socket: every block into the daemon's own cache", async () => {
