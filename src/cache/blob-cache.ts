@@ -62,6 +62,11 @@ export interface CacheUnitListener {
  * Crash safety: a unit is marked present in memory right after its bytes are written (reads use it at
  * once), but the persisted bitmap only claims units whose bytes were fdatasync'ed before the bitmap was
  * written (tmp + fsync + rename). A crash loses at most the units written since the last flush.
+ *
+ * A cache in a directory this process created writes its meta file without fsync until the first bitmap
+ * (a cold pull's TOC does not wait for four fsyncs): a crash before then may lose the meta, and a bitmap is
+ * only read under a meta with a layout, so the cache simply starts again; the first flush makes the meta
+ * durable before it writes a bitmap that relies on it.
  */
 export class BlobCache {
   readonly digest: string;
@@ -73,6 +78,8 @@ export class BlobCache {
   private fh: FileHandle | undefined;
   private dirty = false;
   private metaDirty = false;
+  /** The meta file was written without fsync (a cache in a directory this process created; see above). */
+  private metaUnsynced = false;
   private pendingBytes = 0;
   private flushTimer: unknown;
   private flushing: Promise<void> | undefined;
@@ -115,17 +122,19 @@ export class BlobCache {
       let c: BlobCache | undefined;
       try {
         step();
-        await mkdir(opts.dir, { recursive: true });
-        let meta = await readMeta(opts.dir);
+        // undefined when the directory existed: then it may hold an older cache's files
+        const created = (await mkdir(opts.dir, { recursive: true })) !== undefined;
+        let meta = created ? undefined : await readMeta(opts.dir);
         step();
         if (!meta || meta.digest !== opts.digest || meta.size !== opts.size) {
           meta = { version: 1, digest: opts.digest, size: opts.size, lastUsed: timers.now() };
           // a new (or untrusted) cache starts from nothing: no bitmap claims anything
-          await rm(join(opts.dir, BITMAP_FILE), { force: true });
-          await writeAtomic(opts.dir, META_FILE, Buffer.from(JSON.stringify(meta)));
+          if (!created) await rm(join(opts.dir, BITMAP_FILE), { force: true });
+          await writeAtomic(opts.dir, META_FILE, Buffer.from(JSON.stringify(meta)), !created);
           step();
         }
         c = new BlobCache(opts, meta);
+        c.metaUnsynced = created;
         c.fh = await open(join(opts.dir, DATA_FILE), constants.O_RDWR | constants.O_CREAT, 0o644);
         const st = await c.fh.stat();
         if (st.size !== opts.size) await c.fh.truncate(opts.size);
@@ -180,9 +189,11 @@ export class BlobCache {
     this.bitmap = new Bitmap(blockCount + 1);
     this.filled = 0;
     this.notifyUnits(undefined);
+    // no bitmap was ever written under an unsynced meta: nothing to remove, nothing to make durable yet
+    const sync = !this.metaUnsynced;
     await this.disk('write meta', signal, async () => {
-      await rm(join(this.dir, BITMAP_FILE), { force: true });
-      await writeAtomic(this.dir, META_FILE, Buffer.from(JSON.stringify(this.meta)));
+      if (sync) await rm(join(this.dir, BITMAP_FILE), { force: true });
+      await writeAtomic(this.dir, META_FILE, Buffer.from(JSON.stringify(this.meta)), sync);
     });
     if (delta) this.onChange?.(this, delta);
   }
@@ -368,6 +379,11 @@ export class BlobCache {
         const fh = this.fh;
         await this.disk('flush', signal, async () => {
           await fh.datasync();
+          // the layout this bitmap is read under must be on disk before it
+          if (this.metaUnsynced) {
+            await writeAtomic(this.dir, META_FILE, Buffer.from(JSON.stringify(this.meta)));
+            this.metaUnsynced = false;
+          }
           await writeAtomic(this.dir, BITMAP_FILE, snap.encode(filled));
         });
       } catch (err) {

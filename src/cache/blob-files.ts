@@ -56,17 +56,21 @@ export async function readBitmap(
   }
 }
 
-/** Writes name via name.tmp + fsync + rename + fsync(dir). */
-export async function writeAtomic(dir: string, name: string, data: Buffer): Promise<void> {
+/**
+ * Writes name via name.tmp + fsync + rename + fsync(dir). Without `sync`, only tmp + rename: atomic (a reader
+ * sees the old or the new file), but a crash may leave the old one.
+ */
+export async function writeAtomic(dir: string, name: string, data: Buffer, sync = true): Promise<void> {
   const tmp = join(dir, name + '.tmp');
   const fh = await open(tmp, 'w', 0o644);
   try {
     await fh.writeFile(data);
-    await fh.sync();
+    if (sync) await fh.sync();
   } finally {
     await fh.close();
   }
   await rename(tmp, join(dir, name));
+  if (!sync) return;
   const d = await open(dir, 'r');
   try {
     await d.sync();

@@ -1,8 +1,8 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
-import { mkdir, readFile, rmdir } from 'node:fs/promises';
+import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { mkdir, open, readFile, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Bitmap } from '../../src/cache/bitmap.js';
 import { BlobCache, defaultCacheIo, type CacheIo } from '../../src/cache/blob-cache.js';
 import { isDfError } from '../../src/errors.js';
@@ -154,6 +154,38 @@ describe('BlobCache', () => {
       expect(listing()).toEqual(settled);
     }
     expect(fds()).toBe(before);
+  });
+
+  it('a cache in a new directory opens and takes its layout without fsync; the first flush makes the meta durable first', async () => {
+    const d = await dir();
+    const probe = await open(join(d, '..', 'probe'), 'w');
+    const proto = Object.getPrototypeOf(probe) as { sync: () => Promise<void> };
+    await probe.close();
+    const synced: string[] = [];
+    const real = proto.sync;
+    const spy = vi.spyOn(proto, 'sync').mockImplementation(async function (this: { fd: number }) {
+      synced.push(readlinkSync(`/proc/self/fd/${this.fd}`));
+      return real.call(this);
+    });
+    try {
+      const c = await openCache(d);
+      await c.write(0, 0, unit(0));
+      expect(synced).toEqual([]);
+      await c.flush();
+      // meta (file, directory) before the bitmap (file, directory) that is read under its layout
+      expect(synced.map((p) => p.replace(d, 'D'))).toEqual(['D/meta.json.tmp', 'D', 'D/bitmap.tmp', 'D']);
+      await c.close();
+      synced.length = 0;
+      // an existing directory: the layout is written durably at once
+      const again = await BlobCache.open({ dir: d, digest, size: blob.length + 1 });
+      expect(synced.length).toBeGreaterThan(0);
+      await again.close();
+    } finally {
+      spy.mockRestore();
+    }
+    const back = await openCache(d);
+    expect(back.presentUnits).toBe(0);
+    await back.close();
   });
 
   it('writes adjacent units in one write; counts only units that were missing; rejects a bad span', async () => {
