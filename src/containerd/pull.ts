@@ -268,15 +268,29 @@ async function prepareLayers(
   const { manifest, m, chains } = r;
   const digests = m.layers.map((l) => l.digest);
   let existing = 0;
-  for (const [i, layer] of m.layers.entries()) {
+  // which layers are there already: asked for all at once, not one round trip before each Prepare
+  const present = m.layers.map((_, i) => snapshotExists(ctd, snapshotter, chains[i]!, call));
+  for (const p of present) p.catch(() => undefined); // awaited in order below
+  // each remote snapshot is checked to exist while the next layer is prepared
+  const checks: Array<Promise<void>> = [];
+  try {
+    for (const [i, layer] of m.layers.entries())
+      if (await prepareOne(i, layer, await present[i]!)) existing++;
+  } finally {
+    await Promise.allSettled(checks);
+  }
+  await Promise.all(checks);
+  return existing;
+
+  /** Layer i on its parent chain; true when it was present already. */
+  async function prepareOne(i: number, layer: Descriptor, isPresent: boolean): Promise<boolean> {
     const chain = chains[i]!;
     const parent = i > 0 ? chains[i - 1]! : '';
-    if (await snapshotExists(ctd, snapshotter, chain, call)) {
-      existing++;
+    if (isPresent) {
       progress(
         `layer ${i + 1}/${m.layers.length} ${layer.digest.slice(0, 19)}: present (${chain.slice(0, 19)})`,
       );
-      continue;
+      return true;
     }
     const key = `extract-${Date.now()}-${randomBytes(6).toString('base64url')} ${chain}`;
     const labels = {
@@ -307,15 +321,19 @@ async function prepareLayers(
           `unpack into): is the snapshotter dfnode's, and can it read the registry (--plain-http, credentials)?`,
       );
     }
-    if (!(await snapshotExists(ctd, snapshotter, chain, call)))
-      throw DfError.internal(
-        `snapshotter ${snapshotter} answered ALREADY_EXISTS for layer ${layer.digest} but has no snapshot ${chain}`,
-      );
+    checks.push(
+      snapshotExists(ctd, snapshotter, chain, call).then((ok) => {
+        if (!ok)
+          throw DfError.internal(
+            `snapshotter ${snapshotter} answered ALREADY_EXISTS for layer ${layer.digest} but has no snapshot ${chain}`,
+          );
+      }),
+    );
     progress(
       `layer ${i + 1}/${m.layers.length} ${layer.digest.slice(0, 19)}: remote snapshot ${chain.slice(0, 19)}`,
     );
+    return false;
   }
-  return existing;
 }
 
 async function readAll(stream: AsyncIterable<Buffer>, limit: number, what: string): Promise<Buffer> {
