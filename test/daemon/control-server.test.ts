@@ -103,12 +103,15 @@ describe('control socket', () => {
     const tooLong = await callControl(path, 'echo', { text: 'a'.repeat(101) }).catch((e: unknown) => e);
     expect((tooLong as DfError).code).toBe('INVALID_ARGUMENT');
     expect(await rawRequest(path, '{"v":2,"command":"echo","args":{"text":"a"}}\n')).toEqual([
-      { ok: false, error: { code: 'INVALID_ARGUMENT', message: expect.stringMatching(/malformed request/) } },
+      {
+        ok: false,
+        error: { code: 'INVALID_ARGUMENT', message: expect.stringMatching(/malformed request/), exit: 2 },
+      },
     ]);
     expect(await rawRequest(path, 'hello\n')).toEqual([
       {
         ok: false,
-        error: { code: 'INVALID_ARGUMENT', message: 'control socket: malformed request (not JSON)' },
+        error: { code: 'INVALID_ARGUMENT', message: 'control socket: malformed request (not JSON)', exit: 2 },
       },
     ]);
     expect(await rawRequest(path, '[1,2]\n')).toMatchObject([{ ok: false }]);
@@ -116,7 +119,7 @@ describe('control socket', () => {
     expect(await rawRequest(path, '{"v":1,"command":"echo","args":{"text":"a"}}\n{}\n')).toEqual([
       {
         ok: false,
-        error: { code: 'INVALID_ARGUMENT', message: 'control socket: one request per connection' },
+        error: { code: 'INVALID_ARGUMENT', message: 'control socket: one request per connection', exit: 2 },
       },
     ]);
     // the server still answers afterwards
@@ -131,18 +134,26 @@ describe('control socket', () => {
         error: {
           code: 'INVALID_ARGUMENT',
           message: `control request is longer than ${MAX_REQUEST_BYTES} bytes`,
+          exit: 2,
         },
       },
     ]);
     expect(await rawRequest(path, '{"v":1,', true)).toEqual([
       {
         ok: false,
-        error: { code: 'INVALID_ARGUMENT', message: 'control socket: the request ended without a newline' },
+        error: {
+          code: 'INVALID_ARGUMENT',
+          message: 'control socket: the request ended without a newline',
+          exit: 2,
+        },
       },
     ]);
     // sent half, never finished, connection left open: answered after the request deadline (300 ms here)
     expect(await rawRequest(path, '{"v":1,', false)).toEqual([
-      { ok: false, error: { code: 'TIMEOUT', message: expect.stringMatching(/no complete request within/) } },
+      {
+        ok: false,
+        error: { code: 'TIMEOUT', message: expect.stringMatching(/no complete request within/), exit: 8 },
+      },
     ]);
   });
 
