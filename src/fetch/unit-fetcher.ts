@@ -60,12 +60,19 @@ export interface UnitsOptions {
    * and their units' promises reject (the units are fetched again when someone asks).
    */
   signal?: AbortSignal;
+  /**
+   * No reader is blocked on these units (a node's planned fill run at a seed), whatever the priority: the
+   * source may queue the run behind other fill (FetchContext.bulk).
+   */
+  bulk?: boolean;
 }
 
 /** A run of units fetched by one task; its priority rises when a more urgent reader joins it. */
 interface RunState {
   priority: Priority;
   only?: readonly SourceKind[];
+  /** Nobody is blocked on it (FetchContext.bulk): fill, or UnitsOptions.bulk, until a reader joins it. */
+  bulk: boolean;
   /** The run's own abort (a cancellable run): follows close() and the caller's cancellation. */
   signal?: AbortSignal;
 }
@@ -248,8 +255,9 @@ export class UnitFetcher {
     }
     let run: Waiter[] = [];
     let runBytes = 0;
+    const bulk = priority === Priority.Fill || opts.bulk === true;
     const flush = () => {
-      if (run.length) this.startRun(run, { priority, only: opts.only }, cancel);
+      if (run.length) this.startRun(run, { priority, only: opts.only, bulk }, cancel);
       run = [];
       runBytes = 0;
     };
@@ -263,6 +271,7 @@ export class UnitFetcher {
           f.run.priority = priority;
           f.run.only = undefined;
         }
+        if (f.run && !opts.bulk && priority !== Priority.Fill) f.run.bulk = false;
         out[k] = f.promise;
         flush();
         continue;
@@ -417,7 +426,12 @@ export class UnitFetcher {
       }
     };
     try {
-      const ctx = { priority: state.priority, planned: state.only !== undefined, progress: check };
+      const ctx = {
+        priority: state.priority,
+        planned: state.only !== undefined,
+        bulk: state.bulk,
+        progress: check,
+      };
       const data = await bound(source.fetch(this.blob, off, len, rq.signal, ctx), {
         signal: rq.signal,
         what,
