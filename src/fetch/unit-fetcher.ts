@@ -5,6 +5,7 @@ import { DfbReader } from '../blob/reader.js';
 import type { Toc } from '../blob/toc.js';
 import type { BlobCache } from '../cache/blob-cache.js';
 import { DfError } from '../errors.js';
+import { adjacentGroups } from '../util/adjacent-groups.js';
 import { backoff } from '../util/backoff.js';
 import { bound, childSignal, realTimers, sleep, type Timers } from '../util/timers.js';
 import { transferTimeoutMs } from '../util/transfer-timeout.js';
@@ -60,10 +61,7 @@ export interface UnitsOptions {
    * and their units' promises reject (the units are fetched again when someone asks).
    */
   signal?: AbortSignal;
-  /**
-   * No reader is blocked on these units (a node's planned fill run at a seed), whatever the priority: the
-   * source may queue the run behind other fill (FetchContext.bulk).
-   */
+  /** No reader waits on these units (a seed: a node's planned run), whatever the priority: FetchContext.bulk. */
   bulk?: boolean;
 }
 
@@ -499,16 +497,4 @@ export class UnitFetcher {
     const toc = DfbReader.decodeStoredToc(footer, stored.subarray(0, stored.length - FOOTER_SIZE));
     if (!toc.buffer.equals(this.toc.buffer)) throw DfError.corrupt(`DFB TOC of ${this.blob.digest} changed`);
   }
-}
-
-/** `items` (in unit order) split into groups of adjacent units. */
-function adjacentGroups<T>(items: readonly T[], unit: (x: T) => number): T[][] {
-  const out: T[][] = [];
-  for (let a = 0; a < items.length;) {
-    let b = a;
-    while (b + 1 < items.length && unit(items[b + 1]!) === unit(items[b]!) + 1) b++;
-    out.push(items.slice(a, b + 1));
-    a = b + 1;
-  }
-  return out;
 }

@@ -24,6 +24,7 @@ import { loadTls, type TlsMaterial } from './tls.js';
 import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
 import { claimUnits, trackedFile } from './seed-claims.js';
+import { registryAllowed } from './seed-registries.js';
 import { UnitLayout, type Units } from './unit-layout.js';
 
 /** Largest registry request of a seed (its fill and nodes' misses). */
@@ -123,8 +124,7 @@ export class Seed implements BlobProvider {
     this.cache = CacheManager.fromConfig(cfg.cache, { logger: this.log });
     this.bandwidth = new HostBandwidth(cfg.p2p.uploadRate, cfg.p2p.downloadRate);
     const depth = cfg.p2p.seedRegistryPipeline;
-    // undici sends a GET behind another only once that one's head is in: about two per connection
-    this.pipeline = depth > 0 ? new RequestPipeline({ depth, connections: Math.ceil(depth / 2) }) : undefined;
+    this.pipeline = depth > 0 ? new RequestPipeline({ depth }) : undefined;
     this.layers = new LayerStore({
       cache: this.cache,
       sources: (from) => [
@@ -271,7 +271,6 @@ export class Seed implements BlobProvider {
     const units: number[] = [];
     for (let u = r[0]; u <= r[1]; u++) units.push(u);
     claimUnits(this.tracker, digest, h, units, `${digest} ${offset}+${length}`);
-    // a node's planned fill run (defer=1) waits on nobody's read: it may queue on the registry pipeline
     const parts = b.layer.fetcher.unitParts(units, Priority.Blocked, sig, { bulk: h?.defer === true });
     const from = offset - b.layout.offset(r[0]);
     const to = offset + length - b.layout.offset(r[1]);
@@ -498,12 +497,4 @@ export class Seed implements BlobProvider {
     await this.pipeline?.close();
     await this.cache.close();
   }
-}
-
-/** Bytes an unprivileged process may still write on the file system of `dir`. */
-
-/** Whether a seed's p2p.seedRegistries (`host[:port]`, `*` = any) lets it fetch from the registry of `ref`. */
-export function registryAllowed(seedRegistries: readonly string[], ref: ImageReference): boolean {
-  const list = seedRegistries.map((r) => r.toLowerCase());
-  return list.includes('*') || list.includes(ref.registry.toLowerCase());
 }

@@ -3,7 +3,7 @@ import { Agent, type Dispatcher } from 'undici';
 export interface RequestPipelineOptions {
   /** Requests on the pipeline at once, all connections together. Default 4. */
   depth?: number;
-  /** Connections per origin the requests are spread over. Default 1. */
+  /** Connections per origin the requests are spread over. Default depth / 2 (about two on each). */
   connections?: number;
   /** undici's limits for one answer (ms): its headers, and each stall of its body. Default 30 s. */
   timeoutMs?: number;
@@ -26,7 +26,7 @@ export class RequestPipeline {
     this.depth = Math.max(1, opts.depth ?? 4);
     const timeoutMs = opts.timeoutMs ?? 30_000;
     this.agent = new Agent({
-      connections: Math.max(1, opts.connections ?? 1),
+      connections: Math.max(1, opts.connections ?? Math.ceil(this.depth / 2)),
       pipelining: this.depth,
       keepAliveTimeout: 30_000,
       headersTimeout: timeoutMs,
