@@ -15,7 +15,10 @@ export interface RequestPipelineOptions {
  * waits a round trip between them, nor goes idle (a new answer on an idle connection restarts TCP's slow
  * start). undici sends a GET behind another once that one's head has arrived, so a connection holds about
  * two at a time. A seed's fill and nodes' planned runs go here. At most `depth` requests use it at once;
- * `lane()` answers undefined beyond that, and the caller sends on its usual dispatcher.
+ * `lane()` answers undefined beyond that, and the caller sends on its usual dispatcher. Aborting a request
+ * queued behind another ends the connection, and undici (7.x) then fails the answer in progress too
+ * (ERR_ASSERTION): its caller retries it. A seed aborts only on close or on a timeout, which the older
+ * request of the same size reaches first.
  */
 export class RequestPipeline {
   readonly depth: number;
