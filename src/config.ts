@@ -168,6 +168,12 @@ const configSchema = z.strictObject({
       /** Seed: fetch the whole blob from the registry after the first request (full copies). */
       seedFill: z.boolean().default(true),
       /**
+       * Seed: registry range requests nobody is blocked on (its fill, nodes' planned fill runs) pipelined
+       * at once (HTTP/1.1, about two per connection), so that the next answer follows the last without a
+       * round trip; 0 = off (a registry or proxy that mishandles pipelining). Reads nodes wait on never queue.
+       */
+      seedRegistryPipeline: z.number().int().min(0).max(32).default(8),
+      /**
        * Seed: the registries (`host[:port]`, as in image references; `*` = any) it fetches blobs from for
        * nodes, with its own credentials. Empty (the default): it fetches from none and answers no new blob.
        */

@@ -1,11 +1,15 @@
+import type { Dispatcher } from 'undici';
 import type { RegistryClient } from '../registry/client.js';
 import type { ImageReference } from '../registry/reference.js';
+import type { RequestPipeline } from '../registry/request-pipeline.js';
 import type { BlobRef, BlockSource, FetchContext } from './types.js';
 
 /**
  * The origin registry as a BlockSource: one HTTP range request per fetch. `ref` names the repository the
  * image came from (its tag/digest do not matter). The client should be built with few retries and a short
- * timeout: the unit fetcher retries across attempts and sources itself and bounds every read.
+ * timeout: the unit fetcher retries across attempts and sources itself and bounds every read. With a
+ * `pipeline` (a seed), runs nobody is blocked on (FetchContext.bulk) are pipelined on its connection, back
+ * to back; reads someone waits for never queue behind them.
  */
 export class RegistryBlockSource implements BlockSource {
   readonly kind = 'registry' as const;
@@ -14,6 +18,7 @@ export class RegistryBlockSource implements BlockSource {
   constructor(
     private readonly client: RegistryClient,
     private readonly ref: ImageReference,
+    private readonly pipeline?: RequestPipeline,
   ) {
     this.name = `registry ${ref.repoString}`;
   }
@@ -25,9 +30,12 @@ export class RegistryBlockSource implements BlockSource {
     signal: AbortSignal,
     ctx?: FetchContext,
   ): Promise<Buffer> {
-    return this.client.getBlobRange(this.ref, blob.digest, offset, length, {
-      signal,
-      progress: ctx?.progress,
-    });
+    const get = (dispatcher?: Dispatcher) =>
+      this.client.getBlobRange(this.ref, blob.digest, offset, length, {
+        signal,
+        progress: ctx?.progress,
+        dispatcher,
+      });
+    return this.pipeline && ctx?.bulk ? this.pipeline.lane(get) : get();
   }
 }

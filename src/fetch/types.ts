@@ -24,6 +24,11 @@ export interface FetchContext {
    */
   planned?: boolean;
   /**
+   * Nobody is blocked on the run: it is fill (this host's, or a node's planned fill run at a seed). The
+   * source may queue it behind other such runs (a seed pipelines them on one registry connection).
+   */
+  bulk?: boolean;
+  /**
    * Optional: a source that receives the range in pieces may tell of them (`data` is the whole range's
    * buffer, its first `filled` bytes are in), so that the fetcher verifies and hands out the run's first
    * units before its last ones arrive (cut-through: a seed forwards a block as soon as it is verified).

@@ -5,6 +5,7 @@ import { DfbReader } from '../blob/reader.js';
 import type { Toc } from '../blob/toc.js';
 import type { BlobCache } from '../cache/blob-cache.js';
 import { DfError } from '../errors.js';
+import { adjacentGroups } from '../util/adjacent-groups.js';
 import { backoff } from '../util/backoff.js';
 import { bound, childSignal, realTimers, sleep, type Timers } from '../util/timers.js';
 import { transferTimeoutMs } from '../util/transfer-timeout.js';
@@ -60,12 +61,16 @@ export interface UnitsOptions {
    * and their units' promises reject (the units are fetched again when someone asks).
    */
   signal?: AbortSignal;
+  /** No reader waits on these units (a seed: a node's planned run), whatever the priority: FetchContext.bulk. */
+  bulk?: boolean;
 }
 
 /** A run of units fetched by one task; its priority rises when a more urgent reader joins it. */
 interface RunState {
   priority: Priority;
   only?: readonly SourceKind[];
+  /** Nobody is blocked on it (FetchContext.bulk): fill, or UnitsOptions.bulk, until a reader joins it. */
+  bulk: boolean;
   /** The run's own abort (a cancellable run): follows close() and the caller's cancellation. */
   signal?: AbortSignal;
 }
@@ -248,8 +253,9 @@ export class UnitFetcher {
     }
     let run: Waiter[] = [];
     let runBytes = 0;
+    const bulk = priority === Priority.Fill || opts.bulk === true;
     const flush = () => {
-      if (run.length) this.startRun(run, { priority, only: opts.only }, cancel);
+      if (run.length) this.startRun(run, { priority, only: opts.only, bulk }, cancel);
       run = [];
       runBytes = 0;
     };
@@ -263,6 +269,7 @@ export class UnitFetcher {
           f.run.priority = priority;
           f.run.only = undefined;
         }
+        if (f.run && !opts.bulk && priority !== Priority.Fill) f.run.bulk = false;
         out[k] = f.promise;
         flush();
         continue;
@@ -417,7 +424,12 @@ export class UnitFetcher {
       }
     };
     try {
-      const ctx = { priority: state.priority, planned: state.only !== undefined, progress: check };
+      const ctx = {
+        priority: state.priority,
+        planned: state.only !== undefined,
+        bulk: state.bulk,
+        progress: check,
+      };
       const data = await bound(source.fetch(this.blob, off, len, rq.signal, ctx), {
         signal: rq.signal,
         what,
@@ -485,16 +497,4 @@ export class UnitFetcher {
     const toc = DfbReader.decodeStoredToc(footer, stored.subarray(0, stored.length - FOOTER_SIZE));
     if (!toc.buffer.equals(this.toc.buffer)) throw DfError.corrupt(`DFB TOC of ${this.blob.digest} changed`);
   }
-}
-
-/** `items` (in unit order) split into groups of adjacent units. */
-function adjacentGroups<T>(items: readonly T[], unit: (x: T) => number): T[][] {
-  const out: T[][] = [];
-  for (let a = 0; a < items.length;) {
-    let b = a;
-    while (b + 1 < items.length && unit(items[b + 1]!) === unit(items[b]!) + 1) b++;
-    out.push(items.slice(a, b + 1));
-    a = b + 1;
-  }
-  return out;
 }

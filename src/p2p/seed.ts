@@ -13,6 +13,7 @@ import { freeBytes } from '../util/free-space.js';
 import { bound, realTimers, type Timers } from '../util/timers.js';
 import type { RegistryClient } from '../registry/client.js';
 import { resolveDfbImage } from '../registry/image.js';
+import { RequestPipeline } from '../registry/request-pipeline.js';
 import { parseReference, type ImageReference } from '../registry/reference.js';
 import { resolveClusterToken } from './auth.js';
 import { HostBandwidth, RateLimitedSource } from './bandwidth.js';
@@ -23,6 +24,7 @@ import { loadTls, type TlsMaterial } from './tls.js';
 import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
 import { claimUnits, trackedFile } from './seed-claims.js';
+import { registryAllowed } from './seed-registries.js';
 import { UnitLayout, type Units } from './unit-layout.js';
 
 /** Largest registry request of a seed (its fill and nodes' misses). */
@@ -106,6 +108,8 @@ export class Seed implements BlobProvider {
   private readonly timers: Timers;
   private readonly freeBytes: (dir: string) => Promise<number>;
   private sweepTimer: unknown;
+  /** The registry connections its fill and nodes' planned runs are pipelined on (p2p.seedRegistryPipeline). */
+  private readonly pipeline: RequestPipeline | undefined;
   /** Aborts registry requests of opens at close(). */
   private readonly closer = new AbortController();
 
@@ -119,10 +123,15 @@ export class Seed implements BlobProvider {
     this.tls = loadTls(cfg.p2p.tls);
     this.cache = CacheManager.fromConfig(cfg.cache, { logger: this.log });
     this.bandwidth = new HostBandwidth(cfg.p2p.uploadRate, cfg.p2p.downloadRate);
+    const depth = cfg.p2p.seedRegistryPipeline;
+    this.pipeline = depth > 0 ? new RequestPipeline({ depth }) : undefined;
     this.layers = new LayerStore({
       cache: this.cache,
       sources: (from) => [
-        new RateLimitedSource(new RegistryBlockSource(opts.client, from), this.bandwidth.download),
+        new RateLimitedSource(
+          new RegistryBlockSource(opts.client, from, this.pipeline),
+          this.bandwidth.download,
+        ),
       ],
       memoryCache: new BlockMemoryCache(8 * 1024 * 1024),
       stats: this.stats,
@@ -262,7 +271,7 @@ export class Seed implements BlobProvider {
     const units: number[] = [];
     for (let u = r[0]; u <= r[1]; u++) units.push(u);
     claimUnits(this.tracker, digest, h, units, `${digest} ${offset}+${length}`);
-    const parts = b.layer.fetcher.unitParts(units, Priority.Blocked, sig);
+    const parts = b.layer.fetcher.unitParts(units, Priority.Blocked, sig, { bulk: h?.defer === true });
     const from = offset - b.layout.offset(r[0]);
     const to = offset + length - b.layout.offset(r[1]);
     const last = parts.length - 1;
@@ -485,14 +494,7 @@ export class Seed implements BlobProvider {
     this.opened.clear();
     this.blobs.clear();
     await this.layers.close();
+    await this.pipeline?.close();
     await this.cache.close();
   }
-}
-
-/** Bytes an unprivileged process may still write on the file system of `dir`. */
-
-/** Whether a seed's p2p.seedRegistries (`host[:port]`, `*` = any) lets it fetch from the registry of `ref`. */
-export function registryAllowed(seedRegistries: readonly string[], ref: ImageReference): boolean {
-  const list = seedRegistries.map((r) => r.toLowerCase());
-  return list.includes('*') || list.includes(ref.registry.toLowerCase());
 }

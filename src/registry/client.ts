@@ -48,6 +48,8 @@ export interface RequestOptions {
 export interface RangeOptions extends RequestOptions {
   /** Hears of the range's bytes as they arrive (see readBodyInto). */
   progress?: BodyProgress;
+  /** Another dispatcher than the client's for this request (a seed's pipelined registry connection). */
+  dispatcher?: Dispatcher;
 }
 
 export interface Manifest {
@@ -291,6 +293,7 @@ export class RegistryClient {
         what,
         followRedirects: true,
         signal: opts.signal,
+        dispatcher: opts.dispatcher,
       },
       async (res) => {
         if (res.status === 416) {

@@ -44,6 +44,8 @@ export interface SendRequest {
   retry?: boolean;
   followRedirects?: boolean;
   signal?: AbortSignal;
+  /** Sends this request through another dispatcher than the client's (e.g. a pipelined connection). */
+  dispatcher?: Dispatcher;
 }
 
 export interface SendResponse {
@@ -311,7 +313,7 @@ export class RegistryTransport {
     const onAbort = (): void => ctl.abort();
     req.signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      return await this.dispatcher.request({
+      return await (req.dispatcher ?? this.dispatcher).request({
         origin: url.origin,
         path: `${url.pathname}${url.search}`,
         method,

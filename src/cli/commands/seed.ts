@@ -3,7 +3,8 @@ import { NodeMetrics } from '../../daemon/metrics.js';
 import { createLogger } from '../../log.js';
 import { SeedFiles } from '../../mirror/seed-files.js';
 import { startMirror } from '../../mirror/start-mirror.js';
-import { registryAllowed, Seed } from '../../p2p/seed.js';
+import { Seed } from '../../p2p/seed.js';
+import { registryAllowed } from '../../p2p/seed-registries.js';
 import { configFrom, waitForSignal, type NodeFlags } from '../node-common.js';
 import { makeClient } from '../registry-client.js';
 
