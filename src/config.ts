@@ -170,9 +170,11 @@ const configSchema = z.strictObject({
       /**
        * Seed: registry range requests nobody is blocked on (its fill, nodes' planned fill runs) pipelined
        * at once (HTTP/1.1, about two per connection), so that the next answer follows the last without a
-       * round trip; 0 = off (a registry or proxy that mishandles pipelining). Reads nodes wait on never queue.
+       * round trip. Reads nodes wait on never queue. 0 (the default): off. It made no difference in bench/p2p
+       * (bench/README.md), some proxies mishandle pipelining, and aborting a queued request also fails the
+       * answer ahead of it in undici 7 (the fetcher retries it): opt in, e.g. 8.
        */
-      seedRegistryPipeline: z.number().int().min(0).max(32).default(8),
+      seedRegistryPipeline: z.number().int().min(0).max(32).default(0),
       /**
        * Seed: the registries (`host[:port]`, as in image references; `*` = any) it fetches blobs from for
        * nodes, with its own credentials. Empty (the default): it fetches from none and answers no new blob.

@@ -138,7 +138,13 @@ async function setup() {
     env: {},
     flags: {
       cache: { dir: join(dir, 'seed-cache') },
-      p2p: { clusterToken: TOKEN, listen: '127.0.0.1:0', seedFill: false, seedRegistries: [host] },
+      p2p: {
+        clusterToken: TOKEN,
+        listen: '127.0.0.1:0',
+        seedFill: false,
+        seedRegistries: [host],
+        seedRegistryPipeline: 8,
+      },
     },
   });
   const seed = new Seed({ config, client });
