@@ -63,6 +63,13 @@ export interface ServedBlob {
   /** Optional: a range read for `peer` did not reach it (error, or the peer went away mid-response). */
   undelivered?(offset: number, length: number, peer: string): void;
   /**
+   * Optional (a raw file the seed is still fetching): settles once a read of the range would not wait for
+   * bytes still on their way from the origin (rejects as that read would). The request waits for it before
+   * it takes an upload slot or response memory: a request waiting for the origin is sending nothing, so
+   * it does not keep requests for pieces that are here (another file's) from being sent.
+   */
+  ready?(offset: number, length: number, signal: AbortSignal, hint?: BlobHint): Promise<void>;
+  /**
    * Optional (a seed's raw files): planned requests (`defer=1`) for such blobs served at once, over all of
    * them; more are answered 429 with Retry-After. A seed's uplink shared by every node's pieces in flight
    * sends each piece late, later than other nodes wait for it before they ask the seed for another copy;
@@ -275,15 +282,7 @@ export class BlockServer {
       alive();
       if (!blob) return fail(404, 'blob not served here');
       if (range.offset + range.length > blob.size) return fail(416, 'range beyond the blob');
-      if (blob.uploadSlots && range.defer) {
-        if (this.blobSlotsActive >= blob.uploadSlots) {
-          this.counters.busy++;
-          res.setHeader('retry-after', '1');
-          return fail(429, `busy: sending ${blob.uploadSlots} pieces already; take it from a peer or retry`);
-        }
-        this.blobSlotsActive++;
-        blobSlot = true;
-      }
+      // before anything claims the range for the peer (ready, read)
       const peer = hint.peer;
       if (peer && blob.undelivered) {
         let done = false;
@@ -291,6 +290,21 @@ export class BlockServer {
         res.once('close', () => {
           if (!done) blob.undelivered!(range.offset, range.length, peer);
         });
+      }
+      if (blob.ready) {
+        await blob.ready(range.offset, range.length, ac.signal, hint);
+        alive();
+      }
+      if (blob.uploadSlots && range.defer) {
+        if (this.blobSlotsActive >= blob.uploadSlots) {
+          this.counters.busy++;
+          // not sent: the range is no longer on its way to this peer (ready claimed it)
+          if (peer) blob.undelivered?.(range.offset, range.length, peer);
+          res.setHeader('retry-after', '1');
+          return fail(429, `busy: sending ${blob.uploadSlots} pieces already; take it from a peer or retry`);
+        }
+        this.blobSlotsActive++;
+        blobSlot = true;
       }
       // given back once the response is done (sent, or the client went away)
       const release = await this.budget.take(range.length, ac.signal);
