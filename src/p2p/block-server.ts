@@ -137,8 +137,6 @@ export class BlockServer {
   private fillActive = 0;
   /** Planned requests for blobs with upload slots of their own being served (ServedBlob.uploadSlots). */
   private blobSlotsActive = 0;
-  /** Responses of files still arriving from their origin, by `peer digest`: sent in turn (see turn()). */
-  private readonly turns = new Map<string, Promise<void>>();
   /**
    * Requests refused for a bad token (or, with TLS, handshakes refused), ranges answered, bytes sent,
    * ranges not held, runs deferred (seed), fill runs refused with all upload slots taken.
@@ -272,7 +270,6 @@ export class BlockServer {
     res.on('close', () => ac.abort(DfError.aborted('client went away')));
     this.active++;
     let blobSlot = false;
-    let endTurn: (() => void) | undefined;
     try {
       const hint: BlobHint = {
         repo: range.repo,
@@ -297,11 +294,6 @@ export class BlockServer {
       if (blob.ready) {
         await blob.ready(range.offset, range.length, ac.signal, hint);
         alive();
-        // a file arriving from the origin: one response at a time per node, in the order its pieces came
-        if (peer) {
-          endTurn = await this.turn(`${peer} ${range.digest}`, ac.signal);
-          alive();
-        }
       }
       if (blob.uploadSlots && range.defer) {
         if (this.blobSlotsActive >= blob.uploadSlots) {
@@ -371,34 +363,7 @@ export class BlockServer {
       this.active--;
       if (slot) this.fillActive--;
       if (blobSlot) this.blobSlotsActive--;
-      endTurn?.();
     }
-  }
-
-  /**
-   * Waits until the responses queued before this one under `key` (a node and a file the seed still fetches)
-   * are sent; returns the call that lets the next one go. A node asks for several pieces ahead, which the
-   * seed answers as they arrive from the origin: sent one after another, each piece reaches the node at the
-   * node's full rate in file order (the mirror streams the file in that order) instead of sharing its
-   * link with the pieces after it, and the last piece lands right after the origin's last byte.
-   */
-  private async turn(key: string, signal: AbortSignal): Promise<() => void> {
-    const before = this.turns.get(key) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((r) => (release = r));
-    const tail = before.then(() => mine);
-    this.turns.set(key, tail);
-    const end = () => {
-      release();
-      if (this.turns.get(key) === tail) this.turns.delete(key);
-    };
-    try {
-      await bound(before, { signal, what: 'earlier responses to this node' });
-    } catch (err) {
-      end();
-      throw err;
-    }
-    return end;
   }
 
   /**

@@ -2,8 +2,7 @@
  * A seed's raw files have upload slots of their own (ServedBlob.uploadSlots): planned piece requests
  * (`defer=1`) beyond them get 429 with Retry-After, which the node's seed source reports as busy (no
  * isolation); requests that are not planned are always served, and a slot is given back when its response
- * ends. A file still arriving from its origin (ServedBlob.ready) is sent to each node one response at a
- * time, in turn; other nodes are not held up. Real block server on loopback, reads held by the test.
+ * ends. Real block server on loopback, reads held by the test.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { isBusy, Priority } from '../../src/fetch/types.js';
@@ -74,57 +73,5 @@ describe("a seed's raw-file upload slots", () => {
     s.open();
     expect((await again).length).toBe(1024);
     expect(s.server.counters.busy).toBe(1);
-  });
-
-  it('sends a node the pieces of a file still arriving one response after another; other nodes meanwhile', async () => {
-    const events: string[] = [];
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
-    const provider: BlobProvider = {
-      get: () =>
-        Promise.resolve({
-          size: DATA.length,
-          uploadSlots: 8,
-          ready: (o: number) => {
-            events.push(`ready ${o}`);
-            return Promise.resolve();
-          },
-          read: (o: number, l: number, _s: AbortSignal, h?: { peer?: string }) => {
-            events.push(`read ${h?.peer} ${o}`);
-            const bytes = DATA.subarray(o, o + l);
-            // node-1's first piece: half sent, the rest held by the test (the response is still going)
-            if (o === 0 && h?.peer === 'node-1')
-              return Promise.resolve([
-                Promise.resolve(bytes.subarray(0, l / 2)),
-                held.then(() => bytes.subarray(l / 2)),
-              ]);
-            return Promise.resolve(bytes);
-          },
-        }),
-    };
-    const server = new BlockServer({ provider, clusterToken: 't' });
-    const address = await server.listen('127.0.0.1:0');
-    cleanup.push(async () => {
-      release();
-      await server.close();
-    });
-    const client = (peer: string) => {
-      const http = new HttpBlockClient('t', undefined, peer);
-      cleanup.push(() => http.close());
-      return (o: number) => http.get(address, DIGEST, o, 1024, AbortSignal.timeout(20_000));
-    };
-    const [one, two] = [client('node-1'), client('node-2')];
-    const first = one(0);
-    await until(() => events.includes('read node-1 0'));
-    const second = one(1024);
-    await until(() => events.includes('ready 1024'));
-    // another node's piece is sent while node-1's first is still going ...
-    expect((await two(1024)).equals(DATA.subarray(1024, 2048))).toBe(true);
-    // ... but node-1's next piece waits for it
-    expect(events).not.toContain('read node-1 1024');
-    release();
-    expect((await first).equals(DATA.subarray(0, 1024))).toBe(true);
-    expect((await second).equals(DATA.subarray(1024, 2048))).toBe(true);
-    expect(events.indexOf('read node-1 1024')).toBeGreaterThan(events.indexOf('read node-2 1024'));
   });
 });
