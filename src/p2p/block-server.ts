@@ -43,7 +43,10 @@ export interface BlockServerOptions {
    * earlier responses to be sent, so that a flood of requests costs sockets, not memory.
    */
   maxInflightBytes?: number;
-  /** Requests that may wait for that budget (default 1024); beyond, 503. */
+  /**
+   * Requests that may wait for that budget (default 1024); beyond, 503. As many again may wait for pieces
+   * still on their way from the origin (ServedBlob.ready); beyond, 503 as well.
+   */
   maxQueuedRequests?: number;
   /**
    * Background-fill runs (`fill=1`) served at once (a node: p2p.uploadSlots); more are refused at once with
@@ -75,6 +78,8 @@ export class BlockServer {
   private fillActive = 0;
   /** Planned requests for blobs with upload slots of their own being served (ServedBlob.uploadSlots). */
   private blobSlotsActive = 0;
+  /** Requests waiting for pieces still on their way from the origin (ServedBlob.ready). */
+  private waitingForOrigin = 0;
   /**
    * Requests refused for a bad token (or, with TLS, handshakes refused), ranges answered, bytes sent,
    * ranges not held, runs deferred (seed), fill runs refused with all upload slots taken.
@@ -230,7 +235,19 @@ export class BlockServer {
         });
       }
       if (blob.ready) {
-        await blob.ready(range.offset, range.length, ac.signal, hint);
+        if (this.waitingForOrigin >= (this.opts.maxQueuedRequests ?? 1024)) {
+          res.setHeader('retry-after', '1');
+          return fail(
+            503,
+            `busy: ${this.waitingForOrigin} requests wait for the origin already; retry later`,
+          );
+        }
+        this.waitingForOrigin++;
+        try {
+          await blob.ready(range.offset, range.length, ac.signal, hint);
+        } finally {
+          this.waitingForOrigin--;
+        }
         alive();
       }
       if (blob.uploadSlots && range.defer) {

@@ -4,7 +4,7 @@
  * mirror keeps 8 per blob in flight, and containerd fetches layers at once) gets every one of them as
  * they arrive, none answered 429. Before, the waiting requests held the slots and the others were told
  * "busy" and asked again a second later, so the node fell behind the seed's fetch from the first pieces
- * on. Real Seed with its SeedFiles and block server, an HTTP origin the test feeds, the node's seed source
+ * on. (Pieces that have arrived still share the 8 slots: the origin here sends one piece at a time.) Real Seed with its SeedFiles and block server, an HTTP origin the test feeds, the node's seed source
  * over loopback.
  */
 import { randomBytes } from 'node:crypto';
@@ -33,9 +33,10 @@ afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();
 });
 
-/** An origin that answers the size at once and sends the body only when the test says. */
+/** An origin that answers the size at once and sends the body only as far as the test says. */
 async function heldOrigin(body: Buffer) {
   let res: ServerResponse | undefined;
+  let sent = 0;
   const server = createServer((_req, r) => {
     r.writeHead(200, { 'content-length': body.length });
     r.flushHeaders();
@@ -48,7 +49,12 @@ async function heldOrigin(body: Buffer) {
   });
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/f`,
-    send: () => res!.end(body),
+    /** Sends the body up to byte `to`; the whole of it (and ends) without. */
+    send: (to?: number) => {
+      if (to === undefined) return void res!.end(body.subarray(sent));
+      res!.write(body.subarray(sent, to));
+      sent = to;
+    },
   };
 }
 
@@ -117,7 +123,11 @@ describe("a seed's upload slots while it fetches a file", () => {
     );
     // every request is at the seed, waiting for the origin, before any byte of the file is sent
     while (arrived < PIECES) await new Promise((r) => setTimeout(r, 5));
-    origin.send();
+    // then piece by piece, each once the one before has reached the node: the seed sends one at a time
+    for (let u = 0; u < PIECES; u++) {
+      origin.send(u < PIECES - 1 ? (u + 1) * P : undefined);
+      await pieces[u]!.catch(() => undefined);
+    }
     const got = await Promise.allSettled(pieces);
     expect(got.map((g) => g.status)).toEqual(Array<string>(PIECES).fill('fulfilled'));
     expect(seed.counters.busy).toBe(0);
