@@ -144,6 +144,9 @@ export class ClusterBlobs {
     let table: PieceTable;
     let seed: string;
     const query = { repo: `${req.registry}/${req.repository}`, digest: req.digest };
+    // the blob's tracker connection is set up while the seed answers the table: the first announce (which
+    // the pieces wait for) is then one round trip
+    p2p.prepare({ digest: req.digest, size: 0 });
     try {
       const got = await p2p.fileTable(req.digest, query, MAX_TABLE_BYTES, tq.signal);
       seed = got.seed;

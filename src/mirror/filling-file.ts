@@ -98,23 +98,8 @@ export class FillingFile {
     signal: AbortSignal,
     alive?: () => void,
   ): Promise<Buffer | undefined> {
-    const r = this.layout.unitsFor(offset, length);
-    if (!r) return undefined;
-    for (;;) {
-      if (this.failure !== undefined) throw failedRead(this.failure);
-      if (this.ready > r[1] || this.closed) break;
-      signal.throwIfAborted();
-      alive?.();
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          this.waiters.delete(done);
-          signal.removeEventListener('abort', done);
-          resolve();
-        };
-        this.waiters.add(done);
-        signal.addEventListener('abort', done, { once: true });
-      });
-    }
+    if (!this.layout.unitsFor(offset, length)) return undefined;
+    await this.whenReadable(offset, length, signal, alive);
     if (this.closed) return undefined;
     this.active++;
     try {
@@ -127,11 +112,37 @@ export class FillingFile {
     }
   }
 
+  /**
+   * Settles once the pieces under [offset, offset+length) are readable or the temporary file is closed (a
+   * read then goes to the cache); rejects when the fetch failed or `signal` aborts. A range outside the
+   * file settles at once (its read answers undefined).
+   */
+  async whenReadable(offset: number, length: number, signal: AbortSignal, alive?: () => void): Promise<void> {
+    const r = this.layout.unitsFor(offset, length);
+    if (!r) return;
+    for (;;) {
+      if (this.failure !== undefined) throw failedRead(this.failure);
+      if (this.ready > r[1] || this.closed) return;
+      signal.throwIfAborted();
+      alive?.();
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.waiters.delete(done);
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        this.waiters.add(done);
+        signal.addEventListener('abort', done, { once: true });
+      });
+    }
+  }
+
   /** A ServedBlob of the file while it fills: reads wait for their pieces, each piece's digest is told. */
   served(after: () => ServedBlob | undefined): ServedBlob & { readonly layout: PieceLayout } {
     return {
       size: this.size,
       layout: this.layout,
+      ready: (offset, length, signal, hint) => this.whenReadable(offset, length, signal, hint?.alive),
       read: async (offset, length, signal, hint) =>
         (await this.read(offset, length, signal, hint?.alive)) ?? after()?.read(offset, length, signal),
       pieceDigest: (offset, length) => this.pieceDigest(offset, length),

@@ -14,67 +14,12 @@ import { DEFAULT_MAX_RANGE_BYTES, parseBlockRequest } from './block-request.js';
 import { ByteBudget } from './byte-budget.js';
 import { MAX_PREHEAT_BODY_BYTES, preheatRefs, type PreheatAnswer } from './preheat-request.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
+import type { BlobHint, BlobProvider } from './served-blob.js';
 
 /** Response header: SHA-256 (hex) of a piece a seed serves while it still fetches the file (cut-through). */
 export const PIECE_DIGEST_HEADER = 'x-dfnode-piece-sha256';
 
-/** What a request may tell the server about a blob it does not hold yet (a seed fetches it from there). */
-export interface BlobHint {
-  /** `registry/repository` the blob can be fetched from (never credentials). */
-  repo?: string;
-  size?: number;
-  /** The requesting node's P2P id (header x-dfnode-peer-id), when it sent one. */
-  peer?: string;
-  /** The node may be told to take the range elsewhere (HTTP 409, see ServedBlob.read). */
-  defer?: boolean;
-  /**
-   * Set by the block server: a read that waits for bytes still on their way (a seed's fetch of a file) calls
-   * it when they progress, so that the request's idle limit (requestTimeoutMs) does not cut a slow wait.
-   */
-  alive?: () => void;
-}
-
-/**
- * A served range: its bytes, or the parts that make them up, in order, each settling when it is verified
- * (a seed forwarding blocks as they arrive from the registry). Parts after the first are sent as they
- * come; one that fails then cuts the response short (the client sees a short body and tries elsewhere).
- */
-export type ServedBytes = Buffer | readonly Promise<Buffer>[];
-
-/** A blob this host serves. */
-export interface ServedBlob {
-  readonly size: number;
-  /**
-   * Verified stored bytes [offset, offset+length), or undefined when this host does not hold every unit
-   * under the range (a node; a seed fetches what it misses).
-   */
-  read(
-    offset: number,
-    length: number,
-    signal: AbortSignal,
-    hint?: BlobHint,
-  ): Promise<ServedBytes | undefined>;
-  /**
-   * Optional: the SHA-256 (hex) of the range when it is exactly one piece of a raw file the seed is still
-   * fetching (sent as PIECE_DIGEST_HEADER after the read: the node checks the piece against it, with the
-   * trust it gives the seed's piece table).
-   */
-  pieceDigest?(offset: number, length: number): string | undefined;
-  /** Optional: a range read for `peer` did not reach it (error, or the peer went away mid-response). */
-  undelivered?(offset: number, length: number, peer: string): void;
-  /**
-   * Optional (a seed's raw files): planned requests (`defer=1`) for such blobs served at once, over all of
-   * them; more are answered 429 with Retry-After. A seed's uplink shared by every node's pieces in flight
-   * sends each piece late, later than other nodes wait for it before they ask the seed for another copy;
-   * a few at a time, each piece is soon at a node and spreads from there.
-   */
-  readonly uploadSlots?: number;
-}
-
-export interface BlobProvider {
-  /** The blob, or undefined when this host does not serve it. */
-  get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined>;
-}
+export type { BlobHint, BlobProvider, ServedBlob, ServedBytes } from './served-blob.js';
 
 export interface BlockServerOptions {
   provider: BlobProvider;
@@ -98,7 +43,10 @@ export interface BlockServerOptions {
    * earlier responses to be sent, so that a flood of requests costs sockets, not memory.
    */
   maxInflightBytes?: number;
-  /** Requests that may wait for that budget (default 1024); beyond, 503. */
+  /**
+   * Requests that may wait for that budget (default 1024); beyond, 503. As many again may wait for pieces
+   * still on their way from the origin (ServedBlob.ready); beyond, 503 as well.
+   */
   maxQueuedRequests?: number;
   /**
    * Background-fill runs (`fill=1`) served at once (a node: p2p.uploadSlots); more are refused at once with
@@ -130,6 +78,8 @@ export class BlockServer {
   private fillActive = 0;
   /** Planned requests for blobs with upload slots of their own being served (ServedBlob.uploadSlots). */
   private blobSlotsActive = 0;
+  /** Requests waiting for pieces still on their way from the origin (ServedBlob.ready). */
+  private waitingForOrigin = 0;
   /**
    * Requests refused for a bad token (or, with TLS, handshakes refused), ranges answered, bytes sent,
    * ranges not held, runs deferred (seed), fill runs refused with all upload slots taken.
@@ -275,15 +225,7 @@ export class BlockServer {
       alive();
       if (!blob) return fail(404, 'blob not served here');
       if (range.offset + range.length > blob.size) return fail(416, 'range beyond the blob');
-      if (blob.uploadSlots && range.defer) {
-        if (this.blobSlotsActive >= blob.uploadSlots) {
-          this.counters.busy++;
-          res.setHeader('retry-after', '1');
-          return fail(429, `busy: sending ${blob.uploadSlots} pieces already; take it from a peer or retry`);
-        }
-        this.blobSlotsActive++;
-        blobSlot = true;
-      }
+      // before anything claims the range for the peer (ready, read)
       const peer = hint.peer;
       if (peer && blob.undelivered) {
         let done = false;
@@ -291,6 +233,33 @@ export class BlockServer {
         res.once('close', () => {
           if (!done) blob.undelivered!(range.offset, range.length, peer);
         });
+      }
+      if (blob.ready) {
+        if (this.waitingForOrigin >= (this.opts.maxQueuedRequests ?? 1024)) {
+          res.setHeader('retry-after', '1');
+          return fail(
+            503,
+            `busy: ${this.waitingForOrigin} requests wait for the origin already; retry later`,
+          );
+        }
+        this.waitingForOrigin++;
+        try {
+          await blob.ready(range.offset, range.length, ac.signal, hint);
+        } finally {
+          this.waitingForOrigin--;
+        }
+        alive();
+      }
+      if (blob.uploadSlots && range.defer) {
+        if (this.blobSlotsActive >= blob.uploadSlots) {
+          this.counters.busy++;
+          // not sent: the range is no longer on its way to this peer (ready claimed it)
+          if (peer) blob.undelivered?.(range.offset, range.length, peer);
+          res.setHeader('retry-after', '1');
+          return fail(429, `busy: sending ${blob.uploadSlots} pieces already; take it from a peer or retry`);
+        }
+        this.blobSlotsActive++;
+        blobSlot = true;
       }
       // given back once the response is done (sent, or the client went away)
       const release = await this.budget.take(range.length, ac.signal);

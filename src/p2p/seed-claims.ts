@@ -38,16 +38,28 @@ export function trackedFile(
   file: ServedBlob & { readonly layout: Units },
   uploadSlots?: number,
 ): ServedBlob {
+  const claim = (offset: number, length: number, h: BlobHint | undefined) => {
+    const r = file.layout.unitsFor(offset, length);
+    if (!r) return;
+    const units: number[] = [];
+    for (let u = r[0]; u <= r[1]; u++) units.push(u);
+    claimUnits(tracker, digest, h, units, `${digest} ${offset}+${length}`, true);
+  };
   return {
     size: file.size,
     ...(uploadSlots ? { uploadSlots } : {}),
+    // claimed when the request comes (before it waits for the origin: other nodes are deferred meanwhile)
+    // and again when it is read (the same node: no change)
+    ...(file.ready
+      ? {
+          ready: (offset: number, length: number, sig: AbortSignal, h?: BlobHint) => {
+            claim(offset, length, h);
+            return file.ready!(offset, length, sig, h);
+          },
+        }
+      : {}),
     read: async (offset, length, sig, h) => {
-      const r = file.layout.unitsFor(offset, length);
-      if (r) {
-        const units: number[] = [];
-        for (let u = r[0]; u <= r[1]; u++) units.push(u);
-        claimUnits(tracker, digest, h, units, `${digest} ${offset}+${length}`, true);
-      }
+      claim(offset, length, h);
       return file.read(offset, length, sig, h);
     },
     pieceDigest: file.pieceDigest && ((offset, length) => file.pieceDigest!(offset, length)),

@@ -1,7 +1,8 @@
 /**
  * A flood of valid requests cannot make the block server hold more than its response budget: requests
  * beyond it wait (real listener on loopback, reads held open by the test), too many waiting get 503, and
- * a waiter whose client goes away gives its place back.
+ * a waiter whose client goes away gives its place back. Requests waiting for a seed's file still arriving
+ * from its origin (ServedBlob.ready) hold no budget but are bounded the same way.
  */
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { BlockServer, type BlobProvider } from '../../src/p2p/block-server.js';
@@ -98,5 +99,43 @@ describe('block server: response budget', () => {
     const rest = Promise.all([...held, get(4)]).finally(() => (settled = true));
     await openUntil(h, () => settled);
     expect((await rest).map((b) => b.length)).toEqual([MiB, MiB, MiB]);
+  });
+
+  it('answers 503 beyond the requests allowed to wait for the origin; one that leaves frees its place', async () => {
+    let waiting = 0;
+    let arrive!: () => void;
+    const arrived = new Promise<void>((r) => (arrive = r));
+    const provider: BlobProvider = {
+      get: () =>
+        Promise.resolve({
+          size: DATA.length,
+          // a file whose bytes are still coming: every read waits for the test
+          ready: async (_o: number, _l: number, signal: AbortSignal) => {
+            waiting++;
+            try {
+              await Promise.race([
+                arrived,
+                new Promise((_r, reject) => signal.addEventListener('abort', () => reject(signal.reason))),
+              ]);
+            } finally {
+              waiting--;
+            }
+          },
+          read: (o: number, l: number) => Promise.resolve(DATA.subarray(o, o + l)),
+        }),
+    };
+    const { get } = await start({ ...heldProvider(), provider }, 2);
+    const ac = new AbortController();
+    const held = get(0);
+    const leaving = get(1, ac.signal).catch((e: unknown) => e);
+    await vi.waitFor(() => expect(waiting).toBe(2), { timeout: 10_000 });
+    await expect(get(2)).rejects.toThrow(/HTTP 503/);
+    ac.abort();
+    await leaving;
+    await vi.waitFor(() => expect(waiting).toBe(1), { timeout: 10_000 });
+    const next = get(3);
+    await vi.waitFor(() => expect(waiting).toBe(2), { timeout: 10_000 });
+    arrive();
+    expect((await Promise.all([held, next])).map((b) => b.length)).toEqual([MiB, MiB]);
   });
 });
