@@ -53,7 +53,17 @@ export async function serveTracker(
   });
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(address, trackerServerCredentials(tls), (err, p) =>
-      err ? reject(new DfError('CONFIG', `tracker cannot listen on ${address}: ${err.message}`)) : resolve(p),
+      err
+        ? reject(
+            new DfError(
+              'CONFIG',
+              // grpc-js words a taken port as "No address added ... [listen EADDRINUSE ...]"
+              /EADDRINUSE/.test(err.message)
+                ? `tracker address ${address} is in use (the tracker listens on the block server's port + 1); set p2p.listen`
+                : `tracker cannot listen on ${address}: ${err.message}`,
+            ),
+          )
+        : resolve(p),
     ),
   );
   return {

@@ -63,3 +63,16 @@ describe('tracker client connect', () => {
     expect(r.accepted()).toBe(1);
   });
 });
+
+describe('tracker listen', () => {
+  it('a port in use is said plainly (callers pick another port on "is in use")', async () => {
+    const taken: Server = createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise<void>((r) => taken.close(() => r())));
+    const port = (taken.address() as { port: number }).port;
+    const err = await serveTracker(new TrackerState(), `127.0.0.1:${port}`, TOKEN).catch((e: unknown) => e);
+    expect((err as Error).message).toBe(
+      `tracker address 127.0.0.1:${port} is in use (the tracker listens on the block server's port + 1); set p2p.listen`,
+    );
+  });
+});
