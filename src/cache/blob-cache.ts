@@ -6,7 +6,7 @@ import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { abortReason, bound, realTimers, type Timers } from '../util/timers.js';
 import { Bitmap } from './bitmap.js';
-import { BITMAP_FILE, DATA_FILE, META_FILE, readMeta, writeAtomic, type BlobMeta } from './blob-files.js';
+import { BITMAP_FILE, DATA_FILE, readMeta, writeAtomic, writeMeta, type BlobMeta } from './blob-files.js';
 
 /** Disk writes, injectable so that tests can simulate a full disk. */
 export interface CacheIo {
@@ -130,7 +130,7 @@ export class BlobCache {
           meta = { version: 1, digest: opts.digest, size: opts.size, lastUsed: timers.now() };
           // a new (or untrusted) cache starts from nothing: no bitmap claims anything
           if (!created) await rm(join(opts.dir, BITMAP_FILE), { force: true });
-          await writeAtomic(opts.dir, META_FILE, Buffer.from(JSON.stringify(meta)), !created);
+          await writeMeta(opts.dir, meta, !created);
           step();
         }
         c = new BlobCache(opts, meta);
@@ -193,7 +193,7 @@ export class BlobCache {
     const sync = !this.metaUnsynced;
     await this.disk('write meta', signal, async () => {
       if (sync) await rm(join(this.dir, BITMAP_FILE), { force: true });
-      await writeAtomic(this.dir, META_FILE, Buffer.from(JSON.stringify(this.meta)), sync);
+      await writeMeta(this.dir, this.meta, sync);
     });
     if (delta) this.onChange?.(this, delta);
   }
@@ -381,7 +381,7 @@ export class BlobCache {
           await fh.datasync();
           // the layout this bitmap is read under must be on disk before it
           if (this.metaUnsynced) {
-            await writeAtomic(this.dir, META_FILE, Buffer.from(JSON.stringify(this.meta)));
+            await writeMeta(this.dir, this.meta);
             this.metaUnsynced = false;
           }
           await writeAtomic(this.dir, BITMAP_FILE, snap.encode(filled));
@@ -394,9 +394,7 @@ export class BlobCache {
     }
     if (this.metaDirty) {
       this.metaDirty = false;
-      await this.disk('write meta', signal, () =>
-        writeAtomic(this.dir, META_FILE, Buffer.from(JSON.stringify(this.meta))),
-      );
+      await this.disk('write meta', signal, () => writeMeta(this.dir, this.meta));
     }
   }
 
@@ -448,7 +446,7 @@ export class BlobCache {
       await rm(join(this.dir, BITMAP_FILE), { force: true });
       await fh.truncate(0);
       await fh.truncate(this.size);
-      await writeAtomic(this.dir, META_FILE, Buffer.from(JSON.stringify(this.meta)));
+      await writeMeta(this.dir, this.meta);
     });
     if (delta) this.onChange?.(this, delta);
   }

@@ -21,6 +21,11 @@ export interface BlobMeta {
   verified?: boolean;
 }
 
+/** Writes a blob's meta file (writeAtomic: durable unless `sync` is false). */
+export function writeMeta(dir: string, meta: BlobMeta, sync = true): Promise<void> {
+  return writeAtomic(dir, META_FILE, Buffer.from(JSON.stringify(meta)), sync);
+}
+
 /** Reads a blob's meta file; undefined when missing or not valid. */
 export async function readMeta(dir: string): Promise<BlobMeta | undefined> {
   let text: string;
