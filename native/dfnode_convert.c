@@ -108,7 +108,8 @@ typedef struct {
   int ignore_rest; /* trailing bytes that are not a gzip member */
 } gunzipper;
 
-static void gunzipper_free(napi_env env, void *data, void *hint) {
+/* Finalizer of a handle (napi_create_external) whose state is one malloc'd block: gunzipper, sha256. */
+static void free_handle(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
   free(data);
@@ -121,7 +122,7 @@ static napi_value js_gunzipper(napi_env env, napi_callback_info info) {
   isal_inflate_init(&g->st);
   g->st.crc_flag = ISAL_GZIP;
   napi_value r;
-  if (napi_create_external(env, g, gunzipper_free, NULL, &r) != napi_ok) {
+  if (napi_create_external(env, g, free_handle, NULL, &r) != napi_ok) {
     free(g);
     THROW(env, "gunzipper: cannot create handle");
   }
@@ -246,19 +247,13 @@ typedef struct {
   size_t *lens;
 } sha_job;
 
-static void sha_free(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  free(data);
-}
-
 static napi_value js_sha256(napi_env env, napi_callback_info info) {
   (void)info;
   sha_state *s = calloc(1, sizeof(*s));
   if (!s) THROW(env, "sha256: out of memory");
   SHA256_Init(&s->ctx);
   napi_value r;
-  if (napi_create_external(env, s, sha_free, NULL, &r) != napi_ok) {
+  if (napi_create_external(env, s, free_handle, NULL, &r) != napi_ok) {
     free(s);
     THROW(env, "sha256: cannot create handle");
   }
