@@ -83,7 +83,7 @@ export async function lazyPull(ref: ImageReference, opts: LazyPullOptions): Prom
     // the registry failed: the lease (if containerd made one) is not left to expire, also when this is a
     // CLI that exits right after
     await leasing.then(
-      (id) => ctd.call(ctd.leases, 'Delete', { id, sync: false }).catch(() => undefined),
+      (id) => deleteLease(ctd, id),
       () => undefined,
     );
     throw err;
@@ -92,8 +92,13 @@ export async function lazyPull(ref: ImageReference, opts: LazyPullOptions): Prom
   try {
     return await intoContainerd(resolved, name, lease, opts, progress);
   } finally {
-    await ctd.call(ctd.leases, 'Delete', { id: lease, sync: false }).catch(() => undefined);
+    await deleteLease(ctd, lease);
   }
+}
+
+/** Ends a pull's lease (its failure is not the pull's: the lease expires by its gc label anyway). */
+function deleteLease(ctd: ContainerdClient, id: string): Promise<unknown> {
+  return ctd.call(ctd.leases, 'Delete', { id, sync: false }).catch(() => undefined);
 }
 
 interface ResolvedImage {
