@@ -175,19 +175,27 @@ static const char *parse_string(const char *p, const char *end, struct buf *out)
 
 static const char *parse_value(const char *p, const char *end, int depth);
 
-static const char *parse_container(const char *p, const char *end, int depth, char close, int keyed) {
+/* A member of an object being parsed: its key (decoded) and its value's span; false stops the parse. */
+typedef int (*member_fn)(const char *key, const char *v, const char *vend, void *ctx);
+
+/* The object or array at p (its opening bracket); with `member` (objects), each member is handed to it. */
+static const char *parse_container(const char *p, const char *end, int depth, char close, int keyed,
+                                   member_fn member, void *ctx) {
   if (depth > MAX_DEPTH) return NULL;
   p = skip_ws(p + 1, end);
   if (p < end && *p == close) return p + 1;
   for (;;) {
+    struct buf key = {0};
     if (keyed) {
-      p = parse_string(skip_ws(p, end), end, NULL);
-      if (!p) return NULL;
-      p = skip_ws(p, end);
-      if (p >= end || *p != ':') return NULL;
+      p = parse_string(skip_ws(p, end), end, member ? &key : NULL);
+      if (p) p = skip_ws(p, end);
+      if (!p || p >= end || *p != ':') return free(key.p), NULL;
       p++;
     }
-    p = parse_value(p, end, depth + 1);
+    const char *v = skip_ws(p, end);
+    p = parse_value(v, end, depth + 1);
+    if (p && member && !member(key.p ? key.p : "", v, p, ctx)) p = NULL;
+    free(key.p);
     if (!p) return NULL;
     p = skip_ws(p, end);
     if (p < end && *p == ',') {
@@ -205,9 +213,9 @@ static const char *parse_value(const char *p, const char *end, int depth) {
     case '"':
       return parse_string(p, end, NULL);
     case '{':
-      return parse_container(p, end, depth, '}', 1);
+      return parse_container(p, end, depth, '}', 1, NULL, NULL);
     case '[':
-      return parse_container(p, end, depth, ']', 0);
+      return parse_container(p, end, depth, ']', 0, NULL, NULL);
     case 't':
       return end - p >= 4 && !memcmp(p, "true", 4) ? p + 4 : NULL;
     case 'f':
@@ -231,30 +239,12 @@ struct reply {
   int exit_code;
 };
 
-/* Walks the members of the object at p, calling `member` with each key (decoded) and the value's span. */
-static int members(const char *p, const char *end, int (*member)(const char *key, const char *v, const char *vend, void *ctx),
-                   void *ctx) {
+/* The object that is all of [p, end): each member goes to `member`; false when it is not one. */
+static int members(const char *p, const char *end, member_fn member, void *ctx) {
   p = skip_ws(p, end);
   if (p >= end || *p != '{') return 0;
-  p = skip_ws(p + 1, end);
-  if (p < end && *p == '}') return 1;
-  for (;;) {
-    struct buf key = {0};
-    p = parse_string(skip_ws(p, end), end, &key);
-    if (!p) return free(key.p), 0;
-    p = skip_ws(p, end);
-    if (p >= end || *p != ':') return free(key.p), 0;
-    const char *v = skip_ws(p + 1, end);
-    const char *vend = parse_value(v, end, 1);
-    if (!vend || !member(key.p ? key.p : "", v, vend, ctx)) return free(key.p), 0;
-    free(key.p);
-    p = skip_ws(vend, end);
-    if (p < end && *p == ',') {
-      p++;
-      continue;
-    }
-    return p < end && *p == '}' && skip_ws(p + 1, end) == end;
-  }
+  p = parse_container(p, end, 0, '}', 1, member, ctx);
+  return p && skip_ws(p, end) == end;
 }
 
 static int error_member(const char *key, const char *v, const char *vend, void *ctx) {
