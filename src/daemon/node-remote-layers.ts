@@ -2,7 +2,7 @@ import type { LowerLayer, RemoteLayers, RemoteMount } from '../snapshotter/remot
 import { LayerResolver, lowerTocsOf } from '../snapshotter/remote-layers.js';
 import type { RemoteLayerRecord } from '../snapshotter/types.js';
 import { DFB_LAYER_MEDIA_TYPE } from '../blob/types.js';
-import { silentLogger, type Logger } from '../log.js';
+import type { Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
 import { dfbLayerOf } from '../registry/image.js';
 import type { Descriptor } from '../registry/oci.js';
@@ -12,7 +12,6 @@ import type { NodeRuntime } from './node-runtime.js';
 /** RemoteLayers over an in-process node runtime: FUSE mounts served by this process (they die with it). */
 export class NodeRemoteLayers implements RemoteLayers {
   private readonly resolver: LayerResolver;
-  private readonly log: Logger;
 
   constructor(
     private readonly runtime: NodeRuntime,
@@ -20,7 +19,6 @@ export class NodeRemoteLayers implements RemoteLayers {
     opts: { logger?: Logger; manifestTtlMs?: number; resolver?: LayerResolver } = {},
   ) {
     this.resolver = opts.resolver ?? new LayerResolver(client, opts);
-    this.log = opts.logger ?? silentLogger;
   }
 
   /**
@@ -37,11 +35,10 @@ export class NodeRemoteLayers implements RemoteLayers {
     } catch {
       return;
     }
-    for (const d of layers)
-      if (d.mediaType === DFB_LAYER_MEDIA_TYPE)
-        this.runtime.layers
-          .readToc(dfbLayerOf(d), ref)
-          .catch((err: unknown) => this.log.debug({ err, layer: d.digest }, 'TOC warm-up failed'));
+    this.runtime.layers.warmTocs(
+      layers.filter((d) => d.mediaType === DFB_LAYER_MEDIA_TYPE).map(dfbLayerOf),
+      ref,
+    );
   }
 
   resolve(labels: Record<string, string>, signal?: AbortSignal): Promise<RemoteLayerRecord | undefined> {

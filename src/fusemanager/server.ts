@@ -283,10 +283,7 @@ export class FuseManagerServer {
           } catch (err) {
             throw DfError.invalidArgument(`fuse manager: bad image reference: ${(err as Error).message}`);
           }
-          for (const l of layers)
-            this.rt.layers
-              .readToc(asDfbLayer(l), ref)
-              .catch((err: unknown) => this.log.debug({ err, layer: l.digest }, 'TOC warm-up failed'));
+          this.rt.layers.warmTocs(layers.map(asDfbLayer), ref);
           out = { warming: layers.length };
           break;
         }

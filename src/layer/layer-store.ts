@@ -109,6 +109,17 @@ export class LayerStore {
     return (await bound(reading.loading, { signal, what: `TOC of ${layer.digest}` })).toc;
   }
 
+  /**
+   * readToc of each layer, in the background (a pull or a first Prepare has just resolved an image): failures
+   * are only logged, since the open of the layer reads the TOC again and reports its own error.
+   */
+  warmTocs(layers: readonly DfbLayer[], from: ImageReference): void {
+    for (const l of layers)
+      this.readToc(l, from).catch((err: unknown) =>
+        this.logger.debug({ err, layer: l.digest }, 'TOC warm-up failed'),
+      );
+  }
+
   private startTocRead(layer: DfbLayer, from: ImageReference): TocRead {
     const started = { tocDigest: layer.tocDigest, loading: this.loadTocOnly(layer, from) };
     this.tocReads.set(layer.digest, started);

@@ -13,6 +13,8 @@ import type { NodeRuntime } from '../../src/daemon/node-runtime.js';
 import { FuseManagerClient } from '../../src/fusemanager/client.js';
 import { fuseManagerPaths } from '../../src/fusemanager/protocol.js';
 import { FuseManagerServer } from '../../src/fusemanager/server.js';
+import { LayerStore } from '../../src/layer/layer-store.js';
+import { silentLogger } from '../../src/log.js';
 
 const DIGEST = `sha256:${'a'.repeat(64)}`;
 
@@ -32,6 +34,9 @@ function runtimeDouble(mounted: string[]): NodeRuntime {
         tocReads.push({ image: ref.toString(), digest: layer.digest, tocOffset: layer.tocOffset });
         throw new Error('registry unreachable in this test');
       },
+      // the real one, over the readToc above
+      warmTocs: LayerStore.prototype.warmTocs,
+      logger: silentLogger,
     },
   } as unknown as NodeRuntime;
 }
