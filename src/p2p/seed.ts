@@ -188,9 +188,20 @@ export class Seed implements BlobProvider {
     await this.cache.init();
     await this.files?.init();
     this.scheduleSweep();
-    const blocks = await this.server.listen(this.opts.config.p2p.listen);
-    this.trackerServer = await serveTracker(this.tracker, trackerAddress(blocks), this.token, this.tls);
-    return { blocks, tracker: this.trackerServer.address };
+    const listen = this.opts.config.p2p.listen;
+    // port 0 asks for any free port: the tracker needs the next one too, so a taken port + 1 means
+    // another pair, not a failure (bounded; a fixed port that clashes is the operator's to fix)
+    const anyPort = /:0$/.test(listen);
+    for (let attempt = 1; ; attempt++) {
+      const blocks = await this.server.listen(listen);
+      try {
+        this.trackerServer = await serveTracker(this.tracker, trackerAddress(blocks), this.token, this.tls);
+        return { blocks, tracker: this.trackerServer.address };
+      } catch (err) {
+        await this.server.close();
+        if (!anyPort || attempt >= 20 || !/is in use/.test(DfError.from(err).message)) throw err;
+      }
+    }
   }
 
   get counters() {

@@ -60,6 +60,7 @@ export function seedHarness(token: string) {
       freeBytes?: () => Promise<number>;
       logger?: Logger;
       range?: RangeHook;
+      listen?: string;
     } = {},
   ) {
     const reg = fakeRegistry(tb, extra.range);
@@ -69,7 +70,7 @@ export function seedHarness(token: string) {
         cache: { dir: join(dir, 'seed-cache'), ...extra.cache },
         p2p: {
           clusterToken: token,
-          listen: '127.0.0.1:0',
+          listen: extra.listen ?? '127.0.0.1:0',
           seedFill: extra.seedFill ?? false,
           seedRegistries,
           ...(extra.seedIdleMs ? { seedIdleMs: extra.seedIdleMs } : {}),
