@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { DfError } from '../errors.js';
 
 /**
  * Rendezvous (highest random weight) hashing: every node ranks the seeds for a blob the same way without a
@@ -19,4 +20,26 @@ function weight(seed: string, digest: string): bigint {
 export function trackerAddress(seed: string): string {
   const i = seed.lastIndexOf(':');
   return `${seed.slice(0, i)}:${Number(seed.slice(i + 1)) + 1}`;
+}
+
+/**
+ * Listens on `listen` (a seed's blocks) and starts its tracker on the next port. Port 0 asks for any free
+ * port: when the one picked has its neighbour taken, another pair is tried (bounded) instead of failing.
+ * A fixed port whose neighbour is taken fails with the tracker's "is in use" for the operator to fix.
+ */
+export async function listenPair<T extends { address: string }>(
+  listen: string,
+  blocks: { listen(address: string): Promise<string>; close(): Promise<void> },
+  startTracker: (address: string) => Promise<T>,
+): Promise<{ blocks: string; tracker: T }> {
+  const anyPort = /:0$/.test(listen);
+  for (let attempt = 1; ; attempt++) {
+    const address = await blocks.listen(listen);
+    try {
+      return { blocks: address, tracker: await startTracker(trackerAddress(address)) };
+    } catch (err) {
+      await blocks.close();
+      if (!anyPort || attempt >= 20 || !/is in use/.test(DfError.from(err).message)) throw err;
+    }
+  }
 }

@@ -19,12 +19,12 @@ import { resolveClusterToken } from './auth.js';
 import { HostBandwidth, RateLimitedSource } from './bandwidth.js';
 import { BlockServer, type BlobHint, type BlobProvider, type ServedBlob } from './block-server.js';
 import type { PreheatAnswer } from './preheat-request.js';
-import { trackerAddress } from './rendezvous.js';
+import { listenPair } from './rendezvous.js';
 import { loadTls, type TlsMaterial } from './tls.js';
 import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
 import { claimUnits, trackedFile } from './seed-claims.js';
-import { registryAllowed } from './seed-registries.js';
+import { allowedRepo, registryAllowed } from './seed-registries.js';
 import { UnitLayout, type Units } from './unit-layout.js';
 
 /** Largest registry request of a seed (its fill and nodes' misses). */
@@ -188,20 +188,10 @@ export class Seed implements BlobProvider {
     await this.cache.init();
     await this.files?.init();
     this.scheduleSweep();
-    const listen = this.opts.config.p2p.listen;
-    // port 0 asks for any free port: the tracker needs the next one too, so a taken port + 1 means
-    // another pair, not a failure (bounded; a fixed port that clashes is the operator's to fix)
-    const anyPort = /:0$/.test(listen);
-    for (let attempt = 1; ; attempt++) {
-      const blocks = await this.server.listen(listen);
-      try {
-        this.trackerServer = await serveTracker(this.tracker, trackerAddress(blocks), this.token, this.tls);
-        return { blocks, tracker: this.trackerServer.address };
-      } catch (err) {
-        await this.server.close();
-        if (!anyPort || attempt >= 20 || !/is in use/.test(DfError.from(err).message)) throw err;
-      }
-    }
+    const r = await listenPair(this.opts.config.p2p.listen, this.server, (a) =>
+      serveTracker(this.tracker, a, this.token, this.tls),
+    );
+    return { blocks: r.blocks, tracker: (this.trackerServer = r.tracker).address };
   }
 
   get counters() {
@@ -219,7 +209,7 @@ export class Seed implements BlobProvider {
     let ref: ImageReference | undefined;
     if (!this.blobs.has(digest)) {
       if (!hint.repo) return undefined;
-      ref = this.allowed(digest, hint.repo);
+      ref = allowedRepo(this.opts.config.p2p.seedRegistries, digest, hint.repo, this.log);
       if (!ref)
         throw new DfError(
           'FORBIDDEN',
@@ -430,35 +420,11 @@ export class Seed implements BlobProvider {
     }
   }
 
-  /**
-   * The repository of a node's hint when p2p.seedRegistries allows its registry, else undefined (logged):
-   * a seed fetches with its own credentials only from registries its operator chose, never from a host a
-   * cluster member names.
-   */
-  private allowed(digest: string, repo: string): ImageReference | undefined {
-    let ref: ImageReference;
-    try {
-      ref = parseReference(repo);
-    } catch (err) {
-      this.log.warn({ err, digest, repo }, 'seed refuses a blob: the repository of the request is not valid');
-      return undefined;
-    }
-    if (this.registryAllowed(ref)) return ref;
-    const list = this.opts.config.p2p.seedRegistries;
-    this.log.warn(
-      { digest, repo: ref.repoString, registry: ref.registry },
-      `seed refuses blob ${digest} from ${ref.registry}: not in p2p.seedRegistries ` +
-        `(${list.join(', ') || 'empty'}); add the registry there to seed its blobs`,
-    );
-    return undefined;
-  }
-
   /** Whether p2p.seedRegistries lets this seed fetch from the registry of `ref`. */
   private registryAllowed(ref: ImageReference): boolean {
     return registryAllowed(this.opts.config.p2p.seedRegistries, ref);
   }
 
-  /** Opens a blob with the size the registry gives (HEAD), never a requester's: a wrong hint changes nothing. */
   private async open(digest: string, ref: ImageReference, hinted: number | undefined): Promise<SeedBlob> {
     const size = await this.opts.client.headBlob(ref, digest, { signal: this.closer.signal });
     if (size === undefined) throw DfError.notFound(`blob ${digest} not found in ${ref.repoString}`);
