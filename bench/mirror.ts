@@ -27,13 +27,16 @@ const { values: flags } = parseArgs({
     'work-dir': { type: 'string' },
     keep: { type: 'boolean', default: false },
     'log-level': { type: 'string', default: 'warn' },
+    'link-queue': { type: 'string', default: 'ack-priority' },
     help: { type: 'boolean', default: false },
   },
 });
 if (flags.help) {
   process.stdout.write(
     'node dist/bench/mirror.js [--hosts 1,4,8,16] [--host-mbit 20] [--registry-mbit 40]\n' +
-      '  [--fixture debian-python] [--work-dir DIR] [--keep] [--log-level warn]\n' +
+      '  [--fixture debian-python] [--work-dir DIR] [--keep] [--log-level warn] [--link-queue ack-priority|fifo]\n' +
+      "  --link-queue: ack-priority (default; pure ACKs ahead of bulk data, as a host's fq_codel would) or\n" +
+      "    fifo (htb's default leaf: 1000 packets, 600 ms at 20 Mbit/s, ACKs behind bulk data)\n" +
       "  --keep: leave the work directory, with every node's log and metrics and the seed's log\n",
   );
   process.exit(0);
@@ -44,6 +47,10 @@ if (process.getuid?.() !== 0) {
   process.exit(2);
 }
 const counts = flags.hosts.split(',').map(Number);
+if (!['fifo', 'ack-priority'].includes(flags['link-queue'])) {
+  log(`--link-queue: fifo or ack-priority, not ${flags['link-queue']}`);
+  process.exit(2);
+}
 const MIRROR = '127.0.0.1:65001';
 const METRICS_PORT = 9314;
 
@@ -57,6 +64,7 @@ const cluster = await P2pCluster.create({
   registryMbit: Number(flags['registry-mbit']),
   image: { layout: { dir: fixture, tag: 'latest' } },
   plain: true,
+  ackPriority: flags['link-queue'] === 'ack-priority',
   workDir: join(work, 'cluster'),
   log,
 });

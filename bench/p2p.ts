@@ -31,6 +31,7 @@ const { values: flags } = parseArgs({
     trace: { type: 'boolean', default: false },
     'skip-direct': { type: 'boolean', default: false },
     'queue-ms': { type: 'string' },
+    'link-queue': { type: 'string', default: 'ack-priority' },
     'cpu-prof': { type: 'string' },
     'node-flags': { type: 'string' },
     help: { type: 'boolean', default: false },
@@ -41,7 +42,9 @@ if (flags.help) {
     'node dist/bench/p2p.js [--hosts 1,4,8,16] [--modes dfnode,direct,bittorrent] [--mib 64]\n' +
       '  [--host-mbit 20] [--registry-mbit 40] [--bt-piece-kib 256|1024] [--bt-exit-when-done]\n' +
       '  [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep] [--trace]\n' +
-      '  [--skip-direct] [--queue-ms MS] [--cpu-prof DIR] [--node-flags "FLAGS"]\n' +
+      '  [--skip-direct] [--queue-ms MS] [--link-queue ack-priority|fifo] [--cpu-prof DIR] [--node-flags "FLAGS"]\n' +
+      "  --link-queue: ack-priority (default; pure ACKs ahead of bulk data, as a host's fq_codel would) or\n" +
+      "    fifo (htb's default leaf: 1000 packets, 600 ms at 20 Mbit/s, ACKs behind bulk data)\n" +
       '  --modes: which of dfnode, direct (curl), bittorrent (aria2c + opentracker) run for each N\n' +
       '  --bt-piece-kib: piece size of the torrent (256 or 1024 KiB)\n' +
       '  --bt-exit-when-done: aria2c leechers exit when complete (default: they seed until all are done)\n' +
@@ -67,6 +70,10 @@ for (const m of modes)
     process.exit(2);
   }
 if (flags['skip-direct']) modes.delete('direct');
+if (!['fifo', 'ack-priority'].includes(flags['link-queue'])) {
+  log(`--link-queue: fifo or ack-priority, not ${flags['link-queue']}`);
+  process.exit(2);
+}
 const btPieceBytes = Number(flags['bt-piece-kib']) * 1024;
 try {
   pieceLengthExponent(btPieceBytes);
@@ -93,6 +100,7 @@ const cluster = await P2pCluster.create({
   hostMbit,
   registryMbit,
   queueMs: flags['queue-ms'] ? Number(flags['queue-ms']) : undefined,
+  ackPriority: flags['link-queue'] === 'ack-priority',
   nodeFlags: [
     ...(flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['cpu-prof']}`] : []),
     ...(flags['node-flags']?.split(/\s+/).filter(Boolean) ?? []),

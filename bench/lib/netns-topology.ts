@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { Daemon } from './daemon.js';
 import { run, type RunOptions } from './measure.js';
-import { htbCommands } from './netns.js';
+import { ackPriorityCommands, htbCommands } from './netns.js';
 
 export interface HostSpec {
   name: string;
@@ -29,6 +29,13 @@ export interface TopologyOptions {
    * leaf). Default: htb's default leaf, a FIFO of the veth's txqueuelen (1000 packets: 600 ms at 20 Mbit/s).
    */
   queueMs?: number;
+  /**
+   * Where the kernel has no fair queue: send pure ACKs (TCP packets under 128 bytes) ahead of bulk data
+   * in each shaped link (an htb class of priority 0 picked by a u32 filter), as a host's fq_codel would.
+   * Without it a host whose link is full both ways (a seed downloading while it uploads) holds the ACKs
+   * of its download behind its upload in a FIFO of up to 600 ms.
+   */
+  ackPriority?: boolean;
 }
 
 const live = new Set<NetnsTopology>();
@@ -47,6 +54,7 @@ export class NetnsHost {
     private readonly hub: string,
     readonly mbit: number,
     readonly queueMs = 0,
+    readonly ackPriority = false,
   ) {}
 
   /** `ip netns exec NS cmd args...` as an argv (ip execs the command: a spawned child's PID is the command's). */
@@ -81,7 +89,10 @@ export class NetnsHost {
     return { tx: j[0]!.stats64.tx.bytes, rx: j[0]!.stats64.rx.bytes };
   }
 
-  /** Shapes both directions of the link to `mbit` Mbit/s (htb, with an fq_codel or sfq leaf when available); 0 removes shaping. */
+  /**
+   * Shapes both directions of the link to `mbit` Mbit/s (htb, with an fq_codel or sfq leaf when available,
+   * else ACKs first when ackPriority); 0 removes shaping.
+   */
   async shape(mbit: number): Promise<void> {
     await run('ip', ['netns', 'exec', this.ns, 'tc', 'qdisc', 'del', 'dev', 'eth0', 'root']).catch(
       () => undefined,
@@ -95,7 +106,12 @@ export class NetnsHost {
       [this.hub, this.hubVeth],
     ] as const) {
       const tc = (...a: string[]) => run('ip', ['netns', 'exec', ns, 'tc', ...a]);
-      for (const a of htbCommands(dev, mbit)) await tc(...a);
+      const fair = await tc('qdisc', 'add', 'dev', dev, 'root', 'handle', '1:', 'fq_codel').then(
+        () => tc('qdisc', 'del', 'dev', dev, 'root').then(() => true),
+        () => false,
+      );
+      const ackClass = this.ackPriority && !fair;
+      for (const a of ackClass ? ackPriorityCommands(dev, mbit) : htbCommands(dev, mbit)) await tc(...a);
       // a fair leaf queue where the kernel has one (flows share the link as on a real NIC); else htb's pfifo
       const leaves = [['fq_codel'], ['sfq']];
       if (this.queueMs > 0) {
@@ -144,6 +160,7 @@ export class NetnsTopology {
           hub,
           h.mbit ?? 0,
           opts.queueMs ?? 0,
+          opts.ackPriority ?? false,
         ),
     );
     const topo = new NetnsTopology(hub, hosts, namespaces);

@@ -102,3 +102,87 @@ export function htbCommands(dev: string, mbit: number): string[][] {
     ['class', 'add', 'dev', dev, 'parent', '1:', 'classid', '1:10', 'htb', 'rate', rate, 'ceil', rate],
   ];
 }
+
+/**
+ * htbCommands with pure ACKs first: the same rate split into class 1:5 (priority 0, a tenth of the rate
+ * guaranteed, may borrow all of it) for TCP packets under 128 bytes with no IP options (ACKs, with
+ * timestamps and SACK blocks) and the default class 1:10 (priority 1) for everything else. ACKs are about
+ * 2 % of the data they acknowledge, so their class never runs out of rate and never waits behind bulk data.
+ */
+export function ackPriorityCommands(dev: string, mbit: number): string[][] {
+  const rate = `${mbit}mbit`;
+  const q = ['quantum', '3028'];
+  return [
+    ['qdisc', 'add', 'dev', dev, 'root', 'handle', '1:', 'htb', 'default', '10'],
+    ['class', 'add', 'dev', dev, 'parent', '1:', 'classid', '1:1', 'htb', 'rate', rate, 'ceil', rate, ...q],
+    [
+      'class',
+      'add',
+      'dev',
+      dev,
+      'parent',
+      '1:1',
+      'classid',
+      '1:5',
+      'htb',
+      'rate',
+      `${mbit / 10}mbit`,
+      'ceil',
+      rate,
+      'prio',
+      '0',
+      ...q,
+    ],
+    [
+      'class',
+      'add',
+      'dev',
+      dev,
+      'parent',
+      '1:1',
+      'classid',
+      '1:10',
+      'htb',
+      'rate',
+      `${(mbit * 9) / 10}mbit`,
+      'ceil',
+      rate,
+      'prio',
+      '1',
+      ...q,
+    ],
+    // IPv4, protocol TCP, header length 5 words, total length < 128
+    [
+      'filter',
+      'add',
+      'dev',
+      dev,
+      'parent',
+      '1:',
+      'protocol',
+      'ip',
+      'prio',
+      '1',
+      'u32',
+      'match',
+      'ip',
+      'protocol',
+      '6',
+      '0xff',
+      'match',
+      'u8',
+      '0x05',
+      '0x0f',
+      'at',
+      '0',
+      'match',
+      'u16',
+      '0x0000',
+      '0xff80',
+      'at',
+      '2',
+      'flowid',
+      '1:5',
+    ],
+  ];
+}

@@ -74,6 +74,8 @@ export interface ClusterOptions {
   extraHosts?: string[];
   /** Link buffer in ms (see TopologyOptions.queueMs); default: the veth's own FIFO. */
   queueMs?: number;
+  /** Pure ACKs ahead of bulk data in each link (see TopologyOptions.ackPriority). */
+  ackPriority?: boolean;
   /** Node.js flags for every dfnode process (e.g. `--cpu-prof`, `--cpu-prof-dir=DIR`). */
   nodeFlags?: string[];
   log?: (s: string) => void;
@@ -176,6 +178,7 @@ export class P2pCluster {
     const topo = await NetnsTopology.create({
       prefix: 'dfp2p',
       queueMs: opts.queueMs,
+      ackPriority: opts.ackPriority,
       hosts: [
         { name: 'registry', mbit: opts.registryMbit },
         ...Array.from({ length: opts.seeds ?? 1 }, (_, i) => ({
