@@ -45,6 +45,10 @@ export class NodeRemoteLayers implements RemoteLayers {
     return this.resolver.resolve(labels, signal);
   }
 
+  async checkToc(layer: RemoteLayerRecord, signal?: AbortSignal): Promise<void> {
+    await this.runtime.layers.readToc(dfbOf(layer), parseReference(layer.ref), signal);
+  }
+
   async mount(
     layer: RemoteLayerRecord,
     mountpoint: string,
@@ -52,18 +56,10 @@ export class NodeRemoteLayers implements RemoteLayers {
     signal?: AbortSignal,
   ): Promise<RemoteMount> {
     const ref = parseReference(layer.ref);
-    const mounted = await this.runtime.mountLayer(
-      ref,
-      {
-        digest: layer.digest,
-        size: layer.size,
-        tocDigest: layer.tocDigest,
-        diffId: layer.diffId,
-        tocOffset: layer.tocOffset,
-      },
-      mountpoint,
-      { lowerTocs: lowerTocsOf(lower), signal },
-    );
+    const mounted = await this.runtime.mountLayer(ref, dfbOf(layer), mountpoint, {
+      lowerTocs: lowerTocsOf(lower),
+      signal,
+    });
     return {
       toc: mounted.fs.toc,
       check: () => mounted.mount.check(),
@@ -71,3 +67,11 @@ export class NodeRemoteLayers implements RemoteLayers {
     };
   }
 }
+
+const dfbOf = (layer: RemoteLayerRecord) => ({
+  digest: layer.digest,
+  size: layer.size,
+  tocDigest: layer.tocDigest,
+  diffId: layer.diffId,
+  tocOffset: layer.tocOffset,
+});

@@ -30,10 +30,15 @@ interface LiveMount {
  *
  * Chains are given bottom first (the layer, then the ones above it), so lower TOCs are known when an upper
  * layer is mounted. Callers serialize calls (the metadata store's transaction lock), except `mount` of a
- * snapshot no one else can see yet.
+ * snapshot no one else can see yet; a background mount (mountInBackground) is waited for by every call that
+ * touches its snapshot or a layer above it.
  */
 export class RemoteMountTable {
   private readonly live = new Map<string, LiveMount>();
+  /** Mounts started by mountInBackground and not settled yet, by snapshot id. */
+  private readonly pending = new Map<string, Promise<void>>();
+  /** Whether a mount has succeeded here: until one has, remote Prepares mount before they answer. */
+  private mountedOnce = false;
 
   constructor(private readonly opts: RemoteMountTableOptions) {}
 
@@ -52,8 +57,38 @@ export class RemoteMountTable {
     return chain.map((snapshot) => ({ layer: snapshot.remote!, toc: this.live.get(snapshot.id)?.mount.toc }));
   }
 
+  /** True once a mount has succeeded in this table (mounts work on this host). */
+  get proven(): boolean {
+    return this.mountedOnce;
+  }
+
+  /**
+   * Starts mounting a committed snapshot's layer and returns at once: the pull goes on while the layer
+   * mounts (its TOC known, a FUSE mount to make). Everything that uses the layer (ensureLive, release, the
+   * mount of a layer above it, close) waits for it first. A failure is logged and the layer mounted again on
+   * use, where a second failure reaches the caller.
+   */
+  mountInBackground(snapshot: SnapshotRecord, below: SnapshotRecord[]): void {
+    const done = this.mount(snapshot, below)
+      .catch((err: unknown) =>
+        this.opts.logger.warn(
+          { err, snapshot: snapshot.name, layer: snapshot.remote?.digest },
+          'remote snapshot: mount failed; retried on use',
+        ),
+      )
+      .finally(() => this.pending.delete(snapshot.id));
+    this.pending.set(snapshot.id, done);
+  }
+
+  /** Waits for the background mounts of `chain` (all when omitted) to settle. */
+  private async settle(chain?: SnapshotRecord[]): Promise<void> {
+    const ids = chain ? chain.map((s) => s.id) : [...this.pending.keys()];
+    for (const id of ids) await this.pending.get(id);
+  }
+
   /** Mounts the layer of `snapshot` on its fs/ directory; `below` are its parents, bottom first. */
   async mount(snapshot: SnapshotRecord, below: SnapshotRecord[], signal?: AbortSignal): Promise<void> {
+    await this.settle(below);
     const remote = this.opts.remote;
     if (!snapshot.remote) throw DfError.internal(`snapshot ${snapshot.name} is not a remote layer`);
     if (!remote)
@@ -65,6 +100,7 @@ export class RemoteMountTable {
     await mkdir(mountpoint, { recursive: true });
     const mount = await remote.mount(snapshot.remote, mountpoint, this.lowerLayers(below), signal);
     this.live.set(snapshot.id, { mount, checkedAt: this.opts.now() });
+    this.mountedOnce = true;
   }
 
   /** Takes over the live mount of `snapshot` a previous process left with a server that outlived it. */
@@ -88,6 +124,7 @@ export class RemoteMountTable {
    * within checkTtlMs) and one that is dead or not mounted is mounted again, once.
    */
   async ensureLive(chain: SnapshotRecord[], signal?: AbortSignal): Promise<void> {
+    await this.settle(chain);
     for (const [index, snapshot] of chain.entries()) {
       if (!snapshot.remote) continue;
       const current = this.live.get(snapshot.id);
@@ -144,6 +181,7 @@ export class RemoteMountTable {
 
   /** Unmounts the layer of snapshot `id` (if mounted here) and forgets it. Errors are logged. */
   async release(id: string): Promise<void> {
+    await this.pending.get(id);
     const current = this.live.get(id);
     if (!current) return;
     this.live.delete(id);
@@ -154,6 +192,7 @@ export class RemoteMountTable {
 
   /** Unmounts the layers this process serves; persistent ones (fuse manager) stay for the next process. */
   async close(): Promise<void> {
+    await this.settle();
     for (const [id, current] of this.live) {
       if (current.mount.persistent) continue;
       await current.mount

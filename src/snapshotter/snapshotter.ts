@@ -50,8 +50,10 @@ const targetExists = (tx: MetadataTransaction, target: string): void => {
  *  - active with parents: overlay lowerdir=<parents' fs, nearest first>,upperdir=fs,workdir=work
  *  - view with one parent: ro bind of the parent's fs; view with several: overlay with lowerdir only.
  *
- * Every operation is one store transaction (one at a time); only the mount of a remote Prepare runs outside,
- * between the transaction that records its active snapshot and the one that commits it. Mounting a dead
+ * Every operation is one store transaction (one at a time); only the mount of a remote Prepare runs outside:
+ * until a mount has succeeded here, between the transaction that records its active snapshot and the one
+ * that commits it (a failure then leaves the layer to containerd); after that, in the background once the
+ * snapshot is committed. Mounting a dead
  * remote layer again (Mounts, Prepare/View on top of it) runs inside: it is rare, and the snapshot being used
  * must not be removed meanwhile.
  */
@@ -258,6 +260,7 @@ export class Snapshotter {
     layer: RemoteLayerRecord,
     signal?: AbortSignal,
   ): Promise<void> {
+    if (this.remoteMounts.proven) return this.commitRemote(key, parent, target, labels, layer, signal);
     let made: string | undefined;
     const { snapshot, parents } = await this.store
       .withTransaction(true, async (tx) => {
@@ -302,6 +305,57 @@ export class Snapshotter {
       this.preparing.delete(key);
     }
     this.log.info({ target, layer: layer.digest, image: layer.ref }, 'remote snapshot: layer mounted lazily');
+    throw new DfError(
+      'ALREADY_EXISTS',
+      `target snapshot ${target} already exists (remote layer ${layer.digest})`,
+      { details: { remote: true } },
+    );
+  }
+
+  /**
+   * A remote Prepare once mounts are known to work here: the snapshot is recorded and committed in one
+   * transaction and its layer mounts in the background (RemoteMountTable.mountInBackground), so a pull's next
+   * layer is prepared while this one mounts. Its TOC is checked first (the pull's warm-up has usually read
+   * it): one that cannot be read leaves the layer to containerd, as a failed mount does. A mount that fails
+   * anyway is retried, and its error reported, when a container uses the layer.
+   */
+  private async commitRemote(
+    key: string,
+    parent: string,
+    target: string,
+    labels: Record<string, string>,
+    layer: RemoteLayerRecord,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    try {
+      await this.remote!.checkToc?.(layer, signal);
+    } catch (err) {
+      if (signal?.aborted) throw DfError.from(err, `remote snapshot ${target}`);
+      this.log.warn(
+        { err, target, layer: layer.digest },
+        "remote snapshot: cannot read the layer's TOC; containerd will unpack the layer",
+      );
+      return;
+    }
+    let made: string | undefined;
+    const { snapshot, parents } = await this.store
+      .withTransaction(true, async (tx) => {
+        targetExists(tx, target);
+        const created = tx.createSnapshot(Kind.Active, key, parent, labels, layer);
+        await this.dirs.create(created.snapshot.id, { work: false });
+        made = created.snapshot.id;
+        const labelled = { ...labels, [Labels.dfbLayer]: layer.digest };
+        return { ...created, snapshot: tx.commitActive(key, target, { labels: labelled, remote: layer }) };
+      })
+      .catch(async (err: unknown) => {
+        if (made) await this.dirs.remove(made).catch(() => undefined);
+        throw err;
+      });
+    this.remoteMounts.mountInBackground(snapshot, bottomFirst(parents));
+    this.log.info(
+      { target, layer: layer.digest, image: layer.ref },
+      'remote snapshot: layer committed, mounting',
+    );
     throw new DfError(
       'ALREADY_EXISTS',
       `target snapshot ${target} already exists (remote layer ${layer.digest})`,

@@ -29,6 +29,8 @@ class FakeRemoteLayers implements RemoteLayers {
   readonly live = new Map<string, string>();
   /** Digests whose mount fails. */
   readonly failing = new Set<string>();
+  /** Digests whose TOC cannot be read (checkToc throws). */
+  readonly tocFailing = new Set<string>();
   /** check() throws (the server does not answer). */
   checkFails = false;
   /** Runs inside mount(), before it succeeds or fails. */
@@ -37,6 +39,10 @@ class FakeRemoteLayers implements RemoteLayers {
   async resolve(labels: Record<string, string>): Promise<RemoteLayerRecord | undefined> {
     const digest = labels[Labels.criLayerDigest];
     return digest?.startsWith('sha256:dfb') ? { ref: 'reg/img:1', digest, size: 1234 } : undefined;
+  }
+
+  async checkToc(layer: RemoteLayerRecord): Promise<void> {
+    if (this.tocFailing.has(layer.digest)) throw new Error(`TOC of ${layer.digest} does not verify`);
   }
 
   async mount(layer: RemoteLayerRecord, mountpoint: string, lower?: LowerLayer[]): Promise<RemoteMount> {
@@ -86,10 +92,19 @@ const readMetadata = async (): Promise<{ snapshots: SnapshotRecord[] }> =>
   JSON.parse(await readFile(join(svc.root, 'metadata.json'), 'utf8'));
 const snapshotDirs = async (): Promise<string[]> => (await readdir(join(svc.root, 'snapshots'))).sort();
 
-/** Two remote layers (sha256:dfb1, then sha256:dfb2 on it) committed as L1 and L2. */
+/**
+ * Two remote layers (sha256:dfb1, then sha256:dfb2 on it) committed as L1 and L2, both mounted (the second
+ * mounts in the background: waited for here).
+ */
 async function remoteChain(): Promise<void> {
   await expectCode(client.prepare('extract-1 L1', '', labelsOf('L1', 'sha256:dfb1')), S.ALREADY_EXISTS);
   await expectCode(client.prepare('extract-2 L2', 'L1', labelsOf('L2', 'sha256:dfb2')), S.ALREADY_EXISTS);
+  await until(() => remote.live.size === 2, 'the background mount of L2');
+}
+
+async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  if (!cond()) throw new Error(`timed out waiting for ${what}`);
 }
 
 async function errorOf(call: Promise<unknown>): Promise<grpc.ServiceError> {
@@ -360,5 +375,97 @@ describe('remote layers below a snapshot are checked when it is used', () => {
     clock += 2000;
     await client.mounts('ctr');
     expect(remote.mountsOf('sha256:dfb1')).toHaveLength(2);
+  });
+});
+
+describe('once a mount has worked, a remote Prepare answers before its layer is mounted', () => {
+  /** L1 mounted (the first mount: before its Prepare answered); dfb2's mount held on a gate. */
+  async function heldSecond(): Promise<{ open: () => void; mp2: () => string | undefined }> {
+    await expectCode(client.prepare('extract-1 L1', '', labelsOf('L1', 'sha256:dfb1')), S.ALREADY_EXISTS);
+    expect(remote.live.size).toBe(1); // the first remote Prepare answered after its mount
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    let mp2: string | undefined;
+    remote.duringMount = async (mountpoint, layer) => {
+      if (layer.digest !== 'sha256:dfb2') return;
+      mp2 = mountpoint;
+      await gate;
+    };
+    await expectCode(client.prepare('extract-2 L2', 'L1', labelsOf('L2', 'sha256:dfb2')), S.ALREADY_EXISTS);
+    return { open, mp2: () => mp2 };
+  }
+
+  const settledWithin = async (p: Promise<unknown>, ms: number): Promise<boolean> => {
+    let settled = false;
+    p.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    await new Promise((r) => setTimeout(r, ms));
+    return settled;
+  };
+
+  it('commits it durably at once; a Prepare on top waits for the mount and gets both layers', async () => {
+    const held = await heldSecond();
+    expect((await client.stat('L2')).kind).toBe('COMMITTED');
+    const { snapshots } = await readMetadata();
+    expect(snapshots.map((s) => [s.name, s.kind])).toEqual([
+      ['L1', 3],
+      ['L2', 3],
+    ]);
+    await until(() => held.mp2() !== undefined, 'the mount of L2 to start');
+    expect(remote.live.size).toBe(1);
+
+    const ctr = client.prepare('ctr', 'L2');
+    expect(await settledWithin(ctr, 150)).toBe(false);
+    held.open();
+    const mounts = await ctr;
+    const mp1 = [...remote.live.keys()].find((mp) => remote.live.get(mp) === 'sha256:dfb1');
+    expect(opt(mounts, 'lowerdir')).toBe(`${held.mp2()}:${mp1}`);
+    expect(remote.mountsOf('sha256:dfb2')).toEqual([
+      { digest: 'sha256:dfb2', mountpoint: held.mp2(), lower: ['sha256:dfb1'] },
+    ]);
+  });
+
+  it('Remove waits for the mount in flight and unmounts it', async () => {
+    const held = await heldSecond();
+    await until(() => held.mp2() !== undefined, 'the mount of L2 to start');
+    const removed = client.remove('L2');
+    expect(await settledWithin(removed, 150)).toBe(false);
+    held.open();
+    await removed;
+    expect([...remote.live.values()]).toEqual(['sha256:dfb1']);
+    await expectCode(client.stat('L2'), S.NOT_FOUND);
+  });
+
+  it('a mount that fails in the background is tried again on use, and its error reaches the caller', async () => {
+    await expectCode(client.prepare('extract-1 L1', '', labelsOf('L1', 'sha256:dfb1')), S.ALREADY_EXISTS);
+    remote.failing.add('sha256:dfb2');
+    await expectCode(client.prepare('extract-2 L2', 'L1', labelsOf('L2', 'sha256:dfb2')), S.ALREADY_EXISTS);
+    await until(() => remote.mountsOf('sha256:dfb2').length === 1, 'the background mount');
+    const err = await errorOf(client.prepare('ctr', 'L2'));
+    expect(S[err.code]).toBe('UNAVAILABLE');
+    expect(err.details).toContain('sha256:dfb2');
+    expect(err.details).toContain('registry unreachable');
+    expect(remote.mountsOf('sha256:dfb2')).toHaveLength(2);
+    remote.failing.delete('sha256:dfb2');
+    await client.prepare('ctr', 'L2');
+    expect(remote.live.size).toBe(2);
+  });
+
+  it('a layer whose TOC cannot be read is left to containerd: nothing committed, nothing mounting', async () => {
+    await expectCode(client.prepare('extract-1 L1', '', labelsOf('L1', 'sha256:dfb1')), S.ALREADY_EXISTS);
+    remote.tocFailing.add('sha256:dfb2');
+    const mounts = await client.prepare('extract-2 L2', 'L1', labelsOf('L2', 'sha256:dfb2'));
+    expect(opt(mounts, 'lowerdir')).toBeTruthy(); // an active snapshot on L1 for containerd to fill
+    await expectCode(client.stat('L2'), S.NOT_FOUND);
+    expect(remote.mountsOf('sha256:dfb2')).toEqual([]);
+  });
+
+  it('a snapshotter whose first mount fails keeps mounting before it answers (containerd unpacks)', async () => {
+    remote.failing.add('sha256:dfb1');
+    const mounts = await client.prepare('extract-1 L1', '', labelsOf('L1', 'sha256:dfb1'));
+    expect(mounts.length).toBe(1); // no ALREADY_EXISTS: an active snapshot for containerd to fill
+    await expectCode(client.stat('L1'), S.NOT_FOUND);
   });
 });

@@ -158,12 +158,13 @@ describe.skipIf(req.skip)('remote DFB layers through the snapshotter', () => {
     it(`${name}: Prepare with CRI labels → ALREADY_EXISTS, committed lazily, view shows the files`, async () => {
       const chains = await prepareChain(name, name);
       const parent = chains.at(-1)!;
+      // the layers after the first mount in the background; a View on top waits for them
+      const { mounts } = await call(c, 'View', { key: `${name}-view`, parent, labels: {} });
       const fuse = readMountInfo().filter(
         (x) => x.mountpoint.startsWith(join(work, 'root')) && x.fstype.startsWith('fuse'),
       );
       expect(fuse.length).toBeGreaterThanOrEqual(chains.length);
 
-      const { mounts } = await call(c, 'View', { key: `${name}-view`, parent, labels: {} });
       const mnt = join(work, `mnt-${name}`);
       await mkdir(mnt, { recursive: true });
       const mt = mounts[0];
