@@ -45,8 +45,8 @@ export class NodeRemoteLayers implements RemoteLayers {
     return this.resolver.resolve(labels, signal);
   }
 
-  async checkToc(layer: RemoteLayerRecord, signal?: AbortSignal): Promise<void> {
-    await this.runtime.layers.readToc(dfbOf(layer), parseReference(layer.ref), signal);
+  probe(mountpoint: string): Promise<void> {
+    return this.runtime.probeMount(mountpoint);
   }
 
   async mount(

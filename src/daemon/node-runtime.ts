@@ -14,6 +14,7 @@ import type { BlockSource, FileReader } from '../fetch/types.js';
 import { selectBinding } from '../fuse/select-binding.js';
 import { LayerFs, type InheritedDir } from '../fuse/layer-fs.js';
 import { cleanupStaleMounts, lazyUnmount } from '../fuse/mounts.js';
+import { probeMount } from '../fuse/mount-probe.js';
 import type { FuseBinding, FuseMount } from '../fuse/types.js';
 import type { Layer } from '../layer/layer.js';
 import { LayerStore, layerOptionsFrom } from '../layer/layer-store.js';
@@ -242,6 +243,11 @@ export class NodeRuntime {
     const ml = { layer, fs, mount, readAhead };
     this.mounted.add(ml);
     return ml;
+  }
+
+  /** Mounts an empty layer at `mountpoint` and unmounts it (fuse/mount-probe.ts). */
+  probeMount(mountpoint: string): Promise<void> {
+    return probeMount(this.binding, mountpoint, this.log);
   }
 
   /** Adds what a native mount served in C (direct reads) since the last look to directBytes. */

@@ -55,12 +55,8 @@ export interface RemoteLayers {
    * and mounts again. Implementations without such a process leave it out.
    */
   adopt?(layer: RemoteLayerRecord, mountpoint: string): Promise<RemoteMount | undefined>;
-  /**
-   * Reads and verifies the layer's TOC (the pull's warm-up has usually read it already): a remote Prepare
-   * that answers before its layer is mounted calls it first, so a layer whose TOC cannot be read fails
-   * the pull instead of the container.
-   */
-  checkToc?(layer: RemoteLayerRecord, signal?: AbortSignal): Promise<void>;
+  /** Mounts an empty layer at `mountpoint` and unmounts it: proof that mounts work here (see Snapshotter.start). */
+  probe?(mountpoint: string): Promise<void>;
 }
 
 /** TOCs of `lower` when every one is known (implied directories then inherit their attributes). */

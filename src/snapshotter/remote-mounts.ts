@@ -57,9 +57,13 @@ export class RemoteMountTable {
     return chain.map((snapshot) => ({ layer: snapshot.remote!, toc: this.live.get(snapshot.id)?.mount.toc }));
   }
 
-  /** True once a mount has succeeded in this table (mounts work on this host). */
+  /** True once a mount has succeeded in this table, or a probe mount (proved), i.e. mounts work here. */
   get proven(): boolean {
     return this.mountedOnce;
+  }
+
+  proved(): void {
+    this.mountedOnce = true;
   }
 
   /**

@@ -69,6 +69,8 @@ export class Snapshotter {
   /** Keys of the active snapshots of remote Prepares in flight (not abandoned: Cleanup leaves them). */
   private readonly preparing = new Set<string>();
   private readonly overlayIndexOff = existsSync('/sys/module/overlay/parameters/index');
+  /** The probe mount started by start (see probe). */
+  private probing?: Promise<void>;
   /** One snapshotter per root: a second one would hand out the same ids and remove the first one's dirs. */
   private lock?: DirLock;
 
@@ -103,6 +105,25 @@ export class Snapshotter {
     } catch (err) {
       await this.lock.release();
       throw err;
+    }
+    this.probing = this.probe();
+  }
+
+  /**
+   * Until a mount has worked, a remote Prepare mounts before it answers (so that containerd can unpack a
+   * layer that cannot be mounted); a probe mount at start proves mounts work before the first pull, so
+   * that even its first layer mounts in the background. A failed probe is logged and changes nothing.
+   */
+  private async probe(): Promise<void> {
+    if (!this.remote?.probe || this.remoteMounts.proven) return;
+    try {
+      await this.remote.probe(`${this.root}/probe`);
+      this.remoteMounts.proved();
+    } catch (err) {
+      this.log.warn(
+        { err },
+        'snapshotter: a probe FUSE mount failed; remote layers are mounted before Prepare answers',
+      );
     }
   }
 
@@ -141,6 +162,7 @@ export class Snapshotter {
    * mounted: running containers keep using them and the next snapshotter adopts them.
    */
   async close(): Promise<void> {
+    await this.probing;
     try {
       await this.store.withTransaction(false, () => this.remoteMounts.close());
     } finally {
@@ -260,7 +282,7 @@ export class Snapshotter {
     layer: RemoteLayerRecord,
     signal?: AbortSignal,
   ): Promise<void> {
-    if (this.remoteMounts.proven) return this.commitRemote(key, parent, target, labels, layer, signal);
+    if (this.remoteMounts.proven) return this.commitRemote(key, parent, target, labels, layer);
     let made: string | undefined;
     const { snapshot, parents } = await this.store
       .withTransaction(true, async (tx) => {
@@ -315,9 +337,9 @@ export class Snapshotter {
   /**
    * A remote Prepare once mounts are known to work here: the snapshot is recorded and committed in one
    * transaction and its layer mounts in the background (RemoteMountTable.mountInBackground), so a pull's next
-   * layer is prepared while this one mounts. Its TOC is checked first (the pull's warm-up has usually read
-   * it): one that cannot be read leaves the layer to containerd, as a failed mount does. A mount that fails
-   * anyway is retried, and its error reported, when a container uses the layer.
+   * layer is prepared while this one mounts, and nothing waits for a layer no container has used, not even
+   * for its TOC (the pull's warm-up reads it meanwhile). A mount that fails (a TOC that cannot be read, say)
+   * is retried, and its error reported, when a container uses the layer.
    */
   private async commitRemote(
     key: string,
@@ -325,18 +347,7 @@ export class Snapshotter {
     target: string,
     labels: Record<string, string>,
     layer: RemoteLayerRecord,
-    signal?: AbortSignal,
-  ): Promise<void> {
-    try {
-      await this.remote!.checkToc?.(layer, signal);
-    } catch (err) {
-      if (signal?.aborted) throw DfError.from(err, `remote snapshot ${target}`);
-      this.log.warn(
-        { err, target, layer: layer.digest },
-        "remote snapshot: cannot read the layer's TOC; containerd will unpack the layer",
-      );
-      return;
-    }
+  ): Promise<never> {
     let made: string | undefined;
     const { snapshot, parents } = await this.store
       .withTransaction(true, async (tx) => {

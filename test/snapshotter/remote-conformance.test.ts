@@ -29,8 +29,6 @@ class FakeRemoteLayers implements RemoteLayers {
   readonly live = new Map<string, string>();
   /** Digests whose mount fails. */
   readonly failing = new Set<string>();
-  /** Digests whose TOC cannot be read (checkToc throws). */
-  readonly tocFailing = new Set<string>();
   /** check() throws (the server does not answer). */
   checkFails = false;
   /** Runs inside mount(), before it succeeds or fails. */
@@ -39,10 +37,6 @@ class FakeRemoteLayers implements RemoteLayers {
   async resolve(labels: Record<string, string>): Promise<RemoteLayerRecord | undefined> {
     const digest = labels[Labels.criLayerDigest];
     return digest?.startsWith('sha256:dfb') ? { ref: 'reg/img:1', digest, size: 1234 } : undefined;
-  }
-
-  async checkToc(layer: RemoteLayerRecord): Promise<void> {
-    if (this.tocFailing.has(layer.digest)) throw new Error(`TOC of ${layer.digest} does not verify`);
   }
 
   async mount(layer: RemoteLayerRecord, mountpoint: string, lower?: LowerLayer[]): Promise<RemoteMount> {
@@ -100,6 +94,16 @@ async function remoteChain(): Promise<void> {
   await expectCode(client.prepare('extract-1 L1', '', labelsOf('L1', 'sha256:dfb1')), S.ALREADY_EXISTS);
   await expectCode(client.prepare('extract-2 L2', 'L1', labelsOf('L2', 'sha256:dfb2')), S.ALREADY_EXISTS);
   await until(() => remote.live.size === 2, 'the background mount of L2');
+}
+
+async function settledWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let settled = false;
+  p.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  await new Promise((r) => setTimeout(r, ms));
+  return settled;
 }
 
 async function until(cond: () => boolean, what: string): Promise<void> {
@@ -395,16 +399,6 @@ describe('once a mount has worked, a remote Prepare answers before its layer is 
     return { open, mp2: () => mp2 };
   }
 
-  const settledWithin = async (p: Promise<unknown>, ms: number): Promise<boolean> => {
-    let settled = false;
-    p.then(
-      () => (settled = true),
-      () => (settled = true),
-    );
-    await new Promise((r) => setTimeout(r, ms));
-    return settled;
-  };
-
   it('commits it durably at once; a Prepare on top waits for the mount and gets both layers', async () => {
     const held = await heldSecond();
     expect((await client.stat('L2')).kind).toBe('COMMITTED');
@@ -453,19 +447,45 @@ describe('once a mount has worked, a remote Prepare answers before its layer is 
     expect(remote.live.size).toBe(2);
   });
 
-  it('a layer whose TOC cannot be read is left to containerd: nothing committed, nothing mounting', async () => {
-    await expectCode(client.prepare('extract-1 L1', '', labelsOf('L1', 'sha256:dfb1')), S.ALREADY_EXISTS);
-    remote.tocFailing.add('sha256:dfb2');
-    const mounts = await client.prepare('extract-2 L2', 'L1', labelsOf('L2', 'sha256:dfb2'));
-    expect(opt(mounts, 'lowerdir')).toBeTruthy(); // an active snapshot on L1 for containerd to fill
-    await expectCode(client.stat('L2'), S.NOT_FOUND);
-    expect(remote.mountsOf('sha256:dfb2')).toEqual([]);
-  });
-
   it('a snapshotter whose first mount fails keeps mounting before it answers (containerd unpacks)', async () => {
     remote.failing.add('sha256:dfb1');
     const mounts = await client.prepare('extract-1 L1', '', labelsOf('L1', 'sha256:dfb1'));
     expect(mounts.length).toBe(1); // no ALREADY_EXISTS: an active snapshot for containerd to fill
     await expectCode(client.stat('L1'), S.NOT_FOUND);
+  });
+});
+
+describe('a probe mount at start', () => {
+  it('lets even the first remote Prepare answer before its layer is mounted', async () => {
+    const probes: string[] = [];
+    const probing = Object.assign(remote, {
+      probe: async (mountpoint: string) => void probes.push(mountpoint),
+    });
+    await restart({ remote: probing });
+    await until(() => probes.length === 1, 'the probe');
+    expect(probes).toEqual([join(svc.root, 'probe')]);
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    remote.duringMount = () => gate;
+    await expectCode(client.prepare('extract-1 L1', '', labelsOf('L1', 'sha256:dfb1')), S.ALREADY_EXISTS);
+    expect(remote.live.size).toBe(0);
+    open();
+    await client.prepare('ctr', 'L1');
+    expect(remote.live.size).toBe(1);
+  });
+
+  it('that fails changes nothing: the first remote Prepare mounts before it answers', async () => {
+    const probing = Object.assign(remote, {
+      probe: () => Promise.reject(new Error('fusermount: permission denied')),
+    });
+    await restart({ remote: probing });
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    remote.duringMount = () => gate;
+    const prepared = client.prepare('extract-1 L1', '', labelsOf('L1', 'sha256:dfb1'));
+    expect(await settledWithin(prepared, 150)).toBe(false);
+    open();
+    await expectCode(prepared, S.ALREADY_EXISTS);
+    expect(remote.live.size).toBe(1);
   });
 });
