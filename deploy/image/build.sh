@@ -56,7 +56,7 @@ if ((BUILD)); then
   ls native/build/Release/*.node >/dev/null 2>&1 || npm run build:native >&2
 fi
 [ -f dist/src/cli/dfnode.js ] || { echo "npm run image: dist/ is not built (npm run build)" >&2; exit 1; }
-ls native/build/Release/*.node >/dev/null 2>&1 || { echo "npm run image: the native addon is not built (npm run build:native)" >&2; exit 1; }
+ls native/build/Release/*.node native/build/Release/dfnode-pull >/dev/null 2>&1 || { echo "npm run image: the native addon is not built (npm run build:native)" >&2; exit 1; }
 
 # the default base: its key covers the package list, the suite and the Node binary copied in
 NODE_BIN=$(readlink -f "$(command -v node)")
@@ -70,8 +70,8 @@ fi
 
 KEY=$( (
   echo "$BASE_KEY"
-  cat Containerfile deploy/image/build.sh package.json package-lock.json
-  find native/build/Release -maxdepth 1 -name '*.node' -type f -print0 | sort -z | xargs -0 sha256sum
+  cat Containerfile deploy/image/build.sh package.json package-lock.json bin/dfnode
+  find native/build/Release -maxdepth 1 \( -name '*.node' -o -name dfnode-pull \) -type f -print0 | sort -z | xargs -0 sha256sum
   find dist proto -type f -print0 | sort -z | xargs -0 sha256sum
 ) | sha256sum | cut -c1-16)
 if ((PRINT_KEY)); then echo "$KEY"; exit 0; fi
@@ -141,9 +141,10 @@ cp package.json package-lock.json "$CTX/app/"
 cp -a dist "$CTX/app/dist"
 cp -a proto "$CTX/app/proto"   # the gRPC service definitions, loaded at run time (src/grpc/load-proto.ts)
 cp native/binding.gyp "$CTX/app/native/"
-cp native/build/Release/*.node "$CTX/app/native/build/Release/"
+cp native/build/Release/*.node native/build/Release/dfnode-pull "$CTX/app/native/build/Release/"
 chmod 0755 "$CTX/app/dist/src/cli/dfnode.js" "$CTX/app/dist/src/cli/dfconvert.js"
-ln -s ../dist/src/cli/dfnode.js "$CTX/app/bin/dfnode"
+# bin/dfnode: the launcher (the Node CLI, and `dfnode pull` through the C client without starting Node)
+install -m 0755 bin/dfnode "$CTX/app/bin/dfnode"
 ln -s ../dist/src/cli/dfconvert.js "$CTX/app/bin/dfconvert"
 (cd "$CTX/app" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --prefer-offline >&2)
 rm -f "$CTX/app/package-lock.json"

@@ -81,6 +81,29 @@ describe.skipIf(req.skip || addonBuilt.skip)('container image (podman)', () => {
     expect(c.stdout.trim()).toBe(VERSION);
   });
 
+  it('dfnode pull goes through the C client, which hands a pull no daemon takes to the Node CLI', async () => {
+    const files = await podman([
+      ...['run', '--rm', ...runFlags, '--entrypoint', 'sh', image, '-c'],
+      'test -x /opt/dfnode/native/build/Release/dfnode-pull && head -1 "$(readlink -f "$(command -v dfnode)")"',
+    ]);
+    expect(files.stderr).toBe('');
+    expect(files.stdout.trim()).toBe('#!/bin/sh'); // the launcher, not the Node CLI itself
+    // no daemon on the control socket: the same answer as the Node CLI's
+    const args = [
+      'pull',
+      '--control-socket',
+      '/tmp/none.sock',
+      '--address',
+      '/tmp/none.sock',
+      'reg.example/x:1',
+    ];
+    const fast = await podman(['run', '--rm', ...runFlags, image, ...args]);
+    const node = await podman(['run', '--rm', ...runFlags, '-e', 'DFNODE_NO_FAST_PULL=1', image, ...args]);
+    expect(fast.code).not.toBe(0);
+    expect([fast.code, fast.stdout, fast.stderr]).toEqual([node.code, node.stdout, node.stderr]);
+    expect(fast.stderr).toMatch(/containerd socket \/tmp\/none.sock not found/);
+  });
+
   it('loads the native addon and fuse-native (their libraries are in the image)', async () => {
     const script =
       "require('/opt/dfnode/native/build/Release/dfnode_fuse.node'); require('/opt/dfnode/node_modules/fuse-native'); console.log('loaded')";
