@@ -62,6 +62,7 @@ export class RemoteMountTable {
     return this.mountedOnce;
   }
 
+  /** Marks mounts as working here (a probe mount succeeded: Snapshotter.start). */
   proved(): void {
     this.mountedOnce = true;
   }

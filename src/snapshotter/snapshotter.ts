@@ -53,9 +53,8 @@ const targetExists = (tx: MetadataTransaction, target: string): void => {
  * Every operation is one store transaction (one at a time); only the mount of a remote Prepare runs outside:
  * until a mount has succeeded here, between the transaction that records its active snapshot and the one
  * that commits it (a failure then leaves the layer to containerd); after that, in the background once the
- * snapshot is committed. Mounting a dead
- * remote layer again (Mounts, Prepare/View on top of it) runs inside: it is rare, and the snapshot being used
- * must not be removed meanwhile.
+ * snapshot is committed. Mounting a dead remote layer again (Mounts, Prepare/View on top of it) runs
+ * inside: it is rare, and the snapshot being used must not be removed meanwhile.
  */
 export class Snapshotter {
   readonly root: string;
