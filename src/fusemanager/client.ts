@@ -104,6 +104,11 @@ export class FuseManagerClient {
     return (await this.call<{ released: boolean }>('POST', '/release', { mountpoint })).released;
   }
 
+  /** Mounts an empty layer at `mountpoint` (an existing directory under the node's) and unmounts it. */
+  async probe(mountpoint: string): Promise<void> {
+    await this.call('POST', '/probe', { mountpoint }, { timeoutMs: 10_000 });
+  }
+
   /** Cache contents (with in-use flags) and fetch counters of the manager's runtime (`dfnode status`). */
   status(): Promise<{ blobs: BlobCacheInfo[]; stats: MountRecord['stats'] }> {
     return this.call('GET', '/status', undefined, { timeoutMs: 30_000 });

@@ -1,3 +1,4 @@
+import { mkdir } from 'node:fs/promises';
 import { DFB_LAYER_MEDIA_TYPE } from '../blob/types.js';
 import { dfbLayerOf } from '../registry/image.js';
 import type { Descriptor } from '../registry/oci.js';
@@ -69,6 +70,12 @@ export class ManagedRemoteLayers implements RemoteLayers {
     );
     this.listing = undefined;
     return this.handle(layer, mountpoint);
+  }
+
+  /** The probe mount, made by the manager (which checks that the directory is under the node's). */
+  async probe(mountpoint: string): Promise<void> {
+    await mkdir(mountpoint, { recursive: true });
+    await this.client.probe(mountpoint);
   }
 
   async adopt(layer: RemoteLayerRecord, mountpoint: string): Promise<RemoteMount | undefined> {

@@ -275,6 +275,14 @@ export class FuseManagerServer {
           out = { released: await this.serial(mountpoint, () => this.release(mountpoint)) };
           break;
         }
+        case 'POST /probe': {
+          // an empty layer mounted and unmounted at once (Snapshotter.start's proof that mounts work)
+          const { mountpoint } = releaseRequestSchema.parse(await readJson(req));
+          await this.roots.check(mountpoint);
+          await this.serial(mountpoint, () => this.rt.probeMount(mountpoint));
+          out = { ok: true };
+          break;
+        }
         case 'POST /warm': {
           const { imageRef, layers } = warmRequestSchema.parse(await readJson(req));
           let ref: ImageReference;

@@ -18,6 +18,9 @@ import { silentLogger } from '../../src/log.js';
 
 const DIGEST = `sha256:${'a'.repeat(64)}`;
 
+/** Probe mounts asked of the runtime double (POST /probe). */
+const probed: string[] = [];
+
 /** TOC reads asked of the runtime double (POST /warm): image, digest and TOC offset hint. */
 const tocReads: Array<{ image: string; digest: string; tocOffset?: number }> = [];
 
@@ -29,6 +32,7 @@ function runtimeDouble(mounted: string[]): NodeRuntime {
       return { fs: { toc: undefined } };
     },
     releaseLayer: async () => undefined,
+    probeMount: async (mountpoint: string) => void probed.push(mountpoint),
     layers: {
       readToc: async (layer: { digest: string; tocOffset?: number }, ref: { toString(): string }) => {
         tocReads.push({ image: ref.toString(), digest: layer.digest, tocOffset: layer.tocOffset });
@@ -81,6 +85,7 @@ beforeEach(async () => {
   snapRoot = join(dir, 'snapshotter');
   await mkdir(join(snapRoot, 'snapshots', '1', 'fs'), { recursive: true });
   mounted.length = 0;
+  probed.length = 0;
   tocReads.length = 0;
   server = new FuseManagerServer({
     runtime: runtimeDouble(mounted),
@@ -140,6 +145,16 @@ describe('fuse manager control socket', () => {
     const ok = join(snapRoot, 'snapshots', '1', 'fs');
     expect(await client.mount(mountReq(ok))).toMatchObject({ mountpoint: ok, digest: DIGEST });
     expect(mounted).toEqual([ok]);
+  });
+
+  it('POST /probe mounts an empty layer only under the node directories', async () => {
+    const inside = join(snapRoot, 'probe');
+    await mkdir(inside);
+    await client.probe(inside);
+    expect(probed).toEqual([inside]);
+    await expect(client.probe('/etc/cron.d')).rejects.toMatchObject({ code: 'FORBIDDEN' });
+    await expect(client.probe(snapRoot)).rejects.toMatchObject({ code: 'FORBIDDEN' });
+    expect(probed).toEqual([inside]);
   });
 
   it('answers malformed requests with an error status and keeps serving /health', async () => {
