@@ -201,6 +201,13 @@ describe.skipIf(req.skip)(
       await ctd.ctr(['containers', 'rm', cid]);
     }
 
+    it('the pull took the background path: the probe mount through the fuse manager worked', () => {
+      expect(node.stderr()).not.toMatch(/probe FUSE mount failed/);
+      expect(node.stderr()).toMatch(/layer committed, mounting/);
+      // no layer took the path of a snapshotter that has not seen a mount work (mount, then answer)
+      expect(node.stderr()).not.toMatch(/layer mounted lazily/);
+    });
+
     for (const how of ['SIGTERM', 'SIGKILL'] as const) {
       it(`${how} of dfnode run: the running container reads files it never read before; new containers start`, async () => {
         const manager = managerPid()!;
