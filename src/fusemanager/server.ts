@@ -279,7 +279,15 @@ export class FuseManagerServer {
           // an empty layer mounted and unmounted at once (Snapshotter.start's proof that mounts work)
           const { mountpoint } = releaseRequestSchema.parse(await readJson(req));
           await this.roots.check(mountpoint);
-          await this.serial(mountpoint, () => this.rt.probeMount(mountpoint));
+          await this.serial(mountpoint, () => {
+            // never over a layer this manager serves (it would be hidden while the probe is mounted)
+            if (this.entries.has(mountpoint) || readMountInfo().some((m) => m.mountpoint === mountpoint))
+              throw new DfError(
+                'FAILED_PRECONDITION',
+                `fuse manager: ${mountpoint} is a mount point; a probe needs an unused directory`,
+              );
+            return this.rt.probeMount(mountpoint);
+          });
           out = { ok: true };
           break;
         }

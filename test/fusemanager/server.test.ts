@@ -154,6 +154,10 @@ describe('fuse manager control socket', () => {
     expect(probed).toEqual([inside]);
     await expect(client.probe('/etc/cron.d')).rejects.toMatchObject({ code: 'FORBIDDEN' });
     await expect(client.probe(snapRoot)).rejects.toMatchObject({ code: 'FORBIDDEN' });
+    // not over a layer the manager serves
+    const layer = join(snapRoot, 'snapshots', '1', 'fs');
+    await client.mount(mountReq(layer));
+    await expect(client.probe(layer)).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
     expect(probed).toEqual([inside]);
   });
 
