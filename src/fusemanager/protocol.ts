@@ -9,6 +9,7 @@ import { z } from 'zod';
  *   GET  /mounts    → { mounts: ManagedMount[] }        live mounts (dead ones are dropped first)
  *   POST /mount     MountRequest → ManagedMount          idempotent for the same layer at the same mountpoint
  *   POST /release   { mountpoint } → { released }
+ *   POST /probe     { mountpoint } → { ok }               mounts and unmounts an empty layer (not on a mount point)
  *   POST /warm      WarmRequest → { warming }           reads the layers' TOCs into the cache, in the background
  *   POST /shutdown  → { ok }                             unmounts everything, then the process exits
  *
