@@ -2,18 +2,16 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import { mkdir, open, readFile, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { Bitmap } from '../../src/cache/bitmap.js';
 import { BlobCache, defaultCacheIo, type CacheIo } from '../../src/cache/blob-cache.js';
 import { isDfError } from '../../src/errors.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { tempDir } from '../helpers/temp.js';
 import { flipBits } from '../helpers/bytes.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 /** A fake "blob": 8 units of 1000 bytes + a 500-byte TOC unit. */
 const blob = Buffer.alloc(8500);

@@ -2,17 +2,15 @@
 // the prefetch list format it writes (blob/prefetch-list.ts).
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { formatPrefetchList, parsePrefetchList } from '../../src/blob/prefetch-list.js';
 import { ReadRecorder } from '../../src/daemon/read-recorder.js';
 import type { FileReader } from '../../src/fetch/types.js';
 import { makeBlob, type TestBlob } from '../helpers/dfb.js';
 import { tempDir } from '../helpers/temp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 async function twoLayers(): Promise<{ dir: string; lower: TestBlob; upper: TestBlob }> {
   const { dir, cleanup } = await tempDir();

@@ -1,5 +1,5 @@
 // LayerStore: one reference-counted layer per blob digest; the last release leaves the swarm, then closes.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Toc } from '../../src/blob/toc.js';
 import type { BlobCache } from '../../src/cache/blob-cache.js';
 import type { BlobRef } from '../../src/fetch/types.js';
@@ -8,11 +8,9 @@ import { parseReference } from '../../src/registry/reference.js';
 import type { TestBlob } from '../helpers/dfb.js';
 import { gate } from '../fetch/helpers.js';
 import { storeOverTestBlob, type StoreSetup } from './store-setup.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
-const cleanups: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 /** A swarm that records joins and leaves, and whether the cache was still open when the layer left. */
 class RecordingSwarm implements LayerSwarm {

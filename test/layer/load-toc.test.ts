@@ -1,16 +1,14 @@
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BlobCache } from '../../src/cache/blob-cache.js';
 import { loadToc } from '../../src/layer/load-toc.js';
 import { makeBlob } from '../helpers/dfb.js';
 import { tempDir } from '../helpers/temp.js';
 import { FakeSource } from '../fetch/helpers.js';
 import { forgedBlobOfSize } from './forge-helper.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 async function setup() {
   const { dir, cleanup } = await tempDir();

@@ -16,7 +16,7 @@ export interface StoreSetup {
 
 /** Pushes its clean-ups (store, cache, temp dir) onto `cleanups`, to be run last first. */
 export async function storeOverTestBlob(
-  cleanups: Array<() => Promise<unknown>>,
+  cleanups: Array<() => unknown>,
   opts: { swarm?: LayerSwarm } = {},
 ): Promise<StoreSetup> {
   const { dir, cleanup } = await tempDir('dfnode-layer-store-');

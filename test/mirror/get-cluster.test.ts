@@ -8,20 +8,18 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { runCli } from '../helpers/cli.js';
 import { dfnodeProc, startSeedProc, type SeedProc } from '../helpers/dfnode-proc.js';
 import { sha256Digest, sha256File } from '../helpers/digest.js';
 import { getNodeFlags, startFileOrigin, type FileOrigin } from '../helpers/file-origin.js';
 import { tempDir } from '../helpers/temp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const TOKEN = 'get-cluster-token';
 const MiB = 1024 * 1024;
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 async function setup(
   size: number,

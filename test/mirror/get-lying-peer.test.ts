@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { PieceHasher, pieceSizeFor, PIECE_SIZE } from '../../src/mirror/piece-table.js';
 import { runCli } from '../helpers/cli.js';
 import { startSeedProc } from '../helpers/dfnode-proc.js';
@@ -14,12 +14,10 @@ import { sha256File } from '../helpers/digest.js';
 import { getNodeFlags, startFileOrigin } from '../helpers/file-origin.js';
 import { startLyingPiecePeer } from '../helpers/lying-piece-peer.js';
 import { tempDir } from '../helpers/temp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const TOKEN = 'get-liar-token';
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 describe('dfnode get and a lying peer', () => {
   it('isolates a peer whose pieces fail verification and gets the file from the seed', async () => {

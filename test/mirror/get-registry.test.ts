@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { RegistryClient } from '../../src/registry/client.js';
 import { parseReference } from '../../src/registry/reference.js';
 import { runCli } from '../helpers/cli.js';
@@ -14,13 +14,11 @@ import { sha256Digest, sha256File } from '../helpers/digest.js';
 import { getNodeFlags } from '../helpers/file-origin.js';
 import { requireRegistry, startRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/temp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const TOKEN = 'get-registry-token';
 const req = requireRegistry();
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 describe.skipIf(req.skip)(`dfnode get from a registry ${req.reason}`, () => {
   it('gets a registry blob to two nodes through the seed: the registry serves it once', async () => {

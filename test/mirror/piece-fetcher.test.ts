@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BlobCache } from '../../src/cache/blob-cache.js';
 import { DfError } from '../../src/errors.js';
 import { sourceUnavailable, type BlobRef, type BlockSource, type SourceKind } from '../../src/fetch/types.js';
@@ -13,12 +13,10 @@ import { fetchPieces } from '../../src/mirror/piece-fetcher.js';
 import { PieceHasher, PieceLayout, type PieceTable } from '../../src/mirror/piece-table.js';
 import { flipBits } from '../helpers/bytes.js';
 import { tempDir } from '../helpers/temp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const P = 64 * 1024;
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 async function setup(pieces = 8) {
   const data = randomBytes(pieces * P - 99);

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BlobCache } from '../../src/cache/blob-cache.js';
 import { CacheManager } from '../../src/cache/cache-manager.js';
 import { loadConfig } from '../../src/config.js';
@@ -24,13 +24,11 @@ import { P2pNode } from '../../src/p2p/p2p-node.js';
 import { SeedBlockSource } from '../../src/p2p/seed-block-source.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { tempDir } from '../helpers/temp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const P = 16 * 1024;
 const TOKEN = 'seed-alive-token';
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 async function serve(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<string> {
   const s: Server = createServer(handler);

@@ -11,19 +11,17 @@ import { readdir } from 'node:fs/promises';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CacheManager } from '../../src/cache/cache-manager.js';
 import { decodeTable, pieceSizeFor } from '../../src/mirror/piece-table.js';
 import { SeedFiles } from '../../src/mirror/seed-files.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { tempDir } from '../helpers/temp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 /** The piece size of the files here (1 MiB: pieceSizeFor of a few MiB). */
 const P = pieceSizeFor(3 * 1024 * 1024);
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 /** An origin that sends `body` only as far as the test says (send), then ends or cuts the response. */
 async function feedOrigin(body: Buffer) {

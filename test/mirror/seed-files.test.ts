@@ -4,18 +4,16 @@
  * ETag is unchanged and fetched again when it changes, and pieces are served from the cache.
  */
 import { randomBytes } from 'node:crypto';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CacheManager } from '../../src/cache/cache-manager.js';
 import { decodeTable, verifyPiece } from '../../src/mirror/piece-table.js';
 import { SeedFiles } from '../../src/mirror/seed-files.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { startFileOrigin } from '../helpers/file-origin.js';
 import { tempDir } from '../helpers/temp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 async function setup(origins: (base: string) => string[]) {
   const { dir, cleanup } = await tempDir('dfnode-seed-files-');

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { Priority } from '../../src/fetch/types.js';
 import { decodeTable, MAX_TABLE_BYTES, PieceHasher } from '../../src/mirror/piece-table.js';
@@ -22,16 +22,14 @@ import { Seed, type SeedFileProvider } from '../../src/p2p/seed.js';
 import { SeedBlockSource } from '../../src/p2p/seed-block-source.js';
 import type { RegistryClient } from '../../src/registry/client.js';
 import { tempDir } from '../helpers/temp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const TOKEN = 'seed-slots-filling-token';
 /** The seed's upload slots for raw files (FILE_UPLOAD_SLOTS in src/p2p/seed.ts) and pieces asked for. */
 const SLOTS = 8;
 const PIECES = SLOTS + 4;
 const P = 1024 * 1024;
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 /** An origin that answers the size at once and sends the body only as far as the test says. */
 async function heldOrigin(body: Buffer) {

@@ -2,7 +2,6 @@
 // and a block client to ask it: the set-up of the seed tests. Everything started is closed after each test.
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { afterEach } from 'vitest';
 import { loadConfig, type ConfigInput } from '../../src/config.js';
 import { DfError } from '../../src/errors.js';
 import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
@@ -12,6 +11,7 @@ import type { ImageReference } from '../../src/registry/reference.js';
 import type { Timers } from '../../src/util/timers.js';
 import { makeBlob, type TestBlob } from '../helpers/dfb.js';
 import { tempDir } from '../helpers/temp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 /** Answers a range instead of the default (the blob's bytes at once), e.g. in pieces with a pause. */
 export type RangeHook = (offset: number, length: number, opts: RangeOptions) => Promise<Buffer> | undefined;
@@ -43,10 +43,7 @@ function fakeRegistry(tb: TestBlob, hook?: RangeHook) {
 }
 
 export function seedHarness(token: string) {
-  const cleanups: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    while (cleanups.length) await cleanups.pop()!();
-  });
+  const cleanups = cleanupsAfterEach();
 
   async function startSeed(
     dir: string,

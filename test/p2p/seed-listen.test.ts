@@ -3,21 +3,16 @@
  * the kernel picks has its neighbour taken, the seed takes another pair instead of failing. A fixed port
  * whose neighbour is taken still fails, naming the clash. Real Seed, real sockets on loopback.
  */
-import { createServer, type Server } from 'node:net';
+import { createServer } from 'node:net';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { BlockServer } from '../../src/p2p/block-server.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 import { seedHarness } from './seed-harness.js';
 
 const { setup, startSeed } = seedHarness('seed-listen-token');
 
-const held: Server[] = [];
-afterEach(async () => {
-  vi.restoreAllMocks();
-  while (held.length) {
-    const s = held.pop()!;
-    await new Promise<void>((r) => s.close(() => r()));
-  }
-});
+const cleanups = cleanupsAfterEach();
+afterEach(() => vi.restoreAllMocks());
 
 async function hold(port: number): Promise<number> {
   const s = createServer();
@@ -25,7 +20,7 @@ async function hold(port: number): Promise<number> {
     s.once('error', reject);
     s.listen(port, '127.0.0.1', resolve);
   });
-  held.push(s);
+  cleanups.push(() => new Promise<void>((r) => s.close(() => r())));
   return (s.address() as { port: number }).port;
 }
 

@@ -8,7 +8,7 @@
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
 import { Seed } from '../../src/p2p/seed.js';
@@ -16,6 +16,7 @@ import { UnitLayout } from '../../src/p2p/unit-layout.js';
 import { RegistryClient } from '../../src/registry/client.js';
 import { makeBlob, type TestBlob } from '../helpers/dfb.js';
 import { tempDir } from '../helpers/temp.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const TOKEN = 'seed-registry-pipeline-token';
 
@@ -120,10 +121,7 @@ function rawRegistry(tb: TestBlob) {
   };
 }
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 async function setup() {
   const { dir, cleanup } = await tempDir();

@@ -4,15 +4,13 @@
  * tracker on loopback behind a TCP relay that counts the connections made to it.
  */
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { TrackerClient, serveTracker } from '../../src/p2p/tracker-service.js';
 import { TrackerState } from '../../src/p2p/tracker-state.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const TOKEN = 'tracker-connect-token';
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 /** A relay to `target` on an ephemeral loopback port; counts the connections it accepted. */
 async function relay(target: number): Promise<{ port: number; accepted: () => number }> {

@@ -1,17 +1,15 @@
 // Large work is refused up front when its directory cannot hold it: preheat (the cache) and the helper itself.
 import { tmpdir } from 'node:os';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { preheat } from '../../src/layer/preheat.js';
 import { DFB_LAYER_MEDIA_TYPE, Annotations } from '../../src/blob/types.js';
 import type { RegistryClient } from '../../src/registry/client.js';
 import { parseReference } from '../../src/registry/reference.js';
 import { ensureFreeSpace, freeBytes } from '../../src/util/free-space.js';
 import { storeOverTestBlob } from '../layer/store-setup.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
-const cleanups: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = cleanupsAfterEach();
 
 describe('free space checks', () => {
   it('ensureFreeSpace refuses with NO_SPACE naming the work, the directory and both sizes', async () => {
