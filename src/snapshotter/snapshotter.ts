@@ -42,6 +42,18 @@ const targetExists = (tx: MetadataTransaction, target: string): void => {
     });
 };
 
+/** How a remote layer's snapshot is committed: Prepare's labels plus the layer's digest, and the layer. */
+const remoteCommit = (labels: Record<string, string>, layer: RemoteLayerRecord) => ({
+  labels: { ...labels, [Labels.dfbLayer]: layer.digest },
+  remote: layer,
+});
+
+/** Prepare's answer for a remote layer that is there now (committed under `target`). */
+const remoteExists = (target: string, layer: RemoteLayerRecord): DfError =>
+  new DfError('ALREADY_EXISTS', `target snapshot ${target} already exists (remote layer ${layer.digest})`, {
+    details: { remote: true },
+  });
+
 /**
  * containerd's overlay snapshotter semantics, plus remote (lazily mounted DFB) layers. The rules are the
  * metadata store's; this class makes directories (SnapshotDirs), mounts remote layers (RemoteMountTable) and
@@ -282,22 +294,7 @@ export class Snapshotter {
     signal?: AbortSignal,
   ): Promise<void> {
     if (this.remoteMounts.proven) return this.commitRemote(key, parent, target, labels, layer);
-    let made: string | undefined;
-    const { snapshot, parents } = await this.store
-      .withTransaction(true, async (tx) => {
-        targetExists(tx, target);
-        const created = tx.createSnapshot(Kind.Active, key, parent, labels, layer);
-        // Before the transaction ends: Cleanup must never take it for an abandoned one.
-        this.preparing.add(key);
-        await this.dirs.create(created.snapshot.id, { work: false });
-        made = created.snapshot.id;
-        return created;
-      })
-      .catch(async (err: unknown) => {
-        this.preparing.delete(key);
-        if (made) await this.dirs.remove(made).catch(() => undefined);
-        throw err;
-      });
+    const { snapshot, parents } = await this.recordRemote(key, parent, target, labels, layer, false);
     try {
       try {
         await this.remoteMounts.mount(snapshot, bottomFirst(parents), signal);
@@ -313,10 +310,7 @@ export class Snapshotter {
       }
       try {
         await this.store.withTransaction(true, (tx) =>
-          tx.commitActive(key, target, {
-            labels: { ...labels, [Labels.dfbLayer]: layer.digest },
-            remote: layer,
-          }),
+          tx.commitActive(key, target, remoteCommit(labels, layer)),
         );
       } catch (err) {
         await this.undoRemote(snapshot);
@@ -326,11 +320,7 @@ export class Snapshotter {
       this.preparing.delete(key);
     }
     this.log.info({ target, layer: layer.digest, image: layer.ref }, 'remote snapshot: layer mounted lazily');
-    throw new DfError(
-      'ALREADY_EXISTS',
-      `target snapshot ${target} already exists (remote layer ${layer.digest})`,
-      { details: { remote: true } },
-    );
+    throw remoteExists(target, layer);
   }
 
   /**
@@ -347,30 +337,45 @@ export class Snapshotter {
     labels: Record<string, string>,
     layer: RemoteLayerRecord,
   ): Promise<never> {
-    let made: string | undefined;
-    const { snapshot, parents } = await this.store
-      .withTransaction(true, async (tx) => {
-        targetExists(tx, target);
-        const created = tx.createSnapshot(Kind.Active, key, parent, labels, layer);
-        await this.dirs.create(created.snapshot.id, { work: false });
-        made = created.snapshot.id;
-        const labelled = { ...labels, [Labels.dfbLayer]: layer.digest };
-        return { ...created, snapshot: tx.commitActive(key, target, { labels: labelled, remote: layer }) };
-      })
-      .catch(async (err: unknown) => {
-        if (made) await this.dirs.remove(made).catch(() => undefined);
-        throw err;
-      });
+    const { snapshot, parents } = await this.recordRemote(key, parent, target, labels, layer, true);
     this.remoteMounts.mountInBackground(snapshot, bottomFirst(parents));
     this.log.info(
       { target, layer: layer.digest, image: layer.ref },
       'remote snapshot: layer committed, mounting',
     );
-    throw new DfError(
-      'ALREADY_EXISTS',
-      `target snapshot ${target} already exists (remote layer ${layer.digest})`,
-      { details: { remote: true } },
-    );
+    throw remoteExists(target, layer);
+  }
+
+  /**
+   * One transaction: the active snapshot `key` of a remote Prepare, with its directory, and when `commit`,
+   * that snapshot committed as `target` (else it is marked as being prepared, for Cleanup to spare). When
+   * the transaction fails the directory goes again.
+   */
+  private async recordRemote(
+    key: string,
+    parent: string,
+    target: string,
+    labels: Record<string, string>,
+    layer: RemoteLayerRecord,
+    commit: boolean,
+  ): Promise<{ snapshot: SnapshotRecord; parents: SnapshotRecord[] }> {
+    let made: string | undefined;
+    return this.store
+      .withTransaction(true, async (tx) => {
+        targetExists(tx, target);
+        const created = tx.createSnapshot(Kind.Active, key, parent, labels, layer);
+        // Before the transaction ends: Cleanup must never take it for an abandoned one.
+        if (!commit) this.preparing.add(key);
+        await this.dirs.create(created.snapshot.id, { work: false });
+        made = created.snapshot.id;
+        if (!commit) return created;
+        return { ...created, snapshot: tx.commitActive(key, target, remoteCommit(labels, layer)) };
+      })
+      .catch(async (err: unknown) => {
+        this.preparing.delete(key);
+        if (made) await this.dirs.remove(made).catch(() => undefined);
+        throw err;
+      });
   }
 
   /** Undoes a remote Prepare that failed after its active snapshot was recorded: unmount, record, directory. */
