@@ -8,7 +8,13 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { BlobCache } from '../../src/cache/blob-cache.js';
 import { DfError } from '../../src/errors.js';
-import { sourceUnavailable, type BlobRef, type BlockSource, type SourceKind } from '../../src/fetch/types.js';
+import {
+  deferredBySource,
+  sourceUnavailable,
+  type BlobRef,
+  type BlockSource,
+  type SourceKind,
+} from '../../src/fetch/types.js';
 import { fetchPieces } from '../../src/mirror/piece-fetcher.js';
 import { PieceHasher, PieceLayout, type PieceTable } from '../../src/mirror/piece-table.js';
 import { flipBits } from '../helpers/bytes.js';
@@ -239,5 +245,54 @@ describe('piece fetcher', () => {
       }),
     ).rejects.toMatchObject({ code: 'DIGEST_MISMATCH' });
     expect(calls).toBe(2);
+  });
+
+  it('keeps at most seedConcurrency requests at the seed, and a deferred piece frees its worker for another', async () => {
+    const { data, table, open } = await setup(8);
+    const cache = await open();
+    const peers = source('peer', data, () => 'none');
+    const calls: number[] = [];
+    let inFlight = 0;
+    let most = 0;
+    let defers = 2;
+    const seed: BlockSource = {
+      kind: 'seed',
+      name: 'seed',
+      async fetch(_b, offset, length) {
+        const u = offset / P;
+        calls.push(u);
+        // piece 0 is on its way to another node, twice
+        if (u === 0 && defers-- > 0) throw deferredBySource(`piece 0 goes to another node`);
+        most = Math.max(most, ++inFlight);
+        await new Promise((r) => setTimeout(r, 20));
+        inFlight--;
+        return Buffer.from(data.subarray(offset, offset + length));
+      },
+    };
+    const bytes = await fetchPieces({
+      table,
+      cache,
+      sources: [peers.s, seed],
+      signal: new AbortController().signal,
+      concurrency: 6,
+      seedConcurrency: 2,
+      window: 1,
+    });
+    expect(bytes.seed).toBe(table.size);
+    expect(most).toBe(2);
+    // piece 0 deferred: the next pieces were asked for before it was asked again, and all of them before
+    // it was served (its retry waits 250 ms)
+    expect(calls[0]).toBe(0);
+    expect(calls.indexOf(1)).toBeLessThan(calls.indexOf(0, 1));
+    expect(
+      calls
+        .slice(0, -1)
+        .filter((u) => u !== 0)
+        .sort(),
+    ).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(calls.filter((u) => u === 0)).toHaveLength(3);
+    // the peers were asked for the pieces that waited (the deferred one, and those the seed's share held back)
+    expect(peers.calls.filter((u) => u === 0).length).toBe(3);
+    expect((await cache.verifyComplete()).ok).toBe(true);
   });
 });
