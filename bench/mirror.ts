@@ -28,6 +28,7 @@ const { values: flags } = parseArgs({
     keep: { type: 'boolean', default: false },
     'log-level': { type: 'string', default: 'warn' },
     'link-queue': { type: 'string', default: 'ack-priority' },
+    modes: { type: 'string', default: 'direct,mirror' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -35,6 +36,8 @@ if (flags.help) {
   process.stdout.write(
     'node dist/bench/mirror.js [--hosts 1,4,8,16] [--host-mbit 20] [--registry-mbit 40]\n' +
       '  [--fixture debian-python] [--work-dir DIR] [--keep] [--log-level warn] [--link-queue ack-priority|fifo]\n' +
+      '  [--modes direct,mirror]\n' +
+      '  --modes: which pulls to time (mirror alone is quicker for trying mirror changes)\n' +
       "  --link-queue: ack-priority (default; pure ACKs ahead of bulk data, as a host's fq_codel would) or\n" +
       "    fifo (htb's default leaf: 1000 packets, 600 ms at 20 Mbit/s, ACKs behind bulk data)\n" +
       "  --keep: leave the work directory, with every node's log and metrics and the seed's log\n",
@@ -49,6 +52,11 @@ if (process.getuid?.() !== 0) {
 const counts = flags.hosts.split(',').map(Number);
 if (!['fifo', 'ack-priority'].includes(flags['link-queue'])) {
   log(`--link-queue: fifo or ack-priority, not ${flags['link-queue']}`);
+  process.exit(2);
+}
+const modes = new Set(flags.modes.split(','));
+if (![...modes].every((m) => m === 'direct' || m === 'mirror')) {
+  log(`--modes: direct and/or mirror, not ${flags.modes}`);
   process.exit(2);
 }
 const MIRROR = '127.0.0.1:65001';
@@ -121,7 +129,7 @@ try {
     const hosts = cluster.nodes.slice(0, n);
     const dir = join(work, `n${n}`);
     // direct: containerd pulls from the registry
-    {
+    if (modes.has('direct')) {
       const ctds: PrivateContainerd[] = [];
       for (const h of hosts) {
         const c = await PrivateContainerd.start(join(dir, 'direct', h.name), { launch: launch(h) });
@@ -143,7 +151,7 @@ try {
       await stopRunning();
     }
     // mirror: a fresh seed, fresh node caches and containerds
-    {
+    if (modes.has('mirror')) {
       const seed = await cluster.startSeed({ DFNODE_LOG_LEVEL: flags['log-level'] });
       const ctds: PrivateContainerd[] = [];
       for (const h of hosts) {

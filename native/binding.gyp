@@ -15,6 +15,12 @@
       "defines": ["NAPI_VERSION=8"]
     },
     {
+      "target_name": "dfnode_net",
+      "sources": ["dfnode_net.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"],
+      "defines": ["NAPI_VERSION=8"]
+    },
+    {
       "target_name": "dfnode-pull",
       "type": "executable",
       "sources": ["dfnode_pull.c"],

@@ -11,6 +11,8 @@ const here = dirname(fileURLToPath(import.meta.url));
 export const addonPath = join(here, 'build', 'Release', 'dfnode_fuse.node');
 /** The converter's addon (dfnode_convert.c), another target of the same binding.gyp. */
 export const convertAddonPath = join(here, 'build', 'Release', 'dfnode_convert.node');
+/** Socket options for the P2P block client (dfnode_net.c: SO_RCVLOWAT). */
+export const netAddonPath = join(here, 'build', 'Release', 'dfnode_net.node');
 /** `dfnode pull`'s client without Node (dfnode_pull.c, an executable target; bin/dfnode runs it). */
 export const pullClientPath = join(here, 'build', 'Release', 'dfnode-pull');
 
@@ -39,7 +41,7 @@ function nodeDir(): string | undefined {
 }
 
 function upToDate(): boolean {
-  const outputs = [addonPath, convertAddonPath, pullClientPath];
+  const outputs = [addonPath, convertAddonPath, netAddonPath, pullClientPath];
   if (!outputs.every((p) => existsSync(p))) return false;
   const built = Math.min(...outputs.map((p) => statSync(p).mtimeMs));
   return readdirSync(here)

@@ -1,7 +1,5 @@
-import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { nativeBuildPath } from '../util/native-path.js';
 
 const require = createRequire(import.meta.url);
 
@@ -42,17 +40,11 @@ export interface ConvertAddon {
 let addon: ConvertAddon | null | undefined;
 let loadError: string | undefined;
 
-/** native/build/Release/dfnode_convert.node above this module (src/blob or dist/src/blob). */
+/** native/build/Release/dfnode_convert.node (DFNODE_CONVERT_ADDON overrides; `none`: no addon). */
 function addonPath(): string | undefined {
   const env = process.env.DFNODE_CONVERT_ADDON;
   if (env) return env === 'none' ? undefined : env;
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 5; i++) {
-    if (existsSync(join(dir, 'native', 'binding.gyp')))
-      return join(dir, 'native', 'build', 'Release', 'dfnode_convert.node');
-    dir = dirname(dir);
-  }
-  return undefined;
+  return nativeBuildPath('dfnode_convert.node');
 }
 
 /** The addon, or null when it is not built or does not load (convertAddonError() says why). */

@@ -1,7 +1,5 @@
-import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { nativeBuildPath } from '../util/native-path.js';
 import { DfError } from '../errors.js';
 
 const require = createRequire(import.meta.url);
@@ -98,19 +96,9 @@ export interface NativeInfo {
   dirBytes: number;
 }
 
-/** native/ at the package root, from src/fuse/ (tsx, vitest) or dist/src/fuse/ (compiled). */
-function nativeDir(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 5; i++) {
-    if (existsSync(join(dir, 'native', 'binding.gyp'))) return join(dir, 'native');
-    dir = dirname(dir);
-  }
-  return resolve(dirname(fileURLToPath(import.meta.url)), '../../native');
-}
-
 /** Path of the built addon (DFNODE_FUSE_ADDON overrides). */
 export function nativeAddonPath(): string {
-  return process.env.DFNODE_FUSE_ADDON ?? join(nativeDir(), 'build', 'Release', 'dfnode_fuse.node');
+  return process.env.DFNODE_FUSE_ADDON ?? nativeBuildPath('dfnode_fuse.node');
 }
 
 let addon: NativeAddon | undefined;

@@ -1,7 +1,9 @@
-import { Agent } from 'undici';
+import type { Socket } from 'node:net';
+import { Agent, buildConnector } from 'undici';
 import { DfError } from '../errors.js';
 import type { TokenBucket } from '../util/token-bucket.js';
 import { dispatchInto, type DispatchedResponse } from '../util/dispatch-into.js';
+import { bodyRemaining, rcvLowatEnabled, trackReads } from '../util/rcv-lowat.js';
 import { busyAtSource, deferredBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 import { PIECE_DIGEST_HEADER } from './block-server.js';
@@ -23,6 +25,8 @@ const ERROR_TEXT_BYTES = 200;
 export class HttpBlockClient {
   private readonly agent: Agent;
   private readonly scheme: 'http' | 'https';
+  /** Plain TCP with SO_RCVLOWAT (src/util/rcv-lowat.ts): a block's body wakes the process per 64 KiB. */
+  private readonly lowat: boolean;
 
   constructor(
     private readonly clusterToken: string,
@@ -32,10 +36,20 @@ export class HttpBlockClient {
     tls?: TlsMaterial,
   ) {
     this.scheme = tls ? 'https' : 'http';
+    this.lowat = !tls && rcvLowatEnabled();
+    const connectOptions = { timeout: CONNECT_TIMEOUT_MS, ...(tls && clientTlsOptions(tls)) };
+    const connect = this.lowat ? buildConnector(connectOptions) : undefined;
     this.agent = new Agent({
       keepAliveTimeout: 30_000,
       connections: 16,
-      connect: { timeout: CONNECT_TIMEOUT_MS, ...(tls && clientTlsOptions(tls)) },
+      connect: connect
+        ? (opts, cb) =>
+            connect(opts, (err, socket) => {
+              if (socket) trackReads(socket as Socket);
+              // undici's callback type is a union of (error, null) and (null, socket)
+              (cb as (e: Error | null, s: typeof socket) => void)(err, socket);
+            })
+        : connectOptions,
       // the caller's signal bounds each request (its limit grows with the size)
       headersTimeout: 0,
       bodyTimeout: 0,
@@ -68,6 +82,7 @@ export class HttpBlockClient {
           ...(this.peerId ? { [PEER_ID_HEADER]: this.peerId } : {}),
         },
         signal,
+        ...(this.lowat ? { onRemaining: bodyRemaining } : {}),
         onHead: (status, headers) => {
           alive?.();
           // an error answer: the start of its text, for the message; the rest is dropped unread

@@ -1,0 +1,78 @@
+import { createRequire } from 'node:module';
+import type { Socket } from 'node:net';
+import { nativeBuildPath } from './native-path.js';
+
+const require = createRequire(import.meta.url);
+
+/**
+ * Fewer wake-ups per response on a slow link. A 1 MiB answer at 20 Mbit/s reaches the process in hundreds of
+ * reads of a segment or two, and every read costs a trip through the event loop, the socket and the HTTP
+ * parser: per-read work, not per-byte work, is what a node spends its CPU on there (bench/dataplane). With
+ * SO_RCVLOWAT set to what is left of the body (at most the limit below), epoll reports the socket readable
+ * once that much is queued, so the process wakes about once per limit's bytes.
+ *
+ * The mark is only ever the exact number of body bytes still to come (or fewer), and back at 1 once the
+ * body is complete, so a socket never waits for bytes that will not be sent; a closing peer or a nearly full
+ * receive window wakes it regardless (the kernel's rule). Plain TCP only (a TLS record's framing is not the
+ * body's length). Off without the native addon (native/dfnode_net.c) or with DFNODE_RCVLOWAT=0;
+ * DFNODE_RCVLOWAT=N sets the limit in bytes (default 65536).
+ */
+interface NetAddon {
+  setRcvLowat(fd: number, bytes: number): boolean;
+}
+
+const DEFAULT_LIMIT = 64 * 1024;
+
+let addon: NetAddon | null | undefined;
+let limit = DEFAULT_LIMIT;
+
+function netAddon(): NetAddon | null {
+  if (addon !== undefined) return addon;
+  const env = process.env.DFNODE_RCVLOWAT;
+  if (env !== undefined && env !== '') limit = Math.max(0, Math.min(Number(env) || 0, 16 << 20));
+  if (limit <= 1) return (addon = null);
+  try {
+    addon = require(nativeBuildPath('dfnode_net.node')) as NetAddon;
+  } catch {
+    addon = null;
+  }
+  return addon;
+}
+
+/** Whether low-water marks are in use in this process. */
+export function rcvLowatEnabled(): boolean {
+  return netAddon() !== null;
+}
+
+/** The socket whose bytes the HTTP parser is working on (set by every tracked read, synchronously before). */
+let reading: Socket | undefined;
+/** The mark set on each tracked socket (1 when absent). */
+const marks = new WeakMap<Socket, number>();
+
+/**
+ * Tracks the reads of a plain TCP socket that an HTTP client parses synchronously after each read (undici:
+ * `socket.read()` then the parser, whose callbacks call bodyRemaining), so that bodyRemaining knows the socket.
+ */
+export function trackReads(socket: Socket): void {
+  if (!netAddon()) return;
+  const read = socket.read;
+  socket.read = function (this: Socket, size?: number) {
+    reading = socket;
+    return read.call(this, size) as unknown;
+  } as Socket['read'];
+}
+
+/**
+ * Called from the HTTP client's body callback with the body bytes still to come on the socket just read:
+ * sets its low-water mark to that (at most the limit), 1 once the body is complete.
+ */
+export function bodyRemaining(remaining: number): void {
+  const s = reading;
+  const a = addon;
+  if (!s || !a) return;
+  const want = Math.max(1, Math.min(remaining, limit));
+  if ((marks.get(s) ?? 1) === want) return;
+  const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return;
+  if (a.setRcvLowat(fd, want)) marks.set(s, want);
+}

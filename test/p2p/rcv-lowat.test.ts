@@ -1,0 +1,93 @@
+/**
+ * SO_RCVLOWAT on the block client's sockets (src/util/rcv-lowat.ts), against a real HTTP server on
+ * loopback that trickles each body out in 1 KiB writes: the client wakes about once per 64 KiB instead of
+ * once per write, and never waits for bytes that will not come (bodies of every size around the mark, a
+ * reused keep-alive connection, a short error answer after a body on the same connection).
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureNativeAddon } from '../../native/build-addon.js';
+import { isSourceUnavailable } from '../../src/fetch/types.js';
+import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
+import { rcvLowatEnabled } from '../../src/util/rcv-lowat.js';
+import { requireConditions } from '../helpers/require.js';
+
+const DIGEST = 'sha256:' + 'ab'.repeat(32);
+const STEP = 1024;
+
+const buildProblem = ensureNativeAddon();
+const req = requireConditions({ [`native addons built (${buildProblem ?? ''})`]: !buildProblem });
+
+function body(length: number): Buffer {
+  const b = Buffer.alloc(length);
+  for (let i = 0; i < length; i++) b[i] = (i * 31 + 7) & 0xff;
+  return b;
+}
+
+describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
+  let server: Server;
+  let address: string;
+  let connections = 0;
+  let client: HttpBlockClient;
+
+  beforeAll(async () => {
+    server = createServer((rq, res) => {
+      const q = new URL(rq.url ?? '/', 'http://x').searchParams;
+      const length = Number(q.get('length'));
+      if (q.get('offset') === '404') {
+        res.writeHead(404, { 'content-length': 9 });
+        res.end('not here\n');
+        return;
+      }
+      res.socket?.setNoDelay(true);
+      res.writeHead(200, { 'content-length': length });
+      const data = body(length);
+      let at = 0;
+      const next = () => {
+        if (res.destroyed) return;
+        const n = Math.min(STEP, length - at);
+        res.write(data.subarray(at, at + n));
+        at += n;
+        if (at < length) setTimeout(next, 1);
+        else res.end();
+      };
+      next();
+    });
+    server.on('connection', () => connections++);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    address = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+    client = new HttpBlockClient('token');
+  });
+
+  afterAll(async () => {
+    await client?.close();
+    await new Promise((r) => server?.close(r));
+  });
+
+  it('is in use when the addon is built', () => {
+    expect(rcvLowatEnabled()).toBe(true);
+  });
+
+  it('wakes about once per 64 KiB of a trickled body, and gets every byte', async () => {
+    let calls = 0;
+    const length = 300_000;
+    const got = await client.get(address, DIGEST, 0, length, AbortSignal.timeout(20_000), {}, () => calls++);
+    expect(got.equals(body(length))).toBe(true);
+    // ~293 writes 1 ms apart: one read each without the mark
+    expect(calls).toBeLessThan(30);
+  });
+
+  it('bodies of every size around the mark, one after another on one connection, then an error answer', async () => {
+    const before = connections;
+    for (const length of [1, 1000, 65_535, 65_536, 65_537, 131_073, 200_000]) {
+      const got = await client.get(address, DIGEST, 0, length, AbortSignal.timeout(20_000));
+      expect(got.equals(body(length)), `${length} bytes`).toBe(true);
+    }
+    // a short error answer on the connection whose mark the last body set: read, not waited for
+    const err = await client.get(address, DIGEST, 404, 70_000, AbortSignal.timeout(5_000)).catch((e) => e);
+    expect(isSourceUnavailable(err)).toBe(true);
+    expect(String(err.message)).toMatch(/HTTP 404 not here/);
+    expect(connections - before).toBeLessThanOrEqual(1);
+  });
+});
