@@ -13,7 +13,9 @@ const require = createRequire(import.meta.url);
  *
  * The mark is only ever the exact number of body bytes still to come (or fewer), and back at 1 once the
  * body is complete, so a socket never waits for bytes that will not be sent; a closing peer or a nearly full
- * receive window wakes it regardless (the kernel's rule). Plain TCP only (a TLS record's framing is not the
+ * receive window wakes it regardless (the kernel's rule). A body that trickles (less than the mark within
+ * FALLBACK_MS) is not held back either: the mark drops to 1 after FALLBACK_MS without a read, so the
+ * client still hears of every byte within about that long (its stall limits count any progress). Plain TCP only (a TLS record's framing is not the
  * body's length). Off without the native addon (native/dfnode_net.c) or with DFNODE_RCVLOWAT=0;
  * DFNODE_RCVLOWAT=N sets the limit in bytes (default 65536).
  */
@@ -46,8 +48,22 @@ export function rcvLowatEnabled(): boolean {
 
 /** The socket whose bytes the HTTP parser is working on (set by every tracked read, synchronously before). */
 let reading: Socket | undefined;
+
+/** After this long without a read, a socket's mark goes back to 1 (ms). */
+export const FALLBACK_MS = 100;
+
+interface Mark {
+  value: number;
+  /** Drops the mark to 1 when no read came for FALLBACK_MS; refreshed by every read. */
+  timer?: ReturnType<typeof setTimeout>;
+}
 /** The mark set on each tracked socket (1 when absent). */
-const marks = new WeakMap<Socket, number>();
+const marks = new WeakMap<Socket, Mark>();
+
+const fdOf = (s: Socket): number | undefined => {
+  const fd = (s as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+};
 
 /**
  * Tracks the reads of a plain TCP socket that an HTTP client parses synchronously after each read (undici:
@@ -60,6 +76,10 @@ export function trackReads(socket: Socket): void {
     reading = socket;
     return read.call(this, size) as unknown;
   } as Socket['read'];
+  socket.once('close', () => {
+    const m = marks.get(socket);
+    if (m?.timer) clearTimeout(m.timer);
+  });
 }
 
 /**
@@ -71,8 +91,26 @@ export function bodyRemaining(remaining: number): void {
   const a = addon;
   if (!s || !a) return;
   const want = Math.max(1, Math.min(remaining, limit));
-  if ((marks.get(s) ?? 1) === want) return;
-  const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return;
-  if (a.setRcvLowat(fd, want)) marks.set(s, want);
+  let m = marks.get(s);
+  if (!m) marks.set(s, (m = { value: 1 }));
+  if (want > 1) {
+    // a read came: the fallback starts again
+    if (m.timer) m.timer.refresh();
+    else {
+      const mark = m;
+      mark.timer = setTimeout(() => {
+        mark.timer = undefined;
+        // the socket's own descriptor, now (a closed socket has none: its number may be another file's)
+        const fd = fdOf(s);
+        if (fd !== undefined && mark.value > 1 && a.setRcvLowat(fd, 1)) mark.value = 1;
+      }, FALLBACK_MS);
+      mark.timer.unref();
+    }
+  } else if (m.timer) {
+    clearTimeout(m.timer);
+    m.timer = undefined;
+  }
+  if (m.value === want) return;
+  const fd = fdOf(s);
+  if (fd !== undefined && a.setRcvLowat(fd, want)) m.value = want;
 }

@@ -1,8 +1,9 @@
 /**
  * SO_RCVLOWAT on the block client's sockets (src/util/rcv-lowat.ts), against a real HTTP server on
  * loopback that trickles each body out in 1 KiB writes: the client wakes about once per 64 KiB instead of
- * once per write, and never waits for bytes that will not come (bodies of every size around the mark, a
- * reused keep-alive connection, a short error answer after a body on the same connection).
+ * once per write, never waits for bytes that will not come (bodies of every size around the mark, a
+ * reused keep-alive connection, a short error answer after a body on the same connection), and hears of a
+ * trickling body's bytes within about FALLBACK_MS.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -10,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureNativeAddon } from '../../native/build-addon.js';
 import { isSourceUnavailable } from '../../src/fetch/types.js';
 import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
-import { rcvLowatEnabled } from '../../src/util/rcv-lowat.js';
+import { FALLBACK_MS, rcvLowatEnabled } from '../../src/util/rcv-lowat.js';
 import { requireConditions } from '../helpers/require.js';
 
 const DIGEST = 'sha256:' + 'ab'.repeat(32);
@@ -43,13 +44,15 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
       res.socket?.setNoDelay(true);
       res.writeHead(200, { 'content-length': length });
       const data = body(length);
+      // offset 1: a trickle, 900 bytes every 50 ms; else 1 KiB every millisecond
+      const [step, every] = q.get('offset') === '1' ? [900, 50] : [STEP, 1];
       let at = 0;
       const next = () => {
         if (res.destroyed) return;
-        const n = Math.min(STEP, length - at);
+        const n = Math.min(step, length - at);
         res.write(data.subarray(at, at + n));
         at += n;
-        if (at < length) setTimeout(next, 1);
+        if (at < length) setTimeout(next, every);
         else res.end();
       };
       next();
@@ -89,5 +92,18 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
     expect(isSourceUnavailable(err)).toBe(true);
     expect(String(err.message)).toMatch(/HTTP 404 not here/);
     expect(connections - before).toBeLessThanOrEqual(1);
+  });
+
+  it('a body that trickles slower than the mark is still heard of within about FALLBACK_MS', async () => {
+    // 9000 bytes, 900 every 50 ms (~450 ms): a stall limit counts these bytes as they come, not at the end
+    const t0 = Date.now();
+    const seen: number[] = [];
+    const got = await client.get(address, DIGEST, 1, 9000, AbortSignal.timeout(20_000), {}, (_d, n) =>
+      seen.push(Date.now() - t0, n),
+    );
+    expect(got.equals(body(9000))).toBe(true);
+    const times = seen.filter((_, i) => i % 2 === 0);
+    expect(times.length).toBeGreaterThanOrEqual(3);
+    expect(times[0]!).toBeLessThan(FALLBACK_MS + 150);
   });
 });
