@@ -297,7 +297,8 @@ export class BlockServer {
     } catch (err) {
       if (ac.signal.aborted && res.destroyed) return;
       const e = DfError.from(err);
-      this.log.debug({ err: e, url: req.url }, 'peer request failed');
+      // deferrals and busy answers are the normal flow of a swarm (counted, not logged with a stack)
+      if (!isDeferred(e) && !isBusy(e)) this.log.debug({ err: e, url: req.url }, 'peer request failed');
       if (e.code === 'NO_SPACE') {
         res.setHeader('retry-after', '1');
         return fail(503, e.message);
