@@ -14,10 +14,11 @@ const require = createRequire(import.meta.url);
  * The mark is only ever the exact number of body bytes still to come (or fewer), and back at 1 once the
  * body is complete, so a socket never waits for bytes that will not be sent; a closing peer or a nearly full
  * receive window wakes it regardless (the kernel's rule). A body that trickles (less than the mark within
- * FALLBACK_MS) is not held back either: the mark drops to 1 after FALLBACK_MS without a read, so the
- * client still hears of every byte within about that long (its stall limits count any progress). Plain TCP only (a TLS record's framing is not the
- * body's length). Off without the native addon (native/dfnode_net.c) or with DFNODE_RCVLOWAT=0;
- * DFNODE_RCVLOWAT=N sets the limit in bytes (default 65536).
+ * FALLBACK_MS) is not held back either: the mark drops to 1 after FALLBACK_MS without a read, so the client
+ * still hears of every byte within about that long (its stall limits count any progress).
+ *
+ * Plain TCP only (a TLS record's framing is not the body's length). Off without the native addon
+ * (native/dfnode_net.c) or with DFNODE_RCVLOWAT=0; DFNODE_RCVLOWAT=N sets the limit in bytes (default 65536).
  */
 interface NetAddon {
   setRcvLowat(fd: number, bytes: number): boolean;
