@@ -1,12 +1,10 @@
-// Socket options Node does not expose, for the P2P block client (src/p2p/rcv-lowat.ts).
+// Socket options Node does not expose, for the P2P block client (src/util/rcv-lowat.ts).
 //
 // setRcvLowat(fd, bytes): SO_RCVLOWAT on a TCP socket, so that epoll reports it readable only once `bytes`
 // are queued (or the peer closed, or the receive window is nearly full). On a slow link a response otherwise
 // wakes the process for every segment or two; the caller sets it to what is left of the response body, and
 // back to 1 between responses, so that a socket is never left waiting for bytes that will not come.
-#include <errno.h>
 #include <node_api.h>
-#include <string.h>
 #include <sys/socket.h>
 
 static napi_value js_set_rcvlowat(napi_env env, napi_callback_info info) {
