@@ -1,5 +1,6 @@
-import { transferTimeoutMs } from '../util/transfer-timeout.js';
-import { childSignal, realTimers, type Timers } from '../util/timers.js';
+import { stallSignal } from '../util/stall-signal.js';
+import { SLOW_FILL_FACTOR, transferTimeoutMs } from '../util/transfer-timeout.js';
+import { realTimers, type Timers } from '../util/timers.js';
 import {
   isBusy,
   Priority,
@@ -33,10 +34,21 @@ export interface PeerSourceDeps {
 export const BUSY_BACKOFF_MS = 500;
 
 /**
+ * A holder whose requests time out while its bytes keep coming (slow, not hung) is isolated only after this
+ * many such timeouts in a row without a request it completed: a peer that trickles cannot hold requests
+ * forever, and one whose uplink is merely shared by many is not shut out.
+ */
+export const SLOW_TIMEOUTS_UNTIL_ISOLATED = 3;
+
+/**
  * Other nodes as a BlockSource: the range goes to the best holder the tracker named (fastest so far,
- * then same zone, least loaded), with a short per-request timeout. When no usable holder has the range,
- * or the holder fails, it throws "unavailable" so that the fetcher moves on to the seed at once; a holder
- * that fails or serves a bad block is isolated.
+ * then same zone, least loaded), with a per-request time limit that grows with the request's size. When no
+ * usable holder has the range, or the holder fails, it throws "unavailable" so that the fetcher moves on to
+ * the seed at once; a holder that fails or serves a bad block is isolated. Slow is not down: a fill run that
+ * keeps receiving bytes runs past its limit until it stalls (timeoutMs without a byte; SLOW_FILL_FACTOR
+ * times the limit at most), and a request that times out while bytes were arriving sends the range
+ * elsewhere without isolating the holder (it is planned around for a moment), up to
+ * SLOW_TIMEOUTS_UNTIL_ISOLATED in a row.
  */
 export class PeerBlockSource implements BlockSource {
   readonly kind = 'peer' as const;
@@ -48,6 +60,8 @@ export class PeerBlockSource implements BlockSource {
   /** Holders that refused a fill run with all upload slots taken → until when (ms) they are not asked. */
   private readonly full = new Map<string, number>();
   private readonly servedBy = new WeakMap<Buffer, { id: string; offset: number }>();
+  /** Holders whose requests timed out while receiving bytes → how many in a row. */
+  private readonly slow = new Map<string, number>();
   private readonly timers: Timers;
 
   constructor(private readonly deps: PeerSourceDeps) {
@@ -74,7 +88,21 @@ export class PeerBlockSource implements BlockSource {
     }
     const h = this.pick(holders);
     const what = `peer ${h.address}`;
-    const rq = childSignal(signal, transferTimeoutMs(this.deps.timeoutMs, length), this.timers, what);
+    const limit = transferTimeoutMs(this.deps.timeoutMs, length);
+    const rq = stallSignal(signal, {
+      firstMs: limit,
+      idleMs: this.deps.timeoutMs,
+      // a read a container waits on keeps its fixed limit
+      maxMs: fill ? limit * SLOW_FILL_FACTOR : limit,
+      timers: this.timers,
+      what,
+    });
+    // body bytes arrived (an answer's head alone does not make a hung holder slow)
+    let heard = false;
+    const progress = (data: Buffer, filled: number) => {
+      heard = true;
+      ctx?.progress?.(data, filled);
+    };
     const t0 = this.timers.now();
     this.inFlight.set(h.id, (this.inFlight.get(h.id) ?? 0) + 1);
     try {
@@ -85,13 +113,16 @@ export class PeerBlockSource implements BlockSource {
         length,
         rq.signal,
         fill ? { fill: '1' } : {},
-        ctx?.progress,
+        progress,
+        undefined,
+        rq.alive,
       );
       const ms = Math.max(1, this.timers.now() - t0);
       const prev = this.speed.get(h.id);
       const s = length / ms;
       this.speed.set(h.id, prev === undefined ? s : prev * 0.7 + s * 0.3);
       this.deps.isolation.ok(h.id);
+      this.slow.delete(h.id);
       this.servedBy.set(data, { id: h.id, offset });
       return data;
     } catch (err) {
@@ -99,12 +130,22 @@ export class PeerBlockSource implements BlockSource {
       const e = DfError.from(err);
       if (isBusy(e)) {
         // its upload slots are taken: not a failure; other holders (or later) for a moment
-        const now = this.timers.now();
-        // holders come and go (a restarted node has a new id): the expired entries go before a new one
-        if (this.full.size >= 256)
-          for (const [id, until] of this.full) if (until <= now) this.full.delete(id);
-        this.full.set(h.id, now + BUSY_BACKOFF_MS);
+        this.planAround(h.id);
         throw e;
+      }
+      // timed out while its bytes kept coming: slow (an uplink shared by many), not hung. The range goes
+      // elsewhere, the holder is planned around for a moment and ranks as slow, and stays in the view
+      if (e.code === 'TIMEOUT' && heard) {
+        const n = (this.slow.get(h.id) ?? 0) + 1;
+        if (n < SLOW_TIMEOUTS_UNTIL_ISOLATED) {
+          if (this.slow.size >= 256 && !this.slow.has(h.id)) this.slow.clear();
+          this.slow.set(h.id, n);
+          this.planAround(h.id);
+          const s = length / Math.max(1, this.timers.now() - t0);
+          this.speed.set(h.id, Math.min(this.speed.get(h.id) ?? s, s));
+          throw sourceUnavailable(`${what}: ${e.message} (slow, not down)`);
+        }
+        this.slow.delete(h.id);
       }
       // a holder that lost the range (evicted) is not at fault; anything else is
       if (e.details.sourceUnavailable !== true) {
@@ -119,6 +160,14 @@ export class PeerBlockSource implements BlockSource {
       if (b > 0) this.inFlight.set(h.id, b);
       else this.inFlight.delete(h.id);
     }
+  }
+
+  /** Fill runs go to other holders than `peer` for BUSY_BACKOFF_MS. */
+  private planAround(peer: string): void {
+    const now = this.timers.now();
+    // holders come and go (a restarted node has a new id): the expired entries go before a new one
+    if (this.full.size >= 256) for (const [id, until] of this.full) if (until <= now) this.full.delete(id);
+    this.full.set(peer, now + BUSY_BACKOFF_MS);
   }
 
   /** Whether `peer` refused a fill run as busy (all upload slots taken) moments ago: plan around it. */

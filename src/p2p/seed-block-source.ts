@@ -1,4 +1,4 @@
-import { transferTimeoutMs } from '../util/transfer-timeout.js';
+import { SLOW_FILL_FACTOR, transferTimeoutMs } from '../util/transfer-timeout.js';
 import { DfError } from '../errors.js';
 import { stallSignal } from '../util/stall-signal.js';
 import { realTimers, type Timers } from '../util/timers.js';
@@ -37,12 +37,6 @@ export interface SeedSourceOptions {
  * of any response), counts as down (hung).
  */
 const TIMEOUTS_UNTIL_DOWN = 3;
-
-/**
- * A background-fill request that keeps receiving bytes runs past its time limit, up to this many times it
- * (a seed uplink shared by many nodes is slow, not down; the bytes already received are not thrown away).
- */
-const SLOW_FILL_FACTOR = 4;
 
 /**
  * The seed tier as a BlockSource: the blob's seed by rendezvous hashing, the next seed when it is down

@@ -10,3 +10,10 @@ export const MIN_TRANSFER_BYTES_PER_SEC = 64 * 1024;
 export function transferTimeoutMs(baseMs: number, length: number): number {
   return baseMs + Math.ceil((length / MIN_TRANSFER_BYTES_PER_SEC) * 1000);
 }
+
+/**
+ * A background-fill request that keeps receiving bytes runs past its time limit, up to this many times it
+ * (a seed's or a peer's uplink shared by many nodes is slow, not down; the bytes already received are not
+ * thrown away). A read a container waits on keeps its fixed limit.
+ */
+export const SLOW_FILL_FACTOR = 4;

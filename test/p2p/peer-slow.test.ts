@@ -1,0 +1,141 @@
+/**
+ * Slow is not down, for peers as for seeds: a holder whose uplink is shared by many sends its bytes slowly.
+ * A fill run from it runs past its time limit while bytes keep coming; a request that times out while
+ * bytes were arriving sends the range elsewhere without isolating the holder, up to
+ * SLOW_TIMEOUTS_UNTIL_ISOLATED in a row; a holder that answers and then sends nothing is hung and isolated
+ * at once. Real HTTP holders on loopback that trickle their answers.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { BlobCache } from '../../src/cache/blob-cache.js';
+import { Bitmap } from '../../src/cache/bitmap.js';
+import { isSourceUnavailable, Priority } from '../../src/fetch/types.js';
+import { PieceLayout } from '../../src/mirror/piece-table.js';
+import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
+import { Isolation } from '../../src/p2p/isolation.js';
+import { PeerBlockSource, SLOW_TIMEOUTS_UNTIL_ISOLATED } from '../../src/p2p/peer-block-source.js';
+import { PeerView, type Holder } from '../../src/p2p/peer-view.js';
+
+const KiB = 1024;
+const DIGEST = 'sha256:' + '6b'.repeat(32);
+const DATA = Buffer.from(Array.from({ length: 128 * KiB }, (_, i) => (i * 7) & 0xff));
+const PIECE = 32 * KiB;
+// per-request limit: 400 ms + 32 KiB at 64 KiB/s = 900 ms; a fill run may go on to 3.6 s while bytes come
+const TIMEOUT_MS = 400;
+
+/** A holder that answers 200 and trickles the range, 2 KiB every 100 ms (20 KiB/s), or hangs after the head. */
+async function trickler(mode: 'trickle' | 'hang'): Promise<{ address: string; server: Server }> {
+  const server = createServer((req, res) => {
+    const q = new URL(req.url ?? '/', 'http://x').searchParams;
+    const offset = Number(q.get('offset'));
+    const length = Number(q.get('length'));
+    res.writeHead(200, { 'content-length': String(length) });
+    res.flushHeaders();
+    if (mode === 'hang') return;
+    let sent = 0;
+    const t = setInterval(() => {
+      const n = Math.min(2 * KiB, length - sent);
+      res.write(DATA.subarray(offset + sent, offset + sent + n));
+      sent += n;
+      if (sent >= length) {
+        clearInterval(t);
+        res.end();
+      }
+    }, 100);
+    res.on('close', () => clearInterval(t));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { address: `127.0.0.1:${(server.address() as AddressInfo).port}`, server };
+}
+
+describe('a slow peer', () => {
+  const cleanup: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const f of cleanup.splice(0).reverse()) await f();
+  });
+
+  async function setup(mode: 'trickle' | 'hang') {
+    const t = await trickler(mode);
+    cleanup.push(
+      () =>
+        new Promise<void>((r) => {
+          t.server.closeAllConnections();
+          t.server.close(() => r());
+        }),
+    );
+    const http = new HttpBlockClient('t');
+    cleanup.push(() => http.close());
+    const layout = new PieceLayout(DATA.length, PIECE);
+    const view = new PeerView({ digest: DIGEST, size: DATA.length }, layout, {} as BlobCache);
+    const holder: Holder = {
+      id: 'A',
+      address: t.address,
+      zone: '',
+      load: 0,
+      failures: 0,
+      bits: Bitmap.fromBits(new Uint8Array(1).fill(0x0f), layout.units),
+    };
+    view.holders = [holder];
+    const isolation = new Isolation();
+    const failures: string[] = [];
+    const src = new PeerBlockSource({
+      view: () => view,
+      refresh: () => undefined,
+      http,
+      isolation,
+      reportFailure: (id) => failures.push(id),
+      zone: '',
+      timeoutMs: TIMEOUT_MS,
+    });
+    return { src, view, holder, isolation, failures };
+  }
+  const signal = () => AbortSignal.timeout(20_000);
+
+  it('finishes a fill run past its time limit while bytes keep coming; the holder is not isolated', async () => {
+    const { src, view, isolation, failures } = await setup('trickle');
+    const t0 = Date.now();
+    const data = await src.fetch(view.blob, PIECE, PIECE, signal(), {
+      priority: Priority.Fill,
+      planned: true,
+    });
+    // it took longer than the 900 ms limit (about 1.6 s at 20 KiB/s)
+    expect(Date.now() - t0).toBeGreaterThan(900);
+    expect(data.equals(DATA.subarray(PIECE, 2 * PIECE))).toBe(true);
+    expect(isolation.isolated('A')).toBe(false);
+    expect(failures).toEqual([]);
+  });
+
+  it('a read that times out on a slow holder goes elsewhere without isolating it, until it is slow too often', async () => {
+    const { src, view, holder, isolation, failures } = await setup('trickle');
+    const read = () =>
+      src.fetch(view.blob, 0, PIECE, signal(), { priority: Priority.Blocked }).catch((e) => e);
+    for (let i = 1; i < SLOW_TIMEOUTS_UNTIL_ISOLATED; i++) {
+      const e = await read();
+      expect(isSourceUnavailable(e)).toBe(true);
+      expect(String(e)).toMatch(/slow, not down/);
+      expect(isolation.isolated('A')).toBe(false);
+      expect(failures).toEqual([]);
+      expect(view.holders).toEqual([holder]);
+      // fill runs are planned around it for a moment
+      expect(src.isFull('A')).toBe(true);
+    }
+    const last = await read();
+    expect(isSourceUnavailable(last)).toBe(true);
+    expect(String(last)).not.toMatch(/slow, not down/);
+    expect(isolation.isolated('A')).toBe(true);
+    expect(failures).toEqual(['A']);
+    expect(view.holders).toEqual([]);
+  });
+
+  it('a holder that sends its head and then nothing is hung: isolated at once, fill run or not', async () => {
+    const { src, view, isolation, failures } = await setup('hang');
+    const e = await src
+      .fetch(view.blob, 0, PIECE, signal(), { priority: Priority.Fill, planned: true })
+      .catch((x) => x);
+    expect(isSourceUnavailable(e)).toBe(true);
+    expect(String(e)).toMatch(/TIMEOUT|no answer|nothing received/i);
+    expect(isolation.isolated('A')).toBe(true);
+    expect(failures).toEqual(['A']);
+  });
+});
