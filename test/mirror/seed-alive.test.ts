@@ -24,6 +24,7 @@ import { P2pNode } from '../../src/p2p/p2p-node.js';
 import { SeedBlockSource } from '../../src/p2p/seed-block-source.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { tempDir } from '../helpers/temp.js';
+import { trickle } from '../helpers/trickle.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const P = 16 * 1024;
@@ -110,17 +111,7 @@ describe('a seed that is alive serves every piece', () => {
       requests++;
       const { offset, length } = range(req);
       res.writeHead(200, { 'content-length': length });
-      let at = 0;
-      const t = setInterval(() => {
-        const n = Math.min(Math.ceil(length / 14), length - at);
-        res.write(data.subarray(offset + at, offset + at + n));
-        at += n;
-        if (at >= length) {
-          clearInterval(t);
-          res.end();
-        }
-      }, 100);
-      res.on('close', () => clearInterval(t));
+      trickle(res, data.subarray(offset, offset + length), Math.ceil(length / 14), 100);
     });
     const { src, isolation } = seedSource(seed, 400);
     const reg = origin(data);

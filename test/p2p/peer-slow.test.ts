@@ -16,6 +16,7 @@ import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
 import { Isolation } from '../../src/p2p/isolation.js';
 import { PeerBlockSource, SLOW_TIMEOUTS_UNTIL_ISOLATED } from '../../src/p2p/peer-block-source.js';
 import { PeerView, type Holder } from '../../src/p2p/peer-view.js';
+import { trickle } from '../helpers/trickle.js';
 
 const KiB = 1024;
 const DIGEST = 'sha256:' + '6b'.repeat(32);
@@ -32,18 +33,7 @@ async function trickler(mode: 'trickle' | 'hang'): Promise<{ address: string; se
     const length = Number(q.get('length'));
     res.writeHead(200, { 'content-length': String(length) });
     res.flushHeaders();
-    if (mode === 'hang') return;
-    let sent = 0;
-    const t = setInterval(() => {
-      const n = Math.min(2 * KiB, length - sent);
-      res.write(DATA.subarray(offset + sent, offset + sent + n));
-      sent += n;
-      if (sent >= length) {
-        clearInterval(t);
-        res.end();
-      }
-    }, 100);
-    res.on('close', () => clearInterval(t));
+    if (mode !== 'hang') trickle(res, DATA.subarray(offset, offset + length), 2 * KiB, 100);
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return { address: `127.0.0.1:${(server.address() as AddressInfo).port}`, server };
