@@ -108,6 +108,11 @@ export class NodeMetrics {
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });
+  readonly peersSlow = new Counter({
+    name: 'dfnode_peers_slow_total',
+    help: 'Peer requests that timed out while the peer was still sending (a saturated uplink): sent to another source, the peer not isolated (the third in a row isolates it)',
+    registers: [this.registry],
+  });
   readonly seedsDown = new Counter({
     name: 'dfnode_seeds_down_total',
     help: 'Times a seed was found down (a block or tracker request refused, reset or failed, or 3 block timeouts in a row) and skipped for a while, so that the next seed in rendezvous order (or the registry) took over',
@@ -208,6 +213,7 @@ export class NodeMetrics {
       this.delta(`rf:${reason}`, n ?? 0, (d) => this.registryFetches.inc({ reason }, d));
     for (const [reason, n] of Object.entries(c.peersIsolatedBy))
       this.delta(`pi:${reason}`, n, (d) => this.peersIsolated.inc({ reason }, d));
+    this.delta('ps', c.peersSlow, (d) => this.peersSlow.inc(d));
     this.delta('sd', c.seedsDown, (d) => this.seedsDown.inc(d));
     this.delta('ta:holders', c.trackerAnswers - c.trackerEmpty, (d) =>
       this.trackerAnswers.inc({ result: 'holders' }, d),

@@ -31,6 +31,8 @@ export interface P2pCounters {
   peersIsolated: number;
   /** Isolations by reason: timeout, bad_block, error. */
   peersIsolatedBy: Record<string, number>;
+  /** Peer requests that timed out while the peer's bytes kept coming (sent elsewhere, peer not isolated). */
+  peersSlow: number;
   seedsDown: number;
   /** Tracker lookups answered (holders or empty) and failed. */
   trackerAnswers: number;
@@ -72,6 +74,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   readonly counters: P2pCounters = {
     peersIsolated: 0,
     peersIsolatedBy: {},
+    peersSlow: 0,
     seedsDown: 0,
     trackerAnswers: 0,
     trackerEmpty: 0,
@@ -141,6 +144,13 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       http: this.http,
       isolation: this.isolation,
       reportFailure: (id) => this.failedPeers.add(id),
+      onSlow: (peer) => {
+        this.counters.peersSlow++;
+        this.log.debug(
+          { peer },
+          'peer slow: its request timed out while bytes were arriving; sent elsewhere',
+        );
+      },
       zone: this.settings.zone,
       timeoutMs: this.settings.peerTimeoutMs,
       timers: this.timers,

@@ -23,6 +23,8 @@ export interface PeerSourceDeps {
   isolation: Isolation;
   /** A peer failed: the tracker hears of it with the next announce. */
   reportFailure(peerId: string): void;
+  /** A request timed out while the peer's bytes kept coming: sent elsewhere, the peer not isolated. */
+  onSlow?(peerId: string): void;
   zone: string;
   timeoutMs: number;
   timers?: Timers;
@@ -141,6 +143,7 @@ export class PeerBlockSource implements BlockSource {
           if (this.slow.size >= 256 && !this.slow.has(h.id)) this.slow.clear();
           this.slow.set(h.id, n);
           this.planAround(h.id);
+          this.deps.onSlow?.(h.id);
           const s = length / Math.max(1, this.timers.now() - t0);
           this.speed.set(h.id, Math.min(this.speed.get(h.id) ?? s, s));
           throw sourceUnavailable(`${what}: ${e.message} (slow, not down)`);

@@ -71,6 +71,7 @@ describe('P2P metrics wiring', () => {
       expect(p2p.counters.seedsDown).toBe(1);
       p2p.isolation.fail('peer-a', 'TIMEOUT');
       p2p.isolation.fail('peer-b', 'bad block');
+      p2p.counters.peersSlow = 2;
       p2p.counters.trackerAnswers = 3;
       p2p.counters.trackerEmpty = 1;
       p2p.counters.trackerErrors = 2;
@@ -82,6 +83,7 @@ describe('P2P metrics wiring', () => {
       expect(text).toContain('dfnode_registry_fetches_total{reason="retry"} 1');
       expect(text).toContain('dfnode_peers_isolated_total{reason="timeout"} 1');
       expect(text).toContain('dfnode_peers_isolated_total{reason="bad_block"} 1');
+      expect(text).toContain('dfnode_peers_slow_total 2');
       expect(text).toContain('dfnode_seeds_down_total 1');
       expect(text).toContain('dfnode_tracker_answers_total{result="holders"} 2');
       expect(text).toContain('dfnode_tracker_answers_total{result="empty"} 1');

@@ -69,16 +69,18 @@ describe('a slow peer', () => {
     view.holders = [holder];
     const isolation = new Isolation();
     const failures: string[] = [];
+    const slow: string[] = [];
     const src = new PeerBlockSource({
       view: () => view,
       refresh: () => undefined,
       http,
       isolation,
       reportFailure: (id) => failures.push(id),
+      onSlow: (id) => slow.push(id),
       zone: '',
       timeoutMs: TIMEOUT_MS,
     });
-    return { src, view, holder, isolation, failures };
+    return { src, view, holder, isolation, failures, slow };
   }
   const signal = () => AbortSignal.timeout(20_000);
 
@@ -97,7 +99,7 @@ describe('a slow peer', () => {
   });
 
   it('a read that times out on a slow holder goes elsewhere without isolating it, until it is slow too often', async () => {
-    const { src, view, holder, isolation, failures } = await setup('trickle');
+    const { src, view, holder, isolation, failures, slow } = await setup('trickle');
     const read = () =>
       src.fetch(view.blob, 0, PIECE, signal(), { priority: Priority.Blocked }).catch((e) => e);
     for (let i = 1; i < SLOW_TIMEOUTS_UNTIL_ISOLATED; i++) {
@@ -109,6 +111,7 @@ describe('a slow peer', () => {
       expect(view.holders).toEqual([holder]);
       // fill runs are planned around it for a moment
       expect(src.isFull('A')).toBe(true);
+      expect(slow).toHaveLength(i);
     }
     const last = await read();
     expect(isSourceUnavailable(last)).toBe(true);
@@ -116,6 +119,7 @@ describe('a slow peer', () => {
     expect(isolation.isolated('A')).toBe(true);
     expect(failures).toEqual(['A']);
     expect(view.holders).toEqual([]);
+    expect(slow).toHaveLength(SLOW_TIMEOUTS_UNTIL_ISOLATED - 1);
   });
 
   it('a holder that sends its head and then nothing is hung: isolated at once, fill run or not', async () => {
