@@ -110,7 +110,7 @@ export class NodeMetrics {
   });
   readonly peersSlow = new Counter({
     name: 'dfnode_peers_slow_total',
-    help: 'Peer requests that timed out while the peer was still sending (a saturated uplink): sent to another source, the peer not isolated (the third in a row isolates it)',
+    help: 'Fill runs from a peer that timed out while it was still sending (a saturated uplink): sent to another source, the peer not isolated (the third in a row isolates it)',
     registers: [this.registry],
   });
   readonly seedsDown = new Counter({

@@ -31,7 +31,7 @@ export interface P2pCounters {
   peersIsolated: number;
   /** Isolations by reason: timeout, bad_block, error. */
   peersIsolatedBy: Record<string, number>;
-  /** Peer requests that timed out while the peer's bytes kept coming (sent elsewhere, peer not isolated). */
+  /** Fill runs that timed out while the peer's bytes kept coming (sent elsewhere, peer not isolated). */
   peersSlow: number;
   seedsDown: number;
   /** Tracker lookups answered (holders or empty) and failed. */
@@ -148,7 +148,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
         this.counters.peersSlow++;
         this.log.debug(
           { peer },
-          'peer slow: its request timed out while bytes were arriving; sent elsewhere',
+          'peer slow: a fill run timed out while its bytes were arriving; sent elsewhere',
         );
       },
       zone: this.settings.zone,

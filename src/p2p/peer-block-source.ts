@@ -23,7 +23,7 @@ export interface PeerSourceDeps {
   isolation: Isolation;
   /** A peer failed: the tracker hears of it with the next announce. */
   reportFailure(peerId: string): void;
-  /** A request timed out while the peer's bytes kept coming: sent elsewhere, the peer not isolated. */
+  /** A fill run timed out while the peer's bytes kept coming: sent elsewhere, the peer not isolated. */
   onSlow?(peerId: string): void;
   zone: string;
   timeoutMs: number;
@@ -36,7 +36,7 @@ export interface PeerSourceDeps {
 export const BUSY_BACKOFF_MS = 500;
 
 /**
- * A holder whose requests time out while its bytes keep coming (slow, not hung) is isolated only after this
+ * A holder whose fill runs time out while its bytes keep coming (slow, not hung) is isolated only after this
  * many such timeouts in a row without a request it completed: a peer that trickles cannot hold requests
  * forever, and one whose uplink is merely shared by many is not shut out.
  */
@@ -46,11 +46,12 @@ export const SLOW_TIMEOUTS_UNTIL_ISOLATED = 3;
  * Other nodes as a BlockSource: the range goes to the best holder the tracker named (fastest so far,
  * then same zone, least loaded), with a per-request time limit that grows with the request's size. When no
  * usable holder has the range, or the holder fails, it throws "unavailable" so that the fetcher moves on to
- * the seed at once; a holder that fails or serves a bad block is isolated. Slow is not down: a fill run that
- * keeps receiving bytes runs past its limit until it stalls (timeoutMs without a byte; SLOW_FILL_FACTOR
- * times the limit at most), and a request that times out while bytes were arriving sends the range
- * elsewhere without isolating the holder (it is planned around for a moment), up to
- * SLOW_TIMEOUTS_UNTIL_ISOLATED in a row.
+ * the seed at once; a holder that fails or serves a bad block is isolated. Slow is not down for background
+ * fill: a fill run that keeps receiving bytes runs past its limit until it stalls (timeoutMs without a byte;
+ * SLOW_FILL_FACTOR times the limit at most), and one that reaches that limit while bytes are still arriving
+ * sends the range elsewhere without isolating the holder (it is planned around for a moment), up to
+ * SLOW_TIMEOUTS_UNTIL_ISOLATED in a row. A read a container waits on keeps the fixed limit and isolates a
+ * holder that misses it: the next reads go elsewhere at once.
  */
 export class PeerBlockSource implements BlockSource {
   readonly kind = 'peer' as const;
@@ -99,10 +100,10 @@ export class PeerBlockSource implements BlockSource {
       timers: this.timers,
       what,
     });
-    // body bytes arrived (an answer's head alone does not make a hung holder slow)
-    let heard = false;
+    // when body bytes last arrived (an answer's head alone does not make a hung holder slow)
+    let lastByte = -Infinity;
     const progress = (data: Buffer, filled: number) => {
-      heard = true;
+      lastByte = this.timers.now();
       ctx?.progress?.(data, filled);
     };
     const t0 = this.timers.now();
@@ -135,16 +136,18 @@ export class PeerBlockSource implements BlockSource {
         this.planAround(h.id);
         throw e;
       }
-      // timed out while its bytes kept coming: slow (an uplink shared by many), not hung. The range goes
-      // elsewhere, the holder is planned around for a moment and ranks as slow, and stays in the view
-      if (e.code === 'TIMEOUT' && heard) {
+      // a fill run that timed out while its bytes were still coming: slow (an uplink shared by many), not
+      // hung (that stalls: nothing for timeoutMs). The range goes elsewhere, the holder is planned around
+      // for a moment and ranks as slow, and stays in the view
+      const now = this.timers.now();
+      if (fill && e.code === 'TIMEOUT' && now - lastByte < this.deps.timeoutMs) {
         const n = (this.slow.get(h.id) ?? 0) + 1;
         if (n < SLOW_TIMEOUTS_UNTIL_ISOLATED) {
           if (this.slow.size >= 256 && !this.slow.has(h.id)) this.slow.clear();
           this.slow.set(h.id, n);
           this.planAround(h.id);
           this.deps.onSlow?.(h.id);
-          const s = length / Math.max(1, this.timers.now() - t0);
+          const s = length / Math.max(1, now - t0);
           this.speed.set(h.id, Math.min(this.speed.get(h.id) ?? s, s));
           throw sourceUnavailable(`${what}: ${e.message} (slow, not down)`);
         }
