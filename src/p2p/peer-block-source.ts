@@ -63,7 +63,7 @@ export class PeerBlockSource implements BlockSource {
   /** Holders that refused a fill run with all upload slots taken → until when (ms) they are not asked. */
   private readonly full = new Map<string, number>();
   private readonly servedBy = new WeakMap<Buffer, { id: string; offset: number }>();
-  /** Holders whose requests timed out while receiving bytes → how many in a row. */
+  /** Holders whose fill runs timed out while their bytes were still arriving → how many in a row. */
   private readonly slow = new Map<string, number>();
   private readonly timers: Timers;
 

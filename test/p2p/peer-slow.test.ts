@@ -6,9 +6,8 @@
  * not it sent something first) is hung and isolated at once, and a read a container waits on keeps its
  * fixed limit and isolates a holder that misses it. Real HTTP holders on loopback that trickle.
  */
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { describe, expect, it } from 'vitest';
 import type { BlobCache } from '../../src/cache/blob-cache.js';
 import { Bitmap } from '../../src/cache/bitmap.js';
 import { isSourceUnavailable, Priority } from '../../src/fetch/types.js';
@@ -17,6 +16,8 @@ import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
 import { Isolation } from '../../src/p2p/isolation.js';
 import { PeerBlockSource, SLOW_TIMEOUTS_UNTIL_ISOLATED } from '../../src/p2p/peer-block-source.js';
 import { PeerView, type Holder } from '../../src/p2p/peer-view.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
+import { LoopbackServers } from '../helpers/loopback.js';
 import { trickle } from '../helpers/trickle.js';
 
 const KiB = 1024;
@@ -31,8 +32,8 @@ const TIMEOUT_MS = 400;
  * A holder that answers 200 and sends the range `chunk` bytes every 100 ms: 512 (5 KiB/s: 1.6 s a piece),
  * 256 (2.5 KiB/s: 3.2 s); 'stall': the first 512 bytes, then nothing.
  */
-async function trickler(mode: 512 | 256 | 'stall'): Promise<{ address: string; server: Server }> {
-  const server = createServer((req, res) => {
+function trickler(mode: 512 | 256 | 'stall') {
+  return (req: IncomingMessage, res: ServerResponse) => {
     const q = new URL(req.url ?? '/', 'http://x').searchParams;
     const offset = Number(q.get('offset'));
     const length = Number(q.get('length'));
@@ -40,33 +41,23 @@ async function trickler(mode: 512 | 256 | 'stall'): Promise<{ address: string; s
     res.flushHeaders();
     if (mode === 'stall') res.write(DATA.subarray(offset, offset + 512));
     else trickle(res, DATA.subarray(offset, offset + length), mode, 100);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return { address: `127.0.0.1:${(server.address() as AddressInfo).port}`, server };
+  };
 }
 
 describe('a slow peer', () => {
-  const cleanup: (() => Promise<void>)[] = [];
-  afterEach(async () => {
-    for (const f of cleanup.splice(0).reverse()) await f();
-  });
+  const cleanups = cleanupsAfterEach();
+  const servers = new LoopbackServers();
 
   async function setup(mode: 512 | 256 | 'stall') {
-    const t = await trickler(mode);
-    cleanup.push(
-      () =>
-        new Promise<void>((r) => {
-          t.server.closeAllConnections();
-          t.server.close(() => r());
-        }),
-    );
+    cleanups.push(() => servers.closeAll());
+    const { addr } = await servers.serve(trickler(mode));
     const http = new HttpBlockClient('t');
-    cleanup.push(() => http.close());
+    cleanups.push(() => http.close());
     const layout = new PieceLayout(DATA.length, PIECE);
     const view = new PeerView({ digest: DIGEST, size: DATA.length }, layout, {} as BlobCache);
     const holder: Holder = {
       id: 'A',
-      address: t.address,
+      address: addr,
       zone: '',
       load: 0,
       failures: 0,
