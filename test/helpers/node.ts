@@ -489,6 +489,8 @@ export interface RangeProxy {
   /** Sum of body bytes of blob GETs for `digest`, and their count. */
   blobBytes(digest: string): number;
   blobRequests(digest: string): number;
+  /** Resolves once every request logged so far has ended (answered, or its client gone). */
+  idle(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -499,6 +501,8 @@ export async function startRangeProxy(target: string): Promise<RangeProxy> {
   const log: ProxiedRequest[] = [];
   const controls: RangeProxyControls = { delayMs: 0, down: false };
   const sockets = new Set<import('node:net').Socket>();
+  const open = new Set<ProxiedRequest>();
+  const idleWaiters: (() => void)[] = [];
   let blobGets = 0;
   const server = createServer((req, res) => {
     if (controls.down) {
@@ -519,13 +523,23 @@ export async function startRangeProxy(target: string): Promise<RangeProxy> {
       corrupted: false,
     };
     log.push(entry);
+    open.add(entry);
+    let up: import('node:http').ClientRequest | undefined;
     res.on('close', () => {
-      if (!res.writableFinished) entry.aborted = true;
+      if (!res.writableFinished) {
+        entry.aborted = true;
+        up?.destroy(); // stop counting bytes nobody will read
+      }
+      open.delete(entry);
+      if (open.size === 0) for (const w of idleWaiters.splice(0)) w();
     });
     const n = blob ? ++blobGets : 0;
     const corrupt = blob ? (controls.corrupt?.({ blob, range, n }) ?? false) : false;
     const forward = () => {
-      const up = request(
+      // a client that went away while its request was held or delayed (a killed daemon) gets nothing
+      // forwarded, so bytes counted after its death are never ones it asked for
+      if (res.closed) return;
+      up = request(
         { host: thost, port: Number(tport), method: req.method, path: req.url, headers: req.headers },
         (ures) => {
           entry.status = ures.statusCode ?? 0;
@@ -573,6 +587,7 @@ export async function startRangeProxy(target: string): Promise<RangeProxy> {
     controls,
     blobBytes: (d) => log.filter((e) => e.blob === d).reduce((a, e) => a + e.bytes, 0),
     blobRequests: (d) => log.filter((e) => e.blob === d).length,
+    idle: () => (open.size === 0 ? Promise.resolve() : new Promise<void>((r) => idleWaiters.push(r))),
     stop: () =>
       new Promise<void>((r) => {
         for (const s of sockets) s.destroy();
