@@ -350,8 +350,8 @@ export function simulate(p: SimParams): SimResult {
     const swarm = n.view.swarm;
     const seedSlots = swarm === 0 ? 4 : swarm === 1 ? 2 : 1;
     const seedRun = Math.min(p.maxRunBytes, Math.max(256 << 10, p.maxRunBytes / Math.max(4, swarm + 1)));
-    const usable = (h: Holder) =>
-      byId.get(h.id) !== n && !n.isolation.isolated(h.id) && !((n.full.get(h.id) ?? 0) > now);
+    const soon = (h: Holder) => byId.get(h.id) !== n && !n.isolation.isolated(h.id);
+    const usable = (h: Holder) => soon(h) && !((n.full.get(h.id) ?? 0) > now);
     const t0 = performance.now();
     const plan = planRun(n.view, {
       claimed: n.claimed,
@@ -361,6 +361,7 @@ export function simulate(p: SimParams): SimResult {
       // as p2pFill: a node the tracker names no peer for asks the seed in blob order
       alone: swarm === 0 && n.view.holders.length === 0,
       usable,
+      soon,
       rand,
       now,
     });

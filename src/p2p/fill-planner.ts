@@ -21,8 +21,13 @@ export interface PlanOptions {
   seedRunBytes: number;
   /** A seed slot is free: a run of units no peer holds may be planned. */
   seed: boolean;
-  /** Holders that may be asked (not isolated). Default: all. */
+  /** Holders that may be asked now (not isolated, not busy). Default: all. */
   usable?: (h: Holder) => boolean;
+  /**
+   * Holders that will be asked soon (busy for a moment, not isolated): a unit one of them holds is not
+   * asked of the seed, whose upload carries each unit into the swarm once. Default: `usable`.
+   */
+  soon?: (h: Holder) => boolean;
   /**
    * This node is alone in the swarm (no peer named by the tracker): seed runs go in blob order from the
    * first missing unit, whether the seed holds the units yet or not (see planRun).
@@ -42,31 +47,37 @@ const PIECE_BYTES = 1024 * 1024;
  * The next run to fetch for background fill through the P2P tier, BitTorrent style. Choices are made by
  * piece (aligned groups of ~1 MiB of units), so that what is missing stays in whole pieces and runs stay
  * long; a run starts at the first suitable unit of the chosen piece and goes on over the following ones.
- * - From the seed (when a seed slot is free): units no usable peer holds and the seed is not already
- *   sending to another peer, preferring pieces the seed holds now (served at once, no registry wait),
- *   random among those, so that nodes starting together ask the seed for different pieces and then trade
- *   them; else one of the first such pieces (where the seed's own in-order fill is fetching: the request
- *   joins it); up to seedRunBytes (small when the swarm is large, so that each unit reaches a peer soon).
+ * - From the seed (when a seed slot is free): units no peer holds, not even one busy for a moment (the
+ *   seed's upload should carry each unit into the swarm once), and the seed is not already sending to
+ *   another peer; preferring pieces the seed holds now (served at once, no registry wait), random among
+ *   those, so that nodes starting together ask the seed for different pieces and then trade them; else
+ *   one of the first such pieces (where the seed's own in-order fill is fetching: the request joins it);
+ *   up to seedRunBytes (small when the swarm is large, so that each unit reaches a peer soon).
  * - Else from peers: the rarest piece that a usable peer holds units of (random among equals), from its
  *   first such unit over the following units a common holder has, up to maxRunBytes.
- * 'wait': units are missing but none can be planned now (the seed slot is taken, or the units are on
- * their way to other peers from the seed); undefined: nothing is missing that is not being fetched.
+ * 'wait': units are missing but none can be planned now (the seed slot is taken, the units are on their
+ * way to other peers from the seed, or only busy holders have them); undefined: nothing is missing that
+ * is not being fetched.
  */
 export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | undefined {
   const { cache, layout } = view;
   const rand = o.rand ?? Math.random;
   const piece = Math.max(1, Math.floor((PIECE_BYTES * layout.units) / Math.max(1, layout.size)));
-  const free = (u: number) => !cache.has(u) && !o.claimed.has(u) && !o.busy?.(u);
+  // `open`: not being fetched; `free`: also missing (the scans below walk missing units already)
+  const open = (u: number) => !o.claimed.has(u) && !o.busy?.(u);
+  const free = (u: number) => !cache.has(u) && open(u);
   const rarity = view.rarities(o.usable);
-  const now = o.now ?? Date.now();
-  const seedable = (u: number) => rarity[u] === 0 && !view.pendingElsewhere(u, now);
+  // units no holder has, not even one busy for a moment, and not on their way to one: the seed's to send
+  const held = o.soon ? view.rarities(o.soon, 1) : rarity;
+  const away = view.elsewhere(o.now ?? Date.now());
+  const seedable = (u: number) => held[u] === 0 && !away.has(u);
   if (o.alone && o.seed) {
     // Alone, everything comes from the seed, whose link is as thin as this node's: the seed fetches in
     // blob order and forwards each block as it arrives, so asking in that order keeps this node's link
     // carrying what the seed receives. Random pieces, or runs cut where the seed's holdings end, leave
     // blocks waiting at the seed that this node can only take after the seed's last one.
     for (let u = cache.nextMissing(0); u >= 0; u = cache.nextMissing(u + 1)) {
-      if (!free(u) || !seedable(u)) continue;
+      if (!open(u) || !seedable(u)) continue;
       const run = [u];
       let bytes = layout.length(u);
       for (let v = u + 1; v < layout.units && free(v) && seedable(v); v++) {
@@ -92,7 +103,7 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
   let heldInPiece = false;
   let otherInPiece = false;
   for (let u = cache.nextMissing(0); u >= 0; u = cache.nextMissing(u + 1)) {
-    if (!free(u)) continue;
+    if (!open(u)) continue;
     left = true;
     const p = Math.floor(u / piece);
     if (p !== lastPiece) {
@@ -111,7 +122,7 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
         peerInPiece = true;
         if (rand() * ++peerTies < 1) peerBest = u;
       }
-    } else if (o.seed && !view.pendingElsewhere(u, now)) {
+    } else if (o.seed && held[u] === 0 && !away.has(u)) {
       if (view.seedBits?.has(u)) {
         if (!heldInPiece) {
           heldInPiece = true;
@@ -163,8 +174,10 @@ export interface P2pFillOptions {
   concurrency?: number;
   /** Asks the tracker for fresh holders (rate-limited by the caller). */
   refresh?: (view: PeerView) => Promise<void>;
-  /** Holders that may be asked (not isolated). */
+  /** Holders that may be asked now (not isolated, not busy). */
   usable?: (h: Holder) => boolean;
+  /** Holders that will be asked soon (PlanOptions.soon). */
+  soon?: (h: Holder) => boolean;
   /** Pause before planning again when nothing can be planned now (ms). Default 200. */
   waitMs?: number;
   signal?: AbortSignal;
@@ -223,6 +236,7 @@ export async function p2pFill(
         seed: seedActive < seedSlots,
         alone,
         usable: opts.usable,
+        soon: opts.soon,
         busy: (u) => fetcher.inFlight(u),
       });
       view.fill.plans++;

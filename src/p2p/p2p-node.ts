@@ -323,6 +323,8 @@ export class P2pNode implements BlobProvider, LayerSwarm {
         signal,
         refresh: (x) => this.lookup(x),
         usable: (h) => !this.isolation.isolated(h.id) && !this.peers.isFull(h.id),
+        // a holder busy or slow for a moment keeps its units off the seed's upload
+        soon: (h) => !this.isolation.isolated(h.id),
       });
       if (failed) this.log.debug({ digest: view.blob.digest, failed }, 'p2p fill: some runs failed');
     };

@@ -31,8 +31,9 @@ export class PeerView {
   answered = false;
   /** Units the seed deferred → until when (ms) they count as on their way elsewhere. */
   private readonly deferred = new Map<number, number>();
-  /** rarities() of the last holder list and usable set (see there). */
-  private rarityFor: { holders: Holder[]; mask: Uint8Array; counts: Uint16Array } | undefined;
+  /** rarities() of the last holder list and usable set, per slot (see there). */
+  private readonly rarityFor: ({ holders: Holder[]; mask: Uint8Array; counts: Uint16Array } | undefined)[] =
+    [];
   /** pendingUnion() of the last holder list. */
   private pendingFor: { holders: Holder[]; bits: Bitmap } | undefined;
   lastLookup = -Infinity;
@@ -71,15 +72,19 @@ export class PeerView {
     this.swarm = a.peers ?? this.holders.length;
   }
 
-  /** Whether the seed is sending unit u to some holder now (it will be theirs to share soon). */
-  pendingElsewhere(u: number, now = Date.now()): boolean {
-    if (this.pendingUnion().has(u)) return true;
-    const until = this.deferred.get(u);
-    if (until !== undefined) {
-      if (until > now) return true;
-      this.deferred.delete(u);
+  /**
+   * The units on their way to other holders now (the seed is sending them, or it deferred this node's
+   * request for them): not asked of the seed. One bitmap per plan, so a plan tests a bit per unit.
+   */
+  elsewhere(now = Date.now()): Bitmap {
+    const union = this.pendingUnion();
+    if (!this.deferred.size) return union;
+    const out = union.clone();
+    for (const [u, until] of this.deferred) {
+      if (until <= now) this.deferred.delete(u);
+      else if (u < out.size) out.set(u);
     }
-    return false;
+    return out;
   }
 
   /**
@@ -115,33 +120,32 @@ export class PeerView {
 
   /**
    * For every unit, how many known holders (that `usable` accepts) have it (0: only the seed has it, or
-   * nobody yet). The planner asks each time it plans a run; the counts are computed again only when the
-   * holder list (a new tracker answer, a holder dropped) or the set of usable holders changed. The array is
-   * shared: read it, do not change it.
+   * nobody yet). The planner asks each time it plans a run; the counts are computed from scratch only for a
+   * new holder list (a tracker answer, a holder dropped); a holder turning usable or not (isolated, busy,
+   * back) adds or takes away its own units, which in a large swarm happens on most plans. The array is
+   * shared and changes in place: read it, do not keep it. Each `slot` keeps its own counts (the planner
+   * counts holders it may ask now, and holders it will be able to ask soon).
    */
-  rarities(usable?: (h: Holder) => boolean): Uint16Array {
+  rarities(usable?: (h: Holder) => boolean, slot = 0): Uint16Array {
     const hs = this.holders;
-    const mask = new Uint8Array(hs.length);
-    for (let i = 0; i < hs.length; i++) mask[i] = !usable || usable(hs[i]!) ? 1 : 0;
-    const r = this.rarityFor;
-    if (r && r.holders === hs && sameBytes(r.mask, mask)) return r.counts;
-    const n = this.layout.units;
-    const counts = new Uint16Array(n);
-    for (let j = 0; j < hs.length; j++) {
-      if (!mask[j]) continue;
-      const bits = hs[j]!.bits.bits;
-      const end = Math.min(bits.length, Math.ceil(n / 8));
-      for (let i = 0; i < end; i++) {
-        let b = bits[i]!;
-        while (b) {
-          const low = b & -b;
-          const u = i * 8 + (31 - Math.clz32(low));
-          if (u < n) counts[u]!++;
-          b ^= low;
-        }
+    const r = this.rarityFor[slot];
+    if (r && r.holders === hs) {
+      // same holders: only those whose usability changed (isolated, busy, back) move the counts
+      for (let j = 0; j < hs.length; j++) {
+        const on = !usable || usable(hs[j]!) ? 1 : 0;
+        if (on === r.mask[j]) continue;
+        r.mask[j] = on;
+        addBits(r.counts, hs[j]!.bits.bits, on ? 1 : -1);
       }
+      return r.counts;
     }
-    this.rarityFor = { holders: hs, mask, counts };
+    const mask = new Uint8Array(hs.length);
+    const counts = new Uint16Array(this.layout.units);
+    for (let j = 0; j < hs.length; j++) {
+      mask[j] = !usable || usable(hs[j]!) ? 1 : 0;
+      if (mask[j]) addBits(counts, hs[j]!.bits.bits, 1);
+    }
+    this.rarityFor[slot] = { holders: hs, mask, counts };
     return counts;
   }
 
@@ -169,8 +173,17 @@ export class PeerView {
   }
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
+/** Adds `by` (1 or -1) to counts[u] for every unit u set in bits (units past counts' length ignored). */
+function addBits(counts: Uint16Array, bits: Uint8Array, by: number): void {
+  const n = counts.length;
+  const end = Math.min(bits.length, Math.ceil(n / 8));
+  for (let i = 0; i < end; i++) {
+    let b = bits[i]!;
+    while (b) {
+      const low = b & -b;
+      const u = i * 8 + (31 - Math.clz32(low));
+      if (u < n) counts[u] = counts[u]! + by;
+      b ^= low;
+    }
+  }
 }

@@ -105,6 +105,8 @@ interface BlobPeers {
   units: number;
   peers: Map<string, PeerEntry>;
   list: PeerEntry[];
+  /** The peers whose `pending` is not empty: what pendingAtOthers looks through (not the whole swarm). */
+  sending: Set<PeerEntry>;
 }
 
 /** Where a peer id was first seen: it stays bound there until it falls silent for the peer TTL. */
@@ -185,10 +187,12 @@ export class TrackerState {
    * a peer that has not announced itself for the blob.
    */
   assume(blob: string, peer: string, units: Iterable<number>): void {
-    const p = this.blobs.get(blob)?.peers.get(peer);
-    if (!p) return;
+    const b = this.blobs.get(blob);
+    const p = b?.peers.get(peer);
+    if (!b || !p) return;
     const now = this.timers.now();
     for (const u of units) if (u < p.bits.size && !p.bits.has(u)) p.pending.set(u, now);
+    if (p.pending.size) b.sending.add(p);
   }
 
   /** Whether a peer other than `peer` (and not reported failing) is being sent one of `units`. */
@@ -212,10 +216,10 @@ export class TrackerState {
     const b = this.blobs.get(blob);
     if (!b) return false;
     const now = this.timers.now();
-    for (const p of b.peers.values()) {
+    for (const p of held ? b.peers.values() : b.sending) {
       if (p.id === peer || (!held && !p.pending.size)) continue;
       const failures = this.failureScore(p.id, now);
-      this.prunePending(p, now, failures);
+      this.prunePending(b, p, now, failures);
       if (failures >= 1 || now - p.lastSeen > this.pendingSilence) continue;
       for (const u of units) if (p.pending.has(u) || (held && p.bits.has(u))) return true;
     }
@@ -226,16 +230,20 @@ export class TrackerState {
    * Drops what may never arrive: units sent longer than the pending TTL ago, and everything sent to a
    * peer others reported as failing or that fell silent.
    */
-  private prunePending(p: PeerEntry, now: number, failures: number): void {
+  private prunePending(b: BlobPeers, p: PeerEntry, now: number, failures: number): void {
     if (!p.pending.size) return;
     const gone = failures >= 1 || now - p.lastSeen > this.pendingSilence;
     for (const [u, at] of p.pending) if (gone || now - at > this.pendingTtl) p.pending.delete(u);
+    if (!p.pending.size) b.sending.delete(p);
   }
 
   /** The seed's response with units first..last did not reach `peer`: they are not on their way. */
   unassume(blob: string, peer: string, first: number, last: number): void {
-    const p = this.blobs.get(blob)?.peers.get(peer);
-    if (p) for (let u = first; u <= last; u++) p.pending.delete(u);
+    const b = this.blobs.get(blob);
+    const p = b?.peers.get(peer);
+    if (!b || !p) return;
+    for (let u = first; u <= last; u++) p.pending.delete(u);
+    if (!p.pending.size) b.sending.delete(p);
   }
 
   /**
@@ -281,7 +289,7 @@ export class TrackerState {
       if (this.blobs.size >= this.limits.maxBlobs) this.sweep(now);
       if (this.blobs.size >= this.limits.maxBlobs)
         throw full(`${this.limits.maxBlobs} blobs are tracked already`);
-      b = { units, peers: new Map(), list: [] };
+      b = { units, peers: new Map(), list: [], sending: new Set() };
       this.blobs.set(blob, b);
     }
     if (!p) {
@@ -345,6 +353,7 @@ export class TrackerState {
   private dropPeer(blob: string, b: BlobPeers, id: string): void {
     const p = b.peers.get(id);
     if (p && b.peers.delete(id)) {
+      b.sending.delete(p);
       this.bitmapBytes -= Math.ceil(b.units / 8);
       this.entries--;
       const last = b.list.pop()!;
@@ -407,7 +416,7 @@ export class TrackerState {
       }
       if (p.id === asker) continue;
       const failures = this.failureScore(p.id, now);
-      this.prunePending(p, now, failures);
+      this.prunePending(b, p, now, failures);
       if (p.bits.present === 0 && p.pending.size === 0) continue;
       let wanted = p.bits.present + p.pending.size;
       if (want) {

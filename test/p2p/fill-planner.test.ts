@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { Toc } from '../../src/blob/toc.js';
 import type { BlobCache } from '../../src/cache/blob-cache.js';
@@ -129,6 +130,30 @@ describe('P2P fill planner', () => {
     expect(planRun(v, opts({ claimed: new Set(range(0, 5)) }))).toBeUndefined();
     expect(planRun(viewOf(4, range(0, 5)), opts())).toBeUndefined();
   });
+
+  it('leaves units that only a busy holder has to that holder: the seed is not asked for them again', () => {
+    const v = viewOf(32);
+    // 'busy' holds units 0..15; nobody holds 16..32
+    v.setHolders({ holders: [holder('busy', 33, range(0, 16))], units: 33 });
+    const usable = (h: { id: string }) => h.id !== 'busy';
+    const soon = () => true;
+    for (let k = 0; k < 50; k++) {
+      const r = planRun(v, opts({ usable, soon, rand: () => k / 50 })) as { units: number[]; from: string };
+      expect(r.from).toBe('seed');
+      expect(Math.min(...r.units)).toBeGreaterThanOrEqual(16);
+    }
+    // with 16..32 claimed (on their way), what is left is the busy holder's: wait for it
+    expect(planRun(v, opts({ usable, soon, claimed: new Set(range(16, 33)) }))).toBe('wait');
+    // isolated (not even soon): the seed has them to give
+    const r = planRun(v, opts({ usable, soon: usable, claimed: new Set(range(16, 33)) })) as { from: string };
+    expect(r.from).toBe('seed');
+    // and once it is free again, the run comes from it
+    const p = planRun(v, opts({ soon, claimed: new Set(range(16, 33)) })) as {
+      units: number[];
+      from: string;
+    };
+    expect(p.from).toBe('peer');
+  });
 });
 
 describe('tracker: units on their way from the seed', () => {
@@ -186,5 +211,36 @@ describe('tracker: units on their way from the seed', () => {
       t.lookup({ blob: 'sha256:' + '3'.repeat(64), peer_id: 'c', zone: '', want: [], max_peers: 8 })
         .seed_bitmap.length,
     ).toBe(0);
+  });
+
+  it('rarities follow holders turning usable and unusable exactly as a count from scratch', () => {
+    const units = 77;
+    fc.assert(
+      fc.property(
+        fc.array(fc.uniqueArray(fc.integer({ min: 0, max: units - 1 }), { maxLength: units }), {
+          minLength: 1,
+          maxLength: 8,
+        }),
+        fc.array(fc.array(fc.boolean(), { minLength: 8, maxLength: 8 }), { minLength: 1, maxLength: 12 }),
+        (holdings, masks) => {
+          const v = viewOf(units - 1);
+          v.setHolders({ holders: holdings.map((h, i) => holder('p' + i, units, h)), units });
+          for (const m of masks) {
+            const usable = (h: { id: string }) => m[Number(h.id.slice(1))]!;
+            const got = Array.from(v.rarities(usable));
+            const want = Array.from(
+              { length: units },
+              (_, u) => holdings.filter((h, i) => m[i] && h.includes(u)).length,
+            );
+            expect(got).toEqual(want);
+          }
+          // a new holder list counts again from scratch
+          v.setHolders({ holders: [holder('p0', units, [3])], units });
+          expect(v.rarities()[3]).toBe(1);
+          expect(v.rarities().reduce((a, b) => a + b, 0)).toBe(1);
+        },
+      ),
+      { numRuns: 200 },
+    );
   });
 });
