@@ -374,6 +374,7 @@ export class UnitFetcher {
       // deferred, or the holder's upload slots are taken: the run's planner picks another, no retries
       if ((isDeferred(lastErr) || isBusy(lastErr)) && state.priority === Priority.Fill) break;
     }
+    if (!todo.length) return;
     const e = DfError.from(lastErr ?? DfError.internal('fetch gave up'), `fetch ${this.blob.digest}`);
     for (const w of todo) this.settle(w, e);
   }

@@ -210,7 +210,7 @@ export class BlockServer {
       clearTimeout(timer);
       timer = setTimeout(timeout, idleMs);
     };
-    res.on('close', () => ac.abort(DfError.aborted('client went away')));
+    abortOnClose(res, ac);
     this.active++;
     let blobSlot = false;
     try {
@@ -382,7 +382,7 @@ export class BlockServer {
       return fail(405, 'GET /files/table?url=...');
     }
     const ac = new AbortController();
-    res.on('close', () => ac.abort(DfError.aborted('client went away')));
+    abortOnClose(res, ac);
     let q: URLSearchParams;
     try {
       q = new URL(`http://peer${req.url ?? ''}`).searchParams;
@@ -466,4 +466,12 @@ export function splitHostPort(address: string): { host: string; port: number } {
   if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535)
     throw new DfError('CONFIG', `${address} is not host:port`);
   return { host, port };
+}
+
+/** The reason of a request whose answer went out whole: one object, not an error with a stack per request. */
+const ANSWERED = DfError.aborted('answered');
+
+/** Ends the request's work when its response closes: the client went away, or the answer is out. */
+function abortOnClose(res: ServerResponse, ac: AbortController): void {
+  res.on('close', () => ac.abort(res.writableFinished ? ANSWERED : DfError.aborted('client went away')));
 }
