@@ -175,10 +175,7 @@ export class UnitFetcher {
     if (this.inflight.size) await Promise.allSettled([...this.inflight.values()].map((f) => f.promise));
   }
 
-  /**
-   * For fill: waits until it may issue its next run (no on-demand reads waiting, see
-   * FetchScheduler.fillTurn) and returns how large that run may be (at most `maxRunBytes`).
-   */
+  /** For fill: waits for its next run's turn (FetchScheduler.fillTurn); returns its size (≤ `maxRunBytes`). */
   fillTurn(maxRunBytes: number, signal?: AbortSignal): Promise<number> {
     return this.scheduler.fillTurn(Math.min(maxRunBytes, this.opts.maxRunBytes), signal);
   }
