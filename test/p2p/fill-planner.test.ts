@@ -207,6 +207,18 @@ describe('tracker: units on their way from the seed', () => {
     expect(t.pendingAtOthers(blob, 'a', [5])).toBe(false);
     t.unassume(blob, 'a', 5, 6);
     expect(t.pendingAtOthers(blob, 'c', [5, 6])).toBe(false);
+    // sent again after the failed send: on its way once more
+    t.assume(blob, 'a', [7]);
+    expect(t.pendingAtOthers(blob, 'c', [7])).toBe(true);
+    // dropped by the TTL (in a lookup), then another unit sent: only that one is on its way
+    c.t += 6000;
+    for (const id of ['a', 'c'])
+      t.announce({ ...base, blob, units: 10, peer_id: id, address: `${id}:1`, full: false });
+    t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
+    expect(t.pendingAtOthers(blob, 'c', [7])).toBe(false);
+    t.assume(blob, 'a', [8]);
+    expect(t.pendingAtOthers(blob, 'c', [7])).toBe(false);
+    expect(t.pendingAtOthers(blob, 'c', [8])).toBe(true);
     expect(
       t.lookup({ blob: 'sha256:' + '3'.repeat(64), peer_id: 'c', zone: '', want: [], max_peers: 8 })
         .seed_bitmap.length,
