@@ -392,6 +392,7 @@ export function simulate(p: SimParams): SimResult {
       n.seedActive++;
       const go = () =>
         transfer(seedEp, n.ep, bytes, () => {
+          tracker.delivered(blob.digest, n.id, us[0]!, us[us.length - 1]!);
           seedUpload += bytes;
           fromSeed += bytes;
           n.seedActive--;

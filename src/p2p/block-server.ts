@@ -227,13 +227,12 @@ export class BlockServer {
       if (range.offset + range.length > blob.size) return fail(416, 'range beyond the blob');
       // before anything claims the range for the peer (ready, read)
       const peer = hint.peer;
-      if (peer && blob.undelivered) {
-        let done = false;
-        res.once('finish', () => (done = true));
+      if (peer && (blob.undelivered || blob.delivered))
         res.once('close', () => {
-          if (!done) blob.undelivered!(range.offset, range.length, peer);
+          if (res.writableFinished && res.statusCode < 300)
+            blob.delivered?.(range.offset, range.length, peer);
+          else blob.undelivered?.(range.offset, range.length, peer);
         });
-      }
       if (blob.ready) {
         if (this.waitingForOrigin >= (this.opts.maxQueuedRequests ?? 1024)) {
           res.setHeader('retry-after', '1');

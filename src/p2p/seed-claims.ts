@@ -67,5 +67,9 @@ export function trackedFile(
       const r = file.layout.unitsFor(offset, length);
       if (r) tracker.unassume(digest, peer, r[0], r[1]);
     },
+    delivered: (offset, length, peer) => {
+      const r = file.layout.unitsFor(offset, length);
+      if (r) tracker.delivered(digest, peer, r[0], r[1]);
+    },
   };
 }

@@ -252,6 +252,10 @@ export class Seed implements BlobProvider {
         const r = b.layout.unitsFor(offset, length);
         if (r) this.tracker.unassume(digest, peer, r[0], r[1]);
       },
+      delivered: (offset, length, peer) => {
+        const r = b.layout.unitsFor(offset, length);
+        if (r) this.tracker.delivered(digest, peer, r[0], r[1]);
+      },
     };
   }
 

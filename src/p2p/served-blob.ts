@@ -43,8 +43,10 @@ export interface ServedBlob {
    * trust it gives the seed's piece table).
    */
   pieceDigest?(offset: number, length: number): string | undefined;
-  /** Optional: a range read for `peer` did not reach it (error, or the peer went away mid-response). */
+  /** Optional: a range read for `peer` did not reach it (an error answer, or the peer went away mid-response). */
   undelivered?(offset: number, length: number, peer: string): void;
+  /** Optional: a range read for `peer` reached it whole. */
+  delivered?(offset: number, length: number, peer: string): void;
   /**
    * Optional (a raw file the seed is still fetching): settles once a read of the range would not wait for
    * bytes still on their way from the origin (rejects as that read would). The request waits for it before

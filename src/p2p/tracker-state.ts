@@ -69,7 +69,7 @@ interface PeerEntry {
   load: number;
   bits: Bitmap;
   lastSeen: number;
-  /** Unit → when the seed started sending it to this peer. */
+  /** Unit → when the seed's response with it reached this peer (IN_FLIGHT: still on its way). */
   pending: Map<number, number>;
 }
 
@@ -81,8 +81,10 @@ export interface TrackerStateOptions {
   /** Reported failures halve every this many ms. Default 60 s. */
   failureHalfLifeMs?: number;
   /**
-   * A unit the seed sent a peer counts as that peer's to share for this long (ms; default 15 s): other
-   * peers are told it is on its way (until announced), and the seed defers their planned requests for it.
+   * A unit the seed is sending a peer counts as that peer's to share while the response is on its way, however
+   * long that takes (a seed shared by hundreds of nodes sends each run slowly), and for this long after it
+   * reached the peer (ms; default 15 s): other peers are told it is on its way (until announced), and the seed
+   * defers their planned requests for it.
    */
   pendingTtlMs?: number;
   /**
@@ -116,6 +118,9 @@ interface PeerBinding {
   source: string | undefined;
   lastSeen: number;
 }
+
+/** The time of a pending unit whose response is still on its way (it does not expire). */
+const IN_FLIGHT = Infinity;
 
 /** The units sent to a peer that it has not announced yet (empty buffer when none). */
 function pendingBitmap(pending: Map<number, number>, held: Bitmap, units: number): Buffer {
@@ -190,9 +195,16 @@ export class TrackerState {
     const b = this.blobs.get(blob);
     const p = b?.peers.get(peer);
     if (!b || !p) return;
-    const now = this.timers.now();
-    for (const u of units) if (u < p.bits.size && !p.bits.has(u)) p.pending.set(u, now);
+    for (const u of units) if (u < p.bits.size && !p.bits.has(u)) p.pending.set(u, IN_FLIGHT);
     if (p.pending.size) b.sending.add(p);
+  }
+
+  /** The seed's response with units first..last reached `peer`: pending from now for the pending TTL. */
+  delivered(blob: string, peer: string, first: number, last: number): void {
+    const p = this.blobs.get(blob)?.peers.get(peer);
+    if (!p) return;
+    const now = this.timers.now();
+    for (let u = first; u <= last; u++) if (p.pending.get(u) === IN_FLIGHT) p.pending.set(u, now);
   }
 
   /** Whether a peer other than `peer` (and not reported failing) is being sent one of `units`. */

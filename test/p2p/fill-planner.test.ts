@@ -161,7 +161,7 @@ describe('tracker: units on their way from the seed', () => {
   const base = { zone: '', load: 0, leave: false, failed_peers: [], bitmap: new Uint8Array(0), added: [] };
   const blob = 'sha256:' + '2'.repeat(64);
 
-  it('marks units the seed sends as pending at the receiver until announced, expired or its peer fails', () => {
+  it('marks units the seed sends as pending at the receiver until announced, expired after delivery or its peer fails', () => {
     const seedHas = bits(10, [0, 1, 2]);
     const t = new TrackerState({
       timers: c,
@@ -195,11 +195,20 @@ describe('tracker: units on their way from the seed', () => {
     t.announce({ ...base, blob, units: 10, peer_id: 'c', address: 'c:1', full: false, failed_peers: ['b'] });
     r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
     expect(r.holders.find((h) => h.peer_id === 'b')).toBeUndefined();
-    // a's unit 1 expires after the TTL
-    c.t += 6000;
-    for (const id of ['a', 'b', 'c'])
-      t.announce({ ...base, blob, units: 10, peer_id: id, address: `${id}:1`, full: false });
-    r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
+    const later = (ms: number) => {
+      c.t += ms;
+      for (const id of ['a', 'b', 'c'])
+        t.announce({ ...base, blob, units: 10, peer_id: id, address: `${id}:1`, full: false });
+      r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
+    };
+    // a's unit 1 is still on its way past the TTL (a seed shared by many nodes sends slowly): still pending
+    later(6000);
+    expect(pend('a')).toEqual([0b10, 0]);
+    // the response reached a: the TTL counts from then
+    t.delivered(blob, 'a', 0, 1);
+    later(4000);
+    expect(pend('a')).toEqual([0b10, 0]);
+    later(2000);
     expect(pend('a')).toEqual([]);
     // what the seed defers: a unit on its way to another (healthy) peer; a send that failed is not
     t.assume(blob, 'a', [5, 6]);
@@ -210,11 +219,9 @@ describe('tracker: units on their way from the seed', () => {
     // sent again after the failed send: on its way once more
     t.assume(blob, 'a', [7]);
     expect(t.pendingAtOthers(blob, 'c', [7])).toBe(true);
-    // dropped by the TTL (in a lookup), then another unit sent: only that one is on its way
-    c.t += 6000;
-    for (const id of ['a', 'c'])
-      t.announce({ ...base, blob, units: 10, peer_id: id, address: `${id}:1`, full: false });
-    t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
+    // delivered, dropped by the TTL (in a lookup), then another unit sent: only that one is on its way
+    t.delivered(blob, 'a', 7, 7);
+    later(6000);
     expect(t.pendingAtOthers(blob, 'c', [7])).toBe(false);
     t.assume(blob, 'a', [8]);
     expect(t.pendingAtOthers(blob, 'c', [7])).toBe(false);
