@@ -43,7 +43,7 @@ export interface ServedBlob {
    * trust it gives the seed's piece table).
    */
   pieceDigest?(offset: number, length: number): string | undefined;
-  /** Optional: a range read for `peer` did not reach it (an error answer, or the peer went away mid-response). */
+  /** Optional: a range read for `peer` did not reach it (an error answer, or the peer left mid-response). */
   undelivered?(offset: number, length: number, peer: string): void;
   /** Optional: a range read for `peer` reached it whole. */
   delivered?(offset: number, length: number, peer: string): void;

@@ -81,10 +81,10 @@ export interface TrackerStateOptions {
   /** Reported failures halve every this many ms. Default 60 s. */
   failureHalfLifeMs?: number;
   /**
-   * A unit the seed is sending a peer counts as that peer's to share while the response is on its way, however
-   * long that takes (a seed shared by hundreds of nodes sends each run slowly), and for this long after it
-   * reached the peer (ms; default 15 s): other peers are told it is on its way (until announced), and the seed
-   * defers their planned requests for it.
+   * A unit the seed is sending a peer counts as that peer's to share while the response is on its way,
+   * however long that takes (a seed shared by hundreds of nodes sends each run slowly), and for this long
+   * after it reached the peer (ms; default 15 s): other peers are told it is on its way (until announced),
+   * and the seed defers their planned requests for it.
    */
   pendingTtlMs?: number;
   /**
