@@ -1,3 +1,4 @@
+import { countUp } from '../util/count-up.js';
 import { stallSignal } from '../util/stall-signal.js';
 import { SLOW_FILL_FACTOR, transferTimeoutMs } from '../util/transfer-timeout.js';
 import { realTimers, type Timers } from '../util/timers.js';
@@ -41,6 +42,8 @@ export const BUSY_BACKOFF_MS = 500;
  * forever, and one whose uplink is merely shared by many is not shut out.
  */
 export const SLOW_TIMEOUTS_UNTIL_ISOLATED = 3;
+/** Holders whose slow timeouts in a row are counted (the least recently counted go first). */
+const SLOW_TABLE = 256;
 
 /**
  * Other nodes as a BlockSource: the range goes to the best holder the tracker named (fastest so far,
@@ -141,10 +144,7 @@ export class PeerBlockSource implements BlockSource {
       // for a moment and ranks as slow, and stays in the view
       const now = this.timers.now();
       if (fill && e.code === 'TIMEOUT' && now - lastByte < this.deps.timeoutMs) {
-        const n = (this.slow.get(h.id) ?? 0) + 1;
-        if (n < SLOW_TIMEOUTS_UNTIL_ISOLATED) {
-          if (this.slow.size >= 256 && !this.slow.has(h.id)) this.slow.clear();
-          this.slow.set(h.id, n);
+        if (countUp(this.slow, h.id, SLOW_TABLE) < SLOW_TIMEOUTS_UNTIL_ISOLATED) {
           this.planAround(h.id);
           this.deps.onSlow?.(h.id);
           const s = length / Math.max(1, now - t0);
