@@ -122,7 +122,7 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
         peerInPiece = true;
         if (rand() * ++peerTies < 1) peerBest = u;
       }
-    } else if (o.seed && held[u] === 0 && !away.has(u)) {
+    } else if (o.seed && seedable(u)) {
       if (view.seedBits?.has(u)) {
         if (!heldInPiece) {
           heldInPiece = true;

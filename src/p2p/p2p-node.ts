@@ -13,7 +13,7 @@ import { BlockServer, type BlobProvider, type ServedBlob } from './block-server.
 import { HttpBlockClient } from './http-block-client.js';
 import { Isolation } from './isolation.js';
 import { PeerBlockSource } from './peer-block-source.js';
-import { PeerView } from './peer-view.js';
+import { PeerView, type Holder } from './peer-view.js';
 import { CountedRegistrySource, RegistryFallback, type RegistryFetchReason } from './registry-fallback.js';
 import { rankSeeds, trackerAddress } from './rendezvous.js';
 import { SeedBlockSource } from './seed-block-source.js';
@@ -319,12 +319,13 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   private fillPlanner(view: PeerView): FillPlanner {
     return async (fetcher, signal) => {
       if (this.views.get(view.blob.digest) !== view || view.cache.isComplete) return;
+      const soon = (h: Holder) => !this.isolation.isolated(h.id);
       const failed = await p2pFill(view, fetcher, {
         signal,
         refresh: (x) => this.lookup(x),
-        usable: (h) => !this.isolation.isolated(h.id) && !this.peers.isFull(h.id),
-        // a holder busy or slow for a moment keeps its units off the seed's upload
-        soon: (h) => !this.isolation.isolated(h.id),
+        // a holder busy or slow for a moment (full) keeps its units off the seed's upload
+        soon,
+        usable: (h) => soon(h) && !this.peers.isFull(h.id),
       });
       if (failed) this.log.debug({ digest: view.blob.digest, failed }, 'p2p fill: some runs failed');
     };

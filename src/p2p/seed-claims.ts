@@ -63,12 +63,27 @@ export function trackedFile(
       return file.read(offset, length, sig, h);
     },
     pieceDigest: file.pieceDigest && ((offset, length) => file.pieceDigest!(offset, length)),
+    ...deliveryReports(tracker, digest, file.layout),
+  };
+}
+
+/**
+ * A served blob's reports of whether an answer reached its node, for the tracker: units an undelivered
+ * answer carried are no longer on their way to that node; a delivered answer's stay pending there for the
+ * pending TTL from now.
+ */
+export function deliveryReports(
+  tracker: TrackerState,
+  digest: string,
+  layout: Units,
+): Pick<ServedBlob, 'undelivered' | 'delivered'> {
+  return {
     undelivered: (offset, length, peer) => {
-      const r = file.layout.unitsFor(offset, length);
+      const r = layout.unitsFor(offset, length);
       if (r) tracker.unassume(digest, peer, r[0], r[1]);
     },
     delivered: (offset, length, peer) => {
-      const r = file.layout.unitsFor(offset, length);
+      const r = layout.unitsFor(offset, length);
       if (r) tracker.delivered(digest, peer, r[0], r[1]);
     },
   };

@@ -23,7 +23,7 @@ import { listenPair } from './rendezvous.js';
 import { loadTls, type TlsMaterial } from './tls.js';
 import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
-import { claimUnits, trackedFile } from './seed-claims.js';
+import { claimUnits, deliveryReports, trackedFile } from './seed-claims.js';
 import { allowedRepo, registryAllowed } from './seed-registries.js';
 import { UnitLayout, type Units } from './unit-layout.js';
 
@@ -248,14 +248,7 @@ export class Seed implements BlobProvider {
         void Promise.allSettled(parts).then(done);
         return parts;
       },
-      undelivered: (offset, length, peer) => {
-        const r = b.layout.unitsFor(offset, length);
-        if (r) this.tracker.unassume(digest, peer, r[0], r[1]);
-      },
-      delivered: (offset, length, peer) => {
-        const r = b.layout.unitsFor(offset, length);
-        if (r) this.tracker.delivered(digest, peer, r[0], r[1]);
-      },
+      ...deliveryReports(this.tracker, digest, b.layout),
     };
   }
 
