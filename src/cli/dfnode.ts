@@ -225,6 +225,28 @@ function buildProgram(signal: AbortSignal): Command {
       await fuseManagerCommand(flags, signal);
     });
 
+  program
+    .command('warm-code-cache', { hidden: true })
+    .description(
+      "load every command's module and exit (npm run build: the bundle's code cache, bundle-entry.ts)",
+    )
+    .action(async () => {
+      await Promise.all([
+        import('./commands/fuse-manager.js'),
+        import('./commands/gc.js'),
+        import('./commands/get.js'),
+        import('./commands/mirror-setup.js'),
+        import('./commands/mount.js'),
+        import('./commands/preheat.js'),
+        import('./commands/pull.js'),
+        import('./commands/run.js'),
+        import('./commands/seed.js'),
+        import('./commands/status.js'),
+        import('./commands/through-daemon.js'),
+        import('./commands/umount.js'),
+      ]);
+    });
+
   return program;
 }
 
