@@ -72,7 +72,8 @@ KEY=$( (
   echo "$BASE_KEY"
   cat Containerfile deploy/image/build.sh package.json package-lock.json bin/dfnode
   find native/build/Release -maxdepth 1 \( -name '*.node' -o -name dfnode-pull \) -type f -print0 | sort -z | xargs -0 sha256sum
-  find dist proto -type f -print0 | sort -z | xargs -0 sha256sum
+  # not the bundle's V8 code cache: runs rewrite it (src/cli/code-cache.ts)
+  find dist proto -type f ! -name '*.cache' -print0 | sort -z | xargs -0 sha256sum
 ) | sha256sum | cut -c1-16)
 if ((PRINT_KEY)); then echo "$KEY"; exit 0; fi
 KEYED=localhost/dfnode-build:$KEY
