@@ -16,7 +16,7 @@ import { PrivateContainerd } from './lib/containerd.js';
 import { DfnodeRun } from './lib/dfnode-run.js';
 import { locateFixture } from './lib/fixture.js';
 import { formatTable, run } from './lib/measure.js';
-import { cli, P2pCluster, repoRoot } from './lib/p2p-cluster.js';
+import { cli, LINK_QUEUE_HELP, linkQueue, P2pCluster, repoRoot } from './lib/p2p-cluster.js';
 import type { NetnsHost } from './lib/netns-topology.js';
 
 const { values: flags } = parseArgs({
@@ -28,7 +28,7 @@ const { values: flags } = parseArgs({
     'work-dir': { type: 'string' },
     keep: { type: 'boolean', default: false },
     'log-level': { type: 'string', default: 'warn' },
-    'link-queue': { type: 'string', default: 'ack-priority' },
+    'link-queue': { type: 'string', default: 'small-first' },
     modes: { type: 'string', default: 'direct,mirror' },
     help: { type: 'boolean', default: false },
   },
@@ -36,11 +36,11 @@ const { values: flags } = parseArgs({
 if (flags.help) {
   process.stdout.write(
     'node dist/bench/mirror.js [--hosts 1,4,8,16] [--host-mbit 20] [--registry-mbit 40]\n' +
-      '  [--fixture debian-python] [--work-dir DIR] [--keep] [--log-level warn] [--link-queue ack-priority|fifo]\n' +
+      '  [--fixture debian-python] [--work-dir DIR] [--keep] [--log-level warn]\n' +
+      '  [--link-queue small-first|ack-priority|fifo]\n' +
       '  [--modes direct,mirror]\n' +
       '  --modes: which pulls to time (mirror alone is quicker for trying mirror changes)\n' +
-      "  --link-queue: ack-priority (default; pure ACKs ahead of bulk data, as a host's fq_codel would) or\n" +
-      "    fifo (htb's default leaf: 1000 packets, 600 ms at 20 Mbit/s, ACKs behind bulk data)\n" +
+      LINK_QUEUE_HELP +
       "  --keep: leave the work directory, with every node's log and metrics and the seed's log\n",
   );
   process.exit(0);
@@ -51,8 +51,9 @@ if (process.getuid?.() !== 0) {
   process.exit(2);
 }
 const counts = flags.hosts.split(',').map(Number);
-if (!['fifo', 'ack-priority'].includes(flags['link-queue'])) {
-  log(`--link-queue: fifo or ack-priority, not ${flags['link-queue']}`);
+const smallFirst = linkQueue(flags['link-queue']);
+if (smallFirst === undefined) {
+  log(`--link-queue: small-first, ack-priority or fifo, not ${flags['link-queue']}`);
   process.exit(2);
 }
 const modes = new Set(flags.modes.split(','));
@@ -73,7 +74,7 @@ const cluster = await P2pCluster.create({
   registryMbit: Number(flags['registry-mbit']),
   image: { layout: { dir: fixture, tag: 'latest' } },
   plain: true,
-  ackPriority: flags['link-queue'] === 'ack-priority',
+  smallFirst,
   workDir: join(work, 'cluster'),
   log,
 });
@@ -225,38 +226,41 @@ try {
 const mb = (b: number | undefined) => (b === undefined ? '' : (b / 1e6).toFixed(1));
 const one = rows.find((r) => r.n === 1 && r.mode === 'mirror');
 process.stdout.write(
-  formatTable(
-    [
-      'N',
-      'mode',
-      'mean s',
-      'max s',
-      'mean / 1 host',
-      'fetch mean s',
-      'fetch max s',
-      'fetch / 1 host',
-      'registry MB',
-      'egress / image',
-      'peer MB',
-      'seed MB',
-      'registry pieces MB',
-    ],
-    rows.map((r) => [
-      String(r.n),
-      r.mode,
-      r.meanS.toFixed(1),
-      r.maxS.toFixed(1),
-      r.mode === 'mirror' && one ? (r.meanS / one.meanS).toFixed(2) : '',
-      r.fetchMeanS.toFixed(1),
-      r.fetchMaxS.toFixed(1),
-      r.mode === 'mirror' && one ? (r.fetchMeanS / one.fetchMeanS).toFixed(2) : '',
-      mb(r.egress),
-      (r.egress / image).toFixed(3),
-      mb(r.fromPeers),
-      mb(r.fromSeed),
-      mb(r.fromRegistry),
-    ]),
-  ) + '\n',
+  `bench/mirror: ${flags.fixture}; hosts ${flags['host-mbit']} Mbit/s, registry host ${flags['registry-mbit']} Mbit/s, ` +
+    `links ${flags['link-queue']}\n\n` +
+    formatTable(
+      [
+        'N',
+        'mode',
+        'mean s',
+        'max s',
+        'mean / 1 host',
+        'fetch mean s',
+        'fetch max s',
+        'fetch / 1 host',
+        'registry MB',
+        'egress / image',
+        'peer MB',
+        'seed MB',
+        'registry pieces MB',
+      ],
+      rows.map((r) => [
+        String(r.n),
+        r.mode,
+        r.meanS.toFixed(1),
+        r.maxS.toFixed(1),
+        r.mode === 'mirror' && one ? (r.meanS / one.meanS).toFixed(2) : '',
+        r.fetchMeanS.toFixed(1),
+        r.fetchMaxS.toFixed(1),
+        r.mode === 'mirror' && one ? (r.fetchMeanS / one.fetchMeanS).toFixed(2) : '',
+        mb(r.egress),
+        (r.egress / image).toFixed(3),
+        mb(r.fromPeers),
+        mb(r.fromSeed),
+        mb(r.fromRegistry),
+      ]),
+    ) +
+    '\n',
 );
 const direct1 = rows.find((r) => r.n === 1 && r.mode === 'direct');
 if (one && direct1)

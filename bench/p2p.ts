@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { pieceLengthExponent } from './lib/aria2.js';
 import { BtSwarm } from './lib/bt-swarm.js';
 import { formatTable, versionOf } from './lib/measure.js';
-import { P2pCluster, repoRoot } from './lib/p2p-cluster.js';
+import { LINK_QUEUE_HELP, linkQueue, P2pCluster, repoRoot } from './lib/p2p-cluster.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -31,7 +31,7 @@ const { values: flags } = parseArgs({
     trace: { type: 'boolean', default: false },
     'skip-direct': { type: 'boolean', default: false },
     'queue-ms': { type: 'string' },
-    'link-queue': { type: 'string', default: 'ack-priority' },
+    'link-queue': { type: 'string', default: 'small-first' },
     'cpu-prof': { type: 'string' },
     'node-flags': { type: 'string' },
     help: { type: 'boolean', default: false },
@@ -42,9 +42,8 @@ if (flags.help) {
     'node dist/bench/p2p.js [--hosts 1,4,8,16] [--modes dfnode,direct,bittorrent] [--mib 64]\n' +
       '  [--host-mbit 20] [--registry-mbit 40] [--bt-piece-kib 256|1024] [--bt-exit-when-done]\n' +
       '  [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep] [--trace]\n' +
-      '  [--skip-direct] [--queue-ms MS] [--link-queue ack-priority|fifo] [--cpu-prof DIR] [--node-flags "FLAGS"]\n' +
-      "  --link-queue: ack-priority (default; pure ACKs ahead of bulk data, as a host's fq_codel would) or\n" +
-      "    fifo (htb's default leaf: 1000 packets, 600 ms at 20 Mbit/s, ACKs behind bulk data)\n" +
+      '  [--skip-direct] [--queue-ms MS] [--link-queue small-first|ack-priority|fifo] [--cpu-prof DIR] [--node-flags "FLAGS"]\n' +
+      LINK_QUEUE_HELP +
       '  --modes: which of dfnode, direct (curl), bittorrent (aria2c + opentracker) run for each N\n' +
       '  --bt-piece-kib: piece size of the torrent (256 or 1024 KiB)\n' +
       '  --bt-exit-when-done: aria2c leechers exit when complete (default: they seed until all are done)\n' +
@@ -70,8 +69,9 @@ for (const m of modes)
     process.exit(2);
   }
 if (flags['skip-direct']) modes.delete('direct');
-if (!['fifo', 'ack-priority'].includes(flags['link-queue'])) {
-  log(`--link-queue: fifo or ack-priority, not ${flags['link-queue']}`);
+const smallFirst = linkQueue(flags['link-queue']);
+if (smallFirst === undefined) {
+  log(`--link-queue: small-first, ack-priority or fifo, not ${flags['link-queue']}`);
   process.exit(2);
 }
 const btPieceBytes = Number(flags['bt-piece-kib']) * 1024;
@@ -100,7 +100,7 @@ const cluster = await P2pCluster.create({
   hostMbit,
   registryMbit,
   queueMs: flags['queue-ms'] ? Number(flags['queue-ms']) : undefined,
-  ackPriority: flags['link-queue'] === 'ack-priority',
+  smallFirst,
   nodeFlags: [
     ...(flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['cpu-prof']}`] : []),
     ...(flags['node-flags']?.split(/\s+/).filter(Boolean) ?? []),
@@ -369,7 +369,8 @@ const pct = (x?: number) => (x === undefined ? '' : `${(x * 100).toFixed(0)}%`);
 const num = (x: number | undefined, digits = 1) =>
   x === undefined || Number.isNaN(x) ? '' : x.toFixed(digits);
 process.stdout.write(
-  `bench/p2p: ${(size / 2 ** 20).toFixed(1)} MiB DFB layer; hosts ${hostMbit} Mbit/s, registry host ${registryMbit} Mbit/s` +
+  `bench/p2p: ${(size / 2 ** 20).toFixed(1)} MiB DFB layer; hosts ${hostMbit} Mbit/s, registry host ${registryMbit} Mbit/s, ` +
+    `links ${flags['link-queue']}` +
     (Object.keys(env).length ? `; ${JSON.stringify(env)}` : '') +
     (modes.has('bittorrent')
       ? `\nbittorrent: the DFB blob file, ${btPieceBytes / 1024} KiB pieces, opentracker on a host of its own, ` +

@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { Daemon } from './daemon.js';
 import { run, type RunOptions } from './measure.js';
-import { ackPriorityCommands, htbCommands } from './netns.js';
+import { htbCommands, smallFirstCommands } from './netns.js';
 
 export interface HostSpec {
   name: string;
@@ -30,12 +30,14 @@ export interface TopologyOptions {
    */
   queueMs?: number;
   /**
-   * Where the kernel has no fair queue: send pure ACKs (TCP packets under 128 bytes) ahead of bulk data
-   * in each shaped link (an htb class of priority 0 picked by a u32 filter), as a host's fq_codel would.
-   * Without it a host whose link is full both ways (a seed downloading while it uploads) holds the ACKs
-   * of its download behind its upload in a FIFO of up to 600 ms.
+   * Where the kernel has no fair queue: send small TCP packets (under this many bytes: 128, pure ACKs; 512,
+   * ACKs and requests) ahead of bulk data in each shaped link (an htb class of priority 0 picked by a u32
+   * filter), as a host's fq_codel would: a flow of ACKs and requests never builds a queue, so fq_codel
+   * serves it as a sparse flow, ahead of the bulk flows. Without it a host whose link is full both ways (a
+   * seed downloading while it uploads) holds the ACKs of its download, and a node its requests, behind its
+   * upload in a FIFO of up to 600 ms. 0 or unset: the FIFO.
    */
-  ackPriority?: boolean;
+  smallFirst?: 0 | 128 | 512;
 }
 
 const live = new Set<NetnsTopology>();
@@ -54,7 +56,7 @@ export class NetnsHost {
     private readonly hub: string,
     readonly mbit: number,
     readonly queueMs = 0,
-    readonly ackPriority = false,
+    readonly smallFirst: 0 | 128 | 512 = 0,
   ) {}
 
   /** `ip netns exec NS cmd args...` as an argv (ip execs the command: a spawned child's PID is the command's). */
@@ -91,7 +93,7 @@ export class NetnsHost {
 
   /**
    * Shapes both directions of the link to `mbit` Mbit/s (htb, with an fq_codel or sfq leaf when available,
-   * else ACKs first when ackPriority); 0 removes shaping.
+   * else small packets first when smallFirst); 0 removes shaping.
    */
   async shape(mbit: number): Promise<void> {
     await run('ip', ['netns', 'exec', this.ns, 'tc', 'qdisc', 'del', 'dev', 'eth0', 'root']).catch(
@@ -110,8 +112,8 @@ export class NetnsHost {
         () => tc('qdisc', 'del', 'dev', dev, 'root').then(() => true),
         () => false,
       );
-      const ackClass = this.ackPriority && !fair;
-      for (const a of ackClass ? ackPriorityCommands(dev, mbit) : htbCommands(dev, mbit)) await tc(...a);
+      const small = fair ? 0 : this.smallFirst;
+      for (const a of small ? smallFirstCommands(dev, mbit, small) : htbCommands(dev, mbit)) await tc(...a);
       // a fair leaf queue where the kernel has one (flows share the link as on a real NIC); else htb's pfifo
       const leaves = [['fq_codel'], ['sfq']];
       if (this.queueMs > 0) {
@@ -160,7 +162,7 @@ export class NetnsTopology {
           hub,
           h.mbit ?? 0,
           opts.queueMs ?? 0,
-          opts.ackPriority ?? false,
+          opts.smallFirst ?? 0,
         ),
     );
     const topo = new NetnsTopology(hub, hosts, namespaces);

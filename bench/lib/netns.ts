@@ -104,12 +104,15 @@ export function htbCommands(dev: string, mbit: number): string[][] {
 }
 
 /**
- * htbCommands with pure ACKs first: the same rate split into class 1:5 (priority 0, a tenth of the rate
- * guaranteed, may borrow all of it) for TCP packets under 128 bytes with no IP options (ACKs, with
- * timestamps and SACK blocks) and the default class 1:10 (priority 1) for everything else. ACKs are about
- * 2 % of the data they acknowledge, so their class never runs out of rate and never waits behind bulk data.
+ * htbCommands with small packets first: the same rate split into class 1:5 (priority 0, a tenth of the rate
+ * guaranteed, may borrow all of it) for TCP packets under `below` bytes (128 or 512) with no IP options and
+ * the default class 1:10 (priority 1) for everything else. Under 128 bytes: pure ACKs (with timestamps and
+ * SACK blocks). Under 512: also requests (an HTTP range request of dfnode's block client is ~350 bytes on
+ * the wire; BitTorrent's are under 128 already). Bulk data goes in full-sized segments, or larger with GSO.
+ * ACKs are about 2 % of the data they acknowledge and requests far less, so the class never runs out of rate
+ * and its packets never wait behind bulk data.
  */
-export function ackPriorityCommands(dev: string, mbit: number): string[][] {
+export function smallFirstCommands(dev: string, mbit: number, below: 128 | 512): string[][] {
   const rate = `${mbit}mbit`;
   const leaf = (id: string, tenths: number, prio: string) =>
     `class add dev ${dev} parent 1:1 classid ${id} htb rate ${(mbit * tenths) / 10}mbit ceil ${rate} prio ${prio} quantum 3028`;
@@ -118,8 +121,8 @@ export function ackPriorityCommands(dev: string, mbit: number): string[][] {
     `class add dev ${dev} parent 1: classid 1:1 htb rate ${rate} ceil ${rate} quantum 3028`,
     leaf('1:5', 1, '0'),
     leaf('1:10', 9, '1'),
-    // IPv4, protocol TCP, header length 5 words, total length < 128
+    // IPv4, protocol TCP, header length 5 words, total length < `below` (a power of two)
     `filter add dev ${dev} parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff ` +
-      'match u8 0x05 0x0f at 0 match u16 0x0000 0xff80 at 2 flowid 1:5',
+      `match u8 0x05 0x0f at 0 match u16 0x0000 0x${(0x10000 - below).toString(16)} at 2 flowid 1:5`,
   ].map((c) => c.split(' '));
 }

@@ -25,6 +25,17 @@ export function repoRoot(): string {
   return d;
 }
 
+/** The benches' `--link-queue` values (TopologyOptions.smallFirst). */
+export const LINK_QUEUE_HELP =
+  '  --link-queue: small-first (default; ACKs and requests, TCP packets under 512 bytes, ahead of bulk data,\n' +
+  "    as a host's fq_codel serves sparse flows), ack-priority (only pure ACKs, under 128 bytes, ahead) or\n" +
+  "    fifo (htb's default leaf: 1000 packets, 600 ms at 20 Mbit/s, everything behind bulk data)\n";
+
+/** `--link-queue` → TopologyOptions.smallFirst; undefined for an unknown value. */
+export function linkQueue(v: string): 0 | 128 | 512 | undefined {
+  return ({ 'small-first': 512, 'ack-priority': 128, fifo: 0 } as const)[v as 'fifo'];
+}
+
 /** The compiled command line `name` (dist/src/cli), or the bundle that ships (dist/bundle, `bundled`). */
 export function cli(name: 'dfnode' | 'dfconvert', bundled = false): string {
   const p = bundled
@@ -74,8 +85,8 @@ export interface ClusterOptions {
   extraHosts?: string[];
   /** Link buffer in ms (see TopologyOptions.queueMs); default: the veth's own FIFO. */
   queueMs?: number;
-  /** Pure ACKs ahead of bulk data in each link (see TopologyOptions.ackPriority). */
-  ackPriority?: boolean;
+  /** Small packets (ACKs; with 512, requests too) ahead of bulk data in each link (TopologyOptions.smallFirst). */
+  smallFirst?: 0 | 128 | 512;
   /** Node.js flags for every dfnode process (e.g. `--cpu-prof`, `--cpu-prof-dir=DIR`). */
   nodeFlags?: string[];
   log?: (s: string) => void;
@@ -178,7 +189,7 @@ export class P2pCluster {
     const topo = await NetnsTopology.create({
       prefix: 'dfp2p',
       queueMs: opts.queueMs,
-      ackPriority: opts.ackPriority,
+      smallFirst: opts.smallFirst,
       hosts: [
         { name: 'registry', mbit: opts.registryMbit },
         ...Array.from({ length: opts.seeds ?? 1 }, (_, i) => ({
