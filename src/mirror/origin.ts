@@ -1,4 +1,5 @@
-import { request, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
+import { Agent } from '../util/undici.js';
 import { DfError } from '../errors.js';
 import { readExactly } from '../util/read-into.js';
 import type { BlobRef, BlockSource } from '../fetch/types.js';
@@ -67,6 +68,10 @@ export interface OriginResponse {
   body: Dispatcher.ResponseData['body'];
 }
 
+let agent: Agent | undefined;
+/** The connection pool for origins (undici's default agent, made when first used). */
+const originAgent = (): Agent => (agent ??= new Agent());
+
 /**
  * One request to an origin (`GET` or `HEAD`, optionally a range), redirects not followed (an allowed
  * origin cannot send a seed elsewhere). A status other than 200/206 is a DfError saying what to do:
@@ -80,7 +85,13 @@ export async function originRequest(
   if (opts.range) headers.range = opts.range;
   let res: Dispatcher.ResponseData;
   try {
-    res = await request(url, { method: opts.method ?? 'GET', headers, signal: opts.signal });
+    res = await originAgent().request({
+      origin: url.origin,
+      path: `${url.pathname}${url.search}`,
+      method: opts.method ?? 'GET',
+      headers,
+      signal: opts.signal,
+    });
   } catch (err) {
     if (opts.signal.aborted && opts.signal.reason instanceof DfError) throw opts.signal.reason;
     throw new DfError('NETWORK', `origin ${url.host}: ${(err as Error).message}`);

@@ -1,4 +1,5 @@
-import { Agent, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
+import { Agent } from '../util/undici.js';
 import { DfError } from '../errors.js';
 
 export interface UpstreamOptions {

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { Agent, buildConnector } from 'undici';
+import { Agent, buildConnector } from '../util/undici.js';
 import { DfError } from '../errors.js';
 import type { TokenBucket } from '../util/token-bucket.js';
 import { dispatchInto, type DispatchedResponse } from '../util/dispatch-into.js';

@@ -1,4 +1,5 @@
-import { Agent, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
+import { Agent } from '../util/undici.js';
 
 export interface RequestPipelineOptions {
   /** Requests on the pipeline at once, all connections together. Default 4. */

@@ -1,5 +1,6 @@
 import { Readable } from 'node:stream';
-import { Agent, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
+import { Agent } from '../util/undici.js';
 import { DfError } from '../errors.js';
 import { backoff } from '../util/backoff.js';
 import { keepAliveTimers, sleep as sleepFor } from '../util/timers.js';

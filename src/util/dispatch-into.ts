@@ -1,4 +1,5 @@
-import { util, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
+import { parseHeaders } from './undici.js';
 
 /** What a response's head decides: the buffer its body goes into, or an error that ends the request. */
 export type HeadDecision = { into: Buffer; tooLong: (atLeast: number) => Error | undefined } | Error;
@@ -78,10 +79,7 @@ export function dispatchInto(dispatcher: Dispatcher, opts: DispatchIntoOptions):
       onHeaders(statusCode, rawHeaders) {
         if (settled) return false;
         if (statusCode < 200) return true;
-        const headers = util.parseHeaders(rawHeaders as Buffer[]) as Record<
-          string,
-          string | string[] | undefined
-        >;
+        const headers = parseHeaders(rawHeaders as Buffer[]) as Record<string, string | string[] | undefined>;
         let d: HeadDecision;
         try {
           d = opts.onHead(statusCode, headers);
