@@ -88,7 +88,7 @@ export function isSourceUnavailable(err: unknown): boolean {
  * planner asks another holder (or later).
  */
 export function busyAtSource(message: string): DfError {
-  return new DfError('NOT_FOUND', message, { details: { sourceUnavailable: true, busy: true } });
+  return DfError.answer('NOT_FOUND', message, { details: { sourceUnavailable: true, busy: true } });
 }
 
 export function isBusy(err: unknown): boolean {
@@ -97,7 +97,7 @@ export function isBusy(err: unknown): boolean {
 
 /** A source deferred a planned run (see FetchContext.planned): nothing failed, the planner picks again. */
 export function deferredBySource(message: string): DfError {
-  return new DfError('NOT_FOUND', message, { details: { sourceUnavailable: true, deferred: true } });
+  return DfError.answer('NOT_FOUND', message, { details: { sourceUnavailable: true, deferred: true } });
 }
 
 export function isDeferred(err: unknown): boolean {

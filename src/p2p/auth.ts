@@ -8,15 +8,20 @@ export const CLUSTER_TOKEN_HEADER = 'x-dfnode-cluster-token';
 /** The header naming the requesting node's P2P id (a seed tells the tracker where a range went). */
 export const PEER_ID_HEADER = 'x-dfnode-peer-id';
 
+/** The cluster token's digest, kept for the next call (every request and tracker call checks the token). */
+let expectedDigest: { token: string; digest: Buffer } | undefined;
+
 /**
  * Constant-time comparison of a presented token with the cluster token (both hashed first, so that the
  * time does not depend on lengths either). An empty expected token matches nothing.
  */
 export function tokenMatches(expected: string, given: string | string[] | undefined): boolean {
   if (!expected || typeof given !== 'string') return false;
-  const a = createHash('sha256').update(expected).digest();
+  if (expectedDigest?.token !== expected) {
+    expectedDigest = { token: expected, digest: createHash('sha256').update(expected).digest() };
+  }
   const b = createHash('sha256').update(given).digest();
-  return timingSafeEqual(a, b);
+  return timingSafeEqual(expectedDigest.digest, b);
 }
 
 /** The cluster token from the config: p2p.clusterToken, else the first line of p2p.clusterTokenFile. */

@@ -32,7 +32,11 @@ export async function serveTracker(
   tls?: TlsMaterial,
 ): Promise<{ address: string; stop(): Promise<void> }> {
   // a full announce of the largest blob (2^22 units) is a 512 KiB bitmap: anything far larger is garbage
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': MAX_REQUEST_BYTES });
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': MAX_REQUEST_BYTES,
+    // channelz (gRPC's introspection service, not served here) would track every call
+    'grpc.enable_channelz': 0,
+  });
   const guard =
     <Req, Res>(fn: (req: Req, source: string | undefined) => Res): grpc.handleUnaryCall<Req, Res> =>
     (call, cb) => {
@@ -121,6 +125,7 @@ export class TrackerClient {
     const Ctor = trackerServiceConstructor();
     this.client = new Ctor(address, trackerChannelCredentials(tls), {
       'grpc.max_receive_message_length': 8 << 20,
+      'grpc.enable_channelz': 0,
       // the SNI name: grpc-js would send the dialled host, an IP for many seeds (which Node warns about)
       ...(tls && { 'grpc.ssl_target_name_override': 'dfnode-tracker' }),
     }) as never;

@@ -45,6 +45,15 @@ describe('cluster token', () => {
     expect(tokenMatches('s3cret', ['s3cret'])).toBe(false);
     expect(tokenMatches('', '')).toBe(false);
   });
+
+  it('keeps the expected digest for the next call, and not for another token (two clusters in one process)', () => {
+    for (let i = 0; i < 3; i++) {
+      expect(tokenMatches('first', 'first')).toBe(true);
+      expect(tokenMatches('second', 'first')).toBe(false);
+      expect(tokenMatches('second', 'second')).toBe(true);
+      expect(tokenMatches('first', 'second')).toBe(false);
+    }
+  });
 });
 
 describe('isolation', () => {
