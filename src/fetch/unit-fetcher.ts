@@ -6,6 +6,7 @@ import type { Toc } from '../blob/toc.js';
 import type { BlobCache } from '../cache/blob-cache.js';
 import { DfError } from '../errors.js';
 import { adjacentGroups } from '../util/adjacent-groups.js';
+import { groupSpan, RunWriter, type VerifiedUnit } from './run-writer.js';
 import { backoff } from '../util/backoff.js';
 import { bound, childSignal, realTimers, sleep, type Timers } from '../util/timers.js';
 import { transferTimeoutMs } from '../util/transfer-timeout.js';
@@ -379,8 +380,9 @@ export class UnitFetcher {
   /**
    * One range request for adjacent units; units to try again are pushed to `retry`. Returns the last error.
    * Units are verified as their bytes arrive (when the source tells of progress): a unit verified while
-   * the rest of the run is still on its way goes to its waiters at once (its entry stays in flight until
-   * it is stored with the run, so nobody fetches it again meanwhile).
+   * the rest of the run is still on its way goes to its waiters at once, and into the cache with the units
+   * verified around it (RunWriter); its entry stays in flight until it is stored, so nobody fetches it again
+   * meanwhile.
    */
   private async fetchPart(
     source: BlockSource,
@@ -397,7 +399,10 @@ export class UnitFetcher {
     const rq = childSignal(runSignal, ms, this.timers, what);
     const t0 = this.timers.now();
     let lastErr: unknown;
-    const good: { waiter: Waiter; unitOff: number; stored: Buffer }[] = [];
+    const writer = new RunWriter<Waiter>(async (group) => {
+      const err = await this.storeGroup(group, source);
+      if (err !== undefined) lastErr = err;
+    }, this.timers);
     let next = 0;
     // bad units, told to the source once it has returned its buffer (it knows who served that buffer)
     const bad: [number, number][] = [];
@@ -406,11 +411,11 @@ export class UnitFetcher {
         const w = part[next]!;
         const unitOff = this.unitOffset(w.unit);
         const end = this.unitOffset(w.unit + 1) - off;
-        if (end > filled) return;
+        if (end > filled) break;
         const stored = data.subarray(unitOff - off, end);
         try {
           this.checkUnit(w.unit, stored);
-          good.push({ waiter: w, unitOff, stored });
+          writer.add({ waiter: w, unitOff, stored });
           // mid-transfer: its readers need not wait for the rest of the run (it is stored with the run)
           if (filled < len) w.resolve(stored);
         } catch (err) {
@@ -420,6 +425,7 @@ export class UnitFetcher {
           lastErr = err;
         }
       }
+      if (filled < len) writer.nudge();
     };
     try {
       const ctx = {
@@ -446,41 +452,30 @@ export class UnitFetcher {
     } finally {
       rq.dispose();
     }
-    // the verified units, each adjacent group in one write
-    for (const group of adjacentGroups(good, (g) => g.waiter.unit)) {
-      const first = group[0]!;
-      const last = group[group.length - 1]!;
-      const units = group.map((g) => ({ unit: g.waiter.unit, length: g.stored.length }));
-      const spanLength = last.unitOff - first.unitOff + last.stored.length;
-      // adjacent units are (nearly always) adjacent in one buffer: their span is a view of it, no copy
-      const oneView = group.every(
-        (g) =>
-          g.stored.buffer === first.stored.buffer &&
-          g.stored.byteOffset - first.stored.byteOffset === g.unitOff - first.unitOff,
-      );
-      const span = oneView
-        ? Buffer.from(first.stored.buffer, first.stored.byteOffset, spanLength)
-        : Buffer.concat(
-            group.map((g) => g.stored),
-            spanLength,
-          );
-      try {
-        await this.cache.writeUnits(units, first.unitOff, span, this.closer.signal);
-      } catch (err) {
-        if (this.closer.signal.aborted) {
-          for (const g of group) this.settle(g.waiter, DfError.from(err, `cache ${this.blob.digest}`));
-          lastErr = err;
-          continue;
-        }
-        // verified but not storable (NO_SPACE, ...): the waiters got the verified bytes all the same; the
-        // cache does not claim them (its bitmap is unchanged) and the background fill tries them again
-      }
-      for (const g of group) {
-        this.stats.served(source.kind, 1, g.stored.length);
-        this.settle(g.waiter, g.stored);
-      }
-    }
+    // the verified units not written yet (and the writes in flight)
+    await writer.flush();
     return lastErr;
+  }
+
+  /** Writes adjacent verified units in one write and settles their waiters; returns a write's error. */
+  private async storeGroup(group: VerifiedUnit<Waiter>[], source: BlockSource): Promise<unknown> {
+    const first = group[0]!;
+    const units = group.map((g) => ({ unit: g.waiter.unit, length: g.stored.length }));
+    try {
+      await this.cache.writeUnits(units, first.unitOff, groupSpan(group), this.closer.signal);
+    } catch (err) {
+      if (this.closer.signal.aborted) {
+        for (const g of group) this.settle(g.waiter, DfError.from(err, `cache ${this.blob.digest}`));
+        return err;
+      }
+      // verified but not storable (NO_SPACE, ...): the waiters got the verified bytes all the same; the
+      // cache does not claim them (its bitmap is unchanged) and the background fill tries them again
+    }
+    for (const g of group) {
+      this.stats.served(source.kind, 1, g.stored.length);
+      this.settle(g.waiter, g.stored);
+    }
+    return undefined;
   }
 
   private checkUnit(u: number, stored: Buffer): void {

@@ -10,6 +10,7 @@ import { FetchScheduler } from '../../src/fetch/scheduler.js';
 import { LayerCore, type LayerOptions } from '../../src/layer/layer-core.js';
 import { makeBlob, type TestBlob } from '../helpers/dfb.js';
 import { tempDir } from '../helpers/temp.js';
+import type { BlockSource } from '../../src/fetch/types.js';
 import { FakeSource } from './helpers.js';
 
 /** Clean-ups of the layers and temp dirs below; each test file drains it after each test. */
@@ -51,7 +52,7 @@ export async function open(
     flushBytes?: number;
     mem?: BlockMemoryCache;
     scheduler?: FetchScheduler;
-    sources?: FakeSource[];
+    sources?: BlockSource[];
     stats?: FetchStats;
     logger?: Logger;
   } = {},

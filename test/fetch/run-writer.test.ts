@@ -1,0 +1,184 @@
+/**
+ * A run's verified units go into the cache while the rest of the run is still arriving (RunWriter): one write
+ * at a time, what arrives meanwhile in the next one, in unit order, once enough is pending or it has waited
+ * long enough (also when the source stalls). Through a real LayerCore and BlobCache: a
+ * source sends the first blocks of a run and holds the rest; those blocks are already present (and told to
+ * the cache's listeners, which announce them to peers) before the run ends.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { Priority, type BlobRef, type BlockSource, type FetchContext } from '../../src/fetch/types.js';
+import { RunWriter, type VerifiedUnit } from '../../src/fetch/run-writer.js';
+import type { Timers } from '../../src/util/timers.js';
+import { UnitLayout } from '../../src/p2p/unit-layout.js';
+import { open, runCleanups, setup } from './layer-setup.js';
+
+afterEach(runCleanups);
+
+function gate() {
+  let open!: () => void;
+  const promise = new Promise<void>((r) => (open = r));
+  return { promise, open };
+}
+
+const unit = (u: number): VerifiedUnit<{ unit: number }> => ({
+  waiter: { unit: u },
+  unitOff: u * 10,
+  stored: Buffer.alloc(10, u),
+});
+
+/** Timers on a hand-moved clock. */
+function manualTimers(): Timers & { t: number; advance(ms: number): void } {
+  const pending = new Map<number, { at: number; fn: () => void }>();
+  let id = 0;
+  const c = {
+    t: 0,
+    now: () => c.t,
+    setTimeout: (fn: () => void, ms: number) => {
+      pending.set(++id, { at: c.t + ms, fn });
+      return id;
+    },
+    clearTimeout: (h: unknown) => void pending.delete(h as number),
+    advance(ms: number) {
+      c.t += ms;
+      for (const [k, p] of [...pending]) {
+        if (p.at <= c.t) {
+          pending.delete(k);
+          p.fn();
+        }
+      }
+    },
+  };
+  return c;
+}
+
+const settle = () => new Promise((r) => setTimeout(r, 1));
+
+describe('RunWriter', () => {
+  it('keeps one write in flight, batches what arrives meanwhile, and groups adjacent units', async () => {
+    const writes: number[][] = [];
+    const held: Array<() => void> = [];
+    const w = new RunWriter<{ unit: number }>(
+      async (group) => {
+        writes.push(group.map((g) => g.waiter.unit));
+        await new Promise<void>((r) => held.push(r));
+      },
+      manualTimers(),
+      { minBytes: 1 },
+    );
+    w.add(unit(0));
+    w.add(unit(1));
+    w.nudge();
+    await Promise.resolve();
+    expect(writes).toEqual([[0, 1]]);
+    // arrives during the write: waits for it
+    w.add(unit(2));
+    w.add(unit(4));
+    w.nudge();
+    await Promise.resolve();
+    expect(writes).toEqual([[0, 1]]);
+    const done = w.flush();
+    held.shift()!();
+    // the next batch: 2 and 4 are not adjacent, two writes in order
+    while (writes.length < 2) await settle();
+    expect(writes).toEqual([[0, 1], [2]]);
+    held.shift()!();
+    while (writes.length < 3) await settle();
+    expect(writes).toEqual([[0, 1], [2], [4]]);
+    held.shift()!();
+    await done;
+    // nothing new: flush resolves without a write
+    await w.flush();
+    expect(writes).toHaveLength(3);
+  });
+
+  it('mid-run, writes once enough bytes are pending or the oldest has waited long enough, even if stalled', async () => {
+    const writes: number[][] = [];
+    const timers = manualTimers();
+    const w = new RunWriter<{ unit: number }>(
+      async (group) => void writes.push(group.map((g) => g.waiter.unit)),
+      timers,
+      { minBytes: 30, maxAgeMs: 500 },
+    );
+    // 20 bytes: below the bound, too young
+    w.add(unit(0));
+    w.add(unit(1));
+    w.nudge();
+    await settle();
+    expect(writes).toEqual([]);
+    // the third unit makes 30 bytes
+    w.add(unit(2));
+    w.nudge();
+    await settle();
+    expect(writes).toEqual([[0, 1, 2]]);
+    // one small unit, then nothing more arrives (a stalled source): written when it is 500 ms old
+    timers.advance(100);
+    w.add(unit(3));
+    w.nudge();
+    timers.advance(499);
+    await settle();
+    expect(writes).toHaveLength(1);
+    timers.advance(1);
+    await settle();
+    expect(writes).toEqual([[0, 1, 2], [3]]);
+    // the end of the run writes the rest whatever its size, and leaves no timer behind
+    w.add(unit(4));
+    w.nudge();
+    await w.flush();
+    expect(writes).toEqual([[0, 1, 2], [3], [4]]);
+    timers.advance(10_000);
+    await settle();
+    expect(writes).toHaveLength(3);
+  });
+});
+
+describe('a run stored as it arrives', () => {
+  it('has its first blocks in the cache, told to listeners, while the rest of the run is held back', async () => {
+    const s = await setup();
+    const layout = new UnitLayout(s.tb.toc, s.tb.blob.size);
+    const first = 3;
+    const last = 12;
+    const offset = layout.offset(first);
+    const length = layout.offset(last + 1) - offset;
+    const head = layout.offset(first + 2) - offset; // blocks 3 and 4
+    const held = gate();
+    let sentHead!: () => void;
+    const headSent = new Promise<void>((r) => (sentHead = r));
+    const source: BlockSource = {
+      name: 'held registry',
+      kind: 'registry',
+      fetch: async (_b: BlobRef, o: number, n: number, _sig: AbortSignal, ctx?: FetchContext) => {
+        const out = Buffer.alloc(n);
+        if (o !== offset) {
+          s.tb.bytes.copy(out, 0, o, o + n);
+          return out;
+        }
+        s.tb.bytes.copy(out, 0, o, o + head);
+        ctx?.progress?.(out, head);
+        sentHead();
+        await held.promise;
+        s.tb.bytes.copy(out, head, o + head, o + n);
+        ctx?.progress?.(out, n);
+        return out;
+      },
+    };
+    const { cache, core } = await open(s, { sources: [source] });
+    const told: number[] = [];
+    cache.addUnitListener({ present: (u) => told.push(u), reset: () => undefined });
+    const fetcher = core.fetcher;
+    const units = Array.from({ length: last - first + 1 }, (_, i) => first + i);
+    const run = fetcher.units(units, Priority.Fill);
+    await headSent;
+    // two small blocks, then a stall: written when they have waited MID_RUN_WRITE_MS
+    for (let i = 0; i < 600 && !(cache.has(first) && cache.has(first + 1)); i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(cache.has(first), 'block 3 is in the cache before the run ends').toBe(true);
+    expect(cache.has(first + 1)).toBe(true);
+    expect(cache.has(first + 2)).toBe(false);
+    expect(told).toEqual(expect.arrayContaining([first, first + 1]));
+    held.open();
+    const got = await run;
+    expect(Buffer.concat(got).equals(s.tb.bytes.subarray(offset, offset + length))).toBe(true);
+    for (const u of units) expect(cache.has(u)).toBe(true);
+  });
+});
