@@ -1,5 +1,5 @@
 /**
- * V8 code cache for the bundled dfnode CLI (dist/bundle/dfnode-main.cjs): compiling the 4 MB bundle and the
+ * V8 code cache for the bundled dfnode CLI (dist/bundle/dfnode-main.cjs): compiling the 3.5 MB bundle and the
  * functions a command runs costs a start 0.2 s of CPU, more than the command's own work for `dfnode preheat` up to
  * its first block, and hosts starting together share their cores. Node 20 has no compile cache of its own
  * (`module.enableCompileCache` came in 22), so the loader (bundle-entry.ts) compiles the bundle as one

@@ -78,6 +78,8 @@ interface RunState {
 
 interface InFlight {
   promise: Promise<Buffer>;
+  /** Settles `promise`: only its own run may (a late write of a run given up must not settle a new one). */
+  waiter: Waiter;
   task?: ScheduledTask<void>;
   run?: RunState;
 }
@@ -278,7 +280,7 @@ export class UnitFetcher {
       let waiter!: Waiter;
       const promise = new Promise<Buffer>((resolve, reject) => (waiter = { unit: u, resolve, reject }));
       promise.catch(() => {});
-      this.inflight.set(u, { promise });
+      this.inflight.set(u, { promise, waiter });
       out[k] = promise;
       run.push(waiter);
       runBytes += len;
@@ -318,7 +320,7 @@ export class UnitFetcher {
   }
 
   private settle(w: Waiter, result: Buffer | unknown): void {
-    if (!this.inflight.has(w.unit)) return;
+    if (this.inflight.get(w.unit)?.waiter !== w) return;
     this.inflight.delete(w.unit);
     if (Buffer.isBuffer(result)) w.resolve(result);
     else w.reject(result);
@@ -444,7 +446,11 @@ export class UnitFetcher {
       this.stats.recordFetch(source.kind, this.timers.now() - t0, true);
     } catch (err) {
       if (!isSourceUnavailable(err)) this.stats.recordFetch(source.kind, this.timers.now() - t0, false);
-      if (runSignal.aborted) throw err;
+      if (runSignal.aborted) {
+        // what arrived verified is kept (written now: nothing of this run outlives it)
+        await writer.flush();
+        throw err;
+      }
       // what arrived verified is kept; the rest goes again
       retry.push(...part.slice(next));
       next = part.length;

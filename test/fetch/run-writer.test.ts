@@ -181,4 +181,57 @@ describe('a run stored as it arrives', () => {
     expect(Buffer.concat(got).equals(s.tb.bytes.subarray(offset, offset + length))).toBe(true);
     for (const u of units) expect(cache.has(u)).toBe(true);
   });
+
+  it('a run given up mid-way keeps its verified blocks, and a new fetch of the same units completes', async () => {
+    const s = await setup();
+    const layout = new UnitLayout(s.tb.toc, s.tb.blob.size);
+    const first = 3;
+    const last = 12;
+    const offset = layout.offset(first);
+    const head = layout.offset(first + 2) - offset;
+    let calls = 0;
+    let sentHead!: () => void;
+    const headSent = new Promise<void>((r) => (sentHead = r));
+    const source: BlockSource = {
+      name: 'stalling registry',
+      kind: 'registry',
+      fetch: async (_b: BlobRef, o: number, n: number, sig: AbortSignal, ctx?: FetchContext) => {
+        const out = Buffer.alloc(n);
+        s.tb.bytes.copy(out, 0, o, o + n);
+        if (o !== offset) return out;
+        // the second time: slower than the first run's mid-run write delay (a late write of it would land here)
+        if (calls++ > 0) {
+          await new Promise((r) => setTimeout(r, 800));
+          return out;
+        }
+        // the first time: two blocks, then nothing until the run is given up
+        ctx?.progress?.(out, head);
+        sentHead();
+        await new Promise((_r, reject) =>
+          sig.addEventListener('abort', () => reject(sig.reason), { once: true }),
+        );
+        return out;
+      },
+    };
+    const { cache, core } = await open(s, { sources: [source] });
+    const units = Array.from({ length: last - first + 1 }, (_, i) => first + i);
+    const ac = new AbortController();
+    const given = core.fetcher.ensure(units, Priority.Fill, { signal: ac.signal });
+    await headSent;
+    ac.abort();
+    const settled = await Promise.allSettled(given);
+    // the two verified blocks were kept (written when the run was given up), the rest was dropped
+    expect(settled.slice(0, 2).map((r) => r.status)).toEqual(['fulfilled', 'fulfilled']);
+    expect(settled.slice(2).every((r) => r.status === 'rejected')).toBe(true);
+    expect(cache.has(first) && cache.has(first + 1)).toBe(true);
+    // asked again at once: a new run, whose units nothing of the old one settles (it would hang)
+    const again = await Promise.race([
+      core.fetcher.units(units, Priority.Fill),
+      new Promise<'hung'>((r) => setTimeout(() => r('hung'), 3_000)),
+    ]);
+    expect(again).not.toBe('hung');
+    expect(
+      Buffer.concat(again as Buffer[]).equals(s.tb.bytes.subarray(offset, layout.offset(last + 1))),
+    ).toBe(true);
+  });
 });
