@@ -65,9 +65,14 @@ await build({
   },
 });
 
-// compiles every command's module once and writes dfnode-main.cjs.cache (bundle-entry.ts)
-execFileSync(process.execPath, [join(OUT, 'dfnode.js'), 'warm-code-cache'], {
-  stdio: 'inherit',
-  // a run with Node flags does not write the cache
-  env: { ...process.env, DFNODE_CODE_CACHE: '1', NODE_OPTIONS: '' },
-});
+// compiles every command's module once and writes dfnode-main.cjs.cache (bundle-entry.ts); the cache only
+// saves start-up time, so a warm-up that fails (a machine without a native library some module loads) warns
+try {
+  execFileSync(process.execPath, [join(OUT, 'dfnode.js'), 'warm-code-cache'], {
+    stdio: 'inherit',
+    // a run with Node flags does not write the cache
+    env: { ...process.env, DFNODE_CODE_CACHE: '1', NODE_OPTIONS: '' },
+  });
+} catch (err) {
+  process.stderr.write(`bundle: no code cache for dfnode (the warm-up failed: ${err.message})\n`);
+}

@@ -16,9 +16,10 @@ export interface VerifiedUnit<W extends { unit: number }> {
 /**
  * Stores the verified units of one run while the rest of the run is still arriving: one write in flight at a
  * time, and the units verified meanwhile go together in the next one (each group of adjacent units in one
- * write). A unit is in the cache, and so announced to peers and served from the cache file, as soon as its
- * write is done rather than when the whole run has arrived: on a 20 Mbit/s link shared by a swarm, a seed run
- * of 1 MiB takes seconds, and no peer could take any of its blocks from this node before its last byte.
+ * write), once enough is pending or it has waited long enough (below). A unit is in the cache, and so
+ * announced to peers and served from the cache file, when its write is done rather than when the whole run
+ * has arrived: on a 20 Mbit/s link shared by a swarm a seed run of 1 MiB takes seconds, and no peer could
+ * take any of its blocks from this node before its last byte.
  */
 export class RunWriter<W extends { unit: number }> {
   private readonly units: VerifiedUnit<W>[] = [];
