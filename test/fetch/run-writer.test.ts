@@ -8,48 +8,17 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Priority, type BlobRef, type BlockSource, type FetchContext } from '../../src/fetch/types.js';
 import { RunWriter, type VerifiedUnit } from '../../src/fetch/run-writer.js';
-import type { Timers } from '../../src/util/timers.js';
 import { UnitLayout } from '../../src/p2p/unit-layout.js';
-import { open, runCleanups, setup } from './layer-setup.js';
+import { gate, manualClock } from './helpers.js';
+import { open, runCleanups, setup, type Setup } from './layer-setup.js';
 
 afterEach(runCleanups);
-
-function gate() {
-  let open!: () => void;
-  const promise = new Promise<void>((r) => (open = r));
-  return { promise, open };
-}
 
 const unit = (u: number): VerifiedUnit<{ unit: number }> => ({
   waiter: { unit: u },
   unitOff: u * 10,
   stored: Buffer.alloc(10, u),
 });
-
-/** Timers on a hand-moved clock. */
-function manualTimers(): Timers & { t: number; advance(ms: number): void } {
-  const pending = new Map<number, { at: number; fn: () => void }>();
-  let id = 0;
-  const c = {
-    t: 0,
-    now: () => c.t,
-    setTimeout: (fn: () => void, ms: number) => {
-      pending.set(++id, { at: c.t + ms, fn });
-      return id;
-    },
-    clearTimeout: (h: unknown) => void pending.delete(h as number),
-    advance(ms: number) {
-      c.t += ms;
-      for (const [k, p] of [...pending]) {
-        if (p.at <= c.t) {
-          pending.delete(k);
-          p.fn();
-        }
-      }
-    },
-  };
-  return c;
-}
 
 const settle = () => new Promise((r) => setTimeout(r, 1));
 
@@ -62,7 +31,7 @@ describe('RunWriter', () => {
         writes.push(group.map((g) => g.waiter.unit));
         await new Promise<void>((r) => held.push(r));
       },
-      manualTimers(),
+      manualClock().timers,
       { minBytes: 1 },
     );
     w.add(unit(0));
@@ -93,10 +62,10 @@ describe('RunWriter', () => {
 
   it('mid-run, writes once enough bytes are pending or the oldest has waited long enough, even if stalled', async () => {
     const writes: number[][] = [];
-    const timers = manualTimers();
+    const clock = manualClock();
     const w = new RunWriter<{ unit: number }>(
       async (group) => void writes.push(group.map((g) => g.waiter.unit)),
-      timers,
+      clock.timers,
       { minBytes: 30, maxAgeMs: 500 },
     );
     // 20 bytes: below the bound, too young
@@ -111,13 +80,13 @@ describe('RunWriter', () => {
     await settle();
     expect(writes).toEqual([[0, 1, 2]]);
     // one small unit, then nothing more arrives (a stalled source): written when it is 500 ms old
-    timers.advance(100);
+    clock.advance(100);
     w.add(unit(3));
     w.nudge();
-    timers.advance(499);
+    clock.advance(499);
     await settle();
     expect(writes).toHaveLength(1);
-    timers.advance(1);
+    clock.advance(1);
     await settle();
     expect(writes).toEqual([[0, 1, 2], [3]]);
     // the end of the run writes the rest whatever its size, and leaves no timer behind
@@ -125,49 +94,57 @@ describe('RunWriter', () => {
     w.nudge();
     await w.flush();
     expect(writes).toEqual([[0, 1, 2], [3], [4]]);
-    timers.advance(10_000);
+    clock.advance(10_000);
     await settle();
     expect(writes).toHaveLength(3);
   });
 });
 
+/**
+ * Units 3..12 of the test blob as one run: its range, the first two blocks' length (`head`), and a source
+ * that answers other ranges at once and this one through `answer` (which may hold it back).
+ */
+function heldRun(
+  s: Setup,
+  answer: (out: Buffer, head: number, ctx: FetchContext | undefined, sig: AbortSignal) => Promise<Buffer>,
+) {
+  const layout = new UnitLayout(s.tb.toc, s.tb.blob.size);
+  const first = 3;
+  const last = 12;
+  const offset = layout.offset(first);
+  const length = layout.offset(last + 1) - offset;
+  const head = layout.offset(first + 2) - offset;
+  const units = Array.from({ length: last - first + 1 }, (_, i) => first + i);
+  const source: BlockSource = {
+    name: 'held registry',
+    kind: 'registry',
+    fetch: async (_b: BlobRef, o: number, n: number, sig: AbortSignal, ctx?: FetchContext) => {
+      const out = Buffer.alloc(n);
+      s.tb.bytes.copy(out, 0, o, o + n);
+      return o === offset ? answer(out, head, ctx, sig) : out;
+    },
+  };
+  return { first, units, source, bytes: s.tb.bytes.subarray(offset, offset + length) };
+}
+
 describe('a run stored as it arrives', () => {
   it('has its first blocks in the cache, told to listeners, while the rest of the run is held back', async () => {
     const s = await setup();
-    const layout = new UnitLayout(s.tb.toc, s.tb.blob.size);
-    const first = 3;
-    const last = 12;
-    const offset = layout.offset(first);
-    const length = layout.offset(last + 1) - offset;
-    const head = layout.offset(first + 2) - offset; // blocks 3 and 4
     const held = gate();
-    let sentHead!: () => void;
-    const headSent = new Promise<void>((r) => (sentHead = r));
-    const source: BlockSource = {
-      name: 'held registry',
-      kind: 'registry',
-      fetch: async (_b: BlobRef, o: number, n: number, _sig: AbortSignal, ctx?: FetchContext) => {
-        const out = Buffer.alloc(n);
-        if (o !== offset) {
-          s.tb.bytes.copy(out, 0, o, o + n);
-          return out;
-        }
-        s.tb.bytes.copy(out, 0, o, o + head);
-        ctx?.progress?.(out, head);
-        sentHead();
-        await held.promise;
-        s.tb.bytes.copy(out, head, o + head, o + n);
-        ctx?.progress?.(out, n);
-        return out;
-      },
-    };
+    const headSent = gate();
+    const { first, units, source, bytes } = heldRun(s, async (out, head, ctx) => {
+      // blocks 3 and 4, then nothing until the test lets the rest go
+      ctx?.progress?.(out, head);
+      headSent.open();
+      await held.promise;
+      ctx?.progress?.(out, out.length);
+      return out;
+    });
     const { cache, core } = await open(s, { sources: [source] });
     const told: number[] = [];
     cache.addUnitListener({ present: (u) => told.push(u), reset: () => undefined });
-    const fetcher = core.fetcher;
-    const units = Array.from({ length: last - first + 1 }, (_, i) => first + i);
-    const run = fetcher.units(units, Priority.Fill);
-    await headSent;
+    const run = core.fetcher.units(units, Priority.Fill);
+    await headSent.promise;
     // two small blocks, then a stall: written when they have waited MID_RUN_WRITE_MS
     for (let i = 0; i < 600 && !(cache.has(first) && cache.has(first + 1)); i++) {
       await new Promise((r) => setTimeout(r, 5));
@@ -178,46 +155,32 @@ describe('a run stored as it arrives', () => {
     expect(told).toEqual(expect.arrayContaining([first, first + 1]));
     held.open();
     const got = await run;
-    expect(Buffer.concat(got).equals(s.tb.bytes.subarray(offset, offset + length))).toBe(true);
+    expect(Buffer.concat(got).equals(bytes)).toBe(true);
     for (const u of units) expect(cache.has(u)).toBe(true);
   });
 
   it('a run given up mid-way keeps its verified blocks, and a new fetch of the same units completes', async () => {
     const s = await setup();
-    const layout = new UnitLayout(s.tb.toc, s.tb.blob.size);
-    const first = 3;
-    const last = 12;
-    const offset = layout.offset(first);
-    const head = layout.offset(first + 2) - offset;
     let calls = 0;
-    let sentHead!: () => void;
-    const headSent = new Promise<void>((r) => (sentHead = r));
-    const source: BlockSource = {
-      name: 'stalling registry',
-      kind: 'registry',
-      fetch: async (_b: BlobRef, o: number, n: number, sig: AbortSignal, ctx?: FetchContext) => {
-        const out = Buffer.alloc(n);
-        s.tb.bytes.copy(out, 0, o, o + n);
-        if (o !== offset) return out;
-        // the second time: slower than the first run's mid-run write delay (a late write of it would land here)
-        if (calls++ > 0) {
-          await new Promise((r) => setTimeout(r, 800));
-          return out;
-        }
-        // the first time: two blocks, then nothing until the run is given up
-        ctx?.progress?.(out, head);
-        sentHead();
-        await new Promise((_r, reject) =>
-          sig.addEventListener('abort', () => reject(sig.reason), { once: true }),
-        );
+    const headSent = gate();
+    const { first, units, source, bytes } = heldRun(s, async (out, head, ctx, sig) => {
+      // the second time: slower than the first run's mid-run write delay (a late write of it would land here)
+      if (calls++ > 0) {
+        await new Promise((r) => setTimeout(r, 800));
         return out;
-      },
-    };
+      }
+      // the first time: two blocks, then nothing until the run is given up
+      ctx?.progress?.(out, head);
+      headSent.open();
+      await new Promise((_r, reject) =>
+        sig.addEventListener('abort', () => reject(sig.reason), { once: true }),
+      );
+      return out;
+    });
     const { cache, core } = await open(s, { sources: [source] });
-    const units = Array.from({ length: last - first + 1 }, (_, i) => first + i);
     const ac = new AbortController();
     const given = core.fetcher.ensure(units, Priority.Fill, { signal: ac.signal });
-    await headSent;
+    await headSent.promise;
     ac.abort();
     const settled = await Promise.allSettled(given);
     // the two verified blocks were kept (written when the run was given up), the rest was dropped
@@ -230,8 +193,6 @@ describe('a run stored as it arrives', () => {
       new Promise<'hung'>((r) => setTimeout(() => r('hung'), 3_000)),
     ]);
     expect(again).not.toBe('hung');
-    expect(
-      Buffer.concat(again as Buffer[]).equals(s.tb.bytes.subarray(offset, layout.offset(last + 1))),
-    ).toBe(true);
+    expect(Buffer.concat(again as Buffer[]).equals(bytes)).toBe(true);
   });
 });
