@@ -13,6 +13,25 @@ import { runMain } from './run-main.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
+/**
+ * Each command's module, loaded when its command runs (and all of them by the hidden warm-code-cache
+ * command, which npm run build runs so that the bundle's code cache holds them: bundle-entry.ts).
+ */
+const commands = {
+  fuseManager: () => import('./commands/fuse-manager.js'),
+  gc: () => import('./commands/gc.js'),
+  get: () => import('./commands/get.js'),
+  mirrorSetup: () => import('./commands/mirror-setup.js'),
+  mount: () => import('./commands/mount.js'),
+  preheat: () => import('./commands/preheat.js'),
+  pull: () => import('./commands/pull.js'),
+  run: () => import('./commands/run.js'),
+  seed: () => import('./commands/seed.js'),
+  status: () => import('./commands/status.js'),
+  throughDaemon: () => import('./commands/through-daemon.js'),
+  umount: () => import('./commands/umount.js'),
+};
+
 function addCommon(cmd: Command): Command {
   return cmd
     .option('-c, --config <file>', 'JSON config file (also DFNODE_CONFIG)')
@@ -68,7 +87,7 @@ function buildProgram(signal: AbortSignal): Command {
     .option('--fill-rate <bytes/s>', 'background fill rate limit, e.g. 20M (0 = unlimited)')
     .option('--read-timeout <ms>', 'a read blocked on the network fails with EIO after this long')
     .action(async (refText: string, dir: string, flags: NodeFlags) => {
-      const { mountCommand } = await import('./commands/mount.js');
+      const { mountCommand } = await commands.mount();
       await mountCommand(refText, dir, flags, signal);
     });
 
@@ -76,7 +95,7 @@ function buildProgram(signal: AbortSignal): Command {
     .description('unmount a directory mounted by dfnode mount')
     .argument('<dir>')
     .action(async (dir: string, flags: NodeFlags) => {
-      const { umountCommand } = await import('./commands/umount.js');
+      const { umountCommand } = await commands.umount();
       await umountCommand(dir, flags);
     });
 
@@ -84,14 +103,14 @@ function buildProgram(signal: AbortSignal): Command {
     .description('show mounts, cache fill per blob and bytes by source')
     .option('--json', 'machine-readable output')
     .action(async (flags: NodeFlags) => {
-      const { statusCommand } = await import('./commands/status.js');
+      const { statusCommand } = await commands.status();
       await statusCommand(flags);
     });
 
   addCommon(program.command('gc'))
     .description('evict cached blobs that no mount uses')
     .action(async (flags: NodeFlags) => {
-      const { gcCommand } = await import('./commands/gc.js');
+      const { gcCommand } = await commands.gc();
       await gcCommand(flags);
     });
 
@@ -109,7 +128,7 @@ function buildProgram(signal: AbortSignal): Command {
     .option('--force', 'replace a hosts.toml that dfnode did not write')
     .option('--remove', "remove dfnode's hosts.toml instead")
     .action(async (flags: MirrorSetupFlags) => {
-      const { mirrorSetupCommand } = await import('./commands/mirror-setup.js');
+      const { mirrorSetupCommand } = await commands.mirrorSetup();
       await mirrorSetupCommand(flags);
     });
 
@@ -129,9 +148,9 @@ function buildProgram(signal: AbortSignal): Command {
     )
     .option('--direct', 'pull from this process (gRPC to containerd), not through dfnode run')
     .action(async (refText: string, flags: NodeFlags & PullFlags) => {
-      const { pullThroughDaemon } = await import('./commands/through-daemon.js');
+      const { pullThroughDaemon } = await commands.throughDaemon();
       if (await pullThroughDaemon(refText, flags, signal)) return;
-      const { pullCommand } = await import('./commands/pull.js');
+      const { pullCommand } = await commands.pull();
       await pullCommand(refText, flags, signal);
     });
 
@@ -167,7 +186,7 @@ function buildProgram(signal: AbortSignal): Command {
       'serve Prometheus metrics here (default 127.0.0.1:9877; empty: off)',
     )
     .action(async (flags: RunFlags) => {
-      const { runCommand } = await import('./commands/run.js');
+      const { runCommand } = await commands.run();
       await runCommand(flags, signal);
     });
 
@@ -175,7 +194,7 @@ function buildProgram(signal: AbortSignal): Command {
     .description('run a seed: full copies of blobs fetched from the registry once, block server and tracker')
     .option('--metrics-address <host:port>', 'serve Prometheus metrics here (default: off)')
     .action(async (flags: NodeFlags) => {
-      const { seedCommand } = await import('./commands/seed.js');
+      const { seedCommand } = await commands.seed();
       await seedCommand(flags, signal);
     });
 
@@ -191,9 +210,9 @@ function buildProgram(signal: AbortSignal): Command {
     )
     .option('--direct', 'preheat from this process, not through dfnode run')
     .action(async (refText: string, flags: PreheatFlags) => {
-      const { preheatThroughDaemon } = await import('./commands/through-daemon.js');
+      const { preheatThroughDaemon } = await commands.throughDaemon();
       if (await preheatThroughDaemon(refText, flags, signal)) return;
-      const { preheatCommand } = await import('./commands/preheat.js');
+      const { preheatCommand } = await commands.preheat();
       await preheatCommand(refText, flags, signal);
     });
 
@@ -212,7 +231,7 @@ function buildProgram(signal: AbortSignal): Command {
     .option('--json', 'print the result as JSON')
     .option('-q, --quiet', 'no progress and no notes on stderr')
     .action(async (url: string, flags: GetFlags) => {
-      const { getCommand } = await import('./commands/get.js');
+      const { getCommand } = await commands.get();
       await getCommand(url, flags, signal);
     });
 
@@ -221,7 +240,7 @@ function buildProgram(signal: AbortSignal): Command {
     .description('the long-lived FUSE server of `dfnode run` (started by it; see deploy/README.md)')
     .option('-c, --config <file>', 'JSON config file')
     .action(async (flags: { config?: string }) => {
-      const { fuseManagerCommand } = await import('./commands/fuse-manager.js');
+      const { fuseManagerCommand } = await commands.fuseManager();
       await fuseManagerCommand(flags, signal);
     });
 
@@ -231,20 +250,7 @@ function buildProgram(signal: AbortSignal): Command {
       "load every command's module and exit (npm run build: the bundle's code cache, bundle-entry.ts)",
     )
     .action(async () => {
-      await Promise.all([
-        import('./commands/fuse-manager.js'),
-        import('./commands/gc.js'),
-        import('./commands/get.js'),
-        import('./commands/mirror-setup.js'),
-        import('./commands/mount.js'),
-        import('./commands/preheat.js'),
-        import('./commands/pull.js'),
-        import('./commands/run.js'),
-        import('./commands/seed.js'),
-        import('./commands/status.js'),
-        import('./commands/through-daemon.js'),
-        import('./commands/umount.js'),
-      ]);
+      await Promise.all(Object.values(commands).map((load) => load()));
     });
 
   return program;
