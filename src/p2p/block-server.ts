@@ -14,6 +14,8 @@ import { DEFAULT_MAX_RANGE_BYTES, parseBlockRequest } from './block-request.js';
 import { ByteBudget } from './byte-budget.js';
 import { MAX_PREHEAT_BODY_BYTES, preheatRefs, type PreheatAnswer } from './preheat-request.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
+import { handleTrackerPost, TRACKER_HTTP_PREFIX } from './tracker-http.js';
+import type { TrackerState } from './tracker-state.js';
 import type { BlobHint, BlobProvider } from './served-blob.js';
 
 /** Response header: SHA-256 (hex) of a piece a seed serves while it still fetches the file (cut-through). */
@@ -61,6 +63,8 @@ export interface BlockServerOptions {
    * that path is 404. Not bound by requestTimeoutMs: the seed may first fetch the whole file.
    */
   fileTable?: (query: URLSearchParams, signal: AbortSignal) => Promise<Buffer>;
+  /** Serves the tracker over HTTP (a seed: `POST /tracker/v1/…`, see tracker-http.ts); without it, 404. */
+  tracker?: TrackerState;
 }
 
 /**
@@ -184,6 +188,14 @@ export class BlockServer {
       return fail(401, 'cluster token required');
     }
     if (preheat) return this.handlePreheat(req, res, fail);
+    if (this.opts.tracker && (req.url ?? '').startsWith(TRACKER_HTTP_PREFIX))
+      // a tracker request is a few KiB at most: its body has 10 s to arrive
+      return handleTrackerPost(
+        req,
+        res,
+        this.opts.tracker,
+        Math.min(this.opts.requestTimeoutMs ?? 30_000, 10_000),
+      );
     if (this.opts.fileTable && (req.url ?? '').split('?')[0] === '/files/table')
       return this.handleFileTable(req, res, fail);
     const range = parseBlockRequest(req.method, req.url, req.headers.range, this.opts.maxRangeBytes);

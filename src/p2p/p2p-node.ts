@@ -18,7 +18,8 @@ import { CountedRegistrySource, RegistryFallback, type RegistryFetchReason } fro
 import { rankSeeds, trackerAddress } from './rendezvous.js';
 import { SeedBlockSource } from './seed-block-source.js';
 import { loadTls, type TlsMaterial } from './tls.js';
-import { TrackerClient } from './tracker-service.js';
+import { TrackerClient, type Tracker } from './tracker-service.js';
+import { HttpTracker } from './tracker-http.js';
 import type { FillPlanner } from '../fetch/background-fill.js';
 import type { LayerSwarm, SwarmMembership } from '../layer/swarm.js';
 import { p2pFill } from './fill-planner.js';
@@ -87,7 +88,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   readonly peers: PeerBlockSource;
   private readonly http: HttpBlockClient;
   private readonly views = new Map<string, PeerView>();
-  private readonly trackers = new Map<string, TrackerClient>();
+  private readonly trackers = new Map<string, Tracker>();
   private readonly failedPeers = new Set<string>();
   private readonly warnedUnauthorized = new Set<string>();
   private readonly token: string;
@@ -361,12 +362,17 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   // ------------------------------------------------------------------ tracker
 
   /** The tracker of a blob: its first seed that is not isolated. */
-  private tracker(digest: string): TrackerClient | undefined {
+  private tracker(digest: string): Tracker | undefined {
     for (const seed of rankSeeds(digest, this.settings.seeds)) {
       if (this.seedIsolation.isolated(seed)) continue;
       let c = this.trackers.get(seed);
       if (!c) {
-        c = new TrackerClient(trackerAddress(seed), this.token, this.settings.trackerTimeoutMs, this.tls);
+        const { trackerTimeoutMs } = this.settings;
+        // over HTTP on the seed's block port; over gRPC on the next port for a seed without it
+        c = new HttpTracker(seed, this.token, trackerTimeoutMs, this.tls, () => {
+          this.log.info({ seed }, 'p2p: the seed has no HTTP tracker; asking its gRPC tracker');
+          return new TrackerClient(trackerAddress(seed), this.token, trackerTimeoutMs, this.tls);
+        });
         this.trackers.set(seed, c);
       }
       return c;
@@ -378,7 +384,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
    * A tracker call failed. A seed whose tracker refuses connections is down (isolated: its blocks and its
    * tracker go to the next seed); a call that merely timed out is a busy seed, not a dead one.
    */
-  private trackerFailed(c: TrackerClient, err: unknown): void {
+  private trackerFailed(c: Tracker, err: unknown): void {
     this.counters.trackerErrors++;
     const e = DfError.from(err);
     if (e.code === 'TIMEOUT') return;

@@ -180,6 +180,7 @@ export class Seed implements BlobProvider {
       logger: this.log,
       tls: this.tls,
       preheat: (images) => this.preheat(images),
+      tracker: this.tracker,
     });
   }
 

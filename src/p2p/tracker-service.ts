@@ -8,13 +8,31 @@ import type { AnnounceMsg, LookupAnswer, LookupMsg, TrackerState } from './track
 export const TRACKER_PROTO = 'dfnode/tracker/v1/tracker.proto';
 
 /** The largest tracker request accepted (bytes). */
-const MAX_REQUEST_BYTES = 2 << 20;
+export const MAX_REQUEST_BYTES = 2 << 20;
 
-/** The host of a gRPC peer string (`host:port`, or a bare host), the source an announce is bound to. */
+/** A client of one seed's tracker (gRPC: TrackerClient; HTTP on the block port: HttpTracker). */
+export interface Tracker {
+  readonly address: string;
+  /** Starts connecting if not connected yet (returns at once; a failure shows in the next call). */
+  connect(): void;
+  announce(
+    m: Partial<AnnounceMsg>,
+    signal?: AbortSignal,
+  ): Promise<{ need_full: boolean; interval_ms: number }>;
+  lookup(m: Partial<LookupMsg>, signal?: AbortSignal): Promise<LookupAnswer>;
+  close(): void;
+}
+
+/**
+ * The host of a peer string (`host:port`, `[v6]:port` or a bare host), the source an announce is bound to;
+ * an IPv4 address seen on a dual-stack socket (`::ffff:a.b.c.d`) is that IPv4 address, whichever transport
+ * it came over.
+ */
 export function callerHost(peer: string | undefined): string | undefined {
   if (!peer) return undefined;
   const i = peer.lastIndexOf(':');
-  return i > 0 && /^\d+$/.test(peer.slice(i + 1)) ? peer.slice(0, i) : peer;
+  const host = i > 0 && /^\d+$/.test(peer.slice(i + 1)) ? peer.slice(0, i) : peer;
+  return host.replace(/^\[?::ffff:(\d+\.\d+\.\d+\.\d+)\]?$/i, '$1') || undefined;
 }
 
 export function trackerServiceConstructor(): grpc.ServiceClientConstructor {
@@ -110,7 +128,7 @@ type Unary<Req, Res> = (
  * A client of one seed's tracker; every call has a deadline and carries the cluster token (over mutual TLS
  * with `tls`).
  */
-export class TrackerClient {
+export class TrackerClient implements Tracker {
   private readonly client: grpc.Client & {
     Announce: Unary<Partial<AnnounceMsg>, { need_full: boolean; interval_ms: number }>;
     Lookup: Unary<Partial<LookupMsg>, LookupAnswer>;

@@ -15,6 +15,10 @@ export interface DispatchedResponse {
 export interface DispatchIntoOptions {
   origin: string;
   path: string;
+  /** Default GET. */
+  method?: 'GET' | 'POST';
+  /** A request body (POST). */
+  body?: Buffer;
   headers: Record<string, string>;
   signal: AbortSignal;
   /**
@@ -33,7 +37,7 @@ export interface DispatchIntoOptions {
 }
 
 /**
- * A GET through `dispatcher` whose body is copied straight into one buffer as undici parses it: no
+ * A request (a GET, or a POST of a small body) through `dispatcher` whose body is copied straight into one buffer as undici parses it: no
  * Readable stream, no async iterator, no promise per chunk (on a slow link a response comes in thousands
  * of small chunks, and that machinery cost more CPU than the bytes). The buffer is chosen when the head
  * arrives (`onHead`); a body that goes past it is cut off as soon as the first byte too many arrives.
@@ -140,7 +144,13 @@ export function dispatchInto(dispatcher: Dispatcher, opts: DispatchIntoOptions):
     };
     try {
       dispatcher.dispatch(
-        { origin: opts.origin, path: opts.path, method: 'GET', headers: opts.headers },
+        {
+          origin: opts.origin,
+          path: opts.path,
+          method: opts.method ?? 'GET',
+          headers: opts.headers,
+          body: opts.body,
+        },
         handler,
       );
     } catch (err) {

@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FuseManagerClient } from '../../src/fusemanager/client.js';
 import { fuseManagerPaths } from '../../src/fusemanager/protocol.js';
 import { trackerAddress } from '../../src/p2p/rendezvous.js';
+import { HttpTracker } from '../../src/p2p/tracker-http.js';
 import { TrackerClient } from '../../src/p2p/tracker-service.js';
 import { startDfnodeRun, type DfnodeRun } from '../helpers/containerd.js';
 import { startSeedProc, type SeedProc } from '../helpers/dfnode-proc.js';
@@ -225,11 +226,25 @@ describe.skipIf(req.skip)('hostile input to every listener of a node and a seed'
           failed_peers: Array.from({ length: 50_000 }, (_, i) => `p${i}`),
         },
       ];
-      for (const m of lies) await tc.announce(m).catch(() => undefined);
-      await tc
-        .lookup({ blob: layer.digest, peer_id: 'liar', want: Array.from({ length: 100_000 }, (_, i) => i) })
-        .catch(() => undefined);
-      tc.close();
+      // the same lies over gRPC and over HTTP on the seed's block port, plus garbage bodies there
+      const th = new HttpTracker(seed.addr, TOKEN, 5000, undefined, () => {
+        throw new Error('the seed has an HTTP tracker');
+      });
+      for (const t of [tc, th]) {
+        for (const m of lies) await t.announce(m).catch(() => undefined);
+        await t
+          .lookup({ blob: layer.digest, peer_id: 'liar', want: Array.from({ length: 100_000 }, (_, i) => i) })
+          .catch(() => undefined);
+        t.close();
+      }
+      const answers: string[] = [];
+      for (const r of [
+        `POST /tracker/v1/Announce HTTP/1.1\r\nHost: x\r\nx-dfnode-cluster-token: ${TOKEN}\r\nContent-Length: 8\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff`,
+        `POST /tracker/v1/Lookup HTTP/1.1\r\nHost: x\r\nx-dfnode-cluster-token: ${TOKEN}\r\nContent-Length: ${64 * MiB}\r\n\r\n${'x'.repeat(64 * 1024)}`,
+        `POST /tracker/v1/Lookup HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd`,
+      ])
+        answers.push(await raw(hostPort(seed.addr), r));
+      expect(answers.map((a) => a.slice(0, 12))).toEqual(['HTTP/1.1 400', 'HTTP/1.1 413', 'HTTP/1.1 401']);
       // snapshotter gRPC socket and FUSE manager control socket: garbage, bad JSON, bad paths, huge bodies
       await raw(
         { path: run.socket },

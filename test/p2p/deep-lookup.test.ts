@@ -2,7 +2,8 @@
  * Reads deep into a large layer find the peers that hold them. A node used to ask the tracker about its
  * first 4,096 missing units only, and the tracker leaves out holders with none of the units asked about:
  * in a 1 GiB layer (16,384 blocks of 64 KiB) a peer holding only blocks near the end was never named, so
- * a read there skipped the peers. Real tracker (gRPC), real block servers, a real 1 GiB DFB layer.
+ * a read there skipped the peers. Real tracker (over HTTP on a block server), real block servers, a real
+ * 1 GiB DFB layer.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -16,11 +17,10 @@ import { BlobCache } from '../../src/cache/blob-cache.js';
 import { loadConfig } from '../../src/config.js';
 import { isSourceUnavailable, type BlobRef } from '../../src/fetch/types.js';
 import { P2pNode } from '../../src/p2p/p2p-node.js';
-import { serveTracker } from '../../src/p2p/tracker-service.js';
+import { BlockServer } from '../../src/p2p/block-server.js';
 import { TrackerState } from '../../src/p2p/tracker-state.js';
 import { UnitLayout } from '../../src/p2p/unit-layout.js';
 import { base, dirMeta } from '../helpers/dfb.js';
-import { freePort } from '../helpers/registry.js';
 import { tempDir } from '../helpers/temp.js';
 
 const TOKEN = 'deep-lookup-token';
@@ -72,17 +72,14 @@ describe('tracker lookups of a 1 GiB layer', () => {
 
   it('names a peer that holds only blocks past the first 4,096 missing ones, and the read goes to it', async () => {
     expect(toc.blockCount).toBe((FILES * FILE_SIZE) / (64 * 1024));
-    // the tracker listens on the port after its seed's (rendezvous): the seed itself is not needed here
-    let seedPort = 0;
-    let tracker: Awaited<ReturnType<typeof serveTracker>> | undefined;
-    for (let i = 0; !tracker && i < 20; i++) {
-      seedPort = await freePort();
-      tracker = await serveTracker(new TrackerState(), `127.0.0.1:${seedPort + 1}`, TOKEN).catch(
-        () => undefined,
-      );
-    }
-    if (!tracker) throw new Error('no two free ports in a row on loopback');
-    closers.push(() => tracker.stop());
+    // the tracker is served on its seed's block port (tracker-http.ts); no seed blob is needed here
+    const seedServer = new BlockServer({
+      provider: { get: async () => undefined },
+      clusterToken: TOKEN,
+      tracker: new TrackerState(),
+    });
+    const seedPort = Number((await seedServer.listen('127.0.0.1:0')).split(':')[1]);
+    closers.push(() => seedServer.close());
     const node = () =>
       new P2pNode({
         config: loadConfig({

@@ -16,6 +16,7 @@ import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
 import { P2pNode } from '../../src/p2p/p2p-node.js';
 import { Seed } from '../../src/p2p/seed.js';
 import { loadTls, type TlsMaterial } from '../../src/p2p/tls.js';
+import { HttpTracker } from '../../src/p2p/tracker-http.js';
 import { serveTracker, TrackerClient } from '../../src/p2p/tracker-service.js';
 import { TrackerState } from '../../src/p2p/tracker-state.js';
 import { isSourceUnavailable } from '../../src/fetch/types.js';
@@ -343,7 +344,19 @@ describe.skipIf(req.skip)('P2P mutual TLS', () => {
       const plain = new HttpBlockClient(TOKEN);
       const t = new TrackerClient(a.tracker, TOKEN, 5000, loadTls(pki.member2));
       const tPlain = new TrackerClient(a.tracker, TOKEN, 5000);
+      const noFallback = () => {
+        throw new Error('fell back to gRPC');
+      };
+      // the tracker over HTTP on the block port: the same TLS as the blocks
+      const h = new HttpTracker(a.blocks, TOKEN, 5000, loadTls(pki.member2), noFallback);
+      const hPlain = new HttpTracker(a.blocks, TOKEN, 5000, undefined, noFallback);
+      const hIntruder = new HttpTracker(a.blocks, TOKEN, 5000, await raw(pki.intruder), noFallback);
       try {
+        expect((await h.lookup({ blob: DIGEST, peer_id: 'x', want: [] })).holders).toEqual([]);
+        await expect(hPlain.lookup({ blob: DIGEST, peer_id: 'x', want: [] })).rejects.toMatchObject({
+          code: 'NETWORK',
+        });
+        await expect(hIntruder.lookup({ blob: DIGEST, peer_id: 'x', want: [] })).rejects.toEqual(refusedTls);
         // through TLS and the token: the seed answers (it has no such blob and no hint to fetch it)
         await expect(ok.get(a.blocks, DIGEST, 0, 16, signal())).rejects.toSatisfy(isSourceUnavailable);
         await expect(plain.get(a.blocks, DIGEST, 0, 16, signal())).rejects.toMatchObject({ code: 'NETWORK' });
@@ -352,6 +365,7 @@ describe.skipIf(req.skip)('P2P mutual TLS', () => {
           code: 'NETWORK',
         });
       } finally {
+        for (const x of [h, hPlain, hIntruder]) x.close();
         t.close();
         tPlain.close();
         await ok.close();

@@ -1,0 +1,287 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ServiceClientConstructor } from '@grpc/grpc-js';
+import { Agent } from '../util/undici.js';
+import { DfError, type ErrorCode } from '../errors.js';
+import { dispatchInto, type DispatchedResponse } from '../util/dispatch-into.js';
+import { CLUSTER_TOKEN_HEADER } from './auth.js';
+import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
+import { callerHost, MAX_REQUEST_BYTES, trackerServiceConstructor, type Tracker } from './tracker-service.js';
+import type { AnnounceMsg, LookupAnswer, LookupMsg, TrackerState } from './tracker-state.js';
+
+/**
+ * The tracker over HTTP/1.1 on the seed's block server (the same port, token and TLS as its blocks):
+ * `POST /tracker/v1/Announce` and `POST /tracker/v1/Lookup`, each with the gRPC method's request message
+ * (proto/dfnode/tracker/v1/tracker.proto, protobuf-encoded) as its body and its response message as the
+ * answer's body. Same messages, checks and limits as the gRPC tracker on the next port, at a third of the
+ * CPU per call on either side (a gRPC call over HTTP/2 costs the node ~0.9 ms and the seed ~0.6 ms here;
+ * a node makes several a second while it fills, and a seed serves every node of its swarms).
+ */
+export const TRACKER_HTTP_PREFIX = '/tracker/v1/';
+
+const CONTENT_TYPE = 'application/x-protobuf';
+
+type Method = 'Announce' | 'Lookup';
+
+/** Bytes of an error answer's text kept for the message. */
+const ERROR_TEXT_BYTES = 300;
+
+/** The largest answer a node accepts (as the gRPC client's receive limit). */
+const MAX_ANSWER_BYTES = 8 << 20;
+
+interface Codec {
+  requestSerialize(v: unknown): Buffer;
+  requestDeserialize(b: Buffer): unknown;
+  responseSerialize(v: unknown): Buffer;
+  responseDeserialize(b: Buffer): unknown;
+}
+
+let codecs: Record<Method, Codec> | undefined;
+
+/** The gRPC service's own (de)serializers: the HTTP tracker speaks exactly its messages. */
+function codec(method: Method): Codec {
+  codecs ??= (trackerServiceConstructor() as ServiceClientConstructor).service as unknown as Record<
+    Method,
+    Codec
+  >;
+  return codecs[method];
+}
+
+/** An error's answer status; the client maps it back (statusCode below). */
+function httpStatus(code: ErrorCode): number {
+  if (code === 'INVALID_ARGUMENT') return 400;
+  if (code === 'UNAUTHORIZED') return 401;
+  if (code === 'FORBIDDEN') return 403;
+  // tracker full: alive, asked again later
+  if (code === 'NO_SPACE') return 503;
+  return 500;
+}
+
+/**
+ * Answers a tracker call on the block server (the caller checked the cluster token). The body is read up to
+ * the gRPC tracker's request limit (413 beyond, before anything is buffered where a length is declared) and
+ * within `idleMs` (a body that stalls is dropped); a body that does not decode is 400.
+ */
+export async function handleTrackerPost(
+  req: IncomingMessage,
+  res: ServerResponse,
+  state: TrackerState,
+  idleMs: number,
+): Promise<void> {
+  const fail = (status: number, msg: string) => {
+    if (res.headersSent) return void res.end();
+    res.writeHead(status, { 'content-type': 'text/plain', ...(status === 503 && { 'retry-after': '1' }) });
+    res.end(msg);
+  };
+  const name = (req.url ?? '').split('?')[0]!.slice(TRACKER_HTTP_PREFIX.length);
+  if (name === 'ping' && req.method === 'GET') {
+    // HttpTracker.connect: opens the connection before the first call
+    res.writeHead(204);
+    res.end();
+    return;
+  }
+  if (name !== 'Announce' && name !== 'Lookup') return fail(404, `no tracker method ${name.slice(0, 40)}`);
+  if (req.method !== 'POST') {
+    res.setHeader('allow', 'POST');
+    return fail(405, `POST a ${name}Request message`);
+  }
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (!(declared <= MAX_REQUEST_BYTES)) return tooLarge(req, fail);
+  const body = await readBody(req, idleMs);
+  if (body === 'too large') return tooLarge(req, fail);
+  if (body === 'stalled') {
+    fail(408, `the request body made no progress for ${idleMs} ms`);
+    req.destroy();
+    return;
+  }
+  if (body === 'gone') return;
+  const c = codec(name);
+  let msg: unknown;
+  try {
+    msg = c.requestDeserialize(body);
+  } catch (err) {
+    return fail(400, `tracker: the body is not a ${name}Request message (${(err as Error).message})`);
+  }
+  let answer: Buffer;
+  try {
+    const source = callerHost(`${req.socket.remoteAddress ?? ''}:${req.socket.remotePort ?? ''}`);
+    answer = c.responseSerialize(
+      name === 'Announce' ? state.announce(msg as AnnounceMsg, source) : state.lookup(msg as LookupMsg),
+    );
+  } catch (err) {
+    const e = DfError.from(err);
+    return fail(httpStatus(e.code), e.message);
+  }
+  res.writeHead(200, { 'content-type': CONTENT_TYPE, 'content-length': answer.length });
+  res.end(answer);
+}
+
+function tooLarge(req: IncomingMessage, fail: (status: number, msg: string) => void): void {
+  fail(413, `a tracker request is at most ${MAX_REQUEST_BYTES} bytes`);
+  req.destroy();
+}
+
+/** The whole body, or why not (over MAX_REQUEST_BYTES, no byte for `idleMs`, the client went away). */
+function readBody(req: IncomingMessage, idleMs: number): Promise<Buffer | 'too large' | 'stalled' | 'gone'> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    let timer = setTimeout(() => end('stalled'), idleMs);
+    const end = (r: Buffer | 'too large' | 'stalled' | 'gone') => {
+      clearTimeout(timer);
+      req.off('data', onData).off('end', onEnd).off('error', onGone).off('close', onGone);
+      resolve(r);
+    };
+    const onData = (c: Buffer) => {
+      n += c.length;
+      if (n > MAX_REQUEST_BYTES) return end('too large');
+      chunks.push(c);
+      clearTimeout(timer);
+      timer = setTimeout(() => end('stalled'), idleMs);
+    };
+    const onEnd = () => end(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, n));
+    const onGone = () => end('gone');
+    req.on('data', onData).on('end', onEnd).on('error', onGone).on('close', onGone);
+  });
+}
+
+/** A tracker answer's status as the node's error (see httpStatus). */
+function answerError(what: string, status: number, text: string): DfError {
+  const failure = `${what}: ${text || `HTTP ${status}`}`;
+  if (status === 401) return new DfError('UNAUTHORIZED', `${failure} (check p2p.clusterToken)`);
+  if (status === 400) return DfError.invalidArgument(failure);
+  if (status === 403) return new DfError('FORBIDDEN', failure);
+  if (status === 503) return new DfError('NO_SPACE', failure);
+  return new DfError('NETWORK', `${what}: HTTP ${status} ${text}`);
+}
+
+/**
+ * The tracker of one seed, over HTTP on its block address; a seed that has no HTTP tracker (404 or 405: an
+ * older version) is asked over gRPC on the next port from then on (`fallback`). Every call has a deadline
+ * and carries the cluster token; with `tls`, HTTPS with this host's certificate. Errors as the gRPC client's:
+ * UNAUTHORIZED, TIMEOUT (no answer in time: a busy seed), NETWORK and the tracker's own (INVALID_ARGUMENT,
+ * FORBIDDEN, NO_SPACE).
+ */
+export class HttpTracker implements Tracker {
+  private readonly agent: Agent;
+  private readonly origin: string;
+  private grpc: Tracker | undefined;
+
+  constructor(
+    /** The seed's block server, host:port. */
+    readonly address: string,
+    private readonly clusterToken: string,
+    private readonly timeoutMs: number,
+    private readonly tls: TlsMaterial | undefined,
+    /** The same seed's gRPC tracker, made when the seed turns out to have no HTTP one. */
+    private readonly fallback: () => Tracker,
+  ) {
+    this.origin = `${tls ? 'https' : 'http'}://${address}`;
+    // apart from the block client's: a call never waits behind a block response for a connection
+    this.agent = new Agent({
+      keepAliveTimeout: 30_000,
+      connections: 2,
+      connect: { timeout: timeoutMs, ...(tls && clientTlsOptions(tls)) },
+      headersTimeout: 0,
+      bodyTimeout: 0,
+    });
+  }
+
+  /** Over gRPC (the seed predates the HTTP tracker). */
+  get legacy(): boolean {
+    return this.grpc !== undefined;
+  }
+
+  /**
+   * Opens the connection now (a `GET /tracker/v1/ping`; returns at once, errors are for the next call), so
+   * that the first announce and lookup of a blob, which its fill waits for, find it open.
+   */
+  connect(): void {
+    if (this.grpc) return this.grpc.connect();
+    void dispatchInto(this.agent, {
+      origin: this.origin,
+      path: TRACKER_HTTP_PREFIX + 'ping',
+      headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken },
+      signal: AbortSignal.timeout(this.timeoutMs),
+      onHead: () => ({ into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined }),
+    }).catch(() => undefined);
+  }
+
+  announce(
+    m: Partial<AnnounceMsg>,
+    signal?: AbortSignal,
+  ): Promise<{ need_full: boolean; interval_ms: number }> {
+    return this.call('Announce', m, signal);
+  }
+
+  lookup(m: Partial<LookupMsg>, signal?: AbortSignal): Promise<LookupAnswer> {
+    return this.call('Lookup', m, signal);
+  }
+
+  private async call<Res>(method: Method, req: object, signal?: AbortSignal): Promise<Res> {
+    if (this.grpc)
+      return (
+        method === 'Announce' ? this.grpc.announce(req, signal) : this.grpc.lookup(req, signal)
+      ) as Promise<Res>;
+    const what = `tracker ${this.address} ${method}`;
+    const c = codec(method);
+    const deadline = AbortSignal.timeout(this.timeoutMs);
+    const both = signal ? AbortSignal.any([signal, deadline]) : deadline;
+    let res: DispatchedResponse;
+    try {
+      res = await dispatchInto(this.agent, {
+        origin: this.origin,
+        path: TRACKER_HTTP_PREFIX + method,
+        method: 'POST',
+        body: c.requestSerialize(req),
+        headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken, 'content-type': CONTENT_TYPE },
+        signal: both,
+        onHead: (status, headers) => {
+          if (status !== 200) return { into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined };
+          const declared = Number(headers['content-length'] ?? NaN);
+          if (!(declared >= 0 && declared <= MAX_ANSWER_BYTES))
+            return new DfError(
+              'NETWORK',
+              `${what}: an answer must declare a length of at most ${MAX_ANSWER_BYTES}`,
+            );
+          return {
+            into: Buffer.allocUnsafe(declared),
+            tooLong: () =>
+              new DfError('NETWORK', `${what}: more than the ${declared} bytes declared; cut off`),
+          };
+        },
+      });
+    } catch (err) {
+      if (deadline.aborted && !signal?.aborted)
+        throw DfError.timeout(`${what}: no answer within ${this.timeoutMs} ms`);
+      if (signal?.aborted) throw DfError.from(signal.reason);
+      if (err instanceof DfError) throw err;
+      if (this.tls) {
+        const e = tlsFailure(this.address, err);
+        if (e) throw e;
+      }
+      throw new DfError('NETWORK', `${what}: ${(err as Error).message}`, { cause: err });
+    }
+    if (res.statusCode === 404 || res.statusCode === 405) {
+      // a seed without the HTTP tracker answers its block server's 404 or 405
+      this.grpc ??= this.fallback();
+      return this.call(method, req, signal);
+    }
+    if (res.statusCode !== 200)
+      throw answerError(what, res.statusCode, res.body.subarray(0, res.got).toString('utf8'));
+    if (res.got !== res.body.length)
+      throw new DfError('NETWORK', `${what}: got ${res.got} of ${res.body.length} bytes`);
+    try {
+      return c.responseDeserialize(res.body) as Res;
+    } catch (err) {
+      throw new DfError(
+        'NETWORK',
+        `${what}: the answer is not a ${method}Response (${(err as Error).message})`,
+      );
+    }
+  }
+
+  close(): void {
+    this.grpc?.close();
+    void this.agent.close().catch(() => undefined);
+  }
+}
