@@ -13,6 +13,8 @@ export interface SeedCounters {
   registryRequests: number;
   /** Stored bytes by source (registry, cache, memory). */
   bytes: Record<string, number>;
+  /** Calls its tracker answered (either transport). */
+  tracker: { announces: number; lookups: number };
 }
 
 /** The node's Prometheus metrics. Components report through these methods; nothing here is per-block logging. */
@@ -122,6 +124,12 @@ export class NodeMetrics {
     name: 'dfnode_tracker_answers_total',
     help: 'Tracker lookups, by result (holders: named at least one holder, empty: none, error: failed)',
     labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly trackerRequests = new Counter({
+    name: 'dfnode_tracker_requests_total',
+    help: "Calls a seed's tracker answered, by method (announce, lookup), over HTTP and gRPC: its load from the nodes of its swarms",
+    labelNames: ['method'] as const,
     registers: [this.registry],
   });
   readonly peerRequests = new Counter({
@@ -258,6 +266,8 @@ export class NodeMetrics {
     this.delta('rf:seed_miss', c.registryRequests, (d) => this.registryFetches.inc({ reason }, d));
     for (const [source, n] of Object.entries(c.bytes))
       this.delta(`b:${source}`, n, (d) => this.bytes.inc({ source }, d));
+    this.delta('tr:announce', c.tracker.announces, (d) => this.trackerRequests.inc({ method: 'announce' }, d));
+    this.delta('tr:lookup', c.tracker.lookups, (d) => this.trackerRequests.inc({ method: 'lookup' }, d));
   }
 
   /** The counters of this host's block server (BlockServer.counters), node or seed. */

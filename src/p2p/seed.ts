@@ -200,8 +200,17 @@ export class Seed implements BlobProvider {
   }
 
   /** For the metrics endpoint (NodeMetrics.publishSeed): every registry request of a seed is a seed miss. */
-  get metricsCounters(): { registryRequests: number; bytes: Record<string, number> } {
-    return { registryRequests: this.stats.requests.registry, bytes: { ...this.stats.bytes } };
+  get metricsCounters(): {
+    registryRequests: number;
+    bytes: Record<string, number>;
+    tracker: { announces: number; lookups: number };
+  } {
+    const { announces, lookups } = this.tracker.counters;
+    return {
+      registryRequests: this.stats.requests.registry,
+      bytes: { ...this.stats.bytes },
+      tracker: { announces, lookups },
+    };
   }
 
   async get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined> {

@@ -149,7 +149,11 @@ describe('P2P metrics wiring', () => {
 
   it('a seed reports its registry requests as seed_miss and its block server requests', async () => {
     const m = new NodeMetrics({ defaultMetrics: false });
-    const c = { registryRequests: 5, bytes: { registry: 1000, cache: 0 } };
+    const c = {
+      registryRequests: 5,
+      bytes: { registry: 1000, cache: 0 },
+      tracker: { announces: 0, lookups: 0 },
+    };
     const s = { served: 7, unauthorized: 2 };
     m.onScrape(() => {
       m.publishSeed(c);

@@ -6,7 +6,13 @@
 import { request as httpRequest } from 'node:http';
 import { connect as netConnect, createConnection, createServer, type Server, type Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { loadConfig } from '../../src/config.js';
+import { NodeMetrics } from '../../src/daemon/metrics.js';
 import { BlockServer } from '../../src/p2p/block-server.js';
+import { Seed } from '../../src/p2p/seed.js';
+import type { RegistryClient } from '../../src/registry/client.js';
+import { tempDir } from '../helpers/temp.js';
 import { listenPair, trackerAddress } from '../../src/p2p/rendezvous.js';
 import { HttpTracker } from '../../src/p2p/tracker-http.js';
 import { callerHost, serveTracker, TrackerClient, type Tracker } from '../../src/p2p/tracker-service.js';
@@ -257,6 +263,36 @@ describe('tracker over HTTP', () => {
     const c = client(s.address);
     await c.announce(fullAnnounce('holder-a', 4001));
     expect((await c.lookup({ blob: BLOB, peer_id: 'asker' })).holders).toHaveLength(1);
+  });
+
+  it('a seed counts the calls its tracker answered over both transports (dfnode_tracker_requests_total)', async () => {
+    const { dir, cleanup } = await tempDir('dfnode-tracker-http-');
+    cleanups.push(cleanup);
+    const seed = new Seed({
+      config: loadConfig({
+        env: {},
+        flags: {
+          cache: { dir: join(dir, 'cache') },
+          p2p: { clusterToken: TOKEN, listen: '127.0.0.1:0', seeds: ['127.0.0.1:1'] },
+        },
+      }),
+      client: {} as RegistryClient,
+    });
+    const a = await seed.start();
+    cleanups.push(() => seed.close());
+    const h = client(a.blocks);
+    await h.announce(fullAnnounce('holder-a', 4001));
+    await h.lookup({ blob: BLOB, peer_id: 'asker' });
+    await h.lookup({ blob: BLOB, peer_id: 'asker' });
+    const g = new TrackerClient(a.tracker, TOKEN, 5000);
+    cleanups.push(() => g.close());
+    expect((await g.lookup({ blob: BLOB, peer_id: 'asker' })).holders).toHaveLength(1);
+    const m = new NodeMetrics({ defaultMetrics: false });
+    m.onScrape(() => m.publishSeed(seed.metricsCounters));
+    const text = await m.text();
+    expect(text).toContain('dfnode_tracker_requests_total{method="announce"} 1');
+    expect(text).toContain('dfnode_tracker_requests_total{method="lookup"} 3');
+    expect(h.legacy).toBe(false);
   });
 
   it('binds announces to the caller host alike over both transports (IPv4 on a dual-stack socket)', () => {
