@@ -266,7 +266,9 @@ export class NodeMetrics {
     this.delta('rf:seed_miss', c.registryRequests, (d) => this.registryFetches.inc({ reason }, d));
     for (const [source, n] of Object.entries(c.bytes))
       this.delta(`b:${source}`, n, (d) => this.bytes.inc({ source }, d));
-    this.delta('tr:announce', c.tracker.announces, (d) => this.trackerRequests.inc({ method: 'announce' }, d));
+    this.delta('tr:announce', c.tracker.announces, (d) =>
+      this.trackerRequests.inc({ method: 'announce' }, d),
+    );
     this.delta('tr:lookup', c.tracker.lookups, (d) => this.trackerRequests.inc({ method: 'lookup' }, d));
   }
 
