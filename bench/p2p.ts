@@ -220,12 +220,17 @@ const times = (ms: number[]) => ({
   maxS: Math.max(...ms) / 1000,
 });
 
+const SEED_METRICS_PORT = 9877;
+
 /** dfnode: a fresh seed and fresh node caches; every node preheats at once and keeps serving peers. */
 async function dfnodePhase(n: number): Promise<Row> {
   const hosts = cluster.nodes.slice(0, n);
   const b0 = cluster.registry.blobBytes();
   const w0 = (await reg.counters()).tx;
-  const seed = await cluster.startSeed(env);
+  // its metrics on the loopback of its namespace (trackerCalls)
+  const seed = await cluster.startSeed(env, {
+    args: ['--metrics-address', `127.0.0.1:${SEED_METRICS_PORT}`],
+  });
   const s0 = procTimes(seed.pid);
   const seedCpu0 = s0.user + s0.system;
   log(`N=${n}: dfnode preheat`);
@@ -241,6 +246,13 @@ async function dfnodePhase(n: number): Promise<Row> {
     `  cpu s: node mean user ${mean('user').toFixed(2)} system ${mean('system').toFixed(2)}; seed ` +
       `(since start) user ${st.user.toFixed(2)} system ${st.system.toFixed(2)}`,
   );
+  const calls = await trackerCalls();
+  const perNodeS = Math.max(...r.map((x) => x.ms)) / 1000;
+  if (calls)
+    log(
+      `  tracker calls: ${calls.announce} announces, ${calls.lookup} lookups ` +
+        `(${((calls.announce + calls.lookup) / n / perNodeS).toFixed(1)}/s per node over the slowest node's time)`,
+    );
   if (flags.trace)
     for (const x of r) log(`  ${x.host}: ${(x.ms / 1000).toFixed(1)} s, planner ${JSON.stringify(x.fill)}`);
   await settle();
@@ -262,6 +274,25 @@ async function dfnodePhase(n: number): Promise<Row> {
     nodeCpuS: mean('user') + mean('system'),
     seedCpuS: st.user + st.system - seedCpu0,
   };
+}
+
+/** The seed's dfnode_tracker_requests_total by method (undefined when its metrics do not answer). */
+async function trackerCalls(): Promise<{ announce: number; lookup: number } | undefined> {
+  try {
+    const r = await cluster.seedHost.exec('curl', [
+      '-sf',
+      '--max-time',
+      '5',
+      `http://127.0.0.1:${SEED_METRICS_PORT}/metrics`,
+    ]);
+    const get = (m: string) =>
+      Number(
+        new RegExp(`^dfnode_tracker_requests_total\\{method="${m}"\\} (\\d+)`, 'm').exec(r.stdout)?.[1] ?? 0,
+      );
+    return { announce: get('announce'), lookup: get('lookup') };
+  } catch {
+    return undefined;
+  }
 }
 
 /** direct: every host curls the blob from the registry at once. */
