@@ -224,8 +224,17 @@ export class HttpTracker implements Tracker {
       ) as Promise<Res>;
     const what = `tracker ${this.address} ${method}`;
     const c = codec(method);
-    const deadline = AbortSignal.timeout(this.timeoutMs);
-    const both = signal ? AbortSignal.any([signal, deadline]) : deadline;
+    // the deadline and the caller's signal, without AbortSignal.any (which Node 20 keeps alive as long as
+    // a long-lived caller signal)
+    const ac = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      ac.abort(DfError.timeout(`${what}: no answer within ${this.timeoutMs} ms`));
+    }, this.timeoutMs);
+    const onAbort = () => ac.abort(signal!.reason);
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
     let res: DispatchedResponse;
     try {
       res = await dispatchInto(this.agent, {
@@ -234,7 +243,7 @@ export class HttpTracker implements Tracker {
         method: 'POST',
         body: c.requestSerialize(req),
         headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken, 'content-type': CONTENT_TYPE },
-        signal: both,
+        signal: ac.signal,
         onHead: (status, headers) => {
           if (status !== 200) return { into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined };
           const declared = Number(headers['content-length'] ?? NaN);
@@ -251,15 +260,16 @@ export class HttpTracker implements Tracker {
         },
       });
     } catch (err) {
-      if (deadline.aborted && !signal?.aborted)
-        throw DfError.timeout(`${what}: no answer within ${this.timeoutMs} ms`);
-      if (signal?.aborted) throw DfError.from(signal.reason);
+      if (timedOut || signal?.aborted) throw DfError.from(ac.signal.reason);
       if (err instanceof DfError) throw err;
       if (this.tls) {
         const e = tlsFailure(this.address, err);
         if (e) throw e;
       }
       throw new DfError('NETWORK', `${what}: ${(err as Error).message}`, { cause: err });
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
     }
     if (res.statusCode === 404 || res.statusCode === 405) {
       // a seed without the HTTP tracker answers its block server's 404 or 405

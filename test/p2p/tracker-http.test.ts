@@ -219,6 +219,13 @@ describe('tracker over HTTP', () => {
     const t0 = Date.now();
     await expect(c.lookup({ blob: BLOB, peer_id: 'x' })).rejects.toMatchObject({ code: 'TIMEOUT' });
     expect(Date.now() - t0).toBeLessThan(5000);
+    // the caller's own signal ends a call at once (ABORTED, not a timeout of the seed)
+    const slow = client(`127.0.0.1:${(silent.address() as { port: number }).port}`, { timeoutMs: 60_000 });
+    const t1 = Date.now();
+    await expect(slow.lookup({ blob: BLOB, peer_id: 'x' }, AbortSignal.timeout(200))).rejects.toMatchObject({
+      code: expect.stringMatching(/ABORTED|TIMEOUT/),
+    });
+    expect(Date.now() - t1).toBeLessThan(5000);
   });
 
   it('answers hostile requests and keeps serving', async () => {
