@@ -368,11 +368,16 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       let c = this.trackers.get(seed);
       if (!c) {
         const { trackerTimeoutMs } = this.settings;
-        // over HTTP on the seed's block port; over gRPC on the next port for a seed without it
-        c = new HttpTracker(seed, this.token, trackerTimeoutMs, this.tls, () => {
-          this.log.info({ seed }, 'p2p: the seed has no HTTP tracker; asking its gRPC tracker');
-          return new TrackerClient(trackerAddress(seed), this.token, trackerTimeoutMs, this.tls);
-        });
+        const grpc = () => new TrackerClient(trackerAddress(seed), this.token, trackerTimeoutMs, this.tls);
+        // over HTTP on the seed's block port; over gRPC on the next port for a seed without it (or with
+        // DFNODE_TRACKER_GRPC=1: a way around a proxy that mangles it, and for comparisons)
+        c =
+          process.env.DFNODE_TRACKER_GRPC === '1'
+            ? grpc()
+            : new HttpTracker(seed, this.token, trackerTimeoutMs, this.tls, () => {
+                this.log.info({ seed }, 'p2p: the seed has no HTTP tracker; asking its gRPC tracker');
+                return grpc();
+              });
         this.trackers.set(seed, c);
       }
       return c;
