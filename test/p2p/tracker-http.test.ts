@@ -11,6 +11,9 @@ import { loadConfig } from '../../src/config.js';
 import { NodeMetrics } from '../../src/daemon/metrics.js';
 import { BlockServer } from '../../src/p2p/block-server.js';
 import { Seed } from '../../src/p2p/seed.js';
+import { P2pNode } from '../../src/p2p/p2p-node.js';
+import { BlobCache } from '../../src/cache/blob-cache.js';
+import { PieceLayout } from '../../src/mirror/piece-table.js';
 import type { RegistryClient } from '../../src/registry/client.js';
 import { tempDir } from '../helpers/temp.js';
 import { listenPair, trackerAddress } from '../../src/p2p/rendezvous.js';
@@ -301,6 +304,65 @@ describe('tracker over HTTP', () => {
     expect(text).toContain('dfnode_tracker_requests_total{method="lookup"} 3');
     expect(h.legacy).toBe(false);
   });
+
+  for (const viaGrpc of [false, true])
+    it(`a node announces its units over ${viaGrpc ? 'gRPC with DFNODE_TRACKER_GRPC=1' : 'HTTP by default'}`, async () => {
+      const { dir, cleanup } = await tempDir('dfnode-tracker-node-');
+      cleanups.push(cleanup);
+      // the tracker the node should use, and a decoy on the other transport
+      const state = new TrackerState();
+      const decoy = new TrackerState();
+      const blocks = new BlockServer({
+        provider: { get: async () => undefined },
+        clusterToken: TOKEN,
+        tracker: viaGrpc ? decoy : state,
+      });
+      const pair = await listenPair('127.0.0.1:0', blocks, (a) =>
+        serveTracker(viaGrpc ? state : decoy, a, TOKEN),
+      );
+      cleanups.push(
+        () => blocks.close(),
+        () => pair.tracker.stop(),
+      );
+      const before = process.env.DFNODE_TRACKER_GRPC;
+      process.env.DFNODE_TRACKER_GRPC = viaGrpc ? '1' : '0';
+      cleanups.push(() => {
+        if (before === undefined) delete process.env.DFNODE_TRACKER_GRPC;
+        else process.env.DFNODE_TRACKER_GRPC = before;
+      });
+      const node = new P2pNode({
+        config: loadConfig({
+          env: {},
+          flags: {
+            p2p: {
+              seeds: [pair.blocks],
+              clusterToken: TOKEN,
+              listen: '127.0.0.1:0',
+              announceIntervalMs: 200,
+            },
+          },
+        }),
+      });
+      await node.start();
+      cleanups.push(() => node.close());
+      const layout = new PieceLayout(4 * 65536, 65536);
+      const cache = await BlobCache.open({ dir: join(dir, 'cache'), digest: BLOB, size: layout.size });
+      cleanups.push(() => cache.close());
+      await cache.setLayout(layout.cacheLayout.blockCount, layout.cacheLayout.tocOffset);
+      await cache.write(1, layout.offset(1), Buffer.alloc(layout.length(1), 7));
+      const member = node.joinUnits({ blob: { digest: BLOB, size: layout.size }, layout, cache });
+      cleanups.push(() => member.leave());
+      await member.announced;
+      const a = state.lookup({
+        blob: BLOB,
+        peer_id: 'asker',
+        want_bitmap: Buffer.from([0x0f]),
+        max_peers: 4,
+      } as never);
+      expect(a.holders.map((h) => [h.peer_id, Buffer.from(h.bitmap).toString('hex')])).toEqual([
+        [node.id, '02'],
+      ]);
+    });
 
   it('binds announces to the caller host alike over both transports (IPv4 on a dual-stack socket)', () => {
     expect(callerHost('::ffff:10.1.2.3:41000')).toBe('10.1.2.3');
