@@ -5,8 +5,8 @@ import { DfError, type ErrorCode } from '../errors.js';
 import { dispatchInto, type DispatchedResponse } from '../util/dispatch-into.js';
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
-import { callerHost, MAX_REQUEST_BYTES, trackerServiceConstructor, type Tracker } from './tracker-service.js';
-import type { AnnounceMsg, LookupAnswer, LookupMsg, TrackerState } from './tracker-state.js';
+import { callerHost, MAX_REQUEST_BYTES, Tracker, trackerServiceConstructor } from './tracker-service.js';
+import type { AnnounceMsg, LookupMsg, TrackerState } from './tracker-state.js';
 
 /**
  * The tracker over HTTP/1.1 on the seed's block server (the same port, token and TLS as its blocks):
@@ -161,7 +161,7 @@ function answerError(what: string, status: number, text: string): DfError {
  * UNAUTHORIZED, TIMEOUT (no answer in time: a busy seed), NETWORK and the tracker's own (INVALID_ARGUMENT,
  * FORBIDDEN, NO_SPACE).
  */
-export class HttpTracker implements Tracker {
+export class HttpTracker extends Tracker {
   private readonly agent: Agent;
   private readonly origin: string;
   private grpc: Tracker | undefined;
@@ -175,6 +175,7 @@ export class HttpTracker implements Tracker {
     /** The same seed's gRPC tracker, made when the seed turns out to have no HTTP one. */
     private readonly fallback: () => Tracker,
   ) {
+    super();
     this.origin = `${tls ? 'https' : 'http'}://${address}`;
     // apart from the block client's: a call never waits behind a block response for a connection
     this.agent = new Agent({
@@ -206,18 +207,7 @@ export class HttpTracker implements Tracker {
     }).catch(() => undefined);
   }
 
-  announce(
-    m: Partial<AnnounceMsg>,
-    signal?: AbortSignal,
-  ): Promise<{ need_full: boolean; interval_ms: number }> {
-    return this.call('Announce', m, signal);
-  }
-
-  lookup(m: Partial<LookupMsg>, signal?: AbortSignal): Promise<LookupAnswer> {
-    return this.call('Lookup', m, signal);
-  }
-
-  private async call<Res>(method: Method, req: object, signal?: AbortSignal): Promise<Res> {
+  protected async call<Res>(method: Method, req: object, signal?: AbortSignal): Promise<Res> {
     if (this.grpc)
       return (
         method === 'Announce' ? this.grpc.announce(req, signal) : this.grpc.lookup(req, signal)

@@ -11,16 +11,28 @@ export const TRACKER_PROTO = 'dfnode/tracker/v1/tracker.proto';
 export const MAX_REQUEST_BYTES = 2 << 20;
 
 /** A client of one seed's tracker (gRPC: TrackerClient; HTTP on the block port: HttpTracker). */
-export interface Tracker {
-  readonly address: string;
+export abstract class Tracker {
+  abstract readonly address: string;
   /** Starts connecting if not connected yet (returns at once; a failure shows in the next call). */
-  connect(): void;
+  abstract connect(): void;
+  abstract close(): void;
+  /** One call of the tracker service, with the transport's deadline and the cluster token. */
+  protected abstract call<Res>(
+    method: 'Announce' | 'Lookup',
+    req: object,
+    signal?: AbortSignal,
+  ): Promise<Res>;
+
   announce(
     m: Partial<AnnounceMsg>,
     signal?: AbortSignal,
-  ): Promise<{ need_full: boolean; interval_ms: number }>;
-  lookup(m: Partial<LookupMsg>, signal?: AbortSignal): Promise<LookupAnswer>;
-  close(): void;
+  ): Promise<{ need_full: boolean; interval_ms: number }> {
+    return this.call('Announce', m, signal);
+  }
+
+  lookup(m: Partial<LookupMsg>, signal?: AbortSignal): Promise<LookupAnswer> {
+    return this.call('Lookup', m, signal);
+  }
 }
 
 /**
@@ -128,7 +140,7 @@ type Unary<Req, Res> = (
  * A client of one seed's tracker; every call has a deadline and carries the cluster token (over mutual TLS
  * with `tls`).
  */
-export class TrackerClient implements Tracker {
+export class TrackerClient extends Tracker {
   private readonly client: grpc.Client & {
     Announce: Unary<Partial<AnnounceMsg>, { need_full: boolean; interval_ms: number }>;
     Lookup: Unary<Partial<LookupMsg>, LookupAnswer>;
@@ -140,6 +152,7 @@ export class TrackerClient implements Tracker {
     private readonly timeoutMs = 1000,
     private readonly tls?: TlsMaterial,
   ) {
+    super();
     const Ctor = trackerServiceConstructor();
     this.client = new Ctor(address, trackerChannelCredentials(tls), {
       'grpc.max_receive_message_length': 8 << 20,
@@ -154,18 +167,7 @@ export class TrackerClient implements Tracker {
     this.client.waitForReady(Date.now() + this.timeoutMs, () => undefined);
   }
 
-  announce(
-    m: Partial<AnnounceMsg>,
-    signal?: AbortSignal,
-  ): Promise<{ need_full: boolean; interval_ms: number }> {
-    return this.call('Announce', m, signal);
-  }
-
-  lookup(m: Partial<LookupMsg>, signal?: AbortSignal): Promise<LookupAnswer> {
-    return this.call('Lookup', m, signal);
-  }
-
-  private call<Res>(method: 'Announce' | 'Lookup', req: object, signal?: AbortSignal): Promise<Res> {
+  protected call<Res>(method: 'Announce' | 'Lookup', req: object, signal?: AbortSignal): Promise<Res> {
     const md = new grpc.Metadata();
     md.set(CLUSTER_TOKEN_HEADER, this.clusterToken);
     return new Promise<Res>((resolve, reject) => {
