@@ -144,6 +144,12 @@ function readBody(req: IncomingMessage, idleMs: number): Promise<Buffer | 'too l
   });
 }
 
+/** undici's error for a connection the other side closed or reset under a request. */
+function staleConnection(err: unknown): boolean {
+  const code = (err as { code?: string } | undefined)?.code;
+  return code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
+}
+
 /** A tracker answer's status as the node's error (see httpStatus). */
 function answerError(what: string, status: number, text: string): DfError {
   const failure = `${what}: ${text || `HTTP ${status}`}`;
@@ -225,30 +231,40 @@ export class HttpTracker extends Tracker {
     const onAbort = () => ac.abort(signal!.reason);
     if (signal?.aborted) onAbort();
     else signal?.addEventListener('abort', onAbort, { once: true });
-    let res: DispatchedResponse;
+    const body = c.requestSerialize(req);
+    let res: DispatchedResponse | undefined;
     try {
-      res = await dispatchInto(this.agent, {
-        origin: this.origin,
-        path: TRACKER_HTTP_PREFIX + method,
-        method: 'POST',
-        body: c.requestSerialize(req),
-        headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken, 'content-type': CONTENT_TYPE },
-        signal: ac.signal,
-        onHead: (status, headers) => {
-          if (status !== 200) return { into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined };
-          const declared = Number(headers['content-length'] ?? NaN);
-          if (!(declared >= 0 && declared <= MAX_ANSWER_BYTES))
-            return new DfError(
-              'NETWORK',
-              `${what}: an answer must declare a length of at most ${MAX_ANSWER_BYTES}`,
-            );
-          return {
-            into: Buffer.allocUnsafe(declared),
-            tooLong: () =>
-              new DfError('NETWORK', `${what}: more than the ${declared} bytes declared; cut off`),
-          };
-        },
-      });
+      for (let attempt = 1; !res; attempt++) {
+        try {
+          res = await dispatchInto(this.agent, {
+            origin: this.origin,
+            path: TRACKER_HTTP_PREFIX + method,
+            method: 'POST',
+            body,
+            headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken, 'content-type': CONTENT_TYPE },
+            signal: ac.signal,
+            onHead: (status, headers) => {
+              if (status !== 200) return { into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined };
+              const declared = Number(headers['content-length'] ?? NaN);
+              if (!(declared >= 0 && declared <= MAX_ANSWER_BYTES))
+                return new DfError(
+                  'NETWORK',
+                  `${what}: an answer must declare a length of at most ${MAX_ANSWER_BYTES}`,
+                );
+              return {
+                into: Buffer.allocUnsafe(declared),
+                tooLong: () =>
+                  new DfError('NETWORK', `${what}: more than the ${declared} bytes declared; cut off`),
+              };
+            },
+          });
+        } catch (err) {
+          // a kept-alive connection the seed closed as the call went out: once more on a new one (a seed
+          // that is down refuses that one, and only then counts as down)
+          if (attempt === 1 && !ac.signal.aborted && staleConnection(err)) continue;
+          throw err;
+        }
+      }
     } catch (err) {
       if (timedOut || signal?.aborted) throw DfError.from(ac.signal.reason);
       if (err instanceof DfError) throw err;

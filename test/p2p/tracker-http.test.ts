@@ -184,6 +184,36 @@ describe('tracker over HTTP', () => {
     expect(accepted).toBe(1);
   });
 
+  it('a connection closed under a call is retried once on a new one; a seed that refuses is NETWORK', async () => {
+    const s = await seedServer();
+    let n = 0;
+    const sockets = new Set<Socket>();
+    // the first connection is closed as the request arrives (a kept-alive connection the seed dropped)
+    const relay: Server = createServer((a) => {
+      const first = ++n === 1;
+      sockets.add(a.on('error', () => undefined));
+      if (first) return void a.once('data', () => a.destroy());
+      const b = createConnection(s.port, '127.0.0.1');
+      sockets.add(b.on('error', () => undefined));
+      a.pipe(b).pipe(a);
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const port = (relay.address() as { port: number }).port;
+    cleanups.push(
+      () => new Promise<void>((r) => (sockets.forEach((x) => x.destroy()), relay.close(() => r()))),
+    );
+    const c = client(`127.0.0.1:${port}`);
+    await c.announce(fullAnnounce('holder-a', 4001));
+    expect(n).toBe(2);
+    expect(s.state.counters.announces).toBe(1);
+    // the relay gone: refused, NETWORK (the node takes the seed for down)
+    sockets.forEach((x) => x.destroy());
+    await new Promise<void>((r) => relay.close(() => r()));
+    await expect(client(`127.0.0.1:${port}`).lookup({ blob: BLOB, peer_id: 'x' })).rejects.toMatchObject({
+      code: 'NETWORK',
+    });
+  });
+
   it('refuses a wrong token (UNAUTHORIZED) and the tracker refuses a bad message (INVALID_ARGUMENT)', async () => {
     const s = await seedServer();
     await expect(
