@@ -14,7 +14,7 @@ import { DEFAULT_MAX_RANGE_BYTES, parseBlockRequest } from './block-request.js';
 import { ByteBudget } from './byte-budget.js';
 import { MAX_PREHEAT_BODY_BYTES, preheatRefs, type PreheatAnswer } from './preheat-request.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
-import { handleTrackerPost, TRACKER_HTTP_PREFIX } from './tracker-http.js';
+import { handleTrackerPost, TRACKER_HTTP_PREFIX, TrackerBodies } from './tracker-http.js';
 import type { TrackerState } from './tracker-state.js';
 import type { BlobHint, BlobProvider } from './served-blob.js';
 
@@ -65,6 +65,8 @@ export interface BlockServerOptions {
   fileTable?: (query: URLSearchParams, signal: AbortSignal) => Promise<Buffer>;
   /** Serves the tracker over HTTP (a seed: `POST /tracker/v1/…`, see tracker-http.ts); without it, 404. */
   tracker?: TrackerState;
+  /** Bytes of tracker request bodies read at once (default 64 MiB); beyond, 503. */
+  maxTrackerBodyBytes?: number;
 }
 
 /**
@@ -93,6 +95,7 @@ export class BlockServer {
   /** Addresses already warned about (a refused TLS handshake or cluster token). */
   private readonly warned = new Set<string>();
   private readonly budget: ByteBudget;
+  private readonly trackerBodies: TrackerBodies;
 
   constructor(private readonly opts: BlockServerOptions) {
     this.log = opts.logger ?? silentLogger;
@@ -101,6 +104,7 @@ export class BlockServer {
       Math.max(maxRange, opts.maxInflightBytes ?? 256 * 1024 * 1024),
       opts.maxQueuedRequests ?? 1024,
     );
+    this.trackerBodies = new TrackerBodies(opts.maxTrackerBodyBytes);
   }
 
   /** Requests waiting for bytes of the response budget (maxInflightBytes). */
@@ -195,6 +199,7 @@ export class BlockServer {
         res,
         this.opts.tracker,
         Math.min(this.opts.requestTimeoutMs ?? 30_000, 10_000),
+        this.trackerBodies,
       );
     if (this.opts.fileTable && (req.url ?? '').split('?')[0] === '/files/table')
       return this.handleFileTable(req, res, fail);

@@ -61,11 +61,18 @@ function httpStatus(code: ErrorCode): number {
  * the gRPC tracker's request limit (413 beyond, before anything is buffered where a length is declared) and
  * within `idleMs` (a body that stalls is dropped); a body that does not decode is 400.
  */
+/** Bytes of tracker request bodies a block server holds while it reads them (a flood costs sockets, not memory). */
+export class TrackerBodies {
+  held = 0;
+  constructor(readonly max = 64 * 1024 * 1024) {}
+}
+
 export async function handleTrackerPost(
   req: IncomingMessage,
   res: ServerResponse,
   state: TrackerState,
   idleMs: number,
+  bodies: TrackerBodies,
 ): Promise<void> {
   const fail = (status: number, msg: string) => {
     if (res.headersSent) return void res.end();
@@ -84,9 +91,23 @@ export async function handleTrackerPost(
     res.setHeader('allow', 'POST');
     return fail(405, `POST a ${name}Request message`);
   }
-  const declared = Number(req.headers['content-length'] ?? 0);
+  const length = req.headers['content-length'];
+  const declared = Number(length ?? 0);
   if (!(declared <= MAX_REQUEST_BYTES)) return tooLarge(req, fail);
-  const body = await readBody(req, idleMs);
+  // what the body may take while it is read: its declared length, or the limit
+  const reserve = length === undefined ? MAX_REQUEST_BYTES : declared;
+  if (bodies.held + reserve > bodies.max) {
+    // the answer goes out whole, then the connection closes (the body is not read)
+    res.setHeader('connection', 'close');
+    return fail(503, `busy: ${bodies.held} bytes of tracker requests are being read; retry later`);
+  }
+  bodies.held += reserve;
+  let body: Awaited<ReturnType<typeof readBody>>;
+  try {
+    body = await readBody(req, idleMs);
+  } finally {
+    bodies.held -= reserve;
+  }
   if (body === 'too large') return tooLarge(req, fail);
   if (body === 'stalled') {
     fail(408, `the request body made no progress for ${idleMs} ms`);

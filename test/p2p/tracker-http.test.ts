@@ -31,12 +31,17 @@ const noFallback = (): Tracker => {
 };
 
 /** A seed's block server with the HTTP tracker (and, beside it, the gRPC tracker on the same state). */
-async function seedServer(state = new TrackerState(), requestTimeoutMs = 30_000) {
+async function seedServer(
+  state = new TrackerState(),
+  requestTimeoutMs = 30_000,
+  maxTrackerBodyBytes?: number,
+) {
   const server = new BlockServer({
     provider: { get: async () => undefined },
     clusterToken: TOKEN,
     tracker: state,
     requestTimeoutMs,
+    maxTrackerBodyBytes,
   });
   const address = await server.listen('127.0.0.1:0');
   cleanups.push(() => server.close());
@@ -393,6 +398,30 @@ describe('tracker over HTTP', () => {
         [node.id, '02'],
       ]);
     });
+
+  it('bodies being read at once are bounded: beyond, 503 at once; served again when they are gone', async () => {
+    const s = await seedServer(new TrackerState(), 30_000, 3 * 1024 * 1024);
+    // two clients declare 1.5 MiB bodies and send a little of them: 3 MiB held
+    const slow: Socket[] = [];
+    for (let i = 0; i < 2; i++) {
+      const sock = netConnect(s.port, '127.0.0.1');
+      sock.on('error', () => undefined);
+      sock.write(
+        `POST /tracker/v1/Lookup HTTP/1.1\r\nhost: x\r\nx-dfnode-cluster-token: ${TOKEN}\r\ncontent-length: ${1536 * 1024}\r\n\r\nxx`,
+      );
+      slow.push(sock);
+    }
+    cleanups.push(() => slow.forEach((x) => x.destroy()));
+    await new Promise((r) => setTimeout(r, 200));
+    const c = client(s.address);
+    await expect(c.lookup({ blob: BLOB, peer_id: 'asker' })).rejects.toMatchObject({
+      code: 'NO_SPACE',
+      message: expect.stringMatching(/busy: 3145728 bytes of tracker requests are being read/),
+    });
+    slow.forEach((x) => x.destroy());
+    await new Promise((r) => setTimeout(r, 200));
+    expect((await c.lookup({ blob: BLOB, peer_id: 'asker' })).holders).toEqual([]);
+  });
 
   it('binds announces to the caller host alike over both transports (IPv4 on a dual-stack socket)', () => {
     expect(callerHost('::ffff:10.1.2.3:41000')).toBe('10.1.2.3');
