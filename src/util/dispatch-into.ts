@@ -37,10 +37,11 @@ export interface DispatchIntoOptions {
 }
 
 /**
- * A request (a GET, or a POST of a small body) through `dispatcher` whose body is copied straight into one buffer as undici parses it: no
- * Readable stream, no async iterator, no promise per chunk (on a slow link a response comes in thousands
- * of small chunks, and that machinery cost more CPU than the bytes). The buffer is chosen when the head
- * arrives (`onHead`); a body that goes past it is cut off as soon as the first byte too many arrives.
+ * A request (a GET, or a POST of a small body) through `dispatcher` whose answer's body is copied straight
+ * into one buffer as undici parses it: no Readable stream, no async iterator, no promise per chunk (on a
+ * slow link a response comes in thousands of small chunks, and that machinery cost more CPU than the
+ * bytes). The buffer is chosen when the head arrives (`onHead`); a body that goes past it is cut off as
+ * soon as the first byte too many arrives.
  * Resolves when the body is complete (or was cut off without an error, see onHead); rejects with
  * undici's error, onHead's or progress's, or the signal's reason.
  */
