@@ -168,6 +168,14 @@ const configSchema = z.strictObject({
       /** Seed: fetch the whole blob from the registry after the first request (full copies). */
       seedFill: z.boolean().default(true),
       /**
+       * Seed: while its own registry link is full (1 MiB of registry requests in flight), a node's planned
+       * fill run for blocks the seed does not have is handed back to the node, which fetches it from the
+       * registry itself; the tracker holds those blocks for that node, so the registry still sends each
+       * block to the cluster once, and the seed's copy takes them from the node. The registry's link is then
+       * used in full when it is wider than the seed's. false: the seed fetches everything itself.
+       */
+      handBack: z.boolean().default(true),
+      /**
        * Seed: registry range requests nobody is blocked on (its fill, nodes' planned fill runs) pipelined
        * at once (HTTP/1.1, about two per connection), so that the next answer follows the last without a
        * round trip. Reads nodes wait on never queue. 0 (the default): off. It made no difference in bench/p2p

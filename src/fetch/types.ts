@@ -105,6 +105,23 @@ export function isDeferred(err: unknown): boolean {
 }
 
 /**
+ * A seed handed a planned run back (its own registry link is full): the node fetches it from the registry
+ * itself, claimed for it at the tracker, so that the registry still sends each unit to the cluster once.
+ */
+export function handedBackBySource(message: string): DfError {
+  return DfError.answer('NOT_FOUND', message, { details: { sourceUnavailable: true, handedBack: true } });
+}
+
+export function isHandedBack(err: unknown): boolean {
+  return err instanceof DfError && err.details.handedBack === true;
+}
+
+/** A source's answer to a planned run that only its planner acts on: deferred, busy or handed back. */
+export function isPlannerAnswer(err: unknown): boolean {
+  return isDeferred(err) || isBusy(err) || isHandedBack(err);
+}
+
+/**
  * What the filesystem needs to serve file contents: the seam between src/fetch and src/fuse.
  * `read` resolves with the uncompressed bytes of inode `ino` in [offset, offset+length) (clamped to the file
  * size), fetching missing blocks at Priority.Blocked, or rejects with a DfError (TIMEOUT, NETWORK, CORRUPT,

@@ -13,8 +13,7 @@ import { transferTimeoutMs } from '../util/transfer-timeout.js';
 import type { FetchScheduler, ScheduledTask } from './scheduler.js';
 import type { FetchStats } from './fetch-stats.js';
 import {
-  isBusy,
-  isDeferred,
+  isPlannerAnswer,
   isSourceUnavailable,
   Priority,
   type BlobRef,
@@ -371,8 +370,8 @@ export class UnitFetcher {
         if (err) lastErr = err;
       }
       todo = next;
-      // deferred, or the holder's upload slots are taken: the run's planner picks another, no retries
-      if ((isDeferred(lastErr) || isBusy(lastErr)) && state.priority === Priority.Fill) break;
+      // deferred, handed back, or the holder's upload slots are taken: the run's planner decides, no retries
+      if (isPlannerAnswer(lastErr) && state.priority === Priority.Fill) break;
     }
     if (!todo.length) return;
     const e = DfError.from(lastErr ?? DfError.internal('fetch gave up'), `fetch ${this.blob.digest}`);

@@ -15,6 +15,8 @@ export interface BlockRequest {
   repo?: string;
   size?: number;
   defer: boolean;
+  /** The node can fetch a planned run from the registry itself (`origin=1`): a seed may hand it back. */
+  origin: boolean;
   /** A planned background-fill run (`fill=1`): subject to the server's upload slots. */
   fill: boolean;
 }
@@ -75,6 +77,7 @@ export function parseBlockRequest(
     repo: q.get('repo') ?? undefined,
     size: size !== undefined && size >= 0 ? size : undefined,
     defer: q.get('defer') === '1',
+    origin: q.get('origin') === '1',
     fill: q.get('fill') === '1',
   };
 }

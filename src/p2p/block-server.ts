@@ -8,7 +8,7 @@ import { bound } from '../util/timers.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { TokenBucket } from '../util/token-bucket.js';
-import { isBusy, isDeferred } from '../fetch/types.js';
+import { isBusy, isDeferred, isHandedBack, isPlannerAnswer } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER, tokenMatches } from './auth.js';
 import { DEFAULT_MAX_RANGE_BYTES, parseBlockRequest } from './block-request.js';
 import { ByteBudget } from './byte-budget.js';
@@ -20,6 +20,8 @@ import type { BlobHint, BlobProvider } from './served-blob.js';
 
 /** Response header: SHA-256 (hex) of a piece a seed serves while it still fetches the file (cut-through). */
 export const PIECE_DIGEST_HEADER = 'x-dfnode-piece-sha256';
+/** On a 409: the seed handed the planned run back; the node takes it from the registry itself. */
+export const HANDED_BACK_HEADER = 'x-dfnode-take-from';
 
 export type { BlobHint, BlobProvider, ServedBlob, ServedBytes } from './served-blob.js';
 
@@ -236,6 +238,7 @@ export class BlockServer {
         size: range.size,
         peer: typeof req.headers[PEER_ID_HEADER] === 'string' ? req.headers[PEER_ID_HEADER] : undefined,
         defer: range.defer,
+        origin: range.origin,
         alive,
       };
       const blob = await this.opts.provider.get(range.digest, hint, ac.signal);
@@ -246,6 +249,7 @@ export class BlockServer {
       const peer = hint.peer;
       if (peer && (blob.undelivered || blob.delivered))
         res.once('close', () => {
+          if (hint.handedBack) return;
           if (res.writableFinished && res.statusCode < 300)
             blob.delivered?.(range.offset, range.length, peer);
           else blob.undelivered?.(range.offset, range.length, peer);
@@ -314,13 +318,14 @@ export class BlockServer {
       if (ac.signal.aborted && res.destroyed) return;
       const e = DfError.from(err);
       // deferrals and busy answers are the normal flow of a swarm (counted, not logged with a stack)
-      if (!isDeferred(e) && !isBusy(e)) this.log.debug({ err: e, url: req.url }, 'peer request failed');
+      if (!isPlannerAnswer(e)) this.log.debug({ err: e, url: req.url }, 'peer request failed');
       if (e.code === 'NO_SPACE') {
         res.setHeader('retry-after', '1');
         return fail(503, e.message);
       }
-      if (isDeferred(e)) {
-        this.counters.deferred++;
+      if (isDeferred(e) || isHandedBack(e)) {
+        if (isHandedBack(e)) res.setHeader(HANDED_BACK_HEADER, 'registry');
+        else this.counters.deferred++;
         return fail(409, e.message);
       }
       // a seed's origin sent another file than the digest named: the seed is fine, the file is not

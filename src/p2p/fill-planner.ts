@@ -1,6 +1,6 @@
 import type { UnitFetcher } from '../fetch/unit-fetcher.js';
 import { sleep, realTimers, type Timers } from '../util/timers.js';
-import { isBusy, isDeferred, isSourceUnavailable, Priority } from '../fetch/types.js';
+import { isBusy, isDeferred, isHandedBack, isSourceUnavailable, Priority } from '../fetch/types.js';
 import type { Holder, PeerView } from './peer-view.js';
 
 /** A run chosen by the planner and the tier it comes from. */
@@ -250,7 +250,16 @@ export async function p2pFill(
       const fromSeed = plan.from === 'seed';
       if (fromSeed) seedActive++;
       try {
-        await fetcher.units(plan.units, Priority.Fill, opts.signal, { only: [plan.from] });
+        try {
+          await fetcher.units(plan.units, Priority.Fill, opts.signal, { only: [plan.from] });
+        } catch (err) {
+          if (!isHandedBack(err)) throw err;
+          // the seed's registry link is full and the tracker holds these units for this node: fetched from
+          // the registry here (its spare capacity), then announced; the seed slot stays taken meanwhile
+          await fetcher.units(plan.units, Priority.Fill, opts.signal, { only: ['registry'] });
+          view.fill.originRuns++;
+          continue;
+        }
         if (fromSeed) {
           seedFailures = 0;
           view.fill.seedRuns++;

@@ -4,9 +4,9 @@ import { DfError } from '../errors.js';
 import type { TokenBucket } from '../util/token-bucket.js';
 import { dispatchInto, type DispatchedResponse } from '../util/dispatch-into.js';
 import { bodyRemaining, rcvLowatEnabled, trackReads } from '../util/rcv-lowat.js';
-import { busyAtSource, deferredBySource, sourceUnavailable } from '../fetch/types.js';
+import { busyAtSource, deferredBySource, handedBackBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
-import { PIECE_DIGEST_HEADER } from './block-server.js';
+import { HANDED_BACK_HEADER, PIECE_DIGEST_HEADER } from './block-server.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
 
 /**
@@ -73,6 +73,7 @@ export class HttpBlockClient {
     const q = new URLSearchParams({ offset: String(offset), length: String(length), ...extra });
     const what = `${address}: ${digest} ${offset}+${length}`;
     let res: DispatchedResponse;
+    let handedBack = false;
     try {
       res = await dispatchInto(this.agent, {
         origin: `${this.scheme}://${address}`,
@@ -85,6 +86,7 @@ export class HttpBlockClient {
         ...(this.lowat ? { onRemaining: bodyRemaining } : {}),
         onHead: (status, headers) => {
           alive?.();
+          handedBack = status === 409 && headers[HANDED_BACK_HEADER] === 'registry';
           // an error answer: the start of its text, for the message; the rest is dropped unread
           if (status !== 200) return { into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined };
           const sent = headers[PIECE_DIGEST_HEADER];
@@ -136,6 +138,8 @@ export class HttpBlockClient {
       // 413: the range is over the host's limit; 403: the host refuses this blob (a seed whose configuration
       // does not allow its registry). Another source may take it: not the host's fault
       if ([403, 404, 413, 416].includes(res.statusCode)) throw sourceUnavailable(failure);
+      // a seed handed a planned run back: the node fetches it from the registry itself (fill-planner.ts)
+      if (res.statusCode === 409 && handedBack) throw handedBackBySource(failure);
       if (res.statusCode === 409) throw deferredBySource(failure);
       // 429, or 503 with Retry-After (the host's response budget or disk is full): alive, asked again later
       if (res.statusCode === 429 || (res.statusCode === 503 && res.headers['retry-after'] !== undefined))

@@ -188,7 +188,8 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     const counted = new CountedRegistrySource(registry, this.fallback, (reason) => {
       this.counters.registryFetches[reason] = (this.counters.registryFetches[reason] ?? 0) + 1;
     });
-    return [this.peers, this.seedSource(repo), new RateLimitedSource(counted, this.bandwidth.download)];
+    const seed = this.seedSource(repo, this.settings.seeds, true);
+    return [this.peers, seed, new RateLimitedSource(counted, this.bandwidth.download)];
   }
 
   /**
@@ -238,10 +239,15 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     return this.seedSource('', [seed]);
   }
 
-  private seedSource(repo: string, seeds: readonly string[] = this.settings.seeds): SeedBlockSource {
+  private seedSource(
+    repo: string,
+    seeds: readonly string[] = this.settings.seeds,
+    origin = false,
+  ): SeedBlockSource {
     return new SeedBlockSource({
       seeds,
       repo,
+      origin,
       http: this.http,
       isolation: this.seedIsolation,
       timeoutMs: this.settings.seedTimeoutMs,

@@ -26,7 +26,17 @@ export class PeerView {
   /** Other peers in the swarm, as of the last answer. */
   swarm = 0;
   /** What the fill planner did for this blob (preheat --json, debugging). */
-  readonly fill = { plans: 0, waits: 0, peerRuns: 0, seedRuns: 0, deferred: 0, busy: 0, failed: 0 };
+  readonly fill = {
+    plans: 0,
+    waits: 0,
+    peerRuns: 0,
+    seedRuns: 0,
+    /** Runs the seed handed back, fetched from the registry by this node. */
+    originRuns: 0,
+    deferred: 0,
+    busy: 0,
+    failed: 0,
+  };
   /** A tracker answer arrived at least once. */
   answered = false;
   /** Units the seed deferred → until when (ms) they count as on their way elsewhere. */

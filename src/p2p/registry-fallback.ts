@@ -10,12 +10,14 @@ import type { BlobRef, BlockSource } from '../fetch/types.js';
  * - verification: a block of the range from a peer or a seed failed verification and the retry went to
  *   the registry;
  * - retry: a registry request again after the registry itself failed (no P2P failure before it);
+ * - seed_handed_back: a planned fill run the seed handed back because its own registry link was full; the
+ *   tracker holds the units for this node, so the registry still sends them to the cluster once;
  * - seed_miss: on a seed, a block it did not hold yet (a seed's only reason).
  * A peer that times out or errors sends the range to the seed, not to the registry: peer timeouts show in
  * dfnode_peers_isolated_total{reason="timeout"}, and in this counter only if the seed tier fails as well.
  */
 export type RegistryFetchReason =
-  'seed_down' | 'seed_timeout' | 'seed_busy' | 'verification' | 'retry' | 'seed_miss';
+  'seed_down' | 'seed_timeout' | 'seed_busy' | 'seed_handed_back' | 'verification' | 'retry' | 'seed_miss';
 
 interface Note {
   offset: number;

@@ -5,6 +5,7 @@ import { realTimers, type Timers } from '../util/timers.js';
 import {
   isBusy,
   isDeferred,
+  isHandedBack,
   isSourceUnavailable,
   Priority,
   sourceUnavailable,
@@ -28,6 +29,11 @@ export interface SeedSourceOptions {
   timers?: Timers;
   /** Told why a range goes on to the registry (seed down, timeout, bad block): metrics. */
   fallback?: RegistryFallback;
+  /**
+   * The node takes a planned run from the registry itself when the seed hands it back (its registry link is
+   * full): planned requests say so (`origin=1`).
+   */
+  origin?: boolean;
   /** The seeds refused the cluster token (logged once: a configuration error, not a fault). */
   onUnauthorized?: (seed: string, message: string) => void;
 }
@@ -106,6 +112,7 @@ export class SeedBlockSource implements BlockSource {
             repo: this.opts.repo,
             size: String(blob.size),
             ...(planned ? { defer: '1' } : {}),
+            ...(planned && this.opts.origin ? { origin: '1' } : {}),
           },
           ctx?.progress,
           ctx?.pieceDigest,
@@ -121,6 +128,11 @@ export class SeedBlockSource implements BlockSource {
         const e = DfError.from(err);
         // the seed is sending these units to another node: the planner takes them from there
         if (isDeferred(e)) throw e;
+        // the seed's registry link is full: the planner takes them from the registry (claimed for this node)
+        if (isHandedBack(e)) {
+          this.opts.fallback?.note(blob.digest, offset, length, 'seed_handed_back');
+          throw e;
+        }
         // the seed's origin sent another file than the digest: nobody has it (the seed is not at fault)
         if (e.code === 'DIGEST_MISMATCH') throw e;
         lastErr = e;

@@ -1,4 +1,4 @@
-import { deferredBySource } from '../fetch/types.js';
+import { deferredBySource, handedBackBySource } from '../fetch/types.js';
 import type { BlobHint, ServedBlob } from './block-server.js';
 import type { TrackerState } from './tracker-state.js';
 import type { Units } from './unit-layout.js';
@@ -16,6 +16,7 @@ export function claimUnits(
   units: number[],
   what: string,
   heldToo = false,
+  handBack?: (peer: string, units: readonly number[]) => boolean,
 ): void {
   const peer = h?.peer;
   if (!peer) return;
@@ -23,6 +24,13 @@ export function claimUnits(
     ? tracker.elsewhere(digest, peer, units)
     : tracker.pendingAtOthers(digest, peer, units);
   if (h.defer && elsewhere) throw deferredBySource(`${what} is on its way to (or at) another node`);
+  // the seed's registry link is full: the node fetches the run from the registry (claimed for it)
+  if (h.defer && h.origin && handBack?.(peer, units)) {
+    h.handedBack = true;
+    throw handedBackBySource(
+      `${what}: handed back (the seed's registry link is full); fetch it from the registry`,
+    );
+  }
   tracker.assume(digest, peer, units);
 }
 

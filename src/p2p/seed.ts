@@ -10,7 +10,7 @@ import type { Layer } from '../layer/layer.js';
 import { LayerStore, layerOptionsFrom } from '../layer/layer-store.js';
 import { silentLogger, type Logger } from '../log.js';
 import { freeBytes } from '../util/free-space.js';
-import { bound, realTimers, type Timers } from '../util/timers.js';
+import { realTimers, type Timers } from '../util/timers.js';
 import type { RegistryClient } from '../registry/client.js';
 import { resolveDfbImage } from '../registry/image.js';
 import { RequestPipeline } from '../registry/request-pipeline.js';
@@ -24,6 +24,10 @@ import { loadTls, type TlsMaterial } from './tls.js';
 import { serveTracker } from './tracker-service.js';
 import { TrackerState } from './tracker-state.js';
 import { claimUnits, deliveryReports, trackedFile } from './seed-claims.js';
+import type { HandBackOptions } from './hand-back.js';
+import { HttpBlockClient } from './http-block-client.js';
+import { seedHandBack, type SeedHandBack } from './seed-copy.js';
+import { roomForBlob } from './seed-room.js';
 import { allowedRepo, registryAllowed } from './seed-registries.js';
 import { UnitLayout, type Units } from './unit-layout.js';
 
@@ -77,6 +81,8 @@ export interface SeedOptions {
   logger?: Logger;
   /** Clock and timers of the idle sweep (tests). */
   timers?: Timers;
+  /** Hand-back thresholds (tests; hand-back.ts defaults). */
+  handBack?: Partial<Omit<HandBackOptions, 'now'>>;
   /** Free bytes of the file system of a directory (default: statfs; tests). */
   freeBytes?: (dir: string) => Promise<number>;
 }
@@ -110,6 +116,8 @@ export class Seed implements BlobProvider {
   private sweepTimer: unknown;
   /** The registry connections its fill and nodes' planned runs are pipelined on (p2p.seedRegistryPipeline). */
   private readonly pipeline: RequestPipeline | undefined;
+  /** Planned runs handed back to nodes while the seed's registry link is full (hand-back.ts). */
+  private readonly handBack: SeedHandBack;
   /** Aborts registry requests of opens at close(). */
   private readonly closer = new AbortController();
 
@@ -125,14 +133,29 @@ export class Seed implements BlobProvider {
     this.bandwidth = new HostBandwidth(cfg.p2p.uploadRate, cfg.p2p.downloadRate);
     const depth = cfg.p2p.seedRegistryPipeline;
     this.pipeline = depth > 0 ? new RequestPipeline({ depth }) : undefined;
+    this.tracker = new TrackerState({
+      peerTtlMs: cfg.p2p.peerTtlMs,
+      announceIntervalMs: cfg.p2p.announceIntervalMs,
+      seedBits: (digest) => this.opened.get(digest)?.layer.cache.snapshot(),
+    });
+    const hb = (this.handBack = seedHandBack({
+      enabled: cfg.p2p.handBack,
+      tracker: this.tracker,
+      layoutOf: (d) => this.opened.get(d)?.layout,
+      http: new HttpBlockClient(this.token, this.bandwidth.download, '', this.tls),
+      timers: this.timers,
+      options: opts.handBack,
+    }));
     this.layers = new LayerStore({
       cache: this.cache,
-      sources: (from) => [
-        new RateLimitedSource(
-          new RegistryBlockSource(opts.client, from, this.pipeline),
-          this.bandwidth.download,
+      ...hb.layers,
+      sources: (from) =>
+        hb.chain(
+          new RateLimitedSource(
+            new RegistryBlockSource(opts.client, from, this.pipeline),
+            this.bandwidth.download,
+          ),
         ),
-      ],
       memoryCache: new BlockMemoryCache(8 * 1024 * 1024),
       stats: this.stats,
       // Registry fetches nodes wait for come first: while NODE_FETCHES_BEFORE_FILL_YIELDS of them run, the
@@ -158,11 +181,6 @@ export class Seed implements BlobProvider {
         fillConcurrency: 3,
         verifyCachedReads: true,
       },
-    });
-    this.tracker = new TrackerState({
-      peerTtlMs: cfg.p2p.peerTtlMs,
-      announceIntervalMs: cfg.p2p.announceIntervalMs,
-      seedBits: (digest) => this.opened.get(digest)?.layer.cache.snapshot(),
     });
     const files = opts.files?.({
       cache: this.cache,
@@ -204,12 +222,14 @@ export class Seed implements BlobProvider {
     registryRequests: number;
     bytes: Record<string, number>;
     tracker: { announces: number; lookups: number };
+    handedBack: number;
   } {
     const { announces, lookups } = this.tracker.counters;
     return {
       registryRequests: this.stats.requests.registry,
       bytes: { ...this.stats.bytes },
       tracker: { announces, lookups },
+      handedBack: this.handBack.handBacks.handedBack,
     };
   }
 
@@ -278,7 +298,10 @@ export class Seed implements BlobProvider {
   ): Promise<Buffer>[] {
     const units: number[] = [];
     for (let u = r[0]; u <= r[1]; u++) units.push(u);
-    claimUnits(this.tracker, digest, h, units, `${digest} ${offset}+${length}`);
+    const atSeed = (u: number) => b.layer.cache.has(u) || b.layer.fetcher.inFlight(u);
+    claimUnits(this.tracker, digest, h, units, `${digest} ${offset}+${length}`, false, (peer, us) =>
+      this.handBack.handBacks.take(digest, peer, us, atSeed),
+    );
     const parts = b.layer.fetcher.unitParts(units, Priority.Blocked, sig, { bulk: h?.defer === true });
     const from = offset - b.layout.offset(r[0]);
     const to = offset + length - b.layout.offset(r[1]);
@@ -365,28 +388,9 @@ export class Seed implements BlobProvider {
     );
   }
 
-  /**
-   * Whether the cache directory has room for `missing` more bytes of a blob (statfs). Without it the seed
-   * does not fill the blob: it serves the blocks nodes ask for (a full disk does not stop a verified block
-   * from reaching its reader) instead of filling the disk and failing block after block.
-   */
-  private async roomFor(digest: string, missing: number): Promise<boolean> {
-    const dir = this.opts.config.cache.dir;
-    let free: number;
-    try {
-      free = await bound(this.freeBytes(dir), { ms: 10_000, timers: this.timers, what: `statfs ${dir}` });
-    } catch (err) {
-      this.log.warn({ err, dir }, 'seed could not read the free space of its cache; filling anyway');
-      return true;
-    }
-    if (missing <= free) return true;
-    const err = new DfError(
-      'NO_SPACE',
-      `seed cache ${dir} has ${free} bytes free and blob ${digest} needs ${missing} more: not filling it ` +
-        '(requested blocks are still served); free disk space or lower cache.highWatermark',
-    );
-    this.log.warn({ err, digest }, 'seed cannot hold a full copy of a blob');
-    return false;
+  /** Whether the cache has room for the rest of the blob (seed-room.ts). */
+  private roomFor(digest: string, missing: number): Promise<boolean> {
+    return roomForBlob(this.opts.config.cache.dir, digest, missing, this.freeBytes, this.timers, this.log);
   }
 
   /** Whether the seed is filling a full copy of the blob (open, with its background fill started). */
@@ -478,6 +482,7 @@ export class Seed implements BlobProvider {
     this.opened.clear();
     this.blobs.clear();
     await this.layers.close();
+    await this.handBack.close();
     await this.pipeline?.close();
     await this.cache.close();
   }

@@ -11,6 +11,13 @@ export interface BlobHint {
   /** The node may be told to take the range elsewhere (HTTP 409, see ServedBlob.read). */
   defer?: boolean;
   /**
+   * The node can fetch a planned run from the registry itself: a seed whose registry link is full may hand
+   * the run back (HTTP 409 with HANDED_BACK_HEADER) and set `handedBack`, so that the units stay claimed for
+   * the node at the tracker when the answer is sent (not released as undelivered).
+   */
+  origin?: boolean;
+  handedBack?: boolean;
+  /**
    * Set by the block server: a read that waits for bytes still on their way (a seed's fetch of a file) calls
    * it when they progress, so that the request's idle limit (requestTimeoutMs) does not cut a slow wait.
    */

@@ -16,49 +16,9 @@ import {
   type TrackerLimits,
 } from './tracker-limits.js';
 
-export interface AnnounceMsg {
-  blob: string;
-  units: number;
-  peer_id: string;
-  address: string;
-  zone: string;
-  load: number;
-  full: boolean;
-  bitmap: Uint8Array;
-  added: number[];
-  leave: boolean;
-  failed_peers: string[];
-}
+import type { AnnounceMsg, LookupAnswer, LookupMsg } from './tracker-messages.js';
 
-export interface LookupMsg {
-  blob: string;
-  peer_id: string;
-  zone: string;
-  want: number[];
-  max_peers: number;
-  /** Units wanted as a bitmap of the blob's units (replaces `want` when not empty). */
-  want_bitmap?: Uint8Array;
-}
-
-export interface HolderMsg {
-  peer_id: string;
-  address: string;
-  zone: string;
-  load: number;
-  bitmap: Buffer;
-  failures: number;
-  /** Units the seed is sending the holder (see Holder.pending in tracker.proto); empty when none. */
-  pending: Buffer;
-}
-
-export interface LookupAnswer {
-  holders: HolderMsg[];
-  units: number;
-  /** Units the seed holds (empty: it does not serve the blob, or holds nothing yet). */
-  seed_bitmap: Buffer;
-  /** Peers of the swarm besides the asker. */
-  peers: number;
-}
+export type { AnnounceMsg, HolderMsg, LookupAnswer, LookupMsg } from './tracker-messages.js';
 
 interface PeerEntry {
   id: string;
@@ -197,6 +157,45 @@ export class TrackerState {
     if (!b || !p) return;
     for (const u of units) if (u < p.bits.size && !p.bits.has(u)) p.pending.set(u, IN_FLIGHT);
     if (p.pending.size) b.sending.add(p);
+  }
+
+  /**
+   * A seed handed `units` back to `peer` (it fetches them from the registry itself): pending at that peer
+   * from now for the pending TTL. False, and nothing claimed, for a peer not announcing the blob.
+   */
+  handBack(blob: string, peer: string, units: readonly number[]): boolean {
+    const p = this.blobs.get(blob)?.peers.get(peer);
+    if (!p) return false;
+    this.assume(blob, peer, units);
+    const now = this.timers.now();
+    for (const u of units) if (p.pending.get(u) === IN_FLIGHT) p.pending.set(u, now);
+    return true;
+  }
+
+  /** A live peer (announcing, not reported failing) that holds every unit of first..last, if any. */
+  holderOf(blob: string, first: number, last: number): { id: string; address: string } | undefined {
+    const b = this.blobs.get(blob);
+    if (!b) return undefined;
+    const now = this.timers.now();
+    for (const p of b.list) {
+      if (now - p.lastSeen > this.pendingSilence || this.failureScore(p.id, now) >= 1) continue;
+      let all = true;
+      for (let u = first; u <= last && all; u++) all = p.bits.has(u);
+      if (all) return { id: p.id, address: p.address };
+    }
+    return undefined;
+  }
+
+  /** Whether `peer` announced `unit` of `blob`. */
+  holds(blob: string, peer: string, unit: number): boolean {
+    return this.blobs.get(blob)?.peers.get(peer)?.bits.has(unit) === true;
+  }
+
+  /** Whether a unit of first..last is pending at a live peer (on its way from the seed or the registry). */
+  pendingAnywhere(blob: string, first: number, last: number): boolean {
+    const units: number[] = [];
+    for (let u = first; u <= last; u++) units.push(u);
+    return this.atOthers(blob, '', units, false);
   }
 
   /** The seed's response with units first..last reached `peer`: pending from now for the pending TTL. */
