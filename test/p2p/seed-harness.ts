@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { loadConfig, type ConfigInput } from '../../src/config.js';
 import { DfError } from '../../src/errors.js';
 import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
-import { Seed } from '../../src/p2p/seed.js';
+import { Seed, type SeedOptions } from '../../src/p2p/seed.js';
 import type { RangeOptions, RegistryClient } from '../../src/registry/client.js';
 import type { ImageReference } from '../../src/registry/reference.js';
 import type { Timers } from '../../src/util/timers.js';
@@ -58,6 +58,8 @@ export function seedHarness(token: string) {
       logger?: Logger;
       range?: RangeHook;
       listen?: string;
+      /** Hand-back thresholds (SeedOptions.handBack). */
+      handBack?: SeedOptions['handBack'];
     } = {},
   ) {
     const reg = fakeRegistry(tb, extra.range);
@@ -80,6 +82,7 @@ export function seedHarness(token: string) {
       timers: extra.timers,
       freeBytes: extra.freeBytes,
       logger: extra.logger,
+      handBack: extra.handBack,
     });
     const { blocks } = await seed.start();
     let closed = false;

@@ -1,0 +1,201 @@
+/**
+ * Hand-back: while a seed's registry link is full, a node's planned run for blocks the seed does not have
+ * is handed back (409 with x-dfnode-take-from: registry); the tracker holds those blocks for that node, so
+ * that another node's planned request for them is deferred, and the seed's own copy takes them from the
+ * node once it announces them, not from the registry a second time. Real Seed, block servers and HTTP over
+ * loopback; the registry is in memory and records every range it serves.
+ */
+import { describe, expect, it } from 'vitest';
+import { DfError } from '../../src/errors.js';
+import { isDeferred, isHandedBack } from '../../src/fetch/types.js';
+import { BlockServer } from '../../src/p2p/block-server.js';
+import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
+import type { TrackerState } from '../../src/p2p/tracker-state.js';
+import { UnitLayout } from '../../src/p2p/unit-layout.js';
+import { waitFor } from '../helpers/node.js';
+import { seedHarness } from './seed-harness.js';
+
+const TOKEN = 'seed-hand-back-token';
+const { setup, startSeed, cleanups } = seedHarness(TOKEN);
+
+function announce(
+  tracker: TrackerState,
+  digest: string,
+  units: number,
+  peer: string,
+  address: string,
+  held: number[] = [],
+) {
+  const bitmap = new Uint8Array(Math.ceil(units / 8));
+  for (const u of held) bitmap[u >> 3]! |= 1 << (u & 7);
+  tracker.announce({
+    blob: digest,
+    units,
+    peer_id: peer,
+    address,
+    zone: '',
+    load: 0,
+    full: true,
+    bitmap,
+    added: [],
+    leave: false,
+    failed_peers: [],
+  });
+}
+
+/** Registry ranges as [offset, end) from the harness's call log ("GET host offset+length"). */
+function registryRanges(calls: string[]): [number, number][] {
+  return calls
+    .filter((c) => c.startsWith('GET '))
+    .map((c) => {
+      const [o, n] = c.split(' ')[2]!.split('+').map(Number);
+      return [o!, o! + n!];
+    });
+}
+
+async function failure(p: Promise<unknown>): Promise<DfError> {
+  try {
+    await p;
+  } catch (err) {
+    return DfError.from(err);
+  }
+  throw new Error('expected the request to fail');
+}
+
+describe('seed hand-back', () => {
+  it('hands a planned run back while its registry link is full, defers others, and copies it from the node', async () => {
+    const { dir, tb } = await setup();
+    const layout = new UnitLayout(tb.toc, tb.blob.size);
+    // the registry link counts as full at any load
+    const s = await startSeed(dir, tb, ['good.example'], { seedFill: true, handBack: { fullAtBytes: 0 } });
+    // node A serves what it holds from its own block server (it fetched the run from the registry itself)
+    const servedByA: string[] = [];
+    const serverA = new BlockServer({
+      clusterToken: TOKEN,
+      provider: {
+        get: () =>
+          Promise.resolve({
+            size: tb.blob.size,
+            read: (o: number, l: number) => {
+              servedByA.push(`${o}+${l}`);
+              return Promise.resolve(tb.bytes.subarray(o, o + l));
+            },
+          }),
+      },
+    });
+    const addrA = await serverA.listen('127.0.0.1:0');
+    cleanups.push(() => serverA.close());
+    const digest = tb.blob.digest;
+    announce(s.seed.tracker, digest, layout.units, 'node-a', addrA);
+    announce(s.seed.tracker, digest, layout.units, 'node-b', '127.0.0.1:9');
+    const a = new HttpBlockClient(TOKEN, undefined, 'node-a');
+    const b = new HttpBlockClient(TOKEN, undefined, 'node-b');
+    cleanups.push(
+      () => a.close(),
+      () => b.close(),
+    );
+    const ask = (c: HttpBlockClient, first: number, last: number, extra: Record<string, string>) =>
+      c.get(
+        s.blocks,
+        digest,
+        layout.offset(first),
+        layout.offset(last + 1) - layout.offset(first),
+        AbortSignal.timeout(10_000),
+        { repo: 'good.example/x', size: String(tb.blob.size), ...extra },
+      );
+
+    // node A's planned run (it can fetch from the registry: origin=1) is handed back; the request opens the
+    // blob and starts the seed's fill
+    const [first, last] = [20, 24];
+    const handed = [layout.offset(first), layout.offset(last + 1)] as const;
+    const overlapsHanded = ([o, end]: [number, number]) => o < handed[1] && end > handed[0];
+    const e = await failure(ask(a, first, last, { defer: '1', origin: '1' }));
+    expect(isHandedBack(e), e.message).toBe(true);
+    expect(e.message).toContain('handed back');
+    expect(s.seed.metricsCounters.handedBack).toBe(1);
+    // the tracker holds the units for node A: node B's planned request for them is deferred ...
+    const d = await failure(ask(b, first, first + 1, { defer: '1', origin: '1' }));
+    expect(isDeferred(d), d.message).toBe(true);
+    // ... and node B's lookup names them as on their way to node A
+    const answer = s.seed.tracker.lookup({
+      blob: digest,
+      peer_id: 'node-b',
+      zone: '',
+      want: [first],
+      max_peers: 8,
+    });
+    const pendingA = answer.holders.find((h) => h.peer_id === 'node-a')?.pending;
+    expect(pendingA !== undefined && (pendingA[first >> 3]! & (1 << (first & 7))) !== 0).toBe(true);
+
+    // the seed's fill takes every other unit from the registry and waits for node A's
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(registryRanges(s.calls).some(overlapsHanded)).toBe(false);
+    expect(servedByA).toEqual([]);
+    // node A announces the run: the seed's copy takes it from node A, and completes
+    const run = Array.from({ length: last - first + 1 }, (_, i) => first + i);
+    announce(s.seed.tracker, digest, layout.units, 'node-a', addrA, run);
+    await waitFor(
+      "the seed's complete copy",
+      async () => {
+        const bits = s.seed.tracker.lookup({
+          blob: digest,
+          peer_id: 'node-b',
+          zone: '',
+          want: [],
+          max_peers: 1,
+        }).seed_bitmap;
+        for (let u = 0; u < layout.units; u++) if (!(bits[u >> 3]! & (1 << (u & 7)))) return false;
+        return true;
+      },
+      20_000,
+      50,
+    );
+    expect(servedByA.length).toBeGreaterThan(0);
+    for (const r of servedByA) {
+      const [o, n] = r.split('+').map(Number);
+      expect(o! >= handed[0] && o! + n! <= handed[1], `node A served ${r}`).toBe(true);
+    }
+    // the registry never sent the handed-back units to the seed
+    expect(registryRanges(s.calls).some(overlapsHanded)).toBe(false);
+  });
+
+  it('serves the run itself to a node that cannot take it back, to a read, and when its link is not full', async () => {
+    const { dir, tb } = await setup();
+    const layout = new UnitLayout(tb.toc, tb.blob.size);
+    const s = await startSeed(dir, tb, ['good.example'], { handBack: { fullAtBytes: 0 } });
+    announce(s.seed.tracker, tb.blob.digest, layout.units, 'node-a', '127.0.0.1:9');
+    const a = new HttpBlockClient(TOKEN, undefined, 'node-a');
+    cleanups.push(() => a.close());
+    const get = (first: number, extra: Record<string, string>) => {
+      const off = layout.offset(first);
+      const len = layout.offset(first + 2) - off;
+      return a
+        .get(s.blocks, tb.blob.digest, off, len, AbortSignal.timeout(10_000), {
+          repo: 'good.example/x',
+          size: String(tb.blob.size),
+          ...extra,
+        })
+        .then((got) => got.equals(tb.bytes.subarray(off, off + len)));
+    };
+    // an older node (no origin=1), and a read a container waits on (not planned)
+    expect(await get(3, { defer: '1' })).toBe(true);
+    expect(await get(6, { origin: '1' })).toBe(true);
+    expect(s.seed.metricsCounters.handedBack).toBe(0);
+    await s.close();
+    // a seed whose registry link is not full
+    const { dir: dir2, tb: tb2 } = await setup();
+    const s2 = await startSeed(dir2, tb2, ['good.example'], { handBack: { fullAtBytes: 64 * 1024 * 1024 } });
+    const l2 = new UnitLayout(tb2.toc, tb2.blob.size);
+    announce(s2.seed.tracker, tb2.blob.digest, l2.units, 'node-a', '127.0.0.1:9');
+    const off = l2.offset(10);
+    const len = l2.offset(12) - off;
+    const got = await a.get(s2.blocks, tb2.blob.digest, off, len, AbortSignal.timeout(10_000), {
+      repo: 'good.example/x',
+      size: String(tb2.blob.size),
+      defer: '1',
+      origin: '1',
+    });
+    expect(got.equals(tb2.bytes.subarray(off, off + len))).toBe(true);
+    expect(s2.seed.metricsCounters.handedBack).toBe(0);
+  });
+});
