@@ -1,6 +1,7 @@
 import type { UnitFetcher } from '../fetch/unit-fetcher.js';
 import { sleep, realTimers, type Timers } from '../util/timers.js';
 import { isBusy, isDeferred, isHandedBack, isSourceUnavailable, Priority } from '../fetch/types.js';
+import type { OriginSwitch } from './hand-back.js';
 import type { Holder, PeerView } from './peer-view.js';
 
 /** A run chosen by the planner and the tier it comes from. */
@@ -178,6 +179,8 @@ export interface P2pFillOptions {
   usable?: (h: Holder) => boolean;
   /** Holders that will be asked soon (PlanOptions.soon). */
   soon?: (h: Holder) => boolean;
+  /** Told when a run the seed handed back failed at the registry (hand-back.ts). */
+  origin?: OriginSwitch;
   /** Pause before planning again when nothing can be planned now (ms). Default 200. */
   waitMs?: number;
   signal?: AbortSignal;
@@ -256,8 +259,15 @@ export async function p2pFill(
           if (!isHandedBack(err)) throw err;
           // the seed's registry link is full and the tracker holds these units for this node: fetched from
           // the registry here (its spare capacity), then announced; the seed slot stays taken meanwhile
-          await fetcher.units(plan.units, Priority.Fill, opts.signal, { only: ['registry'] });
-          view.fill.originRuns++;
+          try {
+            await fetcher.units(plan.units, Priority.Fill, opts.signal, { only: ['registry'] });
+            view.fill.originRuns++;
+          } catch (e) {
+            opts.signal?.throwIfAborted();
+            // this node cannot reach the registry: the seed sends them (asked again without origin=1)
+            opts.origin?.failed(e);
+            view.fill.failed++;
+          }
           continue;
         }
         if (fromSeed) {

@@ -101,3 +101,29 @@ export class HandBacks {
     this.blobs.delete(digest);
   }
 }
+
+/** How long a node asks seeds not to hand runs back after its own registry fetch of one failed (ms). */
+export const ORIGIN_OFF_MS = 5 * 60_000;
+
+/**
+ * A node's side: whether its planned seed requests say it can take a run back (`origin=1`). Off for a while
+ * after a handed-back run failed at the registry (no route or no credentials there from this node: a
+ * cluster where only seeds reach the registry); the run is then asked of the seed again, without it.
+ */
+export class OriginSwitch {
+  private offUntil = -Infinity;
+
+  constructor(
+    private readonly now: () => number,
+    private readonly onOff?: (err: unknown) => void,
+  ) {}
+
+  get on(): boolean {
+    return this.now() >= this.offUntil;
+  }
+
+  failed(err: unknown): void {
+    if (this.on) this.onOff?.(err);
+    this.offUntil = this.now() + ORIGIN_OFF_MS;
+  }
+}

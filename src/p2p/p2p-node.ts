@@ -3,8 +3,8 @@ import { hostname } from 'node:os';
 import type { Toc } from '../blob/toc.js';
 import type { BlobCache } from '../cache/blob-cache.js';
 import type { Config } from '../config.js';
-import { realTimers, sleep, type Timers } from '../util/timers.js';
-import { isBusy, type BlobRef, type BlockSource } from '../fetch/types.js';
+import { realTimers, type Timers } from '../util/timers.js';
+import type { BlobRef, BlockSource } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { DfError } from '../errors.js';
 import { resolveClusterToken } from './auth.js';
@@ -23,6 +23,8 @@ import { HttpTracker } from './tracker-http.js';
 import type { FillPlanner } from '../fetch/background-fill.js';
 import type { LayerSwarm, SwarmMembership } from '../layer/swarm.js';
 import { p2pFill } from './fill-planner.js';
+import { OriginSwitch } from './hand-back.js';
+import { seedFileTable } from './seed-file-table.js';
 import { UnitLayout, type Units } from './unit-layout.js';
 
 /** Delay of an announce of new units (they are announced together with those that follow quickly). */
@@ -57,10 +59,6 @@ export interface P2pNodeOptions {
   bandwidth?: HostBandwidth;
   timers?: Timers;
 }
-
-/** A seed that answered a piece table request busy is asked again after this long, growing to the max (ms). */
-const TABLE_BUSY_MS = 500;
-const TABLE_BUSY_MAX_MS = 2000;
 
 /**
  * A node's part in the P2P tier: serves the verified blocks of its open blobs to cluster peers, announces
@@ -97,6 +95,8 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   private readonly settings: Config['p2p'];
   private readonly log: Logger;
   private readonly timers: Timers;
+  /** Whether planned seed requests offer to take a run back from the registry (hand-back.ts). */
+  private readonly origin: OriginSwitch;
   private address = '';
   private timer: NodeJS.Timeout | undefined;
   private ticking: Promise<void> | undefined;
@@ -106,6 +106,14 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     this.log = opts.logger ?? silentLogger;
     this.timers = opts.timers ?? realTimers;
     this.token = resolveClusterToken(this.settings);
+    this.origin = new OriginSwitch(
+      () => this.timers.now(),
+      (err) =>
+        this.log.warn(
+          { err },
+          'p2p: a run the seed handed back failed at the registry; the seed sends all for 5 min',
+        ),
+    );
     this.tls = loadTls(this.settings.tls);
     this.bandwidth =
       opts.bandwidth ?? new HostBandwidth(this.settings.uploadRate, this.settings.downloadRate, this.timers);
@@ -188,50 +196,24 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     const counted = new CountedRegistrySource(registry, this.fallback, (reason) => {
       this.counters.registryFetches[reason] = (this.counters.registryFetches[reason] ?? 0) + 1;
     });
-    const seed = this.seedSource(repo, this.settings.seeds, true);
+    const seed = this.seedSource(repo, this.settings.seeds, this.origin);
     return [this.peers, seed, new RateLimitedSource(counted, this.bandwidth.download)];
   }
 
-  /**
-   * The piece table of a raw file from the first seed (rendezvous over `key`: the file's digest, else its
-   * URL) that answers; a seed that is down is isolated and the next one asked. A seed that answers busy
-   * (fetching as many files as it may) is asked again after a pause, until `signal` ends: it is alive, and
-   * the next seed (or the node itself) would fetch the file from its origin once more. Returns the seed
-   * too: it holds the file, so its pieces are asked of it (seedFor).
-   */
-  async fileTable(
+  /** The piece table of a raw file from the first seed that answers, and that seed (seed-file-table.ts). */
+  fileTable(
     key: string,
     query: Record<string, string>,
     maxBytes: number,
     signal: AbortSignal,
   ): Promise<{ seed: string; table: Buffer }> {
-    for (let attempt = 0; ; attempt++) {
-      let last: unknown = new DfError('FAILED_PRECONDITION', 'no seed is configured (p2p.seeds)');
-      let busy = false;
-      for (const seed of rankSeeds(key, this.settings.seeds)) {
-        if (this.seedIsolation.isolated(seed)) continue;
-        try {
-          return { seed, table: await this.http.fileTable(seed, query, maxBytes, signal) };
-        } catch (err) {
-          if (signal.aborted) throw err;
-          const e = DfError.from(err);
-          if (isBusy(e)) {
-            busy = true;
-            break;
-          }
-          // the seed answered: its answer stands (another seed has the same configuration and origin)
-          if (e.code !== 'NETWORK' && e.code !== 'TIMEOUT') throw e;
-          this.seedIsolation.fail(seed, `${e.code}: ${e.message.slice(0, 300)}`);
-          last = e;
-        }
-      }
-      if (!busy) throw last;
-      await sleep(
-        this.timers,
-        Math.min(TABLE_BUSY_MS * 2 ** Math.min(attempt, 3), TABLE_BUSY_MAX_MS),
-        signal,
-      );
-    }
+    const deps = {
+      seeds: this.settings.seeds,
+      isolation: this.seedIsolation,
+      http: this.http,
+      timers: this.timers,
+    };
+    return seedFileTable(deps, key, query, maxBytes, signal);
   }
 
   /** The seed tier as a source of one blob held by `seed` (a raw file's table seed). */
@@ -242,12 +224,12 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   private seedSource(
     repo: string,
     seeds: readonly string[] = this.settings.seeds,
-    origin = false,
+    origin?: OriginSwitch,
   ): SeedBlockSource {
     return new SeedBlockSource({
       seeds,
       repo,
-      origin,
+      ...(origin && { origin }),
       http: this.http,
       isolation: this.seedIsolation,
       timeoutMs: this.settings.seedTimeoutMs,
@@ -333,6 +315,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
         // a holder busy or slow for a moment (full) keeps its units off the seed's upload
         soon,
         usable: (h) => soon(h) && !this.peers.isFull(h.id),
+        origin: this.origin,
       });
       if (failed) this.log.debug({ digest: view.blob.digest, failed }, 'p2p fill: some runs failed');
     };

@@ -13,6 +13,7 @@ import {
   type BlockSource,
   type FetchContext,
 } from '../fetch/types.js';
+import type { OriginSwitch } from './hand-back.js';
 import type { HttpBlockClient } from './http-block-client.js';
 import type { Isolation } from './isolation.js';
 import type { RegistryFallback } from './registry-fallback.js';
@@ -33,7 +34,7 @@ export interface SeedSourceOptions {
    * The node takes a planned run from the registry itself when the seed hands it back (its registry link is
    * full): planned requests say so (`origin=1`).
    */
-  origin?: boolean;
+  origin?: OriginSwitch;
   /** The seeds refused the cluster token (logged once: a configuration error, not a fault). */
   onUnauthorized?: (seed: string, message: string) => void;
 }
@@ -112,7 +113,7 @@ export class SeedBlockSource implements BlockSource {
             repo: this.opts.repo,
             size: String(blob.size),
             ...(planned ? { defer: '1' } : {}),
-            ...(planned && this.opts.origin ? { origin: '1' } : {}),
+            ...(planned && this.opts.origin?.on ? { origin: '1' } : {}),
           },
           ctx?.progress,
           ctx?.pieceDigest,
