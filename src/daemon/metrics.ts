@@ -15,6 +15,8 @@ export interface SeedCounters {
   bytes: Record<string, number>;
   /** Calls its tracker answered (either transport). */
   tracker: { announces: number; lookups: number };
+  /** Planned runs handed back to nodes while its registry link was full (src/p2p/hand-back.ts). */
+  handedBack?: number;
 }
 
 /** The node's Prometheus metrics. Components report through these methods; nothing here is per-block logging. */
@@ -100,7 +102,7 @@ export class NodeMetrics {
     name: 'dfnode_registry_fetches_total',
     help:
       'Range requests sent to the registry by a P2P node or seed, by why the P2P tier did not serve them ' +
-      '(seed_down, seed_timeout, seed_busy, verification, retry; seed_miss on a seed)',
+      '(seed_down, seed_timeout, seed_busy, seed_handed_back, verification, retry; seed_miss on a seed)',
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });
@@ -134,7 +136,7 @@ export class NodeMetrics {
   });
   readonly peerRequests = new Counter({
     name: 'dfnode_peer_requests_total',
-    help: 'Block requests this host answered for cluster members, by result (served; refused: no or wrong token; deferred: a seed told the node to take units from the node it is already sending them to; busy: a fill run refused with all upload slots taken)',
+    help: 'Block requests this host answered for cluster members, by result (served; refused: no or wrong token; deferred: a seed told the node to take units from the node it is already sending them to; handed_back: a seed with a full registry link told the node to fetch the run from the registry itself; busy: a fill run refused with all upload slots taken)',
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
@@ -270,6 +272,9 @@ export class NodeMetrics {
       this.trackerRequests.inc({ method: 'announce' }, d),
     );
     this.delta('tr:lookup', c.tracker.lookups, (d) => this.trackerRequests.inc({ method: 'lookup' }, d));
+    this.delta('pr:handed_back', c.handedBack ?? 0, (d) =>
+      this.peerRequests.inc({ result: 'handed_back' }, d),
+    );
   }
 
   /** The counters of this host's block server (BlockServer.counters), node or seed. */

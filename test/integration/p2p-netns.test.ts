@@ -4,7 +4,8 @@
  * converted and pushed inside the registry's namespace (over its loopback, off the link); the three nodes
  * run `dfnode preheat` at once. Asserts: every node's cache hashes to the blob digest, the registry served
  * each block about once (bytes of blob responses in its access log), nodes got their bytes from peers and
- * the seed, not the registry, and most of them from each other (the seed sent each block about once).
+ * the seed, and from the registry only runs the seed handed back, and most of them from each other (the
+ * seed sent each block about once).
  * Needs root, iproute2/tc, docker-registry and curl; skips locally with a printed reason, never in CI.
  */
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -61,13 +62,17 @@ describe.skipIf(req.skip)('P2P across network namespaces with shaped links', () 
         `(seed ${byClient.get(c.seedHost.ip) ?? 0} B); nodes got peer ${total('peer')} B, seed ${total('seed')} B, ` +
         `registry ${total('registry')} B; times ${results.map((r) => r.ms).join(', ')} ms`,
     );
-    // each block left the registry about once, and (nearly) all of it to the seed
+    // each block left the registry about once: to the seed, or to a node for a run the seed handed back
+    // while its own (20 Mbit/s) link to the registry (40 Mbit/s) was full
     expect(served).toBeLessThanOrEqual(1.1 * size);
-    for (const n of c.nodes)
-      expect(byClient.get(n.ip) ?? 0, `registry bytes to ${n.name}`).toBeLessThanOrEqual(0.05 * size);
-    // nodes got their bytes through the P2P tier
-    expect(total('peer') + total('seed')).toBeGreaterThanOrEqual(0.95 * NODES * size);
-    expect(total('registry')).toBeLessThanOrEqual(0.05 * NODES * size);
+    for (const r of results)
+      if ((r.bySource.registry ?? 0) > 0)
+        expect(r.fill?.originRuns ?? 0, `${r.host}: runs handed back`).toBeGreaterThan(0);
+    const toNodes = c.nodes.reduce((a, n) => a + (byClient.get(n.ip) ?? 0), 0);
+    expect(toNodes).toBeLessThanOrEqual(1.05 * size);
+    // nodes got their bytes through the P2P tier, and the rest only from runs handed back
+    expect(total('peer') + total('seed') + total('registry')).toBeGreaterThanOrEqual(0.95 * NODES * size);
+    expect(total('registry')).toBeLessThanOrEqual(size);
     // most of them from each other: the seed's upload carried each block about once
     expect(total('peer')).toBeGreaterThan(total('seed'));
     expect(total('seed')).toBeLessThanOrEqual(1.5 * size);

@@ -34,6 +34,8 @@ const N = 4;
 interface PreheatJson {
   bytes: number;
   bySource: Record<string, number>;
+  /** What the P2P fill planner did, summed over the layers (originRuns: runs the seed handed back). */
+  fill?: Record<string, number>;
 }
 
 describe.skipIf(req.skip)('P2P: seed, tracker and block exchange on loopback', () => {
@@ -84,11 +86,16 @@ describe.skipIf(req.skip)('P2P: seed, tracker and block exchange on loopback', (
     const fromRegistry = layers.reduce((a, l) => a + proxy.blobBytes(l.digest), 0);
     expect(fromRegistry).toBeLessThanOrEqual(1.1 * size);
     const total = (k: string) => results.reduce((a, r) => a + (r.bySource[k] ?? 0), 0);
-    expect(total('registry')).toBe(0);
-    expect(total('peer') + total('seed')).toBeGreaterThanOrEqual(N * size * 0.99);
+    // a node fetches from the registry only runs the seed handed back (its registry link was full), each
+    // of them claimed for that node: the registry still sent each block about once (above)
+    for (const r of results)
+      if ((r.bySource.registry ?? 0) > 0)
+        expect(r.fill?.originRuns ?? 0, 'runs handed back').toBeGreaterThan(0);
+    expect(total('registry')).toBeLessThanOrEqual(size);
+    expect(total('peer') + total('seed') + total('registry')).toBeGreaterThanOrEqual(N * size * 0.99);
     console.log(
       `p2p preheat x${N}: image ${size} B; registry egress ${(fromRegistry / size).toFixed(2)}x; ` +
-        `nodes got peer ${total('peer')} B, seed ${total('seed')} B`,
+        `nodes got peer ${total('peer')} B, seed ${total('seed')} B, registry (handed back) ${total('registry')} B`,
     );
     expect(total('peer')).toBeGreaterThan(total('seed'));
     for (const p of nodes) await p.stop();

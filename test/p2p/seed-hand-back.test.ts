@@ -6,6 +6,7 @@
  * loopback; the registry is in memory and records every range it serves.
  */
 import { describe, expect, it } from 'vitest';
+import { NodeMetrics } from '../../src/daemon/metrics.js';
 import { DfError } from '../../src/errors.js';
 import { isDeferred, isHandedBack } from '../../src/fetch/types.js';
 import { BlockServer } from '../../src/p2p/block-server.js';
@@ -113,6 +114,9 @@ describe('seed hand-back', () => {
     expect(isHandedBack(e), e.message).toBe(true);
     expect(e.message).toContain('handed back');
     expect(s.seed.metricsCounters.handedBack).toBe(1);
+    const metrics = new NodeMetrics({ defaultMetrics: false });
+    metrics.publishSeed(s.seed.metricsCounters);
+    expect(await metrics.registry.metrics()).toContain('dfnode_peer_requests_total{result="handed_back"} 1');
     // the tracker holds the units for node A: node B's planned request for them is deferred ...
     const d = await failure(ask(b, first, first + 1, { defer: '1', origin: '1' }));
     expect(isDeferred(d), d.message).toBe(true);
