@@ -83,22 +83,20 @@ export class HandBacks {
     if (list.length >= this.max) return false;
     if (!this.tracker.handBack(digest, peer, units)) return false;
     list.push({ peer, first: units[0]!, last: units[units.length - 1]!, at: this.opts.now() });
+    this.blobs.set(digest, list);
     this.handedBack++;
     return true;
   }
 
-  /** The blob's runs handed back and neither announced nor expired (pruned now; kept for take's push). */
+  /** The blob's runs handed back and neither announced nor expired (pruned now; none: the blob is dropped). */
   private outstanding(digest: string): Outstanding[] {
     const now = this.opts.now();
     const list = (this.blobs.get(digest) ?? []).filter(
       (o) => now - o.at < this.ttl && !this.tracker.holds(digest, o.peer, o.last),
     );
-    this.blobs.set(digest, list);
+    if (list.length) this.blobs.set(digest, list);
+    else this.blobs.delete(digest);
     return list;
-  }
-
-  forget(digest: string): void {
-    this.blobs.delete(digest);
   }
 }
 

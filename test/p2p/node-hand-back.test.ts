@@ -16,8 +16,7 @@ import { UnitFetcher } from '../../src/fetch/unit-fetcher.js';
 import { P2pNode } from '../../src/p2p/p2p-node.js';
 import { UnitLayout } from '../../src/p2p/unit-layout.js';
 import { FakeSource } from '../fetch/helpers.js';
-import { waitFor } from '../helpers/node.js';
-import { seedHarness } from './seed-harness.js';
+import { seedComplete, seedHarness } from './seed-harness.js';
 
 const TOKEN = 'node-hand-back-token';
 const { setup, startSeed, cleanups } = seedHarness(TOKEN);
@@ -76,22 +75,7 @@ describe('a node and a seed that hands runs back', () => {
     expect(fill.originRuns).toBeGreaterThan(0);
     expect(registry.requests.length).toBe(fill.originRuns);
     // the seed's copy completes without asking its registry for what the node took from its own
-    await waitFor(
-      "the seed's complete copy",
-      async () => {
-        const bits = s.seed.tracker.lookup({
-          blob: tb.blob.digest,
-          peer_id: 'x',
-          zone: '',
-          want: [],
-          max_peers: 1,
-        }).seed_bitmap;
-        for (let u = 0; u < layout.units; u++) if (!(bits[u >> 3]! & (1 << (u & 7)))) return false;
-        return true;
-      },
-      20_000,
-      50,
-    );
+    await seedComplete(s.seed, tb.blob.digest, layout.units);
     const seedRanges = s.calls
       .filter((c) => c.startsWith('GET '))
       .map((c) => c.split(' ')[2]!.split('+').map(Number) as [number, number]);

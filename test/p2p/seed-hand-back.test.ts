@@ -13,8 +13,7 @@ import { BlockServer } from '../../src/p2p/block-server.js';
 import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
 import type { TrackerState } from '../../src/p2p/tracker-state.js';
 import { UnitLayout } from '../../src/p2p/unit-layout.js';
-import { waitFor } from '../helpers/node.js';
-import { seedHarness } from './seed-harness.js';
+import { seedComplete, seedHarness } from './seed-harness.js';
 
 const TOKEN = 'seed-hand-back-token';
 const { setup, startSeed, cleanups } = seedHarness(TOKEN);
@@ -138,22 +137,7 @@ describe('seed hand-back', () => {
     // node A announces the run: the seed's copy takes it from node A, and completes
     const run = Array.from({ length: last - first + 1 }, (_, i) => first + i);
     announce(s.seed.tracker, digest, layout.units, 'node-a', addrA, run);
-    await waitFor(
-      "the seed's complete copy",
-      async () => {
-        const bits = s.seed.tracker.lookup({
-          blob: digest,
-          peer_id: 'node-b',
-          zone: '',
-          want: [],
-          max_peers: 1,
-        }).seed_bitmap;
-        for (let u = 0; u < layout.units; u++) if (!(bits[u >> 3]! & (1 << (u & 7)))) return false;
-        return true;
-      },
-      20_000,
-      50,
-    );
+    await seedComplete(s.seed, digest, layout.units);
     expect(servedByA.length).toBeGreaterThan(0);
     for (const r of servedByA) {
       const [o, n] = r.split('+').map(Number);

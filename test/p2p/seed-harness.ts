@@ -107,3 +107,28 @@ export function seedHarness(token: string) {
 
   return { setup, startSeed, cleanups };
 }
+
+/** Waits until the seed's copy of `digest` holds all `units` (its bitmap in a tracker lookup). */
+export async function seedComplete(
+  seed: Seed,
+  digest: string,
+  units: number,
+  timeoutMs = 20_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const bits = seed.tracker.lookup({
+      blob: digest,
+      peer_id: 'x',
+      zone: '',
+      want: [],
+      max_peers: 1,
+    }).seed_bitmap;
+    let all = true;
+    for (let u = 0; u < units && all; u++) all = (bits[u >> 3]! & (1 << (u & 7))) !== 0;
+    if (all) return;
+    if (Date.now() > deadline)
+      throw new Error(`the seed's copy of ${digest} is not complete after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
