@@ -2,7 +2,12 @@ import type { Socket } from 'node:net';
 import { Agent, buildConnector } from '../util/undici.js';
 import { DfError } from '../errors.js';
 import type { TokenBucket } from '../util/token-bucket.js';
-import { dispatchInto, type DispatchedResponse } from '../util/dispatch-into.js';
+import {
+  declaredBodyHead,
+  dispatchInto,
+  errorTextHead,
+  type DispatchedResponse,
+} from '../util/dispatch-into.js';
 import { bodyRemaining, rcvLowatEnabled, trackReads } from '../util/rcv-lowat.js';
 import { busyAtSource, deferredBySource, handedBackBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
@@ -88,7 +93,7 @@ export class HttpBlockClient {
           alive?.();
           handedBack = status === 409 && headers[HANDED_BACK_HEADER] === 'registry';
           // an error answer: the start of its text, for the message; the rest is dropped unread
-          if (status !== 200) return { into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined };
+          if (status !== 200) return errorTextHead(ERROR_TEXT_BYTES);
           const sent = headers[PIECE_DIGEST_HEADER];
           if (pieceDigest && typeof sent === 'string' && /^[0-9a-f]{64}$/.test(sent))
             pieceDigest(Buffer.from(sent, 'hex'));
@@ -176,21 +181,8 @@ export class HttpBlockClient {
         signal,
         onHead: (status, headers) => {
           // an error answer: the start of its text, for the message; the rest is dropped unread
-          if (status !== 200) return { into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined };
-          const declared = Number(headers['content-length'] ?? NaN);
-          if (!(declared >= 0 && declared <= maxBytes))
-            return new DfError(
-              'NETWORK',
-              `${what}: a piece table must declare a length of at most ${maxBytes}`,
-            );
-          return {
-            into: Buffer.allocUnsafe(declared),
-            tooLong: (atLeast) =>
-              new DfError(
-                'NETWORK',
-                `${what}: more than the ${declared} bytes declared (at least ${atLeast}); cut off`,
-              ),
-          };
+          if (status !== 200) return errorTextHead(ERROR_TEXT_BYTES);
+          return declaredBodyHead(headers, maxBytes, what, 'a piece table');
         },
       });
     } catch (err) {

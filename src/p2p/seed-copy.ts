@@ -111,7 +111,7 @@ export function seedFillPlanner(
     // units whose run failed here: left to the in-order pass (retries with a back-off), not tried again
     const failed = new Set<number>();
     const open = (u: number) => !claimed.has(u) && !failed.has(u) && !fetcher.inFlight(u);
-    const pending = (u: number) => tracker.pendingAnywhere(digest, u, u);
+    const pending = (u: number) => tracker.pendingAnywhere(digest, u);
     /** The next run: adjacent missing units of one kind (held by one node, or by none); 'wait'; undefined. */
     const next = (limit: number): number[] | 'wait' | undefined => {
       let waiting = false;

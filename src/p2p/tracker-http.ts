@@ -2,7 +2,12 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ServiceClientConstructor } from '@grpc/grpc-js';
 import { Agent } from '../util/undici.js';
 import { DfError, type ErrorCode } from '../errors.js';
-import { dispatchInto, type DispatchedResponse } from '../util/dispatch-into.js';
+import {
+  declaredBodyHead,
+  dispatchInto,
+  errorTextHead,
+  type DispatchedResponse,
+} from '../util/dispatch-into.js';
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
 import { callerHost, MAX_REQUEST_BYTES, Tracker, trackerServiceConstructor } from './tracker-service.js';
@@ -235,7 +240,7 @@ export class HttpTracker extends Tracker {
       path: TRACKER_HTTP_PREFIX + 'ping',
       headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken },
       signal: AbortSignal.timeout(this.timeoutMs),
-      onHead: () => ({ into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined }),
+      onHead: () => errorTextHead(ERROR_TEXT_BYTES),
     }).catch(() => undefined);
   }
 
@@ -270,18 +275,8 @@ export class HttpTracker extends Tracker {
             headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken, 'content-type': CONTENT_TYPE },
             signal: ac.signal,
             onHead: (status, headers) => {
-              if (status !== 200) return { into: Buffer.alloc(ERROR_TEXT_BYTES), tooLong: () => undefined };
-              const declared = Number(headers['content-length'] ?? NaN);
-              if (!(declared >= 0 && declared <= MAX_ANSWER_BYTES))
-                return new DfError(
-                  'NETWORK',
-                  `${what}: an answer must declare a length of at most ${MAX_ANSWER_BYTES}`,
-                );
-              return {
-                into: Buffer.allocUnsafe(declared),
-                tooLong: () =>
-                  new DfError('NETWORK', `${what}: more than the ${declared} bytes declared; cut off`),
-              };
+              if (status !== 200) return errorTextHead(ERROR_TEXT_BYTES);
+              return declaredBodyHead(headers, MAX_ANSWER_BYTES, what, 'an answer');
             },
           });
         } catch (err) {

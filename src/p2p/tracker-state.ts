@@ -191,11 +191,9 @@ export class TrackerState {
     return this.blobs.get(blob)?.peers.get(peer)?.bits.has(unit) === true;
   }
 
-  /** Whether a unit of first..last is pending at a live peer (on its way from the seed or the registry). */
-  pendingAnywhere(blob: string, first: number, last: number): boolean {
-    const units: number[] = [];
-    for (let u = first; u <= last; u++) units.push(u);
-    return this.atOthers(blob, '', units, false);
+  /** Whether `unit` is pending at a live peer (on its way to it from the seed or the registry). */
+  pendingAnywhere(blob: string, unit: number): boolean {
+    return this.atOthers(blob, '', [unit], false);
   }
 
   /** The seed's response with units first..last reached `peer`: pending from now for the pending TTL. */
