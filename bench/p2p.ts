@@ -14,11 +14,12 @@ import { pieceLengthExponent } from './lib/aria2.js';
 import { BtSwarm } from './lib/bt-swarm.js';
 import { formatTable, versionOf } from './lib/measure.js';
 import { LINK_QUEUE_HELP, linkQueue, P2pCluster, repoRoot } from './lib/p2p-cluster.js';
+import { preheatThroughDaemons } from './lib/p2p-daemons.js';
 
 const { values: flags } = parseArgs({
   options: {
     hosts: { type: 'string', default: '1,4,8,16' },
-    modes: { type: 'string', default: 'dfnode,direct,bittorrent' },
+    modes: { type: 'string', default: 'dfnode,dfnode-run,direct,bittorrent' },
     'bt-piece-kib': { type: 'string', default: '256' },
     'bt-exit-when-done': { type: 'boolean', default: false },
     mib: { type: 'string', default: '64' },
@@ -44,7 +45,9 @@ if (flags.help) {
       '  [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep] [--trace]\n' +
       '  [--skip-direct] [--queue-ms MS] [--link-queue small-first|ack-priority|fifo] [--cpu-prof DIR] [--node-flags "FLAGS"]\n' +
       LINK_QUEUE_HELP +
-      '  --modes: which of dfnode, direct (curl), bittorrent (aria2c + opentracker) run for each N\n' +
+      '  --modes: which of dfnode, dfnode-run, direct (curl), bittorrent (aria2c + opentracker) run for each N;\n' +
+      '    dfnode: a `dfnode preheat --serve` process started on each host at t = 0; dfnode-run: a `dfnode run`\n' +
+      '    daemon on each host, started before the clock, asked to preheat over its control socket at t = 0\n' +
       '  --bt-piece-kib: piece size of the torrent (256 or 1024 KiB)\n' +
       '  --bt-exit-when-done: aria2c leechers exit when complete (default: they seed until all are done)\n' +
       '  --skip-direct: the same as leaving direct out of --modes\n' +
@@ -60,7 +63,7 @@ const counts = flags.hosts.split(',').map(Number);
 const maxN = Math.max(...counts);
 const hostMbit = Number(flags['host-mbit']);
 const registryMbit = Number(flags['registry-mbit']);
-const MODES = ['dfnode', 'direct', 'bittorrent'] as const;
+const MODES = ['dfnode', 'dfnode-run', 'direct', 'bittorrent'] as const;
 type Mode = (typeof MODES)[number];
 const modes = new Set(flags.modes.split(',').filter(Boolean) as Mode[]);
 for (const m of modes)
@@ -276,6 +279,63 @@ async function dfnodePhase(n: number): Promise<Row> {
   };
 }
 
+/**
+ * dfnode-run: a fresh seed and a `dfnode run` daemon with a fresh cache on every node host, started before the
+ * clock (a DaemonSet's pods are up before a rollout); every daemon preheats at once through its control socket.
+ */
+async function dfnodeRunPhase(n: number): Promise<Row> {
+  const hosts = cluster.nodes.slice(0, n);
+  const b0 = cluster.registry.blobBytes();
+  const w0 = (await reg.counters()).tx;
+  const seed = await cluster.startSeed(env, {
+    args: ['--metrics-address', `127.0.0.1:${SEED_METRICS_PORT}`],
+  });
+  let s0 = procTimes(seed.pid);
+  log(`N=${n}: dfnode run daemons, then preheat through each one's control socket`);
+  let stopTrace: (() => void) | undefined;
+  let cpu0 = cpuTimes();
+  const daemons = await preheatThroughDaemons(cluster, hosts, {
+    dir: join(work, `daemons-n${n}`),
+    env,
+    nodeFlags: cluster.opts.nodeFlags,
+    onStart: () => {
+      stopTrace = flags.trace ? traceLinks(n) : undefined;
+      cpu0 = cpuTimes();
+      s0 = procTimes(seed.pid);
+    },
+  }).finally(() => stopTrace?.());
+  try {
+    const cpu = busySince(cpu0);
+    const r = daemons.results;
+    const st = procTimes(seed.pid);
+    const calls = await trackerCalls();
+    if (calls) log(`  tracker calls: ${calls.announce} announces, ${calls.lookup} lookups`);
+    if (flags.trace)
+      for (const x of r) log(`  ${x.host}: ${(x.ms / 1000).toFixed(1)} s, planner ${JSON.stringify(x.fill)}`);
+    await settle();
+    let verified = true;
+    for (const x of r) verified &&= await cluster.cacheVerifies(x.cacheDir);
+    const sum = (k: string) => r.reduce((a, x) => a + (x.bySource[k] ?? 0), 0);
+    const total = n * size;
+    return {
+      n,
+      mode: 'dfnode-run',
+      ...times(r.map((x) => x.ms)),
+      egress: (cluster.registry.blobBytes() - b0) / size,
+      egressWire: ((await reg.counters()).tx - w0) / size,
+      fromPeers: sum('peer') / total,
+      fromSeed: sum('seed') / total,
+      fromRegistry: sum('registry') / total,
+      verified,
+      cpu,
+      nodeCpuS: r.reduce((a, x) => a + x.cpuS, 0) / n,
+      seedCpuS: st.user + st.system - (s0.user + s0.system),
+    };
+  } finally {
+    await daemons.stop();
+  }
+}
+
 /** The seed's dfnode_tracker_requests_total by method (undefined when its metrics do not answer). */
 async function trackerCalls(): Promise<{ announce: number; lookup: number } | undefined> {
   try {
@@ -376,14 +436,16 @@ try {
         rows.push(
           mode === 'dfnode'
             ? await dfnodePhase(n)
-            : mode === 'direct'
-              ? await directPhase(n)
-              : await bittorrentPhase(n, bt!),
+            : mode === 'dfnode-run'
+              ? await dfnodeRunPhase(n)
+              : mode === 'direct'
+                ? await directPhase(n)
+                : await bittorrentPhase(n, bt!),
         );
       } catch (err) {
         rows.push(failed(n, mode, err));
       } finally {
-        if (mode === 'dfnode') await cluster.stopAll();
+        if (mode === 'dfnode' || mode === 'dfnode-run') await cluster.stopAll();
         if (mode === 'bittorrent') await bt!.stopAll();
       }
       log(`N=${n}: ${JSON.stringify(rows[rows.length - 1])}`);
@@ -451,29 +513,32 @@ const row = (mode: Mode, n: number) => rows.find((x) => x.mode === mode && x.n =
 const one = Math.min(...counts);
 const ratio = (a?: Row, b?: Row) => (a && b ? a.meanS / b.meanS : NaN);
 const f2 = (x: number) => (Number.isNaN(x) ? 'n/a' : x.toFixed(2));
-const ratios: Record<
-  string,
-  { meanVsOneHost: number; meanVsDirect: number; meanVsBittorrent: number; egress: number }
-> = {};
-for (const n of counts) {
-  const p = row('dfnode', n);
-  ratios[n] = {
-    meanVsOneHost: ratio(p, row('dfnode', one)),
-    meanVsDirect: ratio(p, row('direct', n)),
-    meanVsBittorrent: ratio(p, row('bittorrent', n)),
-    egress: p?.egress ?? NaN,
-  };
-  const r = ratios[n]!;
-  process.stdout.write(
-    `N=${n}: dfnode mean ${f2(r.meanVsOneHost)}× the ${one}-host mean (target ≤ 1.3), ` +
-      `${f2(r.meanVsBittorrent)}× BitTorrent's (target ≤ 1), ${f2(r.meanVsDirect)}× direct; registry egress ` +
-      `${f2(r.egress)}× (target ≤ 1.1) vs ${f2(row('bittorrent', n)?.egress ?? NaN)}× BitTorrent, ` +
-      `${f2(row('direct', n)?.egress ?? NaN)}× direct\n`,
-  );
+type Ratios = { meanVsOneHost: number; meanVsDirect: number; meanVsBittorrent: number; egress: number };
+/** By dfnode mode (dfnode, dfnode-run), then by N. */
+const ratios: Record<string, Record<string, Ratios>> = {};
+const oneVsDirect: Record<string, number> = {};
+for (const mode of ['dfnode', 'dfnode-run'] as const) {
+  if (!modes.has(mode)) continue;
+  const byN: Record<string, Ratios> = (ratios[mode] = {});
+  for (const n of counts) {
+    const p = row(mode, n);
+    const r: Ratios = (byN[n] = {
+      meanVsOneHost: ratio(p, row(mode, one)),
+      meanVsDirect: ratio(p, row('direct', n)),
+      meanVsBittorrent: ratio(p, row('bittorrent', n)),
+      egress: p?.egress ?? NaN,
+    });
+    process.stdout.write(
+      `N=${n}: ${mode} mean ${f2(r.meanVsOneHost)}× the ${one}-host mean (target ≤ 1.3), ` +
+        `${f2(r.meanVsBittorrent)}× BitTorrent's (target ≤ 1), ${f2(r.meanVsDirect)}× direct; registry egress ` +
+        `${f2(r.egress)}× (target ≤ 1.1) vs ${f2(row('bittorrent', n)?.egress ?? NaN)}× BitTorrent, ` +
+        `${f2(row('direct', n)?.egress ?? NaN)}× direct\n`,
+    );
+  }
+  oneVsDirect[mode] = ratio(row(mode, 1), row('direct', 1));
+  if (counts.includes(1))
+    process.stdout.write(`N=1: ${mode} ${f2(oneVsDirect[mode])}× a direct download (target ≤ 1.05)\n`);
 }
-const oneVsDirect = ratio(row('dfnode', 1), row('direct', 1));
-if (counts.includes(1))
-  process.stdout.write(`N=1: dfnode ${f2(oneVsDirect)}× a direct download (target ≤ 1.05)\n`);
 process.stdout.write(
   JSON.stringify({
     bench: 'p2p',

@@ -165,6 +165,13 @@ const configSchema = z.strictObject({
       isolationMaxMs: z.number().int().positive().default(300_000),
       /** Seed: the tracker forgets peers silent for this long. */
       peerTtlMs: z.number().int().positive().default(30_000),
+      /**
+       * A node: the layers of an image preheated through the running daemon (`dfnode preheat` over its
+       * control socket, or the FUSE manager's) stay open this long after the preheat ends: their blocks are
+       * served to peers and stay announced to the tracker, so hosts that warm the same image at the same time
+       * (a rollout) keep taking them from this one. 0: released at once (served again only when mounted).
+       */
+      preheatServeMs: z.number().int().nonnegative().default(600_000),
       /** Seed: fetch the whole blob from the registry after the first request (full copies). */
       seedFill: z.boolean().default(true),
       /**

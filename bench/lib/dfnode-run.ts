@@ -12,6 +12,8 @@ export interface DfnodeRunOptions {
   cli: string;
   /** Cache, state, snapshotter root and socket go below it (keep it short: unix sockets have a 108-byte limit). */
   dir: string;
+  /** Node.js flags before the CLI (e.g. `--cpu-prof`). */
+  nodeFlags?: string[];
   /** Extra config, merged over the directories (e.g. `{ fetch: { fillRate: '3M' } }`). */
   config?: Record<string, Record<string, unknown>>;
   /** Serve Prometheus metrics on 127.0.0.1:PORT (off by default). */
@@ -62,6 +64,7 @@ export class DfnodeRun {
     await writeFile(cfg, JSON.stringify(base));
     const t0 = process.hrtime.bigint();
     const [cmd, args] = (o.launch ?? ((x: string, a: string[]) => [x, a]))(process.execPath, [
+      ...(o.nodeFlags ?? []),
       o.cli,
       'run',
       '-c',

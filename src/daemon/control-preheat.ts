@@ -34,16 +34,68 @@ export function preheatControlCommand(hooks: { preheat?: Preheater }): ControlCo
   };
 }
 
-/** Preheats `ref` into `store` (this process's layers) and releases the layers again. */
+/**
+ * Preheats `ref` into `store` (this process's layers), then gives the layers to `holds`, which keeps them
+ * open (served to peers) for a while; without holds they are released at once.
+ */
 export async function preheatHere(
   store: LayerStore,
   client: RegistryClient,
   ref: ImageReference,
   signal: AbortSignal,
   logger?: Logger,
+  holds?: PreheatHolds,
 ): Promise<PreheatSummary> {
   const r = await preheat(store, client, ref, { signal, logger });
-  await r.release();
+  if (holds) holds.hold(r.release);
+  else await r.release();
   const { release: _release, ...summary } = r;
   return summary;
+}
+
+/**
+ * Layers of images preheated through the daemon, kept open for `ms` after their preheat (p2p.preheatServeMs):
+ * an open layer stays in its swarm, so peers warming the same image at the same time keep taking its blocks
+ * from this host. Each preheat holds its own reference; close() gives every one back (the daemon stopping).
+ */
+export class PreheatHolds {
+  private readonly held = new Set<{ timer?: NodeJS.Timeout; release: () => Promise<void> }>();
+  private closed = false;
+
+  constructor(
+    readonly ms: number,
+    private readonly logger?: Logger,
+  ) {}
+
+  /** Calls `release` after ms (at once when ms is 0 or after close). */
+  hold(release: () => Promise<void>): void {
+    if (this.ms <= 0 || this.closed) return void this.give(release);
+    const h: { timer?: NodeJS.Timeout; release: () => Promise<void> } = { release };
+    h.timer = setTimeout(() => {
+      this.held.delete(h);
+      void this.give(release);
+    }, this.ms);
+    h.timer.unref();
+    this.held.add(h);
+  }
+
+  /** How many preheats' layers are held. */
+  get size(): number {
+    return this.held.size;
+  }
+
+  /** Gives every held layer back now; later holds release at once. */
+  async close(): Promise<void> {
+    this.closed = true;
+    const all = [...this.held];
+    this.held.clear();
+    for (const h of all) {
+      clearTimeout(h.timer);
+      await this.give(h.release);
+    }
+  }
+
+  private async give(release: () => Promise<void>): Promise<void> {
+    await release().catch((err: unknown) => this.logger?.warn({ err }, 'preheated layers: release failed'));
+  }
 }

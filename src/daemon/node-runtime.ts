@@ -35,6 +35,7 @@ import type { NodeMetrics } from './metrics.js';
 import { MountRecords, type MountRecord } from './mount-records.js';
 import type { ReadRecorder } from './read-recorder.js';
 import { mountReadOnlyView } from './overlay.js';
+import { PreheatHolds } from './control-preheat.js';
 
 /** One mounted DFB layer: the layer (a handle from the store), its filesystem and its FUSE mount. */
 export interface MountedLayer {
@@ -75,6 +76,8 @@ export class NodeRuntime {
   readonly stats: FetchStats;
   readonly records: MountRecords;
   readonly p2p?: P2pNode;
+  /** Layers of images preheated through this daemon, kept in their swarms for a while (p2p.preheatServeMs). */
+  readonly preheatHolds: PreheatHolds;
   private readonly log: Logger;
   private readonly binding: FuseBinding;
   private readonly mounts = new Map<string, ImageMount>();
@@ -119,6 +122,7 @@ export class NodeRuntime {
       logger: this.log,
       options: layerOptionsFrom(this.config),
     });
+    this.preheatHolds = new PreheatHolds(this.p2p ? this.config.p2p.preheatServeMs : 0, this.log);
     this.records = new MountRecords(join(this.config.node.stateDir, 'mounts'));
     const address = this.config.node.containerdAddress;
     if (address) this.containerd = new ContainerdClient({ address, namespace: 'default', timeoutMs: 5000 });
@@ -376,6 +380,7 @@ export class NodeRuntime {
     if (this.metricsTimer) clearInterval(this.metricsTimer);
     this.reads.close();
     for (const id of [...this.mounts.keys()]) await this.unmountImage(id);
+    await this.preheatHolds.close();
     await this.layers.close();
     await this.cache.close();
     this.containerd?.close();

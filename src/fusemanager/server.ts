@@ -306,7 +306,14 @@ export class FuseManagerServer {
         case 'POST /preheat': {
           const { ref } = preheatRequestSchema.parse(await readJson(req));
           if (!this.client) throw DfError.unsupported('fuse manager: started without a registry client');
-          out = await preheatHere(this.rt.layers, this.client, parseReference(ref), ac.signal, this.log);
+          out = await preheatHere(
+            this.rt.layers,
+            this.client,
+            parseReference(ref),
+            ac.signal,
+            this.log,
+            this.rt.preheatHolds,
+          );
           break;
         }
         case 'GET /status':

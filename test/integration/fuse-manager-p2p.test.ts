@@ -32,6 +32,8 @@ import { freePort } from '../helpers/registry.js';
 
 const req = requireNodeMounts(['docker-registry']);
 const TOKEN = 'fuse-manager-p2p-token';
+/** How long a preheat's layers stay served (short here: the test waits for their release). */
+const PREHEAT_SERVE_MS = 4000;
 
 describe.skipIf(req.skip)('FUSE manager with P2P: layers opened for their TOCs and released', () => {
   let tmp: { dir: string; cleanup: () => Promise<void> };
@@ -56,7 +58,14 @@ describe.skipIf(req.skip)('FUSE manager with P2P: layers opened for their TOCs a
         cache: { dir: join(tmp.dir, name, 'cache') },
         node: { stateDir: join(tmp.dir, name, 'state'), fuseManager: true },
         fetch: { backgroundFill: false },
-        p2p: { seeds, clusterToken: TOKEN, listen, announceIntervalMs: 200, peerTtlMs: 60_000 },
+        p2p: {
+          seeds,
+          clusterToken: TOKEN,
+          listen,
+          announceIntervalMs: 200,
+          peerTtlMs: 60_000,
+          preheatServeMs: PREHEAT_SERVE_MS,
+        },
       },
     });
 
@@ -85,7 +94,12 @@ describe.skipIf(req.skip)('FUSE manager with P2P: layers opened for their TOCs a
     await p2p.start();
     rt = new NodeRuntime({ config: nodeCfg, client, p2p });
     await rt.start();
-    server = new FuseManagerServer({ runtime: rt, stateDir: nodeCfg.node.stateDir, mountRoots: [tmp.dir] });
+    server = new FuseManagerServer({
+      runtime: rt,
+      stateDir: nodeCfg.node.stateDir,
+      mountRoots: [tmp.dir],
+      client,
+    });
     await server.listen();
     fm = new FuseManagerClient(fuseManagerPaths(nodeCfg.node.stateDir).socket);
     blocks = new HttpBlockClient(TOKEN);
@@ -175,5 +189,42 @@ describe.skipIf(req.skip)('FUSE manager with P2P: layers opened for their TOCs a
     await expect(
       blocks.get(p2p.advertised, upper.digest, upper.size - 96, 96, AbortSignal.timeout(5000)),
     ).rejects.toThrow();
+  });
+
+  it("a preheat through the daemon keeps the image's layers served to peers for p2p.preheatServeMs", async () => {
+    expect(rt.layers.list()).toEqual([]);
+    const t0 = Date.now();
+    const r = await fm.preheat(ref, AbortSignal.timeout(120_000));
+    expect(r.bytes).toBe(layers.reduce((a, l) => a + l.size, 0));
+    // Right after the answer every layer is still open, announced and served: peers warming the same image
+    // now take its blocks from this host.
+    expect(rt.preheatHolds.size).toBe(1);
+    expect(
+      rt.layers
+        .list()
+        .map((l) => l.digest)
+        .sort(),
+    ).toEqual(layers.map((l) => l.digest).sort());
+    const blob = Buffer.from(
+      await (await fetch(`${images.reg.url}/v2/multilayer/blobs/${layers[0]!.digest}`)).arrayBuffer(),
+    );
+    for (const l of layers)
+      await waitFor(`${l.digest} announced`, async () => holders(l.digest).length === 1, 10_000);
+    const mid = Math.floor(blob.length / 2);
+    const got = await blocks.get(p2p.advertised, layers[0]!.digest, mid, 4096, AbortSignal.timeout(5000));
+    expect(got.equals(blob.subarray(mid, mid + 4096))).toBe(true);
+    // ...until the time is up: then they are released and leave their swarms.
+    await waitFor(
+      'the preheat released',
+      async () => rt.layers.list().length === 0,
+      PREHEAT_SERVE_MS + 10_000,
+    );
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(PREHEAT_SERVE_MS);
+    expect(rt.preheatHolds.size).toBe(0);
+    await waitFor(
+      'every layer left',
+      async () => layers.every((l) => holders(l.digest).length === 0),
+      10_000,
+    );
   });
 });

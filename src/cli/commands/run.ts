@@ -104,7 +104,7 @@ async function runInProcess(
       const snap = cfg.snapshotter.enabled ? await startSnapshotter(cfg, slog, remote) : undefined;
       hooks.onResolved = ({ name, manifestDigest, layers }) =>
         resolver.remember(name, manifestDigest, layers);
-      hooks.preheat = (ref, signal) => preheatHere(rt.layers, client, ref, signal, log);
+      hooks.preheat = (ref, signal) => preheatHere(rt.layers, client, ref, signal, log, rt.preheatHolds);
       try {
         log.info(
           { cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address },

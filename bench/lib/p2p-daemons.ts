@@ -1,0 +1,91 @@
+// `dfnode run` daemons as the node hosts of a P2pCluster, the way a cluster runs dfnode (a DaemonSet): each
+// started, and idle, before the clock; then every one is asked at the same instant to preheat the image over
+// its control socket, as `dfnode preheat REF` on a running host does. Each daemon is timed from that request
+// to its answer, and its CPU counted over the same span.
+import { join } from 'node:path';
+import { callControl } from '../../src/cli/control-client.js';
+import type { PreheatSummary } from '../../src/daemon/control-preheat.js';
+import { socketAccepts } from '../../src/util/unix-socket.js';
+import { DfnodeRun } from './dfnode-run.js';
+import type { NetnsHost } from './netns-topology.js';
+import { cli, type P2pCluster } from './p2p-cluster.js';
+
+export interface DaemonPreheat {
+  host: string;
+  /** ms from the request to the daemon's answer. */
+  ms: number;
+  bytes: number;
+  bySource: Record<string, number>;
+  fill?: Record<string, number>;
+  cacheDir: string;
+  /** CPU seconds (user + system) the daemon used from the request until every daemon had answered. */
+  cpuS: number;
+}
+
+/**
+ * Starts a `dfnode run` in each of `hosts` (fresh cache, P2P through the cluster's seeds), waits until each
+ * serves its control socket and a second more, then preheats the cluster's image through every daemon at
+ * once. The daemons keep running (and serving peers) until stop().
+ */
+export async function preheatThroughDaemons(
+  cluster: P2pCluster,
+  hosts: NetnsHost[],
+  o: {
+    dir: string;
+    env?: NodeJS.ProcessEnv;
+    nodeFlags?: string[];
+    /** Called just before the requests go out (the clock's start). */
+    onStart?: () => void;
+  },
+): Promise<{ results: DaemonPreheat[]; stop(): Promise<void> }> {
+  const daemons: DfnodeRun[] = [];
+  const stop = async () => {
+    await Promise.all(daemons.map((d) => d.stop().catch(() => undefined)));
+  };
+  try {
+    await Promise.all(
+      hosts.map(async (h) => {
+        const d = await DfnodeRun.start({
+          cli: cli('dfnode', true),
+          dir: join(o.dir, h.name),
+          launch: (cmd, args) => h.netArgv(cmd, args),
+          env: { DFNODE_P2P_CLUSTER_TOKEN: cluster.token, ...cluster.memberEnv(h), ...o.env },
+          nodeFlags: o.nodeFlags,
+          timeoutMs: 120_000,
+        });
+        daemons.push(d);
+        const deadline = Date.now() + 60_000;
+        while (!(await socketAccepts(d.controlSocket))) {
+          if (Date.now() > deadline) throw new Error(`dfnode run in ${h.name} serves no control socket`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }),
+    );
+    await new Promise((r) => setTimeout(r, 1000));
+    const byHost = new Map(daemons.map((d) => [d.dir, d]));
+    const ordered = hosts.map((h) => byHost.get(join(o.dir, h.name))!);
+    o.onStart?.();
+    const cpu0 = ordered.map((d) => d.daemon.cpu());
+    const t0 = Date.now();
+    const answers = await Promise.all(
+      ordered.map(async (d) => {
+        const r = (await callControl(d.controlSocket, 'preheat', { ref: cluster.ref })) as PreheatSummary;
+        return { r, ms: Date.now() - t0 };
+      }),
+    );
+    const cpu = ordered.map((d, i) => d.daemon.cpu() - cpu0[i]!);
+    const results = answers.map(({ r, ms }, i) => ({
+      host: hosts[i]!.name,
+      ms,
+      bytes: r.bytes,
+      bySource: r.bySource,
+      fill: r.fill,
+      cacheDir: ordered[i]!.cacheDir,
+      cpuS: cpu[i]!,
+    }));
+    return { results, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
