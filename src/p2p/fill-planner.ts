@@ -99,6 +99,11 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
   let seedHeldN = 0;
   let seedOther = -1;
   let seedOtherN = 0;
+  // no unit missing here is left for the seed to carry into the swarm (every one is held by a peer): the
+  // seed's upload would idle, so one run may come from what it holds, the rarest first
+  let fresh = false;
+  let spare = -1;
+  let spareRarity = Infinity;
   let lastPiece = -1;
   let peerInPiece = false;
   let heldInPiece = false;
@@ -112,6 +117,11 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
       peerInPiece = heldInPiece = otherInPiece = false;
     }
     const r = rarity[u]!;
+    if (seedable(u)) fresh = true;
+    else if (r < spareRarity && view.seedBits?.has(u) && !away.has(u)) {
+      spare = u;
+      spareRarity = r;
+    }
     if (r > 0) {
       // a piece's rarity: that of its rarest unit peers hold; its first such unit starts the run
       if (r < peerRarity) {
@@ -145,6 +155,17 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
       if (bytes + len > o.seedRunBytes || !seedable(v)) break;
       // one request is either served from the seed's cache or waits for its registry fetch, not both
       if ((view.seedBits?.has(v) ?? false) !== held) break;
+      run.push(v);
+      bytes += len;
+    }
+    return { units: run, from: 'seed' };
+  }
+  if (o.seed && !fresh && spare >= 0) {
+    const run = [spare];
+    let bytes = layout.length(spare);
+    for (let v = spare + 1; v < layout.units && free(v) && view.seedBits!.has(v) && !away.has(v); v++) {
+      const len = layout.length(v);
+      if (bytes + len > o.seedRunBytes) break;
       run.push(v);
       bytes += len;
     }

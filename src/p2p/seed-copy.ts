@@ -87,6 +87,10 @@ export class SeedPeerSource implements BlockSource {
 export interface SeedFillOptions {
   /** Runs in flight at once. Default 3. */
   concurrency?: number;
+  /**
+   * Runs taken from nodes at once (each uses an upload slot of a node while the swarm still trades). Default 1.
+   */
+  nodeRuns?: number;
   /** Pause while only units on their way to nodes are missing (ms). Default 200. */
   waitMs?: number;
   timers?: Timers;
@@ -111,13 +115,19 @@ export function seedFillPlanner(
     // units whose run failed here: left to the in-order pass (retries with a back-off), not tried again
     const failed = new Set<number>();
     const open = (u: number) => !claimed.has(u) && !failed.has(u) && !fetcher.inFlight(u);
+    let nodeRuns = 0;
+    const maxNodeRuns = opts.nodeRuns ?? 1;
     const pending = (u: number) => tracker.pendingAnywhere(digest, u);
     /** The next run: adjacent missing units of one kind (held by one node, or by none); 'wait'; undefined. */
-    const next = (limit: number): number[] | 'wait' | undefined => {
+    const next = (limit: number): (number[] & { atNode?: boolean }) | 'wait' | undefined => {
       let waiting = false;
       for (let u = cache.nextMissing(0); u >= 0; u = cache.nextMissing(u + 1)) {
         if (!open(u)) continue;
         const atNode = tracker.holderOf(digest, u, u) !== undefined;
+        if (atNode && nodeRuns >= maxNodeRuns) {
+          waiting = true;
+          continue;
+        }
         if (!atNode && pending(u)) {
           waiting = true;
           continue;
@@ -130,7 +140,7 @@ export function seedFillPlanner(
           if (atNode ? !tracker.holderOf(digest, u, v) : tracker.holderOf(digest, v, v) || pending(v)) break;
           run.push(v);
         }
-        return run;
+        return Object.assign(run, { atNode });
       }
       return waiting ? 'wait' : undefined;
     };
@@ -146,12 +156,14 @@ export function seedFillPlanner(
           continue;
         }
         for (const u of run) claimed.add(u);
+        if (run.atNode) nodeRuns++;
         try {
           // a failed run is left to the in-order pass after this planner (with retries)
           await Promise.allSettled(fetcher.ensure(run, Priority.Fill));
           for (const u of run) if (!cache.has(u)) failed.add(u);
         } finally {
           for (const u of run) claimed.delete(u);
+          if (run.atNode) nodeRuns--;
         }
       }
     };

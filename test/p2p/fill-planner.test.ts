@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import type { Toc } from '../../src/blob/toc.js';
 import type { BlobCache } from '../../src/cache/blob-cache.js';
 import type { Timers } from '../../src/util/timers.js';
-import { planRun, type PlanOptions } from '../../src/p2p/fill-planner.js';
+import { planRun, type PlannedRun, type PlanOptions } from '../../src/p2p/fill-planner.js';
 import { PeerView } from '../../src/p2p/peer-view.js';
 import { TrackerState, type HolderMsg } from '../../src/p2p/tracker-state.js';
 import { UnitLayout } from '../../src/p2p/unit-layout.js';
@@ -100,9 +100,44 @@ describe('P2P fill planner', () => {
       seed_bitmap: bits(9, range(0, 9)),
     });
     expect(planRun(v, opts())).toBe('wait');
-    // once announced by p1, they come from p1
+    // once announced by p1, they come from p1 (with the seed slot taken; see the next test)
     v.setHolders({ holders: [holder('p1', 9, range(0, 9))], units: 9, seed_bitmap: bits(9, range(0, 9)) });
-    expect((planRun(v, opts()) as { from: string }).from).toBe('peer');
+    expect((planRun(v, opts({ seed: false })) as { from: string }).from).toBe('peer');
+  });
+
+  it('with nothing left for the seed to carry into the swarm, one run comes from what the seed holds, rarest first', () => {
+    const v = viewOf(64);
+    // every unit is held by a peer: 'a' has all, 'b' all but 40..47 (the rarest); the seed holds 32..64
+    const swarm = (seed: Iterable<number>, bUnits = [...range(0, 40), ...range(48, 65)]) =>
+      v.setHolders({
+        holders: [holder('a', 65, range(0, 65)), holder('b', 65, bUnits)],
+        units: 65,
+        seed_bitmap: bits(65, seed),
+      });
+    swarm(range(32, 65));
+    for (const r of [0, 0.5, 0.99]) {
+      const run = planRun(v, opts({ seedRunBytes: 256 * KIB, rand: () => r })) as PlannedRun;
+      // the seed's upload would idle otherwise: the rarest units it holds, within seedRunBytes
+      expect(run).toEqual({ units: range(40, 44), from: 'seed' });
+    }
+    // claimed or on their way elsewhere: the next ones the seed holds
+    const next = planRun(v, opts({ seedRunBytes: 256 * KIB, claimed: new Set(range(40, 48)) })) as PlannedRun;
+    expect(next.from).toBe('seed');
+    expect(next.units[0]).toBeGreaterThanOrEqual(32);
+    expect(next.units.every((u) => u >= 32 && (u < 40 || u >= 48))).toBe(true);
+    // without a free seed slot: from peers
+    expect((planRun(v, opts({ seed: false })) as PlannedRun).from).toBe('peer');
+    // the seed holds nothing this node misses: from peers
+    swarm([]);
+    expect((planRun(v, opts()) as PlannedRun).from).toBe('peer');
+    // a unit nobody holds yet (the seed's to carry) comes first, and only such units go to the seed
+    swarm(range(0, 65), range(0, 65));
+    v.setHolders({
+      holders: [holder('a', 65, range(1, 65)), holder('b', 65, range(1, 65))],
+      units: 65,
+      seed_bitmap: bits(65, range(0, 65)),
+    });
+    expect(planRun(v, opts({ rand: () => 0 }))).toEqual({ units: [0], from: 'seed' });
   });
 
   it('alone, asks the seed in blob order from the first missing unit, across what the seed holds and what it does not', () => {

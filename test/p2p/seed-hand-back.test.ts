@@ -186,4 +186,63 @@ describe('seed hand-back', () => {
     expect(got.equals(tb2.bytes.subarray(off, off + len))).toBe(true);
     expect(s2.seed.metricsCounters.handedBack).toBe(0);
   });
+
+  it("copies handed-back runs from nodes one at a time: a node's upload still serves its swarm", async () => {
+    const { dir, tb } = await setup();
+    const layout = new UnitLayout(tb.toc, tb.blob.size);
+    const s = await startSeed(dir, tb, ['good.example'], { seedFill: true, handBack: { fullAtBytes: 0 } });
+    let active = 0;
+    let most = 0;
+    const servedByA: string[] = [];
+    const serverA = new BlockServer({
+      clusterToken: TOKEN,
+      provider: {
+        get: () =>
+          Promise.resolve({
+            size: tb.blob.size,
+            read: async (o: number, l: number) => {
+              servedByA.push(`${o}+${l}`);
+              most = Math.max(most, ++active);
+              await new Promise((r) => setTimeout(r, 200));
+              active--;
+              return tb.bytes.subarray(o, o + l);
+            },
+          }),
+      },
+    });
+    const addrA = await serverA.listen('127.0.0.1:0');
+    cleanups.push(() => serverA.close());
+    const digest = tb.blob.digest;
+    announce(s.seed.tracker, digest, layout.units, 'node-a', addrA);
+    const a = new HttpBlockClient(TOKEN, undefined, 'node-a');
+    cleanups.push(() => a.close());
+    // three runs handed back to node A, apart from each other, asked at once: the first request opens the
+    // blob, and the seed's fill starts only after the three are answered
+    const runs = [
+      [8, 9],
+      [20, 21],
+      [32, 33],
+    ] as const;
+    const answers = await Promise.all(
+      runs.map(([first, last]) =>
+        failure(
+          a.get(
+            s.blocks,
+            digest,
+            layout.offset(first),
+            layout.offset(last + 1) - layout.offset(first),
+            AbortSignal.timeout(10_000),
+            { repo: 'good.example/x', size: String(tb.blob.size), defer: '1', origin: '1' },
+          ),
+        ),
+      ),
+    );
+    for (const e of answers) expect(isHandedBack(e), e.message).toBe(true);
+    // node A announces all three at once: the seed's copy takes them from A, one run at a time
+    const held = runs.flatMap(([f, l]) => Array.from({ length: l - f + 1 }, (_, i) => f + i));
+    announce(s.seed.tracker, digest, layout.units, 'node-a', addrA, held);
+    await seedComplete(s.seed, digest, layout.units);
+    expect(servedByA.length).toBeGreaterThanOrEqual(runs.length);
+    expect(most).toBe(1);
+  });
 });
