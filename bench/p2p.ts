@@ -283,6 +283,7 @@ async function dfnodePhase(n: number): Promise<Row> {
  * dfnode-run: a fresh seed and a `dfnode run` daemon with a fresh cache on every node host, started before the
  * clock (a DaemonSet's pods are up before a rollout); every daemon preheats at once through its control socket.
  */
+let daemonPhases = 0;
 async function dfnodeRunPhase(n: number): Promise<Row> {
   const hosts = cluster.nodes.slice(0, n);
   const b0 = cluster.registry.blobBytes();
@@ -295,7 +296,7 @@ async function dfnodeRunPhase(n: number): Promise<Row> {
   let stopTrace: (() => void) | undefined;
   let cpu0 = cpuTimes();
   const daemons = await preheatThroughDaemons(cluster, hosts, {
-    dir: join(work, `daemons-n${n}`),
+    dir: join(work, `daemons-${++daemonPhases}-n${n}`),
     env,
     nodeFlags: cluster.opts.nodeFlags,
     onStart: () => {
