@@ -59,11 +59,13 @@ export type LayoutOf = (digest: string) => Units | undefined;
 /**
  * Nodes as a source of a seed's own copy: the range from a live node that announced all of it, else
  * "unavailable" (the registry, next in the seed's chain). Every unit is verified by the fetcher; a node
- * that fails or serves a bad block sends the range on to the registry.
+ * that fails or serves a bad block sends the range on to the registry, and a bad block is reported against it.
  */
 export class SeedPeerSource implements BlockSource {
   readonly kind = 'peer' as const;
   readonly name = 'nodes (seed copy)';
+  /** Who served each buffer returned, so that a bad block is reported against that node. */
+  private readonly servedBy = new WeakMap<Buffer, string>();
 
   constructor(
     private readonly tracker: TrackerState,
@@ -76,11 +78,22 @@ export class SeedPeerSource implements BlockSource {
     const holder = r && this.tracker.holderOf(blob.digest, r[0], r[1]);
     if (!holder) throw sourceUnavailable(`no node holds ${blob.digest} ${offset}+${length}`);
     try {
-      return await this.http.get(holder.address, blob.digest, offset, length, signal);
+      const data = await this.http.get(holder.address, blob.digest, offset, length, signal);
+      this.servedBy.set(data, holder.id);
+      return data;
     } catch (err) {
       if (signal.aborted) throw err;
       throw sourceUnavailable(`node ${holder.address}: ${(err as Error).message}`);
     }
+  }
+
+  /**
+   * A block from a node failed verification: the seed's tracker counts it against that node, as a node's
+   * report would, so that neither the seed's copy nor nodes' lookups put it first again for a while.
+   */
+  badBlock(_blob: BlobRef, data: Buffer): void {
+    const id = this.servedBy.get(data);
+    if (id) this.tracker.reportBadData(id);
   }
 }
 

@@ -470,6 +470,11 @@ export class TrackerState {
     return [...(this.blobs.get(blob)?.peers.keys() ?? [])];
   }
 
+  /** The seed itself got a block from `peer` that failed verification: one failure report, as a node's. */
+  reportBadData(peer: string): void {
+    this.reportFailure(peer, this.timers.now());
+  }
+
   private reportFailure(peer: string, now: number): void {
     const score = this.failureScore(peer, now) + 1;
     this.failures.delete(peer);

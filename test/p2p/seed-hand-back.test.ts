@@ -245,4 +245,52 @@ describe('seed hand-back', () => {
     expect(servedByA.length).toBeGreaterThanOrEqual(runs.length);
     expect(most).toBe(1);
   });
+
+  it("reports a node that served the seed's copy a bad block, and takes the run from the registry", async () => {
+    const { dir, tb } = await setup();
+    const layout = new UnitLayout(tb.toc, tb.blob.size);
+    const s = await startSeed(dir, tb, ['good.example'], { seedFill: true, handBack: { fullAtBytes: 0 } });
+    const serverA = new BlockServer({
+      clusterToken: TOKEN,
+      provider: {
+        get: () =>
+          Promise.resolve({
+            size: tb.blob.size,
+            // node A lies: every byte it serves is flipped
+            read: (o: number, l: number) =>
+              Promise.resolve(Buffer.from(tb.bytes.subarray(o, o + l).map((b) => b ^ 0xff))),
+          }),
+      },
+    });
+    const addrA = await serverA.listen('127.0.0.1:0');
+    cleanups.push(() => serverA.close());
+    const digest = tb.blob.digest;
+    announce(s.seed.tracker, digest, layout.units, 'node-a', addrA);
+    const a = new HttpBlockClient(TOKEN, undefined, 'node-a');
+    cleanups.push(() => a.close());
+    const [first, last] = [20, 22];
+    const e = await failure(
+      a.get(
+        s.blocks,
+        digest,
+        layout.offset(first),
+        layout.offset(last + 1) - layout.offset(first),
+        AbortSignal.timeout(10_000),
+        { repo: 'good.example/x', size: String(tb.blob.size), defer: '1', origin: '1' },
+      ),
+    );
+    expect(isHandedBack(e), e.message).toBe(true);
+    const failuresOfA = () =>
+      s.seed.tracker
+        .lookup({ blob: digest, peer_id: 'node-b', zone: '', want: [first], max_peers: 8 })
+        .holders.find((h) => h.peer_id === 'node-a')?.failures ?? 0;
+    expect(failuresOfA()).toBe(0);
+    const handed = [layout.offset(first), layout.offset(last + 1)] as const;
+    const overlapsHanded = ([o, end]: [number, number]) => o < handed[1] && end > handed[0];
+    announce(s.seed.tracker, digest, layout.units, 'node-a', addrA, [20, 21, 22]);
+    await seedComplete(s.seed, digest, layout.units);
+    // the copy verified node A's bytes, refused them, reported node A and took the run from the registry
+    expect(failuresOfA()).toBeGreaterThanOrEqual(1);
+    expect(registryRanges(s.calls).some(overlapsHanded)).toBe(true);
+  });
 });
