@@ -6,6 +6,7 @@ import {
   declaredBodyHead,
   dispatchInto,
   errorTextHead,
+  staleConnection,
   type DispatchedResponse,
 } from '../util/dispatch-into.js';
 import { bodyRemaining, rcvLowatEnabled, trackReads } from '../util/rcv-lowat.js';
@@ -32,6 +33,8 @@ export class HttpBlockClient {
   private readonly scheme: 'http' | 'https';
   /** Plain TCP with SO_RCVLOWAT (src/util/rcv-lowat.ts): a block's body wakes the process per 64 KiB. */
   private readonly lowat: boolean;
+  /** Connections opened so far (to any host): whether a request went out on one kept alive. */
+  private connects = 0;
 
   constructor(
     private readonly clusterToken: string,
@@ -42,19 +45,18 @@ export class HttpBlockClient {
   ) {
     this.scheme = tls ? 'https' : 'http';
     this.lowat = !tls && rcvLowatEnabled();
-    const connectOptions = { timeout: CONNECT_TIMEOUT_MS, ...(tls && clientTlsOptions(tls)) };
-    const connect = this.lowat ? buildConnector(connectOptions) : undefined;
+    const connect = buildConnector({ timeout: CONNECT_TIMEOUT_MS, ...(tls && clientTlsOptions(tls)) });
     this.agent = new Agent({
       keepAliveTimeout: 30_000,
       connections: 16,
-      connect: connect
-        ? (opts, cb) =>
-            connect(opts, (err, socket) => {
-              if (socket) trackReads(socket as Socket);
-              // undici's callback type is a union of (error, null) and (null, socket)
-              (cb as (e: Error | null, s: typeof socket) => void)(err, socket);
-            })
-        : connectOptions,
+      connect: (opts, cb) => {
+        this.connects++;
+        connect(opts, (err, socket) => {
+          if (socket && this.lowat) trackReads(socket as Socket);
+          // undici's callback type is a union of (error, null) and (null, socket)
+          (cb as (e: Error | null, s: typeof socket) => void)(err, socket);
+        });
+      },
       // the caller's signal bounds each request (its limit grows with the size)
       headersTimeout: 0,
       bodyTimeout: 0,
@@ -77,51 +79,66 @@ export class HttpBlockClient {
     await this.download?.take(length, signal);
     const q = new URLSearchParams({ offset: String(offset), length: String(length), ...extra });
     const what = `${address}: ${digest} ${offset}+${length}`;
-    let res: DispatchedResponse;
+    let res: DispatchedResponse | undefined;
     let handedBack = false;
+    let heard = false;
+    const connects = this.connects;
     try {
-      res = await dispatchInto(this.agent, {
-        origin: `${this.scheme}://${address}`,
-        path: `/blobs/${digest}?${q}`,
-        headers: {
-          [CLUSTER_TOKEN_HEADER]: this.clusterToken,
-          ...(this.peerId ? { [PEER_ID_HEADER]: this.peerId } : {}),
-        },
-        signal,
-        ...(this.lowat ? { onRemaining: bodyRemaining } : {}),
-        onHead: (status, headers) => {
-          alive?.();
-          handedBack = status === 409 && headers[HANDED_BACK_HEADER] === 'registry';
-          // an error answer: the start of its text, for the message; the rest is dropped unread
-          if (status !== 200) return errorTextHead(ERROR_TEXT_BYTES);
-          const sent = headers[PIECE_DIGEST_HEADER];
-          if (pieceDigest && typeof sent === 'string' && /^[0-9a-f]{64}$/.test(sent))
-            pieceDigest(Buffer.from(sent, 'hex'));
-          const declared = headers['content-length'];
-          if (typeof declared === 'string' && Number(declared) !== length)
-            return new DfError(
-              'NETWORK',
-              `${what}: the host announced ${declared} bytes, not the ${length} asked for`,
-            );
-          return {
-            into: Buffer.allocUnsafe(length),
-            tooLong: (atLeast) =>
-              new DfError(
-                'NETWORK',
-                `${what}: the host sent more than the ${length} bytes asked for (at least ${atLeast}); response cut off`,
-              ),
-          };
-        },
-        progress:
-          alive && progress
-            ? (data, filled) => {
-                alive();
-                progress(data, filled);
-              }
-            : alive
-              ? () => alive()
-              : progress,
-      });
+      for (let attempt = 1; !res; attempt++) {
+        try {
+          res = await dispatchInto(this.agent, {
+            origin: `${this.scheme}://${address}`,
+            path: `/blobs/${digest}?${q}`,
+            headers: {
+              [CLUSTER_TOKEN_HEADER]: this.clusterToken,
+              ...(this.peerId ? { [PEER_ID_HEADER]: this.peerId } : {}),
+            },
+            signal,
+            ...(this.lowat ? { onRemaining: bodyRemaining } : {}),
+            onHead: (status, headers) => {
+              heard = true;
+              alive?.();
+              handedBack = status === 409 && headers[HANDED_BACK_HEADER] === 'registry';
+              // an error answer: the start of its text, for the message; the rest is dropped unread
+              if (status !== 200) return errorTextHead(ERROR_TEXT_BYTES);
+              const sent = headers[PIECE_DIGEST_HEADER];
+              if (pieceDigest && typeof sent === 'string' && /^[0-9a-f]{64}$/.test(sent))
+                pieceDigest(Buffer.from(sent, 'hex'));
+              const declared = headers['content-length'];
+              if (typeof declared === 'string' && Number(declared) !== length)
+                return new DfError(
+                  'NETWORK',
+                  `${what}: the host announced ${declared} bytes, not the ${length} asked for`,
+                );
+              return {
+                into: Buffer.allocUnsafe(length),
+                tooLong: (atLeast) =>
+                  new DfError(
+                    'NETWORK',
+                    `${what}: the host sent more than the ${length} bytes asked for (at least ${atLeast}); response cut off`,
+                  ),
+              };
+            },
+            progress:
+              alive && progress
+                ? (data, filled) => {
+                    alive();
+                    progress(data, filled);
+                  }
+                : alive
+                  ? () => alive()
+                  : progress,
+          });
+        } catch (err) {
+          // a kept-alive connection the host closed as the request went out, before any answer: once more
+          // on a new one (a host that is down refuses that one, and only then counts against it). Not when
+          // a connection was opened meanwhile: a new connection closed at once (a TLS handshake refused, a
+          // host going down) is the host's answer.
+          const reused = this.connects === connects;
+          if (attempt === 1 && reused && !heard && !signal.aborted && staleConnection(err)) continue;
+          throw err;
+        }
+      }
     } catch (err) {
       if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
       if (err instanceof DfError) throw err;

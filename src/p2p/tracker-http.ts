@@ -6,6 +6,7 @@ import {
   declaredBodyHead,
   dispatchInto,
   errorTextHead,
+  staleConnection,
   type DispatchedResponse,
 } from '../util/dispatch-into.js';
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
@@ -173,12 +174,6 @@ function readBody(req: IncomingMessage, idleMs: number): Promise<Buffer | 'too l
     const onGone = () => end('gone');
     req.on('data', onData).on('end', onEnd).on('error', onGone).on('close', onGone);
   });
-}
-
-/** undici's error for a connection the other side closed or reset under a request. */
-function staleConnection(err: unknown): boolean {
-  const code = (err as { code?: string } | undefined)?.code;
-  return code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
 }
 
 /** A tracker answer's status as the node's error (see httpStatus). */

@@ -188,3 +188,12 @@ export function dispatchInto(dispatcher: Dispatcher, opts: DispatchIntoOptions):
     }
   });
 }
+
+/**
+ * undici's error for a connection the other side closed or reset under a request: on a kept-alive
+ * connection, as the request went out; worth one more try on a new connection when nothing was heard yet.
+ */
+export function staleConnection(err: unknown): boolean {
+  const code = (err as { code?: string } | undefined)?.code;
+  return code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
+}
