@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { pieceLengthExponent } from './lib/aria2.js';
 import { BtSwarm } from './lib/bt-swarm.js';
 import { formatTable, versionOf } from './lib/measure.js';
-import { LINK_QUEUE_HELP, linkQueue, P2pCluster, repoRoot } from './lib/p2p-cluster.js';
+import { LINK_QUEUE_HELP, linkQueue, P2pCluster, repoRoot, type PreheatResult } from './lib/p2p-cluster.js';
 import { preheatThroughDaemons } from './lib/p2p-daemons.js';
 
 const { values: flags } = parseArgs({
@@ -256,6 +256,22 @@ async function dfnodePhase(n: number): Promise<Row> {
       `  tracker calls: ${calls.announce} announces, ${calls.lookup} lookups ` +
         `(${((calls.announce + calls.lookup) / n / perNodeS).toFixed(1)}/s per node over the slowest node's time)`,
     );
+  return dfnodeRow('dfnode', n, r, {
+    b0,
+    w0,
+    cpu,
+    nodeCpuS: mean('user') + mean('system'),
+    seedCpuS: st.user + st.system - seedCpu0,
+  });
+}
+
+/** A dfnode phase's row from its nodes' results (each node's cache is hashed against the blob digest). */
+async function dfnodeRow(
+  mode: 'dfnode' | 'dfnode-run',
+  n: number,
+  r: PreheatResult[],
+  o: { b0: number; w0: number; cpu: number; nodeCpuS: number; seedCpuS: number },
+): Promise<Row> {
   if (flags.trace)
     for (const x of r) log(`  ${x.host}: ${(x.ms / 1000).toFixed(1)} s, planner ${JSON.stringify(x.fill)}`);
   await settle();
@@ -265,25 +281,25 @@ async function dfnodePhase(n: number): Promise<Row> {
   const total = n * size;
   return {
     n,
-    mode: 'dfnode',
+    mode,
     ...times(r.map((x) => x.ms)),
-    egress: (cluster.registry.blobBytes() - b0) / size,
-    egressWire: ((await reg.counters()).tx - w0) / size,
+    egress: (cluster.registry.blobBytes() - o.b0) / size,
+    egressWire: ((await reg.counters()).tx - o.w0) / size,
     fromPeers: sum('peer') / total,
     fromSeed: sum('seed') / total,
     fromRegistry: sum('registry') / total,
     verified,
-    cpu,
-    nodeCpuS: mean('user') + mean('system'),
-    seedCpuS: st.user + st.system - seedCpu0,
+    cpu: o.cpu,
+    nodeCpuS: o.nodeCpuS,
+    seedCpuS: o.seedCpuS,
   };
 }
 
+let daemonPhases = 0;
 /**
  * dfnode-run: a fresh seed and a `dfnode run` daemon with a fresh cache on every node host, started before the
  * clock (a DaemonSet's pods are up before a rollout); every daemon preheats at once through its control socket.
  */
-let daemonPhases = 0;
 async function dfnodeRunPhase(n: number): Promise<Row> {
   const hosts = cluster.nodes.slice(0, n);
   const b0 = cluster.registry.blobBytes();
@@ -311,27 +327,13 @@ async function dfnodeRunPhase(n: number): Promise<Row> {
     const st = procTimes(seed.pid);
     const calls = await trackerCalls();
     if (calls) log(`  tracker calls: ${calls.announce} announces, ${calls.lookup} lookups`);
-    if (flags.trace)
-      for (const x of r) log(`  ${x.host}: ${(x.ms / 1000).toFixed(1)} s, planner ${JSON.stringify(x.fill)}`);
-    await settle();
-    let verified = true;
-    for (const x of r) verified &&= await cluster.cacheVerifies(x.cacheDir);
-    const sum = (k: string) => r.reduce((a, x) => a + (x.bySource[k] ?? 0), 0);
-    const total = n * size;
-    return {
-      n,
-      mode: 'dfnode-run',
-      ...times(r.map((x) => x.ms)),
-      egress: (cluster.registry.blobBytes() - b0) / size,
-      egressWire: ((await reg.counters()).tx - w0) / size,
-      fromPeers: sum('peer') / total,
-      fromSeed: sum('seed') / total,
-      fromRegistry: sum('registry') / total,
-      verified,
+    return await dfnodeRow('dfnode-run', n, r, {
+      b0,
+      w0,
       cpu,
       nodeCpuS: r.reduce((a, x) => a + x.cpuS, 0) / n,
       seedCpuS: st.user + st.system - (s0.user + s0.system),
-    };
+    });
   } finally {
     await daemons.stop();
   }

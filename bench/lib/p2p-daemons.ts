@@ -8,16 +8,10 @@ import type { PreheatSummary } from '../../src/daemon/control-preheat.js';
 import { socketAccepts } from '../../src/util/unix-socket.js';
 import { DfnodeRun } from './dfnode-run.js';
 import type { NetnsHost } from './netns-topology.js';
-import { cli, type P2pCluster } from './p2p-cluster.js';
+import { cli, type P2pCluster, type PreheatResult } from './p2p-cluster.js';
 
-export interface DaemonPreheat {
-  host: string;
-  /** ms from the request to the daemon's answer. */
-  ms: number;
-  bytes: number;
-  bySource: Record<string, number>;
-  fill?: Record<string, number>;
-  cacheDir: string;
+/** A daemon's preheat: `ms` from the request to its answer (not from a process's spawn). */
+export interface DaemonPreheat extends PreheatResult {
   /** CPU seconds (user + system) the daemon used from the request until every daemon had answered. */
   cpuS: number;
 }

@@ -13,6 +13,7 @@ import { BlockServer } from '../../src/p2p/block-server.js';
 import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
 import type { TrackerState } from '../../src/p2p/tracker-state.js';
 import { UnitLayout } from '../../src/p2p/unit-layout.js';
+import type { TestBlob } from '../helpers/dfb.js';
 import { seedComplete, seedHarness } from './seed-harness.js';
 
 const TOKEN = 'seed-hand-back-token';
@@ -62,6 +63,34 @@ async function failure(p: Promise<unknown>): Promise<DfError> {
   throw new Error('expected the request to fail');
 }
 
+/** A node's block server serving the test blob through `read`; returns its address. */
+async function nodeServer(size: number, read: (o: number, l: number) => Promise<Buffer>): Promise<string> {
+  const server = new BlockServer({
+    clusterToken: TOKEN,
+    provider: { get: () => Promise.resolve({ size, read }) },
+  });
+  const address = await server.listen('127.0.0.1:0');
+  cleanups.push(() => server.close());
+  return address;
+}
+
+/** A node's request to the seed for units first..last of the test blob (planned, origin=1 by default). */
+function askRun(
+  c: HttpBlockClient,
+  seed: string,
+  tb: TestBlob,
+  layout: UnitLayout,
+  [first, last]: readonly [number, number],
+  extra: Record<string, string> = { defer: '1', origin: '1' },
+): Promise<Buffer> {
+  const offset = layout.offset(first);
+  return c.get(seed, tb.blob.digest, offset, layout.offset(last + 1) - offset, AbortSignal.timeout(10_000), {
+    repo: 'good.example/x',
+    size: String(tb.blob.size),
+    ...extra,
+  });
+}
+
 describe('seed hand-back', () => {
   it('hands a planned run back while its registry link is full, defers others, and copies it from the node', async () => {
     const { dir, tb } = await setup();
@@ -70,21 +99,10 @@ describe('seed hand-back', () => {
     const s = await startSeed(dir, tb, ['good.example'], { seedFill: true, handBack: { fullAtBytes: 0 } });
     // node A serves what it holds from its own block server (it fetched the run from the registry itself)
     const servedByA: string[] = [];
-    const serverA = new BlockServer({
-      clusterToken: TOKEN,
-      provider: {
-        get: () =>
-          Promise.resolve({
-            size: tb.blob.size,
-            read: (o: number, l: number) => {
-              servedByA.push(`${o}+${l}`);
-              return Promise.resolve(tb.bytes.subarray(o, o + l));
-            },
-          }),
-      },
+    const addrA = await nodeServer(tb.blob.size, (o, l) => {
+      servedByA.push(`${o}+${l}`);
+      return Promise.resolve(tb.bytes.subarray(o, o + l));
     });
-    const addrA = await serverA.listen('127.0.0.1:0');
-    cleanups.push(() => serverA.close());
     const digest = tb.blob.digest;
     announce(s.seed.tracker, digest, layout.units, 'node-a', addrA);
     announce(s.seed.tracker, digest, layout.units, 'node-b', '127.0.0.1:9');
@@ -95,14 +113,7 @@ describe('seed hand-back', () => {
       () => b.close(),
     );
     const ask = (c: HttpBlockClient, first: number, last: number, extra: Record<string, string>) =>
-      c.get(
-        s.blocks,
-        digest,
-        layout.offset(first),
-        layout.offset(last + 1) - layout.offset(first),
-        AbortSignal.timeout(10_000),
-        { repo: 'good.example/x', size: String(tb.blob.size), ...extra },
-      );
+      askRun(c, s.blocks, tb, layout, [first, last], extra);
 
     // node A's planned run (it can fetch from the registry: origin=1) is handed back; the request opens the
     // blob and starts the seed's fill
@@ -194,24 +205,13 @@ describe('seed hand-back', () => {
     let active = 0;
     let most = 0;
     const servedByA: string[] = [];
-    const serverA = new BlockServer({
-      clusterToken: TOKEN,
-      provider: {
-        get: () =>
-          Promise.resolve({
-            size: tb.blob.size,
-            read: async (o: number, l: number) => {
-              servedByA.push(`${o}+${l}`);
-              most = Math.max(most, ++active);
-              await new Promise((r) => setTimeout(r, 200));
-              active--;
-              return tb.bytes.subarray(o, o + l);
-            },
-          }),
-      },
+    const addrA = await nodeServer(tb.blob.size, async (o, l) => {
+      servedByA.push(`${o}+${l}`);
+      most = Math.max(most, ++active);
+      await new Promise((r) => setTimeout(r, 200));
+      active--;
+      return tb.bytes.subarray(o, o + l);
     });
-    const addrA = await serverA.listen('127.0.0.1:0');
-    cleanups.push(() => serverA.close());
     const digest = tb.blob.digest;
     announce(s.seed.tracker, digest, layout.units, 'node-a', addrA);
     const a = new HttpBlockClient(TOKEN, undefined, 'node-a');
@@ -223,20 +223,7 @@ describe('seed hand-back', () => {
       [20, 21],
       [32, 33],
     ] as const;
-    const answers = await Promise.all(
-      runs.map(([first, last]) =>
-        failure(
-          a.get(
-            s.blocks,
-            digest,
-            layout.offset(first),
-            layout.offset(last + 1) - layout.offset(first),
-            AbortSignal.timeout(10_000),
-            { repo: 'good.example/x', size: String(tb.blob.size), defer: '1', origin: '1' },
-          ),
-        ),
-      ),
-    );
+    const answers = await Promise.all(runs.map((run) => failure(askRun(a, s.blocks, tb, layout, run))));
     for (const e of answers) expect(isHandedBack(e), e.message).toBe(true);
     // node A announces all three at once: the seed's copy takes them from A, one run at a time
     const held = runs.flatMap(([f, l]) => Array.from({ length: l - f + 1 }, (_, i) => f + i));
@@ -250,35 +237,16 @@ describe('seed hand-back', () => {
     const { dir, tb } = await setup();
     const layout = new UnitLayout(tb.toc, tb.blob.size);
     const s = await startSeed(dir, tb, ['good.example'], { seedFill: true, handBack: { fullAtBytes: 0 } });
-    const serverA = new BlockServer({
-      clusterToken: TOKEN,
-      provider: {
-        get: () =>
-          Promise.resolve({
-            size: tb.blob.size,
-            // node A lies: every byte it serves is flipped
-            read: (o: number, l: number) =>
-              Promise.resolve(Buffer.from(tb.bytes.subarray(o, o + l).map((b) => b ^ 0xff))),
-          }),
-      },
-    });
-    const addrA = await serverA.listen('127.0.0.1:0');
-    cleanups.push(() => serverA.close());
+    // node A lies: every byte it serves is flipped
+    const addrA = await nodeServer(tb.blob.size, (o, l) =>
+      Promise.resolve(Buffer.from(tb.bytes.subarray(o, o + l).map((b) => b ^ 0xff))),
+    );
     const digest = tb.blob.digest;
     announce(s.seed.tracker, digest, layout.units, 'node-a', addrA);
     const a = new HttpBlockClient(TOKEN, undefined, 'node-a');
     cleanups.push(() => a.close());
     const [first, last] = [20, 22];
-    const e = await failure(
-      a.get(
-        s.blocks,
-        digest,
-        layout.offset(first),
-        layout.offset(last + 1) - layout.offset(first),
-        AbortSignal.timeout(10_000),
-        { repo: 'good.example/x', size: String(tb.blob.size), defer: '1', origin: '1' },
-      ),
-    );
+    const e = await failure(askRun(a, s.blocks, tb, layout, [first, last]));
     expect(isHandedBack(e), e.message).toBe(true);
     const failuresOfA = () =>
       s.seed.tracker
