@@ -6,7 +6,6 @@
 //   node dist/bench/p2p.js [--hosts 1,4,8,16] [--modes dfnode,direct,bittorrent] [--mib 64]
 //                          [--host-mbit 20] [--registry-mbit 40] [--bt-piece-kib 256|1024]
 //                          [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep]
-import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -15,6 +14,7 @@ import { BtSwarm } from './lib/bt-swarm.js';
 import { formatTable, versionOf } from './lib/measure.js';
 import { LINK_QUEUE_HELP, linkQueue, P2pCluster, repoRoot, type PreheatResult } from './lib/p2p-cluster.js';
 import { preheatThroughDaemons } from './lib/p2p-daemons.js';
+import { busySince, cpuTimes, procTimes, traceLinks } from './lib/p2p-phase.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -122,73 +122,6 @@ const stopAll = () =>
 process.once('SIGINT', stopAll);
 process.once('SIGTERM', stopAll);
 
-/** Samples the seed's and registry's link counters every second; logs the rates when stopped. */
-function traceLinks(n: number): () => void {
-  const seed = cluster.topo.host('seed');
-  const reg = cluster.topo.host('registry');
-  const nodes = cluster.nodes.slice(0, n);
-  type Sample = { seedRx: number; seedTx: number; regTx: number; nodesRx: number; nodesTx: number };
-  const samples: Sample[] = [];
-  let stopped = false;
-  const read = async () => {
-    const ns = await Promise.all(nodes.map((h) => h.counters()));
-    return {
-      s: await seed.counters(),
-      r: await reg.counters(),
-      rx: ns.reduce((a, x) => a + x.rx, 0),
-      tx: ns.reduce((a, x) => a + x.tx, 0),
-    };
-  };
-  void (async () => {
-    let prev = await read();
-    let t = Date.now();
-    while (!stopped) {
-      await new Promise((r) => setTimeout(r, 1000));
-      const now = await read();
-      // reading every host's counters takes a while: rates over the real interval
-      const s = (Date.now() - t) / 1000;
-      t = Date.now();
-      samples.push({
-        seedRx: (now.s.rx - prev.s.rx) / s,
-        seedTx: (now.s.tx - prev.s.tx) / s,
-        regTx: (now.r.tx - prev.r.tx) / s,
-        nodesRx: (now.rx - prev.rx) / n / s,
-        nodesTx: (now.tx - prev.tx) / n / s,
-      });
-      prev = now;
-    }
-  })();
-  return () => {
-    stopped = true;
-    const f = (k: keyof Sample) => samples.map((x) => (x[k] / 1e6).toFixed(1)).join(' ');
-    log(
-      `N=${n} trace (MB/s each second)\n  registry tx:  ${f('regTx')}\n  seed rx:      ${f('seedRx')}\n` +
-        `  seed tx:      ${f('seedTx')}\n  node rx mean: ${f('nodesRx')}\n  node tx mean: ${f('nodesTx')}`,
-    );
-  };
-}
-
-/** CPU times of the whole machine (/proc/stat): busySince() tells whether a phase was CPU-bound. */
-function cpuTimes(): { total: number; idle: number } {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  return { total: f.reduce((a, x) => a + x, 0), idle: f[3]! + (f[4] ?? 0) };
-}
-function busySince(from: { total: number; idle: number }): number {
-  const now = cpuTimes();
-  return 1 - (now.idle - from.idle) / Math.max(1, now.total - from.total);
-}
-
-/** CPU seconds a process has used so far, user and system; NaN once it is gone. */
-function procTimes(pid: number): { user: number; system: number } {
-  try {
-    // fields after the command's closing parenthesis: utime and stime are the 12th and 13th
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return { user: Number(f[11]) / 100, system: Number(f[12]) / 100 };
-  } catch {
-    return { user: NaN, system: NaN };
-  }
-}
-
 interface Row {
   n: number;
   mode: Mode;
@@ -237,7 +170,7 @@ async function dfnodePhase(n: number): Promise<Row> {
   const s0 = procTimes(seed.pid);
   const seedCpu0 = s0.user + s0.system;
   log(`N=${n}: dfnode preheat`);
-  const stopTrace = flags.trace ? traceLinks(n) : undefined;
+  const stopTrace = flags.trace ? traceLinks(cluster, n, log) : undefined;
   const cpu0 = cpuTimes();
   const runs = cluster.startPreheat(hosts, { env });
   const r = await Promise.all(runs.map((x) => x.result())).finally(() => stopTrace?.());
@@ -316,7 +249,7 @@ async function dfnodeRunPhase(n: number): Promise<Row> {
     env,
     nodeFlags: cluster.opts.nodeFlags,
     onStart: () => {
-      stopTrace = flags.trace ? traceLinks(n) : undefined;
+      stopTrace = flags.trace ? traceLinks(cluster, n, log) : undefined;
       cpu0 = cpuTimes();
       s0 = procTimes(seed.pid);
     },
