@@ -100,10 +100,13 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
   let seedOther = -1;
   let seedOtherN = 0;
   // no unit missing here is left for the seed to carry into the swarm (every one is held by a peer): the
-  // seed's upload would idle, so one run may come from what it holds, the rarest first
+  // seed's upload would idle, so one run may come from what it holds, the rarest piece first (random among
+  // equals, so that nodes planning at once ask the seed for different pieces)
   let fresh = false;
   let spare = -1;
   let spareRarity = Infinity;
+  let spareTies = 0;
+  let spareInPiece = false;
   let lastPiece = -1;
   let peerInPiece = false;
   let heldInPiece = false;
@@ -114,13 +117,20 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
     const p = Math.floor(u / piece);
     if (p !== lastPiece) {
       lastPiece = p;
-      peerInPiece = heldInPiece = otherInPiece = false;
+      peerInPiece = heldInPiece = otherInPiece = spareInPiece = false;
     }
     const r = rarity[u]!;
     if (seedable(u)) fresh = true;
-    else if (r < spareRarity && view.seedBits?.has(u) && !away.has(u)) {
-      spare = u;
-      spareRarity = r;
+    else if (!fresh && r <= spareRarity && view.seedBits?.has(u) && !away.has(u)) {
+      if (r < spareRarity) {
+        spare = u;
+        spareRarity = r;
+        spareTies = 1;
+        spareInPiece = true;
+      } else if (!spareInPiece) {
+        spareInPiece = true;
+        if (rand() * ++spareTies < 1) spare = u;
+      }
     }
     if (r > 0) {
       // a piece's rarity: that of its rarest unit peers hold; its first such unit starts the run

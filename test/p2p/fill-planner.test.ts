@@ -138,6 +138,20 @@ describe('P2P fill planner', () => {
       seed_bitmap: bits(65, range(0, 65)),
     });
     expect(planRun(v, opts({ rand: () => 0 }))).toEqual({ units: [0], from: 'seed' });
+    // all equally rare: a random piece (1 MiB = 16 units) from its first unit, so that nodes differ
+    v.setHolders({
+      holders: [holder('a', 65, range(0, 65)), holder('b', 65, range(0, 65))],
+      units: 65,
+      seed_bitmap: bits(65, range(0, 65)),
+    });
+    const starts = new Set<number>();
+    for (let k = 0; k < 20; k++) {
+      const run = planRun(v, opts({ seedRunBytes: 256 * KIB, rand: () => k / 20 })) as PlannedRun;
+      expect(run.from).toBe('seed');
+      expect(run.units[0]! % 16).toBe(0);
+      starts.add(run.units[0]!);
+    }
+    expect(starts.size).toBeGreaterThan(2);
   });
 
   it('alone, asks the seed in blob order from the first missing unit, across what the seed holds and what it does not', () => {
