@@ -1,9 +1,10 @@
 // bench/p2p: one converted layer (synthetic, ~64 MiB) to N hosts, each a network namespace with a shaped link,
-// in the same run by `dfnode preheat` through a seed and peers, by every host downloading the blob from the
+// in the same run by `dfnode preheat` through a seed and peers (a process started on each host, and `dfnode
+// run` daemons preheating over their control sockets), by every host downloading the blob from the
 // registry directly (curl), and by BitTorrent (aria2c leechers, opentracker, one aria2c seeder in the registry
 // host seeding the same blob). Prints a table, ratios and one JSON line (last line of stdout).
 //
-//   node dist/bench/p2p.js [--hosts 1,4,8,16] [--modes dfnode,direct,bittorrent] [--mib 64]
+//   node dist/bench/p2p.js [--hosts 1,4,8,16] [--modes dfnode,dfnode-run,direct,bittorrent] [--mib 64]
 //                          [--host-mbit 20] [--registry-mbit 40] [--bt-piece-kib 256|1024]
 //                          [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep]
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -40,7 +41,7 @@ const { values: flags } = parseArgs({
 });
 if (flags.help) {
   process.stdout.write(
-    'node dist/bench/p2p.js [--hosts 1,4,8,16] [--modes dfnode,direct,bittorrent] [--mib 64]\n' +
+    'node dist/bench/p2p.js [--hosts 1,4,8,16] [--modes dfnode,dfnode-run,direct,bittorrent] [--mib 64]\n' +
       '  [--host-mbit 20] [--registry-mbit 40] [--bt-piece-kib 256|1024] [--bt-exit-when-done]\n' +
       '  [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep] [--trace]\n' +
       '  [--skip-direct] [--queue-ms MS] [--link-queue small-first|ack-priority|fifo] [--cpu-prof DIR] [--node-flags "FLAGS"]\n' +
