@@ -10,6 +10,9 @@ import { DfnodeRun } from './dfnode-run.js';
 import type { NetnsHost } from './netns-topology.js';
 import { cli, type P2pCluster, type PreheatResult } from './p2p-cluster.js';
 
+/** A preheat that has not answered by then fails the phase (a daemon that hangs must not hang the bench). */
+const PREHEAT_TIMEOUT_MS = 15 * 60_000;
+
 /** A daemon's preheat: `ms` from the request to its answer (not from a process's spawn). */
 export interface DaemonPreheat extends PreheatResult {
   /** CPU seconds (user + system) the daemon used from the request until every daemon had answered. */
@@ -37,7 +40,8 @@ export async function preheatThroughDaemons(
     await Promise.all(daemons.map((d) => d.stop().catch(() => undefined)));
   };
   try {
-    await Promise.all(
+    // every start settles before a failure is thrown: none is left running unstopped
+    const started = await Promise.allSettled(
       hosts.map(async (h) => {
         const d = await DfnodeRun.start({
           cli: cli('dfnode', true),
@@ -55,6 +59,8 @@ export async function preheatThroughDaemons(
         }
       }),
     );
+    const failed = started.find((x) => x.status === 'rejected');
+    if (failed) throw failed.reason;
     await new Promise((r) => setTimeout(r, 1000));
     const byHost = new Map(daemons.map((d) => [d.dir, d]));
     const ordered = hosts.map((h) => byHost.get(join(o.dir, h.name))!);
@@ -63,7 +69,12 @@ export async function preheatThroughDaemons(
     const t0 = Date.now();
     const answers = await Promise.all(
       ordered.map(async (d) => {
-        const r = (await callControl(d.controlSocket, 'preheat', { ref: cluster.ref })) as PreheatSummary;
+        const r = (await callControl(
+          d.controlSocket,
+          'preheat',
+          { ref: cluster.ref },
+          { signal: AbortSignal.timeout(PREHEAT_TIMEOUT_MS) },
+        )) as PreheatSummary;
         return { r, ms: Date.now() - t0 };
       }),
     );
