@@ -28,7 +28,6 @@ import {
   type DfbManifestLayer,
   type ImageSet,
 } from '../helpers/node.js';
-import { freePort } from '../helpers/registry.js';
 
 const req = requireNodeMounts(['docker-registry']);
 const TOKEN = 'fuse-manager-p2p-token';
@@ -76,13 +75,13 @@ describe.skipIf(req.skip)('FUSE manager with P2P: layers opened for their TOCs a
     layers = await dfbLayers(images.reg.url, ref);
     expect(layers.length).toBeGreaterThanOrEqual(2);
 
-    seedAddr = `127.0.0.1:${await freePort()}`;
-    const seedCfg = config('seed', [], seedAddr);
+    // port 0: the seed takes a block port whose + 1 (its gRPC tracker) is free too
+    const seedCfg = config('seed', [], '127.0.0.1:0');
     seedCfg.p2p.seedFill = false;
     seedCfg.p2p.seedRegistries = [images.reg.host];
     const seedClient = makeClient(seedCfg, silentLogger, undefined);
     seed = new Seed({ config: seedCfg, client: seedClient });
-    await seed.start();
+    seedAddr = (await seed.start()).blocks;
     closers.push(
       () => seedClient.close(),
       () => seed.close(),

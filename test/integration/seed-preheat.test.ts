@@ -20,7 +20,6 @@ import {
   waitFor,
   type ImageSet,
 } from '../helpers/node.js';
-import { freePort } from '../helpers/registry.js';
 import { requireTools } from '../helpers/require.js';
 
 const req = requireTools(['docker-registry', 'skopeo', 'umoci']);
@@ -38,14 +37,19 @@ describe.skipIf(req.skip)('seed preheat over HTTP', () => {
     tmp = await nodeTempDir('seed-preheat-');
     images = await pushAndConvert(['multilayer'], tmp.dir);
     ref = images.dfb.multilayer!;
-    const addr = `127.0.0.1:${await freePort()}`;
     const cfg = loadConfig({
       env: {},
       flags: {
         logLevel: 'silent',
         registry: { plainHttp: true },
         cache: { dir: join(tmp.dir, 'seed-cache') },
-        p2p: { clusterToken: TOKEN, listen: addr, seedFill: false, seedRegistries: [images.reg.host] },
+        // port 0: the seed takes a block port whose + 1 (its gRPC tracker) is free too
+        p2p: {
+          clusterToken: TOKEN,
+          listen: '127.0.0.1:0',
+          seedFill: false,
+          seedRegistries: [images.reg.host],
+        },
       },
     });
     const client = makeClient(cfg, silentLogger, undefined);
