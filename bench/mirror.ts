@@ -30,6 +30,8 @@ const { values: flags } = parseArgs({
     'log-level': { type: 'string', default: 'warn' },
     'link-queue': { type: 'string', default: 'small-first' },
     modes: { type: 'string', default: 'direct,mirror' },
+    'cpu-prof': { type: 'string' },
+    'node-flags': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -38,8 +40,10 @@ if (flags.help) {
     'node dist/bench/mirror.js [--hosts 1,4,8,16] [--host-mbit 20] [--registry-mbit 40]\n' +
       '  [--fixture debian-python] [--work-dir DIR] [--keep] [--log-level warn]\n' +
       '  [--link-queue small-first|ack-priority|fifo]\n' +
-      '  [--modes direct,mirror]\n' +
+      '  [--modes direct,mirror] [--cpu-prof DIR] [--node-flags "FLAGS"]\n' +
       '  --modes: which pulls to time (mirror alone is quicker for trying mirror changes)\n' +
+      '  --cpu-prof DIR: write a V8 CPU profile of every `dfnode run` (mirror mode) into DIR\n' +
+      '  --node-flags "FLAGS": more Node.js flags for every `dfnode run` (e.g. --perf-basic-prof)\n' +
       LINK_QUEUE_HELP +
       "  --keep: leave the work directory, with every node's log and metrics and the seed's log\n",
   );
@@ -61,6 +65,10 @@ if (![...modes].every((m) => m === 'direct' || m === 'mirror')) {
   log(`--modes: direct and/or mirror, not ${flags.modes}`);
   process.exit(2);
 }
+const nodeFlags = [
+  ...(flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['cpu-prof']}`] : []),
+  ...(flags['node-flags']?.split(/\s+/).filter(Boolean) ?? []),
+];
 const MIRROR = '127.0.0.1:65001';
 const METRICS_PORT = 9314;
 
@@ -184,6 +192,7 @@ try {
           config: { mirror: { listen: MIRROR }, node: { metricsAddress: `127.0.0.1:${METRICS_PORT}` } },
           logLevel: flags['log-level'],
           logFile: join(dir, 'm', h.name, 'dfnode.log'),
+          nodeFlags,
         });
         running.push(node);
         const c = await PrivateContainerd.start(join(dir, 'm', h.name, 'c'), { launch: launch(h) });

@@ -8,7 +8,8 @@ import { resolveClusterToken } from '../p2p/auth.js';
 import type { SwarmMembership } from '../layer/swarm.js';
 import type { P2pNode } from '../p2p/p2p-node.js';
 import { childSignal, realTimers } from '../util/timers.js';
-import { fetchPieces, type BytesBySource } from './piece-fetcher.js';
+import type { BytesBySource } from './piece-fetcher.js';
+import { fetchThroughSwarm } from './piece-runs.js';
 import { decodeTable, MAX_TABLE_BYTES, PieceLayout, type PieceTable } from './piece-table.js';
 
 /**
@@ -200,6 +201,7 @@ export class ClusterBlobs {
       table,
       [p2p.peers, p2p.seedFor(seed), req.origin],
       table.filling ? refresh : undefined,
+      p2p,
     );
     return e;
   }
@@ -226,18 +228,19 @@ export class ClusterBlobs {
     table: PieceTable,
     sources: BlockSource[],
     refresh: ((signal: AbortSignal) => Promise<PieceTable>) | undefined,
+    p2p: P2pNode,
   ): Promise<void> {
     const filling = table.filling === true;
     try {
-      e.bytes = await fetchPieces({
+      e.bytes = await fetchThroughSwarm(p2p, {
         table,
         cache: e.cache,
         sources,
         signal: e.abort.signal,
         refresh,
         concurrency: Math.min(8, Math.max(4, Math.floor(INFLIGHT_BYTES / table.pieceSize))),
-        // a blob the seed still fetches arrives in file order: asked for in that order (nodes that ask for
-        // the same piece at once are told to take it from the node it goes to)
+        // what the planner left, for a blob the seed still fetches, is asked for in file order (nodes that
+        // ask for the same piece at once are told to take it from the node it goes to)
         window: table.filling ? 1 : WINDOW,
         onPiece: (_u, n, from) => (this.bytes[from] = (this.bytes[from] ?? 0) + n),
       });

@@ -8,7 +8,8 @@ import { resolveClusterToken } from '../p2p/auth.js';
 import { P2pNode } from '../p2p/p2p-node.js';
 import { childSignal, realTimers } from '../util/timers.js';
 import type { FileSource } from './file-source.js';
-import { fetchPieces, type BytesBySource } from './piece-fetcher.js';
+import type { BytesBySource } from './piece-fetcher.js';
+import { fetchThroughSwarm } from './piece-runs.js';
 import { decodeTable, MAX_TABLE_BYTES, PieceLayout, tableDigest } from './piece-table.js';
 
 /** How long a node waits for a seed's piece table (the seed may first fetch the whole file). */
@@ -98,7 +99,7 @@ async function throughCluster(opts: GetFileOptions): Promise<GetFileResult | str
       if (filling) await member.announced;
       let bytes: BytesBySource;
       try {
-        bytes = await fetchPieces({
+        bytes = await fetchThroughSwarm(p2p, {
           table,
           cache,
           signal: opts.signal,

@@ -71,6 +71,11 @@ export class FillingFile {
     this.wake();
   }
 
+  /** Pieces readable now (the first ones). */
+  get readyPieces(): number {
+    return this.ready;
+  }
+
   /** The table so far: the pieces readable now, marked filling. */
   table(): PieceTable {
     return {

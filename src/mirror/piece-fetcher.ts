@@ -271,7 +271,7 @@ const REFRESH_MS = 500;
  * The refresh of a filling table: one call at a time, at most every REFRESH_MS, its answer merged into
  * `table` (mergeTable); a failed refresh changes nothing (the pieces then come from the seed).
  */
-function refresher(
+export function refresher(
   table: PieceTable,
   get: (signal: AbortSignal) => Promise<PieceTable>,
   timers: Timers,

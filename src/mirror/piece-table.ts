@@ -1,4 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
+import { Bitmap } from '../cache/bitmap.js';
 import { DfError } from '../errors.js';
 import type { Units } from '../p2p/unit-layout.js';
 
@@ -57,6 +58,13 @@ export interface PieceTable {
 
 export function pieceCount(size: number, pieceSize: number): number {
   return Math.ceil(size / pieceSize);
+}
+
+/** A bitmap of `units` bits (bit u = byte u>>3, mask 1<<(u&7), as the tracker's) with the first `n` set. */
+export function prefixBits(units: number, n: number): Uint8Array {
+  const b = new Bitmap(units);
+  for (let u = 0; u < Math.min(n, units); u++) b.set(u);
+  return b.bits;
 }
 
 /** The pieces of a file as the cache bitmap, the tracker and the peer sources count units. */

@@ -18,6 +18,7 @@ import {
   PieceLayout,
   pieceSizeFor,
   PIECE_SIZE,
+  prefixBits,
   type PieceTable,
 } from './piece-table.js';
 import { FillingFile } from './filling-file.js';
@@ -401,6 +402,14 @@ export class SeedFiles implements SeedFileProvider {
   }
 
   /** The file held under `digest`, served to nodes piece by piece (undefined: not a file of this seed). */
+  /** Pieces of `digest` the seed can send now (bit u = piece u): all of a held file, a filling one's prefix. */
+  bits(digest: string): Uint8Array | undefined {
+    const f = this.files.get(digest);
+    if (f) return prefixBits(f.layout.units, f.layout.units);
+    const live = this.filling.get(digest);
+    return live && prefixBits(live.layout.units, live.readyPieces);
+  }
+
   served(digest: string): (ServedBlob & { readonly layout: Units }) | undefined {
     const f = this.files.get(digest);
     if (!f) {

@@ -1,6 +1,12 @@
-import type { UnitFetcher } from '../fetch/unit-fetcher.js';
 import { sleep, realTimers, type Timers } from '../util/timers.js';
-import { isBusy, isDeferred, isHandedBack, isSourceUnavailable, Priority } from '../fetch/types.js';
+import {
+  isBusy,
+  isDeferred,
+  isHandedBack,
+  isSourceUnavailable,
+  Priority,
+  type SourceKind,
+} from '../fetch/types.js';
 import type { OriginSwitch } from './hand-back.js';
 import type { Holder, PeerView } from './peer-view.js';
 
@@ -199,6 +205,24 @@ export function planRun(view: PeerView, o: PlanOptions): PlannedRun | 'wait' | u
   return left ? 'wait' : undefined;
 }
 
+/**
+ * What p2pFill needs of a fetcher: a layer's UnitFetcher (blocks, verified against the TOC) or the registry
+ * mirror's PieceRuns (a raw file's pieces, verified against its piece table).
+ */
+export interface RunFetcher {
+  /** Waits for the next run's turn (on-demand reads go first); returns its largest size in bytes. */
+  fillTurn(maxRunBytes: number, signal?: AbortSignal): Promise<number>;
+  /** Whether unit u is being fetched for another reason now. */
+  inFlight(u: number): boolean;
+  /** Fetches, verifies and stores the units, from sources of the kinds in `only`. */
+  units(
+    units: number[],
+    priority: Priority,
+    signal?: AbortSignal,
+    opts?: { only?: readonly SourceKind[] },
+  ): Promise<unknown>;
+}
+
 export interface P2pFillOptions {
   /** Largest peer run (stored bytes). Default 4 MiB. */
   maxRunBytes?: number;
@@ -240,7 +264,7 @@ const MAX_SEED_FAILURES = 8;
  */
 export async function p2pFill(
   view: PeerView,
-  fetcher: UnitFetcher,
+  fetcher: RunFetcher,
   opts: P2pFillOptions = {},
 ): Promise<number> {
   const maxRun = opts.maxRunBytes ?? 4 * 1024 * 1024;

@@ -22,7 +22,7 @@ import { TrackerClient, type Tracker } from './tracker-service.js';
 import { HttpTracker } from './tracker-http.js';
 import type { FillPlanner } from '../fetch/background-fill.js';
 import type { LayerSwarm, SwarmMembership } from '../layer/swarm.js';
-import { p2pFill } from './fill-planner.js';
+import { p2pFill, type RunFetcher } from './fill-planner.js';
 import { OriginSwitch } from './hand-back.js';
 import { seedFileTable } from './seed-file-table.js';
 import { UnitLayout, type Units } from './unit-layout.js';
@@ -306,19 +306,30 @@ export class P2pNode implements BlobProvider, LayerSwarm {
    * seed: see p2pFill).
    */
   private fillPlanner(view: PeerView): FillPlanner {
-    return async (fetcher, signal) => {
-      if (this.views.get(view.blob.digest) !== view || view.cache.isComplete) return;
-      const soon = (h: Holder) => !this.isolation.isolated(h.id);
-      const failed = await p2pFill(view, fetcher, {
-        signal,
-        refresh: (x) => this.lookup(x),
-        // a holder busy or slow for a moment (full) keeps its units off the seed's upload
-        soon,
-        usable: (h) => soon(h) && !this.peers.isFull(h.id),
-        origin: this.origin,
-      });
-      if (failed) this.log.debug({ digest: view.blob.digest, failed }, 'p2p fill: some runs failed');
-    };
+    return (fetcher, signal) => this.planFill(view, fetcher, signal);
+  }
+
+  /**
+   * The planner's pass over a joined blob with another fetcher (the registry mirror's piece runs): returns
+   * when nothing is left to plan or the seed tier is down; the caller fetches what is left.
+   */
+  async fillUnits(digest: string, fetcher: RunFetcher, signal: AbortSignal): Promise<void> {
+    const view = this.views.get(digest);
+    if (view) await this.planFill(view, fetcher, signal);
+  }
+
+  private async planFill(view: PeerView, fetcher: RunFetcher, signal: AbortSignal): Promise<void> {
+    if (this.views.get(view.blob.digest) !== view || view.cache.isComplete) return;
+    const soon = (h: Holder) => !this.isolation.isolated(h.id);
+    const failed = await p2pFill(view, fetcher, {
+      signal,
+      refresh: (x) => this.lookup(x),
+      // a holder busy or slow for a moment (full) keeps its units off the seed's upload
+      soon,
+      usable: (h) => soon(h) && !this.peers.isFull(h.id),
+      origin: this.origin,
+    });
+    if (failed) this.log.debug({ digest: view.blob.digest, failed }, 'p2p fill: some runs failed');
   }
 
   /** The layer closes: stop serving it and leave its swarm. */

@@ -64,6 +64,8 @@ export interface SeedFileProvider {
   table(query: URLSearchParams, signal: AbortSignal): Promise<Buffer>;
   /** The file held (or being fetched) under `digest` and its pieces; undefined when not a file of this seed. */
   served(digest: string): (ServedBlob & { readonly layout: Units }) | undefined;
+  /** The pieces of `digest` the seed can send now (its tracker's seed bitmap); undefined: not a file here. */
+  bits?(digest: string): Uint8Array | undefined;
   releaseIdle(idleMs: number): Promise<void>;
   close(): Promise<void>;
 }
@@ -136,7 +138,7 @@ export class Seed implements BlobProvider {
     this.tracker = new TrackerState({
       peerTtlMs: cfg.p2p.peerTtlMs,
       announceIntervalMs: cfg.p2p.announceIntervalMs,
-      seedBits: (digest) => this.opened.get(digest)?.layer.cache.snapshot(),
+      seedBits: (digest) => this.opened.get(digest)?.layer.cache.snapshot() ?? this.files?.bits?.(digest),
     });
     const hb = (this.handBack = seedHandBack({
       enabled: cfg.p2p.handBack,

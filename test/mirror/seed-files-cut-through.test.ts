@@ -109,6 +109,9 @@ describe('seed files, cut-through', () => {
     // before any byte of the body: the size, no piece yet
     const first = await t.table(digest);
     expect(first).toMatchObject({ digest, size: data.length, pieceSize: P, filling: true, pieces: [] });
+    // the seed's bitmap for its tracker (bit u = piece u): nothing readable yet
+    expect([...t.files.bits(digest)!]).toEqual([0b000]);
+    expect(t.files.bits(sha256Digest(Buffer.from('other')))).toBeUndefined();
     const served = t.files.served(digest)!;
     expect(served.size).toBe(data.length);
     const piece1 = served.read(P, P, t.signal);
@@ -119,6 +122,7 @@ describe('seed files, cut-through', () => {
     expect(await settled(piece1)).toBe(false);
     t.origin.send(2 * P + 999);
     expect(same(await piece1, data.subarray(P, 2 * P))).toBe(true);
+    expect([...t.files.bits(digest)!]).toEqual([0b011]);
     expect((await t.table(digest)).pieces.map((p) => p.toString('hex'))).toEqual([
       sha(data.subarray(0, P)),
       sha(data.subarray(P, 2 * P)),
@@ -134,6 +138,7 @@ describe('seed files, cut-through', () => {
       table = await t.table(digest);
     }
     expect(table.pieces).toHaveLength(3);
+    expect([...t.files.bits(digest)!]).toEqual([0b111]);
     expect(t.origin.gets()).toBe(1);
     expect(await t.tmpFiles()).toEqual([]);
     expect(same(await t.files.served(digest)!.read(P, P, t.signal), data.subarray(P, 2 * P))).toBe(true);
