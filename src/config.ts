@@ -170,6 +170,7 @@ const configSchema = z.strictObject({
        * control socket, or the FUSE manager's) stay open this long after the preheat ends: their blocks are
        * served to peers and stay announced to the tracker, so hosts that warm the same image at the same time
        * (a rollout) keep taking them from this one. 0: released at once (served again only when mounted).
+       * Released early, oldest first, when the cache is above its high watermark with every blob in use.
        */
       preheatServeMs: z.number().int().nonnegative().default(600_000),
       /** Seed: fetch the whole blob from the registry after the first request (full copies). */

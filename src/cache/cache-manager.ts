@@ -69,6 +69,12 @@ export class CacheManager {
   private closed = false;
   private readonly timers: Timers;
   private readonly logger: Logger;
+  /**
+   * Asked when an eviction pass leaves the cache above the high watermark because every remaining blob is
+   * in use: gives back a reference something holds without needing it (layers kept open after a preheat),
+   * true when it did; the pass then evicts again.
+   */
+  onFull: (() => Promise<boolean>) | undefined;
 
   constructor(private readonly opts: CacheManagerOptions) {
     this.dir = opts.dir;
@@ -309,6 +315,17 @@ export class CacheManager {
     for (const e of candidates) {
       if (this.total < this.lowWatermark) return;
       await this.evict(e.digest);
+    }
+    if (this.total > this.highWatermark && this.onFull) {
+      const freed = await this.onFull().catch((err: unknown) => {
+        this.logger.warn({ err }, 'cache: releasing held blobs failed');
+        return false;
+      });
+      // the released blobs are unused now (unless a mount also holds them): the pass evicts again
+      if (freed) {
+        this.evictAgain = true;
+        return;
+      }
     }
     if (this.total > this.highWatermark && !this.warnedFull) {
       this.warnedFull = true;

@@ -84,6 +84,23 @@ export class PreheatHolds {
     return this.held.size;
   }
 
+  /**
+   * Gives back the oldest preheat's layers now (the cache is full of blobs in use: they may be evicted
+   * then); false when none is held.
+   */
+  async releaseOldest(): Promise<boolean> {
+    const h = this.held.values().next();
+    if (h.done) return false;
+    this.held.delete(h.value);
+    clearTimeout(h.value.timer);
+    this.logger?.info(
+      { left: this.held.size },
+      'preheated layers released early: the cache is above its high watermark',
+    );
+    await this.give(h.value.release);
+    return true;
+  }
+
   /** Gives every held layer back now; later holds release at once. */
   async close(): Promise<void> {
     this.closed = true;

@@ -123,6 +123,8 @@ export class NodeRuntime {
       options: layerOptionsFrom(this.config),
     });
     this.preheatHolds = new PreheatHolds(this.p2p ? this.config.p2p.preheatServeMs : 0, this.log);
+    // a full cache takes the preheated layers back before their time is up (they are served, not needed)
+    this.cache.onFull = () => this.preheatHolds.releaseOldest();
     this.records = new MountRecords(join(this.config.node.stateDir, 'mounts'));
     const address = this.config.node.containerdAddress;
     if (address) this.containerd = new ContainerdClient({ address, namespace: 'default', timeoutMs: 5000 });

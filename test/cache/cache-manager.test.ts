@@ -114,6 +114,42 @@ describe('CacheManager', () => {
     expect(m.list()).toEqual([]);
   });
 
+  it('full of blobs in use, asks onFull to give some back and then evicts them (preheated layers held)', async () => {
+    const m = await manager(15_000, 5_000);
+    const a = await fill(m, 'a', 10);
+    now += 1000;
+    const b = await fill(m, 'b', 4);
+    // nothing to give back: the pass ends above the high watermark
+    let asked = 0;
+    m.onFull = async () => (asked++, false);
+    const c = await fill(m, 'c', 4);
+    await m.settled();
+    expect(asked).toBeGreaterThan(0);
+    expect(m.totalBytes).toBe(18_000);
+    // a holder (PreheatHolds.releaseOldest) gives back its oldest reference: `a` is evicted
+    const held = [a, b];
+    m.onFull = async () => {
+      const x = held.shift();
+      if (!x) return false;
+      await m.release(x);
+      return true;
+    };
+    await c.write(4, 4000, Buffer.alloc(1000, 4));
+    await m.settled();
+    expect(held).toEqual([b]);
+    expect(m.list().map((x) => x.digest)).not.toContain(a.digest);
+    expect(m.totalBytes).toBe(9_000);
+    // below the high watermark: nothing more is asked
+    m.onFull = async () => {
+      throw new Error('not asked below the high watermark');
+    };
+    await c.write(5, 5000, Buffer.alloc(1000, 5));
+    await m.settled();
+    await m.release(b);
+    await m.release(c);
+    await m.close();
+  });
+
   it('gc() evicts every unused blob', async () => {
     const m = await manager(1e9, 1e9);
     cleanups.push(() => m.close());

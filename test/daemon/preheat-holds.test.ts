@@ -47,4 +47,21 @@ describe('PreheatHolds: layers of a daemon preheat kept open for a while', () =>
     await new Promise((r) => setTimeout(r, 10));
     expect(warned).toHaveLength(1);
   });
+
+  it('releaseOldest gives back the oldest hold first, one per call, and false when none is held', async () => {
+    const h = new PreheatHolds(60_000);
+    const a = counter();
+    const b = counter();
+    h.hold(a.release);
+    h.hold(b.release);
+    expect(await h.releaseOldest()).toBe(true);
+    expect([a.released, b.released]).toEqual([1, 0]);
+    expect(h.size).toBe(1);
+    expect(await h.releaseOldest()).toBe(true);
+    expect([a.released, b.released]).toEqual([1, 1]);
+    expect(await h.releaseOldest()).toBe(false);
+    // its timer is gone too: nothing is released twice
+    await h.close();
+    expect([a.released, b.released]).toEqual([1, 1]);
+  });
 });
