@@ -326,6 +326,20 @@ export class ClusterBlobs {
     await this.opts.caches.release(e.cache).catch(() => undefined);
   }
 
+  /**
+   * Drops the blob that has lingered longest (no reader; kept open only to serve peers), so that a full
+   * cache may evict it; false when none lingers.
+   */
+  async releaseLingering(): Promise<boolean> {
+    for (const e of this.entries.values()) {
+      if (e.refs > 0 || !e.linger) continue;
+      this.entries.delete(e.digest);
+      await this.drop(e);
+      return true;
+    }
+    return false;
+  }
+
   /** Stops every fetch and leaves every swarm (before the P2P node and the cache close). */
   async close(): Promise<void> {
     this.closed = true;

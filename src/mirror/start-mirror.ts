@@ -24,6 +24,11 @@ export async function startMirror(
     insecure: cfg.registry.insecure,
     timeoutMs: cfg.registry.timeoutMs,
   });
+  const blobs = node && new ClusterBlobs({ ...node, config: cfg, logger: log });
+  // a full cache takes back what is held without a reader: first what was there before (preheated layers),
+  // then blobs lingering in the swarm after their last pull (until the mirror closes)
+  const before = node?.caches.onFull;
+  if (blobs) node.caches.onFull = async () => (await before?.()) === true || blobs.releaseLingering();
   const mirror = new MirrorServer({
     listen,
     upstream,
@@ -41,9 +46,12 @@ export async function startMirror(
         })
       : undefined,
     pieceTimeoutMs: cfg.registry.timeoutMs,
-    blobs: node ? new ClusterBlobs({ ...node, config: cfg, logger: log }) : undefined,
+    blobs,
     logger: log,
-    onClose: () => upstream.close(),
+    onClose: () => {
+      if (blobs) node.caches.onFull = before;
+      return upstream.close();
+    },
   });
   await mirror.start();
   log.info(

@@ -185,6 +185,12 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     expect(head.status).toBe(200);
     expect(head.headers['content-length']).toBe(String(data.length));
     expect((await get(mirror.address, blobPath + reg.host, {}, 'HEAD')).status).toBe(401);
+    // no reader left: the blob lingers in the swarm, its cache in use; a full cache takes it back
+    const inUse = () => node.caches.list().find((b) => b.digest === digest)?.inUse;
+    expect(inUse()).toBe(true);
+    expect(await node.caches.onFull?.()).toBe(true);
+    expect(inUse()).toBe(false);
+    expect(await node.caches.onFull?.()).toBe(false);
   }, 120_000);
 
   it('never gives a blob the cluster holds to a request without access to it', async () => {
