@@ -6,9 +6,12 @@
 //
 //   node dist/bench/mirror.js [--hosts 1,4,8,16] [--host-mbit 20] [--registry-mbit 40]
 //                             [--fixture debian-python] [--work-dir DIR] [--keep] [--log-level warn]
+//                             [--modes direct,mirror] [--cpu-prof DIR] [--node-flags "FLAGS"] [--trace]
 //
-// With --keep, the work directory stays, with each node's log (`n<N>/m/<host>/dfnode.log`, at --log-level),
-// its metrics after the pulls (`metrics.txt` beside it) and the seed's log (`n<N>/seed.log`).
+// With --trace, the seed's, the registry's and the nodes' link rates each second of the mirror pulls, and how
+// busy the CPUs were. With --keep, the work directory stays, with each node's log
+// (`n<N>/m/<host>/dfnode.log`, at --log-level), its metrics after the pulls (`metrics.txt` beside it) and the
+// seed's log (`n<N>/seed.log`).
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -18,6 +21,7 @@ import { locateFixture } from './lib/fixture.js';
 import { formatTable, run } from './lib/measure.js';
 import { cli, LINK_QUEUE_HELP, linkQueue, P2pCluster, repoRoot } from './lib/p2p-cluster.js';
 import type { NetnsHost } from './lib/netns-topology.js';
+import { busySince, cpuTimes, traceLinks } from './lib/p2p-phase.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -32,6 +36,7 @@ const { values: flags } = parseArgs({
     modes: { type: 'string', default: 'direct,mirror' },
     'cpu-prof': { type: 'string' },
     'node-flags': { type: 'string' },
+    trace: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
@@ -40,12 +45,14 @@ if (flags.help) {
     'node dist/bench/mirror.js [--hosts 1,4,8,16] [--host-mbit 20] [--registry-mbit 40]\n' +
       '  [--fixture debian-python] [--work-dir DIR] [--keep] [--log-level warn]\n' +
       '  [--link-queue small-first|ack-priority|fifo]\n' +
-      '  [--modes direct,mirror] [--cpu-prof DIR] [--node-flags "FLAGS"]\n' +
+      '  [--modes direct,mirror] [--cpu-prof DIR] [--node-flags "FLAGS"] [--trace]\n' +
       '  --modes: which pulls to time (mirror alone is quicker for trying mirror changes)\n' +
       '  --cpu-prof DIR: write a V8 CPU profile of every `dfnode run` (mirror mode) into DIR\n' +
       '  --node-flags "FLAGS": more Node.js flags for every `dfnode run` (e.g. --perf-basic-prof)\n' +
       LINK_QUEUE_HELP +
-      "  --keep: leave the work directory, with every node's log and metrics and the seed's log\n",
+      "  --keep: leave the work directory, with every node's log and metrics and the seed's log\n" +
+      "  --trace: print the seed's, the registry's and the nodes' link rates (MB/s, each second) during the\n" +
+      "    mirror pulls, and how busy the machine's CPUs were\n",
   );
   process.exit(0);
 }
@@ -117,13 +124,17 @@ async function pullAll(
   hosts: NetnsHost[],
   ctds: PrivateContainerd[],
   extra: string[],
+  /** Called once every host's fetch is done (before the last unpacks). */
+  fetched?: () => void,
 ): Promise<{ fetch: number; pull: number }[]> {
+  let left = hosts.length;
   return Promise.all(
     hosts.map(async (h, i) => {
       const ctr = ['-a', ctds[i]!.address, '-n', 'bench'];
       const t0 = Date.now();
       await h.exec('ctr', [...ctr, 'content', 'fetch', ...extra, cluster.ref]);
       const t1 = Date.now();
+      if (--left === 0) fetched?.();
       await h.exec('ctr', [...ctr, 'images', 'pull', ...extra, cluster.ref]);
       return { fetch: (t1 - t0) / 1000, pull: (Date.now() - t0) / 1000 };
     }),
@@ -202,7 +213,20 @@ try {
       await settle();
       const b0 = cluster.registry.blobBytes();
       log(`N=${n}: pulls through the mirror`);
-      const s = await pullAll(hosts, ctds, ['--hosts-dir', hostsDir]);
+      let stopTrace = flags.trace ? traceLinks(cluster, n, log) : undefined;
+      const cpu0 = cpuTimes();
+      let fetchBusy = NaN;
+      const s = await pullAll(hosts, ctds, ['--hosts-dir', hostsDir], () => {
+        fetchBusy = busySince(cpu0);
+        stopTrace?.();
+        stopTrace = undefined;
+      });
+      if (flags.trace) {
+        const pct = (x: number) => `${(100 * x).toFixed(0)} %`;
+        log(
+          `N=${n}: CPUs busy ${pct(fetchBusy)} until the last fetch, ${pct(busySince(cpu0))} over the pulls`,
+        );
+      }
       await settle();
       const by: Record<string, number> = {};
       await writeFile(join(dir, 'seed.log'), seed.stderr());
