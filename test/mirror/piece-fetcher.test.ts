@@ -3,10 +3,7 @@
  * fails verification is reported to its source and taken from the next, a busy seed is waited for rather
  * than skipped for the origin, and pieces already held are not fetched again.
  */
-import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { BlobCache } from '../../src/cache/blob-cache.js';
 import { DfError } from '../../src/errors.js';
 import {
   deferredBySource,
@@ -16,30 +13,15 @@ import {
   type SourceKind,
 } from '../../src/fetch/types.js';
 import { fetchPieces } from '../../src/mirror/piece-fetcher.js';
-import { PieceHasher, PieceLayout, type PieceTable } from '../../src/mirror/piece-table.js';
+import type { PieceTable } from '../../src/mirror/piece-table.js';
 import { flipBits } from '../helpers/bytes.js';
-import { tempDir } from '../helpers/temp.js';
+import { randomPieceFile } from '../helpers/piece-file.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const P = 64 * 1024;
 const cleanups = cleanupsAfterEach();
 
-async function setup(pieces = 8) {
-  const data = randomBytes(pieces * P - 99);
-  const h = new PieceHasher(P);
-  h.update(data);
-  const table = h.finish();
-  const { dir, cleanup } = await tempDir('dfnode-pieces-');
-  cleanups.push(cleanup);
-  const open = async () => {
-    const cache = await BlobCache.open({ dir: join(dir, 'c'), digest: table.digest, size: table.size });
-    const { blockCount, tocOffset } = new PieceLayout(table.size, P).cacheLayout;
-    await cache.setLayout(blockCount, tocOffset);
-    cleanups.push(() => cache.close());
-    return cache;
-  };
-  return { data, table, open };
-}
+const setup = (pieces = 8) => randomPieceFile(cleanups, P, pieces);
 
 /** A source serving `data`, optionally refusing, lying or failing on some pieces; records calls and reports. */
 function source(

@@ -5,10 +5,7 @@
  * seed, alone, checked against the digest it sends; the seed's DIGEST_MISMATCH is final; what the planner
  * pass leaves is finished by the per-piece fetcher.
  */
-import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { BlobCache } from '../../src/cache/blob-cache.js';
 import { DfError } from '../../src/errors.js';
 import {
   deferredBySource,
@@ -19,27 +16,18 @@ import {
   type SourceKind,
 } from '../../src/fetch/types.js';
 import { fetchThroughSwarm, PieceRuns } from '../../src/mirror/piece-runs.js';
-import { PieceHasher, PieceLayout, type PieceTable } from '../../src/mirror/piece-table.js';
+import type { PieceTable } from '../../src/mirror/piece-table.js';
 import type { RunFetcher } from '../../src/p2p/fill-planner.js';
 import { flipBits } from '../helpers/bytes.js';
-import { tempDir } from '../helpers/temp.js';
+import { randomPieceFile } from '../helpers/piece-file.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
 const P = 64 * 1024;
 const cleanups = cleanupsAfterEach();
 
 async function setup(pieces = 8) {
-  const data = randomBytes(pieces * P - 99);
-  const h = new PieceHasher(P);
-  h.update(data);
-  const table = h.finish();
-  const layout = new PieceLayout(table.size, P);
-  const { dir, cleanup } = await tempDir('dfnode-piece-runs-');
-  cleanups.push(cleanup);
-  const cache = await BlobCache.open({ dir: join(dir, 'c'), digest: table.digest, size: table.size });
-  await cache.setLayout(layout.cacheLayout.blockCount, layout.cacheLayout.tocOffset);
-  cleanups.push(() => cache.close());
-  return { data, table, layout, cache };
+  const f = await randomPieceFile(cleanups, P, pieces);
+  return { ...f, cache: await f.open() };
 }
 
 /** A source serving `data` (the piece digest header for exact pieces), optionally lying about one piece. */
