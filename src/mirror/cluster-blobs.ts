@@ -9,7 +9,7 @@ import type { SwarmMembership } from '../layer/swarm.js';
 import type { P2pNode } from '../p2p/p2p-node.js';
 import { childSignal, realTimers } from '../util/timers.js';
 import type { BytesBySource } from './piece-fetcher.js';
-import { fetchThroughSwarm } from './piece-runs.js';
+import { fetchThroughSwarm, type PieceRuns } from './piece-runs.js';
 import { decodeTable, MAX_TABLE_BYTES, PieceLayout, type PieceTable } from './piece-table.js';
 
 /**
@@ -23,6 +23,13 @@ const TABLE_TIMEOUT_MS = 30 * 60 * 1000;
  */
 const INFLIGHT_BYTES = 8 * 1024 * 1024;
 const WINDOW = 8;
+/**
+ * A piece a reader has waited on this long is fetched before the planner's choices (ms), and asked for
+ * again every URGENT_AGAIN_MS while it is still missing: an engine's stream keeps moving (containerd's CRI,
+ * since 1.7, cancels a pull that makes no progress for `image_pull_progress_timeout`).
+ */
+const URGENT_MS = 2000;
+const URGENT_AGAIN_MS = 2000;
 /** A blob stays in the swarm (its pieces served to peers) this long after its last reader. */
 const LINGER_MS = 120_000;
 
@@ -71,6 +78,8 @@ interface Entry {
   bytes: BytesBySource;
   /** The pieces (cluster); a cache-held blob is read as one unit. */
   layout?: PieceLayout;
+  /** The planner pass's runs while it goes on: a piece a reader waits on is fetched first. */
+  runs?: PieceRuns;
   dropped?: Promise<void>;
 }
 
@@ -232,18 +241,22 @@ export class ClusterBlobs {
   ): Promise<void> {
     const filling = table.filling === true;
     try {
-      e.bytes = await fetchThroughSwarm(p2p, {
-        table,
-        cache: e.cache,
-        sources,
-        signal: e.abort.signal,
-        refresh,
-        concurrency: Math.min(8, Math.max(4, Math.floor(INFLIGHT_BYTES / table.pieceSize))),
-        // what the planner left, for a blob the seed still fetches, is asked for in file order (nodes that
-        // ask for the same piece at once are told to take it from the node it goes to)
-        window: table.filling ? 1 : WINDOW,
-        onPiece: (_u, n, from) => (this.bytes[from] = (this.bytes[from] ?? 0) + n),
-      });
+      e.bytes = await fetchThroughSwarm(
+        p2p,
+        {
+          table,
+          cache: e.cache,
+          sources,
+          signal: e.abort.signal,
+          refresh,
+          concurrency: Math.min(8, Math.max(4, Math.floor(INFLIGHT_BYTES / table.pieceSize))),
+          // what the planner left, for a blob the seed still fetches, is asked for in file order (nodes that
+          // ask for the same piece at once are told to take it from the node it goes to)
+          window: table.filling ? 1 : WINDOW,
+          onPiece: (_u, n, from) => (this.bytes[from] = (this.bytes[from] ?? 0) + n),
+        },
+        (runs) => (e.runs = runs),
+      );
       await e.cache.flush(e.abort.signal);
       const v = e.cache.verified ? { ok: true } : await e.cache.verifyComplete(e.abort.signal);
       if (!v.ok) throw DfError.digestMismatch(`blob from the cluster`, e.digest, v.actual ?? '?');
@@ -270,18 +283,27 @@ export class ClusterBlobs {
     for (let at = start; at < end;) {
       const u = layout ? Math.floor(at / layout.pieceSize) : 0;
       const unitEnd = layout ? Math.min(end, layout.offset(u) + layout.length(u)) : end;
+      // a piece the reader waits on longer than URGENT_MS is fetched first (the planner takes any order)
+      const since = Date.now();
+      let asked = false;
       while (layout && !e.cache.has(u)) {
         if (e.finished) throw DfError.from(e.failed ?? DfError.internal(`piece ${u} of ${e.digest} missing`));
         signal.throwIfAborted();
         await new Promise<void>((r) => {
           const done = () => {
+            clearTimeout(t);
             e.waiters.delete(done);
             signal.removeEventListener('abort', done);
             r();
           };
+          const t = setTimeout(done, asked ? URGENT_AGAIN_MS : Math.max(0, since + URGENT_MS - Date.now()));
           e.waiters.add(done);
           signal.addEventListener('abort', done, { once: true });
         });
+        if (!e.cache.has(u) && e.runs && Date.now() - since >= URGENT_MS) {
+          asked = true;
+          void e.runs.urgent(u, e.abort.signal);
+        }
       }
       // at most 1 MiB per chunk: a reader holds one chunk at a time
       const n = Math.min(unitEnd - at, 1 << 20);

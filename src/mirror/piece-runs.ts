@@ -31,7 +31,12 @@ export interface SwarmFill {
  * the seed, each verified: PieceRuns), then fetchPieces for whatever it left (failed runs, no seed up:
  * peers → seed → origin per piece, with retries). Returns the bytes by source.
  */
-export async function fetchThroughSwarm(swarm: SwarmFill, opts: PieceFetchOptions): Promise<BytesBySource> {
+export async function fetchThroughSwarm(
+  swarm: SwarmFill,
+  opts: PieceFetchOptions,
+  /** Told of the planner pass's runs while it goes on (PieceRuns.urgent), then of undefined. */
+  during?: (runs: PieceRuns | undefined) => void,
+): Promise<BytesBySource> {
   const { table, cache, signal } = opts;
   const bytes: BytesBySource = {};
   if (cache.filledBytes) bytes.cache = cache.filledBytes;
@@ -53,7 +58,12 @@ export async function fetchThroughSwarm(swarm: SwarmFill, opts: PieceFetchOption
       }),
       onPiece,
     });
-    await swarm.fillUnits(table.digest, runs, signal);
+    during?.(runs);
+    try {
+      await swarm.fillUnits(table.digest, runs, signal);
+    } finally {
+      during?.(undefined);
+    }
     signal.throwIfAborted();
     if (runs.final) throw runs.final;
   }
@@ -102,6 +112,23 @@ export class PieceRuns implements RunFetcher {
 
   inFlight(u: number): boolean {
     return this.flying.has(u);
+  }
+
+  /**
+   * A reader waits on piece u (the registry mirror streams a blob in order, the planner takes pieces in any
+   * order): fetched now unless it is held or being fetched here, from a peer that holds it, else from the
+   * seed (which may defer it to the node it is on its way to). Failures are left to the planner.
+   */
+  async urgent(u: number, signal: AbortSignal): Promise<void> {
+    for (const kind of ['peer', 'seed'] as const) {
+      if (signal.aborted || this.flying.has(u) || this.o.cache.has(u)) return;
+      try {
+        await this.units([u], Priority.Fill, signal, { only: [kind] });
+        return;
+      } catch {
+        // no peer holds it, or it failed: the seed next; after the seed, the planner
+      }
+    }
   }
 
   async units(

@@ -11,6 +11,7 @@ import {
   deferredBySource,
   isDeferred,
   Priority,
+  sourceUnavailable,
   type BlobRef,
   type BlockSource,
   type SourceKind,
@@ -167,6 +168,43 @@ describe('PieceRuns', () => {
     // another piece starts over
     await runs.units([5], Priority.Fill, signal, { only: ['seed'] }).catch(() => undefined);
     expect(planned.at(-1)).toBe(true);
+  });
+
+  it('urgent: a piece a reader waits on comes from a peer, else from the seed; not when held or on its way', async () => {
+    const { data, table, layout, cache } = await setup();
+    const peer = source('peer', data, table, { fail: sourceUnavailable('no peer holds it') });
+    const seed = source('seed', data, table);
+    const runs = new PieceRuns({ table, layout, cache, peers: peer.s, seed: seed.s });
+    await runs.urgent(2, signal);
+    expect(peer.calls).toEqual([[2, P]]);
+    expect(seed.calls).toEqual([[2, P]]);
+    expect(cache.has(2)).toBe(true);
+    // held: nothing asked
+    await runs.urgent(2, signal);
+    expect(peer.calls.length + seed.calls.length).toBe(2);
+    // a peer that holds it: the seed is not asked
+    const holder = source('peer', data, table);
+    const seed2 = source('seed', data, table);
+    const runs2 = new PieceRuns({ table, layout, cache, peers: holder.s, seed: seed2.s });
+    await runs2.urgent(3, signal);
+    expect(holder.calls).toEqual([[3, P]]);
+    expect(seed2.calls).toEqual([]);
+    // being fetched by the planner: not asked again
+    let release!: () => void;
+    const slow: BlockSource = {
+      kind: 'peer',
+      name: 'peer',
+      fetch: (_b, offset, length) =>
+        new Promise((r) => (release = () => r(Buffer.from(data.subarray(offset, offset + length))))),
+    };
+    const seed3 = source('seed', data, table);
+    const runs3 = new PieceRuns({ table, layout, cache, peers: slow, seed: seed3.s });
+    const planned = runs3.units([4], Priority.Fill, signal, { only: ['peer'] });
+    await runs3.urgent(4, signal);
+    expect(seed3.calls).toEqual([]);
+    release();
+    await planned;
+    expect(cache.has(4)).toBe(true);
   });
 
   it("the seed's DIGEST_MISMATCH ends the pass (the seed is reported down to the planner) and is kept", async () => {
