@@ -10,7 +10,7 @@ import {
   type SourceKind,
 } from '../fetch/types.js';
 import { realTimers, type Timers } from '../util/timers.js';
-import { mergeTable, PieceLayout, verifyPiece, type PieceTable } from './piece-table.js';
+import { acceptPiece, mergeTable, PieceLayout, type PieceTable } from './piece-table.js';
 
 /** Bytes that came from each kind of source (`cache`: pieces already held when the fetch started). */
 export type BytesBySource = Partial<Record<SourceKind, number>>;
@@ -138,15 +138,12 @@ export async function fetchPieces(opts: PieceFetchOptions): Promise<BytesBySourc
         }
       }
       try {
-        if (!known && !claimed)
-          throw DfError.corrupt(`piece ${u} of ${table.digest}: the seed sent no digest with it`);
-        verifyPiece(table, u, data, claimed);
+        acceptPiece(table, u, data, claimed);
       } catch (err) {
         src.badBlock?.(blob, data, 0, length);
         p.last = err;
         continue;
       }
-      if (!known) table.pieces[u] = claimed!;
       await cache.write(u, offset, data, signal);
       bytes[src.kind] = (bytes[src.kind] ?? 0) + length;
       opts.onPiece?.(u, length, src.kind);

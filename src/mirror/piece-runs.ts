@@ -12,7 +12,7 @@ import {
 import type { RunFetcher } from '../p2p/fill-planner.js';
 import { realTimers } from '../util/timers.js';
 import { fetchPieces, refresher, type BytesBySource, type PieceFetchOptions } from './piece-fetcher.js';
-import { PieceLayout, verifyPiece, type PieceTable } from './piece-table.js';
+import { acceptPiece, PieceLayout, type PieceTable } from './piece-table.js';
 
 /**
  * After the seed deferred a piece this many times (each time the planner waits ~2 s for the node it is at),
@@ -186,14 +186,11 @@ export class PieceRuns implements RunFetcher {
         const at = layout.offset(u) - offset;
         const piece = data.subarray(at, at + layout.length(u));
         try {
-          if (!table.pieces[u] && !claimed)
-            throw DfError.corrupt(`piece ${u} of ${this.blob.digest}: the seed sent no digest with it`);
-          verifyPiece(table, u, piece, claimed);
+          acceptPiece(table, u, piece, claimed);
         } catch (err) {
           src.badBlock?.(this.blob, data, at, piece.length);
           throw err;
         }
-        if (!table.pieces[u]) table.pieces[u] = claimed!;
         this.deferred.delete(u);
         await this.o.cache.write(u, layout.offset(u), piece, sig);
         this.o.onPiece?.(u, piece.length, src.kind);

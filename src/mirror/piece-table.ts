@@ -199,6 +199,18 @@ export function verifyPiece(t: PieceTable, u: number, data: Buffer, claimed?: Bu
 }
 
 /**
+ * Checks piece `u` as a node receives it: against the table, or, for a piece a filling table does not list
+ * yet, against `claimed` (the digest the seed sent with it), which the table then lists. Throws CORRUPT when
+ * neither is known or the bytes differ; the table is unchanged then.
+ */
+export function acceptPiece(t: PieceTable, u: number, data: Buffer, claimed?: Buffer): void {
+  if (!t.pieces[u] && !claimed)
+    throw DfError.corrupt(`piece ${u} of ${t.digest}: the seed sent no digest with it`);
+  verifyPiece(t, u, data, claimed);
+  t.pieces[u] ??= claimed!;
+}
+
+/**
  * Builds a piece table from a file's bytes as they stream by (a seed reading the origin): per-piece and
  * whole-file hashes, nothing buffered.
  */
