@@ -16,7 +16,7 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { freeLoopbackPort } from '../src/util/free-port.js';
-import { benchLog, gitState, runMain } from './lib/main.js';
+import { benchLog, gitState, nodeFlagsFrom, runMain } from './lib/main.js';
 import { formatTable, median, processCpu, threadCpu } from './lib/measure.js';
 import { LOCAL_HOST, NsProc } from './lib/ns-proc.js';
 import { NsRegistry } from './lib/ns-registry.js';
@@ -120,10 +120,7 @@ async function main(): Promise<number> {
   const base = flags['work-dir'] ?? join(root, '.tmp', 'bench');
   await mkdir(base, { recursive: true });
   const work = await mkdtemp(join(base, 'dataplane-'));
-  const nodeFlags = [
-    ...(flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['cpu-prof']}`] : []),
-    ...(flags['node-flags']?.split(/\s+/).filter(Boolean) ?? []),
-  ];
+  const nodeFlags = nodeFlagsFrom(flags);
   const procs: NsProc[] = [];
   const proxies: PacedProxy[] = [];
   const registry = await NsRegistry.start(LOCAL_HOST, join(work, 'registry'), await freeLoopbackPort());

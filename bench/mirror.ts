@@ -18,6 +18,7 @@ import { parseArgs } from 'node:util';
 import { PrivateContainerd } from './lib/containerd.js';
 import { DfnodeRun } from './lib/dfnode-run.js';
 import { locateFixture } from './lib/fixture.js';
+import { nodeFlagsFrom } from './lib/main.js';
 import { formatTable, run } from './lib/measure.js';
 import { cli, LINK_QUEUE_HELP, linkQueue, P2pCluster, repoRoot } from './lib/p2p-cluster.js';
 import type { NetnsHost } from './lib/netns-topology.js';
@@ -72,10 +73,7 @@ if (![...modes].every((m) => m === 'direct' || m === 'mirror')) {
   log(`--modes: direct and/or mirror, not ${flags.modes}`);
   process.exit(2);
 }
-const nodeFlags = [
-  ...(flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['cpu-prof']}`] : []),
-  ...(flags['node-flags']?.split(/\s+/).filter(Boolean) ?? []),
-];
+const nodeFlags = nodeFlagsFrom(flags);
 const MIRROR = '127.0.0.1:65001';
 const METRICS_PORT = 9314;
 

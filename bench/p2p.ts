@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pieceLengthExponent } from './lib/aria2.js';
 import { BtSwarm } from './lib/bt-swarm.js';
+import { nodeFlagsFrom } from './lib/main.js';
 import { formatTable, versionOf } from './lib/measure.js';
 import { LINK_QUEUE_HELP, linkQueue, P2pCluster, repoRoot, type PreheatResult } from './lib/p2p-cluster.js';
 import { preheatThroughDaemons } from './lib/p2p-daemons.js';
@@ -105,10 +106,7 @@ const cluster = await P2pCluster.create({
   registryMbit,
   queueMs: flags['queue-ms'] ? Number(flags['queue-ms']) : undefined,
   smallFirst,
-  nodeFlags: [
-    ...(flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['cpu-prof']}`] : []),
-    ...(flags['node-flags']?.split(/\s+/).filter(Boolean) ?? []),
-  ],
+  nodeFlags: nodeFlagsFrom(flags),
   image: { bytes: Math.round((mib * 1024 * 1024) / 0.84), files: 6, incompressible: 0.75 },
   // BitTorrent's tracker gets a host of its own: its traffic stays off the registry's link
   extraHosts: modes.has('bittorrent') ? ['tracker'] : [],

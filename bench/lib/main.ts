@@ -22,6 +22,17 @@ export function gitState(repo: string, paths: string[]): string {
   return `${head.stdout.trim()}${dirty ? '+dirty' : ''}`;
 }
 
+/**
+ * Node.js flags for the dfnode processes a benchmark starts, from its `--cpu-prof DIR` and
+ * `--node-flags "FLAGS"` options.
+ */
+export function nodeFlagsFrom(flags: { 'cpu-prof'?: string; 'node-flags'?: string }): string[] {
+  return [
+    ...(flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['cpu-prof']}`] : []),
+    ...(flags['node-flags']?.split(/\s+/).filter(Boolean) ?? []),
+  ];
+}
+
 /** SIGTERM to this process's children (found with ps) except those `keep` returns true for. */
 export function stopChildren(keep: (pid: number) => boolean = () => false): void {
   const kids = spawnSync('ps', ['-o', 'pid=', '--ppid', String(process.pid)], { encoding: 'utf8' });
