@@ -175,7 +175,9 @@ export class BlockServer {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const fail = (status: number, msg: string) => {
-      if (!res.headersSent) res.writeHead(status, { 'content-type': 'text/plain' });
+      // with its length: the client keeps the connection without reading chunks (src/util/raw-http.ts)
+      if (!res.headersSent)
+        res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(msg) });
       res.end(msg);
     };
     const preheat = this.opts.preheat && (req.url ?? '').split('?')[0] === '/preheat';

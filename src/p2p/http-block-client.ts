@@ -1,15 +1,8 @@
-import type { Socket } from 'node:net';
-import { Agent, buildConnector } from '../util/undici.js';
 import { DfError } from '../errors.js';
 import type { TokenBucket } from '../util/token-bucket.js';
-import {
-  declaredBodyHead,
-  dispatchInto,
-  errorTextHead,
-  staleConnection,
-  type DispatchedResponse,
-} from '../util/dispatch-into.js';
-import { bodyRemaining, rcvLowatEnabled, trackReads } from '../util/rcv-lowat.js';
+import { declaredBodyHead, errorTextHead, type DispatchedResponse } from '../util/dispatch-into.js';
+import { RawHttpPool } from '../util/raw-http.js';
+import { rcvLowatEnabled } from '../util/rcv-lowat.js';
 import { busyAtSource, deferredBySource, handedBackBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 import { HANDED_BACK_HEADER, PIECE_DIGEST_HEADER } from './block-server.js';
@@ -26,15 +19,12 @@ const ERROR_TEXT_BYTES = 200;
 
 /**
  * One GET of a blob range from a peer or seed, with the cluster token and the host's download limit; over
- * HTTPS with this host's client certificate when p2p.tls is set.
+ * HTTPS with this host's client certificate when p2p.tls is set. Bodies are read straight into the range's
+ * buffer (src/util/raw-http.ts).
  */
 export class HttpBlockClient {
-  private readonly agent: Agent;
-  private readonly scheme: 'http' | 'https';
-  /** Plain TCP with SO_RCVLOWAT (src/util/rcv-lowat.ts): a block's body wakes the process per 64 KiB. */
-  private readonly lowat: boolean;
-  /** Connections opened so far (to any host): whether a request went out on one kept alive. */
-  private connects = 0;
+  private readonly pool: RawHttpPool;
+  private readonly tls: boolean;
 
   constructor(
     private readonly clusterToken: string,
@@ -43,24 +33,25 @@ export class HttpBlockClient {
     private readonly peerId = '',
     tls?: TlsMaterial,
   ) {
-    this.scheme = tls ? 'https' : 'http';
-    this.lowat = !tls && rcvLowatEnabled();
-    const connect = buildConnector({ timeout: CONNECT_TIMEOUT_MS, ...(tls && clientTlsOptions(tls)) });
-    this.agent = new Agent({
-      keepAliveTimeout: 30_000,
-      connections: 16,
-      connect: (opts, cb) => {
-        this.connects++;
-        connect(opts, (err, socket) => {
-          if (socket && this.lowat) trackReads(socket as Socket);
-          // undici's callback type is a union of (error, null) and (null, socket)
-          (cb as (e: Error | null, s: typeof socket) => void)(err, socket);
-        });
-      },
-      // the caller's signal bounds each request (its limit grows with the size)
-      headersTimeout: 0,
-      bodyTimeout: 0,
+    this.tls = tls !== undefined;
+    this.pool = new RawHttpPool({
+      ...(tls && { tls: clientTlsOptions(tls) }),
+      connectTimeoutMs: CONNECT_TIMEOUT_MS,
+      maxPerHost: 16,
+      idleMs: 30_000,
+      // plain TCP with SO_RCVLOWAT (src/util/rcv-lowat.ts): a block's body wakes the process per 64 KiB
+      lowat: !tls && rcvLowatEnabled(),
     });
+  }
+
+  /** A failed request as a DfError: TLS failures told as such, the signal's reason as it is. */
+  private failure(err: unknown, signal: AbortSignal, what: string): DfError {
+    if (signal.aborted && signal.reason instanceof DfError) return signal.reason;
+    if (this.tls) {
+      const e = tlsFailure(what, err);
+      if (e) return e;
+    }
+    return DfError.from(err, what);
   }
 
   async get(
@@ -79,80 +70,44 @@ export class HttpBlockClient {
     await this.download?.take(length, signal);
     const q = new URLSearchParams({ offset: String(offset), length: String(length), ...extra });
     const what = `${address}: ${digest} ${offset}+${length}`;
-    let res: DispatchedResponse | undefined;
+    let res: DispatchedResponse;
     let handedBack = false;
-    let heard = false;
-    const connects = this.connects;
     try {
-      for (let attempt = 1; !res; attempt++) {
-        try {
-          res = await dispatchInto(this.agent, {
-            origin: `${this.scheme}://${address}`,
-            path: `/blobs/${digest}?${q}`,
-            headers: {
-              [CLUSTER_TOKEN_HEADER]: this.clusterToken,
-              ...(this.peerId ? { [PEER_ID_HEADER]: this.peerId } : {}),
-            },
-            signal,
-            ...(this.lowat ? { onRemaining: bodyRemaining } : {}),
-            onHead: (status, headers) => {
-              heard = true;
-              alive?.();
-              handedBack = status === 409 && headers[HANDED_BACK_HEADER] === 'registry';
-              // an error answer: the start of its text, for the message; the rest is dropped unread
-              if (status !== 200) return errorTextHead(ERROR_TEXT_BYTES);
-              const sent = headers[PIECE_DIGEST_HEADER];
-              if (pieceDigest && typeof sent === 'string' && /^[0-9a-f]{64}$/.test(sent))
-                pieceDigest(Buffer.from(sent, 'hex'));
-              const declared = headers['content-length'];
-              if (typeof declared === 'string' && Number(declared) !== length)
-                return new DfError(
-                  'NETWORK',
-                  `${what}: the host announced ${declared} bytes, not the ${length} asked for`,
-                );
-              return {
-                into: Buffer.allocUnsafe(length),
-                tooLong: (atLeast) =>
-                  new DfError(
-                    'NETWORK',
-                    `${what}: the host sent more than the ${length} bytes asked for (at least ${atLeast}); response cut off`,
-                  ),
-              };
-            },
-            progress:
-              alive && progress
-                ? (data, filled) => {
-                    alive();
-                    progress(data, filled);
-                  }
-                : alive
-                  ? () => alive()
-                  : progress,
-          });
-        } catch (err) {
-          // a kept-alive connection the host closed as the request went out, before any answer: once more
-          // on a new one (a host that is down refuses that one, and only then counts against it). Not when
-          // a connection was opened meanwhile: a new connection closed at once (a TLS handshake refused, a
-          // host going down) is the host's answer.
-          const reused = this.connects === connects;
-          if (attempt === 1 && reused && !heard && !signal.aborted && staleConnection(err)) continue;
-          throw err;
-        }
-      }
+      res = await this.pool.request(address, {
+        path: `/blobs/${digest}?${q}`,
+        headers: {
+          [CLUSTER_TOKEN_HEADER]: this.clusterToken,
+          ...(this.peerId ? { [PEER_ID_HEADER]: this.peerId } : {}),
+        },
+        signal,
+        onHead: (status, headers) => {
+          alive?.();
+          handedBack = status === 409 && headers[HANDED_BACK_HEADER] === 'registry';
+          // an error answer: the start of its text, for the message; the rest is dropped unread
+          if (status !== 200) return errorTextHead(ERROR_TEXT_BYTES);
+          const sent = headers[PIECE_DIGEST_HEADER];
+          if (pieceDigest && typeof sent === 'string' && /^[0-9a-f]{64}$/.test(sent))
+            pieceDigest(Buffer.from(sent, 'hex'));
+          const declared = headers['content-length'];
+          if (typeof declared === 'string' && Number(declared) !== length)
+            return new DfError(
+              'NETWORK',
+              `${what}: the host announced ${declared} bytes, not the ${length} asked for`,
+            );
+          return { into: Buffer.allocUnsafe(length), tooLong: () => undefined };
+        },
+        progress:
+          alive && progress
+            ? (data, filled) => {
+                alive();
+                progress(data, filled);
+              }
+            : alive
+              ? () => alive()
+              : progress,
+      });
     } catch (err) {
-      if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
-      if (err instanceof DfError) throw err;
-      // no connection at all: the host is down or unreachable (not a slow transfer)
-      if ((err as { code?: string }).code === 'UND_ERR_CONNECT_TIMEOUT')
-        throw new DfError(
-          'NETWORK',
-          `GET ${address} ${digest}: no connection within ${CONNECT_TIMEOUT_MS} ms`,
-        );
-      if (this.scheme === 'https') {
-        const e = tlsFailure(address, err);
-        if (e) throw e;
-      }
-      throw DfError.from(err, `GET ${address} ${digest}`);
+      throw this.failure(err, signal, `GET ${address} ${digest}`);
     }
     if (res.statusCode !== 200) {
       const text = res.body.subarray(0, res.got).toString('utf8');
@@ -191,8 +146,7 @@ export class HttpBlockClient {
     const what = `seed ${address}: piece table`;
     let res: DispatchedResponse;
     try {
-      res = await dispatchInto(this.agent, {
-        origin: `${this.scheme}://${address}`,
+      res = await this.pool.request(address, {
         path: `/files/table?${new URLSearchParams(query)}`,
         headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken },
         signal,
@@ -203,9 +157,7 @@ export class HttpBlockClient {
         },
       });
     } catch (err) {
-      if (signal.aborted && signal.reason instanceof DfError) throw signal.reason;
-      if (err instanceof DfError) throw err;
-      throw DfError.from(err, what);
+      throw this.failure(err, signal, what);
     }
     if (res.statusCode !== 200) {
       const text = res.body.subarray(0, res.got).toString('utf8');
@@ -227,6 +179,6 @@ export class HttpBlockClient {
   }
 
   async close(): Promise<void> {
-    await this.agent.close().catch(() => undefined);
+    await this.pool.close();
   }
 }

@@ -2,6 +2,7 @@ import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { ConnectionOptions, TlsOptions } from 'node:tls';
 import { DfError } from '../errors.js';
+import { ClosedBeforeAnswer } from '../util/raw-http.js';
 
 /** p2p.tls of the config: PEM file paths, all empty (TLS off) or all set. */
 export interface TlsPaths {
@@ -156,7 +157,7 @@ const CLOSED =
   'the CA in its p2p.tls.ca?) or went away';
 
 /**
- * A failed request of the block client (undici) with p2p.tls on, told as a TLS failure: UNAUTHORIZED when
+ * A failed request of the block client (or the tracker client: undici) with p2p.tls on, told as a TLS failure: UNAUTHORIZED when
  * the handshake failed here (the peer's certificate is not from the cluster CA, a TLS alert, no TLS on the
  * other side); NETWORK naming TLS when the connection closed before any answer, which is how a Node TLS 1.3
  * server refuses a client certificate (no alert: the handshake had completed on this side) but also what a
@@ -170,7 +171,7 @@ export function tlsFailure(what: string, err: unknown): DfError | undefined {
     }
   }
   const e = err as TlsErrorShape | undefined;
-  if (e?.code === 'UND_ERR_SOCKET' && e.socket?.bytesRead === 0)
+  if (err instanceof ClosedBeforeAnswer || (e?.code === 'UND_ERR_SOCKET' && e.socket?.bytesRead === 0))
     return new DfError('NETWORK', `${what}: ${CLOSED} ${CHECK}`, { cause: err });
   return undefined;
 }

@@ -58,11 +58,6 @@ export interface DispatchIntoOptions {
   onHead: (statusCode: number, headers: Record<string, string | string[] | undefined>) => HeadDecision;
   /** Hears of every chunk: the buffer and how much of it is filled. A throw cuts the response off. */
   progress?: (data: Buffer, filled: number) => void;
-  /**
-   * Hears, from within the parser's callbacks, how many bytes of a 2xx body with a declared length are still
-   * to come (0 at the end): src/util/rcv-lowat.ts's bodyRemaining.
-   */
-  onRemaining?: (bytes: number) => void;
 }
 
 /**
@@ -82,8 +77,6 @@ export function dispatchInto(dispatcher: Dispatcher, opts: DispatchIntoOptions):
     let res: DispatchedResponse | undefined;
     let tooLong: (atLeast: number) => Error | undefined = () => undefined;
     let cut = false;
-    /** Body bytes still to come (2xx with a declared length, onRemaining given). */
-    let left: number | undefined;
     const onAbort = () => fail(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
     const done = () => {
       settled = true;
@@ -126,11 +119,6 @@ export function dispatchInto(dispatcher: Dispatcher, opts: DispatchIntoOptions):
         }
         res = { statusCode, headers, body: d.into, got: 0 };
         tooLong = d.tooLong;
-        const declared = Number(headers['content-length'] ?? NaN);
-        if (opts.onRemaining && statusCode < 300 && Number.isSafeInteger(declared) && declared >= 0) {
-          left = Math.min(declared, d.into.length);
-          opts.onRemaining(left);
-        }
         return true;
       },
       onData(chunk) {
@@ -149,7 +137,6 @@ export function dispatchInto(dispatcher: Dispatcher, opts: DispatchIntoOptions):
         }
         res.body.set(chunk, res.got);
         res.got += chunk.length;
-        if (left !== undefined) opts.onRemaining!((left = Math.max(0, left - chunk.length)));
         if (opts.progress) {
           try {
             opts.progress(res.body, res.got);

@@ -47,9 +47,6 @@ export function rcvLowatEnabled(): boolean {
   return netAddon() !== null;
 }
 
-/** The socket whose bytes the HTTP parser is working on (set by every tracked read, synchronously before). */
-let reading: Socket | undefined;
-
 /** After this long without a read, a socket's mark goes back to 1 (ms). */
 export const FALLBACK_MS = 100;
 
@@ -67,30 +64,12 @@ const fdOf = (s: Socket): number | undefined => {
 };
 
 /**
- * Tracks the reads of a plain TCP socket that an HTTP client parses synchronously after each read (undici:
- * `socket.read()` then the parser, whose callbacks call bodyRemaining), so that bodyRemaining knows the socket.
+ * Called by the HTTP client before each read of a body with the body bytes still to come on the socket: sets
+ * its low-water mark to that (at most the limit), 1 once the body is complete (src/util/raw-http.ts).
  */
-export function trackReads(socket: Socket): void {
-  if (!netAddon()) return;
-  const read = socket.read;
-  socket.read = function (this: Socket, size?: number) {
-    reading = socket;
-    return read.call(this, size) as unknown;
-  } as Socket['read'];
-  socket.once('close', () => {
-    const m = marks.get(socket);
-    if (m?.timer) clearTimeout(m.timer);
-  });
-}
-
-/**
- * Called from the HTTP client's body callback with the body bytes still to come on the socket just read:
- * sets its low-water mark to that (at most the limit), 1 once the body is complete.
- */
-export function bodyRemaining(remaining: number): void {
-  const s = reading;
+export function markRemaining(s: Socket, remaining: number): void {
   const a = addon;
-  if (!s || !a) return;
+  if (!a) return;
   const want = Math.max(1, Math.min(remaining, limit));
   let m = marks.get(s);
   if (!m) marks.set(s, (m = { value: 1 }));

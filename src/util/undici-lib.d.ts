@@ -11,10 +11,6 @@ declare module 'undici/lib/api/index.js' {
   const api: Record<string, unknown>;
   export default api;
 }
-declare module 'undici/lib/core/connect.js' {
-  import { buildConnector } from 'undici';
-  export default buildConnector;
-}
 declare module 'undici/lib/core/util.js' {
   import { util } from 'undici';
   const coreUtil: typeof util;

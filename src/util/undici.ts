@@ -1,5 +1,5 @@
 /**
- * The parts of undici that dfnode uses (Agent, the request API, the connector, header parsing), loaded from
+ * The parts of undici that dfnode uses (Agent, the request API, header parsing), loaded from
  * undici's own modules rather than its index. The index loads all of undici (fetch, WebSocket, cookies, cache
  * stores, proxies, mock agents), and its cookies module makes Node load the copy of undici inside Node as
  * well: in the bundled CLI that cost 40 ms of CPU at the start of every command that makes a request, against
@@ -10,7 +10,6 @@
  */
 import AgentClass from 'undici/lib/dispatcher/agent.js';
 import api from 'undici/lib/api/index.js';
-import connect from 'undici/lib/core/connect.js';
 import coreUtil from 'undici/lib/core/util.js';
 import DispatcherClass from 'undici/lib/dispatcher/dispatcher.js';
 
@@ -18,5 +17,4 @@ import DispatcherClass from 'undici/lib/dispatcher/dispatcher.js';
 Object.assign(DispatcherClass.prototype, api);
 
 export { AgentClass as Agent };
-export const buildConnector = connect;
 export const parseHeaders = coreUtil.parseHeaders;

@@ -9,13 +9,12 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import * as undici from 'undici';
 import { describe, expect, it } from 'vitest';
-import { Agent, buildConnector, parseHeaders } from '../../src/util/undici.js';
+import { Agent, parseHeaders } from '../../src/util/undici.js';
 import { REPO_ROOT } from '../helpers/fixtures.js';
 
 describe("undici's modules, loaded one by one", () => {
   it('are the objects the index exports', () => {
     expect(Agent).toBe(undici.Agent);
-    expect(buildConnector).toBe(undici.buildConnector);
     expect(parseHeaders).toBe(undici.util.parseHeaders);
   });
 
