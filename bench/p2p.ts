@@ -55,6 +55,8 @@ if (flags.help) {
       '  --skip-direct: the same as leaving direct out of --modes\n' +
       '  --trace: print the seed link rates (MB/s, per second) of each dfnode phase, and the time of\n' +
       '    each aria2c leecher, to stderr\n' +
+      '  --keep: leave the work directory, and the namespaces with the registry up: the bench stays running\n' +
+      '    after its table until it is interrupted (SIGINT/SIGTERM then removes the namespaces)\n' +
       '  --cpu-prof DIR: write a V8 CPU profile of every dfnode process (seed and nodes) into DIR\n' +
       '  --node-flags "FLAGS": more Node.js flags for every dfnode process (e.g. --perf-basic-prof)\n',
   );
