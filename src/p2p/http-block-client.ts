@@ -1,6 +1,6 @@
 import { DfError } from '../errors.js';
 import type { TokenBucket } from '../util/token-bucket.js';
-import { declaredBodyHead, errorTextHead, type DispatchedResponse } from '../util/dispatch-into.js';
+import { declaredBodyHead, errorTextHead, type HttpAnswer } from '../util/http-answer.js';
 import { RawHttpPool } from '../util/raw-http.js';
 import { rcvLowatEnabled } from '../util/rcv-lowat.js';
 import { busyAtSource, deferredBySource, handedBackBySource, sourceUnavailable } from '../fetch/types.js';
@@ -70,7 +70,7 @@ export class HttpBlockClient {
     await this.download?.take(length, signal);
     const q = new URLSearchParams({ offset: String(offset), length: String(length), ...extra });
     const what = `${address}: ${digest} ${offset}+${length}`;
-    let res: DispatchedResponse;
+    let res: HttpAnswer;
     let handedBack = false;
     try {
       res = await this.pool.request(address, {
@@ -144,7 +144,7 @@ export class HttpBlockClient {
     signal: AbortSignal,
   ): Promise<Buffer> {
     const what = `seed ${address}: piece table`;
-    let res: DispatchedResponse;
+    let res: HttpAnswer;
     try {
       res = await this.pool.request(address, {
         path: `/files/table?${new URLSearchParams(query)}`,

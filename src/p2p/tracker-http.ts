@@ -1,14 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ServiceClientConstructor } from '@grpc/grpc-js';
-import { Agent } from '../util/undici.js';
 import { DfError, type ErrorCode } from '../errors.js';
-import {
-  declaredBodyHead,
-  dispatchInto,
-  errorTextHead,
-  staleConnection,
-  type DispatchedResponse,
-} from '../util/dispatch-into.js';
+import { declaredBodyHead, errorTextHead, type HttpAnswer } from '../util/http-answer.js';
+import { ClosedBeforeAnswer, RawHttpPool } from '../util/raw-http.js';
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
 import { callerHost, MAX_REQUEST_BYTES, Tracker, trackerServiceConstructor } from './tracker-service.js';
@@ -85,7 +79,11 @@ export async function handleTrackerPost(
 ): Promise<void> {
   const fail = (status: number, msg: string) => {
     if (res.headersSent) return void res.end();
-    res.writeHead(status, { 'content-type': 'text/plain', ...(status === 503 && { 'retry-after': '1' }) });
+    res.writeHead(status, {
+      'content-type': 'text/plain',
+      'content-length': Buffer.byteLength(msg),
+      ...(status === 503 && { 'retry-after': '1' }),
+    });
     res.end(msg);
   };
   const name = (req.url ?? '').split('?')[0]!.slice(TRACKER_HTTP_PREFIX.length);
@@ -194,8 +192,7 @@ function answerError(what: string, status: number, text: string): DfError {
  * FORBIDDEN, NO_SPACE).
  */
 export class HttpTracker extends Tracker {
-  private readonly agent: Agent;
-  private readonly origin: string;
+  private readonly pool: RawHttpPool;
   private grpc: Tracker | undefined;
 
   constructor(
@@ -208,14 +205,13 @@ export class HttpTracker extends Tracker {
     private readonly fallback: () => Tracker,
   ) {
     super();
-    this.origin = `${tls ? 'https' : 'http'}://${address}`;
     // apart from the block client's: a call never waits behind a block response for a connection
-    this.agent = new Agent({
-      keepAliveTimeout: 30_000,
-      connections: 2,
-      connect: { timeout: timeoutMs, ...(tls && clientTlsOptions(tls)) },
-      headersTimeout: 0,
-      bodyTimeout: 0,
+    this.pool = new RawHttpPool({
+      ...(tls && { tls: clientTlsOptions(tls) }),
+      connectTimeoutMs: timeoutMs,
+      maxPerHost: 2,
+      idleMs: 30_000,
+      lowat: false,
     });
   }
 
@@ -230,13 +226,14 @@ export class HttpTracker extends Tracker {
    */
   connect(): void {
     if (this.grpc) return this.grpc.connect();
-    void dispatchInto(this.agent, {
-      origin: this.origin,
-      path: TRACKER_HTTP_PREFIX + 'ping',
-      headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken },
-      signal: AbortSignal.timeout(this.timeoutMs),
-      onHead: () => errorTextHead(ERROR_TEXT_BYTES),
-    }).catch(() => undefined);
+    void this.pool
+      .request(this.address, {
+        path: TRACKER_HTTP_PREFIX + 'ping',
+        headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken },
+        signal: AbortSignal.timeout(this.timeoutMs),
+        onHead: () => errorTextHead(ERROR_TEXT_BYTES),
+      })
+      .catch(() => undefined);
   }
 
   protected async call<Res>(method: Method, req: object, signal?: AbortSignal): Promise<Res> {
@@ -258,36 +255,30 @@ export class HttpTracker extends Tracker {
     if (signal?.aborted) onAbort();
     else signal?.addEventListener('abort', onAbort, { once: true });
     const body = c.requestSerialize(req);
-    let res: DispatchedResponse | undefined;
+    let res: HttpAnswer;
     try {
-      for (let attempt = 1; !res; attempt++) {
-        try {
-          res = await dispatchInto(this.agent, {
-            origin: this.origin,
-            path: TRACKER_HTTP_PREFIX + method,
-            method: 'POST',
-            body,
-            headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken, 'content-type': CONTENT_TYPE },
-            signal: ac.signal,
-            onHead: (status, headers) => {
-              if (status !== 200) return errorTextHead(ERROR_TEXT_BYTES);
-              return declaredBodyHead(headers, MAX_ANSWER_BYTES, what, 'an answer');
-            },
-          });
-        } catch (err) {
-          // a kept-alive connection the seed closed as the call went out: once more on a new one (a seed
-          // that is down refuses that one, and only then counts as down)
-          if (attempt === 1 && !ac.signal.aborted && staleConnection(err)) continue;
-          throw err;
-        }
-      }
+      // a kept-alive connection the seed closed as the call went out is tried once more on a new one (a
+      // seed that is down refuses that one, and only then counts as down): src/util/raw-http.ts
+      res = await this.pool.request(this.address, {
+        path: TRACKER_HTTP_PREFIX + method,
+        method: 'POST',
+        body,
+        headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken, 'content-type': CONTENT_TYPE },
+        signal: ac.signal,
+        onHead: (status, headers) => {
+          if (status !== 200) return errorTextHead(ERROR_TEXT_BYTES);
+          return declaredBodyHead(headers, MAX_ANSWER_BYTES, what, 'an answer');
+        },
+      });
     } catch (err) {
       if (timedOut || signal?.aborted) throw DfError.from(ac.signal.reason);
-      if (err instanceof DfError) throw err;
       if (this.tls) {
         const e = tlsFailure(this.address, err);
         if (e) throw e;
       }
+      if (err instanceof ClosedBeforeAnswer)
+        throw new DfError('NETWORK', `${what}: ${err.message}`, { cause: err });
+      if (err instanceof DfError) throw err;
       throw new DfError('NETWORK', `${what}: ${(err as Error).message}`, { cause: err });
     } finally {
       clearTimeout(timer);
@@ -314,6 +305,6 @@ export class HttpTracker extends Tracker {
 
   close(): void {
     this.grpc?.close();
-    void this.agent.close().catch(() => undefined);
+    void this.pool.close();
   }
 }

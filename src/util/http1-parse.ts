@@ -1,5 +1,5 @@
 import { DfError } from '../errors.js';
-import type { DispatchedResponse } from './dispatch-into.js';
+import type { HttpAnswer } from './http-answer.js';
 
 /** The parts of HTTP/1.1 answers that src/util/raw-http.ts parses itself. */
 
@@ -36,7 +36,7 @@ export function parseHead(text: string): AnswerHead | undefined {
  * Decodes a chunked body from `raw` into `res.body` (as much as fits; res.got is set to that): done when
  * the last chunk (and its trailers) is in, `end` where it ended in `raw`.
  */
-export function dechunk(raw: Buffer, res: DispatchedResponse): { done: boolean; end: number } {
+export function dechunk(raw: Buffer, res: HttpAnswer): { done: boolean; end: number } {
   let pos = 0;
   res.got = 0;
   for (;;) {

@@ -1,13 +1,14 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { DfError } from '../errors.js';
-import type { DispatchedResponse, HeadDecision } from './dispatch-into.js';
+import type { HttpAnswer, HeadDecision } from './http-answer.js';
 import { dechunk, parseHead, splitAddress, type AnswerHead } from './http1-parse.js';
 import { markRemaining } from './rcv-lowat.js';
 
 /**
- * A small HTTP/1.1 client for the P2P data plane: GETs of byte ranges whose bodies the kernel reads straight
- * into the caller's buffer (`onread` with a buffer per read), a pool of kept-alive connections per host.
+ * A small HTTP/1.1 client for the P2P tier (the block client's range GETs, the tracker's POSTs): answers'
+ * bodies are read by the kernel straight into the caller's buffer (`onread` with a buffer per read), over a
+ * pool of kept-alive connections per host.
  *
  * Why not undici: on a slow link a 1 MiB answer comes in hundreds of reads, and undici's path per read (a
  * socket stream, its llhttp parser in WebAssembly, a copy into our buffer) was a quarter of a swarm node's CPU
@@ -15,11 +16,10 @@ import { markRemaining } from './rcv-lowat.js';
  * only the head is parsed, in JavaScript, from a small scratch buffer.
  *
  * What it takes of HTTP: a 2xx answer must declare its length (Content-Length, no chunked body: dfnode's block
- * server always does); any other answer's text is read up to what the head decision asks for, and the
- * connection is kept only when the answer declared a length of at most DRAIN_MAX (else closed, unread).
- * No pipelining: one request per connection at a time.
+ * server and tracker always do; 204 and 304 have none); any other answer's text is read up to what the head
+ * decision asks for, and the connection is kept when the answer declared a length of at most DRAIN_MAX or came
+ * in chunks that fit the scratch buffer (else closed). No pipelining: one request per connection at a time.
  */
-
 /** Bytes of an answer's head at most (status line and headers). */
 const HEAD_MAX = 16 * 1024;
 /** An error answer's body of at most this many bytes is read to its end, keeping the connection. */
@@ -38,10 +38,14 @@ export interface RawHttpOptions {
 }
 
 export interface RawRequest {
+  /** Default GET. */
+  method?: 'GET' | 'POST';
+  /** A request body (POST), sent with its length. */
+  body?: Buffer;
   path: string;
   headers: Record<string, string>;
   signal: AbortSignal;
-  /** As dispatchInto's: the buffer the body goes into, or an error that ends the request. */
+  /** The buffer the body goes into, or an error that ends the request. */
   onHead: (statusCode: number, headers: Record<string, string | string[] | undefined>) => HeadDecision;
   /** Hears of every read of the body: the buffer and how much of it is filled. A throw ends the request. */
   progress?: (data: Buffer, filled: number) => void;
@@ -67,12 +71,12 @@ export class ClosedBeforeAnswer extends DfError {
 /** What one request in flight on a connection has of its answer. */
 interface Active {
   req: RawRequest;
-  resolve: (r: DispatchedResponse) => void;
+  resolve: (r: HttpAnswer) => void;
   reject: (e: Error) => void;
   settled: boolean;
   /** Whether its connection served a request before. */
   reused: boolean;
-  res?: DispatchedResponse;
+  res?: HttpAnswer;
   /** Where the body ends in res.body: its declared length or the buffer's, whichever is less. */
   limit: number;
   /** Bytes of the declared body past the limit, read and dropped before the connection is reused. */
@@ -98,8 +102,8 @@ class Conn {
   private hostIdleMs = Infinity;
   private gone = false;
   private connected = false;
-  /** The request's head, until a TLS connection's handshake is done. */
-  private unsent?: string;
+  /** The request, until a TLS connection's handshake is done. */
+  private unsent?: Buffer;
 
   constructor(
     readonly address: string,
@@ -119,7 +123,7 @@ class Conn {
       clearTimeout(this.connectTimer);
       this.connected = true;
       // a TLS request waits for the handshake: written before, a refusal is a write error, not TLS's
-      if (this.unsent) this.socket.write(this.unsent, 'latin1');
+      if (this.unsent) this.socket.write(this.unsent);
       this.unsent = undefined;
     });
     this.socket.on('error', (err) => this.close(err));
@@ -137,10 +141,14 @@ class Conn {
     this.inBody = false;
     this.headLen = 0;
     a.reused = this.served > 0;
-    let head = `GET ${a.req.path} HTTP/1.1\r\nhost: ${this.address}\r\n`;
-    for (const [k, v] of Object.entries(a.req.headers)) head += `${k}: ${v}\r\n`;
-    if (this.opts.tls && !this.connected) this.unsent = head + '\r\n';
-    else this.socket.write(head + '\r\n', 'latin1');
+    const { req } = a;
+    let head = `${req.method ?? 'GET'} ${req.path} HTTP/1.1\r\nhost: ${this.address}\r\n`;
+    for (const [k, v] of Object.entries(req.headers)) head += `${k}: ${v}\r\n`;
+    if (req.body) head += `content-length: ${req.body.length}\r\n`;
+    const bytes = Buffer.from(head + '\r\n', 'latin1');
+    const out = req.body ? Buffer.concat([bytes, req.body]) : bytes;
+    if (this.opts.tls && !this.connected) this.unsent = out;
+    else this.socket.write(out);
   }
 
   /** The buffer the next read goes into: the rest of the body while one is read, else the scratch buffer. */
@@ -267,9 +275,15 @@ class Conn {
       return false;
     }
     const cl = head.headers['content-length'];
-    const chunked = head.headers['transfer-encoding'] !== undefined;
+    const chunked =
+      head.headers['transfer-encoding'] !== undefined && head.status !== 204 && head.status !== 304;
+    // 204 and 304 have no body, whatever their head says
     const declared =
-      !chunked && typeof cl === 'string' && /^\d{1,15}$/.test(cl.trim()) ? Number(cl) : undefined;
+      head.status === 204 || head.status === 304
+        ? 0
+        : !chunked && typeof cl === 'string' && /^\d{1,15}$/.test(cl.trim())
+          ? Number(cl)
+          : undefined;
     if (head.status < 300) {
       if (declared === undefined) {
         this.fail(new DfError('NETWORK', `${this.address}: the answer does not declare its length`));
@@ -372,7 +386,7 @@ export class RawHttpPool {
    * rejects with onHead's or progress's error, a DfError, or the signal's reason. A request whose kept-alive
    * connection closed before any answer is sent once more on a new connection.
    */
-  async request(address: string, req: RawRequest): Promise<DispatchedResponse> {
+  async request(address: string, req: RawRequest): Promise<HttpAnswer> {
     try {
       return await this.once(address, req, false);
     } catch (err) {
@@ -381,7 +395,7 @@ export class RawHttpPool {
     }
   }
 
-  private once(address: string, req: RawRequest, fresh: boolean): Promise<DispatchedResponse> {
+  private once(address: string, req: RawRequest, fresh: boolean): Promise<HttpAnswer> {
     return new Promise((resolve, reject) => {
       const { signal } = req;
       if (signal.aborted) return reject(reason(signal));

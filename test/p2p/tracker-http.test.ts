@@ -189,18 +189,25 @@ describe('tracker over HTTP', () => {
     expect(accepted).toBe(1);
   });
 
-  it('a connection closed under a call is retried once on a new one; a seed that refuses is NETWORK', async () => {
+  it('a kept-alive connection closed under a call is retried once on a new one; a new one closed, or a seed that refuses, is NETWORK', async () => {
     const s = await seedServer();
     let n = 0;
     const sockets = new Set<Socket>();
-    // the first connection is closed as the request arrives (a kept-alive connection the seed dropped)
+    // connection 1 carries the first call, then is closed as the second arrives (a kept-alive connection
+    // the seed dropped); with `closeNew`, every new connection is closed as its first request arrives
+    let closeNew = false;
     const relay: Server = createServer((a) => {
-      const first = ++n === 1;
+      const conn = ++n;
       sockets.add(a.on('error', () => undefined));
-      if (first) return void a.once('data', () => a.destroy());
+      if (closeNew) return void a.once('data', () => a.destroy());
       const b = createConnection(s.port, '127.0.0.1');
       sockets.add(b.on('error', () => undefined));
-      a.pipe(b).pipe(a);
+      let k = 0;
+      a.on('data', (d) => {
+        if (conn === 1 && ++k === 2) a.destroy();
+        else b.write(d);
+      });
+      b.pipe(a);
     });
     await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
     const port = (relay.address() as { port: number }).port;
@@ -209,8 +216,16 @@ describe('tracker over HTTP', () => {
     );
     const c = client(`127.0.0.1:${port}`);
     await c.announce(fullAnnounce('holder-a', 4001));
+    await c.announce(fullAnnounce('holder-a', 4001));
     expect(n).toBe(2);
-    expect(s.state.counters.announces).toBe(1);
+    expect(s.state.counters.announces).toBe(2);
+    // a new connection closed at once is the seed's answer: no second try
+    closeNew = true;
+    await expect(client(`127.0.0.1:${port}`).lookup({ blob: BLOB, peer_id: 'x' })).rejects.toMatchObject({
+      code: 'NETWORK',
+      message: expect.stringContaining('connection closed before an answer'),
+    });
+    expect(n).toBe(3);
     // the relay gone: refused, NETWORK (the node takes the seed for down)
     sockets.forEach((x) => x.destroy());
     await new Promise<void>((r) => relay.close(() => r()));

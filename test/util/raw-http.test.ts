@@ -7,7 +7,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DfError } from '../../src/errors.js';
-import { errorTextHead } from '../../src/util/dispatch-into.js';
+import { errorTextHead } from '../../src/util/http-answer.js';
 import { RawHttpPool, type RawRequest } from '../../src/util/raw-http.js';
 
 const servers: Server[] = [];
@@ -21,8 +21,11 @@ afterEach(async () => {
   for (const s of servers.splice(0)) await new Promise((r) => s.close(r));
 });
 
-/** A raw host: `answer(conn, path, socket)` for every request head (conn counts from 1). */
-async function host(answer: (conn: number, path: string, s: Socket) => void) {
+/**
+ * A raw host: `answer(conn, path, socket, body)` for every request head (conn counts from 1); `body` is a
+ * request body that came with the head (its Content-Length).
+ */
+async function host(answer: (conn: number, path: string, s: Socket, body: string) => void) {
   let n = 0;
   const server = createServer((s) => {
     const conn = ++n;
@@ -31,9 +34,12 @@ async function host(answer: (conn: number, path: string, s: Socket) => void) {
     s.on('data', (d) => {
       buf += d.toString('latin1');
       for (let i = buf.indexOf('\r\n\r\n'); i >= 0; i = buf.indexOf('\r\n\r\n')) {
-        const path = buf.slice(0, i).split(' ')[1] ?? '';
-        buf = buf.slice(i + 4);
-        answer(conn, path, s);
+        const head = buf.slice(0, i);
+        const path = head.split(' ')[1] ?? '';
+        const length = Number(/content-length: (\d+)/i.exec(head)?.[1] ?? 0);
+        const body = buf.slice(i + 4, i + 4 + length);
+        buf = buf.slice(i + 4 + length);
+        answer(conn, path, s, body);
       }
     });
   });
@@ -190,5 +196,43 @@ describe('raw HTTP range client', () => {
       code: 'NETWORK',
       message: expect.stringMatching(/connection closed before an answer.*ECONNREFUSED/),
     });
+  });
+
+  it('ends with the error the head decides on, or the one progress throws; an aborted signal sends nothing', async () => {
+    const h = await host((_c, _p, s) => s.write(ok(Buffer.alloc(64 * 1024, 1))));
+    const p = pool();
+    const head: RawRequest = { ...req('/', 4), onHead: () => new DfError('FORBIDDEN', 'not this one') };
+    await expect(p.request(h.address, head)).rejects.toThrow('not this one');
+    const thrower: RawRequest = {
+      ...req('/', 64 * 1024),
+      progress: () => {
+        throw new Error('enough');
+      },
+    };
+    await expect(p.request(h.address, thrower)).rejects.toThrow('enough');
+    const before = h.conns();
+    await expect(
+      p.request(h.address, req('/', 4, AbortSignal.abort(new DfError('ABORTED', 'gone')))),
+    ).rejects.toThrow('gone');
+    expect(h.conns()).toBe(before);
+  });
+
+  it('POSTs a body with its length; a 204 has no body whatever its head says', async () => {
+    const h = await host((_c, path, s, body) => {
+      if (path === '/none') s.write('HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n');
+      else s.write(ok(Buffer.from(body.toUpperCase())));
+    });
+    const p = pool();
+    const r = await p.request(h.address, { ...req('/echo', 5), method: 'POST', body: Buffer.from('hello') });
+    expect(r.body.toString()).toBe('HELLO');
+    const n = await p.request(h.address, req('/none', 4));
+    expect([n.statusCode, n.got]).toEqual([204, 0]);
+    // the same connection, still usable
+    expect(
+      (
+        await p.request(h.address, { ...req('/echo', 2), method: 'POST', body: Buffer.from('ok') })
+      ).body.toString(),
+    ).toBe('OK');
+    expect(h.conns()).toBe(1);
   });
 });
