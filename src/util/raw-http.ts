@@ -130,10 +130,6 @@ class Conn {
     this.socket.on('close', () => this.close());
   }
 
-  get busy(): boolean {
-    return this.cur !== undefined;
-  }
-
   /** Sends a request on this connection (new, or idle in the pool). */
   send(a: Active): void {
     clearTimeout(this.idleTimer);
@@ -455,10 +451,13 @@ export class RawHttpPool {
 
   /** A connection is done with its request and can take another. */
   release(c: Conn): void {
-    const i = this.queue.findIndex((q) => q.address === c.address && !q.fresh);
+    const i = this.queue.findIndex((q) => q.address === c.address);
     if (i >= 0) {
-      const [w] = this.queue.splice(i, 1);
-      return w!.start(c);
+      const w = this.queue[i]!;
+      // a retry waits for a new connection: this one makes room for it (gone() sends it)
+      if (w.fresh) return c.destroy();
+      this.queue.splice(i, 1);
+      return w.start(c);
     }
     const idle = this.idle.get(c.address) ?? [];
     idle.push(c);

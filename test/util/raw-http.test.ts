@@ -166,6 +166,29 @@ describe('raw HTTP range client', () => {
     expect(h.conns()).toBe(2);
   });
 
+  it('a retry after a stale connection gets a new connection even while the host is at its limit', async () => {
+    const held: Socket[] = [];
+    let stale = 0;
+    const h = await host((_c, path, s) => {
+      if (path === '/hold') held.push(s);
+      // the first /stale: the host closes the kept-alive connection it came on
+      else if (path === '/stale' && stale++ === 0) s.destroy();
+      else s.write(ok(Buffer.from(path.slice(1, 5))));
+    });
+    const p = pool(2);
+    await Promise.all([p.request(h.address, req('/ok11', 4)), p.request(h.address, req('/ok22', 4))]);
+    const hold = p.request(h.address, req('/hold', 4));
+    const retried = p.request(h.address, req('/stale', 4));
+    // at the limit: waits, then takes the place the stale connection left before the retry asks for one
+    const queued = p.request(h.address, req('/qqqq', 4));
+    expect((await queued).body.toString()).toBe('qqqq');
+    // the retry needs a new connection: the one the queued request freed makes room (not kept idle)
+    expect((await retried).body.toString()).toBe('stal');
+    expect(h.conns()).toBe(4);
+    held[0]!.write(ok(Buffer.from('held')));
+    expect((await hold).body.toString()).toBe('held');
+  });
+
   it('an abort ends a request mid-body at once, closes its connection, and a queued one leaves the queue', async () => {
     const closed: number[] = [];
     const h = await host((conn, path, s) => {
