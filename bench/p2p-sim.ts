@@ -42,6 +42,7 @@ if (flags.help) {
       '  [--node-mbit 20] [--seed-mbit 20] [--registry-mbit 40] [--max-peers-per-blob 16384] [--start-spread-ms 0]\n' +
       '  [--max-run-mib 4] (largest peer run of the fill planner, as p2pFill maxRunBytes)\n' +
       '  [--lookup-candidates 256] (holders a tracker lookup scores, TrackerLimits.lookupCandidates)\n' +
+      '  [--upload-slots 4] (fill runs a node uploads at once, p2p.uploadSlots)\n' +
       'node dist/bench/p2p-sim.js --calibrate N:MEAN_S,... [--mib 57.9] [--machine-cores 2] [--cpu-recv 35]\n' +
       '  [--cpu-send 35] [--startup-cpu-s 0.5]\n' +
       '  --calibrate: simulate bench/p2p (all hosts on one machine of --machine-cores cores, each host spending\n' +
