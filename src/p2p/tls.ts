@@ -157,11 +157,11 @@ const CLOSED =
   'the CA in its p2p.tls.ca?) or went away';
 
 /**
- * A failed request of the block client (or the tracker client: undici) with p2p.tls on, told as a TLS failure: UNAUTHORIZED when
- * the handshake failed here (the peer's certificate is not from the cluster CA, a TLS alert, no TLS on the
- * other side); NETWORK naming TLS when the connection closed before any answer, which is how a Node TLS 1.3
- * server refuses a client certificate (no alert: the handshake had completed on this side) but also what a
- * peer that went away looks like. Undefined for anything else.
+ * A failed request of the block or tracker client (src/util/raw-http.ts) with p2p.tls on, told as a TLS
+ * failure: UNAUTHORIZED when the handshake failed here (the peer's certificate is not from the cluster CA, a
+ * TLS alert, no TLS on the other side); NETWORK naming TLS when the connection closed before any answer,
+ * which is how a Node TLS 1.3 server refuses a client certificate (no alert: the handshake had completed on
+ * this side) but also what a peer that went away looks like. Undefined for anything else.
  */
 export function tlsFailure(what: string, err: unknown): DfError | undefined {
   for (let e = err as TlsErrorShape | undefined, i = 0; e && i < 4; e = e.cause, i++) {
@@ -170,8 +170,7 @@ export function tlsFailure(what: string, err: unknown): DfError | undefined {
       return new DfError('UNAUTHORIZED', `${what}: TLS handshake failed: ${reason} ${CHECK}`, { cause: err });
     }
   }
-  const e = err as TlsErrorShape | undefined;
-  if (err instanceof ClosedBeforeAnswer || (e?.code === 'UND_ERR_SOCKET' && e.socket?.bytesRead === 0))
+  if (err instanceof ClosedBeforeAnswer)
     return new DfError('NETWORK', `${what}: ${CLOSED} ${CHECK}`, { cause: err });
   return undefined;
 }
@@ -208,7 +207,6 @@ interface TlsErrorShape {
   /** OpenSSL's reason ("wrong version number") of an ERR_SSL_ error. */
   reason?: string;
   cause?: TlsErrorShape;
-  socket?: { bytesRead?: number };
 }
 
 function firstLine(s: string | undefined): string {

@@ -116,6 +116,8 @@ class Conn {
       ? // onread is a TLS socket's option too (Node ≥ 15), missing from @types/node's ConnectionOptions
         tlsConnect({ ...opts.tls, host, port, onread } as ConnectionOptions)
       : netConnect({ host, port, onread, noDelay: true });
+    // requests go out at once (one write each), also under TLS
+    this.socket.setNoDelay(true);
     this.connectTimer = setTimeout(() => {
       this.fail(new DfError('NETWORK', `${address}: no connection within ${opts.connectTimeoutMs} ms`));
     }, opts.connectTimeoutMs);
