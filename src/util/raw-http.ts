@@ -349,8 +349,7 @@ class Conn {
     clearTimeout(this.connectTimer);
     const a = this.cur;
     this.cur = undefined;
-    if (a && !a.settled) {
-      a.settled = true;
+    if (a && this.settle(a)) {
       // a body cut short, or an error answer read to the close: the caller counts the bytes
       if (this.inBody) a.resolve(a.res!);
       else a.reject(new ClosedBeforeAnswer(this.address, a.reused && this.headLen === 0, err));
@@ -360,6 +359,9 @@ class Conn {
     this.pool.gone(this);
   }
 }
+
+/** What a request to a closed pool, or one still waiting when it closes, fails with. */
+const CLOSED_POOL = 'the HTTP client is closed';
 
 interface Waiting {
   address: string;
@@ -380,7 +382,7 @@ export class RawHttpPool {
   constructor(private readonly opts: RawHttpOptions) {}
 
   /**
-   * One GET. Resolves with the answer (a 2xx body may be short when the connection closed: compare `got`);
+   * One request (a GET, or a POST of a small body). Resolves with the answer (a 2xx body may be short when the connection closed: compare `got`);
    * rejects with onHead's or progress's error, a DfError, or the signal's reason. A request whose kept-alive
    * connection closed before any answer is sent once more on a new connection.
    */
@@ -397,7 +399,7 @@ export class RawHttpPool {
     return new Promise((resolve, reject) => {
       const { signal } = req;
       if (signal.aborted) return reject(reason(signal));
-      if (this.closed) return reject(new DfError('ABORTED', 'the block client is closed'));
+      if (this.closed) return reject(new DfError('ABORTED', CLOSED_POOL));
       let conn: Conn | undefined;
       const onAbort = () => {
         if (a.settled) return;
@@ -483,7 +485,7 @@ export class RawHttpPool {
     this.closed = true;
     for (const w of this.queue.splice(0)) {
       w.a.settled = true;
-      w.a.reject(new DfError('ABORTED', 'the block client is closed'));
+      w.a.reject(new DfError('ABORTED', CLOSED_POOL));
     }
     for (const set of [...this.conns.values()]) for (const c of [...set]) c.destroy();
   }
