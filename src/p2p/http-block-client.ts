@@ -17,6 +17,22 @@ const CONNECT_TIMEOUT_MS = 10_000;
 /** Bytes of an error answer's text kept for the message. */
 const ERROR_TEXT_BYTES = 200;
 
+/** What a caller of HttpBlockClient.get may hear of, and how urgent the range is. */
+export interface BlockGetHooks {
+  /** Told of every read of the body: the range's buffer and how much of it is filled. */
+  progress?: (data: Buffer, filled: number) => void;
+  /** Told the piece digest the host sent (PIECE_DIGEST_HEADER: a seed serving a file it still fetches). */
+  pieceDigest?: (sha256: Buffer) => void;
+  /** Told whenever the host is heard from: its answer's head (any status) and every chunk of the body. */
+  alive?: () => void;
+  /**
+   * Set when nobody waits on the range's first bytes (a fill run: fillHoldMs of its stall limit): its bytes
+   * may wait in the socket this long for a full low-water mark (fewer wake-ups on a slow link; default
+   * FALLBACK_MS; src/util/rcv-lowat.ts).
+   */
+  holdMs?: number;
+}
+
 /**
  * One GET of a blob range from a peer or seed, with the cluster token and the host's download limit; over
  * HTTPS with this host's client certificate when p2p.tls is set. Bodies are read straight into the range's
@@ -61,12 +77,9 @@ export class HttpBlockClient {
     length: number,
     signal: AbortSignal,
     extra: Record<string, string> = {},
-    progress?: (data: Buffer, filled: number) => void,
-    /** Told the piece digest the host sent (PIECE_DIGEST_HEADER: a seed serving a file it still fetches). */
-    pieceDigest?: (sha256: Buffer) => void,
-    /** Told whenever the host is heard from: its answer's head (any status) and every chunk of the body. */
-    alive?: () => void,
+    hooks: BlockGetHooks = {},
   ): Promise<Buffer> {
+    const { progress, pieceDigest, alive } = hooks;
     await this.download?.take(length, signal);
     const q = new URLSearchParams({ offset: String(offset), length: String(length), ...extra });
     const what = `${address}: ${digest} ${offset}+${length}`;
@@ -105,6 +118,7 @@ export class HttpBlockClient {
             : alive
               ? () => alive()
               : progress,
+        holdMs: hooks.holdMs,
       });
     } catch (err) {
       throw this.failure(err, signal, `GET ${address} ${digest}`);

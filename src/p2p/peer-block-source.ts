@@ -1,5 +1,6 @@
 import { countUp } from '../util/count-up.js';
 import { stallSignal } from '../util/stall-signal.js';
+import { fillHoldMs } from '../util/rcv-lowat.js';
 import { SLOW_FILL_FACTOR, transferTimeoutMs } from '../util/transfer-timeout.js';
 import { realTimers, type Timers } from '../util/timers.js';
 import {
@@ -119,9 +120,11 @@ export class PeerBlockSource implements BlockSource {
         length,
         rq.signal,
         fill ? { fill: '1' } : {},
-        progress,
-        undefined,
-        rq.alive,
+        {
+          progress,
+          alive: rq.alive,
+          holdMs: ctx?.priority === Priority.Fill ? fillHoldMs(this.deps.timeoutMs) : undefined,
+        },
       );
       const ms = Math.max(1, this.timers.now() - t0);
       const prev = this.speed.get(h.id);

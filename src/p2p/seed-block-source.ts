@@ -1,6 +1,7 @@
 import { SLOW_FILL_FACTOR, transferTimeoutMs } from '../util/transfer-timeout.js';
 import { DfError } from '../errors.js';
 import { stallSignal } from '../util/stall-signal.js';
+import { fillHoldMs } from '../util/rcv-lowat.js';
 import { realTimers, type Timers } from '../util/timers.js';
 import {
   isBusy,
@@ -115,9 +116,12 @@ export class SeedBlockSource implements BlockSource {
             ...(planned ? { defer: '1' } : {}),
             ...(planned && this.opts.origin?.on ? { origin: '1' } : {}),
           },
-          ctx?.progress,
-          ctx?.pieceDigest,
-          alive,
+          {
+            progress: ctx?.progress,
+            pieceDigest: ctx?.pieceDigest,
+            alive,
+            holdMs: fill ? fillHoldMs(this.opts.timeoutMs) : undefined,
+          },
         );
         this.opts.isolation.ok(seed);
         this.timeouts.delete(seed);

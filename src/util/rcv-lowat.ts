@@ -15,7 +15,11 @@ const require = createRequire(import.meta.url);
  * body is complete, so a socket never waits for bytes that will not be sent; a closing peer or a nearly full
  * receive window wakes it regardless (the kernel's rule). A body that trickles (less than the mark within
  * FALLBACK_MS) is not held back either: the mark drops to 1 after FALLBACK_MS without a read, so the client
- * still hears of every byte within about that long (its stall limits count any progress).
+ * still hears of every byte within about that long (its stall limits count any progress, and a read that
+ * waits on the body's first block gets it). A fill run, which nobody waits on, may be held back longer
+ * (FILL_HOLD_MS): a connection that shares a slow link with others then wakes per full mark instead of at
+ * every fallback (bench/dataplane at 20 Mbit/s shared by four connections: every read had come by the
+ * fallback, and a node spent about a fifth more CPU per GiB).
  *
  * Plain TCP only (a TLS record's framing is not the body's length). Off without the native addon
  * (native/dfnode_net.c) or with DFNODE_RCVLOWAT=0; DFNODE_RCVLOWAT=N sets the limit in bytes (default 65536).
@@ -49,11 +53,22 @@ export function rcvLowatEnabled(): boolean {
 
 /** After this long without a read, a socket's mark goes back to 1 (ms). */
 export const FALLBACK_MS = 100;
+/** The same for a body nobody waits on (a fill run's), at most. */
+export const FILL_HOLD_MS = 1000;
+
+/**
+ * How long a fill run's body may be held back when its transfer counts as stalled after `stallMs` without
+ * a byte: FILL_HOLD_MS, or a quarter of that limit when it is short (tests use limits of a few 100 ms).
+ */
+export function fillHoldMs(stallMs: number): number {
+  return Math.max(FALLBACK_MS, Math.min(FILL_HOLD_MS, Math.floor(stallMs / 4)));
+}
 
 interface Mark {
   value: number;
-  /** Drops the mark to 1 when no read came for FALLBACK_MS; refreshed by every read. */
+  /** Drops the mark to 1 when no read came for `holdMs`; refreshed by every read. */
   timer?: ReturnType<typeof setTimeout>;
+  holdMs: number;
 }
 /** The mark set on each tracked socket (1 when absent). */
 const marks = new WeakMap<Socket, Mark>();
@@ -65,14 +80,21 @@ const fdOf = (s: Socket): number | undefined => {
 
 /**
  * Called by the HTTP client before each read of a body with the body bytes still to come on the socket: sets
- * its low-water mark to that (at most the limit), 1 once the body is complete (src/util/raw-http.ts).
+ * its low-water mark to that (at most the limit), 1 once the body is complete (src/util/raw-http.ts). The
+ * mark goes back to 1 after `holdMs` without a read.
  */
-export function markRemaining(s: Socket, remaining: number): void {
+export function markRemaining(s: Socket, remaining: number, holdMs = FALLBACK_MS): void {
   const a = addon;
   if (!a) return;
   const want = Math.max(1, Math.min(remaining, limit));
   let m = marks.get(s);
-  if (!m) marks.set(s, (m = { value: 1 }));
+  if (!m) marks.set(s, (m = { value: 1, holdMs }));
+  if (m.timer && m.holdMs !== holdMs) {
+    // another body on this connection, held back for another time
+    clearTimeout(m.timer);
+    m.timer = undefined;
+  }
+  m.holdMs = holdMs;
   if (want > 1) {
     // a read came: the fallback starts again
     if (m.timer) m.timer.refresh();
@@ -83,7 +105,7 @@ export function markRemaining(s: Socket, remaining: number): void {
         // the socket's own descriptor, now (a closed socket has none: its number may be another file's)
         const fd = fdOf(s);
         if (fd !== undefined && mark.value > 1 && a.setRcvLowat(fd, 1)) mark.value = 1;
-      }, FALLBACK_MS);
+      }, holdMs);
       mark.timer.unref();
     }
   } else if (m.timer) {

@@ -3,7 +3,7 @@
  * loopback that trickles each body out in 1 KiB writes: the client wakes about once per 64 KiB instead of
  * once per write, never waits for bytes that will not come (bodies of every size around the mark, a
  * reused keep-alive connection, a short error answer after a body on the same connection), and hears of a
- * trickling body's bytes within about FALLBACK_MS.
+ * trickling body's bytes within about FALLBACK_MS (a fill run's, which nobody waits on, per full mark).
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureNativeAddon } from '../../native/build-addon.js';
 import { isSourceUnavailable } from '../../src/fetch/types.js';
 import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
-import { FALLBACK_MS, rcvLowatEnabled } from '../../src/util/rcv-lowat.js';
+import { FALLBACK_MS, FILL_HOLD_MS, fillHoldMs, rcvLowatEnabled } from '../../src/util/rcv-lowat.js';
 import { requireConditions } from '../helpers/require.js';
 
 const DIGEST = 'sha256:' + 'ab'.repeat(32);
@@ -44,8 +44,9 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
       res.socket?.setNoDelay(true);
       res.writeHead(200, { 'content-length': length });
       const data = body(length);
-      // offset 1: a trickle, 900 bytes every 50 ms; else 1 KiB every millisecond
-      const [step, every] = q.get('offset') === '1' ? [900, 50] : [STEP, 1];
+      // offset 1: a trickle, 900 bytes every 50 ms; offset 2: 2 KiB every 20 ms; else 1 KiB every millisecond
+      const offset = q.get('offset');
+      const [step, every] = offset === '1' ? [900, 50] : offset === '2' ? [2048, 20] : [STEP, 1];
       let at = 0;
       const next = () => {
         if (res.destroyed) return;
@@ -75,7 +76,17 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
   it('wakes about once per 64 KiB of a trickled body, and gets every byte', async () => {
     let calls = 0;
     const length = 300_000;
-    const got = await client.get(address, DIGEST, 0, length, AbortSignal.timeout(20_000), {}, () => calls++);
+    const got = await client.get(
+      address,
+      DIGEST,
+      0,
+      length,
+      AbortSignal.timeout(20_000),
+      {},
+      {
+        progress: () => calls++,
+      },
+    );
     expect(got.equals(body(length))).toBe(true);
     // ~293 writes 1 ms apart: one read each without the mark
     expect(calls).toBeLessThan(30);
@@ -98,11 +109,51 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
     // 9000 bytes, 900 every 50 ms (~450 ms): a stall limit counts these bytes as they come, not at the end
     const t0 = Date.now();
     const times: number[] = [];
-    const got = await client.get(address, DIGEST, 1, 9000, AbortSignal.timeout(20_000), {}, () =>
-      times.push(Date.now() - t0),
+    const got = await client.get(
+      address,
+      DIGEST,
+      1,
+      9000,
+      AbortSignal.timeout(20_000),
+      {},
+      {
+        progress: () => times.push(Date.now() - t0),
+      },
     );
     expect(got.equals(body(9000))).toBe(true);
     expect(times.length).toBeGreaterThanOrEqual(3);
     expect(times[0]!).toBeLessThan(FALLBACK_MS + 150);
+  });
+
+  it("a fill run's slow body is heard of per full mark, a read's about every FALLBACK_MS", async () => {
+    // 160 KB at ~100 KB/s (~1.6 s): 64 KiB take ~650 ms, well inside FILL_HOLD_MS
+    const length = 160_000;
+    const reads = async (fill: boolean) => {
+      let calls = 0;
+      const got = await client.get(
+        address,
+        DIGEST,
+        2,
+        length,
+        AbortSignal.timeout(20_000),
+        {},
+        {
+          progress: () => calls++,
+          holdMs: fill ? FILL_HOLD_MS : undefined,
+        },
+      );
+      expect(got.equals(body(length))).toBe(true);
+      return calls;
+    };
+    const read = await reads(false);
+    const fill = await reads(true);
+    expect(FILL_HOLD_MS).toBeGreaterThan(700);
+    // a short stall limit (tests') shortens the hold: bytes are heard of well inside it
+    expect(fillHoldMs(30_000)).toBe(FILL_HOLD_MS);
+    expect(fillHoldMs(520)).toBe(130);
+    expect(fillHoldMs(100)).toBe(FALLBACK_MS);
+    // a read: one wake-up per fallback (~16); a fill: one per 64 KiB and the rest (3)
+    expect(read).toBeGreaterThanOrEqual(8);
+    expect(fill).toBeLessThanOrEqual(5);
   });
 });
