@@ -25,6 +25,7 @@ const { values: flags } = parseArgs({
     'busy-backoff-ms': { type: 'string', default: String(DEFAULT_SIM.busyBackoffMs) },
     'busy-retry-ms': { type: 'string', default: String(DEFAULT_SIM.busyRetryMs) },
     'max-run-mib': { type: 'string', default: String(DEFAULT_SIM.maxRunBytes / 2 ** 20) },
+    'mid-run-kib': { type: 'string', default: String(DEFAULT_SIM.midRunBytes / 1024) },
     calibrate: { type: 'string' },
     'machine-cores': { type: 'string', default: '2' },
     'cpu-recv': { type: 'string', default: '35' },
@@ -43,6 +44,7 @@ if (flags.help) {
       '  [--max-run-mib 4] (largest peer run of the fill planner, as p2pFill maxRunBytes)\n' +
       '  [--lookup-candidates 256] (holders a tracker lookup scores, TrackerLimits.lookupCandidates)\n' +
       '  [--upload-slots 4] (fill runs a node uploads at once, p2p.uploadSlots)\n' +
+      "  [--mid-run-kib 256] (a run's arrived units are stored and announced per this much, as RunWriter; 0: at its end)\n" +
       'node dist/bench/p2p-sim.js --calibrate N:MEAN_S,... [--mib 57.9] [--machine-cores 2] [--cpu-recv 35]\n' +
       '  [--cpu-send 35] [--startup-cpu-s 0.5]\n' +
       '  --calibrate: simulate bench/p2p (all hosts on one machine of --machine-cores cores, each host spending\n' +
@@ -62,6 +64,7 @@ const base: SimParams = {
   maxPeersPerBlob: num('max-peers-per-blob'),
   startSpreadMs: num('start-spread-ms'),
   maxRunBytes: Math.round(num('max-run-mib') * 2 ** 20),
+  midRunBytes: Math.round(num('mid-run-kib') * 1024),
   lookupCandidates: num('lookup-candidates'),
   uploadSlots: num('upload-slots'),
   busyBackoffMs: num('busy-backoff-ms'),

@@ -1,4 +1,5 @@
 /** What the P2P simulation (bench/lib/p2p-sim.ts) is given and what it reports. */
+import { MID_RUN_WRITE_BYTES } from '../../src/fetch/run-writer.js';
 import { DEFAULT_TRACKER_LIMITS } from '../../src/p2p/tracker-limits.js';
 
 export interface SimParams {
@@ -20,6 +21,11 @@ export interface SimParams {
   busyBackoffMs: number;
   /** A worker whose run was refused as busy plans again after this long (ms; p2pFill BUSY_RETRY_MS). */
   busyRetryMs: number;
+  /**
+   * A run's arrived units are stored (and announced) once this many bytes of them are pending, as RunWriter
+   * does (MID_RUN_WRITE_BYTES); 0: only at the run's end.
+   */
+  midRunBytes: number;
   /** Fill runs in flight per node (p2pFill concurrency). */
   concurrency: number;
   maxRunBytes: number;
@@ -54,6 +60,7 @@ export const DEFAULT_SIM: SimParams = {
   uploadSlots: 4,
   busyBackoffMs: 500,
   busyRetryMs: 50,
+  midRunBytes: MID_RUN_WRITE_BYTES,
   concurrency: 6,
   maxRunBytes: 4 << 20,
   machineCores: 0,

@@ -122,6 +122,7 @@ export function simulate(p: SimParams): SimResult {
       f.dst.downs.delete(f);
     }
     for (const f of ended) f.done();
+    for (const f of flows) f.progress?.(f.remaining);
     rerate();
     if (flows.size || pendingStarts > 0) at(now + p.stepMs, step);
     else stepping = false;
@@ -133,8 +134,17 @@ export function simulate(p: SimParams): SimResult {
     at(Math.ceil(now / p.stepMs) * p.stepMs + p.stepMs, step);
   };
 
-  /** Starts a transfer after the request's round trip; the returned function cancels it (a timeout). */
-  const transfer = (src: Endpoint, dst: Endpoint, bytes: number, done: () => void): (() => void) => {
+  /**
+   * Starts a transfer after the request's round trip; the returned function cancels it (a timeout).
+   * `progress` hears of the bytes still to come after each step.
+   */
+  const transfer = (
+    src: Endpoint,
+    dst: Endpoint,
+    bytes: number,
+    done: () => void,
+    progress?: (remaining: number) => void,
+  ): (() => void) => {
     let flow: Flow | undefined;
     let cancelled = false;
     pendingStarts++;
@@ -142,7 +152,7 @@ export function simulate(p: SimParams): SimResult {
     at(now + p.rttMs, () => {
       pendingStarts--;
       if (cancelled) return;
-      const f: Flow = { src, dst, remaining: bytes, rate: 0, done };
+      const f: Flow = { src, dst, remaining: bytes, rate: 0, done, progress };
       flow = f;
       flows.add(f);
       src.ups.add(f);
@@ -346,6 +356,32 @@ export function simulate(p: SimParams): SimResult {
     }
   };
 
+  /**
+   * A node's run as RunWriter stores it (src/fetch/run-writer.ts): the units fully arrived are in the cache,
+   * and so announced (within SOON_MS) and served to peers, once MID_RUN_WRITE_BYTES of them are pending;
+   * the rest at the run's end (finishUnits).
+   */
+  const midRun = (n: SimNode, i: number, us: number[], bytes: number) => {
+    let stored = 0;
+    return (remaining: number) => {
+      const arrived = bytes - remaining;
+      let k = stored;
+      let at = 0;
+      for (let j = 0; j < us.length; j++) {
+        at += layout.length(us[j]!);
+        if (at > arrived) break;
+        k = j + 1;
+      }
+      let pending = 0;
+      for (let j = stored; j < k; j++) pending += layout.length(us[j]!);
+      if (p.midRunBytes > 0 && pending >= p.midRunBytes && k > stored) {
+        for (let j = stored; j < k; j++) n.cache.bits.set(us[j]!);
+        stored = k;
+        soon(n, i);
+      }
+    };
+  };
+
   const worker = (n: SimNode, i: number) => {
     if (n.end >= 0 || now > p.limitMs) return;
     lookup(n);
@@ -391,15 +427,21 @@ export function simulate(p: SimParams): SimResult {
       tracker.assume(blob.digest, n.id, us);
       n.seedActive++;
       const go = () =>
-        transfer(seedEp, n.ep, bytes, () => {
-          tracker.delivered(blob.digest, n.id, us[0]!, us[us.length - 1]!);
-          seedUpload += bytes;
-          fromSeed += bytes;
-          n.seedActive--;
-          release();
-          finishUnits(n, i, us);
-          worker(n, i);
-        });
+        transfer(
+          seedEp,
+          n.ep,
+          bytes,
+          () => {
+            tracker.delivered(blob.digest, n.id, us[0]!, us[us.length - 1]!);
+            seedUpload += bytes;
+            fromSeed += bytes;
+            n.seedActive--;
+            release();
+            finishUnits(n, i, us);
+            worker(n, i);
+          },
+          midRun(n, i, us, bytes),
+        );
       if (seedBits.has(us[0]!)) go();
       else {
         for (const u of us) if (!seedBits.has(u)) urgent.push(u);
@@ -448,14 +490,20 @@ export function simulate(p: SimParams): SimResult {
       n.busy.set(holder.id, (n.busy.get(holder.id) ?? 1) - 1);
       release();
     };
-    const cancel = transfer(holder.ep, n.ep, bytes, () => {
-      if (settled) return;
-      end();
-      n.isolation.ok(holder.id);
-      fromPeers += bytes;
-      finishUnits(n, i, us);
-      worker(n, i);
-    });
+    const cancel = transfer(
+      holder.ep,
+      n.ep,
+      bytes,
+      () => {
+        if (settled) return;
+        end();
+        n.isolation.ok(holder.id);
+        fromPeers += bytes;
+        finishUnits(n, i, us);
+        worker(n, i);
+      },
+      midRun(n, i, us, bytes),
+    );
     at(now + transferTimeoutMs(p.peerTimeoutMs, bytes), () => {
       if (settled) return;
       cancel();

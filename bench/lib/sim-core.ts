@@ -75,6 +75,8 @@ export interface Flow {
   remaining: number;
   rate: number;
   done: () => void;
+  /** Told after each step the flow did not end in, with the bytes still to come. */
+  progress?: (remaining: number) => void;
 }
 
 /**
