@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureNativeAddon } from '../../native/build-addon.js';
 import { isSourceUnavailable } from '../../src/fetch/types.js';
-import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
+import { HttpBlockClient, type BlockGetHooks } from '../../src/p2p/http-block-client.js';
 import { FALLBACK_MS, FILL_HOLD_MS, fillHoldMs, rcvLowatEnabled } from '../../src/util/rcv-lowat.js';
 import { requireConditions } from '../helpers/require.js';
 
@@ -69,6 +69,10 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
     await new Promise((r) => server?.close(r));
   });
 
+  /** A range of the test server's body (its offset picks how it trickles), with the client's hooks. */
+  const getWith = (offset: number, length: number, hooks: BlockGetHooks) =>
+    client.get(address, DIGEST, offset, length, AbortSignal.timeout(20_000), {}, hooks);
+
   it('is in use when the addon is built', () => {
     expect(rcvLowatEnabled()).toBe(true);
   });
@@ -76,17 +80,7 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
   it('wakes about once per 64 KiB of a trickled body, and gets every byte', async () => {
     let calls = 0;
     const length = 300_000;
-    const got = await client.get(
-      address,
-      DIGEST,
-      0,
-      length,
-      AbortSignal.timeout(20_000),
-      {},
-      {
-        progress: () => calls++,
-      },
-    );
+    const got = await getWith(0, length, { progress: () => calls++ });
     expect(got.equals(body(length))).toBe(true);
     // ~293 writes 1 ms apart: one read each without the mark
     expect(calls).toBeLessThan(30);
@@ -109,17 +103,7 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
     // 9000 bytes, 900 every 50 ms (~450 ms): a stall limit counts these bytes as they come, not at the end
     const t0 = Date.now();
     const times: number[] = [];
-    const got = await client.get(
-      address,
-      DIGEST,
-      1,
-      9000,
-      AbortSignal.timeout(20_000),
-      {},
-      {
-        progress: () => times.push(Date.now() - t0),
-      },
-    );
+    const got = await getWith(1, 9000, { progress: () => times.push(Date.now() - t0) });
     expect(got.equals(body(9000))).toBe(true);
     expect(times.length).toBeGreaterThanOrEqual(3);
     expect(times[0]!).toBeLessThan(FALLBACK_MS + 150);
@@ -130,18 +114,10 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
     const length = 160_000;
     const reads = async (fill: boolean) => {
       let calls = 0;
-      const got = await client.get(
-        address,
-        DIGEST,
-        2,
-        length,
-        AbortSignal.timeout(20_000),
-        {},
-        {
-          progress: () => calls++,
-          holdMs: fill ? FILL_HOLD_MS : undefined,
-        },
-      );
+      const got = await getWith(2, length, {
+        progress: () => calls++,
+        holdMs: fill ? FILL_HOLD_MS : undefined,
+      });
       expect(got.equals(body(length))).toBe(true);
       return calls;
     };
