@@ -23,6 +23,8 @@ export interface FetchContext {
    * sending these units to another peer), and the planner plans again.
    */
   planned?: boolean;
+  /** Whether a reader waits on the run now (a fill run may be promoted while it is in flight). */
+  waitedOn?: () => boolean;
   /**
    * Nobody is blocked on the run: it is fill (this host's, or a node's planned fill run at a seed). The
    * source may queue it behind other such runs (a seed pipelines them on one registry connection).

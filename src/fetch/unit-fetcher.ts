@@ -432,6 +432,7 @@ export class UnitFetcher {
       const ctx = {
         priority: state.priority,
         planned: state.only !== undefined,
+        waitedOn: () => state.priority !== Priority.Fill,
         bulk: state.bulk,
         progress: check,
       };

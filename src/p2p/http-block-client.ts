@@ -2,8 +2,15 @@ import { DfError } from '../errors.js';
 import type { TokenBucket } from '../util/token-bucket.js';
 import { declaredBodyHead, errorTextHead, type HttpAnswer } from '../util/http-answer.js';
 import { RawHttpPool } from '../util/raw-http.js';
-import { rcvLowatEnabled } from '../util/rcv-lowat.js';
-import { busyAtSource, deferredBySource, handedBackBySource, sourceUnavailable } from '../fetch/types.js';
+import { FALLBACK_MS, fillHoldMs, rcvLowatEnabled } from '../util/rcv-lowat.js';
+import {
+  busyAtSource,
+  deferredBySource,
+  handedBackBySource,
+  Priority,
+  sourceUnavailable,
+  type FetchContext,
+} from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 import { HANDED_BACK_HEADER, PIECE_DIGEST_HEADER } from './block-server.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
@@ -26,11 +33,21 @@ export interface BlockGetHooks {
   /** Told whenever the host is heard from: its answer's head (any status) and every chunk of the body. */
   alive?: () => void;
   /**
-   * Set when nobody waits on the range's first bytes (a fill run: fillHoldMs of its stall limit): its bytes
-   * may wait in the socket this long for a full low-water mark (fewer wake-ups on a slow link; default
-   * FALLBACK_MS; src/util/rcv-lowat.ts).
+   * How long the body's bytes may wait in the socket for a full low-water mark, asked before each read
+   * (default FALLBACK_MS; src/util/rcv-lowat.ts): longer while nobody waits on them (bodyHold).
    */
-  holdMs?: number;
+  holdMs?: () => number;
+}
+
+/**
+ * The hold of a range's body (BlockGetHooks.holdMs): fillHoldMs of the transfer's stall limit while its run
+ * is fill (fewer wake-ups on a slow link), FALLBACK_MS from the first read after a reader starts waiting on
+ * it (a fill run promoted in flight); none for a run something waited on from the start.
+ */
+export function bodyHold(ctx: FetchContext | undefined, stallMs: number): (() => number) | undefined {
+  if (ctx?.priority !== Priority.Fill) return undefined;
+  const fill = fillHoldMs(stallMs);
+  return () => (ctx.waitedOn?.() ? FALLBACK_MS : fill);
 }
 
 /**

@@ -1,6 +1,5 @@
 import { countUp } from '../util/count-up.js';
 import { stallSignal } from '../util/stall-signal.js';
-import { fillHoldMs } from '../util/rcv-lowat.js';
 import { SLOW_FILL_FACTOR, transferTimeoutMs } from '../util/transfer-timeout.js';
 import { realTimers, type Timers } from '../util/timers.js';
 import {
@@ -12,7 +11,7 @@ import {
   type FetchContext,
 } from '../fetch/types.js';
 import { DfError } from '../errors.js';
-import type { HttpBlockClient } from './http-block-client.js';
+import { bodyHold, type HttpBlockClient } from './http-block-client.js';
 import type { Isolation } from './isolation.js';
 import type { Holder, PeerView } from './peer-view.js';
 import type { RegistryFallback } from './registry-fallback.js';
@@ -123,7 +122,7 @@ export class PeerBlockSource implements BlockSource {
         {
           progress,
           alive: rq.alive,
-          holdMs: ctx?.priority === Priority.Fill ? fillHoldMs(this.deps.timeoutMs) : undefined,
+          holdMs: bodyHold(ctx, this.deps.timeoutMs),
         },
       );
       const ms = Math.max(1, this.timers.now() - t0);

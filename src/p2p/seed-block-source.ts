@@ -1,7 +1,6 @@
 import { SLOW_FILL_FACTOR, transferTimeoutMs } from '../util/transfer-timeout.js';
 import { DfError } from '../errors.js';
 import { stallSignal } from '../util/stall-signal.js';
-import { fillHoldMs } from '../util/rcv-lowat.js';
 import { realTimers, type Timers } from '../util/timers.js';
 import {
   isBusy,
@@ -15,7 +14,7 @@ import {
   type FetchContext,
 } from '../fetch/types.js';
 import type { OriginSwitch } from './hand-back.js';
-import type { HttpBlockClient } from './http-block-client.js';
+import { bodyHold, type HttpBlockClient } from './http-block-client.js';
 import type { Isolation } from './isolation.js';
 import type { RegistryFallback } from './registry-fallback.js';
 import { rankSeeds } from './rendezvous.js';
@@ -120,7 +119,7 @@ export class SeedBlockSource implements BlockSource {
             progress: ctx?.progress,
             pieceDigest: ctx?.pieceDigest,
             alive,
-            holdMs: fill ? fillHoldMs(this.opts.timeoutMs) : undefined,
+            holdMs: bodyHold(ctx, this.opts.timeoutMs),
           },
         );
         this.opts.isolation.ok(seed);

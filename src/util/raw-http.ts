@@ -49,8 +49,8 @@ export interface RawRequest {
   onHead: (statusCode: number, headers: Record<string, string | string[] | undefined>) => HeadDecision;
   /** Hears of every read of the body: the buffer and how much of it is filled. A throw ends the request. */
   progress?: (data: Buffer, filled: number) => void;
-  /** How long SO_RCVLOWAT may hold body bytes back (ms; default FALLBACK_MS: src/util/rcv-lowat.ts). */
-  holdMs?: number;
+  /** How long SO_RCVLOWAT may hold body bytes back, asked per read (ms; default FALLBACK_MS: rcv-lowat.ts). */
+  holdMs?: () => number;
 }
 
 /**
@@ -157,7 +157,7 @@ class Conn {
     if (this.inBody && a?.res && !a.chunked) {
       const { res } = a;
       if (res.got < a.limit) {
-        if (this.opts.lowat) markRemaining(this.socket, a.limit - res.got, a.req.holdMs);
+        if (this.opts.lowat) markRemaining(this.socket, a.limit - res.got, a.req.holdMs?.());
         return res.body.subarray(res.got, a.limit);
       }
       if (a.drain > 0) return this.scratch.subarray(0, Math.min(a.drain, HEAD_MAX));

@@ -3,14 +3,15 @@
  * loopback that trickles each body out in 1 KiB writes: the client wakes about once per 64 KiB instead of
  * once per write, never waits for bytes that will not come (bodies of every size around the mark, a
  * reused keep-alive connection, a short error answer after a body on the same connection), and hears of a
- * trickling body's bytes within about FALLBACK_MS (a fill run's, which nobody waits on, per full mark).
+ * trickling body's bytes within about FALLBACK_MS (a fill run's, which nobody waits on, per full mark, until
+ * a reader waits on it).
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureNativeAddon } from '../../native/build-addon.js';
-import { isSourceUnavailable } from '../../src/fetch/types.js';
-import { HttpBlockClient, type BlockGetHooks } from '../../src/p2p/http-block-client.js';
+import { isSourceUnavailable, Priority, type FetchContext } from '../../src/fetch/types.js';
+import { bodyHold, HttpBlockClient, type BlockGetHooks } from '../../src/p2p/http-block-client.js';
 import { FALLBACK_MS, FILL_HOLD_MS, fillHoldMs, rcvLowatEnabled } from '../../src/util/rcv-lowat.js';
 import { requireConditions } from '../helpers/require.js';
 
@@ -116,7 +117,7 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
       let calls = 0;
       const got = await getWith(2, length, {
         progress: () => calls++,
-        holdMs: fill ? FILL_HOLD_MS : undefined,
+        holdMs: fill ? () => FILL_HOLD_MS : undefined,
       });
       expect(got.equals(body(length))).toBe(true);
       return calls;
@@ -131,5 +132,28 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
     // a read: one wake-up per fallback (~16); a fill: one per 64 KiB and the rest (3)
     expect(read).toBeGreaterThanOrEqual(8);
     expect(fill).toBeLessThanOrEqual(5);
+  });
+
+  it('a fill run a reader starts waiting on is heard of about every FALLBACK_MS again', async () => {
+    // the run's context as the fetcher makes it: waitedOn() turns true when a read is promoted onto it
+    let waited = false;
+    const ctx: FetchContext = { priority: Priority.Fill, waitedOn: () => waited };
+    expect(bodyHold({ priority: Priority.Blocked }, 30_000)).toBeUndefined();
+    const hold = bodyHold(ctx, 30_000)!;
+    expect(hold()).toBe(FILL_HOLD_MS);
+    const t0 = Date.now();
+    const after: number[] = [];
+    const promote = setTimeout(() => (waited = true), 400);
+    const got = await getWith(2, 160_000, {
+      progress: () => {
+        if (waited) after.push(Date.now() - t0);
+      },
+      holdMs: hold,
+    });
+    clearTimeout(promote);
+    expect(got.equals(body(160_000))).toBe(true);
+    expect(hold()).toBe(FALLBACK_MS);
+    // held for the mark until ~650 ms, then a read per ~100 ms to the end (~1.6 s): a fill alone had <= 5
+    expect(after.length).toBeGreaterThanOrEqual(6);
   });
 });
