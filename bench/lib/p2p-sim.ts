@@ -23,7 +23,7 @@ import { TrackerState, type TrackerStateOptions } from '../../src/p2p/tracker-st
 import { UnitLayout } from '../../src/p2p/unit-layout.js';
 import type { Timers } from '../../src/util/timers.js';
 import { transferTimeoutMs } from '../../src/util/transfer-timeout.js';
-import { EventQueue, maxMinRates, rng, SimCache, type Endpoint, type Flow } from './sim-core.js';
+import { EventQueue, maxMinRates, midRunStore, rng, SimCache, type Endpoint, type Flow } from './sim-core.js';
 import type { SimParams, SimResult } from './p2p-sim-params.js';
 
 export { DEFAULT_SIM, type SimParams, type SimResult } from './p2p-sim-params.js';
@@ -356,31 +356,18 @@ export function simulate(p: SimParams): SimResult {
     }
   };
 
-  /**
-   * A node's run as RunWriter stores it (src/fetch/run-writer.ts): the units fully arrived are in the cache,
-   * and so announced (within SOON_MS) and served to peers, once MID_RUN_WRITE_BYTES of them are pending;
-   * the rest at the run's end (finishUnits).
-   */
-  const midRun = (n: SimNode, i: number, us: number[], bytes: number) => {
-    let stored = 0;
-    return (remaining: number) => {
-      const arrived = bytes - remaining;
-      let k = stored;
-      let at = 0;
-      for (let j = 0; j < us.length; j++) {
-        at += layout.length(us[j]!);
-        if (at > arrived) break;
-        k = j + 1;
-      }
-      let pending = 0;
-      for (let j = stored; j < k; j++) pending += layout.length(us[j]!);
-      if (p.midRunBytes > 0 && pending >= p.midRunBytes && k > stored) {
-        for (let j = stored; j < k; j++) n.cache.bits.set(us[j]!);
-        stored = k;
+  /** A node's run as RunWriter stores it: arrived units in the cache (and announced) per midRunBytes. */
+  const midRun = (n: SimNode, i: number, us: number[], bytes: number) =>
+    midRunStore(
+      us,
+      (u) => layout.length(u),
+      bytes,
+      p.midRunBytes,
+      (stored) => {
+        for (const u of stored) n.cache.bits.set(u);
         soon(n, i);
-      }
-    };
-  };
+      },
+    );
 
   const worker = (n: SimNode, i: number) => {
     if (n.end >= 0 || now > p.limitMs) return;

@@ -128,6 +128,37 @@ export function maxMinRates(flows: Iterable<Flow>): Map<Flow, number> {
   return frozen;
 }
 
+/**
+ * A run's arrival as RunWriter stores it (src/fetch/run-writer.ts): the returned progress callback of the
+ * run's flow is told the bytes still to come after each step and hands `store` the units fully arrived since
+ * the last call once `minBytes` of them are pending; what is left is stored at the run's end by the caller.
+ * Undefined when `minBytes` is 0 (units only at the run's end).
+ */
+export function midRunStore(
+  units: readonly number[],
+  length: (unit: number) => number,
+  bytes: number,
+  minBytes: number,
+  store: (units: number[]) => void,
+): ((remaining: number) => void) | undefined {
+  if (minBytes <= 0) return undefined;
+  // units[0, stored) are stored, units[stored, arrived) have arrived: `pending` bytes, ending at `end`
+  let stored = 0;
+  let arrived = 0;
+  let end = 0;
+  let pending = 0;
+  return (remaining) => {
+    for (; arrived < units.length && end + length(units[arrived]!) <= bytes - remaining; arrived++) {
+      end += length(units[arrived]!);
+      pending += length(units[arrived]!);
+    }
+    if (pending < minBytes) return;
+    store(units.slice(stored, arrived));
+    stored = arrived;
+    pending = 0;
+  };
+}
+
 /** mulberry32: a small seeded generator (runs are repeatable). */
 export function rng(seed: number): () => number {
   let a = seed >>> 0;

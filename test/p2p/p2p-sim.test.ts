@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_SIM, simulate } from '../../bench/lib/p2p-sim.js';
 import { svgLinePlot } from '../../bench/lib/svg-plot.js';
+import { midRunStore } from '../../bench/lib/sim-core.js';
 
 // The simulation drives the real planner and tracker on a virtual clock: these check the model around them
 // (links, conservation of bytes, bounds), on small layers so that they run in well under a second.
@@ -31,6 +32,35 @@ describe('P2P simulation (bench/lib/p2p-sim.ts)', () => {
     expect(r.maxS).toBeLessThan(seedOnly);
     expect(r.announces).toBeGreaterThan(12);
     expect(r.lookups).toBeGreaterThan(12);
+  });
+
+  it("stores a run's arrived units per minBytes, as RunWriter does, and nothing when minBytes is 0", () => {
+    const stored: number[][] = [];
+    // units 10..15 of 100 bytes each: a 600-byte run, stored per 250 bytes pending
+    const progress = midRunStore(
+      [10, 11, 12, 13, 14, 15],
+      () => 100,
+      600,
+      250,
+      (u) => stored.push(u),
+    )!;
+    progress(550); // 50 arrived: no whole unit
+    progress(350); // 250 arrived: units 10, 11 (200 pending)
+    expect(stored).toEqual([]);
+    progress(250); // 350: 10, 11, 12 (300 pending)
+    expect(stored).toEqual([[10, 11, 12]]);
+    progress(150); // 450: 13 (100 pending)
+    progress(0.5); // 599.5: 14 (200 pending); 15 is the run end's
+    expect(stored).toEqual([[10, 11, 12]]);
+    expect(
+      midRunStore(
+        [1],
+        () => 100,
+        100,
+        0,
+        () => undefined,
+      ),
+    ).toBeUndefined();
   });
 
   it('is repeatable for a seed and differs across seeds', () => {
