@@ -23,6 +23,7 @@ const { values: flags } = parseArgs({
     'lookup-candidates': { type: 'string', default: String(DEFAULT_SIM.lookupCandidates) },
     'upload-slots': { type: 'string', default: String(DEFAULT_SIM.uploadSlots) },
     'busy-backoff-ms': { type: 'string', default: String(DEFAULT_SIM.busyBackoffMs) },
+    'send-buffer-kib': { type: 'string', default: String(DEFAULT_SIM.sendBufferBytes / 1024) },
     'busy-retry-ms': { type: 'string', default: String(DEFAULT_SIM.busyRetryMs) },
     'max-run-mib': { type: 'string', default: String(DEFAULT_SIM.maxRunBytes / 2 ** 20) },
     'mid-run-kib': { type: 'string', default: String(DEFAULT_SIM.midRunBytes / 1024) },
@@ -44,6 +45,7 @@ if (flags.help) {
       '  [--max-run-mib 4] (largest peer run of the fill planner, as p2pFill maxRunBytes)\n' +
       '  [--lookup-candidates 256] (holders a tracker lookup scores, TrackerLimits.lookupCandidates)\n' +
       '  [--upload-slots 4] (fill runs a node uploads at once, p2p.uploadSlots)\n' +
+      "  [--send-buffer-kib 256] (a holder's slot is free once this much of its run is left: its socket's send queue)\n" +
       "  [--mid-run-kib 256] (a run's arrived units are stored and announced per this much, as RunWriter; 0: at its end)\n" +
       'node dist/bench/p2p-sim.js --calibrate N:MEAN_S,... [--mib 57.9] [--machine-cores 2] [--cpu-recv 35]\n' +
       '  [--cpu-send 35] [--startup-cpu-s 0.5]\n' +
@@ -68,6 +70,7 @@ const base: SimParams = {
   lookupCandidates: num('lookup-candidates'),
   uploadSlots: num('upload-slots'),
   busyBackoffMs: num('busy-backoff-ms'),
+  sendBufferBytes: Math.round(num('send-buffer-kib') * 1024),
   busyRetryMs: num('busy-retry-ms'),
 };
 
@@ -82,6 +85,7 @@ interface Row {
   refused: number;
   timeouts: number;
   busy: number;
+  peakUploads: number;
   announceUs: number;
   lookupUs: number;
   planUs: number;
@@ -109,6 +113,7 @@ function row(n: number, rs: SimResult[]): Row {
     refused: avg((r) => r.refusedAnnounces),
     timeouts: avg((r) => r.peerTimeouts),
     busy: avg((r) => r.busyRefusals),
+    peakUploads: Math.max(...rs.map((r) => r.peakNodeUploads)),
     announceUs: avg((r) => r.announceUs),
     lookupUs: avg((r) => r.lookupUs),
     planUs: avg((r) => r.planUs),
@@ -166,6 +171,7 @@ const header = [
   'refused ann.',
   'peer timeouts',
   'busy refusals',
+  'peak uploads',
   'µs/announce',
   'µs/lookup',
   'µs/plan',
@@ -186,6 +192,7 @@ const lines = rows.map((r) => [
   r.refused.toFixed(0),
   r.timeouts.toFixed(0),
   r.busy.toFixed(0),
+  String(r.peakUploads),
   r.announceUs.toFixed(1),
   r.lookupUs.toFixed(1),
   r.planUs.toFixed(1),

@@ -17,6 +17,13 @@ export interface SimParams {
   peerTimeoutMs: number;
   /** Peer uploads a node serves at once; more are refused at once as busy (0: no limit). */
   uploadSlots: number;
+  /**
+   * A holder's upload slot is free once the rest of its run fits in its socket's send buffer: the block
+   * server's `send` ends when its last write is taken by the kernel, not when the peer has the bytes. This
+   * many bytes (0: at the flow's end). Measured in bench/p2p (`ss -tm` of the block servers' connections at
+   * N = 4): a sending connection holds 150 KB queued at the median, 300 KB at the 75th percentile, up to 1 MB.
+   */
+  sendBufferBytes: number;
   /** A holder that refused as busy is not asked again for this long (ms). */
   busyBackoffMs: number;
   /** A worker whose run was refused as busy plans again after this long (ms; p2pFill BUSY_RETRY_MS). */
@@ -57,7 +64,8 @@ export const DEFAULT_SIM: SimParams = {
   rttMs: 2,
   peerTimeoutMs: 2000,
   // as the node's defaults: p2p.uploadSlots, BUSY_BACKOFF_MS
-  uploadSlots: 4,
+  uploadSlots: 2,
+  sendBufferBytes: 256 << 10,
   busyBackoffMs: 500,
   busyRetryMs: 50,
   midRunBytes: MID_RUN_WRITE_BYTES,
@@ -95,6 +103,8 @@ export interface SimResult {
   peerTimeouts: number;
   /** Peer fill runs refused at once because the holder's upload slots were taken. */
   busyRefusals: number;
+  /** The most runs one node was sending at once (its slots, plus runs whose rest sat in its send buffer). */
+  peakNodeUploads: number;
   /** Wall time of the real tracker code per call (µs, mean) and the bitmap bytes it held at the peak. */
   announceUs: number;
   lookupUs: number;

@@ -157,6 +157,7 @@ export function simulate(p: SimParams): SimResult {
       flows.add(f);
       src.ups.add(f);
       dst.downs.add(f);
+      if (src !== seedEp && src !== registry) peakNodeUploads = Math.max(peakNodeUploads, src.ups.size);
       startStepping();
     });
     return () => {
@@ -169,6 +170,7 @@ export function simulate(p: SimParams): SimResult {
   };
 
   // --- tracker, seed and registry ---------------------------------------------------------------------
+  let peakNodeUploads = 0;
   const registry = endpoint('registry', p.registryMbit, p.cpuSendSecPerGiB);
   const seedEp = endpoint('seed', p.seedMbit, p.cpuSendSecPerGiB);
   const seedBits = new Bitmap(units);
@@ -471,12 +473,19 @@ export function simulate(p: SimParams): SimResult {
     holder.uploads++;
     n.busy.set(holder.id, (n.busy.get(holder.id) ?? 0) + 1);
     let settled = false;
+    // the holder's slot: free once the rest of the run is in its socket's send buffer
+    let slotHeld = true;
+    const freeSlot = () => {
+      if (slotHeld) holder.uploads--;
+      slotHeld = false;
+    };
     const end = () => {
       settled = true;
-      holder.uploads--;
+      freeSlot();
       n.busy.set(holder.id, (n.busy.get(holder.id) ?? 1) - 1);
       release();
     };
+    const stored = midRun(n, i, us, bytes);
     const cancel = transfer(
       holder.ep,
       n.ep,
@@ -489,7 +498,10 @@ export function simulate(p: SimParams): SimResult {
         finishUnits(n, i, us);
         worker(n, i);
       },
-      midRun(n, i, us, bytes),
+      (remaining) => {
+        stored?.(remaining);
+        if (remaining <= p.sendBufferBytes) freeSlot();
+      },
     );
     at(now + transferTimeoutMs(p.peerTimeoutMs, bytes), () => {
       if (settled) return;
@@ -538,6 +550,7 @@ export function simulate(p: SimParams): SimResult {
     refusedAnnounces,
     peerTimeouts,
     busyRefusals: refusedBusy,
+    peakNodeUploads,
     announceUs: announceUs / Math.max(1, tracker.counters.announces),
     lookupUs: lookupUs / Math.max(1, tracker.counters.lookups),
     trackerBitmapBytes: peakBitmapBytes,

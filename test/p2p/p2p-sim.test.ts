@@ -81,6 +81,17 @@ describe('P2P simulation (bench/lib/p2p-sim.ts)', () => {
     expect(none.finished).toBe(12);
   });
 
+  it("a holder's slot is free once the rest of its run fits in its send buffer", () => {
+    const exact = simulate({ ...small, hosts: 12, uploadSlots: 1, sendBufferBytes: 0 });
+    expect(exact.peakNodeUploads).toBe(1);
+    // runs overlap at the holder while their tails leave from the kernel's buffer: fewer refusals
+    const buffered = simulate({ ...small, hosts: 12, uploadSlots: 1, sendBufferBytes: 256 << 10 });
+    expect(buffered.peakNodeUploads).toBeGreaterThan(1);
+    expect(buffered.busyRefusals).toBeLessThan(exact.busyRefusals);
+    expect(buffered.finished).toBe(12);
+    expect(buffered.registryEgress).toBeCloseTo(1, 6);
+  });
+
   it("a swarm larger than the tracker's bound: the refused hosts still finish, from the seed", () => {
     const r = simulate({ ...small, hosts: 8, maxPeersPerBlob: 3 });
     expect(r.refusedAnnounces).toBeGreaterThan(0);
