@@ -45,7 +45,7 @@ if (flags.help) {
       '  [--max-run-mib 4] (largest peer run of the fill planner, as p2pFill maxRunBytes)\n' +
       '  [--lookup-candidates 256] (holders a tracker lookup scores, TrackerLimits.lookupCandidates)\n' +
       '  [--upload-slots 4] (fill runs a node uploads at once, p2p.uploadSlots)\n' +
-      "  [--send-buffer-kib 256] (a holder's slot is free once this much of its run is left: its socket's send queue)\n" +
+      "  [--send-buffer-kib 64] (a holder's slot is free once this much of its run is left in its socket's send queue)\n" +
       "  [--mid-run-kib 256] (a run's arrived units are stored and announced per this much, as RunWriter; 0: at its end)\n" +
       'node dist/bench/p2p-sim.js --calibrate N:MEAN_S,... [--mib 57.9] [--machine-cores 2] [--cpu-recv 35]\n' +
       '  [--cpu-send 35] [--startup-cpu-s 0.5]\n' +

@@ -149,11 +149,10 @@ const configSchema = z.strictObject({
       downloadRate: sizeSchema.default(0),
       /**
        * Background-fill runs this node uploads to peers at once; more are refused at once (429) and the
-       * askers take other holders (a container's reads are always served). 0 = no limit. A slot is free once
-       * the run's last bytes are in the socket's send buffer, so a busy uplink carries more runs than this
-       * (docs/p2p.md, upload slots).
+       * askers take other holders (a container's reads are always served). 0 = no limit. A slot is taken
+       * until the run has nearly left the socket (docs/p2p.md, upload slots).
        */
-      uploadSlots: z.number().int().nonnegative().default(2),
+      uploadSlots: z.number().int().nonnegative().default(4),
       /** One range request to a peer; then the next holder, the seed or the registry. */
       peerTimeoutMs: z.number().int().positive().default(2000),
       /** One range request to a seed (which may go to the registry for it). */

@@ -8,7 +8,7 @@
 // stdout, one line each: `liar serving on HOST:PORT`; `announced BLOB to TRACKER` (first time per pair);
 // `hit CLIENT_IP OFFSET LENGTH` per block request. Stops on SIGTERM.
 import { createServer } from 'node:http';
-import { splitHostPort } from '../../src/p2p/block-server.js';
+import { splitHostPort } from '../../src/util/listen.js';
 import { TrackerClient } from '../../src/p2p/tracker-service.js';
 
 const [listen, trackerList, blobList] = process.argv.slice(2);

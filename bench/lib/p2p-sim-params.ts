@@ -18,10 +18,11 @@ export interface SimParams {
   /** Peer uploads a node serves at once; more are refused at once as busy (0: no limit). */
   uploadSlots: number;
   /**
-   * A holder's upload slot is free once the rest of its run fits in its socket's send buffer: the block
-   * server's `send` ends when its last write is taken by the kernel, not when the peer has the bytes. This
-   * many bytes (0: at the flow's end). Measured in bench/p2p (`ss -tm` of the block servers' connections at
-   * N = 4): a sending connection holds 150 KB queued at the median, 300 KB at the 75th percentile, up to 1 MB.
+   * A holder's upload slot is free once this many bytes of its run are left to send (0: at the flow's end).
+   * The block server holds a slot until its socket's send queue is down to 64 KiB (src/util/send-queue.ts).
+   * Before late on 2026-12-06 it freed the slot when the kernel took the last write: measured in bench/p2p (`ss -tm`
+   * of the block servers' connections at N = 4), a sending connection then held 150 KB queued at the
+   * median, 300 KB at the 75th percentile, up to 1 MB (`--send-buffer-kib 256` models that).
    */
   sendBufferBytes: number;
   /** A holder that refused as busy is not asked again for this long (ms). */
@@ -64,8 +65,8 @@ export const DEFAULT_SIM: SimParams = {
   rttMs: 2,
   peerTimeoutMs: 2000,
   // as the node's defaults: p2p.uploadSlots, BUSY_BACKOFF_MS
-  uploadSlots: 2,
-  sendBufferBytes: 256 << 10,
+  uploadSlots: 4,
+  sendBufferBytes: 64 << 10,
   busyBackoffMs: 500,
   busyRetryMs: 50,
   midRunBytes: MID_RUN_WRITE_BYTES,

@@ -1,7 +1,7 @@
 import { mkdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DfError } from '../errors.js';
-import { splitHostPort } from '../p2p/block-server.js';
+import { splitHostPort } from '../util/listen.js';
 
 /** First line of every hosts.toml dfnode writes: files without it belong to someone else. */
 export const HOSTS_MARKER =

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { isIP } from 'node:net';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { splitHostPort } from '../p2p/block-server.js';
+import { splitHostPort } from '../util/listen.js';
 import { readBody } from '../registry/http-body.js';
 import { listenTcp } from '../util/listen.js';
 import { BlobAccess, credentialKey, manifestDigests } from './blob-access.js';

@@ -3,7 +3,8 @@ import { createServer as createTlsServer } from 'node:https';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { listenTcp } from '../util/listen.js';
+import { listenTcp, splitHostPort } from '../util/listen.js';
+import { whenSent } from '../util/send-queue.js';
 import { bound } from '../util/timers.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -55,9 +56,11 @@ export interface BlockServerOptions {
   /**
    * Background-fill runs (`fill=1`) served at once (a node: p2p.uploadSlots); more are refused at once with
    * 429, so that askers take other holders instead of sharing one uplink until they time out. Reads a
-   * container waits on are never refused for it. 0 or undefined: no limit (seeds).
+   * container waits on are never refused for it. 0 or undefined: no limit (seeds). A slot is free once at
+   * most `slotTailBytes` of its answer are left to send (default 64 KiB; src/util/send-queue.ts).
    */
   uploadSlots?: number;
+  slotTailBytes?: number;
   /** Serves `POST /preheat` (a seed: see preheat-request.ts); without it, that path is 404. */
   preheat?: (images: string[]) => PreheatAnswer;
   /**
@@ -340,7 +343,9 @@ export class BlockServer {
       finished = true;
       clearTimeout(timer);
       this.active--;
-      if (slot) this.fillActive--;
+      // a fill run's slot is free once its answer has nearly left the socket, not when the kernel took it
+      if (slot)
+        void whenSent(req.socket, this.opts.slotTailBytes ?? SLOT_TAIL_BYTES).then(() => this.fillActive--);
       if (blobSlot) this.blobSlotsActive--;
     }
   }
@@ -481,15 +486,8 @@ export class BlockServer {
 
 /** Bytes written (and taken from the upload limit) at a time: progress of a response is seen per slice. */
 const SEND_SLICE = 64 * 1024;
-
-export function splitHostPort(address: string): { host: string; port: number } {
-  const i = address.lastIndexOf(':');
-  const host = (address.slice(0, i) || '0.0.0.0').replace(/^\[|\]$/g, '');
-  const port = Number(address.slice(i + 1));
-  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535)
-    throw new DfError('CONFIG', `${address} is not host:port`);
-  return { host, port };
-}
+/** An upload slot is free when this little of its run is left to send (docs/p2p.md, upload slots). */
+const SLOT_TAIL_BYTES = 64 * 1024;
 
 /** The reason of a request whose answer went out whole: one object, not an error with a stack per request. */
 const ANSWERED = DfError.aborted('answered');

@@ -26,3 +26,13 @@ export function listenTcp(
     server.listen(port, host, () => resolve());
   });
 }
+
+/** A listening address, host:port ([v6]:port; an empty host is every interface). */
+export function splitHostPort(address: string): { host: string; port: number } {
+  const i = address.lastIndexOf(':');
+  const host = (address.slice(0, i) || '0.0.0.0').replace(/^\[|\]$/g, '');
+  const port = Number(address.slice(i + 1));
+  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535)
+    throw new DfError('CONFIG', `${address} is not host:port`);
+  return { host, port };
+}

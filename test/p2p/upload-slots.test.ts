@@ -4,18 +4,25 @@
  * takes a refusal as "busy", not as a failure: the holder is not isolated nor dropped from the view, and
  * fill runs go to other holders for a moment. Real block servers on loopback, reads held by the test.
  */
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { BlobCache } from '../../src/cache/blob-cache.js';
 import { Bitmap } from '../../src/cache/bitmap.js';
 import { isBusy, Priority } from '../../src/fetch/types.js';
 import { PieceLayout } from '../../src/mirror/piece-table.js';
+import { ensureNativeAddon } from '../../native/build-addon.js';
+import { CLUSTER_TOKEN_HEADER } from '../../src/p2p/auth.js';
 import { BlockServer, type BlobProvider } from '../../src/p2p/block-server.js';
 import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
 import { Isolation } from '../../src/p2p/isolation.js';
 import { PeerBlockSource } from '../../src/p2p/peer-block-source.js';
 import { PeerView, type Holder } from '../../src/p2p/peer-view.js';
+import { requireConditions } from '../helpers/require.js';
 
 const KiB = 1024;
+const buildProblem = ensureNativeAddon();
+const noAddon = requireConditions({ [`native addons built (${buildProblem ?? ''})`]: !buildProblem });
 const DIGEST = 'sha256:' + '5a'.repeat(32);
 const DATA = Buffer.alloc(256 * KiB, 7);
 const PIECE = 64 * KiB;
@@ -82,6 +89,53 @@ describe('upload slots', () => {
     expect((await third).length).toBe(PIECE);
     expect(a.server.counters.busy).toBe(1);
   });
+
+  it.skipIf(noAddon.skip)(
+    "a fill run's slot stays taken while its answer waits in the socket's send queue",
+    async () => {
+      // the first asker sends its request and reads nothing more: the answer (256 KiB) is handed to the
+      // kernel, whose buffers hold it, so the server's send is done while the bytes have not left
+      const provider: BlobProvider = {
+        get: async () => ({
+          size: DATA.length,
+          read: async (o: number, l: number) => DATA.subarray(o, o + l),
+        }),
+      };
+      const asked = async (slotTailBytes: number) => {
+        const server = new BlockServer({ provider, clusterToken: 't', uploadSlots: 1, slotTailBytes });
+        const address = await server.listen('127.0.0.1:0');
+        cleanup.push(() => server.close());
+        const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.split(':').pop())];
+        const slow = connect({ host, port });
+        cleanup.push(async () => void slow.destroy());
+        await once(slow, 'connect');
+        slow.write(
+          `GET /blobs/${DIGEST}?offset=0&length=${DATA.length}&fill=1 HTTP/1.1\r\nhost: x\r\n` +
+            `${CLUSTER_TOKEN_HEADER}: t\r\n\r\n`,
+        );
+        await vi.waitFor(() => expect(server.counters.bytes).toBe(DATA.length));
+        await new Promise((r) => setTimeout(r, 100));
+        const second = await client()
+          .get(address, DIGEST, 0, PIECE, signal(), { fill: '1' })
+          .catch((e) => e);
+        return { server, address, slow, second };
+      };
+      // as before: the slot was free once the kernel took the answer
+      const before = await asked(Infinity);
+      expect(Buffer.isBuffer(before.second)).toBe(true);
+      const now = await asked(64 * KiB);
+      expect(isBusy(now.second)).toBe(true);
+      // the asker reads its answer: the slot is free once the rest has left
+      let got = 0;
+      now.slow.on('data', (d: Buffer) => (got += d.length));
+      await vi.waitFor(() => expect(got).toBeGreaterThan(DATA.length));
+      const c = client();
+      await vi.waitFor(async () => {
+        const third = await c.get(now.address, DIGEST, PIECE, PIECE, signal(), { fill: '1' });
+        expect(third.length).toBe(PIECE);
+      });
+    },
+  );
 
   it('without slots (a seed) serves every fill run', async () => {
     const a = await holder(0);

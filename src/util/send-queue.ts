@@ -1,0 +1,90 @@
+import { createRequire } from 'node:module';
+import type { Socket } from 'node:net';
+import { nativeBuildPath } from './native-path.js';
+import { realTimers, type Timers } from './timers.js';
+
+const require = createRequire(import.meta.url);
+
+/**
+ * When has an answer left? A server's last write returns once the kernel has taken the bytes, and a busy
+ * uplink keeps a few hundred KB of them in the socket's send queue (bench/p2p at 20 Mbit/s: 150 KB at the
+ * median, 300 KB at the 75th percentile, up to 1 MB): a quarter to a half second more of sending. The block
+ * server holds a peer's upload slot until then (src/p2p/block-server.ts), so that its slots count the runs
+ * its uplink really carries.
+ *
+ * The queue is the socket's userland buffer plus the kernel's send queue (SIOCOUTQ: not yet sent, and sent
+ * but not acknowledged), through the native addon (native/dfnode_net.c). Without the addon, or for a socket
+ * without a descriptor of its own, the answer counts as gone at once (the behaviour before).
+ */
+interface NetAddon {
+  sendQueue(fd: number): number;
+}
+
+let addon: NetAddon | null | undefined;
+
+function netAddon(): NetAddon | null {
+  if (addon !== undefined) return addon;
+  try {
+    addon = require(nativeBuildPath('dfnode_net.node')) as NetAddon;
+    if (typeof addon.sendQueue !== 'function') addon = null;
+  } catch {
+    addon = null;
+  }
+  return addon;
+}
+
+const fdOf = (s: Socket): number | undefined => {
+  const fd = (s as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+};
+
+/** Bytes written to `s` that have not left yet (userland and kernel), or undefined when unknown. */
+export function sendQueueBytes(s: Socket): number | undefined {
+  const a = netAddon();
+  if (!a || s.destroyed) return undefined;
+  const fd = fdOf(s);
+  if (fd === undefined) return undefined;
+  const n = a.sendQueue(fd);
+  return n < 0 ? undefined : n + s.writableLength;
+}
+
+export interface WhenSentOptions {
+  /** How often the queue is looked at (ms; default 20). */
+  pollMs?: number;
+  /** Resolve when the queue has not shrunk for this long (a peer that stopped reading; ms; default 1000). */
+  stallMs?: number;
+  timers?: Timers;
+}
+
+/**
+ * Resolves once the bytes written to `s` have nearly left (at most `tailBytes` queued: the next answer may
+ * start while they go), the socket closed, the queue stopped shrinking for `stallMs`, or the queue cannot be
+ * known. Never rejects.
+ */
+export function whenSent(s: Socket, tailBytes: number, opts: WhenSentOptions = {}): Promise<void> {
+  const o = { pollMs: 20, stallMs: 1000, tailBytes, ...opts };
+  const timers = o.timers ?? realTimers;
+  const first = sendQueueBytes(s);
+  if (first === undefined || first <= o.tailBytes) return Promise.resolve();
+  return new Promise((resolve) => {
+    let last = first;
+    let since = timers.now();
+    const done = () => {
+      s.off('close', done);
+      resolve();
+    };
+    s.once('close', done);
+    const look = () => {
+      if (s.destroyed) return done();
+      const n = sendQueueBytes(s);
+      if (n === undefined || n <= o.tailBytes) return done();
+      const now = timers.now();
+      if (n < last) {
+        last = n;
+        since = now;
+      } else if (now - since >= o.stallMs) return done();
+      timers.setTimeout(look, o.pollMs);
+    };
+    timers.setTimeout(look, o.pollMs);
+  });
+}
