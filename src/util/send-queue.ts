@@ -53,22 +53,25 @@ export interface WhenSentOptions {
   pollMs?: number;
   /** Resolve when the queue has not shrunk for this long (a peer that stopped reading; ms; default 1000). */
   stallMs?: number;
+  /** Resolve after this long whatever is left (a peer that reads a trickle; ms; default 10,000). */
+  maxMs?: number;
   timers?: Timers;
 }
 
 /**
  * Resolves once the bytes written to `s` have nearly left (at most `tailBytes` queued: the next answer may
- * start while they go), the socket closed, the queue stopped shrinking for `stallMs`, or the queue cannot be
- * known. Never rejects.
+ * start while they go), the socket closed, the queue stopped shrinking for `stallMs`, `maxMs` passed, or the
+ * queue cannot be known. Never rejects.
  */
 export function whenSent(s: Socket, tailBytes: number, opts: WhenSentOptions = {}): Promise<void> {
-  const o = { pollMs: 20, stallMs: 1000, tailBytes, ...opts };
+  const o = { pollMs: 20, stallMs: 1000, maxMs: 10_000, tailBytes, ...opts };
   const timers = o.timers ?? realTimers;
   const first = sendQueueBytes(s);
   if (first === undefined || first <= o.tailBytes) return Promise.resolve();
   return new Promise((resolve) => {
     let last = first;
-    let since = timers.now();
+    const start = timers.now();
+    let since = start;
     const done = () => {
       s.off('close', done);
       resolve();
@@ -83,6 +86,7 @@ export function whenSent(s: Socket, tailBytes: number, opts: WhenSentOptions = {
         last = n;
         since = now;
       } else if (now - since >= o.stallMs) return done();
+      if (now - start >= o.maxMs) return done();
       timers.setTimeout(look, o.pollMs);
     };
     timers.setTimeout(look, o.pollMs);

@@ -65,13 +65,24 @@ describe.skipIf(req.skip)('send queue', () => {
     expect(sendQueueBytes(out)).toBeLessThanOrEqual(16 * KiB);
   });
 
-  it('gives up on a peer that stopped reading, and at once on a closed socket', async () => {
+  it('gives up on a peer that stopped reading or reads a trickle, and at once on a closed socket', async () => {
     const a = await pair();
     a.out.write(Buffer.alloc(256 * KiB, 3));
     const t0 = Date.now();
     await whenSent(a.out, 0, { pollMs: 10, stallMs: 200 });
     expect(Date.now() - t0).toBeGreaterThanOrEqual(180);
     expect(sendQueueBytes(a.out)).toBeGreaterThan(0);
+
+    // one that reads a trickle: given up on after maxMs
+    const slow = await pair();
+    slow.out.write(Buffer.alloc(256 * KiB, 5));
+    const trickle = setInterval(() => slow.inn.read(1), 20);
+    cleanup.push(() => clearInterval(trickle));
+    const t1 = Date.now();
+    await whenSent(slow.out, 0, { pollMs: 10, stallMs: 60_000, maxMs: 300 });
+    expect(Date.now() - t1).toBeGreaterThanOrEqual(280);
+    expect(Date.now() - t1).toBeLessThan(5000);
+    expect(sendQueueBytes(slow.out)).toBeGreaterThan(0);
 
     const b = await pair();
     b.out.write(Buffer.alloc(256 * KiB, 4));
