@@ -1,8 +1,5 @@
-import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
-import { nativeBuildPath } from './native-path.js';
-
-const require = createRequire(import.meta.url);
+import { netAddon, socketFd, type NetAddon } from './net-addon.js';
 
 /**
  * Fewer wake-ups per response on a slow link. A 1 MiB answer at 20 Mbit/s reaches the process in hundreds of
@@ -24,31 +21,21 @@ const require = createRequire(import.meta.url);
  * Plain TCP only (a TLS record's framing is not the body's length). Off without the native addon
  * (native/dfnode_net.c) or with DFNODE_RCVLOWAT=0; DFNODE_RCVLOWAT=N sets the limit in bytes (default 65536).
  */
-interface NetAddon {
-  setRcvLowat(fd: number, bytes: number): boolean;
-}
-
 const DEFAULT_LIMIT = 64 * 1024;
 
 let addon: NetAddon | null | undefined;
 let limit = DEFAULT_LIMIT;
 
-function netAddon(): NetAddon | null {
+function lowatAddon(): NetAddon | null {
   if (addon !== undefined) return addon;
   const env = process.env.DFNODE_RCVLOWAT;
   if (env !== undefined && env !== '') limit = Math.max(0, Math.min(Number(env) || 0, 16 << 20));
-  if (limit <= 1) return (addon = null);
-  try {
-    addon = require(nativeBuildPath('dfnode_net.node')) as NetAddon;
-  } catch {
-    addon = null;
-  }
-  return addon;
+  return (addon = limit <= 1 ? null : netAddon());
 }
 
 /** Whether low-water marks are in use in this process. */
 export function rcvLowatEnabled(): boolean {
-  return netAddon() !== null;
+  return lowatAddon() !== null;
 }
 
 /** After this long without a read, a socket's mark goes back to 1 (ms). */
@@ -72,11 +59,6 @@ interface Mark {
 }
 /** The mark set on each tracked socket (1 when absent). */
 const marks = new WeakMap<Socket, Mark>();
-
-const fdOf = (s: Socket): number | undefined => {
-  const fd = (s as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
-  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
-};
 
 /**
  * Called by the HTTP client before each read of a body with the body bytes still to come on the socket: sets
@@ -103,7 +85,7 @@ export function markRemaining(s: Socket, remaining: number, holdMs = FALLBACK_MS
       mark.timer = setTimeout(() => {
         mark.timer = undefined;
         // the socket's own descriptor, now (a closed socket has none: its number may be another file's)
-        const fd = fdOf(s);
+        const fd = socketFd(s);
         if (fd !== undefined && mark.value > 1 && a.setRcvLowat(fd, 1)) mark.value = 1;
       }, holdMs);
       mark.timer.unref();
@@ -113,6 +95,6 @@ export function markRemaining(s: Socket, remaining: number, holdMs = FALLBACK_MS
     m.timer = undefined;
   }
   if (m.value === want) return;
-  const fd = fdOf(s);
+  const fd = socketFd(s);
   if (fd !== undefined && a.setRcvLowat(fd, want)) m.value = want;
 }

@@ -1,9 +1,6 @@
-import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
-import { nativeBuildPath } from './native-path.js';
+import { netAddon, socketFd } from './net-addon.js';
 import { realTimers, type Timers } from './timers.js';
-
-const require = createRequire(import.meta.url);
 
 /**
  * When has an answer left? A server's last write returns once the kernel has taken the bytes, and a busy
@@ -16,33 +13,13 @@ const require = createRequire(import.meta.url);
  * but not acknowledged), through the native addon (native/dfnode_net.c). Without the addon, or for a socket
  * without a descriptor of its own, the answer counts as gone at once (the behaviour before).
  */
-interface NetAddon {
-  sendQueue(fd: number): number;
-}
-
-let addon: NetAddon | null | undefined;
-
-function netAddon(): NetAddon | null {
-  if (addon !== undefined) return addon;
-  try {
-    addon = require(nativeBuildPath('dfnode_net.node')) as NetAddon;
-    if (typeof addon.sendQueue !== 'function') addon = null;
-  } catch {
-    addon = null;
-  }
-  return addon;
-}
-
-const fdOf = (s: Socket): number | undefined => {
-  const fd = (s as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
-  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
-};
 
 /** Bytes written to `s` that have not left yet (userland and kernel), or undefined when unknown. */
 export function sendQueueBytes(s: Socket): number | undefined {
   const a = netAddon();
-  if (!a || s.destroyed) return undefined;
-  const fd = fdOf(s);
+  // an addon built before sendQueue existed has none
+  if (typeof a?.sendQueue !== 'function' || s.destroyed) return undefined;
+  const fd = socketFd(s);
   if (fd === undefined) return undefined;
   const n = a.sendQueue(fd);
   return n < 0 ? undefined : n + s.writableLength;
