@@ -20,9 +20,9 @@ export interface SimParams {
   /**
    * A holder's upload slot is free once this many bytes of its run are left to send (0: at the flow's end).
    * The block server holds a slot until its socket's send queue is down to 64 KiB (src/util/send-queue.ts).
-   * Before late on 2026-12-06 it freed the slot when the kernel took the last write: measured in bench/p2p (`ss -tm`
-   * of the block servers' connections at N = 4), a sending connection then held 150 KB queued at the
-   * median, 300 KB at the 75th percentile, up to 1 MB (`--send-buffer-kib 256` models that).
+   * Before late on 2026-12-06 it freed the slot when the kernel took the last write: measured in bench/p2p
+   * (`ss -tm` of the block servers' connections at N = 4), a sending connection then held 150 KB queued at
+   * the median, 300 KB at the 75th percentile, up to 1 MB (`--send-buffer-kib 256` models that).
    */
   sendBufferBytes: number;
   /** A holder that refused as busy is not asked again for this long (ms). */
