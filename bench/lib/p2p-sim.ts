@@ -2,10 +2,10 @@
  * A discrete-event simulation of one layer spreading to N hosts through dfnode's P2P tier, driving the real
  * planner (src/p2p/fill-planner.ts `planRun`, with the real PeerView) and the real tracker
  * (src/p2p/tracker-state.ts `TrackerState`, announces and lookups as the nodes send them) on a virtual
- * clock. What is simulated: links (fluid flows; each flow gets the smaller of its sender's upload share and
- * its receiver's download share), request latency, the seed's registry fetches, and optionally one shared
- * machine's CPU (hosts that share 2 cores, as bench/p2p does). What is not: TCP dynamics, on-demand reads,
- * failures, several blobs at once.
+ * clock. What is simulated: links (bench/lib/sim-links.ts: fluid flows; each flow gets the smaller of its
+ * sender's upload share and its receiver's download share), request latency, the seed's registry fetches,
+ * and optionally one shared machine's CPU (hosts that share 2 cores, as bench/p2p does). What is not: TCP
+ * dynamics, on-demand reads, failures, several blobs at once.
  *
  * The node side follows p2pFill (src/p2p/fill-planner.ts) step by step: `concurrency` workers that plan a run
  * each (seed slots: 4 alone, 2 with one other peer, else 1; seed runs of max(256 KiB, 4 MiB / (peers + 1))),
@@ -23,7 +23,8 @@ import { TrackerState, type TrackerStateOptions } from '../../src/p2p/tracker-st
 import { UnitLayout } from '../../src/p2p/unit-layout.js';
 import type { Timers } from '../../src/util/timers.js';
 import { transferTimeoutMs } from '../../src/util/transfer-timeout.js';
-import { EventQueue, maxMinRates, midRunStore, rng, SimCache, type Endpoint, type Flow } from './sim-core.js';
+import { EventQueue, midRunStore, rng, SimCache, type Endpoint } from './sim-core.js';
+import { FluidLinks } from './sim-links.js';
 import type { SimParams, SimResult } from './p2p-sim-params.js';
 
 export { DEFAULT_SIM, type SimParams, type SimResult } from './p2p-sim-params.js';
@@ -68,7 +69,6 @@ export function simulate(p: SimParams): SimResult {
     },
     clearTimeout: () => undefined,
   };
-  const mbit = (m: number) => (m * 1e6) / 8 / 1000; // bytes per ms
   const blocks = Math.ceil(p.blobBytes / p.unitBytes);
   const tocBytes = 64 << 10;
   const size = blocks * p.unitBytes + tocBytes;
@@ -76,101 +76,13 @@ export function simulate(p: SimParams): SimResult {
   const layout = new UnitLayout(toc, size);
   const units = layout.units;
   const blob = { digest: `sha256:${'5'.repeat(64)}`, size };
-  const gib = 1024 ** 3;
 
   // --- links (fluid flows) and the shared CPU ---------------------------------------------------------
-  const flows = new Set<Flow>();
-  const endpoint = (name: string, m: number, sendSecPerGiB: number): Endpoint => ({
-    name,
-    up: mbit(m),
-    down: mbit(m),
-    ups: new Set(),
-    downs: new Set(),
-    sendCost: sendSecPerGiB / gib,
-  });
-  const recvCost = p.cpuRecvSecPerGiB / gib;
-  /**
-   * Max-min fair rates for every flow, as TCP flows sharing links roughly get; then, when one machine's CPU
-   * is shared, all rates scaled down to what its cores can move.
-   */
-  const rerate = () => {
-    const frozen = maxMinRates(flows);
-    let scale = 1;
-    if (p.machineCores > 0) {
-      let demand = 0;
-      for (const [f, r] of frozen) demand += r * 1000 * (f.src.sendCost + recvCost);
-      if (demand > p.machineCores) scale = p.machineCores / demand;
-    }
-    for (const [f, r] of frozen) f.rate = r * scale;
-  };
-  /**
-   * Time steps of `stepMs`: every flow moves rate × step bytes, finished flows end (their callbacks start the
-   * next requests), then the rates are computed again for the flows now running. A flow therefore starts
-   * and ends on a step boundary (stepMs of resolution, small against runs of seconds), and the cost of the
-   * max-min computation is paid once per step, not once per event.
-   */
-  let stepping = false;
-  const step = () => {
-    const ended: Flow[] = [];
-    for (const f of flows) {
-      f.remaining -= f.rate * p.stepMs;
-      if (f.remaining <= 1e-6) ended.push(f);
-    }
-    for (const f of ended) {
-      flows.delete(f);
-      f.src.ups.delete(f);
-      f.dst.downs.delete(f);
-    }
-    for (const f of ended) f.done();
-    for (const f of flows) f.progress?.(f.remaining);
-    rerate();
-    if (flows.size || pendingStarts > 0) at(now + p.stepMs, step);
-    else stepping = false;
-  };
-  let pendingStarts = 0;
-  const startStepping = () => {
-    if (stepping) return;
-    stepping = true;
-    at(Math.ceil(now / p.stepMs) * p.stepMs + p.stepMs, step);
-  };
-
-  /**
-   * Starts a transfer after the request's round trip; the returned function cancels it (a timeout).
-   * `progress` hears of the bytes still to come after each step.
-   */
-  const transfer = (
-    src: Endpoint,
-    dst: Endpoint,
-    bytes: number,
-    done: () => void,
-    progress?: (remaining: number) => void,
-  ): (() => void) => {
-    let flow: Flow | undefined;
-    let cancelled = false;
-    pendingStarts++;
-    startStepping();
-    at(now + p.rttMs, () => {
-      pendingStarts--;
-      if (cancelled) return;
-      const f: Flow = { src, dst, remaining: bytes, rate: 0, done, progress };
-      flow = f;
-      flows.add(f);
-      src.ups.add(f);
-      dst.downs.add(f);
-      if (src !== seedEp && src !== registry) peakNodeUploads = Math.max(peakNodeUploads, src.ups.size);
-      startStepping();
-    });
-    return () => {
-      cancelled = true;
-      if (!flow || !flows.has(flow)) return;
-      flows.delete(flow);
-      flow.src.ups.delete(flow);
-      flow.dst.downs.delete(flow);
-    };
-  };
+  const links = new FluidLinks({ ...p, now: () => now, at });
+  const endpoint = links.endpoint.bind(links);
+  const transfer = links.transfer.bind(links);
 
   // --- tracker, seed and registry ---------------------------------------------------------------------
-  let peakNodeUploads = 0;
   const registry = endpoint('registry', p.registryMbit, p.cpuSendSecPerGiB);
   const seedEp = endpoint('seed', p.seedMbit, p.cpuSendSecPerGiB);
   const seedBits = new Bitmap(units);
@@ -529,7 +441,7 @@ export function simulate(p: SimParams): SimResult {
     now = e.t;
     events++;
     e.fn();
-    if (finishedNodes === nodes.length && !flows.size) break;
+    if (finishedNodes === nodes.length && !links.active) break;
   }
 
   const done = nodes.filter((n) => n.end >= 0);
@@ -550,7 +462,7 @@ export function simulate(p: SimParams): SimResult {
     refusedAnnounces,
     peerTimeouts,
     busyRefusals: refusedBusy,
-    peakNodeUploads,
+    peakNodeUploads: Math.max(0, ...nodes.map((n) => n.ep.peakUps)),
     announceUs: announceUs / Math.max(1, tracker.counters.announces),
     lookupUs: lookupUs / Math.max(1, tracker.counters.lookups),
     trackerBitmapBytes: peakBitmapBytes,

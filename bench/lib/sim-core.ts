@@ -67,6 +67,8 @@ export interface Endpoint {
   downs: Set<Flow>;
   /** CPU s per byte this host spends sending. */
   sendCost: number;
+  /** The most flows it sent at once. */
+  peakUps: number;
 }
 
 export interface Flow {
