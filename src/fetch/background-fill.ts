@@ -29,6 +29,13 @@ export interface BackgroundFillInit {
   planner?: FillPlanner;
   /** Verified TOC+footer bytes, to store when the cache could not take them at open. */
   tocUnit?: Buffer;
+  /**
+   * The TOC was checked against the layer's TOC digest annotation (LoadedToc.anchored): every unit in the
+   * cache was verified against it when stored, so a complete cache is not hashed again against the blob
+   * digest (a second read and SHA-256 pass over the whole layer). Without it (a seed's copy, a layer whose
+   * descriptor has no annotation) the blob digest is the anchor and the complete file is checked.
+   */
+  tocAnchored?: boolean;
   timers?: Timers;
   logger?: Logger;
   options?: BackgroundFillOptions;
@@ -36,7 +43,8 @@ export interface BackgroundFillInit {
 
 /**
  * Fills every missing unit of a blob into its cache at Fill priority — the planner's pass first, then in
- * order with retries — and then checks the complete cache file against the blob digest. Once started it
+ * order with retries — and then checks the complete cache file against the blob digest (unless every unit
+ * was verified against an annotation-anchored TOC: tocAnchored). Once started it
  * stops only when the fetcher closes.
  */
 export class BackgroundFill {
@@ -48,6 +56,7 @@ export class BackgroundFill {
   private readonly concurrency: number;
   private readonly retryMs: number;
   private tocUnitBytes: Buffer | undefined;
+  private readonly tocAnchored: boolean;
   private loop: Promise<void> | undefined;
   private readonly completion: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void };
 
@@ -55,6 +64,7 @@ export class BackgroundFill {
     this.fetcher = init.fetcher;
     this.planner = init.planner;
     this.tocUnitBytes = init.tocUnit;
+    this.tocAnchored = init.tocAnchored === true;
     this.timers = init.timers ?? realTimers;
     this.logger = init.logger ?? silentLogger;
     const o = init.options ?? {};
@@ -71,7 +81,7 @@ export class BackgroundFill {
     promise.catch(() => {});
     this.completion = { promise, resolve, reject };
     const cache = this.fetcher.cache;
-    if (cache.isComplete && cache.verified) resolve();
+    if (cache.isComplete && (cache.verified || this.tocAnchored)) resolve();
   }
 
   private get digest(): string {
@@ -91,7 +101,10 @@ export class BackgroundFill {
     return this.loop !== undefined;
   }
 
-  /** Resolves when the whole blob is cached and its digest checked; rejects on a digest mismatch or close. */
+  /**
+   * Resolves when the whole blob is cached and its digest checked (or, tocAnchored, its last unit verified and
+   * stored); rejects on a digest mismatch or close.
+   */
   whenComplete(): Promise<void> {
     return this.completion.promise;
   }
@@ -146,6 +159,10 @@ export class BackgroundFill {
     const cache = this.fetcher.cache;
     if (cache.verified) return;
     await cache.flush(signal);
+    if (this.tocAnchored) {
+      this.fetcher.stats.completeByBlocks++;
+      return;
+    }
     const r = await cache.verifyComplete(signal);
     if (!r.ok) {
       this.fetcher.stats.completeMismatches++;

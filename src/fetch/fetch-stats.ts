@@ -41,6 +41,8 @@ export class FetchStats {
   /** Blobs whose complete cache file matched / did not match the digest. */
   completeVerified = 0;
   completeMismatches = 0;
+  /** Blobs complete with every unit verified against an annotation-anchored TOC (no whole-file pass). */
+  completeByBlocks = 0;
   /** Recent fetch latencies in ms (ring buffer) for callers without a sink. */
   readonly latencyMs: Float64Array;
   private latencyPos = 0;

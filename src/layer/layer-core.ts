@@ -139,6 +139,7 @@ export class LayerCore {
       bucket: init.fillBucket,
       planner: membership?.planner,
       tocUnit: loaded.unstored,
+      tocAnchored: loaded.anchored,
       timers: init.timers,
       logger,
       options: {

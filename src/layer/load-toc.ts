@@ -40,6 +40,12 @@ export interface LoadedToc {
   source: 'cache' | 'remote';
   /** SHA-256 of the verified TOC unit (TOC + footer bytes): later copies of it are checked by hash alone. */
   unitSha256: Buffer;
+  /**
+   * The TOC was checked against the layer descriptor's TOC digest annotation: the trust chain (manifest →
+   * descriptor → TOC → blocks, docs/format.md §4) then holds without the blob digest, and a blob whose every
+   * unit was verified as it was stored needs no second pass over the whole file.
+   */
+  anchored: boolean;
   /** Verified TOC+footer bytes the cache could not take (NO_SPACE): the fill stores them later. */
   unstored?: Buffer;
 }
@@ -62,12 +68,13 @@ export async function loadToc(opts: LoadTocOptions): Promise<LoadedToc> {
   if (blob.size < FOOTER_SIZE)
     throw DfError.corrupt(`blob ${blob.digest} is ${blob.size} bytes: not a DFB blob`);
 
+  const anchored = opts.expectedTocDigest !== undefined;
   const early = opts.cacheIsNew ? fromSources(opts, requestMs, timers, logger) : undefined;
   early?.catch(() => undefined); // awaited below unless the cache fails to open first
   const cache = await opts.cache;
   if (!early) {
     const fromCache = await tocFromCache(cache, blob, opts.expectedTocDigest, logger, opts.signal);
-    if (fromCache) return { ...fromCache, source: 'cache' };
+    if (fromCache) return { ...fromCache, source: 'cache', anchored };
   }
 
   const { toc, footer, stored, tail } = await (early ?? fromSources(opts, requestMs, timers, logger));
@@ -80,9 +87,9 @@ export async function loadToc(opts: LoadTocOptions): Promise<LoadedToc> {
     if (cache.layout?.blockCount !== toc.blockCount) throw err;
     // e.g. NO_SPACE: the layer still mounts; the fill stores the TOC later
     logger.warn({ err, digest: blob.digest }, 'could not store the TOC in the cache');
-    return { toc, footer, source: 'remote', unitSha256, unstored: unit };
+    return { toc, footer, source: 'remote', unitSha256, unstored: unit, anchored };
   }
-  return { toc, footer, source: 'remote', unitSha256 };
+  return { toc, footer, source: 'remote', unitSha256, anchored };
 }
 
 async function tocFromCache(

@@ -55,6 +55,8 @@ export async function open(
     sources?: BlockSource[];
     stats?: FetchStats;
     logger?: Logger;
+    /** The descriptor's TOC digest annotation; null: a layer without one. Default: the blob's. */
+    expectedTocDigest?: string | null;
   } = {},
 ) {
   const cache = await BlobCache.open({
@@ -72,7 +74,8 @@ export async function open(
     memoryCache: extra.mem ?? new BlockMemoryCache(16 * 1024 * 1024),
     scheduler: extra.scheduler,
     stats: extra.stats,
-    expectedTocDigest: s.tb.tocDigest,
+    expectedTocDigest:
+      extra.expectedTocDigest === null ? undefined : (extra.expectedTocDigest ?? s.tb.tocDigest),
     logger: extra.logger,
     options: { ...fast, ...extra.options },
   });
