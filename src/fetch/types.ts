@@ -26,6 +26,11 @@ export interface FetchContext {
   /** Whether a reader waits on the run now (a fill run may be promoted while it is in flight). */
   waitedOn?: () => boolean;
   /**
+   * A source that holds a fill run's bytes back for fewer wake-ups (SO_RCVLOWAT: src/util/rcv-lowat.ts)
+   * registers how to stop: the fetcher calls it when a reader starts waiting on the run.
+   */
+  onHurry?: (hurry: () => void) => void;
+  /**
    * Nobody is blocked on the run: it is fill (this host's, or a node's planned fill run at a seed). The
    * source may queue it behind other such runs (a seed pipelines them on one registry connection).
    */

@@ -1,12 +1,10 @@
-import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
-import { decodeFooter, FOOTER_SIZE } from '../blob/footer.js';
-import { DfbReader } from '../blob/reader.js';
 import type { Toc } from '../blob/toc.js';
 import type { BlobCache } from '../cache/blob-cache.js';
 import { DfError } from '../errors.js';
 import { adjacentGroups } from '../util/adjacent-groups.js';
 import { groupSpan, RunWriter, type VerifiedUnit } from './run-writer.js';
+import { checkStoredUnit } from './unit-check.js';
 import { backoff } from '../util/backoff.js';
 import { bound, childSignal, realTimers, sleep, type Timers } from '../util/timers.js';
 import { transferTimeoutMs } from '../util/transfer-timeout.js';
@@ -73,6 +71,8 @@ interface RunState {
   bulk: boolean;
   /** The run's own abort (a cancellable run): follows close() and the caller's cancellation. */
   signal?: AbortSignal;
+  /** Stops the source in flight holding the run's bytes back (FetchContext.onHurry). */
+  hurry?: () => void;
 }
 
 interface InFlight {
@@ -267,6 +267,7 @@ export class UnitFetcher {
           // a reader is waiting on it now (more urgent than fill): the whole chain may serve it
           f.run.priority = priority;
           f.run.only = undefined;
+          f.run.hurry?.();
         }
         if (f.run && !opts.bulk && priority !== Priority.Fill) f.run.bulk = false;
         out[k] = f.promise;
@@ -415,7 +416,7 @@ export class UnitFetcher {
         if (end > filled) break;
         const stored = data.subarray(unitOff - off, end);
         try {
-          this.checkUnit(w.unit, stored);
+          checkStoredUnit(this.blob, this.toc, this.tocUnitSha256, w.unit, stored);
           writer.add({ waiter: w, unitOff, stored });
           // mid-transfer: its readers need not wait for the rest of the run (it is stored with the run)
           if (filled < len) w.resolve(stored);
@@ -433,6 +434,7 @@ export class UnitFetcher {
         priority: state.priority,
         planned: state.only !== undefined,
         waitedOn: () => state.priority !== Priority.Fill,
+        onHurry: (hurry: () => void) => (state.hurry = hurry),
         bulk: state.bulk,
         progress: check,
       };
@@ -456,6 +458,7 @@ export class UnitFetcher {
       next = part.length;
       lastErr = err;
     } finally {
+      state.hurry = undefined;
       rq.dispose();
     }
     // the verified units not written yet (and the writes in flight)
@@ -482,18 +485,5 @@ export class UnitFetcher {
       this.settle(g.waiter, g.stored);
     }
     return undefined;
-  }
-
-  private checkUnit(u: number, stored: Buffer): void {
-    if (u < this.tocUnit) return DfbReader.checkStoredBlock(this.toc, u, stored);
-    if (this.tocUnitSha256) {
-      // hash before inflating: a forged TOC unit never gets decompressed (it could claim any size)
-      if (!createHash('sha256').update(stored).digest().equals(this.tocUnitSha256))
-        throw DfError.corrupt(`DFB TOC unit of ${this.blob.digest} does not match the verified one`);
-      return;
-    }
-    const footer = decodeFooter(stored.subarray(stored.length - FOOTER_SIZE), this.blob.size);
-    const toc = DfbReader.decodeStoredToc(footer, stored.subarray(0, stored.length - FOOTER_SIZE));
-    if (!toc.buffer.equals(this.toc.buffer)) throw DfError.corrupt(`DFB TOC of ${this.blob.digest} changed`);
   }
 }

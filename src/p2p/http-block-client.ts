@@ -37,17 +37,23 @@ export interface BlockGetHooks {
    * (default FALLBACK_MS; src/util/rcv-lowat.ts): longer while nobody waits on them (bodyHold).
    */
   holdMs?: () => number;
+  /** Given how to stop holding the body's bytes back at once (FetchContext.onHurry). */
+  onHurry?: (hurry: () => void) => void;
 }
 
 /**
- * The hold of a range's body (BlockGetHooks.holdMs): fillHoldMs of the transfer's stall limit while its run
- * is fill (fewer wake-ups on a slow link), FALLBACK_MS from the first read after a reader starts waiting on
- * it (a fill run promoted in flight); none for a run something waited on from the start.
+ * The hold of a range's body (BlockGetHooks.holdMs, onHurry): fillHoldMs of the transfer's stall limit while
+ * its run is fill (fewer wake-ups on a slow link, and a higher mark: rcv-lowat.ts), FALLBACK_MS once a reader
+ * waits on it (a fill run promoted in flight: the bytes held back are handed over at once); none for a run
+ * something waited on from the start.
  */
-export function bodyHold(ctx: FetchContext | undefined, stallMs: number): (() => number) | undefined {
-  if (ctx?.priority !== Priority.Fill) return undefined;
+export function bodyHold(
+  ctx: FetchContext | undefined,
+  stallMs: number,
+): Pick<BlockGetHooks, 'holdMs' | 'onHurry'> {
+  if (ctx?.priority !== Priority.Fill) return {};
   const fill = fillHoldMs(stallMs);
-  return () => (ctx.waitedOn?.() ? FALLBACK_MS : fill);
+  return { holdMs: () => (ctx.waitedOn?.() ? FALLBACK_MS : fill), onHurry: ctx.onHurry };
 }
 
 /**
@@ -136,6 +142,7 @@ export class HttpBlockClient {
               ? () => alive()
               : progress,
         holdMs: hooks.holdMs,
+        onHurry: hooks.onHurry,
       });
     } catch (err) {
       throw this.failure(err, signal, `GET ${address} ${digest}`);

@@ -122,7 +122,7 @@ export class PeerBlockSource implements BlockSource {
         {
           progress,
           alive: rq.alive,
-          holdMs: bodyHold(ctx, this.deps.timeoutMs),
+          ...bodyHold(ctx, this.deps.timeoutMs),
         },
       );
       const ms = Math.max(1, this.timers.now() - t0);

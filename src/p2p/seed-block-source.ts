@@ -119,7 +119,7 @@ export class SeedBlockSource implements BlockSource {
             progress: ctx?.progress,
             pieceDigest: ctx?.pieceDigest,
             alive,
-            holdMs: bodyHold(ctx, this.opts.timeoutMs),
+            ...bodyHold(ctx, this.opts.timeoutMs),
           },
         );
         this.opts.isolation.ok(seed);

@@ -2,7 +2,7 @@ import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { ConnectionOptions, TlsOptions } from 'node:tls';
 import { DfError } from '../errors.js';
-import { ClosedBeforeAnswer } from '../util/raw-http.js';
+import { ClosedBeforeAnswer } from '../util/http-answer.js';
 
 /** p2p.tls of the config: PEM file paths, all empty (TLS off) or all set. */
 export interface TlsPaths {

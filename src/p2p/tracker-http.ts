@@ -1,8 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ServiceClientConstructor } from '@grpc/grpc-js';
 import { DfError, type ErrorCode } from '../errors.js';
-import { declaredBodyHead, errorTextHead, type HttpAnswer } from '../util/http-answer.js';
-import { ClosedBeforeAnswer, RawHttpPool } from '../util/raw-http.js';
+import { ClosedBeforeAnswer, declaredBodyHead, errorTextHead, type HttpAnswer } from '../util/http-answer.js';
+import { RawHttpPool } from '../util/raw-http.js';
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
 import { callerHost, MAX_REQUEST_BYTES, Tracker, trackerServiceConstructor } from './tracker-service.js';

@@ -40,3 +40,20 @@ export interface HttpAnswer {
   body: Buffer;
   got: number;
 }
+
+/**
+ * A connection closed or reset before any byte of its answer: on a kept-alive connection, maybe the host's
+ * keep-alive ran out as the request went out (sent once more on a new one); on a new connection, the host's
+ * answer (down, or a TLS server refusing this host's certificate, which closes after the handshake).
+ */
+export class ClosedBeforeAnswer extends DfError {
+  constructor(
+    what: string,
+    readonly reused: boolean,
+    cause?: Error,
+  ) {
+    super('NETWORK', `${what}: connection closed before an answer${cause ? ` (${cause.message})` : ''}`, {
+      cause,
+    });
+  }
+}

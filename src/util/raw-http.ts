@@ -1,7 +1,7 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { DfError } from '../errors.js';
-import type { HttpAnswer, HeadDecision } from './http-answer.js';
+import { ClosedBeforeAnswer, type HttpAnswer, type HeadDecision } from './http-answer.js';
 import { dechunk, parseHead, splitAddress, type AnswerHead } from './http1-parse.js';
 import { markRemaining } from './rcv-lowat.js';
 
@@ -51,23 +51,8 @@ export interface RawRequest {
   progress?: (data: Buffer, filled: number) => void;
   /** How long SO_RCVLOWAT may hold body bytes back, asked per read (ms; default FALLBACK_MS: rcv-lowat.ts). */
   holdMs?: () => number;
-}
-
-/**
- * A connection closed or reset before any byte of its answer: on a kept-alive connection, maybe the host's
- * keep-alive ran out as the request went out (sent once more on a new one); on a new connection, the host's
- * answer (down, or a TLS server refusing this host's certificate, which closes after the handshake).
- */
-export class ClosedBeforeAnswer extends DfError {
-  constructor(
-    what: string,
-    readonly reused: boolean,
-    cause?: Error,
-  ) {
-    super('NETWORK', `${what}: connection closed before an answer${cause ? ` (${cause.message})` : ''}`, {
-      cause,
-    });
-  }
+  /** Given, when the request goes out, how to hand over body bytes held back at once (the mark back to 1). */
+  onHurry?: (hurry: () => void) => void;
 }
 
 /** What one request in flight on a connection has of its answer. */
@@ -142,6 +127,8 @@ class Conn {
     this.headLen = 0;
     a.reused = this.served > 0;
     const { req } = a;
+    // a reader waits on the body now: what the low-water mark holds back comes at once
+    req.onHurry?.(() => this.cur === a && this.opts.lowat && markRemaining(this.socket, 0));
     let head = `${req.method ?? 'GET'} ${req.path} HTTP/1.1\r\nhost: ${this.address}\r\n`;
     for (const [k, v] of Object.entries(req.headers)) head += `${k}: ${v}\r\n`;
     if (req.body) head += `content-length: ${req.body.length}\r\n`;

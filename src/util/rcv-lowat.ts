@@ -18,18 +18,32 @@ import { netAddon, socketFd, type NetAddon } from './net-addon.js';
  * every fallback (bench/dataplane at 20 Mbit/s shared by four connections: every read had come by the
  * fallback, and a node spent about a fifth more CPU per GiB).
  *
+ * A body held longer than FALLBACK_MS (a fill run's, which nobody waits on: the caller's holdMs says so) may
+ * have a higher mark, FILL_LIMIT: at 20 Mbit/s a 64 KiB mark still woke a node about 40 times a second per
+ * connection, and those wake-ups, not the bytes, were most of its CPU (bench/dataplane: node A from the seed
+ * 14-16 CPU-s/GiB with 64 KiB, ~10 with 256 KiB; at 200 Mbit/s and above 4-10 either way). A read that
+ * starts waiting on such a body gets FALLBACK_MS back from its holdMs at the next read, and the 64 KiB mark.
+ *
  * Plain TCP only (a TLS record's framing is not the body's length). Off without the native addon
- * (native/dfnode_net.c) or with DFNODE_RCVLOWAT=0; DFNODE_RCVLOWAT=N sets the limit in bytes (default 65536).
+ * (native/dfnode_net.c) or with DFNODE_RCVLOWAT=0; DFNODE_RCVLOWAT=N sets the limit in bytes (default 65536),
+ * DFNODE_RCVLOWAT_FILL=N the fill bodies' (default 262144, never below the other).
  */
 const DEFAULT_LIMIT = 64 * 1024;
+const DEFAULT_FILL_LIMIT = 256 * 1024;
 
 let addon: NetAddon | null | undefined;
 let limit = DEFAULT_LIMIT;
+let fillLimit = DEFAULT_FILL_LIMIT;
+
+const envBytes = (name: string, dflt: number): number => {
+  const env = process.env[name];
+  return env !== undefined && env !== '' ? Math.max(0, Math.min(Number(env) || 0, 16 << 20)) : dflt;
+};
 
 function lowatAddon(): NetAddon | null {
   if (addon !== undefined) return addon;
-  const env = process.env.DFNODE_RCVLOWAT;
-  if (env !== undefined && env !== '') limit = Math.max(0, Math.min(Number(env) || 0, 16 << 20));
+  limit = envBytes('DFNODE_RCVLOWAT', DEFAULT_LIMIT);
+  fillLimit = Math.max(limit, envBytes('DFNODE_RCVLOWAT_FILL', DEFAULT_FILL_LIMIT));
   return (addon = limit <= 1 ? null : netAddon());
 }
 
@@ -68,7 +82,7 @@ const marks = new WeakMap<Socket, Mark>();
 export function markRemaining(s: Socket, remaining: number, holdMs = FALLBACK_MS): void {
   const a = addon;
   if (!a) return;
-  const want = Math.max(1, Math.min(remaining, limit));
+  const want = Math.max(1, Math.min(remaining, holdMs > FALLBACK_MS ? fillLimit : limit));
   let m = marks.get(s);
   if (!m) marks.set(s, (m = { value: 1, holdMs }));
   if (m.timer && m.holdMs !== holdMs) {

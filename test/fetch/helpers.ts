@@ -1,6 +1,6 @@
 import { DfError } from '../../src/errors.js';
 import type { Timers } from '../../src/util/timers.js';
-import type { BlobRef, BlockSource, SourceKind } from '../../src/fetch/types.js';
+import type { BlobRef, BlockSource, FetchContext, SourceKind } from '../../src/fetch/types.js';
 import { flipBits } from '../helpers/bytes.js';
 
 export interface Req {
@@ -23,6 +23,8 @@ export class FakeSource implements BlockSource {
   /** When set, each request waits for this gate before answering. */
   gate: Promise<void> | undefined;
   log: string[] = [];
+  /** Requests whose fetcher asked to stop holding their bytes back (FetchContext.onHurry): a reader joined. */
+  hurried: Req[] = [];
 
   constructor(
     readonly data: Buffer,
@@ -31,8 +33,15 @@ export class FakeSource implements BlockSource {
     this.name = `fake ${kind}`;
   }
 
-  async fetch(_blob: BlobRef, offset: number, length: number, _signal: AbortSignal): Promise<Buffer> {
+  async fetch(
+    _blob: BlobRef,
+    offset: number,
+    length: number,
+    _signal: AbortSignal,
+    ctx?: FetchContext,
+  ): Promise<Buffer> {
     this.requests.push({ offset, length });
+    ctx?.onHurry?.(() => this.hurried.push({ offset, length }));
     this.log.push(`${offset}+${length}`);
     if (this.hang) return new Promise<Buffer>(() => {});
     if (this.gate) await this.gate;

@@ -107,6 +107,29 @@ describe('background fill', () => {
     await core.fill.whenComplete();
   });
 
+  it('a read that joins a fill run in flight tells its source to stop holding the bytes back', async () => {
+    const s = await setup();
+    const { core } = await open(s, { options: { maxRunBytes: 256 * 1024 } });
+    s.src.reset();
+    const g = gate();
+    s.src.gate = g.promise;
+    core.fill.start();
+    for (let i = 0; i < 10 && !s.src.requests.length; i++) await new Promise((r) => setTimeout(r, 5));
+    const run = s.src.requests[0]!;
+    expect(s.src.hurried).toEqual([]);
+    // a block inside the run in flight: the read waits on the run (no request of its own) and hurries it
+    const want = blockRange(s.tb, 'etc/f0', 0, 100);
+    expect(want.offset).toBeGreaterThanOrEqual(run.offset);
+    expect(want.offset + want.length).toBeLessThanOrEqual(run.offset + run.length);
+    const read = core.reader.read(s.tb.ino('etc/f0'), 0, 100);
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    expect(s.src.hurried).toEqual([run]);
+    g.open();
+    await read;
+    expect(s.src.requests.filter((r) => r.offset === want.offset && r.length === want.length)).toEqual([]);
+    await core.fill.whenComplete();
+  });
+
   it('close() stops the fill', async () => {
     const s = await setup();
     const { core, cache } = await open(s, { options: { fillRateBytesPerSec: 1 } });

@@ -3,8 +3,8 @@
  * loopback that trickles each body out in 1 KiB writes: the client wakes about once per 64 KiB instead of
  * once per write, never waits for bytes that will not come (bodies of every size around the mark, a
  * reused keep-alive connection, a short error answer after a body on the same connection), and hears of a
- * trickling body's bytes within about FALLBACK_MS (a fill run's, which nobody waits on, per full mark, until
- * a reader waits on it).
+ * trickling body's bytes within about FALLBACK_MS (a fill run's, which nobody waits on, per full mark of up
+ * to 256 KiB, until a reader waits on it: then at once).
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -129,31 +129,64 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
     expect(fillHoldMs(30_000)).toBe(FILL_HOLD_MS);
     expect(fillHoldMs(520)).toBe(130);
     expect(fillHoldMs(100)).toBe(FALLBACK_MS);
-    // a read: one wake-up per fallback (~16); a fill: one per 64 KiB and the rest (3)
+    // a read: one wake-up per fallback (~16); a fill: at the hold (1 s: the mark is the whole body) and the rest
     expect(read).toBeGreaterThanOrEqual(8);
     expect(fill).toBeLessThanOrEqual(5);
   });
 
-  it('a fill run a reader starts waiting on is heard of about every FALLBACK_MS again', async () => {
-    // the run's context as the fetcher makes it: waitedOn() turns true when a read is promoted onto it
+  it("a fill run's body wakes about once per 256 KiB, a read's once per 64 KiB", async () => {
+    // 600 KB at ~1 MB/s (1 KiB a millisecond): a 256 KiB mark fills in ~260 ms, inside the fill's hold
+    const length = 600_000;
+    const reads = async (fill: boolean) => {
+      let calls = 0;
+      const got = await getWith(0, length, {
+        progress: () => calls++,
+        holdMs: fill ? () => FILL_HOLD_MS : undefined,
+      });
+      expect(got.equals(body(length))).toBe(true);
+      return calls;
+    };
+    const read = await reads(false);
+    const fill = await reads(true);
+    // 64 KiB marks: ~9 reads; 256 KiB: ~3
+    expect(read).toBeGreaterThanOrEqual(8);
+    expect(fill).toBeLessThanOrEqual(5);
+  });
+
+  it('a fill run a reader starts waiting on hands over what it holds at once, then every FALLBACK_MS', async () => {
+    // the run's context as the fetcher makes it: waitedOn() turns true when a read is promoted onto it, and
+    // the fetcher calls the hurry the source gave it (FetchContext.onHurry)
     let waited = false;
-    const ctx: FetchContext = { priority: Priority.Fill, waitedOn: () => waited };
-    expect(bodyHold({ priority: Priority.Blocked }, 30_000)).toBeUndefined();
-    const hold = bodyHold(ctx, 30_000)!;
-    expect(hold()).toBe(FILL_HOLD_MS);
+    let hurry: (() => void) | undefined;
+    const ctx: FetchContext = {
+      priority: Priority.Fill,
+      waitedOn: () => waited,
+      onHurry: (h) => (hurry = h),
+    };
+    expect(bodyHold({ priority: Priority.Blocked }, 30_000)).toEqual({});
+    const hooks = bodyHold(ctx, 30_000);
+    expect(hooks.holdMs!()).toBe(FILL_HOLD_MS);
     const t0 = Date.now();
     const after: number[] = [];
-    const promote = setTimeout(() => (waited = true), 400);
+    let promotedAt = 0;
+    const promote = setTimeout(() => {
+      waited = true;
+      promotedAt = Date.now() - t0;
+      hurry?.();
+    }, 400);
     const got = await getWith(2, 160_000, {
+      ...hooks,
       progress: () => {
         if (waited) after.push(Date.now() - t0);
       },
-      holdMs: hold,
     });
     clearTimeout(promote);
     expect(got.equals(body(160_000))).toBe(true);
-    expect(hold()).toBe(FALLBACK_MS);
-    // held for the mark until ~650 ms, then a read per ~100 ms to the end (~1.6 s): a fill alone had <= 5
+    expect(hooks.holdMs!()).toBe(FALLBACK_MS);
+    expect(hurry).toBeDefined();
+    // the ~40 KB held at 400 ms come at once (without the hurry: at the 1 s hold), then a read per ~100 ms
+    // to the end (~1.6 s): a fill alone had <= 5
+    expect(after[0]! - promotedAt).toBeLessThan(80);
     expect(after.length).toBeGreaterThanOrEqual(6);
   });
 });
