@@ -1,7 +1,8 @@
 // bench/dataplane: CPU per GiB of the P2P data plane, on loopback (no namespaces, no shaping). A synthetic
 // layer (≥ 256 MiB of DFB blob) is converted into a local docker-registry, put into a seed's cache with a
 // direct `dfnode preheat`, and served by `dfnode seed`; then, per run, node A (`dfnode preheat --serve`) takes
-// the whole blob from the seed, and node B takes it from node A (a peer serving from its cache). Prints the
+// the whole blob from the seed, and node B takes it from node A (a peer serving from its cache); last, node C
+// takes it from the registry alone (no P2P: what every node pays without the tier). Prints the
 // CPU seconds (user + system, /proc/PID/stat) per GiB moved of each process, their ratio to the 15 CPU-s/GiB
 // target, and wall time; the last line of stdout is JSON.
 //
@@ -263,6 +264,29 @@ async function main(): Promise<number> {
       log(`run ${run}: B took ${fromPeers} of ${jb.bytes} bytes from peers; caches verify: ${ok}`);
       if (!ok) throw new Error('a node cache does not hash to the blob digest');
       await Promise.all([a.p.stop(), b.p.stop()]);
+      // phase 3: node C alone, from the registry (no P2P: the baseline a cluster without dfnode's tier pays)
+      let cRef = ref;
+      if (rate) {
+        const proxy = await PacedProxy.start(0, Number(registry.localHost.split(':')[1]), rate);
+        proxies.push(proxy);
+        cRef = `127.0.0.1:${proxy.port}/syn:1-dfb`;
+      }
+      const c = dfnode('nodeC', ['preheat', '--plain-http', '--json', ...dirs(`run${run}-nodeC`), cRef]);
+      const cTrace = new CpuTrace(c.pid, dataFile(join(work, `run${run}-nodeC`, 'cache')));
+      const lc = await c.waitLine(/^\{.*\}$/);
+      const cCpu = processCpu(c.pid);
+      const jc = JSON.parse(lc.line) as { bytes: number; bySource: Record<string, number> };
+      rows.push({
+        role: 'node C from the registry',
+        cpu: cCpu,
+        startup: cTrace.startup,
+        bytes: jc.bytes,
+        wall: lc.at / 1000,
+      });
+      cTrace.stop();
+      await c.exited;
+      if (!(await cacheVerifies(join(work, `run${run}-nodeC`, 'cache'), layers)))
+        throw new Error("node C's cache does not hash to the blob digest");
       all.push(rows);
     }
 

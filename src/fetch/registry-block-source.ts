@@ -2,7 +2,11 @@ import type { Dispatcher } from 'undici';
 import type { RegistryClient } from '../registry/client.js';
 import type { ImageReference } from '../registry/reference.js';
 import type { RequestPipeline } from '../registry/request-pipeline.js';
+import { bodyHold } from './body-hold.js';
 import type { BlobRef, BlockSource, FetchContext } from './types.js';
+
+/** The stall limit a fill run's hold is derived from (fillHoldMs: the fetcher's default request limit). */
+const FILL_STALL_MS = 10_000;
 
 /**
  * The origin registry as a BlockSource: one HTTP range request per fetch. `ref` names the repository the
@@ -35,6 +39,7 @@ export class RegistryBlockSource implements BlockSource {
         signal,
         progress: ctx?.progress,
         dispatcher,
+        ...bodyHold(ctx, FILL_STALL_MS),
       });
     return this.pipeline && ctx?.bulk ? this.pipeline.lane(get) : get();
   }

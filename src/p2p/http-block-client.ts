@@ -2,15 +2,8 @@ import { DfError } from '../errors.js';
 import type { TokenBucket } from '../util/token-bucket.js';
 import { declaredBodyHead, errorTextHead, type HttpAnswer } from '../util/http-answer.js';
 import { RawHttpPool } from '../util/raw-http.js';
-import { FALLBACK_MS, fillHoldMs, rcvLowatEnabled } from '../util/rcv-lowat.js';
-import {
-  busyAtSource,
-  deferredBySource,
-  handedBackBySource,
-  Priority,
-  sourceUnavailable,
-  type FetchContext,
-} from '../fetch/types.js';
+import { rcvLowatEnabled, type BodyHoldHooks } from '../util/rcv-lowat.js';
+import { busyAtSource, deferredBySource, handedBackBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 import { HANDED_BACK_HEADER, PIECE_DIGEST_HEADER } from './block-server.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
@@ -25,35 +18,13 @@ const CONNECT_TIMEOUT_MS = 10_000;
 const ERROR_TEXT_BYTES = 200;
 
 /** What a caller of HttpBlockClient.get may hear of, and how urgent the range is. */
-export interface BlockGetHooks {
+export interface BlockGetHooks extends BodyHoldHooks {
   /** Told of every read of the body: the range's buffer and how much of it is filled. */
   progress?: (data: Buffer, filled: number) => void;
   /** Told the piece digest the host sent (PIECE_DIGEST_HEADER: a seed serving a file it still fetches). */
   pieceDigest?: (sha256: Buffer) => void;
   /** Told whenever the host is heard from: its answer's head (any status) and every chunk of the body. */
   alive?: () => void;
-  /**
-   * How long the body's bytes may wait in the socket for a full low-water mark, asked before each read
-   * (default FALLBACK_MS; src/util/rcv-lowat.ts): longer while nobody waits on them (bodyHold).
-   */
-  holdMs?: () => number;
-  /** Given how to stop holding the body's bytes back at once (FetchContext.onHurry). */
-  onHurry?: (hurry: () => void) => void;
-}
-
-/**
- * The hold of a range's body (BlockGetHooks.holdMs, onHurry): fillHoldMs of the transfer's stall limit while
- * its run is fill (fewer wake-ups on a slow link, and a higher mark: rcv-lowat.ts), FALLBACK_MS once a reader
- * waits on it (a fill run promoted in flight: the bytes held back are handed over at once); none for a run
- * something waited on from the start.
- */
-export function bodyHold(
-  ctx: FetchContext | undefined,
-  stallMs: number,
-): Pick<BlockGetHooks, 'holdMs' | 'onHurry'> {
-  if (ctx?.priority !== Priority.Fill) return {};
-  const fill = fillHoldMs(stallMs);
-  return { holdMs: () => (ctx.waitedOn?.() ? FALLBACK_MS : fill), onHurry: ctx.onHurry };
 }
 
 /**

@@ -11,7 +11,8 @@ import {
   type FetchContext,
 } from '../fetch/types.js';
 import { DfError } from '../errors.js';
-import { bodyHold, type HttpBlockClient } from './http-block-client.js';
+import { bodyHold } from '../fetch/body-hold.js';
+import type { HttpBlockClient } from './http-block-client.js';
 import type { Isolation } from './isolation.js';
 import type { Holder, PeerView } from './peer-view.js';
 import type { RegistryFallback } from './registry-fallback.js';

@@ -14,7 +14,8 @@ import {
   type FetchContext,
 } from '../fetch/types.js';
 import type { OriginSwitch } from './hand-back.js';
-import { bodyHold, type HttpBlockClient } from './http-block-client.js';
+import { bodyHold } from '../fetch/body-hold.js';
+import type { HttpBlockClient } from './http-block-client.js';
 import type { Isolation } from './isolation.js';
 import type { RegistryFallback } from './registry-fallback.js';
 import { rankSeeds } from './rendezvous.js';

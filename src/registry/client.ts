@@ -1,5 +1,7 @@
 import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
+import type { BodyHoldHooks } from '../util/rcv-lowat.js';
+import { FastRanges } from './fast-ranges.js';
 import { DfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RegistryAuth } from './auth.js';
@@ -45,7 +47,7 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
-export interface RangeOptions extends RequestOptions {
+export interface RangeOptions extends RequestOptions, BodyHoldHooks {
   /** Hears of the range's bytes as they arrive (see readBodyInto). */
   progress?: BodyProgress;
   /** Another dispatcher than the client's for this request (a seed's pipelined registry connection). */
@@ -67,10 +69,14 @@ const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 export class RegistryClient {
   readonly transport: RegistryTransport;
   readonly uploadChunkSize: number;
+  /** Blob ranges on raw sockets where the full path showed the way (fast-ranges.ts); not with a caller's dispatcher. */
+  readonly fastRanges: FastRanges | undefined;
 
   constructor(opts: RegistryClientOptions = {}) {
     this.transport = new RegistryTransport(opts);
     this.uploadChunkSize = opts.uploadChunkSize ?? 0;
+    const off = process.env.DFNODE_REGISTRY_FAST_RANGES === '0';
+    this.fastRanges = opts.dispatcher || off ? undefined : new FastRanges(this.transport.timeoutMs);
   }
 
   get auth(): RegistryAuth {
@@ -89,6 +95,7 @@ export class RegistryClient {
   }
 
   async close(): Promise<void> {
+    await this.fastRanges?.close();
     await this.transport.close();
   }
 
@@ -283,6 +290,10 @@ export class RegistryClient {
     if (length === 0) return Buffer.alloc(0);
     const what = `blob ${digest} in ${ref.repoString}`;
     const end = offset + length - 1;
+    const fast = opts.dispatcher ? undefined : this.fastRanges;
+    const lane = `${ref.registry}/${ref.repository}@${digest}`;
+    const quick = await fast?.get(lane, offset, length, opts);
+    if (quick) return quick;
     return this.send(
       {
         method: 'GET',
@@ -323,6 +334,7 @@ export class RegistryClient {
         const data = await readBodyInto(res.body, length, what, opts.progress);
         if (data.length !== length)
           throw new DfError('NETWORK', `short range read of ${what}: ${data.length} of ${length} bytes`);
+        fast?.learn(lane, res.url, new URL(this.baseUrl(ref.registry)).origin, res.sent);
         return data;
       },
     );

@@ -55,6 +55,8 @@ export interface SendResponse {
   body: Dispatcher.ResponseData['body'];
   /** The URL that answered (after redirects). */
   url: URL;
+  /** The headers of the request it answered (its Authorization, if one was sent). */
+  sent: Record<string, string>;
 }
 
 const MAX_REDIRECTS = 5;
@@ -128,7 +130,7 @@ export class RegistryTransport {
   private readonly ownsDispatcher: boolean;
   private readonly plainHttp: boolean;
   private readonly insecure: Set<string>;
-  private readonly timeoutMs: number;
+  readonly timeoutMs: number;
   private readonly retryBaseMs: number;
   private readonly retryMaxMs: number;
   private readonly userAgent: string;
@@ -275,7 +277,8 @@ export class RegistryTransport {
         url = new URL(loc, url);
         continue;
       }
-      if (req.ok.includes(status)) return handle({ status, headers: res.headers, body: res.body, url });
+      if (req.ok.includes(status))
+        return handle({ status, headers: res.headers, body: res.body, url, sent: headers });
 
       const why = await errorMessage(res.body);
       const details = { host: url.host, status, method: req.method, url: redactedUrl(url) };

@@ -122,6 +122,7 @@ class Conn {
   /** Sends a request on this connection (new, or idle in the pool). */
   send(a: Active): void {
     clearTimeout(this.idleTimer);
+    this.socket.ref();
     this.cur = a;
     this.inBody = false;
     this.headLen = 0;
@@ -318,6 +319,8 @@ class Conn {
   idle(): void {
     this.idleTimer = setTimeout(() => this.destroy(), Math.min(this.opts.idleMs, this.hostIdleMs));
     this.idleTimer.unref();
+    // an idle kept-alive connection does not keep the process alive (a CLI that forgot close())
+    this.socket.unref();
   }
 
   /** Ends the request in flight with `err` and closes the connection (it is mid-answer). */

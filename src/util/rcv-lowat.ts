@@ -112,3 +112,14 @@ export function markRemaining(s: Socket, remaining: number, holdMs = FALLBACK_MS
   const fd = socketFd(s);
   if (fd !== undefined && a.setRcvLowat(fd, want)) m.value = want;
 }
+
+/** How a source's HTTP client may hold a range's body back for fewer wake-ups (src/util/rcv-lowat.ts). */
+export interface BodyHoldHooks {
+  /**
+   * How long the body's bytes may wait in the socket for a full low-water mark, asked before each read
+   * (default FALLBACK_MS): longer while nobody waits on them.
+   */
+  holdMs?: () => number;
+  /** Given how to stop holding the body's bytes back at once (FetchContext.onHurry). */
+  onHurry?: (hurry: () => void) => void;
+}

@@ -11,7 +11,8 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureNativeAddon } from '../../native/build-addon.js';
 import { isSourceUnavailable, Priority, type FetchContext } from '../../src/fetch/types.js';
-import { bodyHold, HttpBlockClient, type BlockGetHooks } from '../../src/p2p/http-block-client.js';
+import { bodyHold } from '../../src/fetch/body-hold.js';
+import { HttpBlockClient, type BlockGetHooks } from '../../src/p2p/http-block-client.js';
 import { FALLBACK_MS, FILL_HOLD_MS, fillHoldMs, rcvLowatEnabled } from '../../src/util/rcv-lowat.js';
 import { requireConditions } from '../helpers/require.js';
 
