@@ -75,6 +75,17 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
   const getWith = (offset: number, length: number, hooks: BlockGetHooks) =>
     client.get(address, DIGEST, offset, length, AbortSignal.timeout(20_000), {}, hooks);
 
+  /** Reads of a whole trickled body (as a fill run's, held up to FILL_HOLD_MS, or a read's) the client woke for. */
+  const wakeUps = async (offset: number, length: number, fill: boolean) => {
+    let calls = 0;
+    const got = await getWith(offset, length, {
+      progress: () => calls++,
+      holdMs: fill ? () => FILL_HOLD_MS : undefined,
+    });
+    expect(got.equals(body(length))).toBe(true);
+    return calls;
+  };
+
   it('is in use when the addon is built', () => {
     expect(rcvLowatEnabled()).toBe(true);
   });
@@ -113,18 +124,8 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
 
   it("a fill run's slow body is heard of per full mark, a read's about every FALLBACK_MS", async () => {
     // 160 KB at ~100 KB/s (~1.6 s): 64 KiB take ~650 ms, well inside FILL_HOLD_MS
-    const length = 160_000;
-    const reads = async (fill: boolean) => {
-      let calls = 0;
-      const got = await getWith(2, length, {
-        progress: () => calls++,
-        holdMs: fill ? () => FILL_HOLD_MS : undefined,
-      });
-      expect(got.equals(body(length))).toBe(true);
-      return calls;
-    };
-    const read = await reads(false);
-    const fill = await reads(true);
+    const read = await wakeUps(2, 160_000, false);
+    const fill = await wakeUps(2, 160_000, true);
     expect(FILL_HOLD_MS).toBeGreaterThan(700);
     // a short stall limit (tests') shortens the hold: bytes are heard of well inside it
     expect(fillHoldMs(30_000)).toBe(FILL_HOLD_MS);
@@ -137,18 +138,8 @@ describe.skipIf(req.skip)('block client with SO_RCVLOWAT', () => {
 
   it("a fill run's body wakes about once per 256 KiB, a read's once per 64 KiB", async () => {
     // 600 KB at ~1 MB/s (1 KiB a millisecond): a 256 KiB mark fills in ~260 ms, inside the fill's hold
-    const length = 600_000;
-    const reads = async (fill: boolean) => {
-      let calls = 0;
-      const got = await getWith(0, length, {
-        progress: () => calls++,
-        holdMs: fill ? () => FILL_HOLD_MS : undefined,
-      });
-      expect(got.equals(body(length))).toBe(true);
-      return calls;
-    };
-    const read = await reads(false);
-    const fill = await reads(true);
+    const read = await wakeUps(0, 600_000, false);
+    const fill = await wakeUps(0, 600_000, true);
     // 64 KiB marks: ~9 reads; 256 KiB: ~3
     expect(read).toBeGreaterThanOrEqual(8);
     expect(fill).toBeLessThanOrEqual(5);
