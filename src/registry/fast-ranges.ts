@@ -15,7 +15,8 @@ import { parseContentRange, type BodyProgress } from './http-body.js';
  * bind their Host header) is remembered for LANE_MS with the headers that were sent (its Authorization), and
  * later ranges of the blob go straight there. Anything but the exact 206 asked for (a 401 after the token
  * expired, a redirect, an error, a short body, a network failure) drops the lane and the full path takes the
- * request, so nothing fails here that would not fail there.
+ * request, so nothing fails here that would not fail there; the blob then gets no lane for LANE_MS (a lane
+ * that cannot work, e.g. a proxy in the way, costs one try a minute, not one per request).
  */
 export const LANE_MS = 60_000;
 /** Lanes kept at most (the oldest go first). */
@@ -43,6 +44,8 @@ export interface FastRangeOptions extends BodyHoldHooks {
 
 export class FastRanges {
   private readonly lanes = new Map<string, Lane>();
+  /** Blobs whose lane failed → until when none is learned again (a lane that fails is not retried per request). */
+  private readonly refused = new Map<string, number>();
   private readonly pools: { http: RawHttpPool; https: RawHttpPool };
   /** Ranges served here, and lanes dropped (the full path took over). */
   readonly counts = { served: 0, dropped: 0 };
@@ -61,6 +64,11 @@ export class FastRanges {
   /** Remembers where a range of `key`'s blob was just answered with 206, and with which request headers. */
   learn(key: string, url: URL, registryOrigin: string, sent: Record<string, string>): void {
     if (url.origin !== registryOrigin || (url.protocol !== 'http:' && url.protocol !== 'https:')) return;
+    const refusedUntil = this.refused.get(key);
+    if (refusedUntil !== undefined) {
+      if (refusedUntil > this.now()) return;
+      this.refused.delete(key);
+    }
     const https = url.protocol === 'https:';
     const headers: Record<string, string> = {};
     for (const k of ['authorization', 'user-agent']) if (sent[k] !== undefined) headers[k] = sent[k]!;
@@ -112,6 +120,8 @@ export class FastRanges {
       if (signal.aborted) throw err;
       if (this.lanes.get(key) === lane) this.lanes.delete(key);
       this.counts.dropped++;
+      if (this.refused.size >= MAX_LANES) this.refused.delete(this.refused.keys().next().value!);
+      this.refused.set(key, this.now() + LANE_MS);
       return undefined;
     }
   }

@@ -1,4 +1,4 @@
-import { connect as netConnect, type Socket } from 'node:net';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { DfError } from '../errors.js';
 import { ClosedBeforeAnswer, type HttpAnswer, type HeadDecision } from './http-answer.js';
@@ -101,7 +101,13 @@ class Conn {
     const onread = { buffer: () => this.nextBuffer(), callback: (n: number) => this.onRead(n) };
     this.socket = opts.tls
       ? // onread is a TLS socket's option too (Node ≥ 15), missing from @types/node's ConnectionOptions
-        tlsConnect({ ...opts.tls, host, port, onread } as ConnectionOptions)
+        tlsConnect({
+          servername: isIP(host) ? undefined : host,
+          ...opts.tls,
+          host,
+          port,
+          onread,
+        } as ConnectionOptions)
       : netConnect({ host, port, onread, noDelay: true });
     // requests go out at once (one write each), also under TLS
     this.socket.setNoDelay(true);

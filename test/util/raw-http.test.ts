@@ -5,6 +5,11 @@
  * per-host limit wait their turn, and an abort ends a request at once without leaking its connection.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createServer as createTlsServer } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DfError } from '../../src/errors.js';
 import { errorTextHead } from '../../src/util/http-answer.js';
@@ -257,5 +262,57 @@ describe('raw HTTP range client', () => {
       ).body.toString(),
     ).toBe('OK');
     expect(h.conns()).toBe(1);
+  });
+
+  it('names the host in TLS (SNI) when it is a name, not when it is an address', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'raw-sni-'));
+    try {
+      execFileSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'ec',
+          '-pkeyopt',
+          'ec_paramgen_curve:prime256v1',
+          '-nodes',
+          '-keyout',
+          join(dir, 'k.pem'),
+          '-out',
+          join(dir, 'c.pem'),
+          '-days',
+          '1',
+          '-subj',
+          '/CN=localhost',
+        ],
+        { stdio: 'ignore' },
+      );
+      const names: (string | undefined)[] = [];
+      const server = createTlsServer(
+        { key: readFileSync(join(dir, 'k.pem')), cert: readFileSync(join(dir, 'c.pem')) },
+        (s) => {
+          names.push((s as unknown as { servername?: string | false }).servername || undefined);
+          s.on('error', () => undefined);
+          s.once('data', () => s.end(ok(Buffer.from('hi'))));
+        },
+      );
+      servers.push(server as unknown as Server);
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      const port = (server.address() as { port: number }).port;
+      const p = new RawHttpPool({
+        connectTimeoutMs: 5000,
+        maxPerHost: 1,
+        idleMs: 10_000,
+        lowat: false,
+        tls: { rejectUnauthorized: false },
+      });
+      pools.push(p);
+      for (const h of [`localhost:${port}`, `127.0.0.1:${port}`])
+        expect((await p.request(h, req('/x', 2))).body.toString()).toBe('hi');
+      expect(names).toEqual(['localhost', undefined]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
