@@ -50,8 +50,9 @@ export class FastRanges {
   /** Ranges served here, and lanes dropped (the full path took over). */
   readonly counts = { served: 0, dropped: 0 };
 
+  /** `timeoutMs`: a lane request that hears nothing for this long is given up (the full path's body timeout). */
   constructor(
-    timeoutMs: number,
+    private readonly timeoutMs: number,
     private readonly now: () => number = Date.now,
   ) {
     const base = { connectTimeoutMs: timeoutMs, maxPerHost: 16, idleMs: 30_000 };
@@ -96,12 +97,23 @@ export class FastRanges {
     }
     const end = offset + length - 1;
     const signal = o.signal ?? new AbortController().signal;
+    // the caller's abort, or nothing heard for timeoutMs (raw-http has no timers of its own)
+    const ac = new AbortController();
+    const onAbort = () => ac.abort(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    if (signal.aborted) onAbort();
+    const stall = setTimeout(
+      () => ac.abort(new LaneMiss(`nothing for ${this.timeoutMs} ms`)),
+      this.timeoutMs,
+    );
+    stall.unref();
     try {
       const res = await (lane.https ? this.pools.https : this.pools.http).request(lane.address, {
         path: lane.path,
         headers: { ...lane.headers, range: `bytes=${offset}-${end}` },
-        signal,
+        signal: ac.signal,
         onHead: (status, headers) => {
+          stall.refresh();
           if (status !== 206) return new LaneMiss(`HTTP ${status}`);
           const cr = parseContentRange(
             typeof headers['content-range'] === 'string' ? headers['content-range'] : undefined,
@@ -109,7 +121,10 @@ export class FastRanges {
           if (!cr || cr.start !== offset || cr.end !== end) return new LaneMiss('another range');
           return { into: Buffer.allocUnsafe(length), tooLong: () => new LaneMiss('a longer body') };
         },
-        progress: o.progress,
+        progress: (data, filled) => {
+          stall.refresh();
+          o.progress?.(data, filled);
+        },
         holdMs: o.holdMs,
         onHurry: o.onHurry,
       });
@@ -123,6 +138,9 @@ export class FastRanges {
       if (this.refused.size >= MAX_LANES) this.refused.delete(this.refused.keys().next().value!);
       this.refused.set(key, this.now() + LANE_MS);
       return undefined;
+    } finally {
+      clearTimeout(stall);
+      signal.removeEventListener('abort', onAbort);
     }
   }
 

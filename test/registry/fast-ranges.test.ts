@@ -38,7 +38,7 @@ describe('registry blob ranges on raw sockets', () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  async function registry(o: { redirectTo?: string; open?: boolean } = {}) {
+  async function registry(o: { redirectTo?: string; open?: boolean; timeoutMs?: number } = {}) {
     const seen: Seen[] = [];
     let mode: Mode = 'ok';
     const { server, host } = await serve((rq, res) => {
@@ -75,7 +75,11 @@ describe('registry blob ranges on raw sockets', () => {
         mode = 'ok';
         return res.write(body.subarray(0, 10), () => res.socket?.destroy());
       }
-      if (mode === 'hang') return res.write(body.subarray(0, 10));
+      if (mode === 'hang') {
+        // once: 10 bytes, then nothing (the connection stays open)
+        mode = 'ok';
+        return res.write(body.subarray(0, 10));
+      }
       res.end(body);
     });
     cleanups.push(() => new Promise((r) => server.close(() => r())));
@@ -85,6 +89,7 @@ describe('registry blob ranges on raw sockets', () => {
       retries: 1,
       retryBaseMs: 1,
       retryMaxMs: 2,
+      timeoutMs: o.timeoutMs,
     });
     cleanups.push(() => client.close());
     return { client, seen, host, setMode: (m: Mode) => (mode = m) };
@@ -140,6 +145,17 @@ describe('registry blob ranges on raw sockets', () => {
     setTimeout(() => ac.abort(new Error('stop')), 100);
     await expect(p).rejects.toThrow(/stop/);
     expect(client.fastRanges!.counts.dropped).toBe(0);
+  });
+
+  it('a lane that stalls is given up after the client timeout and the full path answers', async () => {
+    const { client, host, setMode } = await registry({ timeoutMs: 400 });
+    const ref = parseReference(`${host}/a/b:1`);
+    await client.getBlobRange(ref, D, 0, 10);
+    setMode('hang');
+    const t0 = Date.now();
+    expect((await client.getBlobRange(ref, D, 1000, 100_000)).equals(want(1000, 100_000))).toBe(true);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(350);
+    expect(client.fastRanges!.counts).toEqual({ served: 0, dropped: 1 });
   });
 
   it('a range the registry redirects to another origin is never a lane', async () => {
