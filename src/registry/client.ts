@@ -334,7 +334,7 @@ export class RegistryClient {
         const data = await readBodyInto(res.body, length, what, opts.progress);
         if (data.length !== length)
           throw new DfError('NETWORK', `short range read of ${what}: ${data.length} of ${length} bytes`);
-        fast?.learn(lane, res.url, new URL(this.baseUrl(ref.registry)).origin, res.sent);
+        if (res.sameOrigin) fast?.learn(lane, res.url, res.sent);
         return data;
       },
     );

@@ -62,9 +62,12 @@ export class FastRanges {
     };
   }
 
-  /** Remembers where a range of `key`'s blob was just answered with 206, and with which request headers. */
-  learn(key: string, url: URL, registryOrigin: string, sent: Record<string, string>): void {
-    if (url.origin !== registryOrigin || (url.protocol !== 'http:' && url.protocol !== 'https:')) return;
+  /**
+   * Remembers where a range of `key`'s blob was just answered with 206 on the registry's own origin (the
+   * caller checks: transport's sameOrigin), and with which request headers.
+   */
+  learn(key: string, url: URL, sent: Record<string, string>): void {
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') return;
     const refusedUntil = this.refused.get(key);
     if (refusedUntil !== undefined) {
       if (refusedUntil > this.now()) return;
@@ -128,7 +131,8 @@ export class FastRanges {
         holdMs: o.holdMs,
         onHurry: o.onHurry,
       });
-      if (res.statusCode !== 206 || res.got !== length) throw new LaneMiss(`${res.got} of ${length} bytes`);
+      // a 206 (onHead refused anything else) whose connection closed before its end
+      if (res.got !== length) throw new LaneMiss(`${res.got} of ${length} bytes`);
       this.counts.served++;
       return res.body;
     } catch (err) {

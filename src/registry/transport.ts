@@ -57,6 +57,8 @@ export interface SendResponse {
   url: URL;
   /** The headers of the request it answered (its Authorization, if one was sent). */
   sent: Record<string, string>;
+  /** `url` is on the registry's own origin (no redirect to another host). */
+  sameOrigin: boolean;
 }
 
 const MAX_REDIRECTS = 5;
@@ -278,7 +280,7 @@ export class RegistryTransport {
         continue;
       }
       if (req.ok.includes(status))
-        return handle({ status, headers: res.headers, body: res.body, url, sent: headers });
+        return handle({ status, headers: res.headers, body: res.body, url, sent: headers, sameOrigin });
 
       const why = await errorMessage(res.body);
       const details = { host: url.host, status, method: req.method, url: redactedUrl(url) };
