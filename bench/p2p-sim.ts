@@ -32,6 +32,8 @@ const { values: flags } = parseArgs({
     'cpu-recv': { type: 'string', default: '35' },
     'cpu-send': { type: 'string', default: '35' },
     'startup-cpu-s': { type: 'string', default: '0.5' },
+    // a tracker call's cost on the seed beyond the tracker's logic (HTTP, codec, socket write): bench/tracker-load
+    'tracker-call-us': { type: 'string', default: '100' },
     svg: { type: 'string' },
     json: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
@@ -47,6 +49,8 @@ if (flags.help) {
       '  [--upload-slots 4] (fill runs a node uploads at once, p2p.uploadSlots)\n' +
       "  [--send-buffer-kib 64] (a holder's slot is free once this much of its run is left in its socket's send queue)\n" +
       "  [--mid-run-kib 256] (a run's arrived units are stored and announced per this much, as RunWriter; 0: at its end)\n" +
+      '  [--tracker-call-us 100] (seed CPU per tracker call beyond the tracker logic timed here: HTTP, codec,\n' +
+      '    socket; measured by bench/tracker-load), for the tracker core column\n' +
       'node dist/bench/p2p-sim.js --calibrate N:MEAN_S,... [--mib 57.9] [--machine-cores 2] [--cpu-recv 35]\n' +
       '  [--cpu-send 35] [--startup-cpu-s 0.5]\n' +
       '  --calibrate: simulate bench/p2p (all hosts on one machine of --machine-cores cores, each host spending\n' +
@@ -89,7 +93,10 @@ interface Row {
   announceUs: number;
   lookupUs: number;
   planUs: number;
-  /** Tracker calls per second over the spread, and the share of one core the real tracker code took. */
+  /**
+   * Tracker calls per second over the spread, and the share of one core the tracker takes: the real tracker
+   * code's time here plus --tracker-call-us per call (what a call costs a seed beyond that, measured).
+   */
   trackerCallsPerS: number;
   trackerCore: number;
   bitmapBytes: number;
@@ -100,8 +107,10 @@ interface Row {
 function row(n: number, rs: SimResult[]): Row {
   const avg = (f: (r: SimResult) => number) => rs.reduce((a, r) => a + f(r), 0) / rs.length;
   const span = avg((r) => Math.max(r.maxS, 1e-3));
-  const calls = avg((r) => r.announces + r.lookups);
-  const trackerUs = avg((r) => r.announceUs * r.announces + r.lookupUs * r.lookups);
+  const calls = avg((r) => r.calls);
+  const trackerUs = avg(
+    (r) => r.announceUs * r.announces + r.lookupUs * r.lookups + num('tracker-call-us') * r.calls,
+  );
   return {
     n,
     meanS: avg((r) => r.meanS),

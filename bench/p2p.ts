@@ -4,7 +4,7 @@
 // registry directly (curl), and by BitTorrent (aria2c leechers, opentracker, one aria2c seeder in the registry
 // host seeding the same blob). Prints a table, ratios and one JSON line (last line of stdout).
 //
-//   node dist/bench/p2p.js [--hosts 1,4,8,16] [--modes dfnode,dfnode-run,direct,bittorrent] [--mib 64]
+//   node dist/bench/p2p.js [--hosts 1,4,8,16] [--modes dfnode,dfnode-run,dfnode-warm,direct,bittorrent] [--mib 64]
 //                          [--host-mbit 20] [--registry-mbit 40] [--bt-piece-kib 256|1024]
 //                          [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep]
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -37,6 +37,7 @@ const { values: flags } = parseArgs({
     'link-queue': { type: 'string', default: 'small-first' },
     'cpu-prof': { type: 'string' },
     'node-flags': { type: 'string' },
+    'warm-mib': { type: 'string', default: '16' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -46,10 +47,13 @@ if (flags.help) {
       '  [--host-mbit 20] [--registry-mbit 40] [--bt-piece-kib 256|1024] [--bt-exit-when-done]\n' +
       '  [--seed-timeout-ms MS] [--peer-timeout-ms MS] [--work-dir DIR] [--keep] [--trace]\n' +
       '  [--skip-direct] [--queue-ms MS] [--link-queue small-first|ack-priority|fifo] [--cpu-prof DIR] [--node-flags "FLAGS"]\n' +
+      '  [--warm-mib 16]\n' +
       LINK_QUEUE_HELP +
       '  --modes: which of dfnode, dfnode-run, direct (curl), bittorrent (aria2c + opentracker) run for each N;\n' +
       '    dfnode: a `dfnode preheat --serve` process started on each host at t = 0; dfnode-run: a `dfnode run`\n' +
-      '    daemon on each host, started before the clock, asked to preheat over its control socket at t = 0\n' +
+      '    daemon on each host, started before the clock, asked to preheat over its control socket at t = 0;\n' +
+      '    dfnode-warm: as dfnode-run, but the daemons (and the seed) have first preheated another image\n' +
+      '    of --warm-mib MiB together, untimed: daemons that have been up a while, their code compiled\n' +
       '  --bt-piece-kib: piece size of the torrent (256 or 1024 KiB)\n' +
       '  --bt-exit-when-done: aria2c leechers exit when complete (default: they seed until all are done)\n' +
       '  --skip-direct: the same as leaving direct out of --modes\n' +
@@ -58,7 +62,9 @@ if (flags.help) {
       '  --keep: leave the work directory, and the namespaces with the registry up: the bench stays running\n' +
       '    after its table until it is interrupted (SIGINT/SIGTERM then removes the namespaces)\n' +
       '  --cpu-prof DIR: write a V8 CPU profile of every dfnode process (seed and nodes) into DIR\n' +
-      '  --node-flags "FLAGS": more Node.js flags for every dfnode process (e.g. --perf-basic-prof)\n',
+      '  --node-flags "FLAGS": more Node.js flags for every dfnode process (e.g. --perf-basic-prof)\n' +
+      "  s/GiB moved: CPU seconds per GiB the host's link carried in and out (a swarm node sends about what\n" +
+      '    it receives; the seed receives from the registry and sends to the nodes)\n',
   );
   process.exit(0);
 }
@@ -67,7 +73,7 @@ const counts = flags.hosts.split(',').map(Number);
 const maxN = Math.max(...counts);
 const hostMbit = Number(flags['host-mbit']);
 const registryMbit = Number(flags['registry-mbit']);
-const MODES = ['dfnode', 'dfnode-run', 'direct', 'bittorrent'] as const;
+const MODES = ['dfnode', 'dfnode-run', 'dfnode-warm', 'direct', 'bittorrent'] as const;
 type Mode = (typeof MODES)[number];
 const modes = new Set(flags.modes.split(',').filter(Boolean) as Mode[]);
 for (const m of modes)
@@ -110,6 +116,9 @@ const cluster = await P2pCluster.create({
   smallFirst,
   nodeFlags: nodeFlagsFrom(flags),
   image: { bytes: Math.round((mib * 1024 * 1024) / 0.84), files: 6, incompressible: 0.75 },
+  warmImage: modes.has('dfnode-warm')
+    ? { bytes: Math.round((Number(flags['warm-mib']) * 1024 * 1024) / 0.84), files: 2, seed: 'warm-up' }
+    : undefined,
   // BitTorrent's tracker gets a host of its own: its traffic stays off the registry's link
   extraHosts: modes.has('bittorrent') ? ['tracker'] : [],
   workDir: work,
@@ -141,6 +150,9 @@ interface Row {
   /** CPU seconds a node process (dfnode or aria2c) used until every node was done (mean), and the seed(er). */
   nodeCpuS?: number;
   seedCpuS?: number;
+  /** GiB a node's link carried in and out over the same span (mean), and the seed's (dfnode-run, -warm). */
+  nodeMovedGiB?: number;
+  seedMovedGiB?: number;
 }
 const rows: Row[] = [];
 const size = cluster.imageBytes;
@@ -201,10 +213,18 @@ async function dfnodePhase(n: number): Promise<Row> {
 
 /** A dfnode phase's row from its nodes' results (each node's cache is hashed against the blob digest). */
 async function dfnodeRow(
-  mode: 'dfnode' | 'dfnode-run',
+  mode: 'dfnode' | 'dfnode-run' | 'dfnode-warm',
   n: number,
   r: PreheatResult[],
-  o: { b0: number; w0: number; cpu: number; nodeCpuS: number; seedCpuS: number },
+  o: {
+    b0: number;
+    w0: number;
+    cpu: number;
+    nodeCpuS: number;
+    seedCpuS: number;
+    nodeMovedGiB?: number;
+    seedMovedGiB?: number;
+  },
 ): Promise<Row> {
   if (flags.trace)
     for (const x of r) log(`  ${x.host}: ${(x.ms / 1000).toFixed(1)} s, planner ${JSON.stringify(x.fill)}`);
@@ -226,6 +246,8 @@ async function dfnodeRow(
     cpu: o.cpu,
     nodeCpuS: o.nodeCpuS,
     seedCpuS: o.seedCpuS,
+    nodeMovedGiB: o.nodeMovedGiB,
+    seedMovedGiB: o.seedMovedGiB,
   };
 }
 
@@ -233,45 +255,77 @@ let daemonPhases = 0;
 /**
  * dfnode-run: a fresh seed and a `dfnode run` daemon with a fresh cache on every node host, started before the
  * clock (a DaemonSet's pods are up before a rollout); every daemon preheats at once through its control socket.
+ * dfnode-warm: the same, after the daemons have preheated another image together (untimed).
  */
-async function dfnodeRunPhase(n: number): Promise<Row> {
+async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Promise<Row> {
   const hosts = cluster.nodes.slice(0, n);
-  const b0 = cluster.registry.blobBytes();
-  const w0 = (await reg.counters()).tx;
   const seed = await cluster.startSeed(env, {
     args: ['--metrics-address', `127.0.0.1:${SEED_METRICS_PORT}`],
   });
-  let s0 = procTimes(seed.pid);
-  log(`N=${n}: dfnode run daemons, then preheat through each one's control socket`);
+  const warmRef = mode === 'dfnode-warm' ? cluster.warmRef : undefined;
+  log(
+    `N=${n}: dfnode run daemons, ${warmRef ? 'a warm-up preheat of another image, ' : ''}` +
+      `then preheat through each one's control socket`,
+  );
+  // what the hosts' links carried in and out (GiB)
+  const moved = async (hs: typeof hosts) =>
+    (await Promise.all(hs.map((h) => h.counters()))).reduce((a, c) => a + c.rx + c.tx, 0) / 2 ** 30;
   let stopTrace: (() => void) | undefined;
-  let cpu0 = cpuTimes();
+  let at0 = {
+    b0: 0,
+    w0: 0,
+    cpu: cpuTimes(),
+    seed: procTimes(seed.pid),
+    nodesGiB: 0,
+    seedGiB: 0,
+    calls: noCalls,
+  };
   const daemons = await preheatThroughDaemons(cluster, hosts, {
     dir: join(work, `daemons-${++daemonPhases}-n${n}`),
     env,
     nodeFlags: cluster.opts.nodeFlags,
-    onStart: () => {
+    warmRef,
+    onStart: async () => {
+      at0 = {
+        b0: cluster.registry.blobBytes(),
+        w0: (await reg.counters()).tx,
+        nodesGiB: await moved(hosts),
+        seedGiB: await moved([cluster.seedHost]),
+        calls: (await trackerCalls()) ?? noCalls,
+        cpu: cpuTimes(),
+        seed: procTimes(seed.pid),
+      };
       stopTrace = flags.trace ? traceLinks(cluster, n, log) : undefined;
-      cpu0 = cpuTimes();
-      s0 = procTimes(seed.pid);
+      if (warmRef) log(`N=${n}: warm-up done; the timed preheat starts`);
     },
   }).finally(() => stopTrace?.());
   try {
-    const cpu = busySince(cpu0);
+    const cpu = busySince(at0.cpu);
     const r = daemons.results;
     const st = procTimes(seed.pid);
+    const nodeMovedGiB = ((await moved(hosts)) - at0.nodesGiB) / n;
+    const seedMovedGiB = (await moved([cluster.seedHost])) - at0.seedGiB;
     const calls = await trackerCalls();
-    if (calls) log(`  tracker calls: ${calls.announce} announces, ${calls.lookup} lookups`);
-    return await dfnodeRow('dfnode-run', n, r, {
-      b0,
-      w0,
+    if (calls)
+      log(
+        `  tracker calls: ${calls.announce - at0.calls.announce} announces, ` +
+          `${calls.lookup - at0.calls.lookup} lookups`,
+      );
+    return await dfnodeRow(mode, n, r, {
+      b0: at0.b0,
+      w0: at0.w0,
       cpu,
       nodeCpuS: r.reduce((a, x) => a + x.cpuS, 0) / n,
-      seedCpuS: st.user + st.system - (s0.user + s0.system),
+      seedCpuS: st.user + st.system - (at0.seed.user + at0.seed.system),
+      nodeMovedGiB,
+      seedMovedGiB,
     });
   } finally {
     await daemons.stop();
   }
 }
+
+const noCalls = { announce: 0, lookup: 0 };
 
 /** The seed's dfnode_tracker_requests_total by method (undefined when its metrics do not answer). */
 async function trackerCalls(): Promise<{ announce: number; lookup: number } | undefined> {
@@ -373,8 +427,8 @@ try {
         rows.push(
           mode === 'dfnode'
             ? await dfnodePhase(n)
-            : mode === 'dfnode-run'
-              ? await dfnodeRunPhase(n)
+            : mode === 'dfnode-run' || mode === 'dfnode-warm'
+              ? await dfnodeRunPhase(n, mode)
               : mode === 'direct'
                 ? await directPhase(n)
                 : await bittorrentPhase(n, bt!),
@@ -382,7 +436,7 @@ try {
       } catch (err) {
         rows.push(failed(n, mode, err));
       } finally {
-        if (mode === 'dfnode' || mode === 'dfnode-run') await cluster.stopAll();
+        if (mode.startsWith('dfnode')) await cluster.stopAll();
         if (mode === 'bittorrent') await bt!.stopAll();
       }
       log(`N=${n}: ${JSON.stringify(rows[rows.length - 1])}`);
@@ -422,8 +476,10 @@ process.stdout.write(
         'cpu',
         'node cpu s',
         'node s/GiB',
+        's/GiB moved',
         'seed cpu s',
         'seed s/GiB',
+        's/GiB moved',
       ],
       rows.map((x) => [
         String(x.n),
@@ -439,8 +495,10 @@ process.stdout.write(
         pct(x.cpu),
         num(x.nodeCpuS),
         num(x.nodeCpuS === undefined ? undefined : x.nodeCpuS / gib, 0),
+        num(x.nodeCpuS === undefined || !x.nodeMovedGiB ? undefined : x.nodeCpuS / x.nodeMovedGiB, 0),
         num(x.seedCpuS),
         num(x.seedCpuS === undefined ? undefined : x.seedCpuS / gib, 0),
+        num(x.seedCpuS === undefined || !x.seedMovedGiB ? undefined : x.seedCpuS / x.seedMovedGiB, 0),
       ]),
     ) +
     '\n\n',
@@ -451,10 +509,10 @@ const one = Math.min(...counts);
 const ratio = (a?: Row, b?: Row) => (a && b ? a.meanS / b.meanS : NaN);
 const f2 = (x: number) => (Number.isNaN(x) ? 'n/a' : x.toFixed(2));
 type Ratios = { meanVsOneHost: number; meanVsDirect: number; meanVsBittorrent: number; egress: number };
-/** By dfnode mode (dfnode, dfnode-run), then by N. */
+/** By dfnode mode (dfnode, dfnode-run, dfnode-warm), then by N. */
 const ratios: Record<string, Record<string, Ratios>> = {};
 const oneVsDirect: Record<string, number> = {};
-for (const mode of ['dfnode', 'dfnode-run'] as const) {
+for (const mode of ['dfnode', 'dfnode-run', 'dfnode-warm'] as const) {
   if (!modes.has(mode)) continue;
   const byN: Record<string, Ratios> = (ratios[mode] = {});
   for (const n of counts) {

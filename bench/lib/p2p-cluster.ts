@@ -76,6 +76,11 @@ export interface ClusterOptions {
   image: SyntheticImageOptions | { layout: { dir: string; tag: string } };
   /** Push the image as it is (`REGIP:5000/syn:1`, for the registry mirror) instead of converting it. */
   plain?: boolean;
+  /**
+   * A second, different image converted as `syn:warm-dfb` (P2pCluster.warmRef): daemons that have preheated
+   * it once are warm (their code compiled, their connections up) before the image that is timed.
+   */
+  warmImage?: SyntheticImageOptions;
   /** Scratch directory (caches, registry storage, image layout); the caller removes it. */
   workDir: string;
   token?: string;
@@ -150,6 +155,8 @@ export class P2pCluster {
     readonly layers: { digest: string; size: number }[],
     /** Size of the image's config blob. */
     readonly configBytes = 0,
+    /** The warm-up image (ClusterOptions.warmImage), when one was made. */
+    readonly warmRef?: string,
   ) {}
 
   get token(): string {
@@ -224,15 +231,14 @@ export class P2pCluster {
         ]);
       } else {
         log(`converting ${img.dir}:${img.tag} into the registry`);
-        await reg.exec(process.execPath, [
-          cli('dfconvert'),
-          '--plain-http',
-          '--quiet',
-          '--work-dir',
-          join(opts.workDir, 'dfwork'),
-          `oci:${img.dir}:${img.tag}`,
-          `${registry.localHost}/syn:${tag}`,
-        ]);
+        await convertInto(reg, registry, opts.workDir, img, tag);
+      }
+      let warmRef: string | undefined;
+      if (opts.warmImage) {
+        const warm = await writeSyntheticImage(join(opts.workDir, 'warm-image'), opts.warmImage);
+        log(`warm-up image: layer tar ${warm.layerSize} B, converted as syn:warm-dfb`);
+        await convertInto(reg, registry, opts.workDir, warm, 'warm-dfb');
+        warmRef = `${registry.host}/syn:warm-dfb`;
       }
       const man = await reg.exec('curl', [
         '-sf',
@@ -256,6 +262,7 @@ export class P2pCluster {
         `${registry.host}/syn:${tag}`,
         layers,
         manifest.config.size,
+        warmRef,
       );
     } catch (err) {
       await registry?.stop();
@@ -469,4 +476,23 @@ export class P2pCluster {
     await this.registry.stop().catch(() => undefined);
     await this.topo.destroy();
   }
+}
+
+/** Converts the OCI layout `img` with dfconvert (run on the registry host) into the registry as `syn:TAG`. */
+async function convertInto(
+  reg: NetnsHost,
+  registry: NsRegistry,
+  workDir: string,
+  img: { dir: string; tag: string },
+  tag: string,
+): Promise<void> {
+  await reg.exec(process.execPath, [
+    cli('dfconvert'),
+    '--plain-http',
+    '--quiet',
+    '--work-dir',
+    join(workDir, 'dfwork'),
+    `oci:${img.dir}:${img.tag}`,
+    `${registry.localHost}/syn:${tag}`,
+  ]);
 }

@@ -1,5 +1,6 @@
 /** What the P2P simulation (bench/lib/p2p-sim.ts) is given and what it reports. */
 import { MID_RUN_WRITE_BYTES } from '../../src/fetch/run-writer.js';
+import { ANNOUNCE_DELAY_MS, LOOKUP_GAP_MS } from '../../src/p2p/p2p-node.js';
 import { DEFAULT_TRACKER_LIMITS } from '../../src/p2p/tracker-limits.js';
 
 export interface SimParams {
@@ -34,6 +35,10 @@ export interface SimParams {
    * does (MID_RUN_WRITE_BYTES); 0: only at the run's end.
    */
   midRunBytes: number;
+  /** New units are announced this long after they arrive (with those that follow; ANNOUNCE_DELAY_MS). */
+  announceDelayMs: number;
+  /** A node asks the tracker for holders at most this often per blob (LOOKUP_GAP_MS). */
+  lookupGapMs: number;
   /** Fill runs in flight per node (p2pFill concurrency). */
   concurrency: number;
   maxRunBytes: number;
@@ -70,6 +75,8 @@ export const DEFAULT_SIM: SimParams = {
   busyBackoffMs: 500,
   busyRetryMs: 50,
   midRunBytes: MID_RUN_WRITE_BYTES,
+  announceDelayMs: ANNOUNCE_DELAY_MS,
+  lookupGapMs: LOOKUP_GAP_MS,
   concurrency: 6,
   maxRunBytes: 4 << 20,
   machineCores: 0,
@@ -98,12 +105,17 @@ export interface SimResult {
   seedUploadBytes: number;
   announces: number;
   lookups: number;
+  /** Tracker calls: announces, some carrying a lookup (P2pNode sends its lookups with announces). */
+  calls: number;
   /** Announces the tracker refused (its bounds: a swarm larger than maxPeersPerBlob). */
   refusedAnnounces: number;
   /** Peer requests abandoned at their timeout (the holder is then isolated for a while). */
   peerTimeouts: number;
   /** Peer fill runs refused at once because the holder's upload slots were taken. */
   busyRefusals: number;
+  /** Fill runs completed from peers and from the seed (requests that moved data). */
+  peerRuns: number;
+  seedRuns: number;
   /** The most runs one node was sending at once (its slots, plus runs whose rest sat in its send buffer). */
   peakNodeUploads: number;
   /** Wall time of the real tracker code per call (µs, mean) and the bitmap bytes it held at the peak. */

@@ -45,6 +45,8 @@ interface SimNode {
   end: number;
   announced: Uint8Array | undefined;
   announceSoon: boolean;
+  /** Bumped by every call: a pending announce of new units that a call took along does not go again. */
+  soonGen: number;
   lastLookup: number;
   refused: boolean;
   isolation: Isolation;
@@ -110,6 +112,9 @@ export function simulate(p: SimParams): SimResult {
   let fromSeed = 0;
   let peerTimeouts = 0;
   let refusedBusy = 0;
+  let carriedLookups = 0;
+  let peerRuns = 0;
+  let seedRuns = 0;
 
   // The seed fills the blob from the registry in order (SEED_FETCHES runs of SEED_FETCH_BYTES at a time: the
   // real seed verifies and forwards each block as it streams in, which short runs approximate), fetching units a
@@ -179,6 +184,7 @@ export function simulate(p: SimParams): SimResult {
       end: -1,
       announced: undefined,
       announceSoon: false,
+      soonGen: 0,
       lastLookup: -Infinity,
       refused: false,
       isolation: new Isolation({ baseMs: 5000, maxMs: 300_000, timers }),
@@ -225,9 +231,17 @@ export function simulate(p: SimParams): SimResult {
     announceUs += (performance.now() - t0) * 1000;
     peakBitmapBytes = Math.max(peakBitmapBytes, tracker.size.bitmapBytes);
   };
-  const lookup = (n: SimNode) => {
-    if (now - n.lastLookup < 250 || n.cache.isComplete) return;
+  /**
+   * One tracker call as P2pNode makes it: an announce of what the node has (a pending announce of new units
+   * goes now, with it), carrying a lookup when one is due (answerAnnounce).
+   */
+  const call = (n: SimNode, i: number) => {
+    n.soonGen++;
+    n.announceSoon = false;
+    announce(n, i);
+    if (now - n.lastLookup < p.lookupGapMs || n.cache.isComplete) return;
     n.lastLookup = now;
+    carriedLookups++;
     const want = n.view.missing();
     const t0 = performance.now();
     try {
@@ -246,18 +260,23 @@ export function simulate(p: SimParams): SimResult {
       lookupUs += (performance.now() - t0) * 1000;
     }
   };
+  /** Asks for holders when a lookup is due (at most every lookupGapMs): a call. */
+  const lookup = (n: SimNode, i: number): boolean => {
+    if (now - n.lastLookup < p.lookupGapMs || n.cache.isComplete) return false;
+    call(n, i);
+    return true;
+  };
   const soon = (n: SimNode, i: number) => {
     if (n.announceSoon) return;
     n.announceSoon = true;
-    at(now + 100, () => {
-      n.announceSoon = false;
-      announce(n, i);
+    const gen = n.soonGen;
+    at(now + p.announceDelayMs, () => {
+      if (gen === n.soonGen) call(n, i);
     });
   };
   const tick = (n: SimNode, i: number) => {
     if (n.end >= 0) return;
-    announce(n, i);
-    lookup(n);
+    call(n, i);
     at(now + 1000, () => tick(n, i));
   };
   const finishUnits = (n: SimNode, i: number, us: number[]) => {
@@ -285,7 +304,7 @@ export function simulate(p: SimParams): SimResult {
 
   const worker = (n: SimNode, i: number) => {
     if (n.end >= 0 || now > p.limitMs) return;
-    lookup(n);
+    lookup(n, i);
     const swarm = n.view.swarm;
     const seedSlots = swarm === 0 ? 4 : swarm === 1 ? 2 : 1;
     const seedRun = Math.min(p.maxRunBytes, Math.max(256 << 10, p.maxRunBytes / Math.max(4, swarm + 1)));
@@ -335,6 +354,7 @@ export function simulate(p: SimParams): SimResult {
           () => {
             tracker.delivered(blob.digest, n.id, us[0]!, us[us.length - 1]!);
             seedUpload += bytes;
+            seedRuns++;
             fromSeed += bytes;
             n.seedActive--;
             release();
@@ -407,6 +427,7 @@ export function simulate(p: SimParams): SimResult {
         end();
         n.isolation.ok(holder.id);
         fromPeers += bytes;
+        peerRuns++;
         finishUnits(n, i, us);
         worker(n, i);
       },
@@ -428,8 +449,7 @@ export function simulate(p: SimParams): SimResult {
 
   nodes.forEach((n, i) =>
     at(n.start, () => {
-      announce(n, i);
-      lookup(n);
+      call(n, i);
       at(now + 1000, () => tick(n, i));
       for (let k = 0; k < p.concurrency; k++) worker(n, i);
     }),
@@ -459,9 +479,12 @@ export function simulate(p: SimParams): SimResult {
     seedUploadBytes: seedUpload,
     announces: tracker.counters.announces,
     lookups: tracker.counters.lookups,
+    calls: tracker.counters.announces + tracker.counters.lookups - carriedLookups,
     refusedAnnounces,
     peerTimeouts,
     busyRefusals: refusedBusy,
+    peerRuns,
+    seedRuns,
     peakNodeUploads: Math.max(0, ...nodes.map((n) => n.ep.peakUps)),
     announceUs: announceUs / Math.max(1, tracker.counters.announces),
     lookupUs: lookupUs / Math.max(1, tracker.counters.lookups),

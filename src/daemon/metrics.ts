@@ -2,7 +2,7 @@ import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { listenTcp } from '../util/listen.js';
 import { DfError } from '../errors.js';
-import type { P2pCounters } from '../p2p/p2p-node.js';
+import type { P2pCounters } from '../p2p/p2p-counters.js';
 import type { ContainerLabels } from './container-meter.js';
 import type { RegistryFetchReason } from '../p2p/registry-fallback.js';
 import type { MirrorCounters } from '../mirror/mirror-server.js';
@@ -17,7 +17,7 @@ export interface SeedCounters {
   /** Stored bytes by source (registry, cache, memory). */
   bytes: Record<string, number>;
   /** Calls its tracker answered (either transport). */
-  tracker: { announces: number; lookups: number };
+  tracker: { announces: number; lookups: number; carriedLookups: number };
   /** Planned runs handed back to nodes while its registry link was full (src/p2p/hand-back.ts). */
   handedBack?: number;
 }
@@ -133,7 +133,7 @@ export class NodeMetrics {
   });
   readonly trackerRequests = new Counter({
     name: 'dfnode_tracker_requests_total',
-    help: "Calls a seed's tracker answered, by method (announce, lookup), over HTTP and gRPC: its load from the nodes of its swarms",
+    help: "Calls a seed's tracker answered, by method (announce; lookup: on its own; lookup_in_announce: a lookup an announce carried, not a call of its own), over HTTP and gRPC: its load from the nodes of its swarms",
     labelNames: ['method'] as const,
     registers: [this.registry],
   });
@@ -280,7 +280,13 @@ export class NodeMetrics {
     this.delta('tr:announce', c.tracker.announces, (d) =>
       this.trackerRequests.inc({ method: 'announce' }, d),
     );
-    this.delta('tr:lookup', c.tracker.lookups, (d) => this.trackerRequests.inc({ method: 'lookup' }, d));
+    const inAnnounces = c.tracker.carriedLookups;
+    this.delta('tr:lookup', c.tracker.lookups - inAnnounces, (d) =>
+      this.trackerRequests.inc({ method: 'lookup' }, d),
+    );
+    this.delta('tr:lookup_in_announce', inAnnounces, (d) =>
+      this.trackerRequests.inc({ method: 'lookup_in_announce' }, d),
+    );
     this.delta('pr:handed_back', c.handedBack ?? 0, (d) =>
       this.peerRequests.inc({ result: 'handed_back' }, d),
     );

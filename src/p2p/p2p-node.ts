@@ -14,12 +14,14 @@ import { HttpBlockClient } from './http-block-client.js';
 import { Isolation } from './isolation.js';
 import { PeerBlockSource } from './peer-block-source.js';
 import { PeerView, type Holder } from './peer-view.js';
-import { CountedRegistrySource, RegistryFallback, type RegistryFetchReason } from './registry-fallback.js';
-import { rankSeeds, trackerAddress } from './rendezvous.js';
+import { isolationReason, type P2pCounters } from './p2p-counters.js';
+import { CountedRegistrySource, RegistryFallback } from './registry-fallback.js';
+import { rankSeeds } from './rendezvous.js';
 import { SeedBlockSource } from './seed-block-source.js';
 import { loadTls, type TlsMaterial } from './tls.js';
-import { TrackerClient, type Tracker } from './tracker-service.js';
-import { HttpTracker } from './tracker-http.js';
+import type { Tracker } from './tracker-service.js';
+import type { LookupAnswer } from './tracker-messages.js';
+import { trackerOf } from './tracker-http.js';
 import type { FillPlanner } from '../fetch/background-fill.js';
 import type { LayerSwarm, SwarmMembership } from '../layer/swarm.js';
 import { p2pFill, type RunFetcher } from './fill-planner.js';
@@ -28,29 +30,11 @@ import { seedFileTable } from './seed-file-table.js';
 import { UnitLayout, type Units } from './unit-layout.js';
 
 /** Delay of an announce of new units (they are announced together with those that follow quickly). */
-const SOON_MS = 100;
-
-export interface P2pCounters {
-  peersIsolated: number;
-  /** Isolations by reason: timeout, bad_block, error. */
-  peersIsolatedBy: Record<string, number>;
-  /** Fill runs that timed out while the peer's bytes kept coming (sent elsewhere, peer not isolated). */
-  peersSlow: number;
-  seedsDown: number;
-  /** Tracker lookups answered (holders or empty) and failed. */
-  trackerAnswers: number;
-  trackerEmpty: number;
-  trackerErrors: number;
-  /** Range requests sent to the registry, by why the P2P tier did not serve them. */
-  registryFetches: Partial<Record<RegistryFetchReason, number>>;
-}
-
-/** Label of an isolation reason (an error code, or 'bad block'). */
-export function isolationReason(reason: string): string {
-  if (reason === 'bad block') return 'bad_block';
-  if (reason === 'TIMEOUT') return 'timeout';
-  return 'error';
-}
+export const ANNOUNCE_DELAY_MS = 100;
+/** A blob's holders are asked of the tracker at most this often (ms). */
+export const LOOKUP_GAP_MS = 250;
+/** Holders a lookup asks for. */
+const LOOKUP_MAX_PEERS = 32;
 
 export interface P2pNodeOptions {
   config: Config;
@@ -247,9 +231,8 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   }
 
   /**
-   * A layer is about to load its TOC: connects to the blob's tracker meanwhile. Its first announce and lookup
-   * (which the fill waits for) then take one round trip, not three, when the seed's downlink is already
-   * queueing the blob from the registry.
+   * A layer is about to load its TOC: connects to the blob's tracker meanwhile, so that its first announce
+   * (and lookup, which the fill waits for) takes one round trip, not three, over a queueing downlink.
    */
   prepare(blob: BlobRef): void {
     this.tracker(blob.digest)?.connect();
@@ -278,16 +261,18 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       throw DfError.internal(`p2p: ${blob.digest} joined twice (layers come from one LayerStore)`);
     const view = new PeerView(blob, layer.layout, layer.cache);
     this.views.set(blob.digest, view);
-    // new units are announced within SOON_MS (not only at the interval): peers waiting for them go on
+    // new units are announced within ANNOUNCE_DELAY_MS (not only at the interval): peers waiting for them go on
     const soon = () => {
       if (view.soon || this.views.get(blob.digest) !== view) return;
       view.soon = this.timers.setTimeout(() => {
         view.soon = undefined;
         if (this.views.get(blob.digest) === view)
           void this.announce(view).catch((err) => this.log.debug({ err }, 'p2p: announce failed'));
-      }, SOON_MS);
+      }, ANNOUNCE_DELAY_MS);
     };
     view.unlisten = layer.cache.addUnitListener({ present: soon, reset: soon });
+    // the first announce asks for holders too (lookup() below: on its own where the tracker predates that)
+    view.lookupDue = !layer.cache.isComplete;
     const announced = this.announce(view).catch((err) =>
       this.log.debug({ err, digest: blob.digest }, 'p2p: first announce failed'),
     );
@@ -367,17 +352,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       if (this.seedIsolation.isolated(seed)) continue;
       let c = this.trackers.get(seed);
       if (!c) {
-        const { trackerTimeoutMs } = this.settings;
-        const grpc = () => new TrackerClient(trackerAddress(seed), this.token, trackerTimeoutMs, this.tls);
-        // over HTTP on the seed's block port; over gRPC on the next port for a seed without it (or with
-        // DFNODE_TRACKER_GRPC=1: a way around a proxy that mangles it, and for comparisons)
-        c =
-          process.env.DFNODE_TRACKER_GRPC === '1'
-            ? grpc()
-            : new HttpTracker(seed, this.token, trackerTimeoutMs, this.tls, () => {
-                this.log.info({ seed }, 'p2p: the seed has no HTTP tracker; asking its gRPC tracker');
-                return grpc();
-              });
+        c = trackerOf(seed, this.token, this.settings.trackerTimeoutMs, this.tls, this.log);
         this.trackers.set(seed, c);
       }
       return c;
@@ -397,19 +372,25 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       if (x === c) this.seedIsolation.fail(seed, 'tracker: ' + e.message);
   }
 
-  /** Announces what changed (or leaves); one announce of a blob at a time, in order. */
-  private announce(v: PeerView, leave = false): Promise<void> {
-    const next = v.announcing.then(() => this.announceNow(v, leave));
+  /**
+   * Announces what changed (or leaves); one announce of a blob at a time, in order. `forLookup`: sent for
+   * the lookup it carries (none if an announce before it answered that lookup).
+   */
+  private announce(v: PeerView, leave = false, forLookup = false): Promise<void> {
+    const next = v.announcing.then(() => this.announceNow(v, leave, forLookup));
     v.announcing = next.catch(() => undefined);
     return next;
   }
 
-  private async announceNow(v: PeerView, leave: boolean): Promise<void> {
+  private async announceNow(v: PeerView, leave: boolean, forLookup = false): Promise<void> {
     const c = this.tracker(v.blob.digest);
-    if (!c) return;
+    if (!c || (forLookup && !v.lookupDue)) return;
     if (v.announcedTo !== c.address) v.announced = undefined;
     const d = v.delta();
-    if (!leave && !d.full && d.added.length === 0 && this.failedPeers.size === 0 && v.announced) {
+    // a lookup that is due goes with it (one call); a tracker that ignored one gets its own (lookup())
+    const due = v.lookupDue || this.timers.now() - v.lastLookup >= LOOKUP_GAP_MS;
+    const look = due && !leave && !v.cache.isComplete && c.foldsLookups !== false;
+    if (!leave && !look && !d.full && d.added.length === 0 && this.failedPeers.size === 0 && v.announced) {
       // nothing new: a heartbeat every fifth interval keeps the tracker from forgetting this node
       if (++v.beats % 5 !== 0) return;
     }
@@ -417,6 +398,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     this.failedPeers.clear();
     try {
       const r = await c.announce({
+        ...(look && { lookup_want: v.missing(), lookup_max_peers: LOOKUP_MAX_PEERS }),
         blob: v.blob.digest,
         units: v.layout.units,
         peer_id: this.id,
@@ -431,6 +413,11 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       });
       v.announcedTo = c.address;
       v.announced = r.need_full ? undefined : d.bitmap;
+      if (look) c.foldsLookups = !!r.lookup;
+      if (look && r.lookup) {
+        v.lookupDue = false;
+        this.looked(v, r.lookup);
+      }
       if (r.need_full && !leave) await this.announceNow(v, false);
     } catch (err) {
       this.trackerFailed(c, err);
@@ -442,14 +429,28 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     await this.announce(v, true).catch(() => undefined);
   }
 
-  /** Asks the blob's tracker for holders of what this node misses (at most every 250 ms per blob). */
+  /**
+   * Asks the blob's tracker for holders of what this node misses (at most every LOOKUP_GAP_MS per blob):
+   * with an announce of what it has (one call for both, AnnounceRequest.lookup_max_peers), or on its own
+   * where the tracker does not answer lookups in announces.
+   */
   private lookup(v: PeerView): Promise<void> {
     if (v.looking) return v.looking;
-    if (this.timers.now() - v.lastLookup < 250 || v.cache.isComplete) return Promise.resolve();
+    if (this.timers.now() - v.lastLookup < LOOKUP_GAP_MS || v.cache.isComplete) return Promise.resolve();
     v.lastLookup = this.timers.now();
     v.looking = (async () => {
       const c = this.tracker(v.blob.digest);
       if (!c) return;
+      if (c.foldsLookups !== false) {
+        v.lookupDue = true;
+        // an announce of new units due within ANNOUNCE_DELAY_MS goes now, with it
+        if (v.soon !== undefined) this.timers.clearTimeout(v.soon);
+        v.soon = undefined;
+        await this.announce(v, false, true).catch(() => undefined);
+        // answered with the announce; else (failed, or a tracker that predates it) on its own
+        if (!v.lookupDue) return;
+      }
+      v.lookupDue = false;
       try {
         const r = await c.lookup({
           blob: v.blob.digest,
@@ -458,11 +459,9 @@ export class P2pNode implements BlobProvider, LayerSwarm {
           // every unit this node misses, wherever it is in the blob (a list of the first few thousand
           // made holders of a large layer's far end invisible)
           want_bitmap: v.missing(),
-          max_peers: 32,
+          max_peers: LOOKUP_MAX_PEERS,
         });
-        this.counters.trackerAnswers++;
-        if (!r.holders?.length) this.counters.trackerEmpty++;
-        v.setHolders(r);
+        this.looked(v, r);
       } catch (err) {
         this.trackerFailed(c, err);
       }
@@ -470,12 +469,20 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     return v.looking;
   }
 
+  private looked(v: PeerView, r: LookupAnswer): void {
+    v.lastLookup = this.timers.now();
+    this.counters.trackerAnswers++;
+    if (!r.holders?.length) this.counters.trackerEmpty++;
+    v.setHolders(r);
+  }
+
   private async tick(): Promise<void> {
     if (this.ticking) return;
     this.ticking = (async () => {
       for (const v of [...this.views.values()]) {
-        await this.announce(v);
+        // a lookup that is due goes with the announce (the announce after it then has nothing new)
         if (!v.cache.isComplete) await this.lookup(v);
+        await this.announce(v);
       }
     })().finally(() => (this.ticking = undefined));
     await this.ticking;

@@ -48,6 +48,8 @@ export class PeerView {
   private pendingFor: { holders: Holder[]; bits: Bitmap } | undefined;
   lastLookup = -Infinity;
   looking: Promise<void> | undefined;
+  /** A lookup the next announce carries (P2pNode.lookup); cleared when an answer came with it. */
+  lookupDue = false;
   /** The units announced so far to `announcedTo` (undefined: the next announce is a full one). */
   announced: Uint8Array | undefined;
   announcedTo: string | undefined;

@@ -223,14 +223,14 @@ export class Seed implements BlobProvider {
   get metricsCounters(): {
     registryRequests: number;
     bytes: Record<string, number>;
-    tracker: { announces: number; lookups: number };
+    tracker: { announces: number; lookups: number; carriedLookups: number };
     handedBack: number;
   } {
-    const { announces, lookups } = this.tracker.counters;
+    const { announces, lookups, carriedLookups } = this.tracker.counters;
     return {
       registryRequests: this.stats.requests.registry,
       bytes: { ...this.stats.bytes },
-      tracker: { announces, lookups },
+      tracker: { announces, lookups, carriedLookups },
       handedBack: this.handBack.handBacks.handedBack,
     };
   }

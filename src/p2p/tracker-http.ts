@@ -5,7 +5,16 @@ import { ClosedBeforeAnswer, declaredBodyHead, errorTextHead, type HttpAnswer } 
 import { RawHttpPool } from '../util/raw-http.js';
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
-import { callerHost, MAX_REQUEST_BYTES, Tracker, trackerServiceConstructor } from './tracker-service.js';
+import {
+  answerAnnounce,
+  callerHost,
+  MAX_REQUEST_BYTES,
+  Tracker,
+  TrackerClient,
+  trackerServiceConstructor,
+} from './tracker-service.js';
+import { trackerAddress } from './rendezvous.js';
+import type { Logger } from '../log.js';
 import type { AnnounceMsg, LookupMsg, TrackerState } from './tracker-state.js';
 
 /**
@@ -135,7 +144,9 @@ export async function handleTrackerPost(
     const { remoteAddress, remotePort } = req.socket;
     const source = remoteAddress ? callerHost(`${remoteAddress}:${remotePort ?? 0}`) : undefined;
     answer = c.responseSerialize(
-      name === 'Announce' ? state.announce(msg as AnnounceMsg, source) : state.lookup(msg as LookupMsg),
+      name === 'Announce'
+        ? answerAnnounce(state, msg as AnnounceMsg, source)
+        : state.lookup(msg as LookupMsg),
     );
   } catch (err) {
     const e = DfError.from(err);
@@ -307,4 +318,23 @@ export class HttpTracker extends Tracker {
     this.grpc?.close();
     void this.pool.close();
   }
+}
+
+/**
+ * The client of `seed`'s tracker: over HTTP on its block port; over gRPC on the next port for a seed
+ * without it (or with DFNODE_TRACKER_GRPC=1: a way around a proxy that mangles it, and for comparisons).
+ */
+export function trackerOf(
+  seed: string,
+  token: string,
+  timeoutMs: number,
+  tls: TlsMaterial | undefined,
+  log: Logger,
+): Tracker {
+  const grpc = () => new TrackerClient(trackerAddress(seed), token, timeoutMs, tls);
+  if (process.env.DFNODE_TRACKER_GRPC === '1') return grpc();
+  return new HttpTracker(seed, token, timeoutMs, tls, () => {
+    log.info({ seed }, 'p2p: the seed has no HTTP tracker; asking its gRPC tracker');
+    return grpc();
+  });
 }

@@ -12,6 +12,16 @@ export interface AnnounceMsg {
   added: number[];
   leave: boolean;
   failed_peers: string[];
+  /** Also a lookup of these units (tracker.proto): answered in AnnounceAnswer.lookup when max_peers > 0. */
+  lookup_want?: Uint8Array;
+  lookup_max_peers?: number;
+}
+
+/** A tracker's answer to an announce; `lookup` when the announce asked for one (and the tracker knows how). */
+export interface AnnounceAnswer {
+  need_full: boolean;
+  interval_ms: number;
+  lookup?: LookupAnswer | null;
 }
 
 export interface LookupMsg {

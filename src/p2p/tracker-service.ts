@@ -2,7 +2,9 @@ import * as grpc from '@grpc/grpc-js';
 import { DfError } from '../errors.js';
 import { loadProto, lookup } from '../grpc/load-proto.js';
 import { CLUSTER_TOKEN_HEADER, tokenMatches } from './auth.js';
+import { checkBitmap } from './tracker-limits.js';
 import { grpcTlsFailure, type TlsMaterial } from './tls.js';
+import type { AnnounceAnswer } from './tracker-messages.js';
 import type { AnnounceMsg, LookupAnswer, LookupMsg, TrackerState } from './tracker-state.js';
 
 export const TRACKER_PROTO = 'dfnode/tracker/v1/tracker.proto';
@@ -23,16 +25,42 @@ export abstract class Tracker {
     signal?: AbortSignal,
   ): Promise<Res>;
 
-  announce(
-    m: Partial<AnnounceMsg>,
-    signal?: AbortSignal,
-  ): Promise<{ need_full: boolean; interval_ms: number }> {
+  /**
+   * Whether this tracker answers a lookup within an announce (AnnounceRequest.lookup_max_peers): unknown
+   * until one was asked; false once one came back without it (a tracker that predates it).
+   */
+  foldsLookups: boolean | undefined;
+
+  announce(m: Partial<AnnounceMsg>, signal?: AbortSignal): Promise<AnnounceAnswer> {
     return this.call('Announce', m, signal);
   }
 
   lookup(m: Partial<LookupMsg>, signal?: AbortSignal): Promise<LookupAnswer> {
     return this.call('Lookup', m, signal);
   }
+}
+
+/**
+ * The tracker's answer to an announce (both transports), with the lookup it asked for: one call instead of
+ * an announce and a lookup, made after the announce was applied (its bounds and checks are the lookup's).
+ */
+export function answerAnnounce(state: TrackerState, m: AnnounceMsg, source?: string): AnnounceAnswer {
+  const max = m.lookup_max_peers ?? 0;
+  const look = !m.leave && max > 0;
+  // a malformed lookup is refused before the announce changes anything
+  if (look && Number.isInteger(m.units) && m.units > 0) checkBitmap(m.lookup_want, m.units);
+  const reply: AnnounceAnswer = state.announce(m, source);
+  if (!look) return reply;
+  state.counters.carriedLookups++;
+  reply.lookup = state.lookup({
+    blob: m.blob,
+    peer_id: m.peer_id,
+    zone: m.zone,
+    want: [],
+    max_peers: max,
+    want_bitmap: m.lookup_want,
+  });
+  return reply;
 }
 
 /**
@@ -82,7 +110,7 @@ export async function serveTracker(
       }
     };
   server.addService(trackerServiceConstructor().service, {
-    Announce: guard((r: AnnounceMsg, source) => state.announce(r, source)),
+    Announce: guard((r: AnnounceMsg, source) => answerAnnounce(state, r, source)),
     Lookup: guard((r: LookupMsg) => state.lookup(r)),
   });
   const port = await new Promise<number>((resolve, reject) =>

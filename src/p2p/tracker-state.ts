@@ -124,8 +124,8 @@ export class TrackerState {
   private readonly pendingSilence: number;
   private readonly timers: Timers;
   private readonly random: () => number;
-  /** Announces and lookups answered (metrics). */
-  readonly counters = { announces: 0, lookups: 0, holdersReturned: 0, peersScanned: 0 };
+  /** Announces and lookups answered (metrics); carriedLookups: the lookups announces carried. */
+  readonly counters = { announces: 0, lookups: 0, holdersReturned: 0, peersScanned: 0, carriedLookups: 0 };
 
   constructor(private readonly opts: TrackerStateOptions = {}) {
     this.ttl = opts.peerTtlMs ?? 30_000;

@@ -152,7 +152,7 @@ describe('P2P metrics wiring', () => {
     const c = {
       registryRequests: 5,
       bytes: { registry: 1000, cache: 0 },
-      tracker: { announces: 0, lookups: 0 },
+      tracker: { announces: 0, lookups: 0, carriedLookups: 0 },
     };
     const s = { served: 7, unauthorized: 2 };
     m.onScrape(() => {
