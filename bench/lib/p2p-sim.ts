@@ -233,13 +233,13 @@ export function simulate(p: SimParams): SimResult {
   };
   /**
    * One tracker call as P2pNode makes it: an announce of what the node has (a pending announce of new units
-   * goes now, with it), carrying a lookup when one is due (answerAnnounce).
+   * goes now, with it), carrying a lookup when one was asked for and is due (answerAnnounce).
    */
-  const call = (n: SimNode, i: number) => {
+  const call = (n: SimNode, i: number, look: boolean) => {
     n.soonGen++;
     n.announceSoon = false;
     announce(n, i);
-    if (now - n.lastLookup < p.lookupGapMs || n.cache.isComplete) return;
+    if (!look || now - n.lastLookup < p.lookupGapMs || n.cache.isComplete) return;
     n.lastLookup = now;
     carriedLookups++;
     const want = n.view.missing();
@@ -263,7 +263,7 @@ export function simulate(p: SimParams): SimResult {
   /** Asks for holders when a lookup is due (at most every lookupGapMs): a call. */
   const lookup = (n: SimNode, i: number): boolean => {
     if (now - n.lastLookup < p.lookupGapMs || n.cache.isComplete) return false;
-    call(n, i);
+    call(n, i, true);
     return true;
   };
   const soon = (n: SimNode, i: number) => {
@@ -271,12 +271,12 @@ export function simulate(p: SimParams): SimResult {
     n.announceSoon = true;
     const gen = n.soonGen;
     at(now + p.announceDelayMs, () => {
-      if (gen === n.soonGen) call(n, i);
+      if (gen === n.soonGen) call(n, i, false);
     });
   };
   const tick = (n: SimNode, i: number) => {
     if (n.end >= 0) return;
-    call(n, i);
+    if (!lookup(n, i)) call(n, i, false);
     at(now + 1000, () => tick(n, i));
   };
   const finishUnits = (n: SimNode, i: number, us: number[]) => {
@@ -449,7 +449,7 @@ export function simulate(p: SimParams): SimResult {
 
   nodes.forEach((n, i) =>
     at(n.start, () => {
-      call(n, i);
+      if (!lookup(n, i)) call(n, i, false);
       at(now + 1000, () => tick(n, i));
       for (let k = 0; k < p.concurrency; k++) worker(n, i);
     }),

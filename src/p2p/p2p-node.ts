@@ -388,8 +388,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     if (v.announcedTo !== c.address) v.announced = undefined;
     const d = v.delta();
     // a lookup that is due goes with it (one call); a tracker that ignored one gets its own (lookup())
-    const due = v.lookupDue || this.timers.now() - v.lastLookup >= LOOKUP_GAP_MS;
-    const look = due && !leave && !v.cache.isComplete && c.foldsLookups !== false;
+    const look = v.lookupDue && !leave && !v.cache.isComplete && c.foldsLookups !== false;
     if (!leave && !look && !d.full && d.added.length === 0 && this.failedPeers.size === 0 && v.announced) {
       // nothing new: a heartbeat every fifth interval keeps the tracker from forgetting this node
       if (++v.beats % 5 !== 0) return;

@@ -32,6 +32,8 @@ describe('P2P simulation (bench/lib/p2p-sim.ts)', () => {
     expect(r.maxS).toBeLessThan(seedOnly);
     expect(r.announces).toBeGreaterThan(12);
     expect(r.lookups).toBeGreaterThan(12);
+    // every lookup rides on an announce, as P2pNode sends them: one call for both
+    expect(r.calls).toBe(r.announces);
   });
 
   it("stores a run's arrived units per minBytes, as RunWriter does, and nothing when minBytes is 0", () => {
