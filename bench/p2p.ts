@@ -13,10 +13,18 @@ import { parseArgs } from 'node:util';
 import { pieceLengthExponent } from './lib/aria2.js';
 import { BtSwarm } from './lib/bt-swarm.js';
 import { nodeFlagsFrom } from './lib/main.js';
-import { formatTable, versionOf } from './lib/measure.js';
+import { versionOf } from './lib/measure.js';
 import { LINK_QUEUE_HELP, linkQueue, P2pCluster, repoRoot, type PreheatResult } from './lib/p2p-cluster.js';
 import { preheatThroughDaemons } from './lib/p2p-daemons.js';
-import { busySince, cpuTimes, procTimes, traceLinks } from './lib/p2p-phase.js';
+import { rowsTable, type P2pRow } from './lib/p2p-rows.js';
+import {
+  busySince,
+  cpuTimes,
+  movedGiB as moved,
+  procTimes,
+  traceLinks,
+  trackerCalls,
+} from './lib/p2p-phase.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -132,28 +140,7 @@ const stopAll = () =>
 process.once('SIGINT', stopAll);
 process.once('SIGTERM', stopAll);
 
-interface Row {
-  n: number;
-  mode: Mode;
-  meanS: number;
-  maxS: number;
-  /** Payload bytes the registry host served (docker-registry's access log; BitTorrent: the seeder's counter) / blob. */
-  egress: number;
-  /** The registry host link's tx bytes (headers included) / blob. */
-  egressWire: number;
-  fromPeers?: number;
-  fromSeed?: number;
-  fromRegistry?: number;
-  verified?: boolean;
-  /** Busy share of the machine's CPUs during the phase. */
-  cpu?: number;
-  /** CPU seconds a node process (dfnode or aria2c) used until every node was done (mean), and the seed(er). */
-  nodeCpuS?: number;
-  seedCpuS?: number;
-  /** GiB a node's link carried in and out over the same span (mean), and the seed's (dfnode-run, -warm). */
-  nodeMovedGiB?: number;
-  seedMovedGiB?: number;
-}
+type Row = P2pRow<Mode>;
 const rows: Row[] = [];
 const size = cluster.imageBytes;
 const gib = size / 2 ** 30;
@@ -195,7 +182,7 @@ async function dfnodePhase(n: number): Promise<Row> {
     `  cpu s: node mean user ${mean('user').toFixed(2)} system ${mean('system').toFixed(2)}; seed ` +
       `(since start) user ${st.user.toFixed(2)} system ${st.system.toFixed(2)}`,
   );
-  const calls = await trackerCalls();
+  const calls = await trackerCalls(cluster, SEED_METRICS_PORT);
   const perNodeS = Math.max(...r.map((x) => x.ms)) / 1000;
   if (calls)
     log(
@@ -267,9 +254,6 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
     `N=${n}: dfnode run daemons, ${warmRef ? 'a warm-up preheat of another image, ' : ''}` +
       `then preheat through each one's control socket`,
   );
-  // what the hosts' links carried in and out (GiB)
-  const moved = async (hs: typeof hosts) =>
-    (await Promise.all(hs.map((h) => h.counters()))).reduce((a, c) => a + c.rx + c.tx, 0) / 2 ** 30;
   let stopTrace: (() => void) | undefined;
   let at0 = {
     b0: 0,
@@ -278,7 +262,7 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
     seed: procTimes(seed.pid),
     nodesGiB: 0,
     seedGiB: 0,
-    calls: noCalls,
+    calls: { announce: 0, lookup: 0 },
   };
   const daemons = await preheatThroughDaemons(cluster, hosts, {
     dir: join(work, `daemons-${++daemonPhases}-n${n}`),
@@ -291,7 +275,7 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
         w0: (await reg.counters()).tx,
         nodesGiB: await moved(hosts),
         seedGiB: await moved([cluster.seedHost]),
-        calls: (await trackerCalls()) ?? noCalls,
+        calls: (await trackerCalls(cluster, SEED_METRICS_PORT)) ?? { announce: 0, lookup: 0 },
         cpu: cpuTimes(),
         seed: procTimes(seed.pid),
       };
@@ -305,7 +289,7 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
     const st = procTimes(seed.pid);
     const nodeMovedGiB = ((await moved(hosts)) - at0.nodesGiB) / n;
     const seedMovedGiB = (await moved([cluster.seedHost])) - at0.seedGiB;
-    const calls = await trackerCalls();
+    const calls = await trackerCalls(cluster, SEED_METRICS_PORT);
     if (calls)
       log(
         `  tracker calls: ${calls.announce - at0.calls.announce} announces, ` +
@@ -322,27 +306,6 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
     });
   } finally {
     await daemons.stop();
-  }
-}
-
-const noCalls = { announce: 0, lookup: 0 };
-
-/** The seed's dfnode_tracker_requests_total by method (undefined when its metrics do not answer). */
-async function trackerCalls(): Promise<{ announce: number; lookup: number } | undefined> {
-  try {
-    const r = await cluster.seedHost.exec('curl', [
-      '-sf',
-      '--max-time',
-      '5',
-      `http://127.0.0.1:${SEED_METRICS_PORT}/metrics`,
-    ]);
-    const get = (m: string) =>
-      Number(
-        new RegExp(`^dfnode_tracker_requests_total\\{method="${m}"\\} (\\d+)`, 'm').exec(r.stdout)?.[1] ?? 0,
-      );
-    return { announce: get('announce'), lookup: get('lookup') };
-  } catch {
-    return undefined;
   }
 }
 
@@ -449,9 +412,6 @@ try {
   if (!flags.keep) await rm(work, { recursive: true, force: true });
 }
 
-const pct = (x?: number) => (x === undefined ? '' : `${(x * 100).toFixed(0)}%`);
-const num = (x: number | undefined, digits = 1) =>
-  x === undefined || Number.isNaN(x) ? '' : x.toFixed(digits);
 process.stdout.write(
   `bench/p2p: ${(size / 2 ** 20).toFixed(1)} MiB DFB layer; hosts ${hostMbit} Mbit/s, registry host ${registryMbit} Mbit/s, ` +
     `links ${flags['link-queue']}` +
@@ -461,46 +421,7 @@ process.stdout.write(
         `one aria2c seeder on the registry host; leechers ${flags['bt-exit-when-done'] ? 'exit when complete' : 'seed until all are done'} (${aria2})`
       : '') +
     '\n\n' +
-    formatTable(
-      [
-        'N',
-        'mode',
-        'mean s',
-        'max s',
-        'registry egress ×',
-        'wire ×',
-        'peers',
-        'seed',
-        'registry',
-        'ok',
-        'cpu',
-        'node cpu s',
-        'node s/GiB',
-        's/GiB moved',
-        'seed cpu s',
-        'seed s/GiB',
-        's/GiB moved',
-      ],
-      rows.map((x) => [
-        String(x.n),
-        x.mode,
-        x.meanS.toFixed(1),
-        x.maxS.toFixed(1),
-        x.egress.toFixed(2),
-        x.egressWire.toFixed(2),
-        pct(x.fromPeers),
-        pct(x.fromSeed),
-        pct(x.fromRegistry),
-        x.verified ? 'yes' : 'NO',
-        pct(x.cpu),
-        num(x.nodeCpuS),
-        num(x.nodeCpuS === undefined ? undefined : x.nodeCpuS / gib, 0),
-        num(x.nodeCpuS === undefined || !x.nodeMovedGiB ? undefined : x.nodeCpuS / x.nodeMovedGiB, 0),
-        num(x.seedCpuS),
-        num(x.seedCpuS === undefined ? undefined : x.seedCpuS / gib, 0),
-        num(x.seedCpuS === undefined || !x.seedMovedGiB ? undefined : x.seedCpuS / x.seedMovedGiB, 0),
-      ]),
-    ) +
+    rowsTable(rows, gib) +
     '\n\n',
 );
 

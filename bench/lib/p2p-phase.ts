@@ -1,5 +1,6 @@
 // bench/p2p's per-phase measurements: the links' rates each second (--trace) and CPU times from /proc.
 import { readFileSync } from 'node:fs';
+import type { NetnsHost } from './netns-topology.js';
 import type { P2pCluster } from './p2p-cluster.js';
 
 /** Samples the seed's and registry's link counters every second; logs the rates when stopped. */
@@ -66,5 +67,35 @@ export function procTimes(pid: number): { user: number; system: number } {
     return { user: Number(f[11]) / 100, system: Number(f[12]) / 100 };
   } catch {
     return { user: NaN, system: NaN };
+  }
+}
+
+/** What the hosts' links carried in and out so far, GiB. */
+export async function movedGiB(hosts: NetnsHost[]): Promise<number> {
+  return (await Promise.all(hosts.map((h) => h.counters()))).reduce((a, c) => a + c.rx + c.tx, 0) / 2 ** 30;
+}
+
+/**
+ * The seed's dfnode_tracker_requests_total by method, read from its metrics on `port` in its namespace
+ * (undefined when they do not answer): announces, and lookups sent on their own.
+ */
+export async function trackerCalls(
+  cluster: P2pCluster,
+  port: number,
+): Promise<{ announce: number; lookup: number } | undefined> {
+  try {
+    const r = await cluster.seedHost.exec('curl', [
+      '-sf',
+      '--max-time',
+      '5',
+      `http://127.0.0.1:${port}/metrics`,
+    ]);
+    const get = (m: string) =>
+      Number(
+        new RegExp(`^dfnode_tracker_requests_total\\{method="${m}"\\} (\\d+)`, 'm').exec(r.stdout)?.[1] ?? 0,
+      );
+    return { announce: get('announce'), lookup: get('lookup') };
+  } catch {
+    return undefined;
   }
 }
