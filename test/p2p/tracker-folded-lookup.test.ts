@@ -5,9 +5,7 @@
  * it. Real servers and a real P2pNode on loopback.
  */
 import * as grpc from '@grpc/grpc-js';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { BlobCache } from '../../src/cache/blob-cache.js';
 import { loadConfig } from '../../src/config.js';
 import { NodeMetrics } from '../../src/daemon/metrics.js';
 import { PieceLayout } from '../../src/mirror/piece-table.js';
@@ -22,6 +20,7 @@ import {
 } from '../../src/p2p/tracker-service.js';
 import { TrackerState, type AnnounceMsg, type LookupMsg } from '../../src/p2p/tracker-state.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
+import { joinWithUnit } from './join-units.js';
 import { tempDir } from '../helpers/temp.js';
 
 const TOKEN = 'folded-lookup-token';
@@ -198,13 +197,7 @@ describe('lookups carried by announces', () => {
         });
         await node.start();
         cleanups.push(() => node.close());
-        const cache = await BlobCache.open({ dir: join(dir, 'cache'), digest: BLOB, size: layout.size });
-        cleanups.push(() => cache.close());
-        await cache.setLayout(layout.cacheLayout.blockCount, layout.cacheLayout.tocOffset);
-        await cache.write(5, layout.offset(5), Buffer.alloc(layout.length(5), 7));
-        const member = node.joinUnits({ blob: { digest: BLOB, size: layout.size }, layout, cache });
-        cleanups.push(() => member.leave());
-        await member.announced;
+        await joinWithUnit(node, { dir, digest: BLOB, layout, unit: 5, cleanups });
         // the ticks (every 100 ms) look up again every 250 ms while the blob is incomplete
         const want = ticks ? 4 : 1;
         const deadline = Date.now() + 10_000;

@@ -12,7 +12,6 @@ import { NodeMetrics } from '../../src/daemon/metrics.js';
 import { BlockServer } from '../../src/p2p/block-server.js';
 import { Seed } from '../../src/p2p/seed.js';
 import { P2pNode } from '../../src/p2p/p2p-node.js';
-import { BlobCache } from '../../src/cache/blob-cache.js';
 import { PieceLayout } from '../../src/mirror/piece-table.js';
 import type { RegistryClient } from '../../src/registry/client.js';
 import { tempDir } from '../helpers/temp.js';
@@ -21,6 +20,7 @@ import { HttpTracker } from '../../src/p2p/tracker-http.js';
 import { callerHost, serveTracker, TrackerClient, type Tracker } from '../../src/p2p/tracker-service.js';
 import { TrackerState } from '../../src/p2p/tracker-state.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
+import { joinWithUnit } from './join-units.js';
 
 const TOKEN = 'tracker-http-token';
 const BLOB = 'sha256:' + '3c'.repeat(32);
@@ -396,13 +396,7 @@ describe('tracker over HTTP', () => {
       await node.start();
       cleanups.push(() => node.close());
       const layout = new PieceLayout(4 * 65536, 65536);
-      const cache = await BlobCache.open({ dir: join(dir, 'cache'), digest: BLOB, size: layout.size });
-      cleanups.push(() => cache.close());
-      await cache.setLayout(layout.cacheLayout.blockCount, layout.cacheLayout.tocOffset);
-      await cache.write(1, layout.offset(1), Buffer.alloc(layout.length(1), 7));
-      const member = node.joinUnits({ blob: { digest: BLOB, size: layout.size }, layout, cache });
-      cleanups.push(() => member.leave());
-      await member.announced;
+      await joinWithUnit(node, { dir, digest: BLOB, layout, unit: 1, cleanups });
       const a = state.lookup({
         blob: BLOB,
         peer_id: 'asker',
