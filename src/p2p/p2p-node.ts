@@ -325,7 +325,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     this.fallback.forget(digest);
     view.unlisten?.();
     if (view.soon !== undefined) this.timers.clearTimeout(view.soon);
-    await this.leave(view);
+    await this.announce(view, true).catch(() => undefined);
   }
 
   // ------------------------------------------------------------------ BlobProvider (serving peers)
@@ -362,12 +362,13 @@ export class P2pNode implements BlobProvider, LayerSwarm {
 
   /**
    * A tracker call failed. A seed whose tracker refuses connections is down (isolated: its blocks and its
-   * tracker go to the next seed); a call that merely timed out is a busy seed, not a dead one.
+   * tracker go to the next seed); a call that merely timed out is a busy seed, not a dead one, and one the
+   * tracker refused (full, a message or peer id it does not take) came from a seed that is up.
    */
   private trackerFailed(c: Tracker, err: unknown): void {
     this.counters.trackerErrors++;
     const e = DfError.from(err);
-    if (e.code === 'TIMEOUT') return;
+    if (['TIMEOUT', 'NO_SPACE', 'INVALID_ARGUMENT', 'FORBIDDEN'].includes(e.code)) return;
     for (const [seed, x] of this.trackers)
       if (x === c) this.seedIsolation.fail(seed, 'tracker: ' + e.message);
   }
@@ -422,10 +423,6 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       this.trackerFailed(c, err);
       v.announced = undefined;
     }
-  }
-
-  private async leave(v: PeerView): Promise<void> {
-    await this.announce(v, true).catch(() => undefined);
   }
 
   /**
@@ -490,7 +487,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     await this.ticking?.catch(() => undefined);
-    for (const v of [...this.views.values()]) await this.leave(v);
+    for (const v of [...this.views.values()]) await this.announce(v, true).catch(() => undefined);
     this.views.clear();
     await this.server.close();
     for (const c of this.trackers.values()) c.close();

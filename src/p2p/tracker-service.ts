@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { DfError } from '../errors.js';
+import { DfError, type ErrorCode } from '../errors.js';
 import { loadProto, lookup } from '../grpc/load-proto.js';
 import { CLUSTER_TOKEN_HEADER, tokenMatches } from './auth.js';
 import { checkBitmap } from './tracker-limits.js';
@@ -11,6 +11,13 @@ export const TRACKER_PROTO = 'dfnode/tracker/v1/tracker.proto';
 
 /** The largest tracker request accepted (bytes). */
 export const MAX_REQUEST_BYTES = 2 << 20;
+
+/** gRPC statuses of the tracker's refusals (TrackerState's errors) and their codes. */
+const REFUSALS: Partial<Record<number, ErrorCode>> = {
+  [grpc.status.INVALID_ARGUMENT]: 'INVALID_ARGUMENT',
+  [grpc.status.PERMISSION_DENIED]: 'FORBIDDEN',
+  [grpc.status.RESOURCE_EXHAUSTED]: 'NO_SPACE',
+};
 
 /** A client of one seed's tracker (gRPC: TrackerClient; HTTP on the block port: HttpTracker). */
 export abstract class Tracker {
@@ -213,6 +220,8 @@ export class TrackerClient extends Tracker {
         else if (tlsErr) reject(tlsErr);
         else if (err.code === grpc.status.DEADLINE_EXCEEDED)
           reject(DfError.timeout(`${what}: no answer within ${this.timeoutMs} ms`));
+        // the tracker's own refusals, as over HTTP (answerError): the seed is up
+        else if (REFUSALS[err.code]) reject(new DfError(REFUSALS[err.code]!, `${what}: ${err.details}`));
         else reject(new DfError('NETWORK', `${what}: ${err.details || err.message}`));
       }) as unknown as grpc.ClientUnaryCall;
       const onAbort = () => call.cancel();

@@ -1,0 +1,92 @@
+/**
+ * A tracker that refuses a node's calls (full, or a message it does not take) answers from a seed that is
+ * up: the node counts the error and keeps the seed (its blocks and its tracker), over HTTP and over gRPC,
+ * whose client now names those refusals as the HTTP one does. Real servers and a real P2pNode on loopback.
+ */
+import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config.js';
+import { PieceLayout } from '../../src/mirror/piece-table.js';
+import { BlockServer } from '../../src/p2p/block-server.js';
+import { P2pNode } from '../../src/p2p/p2p-node.js';
+import { listenPair } from '../../src/p2p/rendezvous.js';
+import { serveTracker, TrackerClient } from '../../src/p2p/tracker-service.js';
+import { TrackerState } from '../../src/p2p/tracker-state.js';
+import { cleanupsAfterEach } from '../helpers/cleanups.js';
+import { tempDir } from '../helpers/temp.js';
+import { joinWithUnit } from './join-units.js';
+
+const TOKEN = 'tracker-refusals-token';
+const BLOB = 'sha256:' + '7a'.repeat(32);
+const cleanups = cleanupsAfterEach();
+
+/** A seed's block server and gRPC tracker over one TrackerState that takes no blob: every announce is full. */
+async function fullSeed() {
+  const state = new TrackerState({ limits: { maxBlobs: 0 } });
+  const blocks = new BlockServer({
+    provider: { get: async () => undefined },
+    clusterToken: TOKEN,
+    tracker: state,
+  });
+  const pair = await listenPair('127.0.0.1:0', blocks, (a) => serveTracker(state, a, TOKEN));
+  cleanups.push(
+    () => blocks.close(),
+    () => pair.tracker.stop(),
+  );
+  return pair;
+}
+
+describe('tracker refusals', () => {
+  it('the gRPC client names a full tracker NO_SPACE and a refused message INVALID_ARGUMENT, as over HTTP', async () => {
+    const pair = await fullSeed();
+    const g = new TrackerClient(pair.tracker.address, TOKEN, 5000);
+    cleanups.push(() => g.close());
+    const announce = { blob: BLOB, units: 16, peer_id: 'p', address: '127.0.0.1:4001', full: true };
+    await expect(g.announce({ ...announce, bitmap: Buffer.from([1, 0]) })).rejects.toMatchObject({
+      code: 'NO_SPACE',
+    });
+    await expect(g.announce({ ...announce, bitmap: Buffer.from([1]) })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
+  });
+
+  for (const viaGrpc of [false, true])
+    it(`a node whose tracker is full keeps its seed (${viaGrpc ? 'gRPC' : 'HTTP'})`, async () => {
+      const { dir, cleanup } = await tempDir('dfnode-refusals-');
+      cleanups.push(cleanup);
+      const pair = await fullSeed();
+      const env = process.env.DFNODE_TRACKER_GRPC;
+      process.env.DFNODE_TRACKER_GRPC = viaGrpc ? '1' : '0';
+      cleanups.push(() => {
+        if (env === undefined) delete process.env.DFNODE_TRACKER_GRPC;
+        else process.env.DFNODE_TRACKER_GRPC = env;
+      });
+      const node = new P2pNode({
+        config: loadConfig({
+          env: {},
+          flags: {
+            p2p: {
+              seeds: [pair.blocks],
+              clusterToken: TOKEN,
+              listen: '127.0.0.1:0',
+              announceIntervalMs: 100,
+            },
+          },
+        }),
+      });
+      await node.start();
+      cleanups.push(() => node.close());
+      await joinWithUnit(node, {
+        dir,
+        digest: BLOB,
+        layout: new PieceLayout(4 * 65536, 65536),
+        unit: 1,
+        cleanups,
+      });
+      const deadline = Date.now() + 5000;
+      while (node.counters.trackerErrors < 3 && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(node.counters.trackerErrors).toBeGreaterThanOrEqual(3);
+      expect(node.counters.seedsDown).toBe(0);
+      expect(node.seedIsolation.isolated(pair.blocks)).toBe(false);
+    });
+});
