@@ -6,11 +6,9 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
-import { loadConfig } from '../../src/config.js';
 import { NodeMetrics } from '../../src/daemon/metrics.js';
 import { PieceLayout } from '../../src/mirror/piece-table.js';
 import { BlockServer } from '../../src/p2p/block-server.js';
-import { P2pNode } from '../../src/p2p/p2p-node.js';
 import { HttpTracker } from '../../src/p2p/tracker-http.js';
 import {
   serveTracker,
@@ -20,7 +18,7 @@ import {
 } from '../../src/p2p/tracker-service.js';
 import { TrackerState, type AnnounceMsg, type LookupMsg } from '../../src/p2p/tracker-state.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
-import { joinWithUnit } from './join-units.js';
+import { joinWithUnit, startNode } from './swarm-node.js';
 import { tempDir } from '../helpers/temp.js';
 
 const TOKEN = 'folded-lookup-token';
@@ -150,11 +148,6 @@ describe('lookups carried by announces', () => {
           bitmap: Buffer.alloc(Math.ceil(layout.units / 8), 0xff),
         } as AnnounceMsg);
         let seedAddress: string;
-        const env = process.env.DFNODE_TRACKER_GRPC;
-        cleanups.push(() => {
-          if (env === undefined) delete process.env.DFNODE_TRACKER_GRPC;
-          else process.env.DFNODE_TRACKER_GRPC = env;
-        });
         if (old) {
           // a tracker that predates it: its Announce knows no lookup fields (gRPC, served by hand)
           const server = new grpc.Server();
@@ -172,7 +165,6 @@ describe('lookups carried by announces', () => {
           cleanups.push(() => new Promise<void>((r) => server.tryShutdown(() => r())));
           // the node asks the tracker on the seed's block port + 1
           seedAddress = `127.0.0.1:${port - 1}`;
-          process.env.DFNODE_TRACKER_GRPC = '1';
         } else {
           const blocks = new BlockServer({
             provider: { get: async () => undefined },
@@ -181,24 +173,16 @@ describe('lookups carried by announces', () => {
           });
           seedAddress = await blocks.listen('127.0.0.1:0');
           cleanups.push(() => blocks.close());
-          process.env.DFNODE_TRACKER_GRPC = '0';
         }
-        const node = new P2pNode({
-          config: loadConfig({
-            env: {},
-            flags: {
-              p2p: {
-                seeds: [seedAddress],
-                clusterToken: TOKEN,
-                listen: '127.0.0.1:0',
-                // without ticks, the lookup made on joining is the only one
-                announceIntervalMs: ticks ? 100 : 600_000,
-              },
-            },
-          }),
+        // the old tracker is reached over gRPC (DFNODE_TRACKER_GRPC=1), the new one over HTTP
+        const node = await startNode({
+          seed: seedAddress,
+          token: TOKEN,
+          // without ticks, the lookup made on joining is the only one
+          announceIntervalMs: ticks ? 100 : 600_000,
+          viaGrpc: old,
+          cleanups,
         });
-        await node.start();
-        cleanups.push(() => node.close());
         await joinWithUnit(node, { dir, digest: BLOB, layout, unit: 5, cleanups });
         // the ticks (every 100 ms) look up again every 250 ms while the blob is incomplete
         const want = ticks ? 4 : 1;

@@ -11,7 +11,6 @@ import { loadConfig } from '../../src/config.js';
 import { NodeMetrics } from '../../src/daemon/metrics.js';
 import { BlockServer } from '../../src/p2p/block-server.js';
 import { Seed } from '../../src/p2p/seed.js';
-import { P2pNode } from '../../src/p2p/p2p-node.js';
 import { PieceLayout } from '../../src/mirror/piece-table.js';
 import type { RegistryClient } from '../../src/registry/client.js';
 import { tempDir } from '../helpers/temp.js';
@@ -20,7 +19,7 @@ import { HttpTracker } from '../../src/p2p/tracker-http.js';
 import { callerHost, serveTracker, TrackerClient, type Tracker } from '../../src/p2p/tracker-service.js';
 import { TrackerState } from '../../src/p2p/tracker-state.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
-import { joinWithUnit } from './join-units.js';
+import { joinWithUnit, startNode } from './swarm-node.js';
 
 const TOKEN = 'tracker-http-token';
 const BLOB = 'sha256:' + '3c'.repeat(32);
@@ -374,27 +373,13 @@ describe('tracker over HTTP', () => {
         () => blocks.close(),
         () => pair.tracker.stop(),
       );
-      const before = process.env.DFNODE_TRACKER_GRPC;
-      process.env.DFNODE_TRACKER_GRPC = viaGrpc ? '1' : '0';
-      cleanups.push(() => {
-        if (before === undefined) delete process.env.DFNODE_TRACKER_GRPC;
-        else process.env.DFNODE_TRACKER_GRPC = before;
+      const node = await startNode({
+        seed: pair.blocks,
+        token: TOKEN,
+        announceIntervalMs: 200,
+        viaGrpc,
+        cleanups,
       });
-      const node = new P2pNode({
-        config: loadConfig({
-          env: {},
-          flags: {
-            p2p: {
-              seeds: [pair.blocks],
-              clusterToken: TOKEN,
-              listen: '127.0.0.1:0',
-              announceIntervalMs: 200,
-            },
-          },
-        }),
-      });
-      await node.start();
-      cleanups.push(() => node.close());
       const layout = new PieceLayout(4 * 65536, 65536);
       await joinWithUnit(node, { dir, digest: BLOB, layout, unit: 1, cleanups });
       const a = state.lookup({

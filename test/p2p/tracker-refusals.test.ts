@@ -4,16 +4,14 @@
  * whose client now names those refusals as the HTTP one does. Real servers and a real P2pNode on loopback.
  */
 import { describe, expect, it } from 'vitest';
-import { loadConfig } from '../../src/config.js';
 import { PieceLayout } from '../../src/mirror/piece-table.js';
 import { BlockServer } from '../../src/p2p/block-server.js';
-import { P2pNode } from '../../src/p2p/p2p-node.js';
 import { listenPair } from '../../src/p2p/rendezvous.js';
 import { serveTracker, TrackerClient } from '../../src/p2p/tracker-service.js';
 import { TrackerState } from '../../src/p2p/tracker-state.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
 import { tempDir } from '../helpers/temp.js';
-import { joinWithUnit } from './join-units.js';
+import { joinWithUnit, startNode } from './swarm-node.js';
 
 const TOKEN = 'tracker-refusals-token';
 const BLOB = 'sha256:' + '7a'.repeat(32);
@@ -54,27 +52,13 @@ describe('tracker refusals', () => {
       const { dir, cleanup } = await tempDir('dfnode-refusals-');
       cleanups.push(cleanup);
       const pair = await fullSeed();
-      const env = process.env.DFNODE_TRACKER_GRPC;
-      process.env.DFNODE_TRACKER_GRPC = viaGrpc ? '1' : '0';
-      cleanups.push(() => {
-        if (env === undefined) delete process.env.DFNODE_TRACKER_GRPC;
-        else process.env.DFNODE_TRACKER_GRPC = env;
+      const node = await startNode({
+        seed: pair.blocks,
+        token: TOKEN,
+        announceIntervalMs: 100,
+        viaGrpc,
+        cleanups,
       });
-      const node = new P2pNode({
-        config: loadConfig({
-          env: {},
-          flags: {
-            p2p: {
-              seeds: [pair.blocks],
-              clusterToken: TOKEN,
-              listen: '127.0.0.1:0',
-              announceIntervalMs: 100,
-            },
-          },
-        }),
-      });
-      await node.start();
-      cleanups.push(() => node.close());
       await joinWithUnit(node, {
         dir,
         digest: BLOB,
