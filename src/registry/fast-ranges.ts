@@ -2,6 +2,8 @@ import { DfError } from '../errors.js';
 import type { BodyHoldHooks } from '../util/rcv-lowat.js';
 import { RawHttpPool } from '../util/raw-http.js';
 import { rcvLowatEnabled } from '../util/rcv-lowat.js';
+import { stallSignal } from '../util/stall-signal.js';
+import { realTimers } from '../util/timers.js';
 import { parseContentRange, type BodyProgress } from './http-body.js';
 
 /**
@@ -101,22 +103,20 @@ export class FastRanges {
     const end = offset + length - 1;
     const signal = o.signal ?? new AbortController().signal;
     // the caller's abort, or nothing heard for timeoutMs (raw-http has no timers of its own)
-    const ac = new AbortController();
-    const onAbort = () => ac.abort(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    if (signal.aborted) onAbort();
-    const stall = setTimeout(
-      () => ac.abort(new LaneMiss(`nothing for ${this.timeoutMs} ms`)),
-      this.timeoutMs,
-    );
-    stall.unref();
+    const rq = stallSignal(signal, {
+      firstMs: this.timeoutMs,
+      idleMs: this.timeoutMs,
+      maxMs: Infinity,
+      timers: realTimers,
+      what: `registry range of ${key}`,
+    });
     try {
       const res = await (lane.https ? this.pools.https : this.pools.http).request(lane.address, {
         path: lane.path,
         headers: { ...lane.headers, range: `bytes=${offset}-${end}` },
-        signal: ac.signal,
+        signal: rq.signal,
         onHead: (status, headers) => {
-          stall.refresh();
+          rq.alive();
           if (status !== 206) return new LaneMiss(`HTTP ${status}`);
           const cr = parseContentRange(
             typeof headers['content-range'] === 'string' ? headers['content-range'] : undefined,
@@ -125,7 +125,7 @@ export class FastRanges {
           return { into: Buffer.allocUnsafe(length), tooLong: () => new LaneMiss('a longer body') };
         },
         progress: (data, filled) => {
-          stall.refresh();
+          rq.alive();
           o.progress?.(data, filled);
         },
         holdMs: o.holdMs,
@@ -143,8 +143,7 @@ export class FastRanges {
       this.refused.set(key, this.now() + LANE_MS);
       return undefined;
     } finally {
-      clearTimeout(stall);
-      signal.removeEventListener('abort', onAbort);
+      rq.dispose();
     }
   }
 
