@@ -1,6 +1,6 @@
 /** What the P2P simulation (bench/lib/p2p-sim.ts) is given and what it reports. */
 import { MID_RUN_WRITE_BYTES } from '../../src/fetch/run-writer.js';
-import { ANNOUNCE_DELAY_MS, LOOKUP_GAP_MS } from '../../src/p2p/p2p-node.js';
+import { ANNOUNCE_DELAY_MS, LOOKUP_GAP_MS } from '../../src/p2p/node-cadence.js';
 import { DEFAULT_TRACKER_LIMITS } from '../../src/p2p/tracker-limits.js';
 
 export interface SimParams {

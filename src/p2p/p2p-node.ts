@@ -28,13 +28,7 @@ import { p2pFill, type RunFetcher } from './fill-planner.js';
 import { OriginSwitch } from './hand-back.js';
 import { seedFileTable } from './seed-file-table.js';
 import { UnitLayout, type Units } from './unit-layout.js';
-
-/** Delay of an announce of new units (they are announced together with those that follow quickly). */
-export const ANNOUNCE_DELAY_MS = 100;
-/** A blob's holders are asked of the tracker at most this often (ms). */
-export const LOOKUP_GAP_MS = 250;
-/** Holders a lookup asks for. */
-const LOOKUP_MAX_PEERS = 32;
+import { ANNOUNCE_DELAY_MS, LOOKUP_GAP_MS, LOOKUP_MAX_PEERS } from './node-cadence.js';
 
 export interface P2pNodeOptions {
   config: Config;
@@ -443,8 +437,9 @@ export class P2pNode implements BlobProvider, LayerSwarm {
         if (v.soon !== undefined) this.timers.clearTimeout(v.soon);
         v.soon = undefined;
         await this.announce(v, false, true).catch(() => undefined);
-        // answered with the announce; else (failed, or a tracker that predates it) on its own
-        if (!v.lookupDue) return;
+        // answered with the announce; else on its own: a tracker that predates it, or one that refused the
+        // announce (full: it may still name holders); not a seed the failure took for down (isolated)
+        if (!v.lookupDue || this.tracker(v.blob.digest) !== c) return;
       }
       v.lookupDue = false;
       try {

@@ -8,7 +8,7 @@ import { PieceLayout } from '../../src/mirror/piece-table.js';
 import { BlockServer } from '../../src/p2p/block-server.js';
 import { listenPair } from '../../src/p2p/rendezvous.js';
 import { serveTracker, TrackerClient } from '../../src/p2p/tracker-service.js';
-import { TrackerState } from '../../src/p2p/tracker-state.js';
+import { TrackerState, type AnnounceMsg } from '../../src/p2p/tracker-state.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
 import { tempDir } from '../helpers/temp.js';
 import { joinWithUnit, startNode } from './swarm-node.js';
@@ -17,9 +17,11 @@ const TOKEN = 'tracker-refusals-token';
 const BLOB = 'sha256:' + '7a'.repeat(32);
 const cleanups = cleanupsAfterEach();
 
-/** A seed's block server and gRPC tracker over one TrackerState that takes no blob: every announce is full. */
-async function fullSeed() {
-  const state = new TrackerState({ limits: { maxBlobs: 0 } });
+/**
+ * A seed's block server and gRPC tracker over one TrackerState: by default one that takes no blob (every
+ * announce is full).
+ */
+async function fullSeed(state = new TrackerState({ limits: { maxBlobs: 0 } })) {
   const blocks = new BlockServer({
     provider: { get: async () => undefined },
     clusterToken: TOKEN,
@@ -71,6 +73,53 @@ describe('tracker refusals', () => {
         await new Promise((r) => setTimeout(r, 20));
       expect(node.counters.trackerErrors).toBeGreaterThanOrEqual(3);
       expect(node.counters.seedsDown).toBe(0);
+      expect(node.seedIsolation.isolated(pair.blocks)).toBe(false);
+    });
+
+  for (const viaGrpc of [false, true])
+    it(`a tracker that refuses a node's announces (its blob's swarm full) still names holders to its lookups (${viaGrpc ? 'gRPC' : 'HTTP'})`, async () => {
+      const { dir, cleanup } = await tempDir('dfnode-refusals-');
+      cleanups.push(cleanup);
+      // one peer per blob, taken by holder-a: the node's announces (each carrying a lookup) are refused
+      const state = new TrackerState({ limits: { maxPeersPerBlob: 1 } });
+      state.announce({
+        blob: BLOB,
+        units: 4,
+        peer_id: 'holder-a',
+        address: '127.0.0.1:4001',
+        full: true,
+        bitmap: Buffer.from([0b1111]),
+        zone: '',
+        load: 0,
+        added: [],
+        leave: false,
+        failed_peers: [],
+      } as AnnounceMsg);
+      const pair = await fullSeed(state);
+      const node = await startNode({
+        seed: pair.blocks,
+        token: TOKEN,
+        // without ticks: the lookup made on joining is the only one
+        announceIntervalMs: 600_000,
+        viaGrpc,
+        cleanups,
+      });
+      await joinWithUnit(node, {
+        dir,
+        digest: BLOB,
+        layout: new PieceLayout(4 * 65536, 65536),
+        unit: 1,
+        cleanups,
+      });
+      const deadline = Date.now() + 5000;
+      while (node.counters.trackerAnswers < 1 && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
+      // the lookup went on its own after the refused announce, and named holder-a
+      expect(node.counters.trackerAnswers).toBe(1);
+      expect(node.counters.trackerEmpty).toBe(0);
+      expect(state.counters.lookups).toBe(1);
+      expect(state.counters.carriedLookups).toBe(0);
+      expect(node.counters.trackerErrors).toBeGreaterThanOrEqual(1);
       expect(node.seedIsolation.isolated(pair.blocks)).toBe(false);
     });
 });
