@@ -2,6 +2,7 @@
 // stop its children on a signal, and turn main()'s result into the exit code.
 import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
+import { DAEMON_NODE_FLAGS } from '../../src/cli/daemon-flags.js';
 
 /** `[bench/NAME] message` lines on stderr (stdout holds the results). */
 export function benchLog(name: string): (msg: string) => void {
@@ -23,11 +24,13 @@ export function gitState(repo: string, paths: string[]): string {
 }
 
 /**
- * Node.js flags for the dfnode processes a benchmark starts, from its `--cpu-prof DIR` and
- * `--node-flags "FLAGS"` options.
+ * Node.js flags for the dfnode daemons (`run`, `seed`) a benchmark starts: those bin/dfnode gives them
+ * (DAEMON_NODE_FLAGS), then the benchmark's `--cpu-prof DIR` and `--node-flags "FLAGS"` options (V8 takes
+ * the last of a flag given twice: `--node-flags=--initial-old-space-size=0` measures without the floor).
  */
 export function nodeFlagsFrom(flags: { 'cpu-prof'?: string; 'node-flags'?: string }): string[] {
   return [
+    ...DAEMON_NODE_FLAGS,
     ...(flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['cpu-prof']}`] : []),
     ...(flags['node-flags']?.split(/\s+/).filter(Boolean) ?? []),
   ];
