@@ -48,8 +48,8 @@ if (flags.help) {
       '  [--link-queue small-first|ack-priority|fifo]\n' +
       '  [--modes direct,mirror] [--cpu-prof DIR] [--node-flags "FLAGS"] [--trace]\n' +
       '  --modes: which pulls to time (mirror alone is quicker for trying mirror changes)\n' +
-      '  --cpu-prof DIR: write a V8 CPU profile of every `dfnode run` (mirror mode) into DIR\n' +
-      '  --node-flags "FLAGS": more Node.js flags for every `dfnode run` (e.g. --perf-basic-prof)\n' +
+      '  --cpu-prof DIR: write a V8 CPU profile of every `dfnode run` and seed (mirror mode) into DIR\n' +
+      '  --node-flags "FLAGS": more Node.js flags for every `dfnode run` and seed (e.g. --perf-basic-prof)\n' +
       LINK_QUEUE_HELP +
       "  --keep: leave the work directory, with every node's log and metrics and the seed's log\n" +
       "  --trace: print the seed's, the registry's and the nodes' link rates (MB/s, each second) during the\n" +
@@ -89,6 +89,8 @@ const cluster = await P2pCluster.create({
   plain: true,
   smallFirst,
   workDir: join(work, 'cluster'),
+  // the seed runs as bin/dfnode starts it (DAEMON_NODE_FLAGS), with --node-flags and --cpu-prof too
+  nodeFlags,
   log,
 });
 const running: { stop(): Promise<void> }[] = [];

@@ -5,6 +5,7 @@ import { writeFile } from 'node:fs/promises';
 import { Daemon } from './daemon.js';
 import { run } from './measure.js';
 import { unmountUnder } from './mounts-under.js';
+import { withDaemonFlags } from './main.js';
 
 export interface DfnodeMountOptions {
   /** dist/src/cli/dfnode.js */
@@ -16,7 +17,7 @@ export interface DfnodeMountOptions {
   /** A config file's content (e.g. `{ fetch: { backgroundFill: false } }`), written next to the state dir. */
   config?: Record<string, unknown>;
   fillRate?: string;
-  /** Node.js flags before the script (e.g. --cpu-prof, which NODE_OPTIONS does not allow). */
+  /** Node.js flags before the script (e.g. --cpu-prof, which NODE_OPTIONS does not allow), after DAEMON_NODE_FLAGS. */
   nodeFlags?: string[];
 }
 
@@ -56,7 +57,7 @@ export class DfnodeMount {
       args.push('-c', cfg);
     }
     const t0 = process.hrtime.bigint();
-    const d = Daemon.spawn('dfnode mount', process.execPath, [...(o.nodeFlags ?? []), ...args]);
+    const d = Daemon.spawn('dfnode mount', process.execPath, [...withDaemonFlags(o.nodeFlags), ...args]);
     try {
       await d.waitFor(/^mounted /m, 120_000);
     } catch (err) {

@@ -6,13 +6,14 @@ import { socketAccepts } from '../../src/util/unix-socket.js';
 import { join } from 'node:path';
 import { Daemon } from './daemon.js';
 import { unmountUnder } from './mounts-under.js';
+import { withDaemonFlags } from './main.js';
 
 export interface DfnodeRunOptions {
   /** The dfnode CLI (BuildSnapshot.dfnode) */
   cli: string;
   /** Cache, state, snapshotter root and socket go below it (keep it short: unix sockets have a 108-byte limit). */
   dir: string;
-  /** Node.js flags before the CLI (e.g. `--cpu-prof`). */
+  /** Node.js flags before the CLI (e.g. `--cpu-prof`), after DAEMON_NODE_FLAGS (as bin/dfnode starts it). */
   nodeFlags?: string[];
   /** Extra config, merged over the directories (e.g. `{ fetch: { fillRate: '3M' } }`). */
   config?: Record<string, Record<string, unknown>>;
@@ -64,7 +65,7 @@ export class DfnodeRun {
     await writeFile(cfg, JSON.stringify(base));
     const t0 = process.hrtime.bigint();
     const [cmd, args] = (o.launch ?? ((x: string, a: string[]) => [x, a]))(process.execPath, [
-      ...(o.nodeFlags ?? []),
+      ...withDaemonFlags(o.nodeFlags),
       o.cli,
       'run',
       '-c',

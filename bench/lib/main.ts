@@ -2,7 +2,7 @@
 // stop its children on a signal, and turn main()'s result into the exit code.
 import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
-import { DAEMON_NODE_FLAGS } from '../../src/cli/daemon-flags.js';
+import { DAEMON_NODE_FLAGS } from '../../src/daemon/node-flags.js';
 
 /** `[bench/NAME] message` lines on stderr (stdout holds the results). */
 export function benchLog(name: string): (msg: string) => void {
@@ -29,11 +29,15 @@ export function gitState(repo: string, paths: string[]): string {
  * the last of a flag given twice: `--node-flags=--initial-old-space-size=0` measures without the floor).
  */
 export function nodeFlagsFrom(flags: { 'cpu-prof'?: string; 'node-flags'?: string }): string[] {
-  return [
-    ...DAEMON_NODE_FLAGS,
+  return withDaemonFlags([
     ...(flags['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${flags['cpu-prof']}`] : []),
     ...(flags['node-flags']?.split(/\s+/).filter(Boolean) ?? []),
-  ];
+  ]);
+}
+
+/** DAEMON_NODE_FLAGS (those bin/dfnode gives dfnode's daemons) missing from `flags`, then `flags`. */
+export function withDaemonFlags(flags: readonly string[] = []): string[] {
+  return [...DAEMON_NODE_FLAGS.filter((f) => !flags.includes(f)), ...flags];
 }
 
 /** SIGTERM to this process's children (found with ps) except those `keep` returns true for. */

@@ -54,6 +54,8 @@ export async function preheatThroughDaemons(
           launch: (cmd, args) => h.netArgv(cmd, args),
           env: { DFNODE_P2P_CLUSTER_TOKEN: cluster.token, ...cluster.memberEnv(h), ...o.env },
           nodeFlags: o.nodeFlags,
+          // the daemon's log (and what --node-flags make Node print): kept with --keep
+          logFile: join(o.dir, h.name, 'dfnode.log'),
           timeoutMs: 120_000,
         });
         daemons.push(d);

@@ -19,6 +19,7 @@ import { processRunning } from '../process.js';
 import type { BlobCacheInfo } from '../cache/cache-manager.js';
 import type { MountRecord } from '../daemon/mount-records.js';
 import type { PreheatSummary } from '../daemon/control-preheat.js';
+import { DAEMON_NODE_FLAGS } from '../daemon/node-flags.js';
 
 /** Environment variable that hands registry credentials (`--creds`) to a manager without putting them on argv. */
 export const CREDS_ENV = 'DFNODE_FUSE_MANAGER_CREDS';
@@ -238,11 +239,16 @@ export async function ensureFuseManager(
   const env: NodeJS.ProcessEnv = { ...process.env };
   if (opts.creds) env[CREDS_ENV] = opts.creds;
   else delete env[CREDS_ENV];
-  const child = spawn(process.execPath, [cli, 'fuse-manager', '--config', paths.config], {
-    detached: true,
-    stdio: ['ignore', logFd, logFd],
-    env,
-  });
+  // a daemon that moves every byte its mounts read: Node's flags for daemons (src/daemon/node-flags.ts)
+  const child = spawn(
+    process.execPath,
+    [...DAEMON_NODE_FLAGS, cli, 'fuse-manager', '--config', paths.config],
+    {
+      detached: true,
+      stdio: ['ignore', logFd, logFd],
+      env,
+    },
+  );
   closeSync(logFd);
   let exited: string | undefined;
   child.once(

@@ -1,5 +1,5 @@
 /**
- * bin/dfnode gives the long-running and data-moving commands the Node.js flags of src/cli/daemon-flags.ts and
+ * bin/dfnode gives the long-running and data-moving commands the Node.js flags of src/daemon/node-flags.ts and
  * starts every other command without flags (the bundle's code cache is only valid for flagless runs). A
  * `node` on PATH that records its arguments stands in for Node.
  */
@@ -7,7 +7,7 @@ import { realpathSync } from 'node:fs';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DAEMON_COMMANDS, DAEMON_NODE_FLAGS } from '../../src/cli/daemon-flags.js';
+import { DAEMON_COMMANDS, DAEMON_NODE_FLAGS } from '../../src/daemon/node-flags.js';
 import { run } from '../helpers/cli.js';
 import { REPO_ROOT } from '../helpers/fixtures.js';
 import { tempDir } from '../helpers/temp.js';

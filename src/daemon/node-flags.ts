@@ -1,7 +1,7 @@
 /**
  * Node.js flags for dfnode's long-running and data-moving commands (`run`, `seed`, `mount`, `preheat`,
- * `get`), which bin/dfnode passes to Node for them (the launcher is a shell script: it spells the same list, and test/cli/daemon-flags.test.ts
- * holds the two together).
+ * `get`), which bin/dfnode passes to Node for them (the launcher is a shell script: it spells the same list,
+ * and test/cli/daemon-flags.test.ts holds the two together), and for the fuse manager `dfnode run` starts.
  *
  * `--initial-old-space-size=64`: a daemon's JavaScript heap stays near 20 MB while it moves hundreds of MB
  * through short-lived buffers (pieces, runs, reads served to peers and engines), and with V8's limits for so
@@ -9,8 +9,8 @@
  * their concurrent marking a fifth of the node's CPU. With a 64 MB floor it runs 4, for about a quarter less
  * CPU per pull and ~5 % more resident memory (bench/README.md, "Full GCs paid per buffer").
  *
- * Not for short commands (`pull`, `status`, …): V8 rejects a code cache made under other flags, and the bundle's cache
- * (src/cli/code-cache.ts) is written by flagless runs, which start faster with it.
+ * Not for short commands (`pull`, `status`, …): V8 rejects a code cache made under other flags, and the
+ * bundle's cache (src/cli/code-cache.ts) is written by flagless runs, which start faster with it.
  */
 export const DAEMON_NODE_FLAGS: readonly string[] = ['--initial-old-space-size=64'];
 
