@@ -67,12 +67,16 @@ await build({
 
 // compiles every command's module once and writes dfnode-main.cjs.cache (bundle-entry.ts); the cache only
 // saves start-up time, so a warm-up that fails (a machine without a native library some module loads) warns
-try {
-  execFileSync(process.execPath, [join(OUT, 'dfnode.js'), 'warm-code-cache'], {
-    stdio: 'inherit',
-    // a run with Node flags does not write the cache
-    env: { ...process.env, DFNODE_CODE_CACHE: '1', NODE_OPTIONS: '' },
-  });
-} catch (err) {
-  process.stderr.write(`bundle: no code cache for dfnode (the warm-up failed: ${err.message})\n`);
-}
+// and dfnode-main.cjs.daemon.cache, for the daemons bin/dfnode starts with DAEMON_NODE_FLAGS (tsc's output)
+const { DAEMON_NODE_FLAGS } = await import('../dist/src/daemon/node-flags.js');
+for (const flags of [[], DAEMON_NODE_FLAGS])
+  try {
+    execFileSync(process.execPath, [...flags, join(OUT, 'dfnode.js'), 'warm-code-cache'], {
+      stdio: 'inherit',
+      // a run with other Node flags does not write a cache
+      env: { ...process.env, DFNODE_CODE_CACHE: '1', NODE_OPTIONS: '' },
+    });
+  } catch (err) {
+    const which = flags.length ? 'its daemons' : 'dfnode';
+    process.stderr.write(`bundle: no code cache for ${which} (the warm-up failed: ${err.message})\n`);
+  }

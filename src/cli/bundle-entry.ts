@@ -1,7 +1,8 @@
 /**
  * The bundled dfnode command's entry, dist/bundle/dfnode.js (what bin/dfnode runs): it runs the CommonJS bundle
  * of the CLI beside it, dfnode-main.cjs, compiled as one `vm.Script` with a V8 code cache (code-cache.ts says
- * when the cache is read and written). Nothing but Node's own modules is loaded before the bundle.
+ * when the cache is read and written). Nothing but Node's own modules (and two constants) is loaded before the
+ * bundle.
  * `DFNODE_CODE_CACHE=0` turns the cache off, `DFNODE_CODE_CACHE=debug` tells on stderr what was done.
  */
 import { readFileSync } from 'node:fs';
@@ -9,7 +10,8 @@ import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Script, constants } from 'node:vm';
-import { bundleKey, flagless, readCache, worthReplacing, writeCache, writePolicy } from './code-cache.js';
+import { DAEMON_NODE_FLAGS } from '../daemon/node-flags.js';
+import { bundleKey, cacheFlavour, readCache, worthReplacing, writeCache, writePolicy } from './code-cache.js';
 
 /**
  * A long run's cache is taken this long after start: the command's start-up has been compiled by then
@@ -18,7 +20,9 @@ import { bundleKey, flagless, readCache, worthReplacing, writeCache, writePolicy
 const CHECKPOINT_MS = Math.max(0, Number(process.env.DFNODE_CODE_CACHE_CHECKPOINT_MS) || 10_000);
 
 const main = fileURLToPath(new URL('./dfnode-main.cjs', import.meta.url));
-const cachePath = `${main}.cache`;
+// a daemon started as bin/dfnode starts it has a cache of its own (V8 ties a cache to the flags)
+const flavour = cacheFlavour(process.execArgv, process.env.NODE_OPTIONS, DAEMON_NODE_FLAGS);
+const cachePath = flavour === 'daemon' ? `${main}.daemon.cache` : `${main}.cache`;
 const setting = process.env.DFNODE_CODE_CACHE;
 const enabled = setting !== '0';
 const debug =
@@ -38,7 +42,7 @@ const script = new Script(wrapped, {
   importModuleDynamically: constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
 });
 const rejected = used !== undefined && script.cachedDataRejected === true;
-const policy = writePolicy(used, rejected, enabled && flagless(process.execArgv, process.env.NODE_OPTIONS));
+const policy = writePolicy(used, rejected, enabled && flavour !== undefined);
 debug?.(
   `${used ? (rejected ? 'rejected' : used.final ? 'used (final)' : 'used') : 'none'}; write: ${policy}`,
 );

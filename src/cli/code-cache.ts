@@ -15,8 +15,10 @@
  * replaces the old one when larger by a tenth. Such a checkpoint marks the cache final: later runs only read
  * it. Only runs without Node flags (`node FILE`, no NODE_OPTIONS) write it: V8 rejects a cache made under other
  * flags (`--max-old-space-size` is one), and a run with such flags must not replace the one every other run
- * uses; it still reads it (V8 takes it where the flags allow). Any failure to read or write is ignored: the
- * bundle then compiles as it would without a cache. `DFNODE_CODE_CACHE=0` turns it off.
+ * uses; it still reads it (V8 takes it where the flags allow). The daemons bin/dfnode starts with
+ * DAEMON_NODE_FLAGS (src/daemon/node-flags.ts) have a cache of their own beside it, `….daemon.cache`, under
+ * the same rules (cacheFlavour). Any failure to read or write is ignored: the bundle then compiles as it would
+ * without a cache. `DFNODE_CODE_CACHE=0` turns it off.
  */
 import { readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 
@@ -88,9 +90,20 @@ export function readCache(path: string, key: CacheKey): CacheFile | undefined {
   return c && sameKey(c.key, key) ? c : undefined;
 }
 
-/** Whether this process may write the cache: Node started without flags of its own. */
-export function flagless(execArgv: readonly string[], nodeOptions: string | undefined): boolean {
-  return execArgv.length === 0 && !nodeOptions?.trim();
+/**
+ * Which cache a process reads and may write: 'plain' (no Node flags), 'daemon' (exactly `daemonFlags`, as
+ * bin/dfnode starts a daemon; a cache of its own, since V8 ties a cache to the flags), or undefined (other
+ * flags: it reads the plain cache, where V8 may take it, and writes none).
+ */
+export function cacheFlavour(
+  execArgv: readonly string[],
+  nodeOptions: string | undefined,
+  daemonFlags: readonly string[],
+): 'plain' | 'daemon' | undefined {
+  if (nodeOptions?.trim()) return undefined;
+  if (execArgv.length === 0) return 'plain';
+  const same = execArgv.length === daemonFlags.length && execArgv.every((f, i) => f === daemonFlags[i]);
+  return same ? 'daemon' : undefined;
 }
 
 /** Writes atomically; false when it could not (read-only install, full disk: the run goes on). */

@@ -9,8 +9,10 @@
  * their concurrent marking a fifth of the node's CPU. With a 64 MB floor it runs 4, for about a quarter less
  * CPU per pull and ~5 % more resident memory (bench/README.md, "Full GCs paid per buffer").
  *
- * Not for short commands (`pull`, `status`, …): V8 rejects a code cache made under other flags, and the
- * bundle's cache (src/cli/code-cache.ts) is written by flagless runs, which start faster with it.
+ * Not for short commands (`pull`, `status`, …): V8 ties a code cache to the flags, and they keep the bundle's
+ * plain cache (src/cli/code-cache.ts); the daemons have one of their own (`dfnode-main.cjs.daemon.cache`,
+ * written by `npm run build` too). A daemon still starts ~50 ms slower with the flag (0.31 s against 0.26 s
+ * to its snapshotter socket here).
  */
 export const DAEMON_NODE_FLAGS: readonly string[] = ['--initial-old-space-size=64'];
 

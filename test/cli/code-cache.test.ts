@@ -2,7 +2,7 @@
  * The bundled dfnode's V8 code cache (src/cli/code-cache.ts, src/cli/bundle-entry.ts): the file format and its
  * checks, the write policy, and the real entry run on a copy of the built bundle: a cache is written when none
  * is usable, used afterwards, never trusted for another bundle, survives damage, and is left alone by runs
- * with Node flags.
+ * with Node flags other than the daemons' (which have a cache of their own).
  */
 import { spawn } from 'node:child_process';
 import { copyFile, readFile, stat, utimes, writeFile, readdir, chmod } from 'node:fs/promises';
@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   decodeCache,
   encodeCache,
-  flagless,
+  cacheFlavour,
   readCache,
   sameKey,
   worthReplacing,
@@ -24,6 +24,7 @@ import {
 import { run } from '../helpers/cli.js';
 import { REPO_ROOT } from '../helpers/fixtures.js';
 import { tempDir } from '../helpers/temp.js';
+import { DAEMON_NODE_FLAGS } from '../../src/daemon/node-flags.js';
 
 const KEY: CacheKey = { size: 4_000_000, mtimeMs: 1_700_000_000_123, node: 'v20.20.2', arch: 'x64' };
 
@@ -99,10 +100,14 @@ describe('code cache file', () => {
     expect(writePolicy(nonFinal, false, false)).toBe('never');
     expect(worthReplacing(1000, 1100)).toBe(false);
     expect(worthReplacing(1000, 1101)).toBe(true);
-    expect(flagless([], undefined)).toBe(true);
-    expect(flagless([], ' ')).toBe(true);
-    expect(flagless(['--max-old-space-size=64'], undefined)).toBe(false);
-    expect(flagless([], '--inspect')).toBe(false);
+    const daemon = ['--initial-old-space-size=64'];
+    expect(cacheFlavour([], undefined, daemon)).toBe('plain');
+    expect(cacheFlavour([], ' ', daemon)).toBe('plain');
+    expect(cacheFlavour(['--initial-old-space-size=64'], undefined, daemon)).toBe('daemon');
+    expect(cacheFlavour(['--initial-old-space-size=64', '--inspect'], undefined, daemon)).toBeUndefined();
+    expect(cacheFlavour(['--max-old-space-size=64'], undefined, daemon)).toBeUndefined();
+    expect(cacheFlavour([], '--inspect', daemon)).toBeUndefined();
+    expect(cacheFlavour(daemon, '--inspect', daemon)).toBeUndefined();
   });
 });
 
@@ -134,6 +139,8 @@ describe('bundled dfnode with its code cache (a copy of dist/bundle)', () => {
       arch: process.arch,
     });
     expect(c, 'npm run build writes dist/bundle/dfnode-main.cjs.cache').toBeDefined();
+    const d = readCache(join(built, 'dfnode-main.cjs.daemon.cache'), c!.key);
+    expect(d, 'and dist/bundle/dfnode-main.cjs.daemon.cache, for the daemons').toBeDefined();
   });
 
   it('writes a cache at the end of a run that had none, and uses it in the next run', async () => {
@@ -156,6 +163,21 @@ describe('bundled dfnode with its code cache (a copy of dist/bundle)', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/code cache: (used|rejected); write: never/);
     expect((await readFile(cachePath)).equals(before)).toBe(true);
+  });
+
+  it('a daemon started with DAEMON_NODE_FLAGS (as bin/dfnode starts it) has a cache of its own', async () => {
+    const daemonCache = join(dir, 'dfnode-main.cjs.daemon.cache');
+    const plain = await readFile(cachePath);
+    const r1 = await dfnode(['--version'], [...DAEMON_NODE_FLAGS]);
+    expect(r1.code, r1.stderr).toBe(0);
+    expect(r1.stderr).toContain('code cache: none; write: first');
+    expect(r1.stderr).toContain(`code cache: wrote ${daemonCache}`);
+    const r2 = await dfnode(['--version'], [...DAEMON_NODE_FLAGS]);
+    expect(r2.stderr).toContain('code cache: used; write: checkpoint');
+    // the plain runs' cache is not touched, and still serves them
+    expect((await readFile(cachePath)).equals(plain)).toBe(true);
+    const r3 = await dfnode(['--version']);
+    expect(r3.stderr).toContain('code cache: used; write: checkpoint');
   });
 
   it('damaged data is rejected by V8 and rewritten; a foreign file is ignored; the command runs either way', async () => {
