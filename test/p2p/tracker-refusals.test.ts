@@ -49,37 +49,38 @@ describe('tracker refusals', () => {
     });
   });
 
+  /** A node on a fresh seed over `state` (default: a tracker full for any blob), joined with one unit. */
+  async function nodeOnSeed(viaGrpc: boolean, announceIntervalMs: number, state?: TrackerState) {
+    const { dir, cleanup } = await tempDir('dfnode-refusals-');
+    cleanups.push(cleanup);
+    const pair = await fullSeed(state);
+    const node = await startNode({ seed: pair.blocks, token: TOKEN, announceIntervalMs, viaGrpc, cleanups });
+    await joinWithUnit(node, {
+      dir,
+      digest: BLOB,
+      layout: new PieceLayout(4 * 65536, 65536),
+      unit: 1,
+      cleanups,
+    });
+    return { node, seed: pair.blocks };
+  }
+
+  async function until(done: () => boolean): Promise<void> {
+    const deadline = Date.now() + 5000;
+    while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  }
+
   for (const viaGrpc of [false, true])
     it(`a node whose tracker is full keeps its seed (${viaGrpc ? 'gRPC' : 'HTTP'})`, async () => {
-      const { dir, cleanup } = await tempDir('dfnode-refusals-');
-      cleanups.push(cleanup);
-      const pair = await fullSeed();
-      const node = await startNode({
-        seed: pair.blocks,
-        token: TOKEN,
-        announceIntervalMs: 100,
-        viaGrpc,
-        cleanups,
-      });
-      await joinWithUnit(node, {
-        dir,
-        digest: BLOB,
-        layout: new PieceLayout(4 * 65536, 65536),
-        unit: 1,
-        cleanups,
-      });
-      const deadline = Date.now() + 5000;
-      while (node.counters.trackerErrors < 3 && Date.now() < deadline)
-        await new Promise((r) => setTimeout(r, 20));
+      const { node, seed } = await nodeOnSeed(viaGrpc, 100);
+      await until(() => node.counters.trackerErrors >= 3);
       expect(node.counters.trackerErrors).toBeGreaterThanOrEqual(3);
       expect(node.counters.seedsDown).toBe(0);
-      expect(node.seedIsolation.isolated(pair.blocks)).toBe(false);
+      expect(node.seedIsolation.isolated(seed)).toBe(false);
     });
 
   for (const viaGrpc of [false, true])
     it(`a tracker that refuses a node's announces (its blob's swarm full) still names holders to its lookups (${viaGrpc ? 'gRPC' : 'HTTP'})`, async () => {
-      const { dir, cleanup } = await tempDir('dfnode-refusals-');
-      cleanups.push(cleanup);
       // one peer per blob, taken by holder-a: the node's announces (each carrying a lookup) are refused
       const state = new TrackerState({ limits: { maxPeersPerBlob: 1 } });
       state.announce({
@@ -95,31 +96,15 @@ describe('tracker refusals', () => {
         leave: false,
         failed_peers: [],
       } as AnnounceMsg);
-      const pair = await fullSeed(state);
-      const node = await startNode({
-        seed: pair.blocks,
-        token: TOKEN,
-        // without ticks: the lookup made on joining is the only one
-        announceIntervalMs: 600_000,
-        viaGrpc,
-        cleanups,
-      });
-      await joinWithUnit(node, {
-        dir,
-        digest: BLOB,
-        layout: new PieceLayout(4 * 65536, 65536),
-        unit: 1,
-        cleanups,
-      });
-      const deadline = Date.now() + 5000;
-      while (node.counters.trackerAnswers < 1 && Date.now() < deadline)
-        await new Promise((r) => setTimeout(r, 20));
+      // without ticks: the lookup made on joining is the only one
+      const { node, seed } = await nodeOnSeed(viaGrpc, 600_000, state);
+      await until(() => node.counters.trackerAnswers >= 1);
       // the lookup went on its own after the refused announce, and named holder-a
       expect(node.counters.trackerAnswers).toBe(1);
       expect(node.counters.trackerEmpty).toBe(0);
       expect(state.counters.lookups).toBe(1);
       expect(state.counters.carriedLookups).toBe(0);
       expect(node.counters.trackerErrors).toBeGreaterThanOrEqual(1);
-      expect(node.seedIsolation.isolated(pair.blocks)).toBe(false);
+      expect(node.seedIsolation.isolated(seed)).toBe(false);
     });
 });
