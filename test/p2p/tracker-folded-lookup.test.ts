@@ -18,6 +18,7 @@ import {
 } from '../../src/p2p/tracker-service.js';
 import { TrackerState, type AnnounceMsg, type LookupMsg } from '../../src/p2p/tracker-state.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
+import { waitFor } from '../helpers/node.js';
 import { joinWithUnit, startNode } from './swarm-node.js';
 import { tempDir } from '../helpers/temp.js';
 
@@ -186,9 +187,12 @@ describe('lookups carried by announces', () => {
         await joinWithUnit(node, { dir, digest: BLOB, layout, unit: 5, cleanups });
         // the ticks (every 100 ms) look up again every 250 ms while the blob is incomplete
         const want = ticks ? 4 : 1;
-        const deadline = Date.now() + 10_000;
-        while (node.counters.trackerAnswers < want && Date.now() < deadline)
-          await new Promise((r) => setTimeout(r, 20));
+        await waitFor(
+          `${want} lookups answered`,
+          async () => node.counters.trackerAnswers >= want,
+          10_000,
+          20,
+        );
         expect(state.counters.lookups).toBeGreaterThanOrEqual(want);
         expect(node.counters.trackerAnswers).toBeGreaterThanOrEqual(want);
         // joining took one call for the announce and the lookup, or one each

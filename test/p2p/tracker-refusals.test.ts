@@ -10,6 +10,7 @@ import { listenPair } from '../../src/p2p/rendezvous.js';
 import { serveTracker, TrackerClient } from '../../src/p2p/tracker-service.js';
 import { TrackerState, type AnnounceMsg } from '../../src/p2p/tracker-state.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
+import { waitFor } from '../helpers/node.js';
 import { tempDir } from '../helpers/temp.js';
 import { joinWithUnit, startNode } from './swarm-node.js';
 
@@ -65,15 +66,10 @@ describe('tracker refusals', () => {
     return { node, seed: pair.blocks };
   }
 
-  async function until(done: () => boolean): Promise<void> {
-    const deadline = Date.now() + 5000;
-    while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  }
-
   for (const viaGrpc of [false, true])
     it(`a node whose tracker is full keeps its seed (${viaGrpc ? 'gRPC' : 'HTTP'})`, async () => {
       const { node, seed } = await nodeOnSeed(viaGrpc, 100);
-      await until(() => node.counters.trackerErrors >= 3);
+      await waitFor('three tracker errors', async () => node.counters.trackerErrors >= 3, 5000, 20);
       expect(node.counters.trackerErrors).toBeGreaterThanOrEqual(3);
       expect(node.counters.seedsDown).toBe(0);
       expect(node.seedIsolation.isolated(seed)).toBe(false);
@@ -98,7 +94,7 @@ describe('tracker refusals', () => {
       } as AnnounceMsg);
       // without ticks: the lookup made on joining is the only one
       const { node, seed } = await nodeOnSeed(viaGrpc, 600_000, state);
-      await until(() => node.counters.trackerAnswers >= 1);
+      await waitFor('a lookup answered', async () => node.counters.trackerAnswers >= 1, 5000, 20);
       // the lookup went on its own after the refused announce, and named holder-a
       expect(node.counters.trackerAnswers).toBe(1);
       expect(node.counters.trackerEmpty).toBe(0);
