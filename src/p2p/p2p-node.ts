@@ -19,7 +19,7 @@ import { CountedRegistrySource, RegistryFallback } from './registry-fallback.js'
 import { rankSeeds } from './rendezvous.js';
 import { SeedBlockSource } from './seed-block-source.js';
 import { loadTls, type TlsMaterial } from './tls.js';
-import type { Tracker } from './tracker-service.js';
+import { TRACKER_REFUSALS, type Tracker } from './tracker-service.js';
 import type { LookupAnswer } from './tracker-messages.js';
 import { trackerOf } from './tracker-http.js';
 import type { FillPlanner } from '../fetch/background-fill.js';
@@ -362,7 +362,7 @@ export class P2pNode implements BlobProvider, LayerSwarm {
   private trackerFailed(c: Tracker, err: unknown): void {
     this.counters.trackerErrors++;
     const e = DfError.from(err);
-    if (['TIMEOUT', 'NO_SPACE', 'INVALID_ARGUMENT', 'FORBIDDEN'].includes(e.code)) return;
+    if (e.code === 'TIMEOUT' || TRACKER_REFUSALS.includes(e.code)) return;
     for (const [seed, x] of this.trackers)
       if (x === c) this.seedIsolation.fail(seed, 'tracker: ' + e.message);
   }

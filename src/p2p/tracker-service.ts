@@ -18,6 +18,8 @@ const REFUSALS: Partial<Record<number, ErrorCode>> = {
   [grpc.status.PERMISSION_DENIED]: 'FORBIDDEN',
   [grpc.status.RESOURCE_EXHAUSTED]: 'NO_SPACE',
 };
+/** The codes of a tracker's refusals, over either transport: answered by a seed that is up. */
+export const TRACKER_REFUSALS: readonly string[] = Object.values(REFUSALS) as ErrorCode[];
 
 /** A client of one seed's tracker (gRPC: TrackerClient; HTTP on the block port: HttpTracker). */
 export abstract class Tracker {
