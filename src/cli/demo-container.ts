@@ -9,6 +9,8 @@ import { mountsBelow } from '../fuse/mounts.js';
 import { SeedFiles } from '../mirror/seed-files.js';
 import { Seed } from '../p2p/seed.js';
 import { registryAllowed } from '../p2p/seed-registries.js';
+import { startSeedManifests } from '../mirror/seed-manifests.js';
+import { silentLogger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
 import { freeLoopbackPort } from '../util/free-port.js';
 import { demoThroughMirror } from './demo-mirror.js';
@@ -67,6 +69,10 @@ async function startSeed(o: DemoContainerOptions, token: string): Promise<{ seed
     const seed = new Seed({
       config: cfg,
       client: o.client,
+      // manifests for the nodes' mirrors (as `dfnode seed` has them)
+      manifests: startSeedManifests(cfg, silentLogger, (registry) =>
+        registryAllowed(cfg.p2p.seedRegistries, { registry }),
+      ),
       // blobs of unconverted images for the nodes' registry mirrors (as `dfnode seed` has them)
       files: (deps) =>
         new SeedFiles({

@@ -16,4 +16,6 @@ export interface MirrorCounters {
   accessDenied: number;
   /** Blobs answered while the registry was unreachable, on a remembered positive answer. */
   outageAnswers: number;
+  /** Manifests a seed answered (it had them from the registry with the engine's credentials). */
+  seedManifests: number;
 }

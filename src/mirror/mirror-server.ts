@@ -1,8 +1,8 @@
-import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isIP } from 'node:net';
 import { DfError } from '../errors.js';
+import { isBusy } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { readBody } from '../registry/http-body.js';
 import { listenTcp, splitHostPort } from '../util/listen.js';
@@ -10,7 +10,7 @@ import { BlobAccess, credentialKey, manifestDigests } from './blob-access.js';
 import type { ClusterBlobs } from './cluster-blobs.js';
 import { MirrorBlobs } from './mirror-blobs.js';
 import type { MirrorCounters } from './mirror-counters.js';
-import { ManifestCache, type CachedManifest } from './manifest-cache.js';
+import { MAX_ERROR_BODY, REFUSAL_HEADERS, ManifestRelay } from './manifest-relay.js';
 import type { ManifestStore } from './manifest-store.js';
 import { parseMirrorRoute, type MirrorRoute } from './route.js';
 import type { Upstream, UpstreamResponse } from './upstream.js';
@@ -33,6 +33,11 @@ export interface MirrorServerOptions {
    */
   manifestStore?: ManifestStore;
   /**
+   * The manifests' relay (with its memory, disk and, on a node, the cluster's seed asked first); without it,
+   * one of its own from upstream, manifestTtlMs, staleManifestMs and manifestStore.
+   */
+  manifests?: ManifestRelay;
+  /**
    * The node's cache and P2P tier (the mirror runs where they live): blobs are answered from the cache or
    * in verified pieces through peers → seed → registry, after the registry said the engine may read them.
    * Without it every blob is streamed from the registry.
@@ -51,11 +56,6 @@ export interface MirrorServerOptions {
 }
 
 export type { MirrorCounters } from './mirror-counters.js';
-
-/** Largest manifest accepted from a registry (distribution's own limit is 4 MiB). */
-const MAX_MANIFEST = 4 << 20;
-/** Largest error body relayed from a registry. */
-const MAX_ERROR_BODY = 64 << 10;
 
 const isLoopback = (host: string) =>
   host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
@@ -80,14 +80,14 @@ export class MirrorServer {
     accessChecks: 0,
     accessDenied: 0,
     outageAnswers: 0,
+    seedManifests: 0,
   };
   private readonly access = new BlobAccess();
   private readonly blobs: MirrorBlobs;
   private readonly server: Server;
   private readonly log: Logger;
-  private readonly manifests = new ManifestCache();
+  private readonly relay: ManifestRelay;
   private readonly registries: Set<string>;
-  private readonly ttl: number;
   private readonly stale: number;
   private readonly maxConcurrent: number;
   private readonly now: () => number;
@@ -96,11 +96,19 @@ export class MirrorServer {
   constructor(private readonly opts: MirrorServerOptions) {
     this.log = (opts.logger ?? silentLogger).child({ component: 'mirror' });
     this.registries = new Set((opts.registries ?? []).map((r) => r.toLowerCase()));
-    this.ttl = opts.manifestTtlMs ?? 5_000;
     this.stale = opts.staleManifestMs ?? 3_600_000;
     this.maxConcurrent = opts.maxConcurrent ?? 256;
-
     this.now = opts.now ?? Date.now;
+    this.relay =
+      opts.manifests ??
+      new ManifestRelay({
+        upstream: opts.upstream,
+        ttlMs: opts.manifestTtlMs,
+        staleMs: this.stale,
+        store: opts.manifestStore,
+        logger: this.log,
+        now: this.now,
+      });
     this.blobs = new MirrorBlobs({
       upstream: opts.upstream,
       cluster: opts.blobs,
@@ -111,7 +119,7 @@ export class MirrorServer {
       counters: this.counters,
       log: this.log,
       now: this.now,
-      relay: (up, res, method) => this.relay(up, res, method),
+      relay: (up, res, method) => this.relayAnswer(up, res, method),
       sent: (kind, n) => this.sent(kind, n),
     });
     this.server = createServer((req, res) => void this.handle(req, res));
@@ -124,7 +132,7 @@ export class MirrorServer {
         'CONFIG',
         `mirror.listen ${this.opts.listen} is not a loopback address: list the registries it may fetch from in mirror.registries (an open mirror would fetch any URL for anyone who can reach it)`,
       );
-    await this.opts.manifestStore?.init();
+    await this.relay.init();
     await listenTcp(this.server, host, port, 'registry mirror', 'mirror.listen');
   }
 
@@ -144,6 +152,7 @@ export class MirrorServer {
       this.server.close(() => resolve());
       this.server.closeAllConnections();
     });
+    this.relay.close();
     await this.opts.blobs?.close();
     await this.opts.onClose?.();
   }
@@ -197,7 +206,11 @@ export class MirrorServer {
       const e = DfError.from(err);
       if (!ac.signal.aborted) this.log.warn({ err: e, url: req.url }, 'mirror request failed');
       if (!res.headersSent) {
-        const status = e.code === 'NETWORK' || e.code === 'TIMEOUT' || e.code === 'REGISTRY' ? 502 : 500;
+        const status = isBusy(e)
+          ? 503
+          : ['NETWORK', 'TIMEOUT', 'REGISTRY', 'DIGEST_MISMATCH'].includes(e.code)
+            ? 502
+            : 500;
         this.fail(res, status, 'UNAVAILABLE', e.message);
       } else res.destroy();
     } finally {
@@ -228,28 +241,30 @@ export class MirrorServer {
       res.end('{}');
       return;
     }
-    await this.relay(up, res, 'GET');
+    await this.relayAnswer(up, res, 'GET');
   }
 
   /** Relays a registry answer other than a manifest or blob body (errors, challenges) as it is. */
-  private async relay(up: UpstreamResponse, res: ServerResponse, method: string): Promise<void> {
+  private async relayAnswer(up: UpstreamResponse, res: ServerResponse, method: string): Promise<void> {
     const headers: Record<string, string> = {};
-    for (const h of ['content-type', 'www-authenticate', 'docker-content-digest', 'retry-after']) {
+    for (const h of REFUSAL_HEADERS) {
       const v = up.headers[h];
       if (typeof v === 'string') headers[h] = v;
     }
     // a longer error body is dropped: the status and challenge are what the engine needs
     const body = await readBody(up.body, MAX_ERROR_BODY, 'error answer').catch(() => Buffer.alloc(0));
-    headers['content-length'] = String(body.length);
-    res.writeHead(up.status, headers);
-    res.end(method === 'HEAD' ? undefined : body);
+    this.sendRefusal(up.status, headers, body, res, method);
   }
 
-  private manifestKey(route: Extract<MirrorRoute, { kind: 'manifest' }>, req: IncomingMessage): string {
-    const who = credentialKey(req.headers.authorization);
-    return [route.ref.registry, route.ref.repository, route.reference, req.headers.accept ?? '', who].join(
-      '|',
-    );
+  private sendRefusal(
+    status: number,
+    headers: Record<string, string>,
+    body: Buffer,
+    res: ServerResponse,
+    method: string,
+  ): void {
+    res.writeHead(status, { ...headers, 'content-length': String(body.length) });
+    res.end(method === 'HEAD' ? undefined : body);
   }
 
   private async manifest(
@@ -260,76 +275,35 @@ export class MirrorServer {
     signal: AbortSignal,
   ): Promise<void> {
     this.count('manifest');
-    const key = this.manifestKey(route, req);
-    const now = this.now();
-    const fresh = this.manifests.get(key, this.ttl, now);
-    if (fresh) {
-      this.counters.manifestHits++;
-      return this.sendManifest(fresh.body, fresh.contentType, fresh.digest, method, res);
-    }
-    const path = `/v2/${route.ref.repository}/manifests/${encodeURIComponent(route.reference)}`;
-    let up: UpstreamResponse;
-    try {
-      up = await this.opts.upstream.request('GET', route.ref.registry, path, req.headers, signal);
-    } catch (err) {
-      if (signal.aborted) throw err;
-      const old =
-        this.manifests.get(key, this.stale, now) ?? (await this.storedManifest(key, route, req, now));
-      if (!old) throw err;
+    const auth = req.headers.authorization;
+    const q = {
+      registry: route.ref.registry,
+      repository: route.ref.repository,
+      reference: route.reference,
+      ...(auth !== undefined && { authorization: auth }),
+      ...(req.headers.accept !== undefined && { accept: req.headers.accept }),
+    };
+    const a = await this.relay.get(q, signal).catch((err: unknown) => {
+      if (DfError.from(err).code === 'DIGEST_MISMATCH') this.counters.digestMismatches++;
+      throw err;
+    });
+    if (a.kind === 'refused') return this.sendRefusal(a.status, a.headers, a.body, res, method);
+    const m = a.manifest;
+    if (a.from === 'memory') this.counters.manifestHits++;
+    else if (a.from === 'seed') this.counters.seedManifests++;
+    else if (a.from === 'stale') {
       this.counters.staleManifests++;
       this.log.warn(
         { registry: route.ref.registry, ref: route.reference },
         'registry unreachable: answering a cached manifest',
       );
-      return this.sendManifest(old.body, old.contentType, old.digest, method, res);
     }
-    if (up.status !== 200) return this.relay(up, res, method);
-    const body = await readBody(up.body, MAX_MANIFEST, `manifest ${route.ref.toString()}`);
-    const algo = route.reference.startsWith('sha512:') ? 'sha512' : 'sha256';
-    const digest = `${algo}:${createHash(algo).update(body).digest('hex')}`;
-    if (route.reference.includes(':') && /^[a-z0-9]+:/.test(route.reference) && digest !== route.reference) {
-      this.counters.digestMismatches++;
-      throw new DfError(
-        'REGISTRY',
-        `registry ${route.ref.registry} answered manifest ${route.reference} with content of digest ${digest}`,
-      );
-    }
-    const contentType =
-      typeof up.headers['content-type'] === 'string'
-        ? up.headers['content-type']
-        : 'application/vnd.oci.image.manifest.v1+json';
-    const entry = { body, contentType, digest, storedAt: now };
-    this.manifests.set(key, entry);
-    await this.opts.manifestStore
-      ?.put(key, entry)
-      .catch((err: unknown) => this.log.warn({ err: DfError.from(err) }, 'manifest not stored on disk'));
-    // the registry let this credential read the repository, and the manifest names its blobs
+    // the registry let this credential read the repository when it answered (a stale copy: then, which a
+    // restart or another host's fetch brings back), and the manifest names its blobs
     const repo = `${route.ref.registry}/${route.ref.repository}`;
-    this.access.grant(credentialKey(req.headers.authorization), repo, now);
-    this.access.learn(repo, [digest, ...manifestDigests(body)]);
-    this.sendManifest(body, contentType, digest, method, res);
-  }
-
-  /** A manifest from disk (a restart emptied memory), under the same key and age limit; kept in memory. */
-  /**
-   * A manifest from disk (a restart emptied memory), under the same key and age limit; kept in memory. The
-   * registry's yes to this credential for the repository when it answered the manifest is remembered again
-   * with its time (as it was before the restart), so that blobs the node holds are answered in the outage on
-   * the same rule.
-   */
-  private async storedManifest(
-    key: string,
-    route: Extract<MirrorRoute, { kind: 'manifest' }>,
-    req: IncomingMessage,
-    now: number,
-  ): Promise<CachedManifest | undefined> {
-    const m = await this.opts.manifestStore?.get(key, this.stale, now).catch(() => undefined);
-    if (!m) return undefined;
-    this.manifests.set(key, m);
-    const repo = `${route.ref.registry}/${route.ref.repository}`;
-    this.access.grant(credentialKey(req.headers.authorization), repo, m.storedAt);
-    this.access.learn(repo, [m.digest, ...manifestDigests(m.body)]);
-    return m;
+    this.access.grant(credentialKey(auth), repo, m.storedAt);
+    if (a.from !== 'memory') this.access.learn(repo, [m.digest, ...manifestDigests(m.body)]);
+    this.sendManifest(m.body, m.contentType, m.digest, method, res);
   }
 
   private sendManifest(

@@ -5,6 +5,9 @@ import type { P2pNode } from '../p2p/p2p-node.js';
 import { join } from 'node:path';
 import { ClusterBlobs } from './cluster-blobs.js';
 import { ManifestStore } from './manifest-store.js';
+import { ManifestRelay } from './manifest-relay.js';
+import { clusterManifests } from './cluster-manifests.js';
+import { resolveClusterToken } from '../p2p/auth.js';
 import { MirrorServer } from './mirror-server.js';
 import { Upstream } from './upstream.js';
 
@@ -16,6 +19,8 @@ export async function startMirror(
   cfg: Config,
   log: Logger,
   node?: { caches: CacheManager; p2p?: P2pNode },
+  /** A seed's manifest relay (seed-manifests.ts), which its own mirror answers from too. */
+  manifests?: ManifestRelay,
 ): Promise<MirrorServer | undefined> {
   const listen = cfg.mirror.listen;
   if (!listen || listen === 'off') return undefined;
@@ -25,6 +30,12 @@ export async function startMirror(
     timeoutMs: cfg.registry.timeoutMs,
   });
   const blobs = node && new ClusterBlobs({ ...node, config: cfg, logger: log });
+  const p2p = node?.p2p;
+  // a node with seeds asks them for manifests first (cluster-manifests.ts)
+  const via =
+    p2p && cfg.p2p.seeds.length && resolveClusterToken(cfg.p2p)
+      ? clusterManifests(() => p2p.seedAccess, log.child({ component: 'mirror' }))
+      : undefined;
   // a full cache takes back what is held without a reader: first what was there before (preheated layers),
   // then blobs lingering in the swarm after their last pull (until the mirror closes)
   const before = node?.caches.onFull;
@@ -37,14 +48,23 @@ export async function startMirror(
     manifestTtlMs: cfg.mirror.manifestTtlMs,
     staleManifestMs: cfg.mirror.staleManifestMs,
     accessTtlMs: cfg.mirror.accessTtlMs,
-    // in the cache dir of the process (node or seed): answered after a restart while the registry is down
-    manifestStore: cfg.mirror.manifestStoreBytes
-      ? new ManifestStore({
-          dir: join(cfg.cache.dir, 'mirror-manifests'),
-          maxBytes: cfg.mirror.manifestStoreBytes,
-          logger: log,
-        })
-      : undefined,
+    manifests:
+      manifests ??
+      new ManifestRelay({
+        upstream,
+        ttlMs: cfg.mirror.manifestTtlMs,
+        staleMs: cfg.mirror.staleManifestMs,
+        // in the cache dir of the process: answered after a restart while the registry is down
+        store: cfg.mirror.manifestStoreBytes
+          ? new ManifestStore({
+              dir: join(cfg.cache.dir, 'mirror-manifests'),
+              maxBytes: cfg.mirror.manifestStoreBytes,
+              logger: log,
+            })
+          : undefined,
+        via,
+        logger: log.child({ component: 'mirror' }),
+      }),
     pieceTimeoutMs: cfg.registry.timeoutMs,
     blobs,
     logger: log,

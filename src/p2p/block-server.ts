@@ -9,11 +9,13 @@ import { bound } from '../util/timers.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { TokenBucket } from '../util/token-bucket.js';
-import { isBusy, isDeferred, isHandedBack, isPlannerAnswer } from '../fetch/types.js';
+import { isDeferred, isHandedBack, isPlannerAnswer } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER, tokenMatches } from './auth.js';
 import { DEFAULT_MAX_RANGE_BYTES, parseBlockRequest } from './block-request.js';
+import { MANIFEST_PATH_PREFIX, type SeedManifests } from './manifest-request.js';
 import { ByteBudget } from './byte-budget.js';
-import { MAX_PREHEAT_BODY_BYTES, preheatRefs, type PreheatAnswer } from './preheat-request.js';
+import type { PreheatAnswer } from './preheat-request.js';
+import { abortOnClose, handleFileTable, handleManifest, handlePreheat } from './seed-endpoints.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
 import { handleTrackerPost, TRACKER_HTTP_PREFIX, TrackerBodies } from './tracker-http.js';
 import type { TrackerState } from './tracker-state.js';
@@ -68,6 +70,11 @@ export interface BlockServerOptions {
    * that path is 404. Not bound by requestTimeoutMs: the seed may first fetch the whole file.
    */
   fileTable?: (query: URLSearchParams, signal: AbortSignal) => Promise<Buffer>;
+  /**
+   * Serves `GET /manifests/v2/...` (a seed: manifests relayed for the nodes' mirrors with the engine's
+   * credentials, see src/mirror/seed-manifests.ts); without it, that path is 404.
+   */
+  manifests?: SeedManifests;
   /** Serves the tracker over HTTP (a seed: `POST /tracker/v1/…`, see tracker-http.ts); without it, 404. */
   tracker?: TrackerState;
   /** Bytes of tracker request bodies read at once (default 64 MiB); beyond, 503. */
@@ -198,7 +205,7 @@ export class BlockServer {
       );
       return fail(401, 'cluster token required');
     }
-    if (preheat) return this.handlePreheat(req, res, fail);
+    if (preheat) return handlePreheat(req, res, fail, this.opts.preheat!, this.log);
     if (this.opts.tracker && (req.url ?? '').startsWith(TRACKER_HTTP_PREFIX))
       // a tracker request is a few KiB at most: its body has 10 s to arrive
       return handleTrackerPost(
@@ -209,7 +216,9 @@ export class BlockServer {
         this.trackerBodies,
       );
     if (this.opts.fileTable && (req.url ?? '').split('?')[0] === '/files/table')
-      return this.handleFileTable(req, res, fail);
+      return handleFileTable(req, res, fail, this.opts.fileTable);
+    if (this.opts.manifests && (req.url ?? '').startsWith(MANIFEST_PATH_PREFIX))
+      return handleManifest(req, res, fail, this.opts.manifests);
     const range = parseBlockRequest(req.method, req.url, req.headers.range, this.opts.maxRangeBytes);
     if (!range.ok) {
       if (range.status === 405) res.setHeader('allow', 'GET, HEAD');
@@ -351,99 +360,6 @@ export class BlockServer {
   }
 
   /**
-   * `POST /preheat` with a JSON body naming images (preheatRefs): 202 and what was accepted and refused,
-   * 403 when every image was refused, 400 for a body that names none, 413 beyond MAX_PREHEAT_BODY_BYTES.
-   */
-  private async handlePreheat(
-    req: IncomingMessage,
-    res: ServerResponse,
-    fail: (status: number, msg: string) => void,
-  ): Promise<void> {
-    if (req.method !== 'POST') {
-      res.setHeader('allow', 'POST');
-      return fail(405, 'POST a JSON body naming the images to preheat');
-    }
-    const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > MAX_PREHEAT_BODY_BYTES)
-      return fail(413, `a preheat request is at most ${MAX_PREHEAT_BODY_BYTES} bytes`);
-    const chunks: Buffer[] = [];
-    let n = 0;
-    for await (const c of req) {
-      n += (c as Buffer).length;
-      if (n > MAX_PREHEAT_BODY_BYTES) {
-        fail(413, `a preheat request is at most ${MAX_PREHEAT_BODY_BYTES} bytes`);
-        req.destroy();
-        return;
-      }
-      chunks.push(c as Buffer);
-    }
-    let answer: PreheatAnswer;
-    try {
-      let body: unknown;
-      try {
-        body = JSON.parse(Buffer.concat(chunks, n).toString('utf8'));
-      } catch {
-        throw DfError.invalidArgument('preheat request: the body is not JSON');
-      }
-      answer = this.opts.preheat!(preheatRefs(body));
-    } catch (err) {
-      const e = DfError.from(err);
-      return fail(e.code === 'INVALID_ARGUMENT' ? 400 : 500, e.message);
-    }
-    this.log.info({ ...answer }, 'preheat requested');
-    res.writeHead(answer.accepted.length ? 202 : 403, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(answer) + '\n');
-  }
-
-  /**
-   * `GET /files/table?url=&digest=`: the piece table (JSON) of a raw file; the error's status otherwise
-   * (403: origin not allowed, 404: the origin has no such file, 409: digest mismatch, 502: the origin
-   * failed), with the message as text.
-   */
-  private async handleFileTable(
-    req: IncomingMessage,
-    res: ServerResponse,
-    fail: (status: number, msg: string) => void,
-  ): Promise<void> {
-    if (req.method !== 'GET') {
-      res.setHeader('allow', 'GET');
-      return fail(405, 'GET /files/table?url=...');
-    }
-    const ac = new AbortController();
-    abortOnClose(res, ac);
-    let q: URLSearchParams;
-    try {
-      q = new URL(`http://peer${req.url ?? ''}`).searchParams;
-    } catch {
-      return fail(400, 'malformed query');
-    }
-    try {
-      const table = await this.opts.fileTable!(q, ac.signal);
-      res.writeHead(200, { 'content-type': 'application/json', 'content-length': table.length });
-      res.end(table);
-    } catch (err) {
-      if (res.destroyed) return;
-      const e = DfError.from(err);
-      // at its limit (files fetched at once): alive, the node asks again later
-      if (isBusy(e)) {
-        res.setHeader('retry-after', '1');
-        return fail(429, e.message);
-      }
-      const status =
-        e.code === 'INVALID_ARGUMENT'
-          ? 400
-          : e.code === 'FORBIDDEN' || e.code === 'UNAUTHORIZED'
-            ? 403
-            : e.code === 'NOT_FOUND'
-              ? 404
-              : e.code === 'DIGEST_MISMATCH'
-                ? 409
-                : 502;
-      fail(status, e.message);
-    }
-  }
-
-  /**
    * Writes `first`, then every further part as it settles, in slices of SEND_SLICE (upload limit and socket
    * back-pressure respected, `alive` told of each slice gone), and ends the response; exactly `length`
    * bytes or the response is cut.
@@ -488,11 +404,3 @@ export class BlockServer {
 const SEND_SLICE = 64 * 1024;
 /** An upload slot is free when this little of its run is left to send (docs/p2p.md, upload slots). */
 const SLOT_TAIL_BYTES = 64 * 1024;
-
-/** The reason of a request whose answer went out whole: one object, not an error with a stack per request. */
-const ANSWERED = DfError.aborted('answered');
-
-/** Ends the request's work when its response closes: the client went away, or the answer is out. */
-function abortOnClose(res: ServerResponse, ac: AbortController): void {
-  res.on('close', () => ac.abort(res.writableFinished ? ANSWERED : DfError.aborted('client went away')));
-}

@@ -6,6 +6,7 @@ import { rcvLowatEnabled, type BodyHoldHooks } from '../util/rcv-lowat.js';
 import { busyAtSource, deferredBySource, handedBackBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 import { HANDED_BACK_HEADER, PIECE_DIGEST_HEADER } from './block-server.js';
+import { MANIFEST_FROM_HEADER } from './manifest-request.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
 
 /**
@@ -185,6 +186,43 @@ export class HttpBlockClient {
     if (res.got !== res.body.length)
       throw new DfError('NETWORK', `${what}: got ${res.got} of ${res.body.length} bytes`);
     return res.body;
+  }
+
+  /**
+   * `GET /manifests/v2/...` of a seed (manifest-request.ts), with the engine's Authorization and Accept: the
+   * answer as the seed gave it, a manifest of at most `maxBytes`, the registry's refusals' bodies at most
+   * 64 KiB, other answers' text cut to 200 bytes. Throws only when the seed could not be asked (NETWORK,
+   * TIMEOUT, a TLS refusal).
+   */
+  async manifest(
+    address: string,
+    target: string,
+    engine: { authorization?: string; accept?: string },
+    maxBytes: number,
+    signal: AbortSignal,
+  ): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {
+    const what = `seed ${address}: manifest`;
+    let res: HttpAnswer;
+    try {
+      res = await this.pool.request(address, {
+        path: `/manifests${target}`,
+        headers: {
+          [CLUSTER_TOKEN_HEADER]: this.clusterToken,
+          ...(engine.authorization !== undefined && { authorization: engine.authorization }),
+          ...(engine.accept !== undefined && { accept: engine.accept }),
+        },
+        signal,
+        onHead: (status, headers) => {
+          if (status === 200) return declaredBodyHead(headers, maxBytes, what, 'a manifest');
+          if (headers[MANIFEST_FROM_HEADER] === 'registry')
+            return declaredBodyHead(headers, 64 << 10, what, "the registry's answer");
+          return errorTextHead(ERROR_TEXT_BYTES);
+        },
+      });
+    } catch (err) {
+      throw this.failure(err, signal, what);
+    }
+    return { status: res.statusCode, headers: res.headers, body: res.body.subarray(0, res.got) };
   }
 
   async close(): Promise<void> {

@@ -26,7 +26,7 @@ import type { FillPlanner } from '../fetch/background-fill.js';
 import type { LayerSwarm, SwarmMembership } from '../layer/swarm.js';
 import { p2pFill, type RunFetcher } from './fill-planner.js';
 import { OriginSwitch } from './hand-back.js';
-import { seedFileTable } from './seed-file-table.js';
+import { seedFileTable, type SeedAccess } from './seed-file-table.js';
 import { UnitLayout, type Units } from './unit-layout.js';
 import { ANNOUNCE_DELAY_MS, LOOKUP_GAP_MS, LOOKUP_MAX_PEERS } from './node-cadence.js';
 
@@ -185,13 +185,17 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     maxBytes: number,
     signal: AbortSignal,
   ): Promise<{ seed: string; table: Buffer }> {
-    const deps = {
+    return seedFileTable(this.seedAccess, key, query, maxBytes, signal);
+  }
+
+  /** What asks the seeds themselves (piece tables, manifests: seed-manifest.ts): their client and isolation. */
+  get seedAccess(): SeedAccess {
+    return {
       seeds: this.settings.seeds,
       isolation: this.seedIsolation,
       http: this.http,
       timers: this.timers,
     };
-    return seedFileTable(deps, key, query, maxBytes, signal);
   }
 
   /** The seed tier as a source of one blob held by `seed` (a raw file's table seed). */

@@ -9,6 +9,14 @@ import { rankSeeds } from './rendezvous.js';
 const TABLE_BUSY_MS = 500;
 const TABLE_BUSY_MAX_MS = 2000;
 
+/** The seeds of a node, its client and its isolation of seeds: what a request to a seed itself needs. */
+export interface SeedAccess {
+  seeds: readonly string[];
+  isolation: Isolation;
+  http: HttpBlockClient;
+  timers: Timers;
+}
+
 /**
  * The piece table of a raw file from the first seed (rendezvous over `key`: the file's digest, else its
  * URL) that answers; a seed that is down is isolated and the next one asked. A seed that answers busy
@@ -17,7 +25,7 @@ const TABLE_BUSY_MAX_MS = 2000;
  * too: it holds the file, so its pieces are asked of it (seedFor).
  */
 export async function seedFileTable(
-  deps: { seeds: readonly string[]; isolation: Isolation; http: HttpBlockClient; timers: Timers },
+  deps: SeedAccess,
   key: string,
   query: Record<string, string>,
   maxBytes: number,

@@ -29,6 +29,7 @@ import { HttpBlockClient } from './http-block-client.js';
 import { seedHandBack, type SeedHandBack } from './seed-copy.js';
 import { roomForBlob } from './seed-room.js';
 import { allowedRepo, registryAllowed } from './seed-registries.js';
+import type { SeedManifestProvider } from './manifest-request.js';
 import { UnitLayout, type Units } from './unit-layout.js';
 
 /** Largest registry request of a seed (its fill and nodes' misses). */
@@ -80,6 +81,8 @@ export interface SeedOptions {
   }) => SeedFileProvider;
   config: Config;
   client: RegistryClient;
+  /** Manifests relayed for the nodes' mirrors (`GET /manifests/...`); none without it (404). */
+  manifests?: SeedManifestProvider;
   logger?: Logger;
   /** Clock and timers of the idle sweep (tests). */
   timers?: Timers;
@@ -193,6 +196,7 @@ export class Seed implements BlobProvider {
     this.files = files;
     this.server = new BlockServer({
       fileTable: files && ((q, signal) => files.table(q, signal)),
+      manifests: opts.manifests?.answer,
       provider: this,
       clusterToken: this.token,
       upload: this.bandwidth.upload,
@@ -208,6 +212,7 @@ export class Seed implements BlobProvider {
   async start(): Promise<{ blocks: string; tracker: string }> {
     await this.cache.init();
     await this.files?.init();
+    await this.opts.manifests?.init();
     this.scheduleSweep();
     const r = await listenPair(this.opts.config.p2p.listen, this.server, (a) =>
       serveTracker(this.tracker, a, this.token, this.tls),
@@ -481,6 +486,7 @@ export class Seed implements BlobProvider {
     await this.trackerServer?.stop();
     await this.server.close();
     await this.files?.close();
+    await this.opts.manifests?.close();
     this.opened.clear();
     this.blobs.clear();
     await this.layers.close();

@@ -3,6 +3,7 @@ import { NodeMetrics } from '../../daemon/metrics.js';
 import { createLogger } from '../../log.js';
 import { SeedFiles } from '../../mirror/seed-files.js';
 import { startMirror } from '../../mirror/start-mirror.js';
+import { startSeedManifests } from '../../mirror/seed-manifests.js';
 import { Seed } from '../../p2p/seed.js';
 import { registryAllowed } from '../../p2p/seed-registries.js';
 import { configFrom, waitForSignal, type NodeFlags } from '../node-common.js';
@@ -13,7 +14,12 @@ export async function seedCommand(flags: NodeFlags, signal: AbortSignal): Promis
   const cfg = configFrom(flags);
   const log = createLogger(cfg.logLevel);
   const client = makeClient(cfg, log, flags.creds);
+  // manifests for the nodes' mirrors, from the registries the seed fetches blobs from
+  const manifests = startSeedManifests(cfg, log, (registry) =>
+    registryAllowed(cfg.p2p.seedRegistries, { registry }),
+  );
   const seed = new Seed({
+    manifests,
     config: cfg,
     client,
     logger: log.child({ component: 'seed' }),
@@ -42,7 +48,7 @@ export async function seedCommand(flags: NodeFlags, signal: AbortSignal): Promis
         ? cfg.node.metricsAddress
         : '';
     if (address) server = await metrics.serve(address);
-    mirror = await startMirror(cfg, log);
+    mirror = await startMirror(cfg, log, undefined, manifests.relay);
     if (mirror) metrics.publishMirror(mirror);
     log.info({ ...a, metrics: address }, 'dfnode seed running');
     process.stdout.write(`seed serving blocks on ${a.blocks}, tracker on ${a.tracker}\n`);
