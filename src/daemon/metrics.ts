@@ -162,8 +162,18 @@ export class NodeMetrics {
       'the registry was unreachable), digest_mismatch (the registry sent bytes that do not match the digest), ' +
       'cluster_fallback (a blob streamed from the registry because the cluster could not answer it), ' +
       'access_check and access_denied (blob HEADs with the engine credentials before a cluster answer), ' +
-      'outage_answer (a blob answered while the registry was unreachable, on a remembered access)',
+      'outage_answer (a blob answered while the registry was unreachable, on a remembered access), ' +
+      'seed_manifest (a manifest the cluster seed answered, fetched by it with the same credentials)',
     labelNames: ['event'] as const,
+    registers: [this.registry],
+  });
+  readonly seedManifests = new Counter({
+    name: 'dfnode_seed_manifests_total',
+    help:
+      "A seed's manifest answers to nodes' mirrors by where they came from: registry (fetched now), memory " +
+      '(within mirror.manifestTtlMs), stale (kept, the registry unreachable), refused (the registry refused ' +
+      'the credentials), joined (a request that shared a fetch on its way)',
+    labelNames: ['from'] as const,
     registers: [this.registry],
   });
   readonly mirrorBlobs = new Counter({
@@ -254,6 +264,7 @@ export class NodeMetrics {
         ['access_check', c.accessChecks],
         ['access_denied', c.accessDenied],
         ['outage_answer', c.outageAnswers],
+        ['seed_manifest', c.seedManifests],
       ];
       for (const [event, n] of events)
         this.publishDelta(`me:${event}`, n, (d) => this.mirrorEvents.inc({ event }, d));
@@ -290,6 +301,12 @@ export class NodeMetrics {
     this.delta('pr:handed_back', c.handedBack ?? 0, (d) =>
       this.peerRequests.inc({ result: 'handed_back' }, d),
     );
+  }
+
+  /** A seed's manifest relay's counters (ManifestRelay.counters), as deltas. */
+  publishSeedManifests(c: Record<'memory' | 'registry' | 'stale' | 'refused' | 'joined', number>): void {
+    for (const from of ['memory', 'registry', 'stale', 'refused', 'joined'] as const)
+      this.delta(`sm:${from}`, c[from], (d) => this.seedManifests.inc({ from }, d));
   }
 
   /** The counters of this host's block server (BlockServer.counters), node or seed. */

@@ -99,7 +99,7 @@ export class ManifestRelay {
   private readonly now: () => number;
   readonly ttlMs: number;
   readonly staleMs: number;
-  /** Answers by where they came from, and requests that joined one already on its way. */
+  /** Answers by where they came from; requests that joined a fetch on its way are counted as joined only. */
   readonly counters = { memory: 0, registry: 0, seed: 0, stale: 0, refused: 0, joined: 0, mismatches: 0 };
   private readonly closing = new AbortController();
 
@@ -131,8 +131,8 @@ export class ManifestRelay {
     const fresh = this.cache.get(key, this.ttlMs, this.now());
     if (fresh) return this.count({ kind: 'manifest', manifest: fresh, from: 'memory' });
     let p = this.inflight.get(key);
-    if (p) this.counters.joined++;
-    else {
+    const joined = p !== undefined;
+    if (!p) {
       if (this.inflight.size >= (this.opts.maxInflight ?? 256))
         throw new DfError('NETWORK', `${this.inflight.size} manifests are being fetched already; retry`, {
           details: { busy: true },
@@ -142,7 +142,10 @@ export class ManifestRelay {
       p = this.load(q, key).finally(() => this.inflight.delete(key));
       this.inflight.set(key, p);
     }
-    return this.count(await bound(p, { signal, what: `manifest ${q.reference}` }));
+    const a = await bound(p, { signal, what: `manifest ${q.reference}` });
+    if (!joined) return this.count(a);
+    this.counters.joined++;
+    return a;
   }
 
   private count(a: ManifestAnswer): ManifestAnswer {

@@ -25,6 +25,7 @@ import { startLyingPiecePeer } from '../helpers/lying-piece-peer.js';
 import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/temp.js';
 import { httpAnswer as get } from '../helpers/raw-http.js';
+import { waitFor } from '../helpers/node.js';
 
 const TOKEN = 'mirror-cluster-token';
 const req = requireRegistry(['bearer']);
@@ -215,6 +216,39 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     expect(mirror.counters.accessDenied).toBeGreaterThanOrEqual(4);
   }, 60_000);
 
+  it('asks the seed for manifests: one registry request for the nodes asking with the same credential', async () => {
+    const m2 = await startNode(dir, 'm2', seed.addr);
+    stops.push(() => m2.stop());
+    const path = `/v2/private/app/manifests/big?ns=${reg.host}`;
+    const manifestGets = () =>
+      reg.requests().filter((r) => r.method === 'GET' && r.path.startsWith('/v2/private/app/manifests/big'))
+        .length;
+    const before = manifestGets();
+    const headers = { authorization: auth, accept: 'application/vnd.oci.image.manifest.v1+json' };
+    const answers = await Promise.all([
+      get(mirror.address, path, headers),
+      get(m2.mirror.address, path, headers),
+    ]);
+    for (const r of answers) {
+      expect(r.status).toBe(200);
+      expect(r.body.equals(bigManifest)).toBe(true);
+    }
+    expect(mirror.counters.seedManifests + m2.mirror.counters.seedManifests).toBe(2);
+    // the registry's access log is read as it is written
+    await waitFor(
+      'the manifest GET in the access log',
+      () => Promise.resolve(manifestGets() > before),
+      10_000,
+    );
+    await new Promise((r) => setTimeout(r, 500));
+    expect(manifestGets()).toBe(before + 1);
+    // the seed's answer carries the registry's refusal to a request without credentials, challenge and all
+    const anon = await get(m2.mirror.address, path, { accept: headers.accept });
+    expect(anon.status).toBe(401);
+    expect(String(anon.headers['www-authenticate'])).toMatch(/^Bearer /);
+    await m2.stop();
+  }, 60_000);
+
   it('a peer serving corrupt pieces is isolated; a second node still gets the blob, verified', async () => {
     const h = new PieceHasher(pieceSizeFor(big.length));
     h.update(big);
@@ -271,5 +305,22 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     expect(sha256Digest(restarted.body)).toBe(bigDigest);
     expect(b.mirror.counters.outageAnswers).toBe(1);
     expect((await get(b.mirror.address, path)).status).toBe(502);
+
+    // a node that never pulled the image, the registry still down: the manifest from the seed (it fetched it
+    // for b with the same credential), the blob through the cluster; nothing without credentials
+    const c = await startNode(dir, 'c', seed.addr);
+    stops.push(() => c.stop());
+    expect((await get(c.mirror.address, manifestPath, { accept })).status).toBe(502);
+    const fresh = await get(c.mirror.address, manifestPath, { authorization: auth, accept });
+    expect(fresh.status).toBe(200);
+    expect(fresh.body.equals(bigManifest)).toBe(true);
+    expect(c.mirror.counters.staleManifests).toBe(1);
+    expect((await get(c.mirror.address, path)).status).toBe(502);
+    const blob = await get(c.mirror.address, path, { authorization: auth });
+    expect(blob.status).toBe(200);
+    expect(blob.complete).toBe(true);
+    expect(sha256Digest(blob.body)).toBe(bigDigest);
+    expect((c.mirror.pieceBytes.seed ?? 0) + (c.mirror.pieceBytes.peer ?? 0)).toBe(big.length);
+    expect(c.mirror.pieceBytes.registry ?? 0).toBe(0);
   }, 180_000);
 });

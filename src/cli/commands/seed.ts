@@ -36,6 +36,7 @@ export async function seedCommand(flags: NodeFlags, signal: AbortSignal): Promis
   metrics.onScrape(() => {
     metrics.publishSeed(seed.metricsCounters);
     metrics.publishBlockServer(seed.counters);
+    metrics.publishSeedManifests(manifests.relay.counters);
   });
   let server: Awaited<ReturnType<NodeMetrics['serve']>> | undefined;
   let mirror: Awaited<ReturnType<typeof startMirror>>;
