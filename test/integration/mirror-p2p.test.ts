@@ -9,7 +9,9 @@
  * Registry egress is the bytes of blob GETs in the registry's access log; what the nodes took from peers and
  * the seed is `dfnode_mirror_piece_bytes_total{source}` on their metrics. Last, the registry is stopped and a
  * node (the fuse manager one) pulls again after `ctr images rm --sync` (its content store emptied): the manifest from the mirror's
- * memory, the blobs from the node's cache on the remembered access.
+ * memory, the blobs from the node's cache on the remembered access. Then a fourth node host, up from the start
+ * but without a pull of its own, pulls the image for the first time while the registry is still down: the
+ * manifest from the seed's kept copy (the seed fetched it for the others), the blobs from the seed and peers.
  *
  * Needs root, containerd, ctr, runc, docker-registry, skopeo, iproute2/tc, nsenter, curl and the
  * debian-python fixture; skips locally with a printed reason, never in CI.
@@ -36,6 +38,8 @@ const ctdReq = requireContainerd();
 const req = netns.skip ? netns : ctdReq;
 
 const NODES = 3;
+/** Hosts in the cluster: NODES that pull at once, and one that pulls only while the registry is down. */
+const HOSTS = NODES + 1;
 const MIRROR = '127.0.0.1:65001';
 const METRICS_PORT = 9313;
 const NODE_ENV = {
@@ -65,7 +69,7 @@ describe.skipIf(req.skip)('registry mirror through the P2P tier (netns hosts, co
     // short: containerd's and dfnode's sockets live below it
     work = await mkdtemp('/tmp/dfnode-mirror/t-');
     cluster = await P2pCluster.create({
-      nodes: NODES,
+      nodes: HOSTS,
       hostMbit: 100,
       registryMbit: 100,
       image: { layout: fixture },
@@ -137,13 +141,14 @@ describe.skipIf(req.skip)('registry mirror through the P2P tier (netns hosts, co
     const c = cluster!;
     const image = c.imageBytes + c.configBytes;
     c.registry.resetCounts();
-    const ms = await Promise.all(members.map(pull));
-    for (const m of members) expect((await runImage(m, `mp-${m.host.name}`)).trim()).toBe('42');
+    const pulling = members.slice(0, NODES);
+    const ms = await Promise.all(pulling.map(pull));
+    for (const m of pulling) expect((await runImage(m, `mp-${m.host.name}`)).trim()).toBe('42');
     // the access log is read as it is written: give the last lines a moment
     await new Promise((r) => setTimeout(r, 500));
     const egress = c.registry.blobBytes();
     const byClient = c.registry.blobBytesByClient();
-    const all = await Promise.all(members.map(counters));
+    const all = await Promise.all(pulling.map(counters));
     const sum = (k: string) => all.reduce((a, x) => a + get(x, k), 0);
     const peer = sum('dfnode_mirror_piece_bytes_total{peer}');
     const seed = sum('dfnode_mirror_piece_bytes_total{seed}');
@@ -161,6 +166,8 @@ describe.skipIf(req.skip)('registry mirror through the P2P tier (netns hosts, co
     expect(fromRegistry).toBeLessThanOrEqual(0.1 * image);
     for (const h of c.nodes)
       expect(byClient.get(h.ip) ?? 0, `registry bytes to ${h.name}`).toBeLessThanOrEqual(0.05 * image);
+    // the nodes asked the seed for the manifests, and it asked the registry
+    expect(sum('dfnode_mirror_events_total{seed_manifest}')).toBeGreaterThan(0);
   }, 900_000);
 
   it('with the registry stopped, a node pulls the image again from its cache through the mirror', async () => {
@@ -187,5 +194,28 @@ describe.skipIf(req.skip)('registry mirror through the P2P tier (netns hosts, co
       get(after, 'dfnode_mirror_blobs_total{cache}') - get(before, 'dfnode_mirror_blobs_total{cache}'),
     ).toBeGreaterThanOrEqual(c.layers.length);
     expect(get(after, 'dfnode_mirror_events_total{stale_manifest}')).toBeGreaterThan(0);
+  }, 600_000);
+
+  it('with the registry still stopped, a host that never pulled the image pulls it through the cluster', async () => {
+    const c = cluster!;
+    const m = members[NODES]!;
+    expect(get(await counters(m), 'dfnode_mirror_requests_total{manifest}'), 'no pull of its own yet').toBe(
+      0,
+    );
+    await pull(m);
+    expect((await runImage(m, 'mp-fresh')).trim()).toBe('42');
+    const after = await counters(m);
+    console.log(`first pull of a host with the registry stopped: ${JSON.stringify(after)}`);
+    // the manifests: the seed's copies (kept from its fetch for the other nodes), answered stale
+    expect(get(after, 'dfnode_mirror_events_total{stale_manifest}')).toBeGreaterThan(0);
+    // every blob through the cluster, none from the registry (it is down)
+    expect(get(after, 'dfnode_mirror_blobs_total{cluster}')).toBeGreaterThanOrEqual(c.layers.length);
+    expect(get(after, 'dfnode_mirror_blobs_total{registry}')).toBe(0);
+    const image = c.imageBytes + c.configBytes;
+    const moved =
+      get(after, 'dfnode_mirror_piece_bytes_total{peer}') +
+      get(after, 'dfnode_mirror_piece_bytes_total{seed}');
+    expect(moved).toBeGreaterThanOrEqual(0.99 * image);
+    expect(get(after, 'dfnode_mirror_piece_bytes_total{registry}')).toBe(0);
   }, 600_000);
 });
