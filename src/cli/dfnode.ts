@@ -230,6 +230,11 @@ function buildProgram(signal: AbortSignal): Command {
     )
     .option('--json', 'print the result as JSON')
     .option('-q, --quiet', 'no progress and no notes on stderr')
+    .option(
+      '--control-socket <path>',
+      'hand the get to dfnode run on this socket (default: node.controlSocket, else STATE_DIR/control.sock)',
+    )
+    .option('--direct', 'fetch from this process, not through dfnode run')
     .action(async (url: string, flags: GetFlags) => {
       const { getCommand } = await commands.get();
       await getCommand(url, flags, signal);

@@ -3,6 +3,7 @@ import { ContainerdClient, DEFAULT_CONTAINERD_ADDRESS } from '../containerd/clie
 import { lazyPull, type LazyPullOptions, type LazyPullResult } from '../containerd/pull.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseReference } from '../registry/reference.js';
+import type { Getter } from './control-get.js';
 import type { Preheater } from './control-preheat.js';
 import type { ControlCommand } from './control-server.js';
 
@@ -64,6 +65,8 @@ export interface PullHooks {
   onResolved?: LazyPullOptions['onResolved'];
   /** Where `preheat` runs (see control-preheat.ts). */
   preheat?: Preheater;
+  /** Where `get` runs (see control-get.ts). */
+  get?: Getter;
 }
 
 export function pullControlCommand(

@@ -3,10 +3,11 @@ import type { Logger } from '../log.js';
 import type { RegistryClient } from '../registry/client.js';
 import { ContainerdClients, pullControlCommand, type PullHooks } from './control-pull.js';
 import { preheatControlCommand } from './control-preheat.js';
+import { getControlCommand } from './control-get.js';
 import { ControlServer } from './control-server.js';
 
 /**
- * `dfnode run`'s control socket with its commands (`pull`, `preheat`). The containerd protos are loaded right
+ * `dfnode run`'s control socket with its commands (`pull`, `preheat`, `get`). The containerd protos are loaded right
  * after start, off the first request's path.
  */
 export async function serveControl(
@@ -20,6 +21,7 @@ export async function serveControl(
   const hooks: PullHooks = {};
   server.register('pull', pullControlCommand(registry, clients, hooks));
   server.register('preheat', preheatControlCommand(hooks));
+  server.register('get', getControlCommand(hooks));
   await server.listen();
   const warm = setTimeout(() => {
     try {

@@ -19,6 +19,8 @@ import { processRunning } from '../process.js';
 import type { BlobCacheInfo } from '../cache/cache-manager.js';
 import type { MountRecord } from '../daemon/mount-records.js';
 import type { PreheatSummary } from '../daemon/control-preheat.js';
+import type { GetArgs, GetProgress } from '../daemon/control-get.js';
+import type { GetFileResult } from '../mirror/file-get.js';
 import { DAEMON_NODE_FLAGS } from '../daemon/node-flags.js';
 
 /** Environment variable that hands registry credentials (`--creds`) to a manager without putting them on argv. */
@@ -127,6 +129,30 @@ export class FuseManagerClient {
   preheat(ref: string, signal?: AbortSignal): Promise<PreheatSummary> {
     // a large image over a slow link takes long; preheat fails by itself when no block arrives for a minute
     return this.call('POST', '/preheat', { ref }, { signal, timeoutMs: 24 * 3600_000 });
+  }
+
+  /**
+   * `dfnode get` in the manager (it holds the cache): the result once the file is written; meanwhile its
+   * progress (`GET /gets`, the entry for the same output path) every half second.
+   */
+  async get(args: GetArgs, signal: AbortSignal, progress: (p: GetProgress) => void): Promise<GetFileResult> {
+    const done = this.call<GetFileResult>('POST', '/get', args, { signal, timeoutMs: 24 * 3600_000 });
+    const poll = setInterval(() => {
+      this.call<{ gets: (GetProgress & { out: string })[] }>('GET', '/gets', undefined, {
+        timeoutMs: 5_000,
+      }).then(
+        ({ gets }) => {
+          const g = gets.find((x) => x.out === args.out);
+          if (g) progress({ size: g.size, done: g.done });
+        },
+        () => undefined,
+      );
+    }, 500);
+    try {
+      return await done;
+    } finally {
+      clearInterval(poll);
+    }
   }
 
   /** Evicts the blobs no mount uses (`dfnode gc`). */

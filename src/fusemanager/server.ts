@@ -3,6 +3,7 @@ import { chmod, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Toc } from '../blob/toc.js';
 import { preheatHere } from '../daemon/control-preheat.js';
+import { getArgs, type DaemonGets } from '../daemon/control-get.js';
 import type { NodeRuntime, MountedLayer } from '../daemon/node-runtime.js';
 import type { RegistryClient } from '../registry/client.js';
 import { DfError } from '../errors.js';
@@ -36,6 +37,8 @@ export interface FuseManagerServerOptions {
   logger?: Logger;
   /** The registry client `POST /preheat` resolves images with (without it, preheat is refused). */
   client?: RegistryClient;
+  /** `dfnode get` through `dfnode run` (`POST /get`, `GET /gets`); without it, refused. */
+  gets?: DaemonGets;
 }
 
 const MAX_BODY = 1 << 20;
@@ -64,7 +67,7 @@ export class FuseManagerServer {
   private readonly roots: MountRoots;
   private readonly client?: RegistryClient;
 
-  constructor(opts: FuseManagerServerOptions) {
+  constructor(private readonly opts: FuseManagerServerOptions) {
     this.rt = opts.runtime;
     this.client = opts.client;
     this.roots = new MountRoots(opts.mountRoots);
@@ -316,6 +319,15 @@ export class FuseManagerServer {
           );
           break;
         }
+        case 'POST /get': {
+          if (!this.opts.gets) throw DfError.unsupported('fuse manager: started without gets');
+          const args = getArgs.parse(await readJson(req));
+          out = await this.opts.gets.get(args, ac.signal, () => undefined);
+          break;
+        }
+        case 'GET /gets':
+          out = { gets: [...(this.opts.gets?.active.values() ?? [])] };
+          break;
         case 'GET /status':
           out = { blobs: this.rt.cache.list(), stats: this.rt.statusSnapshot() };
           break;

@@ -1,4 +1,5 @@
 import { loadConfig } from '../../config.js';
+import { DaemonGets } from '../../daemon/control-get.js';
 import { CREDS_ENV } from '../../fusemanager/client.js';
 import { FuseManagerServer } from '../../fusemanager/server.js';
 import { createLogger } from '../../log.js';
@@ -23,6 +24,7 @@ export async function fuseManagerCommand(flags: { config?: string }, signal: Abo
         mountRoots: [cfg.snapshotter.root, cfg.node.stateDir],
         logger: log,
         client,
+        gets: new DaemonGets({ config: cfg, client, caches: rt.cache, p2p: rt.p2p, logger: log }),
       });
       try {
         await server.listen();

@@ -2,6 +2,7 @@ import { resolve } from 'node:path';
 import type { Config } from '../../config.js';
 import { controlSocketPath } from '../../daemon/control-protocol.js';
 import { preheatHere } from '../../daemon/control-preheat.js';
+import { DaemonGets } from '../../daemon/control-get.js';
 import type { PullHooks } from '../../daemon/control-pull.js';
 import { serveControl } from '../../daemon/control-socket.js';
 import { DfError } from '../../errors.js';
@@ -105,6 +106,7 @@ async function runInProcess(
       hooks.onResolved = ({ name, manifestDigest, layers }) =>
         resolver.remember(name, manifestDigest, layers);
       hooks.preheat = (ref, signal) => preheatHere(rt.layers, client, ref, signal, log, rt.preheatHolds);
+      hooks.get = new DaemonGets({ config: cfg, client, caches: rt.cache, p2p: rt.p2p, logger: log }).get;
       try {
         log.info(
           { cache: cfg.cache.dir, metrics: cfg.node.metricsAddress, snapshotter: snap?.address },
@@ -165,6 +167,7 @@ async function runWithFuseManager(
   resolver.onImage = (name, layers) => remote.warm(name, layers);
   hooks.onResolved = ({ name, manifestDigest, layers }) => resolver.remember(name, manifestDigest, layers);
   hooks.preheat = (ref, signal) => fm.client.preheat(ref.toString(), signal);
+  hooks.get = (args, signal, progress) => fm.client.get(args, signal, progress);
   const snap = await startSnapshotter(cfg, slog, remote);
   const lost = new AbortController();
   const watchdog = setInterval(() => {

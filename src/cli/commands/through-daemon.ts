@@ -1,6 +1,8 @@
 import { join } from 'node:path';
 import { CONTROL_SOCKET_NAME, controlSocketPath, DEFAULT_STATE_DIR } from '../../daemon/control-protocol.js';
 import type { PreheatSummary } from '../../daemon/control-preheat.js';
+import type { GetArgs, GetProgress } from '../../daemon/control-get.js';
+import type { GetFileResult } from '../../mirror/file-get.js';
 import { callControl, NoDaemon } from '../control-client.js';
 import type { NodeFlags } from '../node-common.js';
 import type { PreheatFlags } from './preheat.js';
@@ -26,15 +28,13 @@ async function throughDaemon(
   flags: DaemonFlags,
   signal: AbortSignal,
   sayNoDaemon: boolean,
+  onProgress: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
 ): Promise<{ result: unknown } | undefined> {
   if (flags.direct || flags.creds || flags.dockerConfig) return undefined;
   const socket = flags.controlSocket ?? (await configuredSocket(flags));
   if (!socket || socket === 'off') return undefined;
   try {
-    const result = await callControl(socket, command, args, {
-      signal,
-      onProgress: (line) => process.stdout.write(`${line}\n`),
-    });
+    const result = await callControl(socket, command, args, { signal, onProgress });
     return { result };
   } catch (err) {
     if (!(err instanceof NoDaemon)) throw err;
@@ -88,4 +88,31 @@ export async function preheatThroughDaemon(
   const { preheatLine } = await import('../node-common.js');
   process.stdout.write(preheatLine(refText, r.result as PreheatSummary, flags.json));
   return true;
+}
+
+/**
+ * `dfnode get` through `dfnode run`, into the cache and swarm it serves (a separate process cannot open that
+ * cache while the daemon holds it); the daemon writes the file at `args.out` (absolute). undefined: run it
+ * here, silently when no daemon runs. Not with --direct, registry credentials given here, or flags that
+ * configure this process's own node (cache, P2P, metrics).
+ */
+export async function getThroughDaemon(
+  args: GetArgs,
+  flags: DaemonFlags,
+  signal: AbortSignal,
+  onProgress: (p: GetProgress) => void,
+): Promise<GetFileResult | undefined> {
+  const own = [flags.cacheDir, flags.seeds, flags.p2pListen, flags.advertise, flags.clusterToken]
+    .concat([flags.p2pTlsCert, flags.p2pTlsKey, flags.p2pTlsCa, flags.metricsAddress])
+    .some((v) => v !== undefined);
+  if (own && !flags.controlSocket) return undefined;
+  const r = await throughDaemon('get', { ...args }, flags, signal, false, (line) => {
+    try {
+      const p = (JSON.parse(line) as { get?: GetProgress }).get;
+      if (p && Number.isFinite(p.size) && Number.isFinite(p.done)) onProgress(p);
+    } catch {
+      // not a progress line of a get: ignored
+    }
+  });
+  return r?.result as GetFileResult | undefined;
 }
