@@ -25,6 +25,8 @@ export function clusterManifests(
   now: () => number = Date.now,
 ): ManifestVia {
   const refused = new Map<string, number>();
+  /** Seeds that refused the cluster token, warned about once each. */
+  const warned = new Set<string>();
   return async (q, signal) => {
     const until = refused.get(q.registry);
     if (until !== undefined && until > now()) return undefined;
@@ -70,9 +72,10 @@ export function clusterManifests(
       refused.set(q.registry, now() + REFUSED_MS);
     }
     const text = r.body.toString('utf8');
-    if (r.status === 401)
+    if (r.status === 401 && !warned.has(r.seed) && warned.size < 256) {
+      warned.add(r.seed);
       log.warn({ seed: r.seed, text }, 'seed refused the cluster token: check p2p.clusterToken');
-    else
+    } else
       log.debug(
         { seed: r.seed, status: r.status, text },
         'seed did not answer a manifest: asking the registry',

@@ -50,6 +50,8 @@ export interface ManifestRelayOptions {
   /** Manifests on disk, answered stale after a restart too (same key, same age limit). */
   store?: ManifestStore;
   via?: ManifestVia;
+  /** How long `via` may take before the registry is asked instead (ms; default 60 s). */
+  viaTimeoutMs?: number;
   /** Different manifests being fetched at once; more are refused (busy). */
   maxInflight?: number;
   logger?: Logger;
@@ -158,8 +160,12 @@ export class ManifestRelay {
     const signal = this.closing.signal;
     let viaStale: CachedManifest | undefined;
     if (this.opts.via) {
-      // a seed that failed or sent other content: the registry is asked
-      const a = await this.opts.via(q, signal).catch((err: unknown) => {
+      // a seed that failed, sent other content or did not answer in time: the registry is asked
+      const viaSignal = AbortSignal.any([signal, AbortSignal.timeout(this.opts.viaTimeoutMs ?? 60_000)]);
+      const a = await bound(this.opts.via(q, viaSignal), {
+        signal: viaSignal,
+        what: 'manifest from a seed',
+      }).catch((err: unknown) => {
         this.onError(err);
         return undefined;
       });

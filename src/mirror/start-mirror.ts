@@ -63,6 +63,8 @@ export async function startMirror(
             })
           : undefined,
         via,
+        // the seed may wait for the registry's answer and then for its body
+        viaTimeoutMs: 2 * cfg.registry.timeoutMs,
         logger: log.child({ component: 'mirror' }),
       }),
     pieceTimeoutMs: cfg.registry.timeoutMs,

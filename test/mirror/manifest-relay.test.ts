@@ -186,6 +186,19 @@ describe('ManifestRelay', () => {
     expect(() => manifestEntry(other, undefined, q(undefined, DIGEST), 0, 'registry')).toThrow(/digest/);
   });
 
+  it('asks the registry when `via` does not answer in time', async () => {
+    const reg = await startRegistry({ open: true });
+    const upstream = new Upstream({ plainHttp: true });
+    const relay = new ManifestRelay({ upstream, via: () => new Promise(() => undefined), viaTimeoutMs: 200 });
+    cleanups.push(
+      () => reg.stop(),
+      () => upstream.close(),
+      () => relay.close(),
+    );
+    const a = await relay.get({ registry: reg.host, repository: 'app', reference: 'v1' }, signal());
+    expect(manifestOf(a).from).toBe('registry');
+  });
+
   it('refuses more different manifests at once than maxInflight (busy)', async () => {
     const reg = await startRegistry({ open: true, delayMs: 300 });
     const upstream = new Upstream({ plainHttp: true });
