@@ -77,7 +77,7 @@ async function throughCluster(opts: GetFileOptions): Promise<GetFileResult | str
     const tq = childSignal(opts.signal, TABLE_TIMEOUT_MS, realTimers, 'piece table');
     let got: { seed: string; table: Buffer };
     try {
-      got = await p2p.fileTable(src.key, src.query, MAX_TABLE_BYTES, tq.signal);
+      got = await p2p.fileTable(src.key, src.query, MAX_TABLE_BYTES, tq.signal, src.seedHeaders);
     } catch (err) {
       const e = DfError.from(err);
       // the origin's file is not the one asked for: the origin would say the same
@@ -107,7 +107,7 @@ async function throughCluster(opts: GetFileOptions): Promise<GetFileResult | str
           // a table still filling at the seed (cut-through): asked again of the same seed
           refresh: filling
             ? async (sig) => {
-                const again = await p2p.fileTable(src.key, src.query, MAX_TABLE_BYTES, sig);
+                const again = await p2p.fileTable(src.key, src.query, MAX_TABLE_BYTES, sig, src.seedHeaders);
                 if (again.seed !== got.seed)
                   throw new DfError('FAILED_PRECONDITION', 'another seed answered');
                 return decodeTable(again.table, src.digest);

@@ -16,6 +16,8 @@ export interface FileSource {
   readonly digest?: string;
   /** What a seed's `GET /files/table` is asked (never credentials). */
   readonly query: Record<string, string>;
+  /** Headers (the user's `--header`s) the file's seed sends the origin when it fetches the file. */
+  readonly seedHeaders?: OriginHeaders;
   /** Ranges from the origin, with this node's credentials: the last source of the piece chain. */
   readonly pieces: BlockSource;
   /**
@@ -45,6 +47,7 @@ export function urlSource(
     key: digest ?? url.toString(),
     digest,
     query: { url: url.toString(), ...(digest ? { digest } : {}) },
+    seedHeaders: headers,
     pieces: new OriginPieceSource({ url, headers, timeoutMs }),
     async stream(from, signal) {
       const res = await originRequest(url, { headers, range: from ? `bytes=${from}-` : undefined, signal });

@@ -22,7 +22,15 @@ import {
   type PieceTable,
 } from './piece-table.js';
 import { FillingFile } from './filling-file.js';
-import { discard, originRequest, originUrl, originValidator } from './origin.js';
+import { discard, originRequest, originUrl, originValidator, type OriginHeaders } from './origin.js';
+import {
+  OriginAccess,
+  raceSignal,
+  rehash,
+  urlOrigin,
+  type Body,
+  type FileOrigin,
+} from './seed-file-origin.js';
 
 /**
  * Files a seed fetches from their origins at once; beyond, it answers busy (429 with Retry-After) and the
@@ -41,16 +49,8 @@ interface SeedFile {
   encoded: Buffer;
   layout: PieceLayout;
   lastUsed: number;
-}
-
-/** Where a seed fetches a file from: an http(s) URL, or a blob of a registry repository. */
-interface FileOrigin {
-  /** One fetch at a time per key. */
-  key: string;
-  /** For messages (no query string, no credentials). */
-  where: string;
-  /** The body, its validator and the size the origin announced (undefined: not announced). */
-  open(signal: AbortSignal): Promise<{ body: Body; validator: string; size: number | undefined }>;
+  /** Who it was fetched with (FileOrigin.credential); undefined: found in the cache after a restart. */
+  credential?: string;
 }
 
 /**
@@ -61,11 +61,6 @@ interface Fetch {
   live: Promise<FillingFile | undefined>;
   file: Promise<SeedFile>;
 }
-
-type Body = AsyncIterable<Uint8Array> & {
-  destroy(err?: Error): unknown;
-  on(ev: 'error', f: () => void): unknown;
-};
 
 export interface SeedFilesOptions {
   cache: CacheManager;
@@ -88,8 +83,10 @@ export interface SeedFilesOptions {
  * A seed's raw files (`dfnode get`, mirror blobs without a TOC): fetched whole from an allowed origin once
  * (however many nodes ask: one fetch per URL at a time), hashed into a piece table as they stream by,
  * checked against the digest the node named, then kept in the seed's cache under their content digest
- * and served to nodes piece by piece. The seed never sends a node's credentials anywhere: it fetches
- * without them, so an origin that needs credentials is fetched by the nodes directly.
+ * and served to nodes piece by piece. A URL is fetched with the headers the node gave for it (its
+ * `--header`s: credentials, sent to that origin only, never stored), one fetch per URL and credential at a
+ * time; the table of a file held from another credential's fetch (or none, or from before a restart) is
+ * answered only once the origin lets the asking node's headers read the URL (OriginAccess).
  */
 export class SeedFiles implements SeedFileProvider {
   private readonly files = new Map<string, SeedFile>();
@@ -107,11 +104,13 @@ export class SeedFiles implements SeedFileProvider {
   private readonly log: Logger;
   private readonly now: () => number;
   private readonly tmp: string;
+  private readonly access: OriginAccess;
 
   constructor(private readonly opts: SeedFilesOptions) {
     this.log = opts.logger ?? silentLogger;
     this.now = opts.now ?? Date.now;
     this.tmp = join(opts.cache.dir, 'files-tmp');
+    this.access = new OriginAccess(this.now);
   }
 
   /** Clears temporary files a killed seed left. */
@@ -142,7 +141,7 @@ export class SeedFiles implements SeedFileProvider {
    * answer comes as soon as the origin answers: a table marked filling, with the pieces hashed so far, and
    * the pieces are served as they arrive (cut-through); otherwise once the whole file is held.
    */
-  async table(query: URLSearchParams, signal: AbortSignal): Promise<Buffer> {
+  async table(query: URLSearchParams, signal: AbortSignal, headers: OriginHeaders = {}): Promise<Buffer> {
     const digest = query.get('digest') ?? undefined;
     if (digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(digest))
       throw DfError.invalidArgument(`digest ${digest.slice(0, 80)} is not sha256:<64 hex>`);
@@ -151,19 +150,20 @@ export class SeedFiles implements SeedFileProvider {
     const repo = query.get('repo');
     let origin: FileOrigin;
     let f: SeedFile | undefined;
+    let url: URL | undefined;
     if (repo !== null) {
       if (!digest) throw DfError.invalidArgument('a registry blob is asked for by digest');
       origin = this.registryOrigin(repo, digest);
       f = await this.held(digest, signal);
     } else {
-      const url = originUrl(query.get('url') ?? '');
+      url = originUrl(query.get('url') ?? '');
       if (!this.allowed(url))
         throw new DfError(
           'FORBIDDEN',
           `this seed does not fetch from ${url.origin}: not in p2p.seedOrigins (${this.opts.origins.join(', ') || 'empty'})`,
         );
-      origin = urlOrigin(url);
-      f = digest ? await this.held(digest, signal) : await this.unchanged(url, signal);
+      origin = urlOrigin(url, headers);
+      f = digest ? await this.held(digest, signal) : await this.unchanged(url, origin, headers, signal);
     }
     if (!f) {
       let p = this.fetching.get(origin.key);
@@ -184,6 +184,10 @@ export class SeedFiles implements SeedFileProvider {
       if (digest && f.table.digest !== digest)
         throw DfError.digestMismatch(`file at ${origin.where}`, digest, f.table.digest);
     }
+    // a file held from a fetch with other credentials (or none, or from before a restart): only when the
+    // origin lets this node's headers read the URL
+    if (url && f.credential !== origin.credential)
+      await this.access.check(url, headers, f.table.digest, signal);
     f.lastUsed = this.now();
     return f.encoded;
   }
@@ -200,6 +204,7 @@ export class SeedFiles implements SeedFileProvider {
     return {
       key: `${ref.repoString}@${digest}`,
       where: `${ref.repoString}@${digest}`,
+      credential: 'registry',
       open: async (signal) => {
         const { stream, size } = await reg.client.getBlob(ref, digest, { signal });
         return {
@@ -241,23 +246,32 @@ export class SeedFiles implements SeedFileProvider {
     }
   }
 
-  /** The file last fetched from `url` when the origin says it has not changed since (same validator). */
-  private async unchanged(url: URL, signal: AbortSignal): Promise<SeedFile | undefined> {
-    const known = this.urls.get(url.toString());
+  /**
+   * The file last fetched from `url` with these headers when the origin says it has not changed since (same
+   * validator).
+   */
+  private async unchanged(
+    url: URL,
+    origin: FileOrigin,
+    headers: OriginHeaders,
+    signal: AbortSignal,
+  ): Promise<SeedFile | undefined> {
+    const known = this.urls.get(origin.key);
     const f = known && this.files.get(known.digest);
     if (!known || !f || !known.validator) return undefined;
-    const res = await originRequest(url, { method: 'HEAD', signal });
+    const res = await originRequest(url, { method: 'HEAD', headers, signal });
     discard(res.body);
     return originValidator(res.headers) === known.validator ? f : undefined;
   }
 
-  private keep(cache: BlobCache, table: PieceTable): SeedFile {
+  private keep(cache: BlobCache, table: PieceTable, credential?: string): SeedFile {
     const f: SeedFile = {
       cache,
       table,
       encoded: encodeTable(table),
       layout: new PieceLayout(table.size, table.pieceSize),
       lastUsed: this.now(),
+      ...(credential !== undefined && { credential }),
     };
     this.files.set(table.digest, f);
     return f;
@@ -368,7 +382,7 @@ export class SeedFiles implements SeedFileProvider {
         throw err;
       }
       this.log.info({ from: where, digest: table.digest, size: table.size }, 'seed holds the file');
-      return this.keep(cache, table);
+      return this.keep(cache, table, origin.credential);
     } catch (err) {
       discard(body);
       const e = DfError.from(err, `seed fetch of ${where}`);
@@ -456,43 +470,4 @@ export class SeedFiles implements SeedFileProvider {
     for (const f of this.files.values()) await this.opts.cache.release(f.cache).catch(() => undefined);
     this.files.clear();
   }
-}
-
-/** The piece table of the `size` bytes of `fh`, cut by pieceSizeFor (read piece by piece). */
-async function rehash(fh: FileHandle, size: number, signal: AbortSignal): Promise<PieceTable> {
-  const layout = new PieceLayout(size, pieceSizeFor(size));
-  const hasher = new PieceHasher(layout.pieceSize);
-  const buf = Buffer.allocUnsafe(layout.pieceSize);
-  for (let u = 0; u < layout.units; u++) {
-    signal.throwIfAborted();
-    const n = layout.length(u);
-    const { bytesRead } = await fh.read(buf, 0, n, layout.offset(u));
-    if (bytesRead !== n) throw DfError.internal('seed temp file is short');
-    hasher.update(buf.subarray(0, n));
-  }
-  return hasher.finish();
-}
-
-/** A URL as the origin of a file: a GET without credentials, redirects not followed. */
-function urlOrigin(url: URL): FileOrigin {
-  return {
-    key: url.toString(),
-    where: `${url.origin}${url.pathname}`,
-    open: async (signal) => {
-      const res = await originRequest(url, { signal });
-      const declared = res.headers['content-length'];
-      const size = typeof declared === 'string' && /^\d{1,16}$/.test(declared) ? Number(declared) : undefined;
-      return { body: res.body, validator: originValidator(res.headers), size };
-    },
-  };
-}
-
-/** `p` unless `signal` aborts first (the shared fetch goes on for the other nodes). */
-function raceSignal<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(DfError.from(signal.reason));
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(DfError.from(signal.reason));
-    signal.addEventListener('abort', onAbort, { once: true });
-    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
-  });
 }

@@ -66,10 +66,14 @@ export interface BlockServerOptions {
   /** Serves `POST /preheat` (a seed: see preheat-request.ts); without it, that path is 404. */
   preheat?: (images: string[]) => PreheatAnswer;
   /**
-   * Serves `GET /files/table?url=&digest=` (a seed: the piece table of a raw file, src/mirror); without it,
-   * that path is 404. Not bound by requestTimeoutMs: the seed may first fetch the whole file.
+   * Serves `GET /files/table?url=&digest=` (a seed: the piece table of a raw file, src/mirror; `origin`: the
+   * headers the node gives for the origin, origin-headers.ts); without it, that path is 404. Not bound by requestTimeoutMs: the seed may first fetch the whole file.
    */
-  fileTable?: (query: URLSearchParams, signal: AbortSignal) => Promise<Buffer>;
+  fileTable?: (
+    query: URLSearchParams,
+    signal: AbortSignal,
+    origin: Record<string, string>,
+  ) => Promise<Buffer>;
   /**
    * Serves `GET /manifests/v2/...` (a seed: manifests relayed for the nodes' mirrors with the engine's
    * credentials, see src/mirror/seed-manifests.ts); without it, that path is 404.

@@ -7,6 +7,7 @@ import { busyAtSource, deferredBySource, handedBackBySource, sourceUnavailable }
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 import { HANDED_BACK_HEADER, PIECE_DIGEST_HEADER } from './block-server.js';
 import { MANIFEST_FROM_HEADER } from './manifest-request.js';
+import { encodeOriginHeaders, ORIGIN_HEADERS_HEADER } from './origin-headers.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
 
 /**
@@ -142,7 +143,8 @@ export class HttpBlockClient {
   }
 
   /**
-   * `GET /files/table` of a seed: the piece table of a raw file (at most `maxBytes`). A seed that answers
+   * `GET /files/table` of a seed: the piece table of a raw file (at most `maxBytes`), with the headers the
+   * seed is to send the file's origin (`origin`: the user's `--header`s, credentials among them). A seed that answers
    * with an error status throws a DfError carrying its message (403 FORBIDDEN: origin not allowed there,
    * 404 NOT_FOUND, 409 DIGEST_MISMATCH, 401 UNAUTHORIZED: cluster token, 429 (or 503 with Retry-After): busy,
    * see isBusy; else NETWORK).
@@ -152,13 +154,18 @@ export class HttpBlockClient {
     query: Record<string, string>,
     maxBytes: number,
     signal: AbortSignal,
+    origin: Readonly<Record<string, string>> = {},
   ): Promise<Buffer> {
     const what = `seed ${address}: piece table`;
+    const forOrigin = encodeOriginHeaders(origin);
     let res: HttpAnswer;
     try {
       res = await this.pool.request(address, {
         path: `/files/table?${new URLSearchParams(query)}`,
-        headers: { [CLUSTER_TOKEN_HEADER]: this.clusterToken },
+        headers: {
+          [CLUSTER_TOKEN_HEADER]: this.clusterToken,
+          ...(forOrigin !== undefined && { [ORIGIN_HEADERS_HEADER]: forOrigin }),
+        },
         signal,
         onHead: (status, headers) => {
           // an error answer: the start of its text, for the message; the rest is dropped unread

@@ -184,8 +184,9 @@ export class P2pNode implements BlobProvider, LayerSwarm {
     query: Record<string, string>,
     maxBytes: number,
     signal: AbortSignal,
+    origin?: Readonly<Record<string, string>>,
   ): Promise<{ seed: string; table: Buffer }> {
-    return seedFileTable(this.seedAccess, key, query, maxBytes, signal);
+    return seedFileTable(this.seedAccess, key, query, maxBytes, signal, origin);
   }
 
   /** What asks the seeds themselves (piece tables, manifests: seed-manifest.ts): their client and isolation. */

@@ -3,6 +3,7 @@ import { DfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isBusy } from '../fetch/types.js';
 import { MANIFEST_PATH_PREFIX, type SeedManifests } from './manifest-request.js';
+import { decodeOriginHeaders, ORIGIN_HEADERS_HEADER } from './origin-headers.js';
 import { MAX_PREHEAT_BODY_BYTES, preheatRefs, type PreheatAnswer } from './preheat-request.js';
 
 // The seed's endpoints on the block server's port besides blocks and the tracker, after the cluster token
@@ -75,7 +76,7 @@ export async function handleFileTable(
   req: IncomingMessage,
   res: ServerResponse,
   fail: Fail,
-  fileTable: (query: URLSearchParams, signal: AbortSignal) => Promise<Buffer>,
+  fileTable: (query: URLSearchParams, signal: AbortSignal, origin: Record<string, string>) => Promise<Buffer>,
 ): Promise<void> {
   if (req.method !== 'GET') {
     res.setHeader('allow', 'GET');
@@ -84,13 +85,15 @@ export async function handleFileTable(
   const ac = new AbortController();
   abortOnClose(res, ac);
   let q: URLSearchParams;
+  let origin: Record<string, string>;
   try {
     q = new URL(`http://peer${req.url ?? ''}`).searchParams;
-  } catch {
-    return fail(400, 'malformed query');
+    origin = decodeOriginHeaders(req.headers[ORIGIN_HEADERS_HEADER]);
+  } catch (err) {
+    return fail(400, err instanceof DfError ? err.message : 'malformed query');
   }
   try {
-    const table = await fileTable(q, ac.signal);
+    const table = await fileTable(q, ac.signal, origin);
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': table.length });
     res.end(table);
   } catch (err) {

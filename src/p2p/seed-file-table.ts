@@ -30,6 +30,7 @@ export async function seedFileTable(
   query: Record<string, string>,
   maxBytes: number,
   signal: AbortSignal,
+  origin?: Readonly<Record<string, string>>,
 ): Promise<{ seed: string; table: Buffer }> {
   for (let attempt = 0; ; attempt++) {
     let last: unknown = new DfError('FAILED_PRECONDITION', 'no seed is configured (p2p.seeds)');
@@ -37,7 +38,7 @@ export async function seedFileTable(
     for (const seed of rankSeeds(key, deps.seeds)) {
       if (deps.isolation.isolated(seed)) continue;
       try {
-        return { seed, table: await deps.http.fileTable(seed, query, maxBytes, signal) };
+        return { seed, table: await deps.http.fileTable(seed, query, maxBytes, signal, origin) };
       } catch (err) {
         if (signal.aborted) throw err;
         const e = DfError.from(err);

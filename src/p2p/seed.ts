@@ -61,8 +61,11 @@ const MAX_PREHEATING = 64;
  */
 export interface SeedFileProvider {
   init(): Promise<void>;
-  /** The piece table asked for by `GET /files/table?...` (block-server.ts). */
-  table(query: URLSearchParams, signal: AbortSignal): Promise<Buffer>;
+  /**
+   * The piece table asked for by `GET /files/table?...` (block-server.ts), with the headers the node gives
+   * for the origin (its credentials, origin-headers.ts).
+   */
+  table(query: URLSearchParams, signal: AbortSignal, origin?: Record<string, string>): Promise<Buffer>;
   /** The file held (or being fetched) under `digest` and its pieces; undefined when not a file of this seed. */
   served(digest: string): (ServedBlob & { readonly layout: Units }) | undefined;
   /** The pieces of `digest` the seed can send now (its tracker's seed bitmap); undefined: not a file here. */
@@ -195,7 +198,7 @@ export class Seed implements BlobProvider {
     });
     this.files = files;
     this.server = new BlockServer({
-      fileTable: files && ((q, signal) => files.table(q, signal)),
+      fileTable: files && ((q, signal, origin) => files.table(q, signal, origin)),
       manifests: opts.manifests?.answer,
       provider: this,
       clusterToken: this.token,

@@ -2,7 +2,8 @@
  * `dfnode get` through a real cluster on loopback: a counting HTTP origin, a `dfnode seed` process and
  * `dfnode get` processes. N nodes at once cost the origin about one copy; a get killed with SIGKILL
  * mid-transfer resumes from the pieces it had verified; without a seed that may fetch the origin, the file
- * comes directly from it (with the credentials, which never reach the seed).
+ * comes directly from it; an origin that needs credentials is fetched by the seed with the nodes' headers,
+ * and the file it holds is not given to a node the origin refuses.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -118,30 +119,40 @@ describe('dfnode get', () => {
     expect(t.origin.served()).toBeLessThanOrEqual(1.1 * size);
   }, 400_000);
 
-  it('without a seed allowed to fetch the origin, gets it directly with the credentials, which the seed never sees', async () => {
+  it("an origin that needs credentials: the seed fetches it with the nodes' --header once; nodes without them get nothing from it", async () => {
     const size = 3 * MiB + 17;
     const auth = 'Bearer s3cret';
-    // the seed may fetch this origin but has no credentials: the origin refuses it
     const t = await setup(size, (o) => o.base, auth);
+    // without credentials: the seed is refused by the origin, and so is the node
     const no = await runCli('dfnode', t.args(0), { timeoutMs: 120_000 });
     expect(no.code, no.stderr).toBe(4);
     expect(no.stderr).toMatch(/401.*--header 'Authorization/);
-    const refusedBefore = t.origin.requests.refused;
-    const r = await runCli(
-      'dfnode',
-      t.args(1, ['--header', `Authorization: ${auth}`, '--digest', t.digest]),
-      {
-        timeoutMs: 120_000,
-      },
-    );
-    expect(r.code, r.stderr).toBe(0);
-    const res = parse(r.stdout);
-    expect(res).toMatchObject({ digest: t.digest, mode: 'direct', bytes: { registry: size } });
-    expect(res.reason).toMatch(/401/);
-    expect(r.stderr).toMatch(/fetched directly from the origin/);
-    // the seed asked (without credentials) and was refused; the node's request carried them
-    expect(t.origin.requests.refused).toBeGreaterThan(refusedBefore);
-    expect('sha256:' + (await sha256File(join(t.dir, 'out-1.bin')))).toBe(t.digest);
+    // with them: the seed fetches the file with the node's headers, the node takes it in pieces
+    const withAuth = (i: number, extra: string[] = []) =>
+      runCli('dfnode', t.args(i, ['--header', `Authorization: ${auth}`, ...extra]), { timeoutMs: 120_000 });
+    const one = await withAuth(1, ['--digest', t.digest]);
+    expect(one.code, one.stderr).toBe(0);
+    expect(parse(one.stdout)).toMatchObject({ digest: t.digest, mode: 'p2p', bytes: { seed: size } });
+    const two = await withAuth(2);
+    expect(two.code, two.stderr).toBe(0);
+    expect(parse(two.stdout)).toMatchObject({ digest: t.digest, mode: 'p2p' });
+    for (const i of [1, 2])
+      expect('sha256:' + (await sha256File(join(t.dir, `out-${i}.bin`)))).toBe(t.digest);
+    // the origin sent the file once (to the seed), besides HEADs
+    expect(t.origin.served()).toBeLessThanOrEqual(1.1 * size);
+    // the seed holds the file, fetched with those credentials: a node with other ones, or none, is refused
+    // by the seed (the origin refuses their HEAD), then by the origin; no bytes reach it
+    for (const [i, extra] of [
+      [3, ['--header', 'Authorization: Bearer nope', '--digest', t.digest]],
+      [4, ['--digest', t.digest]],
+    ] as const) {
+      const refusedBefore = t.origin.requests.refused;
+      const r = await runCli('dfnode', t.args(i, [...extra]), { timeoutMs: 120_000 });
+      expect(r.code, r.stderr).toBe(4);
+      expect(t.origin.requests.refused).toBeGreaterThanOrEqual(refusedBefore + 2);
+      expect(existsSync(join(t.dir, `out-${i}.bin`))).toBe(false);
+    }
+    expect(t.origin.served()).toBeLessThanOrEqual(1.1 * size);
   }, 200_000);
 
   it('a seed refuses an origin p2p.seedOrigins does not list, without contacting it; the node gets the file directly', async () => {
