@@ -1,4 +1,3 @@
-import { join } from 'node:path';
 import type { Config } from '../config.js';
 import { DfError } from '../errors.js';
 import { isBusy } from '../fetch/types.js';
@@ -11,9 +10,8 @@ import {
   type SeedManifestProvider,
 } from '../p2p/manifest-request.js';
 import { ManifestRelay } from './manifest-relay.js';
-import { ManifestStore } from './manifest-store.js';
 import { parseMirrorRoute } from './route.js';
-import { Upstream } from './upstream.js';
+import { relayFor, upstreamFor } from './relay-config.js';
 
 const text = (status: number, message: string): ManifestWireAnswer => ({
   status,
@@ -96,24 +94,8 @@ export function startSeedManifests(
   log: Logger,
   allowed: (registry: string) => boolean,
 ): SeedManifestProvider & { relay: ManifestRelay } {
-  const upstream = new Upstream({
-    plainHttp: cfg.registry.plainHttp,
-    insecure: cfg.registry.insecure,
-    timeoutMs: cfg.registry.timeoutMs,
-  });
-  const relay = new ManifestRelay({
-    upstream,
-    ttlMs: cfg.mirror.manifestTtlMs,
-    staleMs: cfg.mirror.staleManifestMs,
-    store: cfg.mirror.manifestStoreBytes
-      ? new ManifestStore({
-          dir: join(cfg.cache.dir, 'mirror-manifests'),
-          maxBytes: cfg.mirror.manifestStoreBytes,
-          logger: log,
-        })
-      : undefined,
-    logger: log.child({ component: 'manifests' }),
-  });
+  const upstream = upstreamFor(cfg);
+  const relay = relayFor(cfg, log, upstream);
   return {
     relay,
     answer: seedManifestAnswer(relay, allowed),

@@ -2,14 +2,12 @@ import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { CacheManager } from '../cache/cache-manager.js';
 import type { P2pNode } from '../p2p/p2p-node.js';
-import { join } from 'node:path';
 import { ClusterBlobs } from './cluster-blobs.js';
-import { ManifestStore } from './manifest-store.js';
 import { ManifestRelay } from './manifest-relay.js';
 import { clusterManifests } from './cluster-manifests.js';
 import { resolveClusterToken } from '../p2p/auth.js';
 import { MirrorServer } from './mirror-server.js';
-import { Upstream } from './upstream.js';
+import { relayFor, upstreamFor } from './relay-config.js';
 
 /**
  * Starts the registry mirror when `mirror.listen` is set; the caller closes it. Given the node's cache
@@ -24,11 +22,7 @@ export async function startMirror(
 ): Promise<MirrorServer | undefined> {
   const listen = cfg.mirror.listen;
   if (!listen || listen === 'off') return undefined;
-  const upstream = new Upstream({
-    plainHttp: cfg.registry.plainHttp,
-    insecure: cfg.registry.insecure,
-    timeoutMs: cfg.registry.timeoutMs,
-  });
+  const upstream = upstreamFor(cfg);
   const blobs = node && new ClusterBlobs({ ...node, config: cfg, logger: log });
   const p2p = node?.p2p;
   // a node with seeds asks them for manifests first (cluster-manifests.ts)
@@ -48,25 +42,7 @@ export async function startMirror(
     manifestTtlMs: cfg.mirror.manifestTtlMs,
     staleManifestMs: cfg.mirror.staleManifestMs,
     accessTtlMs: cfg.mirror.accessTtlMs,
-    manifests:
-      manifests ??
-      new ManifestRelay({
-        upstream,
-        ttlMs: cfg.mirror.manifestTtlMs,
-        staleMs: cfg.mirror.staleManifestMs,
-        // in the cache dir of the process: answered after a restart while the registry is down
-        store: cfg.mirror.manifestStoreBytes
-          ? new ManifestStore({
-              dir: join(cfg.cache.dir, 'mirror-manifests'),
-              maxBytes: cfg.mirror.manifestStoreBytes,
-              logger: log,
-            })
-          : undefined,
-        via,
-        // the seed may wait for the registry's answer and then for its body
-        viaTimeoutMs: 2 * cfg.registry.timeoutMs,
-        logger: log.child({ component: 'mirror' }),
-      }),
+    manifests: manifests ?? relayFor(cfg, log, upstream, via),
     pieceTimeoutMs: cfg.registry.timeoutMs,
     blobs,
     logger: log,
