@@ -23,7 +23,7 @@ export const getArgs = z.strictObject({
     .string()
     .regex(/^sha256:[0-9a-f]{64}$/)
     .optional(),
-  /** `K: V` headers for a URL's origin (credentials): to the origin only. */
+  /** `K: V` headers for a URL's origin (credentials): to the origin and the file's seed, never to peers. */
   headers: z
     .array(z.string().max(16 * 1024))
     .max(64)

@@ -67,7 +67,7 @@ const isDigestRef = (reference: string) => /^[a-z0-9]+:/.test(reference);
 
 /**
  * A manifest entry for `body`, its digest computed here; one asked for by digest must have that digest
- * (REGISTRY error otherwise: the source sent other content).
+ * (DIGEST_MISMATCH otherwise: the source sent other content).
  */
 export function manifestEntry(
   body: Buffer,
@@ -104,6 +104,7 @@ export class ManifestRelay {
   /** Answers by where they came from; requests that joined a fetch on its way are counted as joined only. */
   readonly counters = { memory: 0, registry: 0, seed: 0, stale: 0, refused: 0, joined: 0, mismatches: 0 };
   private readonly closing = new AbortController();
+  private initialized: Promise<void> | undefined;
 
   constructor(private readonly opts: ManifestRelayOptions) {
     this.log = opts.logger ?? silentLogger;
@@ -111,8 +112,6 @@ export class ManifestRelay {
     this.ttlMs = opts.ttlMs ?? 5_000;
     this.staleMs = opts.staleMs ?? 3_600_000;
   }
-
-  private initialized: Promise<void> | undefined;
 
   /** Reads the disk's index (once, however many servers answer from this relay). */
   init(): Promise<void> {
