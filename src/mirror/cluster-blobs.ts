@@ -43,6 +43,17 @@ export interface ClusterBlob {
   release(): void;
 }
 
+/**
+ * Where the mirror answers blobs from besides the registry: a node's cache and P2P tier (ClusterBlobs), or a
+ * seed's own files (seed-mirror-blobs.ts). `open` gives the blob, or why it cannot (then the registry).
+ */
+export interface BlobHolder {
+  open(req: ClusterBlobRequest, signal: AbortSignal): Promise<ClusterBlob | string>;
+  /** Bytes of pieces moved into the node's cache, by source. */
+  readonly bytes: Partial<Record<string, number>>;
+  close(): Promise<void>;
+}
+
 /** Where the blob is, and who may fetch its pieces from the registry (the engine's own credentials). */
 export interface ClusterBlobRequest {
   registry: string;
@@ -92,7 +103,7 @@ interface Entry {
  * blob however many engines ask; the blob stays in the swarm for a while after its last reader. When the
  * cluster cannot serve the blob, `open` returns the reason and the mirror streams from the registry.
  */
-export class ClusterBlobs {
+export class ClusterBlobs implements BlobHolder {
   private readonly entries = new Map<string, Entry>();
   private readonly opening = new Map<string, Promise<Entry | string>>();
   private readonly log: Logger;

@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
 import { digestAlgorithm } from '../registry/digest.js';
 import { credentialKey, type BlobAccess } from './blob-access.js';
-import type { ClusterBlob, ClusterBlobs } from './cluster-blobs.js';
+import type { BlobHolder, ClusterBlob } from './cluster-blobs.js';
 import type { MirrorCounters } from './mirror-counters.js';
 import type { MirrorRoute } from './route.js';
 import type { Upstream, UpstreamResponse } from './upstream.js';
@@ -22,7 +22,7 @@ const RELAYED = [
 export interface MirrorBlobsOptions {
   upstream: Upstream;
   /** The node's cache and P2P tier; without it every blob is streamed from the registry. */
-  cluster?: ClusterBlobs;
+  cluster?: BlobHolder;
   access: BlobAccess;
   accessTtlMs: number;
   /** While the registry is unreachable, a remembered access this old still lets a blob through. */

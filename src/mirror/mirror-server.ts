@@ -7,7 +7,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { readBody } from '../registry/http-body.js';
 import { listenTcp, splitHostPort } from '../util/listen.js';
 import { BlobAccess, credentialKey, manifestDigests } from './blob-access.js';
-import type { ClusterBlobs } from './cluster-blobs.js';
+import type { BlobHolder } from './cluster-blobs.js';
 import { MirrorBlobs } from './mirror-blobs.js';
 import type { MirrorCounters } from './mirror-counters.js';
 import { MAX_ERROR_BODY, REFUSAL_HEADERS, ManifestRelay } from './manifest-relay.js';
@@ -42,7 +42,7 @@ export interface MirrorServerOptions {
    * in verified pieces through peers → seed → registry, after the registry said the engine may read them.
    * Without it every blob is streamed from the registry.
    */
-  blobs?: ClusterBlobs;
+  blobs?: BlobHolder;
   /** A registry's yes to a credential for a repository is remembered this long (one check per pull). */
   accessTtlMs?: number;
   /** Timeout of each range request to the registry when pieces come from it (ms). */

@@ -2,7 +2,7 @@ import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { CacheManager } from '../cache/cache-manager.js';
 import type { P2pNode } from '../p2p/p2p-node.js';
-import { ClusterBlobs } from './cluster-blobs.js';
+import { ClusterBlobs, type BlobHolder } from './cluster-blobs.js';
 import { ManifestRelay } from './manifest-relay.js';
 import { clusterManifests } from './cluster-manifests.js';
 import { resolveClusterToken } from '../p2p/auth.js';
@@ -17,8 +17,11 @@ export async function startMirror(
   cfg: Config,
   log: Logger,
   node?: { caches: CacheManager; p2p?: P2pNode },
-  /** A seed's manifest relay (seed-manifests.ts), which its own mirror answers from too. */
-  manifests?: ManifestRelay,
+  /**
+   * A seed's: its manifest relay (seed-manifests.ts) and its files (seed-mirror-blobs.ts), which its own
+   * mirror answers from too.
+   */
+  seed?: { manifests: ManifestRelay; blobs?: BlobHolder },
 ): Promise<MirrorServer | undefined> {
   const listen = cfg.mirror.listen;
   if (!listen || listen === 'off') return undefined;
@@ -42,9 +45,9 @@ export async function startMirror(
     manifestTtlMs: cfg.mirror.manifestTtlMs,
     staleManifestMs: cfg.mirror.staleManifestMs,
     accessTtlMs: cfg.mirror.accessTtlMs,
-    manifests: manifests ?? relayFor(cfg, log, upstream, via),
+    manifests: seed?.manifests ?? relayFor(cfg, log, upstream, via),
     pieceTimeoutMs: cfg.registry.timeoutMs,
-    blobs,
+    blobs: blobs ?? seed?.blobs,
     logger: log,
     onClose: () => {
       if (blobs) node.caches.onFull = before;
@@ -53,7 +56,16 @@ export async function startMirror(
   });
   await mirror.start();
   log.info(
-    { address: mirror.address, blobs: node ? (node.p2p ? 'cache and cluster' : 'cache') : 'registry' },
+    {
+      address: mirror.address,
+      blobs: node
+        ? node.p2p
+          ? 'cache and cluster'
+          : 'cache'
+        : seed?.blobs
+          ? "the seed's files"
+          : 'registry',
+    },
     'registry mirror listening',
   );
   return mirror;

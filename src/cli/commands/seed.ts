@@ -4,6 +4,7 @@ import { createLogger } from '../../log.js';
 import { SeedFiles } from '../../mirror/seed-files.js';
 import { startMirror } from '../../mirror/start-mirror.js';
 import { startSeedManifests } from '../../mirror/seed-manifests.js';
+import { SeedMirrorBlobs } from '../../mirror/seed-mirror-blobs.js';
 import { Seed } from '../../p2p/seed.js';
 import { registryAllowed } from '../../p2p/seed-registries.js';
 import { configFrom, waitForSignal, type NodeFlags } from '../node-common.js';
@@ -49,7 +50,9 @@ export async function seedCommand(flags: NodeFlags, signal: AbortSignal): Promis
         ? cfg.node.metricsAddress
         : '';
     if (address) server = await metrics.serve(address);
-    mirror = await startMirror(cfg, log, undefined, manifests.relay);
+    // blobs from the seed's own files: a pull-through cache for hosts pointed at the seed's mirror
+    const blobs = seed.files && new SeedMirrorBlobs(seed.files);
+    mirror = await startMirror(cfg, log, undefined, { manifests: manifests.relay, blobs });
     if (mirror) metrics.publishMirror(mirror);
     log.info({ ...a, metrics: address }, 'dfnode seed running');
     process.stdout.write(`seed serving blocks on ${a.blocks}, tracker on ${a.tracker}\n`);
