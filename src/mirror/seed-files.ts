@@ -105,6 +105,8 @@ export class SeedFiles implements SeedFileProvider {
   private readonly now: () => number;
   private readonly tmp: string;
   private readonly access: OriginAccess;
+  /** Files being moved from their fetch into the cache, by digest. */
+  private readonly moving = new Map<string, Promise<SeedFile>>();
 
   constructor(private readonly opts: SeedFilesOptions) {
     this.log = opts.logger ?? silentLogger;
@@ -220,6 +222,8 @@ export class SeedFiles implements SeedFileProvider {
   private async held(digest: string, signal: AbortSignal): Promise<SeedFile | undefined> {
     const f = this.files.get(digest);
     if (f) return f;
+    const moving = this.moving.get(digest);
+    if (moving) return moving.catch(() => undefined);
     const known = this.opts.cache.list().find((b) => b.digest === digest && b.complete);
     if (!known) return undefined;
     const cache = await this.opts.cache.open({ digest, size: known.size }, signal);
@@ -355,34 +359,14 @@ export class SeedFiles implements SeedFileProvider {
       this.urls.set(origin.key, { digest: table.digest, validator });
       const have = this.files.get(table.digest);
       if (have) return have;
-      const cache = await this.opts.cache.open({ digest: table.digest, size: table.size }, signal);
+      // held() of the digest meanwhile waits for this (not a second copy of the file's state)
+      const moved = this.moveIntoCache(fh, path, table, where, origin.credential, signal);
+      this.moving.set(table.digest, moved);
       try {
-        const layout = new PieceLayout(table.size, table.pieceSize);
-        const { blockCount, tocOffset } = layout.cacheLayout;
-        const held = cache.layout;
-        const other = held && (held.blockCount !== blockCount || held.tocOffset !== tocOffset);
-        // the blob is open here as a DFB layer: its cache is not this file's to reset
-        if (other && !cache.isComplete)
-          throw new DfError(
-            'FAILED_PRECONDITION',
-            `this seed holds ${table.digest} as a DFB layer that is not complete yet; ask again later`,
-          );
-        if (!other) await cache.setLayout(blockCount, tocOffset, signal);
-        const buf = Buffer.allocUnsafe(table.pieceSize);
-        for (let u = 0; u < layout.units && !other; u++) {
-          if (cache.has(u)) continue;
-          const n = layout.length(u);
-          const { bytesRead } = await fh.read(buf, 0, n, layout.offset(u));
-          if (bytesRead !== n) throw DfError.internal(`seed temp file ${path} is short`);
-          await cache.write(u, layout.offset(u), Buffer.from(buf.subarray(0, n)), signal);
-        }
-        await cache.flush(signal);
-      } catch (err) {
-        await this.opts.cache.release(cache);
-        throw err;
+        return await moved;
+      } finally {
+        if (this.moving.get(table.digest) === moved) this.moving.delete(table.digest);
       }
-      this.log.info({ from: where, digest: table.digest, size: table.size }, 'seed holds the file');
-      return this.keep(cache, table, origin.credential);
     } catch (err) {
       discard(body);
       const e = DfError.from(err, `seed fetch of ${where}`);
@@ -399,6 +383,45 @@ export class SeedFiles implements SeedFileProvider {
       await fh?.close();
       await rm(path, { force: true });
     }
+  }
+
+  /** The fetched file (checked, in the temporary file `fh`) into the cache under its digest, piece by piece. */
+  private async moveIntoCache(
+    fh: FileHandle,
+    path: string,
+    table: PieceTable,
+    where: string,
+    credential: string,
+    signal: AbortSignal,
+  ): Promise<SeedFile> {
+    const cache = await this.opts.cache.open({ digest: table.digest, size: table.size }, signal);
+    try {
+      const layout = new PieceLayout(table.size, table.pieceSize);
+      const { blockCount, tocOffset } = layout.cacheLayout;
+      const held = cache.layout;
+      const other = held && (held.blockCount !== blockCount || held.tocOffset !== tocOffset);
+      // the blob is open here as a DFB layer: its cache is not this file's to reset
+      if (other && !cache.isComplete)
+        throw new DfError(
+          'FAILED_PRECONDITION',
+          `this seed holds ${table.digest} as a DFB layer that is not complete yet; ask again later`,
+        );
+      if (!other) await cache.setLayout(blockCount, tocOffset, signal);
+      const buf = Buffer.allocUnsafe(table.pieceSize);
+      for (let u = 0; u < layout.units && !other; u++) {
+        if (cache.has(u)) continue;
+        const n = layout.length(u);
+        const { bytesRead } = await fh.read(buf, 0, n, layout.offset(u));
+        if (bytesRead !== n) throw DfError.internal(`seed temp file ${path} is short`);
+        await cache.write(u, layout.offset(u), Buffer.from(buf.subarray(0, n)), signal);
+      }
+      await cache.flush(signal);
+    } catch (err) {
+      await this.opts.cache.release(cache);
+      throw err;
+    }
+    this.log.info({ from: where, digest: table.digest, size: table.size }, 'seed holds the file');
+    return this.keep(cache, table, credential);
   }
 
   private refuse(digest: string, err: DfError): void {
