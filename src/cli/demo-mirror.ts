@@ -70,10 +70,13 @@ export async function demoThroughMirror(o: DemoMirrorOptions): Promise<number> {
   const text = await res.text();
   const sent = counterBy(text, 'dfnode_mirror_bytes_total', 'kind').blob ?? 0;
   const pieces = counterBy(text, 'dfnode_mirror_piece_bytes_total', 'source');
+  const events = counterBy(text, 'dfnode_mirror_events_total', 'event');
+  const manifests = counterBy(text, 'dfnode_mirror_requests_total', 'kind').manifest ?? 0;
   o.out(
     `${step++}. the mirror sent containerd ${kib(sent)} of blobs, their pieces came ${kib(pieces.seed ?? 0)} through ` +
       `the seed, ${kib(pieces.peer ?? 0)} from peers, ${kib(pieces.registry ?? 0)} from the registry directly ` +
-      '(each piece verified, the whole blob checked against its digest)',
+      '(each piece verified, the whole blob checked against its digest); ' +
+      `${events.seed_manifest ?? 0} of its ${manifests} manifest answers came from the seed (which keeps them for a registry outage)`,
   );
   return step;
 }

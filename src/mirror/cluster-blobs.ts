@@ -51,6 +51,8 @@ export interface BlobHolder {
   open(req: ClusterBlobRequest, signal: AbortSignal): Promise<ClusterBlob | string>;
   /** Bytes of pieces moved into the node's cache, by source. */
   readonly bytes: Partial<Record<string, number>>;
+  /** The size of `digest` when it is held complete here (a HEAD while the registry is down). */
+  heldSize(digest: string): number | undefined;
   close(): Promise<void>;
 }
 
@@ -374,6 +376,10 @@ export class ClusterBlobs implements BlobHolder {
   }
 
   /** Stops every fetch and leaves every swarm (before the P2P node and the cache close). */
+  heldSize(digest: string): number | undefined {
+    return this.opts.caches.list().find((b) => b.digest === digest && b.complete)?.size;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     await Promise.allSettled([...this.opening.values()]);

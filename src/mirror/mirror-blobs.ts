@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { DfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { digestAlgorithm } from '../registry/digest.js';
 import { credentialKey, type BlobAccess } from './blob-access.js';
@@ -53,7 +54,8 @@ export class MirrorBlobs {
   ): Promise<void> {
     const blobs = this.opts.cluster;
     // a HEAD is the registry's answer with the engine's credentials (it opens no fetch through the cluster)
-    if (!blobs || method === 'HEAD') return this.blobFromRegistry(route, method, req, res, signal);
+    if (blobs && method === 'HEAD') return this.headOrHeld(blobs, route, req, res, signal);
+    if (!blobs) return this.blobFromRegistry(route, method, req, res, signal);
     const up = await this.checkAccess(route, req, signal);
     if (up) return this.opts.relay(up, res, method);
     const { registry, repository } = route.ref;
@@ -125,6 +127,38 @@ export class MirrorBlobs {
     this.opts.access.grant(cred, repo, now);
     this.opts.access.learn(repo, [route.digest]);
     return undefined;
+  }
+
+  /**
+   * A blob HEAD: the registry's answer; while the registry cannot be reached, the size of a blob held here
+   * (complete) to an engine allowed recently, on the rule of outage answers.
+   */
+  private async headOrHeld(
+    blobs: BlobHolder,
+    route: Extract<MirrorRoute, { kind: 'blob' }>,
+    req: IncomingMessage,
+    res: ServerResponse,
+    signal: AbortSignal,
+  ): Promise<void> {
+    try {
+      return await this.blobFromRegistry(route, 'HEAD', req, res, signal);
+    } catch (err) {
+      const e = DfError.from(err);
+      const size = blobs.heldSize(route.digest);
+      const cred = credentialKey(req.headers.authorization);
+      const repo = `${route.ref.registry}/${route.ref.repository}`;
+      const allowed = this.opts.access.allowed(cred, repo, route.digest, this.opts.staleMs, this.opts.now());
+      if (signal.aborted || res.headersSent || (e.code !== 'NETWORK' && e.code !== 'TIMEOUT')) throw err;
+      if (size === undefined || !allowed) throw err;
+      this.opts.counters.outageAnswers++;
+      res.writeHead(200, {
+        'Content-Type': 'application/octet-stream',
+        'Content-Length': size,
+        'Docker-Content-Digest': route.digest,
+        'Accept-Ranges': 'bytes',
+      });
+      res.end();
+    }
   }
 
   /** A blob GET from the node's cache or the cluster: whole (digest checked as it goes) or a range. */

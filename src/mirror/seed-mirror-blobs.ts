@@ -37,6 +37,11 @@ export class SeedMirrorBlobs implements BlobHolder {
     };
   }
 
+  heldSize(digest: string): number | undefined {
+    const s = this.files.served(digest);
+    return s && !s.ready ? s.size : undefined;
+  }
+
   async close(): Promise<void> {}
 }
 

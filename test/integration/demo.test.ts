@@ -89,6 +89,10 @@ describe.skipIf(req.skip)('npm run demo', () => {
     expect(kibOf(via!, 'through the seed')).toBe(sent);
     expect(kibOf(via!, 'from the registry directly')).toBe(0);
     expect(kibOf(via!, 'from peers')).toBe(0);
+    // the node's mirror asked the seed for the manifests (the seed fetched them from the registry)
+    const m = /(\d+) of its (\d+) manifest answers came from the seed/.exec(via!);
+    expect(m, via).not.toBeNull();
+    expect(Number(m![1])).toBeGreaterThanOrEqual(1);
     expect(r.stdout).toMatch(/^18\. stopped containerd, dfnode run and the seed; nothing left mounted$/m);
     expect(r.stdout).toMatch(/^demo OK in [\d.]+ s$/m);
     await expectNothingLeft(dir);

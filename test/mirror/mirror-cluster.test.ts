@@ -305,6 +305,12 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     expect(sha256Digest(restarted.body)).toBe(bigDigest);
     expect(b.mirror.counters.outageAnswers).toBe(1);
     expect((await get(b.mirror.address, path)).status).toBe(502);
+    // a HEAD while the registry is down: the size of the blob b holds, to the engine allowed a moment ago
+    const head = await get(b.mirror.address, path, { authorization: auth }, 'HEAD');
+    expect(head.status).toBe(200);
+    expect(head.headers['content-length']).toBe(String(big.length));
+    expect(head.headers['docker-content-digest']).toBe(bigDigest);
+    expect((await get(b.mirror.address, path, {}, 'HEAD')).status).toBe(502);
 
     // a node that never pulled the image, the registry still down: the manifest from the seed (it fetched it
     // for b with the same credential), the blob through the cluster; nothing without credentials
