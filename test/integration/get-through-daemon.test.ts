@@ -3,7 +3,8 @@
  * socket (found from --state-dir, as on a host) and runs in the process that holds the cache — the fuse
  * manager by default, `dfnode run` itself without it — through that node's P2P tier: the file's pieces land
  * in the daemon's cache, a second get is answered from it, and the CLI writes no cache of its own. A get
- * whose CLI is killed (SIGKILL) is ended in the daemon, and the rerun resumes from the pieces it verified.
+ * whose CLI is killed (SIGKILL) while the seed still fetches the file is ended in the daemon, and the rerun
+ * resumes from the pieces it verified.
  * Real processes: a counting HTTP origin, `dfnode seed`, `dfnode run`. Needs root and /dev/fuse (dfnode run
  * probes a FUSE mount at start); skips locally with a printed reason.
  */
@@ -18,7 +19,7 @@ import { cleanupsAfterEach } from '../helpers/cleanups.js';
 import { startDfnodeRun } from '../helpers/containerd.js';
 import { dfnodeProc, startSeedProc } from '../helpers/dfnode-proc.js';
 import { sha256Digest, sha256File } from '../helpers/digest.js';
-import { getNodeFlags, startFileOrigin } from '../helpers/file-origin.js';
+import { startFileOrigin } from '../helpers/file-origin.js';
 import { requireNodeMounts, waitFor } from '../helpers/node.js';
 import { tempDir } from '../helpers/temp.js';
 
@@ -34,10 +35,10 @@ interface Result {
   bytes: Record<string, number>;
 }
 
-async function setup(fuseManager: boolean, downloadRate?: string) {
+async function setup(fuseManager: boolean, chunkDelayMs?: number) {
   const { dir, cleanup } = await tempDir('dfnode-get-daemon-');
   cleanups.push(cleanup);
-  const origin = await startFileOrigin();
+  const origin = await startFileOrigin({ chunkDelayMs });
   cleanups.push(() => origin.close());
   const data = randomBytes(6 * MiB + 4321);
   origin.put('/files/model.bin', data);
@@ -53,7 +54,6 @@ async function setup(fuseManager: boolean, downloadRate?: string) {
       DFNODE_P2P_CLUSTER_TOKEN: TOKEN,
       DFNODE_P2P_LISTEN: '127.0.0.1:0',
       DFNODE_LOG_LEVEL: 'warn',
-      ...(downloadRate && { DFNODE_P2P_DOWNLOAD_RATE: downloadRate }),
     },
   });
   cleanups.push(async () => {
@@ -93,27 +93,19 @@ describe.skipIf(req.skip)(`dfnode get through dfnode run ${req.reason}`, () => {
     }, 180_000);
 
   it('a get whose command is killed ends in the daemon; the rerun resumes from the pieces it verified', async () => {
-    // the daemon downloads at 1 MB/s, so that the get can be killed halfway
-    const { dir, data, args, origin, url, seed, node } = await setup(true, '1M');
+    // a slow origin (64 KiB per 60 ms, about 1 MiB/s) and --digest: the seed serves each piece as it
+    // arrives, and the node is killed while the seed still fetches the file (its table still filling)
+    const { dir, data, args, origin, node } = await setup(true, 60);
     const digest = sha256Digest(data);
-    // the seed holds the whole file first (a get on a cache of its own): the node's pieces are checked
-    // against a finished table, and such pieces are kept when a get ends early
-    const warm = await runCli('dfnode', [
-      'get',
-      url,
-      '-O',
-      join(dir, 'w.bin'),
-      ...getNodeFlags(dir, '-w', TOKEN, seed.addr),
-    ]);
-    expect(warm.code, warm.stderr).toBe(0);
-    const proc = dfnodeProc(args('k.bin'));
+    const withDigest = (out: string) => [...args(out), '--digest', digest];
+    const proc = dfnodeProc(withDigest('k.bin'));
     const fm = new FuseManagerClient(fuseManagerPaths(node.stateDir).socket);
     const held = async () => (await fm.status()).blobs.find((b) => b.digest === digest)?.filledBytes ?? 0;
     await waitFor("2 MiB in the daemon's cache", async () => (await held()) >= 2 * MiB, 60_000);
     proc.child.kill('SIGKILL');
     await proc.exited;
     const before = await held();
-    const r = await runCli('dfnode', args('k.bin'), { timeoutMs: 120_000 });
+    const r = await runCli('dfnode', withDigest('k.bin'), { timeoutMs: 120_000 });
     expect(r.code, r.stderr).toBe(0);
     const res = JSON.parse(r.stdout) as Result;
     console.log(`rerun after the kill (${before} B held): ${r.stdout.trim()}`);
