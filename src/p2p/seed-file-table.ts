@@ -18,6 +18,35 @@ export interface SeedAccess {
 }
 
 /**
+ * `ask` of the first seed by rendezvous over `key` that is not isolated and can be asked: a seed whose
+ * request fails with an error `down` says is isolated and the next one asked; any other failure is that
+ * seed's answer and thrown. Throws the last failure when none could be asked (none configured, all down or
+ * isolated). Returns the seed too.
+ */
+export async function askSeeds<T>(
+  deps: SeedAccess,
+  key: string,
+  signal: AbortSignal,
+  ask: (seed: string) => Promise<T>,
+  down: (e: DfError) => boolean,
+): Promise<{ seed: string; value: T }> {
+  let last: unknown = new DfError('FAILED_PRECONDITION', 'no seed is configured (p2p.seeds)');
+  for (const seed of rankSeeds(key, deps.seeds)) {
+    if (deps.isolation.isolated(seed)) continue;
+    try {
+      return { seed, value: await ask(seed) };
+    } catch (err) {
+      if (signal.aborted) throw err;
+      const e = DfError.from(err);
+      if (!down(e)) throw e;
+      deps.isolation.fail(seed, `${e.code}: ${e.message.slice(0, 300)}`);
+      last = e;
+    }
+  }
+  throw last;
+}
+
+/**
  * The piece table of a raw file from the first seed (rendezvous over `key`: the file's digest, else its
  * URL) that answers; a seed that is down is isolated and the next one asked. A seed that answers busy
  * (fetching as many files as it may) is asked again after a pause, until `signal` ends: it is alive, and
@@ -33,26 +62,19 @@ export async function seedFileTable(
   origin?: Readonly<Record<string, string>>,
 ): Promise<{ seed: string; table: Buffer }> {
   for (let attempt = 0; ; attempt++) {
-    let last: unknown = new DfError('FAILED_PRECONDITION', 'no seed is configured (p2p.seeds)');
-    let busy = false;
-    for (const seed of rankSeeds(key, deps.seeds)) {
-      if (deps.isolation.isolated(seed)) continue;
-      try {
-        return { seed, table: await deps.http.fileTable(seed, query, maxBytes, signal, origin) };
-      } catch (err) {
-        if (signal.aborted) throw err;
-        const e = DfError.from(err);
-        if (isBusy(e)) {
-          busy = true;
-          break;
-        }
-        // the seed answered: its answer stands (another seed has the same configuration and origin)
-        if (e.code !== 'NETWORK' && e.code !== 'TIMEOUT') throw e;
-        deps.isolation.fail(seed, `${e.code}: ${e.message.slice(0, 300)}`);
-        last = e;
-      }
+    try {
+      const { seed, value } = await askSeeds(
+        deps,
+        key,
+        signal,
+        (seed) => deps.http.fileTable(seed, query, maxBytes, signal, origin),
+        // another answer stands (another seed has the same configuration and origin); busy: asked again
+        (e) => e.code === 'NETWORK' || e.code === 'TIMEOUT',
+      );
+      return { seed, table: value };
+    } catch (err) {
+      if (signal.aborted || !isBusy(err)) throw err;
     }
-    if (!busy) throw last;
     await sleep(deps.timers, Math.min(TABLE_BUSY_MS * 2 ** Math.min(attempt, 3), TABLE_BUSY_MAX_MS), signal);
   }
 }

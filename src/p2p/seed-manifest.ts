@@ -1,6 +1,4 @@
-import { DfError } from '../errors.js';
-import { rankSeeds } from './rendezvous.js';
-import type { SeedAccess } from './seed-file-table.js';
+import { askSeeds, type SeedAccess } from './seed-file-table.js';
 
 /** A seed's answer to a manifest request, as it came (http-block-client.ts manifest()). */
 export interface SeedManifestReply {
@@ -25,17 +23,13 @@ export async function seedManifest(
   maxBytes: number,
   signal: AbortSignal,
 ): Promise<SeedManifestReply> {
-  let last: unknown = new DfError('FAILED_PRECONDITION', 'no seed is configured (p2p.seeds)');
-  for (const seed of rankSeeds(key, deps.seeds)) {
-    if (deps.isolation.isolated(seed)) continue;
-    try {
-      return { seed, ...(await deps.http.manifest(seed, target, engine, maxBytes, signal)) };
-    } catch (err) {
-      if (signal.aborted) throw err;
-      const e = DfError.from(err);
-      deps.isolation.fail(seed, `${e.code}: ${e.message.slice(0, 300)}`);
-      last = e;
-    }
-  }
-  throw last;
+  // the client throws only when the seed could not be asked: any failure is a seed down
+  const { seed, value } = await askSeeds(
+    deps,
+    key,
+    signal,
+    (s) => deps.http.manifest(s, target, engine, maxBytes, signal),
+    () => true,
+  );
+  return { seed, ...value };
 }
