@@ -44,6 +44,13 @@ async function throughDaemon(
   }
 }
 
+/** Whether the flags configure a node of this process's own (cache, P2P, metrics): it then runs here. */
+function ownNode(flags: DaemonFlags & { metricsAddress?: string }): boolean {
+  return [flags.cacheDir, flags.seeds, flags.p2pListen, flags.advertise, flags.clusterToken]
+    .concat([flags.p2pTlsCert, flags.p2pTlsKey, flags.p2pTlsCa, flags.metricsAddress])
+    .some((v) => v !== undefined);
+}
+
 /** The config file's control socket when one is given (loading the config costs zod), else the default one. */
 async function configuredSocket(flags: DaemonFlags): Promise<string | undefined> {
   if (!flags.config && !process.env.DFNODE_CONFIG)
@@ -79,10 +86,7 @@ export async function preheatThroughDaemon(
   flags: DaemonFlags & PreheatFlags,
   signal: AbortSignal,
 ): Promise<boolean> {
-  const own = [flags.cacheDir, flags.seeds, flags.p2pListen, flags.advertise, flags.clusterToken]
-    .concat([flags.p2pTlsCert, flags.p2pTlsKey, flags.p2pTlsCa, flags.metricsAddress])
-    .some((v) => v !== undefined);
-  if (flags.serve || (own && !flags.controlSocket)) return false;
+  if (flags.serve || (ownNode(flags) && !flags.controlSocket)) return false;
   const r = await throughDaemon('preheat', { ref: refText }, flags, signal, false);
   if (!r) return false;
   const { preheatLine } = await import('../node-common.js');
@@ -102,10 +106,7 @@ export async function getThroughDaemon(
   signal: AbortSignal,
   onProgress: (p: GetProgress) => void,
 ): Promise<GetFileResult | undefined> {
-  const own = [flags.cacheDir, flags.seeds, flags.p2pListen, flags.advertise, flags.clusterToken]
-    .concat([flags.p2pTlsCert, flags.p2pTlsKey, flags.p2pTlsCa, flags.metricsAddress])
-    .some((v) => v !== undefined);
-  if (own && !flags.controlSocket) return undefined;
+  if (ownNode(flags) && !flags.controlSocket) return undefined;
   const r = await throughDaemon('get', { ...args }, flags, signal, false, (line) => {
     try {
       const p = (JSON.parse(line) as { get?: GetProgress }).get;
