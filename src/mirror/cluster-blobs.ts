@@ -375,11 +375,11 @@ export class ClusterBlobs implements BlobHolder {
     return false;
   }
 
-  /** Stops every fetch and leaves every swarm (before the P2P node and the cache close). */
   heldSize(digest: string): number | undefined {
     return this.opts.caches.list().find((b) => b.digest === digest && b.complete)?.size;
   }
 
+  /** Stops every fetch and leaves every swarm (before the P2P node and the cache close). */
   async close(): Promise<void> {
     this.closed = true;
     await Promise.allSettled([...this.opening.values()]);

@@ -144,11 +144,11 @@ export class MirrorBlobs {
       return await this.blobFromRegistry(route, 'HEAD', req, res, signal);
     } catch (err) {
       const e = DfError.from(err);
+      if (signal.aborted || res.headersSent || (e.code !== 'NETWORK' && e.code !== 'TIMEOUT')) throw err;
       const size = blobs.heldSize(route.digest);
       const cred = credentialKey(req.headers.authorization);
       const repo = `${route.ref.registry}/${route.ref.repository}`;
       const allowed = this.opts.access.allowed(cred, repo, route.digest, this.opts.staleMs, this.opts.now());
-      if (signal.aborted || res.headersSent || (e.code !== 'NETWORK' && e.code !== 'TIMEOUT')) throw err;
       if (size === undefined || !allowed) throw err;
       this.opts.counters.outageAnswers++;
       res.writeHead(200, {

@@ -42,7 +42,6 @@ export async function startMirror(
     upstream,
     defaultRegistry: cfg.mirror.defaultRegistry,
     registries: cfg.mirror.registries,
-    manifestTtlMs: cfg.mirror.manifestTtlMs,
     staleManifestMs: cfg.mirror.staleManifestMs,
     accessTtlMs: cfg.mirror.accessTtlMs,
     manifests: seed?.manifests ?? relayFor(cfg, log, upstream, via),
