@@ -1,6 +1,7 @@
 import type { Dispatcher } from 'undici';
 import { Agent } from '../util/undici.js';
 import { DfError } from '../errors.js';
+import { isHeaderName, isHeaderValue } from '../util/header-grammar.js';
 import { readExactly } from '../util/read-into.js';
 import type { BlobRef, BlockSource } from '../fetch/types.js';
 import { childSignal, realTimers, type Timers } from '../util/timers.js';
@@ -15,10 +16,10 @@ export function parseHeaders(list: readonly string[]): OriginHeaders {
   for (const h of list) {
     const i = h.indexOf(':');
     const name = i > 0 ? h.slice(0, i).trim() : '';
-    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name))
+    if (!isHeaderName(name))
       throw DfError.invalidArgument(`--header ${JSON.stringify(h)}: expected 'Name: value'`);
     const value = h.slice(i + 1).trim();
-    if (/[\r\n\0]/.test(value)) throw DfError.invalidArgument(`--header ${name}: the value has a line break`);
+    if (!isHeaderValue(value)) throw DfError.invalidArgument(`--header ${name}: the value has a line break`);
     out[name.toLowerCase()] = value;
   }
   return out;
