@@ -257,6 +257,13 @@ const configSchema = z.strictObject({
        * remembered per credential and repository this long.
        */
       accessTtlMs: z.number().int().nonnegative().default(300_000),
+      /**
+       * A pull that comes without credentials and that the registry answers 401 is sent again with an
+       * anonymous token from the registry's token server (what the engine would fetch itself), so that
+       * engines pulling public images stay anonymous and share one cached manifest and access for the
+       * cluster; the engine gets the registry's challenge when no anonymous token will do.
+       */
+      anonymousTokens: z.boolean().default(true),
     })
     .prefault({}),
 });

@@ -163,7 +163,9 @@ export class NodeMetrics {
       'cluster_fallback (a blob streamed from the registry because the cluster could not answer it), ' +
       'access_check and access_denied (blob HEADs with the engine credentials before a cluster answer), ' +
       'outage_answer (a blob answered while the registry was unreachable, on a remembered access), ' +
-      'seed_manifest (a manifest the cluster seed answered, fetched by it with the same credentials)',
+      'seed_manifest (a manifest the cluster seed answered, fetched by it with the same credentials), ' +
+      'anonymous_token and anonymous_refused (anonymous tokens fetched for engines that sent no credentials; ' +
+      'scopes they did not open)',
     labelNames: ['event'] as const,
     registers: [this.registry],
   });
@@ -252,9 +254,14 @@ export class NodeMetrics {
   }
 
   /** The registry mirror's counters, published as deltas before each scrape. */
-  publishMirror(mirror: { counters: MirrorCounters; pieceBytes: Partial<Record<string, number>> }): void {
+  publishMirror(mirror: {
+    counters: MirrorCounters;
+    pieceBytes: Partial<Record<string, number>>;
+    upstream?: { anonymous?: { counters: { fetched: number; refused: number } } };
+  }): void {
     this.onScrape(() => {
       const c = mirror.counters;
+      const anon = mirror.upstream?.anonymous?.counters;
       for (const [source, n] of Object.entries(c.blobSources))
         this.publishDelta(`mbs:${source}`, n, (d) => this.mirrorBlobs.inc({ source }, d));
       for (const [source, n] of Object.entries(mirror.pieceBytes))
@@ -265,6 +272,8 @@ export class NodeMetrics {
         ['access_denied', c.accessDenied],
         ['outage_answer', c.outageAnswers],
         ['seed_manifest', c.seedManifests],
+        ['anonymous_token', anon?.fetched ?? 0],
+        ['anonymous_refused', anon?.refused ?? 0],
       ];
       for (const [event, n] of events)
         this.publishDelta(`me:${event}`, n, (d) => this.mirrorEvents.inc({ event }, d));

@@ -1,8 +1,11 @@
 import { createHash } from 'node:crypto';
 
+/** The credential key of requests without credentials. */
+export const ANONYMOUS = '-';
+
 /** The hash an engine's Authorization header is remembered under ('-': no credentials). */
 export function credentialKey(authorization: string | undefined): string {
-  return authorization ? createHash('sha256').update(authorization).digest('hex') : '-';
+  return authorization ? createHash('sha256').update(authorization).digest('hex') : ANONYMOUS;
 }
 
 /**
@@ -60,11 +63,15 @@ export class BlobAccess {
 
   /**
    * Whether `credential` may read `digest` of `repo` without asking the registry: a grant younger than
-   * `maxAgeMs` and the digest known to belong to the repository.
+   * `maxAgeMs` to it or to requests without credentials (what anyone may read: a public repository), and the
+   * digest known to belong to the repository.
    */
   allowed(credential: string, repo: string, digest: string, maxAgeMs: number, now: number): boolean {
-    const at = this.grants.get(`${credential}|${repo}`);
-    if (at === undefined || now - at > maxAgeMs) return false;
+    const fresh = (c: string) => {
+      const at = this.grants.get(`${c}|${repo}`);
+      return at !== undefined && now - at <= maxAgeMs;
+    };
+    if (!fresh(credential) && (credential === ANONYMOUS || !fresh(ANONYMOUS))) return false;
     return this.known.get(repo)?.has(digest) ?? false;
   }
 }

@@ -31,7 +31,13 @@ export interface ManifestQuery {
  * its challenge, 404, ...) to relay as it is.
  */
 export type ManifestAnswer =
-  | { kind: 'manifest'; manifest: CachedManifest; from: 'memory' | 'registry' | 'seed' | 'stale' }
+  | {
+      kind: 'manifest';
+      manifest: CachedManifest;
+      from: 'memory' | 'registry' | 'seed' | 'stale';
+      /** The copy fetched without credentials, answered to a request with some: the repository is public. */
+      public?: boolean;
+    }
   | { kind: 'refused'; status: number; headers: Record<string, string>; body: Buffer };
 
 /**
@@ -54,6 +60,11 @@ export interface ManifestRelayOptions {
   viaTimeoutMs?: number;
   /** Different manifests being fetched at once; more are refused (busy). */
   maxInflight?: number;
+  /**
+   * A repository whose manifest the registry answered without credentials is public for this long: requests
+   * with credentials take the copy fetched without (default 5 min).
+   */
+  publicTtlMs?: number;
   logger?: Logger;
   now?: () => number;
 }
@@ -61,6 +72,12 @@ export interface ManifestRelayOptions {
 /** The key a manifest is kept under: one per registry, repository, reference, Accept and credential. */
 export function manifestKey(q: ManifestQuery): string {
   return [q.registry, q.repository, q.reference, q.accept ?? '', credentialKey(q.authorization)].join('|');
+}
+
+/** The same query without credentials. */
+function anonymous(q: ManifestQuery): ManifestQuery {
+  const { authorization: _, ...rest } = q;
+  return rest;
 }
 
 const isDigestRef = (reference: string) => /^[a-z0-9]+:/.test(reference);
@@ -97,6 +114,8 @@ export function manifestEntry(
 export class ManifestRelay {
   private readonly cache = new ManifestCache();
   private readonly inflight = new Map<string, Promise<ManifestAnswer>>();
+  /** registry/repository → when the registry last answered a manifest of it without credentials. */
+  private readonly publicRepos = new Map<string, number>();
   private readonly log: Logger;
   private readonly now: () => number;
   readonly ttlMs: number;
@@ -131,6 +150,12 @@ export class ManifestRelay {
     const key = manifestKey(q);
     const fresh = this.cache.get(key, this.ttlMs, this.now());
     if (fresh) return this.count({ kind: 'manifest', manifest: fresh, from: 'memory' });
+    if (q.authorization !== undefined && this.isPublic(q)) {
+      // what anyone may read is answered from the one copy fetched without credentials: one registry
+      // request for every engine, whatever token each holds (a refusal: asked with the credential below)
+      const a = await this.get(anonymous(q), signal).catch(() => undefined);
+      if (a?.kind === 'manifest') return { ...a, public: true };
+    }
     let p = this.inflight.get(key);
     const joined = p !== undefined;
     if (!p) {
@@ -140,13 +165,35 @@ export class ManifestRelay {
         });
       // one fetch for every request of the same key: it runs to its end (bounded by the registry client's
       // time limits) even when the request that started it goes away, and the others take its answer
-      p = this.load(q, key).finally(() => this.inflight.delete(key));
+      p = this.load(q, key)
+        .then((a) => {
+          this.markPublic(q, a);
+          return a;
+        })
+        .finally(() => this.inflight.delete(key));
       this.inflight.set(key, p);
     }
     const a = await bound(p, { signal, what: `manifest ${q.reference}` });
     if (!joined) return this.count(a);
     this.counters.joined++;
     return a;
+  }
+
+  /** Whether the registry answered this repository's manifests without credentials within publicTtlMs. */
+  private isPublic(q: ManifestQuery): boolean {
+    const at = this.publicRepos.get(`${q.registry}/${q.repository}`);
+    return at !== undefined && this.now() - at <= (this.opts.publicTtlMs ?? 300_000);
+  }
+
+  private markPublic(q: ManifestQuery, a: ManifestAnswer): void {
+    if (q.authorization !== undefined || a.kind !== 'manifest' || a.from === 'stale') return;
+    const repo = `${q.registry}/${q.repository}`;
+    this.publicRepos.delete(repo);
+    this.publicRepos.set(repo, this.now());
+    for (const r of this.publicRepos.keys()) {
+      if (this.publicRepos.size <= 4096) break;
+      this.publicRepos.delete(r);
+    }
   }
 
   private count(a: ManifestAnswer): ManifestAnswer {
@@ -183,7 +230,11 @@ export class ManifestRelay {
     try {
       up = await this.opts.upstream.request('GET', q.registry, path, headers, signal);
     } catch (err) {
-      const old = await this.newestKept(key, viaStale);
+      // a copy fetched without credentials is what anyone may read: it serves a request with credentials too
+      const anon =
+        q.authorization !== undefined ? await this.newestKept(manifestKey(anonymous(q))) : undefined;
+      const kept = await this.newestKept(key, viaStale);
+      const old = kept && (!anon || kept.storedAt >= anon.storedAt) ? kept : anon;
       if (!old) throw err;
       this.log.warn(
         { registry: q.registry, ref: q.reference },
@@ -191,7 +242,7 @@ export class ManifestRelay {
       );
       // kept in memory, so that the next request within staleMs does not read the disk again
       if (old !== this.cache.get(key, this.staleMs, this.now())) this.cache.set(key, old);
-      return { kind: 'manifest', manifest: old, from: 'stale' };
+      return { kind: 'manifest', manifest: old, from: 'stale', ...(old === anon && { public: true }) };
     }
     if (up.status !== 200) {
       const h: Record<string, string> = {};

@@ -6,7 +6,7 @@ import { isBusy } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { readBody } from '../registry/http-body.js';
 import { listenTcp, splitHostPort } from '../util/listen.js';
-import { BlobAccess, credentialKey, manifestDigests } from './blob-access.js';
+import { ANONYMOUS, BlobAccess, credentialKey, manifestDigests } from './blob-access.js';
 import type { BlobHolder } from './cluster-blobs.js';
 import { MirrorBlobs } from './mirror-blobs.js';
 import type { MirrorCounters } from './mirror-counters.js';
@@ -123,6 +123,11 @@ export class MirrorServer {
       sent: (kind, n) => this.sent(kind, n),
     });
     this.server = createServer((req, res) => void this.handle(req, res));
+  }
+
+  /** The registry requests on engines' behalf (its anonymous tokens' counters among them). */
+  get upstream(): Upstream {
+    return this.opts.upstream;
   }
 
   async start(): Promise<void> {
@@ -296,7 +301,7 @@ export class MirrorServer {
     // the registry let this credential read the repository when it answered (a stale copy: then, which a
     // restart or another host's fetch brings back), and the manifest names its blobs
     const repo = `${route.ref.registry}/${route.ref.repository}`;
-    this.access.grant(credentialKey(auth), repo, m.storedAt);
+    this.access.grant(a.public ? ANONYMOUS : credentialKey(auth), repo, m.storedAt);
     if (a.from !== 'memory') this.access.learn(repo, [m.digest, ...manifestDigests(m.body)]);
     this.sendManifest(m.body, m.contentType, m.digest, method, res);
   }

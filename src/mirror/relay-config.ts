@@ -6,11 +6,13 @@ import { ManifestStore } from './manifest-store.js';
 import { Upstream } from './upstream.js';
 
 /** Requests to registries on engines' behalf, with the registry settings of the configuration. */
-export function upstreamFor(cfg: Config): Upstream {
+export function upstreamFor(cfg: Config, log?: Logger): Upstream {
   return new Upstream({
     plainHttp: cfg.registry.plainHttp,
     insecure: cfg.registry.insecure,
     timeoutMs: cfg.registry.timeoutMs,
+    anonymousTokens: cfg.mirror.anonymousTokens,
+    ...(log && { logger: log.child({ component: 'mirror-auth' }) }),
   });
 }
 

@@ -94,7 +94,7 @@ export function startSeedManifests(
   log: Logger,
   allowed: (registry: string) => boolean,
 ): SeedManifestProvider & { relay: ManifestRelay } {
-  const upstream = upstreamFor(cfg);
+  const upstream = upstreamFor(cfg, log);
   const relay = relayFor(cfg, log, upstream);
   return {
     relay,

@@ -25,7 +25,7 @@ export async function startMirror(
 ): Promise<MirrorServer | undefined> {
   const listen = cfg.mirror.listen;
   if (!listen || listen === 'off') return undefined;
-  const upstream = upstreamFor(cfg);
+  const upstream = upstreamFor(cfg, log);
   const blobs = node && new ClusterBlobs({ ...node, config: cfg, logger: log });
   const p2p = node?.p2p;
   // a node with seeds asks them for manifests first (cluster-manifests.ts)

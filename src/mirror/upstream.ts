@@ -1,6 +1,10 @@
+import { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { Agent } from '../util/undici.js';
 import { DfError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { readBody } from '../registry/http-body.js';
+import { AnonymousTokens } from './anonymous-tokens.js';
 
 export interface UpstreamOptions {
   /** Registries reached over plain HTTP (host[:port], lowercase); `plainHttp` for every registry. */
@@ -9,13 +13,24 @@ export interface UpstreamOptions {
   timeoutMs?: number;
   userAgent?: string;
   dispatcher?: Dispatcher;
+  /**
+   * A request without credentials that the registry answers 401 is sent again with an anonymous token
+   * from the registry's token server, when it gives one (anonymous-tokens.ts). Default true.
+   */
+  anonymousTokens?: boolean;
+  logger?: Logger;
 }
 
 export interface UpstreamResponse {
   status: number;
   headers: Record<string, string | string[] | undefined>;
-  body: Dispatcher.ResponseData['body'];
+  body: Readable;
+  /** The answer came with an anonymous token the mirror fetched (the engine sent no credentials). */
+  anonymous?: boolean;
 }
+
+/** Largest 401 body kept while an anonymous token is tried (the engine gets it back if that fails). */
+const MAX_CHALLENGE_BODY = 64 << 10;
 
 /** Request headers an engine's pull may carry that the registry needs; everything else stays here. */
 const FORWARDED = ['authorization', 'accept', 'range', 'if-none-match'];
@@ -32,6 +47,8 @@ export class Upstream {
   private readonly insecure: Set<string>;
   private readonly plainHttp: boolean;
   private readonly userAgent: string;
+  /** Anonymous tokens for engines that send no credentials (undefined: off). */
+  readonly anonymous: AnonymousTokens | undefined;
 
   constructor(opts: UpstreamOptions = {}) {
     const timeout = opts.timeoutMs ?? 30_000;
@@ -42,6 +59,15 @@ export class Upstream {
     this.insecure = new Set((opts.insecure ?? []).map((h) => h.toLowerCase()));
     this.plainHttp = opts.plainHttp ?? false;
     this.userAgent = opts.userAgent ?? 'dfnode-mirror/0.1';
+    this.anonymous =
+      opts.anonymousTokens === false
+        ? undefined
+        : new AnonymousTokens({
+            dispatcher: this.dispatcher,
+            timeoutMs: timeout,
+            userAgent: this.userAgent,
+            ...(opts.logger && { logger: opts.logger }),
+          });
   }
 
   baseUrl(registry: string): string {
@@ -51,7 +77,9 @@ export class Upstream {
 
   /**
    * Sends GET or HEAD `path` (`/v2/...`) to `registry` with the forwardable headers of `incoming`. Throws a
-   * DfError (NETWORK/TIMEOUT) when the registry cannot be reached; any HTTP status is returned.
+   * DfError (NETWORK/TIMEOUT) when the registry cannot be reached; any HTTP status is returned. A pull
+   * without credentials goes with an anonymous token when the registry asks for one and its token server
+   * gives one; when it does not, the registry's own 401 is returned, as the engine would have had it.
    */
   async request(
     method: 'GET' | 'HEAD',
@@ -65,6 +93,56 @@ export class Upstream {
       const v = incoming[h];
       if (typeof v === 'string') headers[h] = v;
     }
+    const anon = headers.authorization === undefined ? this.anonymous : undefined;
+    if (!anon) return this.send(method, registry, path, headers, signal);
+    const held = anon.held(registry, path);
+    if (held) {
+      const up = await this.send(
+        method,
+        registry,
+        path,
+        { ...headers, authorization: `Bearer ${held}` },
+        signal,
+      );
+      if (up.status !== 401) return { ...up, anonymous: true };
+      // expired or revoked early: the challenge below fetches another
+      discardBody(up.body);
+      anon.drop(registry, path);
+    }
+    const up = await this.send(method, registry, path, headers, signal);
+    if (up.status !== 401) return up;
+    const ch = anon.challenge(registry, path, up.headers['www-authenticate']);
+    if (!ch) return up;
+    // the registry's challenge is what the engine gets when no anonymous token does it
+    const body = await readBody(up.body, MAX_CHALLENGE_BODY, 'challenge').catch(() => Buffer.alloc(0));
+    const challenge = (): UpstreamResponse => ({
+      status: up.status,
+      headers: up.headers,
+      body: Readable.from([body]),
+    });
+    const token = await anon.token(ch, signal);
+    if (!token) return challenge();
+    const again = await this.send(
+      method,
+      registry,
+      path,
+      { ...headers, authorization: `Bearer ${token}` },
+      signal,
+    );
+    if (again.status !== 401 && again.status !== 403) return { ...again, anonymous: true };
+    discardBody(again.body);
+    anon.refuse(ch.key);
+    return challenge();
+  }
+
+  private async send(
+    method: 'GET' | 'HEAD',
+    registry: string,
+    path: string,
+    headers: Record<string, string>,
+    signal?: AbortSignal,
+  ): Promise<UpstreamResponse> {
+    headers = { ...headers };
     let url = new URL(path, this.baseUrl(registry));
     const origin = url.origin;
     for (let hop = 0; ; hop++) {
@@ -107,4 +185,9 @@ export class Upstream {
   async close(): Promise<void> {
     if (this.owns) await this.dispatcher.close();
   }
+}
+
+function discardBody(body: Readable): void {
+  body.on('error', () => undefined);
+  body.destroy();
 }

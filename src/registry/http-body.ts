@@ -4,7 +4,7 @@ import { readInto } from '../util/read-into.js';
 
 /** Reads a body fully, up to `limit` bytes. */
 export async function readBody(
-  body: Dispatcher.ResponseData['body'],
+  body: AsyncIterable<unknown> & { destroy(): unknown },
   limit: number,
   what: string,
 ): Promise<Buffer> {

@@ -25,8 +25,11 @@ export interface StartRegistryOptions {
   auth?: RegistryAuthMode;
   username?: string;
   password?: string;
-  /** Bearer only: grant pull to requests without credentials (like Docker Hub for public images). */
-  anonymousPull?: boolean;
+  /**
+   * Bearer only: grant pull to requests without credentials (like Docker Hub for public images): every
+   * repository, or those listed.
+   */
+  anonymousPull?: boolean | string[];
   /** Bearer only: which field carries the token in the token server's answer. */
   tokenField?: 'token' | 'access_token' | 'both';
   /** Bearer only: grant authenticated users pull access only (to test refused pushes). */
@@ -281,7 +284,10 @@ async function startTokenServer(
       const type = scope.slice(0, first);
       const name = scope.slice(first + 1, last);
       let actions = scope.slice(last + 1).split(',');
-      if (!user) actions = opts.anonymousPull ? actions.filter((a) => a === 'pull') : [];
+      const anonymous = Array.isArray(opts.anonymousPull)
+        ? opts.anonymousPull.includes(name)
+        : opts.anonymousPull === true;
+      if (!user) actions = anonymous ? actions.filter((a) => a === 'pull') : [];
       else if (opts.pullOnly) actions = actions.filter((a) => a === 'pull');
       if (actions.length) access.push({ type, name, actions });
     }
