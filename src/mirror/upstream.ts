@@ -5,6 +5,7 @@ import { DfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readBody } from '../registry/http-body.js';
 import { AnonymousTokens } from './anonymous-tokens.js';
+import { discard } from './origin.js';
 
 export interface UpstreamOptions {
   /** Registries reached over plain HTTP (host[:port], lowercase); `plainHttp` for every registry. */
@@ -95,18 +96,14 @@ export class Upstream {
     }
     const anon = headers.authorization === undefined ? this.anonymous : undefined;
     if (!anon) return this.send(method, registry, path, headers, signal);
+    const withToken = (token: string) =>
+      this.send(method, registry, path, { ...headers, authorization: `Bearer ${token}` }, signal);
     const held = anon.held(registry, path);
     if (held) {
-      const up = await this.send(
-        method,
-        registry,
-        path,
-        { ...headers, authorization: `Bearer ${held}` },
-        signal,
-      );
+      const up = await withToken(held);
       if (up.status !== 401) return { ...up, anonymous: true };
       // expired or revoked early: the challenge below fetches another
-      discardBody(up.body);
+      discard(up.body);
       anon.drop(registry, path);
     }
     const up = await this.send(method, registry, path, headers, signal);
@@ -122,15 +119,9 @@ export class Upstream {
     });
     const token = await anon.token(ch, signal);
     if (!token) return challenge();
-    const again = await this.send(
-      method,
-      registry,
-      path,
-      { ...headers, authorization: `Bearer ${token}` },
-      signal,
-    );
+    const again = await withToken(token);
     if (again.status !== 401 && again.status !== 403) return { ...again, anonymous: true };
-    discardBody(again.body);
+    discard(again.body);
     anon.refuse(ch.key);
     return challenge();
   }
@@ -185,9 +176,4 @@ export class Upstream {
   async close(): Promise<void> {
     if (this.owns) await this.dispatcher.close();
   }
-}
-
-function discardBody(body: Readable): void {
-  body.on('error', () => undefined);
-  body.destroy();
 }

@@ -186,6 +186,24 @@ async function waitReady(url: string, exited: Promise<unknown>): Promise<boolean
   return false;
 }
 
+/**
+ * An engine's own token for pulls of `repo`: the registry's challenge, then its token server with the
+ * registry's login (the `Authorization` value to send).
+ */
+export async function engineToken(reg: TestRegistry, repo: string): Promise<string> {
+  const ch = await fetch(`${reg.url}/v2/${repo}/manifests/x`);
+  const h = ch.headers.get('www-authenticate') ?? '';
+  const p = Object.fromEntries([...h.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
+  const u = new URL(p.realm!);
+  u.searchParams.set('service', p.service!);
+  u.searchParams.set('scope', `repository:${repo}:pull`);
+  const res = await fetch(u, {
+    headers: { authorization: 'Basic ' + Buffer.from(`${reg.username}:${reg.password}`).toString('base64') },
+  });
+  const j = (await res.json()) as { token?: string; access_token?: string };
+  return `Bearer ${j.token ?? j.access_token}`;
+}
+
 // ---- bearer token server ----
 
 interface TokenServer {

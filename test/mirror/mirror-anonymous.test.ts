@@ -20,27 +20,12 @@ import { parseReference } from '../../src/registry/reference.js';
 import { startSeedProc, type SeedProc } from '../helpers/dfnode-proc.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { httpAnswer as get } from '../helpers/raw-http.js';
-import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { engineToken, requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/temp.js';
 
 const TOKEN = 'mirror-anonymous-token';
 const ACCEPT = 'application/vnd.oci.image.manifest.v1+json';
 const req = requireRegistry(['bearer']);
-
-/** An engine's own token for `repo`: the registry's challenge, then the token server with alice's login. */
-async function bearer(reg: TestRegistry, repo: string): Promise<string> {
-  const ch = await fetch(`${reg.url}/v2/${repo}/manifests/x`);
-  const h = ch.headers.get('www-authenticate') ?? '';
-  const p = Object.fromEntries([...h.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
-  const u = new URL(p.realm!);
-  u.searchParams.set('service', p.service!);
-  u.searchParams.set('scope', `repository:${repo}:pull`);
-  const res = await fetch(u, {
-    headers: { authorization: 'Basic ' + Buffer.from('alice:secret').toString('base64') },
-  });
-  const j = (await res.json()) as { token?: string; access_token?: string };
-  return `Bearer ${j.token ?? j.access_token}`;
-}
 
 async function startNode(dir: string, name: string, seed: string) {
   const cfg: Config = loadConfig({
@@ -172,7 +157,7 @@ describe.skipIf(req.skip)(`registry mirror: engines without credentials ${req.re
   }, 60_000);
 
   it('gives an engine with its own token for a public repository the copy fetched without credentials', async () => {
-    const own = await bearer(reg, 'public/app');
+    const own = await engineToken(reg, 'public/app');
     const before = manifestGets('public/app');
     const r = await get(b.mirror.address, manifestPath('public/app'), { authorization: own, accept: ACCEPT });
     expect(r.status).toBe(200);
@@ -194,7 +179,7 @@ describe.skipIf(req.skip)(`registry mirror: engines without credentials ${req.re
     expect((await get(a.mirror.address, blobPath('private/app'))).status).toBe(401);
     expect(anon.counters.fetched).toBe(fetched);
     // with the engine's own credentials it is the usual pull
-    const own = await bearer(reg, 'private/app');
+    const own = await engineToken(reg, 'private/app');
     const ok = await get(a.mirror.address, manifestPath('private/app'), {
       authorization: own,
       accept: ACCEPT,

@@ -22,28 +22,13 @@ import { parseReference } from '../../src/registry/reference.js';
 import { startSeedProc, type SeedProc } from '../helpers/dfnode-proc.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { startLyingPiecePeer } from '../helpers/lying-piece-peer.js';
-import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { engineToken, requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/temp.js';
 import { httpAnswer as get } from '../helpers/raw-http.js';
 import { waitFor } from '../helpers/node.js';
 
 const TOKEN = 'mirror-cluster-token';
 const req = requireRegistry(['bearer']);
-
-/** An engine's token flow: the registry's challenge, then the token server with basic credentials. */
-async function bearer(reg: TestRegistry, repo: string): Promise<string> {
-  const ch = await fetch(`${reg.url}/v2/${repo}/manifests/x`);
-  const h = ch.headers.get('www-authenticate') ?? '';
-  const p = Object.fromEntries([...h.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
-  const u = new URL(p.realm!);
-  u.searchParams.set('service', p.service!);
-  u.searchParams.set('scope', `repository:${repo}:pull`);
-  const res = await fetch(u, {
-    headers: { authorization: 'Basic ' + Buffer.from('alice:secret').toString('base64') },
-  });
-  const j = (await res.json()) as { token?: string; access_token?: string };
-  return `Bearer ${j.token ?? j.access_token}`;
-}
 
 /** A node: its cache, its P2P tier and the mirror on them (what serveNode starts). */
 async function startNode(
@@ -151,7 +136,7 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     node = await startNode(dir, 'a', seed.addr);
     stops.push(() => node.stop());
     mirror = node.mirror;
-    auth = await bearer(reg, 'private/app');
+    auth = await engineToken(reg, 'private/app');
   }, 120_000);
 
   afterAll(async () => {
@@ -202,7 +187,7 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     const wrong = await get(mirror.address, blobPath + reg.host, { authorization: 'Bearer not-a-token' });
     expect(wrong.status).toBe(401);
     // a token for another repository: the registry knows no such blob there (or refuses the scope)
-    const otherAuth = await bearer(reg, 'private/other');
+    const otherAuth = await engineToken(reg, 'private/other');
     const cross = await get(mirror.address, `/v2/private/other/blobs/${digest}?ns=${reg.host}`, {
       authorization: otherAuth,
     });
