@@ -6,14 +6,8 @@
  * `dfnode seed` process, mirrors in this process on their own cache and P2P node.
  */
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CacheManager } from '../../src/cache/cache-manager.js';
-import { loadConfig, type Config } from '../../src/config.js';
-import { silentLogger } from '../../src/log.js';
-import { startMirror } from '../../src/mirror/start-mirror.js';
-import { P2pNode } from '../../src/p2p/p2p-node.js';
 import { RegistryClient } from '../../src/registry/client.js';
 import { StaticCredentials } from '../../src/registry/credentials.js';
 import { parseReference } from '../../src/registry/reference.js';
@@ -22,35 +16,11 @@ import { sha256Digest } from '../helpers/digest.js';
 import { httpAnswer as get } from '../helpers/raw-http.js';
 import { engineToken, requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/temp.js';
+import { startMirrorNode, type MirrorNode } from '../helpers/mirror-node.js';
 
 const TOKEN = 'mirror-anonymous-token';
 const ACCEPT = 'application/vnd.oci.image.manifest.v1+json';
 const req = requireRegistry(['bearer']);
-
-async function startNode(dir: string, name: string, seed: string) {
-  const cfg: Config = loadConfig({
-    env: {},
-    flags: {
-      registry: { plainHttp: true },
-      cache: { dir: join(dir, `${name}-cache`) },
-      mirror: { listen: '127.0.0.1:0', manifestTtlMs: 60_000 },
-      p2p: { seeds: [seed], clusterToken: TOKEN, listen: '127.0.0.1:0', announceIntervalMs: 200 },
-    },
-  });
-  const caches = CacheManager.fromConfig(cfg.cache, { logger: silentLogger });
-  await caches.init();
-  const p2p = new P2pNode({ config: cfg });
-  await p2p.start();
-  const mirror = (await startMirror(cfg, silentLogger, { caches, p2p }))!;
-  return {
-    mirror,
-    stop: async () => {
-      await mirror.close();
-      await p2p.close();
-      await caches.close();
-    },
-  };
-}
 
 describe.skipIf(req.skip)(`registry mirror: engines without credentials ${req.reason}`, () => {
   let dir: string;
@@ -76,8 +46,8 @@ describe.skipIf(req.skip)(`registry mirror: engines without credentials ${req.re
       ],
     }),
   );
-  let a: Awaited<ReturnType<typeof startNode>>;
-  let b: Awaited<ReturnType<typeof startNode>>;
+  let a: MirrorNode;
+  let b: MirrorNode;
   const manifestPath = (repo: string) => `/v2/${repo}/manifests/v1?ns=${reg.host}`;
   const blobPath = (repo: string) => `/v2/${repo}/blobs/${layerDigest}?ns=${reg.host}`;
   /** Manifest GETs the registry answered 200 (an anonymous token's first try is a 401 first). */
@@ -108,9 +78,9 @@ describe.skipIf(req.skip)(`registry mirror: engines without credentials ${req.re
     await c.close();
     seed = await startSeedProc(dir, 'seed', ['--cluster-token', TOKEN, '--creds', 'alice:secret']);
     stops.push(() => seed.proc.stop());
-    a = await startNode(dir, 'a', seed.addr);
+    a = await startMirrorNode(dir, 'a', seed.addr, TOKEN, { manifestTtlMs: 60_000 });
     stops.push(() => a.stop());
-    b = await startNode(dir, 'b', seed.addr);
+    b = await startMirrorNode(dir, 'b', seed.addr, TOKEN, { manifestTtlMs: 60_000 });
     stops.push(() => b.stop());
   }, 120_000);
 
@@ -189,7 +159,7 @@ describe.skipIf(req.skip)(`registry mirror: engines without credentials ${req.re
 
   it('registry down: a node that never pulled serves the public image to any engine, nothing private', async () => {
     await reg.stop();
-    const c = await startNode(dir, 'c', seed.addr);
+    const c = await startMirrorNode(dir, 'c', seed.addr, TOKEN, { manifestTtlMs: 60_000 });
     stops.push(() => c.stop());
     // a token this cluster never saw (each engine's own, as Docker Hub hands them out)
     const stranger = 'Bearer never-seen-before';

@@ -6,16 +6,10 @@
  * engine that was allowed recently; a peer serving corrupt pieces is isolated and the blob still verifies.
  */
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CacheManager } from '../../src/cache/cache-manager.js';
-import { loadConfig, type Config } from '../../src/config.js';
-import { silentLogger } from '../../src/log.js';
 import type { MirrorServer } from '../../src/mirror/mirror-server.js';
 import { PieceHasher, pieceSizeFor, PIECE_SIZE } from '../../src/mirror/piece-table.js';
-import { startMirror } from '../../src/mirror/start-mirror.js';
-import { P2pNode } from '../../src/p2p/p2p-node.js';
 import { RegistryClient } from '../../src/registry/client.js';
 import { StaticCredentials } from '../../src/registry/credentials.js';
 import { parseReference } from '../../src/registry/reference.js';
@@ -24,62 +18,12 @@ import { sha256Digest } from '../helpers/digest.js';
 import { startLyingPiecePeer } from '../helpers/lying-piece-peer.js';
 import { engineToken, requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/temp.js';
+import { startMirrorNode, type MirrorNode } from '../helpers/mirror-node.js';
 import { httpAnswer as get } from '../helpers/raw-http.js';
 import { waitFor } from '../helpers/node.js';
 
 const TOKEN = 'mirror-cluster-token';
 const req = requireRegistry(['bearer']);
-
-/** A node: its cache, its P2P tier and the mirror on them (what serveNode starts). */
-async function startNode(
-  dir: string,
-  name: string,
-  seed: string,
-  opts: { accessTtlMs?: number; downloadRate?: string } = {},
-) {
-  const cfg: Config = loadConfig({
-    env: {},
-    flags: {
-      registry: { plainHttp: true },
-      cache: { dir: join(dir, `${name}-cache`) },
-      mirror: {
-        listen: '127.0.0.1:0',
-        ...(opts.accessTtlMs === undefined ? {} : { accessTtlMs: opts.accessTtlMs }),
-      },
-      p2p: {
-        seeds: [seed],
-        clusterToken: TOKEN,
-        listen: '127.0.0.1:0',
-        announceIntervalMs: 200,
-        ...(opts.downloadRate ? { downloadRate: opts.downloadRate } : {}),
-      },
-    },
-  });
-  const caches = CacheManager.fromConfig(cfg.cache, { logger: silentLogger });
-  await caches.init();
-  const p2p = new P2pNode({ config: cfg });
-  await p2p.start();
-  let mirror = (await startMirror(cfg, silentLogger, { caches, p2p }))!;
-  let stopped: Promise<void> | undefined;
-  return {
-    get mirror() {
-      return mirror;
-    },
-    p2p,
-    caches,
-    /** A new mirror on the same cache and P2P node (as after a restart of the node's process). */
-    restartMirror: async () => {
-      await mirror.close();
-      mirror = (await startMirror(cfg, silentLogger, { caches, p2p }))!;
-    },
-    stop: () =>
-      (stopped ??= (async () => {
-        await mirror.close();
-        await p2p.close();
-        await caches.close();
-      })()),
-  };
-}
 
 describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reason}`, () => {
   let dir: string;
@@ -102,7 +46,7 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
       layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: bigDigest, size: big.length }],
     }),
   );
-  let node: Awaited<ReturnType<typeof startNode>>;
+  let node: MirrorNode;
   let mirror: MirrorServer;
   let auth: string;
   const blobPath = `/v2/private/app/blobs/${digest}?ns=`;
@@ -133,7 +77,7 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     // the seed reads the registry with its own credentials
     seed = await startSeedProc(dir, 'seed', ['--cluster-token', TOKEN, '--creds', 'alice:secret']);
     stops.push(() => seed.proc.stop());
-    node = await startNode(dir, 'a', seed.addr);
+    node = await startMirrorNode(dir, 'a', seed.addr, TOKEN);
     stops.push(() => node.stop());
     mirror = node.mirror;
     auth = await engineToken(reg, 'private/app');
@@ -202,7 +146,7 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
   }, 60_000);
 
   it('asks the seed for manifests: one registry request for the nodes asking with the same credential', async () => {
-    const m2 = await startNode(dir, 'm2', seed.addr);
+    const m2 = await startMirrorNode(dir, 'm2', seed.addr, TOKEN);
     stops.push(() => m2.stop());
     const path = `/v2/private/app/manifests/big?ns=${reg.host}`;
     const manifestGets = () =>
@@ -249,7 +193,7 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     stops.push(stop);
     // every request of b asks the registry first (no remembered access within the TTL); slow enough that
     // the tracker's answer (the liar) arrives before the last pieces are asked for
-    const b = await startNode(dir, 'b', seed.addr, { accessTtlMs: 0, downloadRate: '32M' });
+    const b = await startMirrorNode(dir, 'b', seed.addr, TOKEN, { accessTtlMs: 0, downloadRate: '32M' });
     stops.push(() => b.stop());
     const path = `/v2/private/app/blobs/${bigDigest}?ns=${reg.host}`;
     const manifestPath = `/v2/private/app/manifests/big?ns=${reg.host}`;
@@ -299,7 +243,7 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
 
     // a node that never pulled the image, the registry still down: the manifest from the seed (it fetched it
     // for b with the same credential), the blob through the cluster; nothing without credentials
-    const c = await startNode(dir, 'c', seed.addr);
+    const c = await startMirrorNode(dir, 'c', seed.addr, TOKEN);
     stops.push(() => c.stop());
     expect((await get(c.mirror.address, manifestPath, { accept })).status).toBe(502);
     const fresh = await get(c.mirror.address, manifestPath, { authorization: auth, accept });
