@@ -16,7 +16,6 @@ import {
   requireNodeMounts,
   snapshotTree,
   startMount,
-  startRangeProxy,
   status,
   umociUnpack,
   waitFor,
@@ -24,9 +23,9 @@ import {
   type ImageSet,
   type MountProcess,
   type NodeDirs,
-  type RangeProxy,
   type TreeEntry,
 } from '../helpers/node.js';
+import { startRangeProxy, type RangeProxy } from '../helpers/range-proxy.js';
 import { sha256File } from '../helpers/digest.js';
 import { freePort } from '../helpers/registry.js';
 

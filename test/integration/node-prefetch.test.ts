@@ -20,15 +20,14 @@ import {
   requireNodeMounts,
   snapshotTree,
   startMount,
-  startRangeProxy,
   umociUnpack,
   waitFor,
   type DfbManifestLayer,
   type ImageSet,
   type MountProcess,
   type NodeDirs,
-  type RangeProxy,
 } from '../helpers/node.js';
+import { startRangeProxy, type RangeProxy } from '../helpers/range-proxy.js';
 import { gate } from '../fetch/helpers.js';
 
 const req = requireNodeMounts(['debootstrap']);

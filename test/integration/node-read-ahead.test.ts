@@ -15,16 +15,15 @@ import {
   requireNodeMounts,
   snapshotTree,
   startMount,
-  startRangeProxy,
   umociUnpack,
   waitFor,
   type DfbManifestLayer,
   type ImageSet,
   type MountProcess,
   type NodeDirs,
-  type RangeProxy,
   type TreeEntry,
 } from '../helpers/node.js';
+import { startRangeProxy, type RangeProxy } from '../helpers/range-proxy.js';
 
 const req = requireNodeMounts(['debootstrap']);
 const NO_FILL = { DFNODE_FETCH_BACKGROUND_FILL: 'false' };

@@ -21,11 +21,10 @@ import {
   nodeTempDir,
   pushAndConvert,
   expectCacheMatches,
-  startRangeProxy,
   type DfbManifestLayer,
   type ImageSet,
-  type RangeProxy,
 } from '../helpers/node.js';
+import { startRangeProxy, type RangeProxy } from '../helpers/range-proxy.js';
 import { freePort } from '../helpers/registry.js';
 import { requireTools } from '../helpers/require.js';
 import { rankSeeds } from '../../src/p2p/rendezvous.js';

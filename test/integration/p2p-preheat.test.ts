@@ -15,11 +15,10 @@ import {
   nodeTempDir,
   pushAndConvert,
   expectCacheMatches,
-  startRangeProxy,
   type DfbManifestLayer,
   type ImageSet,
-  type RangeProxy,
 } from '../helpers/node.js';
+import { startRangeProxy, type RangeProxy } from '../helpers/range-proxy.js';
 import { requireTools } from '../helpers/require.js';
 import { TrackerClient } from '../../src/p2p/tracker-service.js';
 import { readdir, readFile } from 'node:fs/promises';
