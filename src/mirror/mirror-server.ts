@@ -5,6 +5,7 @@ import { DfError } from '../errors.js';
 import { isBusy } from '../fetch/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { readBody } from '../registry/http-body.js';
+import { canonicalRegistry } from '../registry/reference.js';
 import { listenTcp, splitHostPort } from '../util/listen.js';
 import { ANONYMOUS, BlobAccess, credentialKey, manifestDigests } from './blob-access.js';
 import type { BlobHolder } from './cluster-blobs.js';
@@ -95,7 +96,8 @@ export class MirrorServer {
 
   constructor(private readonly opts: MirrorServerOptions) {
     this.log = (opts.logger ?? silentLogger).child({ component: 'mirror' });
-    this.registries = new Set((opts.registries ?? []).map((r) => r.toLowerCase()));
+    // compared as references resolve hosts: `docker.io` in the list is registry-1.docker.io
+    this.registries = new Set((opts.registries ?? []).map(canonicalRegistry));
     this.stale = opts.staleManifestMs ?? 3_600_000;
     this.maxConcurrent = opts.maxConcurrent ?? 256;
     this.now = opts.now ?? Date.now;
@@ -196,7 +198,7 @@ export class MirrorServer {
         );
       }
       const registry = route.kind === 'base' ? route.registry : route.ref.registry;
-      if (this.registries.size && !this.registries.has(registry.toLowerCase())) {
+      if (this.registries.size && !this.registries.has(canonicalRegistry(registry))) {
         this.count('refused');
         return this.fail(res, 403, 'DENIED', `registry ${registry} is not mirrored here (mirror.registries)`);
       }

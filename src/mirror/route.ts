@@ -1,5 +1,5 @@
 import { DfError } from '../errors.js';
-import { parseReference, type ImageReference } from '../registry/reference.js';
+import { canonicalRegistry, parseReference, type ImageReference } from '../registry/reference.js';
 
 /** A pull request an engine sends to the mirror, resolved to the upstream registry it is for. */
 export type MirrorRoute =
@@ -32,7 +32,12 @@ export function parseMirrorRoute(target: string, defaultRegistry: string): Mirro
     throw DfError.invalidArgument('request path is not in normal form');
   const ns = url.searchParams.get('ns') ?? undefined;
   const path = url.pathname;
-  if (path === '/v2' || path === '/v2/') return { kind: 'base', registry: ns ?? defaultRegistry };
+  if (path === '/v2' || path === '/v2/') {
+    const registry = ns ?? defaultRegistry;
+    if (!registry || /[/@\s]/.test(registry)) throw DfError.invalidArgument(`invalid registry "${registry}"`);
+    // the host the references of this registry resolve to (docker.io: registry-1.docker.io)
+    return { kind: 'base', registry: canonicalRegistry(registry) };
+  }
   const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(path);
   if (!m) throw new DfError('NOT_FOUND', `not a pull endpoint: ${path.slice(0, 200)}`);
   let name = m[1]!;

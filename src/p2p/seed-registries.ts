@@ -1,13 +1,13 @@
 import type { Logger } from '../log.js';
-import { parseReference, type ImageReference } from '../registry/reference.js';
+import { canonicalRegistry, parseReference, type ImageReference } from '../registry/reference.js';
 
 /** Whether a seed's p2p.seedRegistries (`host[:port]`, `*` = any) lets it fetch from the registry of `ref`. */
 export function registryAllowed(
   seedRegistries: readonly string[],
   ref: Pick<ImageReference, 'registry'>,
 ): boolean {
-  const list = seedRegistries.map((r) => r.toLowerCase());
-  return list.includes('*') || list.includes(ref.registry.toLowerCase());
+  const list = seedRegistries.map(canonicalRegistry);
+  return list.includes('*') || list.includes(canonicalRegistry(ref.registry));
 }
 
 /**

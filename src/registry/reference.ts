@@ -5,6 +5,16 @@ export const DOCKER_HUB_REGISTRY = 'registry-1.docker.io';
 
 const DOCKER_HUB_ALIASES = new Set(['docker.io', 'index.docker.io', 'registry-1.docker.io']);
 
+/**
+ * A registry host as references resolve it, for comparing with lists users write (`mirror.registries`,
+ * `p2p.seedRegistries`): lowercase, and Docker Hub's names (`docker.io`, `index.docker.io`) as the host
+ * its references resolve to (`registry-1.docker.io`).
+ */
+export function canonicalRegistry(host: string): string {
+  const h = host.toLowerCase();
+  return DOCKER_HUB_ALIASES.has(h) ? DOCKER_HUB_REGISTRY : h;
+}
+
 // The grammar of github.com/distribution/reference, without the parts nobody uses.
 const HOST_RE =
   /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])(?::[0-9]{1,5})?$/;

@@ -29,6 +29,15 @@ describe('parseMirrorRoute', () => {
     expect(parseMirrorRoute('/v2/?ns=quay.io', HUB)).toEqual({ kind: 'base', registry: 'quay.io' });
   });
 
+  it("names Docker Hub's registry by the host its references resolve to, on every route", () => {
+    // a /v2/ probe for docker.io goes to the registry that serves it, as its manifests and blobs do
+    expect(parseMirrorRoute('/v2/?ns=docker.io', 'x.example')).toEqual({ kind: 'base', registry: HUB });
+    expect(parseMirrorRoute('/v2/', 'Index.Docker.io')).toEqual({ kind: 'base', registry: HUB });
+    const b = parseMirrorRoute(`/v2/docker.io/library/busybox/blobs/${D}`, 'x.example');
+    expect(b.kind === 'blob' && b.ref.registry).toBe(HUB);
+    expect(() => parseMirrorRoute('/v2/?ns=evil.example/path', HUB)).toThrow(/invalid registry/);
+  });
+
   it('refuses what is not a well-formed pull', () => {
     const bad = (t: string, code: string) => {
       try {
