@@ -186,9 +186,11 @@ export class ManifestRelay {
   }
 
   private markPublic(q: ManifestQuery, a: ManifestAnswer): void {
-    if (q.authorization !== undefined || a.kind !== 'manifest' || a.from === 'stale') return;
+    if (q.authorization !== undefined) return;
     const repo = `${q.registry}/${q.repository}`;
     this.publicRepos.delete(repo);
+    // refused without credentials (no longer public): requests with credentials go as they came
+    if (a.kind !== 'manifest' || a.from === 'stale') return;
     this.publicRepos.set(repo, this.now());
     for (const r of this.publicRepos.keys()) {
       if (this.publicRepos.size <= 4096) break;

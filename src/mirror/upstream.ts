@@ -101,8 +101,8 @@ export class Upstream {
     const held = anon.held(registry, path);
     if (held) {
       const up = await withToken(held);
-      if (up.status !== 401) return { ...up, anonymous: true };
-      // expired or revoked early: the challenge below fetches another
+      if (up.status !== 401 && up.status !== 403) return { ...up, anonymous: true };
+      // expired or revoked early, or the repository is no longer public: asked as the engine asked
       discard(up.body);
       anon.drop(registry, path);
     }

@@ -137,6 +137,40 @@ describe('ManifestRelay', () => {
     await expect(relay.get(q(ALICE), signal())).rejects.toMatchObject({ code: 'NETWORK' });
   });
 
+  it('answers the copy fetched without credentials to any credential while the repository is public', async () => {
+    const o = { open: true };
+    const { reg, relay, q, tick } = await setup(o);
+    expect(manifestOf(await relay.get(q(), signal())).from).toBe('registry');
+    // an engine with a token of its own: the public copy, no registry request
+    const own = manifestOf(await relay.get(q('Bearer mallory'), signal()));
+    expect(own).toMatchObject({ from: 'memory', public: true });
+    expect(reg.seen.length).toBe(1);
+    // past the TTL the copy is fetched again, without credentials, for whoever asks
+    tick(6_000);
+    expect(manifestOf(await relay.get(q('Bearer bob'), signal()))).toMatchObject({ public: true });
+    expect(reg.seen.map((s) => s.auth)).toEqual([undefined, undefined]);
+    // no longer public: refused without credentials, asked with them, and then straight with them
+    o.open = false;
+    tick(6_000);
+    expect(manifestOf(await relay.get(q(ALICE), signal())).public).toBeUndefined();
+    expect(reg.seen.map((s) => s.auth).slice(2)).toEqual([undefined, ALICE]);
+    tick(6_000);
+    manifestOf(await relay.get(q(ALICE), signal()));
+    expect(reg.seen.map((s) => s.auth).slice(4)).toEqual([ALICE]);
+  });
+
+  it('answers a copy fetched without credentials to any credential while the registry is down', async () => {
+    const { reg, relay, q, tick } = await setup({ open: true });
+    manifestOf(await relay.get(q(), signal()));
+    await reg.stop();
+    tick(30_000);
+    const stale = manifestOf(await relay.get(q('Bearer never-seen'), signal()));
+    expect(stale).toMatchObject({ from: 'stale', public: true });
+    expect(stale.manifest.body.equals(MANIFEST)).toBe(true);
+    tick(31_000);
+    await expect(relay.get(q('Bearer never-seen'), signal())).rejects.toMatchObject({ code: 'NETWORK' });
+  });
+
   it("asks `via` first and keeps its answer; a stale one only when the registry can't answer either", async () => {
     let viaCalls = 0;
     let viaFrom: 'seed' | 'stale' = 'seed';
