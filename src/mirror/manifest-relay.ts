@@ -51,6 +51,11 @@ export interface ManifestRelayOptions {
   upstream: Upstream;
   /** A manifest is answered from memory for this long before the registry is asked again. */
   ttlMs?: number;
+  /**
+   * A manifest asked for by digest (content that cannot change) is answered from memory this long, to the
+   * credential that fetched it (default 5 min, as the mirror's blob access: mirror.accessTtlMs).
+   */
+  digestTtlMs?: number;
   /** While the registry cannot be reached, a manifest this old is still answered. */
   staleMs?: number;
   /** Manifests on disk, answered stale after a restart too (same key, same age limit). */
@@ -69,10 +74,7 @@ export interface ManifestRelayOptions {
   now?: () => number;
 }
 
-/** The key a manifest is kept under: one per registry, repository, reference, Accept and credential. */
-export function manifestKey(q: ManifestQuery): string {
-  return [q.registry, q.repository, q.reference, q.accept ?? '', credentialKey(q.authorization)].join('|');
-}
+const isDigestRef = (reference: string) => /^[a-z0-9]+:/.test(reference);
 
 /** The same query without credentials. */
 function anonymous(q: ManifestQuery): ManifestQuery {
@@ -80,7 +82,15 @@ function anonymous(q: ManifestQuery): ManifestQuery {
   return rest;
 }
 
-const isDigestRef = (reference: string) => /^[a-z0-9]+:/.test(reference);
+/**
+ * The key a manifest is kept under: one per registry, repository, reference, Accept and credential. A
+ * manifest asked for by digest is the same content whatever the Accept (it is checked against the digest), so
+ * its key has none: the answer to a tag (any Accept) is kept under its digest's key too.
+ */
+export function manifestKey(q: ManifestQuery): string {
+  const accept = isDigestRef(q.reference) ? '' : (q.accept ?? '');
+  return [q.registry, q.repository, q.reference, accept, credentialKey(q.authorization)].join('|');
+}
 
 /**
  * A manifest entry for `body`, its digest computed here; one asked for by digest must have that digest
@@ -148,7 +158,10 @@ export class ManifestRelay {
    */
   async get(q: ManifestQuery, signal: AbortSignal): Promise<ManifestAnswer> {
     const key = manifestKey(q);
-    const fresh = this.cache.get(key, this.ttlMs, this.now());
+    const ttl = isDigestRef(q.reference)
+      ? Math.max(this.ttlMs, this.opts.digestTtlMs ?? 300_000)
+      : this.ttlMs;
+    const fresh = this.cache.get(key, ttl, this.now());
     if (fresh) return this.count({ kind: 'manifest', manifest: fresh, from: 'memory' });
     if (q.authorization !== undefined && this.isPublic(q)) {
       // what anyone may read is answered from the one copy fetched without credentials: one registry
@@ -219,7 +232,7 @@ export class ManifestRelay {
       });
       if (a?.kind === 'refused') return a;
       if (a?.kind === 'manifest' && a.from !== 'stale') {
-        await this.keep(key, a.manifest);
+        await this.keep(key, a.manifest, q);
         return a;
       }
       if (a) viaStale = a.manifest;
@@ -263,7 +276,7 @@ export class ManifestRelay {
     );
     const ct = up.headers['content-type'];
     const entry = this.entry(body, typeof ct === 'string' ? ct : undefined, q, `registry ${q.registry}`);
-    await this.keep(key, entry);
+    await this.keep(key, entry, q);
     return { kind: 'manifest', manifest: entry, from: 'registry' };
   }
 
@@ -284,9 +297,14 @@ export class ManifestRelay {
     this.log.warn({ err: e }, 'manifest with the wrong digest refused');
   }
 
-  /** In memory and on disk (a failed write is logged: memory still answers). */
-  private async keep(key: string, m: CachedManifest): Promise<void> {
+  /**
+   * In memory and on disk (a failed write is logged: memory still answers); a tag's answer in memory under
+   * its digest's key too, so that the engine's next request (containerd resolves a tag with HEAD, then GETs
+   * the digest) is answered without another registry request: Docker Hub counts every manifest GET.
+   */
+  private async keep(key: string, m: CachedManifest, q: ManifestQuery): Promise<void> {
     this.cache.set(key, m);
+    if (!isDigestRef(q.reference)) this.cache.set(manifestKey({ ...q, reference: m.digest }), m);
     await this.opts.store
       ?.put(key, m)
       .catch((err: unknown) => this.log.warn({ err: DfError.from(err) }, 'manifest not stored on disk'));

@@ -25,6 +25,8 @@ export function relayFor(cfg: Config, log: Logger, upstream: Upstream, via?: Man
   return new ManifestRelay({
     upstream,
     ttlMs: cfg.mirror.manifestTtlMs,
+    // what a credential was let read, it reads for as long as a blob's access is remembered
+    digestTtlMs: cfg.mirror.accessTtlMs,
     staleMs: cfg.mirror.staleManifestMs,
     store: cfg.mirror.manifestStoreBytes
       ? new ManifestStore({

@@ -137,6 +137,25 @@ describe('ManifestRelay', () => {
     await expect(relay.get(q(ALICE), signal())).rejects.toMatchObject({ code: 'NETWORK' });
   });
 
+  it("keeps a tag's answer under its digest: the engine's GET by digest after a HEAD of the tag asks nothing", async () => {
+    const { reg, relay, q, tick } = await setup({ open: true });
+    manifestOf(await relay.get(q(ALICE), signal()));
+    // another Accept (containerd's fetch of a digest sends the descriptor's media type): the same content
+    const byDigest = manifestOf(await relay.get({ ...q(ALICE, DIGEST), accept: '*/*' }, signal()));
+    expect(byDigest).toMatchObject({ from: 'memory' });
+    expect(reg.seen.length).toBe(1);
+    // content that cannot change stays fresh past the tag's TTL (digestTtlMs, 5 min by default)...
+    tick(60_000);
+    expect(manifestOf(await relay.get(q(ALICE, DIGEST), signal())).from).toBe('memory');
+    expect(reg.seen.length).toBe(1);
+    // ...for the credential that fetched it only
+    const other = await relay.get(q('Bearer mallory', DIGEST), signal());
+    expect(other.kind === 'manifest' && other.from).toBe('registry');
+    tick(250_000);
+    expect(manifestOf(await relay.get(q(ALICE, DIGEST), signal())).from).toBe('registry');
+    expect(reg.seen.length).toBe(3);
+  });
+
   it('answers the copy fetched without credentials to any credential while the repository is public', async () => {
     const o = { open: true };
     const { reg, relay, q, tick } = await setup(o);

@@ -100,6 +100,16 @@ describe.skipIf(req.skip)(`registry mirror: engines without credentials ${req.re
     }
     // both through the seed, which fetched it once with an anonymous token of its own
     expect(a.mirror.counters.seedManifests + b.mirror.counters.seedManifests).toBe(2);
+    // containerd resolves a tag with HEAD, then GETs the manifest by digest: no second registry GET (Docker
+    // Hub counts each one against the pull rate limit)
+    for (const n of [a, b]) {
+      const head = await get(n.mirror.address, manifestPath('public/app'), { accept: ACCEPT }, 'HEAD');
+      expect(head.status).toBe(200);
+      const byDigest = `/v2/public/app/manifests/${String(head.headers['docker-content-digest'])}?ns=${reg.host}`;
+      const m = await get(n.mirror.address, byDigest, { accept: `${ACCEPT}, */*` });
+      expect(m.status).toBe(200);
+      expect(m.body.equals(manifest)).toBe(true);
+    }
     await new Promise((r) => setTimeout(r, 500));
     expect(manifestGets('public/app')).toBe(1);
     // the blob through the seed: the manifest answered without credentials was the access check
