@@ -14,7 +14,10 @@ export interface AnonymousTokensOptions {
   now?: () => number;
   /** Tokens kept (least recently used go first). */
   maxTokens?: number;
-  /** After the registry or its token server refused anonymous access to a scope, not asked again for this long. */
+  /**
+   * After the registry or its token server refused anonymous access to a scope (or the token server did not
+   * answer), not asked again for this long.
+   */
   refusedMs?: number;
 }
 
@@ -188,6 +191,9 @@ export class AnonymousTokens {
       }
       text = body.toString('utf8');
     } catch (err) {
+      // a token server that does not answer is not waited for again by every request for a minute: the
+      // engines get the challenge and ask it themselves
+      this.refuse(ch.key);
       this.log.debug({ err: DfError.from(err), realm: url.origin }, 'anonymous token not fetched');
       return undefined;
     }

@@ -120,6 +120,24 @@ describe('AnonymousTokens', () => {
     answer = { status: 200, body: '{"token":"t1","expires_in":300}' };
   });
 
+  it('does not make every request wait for a token server that does not answer', async () => {
+    const silent = createServer(() => undefined);
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const realm = `http://127.0.0.1:${(silent.address() as AddressInfo).port}/token`;
+    try {
+      const t = new AnonymousTokens({ dispatcher: agent, timeoutMs: 300, userAgent: 'test' });
+      const ch = t.challenge(reg, path, bearer('repository:library/app:pull', realm))!;
+      expect(await t.token(ch)).toBeUndefined();
+      expect(t.counters).toMatchObject({ fetched: 1, refused: 1 });
+      // the second request is not sent to it (nor waited for)
+      expect(await t.token(ch)).toBeUndefined();
+      expect(t.counters.fetched).toBe(1);
+    } finally {
+      silent.closeAllConnections();
+      await new Promise((r) => silent.close(r));
+    }
+  });
+
   it('keeps at most maxTokens', async () => {
     const t = new AnonymousTokens({ dispatcher: agent, timeoutMs: 5_000, userAgent: 'test', maxTokens: 2 });
     for (const repo of ['a', 'b', 'c']) {
