@@ -31,6 +31,20 @@ export function originCredential(headers: Readonly<OriginHeaders>): string {
   return pairs.length ? createHash('sha256').update(JSON.stringify(pairs)).digest('hex') : '-';
 }
 
+/** Whether p2p.seedOrigins (URL prefixes, `*` = any) lets a seed fetch `url`. */
+export function originAllowed(origins: readonly string[], url: URL): boolean {
+  return origins.some((o) => {
+    if (o === '*') return true;
+    let e: URL;
+    try {
+      e = new URL(o);
+    } catch {
+      return false;
+    }
+    return e.protocol === url.protocol && e.host === url.host && url.pathname.startsWith(e.pathname);
+  });
+}
+
 /** A URL as the origin of a file: a GET with the node's headers (none: none), redirects not followed. */
 export function urlOrigin(url: URL, headers: OriginHeaders): FileOrigin {
   const credential = originCredential(headers);

@@ -25,6 +25,7 @@ import { FillingFile } from './filling-file.js';
 import { discard, originRequest, originUrl, originValidator, type OriginHeaders } from './origin.js';
 import {
   OriginAccess,
+  originAllowed,
   raceSignal,
   rehash,
   urlOrigin,
@@ -84,9 +85,10 @@ export interface SeedFilesOptions {
  * (however many nodes ask: one fetch per URL at a time), hashed into a piece table as they stream by,
  * checked against the digest the node named, then kept in the seed's cache under their content digest
  * and served to nodes piece by piece. A URL is fetched with the headers the node gave for it (its
- * `--header`s: credentials, sent to that origin only, never stored), one fetch per URL and credential at a
- * time; the table of a file held from another credential's fetch (or none, or from before a restart) is
- * answered only once the origin lets the asking node's headers read the URL (OriginAccess).
+ * `--header`s: credentials, sent to that origin only, never stored), one fetch per URL at a time (a node
+ * asking with other credentials while it is on its way joins it); the table of a file held or being fetched
+ * with another credential's fetch (or none, or from before a restart) is answered only once the origin lets
+ * the asking node's headers read the URL (OriginAccess).
  */
 export class SeedFiles implements SeedFileProvider {
   private readonly files = new Map<string, SeedFile>();
@@ -121,20 +123,6 @@ export class SeedFiles implements SeedFileProvider {
     await mkdir(this.tmp, { recursive: true });
   }
 
-  /** Whether p2p.seedOrigins lets this seed fetch `url`. */
-  allowed(url: URL): boolean {
-    return this.opts.origins.some((o) => {
-      if (o === '*') return true;
-      let e: URL;
-      try {
-        e = new URL(o);
-      } catch {
-        return false;
-      }
-      return e.protocol === url.protocol && e.host === url.host && url.pathname.startsWith(e.pathname);
-    });
-  }
-
   /**
    * The encoded piece table of the file a node asks for (`url=URL` or `repo=REGISTRY/REPO`, with
    * `digest=sha256:...`; a repository needs the digest), fetching it when this seed does not hold it.
@@ -159,7 +147,7 @@ export class SeedFiles implements SeedFileProvider {
       f = await this.held(digest, signal);
     } else {
       url = originUrl(query.get('url') ?? '');
-      if (!this.allowed(url))
+      if (!originAllowed(this.opts.origins, url))
         throw new DfError(
           'FORBIDDEN',
           `this seed does not fetch from ${url.origin}: not in p2p.seedOrigins (${this.opts.origins.join(', ') || 'empty'})`,
@@ -168,7 +156,11 @@ export class SeedFiles implements SeedFileProvider {
       f = digest ? await this.held(digest, signal) : await this.unchanged(url, origin, headers, signal);
     }
     if (!f) {
-      let p = this.fetching.get(origin.key);
+      let p = this.fetching.get(origin.key) ?? (url && digest ? this.fetchOfUrl(url) : undefined);
+      // the same URL on its way with other credentials: joined once the origin lets these headers read it
+      // (checked before a table is answered; without a digest, once the file is held, below)
+      if (p && url && digest && !this.fetching.has(origin.key))
+        await this.access.check(url, headers, digest, signal);
       if (!p) {
         if (this.fetching.size >= MAX_FETCHING)
           throw busyAtSource(`this seed is fetching ${MAX_FETCHING} files already; retry later`);
@@ -192,6 +184,13 @@ export class SeedFiles implements SeedFileProvider {
       await this.access.check(url, headers, f.table.digest, signal);
     f.lastUsed = this.now();
     return f.encoded;
+  }
+
+  /** A fetch of `url` on its way with any credentials (at most MAX_FETCHING to look through). */
+  private fetchOfUrl(url: URL): Fetch | undefined {
+    const u = url.toString();
+    for (const [key, p] of this.fetching) if (key === u || key.startsWith(`${u}|`)) return p;
+    return undefined;
   }
 
   /** A blob of `repo` (REGISTRY/REPO) when p2p.seedRegistries allows its registry, else FORBIDDEN. */

@@ -16,12 +16,13 @@ export interface FileOrigin {
 
 /**
  * Starts an origin on loopback: GET (whole or one `Range: bytes=a-b` / `bytes=a-`), HEAD, ETag and
- * Content-Length; with `auth`, every request must carry `Authorization: auth` (else 401). Bodies are sent
+ * Content-Length; with `auth`, every request must carry `Authorization: auth` (one of them, when a list;
+ * else 401). Bodies are sent
  * in 64 KiB writes with back-pressure, so that a client killed mid-transfer stops the count.
  */
 export async function startFileOrigin(
   opts: {
-    auth?: string;
+    auth?: string | string[];
     /** Pause after each 64 KiB of a body (a slow origin). */ chunkDelayMs?: number;
   } = {},
 ): Promise<FileOrigin> {
@@ -30,7 +31,8 @@ export async function startFileOrigin(
   const requests = { get: 0, range: 0, head: 0, refused: 0 };
   const server: Server = createServer((req, res) => {
     void (async () => {
-      if (opts.auth && req.headers.authorization !== opts.auth) {
+      const auth = opts.auth === undefined ? undefined : [opts.auth].flat();
+      if (auth && !auth.includes(req.headers.authorization ?? '')) {
         requests.refused++;
         res.writeHead(401, { 'www-authenticate': 'Bearer' }).end('unauthorized');
         return;

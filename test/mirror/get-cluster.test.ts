@@ -25,7 +25,7 @@ const cleanups = cleanupsAfterEach();
 async function setup(
   size: number,
   seedOrigins?: (o: FileOrigin) => string,
-  auth?: string,
+  auth?: string | string[],
   chunkDelayMs?: number,
 ) {
   const { dir, cleanup } = await tempDir('dfnode-get-');
@@ -153,6 +153,29 @@ describe('dfnode get', () => {
       expect(existsSync(join(t.dir, `out-${i}.bin`))).toBe(false);
     }
     expect(t.origin.served()).toBeLessThanOrEqual(1.1 * size);
+  }, 200_000);
+
+  it('nodes with different credentials at once: the seed fetches the file once, after the origin let each read it', async () => {
+    const size = 3 * MiB + 5;
+    // a slow origin: the second node asks while the seed still fetches for the first
+    const t = await setup(size, (o) => o.base, ['Bearer alice', 'Bearer bob'], 1);
+    const get = (i: number, who: string) =>
+      runCli('dfnode', t.args(i, ['--header', `Authorization: Bearer ${who}`, '--digest', t.digest]), {
+        timeoutMs: 120_000,
+      });
+    const [a, b] = await Promise.all([get(1, 'alice'), get(2, 'bob')]);
+    for (const [i, r] of [[1, a] as const, [2, b] as const]) {
+      expect(r.code, r.stderr).toBe(0);
+      expect(parse(r.stdout)).toMatchObject({ digest: t.digest, mode: 'p2p' });
+      expect('sha256:' + (await sha256File(join(t.dir, `out-${i}.bin`)))).toBe(t.digest);
+    }
+    // one GET of the file (besides the access checks' HEADs), where each credential used to fetch its own
+    expect(t.origin.requests.get).toBe(1);
+    expect(t.origin.served()).toBeLessThanOrEqual(1.1 * size);
+    // a third credential the origin refuses gets nothing from the fetch it would have joined
+    const refused = await get(3, 'mallory');
+    expect(refused.code, refused.stderr).toBe(4);
+    expect(existsSync(join(t.dir, 'out-3.bin'))).toBe(false);
   }, 200_000);
 
   it('a seed refuses an origin p2p.seedOrigins does not list, without contacting it; the node gets the file directly', async () => {
