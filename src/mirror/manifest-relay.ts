@@ -83,12 +83,27 @@ function anonymous(q: ManifestQuery): ManifestQuery {
 }
 
 /**
- * The key a manifest is kept under: one per registry, repository, reference, Accept and credential. A
+ * An Accept header as a set of media types (order and spacing dropped): engines list the same types in
+ * different orders, and registries answer by which types are there, with one of them.
+ */
+function acceptKey(accept: string | undefined): string {
+  if (!accept) return '';
+  const types = accept.split(',').map((t) =>
+    t
+      .trim()
+      .replace(/\s*;\s*/g, ';')
+      .toLowerCase(),
+  );
+  return [...new Set(types.filter(Boolean))].sort().join(',');
+}
+
+/**
+ * The key a manifest is kept under: one per registry, repository, reference, Accept (as a set) and credential. A
  * manifest asked for by digest is the same content whatever the Accept (it is checked against the digest), so
  * its key has none: the answer to a tag (any Accept) is kept under its digest's key too.
  */
 export function manifestKey(q: ManifestQuery): string {
-  const accept = isDigestRef(q.reference) ? '' : (q.accept ?? '');
+  const accept = isDigestRef(q.reference) ? '' : acceptKey(q.accept);
   return [q.registry, q.repository, q.reference, accept, credentialKey(q.authorization)].join('|');
 }
 

@@ -137,6 +137,17 @@ describe('ManifestRelay', () => {
     await expect(relay.get(q(ALICE), signal())).rejects.toMatchObject({ code: 'NETWORK' });
   });
 
+  it('takes Accept headers that list the same media types in another order for one key', async () => {
+    const { reg, relay, q } = await setup({ open: true });
+    const types = ['application/vnd.oci.image.manifest.v1+json', 'application/vnd.oci.image.index.v1+json'];
+    manifestOf(await relay.get({ ...q(ALICE), accept: types.join(', ') }, signal()));
+    const again = manifestOf(await relay.get({ ...q(ALICE), accept: ` ${types[1]},${types[0]} ` }, signal()));
+    expect(again.from).toBe('memory');
+    // another set of types is another question to the registry
+    manifestOf(await relay.get({ ...q(ALICE), accept: types[0] }, signal()));
+    expect(reg.seen.length).toBe(2);
+  });
+
   it("keeps a tag's answer under its digest: the engine's GET by digest after a HEAD of the tag asks nothing", async () => {
     const { reg, relay, q, tick } = await setup({ open: true });
     manifestOf(await relay.get(q(ALICE), signal()));
