@@ -70,6 +70,15 @@ interface FixtureSpec {
   root: boolean;
 }
 
+/** An image built on the debian fixture by apt-get in a chroot (`NAME.sh`). */
+const onDebian = (name: string): FixtureSpec => ({
+  script: `${name}.sh`,
+  inputs: ['common.sh', 'apt-in-chroot.sh', `${name}.sh`],
+  base: 'debian',
+  tools: ['umoci', 'chroot', 'mount'],
+  root: true,
+});
+
 const SPECS: Record<FixtureName, FixtureSpec> = {
   busybox: {
     script: 'busybox.sh',
@@ -89,27 +98,9 @@ const SPECS: Record<FixtureName, FixtureSpec> = {
     tools: ['umoci', 'debootstrap', 'tar'],
     root: true,
   },
-  'debian-python': {
-    script: 'debian-python.sh',
-    inputs: ['common.sh', 'apt-in-chroot.sh', 'debian-python.sh'],
-    base: 'debian',
-    tools: ['umoci', 'chroot', 'mount'],
-    root: true,
-  },
-  'debian-dev': {
-    script: 'debian-dev.sh',
-    inputs: ['common.sh', 'apt-in-chroot.sh', 'debian-dev.sh'],
-    base: 'debian',
-    tools: ['umoci', 'chroot', 'mount'],
-    root: true,
-  },
-  'debian-node': {
-    script: 'debian-node.sh',
-    inputs: ['common.sh', 'apt-in-chroot.sh', 'debian-node.sh'],
-    base: 'debian',
-    tools: ['umoci', 'chroot', 'mount'],
-    root: true,
-  },
+  'debian-python': onDebian('debian-python'),
+  'debian-dev': onDebian('debian-dev'),
+  'debian-node': onDebian('debian-node'),
   edge: { build: buildEdge, inputs: ['edge.ts', 'tar-builder.ts', 'oci-layout.ts'], tools: [], root: false },
 };
 
