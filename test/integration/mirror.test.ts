@@ -42,7 +42,13 @@ describe.skipIf(req.skip || regReq.skip)('registry mirror (containerd, podman, d
     work = await mkdtemp(join(tmpdir(), 'dfm-'));
     const fx = await ensureFixture('busybox');
     reg = await startRegistry();
-    authReg = await startRegistry({ auth: 'bearer', username: 'alice', password: 'secret' });
+    // anonymous pulls may read public/* (Docker Hub's public images), nothing else
+    authReg = await startRegistry({
+      auth: 'bearer',
+      username: 'alice',
+      password: 'secret',
+      anonymousPull: ['public/busybox'],
+    });
     await runOk('skopeo', [
       'copy',
       '--quiet',
@@ -58,6 +64,15 @@ describe.skipIf(req.skip || regReq.skip)('registry mirror (containerd, podman, d
       'alice:secret',
       fx.ref,
       `docker://${authReg.host}/private/busybox:1`,
+    ]);
+    await runOk('skopeo', [
+      'copy',
+      '--quiet',
+      '--dest-tls-verify=false',
+      '--dest-creds',
+      'alice:secret',
+      fx.ref,
+      `docker://${authReg.host}/public/busybox:1`,
     ]);
     mirror = new MirrorServer({
       listen: '127.0.0.1:0',
@@ -142,6 +157,19 @@ describe.skipIf(req.skip || regReq.skip)('registry mirror (containerd, podman, d
       authorization: 'Bearer not-a-token',
     });
     expect(wrong.status).toBe(401);
+  }, 300_000);
+
+  it('containerd pulls a public image from a token-auth registry without a challenge: the mirror fetches the anonymous token', async () => {
+    const ref = `${authReg.host}/public/busybox:1`;
+    const anon = mirror.upstream.anonymous!;
+    const tokensBefore = authReg.tokenRequests;
+    const fetchedBefore = anon.counters.fetched;
+    await ctd.ctrOk(['images', 'pull', '--hosts-dir', hosts, ref]);
+    const out = await ctd.ctrOk(['run', '--rm', ref, 'mirror-anon', '/bin/sh', '-c', 'echo public']);
+    expect(out.trim()).toBe('public');
+    // every token request the token server saw was the mirror's: containerd was never challenged
+    expect(anon.counters.fetched).toBeGreaterThan(fetchedBefore);
+    expect(authReg.tokenRequests - tokensBefore).toBe(anon.counters.fetched - fetchedBefore);
   }, 300_000);
 
   it('podman pulls through a registries.conf mirror', async () => {
