@@ -272,6 +272,7 @@ export class ManifestRelay {
       );
       // kept in memory, so that the next request within staleMs does not read the disk again
       if (old !== this.cache.get(key, this.staleMs, this.now())) this.cache.set(key, old);
+      if (!isDigestRef(q.reference)) this.cache.set(manifestKey({ ...q, reference: old.digest }), old);
       return { kind: 'manifest', manifest: old, from: 'stale', ...(old === anon && { public: true }) };
     }
     if (up.status !== 200) {
@@ -318,11 +319,13 @@ export class ManifestRelay {
    * the digest) is answered without another registry request: Docker Hub counts every manifest GET.
    */
   private async keep(key: string, m: CachedManifest, q: ManifestQuery): Promise<void> {
-    this.cache.set(key, m);
-    if (!isDigestRef(q.reference)) this.cache.set(manifestKey({ ...q, reference: m.digest }), m);
-    await this.opts.store
-      ?.put(key, m)
-      .catch((err: unknown) => this.log.warn({ err: DfError.from(err) }, 'manifest not stored on disk'));
+    // on disk under both keys too: after a restart while the registry is down, the engine asks for both
+    const keys = isDigestRef(q.reference) ? [key] : [key, manifestKey({ ...q, reference: m.digest })];
+    for (const k of keys) this.cache.set(k, m);
+    for (const k of keys)
+      await this.opts.store
+        ?.put(k, m)
+        .catch((err: unknown) => this.log.warn({ err: DfError.from(err) }, 'manifest not stored on disk'));
   }
 
   /** The newest copy within staleMs: memory, disk (after a restart), or the one `via` kept. */

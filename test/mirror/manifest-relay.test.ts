@@ -17,6 +17,8 @@ import {
 } from '../../src/mirror/manifest-relay.js';
 import { seedManifestAnswer } from '../../src/mirror/seed-manifests.js';
 import { Upstream } from '../../src/mirror/upstream.js';
+import { ManifestStore } from '../../src/mirror/manifest-store.js';
+import { tempDir } from '../helpers/temp.js';
 import {
   MANIFEST_AGE_HEADER,
   MANIFEST_FROM_HEADER,
@@ -135,6 +137,32 @@ describe('ManifestRelay', () => {
     await expect(relay.get(q(), signal())).rejects.toMatchObject({ code: 'NETWORK' });
     tick(31_000);
     await expect(relay.get(q(ALICE), signal())).rejects.toMatchObject({ code: 'NETWORK' });
+  });
+
+  it('a restarted relay answers a tag and its digest from disk while the registry is down', async () => {
+    const { dir, cleanup } = await tempDir('dfnode-relay-store-');
+    cleanups.push(cleanup);
+    const { reg, q } = await setup({ open: true });
+    const store = () => new ManifestStore({ dir, maxBytes: 1 << 20 });
+    const upstream = new Upstream({ plainHttp: true, timeoutMs: 5_000 });
+    cleanups.push(() => upstream.close());
+    const withStore = new ManifestRelay({ upstream, store: store() });
+    await withStore.init();
+    manifestOf(await withStore.get(q(ALICE), signal()));
+    // the digest, asked right after, came from memory: still on disk for a restart
+    manifestOf(await withStore.get(q(ALICE, DIGEST), signal()));
+    expect(reg.seen.length).toBe(1);
+    withStore.close();
+    await reg.stop();
+    const restarted = new ManifestRelay({ upstream, store: store() });
+    await restarted.init();
+    cleanups.push(() => restarted.close());
+    // the digest first: it must come from its own file on disk
+    for (const ref of [DIGEST, 'v1']) {
+      const a = manifestOf(await restarted.get(q(ALICE, ref), signal()));
+      expect(a.from).toBe('stale');
+      expect(a.manifest.body.equals(MANIFEST)).toBe(true);
+    }
   });
 
   it('takes Accept headers that list the same media types in another order for one key', async () => {
