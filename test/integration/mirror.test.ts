@@ -56,24 +56,16 @@ describe.skipIf(req.skip || regReq.skip)('registry mirror (containerd, podman, d
       fx.ref,
       `docker://${reg.host}/tools/busybox:1`,
     ]);
-    await runOk('skopeo', [
-      'copy',
-      '--quiet',
-      '--dest-tls-verify=false',
-      '--dest-creds',
-      'alice:secret',
-      fx.ref,
-      `docker://${authReg.host}/private/busybox:1`,
-    ]);
-    await runOk('skopeo', [
-      'copy',
-      '--quiet',
-      '--dest-tls-verify=false',
-      '--dest-creds',
-      'alice:secret',
-      fx.ref,
-      `docker://${authReg.host}/public/busybox:1`,
-    ]);
+    for (const repo of ['private/busybox', 'public/busybox'])
+      await runOk('skopeo', [
+        'copy',
+        '--quiet',
+        '--dest-tls-verify=false',
+        '--dest-creds',
+        'alice:secret',
+        fx.ref,
+        `docker://${authReg.host}/${repo}:1`,
+      ]);
     mirror = new MirrorServer({
       listen: '127.0.0.1:0',
       upstream: new Upstream({ plainHttp: true }),
