@@ -4,6 +4,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { readBody } from '../registry/http-body.js';
 import { MAX_TOKEN_ANSWER, parseTokenResponse } from '../registry/token-response.js';
 import { parseWwwAuthenticate } from '../registry/www-authenticate.js';
+import { setNewest } from '../util/bounded-map.js';
 import { bound } from '../util/timers.js';
 
 export interface AnonymousTokensOptions {
@@ -38,6 +39,9 @@ export function pullScopeOf(path: string): string | undefined {
   const m = /^\/v2\/(.+)\/(?:manifests|blobs)\/[^/]+$/.exec(path.split('?')[0]!);
   return m ? `repository:${m[1]}:pull` : undefined;
 }
+
+/** Tokens and refusals are kept per registry and scope. */
+const tokenKey = (registry: string, scope: string) => `${registry.toLowerCase()}|${scope}`;
 
 const LINK_LOCAL = /^(169\.254\.|\[fe[89ab][0-9a-f]:)/i;
 
@@ -88,7 +92,7 @@ export class AnonymousTokens {
   held(registry: string, path: string): string | undefined {
     const scope = pullScopeOf(path);
     if (!scope) return undefined;
-    const key = `${registry.toLowerCase()}|${scope}`;
+    const key = tokenKey(registry, scope);
     const t = this.tokens.get(key);
     if (!t) return undefined;
     if (t.expiresAt <= this.now()) {
@@ -129,7 +133,7 @@ export class AnonymousTokens {
     }
     if (c.params.service) url.searchParams.set('service', c.params.service);
     url.searchParams.set('scope', scope);
-    return { key: `${registry.toLowerCase()}|${scope}`, url };
+    return { key: tokenKey(registry, scope), url };
   }
 
   /**
@@ -156,17 +160,13 @@ export class AnonymousTokens {
   refuse(key: string): void {
     this.tokens.delete(key);
     this.counters.refused++;
-    this.refused.set(key, this.now() + (this.opts.refusedMs ?? 60_000));
-    for (const k of this.refused.keys()) {
-      if (this.refused.size <= (this.opts.maxTokens ?? 1024)) break;
-      this.refused.delete(k);
-    }
+    setNewest(this.refused, key, this.now() + (this.opts.refusedMs ?? 60_000), this.opts.maxTokens ?? 1024);
   }
 
   /** The registry refused a token sent up front (expired early, revoked): fetched again next time. */
   drop(registry: string, path: string): void {
     const scope = pullScopeOf(path);
-    if (scope) this.tokens.delete(`${registry.toLowerCase()}|${scope}`);
+    if (scope) this.tokens.delete(tokenKey(registry, scope));
   }
 
   private async fetch(ch: AnonymousChallenge): Promise<string | undefined> {
@@ -207,12 +207,7 @@ export class AnonymousTokens {
     }
     const lifetime = answer.lifetimeS * 1000;
     const expiresAt = started + Math.max(lifetime - Math.min(30_000, lifetime / 10), 1000);
-    this.tokens.delete(ch.key);
-    this.tokens.set(ch.key, { token: answer.token, expiresAt });
-    for (const k of this.tokens.keys()) {
-      if (this.tokens.size <= (this.opts.maxTokens ?? 1024)) break;
-      this.tokens.delete(k);
-    }
+    setNewest(this.tokens, ch.key, { token: answer.token, expiresAt }, this.opts.maxTokens ?? 1024);
     return answer.token;
   }
 }

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { setNewest } from '../util/bounded-map.js';
 
 /** The credential key of requests without credentials. */
 export const ANONYMOUS = '-';
@@ -33,20 +34,13 @@ export class BlobAccess {
   grant(credential: string, repo: string, at: number): void {
     const k = `${credential}|${repo}`;
     const prev = this.grants.get(k);
-    this.grants.delete(k);
-    this.grants.set(k, prev !== undefined && prev > at ? prev : at);
-    for (const old of this.grants.keys()) {
-      if (this.grants.size <= this.maxGrants) break;
-      this.grants.delete(old);
-    }
+    setNewest(this.grants, k, prev !== undefined && prev > at ? prev : at, this.maxGrants);
   }
 
   /** `digests` belong to `repo` (a manifest of it lists them, or the registry answered them). */
   learn(repo: string, digests: Iterable<string>): void {
-    let set = this.known.get(repo);
-    if (set) this.known.delete(repo);
-    else set = new Set();
-    this.known.set(repo, set);
+    const set = this.known.get(repo) ?? new Set<string>();
+    setNewest(this.known, repo, set, this.maxRepos);
     for (const d of digests) {
       set.delete(d);
       set.add(d);
@@ -54,10 +48,6 @@ export class BlobAccess {
     for (const d of set) {
       if (set.size <= this.maxDigestsPerRepo) break;
       set.delete(d);
-    }
-    for (const r of this.known.keys()) {
-      if (this.known.size <= this.maxRepos) break;
-      this.known.delete(r);
     }
   }
 

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { readBody } from '../registry/http-body.js';
+import { setNewest } from '../util/bounded-map.js';
 import { bound } from '../util/timers.js';
 import { credentialKey } from './blob-access.js';
 import { ManifestCache, type CachedManifest } from './manifest-cache.js';
@@ -105,6 +106,11 @@ function acceptKey(accept: string | undefined): string {
 export function manifestKey(q: ManifestQuery): string {
   const accept = isDigestRef(q.reference) ? '' : acceptKey(q.accept);
   return [q.registry, q.repository, q.reference, accept, credentialKey(q.authorization)].join('|');
+}
+
+/** The keys `m`, the answer to `q` (kept under `key`), is kept under: a tag's also under its digest's. */
+function keysOf(key: string, q: ManifestQuery, m: CachedManifest): string[] {
+  return isDigestRef(q.reference) ? [key] : [key, manifestKey({ ...q, reference: m.digest })];
 }
 
 /**
@@ -219,11 +225,7 @@ export class ManifestRelay {
     this.publicRepos.delete(repo);
     // refused without credentials (no longer public): requests with credentials go as they came
     if (a.kind !== 'manifest' || a.from === 'stale') return;
-    this.publicRepos.set(repo, this.now());
-    for (const r of this.publicRepos.keys()) {
-      if (this.publicRepos.size <= 4096) break;
-      this.publicRepos.delete(r);
-    }
+    setNewest(this.publicRepos, repo, this.now(), 4096);
   }
 
   private count(a: ManifestAnswer): ManifestAnswer {
@@ -270,9 +272,10 @@ export class ManifestRelay {
         { registry: q.registry, ref: q.reference },
         'registry unreachable: answering a kept manifest',
       );
-      // kept in memory, so that the next request within staleMs does not read the disk again
-      if (old !== this.cache.get(key, this.staleMs, this.now())) this.cache.set(key, old);
-      if (!isDigestRef(q.reference)) this.cache.set(manifestKey({ ...q, reference: old.digest }), old);
+      // kept in memory (a tag's under its digest too), so that the next request within staleMs does not read
+      // the disk again
+      for (const k of keysOf(key, q, old))
+        if (old !== this.cache.get(k, this.staleMs, this.now())) this.cache.set(k, old);
       return { kind: 'manifest', manifest: old, from: 'stale', ...(old === anon && { public: true }) };
     }
     if (up.status !== 200) {
@@ -320,7 +323,7 @@ export class ManifestRelay {
    */
   private async keep(key: string, m: CachedManifest, q: ManifestQuery): Promise<void> {
     // on disk under both keys too: after a restart while the registry is down, the engine asks for both
-    const keys = isDigestRef(q.reference) ? [key] : [key, manifestKey({ ...q, reference: m.digest })];
+    const keys = keysOf(key, q, m);
     for (const k of keys) this.cache.set(k, m);
     for (const k of keys)
       await this.opts.store

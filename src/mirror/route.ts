@@ -12,6 +12,12 @@ export const MAX_TARGET = 2048;
 
 const HOSTLIKE = (s: string) => s.includes('.') || s.includes(':') || s === 'localhost';
 
+/** A registry named by a request or the configuration, refused (INVALID_ARGUMENT) when it is no host. */
+function checkedRegistry(registry: string): string {
+  if (!registry || /[/@\s]/.test(registry)) throw DfError.invalidArgument(`invalid registry "${registry}"`);
+  return registry;
+}
+
 /**
  * Parses `/v2/...` as the OCI distribution spec names it, for any upstream: containerd names the registry
  * in `?ns=<host>` (hosts.toml mirrors); podman/CRI-O and others put it first in the path
@@ -33,10 +39,8 @@ export function parseMirrorRoute(target: string, defaultRegistry: string): Mirro
   const ns = url.searchParams.get('ns') ?? undefined;
   const path = url.pathname;
   if (path === '/v2' || path === '/v2/') {
-    const registry = ns ?? defaultRegistry;
-    if (!registry || /[/@\s]/.test(registry)) throw DfError.invalidArgument(`invalid registry "${registry}"`);
     // the host the references of this registry resolve to (docker.io: registry-1.docker.io)
-    return { kind: 'base', registry: canonicalRegistry(registry) };
+    return { kind: 'base', registry: canonicalRegistry(checkedRegistry(ns ?? defaultRegistry)) };
   }
   const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(path);
   if (!m) throw new DfError('NOT_FOUND', `not a pull endpoint: ${path.slice(0, 200)}`);
@@ -52,7 +56,7 @@ export function parseMirrorRoute(target: string, defaultRegistry: string): Mirro
       name = name.slice(slash + 1);
     } else registry = defaultRegistry;
   }
-  if (!registry || /[/@\s]/.test(registry)) throw DfError.invalidArgument(`invalid registry "${registry}"`);
+  checkedRegistry(registry);
   const isDigest = /^[a-z0-9]+:/.test(reference);
   if (what === 'blobs' && !isDigest) throw DfError.invalidArgument(`invalid blob digest "${reference}"`);
   // parseReference validates host, repository, tag and digest with the reference grammar.

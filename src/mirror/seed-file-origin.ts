@@ -17,6 +17,8 @@ export type Body = AsyncIterable<Uint8Array> & {
 export interface FileOrigin {
   /** One fetch at a time per key (a URL's includes the credential: see originCredential). */
   key: string;
+  /** The URL of a URL's origin (without the credential): fetches of it with other credentials are joined. */
+  url?: string;
   /** For messages (no query string, no credentials). */
   where: string;
   /** Who fetched it: originCredential of the node's headers, or 'registry' (the seed's own credentials). */
@@ -50,6 +52,7 @@ export function urlOrigin(url: URL, headers: OriginHeaders): FileOrigin {
   const credential = originCredential(headers);
   return {
     key: credential === '-' ? url.toString() : `${url.toString()}|${credential}`,
+    url: url.toString(),
     where: `${url.origin}${url.pathname}`,
     credential,
     open: async (signal) => {

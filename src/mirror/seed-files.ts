@@ -61,6 +61,8 @@ interface SeedFile {
 interface Fetch {
   live: Promise<FillingFile | undefined>;
   file: Promise<SeedFile>;
+  /** FileOrigin.url: what a node asking with other credentials may join. */
+  url?: string;
 }
 
 export interface SeedFilesOptions {
@@ -156,11 +158,13 @@ export class SeedFiles implements SeedFileProvider {
       f = digest ? await this.held(digest, signal) : await this.unchanged(url, origin, headers, signal);
     }
     if (!f) {
-      let p = this.fetching.get(origin.key) ?? (url && digest ? this.fetchOfUrl(url) : undefined);
-      // the same URL on its way with other credentials: joined once the origin lets these headers read it
-      // (checked before a table is answered; without a digest, once the file is held, below)
-      if (p && url && digest && !this.fetching.has(origin.key))
-        await this.access.check(url, headers, digest, signal);
+      let p = this.fetching.get(origin.key);
+      if (!p && url && digest) {
+        // the same URL on its way with other credentials (for the digest this node names): joined once the
+        // origin lets these headers read it, before any of its table is answered
+        p = this.fetchOfUrl(url);
+        if (p) await this.access.check(url, headers, digest, signal);
+      }
       if (!p) {
         if (this.fetching.size >= MAX_FETCHING)
           throw busyAtSource(`this seed is fetching ${MAX_FETCHING} files already; retry later`);
@@ -189,7 +193,7 @@ export class SeedFiles implements SeedFileProvider {
   /** A fetch of `url` on its way with any credentials (at most MAX_FETCHING to look through). */
   private fetchOfUrl(url: URL): Fetch | undefined {
     const u = url.toString();
-    for (const [key, p] of this.fetching) if (key === u || key.startsWith(`${u}|`)) return p;
+    for (const p of this.fetching.values()) if (p.url === u) return p;
     return undefined;
   }
 
@@ -292,7 +296,7 @@ export class SeedFiles implements SeedFileProvider {
     const file = this.fetchInto(origin, digest, onLive);
     // before the origin answered: the open failed (after, `live` is settled and this does nothing)
     file.catch(liveFailed);
-    return { live, file };
+    return { live, file, ...(origin.url !== undefined && { url: origin.url }) };
   }
 
   /**
