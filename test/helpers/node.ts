@@ -18,7 +18,7 @@ import { readMountInfo } from '../../src/fuse/mounts.js';
 import { cliPath, run, runCli, runOk, type CliResult } from './cli.js';
 import { sha256File } from './digest.js';
 import { ensureFixture, type FixtureName } from './fixtures.js';
-import { requireRegistry, startRegistry, type TestRegistry } from './registry.js';
+import { pushToRegistry, requireRegistry, startRegistry, type TestRegistry } from './registry.js';
 import { hasTool, requireConditions, type Requirement } from './require.js';
 
 /** Root, /dev/fuse, overlayfs and the tools these tests run. */
@@ -58,13 +58,7 @@ export async function pushAndConvert(names: FixtureName[], workDir: string): Pro
     const dfb: Record<string, string> = {};
     for (const n of names) {
       const fx = source[n]!;
-      await runOk('skopeo', [
-        'copy',
-        '--quiet',
-        '--dest-tls-verify=false',
-        `oci:${fx.dir}:${fx.tag}`,
-        `docker://${reg.host}/${n}:1`,
-      ]);
+      await pushToRegistry(`oci:${fx.dir}:${fx.tag}`, `${reg.host}/${n}:1`);
       const r = await runCli('dfconvert', [
         '--plain-http',
         '--quiet',

@@ -1,4 +1,4 @@
-/** Helpers of the registry client's integration tests (registry.test.ts, registry-auth.test.ts). */
+/** Helpers of the registry client's integration tests (registry.test.ts, registry-auth.test.ts) and image manifests for tests. */
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { expect } from 'vitest';
@@ -63,4 +63,22 @@ export async function pushImage(c: RegistryClient, host: string, repo: string, t
   const mediaType = docker ? MediaTypes.dockerManifest : MediaTypes.ociManifest;
   const digest = await c.putManifest(ref, bytes, mediaType);
   return { ref, bytes, digest, mediaType, layer };
+}
+
+/**
+ * The bytes of an OCI image manifest naming `config` and uncompressed tar `layers` (digest and size each), as
+ * a registry stores it.
+ */
+export function ociManifest(
+  config: { digest: string; size: number },
+  layers: { digest: string; size: number }[] = [],
+): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MediaTypes.ociManifest,
+      config: { mediaType: MediaTypes.ociConfig, ...config },
+      layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', ...l })),
+    }),
+  );
 }

@@ -17,6 +17,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freeLoopbackPort } from '../../src/util/free-port.js';
+import { runOk } from './cli.js';
 import { requireTools, type Requirement } from './require.js';
 
 export type RegistryAuthMode = 'none' | 'basic' | 'bearer';
@@ -184,6 +185,21 @@ async function waitReady(url: string, exited: Promise<unknown>): Promise<boolean
     await new Promise((r) => setTimeout(r, 50));
   }
   return false;
+}
+
+/**
+ * Copies the image `source` (a skopeo transport reference, e.g. `oci:DIR:TAG`) into a test registry as
+ * `dest` (`HOST/REPO:TAG`, plain HTTP), with `creds` (`user:password`) when the registry needs them.
+ */
+export async function pushToRegistry(source: string, dest: string, creds?: string): Promise<void> {
+  await runOk('skopeo', [
+    'copy',
+    '--quiet',
+    '--dest-tls-verify=false',
+    ...(creds ? ['--dest-creds', creds] : []),
+    source,
+    `docker://${dest}`,
+  ]);
 }
 
 /**

@@ -29,7 +29,7 @@ import {
   wrongDigestLayer,
   type Fixture,
 } from '../helpers/fixtures.js';
-import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { pushToRegistry, requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { requireTools } from '../helpers/require.js';
 import { sha256Digest } from '../helpers/digest.js';
 
@@ -99,13 +99,7 @@ describe.skipIf(req.skip || regReq.skip)('dfconvert (real registry, images built
       fx[name] = await ensureFixture(name);
     reg = await startRegistry();
     for (const name of ['busybox', 'multilayer', 'debian'] as const)
-      await runOk('skopeo', [
-        'copy',
-        '--quiet',
-        '--dest-tls-verify=false',
-        fx[name]!.ref,
-        `docker://${reg.host}/${name}:1`,
-      ]);
+      await pushToRegistry(fx[name]!.ref, `${reg.host}/${name}:1`);
   });
 
   afterAll(async () => {

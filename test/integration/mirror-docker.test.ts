@@ -24,7 +24,6 @@ import { silentLogger } from '../../src/log.js';
 import { MirrorServer } from '../../src/mirror/mirror-server.js';
 import { Upstream } from '../../src/mirror/upstream.js';
 import { freeLoopbackPort } from '../../src/util/free-port.js';
-import { runOk } from '../helpers/cli.js';
 import {
   removeWorkDir,
   requireContainerd,
@@ -38,7 +37,7 @@ import { ensureFixture } from '../helpers/fixtures.js';
 import { waitFor } from '../helpers/node.js';
 import { parseMetrics } from '../helpers/prom.js';
 import { httpAnswer as get } from '../helpers/raw-http.js';
-import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { pushToRegistry, requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 
 const dockerReq = requireDockerd();
 const regReq = requireRegistry(['none', 'bearer']);
@@ -76,13 +75,7 @@ describe.skipIf(req.skip)('registry mirror with Docker (registry-mirrors, privat
     reg = await startRegistry();
     // Docker Hub's official images are library/NAME; the registry stands in for Docker Hub
     for (const repo of ['library/dfbox:1', 'other/dfbox:1'])
-      await runOk('skopeo', [
-        'copy',
-        '--quiet',
-        '--dest-tls-verify=false',
-        fx.ref,
-        `docker://${reg.host}/${repo}`,
-      ]);
+      await pushToRegistry(fx.ref, `${reg.host}/${repo}`);
     mirrorAddress = `127.0.0.1:${await freeLoopbackPort()}`;
     metricsAddress = `127.0.0.1:${await freeLoopbackPort()}`;
     node = await startDfnodeRun({
@@ -196,15 +189,7 @@ describe.skipIf(req.skip)('registry mirror with Docker (registry-mirrors, privat
   it('passes Docker Hub credentials through: a pull without them is refused, with them it runs, and nothing pulled with them is served without', async () => {
     const fx = await ensureFixture('busybox');
     authReg = await startRegistry({ auth: 'bearer', username: 'alice', password: 'secret' });
-    await runOk('skopeo', [
-      'copy',
-      '--quiet',
-      '--dest-tls-verify=false',
-      '--dest-creds',
-      'alice:secret',
-      fx.ref,
-      `docker://${authReg.host}/library/dfprivate:1`,
-    ]);
+    await pushToRegistry(fx.ref, `${authReg.host}/library/dfprivate:1`, 'alice:secret');
     // a mirror standing in for a Docker Hub that needs credentials; dockerd reloads registry-mirrors on SIGHUP
     authMirror = new MirrorServer({
       listen: '127.0.0.1:0',

@@ -23,7 +23,7 @@ import {
   type TestContainerd,
 } from '../helpers/containerd.js';
 import { ensureFixture } from '../helpers/fixtures.js';
-import { requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { pushToRegistry, requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { httpAnswer as get } from '../helpers/raw-http.js';
 
 const req = requireContainerd(['podman']);
@@ -49,23 +49,9 @@ describe.skipIf(req.skip || regReq.skip)('registry mirror (containerd, podman, d
       password: 'secret',
       anonymousPull: ['public/busybox'],
     });
-    await runOk('skopeo', [
-      'copy',
-      '--quiet',
-      '--dest-tls-verify=false',
-      fx.ref,
-      `docker://${reg.host}/tools/busybox:1`,
-    ]);
+    await pushToRegistry(fx.ref, `${reg.host}/tools/busybox:1`);
     for (const repo of ['private/busybox', 'public/busybox'])
-      await runOk('skopeo', [
-        'copy',
-        '--quiet',
-        '--dest-tls-verify=false',
-        '--dest-creds',
-        'alice:secret',
-        fx.ref,
-        `docker://${authReg.host}/${repo}:1`,
-      ]);
+      await pushToRegistry(fx.ref, `${authReg.host}/${repo}:1`, 'alice:secret');
     mirror = new MirrorServer({
       listen: '127.0.0.1:0',
       upstream: new Upstream({ plainHttp: true }),

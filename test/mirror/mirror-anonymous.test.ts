@@ -17,6 +17,7 @@ import { httpAnswer as get } from '../helpers/raw-http.js';
 import { engineToken, requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/temp.js';
 import { startMirrorNode, type MirrorNode } from '../helpers/mirror-node.js';
+import { ociManifest } from '../helpers/registry-client.js';
 
 const TOKEN = 'mirror-anonymous-token';
 const ACCEPT = 'application/vnd.oci.image.manifest.v1+json';
@@ -32,20 +33,9 @@ describe.skipIf(req.skip)(`registry mirror: engines without credentials ${req.re
   const layerDigest = sha256Digest(layer);
   const config = Buffer.from('{"architecture":"amd64","os":"linux"}');
   const configDigest = sha256Digest(config);
-  const manifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: ACCEPT,
-      config: {
-        mediaType: 'application/vnd.oci.image.config.v1+json',
-        digest: configDigest,
-        size: config.length,
-      },
-      layers: [
-        { mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size: layer.length },
-      ],
-    }),
-  );
+  const manifest = ociManifest({ digest: configDigest, size: config.length }, [
+    { digest: layerDigest, size: layer.length },
+  ]);
   let a: MirrorNode;
   let b: MirrorNode;
   const manifestPath = (repo: string) => `/v2/${repo}/manifests/v1?ns=${reg.host}`;

@@ -21,6 +21,7 @@ import { tempDir } from '../helpers/temp.js';
 import { startMirrorNode, type MirrorNode } from '../helpers/mirror-node.js';
 import { httpAnswer as get } from '../helpers/raw-http.js';
 import { waitFor } from '../helpers/node.js';
+import { ociManifest } from '../helpers/registry-client.js';
 
 const TOKEN = 'mirror-cluster-token';
 const req = requireRegistry(['bearer']);
@@ -38,14 +39,7 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
   const big = randomBytes(16 * PIECE_SIZE);
   const bigDigest = sha256Digest(big);
   const otherDigest = sha256Digest(other);
-  const bigManifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: 'application/vnd.oci.image.manifest.v1+json',
-      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest, size: data.length },
-      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: bigDigest, size: big.length }],
-    }),
-  );
+  const bigManifest = ociManifest({ digest, size: data.length }, [{ digest: bigDigest, size: big.length }]);
   let node: MirrorNode;
   let mirror: MirrorServer;
   let auth: string;

@@ -15,6 +15,7 @@ import { waitFor } from '../helpers/node.js';
 import { httpAnswer as get } from '../helpers/raw-http.js';
 import { freePort, requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/temp.js';
+import { ociManifest } from '../helpers/registry-client.js';
 
 const req = requireRegistry();
 
@@ -25,14 +26,7 @@ describe.skipIf(req.skip)(`the seed's own mirror ${req.reason}`, () => {
   let cleanup: () => Promise<void>;
   const data = randomBytes(3 * 1024 * 1024 + 999);
   const digest = sha256Digest(data);
-  const manifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: 'application/vnd.oci.image.manifest.v1+json',
-      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest, size: data.length },
-      layers: [],
-    }),
-  );
+  const manifest = ociManifest({ digest, size: data.length });
   const accept = 'application/vnd.oci.image.manifest.v1+json';
 
   beforeAll(async () => {
