@@ -5,7 +5,9 @@ import type { Worker } from 'node:worker_threads';
 import { spawnWorker } from '../src/util/spawn-worker.js';
 import { DfError } from '../src/errors.js';
 import { layerCompression, type Descriptor } from '../src/registry/oci.js';
+import { convertAddon } from '../src/blob/native-codec.js';
 import type { FromWorker, ToWorker } from './layer-input-worker.js';
+import { NativeInflater, type Inflater, type InflaterResult } from './layer-input-native.js';
 import { readTar, type TarEntry } from './tar-reader.js';
 
 export interface LayerInputResult {
@@ -34,9 +36,10 @@ interface Waiter {
 
 /**
  * Runs blob hashing, gunzip and diff-ID hashing of one layer on a worker thread (layer-input-worker.ts):
- * reads `input` and feeds it to the worker, and offers the tar as an async iterable of buffers.
+ * reads `input` and feeds it to the worker, and offers the tar as an async iterable of buffers. Used when
+ * the native addon does not load (zlib on the worker); with the addon, NativeInflater needs no worker.
  */
-class LayerInflater {
+class LayerInflater implements Inflater {
   private readonly worker: Worker;
   private readonly tarQueue: Buffer[] = [];
   /** Tar buffers from the worker, and those of them released (see release) to go back with the next input. */
@@ -178,7 +181,7 @@ class LayerInflater {
   }
 
   /** The digests and byte counts, after tar() ended. */
-  result(): Extract<FromWorker, { t: 'done' }> {
+  result(): InflaterResult {
     if (this.error) throw this.error;
     if (!this.done) throw DfError.internal('layer input worker did not finish');
     return this.done;
@@ -196,7 +199,8 @@ class LayerInflater {
 /**
  * Streams a layer blob into `onEntry` entry by entry: checks the media type first, gunzips when needed,
  * hashes the blob (digest check) and the tar (diff ID) on the way, and fails clearly on corrupt input.
- * Blob hashing, gunzip and diff-ID hashing run on a worker thread; tar parsing on this one. A body chunk is
+ * Blob hashing, gunzip and diff-ID hashing run on libuv's thread pool (native addon) or a worker thread;
+ * tar parsing on this one. A body chunk is
  * valid until the promise of the `onEntry` call that got it settles: its memory is then reused (copy what
  * must live longer). The digest is checked at the end, so callers must discard
  * what they built when this throws.
@@ -211,10 +215,15 @@ export async function readLayer(
   const what = `layer ${layer.digest}`;
   const { signal } = opts;
   signal?.throwIfAborted();
-  const inflater = new LayerInflater(input, compression === 'gzip', opts.onBytesIn);
+  const native = convertAddon();
+  const gzip = compression === 'gzip';
+  const inflater: Inflater =
+    native && typeof native.gunzipAsync === 'function'
+      ? new NativeInflater(native, input, gzip, TAR_BUFFER, TAR_AHEAD, opts.onBytesIn)
+      : new LayerInflater(input, gzip, opts.onBytesIn);
   const onAbort = () => void inflater.close();
   signal?.addEventListener('abort', onAbort, { once: true });
-  let res: Extract<FromWorker, { t: 'done' }>;
+  let res: InflaterResult;
   try {
     const pumping = inflater.pump();
     pumping.catch((err: Error) => inflater.fail(err)); // a read error ends the tar side too

@@ -9,7 +9,7 @@
     },
     {
       "target_name": "dfnode_convert",
-      "sources": ["dfnode_convert.c"],
+      "sources": ["dfnode_convert.c", "convert_pool.c", "convert_gunzip.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-deprecated-declarations"],
       "libraries": ["-llz4", "-lisal"],
       "defines": ["NAPI_VERSION=8"]

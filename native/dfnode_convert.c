@@ -1,11 +1,23 @@
 /*
  * dfnode_convert: the converter's hot loops in C (loaded by src/blob/native-codec.ts, on worker threads too).
  *
- *   compressBatch(buf, length, blockSize, stored: Uint32Array, codecs: Uint8Array) -> total stored bytes
+ *   compressBatch(buf, length, blockSize, stored: Uint32Array, codecs: Uint8Array, hashes?: Uint8Array)
+ *       -> total stored bytes
  *     LZ4-compresses (liblz4, LZ4_compress_default) the blocks of buf[0, length) — block i is bytes
  *     [i*blockSize, min((i+1)*blockSize, length)) — and compacts the stored blocks to the front of buf, in
  *     place. A block is stored as docs/format.md says: codec 1 = u32le length + one LZ4 block, or codec 0 =
  *     the raw bytes when LZ4 does not make it smaller. Deterministic: the output depends only on the bytes.
+ *     hashes (32 bytes per block): the SHA-256 of each block's stored bytes.
+ *
+ *   compressPool(threads) -> pool; poolCompress(pool, buf, length, blockSize, stored, codecs, hashes)
+ *       -> Promise<total stored bytes>; closePool(pool)
+ *     compressBatch on `threads` threads of the pool's own (the converter's compression without worker
+ *     isolates or messages). None of the arrays may be touched until the promise settles. closePool lets
+ *     the queued batches finish and joins the threads.
+ *
+ *   gunzipAsync(handle, input, out, outOff) -> Promise<[inUsed, outUsed, finished]>
+ *     gunzip() on libuv's thread pool; calls on one handle must not overlap, and the buffers must not change
+ *     until the promise settles. Corrupt data rejects as gunzip throws.
  *
  *   gunzipper() -> handle; gunzip(handle, input, out, outOff) -> [inUsed, outUsed, finished]
  *     Streaming gunzip with ISA-L's igzip inflate (2-3x zlib, and streaming: memory does not depend on the
@@ -27,21 +39,11 @@
  *     (await each); the buffers must not change until the promise settles.
  */
 #include <isa-l/crc64.h>
-#include <isa-l/igzip_lib.h>
 #include <openssl/sha.h>
 #include <lz4.h>
-#include <node_api.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
+#include "convert.h"
 
-#define THROW(env, msg)                          \
-  do {                                           \
-    napi_throw_type_error((env), NULL, (msg));   \
-    return NULL;                                 \
-  } while (0)
-
-static int get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
+int get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
   napi_typedarray_type type;
   void *p;
   if (napi_get_typedarray_info(env, v, &type, len, &p, NULL, NULL) != napi_ok) return 0;
@@ -50,30 +52,10 @@ static int get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
   return 1;
 }
 
-static napi_value js_compress_batch(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  uint8_t *buf, *codecs;
-  size_t buf_len, codecs_len, stored_len;
-  uint32_t length, block_size;
-  void *stored_p;
-  napi_typedarray_type stype;
-  if (argc < 5 || !get_bytes(env, argv[0], &buf, &buf_len) ||
-      napi_get_value_uint32(env, argv[1], &length) != napi_ok ||
-      napi_get_value_uint32(env, argv[2], &block_size) != napi_ok ||
-      napi_get_typedarray_info(env, argv[3], &stype, &stored_len, &stored_p, NULL, NULL) != napi_ok ||
-      stype != napi_uint32_array || !get_bytes(env, argv[4], &codecs, &codecs_len))
-    THROW(env, "compressBatch(buf, length, blockSize, stored: Uint32Array, codecs: Uint8Array)");
-  if (length > buf_len || block_size == 0 || block_size > (1u << 30)) THROW(env, "compressBatch: bad length or blockSize");
-  size_t n = ((size_t)length + block_size - 1) / block_size;
-  if (stored_len < n || codecs_len < n) THROW(env, "compressBatch: stored/codecs too short");
-  uint32_t *stored = stored_p;
-  /* LZ4 output goes to tmp first: the stored bytes of block i may overlap its own input. Capacity: only
-     outputs smaller than the block (with the 4-byte prefix) are worth keeping, so LZ4 stops early on
-     incompressible blocks. */
-  uint8_t *tmp = malloc(block_size);
-  if (!tmp) THROW(env, "compressBatch: out of memory");
+/* The compress loop of compressBatch (any thread). tmp: block_size bytes of scratch. hashes may be NULL. */
+size_t compress_blocks(uint8_t *buf, size_t length, uint32_t block_size, uint32_t *stored, uint8_t *codecs,
+                       uint8_t *hashes, uint8_t *tmp) {
+  size_t n = (length + block_size - 1) / block_size;
   size_t out = 0;
   for (size_t i = 0; i < n; i++) {
     size_t start = i * block_size;
@@ -94,108 +76,75 @@ static napi_value js_compress_batch(napi_env env, napi_callback_info info) {
       stored[i] = (uint32_t)len;
       codecs[i] = 0;
     }
+    /* Later blocks are compacted behind this one (out only grows): its stored bytes are final here. */
+    if (hashes) SHA256(buf + out, stored[i], hashes + 32 * i);
     out += stored[i];
   }
+  return out;
+}
+
+/* Reads and checks compressBatch's arguments (argv[5], hashes, optional unless need_hashes). NULL: thrown. */
+const char *compress_parse(napi_env env, size_t argc, napi_value *argv, int need_hashes, compress_args *a) {
+  size_t buf_len, codecs_len, stored_len, hashes_len = 0;
+  uint32_t length;
+  void *stored_p;
+  napi_typedarray_type stype;
+  if (argc < 5 || !get_bytes(env, argv[0], &a->buf, &buf_len) ||
+      napi_get_value_uint32(env, argv[1], &length) != napi_ok ||
+      napi_get_value_uint32(env, argv[2], &a->block_size) != napi_ok ||
+      napi_get_typedarray_info(env, argv[3], &stype, &stored_len, &stored_p, NULL, NULL) != napi_ok ||
+      stype != napi_uint32_array || !get_bytes(env, argv[4], &a->codecs, &codecs_len))
+    return "compressBatch(buf, length, blockSize, stored: Uint32Array, codecs: Uint8Array, hashes?: Uint8Array)";
+  a->hashes = NULL;
+  napi_valuetype t = napi_undefined;
+  if (argc >= 6) napi_typeof(env, argv[5], &t);
+  if (t != napi_undefined && !get_bytes(env, argv[5], &a->hashes, &hashes_len)) return "compressBatch: hashes must be a Uint8Array";
+  if (need_hashes && !a->hashes) return "compressBatchAsync: hashes are required";
+  if (length > buf_len || a->block_size == 0 || a->block_size > (1u << 30)) return "compressBatch: bad length or blockSize";
+  size_t n = ((size_t)length + a->block_size - 1) / a->block_size;
+  if (stored_len < n || codecs_len < n) return "compressBatch: stored/codecs too short";
+  if (a->hashes && hashes_len < 32 * n) return "compressBatch: hashes too short";
+  a->stored = stored_p;
+  a->length = length;
+  return NULL;
+}
+
+static napi_value js_compress_batch(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  compress_args a;
+  const char *bad = compress_parse(env, argc, argv, 0, &a);
+  if (bad) THROW(env, bad);
+  /* LZ4 output goes to tmp first: the stored bytes of block i may overlap its own input. Capacity: only
+     outputs smaller than the block (with the 4-byte prefix) are worth keeping, so LZ4 stops early on
+     incompressible blocks. */
+  uint8_t *tmp = malloc(a.block_size);
+  if (!tmp) THROW(env, "compressBatch: out of memory");
+  size_t out = compress_blocks(a.buf, a.length, a.block_size, a.stored, a.codecs, a.hashes, tmp);
   free(tmp);
   napi_value r;
   napi_create_double(env, (double)out, &r);
   return r;
 }
 
-typedef struct {
-  struct inflate_state st;
-  int started;     /* a member is being decoded (or ended): the next byte is not a new member's first */
-  int ignore_rest; /* trailing bytes that are not a gzip member */
-} gunzipper;
-
+/* Settles a job's promise: with `value`, or rejected with an Error of `message` (code may be NULL). */
+void settle(napi_env env, napi_deferred d, napi_value value, const char *message, const char *code) {
+  if (!message) {
+    napi_resolve_deferred(env, d, value);
+    return;
+  }
+  napi_value msg, err, c = NULL;
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg);
+  if (code) napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &c);
+  napi_create_error(env, c, msg, &err);
+  napi_reject_deferred(env, d, err);
+}
 /* Finalizer of a handle (napi_create_external) whose state is one malloc'd block: gunzipper, sha256. */
-static void free_handle(napi_env env, void *data, void *hint) {
+void free_handle(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
   free(data);
-}
-
-static napi_value js_gunzipper(napi_env env, napi_callback_info info) {
-  (void)info;
-  gunzipper *g = calloc(1, sizeof(*g));
-  if (!g) THROW(env, "gunzipper: out of memory");
-  isal_inflate_init(&g->st);
-  g->st.crc_flag = ISAL_GZIP;
-  napi_value r;
-  if (napi_create_external(env, g, free_handle, NULL, &r) != napi_ok) {
-    free(g);
-    THROW(env, "gunzipper: cannot create handle");
-  }
-  return r;
-}
-
-static const char *isal_message(int rc) {
-  switch (rc) {
-    case ISAL_INVALID_BLOCK: return "invalid block type";
-    case ISAL_INVALID_SYMBOL: return "invalid code lengths set";
-    case ISAL_INVALID_LOOKBACK: return "invalid distance too far back";
-    case ISAL_INVALID_WRAPPER: return "incorrect header check";
-    case ISAL_UNSUPPORTED_METHOD: return "unknown compression method";
-    case ISAL_INCORRECT_CHECKSUM: return "incorrect data check";
-    default: return "invalid stored block lengths";
-  }
-}
-
-static napi_value js_gunzip(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  gunzipper *g;
-  uint8_t *in, *out;
-  size_t in_len, out_len;
-  uint32_t out_off;
-  if (argc < 4 || napi_get_value_external(env, argv[0], (void **)&g) != napi_ok || !g ||
-      !get_bytes(env, argv[1], &in, &in_len) || !get_bytes(env, argv[2], &out, &out_len) ||
-      napi_get_value_uint32(env, argv[3], &out_off) != napi_ok || out_off > out_len)
-    THROW(env, "gunzip(handle, input: Uint8Array, out: Uint8Array, outOff)");
-  size_t in_used = 0, out_used = 0;
-  while (!g->ignore_rest && out_used < out_len - out_off) {
-    if (g->st.block_state == ISAL_BLOCK_FINISH) {
-      if (in_used == in_len) break;
-      /* A member ended: another one follows only if the next byte starts a gzip header. */
-      if (in[in_used] != 0x1f) {
-        g->ignore_rest = 1;
-        break;
-      }
-      isal_inflate_reset(&g->st);
-      g->st.crc_flag = ISAL_GZIP;
-    }
-    g->started = 1;
-    g->st.next_in = in + in_used;
-    g->st.avail_in = (uint32_t)(in_len - in_used > UINT32_MAX ? UINT32_MAX : in_len - in_used);
-    g->st.next_out = out + out_off + out_used;
-    g->st.avail_out = (uint32_t)(out_len - out_off - out_used > UINT32_MAX ? UINT32_MAX : out_len - out_off - out_used);
-    uint32_t avail_in = g->st.avail_in, avail_out = g->st.avail_out;
-    int rc = isal_inflate(&g->st);
-    in_used += avail_in - g->st.avail_in;
-    out_used += avail_out - g->st.avail_out;
-    if (rc < 0 || rc == ISAL_NEED_DICT) {
-      napi_value err, msg, code;
-      napi_create_string_utf8(env, isal_message(rc), NAPI_AUTO_LENGTH, &msg);
-      napi_create_string_utf8(env, "Z_DATA_ERROR", NAPI_AUTO_LENGTH, &code);
-      napi_create_error(env, code, msg, &err);
-      napi_throw(env, err);
-      return NULL;
-    }
-    if (g->st.block_state != ISAL_BLOCK_FINISH && avail_in == g->st.avail_in && avail_out == g->st.avail_out)
-      break; /* no progress: ISA-L wants more input */
-  }
-  /* ISA-L may hold decoded bytes it could not place: drained by the next call with output space. */
-  if (g->ignore_rest) in_used = in_len;
-  napi_value r, v;
-  napi_create_array_with_length(env, 3, &r);
-  napi_create_double(env, (double)in_used, &v);
-  napi_set_element(env, r, 0, v);
-  napi_create_double(env, (double)out_used, &v);
-  napi_set_element(env, r, 1, v);
-  napi_get_boolean(env, g->started && g->st.block_state == ISAL_BLOCK_FINISH, &v);
-  napi_set_element(env, r, 2, v);
-  return r;
 }
 
 static napi_value js_crc64(napi_env env, napi_callback_info info) {
@@ -351,7 +300,11 @@ NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"compressBatch", NULL, js_compress_batch, NULL, NULL, NULL, napi_default, NULL},
       {"gunzipper", NULL, js_gunzipper, NULL, NULL, NULL, napi_default, NULL},
+      {"compressPool", NULL, js_compress_pool, NULL, NULL, NULL, napi_default, NULL},
+      {"poolCompress", NULL, js_pool_compress, NULL, NULL, NULL, napi_default, NULL},
+      {"closePool", NULL, js_close_pool, NULL, NULL, NULL, napi_default, NULL},
       {"gunzip", NULL, js_gunzip, NULL, NULL, NULL, napi_default, NULL},
+      {"gunzipAsync", NULL, js_gunzip_async, NULL, NULL, NULL, napi_default, NULL},
       {"crc64", NULL, js_crc64, NULL, NULL, NULL, napi_default, NULL},
       {"copyInto", NULL, js_copy_into, NULL, NULL, NULL, napi_default, NULL},
       {"sha256", NULL, js_sha256, NULL, NULL, NULL, napi_default, NULL},

@@ -49,15 +49,7 @@ export function compressBatch(buf: Buffer, length: number, blockSize: number): S
   const native = convertAddon();
   let total = 0;
   if (native) {
-    total = native.compressBatch(buf, length, blockSize, stored, codecs);
-    let off = 0;
-    for (let i = 0; i < n; i++) {
-      const h = createHash('sha256')
-        .update(buf.subarray(off, off + stored[i]!))
-        .digest();
-      hashes.set(h, 32 * i);
-      off += stored[i]!;
-    }
+    total = native.compressBatch(buf, length, blockSize, stored, codecs, hashes);
     return { stored, codecs, hashes, total };
   }
   for (let i = 0; i < n; i++) {

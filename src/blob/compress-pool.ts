@@ -2,6 +2,7 @@ import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
 import { DfError } from '../errors.js';
 import { spawnWorker } from '../util/spawn-worker.js';
+import { convertAddon, type ConvertAddon } from './native-codec.js';
 
 /** A batch of consecutive blocks for a worker: `length` bytes of `data`, cut every `blockSize` bytes. */
 export interface BatchRequest {
@@ -58,14 +59,20 @@ interface Slot {
 const PER_WORKER = 2;
 
 /**
- * A pool of worker threads that LZ4-compress and hash blocks, a batch of consecutive blocks per message
- * (one message per batch instead of one per block keeps the main thread's messaging cost low).
- * `compress` returns one promise per batch; callers bound how many are in flight and await them in
+ * Compresses and hashes batches of consecutive blocks, `size` at a time. With the native addon, each batch
+ * is one job for the addon's own pool of `size` threads (LZ4 and the blocks' SHA-256 in C), and no worker
+ * isolate is started: nothing to start up, no messages. Without it, a pool of worker threads (lz4-napi), a
+ * batch per message (one message per batch instead of one per block keeps the main thread's messaging cost
+ * low). `compress` returns one promise per batch; callers bound how many are in flight and await them in
  * submission order. The batch's buffer (transferred, or shared: see compress) comes back holding the stored
  * blocks: callers must not touch it in between.
  */
 export class CompressPool {
   readonly size: number;
+  /** The addon and its pool when batches run on native threads (then there are no worker slots). */
+  private readonly native: { addon: ConvertAddon; pool: unknown } | undefined;
+  /** Batches running on native threads, and their jobs (close waits for them: the C code holds the buffers). */
+  private readonly running = new Map<Task, Promise<unknown>>();
   private readonly slots: Slot[] = [];
   private readonly queue: Task[] = [];
   private nextId = 1;
@@ -76,7 +83,10 @@ export class CompressPool {
 
   constructor(workers = 0) {
     this.size = workers > 0 ? Math.floor(workers) : availableParallelism();
-    for (let i = 0; i < this.size; i++) {
+    const addon = convertAddon();
+    if (addon && typeof addon.compressPool === 'function')
+      this.native = { addon, pool: addon.compressPool(this.size) };
+    for (let i = 0; i < (this.native ? 0 : this.size); i++) {
       const worker = spawnWorker(import.meta.url, 'compress-worker');
       const slot: Slot = { worker, posted: [], has: new Set() };
       worker.on('message', (m: BatchReply) => this.onMessage(slot, m));
@@ -111,6 +121,7 @@ export class CompressPool {
   }
 
   private dispatch(): void {
+    if (this.native) return this.dispatchNative(this.native);
     while (this.queue.length) {
       let best: Slot | undefined;
       for (const slot of this.slots) if (!best || slot.posted.length < best.posted.length) best = slot;
@@ -143,6 +154,31 @@ export class CompressPool {
     }
   }
 
+  /** Starts queued batches on the native threads, `size` at a time. */
+  private dispatchNative({ addon, pool }: { addon: ConvertAddon; pool: unknown }): void {
+    while (this.queue.length && this.running.size < this.size) {
+      const task = this.queue.shift()!;
+      const n = Math.ceil(task.length / task.blockSize);
+      const stored = new Uint32Array(n);
+      const codecs = new Uint8Array(n);
+      const hashes = new Uint8Array(32 * n);
+      const buf = new Uint8Array(task.data, 0, task.length);
+      const job = addon.poolCompress(pool, buf, task.length, task.blockSize, stored, codecs, hashes).then(
+        (total) => {
+          if (!this.running.delete(task)) return; // rejected meanwhile (pool closed or broken)
+          task.resolve(batchOf(task, Buffer.from(task.data, 0, total), stored, codecs, hashes));
+          this.dispatch();
+        },
+        (err: Error) => {
+          if (!this.running.delete(task)) return;
+          task.reject(DfError.internal(`block compression failed: ${err.message}`, { cause: err }));
+          this.fail(DfError.internal(`block compression failed: ${err.message}`, { cause: err }));
+        },
+      );
+      this.running.set(task, job);
+    }
+  }
+
   private onMessage(slot: Slot, m: BatchReply): void {
     const task = slot.posted.shift();
     if (!slot.posted.length) slot.worker.unref();
@@ -152,20 +188,10 @@ export class CompressPool {
     }
     if (m.error !== undefined) task.reject(DfError.internal(`block compression failed: ${m.error}`));
     else {
-      const n = m.stored!.length;
-      const lengths = new Uint32Array(n);
       let total = 0;
-      for (let i = 0; i < n; i++) {
-        lengths[i] = Math.min(task.blockSize, task.length - i * task.blockSize);
-        total += m.stored![i]!;
-      }
-      task.resolve({
-        stored: Buffer.from(task.data instanceof SharedArrayBuffer ? task.data : m.data!, 0, total),
-        storedLengths: m.stored!,
-        lengths,
-        codecs: m.codecs!,
-        hashes: m.hashes!,
-      });
+      for (let i = 0; i < m.stored!.length; i++) total += m.stored![i]!;
+      const data = task.data instanceof SharedArrayBuffer ? task.data : m.data!;
+      task.resolve(batchOf(task, Buffer.from(data, 0, total), m.stored!, m.codecs!, m.hashes!));
     }
     this.dispatch();
   }
@@ -179,6 +205,7 @@ export class CompressPool {
   }
 
   private rejectAll(err: Error): void {
+    for (const t of this.running.keys()) t.reject(err);
     for (const slot of this.slots) for (const t of slot.posted.splice(0)) t.reject(err);
     for (const t of this.queue.splice(0)) t.reject(err);
   }
@@ -190,11 +217,28 @@ export class CompressPool {
     // Idle workers are unref'd, and on Node 20 a terminate() awaited on such a worker (even after ref())
     // does not always keep the process alive: a caller awaiting close() with nothing else pending, as a
     // failed conversion's cleanup does, saw the process exit with code 0 mid-await. A timer holds it open.
+    const jobs = [...this.running.values()];
+    this.running.clear();
     const keepAlive = setInterval(() => undefined, 1 << 30);
     try {
-      await Promise.all(this.slots.map((s) => s.worker.terminate()));
+      await Promise.all([...jobs, ...this.slots.map((s) => s.worker.terminate())]);
+      if (this.native) this.native.addon.closePool(this.native.pool);
     } finally {
       clearInterval(keepAlive);
     }
   }
+}
+
+/** A finished batch: the stored bytes and, per block, its stored and uncompressed length, codec and hash. */
+function batchOf(
+  task: Task,
+  stored: Buffer,
+  storedLengths: Uint32Array,
+  codecs: Uint8Array,
+  hashes: Uint8Array,
+): CompressedBatch {
+  const n = storedLengths.length;
+  const lengths = new Uint32Array(n);
+  for (let i = 0; i < n; i++) lengths[i] = Math.min(task.blockSize, task.length - i * task.blockSize);
+  return { stored, storedLengths, lengths, codecs, hashes };
 }

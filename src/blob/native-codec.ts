@@ -10,14 +10,32 @@ const require = createRequire(import.meta.url);
  * DFNODE_CONVERT_ADDON names another build; DFNODE_CONVERT_ADDON=none forces the fallback.
  */
 export interface ConvertAddon {
-  /** LZ4 blocks of buf[0, length) compacted in place (see dfnode_convert.c); returns the stored bytes. */
+  /**
+   * LZ4 blocks of buf[0, length) compacted in place (see dfnode_convert.c); returns the stored bytes.
+   * `hashes` (32 bytes per block) gets each block's SHA-256 of its stored bytes.
+   */
   compressBatch(
     buf: Uint8Array,
     length: number,
     blockSize: number,
     stored: Uint32Array,
     codecs: Uint8Array,
+    hashes?: Uint8Array,
   ): number;
+  /** A pool of `threads` compression threads of its own (see dfnode_convert.c). */
+  compressPool(threads: number): unknown;
+  /** compressBatch on the pool's threads; nothing passed may change until the promise settles. */
+  poolCompress(
+    pool: unknown,
+    buf: Uint8Array,
+    length: number,
+    blockSize: number,
+    stored: Uint32Array,
+    codecs: Uint8Array,
+    hashes: Uint8Array,
+  ): Promise<number>;
+  /** Lets the queued batches finish and joins the pool's threads. */
+  closePool(pool: unknown): void;
   /** A streaming gunzip's state, for gunzip(). */
   gunzipper(): unknown;
   /**
@@ -25,6 +43,13 @@ export interface ConvertAddon {
    * written and whether the last gzip member ended. Throws (code Z_DATA_ERROR) on corrupt data.
    */
   gunzip(handle: unknown, input: Uint8Array, out: Uint8Array, outOff: number): [number, number, boolean];
+  /** gunzip on libuv's thread pool: calls on a handle must not overlap, the buffers must not change meanwhile. */
+  gunzipAsync(
+    handle: unknown,
+    input: Uint8Array,
+    out: Uint8Array,
+    outOff: number,
+  ): Promise<[number, number, boolean]>;
   /** dst[dstOff, dstOff + src.length) = src, by memcpy (V8 copies into SharedArrayBuffers several times slower). */
   copyInto(dst: Uint8Array, dstOff: number, src: Uint8Array): void;
   /** state[0] = CRC-64 (ISA-L crc64_ecma_refl) of buf, continuing from state[0]. */
@@ -49,6 +74,11 @@ function addonPath(): string | undefined {
 
 /** The addon, or null when it is not built or does not load (convertAddonError() says why). */
 export function convertAddon(): ConvertAddon | null {
+  if (process.env.DFNODE_CONVERT_ADDON === 'none') {
+    // asked for each time (not cached): tests switch between the paths in one process
+    loadError = 'disabled by DFNODE_CONVERT_ADDON=none; conversion uses the slower JavaScript path';
+    return null;
+  }
   if (addon !== undefined) return addon;
   const path = addonPath();
   try {
@@ -66,6 +96,5 @@ export function convertAddon(): ConvertAddon | null {
 
 /** Why convertAddon() is null, or undefined when it loaded. */
 export function convertAddonError(): string | undefined {
-  convertAddon();
-  return loadError;
+  return convertAddon() ? undefined : loadError;
 }

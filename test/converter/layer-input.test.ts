@@ -1,12 +1,13 @@
-// The layer input's tar buffers are recycled (sent back to the input worker and filled again): a body chunk
-// must stay intact until the onEntry call that got it settles, however slowly it is consumed.
+// The layer input's tar buffers are recycled (filled again by the native gunzip, or sent back to the input
+// worker of the JavaScript path): a body chunk must stay intact until the onEntry call that got it settles,
+// however slowly it is consumed. Both paths: the addon's (NativeInflater) and the worker's.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
-import { describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { readLayer } from '../../converter/layer-input.js';
 import { pseudoRandom } from '../helpers/dfb.js';
 import { tempDir } from '../helpers/temp.js';
@@ -32,13 +33,20 @@ describe('layer input tar buffers', () => {
   const tar = tarOf(...files.map(([name, body]) => member('0', name, body)));
   const gz = gzipSync(tar, { level: 1 });
 
-  for (const [what, blob, mediaType, fromFile] of [
-    ['gzip', gz, 'application/vnd.oci.image.layer.v1.tar+gzip', false],
-    ['plain tar', tar, 'application/vnd.oci.image.layer.v1.tar', false],
+  for (const [what, blob, mediaType, fromFile, js] of [
+    ['gzip', gz, 'application/vnd.oci.image.layer.v1.tar+gzip', false, false],
+    ['plain tar', tar, 'application/vnd.oci.image.layer.v1.tar', false, false],
+    ['gzip from a file', gz, 'application/vnd.oci.image.layer.v1.tar+gzip', true, false],
+    ['gzip, worker', gz, 'application/vnd.oci.image.layer.v1.tar+gzip', false, true],
+    ['plain tar, worker', tar, 'application/vnd.oci.image.layer.v1.tar', false, true],
     // fs read streams yield chunks that own their memory: those are transferred to the worker, not copied
-    ['gzip from a file', gz, 'application/vnd.oci.image.layer.v1.tar+gzip', true],
+    ['gzip from a file, worker', gz, 'application/vnd.oci.image.layer.v1.tar+gzip', true, true],
   ] as const) {
     it(`never reuses a buffer whose chunks an unfinished onEntry still holds (${what})`, async () => {
+      if (js) {
+        vi.stubEnv('DFNODE_CONVERT_ADDON', 'none'); // the JavaScript path: the input worker with zlib
+        onTestFinished(() => void vi.unstubAllEnvs());
+      }
       const tmp = fromFile ? await tempDir() : undefined;
       // Small gzip input chunks: many messages to the worker, each able to carry released buffers back to be
       // refilled while an entry is still being read. A plain tar comes in 4 MiB chunks, so that it fills

@@ -11,6 +11,7 @@ import { ensureNativeAddon } from '../../native/build-addon.js';
 import { convertLayer } from '../../converter/convert-layer.js';
 import { readLayer, type LayerInputResult } from '../../converter/layer-input.js';
 import { compressBatch, decodeStoredBlock } from '../../src/blob/block-codec.js';
+import { CompressPool } from '../../src/blob/compress-pool.js';
 import { convertAddon } from '../../src/blob/native-codec.js';
 import { DfbReader } from '../../src/blob/reader.js';
 import { FileRangeReader } from '../../src/blob/file-range-reader.js';
@@ -176,6 +177,67 @@ describe('converter native path', () => {
     } finally {
       await reader.close();
     }
+  });
+
+  it('compresses batches on its own threads exactly as compressBatch does, and closes with batches queued', async () => {
+    const pool = new CompressPool(3);
+    const inputs = Array.from({ length: 12 }, (_, i) =>
+      Buffer.concat([pseudoRandom(2 * BS + 1000 * i, 40 + i, i % 2 === 0), pseudoRandom(BS, 60 + i, false)]),
+    );
+    const results = await Promise.all(
+      inputs.map((data) => {
+        const ab = new SharedArrayBuffer(data.length);
+        Buffer.from(ab).set(data);
+        return pool.compress(ab, data.length, BS);
+      }),
+    );
+    for (const [i, data] of inputs.entries()) {
+      const want = compressBatch(Buffer.from(data), data.length, BS);
+      const got = results[i]!;
+      expect(got.stored.length, `batch ${i}`).toBe(want.total);
+      expect([...got.storedLengths]).toEqual([...want.stored]);
+      expect([...got.codecs]).toEqual([...want.codecs]);
+      expect(Buffer.from(got.hashes).equals(Buffer.from(want.hashes))).toBe(true);
+      let off = 0;
+      for (let b = 0; b < got.storedLengths.length; b++) {
+        const stored = got.stored.subarray(off, off + got.storedLengths[b]!);
+        off += stored.length;
+        const orig = data.subarray(b * BS, Math.min((b + 1) * BS, data.length));
+        expect(
+          decodeStoredBlock(stored, got.codecs[b] as Codec, orig.length, `block ${b}`).equals(orig),
+        ).toBe(true);
+      }
+    }
+    // Closing with more batches than threads: those not started are refused, the running ones finish first.
+    const late = Array.from({ length: 8 }, (_, i) =>
+      pool.compress(new SharedArrayBuffer(4 << 20), 4 << 20, BS).then(
+        () => 'done',
+        (e: Error) => `${i}: ${e.message}`,
+      ),
+    );
+    await pool.close();
+    const outcomes = await Promise.all(late);
+    expect(outcomes.filter((o) => o !== 'done').length).toBeGreaterThanOrEqual(5);
+    for (const o of outcomes) expect(o).toMatch(/^done$|compression pool closed/);
+    await expect(pool.compress(new ArrayBuffer(BS), BS, BS)).rejects.toThrow(/closed/);
+  });
+
+  it('gunzips on the thread pool like gunzip, one call at a time per handle, and rejects corrupt data', async () => {
+    const native = convertAddon()!;
+    const tar = buildTar(layerEntries());
+    const blob = gzipSync(tar);
+    const h = native.gunzipper();
+    const out = Buffer.alloc(tar.length + 10);
+    const first = native.gunzipAsync(h, blob, out, 0);
+    expect(() => native.gunzip(h, blob, out, 0)).toThrow(/has not finished/);
+    const [inUsed, outUsed, finished] = await first;
+    expect([inUsed, outUsed, finished]).toEqual([blob.length, tar.length, true]);
+    expect(out.subarray(0, outUsed).equals(tar)).toBe(true);
+    const corrupt = Buffer.from(blob);
+    for (let k = 20; k < 52; k++) corrupt[k]! ^= 0xa5;
+    await expect(native.gunzipAsync(native.gunzipper(), corrupt, out, 0)).rejects.toMatchObject({
+      code: 'Z_DATA_ERROR',
+    });
   });
 
   it('gunzips in pieces of any size, like zlib', () => {
