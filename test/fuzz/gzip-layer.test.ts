@@ -1,0 +1,81 @@
+// A layer blob is the image author's: whatever its gzip bytes, readLayer returns or throws a DfError on both
+// input paths — the native one (ISA-L's gunzip and the hashes on libuv's pool, in C) and the JavaScript one
+// (zlib on a worker thread) — and the two agree: the same entries and diff ID, or both refuse. The digest in
+// the descriptor is the mutated blob's, so the bytes reach the decoder (a wrong digest is checked last).
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
+import fc from 'fast-check';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { readLayer } from '../../converter/layer-input.js';
+import { convertAddon } from '../../src/blob/native-codec.js';
+import { DfError } from '../../src/errors.js';
+import { buildTar } from '../fixtures/tar-builder.js';
+import { pseudoRandom } from '../helpers/dfb.js';
+import { applyMutations, mutations, params, returnsOrDfError, timeoutFor } from './fuzz.js';
+
+const GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';
+const sha256 = (b: Buffer) => 'sha256:' + createHash('sha256').update(b).digest('hex');
+
+const tar = buildTar([
+  { path: 'etc/', type: 'directory' },
+  { path: 'etc/os-release', type: 'file', data: 'ID=fuzz\n'.repeat(40) },
+  { path: 'bin/tool', type: 'file', data: pseudoRandom(150_000, 3, true) },
+  { path: 'bin/link', type: 'symlink', linkname: 'tool' },
+  { path: 'var/blob', type: 'file', data: pseudoRandom(70_000, 4, false) },
+]);
+const blob = gzipSync(tar);
+
+/** Entries (name, type, size, content digest) and the diff ID, or the error's code. */
+async function outcome(bytes: Buffer, chunk: number, js: boolean): Promise<string> {
+  if (js) vi.stubEnv('DFNODE_CONVERT_ADDON', 'none');
+  else vi.unstubAllEnvs();
+  const entries: string[] = [];
+  const r = await returnsOrDfError(() =>
+    readLayer(
+      Readable.from(
+        (function* () {
+          for (let i = 0; i < bytes.length; i += chunk) yield bytes.subarray(i, i + chunk);
+        })(),
+      ),
+      { mediaType: GZIP, digest: sha256(bytes), size: bytes.length },
+      async ({ header, body }) => {
+        const h = createHash('sha256');
+        for await (const c of body) h.update(c);
+        entries.push(`${header.name} ${header.type} ${header.size} ${h.digest('hex').slice(0, 12)}`);
+      },
+    ),
+  );
+  if (r instanceof DfError) return `error ${r.code}`;
+  return [...entries, r.diffId, String(r.uncompressedBytes)].join('\n');
+}
+
+describe('gzip layer input (fuzz)', () => {
+  afterEach(() => void vi.unstubAllEnvs());
+
+  it('loads the native addon (otherwise both sides below would be the JavaScript path)', () => {
+    expect(convertAddon()).not.toBeNull();
+  });
+
+  it(
+    'mutated gzip: both paths return the same entries or both refuse with a DfError',
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          mutations(blob.length, 6),
+          fc.constantFrom(97, 4096, 1 << 20),
+          fc.boolean(),
+          async (ms, chunk, cut) => {
+            let bad = applyMutations(blob, ms);
+            if (cut) bad = bad.subarray(0, Math.max(1, ms[0]!.at));
+            const native = await outcome(bad, chunk, false);
+            const js = await outcome(bad, chunk, true);
+            expect(native).toBe(js);
+          },
+        ),
+        params(0.3),
+      );
+    },
+    timeoutFor(0.3, 400),
+  );
+});
