@@ -55,6 +55,8 @@ export class BlockSink {
   private readonly blobHash = this.native ? undefined : createHash('sha256');
   private readonly nativeHash = this.native?.sha256();
   private records: Buffer[] = [];
+  /** The blocks' datasync started by endBlocks (awaited by close before its own sync). */
+  private earlySync: Promise<void> | undefined;
   /** Per block written so far: offset of its stored bytes in the blob, stored length, codec (for readData). */
   private readonly blockOffsets: number[] = [];
   private readonly blockStored: number[] = [];
@@ -124,6 +126,12 @@ export class BlockSink {
     while (this.inflight.length) await this.writeNext();
     await this.pool?.close();
     this.pool = undefined;
+    // The blocks are most of the blob: their writeback starts now, on the thread pool, while the caller
+    // encodes the TOC; close()'s sync then has little left to wait for.
+    await this.flush();
+    const early = this.fh?.datasync();
+    early?.catch(() => undefined); // close() syncs again and reports
+    this.earlySync = early;
   }
 
   /** The block table (B.SIZE bytes per block, in order). */
@@ -225,6 +233,7 @@ export class BlockSink {
   async close(): Promise<{ size: number; digest: string }> {
     await this.flush();
     this.fh ??= await open(this.path, 'w+');
+    await this.earlySync?.catch(() => undefined);
     await this.fh.sync();
     await this.fh.close();
     this.fh = undefined;
@@ -277,6 +286,7 @@ export class BlockSink {
     this.closed = true;
     await this.pool?.close().catch(() => undefined);
     this.pool = undefined;
+    await this.earlySync?.catch(() => undefined);
     await this.fh?.close().catch(() => undefined);
     this.fh = undefined;
     await unlink(this.path).catch(() => undefined);
