@@ -1,35 +1,7 @@
 import type { Readable } from 'node:stream';
-import { DfError } from '../src/errors.js';
 import type { ConvertAddon } from '../src/blob/native-codec.js';
-
-/** What readLayer gets from an inflater at the end: digests and byte counts. */
-export interface InflaterResult {
-  blobDigest: string;
-  diffId: string;
-  compressedBytes: number;
-  uncompressedBytes: number;
-  /** Tar buffers allocated (the rest were reused). */
-  tarBuffers: number;
-}
-
-/** Reads a layer blob, hashes it and offers its tar (readLayer's input side). */
-export interface Inflater {
-  /** Reads the input; resolves when all of it was read (and inflated). */
-  pump(): Promise<void>;
-  /** The tar, as buffers; each is valid until release()d. */
-  tar(): AsyncGenerator<Buffer>;
-  /** Tar buffers yielded by tar() that nothing references any more: reused. */
-  release(bufs: Buffer[]): void;
-  /** The digests and byte counts, after tar() ended. */
-  result(): InflaterResult;
-  fail(err: Error): void;
-  close(): Promise<void>;
-}
-
-interface Waiter {
-  resolve: () => void;
-  reject: (e: Error) => void;
-}
+import { DfError } from '../src/errors.js';
+import { TarQueue, type Inflater } from './tar-queue.js';
 
 /** A SHA-256 whose updates run on libuv's thread pool, in order. */
 class PoolHash {
@@ -58,12 +30,10 @@ class PoolHash {
  * crosses threads by message. The tar parser runs here while the next chunk inflates. Tar buffers are
  * `outSize` bytes and reused once released and hashed; a plain tar is passed on in the input's own chunks.
  */
-export class NativeInflater implements Inflater {
+export class NativeInflater extends TarQueue implements Inflater {
   private readonly blobHash: PoolHash;
   private readonly diffHash: PoolHash;
   private readonly gz: unknown;
-  private readonly tarQueue: Buffer[] = [];
-  private queuedTar = 0;
   /** Per tar buffer yielded: the whole buffer behind it, and the diff-ID update that reads it. */
   private readonly owners = new WeakMap<Buffer, { whole: Buffer; hashed: Promise<void> }>();
   private readonly free: Buffer[] = [];
@@ -75,11 +45,6 @@ export class NativeInflater implements Inflater {
   private uncompressedBytes = 0;
   /** Input bytes the blob hash has not read yet (bounded: the input waits for it past tarAhead). */
   private unhashed = 0;
-  private done: InflaterResult | undefined;
-  private tarWaiter: Waiter | undefined;
-  private roomWaiter: Waiter | undefined;
-  private error: Error | undefined;
-  private ended = false;
   private closed = false;
 
   constructor(
@@ -87,9 +52,10 @@ export class NativeInflater implements Inflater {
     private readonly input: Readable,
     gzip: boolean,
     private readonly outSize: number,
-    private readonly tarAhead: number,
+    tarAhead: number,
     private readonly onBytesIn?: (n: number) => void,
   ) {
+    super(tarAhead);
     this.blobHash = new PoolHash(native);
     this.diffHash = new PoolHash(native);
     this.gz = gzip ? native.gunzipper() : undefined;
@@ -131,15 +97,13 @@ export class NativeInflater implements Inflater {
     const blobDigest = 'sha256:' + (await this.blobHash.hex());
     // A plain tar is its own diff ID: hashed once.
     const diffId = this.gz ? 'sha256:' + (await this.diffHash.hex()) : blobDigest;
-    this.done = {
+    this.finish({
       blobDigest,
       diffId,
       compressedBytes: this.compressedBytes,
       uncompressedBytes: this.uncompressedBytes,
       tarBuffers: this.tarBuffers,
-    };
-    this.ended = true;
-    this.wake('tar');
+    });
   }
 
   /** Inflates all of `c` into tar buffers (an empty `c` drains what the decoder still holds). */
@@ -180,12 +144,6 @@ export class NativeInflater implements Inflater {
     this.push(view);
   }
 
-  private push(b: Buffer): void {
-    this.tarQueue.push(b);
-    this.queuedTar += b.length;
-    this.wake('tar');
-  }
-
   release(bufs: Buffer[]): void {
     for (const b of bufs) {
       const o = this.owners.get(b);
@@ -197,49 +155,6 @@ export class NativeInflater implements Inflater {
         () => undefined,
       );
     }
-  }
-
-  async *tar(): AsyncGenerator<Buffer> {
-    for (;;) {
-      if (this.error) throw this.error;
-      const b = this.tarQueue.shift();
-      if (b) {
-        this.queuedTar -= b.length;
-        if (this.queuedTar < this.tarAhead) this.wake('room');
-        yield b;
-        continue;
-      }
-      if (this.ended) return;
-      await this.wait('tar');
-    }
-  }
-
-  result(): InflaterResult {
-    if (this.error) throw this.error;
-    if (!this.done) throw DfError.internal('layer input did not finish');
-    return this.done;
-  }
-
-  private wake(which: 'room' | 'tar'): void {
-    const w = which === 'room' ? this.roomWaiter : this.tarWaiter;
-    if (which === 'room') this.roomWaiter = undefined;
-    else this.tarWaiter = undefined;
-    w?.resolve();
-  }
-
-  private wait(which: 'room' | 'tar'): Promise<void> {
-    if (this.error) return Promise.reject(this.error);
-    return new Promise<void>((resolve, reject) => {
-      if (which === 'room') this.roomWaiter = { resolve, reject };
-      else this.tarWaiter = { resolve, reject };
-    });
-  }
-
-  fail(err: Error): void {
-    if (this.error) return;
-    this.error = err;
-    for (const w of [this.roomWaiter, this.tarWaiter]) w?.reject(err);
-    this.roomWaiter = this.tarWaiter = undefined;
   }
 
   async close(): Promise<void> {

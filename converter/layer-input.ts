@@ -7,7 +7,8 @@ import { DfError } from '../src/errors.js';
 import { layerCompression, type Descriptor } from '../src/registry/oci.js';
 import { convertAddon } from '../src/blob/native-codec.js';
 import type { FromWorker, ToWorker } from './layer-input-worker.js';
-import { NativeInflater, type Inflater, type InflaterResult } from './layer-input-native.js';
+import { NativeInflater } from './layer-input-native.js';
+import { TarQueue, type Inflater, type InflaterResult } from './tar-queue.js';
 import { readTar, type TarEntry } from './tar-reader.js';
 
 export interface LayerInputResult {
@@ -29,37 +30,26 @@ const INPUT_AHEAD = 2;
 /** Reading pauses while this many tar bytes wait for the parser. */
 const TAR_AHEAD = 8 << 20;
 
-interface Waiter {
-  resolve: () => void;
-  reject: (e: Error) => void;
-}
-
 /**
  * Runs blob hashing, gunzip and diff-ID hashing of one layer on a worker thread (layer-input-worker.ts):
  * reads `input` and feeds it to the worker, and offers the tar as an async iterable of buffers. Used when
  * the native addon does not load (zlib on the worker); with the addon, NativeInflater needs no worker.
  */
-class LayerInflater implements Inflater {
+class LayerInflater extends TarQueue implements Inflater {
   private readonly worker: Worker;
-  private readonly tarQueue: Buffer[] = [];
   /** Tar buffers from the worker, and those of them released (see release) to go back with the next input. */
   private readonly slotOf = new WeakMap<Buffer, number>();
   private readonly slotBufs = new Map<number, SharedArrayBuffer>();
   private toFree: number[] = [];
-  private tarWaiter: Waiter | undefined;
-  private ackWaiter: Waiter | undefined;
   private inflight = 0;
-  private queuedTar = 0;
-  private error: Error | undefined;
-  private ended = false;
   private closed = false;
-  private done: Extract<FromWorker, { t: 'done' }> | undefined;
 
   constructor(
     private readonly input: Readable,
     gzip: boolean,
     private readonly onBytesIn?: (n: number) => void,
   ) {
+    super(TAR_AHEAD);
     this.worker = spawnWorker(import.meta.url, 'layer-input-worker');
     this.worker.on('message', (m: FromWorker) => this.onMessage(m));
     this.worker.on('error', (err) =>
@@ -86,16 +76,12 @@ class LayerInflater implements Inflater {
             return this.fail(DfError.internal(`layer input worker sent unknown buffer ${m.slots[i]}`));
           const b = Buffer.from(sab, 0, m.lengths[i]!);
           this.slotOf.set(b, m.slots[i]!);
-          this.tarQueue.push(b);
-          this.queuedTar += m.lengths[i]!;
+          this.push(b);
         }
-        this.wake('ack');
-        this.wake('tar');
+        this.wake('room'); // input chunks were answered
         return;
       case 'done':
-        this.done = m;
-        this.ended = true;
-        this.wake('tar');
+        this.finish(m);
         return;
       case 'error': {
         const e = new Error(m.message) as NodeJS.ErrnoException;
@@ -104,28 +90,6 @@ class LayerInflater implements Inflater {
         return;
       }
     }
-  }
-
-  private wake(which: 'ack' | 'tar'): void {
-    const w = which === 'ack' ? this.ackWaiter : this.tarWaiter;
-    if (which === 'ack') this.ackWaiter = undefined;
-    else this.tarWaiter = undefined;
-    w?.resolve();
-  }
-
-  fail(err: Error): void {
-    if (this.error) return;
-    this.error = err;
-    for (const w of [this.ackWaiter, this.tarWaiter]) w?.reject(err);
-    this.ackWaiter = this.tarWaiter = undefined;
-  }
-
-  private wait(which: 'ack' | 'tar'): Promise<void> {
-    if (this.error) return Promise.reject(this.error);
-    return new Promise<void>((resolve, reject) => {
-      if (which === 'ack') this.ackWaiter = { resolve, reject };
-      else this.tarWaiter = { resolve, reject };
-    });
   }
 
   /** Reads the input into the worker; resolves when all of it was handed over. */
@@ -146,7 +110,7 @@ class LayerInflater implements Inflater {
       const free = this.toFree;
       this.toFree = [];
       this.send({ t: 'data', chunk, free }, [chunk.buffer as ArrayBuffer]);
-      while (this.inflight >= INPUT_AHEAD || this.queuedTar >= TAR_AHEAD) await this.wait('ack');
+      while (this.inflight >= INPUT_AHEAD || this.queuedTar >= TAR_AHEAD) await this.wait('room');
     }
     this.send({ t: 'end' });
   }
@@ -163,28 +127,6 @@ class LayerInflater implements Inflater {
       this.slotOf.delete(b);
       this.toFree.push(slot);
     }
-  }
-
-  async *tar(): AsyncGenerator<Buffer> {
-    for (;;) {
-      if (this.error) throw this.error;
-      const b = this.tarQueue.shift();
-      if (b) {
-        this.queuedTar -= b.length;
-        if (this.queuedTar < TAR_AHEAD) this.wake('ack');
-        yield b;
-        continue;
-      }
-      if (this.ended) return;
-      await this.wait('tar');
-    }
-  }
-
-  /** The digests and byte counts, after tar() ended. */
-  result(): InflaterResult {
-    if (this.error) throw this.error;
-    if (!this.done) throw DfError.internal('layer input worker did not finish');
-    return this.done;
   }
 
   async close(): Promise<void> {

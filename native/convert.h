@@ -28,6 +28,10 @@ size_t compress_blocks(uint8_t *buf, size_t length, uint32_t block_size, uint32_
 const char *compress_parse(napi_env env, size_t argc, napi_value *argv, int need_hashes, compress_args *a);
 /* Settles a job's promise: with `value`, or rejected with an Error of `message` (code may be NULL). */
 void settle(napi_env env, napi_deferred d, napi_value value, const char *message, const char *code);
+/* References to argv[idx[i]] for i < n, in refs (kept alive while another thread uses them); on failure none
+   is left and 0 is returned. drop_refs deletes them. */
+int hold_refs(napi_env env, napi_value *argv, const int *idx, int n, napi_ref *refs);
+void drop_refs(napi_env env, napi_ref *refs, int n);
 /* Finalizer of a handle (napi_create_external) whose state is one malloc'd block. */
 void free_handle(napi_env env, void *data, void *hint);
 

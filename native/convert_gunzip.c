@@ -142,7 +142,7 @@ static void gunzip_complete(napi_env env, napi_status status, void *data) {
   if (status != napi_ok) settle(env, j->deferred, NULL, "gunzipAsync: cancelled", NULL);
   else if (j->rc) settle(env, j->deferred, NULL, isal_message(j->rc), "Z_DATA_ERROR");
   else settle(env, j->deferred, gunzip_result(env, j->g, j->in_used, j->out_used), NULL, NULL);
-  for (int i = 0; i < 3; i++) napi_delete_reference(env, j->refs[i]);
+  drop_refs(env, j->refs, 3);
   napi_delete_async_work(env, j->work);
   free(j);
 }
@@ -160,12 +160,18 @@ napi_value js_gunzip_async(napi_env env, napi_callback_info info) {
   }
   napi_value promise, name;
   napi_create_string_utf8(env, "dfnode:gunzip", NAPI_AUTO_LENGTH, &name);
-  for (int i = 0; i < 3; i++)
-    if (napi_create_reference(env, argv[i], 1, &j->refs[i]) != napi_ok) THROW(env, "gunzipAsync: cannot hold the buffers");
+  const int held[3] = {0, 1, 2};
+  if (!hold_refs(env, argv, held, 3, j->refs)) {
+    free(j);
+    THROW(env, "gunzipAsync: cannot hold the buffers");
+  }
   if (napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
       napi_create_async_work(env, NULL, name, gunzip_execute, gunzip_complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok)
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    drop_refs(env, j->refs, 3);
+    free(j);
     THROW(env, "gunzipAsync: cannot queue the work");
+  }
   j->g->busy = 1;
   return promise;
 }

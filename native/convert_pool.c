@@ -59,7 +59,7 @@ static void cpool_done(napi_env env, napi_value js_cb, void *context, void *data
     napi_value v;
     napi_create_double(env, (double)j->total, &v);
     settle(env, j->deferred, v, j->oom ? "compressBatch: out of memory" : NULL, NULL);
-    for (int i = 0; i < 5; i++) napi_delete_reference(env, j->refs[i]);
+    drop_refs(env, j->refs, 5);
     if (--p->pending == 0) napi_unref_threadsafe_function(env, p->tsfn);
   }
   free(j);
@@ -150,14 +150,12 @@ napi_value js_pool_compress(napi_env env, napi_callback_info info) {
   }
   napi_value promise;
   const int held[5] = {1, 4, 5, 6, 0};
-  for (int i = 0; i < 5; i++)
-    if (napi_create_reference(env, argv[held[i]], 1, &j->refs[i]) != napi_ok) {
-      for (int k = 0; k < i; k++) napi_delete_reference(env, j->refs[k]);
-      free(j);
-      THROW(env, "poolCompress: cannot hold the buffers");
-    }
+  if (!hold_refs(env, argv, held, 5, j->refs)) {
+    free(j);
+    THROW(env, "poolCompress: cannot hold the buffers");
+  }
   if (napi_create_promise(env, &j->deferred, &promise) != napi_ok) {
-    for (int k = 0; k < 5; k++) napi_delete_reference(env, j->refs[k]);
+    drop_refs(env, j->refs, 5);
     free(j);
     THROW(env, "poolCompress: cannot create a promise");
   }

@@ -140,6 +140,19 @@ void settle(napi_env env, napi_deferred d, napi_value value, const char *message
   napi_create_error(env, c, msg, &err);
   napi_reject_deferred(env, d, err);
 }
+int hold_refs(napi_env env, napi_value *argv, const int *idx, int n, napi_ref *refs) {
+  for (int i = 0; i < n; i++)
+    if (napi_create_reference(env, argv[idx[i]], 1, &refs[i]) != napi_ok) {
+      drop_refs(env, refs, i);
+      return 0;
+    }
+  return 1;
+}
+
+void drop_refs(napi_env env, napi_ref *refs, int n) {
+  for (int i = 0; i < n; i++) napi_delete_reference(env, refs[i]);
+}
+
 /* Finalizer of a handle (napi_create_external) whose state is one malloc'd block: gunzipper, sha256. */
 void free_handle(napi_env env, void *data, void *hint) {
   (void)env;
