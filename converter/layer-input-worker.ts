@@ -1,13 +1,12 @@
 import { createHash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { constants, createGunzip, type Gunzip } from 'node:zlib';
-import { convertAddon } from '../src/blob/native-codec.js';
 
 /**
- * Worker thread of LayerInflater (layer-input.ts): hashes the layer blob (digest check), gunzips it, hashes
- * the tar (diff ID) and hands the tar back in shared buffers of `outSize` bytes (slots, reused). gunzip is ISA-L's
- * streaming inflate in the native addon (native/dfnode_convert.c, 2-3x zlib), or zlib when the addon does
- * not load; either inflates straight into the buffer that is sent (no copy here). The main thread is left with tar parsing, the
+ * Worker thread of LayerInflater (layer-input.ts), the input side when the native addon does not load (with
+ * it, NativeInflater runs ISA-L and the hashes on libuv's pool, no worker): hashes the layer blob (digest
+ * check), gunzips it with zlib, hashes the tar (diff ID) and hands the tar back in shared buffers of
+ * `outSize` bytes (slots, reused); zlib inflates straight into the buffer that is sent (no copy here). The main thread is left with tar parsing, the
  * files' hashes and the writer. Flow control: every input chunk gets one reply (several chunks handled in
  * one turn share a reply) carrying the tar bytes it produced, and the main thread bounds the chunks and tar
  * bytes in flight: two messages per input chunk in all.
@@ -43,37 +42,10 @@ export type FromWorker =
     }
   | { t: 'error'; message: string; code?: string };
 
-const native = convertAddon();
 const port = parentPort!;
 const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
-/**
- * The blob digest and the diff ID. With the addon, both are hashed on libuv's thread pool (each a chain of
- * updates in order, the two in parallel), so this thread only inflates; a tar buffer is sent once its
- * hash has read it. Without the addon, node:crypto here.
- */
-class Sha256 {
-  private readonly js = native ? undefined : createHash('sha256');
-  private readonly handle = native?.sha256();
-  private chain: Promise<void> = Promise.resolve();
-
-  update(b: Buffer): void {
-    if (this.js) this.js.update(b);
-    else this.chain = this.chain.then(() => native!.sha256Update(this.handle, [b]));
-  }
-
-  /** Resolves when every update so far has read its bytes. */
-  settled(): Promise<void> {
-    return this.chain;
-  }
-
-  async hex(): Promise<string> {
-    if (this.js) return this.js.digest('hex');
-    await this.chain;
-    return native!.sha256Digest(this.handle).toString('hex');
-  }
-}
-const blobHash = new Sha256();
-const diffHash = new Sha256();
+const blobHash = createHash('sha256');
+const diffHash = createHash('sha256');
 /**
  * zlib's handle driven synchronously, as zlib's own processChunkSync does (this is a worker thread of its
  * own: no thread-pool round trip and no stream machinery per chunk), but without closing the handle after
@@ -94,23 +66,6 @@ interface ZlibInternals {
   _writeState: Uint32Array;
 }
 let gz: (Gunzip & ZlibInternals) | undefined;
-/** The native gunzip's state (when gzip and the addon loaded), and whether its last member ended. */
-let ngz: unknown;
-let ngzFinished = false;
-
-function inflateNative(chunk: Buffer): void {
-  let inOff = 0;
-  for (;;) {
-    const [inUsed, outUsed, finished] = native!.gunzip(ngz, chunk.subarray(inOff), out, outLen);
-    inOff += inUsed;
-    ngzFinished = finished;
-    if (outUsed > 0) tarBytes(out.subarray(outLen, outLen + outUsed));
-    else if (inOff >= chunk.length)
-      return; // input used up and nothing more held back
-    else if (inUsed === 0) throw new Error('gunzip made no progress');
-  }
-}
-
 let outSize = 1 << 20;
 /** The tar buffer being filled (by zlib, or by copies of a plain tar); sent when full or at the reply. */
 let out: Buffer = Buffer.alloc(0);
@@ -151,7 +106,7 @@ function inflate(chunk: Buffer, flush: number): void {
 
 /** `c` was written at out[outLen...]: hashes (gzip: the diff ID) and counts it. */
 function tarBytes(c: Buffer): void {
-  if (gz || ngz) diffHash.update(c); // c stays untouched until it is sent, after the hash read it
+  if (gz) diffHash.update(c);
   uncompressedBytes += c.length;
   outLen += c.length;
   if (outLen === outSize) sendOut();
@@ -191,7 +146,7 @@ function newOut(): Buffer {
 function scheduleReply(): void {
   if (replyScheduled) return;
   replyScheduled = true;
-  setImmediate(() => void reply());
+  setImmediate(() => reply());
 }
 
 /**
@@ -200,7 +155,7 @@ function scheduleReply(): void {
  * (network reads), and the slots outstanding would grow with the chunk count rather than the bytes (the main
  * thread bounds the bytes).
  */
-async function reply(final = false): Promise<void> {
+function reply(final = false): void {
   replyScheduled = false;
   if (failed) return;
   if (final || outLen >= outSize / 4) sendOut();
@@ -210,12 +165,6 @@ async function reply(final = false): Promise<void> {
   const made = fresh.splice(0);
   const n = inputs;
   inputs = 0;
-  try {
-    await diffHash.settled(); // the main thread reads (and then releases) them: not while the hash reads them
-  } catch (err) {
-    return fail(err);
-  }
-  if (failed) return;
   post({ t: 'out', inputs: n, slots, lengths, fresh: made });
 }
 
@@ -237,8 +186,7 @@ port.on('message', (m: ToWorker) => {
       case 'init':
         outSize = m.outSize;
         out = newOut();
-        if (m.gzip && native) ngz = native.gunzipper();
-        else if (m.gzip) {
+        if (m.gzip) {
           gz = createGunzip() as typeof gz;
           gz!.on('error', () => undefined); // errors are thrown from inflate()
         }
@@ -248,28 +196,19 @@ port.on('message', (m: ToWorker) => {
         const c = Buffer.from(m.chunk.buffer, m.chunk.byteOffset, m.chunk.byteLength);
         blobHash.update(c);
         compressedBytes += c.length;
-        if (ngz) inflateNative(c);
-        else if (gz) inflate(c, constants.Z_NO_FLUSH);
+        if (gz) inflate(c, constants.Z_NO_FLUSH);
         else plain(c);
         inputs++;
         scheduleReply();
         return;
       }
       case 'end': {
-        if (ngz) {
-          inflateNative(Buffer.alloc(0));
-          if (!ngzFinished) throw Object.assign(new Error('unexpected end of file'), { code: 'Z_BUF_ERROR' });
-        }
         if (gz) inflate(Buffer.alloc(0), constants.Z_FINISH);
-        const gzip = Boolean(gz || ngz);
-        void (async () => {
-          await reply(true);
-          const blobDigest = 'sha256:' + (await blobHash.hex());
-          // A plain tar is its own diff ID: hashed once.
-          const diffId = gzip ? 'sha256:' + (await diffHash.hex()) : blobDigest;
-          if (!failed)
-            post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes, tarBuffers });
-        })().catch(fail);
+        reply(true);
+        const blobDigest = 'sha256:' + blobHash.digest('hex');
+        // A plain tar is its own diff ID: hashed once.
+        const diffId = gz ? 'sha256:' + diffHash.digest('hex') : blobDigest;
+        if (!failed) post({ t: 'done', blobDigest, diffId, compressedBytes, uncompressedBytes, tarBuffers });
         return;
       }
     }

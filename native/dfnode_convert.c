@@ -1,5 +1,6 @@
 /*
- * dfnode_convert: the converter's hot loops in C (loaded by src/blob/native-codec.ts, on worker threads too).
+ * dfnode_convert: the converter's hot loops in C (loaded by src/blob/native-codec.ts, on worker threads too);
+ * the compression pool is in convert_pool.c, the gunzip in convert_gunzip.c.
  *
  *   compressBatch(buf, length, blockSize, stored: Uint32Array, codecs: Uint8Array, hashes?: Uint8Array)
  *       -> total stored bytes

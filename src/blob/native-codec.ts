@@ -22,7 +22,7 @@ export interface ConvertAddon {
     codecs: Uint8Array,
     hashes?: Uint8Array,
   ): number;
-  /** A pool of `threads` compression threads of its own (see dfnode_convert.c). */
+  /** A pool of `threads` compression threads of its own (see convert_pool.c). */
   compressPool(threads: number): unknown;
   /** compressBatch on the pool's threads; nothing passed may change until the promise settles. */
   poolCompress(
