@@ -3,6 +3,9 @@ import type { ConvertAddon } from '../src/blob/native-codec.js';
 import { DfError } from '../src/errors.js';
 import { TarQueue, type Inflater } from './tar-queue.js';
 
+/** Input chunks smaller than a quarter of this are gathered into buffers of this size before they are inflated. */
+const STAGE_BYTES = 1 << 20;
+
 /** A SHA-256 whose updates run on libuv's thread pool, in order. */
 class PoolHash {
   private readonly handle: unknown;
@@ -28,7 +31,8 @@ class PoolHash {
  * The input side of readLayer on this thread, with the native addon: ISA-L's gunzip (gunzipAsync) and the
  * blob and diff-ID SHA-256 run as jobs on libuv's thread pool, so no worker thread is started and no buffer
  * crosses threads by message. The tar parser runs here while the next chunk inflates. Tar buffers are
- * `outSize` bytes and reused once released and hashed; a plain tar is passed on in the input's own chunks.
+ * `outSize` bytes and reused once released and hashed; a plain tar is passed on in the input's own chunks
+ * (small ones gathered first).
  */
 export class NativeInflater extends TarQueue implements Inflater {
   private readonly blobHash: PoolHash;
@@ -45,6 +49,10 @@ export class NativeInflater extends TarQueue implements Inflater {
   private uncompressedBytes = 0;
   /** Input bytes the blob hash has not read yet (bounded: the input waits for it past tarAhead). */
   private unhashed = 0;
+  /** Small input chunks gathered (STAGE_BYTES), and staging buffers the hash and gunzip are done with. */
+  private stage: Buffer | undefined;
+  private stageLen = 0;
+  private readonly stageFree: Buffer[] = [];
   private closed = false;
 
   constructor(
@@ -74,20 +82,20 @@ export class NativeInflater extends TarQueue implements Inflater {
       if (this.error) throw this.error;
       this.onBytesIn?.(c.length);
       this.compressedBytes += c.length;
-      // A stream's chunk belongs to its reader once read: nothing changes it while the hash reads it.
-      this.unhashed += c.length;
-      const hashed = this.blobHash.update(c).then(
-        () => void (this.unhashed -= c.length),
-        (err: Error) => this.fail(err),
-      );
-      if (this.unhashed >= this.tarAhead) await hashed;
-      if (this.gz) await this.inflate(c);
-      else {
-        this.uncompressedBytes += c.length;
-        this.push(c);
+      if (c.length >= STAGE_BYTES / 4) {
+        await this.flushStage();
+        await this.take(c);
+      } else {
+        // Network reads come in pieces of 16-64 KiB: each would be a gunzip job and a hash job of its own,
+        // and the gunzip chain would wait on this thread between them. Gathered into 1 MiB first.
+        if (this.stageLen + c.length > STAGE_BYTES) await this.flushStage();
+        this.stage ??= this.stageFree.pop() ?? Buffer.allocUnsafeSlow(STAGE_BYTES);
+        c.copy(this.stage, this.stageLen);
+        this.stageLen += c.length;
       }
       while (this.queuedTar >= this.tarAhead) await this.wait('room');
     }
+    await this.flushStage();
     if (this.error) throw this.error;
     if (this.gz) {
       await this.inflate(Buffer.alloc(0));
@@ -129,6 +137,36 @@ export class NativeInflater extends TarQueue implements Inflater {
     // A buffer less than a quarter full is filled further: small network reads would otherwise take a
     // buffer each, and the buffers outstanding would grow with the chunk count rather than the bytes.
     if (this.outLen >= this.outSize / 4) this.emit();
+  }
+
+  /** Hashes and inflates (or, a plain tar, passes on) an input chunk that nothing changes meanwhile. */
+  private async take(c: Buffer, staged?: Buffer): Promise<void> {
+    this.unhashed += c.length;
+    const hashed = this.blobHash.update(c).then(
+      () => {
+        this.unhashed -= c.length;
+        // a staging buffer is filled again once the hash has read it (gunzip has, when take returns); a
+        // plain tar's staging buffer went to the parser and is not reused
+        if (staged && this.gz) this.stageFree.push(staged);
+      },
+      (err: Error) => this.fail(err),
+    );
+    if (this.unhashed >= this.tarAhead) await hashed;
+    if (this.gz) await this.inflate(c);
+    else {
+      this.uncompressedBytes += c.length;
+      this.push(c);
+    }
+  }
+
+  /** Sends the gathered small chunks on. */
+  private async flushStage(): Promise<void> {
+    const staged = this.stage;
+    if (!staged || !this.stageLen) return;
+    const view = staged.subarray(0, this.stageLen);
+    this.stage = undefined;
+    this.stageLen = 0;
+    await this.take(view, staged);
   }
 
   /** Hands the filled part of the current tar buffer to the parser and the diff-ID hash. */
