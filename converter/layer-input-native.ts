@@ -47,8 +47,9 @@ export class NativeInflater extends TarQueue implements Inflater {
   private tarBuffers = 0;
   private compressedBytes = 0;
   private uncompressedBytes = 0;
-  /** Input bytes the blob hash has not read yet (bounded: the input waits for it past tarAhead). */
+  /** Input bytes the blob hash, and tar bytes the diff-ID hash, have not read yet (bounded by tarAhead). */
   private unhashed = 0;
+  private tarUnhashed = 0;
   /** Small input chunks gathered (STAGE_BYTES), and staging buffers the hash and gunzip are done with. */
   private stage: Buffer | undefined;
   private stageLen = 0;
@@ -100,7 +101,7 @@ export class NativeInflater extends TarQueue implements Inflater {
     if (this.gz) {
       await this.inflate(Buffer.alloc(0));
       if (!this.finished) throw Object.assign(new Error('unexpected end of file'), { code: 'Z_BUF_ERROR' });
-      this.emit();
+      void this.emit(); // the diff ID below waits for its hash
     }
     const blobDigest = 'sha256:' + (await this.blobHash.hex());
     // A plain tar is its own diff ID: hashed once.
@@ -130,13 +131,20 @@ export class NativeInflater extends TarQueue implements Inflater {
       if (outUsed > 0) {
         this.uncompressedBytes += outUsed;
         this.outLen += outUsed;
-        if (this.outLen === this.outSize) this.emit();
+        if (this.outLen === this.outSize) {
+          const hashed = this.emit();
+          // one input chunk can inflate to a thousand times its size (a crafted layer: gigabytes of
+          // zeros): the parser and the diff-ID hash catch up before more tar buffers are filled, so
+          // memory stays bounded
+          while (this.queuedTar >= this.tarAhead) await this.wait('room');
+          if (this.tarUnhashed >= this.tarAhead) await hashed?.catch(() => undefined);
+        }
       } else if (inOff >= c.length) break;
       else if (inUsed === 0) throw new Error('gunzip made no progress');
     }
     // A buffer less than a quarter full is filled further: small network reads would otherwise take a
     // buffer each, and the buffers outstanding would grow with the chunk count rather than the bytes.
-    if (this.outLen >= this.outSize / 4) this.emit();
+    if (this.outLen >= this.outSize / 4) void this.emit(); // its hash failing fails the layer (emit)
   }
 
   /** Hashes and inflates (or, a plain tar, passes on) an input chunk that nothing changes meanwhile. */
@@ -169,17 +177,22 @@ export class NativeInflater extends TarQueue implements Inflater {
     await this.take(view, staged);
   }
 
-  /** Hands the filled part of the current tar buffer to the parser and the diff-ID hash. */
-  private emit(): void {
-    if (!this.outLen) return;
+  /** Hands the filled part of the current tar buffer to the parser and the diff-ID hash (its promise). */
+  private emit(): Promise<void> | undefined {
+    if (!this.outLen) return undefined;
     const whole = this.out;
     const view = whole.subarray(0, this.outLen);
+    this.tarUnhashed += view.length;
     const hashed = this.diffHash.update(view);
-    hashed.catch((err: Error) => this.fail(err));
+    hashed.then(
+      () => void (this.tarUnhashed -= view.length),
+      (err: Error) => this.fail(err),
+    );
     this.owners.set(view, { whole, hashed });
     this.out = this.newOut();
     this.outLen = 0;
     this.push(view);
+    return hashed;
   }
 
   release(bufs: Buffer[]): void {

@@ -29,6 +29,20 @@ const TAR_BUFFER = 4 << 20;
 const INPUT_AHEAD = 2;
 /** Reading pauses while this many tar bytes wait for the parser. */
 const TAR_AHEAD = 8 << 20;
+/** A larger entry's body chunks are reused once the next one is asked for (readLayer). */
+const EAGER_RELEASE_BYTES = 16 << 20;
+
+/** `body`, calling `release` each time the consumer asks for the chunk after one it was given. */
+function releasing(body: AsyncIterable<Buffer>, release: () => void): AsyncIterable<Buffer> {
+  return {
+    async *[Symbol.asyncIterator]() {
+      for await (const c of body) {
+        yield c;
+        release(); // the consumer is done with c (and every chunk before it)
+      }
+    },
+  };
+}
 
 /**
  * Runs blob hashing, gunzip and diff-ID hashing of one layer on a worker thread (layer-input-worker.ts):
@@ -142,10 +156,11 @@ class LayerInflater extends TarQueue implements Inflater {
  * Streams a layer blob into `onEntry` entry by entry: checks the media type first, gunzips when needed,
  * hashes the blob (digest check) and the tar (diff ID) on the way, and fails clearly on corrupt input.
  * Blob hashing, gunzip and diff-ID hashing run on libuv's thread pool (native addon) or a worker thread;
- * tar parsing on this one. A body chunk is
- * valid until the promise of the `onEntry` call that got it settles: its memory is then reused (copy what
- * must live longer). The digest is checked at the end, so callers must discard
- * what they built when this throws.
+ * tar parsing on this one. A body chunk is valid until the promise of the `onEntry` call that got it settles,
+ * and for an entry larger than 16 MiB (EAGER_RELEASE_BYTES) only until the body's next chunk is asked for: its
+ * memory is then reused (copy what must live longer). That bounds memory whatever the size of a file (a
+ * crafted layer can hold gigabytes of zeros in a few MB of gzip). The digest is checked at the end, so
+ * callers must discard what they built when this throws.
  */
 export async function readLayer(
   input: Readable,
@@ -172,9 +187,14 @@ export async function readLayer(
     // Tar buffers the reader has used up go back to the worker once the entry being handled is done with:
     // onEntry may hold views of them (body chunks) until its promise settles, and no longer.
     const consumed: Buffer[] = [];
+    const release = () => {
+      if (consumed.length) inflater.release(consumed.splice(0));
+    };
     for await (const entry of readTar(inflater.tar(), (b) => consumed.push(b))) {
       signal?.throwIfAborted();
-      await onEntry(entry);
+      await onEntry(
+        entry.header.size > EAGER_RELEASE_BYTES ? { ...entry, body: releasing(entry.body, release) } : entry,
+      );
       if (consumed.length) inflater.release(consumed.splice(0));
     }
     await pumping;

@@ -82,7 +82,8 @@ export class AccessOrderLayout {
       if (got > node.size) break;
       const b = Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength);
       hash.update(b);
-      pending.push(b);
+      // a copy: the caller's chunk may be reused once the next one is read (readLayer, large entries)
+      pending.push(Buffer.from(b));
       pendingBytes += b.length;
       onBytes(b.length);
       if (pendingBytes >= SPOOL_BUFFER) await flush();

@@ -227,7 +227,7 @@ export class DfbWriter {
         if (got > size) throw tooLong();
         const b = Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength);
         key.update(b);
-        chunks.push(b);
+        chunks.push(b); // held past the next read: readLayer keeps entries this small valid until they settle
         this.progress(b.length);
       }
       this.checkLength(path, got, size);

@@ -304,6 +304,29 @@ describe('converter native path', () => {
     }
   });
 
+  it('bounds its tar buffers when one input chunk inflates to hundreds of MB (a gzip bomb)', async () => {
+    // 384 MiB of zeros: a gzip of ~380 KB, read as a single chunk. The tar is produced 4 MiB at a time
+    // and waits for the parser, so a few buffers circulate instead of ~96 at once.
+    const size = 384 << 20;
+    const bomb = gzipSync(buildTar([{ path: 'zeros', type: 'file', data: Buffer.alloc(size) }]), {
+      level: 9,
+    });
+    expect(bomb.length).toBeLessThan(1 << 20);
+    let seen = 0;
+    const r = await readLayer(
+      stream(bomb, bomb.length),
+      { mediaType: GZIP, digest: sha256(bomb), size: bomb.length },
+      async ({ body }) => {
+        for await (const c of body) {
+          seen += c.length;
+          await new Promise((resolve) => setImmediate(resolve)); // a parser slower than the inflate
+        }
+      },
+    );
+    expect(seen).toBe(size);
+    expect(r.tarBuffers).toBeLessThanOrEqual(8);
+  }, 60_000);
+
   it('streams the input: entries arrive long before the whole layer is read', async () => {
     // Incompressible content, so the gzip is as large as the tar (~24 MiB).
     const tar = buildTar([
