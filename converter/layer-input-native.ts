@@ -10,6 +10,8 @@ const STAGE_BYTES = 1 << 20;
 class PoolHash {
   private readonly handle: unknown;
   private chain: Promise<void> = Promise.resolve();
+  /** Bytes queued and not read yet (callers bound it by waiting for an update). */
+  pending = 0;
 
   constructor(private readonly native: ConvertAddon) {
     this.handle = native.sha256();
@@ -17,7 +19,11 @@ class PoolHash {
 
   /** Queues `b` (which must not change until the returned promise settles). */
   update(b: Uint8Array): Promise<void> {
-    this.chain = this.chain.then(() => this.native.sha256Update(this.handle, [b]));
+    this.pending += b.length;
+    this.chain = this.chain.then(async () => {
+      await this.native.sha256Update(this.handle, [b]);
+      this.pending -= b.length;
+    });
     return this.chain;
   }
 
@@ -47,14 +53,10 @@ export class NativeInflater extends TarQueue implements Inflater {
   private tarBuffers = 0;
   private compressedBytes = 0;
   private uncompressedBytes = 0;
-  /** Input bytes the blob hash, and tar bytes the diff-ID hash, have not read yet (bounded by tarAhead). */
-  private unhashed = 0;
-  private tarUnhashed = 0;
   /** Small input chunks gathered (STAGE_BYTES), and staging buffers the hash and gunzip are done with. */
   private stage: Buffer | undefined;
   private stageLen = 0;
   private readonly stageFree: Buffer[] = [];
-  private closed = false;
 
   constructor(
     private readonly native: ConvertAddon,
@@ -137,7 +139,7 @@ export class NativeInflater extends TarQueue implements Inflater {
           // zeros): the parser and the diff-ID hash catch up before more tar buffers are filled, so
           // memory stays bounded
           while (this.queuedTar >= this.tarAhead) await this.wait('room');
-          if (this.tarUnhashed >= this.tarAhead) await hashed?.catch(() => undefined);
+          if (this.diffHash.pending >= this.tarAhead) await hashed?.catch(() => undefined);
         }
       } else if (inOff >= c.length) break;
       else if (inUsed === 0) throw new Error('gunzip made no progress');
@@ -149,17 +151,15 @@ export class NativeInflater extends TarQueue implements Inflater {
 
   /** Hashes and inflates (or, a plain tar, passes on) an input chunk that nothing changes meanwhile. */
   private async take(c: Buffer, staged?: Buffer): Promise<void> {
-    this.unhashed += c.length;
     const hashed = this.blobHash.update(c).then(
       () => {
-        this.unhashed -= c.length;
         // a staging buffer is filled again once the hash has read it (gunzip has, when take returns); a
         // plain tar's staging buffer went to the parser and is not reused
         if (staged && this.gz) this.stageFree.push(staged);
       },
       (err: Error) => this.fail(err),
     );
-    if (this.unhashed >= this.tarAhead) await hashed;
+    if (this.blobHash.pending >= this.tarAhead) await hashed;
     if (this.gz) await this.inflate(c);
     else {
       this.uncompressedBytes += c.length;
@@ -182,12 +182,8 @@ export class NativeInflater extends TarQueue implements Inflater {
     if (!this.outLen) return undefined;
     const whole = this.out;
     const view = whole.subarray(0, this.outLen);
-    this.tarUnhashed += view.length;
     const hashed = this.diffHash.update(view);
-    hashed.then(
-      () => void (this.tarUnhashed -= view.length),
-      (err: Error) => this.fail(err),
-    );
+    hashed.catch((err: Error) => this.fail(err));
     this.owners.set(view, { whole, hashed });
     this.out = this.newOut();
     this.outLen = 0;
@@ -209,9 +205,7 @@ export class NativeInflater extends TarQueue implements Inflater {
   }
 
   async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    this.fail(DfError.aborted('layer input closed'));
+    this.fail(DfError.aborted('layer input closed')); // once: fail keeps the first error
     if (!this.input.readableEnded) this.input.destroy();
   }
 }

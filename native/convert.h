@@ -32,6 +32,11 @@ void settle(napi_env env, napi_deferred d, napi_value value, const char *message
    is left and 0 is returned. drop_refs deletes them. */
 int hold_refs(napi_env env, napi_value *argv, const int *idx, int n, napi_ref *refs);
 void drop_refs(napi_env env, napi_ref *refs, int n);
+/* Creates a promise (in *promise, its deferred in *d) and queues `execute` on libuv's thread pool, then
+   `complete` on the JS thread (in *w); returns 0 when any step fails (the caller frees what it made). */
+int queue_work(napi_env env, const char *name, napi_async_execute_callback execute,
+               napi_async_complete_callback complete, void *data, napi_deferred *d, napi_async_work *w,
+               napi_value *promise);
 /* Finalizer of a handle (napi_create_external) whose state is one malloc'd block. */
 void free_handle(napi_env env, void *data, void *hint);
 
@@ -39,6 +44,5 @@ napi_value js_compress_pool(napi_env env, napi_callback_info info);
 napi_value js_pool_compress(napi_env env, napi_callback_info info);
 napi_value js_close_pool(napi_env env, napi_callback_info info);
 napi_value js_gunzipper(napi_env env, napi_callback_info info);
-napi_value js_gunzip(napi_env env, napi_callback_info info);
 napi_value js_gunzip_async(napi_env env, napi_callback_info info);
 #endif

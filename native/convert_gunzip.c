@@ -1,4 +1,4 @@
-/* The converter's streaming gunzip: ISA-L's igzip, called in place or on libuv's thread pool (see dfnode_convert.c). */
+/* The converter's streaming gunzip: ISA-L's igzip on libuv's thread pool (see dfnode_convert.c). */
 #include <isa-l/igzip_lib.h>
 #include "convert.h"
 
@@ -92,32 +92,11 @@ static const char *gunzip_parse(napi_env env, size_t argc, napi_value *argv, gun
   if (argc < 4 || napi_get_value_external(env, argv[0], (void **)g) != napi_ok || !*g ||
       !get_bytes(env, argv[1], in, in_len) || !get_bytes(env, argv[2], out, out_len) ||
       napi_get_value_uint32(env, argv[3], &out_off) != napi_ok || out_off > *out_len)
-    return "gunzip(handle, input: Uint8Array, out: Uint8Array, outOff)";
-  if ((*g)->busy) return "gunzip: the previous gunzipAsync has not finished";
+    return "gunzipAsync(handle, input: Uint8Array, out: Uint8Array, outOff)";
+  if ((*g)->busy) return "gunzipAsync: the previous call has not finished";
   *out += out_off;
   *out_len -= out_off;
   return NULL;
-}
-
-napi_value js_gunzip(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  gunzipper *g;
-  uint8_t *in, *out;
-  size_t in_len, out_len, in_used, out_used;
-  const char *bad = gunzip_parse(env, argc, argv, &g, &in, &in_len, &out, &out_len);
-  if (bad) THROW(env, bad);
-  int rc = gunzip_run(g, in, in_len, out, out_len, &in_used, &out_used);
-  if (rc) {
-    napi_value err, msg, code;
-    napi_create_string_utf8(env, isal_message(rc), NAPI_AUTO_LENGTH, &msg);
-    napi_create_string_utf8(env, "Z_DATA_ERROR", NAPI_AUTO_LENGTH, &code);
-    napi_create_error(env, code, msg, &err);
-    napi_throw(env, err);
-    return NULL;
-  }
-  return gunzip_result(env, g, in_used, out_used);
 }
 
 typedef struct {
@@ -158,16 +137,13 @@ napi_value js_gunzip_async(napi_env env, napi_callback_info info) {
     free(j);
     THROW(env, bad);
   }
-  napi_value promise, name;
-  napi_create_string_utf8(env, "dfnode:gunzip", NAPI_AUTO_LENGTH, &name);
+  napi_value promise;
   const int held[3] = {0, 1, 2};
   if (!hold_refs(env, argv, held, 3, j->refs)) {
     free(j);
     THROW(env, "gunzipAsync: cannot hold the buffers");
   }
-  if (napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
-      napi_create_async_work(env, NULL, name, gunzip_execute, gunzip_complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
+  if (!queue_work(env, "dfnode:gunzip", gunzip_execute, gunzip_complete, j, &j->deferred, &j->work, &promise)) {
     drop_refs(env, j->refs, 3);
     free(j);
     THROW(env, "gunzipAsync: cannot queue the work");

@@ -1,12 +1,12 @@
-/* The converter's compression pool: threads of its own that run compressBatch (see dfnode_convert.c). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include "convert.h"
 
 /*
- * The compression pool: `n` threads of its own (not libuv's pool, whose size is fixed at start-up and which
- * the gunzip and SHA-256 jobs use), fed from one queue; each batch's promise settles on the JS thread through a
- * thread-safe function. The event loop is kept alive only while batches are pending.
+ * The converter's compression pool (compressBatch's work, see dfnode_convert.c): threads of its own, not
+ * libuv's pool (whose size is fixed at start-up and which the gunzip and SHA-256 jobs use), fed from one
+ * queue; each batch's promise settles on the JS thread through a thread-safe function. The event loop is
+ * kept alive only while batches are pending.
  */
 typedef struct cjob {
   struct cjob *next;
@@ -22,30 +22,35 @@ typedef struct {
   pthread_cond_t cv;
   cjob *head, *tail;
   pthread_t *threads;
-  int n, started, stop;
+  int started, stop;
   uint32_t pending; /* JS thread only */
   napi_threadsafe_function tsfn;
-  napi_env env;
 } cpool;
 
 static void *cpool_thread(void *arg) {
   cpool *p = arg;
   pthread_setname_np(pthread_self(), "dfnode-lz4"); /* seen in top -H, perf and /proc: not "node" */
+  uint8_t *tmp = NULL; /* compress_blocks' scratch, kept for the thread's next batches */
+  size_t tmp_size = 0;
   for (;;) {
     pthread_mutex_lock(&p->mu);
     while (!p->head && !p->stop) pthread_cond_wait(&p->cv, &p->mu);
     cjob *j = p->head;
     if (!j) {
       pthread_mutex_unlock(&p->mu);
+      free(tmp);
       return NULL;
     }
     p->head = j->next;
     if (!p->head) p->tail = NULL;
     pthread_mutex_unlock(&p->mu);
-    uint8_t *tmp = malloc(j->a.block_size);
+    if (tmp_size < j->a.block_size) {
+      free(tmp);
+      tmp = malloc(j->a.block_size);
+      tmp_size = tmp ? j->a.block_size : 0;
+    }
     if (tmp) j->total = compress_blocks(j->a.buf, j->a.length, j->a.block_size, j->a.stored, j->a.codecs, j->a.hashes, tmp);
     else j->oom = 1;
-    free(tmp);
     napi_call_threadsafe_function(p->tsfn, j, napi_tsfn_blocking);
   }
 }
@@ -104,8 +109,6 @@ napi_value js_compress_pool(napi_env env, napi_callback_info info) {
   }
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->cv, NULL);
-  p->n = (int)n;
-  p->env = env;
   napi_value name, handle;
   napi_create_string_utf8(env, "dfnode:compress", NAPI_AUTO_LENGTH, &name);
   if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, p, cpool_done, &p->tsfn) != napi_ok) {

@@ -16,17 +16,14 @@
  *     isolates or messages). None of the arrays may be touched until the promise settles. closePool lets
  *     the queued batches finish and joins the threads.
  *
- *   gunzipAsync(handle, input, out, outOff) -> Promise<[inUsed, outUsed, finished]>
- *     gunzip() on libuv's thread pool; calls on one handle must not overlap, and the buffers must not change
- *     until the promise settles. Corrupt data rejects as gunzip throws.
- *
- *   gunzipper() -> handle; gunzip(handle, input, out, outOff) -> [inUsed, outUsed, finished]
+ *   gunzipper() -> handle; gunzipAsync(handle, input, out, outOff) -> Promise<[inUsed, outUsed, finished]>
  *     Streaming gunzip with ISA-L's igzip inflate (2-3x zlib, and streaming: memory does not depend on the
- *     layer). Feed input chunks in order; each call consumes input and fills out[outOff...] until either runs
- *     out (call again with the rest while output was full). Concatenated members are decoded like zlib's
- *     gunzip does; bytes after a member that do not start a new one are ignored, as node:zlib does. finished:
- *     the last member ended (at the end of the input, not finished = truncated). Corrupt data throws an Error
- *     with code Z_DATA_ERROR and zlib's wording.
+ *     layer), on libuv's thread pool. Feed input chunks in order, one call at a time per handle (the buffers
+ *     must not change until the promise settles); each call consumes input and fills out[outOff...] until
+ *     either runs out (call again with the rest while output was full). Concatenated members are decoded like
+ *     zlib's gunzip does; bytes after a member that do not start a new one are ignored, as node:zlib does.
+ *     finished: the last member ended (at the end of the input, not finished = truncated). Corrupt data
+ *     rejects with an Error of code Z_DATA_ERROR and zlib's wording.
  *
  *   copyInto(dst, dstOff, src): memcpy (into shared buffers, which V8 copies slowly).
  *
@@ -154,6 +151,21 @@ void drop_refs(napi_env env, napi_ref *refs, int n) {
   for (int i = 0; i < n; i++) napi_delete_reference(env, refs[i]);
 }
 
+int queue_work(napi_env env, const char *name, napi_async_execute_callback execute,
+               napi_async_complete_callback complete, void *data, napi_deferred *d, napi_async_work *w,
+               napi_value *promise) {
+  napi_value n;
+  if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &n) != napi_ok ||
+      napi_create_promise(env, d, promise) != napi_ok)
+    return 0;
+  if (napi_create_async_work(env, NULL, n, execute, complete, data, w) != napi_ok) return 0;
+  if (napi_queue_async_work(env, *w) != napi_ok) {
+    napi_delete_async_work(env, *w);
+    return 0;
+  }
+  return 1;
+}
+
 /* Finalizer of a handle (napi_create_external) whose state is one malloc'd block: gunzipper, sha256. */
 void free_handle(napi_env env, void *data, void *hint) {
   (void)env;
@@ -202,8 +214,7 @@ typedef struct {
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
-  napi_ref ref; /* the array of buffers: keeps them alive while the thread pool reads them */
-  napi_ref handle; /* the hash's handle: its state is not freed while the thread pool updates it */
+  napi_ref refs[2]; /* the hash's handle (its state is not freed meanwhile) and the array of buffers */
   sha_state *s;
   size_t n;
   uint8_t **ptrs;
@@ -234,15 +245,8 @@ static void sha_complete(napi_env env, napi_status status, void *data) {
   j->s->busy = 0;
   napi_value undef;
   napi_get_undefined(env, &undef);
-  if (status == napi_ok) napi_resolve_deferred(env, j->deferred, undef);
-  else {
-    napi_value msg, err;
-    napi_create_string_utf8(env, "sha256Update: cancelled", NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, NULL, msg, &err);
-    napi_reject_deferred(env, j->deferred, err);
-  }
-  napi_delete_reference(env, j->ref);
-  napi_delete_reference(env, j->handle);
+  settle(env, j->deferred, undef, status == napi_ok ? NULL : "sha256Update: cancelled", NULL);
+  drop_refs(env, j->refs, 2);
   napi_delete_async_work(env, j->work);
   free(j->ptrs);
   free(j->lens);
@@ -277,14 +281,17 @@ static napi_value js_sha256_update(napi_env env, napi_callback_info info) {
       THROW(env, "sha256Update: bufs must be Uint8Arrays");
     }
   }
-  napi_value promise, name;
-  napi_create_string_utf8(env, "dfnode:sha256", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_reference(env, argv[1], 1, &j->ref) != napi_ok ||
-      napi_create_reference(env, argv[0], 1, &j->handle) != napi_ok ||
-      napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
-      napi_create_async_work(env, NULL, name, sha_execute, sha_complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok)
+  napi_value promise;
+  const int held[2] = {0, 1};
+  int held_ok = hold_refs(env, argv, held, 2, j->refs);
+  if (!held_ok ||
+      !queue_work(env, "dfnode:sha256", sha_execute, sha_complete, j, &j->deferred, &j->work, &promise)) {
+    if (held_ok) drop_refs(env, j->refs, 2);
+    free(j->ptrs);
+    free(j->lens);
+    free(j);
     THROW(env, "sha256Update: cannot queue the work");
+  }
   s->busy = 1;
   return promise;
 oom:
@@ -317,7 +324,6 @@ NAPI_MODULE_INIT() {
       {"compressPool", NULL, js_compress_pool, NULL, NULL, NULL, napi_default, NULL},
       {"poolCompress", NULL, js_pool_compress, NULL, NULL, NULL, napi_default, NULL},
       {"closePool", NULL, js_close_pool, NULL, NULL, NULL, napi_default, NULL},
-      {"gunzip", NULL, js_gunzip, NULL, NULL, NULL, napi_default, NULL},
       {"gunzipAsync", NULL, js_gunzip_async, NULL, NULL, NULL, napi_default, NULL},
       {"crc64", NULL, js_crc64, NULL, NULL, NULL, napi_default, NULL},
       {"copyInto", NULL, js_copy_into, NULL, NULL, NULL, napi_default, NULL},

@@ -171,8 +171,9 @@ export class CompressPool {
         },
         (err: Error) => {
           if (!this.running.delete(task)) return;
-          task.reject(DfError.internal(`block compression failed: ${err.message}`, { cause: err }));
-          this.fail(DfError.internal(`block compression failed: ${err.message}`, { cause: err }));
+          const e = DfError.internal(`block compression failed: ${err.message}`, { cause: err });
+          task.reject(e);
+          this.fail(e);
         },
       );
       this.running.set(task, job);

@@ -36,14 +36,13 @@ export interface ConvertAddon {
   ): Promise<number>;
   /** Lets the queued batches finish and joins the pool's threads. */
   closePool(pool: unknown): void;
-  /** A streaming gunzip's state, for gunzip(). */
+  /** A streaming gunzip's state, for gunzipAsync(). */
   gunzipper(): unknown;
   /**
-   * Inflates input into out[outOff...] until either runs out; returns the input bytes used, the output bytes
-   * written and whether the last gzip member ended. Throws (code Z_DATA_ERROR) on corrupt data.
+   * Inflates input into out[outOff...] until either runs out, on libuv's thread pool; resolves to the input
+   * bytes used, the output bytes written and whether the last gzip member ended; rejects (code Z_DATA_ERROR)
+   * on corrupt data. Calls on a handle must not overlap, and the buffers must not change meanwhile.
    */
-  gunzip(handle: unknown, input: Uint8Array, out: Uint8Array, outOff: number): [number, number, boolean];
-  /** gunzip on libuv's thread pool: calls on a handle must not overlap, the buffers must not change meanwhile. */
   gunzipAsync(
     handle: unknown,
     input: Uint8Array,
