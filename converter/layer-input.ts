@@ -54,7 +54,6 @@ class LayerInflater extends TarQueue implements Inflater {
   /** Tar buffers from the worker, and those of them released (see release) to go back with the next input. */
   private readonly slotOf = new WeakMap<Buffer, number>();
   private readonly slotBufs = new Map<number, SharedArrayBuffer>();
-  private toFree: number[] = [];
   private inflight = 0;
   private closed = false;
 
@@ -72,7 +71,7 @@ class LayerInflater extends TarQueue implements Inflater {
     this.worker.on('exit', (code) => {
       if (!this.closed) this.fail(DfError.internal(`layer input worker exited unexpectedly (code ${code})`));
     });
-    this.send({ t: 'init', gzip, outSize: TAR_BUFFER });
+    this.send({ t: 'init', gzip, outSize: TAR_BUFFER, tarAhead: TAR_AHEAD });
   }
 
   private send(m: ToWorker, transfer?: ArrayBuffer[]): void {
@@ -121,26 +120,31 @@ class LayerInflater extends TarQueue implements Inflater {
         !(c.buffer instanceof SharedArrayBuffer);
       const chunk = own ? new Uint8Array(c.buffer, 0, c.length) : new Uint8Array(c);
       this.inflight++;
-      const free = this.toFree;
-      this.toFree = [];
-      this.send({ t: 'data', chunk, free }, [chunk.buffer as ArrayBuffer]);
+      this.send({ t: 'data', chunk }, [chunk.buffer as ArrayBuffer]);
       while (this.inflight >= INPUT_AHEAD || this.queuedTar >= TAR_AHEAD) await this.wait('room');
     }
     this.send({ t: 'end' });
   }
 
+  /** The worker waits once the parser is `TAR_AHEAD` bytes behind it: tells it what was taken. */
+  protected override taken(bytes: number): void {
+    if (!this.closed) this.send({ t: 'took', bytes });
+  }
+
   /**
-   * Tar buffers that tar() yielded and nothing references any more: their slots go back to the worker with
-   * the next input chunk, and it fills them again (no allocation per buffer). The worker overwrites them, so
-   * nothing may use a view of a released buffer.
+   * Tar buffers that tar() yielded and nothing references any more: their slots go back to the worker, and
+   * it fills them again (no allocation per buffer). The worker overwrites them, so nothing may use a view of
+   * a released buffer.
    */
   release(bufs: Buffer[]): void {
+    const slots: number[] = [];
     for (const b of bufs) {
       const slot = this.slotOf.get(b);
       if (slot === undefined) continue;
       this.slotOf.delete(b);
-      this.toFree.push(slot);
+      slots.push(slot);
     }
+    if (slots.length && !this.closed) this.send({ t: 'free', slots });
   }
 
   async close(): Promise<void> {

@@ -62,6 +62,7 @@ export abstract class TarQueue {
       const b = this.tarQueue.shift();
       if (b) {
         this.queuedTar -= b.length;
+        this.taken(b.length);
         if (this.queuedTar < this.tarAhead) this.wake('room');
         yield b;
         continue;
@@ -70,6 +71,9 @@ export abstract class TarQueue {
       await this.wait('tar');
     }
   }
+
+  /** The parser took `bytes` off the queue (for an input side that bounds what it produced). */
+  protected taken(_bytes: number): void {}
 
   result(): InflaterResult {
     if (this.error) throw this.error;
