@@ -16,7 +16,7 @@
 // last, one JSON line (see bench/README.md).
 import { BuildSnapshot } from './lib/build-snapshot.js';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
-import { lstat, mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,11 +28,18 @@ import { CHROOT, WORKLOAD, WORKLOAD_ENV, runColdStart } from './lib/cold-start.j
 import { DfnodeMount, type DfnodeMountOptions } from './lib/dfnode-mount.js';
 import { locateFixture } from './lib/fixture.js';
 import { benchLog, gitState as gitStateOf, runMain, stopChildren } from './lib/main.js';
-import { formatTable, median, run, versionOf } from './lib/measure.js';
+import { run, versionOf } from './lib/measure.js';
+import {
+  largeFiles,
+  reportCached,
+  warmTree,
+  type FindSample,
+  type ReadSample,
+} from './lib/fuse-read-cached.js';
 import { unmountUnder, unmountUnderSync } from './lib/mounts-under.js';
 import { Netns } from './lib/netns.js';
 import { NetnsRegistry } from './lib/netns-registry.js';
-import { describeDrop, dropPageCache, type DropMethod } from './lib/page-cache.js';
+import { dropPageCache, type DropMethod } from './lib/page-cache.js';
 import { SquashfuseMount } from './lib/squashfuse-mount.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -65,58 +72,6 @@ const HELP = `usage: node dist/bench/fuse-read.js [options]
 const log = benchLog('fuse-read');
 
 const gitState = (): string => gitStateOf(REPO, ['src']);
-
-/** Regular files of at least `min` bytes under `root` (one path per inode), as paths relative to root. */
-async function largeFiles(root: string, min: number): Promise<{ rel: string[]; bytes: number }> {
-  const seen = new Set<string>();
-  const rel: string[] = [];
-  let bytes = 0;
-  const walk = async (dir: string, prefix: string) => {
-    for (const e of await readdir(dir, { withFileTypes: true })) {
-      const p = join(dir, e.name);
-      const r = prefix ? `${prefix}/${e.name}` : e.name;
-      if (e.isDirectory()) await walk(p, r);
-      else if (e.isFile()) {
-        const s = await lstat(p);
-        const key = `${s.dev}:${s.ino}`;
-        if (s.size >= min && !seen.has(key)) {
-          seen.add(key);
-          rel.push(r);
-          bytes += s.size;
-        }
-      }
-    }
-  };
-  await walk(root, '');
-  rel.sort();
-  return { rel, bytes };
-}
-
-/** Reads every file of a directory tree once (warms the page cache for backing files). */
-async function warmTree(paths: string[]): Promise<void> {
-  for (const p of paths) {
-    const s = await stat(p);
-    if (s.isFile()) await run('cat', [p]).catch(() => undefined);
-    else await run('sh', ['-c', 'find "$1" -xdev -type f -exec cat {} + > /dev/null', 'sh', p]);
-  }
-}
-
-interface ReadSample {
-  seconds: number;
-  bytes: number;
-  mbPerSec: number;
-  /** CPU seconds of the serving process (all threads) during the read; NaN for the plain directory. */
-  serverCpu: number;
-  /** CPU seconds of the serving process's main thread (dfnode: the JS thread). */
-  mainCpu: number;
-  readerCpu: number;
-}
-
-interface FindSample {
-  seconds: number;
-  entries: number;
-  serverCpu: number;
-}
 
 /** A filesystem under test: where it is, how to make it forget what it cached, its serving process. */
 interface Target {
@@ -460,86 +415,18 @@ async function main(): Promise<number> {
             );
       }
 
-      const agg: Record<string, Record<string, number>> = {};
-      for (const mode of modes)
-        for (const t of targets) {
-          const key = `${mode}/${t.name}`;
-          const rs = reads[key]!;
-          const fs = finds[key]!;
-          const secs = median(rs.map((x) => x.seconds));
-          agg[key] = {
-            readSeconds: +secs.toFixed(3),
-            readMBps: +median(rs.map((x) => x.mbPerSec)).toFixed(1),
-            serverCpuSeconds: +median(rs.map((x) => x.serverCpu)).toFixed(2),
-            serverCpuPct: +median(rs.map((x) => (100 * x.serverCpu) / x.seconds)).toFixed(0),
-            mainThreadCpuPct: +median(rs.map((x) => (100 * x.mainCpu) / x.seconds)).toFixed(0),
-            readerCpuSeconds: +median(rs.map((x) => x.readerCpu)).toFixed(2),
-            findSeconds: +median(fs.map((x) => x.seconds)).toFixed(3),
-            findEntries: median(fs.map((x) => x.entries)),
-            findServerCpuSeconds: +median(fs.map((x) => x.serverCpu)).toFixed(2),
-          };
-        }
-      const ratios: Record<string, number> = {};
-      for (const mode of modes)
-        for (const df of dfTargets)
-          for (const other of ['squashfuse', 'plain']) {
-            const d = agg[`${mode}/${df.name}`]!;
-            const o = agg[`${mode}/${other}`]!;
-            ratios[`${mode}/read/${df.name}÷${other}`] = +(d.readMBps! / o.readMBps!).toFixed(2);
-            // find: speed ratio (other's seconds / dfnode's seconds), > 1 means dfnode is faster
-            ratios[`${mode}/find/${df.name}÷${other}`] = +(o.findSeconds! / d.findSeconds!).toFixed(2);
-          }
-      const pageCache = [...drops].map(describeDrop).join('; ') || 'n/a';
-      out.write(
-        `\n1. cached reads — ${large.rel.length} files ≥ ${(minSize / 1048576).toFixed(0)} MiB ` +
-          `(${(large.bytes / 1e6).toFixed(1)} MB) read whole with 1 MiB read(2) calls by a child process; ` +
-          `find -xdev -printf (lstat of every entry); ${runs} runs, medians\n`,
-      );
-      out.write(`page cache (cold rows): ${pageCache}\n`);
-      out.write(
-        'warm-backing rows: FUSE remounted (kernel and server caches empty), backing files in page cache\n\n',
-      );
-      const rows = modes.flatMap((mode) =>
-        targets.map((t) => {
-          const a = agg[`${mode}/${t.name}`]!;
-          const isPlain = t.name === 'plain';
-          return [
-            `${mode}  ${t.name}`,
-            a.readMBps!.toFixed(1),
-            a.readSeconds!.toFixed(2),
-            isPlain ? '' : a.serverCpuSeconds!.toFixed(2),
-            isPlain ? '' : `${a.serverCpuPct}%`,
-            isPlain ? '' : `${a.mainThreadCpuPct}%`,
-            a.findSeconds!.toFixed(2),
-            String(a.findEntries),
-          ];
-        }),
-      );
-      out.write(
-        formatTable(
-          [
-            'mode  target',
-            'read MB/s',
-            'read s',
-            'server cpu s',
-            'server cpu',
-            'main thread',
-            'find s',
-            'entries',
-          ],
-          rows,
-        ) + '\n\n',
-      );
-      out.write(
-        `ratios (dfnode ÷ other; > 1: dfnode faster): ${Object.entries(ratios)
-          .map(([k, v]) => `${k} ${v}`)
-          .join(', ')}\n`,
-      );
-      out.write(
-        '  dfnode/B = dfnode mount with node.fuseBinding B (fuse-native: libfuse 2 from npm, 128 KiB reads, one ' +
-          'JS thread; native: the libfuse3 addon in native/); default config otherwise (reads in JS re-verify cached blocks; the addon serves cached blocks from C without re-hashing)\n' +
-          '  server cpu = CPU of the serving process during the read / wall time; main thread = its main (JS) thread\n',
-      );
+      const { agg, ratios, pageCache } = reportCached(out, {
+        modes,
+        targets: targets.map((t) => t.name),
+        dfTargets: dfTargets.map((t) => t.name),
+        reads,
+        finds,
+        drops,
+        files: large.rel.length,
+        bytes: large.bytes,
+        minSize,
+        runs,
+      });
       out.write(profileText);
       cachedResult = {
         files: large.rel.length,

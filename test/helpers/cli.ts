@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { expect } from 'vitest';
 import { REPO_ROOT } from './fixtures.js';
 
 export interface CliResult {
@@ -53,4 +54,17 @@ export async function runOk(cmd: string, args: string[]): Promise<string> {
   const r = await run(cmd, args);
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
   return r.stdout;
+}
+
+/** Throws with the command's output unless it exited 0. */
+export function expectOk(r: CliResult, what: string): void {
+  if (r.code !== 0) throw new Error(`${what} failed with ${r.code}:\n${r.stderr}\n${r.stdout}`);
+}
+
+/** A failure a user can read: a non-zero exit (not a signal) and a message matching `pattern`, no stack trace. */
+export function expectCleanFailure(r: CliResult, pattern: RegExp, what = ''): void {
+  expect(r.code, `${what}: ${r.stderr}`).not.toBe(0);
+  expect(r.code).not.toBeNull();
+  expect(r.stderr).toMatch(pattern);
+  expect(r.stderr).not.toMatch(/\n\s+at .+\(.+:\d+:\d+\)/);
 }

@@ -10,15 +10,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileRangeReader } from '../../src/blob/file-range-reader.js';
 import { formatPrefetchList } from '../../src/blob/prefetch-list.js';
 import { DfbReader } from '../../src/blob/reader.js';
-import { runCli, type CliResult } from '../helpers/cli.js';
+import { expectOk, runCli } from '../helpers/cli.js';
 import { ensureFixture, type Fixture } from '../helpers/fixtures.js';
 import { requireTools } from '../helpers/require.js';
 
 const req = requireTools(['umoci', 'debootstrap']);
-
-function expectOk(r: CliResult, what: string): void {
-  if (r.code !== 0) throw new Error(`${what} failed with ${r.code}:\n${r.stderr}\n${r.stdout}`);
-}
 
 async function layers(dir: string, tag: string): Promise<{ manifest: string; layers: string[] }> {
   const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8'));

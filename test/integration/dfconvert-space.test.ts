@@ -1,11 +1,13 @@
 /**
- * dfconvert refuses up front when its work directory cannot hold a layer's DFB blob: a real 256 KiB tmpfs
- * as the work directory and the busybox fixture (a ~1 MiB gzip layer). Needs root (mount) and umoci.
+ * dfconvert and a work directory without room: it refuses up front when the directory cannot hold a layer's
+ * DFB blob (a real 256 KiB tmpfs and the busybox fixture, a ~1 MiB gzip layer), and a disk that fills up
+ * during the conversion (2 MiB, the multilayer fixture) fails clearly and leaves no partial output. Needs
+ * root (mount) and umoci.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli, runOk } from '../helpers/cli.js';
+import { expectCleanFailure, runCli, runOk } from '../helpers/cli.js';
 import { ensureFixture, fixtureUnavailable } from '../helpers/fixtures.js';
 import { requireConditions } from '../helpers/require.js';
 import { tempDir } from '../helpers/temp.js';
@@ -13,6 +15,7 @@ import { tempDir } from '../helpers/temp.js';
 const req = requireConditions({
   'root (tmpfs mount)': process.getuid?.() === 0,
   'busybox fixture buildable': !fixtureUnavailable('busybox'),
+  'multilayer fixture buildable': !fixtureUnavailable('multilayer'),
 });
 
 describe.skipIf(req.skip)('dfconvert and a full work directory', () => {
@@ -41,5 +44,27 @@ describe.skipIf(req.skip)('dfconvert and a full work directory', () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/needs about [\d.]+ MiB in .*small, which has 0\.\d MiB free/);
     expect(r.stderr).toMatch(/--work-dir/);
+  });
+
+  it('reports a full disk clearly and leaves no partial output', async () => {
+    const tiny = join(tmp.dir, 'tiny');
+    await mkdir(tiny, { recursive: true });
+    await runOk('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', tiny]);
+    try {
+      const r = await runCli('dfconvert', [
+        '--quiet',
+        '--force',
+        '--work-dir',
+        join(tiny, 'work'),
+        (await ensureFixture('multilayer')).ref,
+        `oci:${join(tmp.dir, 'nospace-out')}:dfb`,
+      ]);
+      expectCleanFailure(r, /no space left/i);
+      expect(r.code).toBe(9);
+      const left = await readdir(join(tiny, 'work', 'tmp')).catch(() => []);
+      expect(left).toEqual([]);
+    } finally {
+      await runOk('umount', [tiny]);
+    }
   });
 });
