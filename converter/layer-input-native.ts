@@ -34,8 +34,8 @@ class PoolHash {
 }
 
 /**
- * The input side of readLayer on this thread, with the native addon: ISA-L's gunzip (gunzipAsync) and the
- * blob and diff-ID SHA-256 run as jobs on libuv's thread pool, so no worker thread is started and no buffer
+ * The input side of readLayer on this thread, with the native addon: the decoder (decodeAsync: ISA-L's gunzip
+ * or libzstd) and the blob and diff-ID SHA-256 run as jobs on libuv's thread pool, so no worker thread is started and no buffer
  * crosses threads by message. The tar parser runs here while the next chunk inflates. Tar buffers are
  * `outSize` bytes and reused once released and hashed; a plain tar is passed on in the input's own chunks
  * (small ones gathered first).
@@ -43,6 +43,7 @@ class PoolHash {
 export class NativeInflater extends TarQueue implements Inflater {
   private readonly blobHash: PoolHash;
   private readonly diffHash: PoolHash;
+  /** The decoder's handle; none for a plain tar. */
   private readonly gz: unknown;
   /** Per tar buffer yielded: the whole buffer behind it, and the diff-ID update that reads it. */
   private readonly owners = new WeakMap<Buffer, { whole: Buffer; hashed: Promise<void> }>();
@@ -61,7 +62,7 @@ export class NativeInflater extends TarQueue implements Inflater {
   constructor(
     private readonly native: ConvertAddon,
     private readonly input: Readable,
-    gzip: boolean,
+    compression: 'gzip' | 'zstd' | 'none',
     private readonly outSize: number,
     tarAhead: number,
     private readonly onBytesIn?: (n: number) => void,
@@ -69,7 +70,7 @@ export class NativeInflater extends TarQueue implements Inflater {
     super(tarAhead);
     this.blobHash = new PoolHash(native);
     this.diffHash = new PoolHash(native);
-    this.gz = gzip ? native.gunzipper() : undefined;
+    this.gz = compression === 'none' ? undefined : native.decoder(compression);
     this.out = this.gz ? this.newOut() : Buffer.alloc(0);
   }
 
@@ -122,7 +123,7 @@ export class NativeInflater extends TarQueue implements Inflater {
     let inOff = 0;
     for (;;) {
       if (this.error) throw this.error;
-      const [inUsed, outUsed, finished] = await this.native.gunzipAsync(
+      const [inUsed, outUsed, finished] = await this.native.decodeAsync(
         this.gz,
         c.subarray(inOff),
         this.out,
@@ -142,7 +143,7 @@ export class NativeInflater extends TarQueue implements Inflater {
           if (this.diffHash.pending >= this.tarAhead) await hashed?.catch(() => undefined);
         }
       } else if (inOff >= c.length) break;
-      else if (inUsed === 0) throw new Error('gunzip made no progress');
+      else if (inUsed === 0) throw new Error('the decoder made no progress');
     }
     // A buffer less than a quarter full is filled further: small network reads would otherwise take a
     // buffer each, and the buffers outstanding would grow with the chunk count rather than the bytes.

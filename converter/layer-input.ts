@@ -156,10 +156,18 @@ class LayerInflater extends TarQueue implements Inflater {
   }
 }
 
+/** Node 20's zlib has no zstd: without the addon a zstd layer is refused before anything is read. */
+function zstdNeedsAddon(what: string): never {
+  throw DfError.unsupported(
+    `${what} is zstd-compressed: reading zstd needs dfnode's native converter addon (libzstd), which is not ` +
+      'loaded here (build it with `npm run build:native`; DFNODE_CONVERT_ADDON=none turns it off)',
+  );
+}
+
 /**
- * Streams a layer blob into `onEntry` entry by entry: checks the media type first, gunzips when needed,
+ * Streams a layer blob into `onEntry` entry by entry: checks the media type first, decompresses (gzip, zstd),
  * hashes the blob (digest check) and the tar (diff ID) on the way, and fails clearly on corrupt input.
- * Blob hashing, gunzip and diff-ID hashing run on libuv's thread pool (native addon) or a worker thread;
+ * Blob hashing, decompression and diff-ID hashing run on libuv's thread pool (native addon) or a worker thread;
  * tar parsing on this one. A body chunk is valid until the promise of the `onEntry` call that got it settles,
  * and for an entry larger than 16 MiB (EAGER_RELEASE_BYTES) only until the body's next chunk is asked for: its
  * memory is then reused (copy what must live longer). That bounds memory whatever the size of a file (a
@@ -177,11 +185,12 @@ export async function readLayer(
   const { signal } = opts;
   signal?.throwIfAborted();
   const native = convertAddon();
-  const gzip = compression === 'gzip';
   const inflater: Inflater =
-    native && typeof native.gunzipAsync === 'function'
-      ? new NativeInflater(native, input, gzip, TAR_BUFFER, TAR_AHEAD, opts.onBytesIn)
-      : new LayerInflater(input, gzip, opts.onBytesIn);
+    native && typeof native.decodeAsync === 'function'
+      ? new NativeInflater(native, input, compression, TAR_BUFFER, TAR_AHEAD, opts.onBytesIn)
+      : compression === 'zstd'
+        ? zstdNeedsAddon(what)
+        : new LayerInflater(input, compression === 'gzip', opts.onBytesIn);
   const onAbort = () => void inflater.close();
   signal?.addEventListener('abort', onAbort, { once: true });
   let res: InflaterResult;
@@ -206,15 +215,19 @@ export async function readLayer(
   } catch (err) {
     if (signal?.aborted) throw DfError.aborted(`${what}: aborted`);
     const e = err as NodeJS.ErrnoException;
+    if (e?.code === 'ZSTD_WINDOW_TOO_LARGE')
+      throw DfError.unsupported(`${what}: ${e.message} (the decoder's memory is bounded)`, { cause: err });
     if (
       e?.code?.startsWith?.('Z_') ||
+      e?.code?.startsWith?.('ZSTD_') ||
       /incorrect header check|invalid (block|distance|code|stored)|unexpected end of file/i.test(
         e?.message ?? '',
       )
     )
-      throw DfError.corrupt(`${what}: corrupt gzip data (${e.message}); the source image is damaged`, {
-        cause: err,
-      });
+      throw DfError.corrupt(
+        `${what}: corrupt ${compression} data (${e.message}); the source image is damaged`,
+        { cause: err },
+      );
     if (err instanceof DfError && err.code === 'CORRUPT')
       throw DfError.corrupt(`${what}: ${err.message}`, { cause: err });
     throw DfError.from(err, what);

@@ -9,9 +9,9 @@
     },
     {
       "target_name": "dfnode_convert",
-      "sources": ["dfnode_convert.c", "convert_pool.c", "convert_gunzip.c"],
+      "sources": ["dfnode_convert.c", "convert_pool.c", "convert_decode.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-deprecated-declarations"],
-      "libraries": ["-llz4", "-lisal"],
+      "libraries": ["-llz4", "-lisal", "-lzstd"],
       "defines": ["NAPI_VERSION=8"]
     },
     {

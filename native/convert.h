@@ -1,4 +1,4 @@
-/* Shared by the converter addon's files (dfnode_convert.c, convert_pool.c, convert_gunzip.c). */
+/* Shared by the converter addon's files (dfnode_convert.c, convert_pool.c, convert_decode.c). */
 #ifndef DFNODE_CONVERT_H
 #define DFNODE_CONVERT_H
 #include <node_api.h>
@@ -43,6 +43,6 @@ void free_handle(napi_env env, void *data, void *hint);
 napi_value js_compress_pool(napi_env env, napi_callback_info info);
 napi_value js_pool_compress(napi_env env, napi_callback_info info);
 napi_value js_close_pool(napi_env env, napi_callback_info info);
-napi_value js_gunzipper(napi_env env, napi_callback_info info);
-napi_value js_gunzip_async(napi_env env, napi_callback_info info);
+napi_value js_decoder(napi_env env, napi_callback_info info);
+napi_value js_decode_async(napi_env env, napi_callback_info info);
 #endif

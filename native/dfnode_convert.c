@@ -1,6 +1,6 @@
 /*
  * dfnode_convert: the converter's hot loops in C (loaded by src/blob/native-codec.ts, on worker threads too);
- * the compression pool is in convert_pool.c, the gunzip in convert_gunzip.c.
+ * the compression pool is in convert_pool.c, the decoders (gzip, zstd) in convert_decode.c.
  *
  *   compressBatch(buf, length, blockSize, stored: Uint32Array, codecs: Uint8Array, hashes?: Uint8Array)
  *       -> total stored bytes
@@ -16,14 +16,18 @@
  *     isolates or messages). None of the arrays may be touched until the promise settles. closePool lets
  *     the queued batches finish and joins the threads.
  *
- *   gunzipper() -> handle; gunzipAsync(handle, input, out, outOff) -> Promise<[inUsed, outUsed, finished]>
- *     Streaming gunzip with ISA-L's igzip inflate (2-3x zlib, and streaming: memory does not depend on the
- *     layer), on libuv's thread pool. Feed input chunks in order, one call at a time per handle (the buffers
- *     must not change until the promise settles); each call consumes input and fills out[outOff...] until
- *     either runs out (call again with the rest while output was full). Concatenated members are decoded like
- *     zlib's gunzip does; bytes after a member that do not start a new one are ignored, as node:zlib does.
- *     finished: the last member ended (at the end of the input, not finished = truncated). Corrupt data
- *     rejects with an Error of code Z_DATA_ERROR and zlib's wording.
+ *   decoder(kind: 'gzip' | 'zstd') -> handle; decodeAsync(handle, input, out, outOff)
+ *       -> Promise<[inUsed, outUsed, finished]>
+ *     A streaming decoder on libuv's thread pool: gzip with ISA-L's igzip inflate (2-3x zlib), zstd with
+ *     libzstd; memory does not depend on the layer (zstd: frames with a window over 128 MiB are refused). Feed
+ *     input chunks in order, one call at a time per handle (the buffers must not change until the promise
+ *     settles); each call consumes input and fills out[outOff...] until either runs out (call again with the
+ *     rest while output was full). Concatenated gzip members are decoded like zlib's gunzip does; bytes after
+ *     a member that do not start a new one are ignored, as node:zlib does. Concatenated zstd frames (and
+ *     skippable ones) are decoded in order; anything else is an error. finished: the last member or frame
+ *     ended (at the end of the input, not finished = truncated). Corrupt data rejects with an Error of code
+ *     Z_DATA_ERROR and zlib's wording (gzip), or ZSTD_DATA_ERROR and libzstd's (zstd; a frame whose window is
+ *     too large: ZSTD_WINDOW_TOO_LARGE).
  *
  *   copyInto(dst, dstOff, src): memcpy (into shared buffers, which V8 copies slowly).
  *
@@ -166,7 +170,7 @@ int queue_work(napi_env env, const char *name, napi_async_execute_callback execu
   return 1;
 }
 
-/* Finalizer of a handle (napi_create_external) whose state is one malloc'd block: gunzipper, sha256. */
+/* Finalizer of a handle (napi_create_external) whose state is one malloc'd block: sha256. */
 void free_handle(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
@@ -320,11 +324,11 @@ static napi_value js_sha256_digest(napi_env env, napi_callback_info info) {
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"compressBatch", NULL, js_compress_batch, NULL, NULL, NULL, napi_default, NULL},
-      {"gunzipper", NULL, js_gunzipper, NULL, NULL, NULL, napi_default, NULL},
+      {"decoder", NULL, js_decoder, NULL, NULL, NULL, napi_default, NULL},
       {"compressPool", NULL, js_compress_pool, NULL, NULL, NULL, napi_default, NULL},
       {"poolCompress", NULL, js_pool_compress, NULL, NULL, NULL, napi_default, NULL},
       {"closePool", NULL, js_close_pool, NULL, NULL, NULL, napi_default, NULL},
-      {"gunzipAsync", NULL, js_gunzip_async, NULL, NULL, NULL, napi_default, NULL},
+      {"decodeAsync", NULL, js_decode_async, NULL, NULL, NULL, napi_default, NULL},
       {"crc64", NULL, js_crc64, NULL, NULL, NULL, napi_default, NULL},
       {"copyInto", NULL, js_copy_into, NULL, NULL, NULL, napi_default, NULL},
       {"sha256", NULL, js_sha256, NULL, NULL, NULL, napi_default, NULL},

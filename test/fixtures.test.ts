@@ -19,6 +19,7 @@ import {
   ensureFixture,
   fixtureUnavailable,
   truncatedTarLayer,
+  UNKNOWN_LAYER_MEDIA_TYPE,
   unknownMediaTypeLayer,
   wrongDigestLayer,
   type FixtureName,
@@ -400,12 +401,12 @@ describe('corruption helpers', () => {
     expect(sha(blob)).not.toBe(d.digest.slice(7));
   });
 
-  it('unknownMediaTypeLayer: zstd media type', async () => {
+  it('unknownMediaTypeLayer: a media type nothing defines', async () => {
     const fx = await ensureFixture('edge');
     const bad = await unknownMediaTypeLayer(fx.dir, { layer: 3 });
     cleanup.push(bad.dir);
     const { manifest } = await resolveTag(bad.dir, bad.tag);
-    expect(manifest.layers[3]!.mediaType).toBe(MT.ociLayerZstd);
+    expect(manifest.layers[3]!.mediaType).toBe(UNKNOWN_LAYER_MEDIA_TYPE);
     expect(manifest.layers[0]!.mediaType).toBe(MT.ociLayerGzip);
   });
 });

@@ -45,9 +45,10 @@ for tool in buildah podman; do
   command -v "$tool" >/dev/null || { echo "npm run image: $tool not found (apt-get install buildah podman)" >&2; exit 1; }
 done
 
-# Debian packages of the image: the addon links libfuse3 and liblz4 (ldd native/build/Release/*.node),
-# fuse-native's prebuilt binding links libfuse2, fuse3 brings fusermount3, ca-certificates for HTTPS registries.
-PACKAGES=(libfuse3-3 fuse3 libfuse2 liblz4-1 libdeflate0 ca-certificates)
+# Debian packages of the image: the addons link libfuse3, liblz4, libisal and libzstd (ldd
+# native/build/Release/*.node), fuse-native's prebuilt binding links libfuse2, fuse3 brings fusermount3,
+# ca-certificates for HTTPS registries.
+PACKAGES=(libfuse3-3 fuse3 libfuse2 liblz4-1 libisal2 libzstd1 libdeflate0 ca-certificates)
 SUITE=bookworm
 MIRROR=${DFNODE_IMAGE_MIRROR:-http://deb.debian.org/debian}
 

@@ -36,14 +36,15 @@ export interface ConvertAddon {
   ): Promise<number>;
   /** Lets the queued batches finish and joins the pool's threads. */
   closePool(pool: unknown): void;
-  /** A streaming gunzip's state, for gunzipAsync(). */
-  gunzipper(): unknown;
+  /** A streaming decoder's state (gzip: ISA-L; zstd: libzstd), for decodeAsync(). */
+  decoder(kind: 'gzip' | 'zstd'): unknown;
   /**
-   * Inflates input into out[outOff...] until either runs out, on libuv's thread pool; resolves to the input
-   * bytes used, the output bytes written and whether the last gzip member ended; rejects (code Z_DATA_ERROR)
-   * on corrupt data. Calls on a handle must not overlap, and the buffers must not change meanwhile.
+   * Decodes input into out[outOff...] until either runs out, on libuv's thread pool; resolves to the input
+   * bytes used, the output bytes written and whether the last gzip member or zstd frame ended; rejects (code
+   * Z_DATA_ERROR or ZSTD_DATA_ERROR) on corrupt data. Calls on a handle must not overlap, and the buffers must
+   * not change meanwhile.
    */
-  gunzipAsync(
+  decodeAsync(
     handle: unknown,
     input: Uint8Array,
     out: Uint8Array,

@@ -11,6 +11,7 @@ export const MediaTypes = {
   dockerConfig: 'application/vnd.docker.container.image.v1+json',
   ociLayerNdTar: 'application/vnd.oci.image.layer.nondistributable.v1.tar',
   ociLayerNdGzip: 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
+  ociLayerNdZstd: 'application/vnd.oci.image.layer.nondistributable.v1.tar+zstd',
   dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
   dockerLayerTar: 'application/vnd.docker.image.rootfs.diff.tar',
   dockerLayerGzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',

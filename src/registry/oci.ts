@@ -6,7 +6,7 @@ import { isIndexMediaType, MediaTypes } from './media-types.js';
 /** OCI and Docker manifests and indexes: shapes, parsing of untrusted JSON, platforms, layer compression. */
 export { MediaTypes };
 
-export type LayerCompression = 'gzip' | 'none';
+export type LayerCompression = 'gzip' | 'zstd' | 'none';
 
 /** How a layer's bytes are compressed, or a clear error for anything dfconvert cannot read. */
 export function layerCompression(mediaType: string): LayerCompression {
@@ -16,17 +16,16 @@ export function layerCompression(mediaType: string): LayerCompression {
     case MediaTypes.dockerLayerGzip:
     case MediaTypes.dockerForeignGzip:
       return 'gzip';
+    case MediaTypes.ociLayerZstd:
+    case MediaTypes.ociLayerNdZstd:
+      return 'zstd';
     case MediaTypes.ociLayerTar:
     case MediaTypes.ociLayerNdTar:
     case MediaTypes.dockerLayerTar:
       return 'none';
   }
-  if (mediaType.endsWith('+zstd') || mediaType.endsWith('.zstd'))
-    throw DfError.unsupported(
-      `layer media type ${mediaType}: zstd-compressed layers are not supported yet; convert from a gzip or uncompressed image`,
-    );
   throw DfError.unsupported(
-    `unknown layer media type ${mediaType}: dfconvert reads gzip and uncompressed tar layers`,
+    `unknown layer media type ${mediaType}: dfconvert reads gzip, zstd and uncompressed tar layers`,
   );
 }
 

@@ -226,16 +226,16 @@ describe('converter native path', () => {
     const native = convertAddon()!;
     const tar = buildTar(layerEntries());
     const blob = gzipSync(tar);
-    const h = native.gunzipper();
+    const h = native.decoder('gzip');
     const out = Buffer.alloc(tar.length + 10);
-    const first = native.gunzipAsync(h, blob, out, 0);
-    expect(() => native.gunzipAsync(h, blob, out, 0)).toThrow(/has not finished/);
+    const first = native.decodeAsync(h, blob, out, 0);
+    expect(() => native.decodeAsync(h, blob, out, 0)).toThrow(/has not finished/);
     const [inUsed, outUsed, finished] = await first;
     expect([inUsed, outUsed, finished]).toEqual([blob.length, tar.length, true]);
     expect(out.subarray(0, outUsed).equals(tar)).toBe(true);
     const corrupt = Buffer.from(blob);
     for (let k = 20; k < 52; k++) corrupt[k]! ^= 0xa5;
-    await expect(native.gunzipAsync(native.gunzipper(), corrupt, out, 0)).rejects.toMatchObject({
+    await expect(native.decodeAsync(native.decoder('gzip'), corrupt, out, 0)).rejects.toMatchObject({
       code: 'Z_DATA_ERROR',
     });
   });
@@ -253,14 +253,14 @@ describe('converter native path', () => {
     ] as const;
     await Promise.all(
       cases.map(async ([inStep, outSize]) => {
-        const h = native.gunzipper();
+        const h = native.decoder('gzip');
         const out = Buffer.alloc(outSize);
         const parts: Buffer[] = [];
         let finished = false;
         const drain = async (input: Buffer) => {
           let off = 0;
           for (;;) {
-            const [inUsed, outUsed, fin] = await native.gunzipAsync(h, input.subarray(off), out, 0);
+            const [inUsed, outUsed, fin] = await native.decodeAsync(h, input.subarray(off), out, 0);
             off += inUsed;
             finished = fin;
             parts.push(Buffer.from(out.subarray(0, outUsed)));

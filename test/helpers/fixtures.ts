@@ -477,8 +477,10 @@ export async function wrongDiffIdLayer(src: string, opts: CorruptOptions = {}): 
 
 /**
  * A layer whose media type the converter does not support (default
- * `application/vnd.oci.image.layer.v1.tar+zstd`; the bytes stay as they were).
+ * `application/vnd.oci.image.layer.v1.tar+bzip2`, which no OCI spec defines; the bytes stay as they were).
  */
+export const UNKNOWN_LAYER_MEDIA_TYPE = 'application/vnd.oci.image.layer.v1.tar+bzip2';
+
 export async function unknownMediaTypeLayer(
   src: string,
   opts: CorruptOptions & { mediaType?: string } = {},
@@ -488,5 +490,5 @@ export async function unknownMediaTypeLayer(
   const { manifest } = await resolveTag(dir, tag);
   const i = pickLayer(manifest, opts.layer, () => true, 'any');
   const blob = await readBlob(dir, manifest.layers[i]!.digest);
-  return replaceLayer(dir, tag, i, blob, opts.mediaType ?? MT.ociLayerZstd);
+  return replaceLayer(dir, tag, i, blob, opts.mediaType ?? UNKNOWN_LAYER_MEDIA_TYPE);
 }

@@ -104,9 +104,9 @@ describe.skipIf(req.skip || addonBuilt.skip)('container image (podman)', () => {
     expect(fast.stderr).toMatch(/containerd socket \/tmp\/none.sock not found/);
   });
 
-  it('loads the native addon and fuse-native (their libraries are in the image)', async () => {
+  it('loads the native addons and fuse-native (their libraries are in the image)', async () => {
     const script =
-      "require('/opt/dfnode/native/build/Release/dfnode_fuse.node'); require('/opt/dfnode/node_modules/fuse-native'); console.log('loaded')";
+      "for (const a of ['dfnode_fuse', 'dfnode_convert', 'dfnode_net']) require(`/opt/dfnode/native/build/Release/${a}.node`); require('/opt/dfnode/node_modules/fuse-native'); console.log('loaded')";
     const r = await podman(['run', '--rm', ...runFlags, '--entrypoint', 'node', image, '-e', script]);
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe('loaded');

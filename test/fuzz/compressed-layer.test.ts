@@ -1,7 +1,10 @@
 // A layer blob is the image author's: whatever its gzip bytes, readLayer returns or throws a DfError on both
 // input paths — the native one (ISA-L's gunzip and the hashes on libuv's pool, in C) and the JavaScript one
-// (zlib on a worker thread) — and the two agree: the same entries and diff ID, or both refuse. The digest in
-// the descriptor is the mutated blob's, so the bytes reach the decoder (a wrong digest is checked last).
+// (zlib on a worker thread) — and the two agree: the same entries and diff ID, or both refuse. zstd (native
+// path only: libzstd) is held against the zstd CLI: what it decodes, readLayer hashes to the same diff ID
+// (or refuses the tar inside); what it refuses, readLayer refuses. The digest in the descriptor is the
+// mutated blob's, so the bytes reach the decoder (a wrong digest is checked last).
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
@@ -15,6 +18,8 @@ import { pseudoRandom } from '../helpers/dfb.js';
 import { applyMutations, mutations, params, returnsOrDfError, timeoutFor } from './fuzz.js';
 
 const GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';
+const ZSTD = 'application/vnd.oci.image.layer.v1.tar+zstd';
+const hasZstd = spawnSync('zstd', ['--version']).status === 0;
 const sha256 = (b: Buffer) => 'sha256:' + createHash('sha256').update(b).digest('hex');
 
 const tar = buildTar([
@@ -27,7 +32,7 @@ const tar = buildTar([
 const blob = gzipSync(tar);
 
 /** Entries (name, type, size, content digest) and the diff ID, or the error's code. */
-async function outcome(bytes: Buffer, chunk: number, js: boolean): Promise<string> {
+async function outcome(bytes: Buffer, chunk: number, js: boolean, mediaType = GZIP): Promise<string> {
   if (js) vi.stubEnv('DFNODE_CONVERT_ADDON', 'none');
   else vi.unstubAllEnvs();
   const entries: string[] = [];
@@ -38,7 +43,7 @@ async function outcome(bytes: Buffer, chunk: number, js: boolean): Promise<strin
           for (let i = 0; i < bytes.length; i += chunk) yield bytes.subarray(i, i + chunk);
         })(),
       ),
-      { mediaType: GZIP, digest: sha256(bytes), size: bytes.length },
+      { mediaType, digest: sha256(bytes), size: bytes.length },
       async ({ header, body }) => {
         const h = createHash('sha256');
         for await (const c of body) h.update(c);
@@ -50,7 +55,7 @@ async function outcome(bytes: Buffer, chunk: number, js: boolean): Promise<strin
   return [...entries, r.diffId, String(r.uncompressedBytes)].join('\n');
 }
 
-describe('gzip layer input (fuzz)', () => {
+describe('compressed layer input (fuzz)', () => {
   afterEach(() => void vi.unstubAllEnvs());
 
   it('loads the native addon (otherwise both sides below would be the JavaScript path)', () => {
@@ -71,6 +76,31 @@ describe('gzip layer input (fuzz)', () => {
             const native = await outcome(bad, chunk, false);
             const js = await outcome(bad, chunk, true);
             expect(native).toBe(js);
+          },
+        ),
+        params(0.3),
+      );
+    },
+    timeoutFor(0.3, 400),
+  );
+
+  it.skipIf(!hasZstd)(
+    'mutated zstd: the native path decodes what the zstd CLI decodes, and refuses what it refuses',
+    async () => {
+      const zblob = spawnSync('zstd', ['-c', '-q'], { input: tar }).stdout;
+      await fc.assert(
+        fc.asyncProperty(
+          mutations(zblob.length, 6),
+          fc.constantFrom(97, 4096, 1 << 20),
+          fc.boolean(),
+          async (ms, chunk, cut) => {
+            let bad = applyMutations(zblob, ms);
+            if (cut) bad = bad.subarray(0, Math.max(1, ms[0]!.at));
+            const got = await outcome(bad, chunk, false, ZSTD);
+            const cli = spawnSync('zstd', ['-d', '-c', '-q'], { input: bad, maxBuffer: 64 << 20 });
+            if (cli.status !== 0) expect(got).toMatch(/^error /);
+            // the CLI's bytes may not be a tar (readLayer refuses it then); if it is one, the same tar
+            else if (!got.startsWith('error ')) expect(got.split('\n').at(-2)).toBe(sha256(cli.stdout));
           },
         ),
         params(0.3),
