@@ -29,12 +29,21 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const REPO = resolve(HERE, '..', '..');
 const DFCONVERT = join(REPO, 'dist', 'src', 'cli', 'dfconvert.js');
 
-const TOOLS = ['dfconvert', 'dfconvert-tar', 'mksquashfs', 'mksquashfs+tar', 'estargz'] as const;
+const TOOLS = [
+  'dfconvert',
+  'dfconvert-tar',
+  'dfconvert-zstd',
+  'mksquashfs',
+  'mksquashfs+tar',
+  'estargz',
+] as const;
 type Tool = (typeof TOOLS)[number];
 
 const DESCRIPTION: Record<Tool, string> = {
   dfconvert: 'dfconvert, gzip layers in (what CI runs)',
   'dfconvert-tar': 'dfconvert, uncompressed tar layers in (no gunzip)',
+  'dfconvert-zstd':
+    'dfconvert, zstd layers in (skopeo --dest-compress-format zstd, level 3; recompression not timed)',
   mksquashfs: 'mksquashfs -comp lz4 of the extracted tree (extraction not timed)',
   'mksquashfs+tar': 'tar -xzf of the gzip layer into a fresh dir, then mksquashfs (both timed)',
   estargz: 'ctr-remote images convert --estargz --oci (gzip in, gzip out)',
@@ -125,6 +134,12 @@ async function main(): Promise<number> {
     const inputBytes = image.layers.reduce((n, l) => n + l.uncompressedSize!, 0);
     const tarLayout = join(work, 'input', 'oci-tar');
     if (tools.includes('dfconvert-tar')) await writeTarLayout(image, tarLayout, 'latest');
+    const zstdLayout = join(work, 'input', 'oci-zstd');
+    if (tools.includes('dfconvert-zstd'))
+      await run('skopeo', [
+        ...['copy', '-q', '--dest-compress-format', 'zstd'],
+        ...[`oci:${fixtureDir}:latest`, `oci:${zstdLayout}:latest`],
+      ]);
 
     if (tools.includes('estargz')) {
       containerd = await PrivateContainerd.start(join(work, 'containerd'));
@@ -140,6 +155,7 @@ async function main(): Promise<number> {
     const once: Record<Tool, (dir: string) => Promise<Sample>> = {
       dfconvert: (dir) => runDfconvert(`oci:${fixtureDir}:latest`, dir, workers),
       'dfconvert-tar': (dir) => runDfconvert(`oci:${tarLayout}:latest`, dir, workers),
+      'dfconvert-zstd': (dir) => runDfconvert(`oci:${zstdLayout}:latest`, dir, workers),
       mksquashfs: async (dir) => {
         const s: Sample = { seconds: 0, cpuSeconds: 0, outputBytes: 0 };
         await mkdir(dir, { recursive: true });
@@ -250,7 +266,7 @@ async function main(): Promise<number> {
       };
     }
     const ratios: Record<string, number> = {};
-    for (const d of ['dfconvert', 'dfconvert-tar'] as const) {
+    for (const d of ['dfconvert', 'dfconvert-tar', 'dfconvert-zstd'] as const) {
       if (!tools.includes(d)) continue;
       for (const o of ['mksquashfs', 'mksquashfs+tar', 'estargz'] as const)
         if (tools.includes(o)) ratios[`${d}/${o}`] = +(mbps(d) / mbps(o)).toFixed(2);
