@@ -11,17 +11,10 @@ import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { readLayer } from '../../converter/layer-input.js';
 import { pseudoRandom } from '../helpers/dfb.js';
 import { tempDir } from '../helpers/temp.js';
+import { chunkedStream } from '../helpers/layer-input.js';
 import { member, tarOf } from './raw-tar.js';
 
 const sha256 = (b: Buffer) => 'sha256:' + createHash('sha256').update(b).digest('hex');
-
-function stream(buf: Buffer, chunk = 1 << 20): Readable {
-  return Readable.from(
-    (function* () {
-      for (let i = 0; i < buf.length; i += chunk) yield buf.subarray(i, i + chunk);
-    })(),
-  );
-}
 
 describe('layer input tar buffers', () => {
   // ~45 MB of tar: files spanning several 4 MiB buffers and many small ones between them.
@@ -54,7 +47,7 @@ describe('layer input tar buffers', () => {
       // refilled while an entry is still being read. A plain tar comes in 4 MiB chunks, so that it fills
       // whole tar buffers (each reply sends what it has).
       const chunk = mediaType.endsWith('gzip') || what.includes('small') ? 64 << 10 : 4 << 20;
-      let input: Readable = stream(blob, chunk);
+      let input: Readable = chunkedStream(blob, chunk);
       if (tmp) {
         onTestFinished(() => tmp.cleanup());
         await writeFile(join(tmp.dir, 'layer'), blob);

@@ -3,7 +3,6 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compressSync, uncompressSync } from 'lz4-napi';
@@ -20,6 +19,7 @@ import { buildTar, sha256, type TarEntry } from '../fixtures/tar-builder.js';
 import { pseudoRandom } from '../helpers/dfb.js';
 import { rejection } from '../helpers/errors.js';
 import { tempDir } from '../helpers/temp.js';
+import { chunkedStream, decodeInPieces, withoutAddon } from '../helpers/layer-input.js';
 
 const GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';
 const BS = 64 * 1024;
@@ -36,32 +36,12 @@ function layerEntries(): TarEntry[] {
   return e;
 }
 
-function stream(buf: Buffer, chunk = 1 << 20): Readable {
-  return Readable.from(
-    (function* () {
-      for (let i = 0; i < buf.length; i += chunk) yield buf.subarray(i, i + chunk);
-    })(),
-  );
-}
-
-/** Runs `fn` with DFNODE_CONVERT_ADDON=none (worker threads started meanwhile use the JavaScript path). */
-async function withoutAddon<T>(off: boolean, fn: () => Promise<T>): Promise<T> {
-  const old = process.env.DFNODE_CONVERT_ADDON;
-  if (off) process.env.DFNODE_CONVERT_ADDON = 'none';
-  try {
-    return await fn();
-  } finally {
-    if (old === undefined) delete process.env.DFNODE_CONVERT_ADDON;
-    else process.env.DFNODE_CONVERT_ADDON = old;
-  }
-}
-
 /** Reads a gzip layer: every entry's path, size and content digest, and the diff ID. */
 async function readAll(blob: Buffer, jsPath = false): Promise<{ entries: string[]; res: LayerInputResult }> {
   const entries: string[] = [];
   const res = await withoutAddon(jsPath, () =>
     readLayer(
-      stream(blob, 100_003),
+      chunkedStream(blob, 100_003),
       { mediaType: GZIP, digest: sha256(blob), size: blob.length },
       async (e) => {
         if (e.header.type !== 'file') return void entries.push(`${e.header.name} ${e.header.type}`);
@@ -94,7 +74,7 @@ describe('converter native path', () => {
   ): Promise<{ bytes: Buffer; diffId: string }> {
     const out = join(dir, `out-${n++}.dfb`);
     const r = await withoutAddon(jsPath, () =>
-      convertLayer(stream(blob), { mediaType: GZIP, digest: sha256(blob), size: blob.length }, out, {
+      convertLayer(chunkedStream(blob), { mediaType: GZIP, digest: sha256(blob), size: blob.length }, out, {
         blockSize: BS,
         workers,
         tmpDir: dir,
@@ -159,11 +139,16 @@ describe('converter native path', () => {
     const js = await convert(blob, 2, true);
     expect(js.diffId).toBe(first.diffId);
     const path = join(dir, 'rt.dfb');
-    await convertLayer(stream(blob), { mediaType: GZIP, digest: sha256(blob), size: blob.length }, path, {
-      blockSize: BS,
-      workers: 2,
-      tmpDir: dir,
-    });
+    await convertLayer(
+      chunkedStream(blob),
+      { mediaType: GZIP, digest: sha256(blob), size: blob.length },
+      path,
+      {
+        blockSize: BS,
+        workers: 2,
+        tmpDir: dir,
+      },
+    );
     const reader = await DfbReader.open(await FileRangeReader.open(path));
     try {
       expect(js.bytes.length).toBeGreaterThan(0);
@@ -253,24 +238,11 @@ describe('converter native path', () => {
     ] as const;
     await Promise.all(
       cases.map(async ([inStep, outSize]) => {
-        const h = native.decoder('gzip');
-        const out = Buffer.alloc(outSize);
-        const parts: Buffer[] = [];
-        let finished = false;
-        const drain = async (input: Buffer) => {
-          let off = 0;
-          for (;;) {
-            const [inUsed, outUsed, fin] = await native.decodeAsync(h, input.subarray(off), out, 0);
-            off += inUsed;
-            finished = fin;
-            parts.push(Buffer.from(out.subarray(0, outUsed)));
-            if (outUsed === 0 && off >= input.length) return;
-          }
-        };
-        for (let i = 0; i < blob.length; i += inStep) await drain(blob.subarray(i, i + inStep));
-        await drain(Buffer.alloc(0));
-        expect(finished).toBe(true);
-        expect(Buffer.concat(parts).equals(tar), `in ${inStep}, out ${outSize}`).toBe(true);
+        const r = await decodeInPieces(native, 'gzip', blob, inStep, outSize);
+        expect(r.finished).toBe(true);
+        expect(r.finishedEarly).toBe(false);
+        expect(r.overlapRefused).toBe(true);
+        expect(r.out.equals(tar), `in ${inStep}, out ${outSize}`).toBe(true);
       }),
     );
   }, 120_000);
@@ -322,7 +294,7 @@ describe('converter native path', () => {
       let seen = 0;
       const r = await withoutAddon(jsPath, () =>
         readLayer(
-          stream(bomb, bomb.length),
+          chunkedStream(bomb, bomb.length),
           { mediaType: GZIP, digest: sha256(bomb), size: bomb.length },
           async ({ body }) => {
             for await (const c of body) {
@@ -348,7 +320,7 @@ describe('converter native path', () => {
     for (const jsPath of [false, true]) {
       let read = 0;
       let atFirst = -1;
-      const counted = stream(blob, 1 << 20).on('data', (c: Buffer) => (read += c.length));
+      const counted = chunkedStream(blob, 1 << 20).on('data', (c: Buffer) => (read += c.length));
       const r = await withoutAddon(jsPath, () =>
         readLayer(counted, desc, async ({ body }) => {
           if (atFirst < 0) atFirst = read;

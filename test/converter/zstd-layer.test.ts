@@ -16,6 +16,7 @@ import { pseudoRandom } from '../helpers/dfb.js';
 import { rejection } from '../helpers/errors.js';
 import { requireTools } from '../helpers/require.js';
 import { tempDir } from '../helpers/temp.js';
+import { chunkedStream, decodeInPieces, withoutAddon } from '../helpers/layer-input.js';
 
 const ZSTD = 'application/vnd.oci.image.layer.v1.tar+zstd';
 const GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';
@@ -48,31 +49,11 @@ function entries(): TarEntry[] {
   return e;
 }
 
-function stream(buf: Buffer, chunk = 100_003): Readable {
-  return Readable.from(
-    (function* () {
-      for (let i = 0; i < buf.length; i += chunk) yield buf.subarray(i, i + chunk);
-    })(),
-  );
-}
-
-/** Runs `fn` with DFNODE_CONVERT_ADDON=none (the JavaScript input path). */
-async function withoutAddon<T>(fn: () => Promise<T>): Promise<T> {
-  const old = process.env.DFNODE_CONVERT_ADDON;
-  process.env.DFNODE_CONVERT_ADDON = 'none';
-  try {
-    return await fn();
-  } finally {
-    if (old === undefined) delete process.env.DFNODE_CONVERT_ADDON;
-    else process.env.DFNODE_CONVERT_ADDON = old;
-  }
-}
-
 /** Every entry's name, size and content digest, and the diff ID, of a layer blob. */
 async function readAll(blob: Buffer, mediaType = ZSTD): Promise<{ list: string[]; diffId: string }> {
   const list: string[] = [];
   const r = await readLayer(
-    stream(blob),
+    chunkedStream(blob, 100_003),
     { mediaType, digest: sha256(blob), size: blob.length },
     async (e) => {
       let bytes = 0;
@@ -107,11 +88,16 @@ describe.skipIf(req.skip)('zstd layers', () => {
     expect(b.diffId).toBe(sha256(tar));
     const out = async (blob: Buffer, mediaType: string, name: string) => {
       const file = join(dir, name);
-      await convertLayer(stream(blob), { mediaType, digest: sha256(blob), size: blob.length }, file, {
-        blockSize: 64 * 1024,
-        workers: 2,
-        tmpDir: dir,
-      });
+      await convertLayer(
+        chunkedStream(blob, 100_003),
+        { mediaType, digest: sha256(blob), size: blob.length },
+        file,
+        {
+          blockSize: 64 * 1024,
+          workers: 2,
+          tmpDir: dir,
+        },
+      );
       return readFile(file);
     };
     expect((await out(zs, ZSTD, 'z.dfb')).equals(await out(gz, GZIP, 'g.dfb'))).toBe(true);
@@ -136,29 +122,11 @@ describe.skipIf(req.skip)('zstd layers', () => {
       [997, 4096],
       [blob.length, 100_000],
     ] as const) {
-      const h = native.decoder('zstd');
-      const out = Buffer.alloc(outSize);
-      const parts: Buffer[] = [];
-      let finished = false;
-      const drain = async (input: Buffer) => {
-        let off = 0;
-        for (;;) {
-          const p = native.decodeAsync(h, input.subarray(off), out, 0);
-          expect(() => native.decodeAsync(h, input, out, 0)).toThrow(/has not finished/);
-          const [inUsed, outUsed, fin] = await p;
-          off += inUsed;
-          finished = fin;
-          parts.push(Buffer.from(out.subarray(0, outUsed)));
-          if (outUsed === 0 && off >= input.length) return;
-        }
-      };
-      for (let i = 0; i < blob.length; i += inStep) {
-        await drain(blob.subarray(i, i + inStep));
-        if (i + inStep < blob.length) expect(finished, 'not finished before the last byte').toBe(false);
-      }
-      await drain(Buffer.alloc(0));
-      expect(finished).toBe(true);
-      expect(Buffer.concat(parts).equals(tar), `in ${inStep}, out ${outSize}`).toBe(true);
+      const r = await decodeInPieces(native, 'zstd', blob, inStep, outSize);
+      expect(r.finished).toBe(true);
+      expect(r.finishedEarly, 'finished before the last byte').toBe(false);
+      expect(r.overlapRefused).toBe(true);
+      expect(r.out.equals(tar), `in ${inStep}, out ${outSize}`).toBe(true);
     }
     expect(() => native.decoder('bzip2' as 'zstd')).toThrow(/decoder\(kind/);
   });
@@ -193,7 +161,7 @@ describe.skipIf(req.skip)('zstd layers', () => {
         this.push(null);
       },
     });
-    const e = await withoutAddon(() =>
+    const e = await withoutAddon(true, () =>
       rejection(
         readLayer(input, { mediaType: ZSTD, digest: sha256(blob), size: blob.length }, async () => {}),
       ),
@@ -209,7 +177,7 @@ describe.skipIf(req.skip)('zstd layers', () => {
     expect(bomb.length).toBeLessThan(1 << 20);
     let seen = 0;
     const r = await readLayer(
-      stream(bomb, bomb.length),
+      chunkedStream(bomb, bomb.length),
       { mediaType: ZSTD, digest: sha256(bomb), size: bomb.length },
       async ({ body }) => {
         for await (const c of body) {
