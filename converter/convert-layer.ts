@@ -33,7 +33,7 @@ const TYPE_MAP: Record<Exclude<TarEntryType, 'file' | 'hardlink'>, EntryType> = 
   fifo: EntryType.Fifo,
 };
 
-/** Converts one tar layer (gzip or plain) into a DFB blob at `outPath`, streaming, with bounded memory. */
+/** Converts one tar layer (gzip, zstd or plain) into a DFB blob at `outPath`, streaming, with bounded memory. */
 export async function convertLayer(
   input: Readable,
   layer: Descriptor,

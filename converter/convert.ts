@@ -231,8 +231,8 @@ export class Converter {
       );
     // Fail on unsupported layers before doing any work.
     for (const l of m.layers) layerCompression(l.mediaType);
-    // ...and on a work directory that cannot hold the largest layer's DFB blob (about its gzip size or more),
-    // plus, with a prefetch list, its spooled file data (uncompressed: about 3× the gzip size)
+    // ...and on a work directory that cannot hold the largest layer's DFB blob (about its compressed size or more),
+    // plus, with a prefetch list, its spooled file data (uncompressed: about 3× the compressed size)
     const todo = m.layers.filter((l) => !this.converted.has(l.digest));
     await ensureFreeSpace(
       this.opts.workDir,
