@@ -44,7 +44,7 @@ export class NativeInflater extends TarQueue implements Inflater {
   private readonly blobHash: PoolHash;
   private readonly diffHash: PoolHash;
   /** The decoder's handle; none for a plain tar. */
-  private readonly gz: unknown;
+  private readonly decoder: unknown;
   /** Per tar buffer yielded: the whole buffer behind it, and the diff-ID update that reads it. */
   private readonly owners = new WeakMap<Buffer, { whole: Buffer; hashed: Promise<void> }>();
   private readonly free: Buffer[] = [];
@@ -70,8 +70,8 @@ export class NativeInflater extends TarQueue implements Inflater {
     super(tarAhead);
     this.blobHash = new PoolHash(native);
     this.diffHash = new PoolHash(native);
-    this.gz = compression === 'none' ? undefined : native.decoder(compression);
-    this.out = this.gz ? this.newOut() : Buffer.alloc(0);
+    this.decoder = compression === 'none' ? undefined : native.decoder(compression);
+    this.out = this.decoder ? this.newOut() : Buffer.alloc(0);
   }
 
   private newOut(): Buffer {
@@ -101,14 +101,14 @@ export class NativeInflater extends TarQueue implements Inflater {
     }
     await this.flushStage();
     if (this.error) throw this.error;
-    if (this.gz) {
+    if (this.decoder) {
       await this.inflate(Buffer.alloc(0));
       if (!this.finished) throw Object.assign(new Error('unexpected end of file'), { code: 'Z_BUF_ERROR' });
       void this.emit(); // the diff ID below waits for its hash
     }
     const blobDigest = 'sha256:' + (await this.blobHash.hex());
     // A plain tar is its own diff ID: hashed once.
-    const diffId = this.gz ? 'sha256:' + (await this.diffHash.hex()) : blobDigest;
+    const diffId = this.decoder ? 'sha256:' + (await this.diffHash.hex()) : blobDigest;
     this.finish({
       blobDigest,
       diffId,
@@ -124,7 +124,7 @@ export class NativeInflater extends TarQueue implements Inflater {
     for (;;) {
       if (this.error) throw this.error;
       const [inUsed, outUsed, finished] = await this.native.decodeAsync(
-        this.gz,
+        this.decoder,
         c.subarray(inOff),
         this.out,
         this.outLen,
@@ -156,12 +156,12 @@ export class NativeInflater extends TarQueue implements Inflater {
       () => {
         // a staging buffer is filled again once the hash has read it (gunzip has, when take returns); a
         // plain tar's staging buffer went to the parser and is not reused
-        if (staged && this.gz) this.stageFree.push(staged);
+        if (staged && this.decoder) this.stageFree.push(staged);
       },
       (err: Error) => this.fail(err),
     );
     if (this.blobHash.pending >= this.tarAhead) await hashed;
-    if (this.gz) await this.inflate(c);
+    if (this.decoder) await this.inflate(c);
     else {
       this.uncompressedBytes += c.length;
       this.push(c);

@@ -208,7 +208,7 @@ export async function readLayer(
       await onEntry(
         entry.header.size > EAGER_RELEASE_BYTES ? { ...entry, body: releasing(entry.body, release) } : entry,
       );
-      if (consumed.length) inflater.release(consumed.splice(0));
+      release();
     }
     await pumping;
     res = inflater.result();
