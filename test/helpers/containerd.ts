@@ -175,8 +175,10 @@ export async function startDfnodeRun(opts: DfnodeRunOptions): Promise<DfnodeRun>
   };
   try {
     await waitUntil(
-      `dfnode run snapshotter socket ${socket}`,
-      () => socketAccepts(socket),
+      `dfnode run ready (snapshotter socket ${socket})`,
+      // the socket accepts a moment before the ready line is written: wait for both, so that callers can
+      // read what the start said (e.g. whether it started the fuse manager)
+      async () => out.includes('dfnode running') && (await socketAccepts(socket)),
       opts.timeoutMs ?? 60_000,
       () =>
         child.exitCode !== null || child.signalCode !== null
