@@ -153,6 +153,15 @@ const configSchema = z.strictObject({
        * until the run has nearly left the socket (docs/p2p.md, upload slots).
        */
       uploadSlots: z.number().int().nonnegative().default(4),
+      /**
+       * TCP connections this host's block server (a seed's: its HTTP tracker too) keeps open at once, in all
+       * (default 4096 on a node, 65536 on a seed) and from one address; more are closed on arrival (counted,
+       * warned about once per address). A node keeps at most 18 connections to a seed (16 for blocks, 2 for
+       * the tracker), fewer to a peer. Bounds the memory a flood of connections, which needs no token, can
+       * take (about 9 KiB each).
+       */
+      maxConnections: z.number().int().positive().optional(),
+      maxConnectionsPerHost: z.number().int().positive().default(256),
       /** One range request to a peer; then the next holder, the seed or the registry. */
       peerTimeoutMs: z.number().int().positive().default(2000),
       /** One range request to a seed (which may go to the registry for it). */

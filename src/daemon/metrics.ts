@@ -139,13 +139,13 @@ export class NodeMetrics {
   });
   readonly peerRequests = new Counter({
     name: 'dfnode_peer_requests_total',
-    help: 'Block requests this host answered for cluster members, by result (served; refused: no or wrong token; deferred: a seed told the node to take units from the node it is already sending them to; handed_back: a seed with a full registry link told the node to fetch the run from the registry itself; busy: a fill run refused with all upload slots taken)',
+    help: 'Block requests this host answered for cluster members, by result (served; refused: no or wrong token; deferred: a seed told the node to take units from the node it is already sending them to; handed_back: a seed with a full registry link told the node to fetch the run from the registry itself; busy: a fill run refused with all upload slots taken; connection_refused: a connection closed on arrival, p2p.maxConnections or p2p.maxConnectionsPerHost being open)',
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
   readonly mirrorRequests = new Counter({
     name: 'dfnode_mirror_requests_total',
-    help: 'Requests the registry mirror answered, by kind (base, manifest, blob; invalid, refused)',
+    help: 'Requests the registry mirror answered, by kind (base, manifest, blob; invalid, refused; connection_refused: a connection closed on arrival, 1024 being open)',
     labelNames: ['kind'] as const,
     registers: [this.registry],
   });
@@ -319,11 +319,20 @@ export class NodeMetrics {
   }
 
   /** The counters of this host's block server (BlockServer.counters), node or seed. */
-  publishBlockServer(c: { served: number; unauthorized: number; deferred?: number; busy?: number }): void {
+  publishBlockServer(c: {
+    served: number;
+    unauthorized: number;
+    deferred?: number;
+    busy?: number;
+    connectionsRefused?: number;
+  }): void {
     this.delta('pr:served', c.served, (d) => this.peerRequests.inc({ result: 'served' }, d));
     this.delta('pr:deferred', c.deferred ?? 0, (d) => this.peerRequests.inc({ result: 'deferred' }, d));
     this.delta('pr:refused', c.unauthorized, (d) => this.peerRequests.inc({ result: 'refused' }, d));
     this.delta('pr:busy', c.busy ?? 0, (d) => this.peerRequests.inc({ result: 'busy' }, d));
+    this.delta('pr:conn', c.connectionsRefused ?? 0, (d) =>
+      this.peerRequests.inc({ result: 'connection_refused' }, d),
+    );
   }
 
   /** Serves GET /metrics on `address` (host:port). */
@@ -353,6 +362,8 @@ export class NodeMetrics {
       port,
       'metrics',
       'node.metricsAddress (or --metrics-address)',
+      // a scraper or two and a person with curl
+      { max: 64 },
     );
     return server;
   }

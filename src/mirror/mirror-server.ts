@@ -58,6 +58,9 @@ export interface MirrorServerOptions {
 
 export type { MirrorCounters } from './mirror-counters.js';
 
+/** Connections the mirror keeps open at once (engines keep a few each); more are closed on arrival. */
+const MAX_CONNECTIONS = 1024;
+
 const isLoopback = (host: string) =>
   host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
 
@@ -140,7 +143,11 @@ export class MirrorServer {
         `mirror.listen ${this.opts.listen} is not a loopback address: list the registries it may fetch from in mirror.registries (an open mirror would fetch any URL for anyone who can reach it)`,
       );
     await this.relay.init();
-    await listenTcp(this.server, host, port, 'registry mirror', 'mirror.listen');
+    // engines keep a few connections each; on loopback they all come from one address
+    await listenTcp(this.server, host, port, 'registry mirror', 'mirror.listen', {
+      max: MAX_CONNECTIONS,
+      onRefused: () => this.count('connection_refused'),
+    });
   }
 
   /** Bytes of blob pieces moved into the node's cache, by source (peer, seed, registry). */

@@ -83,6 +83,13 @@ export interface BlockServerOptions {
   tracker?: TrackerState;
   /** Bytes of tracker request bodies read at once (default 64 MiB); beyond, 503. */
   maxTrackerBodyBytes?: number;
+  /**
+   * TCP connections open at once, in all and from one address (p2p.maxConnections, p2p.maxConnectionsPerHost;
+   * defaults DEFAULT_MAX_CONNECTIONS and DEFAULT_MAX_CONNECTIONS_PER_HOST): more are closed on arrival,
+   * counted and warned about once per address.
+   */
+  maxConnections?: number;
+  maxConnectionsPerHost?: number;
 }
 
 /**
@@ -104,9 +111,18 @@ export class BlockServer {
   private waitingForOrigin = 0;
   /**
    * Requests refused for a bad token (or, with TLS, handshakes refused), ranges answered, bytes sent,
-   * ranges not held, runs deferred (seed), fill runs refused with all upload slots taken.
+   * ranges not held, runs deferred (seed), fill runs refused with all upload slots taken, connections closed
+   * on arrival (maxConnections, maxConnectionsPerHost).
    */
-  readonly counters = { unauthorized: 0, served: 0, bytes: 0, missing: 0, deferred: 0, busy: 0 };
+  readonly counters = {
+    unauthorized: 0,
+    served: 0,
+    bytes: 0,
+    missing: 0,
+    deferred: 0,
+    busy: 0,
+    connectionsRefused: 0,
+  };
   private readonly log: Logger;
   /** Addresses already warned about (a refused TLS handshake or cluster token). */
   private readonly warned = new Set<string>();
@@ -149,7 +165,20 @@ export class BlockServer {
       server = s;
     } else server = createServer(handler);
     server.keepAliveTimeout = 30_000;
-    await listenTcp(server, host, port, 'peer server', 'p2p.listen');
+    await listenTcp(server, host, port, 'peer server', 'p2p.listen', {
+      max: this.opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+      perAddress: this.opts.maxConnectionsPerHost ?? DEFAULT_MAX_CONNECTIONS_PER_HOST,
+      onRefused: (from, bound) => {
+        this.counters.connectionsRefused++;
+        this.warnOnce(
+          from,
+          bound === 'total' ? 'too many connections' : 'too many connections from this address',
+          bound === 'total'
+            ? 'refused connections: p2p.maxConnections are open (a flood, or raise it for a large swarm)'
+            : 'refused connections from one address: p2p.maxConnectionsPerHost are open from it',
+        );
+      },
+    });
     this.server = server;
     const a = server.address() as AddressInfo;
     return `${host.includes(':') ? `[${host}]` : host}:${a.port}`;
@@ -403,6 +432,14 @@ export class BlockServer {
     }
   }
 }
+
+/**
+ * Defaults of BlockServerOptions.maxConnections / maxConnectionsPerHost (p2p.maxConnections, …PerHost); a
+ * seed's total (every node of its swarms keeps up to 18 connections to it).
+ */
+export const DEFAULT_MAX_CONNECTIONS = 4096;
+export const DEFAULT_MAX_CONNECTIONS_PER_HOST = 256;
+export const SEED_MAX_CONNECTIONS = 65536;
 
 /** Bytes written (and taken from the upload limit) at a time: progress of a response is seen per slice. */
 const SEND_SLICE = 64 * 1024;

@@ -124,6 +124,8 @@ export class P2pNode implements BlobProvider, LayerSwarm {
       logger: this.log,
       tls: this.tls,
       uploadSlots: this.settings.uploadSlots,
+      maxConnections: this.settings.maxConnections,
+      maxConnectionsPerHost: this.settings.maxConnectionsPerHost,
     });
     this.peers = new PeerBlockSource({
       view: (d) => this.views.get(d),

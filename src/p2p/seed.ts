@@ -17,7 +17,10 @@ import { RequestPipeline } from '../registry/request-pipeline.js';
 import { parseReference, type ImageReference } from '../registry/reference.js';
 import { resolveClusterToken } from './auth.js';
 import { HostBandwidth, RateLimitedSource } from './bandwidth.js';
-import { BlockServer, type BlobHint, type BlobProvider, type ServedBlob } from './block-server.js';
+import { BlockServer, SEED_MAX_CONNECTIONS } from './block-server.js';
+import type { BlobHint, BlobProvider, ServedBlob } from './block-server.js';
+import type { SeedFileProvider } from './served-blob.js';
+export type { SeedFileProvider } from './served-blob.js';
 import type { PreheatAnswer } from './preheat-request.js';
 import { listenPair } from './rendezvous.js';
 import { loadTls, type TlsMaterial } from './tls.js';
@@ -30,13 +33,13 @@ import { seedHandBack, type SeedHandBack } from './seed-copy.js';
 import { roomForBlob } from './seed-room.js';
 import { allowedRepo, registryAllowed } from './seed-registries.js';
 import type { SeedManifestProvider } from './manifest-request.js';
-import { UnitLayout, type Units } from './unit-layout.js';
+import { UnitLayout } from './unit-layout.js';
 
-/** Largest registry request of a seed (its fill and nodes' misses). */
+// the largest registry request of a seed (its fill and nodes' misses); the fill starts no new run while
+// NODE_FETCHES_BEFORE_FILL_YIELDS registry fetches for nodes run (a node alone has 4 runs out); planned
+// piece requests of raw files (mirror, `dfnode get`) sent at once, 429 beyond (uploadSlots)
 const SEED_RUN_BYTES = 1024 * 1024;
-/** The fill starts no new run while this many registry fetches for nodes run (a node alone has 4 runs out). */
 const NODE_FETCHES_BEFORE_FILL_YIELDS = 4;
-/** Planned piece requests of raw files (mirror, `dfnode get`) sent at once; 429 beyond (uploadSlots). */
 const FILE_UPLOAD_SLOTS = 8;
 
 interface SeedBlob {
@@ -54,25 +57,6 @@ interface SeedBlob {
 
 /** Images preheating at once (POST /preheat); more are refused until some finish. */
 const MAX_PREHEATING = 64;
-
-/**
- * Raw files a seed holds (`dfnode get`: src/mirror/seed-files.ts, given by the command that starts the
- * seed): piece tables by URL, pieces by content digest.
- */
-export interface SeedFileProvider {
-  init(): Promise<void>;
-  /**
-   * The piece table asked for by `GET /files/table?...` (block-server.ts), with the headers the node gives
-   * for the origin (its credentials, origin-headers.ts).
-   */
-  table(query: URLSearchParams, signal: AbortSignal, origin?: Record<string, string>): Promise<Buffer>;
-  /** The file held (or being fetched) under `digest` and its pieces; undefined when not a file of this seed. */
-  served(digest: string): (ServedBlob & { readonly layout: Units }) | undefined;
-  /** The pieces of `digest` the seed can send now (its tracker's seed bitmap); undefined: not a file here. */
-  bits?(digest: string): Uint8Array | undefined;
-  releaseIdle(idleMs: number): Promise<void>;
-  close(): Promise<void>;
-}
 
 export interface SeedOptions {
   /** Raw files (`dfnode get`), made from the seed's cache and download limit; none without it. */
@@ -208,6 +192,8 @@ export class Seed implements BlobProvider {
       tls: this.tls,
       preheat: (images) => this.preheat(images),
       tracker: this.tracker,
+      maxConnections: cfg.p2p.maxConnections ?? SEED_MAX_CONNECTIONS,
+      maxConnectionsPerHost: cfg.p2p.maxConnectionsPerHost,
     });
   }
 

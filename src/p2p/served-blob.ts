@@ -1,6 +1,8 @@
 // What the block server serves (the provider's side of the peer data plane): a blob's ranges, with what a
 // request may tell about it; implemented by nodes (their caches), seeds and a seed's raw files.
 
+import type { Units } from './unit-layout.js';
+
 /** What a request may tell the server about a blob it does not hold yet (a seed fetches it from there). */
 export interface BlobHint {
   /** `registry/repository` the blob can be fetched from (never credentials). */
@@ -73,4 +75,23 @@ export interface ServedBlob {
 export interface BlobProvider {
   /** The blob, or undefined when this host does not serve it. */
   get(digest: string, hint: BlobHint, signal: AbortSignal): Promise<ServedBlob | undefined>;
+}
+
+/**
+ * Raw files a seed holds (`dfnode get`: src/mirror/seed-files.ts, given by the command that starts the
+ * seed): piece tables by URL, pieces by content digest.
+ */
+export interface SeedFileProvider {
+  init(): Promise<void>;
+  /**
+   * The piece table asked for by `GET /files/table?...` (block-server.ts), with the headers the node gives
+   * for the origin (its credentials, origin-headers.ts).
+   */
+  table(query: URLSearchParams, signal: AbortSignal, origin?: Record<string, string>): Promise<Buffer>;
+  /** The file held (or being fetched) under `digest` and its pieces; undefined when not a file of this seed. */
+  served(digest: string): (ServedBlob & { readonly layout: Units }) | undefined;
+  /** The pieces of `digest` the seed can send now (its tracker's seed bitmap); undefined: not a file here. */
+  bits?(digest: string): Uint8Array | undefined;
+  releaseIdle(idleMs: number): Promise<void>;
+  close(): Promise<void>;
 }

@@ -1,10 +1,11 @@
 import type { Server } from 'node:net';
 import { DfError } from '../errors.js';
+import { limitConnections, type ConnectionLimit } from './connection-limit.js';
 
 /**
  * Starts `server` listening on host:port with the timeouts every dfnode HTTP listener uses (a client that
- * sends its headers slowly, or never, holds nothing for long). An address in use is a CONFIG error naming
- * `setting`, the key that chooses it.
+ * sends its headers slowly, or never, holds nothing for long) and its bound on open connections. An address
+ * in use is a CONFIG error naming `setting`, the key that chooses it.
  */
 export function listenTcp(
   server: Server & { headersTimeout?: number; requestTimeout?: number },
@@ -12,9 +13,11 @@ export function listenTcp(
   port: number,
   what: string,
   setting: string,
+  limit: ConnectionLimit,
 ): Promise<void> {
   server.headersTimeout = 20_000;
   server.requestTimeout = 60_000;
+  limitConnections(server, limit);
   return new Promise<void>((resolve, reject) => {
     server.once('error', (err) =>
       reject(

@@ -2,18 +2,18 @@ import { request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 
 /**
- * Sends `bytes` as they are on a new TCP connection to 127.0.0.1:`port` (no client library to tidy them
- * up), half-closes when `end`, and resolves with what came back once the server closes the connection or
+ * Sends `bytes` as they are on a new TCP connection to 127.0.0.1:`port` (from `localAddress`, e.g. another
+ * 127.0.0.x standing for another host; no client library to tidy them up), half-closes when `end`, and resolves with what came back once the server closes the connection or
  * `waitMs` passed (then the connection is dropped).
  */
 export function rawExchange(
   port: number,
   bytes: string | Buffer,
-  opts: { end?: boolean; waitMs?: number } = {},
+  opts: { end?: boolean; waitMs?: number; localAddress?: string } = {},
 ): Promise<string> {
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
-    const s = connect(port, '127.0.0.1');
+    const s = connect({ port, host: '127.0.0.1', localAddress: opts.localAddress });
     const done = () => {
       clearTimeout(t);
       s.destroy();
