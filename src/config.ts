@@ -157,11 +157,11 @@ const configSchema = z.strictObject({
        * TCP connections this host's block server (a seed's: its HTTP tracker too) keeps open at once, in all
        * (default 4096 on a node, 65536 on a seed) and from one address; more are closed on arrival (counted,
        * warned about once per address). A node keeps at most 18 connections to a seed (16 for blocks, 2 for
-       * the tracker), fewer to a peer. Bounds the memory a flood of connections, which needs no token, can
-       * take (about 9 KiB each).
+       * the tracker), fewer to a peer: raise the per-address bound when many nodes reach a seed through one
+       * NAT address. Bounds the memory a flood of connections, which needs no token, can take (~9 KiB each).
        */
       maxConnections: z.number().int().positive().optional(),
-      maxConnectionsPerHost: z.number().int().positive().default(256),
+      maxConnectionsPerHost: z.number().int().positive().default(1024),
       /** One range request to a peer; then the next holder, the seed or the registry. */
       peerTimeoutMs: z.number().int().positive().default(2000),
       /** One range request to a seed (which may go to the registry for it). */

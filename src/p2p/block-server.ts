@@ -438,7 +438,7 @@ export class BlockServer {
  * seed's total (every node of its swarms keeps up to 18 connections to it).
  */
 export const DEFAULT_MAX_CONNECTIONS = 4096;
-export const DEFAULT_MAX_CONNECTIONS_PER_HOST = 256;
+export const DEFAULT_MAX_CONNECTIONS_PER_HOST = 1024;
 export const SEED_MAX_CONNECTIONS = 65536;
 
 /** Bytes written (and taken from the upload limit) at a time: progress of a response is seen per slice. */
