@@ -2,9 +2,9 @@
  * Every listener meets hostile input: `dfnode run` (FUSE manager and P2P on, metrics on) and `dfnode seed`
  * get malformed requests on each of their listeners — block servers, tracker, snapshotter gRPC socket, FUSE
  * manager control socket, metrics — from a holder of the cluster token: bad URLs, bad and huge ranges, garbage
- * bytes, truncated and half-open requests, lying announces. Afterwards every process is alive, its memory did
- * not balloon, and a file of a mounted layer still reads correctly. Real processes over loopback and unix
- * sockets, real FUSE mounts. Needs root, /dev/fuse, docker-registry, skopeo and umoci.
+ * bytes, truncated and half-open requests, lying announces, a flood of idle connections from one address.
+ * Afterwards every process is alive, its memory did not balloon, and a file of a mounted layer still reads
+ * correctly. Real processes over loopback and unix sockets, real FUSE mounts. Needs root, /dev/fuse, docker-registry, skopeo and umoci.
  */
 import { readFileSync } from 'node:fs';
 import { mkdir, readFile, readdir } from 'node:fs/promises';
@@ -46,6 +46,20 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** Connections the seed keeps from one address (p2p.maxConnectionsPerHost in its environment). */
+const FLOOD_KEPT = 100;
+
+/** Opens an idle connection from `from`; true when the server kept it (a refused one closes at once). */
+function keptConnection(to: { host: string; port: number }, from: string, keep: Socket[]): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ ...to, localAddress: from });
+    keep.push(s);
+    s.on('error', () => resolve(false));
+    s.on('close', () => resolve(false));
+    s.on('connect', () => setTimeout(() => resolve(!s.destroyed && !s.readableEnded), 1000));
+  });
 }
 
 /**
@@ -130,7 +144,9 @@ describe.skipIf(req.skip)('hostile input to every listener of a node and a seed'
     images = await pushAndConvert(['busybox'], tmp.dir);
     ref = images.dfb.busybox!;
     layers = await dfbLayers(images.reg.url, ref);
-    seed = await startSeedProc(tmp.dir, 'seed', ['--cluster-token', TOKEN]);
+    seed = await startSeedProc(tmp.dir, 'seed', ['--cluster-token', TOKEN], {
+      DFNODE_P2P_MAX_CONNECTIONS_PER_HOST: String(FLOOD_KEPT),
+    });
     nodeP2p = `127.0.0.1:${await freePort()}`;
     metrics = `127.0.0.1:${await freePort()}`;
     run = await startDfnodeRun({
@@ -201,6 +217,14 @@ describe.skipIf(req.skip)('hostile input to every listener of a node and a seed'
         for (let i = 0; i < 20; i++) await raw(hostPort(addr), 'GET /blobs/', { keepOpen: open });
       // metrics endpoint
       await Promise.all(badHttp(layer.digest, false).map((r) => raw(hostPort(metrics), r)));
+      // a flood of idle connections from one address (127.0.0.9 stands for another host): the seed keeps
+      // p2p.maxConnectionsPerHost of them, closes the rest on arrival and says so; it answers the node (from
+      // 127.0.0.1) below
+      const flood = await Promise.all(
+        Array.from({ length: 1500 }, () => keptConnection(hostPort(seed.addr), '127.0.0.9', open)),
+      );
+      expect(flood.filter(Boolean).length).toBe(FLOOD_KEPT);
+      expect(seed.proc.err()).toMatch(/refused connections from one address/);
       // tracker: garbage on its port, and announces that lie about sizes and ids
       const tracker = trackerAddress(seed.addr);
       await raw(hostPort(tracker), '\x00\x00\x00\x00\x04garbage-not-http2');
