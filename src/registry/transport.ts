@@ -3,6 +3,7 @@ import type { Dispatcher } from 'undici';
 import { Agent } from '../util/undici.js';
 import { DfError } from '../errors.js';
 import { backoff } from '../util/backoff.js';
+import { MAX_RETRY_AFTER_MS, parseRetryAfter, retryAfterText } from './retry-after.js';
 import { keepAliveTimers, sleep as sleepFor } from '../util/timers.js';
 import { silentLogger, type Logger } from '../log.js';
 import { authFailedMessage, RegistryAuth, type RepoScope } from './auth.js';
@@ -204,7 +205,8 @@ export class RegistryTransport {
           if (attempt > 0 && err instanceof DfError) err.message += ` (after ${attempt + 1} attempts)`;
           throw err;
         }
-        const delay = this.backoff(attempt);
+        const asked = err instanceof DfError ? err.details.retryAfterMs : undefined;
+        const delay = Math.max(this.backoff(attempt), typeof asked === 'number' ? asked : 0);
         this.logger.debug(
           { err: (err as Error).message, attempt, delay },
           'registry request failed; retrying',
@@ -297,10 +299,16 @@ export class RegistryTransport {
         );
       }
       const retryable = status >= 500 || status === 429 || status === 408;
+      // a rate limit or an outage may say when to come back: waited for up to a minute, beyond that the
+      // request fails at once and says when
+      const after = retryable ? parseRetryAfter(res.headers['retry-after']) : undefined;
+      const later = after !== undefined && after > MAX_RETRY_AFTER_MS;
       throw new DfError(
         'REGISTRY',
-        `${url.host} answered ${status} to ${req.method} ${url.pathname} (${req.what})${why ? `: ${why}` : ''}`,
-        { details: { ...details, retryable } },
+        `${url.host} answered ${status} to ${req.method} ${url.pathname} (${req.what})${why ? `: ${why}` : ''}${
+          after !== undefined ? `; it asks to retry after ${retryAfterText(after)}` : ''
+        }`,
+        { details: { ...details, retryable: retryable && !later, retryAfterMs: after } },
       );
     }
   }

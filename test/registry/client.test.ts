@@ -45,6 +45,41 @@ describe('RegistryClient (mocked transport)', () => {
     expect(err.message).toContain('after 3 attempts');
   });
 
+  it('waits as long as Retry-After asks (seconds or a date) before it tries again', async () => {
+    const pool = make();
+    pool
+      .intercept({ path: `/v2/a/b/blobs/${D}`, method: 'HEAD' })
+      .reply(429, '', { headers: { 'retry-after': '1' } });
+    pool
+      .intercept({ path: `/v2/a/b/blobs/${D}`, method: 'HEAD' })
+      .reply(503, '', { headers: { 'retry-after': new Date(Date.now() + 3000).toUTCString() } });
+    pool
+      .intercept({ path: `/v2/a/b/blobs/${D}`, method: 'HEAD' })
+      .reply(200, '', { headers: { 'content-length': '7' } });
+    const t0 = Date.now();
+    expect(await client.headBlob(ref, D)).toBe(7);
+    // 1 s, then until the date (3 s from the start, less up to 1 s as dates have whole seconds); the backoff
+    // alone is 1–2 ms
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1950);
+  });
+
+  it('a Retry-After over a minute fails at once and says when to come back', async () => {
+    const pool = make();
+    pool
+      .intercept({ path: '/v2/a/b/manifests/1', method: 'GET' })
+      .reply(429, JSON.stringify({ errors: [{ code: 'TOOMANYREQUESTS', message: 'pull rate limit' }] }), {
+        headers: { 'retry-after': '3600' },
+      });
+    const err = await rejection(client.getManifest(ref));
+    expect(err.code).toBe('REGISTRY');
+    expect(err.message).toContain('reg.test answered 429');
+    expect(err.message).toContain('TOOMANYREQUESTS: pull rate limit');
+    expect(err.message).toContain('it asks to retry after 60 min');
+    expect(err.message).not.toContain('attempts');
+    // one request only: a second would find no interceptor left
+    agent.assertNoPendingInterceptors();
+  });
+
   it('does not retry 4xx; maps 403 to FORBIDDEN and 400 to REGISTRY with the message', async () => {
     const pool = make();
     pool.intercept({ path: '/v2/a/b/manifests/1', method: 'PUT' }).reply(
