@@ -1,9 +1,12 @@
 import * as grpc from '@grpc/grpc-js';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { DfError, type ErrorCode } from '../errors.js';
 import { loadProto, lookup } from '../grpc/load-proto.js';
 import { CLUSTER_TOKEN_HEADER, tokenMatches } from './auth.js';
 import { checkBitmap } from './tracker-limits.js';
 import { grpcTlsFailure, type TlsMaterial } from './tls.js';
+import { limitConnections, type ConnectionLimit } from '../util/connection-limit.js';
+import { splitHostPort } from '../util/listen.js';
 import type { AnnounceAnswer } from './tracker-messages.js';
 import type { AnnounceMsg, LookupAnswer, LookupMsg, TrackerState } from './tracker-state.js';
 
@@ -97,12 +100,15 @@ export async function serveTracker(
   address: string,
   clusterToken: string,
   tls?: TlsMaterial,
+  opts: TrackerListenOptions = {},
 ): Promise<{ address: string; stop(): Promise<void> }> {
   // a full announce of the largest blob (2^22 units) is a 512 KiB bitmap: anything far larger is garbage
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_REQUEST_BYTES,
     // channelz (gRPC's introspection service, not served here) would track every call
     'grpc.enable_channelz': 0,
+    // a connection without a call for this long gets a GOAWAY (a node's channel reconnects when it calls)
+    'grpc.max_connection_idle_ms': opts.idleMs ?? TRACKER_IDLE_MS,
   });
   const guard =
     <Req, Res>(fn: (req: Req, source: string | undefined) => Res): grpc.handleUnaryCall<Req, Res> =>
@@ -122,25 +128,44 @@ export async function serveTracker(
     Announce: guard((r: AnnounceMsg, source) => answerAnnounce(state, r, source)),
     Lookup: guard((r: LookupMsg) => state.lookup(r)),
   });
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(address, trackerServerCredentials(tls), (err, p) =>
-      err
-        ? reject(
-            new DfError(
+  // Our own listener, its connections handed to gRPC: grpc-js bounds neither how many connections it keeps
+  // nor how long one that never speaks HTTP/2 stays (forever, measured), and opening one needs no token.
+  const injector = server.createConnectionInjector(trackerServerCredentials(tls));
+  const prefaceMs = opts.prefaceMs ?? TRACKER_PREFACE_MS;
+  const sockets = new Set<Socket>();
+  const tcp = createServer((sock) => {
+    sockets.add(sock);
+    sock.once('close', () => sockets.delete(sock));
+    // an HTTP/2 client starts with its preface and a SETTINGS frame (33 bytes; with TLS its handshake first)
+    const t = setTimeout(() => {
+      if (sock.bytesRead < HTTP2_OPENING_BYTES) sock.destroy();
+    }, prefaceMs);
+    t.unref();
+    sock.once('close', () => clearTimeout(t));
+    injector.injectConnection(sock);
+  });
+  limitConnections(tcp, opts.limit ?? { max: 65536, perAddress: 1024 });
+  const { host, port } = splitHostPort(address);
+  await new Promise<void>((resolve, reject) => {
+    tcp.once('error', (err) => {
+      injector.destroy();
+      reject(
+        (err as NodeJS.ErrnoException).code === 'EADDRINUSE'
+          ? new DfError(
               'CONFIG',
-              // grpc-js words a taken port as "No address added ... [listen EADDRINUSE ...]"
-              /EADDRINUSE/.test(err.message)
-                ? `tracker address ${address} is in use (the tracker listens on the block server's port + 1); set p2p.listen`
-                : `tracker cannot listen on ${address}: ${err.message}`,
-            ),
-          )
-        : resolve(p),
-    ),
-  );
+              `tracker address ${address} is in use (the tracker listens on the block server's port + 1); set p2p.listen`,
+            )
+          : new DfError('CONFIG', `tracker cannot listen on ${address}: ${(err as Error).message}`),
+      );
+    });
+    tcp.listen(port, host, () => resolve());
+  });
   return {
-    address: `${address.slice(0, address.lastIndexOf(':'))}:${port}`,
-    stop: () =>
-      new Promise<void>((resolve) => {
+    address: `${address.slice(0, address.lastIndexOf(':'))}:${(tcp.address() as AddressInfo).port}`,
+    stop: async () => {
+      tcp.close();
+      injector.destroy();
+      await new Promise<void>((resolve) => {
         const t = setTimeout(() => {
           server.forceShutdown();
           resolve();
@@ -150,9 +175,26 @@ export async function serveTracker(
           clearTimeout(t);
           resolve();
         });
-      }),
+      });
+      for (const s of sockets) s.destroy();
+    },
   };
 }
+
+/** Bounds of serveTracker's listener (tests make them short). */
+export interface TrackerListenOptions {
+  /** Connections at once, in all and per address (default: a seed's, 65536 and 1024). */
+  limit?: ConnectionLimit;
+  /** A connection that has not sent its HTTP/2 opening in this long is closed (default 10 s). */
+  prefaceMs?: number;
+  /** A connection without a call for this long is sent away (default 60 s). */
+  idleMs?: number;
+}
+
+const TRACKER_PREFACE_MS = 10_000;
+const TRACKER_IDLE_MS = 60_000;
+/** The HTTP/2 client preface (24 bytes) and the SETTINGS frame header that must follow it (9). */
+const HTTP2_OPENING_BYTES = 33;
 
 function trackerServerCredentials(tls: TlsMaterial | undefined): grpc.ServerCredentials {
   if (!tls) return grpc.ServerCredentials.createInsecure();
