@@ -262,7 +262,7 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
     seed: procTimes(seed.pid),
     nodesGiB: 0,
     seedGiB: 0,
-    calls: { announce: 0, lookup: 0 },
+    calls: { announce: 0, lookup: 0, answers: {} as Record<string, number> },
   };
   const daemons = await preheatThroughDaemons(cluster, hosts, {
     dir: join(work, `daemons-${++daemonPhases}-n${n}`),
@@ -275,7 +275,7 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
         w0: (await reg.counters()).tx,
         nodesGiB: await moved(hosts),
         seedGiB: await moved([cluster.seedHost]),
-        calls: (await trackerCalls(cluster, SEED_METRICS_PORT)) ?? { announce: 0, lookup: 0 },
+        calls: (await trackerCalls(cluster, SEED_METRICS_PORT)) ?? { announce: 0, lookup: 0, answers: {} },
         cpu: cpuTimes(),
         seed: procTimes(seed.pid),
       };
@@ -293,7 +293,10 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
     if (calls)
       log(
         `  tracker calls: ${calls.announce - at0.calls.announce} announces, ` +
-          `${calls.lookup - at0.calls.lookup} lookups`,
+          `${calls.lookup - at0.calls.lookup} lookups; the seed's block answers: ` +
+          Object.entries(calls.answers)
+            .map(([k, v]) => `${k} ${v - (at0.calls.answers[k] ?? 0)}`)
+            .join(', '),
       );
     return await dfnodeRow(mode, n, r, {
       b0: at0.b0,

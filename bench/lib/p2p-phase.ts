@@ -82,7 +82,7 @@ export async function movedGiB(hosts: NetnsHost[]): Promise<number> {
 export async function trackerCalls(
   cluster: P2pCluster,
   port: number,
-): Promise<{ announce: number; lookup: number } | undefined> {
+): Promise<{ announce: number; lookup: number; answers: Record<string, number> } | undefined> {
   try {
     const r = await cluster.seedHost.exec('curl', [
       '-sf',
@@ -94,7 +94,11 @@ export async function trackerCalls(
       Number(
         new RegExp(`^dfnode_tracker_requests_total\\{method="${m}"\\} (\\d+)`, 'm').exec(r.stdout)?.[1] ?? 0,
       );
-    return { announce: get('announce'), lookup: get('lookup') };
+    // the seed's block requests by how it answered them (served, deferred, handed_back, busy, ...)
+    const answers: Record<string, number> = {};
+    for (const m of r.stdout.matchAll(/^dfnode_peer_requests_total\{result="([a-z_]+)"\} (\d+)/gm))
+      answers[m[1]!] = Number(m[2]);
+    return { announce: get('announce'), lookup: get('lookup'), answers };
   } catch {
     return undefined;
   }

@@ -102,13 +102,22 @@ export function isBusy(err: unknown): boolean {
   return err instanceof DfError && err.details.busy === true;
 }
 
-/** A source deferred a planned run (see FetchContext.planned): nothing failed, the planner picks again. */
-export function deferredBySource(message: string): DfError {
-  return DfError.answer('NOT_FOUND', message, { details: { sourceUnavailable: true, deferred: true } });
+/**
+ * A source deferred a planned run (see FetchContext.planned): nothing failed, the planner picks again,
+ * avoiding `away` too (units the seed is sending other nodes, when it said).
+ */
+export function deferredBySource(message: string, away: readonly number[] = []): DfError {
+  return DfError.answer('NOT_FOUND', message, { details: { sourceUnavailable: true, deferred: true, away } });
 }
 
 export function isDeferred(err: unknown): boolean {
   return err instanceof DfError && err.details.deferred === true;
+}
+
+/** The units a deferral said are on their way to other nodes (none when it did not say). */
+export function awayUnits(err: unknown): readonly number[] {
+  const away = err instanceof DfError ? err.details.away : undefined;
+  return Array.isArray(away) ? (away as number[]) : [];
 }
 
 /**

@@ -9,11 +9,12 @@ import { bound } from '../util/timers.js';
 import { DfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { TokenBucket } from '../util/token-bucket.js';
-import { isDeferred, isHandedBack, isPlannerAnswer } from '../fetch/types.js';
+import { awayUnits, isDeferred, isHandedBack, isPlannerAnswer } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER, tokenMatches } from './auth.js';
 import { DEFAULT_MAX_RANGE_BYTES, parseBlockRequest } from './block-request.js';
 import { MANIFEST_PATH_PREFIX, type SeedManifests } from './manifest-request.js';
 import { ByteBudget } from './byte-budget.js';
+import { AWAY_HEADER, encodeUnitRanges } from './unit-ranges.js';
 import type { PreheatAnswer } from './preheat-request.js';
 import { abortOnClose, handleFileTable, handleManifest, handlePreheat } from './seed-endpoints.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
@@ -372,7 +373,11 @@ export class BlockServer {
       }
       if (isDeferred(e) || isHandedBack(e)) {
         if (isHandedBack(e)) res.setHeader(HANDED_BACK_HEADER, 'registry');
-        else this.counters.deferred++;
+        else {
+          this.counters.deferred++;
+          const away = awayUnits(e);
+          if (away.length) res.setHeader(AWAY_HEADER, encodeUnitRanges(away));
+        }
         return fail(409, e.message);
       }
       // a seed's origin sent another file than the digest named: the seed is fine, the file is not

@@ -1,6 +1,7 @@
 import { sleep, realTimers, type Timers } from '../util/timers.js';
 import {
   isBusy,
+  awayUnits,
   isDeferred,
   isHandedBack,
   isSourceUnavailable,
@@ -341,6 +342,9 @@ export async function p2pFill(
           // on their way to another node: take them from it later (the tracker will say so)
           view.fill.deferred++;
           view.defer(plan.units, DEFER_MS);
+          // and whatever else the seed said it is sending other nodes: the next plan avoids those too
+          const away = awayUnits(err).filter((u) => u < view.layout.units);
+          if (away.length) view.defer(away, DEFER_MS);
           continue;
         }
         failures++;

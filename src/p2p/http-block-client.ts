@@ -6,6 +6,7 @@ import { rcvLowatEnabled, type BodyHoldHooks } from '../util/rcv-lowat.js';
 import { busyAtSource, deferredBySource, handedBackBySource, sourceUnavailable } from '../fetch/types.js';
 import { CLUSTER_TOKEN_HEADER, PEER_ID_HEADER } from './auth.js';
 import { HANDED_BACK_HEADER, PIECE_DIGEST_HEADER } from './block-server.js';
+import { AWAY_HEADER, parseUnitRanges } from './unit-ranges.js';
 import { MANIFEST_FROM_HEADER } from './manifest-request.js';
 import { encodeOriginHeaders, ORIGIN_HEADERS_HEADER } from './origin-headers.js';
 import { clientTlsOptions, tlsFailure, type TlsMaterial } from './tls.js';
@@ -81,6 +82,7 @@ export class HttpBlockClient {
     const what = `${address}: ${digest} ${offset}+${length}`;
     let res: HttpAnswer;
     let handedBack = false;
+    let away: number[] = [];
     try {
       res = await this.pool.request(address, {
         path: `/blobs/${digest}?${q}`,
@@ -92,6 +94,7 @@ export class HttpBlockClient {
         onHead: (status, headers) => {
           alive?.();
           handedBack = status === 409 && headers[HANDED_BACK_HEADER] === 'registry';
+          if (status === 409 && !handedBack) away = parseUnitRanges(headers[AWAY_HEADER]);
           // an error answer: the start of its text, for the message; the rest is dropped unread
           if (status !== 200) return errorTextHead(ERROR_TEXT_BYTES);
           const sent = headers[PIECE_DIGEST_HEADER];
@@ -128,7 +131,7 @@ export class HttpBlockClient {
       if ([403, 404, 413, 416].includes(res.statusCode)) throw sourceUnavailable(failure);
       // a seed handed a planned run back: the node fetches it from the registry itself (fill-planner.ts)
       if (res.statusCode === 409 && handedBack) throw handedBackBySource(failure);
-      if (res.statusCode === 409) throw deferredBySource(failure);
+      if (res.statusCode === 409) throw deferredBySource(failure, away);
       // 429, or 503 with Retry-After (the host's response budget or disk is full): alive, asked again later
       if (res.statusCode === 429 || (res.statusCode === 503 && res.headers['retry-after'] !== undefined))
         throw busyAtSource(failure);

@@ -3,6 +3,9 @@ import type { BlobHint, ServedBlob } from './block-server.js';
 import type { TrackerState } from './tracker-state.js';
 import type { Units } from './unit-layout.js';
 
+/** Units a deferral names at most (what the seed is sending other nodes; unit-ranges.ts cuts the header). */
+const AWAY_MAX = 4096;
+
 /**
  * The tracker learns that `units` are on their way to the requesting node (and tells the other nodes); a
  * planned request for units already on their way to another node (with `heldToo`, or held by one) is
@@ -23,7 +26,11 @@ export function claimUnits(
   const elsewhere = heldToo
     ? tracker.elsewhere(digest, peer, units)
     : tracker.pendingAtOthers(digest, peer, units);
-  if (h.defer && elsewhere) throw deferredBySource(`${what} is on its way to (or at) another node`);
+  if (h.defer && elsewhere)
+    throw deferredBySource(
+      `${what} is on its way to (or at) another node`,
+      tracker.pendingAtOthersList(digest, peer, AWAY_MAX),
+    );
   // the seed's registry link is full: the node fetches the run from the registry (claimed for it)
   if (h.defer && h.origin && handBack?.(peer, units)) {
     h.handedBack = true;

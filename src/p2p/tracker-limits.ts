@@ -1,4 +1,5 @@
 import { DfError } from '../errors.js';
+import type { Timers } from '../util/timers.js';
 
 /**
  * What the tracker accepts from a cluster member (who may lie, send garbage or flood): every field is
@@ -131,4 +132,34 @@ export function unitList(list: unknown, units: number, max: number, field: strin
 /** A table of the tracker is full (after dropping what expired): the announce is refused, not stored. */
 export function full(what: string): DfError {
   return new DfError('NO_SPACE', `tracker full: ${what}; retry later (peers that fell silent are forgotten)`);
+}
+
+/** TrackerState's settings (src/p2p/tracker-state.ts). */
+export interface TrackerStateOptions {
+  /** A peer that has not announced for this long is forgotten (ms). Default 30 s. */
+  peerTtlMs?: number;
+  /** Interval peers are told to announce at (ms). Default 5 s. */
+  announceIntervalMs?: number;
+  /** Reported failures halve every this many ms. Default 60 s. */
+  failureHalfLifeMs?: number;
+  /**
+   * A unit the seed is sending a peer counts as that peer's to share while the response is on its way,
+   * however long that takes (a seed shared by hundreds of nodes sends each run slowly), and for this long
+   * after it reached the peer (ms; default 15 s): other peers are told it is on its way (until announced),
+   * and the seed defers their planned requests for it.
+   */
+  pendingTtlMs?: number;
+  /**
+   * ...and only while that peer keeps announcing: silent this long (ms), it is taken for dead (killed after
+   * the seed's response left, before it announced the units). Default three of the heartbeats nodes send
+   * every fifth announce interval (at most peerTtlMs).
+   */
+  pendingSilenceMs?: number;
+  /** The seed's own bitmap of a blob (a seed runs the tracker of the blobs it serves). */
+  seedBits?: (blob: string) => Uint8Array | undefined;
+  /** Bounds of what peers may make the tracker hold (DEFAULT_TRACKER_LIMITS). */
+  limits?: Partial<TrackerLimits>;
+  timers?: Timers;
+  /** Random numbers in [0, 1) for the lookup's sampling and tie-breaks (default Math.random; the simulation seeds it). */
+  random?: () => number;
 }

@@ -17,8 +17,10 @@ import {
 } from './tracker-limits.js';
 
 import type { AnnounceMsg, LookupAnswer, LookupMsg } from './tracker-messages.js';
+import type { TrackerStateOptions } from './tracker-limits.js';
 
 export type { AnnounceMsg, HolderMsg, LookupAnswer, LookupMsg } from './tracker-messages.js';
+export type { TrackerStateOptions } from './tracker-limits.js';
 
 interface PeerEntry {
   id: string;
@@ -31,35 +33,6 @@ interface PeerEntry {
   lastSeen: number;
   /** Unit → when the seed's response with it reached this peer (IN_FLIGHT: still on its way). */
   pending: Map<number, number>;
-}
-
-export interface TrackerStateOptions {
-  /** A peer that has not announced for this long is forgotten (ms). Default 30 s. */
-  peerTtlMs?: number;
-  /** Interval peers are told to announce at (ms). Default 5 s. */
-  announceIntervalMs?: number;
-  /** Reported failures halve every this many ms. Default 60 s. */
-  failureHalfLifeMs?: number;
-  /**
-   * A unit the seed is sending a peer counts as that peer's to share while the response is on its way,
-   * however long that takes (a seed shared by hundreds of nodes sends each run slowly), and for this long
-   * after it reached the peer (ms; default 15 s): other peers are told it is on its way (until announced),
-   * and the seed defers their planned requests for it.
-   */
-  pendingTtlMs?: number;
-  /**
-   * ...and only while that peer keeps announcing: silent this long (ms), it is taken for dead (killed after
-   * the seed's response left, before it announced the units). Default three of the heartbeats nodes send
-   * every fifth announce interval (at most peerTtlMs).
-   */
-  pendingSilenceMs?: number;
-  /** The seed's own bitmap of a blob (a seed runs the tracker of the blobs it serves). */
-  seedBits?: (blob: string) => Uint8Array | undefined;
-  /** Bounds of what peers may make the tracker hold (DEFAULT_TRACKER_LIMITS). */
-  limits?: Partial<TrackerLimits>;
-  timers?: Timers;
-  /** Random numbers in [0, 1) for the lookup's sampling and tie-breaks (default Math.random; the simulation seeds it). */
-  random?: () => number;
 }
 
 /** The peers of one blob: by id, and as a list (a lookup samples it from a random place). */
@@ -218,21 +191,37 @@ export class TrackerState {
   }
 
   /**
-   * Whether a live peer other than `peer` is being sent one of `units` (or, with `held`, holds it). A peer
-   * reported failing or fallen silent counts for neither (prunePending drops what it was being sent).
+   * Units of `blob` on their way to live peers other than `peer`, at most `max` (in no order): what a seed
+   * tells a node it defers, so that its next plan avoids them all, not only the run it asked for.
    */
+  pendingAtOthersList(blob: string, peer: string, max: number): number[] {
+    const out = new Set<number>();
+    for (const p of this.others(blob, peer, false))
+      for (const u of p.pending.keys()) if (out.size < max) out.add(u);
+    return [...out];
+  }
+
+  /** Whether a live peer other than `peer` is being sent one of `units` (or, with `held`, holds it). */
   private atOthers(blob: string, peer: string, units: readonly number[], held: boolean): boolean {
+    for (const p of this.others(blob, peer, held))
+      for (const u of units) if (p.pending.has(u) || (held && p.bits.has(u))) return true;
+    return false;
+  }
+
+  /**
+   * The live peers of `blob` other than `peer` (with `held`, all; else those being sent units). A peer
+   * reported failing or fallen silent is neither (prunePending drops what it was being sent).
+   */
+  private *others(blob: string, peer: string, held: boolean): Generator<PeerEntry> {
     const b = this.blobs.get(blob);
-    if (!b) return false;
+    if (!b) return;
     const now = this.timers.now();
     for (const p of held ? b.peers.values() : b.sending) {
       if (p.id === peer || (!held && !p.pending.size)) continue;
       const failures = this.failureScore(p.id, now);
       this.prunePending(b, p, now, failures);
-      if (failures >= 1 || now - p.lastSeen > this.pendingSilence) continue;
-      for (const u of units) if (p.pending.has(u) || (held && p.bits.has(u))) return true;
+      if (failures < 1 && now - p.lastSeen <= this.pendingSilence) yield p;
     }
-    return false;
   }
 
   /**
