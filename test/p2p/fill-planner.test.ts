@@ -1,29 +1,15 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import type { Toc } from '../../src/blob/toc.js';
-import type { BlobCache } from '../../src/cache/blob-cache.js';
 import type { Timers } from '../../src/util/timers.js';
 import { planRun, type PlannedRun, type PlanOptions } from '../../src/p2p/fill-planner.js';
-import { PeerView } from '../../src/p2p/peer-view.js';
+import type { PeerView } from '../../src/p2p/peer-view.js';
+import { viewOf as view } from '../helpers/peer-view.js';
 import { TrackerState, type HolderMsg } from '../../src/p2p/tracker-state.js';
-import { UnitLayout } from '../../src/p2p/unit-layout.js';
 
 const KIB = 1024;
 
 /** A blob of `blocks` blocks of 64 KiB (plus a 1 KiB TOC unit) and a cache holding `present`. */
-function viewOf(blocks: number, present: number[] = []): PeerView {
-  const toc = { blockCount: blocks, blockOffset: (i: number) => i * 64 * KIB } as unknown as Toc;
-  const size = blocks * 64 * KIB + KIB;
-  const have = new Set(present);
-  const cache = {
-    has: (u: number) => have.has(u),
-    nextMissing: (from: number) => {
-      for (let u = from; u <= blocks; u++) if (!have.has(u)) return u;
-      return -1;
-    },
-  } as unknown as BlobCache;
-  return new PeerView({ digest: 'sha256:' + '1'.repeat(64), size }, new UnitLayout(toc, size), cache);
-}
+const viewOf = (blocks: number, present: number[] = []): PeerView => view(blocks, new Set(present));
 
 function bits(units: number, set: Iterable<number>): Buffer {
   const b = Buffer.alloc(Math.ceil(units / 8));

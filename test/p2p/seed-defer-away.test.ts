@@ -5,18 +5,15 @@
  * member: bounded and checked on both ends.
  */
 import { describe, expect, it } from 'vitest';
-import type { Toc } from '../../src/blob/toc.js';
-import type { BlobCache } from '../../src/cache/blob-cache.js';
 import { DfError } from '../../src/errors.js';
 import { awayUnits, deferredBySource, isDeferred } from '../../src/fetch/types.js';
 import { BlockServer, type BlobProvider } from '../../src/p2p/block-server.js';
 import { p2pFill, type RunFetcher } from '../../src/p2p/fill-planner.js';
 import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
-import { PeerView } from '../../src/p2p/peer-view.js';
 import { claimUnits } from '../../src/p2p/seed-claims.js';
 import { TrackerState } from '../../src/p2p/tracker-state.js';
 import { encodeUnitRanges, parseUnitRanges } from '../../src/p2p/unit-ranges.js';
-import { UnitLayout } from '../../src/p2p/unit-layout.js';
+import { viewOf } from '../helpers/peer-view.js';
 
 const DIGEST = 'sha256:' + '5e'.repeat(32);
 const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
@@ -131,17 +128,8 @@ describe('a deferral names what the seed is sending others', () => {
   it('the planner avoids every unit a deferral named, not only the run it asked for', async () => {
     // 64 blocks of 64 KiB; the seed holds all of them, no peer holds any
     const blocks = 64;
-    const toc = { blockCount: blocks, blockOffset: (i: number) => i * 65536 } as unknown as Toc;
-    const size = blocks * 65536 + 1024;
     const have = new Set<number>([blocks]);
-    const cache = {
-      has: (u: number) => have.has(u),
-      nextMissing: (from: number) => {
-        for (let u = from; u <= blocks; u++) if (!have.has(u)) return u;
-        return -1;
-      },
-    } as unknown as BlobCache;
-    const view = new PeerView({ digest: DIGEST, size }, new UnitLayout(toc, size), cache);
+    const view = viewOf(blocks, have);
     const seedBits = Buffer.alloc(Math.ceil((blocks + 1) / 8), 0xff);
     view.setHolders({ holders: [], units: blocks + 1, seed_bitmap: seedBits });
     const asked: number[][] = [];
