@@ -15,6 +15,7 @@ import { DEFAULT_MAX_RANGE_BYTES, parseBlockRequest } from './block-request.js';
 import { MANIFEST_PATH_PREFIX, type SeedManifests } from './manifest-request.js';
 import { ByteBudget } from './byte-budget.js';
 import { AWAY_HEADER, encodeUnitRanges } from './unit-ranges.js';
+import { DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_HOST } from './listener-limits.js';
 import type { PreheatAnswer } from './preheat-request.js';
 import { abortOnClose, handleFileTable, handleManifest, handlePreheat } from './seed-endpoints.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
@@ -86,7 +87,7 @@ export interface BlockServerOptions {
   maxTrackerBodyBytes?: number;
   /**
    * TCP connections open at once, in all and from one address (p2p.maxConnections, p2p.maxConnectionsPerHost;
-   * defaults DEFAULT_MAX_CONNECTIONS and DEFAULT_MAX_CONNECTIONS_PER_HOST): more are closed on arrival,
+   * defaults in listener-limits.ts): more are closed on arrival,
    * counted and warned about once per address.
    */
   maxConnections?: number;
@@ -437,14 +438,6 @@ export class BlockServer {
     }
   }
 }
-
-/**
- * Defaults of BlockServerOptions.maxConnections / maxConnectionsPerHost (p2p.maxConnections, …PerHost); a
- * seed's total (every node of its swarms keeps up to 18 connections to it).
- */
-export const DEFAULT_MAX_CONNECTIONS = 4096;
-export const DEFAULT_MAX_CONNECTIONS_PER_HOST = 1024;
-export const SEED_MAX_CONNECTIONS = 65536;
 
 /** Bytes written (and taken from the upload limit) at a time: progress of a response is seen per slice. */
 const SEND_SLICE = 64 * 1024;

@@ -3,6 +3,7 @@ import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { DfError, type ErrorCode } from '../errors.js';
 import { loadProto, lookup } from '../grpc/load-proto.js';
 import { CLUSTER_TOKEN_HEADER, tokenMatches } from './auth.js';
+import { DEFAULT_MAX_CONNECTIONS_PER_HOST, SEED_MAX_CONNECTIONS } from './listener-limits.js';
 import { checkBitmap } from './tracker-limits.js';
 import { grpcTlsFailure, type TlsMaterial } from './tls.js';
 import { limitConnections, type ConnectionLimit } from '../util/connection-limit.js';
@@ -144,7 +145,10 @@ export async function serveTracker(
     sock.once('close', () => clearTimeout(t));
     injector.injectConnection(sock);
   });
-  limitConnections(tcp, opts.limit ?? { max: 65536, perAddress: 1024 });
+  limitConnections(
+    tcp,
+    opts.limit ?? { max: SEED_MAX_CONNECTIONS, perAddress: DEFAULT_MAX_CONNECTIONS_PER_HOST },
+  );
   const { host, port } = splitHostPort(address);
   await new Promise<void>((resolve, reject) => {
     tcp.once('error', (err) => {
@@ -183,7 +187,7 @@ export async function serveTracker(
 
 /** Bounds of serveTracker's listener (tests make them short). */
 export interface TrackerListenOptions {
-  /** Connections at once, in all and per address (default: a seed's, 65536 and 1024). */
+  /** Connections at once, in all and per address (default: a seed's block server's). */
   limit?: ConnectionLimit;
   /** A connection that has not sent its HTTP/2 opening in this long is closed (default 10 s). */
   prefaceMs?: number;
