@@ -6,21 +6,20 @@
 // mutated blob's, so the bytes reach the decoder (a wrong digest is checked last).
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { readLayer } from '../../converter/layer-input.js';
 import { convertAddon } from '../../src/blob/native-codec.js';
 import { DfError } from '../../src/errors.js';
-import { buildTar } from '../fixtures/tar-builder.js';
+import { buildTar, sha256 } from '../fixtures/tar-builder.js';
 import { pseudoRandom } from '../helpers/dfb.js';
+import { chunkedStream } from '../helpers/layer-input.js';
 import { applyMutations, mutations, params, returnsOrDfError, timeoutFor } from './fuzz.js';
 
 const GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';
 const ZSTD = 'application/vnd.oci.image.layer.v1.tar+zstd';
 const hasZstd = spawnSync('zstd', ['--version']).status === 0;
-const sha256 = (b: Buffer) => 'sha256:' + createHash('sha256').update(b).digest('hex');
 
 const tar = buildTar([
   { path: 'etc/', type: 'directory' },
@@ -31,6 +30,17 @@ const tar = buildTar([
 ]);
 const blob = gzipSync(tar);
 
+/**
+ * `of` with up to 6 mutations, half the time cut at the first one, and the chunk size it is read in.
+ */
+const damaged = (of: Buffer) =>
+  fc
+    .tuple(mutations(of.length, 6), fc.constantFrom(97, 4096, 1 << 20), fc.boolean())
+    .map(([ms, chunk, cut]) => {
+      const bad = applyMutations(of, ms);
+      return { bad: cut ? bad.subarray(0, Math.max(1, ms[0]!.at)) : bad, chunk };
+    });
+
 /** Entries (name, type, size, content digest) and the diff ID, or the error's code. */
 async function outcome(bytes: Buffer, chunk: number, js: boolean, mediaType = GZIP): Promise<string> {
   if (js) vi.stubEnv('DFNODE_CONVERT_ADDON', 'none');
@@ -38,11 +48,7 @@ async function outcome(bytes: Buffer, chunk: number, js: boolean, mediaType = GZ
   const entries: string[] = [];
   const r = await returnsOrDfError(() =>
     readLayer(
-      Readable.from(
-        (function* () {
-          for (let i = 0; i < bytes.length; i += chunk) yield bytes.subarray(i, i + chunk);
-        })(),
-      ),
+      chunkedStream(bytes, chunk),
       { mediaType, digest: sha256(bytes), size: bytes.length },
       async ({ header, body }) => {
         const h = createHash('sha256');
@@ -66,18 +72,11 @@ describe('compressed layer input (fuzz)', () => {
     'mutated gzip: both paths return the same entries or both refuse with a DfError',
     async () => {
       await fc.assert(
-        fc.asyncProperty(
-          mutations(blob.length, 6),
-          fc.constantFrom(97, 4096, 1 << 20),
-          fc.boolean(),
-          async (ms, chunk, cut) => {
-            let bad = applyMutations(blob, ms);
-            if (cut) bad = bad.subarray(0, Math.max(1, ms[0]!.at));
-            const native = await outcome(bad, chunk, false);
-            const js = await outcome(bad, chunk, true);
-            expect(native).toBe(js);
-          },
-        ),
+        fc.asyncProperty(damaged(blob), async ({ bad, chunk }) => {
+          const native = await outcome(bad, chunk, false);
+          const js = await outcome(bad, chunk, true);
+          expect(native).toBe(js);
+        }),
         params(0.3),
       );
     },
@@ -89,20 +88,13 @@ describe('compressed layer input (fuzz)', () => {
     async () => {
       const zblob = spawnSync('zstd', ['-c', '-q'], { input: tar }).stdout;
       await fc.assert(
-        fc.asyncProperty(
-          mutations(zblob.length, 6),
-          fc.constantFrom(97, 4096, 1 << 20),
-          fc.boolean(),
-          async (ms, chunk, cut) => {
-            let bad = applyMutations(zblob, ms);
-            if (cut) bad = bad.subarray(0, Math.max(1, ms[0]!.at));
-            const got = await outcome(bad, chunk, false, ZSTD);
-            const cli = spawnSync('zstd', ['-d', '-c', '-q'], { input: bad, maxBuffer: 64 << 20 });
-            if (cli.status !== 0) expect(got).toMatch(/^error /);
-            // the CLI's bytes may not be a tar (readLayer refuses it then); if it is one, the same tar
-            else if (!got.startsWith('error ')) expect(got.split('\n').at(-2)).toBe(sha256(cli.stdout));
-          },
-        ),
+        fc.asyncProperty(damaged(zblob), async ({ bad, chunk }) => {
+          const got = await outcome(bad, chunk, false, ZSTD);
+          const cli = spawnSync('zstd', ['-d', '-c', '-q'], { input: bad, maxBuffer: 64 << 20 });
+          if (cli.status !== 0) expect(got).toMatch(/^error /);
+          // the CLI's bytes may not be a tar (readLayer refuses it then); if it is one, the same tar
+          else if (!got.startsWith('error ')) expect(got.split('\n').at(-2)).toBe(sha256(cli.stdout));
+        }),
         params(0.3),
       );
     },

@@ -1,15 +1,15 @@
 // Helpers for tests of the converter's layer input (converter/layer-input.ts): a blob as a stream of chunks,
-// the JavaScript input path (no native addon) for the length of a call, and the addon's decoder fed piecewise.
+// the JavaScript input path (no native addon) for the length of a call, a layer read by a slow parser, and the
+// addon's decoder fed piecewise.
 import { Readable } from 'node:stream';
+import { readLayer } from '../../converter/layer-input.js';
 import type { ConvertAddon } from '../../src/blob/native-codec.js';
+import { sha256 } from '../fixtures/tar-builder.js';
+import { chunks } from './dfb.js';
 
 /** `buf` as a stream of `chunk`-byte pieces (the last one shorter). */
 export function chunkedStream(buf: Buffer, chunk = 1 << 20): Readable {
-  return Readable.from(
-    (function* () {
-      for (let i = 0; i < buf.length; i += chunk) yield buf.subarray(i, i + chunk);
-    })(),
-  );
+  return Readable.from(chunks(buf, chunk));
 }
 
 /**
@@ -25,6 +25,29 @@ export async function withoutAddon<T>(off: boolean, fn: () => Promise<T>): Promi
     if (old === undefined) delete process.env.DFNODE_CONVERT_ADDON;
     else process.env.DFNODE_CONVERT_ADDON = old;
   }
+}
+
+/**
+ * Reads `blob` (a layer of `mediaType`, in one chunk) with readLayer and a parser slower than the decoder,
+ * which yields to the event loop after every body chunk: the tar bytes it saw and how many tar buffers
+ * readLayer had out at once.
+ */
+export async function readSlowly(
+  blob: Buffer,
+  mediaType: string,
+): Promise<{ seen: number; tarBuffers: number }> {
+  let seen = 0;
+  const r = await readLayer(
+    chunkedStream(blob, blob.length),
+    { mediaType, digest: sha256(blob), size: blob.length },
+    async ({ body }) => {
+      for await (const c of body) {
+        seen += c.length;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    },
+  );
+  return { seen, tarBuffers: r.tarBuffers };
 }
 
 /** What decodeInPieces saw. */
