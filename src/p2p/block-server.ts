@@ -3,6 +3,7 @@ import { createServer as createTlsServer } from 'node:https';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import type { ConnectionLimit } from '../util/connection-limit.js';
 import { listenTcp, splitHostPort } from '../util/listen.js';
 import { whenSent } from '../util/send-queue.js';
 import { bound } from '../util/timers.js';
@@ -141,6 +142,27 @@ export class BlockServer {
     this.trackerBodies = new TrackerBodies(opts.maxTrackerBodyBytes);
   }
 
+  /**
+   * The bound on open connections (maxConnections, maxConnectionsPerHost), counting and warning about what
+   * it refuses: this server's, and a seed's gRPC tracker listener's too.
+   */
+  get connectionLimit(): ConnectionLimit {
+    return {
+      max: this.opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+      perAddress: this.opts.maxConnectionsPerHost ?? DEFAULT_MAX_CONNECTIONS_PER_HOST,
+      onRefused: (from, bound) => {
+        this.counters.connectionsRefused++;
+        this.warnOnce(
+          from,
+          bound === 'total' ? 'too many connections' : 'too many connections from this address',
+          bound === 'total'
+            ? 'refused connections: p2p.maxConnections are open (a flood, or raise it for a large swarm)'
+            : 'refused connections from one address: p2p.maxConnectionsPerHost are open from it',
+        );
+      },
+    };
+  }
+
   /** Requests waiting for bytes of the response budget (maxInflightBytes). */
   get waiting(): number {
     return this.budget.queued;
@@ -167,20 +189,7 @@ export class BlockServer {
       server = s;
     } else server = createServer(handler);
     server.keepAliveTimeout = 30_000;
-    await listenTcp(server, host, port, 'peer server', 'p2p.listen', {
-      max: this.opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
-      perAddress: this.opts.maxConnectionsPerHost ?? DEFAULT_MAX_CONNECTIONS_PER_HOST,
-      onRefused: (from, bound) => {
-        this.counters.connectionsRefused++;
-        this.warnOnce(
-          from,
-          bound === 'total' ? 'too many connections' : 'too many connections from this address',
-          bound === 'total'
-            ? 'refused connections: p2p.maxConnections are open (a flood, or raise it for a large swarm)'
-            : 'refused connections from one address: p2p.maxConnectionsPerHost are open from it',
-        );
-      },
-    });
+    await listenTcp(server, host, port, 'peer server', 'p2p.listen', this.connectionLimit);
     this.server = server;
     const a = server.address() as AddressInfo;
     return `${host.includes(':') ? `[${host}]` : host}:${a.port}`;

@@ -205,13 +205,7 @@ export class Seed implements BlobProvider {
     await this.opts.manifests?.init();
     this.scheduleSweep();
     const r = await listenPair(this.opts.config.p2p.listen, this.server, (a) =>
-      serveTracker(this.tracker, a, this.token, this.tls, {
-        limit: {
-          max: this.opts.config.p2p.maxConnections ?? SEED_MAX_CONNECTIONS,
-          perAddress: this.opts.config.p2p.maxConnectionsPerHost,
-          onRefused: () => this.server.counters.connectionsRefused++,
-        },
-      }),
+      serveTracker(this.tracker, a, this.token, this.tls, { limit: this.server.connectionLimit }),
     );
     return { blocks: r.blocks, tracker: (this.trackerServer = r.tracker).address };
   }
