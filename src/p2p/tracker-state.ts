@@ -33,6 +33,8 @@ interface PeerEntry {
   lastSeen: number;
   /** Unit → when the seed's response with it reached this peer (IN_FLIGHT: still on its way). */
   pending: Map<number, number>;
+  /** When the first of `pending`'s units expires, at the earliest (Infinity: none can; see prunePending). */
+  expires: number;
 }
 
 /** The peers of one blob: by id, and as a list (a lookup samples it from a random place). */
@@ -142,6 +144,7 @@ export class TrackerState {
     this.assume(blob, peer, units);
     const now = this.timers.now();
     for (const u of units) if (p.pending.get(u) === IN_FLIGHT) p.pending.set(u, now);
+    p.expires = Math.min(p.expires, now + this.pendingTtl);
     return true;
   }
 
@@ -175,6 +178,7 @@ export class TrackerState {
     if (!p) return;
     const now = this.timers.now();
     for (let u = first; u <= last; u++) if (p.pending.get(u) === IN_FLIGHT) p.pending.set(u, now);
+    p.expires = Math.min(p.expires, now + this.pendingTtl);
   }
 
   /** Whether a peer other than `peer` (and not reported failing) is being sent one of `units`. */
@@ -231,7 +235,13 @@ export class TrackerState {
   private prunePending(b: BlobPeers, p: PeerEntry, now: number, failures: number): void {
     if (!p.pending.size) return;
     const gone = failures >= 1 || now - p.lastSeen > this.pendingSilence;
-    for (const [u, at] of p.pending) if (gone || now - at > this.pendingTtl) p.pending.delete(u);
+    // nothing has expired yet: no walk through every pending unit (this runs on each claim and deferral)
+    if (!gone && now <= p.expires) return;
+    let expires = Infinity;
+    for (const [u, at] of p.pending)
+      if (gone || now - at > this.pendingTtl) p.pending.delete(u);
+      else if (at !== IN_FLIGHT) expires = Math.min(expires, at + this.pendingTtl);
+    p.expires = expires;
     if (!p.pending.size) b.sending.delete(p);
   }
 
@@ -309,6 +319,7 @@ export class TrackerState {
         bits: new Bitmap(units),
         lastSeen: now,
         pending: new Map(),
+        expires: Infinity,
       };
       b.peers.set(id, p);
       b.list.push(p);

@@ -267,6 +267,65 @@ describe('tracker: units on their way from the seed', () => {
     ).toBe(0);
   });
 
+  it('expires each delivered unit at its own time, as a model that walks every unit on each check', () => {
+    const ttl = 1000;
+    const op = fc.oneof(
+      fc.record({ k: fc.constant('assume' as const), u: fc.integer({ min: 0, max: 15 }) }),
+      fc.record({ k: fc.constant('delivered' as const), u: fc.integer({ min: 0, max: 15 }) }),
+      fc.record({ k: fc.constant('handBack' as const), u: fc.integer({ min: 0, max: 15 }) }),
+      fc.record({ k: fc.constant('unassume' as const), u: fc.integer({ min: 0, max: 15 }) }),
+      fc.record({ k: fc.constant('wait' as const), u: fc.integer({ min: 1, max: 700 }) }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
+        const clock: Timers & { t: number } = {
+          t: 0,
+          now: () => clock.t,
+          setTimeout: () => 0,
+          clearTimeout: () => 0,
+        };
+        const t = new TrackerState({ timers: clock, pendingTtlMs: ttl });
+        const join = (id: string, full: boolean) =>
+          t.announce({
+            ...base,
+            blob,
+            units: 16,
+            peer_id: id,
+            address: `${id}:1`,
+            full,
+            bitmap: new Uint8Array(2),
+          });
+        join('a', true);
+        join('c', true);
+        const model = new Map<number, number>();
+        for (const o of ops) {
+          if (o.k === 'wait') {
+            clock.t += o.u;
+            join('a', false);
+          } else if (o.k === 'assume') {
+            t.assume(blob, 'a', [o.u]);
+            model.set(o.u, Infinity);
+          } else if (o.k === 'delivered' || o.k === 'handBack') {
+            // handed back: on its way again, from now; delivered: from now if it was on its way
+            if (o.k === 'handBack') {
+              t.handBack(blob, 'a', [o.u]);
+              model.set(o.u, clock.t);
+            } else {
+              t.delivered(blob, 'a', o.u, o.u);
+              if (model.get(o.u) === Infinity) model.set(o.u, clock.t);
+            }
+          } else {
+            t.unassume(blob, 'a', o.u, o.u);
+            model.delete(o.u);
+          }
+          for (const [u, at] of model) if (clock.t - at > ttl) model.delete(u);
+          for (let u = 0; u < 16; u++) expect(t.pendingAtOthers(blob, 'c', [u])).toBe(model.has(u));
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
   it('rarities follow holders turning usable and unusable exactly as a count from scratch', () => {
     const units = 77;
     fc.assert(
