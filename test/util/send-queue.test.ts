@@ -65,6 +65,28 @@ describe.skipIf(req.skip)('send queue', () => {
     expect(sendQueueBytes(out)).toBeLessThanOrEqual(16 * KiB);
   });
 
+  it('looks less often than every pollMs once it knows the rate the queue drains at', async () => {
+    const { out, inn } = await pair();
+    out.write(Buffer.alloc(4096 * KiB, 6));
+    await new Promise((r) => setTimeout(r, 20));
+    // the peer reads 64 KiB every 10 ms: the queue drains over about half a second
+    const reader = setInterval(() => inn.read(64 * KiB), 10);
+    cleanup.push(() => clearInterval(reader));
+    let looks = 0;
+    const timers = {
+      now: () => Date.now(),
+      setTimeout: (f: () => void, ms: number) => (looks++, setTimeout(f, ms)),
+      clearTimeout: (t: unknown) => clearTimeout(t as NodeJS.Timeout),
+    };
+    const t0 = Date.now();
+    await whenSent(out, 0, { pollMs: 5, stallMs: 10_000, timers });
+    const elapsed = Date.now() - t0;
+    expect(sendQueueBytes(out)).toBe(0);
+    expect(elapsed).toBeGreaterThan(100);
+    // every pollMs would be elapsed / 5 looks; the estimate spaces them up to 40 ms apart
+    expect(looks).toBeLessThan(elapsed / 5 / 2);
+  });
+
   it('gives up on a peer that stopped reading or reads a trickle, and at once on a closed socket', async () => {
     const a = await pair();
     a.out.write(Buffer.alloc(256 * KiB, 3));
