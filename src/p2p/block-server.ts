@@ -21,6 +21,7 @@ import type { PreheatAnswer } from './preheat-request.js';
 import { abortOnClose, handleFileTable, handleManifest, handlePreheat } from './seed-endpoints.js';
 import { refusedClientReason, serverTlsOptions, type TlsMaterial } from './tls.js';
 import { handleTrackerPost, TRACKER_HTTP_PREFIX, TrackerBodies } from './tracker-http.js';
+import { UploadSlots } from './upload-slots.js';
 import type { TrackerState } from './tracker-state.js';
 import type { BlobHint, BlobProvider } from './served-blob.js';
 
@@ -59,13 +60,15 @@ export interface BlockServerOptions {
    */
   maxQueuedRequests?: number;
   /**
-   * Background-fill runs (`fill=1`) served at once (a node: p2p.uploadSlots); more are refused at once with
-   * 429, so that askers take other holders instead of sharing one uplink until they time out. Reads a
+   * Background-fill runs (`fill=1`) served at once (a node: p2p.uploadSlots); more wait a moment for a slot
+   * (a few: upload-slots.ts), else are refused with 429, so that askers take other holders instead of sharing one uplink until they time out. Reads a
    * container waits on are never refused for it. 0 or undefined: no limit (seeds). A slot is free once at
    * most `slotTailBytes` of its answer are left to send (default 64 KiB; src/util/send-queue.ts).
    */
   uploadSlots?: number;
   slotTailBytes?: number;
+  /** How long a fill run waits for a slot before the 429 (ms; default SLOT_WAIT_MS, upload-slots.ts). */
+  slotWaitMs?: number;
   /** Serves `POST /preheat` (a seed: see preheat-request.ts); without it, that path is 404. */
   preheat?: (images: string[]) => PreheatAnswer;
   /**
@@ -106,8 +109,8 @@ export interface BlockServerOptions {
 export class BlockServer {
   private server: Server | undefined;
   private active = 0;
-  /** Fill runs being served (see uploadSlots). */
-  private fillActive = 0;
+  /** Fill runs being served, and those waiting a moment for a slot (see uploadSlots). */
+  private readonly fillSlots: UploadSlots;
   /** Planned requests for blobs with upload slots of their own being served (ServedBlob.uploadSlots). */
   private blobSlotsActive = 0;
   /** Requests waiting for pieces still on their way from the origin (ServedBlob.ready). */
@@ -140,6 +143,7 @@ export class BlockServer {
       opts.maxQueuedRequests ?? 1024,
     );
     this.trackerBodies = new TrackerBodies(opts.maxTrackerBodyBytes);
+    this.fillSlots = new UploadSlots(opts.uploadSlots ?? 0, { waitMs: opts.slotWaitMs });
   }
 
   /**
@@ -166,6 +170,11 @@ export class BlockServer {
   /** Requests waiting for bytes of the response budget (maxInflightBytes). */
   get waiting(): number {
     return this.budget.queued;
+  }
+
+  /** Fill runs holding an upload slot, and those waiting a moment for one. */
+  get fillRuns(): { taken: number; waiting: number } {
+    return { taken: this.fillSlots.taken, waiting: this.fillSlots.waiting };
   }
 
   /** Uploads in progress: the load a node reports to the tracker. */
@@ -268,15 +277,28 @@ export class BlockServer {
       if (range.status === 405) res.setHeader('allow', 'GET, HEAD');
       return fail(range.status, range.message);
     }
-    const slots = this.opts.uploadSlots ?? 0;
+    const slots = this.fillSlots.slots;
     const slot = range.fill && slots > 0;
-    if (slot && this.fillActive >= slots) {
-      this.counters.busy++;
-      res.setHeader('retry-after', '1');
-      return fail(429, `busy: all ${slots} upload slots are taken; ask another holder`);
-    }
-    if (slot) this.fillActive++;
     const ac = new AbortController();
+    abortOnClose(res, ac);
+    if (slot) {
+      const got = this.fillSlots.acquire(ac.signal);
+      // an asker that leaves while it waits closes its end (the response's close comes only once answered)
+      const left = () => ac.abort(DfError.aborted('client went away'));
+      if (got !== true) req.socket.once('end', left);
+      const ok = got === true || (await got);
+      req.socket.off('end', left);
+      // the asker went away while it waited: nobody to answer (a slot it was given goes to the next)
+      if (ac.signal.aborted) {
+        if (ok) this.fillSlots.release();
+        return void res.destroy();
+      }
+      if (!ok) {
+        this.counters.busy++;
+        res.setHeader('retry-after', '1');
+        return fail(429, `busy: all ${slots} upload slots are taken; ask another holder`);
+      }
+    }
     const idleMs = this.opts.requestTimeoutMs ?? 30_000;
     const timeout = () => ac.abort(DfError.timeout(`peer request made no progress for ${idleMs} ms`));
     let timer = setTimeout(timeout, idleMs);
@@ -287,7 +309,6 @@ export class BlockServer {
       clearTimeout(timer);
       timer = setTimeout(timeout, idleMs);
     };
-    abortOnClose(res, ac);
     this.active++;
     let blobSlot = false;
     try {
@@ -402,7 +423,9 @@ export class BlockServer {
       this.active--;
       // a fill run's slot is free once its answer has nearly left the socket, not when the kernel took it
       if (slot)
-        void whenSent(req.socket, this.opts.slotTailBytes ?? SLOT_TAIL_BYTES).then(() => this.fillActive--);
+        void whenSent(req.socket, this.opts.slotTailBytes ?? SLOT_TAIL_BYTES).then(() =>
+          this.fillSlots.release(),
+        );
       if (blobSlot) this.blobSlotsActive--;
     }
   }

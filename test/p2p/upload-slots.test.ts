@@ -50,9 +50,14 @@ describe('upload slots', () => {
     for (const f of cleanup.splice(0).reverse()) await f();
   });
 
-  async function holder(slots: number) {
+  async function holder(slots: number, slotWaitMs?: number) {
     const h = heldProvider();
-    const server = new BlockServer({ provider: h.provider, clusterToken: 't', uploadSlots: slots });
+    const server = new BlockServer({
+      provider: h.provider,
+      clusterToken: 't',
+      uploadSlots: slots,
+      slotWaitMs,
+    });
     const address = await server.listen('127.0.0.1:0');
     cleanup.push(async () => {
       h.open();
@@ -67,7 +72,7 @@ describe('upload slots', () => {
   }
   const signal = () => AbortSignal.timeout(20_000);
 
-  it('refuses fill runs beyond the slots at once with 429, never a read a container waits on', async () => {
+  it('refuses fill runs beyond the slots with 429, never a read a container waits on', async () => {
     const a = await holder(1);
     const c = client();
     const first = c.get(a.address, DIGEST, 0, PIECE, signal(), { fill: '1' });
@@ -136,6 +141,48 @@ describe('upload slots', () => {
       });
     },
   );
+
+  it('a fill run that finds the slots taken waits a moment for one, and is served when it frees', async () => {
+    const a = await holder(1, 10_000);
+    const c = client();
+    const first = c.get(a.address, DIGEST, 0, PIECE, signal(), { fill: '1' });
+    await vi.waitFor(() => expect(a.reading()).toBe(1));
+    const second = c.get(a.address, DIGEST, PIECE, PIECE, signal(), { fill: '1' });
+    // only as many as there are slots wait: a third is refused at once
+    const third = await c.get(a.address, DIGEST, 2 * PIECE, PIECE, signal(), { fill: '1' }).catch((e) => e);
+    expect(isBusy(third)).toBe(true);
+    expect(a.server.counters.busy).toBe(1);
+    expect(a.reading()).toBe(1);
+    // the first answer leaves: its slot goes to the waiting run
+    a.open();
+    expect((await first).length).toBe(PIECE);
+    await vi.waitFor(() => expect(a.reading()).toBe(1));
+    a.open();
+    expect((await second).length).toBe(PIECE);
+    expect(a.server.counters.busy).toBe(1);
+  });
+
+  it('a waiting fill run whose asker went away does not keep the slot', async () => {
+    const a = await holder(1, 10_000);
+    const c = client();
+    const first = c.get(a.address, DIGEST, 0, PIECE, signal(), { fill: '1' });
+    await vi.waitFor(() => expect(a.reading()).toBe(1));
+    const gone = new AbortController();
+    const waiting = c.get(a.address, DIGEST, PIECE, PIECE, gone.signal, { fill: '1' }).catch((e) => e);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(a.server.fillRuns).toEqual({ taken: 1, waiting: 1 });
+    gone.abort();
+    await waiting;
+    await vi.waitFor(() => expect(a.server.fillRuns.waiting).toBe(0));
+    a.open();
+    expect((await first).length).toBe(PIECE);
+    // the slot is free for the next asker (the one that left was given it and gave it back)
+    const next = c.get(a.address, DIGEST, 2 * PIECE, PIECE, signal(), { fill: '1' });
+    await vi.waitFor(() => expect(a.reading()).toBe(1));
+    a.open();
+    expect((await next).length).toBe(PIECE);
+    expect(a.server.counters.busy).toBe(0);
+  });
 
   it('without slots (a seed) serves every fill run', async () => {
     const a = await holder(0);
