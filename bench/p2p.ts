@@ -18,9 +18,11 @@ import { LINK_QUEUE_HELP, linkQueue, P2pCluster, repoRoot, type PreheatResult } 
 import { preheatThroughDaemons } from './lib/p2p-daemons.js';
 import { rowsTable, type P2pRow } from './lib/p2p-rows.js';
 import {
+  answersSince,
   busySince,
   cpuTimes,
   movedGiB as moved,
+  nodeAnswers,
   procTimes,
   traceLinks,
   trackerCalls,
@@ -157,6 +159,8 @@ const times = (ms: number[]) => ({
 });
 
 const SEED_METRICS_PORT = 9877;
+/** Where each `dfnode run` of the dfnode-warm mode serves its metrics (nodeAnswers). */
+const NODE_METRICS_PORT = 9878;
 
 /** dfnode: a fresh seed and fresh node caches; every node preheats at once and keeps serving peers. */
 async function dfnodePhase(n: number): Promise<Row> {
@@ -263,12 +267,14 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
     nodesGiB: 0,
     seedGiB: 0,
     calls: { announce: 0, lookup: 0, answers: {} as Record<string, number> },
+    nodeAnswers: {} as Record<string, number>,
   };
   const daemons = await preheatThroughDaemons(cluster, hosts, {
     dir: join(work, `daemons-${++daemonPhases}-n${n}`),
     env,
     nodeFlags: cluster.opts.nodeFlags,
     warmRef,
+    metricsPort: NODE_METRICS_PORT,
     onStart: async () => {
       at0 = {
         b0: cluster.registry.blobBytes(),
@@ -276,6 +282,7 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
         nodesGiB: await moved(hosts),
         seedGiB: await moved([cluster.seedHost]),
         calls: (await trackerCalls(cluster, SEED_METRICS_PORT)) ?? { announce: 0, lookup: 0, answers: {} },
+        nodeAnswers: await nodeAnswers(hosts, NODE_METRICS_PORT),
         cpu: cpuTimes(),
         seed: procTimes(seed.pid),
       };
@@ -294,10 +301,17 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
       log(
         `  tracker calls: ${calls.announce - at0.calls.announce} announces, ` +
           `${calls.lookup - at0.calls.lookup} lookups; the seed's block answers: ` +
-          Object.entries(calls.answers)
-            .map(([k, v]) => `${k} ${v - (at0.calls.answers[k] ?? 0)}`)
-            .join(', '),
+          answersSince(calls.answers, at0.calls.answers),
       );
+    log(
+      `  the nodes' block answers: ${answersSince(await nodeAnswers(hosts, NODE_METRICS_PORT), at0.nodeAnswers)}`,
+    );
+    const nodeSys = r.reduce((a, x) => a + x.systemS, 0) / n;
+    const nodeAll = r.reduce((a, x) => a + x.cpuS, 0) / n;
+    log(
+      `  cpu s: node mean user ${(nodeAll - nodeSys).toFixed(2)} system ${nodeSys.toFixed(2)}; seed user ` +
+        `${(st.user - at0.seed.user).toFixed(2)} system ${(st.system - at0.seed.system).toFixed(2)}`,
+    );
     return await dfnodeRow(mode, n, r, {
       b0: at0.b0,
       w0: at0.w0,

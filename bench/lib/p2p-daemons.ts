@@ -9,6 +9,7 @@ import { socketAccepts } from '../../src/util/unix-socket.js';
 import { DfnodeRun } from './dfnode-run.js';
 import type { NetnsHost } from './netns-topology.js';
 import { cli, type P2pCluster, type PreheatResult } from './p2p-cluster.js';
+import { procTimes } from './p2p-phase.js';
 
 /** A preheat that has not answered by then fails the phase (a daemon that hangs must not hang the bench). */
 const PREHEAT_TIMEOUT_MS = 15 * 60_000;
@@ -17,6 +18,8 @@ const PREHEAT_TIMEOUT_MS = 15 * 60_000;
 export interface DaemonPreheat extends PreheatResult {
   /** CPU seconds (user + system) the daemon used from the request until every daemon had answered. */
   cpuS: number;
+  /** The system (kernel) part of cpuS. */
+  systemS: number;
 }
 
 /**
@@ -36,6 +39,8 @@ export async function preheatThroughDaemons(
      * run their code paths once, as daemons that have been up for a while have (P2pCluster.warmRef).
      */
     warmRef?: string;
+    /** Each daemon serves its metrics on 127.0.0.1:PORT in its namespace (off by default). */
+    metricsPort?: number;
     /** Called just before the requests go out (the clock's start). */
     onStart?: () => void | Promise<void>;
   },
@@ -54,6 +59,7 @@ export async function preheatThroughDaemons(
           launch: (cmd, args) => h.netArgv(cmd, args),
           env: { DFNODE_P2P_CLUSTER_TOKEN: cluster.token, ...cluster.memberEnv(h), ...o.env },
           nodeFlags: o.nodeFlags,
+          ...(o.metricsPort ? { metricsPort: o.metricsPort } : {}),
           // the daemon's log (and what --node-flags make Node print): kept with --keep
           logFile: join(o.dir, h.name, 'dfnode.log'),
           timeoutMs: 120_000,
@@ -86,6 +92,7 @@ export async function preheatThroughDaemons(
     await new Promise((r) => setTimeout(r, 1000));
     await o.onStart?.();
     const cpu0 = ordered.map((d) => d.daemon.cpu());
+    const sys0 = ordered.map((d) => procTimes(d.daemon.pid).system);
     const t0 = Date.now();
     const answers = await Promise.all(
       ordered.map(async (d) => {
@@ -99,6 +106,7 @@ export async function preheatThroughDaemons(
       }),
     );
     const cpu = ordered.map((d, i) => d.daemon.cpu() - cpu0[i]!);
+    const sys = ordered.map((d, i) => procTimes(d.daemon.pid).system - sys0[i]!);
     const results = answers.map(({ r, ms }, i) => ({
       host: hosts[i]!.name,
       ms,
@@ -107,6 +115,7 @@ export async function preheatThroughDaemons(
       fill: r.fill,
       cacheDir: ordered[i]!.cacheDir,
       cpuS: cpu[i]!,
+      systemS: sys[i]!,
     }));
     return { results, stop };
   } catch (err) {

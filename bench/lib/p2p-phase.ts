@@ -83,22 +83,48 @@ export async function trackerCalls(
   cluster: P2pCluster,
   port: number,
 ): Promise<{ announce: number; lookup: number; answers: Record<string, number> } | undefined> {
+  const text = await metricsText(cluster.seedHost, port);
+  if (text === undefined) return undefined;
+  const get = (m: string) =>
+    Number(new RegExp(`^dfnode_tracker_requests_total\\{method="${m}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
+  return { announce: get('announce'), lookup: get('lookup'), answers: blockAnswers(text) };
+}
+
+/**
+ * The block requests the `hosts`' dfnode daemons answered, by how (served, busy, missing, ...), summed over
+ * the hosts, from their metrics on `port` in their namespaces; hosts whose metrics do not answer count none.
+ */
+export async function nodeAnswers(hosts: NetnsHost[], port: number): Promise<Record<string, number>> {
+  const sum: Record<string, number> = {};
+  for (const text of await Promise.all(hosts.map((h) => metricsText(h, port))))
+    for (const [k, v] of Object.entries(blockAnswers(text ?? ''))) sum[k] = (sum[k] ?? 0) + v;
+  return sum;
+}
+
+/** `now - before` per key, as `key N, key N` (keys with no change left out). */
+export function answersSince(now: Record<string, number>, before: Record<string, number>): string {
+  return (
+    Object.entries(now)
+      .map(([k, v]) => [k, v - (before[k] ?? 0)] as const)
+      .filter(([, v]) => v > 0)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ') || 'none'
+  );
+}
+
+/** A block server's requests by how it answered them (dfnode_peer_requests_total by result). */
+function blockAnswers(text: string): Record<string, number> {
+  const answers: Record<string, number> = {};
+  for (const m of text.matchAll(/^dfnode_peer_requests_total\{result="([a-z_]+)"\} (\d+)/gm))
+    answers[m[1]!] = Number(m[2]);
+  return answers;
+}
+
+/** The metrics page a process in `host`'s namespace serves on 127.0.0.1:`port`, or undefined. */
+async function metricsText(host: NetnsHost, port: number): Promise<string | undefined> {
   try {
-    const r = await cluster.seedHost.exec('curl', [
-      '-sf',
-      '--max-time',
-      '5',
-      `http://127.0.0.1:${port}/metrics`,
-    ]);
-    const get = (m: string) =>
-      Number(
-        new RegExp(`^dfnode_tracker_requests_total\\{method="${m}"\\} (\\d+)`, 'm').exec(r.stdout)?.[1] ?? 0,
-      );
-    // the seed's block requests by how it answered them (served, deferred, handed_back, busy, ...)
-    const answers: Record<string, number> = {};
-    for (const m of r.stdout.matchAll(/^dfnode_peer_requests_total\{result="([a-z_]+)"\} (\d+)/gm))
-      answers[m[1]!] = Number(m[2]);
-    return { announce: get('announce'), lookup: get('lookup'), answers };
+    const r = await host.exec('curl', ['-sf', '--max-time', '5', `http://127.0.0.1:${port}/metrics`]);
+    return r.stdout;
   } catch {
     return undefined;
   }
