@@ -22,6 +22,8 @@ const { values: flags } = parseArgs({
     'start-spread-ms': { type: 'string', default: '0' },
     'lookup-candidates': { type: 'string', default: String(DEFAULT_SIM.lookupCandidates) },
     'upload-slots': { type: 'string', default: String(DEFAULT_SIM.uploadSlots) },
+    'slot-wait-ms': { type: 'string', default: String(DEFAULT_SIM.slotWaitMs) },
+    'slot-waiters': { type: 'string', default: String(DEFAULT_SIM.slotWaiters) },
     'busy-backoff-ms': { type: 'string', default: String(DEFAULT_SIM.busyBackoffMs) },
     'send-buffer-kib': { type: 'string', default: String(DEFAULT_SIM.sendBufferBytes / 1024) },
     'busy-retry-ms': { type: 'string', default: String(DEFAULT_SIM.busyRetryMs) },
@@ -47,6 +49,8 @@ if (flags.help) {
       '  [--max-run-mib 4] (largest peer run of the fill planner, as p2pFill maxRunBytes)\n' +
       '  [--lookup-candidates 256] (holders a tracker lookup scores, TrackerLimits.lookupCandidates)\n' +
       '  [--upload-slots 4] (fill runs a node uploads at once, p2p.uploadSlots)\n' +
+      '  [--slot-wait-ms 150] [--slot-waiters 1] (how long a run waits for a taken slot before the 429, and\n' +
+      '    how many may wait at one holder; a wait of 0: refused at once)\n' +
       "  [--send-buffer-kib 64] (a holder's slot is free once this much of its run is left in its socket's send queue)\n" +
       "  [--mid-run-kib 256] (a run's arrived units are stored and announced per this much, as RunWriter; 0: at its end)\n" +
       '  [--tracker-call-us 100] (seed CPU per tracker call beyond the tracker logic timed here: HTTP, codec,\n' +
@@ -73,6 +77,8 @@ const base: SimParams = {
   midRunBytes: Math.round(num('mid-run-kib') * 1024),
   lookupCandidates: num('lookup-candidates'),
   uploadSlots: num('upload-slots'),
+  slotWaitMs: num('slot-wait-ms'),
+  slotWaiters: num('slot-waiters'),
   busyBackoffMs: num('busy-backoff-ms'),
   sendBufferBytes: Math.round(num('send-buffer-kib') * 1024),
   busyRetryMs: num('busy-retry-ms'),

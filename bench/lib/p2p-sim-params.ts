@@ -2,6 +2,7 @@
 import { MID_RUN_WRITE_BYTES } from '../../src/fetch/run-writer.js';
 import { ANNOUNCE_DELAY_MS, LOOKUP_GAP_MS } from '../../src/p2p/node-cadence.js';
 import { DEFAULT_TRACKER_LIMITS } from '../../src/p2p/tracker-limits.js';
+import { SLOT_WAIT_MS, SLOT_WAITERS } from '../../src/p2p/upload-slots.js';
 
 export interface SimParams {
   hosts: number;
@@ -26,6 +27,13 @@ export interface SimParams {
    * the median, 300 KB at the 75th percentile, up to 1 MB (`--send-buffer-kib 256` models that).
    */
   sendBufferBytes: number;
+  /**
+   * A run that finds the holder's slots taken waits this long for one (ms; SLOT_WAIT_MS), in arrival order;
+   * then it is refused as busy. 0: refused at once (the block server before 2026-12-07, late).
+   */
+  slotWaitMs: number;
+  /** Runs that may wait for one holder's slot at once (SLOT_WAITERS); more are refused at once. */
+  slotWaiters: number;
   /** A holder that refused as busy is not asked again for this long (ms). */
   busyBackoffMs: number;
   /** A worker whose run was refused as busy plans again after this long (ms; p2pFill BUSY_RETRY_MS). */
@@ -69,8 +77,10 @@ export const DEFAULT_SIM: SimParams = {
   registryMbit: 40,
   rttMs: 2,
   peerTimeoutMs: 2000,
-  // as the node's defaults: p2p.uploadSlots, BUSY_BACKOFF_MS
+  // as the node's defaults: p2p.uploadSlots, SLOT_WAIT_MS, BUSY_BACKOFF_MS
   uploadSlots: 4,
+  slotWaitMs: SLOT_WAIT_MS,
+  slotWaiters: SLOT_WAITERS,
   sendBufferBytes: 64 << 10,
   busyBackoffMs: 500,
   busyRetryMs: 50,
@@ -111,8 +121,10 @@ export interface SimResult {
   refusedAnnounces: number;
   /** Peer requests abandoned at their timeout (the holder is then isolated for a while). */
   peerTimeouts: number;
-  /** Peer fill runs refused at once because the holder's upload slots were taken. */
+  /** Peer fill runs refused because the holder's upload slots were taken (at once, or after a wait). */
   busyRefusals: number;
+  /** Peer fill runs that waited for a holder's upload slot (then served, or refused). */
+  slotWaits: number;
   /** Fill runs completed from peers and from the seed (requests that moved data). */
   peerRuns: number;
   seedRuns: number;

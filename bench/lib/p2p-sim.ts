@@ -41,6 +41,8 @@ interface SimNode {
   claimed: Set<number>;
   seedActive: number;
   uploads: number;
+  /** Runs waiting for one of this node's upload slots, first come first (SimParams.slotWaitMs). */
+  slotWaiters: { go: () => void; done: boolean }[];
   start: number;
   end: number;
   announced: Uint8Array | undefined;
@@ -112,6 +114,8 @@ export function simulate(p: SimParams): SimResult {
   let fromSeed = 0;
   let peerTimeouts = 0;
   let refusedBusy = 0;
+  /** Peer runs that waited for a holder's upload slot (served or refused after the wait). */
+  let slotWaits = 0;
   let carriedLookups = 0;
   let peerRuns = 0;
   let seedRuns = 0;
@@ -180,6 +184,7 @@ export function simulate(p: SimParams): SimResult {
       claimed: new Set(),
       seedActive: 0,
       uploads: 0,
+      slotWaiters: [],
       start: p.startSpreadMs > 0 ? rand() * p.startSpreadMs : 0,
       end: -1,
       announced: undefined,
@@ -394,22 +399,52 @@ export function simulate(p: SimParams): SimResult {
       }
     }
     const holder = best;
-    if (p.uploadSlots > 0 && holder.uploads >= p.uploadSlots) {
-      // refused at once (503 busy): not a failure; that holder is left alone for a moment
+    const refuse = () => {
+      // refused (429 busy): not a failure; that holder is left alone for a moment
       release();
       n.full.set(holder.id, now + p.busyBackoffMs);
       refusedBusy++;
       at(now + p.rttMs + p.busyRetryMs, () => worker(n, i));
+    };
+    if (p.uploadSlots > 0 && holder.uploads >= p.uploadSlots) {
+      if (p.slotWaitMs <= 0 || holder.slotWaiters.length >= p.slotWaiters) return refuse();
+      // waits for a slot (handed over by freeSlot below, the count unchanged), refused when none frees
+      slotWaits++;
+      const w = { go: () => serve(n, i, us, bytes, holder, release), done: false };
+      holder.slotWaiters.push(w);
+      at(now + p.slotWaitMs, () => {
+        if (w.done) return;
+        w.done = true;
+        holder.slotWaiters.splice(holder.slotWaiters.indexOf(w), 1);
+        refuse();
+      });
       return;
     }
     holder.uploads++;
+    serve(n, i, us, bytes, holder, release);
+  };
+
+  /** Node `n`'s worker `i` is sent units `us` (`bytes`) by `holder`, whose upload slot it holds. */
+  const serve = (
+    n: SimNode,
+    i: number,
+    us: number[],
+    bytes: number,
+    holder: SimNode,
+    release: () => void,
+  ) => {
     n.busy.set(holder.id, (n.busy.get(holder.id) ?? 0) + 1);
     let settled = false;
-    // the holder's slot: free once the rest of the run is in its socket's send buffer
+    // the holder's slot: free once the rest of the run is in its socket's send buffer; the first run that
+    // waits for one takes it over
     let slotHeld = true;
     const freeSlot = () => {
-      if (slotHeld) holder.uploads--;
+      if (!slotHeld) return;
       slotHeld = false;
+      const next = holder.slotWaiters.shift();
+      if (!next) return void holder.uploads--;
+      next.done = true;
+      next.go();
     };
     const end = () => {
       settled = true;
@@ -483,6 +518,7 @@ export function simulate(p: SimParams): SimResult {
     refusedAnnounces,
     peerTimeouts,
     busyRefusals: refusedBusy,
+    slotWaits,
     peerRuns,
     seedRuns,
     peakNodeUploads: Math.max(0, ...nodes.map((n) => n.ep.peakUps)),

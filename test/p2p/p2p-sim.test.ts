@@ -83,6 +83,19 @@ describe('P2P simulation (bench/lib/p2p-sim.ts)', () => {
     expect(none.finished).toBe(12);
   });
 
+  it('upload slots: a run waits a moment for a taken slot, handed over without exceeding the slots', () => {
+    const at = (slotWaitMs: number) =>
+      simulate({ ...small, hosts: 12, uploadSlots: 1, sendBufferBytes: 0, slotWaitMs, slotWaiters: 2 });
+    const refused = at(0);
+    expect(refused.slotWaits).toBe(0);
+    const waiting = at(150);
+    expect(waiting.slotWaits).toBeGreaterThan(0);
+    expect(waiting.busyRefusals).toBeLessThan(refused.busyRefusals);
+    expect(waiting.peakNodeUploads).toBe(1);
+    expect(waiting.finished).toBe(12);
+    expect(waiting.registryEgress).toBeCloseTo(1, 6);
+  });
+
   it("a holder's slot is free once the rest of its run fits in its send buffer", () => {
     const exact = simulate({ ...small, hosts: 12, uploadSlots: 1, sendBufferBytes: 0 });
     expect(exact.peakNodeUploads).toBe(1);

@@ -34,14 +34,14 @@ function fakeTimers() {
 describe('UploadSlots', () => {
   it('grants free slots at once, then hands freed slots to waiters in arrival order', async () => {
     const t = fakeTimers();
-    const s = new UploadSlots(2, { waitMs: 100, timers: t.timers });
+    const s = new UploadSlots(2, { waitMs: 100, maxWaiters: 2, timers: t.timers });
     expect(s.acquire()).toBe(true);
     expect(s.acquire()).toBe(true);
     const order: string[] = [];
     const w1 = Promise.resolve(s.acquire()).then((ok) => order.push(`w1 ${ok}`));
     const w2 = Promise.resolve(s.acquire()).then((ok) => order.push(`w2 ${ok}`));
     expect(s.waiting).toBe(2);
-    // more than there are slots do not wait
+    // more than maxWaiters do not wait
     expect(s.acquire()).toBe(false);
     s.release();
     s.release();
@@ -78,6 +78,14 @@ describe('UploadSlots', () => {
     s.release();
     expect(s.taken).toBe(0);
     expect(new UploadSlots(1, { waitMs: 0 }).acquire()).toBe(true);
+  });
+
+  it('lets one run wait by default', () => {
+    const s = new UploadSlots(4, { timers: fakeTimers().timers });
+    for (let i = 0; i < 4; i++) expect(s.acquire()).toBe(true);
+    expect(s.acquire()).toBeInstanceOf(Promise);
+    expect(s.acquire()).toBe(false);
+    expect(s.waiting).toBe(1);
   });
 
   it('does not wait with a wait of 0, and has no limit with 0 slots', () => {

@@ -148,7 +148,7 @@ describe('upload slots', () => {
     const first = c.get(a.address, DIGEST, 0, PIECE, signal(), { fill: '1' });
     await vi.waitFor(() => expect(a.reading()).toBe(1));
     const second = c.get(a.address, DIGEST, PIECE, PIECE, signal(), { fill: '1' });
-    // only as many as there are slots wait: a third is refused at once
+    // one run waits (SLOT_WAITERS): a third is refused at once
     const third = await c.get(a.address, DIGEST, 2 * PIECE, PIECE, signal(), { fill: '1' }).catch((e) => e);
     expect(isBusy(third)).toBe(true);
     expect(a.server.counters.busy).toBe(1);
