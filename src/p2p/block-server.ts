@@ -60,10 +60,11 @@ export interface BlockServerOptions {
    */
   maxQueuedRequests?: number;
   /**
-   * Background-fill runs (`fill=1`) served at once (a node: p2p.uploadSlots); more wait a moment for a slot
-   * (a few: upload-slots.ts), else are refused with 429, so that askers take other holders instead of sharing one uplink until they time out. Reads a
-   * container waits on are never refused for it. 0 or undefined: no limit (seeds). A slot is free once at
-   * most `slotTailBytes` of its answer are left to send (default 64 KiB; src/util/send-queue.ts).
+   * Background-fill runs (`fill=1`) served at once (a node: p2p.uploadSlots); one more may wait a moment for
+   * a slot (upload-slots.ts), others are refused with 429, so that askers take other holders instead of
+   * sharing one uplink until they time out. Reads a container waits on are never refused for it. 0 or
+   * undefined: no limit (seeds). A slot is free once at most `slotTailBytes` of its answer are left to send
+   * (default 64 KiB; src/util/send-queue.ts).
    */
   uploadSlots?: number;
   slotTailBytes?: number;

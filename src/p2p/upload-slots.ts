@@ -15,8 +15,9 @@ import { realTimers } from '../util/timers.js';
 export const SLOT_WAIT_MS = 150;
 /**
  * Fill runs that may wait for a slot at once; others are refused at once. In the simulation (bench/p2p-sim)
- * one waiter cut refusals by a third at the same fill times; as many as there are slots (4) halved them but
- * made fills 5–7 % slower: the last in line waits out its 150 ms with its own download link idle.
+ * one waiter cut refusals by a third at the same fill times (in bench/p2p by 14 % at N = 16); as many as
+ * there are slots (4) halved them but made fills 5–7 % slower (bench/p2p: 2–3 %): the last in line waits
+ * out its 150 ms with its own download link idle.
  */
 export const SLOT_WAITERS = 1;
 
