@@ -1,9 +1,10 @@
 /**
  * A discrete-event simulation of one layer spreading to N hosts through dfnode's P2P tier, driving the real
- * planner (src/p2p/fill-planner.ts `planRun`, with the real PeerView) and the real tracker
- * (src/p2p/tracker-state.ts `TrackerState`, announces and lookups as the nodes send them) on a virtual
- * clock. What is simulated: links (bench/lib/sim-links.ts: fluid flows; each flow gets the smaller of its
- * sender's upload share and its receiver's download share), request latency, the seed's registry fetches,
+ * planner (src/p2p/fill-planner.ts `planRun`, with the real PeerView), the real tracker
+ * (src/p2p/tracker-state.ts `TrackerState`, announces and lookups as the nodes send them) and the block
+ * server's upload slots (src/p2p/upload-slots.ts `UploadSlots`) on a virtual clock. What is simulated:
+ * links (bench/lib/sim-links.ts: fluid flows; each flow gets the smaller of its sender's upload share and
+ * its receiver's download share), request latency, the seed's registry fetches (bench/lib/sim-seed.ts),
  * and optionally one shared machine's CPU (hosts that share 2 cores, as bench/p2p does). What is not: TCP
  * dynamics, on-demand reads, failures, several blobs at once.
  *
@@ -19,19 +20,17 @@ import type { Toc } from '../../src/blob/toc.js';
 import { planRun } from '../../src/p2p/fill-planner.js';
 import { Isolation } from '../../src/p2p/isolation.js';
 import { PeerView, type Holder } from '../../src/p2p/peer-view.js';
+import { UploadSlots } from '../../src/p2p/upload-slots.js';
 import { TrackerState, type TrackerStateOptions } from '../../src/p2p/tracker-state.js';
 import { UnitLayout } from '../../src/p2p/unit-layout.js';
 import type { Timers } from '../../src/util/timers.js';
 import { transferTimeoutMs } from '../../src/util/transfer-timeout.js';
 import { EventQueue, midRunStore, rng, SimCache, type Endpoint } from './sim-core.js';
 import { FluidLinks } from './sim-links.js';
+import { SimSeedFill } from './sim-seed.js';
 import type { SimParams, SimResult } from './p2p-sim-params.js';
 
 export { DEFAULT_SIM, type SimParams, type SimResult } from './p2p-sim-params.js';
-
-/** The seed's registry fetches: this many at once, of this many bytes (short: blocks become available as they stream). */
-const SEED_FETCHES = 8;
-const SEED_FETCH_BYTES = 256 << 10;
 
 interface SimNode {
   id: string;
@@ -40,9 +39,10 @@ interface SimNode {
   view: PeerView;
   claimed: Set<number>;
   seedActive: number;
+  /** Peer runs this node sends that hold a slot (its load). */
   uploads: number;
-  /** Runs waiting for one of this node's upload slots, first come first (SimParams.slotWaitMs). */
-  slotWaiters: { go: () => void; done: boolean }[];
+  /** Its upload slots, the block server's (with the wait of SimParams.slotWaitMs, on the virtual clock). */
+  slots: UploadSlots;
   start: number;
   end: number;
   announced: Uint8Array | undefined;
@@ -108,7 +108,6 @@ export function simulate(p: SimParams): SimResult {
   let plans = 0;
   let refusedAnnounces = 0;
   let peakBitmapBytes = 0;
-  let registryBytes = 0;
   let seedUpload = 0;
   let fromPeers = 0;
   let fromSeed = 0;
@@ -120,55 +119,13 @@ export function simulate(p: SimParams): SimResult {
   let peerRuns = 0;
   let seedRuns = 0;
 
-  // The seed fills the blob from the registry in order (SEED_FETCHES runs of SEED_FETCH_BYTES at a time: the
-  // real seed verifies and forwards each block as it streams in, which short runs approximate), fetching units a
-  // node asked for first; a node's run of units the seed does not hold starts when its first unit is in
-  // (cut-through: the seed forwards each block as it arrives; its registry link is at least as fast as
-  // its share of its upload here, so the forwarded flow does not overtake the arriving one).
-  const seedWaiters: { units: number[]; go: () => void }[] = [];
-  const seedFetching = new Set<number>();
-  const urgent: number[] = [];
-  let seedFills = 0;
-  let seedNext = 0;
-  const seedPump = () => {
-    while (seedFills < SEED_FETCHES) {
-      let first = -1;
-      while (urgent.length && first < 0) {
-        const u = urgent.shift()!;
-        if (!seedBits.has(u) && !seedFetching.has(u)) first = u;
-      }
-      if (first < 0) {
-        while (seedNext < units && (seedBits.has(seedNext) || seedFetching.has(seedNext))) seedNext++;
-        if (seedNext >= units) return;
-        first = seedNext;
-      }
-      const run: number[] = [];
-      let bytes = 0;
-      for (let u = first; u < units && !seedBits.has(u) && !seedFetching.has(u); u++) {
-        if (bytes + layout.length(u) > SEED_FETCH_BYTES && run.length) break;
-        run.push(u);
-        bytes += layout.length(u);
-      }
-      for (const u of run) seedFetching.add(u);
-      seedFills++;
-      registryBytes += bytes;
-      transfer(registry, seedEp, bytes, () => {
-        seedFills--;
-        for (const u of run) {
-          seedFetching.delete(u);
-          seedBits.set(u);
-        }
-        for (let i = seedWaiters.length - 1; i >= 0; i--) {
-          const w = seedWaiters[i]!;
-          if (seedBits.has(w.units[0]!)) {
-            seedWaiters.splice(i, 1);
-            w.go();
-          }
-        }
-        seedPump();
-      });
-    }
-  };
+  // the seed fills the blob from the registry (bench/lib/sim-seed.ts)
+  const seedFill = new SimSeedFill({
+    units,
+    length: (u) => layout.length(u),
+    bits: seedBits,
+    fetch: (bytes, done) => transfer(registry, seedEp, bytes, done),
+  });
 
   // --- nodes ------------------------------------------------------------------------------------------
   const nodes: SimNode[] = [];
@@ -184,7 +141,7 @@ export function simulate(p: SimParams): SimResult {
       claimed: new Set(),
       seedActive: 0,
       uploads: 0,
-      slotWaiters: [],
+      slots: new UploadSlots(p.uploadSlots, { waitMs: p.slotWaitMs, maxWaiters: p.slotWaiters, timers }),
       start: p.startSpreadMs > 0 ? rand() * p.startSpreadMs : 0,
       end: -1,
       announced: undefined,
@@ -368,12 +325,7 @@ export function simulate(p: SimParams): SimResult {
           },
           midRun(n, i, us, bytes),
         );
-      if (seedBits.has(us[0]!)) go();
-      else {
-        for (const u of us) if (!seedBits.has(u)) urgent.push(u);
-        seedWaiters.push({ units: us, go });
-        seedPump();
-      }
+      seedFill.whenHeld(us, go);
       return;
     }
     // from a peer: as PeerBlockSource picks, of the usable holders of the whole run the one with the fewest
@@ -406,22 +358,10 @@ export function simulate(p: SimParams): SimResult {
       refusedBusy++;
       at(now + p.rttMs + p.busyRetryMs, () => worker(n, i));
     };
-    if (p.uploadSlots > 0 && holder.uploads >= p.uploadSlots) {
-      if (p.slotWaitMs <= 0 || holder.slotWaiters.length >= p.slotWaiters) return refuse();
-      // waits for a slot (handed over by freeSlot below, the count unchanged), refused when none frees
-      slotWaits++;
-      const w = { go: () => serve(n, i, us, bytes, holder, release), done: false };
-      holder.slotWaiters.push(w);
-      at(now + p.slotWaitMs, () => {
-        if (w.done) return;
-        w.done = true;
-        holder.slotWaiters.splice(holder.slotWaiters.indexOf(w), 1);
-        refuse();
-      });
-      return;
-    }
-    holder.uploads++;
-    serve(n, i, us, bytes, holder, release);
+    // a slot at once, one handed over within the wait (by freeSlot below), or refused
+    const waiting = holder.slots.waiting;
+    holder.slots.take((ok) => (ok ? serve(n, i, us, bytes, holder, release) : refuse()));
+    if (holder.slots.waiting > waiting) slotWaits++;
   };
 
   /** Node `n`'s worker `i` is sent units `us` (`bytes`) by `holder`, whose upload slot it holds. */
@@ -433,6 +373,7 @@ export function simulate(p: SimParams): SimResult {
     holder: SimNode,
     release: () => void,
   ) => {
+    holder.uploads++;
     n.busy.set(holder.id, (n.busy.get(holder.id) ?? 0) + 1);
     let settled = false;
     // the holder's slot: free once the rest of the run is in its socket's send buffer; the first run that
@@ -441,10 +382,8 @@ export function simulate(p: SimParams): SimResult {
     const freeSlot = () => {
       if (!slotHeld) return;
       slotHeld = false;
-      const next = holder.slotWaiters.shift();
-      if (!next) return void holder.uploads--;
-      next.done = true;
-      next.go();
+      holder.uploads--;
+      holder.slots.release();
     };
     const end = () => {
       settled = true;
@@ -489,7 +428,7 @@ export function simulate(p: SimParams): SimResult {
       for (let k = 0; k < p.concurrency; k++) worker(n, i);
     }),
   );
-  seedPump();
+  seedFill.pump();
 
   for (let e = q.pop(); e; e = q.pop()) {
     if (e.t > p.limitMs) break;
@@ -508,7 +447,7 @@ export function simulate(p: SimParams): SimResult {
     finished: done.length,
     meanS: times.reduce((a, b) => a + b, 0) / Math.max(1, times.length),
     maxS: Math.max(0, ...times),
-    registryEgress: registryBytes / size,
+    registryEgress: seedFill.registryBytes / size,
     fromPeers: received ? fromPeers / received : 0,
     fromSeed: received ? fromSeed / received : 0,
     seedUploadBytes: seedUpload,

@@ -23,7 +23,6 @@ export const SLOT_WAITERS = 1;
 
 interface Waiter {
   grant: (ok: boolean) => void;
-  timer: unknown;
 }
 
 export class UploadSlots {
@@ -51,33 +50,45 @@ export class UploadSlots {
    * time, too many wait already, or `signal` aborts (the asker went away). A true answer must be released.
    */
   acquire(signal?: AbortSignal): Promise<boolean> | boolean {
-    if (this.slots <= 0) return true;
+    let answer: boolean | undefined;
+    let settle: ((ok: boolean) => void) | undefined;
+    this.take((ok) => (settle ? settle(ok) : (answer = ok)), signal);
+    return answer ?? new Promise<boolean>((resolve) => (settle = resolve));
+  }
+
+  /**
+   * acquire() with a callback, called once: at once when the answer is known now, else when a slot is
+   * handed over (from release()) or the wait ends. For callers without promises (bench/lib/p2p-sim.ts runs
+   * on a virtual clock, whose clearTimeout may do nothing: a late timer finds the waiter answered).
+   */
+  take(then: (ok: boolean) => void, signal?: AbortSignal): void {
+    if (this.slots <= 0) return then(true);
     if (this.active < this.slots) {
       this.active++;
-      return true;
+      return then(true);
     }
     const waitMs = this.o.waitMs ?? SLOT_WAIT_MS;
     if (waitMs <= 0 || this.waiters.length >= (this.o.maxWaiters ?? SLOT_WAITERS) || signal?.aborted)
-      return false;
+      return then(false);
     const timers = this.o.timers ?? realTimers;
-    return new Promise<boolean>((resolve) => {
-      const w: Waiter = {
-        grant: (ok) => {
-          timers.clearTimeout(w.timer);
-          signal?.removeEventListener('abort', gone);
-          resolve(ok);
-        },
-        timer: undefined,
-      };
-      const gone = () => {
-        const i = this.waiters.indexOf(w);
-        if (i >= 0) this.waiters.splice(i, 1);
-        w.grant(false);
-      };
-      w.timer = timers.setTimeout(gone, waitMs);
-      signal?.addEventListener('abort', gone, { once: true });
-      this.waiters.push(w);
-    });
+    let answered = false;
+    const w: Waiter = {
+      grant: (ok) => {
+        if (answered) return;
+        answered = true;
+        timers.clearTimeout(timer);
+        signal?.removeEventListener('abort', gone);
+        then(ok);
+      },
+    };
+    const gone = () => {
+      const i = this.waiters.indexOf(w);
+      if (i >= 0) this.waiters.splice(i, 1);
+      w.grant(false);
+    };
+    const timer = timers.setTimeout(gone, waitMs);
+    signal?.addEventListener('abort', gone, { once: true });
+    this.waiters.push(w);
   }
 
   /** A slot is free again: handed to the first waiter, if any. */
