@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { inflate, inflateSync } from 'node:zlib';
 import { DfError } from '../errors.js';
@@ -88,7 +88,7 @@ export class DfbReader {
 
   /** The footer's and the expected digest of the stored TOC bytes. */
   private static checkStoredToc(footer: Footer, stored: Buffer, expectedTocDigest?: string): void {
-    const actual = createHash('sha256').update(stored).digest();
+    const actual = hash('sha256', stored, 'buffer'); // every block a node receives or serves
     if (!actual.equals(footer.tocSha256)) {
       throw DfError.digestMismatch(
         'DFB TOC',
@@ -136,7 +136,7 @@ export class DfbReader {
         details: { block: i },
       });
     }
-    const actual = createHash('sha256').update(stored).digest();
+    const actual = hash('sha256', stored, 'buffer'); // every block a node receives or serves
     const expected = toc.blockSha256(i);
     if (!actual.equals(expected)) {
       const e = DfError.digestMismatch(

@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { hash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { DfError } from '../errors.js';
 
@@ -18,9 +18,9 @@ let expectedDigest: { token: string; digest: Buffer } | undefined;
 export function tokenMatches(expected: string, given: string | string[] | undefined): boolean {
   if (!expected || typeof given !== 'string') return false;
   if (expectedDigest?.token !== expected) {
-    expectedDigest = { token: expected, digest: createHash('sha256').update(expected).digest() };
+    expectedDigest = { token: expected, digest: hash('sha256', expected, 'buffer') };
   }
-  const b = createHash('sha256').update(given).digest();
+  const b = hash('sha256', given, 'buffer'); // one call, no Hash object: every request checks it
   return timingSafeEqual(expectedDigest.digest, b);
 }
 

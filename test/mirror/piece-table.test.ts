@@ -7,6 +7,7 @@ import {
   encodeTable,
   PieceHasher,
   PieceLayout,
+  pieceSizeFor,
   tableDigest,
   verifyPiece,
 } from '../../src/mirror/piece-table.js';
@@ -74,5 +75,21 @@ describe('piece table', () => {
     flipBits(lie, 100);
     expect(() => verifyPiece(t, 1, lie)).toThrow(/piece 1 .* does not match/);
     expect(() => verifyPiece(t, 2, data.subarray(2 * P, 2 * P + 5))).toThrow(/5 bytes, expected 10/);
+  });
+
+  it('cuts a file into 512 KiB pieces up to 2 GiB, then about 4,096 pieces, at most 16 MiB each', () => {
+    const KiB = 1024;
+    const GiB = 1024 * 1024 * KiB;
+    expect(pieceSizeFor(0)).toBe(512 * KiB);
+    expect(pieceSizeFor(68_289_676)).toBe(512 * KiB); // bench/mirror's image: 131 pieces
+    expect(pieceSizeFor(2 * GiB)).toBe(512 * KiB);
+    expect(pieceSizeFor(2 * GiB + 1)).toBe(1024 * KiB);
+    expect(pieceSizeFor(64 * GiB)).toBe(16 * 1024 * KiB);
+    expect(pieceSizeFor(1024 * GiB)).toBe(16 * 1024 * KiB); // capped: 65,536 pieces
+    for (const size of [1, 5 * GiB, 300 * GiB]) {
+      const p = pieceSizeFor(size);
+      expect(p & (p - 1)).toBe(0);
+      expect(Math.ceil(size / p)).toBeLessThanOrEqual(65_536);
+    }
   });
 });

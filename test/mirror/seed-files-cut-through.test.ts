@@ -19,7 +19,7 @@ import { sha256Digest } from '../helpers/digest.js';
 import { tempDir } from '../helpers/temp.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
-/** The piece size of the files here (1 MiB: pieceSizeFor of a few MiB). */
+/** The piece size of the files here (the smallest: pieceSizeFor of a few MiB). */
 const P = pieceSizeFor(3 * 1024 * 1024);
 const cleanups = cleanupsAfterEach();
 

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { CacheManager } from '../../src/cache/cache-manager.js';
-import { decodeTable, verifyPiece } from '../../src/mirror/piece-table.js';
+import { decodeTable, pieceSizeFor, verifyPiece } from '../../src/mirror/piece-table.js';
 import { SeedFiles } from '../../src/mirror/seed-files.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { startFileOrigin } from '../helpers/file-origin.js';
@@ -41,12 +41,14 @@ describe('seed files', () => {
     expect(t.origin.requests.get).toBe(1);
     const table = decodeTable(answers[0]!, sha256Digest(data));
     expect(answers.every((a) => a.equals(answers[0]!))).toBe(true);
-    // 1 MiB pieces (pieceSizeFor): the last one is a single byte
-    expect(table.pieces).toHaveLength(10);
+    // pieces of pieceSizeFor (a power of two that divides 9 MiB): the last one is a single byte
+    const P = pieceSizeFor(data.length);
+    expect(table.pieceSize).toBe(P);
+    expect(table.pieces).toHaveLength((9 * 1024 * 1024) / P + 1);
     const served = t.files.served(table.digest)!;
     expect(served.size).toBe(data.length);
     const piece = (await served.read(9 * 1024 * 1024, 1, t.signal)) as Buffer;
-    verifyPiece(table, 9, piece);
+    verifyPiece(table, (9 * 1024 * 1024) / P, piece);
     expect(t.files.served(sha256Digest('not held'))).toBeUndefined();
   });
 

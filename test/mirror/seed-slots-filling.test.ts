@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { Priority } from '../../src/fetch/types.js';
-import { decodeTable, MAX_TABLE_BYTES, PieceHasher } from '../../src/mirror/piece-table.js';
+import { decodeTable, MAX_TABLE_BYTES, PieceHasher, pieceSizeFor } from '../../src/mirror/piece-table.js';
 import { SeedFiles } from '../../src/mirror/seed-files.js';
 import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
 import { Isolation } from '../../src/p2p/isolation.js';
@@ -28,7 +28,8 @@ const TOKEN = 'seed-slots-filling-token';
 /** The seed's upload slots for raw files (FILE_UPLOAD_SLOTS in src/p2p/seed.ts) and pieces asked for. */
 const SLOTS = 8;
 const PIECES = SLOTS + 4;
-const P = 1024 * 1024;
+/** The piece size the seed cuts these files into (pieceSizeFor of a few MiB: the smallest). */
+const P = pieceSizeFor(PIECES * 1024 * 1024);
 const cleanups = cleanupsAfterEach();
 
 /** An origin that answers the size at once and sends the body only as far as the test says. */
