@@ -27,7 +27,10 @@ import { formatTable, median, processCpu, run, versionOf } from './lib/measure.j
 const HERE = dirname(fileURLToPath(import.meta.url));
 /** dist/bench/convert.js → repository root. */
 const REPO = resolve(HERE, '..', '..');
-const DFCONVERT = join(REPO, 'dist', 'src', 'cli', 'dfconvert.js');
+/** The package's `dfconvert` bin (package.json): the bundle users run, not the unbundled dist/src entry. */
+const DFCONVERT = join(REPO, 'dist', 'bundle', 'dfconvert.js');
+/** The unbundled entry: the --profile run uses it, so that functions are named by their source modules. */
+const DFCONVERT_SRC = join(REPO, 'dist', 'src', 'cli', 'dfconvert.js');
 
 const TOOLS = [
   'dfconvert',
@@ -367,10 +370,11 @@ async function runDfconvert(
   dir: string,
   workers: number,
   nodeFlags: string[] = [],
+  entry = DFCONVERT,
 ): Promise<Sample> {
   const r = await run(process.execPath, [
     ...nodeFlags,
-    DFCONVERT,
+    entry,
     '--force',
     '--quiet',
     '--json',
@@ -399,7 +403,7 @@ async function estargzSize(c: PrivateContainerd, ref: string): Promise<number> {
 /** One dfconvert run under --cpu-prof (main thread and workers); top self-time functions. */
 async function profileDfconvert(src: string, dir: string, workers: number): Promise<unknown> {
   const profDir = join(dir, 'cpuprofile');
-  const s = await runDfconvert(src, dir, workers, ['--cpu-prof', `--cpu-prof-dir=${profDir}`]);
+  const s = await runDfconvert(src, dir, workers, ['--cpu-prof', `--cpu-prof-dir=${profDir}`], DFCONVERT_SRC);
   const summaries = await summariseDir(profDir);
   const out = process.stdout;
   out.write(
