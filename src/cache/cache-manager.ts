@@ -253,6 +253,11 @@ export class CacheManager {
     return out.sort((a, b) => b.lastUsed - a.lastUsed);
   }
 
+  /** How many open() references a blob's cache has now (0: nobody has it open). */
+  users(digest: string): number {
+    return this.entries.get(digest)?.refs ?? 0;
+  }
+
   /** Evicts one blob if unused; false when it is in use or unknown. */
   async evict(digest: string): Promise<boolean> {
     const e = this.entries.get(digest);

@@ -190,9 +190,12 @@ export class ClusterBlobs implements BlobHolder {
       if (
         cur &&
         (cur.blockCount !== want.blockCount || cur.tocOffset !== want.tocOffset) &&
-        cache.presentUnits
+        cache.presentUnits &&
+        caches.users(table.digest) > 1
       )
-        // a DFB layer partly held by the layer store: its units are blocks, not pieces
+        // a DFB layer partly held and open in the layer store: its units are blocks, not pieces. Open by
+        // nobody else (pieces of another size, left by a node restarted across an upgrade; a layer not
+        // mounted), the cache is reset to this table's pieces below.
         throw new DfError('FAILED_PRECONDITION', 'the blob is cached as a DFB layer still filling');
       await cache.setLayout(want.blockCount, want.tocOffset, signal);
     } catch (err) {

@@ -403,15 +403,16 @@ export class SeedFiles implements SeedFileProvider {
       const { blockCount, tocOffset } = layout.cacheLayout;
       const held = cache.layout;
       const other = held && (held.blockCount !== blockCount || held.tocOffset !== tocOffset);
-      // the blob is open here as a DFB layer: its cache is not this file's to reset
-      if (other && !cache.isComplete)
+      // open here as a DFB layer too: not this file's to reset (else, e.g. pieces of another size, it is)
+      if (other && !cache.isComplete && this.opts.cache.users(table.digest) > 1)
         throw new DfError(
           'FAILED_PRECONDITION',
           `this seed holds ${table.digest} as a DFB layer that is not complete yet; ask again later`,
         );
-      if (!other) await cache.setLayout(blockCount, tocOffset, signal);
+      const asIs = other && cache.isComplete; // complete under any layout: the same bytes
+      if (!asIs) await cache.setLayout(blockCount, tocOffset, signal);
       const buf = Buffer.allocUnsafe(table.pieceSize);
-      for (let u = 0; u < layout.units && !other; u++) {
+      for (let u = 0; u < layout.units && !asIs; u++) {
         if (cache.has(u)) continue;
         const n = layout.length(u);
         const { bytesRead } = await fh.read(buf, 0, n, layout.offset(u));

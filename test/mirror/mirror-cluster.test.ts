@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MirrorServer } from '../../src/mirror/mirror-server.js';
-import { PieceHasher, pieceSizeFor, PIECE_SIZE } from '../../src/mirror/piece-table.js';
+import { PieceHasher, PieceLayout, pieceSizeFor, PIECE_SIZE } from '../../src/mirror/piece-table.js';
 import { RegistryClient } from '../../src/registry/client.js';
 import { StaticCredentials } from '../../src/registry/credentials.js';
 import { parseReference } from '../../src/registry/reference.js';
@@ -39,6 +39,8 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
   const big = randomBytes(16 * PIECE_SIZE);
   const bigDigest = sha256Digest(big);
   const otherDigest = sha256Digest(other);
+  /** Blobs a node's cache holds in part under a layout other than the table's (below). */
+  const relaid = [randomBytes(3 * 1024 * 1024 + 5), randomBytes(3 * 1024 * 1024 + 7)];
   const bigManifest = ociManifest({ digest, size: data.length }, [{ digest: bigDigest, size: big.length }]);
   let node: MirrorNode;
   let mirror: MirrorServer;
@@ -61,6 +63,10 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     await c.pushBlob(parseReference(`${reg.host}/private/other`), otherDigest, other.length, () =>
       Readable.from([other]),
     );
+    for (const b of relaid)
+      await c.pushBlob(parseReference(`${reg.host}/private/app`), sha256Digest(b), b.length, () =>
+        Readable.from([b]),
+      );
     // a manifest naming the big blob (its config: the small one), so that a pull starts as an engine's does
     await c.putManifest(
       parseReference(`${reg.host}/private/app:big`),
@@ -115,6 +121,42 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
     expect(await node.caches.onFull?.()).toBe(true);
     expect(inUse()).toBe(false);
     expect(await node.caches.onFull?.()).toBe(false);
+  }, 120_000);
+
+  it('resets a half-fetched blob cut in pieces of another size (a node restarted across an upgrade), not one open elsewhere', async () => {
+    // the cache as the old rule (1 MiB pieces) left it: that layout, one piece present
+    const halfHeld = async (b: Buffer) => {
+      const c = await node.caches.open({ digest: sha256Digest(b), size: b.length });
+      const old = new PieceLayout(b.length, 1 << 20).cacheLayout;
+      await c.setLayout(old.blockCount, old.tocOffset);
+      await c.write(0, 0, b.subarray(0, 1 << 20));
+      await c.flush();
+      return c;
+    };
+    const pull = (b: Buffer) =>
+      get(mirror.address, `/v2/private/app/blobs/${sha256Digest(b)}?ns=${reg.host}`, { authorization: auth });
+    await node.caches.release(await halfHeld(relaid[0]!));
+    const fallbacks = mirror.counters.clusterFallbacks;
+    const r = await pull(relaid[0]!);
+    expect(r.status).toBe(200);
+    expect(r.body.equals(relaid[0]!)).toBe(true);
+    // through the cluster, into the cache under the table's pieces
+    expect(mirror.counters.clusterFallbacks).toBe(fallbacks);
+    const info = () => node.caches.list().find((b) => b.digest === sha256Digest(relaid[0]!));
+    await waitFor('the blob complete in the cache', async () => info()?.complete, 10_000);
+    expect(info()?.blocks).toBe(new PieceLayout(relaid[0]!.length, pieceSizeFor(relaid[0]!.length)).units);
+    // open elsewhere (as a layer being read would be): not reset under its reader; the registry serves the engine
+    const open = await halfHeld(relaid[1]!);
+    try {
+      const r2 = await pull(relaid[1]!);
+      expect(r2.status).toBe(200);
+      expect(r2.body.equals(relaid[1]!)).toBe(true);
+      expect(mirror.counters.clusterFallbacks).toBe(fallbacks + 1);
+      expect(open.unitCount).toBe(new PieceLayout(relaid[1]!.length, 1 << 20).units);
+      expect(open.has(0)).toBe(true);
+    } finally {
+      await node.caches.release(open);
+    }
   }, 120_000);
 
   it('never gives a blob the cluster holds to a request without access to it', async () => {

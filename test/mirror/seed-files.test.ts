@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { CacheManager } from '../../src/cache/cache-manager.js';
-import { decodeTable, pieceSizeFor, verifyPiece } from '../../src/mirror/piece-table.js';
+import { decodeTable, PieceLayout, pieceSizeFor, verifyPiece } from '../../src/mirror/piece-table.js';
 import { SeedFiles } from '../../src/mirror/seed-files.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { startFileOrigin } from '../helpers/file-origin.js';
@@ -28,7 +28,7 @@ async function setup(origins: (base: string) => string[]) {
   cleanups.push(() => files.close());
   const signal = new AbortController().signal;
   const q = (o: Record<string, string>) => new URLSearchParams(o);
-  return { origin, files, signal, q };
+  return { origin, files, signal, q, cache };
 }
 
 describe('seed files', () => {
@@ -83,5 +83,49 @@ describe('seed files', () => {
     await t.files.table(t.q({ url, digest: sha256Digest(v2) }), t.signal);
     expect(t.origin.requests).toMatchObject({ get: 2, head: 2 });
     // a wrong digest (answered while the file fills, refused at the end): seed-files-cut-through.test.ts
+  });
+
+  it('keeps a fetched file in a cache left half-filled under pieces of another size, unless it is open elsewhere', async () => {
+    const t = await setup((b) => [`${b}/pub/`]);
+    const files = [randomBytes(3 * 1024 * 1024 + 5), randomBytes(3 * 1024 * 1024 + 7)];
+    // as a seed of the 1 MiB rule restarted while moving a file into its cache left it: one piece present
+    const halfHeld = async (b: Buffer) => {
+      const c = await t.cache.open({ digest: sha256Digest(b), size: b.length });
+      const old = new PieceLayout(b.length, 1 << 20).cacheLayout;
+      await c.setLayout(old.blockCount, old.tocOffset);
+      await c.write(0, 0, b.subarray(0, 1 << 20));
+      await c.flush();
+      return c;
+    };
+    const table = async (b: Buffer, name: string) => {
+      t.origin.put(`/pub/${name}`, b);
+      const q = t.q({ url: `${t.origin.base}/pub/${name}`, digest: sha256Digest(b) });
+      return decodeTable(await t.files.table(q, t.signal), sha256Digest(b));
+    };
+    await t.cache.release(await halfHeld(files[0]!));
+    const got = await table(files[0]!, 'a');
+    expect(got.pieceSize).toBe(pieceSizeFor(files[0]!.length));
+    // moved into the cache once fetched: complete, under the table's pieces
+    const info = () => t.cache.list().find((b) => b.digest === got.digest);
+    for (let i = 0; i < 200 && !info()?.complete; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(info()).toMatchObject({
+      complete: true,
+      blocks: new PieceLayout(files[0]!.length, got.pieceSize).units,
+    });
+    const served = t.files.served(got.digest)!;
+    expect(((await served.read(0, files[0]!.length, t.signal)) as Buffer).equals(files[0]!)).toBe(true);
+    // open elsewhere (a DFB layer being read): served from the fetch, its reader's cache left as it is
+    const open = await halfHeld(files[1]!);
+    try {
+      const second = await table(files[1]!, 'b');
+      const bytes = await t.files.served(second.digest)!.read(0, files[1]!.length, t.signal);
+      const whole = Buffer.isBuffer(bytes) ? bytes : Buffer.concat(await Promise.all(bytes!));
+      expect(whole.equals(files[1]!)).toBe(true);
+      await new Promise((r) => setTimeout(r, 200)); // past the move into the cache (refused)
+      expect(open.unitCount).toBe(new PieceLayout(files[1]!.length, 1 << 20).units);
+      expect(open.has(0)).toBe(true);
+    } finally {
+      await t.cache.release(open);
+    }
   });
 });
