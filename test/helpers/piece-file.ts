@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { BlobCache } from '../../src/cache/blob-cache.js';
+import type { CacheManager } from '../../src/cache/cache-manager.js';
 import { PieceHasher, PieceLayout } from '../../src/mirror/piece-table.js';
 import { tempDir } from './temp.js';
 
@@ -23,4 +24,20 @@ export async function randomPieceFile(cleanups: (() => unknown)[], pieceSize: nu
     return cache;
   };
   return { data, table, layout, open };
+}
+
+/** The piece size seeds cut files of a few MiB into before session 27 (pieceSizeFor's old smallest). */
+export const OLD_PIECE = 1 << 20;
+
+/**
+ * Opens `b`'s cache in `caches` as a node or seed of the old piece size left it when restarted mid-fetch:
+ * that layout, its first piece present. The caller releases it (or keeps it open, as a reader would).
+ */
+export async function halfHeldUnderOldPieces(caches: CacheManager, digest: string, b: Buffer) {
+  const c = await caches.open({ digest, size: b.length });
+  const old = new PieceLayout(b.length, OLD_PIECE).cacheLayout;
+  await c.setLayout(old.blockCount, old.tocOffset);
+  await c.write(0, 0, b.subarray(0, OLD_PIECE));
+  await c.flush();
+  return c;
 }

@@ -17,6 +17,7 @@ import { startSeedProc, type SeedProc } from '../helpers/dfnode-proc.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { startLyingPiecePeer } from '../helpers/lying-piece-peer.js';
 import { engineToken, requireRegistry, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { halfHeldUnderOldPieces, OLD_PIECE } from '../helpers/piece-file.js';
 import { tempDir } from '../helpers/temp.js';
 import { startMirrorNode, type MirrorNode } from '../helpers/mirror-node.js';
 import { httpAnswer as get } from '../helpers/raw-http.js';
@@ -125,14 +126,7 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
 
   it('resets a half-fetched blob cut in pieces of another size (a node restarted across an upgrade), not one open elsewhere', async () => {
     // the cache as the old rule (1 MiB pieces) left it: that layout, one piece present
-    const halfHeld = async (b: Buffer) => {
-      const c = await node.caches.open({ digest: sha256Digest(b), size: b.length });
-      const old = new PieceLayout(b.length, 1 << 20).cacheLayout;
-      await c.setLayout(old.blockCount, old.tocOffset);
-      await c.write(0, 0, b.subarray(0, 1 << 20));
-      await c.flush();
-      return c;
-    };
+    const halfHeld = (b: Buffer) => halfHeldUnderOldPieces(node.caches, sha256Digest(b), b);
     const pull = (b: Buffer) =>
       get(mirror.address, `/v2/private/app/blobs/${sha256Digest(b)}?ns=${reg.host}`, { authorization: auth });
     await node.caches.release(await halfHeld(relaid[0]!));
@@ -152,7 +146,7 @@ describe.skipIf(req.skip)(`registry mirror blobs through the cluster ${req.reaso
       expect(r2.status).toBe(200);
       expect(r2.body.equals(relaid[1]!)).toBe(true);
       expect(mirror.counters.clusterFallbacks).toBe(fallbacks + 1);
-      expect(open.unitCount).toBe(new PieceLayout(relaid[1]!.length, 1 << 20).units);
+      expect(open.unitCount).toBe(new PieceLayout(relaid[1]!.length, OLD_PIECE).units);
       expect(open.has(0)).toBe(true);
     } finally {
       await node.caches.release(open);

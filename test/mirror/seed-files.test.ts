@@ -10,6 +10,7 @@ import { decodeTable, PieceLayout, pieceSizeFor, verifyPiece } from '../../src/m
 import { SeedFiles } from '../../src/mirror/seed-files.js';
 import { sha256Digest } from '../helpers/digest.js';
 import { startFileOrigin } from '../helpers/file-origin.js';
+import { halfHeldUnderOldPieces, OLD_PIECE } from '../helpers/piece-file.js';
 import { tempDir } from '../helpers/temp.js';
 import { cleanupsAfterEach } from '../helpers/cleanups.js';
 
@@ -89,14 +90,7 @@ describe('seed files', () => {
     const t = await setup((b) => [`${b}/pub/`]);
     const files = [randomBytes(3 * 1024 * 1024 + 5), randomBytes(3 * 1024 * 1024 + 7)];
     // as a seed of the 1 MiB rule restarted while moving a file into its cache left it: one piece present
-    const halfHeld = async (b: Buffer) => {
-      const c = await t.cache.open({ digest: sha256Digest(b), size: b.length });
-      const old = new PieceLayout(b.length, 1 << 20).cacheLayout;
-      await c.setLayout(old.blockCount, old.tocOffset);
-      await c.write(0, 0, b.subarray(0, 1 << 20));
-      await c.flush();
-      return c;
-    };
+    const halfHeld = (b: Buffer) => halfHeldUnderOldPieces(t.cache, sha256Digest(b), b);
     const table = async (b: Buffer, name: string) => {
       t.origin.put(`/pub/${name}`, b);
       const q = t.q({ url: `${t.origin.base}/pub/${name}`, digest: sha256Digest(b) });
@@ -122,7 +116,7 @@ describe('seed files', () => {
       const whole = Buffer.isBuffer(bytes) ? bytes : Buffer.concat(await Promise.all(bytes!));
       expect(whole.equals(files[1]!)).toBe(true);
       await new Promise((r) => setTimeout(r, 200)); // past the move into the cache (refused)
-      expect(open.unitCount).toBe(new PieceLayout(files[1]!.length, 1 << 20).units);
+      expect(open.unitCount).toBe(new PieceLayout(files[1]!.length, OLD_PIECE).units);
       expect(open.has(0)).toBe(true);
     } finally {
       await t.cache.release(open);
