@@ -88,7 +88,7 @@ export class DfbReader {
 
   /** The footer's and the expected digest of the stored TOC bytes. */
   private static checkStoredToc(footer: Footer, stored: Buffer, expectedTocDigest?: string): void {
-    const actual = hash('sha256', stored, 'buffer'); // every block a node receives or serves
+    const actual = hash('sha256', stored, 'buffer');
     if (!actual.equals(footer.tocSha256)) {
       throw DfError.digestMismatch(
         'DFB TOC',
