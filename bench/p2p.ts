@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { pieceLengthExponent } from './lib/aria2.js';
 import { BtSwarm } from './lib/bt-swarm.js';
 import { nodeFlagsFrom } from './lib/main.js';
-import { versionOf } from './lib/measure.js';
+import { processTimes, versionOf } from './lib/measure.js';
 import { LINK_QUEUE_HELP, linkQueue, P2pCluster, repoRoot, type PreheatResult } from './lib/p2p-cluster.js';
 import { preheatThroughDaemons } from './lib/p2p-daemons.js';
 import { rowsTable, type P2pRow } from './lib/p2p-rows.js';
@@ -23,7 +23,6 @@ import {
   cpuTimes,
   movedGiB as moved,
   nodeAnswers,
-  procTimes,
   traceLinks,
   trackerCalls,
 } from './lib/p2p-phase.js';
@@ -171,7 +170,7 @@ async function dfnodePhase(n: number): Promise<Row> {
   const seed = await cluster.startSeed(env, {
     args: ['--metrics-address', `127.0.0.1:${SEED_METRICS_PORT}`],
   });
-  const s0 = procTimes(seed.pid);
+  const s0 = processTimes(seed.pid);
   const seedCpu0 = s0.user + s0.system;
   log(`N=${n}: dfnode preheat`);
   const stopTrace = flags.trace ? traceLinks(cluster, n, log) : undefined;
@@ -179,8 +178,8 @@ async function dfnodePhase(n: number): Promise<Row> {
   const runs = cluster.startPreheat(hosts, { env });
   const r = await Promise.all(runs.map((x) => x.result())).finally(() => stopTrace?.());
   const cpu = busySince(cpu0);
-  const t = runs.map((x) => procTimes(x.proc.pid));
-  const st = procTimes(seed.pid);
+  const t = runs.map((x) => processTimes(x.proc.pid));
+  const st = processTimes(seed.pid);
   const mean = (k: 'user' | 'system') => t.reduce((a, x) => a + x[k], 0) / n;
   log(
     `  cpu s: node mean user ${mean('user').toFixed(2)} system ${mean('system').toFixed(2)}; seed ` +
@@ -263,7 +262,7 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
     b0: 0,
     w0: 0,
     cpu: cpuTimes(),
-    seed: procTimes(seed.pid),
+    seed: processTimes(seed.pid),
     nodesGiB: 0,
     seedGiB: 0,
     calls: { announce: 0, lookup: 0, answers: {} as Record<string, number> },
@@ -284,7 +283,7 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
         calls: (await trackerCalls(cluster, SEED_METRICS_PORT)) ?? { announce: 0, lookup: 0, answers: {} },
         nodeAnswers: await nodeAnswers(hosts, NODE_METRICS_PORT),
         cpu: cpuTimes(),
-        seed: procTimes(seed.pid),
+        seed: processTimes(seed.pid),
       };
       stopTrace = flags.trace ? traceLinks(cluster, n, log) : undefined;
       if (warmRef) log(`N=${n}: warm-up done; the timed preheat starts`);
@@ -293,7 +292,7 @@ async function dfnodeRunPhase(n: number, mode: 'dfnode-run' | 'dfnode-warm'): Pr
   try {
     const cpu = busySince(at0.cpu);
     const r = daemons.results;
-    const st = procTimes(seed.pid);
+    const st = processTimes(seed.pid);
     const nodeMovedGiB = ((await moved(hosts)) - at0.nodesGiB) / n;
     const seedMovedGiB = (await moved([cluster.seedHost])) - at0.seedGiB;
     const calls = await trackerCalls(cluster, SEED_METRICS_PORT);

@@ -41,11 +41,17 @@ function reapedChildrenCpu(): number {
   return (Number(f[13]) + Number(f[14])) / ticksPerSecond();
 }
 
+/** CPU seconds a running process has used so far, user and system apart; NaN once it is gone. */
+export function processTimes(pid: number): { user: number; system: number } {
+  const f = statFields(pid);
+  if (!f) return { user: Number.NaN, system: Number.NaN };
+  return { user: Number(f[11]) / ticksPerSecond(), system: Number(f[12]) / ticksPerSecond() };
+}
+
 /** CPU seconds used so far by a running process (utime + stime). */
 export function processCpu(pid: number): number {
-  const f = statFields(pid);
-  if (!f) return Number.NaN;
-  return (Number(f[11]) + Number(f[12])) / ticksPerSecond();
+  const t = processTimes(pid);
+  return t.user + t.system;
 }
 
 /**

@@ -9,7 +9,7 @@ import { socketAccepts } from '../../src/util/unix-socket.js';
 import { DfnodeRun } from './dfnode-run.js';
 import type { NetnsHost } from './netns-topology.js';
 import { cli, type P2pCluster, type PreheatResult } from './p2p-cluster.js';
-import { procTimes } from './p2p-phase.js';
+import { processTimes } from './measure.js';
 
 /** A preheat that has not answered by then fails the phase (a daemon that hangs must not hang the bench). */
 const PREHEAT_TIMEOUT_MS = 15 * 60_000;
@@ -91,8 +91,7 @@ export async function preheatThroughDaemons(
     }
     await new Promise((r) => setTimeout(r, 1000));
     await o.onStart?.();
-    const cpu0 = ordered.map((d) => d.daemon.cpu());
-    const sys0 = ordered.map((d) => procTimes(d.daemon.pid).system);
+    const t0s = ordered.map((d) => processTimes(d.daemon.pid));
     const t0 = Date.now();
     const answers = await Promise.all(
       ordered.map(async (d) => {
@@ -105,8 +104,11 @@ export async function preheatThroughDaemons(
         return { r, ms: Date.now() - t0 };
       }),
     );
-    const cpu = ordered.map((d, i) => d.daemon.cpu() - cpu0[i]!);
-    const sys = ordered.map((d, i) => procTimes(d.daemon.pid).system - sys0[i]!);
+    // user and system from one read of each daemon's /proc/PID/stat
+    const used = ordered.map((d, i) => {
+      const t = processTimes(d.daemon.pid);
+      return { cpu: t.user + t.system - t0s[i]!.user - t0s[i]!.system, system: t.system - t0s[i]!.system };
+    });
     const results = answers.map(({ r, ms }, i) => ({
       host: hosts[i]!.name,
       ms,
@@ -114,8 +116,8 @@ export async function preheatThroughDaemons(
       bySource: r.bySource,
       fill: r.fill,
       cacheDir: ordered[i]!.cacheDir,
-      cpuS: cpu[i]!,
-      systemS: sys[i]!,
+      cpuS: used[i]!.cpu,
+      systemS: used[i]!.system,
     }));
     return { results, stop };
   } catch (err) {

@@ -59,17 +59,6 @@ export function busySince(from: { total: number; idle: number }): number {
   return 1 - (now.idle - from.idle) / Math.max(1, now.total - from.total);
 }
 
-/** CPU seconds a process has used so far, user and system; NaN once it is gone. */
-export function procTimes(pid: number): { user: number; system: number } {
-  try {
-    // fields after the command's closing parenthesis: utime and stime are the 12th and 13th
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return { user: Number(f[11]) / 100, system: Number(f[12]) / 100 };
-  } catch {
-    return { user: NaN, system: NaN };
-  }
-}
-
 /** What the hosts' links carried in and out so far, GiB. */
 export async function movedGiB(hosts: NetnsHost[]): Promise<number> {
   return (await Promise.all(hosts.map((h) => h.counters()))).reduce((a, c) => a + c.rx + c.tx, 0) / 2 ** 30;
