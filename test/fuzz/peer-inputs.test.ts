@@ -11,7 +11,7 @@ import { BlockServer, type BlobProvider } from '../../src/p2p/block-server.js';
 import { parseBlockRequest } from '../../src/p2p/block-request.js';
 import { HttpBlockClient } from '../../src/p2p/http-block-client.js';
 import { TrackerState, type AnnounceMsg, type LookupMsg } from '../../src/p2p/tracker-state.js';
-import type { Timers } from '../../src/util/timers.js';
+import { manualTimers } from '../helpers/manual-timers.js';
 import { rawExchange, statusOf } from '../helpers/raw-http.js';
 
 const RUNS = Math.max(1, Number(process.env.DFNODE_FUZZ_RUNS) || 200);
@@ -200,20 +200,15 @@ describe('tracker announce and lookup (property)', () => {
   it('throws only DfErrors, answers well-formed lookups and stays within its limits', () => {
     fc.assert(
       fc.property(fc.array(step, { maxLength: 40 }), (steps) => {
-        const c: Timers & { t: number } = {
-          t: 0,
-          now: () => c.t,
-          setTimeout: () => 0,
-          clearTimeout: () => undefined,
-        };
+        const c = manualTimers();
         const t = new TrackerState({
-          timers: c,
+          timers: c.timers,
           limits,
           seedBits: (b) => (b === DIGEST ? new Uint8Array(3) : undefined),
         });
         for (const s of steps) {
           try {
-            if (s.kind === 'tick') c.t += s.ms;
+            if (s.kind === 'tick') c.advance(s.ms);
             else if (s.kind === 'announce') t.announce(s.m as unknown as AnnounceMsg, s.source);
             else {
               const a = t.lookup(s.m as unknown as LookupMsg);

@@ -1,10 +1,10 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import type { Timers } from '../../src/util/timers.js';
 import { planRun, type PlannedRun, type PlanOptions } from '../../src/p2p/fill-planner.js';
 import type { PeerView } from '../../src/p2p/peer-view.js';
 import { viewOf as view } from '../helpers/peer-view.js';
 import { TrackerState, type HolderMsg } from '../../src/p2p/tracker-state.js';
+import { manualTimers } from '../helpers/manual-timers.js';
 
 const KIB = 1024;
 
@@ -192,14 +192,14 @@ describe('P2P fill planner', () => {
 });
 
 describe('tracker: units on their way from the seed', () => {
-  const c: Timers & { t: number } = { t: 1000, now: () => c.t, setTimeout: () => 0, clearTimeout: () => 0 };
+  const c = manualTimers(1000);
   const base = { zone: '', load: 0, leave: false, failed_peers: [], bitmap: new Uint8Array(0), added: [] };
   const blob = 'sha256:' + '2'.repeat(64);
 
   it('marks units the seed sends as pending at the receiver until announced, expired after delivery or its peer fails', () => {
     const seedHas = bits(10, [0, 1, 2]);
     const t = new TrackerState({
-      timers: c,
+      timers: c.timers,
       pendingTtlMs: 5000,
       seedBits: (d) => (d === blob ? seedHas : undefined),
     });
@@ -231,7 +231,7 @@ describe('tracker: units on their way from the seed', () => {
     r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
     expect(r.holders.find((h) => h.peer_id === 'b')).toBeUndefined();
     const later = (ms: number) => {
-      c.t += ms;
+      c.advance(ms);
       for (const id of ['a', 'b', 'c'])
         t.announce({ ...base, blob, units: 10, peer_id: id, address: `${id}:1`, full: false });
       r = t.lookup({ blob, peer_id: 'c', zone: '', want: [], max_peers: 8 });
@@ -278,13 +278,8 @@ describe('tracker: units on their way from the seed', () => {
     );
     fc.assert(
       fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
-        const clock: Timers & { t: number } = {
-          t: 0,
-          now: () => clock.t,
-          setTimeout: () => 0,
-          clearTimeout: () => 0,
-        };
-        const t = new TrackerState({ timers: clock, pendingTtlMs: ttl });
+        const clock = manualTimers();
+        const t = new TrackerState({ timers: clock.timers, pendingTtlMs: ttl });
         const join = (id: string, full: boolean) =>
           t.announce({
             ...base,
@@ -300,7 +295,7 @@ describe('tracker: units on their way from the seed', () => {
         const model = new Map<number, number>();
         for (const o of ops) {
           if (o.k === 'wait') {
-            clock.t += o.u;
+            clock.advance(o.u);
             join('a', false);
           } else if (o.k === 'assume') {
             t.assume(blob, 'a', [o.u]);
@@ -309,16 +304,16 @@ describe('tracker: units on their way from the seed', () => {
             // handed back: on its way again, from now; delivered: from now if it was on its way
             if (o.k === 'handBack') {
               t.handBack(blob, 'a', [o.u]);
-              model.set(o.u, clock.t);
+              model.set(o.u, clock.timers.now());
             } else {
               t.delivered(blob, 'a', o.u, o.u);
-              if (model.get(o.u) === Infinity) model.set(o.u, clock.t);
+              if (model.get(o.u) === Infinity) model.set(o.u, clock.timers.now());
             }
           } else {
             t.unassume(blob, 'a', o.u, o.u);
             model.delete(o.u);
           }
-          for (const [u, at] of model) if (clock.t - at > ttl) model.delete(u);
+          for (const [u, at] of model) if (clock.timers.now() - at > ttl) model.delete(u);
           for (let u = 0; u < 16; u++) expect(t.pendingAtOthers(blob, 'c', [u])).toBe(model.has(u));
         }
       }),

@@ -6,7 +6,7 @@
 import { pino } from 'pino';
 import { describe, expect, it, vi } from 'vitest';
 import { isSourceUnavailable } from '../../src/fetch/types.js';
-import type { Timers } from '../../src/util/timers.js';
+import { manualTimers } from '../helpers/manual-timers.js';
 import { seedHarness } from './seed-harness.js';
 
 const { setup, startSeed } = seedHarness('seed-registries-token');
@@ -56,34 +56,10 @@ describe('seed registries', () => {
   });
 });
 
-/** Timers whose clock moves only when the test says so. */
-function manualTimers() {
-  let now = 1_000_000;
-  let pending: Array<{ fn: () => void; at: number }> = [];
-  const timers: Timers = {
-    now: () => now,
-    setTimeout: (fn, ms) => {
-      const t = { fn, at: now + ms };
-      pending.push(t);
-      return t;
-    },
-    clearTimeout: (h) => {
-      pending = pending.filter((t) => t !== h);
-    },
-  };
-  const advance = (ms: number) => {
-    now += ms;
-    const due = pending.filter((t) => t.at <= now);
-    pending = pending.filter((t) => t.at > now);
-    for (const t of due) t.fn();
-  };
-  return { timers, advance };
-}
-
 describe('seed idle blobs', () => {
   it('closes a blob no node asked for in p2p.seedIdleMs, so that the watermarks evict it; opens it again on request', async () => {
     const { dir, tb, get } = await setup();
-    const clock = manualTimers();
+    const clock = manualTimers(1_000_000);
     const s = await startSeed(dir, tb, ['good.example'], {
       timers: clock.timers,
       seedIdleMs: 60_000,

@@ -4,36 +4,11 @@
  */
 import { describe, expect, it } from 'vitest';
 import { UploadSlots } from '../../src/p2p/upload-slots.js';
-import type { Timers } from '../../src/util/timers.js';
-
-function fakeTimers() {
-  let now = 0;
-  const due: { at: number; f: () => void; id: number }[] = [];
-  let ids = 0;
-  const timers: Timers = {
-    now: () => now,
-    setTimeout: (f, ms) => {
-      due.push({ at: now + ms, f, id: ++ids });
-      return ids;
-    },
-    clearTimeout: (id) => {
-      const i = due.findIndex((d) => d.id === id);
-      if (i >= 0) due.splice(i, 1);
-    },
-  };
-  const advance = (ms: number) => {
-    now += ms;
-    for (const d of due.filter((x) => x.at <= now)) {
-      due.splice(due.indexOf(d), 1);
-      d.f();
-    }
-  };
-  return { timers, advance, pending: () => due.length };
-}
+import { manualTimers } from '../helpers/manual-timers.js';
 
 describe('UploadSlots', () => {
   it('grants free slots at once, then hands freed slots to waiters in arrival order', async () => {
-    const t = fakeTimers();
+    const t = manualTimers();
     const s = new UploadSlots(2, { waitMs: 100, maxWaiters: 2, timers: t.timers });
     expect(s.acquire()).toBe(true);
     expect(s.acquire()).toBe(true);
@@ -59,7 +34,7 @@ describe('UploadSlots', () => {
   });
 
   it('refuses a waiter when no slot frees in time, or when its asker aborts', async () => {
-    const t = fakeTimers();
+    const t = manualTimers();
     const s = new UploadSlots(1, { waitMs: 100, timers: t.timers });
     expect(s.acquire()).toBe(true);
     const late = s.acquire();
@@ -81,7 +56,7 @@ describe('UploadSlots', () => {
   });
 
   it('lets one run wait by default', () => {
-    const s = new UploadSlots(4, { timers: fakeTimers().timers });
+    const s = new UploadSlots(4, { timers: manualTimers().timers });
     for (let i = 0; i < 4; i++) expect(s.acquire()).toBe(true);
     expect(s.acquire()).toBeInstanceOf(Promise);
     expect(s.acquire()).toBe(false);
